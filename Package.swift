@@ -1,0 +1,51 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// RADAR: a distributed data-parallel deepfake-detector trainer. See README.md and ../shared/design.
+let package = Package(
+    name: "radar",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "radar", targets: ["radar"]),
+        .executable(name: "radar-worker", targets: ["radar-worker"]),
+        .executable(name: "radar-coordinator", targets: ["radar-coordinator"]),
+        .library(name: "RadarCore", targets: ["RadarCore"]),
+        .library(name: "RadarDistributed", targets: ["RadarDistributed"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // One system-library target per C library, each a module map plus a shim header.
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CFFTW", pkgConfig: "fftw3f", providers: [.apt(["libfftw3-dev"])]),
+
+        .target(name: "RadarCore", dependencies: ["COpenBLAS", "CFFTW", "CLZ4"]),
+        .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
+
+        .executableTarget(name: "radar", dependencies: [
+            "RadarCore", "RadarDistributed",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "radar-worker", dependencies: [
+            "RadarCore", "RadarDistributed",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "radar-coordinator", dependencies: [
+            "RadarCore", "RadarDistributed",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        // Test-only: counts heap allocations by interposing malloc, to prove the step allocates nothing.
+        .target(name: "CAllocationCounter"),
+        .testTarget(name: "RadarCoreTests",
+                    dependencies: ["RadarCore", "CAllocationCounter"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "RadarDistributedTests", dependencies: ["RadarDistributed", "CMPI"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

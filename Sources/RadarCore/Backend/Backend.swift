@@ -1,0 +1,128 @@
+/// The seam between layers and hardware. Layers call these named kernels and never loop over
+/// memory themselves, so another backend (CUDA later) can take over by implementing this
+/// protocol; layers, model and training loop stay as they are.
+///
+/// Conventions: row-major storage; "rows x cols" means `rows` contiguous vectors of `cols`.
+/// Kernels named `...Backward` *write* input gradients and *accumulate* (+=) parameter gradients.
+public protocol Backend: AnyObject {
+    /// Threads the backend spreads work over; results never depend on it.
+    var threads: Int { get }
+
+    // MARK: Matrix products (every one goes through BLAS on the CPU backend)
+
+    /// C = alpha * op(A) * op(B) + beta * C, with op(A) m x k, op(B) k x n, C m x n.
+    func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+              a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+              beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int)
+
+    /// `count` independent products; operand i starts `stride*` floats after operand i-1.
+    func gemmBatched(count: Int, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                     a: UnsafePointer<Float>, lda: Int, strideA: Int,
+                     b: UnsafePointer<Float>, ldb: Int, strideB: Int,
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, strideC: Int)
+
+    // MARK: Elementwise and reductions
+
+    func fill(_ t: Tensor, _ value: Float)
+    func copy(_ src: Tensor, into dst: Tensor)
+    /// out = a + b (out may alias a or b).
+    func add(_ a: Tensor, _ b: Tensor, into out: Tensor)
+    /// out[r, c] += bias[c] for an out of `rows x bias.count`.
+    func addRowBias(_ bias: Tensor, into out: Tensor)
+    /// dst[c] += sum_r src[r, c] for a src of rows x dst.count (bias gradients).
+    func accumulateColumnSums(_ src: Tensor, into dst: Tensor)
+    func reluForward(_ x: Tensor, _ y: Tensor)
+    func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor)
+    /// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)).
+    func geluForward(_ x: Tensor, _ y: Tensor)
+    func geluBackward(_ dy: Tensor, x: Tensor, _ dx: Tensor)
+    /// Softmax over the last `cols` of each row.
+    func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int)
+    func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int)
+    /// Inverted dropout: y = x * keep / (1 - p), keep = uniform(stream, i) >= p.
+    func dropoutForward(_ x: Tensor, _ y: Tensor, p: Float, stream: RandomStream)
+    func dropoutBackward(_ dy: Tensor, _ dx: Tensor, p: Float, stream: RandomStream)
+
+    // MARK: Normalisation
+
+    /// Per row of x (rows x cols): y = (x - mean) * rstd * gamma + beta; saves mean and rstd.
+    func layerNormForward(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float,
+                          _ y: Tensor, mean: Tensor, rstd: Tensor)
+    func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor,
+                           _ dx: Tensor, dGamma: Tensor, dBeta: Tensor)
+    /// Per channel of x (B, C, H, W): mean and biased variance over (B, H, W).
+    func channelMoments(_ x: Tensor, mean: Tensor, variance: Tensor)
+    /// y = (x - mean[c]) * invStd[c] * gamma[c] + beta[c].
+    func channelNormalize(_ x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor, beta: Tensor, _ y: Tensor)
+    /// Per-channel sums of dy and dy * xhat over (B, H, W), written (not accumulated).
+    func channelGradientSums(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor,
+                             sumDy: Tensor, sumDyXhat: Tensor)
+    /// Train-mode BatchNorm input gradient, given the (possibly all-reduced) sums over `count`
+    /// elements per channel: dx = gamma invStd (dy - sumDy/count - xhat sumDyXhat/count).
+    /// Eval mode passes count = 0, which means dx = gamma invStd dy.
+    func batchNormInputGradient(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor,
+                                sumDy: Tensor, sumDyXhat: Tensor, count: Int, _ dx: Tensor)
+
+    // MARK: Convolution helpers
+
+    /// x (C, H, W) of one image -> col (C*k*k, Ho*Wo).
+    func im2col(_ x: UnsafePointer<Float>, channels: Int, height: Int, width: Int, kernel: Int,
+                stride: Int, padding: Int, _ col: UnsafeMutablePointer<Float>)
+    /// Scatter-add of col (C*k*k, Ho*Wo) into dx (C, H, W), which must be zeroed first.
+    func col2im(_ col: UnsafePointer<Float>, channels: Int, height: Int, width: Int, kernel: Int,
+                stride: Int, padding: Int, _ dx: UnsafeMutablePointer<Float>)
+    /// Runs `body(i)` for i in 0..<count on the backend's threads. Kernels built from serial
+    /// pieces (a per-image convolution, one attention head) use it; `body` must call only the
+    /// `serial*` kernels.
+    func forEach(_ count: Int, _ body: (Int) -> Void)
+    /// A single-threaded GEMM for use inside `forEach`.
+    func serialGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                    a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int)
+    /// dst[i] = sum_j parts[j * n + i] for j in 0..<partCount, summed in order j = 0, 1, ...
+    func sumParts(_ parts: UnsafePointer<Float>, partCount: Int, n: Int, accumulateInto dst: UnsafeMutablePointer<Float>)
+
+    // MARK: Pooling, token reductions, concatenation
+
+    /// x (B, C, H, W) -> y (B, C): mean over H*W.
+    func globalAvgPoolForward(_ x: Tensor, _ y: Tensor)
+    func globalAvgPoolBackward(_ dy: Tensor, _ dx: Tensor)
+    /// x (B, N, D) -> mean (B, D), max (B, D), argmax (B, D) stored as Float indices.
+    func tokenMeanMaxForward(_ x: Tensor, mean: Tensor, max: Tensor, argmax: Tensor)
+    func tokenMeanMaxBackward(dMean: Tensor, dMax: Tensor, argmax: Tensor, _ dx: Tensor)
+    /// Copies src (rows x srcCols) into columns [offset, offset+srcCols) of dst (rows x dstCols).
+    func copyColumns(_ src: Tensor, srcCols: Int, into dst: Tensor, dstCols: Int, offset: Int)
+    /// The reverse: dst (rows x dstCols) = columns [offset, offset+dstCols) of src (rows x srcCols).
+    func sliceColumns(_ src: Tensor, srcCols: Int, offset: Int, into dst: Tensor, dstCols: Int)
+
+    // MARK: Recurrent and attention pieces
+
+    /// GRUCell gates from gi = x W_ih^T + b_ih and gh = h W_hh^T + b_hh, both (B, 3E) in r, z, n
+    /// order. Writes h' and saves r, z, n (each (B, E)).
+    func gruGatesForward(gi: Tensor, gh: Tensor, h: Tensor, hNew: Tensor, r: Tensor, z: Tensor, n: Tensor)
+    /// From dh' writes dgi, dgh (B, 3E) and the direct part of dh (B, E).
+    func gruGatesBackward(dhNew: Tensor, gh: Tensor, h: Tensor, r: Tensor, z: Tensor, n: Tensor,
+                          dgi: Tensor, dgh: Tensor, dh: Tensor)
+    /// One query per batch row against `tokens` keys: scores (B, H, T) = scale * q_h . k_{t,h}.
+    func queryKeyScores(q: Tensor, k: Tensor, tokens: Int, heads: Int, scale: Float, _ scores: Tensor)
+    /// ctx (B, E) with ctx_h = sum_t w (B, H, T) v_{t,h}.
+    func weightedValues(_ w: Tensor, v: Tensor, tokens: Int, heads: Int, _ ctx: Tensor)
+    func weightedValuesBackward(dCtx: Tensor, w: Tensor, v: Tensor, tokens: Int, heads: Int, dW: Tensor, dV: Tensor)
+    func queryKeyScoresBackward(dScores: Tensor, q: Tensor, k: Tensor, tokens: Int, heads: Int, scale: Float,
+                                dQ: Tensor, dK: Tensor)
+    /// w (B, H, T) -> mean over heads (B, T).
+    func meanOverHeads(_ w: Tensor, heads: Int, tokens: Int, _ out: Tensor)
+
+    // MARK: Fixed image transforms (no gradient)
+
+    /// x (B, 3, H, W) -> (B, 1, H, W) with 0.299 R + 0.587 G + 0.114 B.
+    func grayscale(_ x: Tensor, _ y: Tensor)
+    /// Sobel magnitude with zero padding, each image divided by its max when that max > 1e-8.
+    func sobelMagnitude(_ x: Tensor, _ y: Tensor)
+    /// Bilinear resize (B, C, H, W) -> (B, C, h, w), align_corners false, no antialias.
+    func resizeBilinear(_ x: Tensor, _ y: Tensor)
+    /// |FFT2(x)| with both spatial axes fftshifted, x and y (B, 1, F, F).
+    func fftMagnitudeShifted(_ x: Tensor, _ y: Tensor)
+    /// y = minmax_per_image(log1p(x * mask)), mask (F, F).
+    func highPassLogNormalize(_ x: Tensor, mask: Tensor, _ y: Tensor)
+}

@@ -1,0 +1,118 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension CPUBackend {
+    public func fill(_ t: Tensor, _ value: Float) {
+        parallel(t.count) { r in for i in r { t.base[i] = value } }
+    }
+
+    public func copy(_ src: Tensor, into dst: Tensor) {
+        precondition(src.count == dst.count, "copy \(src.shape) -> \(dst.shape)")
+        parallel(src.count) { r in (dst.base + r.lowerBound).update(from: src.base + r.lowerBound, count: r.count) }
+    }
+
+    public func add(_ a: Tensor, _ b: Tensor, into out: Tensor) {
+        precondition(a.count == b.count && a.count == out.count, "add \(a.shape) + \(b.shape) -> \(out.shape)")
+        parallel(a.count) { r in for i in r { out.base[i] = a.base[i] + b.base[i] } }
+    }
+
+    public func addRowBias(_ bias: Tensor, into out: Tensor) {
+        let cols = bias.count
+        let rows = out.count / max(cols, 1)
+        parallel(rows, grain: max(1, CPUBackend.grain / max(cols, 1))) { rr in
+            for r in rr {
+                let o = out.base + r * cols
+                for c in 0..<cols { o[c] += bias.base[c] }
+            }
+        }
+    }
+
+    public func accumulateColumnSums(_ src: Tensor, into dst: Tensor) {
+        let cols = dst.count
+        let rows = src.count / max(cols, 1)
+        // Parallel over columns; each column sums its rows in order.
+        parallel(cols, grain: 64) { cr in
+            for c in cr {
+                var s: Float = 0
+                for r in 0..<rows { s += src.base[r * cols + c] }
+                dst.base[c] += s
+            }
+        }
+    }
+
+    public func reluForward(_ x: Tensor, _ y: Tensor) {
+        parallel(x.count) { r in for i in r { y.base[i] = x.base[i] > 0 ? x.base[i] : 0 } }
+    }
+
+    public func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor) {
+        parallel(dy.count) { r in for i in r { dx.base[i] = y.base[i] > 0 ? dy.base[i] : 0 } }
+    }
+
+    public func geluForward(_ x: Tensor, _ y: Tensor) {
+        parallel(x.count) { r in
+            for i in r {
+                let v = x.base[i]
+                y.base[i] = 0.5 * v * (1 + erff(v * 0.707_106_77))
+            }
+        }
+    }
+
+    public func geluBackward(_ dy: Tensor, x: Tensor, _ dx: Tensor) {
+        parallel(dy.count) { r in
+            for i in r {
+                let v = x.base[i]
+                let cdf = 0.5 * (1 + erff(v * 0.707_106_77))
+                let pdf = expf(-0.5 * v * v) * 0.398_942_28
+                dx.base[i] = dy.base[i] * (cdf + v * pdf)
+            }
+        }
+    }
+
+    public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) {
+        let rows = x.count / cols
+        parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
+            for row in rr {
+                let xi = x.base + row * cols, yi = y.base + row * cols
+                var m = -Float.infinity
+                for j in 0..<cols { m = max(m, xi[j]) }
+                var s: Float = 0
+                for j in 0..<cols {
+                    let e = expf(xi[j] - m)
+                    yi[j] = e
+                    s += e
+                }
+                let inv = 1 / s
+                for j in 0..<cols { yi[j] *= inv }
+            }
+        }
+    }
+
+    public func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int) {
+        let rows = y.count / cols
+        parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
+            for row in rr {
+                let d = dy.base + row * cols, yi = y.base + row * cols, o = dx.base + row * cols
+                var dot: Float = 0
+                for j in 0..<cols { dot += d[j] * yi[j] }
+                for j in 0..<cols { o[j] = yi[j] * (d[j] - dot) }
+            }
+        }
+    }
+
+    public func dropoutForward(_ x: Tensor, _ y: Tensor, p: Float, stream: RandomStream) {
+        let scale = 1 / (1 - p)
+        parallel(x.count) { r in
+            for i in r { y.base[i] = stream.uniform(UInt64(i)) >= p ? x.base[i] * scale : 0 }
+        }
+    }
+
+    public func dropoutBackward(_ dy: Tensor, _ dx: Tensor, p: Float, stream: RandomStream) {
+        let scale = 1 / (1 - p)
+        parallel(dy.count) { r in
+            for i in r { dx.base[i] = stream.uniform(UInt64(i)) >= p ? dy.base[i] * scale : 0 }
+        }
+    }
+}

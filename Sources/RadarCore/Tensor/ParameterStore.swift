@@ -1,0 +1,105 @@
+/// Where one named parameter lives inside the flat buffers.
+public struct ParameterSlot: Sendable, Equatable {
+    public let name: String
+    public let offset: Int
+    public let shape: Shape
+    public var count: Int { shape.count }
+}
+
+/// All trainable parameters in one contiguous Float32 buffer, with gradients in a second buffer of
+/// the same layout (and, later, the Adam moments). Each parameter is reachable by its PyTorch
+/// state_dict name. Non-trainable buffers (BatchNorm running statistics) are kept by name in a
+/// separate flat buffer, and integer counters (`num_batches_tracked`) as Int64.
+///
+/// Layers register their tensors while the model is built (`ParameterLayout`), then the store is
+/// allocated once.
+public final class ParameterStore: @unchecked Sendable {
+    public let layout: ParameterLayout
+    public let values: UnsafeMutableBufferPointer<Float>
+    public let grads: UnsafeMutableBufferPointer<Float>
+    public let buffers: UnsafeMutableBufferPointer<Float>
+    public var counters: [String: Int64]
+
+    public init(layout: ParameterLayout) {
+        self.layout = layout
+        values = .allocate(capacity: max(layout.parameterCount, 1))
+        grads = .allocate(capacity: max(layout.parameterCount, 1))
+        buffers = .allocate(capacity: max(layout.bufferCount, 1))
+        values.initialize(repeating: 0)
+        grads.initialize(repeating: 0)
+        buffers.initialize(repeating: 0)
+        counters = Dictionary(uniqueKeysWithValues: layout.counterNames.map { ($0, Int64(0)) })
+    }
+
+    deinit {
+        values.deallocate()
+        grads.deallocate()
+        buffers.deallocate()
+    }
+
+    public var parameterCount: Int { layout.parameterCount }
+
+    public func value(_ s: ParameterSlot) -> Tensor { Tensor(values.baseAddress! + s.offset, s.shape) }
+    public func grad(_ s: ParameterSlot) -> Tensor { Tensor(grads.baseAddress! + s.offset, s.shape) }
+    public func buffer(_ s: ParameterSlot) -> Tensor { Tensor(buffers.baseAddress! + s.offset, s.shape) }
+
+    public func value(named name: String) -> Tensor? { layout.parameter(named: name).map(value) }
+    public func grad(named name: String) -> Tensor? { layout.parameter(named: name).map(grad) }
+    public func buffer(named name: String) -> Tensor? { layout.buffer(named: name).map(buffer) }
+
+    public func zeroGrads() { grads.update(repeating: 0) }
+}
+
+/// The ordered list of named parameter and buffer slots. Registration order is layer order; the
+/// gradient buckets of the distributed trainer walk it in reverse.
+public final class ParameterLayout: @unchecked Sendable {
+    public private(set) var parameters: [ParameterSlot] = []
+    public private(set) var bufferSlots: [ParameterSlot] = []
+    public private(set) var counterNames: [String] = []
+    private var parameterIndex: [String: Int] = [:]
+    private var bufferIndex: [String: Int] = [:]
+    public private(set) var parameterCount = 0
+    public private(set) var bufferCount = 0
+
+    public init() {}
+
+    /// Registers a trainable tensor; names must be unique.
+    public func parameter(_ name: String, _ shape: Shape) -> ParameterSlot {
+        precondition(parameterIndex[name] == nil && bufferIndex[name] == nil, "duplicate tensor name \(name)")
+        let s = ParameterSlot(name: name, offset: parameterCount, shape: shape)
+        parameterIndex[name] = parameters.count
+        parameters.append(s)
+        parameterCount += shape.count
+        return s
+    }
+
+    /// Registers a non-trainable Float32 tensor kept by name (e.g. BatchNorm running_mean).
+    public func buffer(_ name: String, _ shape: Shape) -> ParameterSlot {
+        precondition(parameterIndex[name] == nil && bufferIndex[name] == nil, "duplicate tensor name \(name)")
+        let s = ParameterSlot(name: name, offset: bufferCount, shape: shape)
+        bufferIndex[name] = bufferSlots.count
+        bufferSlots.append(s)
+        bufferCount += shape.count
+        return s
+    }
+
+    /// Registers an Int64 counter (e.g. BatchNorm num_batches_tracked).
+    public func counter(_ name: String) -> String {
+        precondition(!counterNames.contains(name), "duplicate counter \(name)")
+        counterNames.append(name)
+        return name
+    }
+
+    public func parameter(named n: String) -> ParameterSlot? { parameterIndex[n].map { parameters[$0] } }
+    public func buffer(named n: String) -> ParameterSlot? { bufferIndex[n].map { bufferSlots[$0] } }
+
+    /// A stable hash of names, shapes and offsets, for comparing layouts across processes.
+    public var fingerprint: UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
+        func mix(_ s: String) { for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 } }
+        for p in parameters { mix("p:\(p.name)\(p.shape)@\(p.offset);") }
+        for b in bufferSlots { mix("b:\(b.name)\(b.shape)@\(b.offset);") }
+        for c in counterNames { mix("c:\(c);") }
+        return h
+    }
+}

@@ -1,0 +1,45 @@
+/// A tensor shape of rank 0...4, stored inline so that creating a view never touches the heap.
+public struct Shape: Equatable, Hashable, Sendable, CustomStringConvertible {
+    public static let maxRank = 4
+    @usableFromInline var d: (Int, Int, Int, Int)
+    public let rank: Int
+
+    public init(_ dims: Int...) { self.init(dims) }
+
+    public init(_ dims: [Int]) {
+        precondition(dims.count <= Shape.maxRank, "Shape supports rank <= \(Shape.maxRank), got \(dims)")
+        precondition(dims.allSatisfy { $0 >= 0 }, "negative dimension in \(dims)")
+        var t = (1, 1, 1, 1)
+        withUnsafeMutableBytes(of: &t) { raw in
+            let p = raw.bindMemory(to: Int.self)
+            for (i, v) in dims.enumerated() { p[i] = v }
+        }
+        d = t
+        rank = dims.count
+    }
+
+    @inlinable public subscript(i: Int) -> Int {
+        precondition(i >= 0 && i < rank, "axis \(i) out of range for rank \(rank)")
+        switch i {
+        case 0: return d.0
+        case 1: return d.1
+        case 2: return d.2
+        default: return d.3
+        }
+    }
+
+    /// Number of elements.
+    @inlinable public var count: Int { d.0 * d.1 * d.2 * d.3 }
+
+    public var dims: [Int] { (0..<rank).map { self[$0] } }
+
+    public var description: String { "(" + dims.map(String.init).joined(separator: ", ") + ")" }
+
+    public static func == (a: Shape, b: Shape) -> Bool {
+        a.rank == b.rank && a.d.0 == b.d.0 && a.d.1 == b.d.1 && a.d.2 == b.d.2 && a.d.3 == b.d.3
+    }
+
+    public func hash(into h: inout Hasher) {
+        h.combine(rank); h.combine(d.0); h.combine(d.1); h.combine(d.2); h.combine(d.3)
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs exactly the Debian packages RADAR builds and tests against. Idempotent: packages that
+# are already installed are not fetched again, and apt-get update runs at most once per call.
+set -euo pipefail
+
+PACKAGES=(
+  pkg-config
+  libopenmpi-dev openmpi-bin      # CMPI, mpirun
+  libopenblas-dev                 # COpenBLAS (cblas_sgemm)
+  liblz4-dev lz4                  # CLZ4 (frame API) and the lz4 CLI for interop checks
+  libfftw3-dev                    # CFFTW (single precision, fftw3f)
+  libpng-dev libturbojpeg0-dev    # image decoding (data pipeline)
+  libarchive-dev                  # tar/gz streaming and zip export
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+$SUDO apt-get update
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
