@@ -44,7 +44,7 @@ let package = Package(
         .target(name: "CAllocationCounter"),
         .testTarget(name: "RadarCoreTests",
                     dependencies: ["RadarCore", "CAllocationCounter"],
-                    resources: [.copy("Fixtures")]),
+                    exclude: ["Fixtures"]),
         .testTarget(name: "RadarDistributedTests", dependencies: ["RadarDistributed", "CMPI"]),
     ],
     swiftLanguageModes: [.v5]

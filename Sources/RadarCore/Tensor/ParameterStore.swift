@@ -18,7 +18,8 @@ public final class ParameterStore: @unchecked Sendable {
     public let values: UnsafeMutableBufferPointer<Float>
     public let grads: UnsafeMutableBufferPointer<Float>
     public let buffers: UnsafeMutableBufferPointer<Float>
-    public var counters: [String: Int64]
+    /// Int64 counters in `layout.counterNames` order.
+    public let counters: UnsafeMutableBufferPointer<Int64>
 
     public init(layout: ParameterLayout) {
         self.layout = layout
@@ -28,13 +29,19 @@ public final class ParameterStore: @unchecked Sendable {
         values.initialize(repeating: 0)
         grads.initialize(repeating: 0)
         buffers.initialize(repeating: 0)
-        counters = Dictionary(uniqueKeysWithValues: layout.counterNames.map { ($0, Int64(0)) })
+        counters = .allocate(capacity: max(layout.counterNames.count, 1))
+        counters.initialize(repeating: 0)
     }
 
     deinit {
         values.deallocate()
         grads.deallocate()
         buffers.deallocate()
+        counters.deallocate()
+    }
+
+    public func counter(named name: String) -> Int64? {
+        layout.counterNames.firstIndex(of: name).map { counters[$0] }
     }
 
     public var parameterCount: Int { layout.parameterCount }
@@ -83,11 +90,11 @@ public final class ParameterLayout: @unchecked Sendable {
         return s
     }
 
-    /// Registers an Int64 counter (e.g. BatchNorm num_batches_tracked).
-    public func counter(_ name: String) -> String {
+    /// Registers an Int64 counter (e.g. BatchNorm num_batches_tracked); returns its index.
+    public func counter(_ name: String) -> Int {
         precondition(!counterNames.contains(name), "duplicate counter \(name)")
         counterNames.append(name)
-        return name
+        return counterNames.count - 1
     }
 
     public func parameter(named n: String) -> ParameterSlot? { parameterIndex[n].map { parameters[$0] } }

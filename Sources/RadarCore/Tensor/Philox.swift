@@ -49,9 +49,11 @@ public struct RandomStream: Sendable, Equatable {
     public static func id(_ label: String, _ a: UInt64 = 0, _ b: UInt64 = 0, _ c: UInt64 = 0) -> UInt64 {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in label.utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        for v in [a, b, c] {
-            for s in stride(from: 0, to: 64, by: 8) { h = (h ^ ((v >> UInt64(s)) & 0xff)) &* 0x100_0000_01b3 }
+        func mix(_ v: UInt64) {
+            var s: UInt64 = 0
+            while s < 64 { h = (h ^ ((v >> s) & 0xff)) &* 0x100_0000_01b3; s += 8 }
         }
+        mix(a); mix(b); mix(c)
         return h
     }
 

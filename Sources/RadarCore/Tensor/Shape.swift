@@ -4,7 +4,13 @@ public struct Shape: Equatable, Hashable, Sendable, CustomStringConvertible {
     @usableFromInline var d: (Int, Int, Int, Int)
     public let rank: Int
 
-    public init(_ dims: Int...) { self.init(dims) }
+    // Fixed-arity initialisers: a variadic one would build an array (a heap allocation) on the
+    // training path.
+    public init() { d = (1, 1, 1, 1); rank = 0 }
+    public init(_ a: Int) { d = (a, 1, 1, 1); rank = 1 }
+    public init(_ a: Int, _ b: Int) { d = (a, b, 1, 1); rank = 2 }
+    public init(_ a: Int, _ b: Int, _ c: Int) { d = (a, b, c, 1); rank = 3 }
+    public init(_ a: Int, _ b: Int, _ c: Int, _ e: Int) { d = (a, b, c, e); rank = 4 }
 
     public init(_ dims: [Int]) {
         precondition(dims.count <= Shape.maxRank, "Shape supports rank <= \(Shape.maxRank), got \(dims)")
@@ -30,6 +36,25 @@ public struct Shape: Equatable, Hashable, Sendable, CustomStringConvertible {
 
     /// Number of elements.
     @inlinable public var count: Int { d.0 * d.1 * d.2 * d.3 }
+
+    /// The last axis.
+    @inlinable public var last: Int { rank == 0 ? 1 : self[rank - 1] }
+
+    /// Elements before the last axis (rows of a row-major matrix view).
+    @inlinable public var rows: Int { rank == 0 ? 1 : count / Swift.max(self[rank - 1], 1) }
+
+    /// This shape with the last axis replaced.
+    public func replacingLast(_ v: Int) -> Shape {
+        var s = self
+        switch rank {
+        case 1: s.d.0 = v
+        case 2: s.d.1 = v
+        case 3: s.d.2 = v
+        case 4: s.d.3 = v
+        default: break
+        }
+        return s
+    }
 
     public var dims: [Int] { (0..<rank).map { self[$0] } }
 

@@ -1,0 +1,72 @@
+/// ReLU: backward reads the output.
+public enum ReLU {
+    public static func forward(_ x: Tensor, _ ctx: ExecutionContext) -> Tensor {
+        let y = ctx.tensor(x.shape)
+        ctx.backend.reluForward(x, y)
+        return y
+    }
+
+    public static func backward(_ dy: Tensor, y: Tensor, _ ctx: ExecutionContext) -> Tensor {
+        let dx = ctx.tensor(y.shape)
+        ctx.backend.reluBackward(dy, y: y, dx)
+        return dx
+    }
+}
+
+/// Exact GELU (erf form, torch's approximate='none'): backward reads the input.
+public enum GELU {
+    public static func forward(_ x: Tensor, _ ctx: ExecutionContext) -> Tensor {
+        let y = ctx.tensor(x.shape)
+        ctx.backend.geluForward(x, y)
+        return y
+    }
+
+    public static func backward(_ dy: Tensor, x: Tensor, _ ctx: ExecutionContext) -> Tensor {
+        let dx = ctx.tensor(x.shape)
+        ctx.backend.geluBackward(dy, x: x, dx)
+        return dx
+    }
+}
+
+/// Softmax over the last axis.
+public enum Softmax {
+    public static func forward(_ x: Tensor, _ ctx: ExecutionContext) -> Tensor {
+        let y = ctx.tensor(x.shape)
+        ctx.backend.softmaxForward(x, y, cols: x.shape.last)
+        return y
+    }
+
+    public static func backward(_ dy: Tensor, y: Tensor, _ ctx: ExecutionContext) -> Tensor {
+        let dx = ctx.tensor(y.shape)
+        ctx.backend.softmaxBackward(dy, y: y, dx, cols: y.shape.last)
+        return dx
+    }
+}
+
+/// Inverted dropout with masks from the counter-based generator: the mask of a call is a pure
+/// function of (seed, step, call index, element index), and backward regenerates it instead of
+/// storing it.
+public struct Dropout: Sendable {
+    public let p: Float
+
+    public init(_ p: Float) {
+        precondition(p >= 0 && p < 1, "dropout probability must be in [0, 1), got \(p)")
+        self.p = p
+    }
+
+    /// Returns y and the stream used (nil when inactive: eval mode or p = 0, where y is x).
+    public func forward(_ x: Tensor, _ ctx: ExecutionContext) -> (Tensor, RandomStream?) {
+        guard ctx.training && p > 0 else { return (x, nil) }
+        let stream = ctx.nextStream()
+        let y = ctx.tensor(x.shape)
+        ctx.backend.dropoutForward(x, y, p: p, stream: stream)
+        return (y, stream)
+    }
+
+    public func backward(_ dy: Tensor, stream: RandomStream?, _ ctx: ExecutionContext) -> Tensor {
+        guard let stream else { return dy }
+        let dx = ctx.tensor(dy.shape)
+        ctx.backend.dropoutBackward(dy, dx, p: p, stream: stream)
+        return dx
+    }
+}

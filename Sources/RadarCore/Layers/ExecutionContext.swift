@@ -1,0 +1,39 @@
+/// Everything a layer needs to run one step: the backend, the activation arena, the parameter
+/// store, the mode, and the randomness keys.
+public final class ExecutionContext: @unchecked Sendable {
+    public let backend: any Backend
+    public let arena: Arena
+    public let params: ParameterStore
+    /// Train mode: dropout active, BatchNorm uses (and updates) batch statistics.
+    public var training: Bool
+    /// Base seed of every random stream this context hands out.
+    public var seed: UInt64
+    /// The optimizer step; dropout masks are keyed by (seed, step, call index).
+    public var step: UInt64 = 0
+    private var callIndex: UInt64 = 0
+
+    public init(backend: any Backend, params: ParameterStore, arena: Arena = Arena(),
+                training: Bool = true, seed: UInt64 = 0) {
+        self.backend = backend
+        self.params = params
+        self.arena = arena
+        self.training = training
+        self.seed = seed
+    }
+
+    /// Starts a forward/backward pass: rewinds the arena and the per-step stream numbering.
+    public func beginPass() {
+        arena.reset()
+        callIndex = 0
+    }
+
+    /// The next random stream of this pass. Forward calls it in a fixed order, so stream numbers
+    /// are the same on every rank and for every thread count.
+    public func nextStream() -> RandomStream {
+        callIndex += 1
+        return RandomStream(seed: seed, stream: RandomStream.id("dropout", step, callIndex))
+    }
+
+    @inlinable public func tensor(_ s: Shape) -> Tensor { arena.tensor(s) }
+    @inlinable public func zeros(_ s: Shape) -> Tensor { arena.zeros(s) }
+}
