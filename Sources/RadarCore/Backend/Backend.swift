@@ -29,6 +29,8 @@ public protocol Backend: AnyObject {
     func add(_ a: Tensor, _ b: Tensor, into out: Tensor)
     /// out[r, c] += bias[c] for an out of `rows x bias.count`.
     func addRowBias(_ bias: Tensor, into out: Tensor)
+    /// out[b, c, ...] += bias[c] for an out of (B, C, H, W).
+    func addChannelBias(_ bias: Tensor, into out: Tensor)
     /// dst[c] += sum_r src[r, c] for a src of rows x dst.count (bias gradients).
     func accumulateColumnSums(_ src: Tensor, into dst: Tensor)
     func reluForward(_ x: Tensor, _ y: Tensor)
@@ -57,6 +59,14 @@ public protocol Backend: AnyObject {
     /// Per-channel sums of dy and dy * xhat over (B, H, W), written (not accumulated).
     func channelGradientSums(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor,
                              sumDy: Tensor, sumDyXhat: Tensor)
+    /// dst[c] += sum over (B, H, W) of x (B, C, H, W) (convolution bias gradients).
+    func accumulateChannelSums(_ x: Tensor, into dst: Tensor)
+    /// From batch mean and biased variance over `count` elements per channel: invStd, and the
+    /// running statistics moved by `momentum` (running variance with the unbiased estimate).
+    func batchNormUpdateStatistics(mean: Tensor, variance: Tensor, count: Int, eps: Float, momentum: Float,
+                                   invStd: Tensor, runningMean: Tensor, runningVar: Tensor)
+    /// invStd = 1 / sqrt(variance + eps).
+    func inverseStandardDeviation(_ variance: Tensor, eps: Float, _ invStd: Tensor)
     /// Train-mode BatchNorm input gradient, given the (possibly all-reduced) sums over `count`
     /// elements per channel: dx = gamma invStd (dy - sumDy/count - xhat sumDyXhat/count).
     /// Eval mode passes count = 0, which means dx = gamma invStd dy.
@@ -112,6 +122,18 @@ public protocol Backend: AnyObject {
                                 dQ: Tensor, dK: Tensor)
     /// w (B, H, T) -> mean over heads (B, T).
     func meanOverHeads(_ w: Tensor, heads: Int, tokens: Int, _ out: Tensor)
+
+    // MARK: Optimizer
+
+    /// One AdamW step over n parameters, exactly as torch.optim.AdamW (decoupled weight decay
+    /// first, then the bias-corrected Adam update). `step` counts from 1.
+    func adamW(params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, expAvg: UnsafeMutablePointer<Float>,
+               expAvgSq: UnsafeMutablePointer<Float>, count: Int, lr: Float, beta1: Float, beta2: Float,
+               eps: Float, weightDecay: Float, step: Int)
+    /// sum of squares of n values, accumulated in Double in a fixed order.
+    func sumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> Double
+    /// x *= s.
+    func scale(_ x: UnsafeMutablePointer<Float>, count: Int, by s: Float)
 
     // MARK: Fixed image transforms (no gradient)
 

@@ -30,6 +30,17 @@ extension CPUBackend {
         }
     }
 
+    public func addChannelBias(_ bias: Tensor, into out: Tensor) {
+        let c = bias.count, hw = out.count / max(out.shape[0] * c, 1)
+        parallel(out.shape[0] * c, grain: max(1, CPUBackend.grain / max(hw, 1))) { pr in
+            for plane in pr {
+                let v = bias.base[plane % c]
+                let o = out.base + plane * hw
+                for j in 0..<hw { o[j] += v }
+            }
+        }
+    }
+
     public func accumulateColumnSums(_ src: Tensor, into dst: Tensor) {
         let cols = dst.count
         let rows = src.count / max(cols, 1)

@@ -127,4 +127,32 @@ extension CPUBackend {
             }
         }
     }
+
+    public func accumulateChannelSums(_ x: Tensor, into dst: Tensor) {
+        let b = x.shape[0], c = x.shape[1], hw = x.count / max(b * c, 1)
+        parallel(c, grain: 1) { cr in
+            for ch in cr {
+                var s: Float = 0
+                for i in 0..<b {
+                    let p = x.base + (i * c + ch) * hw
+                    for j in 0..<hw { s += p[j] }
+                }
+                dst.base[ch] += s
+            }
+        }
+    }
+
+    public func batchNormUpdateStatistics(mean: Tensor, variance: Tensor, count: Int, eps: Float, momentum: Float,
+                                          invStd: Tensor, runningMean: Tensor, runningVar: Tensor) {
+        let unbias = count > 1 ? Float(count) / Float(count - 1) : 1
+        for c in 0..<mean.count {
+            invStd.base[c] = 1 / (variance.base[c] + eps).squareRoot()
+            runningMean.base[c] = (1 - momentum) * runningMean.base[c] + momentum * mean.base[c]
+            runningVar.base[c] = (1 - momentum) * runningVar.base[c] + momentum * variance.base[c] * unbias
+        }
+    }
+
+    public func inverseStandardDeviation(_ variance: Tensor, eps: Float, _ invStd: Tensor) {
+        for c in 0..<variance.count { invStd.base[c] = 1 / (variance.base[c] + eps).squareRoot() }
+    }
 }

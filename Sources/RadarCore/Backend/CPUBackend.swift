@@ -16,6 +16,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     var fftPlans: [Int: OpaquePointer] = [:]
     private var scratch: UnsafeMutablePointer<Float>?
     private var scratchCount = 0
+    private var doubles: UnsafeMutablePointer<Double>?
+    private var doublesCount = 0
     let planLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     public init(threads: Int = 1) {
@@ -27,6 +29,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     deinit {
         for (_, p) in fftPlans { fftwf_destroy_plan(p) }
         scratch?.deallocate()
+        doubles?.deallocate()
         pthread_mutex_destroy(planLock)
         planLock.deallocate()
     }
@@ -46,6 +49,15 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             scratchCount = count
         }
         return scratch!
+    }
+
+    func reductionScratch(count: Int) -> UnsafeMutablePointer<Double> {
+        if count > doublesCount {
+            doubles?.deallocate()
+            doubles = .allocate(capacity: count)
+            doublesCount = count
+        }
+        return doubles!
     }
 
     public func forEach(_ count: Int, _ body: (Int) -> Void) { pool.run(tasks: count, body) }
