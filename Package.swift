@@ -24,7 +24,9 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CFFTW", pkgConfig: "fftw3f", providers: [.apt(["libfftw3-dev"])]),
 
-        .target(name: "RadarCore", dependencies: ["COpenBLAS", "CFFTW", "CLZ4"]),
+        // Lets the worker pool borrow a non-escaping Swift closure across threads without a heap allocation.
+        .target(name: "CTaskClosure"),
+        .target(name: "RadarCore", dependencies: ["COpenBLAS", "CFFTW", "CLZ4", "CTaskClosure"]),
         .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
 
         .executableTarget(name: "radar", dependencies: [

@@ -100,6 +100,8 @@ public protocol Backend: AnyObject {
     /// x (B, N, D) -> mean (B, D), max (B, D), argmax (B, D) stored as Float indices.
     func tokenMeanMaxForward(_ x: Tensor, mean: Tensor, max: Tensor, argmax: Tensor)
     func tokenMeanMaxBackward(dMean: Tensor, dMax: Tensor, argmax: Tensor, _ dx: Tensor)
+    /// x (B, R, C) -> y (B, C, R).
+    func transposeLastTwo(_ x: Tensor, _ y: Tensor)
     /// Copies src (rows x srcCols) into columns [offset, offset+srcCols) of dst (rows x dstCols).
     func copyColumns(_ src: Tensor, srcCols: Int, into dst: Tensor, dstCols: Int, offset: Int)
     /// The reverse: dst (rows x dstCols) = columns [offset, offset+dstCols) of src (rows x srcCols).
@@ -122,6 +124,28 @@ public protocol Backend: AnyObject {
                                 dQ: Tensor, dK: Tensor)
     /// w (B, H, T) -> mean over heads (B, T).
     func meanOverHeads(_ w: Tensor, heads: Int, tokens: Int, _ out: Tensor)
+
+    // MARK: Losses (each returns the batch mean and writes scale * d(mean)/d(input))
+
+    /// target = label (1 - s) + s / 2.
+    func smoothLabels(_ labels: Tensor, smoothing: Float, _ target: Tensor)
+    /// BCEWithLogits: max(x, 0) - x t + log(1 + exp(-|x|)), mean over the batch. Writes
+    /// dLogits[i] = scale * (sigmoid(x_i) - t_i) / n.
+    func binaryCrossEntropyWithLogits(_ logits: Tensor, targets: Tensor, scale: Float, dLogits: Tensor) -> Double
+    /// mean_b ReLU(|cos(a_b, b_b)| - margin) with vectors divided by (norm + 1e-8); zero (and zero
+    /// gradient) unless every norm exceeds 1e-6. Writes scale * gradient into da, db.
+    func cosineMarginPenalty(_ a: Tensor, _ b: Tensor, margin: Float, scale: Float, da: Tensor, db: Tensor) -> Double
+
+    // MARK: Gated fusion
+
+    /// alpha = sigmoid(gate[0]); final = alpha r + (1 - alpha) e; prob = sigmoid(final); alphaOut
+    /// is alpha broadcast to final's shape.
+    func gatedFusionForward(gate: Tensor, reasoning: Tensor, external: Tensor, final: Tensor, prob: Tensor, alphaOut: Tensor)
+    /// Writes dReasoning, dExternal; accumulates the gate logit's gradient into dGate[0].
+    func gatedFusionBackward(dFinal: Tensor, gate: Tensor, reasoning: Tensor, external: Tensor,
+                             dReasoning: Tensor, dExternal: Tensor, dGate: Tensor)
+    /// mean |sigmoid(a) - sigmoid(b)|.
+    func meanAbsSigmoidDifference(_ a: Tensor, _ b: Tensor) -> Float
 
     // MARK: Optimizer
 

@@ -69,4 +69,12 @@ extension CPUBackend {
             for r in rr { (dst.base + r * dstCols).update(from: src.base + r * srcCols + offset, count: dstCols) }
         }
     }
+
+    public func transposeLastTwo(_ x: Tensor, _ y: Tensor) {
+        let b = x.shape[0], r = x.shape[1], c = x.shape[2]
+        forEach(b) { i in
+            let src = x.base + i * r * c, dst = y.base + i * r * c
+            for a in 0..<r { for k in 0..<c { dst[k * r + a] = src[a * c + k] } }
+        }
+    }
 }

@@ -72,6 +72,19 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                            beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         if m == 0 || n == 0 { return }
+        // OpenBLAS 0.3.21's AVX-512 small-matrix path (m n k <= 1e6) mallocs a packing buffer on
+        // every NN call whose n is not a multiple of 16 (measured: k >= 32, n % 16 in 1...8;
+        // TN, NT and TT never allocate). We hand it the same product as TN, with A transposed
+        // into a per-thread scratch buffer, so the training step stays allocation-free. The choice depends on
+        // the shape only, so results remain independent of the thread count.
+        if !transA && !transB && k >= 32 && n % 16 != 0 && m * n * k <= 1_100_000 {
+            // A transposed copy of A in this thread's scratch buffer.
+            let t = ThreadScratch.floats(m * k)
+            for i in 0..<m { for p in 0..<k { t[p * m + i] = a[i * lda + p] } }
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
+                        t, Int32(m), b, Int32(ldb), beta, c, Int32(ldc))
+            return
+        }
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CTaskClosure
 import Synchronization
 
 /// A fixed set of threads that run numbered tasks. `run(tasks:)` hands out task indices
@@ -19,7 +20,7 @@ public final class WorkerPool: @unchecked Sendable {
     private var generation = 0
     private var activeWorkers = 0
     private var shuttingDown = false
-    private var job: ((Int) -> Void)?
+    private let job = UnsafeMutablePointer<radar_task>.allocate(capacity: 1)
     private var taskCount = 0
     private let nextTask = Atomic<Int>(0)
     private var workerThreads: [pthread_t] = []
@@ -52,6 +53,7 @@ public final class WorkerPool: @unchecked Sendable {
         pthread_cond_destroy(wake)
         pthread_cond_destroy(finished)
         mutex.deallocate()
+        job.deallocate()
         wake.deallocate()
         finished.deallocate()
     }
@@ -64,23 +66,20 @@ public final class WorkerPool: @unchecked Sendable {
             for i in 0..<tasks { body(i) }
             return
         }
-        withoutActuallyEscaping(body) { escapable in
-            pthread_mutex_lock(mutex)
-            job = escapable
-            taskCount = tasks
-            nextTask.store(0, ordering: .relaxed)
-            activeWorkers = threadCount - 1
-            generation += 1
-            pthread_cond_broadcast(wake)
-            pthread_mutex_unlock(mutex)
+        pthread_mutex_lock(mutex)
+        radarTaskCapture(job, body)
+        taskCount = tasks
+        nextTask.store(0, ordering: .relaxed)
+        activeWorkers = threadCount - 1
+        generation += 1
+        pthread_cond_broadcast(wake)
+        pthread_mutex_unlock(mutex)
 
-            drain(escapable)
+        drain(body)
 
-            pthread_mutex_lock(mutex)
-            while activeWorkers > 0 { pthread_cond_wait(finished, mutex) }
-            job = nil
-            pthread_mutex_unlock(mutex)
-        }
+        pthread_mutex_lock(mutex)
+        while activeWorkers > 0 { pthread_cond_wait(finished, mutex) }
+        pthread_mutex_unlock(mutex)
     }
 
     /// Splits 0..<count into chunks of `grain` (the last may be shorter) and runs them as tasks.
@@ -98,9 +97,12 @@ public final class WorkerPool: @unchecked Sendable {
         }
     }
 
-    @inline(never) private func runCurrentJob() {
-        // The local copy of the job dies when this frame returns, before the worker reports done.
-        if let j = job { drain(j) }
+    private func runCurrentJob() {
+        while true {
+            let i = nextTask.wrappingAdd(1, ordering: .relaxed).oldValue
+            if i >= taskCount { return }
+            radar_task_invoke(job, i)
+        }
     }
 
     private func workerLoop() {
@@ -120,3 +122,7 @@ public final class WorkerPool: @unchecked Sendable {
         }
     }
 }
+
+/// Records a borrowed closure's function and context (implemented in CTaskClosure).
+@_silgen_name("radar_task_capture")
+private func radarTaskCapture(_ slot: UnsafeMutablePointer<radar_task>, _ body: (Int) -> Void)

@@ -8,9 +8,14 @@ public final class ExecutionContext: @unchecked Sendable {
     public var training: Bool
     /// Base seed of every random stream this context hands out.
     public var seed: UInt64
-    /// The optimizer step; dropout masks are keyed by (seed, step, call index).
+    /// The micro-batch counter; dropout masks are keyed by (seed, step, call index).
     public var step: UInt64 = 0
     private var callIndex: UInt64 = 0
+    private static let dropoutLabel: UInt64 = {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in "dropout".utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return h
+    }()
 
     public init(backend: any Backend, params: ParameterStore, arena: Arena = Arena(),
                 training: Bool = true, seed: UInt64 = 0) {
@@ -31,7 +36,7 @@ public final class ExecutionContext: @unchecked Sendable {
     /// are the same on every rank and for every thread count.
     public func nextStream() -> RandomStream {
         callIndex += 1
-        return RandomStream(seed: seed, stream: RandomStream.id("dropout", step, callIndex))
+        return RandomStream(seed: seed, stream: RandomStream.id(base: ExecutionContext.dropoutLabel, step, callIndex, 0))
     }
 
     @inlinable public func tensor(_ s: Shape) -> Tensor { arena.tensor(s) }

@@ -49,11 +49,20 @@ public struct RandomStream: Sendable, Equatable {
     public static func id(_ label: String, _ a: UInt64 = 0, _ b: UInt64 = 0, _ c: UInt64 = 0) -> UInt64 {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in label.utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        func mix(_ v: UInt64) {
+        return id(base: h, a, b, c)
+    }
+
+    /// The same, from a label already hashed with `id(label)`'s first stage (hot paths).
+    public static func id(base: UInt64, _ a: UInt64, _ b: UInt64, _ c: UInt64) -> UInt64 {
+        // FNV-1a over the little-endian bytes of a, b, c (no nested function: it would box h).
+        var h = base
+        var word = 0
+        while word < 3 {
+            let v = word == 0 ? a : (word == 1 ? b : c)
             var s: UInt64 = 0
             while s < 64 { h = (h ^ ((v >> s) & 0xff)) &* 0x100_0000_01b3; s += 8 }
+            word += 1
         }
-        mix(a); mix(b); mix(c)
         return h
     }
 

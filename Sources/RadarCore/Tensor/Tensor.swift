@@ -57,13 +57,12 @@ extension Tensor {
         if shape != expected { throw ShapeMismatch(layer: layer, expected: expected.description, actual: shape) }
     }
 
-    /// Throws unless the rank matches and the given axes have the given sizes (-1 = any).
-    public func expect(rank: Int, sizes: [Int], in layer: String) throws(ShapeMismatch) {
-        var ok = shape.rank == rank
-        if ok { for (i, s) in sizes.enumerated() where s >= 0 && shape[i] != s { ok = false } }
-        if !ok {
-            let text = "(" + sizes.map { $0 < 0 ? "*" : String($0) }.joined(separator: ", ") + ")"
-            throw ShapeMismatch(layer: layer, expected: text, actual: shape)
-        }
+    /// Throws unless this is a rank-4 view whose axes match (a, b, c, d), where -1 matches any
+    /// size. Fixed arity: an array argument would allocate on the training path.
+    public func expect4(_ a: Int, _ b: Int, _ c: Int, _ d: Int, in layer: String) throws(ShapeMismatch) {
+        let s = shape
+        if s.rank == 4 && (a < 0 || s[0] == a) && (b < 0 || s[1] == b) && (c < 0 || s[2] == c) && (d < 0 || s[3] == d) { return }
+        let text = "(" + [a, b, c, d].map { $0 < 0 ? "*" : String($0) }.joined(separator: ", ") + ")"
+        throw ShapeMismatch(layer: layer, expected: text, actual: s)
     }
 }

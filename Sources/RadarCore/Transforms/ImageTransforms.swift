@@ -9,7 +9,7 @@ import Darwin
 public enum ImageTransforms {
     /// (B, 3, H, W) -> (B, 1, H, W), 0.299 R + 0.587 G + 0.114 B.
     public static func grayscale(_ x: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> Tensor {
-        try x.expect(rank: 4, sizes: [-1, 3, -1, -1], in: "grayscale")
+        try x.expect4(-1, 3, -1, -1, in: "grayscale")
         let y = ctx.tensor(Shape(x.shape[0], 1, x.shape[2], x.shape[3]))
         ctx.backend.grayscale(x, y)
         return y
@@ -17,7 +17,7 @@ public enum ImageTransforms {
 
     /// Sobel gradient magnitude (zero padding 1), each image divided by its own max when > 1e-8.
     public static func sobel(_ gray: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> Tensor {
-        try gray.expect(rank: 4, sizes: [-1, 1, -1, -1], in: "sobel")
+        try gray.expect4(-1, 1, -1, -1, in: "sobel")
         let y = ctx.tensor(gray.shape)
         ctx.backend.sobelMagnitude(gray, y)
         return y
@@ -25,7 +25,7 @@ public enum ImageTransforms {
 
     /// Bilinear resize to size x size, align_corners false, no antialias (F.interpolate).
     public static func resize(_ x: Tensor, to size: Int, _ ctx: ExecutionContext) throws(ShapeMismatch) -> Tensor {
-        try x.expect(rank: 4, sizes: [-1, -1, -1, -1], in: "resize")
+        try x.expect4(-1, -1, -1, -1, in: "resize")
         let y = ctx.tensor(Shape(x.shape[0], x.shape[1], size, size))
         ctx.backend.resizeBilinear(x, y)
         return y
@@ -33,7 +33,7 @@ public enum ImageTransforms {
 
     /// |FFT2| with fftshift over the two spatial axes (not the batch axis).
     public static func fftMagnitude(_ gray: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> Tensor {
-        try gray.expect(rank: 4, sizes: [-1, 1, -1, gray.shape.rank == 4 ? gray.shape[2] : -1], in: "fftMagnitude")
+        try gray.expect4(-1, 1, -1, gray.shape.rank == 4 ? gray.shape[2] : -1, in: "fftMagnitude")
         let y = ctx.tensor(gray.shape)
         ctx.backend.fftMagnitudeShifted(gray, y)
         return y
@@ -61,7 +61,7 @@ public final class HighPassFilter: @unchecked Sendable {
     }
 
     public func forward(_ magnitude: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> Tensor {
-        try magnitude.expect(rank: 4, sizes: [-1, 1, size, size], in: "highPass")
+        try magnitude.expect4(-1, 1, size, size, in: "highPass")
         let y = ctx.tensor(magnitude.shape)
         ctx.backend.highPassLogNormalize(magnitude, mask: mask.tensor, y)
         return y

@@ -1,0 +1,16 @@
+#ifndef RADAR_TASK_CLOSURE_H
+#define RADAR_TASK_CLOSURE_H
+#include <stdint.h>
+
+/// A borrowed Swift closure of type (Int) -> Void: its function pointer and context, as the
+/// Swift calling convention passes them. Lets the worker pool hand a non-escaping closure to its
+/// threads without converting it to an escaping one (which costs a heap allocation per call).
+/// Valid only while the Swift call that captured it is running.
+typedef struct radar_task {
+    void *function;
+    void *context;
+} radar_task;
+
+/// Calls the captured closure with `index`.
+void radar_task_invoke(const radar_task *task, intptr_t index);
+#endif
