@@ -1,5 +1,6 @@
 import COpenBLAS
 import CFFTW
+import Synchronization
 
 /// The CPU backend: OpenBLAS `cblas_sgemm` for every matrix product, Swift loops over unsafe
 /// buffers for everything else, spread over a `WorkerPool`.
@@ -9,6 +10,9 @@ import CFFTW
 /// OpenBLAS itself is pinned to one thread: parallelism is ours.
 public final class CPUBackend: Backend, @unchecked Sendable {
     public let pool: WorkerPool
+    /// Floating-point operations of every GEMM since the last reset (2 m n k each), for
+    /// benchmarks' effective GFLOP/s.
+    public let gemmFlops = Atomic<Int>(0)
     public var threads: Int { pool.threadCount }
     /// Elementwise kernels hand out chunks of this many elements.
     public static let grain = 16_384
@@ -72,6 +76,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                            beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         if m == 0 || n == 0 { return }
+        gemmFlops.wrappingAdd(2 * m * n * k, ordering: .relaxed)
         // OpenBLAS 0.3.21's AVX-512 small-matrix path (m n k <= 1e6) mallocs a packing buffer on
         // every NN call whose n is not a multiple of 16 (measured: k >= 32, n % 16 in 1...8;
         // TN, NT and TT never allocate). We hand it the same product as TN, with A transposed

@@ -35,8 +35,9 @@ public final class Trainer: @unchecked Sendable {
         self.accumulation = max(1, accumulation)
     }
 
-    /// One micro-batch. images (B, 3, H, W) normalised, labels (B).
-    public func step(images: Tensor, labels: Tensor) throws(ShapeMismatch) -> StepResult {
+    /// Train-mode forward, loss and backward of one micro-batch, accumulating into the gradient
+    /// buffer (scaled by 1/accumulation). The outputs stay valid until the next pass.
+    public func accumulateGradients(images: Tensor, labels: Tensor) throws(ShapeMismatch) -> (LossTerms, RADAROutputs) {
         if pending == 0 { ctx.params.zeroGrads() }
         ctx.training = true
         ctx.beginPass()
@@ -47,19 +48,36 @@ public final class Trainer: @unchecked Sendable {
         // different masks.
         ctx.step += 1
         pending += 1
+        return (terms, out)
+    }
+
+    /// One micro-batch; every `accumulation` micro-batches, an optimizer step.
+    /// images (B, 3, H, W) normalised, labels (B).
+    public func step(images: Tensor, labels: Tensor) throws(ShapeMismatch) -> StepResult {
+        let (terms, _) = try accumulateGradients(images: images, labels: labels)
         if !terms.total.isFinite { pendingFinite = false }
         var result = StepResult(terms: terms, stepped: false, skipped: false, gradNorm: 0, lr: Double(optimizer.lr))
         guard pending == accumulation else { return result }
-        pending = 0
+        let update = applyAccumulatedGradients()
         result.stepped = true
+        result.skipped = update.skipped
+        result.gradNorm = update.gradNorm
+        result.lr = update.lr
+        return result
+    }
+
+    /// The optimizer step after `accumulation` micro-batches: the gradient hook, the non-finite
+    /// check, the schedule, clipping and AdamW.
+    @discardableResult
+    public func applyAccumulatedGradients() -> (skipped: Bool, gradNorm: Double, lr: Double) {
+        pending = 0
         var finite = pendingFinite
         pendingFinite = true
         if let hook = gradientHook { finite = hook(ctx.params, finite) }
         let norm = optimizer.gradientNorm(ctx.backend)
         if !finite || !norm.isFinite {
             skippedSteps += 1
-            result.skipped = true
-            return result
+            return (true, norm, Double(optimizer.lr))
         }
         if let schedule {
             let v = schedule.values(at: optimizer.step)
@@ -67,10 +85,8 @@ public final class Trainer: @unchecked Sendable {
             optimizer.beta1 = Float(v.beta1)
         }
         optimizer.clipGradients(norm: norm, maxNorm: clipNorm, ctx.backend)
-        result.gradNorm = norm
-        result.lr = Double(optimizer.lr)
         optimizer.update(ctx.backend)
-        return result
+        return (false, norm, Double(optimizer.lr))
     }
 
     /// Eval-mode forward: probabilities (B) into `probs`.

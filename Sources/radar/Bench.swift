@@ -1,0 +1,121 @@
+import ArgumentParser
+import COpenBLAS
+import Foundation
+import RadarCore
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure speed and memory; prints one JSON object per result.",
+        subcommands: [Kernels.self, Step.self])
+}
+
+extension Bench {
+    struct Kernels: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "GEMM at ViT-S shapes and the BADM convolutions, ours against cblas_sgemm alone.")
+        @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+        @Option(help: "Timed repeats (the median is reported).") var repeats = 5
+
+        func run() throws {
+            let be = CPUBackend(threads: threads)
+            // GEMM: tokens of 8 ViT-S/16 images (197 each) against the qkv (1152) and fc1 (1536) weights.
+            for n in [1152, 1536] {
+                let (m, k) = (197 * 8, 384)
+                let a = HostTensor(Shape(m, k), fill: 0.5), b = HostTensor(Shape(n, k), fill: 0.25), c = HostTensor(Shape(m, n))
+                let ours = medianSeconds(repeats: repeats) {
+                    be.gemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: a.tensor.base, lda: k,
+                            b: b.tensor.base, ldb: k, beta: 0, c: c.tensor.base, ldc: n)
+                }
+                openblas_set_num_threads(Int32(threads))
+                let blas = medianSeconds(repeats: repeats) {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a.tensor.base, Int32(k),
+                                b.tensor.base, Int32(k), 0, c.tensor.base, Int32(n))
+                }
+                openblas_set_num_threads(1)
+                let flops = 2.0 * Double(m * n * k)
+                printJSON(["bench": "gemm", "m": m, "n": n, "k": k, "seconds": ours, "gflops": flops / ours / 1e9,
+                           "cblas_seconds": blas, "cblas_gflops": flops / blas / 1e9, "ratio_to_cblas": blas / ours,
+                           "machine": machineRecord(threads: threads)])
+            }
+            // BADM convolutions at batch 8: 1x224x224 -> 32x56x56 -> 64x28x28 -> 128x14x14.
+            let specs = [(1, 32, 224, 7, 4, 3), (32, 64, 56, 5, 2, 2), (64, 128, 28, 3, 2, 1)]
+            for (i, s) in specs.enumerated() {
+                let layout = ParameterLayout()
+                let conv = Conv2d("conv\(i)", s.0, s.1, kernel: s.3, stride: s.4, padding: s.5, layout: layout)
+                let ctx = ExecutionContext(backend: be, params: ParameterStore(layout: layout))
+                let batch = 8
+                let x = HostTensor(Shape(batch, s.0, s.2, s.2), fill: 0.1)
+                var out = Shape(1)
+                let ours = try medianSeconds(repeats: repeats) {
+                    ctx.beginPass()
+                    let (y, saved) = try conv.forward(x.tensor, ctx)
+                    out = y.shape
+                    conv.backward(y, saved, ctx, inputGradient: i > 0)
+                }
+                // The same three products per image (forward, weight gradient, input gradient)
+                // through cblas_sgemm alone, without im2col/col2im.
+                let ckk = s.0 * s.3 * s.3, hw = out[2] * out[3]
+                let w = HostTensor(Shape(s.1, ckk), fill: 0.1), col = HostTensor(Shape(ckk, hw), fill: 0.1)
+                let y = HostTensor(Shape(s.1, hw)), dw = HostTensor(Shape(s.1, ckk))
+                openblas_set_num_threads(Int32(threads))
+                let blas = medianSeconds(repeats: repeats) {
+                    for _ in 0..<batch {
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(s.1), Int32(hw), Int32(ckk), 1, w.tensor.base,
+                                    Int32(ckk), col.tensor.base, Int32(hw), 0, y.tensor.base, Int32(hw))
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(s.1), Int32(ckk), Int32(hw), 1, y.tensor.base,
+                                    Int32(hw), col.tensor.base, Int32(hw), 1, dw.tensor.base, Int32(ckk))
+                        if i > 0 {
+                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(ckk), Int32(hw), Int32(s.1), 1, w.tensor.base,
+                                        Int32(ckk), y.tensor.base, Int32(hw), 0, col.tensor.base, Int32(hw))
+                        }
+                    }
+                }
+                openblas_set_num_threads(1)
+                printJSON(["bench": "conv2d_forward_backward", "layer": "badm.edge_encoder.\(3 * i)", "batch": batch,
+                           "input": [s.0, s.2, s.2], "output": [out[1], out[2], out[3]], "kernel": s.3, "stride": s.4, "padding": s.5,
+                           "seconds": ours, "cblas_gemms_seconds": blas, "ratio_to_cblas": blas / ours,
+                           "machine": machineRecord(threads: threads)])
+            }
+        }
+    }
+
+    struct Step: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Forward + backward + AdamW of RADAR on a synthetic batch.")
+        @Option(help: "Preset (tiny, mid, full) or a config JSON file.") var config = "mid"
+        @Option(help: "Batch size (default: the preset's).") var batch: Int?
+        @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+        @Option(help: "Timed steps (the median is reported).") var repeats = 5
+        @Flag(help: "Report the time per layer group as well.") var profile = false
+
+        func run() throws {
+            try failing {
+                var cfg = try RADARConfig.resolve(config)
+                cfg.dropout = 0.1
+                let b = batch ?? RADARConfig.presetBatch(config) ?? 8
+                let model = try RADARModel(config: cfg)
+                let backend = CPUBackend(threads: threads)
+                let ctx = ExecutionContext(backend: backend, params: ParameterStore(layout: model.layout), seed: 1)
+                model.initialize(ctx.params, seed: 1)
+                let trainer = Trainer(model: model, ctx: ctx)
+                let synth = SyntheticFaces(size: cfg.imgSize, seed: 2)
+                let images = HostTensor(Shape(b, 3, cfg.imgSize, cfg.imgSize)), labels = HostTensor(Shape(b))
+                for i in 0..<b {
+                    synth.normalized(i, mean: cfg.mean, std: cfg.std, into: images.tensor.base + i * 3 * cfg.imgSize * cfg.imgSize)
+                    labels.tensor.base[i] = Float(synth.label(i))
+                }
+                _ = try trainer.step(images: images.tensor, labels: labels.tensor)
+                ctx.arena.consolidate()
+                backend.gemmFlops.store(0, ordering: .relaxed)
+                _ = try trainer.step(images: images.tensor, labels: labels.tensor)
+                let flops = Double(backend.gemmFlops.load(ordering: .relaxed))
+                let seconds = try medianSeconds(repeats: repeats) { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
+                printJSON(["bench": "step", "config": config, "batch": b, "parameters": model.layout.parameterCount,
+                           "ms_per_step": seconds * 1000, "images_per_s": Double(b) / seconds,
+                           "gemm_gflop_per_step": flops / 1e9, "effective_gflops": flops / seconds / 1e9,
+                           "arena_mib": Double(ctx.arena.capacity * 4) / 1_048_576, "peak_rss_mib": peakRSSMiB(),
+                           "machine": machineRecord(threads: threads)])
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+import ArgumentParser
+import Foundation
+import RadarCore
+
+@main
+struct Radar: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "radar",
+        abstract: "RADAR deepfake detector: training, benchmarks and tools.",
+        subcommands: [Demo.self, Bench.self, DumpStep.self])
+}
+
+/// Turns any error into one line on stderr and a non-zero exit.
+func failing<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let e as ExitCode { throw e } catch let e as CleanExit { throw e } catch {
+        logLine("radar: error: \(error)")
+        throw ExitCode.failure
+    }
+}
+
+/// Prints one JSON object on stdout (benchmarks, machine-readable results).
+func printJSON(_ object: [String: Any]) {
+    let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+    print(String(decoding: data, as: UTF8.self))
+}
+
+/// Peak resident set size of this process in MiB (Linux VmHWM).
+func peakRSSMiB() -> Double {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        let kb = Double(line.split(separator: " ").dropFirst().first { !$0.isEmpty }.map(String.init) ?? "0") ?? 0
+        return kb / 1024
+    }
+    return 0
+}
+
+/// Median wall time in seconds of `repeats` runs after `warmup` runs.
+func medianSeconds(repeats: Int, warmup: Int = 1, _ body: () throws -> Void) rethrows -> Double {
+    for _ in 0..<warmup { try body() }
+    var times: [Double] = []
+    for _ in 0..<repeats {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try body()
+        times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+    }
+    times.sort()
+    return times[times.count / 2]
+}
+
+func machineRecord(threads: Int) -> [String: Any] {
+    ["cpus": ProcessInfo.processInfo.activeProcessorCount, "threads": threads, "blas": CPUBackend.blasDescription]
+}
