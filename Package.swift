@@ -47,7 +47,8 @@ let package = Package(
         .testTarget(name: "RadarCoreTests",
                     dependencies: ["RadarCore", "CAllocationCounter"],
                     exclude: ["Fixtures"]),
-        .testTarget(name: "RadarDistributedTests", dependencies: ["RadarDistributed", "CMPI"]),
+        // Launches real `mpirun -n N radar-worker` processes.
+        .testTarget(name: "RadarDistributedTests", dependencies: ["RadarDistributed", "radar-worker"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs exactly the Debian packages RADAR builds and tests against. Idempotent: packages that
 # are already installed are not fetched again, and apt-get update runs at most once per call.
+# `--list` prints the package list (the one place it is kept).
 set -euo pipefail
 
 PACKAGES=(
@@ -12,6 +13,11 @@ PACKAGES=(
   libpng-dev libturbojpeg0-dev    # image decoding (data pipeline)
   libarchive-dev                  # tar/gz streaming and zip export
 )
+
+if [ "${1:-}" = "--list" ]; then
+  echo "${PACKAGES[@]}"
+  exit 0
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
