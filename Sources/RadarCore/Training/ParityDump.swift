@@ -1,0 +1,42 @@
+/// The computation behind `radar dump-step` (README "dump-step format"): one train-mode
+/// forward/backward on given weights and batch, and optionally K AdamW steps at a constant
+/// learning rate (clip 1.0, betas 0.9/0.999, eps 1e-8), every tensor named as PyTorch names it.
+public enum ParityDump {
+    public struct BatchError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public static func run(config: RADARConfig, weights: [String: SafeTensor], weightsSource: String,
+                           batch: [String: SafeTensor], batchSource: String, steps: Int, lr: Double, weightDecay: Double,
+                           threads: Int = 1) throws -> [String: SafeTensor] {
+        let model = try RADARModel(config: config)
+        let ctx = ExecutionContext(backend: CPUBackend(threads: threads), params: ParameterStore(layout: model.layout))
+        try StateDict.load(weights, into: ctx.params, source: weightsSource)
+        guard let img = batch["images"], img.shape.count == 4, img.dtype != .i64 else {
+            throw BatchError(description: "\(batchSource): expected a float tensor `images` of shape (B, 3, H, W)")
+        }
+        guard let lab = batch["labels"], lab.shape == [img.shape[0]], lab.dtype != .i64 else {
+            throw BatchError(description: "\(batchSource): expected a float tensor `labels` of shape (\(img.shape[0]))")
+        }
+        let images = HostTensor(Shape(img.shape), img.floats), labels = HostTensor(Shape(lab.shape), lab.floats)
+        let trainer = Trainer(model: model, ctx: ctx, lr: Float(lr), weightDecay: Float(weightDecay))
+        trainer.clipNorm = 1.0
+        var out: [String: SafeTensor] = [:]
+        let (terms, outputs) = try trainer.accumulateGradients(images: images.tensor, labels: labels.tensor)
+        for (name, t) in outputs.named { out["out.\(name)"] = SafeTensor(shape: t.shape.dims, floats: t.toArray()) }
+        out["out.convergence_delta"] = SafeTensor(shape: [], floats: [outputs.convergenceDelta])
+        for (name, v) in terms.named { out["loss.\(name)"] = SafeTensor(shape: [], floats: [Float(v)]) }
+        for s in model.layout.parameters { out["grad.\(s.name)"] = SafeTensor(shape: s.shape.dims, floats: ctx.params.grad(s).toArray()) }
+        guard steps > 0 else { return out }
+        out["loss.step0"] = SafeTensor(shape: [], floats: [Float(terms.total)])
+        trainer.applyAccumulatedGradients()
+        for i in 1..<steps {
+            let r = try trainer.step(images: images.tensor, labels: labels.tensor)
+            out["loss.step\(i)"] = SafeTensor(shape: [], floats: [Float(r.terms.total)])
+        }
+        for (name, t) in StateDict.export(ctx.params) {
+            out[(model.layout.parameter(named: name) != nil ? "param." : "buffer.") + name] = t
+        }
+        return out
+    }
+}
