@@ -73,7 +73,8 @@ public final class AdamW: @unchecked Sendable {
     }
 }
 
-/// torch.optim.lr_scheduler.OneCycleLR with its defaults: pct_start 0.1, cosine annealing,
+/// torch.optim.lr_scheduler.OneCycleLR as MODEL.md fixes it: pct_start 0.1 (torch's default is
+/// 0.3), and torch's defaults otherwise: cosine annealing,
 /// div_factor 25, final_div_factor 1e4, cycle_momentum with Adam's beta1 moving 0.95 -> 0.85 ->
 /// 0.95 against the learning rate, two phases. `values(at: k)` is what the k-th optimizer step
 /// (from 0) uses.

@@ -1,0 +1,139 @@
+import Foundation
+import RadarCore
+import XCTest
+
+final class TrainingTests: XCTestCase {
+    func testOneCycleMatchesPyTorchScheduleAndMomentum() throws {
+        // Fixture from tools/golden/schedule_fixture.py (torch.optim.lr_scheduler.OneCycleLR).
+        let data = try Data(contentsOf: fixturesDirectory.appendingPathComponent("onecycle.json"))
+        let cases = (try JSONSerialization.jsonObject(with: data) as! [String: Any])["cases"] as! [[String: Any]]
+        XCTAssertEqual(cases.count, 3)
+        for c in cases {
+            let s = OneCycleLR(maxLR: c["max_lr"] as! Double, totalSteps: c["total_steps"] as! Int)
+            let lrs = c["lr"] as! [Double], betas = c["beta1"] as! [Double]
+            for k in 0..<lrs.count {
+                let v = s.values(at: k)
+                XCTAssertEqual(v.lr, lrs[k], accuracy: 1e-12 + 1e-9 * lrs[k], "lr at step \(k) of \(c["total_steps"]!)")
+                XCTAssertEqual(v.beta1, betas[k], accuracy: 1e-12, "beta1 at step \(k)")
+            }
+        }
+    }
+
+    func testDeepSupervisionWeights() {
+        assertClose(RADARLoss.deepWeights(3), [1.0 / 6, 1.0 / 3, 0.5], rtol: 1e-6, atol: 1e-7, "T = 3")
+        XCTAssertEqual(RADARLoss.deepWeights(1), [1])
+    }
+
+    func testAccumulatingTwoHalfStepsEqualsOneStep() throws {
+        // Same batch twice at scale 1/2 gives the single-batch gradient (dropout off, so the two
+        // micro-batches are identical functions).
+        func grads(accumulation: Int) throws -> [Float] {
+            let (trainer, images, labels) = try makeTinyTrainer { $0.dropout = 0; $0.branchDropout = 0 }
+            trainer.accumulation = accumulation
+            for _ in 0..<accumulation { _ = try trainer.accumulateGradients(images: images.tensor, labels: labels.tensor) }
+            return Array(trainer.ctx.params.grads)
+        }
+        assertClose(try grads(accumulation: 2), try grads(accumulation: 1), rtol: 1e-4, atol: 1e-7, "accumulated gradients (float32 sum of two halves)")
+        let (trainer, images, labels) = try makeTinyTrainer()
+        trainer.accumulation = 2
+        let first = try trainer.step(images: images.tensor, labels: labels.tensor)
+        XCTAssertFalse(first.stepped, "the first of two micro-batches does not step")
+        XCTAssertEqual(trainer.optimizer.step, 0)
+        let second = try trainer.step(images: images.tensor, labels: labels.tensor)
+        XCTAssertTrue(second.stepped)
+        XCTAssertEqual(trainer.optimizer.step, 1)
+    }
+
+    func testNonFiniteStepIsSkippedAndCounted() throws {
+        let (trainer, images, labels) = try makeTinyTrainer()
+        let before = Array(trainer.ctx.params.values)
+        images.tensor.base[5] = .nan
+        let r = try trainer.step(images: images.tensor, labels: labels.tensor)
+        XCTAssertTrue(r.skipped)
+        XCTAssertEqual(trainer.skippedSteps, 1)
+        XCTAssertEqual(trainer.optimizer.step, 0, "no AdamW step was taken")
+        XCTAssertEqual(Array(trainer.ctx.params.values).map(\.bitPattern), before.map(\.bitPattern), "parameters untouched")
+    }
+
+    func testGradientClippingBoundsTheNorm() throws {
+        let (trainer, images, labels) = try makeTinyTrainer()
+        _ = try trainer.accumulateGradients(images: images.tensor, labels: labels.tensor)
+        let norm = trainer.optimizer.gradientNorm(trainer.ctx.backend)
+        XCTAssertGreaterThan(norm, 0.1)
+        trainer.optimizer.clipGradients(norm: norm, maxNorm: 0.1, trainer.ctx.backend)
+        XCTAssertEqual(trainer.optimizer.gradientNorm(trainer.ctx.backend), 0.1, accuracy: 1e-4)
+    }
+
+    func testInitialisationFollowsModelSection7() throws {
+        var config = RADARConfig.preset("tiny")!
+        config.gatingInit = 0.25
+        let model = try RADARModel(config: config)
+        let store = ParameterStore(layout: model.layout)
+        model.initialize(store, seed: 9)
+        func values(_ n: String) -> [Float] { store.value(named: n)!.toArray() }
+        func std(_ v: [Float]) -> Double {
+            let m = v.reduce(0.0) { $0 + Double($1) } / Double(v.count)
+            return (v.reduce(0.0) { $0 + (Double($1) - m) * (Double($1) - m) } / Double(v.count)).squareRoot()
+        }
+        XCTAssertEqual(Double(values("_gating_logit")[0]), log(0.25 / 0.75), accuracy: 1e-6)
+        // xavier_uniform: |w| <= sqrt(6 / (fan_in + fan_out)), zero bias.
+        let fusion = values("badm.fusion.0.weight"), bound = Float((6.0 / Double(2 * 16 + 128 + 24)).squareRoot())
+        XCTAssertTrue(fusion.allSatisfy { abs($0) <= bound })
+        XCTAssertEqual(std(fusion), Double(bound) / 3.0.squareRoot(), accuracy: Double(bound) * 0.05)
+        XCTAssertTrue(values("badm.fusion.0.bias").allSatisfy { $0 == 0 })
+        // kaiming_normal fan_out (relu): std sqrt(2 / (out k k)).
+        XCTAssertEqual(std(values("badm.edge_encoder.3.weight")), (2.0 / (64 * 25)).squareRoot(), accuracy: 0.002)
+        XCTAssertTrue(values("aadm.freq_encoder.4.weight").allSatisfy { $0 == 1 })
+        XCTAssertTrue(store.buffer(named: "aadm.freq_encoder.4.running_var")!.toArray().allSatisfy { $0 == 1 })
+        // GRUCell: U(-1/sqrt(E), 1/sqrt(E)).
+        XCTAssertTrue(values("reasoning.gru.weight_hh").allSatisfy { abs($0) <= 0.25 })
+        // ViT: trunc_normal(0.02) weights, cls_token ~ 1e-6, LayerNorm 1/0.
+        XCTAssertEqual(std(values("encoder.blocks.0.attn.qkv.weight")), 0.02, accuracy: 0.002)
+        XCTAssertLessThan(values("encoder.cls_token").map { abs($0) }.max()!, 1e-5)
+        XCTAssertTrue(values("encoder.norm.weight").allSatisfy { $0 == 1 })
+        // Deterministic by seed, different across seeds.
+        let again = ParameterStore(layout: model.layout)
+        model.initialize(again, seed: 9)
+        XCTAssertEqual(Array(again.values), Array(store.values))
+        model.initialize(again, seed: 10)
+        XCTAssertNotEqual(Array(again.values), Array(store.values))
+    }
+
+    func testTimmCheckpointLoadsAndPosEmbedIsResampledAsTimmDoes() throws {
+        let path = fixturesDirectory.appendingPathComponent("timm/vit_tiny_grid4.safetensors").path
+        let timm = try SafeTensors.read(path).tensors
+        let expected = try SafeTensors.read(fixturesDirectory.appendingPathComponent("timm/pos_embed_resampled.safetensors").path).tensors
+        for (img, grid) in [(32, 4), (48, 6), (24, 3)] {
+            var c = RADARConfig.preset("tiny")!
+            (c.imgSize, c.patchSize, c.embedDim, c.depth, c.numHeads) = (img, 8, 16, 1, 2)
+            let model = try RADARModel(config: c)
+            let store = ParameterStore(layout: model.layout)
+            let resampled = try TimmWeights.load(path, into: store, config: c)
+            XCTAssertEqual(resampled, grid == 4 ? [] : ["pos_embed"])
+            XCTAssertEqual(store.value(named: "encoder.blocks.0.attn.qkv.weight")!.toArray(), timm["blocks.0.attn.qkv.weight"]!.floats)
+            let pos = store.value(named: "encoder.pos_embed")!.toArray()
+            if grid == 4 {
+                XCTAssertEqual(pos, timm["pos_embed"]!.floats)
+            } else {
+                assertClose(pos, expected["pos_embed_grid\(grid)"]!.floats, rtol: 1e-5, atol: 1e-6, "pos_embed resampled to \(grid)x\(grid)")
+            }
+        }
+    }
+
+    func testTimmLoaderListsMissingUnknownAndMismatchedTensors() throws {
+        var c = RADARConfig.preset("tiny")!
+        (c.embedDim, c.depth, c.numHeads) = (16, 2, 2)  // depth 2: blocks.1.* are missing from the file
+        let model = try RADARModel(config: c)
+        let path = fixturesDirectory.appendingPathComponent("timm/vit_tiny_grid4.safetensors").path
+        XCTAssertThrowsError(try TimmWeights.load(path, into: ParameterStore(layout: model.layout), config: c)) { e in
+            let text = "\(e)"
+            XCTAssertTrue(text.contains("missing") && text.contains("blocks.1.attn.qkv.weight"), text)
+        }
+        c.depth = 1
+        c.embedDim = 32
+        let wide = try RADARModel(config: c)
+        XCTAssertThrowsError(try TimmWeights.load(path, into: ParameterStore(layout: wide.layout), config: c)) { e in
+            XCTAssertTrue("\(e)".contains("shape mismatches") && "\(e)".contains("cls_token"), "\(e)")
+        }
+    }
+}
