@@ -17,6 +17,7 @@ struct RadarWorker: ParsableCommand {
     @Option(help: "Peak learning rate.") var learningRate: Double = 1e-3
     @Option(help: "Seed.") var seed: UInt64 = 1
     @Option(help: "CPU threads per rank (default: cores / ranks on this node).") var threads: Int?
+    @Option(help: "A timm vit_small_patch16_224 safetensors file for the encoder.") var pretrained: String?
 
     func run() throws {
         let mpi: MPIRuntime
@@ -33,6 +34,7 @@ struct RadarWorker: ParsableCommand {
             let ctx = ExecutionContext(backend: CPUBackend(threads: t), params: ParameterStore(layout: model.layout),
                                        seed: seed &+ UInt64(mpi.rank))
             model.initialize(ctx.params, seed: seed)
+            if let pretrained { try TimmWeights.load(pretrained, into: ctx.params, config: cfg) }
             let sync = MPIGradientAverage(mpi: mpi)
             try sync.broadcastInitialState(ctx.params)
             let trainer = Trainer(model: model, ctx: ctx, lr: Float(learningRate))

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CAllocationCounter
 import COpenBLAS
 import Foundation
 import RadarCore
@@ -110,11 +111,22 @@ extension Bench {
                 _ = try trainer.step(images: images.tensor, labels: labels.tensor)
                 let flops = Double(backend.gemmFlops.load(ordering: .relaxed))
                 let seconds = try medianSeconds(repeats: repeats) { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
+                radar_allocation_counter_start()
+                for _ in 0..<repeats { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
+                let allocations = radar_allocation_counter_stop()
+                var sections: [String: Double] = [:]
+                if profile {
+                    let p = StepProfiler()
+                    ctx.profiler = p
+                    for _ in 0..<repeats { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
+                    ctx.profiler = nil
+                    for s in StepProfiler.Section.allCases { sections[s.name] = p.seconds[s.rawValue] / Double(repeats) * 1000 }
+                }
                 printJSON(["bench": "step", "config": config, "batch": b, "parameters": model.layout.parameterCount,
                            "ms_per_step": seconds * 1000, "images_per_s": Double(b) / seconds,
                            "gemm_gflop_per_step": flops / 1e9, "effective_gflops": flops / seconds / 1e9,
                            "arena_mib": Double(ctx.arena.capacity * 4) / 1_048_576, "peak_rss_mib": peakRSSMiB(),
-                           "machine": machineRecord(threads: threads)])
+                           "profile_ms": sections, "heap_allocations_per_step": Double(allocations) / Double(repeats), "machine": machineRecord(threads: threads)])
             }
         }
     }

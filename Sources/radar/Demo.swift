@@ -17,6 +17,8 @@ struct Demo: ParsableCommand {
     @Option(help: "Artifact strength knob of the generator, 0 (obvious) to 1 (faint).") var difficulty = 0.3
     @Option(help: "Threads for the CPU backend.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Seed for data, initialisation and dropout.") var seed: UInt64 = 1
+    @Option(help: "A timm vit_small_patch16_224 safetensors file for the encoder (pos_embed resampled when the grid differs).")
+    var pretrained: String?
 
     func run() throws {
         try failing {
@@ -27,6 +29,10 @@ struct Demo: ParsableCommand {
             let model = try RADARModel(config: cfg)
             let ctx = ExecutionContext(backend: CPUBackend(threads: threads), params: ParameterStore(layout: model.layout), seed: seed)
             model.initialize(ctx.params, seed: seed)
+            if let pretrained {
+                let resampled = try TimmWeights.load(pretrained, into: ctx.params, config: cfg)
+                logLine("radar demo: encoder weights from \(pretrained)" + (resampled.isEmpty ? "" : " (resampled: \(resampled.joined(separator: ", ")))"))
+            }
             let trainer = Trainer(model: model, ctx: ctx, lr: Float(learningRate))
             let stepsPerEpoch = trainImages / batchSize
             trainer.schedule = OneCycleLR(maxLR: learningRate, totalSteps: stepsPerEpoch * epochs)

@@ -48,7 +48,7 @@ final class KernelReferenceTests: XCTestCase {
                                                  beta: ctx.params.value(ln.bias).toArray(), eps: 1e-6),
                     rtol: 1e-5, atol: 1e-5, "layerNorm")
         assertClose(Softmax.forward(x.tensor, ctx).toArray(), Naive.softmax(x.values, cols: 13), rtol: 1e-5, atol: 1e-7, "softmax")
-        let gelu = GELU.forward(x.tensor, ctx).toArray()
+        let gelu = GELU.forward(x.tensor, ctx).0.toArray()
         let ref = x.values.map { v in Float(0.5 * Double(v) * (1 + Foundation.erf(Double(v) / 2.0.squareRoot()))) }
         assertClose(gelu, ref, rtol: 1e-5, atol: 1e-6, "gelu")
         let relu = ReLU.forward(x.tensor, ctx).toArray()
@@ -219,6 +219,19 @@ final class KernelReferenceTests: XCTestCase {
         XCTAssertNotEqual(drop.forward(big.tensor, ctx).0.toArray(), v1, "the next step draws a new mask")
         ctx.training = false
         XCTAssertEqual(drop.forward(big.tensor, ctx).0.base, big.tensor.base, "eval mode passes x through")
+    }
+
+    func testSoftmaxExpIsWithinTwoUlpOfDoublePrecisionExp() {
+        // The softmax kernel's exp, probed through softmax over [x, -inf-like] pairs is awkward;
+        // instead compare softmax of [x, 0] rows: y0 = e^x / (e^x + 1) against the double result.
+        let xs = stride(from: -80.0, through: 80.0, by: 0.37).map { Float($0) }
+        let ctx = makeContext(ParameterLayout())
+        let x = HostTensor(Shape(xs.count, 2), xs.flatMap { [$0, 0] })
+        let y = Softmax.forward(x.tensor, ctx).toArray()
+        for (i, v) in xs.enumerated() {
+            let ref = 1 / (1 + Foundation.exp(-Double(v)))
+            XCTAssertEqual(Double(y[2 * i]), ref, accuracy: max(4 * Double(Float.ulpOfOne) * ref, 1e-30), "softmax([\(v), 0])")
+        }
     }
 
     func testAdamWMatchesTorchFormula() {

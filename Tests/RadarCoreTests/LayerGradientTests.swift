@@ -70,8 +70,8 @@ final class LayerGradientTests: XCTestCase {
     func testActivationAndSoftmaxGradients() throws {
         let ctx = makeContext(ParameterLayout())
         try check.run("GELU", ctx, inputs: [randomHost(Shape(3, 11), seed: 1, std: 2)]) { ctx, x in
-            let y = GELU.forward(x[0], ctx)
-            return (y, { dy in [GELU.backward(dy, x: x[0], ctx)] })
+            let (y, saved) = GELU.forward(x[0], ctx)
+            return (y, { dy in [GELU.backward(dy, saved, ctx)] })
         }
         // Keep ReLU inputs away from the kink, where finite differences are meaningless.
         let values = randomValues(40, seed: 2).map { $0 + ($0 >= 0 ? 0.1 : -0.1) }

@@ -75,11 +75,11 @@ final class ThreadDeterminismTests: XCTestCase {
             let l = ParameterLayout()
             let ln = LayerNorm("ln", 64, eps: 1e-6, layout: l), gru = GRUCell("g", inputSize: 64, hiddenSize: 64, layout: l)
             let (a, s1) = try ln.forward(x[0], ctx)
-            let g = GELU.forward(a, ctx)
+            let (g, gs) = GELU.forward(a, ctx)
             let (h, s2) = try gru.forward(g, h: x[1], ctx)
             return (h, { dy in
                 let (dx, dh) = gru.backward(dy, s2, ctx)
-                return [ln.backward(GELU.backward(dx, x: a, ctx), s1, ctx), dh]
+                return [ln.backward(GELU.backward(dx, gs, ctx), s1, ctx), dh]
             })
         }
         try assertSameForThreadCounts("transforms", layout: { ParameterLayout() }, inputShapes: [Shape(3, 3, 40, 40)]) { ctx, x in

@@ -35,9 +35,11 @@ public protocol Backend: AnyObject {
     func accumulateColumnSums(_ src: Tensor, into dst: Tensor)
     func reluForward(_ x: Tensor, _ y: Tensor)
     func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor)
-    /// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)).
-    func geluForward(_ x: Tensor, _ y: Tensor)
-    func geluBackward(_ dy: Tensor, x: Tensor, _ dx: Tensor)
+    /// Exact GELU, y = x Phi(x) with Phi(x) = 0.5 (1 + erf(x / sqrt 2)); Phi is kept in `cdf` so
+    /// backward needs no second erf.
+    func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor)
+    /// dx = dy (Phi(x) + x phi(x)).
+    func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor, _ dx: Tensor)
     /// Softmax over the last `cols` of each row.
     func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int)
     func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int)

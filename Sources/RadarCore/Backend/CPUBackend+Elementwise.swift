@@ -44,12 +44,18 @@ extension CPUBackend {
     public func accumulateColumnSums(_ src: Tensor, into dst: Tensor) {
         let cols = dst.count
         let rows = src.count / max(cols, 1)
-        // Parallel over columns; each column sums its rows in order.
-        parallel(cols, grain: 64) { cr in
-            for c in cr {
-                var s: Float = 0
-                for r in 0..<rows { s += src.base[r * cols + c] }
-                dst.base[c] += s
+        // Fixed 256-column chunks; within a chunk rows are walked in order with contiguous
+        // (vectorisable) inner loops, so each column's sum has the same order for any thread count.
+        let chunk = 256
+        parallel(cols, grain: chunk) { cr in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: chunk) { acc in
+                let n = cr.count
+                for j in 0..<n { acc[j] = 0 }
+                for r in 0..<rows {
+                    let row = src.base + r * cols + cr.lowerBound
+                    for j in 0..<n { acc[j] += row[j] }
+                }
+                for j in 0..<n { dst.base[cr.lowerBound + j] += acc[j] }
             }
         }
     }
@@ -62,22 +68,23 @@ extension CPUBackend {
         parallel(dy.count) { r in for i in r { dx.base[i] = y.base[i] > 0 ? dy.base[i] : 0 } }
     }
 
-    public func geluForward(_ x: Tensor, _ y: Tensor) {
+    public func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor) {
         parallel(x.count) { r in
             for i in r {
                 let v = x.base[i]
-                y.base[i] = 0.5 * v * (1 + erff(v * 0.707_106_77))
+                let phi = 0.5 * (1 + erff(v * 0.707_106_77))
+                cdf.base[i] = phi
+                y.base[i] = v * phi
             }
         }
     }
 
-    public func geluBackward(_ dy: Tensor, x: Tensor, _ dx: Tensor) {
+    public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor, _ dx: Tensor) {
         parallel(dy.count) { r in
             for i in r {
                 let v = x.base[i]
-                let cdf = 0.5 * (1 + erff(v * 0.707_106_77))
-                let pdf = expf(-0.5 * v * v) * 0.398_942_28
-                dx.base[i] = dy.base[i] * (cdf + v * pdf)
+                let pdf = fastExp(-0.5 * v * v) * 0.398_942_28
+                dx.base[i] = dy.base[i] * (cdf.base[i] + v * pdf)
             }
         }
     }
@@ -89,12 +96,9 @@ extension CPUBackend {
                 let xi = x.base + row * cols, yi = y.base + row * cols
                 var m = -Float.infinity
                 for j in 0..<cols { m = max(m, xi[j]) }
+                for j in 0..<cols { yi[j] = fastExp(xi[j] - m) }
                 var s: Float = 0
-                for j in 0..<cols {
-                    let e = expf(xi[j] - m)
-                    yi[j] = e
-                    s += e
-                }
+                for j in 0..<cols { s += yi[j] }
                 let inv = 1 / s
                 for j in 0..<cols { yi[j] *= inv }
             }

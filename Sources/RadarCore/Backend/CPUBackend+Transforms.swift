@@ -74,7 +74,11 @@ extension CPUBackend {
         let inp = fftwf_alloc_real(f * f)!
         let out = fftwf_alloc_complex(f * (f / 2 + 1))!
         defer { fftwf_free(inp); fftwf_free(out) }
-        let plan = fftwf_plan_dft_r2c_2d(Int32(f), Int32(f), inp, out, radar_fftw_estimate() | UInt32(FFTW_UNALIGNED))!
+        // Buffered FFTW algorithms malloc their buffers on every execution; NO_BUFFERING (with
+        // DESTROY_INPUT: the kernel hands the plan a scratch copy) keeps execution allocation-free.
+        let base = radar_fftw_estimate() | UInt32(FFTW_UNALIGNED) | UInt32(FFTW_DESTROY_INPUT)
+        let plan = fftwf_plan_dft_r2c_2d(Int32(f), Int32(f), inp, out, base | UInt32(FFTW_NO_BUFFERING))
+            ?? fftwf_plan_dft_r2c_2d(Int32(f), Int32(f), inp, out, base)!
         fftPlans[f] = plan
         return plan
     }
@@ -88,8 +92,10 @@ extension CPUBackend {
         let scratch = fftScratch(count: b * f * half * 2)
         forEach(b) { i in
             let spec = scratch + i * f * half * 2
+            let input = ThreadScratch.floats(f * f)
+            input.update(from: x.base + i * f * f, count: f * f)
             spec.withMemoryRebound(to: fftwf_complex.self, capacity: f * half) { c in
-                fftwf_execute_dft_r2c(plan, x.base + i * f * f, c)
+                fftwf_execute_dft_r2c(plan, input, c)
             }
             let dst = y.base + i * f * f
             let shift = f / 2

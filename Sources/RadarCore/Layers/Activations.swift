@@ -15,15 +15,17 @@ public enum ReLU {
 
 /// Exact GELU (erf form, torch's approximate='none'): backward reads the input.
 public enum GELU {
-    public static func forward(_ x: Tensor, _ ctx: ExecutionContext) -> Tensor {
-        let y = ctx.tensor(x.shape)
-        ctx.backend.geluForward(x, y)
-        return y
+    public struct Saved { public let x: Tensor, cdf: Tensor }
+
+    public static func forward(_ x: Tensor, _ ctx: ExecutionContext) -> (Tensor, Saved) {
+        let y = ctx.tensor(x.shape), cdf = ctx.tensor(x.shape)
+        ctx.backend.geluForward(x, y, cdf: cdf)
+        return (y, Saved(x: x, cdf: cdf))
     }
 
-    public static func backward(_ dy: Tensor, x: Tensor, _ ctx: ExecutionContext) -> Tensor {
-        let dx = ctx.tensor(x.shape)
-        ctx.backend.geluBackward(dy, x: x, dx)
+    public static func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext) -> Tensor {
+        let dx = ctx.tensor(saved.x.shape)
+        ctx.backend.geluBackward(dy, x: saved.x, cdf: saved.cdf, dx)
         return dx
     }
 }

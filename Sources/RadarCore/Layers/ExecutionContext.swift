@@ -11,6 +11,8 @@ public final class ExecutionContext: @unchecked Sendable {
     /// The micro-batch counter; dropout masks are keyed by (seed, step, call index).
     public var step: UInt64 = 0
     private var callIndex: UInt64 = 0
+    /// Set by benchmarks to time the parts of a step.
+    public var profiler: StepProfiler?
     private static let dropoutLabel: UInt64 = {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in "dropout".utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }

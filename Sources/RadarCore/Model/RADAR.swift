@@ -86,6 +86,8 @@ public final class RADARModel: @unchecked Sendable {
     public func forward(_ x: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> RADAROutputs {
         let be = ctx.backend
         let b = x.shape[0], d = config.embedDim, n = config.patchCount, e = config.evidenceDim, t = config.reasoningIterations
+        let prof = ctx.profiler
+        prof?.begin()
         let (tokens, patchSaved, normSaved) = try encoder.forward(x, ctx, saved: &blockSaved)
         let flat = tokens.reshaped(Shape(b, (n + 1) * d))
         let cls = ctx.tensor(Shape(b, d))
@@ -95,8 +97,11 @@ public final class RADARModel: @unchecked Sendable {
 
         var eb = ctx.zeros(Shape(b, e)), lb = ctx.zeros(Shape(b, 1)), ea = ctx.zeros(Shape(b, e)), la = ctx.zeros(Shape(b, 1))
         var badmSaved: BoundaryBranch.Saved?, aadmSaved: FrequencyBranch.Saved?
+        prof?.end(.encoderForward)
         if config.useBadm { let r = try badm.forward(x, patches: patches, ctx); (eb, lb, badmSaved) = (r.0, r.1, r.2) }
+        prof?.end(.boundaryForward)
         if config.useAadm { let r = try aadm.forward(x, cls: cls, ctx); (ea, la, aadmSaved) = (r.0, r.1, r.2) }
+        prof?.end(.frequencyForward)
 
         // Evidence tokens: stack(e_b, e_a) is cat(e_b, e_a) seen as (B, 2, E); one branch -> (B, 1, E).
         let evidenceTokens: Tensor, initInput: Tensor
@@ -127,6 +132,7 @@ public final class RADARModel: @unchecked Sendable {
         let out = RADAROutputs(logit: logit, prob: prob, reasoningLogit: reasoningLogit, externalLogit: external,
                                gatingAlpha: alpha, badmLogit: lb, aadmLogit: la, badmEvidence: eb, aadmEvidence: ea,
                                iterationLogits: iterationLogits, attentionHistory: history, convergenceDelta: delta)
+        prof?.end(.reasoningForward)
         last = Pass(input: x, tokens: tokens, patches: patches, cls: cls, patch: patchSaved, norm: normSaved,
                     badm: badmSaved, aadm: aadmSaved, evidenceTokens: evidenceTokens, initInput: initInput,
                     initSaved: initSaved, external: extSaved, externalInput: initInput, outputs: out)
@@ -140,6 +146,8 @@ public final class RADARModel: @unchecked Sendable {
         let b = s.input.shape[0], d = config.embedDim, n = config.patchCount, e = config.evidenceDim
         let t = config.reasoningIterations
         let o = s.outputs
+        let prof = ctx.profiler
+        prof?.begin()
 
         let dReasoning = ctx.tensor(Shape(b, 1)), dExternal = ctx.tensor(Shape(b, 1))
         be.gatedFusionBackward(dFinal: g.logit, gate: p.value(gatingLogit), reasoning: o.reasoningLogit,
@@ -161,6 +169,7 @@ public final class RADARModel: @unchecked Sendable {
         be.add(dTokens.reshaped(s.initInput.shape), dInit, into: dEvidence)
         be.add(dEvidence, dInitExternal, into: dEvidence)
 
+        prof?.end(.reasoningBackward)
         let dTok = ctx.zeros(Shape(b, (n + 1) * d))
         if config.useBadm, let bs = s.badm {
             let dEb = ctx.tensor(Shape(b, e))
@@ -170,6 +179,7 @@ public final class RADARModel: @unchecked Sendable {
             let dPatches = badm.backward(dEvidence: dEb, bs, ctx)
             be.copyColumns(dPatches.reshaped(Shape(b, n * d)), srcCols: n * d, into: dTok, dstCols: (n + 1) * d, offset: d)
         }
+        prof?.end(.boundaryBackward)
         if config.useAadm, let asv = s.aadm {
             let dEa = ctx.tensor(Shape(b, e))
             if dual { be.sliceColumns(dEvidence, srcCols: 2 * e, offset: e, into: dEa, dstCols: e) } else { be.copy(dEvidence, into: dEa) }
@@ -178,6 +188,8 @@ public final class RADARModel: @unchecked Sendable {
             let dCls = aadm.backward(dEvidence: dEa, asv, ctx)
             be.copyColumns(dCls, srcCols: d, into: dTok, dstCols: (n + 1) * d, offset: 0)
         }
+        prof?.end(.frequencyBackward)
         encoder.backward(dTok.reshaped(Shape(b, n + 1, d)), patch: s.patch, norm: s.norm, blocks: blockSaved, ctx)
+        prof?.end(.encoderBackward)
     }
 }

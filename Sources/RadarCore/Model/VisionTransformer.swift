@@ -13,7 +13,7 @@ public struct VisionTransformer: Sendable {
 
     public struct BlockSaved {
         let n1: LayerNorm.Saved, attn: SelfAttention.Saved, n2: LayerNorm.Saved
-        let h: Tensor, fc1Out: Tensor, act: Tensor
+        let h: Tensor, gelu: GELU.Saved, act: Tensor
     }
 
     public struct Saved {
@@ -72,11 +72,11 @@ public struct VisionTransformer: Sendable {
             be.add(h, attnOut, into: h1)
             let (m, n2) = try blk.norm2.forward(h1, ctx)
             let fc1Out = try blk.fc1.forward(m, ctx)
-            let act = GELU.forward(fc1Out, ctx)
+            let (act, geluSaved) = GELU.forward(fc1Out, ctx)
             let mlpOut = try blk.fc2.forward(act, ctx)
             let h2 = ctx.tensor(h.shape)
             be.add(h1, mlpOut, into: h2)
-            saved.append(BlockSaved(n1: n1, attn: attnSaved, n2: n2, h: m, fc1Out: fc1Out, act: act))
+            saved.append(BlockSaved(n1: n1, attn: attnSaved, n2: n2, h: m, gelu: geluSaved, act: act))
             h = h2
         }
         let (out, normSaved) = try norm.forward(h, ctx)
@@ -95,7 +95,7 @@ public struct VisionTransformer: Sendable {
             i -= 1
             // h2 = h1 + fc2(gelu(fc1(norm2(h1))))
             let dAct = blk.fc2.backward(dh, x: s.act, ctx)!
-            let dFc1 = GELU.backward(dAct, x: s.fc1Out, ctx)
+            let dFc1 = GELU.backward(dAct, s.gelu, ctx)
             let dM = blk.fc1.backward(dFc1, x: s.h, ctx)!
             let dH1 = blk.norm2.backward(dM, s.n2, ctx)
             be.add(dH1, dh, into: dH1)

@@ -42,7 +42,9 @@ public final class Trainer: @unchecked Sendable {
         ctx.training = true
         ctx.beginPass()
         let out = try model.forward(images, ctx)
+        ctx.profiler?.begin()
         let (terms, grads) = loss.compute(out, labels: labels, config: model.config, scale: 1 / Float(accumulation), ctx)
+        ctx.profiler?.end(.loss)
         model.backward(grads, ctx)
         // Dropout streams are keyed by the micro-batch index, so accumulated micro-batches draw
         // different masks.
@@ -71,6 +73,8 @@ public final class Trainer: @unchecked Sendable {
     @discardableResult
     public func applyAccumulatedGradients() -> (skipped: Bool, gradNorm: Double, lr: Double) {
         pending = 0
+        ctx.profiler?.begin()
+        defer { ctx.profiler?.end(.optimizer) }
         var finite = pendingFinite
         pendingFinite = true
         if let hook = gradientHook { finite = hook(ctx.params, finite) }

@@ -1,0 +1,64 @@
+"""PyTorch eager on the same step as `radar bench step`: forward, the 5-term loss, backward,
+clip 1.0 and AdamW, for a RADAR config at a given batch and thread count. Prints one JSON object.
+
+    python bench/pytorch_step.py --config mid --batch 32 --threads 1
+
+Uses tools/golden/radar_reference.py (torch and timm from PyPI).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools", "golden"))
+from radar_reference import RADAR, full_config, radar_loss  # noqa: E402
+
+PRESETS = {
+    "tiny": dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, evidence_dim=16, fft_size=16),
+    "mid": dict(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, fft_size=32),
+    "full": dict(),
+}
+BATCH = {"tiny": 8, "mid": 32, "full": 8}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="mid", help="preset name or JSON file")
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    cfg = PRESETS[a.config] if a.config in PRESETS else json.load(open(a.config))
+    c = full_config(cfg)
+    b = a.batch or BATCH.get(a.config, 8)
+    model = RADAR(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    x = torch.randn(b, 3, c["img_size"], c["img_size"])
+    y = torch.tensor([i % 2 for i in range(b)], dtype=torch.float32)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = radar_loss(model(x), y, cfg)["total"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
+        opt.step()
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(a.repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    s = statistics.median(times)
+    print(json.dumps({"bench": "pytorch_step", "config": a.config, "batch": b, "threads": a.threads,
+                      "ms_per_step": s * 1000, "images_per_s": b / s, "torch": torch.__version__}, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
