@@ -6,7 +6,8 @@
 /// Checked against double-precision exp through softmax in KernelReferenceTests (4 ulp bound).
 @inline(__always)
 func fastExp(_ x: Float) -> Float {
-    let clamped = min(max(x, -87.3), 88.7)
+    // NaN stays NaN (selected at the end; the arithmetic runs on 0 so the integer conversion is safe).
+    let clamped = x.isNaN ? 0 : min(max(x, -87.3), 88.7)
     let n = (clamped * 1.442_695_04).rounded(.toNearestOrEven)
     // r = x - n ln2, with ln2 = 0.693145751953125 + 1.428606765330187e-06 (first part exact in 12 bits).
     let r = (clamped - n * 0.693_145_751_953_125) - n * 1.428_606_765_330_187e-06
@@ -19,5 +20,5 @@ func fastExp(_ x: Float) -> Float {
     p = p * r + 1
     p = p * r + 1
     let scale = Float(bitPattern: UInt32(truncatingIfNeeded: Int32(n) + 127) << 23)
-    return p * scale
+    return x.isNaN ? x : p * scale
 }
