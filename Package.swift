@@ -23,10 +23,13 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CFFTW", pkgConfig: "fftw3f", providers: [.apt(["libfftw3-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CTurboJPEG", pkgConfig: "libturbojpeg", providers: [.apt(["libturbojpeg0-dev"])]),
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
 
         // Lets the worker pool borrow a non-escaping Swift closure across threads without a heap allocation.
         .target(name: "CTaskClosure"),
-        .target(name: "RadarCore", dependencies: ["COpenBLAS", "CFFTW", "CLZ4", "CTaskClosure"]),
+        .target(name: "RadarCore", dependencies: ["COpenBLAS", "CFFTW", "CLZ4", "CPNG", "CTurboJPEG", "CArchive", "CTaskClosure"]),
         .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
 
         .executableTarget(name: "radar", dependencies: [

@@ -27,8 +27,15 @@ public struct SyntheticFaces: Sendable {
         RandomStream(seed: seed, stream: RandomStream.id("synth-label", UInt64(index))).uniform(0) < 0.5 ? 0 : 1
     }
 
+    /// Image `index` drawn with the given label (1 adds the fake artifacts).
+    public func rgbImage(_ index: Int, label: Int) -> RGBImage {
+        RGBImage(width: size, height: size, pixels: image(index, label: label))
+    }
+
     /// Interleaved RGB bytes (size x size x 3) of image `index`.
-    public func image(_ index: Int) -> [UInt8] {
+    public func image(_ index: Int) -> [UInt8] { image(index, label: label(index)) }
+
+    func image(_ index: Int, label forcedLabel: Int) -> [UInt8] {
         let r = RandomStream(seed: seed, stream: RandomStream.id("synth-image", UInt64(index)))
         var k: UInt64 = 0
         func u() -> Double { k += 1; return Double(r.uniform(k)) }
@@ -73,7 +80,7 @@ public struct SyntheticFaces: Sendable {
         // Sensor noise on every image.
         for i in 0..<img.count { img[i] += 0.02 * (u() - 0.5) }
 
-        if label(index) == 1 {
+        if forcedLabel == 1 {
             let strength = 1 - 0.85 * difficulty
             // The pasted region: an inner-face ellipse with a sharp (1-2 px) blend edge.
             let prx = rx * (0.7 + 0.15 * u()), pry = ry * (0.6 + 0.15 * u())

@@ -1,0 +1,10 @@
+#ifndef RADAR_CPNG_SHIM_H
+#define RADAR_CPNG_SHIM_H
+// Only libpng's simplified png_image_* API is used: the classic API reports errors by longjmp,
+// which Swift cannot survive.
+#include <png.h>
+// PNG_IMAGE_* function-like macros do not import; restate what we need.
+static inline int radar_png_format_rgb(void) { return PNG_FORMAT_RGB; }
+static inline unsigned radar_png_image_version(void) { return PNG_IMAGE_VERSION; }
+static inline int radar_png_image_failed(const png_image *img) { return PNG_IMAGE_FAILED(*img); }
+#endif

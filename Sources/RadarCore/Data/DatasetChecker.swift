@@ -1,0 +1,128 @@
+import Foundation
+
+/// `radar prepare --check-only`: a dataset directory's manifest against its shards.
+public enum DatasetChecker {
+    /// Throws on the first inconsistency, naming the file; returns the manifest when all is well.
+    @discardableResult
+    public static func check(directory: String) throws -> DatasetManifest {
+        let m = try DatasetManifest.load(directory: directory)
+        for s in m.shards {
+            let path = (directory as NSString).appendingPathComponent(s.name)
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw DatasetError(path: path, reason: "listed in the manifest but missing")
+            }
+            guard data.count == s.bytes else {
+                throw DatasetError(path: path, reason: "size \(data.count) bytes, manifest says \(s.bytes)")
+            }
+            guard SHA256Digest.hex(data) == s.sha256 else {
+                throw DatasetError(path: path, reason: "SHA-256 differs from the manifest")
+            }
+            let index = try TarIndex(path: path)
+            guard index.samples.count == s.samples else {
+                throw DatasetError(path: path, reason: "\(index.samples.count) samples, manifest says \(s.samples)")
+            }
+        }
+        var perSplit = [Split: Int]()
+        for s in m.shards { perSplit[s.split, default: 0] += s.samples }
+        for split in Split.allCases {
+            let counted = m.counts[split.rawValue]?.total ?? 0
+            guard counted == perSplit[split] ?? 0 else {
+                throw DatasetError(path: directory, reason: "manifest counts \(counted) \(split.rawValue) samples, its shards hold \(perSplit[split] ?? 0)")
+            }
+        }
+        return m
+    }
+
+    public static func summary(_ m: DatasetManifest) -> String {
+        var lines = ["source: " + m.source.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")]
+        for split in Split.allCases {
+            let c = m.counts[split.rawValue] ?? .init()
+            lines.append("\(split.rawValue): \(c.total) images (real \(c.real) in \(c.realSequences) sequences, fake \(c.fake) in \(c.fakeSequences) sequences)")
+        }
+        lines.append("shards: \(m.shards.count), skipped: \(m.skipped.count)")
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// Random access into a WebDataset tar shard: the byte range of every member, grouped by key,
+/// found by walking the ustar headers (no decompression, no data read).
+public struct TarIndex: Sendable {
+    public struct Sample: Sendable {
+        public var key: String
+        /// Extension -> (offset, size) of the member's data.
+        public var members: [String: (offset: Int, size: Int)]
+    }
+
+    public let path: String
+    public let samples: [Sample]
+
+    public init(path: String) throws {
+        self.path = path
+        guard let fh = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open shard") }
+        defer { try? fh.close() }
+        var samples: [Sample] = []
+        var offset = 0
+        var longName: String?
+        while true {
+            try fh.seek(toOffset: UInt64(offset))
+            guard let header = try fh.read(upToCount: 512), header.count == 512 else {
+                throw DatasetError(path: path, reason: "truncated tar (header at byte \(offset))")
+            }
+            if header.allSatisfy({ $0 == 0 }) { break }
+            func field(_ a: Int, _ n: Int) -> String {
+                String(decoding: header[a..<(a + n)].prefix { $0 != 0 }, as: UTF8.self)
+            }
+            let sizeText = field(124, 12).trimmingCharacters(in: .whitespaces)
+            guard let size = Int(sizeText, radix: 8) else { throw DatasetError(path: path, reason: "bad tar header at byte \(offset)") }
+            let type = header[156]
+            let prefix = field(345, 155)
+            var name = field(0, 100)
+            if !prefix.isEmpty { name = prefix + "/" + name }
+            let dataStart = offset + 512
+            offset = dataStart + (size + 511) / 512 * 512
+            if type == UInt8(ascii: "x") || type == UInt8(ascii: "L") {
+                // pax / GNU long-name record: the path for the next member.
+                try fh.seek(toOffset: UInt64(dataStart))
+                let rec = String(decoding: try fh.read(upToCount: size) ?? Data(), as: UTF8.self)
+                if type == UInt8(ascii: "L") { longName = rec.trimmingCharacters(in: CharacterSet(charactersIn: "\0")) } else if let r = rec.range(of: " path=") {
+                    longName = String(rec[r.upperBound...].prefix { $0 != "\n" })
+                }
+                continue
+            }
+            if let l = longName { name = l; longName = nil }
+            guard type == 0 || type == UInt8(ascii: "0") else { continue }
+            guard let dot = name.firstIndex(of: ".") else { continue }
+            let key = String(name[..<dot]), ext = String(name[name.index(after: dot)...])
+            if samples.last?.key == key {
+                samples[samples.count - 1].members[ext] = (dataStart, size)
+            } else {
+                samples.append(Sample(key: key, members: [ext: (dataStart, size)]))
+            }
+        }
+        self.samples = samples
+    }
+
+    /// The bytes of one member.
+    public func read(_ sample: Int, ext: String) throws -> Data {
+        guard let m = samples[sample].members[ext] else {
+            throw DatasetError(path: path, reason: "sample \(samples[sample].key) has no .\(ext) member")
+        }
+        guard let fh = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open shard") }
+        defer { try? fh.close() }
+        try fh.seek(toOffset: UInt64(m.offset))
+        guard let d = try fh.read(upToCount: m.size), d.count == m.size else {
+            throw DatasetError(path: path, reason: "truncated member \(samples[sample].key).\(ext)")
+        }
+        return d
+    }
+
+    /// The image member's bytes (png or jpg).
+    public func image(_ sample: Int) throws -> Data {
+        let m = samples[sample].members
+        return try read(sample, ext: m["png"] != nil ? "png" : "jpg")
+    }
+
+    public func info(_ sample: Int) throws -> SampleInfo {
+        try JSONDecoder().decode(SampleInfo.self, from: try read(sample, ext: "json"))
+    }
+}

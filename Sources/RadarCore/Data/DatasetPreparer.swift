@@ -1,0 +1,241 @@
+import Foundation
+
+/// Seeded, stateless split and sampling decisions.
+public enum SplitPlanner {
+    /// A uniform number in [0, 1) from (seed, salt, key): the same key always gets the same value.
+    public static func hashFraction(seed: UInt64, salt: String, _ key: String) -> Double {
+        Double(RandomStream(seed: seed, stream: RandomStream.id(salt + "\u{1}" + key)).bits(0)) / 4_294_967_296.0
+    }
+
+    /// The final split: official test stays test; a train sequence goes to val with probability
+    /// `valFraction`, decided per sequence, so no sequence is in two splits.
+    public static func split(_ c: Candidate, valFraction: Double, seed: UInt64) -> Split {
+        if c.officialSplit == .test { return .test }
+        return hashFraction(seed: seed, salt: "val", c.sequence) < valFraction ? .val : .train
+    }
+}
+
+/// Options of `radar prepare`.
+public struct PrepareOptions: Sendable {
+    public var output: String
+    public var valFraction = 0.05
+    public var seed: UInt64 = 0
+    /// Total images to keep, sampled per class across the whole source.
+    public var maxImages: Int?
+    /// Share of real images under `maxImages` (default: the source's own ratio).
+    public var realFraction: Double?
+    public var shardSize = 1000
+
+    public init(output: String) { self.output = output }
+
+    var parameters: [String: String] {
+        var p = ["val_fraction": String(valFraction), "seed": String(seed), "shard_size": String(shardSize)]
+        if let maxImages { p["max_images"] = String(maxImages) }
+        if let realFraction { p["real_fraction"] = String(realFraction) }
+        return p
+    }
+}
+
+/// Turns a `SampleSource` into a dataset directory: WebDataset tar shards (`<key>.png|jpg` with the
+/// original bytes, `<key>.json`), and `manifest.json`. Two streaming passes over the source
+/// (count, then select and write), so memory does not grow with the number of images. A shard
+/// is written under a temporary name and renamed only when complete; a journal of finished
+/// shards lets an interrupted run resume.
+public final class DatasetPreparer {
+    public let options: PrepareOptions
+    public var log: (String) -> Void = { _ in }
+    public var progress: ((Int, Int) -> Void)?
+
+    static let journalName = "prepare-journal.jsonl"
+
+    public init(options: PrepareOptions) { self.options = options }
+
+    struct JournalHeader: Codable, Equatable { var source: [String: String]; var parameters: [String: String] }
+    struct JournalShard: Codable {
+        var shard: DatasetManifest.ShardEntry
+        /// Selected candidates of this split consumed through this shard.
+        var consumed: Int
+        var skipped: [DatasetManifest.Skipped]
+    }
+
+    final class OpenShard {
+        let entryName: String
+        let split: Split
+        let writer: TarWriter
+        let tmpPath: String
+        var samples = 0
+        var skipped: [DatasetManifest.Skipped] = []
+        init(name: String, split: Split, writer: TarWriter, tmpPath: String) {
+            entryName = name; self.split = split; self.writer = writer; self.tmpPath = tmpPath
+        }
+    }
+
+    public func run(_ source: SampleSource) throws -> DatasetManifest {
+        let out = options.output
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        guard options.shardSize > 0, (0..<1).contains(options.valFraction) else {
+            throw DatasetError(path: out, reason: "shard size must be > 0 and val fraction in [0, 1)")
+        }
+
+        // Pass 1: count usable candidates per class (and the skips that need no image bytes).
+        var classTotal = [0, 0]
+        var preSkipped: [DatasetManifest.Skipped] = []
+        try source.scan { item in
+            switch item {
+            case .image(let c, _): classTotal[c.label] += 1
+            case .skipped(let key, let reason): preSkipped.append(.init(key: key, reason: reason))
+            }
+        }
+        for (label, name) in [(0, "real"), (1, "fake")] where classTotal[label] == 0 {
+            throw DatasetError(path: source.description["root"] ?? "source", reason: "no \(name) images: class \(name) is empty")
+        }
+        var quota = classTotal
+        if let maxImages = options.maxImages {
+            let total = classTotal[0] + classTotal[1]
+            let realShare = options.realFraction ?? Double(classTotal[0]) / Double(total)
+            let realQuota = Int((Double(maxImages) * realShare).rounded())
+            quota = [min(realQuota, classTotal[0]), min(maxImages - realQuota, classTotal[1])]
+            log("prepare: keeping \(quota[0]) real of \(classTotal[0]) and \(quota[1]) fake of \(classTotal[1]), sampled across the source")
+        }
+
+        // Resume state.
+        let header = JournalHeader(source: source.description, parameters: options.parameters)
+        let journalPath = (out as NSString).appendingPathComponent(DatasetPreparer.journalName)
+        var done: [JournalShard] = try loadJournal(journalPath, header: header)
+        for f in (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? [] where f.hasSuffix(".partial") {
+            try? FileManager.default.removeItem(atPath: (out as NSString).appendingPathComponent(f))
+        }
+        var resumeFrom = [Split: Int]()
+        for j in done { resumeFrom[j.shard.split] = max(resumeFrom[j.shard.split] ?? 0, j.consumed) }
+        var nextIndex = (done.compactMap { Int($0.shard.name.dropFirst(6).prefix(6)) }.max() ?? -1) + 1
+        if !done.isEmpty { log("prepare: resuming, \(done.count) finished shards kept") }
+        if done.isEmpty { try appendJournal(journalPath, header) }
+
+        // Pass 2: select (Algorithm S per class: exact quotas, uniform over the whole source),
+        // validate, and write.
+        var seen = [0, 0], taken = [0, 0]
+        var consumed = [Split: Int]()
+        var openShards = [Split: OpenShard]()
+        var processed = 0
+        let totalSelected = quota[0] + quota[1]
+
+        func finish(_ s: OpenShard) throws {
+            try s.writer.close()
+            let fd = open(s.tmpPath, O_RDONLY)
+            if fd >= 0 { fsync(fd); Glibc.close(fd) }
+            guard let data = FileManager.default.contents(atPath: s.tmpPath) else {
+                throw DatasetError(path: s.tmpPath, reason: "shard vanished while writing")
+            }
+            let final = (out as NSString).appendingPathComponent(s.entryName)
+            guard rename(s.tmpPath, final) == 0 else { throw DatasetError(path: final, reason: "rename failed") }
+            fsyncDirectory(out)
+            let entry = DatasetManifest.ShardEntry(name: s.entryName, split: s.split, samples: s.samples, bytes: data.count,
+                                                   sha256: SHA256Digest.hex(data))
+            let j = JournalShard(shard: entry, consumed: consumed[s.split] ?? 0, skipped: s.skipped)
+            try appendJournal(journalPath, j)
+            done.append(j)
+        }
+
+        try source.scan { item in
+            guard case .image(let c, let read) = item else { return }
+            let l = c.label
+            let need = quota[l] - taken[l], left = classTotal[l] - seen[l]
+            let u = Double(RandomStream(seed: options.seed, stream: RandomStream.id("quota", UInt64(l))).bits(UInt64(seen[l]))) / 4_294_967_296.0
+            seen[l] += 1
+            guard Double(left) * u < Double(need) else { return }
+            taken[l] += 1
+            processed += 1
+            progress?(processed, totalSelected)
+            let split = SplitPlanner.split(c, valFraction: options.valFraction, seed: options.seed)
+            let ordinal = consumed[split] ?? 0
+            consumed[split] = ordinal + 1
+            if ordinal < (resumeFrom[split] ?? 0) { return }  // belongs to a finished shard
+
+            let bytes = try read()
+            var shard: OpenShard
+            if let s = openShards[split] { shard = s } else {
+                let name = String(format: "shard-%06d.tar", nextIndex)
+                nextIndex += 1
+                let tmp = (out as NSString).appendingPathComponent("." + name + ".partial")
+                shard = OpenShard(name: name, split: split, writer: try TarWriter(path: tmp), tmpPath: tmp)
+                openShards[split] = shard
+            }
+            do {
+                _ = try ImageCodec.decode(bytes, item: c.key)
+            } catch {
+                shard.skipped.append(.init(key: c.key, reason: "\(error)"))
+                return
+            }
+            let info = SampleInfo(label: l, split: split, sequence: c.sequence, frame: c.frame, source: source.description["kind"] ?? "")
+            try shard.writer.add(name: "\(c.key).\(c.ext)", data: bytes)
+            try shard.writer.add(name: "\(c.key).json", data: try JSONEncoder().encode(info))
+            shard.samples += 1
+            if shard.samples == options.shardSize {
+                try finish(shard)
+                openShards[split] = nil
+            }
+        }
+        for split in Split.allCases { if let s = openShards[split] { try finish(s) } }
+
+        // Counts are read back from the finished shards, so the manifest is right whether this
+        // run or an interrupted earlier one wrote them.
+        let manifest = try buildManifest(source: source, done: done, preSkipped: preSkipped)
+        try writeFileAtomically(manifest.jsonData(), to: (out as NSString).appendingPathComponent(DatasetManifest.fileName))
+        try? FileManager.default.removeItem(atPath: journalPath)
+        return manifest
+    }
+
+    /// Manifest from the finished shards: counts are read back from the shards' JSON members.
+    func buildManifest(source: SampleSource, done: [JournalShard], preSkipped: [DatasetManifest.Skipped]) throws -> DatasetManifest {
+        var counts = [String: DatasetManifest.Counts]()
+        var lastSequence = [String: String]()
+        let shards = done.map(\.shard).sorted { $0.name < $1.name }
+        for s in shards {
+            let reader = try ArchiveReader(path: (options.output as NSString).appendingPathComponent(s.name))
+            while let m = try reader.next() {
+                guard m.name.hasSuffix(".json") else { try reader.skipData(); continue }
+                let info = try JSONDecoder().decode(SampleInfo.self, from: try reader.readData(expected: m.size))
+                var c = counts[info.split.rawValue] ?? .init()
+                if info.label == 1 { c.fake += 1 } else { c.real += 1 }
+                let seqKey = "\(info.split.rawValue)/\(info.label)"
+                if lastSequence[seqKey] != info.sequence {
+                    lastSequence[seqKey] = info.sequence
+                    if info.label == 1 { c.fakeSequences += 1 } else { c.realSequences += 1 }
+                }
+                counts[info.split.rawValue] = c
+            }
+        }
+        return DatasetManifest(source: source.description, counts: counts, shards: shards,
+                               skipped: preSkipped + done.flatMap(\.skipped), parameters: options.parameters)
+    }
+
+    func loadJournal(_ path: String, header: JournalHeader) throws -> [JournalShard] {
+        guard let data = FileManager.default.contents(atPath: path) else { return [] }
+        let lines = data.split(separator: UInt8(ascii: "\n"))
+        guard let first = lines.first, let h = try? JSONDecoder().decode(JournalHeader.self, from: Data(first)) else { return [] }
+        guard h == header else {
+            throw DatasetError(path: options.output, reason: "holds an interrupted preparation with a different source or parameters; use an empty directory")
+        }
+        var shards: [JournalShard] = []
+        for line in lines.dropFirst() {
+            // A torn last line (crash while appending) is ignored: that shard is redone.
+            guard let j = try? JSONDecoder().decode(JournalShard.self, from: Data(line)) else { continue }
+            let path = (options.output as NSString).appendingPathComponent(j.shard.name)
+            guard let bytes = FileManager.default.contents(atPath: path), bytes.count == j.shard.bytes,
+                  SHA256Digest.hex(bytes) == j.shard.sha256 else { continue }
+            shards.append(j)
+        }
+        return shards
+    }
+
+    func appendJournal<T: Encodable>(_ path: String, _ value: T) throws {
+        var line = try JSONEncoder().encode(value)
+        line.append(UInt8(ascii: "\n"))
+        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+        guard let h = FileHandle(forWritingAtPath: path) else { throw DatasetError(path: path, reason: "cannot append") }
+        defer { try? h.close() }
+        try h.seekToEnd()
+        try h.write(contentsOf: line)
+        try h.synchronize()
+    }
+}

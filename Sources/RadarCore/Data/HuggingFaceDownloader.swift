@@ -1,0 +1,216 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// Fetches WildDeepfake's archives from a Hugging Face dataset repository over HTTPS: the file list
+/// from the tree API (or a file), each archive streamed to `<name>.part` with HTTP Range resume
+/// and retries with exponential backoff, then renamed once its size checks out.
+public final class HuggingFaceDownloader: @unchecked Sendable {
+    public static let repository = "datasets/xingjunm/WildDeepfake"
+    public static let archiveDirectories = ["fake_test", "fake_train", "real_test", "real_train"].map { "deepfake_in_the_wild/\($0)" }
+
+    /// Host, e.g. https://huggingface.co (HF_ENDPOINT semantics).
+    public let host: String
+    /// Where files resolve: <host>/datasets/xingjunm/WildDeepfake/resolve/main/.
+    public let base: String
+    public let token: String?
+    public var attempts = 5
+    public var initialBackoff: TimeInterval = 0.5
+    public var timeout: TimeInterval = 60
+    public var log: (String) -> Void = { _ in }
+    private var sizes: [String: Int] = [:]
+
+    /// `endpoint`: a full resolve base URL, or a host; nil falls back to HF_ENDPOINT, then huggingface.co.
+    public init(endpoint: String? = nil, token: String? = nil, environment: [String: String] = ProcessInfo.processInfo.environment) {
+        let given = endpoint ?? environment["HF_ENDPOINT"] ?? "https://huggingface.co"
+        var trimmed = given
+        while trimmed.hasSuffix("/") { trimmed.removeLast() }
+        if let r = trimmed.range(of: "/datasets/") {
+            host = String(trimmed[..<r.lowerBound])
+            base = trimmed + "/"
+        } else {
+            host = trimmed
+            base = "\(trimmed)/\(HuggingFaceDownloader.repository)/resolve/main/"
+        }
+        self.token = token
+    }
+
+    public struct DownloadError: Error, CustomStringConvertible {
+        public let url: String
+        public let reason: String
+        public var description: String { "\(url): \(reason)" }
+    }
+
+    public static func readFileList(_ path: String) throws -> [String] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw DatasetError(path: path, reason: "cannot read file list")
+        }
+        let files = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        guard !files.isEmpty else { throw DatasetError(path: path, reason: "file list is empty") }
+        return files
+    }
+
+    /// Archive paths from the repository's tree API, sorted.
+    public func listArchives() throws -> [String] {
+        var files: [String] = []
+        for dir in HuggingFaceDownloader.archiveDirectories {
+            let url = "\(host)/api/\(HuggingFaceDownloader.repository)/tree/main/\(dir)"
+            let data = try fetch(url)
+            guard let items = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]] else {
+                throw DownloadError(url: url, reason: "tree API answer is not a JSON list")
+            }
+            for item in items where (item["type"] as? String) == "file" {
+                guard let path = item["path"] as? String, path.hasSuffix(".tar.gz") || path.hasSuffix(".tar") else { continue }
+                files.append(path)
+                if let size = item["size"] as? Int { sizes[path] = size }
+            }
+        }
+        guard !files.isEmpty else { throw DownloadError(url: host, reason: "the tree API listed no archives") }
+        return files.sorted()
+    }
+
+    /// Downloads every file under `directory` (keeping the repository's relative paths); files
+    /// already complete are skipped, partial ones resumed.
+    public func download(_ files: [String], to directory: String) throws {
+        for (i, f) in files.enumerated() {
+            let dest = (directory as NSString).appendingPathComponent(f)
+            if FileManager.default.fileExists(atPath: dest) { continue }
+            try FileManager.default.createDirectory(atPath: (dest as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            log("download \(i + 1)/\(files.count): \(f)")
+            try downloadFile(base + f, to: dest, expectedSize: sizes[f])
+        }
+    }
+
+    /// One file with resume and retries.
+    public func downloadFile(_ url: String, to dest: String, expectedSize: Int? = nil) throws {
+        let part = dest + ".part"
+        var lastError = ""
+        var backoff = initialBackoff
+        for attempt in 1...max(attempts, 1) {
+            let have = (try? FileManager.default.attributesOfItem(atPath: part)[.size] as? Int) ?? 0
+            let result = transfer(url, appendingTo: part, from: have)
+            switch result {
+            case .complete(let total):
+                let size = (try? FileManager.default.attributesOfItem(atPath: part)[.size] as? Int) ?? 0
+                if let want = expectedSize ?? total, size != want {
+                    lastError = "size \(size) after download, expected \(want)"
+                    if size > want { try? FileManager.default.removeItem(atPath: part) }
+                } else {
+                    guard rename(part, dest) == 0 else { throw DownloadError(url: url, reason: "cannot rename to \(dest)") }
+                    return
+                }
+            case .failed(let reason, let retry):
+                lastError = reason
+                if !retry { throw DownloadError(url: url, reason: reason) }
+            }
+            if attempt < attempts {
+                log("  attempt \(attempt) failed (\(lastError)); retrying in \(backoff)s")
+                Thread.sleep(forTimeInterval: backoff)
+                backoff *= 2
+            }
+        }
+        throw DownloadError(url: url, reason: "gave up after \(attempts) attempts: \(lastError)")
+    }
+
+    enum Transfer { case complete(total: Int?), failed(String, retry: Bool) }
+
+    private func request(_ url: String) -> URLRequest? {
+        guard let u = URL(string: url) else { return nil }
+        var r = URLRequest(url: u, timeoutInterval: timeout)
+        if let token { r.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        return r
+    }
+
+    /// GET into memory (small answers: the tree API), with retries.
+    func fetch(_ url: String) throws -> Data {
+        var backoff = initialBackoff
+        var last = ""
+        for attempt in 1...max(attempts, 1) {
+            guard let req = request(url) else { throw DownloadError(url: url, reason: "bad URL") }
+            let sem = DispatchSemaphore(value: 0)
+            nonisolated(unsafe) var result: (Data?, URLResponse?, Error?) = (nil, nil, nil)
+            URLSession.shared.dataTask(with: req) { d, r, e in result = (d, r, e); sem.signal() }.resume()
+            sem.wait()
+            if let e = result.2 { last = "\(e.localizedDescription)" } else if let h = result.1 as? HTTPURLResponse {
+                if h.statusCode == 200, let d = result.0 { return d }
+                last = "HTTP \(h.statusCode)"
+                if h.statusCode == 401 || h.statusCode == 403 || h.statusCode == 404 {
+                    throw DownloadError(url: url, reason: last + (h.statusCode == 404 ? " (not found)" : " (set HF_TOKEN?)"))
+                }
+            }
+            if attempt < attempts { Thread.sleep(forTimeInterval: backoff); backoff *= 2 }
+        }
+        throw DownloadError(url: url, reason: "gave up after \(attempts) attempts: \(last)")
+    }
+
+    /// Streams the body into `path`, asking for bytes from `offset` on (HTTP Range).
+    func transfer(_ url: String, appendingTo path: String, from offset: Int) -> Transfer {
+        guard var req = request(url) else { return .failed("bad URL", retry: false) }
+        if offset > 0 { req.setValue("bytes=\(offset)-", forHTTPHeaderField: "Range") }
+        let sink = StreamSink(path: path, offset: offset)
+        let session = URLSession(configuration: .ephemeral, delegate: sink, delegateQueue: nil)
+        defer { session.finishTasksAndInvalidate() }
+        session.dataTask(with: req).resume()
+        sink.done.wait()
+        if let reason = sink.failure { return .failed(reason, retry: sink.retry) }
+        return .complete(total: sink.total)
+    }
+
+    /// URLSession delegate that writes the body to a file as it arrives.
+    final class StreamSink: NSObject, URLSessionDataDelegate, @unchecked Sendable {
+        let path: String
+        let offset: Int
+        let done = DispatchSemaphore(value: 0)
+        var handle: FileHandle?
+        var failure: String?
+        var retry = true
+        var total: Int?
+
+        init(path: String, offset: Int) { self.path = path; self.offset = offset }
+
+        func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
+                        completionHandler: @escaping (URLSession.ResponseDisposition) -> Void) {
+            guard let h = response as? HTTPURLResponse else { failure = "no HTTP response"; completionHandler(.cancel); return }
+            switch h.statusCode {
+            case 206 where offset > 0:
+                // Content-Range: bytes start-end/total
+                if let cr = h.value(forHTTPHeaderField: "Content-Range"), let slash = cr.lastIndex(of: "/") { total = Int(cr[cr.index(after: slash)...]) }
+                if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+                handle = FileHandle(forWritingAtPath: path)
+                _ = try? handle?.seekToEnd()
+            case 200:
+                // The server ignored the range (or there was none): start over.
+                FileManager.default.createFile(atPath: path, contents: nil)
+                handle = FileHandle(forWritingAtPath: path)
+                total = h.expectedContentLength >= 0 ? Int(h.expectedContentLength) : nil
+            case 416:
+                failure = nil
+                total = offset
+            case 401, 403, 404:
+                failure = "HTTP \(h.statusCode)" + (h.statusCode == 404 ? " (not found)" : " (set HF_TOKEN?)")
+                retry = false
+            default:
+                failure = "HTTP \(h.statusCode)"
+            }
+            completionHandler(handle == nil ? .cancel : .allow)
+        }
+
+        func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
+            do { try handle?.write(contentsOf: data) } catch { failure = "write failed: \(error)"; retry = false; dataTask.cancel() }
+        }
+
+        func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: Error?) {
+            try? handle?.synchronize()
+            try? handle?.close()
+            if let error, failure == nil, handle != nil || total == nil {
+                failure = "connection lost: \(error.localizedDescription)"
+            }
+            if let total, failure == nil, let size = try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int, size < total {
+                failure = "connection lost after \(size) of \(total) bytes"
+            }
+            done.signal()
+        }
+    }
+}

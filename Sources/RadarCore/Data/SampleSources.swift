@@ -1,0 +1,211 @@
+import Foundation
+
+/// One image a source offers, before selection. `officialSplit` is train or test.
+public struct Candidate: Sendable {
+    public var key: String
+    public var label: Int
+    public var officialSplit: Split
+    public var sequence: String
+    public var frame: Int?
+    /// "png" or "jpg": the member's file extension, kept on the shard member.
+    public var ext: String
+}
+
+/// What a source reports while scanning.
+public enum SourceItem {
+    /// An image; `read` returns its bytes and is valid only during the callback.
+    case image(Candidate, read: () throws -> Data)
+    /// Something that is not a usable sample, with its key and reason.
+    case skipped(key: String, reason: String)
+}
+
+/// A deterministic, streaming enumeration of candidate images.
+public protocol SampleSource {
+    /// Recorded in the manifest.
+    var description: [String: String] { get }
+    /// Calls `visit` for every item, always in the same order.
+    func scan(_ visit: (SourceItem) throws -> Void) throws
+}
+
+/// Label from whole path components only: exactly one of "fake" / "real" must appear.
+func labelFromComponents(_ components: [Substring]) -> Int? {
+    let fake = components.contains("fake"), real = components.contains("real")
+    if fake == real { return nil }
+    return fake ? 1 : 0
+}
+
+func imageExtension(_ name: String) -> String? {
+    switch (name as NSString).pathExtension.lowercased() {
+    case "png": return "png"
+    case "jpg", "jpeg": return "jpg"
+    default: return nil
+    }
+}
+
+/// WildDeepfake as published on Hugging Face: `deepfake_in_the_wild/{fake,real}_{train,test}/N.tar.gz`
+/// under `root`, each member a face crop whose path carries label, sequence and frame
+/// (`./1/fake/131/1057.png`: archive 1, label fake, sequence 131, frame 1057).
+public struct WildDeepfakeArchives: SampleSource {
+    public let root: String
+    /// Archive paths relative to `root`, sorted.
+    public let archives: [String]
+
+    public init(root: String, archives: [String]? = nil) throws {
+        self.root = root
+        if let archives {
+            self.archives = archives.sorted()
+        } else {
+            self.archives = try WildDeepfakeArchives.findArchives(root)
+        }
+        guard !self.archives.isEmpty else {
+            throw DatasetError(path: root, reason: "no WildDeepfake archives (*/{fake,real}_{train,test}/*.tar.gz) found")
+        }
+    }
+
+    static func findArchives(_ root: String) throws -> [String] {
+        guard let e = FileManager.default.enumerator(atPath: root) else {
+            throw DatasetError(path: root, reason: "cannot list directory")
+        }
+        var found: [String] = []
+        while let p = e.nextObject() as? String {
+            if p.hasSuffix(".tar.gz") || p.hasSuffix(".tgz") || p.hasSuffix(".tar"), archiveSplit(p) != nil { found.append(p) }
+        }
+        return found.sorted()
+    }
+
+    /// The official split from the archive's directory (`fake_train`, `real_test`, ...).
+    static func archiveSplit(_ relative: String) -> Split? {
+        for c in relative.split(separator: "/") {
+            if c.hasSuffix("_train") { return .train }
+            if c.hasSuffix("_test") { return .test }
+        }
+        return nil
+    }
+
+    public var description: [String: String] { ["kind": "wilddeepfake-archives", "root": root, "archives": String(archives.count)] }
+
+    public func scan(_ visit: (SourceItem) throws -> Void) throws {
+        for rel in archives {
+            let split = WildDeepfakeArchives.archiveSplit(rel) ?? .train
+            let dirKey = rel.replacingOccurrences(of: ".tar.gz", with: "").replacingOccurrences(of: ".tgz", with: "")
+                .replacingOccurrences(of: ".tar", with: "").split(separator: "/").suffix(2).joined(separator: "_")
+            let reader = try ArchiveReader(path: (root as NSString).appendingPathComponent(rel))
+            while let m = try reader.next() {
+                guard m.isFile else { continue }
+                let clean = m.name.hasPrefix("./") ? String(m.name.dropFirst(2)) : m.name
+                let stem = (clean as NSString).deletingPathExtension
+                let key = sanitizeKey(dirKey + "_" + stem)
+                guard let ext = imageExtension(clean) else {
+                    try reader.skipData()
+                    try visit(.skipped(key: key, reason: "not an image (\(clean))"))
+                    continue
+                }
+                let comps = stem.split(separator: "/")
+                guard let label = labelFromComponents(comps), let li = comps.firstIndex(where: { $0 == "fake" || $0 == "real" }) else {
+                    try reader.skipData()
+                    try visit(.skipped(key: key, reason: "no label component (fake/real) in \(clean)"))
+                    continue
+                }
+                // <archive>/<label>/<sequence>/<frame>: the sequence is unique within its archive.
+                let seqPart = li + 1 < comps.count - 1 ? String(comps[li + 1]) : "0"
+                let archivePart = li > 0 ? String(comps[li - 1]) : "0"
+                let sequence = "\(dirKey)/\(archivePart)/\(comps[li])/\(seqPart)"
+                let frame = Int(comps.last ?? "")
+                let c = Candidate(key: key, label: label, officialSplit: split, sequence: sequence, frame: frame, ext: ext)
+                var consumed = false
+                try visit(.image(c, read: {
+                    consumed = true
+                    return try reader.readData(expected: m.size)
+                }))
+                if !consumed { try reader.skipData() }
+            }
+        }
+    }
+}
+
+/// WebDataset keys may not contain dots; slashes become underscores to keep keys flat.
+func sanitizeKey(_ s: String) -> String {
+    String(s.map { $0 == "." || $0 == "/" || $0 == " " ? "_" : $0 })
+}
+
+/// The reference pipeline's layout: `DIR/real/*.{png,jpg}` and `DIR/fake/*.{png,jpg}`. There are
+/// no sequence ids (every image is its own sequence) and no official split: `testFraction` of
+/// the images (by a seeded hash) become the test split.
+public struct ReferenceFolders: SampleSource {
+    public let root: String
+    public let testFraction: Double
+    public let seed: UInt64
+
+    public init(root: String, testFraction: Double, seed: UInt64) throws {
+        self.root = root
+        self.testFraction = testFraction
+        self.seed = seed
+        for c in ["real", "fake"] {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: (root as NSString).appendingPathComponent(c), isDirectory: &isDir), isDir.boolValue else {
+                throw DatasetError(path: root, reason: "expected subdirectories real/ and fake/ (missing \(c)/)")
+            }
+        }
+    }
+
+    public var description: [String: String] {
+        ["kind": "reference-folders", "root": root, "test_fraction": String(testFraction),
+         "note": "no sequence ids: every image is its own sequence"]
+    }
+
+    public func scan(_ visit: (SourceItem) throws -> Void) throws {
+        for (label, dir) in [(0, "real"), (1, "fake")] {
+            let path = (root as NSString).appendingPathComponent(dir)
+            let files = try FileManager.default.contentsOfDirectory(atPath: path).sorted()
+            for f in files {
+                let key = sanitizeKey("\(dir)_" + (f as NSString).deletingPathExtension)
+                guard let ext = imageExtension(f) else {
+                    try visit(.skipped(key: key, reason: "not an image (\(dir)/\(f))"))
+                    continue
+                }
+                let test = SplitPlanner.hashFraction(seed: seed, salt: "reference-test", key) < testFraction
+                let c = Candidate(key: key, label: label, officialSplit: test ? .test : .train, sequence: key, frame: nil, ext: ext)
+                let full = (path as NSString).appendingPathComponent(f)
+                try visit(.image(c, read: {
+                    guard let d = FileManager.default.contents(atPath: full) else {
+                        throw DatasetError(path: full, reason: "cannot read file")
+                    }
+                    return d
+                }))
+            }
+        }
+    }
+}
+
+/// The procedural deepfake set (`SyntheticFaces`) as a source: `count` PNG images in sequences of
+/// `framesPerSequence` (frames of a sequence share a seed range), the last tenth of the
+/// sequences being the official test split.
+public struct SyntheticSource: SampleSource {
+    public let faces: SyntheticFaces
+    public let count: Int
+    public let framesPerSequence: Int
+
+    public init(size: Int, count: Int, seed: UInt64, difficulty: Double, framesPerSequence: Int = 8) {
+        faces = SyntheticFaces(size: size, seed: seed, difficulty: difficulty)
+        self.count = count
+        self.framesPerSequence = max(1, framesPerSequence)
+    }
+
+    public var description: [String: String] {
+        ["kind": "synthetic", "count": String(count), "size": String(faces.size), "seed": String(faces.seed),
+         "difficulty": String(faces.difficulty)]
+    }
+
+    public func scan(_ visit: (SourceItem) throws -> Void) throws {
+        let sequences = (count + framesPerSequence - 1) / framesPerSequence
+        let firstTest = sequences - max(1, sequences / 10)
+        for i in 0..<count {
+            let seq = i / framesPerSequence
+            // A sequence is one label: its frames all follow the label of its first image.
+            let label = faces.label(seq * framesPerSequence)
+            let c = Candidate(key: String(format: "synth_%07d", i), label: label, officialSplit: seq >= firstTest && sequences > 1 ? .test : .train,
+                              sequence: "synth/\(seq)", frame: i % framesPerSequence, ext: "png")
+            try visit(.image(c, read: { try ImageCodec.encodePNG(faces.rgbImage(i, label: label)) }))
+        }
+    }
+}

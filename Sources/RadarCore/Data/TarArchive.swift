@@ -1,0 +1,124 @@
+import CArchive
+import Foundation
+
+/// An archive read or write failure, naming the file.
+public struct ArchiveError: Error, CustomStringConvertible {
+    public let path: String
+    public let reason: String
+    public var description: String { "\(path): \(reason)" }
+}
+
+/// Streams the members of a tar, tar.gz (or any format/filter libarchive knows) file: one member
+/// in memory at a time, never the whole archive.
+public final class ArchiveReader {
+    public let path: String
+    private let handle: OpaquePointer
+
+    public struct Member {
+        public let name: String
+        public let size: Int
+        public let isFile: Bool
+    }
+
+    public init(path: String) throws {
+        self.path = path
+        guard let a = archive_read_new() else { throw ArchiveError(path: path, reason: "libarchive init failed") }
+        archive_read_support_filter_all(a)
+        archive_read_support_format_tar(a)
+        archive_read_support_format_zip(a)
+        handle = a
+        if archive_read_open_filename(a, path, 1 << 16) != radar_archive_ok() {
+            let msg = ArchiveReader.message(a)
+            archive_read_free(a)
+            throw ArchiveError(path: path, reason: "cannot open archive: \(msg)")
+        }
+    }
+
+    deinit { archive_read_free(handle) }
+
+    static func message(_ a: OpaquePointer) -> String {
+        archive_error_string(a).map { String(cString: $0) } ?? "unknown libarchive error"
+    }
+
+    /// The next member header, or nil at the end. Throws on a truncated or corrupt archive.
+    public func next() throws -> Member? {
+        var entry: OpaquePointer?
+        let rc = archive_read_next_header(handle, &entry)
+        if rc == radar_archive_eof() { return nil }
+        guard rc == radar_archive_ok() || rc == radar_archive_warn(), let entry else {
+            throw ArchiveError(path: path, reason: "corrupt or truncated archive: \(ArchiveReader.message(handle))")
+        }
+        let name = archive_entry_pathname(entry).map { String(cString: $0) } ?? ""
+        let isFile = archive_entry_filetype(entry) == radar_archive_regular_file()
+        return Member(name: name, size: Int(archive_entry_size(entry)), isFile: isFile)
+    }
+
+    /// The current member's bytes.
+    public func readData(expected: Int) throws -> Data {
+        var out = Data(count: expected)
+        var got = 0
+        while got < expected {
+            let n = out.withUnsafeMutableBytes { archive_read_data(handle, $0.baseAddress! + got, expected - got) }
+            if n < 0 { throw ArchiveError(path: path, reason: "corrupt or truncated archive: \(ArchiveReader.message(handle))") }
+            if n == 0 { throw ArchiveError(path: path, reason: "truncated archive: member ends after \(got) of \(expected) bytes") }
+            got += n
+        }
+        return out
+    }
+
+    /// Skips the current member's data.
+    public func skipData() throws {
+        if archive_read_data_skip(handle) != radar_archive_ok() {
+            throw ArchiveError(path: path, reason: "corrupt or truncated archive: \(ArchiveReader.message(handle))")
+        }
+    }
+}
+
+/// Writes a tar file (POSIX pax-restricted: plain ustar unless a name needs more) with fixed
+/// metadata, so identical content gives identical bytes.
+public final class TarWriter {
+    public let path: String
+    private let handle: OpaquePointer
+    private var closed = false
+
+    public init(path: String, format: Format = .tar) throws {
+        self.path = path
+        guard let a = archive_write_new() else { throw ArchiveError(path: path, reason: "libarchive init failed") }
+        handle = a
+        switch format {
+        case .tar: archive_write_set_format_pax_restricted(a)
+        case .zip: archive_write_set_format_zip(a)
+        }
+        if archive_write_open_filename(a, path) != radar_archive_ok() {
+            let msg = ArchiveReader.message(a)
+            archive_write_free(a)
+            throw ArchiveError(path: path, reason: "cannot create: \(msg)")
+        }
+    }
+
+    public enum Format { case tar, zip }
+
+    deinit { if !closed { archive_write_free(handle) } }
+
+    public func add(name: String, data: Data) throws {
+        guard let entry = archive_entry_new() else { throw ArchiveError(path: path, reason: "libarchive entry failed") }
+        defer { archive_entry_free(entry) }
+        archive_entry_set_pathname(entry, name)
+        archive_entry_set_size(entry, Int64(data.count))
+        archive_entry_set_filetype(entry, radar_archive_regular_file())
+        archive_entry_set_perm(entry, 0o644)
+        archive_entry_set_mtime(entry, 0, 0)
+        guard archive_write_header(handle, entry) == radar_archive_ok() else {
+            throw ArchiveError(path: path, reason: "cannot write \(name): \(ArchiveReader.message(handle))")
+        }
+        let n = data.withUnsafeBytes { archive_write_data(handle, $0.baseAddress, data.count) }
+        guard n == data.count else { throw ArchiveError(path: path, reason: "short write of \(name): \(ArchiveReader.message(handle))") }
+    }
+
+    public func close() throws {
+        closed = true
+        let rc = archive_write_close(handle)
+        archive_write_free(handle)
+        guard rc == radar_archive_ok() else { throw ArchiveError(path: path, reason: "close failed") }
+    }
+}

@@ -1,0 +1,101 @@
+import ArgumentParser
+import Foundation
+import RadarCore
+
+/// `radar prepare`: WildDeepfake archives (downloaded or on disk) or real/ fake/ folders into
+/// WebDataset shards plus manifest.json.
+struct Prepare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Turn WildDeepfake (Hugging Face archives) or real/ fake/ folders into a sharded dataset directory.")
+
+    @Option(help: "hf (download), a directory of WildDeepfake archives, or a directory with real/ and fake/.")
+    var source: String?
+    @Option(help: "Output dataset directory.") var output: String
+    @Flag(help: "Only validate an existing dataset directory (manifest against shards) and print its summary.")
+    var checkOnly = false
+    @Option(help: "Fraction of train sequences drawn for validation.") var valFraction = 0.05
+    @Option(help: "Fraction of images drawn as test for sources without an official split (real/ fake/ folders).")
+    var testFraction = 0.1
+    @Option(help: "Seed of the split and sampling decisions.") var seed: UInt64 = 0
+    @Option(help: "Keep at most this many images, sampled per class across the whole source.") var maxImages: Int?
+    @Option(help: "Share of real images under --max-images (default: the source's ratio).") var realFraction: Double?
+    @Option(help: "Samples per shard.") var shardSize = 1000
+    @Option(help: "Base URL of the dataset repository (default: HF_ENDPOINT or huggingface.co).") var endpoint: String?
+    @Option(help: "A file listing archive paths to download, one per line (instead of the tree API).") var fileList: String?
+    @Option(help: "Where downloaded archives are kept (default: <output>/downloads).") var downloadDir: String?
+
+    func run() throws {
+        try failing {
+            if checkOnly {
+                let m = try DatasetChecker.check(directory: output)
+                print("\(output): OK\n" + DatasetChecker.summary(m))
+                return
+            }
+            guard let source else { throw ValidationError("--source is required (hf, an archive directory, or a real/ fake/ directory)") }
+            var opts = PrepareOptions(output: output)
+            opts.valFraction = valFraction
+            opts.seed = seed
+            opts.maxImages = maxImages
+            opts.realFraction = realFraction
+            opts.shardSize = shardSize
+            let src: SampleSource
+            if source == "hf" {
+                let dir = downloadDir ?? (output as NSString).appendingPathComponent("downloads")
+                let hf = HuggingFaceDownloader(endpoint: endpoint, token: ProcessInfo.processInfo.environment["HF_TOKEN"])
+                hf.log = logLine
+                let files = try fileList.map { try HuggingFaceDownloader.readFileList($0) } ?? hf.listArchives()
+                logLine("prepare: \(files.count) archives from \(hf.base)")
+                try hf.download(files, to: dir)
+                src = try WildDeepfakeArchives(root: dir, archives: files)
+            } else if FileManager.default.fileExists(atPath: (source as NSString).appendingPathComponent("real")) {
+                logLine("prepare: \(source) has the reference layout: no sequence ids, so every image is its own sequence; \(Int(testFraction * 100))% of images become the test split")
+                src = try ReferenceFolders(root: source, testFraction: testFraction, seed: seed)
+            } else {
+                src = try WildDeepfakeArchives(root: source)
+            }
+            try runPreparer(src, opts)
+        }
+    }
+}
+
+func runPreparer(_ source: SampleSource, _ opts: PrepareOptions) throws {
+    let preparer = DatasetPreparer(options: opts)
+    preparer.log = logLine
+    var bar: ProgressReporter?
+    preparer.progress = { done, total in
+        if bar == nil { bar = ProgressReporter("prepare", total: total, unit: "img") }
+        bar?.update(done)
+    }
+    let t0 = Date()
+    let m = try preparer.run(source)
+    let n = m.shards.reduce(0) { $0 + $1.samples }
+    logLine(String(format: "prepare: %d images in %d shards, %d skipped, %.1f images/s, peak RSS %.0f MiB", n, m.shards.count,
+                   m.skipped.count, Double(n) / Date().timeIntervalSince(t0), peakRSSMiB()))
+    print(DatasetChecker.summary(m))
+}
+
+/// `radar synth`: the procedural deepfake set written as a dataset directory.
+struct Synth: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate the synthetic deepfake set (face-like crops; fakes with blend seams and up-sampling traces) as a dataset directory.")
+
+    @Option(help: "Output dataset directory.") var output: String
+    @Option(help: "Images to generate.") var count = 2000
+    @Option(help: "Image size in pixels.") var size = 32
+    @Option(help: "Artifact strength, 0 (obvious) to 1 (faint).") var difficulty = 0.3
+    @Option(help: "Seed.") var seed: UInt64 = 1
+    @Option(help: "Frames per sequence.") var framesPerSequence = 8
+    @Option(help: "Fraction of train sequences drawn for validation.") var valFraction = 0.1
+    @Option(help: "Samples per shard.") var shardSize = 500
+
+    func run() throws {
+        try failing {
+            var opts = PrepareOptions(output: output)
+            opts.valFraction = valFraction
+            opts.seed = seed
+            opts.shardSize = shardSize
+            try runPreparer(SyntheticSource(size: size, count: count, seed: seed, difficulty: difficulty,
+                                            framesPerSequence: framesPerSequence), opts)
+        }
+    }
+}
