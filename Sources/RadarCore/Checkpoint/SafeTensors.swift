@@ -10,7 +10,7 @@ public struct SafeTensorsError: Error, CustomStringConvertible {
 /// One tensor of a safetensors file. Float tensors are decoded to Float32 (F64/F16/BF16 are
 /// converted); I64 tensors keep their integers.
 public struct SafeTensor: Sendable {
-    public enum DType: String, Sendable { case f32 = "F32", f64 = "F64", i64 = "I64", f16 = "F16", bf16 = "BF16" }
+    public enum DType: String, Sendable { case f32 = "F32", f64 = "F64", i64 = "I64", f16 = "F16", bf16 = "BF16", u8 = "U8" }
     public let dtype: DType
     public let shape: [Int]
     public let floats: [Float]
@@ -81,7 +81,7 @@ public enum SafeTensors {
             else { throw fail("tensor \(name): expected {dtype, shape, data_offsets}") }
             guard let dtype = SafeTensor.DType(rawValue: dt) else { throw fail("tensor \(name): unsupported dtype \(dt)") }
             let count = shape.reduce(1, *)
-            let width: Int = switch dtype { case .f32: 4; case .f64, .i64: 8; case .f16, .bf16: 2 }
+            let width: Int = switch dtype { case .f32: 4; case .f64, .i64: 8; case .f16, .bf16: 2; case .u8: 1 }
             guard shape.allSatisfy({ $0 >= 0 }), offs[0] >= 0, offs[0] <= offs[1], offs[1] <= body,
                   offs[1] - offs[0] == count * width
             else { throw fail("tensor \(name): data_offsets \(offs) do not fit shape \(shape) of \(dt) in \(body) data bytes") }
@@ -102,6 +102,8 @@ public enum SafeTensors {
                 case .f16:
                     return SafeTensor(dtype: .f16, shape: shape, floats: (0..<count).map {
                         halfToFloat(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self))) }, ints: [])
+                case .u8:
+                    return SafeTensor(dtype: .u8, shape: shape, floats: (0..<count).map { Float(p.load(fromByteOffset: $0, as: UInt8.self)) }, ints: [])
                 case .bf16:
                     return SafeTensor(dtype: .bf16, shape: shape, floats: (0..<count).map {
                         Float(bitPattern: UInt32(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self))) << 16) },

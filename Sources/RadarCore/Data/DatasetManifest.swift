@@ -27,6 +27,7 @@ public struct DatasetManifest: Codable, Equatable, Sendable {
 
     public struct Counts: Codable, Equatable, Sendable {
         public var real = 0, fake = 0, realSequences = 0, fakeSequences = 0
+        public init() {}
         enum CodingKeys: String, CodingKey {
             case real, fake, realSequences = "real_sequences", fakeSequences = "fake_sequences"
         }
@@ -82,6 +83,7 @@ public struct DatasetManifest: Codable, Equatable, Sendable {
 public struct DatasetError: Error, CustomStringConvertible {
     public let path: String
     public let reason: String
+    public init(path: String, reason: String) { self.path = path; self.reason = reason }
     public var description: String { "\(path): \(reason)" }
 }
 

@@ -96,17 +96,24 @@ public enum ImageCodec {
     }
 
     public static func encodePNG(_ img: RGBImage) throws -> Data {
+        try encodePNG(pixels: img.pixels, width: img.width, height: img.height, channels: 3)
+    }
+
+    /// PNG from interleaved 8-bit pixels with 1 (grey), 3 (RGB) or 4 (RGBA) channels.
+    public static func encodePNG(pixels: [UInt8], width: Int, height: Int, channels: Int) throws -> Data {
+        precondition([1, 3, 4].contains(channels) && pixels.count == width * height * channels, "bad PNG pixel buffer")
         var image = png_image()
         image.version = radar_png_image_version()
-        image.width = UInt32(img.width)
-        image.height = UInt32(img.height)
-        image.format = UInt32(radar_png_format_rgb())
+        image.width = UInt32(width)
+        image.height = UInt32(height)
+        image.format = channels == 1 ? 0 : UInt32(radar_png_format_rgb()) | (channels == 4 ? UInt32(PNG_FORMAT_FLAG_ALPHA) : 0)
+        let stride = Int32(width * channels)
         var size = 0
-        let probe = img.pixels.withUnsafeBytes { png_image_write_to_memory(&image, nil, &size, 0, $0.baseAddress, Int32(img.width * 3), nil) }
+        let probe = pixels.withUnsafeBytes { png_image_write_to_memory(&image, nil, &size, 0, $0.baseAddress, stride, nil) }
         guard probe != 0, size > 0 else { throw ImageCodecError(item: "png encoder", reason: pngMessage(&image)) }
         var out = Data(count: size)
         let ok = out.withUnsafeMutableBytes { dst in
-            img.pixels.withUnsafeBytes { png_image_write_to_memory(&image, dst.baseAddress, &size, 0, $0.baseAddress, Int32(img.width * 3), nil) }
+            pixels.withUnsafeBytes { png_image_write_to_memory(&image, dst.baseAddress, &size, 0, $0.baseAddress, stride, nil) }
         }
         guard ok != 0 else { throw ImageCodecError(item: "png encoder", reason: pngMessage(&image)) }
         return out.prefix(size)

@@ -28,9 +28,8 @@ public final class ArchiveReader {
         archive_read_support_format_zip(a)
         handle = a
         if archive_read_open_filename(a, path, 1 << 16) != radar_archive_ok() {
-            let msg = ArchiveReader.message(a)
-            archive_read_free(a)
-            throw ArchiveError(path: path, reason: "cannot open archive: \(msg)")
+            // deinit frees the handle.
+            throw ArchiveError(path: path, reason: "cannot open archive: \(ArchiveReader.message(a))")
         }
     }
 
@@ -87,16 +86,18 @@ public final class TarWriter {
         handle = a
         switch format {
         case .tar: archive_write_set_format_pax_restricted(a)
+        case .tarGzip:
+            archive_write_set_format_pax_restricted(a)
+            archive_write_add_filter_gzip(a)
         case .zip: archive_write_set_format_zip(a)
         }
         if archive_write_open_filename(a, path) != radar_archive_ok() {
-            let msg = ArchiveReader.message(a)
-            archive_write_free(a)
-            throw ArchiveError(path: path, reason: "cannot create: \(msg)")
+            // deinit frees the handle.
+            throw ArchiveError(path: path, reason: "cannot create: \(ArchiveReader.message(a))")
         }
     }
 
-    public enum Format { case tar, zip }
+    public enum Format { case tar, tarGzip, zip }
 
     deinit { if !closed { archive_write_free(handle) } }
 

@@ -1,0 +1,221 @@
+import Foundation
+
+/// The random choices of one training augmentation (MODEL.md §8), drawn from Philox keyed by
+/// (seed, epoch, sample key), so an image's augmentation never depends on thread or rank count
+/// or on the order samples are processed in.
+public struct AugmentationPlan: Equatable, Sendable {
+    public var flip = false
+    /// Degrees (counter-clockwise), scale factor, and shift as fractions of width and height.
+    public var affine: (angle: Double, scale: Double, dx: Double, dy: Double)?
+    /// Gaussian blur kernel size (3 or 5), or nil.
+    public var blurKernel: Int?
+    /// JPEG re-compression quality (70...100), or nil.
+    public var jpegQuality: Int?
+    /// Colour jitter factors and the order (0 brightness, 1 contrast, 2 saturation, 3 hue), or nil.
+    public var jitter: (brightness: Double, contrast: Double, saturation: Double, hue: Double, order: [Int])?
+
+    public static func == (a: AugmentationPlan, b: AugmentationPlan) -> Bool {
+        a.flip == b.flip && a.affine?.angle == b.affine?.angle && a.affine?.scale == b.affine?.scale
+            && a.affine?.dx == b.affine?.dx && a.affine?.dy == b.affine?.dy && a.blurKernel == b.blurKernel
+            && a.jpegQuality == b.jpegQuality && a.jitter?.brightness == b.jitter?.brightness
+            && a.jitter?.contrast == b.jitter?.contrast && a.jitter?.saturation == b.jitter?.saturation
+            && a.jitter?.hue == b.jitter?.hue && a.jitter?.order == b.jitter?.order
+    }
+
+    /// MODEL.md §8: flip p 0.5; shift 0.05 / scale 0.1 / rotate 10 degrees p 0.3; one of Gaussian
+    /// blur (kernel 3-5) or JPEG quality 70-100 with p 0.3; colour jitter (0.1, 0.1, 0.1, hue
+    /// 0.02) p 0.3.
+    public static func draw(seed: UInt64, epoch: Int, key: String) -> AugmentationPlan {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in key.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        let r = RandomStream(seed: seed, stream: RandomStream.id("augment", UInt64(epoch), h))
+        var i: UInt64 = 0
+        func u() -> Double { defer { i += 1 }; return Double(r.uniform(i)) }
+        func between(_ lo: Double, _ hi: Double) -> Double { lo + (hi - lo) * u() }
+        var p = AugmentationPlan()
+        p.flip = u() < 0.5
+        if u() < 0.3 { p.affine = (between(-10, 10), between(0.9, 1.1), between(-0.05, 0.05), between(-0.05, 0.05)) }
+        if u() < 0.3 {
+            if u() < 0.5 { p.blurKernel = u() < 0.5 ? 3 : 5 } else { p.jpegQuality = 70 + Int(u() * 31) }
+        }
+        if u() < 0.3 {
+            var order = [0, 1, 2, 3]
+            for k in stride(from: 3, to: 0, by: -1) { order.swapAt(k, Int(u() * Double(k + 1))) }
+            p.jitter = (between(0.9, 1.1), between(0.9, 1.1), between(0.9, 1.1), between(-0.02, 0.02), order)
+        }
+        return p
+    }
+}
+
+/// Applies augmentation plans to 8-bit RGB images, each operation producing 8-bit output as
+/// albumentations/OpenCV do.
+public enum Augmenter {
+    public static func apply(_ plan: AugmentationPlan, to image: RGBImage) throws -> RGBImage {
+        var img = image
+        if plan.flip { img = flipHorizontal(img) }
+        if let a = plan.affine { img = shiftScaleRotate(img, angle: a.angle, scale: a.scale, dx: a.dx, dy: a.dy) }
+        if let k = plan.blurKernel { img = gaussianBlur(img, kernel: k) }
+        if let q = plan.jpegQuality { img = try ImageCodec.decodeJPEG(try ImageCodec.encodeJPEG(img, quality: q), item: "jpeg re-compression") }
+        if let j = plan.jitter {
+            for op in j.order {
+                switch op {
+                case 0: img = adjustBrightness(img, j.brightness)
+                case 1: img = adjustContrast(img, j.contrast)
+                case 2: img = adjustSaturation(img, j.saturation)
+                default: img = adjustHue(img, j.hue)
+                }
+            }
+        }
+        return img
+    }
+
+    public static func flipHorizontal(_ img: RGBImage) -> RGBImage {
+        var out = img.pixels
+        for y in 0..<img.height { for x in 0..<img.width { for c in 0..<3 {
+            out[(y * img.width + x) * 3 + c] = img.pixels[(y * img.width + img.width - 1 - x) * 3 + c]
+        } } }
+        return RGBImage(width: img.width, height: img.height, pixels: out)
+    }
+
+    /// OpenCV's BORDER_REFLECT_101 index (gfedcb|abcdefgh|gfedcba).
+    @inline(__always) static func reflect101(_ i: Int, _ n: Int) -> Int {
+        if n == 1 { return 0 }
+        var j = i
+        while j < 0 || j >= n { j = j < 0 ? -j : 2 * n - 2 - j }
+        return j
+    }
+
+    /// The 2x3 matrix albumentations' ShiftScaleRotate builds: OpenCV's getRotationMatrix2D about
+    /// the pixel-centre image centre, plus the shift in pixels.
+    public static func affineMatrix(width: Int, height: Int, angle: Double, scale: Double, dx: Double, dy: Double) -> [Double] {
+        let cx = Double(width) / 2 - 0.5, cy = Double(height) / 2 - 0.5
+        let t = angle * Double.pi / 180
+        let a = scale * cos(t), b = scale * sin(t)
+        return [a, b, (1 - a) * cx - b * cy + dx * Double(width), -b, a, b * cx + (1 - a) * cy + dy * Double(height)]
+    }
+
+    public static func shiftScaleRotate(_ img: RGBImage, angle: Double, scale: Double, dx: Double, dy: Double) -> RGBImage {
+        warpAffine(img, matrix: affineMatrix(width: img.width, height: img.height, angle: angle, scale: scale, dx: dx, dy: dy))
+    }
+
+    /// dst(x, y) = src(M^-1 (x, y)), bilinear, BORDER_REFLECT_101 (cv2.warpAffine semantics).
+    public static func warpAffine(_ img: RGBImage, matrix m: [Double]) -> RGBImage {
+        let det = m[0] * m[4] - m[1] * m[3]
+        let i0 = m[4] / det, i1 = -m[1] / det, i3 = -m[3] / det, i4 = m[0] / det
+        let i2 = -(i0 * m[2] + i1 * m[5]), i5 = -(i3 * m[2] + i4 * m[5])
+        let w = img.width, h = img.height
+        var out = [UInt8](repeating: 0, count: w * h * 3)
+        img.pixels.withUnsafeBufferPointer { src in
+            for y in 0..<h { for x in 0..<w {
+                let sx = i0 * Double(x) + i1 * Double(y) + i2, sy = i3 * Double(x) + i4 * Double(y) + i5
+                let fx = sx.rounded(.down), fy = sy.rounded(.down)
+                let ax = sx - fx, ay = sy - fy
+                let x0 = reflect101(Int(fx), w), x1 = reflect101(Int(fx) + 1, w)
+                let y0 = reflect101(Int(fy), h), y1 = reflect101(Int(fy) + 1, h)
+                for c in 0..<3 {
+                    let v = (1 - ay) * ((1 - ax) * Double(src[(y0 * w + x0) * 3 + c]) + ax * Double(src[(y0 * w + x1) * 3 + c]))
+                        + ay * ((1 - ax) * Double(src[(y1 * w + x0) * 3 + c]) + ax * Double(src[(y1 * w + x1) * 3 + c]))
+                    out[(y * w + x) * 3 + c] = UInt8(max(0, min(255, v.rounded())))
+                }
+            } }
+        }
+        return RGBImage(width: w, height: h, pixels: out)
+    }
+
+    /// cv2.GaussianBlur with sigma 0: OpenCV's fixed kernels for small sizes ([1 2 1]/4, [1 4 6 4 1]/16),
+    /// separable, BORDER_REFLECT_101, rounded once at the end.
+    public static func gaussianBlur(_ img: RGBImage, kernel k: Int) -> RGBImage {
+        let weights: [Double] = k == 3 ? [0.25, 0.5, 0.25] : [0.0625, 0.25, 0.375, 0.25, 0.0625]
+        let r = weights.count / 2, w = img.width, h = img.height
+        var tmp = [Double](repeating: 0, count: w * h * 3)
+        for y in 0..<h { for x in 0..<w { for c in 0..<3 {
+            var s = 0.0
+            for t in 0..<weights.count { s += weights[t] * Double(img.pixels[(y * w + reflect101(x + t - r, w)) * 3 + c]) }
+            tmp[(y * w + x) * 3 + c] = s
+        } } }
+        var out = [UInt8](repeating: 0, count: w * h * 3)
+        for y in 0..<h { for x in 0..<w { for c in 0..<3 {
+            var s = 0.0
+            for t in 0..<weights.count { s += weights[t] * tmp[(reflect101(y + t - r, h) * w + x) * 3 + c] }
+            out[(y * w + x) * 3 + c] = UInt8(max(0, min(255, (s + 0.5).rounded(.down))))
+        } } }
+        return RGBImage(width: w, height: h, pixels: out)
+    }
+
+    // Colour jitter, torchvision's definitions on 8-bit images (blend with black, with the mean
+    // grey level, with the grey image; hue rotated in HSV), rounded to 8 bits after each.
+    static func map(_ img: RGBImage, _ f: (Double, Double, Double) -> (Double, Double, Double)) -> RGBImage {
+        var out = img.pixels
+        for i in 0..<(img.width * img.height) {
+            let (r, g, b) = f(Double(img.pixels[3 * i]), Double(img.pixels[3 * i + 1]), Double(img.pixels[3 * i + 2]))
+            out[3 * i] = UInt8(max(0, min(255, r.rounded())))
+            out[3 * i + 1] = UInt8(max(0, min(255, g.rounded())))
+            out[3 * i + 2] = UInt8(max(0, min(255, b.rounded())))
+        }
+        return RGBImage(width: img.width, height: img.height, pixels: out)
+    }
+
+    static func grey(_ r: Double, _ g: Double, _ b: Double) -> Double { 0.299 * r + 0.587 * g + 0.114 * b }
+
+    public static func adjustBrightness(_ img: RGBImage, _ f: Double) -> RGBImage { map(img) { ($0 * f, $1 * f, $2 * f) } }
+
+    public static func adjustContrast(_ img: RGBImage, _ f: Double) -> RGBImage {
+        var total = 0.0
+        for i in 0..<(img.width * img.height) {
+            total += grey(Double(img.pixels[3 * i]), Double(img.pixels[3 * i + 1]), Double(img.pixels[3 * i + 2]))
+        }
+        let mean = total / Double(img.width * img.height)
+        return map(img) { ($0 * f + mean * (1 - f), $1 * f + mean * (1 - f), $2 * f + mean * (1 - f)) }
+    }
+
+    public static func adjustSaturation(_ img: RGBImage, _ f: Double) -> RGBImage {
+        map(img) { r, g, b in
+            let y = grey(r, g, b)
+            return (r * f + y * (1 - f), g * f + y * (1 - f), b * f + y * (1 - f))
+        }
+    }
+
+    /// Hue shifted by `shift` of a full turn (torchvision's adjust_hue).
+    public static func adjustHue(_ img: RGBImage, _ shift: Double) -> RGBImage {
+        map(img) { r, g, b in
+            let (h, s, v) = rgbToHSV(r / 255, g / 255, b / 255)
+            var hh = (h + shift).truncatingRemainder(dividingBy: 1)
+            if hh < 0 { hh += 1 }
+            let (r2, g2, b2) = hsvToRGB(hh, s, v)
+            return (r2 * 255, g2 * 255, b2 * 255)
+        }
+    }
+
+    static func rgbToHSV(_ r: Double, _ g: Double, _ b: Double) -> (Double, Double, Double) {
+        let mx = max(r, g, b), mn = min(r, g, b), d = mx - mn
+        let v = mx, s = mx > 0 ? d / mx : 0
+        guard d > 0 else { return (0, s, v) }
+        var h: Double
+        if mx == r { h = (g - b) / d } else if mx == g { h = 2 + (b - r) / d } else { h = 4 + (r - g) / d }
+        h /= 6
+        if h < 0 { h += 1 }
+        return (h, s, v)
+    }
+
+    static func hsvToRGB(_ h: Double, _ s: Double, _ v: Double) -> (Double, Double, Double) {
+        let i = Int(h * 6) % 6, f = h * 6 - Double(Int(h * 6))
+        let p = v * (1 - s), q = v * (1 - s * f), t = v * (1 - s * (1 - f))
+        switch i {
+        case 0: return (v, t, p)
+        case 1: return (q, v, p)
+        case 2: return (p, v, t)
+        case 3: return (p, q, v)
+        case 4: return (t, p, v)
+        default: return (v, p, q)
+        }
+    }
+
+    /// (pixel / 255 - mean) / std into a CHW float buffer.
+    public static func normalize(_ img: RGBImage, mean: [Double], std: [Double], into dst: UnsafeMutablePointer<Float>) {
+        let plane = img.width * img.height
+        let scale = (0..<3).map { Float(1 / (255 * std[$0])) }, shift = (0..<3).map { Float(mean[$0] / std[$0]) }
+        img.pixels.withUnsafeBufferPointer { p in
+            for i in 0..<plane { for c in 0..<3 { dst[c * plane + i] = Float(p[3 * i + c]) * scale[c] - shift[c] } }
+        }
+    }
+}

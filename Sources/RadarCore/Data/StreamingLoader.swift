@@ -1,0 +1,172 @@
+import Foundation
+
+/// One sample of a prepared dataset: shard number (in the manifest's list) and position in it.
+public struct SampleRef: Hashable, Sendable, Codable {
+    public var shard: Int
+    public var index: Int
+    public init(shard: Int, index: Int) { self.shard = shard; self.index = index }
+}
+
+/// A prepared dataset directory opened for reading: the manifest and a member index per shard.
+public final class ShardSet: @unchecked Sendable {
+    public let directory: String
+    public let manifest: DatasetManifest
+    public let indices: [TarIndex]
+
+    public init(directory: String) throws {
+        self.directory = directory
+        manifest = try DatasetManifest.load(directory: directory)
+        indices = try manifest.shards.map { try TarIndex(path: (directory as NSString).appendingPathComponent($0.name)) }
+        for (i, s) in manifest.shards.enumerated() where indices[i].samples.count != s.samples {
+            throw DatasetError(path: (directory as NSString).appendingPathComponent(s.name),
+                               reason: "\(indices[i].samples.count) samples, manifest says \(s.samples) (run prepare --check-only)")
+        }
+    }
+
+    /// Every sample of a split, in shard order.
+    public func refs(_ split: Split) -> [SampleRef] {
+        var out: [SampleRef] = []
+        for (i, s) in manifest.shards.enumerated() where s.split == split {
+            for j in 0..<indices[i].samples.count { out.append(SampleRef(shard: i, index: j)) }
+        }
+        return out
+    }
+
+    /// A permutation of `refs` that depends only on (seed, epoch) and the samples' keys.
+    public func shuffled(_ refs: [SampleRef], seed: UInt64, epoch: Int) -> [SampleRef] {
+        let r = RandomStream(seed: seed, stream: RandomStream.id("epoch-shuffle", UInt64(epoch)))
+        return refs.map { ref -> (UInt64, SampleRef) in
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325
+            for b in key(ref).utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            return (UInt64(r.philox.block(UInt32(truncatingIfNeeded: h), UInt32(truncatingIfNeeded: h >> 32), 0, 0).0) << 32 | h & 0xffff_ffff, ref)
+        }.sorted { $0.0 < $1.0 }.map(\.1)
+    }
+
+    public func key(_ ref: SampleRef) -> String { indices[ref.shard].samples[ref.index].key }
+}
+
+/// Reads, decodes, augments and batches samples on worker threads into a bounded queue. Batch
+/// `b` always holds `refs[b*B ..< (b+1)*B]` in that order and each image's augmentation depends
+/// only on (seed, epoch, key), so the output is identical for any thread count. Memory is bounded
+/// by `depth` batches.
+public final class StreamingLoader: @unchecked Sendable {
+    public struct Batch {
+        public let index: Int
+        /// (n, 3, size, size), normalised.
+        public let images: HostTensor
+        public let labels: [Float]
+        public let keys: [String]
+        public let sequences: [String]
+    }
+
+    public let set: ShardSet
+    public let refs: [SampleRef]
+    public let batchSize: Int
+    public let size: Int
+    public let mean: [Double], std: [Double]
+    public let augment: Bool
+    public let seed: UInt64
+    public let epoch: Int
+    public let batchCount: Int
+
+    private let cond = NSCondition()
+    private var nextToBuild = 0
+    private var nextToTake = 0
+    private var ready: [Int: Result<Batch, Error>] = [:]
+    private var stopped = false
+    private let depth: Int
+    private var workers: [Thread] = []
+    private var running = 0
+
+    public init(set: ShardSet, refs: [SampleRef], batchSize: Int, size: Int, mean: [Double], std: [Double], augment: Bool,
+                seed: UInt64, epoch: Int, threads: Int, depth: Int = 4, dropLast: Bool) {
+        self.set = set
+        self.refs = refs
+        self.batchSize = batchSize
+        self.size = size
+        self.mean = mean
+        self.std = std
+        self.augment = augment
+        self.seed = seed
+        self.epoch = epoch
+        self.depth = max(1, depth)
+        batchCount = dropLast ? refs.count / batchSize : (refs.count + batchSize - 1) / batchSize
+        running = max(1, threads)
+        for _ in 0..<max(1, threads) {
+            let t = Thread { [unowned self] in self.work() }
+            t.stackSize = 1 << 22
+            workers.append(t)
+            t.start()
+        }
+    }
+
+    deinit { stop() }
+
+    /// Stops the workers (also done when the loader is released).
+    public func stop() {
+        cond.lock()
+        stopped = true
+        cond.broadcast()
+        while running > 0 { cond.wait() }
+        cond.unlock()
+    }
+
+    /// The next batch in order, or nil after the last. Rethrows a worker's error (naming the shard
+    /// and sample).
+    public func next() throws -> Batch? {
+        cond.lock()
+        defer { cond.unlock() }
+        guard nextToTake < batchCount else { return nil }
+        while ready[nextToTake] == nil { cond.wait() }
+        let r = ready.removeValue(forKey: nextToTake)!
+        nextToTake += 1
+        cond.broadcast()
+        return try r.get()
+    }
+
+    private func work() {
+        while true {
+            cond.lock()
+            while !stopped && nextToBuild < batchCount && nextToBuild >= nextToTake + depth { cond.wait() }
+            if stopped || nextToBuild >= batchCount {
+                running -= 1
+                cond.broadcast()
+                cond.unlock()
+                return
+            }
+            let b = nextToBuild
+            nextToBuild += 1
+            cond.unlock()
+            let result = Result { try build(b) }
+            cond.lock()
+            ready[b] = result
+            cond.broadcast()
+            cond.unlock()
+        }
+    }
+
+    /// Decode (+ resize) (+ augment) + normalise one sample into `dst` (3, size, size).
+    public func loadSample(_ ref: SampleRef, into dst: UnsafeMutablePointer<Float>) throws -> SampleInfo {
+        let index = set.indices[ref.shard]
+        let key = index.samples[ref.index].key
+        let info = try index.info(ref.index)
+        var img = try ImageCodec.decode(try index.image(ref.index), item: "\(index.path):\(key)")
+        img = ImageResize.resize(img, width: size, height: size)
+        if augment { img = try Augmenter.apply(AugmentationPlan.draw(seed: seed, epoch: epoch, key: key), to: img) }
+        Augmenter.normalize(img, mean: mean, std: std, into: dst)
+        return info
+    }
+
+    func build(_ b: Int) throws -> Batch {
+        let lo = b * batchSize, hi = min(refs.count, lo + batchSize)
+        let images = HostTensor(Shape(hi - lo, 3, size, size))
+        var labels: [Float] = [], keys: [String] = [], seqs: [String] = []
+        for (j, ref) in refs[lo..<hi].enumerated() {
+            let info = try loadSample(ref, into: images.tensor.base + j * 3 * size * size)
+            labels.append(Float(info.label))
+            keys.append(set.key(ref))
+            seqs.append(info.sequence)
+        }
+        return Batch(index: b, images: images, labels: labels, keys: keys, sequences: seqs)
+    }
+}

@@ -1,0 +1,268 @@
+import Foundation
+import RadarCore
+import XCTest
+
+func temporaryDirectory(_ name: String) -> String {
+    let p = NSTemporaryDirectory() + "radar-test-\(name)-\(UUID().uuidString.prefix(8))"
+    try? FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
+    return p
+}
+
+/// Every (key, info, image bytes) of a prepared dataset.
+func readDataset(_ dir: String) throws -> [String: (SampleInfo, Data)] {
+    let set = try ShardSet(directory: dir)
+    var out: [String: (SampleInfo, Data)] = [:]
+    for (s, index) in set.indices.enumerated() {
+        for i in 0..<index.samples.count {
+            let info = try index.info(i)
+            XCTAssertEqual(info.split, set.manifest.shards[s].split, "sample in a shard of another split")
+            out[index.samples[i].key] = (info, try index.image(i))
+        }
+    }
+    return out
+}
+
+/// WildDeepfake's Hugging Face layout: deepfake_in_the_wild/{fake,real}_{train,test}/N.tar.gz.
+func makeWildDeepfakeArchives(_ root: String, sequencesPerArchive: Int = 6, frames: Int = 4, extras: Bool = true) throws -> [String: Data] {
+    let faces = SyntheticFaces(size: 16, seed: 7)
+    var members: [String: Data] = [:]
+    var n = 0
+    for (dir, archive) in [("fake_train", 1), ("real_train", 2), ("fake_test", 3), ("real_test", 4)] {
+        let label = dir.hasPrefix("fake") ? "fake" : "real"
+        let path = "\(root)/deepfake_in_the_wild/\(dir)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let w = try TarWriter(path: "\(path)/\(archive).tar.gz", format: .tarGzip)
+        for s in 0..<sequencesPerArchive { for f in 0..<frames {
+            let name = "./\(archive)/\(label)/\(100 + s)/\(1000 + f).png"
+            let data = try ImageCodec.encodePNG(faces.rgbImage(n, label: label == "fake" ? 1 : 0))
+            n += 1
+            try w.add(name: name, data: data)
+            members["\(dir)/\(name)"] = data
+        } }
+        if extras && archive == 1 {
+            try w.add(name: "./1/unlabeled/5/1.png", data: try ImageCodec.encodePNG(faces.rgbImage(999, label: 0)))
+            try w.add(name: "./1/fake/100/notes.txt", data: Data("not an image".utf8))
+            var corrupt = try ImageCodec.encodePNG(faces.rgbImage(998, label: 1))
+            corrupt.replaceSubrange(40..<60, with: Data(repeating: 0x5A, count: 20))
+            try w.add(name: "./1/fake/107/1.png", data: corrupt)
+            try w.add(name: "./1/fake/108/1.jpg", data: Data([0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10]))
+        }
+        try w.close()
+    }
+    return members
+}
+
+final class DataPipelineTests: XCTestCase {
+    func testSyntheticSetPreparesIntoConsistentShards() throws {
+        let out = temporaryDirectory("synth")
+        var opts = PrepareOptions(output: out)
+        (opts.valFraction, opts.seed, opts.shardSize) = (0.2, 3, 64)
+        let source = SyntheticSource(size: 16, count: 300, seed: 4, difficulty: 0.3, framesPerSequence: 6)
+        let m = try DatasetPreparer(options: opts).run(source)
+        try DatasetChecker.check(directory: out)
+        XCTAssertEqual(m.shards.reduce(0) { $0 + $1.samples }, 300)
+        XCTAssertTrue(m.shards.allSatisfy { $0.samples <= 64 })
+        let samples = try readDataset(out)
+        XCTAssertEqual(samples.count, 300)
+        // Bytes untouched, labels right, whole sequences per split.
+        var seqSplit: [String: Split] = [:]
+        try source.scan { item in
+            guard case .image(let c, let read) = item else { return }
+            let (info, bytes) = samples[c.key]!
+            XCTAssertEqual(bytes, try read(), "\(c.key): PNG bytes must be the source's")
+            XCTAssertEqual(info.label, c.label)
+            if let s = seqSplit[c.sequence] { XCTAssertEqual(s, info.split, "sequence \(c.sequence) in two splits") }
+            seqSplit[c.sequence] = info.split
+        }
+        for split in Split.allCases { XCTAssertGreaterThan(m.counts[split.rawValue]?.total ?? 0, 0, "\(split) is empty") }
+        XCTAssertEqual(m.counts["val"]!.realSequences + m.counts["val"]!.fakeSequences, Set(seqSplit.filter { $0.value == .val }.keys).count)
+    }
+
+    func testWildDeepfakeArchivesGiveLabelsSplitsAndCountedSkips() throws {
+        let root = temporaryDirectory("hf"), out = temporaryDirectory("hf-out")
+        let members = try makeWildDeepfakeArchives(root)
+        var opts = PrepareOptions(output: out)
+        (opts.valFraction, opts.shardSize) = (0.3, 10)
+        let m = try DatasetPreparer(options: opts).run(try WildDeepfakeArchives(root: root))
+        try DatasetChecker.check(directory: out)
+        let samples = try readDataset(out)
+        XCTAssertEqual(samples.count, 4 * 6 * 4)
+        let reasons = Dictionary(grouping: m.skipped, by: { $0.key }).mapValues { $0[0].reason }
+        XCTAssertTrue(reasons["fake_train_1_1_unlabeled_5_1"]?.contains("no label") ?? false, "\(m.skipped)")
+        XCTAssertTrue(reasons["fake_train_1_1_fake_100_notes"]?.contains("not an image") ?? false, "\(m.skipped)")
+        XCTAssertTrue(reasons["fake_train_1_1_fake_107_1"]?.contains("corrupt PNG") ?? false, "\(m.skipped)")
+        XCTAssertTrue(reasons["fake_train_1_1_fake_108_1"]?.contains("JPEG") ?? false, "\(m.skipped)")
+        XCTAssertEqual(m.skipped.count, 4)
+        for (key, (info, bytes)) in samples {
+            XCTAssertEqual(info.label, key.contains("_fake_") ? 1 : 0, key)
+            XCTAssertEqual(info.split == .test, key.contains("_test_"), "official test split kept: \(key)")
+            let member = members.first { sanitize($0.key) == key }
+            XCTAssertEqual(member?.value, bytes, "\(key): bytes identical to the archive member")
+        }
+        XCTAssertEqual(m.counts["test"]!.total, 48)
+        XCTAssertEqual(m.counts["test"]!.fakeSequences, 6)
+        var seqSplit: [String: Split] = [:]
+        for (_, (info, _)) in samples {
+            if let s = seqSplit[info.sequence] { XCTAssertEqual(s, info.split, "sequence \(info.sequence) in two splits") }
+            seqSplit[info.sequence] = info.split
+        }
+        XCTAssertGreaterThan(m.counts["val"]?.total ?? 0, 0)
+    }
+
+    /// "fake_train/./1/fake/100/1000.png" -> "fake_train_1_1_fake_100_1000", the source's key.
+    func sanitize(_ memberPath: String) -> String {
+        let parts = memberPath.components(separatedBy: "/./")
+        let stem = (parts[1] as NSString).deletingPathExtension
+        return (parts[0] + "_" + archiveNumber(parts[0]) + "_" + stem).replacingOccurrences(of: "/", with: "_")
+    }
+
+    func archiveNumber(_ dir: String) -> String { ["fake_train": "1", "real_train": "2", "fake_test": "3", "real_test": "4"][dir]! }
+
+    func testTruncatedArchiveStopsWithItsName() throws {
+        let root = temporaryDirectory("trunc")
+        _ = try makeWildDeepfakeArchives(root, extras: false)
+        let path = "\(root)/deepfake_in_the_wild/real_train/2.tar.gz"
+        let data = FileManager.default.contents(atPath: path)!
+        try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try DatasetPreparer(options: PrepareOptions(output: temporaryDirectory("trunc-out"))).run(try WildDeepfakeArchives(root: root))) { e in
+            XCTAssertTrue("\(e)".contains("real_train/2.tar.gz"), "\(e)")
+        }
+    }
+
+    func testReferenceFoldersAndEmptyClass() throws {
+        let root = temporaryDirectory("ref")
+        let faces = SyntheticFaces(size: 16, seed: 9)
+        for (dir, label) in [("real", 0), ("fake", 1)] {
+            try FileManager.default.createDirectory(atPath: "\(root)/\(dir)", withIntermediateDirectories: true)
+            for i in 0..<20 {
+                let d = i % 2 == 0 ? try ImageCodec.encodePNG(faces.rgbImage(i, label: label))
+                    : try ImageCodec.encodeJPEG(faces.rgbImage(i, label: label), quality: 90)
+                try d.write(to: URL(fileURLWithPath: "\(root)/\(dir)/img\(i).\(i % 2 == 0 ? "png" : "jpg")"))
+            }
+        }
+        try Data("x".utf8).write(to: URL(fileURLWithPath: "\(root)/fake/readme.txt"))
+        let out = temporaryDirectory("ref-out")
+        let m = try DatasetPreparer(options: PrepareOptions(output: out)).run(try ReferenceFolders(root: root, testFraction: 0.25, seed: 1))
+        XCTAssertEqual(m.shards.reduce(0) { $0 + $1.samples }, 40)
+        XCTAssertEqual(m.skipped.map(\.reason), ["not an image (fake/readme.txt)"])
+        let samples = try readDataset(out)
+        XCTAssertTrue(samples.allSatisfy { $0.key == $0.value.0.sequence }, "every image is its own sequence")
+        XCTAssertEqual(samples["real_img1"]!.1, FileManager.default.contents(atPath: "\(root)/real/img1.jpg"), "JPEG bytes kept")
+        // An empty class stops with a clear error.
+        try FileManager.default.removeItem(atPath: "\(root)/fake")
+        try FileManager.default.createDirectory(atPath: "\(root)/fake", withIntermediateDirectories: true)
+        XCTAssertThrowsError(try DatasetPreparer(options: PrepareOptions(output: temporaryDirectory("ref-empty"))).run(
+            try ReferenceFolders(root: root, testFraction: 0.25, seed: 1))) { e in
+            XCTAssertTrue("\(e)".contains("class fake is empty"), "\(e)")
+        }
+    }
+
+    func testQuotasArePerClassAndSampledAcrossTheWholeSource() throws {
+        let source = SyntheticSource(size: 8, count: 400, seed: 2, difficulty: 0.3, framesPerSequence: 1)
+        var real = 0, fake = 0
+        try source.scan { if case .image(let c, _) = $0 { if c.label == 1 { fake += 1 } else { real += 1 } } }
+        var opts = PrepareOptions(output: temporaryDirectory("quota"))
+        opts.maxImages = 60
+        opts.realFraction = 0.5
+        let m = try DatasetPreparer(options: opts).run(source)
+        let total = m.counts.values.reduce(DatasetManifest.Counts()) { var c = $0; c.real += $1.real; c.fake += $1.fake; return c }
+        XCTAssertEqual(total.real, 30)
+        XCTAssertEqual(total.fake, 30)
+        let keys = try readDataset(opts.output).keys.compactMap { Int($0.dropFirst(6)) }
+        XCTAssertGreaterThan(keys.max()!, 300, "sampled across the source, not the first images read")
+        XCTAssertLessThan(keys.min()!, 100)
+        // Without --real-fraction the source's ratio is kept.
+        var opts2 = PrepareOptions(output: temporaryDirectory("quota2"))
+        opts2.maxImages = 100
+        let m2 = try DatasetPreparer(options: opts2).run(source)
+        let real2 = m2.counts.values.reduce(0) { $0 + $1.real }
+        XCTAssertEqual(real2, Int((100 * Double(real) / 400).rounded()))
+    }
+
+    /// Throws after `limit` images on the second scan (the write pass), like a killed prepare.
+    struct InterruptedSource: SampleSource {
+        let inner: SampleSource
+        let limit: Int
+        final class Counter: @unchecked Sendable { var scans = 0 }
+        let counter = Counter()
+        var description: [String: String] { inner.description }
+        func scan(_ visit: (SourceItem) throws -> Void) throws {
+            counter.scans += 1
+            var n = 0
+            try inner.scan { item in
+                if counter.scans == 2 { n += 1; if n > limit { throw DatasetError(path: "source", reason: "interrupted") } }
+                try visit(item)
+            }
+        }
+    }
+
+    func testInterruptedPrepareResumesKeepingFinishedShards() throws {
+        let source = SyntheticSource(size: 8, count: 200, seed: 5, difficulty: 0.3, framesPerSequence: 4)
+        var opts = PrepareOptions(output: temporaryDirectory("resume"))
+        opts.shardSize = 25
+        XCTAssertThrowsError(try DatasetPreparer(options: opts).run(InterruptedSource(inner: source, limit: 120)))
+        let files = try FileManager.default.contentsOfDirectory(atPath: opts.output)
+        let finished = files.filter { $0.hasPrefix("shard-") }
+        XCTAssertFalse(finished.isEmpty, "some shards finished before the interruption")
+        XCTAssertFalse(files.contains(DatasetManifest.fileName), "no manifest for an unfinished dataset")
+        XCTAssertTrue(files.contains { $0.hasSuffix(".partial") }, "the shard being written stays a .partial file")
+        var inodes: [String: Int] = [:]
+        for f in finished { inodes[f] = (try FileManager.default.attributesOfItem(atPath: "\(opts.output)/\(f)")[.systemFileNumber] as? Int) }
+        let m = try DatasetPreparer(options: opts).run(source)
+        for f in finished {
+            XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: "\(opts.output)/\(f)")[.systemFileNumber] as? Int, inodes[f], "\(f) kept")
+        }
+        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: opts.output).contains { $0.hasSuffix(".partial") })
+        try DatasetChecker.check(directory: opts.output)
+        let freshDir = temporaryDirectory("fresh")
+        let fresh = try DatasetPreparer(options: PrepareOptions(output: freshDir).with { $0.shardSize = 25 }).run(source)
+        XCTAssertEqual(m.counts, fresh.counts, "resumed and uninterrupted runs hold the same samples")
+        let a = try readDataset(opts.output), b = try readDataset(freshDir)
+        XCTAssertEqual(Set(a.keys), Set(b.keys))
+        for (k, v) in a { XCTAssertEqual(v.1, b[k]?.1, k); XCTAssertEqual(v.0, b[k]?.0, k) }
+    }
+
+    func testCheckOnlyFindsTamperedAndMissingShards() throws {
+        let out = temporaryDirectory("tamper")
+        _ = try DatasetPreparer(options: PrepareOptions(output: out).with { $0.shardSize = 40 }).run(
+            SyntheticSource(size: 8, count: 100, seed: 1, difficulty: 0.3))
+        let shard = "\(out)/shard-000001.tar"
+        var bytes = FileManager.default.contents(atPath: shard)!
+        bytes[700] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: shard))
+        XCTAssertThrowsError(try DatasetChecker.check(directory: out)) { XCTAssertTrue("\($0)".contains("shard-000001.tar") && "\($0)".contains("SHA-256"), "\($0)") }
+        try FileManager.default.removeItem(atPath: shard)
+        XCTAssertThrowsError(try DatasetChecker.check(directory: out)) { XCTAssertTrue("\($0)".contains("shard-000001.tar") && "\($0)".contains("missing"), "\($0)") }
+        XCTAssertThrowsError(try DatasetChecker.check(directory: temporaryDirectory("empty"))) { XCTAssertTrue("\($0)".contains("no manifest"), "\($0)") }
+    }
+
+    func testDecoderHandlesGreyRGBAAndCorruptImages() throws {
+        let grey = try ImageCodec.encodePNG(pixels: [0, 128, 255, 7], width: 2, height: 2, channels: 1)
+        XCTAssertEqual(try ImageCodec.decode(grey, item: "grey").pixels, [0, 0, 0, 128, 128, 128, 255, 255, 255, 7, 7, 7])
+        let rgba = try ImageCodec.encodePNG(pixels: [10, 20, 30, 0, 40, 50, 60, 255], width: 2, height: 1, channels: 4)
+        XCTAssertEqual(try ImageCodec.decode(rgba, item: "rgba").pixels, [10, 20, 30, 40, 50, 60], "alpha dropped, colour kept")
+        var smooth = [UInt8](repeating: 0, count: 768)
+        for i in 0..<768 {
+            let x = i / 3 % 16, y = i / 48, c = i % 3
+            smooth[i] = UInt8(x * 8 + y * 4 + c * 20)
+        }
+        let img = RGBImage(width: 16, height: 16, pixels: smooth)
+        let jpg = try ImageCodec.encodeJPEG(img, quality: 95)
+        let back = try ImageCodec.decode(jpg, item: "jpg")
+        XCTAssertEqual(back.width, 16)
+        var errorSum = 0
+        for i in 0..<img.pixels.count { errorSum += abs(Int(back.pixels[i]) - Int(img.pixels[i])) }
+        let meanError = Double(errorSum) / Double(img.pixels.count)
+        XCTAssertLessThan(meanError, 3, "JPEG q95 round trip of a smooth 16x16 image")
+        XCTAssertThrowsError(try ImageCodec.decode(jpg.prefix(jpg.count / 2), item: "half.jpg")) { XCTAssertTrue("\($0)".hasPrefix("half.jpg: corrupt JPEG"), "\($0)") }
+        XCTAssertThrowsError(try ImageCodec.decode(Data("GIF89a".utf8), item: "x.gif")) { XCTAssertTrue("\($0)".contains("not a PNG or JPEG"), "\($0)") }
+        // Area resize of a 2x2 block pattern averages exactly; enlarging is bilinear.
+        let checker = RGBImage(width: 4, height: 2, pixels: [0, 0, 0, 100, 100, 100, 0, 0, 0, 100, 100, 100,
+                                                             0, 0, 0, 100, 100, 100, 0, 0, 0, 100, 100, 100])
+        XCTAssertEqual(ImageResize.resize(checker, width: 2, height: 1).pixels, [50, 50, 50, 50, 50, 50])
+    }
+}
+
+extension PrepareOptions {
+    func with(_ f: (inout PrepareOptions) -> Void) -> PrepareOptions { var c = self; f(&c); return c }
+}
