@@ -119,7 +119,8 @@ public enum ImageCodec {
         return out.prefix(size)
     }
 
-    /// Baseline JPEG with 4:2:0 chroma subsampling (libjpeg's and OpenCV's default).
+    /// Baseline JPEG with 4:2:0 chroma subsampling and the accurate integer DCT (libjpeg's and
+    /// OpenCV's defaults; TurboJPEG would otherwise pick the fast DCT when compressing).
     public static func encodeJPEG(_ img: RGBImage, quality: Int) throws -> Data {
         guard let handle = tjInitCompress() else { throw ImageCodecError(item: "jpeg encoder", reason: "TurboJPEG init failed") }
         defer { tjDestroy(handle) }
@@ -127,7 +128,7 @@ public enum ImageCodec {
         var size: UInt = 0
         let rc = img.pixels.withUnsafeBufferPointer { src in
             tjCompress2(handle, src.baseAddress, Int32(img.width), 0, Int32(img.height), Int32(TJPF_RGB.rawValue), &buffer, &size,
-                        Int32(TJSAMP_420.rawValue), Int32(quality), 0)
+                        Int32(TJSAMP_420.rawValue), Int32(quality), Int32(TJFLAG_ACCURATEDCT))
         }
         defer { if let buffer { tjFree(buffer) } }
         guard rc == 0, let buffer else { throw ImageCodecError(item: "jpeg encoder", reason: String(cString: tjGetErrorStr2(handle))) }

@@ -38,7 +38,9 @@ public final class ShardSet: @unchecked Sendable {
         return refs.map { ref -> (UInt64, SampleRef) in
             var h: UInt64 = 0xcbf2_9ce4_8422_2325
             for b in key(ref).utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-            return (UInt64(r.philox.block(UInt32(truncatingIfNeeded: h), UInt32(truncatingIfNeeded: h >> 32), 0, 0).0) << 32 | h & 0xffff_ffff, ref)
+            let b = r.philox.block(UInt32(truncatingIfNeeded: h), UInt32(truncatingIfNeeded: h >> 32),
+                                   UInt32(truncatingIfNeeded: r.stream), UInt32(truncatingIfNeeded: r.stream >> 32))
+            return (UInt64(b.0) << 32 | UInt64(b.1), ref)
         }.sorted { $0.0 < $1.0 }.map(\.1)
     }
 

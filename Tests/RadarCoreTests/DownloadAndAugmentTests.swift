@@ -1,0 +1,163 @@
+import Foundation
+import RadarCore
+import XCTest
+
+final class DownloadTests: XCTestCase {
+    func testDownloaderListsRetriesResumesAndSendsTheToken() throws {
+        let server = try LocalHTTPServer()
+        defer { server.stop() }
+        let root = temporaryDirectory("hf-src")
+        _ = try makeWildDeepfakeArchives(root, sequencesPerArchive: 3, frames: 3, extras: false)
+        var listing: [String: [[String: Any]]] = [:]
+        for dir in HuggingFaceDownloader.archiveDirectories {
+            let files = try FileManager.default.contentsOfDirectory(atPath: "\(root)/\(dir)").sorted()
+            var items: [[String: Any]] = []
+            for f in files {
+                let data = FileManager.default.contents(atPath: "\(root)/\(dir)/\(f)")!
+                server.put("/datasets/xingjunm/WildDeepfake/resolve/main/\(dir)/\(f)", data)
+                items.append(["type": "file", "path": "\(dir)/\(f)", "size": data.count])
+            }
+            listing[dir] = items
+            server.put("/api/datasets/xingjunm/WildDeepfake/tree/main/\(dir)", try JSONSerialization.data(withJSONObject: items))
+        }
+        // HF_ENDPOINT points at the local server; HF_TOKEN goes out as a bearer token.
+        let hf = HuggingFaceDownloader(endpoint: nil, token: "secret-token", environment: ["HF_ENDPOINT": server.base])
+        hf.initialBackoff = 0.05
+        XCTAssertEqual(hf.base, "\(server.base)/datasets/xingjunm/WildDeepfake/resolve/main/")
+        let files = try hf.listArchives()
+        XCTAssertEqual(files.count, 4)
+        // The first archive: one 503, then a body cut after 100 bytes, then a resumed range.
+        server.failNext(1)
+        server.cutNextBody(after: 100)
+        let dest = temporaryDirectory("hf-dl")
+        try hf.download(files, to: dest)
+        for f in files {
+            XCTAssertEqual(FileManager.default.contents(atPath: "\(dest)/\(f)"), FileManager.default.contents(atPath: "\(root)/\(f)"), f)
+        }
+        let first = server.requests.filter { $0.path.hasSuffix(files[0]) }
+        XCTAssertGreaterThanOrEqual(first.count, 3, "503, cut, resume: \(first.map(\.headers))")
+        XCTAssertEqual(first.last?.headers["range"], "bytes=100-", "resumed with an HTTP Range request")
+        XCTAssertTrue(server.requests.allSatisfy { $0.headers["authorization"] == "Bearer secret-token" })
+        // The downloaded archives prepare like local ones.
+        let m = try DatasetPreparer(options: PrepareOptions(output: temporaryDirectory("hf-prep"))).run(try WildDeepfakeArchives(root: dest, archives: files))
+        XCTAssertEqual(m.shards.reduce(0) { $0 + $1.samples }, 4 * 9)
+        // A missing file is a clear, non-retried error.
+        XCTAssertThrowsError(try hf.downloadFile("\(server.base)/nope.tar.gz", to: "\(dest)/nope.tar.gz")) {
+            XCTAssertTrue("\($0)".contains("404"), "\($0)")
+        }
+        // An interrupted download leaves only a .part file, never the final name.
+        server.put("/big.bin", Data(repeating: 7, count: 5000))
+        hf.attempts = 1
+        server.cutNextBody(after: 1000)
+        XCTAssertThrowsError(try hf.downloadFile("\(server.base)/big.bin", to: "\(dest)/big.bin"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dest)/big.bin"))
+        XCTAssertEqual(FileManager.default.contents(atPath: "\(dest)/big.bin.part")?.count, 1000)
+        try hf.downloadFile("\(server.base)/big.bin", to: "\(dest)/big.bin")
+        XCTAssertEqual(FileManager.default.contents(atPath: "\(dest)/big.bin"), Data(repeating: 7, count: 5000))
+        _ = listing
+    }
+}
+
+final class AugmentationTests: XCTestCase {
+    func fixture() throws -> [String: RGBImage] {
+        let t = try SafeTensors.read(fixturesDirectory.appendingPathComponent("augment.safetensors").path).tensors
+        return t.mapValues { RGBImage(width: $0.shape[1], height: $0.shape[0], pixels: $0.floats.map { UInt8($0) }) }
+    }
+
+    func maxDiff(_ a: RGBImage, _ b: RGBImage) -> Int {
+        zip(a.pixels, b.pixels).map { abs(Int($0) - Int($1)) }.max() ?? 0
+    }
+
+    func testGeometricBlurAndJPEGMatchOpenCV() throws {
+        // Fixture: tools/golden/augment_fixture.py (cv2.warpAffine, cv2.GaussianBlur, cv2.imencode).
+        // OpenCV's warpAffine quantises coordinates to 1/32 pixel and weights to 15 bits, so
+        // results may differ by one grey level; blur kernels are dyadic and match exactly, and
+        // JPEG re-compression uses the same libjpeg-turbo settings (4:2:0, accurate DCT).
+        let f = try fixture()
+        let input = f["input"]!
+        for (i, a) in [(7.0, 1.05, 0.03, -0.02), (-10.0, 0.9, -0.05, 0.05), (0.0, 1.1, 0.0, 0.0)].enumerated() {
+            let ours = Augmenter.shiftScaleRotate(input, angle: a.0, scale: a.1, dx: a.2, dy: a.3)
+            XCTAssertLessThanOrEqual(maxDiff(ours, f["affine\(i)"]!), 1, "affine \(i)")
+        }
+        for k in [3, 5] { XCTAssertEqual(maxDiff(Augmenter.gaussianBlur(input, kernel: k), f["blur\(k)"]!), 0, "blur \(k)") }
+        for q in [70, 95] {
+            let ours = try ImageCodec.decodeJPEG(try ImageCodec.encodeJPEG(input, quality: q), item: "q\(q)")
+            let ref = f["jpeg\(q)"]!
+            var sum = 0
+            for i in 0..<ref.pixels.count { sum += abs(Int(ours.pixels[i]) - Int(ref.pixels[i])) }
+            print("JPEG q\(q): max diff \(maxDiff(ours, ref)), mean \(Double(sum) / Double(ref.pixels.count))")
+            XCTAssertEqual(maxDiff(ours, ref), 0, "JPEG quality \(q): the same codec settings as OpenCV")
+        }
+    }
+
+    func testFlipAndColourJitterClosedForm() {
+        let img = RGBImage(width: 3, height: 1, pixels: [10, 20, 30, 200, 100, 50, 0, 255, 128])
+        XCTAssertEqual(Augmenter.flipHorizontal(img).pixels, [0, 255, 128, 200, 100, 50, 10, 20, 30])
+        XCTAssertEqual(Augmenter.adjustBrightness(img, 1.1).pixels, [11, 22, 33, 220, 110, 55, 0, 255, 141])
+        var greys: [Double] = []
+        for p in 0..<3 {
+            let r = Double(img.pixels[3 * p]), g = Double(img.pixels[3 * p + 1]), b = Double(img.pixels[3 * p + 2])
+            greys.append(0.299 * r + 0.587 * g + 0.114 * b)
+        }
+        let mean = (greys[0] + greys[1] + greys[2]) / 3
+        let contrast = Augmenter.adjustContrast(img, 0.9).pixels
+        for (i, v) in img.pixels.enumerated() {
+            let expected = (Double(v) * 0.9 + mean * 0.1).rounded()
+            XCTAssertEqual(Int(contrast[i]), Int(expected), "contrast \(i)")
+        }
+        let sat = Augmenter.adjustSaturation(img, 1.1).pixels
+        for (i, v) in img.pixels.enumerated() {
+            let raw: Double = Double(v) * 1.1 - greys[i / 3] * 0.1
+            let expected: Double = max(0, min(255, raw.rounded()))
+            XCTAssertEqual(Int(sat[i]), Int(expected), "saturation \(i)")
+        }
+        // Hue: a pure red shifted by a third of a turn becomes pure green; grey is unchanged.
+        let hue = Augmenter.adjustHue(RGBImage(width: 2, height: 1, pixels: [255, 0, 0, 90, 90, 90]), 1.0 / 3)
+        XCTAssertEqual(hue.pixels, [0, 255, 0, 90, 90, 90])
+        XCTAssertEqual(Augmenter.adjustHue(img, 0).pixels, img.pixels, "zero hue shift is the identity")
+    }
+
+    func testPlansAreAPureFunctionOfSeedEpochAndKeyWithTheDocumentedRates() {
+        XCTAssertEqual(AugmentationPlan.draw(seed: 1, epoch: 2, key: "k"), AugmentationPlan.draw(seed: 1, epoch: 2, key: "k"))
+        var flips = 0, affine = 0, blurOrJPEG = 0, jitter = 0
+        let n = 4000
+        for i in 0..<n {
+            let p = AugmentationPlan.draw(seed: 1, epoch: 0, key: "s\(i)")
+            if p.flip { flips += 1 }
+            if let a = p.affine { affine += 1; XCTAssertTrue(abs(a.angle) <= 10 && abs(a.scale - 1) <= 0.1 && abs(a.dx) <= 0.05) }
+            if p.blurKernel != nil || p.jpegQuality != nil { blurOrJPEG += 1 }
+            if let q = p.jpegQuality { XCTAssertTrue((70...100).contains(q)) }
+            if let k = p.blurKernel { XCTAssertTrue(k == 3 || k == 5) }
+            if let j = p.jitter { jitter += 1; XCTAssertEqual(j.order.sorted(), [0, 1, 2, 3]); XCTAssertTrue(abs(j.hue) <= 0.02) }
+        }
+        func near(_ count: Int, _ p: Double) { XCTAssertEqual(Double(count), Double(n) * p, accuracy: 5 * (Double(n) * p * (1 - p)).squareRoot()) }
+        near(flips, 0.5); near(affine, 0.3); near(blurOrJPEG, 0.3); near(jitter, 0.3)
+        XCTAssertNotEqual((0..<50).map { AugmentationPlan.draw(seed: 1, epoch: 0, key: "s\($0)") },
+                          (0..<50).map { AugmentationPlan.draw(seed: 1, epoch: 1, key: "s\($0)") }, "a new epoch draws new plans")
+    }
+
+    func testLoaderBatchesAreIdenticalForAnyThreadCountAndReshuffledPerEpoch() throws {
+        let out = temporaryDirectory("loader")
+        _ = try DatasetPreparer(options: PrepareOptions(output: out).with { $0.shardSize = 30 }).run(
+            SyntheticSource(size: 16, count: 120, seed: 3, difficulty: 0.3))
+        let set = try ShardSet(directory: out)
+        let refs = set.shuffled(set.refs(.train), seed: 9, epoch: 0)
+        func batches(_ threads: Int) throws -> [([Float], [Float], [String])] {
+            let loader = StreamingLoader(set: set, refs: refs, batchSize: 7, size: 16, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5],
+                                         augment: true, seed: 9, epoch: 0, threads: threads, depth: 2, dropLast: false)
+            var out: [([Float], [Float], [String])] = []
+            while let b = try loader.next() { out.append((b.images.values, b.labels, b.keys)) }
+            return out
+        }
+        let one = try batches(1), three = try batches(3)
+        XCTAssertEqual(one.count, (refs.count + 6) / 7)
+        XCTAssertEqual(one.flatMap(\.2), refs.map { set.key($0) }, "batches keep the assignment order")
+        for (a, b) in zip(one, three) {
+            XCTAssertEqual(a.0.map(\.bitPattern), b.0.map(\.bitPattern))
+            XCTAssertEqual(a.1, b.1)
+        }
+        XCTAssertNotEqual(set.shuffled(set.refs(.train), seed: 9, epoch: 1), refs, "each epoch reshuffles")
+        XCTAssertEqual(set.shuffled(set.refs(.train), seed: 9, epoch: 0), refs)
+        XCTAssertEqual(Set(set.shuffled(set.refs(.train), seed: 9, epoch: 1)), Set(refs))
+    }
+}
