@@ -106,18 +106,27 @@ public enum Augmenter {
         let w = img.width, h = img.height
         var out = [UInt8](repeating: 0, count: w * h * 3)
         img.pixels.withUnsafeBufferPointer { src in
-            for y in 0..<h { for x in 0..<w {
-                let sx = i0 * Double(x) + i1 * Double(y) + i2, sy = i3 * Double(x) + i4 * Double(y) + i5
-                let fx = sx.rounded(.down), fy = sy.rounded(.down)
-                let ax = sx - fx, ay = sy - fy
-                let x0 = reflect101(Int(fx), w), x1 = reflect101(Int(fx) + 1, w)
-                let y0 = reflect101(Int(fy), h), y1 = reflect101(Int(fy) + 1, h)
-                for c in 0..<3 {
-                    let v = (1 - ay) * ((1 - ax) * Double(src[(y0 * w + x0) * 3 + c]) + ax * Double(src[(y0 * w + x1) * 3 + c]))
-                        + ay * ((1 - ax) * Double(src[(y1 * w + x0) * 3 + c]) + ax * Double(src[(y1 * w + x1) * 3 + c]))
-                    out[(y * w + x) * 3 + c] = UInt8(max(0, min(255, v.rounded())))
+            out.withUnsafeMutableBufferPointer { dst in
+                for y in 0..<h {
+                    var sx = i1 * Double(y) + i2, sy = i4 * Double(y) + i5
+                    for x in 0..<w {
+                        let fx = sx.rounded(.down), fy = sy.rounded(.down)
+                        let ax = Float(sx - fx), ay = Float(sy - fy)
+                        let ix = Int(fx), iy = Int(fy)
+                        let x0 = ix >= 0 && ix < w ? ix : reflect101(ix, w), x1 = ix + 1 >= 0 && ix + 1 < w ? ix + 1 : reflect101(ix + 1, w)
+                        let y0 = iy >= 0 && iy < h ? iy : reflect101(iy, h), y1 = iy + 1 >= 0 && iy + 1 < h ? iy + 1 : reflect101(iy + 1, h)
+                        let p00 = (y0 * w + x0) * 3, p01 = (y0 * w + x1) * 3, p10 = (y1 * w + x0) * 3, p11 = (y1 * w + x1) * 3
+                        let o = (y * w + x) * 3
+                        for c in 0..<3 {
+                            let top = (1 - ax) * Float(src[p00 + c]) + ax * Float(src[p01 + c])
+                            let bottom = (1 - ax) * Float(src[p10 + c]) + ax * Float(src[p11 + c])
+                            dst[o + c] = UInt8(min(255, max(0, (1 - ay) * top + ay * bottom) + 0.5))
+                        }
+                        sx += i0
+                        sy += i3
+                    }
                 }
-            } }
+            }
         }
         return RGBImage(width: w, height: h, pixels: out)
     }
@@ -125,32 +134,51 @@ public enum Augmenter {
     /// cv2.GaussianBlur with sigma 0: OpenCV's fixed kernels for small sizes ([1 2 1]/4, [1 4 6 4 1]/16),
     /// separable, BORDER_REFLECT_101, rounded once at the end.
     public static func gaussianBlur(_ img: RGBImage, kernel k: Int) -> RGBImage {
-        let weights: [Double] = k == 3 ? [0.25, 0.5, 0.25] : [0.0625, 0.25, 0.375, 0.25, 0.0625]
+        let weights: [Float] = k == 3 ? [0.25, 0.5, 0.25] : [0.0625, 0.25, 0.375, 0.25, 0.0625]
         let r = weights.count / 2, w = img.width, h = img.height
-        var tmp = [Double](repeating: 0, count: w * h * 3)
-        for y in 0..<h { for x in 0..<w { for c in 0..<3 {
-            var s = 0.0
-            for t in 0..<weights.count { s += weights[t] * Double(img.pixels[(y * w + reflect101(x + t - r, w)) * 3 + c]) }
-            tmp[(y * w + x) * 3 + c] = s
-        } } }
+        let xs = (0..<w).map { x in (0..<weights.count).map { reflect101(x + $0 - r, w) } }
+        let ys = (0..<h).map { y in (0..<weights.count).map { reflect101(y + $0 - r, h) } }
+        var tmp = [Float](repeating: 0, count: w * h * 3)
         var out = [UInt8](repeating: 0, count: w * h * 3)
-        for y in 0..<h { for x in 0..<w { for c in 0..<3 {
-            var s = 0.0
-            for t in 0..<weights.count { s += weights[t] * tmp[(reflect101(y + t - r, h) * w + x) * 3 + c] }
-            out[(y * w + x) * 3 + c] = UInt8(max(0, min(255, (s + 0.5).rounded(.down))))
-        } } }
+        img.pixels.withUnsafeBufferPointer { src in
+            tmp.withUnsafeMutableBufferPointer { t in
+                for y in 0..<h { for x in 0..<w {
+                    let taps = xs[x]
+                    for c in 0..<3 {
+                        var s: Float = 0
+                        for j in 0..<weights.count { s += weights[j] * Float(src[(y * w + taps[j]) * 3 + c]) }
+                        t[(y * w + x) * 3 + c] = s
+                    }
+                } }
+                out.withUnsafeMutableBufferPointer { o in
+                    for y in 0..<h {
+                        let taps = ys[y]
+                        for i in 0..<(w * 3) {
+                            var s: Float = 0
+                            for j in 0..<weights.count { s += weights[j] * t[taps[j] * w * 3 + i] }
+                            o[y * w * 3 + i] = UInt8(min(255, max(0, s) + 0.5))
+                        }
+                    }
+                }
+            }
+        }
         return RGBImage(width: w, height: h, pixels: out)
     }
 
     // Colour jitter, torchvision's definitions on 8-bit images (blend with black, with the mean
     // grey level, with the grey image; hue rotated in HSV), rounded to 8 bits after each.
-    static func map(_ img: RGBImage, _ f: (Double, Double, Double) -> (Double, Double, Double)) -> RGBImage {
+    @inline(__always) static func map(_ img: RGBImage, _ f: (Double, Double, Double) -> (Double, Double, Double)) -> RGBImage {
         var out = img.pixels
-        for i in 0..<(img.width * img.height) {
-            let (r, g, b) = f(Double(img.pixels[3 * i]), Double(img.pixels[3 * i + 1]), Double(img.pixels[3 * i + 2]))
-            out[3 * i] = UInt8(max(0, min(255, r.rounded())))
-            out[3 * i + 1] = UInt8(max(0, min(255, g.rounded())))
-            out[3 * i + 2] = UInt8(max(0, min(255, b.rounded())))
+        out.withUnsafeMutableBufferPointer { o in
+            img.pixels.withUnsafeBufferPointer { p in
+                @inline(__always) func byte(_ v: Double) -> UInt8 { UInt8(min(255, max(0, v)) + 0.5) }
+                for i in 0..<(img.width * img.height) {
+                    let (r, g, b) = f(Double(p[3 * i]), Double(p[3 * i + 1]), Double(p[3 * i + 2]))
+                    o[3 * i] = byte(r)
+                    o[3 * i + 1] = byte(g)
+                    o[3 * i + 2] = byte(b)
+                }
+            }
         }
         return RGBImage(width: img.width, height: img.height, pixels: out)
     }

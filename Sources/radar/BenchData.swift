@@ -1,0 +1,46 @@
+import ArgumentParser
+import Foundation
+import RadarCore
+
+extension Bench {
+    struct DataPipeline: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "data", abstract: "Decode + augment images/s per thread (PNG and JPEG), and prepare throughput and peak RSS.")
+        @Option(help: "Image size.") var size = 224
+        @Option(help: "Images per measurement.") var images = 300
+        @Option(help: "Synthetic images for the prepare measurement (0 skips it).") var prepareImages = 2000
+
+        func run() throws {
+            try failing {
+                let faces = SyntheticFaces(size: size, seed: 1)
+                let pngs = try (0..<32).map { try ImageCodec.encodePNG(faces.rgbImage($0, label: $0 % 2)) }
+                let jpgs = try (0..<32).map { try ImageCodec.encodeJPEG(faces.rgbImage($0, label: $0 % 2), quality: 95) }
+                let dst = UnsafeMutablePointer<Float>.allocate(capacity: 3 * size * size)
+                defer { dst.deallocate() }
+                for (name, blobs) in [("png", pngs), ("jpeg", jpgs)] {
+                    for augment in [false, true] {
+                        let t0 = Date()
+                        for i in 0..<images {
+                            var img = try ImageCodec.decode(blobs[i % blobs.count], item: name)
+                            if augment { img = try Augmenter.apply(AugmentationPlan.draw(seed: 1, epoch: 0, key: "b\(i)"), to: img) }
+                            Augmenter.normalize(img, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], into: dst)
+                        }
+                        let rate = Double(images) / Date().timeIntervalSince(t0)
+                        printJSON(["bench": "decode", "format": name, "size": size, "augment": augment,
+                                   "images_per_s_per_thread": rate, "machine": machineRecord(threads: 1)])
+                    }
+                }
+                if prepareImages > 0 {
+                    let dir = NSTemporaryDirectory() + "radar-bench-prepare-\(getpid())"
+                    defer { try? FileManager.default.removeItem(atPath: dir) }
+                    let t0 = Date()
+                    let m = try DatasetPreparer(options: PrepareOptions(output: dir)).run(
+                        SyntheticSource(size: size, count: prepareImages, seed: 1, difficulty: 0.3))
+                    let n = m.shards.reduce(0) { $0 + $1.samples }
+                    printJSON(["bench": "prepare", "images": n, "size": size, "images_per_s": Double(n) / Date().timeIntervalSince(t0),
+                               "peak_rss_mib": peakRSSMiB(), "machine": machineRecord(threads: 1)])
+                }
+            }
+        }
+    }
+}
