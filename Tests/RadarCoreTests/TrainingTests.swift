@@ -137,3 +137,21 @@ final class TrainingTests: XCTestCase {
         }
     }
 }
+
+final class MetricsTests: XCTestCase {
+    func testMetricsMatchScikitLearn() throws {
+        // Fixture: tools/golden/metrics_fixture.py (roc_auc_score, average_precision_score,
+        // accuracy_score, roc_curve-based EER, AUC over per-sequence mean scores).
+        let data = try Data(contentsOf: fixturesDirectory.appendingPathComponent("metrics.json"))
+        let cases = (try JSONSerialization.jsonObject(with: data) as! [String: Any])["cases"] as! [[String: Any]]
+        XCTAssertEqual(cases.count, 4)
+        for (i, c) in cases.enumerated() {
+            let scores = (c["scores"] as! [Double]).map(Float.init), labels = c["labels"] as! [Int], seqs = c["sequences"] as! [String]
+            let m = BinaryMetrics.all(scores: scores, labels: labels, sequences: seqs)
+            for key in ["auc", "average_precision", "accuracy", "eer", "sequence_auc"] {
+                XCTAssertEqual(m[key]!, c[key] as! Double, accuracy: 1e-9, "case \(i) \(key)")
+            }
+        }
+        XCTAssertNil(BinaryMetrics.rocAUC(scores: [0.1, 0.2], labels: [1, 1]), "one class: AUC undefined")
+    }
+}

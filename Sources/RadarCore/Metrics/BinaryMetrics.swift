@@ -3,6 +3,10 @@ public enum BinaryMetrics {
     /// ROC AUC with ties counted half (the Mann-Whitney statistic), which equals
     /// sklearn.metrics.roc_auc_score. Returns nil when a class is missing.
     public static func rocAUC(scores: [Float], labels: [Int]) -> Double? {
+        rocAUC(scores: scores.map(Double.init), labels: labels)
+    }
+
+    public static func rocAUC(scores: [Double], labels: [Int]) -> Double? {
         precondition(scores.count == labels.count, "\(scores.count) scores for \(labels.count) labels")
         let pos = labels.filter { $0 == 1 }.count, neg = labels.count - pos
         guard pos > 0 && neg > 0 else { return nil }
@@ -24,5 +28,85 @@ public enum BinaryMetrics {
         guard !scores.isEmpty else { return 0 }
         let correct = zip(scores, labels).filter { ($0 >= threshold ? 1 : 0) == $1 }.count
         return Double(correct) / Double(scores.count)
+    }
+
+    /// The ROC curve as scikit-learn's roc_curve(drop_intermediate=False) builds it: one point per
+    /// distinct score, from the highest threshold down, starting at (0, 0).
+    public static func rocCurve(scores: [Float], labels: [Int]) -> (fpr: [Double], tpr: [Double], thresholds: [Float]) {
+        let order = scores.indices.sorted { scores[$0] > scores[$1] }
+        let pos = Double(labels.filter { $0 == 1 }.count), neg = Double(labels.count) - pos
+        var fpr = [0.0], tpr = [0.0], thr = [Float.infinity]
+        var tp = 0.0, fp = 0.0
+        var i = 0
+        while i < order.count {
+            let s = scores[order[i]]
+            while i < order.count && scores[order[i]] == s {
+                if labels[order[i]] == 1 { tp += 1 } else { fp += 1 }
+                i += 1
+            }
+            fpr.append(neg > 0 ? fp / neg : 0)
+            tpr.append(pos > 0 ? tp / pos : 0)
+            thr.append(s)
+        }
+        return (fpr, tpr, thr)
+    }
+
+    /// Equal error rate: where the false-positive rate equals the false-negative rate (1 - TPR),
+    /// linearly interpolated between the two ROC points that bracket it.
+    public static func equalErrorRate(scores: [Float], labels: [Int]) -> Double? {
+        let pos = labels.filter { $0 == 1 }.count
+        guard pos > 0 && pos < labels.count else { return nil }
+        let (fpr, tpr, _) = rocCurve(scores: scores, labels: labels)
+        for k in 1..<fpr.count {
+            let d0 = fpr[k - 1] - (1 - tpr[k - 1]), d1 = fpr[k] - (1 - tpr[k])
+            if d0 <= 0 && d1 >= 0 {
+                let t = d1 == d0 ? 0 : -d0 / (d1 - d0)
+                return fpr[k - 1] + t * (fpr[k] - fpr[k - 1])
+            }
+        }
+        return nil
+    }
+
+    /// Average precision as sklearn.metrics.average_precision_score: sum over distinct
+    /// thresholds (high to low) of (R_n - R_{n-1}) P_n.
+    public static func averagePrecision(scores: [Float], labels: [Int]) -> Double? {
+        let pos = Double(labels.filter { $0 == 1 }.count)
+        guard pos > 0 else { return nil }
+        let order = scores.indices.sorted { scores[$0] > scores[$1] }
+        var tp = 0.0, seen = 0.0, ap = 0.0, lastRecall = 0.0
+        var i = 0
+        while i < order.count {
+            let s = scores[order[i]]
+            while i < order.count && scores[order[i]] == s {
+                if labels[order[i]] == 1 { tp += 1 }
+                seen += 1
+                i += 1
+            }
+            let recall = tp / pos, precision = tp / seen
+            ap += (recall - lastRecall) * precision
+            lastRecall = recall
+        }
+        return ap
+    }
+
+    /// AUC over sequences, each scored by the mean probability of its frames (its label is that
+    /// of its frames).
+    public static func sequenceAUC(scores: [Float], labels: [Int], sequences: [String]) -> Double? {
+        var sum: [String: (Double, Int, Int)] = [:]
+        for i in scores.indices {
+            let e = sum[sequences[i]] ?? (0, 0, labels[i])
+            sum[sequences[i]] = (e.0 + Double(scores[i]), e.1 + 1, labels[i])
+        }
+        let keys = sum.keys.sorted()
+        return rocAUC(scores: keys.map { sum[$0]!.0 / Double(sum[$0]!.1) }, labels: keys.map { sum[$0]!.2 })
+    }
+
+    /// All of the above as a dictionary (metrics.json's names); missing values are NaN.
+    public static func all(scores: [Float], labels: [Int], sequences: [String]) -> [String: Double] {
+        ["auc": rocAUC(scores: scores, labels: labels) ?? .nan,
+         "accuracy": accuracy(scores: scores, labels: labels),
+         "eer": equalErrorRate(scores: scores, labels: labels) ?? .nan,
+         "average_precision": averagePrecision(scores: scores, labels: labels) ?? .nan,
+         "sequence_auc": sequenceAUC(scores: scores, labels: labels, sequences: sequences) ?? .nan]
     }
 }
