@@ -266,3 +266,31 @@ final class DataPipelineTests: XCTestCase {
 extension PrepareOptions {
     func with(_ f: (inout PrepareOptions) -> Void) -> PrepareOptions { var c = self; f(&c); return c }
 }
+
+final class TrainingRunTests: XCTestCase {
+    func testTrainingRunOnShardsWritesTheReferenceOutputs() throws {
+        let data = temporaryDirectory("run-data"), out = temporaryDirectory("run-out")
+        var prep = PrepareOptions(output: data)
+        prep.valFraction = 0.2
+        _ = try DatasetPreparer(options: prep).run(SyntheticSource(size: 32, count: 160, seed: 2, difficulty: 0.2, framesPerSequence: 4))
+        var o = TrainOptions(data: data, output: out, experiment: "smoke", config: RADARConfig.preset("tiny")!)
+        (o.batchSize, o.epochs, o.accumulation, o.maxBatchesPerEpoch, o.learningRate) = (8, 2, 2, 3, 1e-3)
+        let run = try TrainingRun(options: o)
+        let h = try run.run()
+        XCTAssertEqual(h.trainLoss.count, 2)
+        XCTAssertEqual(run.trainer.optimizer.step, 6, "3 optimizer steps per epoch, 2 micro-batches each")
+        let dir = o.experimentDirectory
+        let metrics = try JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: "\(dir)/metrics.json"))) as! [String: Any]
+        let history = metrics["history"] as! [String: Any]
+        for k in ["train_loss", "val_auc", "val_acc"] { XCTAssertEqual((history[k] as? [Any])?.count, 2, k) }
+        XCTAssertNotNil(metrics["best_val_auc"] as? Double)
+        let test = metrics["test_metrics"] as! [String: Any]
+        for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc"] { XCTAssertNotNil(test[k], k) }
+        XCTAssertNotNil(metrics["timestamp"] as? String)
+        let config = try JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: "\(dir)/config.json"))) as! [String: Any]
+        XCTAssertEqual(config["batch_size"] as? Int, 8)
+        XCTAssertEqual((config["model"] as? [String: Any])?["embed_dim"] as? Int, 48)
+        let lines = try String(contentsOfFile: "\(dir)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 6 + 2, "one line per optimizer step and one per epoch")
+    }
+}
