@@ -1,0 +1,157 @@
+import Foundation
+
+/// A training checkpoint: a standard safetensors file (model parameters and buffers by PyTorch
+/// name, `num_batches_tracked` as I64, AdamW moments as `optim.exp_avg.<name>` and
+/// `optim.exp_avg_sq.<name>`, training state in `__metadata__`) inside an LZ4 frame with content
+/// size and checksum. `lz4 -d X.safetensors.lz4` gives a file Python's safetensors reads and whose
+/// model tensors load into the PyTorch reference with strict=True. Plain .safetensors files are
+/// read too.
+public enum Checkpoint {
+    public static let formatVersion = "1"
+
+    /// Training state carried in the metadata.
+    public struct State: Equatable, Sendable {
+        public var optimizerStep = 0
+        public var epoch = 0
+        /// Micro-batches of `epoch` already consumed (the data position in the epoch plan).
+        public var batchInEpoch = 0
+        /// The micro-batch counter that keys dropout streams.
+        public var microStep: UInt64 = 0
+        public var seed: UInt64 = 0
+        public var bestValAUC = -Double.infinity
+        public var sinceBest = 0
+        public var worldSize = 1
+        public var schedulerMaxLR = 0.0
+        public var schedulerTotalSteps = 0
+        public var skippedSteps = 0
+        public var configJSON = "{}"
+        /// metrics.json's history so far (JSON), so a resumed run continues it.
+        public var historyJSON = "{}"
+
+        public init() {}
+
+        var metadata: [String: String] {
+            ["format": "radar-checkpoint", "format_version": Checkpoint.formatVersion, "step": String(optimizerStep), "epoch": String(epoch),
+             "data_position": String(batchInEpoch), "rng_micro_step": String(microStep), "seed": String(seed),
+             "best_val_auc": String(bestValAUC), "early_stopping_counter": String(sinceBest), "world_size": String(worldSize),
+             "scheduler": "{\"type\":\"OneCycleLR\",\"max_lr\":\(schedulerMaxLR),\"total_steps\":\(schedulerTotalSteps),\"last_step\":\(optimizerStep)}",
+             "skipped_steps": String(skippedSteps), "config": configJSON, "history": historyJSON]
+        }
+
+        init(metadata m: [String: String], path: String) throws {
+            func need(_ k: String) throws -> String {
+                guard let v = m[k] else { throw CheckpointError(path: path, reason: "metadata lacks \(k)") }
+                return v
+            }
+            guard m["format_version"] == Checkpoint.formatVersion else {
+                throw CheckpointError(path: path, reason: "format_version \(m["format_version"] ?? "missing"), expected \(Checkpoint.formatVersion)")
+            }
+            func int(_ k: String) throws -> Int {
+                guard let v = Int(try need(k)) else { throw CheckpointError(path: path, reason: "metadata \(k) is not an integer") }
+                return v
+            }
+            optimizerStep = try int("step")
+            epoch = try int("epoch")
+            batchInEpoch = try int("data_position")
+            microStep = UInt64(try int("rng_micro_step"))
+            seed = UInt64(try need("seed")) ?? 0
+            bestValAUC = Double(try need("best_val_auc")) ?? -.infinity
+            sinceBest = try int("early_stopping_counter")
+            worldSize = try int("world_size")
+            skippedSteps = (try? int("skipped_steps")) ?? 0
+            configJSON = try need("config")
+            historyJSON = m["history"] ?? "{}"
+            if let s = m["scheduler"], let d = try? JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any] {
+                schedulerMaxLR = d["max_lr"] as? Double ?? 0
+                schedulerTotalSteps = d["total_steps"] as? Int ?? 0
+            }
+        }
+    }
+
+    public struct CheckpointError: Error, CustomStringConvertible {
+        public let path: String
+        public let reason: String
+        public var description: String { "\(path): \(reason)" }
+    }
+
+    /// Writes atomically: a temporary file in the same directory, fsync, rename, fsync of the
+    /// directory; the previous checkpoint stays intact until the new one is complete.
+    public static func write(_ path: String, store: ParameterStore, optimizer: AdamW?, state: State) throws {
+        let layout = store.layout
+        // (name, dtype, shape, bytes) in name order: the header's data_offsets follow it.
+        var entries: [(String, String, [Int], UnsafeRawBufferPointer)] = []
+        for s in layout.parameters {
+            entries.append((s.name, "F32", s.shape.dims, UnsafeRawBufferPointer(store.value(s).buffer)))
+            if let o = optimizer {
+                entries.append(("optim.exp_avg.\(s.name)", "F32", s.shape.dims,
+                                UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: o.expAvg[s.offset..<(s.offset + s.count)]))))
+                entries.append(("optim.exp_avg_sq.\(s.name)", "F32", s.shape.dims,
+                                UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: o.expAvgSq[s.offset..<(s.offset + s.count)]))))
+            }
+        }
+        for s in layout.bufferSlots { entries.append((s.name, "F32", s.shape.dims, UnsafeRawBufferPointer(store.buffer(s).buffer))) }
+        for (i, n) in layout.counterNames.enumerated() {
+            entries.append((n, "I64", [], UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: store.counters[i..<(i + 1)]))))
+        }
+        entries.sort { $0.0 < $1.0 }
+        var header: [String: Any] = ["__metadata__": state.metadata]
+        var offset = 0
+        for e in entries {
+            header[e.0] = ["dtype": e.1, "shape": e.2, "data_offsets": [offset, offset + e.3.count]]
+            offset += e.3.count
+        }
+        var headerData = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        while (8 + headerData.count) % 8 != 0 { headerData.append(0x20) }
+        let total = 8 + headerData.count + offset
+
+        let dir = (path as NSString).deletingLastPathComponent
+        let tmp = (dir.isEmpty ? "." : dir) + "/." + (path as NSString).lastPathComponent + ".tmp-\(getpid())"
+        guard FileManager.default.createFile(atPath: tmp, contents: nil), let h = FileHandle(forWritingAtPath: tmp) else {
+            throw CheckpointError(path: path, reason: "cannot create \(tmp)")
+        }
+        do {
+            let lz = try LZ4Frame.Writer(handle: h, path: path, contentSize: total)
+            var len = UInt64(headerData.count).littleEndian
+            try withUnsafeBytes(of: &len) { try lz.write($0) }
+            try lz.write(headerData)
+            for e in entries { try lz.write(e.3) }
+            try lz.finish()
+            try h.synchronize()
+            try h.close()
+        } catch {
+            try? h.close()
+            unlink(tmp)
+            throw error
+        }
+        guard rename(tmp, path) == 0 else {
+            unlink(tmp)
+            throw CheckpointError(path: path, reason: "rename failed: \(String(cString: strerror(errno)))")
+        }
+        fsyncDirectory(dir.isEmpty ? "." : dir)
+    }
+
+    /// Reads an LZ4-framed or plain safetensors checkpoint: its tensors and state.
+    public static func read(_ path: String) throws -> (tensors: [String: SafeTensor], state: State) {
+        guard let raw = FileManager.default.contents(atPath: path) else { throw CheckpointError(path: path, reason: "cannot read file") }
+        let data = LZ4Frame.isFrame(raw) ? try LZ4Frame.decompress(raw, path: path) : raw
+        let (tensors, meta) = try SafeTensors.decode(data, path: path)
+        return (tensors, try State(metadata: meta, path: path))
+    }
+
+    /// Restores parameters, buffers, counters and (if given) the AdamW moments and step.
+    public static func restore(_ tensors: [String: SafeTensor], state: State, into store: ParameterStore, optimizer: AdamW?, path: String) throws {
+        try StateDict.load(tensors.filter { !$0.key.hasPrefix("optim.") }, into: store, source: path)
+        guard let o = optimizer else { return }
+        for s in store.layout.parameters {
+            guard let m = tensors["optim.exp_avg.\(s.name)"], let v = tensors["optim.exp_avg_sq.\(s.name)"],
+                  m.floats.count == s.count, v.floats.count == s.count else {
+                throw CheckpointError(path: path, reason: "optimizer state for \(s.name) missing or misshaped")
+            }
+            for i in 0..<s.count {
+                o.expAvg[s.offset + i] = m.floats[i]
+                o.expAvgSq[s.offset + i] = v.floats[i]
+            }
+        }
+        o.step = state.optimizerStep
+    }
+}
