@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Installs the system packages if missing, builds, and runs every test (unit, gradient checks,
-# PyTorch fixtures, multi-process MPI runs).
+# Installs the system packages if missing, prepares a small Python environment for the file-format
+# interop tests (numpy, safetensors, lz4 from PyPI), builds, and runs every test (unit, gradient
+# checks, PyTorch fixtures, data pipeline, checkpoints, multi-process MPI runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+venv=.build/pyvenv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import numpy, safetensors, lz4" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check numpy safetensors lz4
+fi
+export RADAR_PYTHON="$PWD/$venv/bin/python"
 export OPENBLAS_NUM_THREADS=1
 swift build --build-tests
 swift test

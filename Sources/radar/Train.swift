@@ -23,6 +23,12 @@ struct Train: ParsableCommand {
     @Flag(help: "Disable training augmentation.") var noAugment = false
     @Option(help: "Cap optimizer steps per epoch (0: all), for smoke runs.") var maxStepsPerEpoch = 0
     @Option(help: "A timm vit_small_patch16_224 safetensors file for the encoder.") var pretrained: String?
+    @Option(help: "Write last.safetensors.lz4 every N optimizer steps (always at the end of each epoch).") var checkpointEvery = 0
+    @Option(help: "Continue from a checkpoint: a path, or auto (the experiment's last checkpoint, if any).") var resume: String?
+    @Flag(help: "Allow resuming a checkpoint written with another world size (the data position is mapped).")
+    var allowWorldSizeChange = false
+    @Option(help: "Stop after this many optimizer steps in total, writing the last checkpoint (0: run to the end).")
+    var stopAfterSteps = 0
 
     func run() throws {
         try failing {
@@ -39,6 +45,10 @@ struct Train: ParsableCommand {
             o.augment = !noAugment
             o.maxBatchesPerEpoch = maxStepsPerEpoch
             o.pretrained = pretrained
+            o.checkpointEvery = checkpointEvery
+            o.resume = resume
+            o.allowWorldSizeChange = allowWorldSizeChange
+            o.stopAfterSteps = stopAfterSteps
             let run = try TrainingRun(options: o)
             run.log = logLine
             var bar: ProgressReporter?

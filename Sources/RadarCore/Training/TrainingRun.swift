@@ -19,6 +19,18 @@ public struct TrainOptions: Sendable {
     /// Cap on optimizer-step batches per epoch (0: all); for smoke runs.
     public var maxBatchesPerEpoch = 0
     public var pretrained: String?
+    /// Write `last` every this many optimizer steps (0: only at the end of each epoch).
+    public var checkpointEvery = 0
+    /// A checkpoint to continue from ("auto": output/experiment/last.safetensors.lz4 if present).
+    public var resume: String?
+    /// Allow resuming a checkpoint written with another world size (see README).
+    public var allowWorldSizeChange = false
+    /// Stop (after writing `last`) once this many optimizer steps have been taken in total.
+    public var stopAfterSteps = 0
+    /// Data-parallel position of this process (rank, world size) and the gradient hook that
+    /// averages gradients across ranks; a single process is (0, 1, nil).
+    public var rank = 0
+    public var worldSize = 1
 
     public init(data: String, output: String, experiment: String, config: RADARConfig) {
         self.data = data
@@ -33,13 +45,14 @@ public struct TrainOptions: Sendable {
         ["data": data, "output": output, "experiment": experiment, "batch_size": batchSize, "num_epochs": epochs,
          "learning_rate": learningRate, "weight_decay": weightDecay, "accumulation_steps": accumulation,
          "patience": patience, "seed": seed, "threads": threads, "loader_threads": loaderThreads, "augment": augment,
-         "max_batches_per_epoch": maxBatchesPerEpoch, "pretrained": pretrained ?? NSNull(),
+         "max_batches_per_epoch": maxBatchesPerEpoch, "pretrained": pretrained ?? NSNull(), "world_size": worldSize,
+         "checkpoint_every": checkpointEvery,
          "model": (try? JSONSerialization.jsonObject(with: config.jsonData())) ?? [:]]
     }
 }
 
 /// What a run produced.
-public struct RunHistory: Sendable {
+public struct RunHistory: Sendable, Codable {
     public var trainLoss: [Double] = []
     public var valAUC: [Double] = []
     public var valAccuracy: [Double] = []
@@ -48,6 +61,12 @@ public struct RunHistory: Sendable {
     public var bestEpoch = -1
     public var testMetrics: [String: Double] = [:]
     public var skippedSteps = 0
+    /// The test ROC curve (for the plot), not serialised with the history.
+    public var testCurve: (fpr: [Double], tpr: [Double], thresholds: [Float])?
+
+    enum CodingKeys: String, CodingKey {
+        case trainLoss, valAUC, valAccuracy, valMetrics, bestValAUC, bestEpoch, testMetrics, skippedSteps
+    }
 }
 
 /// The single-process training loop: epochs over the train split through the streaming loader,
@@ -62,6 +81,13 @@ public final class TrainingRun {
     public let trainer: Trainer
     public var log: (String) -> Void = { _ in }
     public var onBatch: ((Int, Int, Int, Double) -> Void)?
+    /// Averages gradients across ranks (data-parallel runs); set before `run`.
+    public var gradientHook: ((ParameterStore, Bool) -> Bool)? {
+        get { trainer.gradientHook }
+        set { trainer.gradientHook = newValue }
+    }
+    /// Only rank 0 writes files.
+    var writes: Bool { options.rank == 0 }
 
     public init(options: TrainOptions) throws {
         self.options = options
@@ -101,14 +127,68 @@ public final class TrainingRun {
         return (scores, labels, seqs)
     }
 
+    var lastPath: String { (options.experimentDirectory as NSString).appendingPathComponent("last.safetensors.lz4") }
+    var bestPath: String { (options.experimentDirectory as NSString).appendingPathComponent("best.safetensors.lz4") }
+
+    func checkpointState(epoch: Int, batchInEpoch: Int, history: RunHistory, sinceBest: Int) -> Checkpoint.State {
+        var st = Checkpoint.State()
+        st.optimizerStep = trainer.optimizer.step
+        st.epoch = epoch
+        st.batchInEpoch = batchInEpoch
+        st.microStep = ctx.step
+        st.seed = options.seed
+        st.bestValAUC = history.bestValAUC
+        st.sinceBest = sinceBest
+        st.worldSize = options.worldSize
+        st.schedulerMaxLR = trainer.schedule?.maxLR ?? 0
+        st.schedulerTotalSteps = trainer.schedule?.totalSteps ?? 0
+        st.skippedSteps = trainer.skippedSteps
+        st.configJSON = String(decoding: options.config.jsonData(), as: UTF8.self)
+        let e = JSONEncoder()
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        st.historyJSON = String(decoding: (try? e.encode(history)) ?? Data("{}".utf8), as: UTF8.self)
+        return st
+    }
+
+    func save(_ path: String, _ st: Checkpoint.State) throws {
+        guard writes else { return }
+        try Checkpoint.write(path, store: ctx.params, optimizer: trainer.optimizer, state: st)
+    }
+
+    /// Loads `options.resume`; returns the state to continue from, or nil for a fresh start.
+    func resumeState() throws -> Checkpoint.State? {
+        guard let r = options.resume else { return nil }
+        let path = r == "auto" ? lastPath : r
+        if r == "auto" && !FileManager.default.fileExists(atPath: path) { return nil }
+        let (tensors, st) = try Checkpoint.read(path)
+        let saved = try JSONDecoder().decode(RADARConfig.self, from: Data(st.configJSON.utf8))
+        if saved != options.config {
+            let a = (try? JSONSerialization.jsonObject(with: saved.jsonData()) as? [String: Any]) ?? [:]
+            let b = (try? JSONSerialization.jsonObject(with: options.config.jsonData()) as? [String: Any]) ?? [:]
+            let diff = a.keys.sorted().filter { "\(a[$0]!)" != "\(b[$0] ?? "nil")" }.map { "\($0): checkpoint \(a[$0]!), now \(b[$0] ?? "nil")" }
+            throw Checkpoint.CheckpointError(path: path, reason: "config differs from the run's: " + diff.joined(separator: "; "))
+        }
+        if st.worldSize != options.worldSize && !options.allowWorldSizeChange {
+            throw Checkpoint.CheckpointError(path: path, reason: "written with world size \(st.worldSize), this run has \(options.worldSize) (pass --allow-world-size-change to map the data position)")
+        }
+        try Checkpoint.restore(tensors, state: st, into: ctx.params, optimizer: trainer.optimizer, path: path)
+        ctx.step = st.microStep
+        log("resumed from \(path): epoch \(st.epoch + 1), optimizer step \(st.optimizerStep), data position \(st.batchInEpoch)")
+        return st
+    }
+
     public func run() throws -> RunHistory {
         let dir = options.experimentDirectory
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try writeFileAtomically(try JSONSerialization.data(withJSONObject: options.jsonObject, options: [.prettyPrinted, .sortedKeys]),
-                                to: (dir as NSString).appendingPathComponent("config.json"))
+        let resumed = try resumeState()
+        if writes {
+            try writeFileAtomically(try JSONSerialization.data(withJSONObject: options.jsonObject, options: [.prettyPrinted, .sortedKeys]),
+                                    to: (dir as NSString).appendingPathComponent("config.json"))
+        }
         let jsonl = (dir as NSString).appendingPathComponent("metrics.jsonl")
-        FileManager.default.createFile(atPath: jsonl, contents: nil)
-        let jsonlHandle = FileHandle(forWritingAtPath: jsonl)
+        if writes && (resumed == nil || !FileManager.default.fileExists(atPath: jsonl)) { FileManager.default.createFile(atPath: jsonl, contents: nil) }
+        let jsonlHandle = writes ? FileHandle(forWritingAtPath: jsonl) : nil
+        _ = try? jsonlHandle?.seekToEnd()
         defer { try? jsonlHandle?.close() }
         func record(_ obj: [String: Any]) {
             if let d = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
@@ -119,30 +199,62 @@ public final class TrainingRun {
         guard steps > 0 else { throw DatasetError(path: options.data, reason: "fewer training images than one batch x accumulation") }
         trainer.schedule = OneCycleLR(maxLR: options.learningRate, totalSteps: steps / options.accumulation * options.epochs)
         var history = RunHistory()
-        var bestState: [Float]? = nil, bestBuffers: [Float]? = nil
         var sinceBest = 0
+        var firstEpoch = 0, firstBatch = 0
+        if let st = resumed {
+            let d = JSONDecoder()
+            d.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+            history = (try? d.decode(RunHistory.self, from: Data(st.historyJSON.utf8))) ?? RunHistory()
+            sinceBest = st.sinceBest
+            (firstEpoch, firstBatch) = (st.epoch, st.batchInEpoch)
+            if st.worldSize != options.worldSize {
+                // The data position is a count of global samples: map it to this world size's batches.
+                firstBatch = st.batchInEpoch * st.worldSize / options.worldSize / options.accumulation * options.accumulation
+            }
+        }
+        var bestState: [Float]? = nil, bestBuffers: [Float]? = nil
+        if resumed != nil, FileManager.default.fileExists(atPath: bestPath), let (t, _) = try? Checkpoint.read(bestPath) {
+            let tmp = ParameterStore(layout: model.layout)
+            if (try? StateDict.load(t.filter { !$0.key.hasPrefix("optim.") }, into: tmp, source: bestPath)) != nil {
+                bestState = Array(tmp.values)
+                bestBuffers = Array(tmp.buffers)
+            }
+        }
         let c = options.config
-        for epoch in 0..<options.epochs {
-            let refs = set.shuffled(set.refs(.train), seed: options.seed, epoch: epoch)
-            let loader = StreamingLoader(set: set, refs: Array(refs.prefix(steps * options.batchSize)), batchSize: options.batchSize,
+        for epoch in firstEpoch..<options.epochs {
+            // This rank's share of the epoch: every rank gets the same number of micro-batches.
+            let all = Array(set.shuffled(set.refs(.train), seed: options.seed, epoch: epoch).prefix(steps * options.batchSize * options.worldSize))
+            let mine = stride(from: options.rank, to: all.count, by: options.worldSize).map { all[$0] }
+            let start = epoch == firstEpoch ? firstBatch : 0
+            let loader = StreamingLoader(set: set, refs: Array(mine.dropFirst(start * options.batchSize)), batchSize: options.batchSize,
                                          size: c.imgSize, mean: c.mean, std: c.std, augment: options.augment, seed: options.seed,
                                          epoch: epoch, threads: options.loaderThreads, dropLast: true)
             var lossSum = 0.0, n = 0
+            var batchIndex = start
             let t0 = Date()
             while let b = try loader.next() {
                 let labels = HostTensor(Shape(b.labels.count), b.labels)
                 let r = try trainer.step(images: b.images.tensor, labels: labels.tensor)
                 lossSum += r.terms.total
                 n += 1
-                onBatch?(epoch, n, steps, r.terms.total)
-                if r.stepped {
-                    var entry: [String: Any] = ["epoch": epoch, "step": trainer.optimizer.step, "lr": r.lr, "grad_norm": r.gradNorm,
-                                                "skipped": r.skipped]
-                    for (k, v) in r.terms.named { entry["loss_\(k)"] = v }
-                    record(entry)
+                batchIndex += 1
+                onBatch?(epoch, batchIndex, steps, r.terms.total)
+                guard r.stepped else { continue }
+                var entry: [String: Any] = ["epoch": epoch, "step": trainer.optimizer.step, "lr": r.lr, "grad_norm": r.gradNorm,
+                                            "skipped": r.skipped]
+                for (k, v) in r.terms.named { entry["loss_\(k)"] = v }
+                record(entry)
+                if options.stopAfterSteps > 0 && trainer.optimizer.step >= options.stopAfterSteps {
+                    try save(lastPath, checkpointState(epoch: epoch, batchInEpoch: batchIndex, history: history, sinceBest: sinceBest))
+                    log("stopped after \(trainer.optimizer.step) optimizer steps; resume with --resume auto")
+                    history.skippedSteps = trainer.skippedSteps
+                    return history
+                }
+                if options.checkpointEvery > 0 && trainer.optimizer.step % options.checkpointEvery == 0 {
+                    try save(lastPath, checkpointState(epoch: epoch, batchInEpoch: batchIndex, history: history, sinceBest: sinceBest))
                 }
             }
-            let imagesPerSecond = Double(n * options.batchSize) / Date().timeIntervalSince(t0)
+            let imagesPerSecond = Double(n * options.batchSize * options.worldSize) / Date().timeIntervalSince(t0)
             let val = try evaluate(.val)
             let m = BinaryMetrics.all(scores: val.scores, labels: val.labels, sequences: val.sequences)
             history.trainLoss.append(lossSum / Double(max(n, 1)))
@@ -152,18 +264,22 @@ public final class TrainingRun {
             record(["epoch": epoch, "train_loss": history.trainLoss.last!, "val": m, "images_per_s": imagesPerSecond])
             log(String(format: "epoch %d/%d  train_loss %.4f  val_auc %.4f  val_acc %.4f  val_eer %.4f  %.1f img/s", epoch + 1,
                        options.epochs, history.trainLoss.last!, m["auc"]!, m["accuracy"]!, m["eer"]!, imagesPerSecond))
+            var stop = false
             if m["auc"]! > history.bestValAUC {
                 history.bestValAUC = m["auc"]!
                 history.bestEpoch = epoch
                 bestState = Array(ctx.params.values)
                 bestBuffers = Array(ctx.params.buffers)
                 sinceBest = 0
+                try save(bestPath, checkpointState(epoch: epoch + 1, batchInEpoch: 0, history: history, sinceBest: sinceBest))
             } else {
                 sinceBest += 1
-                if sinceBest >= options.patience {
-                    log("early stopping: validation AUC has not improved for \(options.patience) epochs")
-                    break
-                }
+                stop = sinceBest >= options.patience
+            }
+            try save(lastPath, checkpointState(epoch: epoch + 1, batchInEpoch: 0, history: history, sinceBest: sinceBest))
+            if stop {
+                log("early stopping: validation AUC has not improved for \(options.patience) epochs")
+                break
             }
         }
         history.skippedSteps = trainer.skippedSteps
@@ -174,11 +290,15 @@ public final class TrainingRun {
         if !set.refs(.test).isEmpty {
             let test = try evaluate(.test)
             history.testMetrics = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences)
+            history.testCurve = BinaryMetrics.rocCurve(scores: test.scores, labels: test.labels)
             log(String(format: "test (best epoch %d): auc %.4f  accuracy %.4f  eer %.4f  ap %.4f  sequence_auc %.4f", history.bestEpoch + 1,
                        history.testMetrics["auc"]!, history.testMetrics["accuracy"]!, history.testMetrics["eer"]!,
                        history.testMetrics["average_precision"]!, history.testMetrics["sequence_auc"]!))
         }
-        try writeMetrics(history)
+        if writes {
+            try writeMetrics(history)
+            try RunPlots.write(history: history, steps: jsonl, to: (dir as NSString).appendingPathComponent("plots"))
+        }
         return history
     }
 

@@ -1,0 +1,69 @@
+import Foundation
+
+/// `radar export`: a zip (through libarchive) of a run's best checkpoint, config.json,
+/// metrics.json, plots and a README.md summary, plus optionally a download script.
+public enum RunExport {
+    /// Returns the zip's path.
+    public static func export(results: String, to outputDir: String, downloadScript: Bool, now: Date = Date()) throws -> String {
+        let fm = FileManager.default
+        let name = (results as NSString).lastPathComponent
+        for f in ["best.safetensors.lz4", "config.json", "metrics.json"] where !fm.fileExists(atPath: (results as NSString).appendingPathComponent(f)) {
+            throw DatasetError(path: results, reason: "no \(f): not a finished run directory")
+        }
+        try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
+        let stamp = { () -> String in let f = DateFormatter(); f.dateFormat = "yyyyMMdd_HHmmss"; f.timeZone = TimeZone(identifier: "UTC"); return f.string(from: now) }()
+        let zipPath = (outputDir as NSString).appendingPathComponent("\(name)_\(stamp).zip")
+        let tmp = zipPath + ".partial"
+        let w = try TarWriter(path: tmp, format: .zip)
+        var files = ["best.safetensors.lz4", "config.json", "metrics.json"]
+        let plots = ((try? fm.contentsOfDirectory(atPath: (results as NSString).appendingPathComponent("plots"))) ?? []).sorted().map { "plots/\($0)" }
+        files += plots
+        for f in files {
+            guard let d = fm.contents(atPath: (results as NSString).appendingPathComponent(f)) else { continue }
+            try w.add(name: "\(name)/\(f)", data: d)
+        }
+        try w.add(name: "\(name)/README.md", data: Data(summary(results: results, name: name, files: files + ["README.md"]).utf8))
+        try w.close()
+        guard rename(tmp, zipPath) == 0 else { throw DatasetError(path: zipPath, reason: "rename failed") }
+        if downloadScript {
+            let script = """
+            #!/usr/bin/env bash
+            # Copies \((zipPath as NSString).lastPathComponent) from the pod this run trained on.
+            # Usage: bash download_\(name).sh user@pod-host [port] [destination]
+            set -euo pipefail
+            host="${1:?usage: $0 user@host [port] [destination]}"
+            port="${2:-22}"
+            dest="${3:-.}"
+            remote="\((zipPath as NSString).standardizingPath.hasPrefix("/") ? zipPath : fm.currentDirectoryPath + "/" + zipPath)"
+            if command -v rsync >/dev/null 2>&1; then
+              rsync -avP -e "ssh -p $port" "$host:$remote" "$dest/"
+            else
+              scp -P "$port" "$host:$remote" "$dest/"
+            fi
+
+            """
+            let path = (outputDir as NSString).appendingPathComponent("download_\(name).sh")
+            try writeFileAtomically(Data(script.utf8), to: path)
+            chmod(path, 0o755)
+        }
+        return zipPath
+    }
+
+    static func summary(results: String, name: String, files: [String]) -> String {
+        var lines = ["# RADAR run `\(name)`", ""]
+        if let d = FileManager.default.contents(atPath: (results as NSString).appendingPathComponent("metrics.json")),
+           let m = try? JSONSerialization.jsonObject(with: d) as? [String: Any] {
+            if let v = m["best_val_auc"] as? Double { lines.append(String(format: "- best validation AUC: %.4f (epoch %d)", v, m["best_epoch"] as? Int ?? 0)) }
+            if let t = m["test_metrics"] as? [String: Any] {
+                for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc"] {
+                    if let v = t[k] as? Double { lines.append(String(format: "- test %@: %.4f", k, v)) }
+                }
+            }
+            if let ts = m["timestamp"] as? String { lines.append("- finished: \(ts)") }
+        }
+        lines += ["", "Files:", ""] + files.map { "- `\($0)`" }
+        lines += ["", "`best.safetensors.lz4` is a safetensors file inside an LZ4 frame: `lz4 -d best.safetensors.lz4` gives a file",
+                  "that `safetensors` reads and whose model tensors load into the PyTorch reference with strict=True.", ""]
+        return lines.joined(separator: "\n")
+    }
+}

@@ -1,0 +1,89 @@
+import Foundation
+
+/// SVG plots of a run (open in any browser): loss curves, validation AUC and accuracy per epoch,
+/// and the test ROC curve.
+public enum RunPlots {
+    public struct Series {
+        public var name: String
+        public var color: String
+        public var points: [(Double, Double)]
+    }
+
+    /// A line chart with axes, ticks and a legend.
+    public static func lineChart(title: String, xLabel: String, yLabel: String, series: [Series], yRange: (Double, Double)? = nil,
+                                 diagonal: Bool = false) -> String {
+        let w = 640.0, h = 400.0, l = 64.0, r = 20.0, t = 40.0, b = 52.0
+        let all = series.flatMap(\.points).filter { $0.0.isFinite && $0.1.isFinite }
+        var x0 = all.map(\.0).min() ?? 0, x1 = all.map(\.0).max() ?? 1
+        var y0 = yRange?.0 ?? (all.map(\.1).min() ?? 0), y1 = yRange?.1 ?? (all.map(\.1).max() ?? 1)
+        if x1 <= x0 { x1 = x0 + 1 }
+        if y1 <= y0 { y0 -= 0.5; y1 += 0.5 }
+        if yRange == nil { let pad = (y1 - y0) * 0.05; y0 -= pad; y1 += pad }
+        func px(_ x: Double) -> Double { l + (x - x0) / (x1 - x0) * (w - l - r) }
+        func py(_ y: Double) -> Double { h - b - (y - y0) / (y1 - y0) * (h - t - b) }
+        var svg = """
+        <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(w))" height="\(Int(h))" viewBox="0 0 \(Int(w)) \(Int(h))" font-family="sans-serif" font-size="12">
+        <rect width="100%" height="100%" fill="white"/>
+        <text x="\(w / 2)" y="22" text-anchor="middle" font-size="15">\(escape(title))</text>
+        <line x1="\(l)" y1="\(h - b)" x2="\(w - r)" y2="\(h - b)" stroke="black"/>
+        <line x1="\(l)" y1="\(t)" x2="\(l)" y2="\(h - b)" stroke="black"/>
+        <text x="\((l + w - r) / 2)" y="\(h - 14)" text-anchor="middle">\(escape(xLabel))</text>
+        <text x="16" y="\((t + h - b) / 2)" text-anchor="middle" transform="rotate(-90 16 \((t + h - b) / 2))">\(escape(yLabel))</text>
+
+        """
+        for i in 0...5 {
+            let xv = x0 + (x1 - x0) * Double(i) / 5, yv = y0 + (y1 - y0) * Double(i) / 5
+            svg += "<text x=\"\(px(xv))\" y=\"\(h - b + 16)\" text-anchor=\"middle\">\(fmt(xv))</text>\n"
+            svg += "<text x=\"\(l - 6)\" y=\"\(py(yv) + 4)\" text-anchor=\"end\">\(fmt(yv))</text>\n"
+            svg += "<line x1=\"\(l)\" y1=\"\(py(yv))\" x2=\"\(w - r)\" y2=\"\(py(yv))\" stroke=\"#ddd\"/>\n"
+        }
+        if diagonal {
+            svg += "<line x1=\"\(px(0))\" y1=\"\(py(0))\" x2=\"\(px(1))\" y2=\"\(py(1))\" stroke=\"#999\" stroke-dasharray=\"4 4\"/>\n"
+        }
+        for (k, s) in series.enumerated() {
+            let pts = s.points.filter { $0.0.isFinite && $0.1.isFinite }.map { "\(px($0.0)),\(py($0.1))" }.joined(separator: " ")
+            svg += "<polyline fill=\"none\" stroke=\"\(s.color)\" stroke-width=\"2\" points=\"\(pts)\"/>\n"
+            if s.points.count < 40 {
+                for p in s.points where p.0.isFinite && p.1.isFinite { svg += "<circle cx=\"\(px(p.0))\" cy=\"\(py(p.1))\" r=\"3\" fill=\"\(s.color)\"/>\n" }
+            }
+            svg += "<rect x=\"\(w - r - 150)\" y=\"\(t + 6 + Double(k) * 18)\" width=\"12\" height=\"12\" fill=\"\(s.color)\"/>"
+            svg += "<text x=\"\(w - r - 132)\" y=\"\(t + 16 + Double(k) * 18)\">\(escape(s.name))</text>\n"
+        }
+        return svg + "</svg>\n"
+    }
+
+    static func fmt(_ v: Double) -> String { abs(v) >= 100 ? String(Int(v.rounded())) : String(format: "%.3g", v) }
+    static func escape(_ s: String) -> String {
+        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+    }
+
+    /// loss.svg (per optimizer step from metrics.jsonl, and per epoch), val.svg, and roc.svg when
+    /// the run has test scores.
+    public static func write(history h: RunHistory, steps jsonl: String, to dir: String) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var stepLoss: [(Double, Double)] = []
+        if let text = try? String(contentsOfFile: jsonl, encoding: .utf8) {
+            for line in text.split(separator: "\n") {
+                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                      let step = o["step"] as? Int, let loss = o["loss_total"] as? Double else { continue }
+                stepLoss.append((Double(step), loss))
+            }
+        }
+        let epochs = h.trainLoss.enumerated().map { (Double($0.offset + 1), $0.element) }
+        var lossSeries = [Series(name: "train loss (epoch mean)", color: "#d62728", points: epochs)]
+        if !stepLoss.isEmpty { lossSeries.insert(Series(name: "train loss (step)", color: "#1f77b4", points: stepLoss), at: 0) }
+        try writeFileAtomically(Data(lineChart(title: "Training loss", xLabel: stepLoss.isEmpty ? "epoch" : "optimizer step / epoch",
+                                               yLabel: "loss", series: lossSeries).utf8), to: dir + "/loss.svg")
+        let val = [Series(name: "val AUC", color: "#2ca02c", points: h.valAUC.enumerated().map { (Double($0.offset + 1), $0.element) }),
+                   Series(name: "val accuracy", color: "#ff7f0e", points: h.valAccuracy.enumerated().map { (Double($0.offset + 1), $0.element) })]
+        try writeFileAtomically(Data(lineChart(title: "Validation", xLabel: "epoch", yLabel: "AUC / accuracy", series: val,
+                                               yRange: (0, 1)).utf8), to: dir + "/val.svg")
+        if let c = h.testCurve {
+            let auc = h.testMetrics["auc"] ?? .nan
+            try writeFileAtomically(Data(lineChart(title: String(format: "Test ROC (AUC %.4f)", auc), xLabel: "false positive rate",
+                                                   yLabel: "true positive rate",
+                                                   series: [Series(name: "RADAR", color: "#9467bd", points: Array(zip(c.fpr, c.tpr)))],
+                                                   yRange: (0, 1), diagonal: true).utf8), to: dir + "/roc.svg")
+        }
+    }
+}

@@ -1,0 +1,98 @@
+import ArgumentParser
+import Foundation
+import RadarCore
+
+/// Loads a checkpoint into a fresh model (config from its metadata).
+func loadCheckpointModel(_ path: String, threads: Int) throws -> (RADARModel, ExecutionContext, Trainer) {
+    let (tensors, state) = try Checkpoint.read(path)
+    let config = try JSONDecoder().decode(RADARConfig.self, from: Data(state.configJSON.utf8))
+    let model = try RADARModel(config: config)
+    let ctx = ExecutionContext(backend: CPUBackend(threads: threads), params: ParameterStore(layout: model.layout))
+    try Checkpoint.restore(tensors, state: state, into: ctx.params, optimizer: nil, path: path)
+    return (model, ctx, Trainer(model: model, ctx: ctx))
+}
+
+struct Evaluate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Metrics of a checkpoint on a split of a prepared dataset (JSON on stdout).")
+    @Option(help: "Checkpoint (.safetensors.lz4 or .safetensors).") var checkpoint: String
+    @Option(help: "Prepared dataset directory.") var data: String
+    @Option(help: "Split: train, val or test.") var split = "test"
+    @Option(help: "Images per batch.") var batchSize = 32
+    @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+
+    func run() throws {
+        try failing {
+            guard let sp = Split(rawValue: split) else { throw ValidationError("--split must be train, val or test") }
+            let (model, _, trainer) = try loadCheckpointModel(checkpoint, threads: threads)
+            let set = try ShardSet(directory: data)
+            let c = model.config
+            let loader = StreamingLoader(set: set, refs: set.refs(sp), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
+                                         augment: false, seed: 0, epoch: 0, threads: 1, dropLast: false)
+            var scores: [Float] = [], labels: [Int] = [], seqs: [String] = []
+            let probs = UnsafeMutablePointer<Float>.allocate(capacity: batchSize)
+            defer { probs.deallocate() }
+            let bar = ProgressReporter("evaluate", total: loader.batchCount, unit: "batch")
+            while let b = try loader.next() {
+                try trainer.predict(images: b.images.tensor, into: probs)
+                for j in 0..<b.labels.count { scores.append(probs[j]); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j]) }
+                bar.update(b.index + 1)
+            }
+            guard !scores.isEmpty else { throw ValidationError("\(data): the \(split) split is empty") }
+            var out: [String: Any] = ["checkpoint": checkpoint, "split": split, "images": scores.count]
+            for (k, v) in BinaryMetrics.all(scores: scores, labels: labels, sequences: seqs) { out[k] = v.isFinite ? v : NSNull() }
+            printJSON(out)
+        }
+    }
+}
+
+struct Predict: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Probability of 'fake' and the label for images (PNG/JPEG files or directories).")
+    @Option(help: "Checkpoint (.safetensors.lz4 or .safetensors).") var checkpoint: String
+    @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Argument(help: "Images or directories of images.") var paths: [String]
+
+    func run() throws {
+        try failing {
+            let (model, _, trainer) = try loadCheckpointModel(checkpoint, threads: threads)
+            var files: [String] = []
+            for p in paths {
+                var isDir: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else { throw ValidationError("\(p): no such file or directory") }
+                if isDir.boolValue {
+                    for f in try FileManager.default.contentsOfDirectory(atPath: p).sorted()
+                    where ["png", "jpg", "jpeg"].contains((f as NSString).pathExtension.lowercased()) {
+                        files.append((p as NSString).appendingPathComponent(f))
+                    }
+                } else { files.append(p) }
+            }
+            let c = model.config
+            let x = HostTensor(Shape(1, 3, c.imgSize, c.imgSize))
+            var prob: Float = 0
+            for f in files {
+                do {
+                    guard let d = FileManager.default.contents(atPath: f) else { throw ValidationError("\(f): cannot read") }
+                    let img = ImageResize.resize(try ImageCodec.decode(d, item: f), width: c.imgSize, height: c.imgSize)
+                    Augmenter.normalize(img, mean: c.mean, std: c.std, into: x.tensor.base)
+                    try trainer.predict(images: x.tensor, into: &prob)
+                    print(String(format: "%@\t%.4f\t%@", f, prob, prob >= 0.5 ? "fake" : "real"))
+                } catch {
+                    logLine("radar predict: \(error)")
+                }
+            }
+        }
+    }
+}
+
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Zip a run (best checkpoint, config, metrics, plots, README) for download.")
+    @Option(help: "The run directory (outputs/<experiment>).") var resultsDir: String
+    @Option(help: "Where the zip goes.") var outputDir = "exports"
+    @Flag(help: "Also write a script that copies the zip from a pod with rsync (or scp).") var createDownloadScript = false
+
+    func run() throws {
+        try failing {
+            let zip = try RunExport.export(results: resultsDir, to: outputDir, downloadScript: createDownloadScript)
+            print(zip)
+        }
+    }
+}

@@ -1,0 +1,167 @@
+import Foundation
+import RadarCore
+import XCTest
+
+/// Runs a command, returning (status, stdout+stderr).
+@discardableResult
+func shell(_ args: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = args
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    p.environment = env
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = pipe
+    try p.run()
+    let out = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: out, as: UTF8.self))
+}
+
+/// The Python with numpy, safetensors and lz4 (scripts/test.sh makes one and exports RADAR_PYTHON).
+var interopPython: String { ProcessInfo.processInfo.environment["RADAR_PYTHON"] ?? "python3" }
+
+final class CheckpointTests: XCTestCase {
+    func tinyTrainedStore() throws -> (Trainer, String) {
+        let (trainer, images, labels) = try makeTinyTrainer()
+        for _ in 0..<2 { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
+        let dir = temporaryDirectory("ckpt")
+        var st = Checkpoint.State()
+        st.optimizerStep = trainer.optimizer.step
+        st.epoch = 3
+        st.batchInEpoch = 5
+        st.microStep = trainer.ctx.step
+        st.configJSON = String(decoding: trainer.model.config.jsonData(), as: UTF8.self)
+        let path = "\(dir)/last.safetensors.lz4"
+        try Checkpoint.write(path, store: trainer.ctx.params, optimizer: trainer.optimizer, state: st)
+        return (trainer, path)
+    }
+
+    func testCheckpointRoundTripsExactly() throws {
+        let (trainer, path) = try tinyTrainedStore()
+        let (tensors, state) = try Checkpoint.read(path)
+        XCTAssertEqual(state.epoch, 3)
+        XCTAssertEqual(state.batchInEpoch, 5)
+        XCTAssertEqual(state.optimizerStep, 2)
+        let store = ParameterStore(layout: trainer.model.layout)
+        let opt = AdamW(store: store, slots: trainer.model.activeSlots)
+        try Checkpoint.restore(tensors, state: state, into: store, optimizer: opt, path: path)
+        XCTAssertEqual(Array(store.values).map(\.bitPattern), Array(trainer.ctx.params.values).map(\.bitPattern))
+        XCTAssertEqual(Array(store.buffers), Array(trainer.ctx.params.buffers))
+        XCTAssertEqual(Array(store.counters), Array(trainer.ctx.params.counters))
+        XCTAssertEqual(Array(opt.expAvgSq), Array(trainer.optimizer.expAvgSq))
+        XCTAssertEqual(opt.step, 2)
+        XCTAssertEqual(tensors["badm.edge_encoder.1.num_batches_tracked"]?.ints, [2])
+        XCTAssertNotNil(tensors["optim.exp_avg.encoder.pos_embed"])
+    }
+
+    func testLZ4CommandLineAndPythonSafetensorsInterop() throws {
+        let (trainer, path) = try tinyTrainedStore()
+        let plain = path.replacingOccurrences(of: ".lz4", with: "")
+        let (rc, out) = try shell(["lz4", "-d", "-f", "-q", path, plain])
+        XCTAssertEqual(rc, 0, out)
+        // Our reader takes the plain file too.
+        XCTAssertEqual(try Checkpoint.read(plain).tensors["encoder.cls_token"]?.floats, trainer.ctx.params.value(named: "encoder.cls_token")!.toArray())
+        // Python's safetensors reads it; Python writes an LZ4-framed file we read.
+        let written = path + ".py.safetensors.lz4"
+        let script = """
+        import sys, json, numpy as np, lz4.frame
+        from safetensors.numpy import load_file, save
+        t = load_file(sys.argv[1])
+        assert t["badm.edge_encoder.1.num_batches_tracked"].dtype == np.int64, t["badm.edge_encoder.1.num_batches_tracked"].dtype
+        print(len(t), float(t["encoder.pos_embed"].astype(np.float64).sum()))
+        meta = {"format_version": "1", "step": "7", "epoch": "1", "data_position": "0", "rng_micro_step": "9", "seed": "1",
+                "best_val_auc": "0.5", "early_stopping_counter": "0", "world_size": "1", "config": "{}"}
+        out = {k: v for k, v in t.items()}
+        out["encoder.cls_token"] = np.full(out["encoder.cls_token"].shape, 0.25, dtype=np.float32)
+        open(sys.argv[2], "wb").write(lz4.frame.compress(save(out, metadata=meta), content_checksum=True))
+        """
+        let (prc, pout) = try shell([interopPython, "-c", script, plain, written])
+        XCTAssertEqual(prc, 0, "python interop failed (RADAR_PYTHON=\(interopPython)): \(pout)")
+        let parts = pout.split(separator: " ")
+        XCTAssertEqual(Int(parts.first ?? ""), trainer.model.layout.parameterCount > 0 ? try Checkpoint.read(path).tensors.count : -1)
+        let sum = trainer.ctx.params.value(named: "encoder.pos_embed")!.toArray().reduce(0.0) { $0 + Double($1) }
+        XCTAssertEqual(Double(parts.last!.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .nan, sum, accuracy: 1e-9)
+        let back = try Checkpoint.read(written)
+        XCTAssertEqual(back.state.optimizerStep, 7)
+        XCTAssertTrue(back.tensors["encoder.cls_token"]!.floats.allSatisfy { $0 == 0.25 })
+    }
+
+    func testCorruptedAndTruncatedCheckpointsAreReported() throws {
+        let (_, path) = try tinyTrainedStore()
+        let good = FileManager.default.contents(atPath: path)!
+        var flipped = good
+        flipped[good.count / 2] ^= 0x40
+        try flipped.write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try Checkpoint.read(path)) { XCTAssertTrue("\($0)".contains(path) && "\($0)".contains("corrupt"), "\($0)") }
+        try good.prefix(good.count - 100).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try Checkpoint.read(path)) { XCTAssertTrue("\($0)".contains("truncated") || "\($0)".contains("corrupt"), "\($0)") }
+        try Data("not a checkpoint at all".utf8).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try Checkpoint.read(path)) { XCTAssertTrue("\($0)".hasPrefix(path), "\($0)") }
+    }
+
+    func makeRunData() throws -> String {
+        let data = temporaryDirectory("resume-data")
+        _ = try DatasetPreparer(options: PrepareOptions(output: data).with { $0.valFraction = 0.2 }).run(
+            SyntheticSource(size: 32, count: 200, seed: 3, difficulty: 0.2, framesPerSequence: 4))
+        return data
+    }
+
+    func options(_ data: String, _ out: String, stop: Int, resume: String? = nil) -> TrainOptions {
+        var o = TrainOptions(data: data, output: out, experiment: "r", config: RADARConfig.preset("tiny")!)
+        (o.batchSize, o.epochs, o.accumulation, o.learningRate, o.stopAfterSteps, o.resume) = (8, 3, 2, 1e-3, stop, resume)
+        return o
+    }
+
+    func testResumingGivesBitIdenticalParameters() throws {
+        let data = try makeRunData()
+        let straight = temporaryDirectory("straight"), split = temporaryDirectory("split")
+        _ = try TrainingRun(options: options(data, straight, stop: 4)).run()
+        _ = try TrainingRun(options: options(data, split, stop: 2)).run()
+        let resumed = try TrainingRun(options: options(data, split, stop: 4, resume: "auto"))
+        _ = try resumed.run()
+        let a = try Checkpoint.read("\(straight)/r/last.safetensors.lz4"), b = try Checkpoint.read("\(split)/r/last.safetensors.lz4")
+        XCTAssertEqual(a.state.optimizerStep, 4)
+        XCTAssertEqual(b.state.optimizerStep, 4)
+        XCTAssertEqual(a.state.batchInEpoch, b.state.batchInEpoch)
+        XCTAssertEqual(a.tensors.count, b.tensors.count)
+        for (k, t) in a.tensors {
+            XCTAssertEqual(t.floats.map(\.bitPattern), b.tensors[k]!.floats.map(\.bitPattern), "\(k) differs after 2+2 vs 4 steps")
+            XCTAssertEqual(t.ints, b.tensors[k]!.ints, k)
+        }
+        // A different config or world size is refused with what differs.
+        var other = options(data, split, stop: 6, resume: "auto")
+        other.config.depth = 1
+        XCTAssertThrowsError(try TrainingRun(options: other).run()) { XCTAssertTrue("\($0)".contains("depth: checkpoint 2, now 1"), "\($0)") }
+        var wider = options(data, split, stop: 6, resume: "auto")
+        wider.worldSize = 2
+        XCTAssertThrowsError(try TrainingRun(options: wider).run()) { XCTAssertTrue("\($0)".contains("world size 1"), "\($0)") }
+    }
+
+    func testFullRunWritesCheckpointsPlotsAndExportZip() throws {
+        let data = try makeRunData(), out = temporaryDirectory("full")
+        var o = options(data, out, stop: 0)
+        o.epochs = 2
+        o.maxBatchesPerEpoch = 3
+        _ = try TrainingRun(options: o).run()
+        let dir = "\(out)/r"
+        for f in ["best.safetensors.lz4", "last.safetensors.lz4", "config.json", "metrics.json", "metrics.jsonl",
+                  "plots/loss.svg", "plots/val.svg", "plots/roc.svg"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir)/\(f)"), f)
+        }
+        let svg = try String(contentsOfFile: "\(dir)/plots/roc.svg", encoding: .utf8)
+        XCTAssertTrue(svg.hasPrefix("<svg") && svg.contains("polyline") && svg.contains("Test ROC"))
+        let exports = temporaryDirectory("exports")
+        let zip = try RunExport.export(results: dir, to: exports, downloadScript: true)
+        let reader = try ArchiveReader(path: zip)
+        var names: [String] = []
+        while let m = try reader.next() { names.append(m.name); try reader.skipData() }
+        XCTAssertEqual(Set(names), Set(["r/best.safetensors.lz4", "r/config.json", "r/metrics.json", "r/plots/loss.svg",
+                                        "r/plots/val.svg", "r/plots/roc.svg", "r/README.md"]))
+        let script = try String(contentsOfFile: "\(exports)/download_r.sh", encoding: .utf8)
+        XCTAssertTrue(script.contains("rsync") && script.contains((zip as NSString).lastPathComponent))
+        XCTAssertThrowsError(try RunExport.export(results: temporaryDirectory("nothing"), to: exports, downloadScript: false))
+    }
+}
