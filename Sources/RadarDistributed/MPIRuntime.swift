@@ -10,12 +10,15 @@ public struct MPIError: Error, CustomStringConvertible {
     public var description: String { "rank \(rank): \(call) failed with MPI error \(code)" }
 }
 
-/// The process's MPI world (OpenMPI through CMPI). Initialised with MPI_Init_thread; the granted
-/// thread level is checked against the one requested.
-public final class MPIRuntime: @unchecked Sendable {
+/// The process's MPI world (OpenMPI through CMPI) as a `Communicator`. Initialised with
+/// MPI_Init_thread asking for MPI_THREAD_SERIALIZED (the gradient thread and the compute thread
+/// never call MPI at the same time); the granted level is checked. Point-to-point calls are
+/// non-blocking requests polled against a deadline, so no wait is unbounded.
+public final class MPIRuntime: Communicator, @unchecked Sendable {
     public let rank: Int
     public let size: Int
     public let threadLevel: Int32
+    public var timeout: TimeInterval = 60
     private let world: MPI_Comm
 
     /// Initialises MPI asking for `MPI_THREAD_SERIALIZED` (only one thread calls MPI at a time;
@@ -38,6 +41,50 @@ public final class MPIRuntime: @unchecked Sendable {
         }
     }
 
+    public func sendRecv(_ send: UnsafeRawPointer, sendBytes: Int, to: Int,
+                         _ recv: UnsafeMutableRawPointer, recvBytes: Int, from: Int, tag: Int) throws {
+        var reqs: [MPI_Request?] = [nil, nil]
+        var rc = MPI_Irecv(recv, Int32(recvBytes), radar_mpi_byte(), Int32(from), Int32(tag), world, &reqs[0])
+        guard rc == radar_mpi_success() else { throw MPIError(call: "MPI_Irecv", code: rc, rank: rank) }
+        rc = MPI_Isend(send, Int32(sendBytes), radar_mpi_byte(), Int32(to), Int32(tag), world, &reqs[1])
+        guard rc == radar_mpi_success() else { throw MPIError(call: "MPI_Isend", code: rc, rank: rank) }
+        try wait(&reqs[0], peer: from)
+        try wait(&reqs[1], peer: to)
+    }
+
+    public func send(_ buffer: UnsafeRawPointer, bytes: Int, to: Int, tag: Int) throws {
+        var req: MPI_Request?
+        let rc = MPI_Isend(buffer, Int32(bytes), radar_mpi_byte(), Int32(to), Int32(tag), world, &req)
+        guard rc == radar_mpi_success() else { throw MPIError(call: "MPI_Isend", code: rc, rank: rank) }
+        try wait(&req, peer: to)
+    }
+
+    public func recv(_ buffer: UnsafeMutableRawPointer, bytes: Int, from: Int, tag: Int) throws {
+        var req: MPI_Request?
+        let rc = MPI_Irecv(buffer, Int32(bytes), radar_mpi_byte(), Int32(from), Int32(tag), world, &req)
+        guard rc == radar_mpi_success() else { throw MPIError(call: "MPI_Irecv", code: rc, rank: rank) }
+        try wait(&req, peer: from)
+    }
+
+    /// Polls a request until done or the deadline passes.
+    private func wait(_ req: inout MPI_Request?, peer: Int) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        var flag: Int32 = 0
+        var spins = 0
+        while true {
+            let rc = MPI_Test(&req, &flag, radar_mpi_status_ignore())
+            guard rc == radar_mpi_success() else { throw MPIError(call: "MPI_Test", code: rc, rank: rank) }
+            if flag != 0 { return }
+            spins += 1
+            if spins > 1000 {
+                if Date() > deadline {
+                    throw CommunicationError(rank: rank, peer: peer, reason: "no progress for \(Int(timeout)) s (is rank \(peer) alive?)")
+                }
+                usleep(spins > 100_000 ? 1000 : 50)
+            }
+        }
+    }
+
     /// In-place sum over all ranks (OpenMPI's own MPI_Allreduce).
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         let rc = MPI_Allreduce(radar_mpi_in_place(), buffer, Int32(count), radar_mpi_float(), radar_mpi_sum(), world)
@@ -50,16 +97,6 @@ public final class MPIRuntime: @unchecked Sendable {
         guard rc == radar_mpi_success() else { throw MPIError(call: "MPI_Allreduce(MAX)", code: rc, rank: rank) }
     }
 
-    public func broadcast(_ buffer: UnsafeMutableRawPointer, bytes: Int, root: Int = 0) throws {
-        let rc = MPI_Bcast(buffer, Int32(bytes), radar_mpi_byte(), Int32(root), world)
-        guard rc == radar_mpi_success() else { throw MPIError(call: "MPI_Bcast", code: rc, rank: rank) }
-    }
-
-    public func barrier() throws {
-        let rc = MPI_Barrier(world)
-        guard rc == radar_mpi_success() else { throw MPIError(call: "MPI_Barrier", code: rc, rank: rank) }
-    }
-
     public func abort(_ code: Int32) -> Never {
         MPI_Abort(world, code)
         exit(code)
@@ -68,32 +105,3 @@ public final class MPIRuntime: @unchecked Sendable {
     public func finalize() { MPI_Finalize() }
 }
 
-/// Data-parallel gradient averaging over MPI: every rank ends the step with the mean gradient,
-/// and a non-finite value on any rank makes every rank skip the step together.
-public struct MPIGradientAverage {
-    public let mpi: MPIRuntime
-
-    public init(mpi: MPIRuntime) { self.mpi = mpi }
-
-    /// Broadcasts rank 0's parameters, buffers and counters to every rank.
-    public func broadcastInitialState(_ store: ParameterStore) throws {
-        try mpi.broadcast(store.values.baseAddress!, bytes: store.values.count * 4)
-        try mpi.broadcast(store.buffers.baseAddress!, bytes: store.buffers.count * 4)
-        try mpi.broadcast(store.counters.baseAddress!, bytes: store.counters.count * 8)
-    }
-
-    /// Sums gradients over ranks and divides by the world size; returns whether every rank was finite.
-    public func callAsFunction(_ store: ParameterStore, _ localFinite: Bool) -> Bool {
-        do {
-            var flag: Float = localFinite ? 0 : 1
-            try mpi.allReduceMax(&flag, count: 1)
-            try mpi.allReduceSum(store.grads.baseAddress!, count: store.grads.count)
-            let inv = 1 / Float(mpi.size)
-            for i in 0..<store.grads.count { store.grads[i] *= inv }
-            return flag == 0
-        } catch {
-            logLine("rank \(mpi.rank): \(error)")
-            mpi.abort(3)
-        }
-    }
-}

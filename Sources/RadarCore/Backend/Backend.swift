@@ -69,6 +69,10 @@ public protocol Backend: AnyObject {
                                    invStd: Tensor, runningMean: Tensor, runningVar: Tensor)
     /// invStd = 1 / sqrt(variance + eps).
     func inverseStandardDeviation(_ variance: Tensor, eps: Float, _ invStd: Tensor)
+    /// SyncBatchNorm: [count*mean (C), count*(var + mean^2) (C), count] into `sums`.
+    func batchNormLocalSums(mean: Tensor, variance: Tensor, count: Int, into sums: Tensor)
+    /// SyncBatchNorm: global mean and biased variance from all-reduced sums.
+    func batchNormGlobalMoments(_ sums: Tensor, channels: Int, mean: Tensor, variance: Tensor)
     /// Train-mode BatchNorm input gradient, given the (possibly all-reduced) sums over `count`
     /// elements per channel: dx = gamma invStd (dy - sumDy/count - xhat sumDyXhat/count).
     /// Eval mode passes count = 0, which means dx = gamma invStd dy.

@@ -155,4 +155,22 @@ extension CPUBackend {
     public func inverseStandardDeviation(_ variance: Tensor, eps: Float, _ invStd: Tensor) {
         for c in 0..<variance.count { invStd.base[c] = 1 / (variance.base[c] + eps).squareRoot() }
     }
+
+    public func batchNormLocalSums(mean: Tensor, variance: Tensor, count: Int, into sums: Tensor) {
+        let c = mean.count, n = Float(count)
+        for i in 0..<c {
+            sums.base[i] = mean.base[i] * n
+            sums.base[c + i] = (variance.base[i] + mean.base[i] * mean.base[i]) * n
+        }
+        sums.base[2 * c] = n
+    }
+
+    public func batchNormGlobalMoments(_ sums: Tensor, channels c: Int, mean: Tensor, variance: Tensor) {
+        let n = sums.base[2 * c]
+        for i in 0..<c {
+            let m = sums.base[i] / n
+            mean.base[i] = m
+            variance.base[i] = max(sums.base[c + i] / n - m * m, 0)
+        }
+    }
 }

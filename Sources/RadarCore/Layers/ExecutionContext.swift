@@ -13,6 +13,11 @@ public final class ExecutionContext: @unchecked Sendable {
     private var callIndex: UInt64 = 0
     /// Set by benchmarks to time the parts of a step.
     public var profiler: StepProfiler?
+    /// Called by backward with an offset: every gradient at or above it is final (lets a
+    /// data-parallel trainer start reducing those buckets while backward continues).
+    public var gradientsFinal: ((Int) -> Void)?
+    /// Set for SyncBatchNorm: sums per-channel statistics across ranks in place.
+    public var statisticsReducer: ((UnsafeMutablePointer<Float>, Int) -> Void)?
     private static let dropoutLabel: UInt64 = {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in "dropout".utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }

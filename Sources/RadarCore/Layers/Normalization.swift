@@ -50,6 +50,14 @@ public struct BatchNorm2d: Sendable {
             mean = ctx.tensor(Shape(channels))
             let variance = ctx.tensor(Shape(channels))
             be.channelMoments(x, mean: mean, variance: variance)
+            if let reduce = ctx.statisticsReducer {
+                // SyncBatchNorm: global mean and variance from all ranks' sums.
+                let stats = ctx.tensor(Shape(2 * channels + 1))
+                be.batchNormLocalSums(mean: mean, variance: variance, count: count, into: stats)
+                reduce(stats.base, 2 * channels + 1)
+                count = Int(stats.base[2 * channels].rounded())
+                be.batchNormGlobalMoments(stats, channels: channels, mean: mean, variance: variance)
+            }
             be.batchNormUpdateStatistics(mean: mean, variance: variance, count: count, eps: eps, momentum: momentum,
                                          invStd: invStd, runningMean: p.buffer(runningMean), runningVar: p.buffer(runningVar))
             p.counters[batchesTracked] += 1
@@ -68,6 +76,11 @@ public struct BatchNorm2d: Sendable {
         be.channelGradientSums(dy, x: saved.x, mean: saved.mean, invStd: saved.invStd, sumDy: sumDy, sumDyXhat: sumDyXhat)
         be.add(p.grad(weight), sumDyXhat, into: p.grad(weight))
         be.add(p.grad(bias), sumDy, into: p.grad(bias))
+        if let reduce = ctx.statisticsReducer, saved.count > 0 {
+            // SyncBatchNorm backward: the input gradient needs the sums over every rank's batch.
+            reduce(sumDy.base, channels)
+            reduce(sumDyXhat.base, channels)
+        }
         let dx = ctx.tensor(saved.x.shape)
         be.batchNormInputGradient(dy, x: saved.x, mean: saved.mean, invStd: saved.invStd, gamma: p.value(weight),
                                   sumDy: sumDy, sumDyXhat: sumDyXhat, count: saved.count, dx)

@@ -70,6 +70,11 @@ public final class RADARModel: @unchecked Sendable {
 
     public var dual: Bool { config.useBadm && config.useAadm }
 
+    /// First offset of every parameter whose name starts with `prefix`.
+    func firstOffset(_ prefix: String) -> Int {
+        layout.parameters.first { $0.name.hasPrefix(prefix) }?.offset ?? 0
+    }
+
     /// Parameters the active path never reads: they get no gradient and no optimizer update (as
     /// in PyTorch, where their .grad stays None).
     public var unusedParameterPrefixes: [String] {
@@ -170,6 +175,7 @@ public final class RADARModel: @unchecked Sendable {
         be.add(dEvidence, dInitExternal, into: dEvidence)
 
         prof?.end(.reasoningBackward)
+        ctx.gradientsFinal?(firstOffset("reasoning."))
         let dTok = ctx.zeros(Shape(b, (n + 1) * d))
         if config.useBadm, let bs = s.badm {
             let dEb = ctx.tensor(Shape(b, e))
@@ -189,7 +195,9 @@ public final class RADARModel: @unchecked Sendable {
             be.copyColumns(dCls, srcCols: d, into: dTok, dstCols: (n + 1) * d, offset: 0)
         }
         prof?.end(.frequencyBackward)
+        ctx.gradientsFinal?(firstOffset("badm."))
         encoder.backward(dTok.reshaped(Shape(b, n + 1, d)), patch: s.patch, norm: s.norm, blocks: blockSaved, ctx)
         prof?.end(.encoderBackward)
+        ctx.gradientsFinal?(0)
     }
 }

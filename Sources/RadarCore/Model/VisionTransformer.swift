@@ -89,6 +89,7 @@ public struct VisionTransformer: Sendable {
         let be = ctx.backend
         let b = dTokens.shape[0], n = config.patchCount, d = config.embedDim
         var dh = norm.backward(dTokens, normSaved, ctx)
+        ctx.gradientsFinal?(norm.weight.offset)
         var i = blocks.count - 1
         while i >= 0 {
             let blk = blocks[i], s = saved[i]
@@ -104,6 +105,7 @@ public struct VisionTransformer: Sendable {
             let dH = blk.norm1.backward(dA, s.n1, ctx)
             be.add(dH, dH1, into: dH)
             dh = dH
+            ctx.gradientsFinal?(blk.norm1.weight.offset)
         }
         let flat = dh.reshaped(Shape(b, (n + 1) * d))
         be.accumulateColumnSums(flat, into: ctx.params.grad(posEmbed).reshaped(Shape((n + 1) * d)))

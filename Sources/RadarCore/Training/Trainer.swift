@@ -17,6 +17,9 @@ public final class Trainer: @unchecked Sendable {
     /// returns false when any rank saw a non-finite value.
     public var gradientHook: ((ParameterStore, Bool) -> Bool)?
     private var pendingFinite = true
+    /// Called before each backward with whether it is the last micro-batch of an optimizer step
+    /// (the distributed trainer starts its overlapped all-reduce there).
+    public var beforeBackward: ((Bool) -> Void)?
 
     public struct StepResult: Sendable {
         public var terms: LossTerms
@@ -45,6 +48,7 @@ public final class Trainer: @unchecked Sendable {
         ctx.profiler?.begin()
         let (terms, grads) = loss.compute(out, labels: labels, config: model.config, scale: 1 / Float(accumulation), ctx)
         ctx.profiler?.end(.loss)
+        beforeBackward?(pending + 1 == accumulation)
         model.backward(grads, ctx)
         // Dropout streams are keyed by the micro-batch index, so accumulated micro-batches draw
         // different masks.

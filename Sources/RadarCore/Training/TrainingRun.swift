@@ -88,6 +88,8 @@ public final class TrainingRun {
     }
     /// Only rank 0 writes files.
     var writes: Bool { options.rank == 0 }
+    /// Data-parallel runs: every rank's equal-length Float array, in rank order, on every rank.
+    public var allGather: (([Float]) throws -> [[Float]])?
 
     public init(options: TrainOptions) throws {
         self.options = options
@@ -109,22 +111,33 @@ public final class TrainingRun {
         return capped / options.accumulation * options.accumulation
     }
 
-    /// Eval-mode scores of a split.
+    /// Eval-mode scores of a split. With several ranks each scores refs[rank::size] and the
+    /// scores are gathered, so every rank gets the same arrays as one process would.
     public func evaluate(_ split: Split) throws -> (scores: [Float], labels: [Int], sequences: [String]) {
         let c = options.config
-        let loader = StreamingLoader(set: set, refs: set.refs(split), batchSize: options.batchSize, size: c.imgSize, mean: c.mean,
+        let all = set.refs(split)
+        let size = options.worldSize, rank = options.rank
+        let mine = stride(from: rank, to: all.count, by: size).map { all[$0] }
+        let loader = StreamingLoader(set: set, refs: mine, batchSize: options.batchSize, size: c.imgSize, mean: c.mean,
                                      std: c.std, augment: false, seed: options.seed, epoch: 0, threads: options.loaderThreads,
                                      dropLast: false)
-        var scores: [Float] = [], labels: [Int] = [], seqs: [String] = []
+        var myScores: [Float] = [], labels: [Int] = [], seqs: [String] = []
         let probs = UnsafeMutablePointer<Float>.allocate(capacity: options.batchSize)
         defer { probs.deallocate() }
         while let b = try loader.next() {
             try trainer.predict(images: b.images.tensor, into: probs)
             for j in 0..<b.labels.count {
-                scores.append(probs[j]); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
+                myScores.append(probs[j]); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
             }
         }
-        return (scores, labels, seqs)
+        guard size > 1, let gather = allGather else { return (myScores, labels, seqs) }
+        let per = (all.count + size - 1) / size
+        let padded = myScores + [Float](repeating: .nan, count: per - myScores.count)
+        let parts = try gather(padded)
+        var scores = [Float](repeating: 0, count: all.count)
+        for r in 0..<size { for j in 0..<per where r + size * j < all.count { scores[r + size * j] = parts[r][j] } }
+        let infos = try all.map { try set.indices[$0.shard].info($0.index) }
+        return (scores, infos.map(\.label), infos.map(\.sequence))
     }
 
     var lastPath: String { (options.experimentDirectory as NSString).appendingPathComponent("last.safetensors.lz4") }

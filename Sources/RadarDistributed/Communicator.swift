@@ -1,0 +1,117 @@
+import Foundation
+import RadarCore
+
+/// A failure that crosses process boundaries: names the rank that failed and the peer involved.
+public struct CommunicationError: Error, CustomStringConvertible {
+    public let rank: Int
+    public let peer: Int?
+    public let reason: String
+    public init(rank: Int, peer: Int?, reason: String) { self.rank = rank; self.peer = peer; self.reason = reason }
+    public var description: String { "rank \(rank): " + (peer.map { "waiting for rank \($0): " } ?? "") + reason }
+}
+
+public enum ReduceOp: Sendable { case sum, max }
+
+/// Point-to-point and collective operations between the ranks of a job. Two transports fill it
+/// (MPI and raw TCP); the ring all-reduce and gradient sync above it are transport-agnostic.
+/// Every blocking call gives up after `timeout` seconds with an error naming the awaited peer.
+public protocol Communicator: AnyObject {
+    var rank: Int { get }
+    var size: Int { get }
+    var timeout: TimeInterval { get set }
+
+    /// Sends `sendBytes` to `to` while receiving `recvBytes` from `from` (both may be the same
+    /// peer); returns when both are done. `tag` separates concurrent streams.
+    func sendRecv(_ send: UnsafeRawPointer, sendBytes: Int, to: Int,
+                  _ recv: UnsafeMutableRawPointer, recvBytes: Int, from: Int, tag: Int) throws
+    func send(_ buffer: UnsafeRawPointer, bytes: Int, to: Int, tag: Int) throws
+    func recv(_ buffer: UnsafeMutableRawPointer, bytes: Int, from: Int, tag: Int) throws
+    /// Stops the whole job (every rank exits non-zero).
+    func abort(_ code: Int32) -> Never
+}
+
+extension Communicator {
+    /// Ring all-reduce of a Float buffer in place (see `RingAllReduce`).
+    public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp = .sum) throws {
+        try RingAllReduce(communicator: self).run(buffer, count: count, op: op, tag: 1)
+    }
+
+    /// Rank `root`'s bytes to everyone, along the ring.
+    public func broadcast(_ buffer: UnsafeMutableRawPointer, bytes: Int, root: Int = 0, tag: Int = 2) throws {
+        guard size > 1 else { return }
+        let pos = (rank - root + size) % size
+        if pos != 0 { try recv(buffer, bytes: bytes, from: (rank - 1 + size) % size, tag: tag) }
+        if pos != size - 1 { try send(UnsafeRawPointer(buffer), bytes: bytes, to: (rank + 1) % size, tag: tag) }
+    }
+
+    public func barrier() throws {
+        var x: Float = 0
+        try allReduce(&x, count: 1)
+    }
+
+    /// Every rank's `bytes` bytes, concatenated in rank order, on every rank.
+    public func allGather(_ mine: Data) throws -> [Data] {
+        let n = mine.count
+        var all = Data(count: n * size)
+        all.replaceSubrange((rank * n)..<((rank + 1) * n), with: mine)
+        // Ring: at step s pass on the block received at step s-1.
+        for s in 0..<(size - 1) {
+            let sendBlock = (rank - s + size) % size, recvBlock = (rank - s - 1 + size) % size
+            try all.withUnsafeMutableBytes { raw in
+                try sendRecv(raw.baseAddress! + sendBlock * n, sendBytes: n, to: (rank + 1) % size,
+                             raw.baseAddress! + recvBlock * n, recvBytes: n, from: (rank - 1 + size) % size, tag: 3)
+            }
+        }
+        return (0..<size).map { all.subdata(in: ($0 * n)..<(($0 + 1) * n)) }
+    }
+}
+
+/// Reduce-scatter then all-gather around the ring, in chunks, pipelined: the buffer is cut into
+/// `size` segments (any length: segment boundaries are `count * i / size`), and every segment
+/// travels in pieces of at most `chunkFloats`, so a piece is reduced while the next is in flight.
+/// Each segment's sum is formed in one fixed order along the ring and then copied, so every rank
+/// ends with bit-identical values.
+public struct RingAllReduce {
+    public let communicator: Communicator
+    public var chunkFloats = 1 << 18
+
+    public init(communicator: Communicator) { self.communicator = communicator }
+
+    public func run(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp, tag: Int) throws {
+        let c = communicator
+        let p = c.size
+        guard p > 1, count > 0 else { return }
+        let next = (c.rank + 1) % p, prev = (c.rank - 1 + p) % p
+        func bounds(_ seg: Int) -> Range<Int> { (count * seg / p)..<(count * (seg + 1) / p) }
+        let maxSeg = (0..<p).map { bounds($0).count }.max()!
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(min(maxSeg, chunkFloats), 1))
+        defer { scratch.deallocate() }
+        // Reduce-scatter: after p-1 steps rank r holds the full reduction of segment (r+1) % p.
+        for s in 0..<(p - 1) {
+            let sendSeg = bounds((c.rank - s + p) % p), recvSeg = bounds((c.rank - s - 1 + p) % p)
+            var off = 0
+            while off < max(sendSeg.count, recvSeg.count) {
+                let sn = max(0, min(chunkFloats, sendSeg.count - off)), rn = max(0, min(chunkFloats, recvSeg.count - off))
+                try c.sendRecv(buffer + sendSeg.lowerBound + off, sendBytes: sn * 4, to: next,
+                               scratch, recvBytes: rn * 4, from: prev, tag: tag)
+                let dst = buffer + recvSeg.lowerBound + off
+                switch op {
+                case .sum: for i in 0..<rn { dst[i] += scratch[i] }
+                case .max: for i in 0..<rn { dst[i] = Swift.max(dst[i], scratch[i]) }
+                }
+                off += chunkFloats
+            }
+        }
+        // All-gather: pass the finished segments around.
+        for s in 0..<(p - 1) {
+            let sendSeg = bounds((c.rank + 1 - s + p) % p), recvSeg = bounds((c.rank - s + p) % p)
+            var off = 0
+            while off < max(sendSeg.count, recvSeg.count) {
+                let sn = max(0, min(chunkFloats, sendSeg.count - off)), rn = max(0, min(chunkFloats, recvSeg.count - off))
+                try c.sendRecv(buffer + sendSeg.lowerBound + off, sendBytes: sn * 4, to: next,
+                               buffer + recvSeg.lowerBound + off, recvBytes: rn * 4, from: prev, tag: tag)
+                off += chunkFloats
+            }
+        }
+    }
+}
