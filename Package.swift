@@ -52,7 +52,7 @@ let package = Package(
                     dependencies: ["RadarCore", "CAllocationCounter"],
                     exclude: ["Fixtures"]),
         // Launches real `mpirun -n N radar-worker` processes.
-        .testTarget(name: "RadarDistributedTests", dependencies: ["RadarDistributed", "radar-worker"]),
+        .testTarget(name: "RadarDistributedTests", dependencies: ["RadarDistributed", "RadarCore", "radar-worker", "radar"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -89,8 +89,10 @@ public struct RingAllReduce {
         // Reduce-scatter: after p-1 steps rank r holds the full reduction of segment (r+1) % p.
         for s in 0..<(p - 1) {
             let sendSeg = bounds((c.rank - s + p) % p), recvSeg = bounds((c.rank - s - 1 + p) % p)
+            // Every rank makes the same number of exchanges per step (set by the largest segment),
+            // so each message meets a receive of its own size.
             var off = 0
-            while off < max(sendSeg.count, recvSeg.count) {
+            while off < maxSeg {
                 let sn = max(0, min(chunkFloats, sendSeg.count - off)), rn = max(0, min(chunkFloats, recvSeg.count - off))
                 try c.sendRecv(buffer + sendSeg.lowerBound + off, sendBytes: sn * 4, to: next,
                                scratch, recvBytes: rn * 4, from: prev, tag: tag)
@@ -106,7 +108,7 @@ public struct RingAllReduce {
         for s in 0..<(p - 1) {
             let sendSeg = bounds((c.rank + 1 - s + p) % p), recvSeg = bounds((c.rank - s + p) % p)
             var off = 0
-            while off < max(sendSeg.count, recvSeg.count) {
+            while off < maxSeg {
                 let sn = max(0, min(chunkFloats, sendSeg.count - off)), rn = max(0, min(chunkFloats, recvSeg.count - off))
                 try c.sendRecv(buffer + sendSeg.lowerBound + off, sendBytes: sn * 4, to: next,
                                buffer + recvSeg.lowerBound + off, recvBytes: rn * 4, from: prev, tag: tag)

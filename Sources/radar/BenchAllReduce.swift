@@ -1,0 +1,91 @@
+import ArgumentParser
+import Foundation
+import RadarCore
+import RadarDistributed
+
+extension Bench {
+    struct AllReduce: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "allreduce",
+            abstract: "Our ring all-reduce against MPI_Allreduce (launch under mpirun): algbw/busbw medians, or --verify.")
+        @Option(help: "Transport (mpi).") var transport = "mpi"
+        @Option(help: "Buffer sizes in MB (comma separated).") var sizes = "1,8,32,88"
+        @Option(help: "Timed repeats (median reported).") var repeats = 5
+        @Flag(help: "Check the ring against MPI_Allreduce over many lengths instead of timing.") var verify = false
+
+        func run() throws {
+            guard transport == "mpi" else { logLine("radar bench allreduce: only --transport mpi in this build"); throw ExitCode(2) }
+            let mpi = try MPIRuntime()
+            defer { mpi.finalize() }
+            do {
+                if verify { try runVerify(mpi) } else { try runBench(mpi) }
+            } catch {
+                logLine("rank \(mpi.rank): \(error)")
+                mpi.abort(1)
+            }
+        }
+
+        func fill(_ p: UnsafeMutablePointer<Float>, _ n: Int, rank: Int, salt: Int) {
+            let s = RandomStream(seed: UInt64(rank + 1), stream: UInt64(salt))
+            for i in 0..<n { p[i] = s.normal(UInt64(i)) }
+        }
+
+        func runVerify(_ mpi: MPIRuntime) throws {
+            let p = mpi.size
+            var lengths = [1, 2, 3, p - 1, p, p + 1, 2 * p + 1, 17, 100, 1000, 4097, 65_537, 300_001].filter { $0 > 0 }
+            lengths = Array(Set(lengths)).sorted()
+            var worst: Float = 0
+            var identical = true
+            for n in lengths {
+                let ours = UnsafeMutablePointer<Float>.allocate(capacity: n), theirs = UnsafeMutablePointer<Float>.allocate(capacity: n)
+                defer { ours.deallocate(); theirs.deallocate() }
+                fill(ours, n, rank: mpi.rank, salt: n)
+                theirs.update(from: ours, count: n)
+                var ring = RingAllReduce(communicator: mpi)
+                ring.chunkFloats = 1000  // many pieces per segment at these lengths
+                try ring.run(ours, count: n, op: .sum, tag: 11)
+                try mpi.allReduceSum(theirs, count: n)
+                for i in 0..<n { worst = max(worst, abs(ours[i] - theirs[i]) / max(1, abs(theirs[i]))) }
+                // Every rank must hold the same bits: compare hashes across ranks.
+                var h: UInt64 = 0xcbf2_9ce4_8422_2325
+                for i in 0..<n { h = (h ^ UInt64(ours[i].bitPattern)) &* 0x100_0000_01b3 }
+                let all = try mpi.allGather(withUnsafeBytes(of: h) { Data($0) })
+                if Set(all).count != 1 { identical = false }
+            }
+            if mpi.rank == 0 {
+                printJSON(["bench": "allreduce_verify", "ranks": p, "lengths": lengths, "max_rel_diff_vs_mpi_allreduce": Double(worst),
+                           "bit_identical_across_ranks": identical])
+            }
+        }
+
+        func runBench(_ mpi: MPIRuntime) throws {
+            let p = Double(mpi.size)
+            for mb in sizes.split(separator: ",").compactMap({ Double($0.trimmingCharacters(in: .whitespaces)) }) {
+                let n = Int(mb * 1_000_000 / 4)
+                let buf = UnsafeMutablePointer<Float>.allocate(capacity: n)
+                defer { buf.deallocate() }
+                fill(buf, n, rank: mpi.rank, salt: 1)
+                func time(_ body: () throws -> Void) throws -> Double {
+                    var ts: [Double] = []
+                    for _ in 0..<(repeats + 1) {
+                        try mpi.barrier()
+                        let t0 = Date()
+                        try body()
+                        ts.append(Date().timeIntervalSince(t0))
+                    }
+                    return ts.dropFirst().sorted()[repeats / 2]
+                }
+                let ring = try time { try RingAllReduce(communicator: mpi).run(buf, count: n, op: .sum, tag: 12) }
+                let mpiTime = try time { try mpi.allReduceSum(buf, count: n) }
+                if mpi.rank == 0 {
+                    let bytes = Double(n * 4)
+                    func bw(_ t: Double) -> (Double, Double) { (bytes / t / 1e9, bytes / t / 1e9 * 2 * (p - 1) / p) }
+                    printJSON(["bench": "allreduce", "transport": "mpi", "ranks": mpi.size, "mb": mb,
+                               "ring_seconds": ring, "ring_algbw_gbs": bw(ring).0, "ring_busbw_gbs": bw(ring).1,
+                               "mpi_allreduce_seconds": mpiTime, "mpi_algbw_gbs": bw(mpiTime).0, "mpi_busbw_gbs": bw(mpiTime).1,
+                               "busbw_ratio_ring_over_mpi": mpiTime / ring])
+                }
+            }
+        }
+    }
+}
