@@ -6,6 +6,7 @@ import RadarCore
 /// With `overlap`, a communication thread reduces each bucket as soon as backward has finished
 /// writing it (the model reports progress through `ExecutionContext.gradientsFinal`); without,
 /// all buckets go after backward. Both give bit-identical results: the same buckets, the same ring.
+/// After each step the BatchNorm buffers are broadcast from rank 0, as DDP does.
 public final class GradientSync: @unchecked Sendable {
     public let communicator: Communicator
     public let store: ParameterStore
@@ -112,6 +113,10 @@ public final class GradientSync: @unchecked Sendable {
         }
         var flag: Float = localFinite ? 0 : 1
         try communicator.allReduce(&flag, count: 1, op: .max)
+        // BatchNorm running statistics follow rank 0 (PyTorch DDP's broadcast_buffers), so every
+        // replica evaluates and checkpoints the same model.
+        try communicator.broadcast(store.buffers.baseAddress!, bytes: store.buffers.count * 4)
+        try communicator.broadcast(store.counters.baseAddress!, bytes: store.counters.count * 8)
         return flag == 0
     }
 }

@@ -117,9 +117,10 @@ struct RadarWorker: ParsableCommand {
             }
         }
         let h = try run.run()
-        // A hash of the parameters, so launchers and tests can check that replicas agree.
+        // A hash of the parameters and buffers, so launchers and tests can check that replicas agree.
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for v in run.ctx.params.values { hash = (hash ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 }
+        for v in run.ctx.params.buffers { hash = (hash ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 }
         print("rank \(comm.rank) parameters fnv1a \(String(hash, radix: 16)) steps \(run.trainer.optimizer.step) skipped \(run.trainer.skippedSteps)")
         if comm.rank == 0, let auc = h.testMetrics["auc"] {
             print("results: \(o.experimentDirectory)")

@@ -184,6 +184,39 @@ final class MPITrainingTests: XCTestCase {
     }
 }
 
+final class DemoPipelineTests: XCTestCase {
+    /// The README demo's steps on the smallest config: synth -> 2 MPI ranks -> evaluate -> export.
+    /// Also checks that test metrics gathered over 2 ranks equal a single-process evaluation.
+    func testDemoPipelineEndToEnd() throws {
+        let bin = MPITrainingTests.products
+        let root = NSTemporaryDirectory() + "radar-demo-\(UUID().uuidString.prefix(6))"
+        func run(_ args: [String]) throws -> String {
+            let d = try Process.runCapturing(args)
+            return String(decoding: d, as: UTF8.self)
+        }
+        _ = try run([bin.appendingPathComponent("radar").path, "synth", "--output", root + "/data", "--count", "240", "--size", "32"])
+        var argv = ["mpirun", "--oversubscribe"]
+        if geteuid() == 0 { argv.append("--allow-run-as-root") }
+        argv += ["-n", "2", bin.appendingPathComponent("radar-worker").path, "--data", root + "/data", "--output", root + "/outputs",
+                 "--experiment", "demo", "--config", "tiny", "--batch-size", "8", "--num-epochs", "2", "--max-steps-per-epoch", "4",
+                 "--accumulation-steps", "1", "--threads", "1"]
+        let trained = try run(argv)
+        XCTAssertTrue(trained.contains("test AUC"), trained)
+        let eval = try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
+                            "--data", root + "/data", "--split", "test", "--threads", "1"])
+        let single = try JSONSerialization.jsonObject(with: Data(eval.utf8)) as! [String: Any]
+        let metrics = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: root + "/outputs/demo/metrics.json"))) as! [String: Any]
+        let gathered = metrics["test_metrics"] as! [String: Any]
+        for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc"] {
+            XCTAssertEqual(gathered[k] as? Double, single[k] as? Double, "\(k): 2 ranks gathered vs one process")
+        }
+        let zip = try run([bin.appendingPathComponent("radar").path, "export", "--results-dir", root + "/outputs/demo",
+                           "--output-dir", root + "/exports", "--create-download-script"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: zip), zip)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: root + "/exports/download_demo.sh"))
+    }
+}
+
 extension Process {
     /// stdout of a short command (status ignored).
     static func runCapturing(_ args: [String]) throws -> Data {
