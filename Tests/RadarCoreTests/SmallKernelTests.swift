@@ -1,0 +1,163 @@
+import Foundation
+import RadarCore
+import XCTest
+
+/// The remaining CPU kernels against naive loops, and finite-difference checks at random shapes.
+final class SmallKernelTests: XCTestCase {
+    let be = CPUBackend(threads: 3)
+
+    func testLayoutKernelsMatchNaiveLoops() {
+        let x = randomHost(Shape(3, 5, 7), seed: 1)
+        let y = HostTensor(Shape(3, 7, 5))
+        be.transposeLastTwo(x.tensor, y.tensor)
+        for b in 0..<3 { for i in 0..<5 { for j in 0..<7 { XCTAssertEqual(y.values[(b * 7 + j) * 5 + i], x.values[(b * 5 + i) * 7 + j]) } } }
+
+        let bias = randomHost(Shape(7), seed: 2), out = HostTensor(Shape(15, 7), x.values)
+        be.addRowBias(bias.tensor, into: out.tensor)
+        for r in 0..<15 { for c in 0..<7 { XCTAssertEqual(out.values[r * 7 + c], x.values[r * 7 + c] + bias.values[c]) } }
+
+        // Column sums over 600 rows x 300 columns: several 256-column chunks.
+        let big = randomHost(Shape(600, 300), seed: 3), sums = HostTensor(Shape(300), fill: 1)
+        be.accumulateColumnSums(big.tensor, into: sums.tensor)
+        let bv = big.values
+        for c in 0..<300 {
+            let ref = (0..<600).reduce(0.0) { $0 + Double(bv[$1 * 300 + c]) }
+            XCTAssertEqual(Double(sums.values[c]), 1 + ref, accuracy: 1e-3)
+        }
+
+        let img = randomHost(Shape(2, 3, 4, 5), seed: 4), cb = randomHost(Shape(3), seed: 5), o2 = HostTensor(Shape(2, 3, 4, 5), img.values)
+        be.addChannelBias(cb.tensor, into: o2.tensor)
+        let ch = HostTensor(Shape(3))
+        be.accumulateChannelSums(img.tensor, into: ch.tensor)
+        for b in 0..<2 { for c in 0..<3 { for j in 0..<20 {
+            let i = (b * 3 + c) * 20 + j
+            XCTAssertEqual(o2.values[i], img.values[i] + cb.values[c])
+        } } }
+        for c in 0..<3 {
+            let ref = (0..<2).reduce(0.0) { acc, b in acc + (0..<20).reduce(0.0) { $0 + Double(img.values[(b * 3 + c) * 20 + $1]) } }
+            XCTAssertEqual(Double(ch.values[c]), ref, accuracy: 1e-5)
+        }
+        let s = HostTensor(Shape(5), [1, -2, 3, 0, 0.5])
+        be.scale(s.tensor.base, count: 5, by: -2)
+        XCTAssertEqual(s.values, [-2, 4, -6, 0, -1])
+        let f = HostTensor(Shape(40000))
+        be.fill(f.tensor, 3)
+        XCTAssertTrue(f.values.allSatisfy { $0 == 3 })
+    }
+
+    func testLossAndFusionKernelsMatchClosedForms() {
+        let logits = HostTensor(Shape(4, 1), [-3, -0.5, 0.2, 4]), targets = HostTensor(Shape(4, 1), [0.05, 0.95, 0.05, 0.95])
+        let d = HostTensor(Shape(4, 1))
+        let loss = be.binaryCrossEntropyWithLogits(logits.tensor, targets: targets.tensor, scale: 2, dLogits: d.tensor)
+        var ref = 0.0
+        for i in 0..<4 {
+            let x = Double(logits.values[i]), t = Double(targets.values[i]), p = 1 / (1 + exp(-x))
+            ref += -(t * log(p) + (1 - t) * log(1 - p))
+            XCTAssertEqual(Double(d.values[i]), 2 * (p - t) / 4, accuracy: 1e-7)
+        }
+        XCTAssertEqual(loss, ref / 4, accuracy: 1e-6)
+
+        let labels = HostTensor(Shape(3), [0, 1, 1]), smoothed = HostTensor(Shape(3))
+        be.smoothLabels(labels.tensor, smoothing: 0.1, smoothed.tensor)
+        assertClose(smoothed.values, [0.05, 0.95, 0.95], rtol: 1e-6, atol: 1e-7, "label smoothing")
+
+        // Gated fusion: value and all three gradients.
+        let gate = HostTensor(Shape(), [0.3]), r = randomHost(Shape(3, 1), seed: 7), e = randomHost(Shape(3, 1), seed: 8)
+        let final = HostTensor(Shape(3, 1)), prob = HostTensor(Shape(3, 1)), alpha = HostTensor(Shape(3, 1))
+        be.gatedFusionForward(gate: gate.tensor, reasoning: r.tensor, external: e.tensor, final: final.tensor, prob: prob.tensor, alphaOut: alpha.tensor)
+        let a = 1 / (1 + exp(-0.3))
+        for i in 0..<3 {
+            XCTAssertEqual(Double(final.values[i]), a * Double(r.values[i]) + (1 - a) * Double(e.values[i]), accuracy: 1e-6)
+            XCTAssertEqual(Double(prob.values[i]), 1 / (1 + exp(-Double(final.values[i]))), accuracy: 1e-6)
+        }
+        let dF = HostTensor(Shape(3, 1), [1, -2, 0.5]), dR = HostTensor(Shape(3, 1)), dE = HostTensor(Shape(3, 1)), dG = HostTensor(Shape(), [0])
+        be.gatedFusionBackward(dFinal: dF.tensor, gate: gate.tensor, reasoning: r.tensor, external: e.tensor, dReasoning: dR.tensor,
+                               dExternal: dE.tensor, dGate: dG.tensor)
+        var g = 0.0
+        for i in 0..<3 {
+            XCTAssertEqual(Double(dR.values[i]), a * Double(dF.values[i]), accuracy: 1e-6)
+            XCTAssertEqual(Double(dE.values[i]), (1 - a) * Double(dF.values[i]), accuracy: 1e-6)
+            g += Double(dF.values[i]) * (Double(r.values[i]) - Double(e.values[i])) * a * (1 - a)
+        }
+        XCTAssertEqual(Double(dG.values[0]), g, accuracy: 1e-6)
+        let m = be.meanAbsSigmoidDifference(r.tensor, e.tensor)
+        var mref = 0.0
+        for i in 0..<3 {
+            let pr: Double = 1 / (1 + exp(-Double(r.values[i]))), pe: Double = 1 / (1 + exp(-Double(e.values[i])))
+            mref += abs(pr - pe) / 3
+        }
+        XCTAssertEqual(Double(m), mref, accuracy: 1e-6)
+    }
+
+    func testCosineMarginPenaltyValueAndFiniteDifferenceGradient() {
+        // |cos| - 0.1 is positive for these vectors; gradient by central differences in Double.
+        let a = randomHost(Shape(3, 6), seed: 9)
+        let noise = randomValues(18, seed: 10), av = a.values
+        var bv = [Float](repeating: 0, count: 18)
+        for i in 0..<18 { bv[i] = noise[i] + 0.8 * av[i] }
+        let b = HostTensor(Shape(3, 6), bv)
+        let da = HostTensor(Shape(3, 6)), db = HostTensor(Shape(3, 6))
+        let v = be.cosineMarginPenalty(a.tensor, b.tensor, margin: 0.1, scale: 1, da: da.tensor, db: db.tensor)
+        func penalty(_ av: [Float], _ bv: [Float]) -> Double {
+            var s = 0.0
+            for i in 0..<3 {
+                let x = (0..<6).map { Double(av[i * 6 + $0]) }, y = (0..<6).map { Double(bv[i * 6 + $0]) }
+                let nx = x.map { $0 * $0 }.reduce(0, +).squareRoot() + 1e-8, ny = y.map { $0 * $0 }.reduce(0, +).squareRoot() + 1e-8
+                let c = zip(x, y).map { $0 * $1 }.reduce(0, +) / (nx * ny)
+                s += max(abs(c) - 0.1, 0)
+            }
+            return s / 3
+        }
+        XCTAssertEqual(v, penalty(a.values, b.values), accuracy: 1e-6)
+        for k in 0..<18 {
+            var ap = a.values, am = a.values
+            ap[k] += 1e-3; am[k] -= 1e-3
+            XCTAssertEqual(Double(da.values[k]), (penalty(ap, b.values) - penalty(am, b.values)) / 2e-3, accuracy: 1e-4, "d/da[\(k)]")
+        }
+        // A degenerate (near-zero) evidence vector switches the penalty off entirely.
+        let z = HostTensor(Shape(3, 6), a.values.enumerated().map { $0.offset < 6 ? 0 : $0.element })
+        XCTAssertEqual(be.cosineMarginPenalty(z.tensor, b.tensor, margin: 0.1, scale: 1, da: da.tensor, db: db.tensor), 0)
+        XCTAssertTrue(da.values.allSatisfy { $0 == 0 })
+    }
+
+    func testSyncBatchNormSumsRoundTrip() {
+        let mean = HostTensor(Shape(2), [0.5, -1]), variance = HostTensor(Shape(2), [2, 0.25]), sums = HostTensor(Shape(5))
+        be.batchNormLocalSums(mean: mean.tensor, variance: variance.tensor, count: 10, into: sums.tensor)
+        XCTAssertEqual(sums.values, [5, -10, 22.5, 12.5, 10])
+        let m2 = HostTensor(Shape(2)), v2 = HostTensor(Shape(2))
+        be.batchNormGlobalMoments(sums.tensor, channels: 2, mean: m2.tensor, variance: v2.tensor)
+        assertClose(m2.values, mean.values, rtol: 1e-6, atol: 1e-7, "mean")
+        assertClose(v2.values, variance.values, rtol: 1e-6, atol: 1e-7, "variance")
+    }
+
+    func testRandomShapesPassFiniteDifferenceChecks() throws {
+        // Shapes drawn from Philox (seeded); tolerance as in LayerGradientTests.
+        let r = RandomStream(seed: 2026, stream: 1)
+        var k: UInt64 = 0
+        func pick(_ lo: Int, _ hi: Int) -> Int { k += 1; return lo + Int(r.bits(k) % UInt32(hi - lo + 1)) }
+        let check = GradientCheck()
+        for trial in 0..<4 {
+            let (b, cin, cout, kernel) = (pick(1, 3), pick(1, 3), pick(1, 4), pick(1, 5))
+            let stride = pick(1, 3), padding = pick(0, kernel - 1)
+            let h = pick(max(kernel - 2 * padding, 1), 9), w = pick(max(kernel - 2 * padding, 1), 9)
+            let layout = ParameterLayout()
+            let conv = Conv2d("conv", cin, cout, kernel: kernel, stride: stride, padding: padding, layout: layout)
+            let ctx = makeContext(layout)
+            randomizeParameters(ctx.params, seed: UInt64(trial))
+            try check.run("random Conv2d b\(b) c\(cin)->\(cout) k\(kernel) s\(stride) p\(padding) \(h)x\(w)", ctx,
+                          inputs: [randomHost(Shape(b, cin, h, w), seed: UInt64(100 + trial))]) { ctx, x in
+                let (y, saved) = try conv.forward(x[0], ctx)
+                return (y, { dy in [conv.backward(dy, saved, ctx)] })
+            }
+            let heads = pick(1, 3), dim = heads * pick(1, 4), n = pick(1, 6)
+            let l2 = ParameterLayout()
+            let attn = SelfAttention("attn", dim: dim, heads: heads, layout: l2)
+            let ctx2 = makeContext(l2)
+            randomizeParameters(ctx2.params, seed: UInt64(50 + trial))
+            try check.run("random SelfAttention b\(b) n\(n) d\(dim) h\(heads)", ctx2, inputs: [randomHost(Shape(b, n, dim), seed: UInt64(200 + trial))]) { ctx, x in
+                let (y, s) = try attn.forward(x[0], ctx)
+                return (y, { dy in [attn.backward(dy, s, ctx)] })
+            }
+        }
+    }
+}
