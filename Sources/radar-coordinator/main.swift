@@ -1,20 +1,91 @@
 import ArgumentParser
 import Foundation
+import RadarCore
+import RadarDistributed
 
-/// The control-plane service for multi-pod runs (registration, epoch plans, heartbeats). Not
-/// built yet: single-node `mpirun -n N radar-worker` needs no coordinator. Says so clearly
-/// instead of pretending to serve.
+/// The coordinator service for multi-pod runs: `radar-coordinator --data DIR --listen HOST:PORT
+/// --world-size N --token-file F`, and `radar-coordinator status --address HOST:PORT --token-file F`.
 struct RadarCoordinator: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "radar-coordinator",
-        abstract: "RADAR's coordinator service for multi-pod runs (not available in this build).")
+        abstract: "RADAR's control plane: registration, peer table, epoch plans, heartbeats, abort.",
+        subcommands: [Serve.self, Status.self], defaultSubcommand: Serve.self)
 
-    @Option(help: "Address to listen on, HOST:PORT.") var listen: String?
+    static func token(_ file: String?) throws -> Data {
+        if let f = file {
+            guard let d = FileManager.default.contents(atPath: f) else { throw ValidationError("\(f): cannot read the token file") }
+            return Data(String(decoding: d, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+        }
+        guard let t = ProcessInfo.processInfo.environment["RADAR_JOB_TOKEN"] else {
+            throw ValidationError("a job token is needed: --token-file or RADAR_JOB_TOKEN")
+        }
+        return Data(t.utf8)
+    }
 
-    func run() throws {
-        FileHandle.standardError.write(Data(
-            "radar-coordinator: the coordinator service is not part of this build yet; single-node runs use `mpirun -n N radar-worker` without one\n".utf8))
-        throw ExitCode(2)
+    static func split(_ address: String) throws -> (String, Int) {
+        guard let i = address.lastIndex(of: ":"), let port = Int(address[address.index(after: i)...]) else {
+            throw ValidationError("\(address): expected HOST:PORT")
+        }
+        return (String(address[..<i]), port)
+    }
+
+    struct Serve: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the coordinator (the default).")
+        @Option(help: "Prepared dataset directory (for the manifest hash and epoch plans).") var data: String?
+        @Option(help: "HOST:PORT to listen on.") var listen = "0.0.0.0:7070"
+        @Option(help: "Number of ranks in the job.") var worldSize: Int
+        @Option(help: "File holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
+        @Option(help: "Seconds without a heartbeat before a rank is declared lost.") var heartbeatDeadline: Double = 10
+        @Option(help: "Batch size per rank (for epoch plan digests).") var batchSize = 32
+
+        func run() throws {
+            do {
+                let (host, port) = try RadarCoordinator.split(listen)
+                let server = try CoordinatorServer(host: host, port: port, worldSize: worldSize, token: try RadarCoordinator.token(tokenFile))
+                server.heartbeatDeadline = heartbeatDeadline
+                server.log = logLine
+                if let d = data {
+                    let set = try ShardSet(directory: d)
+                    server.manifestHash = set.manifest.contentHash
+                    server.planDigest = { seed, epoch, ws in
+                        EpochPlan(set: set, seed: seed, epoch: epoch, worldSize: ws, batchSize: batchSize).digest
+                    }
+                }
+                logLine("radar-coordinator: listening on \(host):\(server.port) for \(worldSize) ranks")
+                while true {
+                    Thread.sleep(forTimeInterval: 1)
+                    if let ranks = server.status()["ranks"] as? [[String: Any]], ranks.allSatisfy({ $0["finished"] as? Bool == true }) {
+                        logLine("radar-coordinator: every rank finished")
+                        return
+                    }
+                    if server.status()["lost_rank"] is Int {
+                        Thread.sleep(forTimeInterval: 2)
+                        throw ExitCode.failure
+                    }
+                }
+            } catch let e as ExitCode { throw e } catch let e as ValidationError { throw e } catch {
+                logLine("radar-coordinator: error: \(error)")
+                throw ExitCode.failure
+            }
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a running job's status as JSON.")
+        @Option(help: "The coordinator's HOST:PORT.") var address: String
+        @Option(help: "File holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
+
+        func run() throws {
+            do {
+                let (host, port) = try RadarCoordinator.split(address)
+                let s = try CoordinatorClient.status(host: host, port: port, token: try RadarCoordinator.token(tokenFile))
+                let d = try JSONSerialization.data(withJSONObject: s, options: [.sortedKeys, .prettyPrinted])
+                print(String(decoding: d, as: UTF8.self))
+            } catch let e as ValidationError { throw e } catch {
+                logLine("radar-coordinator status: \(error)")
+                throw ExitCode.failure
+            }
+        }
     }
 }
 

@@ -36,29 +36,123 @@ struct RadarWorker: ParsableCommand {
     @Flag(help: "All-reduce after backward instead of overlapping it.") var noOverlap = false
     @Option(help: "Gradient bucket size in MiB.") var bucketMb = 25
     @Option(help: "Seconds any rank waits for a peer before giving up.") var timeout: Double = 30
-    @Option(help: "Transport: mpi (tcp arrives with the coordinator work).") var transport = "mpi"
+    @Option(help: "Transport: mpi, or tcp (ranks from --rank/--world-size or RANK/WORLD_SIZE, rendezvous at the coordinator).")
+    var transport = "mpi"
+    @Option(help: "TCP: this rank (default: RANK).") var rank: Int?
+    @Option(help: "TCP: number of ranks (default: WORLD_SIZE).") var worldSize: Int?
+    @Option(help: "Coordinator HOST:PORT (default: in-process on rank 0; for tcp at MASTER_ADDR:MASTER_PORT).") var coordinator: String?
+    @Option(help: "File holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
+    @Option(help: "Seconds without a heartbeat before the coordinator declares a rank lost.") var heartbeatDeadline: Double = 10
 
     func run() throws {
-        guard transport == "mpi" else {
-            logLine("radar-worker: --transport \(transport) is not available in this build; use mpi")
+        switch transport {
+        case "mpi":
+            let mpi: MPIRuntime
+            do { mpi = try MPIRuntime() } catch {
+                logLine("radar-worker: \(error)")
+                throw ExitCode.failure
+            }
+            mpi.timeout = timeout
+            do {
+                try train(mpi, client: try controlPlaneMPI(mpi))
+                mpi.finalize()
+            } catch {
+                logLine("radar-worker rank \(mpi.rank): error: \(error)")
+                mpi.abort(1)
+            }
+        case "tcp":
+            let env = ProcessInfo.processInfo.environment
+            guard let r = rank ?? Int(env["RANK"] ?? ""), let n = worldSize ?? Int(env["WORLD_SIZE"] ?? ""), r >= 0, r < n else {
+                logLine("radar-worker: --transport tcp needs --rank and --world-size (or RANK and WORLD_SIZE), with 0 <= rank < world size")
+                throw ExitCode(2)
+            }
+            do {
+                let (comm, client) = try controlPlaneTCP(rank: r, size: n)
+                try train(comm, client: client)
+                client.finish()
+            } catch {
+                logLine("radar-worker rank \(r): error: \(error)")
+                throw ExitCode.failure
+            }
+        default:
+            logLine("radar-worker: --transport must be mpi or tcp")
             throw ExitCode(2)
-        }
-        let mpi: MPIRuntime
-        do { mpi = try MPIRuntime() } catch {
-            logLine("radar-worker: \(error)")
-            throw ExitCode.failure
-        }
-        mpi.timeout = timeout
-        do {
-            try train(mpi)
-            mpi.finalize()
-        } catch {
-            logLine("radar-worker rank \(mpi.rank): error: \(error)")
-            mpi.abort(1)
         }
     }
 
-    func train(_ comm: MPIRuntime) throws {
+    func jobToken() throws -> Data? {
+        if let f = tokenFile {
+            guard let d = FileManager.default.contents(atPath: f) else { throw ValidationError("\(f): cannot read the token file") }
+            return Data(String(decoding: d, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+        }
+        return ProcessInfo.processInfo.environment["RADAR_JOB_TOKEN"].map { Data($0.utf8) }
+    }
+
+    func split(_ address: String) throws -> (String, Int) {
+        guard let i = address.lastIndex(of: ":"), let port = Int(address[address.index(after: i)...]) else {
+            throw ValidationError("\(address): expected HOST:PORT")
+        }
+        return (String(address[..<i]), port)
+    }
+
+    static var server: CoordinatorServer?
+
+    /// MPI: rank 0 runs the coordinator unless one is given; its address and a fresh job token
+    /// travel over MPI (a trusted channel), then every rank logs in and starts heartbeats.
+    func controlPlaneMPI(_ comm: MPIRuntime) throws -> CoordinatorClient {
+        var token = try jobToken() ?? Data()
+        var host = "127.0.0.1", port = 0
+        if let c = coordinator { (host, port) = try split(c) } else {
+            var buf = [UInt8](repeating: 0, count: 128)
+            if comm.rank == 0 {
+                let t = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+                let s = try CoordinatorServer(port: 0, worldSize: comm.size, token: Data(t.utf8))
+                s.heartbeatDeadline = heartbeatDeadline
+                s.log = logLine
+                RadarWorker.server = s
+                let text = "\(s.port) \(t)"
+                for (i, b) in text.utf8.enumerated() { buf[i] = b }
+            }
+            try buf.withUnsafeMutableBytes { try comm.broadcast($0.baseAddress!, bytes: 128) }
+            let parts = String(decoding: buf.prefix { $0 != 0 }, as: UTF8.self).split(separator: " ")
+            port = Int(parts[0])!
+            token = Data(parts[1].utf8)
+        }
+        let client = try CoordinatorClient(host: host, port: port, token: token, rank: comm.rank, dataHost: "", dataPort: 0, timeout: timeout)
+        client.start()
+        return client
+    }
+
+    /// TCP: rendezvous at the coordinator (in-process on rank 0 at MASTER_ADDR:MASTER_PORT unless
+    /// --coordinator is given), then connect the data mesh.
+    func controlPlaneTCP(rank r: Int, size n: Int) throws -> (Communicator, CoordinatorClient) {
+        let env = ProcessInfo.processInfo.environment
+        guard let token = try jobToken() else {
+            throw ValidationError("the tcp transport needs a job token: --token-file or RADAR_JOB_TOKEN")
+        }
+        var host: String, port: Int
+        if let c = coordinator { (host, port) = try split(c) } else {
+            guard let a = env["MASTER_ADDR"], let p = Int(env["MASTER_PORT"] ?? "") else {
+                throw ValidationError("--coordinator HOST:PORT or MASTER_ADDR and MASTER_PORT are needed with --transport tcp")
+            }
+            (host, port) = (a, p)
+            if r == 0 {
+                let s = try CoordinatorServer(port: port, worldSize: n, token: token)
+                s.heartbeatDeadline = heartbeatDeadline
+                s.log = logLine
+                RadarWorker.server = s
+            }
+        }
+        let (listenFD, dataPort) = try TCPRendezvous.listen()
+        let dataHost = try TCPRendezvous.localAddress(towards: host, port: port)
+        let client = try CoordinatorClient(host: host, port: port, token: token, rank: r, dataHost: dataHost, dataPort: dataPort, timeout: timeout)
+        let job = UInt64(truncatingIfNeeded: token.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 })
+        let comm = try TCPCommunicator(rank: r, size: n, jobID: job, listenFD: listenFD, peers: client.peers, timeout: timeout)
+        client.start()
+        return (comm, client)
+    }
+
+    func train(_ comm: Communicator, client: CoordinatorClient) throws {
         let env = ProcessInfo.processInfo.environment
         let localRanks = Int(env["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "") ?? comm.size
         var o = TrainOptions(data: data, output: output, experiment: experiment, config: try RADARConfig.resolve(config))
@@ -112,9 +206,13 @@ struct RadarWorker: ParsableCommand {
             var bar: ProgressReporter?
             var lastEpoch = -1
             run.onBatch = { epoch, done, total, loss in
+                client.report(["epoch": epoch, "batch": done, "loss": loss, "step": run.trainer.optimizer.step])
                 if epoch != lastEpoch { bar = ProgressReporter("epoch \(epoch + 1)/\(o.epochs)", total: total, unit: "img"); lastEpoch = epoch }
                 bar?.update(done, items: done * o.batchSize * comm.size, detail: String(format: "loss %.4f", loss))
             }
+        }
+        if comm.rank != 0 {
+            run.onBatch = { epoch, done, _, loss in client.report(["epoch": epoch, "batch": done, "loss": loss, "step": run.trainer.optimizer.step]) }
         }
         let h = try run.run()
         // A hash of the parameters and buffers, so launchers and tests can check that replicas agree.
@@ -125,6 +223,13 @@ struct RadarWorker: ParsableCommand {
         if comm.rank == 0, let auc = h.testMetrics["auc"] {
             print("results: \(o.experimentDirectory)")
             print(String(format: "test AUC %.4f", auc))
+        }
+        client.finish()
+        // Rank 0 hosts the coordinator: let the other ranks sign off before the process ends.
+        if let s = RadarWorker.server {
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline, let ranks = s.status()["ranks"] as? [[String: Any]],
+                  !ranks.allSatisfy({ $0["finished"] as? Bool == true }) { usleep(20_000) }
         }
     }
 }

@@ -105,10 +105,13 @@ public final class TrainingRun {
         }
     }
 
-    var batchesPerEpoch: Int {
-        let full = set.refs(.train).count / options.batchSize
-        let capped = options.maxBatchesPerEpoch > 0 ? min(full, options.maxBatchesPerEpoch * options.accumulation) : full
-        return capped / options.accumulation * options.accumulation
+    /// Micro-batches per rank per epoch (the same for every epoch and rank).
+    var batchesPerEpoch: Int { plan(epoch: 0).batchesPerRank }
+
+    public func plan(epoch: Int) -> EpochPlan {
+        EpochPlan(set: set, seed: options.seed, epoch: epoch, worldSize: options.worldSize, batchSize: options.batchSize,
+                  batchMultiple: options.accumulation,
+                  maxBatchesPerRank: options.maxBatchesPerEpoch > 0 ? options.maxBatchesPerEpoch * options.accumulation : 0)
     }
 
     /// Eval-mode scores of a split. With several ranks each scores refs[rank::size] and the
@@ -236,8 +239,7 @@ public final class TrainingRun {
         let c = options.config
         for epoch in firstEpoch..<options.epochs {
             // This rank's share of the epoch: every rank gets the same number of micro-batches.
-            let all = Array(set.shuffled(set.refs(.train), seed: options.seed, epoch: epoch).prefix(steps * options.batchSize * options.worldSize))
-            let mine = stride(from: options.rank, to: all.count, by: options.worldSize).map { all[$0] }
+            let mine = plan(epoch: epoch).samples(rank: options.rank)
             let start = epoch == firstEpoch ? firstBatch : 0
             let loader = StreamingLoader(set: set, refs: Array(mine.dropFirst(start * options.batchSize)), batchSize: options.batchSize,
                                          size: c.imgSize, mean: c.mean, std: c.std, augment: options.augment, seed: options.seed,

@@ -1,0 +1,36 @@
+import Foundation
+
+/// Which samples each rank trains on in an epoch: a pure function of (seed, epoch, manifest,
+/// world size). The split's samples are shuffled by (seed, epoch), cut to a whole number of
+/// global batches, and dealt round-robin, so every rank gets the same number of micro-batches.
+public struct EpochPlan: Sendable {
+    public let epoch: Int
+    public let worldSize: Int
+    public let batchesPerRank: Int
+    /// The epoch's samples in global order; rank r takes positions r, r + worldSize, ...
+    public let order: [SampleRef]
+
+    public init(set: ShardSet, split: Split = .train, seed: UInt64, epoch: Int, worldSize: Int, batchSize: Int, batchMultiple: Int = 1,
+                maxBatchesPerRank: Int = 0) {
+        self.epoch = epoch
+        self.worldSize = worldSize
+        let all = set.shuffled(set.refs(split), seed: seed, epoch: epoch)
+        var perRank = all.count / (batchSize * worldSize)
+        if maxBatchesPerRank > 0 { perRank = min(perRank, maxBatchesPerRank) }
+        perRank = perRank / batchMultiple * batchMultiple
+        batchesPerRank = perRank
+        order = Array(all.prefix(perRank * batchSize * worldSize))
+    }
+
+    public func samples(rank: Int) -> [SampleRef] {
+        stride(from: rank, to: order.count, by: worldSize).map { order[$0] }
+    }
+
+    /// A digest every rank (and the coordinator) can compare.
+    public var digest: String {
+        var d = SHA256Digest()
+        var words = order.flatMap { [UInt32($0.shard), UInt32($0.index)] }
+        words.withUnsafeBytes { d.update($0) }
+        return String(d.finalize().prefix(16))
+    }
+}

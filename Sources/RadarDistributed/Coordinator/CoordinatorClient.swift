@@ -1,0 +1,93 @@
+import Foundation
+import RadarCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A worker's link to the coordinator: login, registration, the peer table, heartbeats on a
+/// background thread, progress reports; an abort from the coordinator ends the process with a
+/// message naming the lost rank.
+public final class CoordinatorClient: @unchecked Sendable {
+    public let rank: Int
+    private let fd: Int32
+    private let lock = NSLock()
+    public private(set) var peers: [TCPCommunicator.Peer] = []
+    public private(set) var manifestHash = ""
+    private var progress: [String: Any] = [:]
+    private var closed = false
+    public var onAbort: (String) -> Never = { reason in
+        FileHandle.standardError.write(Data((reason + "\n").utf8))
+        exit(1)
+    }
+
+    /// Logs in and waits for the peer table. `dataPort` is this rank's TCP data listener (0 with MPI).
+    public init(host: String, port: Int, token: Data, rank: Int, dataHost: String, dataPort: Int, timeout: TimeInterval) throws {
+        self.rank = rank
+        let deadline = Date().addingTimeInterval(timeout)
+        fd = try Sockets.connect(host: host, port: port, deadline: deadline)
+        do {
+            let (kind, challenge) = try Wire.receive(fd, deadline: deadline)
+            guard kind == .challenge, let nonce = challenge["nonce"] as? String else { throw Wire.ProtocolError(reason: "expected a challenge") }
+            let proof = HMACSHA256.hex(key: token, message: Data("\(nonce):\(rank)".utf8))
+            try Wire.send(fd, .register, ["rank": rank, "host": dataHost, "port": dataPort, "proof": proof])
+            let (k2, msg) = try Wire.receive(fd, deadline: deadline.addingTimeInterval(60))
+            if k2 == .refused { throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused the login: \(msg["reason"] ?? "")") }
+            guard k2 == .peers, let table = msg["peers"] as? [[String: Any]] else { throw Wire.ProtocolError(reason: "expected the peer table") }
+            peers = table.map { TCPCommunicator.Peer(rank: $0["rank"] as! Int, host: $0["host"] as! String, port: $0["port"] as! Int) }
+            manifestHash = msg["manifest"] as? String ?? ""
+        } catch let e as CommunicationError { close(fd); throw e } catch {
+            close(fd)
+            throw CommunicationError(rank: rank, peer: nil, reason: "coordinator at \(host):\(port): \(error)")
+        }
+    }
+
+    /// Starts heartbeats (every `interval` s) and the listener for abort messages.
+    public func start(interval: TimeInterval = 1) {
+        Thread.detachNewThread { [self] in
+            while true {
+                lock.lock(); let c = closed; var body = progress; lock.unlock()
+                if c { return }
+                body["rank"] = rank
+                do { try lock.withLock { try Wire.send(fd, .heartbeat, body) } } catch { return }
+                Thread.sleep(forTimeInterval: interval)
+            }
+        }
+        Thread.detachNewThread { [self] in
+            while true {
+                guard let (kind, msg) = try? Wire.receive(fd, deadline: .distantFuture) else {
+                    lock.lock(); let c = closed; lock.unlock()
+                    if !c { onAbort("rank \(rank): lost the coordinator; stopping") }
+                    return
+                }
+                if kind == .abort { onAbort("rank \(rank): stopping: \(msg["reason"] ?? "the coordinator aborted the job")") }
+            }
+        }
+    }
+
+    /// Reported with the next heartbeat (step, images/s, loss, ...).
+    public func report(_ values: [String: Any]) {
+        lock.lock(); for (k, v) in values { progress[k] = v }; lock.unlock()
+    }
+
+    /// Asks the coordinator for its digest of an epoch plan.
+    public func finish() {
+        lock.lock()
+        closed = true
+        try? Wire.send(fd, .done, ["rank": rank])
+        lock.unlock()
+        shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    /// The status of a job, as an observer (rank -1).
+    public static func status(host: String, port: Int, token: Data, timeout: TimeInterval = 10) throws -> [String: Any] {
+        let deadline = Date().addingTimeInterval(timeout)
+        let fd = try Sockets.connect(host: host, port: port, deadline: deadline)
+        defer { close(fd) }
+        let (_, challenge) = try Wire.receive(fd, deadline: deadline)
+        guard let nonce = challenge["nonce"] as? String else { throw Wire.ProtocolError(reason: "expected a challenge") }
+        try Wire.send(fd, .register, ["rank": -1, "proof": HMACSHA256.hex(key: token, message: Data("\(nonce):-1".utf8))])
+        let (kind, body) = try Wire.receive(fd, deadline: deadline)
+        if kind == .refused { throw Wire.ProtocolError(reason: "refused: \(body["reason"] ?? "")") }
+        return body
+    }
+}

@@ -1,0 +1,169 @@
+import Foundation
+import RadarCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The control plane of a job (gradients never pass through it): workers log in with an HMAC
+/// challenge-response on the job token, register their data address, receive the peer table,
+/// fetch the epoch plan digest, send heartbeats and progress; a worker silent past the deadline
+/// is declared lost and every other worker is told to abort. Runs in-process on rank 0 or as
+/// `radar-coordinator`.
+public final class CoordinatorServer: @unchecked Sendable {
+    public let worldSize: Int
+    public let token: Data
+    public let port: Int
+    public var heartbeatDeadline: TimeInterval = 10
+    public var log: (String) -> Void = { _ in }
+    /// (seed, epoch, world size) -> plan digest; nil when the coordinator has no dataset.
+    public var planDigest: ((UInt64, Int, Int) -> String)?
+    public var manifestHash = ""
+
+    private let listenFD: Int32
+    private let lock = NSLock()
+    private var peers: [Int: TCPCommunicator.Peer] = [:]
+    private var connections: [Int: Int32] = [:]
+    private var lastSeen: [Int: Date] = [:]
+    private var progress: [Int: [String: Any]] = [:]
+    private var finished: Set<Int> = []
+    private var lost: Int?
+    private var stopped = false
+    public private(set) var refusedLogins = 0
+    public private(set) var droppedConnections = 0
+
+    public init(host: String = "0.0.0.0", port: Int, worldSize: Int, token: Data) throws {
+        self.worldSize = worldSize
+        self.token = token
+        (listenFD, self.port) = try Sockets.listen(host: host, port: port)
+        Thread.detachNewThread { [weak self] in self?.acceptLoop() }
+        Thread.detachNewThread { [weak self] in self?.watch() }
+    }
+
+    public func stop() {
+        lock.lock(); stopped = true; lock.unlock()
+        shutdown(listenFD, Int32(SHUT_RDWR))
+        close(listenFD)
+    }
+
+    private func acceptLoop() {
+        while true {
+            lock.lock(); let s = stopped; lock.unlock()
+            if s { return }
+            guard let fd = Sockets.accept(listenFD, deadline: Date().addingTimeInterval(1)) else { continue }
+            Thread.detachNewThread { [weak self] in self?.serve(fd) }
+        }
+    }
+
+    /// One connection: login, then messages until it closes. Any protocol error drops only it.
+    private func serve(_ fd: Int32) {
+        var rank: Int?
+        defer {
+            close(fd)
+            if let r = rank {
+                lock.lock()
+                let gone = !finished.contains(r) && connections[r] == fd && !stopped
+                if connections[r] == fd { connections[r] = nil }
+                lock.unlock()
+                if gone { declareLost(r, why: "its connection closed") }
+            }
+        }
+        do {
+            var nonceBytes = [UInt8](repeating: 0, count: 32)
+            for i in 0..<32 { nonceBytes[i] = UInt8.random(in: 0...255) }
+            let nonce = nonceBytes.map { String(format: "%02x", $0) }.joined()
+            try Wire.send(fd, .challenge, ["nonce": nonce, "world_size": worldSize])
+            let (kind, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(30))
+            guard kind == .register, let r = msg["rank"] as? Int, let proof = msg["proof"] as? String else {
+                throw Wire.ProtocolError(reason: "expected a register message")
+            }
+            guard HMACSHA256.equal(proof, HMACSHA256.hex(key: token, message: Data("\(nonce):\(r)".utf8))) else {
+                lock.lock(); refusedLogins += 1; lock.unlock()
+                log("coordinator: refused a login claiming rank \(r): wrong job token")
+                try? Wire.send(fd, .refused, ["reason": "wrong job token"])
+                return
+            }
+            if r == -1 {  // an observer (radar-coordinator status)
+                try Wire.send(fd, .status, status())
+                return
+            }
+            guard r >= 0, r < worldSize, let host = msg["host"] as? String, let port = msg["port"] as? Int else {
+                try? Wire.send(fd, .refused, ["reason": "rank \(r) out of range for world size \(worldSize)"])
+                return
+            }
+            lock.lock()
+            peers[r] = TCPCommunicator.Peer(rank: r, host: host, port: port)
+            connections[r] = fd
+            lastSeen[r] = Date()
+            rank = r
+            lock.unlock()
+            // Wait for every rank, then send the peer table.
+            let deadline = Date().addingTimeInterval(60)
+            while true {
+                lock.lock(); let n = peers.count; let l = lost; lock.unlock()
+                if n == worldSize { break }
+                if l != nil || Date() > deadline { throw Wire.ProtocolError(reason: "not every rank registered") }
+                usleep(20_000)
+            }
+            lock.lock()
+            let table = peers.values.sorted { $0.rank < $1.rank }.map { ["rank": $0.rank, "host": $0.host, "port": $0.port] as [String: Any] }
+            lock.unlock()
+            try Wire.send(fd, .peers, ["peers": table, "manifest": manifestHash])
+            while true {
+                let (kind, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(3600))
+                lock.lock(); lastSeen[r] = Date(); lock.unlock()
+                switch kind {
+                case .heartbeat, .progress:
+                    lock.lock(); progress[r] = msg; lock.unlock()
+                case .epochPlan:
+                    let epoch = msg["epoch"] as? Int ?? 0, seed = UInt64(msg["seed"] as? Int ?? 0)
+                    try Wire.send(fd, .epochPlan, ["epoch": epoch, "digest": planDigest?(seed, epoch, worldSize) ?? ""])
+                case .done:
+                    lock.lock(); finished.insert(r); lock.unlock()
+                    return
+                case .abort:
+                    declareLost(r, why: msg["reason"] as? String ?? "it aborted")
+                    return
+                default:
+                    throw Wire.ProtocolError(reason: "unexpected \(kind) message")
+                }
+            }
+        } catch {
+            lock.lock(); droppedConnections += 1; lock.unlock()
+            if rank == nil { log("coordinator: dropped a connection: \(error)") }
+        }
+    }
+
+    private func watch() {
+        while true {
+            usleep(250_000)
+            lock.lock()
+            if stopped { lock.unlock(); return }
+            let silent = lastSeen.filter { !finished.contains($0.key) && Date().timeIntervalSince($0.value) > heartbeatDeadline }.keys.sorted().first
+            lock.unlock()
+            if let r = silent { declareLost(r, why: "no heartbeat for \(Int(heartbeatDeadline)) s") }
+        }
+    }
+
+    /// Tells every other connected worker to abort, naming the lost rank.
+    public func declareLost(_ r: Int, why: String) {
+        lock.lock()
+        if lost != nil { lock.unlock(); return }
+        lost = r
+        let others = connections.filter { $0.key != r }
+        lock.unlock()
+        log("coordinator: rank \(r) lost (\(why)); telling the other ranks to stop")
+        for (_, fd) in others { try? Wire.send(fd, .abort, ["lost_rank": r, "reason": "rank \(r) lost: \(why)"]) }
+    }
+
+    public func status() -> [String: Any] {
+        lock.lock(); defer { lock.unlock() }
+        let ranks = (0..<worldSize).map { r -> [String: Any] in
+            var e: [String: Any] = ["rank": r, "registered": peers[r] != nil, "finished": finished.contains(r)]
+            if let t = lastSeen[r] { e["last_heartbeat_s_ago"] = Date().timeIntervalSince(t) }
+            if let p = progress[r] { for (k, v) in p where k != "rank" { e[k] = v } }
+            return e
+        }
+        return ["world_size": worldSize, "ranks": ranks, "lost_rank": lost ?? NSNull(), "manifest": manifestHash,
+                "refused_logins": refusedLogins, "dropped_connections": droppedConnections]
+    }
+}

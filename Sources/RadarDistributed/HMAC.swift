@@ -1,0 +1,37 @@
+import Foundation
+import RadarCore
+
+/// HMAC-SHA256 (RFC 2104) over our SHA-256, for the coordinator's challenge-response login.
+public enum HMACSHA256 {
+    public static func hex(key: Data, message: Data) -> String {
+        var k = [UInt8](key)
+        if k.count > 64 { k = hexBytes(SHA256Digest.hex(key)) }
+        k += [UInt8](repeating: 0, count: 64 - k.count)
+        var inner = SHA256Digest()
+        inner.update(Data(k.map { $0 ^ 0x36 }))
+        inner.update(message)
+        var outer = SHA256Digest()
+        outer.update(Data(k.map { $0 ^ 0x5c }))
+        outer.update(Data(hexBytes(inner.finalize())))
+        return outer.finalize()
+    }
+
+    static func hexBytes(_ s: String) -> [UInt8] {
+        var out: [UInt8] = []
+        var i = s.startIndex
+        while i < s.endIndex {
+            let j = s.index(i, offsetBy: 2)
+            out.append(UInt8(s[i..<j], radix: 16)!)
+            i = j
+        }
+        return out
+    }
+
+    /// Constant-time comparison of two hex digests.
+    public static func equal(_ a: String, _ b: String) -> Bool {
+        guard a.utf8.count == b.utf8.count else { return false }
+        var d: UInt8 = 0
+        for (x, y) in zip(a.utf8, b.utf8) { d |= x ^ y }
+        return d == 0
+    }
+}

@@ -1,0 +1,32 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Helpers for starting the TCP transport.
+public enum TCPRendezvous {
+    /// A data listener on every interface, on a free port: (fd, port).
+    public static func listen() throws -> (Int32, Int) { try Sockets.listen(host: "0.0.0.0", port: 0) }
+
+    /// The local address this host uses to reach host:port (what peers should dial).
+    public static func localAddress(towards host: String, port: Int) throws -> String {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = try Sockets.address(host, port)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var local = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        var buf = [CChar](repeating: 0, count: 64)
+        inet_ntop(AF_INET, &local.sin_addr, &buf, 64)
+        let s = String(cString: buf)
+        return s == "0.0.0.0" ? "127.0.0.1" : s
+    }
+
+    /// A free TCP port on this host (for launchers).
+    public static func freePort() throws -> Int {
+        let (fd, port) = try Sockets.listen(host: "127.0.0.1", port: 0)
+        close(fd)
+        return port
+    }
+}
