@@ -184,6 +184,57 @@ final class MPITrainingTests: XCTestCase {
     }
 }
 
+final class TCPTransportTests: XCTestCase {
+    let bin = MPITrainingTests.products
+
+    func testThreeTCPRanksMatchThreeMPIRanks() throws {
+        let common = ["--data", MPITrainingTests.dataset, "--experiment", "e", "--config", "tiny", "--batch-size", "4", "--num-epochs", "1",
+                      "--max-steps-per-epoch", "3", "--accumulation-steps", "1", "--threads", "1"]
+        let tcp = String(decoding: try Process.runCapturing([bin.appendingPathComponent("radar").path, "launch", "-n", "3", "--",
+                                                             "radar-worker", "--output", NSTemporaryDirectory() + "tcp-\(getpid())"] + common), as: UTF8.self)
+        var argv = ["mpirun", "--oversubscribe"]
+        if geteuid() == 0 { argv.append("--allow-run-as-root") }
+        argv += ["-n", "3", bin.appendingPathComponent("radar-worker").path, "--output", NSTemporaryDirectory() + "mpi-\(getpid())"] + common
+        let mpi = String(decoding: try Process.runCapturing(argv), as: UTF8.self)
+        func hashes(_ s: String) -> Set<String> {
+            Set(s.split(separator: "\n").filter { $0.contains("fnv1a") }.map { String($0.split(separator: " ")[4]) })
+        }
+        XCTAssertEqual(hashes(tcp).count, 1, tcp)
+        XCTAssertEqual(hashes(tcp), hashes(mpi), "TCP and MPI ranks end with the same parameters:\n\(tcp)\n\(mpi)")
+        XCTAssertEqual(tcp.split(separator: "\n").filter { $0.contains("fnv1a") }.count, 3)
+    }
+
+    func testKilledTCPRankStopsTheOthersNamingIt() throws {
+        let out = NSTemporaryDirectory() + "tcp-kill-\(UUID().uuidString.prefix(6))"
+        let p = Process()
+        p.executableURL = bin.appendingPathComponent("radar")
+        p.arguments = ["launch", "-n", "3", "--", "radar-worker", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e",
+                       "--config", "tiny", "--batch-size", "4", "--num-epochs", "50", "--threads", "1", "--timeout", "20"]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline && ((try? String(contentsOfFile: out + "/e/metrics.jsonl", encoding: .utf8)) ?? "").isEmpty { usleep(100_000) }
+        let pids = String(decoding: try Process.runCapturing(["pgrep", "-f", "radar-worker.*\(out)"]), as: UTF8.self)
+            .split(separator: "\n").compactMap { Int32($0) }.filter { $0 != p.processIdentifier }
+        // Kill rank 1 (rank 0 hosts the coordinator).
+        let victim = pids.first { pid in
+            ((try? String(contentsOfFile: "/proc/\(pid)/environ", encoding: .utf8)) ?? "").split(separator: "\0").contains("RANK=1")
+        }
+        XCTAssertNotNil(victim, "rank 1 running among \(pids)")
+        let t0 = Date()
+        if let v = victim { kill(v, SIGKILL) }
+        p.waitUntilExit()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertNotEqual(p.terminationStatus, 0)
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 30)
+        XCTAssertTrue(text.contains("rank 1 lost"), text)
+        let left = String(decoding: try Process.runCapturing(["pgrep", "-f", "radar-worker.*\(out)"]), as: UTF8.self)
+        XCTAssertTrue(left.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "no rank left running: \(left)")
+    }
+}
+
 final class DemoPipelineTests: XCTestCase {
     /// The README demo's steps on the smallest config: synth -> 2 MPI ranks -> evaluate -> export.
     /// Also checks that test metrics gathered over 2 ranks equal a single-process evaluation.

@@ -15,7 +15,8 @@ public final class CoordinatorClient: @unchecked Sendable {
     public private(set) var manifestHash = ""
     private var progress: [String: Any] = [:]
     private var closed = false
-    public var onAbort: (String) -> Never = { reason in
+    /// What happens when the coordinator aborts the job (default: print and exit non-zero).
+    public var onAbort: (String) -> Void = { reason in
         FileHandle.standardError.write(Data((reason + "\n").utf8))
         exit(1)
     }
@@ -59,7 +60,10 @@ public final class CoordinatorClient: @unchecked Sendable {
                     if !c { onAbort("rank \(rank): lost the coordinator; stopping") }
                     return
                 }
-                if kind == .abort { onAbort("rank \(rank): stopping: \(msg["reason"] ?? "the coordinator aborted the job")") }
+                if kind == .abort {
+                    onAbort("rank \(rank): stopping: \(msg["reason"] ?? "the coordinator aborted the job")")
+                    return
+                }
             }
         }
     }

@@ -35,21 +35,25 @@ public final class CoordinatorServer: @unchecked Sendable {
         self.worldSize = worldSize
         self.token = token
         (listenFD, self.port) = try Sockets.listen(host: host, port: port)
-        Thread.detachNewThread { [weak self] in self?.acceptLoop() }
+        Thread.detachNewThread { [self] in self.acceptLoop() }
         Thread.detachNewThread { [weak self] in self?.watch() }
     }
 
+    /// Stops accepting. The listening descriptor is closed by the accept thread itself, so its
+    /// number cannot be reused by another socket while that thread still polls it.
     public func stop() {
         lock.lock(); stopped = true; lock.unlock()
         shutdown(listenFD, Int32(SHUT_RDWR))
-        close(listenFD)
     }
 
     private func acceptLoop() {
+        defer { close(listenFD) }
         while true {
             lock.lock(); let s = stopped; lock.unlock()
             if s { return }
             guard let fd = Sockets.accept(listenFD, deadline: Date().addingTimeInterval(1)) else { continue }
+            lock.lock(); let late = stopped; lock.unlock()
+            if late { close(fd); return }
             Thread.detachNewThread { [weak self] in self?.serve(fd) }
         }
     }
