@@ -43,6 +43,8 @@ struct RadarWorker: ParsableCommand {
     @Option(help: "Coordinator HOST:PORT (default: in-process on rank 0; for tcp at MASTER_ADDR:MASTER_PORT).") var coordinator: String?
     @Option(help: "File holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
     @Option(help: "Seconds without a heartbeat before the coordinator declares a rank lost.") var heartbeatDeadline: Double = 10
+    @Flag(help: "After every optimizer step, compare a hash of every rank's parameters and buffers (stop on a difference).")
+    var verifyReplicas = false
 
     func run() throws {
         switch transport {
@@ -154,7 +156,7 @@ struct RadarWorker: ParsableCommand {
 
     func train(_ comm: Communicator, client: CoordinatorClient) throws {
         let env = ProcessInfo.processInfo.environment
-        let localRanks = Int(env["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "") ?? comm.size
+        let localRanks = Int(env["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? env["LOCAL_WORLD_SIZE"] ?? "") ?? comm.size
         var o = TrainOptions(data: data, output: output, experiment: experiment, config: try RADARConfig.resolve(config))
         o.batchSize = batchSize
         o.epochs = numEpochs
@@ -193,6 +195,17 @@ struct RadarWorker: ParsableCommand {
                 do { try comm.allReduce(p, count: n) } catch {
                     logLine("radar-worker rank \(comm.rank): \(error)")
                     comm.abort(1)
+                }
+            }
+        }
+        if verifyReplicas {
+            run.afterStep = {
+                var h: UInt64 = 0xcbf2_9ce4_8422_2325
+                for v in run.ctx.params.values { h = (h ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 }
+                for v in run.ctx.params.buffers { h = (h ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 }
+                let all = try comm.allGather(withUnsafeBytes(of: h) { Data($0) })
+                if Set(all).count != 1 {
+                    throw CommunicationError(rank: comm.rank, peer: nil, reason: "replicas differ after optimizer step \(run.trainer.optimizer.step)")
                 }
             }
         }

@@ -61,9 +61,10 @@ final class MPITrainingTests: XCTestCase {
         return h.first ?? ""
     }
 
-    func testTwoAndFourRanksEndWithIdenticalParameters() throws {
-        _ = try assertReplicasAgree(ranks: 2)
-        _ = try assertReplicasAgree(ranks: 4)
+    func testTwoAndFourRanksStayBitIdenticalAfterEveryStep() throws {
+        // --verify-replicas compares every rank's parameter+buffer hash after each optimizer step.
+        _ = try assertReplicasAgree(ranks: 2, extra: ["--verify-replicas"])
+        _ = try assertReplicasAgree(ranks: 4, extra: ["--verify-replicas"])
     }
 
     func testOverlappedAndSequentialAllReduceGiveIdenticalParameters() throws {

@@ -90,6 +90,8 @@ public final class TrainingRun {
     var writes: Bool { options.rank == 0 }
     /// Data-parallel runs: every rank's equal-length Float array, in rank order, on every rank.
     public var allGather: (([Float]) throws -> [[Float]])?
+    /// Called after every optimizer step (e.g. to check that replicas are still identical).
+    public var afterStep: (() throws -> Void)?
 
     public init(options: TrainOptions) throws {
         self.options = options
@@ -255,6 +257,7 @@ public final class TrainingRun {
                 batchIndex += 1
                 onBatch?(epoch, batchIndex, steps, r.terms.total)
                 guard r.stepped else { continue }
+                try afterStep?()
                 var entry: [String: Any] = ["epoch": epoch, "step": trainer.optimizer.step, "lr": r.lr, "grad_norm": r.gradNorm,
                                             "skipped": r.skipped]
                 for (k, v) in r.terms.named { entry["loss_\(k)"] = v }
