@@ -73,7 +73,7 @@ extension Communicator {
 /// ends with bit-identical values.
 public struct RingAllReduce {
     public let communicator: Communicator
-    public var chunkFloats = 1 << 18
+    public var chunkFloats = 1 << 20
 
     public init(communicator: Communicator) { self.communicator = communicator }
 

@@ -76,11 +76,12 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
             guard rc == radar_mpi_success() else { throw MPIError(call: "MPI_Test", code: rc, rank: rank) }
             if flag != 0 { return }
             spins += 1
-            if spins > 1000 {
+            // Spin (yielding the core) while transfers are quick; back off once a wait is long.
+            if spins % 1024 == 0 {
                 if Date() > deadline {
                     throw CommunicationError(rank: rank, peer: peer, reason: "no progress for \(Int(timeout)) s (is rank \(peer) alive?)")
                 }
-                usleep(spins > 100_000 ? 1000 : 50)
+                if spins > 1 << 20 { usleep(500) } else { sched_yield() }
             }
         }
     }
