@@ -67,10 +67,10 @@ extension Communicator {
 }
 
 /// Reduce-scatter then all-gather around the ring, in chunks, pipelined: the buffer is cut into
-/// `size` segments (any length: segment boundaries are `count * i / size`), and every segment
-/// travels in pieces of at most `chunkFloats`, so a piece is reduced while the next is in flight.
-/// Each segment's sum is formed in one fixed order along the ring and then copied, so every rank
-/// ends with bit-identical values.
+/// `size` segments (any length: segment boundaries are `count * i / size`), every segment travels
+/// in pieces of at most `chunkFloats`, and while piece k+1 is on the wire a helper thread adds
+/// piece k into the buffer (two scratch pieces alternate). Each segment's sum is formed in one
+/// fixed order along the ring and then copied, so every rank ends with bit-identical values.
 public struct RingAllReduce {
     public let communicator: Communicator
     public var chunkFloats = 1 << 20
@@ -84,36 +84,109 @@ public struct RingAllReduce {
         let next = (c.rank + 1) % p, prev = (c.rank - 1 + p) % p
         func bounds(_ seg: Int) -> Range<Int> { (count * seg / p)..<(count * (seg + 1) / p) }
         let maxSeg = (0..<p).map { bounds($0).count }.max()!
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(min(maxSeg, chunkFloats), 1))
+        let piece = max(min(maxSeg, chunkFloats), 1)
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * piece)
         defer { scratch.deallocate() }
+        // The helper thread only pays off when a segment travels in several pieces.
+        let reducer: PieceReducer? = maxSeg > piece ? PieceReducer() : nil
+        defer { reducer?.finish() }
         // Reduce-scatter: after p-1 steps rank r holds the full reduction of segment (r+1) % p.
         for s in 0..<(p - 1) {
             let sendSeg = bounds((c.rank - s + p) % p), recvSeg = bounds((c.rank - s - 1 + p) % p)
             // Every rank makes the same number of exchanges per step (set by the largest segment),
             // so each message meets a receive of its own size.
-            var off = 0
+            var off = 0, k = 0
             while off < maxSeg {
-                let sn = max(0, min(chunkFloats, sendSeg.count - off)), rn = max(0, min(chunkFloats, recvSeg.count - off))
-                try c.sendRecv(buffer + sendSeg.lowerBound + off, sendBytes: sn * 4, to: next,
-                               scratch, recvBytes: rn * 4, from: prev, tag: tag)
-                let dst = buffer + recvSeg.lowerBound + off
-                switch op {
-                case .sum: for i in 0..<rn { dst[i] += scratch[i] }
-                case .max: for i in 0..<rn { dst[i] = Swift.max(dst[i], scratch[i]) }
+                let sn = max(0, min(piece, sendSeg.count - off)), rn = max(0, min(piece, recvSeg.count - off))
+                let slot = scratch + (k % 2) * piece
+                reducer?.waitForSlot(k % 2)
+                try c.sendRecv(buffer + sendSeg.lowerBound + off, sendBytes: sn * 4, to: next, slot, recvBytes: rn * 4, from: prev, tag: tag)
+                if let reducer {
+                    reducer.add(slot: k % 2, from: slot, into: buffer + recvSeg.lowerBound + off, count: rn, op: op)
+                } else {
+                    PieceReducer.add(slot, into: buffer + recvSeg.lowerBound + off, count: rn, op: op)
                 }
-                off += chunkFloats
+                off += piece
+                k += 1
             }
+            reducer?.drain()  // the next step sends what this step reduced
         }
         // All-gather: pass the finished segments around.
         for s in 0..<(p - 1) {
             let sendSeg = bounds((c.rank + 1 - s + p) % p), recvSeg = bounds((c.rank - s + p) % p)
             var off = 0
             while off < maxSeg {
-                let sn = max(0, min(chunkFloats, sendSeg.count - off)), rn = max(0, min(chunkFloats, recvSeg.count - off))
+                let sn = max(0, min(piece, sendSeg.count - off)), rn = max(0, min(piece, recvSeg.count - off))
                 try c.sendRecv(buffer + sendSeg.lowerBound + off, sendBytes: sn * 4, to: next,
                                buffer + recvSeg.lowerBound + off, recvBytes: rn * 4, from: prev, tag: tag)
-                off += chunkFloats
+                off += piece
             }
+        }
+    }
+}
+
+/// A helper thread that adds received pieces into the buffer while the next piece is in flight.
+final class PieceReducer: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var pending: [(slot: Int, src: UnsafeMutablePointer<Float>, dst: UnsafeMutablePointer<Float>, n: Int, op: ReduceOp)] = []
+    private var busy = [false, false]
+    private var stopped = false
+    private var thread: Thread?
+
+    init() {
+        let t = Thread { [unowned self] in self.loop() }
+        thread = t
+        t.start()
+    }
+
+    func add(slot: Int, from src: UnsafeMutablePointer<Float>, into dst: UnsafeMutablePointer<Float>, count n: Int, op: ReduceOp) {
+        cond.lock()
+        busy[slot] = true
+        pending.append((slot, src, dst, n, op))
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// Blocks until the piece last queued on `slot` has been added (its scratch is free again).
+    func waitForSlot(_ slot: Int) {
+        cond.lock()
+        while busy[slot] { cond.wait() }
+        cond.unlock()
+    }
+
+    func drain() {
+        cond.lock()
+        while busy[0] || busy[1] { cond.wait() }
+        cond.unlock()
+    }
+
+    func finish() {
+        drain()
+        cond.lock()
+        stopped = true
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    static func add(_ src: UnsafeMutablePointer<Float>, into dst: UnsafeMutablePointer<Float>, count n: Int, op: ReduceOp) {
+        switch op {
+        case .sum: for i in 0..<n { dst[i] += src[i] }
+        case .max: for i in 0..<n { dst[i] = Swift.max(dst[i], src[i]) }
+        }
+    }
+
+    private func loop() {
+        while true {
+            cond.lock()
+            while pending.isEmpty && !stopped { cond.wait() }
+            if pending.isEmpty && stopped { cond.unlock(); return }
+            let job = pending.removeFirst()
+            cond.unlock()
+            PieceReducer.add(job.src, into: job.dst, count: job.n, op: job.op)
+            cond.lock()
+            busy[job.slot] = false
+            cond.broadcast()
+            cond.unlock()
         }
     }
 }
