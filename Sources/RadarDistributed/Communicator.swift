@@ -19,6 +19,9 @@ public protocol Communicator: AnyObject {
     var rank: Int { get }
     var size: Int { get }
     var timeout: TimeInterval { get set }
+    /// The optimizer step messages belong to (the TCP transport puts it in every frame header
+    /// and checks it on receipt).
+    var step: Int { get set }
 
     /// Sends `sendBytes` to `to` while receiving `recvBytes` from `from` (both may be the same
     /// peer); returns when both are done. `tag` separates concurrent streams.
@@ -32,8 +35,9 @@ public protocol Communicator: AnyObject {
 
 extension Communicator {
     /// Ring all-reduce of a Float buffer in place (see `RingAllReduce`).
-    public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp = .sum) throws {
-        try RingAllReduce(communicator: self).run(buffer, count: count, op: op, tag: 1)
+    /// `tensor` identifies what is reduced (a gradient bucket, a flag); it travels as the tag.
+    public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp = .sum, tensor: Int = 1) throws {
+        try RingAllReduce(communicator: self).run(buffer, count: count, op: op, tag: tensor)
     }
 
     /// Rank `root`'s bytes to everyone, along the ring.

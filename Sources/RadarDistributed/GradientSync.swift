@@ -46,7 +46,8 @@ public final class GradientSync: @unchecked Sendable {
     }
 
     /// Call before backward: starts the communication thread for this step (overlap mode).
-    public func beginBackward(_ ctx: ExecutionContext) {
+    public func beginBackward(_ ctx: ExecutionContext, step: Int) {
+        communicator.step = step
         guard overlap, communicator.size > 1 else { return }
         cond.lock()
         finalFrom = Int.max
@@ -89,7 +90,8 @@ public final class GradientSync: @unchecked Sendable {
 
     private func reduce(_ b: Range<Int>) throws {
         let p = store.grads.baseAddress! + b.lowerBound
-        try communicator.allReduce(p, count: b.count)
+        // Bucket i travels as tensor 100 + i.
+        try communicator.allReduce(p, count: b.count, tensor: 100 + (buckets.firstIndex(of: b) ?? 0))
         let inv = 1 / Float(communicator.size)
         for i in 0..<b.count { p[i] *= inv }
     }
@@ -112,7 +114,7 @@ public final class GradientSync: @unchecked Sendable {
             for b in buckets { try reduce(b) }
         }
         var flag: Float = localFinite ? 0 : 1
-        try communicator.allReduce(&flag, count: 1, op: .max)
+        try communicator.allReduce(&flag, count: 1, op: .max, tensor: 4)
         // BatchNorm running statistics follow rank 0 (PyTorch DDP's broadcast_buffers), so every
         // replica evaluates and checkpoints the same model.
         try communicator.broadcast(store.buffers.baseAddress!, bytes: store.buffers.count * 4)

@@ -19,6 +19,7 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
     public let size: Int
     public let threadLevel: Int32
     public var timeout: TimeInterval = 60
+    public var step = 0
     private let world: MPI_Comm
 
     /// Initialises MPI asking for `MPI_THREAD_SERIALIZED` (only one thread calls MPI at a time;

@@ -5,13 +5,14 @@ import Glibc
 #endif
 
 /// The TCP transport: one connection per pair of ranks (raw POSIX sockets, TCP_NODELAY, 4 MiB
-/// buffers). Every message carries a 32-byte header (magic, version, job id, tag, per-link
-/// sequence number, length) that the receiver checks, so a crossed or stale stream is an
+/// buffers). Every message carries a 32-byte header (magic, version, step (low 16 bits), job id,
+/// tensor id (the tag), per-link sequence number, length) that the receiver checks, so a crossed or stale stream is an
 /// error, not silent corruption. Transfers are non-blocking and polled against a deadline.
 public final class TCPCommunicator: Communicator, @unchecked Sendable {
     public let rank: Int
     public let size: Int
     public var timeout: TimeInterval = 60
+    public var step = 0
     public let jobID: UInt64
     private var fds: [Int32]
     private var sendSeq: [UInt32]
@@ -81,6 +82,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         h.withUnsafeMutableBytes { raw in
             raw.storeBytes(of: TCPCommunicator.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
             raw.storeBytes(of: UInt16(1).littleEndian, toByteOffset: 4, as: UInt16.self)
+            raw.storeBytes(of: UInt16(truncatingIfNeeded: step).littleEndian, toByteOffset: 6, as: UInt16.self)
             raw.storeBytes(of: jobID.littleEndian, toByteOffset: 8, as: UInt64.self)
             raw.storeBytes(of: Int32(tag).littleEndian, toByteOffset: 16, as: Int32.self)
             raw.storeBytes(of: seq.littleEndian, toByteOffset: 20, as: UInt32.self)
@@ -156,6 +158,10 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     }
 
     private func checkHeader(_ h: [UInt8], from: Int, tag: Int, seq: UInt32, length: Int) throws {
+        let st = h.withUnsafeBytes { Int(UInt16(littleEndian: $0.loadUnaligned(fromByteOffset: 6, as: UInt16.self))) }
+        guard st == step & 0xffff else {
+            throw CommunicationError(rank: rank, peer: from, reason: "frame from rank \(from) is for step \(st), this rank is at step \(step & 0xffff)")
+        }
         let (magic, job, t, sq, len) = h.withUnsafeBytes { raw in
             (UInt32(littleEndian: raw.load(fromByteOffset: 0, as: UInt32.self)), UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
              Int32(littleEndian: raw.load(fromByteOffset: 16, as: Int32.self)), UInt32(littleEndian: raw.load(fromByteOffset: 20, as: UInt32.self)),

@@ -183,7 +183,10 @@ struct RadarWorker: ParsableCommand {
         try fingerprint.verify(comm)
         let sync = GradientSync(communicator: comm, store: run.ctx.params, bucketBytes: bucketMb << 20, overlap: !noOverlap && !syncBn)
         try sync.broadcastInitialState()
-        run.trainer.beforeBackward = { last in if last { sync.beginBackward(run.ctx) } }
+        run.trainer.beforeBackward = { last in
+            comm.step = run.trainer.optimizer.step
+            if last { sync.beginBackward(run.ctx, step: run.trainer.optimizer.step) }
+        }
         run.gradientHook = { _, finite in
             do { return try sync.finish(run.ctx, localFinite: finite) } catch {
                 logLine("radar-worker rank \(comm.rank): \(error)")
