@@ -32,12 +32,14 @@ let package = Package(
         .target(name: "RadarCore", dependencies: ["COpenBLAS", "CFFTW", "CLZ4", "CPNG", "CTurboJPEG", "CArchive", "CTaskClosure"]),
         .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
 
+        // The command-line pieces radar and radar-worker share (training flags, progress).
+        .target(name: "RadarCLI", dependencies: ["RadarCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "radar", dependencies: [
-            "RadarCore", "RadarDistributed", "CAllocationCounter",
+            "RadarCore", "RadarDistributed", "RadarCLI", "CAllocationCounter",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "radar-worker", dependencies: [
-            "RadarCore", "RadarDistributed",
+            "RadarCore", "RadarDistributed", "RadarCLI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "radar-coordinator", dependencies: [

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RadarCLI
 import RadarCore
 import RadarDistributed
 
@@ -12,26 +13,7 @@ struct RadarWorker: ParsableCommand {
         commandName: "radar-worker",
         abstract: "One data-parallel RADAR training rank (launch with mpirun).")
 
-    @Option(help: "Prepared dataset directory (radar prepare / radar synth).") var data: String
-    @Option(help: "Output root.") var output = "outputs"
-    @Option(help: "Experiment name (outputs/<experiment>/).") var experiment = "radar"
-    @Option(help: "Preset (tiny, mid, full) or a config JSON file.") var config = "full"
-    @Option(help: "Images per micro-batch on each rank.") var batchSize = 32
-    @Option(help: "Epochs.") var numEpochs = 10
-    @Option(help: "Peak learning rate (OneCycle).") var learningRate = 5e-4
-    @Option(help: "AdamW weight decay.") var weightDecay = 0.05
-    @Option(help: "Micro-batches per optimizer step.") var accumulationSteps = 2
-    @Option(help: "Early-stopping patience in epochs.") var patience = 10
-    @Option(help: "Seed.") var seed: UInt64 = 42
-    @Option(help: "CPU threads per rank (default: cores / ranks on this node).") var threads: Int?
-    @Option(help: "Loader threads per rank.") var loaderThreads = 1
-    @Flag(help: "Disable training augmentation.") var noAugment = false
-    @Option(help: "Cap optimizer steps per epoch (0: all).") var maxStepsPerEpoch = 0
-    @Option(help: "A timm vit_small_patch16_224 safetensors file for the encoder.") var pretrained: String?
-    @Option(help: "Write last.safetensors.lz4 every N optimizer steps.") var checkpointEvery = 0
-    @Option(help: "Continue from a checkpoint: a path, or auto.") var resume: String?
-    @Flag(help: "Allow resuming a checkpoint written with another world size.") var allowWorldSizeChange = false
-    @Option(help: "Stop after this many optimizer steps in total, writing the last checkpoint.") var stopAfterSteps = 0
+    @OptionGroup var flags: TrainingFlags
     @Flag(help: "SyncBatchNorm: batch statistics all-reduced across ranks (turns overlap off).") var syncBn = false
     @Flag(help: "All-reduce after backward instead of overlapping it.") var noOverlap = false
     @Option(help: "Gradient bucket size in MiB.") var bucketMb = 25
@@ -157,28 +139,10 @@ struct RadarWorker: ParsableCommand {
     func train(_ comm: Communicator, client: CoordinatorClient) throws {
         let env = ProcessInfo.processInfo.environment
         let localRanks = Int(env["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? env["LOCAL_WORLD_SIZE"] ?? "") ?? comm.size
-        var o = TrainOptions(data: data, output: output, experiment: experiment, config: try RADARConfig.resolve(config))
-        o.batchSize = batchSize
-        o.epochs = numEpochs
-        o.learningRate = learningRate
-        o.weightDecay = weightDecay
-        o.accumulation = accumulationSteps
-        o.patience = patience
-        o.seed = seed
-        o.threads = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(localRanks, 1))
-        o.loaderThreads = loaderThreads
-        o.augment = !noAugment
-        o.maxBatchesPerEpoch = maxStepsPerEpoch
-        o.pretrained = pretrained
-        o.checkpointEvery = checkpointEvery
-        o.resume = resume
-        o.allowWorldSizeChange = allowWorldSizeChange
-        o.stopAfterSteps = stopAfterSteps
-        o.rank = comm.rank
-        o.worldSize = comm.size
+        let o = try flags.options(rank: comm.rank, worldSize: comm.size, localRanks: localRanks)
         let run = try TrainingRun(options: o)
         let fingerprint = Fingerprint(config: o.config, layout: run.model.layout, manifestHash: run.set.manifest.contentHash,
-                                      worldSize: comm.size, extra: [("batch size", String(batchSize)), ("seed", String(seed)),
+                                      worldSize: comm.size, extra: [("batch size", String(o.batchSize)), ("seed", String(o.seed)),
                                                                     ("sync-bn", String(syncBn))])
         try fingerprint.verify(comm)
         let sync = GradientSync(communicator: comm, store: run.ctx.params, bucketBytes: bucketMb << 20, overlap: !noOverlap && !syncBn)
@@ -218,13 +182,9 @@ struct RadarWorker: ParsableCommand {
         }
         if comm.rank == 0 {
             run.log = logLine
-            logLine("radar-worker: \(comm.size) ranks x batch \(batchSize) x \(accumulationSteps) accumulation, \(o.threads) threads per rank, \(sync.buckets.count) gradient buckets, overlap \(sync.overlap), sync-bn \(syncBn)")
-            var bar: ProgressReporter?
-            var lastEpoch = -1
-            run.onBatch = { epoch, done, total, loss in
+            logLine("radar-worker: \(comm.size) ranks x batch \(o.batchSize) x \(o.accumulation) accumulation, \(o.threads) threads per rank, \(sync.buckets.count) gradient buckets, overlap \(sync.overlap), sync-bn \(syncBn)")
+            attachProgress(run, imagesPerBatch: o.batchSize * comm.size) { epoch, done, loss in
                 client.report(["epoch": epoch, "batch": done, "loss": loss, "step": run.trainer.optimizer.step])
-                if epoch != lastEpoch { bar = ProgressReporter("epoch \(epoch + 1)/\(o.epochs)", total: total, unit: "img"); lastEpoch = epoch }
-                bar?.update(done, items: done * o.batchSize * comm.size, detail: String(format: "loss %.4f", loss))
             }
         }
         if comm.rank != 0 {

@@ -144,11 +144,7 @@ final class MPITrainingTests: XCTestCase {
         p.standardOutput = FileHandle.nullDevice
         try p.run()
         // Wait until training runs (a metrics.jsonl line), then kill -9 one rank.
-        let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline && ((try? String(contentsOfFile: out + "/e/metrics.jsonl", encoding: .utf8)) ?? "").isEmpty { usleep(100_000) }
-        // pgrep also matches mpirun's own command line: leave it out.
-        let pids = try String(decoding: Process.runCapturing(["pgrep", "-f", "radar-worker.*\(out)"]), as: UTF8.self)
-            .split(separator: "\n").compactMap { Int32($0) }.filter { $0 != p.processIdentifier }
+        let pids = try Process.workersOnceTraining(out, launcher: p.processIdentifier)
         XCTAssertEqual(pids.count, 2, "two ranks running")
         let t0 = Date()
         if let victim = pids.last { kill(victim, SIGKILL) }
@@ -215,10 +211,7 @@ final class TCPTransportTests: XCTestCase {
         p.standardError = err
         p.standardOutput = FileHandle.nullDevice
         try p.run()
-        let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline && ((try? String(contentsOfFile: out + "/e/metrics.jsonl", encoding: .utf8)) ?? "").isEmpty { usleep(100_000) }
-        let pids = String(decoding: try Process.runCapturing(["pgrep", "-f", "radar-worker.*\(out)"]), as: UTF8.self)
-            .split(separator: "\n").compactMap { Int32($0) }.filter { $0 != p.processIdentifier }
+        let pids = try Process.workersOnceTraining(out, launcher: p.processIdentifier)
         // Kill rank 1 (rank 0 hosts the coordinator).
         let victim = pids.first { pid in
             ((try? String(contentsOfFile: "/proc/\(pid)/environ", encoding: .utf8)) ?? "").split(separator: "\0").contains("RANK=1")
@@ -270,6 +263,15 @@ final class DemoPipelineTests: XCTestCase {
 }
 
 extension Process {
+    /// Waits until a run writing to `out` has logged a step, then returns its worker pids (pgrep
+    /// also matches the launcher's own command line, which is left out).
+    static func workersOnceTraining(_ out: String, launcher: Int32) throws -> [Int32] {
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline && ((try? String(contentsOfFile: out + "/e/metrics.jsonl", encoding: .utf8)) ?? "").isEmpty { usleep(100_000) }
+        return String(decoding: try runCapturing(["pgrep", "-f", "radar-worker.*\(out)"]), as: UTF8.self)
+            .split(separator: "\n").compactMap { Int32($0) }.filter { $0 != launcher }
+    }
+
     /// stdout of a short command (status ignored).
     static func runCapturing(_ args: [String]) throws -> Data {
         let p = Process()

@@ -18,10 +18,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public static let grain = 16_384
 
     var fftPlans: [Int: OpaquePointer] = [:]
-    private var scratch: UnsafeMutablePointer<Float>?
-    private var scratchCount = 0
-    private var doubles: UnsafeMutablePointer<Double>?
-    private var doublesCount = 0
+    private let floatScratch = GrowableBuffer<Float>()
+    private let doubleScratch = GrowableBuffer<Double>()
     let planLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     public init(threads: Int = 1) {
@@ -32,8 +30,6 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     deinit {
         for (_, p) in fftPlans { fftwf_destroy_plan(p) }
-        scratch?.deallocate()
-        doubles?.deallocate()
         pthread_mutex_destroy(planLock)
         planLock.deallocate()
     }
@@ -46,23 +42,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     }
 
     /// Kernel scratch memory, grown (rarely) and then reused by every later call.
-    func fftScratch(count: Int) -> UnsafeMutablePointer<Float> {
-        if count > scratchCount {
-            scratch?.deallocate()
-            scratch = .allocate(capacity: count)
-            scratchCount = count
-        }
-        return scratch!
-    }
-
-    func reductionScratch(count: Int) -> UnsafeMutablePointer<Double> {
-        if count > doublesCount {
-            doubles?.deallocate()
-            doubles = .allocate(capacity: count)
-            doublesCount = count
-        }
-        return doubles!
-    }
+    func fftScratch(count: Int) -> UnsafeMutablePointer<Float> { floatScratch.at(least: count) }
+    func reductionScratch(count: Int) -> UnsafeMutablePointer<Double> { doubleScratch.at(least: count) }
 
     public func forEach(_ count: Int, _ body: (Int) -> Void) { pool.run(tasks: count, body) }
 
@@ -144,3 +125,20 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// A buffer that only grows: after warm-up, `at(least:)` hands out the same memory without allocating.
+final class GrowableBuffer<T> {
+    private var base: UnsafeMutablePointer<T>?
+    private var capacity = 0
+
+    func at(least count: Int) -> UnsafeMutablePointer<T> {
+        if count > capacity {
+            base?.deallocate()
+            base = .allocate(capacity: count)
+            capacity = count
+        }
+        return base!
+    }
+
+    deinit { base?.deallocate() }
+}

@@ -1,0 +1,68 @@
+import ArgumentParser
+import Foundation
+import RadarCore
+
+/// The training flags `radar train` and `radar-worker` share (the reference pipeline's, plus
+/// checkpointing), and the options they make.
+public struct TrainingFlags: ParsableArguments {
+    @Option(help: "Prepared dataset directory (radar prepare / radar synth).") public var data: String
+    @Option(help: "Output root.") public var output = "outputs"
+    @Option(help: "Experiment name (outputs/<experiment>/).") public var experiment = "radar"
+    @Option(help: "Preset (tiny, mid, full) or a config JSON file.") public var config = "full"
+    @Option(help: "Images per micro-batch (per rank).") public var batchSize = 32
+    @Option(help: "Epochs.") public var numEpochs = 10
+    @Option(help: "Peak learning rate (OneCycle).") public var learningRate = 5e-4
+    @Option(help: "AdamW weight decay.") public var weightDecay = 0.05
+    @Option(help: "Micro-batches per optimizer step.") public var accumulationSteps = 2
+    @Option(help: "Early-stopping patience in epochs (validation AUC).") public var patience = 10
+    @Option(help: "Seed.") public var seed: UInt64 = 42
+    @Option(help: "Compute threads (default: cores / ranks on this node).") public var threads: Int?
+    @Option(help: "Loader threads (decode + augment).") public var loaderThreads = 1
+    @Flag(help: "Disable training augmentation.") public var noAugment = false
+    @Option(help: "Cap optimizer steps per epoch (0: all), for smoke runs.") public var maxStepsPerEpoch = 0
+    @Option(help: "A timm vit_small_patch16_224 safetensors file for the encoder.") public var pretrained: String?
+    @Option(help: "Write last.safetensors.lz4 every N optimizer steps (always at the end of each epoch).") public var checkpointEvery = 0
+    @Option(help: "Continue from a checkpoint: a path, or auto (the experiment's last checkpoint, if any).") public var resume: String?
+    @Flag(help: "Allow resuming a checkpoint written with another world size (the data position is mapped).")
+    public var allowWorldSizeChange = false
+    @Option(help: "Stop after this many optimizer steps in total, writing the last checkpoint (0: run to the end).")
+    public var stopAfterSteps = 0
+
+    public init() {}
+
+    /// The run's options; `localRanks` processes share this node's cores.
+    public func options(rank: Int = 0, worldSize: Int = 1, localRanks: Int = 1) throws -> TrainOptions {
+        var o = TrainOptions(data: data, output: output, experiment: experiment, config: try RADARConfig.resolve(config))
+        o.batchSize = batchSize
+        o.epochs = numEpochs
+        o.learningRate = learningRate
+        o.weightDecay = weightDecay
+        o.accumulation = accumulationSteps
+        o.patience = patience
+        o.seed = seed
+        o.threads = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(localRanks, 1))
+        o.loaderThreads = loaderThreads
+        o.augment = !noAugment
+        o.maxBatchesPerEpoch = maxStepsPerEpoch
+        o.pretrained = pretrained
+        o.checkpointEvery = checkpointEvery
+        o.resume = resume
+        o.allowWorldSizeChange = allowWorldSizeChange
+        o.stopAfterSteps = stopAfterSteps
+        o.rank = rank
+        o.worldSize = worldSize
+        return o
+    }
+}
+
+/// Progress bar for a training run on rank 0 (epoch, step, loss, images/s, ETA).
+public func attachProgress(_ run: TrainingRun, imagesPerBatch: Int, report: ((Int, Int, Double) -> Void)? = nil) {
+    var bar: ProgressReporter?
+    var lastEpoch = -1
+    let epochs = run.options.epochs
+    run.onBatch = { epoch, done, total, loss in
+        if epoch != lastEpoch { bar = ProgressReporter("epoch \(epoch + 1)/\(epochs)", total: total, unit: "img"); lastEpoch = epoch }
+        bar?.update(done, items: done * imagesPerBatch, detail: String(format: "loss %.4f", loss))
+        report?(epoch, done, loss)
+    }
+}
