@@ -73,13 +73,19 @@ public final class CoordinatorClient: @unchecked Sendable {
         lock.lock(); for (k, v) in values { progress[k] = v }; lock.unlock()
     }
 
-    /// Asks the coordinator for its digest of an epoch plan.
+    /// Signs off (the coordinator stops expecting heartbeats) and closes the link.
     public func finish() {
         lock.lock()
+        if closed { lock.unlock(); return }
         closed = true
         try? Wire.send(fd, .done, ["rank": rank])
         lock.unlock()
         shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    deinit {
+        finish()
+        close(fd)
     }
 
     /// The status of a job, as an observer (rank -1).
