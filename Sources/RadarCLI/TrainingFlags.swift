@@ -56,13 +56,20 @@ public struct TrainingFlags: ParsableArguments {
 }
 
 /// Progress bar for a training run on rank 0 (epoch, step, loss, images/s, ETA).
-public func attachProgress(_ run: TrainingRun, imagesPerBatch: Int, report: ((Int, Int, Double) -> Void)? = nil) {
+/// `report` gets (epoch, batch, loss, images/s since the epoch started).
+public func attachProgress(_ run: TrainingRun, imagesPerBatch: Int, showBar: Bool = true, report: ((Int, Int, Double, Double) -> Void)? = nil) {
     var bar: ProgressReporter?
-    var lastEpoch = -1
+    var lastEpoch = -1, epochStart = Date(), firstBatch = 0
     let epochs = run.options.epochs
     run.onBatch = { epoch, done, total, loss in
-        if epoch != lastEpoch { bar = ProgressReporter("epoch \(epoch + 1)/\(epochs)", total: total, unit: "img"); lastEpoch = epoch }
+        if epoch != lastEpoch {
+            if showBar { bar = ProgressReporter("epoch \(epoch + 1)/\(epochs)", total: total, unit: "img") }
+            lastEpoch = epoch
+            epochStart = Date()
+            firstBatch = done - 1
+        }
         bar?.update(done, items: done * imagesPerBatch, detail: String(format: "loss %.4f", loss))
-        report?(epoch, done, loss)
+        let rate = Double((done - firstBatch) * imagesPerBatch) / max(Date().timeIntervalSince(epochStart), 1e-9)
+        report?(epoch, done, loss, rate)
     }
 }

@@ -36,7 +36,6 @@ struct RadarCoordinator: ParsableCommand {
         @Option(help: "Number of ranks in the job.") var worldSize: Int
         @Option(help: "File holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
         @Option(help: "Seconds without a heartbeat before a rank is declared lost.") var heartbeatDeadline: Double = 10
-        @Option(help: "Batch size per rank (for epoch plan digests).") var batchSize = 32
 
         func run() throws {
             do {
@@ -47,8 +46,9 @@ struct RadarCoordinator: ParsableCommand {
                 if let d = data {
                     let set = try ShardSet(directory: d)
                     server.manifestHash = set.manifest.contentHash
-                    server.planDigest = { seed, epoch, ws in
-                        EpochPlan(set: set, seed: seed, epoch: epoch, worldSize: ws, batchSize: batchSize).digest
+                    server.planDigest = { r in
+                        EpochPlan(set: set, seed: r.seed, epoch: r.epoch, worldSize: r.worldSize, batchSize: r.batchSize,
+                                  batchMultiple: r.batchMultiple, maxBatchesPerRank: r.maxBatchesPerRank).digest
                     }
                 }
                 logLine("radar-coordinator: listening on \(host):\(server.port) for \(worldSize) ranks")

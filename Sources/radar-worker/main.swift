@@ -176,6 +176,31 @@ struct RadarWorker: ParsableCommand {
                 }
             }
         }
+        // The epoch plan is a pure function every rank computes; the coordinator (which knows the
+        // dataset when it runs in-process or with --data) confirms it before each epoch.
+        if let s = RadarWorker.server {
+            let set = run.set
+            s.manifestHash = set.manifest.contentHash
+            s.planDigest = { r in
+                EpochPlan(set: set, seed: r.seed, epoch: r.epoch, worldSize: r.worldSize, batchSize: r.batchSize,
+                          batchMultiple: r.batchMultiple, maxBatchesPerRank: r.maxBatchesPerRank).digest
+            }
+        }
+        run.onEpochStart = { plan in
+            let theirs = try client.epochPlanDigest(epoch: plan.epoch, seed: o.seed, batchSize: o.batchSize, batchMultiple: o.accumulation,
+                                                    maxBatches: o.maxBatchesPerEpoch > 0 ? o.maxBatchesPerEpoch * o.accumulation : 0,
+                                                    timeout: timeout)
+            if !theirs.isEmpty && theirs != plan.digest {
+                throw CommunicationError(rank: comm.rank, peer: nil, reason: "epoch \(plan.epoch) plan differs from the coordinator's (\(plan.digest) vs \(theirs))")
+            }
+        }
+        let started = Date()
+        run.onEpochEnd = { epoch, m in
+            var v: [String: Any] = ["epoch": epoch, "step": run.trainer.optimizer.step]
+            for (k, x) in m where x.isFinite { v[k == "auc" ? "val_auc" : (k == "accuracy" ? "val_acc" : k)] = x }
+            _ = started
+            client.sendProgress(v)
+        }
         run.allGather = { mine in
             let parts = try mine.withUnsafeBytes { try comm.allGather(Data($0)) }
             return parts.map { d in d.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) } }
@@ -183,12 +208,10 @@ struct RadarWorker: ParsableCommand {
         if comm.rank == 0 {
             run.log = logLine
             logLine("radar-worker: \(comm.size) ranks x batch \(o.batchSize) x \(o.accumulation) accumulation, \(o.threads) threads per rank, \(sync.buckets.count) gradient buckets, overlap \(sync.overlap), sync-bn \(syncBn)")
-            attachProgress(run, imagesPerBatch: o.batchSize * comm.size) { epoch, done, loss in
-                client.report(["epoch": epoch, "batch": done, "loss": loss, "step": run.trainer.optimizer.step])
-            }
         }
-        if comm.rank != 0 {
-            run.onBatch = { epoch, done, _, loss in client.report(["epoch": epoch, "batch": done, "loss": loss, "step": run.trainer.optimizer.step]) }
+        // Rank 0 shows the bar; every rank reports progress (with images/s) in its heartbeats.
+        attachProgress(run, imagesPerBatch: o.batchSize * comm.size, showBar: comm.rank == 0) { epoch, done, loss, rate in
+            client.report(["epoch": epoch, "batch": done, "loss": loss, "step": run.trainer.optimizer.step, "images_per_s": rate])
         }
         let h = try run.run()
         // A hash of the parameters and buffers, so launchers and tests can check that replicas agree.

@@ -85,3 +85,51 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(d.finalize(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     }
 }
+
+final class StandaloneCoordinatorTests: XCTestCase {
+    /// `radar-coordinator` as a service with two TCP workers pointed at it: status mid-run shows
+    /// ranks, step, images/s and the last heartbeat; the epoch plans are confirmed against the
+    /// coordinator's own copy of the dataset; the service exits 0 once every rank finished.
+    func testStandaloneCoordinatorServesTCPWorkersAndReportsStatus() throws {
+        let bin = MPITrainingTests.products
+        let tokenFile = NSTemporaryDirectory() + "radar-token-\(getpid())"
+        try Data("s3cret\n".utf8).write(to: URL(fileURLWithPath: tokenFile))
+        let port = try TCPRendezvous.freePort()
+        let coord = Process()
+        coord.executableURL = bin.appendingPathComponent("radar-coordinator")
+        coord.arguments = ["--data", MPITrainingTests.dataset, "--listen", "127.0.0.1:\(port)", "--world-size", "2", "--token-file", tokenFile]
+        coord.standardError = FileHandle.nullDevice
+        try coord.run()
+        let out = NSTemporaryDirectory() + "radar-standalone-\(UUID().uuidString.prefix(6))"
+        var workers: [Process] = []
+        for r in 0..<2 {
+            let w = Process()
+            w.executableURL = bin.appendingPathComponent("radar-worker")
+            w.arguments = ["--transport", "tcp", "--rank", String(r), "--world-size", "2", "--coordinator", "127.0.0.1:\(port)",
+                           "--token-file", tokenFile, "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e",
+                           "--config", "tiny", "--batch-size", "4", "--num-epochs", "3", "--accumulation-steps", "1", "--threads", "1"]
+            w.standardOutput = FileHandle.nullDevice
+            w.standardError = FileHandle.nullDevice
+            try w.run()
+            workers.append(w)
+        }
+        var seen: [String: Any]?
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline && workers.contains(where: { $0.isRunning }) {
+            let text = String(decoding: try Process.runCapturing([bin.appendingPathComponent("radar-coordinator").path, "status",
+                                                                   "--address", "127.0.0.1:\(port)", "--token-file", tokenFile]), as: UTF8.self)
+            if let s = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+               let ranks = s["ranks"] as? [[String: Any]], ranks.count == 2,
+               ranks.allSatisfy({ ($0["step"] as? Int ?? 0) > 0 && $0["images_per_s"] != nil && $0["last_heartbeat_s_ago"] != nil }) {
+                seen = s
+                break
+            }
+            usleep(200_000)
+        }
+        XCTAssertNotNil(seen, "status showed both ranks with step, images/s and last heartbeat")
+        for w in workers { w.waitUntilExit(); XCTAssertEqual(w.terminationStatus, 0) }
+        coord.waitUntilExit()
+        XCTAssertEqual(coord.terminationStatus, 0, "the service ends cleanly once every rank finished")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/e/best.safetensors.lz4"))
+    }
+}

@@ -92,6 +92,10 @@ public final class TrainingRun {
     public var allGather: (([Float]) throws -> [[Float]])?
     /// Called after every optimizer step (e.g. to check that replicas are still identical).
     public var afterStep: (() throws -> Void)?
+    /// Called with each epoch's plan before it starts (e.g. to compare it with the coordinator's).
+    public var onEpochStart: ((EpochPlan) throws -> Void)?
+    /// Called with each epoch's validation metrics.
+    public var onEpochEnd: ((Int, [String: Double]) -> Void)?
 
     public init(options: TrainOptions) throws {
         self.options = options
@@ -241,7 +245,9 @@ public final class TrainingRun {
         let c = options.config
         for epoch in firstEpoch..<options.epochs {
             // This rank's share of the epoch: every rank gets the same number of micro-batches.
-            let mine = plan(epoch: epoch).samples(rank: options.rank)
+            let epochPlan = plan(epoch: epoch)
+            try onEpochStart?(epochPlan)
+            let mine = epochPlan.samples(rank: options.rank)
             let start = epoch == firstEpoch ? firstBatch : 0
             let loader = StreamingLoader(set: set, refs: Array(mine.dropFirst(start * options.batchSize)), batchSize: options.batchSize,
                                          size: c.imgSize, mean: c.mean, std: c.std, augment: options.augment, seed: options.seed,
@@ -280,6 +286,7 @@ public final class TrainingRun {
             history.valAccuracy.append(m["accuracy"]!)
             history.valMetrics.append(m)
             record(["epoch": epoch, "train_loss": history.trainLoss.last!, "val": m, "images_per_s": imagesPerSecond])
+            onEpochEnd?(epoch, m.merging(["train_loss": history.trainLoss.last!, "images_per_s": imagesPerSecond]) { a, _ in a })
             log(String(format: "epoch %d/%d  train_loss %.4f  val_auc %.4f  val_acc %.4f  val_eer %.4f  %.1f img/s", epoch + 1,
                        options.epochs, history.trainLoss.last!, m["auc"]!, m["accuracy"]!, m["eer"]!, imagesPerSecond))
             var stop = false

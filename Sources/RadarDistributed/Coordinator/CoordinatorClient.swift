@@ -15,6 +15,8 @@ public final class CoordinatorClient: @unchecked Sendable {
     public private(set) var manifestHash = ""
     private var progress: [String: Any] = [:]
     private var closed = false
+    private let planReply = NSCondition()
+    private var plans: [Int: String] = [:]
     /// What happens when the coordinator aborts the job (default: print and exit non-zero).
     public var onAbort: (String) -> Void = { reason in
         FileHandle.standardError.write(Data((reason + "\n").utf8))
@@ -60,12 +62,43 @@ public final class CoordinatorClient: @unchecked Sendable {
                     if !c { onAbort("rank \(rank): lost the coordinator; stopping") }
                     return
                 }
+                if kind == .epochPlan, let e = msg["epoch"] as? Int {
+                    planReply.lock(); plans[e] = msg["digest"] as? String ?? ""; planReply.broadcast(); planReply.unlock()
+                    continue
+                }
                 if kind == .abort {
                     onAbort("rank \(rank): stopping: \(msg["reason"] ?? "the coordinator aborted the job")")
                     return
                 }
             }
         }
+    }
+
+    /// The coordinator's digest of an epoch plan ("" when it has no dataset). Call after `start`.
+    public func epochPlanDigest(epoch: Int, seed: UInt64, batchSize: Int, batchMultiple: Int, maxBatches: Int,
+                                timeout: TimeInterval) throws -> String {
+        try lock.withLock {
+            try Wire.send(fd, .epochPlan, ["epoch": epoch, "seed": Int(truncatingIfNeeded: seed), "batch_size": batchSize,
+                                           "batch_multiple": batchMultiple, "max_batches": maxBatches])
+        }
+        let deadline = Date().addingTimeInterval(timeout)
+        planReply.lock()
+        defer { planReply.unlock() }
+        while plans[epoch] == nil {
+            if !planReply.wait(until: deadline) {
+                throw CommunicationError(rank: rank, peer: nil, reason: "the coordinator did not answer the epoch \(epoch) plan request")
+            }
+        }
+        return plans.removeValue(forKey: epoch)!
+    }
+
+    /// Sends metrics right away (a progress message), e.g. validation results at an epoch's end.
+    public func sendProgress(_ values: [String: Any]) {
+        var body = values
+        body["rank"] = rank
+        lock.lock()
+        if !closed { try? Wire.send(fd, .progress, body) }
+        lock.unlock()
     }
 
     /// Reported with the next heartbeat (step, images/s, loss, ...).

@@ -15,8 +15,13 @@ public final class CoordinatorServer: @unchecked Sendable {
     public let port: Int
     public var heartbeatDeadline: TimeInterval = 10
     public var log: (String) -> Void = { _ in }
-    /// (seed, epoch, world size) -> plan digest; nil when the coordinator has no dataset.
-    public var planDigest: ((UInt64, Int, Int) -> String)?
+    /// The plan digest for a request; nil when the coordinator has no dataset.
+    public var planDigest: ((PlanRequest) -> String)?
+
+    /// What an epoch plan is a function of, as a worker asks for it.
+    public struct PlanRequest: Sendable {
+        public var seed: UInt64, epoch: Int, worldSize: Int, batchSize: Int, batchMultiple: Int, maxBatchesPerRank: Int
+    }
     public var manifestHash = ""
 
     private let listenFD: Int32
@@ -24,7 +29,7 @@ public final class CoordinatorServer: @unchecked Sendable {
     private var peers: [Int: TCPCommunicator.Peer] = [:]
     private var connections: [Int: Int32] = [:]
     private var lastSeen: [Int: Date] = [:]
-    private var progress: [Int: [String: Any]] = [:]
+    private var progressSlots: [Int: UnsafeMutablePointer<[String: Any]>] = [:]
     private var finished: Set<Int> = []
     private var lost: Int?
     private var stopped = false
@@ -116,11 +121,16 @@ public final class CoordinatorServer: @unchecked Sendable {
                 let (kind, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(3600))
                 lock.lock(); lastSeen[r] = Date(); lock.unlock()
                 switch kind {
-                case .heartbeat, .progress:
-                    lock.lock(); progress[r] = msg; lock.unlock()
+                case .heartbeat:
+                    lock.lock(); for (k, v) in msg { progressOf(r).pointee[k] = v }; lock.unlock()
+                case .progress:
+                    lock.lock(); for (k, v) in msg { progressOf(r).pointee[k] = v }; lock.unlock()
+                    if r == 0, let auc = msg["val_auc"] { log("coordinator: epoch \(msg["epoch"] ?? "?") validation AUC \(auc)") }
                 case .epochPlan:
-                    let epoch = msg["epoch"] as? Int ?? 0, seed = UInt64(msg["seed"] as? Int ?? 0)
-                    try Wire.send(fd, .epochPlan, ["epoch": epoch, "digest": planDigest?(seed, epoch, worldSize) ?? ""])
+                    let req = PlanRequest(seed: UInt64(truncatingIfNeeded: msg["seed"] as? Int ?? 0), epoch: msg["epoch"] as? Int ?? 0,
+                                          worldSize: worldSize, batchSize: msg["batch_size"] as? Int ?? 1,
+                                          batchMultiple: msg["batch_multiple"] as? Int ?? 1, maxBatchesPerRank: msg["max_batches"] as? Int ?? 0)
+                    try Wire.send(fd, .epochPlan, ["epoch": req.epoch, "digest": planDigest?(req) ?? ""])
                 case .done:
                     lock.lock(); finished.insert(r); lock.unlock()
                     return
@@ -135,6 +145,15 @@ public final class CoordinatorServer: @unchecked Sendable {
             lock.lock(); droppedConnections += 1; lock.unlock()
             if rank == nil { log("coordinator: dropped a connection: \(error)") }
         }
+    }
+
+    private func progressOf(_ r: Int) -> UnsafeMutablePointer<[String: Any]> {
+        if progressSlots[r] == nil {
+            let p = UnsafeMutablePointer<[String: Any]>.allocate(capacity: 1)
+            p.initialize(to: [:])
+            progressSlots[r] = p
+        }
+        return progressSlots[r]!
     }
 
     private func watch() {
@@ -164,7 +183,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         let ranks = (0..<worldSize).map { r -> [String: Any] in
             var e: [String: Any] = ["rank": r, "registered": peers[r] != nil, "finished": finished.contains(r)]
             if let t = lastSeen[r] { e["last_heartbeat_s_ago"] = Date().timeIntervalSince(t) }
-            if let p = progress[r] { for (k, v) in p where k != "rank" { e[k] = v } }
+            if let p = progressSlots[r] { for (k, v) in p.pointee where k != "rank" { e[k] = v } }
             return e
         }
         return ["world_size": worldSize, "ranks": ranks, "lost_rank": lost ?? NSNull(), "manifest": manifestHash,
