@@ -7,10 +7,16 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 venv=.build/pyvenv
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import numpy, safetensors, lz4" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check numpy safetensors lz4
+  if python3 -m venv "$venv" 2>/dev/null; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check numpy safetensors lz4
+  else
+    # No venv module (Debian's python3 without python3-venv): install for the user instead.
+    python3 -m pip install --quiet --user numpy safetensors lz4 2>/dev/null \
+      || python3 -m pip install --quiet --user --break-system-packages numpy safetensors lz4
+    venv=""
+  fi
 fi
-export RADAR_PYTHON="$PWD/$venv/bin/python"
+if [ -n "$venv" ]; then export RADAR_PYTHON="$PWD/$venv/bin/python"; else export RADAR_PYTHON=python3; fi
 export OPENBLAS_NUM_THREADS=1
 swift build --build-tests
 swift test
