@@ -19,4 +19,18 @@ fi
 if [ -n "$venv" ]; then export RADAR_PYTHON="$PWD/$venv/bin/python"; else export RADAR_PYTHON=python3; fi
 export OPENBLAS_NUM_THREADS=1
 swift build --build-tests
-swift test
+log=$(mktemp)
+set +e
+swift test 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One plain closing line with XCTest's totals (swift test ends with Swift Testing's own summary,
+# which counts only swift-testing tests: none here).
+summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -n 1)
+rm -f "$log"
+if [ -n "$summary" ]; then
+  total=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
+  failed=$(echo "$summary" | sed -E 's/.*with ([0-9]+) failures?.*/\1/')
+  echo "$((total - failed)) passed, $failed failed"
+fi
+exit "$status"
