@@ -51,6 +51,15 @@ final class KernelReferenceTests: XCTestCase {
         let gelu = GELU.forward(x.tensor, ctx).0.toArray()
         let ref = x.values.map { v in Float(0.5 * Double(v) * (1 + Foundation.erf(Double(v) / 2.0.squareRoot()))) }
         assertClose(gelu, ref, rtol: 1e-5, atol: 1e-6, "gelu")
+        // GELU's normal CDF over a wide range against the libm erf in double precision: the
+        // absolute error of Phi is what matters (x Phi(x)), bound 2e-7.
+        let wide = HostTensor(Shape(20001), (0..<20001).map { Float(-12 + 0.0012 * Double($0)) })
+        let (gy, _) = GELU.forward(wide.tensor, ctx)
+        let gyv = gy.toArray()
+        for (i, v) in wide.values.enumerated() where v != 0 {
+            let phi = 0.5 * (1 + Foundation.erf(Double(v) / 2.0.squareRoot()))
+            XCTAssertEqual(Double(gyv[i]) / Double(v), phi, accuracy: 2e-7, "Phi(\(v))")
+        }
         let relu = ReLU.forward(x.tensor, ctx).toArray()
         XCTAssertEqual(relu, x.values.map { max($0, 0) })
     }

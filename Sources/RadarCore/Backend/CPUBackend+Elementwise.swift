@@ -72,7 +72,7 @@ extension CPUBackend {
         parallel(x.count) { r in
             for i in r {
                 let v = x.base[i]
-                let phi = 0.5 * (1 + erff(v * 0.707_106_77))
+                let phi = fastNormalCDF(v)
                 cdf.base[i] = phi
                 y.base[i] = v * phi
             }
