@@ -30,6 +30,24 @@ extension Bench {
                                    "images_per_s_per_thread": rate, "machine": machineRecord(threads: 1)])
                     }
                 }
+                // Each augmentation operation alone, on decoded 224 px images (ms per image).
+                let img = try ImageCodec.decode(pngs[0], item: "png")
+                var ops: [String: Double] = [:]
+                func time(_ name: String, _ body: () throws -> Void) rethrows {
+                    let t0 = Date()
+                    for _ in 0..<50 { try body() }
+                    ops[name] = Date().timeIntervalSince(t0) / 50 * 1000
+                }
+                time("flip") { _ = Augmenter.flipHorizontal(img) }
+                time("shift_scale_rotate") { _ = Augmenter.shiftScaleRotate(img, angle: 7, scale: 1.05, dx: 0.03, dy: -0.02) }
+                time("gaussian_blur_5") { _ = Augmenter.gaussianBlur(img, kernel: 5) }
+                try time("jpeg_q85") { _ = try ImageCodec.decodeJPEG(try ImageCodec.encodeJPEG(img, quality: 85), item: "q") }
+                time("brightness") { _ = Augmenter.adjustBrightness(img, 1.05) }
+                time("contrast") { _ = Augmenter.adjustContrast(img, 1.05) }
+                time("saturation") { _ = Augmenter.adjustSaturation(img, 1.05) }
+                time("hue") { _ = Augmenter.adjustHue(img, 0.01) }
+                time("normalize") { Augmenter.normalize(img, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], into: dst) }
+                printJSON(["bench": "augment_ops_ms_per_image", "size": size, "ops": ops, "machine": machineRecord(threads: 1)])
                 if prepareImages > 0 {
                     let dir = NSTemporaryDirectory() + "radar-bench-prepare-\(getpid())"
                     defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -135,28 +135,50 @@ public enum Augmenter {
     /// separable, BORDER_REFLECT_101, rounded once at the end.
     public static func gaussianBlur(_ img: RGBImage, kernel k: Int) -> RGBImage {
         let weights: [Float] = k == 3 ? [0.25, 0.5, 0.25] : [0.0625, 0.25, 0.375, 0.25, 0.0625]
-        let r = weights.count / 2, w = img.width, h = img.height
-        let xs = (0..<w).map { x in (0..<weights.count).map { reflect101(x + $0 - r, w) } }
-        let ys = (0..<h).map { y in (0..<weights.count).map { reflect101(y + $0 - r, h) } }
+        let taps = weights.count, r = taps / 2, w = img.width, h = img.height, stride = w * 3
         var tmp = [Float](repeating: 0, count: w * h * 3)
+        var rowAcc = [Float](repeating: 0, count: stride)
         var out = [UInt8](repeating: 0, count: w * h * 3)
-        img.pixels.withUnsafeBufferPointer { src in
-            tmp.withUnsafeMutableBufferPointer { t in
-                for y in 0..<h { for x in 0..<w {
-                    let taps = xs[x]
-                    for c in 0..<3 {
-                        var s: Float = 0
-                        for j in 0..<weights.count { s += weights[j] * Float(src[(y * w + taps[j]) * 3 + c]) }
-                        t[(y * w + x) * 3 + c] = s
+        weights.withUnsafeBufferPointer { wt in
+            img.pixels.withUnsafeBufferPointer { src in
+                tmp.withUnsafeMutableBufferPointer { t in
+                    // Horizontal pass: the row as floats, then one contiguous loop over the interior
+                    // (taps are 3 floats apart in interleaved RGB), reflect-101 only near the edges.
+                    var rowF = [Float](repeating: 0, count: stride)
+                    rowF.withUnsafeMutableBufferPointer { rf in
+                        for y in 0..<h {
+                            let row = src.baseAddress! + y * stride, dst = t.baseAddress! + y * stride
+                            for i in 0..<stride { rf[i] = Float(row[i]) }
+                            if w > 2 * r {
+                                for i in (r * 3)..<((w - r) * 3) { dst[i] = 0 }
+                                for j in 0..<taps {
+                                    let wj = wt[j], shift = (j - r) * 3
+                                    for i in (r * 3)..<((w - r) * 3) { dst[i] += wj * rf[i + shift] }
+                                }
+                            }
+                            for x in 0..<w where x < r || x >= w - r || w <= 2 * r {
+                                for c in 0..<3 {
+                                    var acc: Float = 0
+                                    for j in 0..<taps { acc += wt[j] * rf[reflect101(x + j - r, w) * 3 + c] }
+                                    dst[x * 3 + c] = acc
+                                }
+                            }
+                        }
                     }
-                } }
-                out.withUnsafeMutableBufferPointer { o in
-                    for y in 0..<h {
-                        let taps = ys[y]
-                        for i in 0..<(w * 3) {
-                            var s: Float = 0
-                            for j in 0..<weights.count { s += weights[j] * t[taps[j] * w * 3 + i] }
-                            o[y * w * 3 + i] = UInt8(min(255, max(0, s) + 0.5))
+                    // Vertical pass, a whole row at a time, rounded once at the end.
+                    rowAcc.withUnsafeMutableBufferPointer { acc in
+                        out.withUnsafeMutableBufferPointer { o in
+                            for y in 0..<h {
+                                for i in 0..<stride { acc[i] = 0 }
+                                for j in 0..<taps {
+                                    let yy = y >= r && y < h - r ? y + j - r : reflect101(y + j - r, h)
+                                    let srcRow = t.baseAddress! + yy * stride
+                                    let wj = wt[j]
+                                    for i in 0..<stride { acc[i] += wj * srcRow[i] }
+                                }
+                                let dst = o.baseAddress! + y * stride
+                                for i in 0..<stride { dst[i] = UInt8(min(255, max(0, acc[i])) + 0.5) }
+                            }
                         }
                     }
                 }
@@ -167,11 +189,11 @@ public enum Augmenter {
 
     // Colour jitter, torchvision's definitions on 8-bit images (blend with black, with the mean
     // grey level, with the grey image; hue rotated in HSV), rounded to 8 bits after each.
+    /// Applies a per-pixel colour function with tight loops over the bytes.
     @inline(__always) static func map(_ img: RGBImage, _ f: (Double, Double, Double) -> (Double, Double, Double)) -> RGBImage {
         var out = img.pixels
         out.withUnsafeMutableBufferPointer { o in
             img.pixels.withUnsafeBufferPointer { p in
-                @inline(__always) func byte(_ v: Double) -> UInt8 { UInt8(min(255, max(0, v)) + 0.5) }
                 for i in 0..<(img.width * img.height) {
                     let (r, g, b) = f(Double(p[3 * i]), Double(p[3 * i + 1]), Double(p[3 * i + 2]))
                     o[3 * i] = byte(r)
@@ -183,17 +205,28 @@ public enum Augmenter {
         return RGBImage(width: img.width, height: img.height, pixels: out)
     }
 
+    @inline(__always) static func byte(_ v: Double) -> UInt8 { UInt8(min(255, max(0, v)) + 0.5) }
+
     static func grey(_ r: Double, _ g: Double, _ b: Double) -> Double { 0.299 * r + 0.587 * g + 0.114 * b }
 
-    public static func adjustBrightness(_ img: RGBImage, _ f: Double) -> RGBImage { map(img) { ($0 * f, $1 * f, $2 * f) } }
+    public static func adjustBrightness(_ img: RGBImage, _ f: Double) -> RGBImage {
+        // A lookup table: the result depends on the byte alone.
+        let lut = (0..<256).map { byte(Double($0) * f) }
+        var out = img.pixels
+        out.withUnsafeMutableBufferPointer { o in lut.withUnsafeBufferPointer { l in for i in 0..<o.count { o[i] = l[Int(o[i])] } } }
+        return RGBImage(width: img.width, height: img.height, pixels: out)
+    }
 
     public static func adjustContrast(_ img: RGBImage, _ f: Double) -> RGBImage {
         var total = 0.0
-        for i in 0..<(img.width * img.height) {
-            total += grey(Double(img.pixels[3 * i]), Double(img.pixels[3 * i + 1]), Double(img.pixels[3 * i + 2]))
+        img.pixels.withUnsafeBufferPointer { p in
+            for i in 0..<(img.width * img.height) { total += grey(Double(p[3 * i]), Double(p[3 * i + 1]), Double(p[3 * i + 2])) }
         }
         let mean = total / Double(img.width * img.height)
-        return map(img) { ($0 * f + mean * (1 - f), $1 * f + mean * (1 - f), $2 * f + mean * (1 - f)) }
+        let lut = (0..<256).map { byte(Double($0) * f + mean * (1 - f)) }
+        var out = img.pixels
+        out.withUnsafeMutableBufferPointer { o in lut.withUnsafeBufferPointer { l in for i in 0..<o.count { o[i] = l[Int(o[i])] } } }
+        return RGBImage(width: img.width, height: img.height, pixels: out)
     }
 
     public static func adjustSaturation(_ img: RGBImage, _ f: Double) -> RGBImage {
@@ -205,24 +238,26 @@ public enum Augmenter {
 
     /// Hue shifted by `shift` of a full turn (torchvision's adjust_hue).
     public static func adjustHue(_ img: RGBImage, _ shift: Double) -> RGBImage {
-        map(img) { r, g, b in
-            let (h, s, v) = rgbToHSV(r / 255, g / 255, b / 255)
-            var hh = (h + shift).truncatingRemainder(dividingBy: 1)
-            if hh < 0 { hh += 1 }
-            let (r2, g2, b2) = hsvToRGB(hh, s, v)
-            return (r2 * 255, g2 * 255, b2 * 255)
+        var out = img.pixels
+        out.withUnsafeMutableBufferPointer { o in
+            img.pixels.withUnsafeBufferPointer { p in
+                for i in 0..<(img.width * img.height) {
+                    let r = Double(p[3 * i]) / 255, g = Double(p[3 * i + 1]) / 255, b = Double(p[3 * i + 2]) / 255
+                    let mx = max(r, g, b), mn = min(r, g, b), d = mx - mn
+                    if d == 0 { continue }  // grey: hue has no effect
+                    var h: Double
+                    if mx == r { h = (g - b) / d } else if mx == g { h = 2 + (b - r) / d } else { h = 4 + (r - g) / d }
+                    h = h / 6 + shift
+                    h -= h.rounded(.down)
+                    let s = d / mx, v = mx
+                    let (r2, g2, b2) = hsvToRGB(h, s, v)
+                    o[3 * i] = byte(r2 * 255)
+                    o[3 * i + 1] = byte(g2 * 255)
+                    o[3 * i + 2] = byte(b2 * 255)
+                }
+            }
         }
-    }
-
-    static func rgbToHSV(_ r: Double, _ g: Double, _ b: Double) -> (Double, Double, Double) {
-        let mx = max(r, g, b), mn = min(r, g, b), d = mx - mn
-        let v = mx, s = mx > 0 ? d / mx : 0
-        guard d > 0 else { return (0, s, v) }
-        var h: Double
-        if mx == r { h = (g - b) / d } else if mx == g { h = 2 + (b - r) / d } else { h = 4 + (r - g) / d }
-        h /= 6
-        if h < 0 { h += 1 }
-        return (h, s, v)
+        return RGBImage(width: img.width, height: img.height, pixels: out)
     }
 
     static func hsvToRGB(_ h: Double, _ s: Double, _ v: Double) -> (Double, Double, Double) {
