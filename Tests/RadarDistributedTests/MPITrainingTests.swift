@@ -159,6 +159,26 @@ final class MPITrainingTests: XCTestCase {
         XCTAssertTrue(left.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "no rank left running: \(left)")
     }
 
+    func testResumingWithAnotherWorldSizeNeedsTheFlagAndMapsThePosition() throws {
+        let out = tmp("ws")
+        func args(_ extra: [String]) -> [String] {
+            var a = workerArgs(out, extra)
+            a[a.firstIndex(of: "--max-steps-per-epoch")! + 1] = "0"  // whole epochs: the mapped position stays inside epoch 0
+            return a
+        }
+        XCTAssertEqual(try mpirun([(2, "radar-worker", args(["--stop-after-steps", "2"]))]).status, 0)
+        let refused = try mpirun([(1, "radar-worker", args(["--resume", "auto", "--stop-after-steps", "4"]))])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.err.contains("world size 2") && refused.err.contains("allow-world-size-change"), refused.err)
+        let mapped = try mpirun([(1, "radar-worker", args(["--resume", "auto", "--allow-world-size-change", "--stop-after-steps", "4"]))])
+        XCTAssertEqual(mapped.status, 0, mapped.err)
+        let st = try Checkpoint.read(out + "/e/last.safetensors.lz4").state
+        XCTAssertEqual(st.worldSize, 1)
+        XCTAssertEqual(st.optimizerStep, 4)
+        // 2 steps x 2 ranks x batch 4 = 16 global samples = 4 single-rank batches consumed, then 2 more.
+        XCTAssertEqual(st.batchInEpoch, 6)
+    }
+
     func testTwoRankResumeIsBitIdentical() throws {
         let straight = tmp("r-straight"), split = tmp("r-split")
         func run(_ out: String, _ stop: Int, resume: Bool) throws {
@@ -254,6 +274,21 @@ final class DemoPipelineTests: XCTestCase {
         let gathered = metrics["test_metrics"] as! [String: Any]
         for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc"] {
             XCTAssertEqual(gathered[k] as? Double, single[k] as? Double, "\(k): 2 ranks gathered vs one process")
+        }
+        // radar predict on two files and a directory of them.
+        let imgs = root + "/imgs"
+        try FileManager.default.createDirectory(atPath: imgs, withIntermediateDirectories: true)
+        let faces = SyntheticFaces(size: 32, seed: 3)
+        for i in 0..<3 { try ImageCodec.encodePNG(faces.rgbImage(i, label: i % 2)).write(to: URL(fileURLWithPath: imgs + "/f\(i).png")) }
+        let predicted = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
+                                 "--threads", "1", imgs + "/f0.png", imgs])
+        let lines = predicted.split(separator: "\n")
+        XCTAssertEqual(lines.count, 4, predicted)
+        for l in lines {
+            let f = l.split(separator: "\t")
+            XCTAssertEqual(f.count, 3, String(l))
+            let p = Double(f[1]) ?? -1
+            XCTAssertTrue(p >= 0 && p <= 1 && (f[2] == "fake") == (p >= 0.5), String(l))
         }
         let zip = try run([bin.appendingPathComponent("radar").path, "export", "--results-dir", root + "/outputs/demo",
                            "--output-dir", root + "/exports", "--create-download-script"]).trimmingCharacters(in: .whitespacesAndNewlines)
