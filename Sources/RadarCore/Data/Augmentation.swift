@@ -99,31 +99,33 @@ public enum Augmenter {
     }
 
     /// dst(x, y) = src(M^-1 (x, y)), bilinear, BORDER_REFLECT_101 (cv2.warpAffine semantics).
+    /// Source coordinates in Float (1e-5 px at these sizes); reflect-101 only where a tap falls
+    /// outside the image.
     public static func warpAffine(_ img: RGBImage, matrix m: [Double]) -> RGBImage {
         let det = m[0] * m[4] - m[1] * m[3]
         let i0 = m[4] / det, i1 = -m[1] / det, i3 = -m[3] / det, i4 = m[0] / det
         let i2 = -(i0 * m[2] + i1 * m[5]), i5 = -(i3 * m[2] + i4 * m[5])
         let w = img.width, h = img.height
+        let a0 = Float(i0), a3 = Float(i3)
         var out = [UInt8](repeating: 0, count: w * h * 3)
         img.pixels.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
                 for y in 0..<h {
-                    var sx = i1 * Double(y) + i2, sy = i4 * Double(y) + i5
+                    let bx = Float(i1 * Double(y) + i2), by = Float(i4 * Double(y) + i5)
                     for x in 0..<w {
+                        let sx = bx + a0 * Float(x), sy = by + a3 * Float(x)
                         let fx = sx.rounded(.down), fy = sy.rounded(.down)
-                        let ax = Float(sx - fx), ay = Float(sy - fy)
-                        let ix = Int(fx), iy = Int(fy)
-                        let x0 = ix >= 0 && ix < w ? ix : reflect101(ix, w), x1 = ix + 1 >= 0 && ix + 1 < w ? ix + 1 : reflect101(ix + 1, w)
-                        let y0 = iy >= 0 && iy < h ? iy : reflect101(iy, h), y1 = iy + 1 >= 0 && iy + 1 < h ? iy + 1 : reflect101(iy + 1, h)
+                        let ax = sx - fx, ay = sy - fy
+                        var x0 = Int(fx), y0 = Int(fy), x1 = x0 + 1, y1 = y0 + 1
+                        if x0 < 0 || x1 >= w { x0 = reflect101(x0, w); x1 = reflect101(x1, w) }
+                        if y0 < 0 || y1 >= h { y0 = reflect101(y0, h); y1 = reflect101(y1, h) }
                         let p00 = (y0 * w + x0) * 3, p01 = (y0 * w + x1) * 3, p10 = (y1 * w + x0) * 3, p11 = (y1 * w + x1) * 3
                         let o = (y * w + x) * 3
+                        let w00 = (1 - ax) * (1 - ay), w01 = ax * (1 - ay), w10 = (1 - ax) * ay, w11 = ax * ay
                         for c in 0..<3 {
-                            let top = (1 - ax) * Float(src[p00 + c]) + ax * Float(src[p01 + c])
-                            let bottom = (1 - ax) * Float(src[p10 + c]) + ax * Float(src[p11 + c])
-                            dst[o + c] = UInt8(min(255, max(0, (1 - ay) * top + ay * bottom) + 0.5))
+                            let v = w00 * Float(src[p00 + c]) + w01 * Float(src[p01 + c]) + w10 * Float(src[p10 + c]) + w11 * Float(src[p11 + c])
+                            dst[o + c] = UInt8(min(255, max(0, v)) + 0.5)
                         }
-                        sx += i0
-                        sy += i3
                     }
                 }
             }
@@ -236,41 +238,38 @@ public enum Augmenter {
         }
     }
 
-    /// Hue shifted by `shift` of a full turn (torchvision's adjust_hue).
+    /// Hue shifted by `shift` of a full turn (torchvision's adjust_hue), in Float.
     public static func adjustHue(_ img: RGBImage, _ shift: Double) -> RGBImage {
         var out = img.pixels
+        let sh = Float(shift)
         out.withUnsafeMutableBufferPointer { o in
             img.pixels.withUnsafeBufferPointer { p in
                 for i in 0..<(img.width * img.height) {
-                    let r = Double(p[3 * i]) / 255, g = Double(p[3 * i + 1]) / 255, b = Double(p[3 * i + 2]) / 255
+                    let r = Float(p[3 * i]), g = Float(p[3 * i + 1]), b = Float(p[3 * i + 2])
                     let mx = max(r, g, b), mn = min(r, g, b), d = mx - mn
                     if d == 0 { continue }  // grey: hue has no effect
-                    var h: Double
-                    if mx == r { h = (g - b) / d } else if mx == g { h = 2 + (b - r) / d } else { h = 4 + (r - g) / d }
-                    h = h / 6 + shift
+                    var h: Float = mx == r ? (g - b) / d : (mx == g ? 2 + (b - r) / d : 4 + (r - g) / d)
+                    h = h / 6 + sh
                     h -= h.rounded(.down)
-                    let s = d / mx, v = mx
-                    let (r2, g2, b2) = hsvToRGB(h, s, v)
-                    o[3 * i] = byte(r2 * 255)
-                    o[3 * i + 1] = byte(g2 * 255)
-                    o[3 * i + 2] = byte(b2 * 255)
+                    // HSV -> RGB with v = mx, s = d / mx (values stay in 0...255).
+                    let h6 = h * 6, sector = Int(h6) % 6, f = h6 - Float(Int(h6))
+                    let pv = mn, q = mx - d * f, t = mn + d * f
+                    let (r2, g2, b2): (Float, Float, Float)
+                    switch sector {
+                    case 0: (r2, g2, b2) = (mx, t, pv)
+                    case 1: (r2, g2, b2) = (q, mx, pv)
+                    case 2: (r2, g2, b2) = (pv, mx, t)
+                    case 3: (r2, g2, b2) = (pv, q, mx)
+                    case 4: (r2, g2, b2) = (t, pv, mx)
+                    default: (r2, g2, b2) = (mx, pv, q)
+                    }
+                    o[3 * i] = UInt8(min(255, max(0, r2)) + 0.5)
+                    o[3 * i + 1] = UInt8(min(255, max(0, g2)) + 0.5)
+                    o[3 * i + 2] = UInt8(min(255, max(0, b2)) + 0.5)
                 }
             }
         }
         return RGBImage(width: img.width, height: img.height, pixels: out)
-    }
-
-    static func hsvToRGB(_ h: Double, _ s: Double, _ v: Double) -> (Double, Double, Double) {
-        let i = Int(h * 6) % 6, f = h * 6 - Double(Int(h * 6))
-        let p = v * (1 - s), q = v * (1 - s * f), t = v * (1 - s * (1 - f))
-        switch i {
-        case 0: return (v, t, p)
-        case 1: return (q, v, p)
-        case 2: return (p, v, t)
-        case 3: return (p, q, v)
-        case 4: return (t, p, v)
-        default: return (v, p, q)
-        }
     }
 
     /// (pixel / 255 - mean) / std into a CHW float buffer.
