@@ -20,7 +20,12 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     static let magic: UInt32 = 0x5244_5254  // "RDRT"
     static let headerBytes = 32
 
-    public struct Peer: Codable, Sendable { public var rank: Int; public var host: String; public var port: Int }
+    public struct Peer: Codable, Sendable {
+        public var rank: Int
+        public var host: String
+        public var port: Int
+        public init(rank: Int, host: String, port: Int) { self.rank = rank; self.host = host; self.port = port }
+    }
 
     /// Connects the mesh: rank j connects to every lower rank's listener (`listenFD`, already
     /// listening) and accepts the higher ranks' connections.

@@ -76,6 +76,34 @@ final class CoordinatorTests: XCTestCase {
         usleep(500_000)
     }
 
+    func testTCPWaitGivesUpNamingTheAwaitedRank() throws {
+        // Two ranks in this process; rank 1 never sends, so rank 0's receive times out naming it.
+        let (fd0, port0) = try TCPRendezvous.listen()
+        let (fd1, port1) = try TCPRendezvous.listen()
+        let peers = [TCPCommunicator.Peer(rank: 0, host: "127.0.0.1", port: port0), TCPCommunicator.Peer(rank: 1, host: "127.0.0.1", port: port1)]
+        var c0: TCPCommunicator?, c1: TCPCommunicator?
+        let g = DispatchGroup()
+        g.enter(); DispatchQueue.global().async { c0 = try? TCPCommunicator(rank: 0, size: 2, jobID: 9, listenFD: fd0, peers: peers, timeout: 5); g.leave() }
+        g.enter(); DispatchQueue.global().async { c1 = try? TCPCommunicator(rank: 1, size: 2, jobID: 9, listenFD: fd1, peers: peers, timeout: 5); g.leave() }
+        g.wait()
+        let comm = try XCTUnwrap(c0)
+        XCTAssertNotNil(c1)
+        comm.timeout = 1
+        var x: Float = 0
+        let t0 = Date()
+        XCTAssertThrowsError(try comm.recv(&x, bytes: 4, from: 1, tag: 5)) { e in
+            XCTAssertTrue("\(e)".contains("rank 0: waiting for rank 1"), "\(e)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 3)
+        // A frame for another tensor id is refused, not mixed up.
+        let done = expectation(description: "sent")
+        DispatchQueue.global().async { var v: Float = 1; try? c1?.send(&v, bytes: 4, to: 0, tag: 6); done.fulfill() }
+        wait(for: [done], timeout: 5)
+        XCTAssertThrowsError(try comm.recv(&x, bytes: 4, from: 1, tag: 5)) { e in
+            XCTAssertTrue("\(e)".contains("bad frame from rank 1") && "\(e)".contains("tag 6"), "\(e)")
+        }
+    }
+
     func testHMACMatchesRFC4231() {
         // RFC 4231 test case 2.
         XCTAssertEqual(HMACSHA256.hex(key: Data("Jefe".utf8), message: Data("what do ya want for nothing?".utf8)),

@@ -126,6 +126,15 @@ final class MPITrainingTests: XCTestCase {
         let r = try mpirun([(1, "radar-worker", workerArgs(out)), (1, "radar-worker", other)], timeout: 120)
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.err.contains("ranks disagree on batch size") && r.err.contains("ranks 0=4") && r.err.contains("ranks 1=2"), r.err)
+        // A different model config on one rank.
+        let cfg = tmp("depth1") + ".json"
+        try Data(#"{"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 1, "num_heads": 3, "evidence_dim": 16, "fft_size": 16}"#.utf8)
+            .write(to: URL(fileURLWithPath: cfg))
+        var shallow = workerArgs(out)
+        shallow[shallow.firstIndex(of: "--config")! + 1] = cfg
+        let r2 = try mpirun([(1, "radar-worker", workerArgs(out)), (1, "radar-worker", shallow)], timeout: 120)
+        XCTAssertNotEqual(r2.status, 0)
+        XCTAssertTrue(r2.err.contains("ranks disagree on config"), r2.err)
     }
 
     func testKilledRankStopsTheJobNamingIt() throws {
