@@ -18,7 +18,11 @@ final class DownloadTests: XCTestCase {
                 items.append(["type": "file", "path": "\(dir)/\(f)", "size": data.count])
             }
             listing[dir] = items
-            server.put("/api/datasets/xingjunm/WildDeepfake/tree/main/\(dir)", try JSONSerialization.data(withJSONObject: items))
+            // Two pages: the first names the second in a Link header, as the Hub's tree API does.
+            let page1 = "/api/datasets/xingjunm/WildDeepfake/tree/main/\(dir)", page2 = page1 + "?cursor=p2"
+            server.put(page1, try JSONSerialization.data(withJSONObject: Array(items.prefix(0))),
+                       header: "Link: <\(server.base)\(page2)>; rel=\"next\"")
+            server.put(page2, try JSONSerialization.data(withJSONObject: items))  // the archives only on page 2
         }
         // HF_ENDPOINT points at the local server; HF_TOKEN goes out as a bearer token.
         let hf = HuggingFaceDownloader(endpoint: nil, token: "secret-token", environment: ["HF_ENDPOINT": server.base])

@@ -11,6 +11,7 @@ final class LocalHTTPServer: @unchecked Sendable {
     private let fd: Int32
     private let lock = NSLock()
     private var files: [String: Data] = [:]
+    private var extraHeaders: [String: String] = [:]
     private var failuresLeft = 0
     private var cutAfter: Int?
     private(set) var requests: [(path: String, headers: [String: String])] = []
@@ -38,7 +39,9 @@ final class LocalHTTPServer: @unchecked Sendable {
 
     var base: String { "http://127.0.0.1:\(port)" }
 
-    func put(_ path: String, _ data: Data) { lock.lock(); files[path] = data; lock.unlock() }
+    func put(_ path: String, _ data: Data, header: String? = nil) {
+        lock.lock(); files[path] = data; if let header { extraHeaders[path] = header }; lock.unlock()
+    }
     func failNext(_ n: Int) { lock.lock(); failuresLeft = n; lock.unlock() }
     func cutNextBody(after bytes: Int) { lock.lock(); cutAfter = bytes; lock.unlock() }
 
@@ -77,6 +80,7 @@ final class LocalHTTPServer: @unchecked Sendable {
         let fail = failuresLeft > 0
         if fail { failuresLeft -= 1 }
         let body = files[path]
+        let headerLine = extraHeaders[path].map { $0 + "\r\n" } ?? ""
         let cut = cutAfter
         if body != nil && !fail { cutAfter = nil }
         lock.unlock()
@@ -96,7 +100,7 @@ final class LocalHTTPServer: @unchecked Sendable {
             extra = "Content-Range: bytes \(s)-\(body.count - 1)/\(body.count)\r\n"
         }
         let slice = body[start...]
-        send("HTTP/1.1 \(status)\r\nContent-Length: \(slice.count)\r\n\(extra)Connection: close\r\n\r\n")
+        send("HTTP/1.1 \(status)\r\nContent-Length: \(slice.count)\r\n\(extra)\(headerLine)Connection: close\r\n\r\n")
         let toSend = cut.map { min($0, slice.count) } ?? slice.count
         slice.prefix(toSend).withUnsafeBytes { raw in
             var off = 0

@@ -56,15 +56,19 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
     public func listArchives() throws -> [String] {
         var files: [String] = []
         for dir in HuggingFaceDownloader.archiveDirectories {
-            let url = "\(host)/api/\(HuggingFaceDownloader.repository)/tree/main/\(dir)"
-            let data = try fetch(url)
-            guard let items = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]] else {
-                throw DownloadError(url: url, reason: "tree API answer is not a JSON list")
-            }
-            for item in items where (item["type"] as? String) == "file" {
-                guard let path = item["path"] as? String, path.hasSuffix(".tar.gz") || path.hasSuffix(".tar") else { continue }
-                files.append(path)
-                if let size = item["size"] as? Int { sizes[path] = size }
+            // The tree API pages long listings; the next page's URL comes in a Link header.
+            var next: String? = "\(host)/api/\(HuggingFaceDownloader.repository)/tree/main/\(dir)"
+            while let url = next {
+                let (data, response) = try fetchWithResponse(url)
+                guard let items = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]] else {
+                    throw DownloadError(url: url, reason: "tree API answer is not a JSON list")
+                }
+                for item in items where (item["type"] as? String) == "file" {
+                    guard let path = item["path"] as? String, path.hasSuffix(".tar.gz") || path.hasSuffix(".tar") else { continue }
+                    files.append(path)
+                    if let size = item["size"] as? Int { sizes[path] = size }
+                }
+                next = HuggingFaceDownloader.nextPage(response.value(forHTTPHeaderField: "Link"), base: host)
             }
         }
         guard !files.isEmpty else { throw DownloadError(url: host, reason: "the tree API listed no archives") }
@@ -123,8 +127,21 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         return r
     }
 
+    /// The `rel="next"` target of an RFC 8288 Link header (made absolute against `base`).
+    static func nextPage(_ link: String?, base: String) -> String? {
+        guard let link else { return nil }
+        for part in link.split(separator: ",") where part.contains("rel=\"next\"") {
+            guard let a = part.firstIndex(of: "<"), let b = part.firstIndex(of: ">"), a < b else { continue }
+            let target = String(part[part.index(after: a)..<b])
+            return target.hasPrefix("http") ? target : base + (target.hasPrefix("/") ? "" : "/") + target
+        }
+        return nil
+    }
+
     /// GET into memory (small answers: the tree API), with retries.
-    func fetch(_ url: String) throws -> Data {
+    func fetch(_ url: String) throws -> Data { try fetchWithResponse(url).0 }
+
+    func fetchWithResponse(_ url: String) throws -> (Data, HTTPURLResponse) {
         var backoff = initialBackoff
         var last = ""
         for attempt in 1...max(attempts, 1) {
@@ -134,7 +151,7 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
             URLSession.shared.dataTask(with: req) { d, r, e in result = (d, r, e); sem.signal() }.resume()
             sem.wait()
             if let e = result.2 { last = "\(e.localizedDescription)" } else if let h = result.1 as? HTTPURLResponse {
-                if h.statusCode == 200, let d = result.0 { return d }
+                if h.statusCode == 200, let d = result.0 { return (d, h) }
                 last = "HTTP \(h.statusCode)"
                 if h.statusCode == 401 || h.statusCode == 403 || h.statusCode == 404 {
                     throw DownloadError(url: url, reason: last + (h.statusCode == 404 ? " (not found)" : " (set HF_TOKEN?)"))
