@@ -111,6 +111,20 @@ final class CoordinatorTests: XCTestCase {
         var d = SHA256Digest()
         d.update(Data("abc".utf8))
         XCTAssertEqual(d.finalize(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        // Many blocks fed in uneven pieces, against coreutils' sha256sum.
+        let bytes = Data((0..<100_003).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 7) })
+        let file = NSTemporaryDirectory() + "radar-sha-\(getpid())"
+        try? bytes.write(to: URL(fileURLWithPath: file))
+        var piecewise = SHA256Digest()
+        var at = 0
+        for n in [1, 63, 65, 1000, 64, 7].cycled(until: bytes.count) {
+            let m = min(n, bytes.count - at)
+            piecewise.update(bytes.subdata(in: at..<(at + m)))
+            at += m
+        }
+        let reference = String(decoding: (try? Process.runCapturing(["sha256sum", file])) ?? Data(), as: UTF8.self).prefix(64)
+        XCTAssertEqual(piecewise.finalize(), String(reference))
+        XCTAssertEqual(SHA256Digest.hex(bytes), String(reference))
     }
 }
 
@@ -159,5 +173,14 @@ final class StandaloneCoordinatorTests: XCTestCase {
         coord.waitUntilExit()
         XCTAssertEqual(coord.terminationStatus, 0, "the service ends cleanly once every rank finished")
         XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/e/best.safetensors.lz4"))
+    }
+}
+
+extension Array where Element == Int {
+    /// The elements repeated until their running sum reaches `total`.
+    func cycled(until total: Int) -> [Int] {
+        var out: [Int] = [], sum = 0, i = 0
+        while sum < total { out.append(self[i % count]); sum += self[i % count]; i += 1 }
+        return out
     }
 }

@@ -24,13 +24,19 @@ public struct SHA256Digest: Sendable {
     public mutating func update(_ data: UnsafeRawBufferPointer) {
         length &+= UInt64(data.count)
         var i = 0
-        while i < data.count {
-            let n = min(64 - filled, data.count - i)
-            for j in 0..<n { block[filled + j] = data[i + j] }
+        // Top up a partial block first, then compress whole blocks straight from the input.
+        if filled > 0 {
+            let n = min(64 - filled, data.count)
+            for j in 0..<n { block[filled + j] = data[j] }
             filled += n
-            i += n
-            if filled == 64 { compress(); filled = 0 }
+            i = n
+            if filled == 64 { block.withUnsafeBytes { compress($0.baseAddress!) }; filled = 0 }
         }
+        while data.count - i >= 64 {
+            compress(data.baseAddress! + i)
+            i += 64
+        }
+        for j in i..<data.count { block[filled] = data[j]; filled += 1 }
     }
 
     public mutating func update(_ data: Data) { data.withUnsafeBytes { update($0) } }
@@ -53,11 +59,14 @@ public struct SHA256Digest: Sendable {
         return d.finalize()
     }
 
-    private mutating func compress() {
-        var w = [UInt32](repeating: 0, count: 64)
-        for t in 0..<16 {
-            w[t] = UInt32(block[4 * t]) << 24 | UInt32(block[4 * t + 1]) << 16 | UInt32(block[4 * t + 2]) << 8 | UInt32(block[4 * t + 3])
+    private mutating func compress(_ p: UnsafeRawPointer) {
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 64) { w in
+            compress(p, w)
         }
+    }
+
+    private mutating func compress(_ p: UnsafeRawPointer, _ w: UnsafeMutableBufferPointer<UInt32>) {
+        for t in 0..<16 { w[t] = UInt32(bigEndian: p.loadUnaligned(fromByteOffset: 4 * t, as: UInt32.self)) }
         func rotr(_ x: UInt32, _ n: UInt32) -> UInt32 { (x >> n) | (x << (32 - n)) }
         for t in 16..<64 {
             let s0 = rotr(w[t - 15], 7) ^ rotr(w[t - 15], 18) ^ (w[t - 15] >> 3)
@@ -65,10 +74,11 @@ public struct SHA256Digest: Sendable {
             w[t] = w[t - 16] &+ s0 &+ w[t - 7] &+ s1
         }
         var (a, b, c, d, e, f, g, hh) = h
+        let k = SHA256Digest.k
         for t in 0..<64 {
             let s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)
             let ch = (e & f) ^ (~e & g)
-            let t1 = hh &+ s1 &+ ch &+ SHA256Digest.k[t] &+ w[t]
+            let t1 = hh &+ s1 &+ ch &+ k[t] &+ w[t]
             let s0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)
             let maj = (a & b) ^ (a & c) ^ (b & c)
             let t2 = s0 &+ maj
