@@ -47,6 +47,15 @@ public final class DatasetPreparer {
     public var progress: ((Int, Int) -> Void)?
 
     static let journalName = "prepare-journal.jsonl"
+    /// Images validated together on all cores.
+    static let validationBatch = 64
+
+    struct Pending {
+        let candidate: Candidate
+        let split: Split
+        let ordinal: Int
+        let bytes: Data
+    }
 
     public init(options: PrepareOptions) { self.options = options }
 
@@ -119,7 +128,7 @@ public final class DatasetPreparer {
         var processed = 0
         let totalSelected = quota[0] + quota[1]
 
-        func finish(_ s: OpenShard) throws {
+        func finish(_ s: OpenShard, consumedThrough: Int) throws {
             try s.writer.close()
             let fd = open(s.tmpPath, O_RDONLY)
             if fd >= 0 { fsync(fd); Glibc.close(fd) }
@@ -131,9 +140,48 @@ public final class DatasetPreparer {
             fsyncDirectory(out)
             let entry = DatasetManifest.ShardEntry(name: s.entryName, split: s.split, samples: s.samples, bytes: data.count,
                                                    sha256: SHA256Digest.hex(data))
-            let j = JournalShard(shard: entry, consumed: consumed[s.split] ?? 0, skipped: s.skipped)
+            let j = JournalShard(shard: entry, consumed: consumedThrough, skipped: s.skipped)
             try appendJournal(journalPath, j)
             done.append(j)
+        }
+
+        // Selected images wait in small batches; each batch is decoded (validated) on every core,
+        // then written in source order, so the shards do not depend on the thread count.
+        var pending: [Pending] = []
+        func write(_ p: Pending, error: String?) throws {
+            var shard: OpenShard
+            if let s = openShards[p.split] { shard = s } else {
+                let name = String(format: "shard-%06d.tar", nextIndex)
+                nextIndex += 1
+                let tmp = (out as NSString).appendingPathComponent("." + name + ".partial")
+                shard = OpenShard(name: name, split: p.split, writer: try TarWriter(path: tmp), tmpPath: tmp)
+                openShards[p.split] = shard
+            }
+            if let error {
+                shard.skipped.append(.init(key: p.candidate.key, reason: error))
+                return
+            }
+            let c = p.candidate
+            let info = SampleInfo(label: c.label, split: p.split, sequence: c.sequence, frame: c.frame, source: source.description["kind"] ?? "")
+            try shard.writer.add(name: "\(c.key).\(c.ext)", data: p.bytes)
+            try shard.writer.add(name: "\(c.key).json", data: try JSONEncoder().encode(info))
+            shard.samples += 1
+            if shard.samples == options.shardSize {
+                try finish(shard, consumedThrough: p.ordinal + 1)
+                openShards[p.split] = nil
+            }
+        }
+        func flush() throws {
+            guard !pending.isEmpty else { return }
+            let errors = UnsafeMutableBufferPointer<String?>.allocate(capacity: pending.count)
+            errors.initialize(repeating: nil)
+            defer { errors.deinitialize(); errors.deallocate() }
+            let batch = pending
+            DispatchQueue.concurrentPerform(iterations: batch.count) { i in
+                do { _ = try ImageCodec.decode(batch[i].bytes, item: batch[i].candidate.key) } catch { errors[i] = "\(error)" }
+            }
+            for (i, p) in batch.enumerated() { try write(p, error: errors[i]) }
+            pending.removeAll(keepingCapacity: true)
         }
 
         try source.scan { item in
@@ -151,31 +199,11 @@ public final class DatasetPreparer {
             consumed[split] = ordinal + 1
             if ordinal < (resumeFrom[split] ?? 0) { return }  // belongs to a finished shard
 
-            let bytes = try read()
-            var shard: OpenShard
-            if let s = openShards[split] { shard = s } else {
-                let name = String(format: "shard-%06d.tar", nextIndex)
-                nextIndex += 1
-                let tmp = (out as NSString).appendingPathComponent("." + name + ".partial")
-                shard = OpenShard(name: name, split: split, writer: try TarWriter(path: tmp), tmpPath: tmp)
-                openShards[split] = shard
-            }
-            do {
-                _ = try ImageCodec.decode(bytes, item: c.key)
-            } catch {
-                shard.skipped.append(.init(key: c.key, reason: "\(error)"))
-                return
-            }
-            let info = SampleInfo(label: l, split: split, sequence: c.sequence, frame: c.frame, source: source.description["kind"] ?? "")
-            try shard.writer.add(name: "\(c.key).\(c.ext)", data: bytes)
-            try shard.writer.add(name: "\(c.key).json", data: try JSONEncoder().encode(info))
-            shard.samples += 1
-            if shard.samples == options.shardSize {
-                try finish(shard)
-                openShards[split] = nil
-            }
+            pending.append(Pending(candidate: c, split: split, ordinal: ordinal, bytes: try read()))
+            if pending.count == DatasetPreparer.validationBatch { try flush() }
         }
-        for split in Split.allCases { if let s = openShards[split] { try finish(s) } }
+        try flush()
+        for split in Split.allCases { if let s = openShards[split] { try finish(s, consumedThrough: consumed[split] ?? 0) } }
 
         // Counts are read back from the finished shards, so the manifest is right whether this
         // run or an interrupted earlier one wrote them.
