@@ -8,13 +8,14 @@ public enum DatasetChecker {
         let m = try DatasetManifest.load(directory: directory)
         for s in m.shards {
             let path = (directory as NSString).appendingPathComponent(s.name)
-            guard let data = FileManager.default.contents(atPath: path) else {
+            guard FileManager.default.fileExists(atPath: path) else {
                 throw DatasetError(path: path, reason: "listed in the manifest but missing")
             }
-            guard data.count == s.bytes else {
-                throw DatasetError(path: path, reason: "size \(data.count) bytes, manifest says \(s.bytes)")
+            let (size, sha) = try DatasetPreparer.hashFile(path)
+            guard size == s.bytes else {
+                throw DatasetError(path: path, reason: "size \(size) bytes, manifest says \(s.bytes)")
             }
-            guard SHA256Digest.hex(data) == s.sha256 else {
+            guard sha == s.sha256 else {
                 throw DatasetError(path: path, reason: "SHA-256 differs from the manifest")
             }
             let index = try TarIndex(path: path)

@@ -132,14 +132,11 @@ public final class DatasetPreparer {
             try s.writer.close()
             let fd = open(s.tmpPath, O_RDONLY)
             if fd >= 0 { fsync(fd); Glibc.close(fd) }
-            guard let data = FileManager.default.contents(atPath: s.tmpPath) else {
-                throw DatasetError(path: s.tmpPath, reason: "shard vanished while writing")
-            }
+            let (bytes, sha) = try DatasetPreparer.hashFile(s.tmpPath)
             let final = (out as NSString).appendingPathComponent(s.entryName)
             guard rename(s.tmpPath, final) == 0 else { throw DatasetError(path: final, reason: "rename failed") }
             fsyncDirectory(out)
-            let entry = DatasetManifest.ShardEntry(name: s.entryName, split: s.split, samples: s.samples, bytes: data.count,
-                                                   sha256: SHA256Digest.hex(data))
+            let entry = DatasetManifest.ShardEntry(name: s.entryName, split: s.split, samples: s.samples, bytes: bytes, sha256: sha)
             let j = JournalShard(shard: entry, consumed: consumedThrough, skipped: s.skipped)
             try appendJournal(journalPath, j)
             done.append(j)
@@ -237,6 +234,19 @@ public final class DatasetPreparer {
                                skipped: preSkipped + done.flatMap(\.skipped), parameters: options.parameters)
     }
 
+    /// Size and SHA-256 of a file, read in 1 MiB pieces (memory independent of the shard size).
+    public static func hashFile(_ path: String) throws -> (Int, String) {
+        guard let h = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open for hashing") }
+        defer { try? h.close() }
+        var digest = SHA256Digest()
+        var total = 0
+        while let chunk = try h.read(upToCount: 1 << 20), !chunk.isEmpty {
+            digest.update(chunk)
+            total += chunk.count
+        }
+        return (total, digest.finalize())
+    }
+
     func loadJournal(_ path: String, header: JournalHeader) throws -> [JournalShard] {
         guard let data = FileManager.default.contents(atPath: path) else { return [] }
         let lines = data.split(separator: UInt8(ascii: "\n"))
@@ -249,8 +259,7 @@ public final class DatasetPreparer {
             // A torn last line (crash while appending) is ignored: that shard is redone.
             guard let j = try? JSONDecoder().decode(JournalShard.self, from: Data(line)) else { continue }
             let path = (options.output as NSString).appendingPathComponent(j.shard.name)
-            guard let bytes = FileManager.default.contents(atPath: path), bytes.count == j.shard.bytes,
-                  SHA256Digest.hex(bytes) == j.shard.sha256 else { continue }
+            guard let (size, sha) = try? DatasetPreparer.hashFile(path), size == j.shard.bytes, sha == j.shard.sha256 else { continue }
             shards.append(j)
         }
         return shards
