@@ -11,7 +11,7 @@ public enum RunPlots {
 
     /// A line chart with axes, ticks and a legend.
     public static func lineChart(title: String, xLabel: String, yLabel: String, series: [Series], yRange: (Double, Double)? = nil,
-                                 diagonal: Bool = false) -> String {
+                                 diagonal: Bool = false, legendAtBottom: Bool = false, integerX: Bool = false) -> String {
         let w = 640.0, h = 400.0, l = 64.0, r = 20.0, t = 40.0, b = 52.0
         let all = series.flatMap(\.points).filter { $0.0.isFinite && $0.1.isFinite }
         var x0 = all.map(\.0).min() ?? 0, x1 = all.map(\.0).max() ?? 1
@@ -31,9 +31,11 @@ public enum RunPlots {
         <text x="16" y="\((t + h - b) / 2)" text-anchor="middle" transform="rotate(-90 16 \((t + h - b) / 2))">\(escape(yLabel))</text>
 
         """
+        let xTicks: [Double] = integerX ? Array(stride(from: x0, through: x1, by: max(1, ((x1 - x0) / 8).rounded(.up))))
+            : (0...5).map { x0 + (x1 - x0) * Double($0) / 5 }
+        for xv in xTicks { svg += "<text x=\"\(px(xv))\" y=\"\(h - b + 16)\" text-anchor=\"middle\">\(fmt(xv))</text>\n" }
         for i in 0...5 {
-            let xv = x0 + (x1 - x0) * Double(i) / 5, yv = y0 + (y1 - y0) * Double(i) / 5
-            svg += "<text x=\"\(px(xv))\" y=\"\(h - b + 16)\" text-anchor=\"middle\">\(fmt(xv))</text>\n"
+            let yv = y0 + (y1 - y0) * Double(i) / 5
             svg += "<text x=\"\(l - 6)\" y=\"\(py(yv) + 4)\" text-anchor=\"end\">\(fmt(yv))</text>\n"
             svg += "<line x1=\"\(l)\" y1=\"\(py(yv))\" x2=\"\(w - r)\" y2=\"\(py(yv))\" stroke=\"#ddd\"/>\n"
         }
@@ -46,8 +48,9 @@ public enum RunPlots {
             if s.points.count < 40 {
                 for p in s.points where p.0.isFinite && p.1.isFinite { svg += "<circle cx=\"\(px(p.0))\" cy=\"\(py(p.1))\" r=\"3\" fill=\"\(s.color)\"/>\n" }
             }
-            svg += "<rect x=\"\(w - r - 150)\" y=\"\(t + 6 + Double(k) * 18)\" width=\"12\" height=\"12\" fill=\"\(s.color)\"/>"
-            svg += "<text x=\"\(w - r - 132)\" y=\"\(t + 16 + Double(k) * 18)\">\(escape(s.name))</text>\n"
+            let ly = legendAtBottom ? h - b - 12 - Double(series.count - k) * 18 : t + 6 + Double(k) * 18
+            svg += "<rect x=\"\(w - r - 190)\" y=\"\(ly)\" width=\"12\" height=\"12\" fill=\"\(s.color)\"/>"
+            svg += "<text x=\"\(w - r - 172)\" y=\"\(ly + 10)\">\(escape(s.name))</text>\n"
         }
         return svg + "</svg>\n"
     }
@@ -62,28 +65,42 @@ public enum RunPlots {
     public static func write(history h: RunHistory, steps jsonl: String, to dir: String) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var stepLoss: [(Double, Double)] = []
+        var lastStepOfEpoch: [Int: Int] = [:]
         if let text = try? String(contentsOfFile: jsonl, encoding: .utf8) {
             for line in text.split(separator: "\n") {
                 guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                       let step = o["step"] as? Int, let loss = o["loss_total"] as? Double else { continue }
                 stepLoss.append((Double(step), loss))
+                if let e = o["epoch"] as? Int { lastStepOfEpoch[e] = max(lastStepOfEpoch[e] ?? 0, step) }
             }
         }
-        let epochs = h.trainLoss.enumerated().map { (Double($0.offset + 1), $0.element) }
+        // Epoch means sit at the step that ended their epoch; a moving average tames the per-step noise.
+        let epochs = h.trainLoss.enumerated().map { (Double(lastStepOfEpoch[$0.offset] ?? ($0.offset + 1)), $0.element) }
         var lossSeries = [Series(name: "train loss (epoch mean)", color: "#d62728", points: epochs)]
-        if !stepLoss.isEmpty { lossSeries.insert(Series(name: "train loss (step)", color: "#1f77b4", points: stepLoss), at: 0) }
-        try writeFileAtomically(Data(lineChart(title: "Training loss", xLabel: stepLoss.isEmpty ? "epoch" : "optimizer step / epoch",
+        if !stepLoss.isEmpty {
+            let window = max(1, stepLoss.count / 40)
+            var smooth: [(Double, Double)] = []
+            var acc = 0.0
+            for (i, p) in stepLoss.enumerated() {
+                acc += p.1
+                if i >= window { acc -= stepLoss[i - window].1 }
+                if i >= window - 1 { smooth.append((p.0, acc / Double(window))) }
+            }
+            lossSeries.insert(Series(name: "train loss (step)", color: "#aec7e8", points: stepLoss), at: 0)
+            lossSeries.insert(Series(name: "moving average (\(window) steps)", color: "#1f77b4", points: smooth), at: 1)
+        }
+        try writeFileAtomically(Data(lineChart(title: "Training loss", xLabel: stepLoss.isEmpty ? "epoch" : "optimizer step",
                                                yLabel: "loss", series: lossSeries).utf8), to: dir + "/loss.svg")
         let val = [Series(name: "val AUC", color: "#2ca02c", points: h.valAUC.enumerated().map { (Double($0.offset + 1), $0.element) }),
                    Series(name: "val accuracy", color: "#ff7f0e", points: h.valAccuracy.enumerated().map { (Double($0.offset + 1), $0.element) })]
         try writeFileAtomically(Data(lineChart(title: "Validation", xLabel: "epoch", yLabel: "AUC / accuracy", series: val,
-                                               yRange: (0, 1)).utf8), to: dir + "/val.svg")
+                                               yRange: (0, 1), legendAtBottom: true, integerX: true).utf8), to: dir + "/val.svg")
         if let c = h.testCurve {
             let auc = h.testMetrics["auc"] ?? .nan
             try writeFileAtomically(Data(lineChart(title: String(format: "Test ROC (AUC %.4f)", auc), xLabel: "false positive rate",
                                                    yLabel: "true positive rate",
                                                    series: [Series(name: "RADAR", color: "#9467bd", points: Array(zip(c.fpr, c.tpr)))],
-                                                   yRange: (0, 1), diagonal: true).utf8), to: dir + "/roc.svg")
+                                                   yRange: (0, 1), diagonal: true, legendAtBottom: true).utf8), to: dir + "/roc.svg")
         }
     }
 }
