@@ -74,14 +74,18 @@ final class AugmentationTests: XCTestCase {
 
     func testGeometricBlurAndJPEGMatchOpenCV() throws {
         // Fixture: tools/golden/augment_fixture.py (cv2.warpAffine, cv2.GaussianBlur, cv2.imencode).
-        // OpenCV's warpAffine quantises coordinates to 1/32 pixel and weights to 15 bits, so
-        // results may differ by one grey level; blur kernels are dyadic and match exactly, and
+        // warpAffine may differ by one grey level on a rounding tie; blur kernels are dyadic and match exactly, and
         // JPEG re-compression uses the same libjpeg-turbo settings (4:2:0, accurate DCT).
         let f = try fixture()
         let input = f["input"]!
         for (i, a) in [(7.0, 1.05, 0.03, -0.02), (-10.0, 0.9, -0.05, 0.05), (0.0, 1.1, 0.0, 0.0)].enumerated() {
             let ours = Augmenter.shiftScaleRotate(input, angle: a.0, scale: a.1, dx: a.2, dy: a.3)
-            XCTAssertLessThanOrEqual(maxDiff(ours, f["affine\(i)"]!), 1, "affine \(i)")
+            let ref = f["affine\(i)"]!
+            XCTAssertLessThanOrEqual(maxDiff(ours, ref), 1, "affine \(i)")
+            // OpenCV >= 4.11 computes in Float as we do, but with fused multiply-adds where the CPU
+            // has them (we build for baseline x86-64, where fmaf is a libm call): two bytes of
+            // 1,440 in affine 2 sit on a rounding tie and go the other way.
+            XCTAssertLessThanOrEqual(zip(ours.pixels, ref.pixels).filter { $0 != $1 }.count, 2, "affine \(i)")
         }
         for k in [3, 5] { XCTAssertEqual(maxDiff(Augmenter.gaussianBlur(input, kernel: k), f["blur\(k)"]!), 0, "blur \(k)") }
         for q in [70, 95] {

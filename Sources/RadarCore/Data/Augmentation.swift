@@ -98,34 +98,49 @@ public enum Augmenter {
         warpAffine(img, matrix: affineMatrix(width: img.width, height: img.height, angle: angle, scale: scale, dx: dx, dy: dy))
     }
 
-    /// dst(x, y) = src(M^-1 (x, y)), bilinear, BORDER_REFLECT_101 (cv2.warpAffine semantics).
-    /// Source coordinates in Float (1e-5 px at these sizes); reflect-101 only where a tap falls
-    /// outside the image.
+    /// dst(x, y) = src(M^-1 (x, y)), bilinear, BORDER_REFLECT_101 (cv2.warpAffine semantics, as
+    /// OpenCV >= 4.11 computes it: the inverse map in double, each row's offset rounded to Float,
+    /// source coordinates by a Float multiply-add, a horizontal then a vertical lerp in Float,
+    /// rounded to nearest-even). Reflect-101 only where a tap falls outside the image. The floor is
+    /// a truncating conversion corrected for negatives (no libm call per pixel).
     public static func warpAffine(_ img: RGBImage, matrix m: [Double]) -> RGBImage {
-        let det = m[0] * m[4] - m[1] * m[3]
-        let i0 = m[4] / det, i1 = -m[1] / det, i3 = -m[3] / det, i4 = m[0] / det
-        let i2 = -(i0 * m[2] + i1 * m[5]), i5 = -(i3 * m[2] + i4 * m[5])
-        let w = img.width, h = img.height
+        var det = m[0] * m[4] - m[1] * m[3]
+        det = det != 0 ? 1 / det : 0
+        let i0 = m[4] * det, i1 = -m[1] * det, i3 = -m[3] * det, i4 = m[0] * det
+        let i2 = -i0 * m[2] - i1 * m[5], i5 = -i3 * m[2] - i4 * m[5]
+        let w = img.width, h = img.height, stride = w * 3
         let a0 = Float(i0), a3 = Float(i3)
         var out = [UInt8](repeating: 0, count: w * h * 3)
         img.pixels.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
                 for y in 0..<h {
-                    let bx = Float(i1 * Double(y) + i2), by = Float(i4 * Double(y) + i5)
+                    let bx = Float(Double(y) * i1 + i2), by = Float(Double(y) * i4 + i5)
+                    var o = y * stride
                     for x in 0..<w {
-                        let sx = bx + a0 * Float(x), sy = by + a3 * Float(x)
-                        let fx = sx.rounded(.down), fy = sy.rounded(.down)
-                        let ax = sx - fx, ay = sy - fy
-                        var x0 = Int(fx), y0 = Int(fy), x1 = x0 + 1, y1 = y0 + 1
-                        if x0 < 0 || x1 >= w { x0 = reflect101(x0, w); x1 = reflect101(x1, w) }
-                        if y0 < 0 || y1 >= h { y0 = reflect101(y0, h); y1 = reflect101(y1, h) }
-                        let p00 = (y0 * w + x0) * 3, p01 = (y0 * w + x1) * 3, p10 = (y1 * w + x0) * 3, p11 = (y1 * w + x1) * 3
-                        let o = (y * w + x) * 3
-                        let w00 = (1 - ax) * (1 - ay), w01 = ax * (1 - ay), w10 = (1 - ax) * ay, w11 = ax * ay
-                        for c in 0..<3 {
-                            let v = w00 * Float(src[p00 + c]) + w01 * Float(src[p01 + c]) + w10 * Float(src[p10 + c]) + w11 * Float(src[p11 + c])
-                            dst[o + c] = UInt8(min(255, max(0, v)) + 0.5)
+                        let xf = Float(x)
+                        let sx = bx + a0 * xf
+                        let sy = by + a3 * xf
+                        var ix = Int(sx), iy = Int(sy)
+                        if Float(ix) > sx { ix -= 1 }
+                        if Float(iy) > sy { iy -= 1 }
+                        let ax = sx - Float(ix), ay = sy - Float(iy)
+                        let p00: Int, p01: Int, p10: Int, p11: Int
+                        if ix >= 0 && ix < w - 1 && iy >= 0 && iy < h - 1 {
+                            p00 = iy * stride + ix * 3; p01 = p00 + 3; p10 = p00 + stride; p11 = p10 + 3
+                        } else {
+                            let xa = reflect101(ix, w) * 3, xb = reflect101(ix + 1, w) * 3
+                            let ya = reflect101(iy, h) * stride, yb = reflect101(iy + 1, h) * stride
+                            p00 = ya + xa; p01 = ya + xb; p10 = yb + xa; p11 = yb + xb
                         }
+                        for c in 0..<3 {
+                            let q00 = Float(src[p00 + c]), q01 = Float(src[p01 + c])
+                            let q10 = Float(src[p10 + c]), q11 = Float(src[p11 + c])
+                            let v0 = q00 + ax * (q01 - q00), v1 = q10 + ax * (q11 - q10)
+                            let v = v0 + ay * (v1 - v0)
+                            // + 1.5 * 2^23 and back: nearest-even rounding without a libm call.
+                            dst[o + c] = UInt8((min(255, max(0, v)) + 12_582_912) - 12_582_912)
+                        }
+                        o += 3
                     }
                 }
             }
