@@ -27,6 +27,13 @@ public enum HMACSHA256 {
         return out
     }
 
+    /// `bytes` bytes from the system's secure generator, as lowercase hex: job tokens and login
+    /// nonces.
+    public static func randomHex(bytes: Int = 32) -> String {
+        var rng = SystemRandomNumberGenerator()
+        return (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
+    }
+
     /// Constant-time comparison of two hex digests.
     public static func equal(_ a: String, _ b: String) -> Bool {
         guard a.utf8.count == b.utf8.count else { return false }

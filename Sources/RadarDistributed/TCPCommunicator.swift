@@ -40,7 +40,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         for p in peers where p.rank < rank {
             let fd = try Sockets.connect(host: p.host, port: p.port, deadline: deadline)
-            var hello = [UInt64(TCPCommunicator.magic), jobID, UInt64(rank)]
+            let hello = [UInt64(TCPCommunicator.magic), jobID, UInt64(rank)]
             try hello.withUnsafeBytes { try Sockets.writeAll(fd, $0) }
             fds[p.rank] = fd
         }

@@ -89,7 +89,7 @@ struct RadarWorker: ParsableCommand {
         if let c = coordinator { (host, port) = try split(c) } else {
             var buf = [UInt8](repeating: 0, count: 128)
             if comm.rank == 0 {
-                let t = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+                let t = HMACSHA256.randomHex()
                 let s = try CoordinatorServer(port: 0, worldSize: comm.size, token: Data(t.utf8))
                 s.heartbeatDeadline = heartbeatDeadline
                 s.log = logLine

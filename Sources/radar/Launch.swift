@@ -21,7 +21,7 @@ struct Launch: ParsableCommand {
         var args = Array(cmd.dropFirst())
         if (program as NSString).lastPathComponent == "radar-worker" && !args.contains("--transport") { args += ["--transport", "tcp"] }
         let port = try TCPRendezvous.freePort()
-        let token = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        let token = HMACSHA256.randomHex()
         var procs: [Process] = []
         for r in 0..<n {
             let p = Process()

@@ -104,8 +104,7 @@ public enum Checkpoint {
         while (8 + headerData.count) % 8 != 0 { headerData.append(0x20) }
         let total = 8 + headerData.count + offset
 
-        let dir = (path as NSString).deletingLastPathComponent
-        let tmp = (dir.isEmpty ? "." : dir) + "/." + (path as NSString).lastPathComponent + ".tmp-\(getpid())"
+        let (dir, tmp) = temporarySibling(of: path)
         guard FileManager.default.createFile(atPath: tmp, contents: nil), let h = FileHandle(forWritingAtPath: tmp) else {
             throw CheckpointError(path: path, reason: "cannot create \(tmp)")
         }
@@ -127,7 +126,7 @@ public enum Checkpoint {
             unlink(tmp)
             throw CheckpointError(path: path, reason: "rename failed: \(String(cString: strerror(errno)))")
         }
-        fsyncDirectory(dir.isEmpty ? "." : dir)
+        fsyncDirectory(dir)
     }
 
     /// Reads an LZ4-framed or plain safetensors checkpoint: its tensors and state.

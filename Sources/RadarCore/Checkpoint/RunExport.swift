@@ -14,17 +14,24 @@ public enum RunExport {
         let stamp = { () -> String in let f = DateFormatter(); f.dateFormat = "yyyyMMdd_HHmmss"; f.timeZone = TimeZone(identifier: "UTC"); return f.string(from: now) }()
         let zipPath = (outputDir as NSString).appendingPathComponent("\(name)_\(stamp).zip")
         let tmp = zipPath + ".partial"
-        let w = try TarWriter(path: tmp, format: .zip)
         var files = ["best.safetensors.lz4", "config.json", "metrics.json"]
         let plots = ((try? fm.contentsOfDirectory(atPath: (results as NSString).appendingPathComponent("plots"))) ?? []).sorted().map { "plots/\($0)" }
         files += plots
-        for f in files {
-            guard let d = fm.contents(atPath: (results as NSString).appendingPathComponent(f)) else { continue }
-            try w.add(name: "\(name)/\(f)", data: d)
+        do {
+            // A failure anywhere (a full disk, say) leaves no .partial behind.
+            let w = try TarWriter(path: tmp, format: .zip)
+            for f in files {
+                guard let d = fm.contents(atPath: (results as NSString).appendingPathComponent(f)) else { continue }
+                try w.add(name: "\(name)/\(f)", data: d)
+            }
+            try w.add(name: "\(name)/README.md", data: Data(summary(results: results, name: name, files: files + ["README.md"]).utf8))
+            try w.close()
+            guard rename(tmp, zipPath) == 0 else { throw DatasetError(path: zipPath, reason: "rename failed: \(String(cString: strerror(errno)))") }
+        } catch {
+            unlink(tmp)
+            throw error
         }
-        try w.add(name: "\(name)/README.md", data: Data(summary(results: results, name: name, files: files + ["README.md"]).utf8))
-        try w.close()
-        guard rename(tmp, zipPath) == 0 else { throw DatasetError(path: zipPath, reason: "rename failed") }
+        fsyncDirectory(outputDir)
         if downloadScript {
             let script = """
             #!/usr/bin/env bash

@@ -90,8 +90,7 @@ public struct DatasetError: Error, CustomStringConvertible {
 /// Writes `data` to `path` atomically: a temporary file in the same directory, fsync, rename,
 /// then fsync of the directory. A crash leaves either the old file or the new one.
 public func writeFileAtomically(_ data: Data, to path: String) throws {
-    let dir = (path as NSString).deletingLastPathComponent
-    let tmp = (dir.isEmpty ? "." : dir) + "/." + (path as NSString).lastPathComponent + ".tmp-\(getpid())"
+    let (dir, tmp) = temporarySibling(of: path)
     let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     guard fd >= 0 else { throw DatasetError(path: path, reason: "cannot create \(tmp): \(String(cString: strerror(errno)))") }
     var ok = data.withUnsafeBytes { raw -> Bool in
@@ -109,7 +108,15 @@ public func writeFileAtomically(_ data: Data, to path: String) throws {
         unlink(tmp)
         throw DatasetError(path: path, reason: "write failed: \(String(cString: strerror(errno)))")
     }
-    fsyncDirectory(dir.isEmpty ? "." : dir)
+    fsyncDirectory(dir)
+}
+
+/// The directory of `path` ("." when it has none) and a hidden temporary name beside it, for a
+/// write that ends in rename(2) (same filesystem, so the rename is atomic).
+public func temporarySibling(of path: String) -> (dir: String, tmp: String) {
+    let d = (path as NSString).deletingLastPathComponent
+    let dir = d.isEmpty ? "." : d
+    return (dir, dir + "/." + (path as NSString).lastPathComponent + ".tmp-\(getpid())")
 }
 
 public func fsyncDirectory(_ dir: String) {

@@ -77,9 +77,7 @@ public final class CoordinatorServer: @unchecked Sendable {
             }
         }
         do {
-            var nonceBytes = [UInt8](repeating: 0, count: 32)
-            for i in 0..<32 { nonceBytes[i] = UInt8.random(in: 0...255) }
-            let nonce = nonceBytes.map { String(format: "%02x", $0) }.joined()
+            let nonce = HMACSHA256.randomHex()
             try Wire.send(fd, .challenge, ["nonce": nonce, "world_size": worldSize])
             let (kind, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(30))
             guard kind == .register, let r = msg["rank"] as? Int, let proof = msg["proof"] as? String else {
