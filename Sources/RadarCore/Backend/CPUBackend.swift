@@ -84,7 +84,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         let extent = splitRows ? m : n
         // Tiles of at least 64 rows/cols and about 16 of them for big products.
         var tile = max(64, ((extent + 15) / 16 + 15) / 16 * 16)
-        if flops < 4_000_000 || threads == 1 { tile = extent }
+        if flops < 4_000_000 { tile = extent }
         let tiles = (extent + tile - 1) / max(tile, 1)
         forEach(tiles) { t in
             let lo = t * tile, len = min(tile, extent - lo)
