@@ -9,6 +9,8 @@ let package = Package(
         .executable(name: "radar", targets: ["radar"]),
         .executable(name: "radar-worker", targets: ["radar-worker"]),
         .executable(name: "radar-coordinator", targets: ["radar-coordinator"]),
+        .library(name: "RadarEngine", targets: ["RadarEngine"]),
+        .library(name: "RadarCPU", targets: ["RadarCPU"]),
         .library(name: "RadarCore", targets: ["RadarCore"]),
         .library(name: "RadarDistributed", targets: ["RadarDistributed"]),
     ],
@@ -29,7 +31,15 @@ let package = Package(
 
         // Lets the worker pool borrow a non-escaping Swift closure across threads without a heap allocation.
         .target(name: "CTaskClosure"),
-        .target(name: "RadarCore", dependencies: ["COpenBLAS", "CFFTW", "CLZ4", "CPNG", "CTurboJPEG", "CArchive", "CTaskClosure"]),
+        // The engine: tensors, the Backend protocol, layers, the RADAR model, loss, optimizer and
+        // the training step. No C library: it runs on whatever backend it is given.
+        .target(name: "RadarEngine"),
+        // The CPU backend (OpenBLAS, FFTW, our worker pool) and the fenced backend that proves the
+        // engine touches tensor memory only through the backend.
+        .target(name: "RadarCPU", dependencies: ["RadarEngine", "COpenBLAS", "CFFTW", "CTaskClosure"]),
+        // Everything around the engine in one process: data, checkpoints, metrics, the training
+        // run, device selection. Re-exports RadarEngine and RadarCPU.
+        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "CLZ4", "CPNG", "CTurboJPEG", "CArchive"]),
         .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
 
         // The command-line pieces radar and radar-worker share (training flags, progress).

@@ -17,6 +17,8 @@ public struct TrainingFlags: ParsableArguments {
     @Option(help: "Early-stopping patience in epochs (validation AUC).") public var patience = 10
     @Option(help: "Seed.") public var seed: UInt64 = 42
     @Option(help: "Compute threads (default: cores / ranks on this node).") public var threads: Int?
+    @Option(help: "Backend: cpu, or cpu-fenced (tensor memory fenced off from the host; for tests). Default: RADAR_DEVICE, else cpu.")
+    public var device: String?
     @Option(help: "Loader threads (decode + augment).") public var loaderThreads = 1
     @Flag(help: "Disable training augmentation.") public var noAugment = false
     @Option(help: "Cap optimizer steps per epoch (0: all), for smoke runs.") public var maxStepsPerEpoch = 0
@@ -37,13 +39,15 @@ public struct TrainingFlags: ParsableArguments {
         o.epochs = numEpochs
         o.learningRate = learningRate
         o.weightDecay = weightDecay
-        o.accumulation = accumulationSteps
+        o.accumulationSteps = accumulationSteps
+        o.device = device ?? Devices.defaultName
+        guard Devices.names.contains(o.device) else { throw ValidationError(Devices.UnknownDevice(name: o.device).description) }
         o.patience = patience
         o.seed = seed
         o.threads = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(localRanks, 1))
         o.loaderThreads = loaderThreads
         o.augment = !noAugment
-        o.maxBatchesPerEpoch = maxStepsPerEpoch
+        o.maxStepsPerEpoch = maxStepsPerEpoch
         o.pretrained = pretrained
         o.checkpointEvery = checkpointEvery
         o.resume = resume

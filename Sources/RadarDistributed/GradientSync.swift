@@ -4,9 +4,12 @@ import RadarCore
 /// Data-parallel gradient averaging: the flat gradient buffer cut into buckets (about
 /// `bucketBytes`, in reverse layer order), each ring-all-reduced and divided by the world size.
 /// With `overlap`, a communication thread reduces each bucket as soon as backward has finished
-/// writing it (the model reports progress through `ExecutionContext.gradientsFinal`); without,
-/// all buckets go after backward. Both give bit-identical results: the same buckets, the same ring.
+/// writing it (the model reports progress through `DataParallel.gradientsFinal`); without, all
+/// buckets go after backward. Both give bit-identical results: the same buckets, the same ring.
 /// After each step the BatchNorm buffers are broadcast from rank 0, as DDP does.
+///
+/// Device memory the host can address (the CPU backend) is reduced in place; other memory is
+/// staged through a host buffer (download, ring, upload), with the same arithmetic.
 public final class GradientSync: @unchecked Sendable {
     public let communicator: Communicator
     public let store: ParameterStore
@@ -20,6 +23,8 @@ public final class GradientSync: @unchecked Sendable {
     private var failure: Error?
     private var worker: Thread?
     private var active = false
+    /// Host staging for buckets, buffers and flags when device memory is not host memory.
+    private let staging: UnsafeMutableBufferPointer<Float>
 
     public init(communicator: Communicator, store: ParameterStore, bucketBytes: Int = 25 << 20, overlap: Bool = true) {
         self.communicator = communicator
@@ -36,17 +41,40 @@ public final class GradientSync: @unchecked Sendable {
         }
         if hi > 0 { b.append(0..<hi) }
         buckets = b
+        let largest = max(b.map(\.count).max() ?? 1, store.layout.bufferCount, 1)
+        staging = .allocate(capacity: store.backend.hostAddress(store.grads) == nil ? largest : 1)
+    }
+
+    deinit { staging.deallocate() }
+
+    /// Runs `body` on host memory holding `t`: `t` itself where the host can address it, else a
+    /// staging copy that is uploaded back afterwards (when `writeBack`).
+    private func withHost(_ t: Tensor, writeBack: Bool = true, _ body: (UnsafeMutablePointer<Float>) throws -> Void) throws {
+        let be = store.backend
+        if let p = be.hostAddress(t) { try body(p); return }
+        let buf = UnsafeMutableBufferPointer(rebasing: staging[0..<t.count])
+        be.download(t, into: buf)
+        try body(buf.baseAddress!)
+        if writeBack { be.upload(UnsafeBufferPointer(buf), into: t) }
     }
 
     /// Rank 0's parameters, buffers and counters to every rank.
     public func broadcastInitialState() throws {
-        try communicator.broadcast(store.values.baseAddress!, bytes: store.values.count * 4)
-        try communicator.broadcast(store.buffers.baseAddress!, bytes: store.buffers.count * 4)
+        // Parameters may exceed the staging buffer: go through a host copy of the whole buffer.
+        var values = store.downloadValues()
+        try values.withUnsafeMutableBytes { try communicator.broadcast($0.baseAddress!, bytes: $0.count) }
+        store.uploadValues(values)
+        try broadcastBuffers()
+    }
+
+    /// BatchNorm running statistics and counters from rank 0.
+    private func broadcastBuffers() throws {
+        try withHost(store.buffers) { try communicator.broadcast($0, bytes: store.buffers.count * 4) }
         try communicator.broadcast(store.counters.baseAddress!, bytes: store.counters.count * 8)
     }
 
     /// Call before backward: starts the communication thread for this step (overlap mode).
-    public func beginBackward(_ ctx: ExecutionContext, step: Int) {
+    public func beginBackward(step: Int) {
         communicator.step = step
         guard overlap, communicator.size > 1 else { return }
         cond.lock()
@@ -55,15 +83,18 @@ public final class GradientSync: @unchecked Sendable {
         failure = nil
         active = true
         cond.unlock()
-        ctx.gradientsFinal = { [unowned self] offset in
-            self.cond.lock()
-            self.finalFrom = min(self.finalFrom, offset)
-            self.cond.broadcast()
-            self.cond.unlock()
-        }
         let t = Thread { [unowned self] in self.communicate() }
         worker = t
         t.start()
+    }
+
+    /// Backward's report: every gradient at offset >= `offset` is final.
+    public func gradientsFinal(from offset: Int) {
+        guard worker != nil else { return }
+        cond.lock()
+        finalFrom = min(finalFrom, offset)
+        cond.broadcast()
+        cond.unlock()
     }
 
     private func communicate() {
@@ -89,17 +120,18 @@ public final class GradientSync: @unchecked Sendable {
     }
 
     private func reduce(_ b: Range<Int>) throws {
-        let p = store.grads.baseAddress! + b.lowerBound
-        // Bucket i travels as tensor 100 + i.
-        try communicator.allReduce(p, count: b.count, tensor: 100 + (buckets.firstIndex(of: b) ?? 0))
-        let inv = 1 / Float(communicator.size)
-        for i in 0..<b.count { p[i] *= inv }
+        try withHost(store.grads.slice(from: b.lowerBound, Shape(b.count))) { p in
+            // Bucket i travels as tensor 100 + i.
+            try communicator.allReduce(p, count: b.count, tensor: 100 + (buckets.firstIndex(of: b) ?? 0))
+            let inv = 1 / Float(communicator.size)
+            for i in 0..<b.count { p[i] *= inv }
+        }
     }
 
-    /// The trainer's gradient hook: finishes the all-reduce (all buckets), then agrees on
-    /// finiteness with a MAX all-reduce of a flag. Returns whether every rank was finite.
-    public func finish(_ ctx: ExecutionContext, localFinite: Bool) throws -> Bool {
-        guard communicator.size > 1 else { return localFinite }
+    /// After backward: finishes the all-reduce (all buckets), then agrees on the non-finite flag
+    /// (device, one float) with a MAX all-reduce, and broadcasts rank 0's BatchNorm buffers.
+    public func finish(nonFinite: Tensor) throws {
+        guard communicator.size > 1 else { return }
         if overlap && worker != nil {
             cond.lock()
             finalFrom = 0
@@ -108,17 +140,15 @@ public final class GradientSync: @unchecked Sendable {
             let f = failure
             cond.unlock()
             worker = nil
-            ctx.gradientsFinal = nil
             if let f { throw f }
         } else {
             for b in buckets { try reduce(b) }
         }
-        var flag: Float = localFinite ? 0 : 1
+        var flag: Float = store.backend.download(nonFinite)[0]
         try communicator.allReduce(&flag, count: 1, op: .max, tensor: 4)
+        store.backend.upload([flag], into: nonFinite)
         // BatchNorm running statistics follow rank 0 (PyTorch DDP's broadcast_buffers), so every
         // replica evaluates and checkpoints the same model.
-        try communicator.broadcast(store.buffers.baseAddress!, bytes: store.buffers.count * 4)
-        try communicator.broadcast(store.counters.baseAddress!, bytes: store.counters.count * 8)
-        return flag == 0
+        try broadcastBuffers()
     }
 }

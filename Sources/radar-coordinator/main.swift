@@ -48,7 +48,7 @@ struct RadarCoordinator: ParsableCommand {
                     server.manifestHash = set.manifest.contentHash
                     server.planDigest = { r in
                         EpochPlan(set: set, seed: r.seed, epoch: r.epoch, worldSize: r.worldSize, batchSize: r.batchSize,
-                                  batchMultiple: r.batchMultiple, maxBatchesPerRank: r.maxBatchesPerRank).digest
+                                  accumulationSteps: r.accumulationSteps, maxStepsPerEpoch: r.maxStepsPerEpoch).digest
                     }
                 }
                 logLine("radar-coordinator: listening on \(host):\(server.port) for \(worldSize) ranks")

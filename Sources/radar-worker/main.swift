@@ -130,7 +130,7 @@ struct RadarWorker: ParsableCommand {
         let (listenFD, dataPort) = try TCPRendezvous.listen()
         let dataHost = try TCPRendezvous.localAddress(towards: host, port: port)
         let client = try CoordinatorClient(host: host, port: port, token: token, rank: r, dataHost: dataHost, dataPort: dataPort, timeout: timeout)
-        let job = UInt64(truncatingIfNeeded: token.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 })
+        let job = FNV1a.hash(bytes: token)
         let comm = try TCPCommunicator(rank: r, size: n, jobID: job, listenFD: listenFD, peers: client.peers, timeout: timeout)
         client.start()
         return (comm, client)
@@ -147,35 +147,10 @@ struct RadarWorker: ParsableCommand {
         try fingerprint.verify(comm)
         let sync = GradientSync(communicator: comm, store: run.ctx.params, bucketBytes: bucketMb << 20, overlap: !noOverlap && !syncBn)
         try sync.broadcastInitialState()
-        run.trainer.beforeBackward = { last in
-            comm.step = run.trainer.optimizer.step
-            if last { sync.beginBackward(run.ctx, step: run.trainer.optimizer.step) }
-        }
-        run.gradientHook = { _, finite in
-            do { return try sync.finish(run.ctx, localFinite: finite) } catch {
-                logLine("radar-worker rank \(comm.rank): \(error)")
-                comm.abort(1)
-            }
-        }
-        if syncBn {
-            run.ctx.statisticsReducer = { p, n in
-                do { try comm.allReduce(p, count: n) } catch {
-                    logLine("radar-worker rank \(comm.rank): \(error)")
-                    comm.abort(1)
-                }
-            }
-        }
-        if verifyReplicas {
-            run.afterStep = {
-                var h: UInt64 = 0xcbf2_9ce4_8422_2325
-                for v in run.ctx.params.values { h = (h ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 }
-                for v in run.ctx.params.buffers { h = (h ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 }
-                let all = try comm.allGather(withUnsafeBytes(of: h) { Data($0) })
-                if Set(all).count != 1 {
-                    throw CommunicationError(rank: comm.rank, peer: nil, reason: "replicas differ after optimizer step \(run.trainer.optimizer.step)")
-                }
-            }
-        }
+        // The one seam between the training loop and the other ranks.
+        run.parallel = DistributedReplica(communicator: comm, gradients: sync, coordinator: client, syncBatchNorm: syncBn,
+                                          verifyReplicas: verifyReplicas,
+                                          planRequest: (o.seed, o.batchSize, o.accumulationSteps, o.maxStepsPerEpoch), timeout: timeout)
         // The epoch plan is a pure function every rank computes; the coordinator (which knows the
         // dataset when it runs in-process or with --data) confirms it before each epoch.
         if let s = RadarWorker.server {
@@ -183,31 +158,12 @@ struct RadarWorker: ParsableCommand {
             s.manifestHash = set.manifest.contentHash
             s.planDigest = { r in
                 EpochPlan(set: set, seed: r.seed, epoch: r.epoch, worldSize: r.worldSize, batchSize: r.batchSize,
-                          batchMultiple: r.batchMultiple, maxBatchesPerRank: r.maxBatchesPerRank).digest
+                          accumulationSteps: r.accumulationSteps, maxStepsPerEpoch: r.maxStepsPerEpoch).digest
             }
-        }
-        run.onEpochStart = { plan in
-            let theirs = try client.epochPlanDigest(epoch: plan.epoch, seed: o.seed, batchSize: o.batchSize, batchMultiple: o.accumulation,
-                                                    maxBatches: o.maxBatchesPerEpoch > 0 ? o.maxBatchesPerEpoch * o.accumulation : 0,
-                                                    timeout: timeout)
-            if !theirs.isEmpty && theirs != plan.digest {
-                throw CommunicationError(rank: comm.rank, peer: nil, reason: "epoch \(plan.epoch) plan differs from the coordinator's (\(plan.digest) vs \(theirs))")
-            }
-        }
-        let started = Date()
-        run.onEpochEnd = { epoch, m in
-            var v: [String: Any] = ["epoch": epoch, "step": run.trainer.optimizer.step]
-            for (k, x) in m where x.isFinite { v[k == "auc" ? "val_auc" : (k == "accuracy" ? "val_acc" : k)] = x }
-            _ = started
-            client.sendProgress(v)
-        }
-        run.allGather = { mine in
-            let parts = try mine.withUnsafeBytes { try comm.allGather(Data($0)) }
-            return parts.map { d in d.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) } }
         }
         if comm.rank == 0 {
             run.log = logLine
-            logLine("radar-worker: \(comm.size) ranks x batch \(o.batchSize) x \(o.accumulation) accumulation, \(o.threads) threads per rank, \(sync.buckets.count) gradient buckets, overlap \(sync.overlap), sync-bn \(syncBn)")
+            logLine("radar-worker: \(comm.size) ranks x batch \(o.batchSize) x \(o.accumulationSteps) accumulation, \(o.threads) threads per rank, \(sync.buckets.count) gradient buckets, overlap \(sync.overlap), sync-bn \(syncBn)")
         }
         // Rank 0 shows the bar; every rank reports progress (with images/s) in its heartbeats.
         attachProgress(run, imagesPerBatch: o.batchSize * comm.size, showBar: comm.rank == 0) { epoch, done, loss, rate in
@@ -215,9 +171,7 @@ struct RadarWorker: ParsableCommand {
         }
         let h = try run.run()
         // A hash of the parameters and buffers, so launchers and tests can check that replicas agree.
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for v in run.ctx.params.values { hash = (hash ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 }
-        for v in run.ctx.params.buffers { hash = (hash ^ UInt64(v.bitPattern)) &* 0x100_0000_01b3 }
+        let hash = run.ctx.params.contentHash()
         print("rank \(comm.rank) parameters fnv1a \(String(hash, radix: 16)) steps \(run.trainer.optimizer.step) skipped \(run.trainer.skippedSteps)")
         if comm.rank == 0, let auc = h.testMetrics["auc"] {
             print("results: \(o.experimentDirectory)")

@@ -24,13 +24,13 @@ extension Bench {
                 let (m, k) = (197 * 8, 384)
                 let a = HostTensor(Shape(m, k), fill: 0.5), b = HostTensor(Shape(n, k), fill: 0.25), c = HostTensor(Shape(m, n))
                 let ours = medianSeconds(repeats: repeats) {
-                    be.gemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: a.tensor.base, lda: k,
-                            b: b.tensor.base, ldb: k, beta: 0, c: c.tensor.base, ldc: n)
+                    be.gemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: a.pointer, lda: k,
+                            b: b.pointer, ldb: k, beta: 0, c: c.pointer, ldc: n)
                 }
                 openblas_set_num_threads(Int32(threads))
                 let blas = medianSeconds(repeats: repeats) {
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a.tensor.base, Int32(k),
-                                b.tensor.base, Int32(k), 0, c.tensor.base, Int32(n))
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a.pointer, Int32(k),
+                                b.pointer, Int32(k), 0, c.pointer, Int32(n))
                 }
                 openblas_set_num_threads(1)
                 let flops = 2.0 * Double(m * n * k)
@@ -43,9 +43,9 @@ extension Bench {
             for (i, s) in specs.enumerated() {
                 let layout = ParameterLayout()
                 let conv = Conv2d("conv\(i)", s.0, s.1, kernel: s.3, stride: s.4, padding: s.5, layout: layout)
-                let ctx = ExecutionContext(backend: be, params: ParameterStore(layout: layout))
+                let ctx = ExecutionContext(backend: be, layout: layout)
                 let batch = 8
-                let x = HostTensor(Shape(batch, s.0, s.2, s.2), fill: 0.1)
+                let x = DeviceTensor(be, Shape(batch, s.0, s.2, s.2), [Float](repeating: 0.1, count: batch * s.0 * s.2 * s.2))
                 var out = Shape(1)
                 let ours = try medianSeconds(repeats: repeats) {
                     ctx.beginPass()
@@ -61,13 +61,13 @@ extension Bench {
                 openblas_set_num_threads(Int32(threads))
                 let blas = medianSeconds(repeats: repeats) {
                     for _ in 0..<batch {
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(s.1), Int32(hw), Int32(ckk), 1, w.tensor.base,
-                                    Int32(ckk), col.tensor.base, Int32(hw), 0, y.tensor.base, Int32(hw))
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(s.1), Int32(ckk), Int32(hw), 1, y.tensor.base,
-                                    Int32(hw), col.tensor.base, Int32(hw), 1, dw.tensor.base, Int32(ckk))
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(s.1), Int32(hw), Int32(ckk), 1, w.pointer,
+                                    Int32(ckk), col.pointer, Int32(hw), 0, y.pointer, Int32(hw))
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(s.1), Int32(ckk), Int32(hw), 1, y.pointer,
+                                    Int32(hw), col.pointer, Int32(hw), 1, dw.pointer, Int32(ckk))
                         if i > 0 {
-                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(ckk), Int32(hw), Int32(s.1), 1, w.tensor.base,
-                                        Int32(ckk), y.tensor.base, Int32(hw), 0, col.tensor.base, Int32(hw))
+                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(ckk), Int32(hw), Int32(s.1), 1, w.pointer,
+                                        Int32(ckk), y.pointer, Int32(hw), 0, col.pointer, Int32(hw))
                         }
                     }
                 }
@@ -88,6 +88,8 @@ extension Bench {
         @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
         @Option(help: "Timed steps (the median is reported).") var repeats = 5
         @Flag(help: "Report the time per layer group as well.") var profile = false
+        @Option(help: "Backend: cpu or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
+        @Option(help: "Micro-batches per optimizer step (times are reported per micro-batch).") var accumulationSteps = 1
 
         func run() throws {
             try failing {
@@ -95,38 +97,48 @@ extension Bench {
                 cfg.dropout = 0.1
                 let b = batch ?? RADARConfig.presetBatch(config) ?? 8
                 let model = try RADARModel(config: cfg)
-                let backend = CPUBackend(threads: threads)
-                let ctx = ExecutionContext(backend: backend, params: ParameterStore(layout: model.layout), seed: 1)
+                let backend = try Devices.backend(device ?? Devices.defaultName, threads: threads)
+                let ctx = ExecutionContext(backend: backend, layout: model.layout, seed: 1)
                 model.initialize(ctx.params, seed: 1)
-                let trainer = Trainer(model: model, ctx: ctx)
+                let trainer = Trainer(model: model, ctx: ctx, accumulationSteps: accumulationSteps)
                 let synth = SyntheticFaces(size: cfg.imgSize, seed: 2)
-                let images = HostTensor(Shape(b, 3, cfg.imgSize, cfg.imgSize)), labels = HostTensor(Shape(b))
-                for i in 0..<b {
-                    synth.normalized(i, mean: cfg.mean, std: cfg.std, into: images.tensor.base + i * 3 * cfg.imgSize * cfg.imgSize)
-                    labels.tensor.base[i] = Float(synth.label(i))
-                }
-                _ = try trainer.step(images: images.tensor, labels: labels.tensor)
+                let hostImages = HostTensor(Shape(b, 3, cfg.imgSize, cfg.imgSize))
+                for i in 0..<b { synth.normalized(i, mean: cfg.mean, std: cfg.std, into: hostImages.pointer + i * 3 * cfg.imgSize * cfg.imgSize) }
+                let images = DeviceTensor(backend, hostImages), labels = DeviceTensor(backend, Shape(b), (0..<b).map { Float(synth.label($0)) })
+                // One optimizer step = accumulationSteps micro-batches; times are per micro-batch.
+                func optimizerStep() throws { for _ in 0..<accumulationSteps { _ = try trainer.step(images: images.tensor, labels: labels.tensor) } }
+                try optimizerStep()
                 ctx.arena.consolidate()
-                backend.gemmFlops.store(0, ordering: .relaxed)
+                let cpu = backend as? CPUBackend
+                cpu?.gemmFlops.store(0, ordering: .relaxed)
+                try optimizerStep()
+                let flops = Double(cpu?.gemmFlops.load(ordering: .relaxed) ?? 0) / Double(accumulationSteps)
+                let seconds = try medianSeconds(repeats: repeats) { try optimizerStep() } / Double(accumulationSteps)
+                // Host synchronisations: per micro-batch that does not end a step, and per optimizer step.
+                let syncsBefore = backend.synchronizations
                 _ = try trainer.step(images: images.tensor, labels: labels.tensor)
-                let flops = Double(backend.gemmFlops.load(ordering: .relaxed))
-                let seconds = try medianSeconds(repeats: repeats) { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
+                let syncsInMicroBatch = accumulationSteps > 1 ? backend.synchronizations - syncsBefore : 0
+                for _ in 1..<accumulationSteps { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
+                let syncsPerStep = backend.synchronizations - syncsBefore
                 radar_allocation_counter_start()
-                for _ in 0..<repeats { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
+                for _ in 0..<repeats { try optimizerStep() }
                 let allocations = radar_allocation_counter_stop()
                 var sections: [String: Double] = [:]
                 if profile {
                     let p = StepProfiler()
                     ctx.profiler = p
-                    for _ in 0..<repeats { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
+                    for _ in 0..<repeats { try optimizerStep() }
                     ctx.profiler = nil
-                    for s in StepProfiler.Section.allCases { sections[s.name] = p.seconds[s.rawValue] / Double(repeats) * 1000 }
+                    for s in StepProfiler.Section.allCases { sections[s.name] = p.seconds[s.rawValue] / Double(repeats * accumulationSteps) * 1000 }
                 }
                 printJSON(["bench": "step", "config": config, "batch": b, "parameters": model.layout.parameterCount,
                            "ms_per_step": seconds * 1000, "images_per_s": Double(b) / seconds,
                            "gemm_gflop_per_step": flops / 1e9, "effective_gflops": flops / seconds / 1e9,
                            "arena_mib": Double(ctx.arena.capacity * 4) / 1_048_576, "peak_rss_mib": peakRSSMiB(),
-                           "profile_ms": sections, "heap_allocations_per_step": Double(allocations) / Double(repeats), "machine": machineRecord(threads: threads)])
+                           "profile_ms": sections, "heap_allocations_per_step": Double(allocations) / Double(repeats),
+                           "accumulation_steps": accumulationSteps, "host_syncs_per_optimizer_step": syncsPerStep,
+                           "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription,
+                           "machine": machineRecord(threads: threads)])
             }
         }
     }

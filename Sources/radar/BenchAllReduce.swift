@@ -47,9 +47,9 @@ extension Bench {
                 try mpi.allReduceSum(theirs, count: n)
                 for i in 0..<n { worst = max(worst, abs(ours[i] - theirs[i]) / max(1, abs(theirs[i]))) }
                 // Every rank must hold the same bits: compare hashes across ranks.
-                var h: UInt64 = 0xcbf2_9ce4_8422_2325
-                for i in 0..<n { h = (h ^ UInt64(ours[i].bitPattern)) &* 0x100_0000_01b3 }
-                let all = try mpi.allGather(withUnsafeBytes(of: h) { Data($0) })
+                var h = FNV1a()
+                for i in 0..<n { h.mix(ours[i].bitPattern) }
+                let all = try mpi.allGather(withUnsafeBytes(of: h.value) { Data($0) })
                 if Set(all).count != 1 { identical = false }
             }
             if mpi.rank == 0 {

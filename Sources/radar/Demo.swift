@@ -27,7 +27,8 @@ struct Demo: ParsableCommand {
                 throw ValidationError("--batch-size must be > 0 and <= --train-images; --val-images and --epochs > 0")
             }
             let model = try RADARModel(config: cfg)
-            let ctx = ExecutionContext(backend: CPUBackend(threads: threads), params: ParameterStore(layout: model.layout), seed: seed)
+            let ctx = ExecutionContext(backend: CPUBackend(threads: threads), layout: model.layout, seed: seed)
+            let be = ctx.backend
             model.initialize(ctx.params, seed: seed)
             if let pretrained {
                 let resampled = try TimmWeights.load(pretrained, into: ctx.params, config: cfg)
@@ -43,10 +44,11 @@ struct Demo: ParsableCommand {
             let train = HostTensor(Shape(trainImages, 3, cfg.imgSize, cfg.imgSize))
             var trainLabels = [Float](repeating: 0, count: trainImages)
             for i in 0..<trainImages {
-                synth.normalized(i, mean: cfg.mean, std: cfg.std, into: train.tensor.base + i * per)
+                synth.normalized(i, mean: cfg.mean, std: cfg.std, into: train.pointer + i * per)
                 trainLabels[i] = Float(synth.label(i))
             }
-            let images = HostTensor(Shape(batchSize, 3, cfg.imgSize, cfg.imgSize)), labels = HostTensor(Shape(batchSize))
+            let hostImages = HostTensor(Shape(batchSize, 3, cfg.imgSize, cfg.imgSize)), hostLabels = HostTensor(Shape(batchSize))
+            let images = DeviceTensor(be, hostImages.shape), labels = DeviceTensor(be, hostLabels.shape)
             let probs = UnsafeMutablePointer<Float>.allocate(capacity: batchSize)
             defer { probs.deallocate() }
             var finalAUC = 0.0
@@ -59,11 +61,13 @@ struct Demo: ParsableCommand {
                 for s in 0..<stepsPerEpoch {
                     for j in 0..<batchSize {
                         let src = order[s * batchSize + j]
-                        (images.tensor.base + j * per).update(from: train.tensor.base + src * per, count: per)
-                        labels.tensor.base[j] = trainLabels[src]
+                        (hostImages.pointer + j * per).update(from: train.pointer + src * per, count: per)
+                        hostLabels.storage[j] = trainLabels[src]
                     }
-                    let r = try trainer.step(images: images.tensor, labels: labels.tensor)
-                    lossSum += r.terms.total
+                    be.upload(hostImages.buffer, into: images.tensor)
+                    be.upload(hostLabels.buffer, into: labels.tensor)
+                    let r = try trainer.step(images: images.tensor, labels: labels.tensor)!
+                    lossSum += r.totalSum
                     progress.update(s + 1, items: (s + 1) * batchSize, detail: String(format: "loss %.4f", r.terms.total))
                 }
                 // Validation on fresh images (indices past the training range).
@@ -72,8 +76,8 @@ struct Demo: ParsableCommand {
                 while v < valImages {
                     let n = min(batchSize, valImages - v)
                     let batch = HostTensor(Shape(n, 3, cfg.imgSize, cfg.imgSize))
-                    for j in 0..<n { synth.normalized(trainImages + v + j, mean: cfg.mean, std: cfg.std, into: batch.tensor.base + j * per) }
-                    try trainer.predict(images: batch.tensor, into: probs)
+                    for j in 0..<n { synth.normalized(trainImages + v + j, mean: cfg.mean, std: cfg.std, into: batch.pointer + j * per) }
+                    try trainer.predict(images: DeviceTensor(be, batch).tensor, into: probs)
                     for j in 0..<n { scores.append(probs[j]); truth.append(synth.label(trainImages + v + j)) }
                     v += n
                 }

@@ -3,11 +3,11 @@ import Foundation
 import RadarCore
 
 /// Loads a checkpoint into a fresh model (config from its metadata).
-func loadCheckpointModel(_ path: String, threads: Int) throws -> (RADARModel, ExecutionContext, Trainer) {
+func loadCheckpointModel(_ path: String, threads: Int, device: String?) throws -> (RADARModel, ExecutionContext, Trainer) {
     let (tensors, state) = try Checkpoint.read(path)
     let config = try JSONDecoder().decode(RADARConfig.self, from: Data(state.configJSON.utf8))
     let model = try RADARModel(config: config)
-    let ctx = ExecutionContext(backend: CPUBackend(threads: threads), params: ParameterStore(layout: model.layout))
+    let ctx = ExecutionContext(backend: try Devices.backend(device ?? Devices.defaultName, threads: threads), layout: model.layout)
     try Checkpoint.restore(tensors, state: state, into: ctx.params, optimizer: nil, path: path)
     return (model, ctx, Trainer(model: model, ctx: ctx))
 }
@@ -19,11 +19,12 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Split: train, val or test.") var split = "test"
     @Option(help: "Images per batch.") var batchSize = 32
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Backend: cpu or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
 
     func run() throws {
         try failing {
             guard let sp = Split(rawValue: split) else { throw ValidationError("--split must be train, val or test") }
-            let (model, _, trainer) = try loadCheckpointModel(checkpoint, threads: threads)
+            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, threads: threads, device: device)
             let set = try ShardSet(directory: data)
             let c = model.config
             let loader = StreamingLoader(set: set, refs: set.refs(sp), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
@@ -32,8 +33,11 @@ struct Evaluate: ParsableCommand {
             let probs = UnsafeMutablePointer<Float>.allocate(capacity: batchSize)
             defer { probs.deallocate() }
             let bar = ProgressReporter("evaluate", total: loader.batchCount, unit: "batch")
+            let input = DeviceTensor(ctx.backend, Shape(batchSize, 3, c.imgSize, c.imgSize))
             while let b = try loader.next() {
-                try trainer.predict(images: b.images.tensor, into: probs)
+                let view = input.tensor.slice(from: 0, Shape(b.labels.count, 3, c.imgSize, c.imgSize))
+                ctx.backend.upload(UnsafeBufferPointer(rebasing: b.images.buffer[0..<view.count]), into: view)
+                try trainer.predict(images: view, into: probs)
                 for j in 0..<b.labels.count { scores.append(probs[j]); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j]) }
                 bar.update(b.index + 1)
             }
@@ -49,11 +53,12 @@ struct Predict: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Probability of 'fake' and the label for images (PNG/JPEG files or directories).")
     @Option(help: "Checkpoint (.safetensors.lz4 or .safetensors).") var checkpoint: String
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Backend: cpu or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Argument(help: "Images or directories of images.") var paths: [String]
 
     func run() throws {
         try failing {
-            let (model, _, trainer) = try loadCheckpointModel(checkpoint, threads: threads)
+            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, threads: threads, device: device)
             var files: [String] = []
             for p in paths {
                 var isDir: ObjCBool = false
@@ -67,13 +72,15 @@ struct Predict: ParsableCommand {
             }
             let c = model.config
             let x = HostTensor(Shape(1, 3, c.imgSize, c.imgSize))
+            let input = DeviceTensor(ctx.backend, x.shape)
             var prob: Float = 0
             for f in files {
                 do {
                     guard let d = FileManager.default.contents(atPath: f) else { throw ValidationError("\(f): cannot read") }
                     let img = ImageResize.resize(try ImageCodec.decode(d, item: f), width: c.imgSize, height: c.imgSize)
-                    Augmenter.normalize(img, mean: c.mean, std: c.std, into: x.tensor.base)
-                    try trainer.predict(images: x.tensor, into: &prob)
+                    Augmenter.normalize(img, mean: c.mean, std: c.std, into: x.pointer)
+                    ctx.backend.upload(x.buffer, into: input.tensor)
+                    try trainer.predict(images: input.tensor, into: &prob)
                     print(String(format: "%@\t%.4f\t%@", f, prob, prob >= 0.5 ? "fake" : "real"))
                 } catch {
                     logLine("radar predict: \(error)")

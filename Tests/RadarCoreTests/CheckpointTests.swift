@@ -31,7 +31,7 @@ final class CheckpointTests: XCTestCase {
         var st = Checkpoint.State()
         st.optimizerStep = trainer.optimizer.step
         st.epoch = 3
-        st.batchInEpoch = 5
+        st.dataPosition = 5
         st.microStep = trainer.ctx.step
         st.configJSON = String(decoding: trainer.model.config.jsonData(), as: UTF8.self)
         let path = "\(dir)/last.safetensors.lz4"
@@ -43,7 +43,7 @@ final class CheckpointTests: XCTestCase {
         let (trainer, path) = try tinyTrainedStore()
         let (tensors, state) = try Checkpoint.read(path)
         XCTAssertEqual(state.epoch, 3)
-        XCTAssertEqual(state.batchInEpoch, 5)
+        XCTAssertEqual(state.dataPosition, 5)
         XCTAssertEqual(state.optimizerStep, 2)
         let store = ParameterStore(layout: trainer.model.layout)
         let opt = AdamW(store: store, slots: trainer.model.activeSlots)
@@ -111,7 +111,7 @@ final class CheckpointTests: XCTestCase {
 
     func options(_ data: String, _ out: String, stop: Int, resume: String? = nil) -> TrainOptions {
         var o = TrainOptions(data: data, output: out, experiment: "r", config: RADARConfig.preset("tiny")!)
-        (o.batchSize, o.epochs, o.accumulation, o.learningRate, o.stopAfterSteps, o.resume) = (8, 3, 2, 1e-3, stop, resume)
+        (o.batchSize, o.epochs, o.accumulationSteps, o.learningRate, o.stopAfterSteps, o.resume) = (8, 3, 2, 1e-3, stop, resume)
         return o
     }
 
@@ -125,7 +125,7 @@ final class CheckpointTests: XCTestCase {
         let a = try Checkpoint.read("\(straight)/r/last.safetensors.lz4"), b = try Checkpoint.read("\(split)/r/last.safetensors.lz4")
         XCTAssertEqual(a.state.optimizerStep, 4)
         XCTAssertEqual(b.state.optimizerStep, 4)
-        XCTAssertEqual(a.state.batchInEpoch, b.state.batchInEpoch)
+        XCTAssertEqual(a.state.dataPosition, b.state.dataPosition)
         XCTAssertEqual(a.tensors.count, b.tensors.count)
         for (k, t) in a.tensors {
             XCTAssertEqual(t.floats.map(\.bitPattern), b.tensors[k]!.floats.map(\.bitPattern), "\(k) differs after 2+2 vs 4 steps")
@@ -144,7 +144,7 @@ final class CheckpointTests: XCTestCase {
         let data = try makeRunData(), out = temporaryDirectory("full")
         var o = options(data, out, stop: 0)
         o.epochs = 2
-        o.maxBatchesPerEpoch = 3
+        o.maxStepsPerEpoch = 3
         _ = try TrainingRun(options: o).run()
         let dir = "\(out)/r"
         for f in ["best.safetensors.lz4", "last.safetensors.lz4", "config.json", "metrics.json", "metrics.jsonl",

@@ -185,7 +185,7 @@ final class MPITrainingTests: XCTestCase {
         XCTAssertEqual(st.worldSize, 1)
         XCTAssertEqual(st.optimizerStep, 4)
         // 2 steps x 2 ranks x batch 4 = 16 global samples = 4 single-rank batches consumed, then 2 more.
-        XCTAssertEqual(st.batchInEpoch, 6)
+        XCTAssertEqual(st.dataPosition, 6)
     }
 
     func testTwoRankResumeIsBitIdentical() throws {

@@ -14,7 +14,7 @@ public enum Checkpoint {
         public var optimizerStep = 0
         public var epoch = 0
         /// Micro-batches of `epoch` already consumed (the data position in the epoch plan).
-        public var batchInEpoch = 0
+        public var dataPosition = 0
         /// The micro-batch counter that keys dropout streams.
         public var microStep: UInt64 = 0
         public var seed: UInt64 = 0
@@ -32,7 +32,7 @@ public enum Checkpoint {
 
         var metadata: [String: String] {
             ["format": "radar-checkpoint", "format_version": Checkpoint.formatVersion, "step": String(optimizerStep), "epoch": String(epoch),
-             "data_position": String(batchInEpoch), "rng_micro_step": String(microStep), "seed": String(seed),
+             "data_position": String(dataPosition), "rng_micro_step": String(microStep), "seed": String(seed),
              "best_val_auc": String(bestValAUC), "early_stopping_counter": String(sinceBest), "world_size": String(worldSize),
              "scheduler": "{\"type\":\"OneCycleLR\",\"max_lr\":\(schedulerMaxLR),\"total_steps\":\(schedulerTotalSteps),\"last_step\":\(optimizerStep)}",
              "skipped_steps": String(skippedSteps), "config": configJSON, "history": historyJSON]
@@ -52,7 +52,7 @@ public enum Checkpoint {
             }
             optimizerStep = try int("step")
             epoch = try int("epoch")
-            batchInEpoch = try int("data_position")
+            dataPosition = try int("data_position")
             microStep = UInt64(try int("rng_micro_step"))
             seed = UInt64(try need("seed")) ?? 0
             bestValAUC = Double(try need("best_val_auc")) ?? -.infinity
@@ -78,21 +78,35 @@ public enum Checkpoint {
     /// directory; the previous checkpoint stays intact until the new one is complete.
     public static func write(_ path: String, store: ParameterStore, optimizer: AdamW?, state: State) throws {
         let layout = store.layout
-        // (name, dtype, shape, bytes) in name order: the header's data_offsets follow it.
-        var entries: [(String, String, [Int], UnsafeRawBufferPointer)] = []
-        for s in layout.parameters {
-            entries.append((s.name, "F32", s.shape.dims, UnsafeRawBufferPointer(store.value(s).buffer)))
-            if let o = optimizer {
-                entries.append(("optim.exp_avg.\(s.name)", "F32", s.shape.dims,
-                                UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: o.expAvg[s.offset..<(s.offset + s.count)]))))
-                entries.append(("optim.exp_avg_sq.\(s.name)", "F32", s.shape.dims,
-                                UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: o.expAvgSq[s.offset..<(s.offset + s.count)]))))
-            }
-        }
-        for s in layout.bufferSlots { entries.append((s.name, "F32", s.shape.dims, UnsafeRawBufferPointer(store.buffer(s).buffer))) }
-        for (i, n) in layout.counterNames.enumerated() {
-            entries.append((n, "I64", [], UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: store.counters[i..<(i + 1)]))))
-        }
+        // The named point where a checkpoint leaves the device: one download per flat buffer.
+        let values = store.downloadValues(), buffers = store.downloadBuffers()
+        let moments = optimizer?.downloadMoments()
+        return try values.withUnsafeBytes { v in try buffers.withUnsafeBytes { b in
+            try (moments?.expAvg ?? []).withUnsafeBytes { m in try (moments?.expAvgSq ?? []).withUnsafeBytes { q in
+                func bytes(_ raw: UnsafeRawBufferPointer, _ s: ParameterSlot) -> UnsafeRawBufferPointer {
+                    UnsafeRawBufferPointer(rebasing: raw[(s.offset * 4)..<((s.offset + s.count) * 4)])
+                }
+                // (name, dtype, shape, bytes) in name order: the header's data_offsets follow it.
+                var entries: [(String, String, [Int], UnsafeRawBufferPointer)] = []
+                for s in layout.parameters {
+                    entries.append((s.name, "F32", s.shape.dims, bytes(v, s)))
+                    if moments != nil {
+                        entries.append(("optim.exp_avg.\(s.name)", "F32", s.shape.dims, bytes(m, s)))
+                        entries.append(("optim.exp_avg_sq.\(s.name)", "F32", s.shape.dims, bytes(q, s)))
+                    }
+                }
+                for s in layout.bufferSlots { entries.append((s.name, "F32", s.shape.dims, bytes(b, s))) }
+                for (i, n) in layout.counterNames.enumerated() {
+                    entries.append((n, "I64", [], UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: store.counters[i..<(i + 1)]))))
+                }
+                try writeEntries(entries, state: state, to: path)
+            } }
+        } }
+    }
+
+    /// The safetensors bytes of `entries` inside an LZ4 frame, written atomically.
+    private static func writeEntries(_ entries: [(String, String, [Int], UnsafeRawBufferPointer)], state: State, to path: String) throws {
+        var entries = entries
         entries.sort { $0.0 < $1.0 }
         var header: [String: Any] = ["__metadata__": state.metadata]
         var offset = 0
@@ -141,16 +155,16 @@ public enum Checkpoint {
     public static func restore(_ tensors: [String: SafeTensor], state: State, into store: ParameterStore, optimizer: AdamW?, path: String) throws {
         try StateDict.load(tensors.filter { !$0.key.hasPrefix("optim.") }, into: store, source: path)
         guard let o = optimizer else { return }
+        var expAvg = [Float](repeating: 0, count: store.parameterCount), expAvgSq = expAvg
         for s in store.layout.parameters {
             guard let m = tensors["optim.exp_avg.\(s.name)"], let v = tensors["optim.exp_avg_sq.\(s.name)"],
                   m.floats.count == s.count, v.floats.count == s.count else {
                 throw CheckpointError(path: path, reason: "optimizer state for \(s.name) missing or misshaped")
             }
-            for i in 0..<s.count {
-                o.expAvg[s.offset + i] = m.floats[i]
-                o.expAvgSq[s.offset + i] = v.floats[i]
-            }
+            expAvg.replaceSubrange(s.offset..<(s.offset + s.count), with: m.floats)
+            expAvgSq.replaceSubrange(s.offset..<(s.offset + s.count), with: v.floats)
         }
+        o.uploadMoments(expAvg: expAvg, expAvgSq: expAvgSq)
         o.step = state.optimizerStep
     }
 }

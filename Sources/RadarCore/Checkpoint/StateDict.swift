@@ -18,8 +18,9 @@ public enum StateDict {
     /// Every parameter, buffer and counter by name (counters as I64).
     public static func export(_ store: ParameterStore, prefix: String = "") -> [String: SafeTensor] {
         var out: [String: SafeTensor] = [:]
-        for s in store.layout.parameters { out[prefix + s.name] = SafeTensor(shape: s.shape.dims, floats: store.value(s).toArray()) }
-        for s in store.layout.bufferSlots { out[prefix + s.name] = SafeTensor(shape: s.shape.dims, floats: store.buffer(s).toArray()) }
+        let values = store.downloadValues(), buffers = store.downloadBuffers()
+        for s in store.layout.parameters { out[prefix + s.name] = SafeTensor(shape: s.shape.dims, floats: Array(values[s.offset..<(s.offset + s.count)])) }
+        for s in store.layout.bufferSlots { out[prefix + s.name] = SafeTensor(shape: s.shape.dims, floats: Array(buffers[s.offset..<(s.offset + s.count)])) }
         for (i, n) in store.layout.counterNames.enumerated() { out[prefix + n] = SafeTensor(shape: [], ints: [store.counters[i]]) }
         return out
     }
@@ -53,7 +54,7 @@ public enum StateDict {
         if !missing.isEmpty || !unknown.isEmpty || !shapes.isEmpty {
             throw Mismatch(source: source, missing: missing, unknown: unknown, shapes: shapes)
         }
-        for (t, v) in plan { t.copy(from: v) }
+        for (t, v) in plan { store.backend.upload(v, into: t) }
         for (i, v) in counters { store.counters[i] = v }
     }
 }

@@ -44,7 +44,7 @@ public enum TimmWeights {
             if !shapes.isEmpty { p.append("shape mismatches: " + shapes.joined(separator: "; ")) }
             throw LoadError(path: path, problems: p)
         }
-        for (t, v) in plan { t.copy(from: v) }
+        for (t, v) in plan { store.backend.upload(v, into: t) }
         return resampled
     }
 

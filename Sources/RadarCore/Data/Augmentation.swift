@@ -26,8 +26,7 @@ public struct AugmentationPlan: Equatable, Sendable {
     /// blur (kernel 3-5) or JPEG quality 70-100 with p 0.3; colour jitter (0.1, 0.1, 0.1, hue
     /// 0.02) p 0.3.
     public static func draw(seed: UInt64, epoch: Int, key: String) -> AugmentationPlan {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in key.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        let h = FNV1a.hash(key)
         let r = RandomStream(seed: seed, stream: RandomStream.id("augment", UInt64(epoch), h))
         var i: UInt64 = 0
         func u() -> Double { defer { i += 1 }; return Double(r.uniform(i)) }

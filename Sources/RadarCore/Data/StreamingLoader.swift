@@ -36,8 +36,7 @@ public final class ShardSet: @unchecked Sendable {
     public func shuffled(_ refs: [SampleRef], seed: UInt64, epoch: Int) -> [SampleRef] {
         let r = RandomStream(seed: seed, stream: RandomStream.id("epoch-shuffle", UInt64(epoch)))
         return refs.map { ref -> (UInt64, SampleRef) in
-            var h: UInt64 = 0xcbf2_9ce4_8422_2325
-            for b in key(ref).utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            let h = FNV1a.hash(key(ref))
             let b = r.philox.block(UInt32(truncatingIfNeeded: h), UInt32(truncatingIfNeeded: h >> 32),
                                    UInt32(truncatingIfNeeded: r.stream), UInt32(truncatingIfNeeded: r.stream >> 32))
             return (UInt64(b.0) << 32 | UInt64(b.1), ref)
@@ -164,7 +163,7 @@ public final class StreamingLoader: @unchecked Sendable {
         let images = HostTensor(Shape(hi - lo, 3, size, size))
         var labels: [Float] = [], keys: [String] = [], seqs: [String] = []
         for (j, ref) in refs[lo..<hi].enumerated() {
-            let info = try loadSample(ref, into: images.tensor.base + j * 3 * size * size)
+            let info = try loadSample(ref, into: images.pointer + j * 3 * size * size)
             labels.append(Float(info.label))
             keys.append(set.key(ref))
             seqs.append(info.sequence)

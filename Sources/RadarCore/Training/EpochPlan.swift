@@ -10,14 +10,16 @@ public struct EpochPlan: Sendable {
     /// The epoch's samples in global order; rank r takes positions r, r + worldSize, ...
     public let order: [SampleRef]
 
-    public init(set: ShardSet, split: Split = .train, seed: UInt64, epoch: Int, worldSize: Int, batchSize: Int, batchMultiple: Int = 1,
-                maxBatchesPerRank: Int = 0) {
+    /// Micro-batches per rank are a whole number of optimizer steps (`accumulationSteps` each),
+    /// at most `maxStepsPerEpoch` of them when that is positive.
+    public init(set: ShardSet, split: Split = .train, seed: UInt64, epoch: Int, worldSize: Int, batchSize: Int,
+                accumulationSteps: Int = 1, maxStepsPerEpoch: Int = 0) {
         self.epoch = epoch
         self.worldSize = worldSize
         let all = set.shuffled(set.refs(split), seed: seed, epoch: epoch)
         var perRank = all.count / (batchSize * worldSize)
-        if maxBatchesPerRank > 0 { perRank = min(perRank, maxBatchesPerRank) }
-        perRank = perRank / batchMultiple * batchMultiple
+        if maxStepsPerEpoch > 0 { perRank = min(perRank, maxStepsPerEpoch * accumulationSteps) }
+        perRank = perRank / accumulationSteps * accumulationSteps
         batchesPerRank = perRank
         order = Array(all.prefix(perRank * batchSize * worldSize))
     }

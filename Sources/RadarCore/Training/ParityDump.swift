@@ -8,9 +8,9 @@ public enum ParityDump {
 
     public static func run(config: RADARConfig, weights: [String: SafeTensor], weightsSource: String,
                            batch: [String: SafeTensor], batchSource: String, steps: Int, lr: Double, weightDecay: Double,
-                           threads: Int = 1) throws -> [String: SafeTensor] {
+                           threads: Int = 1, device: String = Devices.defaultName) throws -> [String: SafeTensor] {
         let model = try RADARModel(config: config)
-        let ctx = ExecutionContext(backend: CPUBackend(threads: threads), params: ParameterStore(layout: model.layout))
+        let ctx = ExecutionContext(backend: try Devices.backend(device, threads: threads), layout: model.layout)
         try StateDict.load(weights, into: ctx.params, source: weightsSource)
         guard let img = batch["images"], img.shape.count == 4, img.dtype != .i64 else {
             throw BatchError(description: "\(batchSource): expected a float tensor `images` of shape (B, 3, H, W)")
@@ -18,20 +18,25 @@ public enum ParityDump {
         guard let lab = batch["labels"], lab.shape == [img.shape[0]], lab.dtype != .i64 else {
             throw BatchError(description: "\(batchSource): expected a float tensor `labels` of shape (\(img.shape[0]))")
         }
-        let images = HostTensor(Shape(img.shape), img.floats), labels = HostTensor(Shape(lab.shape), lab.floats)
+        let be = ctx.backend
+        let images = DeviceTensor(be, Shape(img.shape), img.floats), labels = DeviceTensor(be, Shape(lab.shape), lab.floats)
         let trainer = Trainer(model: model, ctx: ctx, lr: Float(lr), weightDecay: Float(weightDecay))
         trainer.clipNorm = 1.0
         var out: [String: SafeTensor] = [:]
-        let (terms, outputs) = try trainer.accumulateGradients(images: images.tensor, labels: labels.tensor)
-        for (name, t) in outputs.named { out["out.\(name)"] = SafeTensor(shape: t.shape.dims, floats: t.toArray()) }
-        out["out.convergence_delta"] = SafeTensor(shape: [], floats: [outputs.convergenceDelta])
+        let (outputs, termsTensor) = try trainer.microBatch(images: images.tensor, labels: labels.tensor)
+        let terms = be.download(termsTensor).withUnsafeBufferPointer { LossTerms($0) }
+        for (name, t) in outputs.named { out["out.\(name)"] = SafeTensor(shape: t.shape.dims, floats: be.download(t)) }
+        out["out.convergence_delta"] = SafeTensor(shape: [], floats: be.download(outputs.convergenceDelta))
         for (name, v) in terms.named { out["loss.\(name)"] = SafeTensor(shape: [], floats: [Float(v)]) }
-        for s in model.layout.parameters { out["grad.\(s.name)"] = SafeTensor(shape: s.shape.dims, floats: ctx.params.grad(s).toArray()) }
+        let grads = ctx.params.downloadGrads()
+        for s in model.layout.parameters {
+            out["grad.\(s.name)"] = SafeTensor(shape: s.shape.dims, floats: Array(grads[s.offset..<(s.offset + s.count)]))
+        }
         guard steps > 0 else { return out }
         out["loss.step0"] = SafeTensor(shape: [], floats: [Float(terms.total)])
-        trainer.applyAccumulatedGradients()
+        _ = try trainer.optimizerStep()
         for i in 1..<steps {
-            let r = try trainer.step(images: images.tensor, labels: labels.tensor)
+            let r = try trainer.step(images: images.tensor, labels: labels.tensor)!
             out["loss.step\(i)"] = SafeTensor(shape: [], floats: [Float(r.terms.total)])
         }
         for (name, t) in StateDict.export(ctx.params) {

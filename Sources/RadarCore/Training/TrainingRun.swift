@@ -10,14 +10,16 @@ public struct TrainOptions: Sendable {
     public var epochs = 10
     public var learningRate = 5e-4
     public var weightDecay = 0.05
-    public var accumulation = 2
+    public var accumulationSteps = 2
     public var patience = 10
     public var seed: UInt64 = 42
     public var threads = 1
     public var loaderThreads = 1
     public var augment = true
-    /// Cap on optimizer-step batches per epoch (0: all); for smoke runs.
-    public var maxBatchesPerEpoch = 0
+    /// Cap on optimizer steps per epoch (0: all); for smoke runs.
+    public var maxStepsPerEpoch = 0
+    /// The backend the model runs on (`Devices`).
+    public var device = Devices.defaultName
     public var pretrained: String?
     /// Write `last` every this many optimizer steps (0: only at the end of each epoch).
     public var checkpointEvery = 0
@@ -27,8 +29,7 @@ public struct TrainOptions: Sendable {
     public var allowWorldSizeChange = false
     /// Stop (after writing `last`) once this many optimizer steps have been taken in total.
     public var stopAfterSteps = 0
-    /// Data-parallel position of this process (rank, world size) and the gradient hook that
-    /// averages gradients across ranks; a single process is (0, 1, nil).
+    /// Data-parallel position of this process; a single process is (0, 1).
     public var rank = 0
     public var worldSize = 1
 
@@ -43,9 +44,9 @@ public struct TrainOptions: Sendable {
 
     public var jsonObject: [String: Any] {
         ["data": data, "output": output, "experiment": experiment, "batch_size": batchSize, "num_epochs": epochs,
-         "learning_rate": learningRate, "weight_decay": weightDecay, "accumulation_steps": accumulation,
+         "learning_rate": learningRate, "weight_decay": weightDecay, "accumulation_steps": accumulationSteps, "device": device,
          "patience": patience, "seed": seed, "threads": threads, "loader_threads": loaderThreads, "augment": augment,
-         "max_batches_per_epoch": maxBatchesPerEpoch, "pretrained": pretrained ?? NSNull(), "world_size": worldSize,
+         "max_steps_per_epoch": maxStepsPerEpoch, "pretrained": pretrained ?? NSNull(), "world_size": worldSize,
          "checkpoint_every": checkpointEvery,
          "model": (try? JSONSerialization.jsonObject(with: config.jsonData())) ?? [:]]
     }
@@ -69,10 +70,11 @@ public struct RunHistory: Sendable, Codable {
     }
 }
 
-/// The single-process training loop: epochs over the train split through the streaming loader,
+/// The training loop of one replica: epochs over the train split through the streaming loader,
 /// validation every epoch, early stopping on validation AUC, test metrics with the best weights.
-/// Writes config.json, metrics.json (the reference's schema plus our metrics) and metrics.jsonl
-/// under output/experiment.
+/// Rank 0 writes config.json, metrics.json (the reference's schema plus our metrics) and
+/// metrics.jsonl under output/experiment. With several replicas, `parallel` (set before `run`)
+/// is how they agree; a single process needs nothing.
 public final class TrainingRun {
     public let options: TrainOptions
     public let set: ShardSet
@@ -80,32 +82,32 @@ public final class TrainingRun {
     public let ctx: ExecutionContext
     public let trainer: Trainer
     public var log: (String) -> Void = { _ in }
+    /// Progress display: (epoch, micro-batches done, micro-batches per epoch, last known loss).
     public var onBatch: ((Int, Int, Int, Double) -> Void)?
-    /// Averages gradients across ranks (data-parallel runs); set before `run`.
-    public var gradientHook: ((ParameterStore, Bool) -> Bool)? {
-        get { trainer.gradientHook }
-        set { trainer.gradientHook = newValue }
+    /// The replicas this run trains with (a single process by default).
+    public var parallel: any DataParallel {
+        get { ctx.parallel }
+        set { ctx.parallel = newValue }
     }
     /// Only rank 0 writes files.
     var writes: Bool { options.rank == 0 }
-    /// Data-parallel runs: every rank's equal-length Float array, in rank order, on every rank.
-    public var allGather: (([Float]) throws -> [[Float]])?
-    /// Called after every optimizer step (e.g. to check that replicas are still identical).
-    public var afterStep: (() throws -> Void)?
-    /// Called with each epoch's plan before it starts (e.g. to compare it with the coordinator's).
-    public var onEpochStart: ((EpochPlan) throws -> Void)?
-    /// Called with each epoch's validation metrics.
-    public var onEpochEnd: ((Int, [String: Double]) -> Void)?
+    /// The input batch on the device, allocated once: loader batches are uploaded into it.
+    private let inputImages: DeviceTensor
+    private let inputLabels: DeviceTensor
 
     public init(options: TrainOptions) throws {
         self.options = options
         set = try ShardSet(directory: options.data)
         model = try RADARModel(config: options.config)
-        ctx = ExecutionContext(backend: CPUBackend(threads: options.threads), params: ParameterStore(layout: model.layout), seed: options.seed)
+        ctx = ExecutionContext(backend: try Devices.backend(options.device, threads: options.threads), layout: model.layout,
+                               seed: options.seed)
         model.initialize(ctx.params, seed: options.seed)
         if let p = options.pretrained { try TimmWeights.load(p, into: ctx.params, config: options.config) }
         trainer = Trainer(model: model, ctx: ctx, lr: Float(options.learningRate), weightDecay: Float(options.weightDecay),
-                          accumulation: options.accumulation)
+                          accumulationSteps: options.accumulationSteps)
+        let c = options.config
+        inputImages = DeviceTensor(ctx.backend, Shape(options.batchSize, 3, c.imgSize, c.imgSize))
+        inputLabels = DeviceTensor(ctx.backend, Shape(options.batchSize))
         for split in [Split.train, .val] where set.refs(split).isEmpty {
             throw DatasetError(path: options.data, reason: "the \(split.rawValue) split is empty")
         }
@@ -116,8 +118,17 @@ public final class TrainingRun {
 
     public func plan(epoch: Int) -> EpochPlan {
         EpochPlan(set: set, seed: options.seed, epoch: epoch, worldSize: options.worldSize, batchSize: options.batchSize,
-                  batchMultiple: options.accumulation,
-                  maxBatchesPerRank: options.maxBatchesPerEpoch > 0 ? options.maxBatchesPerEpoch * options.accumulation : 0)
+                  accumulationSteps: options.accumulationSteps, maxStepsPerEpoch: options.maxStepsPerEpoch)
+    }
+
+    /// Uploads a loader batch into the preallocated input tensors; returns views of its size.
+    func upload(_ b: StreamingLoader.Batch) -> (images: Tensor, labels: Tensor) {
+        let n = b.labels.count, per = inputImages.shape.count / inputImages.shape[0]
+        let images = inputImages.tensor.slice(from: 0, Shape(n, 3, options.config.imgSize, options.config.imgSize))
+        let labels = inputLabels.tensor.slice(from: 0, Shape(n))
+        ctx.backend.upload(UnsafeBufferPointer(rebasing: b.images.storage[0..<(n * per)]), into: images)
+        ctx.backend.upload(b.labels, into: labels)
+        return (images, labels)
     }
 
     /// Eval-mode scores of a split. With several ranks each scores refs[rank::size] and the
@@ -134,15 +145,15 @@ public final class TrainingRun {
         let probs = UnsafeMutablePointer<Float>.allocate(capacity: options.batchSize)
         defer { probs.deallocate() }
         while let b = try loader.next() {
-            try trainer.predict(images: b.images.tensor, into: probs)
+            try trainer.predict(images: upload(b).images, into: probs)
             for j in 0..<b.labels.count {
                 myScores.append(probs[j]); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
             }
         }
-        guard size > 1, let gather = allGather else { return (myScores, labels, seqs) }
+        guard size > 1 else { return (myScores, labels, seqs) }
         let per = (all.count + size - 1) / size
         let padded = myScores + [Float](repeating: .nan, count: per - myScores.count)
-        let parts = try gather(padded)
+        let parts = try parallel.gather(padded)
         var scores = [Float](repeating: 0, count: all.count)
         for r in 0..<size { for j in 0..<per where r + size * j < all.count { scores[r + size * j] = parts[r][j] } }
         let infos = try all.map { try set.indices[$0.shard].info($0.index) }
@@ -152,11 +163,11 @@ public final class TrainingRun {
     var lastPath: String { (options.experimentDirectory as NSString).appendingPathComponent("last.safetensors.lz4") }
     var bestPath: String { (options.experimentDirectory as NSString).appendingPathComponent("best.safetensors.lz4") }
 
-    func checkpointState(epoch: Int, batchInEpoch: Int, history: RunHistory, sinceBest: Int) -> Checkpoint.State {
+    func checkpointState(epoch: Int, dataPosition: Int, history: RunHistory, sinceBest: Int) -> Checkpoint.State {
         var st = Checkpoint.State()
         st.optimizerStep = trainer.optimizer.step
         st.epoch = epoch
-        st.batchInEpoch = batchInEpoch
+        st.dataPosition = dataPosition
         st.microStep = ctx.step
         st.seed = options.seed
         st.bestValAUC = history.bestValAUC
@@ -177,12 +188,26 @@ public final class TrainingRun {
         try Checkpoint.write(path, store: ctx.params, optimizer: trainer.optimizer, state: st)
     }
 
+    /// The OneCycle schedule of this run: its total is every optimizer step of every epoch.
+    func makeSchedule() -> OneCycleLR {
+        OneCycleLR(maxLR: options.learningRate, totalSteps: batchesPerEpoch / options.accumulationSteps * options.epochs)
+    }
+
     /// Loads `options.resume`; returns the state to continue from, or nil for a fresh start.
     func resumeState() throws -> Checkpoint.State? {
         guard let r = options.resume else { return nil }
         let path = r == "auto" ? lastPath : r
         if r == "auto" && !FileManager.default.fileExists(atPath: path) { return nil }
         let (tensors, st) = try Checkpoint.read(path)
+        try checkResumable(st, path: path)
+        try Checkpoint.restore(tensors, state: st, into: ctx.params, optimizer: trainer.optimizer, path: path)
+        ctx.step = st.microStep
+        log("resumed from \(path): epoch \(st.epoch + 1), optimizer step \(st.optimizerStep), data position \(st.dataPosition)")
+        return st
+    }
+
+    /// Refuses a checkpoint of another model, world size (unless allowed) or learning-rate schedule.
+    func checkResumable(_ st: Checkpoint.State, path: String) throws {
         let saved = try JSONDecoder().decode(RADARConfig.self, from: Data(st.configJSON.utf8))
         if saved != options.config {
             let a = (try? JSONSerialization.jsonObject(with: saved.jsonData()) as? [String: Any]) ?? [:]
@@ -193,133 +218,185 @@ public final class TrainingRun {
         if st.worldSize != options.worldSize && !options.allowWorldSizeChange {
             throw Checkpoint.CheckpointError(path: path, reason: "written with world size \(st.worldSize), this run has \(options.worldSize) (pass --allow-world-size-change to map the data position)")
         }
-        try Checkpoint.restore(tensors, state: st, into: ctx.params, optimizer: trainer.optimizer, path: path)
-        ctx.step = st.microStep
-        log("resumed from \(path): epoch \(st.epoch + 1), optimizer step \(st.optimizerStep), data position \(st.batchInEpoch)")
-        return st
+        // The schedule is a function of (learning rate, steps per epoch, epochs): resuming under
+        // another one would silently bend the learning-rate curve. World-size changes alter the
+        // steps per epoch by design and are let through with the flag above.
+        let schedule = makeSchedule()
+        if st.schedulerTotalSteps > 0 && st.worldSize == options.worldSize
+            && (st.schedulerMaxLR != schedule.maxLR || st.schedulerTotalSteps != schedule.totalSteps) {
+            throw Checkpoint.CheckpointError(path: path, reason: "its OneCycle schedule (max_lr \(st.schedulerMaxLR), total_steps \(st.schedulerTotalSteps)) differs from this run's (max_lr \(schedule.maxLR), total_steps \(schedule.totalSteps)): resume with the same --learning-rate, --num-epochs, --batch-size, --accumulation-steps and --max-steps-per-epoch")
+        }
+    }
+
+    /// Where a run continues: history, early-stopping counter, epoch and micro-batch.
+    struct Position {
+        var history = RunHistory()
+        var sinceBest = 0
+        var epoch = 0
+        var batch = 0
+    }
+
+    func startingPosition(_ resumed: Checkpoint.State?) -> Position {
+        var p = Position()
+        guard let st = resumed else { return p }
+        let d = JSONDecoder()
+        d.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        p.history = (try? d.decode(RunHistory.self, from: Data(st.historyJSON.utf8))) ?? RunHistory()
+        p.sinceBest = st.sinceBest
+        (p.epoch, p.batch) = (st.epoch, st.dataPosition)
+        if st.worldSize != options.worldSize {
+            // The data position is a count of global samples: map it to this world size's batches.
+            p.batch = st.dataPosition * st.worldSize / options.worldSize / options.accumulationSteps * options.accumulationSteps
+        }
+        return p
+    }
+
+    /// The best weights so far (host copies: the named point where they leave the device).
+    struct BestWeights {
+        var values: [Float]
+        var buffers: [Float]
+    }
+
+    func loadBestWeights() -> BestWeights? {
+        guard FileManager.default.fileExists(atPath: bestPath), let (t, _) = try? Checkpoint.read(bestPath) else { return nil }
+        let tmp = ParameterStore(layout: model.layout, backend: ctx.backend)
+        guard (try? StateDict.load(t.filter { !$0.key.hasPrefix("optim.") }, into: tmp, source: bestPath)) != nil else { return nil }
+        return BestWeights(values: tmp.downloadValues(), buffers: tmp.downloadBuffers())
+    }
+
+    /// metrics.jsonl, appended line by line (rank 0 only).
+    final class StepLog {
+        let handle: FileHandle?
+        init(path: String, fresh: Bool, writes: Bool) {
+            if writes && (fresh || !FileManager.default.fileExists(atPath: path)) { FileManager.default.createFile(atPath: path, contents: nil) }
+            handle = writes ? FileHandle(forWritingAtPath: path) : nil
+            _ = try? handle?.seekToEnd()
+        }
+        deinit { try? handle?.close() }
+        func record(_ obj: [String: Any]) {
+            if let d = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
+                try? handle?.write(contentsOf: d + Data("\n".utf8))
+            }
+        }
+    }
+
+    /// How one epoch's training ended.
+    enum EpochEnd { case finished(lossSum: Double, microBatches: Int, seconds: Double), stopped }
+
+    /// Trains one epoch from micro-batch `start`; `.stopped` when `stopAfterSteps` was reached
+    /// (after writing `last`).
+    func trainEpoch(_ epoch: Int, from start: Int, _ position: Position, _ steps: StepLog) throws -> EpochEnd {
+        let c = options.config
+        let epochPlan = plan(epoch: epoch)
+        try parallel.confirmEpochPlan(epoch: epoch, digest: epochPlan.digest)
+        // This rank's share of the epoch: every rank gets the same number of micro-batches.
+        let mine = epochPlan.samples(rank: options.rank)
+        let loader = StreamingLoader(set: set, refs: Array(mine.dropFirst(start * options.batchSize)), batchSize: options.batchSize,
+                                     size: c.imgSize, mean: c.mean, std: c.std, augment: options.augment, seed: options.seed,
+                                     epoch: epoch, threads: options.loaderThreads, dropLast: true)
+        var lossSum = 0.0, n = 0, lastLoss = Double.nan
+        var batchIndex = start
+        let t0 = Date()
+        while let b = try loader.next() {
+            let input = upload(b)
+            let result = try trainer.step(images: input.images, labels: input.labels)
+            n += 1
+            batchIndex += 1
+            if let r = result {
+                lossSum += r.totalSum
+                lastLoss = r.terms.total
+            }
+            onBatch?(epoch, batchIndex, epochPlan.batchesPerRank, lastLoss)
+            guard let r = result else { continue }
+            var entry: [String: Any] = ["epoch": epoch, "step": trainer.optimizer.step, "lr": r.lr, "grad_norm": r.gradNorm,
+                                        "skipped": r.skipped]
+            for (k, v) in r.terms.named { entry["loss_\(k)"] = v }
+            steps.record(entry)
+            let state = { self.checkpointState(epoch: epoch, dataPosition: batchIndex, history: position.history, sinceBest: position.sinceBest) }
+            if options.stopAfterSteps > 0 && trainer.optimizer.step >= options.stopAfterSteps {
+                try save(lastPath, state())
+                log("stopped after \(trainer.optimizer.step) optimizer steps; resume with --resume auto")
+                return .stopped
+            }
+            if options.checkpointEvery > 0 && trainer.optimizer.step % options.checkpointEvery == 0 { try save(lastPath, state()) }
+        }
+        return .finished(lossSum: lossSum, microBatches: n, seconds: Date().timeIntervalSince(t0))
+    }
+
+    /// Validation after an epoch: records the metrics, keeps the best weights, writes `best` and
+    /// `last`; returns true when early stopping ends the run.
+    func validate(_ epoch: Int, lossSum: Double, microBatches n: Int, seconds: Double, _ p: inout Position,
+                  best: inout BestWeights?, _ steps: StepLog) throws -> Bool {
+        let imagesPerSecond = Double(n * options.batchSize * options.worldSize) / max(seconds, 1e-9)
+        let val = try evaluate(.val)
+        let m = BinaryMetrics.all(scores: val.scores, labels: val.labels, sequences: val.sequences)
+        p.history.trainLoss.append(lossSum / Double(max(n, 1)))
+        p.history.valAUC.append(m["auc"]!)
+        p.history.valAccuracy.append(m["accuracy"]!)
+        p.history.valMetrics.append(m)
+        steps.record(["epoch": epoch, "train_loss": p.history.trainLoss.last!, "val": m, "images_per_s": imagesPerSecond])
+        parallel.epochFinished(epoch: epoch, step: trainer.optimizer.step,
+                               metrics: m.merging(["train_loss": p.history.trainLoss.last!, "images_per_s": imagesPerSecond]) { a, _ in a })
+        log(String(format: "epoch %d/%d  train_loss %.4f  val_auc %.4f  val_acc %.4f  val_eer %.4f  %.1f img/s", epoch + 1,
+                   options.epochs, p.history.trainLoss.last!, m["auc"]!, m["accuracy"]!, m["eer"]!, imagesPerSecond))
+        var stop = false
+        if m["auc"]! > p.history.bestValAUC {
+            p.history.bestValAUC = m["auc"]!
+            p.history.bestEpoch = epoch
+            best = BestWeights(values: ctx.params.downloadValues(), buffers: ctx.params.downloadBuffers())
+            p.sinceBest = 0
+            try save(bestPath, checkpointState(epoch: epoch + 1, dataPosition: 0, history: p.history, sinceBest: p.sinceBest))
+        } else {
+            p.sinceBest += 1
+            stop = p.sinceBest >= options.patience
+        }
+        try save(lastPath, checkpointState(epoch: epoch + 1, dataPosition: 0, history: p.history, sinceBest: p.sinceBest))
+        if stop { log("early stopping: validation AUC has not improved for \(options.patience) epochs") }
+        return stop
+    }
+
+    /// Test metrics with the best weights (uploaded back), when the set has a test split.
+    func test(_ history: inout RunHistory, best: BestWeights?) throws {
+        if let best {
+            ctx.params.uploadValues(best.values)
+            ctx.params.uploadBuffers(best.buffers)
+        }
+        guard !set.refs(.test).isEmpty else { return }
+        let test = try evaluate(.test)
+        history.testMetrics = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences)
+        history.testCurve = BinaryMetrics.rocCurve(scores: test.scores, labels: test.labels)
+        log(String(format: "test (best epoch %d): auc %.4f  accuracy %.4f  eer %.4f  ap %.4f  sequence_auc %.4f", history.bestEpoch + 1,
+                   history.testMetrics["auc"]!, history.testMetrics["accuracy"]!, history.testMetrics["eer"]!,
+                   history.testMetrics["average_precision"]!, history.testMetrics["sequence_auc"]!))
     }
 
     public func run() throws -> RunHistory {
         let dir = options.experimentDirectory
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        guard batchesPerEpoch > 0 else {
+            throw DatasetError(path: options.data, reason: "fewer training images than one batch x accumulation steps")
+        }
+        trainer.schedule = makeSchedule()
         let resumed = try resumeState()
         if writes {
             try writeFileAtomically(try JSONSerialization.data(withJSONObject: options.jsonObject, options: [.prettyPrinted, .sortedKeys]),
                                     to: (dir as NSString).appendingPathComponent("config.json"))
         }
         let jsonl = (dir as NSString).appendingPathComponent("metrics.jsonl")
-        if writes && (resumed == nil || !FileManager.default.fileExists(atPath: jsonl)) { FileManager.default.createFile(atPath: jsonl, contents: nil) }
-        let jsonlHandle = writes ? FileHandle(forWritingAtPath: jsonl) : nil
-        _ = try? jsonlHandle?.seekToEnd()
-        defer { try? jsonlHandle?.close() }
-        func record(_ obj: [String: Any]) {
-            if let d = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
-                try? jsonlHandle?.write(contentsOf: d + Data("\n".utf8))
+        let steps = StepLog(path: jsonl, fresh: resumed == nil, writes: writes)
+        var position = startingPosition(resumed)
+        var best = resumed != nil ? loadBestWeights() : nil
+        for epoch in position.epoch..<options.epochs {
+            let start = epoch == position.epoch ? position.batch : 0
+            guard case let .finished(lossSum, n, seconds) = try trainEpoch(epoch, from: start, position, steps) else {
+                position.history.skippedSteps = trainer.skippedSteps
+                return position.history
             }
+            if try validate(epoch, lossSum: lossSum, microBatches: n, seconds: seconds, &position, best: &best, steps) { break }
         }
-        let steps = batchesPerEpoch
-        guard steps > 0 else { throw DatasetError(path: options.data, reason: "fewer training images than one batch x accumulation") }
-        trainer.schedule = OneCycleLR(maxLR: options.learningRate, totalSteps: steps / options.accumulation * options.epochs)
-        var history = RunHistory()
-        var sinceBest = 0
-        var firstEpoch = 0, firstBatch = 0
-        if let st = resumed {
-            let d = JSONDecoder()
-            d.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-            history = (try? d.decode(RunHistory.self, from: Data(st.historyJSON.utf8))) ?? RunHistory()
-            sinceBest = st.sinceBest
-            (firstEpoch, firstBatch) = (st.epoch, st.batchInEpoch)
-            if st.worldSize != options.worldSize {
-                // The data position is a count of global samples: map it to this world size's batches.
-                firstBatch = st.batchInEpoch * st.worldSize / options.worldSize / options.accumulation * options.accumulation
-            }
-        }
-        var bestState: [Float]? = nil, bestBuffers: [Float]? = nil
-        if resumed != nil, FileManager.default.fileExists(atPath: bestPath), let (t, _) = try? Checkpoint.read(bestPath) {
-            let tmp = ParameterStore(layout: model.layout)
-            if (try? StateDict.load(t.filter { !$0.key.hasPrefix("optim.") }, into: tmp, source: bestPath)) != nil {
-                bestState = Array(tmp.values)
-                bestBuffers = Array(tmp.buffers)
-            }
-        }
-        let c = options.config
-        for epoch in firstEpoch..<options.epochs {
-            // This rank's share of the epoch: every rank gets the same number of micro-batches.
-            let epochPlan = plan(epoch: epoch)
-            try onEpochStart?(epochPlan)
-            let mine = epochPlan.samples(rank: options.rank)
-            let start = epoch == firstEpoch ? firstBatch : 0
-            let loader = StreamingLoader(set: set, refs: Array(mine.dropFirst(start * options.batchSize)), batchSize: options.batchSize,
-                                         size: c.imgSize, mean: c.mean, std: c.std, augment: options.augment, seed: options.seed,
-                                         epoch: epoch, threads: options.loaderThreads, dropLast: true)
-            var lossSum = 0.0, n = 0
-            var batchIndex = start
-            let t0 = Date()
-            while let b = try loader.next() {
-                let labels = HostTensor(Shape(b.labels.count), b.labels)
-                let r = try trainer.step(images: b.images.tensor, labels: labels.tensor)
-                lossSum += r.terms.total
-                n += 1
-                batchIndex += 1
-                onBatch?(epoch, batchIndex, steps, r.terms.total)
-                guard r.stepped else { continue }
-                try afterStep?()
-                var entry: [String: Any] = ["epoch": epoch, "step": trainer.optimizer.step, "lr": r.lr, "grad_norm": r.gradNorm,
-                                            "skipped": r.skipped]
-                for (k, v) in r.terms.named { entry["loss_\(k)"] = v }
-                record(entry)
-                if options.stopAfterSteps > 0 && trainer.optimizer.step >= options.stopAfterSteps {
-                    try save(lastPath, checkpointState(epoch: epoch, batchInEpoch: batchIndex, history: history, sinceBest: sinceBest))
-                    log("stopped after \(trainer.optimizer.step) optimizer steps; resume with --resume auto")
-                    history.skippedSteps = trainer.skippedSteps
-                    return history
-                }
-                if options.checkpointEvery > 0 && trainer.optimizer.step % options.checkpointEvery == 0 {
-                    try save(lastPath, checkpointState(epoch: epoch, batchInEpoch: batchIndex, history: history, sinceBest: sinceBest))
-                }
-            }
-            let imagesPerSecond = Double(n * options.batchSize * options.worldSize) / Date().timeIntervalSince(t0)
-            let val = try evaluate(.val)
-            let m = BinaryMetrics.all(scores: val.scores, labels: val.labels, sequences: val.sequences)
-            history.trainLoss.append(lossSum / Double(max(n, 1)))
-            history.valAUC.append(m["auc"]!)
-            history.valAccuracy.append(m["accuracy"]!)
-            history.valMetrics.append(m)
-            record(["epoch": epoch, "train_loss": history.trainLoss.last!, "val": m, "images_per_s": imagesPerSecond])
-            onEpochEnd?(epoch, m.merging(["train_loss": history.trainLoss.last!, "images_per_s": imagesPerSecond]) { a, _ in a })
-            log(String(format: "epoch %d/%d  train_loss %.4f  val_auc %.4f  val_acc %.4f  val_eer %.4f  %.1f img/s", epoch + 1,
-                       options.epochs, history.trainLoss.last!, m["auc"]!, m["accuracy"]!, m["eer"]!, imagesPerSecond))
-            var stop = false
-            if m["auc"]! > history.bestValAUC {
-                history.bestValAUC = m["auc"]!
-                history.bestEpoch = epoch
-                bestState = Array(ctx.params.values)
-                bestBuffers = Array(ctx.params.buffers)
-                sinceBest = 0
-                try save(bestPath, checkpointState(epoch: epoch + 1, batchInEpoch: 0, history: history, sinceBest: sinceBest))
-            } else {
-                sinceBest += 1
-                stop = sinceBest >= options.patience
-            }
-            try save(lastPath, checkpointState(epoch: epoch + 1, batchInEpoch: 0, history: history, sinceBest: sinceBest))
-            if stop {
-                log("early stopping: validation AUC has not improved for \(options.patience) epochs")
-                break
-            }
-        }
+        var history = position.history
         history.skippedSteps = trainer.skippedSteps
-        if let bestState, let bestBuffers {
-            _ = ctx.params.values.update(fromContentsOf: bestState)
-            _ = ctx.params.buffers.update(fromContentsOf: bestBuffers)
-        }
-        if !set.refs(.test).isEmpty {
-            let test = try evaluate(.test)
-            history.testMetrics = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences)
-            history.testCurve = BinaryMetrics.rocCurve(scores: test.scores, labels: test.labels)
-            log(String(format: "test (best epoch %d): auc %.4f  accuracy %.4f  eer %.4f  ap %.4f  sequence_auc %.4f", history.bestEpoch + 1,
-                       history.testMetrics["auc"]!, history.testMetrics["accuracy"]!, history.testMetrics["eer"]!,
-                       history.testMetrics["average_precision"]!, history.testMetrics["sequence_auc"]!))
-        }
+        try test(&history, best: best)
         if writes {
             try writeMetrics(history)
             try RunPlots.write(history: history, steps: jsonl, to: (dir as NSString).appendingPathComponent("plots"))

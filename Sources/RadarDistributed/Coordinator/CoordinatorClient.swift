@@ -75,11 +75,11 @@ public final class CoordinatorClient: @unchecked Sendable {
     }
 
     /// The coordinator's digest of an epoch plan ("" when it has no dataset). Call after `start`.
-    public func epochPlanDigest(epoch: Int, seed: UInt64, batchSize: Int, batchMultiple: Int, maxBatches: Int,
+    public func epochPlanDigest(epoch: Int, seed: UInt64, batchSize: Int, accumulationSteps: Int, maxStepsPerEpoch: Int,
                                 timeout: TimeInterval) throws -> String {
         try lock.withLock {
             try Wire.send(fd, .epochPlan, ["epoch": epoch, "seed": Int(truncatingIfNeeded: seed), "batch_size": batchSize,
-                                           "batch_multiple": batchMultiple, "max_batches": maxBatches])
+                                           "accumulation_steps": accumulationSteps, "max_steps_per_epoch": maxStepsPerEpoch])
         }
         let deadline = Date().addingTimeInterval(timeout)
         planReply.lock()

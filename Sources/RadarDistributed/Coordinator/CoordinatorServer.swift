@@ -20,7 +20,7 @@ public final class CoordinatorServer: @unchecked Sendable {
 
     /// What an epoch plan is a function of, as a worker asks for it.
     public struct PlanRequest: Sendable {
-        public var seed: UInt64, epoch: Int, worldSize: Int, batchSize: Int, batchMultiple: Int, maxBatchesPerRank: Int
+        public var seed: UInt64, epoch: Int, worldSize: Int, batchSize: Int, accumulationSteps: Int, maxStepsPerEpoch: Int
     }
     public var manifestHash = ""
 
@@ -127,7 +127,7 @@ public final class CoordinatorServer: @unchecked Sendable {
                 case .epochPlan:
                     let req = PlanRequest(seed: UInt64(truncatingIfNeeded: msg["seed"] as? Int ?? 0), epoch: msg["epoch"] as? Int ?? 0,
                                           worldSize: worldSize, batchSize: msg["batch_size"] as? Int ?? 1,
-                                          batchMultiple: msg["batch_multiple"] as? Int ?? 1, maxBatchesPerRank: msg["max_batches"] as? Int ?? 0)
+                                          accumulationSteps: msg["accumulation_steps"] as? Int ?? 1, maxStepsPerEpoch: msg["max_steps_per_epoch"] as? Int ?? 0)
                     try Wire.send(fd, .epochPlan, ["epoch": req.epoch, "digest": planDigest?(req) ?? ""])
                 case .done:
                     lock.lock(); finished.insert(r); lock.unlock()

@@ -1,0 +1,148 @@
+import RadarEngine
+extension CPUBackend {
+    // col row index = (c * k + ky) * k + kx, column index = oy * Wo + ox (PyTorch's weight order).
+    func im2col(_ x: UnsafePointer<Float>, channels: Int, height: Int, width: Int, kernel: Int,
+                       stride: Int, padding: Int, _ col: UnsafeMutablePointer<Float>) {
+        let ho = (height + 2 * padding - kernel) / stride + 1
+        let wo = (width + 2 * padding - kernel) / stride + 1
+        for c in 0..<channels {
+            let plane = x + c * height * width
+            for ky in 0..<kernel {
+                for kx in 0..<kernel {
+                    let row = col + ((c * kernel + ky) * kernel + kx) * ho * wo
+                    for oy in 0..<ho {
+                        let iy = oy * stride - padding + ky
+                        let dst = row + oy * wo
+                        if iy < 0 || iy >= height {
+                            for ox in 0..<wo { dst[ox] = 0 }
+                            continue
+                        }
+                        let src = plane + iy * width
+                        for ox in 0..<wo {
+                            let ix = ox * stride - padding + kx
+                            dst[ox] = (ix >= 0 && ix < width) ? src[ix] : 0
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func col2im(_ col: UnsafePointer<Float>, channels: Int, height: Int, width: Int, kernel: Int,
+                       stride: Int, padding: Int, _ dx: UnsafeMutablePointer<Float>) {
+        let ho = (height + 2 * padding - kernel) / stride + 1
+        let wo = (width + 2 * padding - kernel) / stride + 1
+        for c in 0..<channels {
+            let plane = dx + c * height * width
+            for ky in 0..<kernel {
+                for kx in 0..<kernel {
+                    let row = col + ((c * kernel + ky) * kernel + kx) * ho * wo
+                    for oy in 0..<ho {
+                        let iy = oy * stride - padding + ky
+                        if iy < 0 || iy >= height { continue }
+                        let src = row + oy * wo
+                        let dst = plane + iy * width
+                        for ox in 0..<wo {
+                            let ix = ox * stride - padding + kx
+                            if ix >= 0 && ix < width { dst[ix] += src[ox] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    public func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int {
+        g.batch * g.patchSize * g.outHeight * g.outWidth
+    }
+
+    public func convolutionBackwardScratchCount(_ g: ConvolutionGeometry, inputGradient: Bool) -> Int {
+        // Per-image weight gradients, then (for dx) every image's column gradient.
+        g.batch * g.outChannels * g.patchSize + (inputGradient ? convolutionWorkspaceCount(g) : 0)
+    }
+
+    /// im2col + one GEMM per image, images spread over the pool.
+    public func convolutionForward(_ x: Tensor, weight: Tensor, bias: Tensor?, _ g: ConvolutionGeometry,
+                                   workspace: Tensor, _ y: Tensor) {
+        let (cin, h, w, k, s, p, cout) = (g.inChannels, g.height, g.width, g.kernel, g.stride, g.padding, g.outChannels)
+        let ckk = g.patchSize, hw = g.outHeight * g.outWidth
+        forEach(g.batch) { i in
+            let ci = workspace.base + i * ckk * hw
+            im2col(x.base + i * cin * h * w, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, ci)
+            serialGemm(transA: false, transB: false, m: cout, n: hw, k: ckk, alpha: 1,
+                       a: weight.base, lda: ckk, b: ci, ldb: hw, beta: 0, c: y.base + i * cout * hw, ldc: hw)
+        }
+        if let bias { addChannelBias(bias, into: y) }
+    }
+
+    /// Per-image weight gradients summed in image order (independent of which thread handled
+    /// which image); dx by the transposed product and col2im.
+    public func convolutionBackward(_ dy: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor,
+                                    scratch: Tensor, dWeight: Tensor, dBias: Tensor?, dx: Tensor?) {
+        let (cin, h, w, k, s, p, cout) = (g.inChannels, g.height, g.width, g.kernel, g.stride, g.padding, g.outChannels)
+        let ckk = g.patchSize, hw = g.outHeight * g.outWidth
+        let parts = scratch.base, dcol = scratch.base + g.batch * cout * ckk
+        if let dx { fill(dx, 0) }
+        forEach(g.batch) { i in
+            let dyi = dy.base + i * cout * hw
+            serialGemm(transA: false, transB: true, m: cout, n: ckk, k: hw, alpha: 1,
+                       a: dyi, lda: hw, b: workspace.base + i * ckk * hw, ldb: hw, beta: 0, c: parts + i * cout * ckk, ldc: ckk)
+            if let dx {
+                let dci = dcol + i * ckk * hw
+                serialGemm(transA: true, transB: false, m: ckk, n: hw, k: cout, alpha: 1,
+                           a: weight.base, lda: ckk, b: dyi, ldb: hw, beta: 0, c: dci, ldc: hw)
+                col2im(dci, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, dx.base + i * cin * h * w)
+            }
+        }
+        sumParts(parts, partCount: g.batch, n: cout * ckk, accumulateInto: dWeight.base)
+        if let dBias { accumulateChannelSums(dy, into: dBias) }
+    }
+
+    // MARK: Multi-head attention: one serial GEMM per (image, head), spread over the pool.
+
+    public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
+        let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
+        forEach(b * h) { i in
+            let bi = i / h, hi = i % h
+            let base = qkv.base + bi * n * 3 * d + hi * hd
+            serialGemm(transA: false, transB: true, m: n, n: n, k: hd, alpha: scale,
+                       a: base, lda: 3 * d, b: base + d, ldb: 3 * d, beta: 0, c: scores.base + i * n * n, ldc: n)
+        }
+        softmaxForward(scores, probs, cols: n)
+        forEach(b * h) { i in
+            let bi = i / h, hi = i % h
+            let v = qkv.base + bi * n * 3 * d + 2 * d + hi * hd
+            serialGemm(transA: false, transB: false, m: n, n: hd, k: n, alpha: 1,
+                       a: probs.base + i * n * n, lda: n, b: v, ldb: 3 * d, beta: 0,
+                       c: merged.base + bi * n * d + hi * hd, ldc: d)
+        }
+    }
+
+    public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads h: Int, scale: Float,
+                                  dProbs: Tensor, dScores: Tensor, dQKV: Tensor) {
+        let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
+        forEach(b * h) { i in
+            let bi = i / h, hi = i % h
+            let v = qkv.base + bi * n * 3 * d + 2 * d + hi * hd
+            let dO = dMerged.base + bi * n * d + hi * hd
+            // dP = dO v^T ; dv = P^T dO
+            serialGemm(transA: false, transB: true, m: n, n: n, k: hd, alpha: 1,
+                       a: dO, lda: d, b: v, ldb: 3 * d, beta: 0, c: dProbs.base + i * n * n, ldc: n)
+            serialGemm(transA: true, transB: false, m: n, n: hd, k: n, alpha: 1,
+                       a: probs.base + i * n * n, lda: n, b: dO, ldb: d, beta: 0,
+                       c: dQKV.base + bi * n * 3 * d + 2 * d + hi * hd, ldc: 3 * d)
+        }
+        softmaxBackward(dProbs, y: probs, dScores, cols: n)
+        forEach(b * h) { i in
+            let bi = i / h, hi = i % h
+            let q = qkv.base + bi * n * 3 * d + hi * hd
+            let dq = dQKV.base + bi * n * 3 * d + hi * hd
+            let ds = dScores.base + i * n * n
+            // dq = scale dS k ; dk = scale dS^T q
+            serialGemm(transA: false, transB: false, m: n, n: hd, k: n, alpha: scale,
+                       a: ds, lda: n, b: q + d, ldb: 3 * d, beta: 0, c: dq, ldc: 3 * d)
+            serialGemm(transA: true, transB: false, m: n, n: hd, k: n, alpha: scale,
+                       a: ds, lda: n, b: q, ldb: 3 * d, beta: 0, c: dq + d, ldc: 3 * d)
+        }
+    }
+}

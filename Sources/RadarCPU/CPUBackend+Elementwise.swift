@@ -1,0 +1,134 @@
+import RadarEngine
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension CPUBackend {
+    public func fill(_ t: Tensor, _ value: Float) {
+        parallel(t.count) { r in for i in r { t.base[i] = value } }
+    }
+
+    public func copy(_ src: Tensor, into dst: Tensor) {
+        precondition(src.count == dst.count, "copy \(src.shape) -> \(dst.shape)")
+        parallel(src.count) { r in (dst.base + r.lowerBound).update(from: src.base + r.lowerBound, count: r.count) }
+    }
+
+    public func add(_ a: Tensor, _ b: Tensor, into out: Tensor) {
+        precondition(a.count == b.count && a.count == out.count, "add \(a.shape) + \(b.shape) -> \(out.shape)")
+        parallel(a.count) { r in for i in r { out.base[i] = a.base[i] + b.base[i] } }
+    }
+
+    public func addRowBias(_ bias: Tensor, into out: Tensor) {
+        let cols = bias.count
+        let rows = out.count / max(cols, 1)
+        parallel(rows, grain: max(1, CPUBackend.grain / max(cols, 1))) { rr in
+            for r in rr {
+                let o = out.base + r * cols
+                for c in 0..<cols { o[c] += bias.base[c] }
+            }
+        }
+    }
+
+    public func addChannelBias(_ bias: Tensor, into out: Tensor) {
+        let c = bias.count, hw = out.count / max(out.shape[0] * c, 1)
+        parallel(out.shape[0] * c, grain: max(1, CPUBackend.grain / max(hw, 1))) { pr in
+            for plane in pr {
+                let v = bias.base[plane % c]
+                let o = out.base + plane * hw
+                for j in 0..<hw { o[j] += v }
+            }
+        }
+    }
+
+    public func accumulateColumnSums(_ src: Tensor, into dst: Tensor) {
+        let cols = dst.count
+        let rows = src.count / max(cols, 1)
+        // Fixed 256-column chunks; within a chunk rows are walked in order with contiguous
+        // (vectorisable) inner loops, so each column's sum has the same order for any thread count.
+        let chunk = 256
+        parallel(cols, grain: chunk) { cr in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: chunk) { acc in
+                let n = cr.count
+                for j in 0..<n { acc[j] = 0 }
+                for r in 0..<rows {
+                    let row = src.base + r * cols + cr.lowerBound
+                    for j in 0..<n { acc[j] += row[j] }
+                }
+                for j in 0..<n { dst.base[cr.lowerBound + j] += acc[j] }
+            }
+        }
+    }
+
+    public func reluForward(_ x: Tensor, _ y: Tensor) {
+        parallel(x.count) { r in for i in r { y.base[i] = x.base[i] > 0 ? x.base[i] : 0 } }
+    }
+
+    public func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor) {
+        parallel(dy.count) { r in for i in r { dx.base[i] = y.base[i] > 0 ? dy.base[i] : 0 } }
+    }
+
+    public func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor) {
+        parallel(x.count) { r in
+            for i in r {
+                let v = x.base[i]
+                let phi = fastNormalCDF(v)
+                cdf.base[i] = phi
+                y.base[i] = v * phi
+            }
+        }
+    }
+
+    public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor, _ dx: Tensor) {
+        parallel(dy.count) { r in
+            for i in r {
+                let v = x.base[i]
+                let pdf = fastExp(-0.5 * v * v) * 0.398_942_28
+                dx.base[i] = dy.base[i] * (cdf.base[i] + v * pdf)
+            }
+        }
+    }
+
+    public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) {
+        let rows = x.count / cols
+        parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
+            for row in rr {
+                let xi = x.base + row * cols, yi = y.base + row * cols
+                var m = -Float.infinity
+                for j in 0..<cols { m = max(m, xi[j]) }
+                for j in 0..<cols { yi[j] = fastExp(xi[j] - m) }
+                var s: Float = 0
+                for j in 0..<cols { s += yi[j] }
+                let inv = 1 / s
+                for j in 0..<cols { yi[j] *= inv }
+            }
+        }
+    }
+
+    public func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int) {
+        let rows = y.count / cols
+        parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
+            for row in rr {
+                let d = dy.base + row * cols, yi = y.base + row * cols, o = dx.base + row * cols
+                var dot: Float = 0
+                for j in 0..<cols { dot += d[j] * yi[j] }
+                for j in 0..<cols { o[j] = yi[j] * (d[j] - dot) }
+            }
+        }
+    }
+
+    public func dropoutForward(_ x: Tensor, _ y: Tensor, p: Float, stream: RandomStream) {
+        let scale = 1 / (1 - p)
+        parallel(x.count) { r in
+            for i in r { y.base[i] = stream.uniform(UInt64(i)) >= p ? x.base[i] * scale : 0 }
+        }
+    }
+
+    public func dropoutBackward(_ dy: Tensor, _ dx: Tensor, p: Float, stream: RandomStream) {
+        let scale = 1 / (1 - p)
+        parallel(dy.count) { r in
+            for i in r { dx.base[i] = stream.uniform(UInt64(i)) >= p ? dy.base[i] * scale : 0 }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+import RadarEngine
+extension CPUBackend {
+    public func layerNormForward(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float,
+                                 _ y: Tensor, mean: Tensor, rstd: Tensor) {
+        let cols = gamma.count
+        let rows = x.count / cols
+        parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
+            for r in rr {
+                let xi = x.base + r * cols, yi = y.base + r * cols
+                var s: Double = 0
+                for j in 0..<cols { s += Double(xi[j]) }
+                let m = s / Double(cols)
+                var v: Double = 0
+                for j in 0..<cols { let d = Double(xi[j]) - m; v += d * d }
+                let rs = Float(1 / (v / Double(cols) + Double(eps)).squareRoot())
+                let mf = Float(m)
+                for j in 0..<cols { yi[j] = (xi[j] - mf) * rs * gamma.base[j] + beta.base[j] }
+                mean.base[r] = mf
+                rstd.base[r] = rs
+            }
+        }
+    }
+
+    public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor,
+                                  _ dx: Tensor, dGamma: Tensor, dBeta: Tensor) {
+        let cols = gamma.count
+        let rows = x.count / cols
+        parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
+            for r in rr {
+                let xi = x.base + r * cols, di = dy.base + r * cols, o = dx.base + r * cols
+                let m = mean.base[r], rs = rstd.base[r]
+                var sumG: Float = 0, sumGX: Float = 0
+                for j in 0..<cols {
+                    let g = di[j] * gamma.base[j]
+                    sumG += g
+                    sumGX += g * (xi[j] - m) * rs
+                }
+                let invN = 1 / Float(cols)
+                for j in 0..<cols {
+                    let xhat = (xi[j] - m) * rs
+                    o[j] = rs * (di[j] * gamma.base[j] - invN * sumG - xhat * invN * sumGX)
+                }
+            }
+        }
+        // Parameter gradients: parallel over columns, rows summed in order.
+        parallel(cols, grain: 16) { cr in
+            for j in cr {
+                var sg: Float = 0, sb: Float = 0
+                for r in 0..<rows {
+                    let d = dy.base[r * cols + j]
+                    sg += d * (x.base[r * cols + j] - mean.base[r]) * rstd.base[r]
+                    sb += d
+                }
+                dGamma.base[j] += sg
+                dBeta.base[j] += sb
+            }
+        }
+    }
+
+    public func channelMoments(_ x: Tensor, mean: Tensor, variance: Tensor) {
+        let b = x.shape[0], c = x.shape[1], hw = x.shape[2] * x.shape[3]
+        let n = Double(b * hw)
+        parallel(c, grain: 1) { cr in
+            for ch in cr {
+                var s: Double = 0
+                for i in 0..<b {
+                    let p = x.base + (i * c + ch) * hw
+                    for j in 0..<hw { s += Double(p[j]) }
+                }
+                let m = s / n
+                var v: Double = 0
+                for i in 0..<b {
+                    let p = x.base + (i * c + ch) * hw
+                    for j in 0..<hw { let d = Double(p[j]) - m; v += d * d }
+                }
+                mean.base[ch] = Float(m)
+                variance.base[ch] = Float(v / n)
+            }
+        }
+    }
+
+    public func channelNormalize(_ x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor, beta: Tensor, _ y: Tensor) {
+        let b = x.shape[0], c = x.shape[1], hw = x.shape[2] * x.shape[3]
+        parallel(b * c, grain: max(1, CPUBackend.grain / max(hw, 1))) { pr in
+            for plane in pr {
+                let ch = plane % c
+                let a = invStd.base[ch] * gamma.base[ch], m = mean.base[ch], bb = beta.base[ch]
+                let xi = x.base + plane * hw, yi = y.base + plane * hw
+                for j in 0..<hw { yi[j] = (xi[j] - m) * a + bb }
+            }
+        }
+    }
+
+    public func channelGradientSums(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor,
+                                    sumDy: Tensor, sumDyXhat: Tensor) {
+        let b = x.shape[0], c = x.shape[1], hw = x.shape[2] * x.shape[3]
+        parallel(c, grain: 1) { cr in
+            for ch in cr {
+                var s: Double = 0, sx: Double = 0
+                let m = mean.base[ch], inv = invStd.base[ch]
+                for i in 0..<b {
+                    let d = dy.base + (i * c + ch) * hw, xi = x.base + (i * c + ch) * hw
+                    for j in 0..<hw {
+                        s += Double(d[j])
+                        sx += Double(d[j] * ((xi[j] - m) * inv))
+                    }
+                }
+                sumDy.base[ch] = Float(s)
+                sumDyXhat.base[ch] = Float(sx)
+            }
+        }
+    }
+
+    public func batchNormInputGradient(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor,
+                                       sumDy: Tensor, sumDyXhat: Tensor, count: Int, _ dx: Tensor) {
+        let b = x.shape[0], c = x.shape[1], hw = x.shape[2] * x.shape[3]
+        parallel(b * c, grain: max(1, CPUBackend.grain / max(hw, 1))) { pr in
+            for plane in pr {
+                let ch = plane % c
+                let m = mean.base[ch], inv = invStd.base[ch], g = gamma.base[ch] * inv
+                let d = dy.base + plane * hw, xi = x.base + plane * hw, o = dx.base + plane * hw
+                if count == 0 {
+                    for j in 0..<hw { o[j] = d[j] * g }
+                } else {
+                    let mDy = sumDy.base[ch] / Float(count), mDyX = sumDyXhat.base[ch] / Float(count)
+                    for j in 0..<hw { o[j] = g * (d[j] - mDy - (xi[j] - m) * inv * mDyX) }
+                }
+            }
+        }
+    }
+
+    public func accumulateChannelSums(_ x: Tensor, into dst: Tensor) {
+        let b = x.shape[0], c = x.shape[1], hw = x.count / max(b * c, 1)
+        parallel(c, grain: 1) { cr in
+            for ch in cr {
+                var s: Float = 0
+                for i in 0..<b {
+                    let p = x.base + (i * c + ch) * hw
+                    for j in 0..<hw { s += p[j] }
+                }
+                dst.base[ch] += s
+            }
+        }
+    }
+
+    public func batchNormUpdateStatistics(mean: Tensor, variance: Tensor, count: Int, eps: Float, momentum: Float,
+                                          invStd: Tensor, runningMean: Tensor, runningVar: Tensor) {
+        let unbias = count > 1 ? Float(count) / Float(count - 1) : 1
+        for c in 0..<mean.count {
+            invStd.base[c] = 1 / (variance.base[c] + eps).squareRoot()
+            runningMean.base[c] = (1 - momentum) * runningMean.base[c] + momentum * mean.base[c]
+            runningVar.base[c] = (1 - momentum) * runningVar.base[c] + momentum * variance.base[c] * unbias
+        }
+    }
+
+    public func inverseStandardDeviation(_ variance: Tensor, eps: Float, _ invStd: Tensor) {
+        for c in 0..<variance.count { invStd.base[c] = 1 / (variance.base[c] + eps).squareRoot() }
+    }
+
+    public func batchNormLocalSums(mean: Tensor, variance: Tensor, count: Int, into sums: Tensor) {
+        let c = mean.count, n = Float(count)
+        for i in 0..<c {
+            sums.base[i] = mean.base[i] * n
+            sums.base[c + i] = (variance.base[i] + mean.base[i] * mean.base[i]) * n
+        }
+        sums.base[2 * c] = n
+    }
+
+    public func batchNormGlobalMoments(_ sums: Tensor, channels c: Int, mean: Tensor, variance: Tensor) {
+        let n = sums.base[2 * c]
+        for i in 0..<c {
+            let m = sums.base[i] / n
+            mean.base[i] = m
+            variance.base[i] = max(sums.base[c + i] / n - m * m, 0)
+        }
+    }
+}

@@ -1,0 +1,167 @@
+import RadarEngine
+import COpenBLAS
+import CFFTW
+import Synchronization
+
+/// The CPU backend: OpenBLAS `cblas_sgemm` for every matrix product, Swift loops over unsafe
+/// buffers for everything else, spread over a `WorkerPool`.
+///
+/// Work is always cut by problem shape (fixed tiles, one image, one head), never by thread count,
+/// and every reduction runs in a fixed order, so results are bit-identical for any `threads`.
+/// OpenBLAS itself is pinned to one thread: parallelism is ours.
+public final class CPUBackend: Backend, @unchecked Sendable {
+    public let pool: WorkerPool
+    /// Floating-point operations of every GEMM since the last reset (2 m n k each), for
+    /// benchmarks' effective GFLOP/s.
+    public let gemmFlops = Atomic<Int>(0)
+    /// Threads kernels spread work over; results never depend on it.
+    public var threads: Int { pool.threadCount }
+    public var deviceDescription: String { "cpu (\(threads) thread\(threads == 1 ? "" : "s"), OpenBLAS \(CPUBackend.blasDescription))" }
+    private let syncCount = Atomic<Int>(0)
+    /// Elementwise kernels hand out chunks of this many elements.
+    public static let grain = 16_384
+
+    var fftPlans: [Int: OpaquePointer] = [:]
+    private let floatScratch = GrowableBuffer<Float>()
+    private let doubleScratch = GrowableBuffer<Double>()
+    let planLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    public init(threads: Int = 1) {
+        openblas_set_num_threads(1)
+        pool = WorkerPool(threads: threads)
+        pthread_mutex_init(planLock, nil)
+    }
+
+    deinit {
+        for (_, p) in fftPlans { fftwf_destroy_plan(p) }
+        pthread_mutex_destroy(planLock)
+        planLock.deallocate()
+    }
+
+    /// OpenBLAS's view of this CPU (for benchmark records).
+    public static var blasDescription: String {
+        let core = openblas_get_corename().map { String(cString: $0) } ?? "?"
+        let cfg = openblas_get_config().map { String(cString: $0) } ?? "?"
+        return "\(cfg) (\(core))"
+    }
+
+    /// Kernel scratch memory, grown (rarely) and then reused by every later call.
+    func fftScratch(count: Int) -> UnsafeMutablePointer<Float> { floatScratch.at(least: count) }
+    func reductionScratch(count: Int) -> UnsafeMutablePointer<Double> { doubleScratch.at(least: count) }
+
+    // MARK: Memory (host memory: every call completes before it returns)
+
+    public func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {
+        var raw: UnsafeMutableRawPointer?
+        let bytes = max(count, 1) * MemoryLayout<Float>.size
+        guard posix_memalign(&raw, 64, bytes) == 0, let raw else { fatalError("cpu backend: out of memory allocating \(bytes) bytes") }
+        memset(raw, 0, bytes)
+        return raw.bindMemory(to: Float.self, capacity: max(count, 1))
+    }
+
+    public func release(_ address: UnsafeMutablePointer<Float>) { free(address) }
+
+    public func upload(_ values: UnsafeBufferPointer<Float>, into t: Tensor) {
+        precondition(values.count == t.count, "upload of \(values.count) values into \(t.shape)")
+        if let b = values.baseAddress { t.base.update(from: b, count: t.count) }
+    }
+
+    public func download(_ t: Tensor, into host: UnsafeMutableBufferPointer<Float>) {
+        precondition(host.count >= t.count, "download of \(t.shape) into \(host.count) values")
+        syncCount.wrappingAdd(1, ordering: .relaxed)
+        if let b = host.baseAddress { b.update(from: t.base, count: t.count) }
+    }
+
+    public func synchronize() { syncCount.wrappingAdd(1, ordering: .relaxed) }
+    public var synchronizations: Int { syncCount.load(ordering: .relaxed) }
+    public func hostAddress(_ t: Tensor) -> UnsafeMutablePointer<Float>? { t.base }
+
+    /// Runs `body(i)` for i in 0..<count on the pool; kernels built from serial pieces (one
+    /// image's convolution, one attention head) use it, and `body` calls only serial code.
+    func forEach(_ count: Int, _ body: (Int) -> Void) { pool.run(tasks: count, body) }
+
+    func parallel(_ count: Int, grain: Int = CPUBackend.grain, _ body: (Range<Int>) -> Void) {
+        pool.parallelFor(count, grain: grain, body)
+    }
+
+    // MARK: GEMM
+
+    func serialGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                           a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                           beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if m == 0 || n == 0 { return }
+        gemmFlops.wrappingAdd(2 * m * n * k, ordering: .relaxed)
+        // OpenBLAS 0.3.21's AVX-512 small-matrix path (m n k <= 1e6) mallocs a packing buffer on
+        // every NN call whose n is not a multiple of 16 (measured: k >= 32, n % 16 in 1...8;
+        // TN, NT and TT never allocate). We hand it the same product as TN, with A transposed
+        // into a per-thread scratch buffer, so the training step stays allocation-free. The choice depends on
+        // the shape only, so results remain independent of the thread count.
+        if !transA && !transB && k >= 32 && n % 16 != 0 && m * n * k <= 1_100_000 {
+            // A transposed copy of A in this thread's scratch buffer.
+            let t = ThreadScratch.floats(m * k)
+            for i in 0..<m { for p in 0..<k { t[p * m + i] = a[i * lda + p] } }
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
+                        t, Int32(m), b, Int32(ldb), beta, c, Int32(ldc))
+            return
+        }
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    /// Tiles the larger of m and n into blocks whose size depends on the shape only.
+    public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let flops = 2 * m * n * max(k, 1)
+        let splitRows = m >= n
+        let extent = splitRows ? m : n
+        // Tiles of at least 64 rows/cols and about 16 of them for big products.
+        var tile = max(64, ((extent + 15) / 16 + 15) / 16 * 16)
+        if flops < 4_000_000 { tile = extent }
+        let tiles = (extent + tile - 1) / max(tile, 1)
+        forEach(tiles) { t in
+            let lo = t * tile, len = min(tile, extent - lo)
+            if splitRows {
+                let aOff = transA ? lo : lo * lda
+                serialGemm(transA: transA, transB: transB, m: len, n: n, k: k, alpha: alpha, a: a + aOff, lda: lda,
+                           b: b, ldb: ldb, beta: beta, c: c + lo * ldc, ldc: ldc)
+            } else {
+                let bOff = transB ? lo * ldb : lo
+                serialGemm(transA: transA, transB: transB, m: m, n: len, k: k, alpha: alpha, a: a, lda: lda,
+                           b: b + bOff, ldb: ldb, beta: beta, c: c + lo, ldc: ldc)
+            }
+        }
+    }
+
+    /// dst[i] += sum_j parts[j * n + i] for j in 0..<partCount, summed in order j = 0, 1, ...
+    func sumParts(_ parts: UnsafePointer<Float>, partCount: Int, n: Int,
+                         accumulateInto dst: UnsafeMutablePointer<Float>) {
+        parallel(n) { r in
+            for j in 0..<partCount {
+                let p = parts + j * n
+                for i in r { dst[i] += p[i] }
+            }
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A buffer that only grows: after warm-up, `at(least:)` hands out the same memory without allocating.
+final class GrowableBuffer<T> {
+    private var base: UnsafeMutablePointer<T>?
+    private var capacity = 0
+
+    func at(least count: Int) -> UnsafeMutablePointer<T> {
+        if count > capacity {
+            base?.deallocate()
+            base = .allocate(capacity: count)
+            capacity = count
+        }
+        return base!
+    }
+
+    deinit { base?.deallocate() }
+}

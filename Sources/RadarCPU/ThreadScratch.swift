@@ -1,0 +1,44 @@
+import RadarEngine
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Per-thread scratch memory for kernels that run inside pool tasks. Each thread keeps one
+/// buffer that only grows, so after warm-up no call allocates.
+enum ThreadScratch {
+    private final class Buffer {
+        var base: UnsafeMutablePointer<Float>
+        var capacity: Int
+        init(_ n: Int) { base = .allocate(capacity: n); capacity = n }
+        deinit { base.deallocate() }
+    }
+
+    private static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k) { raw in
+            #if canImport(Darwin)
+            Unmanaged<AnyObject>.fromOpaque(raw).release()
+            #else
+            if let raw { Unmanaged<AnyObject>.fromOpaque(raw).release() }
+            #endif
+        }
+        return k
+    }()
+
+    /// At least `count` floats owned by the calling thread; valid until its next call.
+    static func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if let raw = pthread_getspecific(key) {
+            let b = Unmanaged<Buffer>.fromOpaque(raw).takeUnretainedValue()
+            if b.capacity >= count { return b.base }
+            b.base.deallocate()
+            b.capacity = max(count, b.capacity * 2)
+            b.base = .allocate(capacity: b.capacity)
+            return b.base
+        }
+        let b = Buffer(max(count, 4096))
+        pthread_setspecific(key, Unmanaged.passRetained(b).toOpaque())
+        return b.base
+    }
+}

@@ -1,0 +1,251 @@
+/// The seam between the engine and hardware. The backend owns every byte of tensor memory
+/// (parameters, gradients, optimizer moments, activations) and runs every kernel on it; layers,
+/// model and training loop only hold `Tensor` values (a device address plus a shape) and call the
+/// named kernels below. Host code reaches tensor memory only through `upload` and `download`, at
+/// named points (checkpoint save/load, initialisation, metrics gathering, hashing, logging).
+///
+/// Execution model: kernels may run asynchronously in submission order (one stream). `download`
+/// and `synchronize` are the only calls that wait for them; each is a host synchronisation and is
+/// counted in `synchronizations`, so a test can show that a micro-batch has none.
+///
+/// Conventions: row-major storage; "rows x cols" means `rows` contiguous vectors of `cols`.
+/// Kernels named `...Backward` *write* input gradients and *accumulate* (+=) parameter gradients.
+/// Scalars that a step produces (loss terms, norms, flags) are one-element tensors in device
+/// memory, written or accumulated by kernels and read by later kernels, never returned.
+public protocol Backend: AnyObject {
+    /// What the backend runs on, for logs and benchmark records (e.g. "cpu (2 threads)").
+    var deviceDescription: String { get }
+
+    // MARK: Memory
+
+    /// Device memory for `count` floats (at least one), 64-byte aligned and zero-filled.
+    func allocate(_ count: Int) -> UnsafeMutablePointer<Float>
+    /// Frees memory from `allocate`.
+    func release(_ address: UnsafeMutablePointer<Float>)
+    /// Host -> device: `values.count` must equal `t.count`.
+    func upload(_ values: UnsafeBufferPointer<Float>, into t: Tensor)
+    /// Device -> host, after all queued work (a host synchronisation).
+    func download(_ t: Tensor, into host: UnsafeMutableBufferPointer<Float>)
+    /// Waits for all queued work (a host synchronisation).
+    func synchronize()
+    /// Host synchronisations (`download` and `synchronize` calls) since the backend was made.
+    var synchronizations: Int { get }
+    /// The host address of `t`'s memory when the host may use it directly (the CPU backend's
+    /// memory is host memory), nil when it must go through `download`/`upload`.
+    func hostAddress(_ t: Tensor) -> UnsafeMutablePointer<Float>?
+
+    // MARK: Matrix products (every one goes through BLAS on the CPU backend)
+
+    /// C = alpha * op(A) * op(B) + beta * C, with op(A) m x k, op(B) k x n, C m x n.
+    func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+              a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+              beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int)
+
+
+    // MARK: Elementwise and reductions
+
+    func fill(_ t: Tensor, _ value: Float)
+    func copy(_ src: Tensor, into dst: Tensor)
+    /// out = a + b (out may alias a or b).
+    func add(_ a: Tensor, _ b: Tensor, into out: Tensor)
+    /// out[r, c] += bias[c] for an out of `rows x bias.count`.
+    func addRowBias(_ bias: Tensor, into out: Tensor)
+    /// out[b, c, ...] += bias[c] for an out of (B, C, H, W).
+    func addChannelBias(_ bias: Tensor, into out: Tensor)
+    /// dst[c] += sum_r src[r, c] for a src of rows x dst.count (bias gradients).
+    func accumulateColumnSums(_ src: Tensor, into dst: Tensor)
+    func reluForward(_ x: Tensor, _ y: Tensor)
+    func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor)
+    /// Exact GELU, y = x Phi(x) with Phi(x) = 0.5 (1 + erf(x / sqrt 2)); Phi is kept in `cdf` so
+    /// backward needs no second erf.
+    func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor)
+    /// dx = dy (Phi(x) + x phi(x)).
+    func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor, _ dx: Tensor)
+    /// Softmax over the last `cols` of each row.
+    func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int)
+    func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int)
+    /// Inverted dropout: y = x * keep / (1 - p), keep = uniform(stream, i) >= p.
+    func dropoutForward(_ x: Tensor, _ y: Tensor, p: Float, stream: RandomStream)
+    func dropoutBackward(_ dy: Tensor, _ dx: Tensor, p: Float, stream: RandomStream)
+
+    // MARK: Normalisation
+
+    /// Per row of x (rows x cols): y = (x - mean) * rstd * gamma + beta; saves mean and rstd.
+    func layerNormForward(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float,
+                          _ y: Tensor, mean: Tensor, rstd: Tensor)
+    func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor,
+                           _ dx: Tensor, dGamma: Tensor, dBeta: Tensor)
+    /// Per channel of x (B, C, H, W): mean and biased variance over (B, H, W).
+    func channelMoments(_ x: Tensor, mean: Tensor, variance: Tensor)
+    /// y = (x - mean[c]) * invStd[c] * gamma[c] + beta[c].
+    func channelNormalize(_ x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor, beta: Tensor, _ y: Tensor)
+    /// Per-channel sums of dy and dy * xhat over (B, H, W), written (not accumulated).
+    func channelGradientSums(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor,
+                             sumDy: Tensor, sumDyXhat: Tensor)
+    /// dst[c] += sum over (B, H, W) of x (B, C, H, W) (convolution bias gradients).
+    func accumulateChannelSums(_ x: Tensor, into dst: Tensor)
+    /// From batch mean and biased variance over `count` elements per channel: invStd, and the
+    /// running statistics moved by `momentum` (running variance with the unbiased estimate).
+    func batchNormUpdateStatistics(mean: Tensor, variance: Tensor, count: Int, eps: Float, momentum: Float,
+                                   invStd: Tensor, runningMean: Tensor, runningVar: Tensor)
+    /// invStd = 1 / sqrt(variance + eps).
+    func inverseStandardDeviation(_ variance: Tensor, eps: Float, _ invStd: Tensor)
+    /// SyncBatchNorm: [count*mean (C), count*(var + mean^2) (C), count] into `sums`.
+    func batchNormLocalSums(mean: Tensor, variance: Tensor, count: Int, into sums: Tensor)
+    /// SyncBatchNorm: global mean and biased variance from all-reduced sums.
+    func batchNormGlobalMoments(_ sums: Tensor, channels: Int, mean: Tensor, variance: Tensor)
+    /// Train-mode BatchNorm input gradient, given the (possibly all-reduced) sums over `count`
+    /// elements per channel: dx = gamma invStd (dy - sumDy/count - xhat sumDyXhat/count).
+    /// Eval mode passes count = 0, which means dx = gamma invStd dy.
+    func batchNormInputGradient(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor,
+                                sumDy: Tensor, sumDyXhat: Tensor, count: Int, _ dx: Tensor)
+
+    // MARK: Convolution and multi-head attention (whole layers: a device does them in few launches)
+
+    /// Floats of workspace that `convolutionForward` fills and `convolutionBackward` reads (the
+    /// CPU backend keeps every image's im2col there).
+    func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int
+    /// Floats of scratch `convolutionBackward` needs (contents undefined before and after).
+    func convolutionBackwardScratchCount(_ g: ConvolutionGeometry, inputGradient: Bool) -> Int
+    /// y (B, out, Ho, Wo) = conv(x (B, in, H, W), weight (out, in, k, k)) + bias.
+    func convolutionForward(_ x: Tensor, weight: Tensor, bias: Tensor?, _ g: ConvolutionGeometry,
+                            workspace: Tensor, _ y: Tensor)
+    /// Accumulates dWeight and dBias; writes dx when given.
+    func convolutionBackward(_ dy: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor, scratch: Tensor,
+                             dWeight: Tensor, dBias: Tensor?, dx: Tensor?)
+    /// Scaled dot-product attention of every head. qkv (B, N, 3D) holds [q|k|v] with heads of
+    /// D / heads; writes scores (scale q k^T) and probs (softmax over keys), both (B, H, N, N),
+    /// and merged (B, N, D) = probs v with heads side by side.
+    func attentionForward(qkv: Tensor, heads: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor)
+    /// From dMerged (B, N, D) writes dQKV (B, N, 3D); dProbs and dScores (B, H, N, N) are scratch.
+    func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads: Int, scale: Float,
+                           dProbs: Tensor, dScores: Tensor, dQKV: Tensor)
+
+    // MARK: Pooling, token reductions, concatenation
+
+    /// x (B, C, H, W) -> y (B, C): mean over H*W.
+    func globalAvgPoolForward(_ x: Tensor, _ y: Tensor)
+    func globalAvgPoolBackward(_ dy: Tensor, _ dx: Tensor)
+    /// x (B, N, D) -> mean (B, D), max (B, D), argmax (B, D) stored as Float indices.
+    func tokenMeanMaxForward(_ x: Tensor, mean: Tensor, max: Tensor, argmax: Tensor)
+    func tokenMeanMaxBackward(dMean: Tensor, dMax: Tensor, argmax: Tensor, _ dx: Tensor)
+    /// x (B, R, C) -> y (B, C, R).
+    func transposeLastTwo(_ x: Tensor, _ y: Tensor)
+    /// Copies src (rows x srcCols) into columns [offset, offset+srcCols) of dst (rows x dstCols).
+    func copyColumns(_ src: Tensor, srcCols: Int, into dst: Tensor, dstCols: Int, offset: Int)
+    /// The reverse: dst (rows x dstCols) = columns [offset, offset+dstCols) of src (rows x srcCols).
+    func sliceColumns(_ src: Tensor, srcCols: Int, offset: Int, into dst: Tensor, dstCols: Int)
+
+    // MARK: Recurrent and attention pieces
+
+    /// GRUCell gates from gi = x W_ih^T + b_ih and gh = h W_hh^T + b_hh, both (B, 3E) in r, z, n
+    /// order. Writes h' and saves r, z, n (each (B, E)).
+    func gruGatesForward(gi: Tensor, gh: Tensor, h: Tensor, hNew: Tensor, r: Tensor, z: Tensor, n: Tensor)
+    /// From dh' writes dgi, dgh (B, 3E) and the direct part of dh (B, E).
+    func gruGatesBackward(dhNew: Tensor, gh: Tensor, h: Tensor, r: Tensor, z: Tensor, n: Tensor,
+                          dgi: Tensor, dgh: Tensor, dh: Tensor)
+    /// One query per batch row against `tokens` keys: scores (B, H, T) = scale * q_h . k_{t,h}.
+    func queryKeyScores(q: Tensor, k: Tensor, tokens: Int, heads: Int, scale: Float, _ scores: Tensor)
+    /// ctx (B, E) with ctx_h = sum_t w (B, H, T) v_{t,h}.
+    func weightedValues(_ w: Tensor, v: Tensor, tokens: Int, heads: Int, _ ctx: Tensor)
+    func weightedValuesBackward(dCtx: Tensor, w: Tensor, v: Tensor, tokens: Int, heads: Int, dW: Tensor, dV: Tensor)
+    func queryKeyScoresBackward(dScores: Tensor, q: Tensor, k: Tensor, tokens: Int, heads: Int, scale: Float,
+                                dQ: Tensor, dK: Tensor)
+    /// w (B, H, T) -> mean over heads (B, T).
+    func meanOverHeads(_ w: Tensor, heads: Int, tokens: Int, _ out: Tensor)
+
+    // MARK: Losses (each adds weight * the batch mean to loss[0] and writes scale * d(mean)/d(input))
+
+    /// target = label (1 - s) + s / 2.
+    func smoothLabels(_ labels: Tensor, smoothing: Float, _ target: Tensor)
+    /// BCEWithLogits: max(x, 0) - x t + log(1 + exp(-|x|)), mean over the batch, times weight
+    /// into loss[0]. Writes dLogits[i] = scale * (sigmoid(x_i) - t_i) / n.
+    func binaryCrossEntropyWithLogits(_ logits: Tensor, targets: Tensor, scale: Float, dLogits: Tensor,
+                                      loss: Tensor, weight: Float)
+    /// mean_b ReLU(|cos(a_b, b_b)| - margin) with vectors divided by (norm + 1e-8); zero (and zero
+    /// gradient) unless every norm exceeds 1e-6. Adds weight * penalty to loss[0]; writes
+    /// scale * gradient into da, db.
+    func cosineMarginPenalty(_ a: Tensor, _ b: Tensor, margin: Float, scale: Float, da: Tensor, db: Tensor,
+                             loss: Tensor, weight: Float)
+    /// y += a x (elementwise; x and y of one count).
+    func axpy(_ a: Float, _ x: Tensor, _ y: Tensor)
+    /// flag[0] = 1 when any value of x is NaN or infinite; left as it is otherwise.
+    func flagNonFinite(_ x: Tensor, into flag: Tensor)
+
+    // MARK: Gated fusion
+
+    /// alpha = sigmoid(gate[0]); final = alpha r + (1 - alpha) e; prob = sigmoid(final); alphaOut
+    /// is alpha broadcast to final's shape.
+    func gatedFusionForward(gate: Tensor, reasoning: Tensor, external: Tensor, final: Tensor, prob: Tensor, alphaOut: Tensor)
+    /// Writes dReasoning, dExternal; accumulates the gate logit's gradient into dGate[0].
+    func gatedFusionBackward(dFinal: Tensor, gate: Tensor, reasoning: Tensor, external: Tensor,
+                             dReasoning: Tensor, dExternal: Tensor, dGate: Tensor)
+    /// out[0] = mean |sigmoid(a) - sigmoid(b)|.
+    func meanAbsSigmoidDifference(_ a: Tensor, _ b: Tensor, into out: Tensor)
+
+    // MARK: Optimizer
+
+    /// clip_grad_norm_ over the given ranges of the flat gradient buffer, gated by a flag: the
+    /// global L2 norm (squares summed in Double, in a fixed order) goes to norm[0]; gate[0]
+    /// becomes 1 when nonFinite[0] is 0 and the norm is finite, else 0; when the gate is open and
+    /// maxNorm / (norm + 1e-6) < 1 the gradients are scaled by it.
+    func clipGradientNorm(_ grads: Tensor, ranges: [Range<Int>], maxNorm: Float, nonFinite: Tensor,
+                          norm: Tensor, gate: Tensor)
+    /// One AdamW step over a range of parameters, exactly as torch.optim.AdamW (decoupled weight
+    /// decay first, then the bias-corrected Adam update), applied only when gate[0] is non-zero.
+    /// `step` counts from 1.
+    func adamW(params: Tensor, grads: Tensor, expAvg: Tensor, expAvgSq: Tensor, lr: Float, beta1: Float, beta2: Float,
+               eps: Float, weightDecay: Float, step: Int, gate: Tensor)
+    /// x *= s.
+    func scale(_ x: Tensor, by s: Float)
+
+    // MARK: Fixed image transforms (no gradient)
+
+    /// x (B, 3, H, W) -> (B, 1, H, W) with 0.299 R + 0.587 G + 0.114 B.
+    func grayscale(_ x: Tensor, _ y: Tensor)
+    /// Sobel magnitude with zero padding, each image divided by its max when that max > 1e-8.
+    func sobelMagnitude(_ x: Tensor, _ y: Tensor)
+    /// Bilinear resize (B, C, H, W) -> (B, C, h, w), align_corners false, no antialias.
+    func resizeBilinear(_ x: Tensor, _ y: Tensor)
+    /// |FFT2(x)| with both spatial axes fftshifted, x and y (B, 1, F, F).
+    func fftMagnitudeShifted(_ x: Tensor, _ y: Tensor)
+    /// y = minmax_per_image(log1p(x * mask)), mask (F, F).
+    func highPassLogNormalize(_ x: Tensor, mask: Tensor, _ y: Tensor)
+}
+
+/// The shape of one convolution (square kernel).
+public struct ConvolutionGeometry: Sendable, Equatable {
+    public let batch: Int, inChannels: Int, height: Int, width: Int
+    public let outChannels: Int, kernel: Int, stride: Int, padding: Int
+    public var outHeight: Int { (height + 2 * padding - kernel) / stride + 1 }
+    public var outWidth: Int { (width + 2 * padding - kernel) / stride + 1 }
+    /// Rows of the unfolded input: in * k * k.
+    public var patchSize: Int { inChannels * kernel * kernel }
+
+    public init(batch: Int, inChannels: Int, height: Int, width: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int) {
+        self.batch = batch
+        self.inChannels = inChannels
+        self.height = height
+        self.width = width
+        self.outChannels = outChannels
+        self.kernel = kernel
+        self.stride = stride
+        self.padding = padding
+    }
+}
+
+extension Backend {
+    /// A host copy of a tensor's values (a host synchronisation).
+    public func download(_ t: Tensor) -> [Float] {
+        [Float](unsafeUninitializedCapacity: t.count) { buf, n in
+            download(t, into: buf)
+            n = t.count
+        }
+    }
+
+    /// Host values into a tensor of the same element count.
+    public func upload(_ values: [Float], into t: Tensor) {
+        precondition(values.count == t.count, "upload of \(values.count) values into \(t.shape)")
+        values.withUnsafeBufferPointer { upload($0, into: t) }
+    }
+}

@@ -1,0 +1,56 @@
+/// Everything a layer needs to run one step: the backend, the activation arena, the parameter
+/// store, the mode, the randomness keys, and the data-parallel group the replica belongs to.
+public final class ExecutionContext: @unchecked Sendable {
+    public let backend: any Backend
+    public let arena: Arena
+    public let params: ParameterStore
+    /// Train mode: dropout active, BatchNorm uses (and updates) batch statistics.
+    public var training: Bool
+    /// Base seed of every random stream this context hands out.
+    public var seed: UInt64
+    /// The micro-batch counter; dropout masks are keyed by (seed, step, call index).
+    public var step: UInt64 = 0
+    private var callIndex: UInt64 = 0
+    /// Set by benchmarks to time the parts of a step.
+    public var profiler: StepProfiler?
+    /// The replicas this one trains with: backward reports finished gradients to it, and
+    /// SyncBatchNorm reduces its statistics through it. A single process by default.
+    public var parallel: any DataParallel = SingleProcess()
+    private static let dropoutLabel = FNV1a.hash("dropout")
+
+    public init(backend: any Backend, params: ParameterStore, arena: Arena? = nil,
+                training: Bool = true, seed: UInt64 = 0) {
+        precondition(params.backend === backend, "the parameter store belongs to another backend")
+        self.backend = backend
+        self.params = params
+        self.arena = arena ?? Arena(backend: backend)
+        self.training = training
+        self.seed = seed
+    }
+
+    /// Starts a forward/backward pass: rewinds the arena and the per-step stream numbering.
+    public func beginPass() {
+        arena.reset()
+        callIndex = 0
+    }
+
+    /// The next random stream of this pass. Forward calls it in a fixed order, so stream numbers
+    /// are the same on every rank and for every thread count.
+    public func nextStream() -> RandomStream {
+        callIndex += 1
+        return RandomStream(seed: seed, stream: RandomStream.id(base: ExecutionContext.dropoutLabel, step, callIndex, 0))
+    }
+
+    @inlinable public func tensor(_ s: Shape) -> Tensor { arena.tensor(s) }
+    @inlinable public func zeros(_ s: Shape) -> Tensor { arena.zeros(s) }
+}
+
+extension ExecutionContext {
+    /// A context with a fresh parameter store for `layout` on `backend`.
+    public convenience init(backend: any Backend, layout: ParameterLayout, training: Bool = true, seed: UInt64 = 0) {
+        self.init(backend: backend, params: ParameterStore(layout: layout, backend: backend), training: training, seed: seed)
+    }
+
+    /// A host copy of a tensor (a host synchronisation: tools and tests, never inside a step).
+    public func download(_ t: Tensor) -> [Float] { backend.download(t) }
+}

@@ -1,0 +1,121 @@
+/// timm's `vit_small_patch16_224` with num_classes=0 (MODEL.md §1), any size: patch embedding,
+/// cls token, learned position embedding, pre-norm blocks, final LayerNorm. No dropout.
+public struct VisionTransformer: Sendable {
+    public struct Block: Sendable {
+        public let norm1: LayerNorm, attn: SelfAttention, norm2: LayerNorm, fc1: Linear, fc2: Linear
+    }
+
+    public let config: RADARConfig
+    public let clsToken: ParameterSlot, posEmbed: ParameterSlot
+    public let patchEmbed: Conv2d
+    public let blocks: [Block]
+    public let norm: LayerNorm
+
+    public struct BlockSaved {
+        let n1: LayerNorm.Saved, attn: SelfAttention.Saved, n2: LayerNorm.Saved
+        let h: Tensor, gelu: GELU.Saved, act: Tensor
+    }
+
+    public struct Saved {
+        let patch: Conv2d.Saved
+        var blocks: [BlockSaved]
+        let norm: LayerNorm.Saved
+    }
+
+    /// Registers `<prefix>.cls_token`, `.pos_embed`, `.patch_embed.proj.*`, `.blocks.{i}.*`, `.norm.*`
+    /// in timm's state_dict order.
+    public init(_ prefix: String, config c: RADARConfig, layout: ParameterLayout) {
+        config = c
+        let d = c.embedDim
+        clsToken = layout.parameter("\(prefix).cls_token", Shape(1, 1, d))
+        posEmbed = layout.parameter("\(prefix).pos_embed", Shape(1, c.patchCount + 1, d))
+        patchEmbed = Conv2d("\(prefix).patch_embed.proj", 3, d, kernel: c.patchSize, stride: c.patchSize, layout: layout)
+        blocks = (0..<c.depth).map { i in
+            let p = "\(prefix).blocks.\(i)"
+            return Block(norm1: LayerNorm("\(p).norm1", d, eps: 1e-6, layout: layout),
+                         attn: SelfAttention("\(p).attn", dim: d, heads: c.numHeads, layout: layout),
+                         norm2: LayerNorm("\(p).norm2", d, eps: 1e-6, layout: layout),
+                         fc1: Linear("\(p).mlp.fc1", d, c.mlpHidden, layout: layout),
+                         fc2: Linear("\(p).mlp.fc2", c.mlpHidden, d, layout: layout))
+        }
+        norm = LayerNorm("\(prefix).norm", d, eps: 1e-6, layout: layout)
+    }
+
+    /// x (B, 3, H, W) -> tokens (B, N+1, D) after the final norm. `saved.blocks` must hold
+    /// `depth` slots reserved by the caller (see `makeSaved`) so the step does not allocate.
+    public func forward(_ x: Tensor, _ ctx: ExecutionContext, saved: inout [BlockSaved]) throws(ShapeMismatch)
+        -> (Tensor, Conv2d.Saved, LayerNorm.Saved)
+    {
+        let b = x.shape[0], d = config.embedDim, n = config.patchCount
+        if x.shape.rank != 4 || x.shape[1] != 3 || x.shape[2] != config.imgSize || x.shape[3] != config.imgSize {
+            throw ShapeMismatch(layer: "encoder", expected: "(B, 3, \(config.imgSize), \(config.imgSize))", actual: x.shape)
+        }
+        let be = ctx.backend
+        let (patches, patchSaved) = try patchEmbed.forward(x, ctx)  // (B, D, g, g)
+        let tokensNoCls = ctx.tensor(Shape(b, n, d))
+        be.transposeLastTwo(patches.reshaped(Shape(b, d, n)), tokensNoCls)
+        // [cls | patches] + pos_embed, as (B, (N+1) D) rows.
+        let tokens = ctx.tensor(Shape(b, n + 1, d))
+        let flat = tokens.reshaped(Shape(b, (n + 1) * d))
+        let cls = ctx.zeros(Shape(b, d))
+        be.addRowBias(ctx.params.value(clsToken).reshaped(Shape(d)), into: cls)
+        be.copyColumns(cls, srcCols: d, into: flat, dstCols: (n + 1) * d, offset: 0)
+        be.copyColumns(tokensNoCls.reshaped(Shape(b, n * d)), srcCols: n * d, into: flat, dstCols: (n + 1) * d, offset: d)
+        be.addRowBias(ctx.params.value(posEmbed).reshaped(Shape((n + 1) * d)), into: flat)
+        var h = tokens
+        saved.removeAll(keepingCapacity: true)
+        for i in 0..<blocks.count {
+            let blk = blocks[i]
+            let (a, n1) = try blk.norm1.forward(h, ctx)
+            let (attnOut, attnSaved) = try blk.attn.forward(a, ctx)
+            let h1 = ctx.tensor(h.shape)
+            be.add(h, attnOut, into: h1)
+            let (m, n2) = try blk.norm2.forward(h1, ctx)
+            let fc1Out = try blk.fc1.forward(m, ctx)
+            let (act, geluSaved) = GELU.forward(fc1Out, ctx)
+            let mlpOut = try blk.fc2.forward(act, ctx)
+            let h2 = ctx.tensor(h.shape)
+            be.add(h1, mlpOut, into: h2)
+            saved.append(BlockSaved(n1: n1, attn: attnSaved, n2: n2, h: m, gelu: geluSaved, act: act))
+            h = h2
+        }
+        let (out, normSaved) = try norm.forward(h, ctx)
+        return (out, patchSaved, normSaved)
+    }
+
+    /// dTokens (B, N+1, D) -> parameter gradients (the image needs no gradient).
+    public func backward(_ dTokens: Tensor, patch: Conv2d.Saved, norm normSaved: LayerNorm.Saved,
+                         blocks saved: [BlockSaved], _ ctx: ExecutionContext) {
+        let be = ctx.backend
+        let b = dTokens.shape[0], n = config.patchCount, d = config.embedDim
+        var dh = norm.backward(dTokens, normSaved, ctx)
+        ctx.parallel.gradientsFinal(from: norm.weight.offset)
+        var i = blocks.count - 1
+        while i >= 0 {
+            let blk = blocks[i], s = saved[i]
+            i -= 1
+            // h2 = h1 + fc2(gelu(fc1(norm2(h1))))
+            let dAct = blk.fc2.backward(dh, x: s.act, ctx)!
+            let dFc1 = GELU.backward(dAct, s.gelu, ctx)
+            let dM = blk.fc1.backward(dFc1, x: s.h, ctx)!
+            let dH1 = blk.norm2.backward(dM, s.n2, ctx)
+            be.add(dH1, dh, into: dH1)
+            // h1 = h + attn(norm1(h))
+            let dA = blk.attn.backward(dH1, s.attn, ctx)
+            let dH = blk.norm1.backward(dA, s.n1, ctx)
+            be.add(dH, dH1, into: dH)
+            dh = dH
+            ctx.parallel.gradientsFinal(from: blk.norm1.weight.offset)
+        }
+        let flat = dh.reshaped(Shape(b, (n + 1) * d))
+        be.accumulateColumnSums(flat, into: ctx.params.grad(posEmbed).reshaped(Shape((n + 1) * d)))
+        let dCls = ctx.tensor(Shape(b, d))
+        be.sliceColumns(flat, srcCols: (n + 1) * d, offset: 0, into: dCls, dstCols: d)
+        be.accumulateColumnSums(dCls, into: ctx.params.grad(clsToken).reshaped(Shape(d)))
+        let dPatchTokens = ctx.tensor(Shape(b, n, d))
+        be.sliceColumns(flat, srcCols: (n + 1) * d, offset: d, into: dPatchTokens.reshaped(Shape(b, n * d)), dstCols: n * d)
+        let dPatches = ctx.tensor(Shape(b, d, n))
+        be.transposeLastTwo(dPatchTokens, dPatches)
+        patchEmbed.backward(dPatches.reshaped(Shape(b, d, config.gridSize, config.gridSize)), patch, ctx, inputGradient: false)
+    }
+}

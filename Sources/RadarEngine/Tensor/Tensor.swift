@@ -1,0 +1,62 @@
+/// A view of contiguous Float32 device memory with a shape. It owns nothing: the memory belongs
+/// to the backend, handed out through an `Arena` (activations), a `ParameterStore` (parameters,
+/// gradients, buffers), the optimizer (moments) or a `DeviceTensor`. Views are plain values
+/// (address + inline shape), so creating one never allocates.
+///
+/// `base` is a device address: only the backend's kernels dereference it. On the CPU backend it
+/// happens to be host memory; on a GPU it is not, and the fenced test backend makes it
+/// inaccessible outside kernels, so host code that reads it directly crashes there.
+public struct Tensor: @unchecked Sendable {
+    public let base: UnsafeMutablePointer<Float>
+    public let shape: Shape
+
+    @inlinable public init(_ base: UnsafeMutablePointer<Float>, _ shape: Shape) {
+        self.base = base
+        self.shape = shape
+    }
+
+    @inlinable public var count: Int { shape.count }
+
+    /// The same memory seen with another shape of equal element count.
+    public func reshaped(_ s: Shape) -> Tensor {
+        precondition(s.count == count, "reshape \(shape) -> \(s) changes the element count")
+        return Tensor(base, s)
+    }
+
+    /// Elements [offset, offset + shape.count) of this view, with `shape`.
+    @inlinable public func slice(from offset: Int, _ shape: Shape) -> Tensor {
+        precondition(offset >= 0 && offset + shape.count <= count, "slice \(offset)+\(shape) of \(self.shape)")
+        return Tensor(base + offset, shape)
+    }
+}
+
+/// A shape check that failed: names the layer, the expected and the actual shape.
+public struct ShapeMismatch: Error, CustomStringConvertible, Equatable {
+    public let layer: String
+    public let expected: String
+    public let actual: Shape
+
+    public init(layer: String, expected: String, actual: Shape) {
+        self.layer = layer
+        self.expected = expected
+        self.actual = actual
+    }
+
+    public var description: String { "\(layer): expected input of shape \(expected), got \(actual)" }
+}
+
+extension Tensor {
+    /// Throws `ShapeMismatch` unless this view has exactly `expected`.
+    @inlinable public func expect(_ expected: Shape, in layer: String) throws(ShapeMismatch) {
+        if shape != expected { throw ShapeMismatch(layer: layer, expected: expected.description, actual: shape) }
+    }
+
+    /// Throws unless this is a rank-4 view whose axes match (a, b, c, d), where -1 matches any
+    /// size. Fixed arity: an array argument would allocate on the training path.
+    public func expect4(_ a: Int, _ b: Int, _ c: Int, _ d: Int, in layer: String) throws(ShapeMismatch) {
+        let s = shape
+        if s.rank == 4 && (a < 0 || s[0] == a) && (b < 0 || s[1] == b) && (c < 0 || s[2] == c) && (d < 0 || s[3] == d) { return }
+        let text = "(" + [a, b, c, d].map { $0 < 0 ? "*" : String($0) }.joined(separator: ", ") + ")"
+        throw ShapeMismatch(layer: layer, expected: text, actual: s)
+    }
+}

@@ -1,0 +1,139 @@
+/// One replica's training step: forward, the 5-term loss, backward into the flat gradient buffer,
+/// gradient accumulationSteps, the data-parallel reduction, non-finite detection, global-norm clipping
+/// and AdamW with OneCycleLR. Allocation-free after the first step, and free of host
+/// synchronisation inside a micro-batch: loss terms, the non-finite flag, the gradient norm and the
+/// update gate stay in device memory, and the host reads them once per optimizer step.
+public final class Trainer: @unchecked Sendable {
+    public let model: RADARModel
+    public let ctx: ExecutionContext
+    public let optimizer: AdamW
+    public let loss: RADARLoss
+    public var schedule: OneCycleLR?
+    public var clipNorm: Float = 1.0
+    public let accumulationSteps: Int
+    /// Micro-batches seen since the last optimizer step.
+    public private(set) var pending = 0
+    /// Optimizer steps skipped because the loss or a gradient was not finite (on any replica).
+    public private(set) var skippedSteps = 0
+
+    /// The step's device scalars: five loss terms per micro-batch, then the non-finite flag, the
+    /// gradient norm and the update gate. Downloaded once per optimizer step into `hostScalars`.
+    private let scalars: DeviceTensor
+    private let hostScalars: UnsafeMutableBufferPointer<Float>
+    private var nonFiniteIndex: Int { accumulationSteps * LossTerms.count }
+
+    public struct StepResult: Sendable {
+        /// The loss terms averaged over the step's micro-batches.
+        public var terms: LossTerms
+        /// Sum of the micro-batches' total losses (epoch means add these up).
+        public var totalSum: Double
+        public var microBatches: Int
+        public var skipped: Bool
+        public var gradNorm: Double
+        public var lr: Double
+    }
+
+    public init(model: RADARModel, ctx: ExecutionContext, lr: Float = 5e-4, weightDecay: Float = 0.05, accumulationSteps: Int = 1) {
+        precondition(accumulationSteps >= 1, "accumulationSteps must be at least 1")
+        self.model = model
+        self.ctx = ctx
+        optimizer = AdamW(store: ctx.params, slots: model.activeSlots, lr: lr, weightDecay: weightDecay)
+        loss = RADARLoss(iterations: model.config.reasoningIterations)
+        self.accumulationSteps = accumulationSteps
+        let n = accumulationSteps * LossTerms.count + 3
+        scalars = DeviceTensor(ctx.backend, Shape(n))
+        hostScalars = .allocate(capacity: n)
+        hostScalars.initialize(repeating: 0)
+    }
+
+    deinit { hostScalars.deallocate() }
+
+    private var nonFinite: Tensor { scalars.tensor.slice(from: nonFiniteIndex, Shape(1)) }
+    private var gradNorm: Tensor { scalars.tensor.slice(from: nonFiniteIndex + 1, Shape(1)) }
+    private var gate: Tensor { scalars.tensor.slice(from: nonFiniteIndex + 2, Shape(1)) }
+    private func terms(_ micro: Int) -> Tensor { scalars.tensor.slice(from: micro * LossTerms.count, Shape(LossTerms.count)) }
+
+    /// One micro-batch; every `accumulationSteps` micro-batches, an optimizer step, whose result is
+    /// returned (nil for the micro-batches before it). images (B, 3, H, W) normalised, labels (B),
+    /// both device tensors.
+    public func step(images: Tensor, labels: Tensor) throws -> StepResult? {
+        let completesStep = pending + 1 == accumulationSteps
+        _ = try microBatch(images: images, labels: labels)
+        guard completesStep else { return nil }
+        return try optimizerStep()
+    }
+
+    /// Train-mode forward, loss and backward of one micro-batch, accumulating into the gradient
+    /// buffer (scaled by 1/accumulationSteps). Returns the outputs and the five loss terms (device
+    /// tensors, valid until the next pass). `step` calls it; tools call it with `optimizerStep`.
+    @discardableResult
+    public func microBatch(images: Tensor, labels: Tensor) throws -> (outputs: RADAROutputs, terms: Tensor) {
+        precondition(pending < accumulationSteps, "microBatch after a full accumulation window without optimizerStep")
+        let be = ctx.backend
+        if pending == 0 {
+            ctx.params.zeroGrads()
+            be.fill(scalars.tensor, 0)
+        }
+        ctx.training = true
+        ctx.beginPass()
+        let out = try model.forward(images, ctx)
+        ctx.profiler?.begin()
+        let terms = terms(pending)
+        let outputGrads = loss.compute(out, labels: labels, config: model.config, scale: 1 / Float(accumulationSteps),
+                                       terms: terms, ctx)
+        be.flagNonFinite(terms.slice(from: LossTerms.count - 1, Shape(1)), into: nonFinite)
+        ctx.profiler?.end(.loss)
+        if pending + 1 == accumulationSteps {
+            // From here backward hands finished gradient buckets to the other replicas.
+            ctx.parallel.beginGradientReduction(ctx.params, step: optimizer.step)
+        }
+        model.backward(outputGrads, ctx)
+        // Dropout streams are keyed by the micro-batch index, so accumulated micro-batches draw
+        // different masks.
+        ctx.step += 1
+        pending += 1
+        return (out, terms)
+    }
+
+    /// The optimizer step after `accumulationSteps` micro-batches: the gradient reduction, the
+    /// schedule, clipping and AdamW, then the step's one host read.
+    public func optimizerStep() throws -> StepResult {
+        precondition(pending == accumulationSteps, "optimizerStep after \(pending) of \(accumulationSteps) micro-batches")
+        pending = 0
+        ctx.profiler?.begin()
+        defer { ctx.profiler?.end(.optimizer) }
+        // Gradients averaged over the replicas; the non-finite flag is agreed on by all of them.
+        try ctx.parallel.finishGradientReduction(ctx.params, nonFinite: nonFinite)
+        if let schedule {
+            let v = schedule.values(at: optimizer.step)
+            optimizer.lr = Float(v.lr)
+            optimizer.beta1 = Float(v.beta1)
+        }
+        optimizer.clipGradients(maxNorm: clipNorm, nonFinite: nonFinite, norm: gradNorm, gate: gate)
+        optimizer.update(gate: gate)
+        // The one host read of the optimizer step: loss terms, norm and whether the update ran.
+        ctx.backend.download(scalars.tensor, into: hostScalars)
+        let taken = hostScalars[nonFiniteIndex + 2] != 0
+        if taken { optimizer.step += 1 } else { skippedSteps += 1 }
+        var mean = LossTerms(), sum = 0.0
+        for m in 0..<accumulationSteps {
+            let t = LossTerms(UnsafeBufferPointer(rebasing: hostScalars[(m * LossTerms.count)..<((m + 1) * LossTerms.count)]))
+            mean.main += t.main; mean.branch += t.branch; mean.orth += t.orth; mean.deep += t.deep; mean.total += t.total
+            sum += t.total
+        }
+        let n = Double(accumulationSteps)
+        mean = LossTerms(main: mean.main / n, branch: mean.branch / n, orth: mean.orth / n, deep: mean.deep / n, total: mean.total / n)
+        try ctx.parallel.stepFinished(ctx.params, step: optimizer.step)
+        return StepResult(terms: mean, totalSum: sum, microBatches: accumulationSteps, skipped: !taken,
+                          gradNorm: Double(hostScalars[nonFiniteIndex + 1]), lr: Double(optimizer.lr))
+    }
+
+    /// Eval-mode forward: probabilities (B) downloaded into `probs` (a host synchronisation).
+    public func predict(images: Tensor, into probs: UnsafeMutablePointer<Float>) throws(ShapeMismatch) {
+        ctx.training = false
+        defer { ctx.training = true }
+        ctx.beginPass()
+        let out = try model.forward(images, ctx)
+        ctx.backend.download(out.prob, into: UnsafeMutableBufferPointer(start: probs, count: out.prob.count))
+    }
+}
