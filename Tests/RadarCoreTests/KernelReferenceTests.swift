@@ -5,7 +5,7 @@ import XCTest
 /// Every CPU kernel against a naive loop (NaiveReference.swift), through the layers that use it.
 final class KernelReferenceTests: XCTestCase {
     func testGemmMatchesNaiveLoopForAllTransposesAndTiledShapes() {
-        let be = CPUBackend(threads: 3)
+        let be = testBackend(threads: 3)
         // Small odd shapes, and shapes large enough to be tiled over rows and over columns.
         for (m, n, k) in [(1, 1, 1), (3, 5, 7), (17, 4, 9), (300, 70, 33), (40, 257, 65)] {
             for ta in [false, true] { for tb in [false, true] {
@@ -53,7 +53,7 @@ final class KernelReferenceTests: XCTestCase {
         assertClose(gelu, ref, rtol: 1e-5, atol: 1e-6, "gelu")
         // GELU's normal CDF over a wide range against the libm erf in double precision: the
         // absolute error of Phi is what matters (x Phi(x)), bound 2e-7.
-        let wide = HostTensor(Shape(20001), (0..<20001).map { Float(-12 + 0.0012 * Double($0)) })
+        let wide = testTensor(Shape(20001), (0..<20001).map { Float(-12 + 0.0012 * Double($0)) })
         let (gy, _) = GELU.forward(wide.tensor, ctx)
         let gyv = gy.toArray()
         for (i, v) in wide.values.enumerated() where v != 0 {
@@ -213,7 +213,7 @@ final class KernelReferenceTests: XCTestCase {
 
         // Dropout: inverted scaling, the drop rate within 5 sigma of p, and the same mask for the
         // same (seed, step, call).
-        let big = HostTensor(Shape(100_000), fill: 1)
+        let big = testTensor(Shape(100_000), fill: 1)
         let drop = Dropout(0.25)
         ctx.beginPass()
         let (y1, _) = drop.forward(big.tensor, ctx)
@@ -235,7 +235,7 @@ final class KernelReferenceTests: XCTestCase {
         // instead compare softmax of [x, 0] rows: y0 = e^x / (e^x + 1) against the double result.
         let xs = stride(from: -80.0, through: 80.0, by: 0.37).map { Float($0) }
         let ctx = makeContext(ParameterLayout())
-        let x = HostTensor(Shape(xs.count, 2), xs.flatMap { [$0, 0] })
+        let x = testTensor(Shape(xs.count, 2), xs.flatMap { [$0, 0] })
         let y = Softmax.forward(x.tensor, ctx).toArray()
         for (i, v) in xs.enumerated() {
             let ref = 1 / (1 + Foundation.exp(-Double(v)))
@@ -244,17 +244,22 @@ final class KernelReferenceTests: XCTestCase {
     }
 
     func testAdamWMatchesTorchFormula() {
-        let be = CPUBackend(threads: 2)
+        let be = testBackend(threads: 2)
         let n = 50
-        var p = randomValues(n, seed: 1), m = [Float](repeating: 0, count: n), v = [Float](repeating: 0, count: n)
-        var rp = p.map(Double.init), rm = [Double](repeating: 0, count: n), rv = [Double](repeating: 0, count: n)
+        let p = DeviceTensor(be, Shape(n), randomValues(n, seed: 1)), m = DeviceTensor(be, Shape(n)), v = DeviceTensor(be, Shape(n))
+        let gate = DeviceTensor(be, Shape(1), [1]), closed = DeviceTensor(be, Shape(1), [0])
+        var rp = p.values.map(Double.init), rm = [Double](repeating: 0, count: n), rv = [Double](repeating: 0, count: n)
         let (lr, b1, b2, eps, wd) = (Float(1e-2), Float(0.9), Float(0.999), Float(1e-8), Float(0.05))
         for step in 1...3 {
             let g = randomValues(n, seed: UInt64(10 + step))
-            g.withUnsafeBufferPointer { gp in
-                be.adamW(params: &p, grads: gp.baseAddress!, expAvg: &m, expAvgSq: &v, count: n, lr: lr, beta1: b1,
-                         beta2: b2, eps: eps, weightDecay: wd, step: step)
-            }
+            let gt = DeviceTensor(be, Shape(n), g)
+            be.adamW(params: p.tensor, grads: gt.tensor, expAvg: m.tensor, expAvgSq: v.tensor, lr: lr, beta1: b1,
+                     beta2: b2, eps: eps, weightDecay: wd, step: step, gate: gate.tensor)
+            // A closed gate (a skipped, non-finite step) leaves everything as it was.
+            let before = p.values
+            be.adamW(params: p.tensor, grads: gt.tensor, expAvg: m.tensor, expAvgSq: v.tensor, lr: lr, beta1: b1,
+                     beta2: b2, eps: eps, weightDecay: wd, step: step, gate: closed.tensor)
+            assertBitIdentical(p.values, before, "AdamW with a closed gate")
             for i in 0..<n {
                 let gd = Double(g[i])
                 rp[i] *= 1 - Double(lr) * Double(wd)
@@ -264,9 +269,39 @@ final class KernelReferenceTests: XCTestCase {
                 rp[i] -= Double(lr) * mh / (vh.squareRoot() + Double(eps))
             }
         }
-        assertClose(p, rp.map(Float.init), rtol: 1e-5, atol: 1e-6, "AdamW parameters after 3 steps")
-        let norm = p.withUnsafeBufferPointer { be.sumOfSquares($0.baseAddress!, count: n) }
-        XCTAssertEqual(norm, p.reduce(0) { $0 + Double($1) * Double($1) }, accuracy: 1e-9)
+        assertClose(p.values, rp.map(Float.init), rtol: 1e-5, atol: 1e-6, "AdamW parameters after 3 steps")
+    }
+
+    func testGradientClipNormGateAndScaleMatchTorchClipGradNorm() {
+        let be = testBackend(threads: 2)
+        let n = 70_000  // more than one reduction chunk
+        let g = randomValues(n, seed: 3, std: 0.02)
+        let grads = DeviceTensor(be, Shape(n), g)
+        let flag = DeviceTensor(be, Shape(1)), norm = DeviceTensor(be, Shape(1)), gate = DeviceTensor(be, Shape(1))
+        // Two ranges with a gap: the gap is neither counted nor scaled.
+        let ranges = [0..<30_000, 30_010..<n]
+        be.clipGradientNorm(grads.tensor, ranges: ranges, maxNorm: 1, nonFinite: flag.tensor, norm: norm.tensor, gate: gate.tensor)
+        var ss = 0.0
+        for r in ranges { for i in r { ss += Double(g[i]) * Double(g[i]) } }
+        let refNorm = ss.squareRoot()
+        XCTAssertEqual(Double(norm.values[0]), refNorm, accuracy: 1e-5 * refNorm)
+        XCTAssertEqual(gate.values[0], 1)
+        let coef = 1 / (refNorm + 1e-6)
+        XCTAssertLessThan(coef, 1, "the test gradients must be large enough to be clipped")
+        let after = grads.values
+        for r in ranges { for i in r.prefix(50) { XCTAssertEqual(Double(after[i]), Double(g[i]) * coef, accuracy: 1e-7) } }
+        XCTAssertEqual(after[30_005], g[30_005], "outside the ranges")
+        // A non-finite flag (or norm) closes the gate and leaves the gradients alone.
+        let before = grads.values
+        flag.tensor.copy(from: [1])
+        be.clipGradientNorm(grads.tensor, ranges: ranges, maxNorm: 1, nonFinite: flag.tensor, norm: norm.tensor, gate: gate.tensor)
+        XCTAssertEqual(gate.values[0], 0)
+        assertBitIdentical(grads.values, before, "gradients of a gated-off step")
+        flag.tensor.copy(from: [0])
+        grads.tensor[7] = .nan
+        be.clipGradientNorm(grads.tensor, ranges: ranges, maxNorm: 1, nonFinite: flag.tensor, norm: norm.tensor, gate: gate.tensor)
+        XCTAssertEqual(gate.values[0], 0)
+        XCTAssertTrue(norm.values[0].isNaN)
     }
 
     func testPhiloxMatchesRandom123KnownAnswers() {

@@ -75,7 +75,7 @@ final class LayerGradientTests: XCTestCase {
         }
         // Keep ReLU inputs away from the kink, where finite differences are meaningless.
         let values = randomValues(40, seed: 2).map { $0 + ($0 >= 0 ? 0.1 : -0.1) }
-        try check.run("ReLU", ctx, inputs: [HostTensor(Shape(4, 10), values)]) { ctx, x in
+        try check.run("ReLU", ctx, inputs: [testTensor(Shape(4, 10), values)]) { ctx, x in
             let y = ReLU.forward(x[0], ctx)
             return (y, { dy in [ReLU.backward(dy, y: y, ctx)] })
         }
@@ -149,7 +149,7 @@ final class LayerGradientTests: XCTestCase {
         spaced = zip(order, spaced).sorted { $0.0 < $1.0 }.map(\.1)
         var c = check
         c.eps = 1e-3
-        try c.run("TokenMeanMax", ctx, inputs: [HostTensor(Shape(2, 5, 3), spaced)]) { ctx, x in
+        try c.run("TokenMeanMax", ctx, inputs: [testTensor(Shape(2, 5, 3), spaced)]) { ctx, x in
             let r = TokenMeanMax.forward(x[0], ctx)
             // Both outputs feed the checked scalar through one concatenation.
             let y = Concat.forward(r.mean, r.max, ctx)

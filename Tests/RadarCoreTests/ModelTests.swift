@@ -4,22 +4,21 @@ import RadarCore
 import XCTest
 
 /// Builds a tiny RADAR, its trainer and a synthetic batch.
-func makeTinyTrainer(threads: Int = 1, batch: Int = 4, mutate: (inout RADARConfig) -> Void = { _ in }) throws
-    -> (Trainer, HostTensor, HostTensor)
+func makeTinyTrainer(threads: Int = 1, batch: Int = 4, accumulationSteps: Int = 1,
+                     mutate: (inout RADARConfig) -> Void = { _ in }) throws
+    -> (Trainer, DeviceTensor, DeviceTensor)
 {
     var config = RADARConfig.preset("tiny")!
     mutate(&config)
     let model = try RADARModel(config: config)
-    let ctx = ExecutionContext(backend: CPUBackend(threads: threads), params: ParameterStore(layout: model.layout), seed: 3)
+    let ctx = ExecutionContext(backend: testBackend(threads: threads), layout: model.layout, seed: 3)
     model.initialize(ctx.params, seed: 11)
-    let trainer = Trainer(model: model, ctx: ctx, lr: 1e-3)
+    let trainer = Trainer(model: model, ctx: ctx, lr: 1e-3, accumulationSteps: accumulationSteps)
     let synth = SyntheticFaces(size: config.imgSize, seed: 5, difficulty: 0.2)
-    let images = HostTensor(Shape(batch, 3, config.imgSize, config.imgSize))
-    let labels = HostTensor(Shape(batch))
-    for i in 0..<batch {
-        synth.normalized(i, mean: config.mean, std: config.std, into: images.tensor.base + i * 3 * config.imgSize * config.imgSize)
-        labels.tensor.base[i] = Float(synth.label(i))
-    }
+    let host = HostTensor(Shape(batch, 3, config.imgSize, config.imgSize))
+    for i in 0..<batch { synth.normalized(i, mean: config.mean, std: config.std, into: host.pointer + i * 3 * config.imgSize * config.imgSize) }
+    let images = DeviceTensor(ctx.backend, host)
+    let labels = DeviceTensor(ctx.backend, Shape(batch), (0..<batch).map { Float(synth.label($0)) })
     return (trainer, images, labels)
 }
 
@@ -55,7 +54,7 @@ final class ModelTests: XCTestCase {
         let (trainer, images, labels) = try makeTinyTrainer(batch: 8)
         var first = 0.0, last = 0.0
         for i in 0..<40 {
-            let r = try trainer.step(images: images.tensor, labels: labels.tensor)
+            let r = try trainer.step(images: images.tensor, labels: labels.tensor)!
             XCTAssertTrue(r.terms.total.isFinite)
             if i == 0 { first = r.terms.total }
             last = r.terms.total
@@ -68,7 +67,7 @@ final class ModelTests: XCTestCase {
         func run(_ threads: Int) throws -> [Float] {
             let (trainer, images, labels) = try makeTinyTrainer(threads: threads)
             for _ in 0..<3 { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
-            return Array(trainer.ctx.params.values) + Array(trainer.ctx.params.buffers)
+            return trainer.ctx.params.downloadValues() + trainer.ctx.params.downloadBuffers()
         }
         let one = try run(1)
         assertBitIdentical(one, try run(2), "parameters after 3 steps, 1 vs 2 threads")
@@ -77,7 +76,7 @@ final class ModelTests: XCTestCase {
 
     func testTrainingStepAllocatesNothingAfterWarmUp() throws {
         // Two threads, so the worker pool's dispatch is part of what is measured.
-        let (trainer, images, labels) = try makeTinyTrainer(threads: 2)
+        let (trainer, images, labels) = try makeTinyTrainer(threads: 2, accumulationSteps: 2)
         for _ in 0..<3 { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
         trainer.ctx.arena.consolidate()
         _ = try trainer.step(images: images.tensor, labels: labels.tensor)
@@ -89,9 +88,26 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(trainer.ctx.arena.growthCount, growth, "the arena grew after warm-up")
         // The counter itself works: an array allocation is seen.
         radar_allocation_counter_start()
-        let a = [Int](repeating: 1, count: 1000 + Int(labels.tensor.base[0]))
+        let a = [Int](repeating: 1, count: 1000 + Int(labels.values[0]))
         XCTAssertGreaterThan(radar_allocation_counter_stop(), 0)
         XCTAssertEqual(a.count >= 1000, true)
+    }
+
+    func testMicroBatchHasNoHostSynchronisationAndAnOptimizerStepHasOne() throws {
+        let (trainer, images, labels) = try makeTinyTrainer(threads: 2, accumulationSteps: 3)
+        let be = trainer.ctx.backend
+        for _ in 0..<3 { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
+        var perMicroBatch: [Int] = []
+        var before = be.synchronizations
+        for _ in 0..<3 {
+            _ = try trainer.step(images: images.tensor, labels: labels.tensor)
+            perMicroBatch.append(be.synchronizations - before)
+            before = be.synchronizations
+        }
+        XCTAssertEqual(perMicroBatch, [0, 0, 1], "host synchronisations in the micro-batches of one optimizer step")
+        // The counter counts: a download is one.
+        _ = images.values
+        XCTAssertEqual(be.synchronizations, before + 1)
     }
 
     func testConfigJSONRoundTripAndValidation() throws {
@@ -117,7 +133,7 @@ final class ModelTests: XCTestCase {
     func testSingleBranchAblationsRunAndZeroTheMissingBranch() throws {
         for useBadm in [true, false] {
             let (trainer, images, labels) = try makeTinyTrainer { $0.useBadm = useBadm; $0.useAadm = !useBadm }
-            let r = try trainer.step(images: images.tensor, labels: labels.tensor)
+            let r = try trainer.step(images: images.tensor, labels: labels.tensor)!
             XCTAssertTrue(r.terms.total.isFinite)
             XCTAssertEqual(r.terms.orth, 0)
             let out = try trainer.model.forward(images.tensor, trainer.ctx)

@@ -26,18 +26,18 @@ final class ShapeErrorTests: XCTestCase {
         let xattn = CrossAttention("reasoning.attention", dim: 8, heads: 2, dropout: 0, layout: l)
         let gru = GRUCell("reasoning.gru", inputSize: 8, hiddenSize: 8, layout: l)
         let ctx = makeContext(l)
-        let wrong = HostTensor(Shape(2, 3, 5))
+        let wrong = testTensor(Shape(2, 3, 5))
         expectMismatch("head.fc") { _ = try lin.forward(wrong.tensor, ctx) }
         expectMismatch("badm.edge_encoder.0") { _ = try conv.forward(wrong.tensor, ctx) }
-        expectMismatch("badm.edge_encoder.0") { _ = try conv.forward(HostTensor(Shape(1, 3, 8, 8)).tensor, ctx) }
-        expectMismatch("badm.edge_encoder.1") { _ = try bn.forward(HostTensor(Shape(1, 3, 8, 8)).tensor, ctx) }
+        expectMismatch("badm.edge_encoder.0") { _ = try conv.forward(testTensor(Shape(1, 3, 8, 8)).tensor, ctx) }
+        expectMismatch("badm.edge_encoder.1") { _ = try bn.forward(testTensor(Shape(1, 3, 8, 8)).tensor, ctx) }
         expectMismatch("encoder.norm") { _ = try ln.forward(wrong.tensor, ctx) }
         expectMismatch("encoder.blocks.0.attn") { _ = try attn.forward(wrong.tensor, ctx) }
         expectMismatch("reasoning.attention") {
-            _ = try xattn.forward(query: HostTensor(Shape(2, 8)).tensor, tokens: HostTensor(Shape(3, 2, 8)).tensor, ctx)
+            _ = try xattn.forward(query: testTensor(Shape(2, 8)).tensor, tokens: testTensor(Shape(3, 2, 8)).tensor, ctx)
         }
-        expectMismatch("reasoning.gru") { _ = try gru.forward(HostTensor(Shape(2, 8)).tensor, h: HostTensor(Shape(2, 7)).tensor, ctx) }
-        expectMismatch("grayscale") { _ = try ImageTransforms.grayscale(HostTensor(Shape(1, 1, 4, 4)).tensor, ctx) }
+        expectMismatch("reasoning.gru") { _ = try gru.forward(testTensor(Shape(2, 8)).tensor, h: testTensor(Shape(2, 7)).tensor, ctx) }
+        expectMismatch("grayscale") { _ = try ImageTransforms.grayscale(testTensor(Shape(1, 1, 4, 4)).tensor, ctx) }
         let msg = ShapeMismatch(layer: "head.fc", expected: "(*, 8)", actual: Shape(2, 3, 5)).description
         XCTAssertEqual(msg, "head.fc: expected input of shape (*, 8), got (2, 3, 5)")
     }

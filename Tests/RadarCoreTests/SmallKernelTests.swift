@@ -4,20 +4,20 @@ import XCTest
 
 /// The remaining CPU kernels against naive loops, and finite-difference checks at random shapes.
 final class SmallKernelTests: XCTestCase {
-    let be = CPUBackend(threads: 3)
+    let be = testBackend(threads: 3)
 
     func testLayoutKernelsMatchNaiveLoops() {
         let x = randomHost(Shape(3, 5, 7), seed: 1)
-        let y = HostTensor(Shape(3, 7, 5))
+        let y = testTensor(Shape(3, 7, 5))
         be.transposeLastTwo(x.tensor, y.tensor)
         for b in 0..<3 { for i in 0..<5 { for j in 0..<7 { XCTAssertEqual(y.values[(b * 7 + j) * 5 + i], x.values[(b * 5 + i) * 7 + j]) } } }
 
-        let bias = randomHost(Shape(7), seed: 2), out = HostTensor(Shape(15, 7), x.values)
+        let bias = randomHost(Shape(7), seed: 2), out = testTensor(Shape(15, 7), x.values)
         be.addRowBias(bias.tensor, into: out.tensor)
         for r in 0..<15 { for c in 0..<7 { XCTAssertEqual(out.values[r * 7 + c], x.values[r * 7 + c] + bias.values[c]) } }
 
         // Column sums over 600 rows x 300 columns: several 256-column chunks.
-        let big = randomHost(Shape(600, 300), seed: 3), sums = HostTensor(Shape(300), fill: 1)
+        let big = randomHost(Shape(600, 300), seed: 3), sums = testTensor(Shape(300), fill: 1)
         be.accumulateColumnSums(big.tensor, into: sums.tensor)
         let bv = big.values
         for c in 0..<300 {
@@ -25,9 +25,9 @@ final class SmallKernelTests: XCTestCase {
             XCTAssertEqual(Double(sums.values[c]), 1 + ref, accuracy: 1e-3)
         }
 
-        let img = randomHost(Shape(2, 3, 4, 5), seed: 4), cb = randomHost(Shape(3), seed: 5), o2 = HostTensor(Shape(2, 3, 4, 5), img.values)
+        let img = randomHost(Shape(2, 3, 4, 5), seed: 4), cb = randomHost(Shape(3), seed: 5), o2 = testTensor(Shape(2, 3, 4, 5), img.values)
         be.addChannelBias(cb.tensor, into: o2.tensor)
-        let ch = HostTensor(Shape(3))
+        let ch = testTensor(Shape(3))
         be.accumulateChannelSums(img.tensor, into: ch.tensor)
         for b in 0..<2 { for c in 0..<3 { for j in 0..<20 {
             let i = (b * 3 + c) * 20 + j
@@ -37,18 +37,21 @@ final class SmallKernelTests: XCTestCase {
             let ref = (0..<2).reduce(0.0) { acc, b in acc + (0..<20).reduce(0.0) { $0 + Double(img.values[(b * 3 + c) * 20 + $1]) } }
             XCTAssertEqual(Double(ch.values[c]), ref, accuracy: 1e-5)
         }
-        let s = HostTensor(Shape(5), [1, -2, 3, 0, 0.5])
-        be.scale(s.tensor.base, count: 5, by: -2)
+        let s = testTensor(Shape(5), [1, -2, 3, 0, 0.5])
+        be.scale(s.tensor, by: -2)
         XCTAssertEqual(s.values, [-2, 4, -6, 0, -1])
-        let f = HostTensor(Shape(40000))
+        let f = testTensor(Shape(40000))
         be.fill(f.tensor, 3)
         XCTAssertTrue(f.values.allSatisfy { $0 == 3 })
     }
 
     func testLossAndFusionKernelsMatchClosedForms() {
-        let logits = HostTensor(Shape(4, 1), [-3, -0.5, 0.2, 4]), targets = HostTensor(Shape(4, 1), [0.05, 0.95, 0.05, 0.95])
-        let d = HostTensor(Shape(4, 1))
-        let loss = be.binaryCrossEntropyWithLogits(logits.tensor, targets: targets.tensor, scale: 2, dLogits: d.tensor)
+        let logits = testTensor(Shape(4, 1), [-3, -0.5, 0.2, 4]), targets = testTensor(Shape(4, 1), [0.05, 0.95, 0.05, 0.95])
+        let d = testTensor(Shape(4, 1))
+        let out = testTensor(Shape(1), [0.25])
+        be.binaryCrossEntropyWithLogits(logits.tensor, targets: targets.tensor, scale: 2, dLogits: d.tensor, loss: out.tensor, weight: 0.5)
+        // The kernel adds weight * mean to what the loss tensor held.
+        let loss = (Double(out.values[0]) - 0.25) / 0.5
         var ref = 0.0
         for i in 0..<4 {
             let x = Double(logits.values[i]), t = Double(targets.values[i]), p = 1 / (1 + exp(-x))
@@ -57,20 +60,20 @@ final class SmallKernelTests: XCTestCase {
         }
         XCTAssertEqual(loss, ref / 4, accuracy: 1e-6)
 
-        let labels = HostTensor(Shape(3), [0, 1, 1]), smoothed = HostTensor(Shape(3))
+        let labels = testTensor(Shape(3), [0, 1, 1]), smoothed = testTensor(Shape(3))
         be.smoothLabels(labels.tensor, smoothing: 0.1, smoothed.tensor)
         assertClose(smoothed.values, [0.05, 0.95, 0.95], rtol: 1e-6, atol: 1e-7, "label smoothing")
 
         // Gated fusion: value and all three gradients.
-        let gate = HostTensor(Shape(), [0.3]), r = randomHost(Shape(3, 1), seed: 7), e = randomHost(Shape(3, 1), seed: 8)
-        let final = HostTensor(Shape(3, 1)), prob = HostTensor(Shape(3, 1)), alpha = HostTensor(Shape(3, 1))
+        let gate = testTensor(Shape(), [0.3]), r = randomHost(Shape(3, 1), seed: 7), e = randomHost(Shape(3, 1), seed: 8)
+        let final = testTensor(Shape(3, 1)), prob = testTensor(Shape(3, 1)), alpha = testTensor(Shape(3, 1))
         be.gatedFusionForward(gate: gate.tensor, reasoning: r.tensor, external: e.tensor, final: final.tensor, prob: prob.tensor, alphaOut: alpha.tensor)
         let a = 1 / (1 + exp(-0.3))
         for i in 0..<3 {
             XCTAssertEqual(Double(final.values[i]), a * Double(r.values[i]) + (1 - a) * Double(e.values[i]), accuracy: 1e-6)
             XCTAssertEqual(Double(prob.values[i]), 1 / (1 + exp(-Double(final.values[i]))), accuracy: 1e-6)
         }
-        let dF = HostTensor(Shape(3, 1), [1, -2, 0.5]), dR = HostTensor(Shape(3, 1)), dE = HostTensor(Shape(3, 1)), dG = HostTensor(Shape(), [0])
+        let dF = testTensor(Shape(3, 1), [1, -2, 0.5]), dR = testTensor(Shape(3, 1)), dE = testTensor(Shape(3, 1)), dG = testTensor(Shape(), [0])
         be.gatedFusionBackward(dFinal: dF.tensor, gate: gate.tensor, reasoning: r.tensor, external: e.tensor, dReasoning: dR.tensor,
                                dExternal: dE.tensor, dGate: dG.tensor)
         var g = 0.0
@@ -80,7 +83,9 @@ final class SmallKernelTests: XCTestCase {
             g += Double(dF.values[i]) * (Double(r.values[i]) - Double(e.values[i])) * a * (1 - a)
         }
         XCTAssertEqual(Double(dG.values[0]), g, accuracy: 1e-6)
-        let m = be.meanAbsSigmoidDifference(r.tensor, e.tensor)
+        let mt = testTensor(Shape(1))
+        be.meanAbsSigmoidDifference(r.tensor, e.tensor, into: mt.tensor)
+        let m = mt.values[0]
         var mref = 0.0
         for i in 0..<3 {
             let pr: Double = 1 / (1 + exp(-Double(r.values[i]))), pe: Double = 1 / (1 + exp(-Double(e.values[i])))
@@ -95,9 +100,11 @@ final class SmallKernelTests: XCTestCase {
         let noise = randomValues(18, seed: 10), av = a.values
         var bv = [Float](repeating: 0, count: 18)
         for i in 0..<18 { bv[i] = noise[i] + 0.8 * av[i] }
-        let b = HostTensor(Shape(3, 6), bv)
-        let da = HostTensor(Shape(3, 6)), db = HostTensor(Shape(3, 6))
-        let v = be.cosineMarginPenalty(a.tensor, b.tensor, margin: 0.1, scale: 1, da: da.tensor, db: db.tensor)
+        let b = testTensor(Shape(3, 6), bv)
+        let da = testTensor(Shape(3, 6)), db = testTensor(Shape(3, 6))
+        let vt = testTensor(Shape(1))
+        be.cosineMarginPenalty(a.tensor, b.tensor, margin: 0.1, scale: 1, da: da.tensor, db: db.tensor, loss: vt.tensor, weight: 1)
+        let v = Double(vt.values[0])
         func penalty(_ av: [Float], _ bv: [Float]) -> Double {
             var s = 0.0
             for i in 0..<3 {
@@ -115,16 +122,18 @@ final class SmallKernelTests: XCTestCase {
             XCTAssertEqual(Double(da.values[k]), (penalty(ap, b.values) - penalty(am, b.values)) / 2e-3, accuracy: 1e-4, "d/da[\(k)]")
         }
         // A degenerate (near-zero) evidence vector switches the penalty off entirely.
-        let z = HostTensor(Shape(3, 6), a.values.enumerated().map { $0.offset < 6 ? 0 : $0.element })
-        XCTAssertEqual(be.cosineMarginPenalty(z.tensor, b.tensor, margin: 0.1, scale: 1, da: da.tensor, db: db.tensor), 0)
+        let z = testTensor(Shape(3, 6), a.values.enumerated().map { $0.offset < 6 ? 0 : $0.element })
+        let zt = testTensor(Shape(1))
+        be.cosineMarginPenalty(z.tensor, b.tensor, margin: 0.1, scale: 1, da: da.tensor, db: db.tensor, loss: zt.tensor, weight: 1)
+        XCTAssertEqual(zt.values[0], 0)
         XCTAssertTrue(da.values.allSatisfy { $0 == 0 })
     }
 
     func testSyncBatchNormSumsRoundTrip() {
-        let mean = HostTensor(Shape(2), [0.5, -1]), variance = HostTensor(Shape(2), [2, 0.25]), sums = HostTensor(Shape(5))
+        let mean = testTensor(Shape(2), [0.5, -1]), variance = testTensor(Shape(2), [2, 0.25]), sums = testTensor(Shape(5))
         be.batchNormLocalSums(mean: mean.tensor, variance: variance.tensor, count: 10, into: sums.tensor)
         XCTAssertEqual(sums.values, [5, -10, 22.5, 12.5, 10])
-        let m2 = HostTensor(Shape(2)), v2 = HostTensor(Shape(2))
+        let m2 = testTensor(Shape(2)), v2 = testTensor(Shape(2))
         be.batchNormGlobalMoments(sums.tensor, channels: 2, mean: m2.tensor, variance: v2.tensor)
         assertClose(m2.values, mean.values, rtol: 1e-6, atol: 1e-7, "mean")
         assertClose(v2.values, variance.values, rtol: 1e-6, atol: 1e-7, "variance")
@@ -159,5 +168,35 @@ final class SmallKernelTests: XCTestCase {
                 return (y, { dy in [attn.backward(dy, s, ctx)] })
             }
         }
+    }
+}
+
+/// The fenced backend's memory is really fenced: its pages are PROT_NONE between backend calls,
+/// so host code that dereferences a tensor address crashes there.
+final class FencedBackendTests: XCTestCase {
+    /// The protection of the mapping holding `address`, from /proc/self/maps (e.g. "---p").
+    func protection(of address: UnsafeMutablePointer<Float>) throws -> String? {
+        let maps = try String(contentsOfFile: "/proc/self/maps", encoding: .utf8)
+        let a = UInt(bitPattern: address)
+        for line in maps.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            let r = f[0].split(separator: "-")
+            if let lo = UInt(r[0], radix: 16), let hi = UInt(r[1], radix: 16), a >= lo, a < hi { return String(f[1]) }
+        }
+        return nil
+    }
+
+    func testTensorMemoryIsInaccessibleOutsideBackendCalls() throws {
+        let be = FencedBackend(wrapping: CPUBackend(threads: 2))
+        let t = DeviceTensor(be, Shape(3000), (0..<3000).map(Float.init))
+        XCTAssertEqual(try protection(of: t.tensor.base), "---p", "fenced memory outside a backend call")
+        be.scale(t.tensor, by: 2)
+        XCTAssertEqual(try protection(of: t.tensor.base), "---p")
+        XCTAssertEqual(t.values[2999], 5998, "kernels and downloads still reach it")
+        XCTAssertNil(be.hostAddress(t.tensor))
+        // A CPU backend's memory is plain host memory.
+        let cpu = CPUBackend(threads: 1)
+        let c = DeviceTensor(cpu, Shape(4), [1, 2, 3, 4])
+        XCTAssertEqual(cpu.hostAddress(c.tensor)?[3], 4)
     }
 }

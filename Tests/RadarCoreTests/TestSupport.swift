@@ -2,12 +2,43 @@ import Foundation
 import RadarCore
 import XCTest
 
-/// A context over a fresh store for the given layout.
+/// The device every suite runs on: `RADAR_TEST_BACKEND` (cpu, cpu-fenced), cpu by default. The
+/// fenced backend keeps tensor memory inaccessible outside backend calls, so a suite that passes
+/// on it reaches tensor memory only through the backend.
+let testDeviceName = ProcessInfo.processInfo.environment["RADAR_TEST_BACKEND"] ?? "cpu"
+
+/// A backend of the test device with `threads` compute threads.
+func testBackend(threads: Int = 1) -> any Backend {
+    do { return try Devices.backend(testDeviceName, threads: threads) } catch { fatalError("RADAR_TEST_BACKEND: \(error)") }
+}
+
+/// The backend test helpers upload and download through (memory of every backend of the test
+/// device is reachable through it: host memory, or the process-wide fence).
+let sharedTestBackend = testBackend()
+
+/// A context over a fresh store for the given layout, on the test device.
 func makeContext(_ layout: ParameterLayout, threads: Int = 1, training: Bool = true, seed: UInt64 = 7)
     -> ExecutionContext
 {
-    ExecutionContext(backend: CPUBackend(threads: threads), params: ParameterStore(layout: layout),
-                     training: training, seed: seed)
+    ExecutionContext(backend: testBackend(threads: threads), layout: layout, training: training, seed: seed)
+}
+
+/// A device tensor holding `values` (tests' inputs and constants).
+func testTensor(_ shape: Shape, _ values: [Float]) -> DeviceTensor { DeviceTensor(sharedTestBackend, shape, values) }
+func testTensor(_ shape: Shape, fill: Float = 0) -> DeviceTensor {
+    DeviceTensor(sharedTestBackend, shape, [Float](repeating: fill, count: shape.count))
+}
+
+/// Explicit host access for tests, through the backend (downloads and uploads).
+extension Tensor {
+    func toArray() -> [Float] { sharedTestBackend.download(self) }
+    func fill(_ v: Float) { sharedTestBackend.fill(self, v) }
+    func copy(from values: [Float]) { sharedTestBackend.upload(values, into: self) }
+    /// One element (tests only: a download each).
+    subscript(i: Int) -> Float {
+        get { sharedTestBackend.download(slice(from: i, Shape(1)))[0] }
+        nonmutating set { sharedTestBackend.upload([newValue], into: slice(from: i, Shape(1))) }
+    }
 }
 
 /// Deterministic normal values.
@@ -16,14 +47,13 @@ func randomValues(_ count: Int, seed: UInt64, std: Float = 1, mean: Float = 0) -
     return (0..<count).map { mean + std * s.normal(UInt64($0)) }
 }
 
-func randomHost(_ shape: Shape, seed: UInt64, std: Float = 1) -> HostTensor {
-    HostTensor(shape, randomValues(shape.count, seed: seed, std: std))
+func randomHost(_ shape: Shape, seed: UInt64, std: Float = 1) -> DeviceTensor {
+    testTensor(shape, randomValues(shape.count, seed: seed, std: std))
 }
 
 /// Fills every parameter of the store with N(0, std) (seeded), and BatchNorm-like buffers sensibly.
 func randomizeParameters(_ store: ParameterStore, seed: UInt64, std: Float = 0.5) {
-    let v = randomValues(store.parameterCount, seed: seed, std: std)
-    for i in 0..<store.parameterCount { store.values[i] = v[i] }
+    store.uploadValues(randomValues(store.parameterCount, seed: seed, std: std))
     for slot in store.layout.bufferSlots {
         store.buffer(slot).fill(slot.name.hasSuffix("running_var") ? 1.3 : 0.1)
     }
@@ -77,7 +107,7 @@ struct GradientCheck {
 
     typealias Pass = (ExecutionContext, [Tensor]) throws -> (Tensor, (Tensor) -> [Tensor?])
 
-    func run(_ label: String, _ ctx: ExecutionContext, inputs: [HostTensor], _ pass: Pass,
+    func run(_ label: String, _ ctx: ExecutionContext, inputs: [DeviceTensor], _ pass: Pass,
              file: StaticString = #filePath, line: UInt = #line) throws {
         let store = ctx.params
         ctx.beginPass()
@@ -87,22 +117,22 @@ struct GradientCheck {
         let dy = ctx.tensor(y.shape)
         dy.copy(from: w)
         let inputGrads = back(dy).map { $0?.toArray() }
-        let paramGrads = Array(store.grads)
+        let paramGrads = store.downloadGrads()
 
         func loss() throws -> Double {
             ctx.beginPass()
-            let out = try pass(ctx, inputs.map(\.tensor)).0
+            let out = try pass(ctx, inputs.map(\.tensor)).0.toArray()
             var s: Double = 0
-            for i in 0..<out.count { s += Double(w[i]) * Double(out.base[i]) }
+            for i in 0..<out.count { s += Double(w[i]) * Double(out[i]) }
             return s
         }
-        func probe(_ p: UnsafeMutablePointer<Float>) throws -> Float {
-            let orig = p.pointee
-            p.pointee = orig + eps
+        func probe(_ t: Tensor, _ i: Int) throws -> Float {
+            let orig = t[i]
+            t[i] = orig + eps
             let lp = try loss()
-            p.pointee = orig - eps
+            t[i] = orig - eps
             let lm = try loss()
-            p.pointee = orig
+            t[i] = orig
             return Float((lp - lm) / Double(2 * eps))
         }
         func indices(_ n: Int, salt: UInt64) -> [Int] {
@@ -121,12 +151,12 @@ struct GradientCheck {
         for (k, input) in inputs.enumerated() {
             guard k < inputGrads.count, let g = inputGrads[k] else { continue }
             for i in indices(input.shape.count, salt: UInt64(k)) {
-                compare(try probe(input.tensor.base + i), g[i], "input \(k)[\(i)]")
+                compare(try probe(input.tensor, i), g[i], "input \(k)[\(i)]")
             }
         }
         for slot in store.layout.parameters {
             for i in indices(slot.count, salt: UInt64(slot.offset)) {
-                compare(try probe(store.values.baseAddress! + slot.offset + i), paramGrads[slot.offset + i],
+                compare(try probe(store.values, slot.offset + i), paramGrads[slot.offset + i],
                         "\(slot.name)[\(i)]")
             }
         }

@@ -16,7 +16,7 @@ final class ThreadDeterminismTests: XCTestCase {
         let (y, back) = try pass(ctx, inputs.map(\.tensor))
         let dy = randomHost(y.shape, seed: 55)
         let grads = back(dy.tensor).compactMap { $0?.toArray() }
-        return [y.toArray()] + grads + [Array(ctx.params.grads), Array(ctx.params.buffers)]
+        return [y.toArray()] + grads + [ctx.params.downloadGrads(), ctx.params.downloadBuffers()]
     }
 
     func assertSameForThreadCounts(_ label: String, layout: () -> ParameterLayout, inputShapes: [Shape],

@@ -28,47 +28,52 @@ final class TrainingTests: XCTestCase {
         // Same batch twice at scale 1/2 gives the single-batch gradient (dropout off, so the two
         // micro-batches are identical functions).
         func grads(accumulation: Int) throws -> [Float] {
-            let (trainer, images, labels) = try makeTinyTrainer { $0.dropout = 0; $0.branchDropout = 0 }
-            trainer.accumulation = accumulation
-            for _ in 0..<accumulation { _ = try trainer.accumulateGradients(images: images.tensor, labels: labels.tensor) }
-            return Array(trainer.ctx.params.grads)
+            let (trainer, images, labels) = try makeTinyTrainer(accumulationSteps: accumulation) { $0.dropout = 0; $0.branchDropout = 0 }
+            for _ in 0..<accumulation { try trainer.microBatch(images: images.tensor, labels: labels.tensor) }
+            return trainer.ctx.params.downloadGrads()
         }
         assertClose(try grads(accumulation: 2), try grads(accumulation: 1), rtol: 1e-4, atol: 1e-7, "accumulated gradients (float32 sum of two halves)")
-        let (trainer, images, labels) = try makeTinyTrainer()
-        trainer.accumulation = 2
+        let (trainer, images, labels) = try makeTinyTrainer(accumulationSteps: 2)
         let first = try trainer.step(images: images.tensor, labels: labels.tensor)
-        XCTAssertFalse(first.stepped, "the first of two micro-batches does not step")
+        XCTAssertNil(first, "the first of two micro-batches does not step")
         XCTAssertEqual(trainer.optimizer.step, 0)
         let second = try trainer.step(images: images.tensor, labels: labels.tensor)
-        XCTAssertTrue(second.stepped)
+        XCTAssertEqual(second?.microBatches, 2)
         XCTAssertEqual(trainer.optimizer.step, 1)
     }
 
     func testNonFiniteStepIsSkippedAndCounted() throws {
         let (trainer, images, labels) = try makeTinyTrainer()
-        let before = Array(trainer.ctx.params.values)
-        images.tensor.base[5] = .nan
-        let r = try trainer.step(images: images.tensor, labels: labels.tensor)
+        let before = trainer.ctx.params.downloadValues()
+        images.tensor[5] = .nan
+        let r = try trainer.step(images: images.tensor, labels: labels.tensor)!
         XCTAssertTrue(r.skipped)
         XCTAssertEqual(trainer.skippedSteps, 1)
         XCTAssertEqual(trainer.optimizer.step, 0, "no AdamW step was taken")
-        XCTAssertEqual(Array(trainer.ctx.params.values).map(\.bitPattern), before.map(\.bitPattern), "parameters untouched")
+        XCTAssertEqual(trainer.ctx.params.downloadValues().map(\.bitPattern), before.map(\.bitPattern), "parameters untouched")
+        // The next finite step is taken as step 1.
+        images.tensor[5] = 0
+        let next = try trainer.step(images: images.tensor, labels: labels.tensor)!
+        XCTAssertFalse(next.skipped)
+        XCTAssertEqual(trainer.optimizer.step, 1)
     }
 
     func testGradientClippingBoundsTheNorm() throws {
         let (trainer, images, labels) = try makeTinyTrainer()
-        _ = try trainer.accumulateGradients(images: images.tensor, labels: labels.tensor)
-        let norm = trainer.optimizer.gradientNorm(trainer.ctx.backend)
-        XCTAssertGreaterThan(norm, 0.1)
-        trainer.optimizer.clipGradients(norm: norm, maxNorm: 0.1, trainer.ctx.backend)
-        XCTAssertEqual(trainer.optimizer.gradientNorm(trainer.ctx.backend), 0.1, accuracy: 1e-4)
+        try trainer.microBatch(images: images.tensor, labels: labels.tensor)
+        let flag = testTensor(Shape(1)), norm = testTensor(Shape(1)), gate = testTensor(Shape(1))
+        trainer.optimizer.clipGradients(maxNorm: 0.1, nonFinite: flag.tensor, norm: norm.tensor, gate: gate.tensor)
+        XCTAssertGreaterThan(norm.values[0], 0.1)
+        XCTAssertEqual(gate.values[0], 1)
+        trainer.optimizer.clipGradients(maxNorm: 1e9, nonFinite: flag.tensor, norm: norm.tensor, gate: gate.tensor)
+        XCTAssertEqual(norm.values[0], 0.1, accuracy: 1e-4)
     }
 
     func testInitialisationFollowsModelSection7() throws {
         var config = RADARConfig.preset("tiny")!
         config.gatingInit = 0.25
         let model = try RADARModel(config: config)
-        let store = ParameterStore(layout: model.layout)
+        let store = ParameterStore(layout: model.layout, backend: sharedTestBackend)
         model.initialize(store, seed: 9)
         func values(_ n: String) -> [Float] { store.value(named: n)!.toArray() }
         func std(_ v: [Float]) -> Double {
@@ -92,11 +97,11 @@ final class TrainingTests: XCTestCase {
         XCTAssertLessThan(values("encoder.cls_token").map { abs($0) }.max()!, 1e-5)
         XCTAssertTrue(values("encoder.norm.weight").allSatisfy { $0 == 1 })
         // Deterministic by seed, different across seeds.
-        let again = ParameterStore(layout: model.layout)
+        let again = ParameterStore(layout: model.layout, backend: sharedTestBackend)
         model.initialize(again, seed: 9)
-        XCTAssertEqual(Array(again.values), Array(store.values))
+        XCTAssertEqual(again.downloadValues(), store.downloadValues())
         model.initialize(again, seed: 10)
-        XCTAssertNotEqual(Array(again.values), Array(store.values))
+        XCTAssertNotEqual(again.downloadValues(), store.downloadValues())
     }
 
     func testTimmCheckpointLoadsAndPosEmbedIsResampledAsTimmDoes() throws {
@@ -107,7 +112,7 @@ final class TrainingTests: XCTestCase {
             var c = RADARConfig.preset("tiny")!
             (c.imgSize, c.patchSize, c.embedDim, c.depth, c.numHeads) = (img, 8, 16, 1, 2)
             let model = try RADARModel(config: c)
-            let store = ParameterStore(layout: model.layout)
+            let store = ParameterStore(layout: model.layout, backend: sharedTestBackend)
             let resampled = try TimmWeights.load(path, into: store, config: c)
             XCTAssertEqual(resampled, grid == 4 ? [] : ["pos_embed"])
             XCTAssertEqual(store.value(named: "encoder.blocks.0.attn.qkv.weight")!.toArray(), timm["blocks.0.attn.qkv.weight"]!.floats)
@@ -125,14 +130,14 @@ final class TrainingTests: XCTestCase {
         (c.embedDim, c.depth, c.numHeads) = (16, 2, 2)  // depth 2: blocks.1.* are missing from the file
         let model = try RADARModel(config: c)
         let path = fixturesDirectory.appendingPathComponent("timm/vit_tiny_grid4.safetensors").path
-        XCTAssertThrowsError(try TimmWeights.load(path, into: ParameterStore(layout: model.layout), config: c)) { e in
+        XCTAssertThrowsError(try TimmWeights.load(path, into: ParameterStore(layout: model.layout, backend: sharedTestBackend), config: c)) { e in
             let text = "\(e)"
             XCTAssertTrue(text.contains("missing") && text.contains("blocks.1.attn.qkv.weight"), text)
         }
         c.depth = 1
         c.embedDim = 32
         let wide = try RADARModel(config: c)
-        XCTAssertThrowsError(try TimmWeights.load(path, into: ParameterStore(layout: wide.layout), config: c)) { e in
+        XCTAssertThrowsError(try TimmWeights.load(path, into: ParameterStore(layout: wide.layout, backend: sharedTestBackend), config: c)) { e in
             XCTAssertTrue("\(e)".contains("shape mismatches") && "\(e)".contains("cls_token"), "\(e)")
         }
     }

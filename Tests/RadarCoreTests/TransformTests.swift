@@ -9,7 +9,7 @@ final class TransformTests: XCTestCase {
         try SafeTensors.read(fixturesDirectory.appendingPathComponent("transforms.safetensors").path).tensors
     }
 
-    func host(_ t: SafeTensor) -> HostTensor { HostTensor(Shape(t.shape), t.floats) }
+    func host(_ t: SafeTensor) -> DeviceTensor { testTensor(Shape(t.shape), t.floats) }
 
     func testTransformsMatchPyTorch() throws {
         let fx = try loadFixture()
@@ -52,7 +52,7 @@ final class TransformTests: XCTestCase {
         }
         let x = randomHost(Shape(1, 2, 9, 14), seed: 3)
         for (oh, ow) in [(4, 4), (18, 18), (9, 14)] {
-            let y = HostTensor(Shape(1, 2, oh, ow))
+            let y = testTensor(Shape(1, 2, oh, ow))
             ctx.backend.resizeBilinear(x.tensor, y.tensor)
             assertClose(y.values, Naive.resize(x.values, planes: 2, h: 9, w: 14, oh: oh, ow: ow), rtol: 1e-5, atol: 1e-6,
                         "resize to \(oh)x\(ow)")

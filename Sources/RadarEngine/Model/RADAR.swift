@@ -76,6 +76,10 @@ public final class RADARModel: @unchecked Sendable {
         layout.parameters.first { $0.name.hasPrefix(prefix) }?.offset ?? 0
     }
 
+    /// Where backward's finished-gradient reports fall (computed once: the step must not search).
+    private lazy var reasoningOffset = firstOffset("reasoning.")
+    private lazy var branchesOffset = firstOffset("badm.")
+
     /// Parameters the active path never reads: they get no gradient and no optimizer update (as
     /// in PyTorch, where their .grad stays None).
     public var unusedParameterPrefixes: [String] {
@@ -176,7 +180,7 @@ public final class RADARModel: @unchecked Sendable {
         be.add(dEvidence, dInitExternal, into: dEvidence)
 
         prof?.end(.reasoningBackward)
-        ctx.parallel.gradientsFinal(from: firstOffset("reasoning."))
+        ctx.parallel.gradientsFinal(from: reasoningOffset)
         let dTok = ctx.zeros(Shape(b, (n + 1) * d))
         if config.useBadm, let bs = s.badm {
             let dEb = ctx.tensor(Shape(b, e))
@@ -196,7 +200,7 @@ public final class RADARModel: @unchecked Sendable {
             be.copyColumns(dCls, srcCols: d, into: dTok, dstCols: (n + 1) * d, offset: 0)
         }
         prof?.end(.frequencyBackward)
-        ctx.parallel.gradientsFinal(from: firstOffset("badm."))
+        ctx.parallel.gradientsFinal(from: branchesOffset)
         encoder.backward(dTok.reshaped(Shape(b, n + 1, d)), patch: s.patch, norm: s.norm, blocks: blockSaved, ctx)
         prof?.end(.encoderBackward)
         ctx.parallel.gradientsFinal(from: 0)
