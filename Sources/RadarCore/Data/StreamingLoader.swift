@@ -92,8 +92,11 @@ public final class StreamingLoader: @unchecked Sendable {
         self.epoch = epoch
         self.depth = max(1, depth)
         batchCount = dropLast ? refs.count / batchSize : (refs.count + batchSize - 1) / batchSize
-        running = max(1, threads)
-        for _ in 0..<max(1, threads) {
+        // No batches, no workers: a worker first scheduled while an empty loader is already being
+        // released would touch a deinitialising object (a run resumed exactly at an epoch's end).
+        let workerCount = batchCount == 0 ? 0 : max(1, threads)
+        running = workerCount
+        for _ in 0..<workerCount {
             let t = Thread { [unowned self] in self.work() }
             t.stackSize = 1 << 22
             workers.append(t)

@@ -1,0 +1,53 @@
+import Foundation
+import RadarCore
+import XCTest
+
+/// A whole training run on the fenced device (tensor memory inaccessible to the host outside
+/// backend calls): two MPI ranks with gradient accumulation, validation, `last` written and
+/// resumed, then `radar evaluate` and `radar predict` from the checkpoint. Any host access that
+/// bypasses the backend would end a process with SIGSEGV. The result must equal the plain CPU
+/// device's bit for bit: the fence changes where memory lives, not one operation.
+extension MPITrainingTests {
+    func trainTwoRanks(_ out: String, device: String, stop: Int, resume: Bool) throws -> [String] {
+        var args = ["--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny", "--batch-size", "4",
+                    "--num-epochs", "2", "--max-steps-per-epoch", "3", "--accumulation-steps", "2", "--threads", "2",
+                    "--timeout", "60", "--device", device, "--stop-after-steps", String(stop), "--verify-replicas"]
+        if resume { args += ["--resume", "auto"] }
+        let r = try mpirun([(2, "radar-worker", args)], timeout: 400)
+        XCTAssertEqual(r.status, 0, "\(device): \(r.err)")
+        return hashes(r.out)
+    }
+
+    func testWholeRunOnTheFencedDeviceEqualsTheCPUDevice() throws {
+        let fenced = tmp("fenced"), cpu = tmp("cpu")
+        // 3 steps, stop (writing last), resume to the end of epoch 2 (6 steps): validation and
+        // best/last checkpoints on the way.
+        XCTAssertEqual(Set(try trainTwoRanks(fenced, device: "cpu-fenced", stop: 3, resume: false)).count, 1)
+        let resumed = try trainTwoRanks(fenced, device: "cpu-fenced", stop: 0, resume: true)
+        let plain = try trainTwoRanks(cpu, device: "cpu", stop: 0, resume: false)
+        XCTAssertEqual(resumed.count, 2)
+        XCTAssertEqual(Set(resumed), Set(plain), "fenced (3 + resumed 3 steps) vs cpu (6 steps) parameter hashes")
+        let a = try Checkpoint.read(fenced + "/e/last.safetensors.lz4"), b = try Checkpoint.read(cpu + "/e/last.safetensors.lz4")
+        XCTAssertEqual(a.state.optimizerStep, 6)
+        for (k, t) in b.tensors { XCTAssertEqual(a.tensors[k]?.floats.map { $0.bitPattern }, t.floats.map { $0.bitPattern }, k) }
+
+        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
+        func evaluate(_ device: String) throws -> [String: Any] {
+            let d = try Process.runCapturing([radar, "evaluate", "--checkpoint", fenced + "/e/best.safetensors.lz4", "--data",
+                                              MPITrainingTests.dataset, "--split", "val", "--threads", "1", "--device", device])
+            return try JSONSerialization.jsonObject(with: d) as! [String: Any]
+        }
+        let ef = try evaluate("cpu-fenced"), ec = try evaluate("cpu")
+        XCTAssertNotNil(ef["auc"] as? Double, "\(ef)")
+        XCTAssertEqual(ef["auc"] as? Double, ec["auc"] as? Double)
+        let img = fenced + "/face.png"
+        try ImageCodec.encodePNG(SyntheticFaces(size: 32, seed: 3).rgbImage(0, label: 1)).write(to: URL(fileURLWithPath: img))
+        func predict(_ device: String) throws -> String {
+            String(decoding: try Process.runCapturing([radar, "predict", "--checkpoint", fenced + "/e/last.safetensors.lz4",
+                                                       "--threads", "1", "--device", device, img]), as: UTF8.self)
+        }
+        let pf = try predict("cpu-fenced")
+        XCTAssertTrue(pf.hasPrefix(img + "\t"), pf)
+        XCTAssertEqual(pf, try predict("cpu"))
+    }
+}
