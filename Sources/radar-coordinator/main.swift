@@ -89,4 +89,6 @@ struct RadarCoordinator: ParsableCommand {
     }
 }
 
+// Better OpenBLAS kernels than the library chose, when the CPU has them (before MPI starts).
+BLASKernels.reexecWithBestKernelsIfNeeded()
 RadarCoordinator.main()

@@ -187,4 +187,6 @@ struct RadarWorker: ParsableCommand {
     }
 }
 
+// Better OpenBLAS kernels than the library chose, when the CPU has them (before MPI starts).
+BLASKernels.reexecWithBestKernelsIfNeeded()
 RadarWorker.main()

@@ -18,13 +18,15 @@ struct DumpStep: ParsableCommand {
     @Option(help: "Learning rate for --steps.") var lr: Double = 1e-3
     @Option(help: "Weight decay for --steps.") var weightDecay: Double = 0.05
     @Option(help: "Threads.") var threads = 1
+    @Option(help: "Backend: cpu or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
 
     func run() throws {
         try failing {
             let cfg = try RADARConfig.resolve(config)
             let out = try ParityDump.run(config: cfg, weights: try SafeTensors.read(weights).tensors, weightsSource: weights,
                                          batch: try SafeTensors.read(batch).tensors, batchSource: batch, steps: steps, lr: lr,
-                                         weightDecay: weightDecay, threads: threads)
+                                         weightDecay: weightDecay, threads: threads,
+                                         device: device ?? Devices.defaultName)
             let data = SafeTensors.encode(out, metadata: ["format": "radar-dump-step-1", "steps": String(steps)])
             try data.write(to: URL(fileURLWithPath: output), options: .atomic)
             logLine("wrote \(out.count) tensors to \(output) (loss.total \(out["loss.total"]!.floats[0]))")

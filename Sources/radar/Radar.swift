@@ -8,6 +8,11 @@ struct Radar: ParsableCommand {
         commandName: "radar",
         abstract: "RADAR deepfake detector: training, benchmarks and tools.",
         subcommands: [Demo.self, Synth.self, Prepare.self, Train.self, Evaluate.self, Predict.self, Export.self, Launch.self, Bench.self, DumpStep.self])
+
+    static func main() {
+        BLASKernels.reexecWithBestKernelsIfNeeded()
+        main(nil)
+    }
 }
 
 /// Turns any error into one line on stderr and a non-zero exit.
@@ -48,5 +53,15 @@ func medianSeconds(repeats: Int, warmup: Int = 1, _ body: () throws -> Void) ret
 }
 
 func machineRecord(threads: Int) -> [String: Any] {
-    ["cpus": ProcessInfo.processInfo.activeProcessorCount, "threads": threads, "blas": CPUBackend.blasDescription]
+    ["cpus": ProcessInfo.processInfo.activeProcessorCount, "threads": threads, "blas": CPUBackend.blasDescription,
+     "blas_kernels": BLASKernels.record, "cpu": cpuModelName()]
+}
+
+/// The CPU's model name from /proc/cpuinfo (benchmark records must name the CPU).
+func cpuModelName() -> String {
+    guard let s = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown" }
+    for line in s.split(separator: "\n") where line.hasPrefix("model name") {
+        return line.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "unknown"
+    }
+    return "unknown"
 }

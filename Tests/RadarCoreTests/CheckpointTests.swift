@@ -111,6 +111,7 @@ final class CheckpointTests: XCTestCase {
 
     func options(_ data: String, _ out: String, stop: Int, resume: String? = nil) -> TrainOptions {
         var o = TrainOptions(data: data, output: out, experiment: "r", config: RADARConfig.preset("tiny")!)
+        o.device = testDeviceName
         (o.batchSize, o.epochs, o.accumulationSteps, o.learningRate, o.stopAfterSteps, o.resume) = (8, 3, 2, 1e-3, stop, resume)
         return o
     }
@@ -138,6 +139,15 @@ final class CheckpointTests: XCTestCase {
         var wider = options(data, split, stop: 6, resume: "auto")
         wider.worldSize = 2
         XCTAssertThrowsError(try TrainingRun(options: wider).run()) { XCTAssertTrue("\($0)".contains("world size 1"), "\($0)") }
+        // So is another learning-rate schedule: the checkpoint's OneCycle state is read back.
+        var faster = options(data, split, stop: 6, resume: "auto")
+        faster.learningRate = 2e-3
+        XCTAssertThrowsError(try TrainingRun(options: faster).run()) {
+            XCTAssertTrue("\($0)".contains("OneCycle schedule (max_lr 0.001, total_steps") && "\($0)".contains("max_lr 0.002"), "\($0)")
+        }
+        var longer = options(data, split, stop: 6, resume: "auto")
+        longer.epochs = 4
+        XCTAssertThrowsError(try TrainingRun(options: longer).run()) { XCTAssertTrue("\($0)".contains("--num-epochs"), "\($0)") }
     }
 
     func testFullRunWritesCheckpointsPlotsAndExportZip() throws {

@@ -274,6 +274,7 @@ final class TrainingRunTests: XCTestCase {
         prep.valFraction = 0.2
         _ = try DatasetPreparer(options: prep).run(SyntheticSource(size: 32, count: 160, seed: 2, difficulty: 0.2, framesPerSequence: 4))
         var o = TrainOptions(data: data, output: out, experiment: "smoke", config: RADARConfig.preset("tiny")!)
+        o.device = testDeviceName
         (o.batchSize, o.epochs, o.accumulationSteps, o.maxStepsPerEpoch, o.learningRate) = (8, 2, 2, 3, 1e-3)
         let run = try TrainingRun(options: o)
         let h = try run.run()

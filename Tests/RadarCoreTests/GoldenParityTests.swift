@@ -26,7 +26,8 @@ final class GoldenParityTests: XCTestCase {
         let steps = Int(meta["steps"] ?? "0") ?? 0
         let ours = try ParityDump.run(config: config, weights: try SafeTensors.read(weightsPath).tensors, weightsSource: weightsPath,
                                       batch: try SafeTensors.read(batchPath).tensors, batchSource: batchPath, steps: steps,
-                                      lr: Double(meta["lr"] ?? "0.001")!, weightDecay: Double(meta["weight_decay"] ?? "0.05")!)
+                                      lr: Double(meta["lr"] ?? "0.001")!, weightDecay: Double(meta["weight_decay"] ?? "0.05")!,
+                                      device: testDeviceName)
         let d = config.embedDim
         var report: [String] = []
         for key in expected.keys.sorted() {

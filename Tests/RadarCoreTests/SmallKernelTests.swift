@@ -176,7 +176,10 @@ final class SmallKernelTests: XCTestCase {
 final class FencedBackendTests: XCTestCase {
     /// The protection of the mapping holding `address`, from /proc/self/maps (e.g. "---p").
     func protection(of address: UnsafeMutablePointer<Float>) throws -> String? {
-        let maps = try String(contentsOfFile: "/proc/self/maps", encoding: .utf8)
+        // Read to the end: /proc files report size 0, and a large maps file must not be cut short.
+        guard let h = FileHandle(forReadingAtPath: "/proc/self/maps") else { return nil }
+        let maps = String(decoding: h.readDataToEndOfFile(), as: UTF8.self)
+        try h.close()
         let a = UInt(bitPattern: address)
         for line in maps.split(separator: "\n") {
             let f = line.split(separator: " ")
@@ -198,5 +201,39 @@ final class FencedBackendTests: XCTestCase {
         let cpu = CPUBackend(threads: 1)
         let c = DeviceTensor(cpu, Shape(4), [1, 2, 3, 4])
         XCTAssertEqual(cpu.hostAddress(c.tensor)?[3], 4)
+    }
+}
+
+/// The OpenBLAS kernel choice is a pure function of the CPU's flags and OpenBLAS's own pick.
+final class BLASKernelChoiceTests: XCTestCase {
+    let sapphireRapids: Set<String> = ["sse3", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd",
+                                       "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"]
+
+    func testWeakPicksAreUpgradedAndGoodOnesKept() {
+        // Debian's 0.3.21 on Sapphire/Emerald Rapids falls back to Prescott: Cooperlake has bf16 AVX-512.
+        XCTAssertEqual(BLASKernels.upgrade(current: "Prescott", flags: sapphireRapids, vendor: "GenuineIntel"), "Cooperlake")
+        XCTAssertNil(BLASKernels.upgrade(current: "Cooperlake", flags: sapphireRapids, vendor: "GenuineIntel"))
+        // Skylake-SP / Ice Lake: AVX-512 without bf16.
+        let skx = sapphireRapids.subtracting(["avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"])
+        XCTAssertEqual(BLASKernels.upgrade(current: "Haswell", flags: skx, vendor: "GenuineIntel"), "SkylakeX")
+        XCTAssertNil(BLASKernels.upgrade(current: "SkylakeX", flags: skx, vendor: "GenuineIntel"))
+        // An AMD VM that exposes AVX2 but not AVX-512 (this project's EPYC machines): Zen is right.
+        let zen: Set<String> = ["sse3", "avx", "avx2", "fma"]
+        XCTAssertNil(BLASKernels.upgrade(current: "Zen", flags: zen, vendor: "AuthenticAMD"))
+        XCTAssertEqual(BLASKernels.upgrade(current: "Prescott", flags: zen, vendor: "AuthenticAMD"), "Zen")
+        // Zen 4 with AVX-512 and bf16 exposed.
+        XCTAssertEqual(BLASKernels.upgrade(current: "Zen", flags: sapphireRapids, vendor: "AuthenticAMD"), "Cooperlake")
+        // No AVX at all, or a core type we do not know: leave OpenBLAS's choice alone.
+        XCTAssertNil(BLASKernels.upgrade(current: "Prescott", flags: ["sse3"], vendor: "GenuineIntel"))
+        XCTAssertNil(BLASKernels.upgrade(current: "SapphireRapids", flags: sapphireRapids, vendor: "GenuineIntel"))
+    }
+
+    func testCPUInfoParsing() {
+        let text = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum\nflags\t\t: fpu sse3 avx avx2 fma avx512f\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+        let parsed = BLASKernels.cpuFlags(text)
+        XCTAssertEqual(parsed?.vendor, "GenuineIntel")
+        XCTAssertEqual(parsed?.flags, ["fpu", "sse3", "avx", "avx2", "fma", "avx512f"])
+        XCTAssertNil(BLASKernels.cpuFlags(nil))
+        XCTAssertNotNil(BLASKernels.cpuFlags(), "this machine's /proc/cpuinfo")
     }
 }

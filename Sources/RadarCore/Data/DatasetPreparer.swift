@@ -85,8 +85,28 @@ public final class DatasetPreparer {
         guard options.shardSize > 0, (0..<1).contains(options.valFraction) else {
             throw DatasetError(path: out, reason: "shard size must be > 0 and val fraction in [0, 1)")
         }
+        let (classTotal, preSkipped) = try countCandidates(source)
+        let quota = quotas(classTotal)
+        let shards = try ShardOutput(preparer: self, source: source)
+        var selection = Selection(classTotal: classTotal, quota: quota, seed: options.seed)
+        try source.scan { item in
+            guard case .image(let c, let read) = item, let split = selection.take(c, valFraction: options.valFraction) else { return }
+            progress?(selection.processed, quota[0] + quota[1])
+            let ordinal = selection.ordinal(in: split)
+            if ordinal < (shards.resumeFrom[split] ?? 0) { return }  // belongs to a finished shard
+            try shards.add(Pending(candidate: c, split: split, ordinal: ordinal, bytes: try read()))
+        }
+        try shards.finishAll(consumed: selection.consumed)
+        // Counts are read back from the finished shards, so the manifest is right whether this
+        // run or an interrupted earlier one wrote them.
+        let manifest = try buildManifest(source: source, done: shards.done, preSkipped: preSkipped)
+        try writeFileAtomically(manifest.jsonData(), to: (out as NSString).appendingPathComponent(DatasetManifest.fileName))
+        try? FileManager.default.removeItem(atPath: shards.journalPath)
+        return manifest
+    }
 
-        // Pass 1: count usable candidates per class (and the skips that need no image bytes).
+    /// Pass 1: usable candidates per class, and the skips that need no image bytes.
+    func countCandidates(_ source: SampleSource) throws -> (classTotal: [Int], preSkipped: [DatasetManifest.Skipped]) {
         var classTotal = [0, 0]
         var preSkipped: [DatasetManifest.Skipped] = []
         try source.scan { item in
@@ -98,76 +118,96 @@ public final class DatasetPreparer {
         for (label, name) in [(0, "real"), (1, "fake")] where classTotal[label] == 0 {
             throw DatasetError(path: source.description["root"] ?? "source", reason: "no \(name) images: class \(name) is empty")
         }
-        var quota = classTotal
-        if let maxImages = options.maxImages {
-            let total = classTotal[0] + classTotal[1]
-            let realShare = options.realFraction ?? Double(classTotal[0]) / Double(total)
-            let realQuota = Int((Double(maxImages) * realShare).rounded())
-            quota = [min(realQuota, classTotal[0]), min(maxImages - realQuota, classTotal[1])]
-            log("prepare: keeping \(quota[0]) real of \(classTotal[0]) and \(quota[1]) fake of \(classTotal[1]), sampled across the source")
-        }
+        return (classTotal, preSkipped)
+    }
 
-        // Resume state.
-        let header = JournalHeader(source: source.description, parameters: options.parameters)
-        let journalPath = (out as NSString).appendingPathComponent(DatasetPreparer.journalName)
-        var done: [JournalShard] = try loadJournal(journalPath, header: header)
-        for f in (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? [] where f.hasSuffix(".partial") {
-            try? FileManager.default.removeItem(atPath: (out as NSString).appendingPathComponent(f))
-        }
-        var resumeFrom = [Split: Int]()
-        for j in done { resumeFrom[j.shard.split] = max(resumeFrom[j.shard.split] ?? 0, j.consumed) }
-        var nextIndex = (done.compactMap { Int($0.shard.name.dropFirst(6).prefix(6)) }.max() ?? -1) + 1
-        if !done.isEmpty { log("prepare: resuming, \(done.count) finished shards kept") }
-        if done.isEmpty { try appendJournal(journalPath, header) }
+    /// Images to keep per class: all, or `maxImages` split by `realFraction` (default: the source's ratio).
+    func quotas(_ classTotal: [Int]) -> [Int] {
+        guard let maxImages = options.maxImages else { return classTotal }
+        let total = classTotal[0] + classTotal[1]
+        let realShare = options.realFraction ?? Double(classTotal[0]) / Double(total)
+        let realQuota = Int((Double(maxImages) * realShare).rounded())
+        let quota = [min(realQuota, classTotal[0]), min(maxImages - realQuota, classTotal[1])]
+        log("prepare: keeping \(quota[0]) real of \(classTotal[0]) and \(quota[1]) fake of \(classTotal[1]), sampled across the source")
+        return quota
+    }
 
-        // Pass 2: select (Algorithm S per class: exact quotas, uniform over the whole source),
-        // validate, and write.
+    /// Pass 2's choice of images: Algorithm S per class (exact quotas, uniform over the whole
+    /// source), and each selected image's position within its split.
+    struct Selection {
+        let classTotal: [Int], quota: [Int], seed: UInt64
         var seen = [0, 0], taken = [0, 0]
         var consumed = [Split: Int]()
-        var openShards = [Split: OpenShard]()
         var processed = 0
-        let totalSelected = quota[0] + quota[1]
 
-        func finish(_ s: OpenShard, consumedThrough: Int) throws {
-            try s.writer.close()
-            let fd = open(s.tmpPath, O_RDONLY)
-            if fd >= 0 { fsync(fd); Glibc.close(fd) }
-            let (bytes, sha) = try DatasetPreparer.hashFile(s.tmpPath)
-            let final = (out as NSString).appendingPathComponent(s.entryName)
-            guard rename(s.tmpPath, final) == 0 else { throw DatasetError(path: final, reason: "rename failed") }
-            fsyncDirectory(out)
-            let entry = DatasetManifest.ShardEntry(name: s.entryName, split: s.split, samples: s.samples, bytes: bytes, sha256: sha)
-            let j = JournalShard(shard: entry, consumed: consumedThrough, skipped: s.skipped)
-            try appendJournal(journalPath, j)
-            done.append(j)
+        init(classTotal: [Int], quota: [Int], seed: UInt64) {
+            self.classTotal = classTotal
+            self.quota = quota
+            self.seed = seed
         }
 
-        // Selected images wait in small batches; each batch is decoded (validated) on every core,
-        // then written in source order, so the shards do not depend on the thread count.
-        var pending: [Pending] = []
-        func write(_ p: Pending, error: String?) throws {
-            var shard: OpenShard
-            if let s = openShards[p.split] { shard = s } else {
-                let name = String(format: "shard-%06d.tar", nextIndex)
-                nextIndex += 1
-                let tmp = (out as NSString).appendingPathComponent("." + name + ".partial")
-                shard = OpenShard(name: name, split: p.split, writer: try TarWriter(path: tmp), tmpPath: tmp)
-                openShards[p.split] = shard
-            }
-            if let error {
-                shard.skipped.append(.init(key: p.candidate.key, reason: error))
-                return
-            }
-            let c = p.candidate
-            let info = SampleInfo(label: c.label, split: p.split, sequence: c.sequence, frame: c.frame, source: source.description["kind"] ?? "")
-            try shard.writer.add(name: "\(c.key).\(c.ext)", data: p.bytes)
-            try shard.writer.add(name: "\(c.key).json", data: try JSONEncoder().encode(info))
-            shard.samples += 1
-            if shard.samples == options.shardSize {
-                try finish(shard, consumedThrough: p.ordinal + 1)
-                openShards[p.split] = nil
-            }
+        /// The split of `c` when it is selected, nil when it is not.
+        mutating func take(_ c: Candidate, valFraction: Double) -> Split? {
+            let l = c.label
+            let need = quota[l] - taken[l], left = classTotal[l] - seen[l]
+            let u = Double(RandomStream(seed: seed, stream: RandomStream.id("quota", UInt64(l))).bits(UInt64(seen[l]))) / 4_294_967_296.0
+            seen[l] += 1
+            guard Double(left) * u < Double(need) else { return nil }
+            taken[l] += 1
+            processed += 1
+            return SplitPlanner.split(c, valFraction: valFraction, seed: seed)
         }
+
+        /// The next ordinal of `split` (counting from 0).
+        mutating func ordinal(in split: Split) -> Int {
+            let o = consumed[split] ?? 0
+            consumed[split] = o + 1
+            return o
+        }
+    }
+
+    /// The shards being written, the journal of finished ones, and the images waiting to be
+    /// validated. Selected images wait in small batches; each batch is decoded (validated) on
+    /// every core, then written in source order, so the shards do not depend on the thread count.
+    final class ShardOutput {
+        let out: String
+        let options: PrepareOptions
+        let sourceKind: String
+        let journalPath: String
+        private(set) var done: [JournalShard]
+        /// Per split, the selected images a resumed run skips (finished shards hold them).
+        let resumeFrom: [Split: Int]
+        private var nextIndex: Int
+        private var open = [Split: OpenShard]()
+        private var pending: [Pending] = []
+        private let preparer: DatasetPreparer
+
+        /// Loads the journal of an interrupted run (or starts one) and removes partial shards.
+        init(preparer: DatasetPreparer, source: SampleSource) throws {
+            self.preparer = preparer
+            options = preparer.options
+            out = options.output
+            sourceKind = source.description["kind"] ?? ""
+            let header = JournalHeader(source: source.description, parameters: options.parameters)
+            journalPath = (out as NSString).appendingPathComponent(DatasetPreparer.journalName)
+            done = try preparer.loadJournal(journalPath, header: header)
+            for f in (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? [] where f.hasSuffix(".partial") {
+                try? FileManager.default.removeItem(atPath: (out as NSString).appendingPathComponent(f))
+            }
+            var from = [Split: Int]()
+            for j in done { from[j.shard.split] = max(from[j.shard.split] ?? 0, j.consumed) }
+            resumeFrom = from
+            nextIndex = (done.compactMap { Int($0.shard.name.dropFirst(6).prefix(6)) }.max() ?? -1) + 1
+            if !done.isEmpty { preparer.log("prepare: resuming, \(done.count) finished shards kept") }
+            if done.isEmpty { try preparer.appendJournal(journalPath, header) }
+        }
+
+        func add(_ p: Pending) throws {
+            pending.append(p)
+            if pending.count == DatasetPreparer.validationBatch { try flush() }
+        }
+
+        /// Validates the waiting images on every core, then writes them in order.
         func flush() throws {
             guard !pending.isEmpty else { return }
             let errors = UnsafeMutableBufferPointer<String?>.allocate(capacity: pending.count)
@@ -181,36 +221,53 @@ public final class DatasetPreparer {
             pending.removeAll(keepingCapacity: true)
         }
 
-        try source.scan { item in
-            guard case .image(let c, let read) = item else { return }
-            let l = c.label
-            let need = quota[l] - taken[l], left = classTotal[l] - seen[l]
-            let u = Double(RandomStream(seed: options.seed, stream: RandomStream.id("quota", UInt64(l))).bits(UInt64(seen[l]))) / 4_294_967_296.0
-            seen[l] += 1
-            guard Double(left) * u < Double(need) else { return }
-            taken[l] += 1
-            processed += 1
-            progress?(processed, totalSelected)
-            let split = SplitPlanner.split(c, valFraction: options.valFraction, seed: options.seed)
-            let ordinal = consumed[split] ?? 0
-            consumed[split] = ordinal + 1
-            if ordinal < (resumeFrom[split] ?? 0) { return }  // belongs to a finished shard
-
-            pending.append(Pending(candidate: c, split: split, ordinal: ordinal, bytes: try read()))
-            if pending.count == DatasetPreparer.validationBatch { try flush() }
+        /// One image (or its skip reason) into its split's open shard; a full shard is finished.
+        func write(_ p: Pending, error: String?) throws {
+            var shard: OpenShard
+            if let s = open[p.split] { shard = s } else {
+                let name = String(format: "shard-%06d.tar", nextIndex)
+                nextIndex += 1
+                let tmp = (out as NSString).appendingPathComponent("." + name + ".partial")
+                shard = OpenShard(name: name, split: p.split, writer: try TarWriter(path: tmp), tmpPath: tmp)
+                open[p.split] = shard
+            }
+            if let error {
+                shard.skipped.append(.init(key: p.candidate.key, reason: error))
+                return
+            }
+            let c = p.candidate
+            let info = SampleInfo(label: c.label, split: p.split, sequence: c.sequence, frame: c.frame, source: sourceKind)
+            try shard.writer.add(name: "\(c.key).\(c.ext)", data: p.bytes)
+            try shard.writer.add(name: "\(c.key).json", data: try JSONEncoder().encode(info))
+            shard.samples += 1
+            if shard.samples == options.shardSize {
+                try finish(shard, consumedThrough: p.ordinal + 1)
+                open[p.split] = nil
+            }
         }
-        try flush()
-        for split in Split.allCases { if let s = openShards[split] { try finish(s, consumedThrough: consumed[split] ?? 0) } }
 
-        // Counts are read back from the finished shards, so the manifest is right whether this
-        // run or an interrupted earlier one wrote them.
-        let manifest = try buildManifest(source: source, done: done, preSkipped: preSkipped)
-        try writeFileAtomically(manifest.jsonData(), to: (out as NSString).appendingPathComponent(DatasetManifest.fileName))
-        try? FileManager.default.removeItem(atPath: journalPath)
-        return manifest
+        /// Closes, fsyncs, hashes and renames a shard, then journals it.
+        func finish(_ s: OpenShard, consumedThrough: Int) throws {
+            try s.writer.close()
+            let fd = Glibc.open(s.tmpPath, O_RDONLY)
+            if fd >= 0 { fsync(fd); Glibc.close(fd) }
+            let (bytes, sha) = try DatasetPreparer.hashFile(s.tmpPath)
+            let final = (out as NSString).appendingPathComponent(s.entryName)
+            guard rename(s.tmpPath, final) == 0 else { throw DatasetError(path: final, reason: "rename failed") }
+            fsyncDirectory(out)
+            let entry = DatasetManifest.ShardEntry(name: s.entryName, split: s.split, samples: s.samples, bytes: bytes, sha256: sha)
+            let j = JournalShard(shard: entry, consumed: consumedThrough, skipped: s.skipped)
+            try preparer.appendJournal(journalPath, j)
+            done.append(j)
+        }
+
+        /// The last images, then every open shard.
+        func finishAll(consumed: [Split: Int]) throws {
+            try flush()
+            for split in Split.allCases { if let s = open[split] { try finish(s, consumedThrough: consumed[split] ?? 0) } }
+        }
     }
 
-    /// Manifest from the finished shards: counts are read back from the shards' JSON members.
     func buildManifest(source: SampleSource, done: [JournalShard], preSkipped: [DatasetManifest.Skipped]) throws -> DatasetManifest {
         var counts = [String: DatasetManifest.Counts]()
         var lastSequence = [String: String]()
