@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "radar-coordinator", targets: ["radar-coordinator"]),
         .library(name: "RadarEngine", targets: ["RadarEngine"]),
         .library(name: "RadarCPU", targets: ["RadarCPU"]),
+        .library(name: "RadarCUDA", targets: ["RadarCUDA"]),
         .library(name: "RadarCore", targets: ["RadarCore"]),
         .library(name: "RadarDistributed", targets: ["RadarDistributed"]),
     ],
@@ -37,6 +38,9 @@ let package = Package(
         // The CPU backend (OpenBLAS, FFTW, our worker pool) and the fenced backend that proves the
         // engine touches tensor memory only through the backend.
         .target(name: "RadarCPU", dependencies: ["RadarEngine", "COpenBLAS", "CFFTW", "CTaskClosure"]),
+        // The CUDA backend's pieces that need no GPU: the run-time loader of the CUDA libraries
+        // (dlopen: nothing links against CUDA), NVRTC, the kernel sources and their disk cache.
+        .target(name: "RadarCUDA", dependencies: ["RadarEngine"]),
         // Everything around the engine in one process: data, checkpoints, metrics, the training
         // run, device selection. Re-exports RadarEngine and RadarCPU.
         .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "CLZ4", "CPNG", "CTurboJPEG", "CArchive"]),
@@ -61,7 +65,7 @@ let package = Package(
         // training step allocates nothing. Counting is off except between start and stop.
         .target(name: "CAllocationCounter"),
         .testTarget(name: "RadarCoreTests",
-                    dependencies: ["RadarCore", "CAllocationCounter"],
+                    dependencies: ["RadarCore", "RadarCUDA", "CAllocationCounter"],
                     exclude: ["Fixtures"]),
         // Launches real `mpirun -n N radar-worker` processes.
         .testTarget(name: "RadarDistributedTests", dependencies: ["RadarDistributed", "RadarCore", "radar-worker", "radar"]),

@@ -6,13 +6,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 venv=.build/pyvenv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import numpy, safetensors, lz4" 2>/dev/null; then
+# numpy, safetensors, lz4: the file-format interop tests. NVRTC and the CUDA runtime headers
+# (about 95 MB of wheels, no GPU needed): the CUDA kernels' compile gate.
+PY_PACKAGES="numpy safetensors lz4 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79"
+have_packages() {
+  "$1" -c "import numpy, safetensors, lz4" 2>/dev/null &&
+    "$1" -c "import nvidia, os, sys; p = os.path.join(list(nvidia.__path__)[0], 'cuda_nvrtc', 'lib', 'libnvrtc.so.12'); sys.exit(0 if os.path.exists(p) else 1)" 2>/dev/null
+}
+if [ ! -x "$venv/bin/python" ] || ! have_packages "$venv/bin/python"; then
   if python3 -m venv "$venv" 2>/dev/null; then
-    "$venv/bin/pip" install --quiet --disable-pip-version-check numpy safetensors lz4
+    # shellcheck disable=SC2086
+    "$venv/bin/pip" install --quiet --disable-pip-version-check $PY_PACKAGES
   else
     # No venv module (Debian's python3 without python3-venv): install for the user instead.
-    python3 -m pip install --quiet --user numpy safetensors lz4 2>/dev/null \
-      || python3 -m pip install --quiet --user --break-system-packages numpy safetensors lz4
+    # shellcheck disable=SC2086
+    python3 -m pip install --quiet --user $PY_PACKAGES 2>/dev/null \
+      || python3 -m pip install --quiet --user --break-system-packages $PY_PACKAGES
     venv=""
   fi
 fi

@@ -1,0 +1,67 @@
+extension KernelSources {
+    /// Elementwise kernels and activations: one thread per element, grid-stride loops.
+    static let elementwise = KernelFamily(name: "elementwise", source: #"""
+#include <cuda_bf16.h>
+
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
+
+extern "C" __global__ void radar_fill(float* x, long n, float v) { GRID_STRIDE(i, n) x[i] = v; }
+
+extern "C" __global__ void radar_copy(const float* src, float* dst, long n) { GRID_STRIDE(i, n) dst[i] = src[i]; }
+
+extern "C" __global__ void radar_add(const float* a, const float* b, float* out, long n) { GRID_STRIDE(i, n) out[i] = a[i] + b[i]; }
+
+extern "C" __global__ void radar_axpy(float a, const float* x, float* y, long n) { GRID_STRIDE(i, n) y[i] += a * x[i]; }
+
+extern "C" __global__ void radar_scale(float* x, long n, float s) { GRID_STRIDE(i, n) x[i] *= s; }
+
+// out[r, c] += bias[c] for out (rows x cols).
+extern "C" __global__ void radar_add_row_bias(const float* bias, float* out, long rows, int cols) {
+    GRID_STRIDE(i, rows * cols) out[i] += bias[i % cols];
+}
+
+// out[b, c, hw] += bias[c] for out (B, C, HW).
+extern "C" __global__ void radar_add_channel_bias(const float* bias, float* out, long n, int channels, int hw) {
+    GRID_STRIDE(i, n) out[i] += bias[(i / hw) % channels];
+}
+
+// dst[c] += sum_r src[r, c]: one thread per column, rows summed in order (deterministic).
+extern "C" __global__ void radar_accumulate_column_sums(const float* src, float* dst, int rows, int cols) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    float s = 0.f;
+    for (int r = 0; r < rows; ++r) s += src[(long)r * cols + c];
+    dst[c] += s;
+}
+
+extern "C" __global__ void radar_relu_forward(const float* x, float* y, long n) { GRID_STRIDE(i, n) y[i] = x[i] > 0.f ? x[i] : 0.f; }
+
+extern "C" __global__ void radar_relu_backward(const float* dy, const float* y, float* dx, long n) {
+    GRID_STRIDE(i, n) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+}
+
+// Exact GELU: y = x Phi(x), Phi kept for backward.
+extern "C" __global__ void radar_gelu_forward(const float* x, float* y, float* cdf, long n) {
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        float phi = 0.5f * (1.f + erff(v * 0.70710678118654752f));
+        cdf[i] = phi;
+        y[i] = v * phi;
+    }
+}
+
+// dx = dy (Phi(x) + x phi(x)), phi the normal density.
+extern "C" __global__ void radar_gelu_backward(const float* dy, const float* x, const float* cdf, float* dx, long n) {
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        float pdf = 0.3989422804014327f * expf(-0.5f * v * v);
+        dx[i] = dy[i] * (cdf[i] + v * pdf);
+    }
+}
+
+// Mixed precision: master fp32 <-> bf16 copies (round to nearest even).
+extern "C" __global__ void radar_to_bf16(const float* x, __nv_bfloat16* y, long n) { GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]); }
+
+extern "C" __global__ void radar_from_bf16(const __nv_bfloat16* x, float* y, long n) { GRID_STRIDE(i, n) y[i] = __bfloat162float(x[i]); }
+"""#)
+}

@@ -1,0 +1,92 @@
+extension KernelSources {
+    /// LayerNorm and softmax over rows: one warp per row, warp-shuffle reductions in a fixed
+    /// butterfly order (deterministic: no atomics).
+    static let normalization = KernelFamily(name: "normalization", source: #"""
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// y = (x - mean) * rstd * gamma + beta per row of x (rows x cols); saves mean and rstd.
+extern "C" __global__ void radar_layernorm_forward(const float* x, const float* gamma, const float* beta, float eps,
+                                                   float* y, float* mean, float* rstd, int rows, int cols) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const float* xr = x + (long)row * cols;
+    float s = 0.f;
+    for (int c = lane; c < cols; c += 32) s += xr[c];
+    float m = warp_sum(s) / cols;
+    float v = 0.f;
+    for (int c = lane; c < cols; c += 32) { float d = xr[c] - m; v += d * d; }
+    float r = rsqrtf(warp_sum(v) / cols + eps);
+    float* yr = y + (long)row * cols;
+    for (int c = lane; c < cols; c += 32) yr[c] = (xr[c] - m) * r * gamma[c] + beta[c];
+    if (lane == 0) { mean[row] = m; rstd[row] = r; }
+}
+
+// dx per row; the parameter gradients are summed per column by radar_layernorm_param_grads
+// (rows in order), so no atomics are needed.
+extern "C" __global__ void radar_layernorm_backward_input(const float* dy, const float* x, const float* gamma, const float* mean,
+                                                          const float* rstd, float* dx, int rows, int cols) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const float* xr = x + (long)row * cols; const float* dyr = dy + (long)row * cols;
+    float m = mean[row], r = rstd[row];
+    float a = 0.f, b = 0.f;
+    for (int c = lane; c < cols; c += 32) {
+        float g = dyr[c] * gamma[c];
+        a += g;
+        b += g * (xr[c] - m) * r;
+    }
+    a = warp_sum(a) / cols;
+    b = warp_sum(b) / cols;
+    float* dxr = dx + (long)row * cols;
+    for (int c = lane; c < cols; c += 32) dxr[c] = r * (dyr[c] * gamma[c] - a - (xr[c] - m) * r * b);
+}
+
+extern "C" __global__ void radar_layernorm_param_grads(const float* dy, const float* x, const float* mean, const float* rstd,
+                                                       float* dgamma, float* dbeta, int rows, int cols) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    float sg = 0.f, sb = 0.f;
+    for (int row = 0; row < rows; ++row) {
+        float d = dy[(long)row * cols + c];
+        sg += d * (x[(long)row * cols + c] - mean[row]) * rstd[row];
+        sb += d;
+    }
+    dgamma[c] += sg;
+    dbeta[c] += sb;
+}
+
+// Softmax over the last `cols` of each row: one warp per row.
+extern "C" __global__ void radar_softmax_forward(const float* x, float* y, int rows, int cols) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const float* xr = x + (long)row * cols; float* yr = y + (long)row * cols;
+    float mx = __int_as_float(0xff800000);  // -inf (NVRTC has no math.h macros)
+    for (int c = lane; c < cols; c += 32) mx = fmaxf(mx, xr[c]);
+    mx = warp_max(mx);
+    float s = 0.f;
+    for (int c = lane; c < cols; c += 32) { float e = expf(xr[c] - mx); yr[c] = e; s += e; }
+    float inv = 1.f / warp_sum(s);
+    for (int c = lane; c < cols; c += 32) yr[c] *= inv;
+}
+
+// dx = y (dy - sum(dy y)).
+extern "C" __global__ void radar_softmax_backward(const float* dy, const float* y, float* dx, int rows, int cols) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const float* dyr = dy + (long)row * cols; const float* yr = y + (long)row * cols;
+    float s = 0.f;
+    for (int c = lane; c < cols; c += 32) s += dyr[c] * yr[c];
+    s = warp_sum(s);
+    float* dxr = dx + (long)row * cols;
+    for (int c = lane; c < cols; c += 32) dxr[c] = yr[c] * (dyr[c] - s);
+}
+"""#)
+}

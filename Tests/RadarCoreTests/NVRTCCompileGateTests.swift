@@ -1,0 +1,87 @@
+import Foundation
+import RadarCUDA
+import XCTest
+
+/// The compile gate: every kernel family of the CUDA backend compiles with NVRTC to CUBIN for the
+/// real architectures we ship for (A100/A40-class sm_80 and sm_86, H100/H200 sm_90), on this
+/// GPU-less machine. NVRTC comes from the nvidia-cuda-nvrtc-cu12 wheel that scripts/test.sh
+/// installs; when it cannot be loaded these tests fail (they never skip).
+final class NVRTCCompileGateTests: XCTestCase {
+    static let architectures = ["sm_80", "sm_86", "sm_90"]
+
+    func compiler() throws -> NVRTC {
+        do { return try NVRTC() } catch {
+            XCTFail("NVRTC is required for the compile gate (scripts/test.sh installs nvidia-cuda-nvrtc-cu12): \(error)")
+            throw error
+        }
+    }
+
+    func testEveryKernelFamilyCompilesToCUBINForAmpereAndHopper() throws {
+        let nvrtc = try compiler()
+        XCTAssertGreaterThanOrEqual(nvrtc.version.0, 12)
+        let include = CUDALibraries.runtimeIncludeFolder()
+        XCTAssertNotNil(include, "cuda_bf16.h: the nvidia-cuda-runtime-cu12 wheel's include folder")
+        var kernels = 0
+        for family in KernelSources.all {
+            // Every extern "C" kernel of the source must be in every CUBIN.
+            let names = family.source.components(separatedBy: "extern \"C\" __global__ void ").dropFirst()
+                .map { String($0.prefix { $0 != "(" }) }
+            XCTAssertFalse(names.isEmpty, family.name)
+            kernels += names.count
+            for arch in NVRTCCompileGateTests.architectures {
+                let cubin = try nvrtc.compileCUBIN(family.source, name: family.name, architecture: arch,
+                                                   options: KernelSources.options(include: include))
+                XCTAssertEqual(Array(cubin.prefix(4)), [0x7f, 0x45, 0x4c, 0x46], "\(family.name) \(arch): an ELF (CUBIN), not PTX")
+                for n in names {
+                    XCTAssertNotNil(cubin.range(of: Data(n.utf8)), "\(family.name) \(arch): kernel \(n) missing from the CUBIN")
+                }
+            }
+        }
+        XCTAssertGreaterThan(kernels, 20)
+    }
+
+    func testACompileErrorNamesTheProgramAndCarriesNVRTCsLog() throws {
+        let nvrtc = try compiler()
+        let broken = KernelFamily(name: "broken_family", source: "extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }")
+        XCTAssertThrowsError(try nvrtc.compileCUBIN(broken.source, name: broken.name, architecture: "sm_80", options: [])) { e in
+            let text = "\(e)"
+            XCTAssertTrue(text.contains("broken_family") && text.contains("sm_80"), text)
+            XCTAssertTrue(text.contains("undefined_name"), "NVRTC's log names the problem: \(text)")
+        }
+    }
+
+    func testKernelCacheHitsAndRecompilesACorruptEntry() throws {
+        let nvrtc = try compiler()
+        let dir = NSTemporaryDirectory() + "radar-kernel-cache-\(UUID().uuidString.prefix(6))"
+        let cache = KernelCache(compiler: nvrtc, folder: dir)
+        let family = KernelSources.all.first { $0.name == "optimizer" }!
+        let opts = KernelSources.options(include: CUDALibraries.runtimeIncludeFolder())
+        let first = try cache.cubin(family, architecture: "sm_86", options: opts)
+        XCTAssertEqual(cache.lastOutcome, "compiled")
+        XCTAssertEqual(try cache.cubin(family, architecture: "sm_86", options: opts), first)
+        XCTAssertEqual(cache.lastOutcome, "hit")
+        // Another architecture or option set is another entry.
+        _ = try cache.cubin(family, architecture: "sm_90", options: opts)
+        XCTAssertEqual(cache.lastOutcome, "compiled")
+        XCTAssertNotEqual(cache.key(family, architecture: "sm_86", options: opts), cache.key(family, architecture: "sm_86", options: opts + ["-lineinfo"]))
+        // Flip a byte of the stored CUBIN, then truncate it: both are recompiled, never loaded.
+        let file = try FileManager.default.contentsOfDirectory(atPath: dir).first { $0.contains("sm_86") }!
+        let path = dir + "/" + file
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        bytes[bytes.count - 10] ^= 0xff
+        try bytes.write(to: URL(fileURLWithPath: path))
+        XCTAssertEqual(try cache.cubin(family, architecture: "sm_86", options: opts), first)
+        XCTAssertEqual(cache.lastOutcome, "recompiled")
+        try bytes.prefix(40).write(to: URL(fileURLWithPath: path))
+        XCTAssertEqual(try cache.cubin(family, architecture: "sm_86", options: opts), first)
+        XCTAssertEqual(cache.lastOutcome, "recompiled")
+        XCTAssertEqual(try cache.cubin(family, architecture: "sm_86", options: opts), first)
+        XCTAssertEqual(cache.lastOutcome, "hit")
+    }
+
+    func testAMissingLibraryIsOneClearError() {
+        XCTAssertThrowsError(try CUDALibraries.load(["libradar-no-such-library.so.1"], component: "nothing")) { e in
+            XCTAssertTrue("\(e)".contains("libradar-no-such-library.so.1") && "\(e)".contains("RADAR_CUDA_LIBS"), "\(e)")
+        }
+    }
+}
