@@ -32,6 +32,29 @@ public struct TrainingFlags: ParsableArguments {
 
     public init() {}
 
+    /// Every value checked before any work (ArgumentParser calls this after parsing): a bad one is
+    /// a one-line error naming the flag and what it allows, and exit status 64.
+    public func validate() throws {
+        func need(_ ok: Bool, _ flag: String, _ allowed: String, _ got: String) throws {
+            if !ok { throw ValidationError("--\(flag) must be \(allowed), got \(got)") }
+        }
+        try need(batchSize >= 1, "batch-size", "at least 1", String(batchSize))
+        try need(numEpochs >= 1, "num-epochs", "at least 1", String(numEpochs))
+        try need(accumulationSteps >= 1, "accumulation-steps", "at least 1", String(accumulationSteps))
+        try need(learningRate.isFinite && learningRate > 0, "learning-rate", "a finite number above 0", String(learningRate))
+        try need(weightDecay.isFinite && weightDecay >= 0, "weight-decay", "a finite number of at least 0", String(weightDecay))
+        try need(patience >= 1, "patience", "at least 1", String(patience))
+        try need((threads ?? 1) >= 1, "threads", "at least 1", String(threads ?? 1))
+        try need(loaderThreads >= 1, "loader-threads", "at least 1", String(loaderThreads))
+        try need(maxStepsPerEpoch >= 0, "max-steps-per-epoch", "0 (all) or more", String(maxStepsPerEpoch))
+        try need(checkpointEvery >= 0, "checkpoint-every", "0 (epoch ends only) or more", String(checkpointEvery))
+        try need(stopAfterSteps >= 0, "stop-after-steps", "0 (run to the end) or more", String(stopAfterSteps))
+        // The experiment is one folder inside --output: no separators, no "." or "..".
+        try need(!experiment.isEmpty && !experiment.contains("/") && experiment != "." && experiment != "..",
+                 "experiment", "a folder name inside --output (no '/', not '.' or '..')", "\"\(experiment)\"")
+        if let d = device { try need(Devices.names.contains(d), "device", "one of " + Devices.names.joined(separator: ", "), d) }
+    }
+
     /// The run's options; `localRanks` processes share this node's cores.
     public func options(rank: Int = 0, worldSize: Int = 1, localRanks: Int = 1) throws -> TrainOptions {
         var o = TrainOptions(data: data, output: output, experiment: experiment, config: try RADARConfig.resolve(config))

@@ -51,3 +51,41 @@ extension MPITrainingTests {
         XCTAssertEqual(pf, try predict("cpu"))
     }
 }
+
+/// Training flags are validated before any work: one line naming the flag, a non-zero exit.
+final class TrainingFlagValidationTests: XCTestCase {
+    func run(_ args: [String]) throws -> (status: Int32, err: String) {
+        let p = Process()
+        p.executableURL = MPITrainingTests.products.appendingPathComponent("radar")
+        p.arguments = ["train", "--data", "/nonexistent-radar-data", "--config", "tiny"] + args
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: e, as: UTF8.self))
+    }
+
+    func testBadValuesAreOneLineErrorsNamingTheFlag() throws {
+        let cases: [([String], String)] = [
+            (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+            (["--num-epochs", "0"], "--num-epochs must be at least 1"),
+            (["--accumulation-steps", "0"], "--accumulation-steps must be at least 1"),
+            (["--learning-rate", "nan"], "--learning-rate must be a finite number above 0"),
+            (["--learning-rate", "inf"], "--learning-rate must be a finite number above 0"),
+            (["--weight-decay=-1"], "--weight-decay must be"),
+            (["--threads", "0"], "--threads must be at least 1"),
+            (["--experiment", "../x"], "--experiment must be a folder name inside --output"),
+            (["--device", "tpu"], "--device must be one of cpu, cpu-fenced"),
+        ]
+        for (args, expected) in cases {
+            let r = try run(args)
+            XCTAssertNotEqual(r.status, 0, "\(args)")
+            XCTAssertFalse(r.status == 4 || r.status > 128, "\(args): crashed with status \(r.status)")
+            let lines = r.err.split(separator: "\n").filter { !$0.hasPrefix("Usage") && !$0.contains("--help") && !$0.isEmpty }
+            XCTAssertEqual(lines.count, 1, "\(args): \(r.err)")
+            XCTAssertTrue(r.err.contains(expected), "\(args): \(r.err)")
+        }
+    }
+}
