@@ -77,7 +77,8 @@ struct Demo: ParsableCommand {
                     let n = min(batchSize, valImages - v)
                     let batch = HostTensor(Shape(n, 3, cfg.imgSize, cfg.imgSize))
                     for j in 0..<n { synth.normalized(trainImages + v + j, mean: cfg.mean, std: cfg.std, into: batch.pointer + j * per) }
-                    try trainer.predict(images: DeviceTensor(be, batch).tensor, into: probs)
+                    let input = DeviceTensor(be, batch)
+                    try withExtendedLifetime(input) { try trainer.predict(images: input.tensor, into: probs) }
                     for j in 0..<n { scores.append(probs[j]); truth.append(synth.label(trainImages + v + j)) }
                     v += n
                 }

@@ -1,7 +1,7 @@
-extension KernelSources {
-    /// Elementwise kernels and activations: one thread per element, grid-stride loops.
-    static let elementwise = KernelFamily(name: "elementwise", source: #"""
+// Elementwise kernels and activations: one thread per element, grid-stride loops.
+#ifndef RADAR_EMULATOR
 #include <cuda_bf16.h>
+#endif
 
 #define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
 
@@ -63,5 +63,3 @@ extern "C" __global__ void radar_gelu_backward(const float* dy, const float* x, 
 extern "C" __global__ void radar_to_bf16(const float* x, __nv_bfloat16* y, long n) { GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]); }
 
 extern "C" __global__ void radar_from_bf16(const __nv_bfloat16* x, float* y, long n) { GRID_STRIDE(i, n) y[i] = __bfloat162float(x[i]); }
-"""#)
-}

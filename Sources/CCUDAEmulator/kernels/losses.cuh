@@ -1,7 +1,5 @@
-extension KernelSources {
-    /// The loss kernels: batch means written into device scalars (one block, fixed-order
-    /// reductions), gradients scaled as the CPU backend does.
-    static let losses = KernelFamily(name: "losses", source: #"""
+// The loss kernels: batch means written into device scalars (one block, fixed-order
+// reductions), gradients scaled as the CPU backend does.
 #define RADAR_LOSS_BLOCK 256
 
 extern "C" __global__ void radar_smooth_labels(const float* labels, float* target, int n, float s) {
@@ -58,6 +56,4 @@ extern "C" __global__ void radar_gated_fusion_forward(const float* gate, const f
     fin[i] = f;
     prob[i] = 1.f / (1.f + expf(-f));
     alpha_out[i] = a;
-}
-"""#)
 }

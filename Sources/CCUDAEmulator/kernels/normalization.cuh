@@ -1,7 +1,5 @@
-extension KernelSources {
-    /// LayerNorm and softmax over rows: one warp per row, warp-shuffle reductions in a fixed
-    /// butterfly order (deterministic: no atomics).
-    static let normalization = KernelFamily(name: "normalization", source: #"""
+// LayerNorm and softmax over rows: one warp per row, warp-shuffle reductions in a fixed
+// butterfly order (deterministic: no atomics).
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -87,6 +85,4 @@ extern "C" __global__ void radar_softmax_backward(const float* dy, const float* 
     s = warp_sum(s);
     float* dxr = dx + (long)row * cols;
     for (int c = lane; c < cols; c += 32) dxr[c] = yr[c] * (dyr[c] - s);
-}
-"""#)
 }

@@ -1,7 +1,5 @@
-extension KernelSources {
-    /// Gradient clipping and AdamW, gated on device scalars: the host never reads the norm or
-    /// the non-finite flag inside a step.
-    static let optimizer = KernelFamily(name: "optimizer", source: #"""
+// Gradient clipping and AdamW, gated on device scalars: the host never reads the norm or
+// the non-finite flag inside a step.
 #define RADAR_NORM_BLOCK 256
 
 // Sum of squares of x[0..n) in fixed chunks: block b writes partial[b] (double), reduced in a
@@ -56,6 +54,4 @@ extern "C" __global__ void radar_adamw(float* p, const float* g, float* m, float
         m[i] = mi;
         v[i] = vi;
     }
-}
-"""#)
 }

@@ -1,0 +1,179 @@
+// The fiber scheduler of the emulated device. A launch runs its blocks one after another on the
+// calling thread; a block's threads are ucontext fibers run in turn (in index order, or reversed)
+// until each returns or waits: at a block barrier (__syncthreads, told apart by call site) or a
+// warp exchange (__shfl_xor_sync, 32 lanes). Barriers release when every live thread of the
+// block (warp) waits at the same one; threads waiting at different barriers are a deadlock and
+// fail the launch with a report, as is (in strict mode) a barrier reached after some threads
+// of the block returned.
+#include "emulator.hpp"
+#include "CCUDAEmulator.h"
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <ucontext.h>
+#include <vector>
+
+namespace radar_emu {
+thread_local dim3 thread_index, block_index, block_dim, grid_dim;
+
+namespace {
+enum class State { runnable, at_block_barrier, at_warp_barrier, done };
+
+struct Fiber {
+    ucontext_t context;
+    std::vector<char> stack;
+    dim3 index;
+    unsigned linear = 0;
+    State state = State::runnable;
+    const void *site = nullptr;
+};
+
+struct Block {
+    ucontext_t scheduler;
+    std::vector<Fiber> fibers;
+    unsigned current = 0;
+    const std::function<void()> *body = nullptr;
+    // Warp exchange slots, double-buffered by generation parity: lane values of each warp.
+    std::vector<float> exchange[2];
+    std::vector<unsigned> generation;  // per fiber: warp exchanges done
+};
+
+thread_local Block *running = nullptr;
+thread_local std::string last_error;
+int reverse_order = 0, strict_mode = 0;
+constexpr size_t stack_bytes = 64 * 1024;
+
+void fiber_entry() {
+    Block *b = running;
+    (*b->body)();
+    b->fibers[b->current].state = State::done;
+    swapcontext(&b->fibers[b->current].context, &b->scheduler);
+}
+
+std::string describe(const dim3 &d) { return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")"; }
+
+/// Runs one block to completion; returns "" or an error report.
+std::string run_block(Block &b) {
+    const unsigned n = (unsigned)b.fibers.size();
+    for (;;) {
+        bool progressed = false;
+        for (unsigned k = 0; k < n; ++k) {
+            unsigned i = reverse_order ? n - 1 - k : k;
+            Fiber &f = b.fibers[i];
+            if (f.state != State::runnable) continue;
+            b.current = i;
+            thread_index = f.index;
+            swapcontext(&b.scheduler, &f.context);
+            progressed = true;
+        }
+        if (progressed) continue;
+        // Nobody can run: release a barrier, finish, or report a deadlock.
+        unsigned done = 0, at_block = 0;
+        const void *site = nullptr;
+        bool mixed_sites = false;
+        for (auto &f : b.fibers) {
+            if (f.state == State::done) ++done;
+            if (f.state == State::at_block_barrier) {
+                if (at_block && f.site != site) mixed_sites = true;
+                site = f.site;
+                ++at_block;
+            }
+        }
+        if (done == n) return "";
+        // Warps whose live lanes all wait at an exchange go on.
+        bool released = false;
+        for (unsigned w = 0; w * 32 < n; ++w) {
+            unsigned lo = w * 32, hi = lo + 32 < n ? lo + 32 : n, waiting = 0, live = 0;
+            for (unsigned i = lo; i < hi; ++i) {
+                if (b.fibers[i].state != State::done) ++live;
+                if (b.fibers[i].state == State::at_warp_barrier) ++waiting;
+            }
+            if (waiting > 0 && waiting == live) {
+                if (live != hi - lo) return "warp " + std::to_string(w) + " of block " + describe(block_index) +
+                                            ": __shfl_xor_sync with a full mask after some lanes returned";
+                for (unsigned i = lo; i < hi; ++i) b.fibers[i].state = State::runnable;
+                released = true;
+            }
+        }
+        if (released) continue;
+        if (at_block + done == n && !mixed_sites) {
+            if (strict_mode && done > 0)
+                return "block " + describe(block_index) + ": __syncthreads (line " + std::to_string((uintptr_t)site) + ") reached after " +
+                       std::to_string(done) + " of " + std::to_string(n) + " threads returned (strict mode)";
+            for (auto &f : b.fibers) if (f.state == State::at_block_barrier) f.state = State::runnable;
+            continue;
+        }
+        std::string report = "deadlock in block " + describe(block_index) + ":";
+        for (auto &f : b.fibers) {
+            if (f.state == State::at_block_barrier) report += " thread " + std::to_string(f.linear) + " at __syncthreads line " + std::to_string((uintptr_t)f.site) + ";";
+            if (f.state == State::at_warp_barrier) report += " thread " + std::to_string(f.linear) + " at __shfl_xor_sync;";
+        }
+        return report + " " + std::to_string(done) + " returned";
+    }
+}
+}  // namespace
+
+void sync_block(const void *site) {
+    Block *b = running;
+    Fiber &f = b->fibers[b->current];
+    f.state = State::at_block_barrier;
+    f.site = site;
+    swapcontext(&f.context, &b->scheduler);
+}
+
+float shuffle_xor(float v, int lane_mask) {
+    Block *b = running;
+    unsigned me = b->current, lane = me % 32, base = me - lane;
+    unsigned parity = b->generation[me]++ & 1u;
+    b->exchange[parity][me] = v;
+    Fiber &f = b->fibers[me];
+    f.state = State::at_warp_barrier;
+    swapcontext(&f.context, &b->scheduler);
+    unsigned partner = base + (lane ^ (unsigned)lane_mask);
+    return partner < b->fibers.size() ? b->exchange[parity][partner] : v;
+}
+
+/// Runs `body` as every thread of every block of the grid; "" or the first error.
+int launch(const unsigned grid[3], const unsigned block[3], const std::function<void()> &body) {
+    last_error.clear();
+    grid_dim = dim3{grid[0], grid[1], grid[2]};
+    block_dim = dim3{block[0], block[1], block[2]};
+    const unsigned n = block[0] * block[1] * block[2];
+    Block b;
+    b.fibers.resize(n);
+    b.body = &body;
+    b.exchange[0].assign(n, 0.f);
+    b.exchange[1].assign(n, 0.f);
+    Block *saved = running;
+    running = &b;
+    for (unsigned bz = 0; bz < grid[2]; ++bz) for (unsigned by = 0; by < grid[1]; ++by) for (unsigned bx = 0; bx < grid[0]; ++bx) {
+        block_index = dim3{bx, by, bz};
+        b.generation.assign(n, 0);
+        for (unsigned i = 0; i < n; ++i) {
+            Fiber &f = b.fibers[i];
+            f.linear = i;
+            f.index = dim3{i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
+            f.state = State::runnable;
+            f.stack.resize(stack_bytes);
+            getcontext(&f.context);
+            f.context.uc_stack.ss_sp = f.stack.data();
+            f.context.uc_stack.ss_size = f.stack.size();
+            f.context.uc_link = nullptr;
+            makecontext(&f.context, fiber_entry, 0);
+        }
+        std::string e = run_block(b);
+        if (!e.empty()) {
+            last_error = e;
+            running = saved;
+            return 1;
+        }
+    }
+    running = saved;
+    return 0;
+}
+}  // namespace radar_emu
+
+extern "C" const char *radar_emu_last_error(void) { return radar_emu::last_error.c_str(); }
+extern "C" void radar_emu_set_reverse_order(int on) { radar_emu::reverse_order = on; }
+extern "C" void radar_emu_set_strict(int on) { radar_emu::strict_mode = on; }

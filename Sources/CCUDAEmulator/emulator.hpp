@@ -1,0 +1,53 @@
+// The CUDA vocabulary on the host, for the emulated device. Kernel sources include this (not
+// the CUDA headers) when RADAR_EMULATOR is defined. Each block's threads are fibers on one OS
+// thread; threadIdx and friends are that thread's view of the running fiber.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmath>
+
+#define RADAR_EMULATOR 1
+#define __global__
+#define __device__
+#define __forceinline__ inline
+// Shared memory: one copy per OS thread, which runs one block at a time.
+#define __shared__ static thread_local
+
+struct dim3 { unsigned x, y, z; };
+
+namespace radar_emu {
+extern thread_local dim3 thread_index, block_index, block_dim, grid_dim;
+void sync_block(const void *site);
+float shuffle_xor(float v, int lane_mask);
+}  // namespace radar_emu
+
+#define threadIdx radar_emu::thread_index
+#define blockIdx radar_emu::block_index
+#define blockDim radar_emu::block_dim
+#define gridDim radar_emu::grid_dim
+
+// The call site (its line) tells barriers apart: threads waiting at different ones deadlock.
+#define __syncthreads() radar_emu::sync_block((const void *)(uintptr_t)__LINE__)
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) { return radar_emu::shuffle_xor(v, lane_mask); }
+
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+inline float __int_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+using std::isfinite;
+
+// bf16 as CUDA stores it: the high half of a float, rounded to nearest even.
+struct __nv_bfloat16 { uint16_t bits; };
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{uint16_t((u >> 16) | 0x40)};  // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return __nv_bfloat16{uint16_t(u >> 16)};
+}
+inline float __bfloat162float(__nv_bfloat16 b) { uint32_t u = uint32_t(b.bits) << 16; float f; memcpy(&f, &u, 4); return f; }
+
+#include <functional>
+namespace radar_emu {
+/// Runs `body` as every thread of every block of the grid: 0, or 1 with `radar_emu_last_error`.
+int launch(const unsigned grid[3], const unsigned block[3], const std::function<void()> &body);
+}  // namespace radar_emu

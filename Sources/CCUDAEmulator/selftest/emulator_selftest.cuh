@@ -1,0 +1,36 @@
+// Kernels that exercise the emulator itself (compiled only for the emulated device): barrier
+// misuse must be reported, and a missing __syncthreads must change results when thread order
+// is reversed.
+
+extern "C" __global__ void radar_selftest_divergent_barrier(float* x) {
+    if (threadIdx.x < 16) {
+        __syncthreads();
+        x[threadIdx.x] = 1.f;
+    } else {
+        __syncthreads();
+        x[threadIdx.x] = 2.f;
+    }
+}
+
+extern "C" __global__ void radar_selftest_early_return(float* x) {
+    if (threadIdx.x == 0) return;
+    __syncthreads();
+    x[threadIdx.x] = 1.f;
+}
+
+// out[t] = (t + 1 mod n) + 1000 tag when the barrier is there; without it, what a thread reads
+// depends on whether its neighbour already ran in this launch (shared memory keeps the values of
+// an earlier launch, as a GPU's would hold garbage: the tag tells them apart).
+extern "C" __global__ void radar_selftest_neighbour(float* out, int with_barrier, int tag) {
+    __shared__ float s[64];
+    unsigned t = threadIdx.x, n = blockDim.x;
+    s[t] = (float)t + 1000.f * (float)tag;
+    if (with_barrier) __syncthreads();
+    out[t] = s[(t + 1) % n];
+}
+
+extern "C" __global__ void radar_selftest_warp_sum(const float* x, float* out) {
+    float v = x[threadIdx.x];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    out[threadIdx.x] = v;
+}
