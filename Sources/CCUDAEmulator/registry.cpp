@@ -2,6 +2,15 @@
 #include "CCUDAEmulator.h"
 #include <string.h>
 
+extern "C" int radar_emu_launch_radar_channel_moments(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_batchnorm_update_statistics(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_channel_normalize(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_channel_gradient_sums(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_batchnorm_input_gradient(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_global_avg_pool_forward(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_global_avg_pool_backward(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_gru_gates_forward(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_gru_gates_backward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_fill(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_copy(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_add(const unsigned grid[3], const unsigned block[3], void **args);
@@ -38,6 +47,15 @@ extern "C" int radar_emu_launch_radar_selftest_warp_sum(const unsigned grid[3], 
 namespace {
 struct Entry { const char *name; radar_emu_kernel launch; };
 const Entry entries[] = {
+    {"radar_channel_moments", radar_emu_launch_radar_channel_moments},
+    {"radar_batchnorm_update_statistics", radar_emu_launch_radar_batchnorm_update_statistics},
+    {"radar_channel_normalize", radar_emu_launch_radar_channel_normalize},
+    {"radar_channel_gradient_sums", radar_emu_launch_radar_channel_gradient_sums},
+    {"radar_batchnorm_input_gradient", radar_emu_launch_radar_batchnorm_input_gradient},
+    {"radar_global_avg_pool_forward", radar_emu_launch_radar_global_avg_pool_forward},
+    {"radar_global_avg_pool_backward", radar_emu_launch_radar_global_avg_pool_backward},
+    {"radar_gru_gates_forward", radar_emu_launch_radar_gru_gates_forward},
+    {"radar_gru_gates_backward", radar_emu_launch_radar_gru_gates_backward},
     {"radar_fill", radar_emu_launch_radar_fill},
     {"radar_copy", radar_emu_launch_radar_copy},
     {"radar_add", radar_emu_launch_radar_add},
@@ -72,6 +90,15 @@ const Entry entries[] = {
     {"radar_selftest_warp_sum", radar_emu_launch_radar_selftest_warp_sum},
 };
 const char *names[] = {
+    "radar_channel_moments",
+    "radar_batchnorm_update_statistics",
+    "radar_channel_normalize",
+    "radar_channel_gradient_sums",
+    "radar_batchnorm_input_gradient",
+    "radar_global_avg_pool_forward",
+    "radar_global_avg_pool_backward",
+    "radar_gru_gates_forward",
+    "radar_gru_gates_backward",
     "radar_fill",
     "radar_copy",
     "radar_add",

@@ -161,6 +161,79 @@ final class EmulatedDeviceTests: XCTestCase {
         XCTAssertEqual(flag[0], 1)
     }
 
+    func testBatchNormPoolingAndGRUKernelsMatchTheCPUBackend() {
+        let buf = Buffers()
+        let (b, c, h, w) = (3, 5, 7, 3)
+        let n = b * c * h * w, hw = h * w
+        let x = randomValues(n, seed: 11, std: 1.5, mean: 0.3), dy = randomValues(n, seed: 12)
+        let gamma = randomValues(c, seed: 13), beta = randomValues(c, seed: 14)
+        let cx = cpuTensor(x, Shape(b, c, h, w)), cdy = cpuTensor(dy, Shape(b, c, h, w))
+        let cg = cpuTensor(gamma, Shape(c)), cb = cpuTensor(beta, Shape(c))
+        let cm = DeviceTensor(cpu, Shape(c)), cv = DeviceTensor(cpu, Shape(c)), ci = DeviceTensor(cpu, Shape(c))
+        let crm = cpuTensor([Float](repeating: 0.2, count: c), Shape(c)), crv = cpuTensor([Float](repeating: 1.1, count: c), Shape(c))
+        let cy = DeviceTensor(cpu, Shape(b, c, h, w)), csd = DeviceTensor(cpu, Shape(c)), csx = DeviceTensor(cpu, Shape(c))
+        let cdx = DeviceTensor(cpu, Shape(b, c, h, w))
+        cpu.channelMoments(cx.tensor, mean: cm.tensor, variance: cv.tensor)
+        cpu.batchNormUpdateStatistics(mean: cm.tensor, variance: cv.tensor, count: b * hw, eps: 1e-5, momentum: 0.1, invStd: ci.tensor,
+                                      runningMean: crm.tensor, runningVar: crv.tensor)
+        cpu.channelNormalize(cx.tensor, mean: cm.tensor, invStd: ci.tensor, gamma: cg.tensor, beta: cb.tensor, cy.tensor)
+        cpu.channelGradientSums(cdy.tensor, x: cx.tensor, mean: cm.tensor, invStd: ci.tensor, sumDy: csd.tensor, sumDyXhat: csx.tensor)
+        cpu.batchNormInputGradient(cdy.tensor, x: cx.tensor, mean: cm.tensor, invStd: ci.tensor, gamma: cg.tensor, sumDy: csd.tensor,
+                                   sumDyXhat: csx.tensor, count: b * hw, cdx.tensor)
+        let ex = buf.make(x), edy = buf.make(dy), eg = buf.make(gamma), eb = buf.make(beta)
+        let em = buf.zeros(c), ev = buf.zeros(c), ei = buf.zeros(c), erm = buf.make([Float](repeating: 0.2, count: c))
+        let erv = buf.make([Float](repeating: 1.1, count: c)), ey = buf.zeros(n), esd = buf.zeros(c), esx = buf.zeros(c), edx = buf.zeros(n)
+        let (B, C, HW) = (Int32(b), Int32(c), Int32(hw))
+        XCTAssertEqual(launch("radar_channel_moments", grid: c, block: 64, [.buffer(ex), .buffer(em), .buffer(ev), .i32(B), .i32(C), .i32(HW)]), "")
+        XCTAssertEqual(launch("radar_batchnorm_update_statistics", grid: 1, block: 32,
+                              [.buffer(em), .buffer(ev), .i32(C), .i32(B * HW), .f32(1e-5), .f32(0.1), .buffer(ei), .buffer(erm), .buffer(erv)]), "")
+        XCTAssertEqual(launch("radar_channel_normalize", grid: 2, block: 64,
+                              [.buffer(ex), .buffer(em), .buffer(ei), .buffer(eg), .buffer(eb), .buffer(ey), .i64(n), .i32(C), .i32(HW)]), "")
+        XCTAssertEqual(launch("radar_channel_gradient_sums", grid: c, block: 64,
+                              [.buffer(edy), .buffer(ex), .buffer(em), .buffer(ei), .buffer(esd), .buffer(esx), .i32(B), .i32(C), .i32(HW)]), "")
+        XCTAssertEqual(launch("radar_batchnorm_input_gradient", grid: 2, block: 64,
+                              [.buffer(edy), .buffer(ex), .buffer(em), .buffer(ei), .buffer(eg), .buffer(esd), .buffer(esx), .i32(B * HW),
+                               .buffer(edx), .i64(n), .i32(C), .i32(HW)]), "")
+        assertClose(array(em, c), cm.values, rtol: 1e-6, atol: 1e-7, "channel mean")
+        assertClose(array(ev, c), cv.values, rtol: 1e-6, atol: 1e-7, "channel variance")
+        assertClose(array(erv, c), crv.values, rtol: 1e-6, atol: 1e-7, "running variance")
+        assertClose(array(ey, n), cy.values, rtol: 1e-5, atol: 1e-6, "batchnorm y")
+        assertClose(array(esx, c), csx.values, rtol: 1e-5, atol: 1e-5, "sum dy xhat")
+        assertClose(array(edx, n), cdx.values, rtol: 1e-4, atol: 1e-5, "batchnorm dx")
+        // Global average pooling.
+        let cp = DeviceTensor(cpu, Shape(b, c)), cpb = DeviceTensor(cpu, Shape(b, c, h, w))
+        cpu.globalAvgPoolForward(cx.tensor, cp.tensor)
+        cpu.globalAvgPoolBackward(cp.tensor, cpb.tensor)
+        let ep = buf.zeros(b * c), epb = buf.zeros(n)
+        XCTAssertEqual(launch("radar_global_avg_pool_forward", grid: 1, block: 32, [.buffer(ex), .buffer(ep), .i32(B * C), .i32(HW)]), "")
+        XCTAssertEqual(launch("radar_global_avg_pool_backward", grid: 3, block: 32, [.buffer(ep), .buffer(epb), .i64(n), .i32(HW)]), "")
+        assertClose(array(ep, b * c), cp.values, rtol: 1e-6, atol: 1e-7, "avg pool")
+        assertClose(array(epb, n), cpb.values, rtol: 1e-6, atol: 1e-8, "avg pool backward")
+        // GRU gates, forward and backward.
+        let (gb, e) = (3, 11)
+        let gi = randomValues(gb * 3 * e, seed: 15), gh = randomValues(gb * 3 * e, seed: 16), hv = randomValues(gb * e, seed: 17)
+        let dhn = randomValues(gb * e, seed: 18)
+        let cgi = cpuTensor(gi, Shape(gb, 3 * e)), cgh = cpuTensor(gh, Shape(gb, 3 * e)), ch = cpuTensor(hv, Shape(gb, e))
+        let outs = (0..<4).map { _ in DeviceTensor(cpu, Shape(gb, e)) }
+        cpu.gruGatesForward(gi: cgi.tensor, gh: cgh.tensor, h: ch.tensor, hNew: outs[0].tensor, r: outs[1].tensor, z: outs[2].tensor, n: outs[3].tensor)
+        let cdhn = cpuTensor(dhn, Shape(gb, e)), cdgi = DeviceTensor(cpu, Shape(gb, 3 * e)), cdgh = DeviceTensor(cpu, Shape(gb, 3 * e))
+        let cdh = DeviceTensor(cpu, Shape(gb, e))
+        cpu.gruGatesBackward(dhNew: cdhn.tensor, gh: cgh.tensor, h: ch.tensor, r: outs[1].tensor, z: outs[2].tensor, n: outs[3].tensor,
+                             dgi: cdgi.tensor, dgh: cdgh.tensor, dh: cdh.tensor)
+        let egi = buf.make(gi), egh = buf.make(gh), eh = buf.make(hv), eo = (0..<4).map { _ in buf.zeros(gb * e) }
+        XCTAssertEqual(launch("radar_gru_gates_forward", grid: 1, block: 16,
+                              [.buffer(egi), .buffer(egh), .buffer(eh), .buffer(eo[0]), .buffer(eo[1]), .buffer(eo[2]), .buffer(eo[3]),
+                               .i32(Int32(gb)), .i32(Int32(e))]), "")
+        for k in 0..<4 { assertClose(array(eo[k], gb * e), outs[k].values, rtol: 1e-5, atol: 1e-6, "gru forward output \(k)") }
+        let edhn = buf.make(dhn), edgi = buf.zeros(gb * 3 * e), edgh = buf.zeros(gb * 3 * e), edh = buf.zeros(gb * e)
+        XCTAssertEqual(launch("radar_gru_gates_backward", grid: 2, block: 8,
+                              [.buffer(edhn), .buffer(egh), .buffer(eh), .buffer(eo[1]), .buffer(eo[2]), .buffer(eo[3]), .buffer(edgi),
+                               .buffer(edgh), .buffer(edh), .i32(Int32(gb)), .i32(Int32(e))]), "")
+        assertClose(array(edgi, gb * 3 * e), cdgi.values, rtol: 1e-5, atol: 1e-6, "gru dgi")
+        assertClose(array(edgh, gb * 3 * e), cdgh.values, rtol: 1e-5, atol: 1e-6, "gru dgh")
+        assertClose(array(edh, gb * e), cdh.values, rtol: 1e-5, atol: 1e-6, "gru dh")
+    }
+
     func testTheEmulatorCatchesBarrierBugs() {
         let buf = Buffers()
         let x = buf.zeros(64)
