@@ -234,6 +234,30 @@ final class EmulatedDeviceTests: XCTestCase {
         assertClose(array(edh, gb * e), cdh.values, rtol: 1e-5, atol: 1e-6, "gru dh")
     }
 
+    func testImageTransformsMatchTheCPUBackend() {
+        let buf = Buffers()
+        let (b, h, w) = (3, 9, 13)
+        let img = randomValues(b * 3 * h * w, seed: 21)
+        let cx = cpuTensor(img, Shape(b, 3, h, w)), cgray = DeviceTensor(cpu, Shape(b, 1, h, w)), csob = DeviceTensor(cpu, Shape(b, 1, h, w))
+        cpu.grayscale(cx.tensor, cgray.tensor)
+        cpu.sobelMagnitude(cgray.tensor, csob.tensor)
+        let ex = buf.make(img), egray = buf.zeros(b * h * w), esob = buf.zeros(b * h * w)
+        XCTAssertEqual(launch("radar_grayscale", grid: 2, block: 64, [.buffer(ex), .buffer(egray), .i32(Int32(b)), .i32(Int32(h * w))]), "")
+        XCTAssertEqual(launch("radar_sobel_magnitude", grid: b, block: 64, [.buffer(egray), .buffer(esob), .i32(Int32(h)), .i32(Int32(w))]), "")
+        assertClose(array(egray, b * h * w), cgray.values, rtol: 1e-6, atol: 1e-7, "grayscale")
+        assertClose(array(esob, b * h * w), csob.values, rtol: 1e-5, atol: 1e-6, "sobel")
+        XCTAssertEqual(array(esob, h * w).max(), 1, "each image divided by its own maximum")
+        // High-pass + log + min-max on a (b, 1, F, F) magnitude with F = 11.
+        let f = 11
+        let mag = randomValues(b * f * f, seed: 22).map { abs($0) * 10 }
+        let filter = HighPassFilter(size: f)
+        let cmag = cpuTensor(mag, Shape(b, 1, f, f)), cmask = DeviceTensor(cpu, filter.mask), cout = DeviceTensor(cpu, Shape(b, 1, f, f))
+        cpu.highPassLogNormalize(cmag.tensor, mask: cmask.tensor, cout.tensor)
+        let emag = buf.make(mag), emask = buf.make(filter.mask.values), eout = buf.zeros(b * f * f)
+        XCTAssertEqual(launch("radar_high_pass_log_normalize", grid: b, block: 32, [.buffer(emag), .buffer(emask), .buffer(eout), .i32(Int32(f * f))]), "")
+        assertClose(array(eout, b * f * f), cout.values, rtol: 1e-5, atol: 1e-6, "high-pass log min-max")
+    }
+
     func testTheEmulatorCatchesBarrierBugs() {
         let buf = Buffers()
         let x = buf.zeros(64)
