@@ -39,6 +39,7 @@ extern "C" int radar_emu_launch_radar_sum_squares_partial(const unsigned grid[3]
 extern "C" int radar_emu_launch_radar_clip_coefficient(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_scale_by_scalar(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_adamw(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_dropout(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_grayscale(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_sobel_magnitude(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_high_pass_log_normalize(const unsigned grid[3], const unsigned block[3], void **args);
@@ -87,6 +88,7 @@ const Entry entries[] = {
     {"radar_clip_coefficient", radar_emu_launch_radar_clip_coefficient},
     {"radar_scale_by_scalar", radar_emu_launch_radar_scale_by_scalar},
     {"radar_adamw", radar_emu_launch_radar_adamw},
+    {"radar_dropout", radar_emu_launch_radar_dropout},
     {"radar_grayscale", radar_emu_launch_radar_grayscale},
     {"radar_sobel_magnitude", radar_emu_launch_radar_sobel_magnitude},
     {"radar_high_pass_log_normalize", radar_emu_launch_radar_high_pass_log_normalize},
@@ -133,6 +135,7 @@ const char *names[] = {
     "radar_clip_coefficient",
     "radar_scale_by_scalar",
     "radar_adamw",
+    "radar_dropout",
     "radar_grayscale",
     "radar_sobel_magnitude",
     "radar_high_pass_log_normalize",

@@ -15,6 +15,8 @@ final class EmulatedDeviceTests: XCTestCase {
         case i64(Int)
         case i32(Int32)
         case f32(Float)
+        case u32(UInt32)
+        case u64(UInt64)
     }
 
     @discardableResult
@@ -32,6 +34,8 @@ final class EmulatedDeviceTests: XCTestCase {
             case .i64(let v): s.storeBytes(of: v, as: Int.self)
             case .i32(let v): s.storeBytes(of: v, as: Int32.self)
             case .f32(let v): s.storeBytes(of: v, as: Float.self)
+            case .u32(let v): s.storeBytes(of: v, as: UInt32.self)
+            case .u64(let v): s.storeBytes(of: v, as: UInt64.self)
             }
         }
         var argv: [UnsafeMutableRawPointer?] = slots
@@ -256,6 +260,24 @@ final class EmulatedDeviceTests: XCTestCase {
         let emag = buf.make(mag), emask = buf.make(filter.mask.values), eout = buf.zeros(b * f * f)
         XCTAssertEqual(launch("radar_high_pass_log_normalize", grid: b, block: 32, [.buffer(emag), .buffer(emask), .buffer(eout), .i32(Int32(f * f))]), "")
         assertClose(array(eout, b * f * f), cout.values, rtol: 1e-5, atol: 1e-6, "high-pass log min-max")
+    }
+
+    func testDropoutDrawsTheCPUBackendsPhiloxMasksExactly() {
+        let buf = Buffers()
+        let n = 1001
+        let x = randomValues(n, seed: 31)
+        let seed: UInt64 = 0x1234_5678_9abc_def0
+        let stream = RandomStream(seed: seed, stream: RandomStream.id("dropout", 7, 3, 0))
+        let cy = DeviceTensor(cpu, Shape(n))
+        let cx = cpuTensor(x, Shape(n))
+        cpu.dropoutForward(cx.tensor, cy.tensor, p: 0.1, stream: stream)
+        let ex = buf.make(x), ey = buf.zeros(n)
+        XCTAssertEqual(launch("radar_dropout", grid: 3, block: 128,
+                              [.buffer(ex), .buffer(ey), .i64(n), .f32(0.1), .u32(stream.philox.key0), .u32(stream.philox.key1), .u64(stream.stream)]), "")
+        let ours = array(ey, n), theirs = cy.values
+        XCTAssertEqual(ours.map(\.bitPattern), theirs.map(\.bitPattern), "identical masks and values")
+        let dropped = ours.filter { $0 == 0 }.count
+        XCTAssertTrue(dropped > 60 && dropped < 150, "about 10% dropped: \(dropped)")
     }
 
     func testTheEmulatorCatchesBarrierBugs() {
