@@ -25,6 +25,13 @@ extern "C" int radar_emu_launch_radar_gelu_forward(const unsigned grid[3], const
 extern "C" int radar_emu_launch_radar_gelu_backward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_to_bf16(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_from_bf16(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_im2col(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_col2im(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_transpose_last_two(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_copy_columns(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_slice_columns(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_token_mean_max(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_token_mean_max_backward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_smooth_labels(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_bce_with_logits(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_flag_non_finite(const unsigned grid[3], const unsigned block[3], void **args);
@@ -74,6 +81,13 @@ const Entry entries[] = {
     {"radar_gelu_backward", radar_emu_launch_radar_gelu_backward},
     {"radar_to_bf16", radar_emu_launch_radar_to_bf16},
     {"radar_from_bf16", radar_emu_launch_radar_from_bf16},
+    {"radar_im2col", radar_emu_launch_radar_im2col},
+    {"radar_col2im", radar_emu_launch_radar_col2im},
+    {"radar_transpose_last_two", radar_emu_launch_radar_transpose_last_two},
+    {"radar_copy_columns", radar_emu_launch_radar_copy_columns},
+    {"radar_slice_columns", radar_emu_launch_radar_slice_columns},
+    {"radar_token_mean_max", radar_emu_launch_radar_token_mean_max},
+    {"radar_token_mean_max_backward", radar_emu_launch_radar_token_mean_max_backward},
     {"radar_smooth_labels", radar_emu_launch_radar_smooth_labels},
     {"radar_bce_with_logits", radar_emu_launch_radar_bce_with_logits},
     {"radar_flag_non_finite", radar_emu_launch_radar_flag_non_finite},
@@ -121,6 +135,13 @@ const char *names[] = {
     "radar_gelu_backward",
     "radar_to_bf16",
     "radar_from_bf16",
+    "radar_im2col",
+    "radar_col2im",
+    "radar_transpose_last_two",
+    "radar_copy_columns",
+    "radar_slice_columns",
+    "radar_token_mean_max",
+    "radar_token_mean_max_backward",
     "radar_smooth_labels",
     "radar_bce_with_logits",
     "radar_flag_non_finite",

@@ -280,6 +280,66 @@ final class EmulatedDeviceTests: XCTestCase {
         XCTAssertTrue(dropped > 60 && dropped < 150, "about 10% dropped: \(dropped)")
     }
 
+    func testIm2colCol2imTransposeColumnsAndTokenPoolingMatchTheCPUBackend() {
+        let buf = Buffers()
+        let g = ConvolutionGeometry(batch: 2, inChannels: 3, height: 9, width: 7, outChannels: 4, kernel: 3, stride: 2, padding: 1)
+        let (ho, wo, ckk) = (g.outHeight, g.outWidth, g.patchSize)
+        let x = randomValues(2 * 3 * 9 * 7, seed: 41)
+        // The CPU backend's convolution leaves every image's im2col in its workspace.
+        let cx = cpuTensor(x, Shape(2, 3, 9, 7)), cw = cpuTensor(randomValues(4 * ckk, seed: 42), Shape(4, 3, 3, 3))
+        let work = DeviceTensor(cpu, Shape(cpu.convolutionWorkspaceCount(g))), cy = DeviceTensor(cpu, Shape(2, 4, ho, wo))
+        cpu.convolutionForward(cx.tensor, weight: cw.tensor, bias: nil, g, workspace: work.tensor, cy.tensor)
+        let ex = buf.make(x), ecol = buf.zeros(2 * ckk * ho * wo)
+        let geom: [Arg] = [.i32(2), .i32(3), .i32(9), .i32(7), .i32(3), .i32(2), .i32(1), .i32(Int32(ho)), .i32(Int32(wo))]
+        XCTAssertEqual(launch("radar_im2col", grid: 4, block: 64, [.buffer(ex), .buffer(ecol)] + geom), "")
+        XCTAssertEqual(array(ecol, 2 * ckk * ho * wo), work.values, "im2col")
+        // col2im: the adjoint, against a scatter-add in the CPU backend's order.
+        let colv = randomValues(2 * ckk * ho * wo, seed: 43)
+        var ref = [Float](repeating: 0, count: 2 * 3 * 9 * 7)
+        for b in 0..<2 { for c in 0..<3 { for ky in 0..<3 { for kx in 0..<3 { for oy in 0..<ho { for ox in 0..<wo {
+            let iy = oy * 2 - 1 + ky, ix = ox * 2 - 1 + kx
+            guard iy >= 0, iy < 9, ix >= 0, ix < 7 else { continue }
+            ref[((b * 3 + c) * 9 + iy) * 7 + ix] += colv[((b * ckk + (c * 3 + ky) * 3 + kx) * ho + oy) * wo + ox]
+        } } } } } }
+        let ecolv = buf.make(colv), edx = buf.zeros(ref.count)
+        XCTAssertEqual(launch("radar_col2im", grid: 3, block: 64, [.buffer(ecolv), .buffer(edx)] + geom), "")
+        XCTAssertEqual(array(edx, ref.count).map(\.bitPattern), ref.map(\.bitPattern), "col2im (same summation order)")
+        // Transpose and columns.
+        let t = randomValues(2 * 5 * 6, seed: 44), ct = DeviceTensor(cpu, Shape(2, 6, 5))
+        let cts = cpuTensor(t, Shape(2, 5, 6))
+        withExtendedLifetime(cts) { cpu.transposeLastTwo(cts.tensor, ct.tensor) }
+        let et = buf.make(t), ett = buf.zeros(60)
+        XCTAssertEqual(launch("radar_transpose_last_two", grid: 1, block: 32, [.buffer(et), .buffer(ett), .i32(2), .i32(5), .i32(6)]), "")
+        XCTAssertEqual(array(ett, 60), ct.values)
+        let wide = buf.zeros(4 * 9), narrow = buf.make(randomValues(4 * 3, seed: 45)), back = buf.zeros(12)
+        XCTAssertEqual(launch("radar_copy_columns", grid: 1, block: 32, [.buffer(narrow), .i32(3), .buffer(wide), .i32(9), .i32(5), .i64(4)]), "")
+        XCTAssertEqual(launch("radar_slice_columns", grid: 1, block: 32, [.buffer(wide), .i32(9), .i32(5), .buffer(back), .i32(3), .i64(4)]), "")
+        XCTAssertEqual(array(back, 12), array(narrow, 12))
+        XCTAssertEqual(array(wide, 9).prefix(5), [0, 0, 0, 0, 0])
+        // Token mean / max / argmax and the backward.
+        let (tb, tn, td) = (2, 7, 5)
+        var tv = randomValues(tb * tn * td, seed: 46)
+        tv[3 * td + 1] = .nan  // NaN wins the max, as torch.max
+        let ctok = cpuTensor(tv, Shape(tb, tn, td))
+        let cmean = DeviceTensor(cpu, Shape(tb, td)), cmax = DeviceTensor(cpu, Shape(tb, td)), carg = DeviceTensor(cpu, Shape(tb, td))
+        cpu.tokenMeanMaxForward(ctok.tensor, mean: cmean.tensor, max: cmax.tensor, argmax: carg.tensor)
+        let etok = buf.make(tv), emean = buf.zeros(tb * td), emax = buf.zeros(tb * td), earg = buf.zeros(tb * td)
+        XCTAssertEqual(launch("radar_token_mean_max", grid: 1, block: 8,
+                              [.buffer(etok), .buffer(emean), .buffer(emax), .buffer(earg), .i32(Int32(tb)), .i32(Int32(tn)), .i32(Int32(td))]), "")
+        XCTAssertEqual(array(emean, tb * td).map(\.bitPattern), cmean.values.map(\.bitPattern))
+        XCTAssertEqual(array(emax, tb * td).map(\.bitPattern), cmax.values.map(\.bitPattern))
+        XCTAssertEqual(array(earg, tb * td), carg.values)
+        XCTAssertTrue(emax[1].isNaN)
+        let dm = randomValues(tb * td, seed: 47), dx = randomValues(tb * td, seed: 48)
+        let cdt = DeviceTensor(cpu, Shape(tb, tn, td))
+        let cdm = cpuTensor(dm, Shape(tb, td)), cdx = cpuTensor(dx, Shape(tb, td))
+        withExtendedLifetime((cdm, cdx)) { cpu.tokenMeanMaxBackward(dMean: cdm.tensor, dMax: cdx.tensor, argmax: carg.tensor, cdt.tensor) }
+        let edt = buf.zeros(tb * tn * td)
+        XCTAssertEqual(launch("radar_token_mean_max_backward", grid: 1, block: 32,
+                              [.buffer(buf.make(dm)), .buffer(buf.make(dx)), .buffer(earg), .buffer(edt), .i32(Int32(tb)), .i32(Int32(tn)), .i32(Int32(td))]), "")
+        XCTAssertEqual(array(edt, tb * tn * td).map(\.bitPattern), cdt.values.map(\.bitPattern))
+    }
+
     func testTheEmulatorCatchesBarrierBugs() {
         let buf = Buffers()
         let x = buf.zeros(64)
