@@ -47,6 +47,12 @@ extern "C" int radar_emu_launch_radar_clip_coefficient(const unsigned grid[3], c
 extern "C" int radar_emu_launch_radar_scale_by_scalar(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_adamw(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_dropout(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_query_key_scores(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_query_key_scores_backward(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_weighted_values(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_weighted_values_backward(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_mean_over_heads(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_gated_fusion_backward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_grayscale(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_sobel_magnitude(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_high_pass_log_normalize(const unsigned grid[3], const unsigned block[3], void **args);
@@ -103,6 +109,12 @@ const Entry entries[] = {
     {"radar_scale_by_scalar", radar_emu_launch_radar_scale_by_scalar},
     {"radar_adamw", radar_emu_launch_radar_adamw},
     {"radar_dropout", radar_emu_launch_radar_dropout},
+    {"radar_query_key_scores", radar_emu_launch_radar_query_key_scores},
+    {"radar_query_key_scores_backward", radar_emu_launch_radar_query_key_scores_backward},
+    {"radar_weighted_values", radar_emu_launch_radar_weighted_values},
+    {"radar_weighted_values_backward", radar_emu_launch_radar_weighted_values_backward},
+    {"radar_mean_over_heads", radar_emu_launch_radar_mean_over_heads},
+    {"radar_gated_fusion_backward", radar_emu_launch_radar_gated_fusion_backward},
     {"radar_grayscale", radar_emu_launch_radar_grayscale},
     {"radar_sobel_magnitude", radar_emu_launch_radar_sobel_magnitude},
     {"radar_high_pass_log_normalize", radar_emu_launch_radar_high_pass_log_normalize},
@@ -157,6 +169,12 @@ const char *names[] = {
     "radar_scale_by_scalar",
     "radar_adamw",
     "radar_dropout",
+    "radar_query_key_scores",
+    "radar_query_key_scores_backward",
+    "radar_weighted_values",
+    "radar_weighted_values_backward",
+    "radar_mean_over_heads",
+    "radar_gated_fusion_backward",
     "radar_grayscale",
     "radar_sobel_magnitude",
     "radar_high_pass_log_normalize",

@@ -340,6 +340,52 @@ final class EmulatedDeviceTests: XCTestCase {
         XCTAssertEqual(array(edt, tb * tn * td).map(\.bitPattern), cdt.values.map(\.bitPattern))
     }
 
+    func testCrossAttentionPiecesAndFusionBackwardAreBitIdenticalToTheCPUBackend() {
+        let buf = Buffers()
+        let (b, t, heads, e) = (3, 2, 4, 12)
+        let qv = randomValues(b * e, seed: 51), kv = randomValues(b * t * e, seed: 52), vv = randomValues(b * t * e, seed: 53)
+        let dsv = randomValues(b * heads * t, seed: 54), dcv = randomValues(b * e, seed: 55)
+        let cq = cpuTensor(qv, Shape(b, e)), ck = cpuTensor(kv, Shape(b, t, e)), cv = cpuTensor(vv, Shape(b, t, e))
+        let cds = cpuTensor(dsv, Shape(b, heads, t)), cdc = cpuTensor(dcv, Shape(b, e))
+        let cs = DeviceTensor(cpu, Shape(b, heads, t)), cdq = DeviceTensor(cpu, Shape(b, e)), cdk = DeviceTensor(cpu, Shape(b, t, e))
+        let cctx = DeviceTensor(cpu, Shape(b, e)), cdw = DeviceTensor(cpu, Shape(b, heads, t)), cdv = DeviceTensor(cpu, Shape(b, t, e))
+        let cmean = DeviceTensor(cpu, Shape(b, t))
+        cpu.queryKeyScores(q: cq.tensor, k: ck.tensor, tokens: t, heads: heads, scale: 0.4, cs.tensor)
+        cpu.queryKeyScoresBackward(dScores: cds.tensor, q: cq.tensor, k: ck.tensor, tokens: t, heads: heads, scale: 0.4, dQ: cdq.tensor, dK: cdk.tensor)
+        cpu.weightedValues(cds.tensor, v: cv.tensor, tokens: t, heads: heads, cctx.tensor)
+        cpu.weightedValuesBackward(dCtx: cdc.tensor, w: cds.tensor, v: cv.tensor, tokens: t, heads: heads, dW: cdw.tensor, dV: cdv.tensor)
+        cpu.meanOverHeads(cds.tensor, heads: heads, tokens: t, cmean.tensor)
+        let eq = buf.make(qv), ek = buf.make(kv), ev = buf.make(vv), eds = buf.make(dsv), edc = buf.make(dcv)
+        let es = buf.zeros(b * heads * t), edq = buf.zeros(b * e), edk = buf.zeros(b * t * e), ectx = buf.zeros(b * e)
+        let edw = buf.zeros(b * heads * t), edv = buf.zeros(b * t * e), emean = buf.zeros(b * t)
+        let dims: [Arg] = [.i32(Int32(b)), .i32(Int32(t)), .i32(Int32(heads)), .i32(Int32(e))]
+        XCTAssertEqual(launch("radar_query_key_scores", grid: 1, block: 16, [.buffer(eq), .buffer(ek), .buffer(es)] + dims + [.f32(0.4)]), "")
+        XCTAssertEqual(launch("radar_query_key_scores_backward", grid: 2, block: 16,
+                              [.buffer(eds), .buffer(eq), .buffer(ek), .buffer(edq), .buffer(edk)] + dims + [.f32(0.4)]), "")
+        XCTAssertEqual(launch("radar_weighted_values", grid: 1, block: 32, [.buffer(eds), .buffer(ev), .buffer(ectx)] + dims), "")
+        XCTAssertEqual(launch("radar_weighted_values_backward", grid: 1, block: 32,
+                              [.buffer(edc), .buffer(eds), .buffer(ev), .buffer(edw), .buffer(edv)] + dims), "")
+        XCTAssertEqual(launch("radar_mean_over_heads", grid: 1, block: 32,
+                              [.buffer(eds), .buffer(emean), .i32(Int32(b)), .i32(Int32(heads)), .i32(Int32(t))]), "")
+        func same(_ p: UnsafeMutablePointer<Float>, _ d: DeviceTensor, _ what: String) {
+            XCTAssertEqual(array(p, d.shape.count).map(\.bitPattern), d.values.map(\.bitPattern), what)
+        }
+        same(es, cs, "scores"); same(edq, cdq, "dQ"); same(edk, cdk, "dK"); same(ectx, cctx, "context")
+        same(edw, cdw, "dW"); same(edv, cdv, "dV"); same(emean, cmean, "mean over heads")
+        // Gated fusion backward.
+        let n = 5
+        let dfv = randomValues(n, seed: 56), rv = randomValues(n, seed: 57), xv = randomValues(n, seed: 58)
+        let cdf = cpuTensor(dfv, Shape(n, 1)), cgate = cpuTensor([0.3], Shape()), cr = cpuTensor(rv, Shape(n, 1)), cx = cpuTensor(xv, Shape(n, 1))
+        let cdr = DeviceTensor(cpu, Shape(n, 1)), cde = DeviceTensor(cpu, Shape(n, 1)), cdg = cpuTensor([0.5], Shape(1))
+        cpu.gatedFusionBackward(dFinal: cdf.tensor, gate: cgate.tensor, reasoning: cr.tensor, external: cx.tensor, dReasoning: cdr.tensor,
+                                dExternal: cde.tensor, dGate: cdg.tensor)
+        let edr = buf.zeros(n), ede = buf.zeros(n), edg = buf.make([0.5])
+        XCTAssertEqual(launch("radar_gated_fusion_backward", grid: 1, block: 32,
+                              [.buffer(buf.make(dfv)), .buffer(buf.make([0.3])), .buffer(buf.make(rv)), .buffer(buf.make(xv)),
+                               .buffer(edr), .buffer(ede), .buffer(edg), .i32(Int32(n))]), "")
+        same(edr, cdr, "dReasoning"); same(ede, cde, "dExternal"); same(edg, cdg, "dGate (accumulated)")
+    }
+
     func testTheEmulatorCatchesBarrierBugs() {
         let buf = Buffers()
         let x = buf.zeros(64)
