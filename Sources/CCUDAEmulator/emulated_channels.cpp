@@ -110,3 +110,37 @@ extern "C" int radar_emu_launch_radar_gru_gates_backward(const unsigned grid[3],
     int a10; memcpy(&a10, args[10], sizeof(a10));
     return radar_emu::launch(grid, block, [&] { radar_gru_gates_backward(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); });
 }
+
+extern "C" int radar_emu_launch_radar_accumulate_channel_sums(const unsigned grid[3], const unsigned block[3], void **args) {
+    const float* a0; memcpy(&a0, args[0], sizeof(a0));
+    float* a1; memcpy(&a1, args[1], sizeof(a1));
+    int a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    int a4; memcpy(&a4, args[4], sizeof(a4));
+    return radar_emu::launch(grid, block, [&] { radar_accumulate_channel_sums(a0, a1, a2, a3, a4); });
+}
+
+extern "C" int radar_emu_launch_radar_inverse_std(const unsigned grid[3], const unsigned block[3], void **args) {
+    const float* a0; memcpy(&a0, args[0], sizeof(a0));
+    float a1; memcpy(&a1, args[1], sizeof(a1));
+    float* a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    return radar_emu::launch(grid, block, [&] { radar_inverse_std(a0, a1, a2, a3); });
+}
+
+extern "C" int radar_emu_launch_radar_batchnorm_local_sums(const unsigned grid[3], const unsigned block[3], void **args) {
+    const float* a0; memcpy(&a0, args[0], sizeof(a0));
+    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    int a2; memcpy(&a2, args[2], sizeof(a2));
+    float a3; memcpy(&a3, args[3], sizeof(a3));
+    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    return radar_emu::launch(grid, block, [&] { radar_batchnorm_local_sums(a0, a1, a2, a3, a4); });
+}
+
+extern "C" int radar_emu_launch_radar_batchnorm_global_moments(const unsigned grid[3], const unsigned block[3], void **args) {
+    const float* a0; memcpy(&a0, args[0], sizeof(a0));
+    int a1; memcpy(&a1, args[1], sizeof(a1));
+    float* a2; memcpy(&a2, args[2], sizeof(a2));
+    float* a3; memcpy(&a3, args[3], sizeof(a3));
+    return radar_emu::launch(grid, block, [&] { radar_batchnorm_global_moments(a0, a1, a2, a3); });
+}

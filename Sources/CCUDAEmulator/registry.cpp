@@ -11,6 +11,10 @@ extern "C" int radar_emu_launch_radar_global_avg_pool_forward(const unsigned gri
 extern "C" int radar_emu_launch_radar_global_avg_pool_backward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_gru_gates_forward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_gru_gates_backward(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_accumulate_channel_sums(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_inverse_std(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_batchnorm_local_sums(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_batchnorm_global_moments(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_fill(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_copy(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_add(const unsigned grid[3], const unsigned block[3], void **args);
@@ -56,6 +60,7 @@ extern "C" int radar_emu_launch_radar_gated_fusion_backward(const unsigned grid[
 extern "C" int radar_emu_launch_radar_grayscale(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_sobel_magnitude(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_high_pass_log_normalize(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_resize_bilinear(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_selftest_divergent_barrier(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_selftest_early_return(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_selftest_neighbour(const unsigned grid[3], const unsigned block[3], void **args);
@@ -73,6 +78,10 @@ const Entry entries[] = {
     {"radar_global_avg_pool_backward", radar_emu_launch_radar_global_avg_pool_backward},
     {"radar_gru_gates_forward", radar_emu_launch_radar_gru_gates_forward},
     {"radar_gru_gates_backward", radar_emu_launch_radar_gru_gates_backward},
+    {"radar_accumulate_channel_sums", radar_emu_launch_radar_accumulate_channel_sums},
+    {"radar_inverse_std", radar_emu_launch_radar_inverse_std},
+    {"radar_batchnorm_local_sums", radar_emu_launch_radar_batchnorm_local_sums},
+    {"radar_batchnorm_global_moments", radar_emu_launch_radar_batchnorm_global_moments},
     {"radar_fill", radar_emu_launch_radar_fill},
     {"radar_copy", radar_emu_launch_radar_copy},
     {"radar_add", radar_emu_launch_radar_add},
@@ -118,6 +127,7 @@ const Entry entries[] = {
     {"radar_grayscale", radar_emu_launch_radar_grayscale},
     {"radar_sobel_magnitude", radar_emu_launch_radar_sobel_magnitude},
     {"radar_high_pass_log_normalize", radar_emu_launch_radar_high_pass_log_normalize},
+    {"radar_resize_bilinear", radar_emu_launch_radar_resize_bilinear},
     {"radar_selftest_divergent_barrier", radar_emu_launch_radar_selftest_divergent_barrier},
     {"radar_selftest_early_return", radar_emu_launch_radar_selftest_early_return},
     {"radar_selftest_neighbour", radar_emu_launch_radar_selftest_neighbour},
@@ -133,6 +143,10 @@ const char *names[] = {
     "radar_global_avg_pool_backward",
     "radar_gru_gates_forward",
     "radar_gru_gates_backward",
+    "radar_accumulate_channel_sums",
+    "radar_inverse_std",
+    "radar_batchnorm_local_sums",
+    "radar_batchnorm_global_moments",
     "radar_fill",
     "radar_copy",
     "radar_add",
@@ -178,6 +192,7 @@ const char *names[] = {
     "radar_grayscale",
     "radar_sobel_magnitude",
     "radar_high_pass_log_normalize",
+    "radar_resize_bilinear",
     "radar_selftest_divergent_barrier",
     "radar_selftest_early_return",
     "radar_selftest_neighbour",

@@ -386,6 +386,42 @@ final class EmulatedDeviceTests: XCTestCase {
         same(edr, cdr, "dReasoning"); same(ede, cde, "dExternal"); same(edg, cdg, "dGate (accumulated)")
     }
 
+    func testResizeSyncBatchNormPiecesAndChannelSumsAreBitIdenticalToTheCPUBackend() {
+        let buf = Buffers()
+        func same(_ p: UnsafeMutablePointer<Float>, _ d: DeviceTensor, _ what: String) {
+            XCTAssertEqual(array(p, d.shape.count).map(\.bitPattern), d.values.map(\.bitPattern), what)
+        }
+        // Bilinear resize down and up (AADM resizes the grey image to fft_size).
+        for (ih, iw, oh, ow) in [(13, 11, 7, 5), (5, 6, 9, 13)] {
+            let xv = randomValues(2 * ih * iw, seed: 61)
+            let cx = cpuTensor(xv, Shape(2, 1, ih, iw)), cy = DeviceTensor(cpu, Shape(2, 1, oh, ow))
+            cpu.resizeBilinear(cx.tensor, cy.tensor)
+            let ey = buf.zeros(2 * oh * ow)
+            XCTAssertEqual(launch("radar_resize_bilinear", grid: 2, block: 32,
+                                  [.buffer(buf.make(xv)), .buffer(ey), .i32(2), .i32(Int32(ih)), .i32(Int32(iw)), .i32(Int32(oh)), .i32(Int32(ow))]), "")
+            same(ey, cy, "resize \(ih)x\(iw) -> \(oh)x\(ow)")
+        }
+        // SyncBatchNorm sums and moments, inverse std, channel sums.
+        let c = 6
+        let mv = randomValues(c, seed: 62), vv = randomValues(c, seed: 63).map { abs($0) }
+        let cm = cpuTensor(mv, Shape(c)), cv = cpuTensor(vv, Shape(c)), csums = DeviceTensor(cpu, Shape(2 * c + 1))
+        let gm = DeviceTensor(cpu, Shape(c)), gv = DeviceTensor(cpu, Shape(c)), ci = DeviceTensor(cpu, Shape(c))
+        cpu.batchNormLocalSums(mean: cm.tensor, variance: cv.tensor, count: 37, into: csums.tensor)
+        cpu.batchNormGlobalMoments(csums.tensor, channels: c, mean: gm.tensor, variance: gv.tensor)
+        cpu.inverseStandardDeviation(cv.tensor, eps: 1e-5, ci.tensor)
+        let em = buf.make(mv), ev = buf.make(vv), esums = buf.zeros(2 * c + 1), egm = buf.zeros(c), egv = buf.zeros(c), ei = buf.zeros(c)
+        XCTAssertEqual(launch("radar_batchnorm_local_sums", grid: 1, block: 32, [.buffer(em), .buffer(ev), .i32(Int32(c)), .f32(37), .buffer(esums)]), "")
+        XCTAssertEqual(launch("radar_batchnorm_global_moments", grid: 1, block: 32, [.buffer(esums), .i32(Int32(c)), .buffer(egm), .buffer(egv)]), "")
+        XCTAssertEqual(launch("radar_inverse_std", grid: 1, block: 32, [.buffer(ev), .f32(1e-5), .buffer(ei), .i32(Int32(c))]), "")
+        same(esums, csums, "local sums"); same(egm, gm, "global mean"); same(egv, gv, "global variance"); same(ei, ci, "inverse std")
+        let xv = randomValues(2 * c * 10, seed: 64), start = randomValues(c, seed: 65)
+        let cx = cpuTensor(xv, Shape(2, c, 2, 5)), cdst = cpuTensor(start, Shape(c))
+        cpu.accumulateChannelSums(cx.tensor, into: cdst.tensor)
+        let edst = buf.make(start)
+        XCTAssertEqual(launch("radar_accumulate_channel_sums", grid: 1, block: 32, [.buffer(buf.make(xv)), .buffer(edst), .i32(2), .i32(Int32(c)), .i32(10)]), "")
+        same(edst, cdst, "accumulated channel sums")
+    }
+
     func testTheEmulatorCatchesBarrierBugs() {
         let buf = Buffers()
         let x = buf.zeros(64)

@@ -129,3 +129,37 @@ extern "C" __global__ void radar_gru_gates_backward(const float* dh_new, const f
         dh[o] = d * zv;
     }
 }
+
+// dst[c] += sum over (B, HW) of x (convolution bias gradients): one thread per channel, in order.
+extern "C" __global__ void radar_accumulate_channel_sums(const float* x, float* dst, int batch, int channels, int hw) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= channels) return;
+    float s = 0.f;
+    for (int i = 0; i < batch; ++i)
+        for (int j = 0; j < hw; ++j) s += x[((long)i * channels + ch) * hw + j];
+    dst[ch] += s;
+}
+
+extern "C" __global__ void radar_inverse_std(const float* variance, float eps, float* inv_std, int channels) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < channels) inv_std[c] = 1.f / sqrtf(variance[c] + eps);
+}
+
+// SyncBatchNorm: [count*mean (C), count*(var + mean^2) (C), count] to be summed over ranks ...
+extern "C" __global__ void radar_batchnorm_local_sums(const float* mean, const float* variance, int channels, float count, float* sums) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < channels) {
+        sums[i] = mean[i] * count;
+        sums[channels + i] = (variance[i] + mean[i] * mean[i]) * count;
+    }
+    if (i == 0) sums[2 * channels] = count;
+}
+
+// ... and the global mean and biased variance from the summed vector.
+extern "C" __global__ void radar_batchnorm_global_moments(const float* sums, int channels, float* mean, float* variance) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= channels) return;
+    float n = sums[2 * channels], m = sums[i] / n;
+    mean[i] = m;
+    variance[i] = fmaxf(sums[channels + i] / n - m * m, 0.f);
+}

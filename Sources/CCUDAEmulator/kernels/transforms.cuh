@@ -79,3 +79,22 @@ extern "C" __global__ void radar_high_pass_log_normalize(const float* x, const f
     float den = fmaxf(hi - lo, 1e-8f);
     for (int k = threadIdx.x; k < plane; k += blockDim.x) dst[k] = (dst[k] - lo) / den;
 }
+
+// Bilinear resize (B, C, H, W) -> (B, C, h, w), align_corners false, no antialias
+// (F.interpolate), in the CPU backend's arithmetic order.
+extern "C" __global__ void radar_resize_bilinear(const float* x, float* y, int planes, int ih, int iw, int oh, int ow) {
+    long total = (long)planes * oh * ow;
+    float sh = (float)ih / (float)oh, sw = (float)iw / (float)ow;
+    for (long e = (long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long)blockDim.x * gridDim.x) {
+        long p = e / ((long)oh * ow);
+        int oy = (int)((e / ow) % oh), ox = (int)(e % ow);
+        const float* src = x + p * ih * iw;
+        float fy = fmaxf(sh * ((float)oy + 0.5f) - 0.5f, 0.f);
+        int y0 = (int)fy, y1 = y0 + (y0 < ih - 1 ? 1 : 0);
+        float ly1 = fy - (float)y0, ly0 = 1.f - ly1;
+        float fx = fmaxf(sw * ((float)ox + 0.5f) - 0.5f, 0.f);
+        int x0 = (int)fx, x1 = x0 + (x0 < iw - 1 ? 1 : 0);
+        float lx1 = fx - (float)x0, lx0 = 1.f - lx1;
+        y[e] = ly0 * (lx0 * src[y0 * iw + x0] + lx1 * src[y0 * iw + x1]) + ly1 * (lx0 * src[y1 * iw + x0] + lx1 * src[y1 * iw + x1]);
+    }
+}

@@ -133,6 +133,40 @@ extern "C" __global__ void radar_gru_gates_backward(const float* dh_new, const f
         dh[o] = d * zv;
     }
 }
+
+// dst[c] += sum over (B, HW) of x (convolution bias gradients): one thread per channel, in order.
+extern "C" __global__ void radar_accumulate_channel_sums(const float* x, float* dst, int batch, int channels, int hw) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= channels) return;
+    float s = 0.f;
+    for (int i = 0; i < batch; ++i)
+        for (int j = 0; j < hw; ++j) s += x[((long)i * channels + ch) * hw + j];
+    dst[ch] += s;
+}
+
+extern "C" __global__ void radar_inverse_std(const float* variance, float eps, float* inv_std, int channels) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < channels) inv_std[c] = 1.f / sqrtf(variance[c] + eps);
+}
+
+// SyncBatchNorm: [count*mean (C), count*(var + mean^2) (C), count] to be summed over ranks ...
+extern "C" __global__ void radar_batchnorm_local_sums(const float* mean, const float* variance, int channels, float count, float* sums) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < channels) {
+        sums[i] = mean[i] * count;
+        sums[channels + i] = (variance[i] + mean[i] * mean[i]) * count;
+    }
+    if (i == 0) sums[2 * channels] = count;
+}
+
+// ... and the global mean and biased variance from the summed vector.
+extern "C" __global__ void radar_batchnorm_global_moments(const float* sums, int channels, float* mean, float* variance) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= channels) return;
+    float n = sums[2 * channels], m = sums[i] / n;
+    mean[i] = m;
+    variance[i] = fmaxf(sums[channels + i] / n - m * m, 0.f);
+}
 """#)
 
     static let elementwise = KernelFamily(name: "elementwise", source: #"""
@@ -718,6 +752,25 @@ extern "C" __global__ void radar_high_pass_log_normalize(const float* x, const f
     hi = block_max(hi, s);
     float den = fmaxf(hi - lo, 1e-8f);
     for (int k = threadIdx.x; k < plane; k += blockDim.x) dst[k] = (dst[k] - lo) / den;
+}
+
+// Bilinear resize (B, C, H, W) -> (B, C, h, w), align_corners false, no antialias
+// (F.interpolate), in the CPU backend's arithmetic order.
+extern "C" __global__ void radar_resize_bilinear(const float* x, float* y, int planes, int ih, int iw, int oh, int ow) {
+    long total = (long)planes * oh * ow;
+    float sh = (float)ih / (float)oh, sw = (float)iw / (float)ow;
+    for (long e = (long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long)blockDim.x * gridDim.x) {
+        long p = e / ((long)oh * ow);
+        int oy = (int)((e / ow) % oh), ox = (int)(e % ow);
+        const float* src = x + p * ih * iw;
+        float fy = fmaxf(sh * ((float)oy + 0.5f) - 0.5f, 0.f);
+        int y0 = (int)fy, y1 = y0 + (y0 < ih - 1 ? 1 : 0);
+        float ly1 = fy - (float)y0, ly0 = 1.f - ly1;
+        float fx = fmaxf(sw * ((float)ox + 0.5f) - 0.5f, 0.f);
+        int x0 = (int)fx, x1 = x0 + (x0 < iw - 1 ? 1 : 0);
+        float lx1 = fx - (float)x0, lx0 = 1.f - lx1;
+        y[e] = ly0 * (lx0 * src[y0 * iw + x0] + lx1 * src[y0 * iw + x1]) + ly1 * (lx0 * src[y1 * iw + x0] + lx1 * src[y1 * iw + x1]);
+    }
 }
 """#)
 }
