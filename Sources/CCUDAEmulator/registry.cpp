@@ -41,6 +41,7 @@ extern "C" int radar_emu_launch_radar_bce_with_logits(const unsigned grid[3], co
 extern "C" int radar_emu_launch_radar_flag_non_finite(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_mean_abs_sigmoid_difference(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_gated_fusion_forward(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_cosine_margin_penalty(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_layernorm_forward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_layernorm_backward_input(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_layernorm_param_grads(const unsigned grid[3], const unsigned block[3], void **args);
@@ -108,6 +109,7 @@ const Entry entries[] = {
     {"radar_flag_non_finite", radar_emu_launch_radar_flag_non_finite},
     {"radar_mean_abs_sigmoid_difference", radar_emu_launch_radar_mean_abs_sigmoid_difference},
     {"radar_gated_fusion_forward", radar_emu_launch_radar_gated_fusion_forward},
+    {"radar_cosine_margin_penalty", radar_emu_launch_radar_cosine_margin_penalty},
     {"radar_layernorm_forward", radar_emu_launch_radar_layernorm_forward},
     {"radar_layernorm_backward_input", radar_emu_launch_radar_layernorm_backward_input},
     {"radar_layernorm_param_grads", radar_emu_launch_radar_layernorm_param_grads},
@@ -173,6 +175,7 @@ const char *names[] = {
     "radar_flag_non_finite",
     "radar_mean_abs_sigmoid_difference",
     "radar_gated_fusion_forward",
+    "radar_cosine_margin_penalty",
     "radar_layernorm_forward",
     "radar_layernorm_backward_input",
     "radar_layernorm_param_grads",

@@ -156,6 +156,21 @@ final class EmulatedDeviceTests: XCTestCase {
                               [.buffer(ex), .buffer(et), .i32(Int32(n)), .f32(0.5), .buffer(ed), .buffer(el), .f32(0.3)]), "")
         XCTAssertEqual(el[0], cl.values[0], accuracy: 1e-6)
         assertClose(array(ed, n), cd.values, rtol: 1e-6, atol: 1e-8, "BCE gradient")
+        // The cosine margin penalty: value (a double sum, so within float rounding) and gradients.
+        let (rows, e) = (5, 9)
+        let av = randomValues(rows * e, seed: 8), noise = randomValues(rows * e, seed: 9)
+        let bv = zip(av, noise).map { 0.7 * $0 + $1 }
+        let ca = cpuTensor(av, Shape(rows, e)), cb = cpuTensor(bv, Shape(rows, e))
+        let cda = DeviceTensor(cpu, Shape(rows, e)), cdb = DeviceTensor(cpu, Shape(rows, e)), cpen = cpuTensor([0.25], Shape(1))
+        cpu.cosineMarginPenalty(ca.tensor, cb.tensor, margin: 0.1, scale: 0.7, da: cda.tensor, db: cdb.tensor, loss: cpen.tensor, weight: 0.1)
+        let eda = buf.zeros(rows * e), edb = buf.zeros(rows * e), epen = buf.make([0.25])
+        XCTAssertEqual(launch("radar_cosine_margin_penalty", grid: 1, block: 4,
+                              [.buffer(buf.make(av)), .buffer(buf.make(bv)), .i32(Int32(rows)), .i32(Int32(e)), .f32(0.1), .f32(0.7),
+                               .buffer(eda), .buffer(edb), .buffer(epen), .f32(0.1)]), "")
+        XCTAssertEqual(epen[0], cpen.values[0], accuracy: 1e-7)
+        XCTAssertGreaterThan(epen[0], 0.25, "the penalty is active for these vectors")
+        assertClose(array(eda, rows * e), cda.values, rtol: 1e-6, atol: 1e-9, "cosine penalty da")
+        assertClose(array(edb, rows * e), cdb.values, rtol: 1e-6, atol: 1e-9, "cosine penalty db")
         // The non-finite flag.
         let flag = buf.zeros(1)
         XCTAssertEqual(launch("radar_flag_non_finite", grid: 2, block: 64, [.buffer(ex), .i64(n), .buffer(flag)]), "")

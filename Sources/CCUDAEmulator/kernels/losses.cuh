@@ -57,3 +57,44 @@ extern "C" __global__ void radar_gated_fusion_forward(const float* gate, const f
     prob[i] = 1.f / (1.f + expf(-f));
     alpha_out[i] = a;
 }
+
+// mean_b ReLU(|cos(a_b, b_b)| - margin), vectors divided by (norm + 1e-8), zero (and zero
+// gradient) unless every norm exceeds 1e-6; loss[0] += weight * penalty, da/db = scale * grad.
+// One block: thread t handles rows t, t + blockDim, ... and the block agrees on degeneracy first.
+extern "C" __global__ void radar_cosine_margin_penalty(const float* a, const float* b, int rows, int e, float margin, float scale,
+                                                       float* da, float* db, float* loss, float weight) {
+    __shared__ int degenerate;
+    __shared__ double s[RADAR_LOSS_BLOCK];
+    if (threadIdx.x == 0) degenerate = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+        float sa = 0.f, sb = 0.f;
+        for (int j = 0; j < e; ++j) { sa += a[i * e + j] * a[i * e + j]; sb += b[i * e + j] * b[i * e + j]; }
+        if (sqrtf(sa) <= 1e-6f || sqrtf(sb) <= 1e-6f) degenerate = 1;
+    }
+    __syncthreads();
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+        const float* pa = a + i * e; const float* pb = b + i * e;
+        float sa = 0.f, sb = 0.f, dot = 0.f;
+        for (int j = 0; j < e; ++j) { sa += pa[j] * pa[j]; sb += pb[j] * pb[j]; dot += pa[j] * pb[j]; }
+        float na = sqrtf(sa), nb = sqrtf(sb), ua = na + 1e-8f, ub = nb + 1e-8f;
+        float c = dot / (ua * ub), excess = fabsf(c) - margin;
+        bool active = !degenerate && excess > 0.f;
+        if (active) acc += (double)excess;
+        float g = scale * (c > 0.f ? 1.f : -1.f) / (float)rows;
+        for (int j = 0; j < e; ++j) {
+            float dA = pb[j] / (ua * ub) - dot / (ua * ua * ub) * pa[j] / na;
+            float dB = pa[j] / (ua * ub) - dot / (ua * ub * ub) * pb[j] / nb;
+            da[i * e + j] = active ? g * dA : 0.f;
+            db[i * e + j] = active ? g * dB : 0.f;
+        }
+    }
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) s[threadIdx.x] += s[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0 && !degenerate) loss[0] += (float)((double)weight * (s[0] / rows));
+}
