@@ -40,13 +40,13 @@ let package = Package(
         .target(name: "RadarCPU", dependencies: ["RadarEngine", "COpenBLAS", "CFFTW", "CTaskClosure"]),
         // The CUDA backend's pieces that need no GPU: the run-time loader of the CUDA libraries
         // (dlopen: nothing links against CUDA), NVRTC, the kernel sources and their disk cache.
-        .target(name: "RadarCUDA", dependencies: ["RadarEngine", "CCUDAEmulator"]),
+        .target(name: "RadarCUDA", dependencies: ["RadarEngine", "RadarCPU", "CCUDAEmulator"]),
         // The emulated device: the same kernel sources (kernels/*.cuh) compiled as host C++, each
         // block's threads run as fibers; a launcher per kernel (generated).
         .target(name: "CCUDAEmulator", exclude: ["kernels", "selftest"]),
         // Everything around the engine in one process: data, checkpoints, metrics, the training
         // run, device selection. Re-exports RadarEngine and RadarCPU.
-        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "CLZ4", "CPNG", "CTurboJPEG", "CArchive"]),
+        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CTurboJPEG", "CArchive"]),
         .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
 
         // The command-line pieces radar and radar-worker share (training flags, progress).

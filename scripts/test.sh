@@ -56,5 +56,11 @@ run_tests RADAR_TEST_BACKEND=cpu swift test
 # backend calls), so a host access that bypasses the backend fails here.
 echo "== engine suites on the fenced device (RADAR_TEST_BACKEND=cpu-fenced) =="
 run_tests RADAR_TEST_BACKEND=cpu-fenced RADAR_DEVICE=cpu-fenced swift test --skip-build --filter RadarCoreTests
+# The CUDA backend on the emulated device (its kernels compiled for the host, device memory
+# fenced off from the host): kernel references, every layer's gradient check, the golden gradient
+# cases, the step's host-synchronisation count, skipping and clipping. Slow (fibers): a subset.
+echo "== CUDA backend on the emulated device (RADAR_TEST_BACKEND=cuda-emulated) =="
+run_tests RADAR_TEST_BACKEND=cuda-emulated RADAR_DEVICE=cuda-emulated swift test --skip-build --filter \
+  "KernelReferenceTests|LayerGradientTests|SmallKernelTests|TransformTests|ShapeErrorTests|GoldenParityTests.testSmallDual|GoldenParityTests.testBoundaryOnly|ModelTests.testMicroBatch|ModelTests.testSingleBranch|TrainingTests.testNonFinite|TrainingTests.testGradientClipping"
 echo "$((total - failed)) passed, $failed failed"
 exit "$status"

@@ -109,3 +109,11 @@ extern "C" int radar_emu_launch_radar_from_bf16(const unsigned grid[3], const un
     long a2; memcpy(&a2, args[2], sizeof(a2));
     return radar_emu::launch(grid, block, [&] { radar_from_bf16(a0, a1, a2); });
 }
+
+extern "C" int radar_emu_launch_radar_sum_parts(const unsigned grid[3], const unsigned block[3], void **args) {
+    const float* a0; memcpy(&a0, args[0], sizeof(a0));
+    int a1; memcpy(&a1, args[1], sizeof(a1));
+    long a2; memcpy(&a2, args[2], sizeof(a2));
+    float* a3; memcpy(&a3, args[3], sizeof(a3));
+    return radar_emu::launch(grid, block, [&] { radar_sum_parts(a0, a1, a2, a3); });
+}

@@ -29,6 +29,7 @@ extern "C" int radar_emu_launch_radar_gelu_forward(const unsigned grid[3], const
 extern "C" int radar_emu_launch_radar_gelu_backward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_to_bf16(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_from_bf16(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_sum_parts(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_im2col(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_col2im(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_transpose_last_two(const unsigned grid[3], const unsigned block[3], void **args);
@@ -97,6 +98,7 @@ const Entry entries[] = {
     {"radar_gelu_backward", radar_emu_launch_radar_gelu_backward},
     {"radar_to_bf16", radar_emu_launch_radar_to_bf16},
     {"radar_from_bf16", radar_emu_launch_radar_from_bf16},
+    {"radar_sum_parts", radar_emu_launch_radar_sum_parts},
     {"radar_im2col", radar_emu_launch_radar_im2col},
     {"radar_col2im", radar_emu_launch_radar_col2im},
     {"radar_transpose_last_two", radar_emu_launch_radar_transpose_last_two},
@@ -163,6 +165,7 @@ const char *names[] = {
     "radar_gelu_backward",
     "radar_to_bf16",
     "radar_from_bf16",
+    "radar_sum_parts",
     "radar_im2col",
     "radar_col2im",
     "radar_transpose_last_two",

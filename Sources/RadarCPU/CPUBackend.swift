@@ -138,6 +138,14 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         }
     }
 
+    /// One single-threaded GEMM on raw addresses: what the emulated CUDA device's cuBLAS runs, so
+    /// its products are the CPU backend's bit for bit (row-major, as `gemm`).
+    public func gemmSerial(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                           a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                           beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        serialGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+
     /// dst[i] += sum_j parts[j * n + i] for j in 0..<partCount, summed in order j = 0, 1, ...
     func sumParts(_ parts: UnsafePointer<Float>, partCount: Int, n: Int,
                          accumulateInto dst: UnsafeMutablePointer<Float>) {

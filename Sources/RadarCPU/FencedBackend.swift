@@ -50,8 +50,8 @@ public final class FencedBackend: Backend, @unchecked Sendable {
 
 /// The process-wide fence: every fenced mapping, and how many backend calls are in flight. The
 /// mappings are readable and writable exactly while that count is above zero.
-final class Fence: @unchecked Sendable {
-    static let shared = Fence()
+public final class Fence: @unchecked Sendable {
+    public static let shared = Fence()
     private var lock = pthread_mutex_t()
     private var regions: [UInt: Int] = [:]  // base address -> bytes
     private var depth = 0
@@ -65,14 +65,14 @@ final class Fence: @unchecked Sendable {
         }
     }
 
-    func open() {
+    public func open() {
         pthread_mutex_lock(&lock)
         if depth == 0 { for (b, n) in regions { protect(b, n, PROT_READ | PROT_WRITE) } }
         depth += 1
         pthread_mutex_unlock(&lock)
     }
 
-    func close() {
+    public func close() {
         pthread_mutex_lock(&lock)
         depth -= 1
         if depth == 0 { for (b, n) in regions { protect(b, n, PROT_NONE) } }
@@ -80,7 +80,7 @@ final class Fence: @unchecked Sendable {
     }
 
     /// Zero-filled pages of their own, inaccessible unless the fence is open.
-    func map(floats: Int) -> UnsafeMutablePointer<Float> {
+    public func map(floats: Int) -> UnsafeMutablePointer<Float> {
         let bytes = (floats * MemoryLayout<Float>.size + pageSize - 1) / pageSize * pageSize
         pthread_mutex_lock(&lock)
         defer { pthread_mutex_unlock(&lock) }
@@ -92,7 +92,7 @@ final class Fence: @unchecked Sendable {
         return p.bindMemory(to: Float.self, capacity: floats)
     }
 
-    func unmap(_ address: UnsafeMutablePointer<Float>) {
+    public func unmap(_ address: UnsafeMutablePointer<Float>) {
         pthread_mutex_lock(&lock)
         defer { pthread_mutex_unlock(&lock) }
         let key = UInt(bitPattern: address)

@@ -63,3 +63,12 @@ extern "C" __global__ void radar_gelu_backward(const float* dy, const float* x, 
 extern "C" __global__ void radar_to_bf16(const float* x, __nv_bfloat16* y, long n) { GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]); }
 
 extern "C" __global__ void radar_from_bf16(const __nv_bfloat16* x, float* y, long n) { GRID_STRIDE(i, n) y[i] = __bfloat162float(x[i]); }
+
+// dst[i] += sum_j parts[j * n + i], j in order (per-image weight gradients of a convolution).
+extern "C" __global__ void radar_sum_parts(const float* parts, int part_count, long n, float* dst) {
+    GRID_STRIDE(i, n) {
+        float s = dst[i];
+        for (int j = 0; j < part_count; ++j) s += parts[(long)j * n + i];
+        dst[i] = s;
+    }
+}

@@ -4,11 +4,14 @@ import Foundation
 /// default (tests set it to run whole suites on another backend).
 ///
 /// - `cpu`: the CPU backend (OpenBLAS, FFTW, our worker pool).
+/// - `cuda-emulated`: the CUDA backend on the emulated device (its kernels compiled for the host,
+///   device memory fenced off from the host, cuBLAS/cuFFT semantics from OpenBLAS/FFTW). Slow:
+///   for tests of the CUDA backend without a GPU.
 /// - `cpu-fenced`: the CPU backend behind a fence: tensor memory is inaccessible to the host
 ///   except while one of the backend's own calls runs, so any host access that bypasses the
 ///   backend crashes instead of hiding. Slow; for tests and for checking new code paths.
 public enum Devices {
-    public static let names = ["cpu", "cpu-fenced"]
+    public static let names = ["cpu", "cpu-fenced", "cuda-emulated"]
 
     /// `RADAR_DEVICE`, else cpu.
     public static var defaultName: String { ProcessInfo.processInfo.environment["RADAR_DEVICE"] ?? "cpu" }
@@ -24,6 +27,7 @@ public enum Devices {
         switch name {
         case "cpu": return CPUBackend(threads: threads)
         case "cpu-fenced": return FencedBackend(wrapping: CPUBackend(threads: threads))
+        case "cuda-emulated": return CUDABackend(device: EmulatedDevice())
         default: throw UnknownDevice(name: name)
         }
     }
