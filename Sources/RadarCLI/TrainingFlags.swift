@@ -17,7 +17,7 @@ public struct TrainingFlags: ParsableArguments {
     @Option(help: "Early-stopping patience in epochs (validation AUC).") public var patience = 10
     @Option(help: "Seed.") public var seed: UInt64 = 42
     @Option(help: "Compute threads (default: cores / ranks on this node).") public var threads: Int?
-    @Option(help: "Backend: cpu, or cpu-fenced (tensor memory fenced off from the host; for tests). Default: RADAR_DEVICE, else cpu.")
+    @Option(help: "Backend: cpu; cpu-fenced (tensor memory fenced off from the host) or cuda-emulated (the CUDA backend on the emulated device), both for tests. Default: RADAR_DEVICE, else cpu.")
     public var device: String?
     @Option(help: "Loader threads (decode + augment).") public var loaderThreads = 1
     @Flag(help: "Disable training augmentation.") public var noAugment = false

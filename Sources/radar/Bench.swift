@@ -88,7 +88,7 @@ extension Bench {
         @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
         @Option(help: "Timed steps (the median is reported).") var repeats = 5
         @Flag(help: "Report the time per layer group as well.") var profile = false
-        @Option(help: "Backend: cpu or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
+        @Option(help: "Backend: cpu, cpu-fenced or cuda-emulated (default: RADAR_DEVICE, else cpu).") var device: String?
         @Option(help: "Micro-batches per optimizer step (times are reported per micro-batch).") var accumulationSteps = 1
 
         func run() throws {

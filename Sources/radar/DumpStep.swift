@@ -18,7 +18,7 @@ struct DumpStep: ParsableCommand {
     @Option(help: "Learning rate for --steps.") var lr: Double = 1e-3
     @Option(help: "Weight decay for --steps.") var weightDecay: Double = 0.05
     @Option(help: "Threads.") var threads = 1
-    @Option(help: "Backend: cpu or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
+    @Option(help: "Backend: cpu, cpu-fenced or cuda-emulated (default: RADAR_DEVICE, else cpu).") var device: String?
 
     func run() throws {
         try failing {

@@ -19,7 +19,7 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Split: train, val or test.") var split = "test"
     @Option(help: "Images per batch.") var batchSize = 32
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
-    @Option(help: "Backend: cpu or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
+    @Option(help: "Backend: cpu, cpu-fenced or cuda-emulated (default: RADAR_DEVICE, else cpu).") var device: String?
 
     func run() throws {
         try failing {
@@ -53,7 +53,7 @@ struct Predict: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Probability of 'fake' and the label for images (PNG/JPEG files or directories).")
     @Option(help: "Checkpoint (.safetensors.lz4 or .safetensors).") var checkpoint: String
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
-    @Option(help: "Backend: cpu or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
+    @Option(help: "Backend: cpu, cpu-fenced or cuda-emulated (default: RADAR_DEVICE, else cpu).") var device: String?
     @Argument(help: "Images or directories of images.") var paths: [String]
 
     func run() throws {
