@@ -52,13 +52,10 @@ extension CPUBackend {
         }
     }
 
-    public func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int {
-        g.batch * g.patchSize * g.outHeight * g.outWidth
-    }
+    public func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int { g.columnCount }
 
     public func convolutionBackwardScratchCount(_ g: ConvolutionGeometry, inputGradient: Bool) -> Int {
-        // Per-image weight gradients, then (for dx) every image's column gradient.
-        g.batch * g.outChannels * g.patchSize + (inputGradient ? convolutionWorkspaceCount(g) : 0)
+        g.backwardScratchCount(inputGradient: inputGradient)
     }
 
     /// im2col + one GEMM per image, images spread over the pool.

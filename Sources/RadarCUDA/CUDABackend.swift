@@ -173,9 +173,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     // MARK: Convolution and attention: layout kernels around cuBLAS products
 
-    public func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int { g.batch * g.patchSize * g.outHeight * g.outWidth }
+    public func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int { g.columnCount }
     public func convolutionBackwardScratchCount(_ g: ConvolutionGeometry, inputGradient: Bool) -> Int {
-        g.batch * g.outChannels * g.patchSize + (inputGradient ? convolutionWorkspaceCount(g) : 0)
+        g.backwardScratchCount(inputGradient: inputGradient)
     }
     private func geometryArgs(_ g: ConvolutionGeometry) -> [KernelArg] {
         [.i32(g.batch), .i32(g.inChannels), .i32(g.height), .i32(g.width), .i32(g.kernel), .i32(g.stride), .i32(g.padding),

@@ -144,9 +144,8 @@ public final class GradientSync: @unchecked Sendable {
         } else {
             for b in buckets { try reduce(b) }
         }
-        var flag: Float = store.backend.download(nonFinite)[0]
-        try communicator.allReduce(&flag, count: 1, op: .max, tensor: 4)
-        store.backend.upload([flag], into: nonFinite)
+        // Through the same host path as the buckets: no arrays allocated per step.
+        try withHost(nonFinite) { try communicator.allReduce($0, count: 1, op: .max, tensor: 4) }
         // BatchNorm running statistics follow rank 0 (PyTorch DDP's broadcast_buffers), so every
         // replica evaluates and checkpoints the same model.
         try broadcastBuffers()

@@ -221,6 +221,12 @@ public struct ConvolutionGeometry: Sendable, Equatable {
     public var outWidth: Int { (width + 2 * padding - kernel) / stride + 1 }
     /// Rows of the unfolded input: in * k * k.
     public var patchSize: Int { inChannels * kernel * kernel }
+    /// Floats of every image's im2col (B, in*k*k, Ho*Wo): what forward keeps for backward.
+    public var columnCount: Int { batch * patchSize * outHeight * outWidth }
+    /// Floats of backward's scratch: per-image weight gradients, then (for dx) column gradients.
+    public func backwardScratchCount(inputGradient: Bool) -> Int {
+        batch * outChannels * patchSize + (inputGradient ? columnCount : 0)
+    }
 
     public init(batch: Int, inChannels: Int, height: Int, width: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int) {
         self.batch = batch

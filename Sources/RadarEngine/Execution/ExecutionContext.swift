@@ -50,7 +50,4 @@ extension ExecutionContext {
     public convenience init(backend: any Backend, layout: ParameterLayout, training: Bool = true, seed: UInt64 = 0) {
         self.init(backend: backend, params: ParameterStore(layout: layout, backend: backend), training: training, seed: seed)
     }
-
-    /// A host copy of a tensor (a host synchronisation: tools and tests, never inside a step).
-    public func download(_ t: Tensor) -> [Float] { backend.download(t) }
 }
