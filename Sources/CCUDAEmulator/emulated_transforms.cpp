@@ -36,3 +36,11 @@ extern "C" int radar_emu_launch_radar_resize_bilinear(const unsigned grid[3], co
     int a6; memcpy(&a6, args[6], sizeof(a6));
     return radar_emu::launch(grid, block, [&] { radar_resize_bilinear(a0, a1, a2, a3, a4, a5, a6); });
 }
+
+extern "C" int radar_emu_launch_radar_fft_magnitude_shifted(const unsigned grid[3], const unsigned block[3], void **args) {
+    const float* a0; memcpy(&a0, args[0], sizeof(a0));
+    float* a1; memcpy(&a1, args[1], sizeof(a1));
+    int a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    return radar_emu::launch(grid, block, [&] { radar_fft_magnitude_shifted(a0, a1, a2, a3); });
+}

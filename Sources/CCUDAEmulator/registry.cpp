@@ -63,6 +63,7 @@ extern "C" int radar_emu_launch_radar_grayscale(const unsigned grid[3], const un
 extern "C" int radar_emu_launch_radar_sobel_magnitude(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_high_pass_log_normalize(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_resize_bilinear(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_fft_magnitude_shifted(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_selftest_divergent_barrier(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_selftest_early_return(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_selftest_neighbour(const unsigned grid[3], const unsigned block[3], void **args);
@@ -132,6 +133,7 @@ const Entry entries[] = {
     {"radar_sobel_magnitude", radar_emu_launch_radar_sobel_magnitude},
     {"radar_high_pass_log_normalize", radar_emu_launch_radar_high_pass_log_normalize},
     {"radar_resize_bilinear", radar_emu_launch_radar_resize_bilinear},
+    {"radar_fft_magnitude_shifted", radar_emu_launch_radar_fft_magnitude_shifted},
     {"radar_selftest_divergent_barrier", radar_emu_launch_radar_selftest_divergent_barrier},
     {"radar_selftest_early_return", radar_emu_launch_radar_selftest_early_return},
     {"radar_selftest_neighbour", radar_emu_launch_radar_selftest_neighbour},
@@ -199,6 +201,7 @@ const char *names[] = {
     "radar_sobel_magnitude",
     "radar_high_pass_log_normalize",
     "radar_resize_bilinear",
+    "radar_fft_magnitude_shifted",
     "radar_selftest_divergent_barrier",
     "radar_selftest_early_return",
     "radar_selftest_neighbour",

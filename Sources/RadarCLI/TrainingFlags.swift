@@ -17,8 +17,10 @@ public struct TrainingFlags: ParsableArguments {
     @Option(help: "Early-stopping patience in epochs (validation AUC).") public var patience = 10
     @Option(help: "Seed.") public var seed: UInt64 = 42
     @Option(help: "Compute threads (default: cores / ranks on this node).") public var threads: Int?
-    @Option(help: "Backend: cpu; cpu-fenced (tensor memory fenced off from the host) or cuda-emulated (the CUDA backend on the emulated device), both for tests. Default: RADAR_DEVICE, else cpu.")
+    @Option(help: "Backend: cpu; cuda or cuda:N (one GPU; RADAR_CUDA_DRIVER=emulator runs it on the emulated device); cpu-fenced (tensor memory fenced off from the host) or cuda-emulated, both for tests. Default: RADAR_DEVICE, else cpu.")
     public var device: String?
+    @Option(help: "Precision on CUDA: auto (bf16 mixed precision on GPUs of compute capability 8.0+, else fp32), fp32, tf32 or bf16. Default: RADAR_PRECISION, else auto.")
+    public var precision: String?
     @Option(help: "Loader threads (decode + augment).") public var loaderThreads = 1
     @Flag(help: "Disable training augmentation.") public var noAugment = false
     @Option(help: "Cap optimizer steps per epoch (0: all), for smoke runs.") public var maxStepsPerEpoch = 0
@@ -52,7 +54,8 @@ public struct TrainingFlags: ParsableArguments {
         // The experiment is one folder inside --output: no separators, no "." or "..".
         try need(!experiment.isEmpty && !experiment.contains("/") && experiment != "." && experiment != "..",
                  "experiment", "a folder name inside --output (no '/', not '.' or '..')", "\"\(experiment)\"")
-        if let d = device { try need(Devices.names.contains(d), "device", "one of " + Devices.names.joined(separator: ", "), d) }
+        if let d = device { try need(Devices.isValid(d), "device", "one of " + Devices.names.joined(separator: ", "), d) }
+        if let p = precision { try need(Devices.isValidPrecision(p), "precision", "auto, fp32, tf32 or bf16", p) }
     }
 
     /// The run's options; `localRanks` processes share this node's cores.
@@ -64,7 +67,8 @@ public struct TrainingFlags: ParsableArguments {
         o.weightDecay = weightDecay
         o.accumulationSteps = accumulationSteps
         o.device = device ?? Devices.defaultName
-        guard Devices.names.contains(o.device) else { throw ValidationError(Devices.UnknownDevice(name: o.device).description) }
+        o.precision = precision
+        guard Devices.isValid(o.device) else { throw ValidationError(Devices.UnknownDevice(name: o.device).description) }
         o.patience = patience
         o.seed = seed
         o.threads = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(localRanks, 1))

@@ -84,20 +84,24 @@ extension CPUBackend {
         return plan
     }
 
+    /// The r2c spectrum of one size x size plane: size x (size/2+1) complex values (re, im
+    /// interleaved), cuFFT's and FFTW's layout. The input is not modified.
+    public func fftRealToComplexPlane(_ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>, size f: Int) {
+        let plan = fftPlan(f)
+        let scratch = ThreadScratch.floats(f * f)  // the plan destroys its input
+        scratch.update(from: input, count: f * f)
+        output.withMemoryRebound(to: fftwf_complex.self, capacity: f * (f / 2 + 1)) { fftwf_execute_dft_r2c(plan, scratch, $0) }
+    }
+
     public func fftMagnitudeShifted(_ x: Tensor, _ y: Tensor) {
         let b = x.shape[0], f = x.shape[2]
         let half = f / 2 + 1
-        let plan = fftPlan(f)
         // The complex half-spectrum of each image is written into the output plane's own memory
         // would not fit (F*(F/2+1) complex > F*F real), so use a scratch sized once per shape.
         let scratch = fftScratch(count: b * f * half * 2)
         forEach(b) { i in
             let spec = scratch + i * f * half * 2
-            let input = ThreadScratch.floats(f * f)
-            input.update(from: x.base + i * f * f, count: f * f)
-            spec.withMemoryRebound(to: fftwf_complex.self, capacity: f * half) { c in
-                fftwf_execute_dft_r2c(plan, input, c)
-            }
+            fftRealToComplexPlane(x.base + i * f * f, spec, size: f)
             let dst = y.base + i * f * f
             let shift = f / 2
             for u in 0..<f {

@@ -4,83 +4,171 @@ import RadarEngine
 import Synchronization
 
 /// The CUDA backend: every Backend kernel as a CUDA kernel launch (Sources/CCUDAEmulator/kernels),
-/// GEMMs through cuBLAS and the spectrum through cuFFT. This version drives the emulated device
-/// (`EmulatedDevice`): the kernels compiled for the host, device memory the host cannot touch
-/// outside driver calls, cuBLAS/cuFFT semantics from the CPU backend's OpenBLAS and FFTW. The real
-/// driver (libcuda through dlopen) goes behind the same calls.
+/// GEMMs through cuBLAS (strided-batched for convolutions and attention), the spectrum through
+/// cuFFT, all through a `CUDADriver`: the real one (`DriverAPI`: libcuda, cuBLAS, cuFFT by dlopen)
+/// or the emulated device (`EmulatedDevice`).
 ///
 /// Launch shapes: elementwise kernels use blocks of 256 threads in a grid-stride loop; row
 /// kernels (LayerNorm, softmax) one warp per row, 4 rows per block; per-channel and per-image
 /// reductions one block per channel or image.
+///
+/// Precision (`Precision`): every product's operands are fp32, TF32 or bf16 (bf16 copies made by
+/// `radar_to_bf16` into scratch that grows during the first step only); accumulation, outputs,
+/// master weights, optimizer state, normalisation statistics and losses stay fp32.
 public final class CUDABackend: Backend, @unchecked Sendable {
-    public let device: EmulatedDevice
+    public let driver: any CUDADriver
+    public let precision: Precision
     private let syncCount = Atomic<Int>(0)
     /// Scratch for the gradient norm: double partial sums and the clip coefficient (device).
     private var normPartials: UnsafeMutablePointer<Float>?
     private var normPartialCapacity = 0
     private let coefficient: UnsafeMutablePointer<Float>
+    /// Device scratch that grows to its largest request (bf16 operands, FFT spectra).
+    private var scratch: [UnsafeMutableRawPointer?] = [nil, nil, nil, nil]
+    private var scratchBytes = [0, 0, 0, 0]
     static let chunk = 65_536
 
-    public init(device: EmulatedDevice = EmulatedDevice()) {
-        self.device = device
-        coefficient = device.allocate(1)
+    public init(driver: any CUDADriver, precision: Precision = .fp32) {
+        self.driver = driver
+        self.precision = precision
+        coefficient = CUDABackend.allocate(driver, floats: 1)
     }
+
+    /// The emulated device, when this backend runs on it.
+    public var device: EmulatedDevice? { driver as? EmulatedDevice }
 
     deinit {
-        device.free(coefficient)
-        if let p = normPartials { device.free(p) }
+        driver.free(UnsafeMutableRawPointer(coefficient))
+        if let p = normPartials { driver.free(UnsafeMutableRawPointer(p)) }
+        for p in scratch { if let p { driver.free(p) } }
     }
 
-    public var deviceDescription: String { "cuda (emulated device)" }
+    public var deviceDescription: String { "\(driver.deviceDescription), \(precision.rawValue)" }
 
     // MARK: Memory
 
-    public func allocate(_ count: Int) -> UnsafeMutablePointer<Float> { device.allocate(count) }
-    public func release(_ address: UnsafeMutablePointer<Float>) { device.free(address) }
+    /// Device memory, or the one-line out-of-memory report (with what the run was sizing, e.g.
+    /// its batch) and exit status 1: an allocation fails only while a run sizes its memory.
+    static func allocate(_ driver: any CUDADriver, floats: Int) -> UnsafeMutablePointer<Float> {
+        do {
+            return try driver.allocate(bytes: max(floats, 1) * 4).bindMemory(to: Float.self, capacity: max(floats, 1))
+        } catch {
+            let context = DeviceMemoryContext.current
+            FileHandle.standardError.write(Data("error: \(error)\(context.isEmpty ? "" : " (\(context))")\n".utf8))
+            exit(1)
+        }
+    }
+
+    /// Bytes this backend holds on the device now, and the most it ever held.
+    public private(set) var deviceBytes = 0
+    public private(set) var peakDeviceBytes = 0
+    private var sizes: [UInt: Int] = [:]
+
+    public func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {
+        let p = CUDABackend.allocate(driver, floats: count)
+        sizes[UInt(bitPattern: p)] = max(count, 1) * 4
+        deviceBytes += max(count, 1) * 4
+        peakDeviceBytes = max(peakDeviceBytes, deviceBytes + scratchBytes.reduce(0, +))
+        return p
+    }
+
+    public func release(_ address: UnsafeMutablePointer<Float>) {
+        deviceBytes -= sizes.removeValue(forKey: UInt(bitPattern: address)) ?? 0
+        driver.free(UnsafeMutableRawPointer(address))
+    }
 
     public func upload(_ values: UnsafeBufferPointer<Float>, into t: Tensor) {
         precondition(values.count == t.count, "upload of \(values.count) values into \(t.shape)")
-        device.inside { if let b = values.baseAddress { t.base.update(from: b, count: t.count) } }
+        if let b = values.baseAddress { driver.upload(UnsafeRawPointer(b), to: UnsafeMutableRawPointer(t.base), bytes: t.count * 4) }
     }
 
     public func download(_ t: Tensor, into host: UnsafeMutableBufferPointer<Float>) {
         precondition(host.count >= t.count, "download of \(t.shape) into \(host.count) values")
         syncCount.wrappingAdd(1, ordering: .relaxed)
-        device.inside { if let b = host.baseAddress { b.update(from: t.base, count: t.count) } }
+        if let b = host.baseAddress { driver.download(UnsafeRawPointer(t.base), to: UnsafeMutableRawPointer(b), bytes: t.count * 4) }
     }
 
-    public func synchronize() { syncCount.wrappingAdd(1, ordering: .relaxed) }
+    public func synchronize() {
+        syncCount.wrappingAdd(1, ordering: .relaxed)
+        driver.synchronize()
+    }
     public var synchronizations: Int { syncCount.load(ordering: .relaxed) }
     public func hostAddress(_ t: Tensor) -> UnsafeMutablePointer<Float>? { nil }
+
+    /// Scratch slot `i` of at least `bytes`.
+    private func scratch(_ i: Int, bytes: Int) -> UnsafeMutableRawPointer {
+        if bytes > scratchBytes[i] {
+            if let p = scratch[i] { driver.free(p) }
+            scratch[i] = UnsafeMutableRawPointer(CUDABackend.allocate(driver, floats: (bytes + 3) / 4))
+            scratchBytes[i] = bytes
+            peakDeviceBytes = max(peakDeviceBytes, deviceBytes + scratchBytes.reduce(0, +))
+        }
+        return scratch[i]!
+    }
 
     // MARK: Launch helpers
 
     private func grid(_ n: Int, block: Int = 256) -> Int { max(1, min((n + block - 1) / block, 4096)) }
     private func elementwise(_ name: String, _ n: Int, _ args: [KernelArg]) {
         guard n > 0 else { return }
-        device.launch(name, grid: grid(n), block: 256, args)
+        driver.launch(name, grid: grid(n), block: 256, args)
     }
     private func rows(_ name: String, _ rows: Int, _ args: [KernelArg]) {
         guard rows > 0 else { return }
-        device.launch(name, grid: (rows + 3) / 4, block: 128, args)
+        driver.launch(name, grid: (rows + 3) / 4, block: 128, args)
     }
     private func p(_ t: Tensor) -> KernelArg { .ptr(t.base) }
     private func p(_ t: Tensor?) -> KernelArg { .ptr(t?.base) }
 
-    // MARK: cuBLAS (emulated: the CPU backend's single-threaded GEMM on device memory)
+    // MARK: cuBLAS
+
+    /// Elements a row-major operand spans: `rows x cols` with leading dimension `ld`, `batch`
+    /// matrices `stride` apart.
+    static func span(rows: Int, cols: Int, ld: Int, stride: Int, batch: Int) -> Int {
+        rows == 0 || cols == 0 ? 0 : (batch - 1) * stride + (rows - 1) * ld + cols
+    }
+
+    /// A product operand on the device: fp32, or its bf16 copy.
+    struct Operand {
+        let base: UnsafeRawPointer, width: Int
+        func at(_ elements: Int) -> UnsafeRawPointer { base + elements * width }
+    }
+
+    /// `count` floats at `p` as an operand of this backend's precision (bf16: converted into
+    /// scratch `slot`).
+    func operand(_ p: UnsafePointer<Float>, count: Int, slot: Int) -> Operand {
+        guard precision == .bf16 else { return Operand(base: UnsafeRawPointer(p), width: 4) }
+        let s = scratch(slot, bytes: count * 2)
+        elementwise("radar_to_bf16", count, [.ptr(UnsafeMutablePointer(mutating: p)), .raw(s), .i64(count)])
+        return Operand(base: UnsafeRawPointer(s), width: 2)
+    }
+
+    /// Row-major strided-batched C_i = alpha op(A_i) op(B_i) + beta C_i (A_i at a.at(i * strideA))
+    /// as the column-major cuBLAS call C_i^T = op(B_i)^T op(A_i)^T.
+    func productOperands(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafeRawPointer, lda: Int, strideA: Int = 0,
+                 b: UnsafeRawPointer, ldb: Int, strideB: Int = 0, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                 strideC: Int = 0, batch: Int = 1) {
+        guard m > 0 && n > 0 && batch > 0 else { return }
+        let operands: GemmOperands = precision == .bf16 ? .bf16 : precision == .tf32 ? .tf32 : .fp32
+        driver.gemm(StridedGemm(transA: transB, transB: transA, m: n, n: m, k: k, alpha: alpha, a: b, lda: ldb, strideA: strideB,
+                                b: a, ldb: lda, strideB: strideA, beta: beta, c: c, ldc: ldc, strideC: strideC, batch: batch,
+                                operands: operands))
+    }
+
+    /// The same with fp32 operands in device memory, converted for this precision (whole spans).
+    func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, strideA: Int = 0,
+                 b: UnsafePointer<Float>, ldb: Int, strideB: Int = 0, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                 strideC: Int = 0, batch: Int = 1) {
+        guard m > 0 && n > 0 && batch > 0 else { return }
+        let oa = operand(a, count: CUDABackend.span(rows: transA ? k : m, cols: transA ? m : k, ld: lda, stride: strideA, batch: batch), slot: 0)
+        let ob = operand(b, count: CUDABackend.span(rows: transB ? n : k, cols: transB ? k : n, ld: ldb, stride: strideB, batch: batch), slot: 1)
+        productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, strideA: strideA, b: ob.base, ldb: ldb,
+                strideB: strideB, beta: beta, c: c, ldc: ldc, strideC: strideC, batch: batch)
+    }
 
     public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
                      b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        device.inside {
-            device.host.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
-                             beta: beta, c: c, ldc: ldc)
-        }
-    }
-
-    private func gemmSerial(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
-                            b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        device.host.gemmSerial(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
-                               beta: beta, c: c, ldc: ldc)
+        product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
 
     // MARK: Elementwise
@@ -96,7 +184,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         elementwise("radar_add_channel_bias", out.count, [p(bias), p(out), .i64(out.count), .i32(bias.count), .i32(hw)])
     }
     public func accumulateColumnSums(_ src: Tensor, into dst: Tensor) {
-        device.launch("radar_accumulate_column_sums", grid: grid(dst.count, block: 64), block: 64,
+        driver.launch("radar_accumulate_column_sums", grid: grid(dst.count, block: 64), block: 64,
                       [p(src), p(dst), .i32(src.count / dst.count), .i32(dst.count)])
     }
     public func reluForward(_ x: Tensor, _ y: Tensor) { elementwise("radar_relu_forward", x.count, [p(x), p(y), .i64(x.count)]) }
@@ -128,13 +216,13 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor) {
         let cols = gamma.count, r = x.count / cols
         rows("radar_layernorm_backward_input", r, [p(dy), p(x), p(gamma), p(mean), p(rstd), p(dx), .i32(r), .i32(cols)])
-        device.launch("radar_layernorm_param_grads", grid: grid(cols, block: 64), block: 64,
+        driver.launch("radar_layernorm_param_grads", grid: grid(cols, block: 64), block: 64,
                       [p(dy), p(x), p(mean), p(rstd), p(dGamma), p(dBeta), .i32(r), .i32(cols)])
     }
     private func bhw(_ x: Tensor) -> (Int, Int, Int) { (x.shape[0], x.shape[1], x.count / max(x.shape[0] * x.shape[1], 1)) }
     public func channelMoments(_ x: Tensor, mean: Tensor, variance: Tensor) {
         let (b, c, hw) = bhw(x)
-        device.launch("radar_channel_moments", grid: c, block: 256, [p(x), p(mean), p(variance), .i32(b), .i32(c), .i32(hw)])
+        driver.launch("radar_channel_moments", grid: c, block: 256, [p(x), p(mean), p(variance), .i32(b), .i32(c), .i32(hw)])
     }
     public func channelNormalize(_ x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor, beta: Tensor, _ y: Tensor) {
         let (_, c, hw) = bhw(x)
@@ -142,27 +230,27 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     }
     public func channelGradientSums(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor, sumDy: Tensor, sumDyXhat: Tensor) {
         let (b, c, hw) = bhw(x)
-        device.launch("radar_channel_gradient_sums", grid: c, block: 256,
+        driver.launch("radar_channel_gradient_sums", grid: c, block: 256,
                       [p(dy), p(x), p(mean), p(invStd), p(sumDy), p(sumDyXhat), .i32(b), .i32(c), .i32(hw)])
     }
     public func accumulateChannelSums(_ x: Tensor, into dst: Tensor) {
         let (b, c, hw) = bhw(x)
-        device.launch("radar_accumulate_channel_sums", grid: grid(c, block: 64), block: 64, [p(x), p(dst), .i32(b), .i32(c), .i32(hw)])
+        driver.launch("radar_accumulate_channel_sums", grid: grid(c, block: 64), block: 64, [p(x), p(dst), .i32(b), .i32(c), .i32(hw)])
     }
     public func batchNormUpdateStatistics(mean: Tensor, variance: Tensor, count: Int, eps: Float, momentum: Float, invStd: Tensor,
                                           runningMean: Tensor, runningVar: Tensor) {
-        device.launch("radar_batchnorm_update_statistics", grid: grid(mean.count, block: 64), block: 64,
+        driver.launch("radar_batchnorm_update_statistics", grid: grid(mean.count, block: 64), block: 64,
                       [p(mean), p(variance), .i32(mean.count), .i32(count), .f32(eps), .f32(momentum), p(invStd), p(runningMean), p(runningVar)])
     }
     public func inverseStandardDeviation(_ variance: Tensor, eps: Float, _ invStd: Tensor) {
-        device.launch("radar_inverse_std", grid: grid(variance.count, block: 64), block: 64, [p(variance), .f32(eps), p(invStd), .i32(variance.count)])
+        driver.launch("radar_inverse_std", grid: grid(variance.count, block: 64), block: 64, [p(variance), .f32(eps), p(invStd), .i32(variance.count)])
     }
     public func batchNormLocalSums(mean: Tensor, variance: Tensor, count: Int, into sums: Tensor) {
-        device.launch("radar_batchnorm_local_sums", grid: grid(mean.count, block: 64), block: 64,
+        driver.launch("radar_batchnorm_local_sums", grid: grid(mean.count, block: 64), block: 64,
                       [p(mean), p(variance), .i32(mean.count), .f32(Float(count)), p(sums)])
     }
     public func batchNormGlobalMoments(_ sums: Tensor, channels: Int, mean: Tensor, variance: Tensor) {
-        device.launch("radar_batchnorm_global_moments", grid: grid(channels, block: 64), block: 64, [p(sums), .i32(channels), p(mean), p(variance)])
+        driver.launch("radar_batchnorm_global_moments", grid: grid(channels, block: 64), block: 64, [p(sums), .i32(channels), p(mean), p(variance)])
     }
     public func batchNormInputGradient(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor, sumDy: Tensor,
                                        sumDyXhat: Tensor, count: Int, _ dx: Tensor) {
@@ -185,12 +273,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public func convolutionForward(_ x: Tensor, weight: Tensor, bias: Tensor?, _ g: ConvolutionGeometry, workspace: Tensor, _ y: Tensor) {
         let ckk = g.patchSize, hw = g.outHeight * g.outWidth
         elementwise("radar_im2col", workspace.count, [p(x), p(workspace)] + geometryArgs(g))
-        device.inside {  // cublasSgemmStridedBatched over the images
-            for i in 0..<g.batch {
-                gemmSerial(transA: false, transB: false, m: g.outChannels, n: hw, k: ckk, alpha: 1, a: weight.base, lda: ckk,
-                           b: workspace.base + i * ckk * hw, ldb: hw, beta: 0, c: y.base + i * g.outChannels * hw, ldc: hw)
-            }
-        }
+        // y_i (Cout x HW) = W (Cout x CKK) col_i (CKK x HW), one strided-batched product.
+        product(transA: false, transB: false, m: g.outChannels, n: hw, k: ckk, alpha: 1, a: weight.base, lda: ckk, b: workspace.base, ldb: hw,
+                strideB: ckk * hw, beta: 0, c: y.base, ldc: hw, strideC: g.outChannels * hw, batch: g.batch)
         if let bias { addChannelBias(bias, into: y) }
     }
 
@@ -198,64 +283,60 @@ public final class CUDABackend: Backend, @unchecked Sendable {
                                     dWeight: Tensor, dBias: Tensor?, dx: Tensor?) {
         let ckk = g.patchSize, hw = g.outHeight * g.outWidth, cout = g.outChannels
         let parts = scratch.base, dcol = scratch.base + g.batch * cout * ckk
-        device.inside {
-            for i in 0..<g.batch {
-                let dyi = dy.base + i * cout * hw
-                gemmSerial(transA: false, transB: true, m: cout, n: ckk, k: hw, alpha: 1, a: dyi, lda: hw,
-                           b: workspace.base + i * ckk * hw, ldb: hw, beta: 0, c: parts + i * cout * ckk, ldc: ckk)
-                if dx != nil {
-                    gemmSerial(transA: true, transB: false, m: ckk, n: hw, k: cout, alpha: 1, a: weight.base, lda: ckk, b: dyi, ldb: hw,
-                               beta: 0, c: dcol + i * ckk * hw, ldc: hw)
-                }
-            }
+        // Per-image weight gradients dy_i col_i^T, summed in image order by radar_sum_parts (no atomics).
+        product(transA: false, transB: true, m: cout, n: ckk, k: hw, alpha: 1, a: dy.base, lda: hw, strideA: cout * hw, b: workspace.base,
+                ldb: hw, strideB: ckk * hw, beta: 0, c: parts, ldc: ckk, strideC: cout * ckk, batch: g.batch)
+        if let dx {
+            product(transA: true, transB: false, m: ckk, n: hw, k: cout, alpha: 1, a: weight.base, lda: ckk, b: dy.base, ldb: hw,
+                    strideB: cout * hw, beta: 0, c: dcol, ldc: hw, strideC: ckk * hw, batch: g.batch)
+            elementwise("radar_col2im", dx.count, [.ptr(dcol), p(dx)] + geometryArgs(g))
         }
-        if let dx { elementwise("radar_col2im", dx.count, [.ptr(dcol), p(dx)] + geometryArgs(g)) }
         elementwise("radar_sum_parts", cout * ckk, [.ptr(parts), .i32(g.batch), .i64(cout * ckk), p(dWeight)])
         if let dBias { accumulateChannelSums(dy, into: dBias) }
     }
 
+    // Attention: one strided-batched product per head over the images (Q, K, V are column blocks
+    // of qkv with leading dimension 3D; scores and probabilities are (B, H, N, N)). Each operand
+    // tensor is converted once per call for bf16.
     public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
-        device.inside {
-            for i in 0..<(b * h) {
-                let bi = i / h, hi = i % h, base = qkv.base + bi * n * 3 * d + hi * hd
-                gemmSerial(transA: false, transB: true, m: n, n: n, k: hd, alpha: scale, a: base, lda: 3 * d, b: base + d, ldb: 3 * d,
-                           beta: 0, c: scores.base + i * n * n, ldc: n)
-            }
+        let x = operand(qkv.base, count: qkv.count, slot: 0)
+        for hi in 0..<h {
+            productOperands(transA: false, transB: true, m: n, n: n, k: hd, alpha: scale, a: x.at(hi * hd), lda: 3 * d, strideA: n * 3 * d,
+                    b: x.at(d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: scores.base + hi * n * n, ldc: n, strideC: h * n * n,
+                    batch: b)
         }
         softmaxForward(scores, probs, cols: n)
-        device.inside {
-            for i in 0..<(b * h) {
-                let bi = i / h, hi = i % h
-                gemmSerial(transA: false, transB: false, m: n, n: hd, k: n, alpha: 1, a: probs.base + i * n * n, lda: n,
-                           b: qkv.base + bi * n * 3 * d + 2 * d + hi * hd, ldb: 3 * d, beta: 0, c: merged.base + bi * n * d + hi * hd, ldc: d)
-            }
+        let pr = operand(probs.base, count: probs.count, slot: 1)
+        for hi in 0..<h {
+            productOperands(transA: false, transB: false, m: n, n: hd, k: n, alpha: 1, a: pr.at(hi * n * n), lda: n, strideA: h * n * n,
+                    b: x.at(2 * d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: merged.base + hi * hd, ldc: d,
+                    strideC: n * d, batch: b)
         }
     }
 
     public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads h: Int, scale: Float, dProbs: Tensor,
                                   dScores: Tensor, dQKV: Tensor) {
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
-        device.inside {
-            for i in 0..<(b * h) {
-                let bi = i / h, hi = i % h
-                let v = qkv.base + bi * n * 3 * d + 2 * d + hi * hd, dO = dMerged.base + bi * n * d + hi * hd
-                gemmSerial(transA: false, transB: true, m: n, n: n, k: hd, alpha: 1, a: dO, lda: d, b: v, ldb: 3 * d, beta: 0,
-                           c: dProbs.base + i * n * n, ldc: n)
-                gemmSerial(transA: true, transB: false, m: n, n: hd, k: n, alpha: 1, a: probs.base + i * n * n, lda: n, b: dO, ldb: d,
-                           beta: 0, c: dQKV.base + bi * n * 3 * d + 2 * d + hi * hd, ldc: 3 * d)
-            }
+        let dO = operand(dMerged.base, count: dMerged.count, slot: 0), x = operand(qkv.base, count: qkv.count, slot: 1)
+        let pr = operand(probs.base, count: probs.count, slot: 2)
+        for hi in 0..<h {
+            productOperands(transA: false, transB: true, m: n, n: n, k: hd, alpha: 1, a: dO.at(hi * hd), lda: d, strideA: n * d,
+                    b: x.at(2 * d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: dProbs.base + hi * n * n, ldc: n,
+                    strideC: h * n * n, batch: b)
+            productOperands(transA: true, transB: false, m: n, n: hd, k: n, alpha: 1, a: pr.at(hi * n * n), lda: n, strideA: h * n * n,
+                    b: dO.at(hi * hd), ldb: d, strideB: n * d, beta: 0, c: dQKV.base + 2 * d + hi * hd, ldc: 3 * d, strideC: n * 3 * d,
+                    batch: b)
         }
         softmaxBackward(dProbs, y: probs, dScores, cols: n)
-        device.inside {
-            for i in 0..<(b * h) {
-                let bi = i / h, hi = i % h
-                let q = qkv.base + bi * n * 3 * d + hi * hd, dq = dQKV.base + bi * n * 3 * d + hi * hd, ds = dScores.base + i * n * n
-                gemmSerial(transA: false, transB: false, m: n, n: hd, k: n, alpha: scale, a: ds, lda: n, b: q + d, ldb: 3 * d, beta: 0,
-                           c: dq, ldc: 3 * d)
-                gemmSerial(transA: true, transB: false, m: n, n: hd, k: n, alpha: scale, a: ds, lda: n, b: q, ldb: 3 * d, beta: 0,
-                           c: dq + d, ldc: 3 * d)
-            }
+        let ds = operand(dScores.base, count: dScores.count, slot: 0)
+        for hi in 0..<h {
+            productOperands(transA: false, transB: false, m: n, n: hd, k: n, alpha: scale, a: ds.at(hi * n * n), lda: n, strideA: h * n * n,
+                    b: x.at(d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: dQKV.base + hi * hd, ldc: 3 * d,
+                    strideC: n * 3 * d, batch: b)
+            productOperands(transA: true, transB: false, m: n, n: hd, k: n, alpha: scale, a: ds.at(hi * n * n), lda: n, strideA: h * n * n,
+                    b: x.at(hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: dQKV.base + d + hi * hd, ldc: 3 * d,
+                    strideC: n * 3 * d, batch: b)
         }
     }
 
@@ -263,7 +344,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     public func globalAvgPoolForward(_ x: Tensor, _ y: Tensor) {
         let (b, c, hw) = bhw(x)
-        device.launch("radar_global_avg_pool_forward", grid: grid(b * c, block: 64), block: 64, [p(x), p(y), .i32(b * c), .i32(hw)])
+        driver.launch("radar_global_avg_pool_forward", grid: grid(b * c, block: 64), block: 64, [p(x), p(y), .i32(b * c), .i32(hw)])
     }
     public func globalAvgPoolBackward(_ dy: Tensor, _ dx: Tensor) {
         let (_, _, hw) = bhw(dx)
@@ -326,12 +407,12 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         elementwise("radar_smooth_labels", labels.count, [p(labels), p(target), .i32(labels.count), .f32(smoothing)])
     }
     public func binaryCrossEntropyWithLogits(_ logits: Tensor, targets: Tensor, scale: Float, dLogits: Tensor, loss: Tensor, weight: Float) {
-        device.launch("radar_bce_with_logits", grid: 1, block: 256,
+        driver.launch("radar_bce_with_logits", grid: 1, block: 256,
                       [p(logits), p(targets), .i32(logits.count), .f32(scale), p(dLogits), p(loss), .f32(weight)])
     }
     public func cosineMarginPenalty(_ a: Tensor, _ b: Tensor, margin: Float, scale: Float, da: Tensor, db: Tensor, loss: Tensor, weight: Float) {
         let e = a.shape.last
-        device.launch("radar_cosine_margin_penalty", grid: 1, block: 256,
+        driver.launch("radar_cosine_margin_penalty", grid: 1, block: 256,
                       [p(a), p(b), .i32(a.count / e), .i32(e), .f32(margin), .f32(scale), p(da), p(db), p(loss), .f32(weight)])
     }
     public func axpy(_ a: Float, _ x: Tensor, _ y: Tensor) { elementwise("radar_axpy", x.count, [.f32(a), p(x), p(y), .i64(x.count)]) }
@@ -341,11 +422,11 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     }
     public func gatedFusionBackward(dFinal: Tensor, gate: Tensor, reasoning: Tensor, external: Tensor, dReasoning: Tensor, dExternal: Tensor,
                                     dGate: Tensor) {
-        device.launch("radar_gated_fusion_backward", grid: 1, block: 256,
+        driver.launch("radar_gated_fusion_backward", grid: 1, block: 256,
                       [p(dFinal), p(gate), p(reasoning), p(external), p(dReasoning), p(dExternal), p(dGate), .i32(dFinal.count)])
     }
     public func meanAbsSigmoidDifference(_ a: Tensor, _ b: Tensor, into out: Tensor) {
-        device.launch("radar_mean_abs_sigmoid_difference", grid: 1, block: 256, [p(a), p(b), .i32(a.count), p(out)])
+        driver.launch("radar_mean_abs_sigmoid_difference", grid: 1, block: 256, [p(a), p(b), .i32(a.count), p(out)])
     }
 
     // MARK: Optimizer
@@ -354,19 +435,19 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         var parts = 0
         for r in ranges { parts += (r.count + CUDABackend.chunk - 1) / CUDABackend.chunk }
         if parts * 2 > normPartialCapacity {  // doubles in float-sized device memory
-            if let old = normPartials { device.free(old) }
-            normPartials = device.allocate(parts * 2)
+            if let old = normPartials { driver.free(UnsafeMutableRawPointer(old)) }
+            normPartials = CUDABackend.allocate(driver, floats: parts * 2)
             normPartialCapacity = parts * 2
         }
         let partial = UnsafeMutableRawPointer(normPartials!).bindMemory(to: Double.self, capacity: parts)
         var at = 0
         for r in ranges where r.count > 0 {
             let blocks = (r.count + CUDABackend.chunk - 1) / CUDABackend.chunk
-            device.launch("radar_sum_squares_partial", grid: blocks, block: 256,
+            driver.launch("radar_sum_squares_partial", grid: blocks, block: 256,
                           [.ptr(grads.base + r.lowerBound), .i64(r.count), .i64(CUDABackend.chunk), .doubles(partial + at)])
             at += blocks
         }
-        device.launch("radar_clip_coefficient", grid: 1, block: 1,
+        driver.launch("radar_clip_coefficient", grid: 1, block: 1,
                       [.doubles(partial), .i32(at), .f32(maxNorm), p(nonFinite), p(norm), p(gate), .ptr(coefficient)])
         for r in ranges where r.count > 0 {
             elementwise("radar_scale_by_scalar", r.count, [.ptr(grads.base + r.lowerBound), .i64(r.count), .ptr(coefficient)])
@@ -390,15 +471,20 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         elementwise("radar_grayscale", y.count, [p(x), p(y), .i32(x.shape[0]), .i32(x.shape[2] * x.shape[3])])
     }
     public func sobelMagnitude(_ x: Tensor, _ y: Tensor) {
-        device.launch("radar_sobel_magnitude", grid: x.shape[0], block: 256, [p(x), p(y), .i32(x.shape[2]), .i32(x.shape[3])])
+        driver.launch("radar_sobel_magnitude", grid: x.shape[0], block: 256, [p(x), p(y), .i32(x.shape[2]), .i32(x.shape[3])])
     }
     public func resizeBilinear(_ x: Tensor, _ y: Tensor) {
         elementwise("radar_resize_bilinear", y.count, [p(x), p(y), .i32(x.shape[0] * x.shape[1]), .i32(x.shape[2]), .i32(x.shape[3]),
                                                        .i32(y.shape[2]), .i32(y.shape[3])])
     }
-    /// cuFFT (emulated: the CPU backend's FFTW plans on device memory).
-    public func fftMagnitudeShifted(_ x: Tensor, _ y: Tensor) { device.inside { device.host.fftMagnitudeShifted(x, y) } }
+    /// cuFFT's R2C into scratch, then |X| with the Hermitian half filled in, fftshift-ed.
+    public func fftMagnitudeShifted(_ x: Tensor, _ y: Tensor) {
+        let b = x.count / (x.shape[2] * x.shape[3]), f = x.shape[2]
+        let spectrum = scratch(3, bytes: b * f * (f / 2 + 1) * 8)
+        driver.fftRealToComplex(UnsafeRawPointer(x.base), spectrum, size: f, batch: b)
+        elementwise("radar_fft_magnitude_shifted", y.count, [.raw(spectrum), p(y), .i32(b), .i32(f)])
+    }
     public func highPassLogNormalize(_ x: Tensor, mask: Tensor, _ y: Tensor) {
-        device.launch("radar_high_pass_log_normalize", grid: x.count / mask.count, block: 256, [p(x), p(mask), p(y), .i32(mask.count)])
+        driver.launch("radar_high_pass_log_normalize", grid: x.count / mask.count, block: 256, [p(x), p(mask), p(y), .i32(mask.count)])
     }
 }

@@ -88,7 +88,8 @@ extension Bench {
         @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
         @Option(help: "Timed steps (the median is reported).") var repeats = 5
         @Flag(help: "Report the time per layer group as well.") var profile = false
-        @Option(help: "Backend: cpu, cpu-fenced or cuda-emulated (default: RADAR_DEVICE, else cpu).") var device: String?
+        @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
+        @Option(help: "Precision on CUDA: auto (bf16 on GPUs of compute capability 8.0+, else fp32), fp32, tf32 or bf16 (default: RADAR_PRECISION, else auto).") var precision: String?
         @Option(help: "Micro-batches per optimizer step (times are reported per micro-batch).") var accumulationSteps = 1
 
         func run() throws {
@@ -97,7 +98,8 @@ extension Bench {
                 cfg.dropout = 0.1
                 let b = batch ?? RADARConfig.presetBatch(config) ?? 8
                 let model = try RADARModel(config: cfg)
-                let backend = try Devices.backend(device ?? Devices.defaultName, threads: threads)
+                DeviceMemoryContext.current = "--batch \(b)"
+                let backend = try Devices.backend(device ?? Devices.defaultName, threads: threads, precision: precision)
                 let ctx = ExecutionContext(backend: backend, layout: model.layout, seed: 1)
                 model.initialize(ctx.params, seed: 1)
                 let trainer = Trainer(model: model, ctx: ctx, accumulationSteps: accumulationSteps)
@@ -137,7 +139,7 @@ extension Bench {
                            "arena_mib": Double(ctx.arena.capacity * 4) / 1_048_576, "peak_rss_mib": peakRSSMiB(),
                            "profile_ms": sections, "heap_allocations_per_step": Double(allocations) / Double(repeats),
                            "accumulation_steps": accumulationSteps, "host_syncs_per_optimizer_step": syncsPerStep,
-                           "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription,
+                           "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "peak_device_mib": (backend as? CUDABackend).map { Double($0.peakDeviceBytes) / 1_048_576 } ?? NSNull(),
                            "machine": machineRecord(threads: threads)])
             }
         }

@@ -18,7 +18,8 @@ struct DumpStep: ParsableCommand {
     @Option(help: "Learning rate for --steps.") var lr: Double = 1e-3
     @Option(help: "Weight decay for --steps.") var weightDecay: Double = 0.05
     @Option(help: "Threads.") var threads = 1
-    @Option(help: "Backend: cpu, cpu-fenced or cuda-emulated (default: RADAR_DEVICE, else cpu).") var device: String?
+    @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
+    @Option(help: "Precision on CUDA: auto (bf16 on GPUs of compute capability 8.0+, else fp32), fp32, tf32 or bf16 (default: RADAR_PRECISION, else auto).") var precision: String?
 
     func run() throws {
         try failing {
@@ -26,7 +27,7 @@ struct DumpStep: ParsableCommand {
             let out = try ParityDump.run(config: cfg, weights: try SafeTensors.read(weights).tensors, weightsSource: weights,
                                          batch: try SafeTensors.read(batch).tensors, batchSource: batch, steps: steps, lr: lr,
                                          weightDecay: weightDecay, threads: threads,
-                                         device: device ?? Devices.defaultName)
+                                         device: device ?? Devices.defaultName, precision: precision)
             let data = SafeTensors.encode(out, metadata: ["format": "radar-dump-step-1", "steps": String(steps)])
             try data.write(to: URL(fileURLWithPath: output), options: .atomic)
             logLine("wrote \(out.count) tensors to \(output) (loss.total \(out["loss.total"]!.floats[0]))")

@@ -3,11 +3,11 @@ import Foundation
 import RadarCore
 
 /// Loads a checkpoint into a fresh model (config from its metadata).
-func loadCheckpointModel(_ path: String, threads: Int, device: String?) throws -> (RADARModel, ExecutionContext, Trainer) {
+func loadCheckpointModel(_ path: String, threads: Int, device: String?, precision: String?) throws -> (RADARModel, ExecutionContext, Trainer) {
     let (tensors, state) = try Checkpoint.read(path)
     let config = try JSONDecoder().decode(RADARConfig.self, from: Data(state.configJSON.utf8))
     let model = try RADARModel(config: config)
-    let ctx = ExecutionContext(backend: try Devices.backend(device ?? Devices.defaultName, threads: threads), layout: model.layout)
+    let ctx = ExecutionContext(backend: try Devices.backend(device ?? Devices.defaultName, threads: threads, precision: precision), layout: model.layout)
     try Checkpoint.restore(tensors, state: state, into: ctx.params, optimizer: nil, path: path)
     return (model, ctx, Trainer(model: model, ctx: ctx))
 }
@@ -19,12 +19,13 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Split: train, val or test.") var split = "test"
     @Option(help: "Images per batch.") var batchSize = 32
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
-    @Option(help: "Backend: cpu, cpu-fenced or cuda-emulated (default: RADAR_DEVICE, else cpu).") var device: String?
+    @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
+    @Option(help: "Precision on CUDA: auto (bf16 on GPUs of compute capability 8.0+, else fp32), fp32, tf32 or bf16 (default: RADAR_PRECISION, else auto).") var precision: String?
 
     func run() throws {
         try failing {
             guard let sp = Split(rawValue: split) else { throw ValidationError("--split must be train, val or test") }
-            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, threads: threads, device: device)
+            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, threads: threads, device: device, precision: precision)
             let set = try ShardSet(directory: data)
             let c = model.config
             let loader = StreamingLoader(set: set, refs: set.refs(sp), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
@@ -53,12 +54,13 @@ struct Predict: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Probability of 'fake' and the label for images (PNG/JPEG files or directories).")
     @Option(help: "Checkpoint (.safetensors.lz4 or .safetensors).") var checkpoint: String
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
-    @Option(help: "Backend: cpu, cpu-fenced or cuda-emulated (default: RADAR_DEVICE, else cpu).") var device: String?
+    @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
+    @Option(help: "Precision on CUDA: auto (bf16 on GPUs of compute capability 8.0+, else fp32), fp32, tf32 or bf16 (default: RADAR_PRECISION, else auto).") var precision: String?
     @Argument(help: "Images or directories of images.") var paths: [String]
 
     func run() throws {
         try failing {
-            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, threads: threads, device: device)
+            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, threads: threads, device: device, precision: precision)
             var files: [String] = []
             for p in paths {
                 var isDir: ObjCBool = false

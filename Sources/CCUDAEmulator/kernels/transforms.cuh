@@ -98,3 +98,20 @@ extern "C" __global__ void radar_resize_bilinear(const float* x, float* y, int p
         y[e] = ly0 * (lx0 * src[y0 * iw + x0] + lx1 * src[y0 * iw + x1]) + ly1 * (lx0 * src[y1 * iw + x0] + lx1 * src[y1 * iw + x1]);
     }
 }
+
+// |X| of each plane's r2c half-spectrum (size x (size/2+1) complex, cuFFT's layout), the columns
+// r2c leaves out by Hermitian symmetry, written fftshift-ed into size x size planes.
+extern "C" __global__ void radar_fft_magnitude_shifted(const float* spectrum, float* y, int planes, int size) {
+    int half = size / 2 + 1, shift = size / 2;
+    long plane = (long)size * size, total = planes * plane;
+    for (long k = (long)blockIdx.x * blockDim.x + threadIdx.x; k < total; k += (long)blockDim.x * gridDim.x) {
+        long p = k / plane;
+        int rem = (int)(k % plane), ou = rem / size, ov = rem % size;
+        int u = (ou + size - shift) % size, v = (ov + size - shift) % size;
+        int su = u, sv = v;
+        if (v >= half) { su = (size - u) % size; sv = size - v; }
+        const float* c = spectrum + (p * size * half + (long)su * half + sv) * 2;
+        float re = c[0], im = c[1];
+        y[k] = sqrtf(re * re + im * im);
+    }
+}

@@ -1,20 +1,30 @@
 import Foundation
 
 /// Where a command's model runs: `--device` on every command that computes, `RADAR_DEVICE` as the
-/// default (tests set it to run whole suites on another backend).
+/// default (tests set it to run whole suites on another backend); and in what precision
+/// (`--precision`, `RADAR_PRECISION` as the default).
 ///
-/// - `cpu`: the CPU backend (OpenBLAS, FFTW, our worker pool).
-/// - `cuda-emulated`: the CUDA backend on the emulated device (its kernels compiled for the host,
-///   device memory fenced off from the host, cuBLAS/cuFFT semantics from OpenBLAS/FFTW). Slow:
-///   for tests of the CUDA backend without a GPU.
+/// - `cpu`: the CPU backend (OpenBLAS, FFTW, our worker pool). fp32.
+/// - `cuda`, `cuda:N`: the CUDA backend on GPU N (0 by default) through the driver API, cuBLAS,
+///   cuFFT and NVRTC, all loaded at run time. With `RADAR_CUDA_DRIVER=emulator`, the same backend
+///   on the emulated device (its kernels compiled for the host, device memory fenced off from the
+///   host, cuBLAS/cuFFT semantics from OpenBLAS/FFTW).
+/// - `cuda-emulated`: `cuda` on the emulated device whatever `RADAR_CUDA_DRIVER` says. Slow: for
+///   tests of the CUDA backend without a GPU.
 /// - `cpu-fenced`: the CPU backend behind a fence: tensor memory is inaccessible to the host
 ///   except while one of the backend's own calls runs, so any host access that bypasses the
 ///   backend crashes instead of hiding. Slow; for tests and for checking new code paths.
+///
+/// Precision: `fp32`, `tf32` or `bf16` (CUDA only), or `auto`: bf16 on a real GPU of compute
+/// capability 8.0 or newer (as the reference trains with AMP), fp32 everywhere else (the emulated
+/// device included: it exists to check the CUDA backend against the CPU backend).
 public enum Devices {
-    public static let names = ["cpu", "cpu-fenced", "cuda-emulated"]
+    public static let names = ["cpu", "cpu-fenced", "cuda", "cuda:N", "cuda-emulated"]
 
     /// `RADAR_DEVICE`, else cpu.
     public static var defaultName: String { ProcessInfo.processInfo.environment["RADAR_DEVICE"] ?? "cpu" }
+    /// `RADAR_PRECISION`, else auto.
+    public static var defaultPrecision: String { ProcessInfo.processInfo.environment["RADAR_PRECISION"] ?? "auto" }
 
     public struct UnknownDevice: Error, CustomStringConvertible {
         public let name: String
@@ -22,13 +32,45 @@ public enum Devices {
         public var description: String { "unknown device \"\(name)\": expected one of \(Devices.names.joined(separator: ", "))" }
     }
 
-    /// A backend for `name` with `threads` compute threads.
-    public static func backend(_ name: String, threads: Int) throws -> any Backend {
+    public struct UnsupportedPrecision: Error, CustomStringConvertible {
+        public let precision: String, device: String
+        public var description: String {
+            Precision(rawValue: precision) == nil && precision != "auto"
+                ? "unknown precision \"\(precision)\": expected auto, fp32, tf32 or bf16"
+                : "precision \(precision) needs a CUDA device (--device cuda); \(device) computes in fp32"
+        }
+    }
+
+    /// The GPU ordinal of a `cuda`, `cuda:N` name; nil for other devices.
+    public static func cudaOrdinal(_ name: String) -> Int? {
+        if name == "cuda" || name == "cuda-emulated" { return 0 }
+        guard name.hasPrefix("cuda:"), let n = Int(name.dropFirst(5)), n >= 0 else { return nil }
+        return n
+    }
+
+    /// Whether `name` names a device (not whether this machine has it).
+    public static func isValid(_ name: String) -> Bool { ["cpu", "cpu-fenced"].contains(name) || cudaOrdinal(name) != nil }
+    public static func isValidPrecision(_ p: String) -> Bool { p == "auto" || Precision(rawValue: p) != nil }
+
+    /// A backend for `name` with `threads` compute threads (CPU) in `precision` (nil: the default).
+    public static func backend(_ name: String, threads: Int, precision: String? = nil) throws -> any Backend {
+        let p = precision ?? defaultPrecision
+        guard isValidPrecision(p) else { throw UnsupportedPrecision(precision: p, device: name) }
         switch name {
-        case "cpu": return CPUBackend(threads: threads)
-        case "cpu-fenced": return FencedBackend(wrapping: CPUBackend(threads: threads))
-        case "cuda-emulated": return CUDABackend(device: EmulatedDevice())
-        default: throw UnknownDevice(name: name)
+        case "cpu", "cpu-fenced":
+            guard p == "auto" || p == "fp32" else { throw UnsupportedPrecision(precision: p, device: name) }
+            return name == "cpu" ? CPUBackend(threads: threads) : FencedBackend(wrapping: CPUBackend(threads: threads))
+        default:
+            guard let ordinal = cudaOrdinal(name) else { throw UnknownDevice(name: name) }
+            let driver = try CUDADrivers.open(ordinal: ordinal, emulated: name == "cuda-emulated")
+            let resolved: Precision
+            if let explicit = Precision(rawValue: p) { resolved = explicit } else {
+                resolved = driver is EmulatedDevice || driver.computeCapability.major < 8 ? .fp32 : .bf16
+            }
+            if resolved == .bf16 && driver.computeCapability.major < 8 {
+                throw UnsupportedPrecision(precision: p, device: driver.deviceDescription + " (bf16 needs compute capability 8.0)")
+            }
+            return CUDABackend(driver: driver, precision: resolved)
         }
     }
 }

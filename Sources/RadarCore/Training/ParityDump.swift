@@ -8,9 +8,9 @@ public enum ParityDump {
 
     public static func run(config: RADARConfig, weights: [String: SafeTensor], weightsSource: String,
                            batch: [String: SafeTensor], batchSource: String, steps: Int, lr: Double, weightDecay: Double,
-                           threads: Int = 1, device: String = Devices.defaultName) throws -> [String: SafeTensor] {
+                           threads: Int = 1, device: String = Devices.defaultName, precision: String? = nil) throws -> [String: SafeTensor] {
         let model = try RADARModel(config: config)
-        let ctx = ExecutionContext(backend: try Devices.backend(device, threads: threads), layout: model.layout)
+        let ctx = ExecutionContext(backend: try Devices.backend(device, threads: threads, precision: precision), layout: model.layout)
         try StateDict.load(weights, into: ctx.params, source: weightsSource)
         guard let img = batch["images"], img.shape.count == 4, img.dtype != .i64 else {
             throw BatchError(description: "\(batchSource): expected a float tensor `images` of shape (B, 3, H, W)")

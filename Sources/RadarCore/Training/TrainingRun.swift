@@ -20,6 +20,8 @@ public struct TrainOptions: Sendable {
     public var maxStepsPerEpoch = 0
     /// The backend the model runs on (`Devices`).
     public var device = Devices.defaultName
+    /// auto, fp32, tf32 or bf16 (`Devices`); nil: RADAR_PRECISION, else auto.
+    public var precision: String?
     public var pretrained: String?
     /// Write `last` every this many optimizer steps (0: only at the end of each epoch).
     public var checkpointEvery = 0
@@ -99,7 +101,8 @@ public final class TrainingRun {
         self.options = options
         set = try ShardSet(directory: options.data)
         model = try RADARModel(config: options.config)
-        ctx = ExecutionContext(backend: try Devices.backend(options.device, threads: options.threads), layout: model.layout,
+        DeviceMemoryContext.current = "--batch-size \(options.batchSize) per rank"
+        ctx = ExecutionContext(backend: try Devices.backend(options.device, threads: options.threads, precision: options.precision), layout: model.layout,
                                seed: options.seed)
         model.initialize(ctx.params, seed: options.seed)
         if let p = options.pretrained { try TimmWeights.load(p, into: ctx.params, config: options.config) }

@@ -1,0 +1,156 @@
+import Foundation
+
+/// How products are computed on the device (`--precision`):
+/// - `fp32`: fp32 operands and accumulation (matches the CPU backend within the golden tolerances).
+/// - `tf32`: fp32 storage, GEMM operands rounded to TF32 (10-bit mantissa) on tensor cores, fp32
+///   accumulation (PyTorch's `allow_tf32`).
+/// - `bf16`: mixed precision as PyTorch AMP runs it on these layers: GEMM and convolution operands
+///   in bf16, fp32 accumulation and outputs; fp32 master weights, optimizer state, LayerNorm,
+///   softmax, BatchNorm statistics and losses.
+public enum Precision: String, CaseIterable, Sendable {
+    case fp32, tf32, bf16
+}
+
+/// The element type of a product's A and B operands.
+public enum GemmOperands: Sendable {
+    case fp32, tf32, bf16
+}
+
+/// One `cublasGemmStridedBatchedEx` call, in cuBLAS's own conventions: column-major matrices,
+/// `C_i = alpha op(A_i) op(B_i) + beta C_i` for i in 0..<batch, op(A) m x k, op(B) k x n,
+/// C m x n (fp32), each matrix i at its base + i * stride elements.
+public struct StridedGemm {
+    public var transA: Bool, transB: Bool
+    public var m: Int, n: Int, k: Int
+    public var alpha: Float
+    public var a: UnsafeRawPointer, lda: Int, strideA: Int
+    public var b: UnsafeRawPointer, ldb: Int, strideB: Int
+    public var beta: Float
+    public var c: UnsafeMutablePointer<Float>, ldc: Int, strideC: Int
+    public var batch: Int
+    public var operands: GemmOperands
+
+    public init(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafeRawPointer, lda: Int, strideA: Int = 0,
+                b: UnsafeRawPointer, ldb: Int, strideB: Int = 0, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, strideC: Int = 0,
+                batch: Int = 1, operands: GemmOperands = .fp32) {
+        self.transA = transA; self.transB = transB
+        self.m = m; self.n = n; self.k = k
+        self.alpha = alpha
+        self.a = a; self.lda = lda; self.strideA = strideA
+        self.b = b; self.ldb = ldb; self.strideB = strideB
+        self.beta = beta
+        self.c = c; self.ldc = ldc; self.strideC = strideC
+        self.batch = batch
+        self.operands = operands
+    }
+}
+
+/// A device allocation that did not fit.
+public struct DeviceOutOfMemory: Error, CustomStringConvertible {
+    public let device: String, requested: Int, free: Int, total: Int
+    public var description: String {
+        "out of device memory on \(device): \(Bytes.text(requested)) requested, \(Bytes.text(free)) free of \(Bytes.text(total))"
+    }
+}
+
+/// Byte counts for messages.
+public enum Bytes {
+    public static func text(_ n: Int) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = Double(n), u = 0
+        while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
+        return u == 0 ? "\(n) B" : String(format: "%.1f %@ (%d bytes)", v, units[u], n)
+    }
+}
+
+/// The calls the CUDA backend makes, on one device and one stream: memory, kernel launches,
+/// cuBLAS products and cuFFT transforms. Two implementations: `DriverAPI` (libcuda, cuBLAS and
+/// cuFFT through dlopen, a real GPU) and `EmulatedDevice` (the kernels compiled for the host,
+/// fenced memory, cuBLAS/cuFFT semantics from OpenBLAS/FFTW). Everything is queued on the one
+/// stream in call order; `download` and `synchronize` wait for it.
+public protocol CUDADriver: AnyObject {
+    /// e.g. "cuda:0 (NVIDIA H200, sm_90, 139.8 GiB)".
+    var deviceDescription: String { get }
+    /// (major, minor) compute capability.
+    var computeCapability: (major: Int, minor: Int) { get }
+    /// (free, total) device memory in bytes.
+    func memoryInfo() -> (free: Int, total: Int)
+
+    /// Device memory (256-byte aligned), zero-filled.
+    func allocate(bytes: Int) throws -> UnsafeMutableRawPointer
+    func free(_ address: UnsafeMutableRawPointer)
+    /// Host -> device, queued; the host buffer may be reused when this returns.
+    func upload(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int)
+    /// Device -> host after all queued work (waits).
+    func download(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int)
+    /// Waits for all queued work.
+    func synchronize()
+
+    /// cuLaunchKernel of `kernel` (its extern "C" name) on a 1-D grid of 1-D blocks.
+    func launch(_ kernel: String, grid: Int, block: Int, _ args: [KernelArg])
+    /// cublasGemmStridedBatchedEx (column-major; fixed algorithm and workspace: deterministic).
+    func gemm(_ g: StridedGemm)
+    /// cufftExecR2C of `batch` size x size real planes into size x (size/2+1) complex planes
+    /// (interleaved re, im).
+    func fftRealToComplex(_ input: UnsafeRawPointer, _ output: UnsafeMutableRawPointer, size: Int, batch: Int)
+}
+
+/// One kernel argument, passed as cuLaunchKernel passes them (a pointer to the value).
+public enum KernelArg {
+    case ptr(UnsafeMutablePointer<Float>?)
+    case raw(UnsafeMutableRawPointer?)
+    case doubles(UnsafeMutablePointer<Double>)
+    case i32(Int)
+    case i64(Int)
+    case f32(Float)
+    case u32(UInt32)
+    case u64(UInt64)
+
+    /// Runs `body` with the `void**` array cuLaunchKernel takes (each entry points at a value).
+    static func withArgumentArray<R>(_ args: [KernelArg], _ body: (UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> R) -> R {
+        withUnsafeTemporaryAllocation(of: UInt64.self, capacity: max(args.count, 1)) { slots in
+            withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: max(args.count, 1)) { argv in
+                for (i, a) in args.enumerated() {
+                    let p = UnsafeMutableRawPointer(slots.baseAddress! + i)
+                    switch a {
+                    case .ptr(let v): p.storeBytes(of: v, as: UnsafeMutablePointer<Float>?.self)
+                    case .raw(let v): p.storeBytes(of: v, as: UnsafeMutableRawPointer?.self)
+                    case .doubles(let v): p.storeBytes(of: v, as: UnsafeMutablePointer<Double>.self)
+                    case .i32(let v): p.storeBytes(of: Int32(v), as: Int32.self)
+                    case .i64(let v): p.storeBytes(of: v, as: Int.self)
+                    case .f32(let v): p.storeBytes(of: v, as: Float.self)
+                    case .u32(let v): p.storeBytes(of: v, as: UInt32.self)
+                    case .u64(let v): p.storeBytes(of: v, as: UInt64.self)
+                    }
+                    argv[i] = p
+                }
+                return body(argv.baseAddress!)
+            }
+        }
+    }
+}
+
+/// Which driver `--device cuda` uses: `RADAR_CUDA_DRIVER=emulator` selects the emulated device
+/// for any command and any test; otherwise the real driver (libcuda).
+public enum CUDADrivers {
+    public static var emulatorSelected: Bool { ProcessInfo.processInfo.environment["RADAR_CUDA_DRIVER"] == "emulator" }
+
+    /// `--device cuda:N` on a machine (or emulator) without device N.
+    public struct NoSuchDevice: Error, CustomStringConvertible {
+        public let ordinal: Int, count: Int
+        public var description: String {
+            count == 0 ? "device cuda:\(ordinal): no CUDA device on this machine"
+                : "device cuda:\(ordinal): this machine has \(count) CUDA device\(count == 1 ? "" : "s") (cuda:0\(count > 1 ? "...cuda:\(count - 1)" : ""))"
+        }
+    }
+
+    /// The driver for device `ordinal`: the emulator when selected (or `emulated`), else the real one.
+    public static func open(ordinal: Int, emulated: Bool = false) throws -> any CUDADriver {
+        if emulated || emulatorSelected {
+            let count = EmulatedDevice.deviceCount
+            guard ordinal >= 0 && ordinal < count else { throw NoSuchDevice(ordinal: ordinal, count: count) }
+            return EmulatedDevice(ordinal: ordinal)
+        }
+        return try DriverAPI(ordinal: ordinal)
+    }
+}

@@ -1,0 +1,299 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real GPU through the CUDA driver API (libcuda.so.1), cuBLAS and cuFFT, all loaded with
+/// dlopen: nothing links against CUDA. One device, its primary context, one non-blocking stream;
+/// every kernel family compiled by NVRTC to CUBIN for the device's own architecture (cached on
+/// disk by `KernelCache`) and loaded with cuModuleLoadData. cuBLAS runs with a fixed workspace
+/// and the default algorithm (deterministic run to run on one GPU model); cuFFT plans are kept per
+/// (size, batch).
+public final class DriverAPI: CUDADriver, @unchecked Sendable {
+    // Driver API (cuda.h): CUresult is an int, CUdevice an int, handles are pointers, CUdeviceptr a 64-bit integer.
+    typealias FnInit = @convention(c) (UInt32) -> Int32
+    typealias FnIntOut = @convention(c) (UnsafeMutablePointer<Int32>) -> Int32
+    typealias FnDeviceGet = @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32
+    typealias FnDeviceName = @convention(c) (UnsafeMutablePointer<CChar>, Int32, Int32) -> Int32
+    typealias FnDeviceTotalMem = @convention(c) (UnsafeMutablePointer<Int>, Int32) -> Int32
+    typealias FnDeviceAttribute = @convention(c) (UnsafeMutablePointer<Int32>, Int32, Int32) -> Int32
+    typealias FnPrimaryCtxRetain = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32) -> Int32
+    typealias FnCtxSetCurrent = @convention(c) (OpaquePointer?) -> Int32
+    typealias FnStreamCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Int32
+    typealias FnStream = @convention(c) (OpaquePointer?) -> Int32
+    typealias FnMemAlloc = @convention(c) (UnsafeMutablePointer<UInt64>, Int) -> Int32
+    typealias FnMemFree = @convention(c) (UInt64) -> Int32
+    typealias FnMemGetInfo = @convention(c) (UnsafeMutablePointer<Int>, UnsafeMutablePointer<Int>) -> Int32
+    typealias FnMemsetD8Async = @convention(c) (UInt64, UInt8, Int, OpaquePointer?) -> Int32
+    typealias FnHtoDAsync = @convention(c) (UInt64, UnsafeRawPointer, Int, OpaquePointer?) -> Int32
+    typealias FnDtoHAsync = @convention(c) (UnsafeMutableRawPointer, UInt64, Int, OpaquePointer?) -> Int32
+    typealias FnModuleLoadData = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UnsafeRawPointer) -> Int32
+    typealias FnModuleGetFunction = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, OpaquePointer?, UnsafePointer<CChar>) -> Int32
+    typealias FnLaunchKernel = @convention(c) (OpaquePointer?, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, OpaquePointer?,
+                                               UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32
+    typealias FnErrorString = @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
+    // cuBLAS
+    typealias FnBlasCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32
+    typealias FnBlasSetStream = @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32
+    typealias FnBlasSetMathMode = @convention(c) (OpaquePointer?, Int32) -> Int32
+    typealias FnBlasSetWorkspace = @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int) -> Int32
+    typealias FnBlasGemmEx = @convention(c) (OpaquePointer?, Int32, Int32, Int32, Int32, Int32, UnsafeRawPointer, UnsafeRawPointer?, Int32,
+                                             Int32, Int64, UnsafeRawPointer?, Int32, Int32, Int64, UnsafeRawPointer,
+                                             UnsafeMutableRawPointer?, Int32, Int32, Int64, Int32, Int32, Int32) -> Int32
+    typealias FnBlasVersion = @convention(c) (OpaquePointer?, UnsafeMutablePointer<Int32>) -> Int32
+    // cuFFT
+    typealias FnFFTPlanMany = @convention(c) (UnsafeMutablePointer<Int32>, Int32, UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>?,
+                                              Int32, Int32, UnsafeMutablePointer<Int32>?, Int32, Int32, Int32, Int32) -> Int32
+    typealias FnFFTSetStream = @convention(c) (Int32, OpaquePointer?) -> Int32
+    typealias FnFFTExecR2C = @convention(c) (Int32, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Int32
+
+    /// A driver call that failed at start-up (no driver, no device, a library missing).
+    public struct Unavailable: Error, CustomStringConvertible {
+        public let message: String
+        public var description: String { message }
+    }
+
+    private let ctxSetCurrent: FnCtxSetCurrent
+    private let memAlloc: FnMemAlloc, memFree: FnMemFree, memGetInfo: FnMemGetInfo, memsetAsync: FnMemsetD8Async
+    private let htod: FnHtoDAsync, dtoh: FnDtoHAsync, streamSync: FnStream
+    private let moduleLoad: FnModuleLoadData, moduleFunction: FnModuleGetFunction, launchKernel: FnLaunchKernel
+    private let errorString: FnErrorString
+    private let blasSetMathMode: FnBlasSetMathMode, blasGemm: FnBlasGemmEx
+    private let fftPlanMany: FnFFTPlanMany, fftSetStream: FnFFTSetStream, fftExecR2C: FnFFTExecR2C
+
+    public let ordinal: Int
+    public let name: String
+    public let computeCapability: (major: Int, minor: Int)
+    public let totalMemory: Int
+    public let driverVersion: Int
+    private let context: OpaquePointer?
+    private var stream: OpaquePointer?
+    private var blas: OpaquePointer?
+    private var workspace: UInt64 = 0
+    private var modules: [OpaquePointer?] = []
+    private var functions: [String: OpaquePointer] = [:]
+    private var fftPlans: [Int: Int32] = [:]
+    private var mathMode: Int32 = -1
+    /// Where each kernel family came from ("hit", "compiled", "recompiled"), for the probe.
+    public private(set) var kernelOrigins: [String: String] = [:]
+
+    static let workspaceBytes = 32 << 20
+
+    /// Opens device `ordinal`: loads libcuda, cuBLAS, cuFFT and NVRTC, compiles (or loads from
+    /// the cache) every kernel family for the device's architecture.
+    public init(ordinal: Int) throws {
+        let cuda: UnsafeMutableRawPointer
+        do { cuda = try CUDALibraries.load(["libcuda.so.1", "libcuda.so"], component: "cuda_driver") } catch {
+            throw Unavailable(message: "device cuda:\(ordinal): no CUDA driver on this machine (libcuda.so.1 cannot be loaded; a GPU node has it from the NVIDIA driver package)")
+        }
+        func sym<T>(_ h: UnsafeMutableRawPointer, _ n: String, _ t: T.Type) throws -> T { try CUDALibraries.symbol(h, n, as: t) }
+        let cuInit = try sym(cuda, "cuInit", FnInit.self)
+        errorString = try sym(cuda, "cuGetErrorString", FnErrorString.self)
+        let r = cuInit(0)
+        if r != 0 {
+            throw Unavailable(message: "device cuda:\(ordinal): the CUDA driver does not start (cuInit: \(DriverAPI.describe(r, errorString)))")
+        }
+        var version: Int32 = 0, count: Int32 = 0
+        _ = try sym(cuda, "cuDriverGetVersion", FnIntOut.self)(&version)
+        driverVersion = Int(version)
+        _ = try sym(cuda, "cuDeviceGetCount", FnIntOut.self)(&count)
+        guard ordinal >= 0 && ordinal < Int(count) else { throw CUDADrivers.NoSuchDevice(ordinal: ordinal, count: Int(count)) }
+        var device: Int32 = 0
+        try DriverAPI.check(try sym(cuda, "cuDeviceGet", FnDeviceGet.self)(&device, Int32(ordinal)), "cuDeviceGet", errorString)
+        var nameBuffer = [CChar](repeating: 0, count: 256)
+        _ = try sym(cuda, "cuDeviceGetName", FnDeviceName.self)(&nameBuffer, 255, device)
+        name = String(cString: nameBuffer)
+        var total = 0
+        _ = try sym(cuda, "cuDeviceTotalMem_v2", FnDeviceTotalMem.self)(&total, device)
+        totalMemory = total
+        let attribute = try sym(cuda, "cuDeviceGetAttribute", FnDeviceAttribute.self)
+        var major: Int32 = 0, minor: Int32 = 0
+        _ = attribute(&major, 75, device)  // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+        _ = attribute(&minor, 76, device)  // ..._MINOR
+        computeCapability = (Int(major), Int(minor))
+        var ctx: OpaquePointer?
+        try DriverAPI.check(try sym(cuda, "cuDevicePrimaryCtxRetain", FnPrimaryCtxRetain.self)(&ctx, device), "cuDevicePrimaryCtxRetain", errorString)
+        context = ctx
+        ctxSetCurrent = try sym(cuda, "cuCtxSetCurrent", FnCtxSetCurrent.self)
+        try DriverAPI.check(ctxSetCurrent(ctx), "cuCtxSetCurrent", errorString)
+        var s: OpaquePointer?
+        try DriverAPI.check(try sym(cuda, "cuStreamCreate", FnStreamCreate.self)(&s, 1), "cuStreamCreate", errorString)  // CU_STREAM_NON_BLOCKING
+        stream = s
+        memAlloc = try sym(cuda, "cuMemAlloc_v2", FnMemAlloc.self)
+        memFree = try sym(cuda, "cuMemFree_v2", FnMemFree.self)
+        memGetInfo = try sym(cuda, "cuMemGetInfo_v2", FnMemGetInfo.self)
+        memsetAsync = try sym(cuda, "cuMemsetD8Async", FnMemsetD8Async.self)
+        htod = try sym(cuda, "cuMemcpyHtoDAsync_v2", FnHtoDAsync.self)
+        dtoh = try sym(cuda, "cuMemcpyDtoHAsync_v2", FnDtoHAsync.self)
+        streamSync = try sym(cuda, "cuStreamSynchronize", FnStream.self)
+        moduleLoad = try sym(cuda, "cuModuleLoadData", FnModuleLoadData.self)
+        moduleFunction = try sym(cuda, "cuModuleGetFunction", FnModuleGetFunction.self)
+        launchKernel = try sym(cuda, "cuLaunchKernel", FnLaunchKernel.self)
+
+        // cuBLAS (cuBLASLt comes with it through the library's own RUNPATH).
+        let blasLib: UnsafeMutableRawPointer, fftLib: UnsafeMutableRawPointer
+        do {
+            blasLib = try CUDALibraries.load(["libcublas.so.13", "libcublas.so.12"], component: "cublas")
+            fftLib = try CUDALibraries.load(["libcufft.so.12", "libcufft.so.11"], component: "cufft")
+        } catch { throw Unavailable(message: "device cuda:\(ordinal): \(error)") }
+        var handle: OpaquePointer?
+        let created = try sym(blasLib, "cublasCreate_v2", FnBlasCreate.self)(&handle)
+        guard created == 0 else { throw Unavailable(message: "device cuda:\(ordinal): cublasCreate failed (status \(created))") }
+        blas = handle
+        _ = try sym(blasLib, "cublasSetStream_v2", FnBlasSetStream.self)(handle, s)
+        blasSetMathMode = try sym(blasLib, "cublasSetMathMode", FnBlasSetMathMode.self)
+        blasGemm = try sym(blasLib, "cublasGemmStridedBatchedEx", FnBlasGemmEx.self)
+        fftPlanMany = try sym(fftLib, "cufftPlanMany", FnFFTPlanMany.self)
+        fftSetStream = try sym(fftLib, "cufftSetStream", FnFFTSetStream.self)
+        fftExecR2C = try sym(fftLib, "cufftExecR2C", FnFFTExecR2C.self)
+        self.ordinal = ordinal
+        // A fixed workspace: cuBLAS picks the same algorithms every run.
+        var ws: UInt64 = 0
+        try DriverAPI.check(memAlloc(&ws, DriverAPI.workspaceBytes), "cuMemAlloc (cuBLAS workspace)", errorString)
+        workspace = ws
+        _ = try sym(blasLib, "cublasSetWorkspace_v2", FnBlasSetWorkspace.self)(handle, UnsafeMutableRawPointer(bitPattern: UInt(ws)),
+                                                                              DriverAPI.workspaceBytes)
+        try loadKernels()
+    }
+
+    static func describe(_ r: Int32, _ errorString: FnErrorString) -> String {
+        var p: UnsafePointer<CChar>?
+        _ = errorString(r, &p)
+        return p.map { "\(String(cString: $0)) (\(r))" } ?? "error \(r)"
+    }
+
+    static func check(_ r: Int32, _ call: String, _ errorString: FnErrorString) throws {
+        if r != 0 { throw Unavailable(message: "\(call): \(describe(r, errorString))") }
+    }
+
+    /// After start-up a failing call is a device fault or a bug: stop with the call and the error.
+    @inline(__always) private func must(_ r: Int32, _ call: @autoclosure () -> String) {
+        if r != 0 { fatalError("CUDA error on cuda:\(ordinal) in \(call()): \(DriverAPI.describe(r, errorString))") }
+    }
+
+    public var architecture: String { "sm_\(computeCapability.major)\(computeCapability.minor)" }
+
+    private func loadKernels() throws {
+        let compiler = try NVRTC()
+        let cache = KernelCache(compiler: compiler)
+        let options = KernelSources.options(include: CUDALibraries.runtimeIncludeFolder())
+        for family in KernelSources.all {
+            let cubin = try cache.cubin(family, architecture: architecture, options: options)
+            kernelOrigins[family.name] = cache.lastOutcome
+            var module: OpaquePointer?
+            let r = cubin.withUnsafeBytes { moduleLoad(&module, $0.baseAddress!) }
+            try DriverAPI.check(r, "cuModuleLoadData(\(family.name), \(architecture))", errorString)
+            modules.append(module)
+        }
+    }
+
+    public var deviceDescription: String {
+        "cuda:\(ordinal) (\(name), \(architecture), \(Bytes.text(totalMemory)), driver \(driverVersion / 1000).\(driverVersion % 1000 / 10))"
+    }
+
+    public func memoryInfo() -> (free: Int, total: Int) {
+        _ = ctxSetCurrent(context)
+        var free = 0, total = 0
+        _ = memGetInfo(&free, &total)
+        return (free, total)
+    }
+
+    // MARK: Memory
+
+    @inline(__always) private func address(_ p: UnsafeRawPointer) -> UInt64 { UInt64(UInt(bitPattern: p)) }
+
+    public func allocate(bytes: Int) throws -> UnsafeMutableRawPointer {
+        _ = ctxSetCurrent(context)
+        let n = (max(bytes, 4) + 255) / 256 * 256
+        var p: UInt64 = 0
+        let r = memAlloc(&p, n)
+        if r == 2 {  // CUDA_ERROR_OUT_OF_MEMORY
+            let info = memoryInfo()
+            throw DeviceOutOfMemory(device: deviceDescription, requested: n, free: info.free, total: info.total)
+        }
+        must(r, "cuMemAlloc(\(n) bytes)")
+        must(memsetAsync(p, 0, n, stream), "cuMemsetD8Async")
+        return UnsafeMutableRawPointer(bitPattern: UInt(p))!
+    }
+
+    public func free(_ address: UnsafeMutableRawPointer) {
+        _ = ctxSetCurrent(context)
+        must(memFree(self.address(address)), "cuMemFree")
+    }
+
+    public func upload(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int) {
+        guard bytes > 0 else { return }
+        _ = ctxSetCurrent(context)
+        must(htod(address(destination), source, bytes, stream), "cuMemcpyHtoDAsync(\(bytes) bytes)")
+    }
+
+    public func download(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int) {
+        _ = ctxSetCurrent(context)
+        if bytes > 0 { must(dtoh(destination, address(source), bytes, stream), "cuMemcpyDtoHAsync(\(bytes) bytes)") }
+        must(streamSync(stream), "cuStreamSynchronize")
+    }
+
+    public func synchronize() {
+        _ = ctxSetCurrent(context)
+        must(streamSync(stream), "cuStreamSynchronize")
+    }
+
+    // MARK: Kernels
+
+    private func function(_ name: String) -> OpaquePointer {
+        if let f = functions[name] { return f }
+        for m in modules {
+            var f: OpaquePointer?
+            if name.withCString({ moduleFunction(&f, m, $0) }) == 0, let f {
+                functions[name] = f
+                return f
+            }
+        }
+        fatalError("cuda:\(ordinal): no kernel \(name) in the loaded modules")
+    }
+
+    public func launch(_ kernel: String, grid: Int, block: Int, _ args: [KernelArg]) {
+        guard grid > 0 else { return }
+        _ = ctxSetCurrent(context)
+        let f = function(kernel)
+        let r = KernelArg.withArgumentArray(args) { argv in
+            launchKernel(f, UInt32(grid), 1, 1, UInt32(block), 1, 1, 0, stream, argv, nil)
+        }
+        must(r, "cuLaunchKernel(\(kernel), grid \(grid), block \(block))")
+    }
+
+    // MARK: cuBLAS
+
+    public func gemm(_ g: StridedGemm) {
+        guard g.m > 0 && g.n > 0 && g.batch > 0 else { return }
+        _ = ctxSetCurrent(context)
+        let mode: Int32 = g.operands == .tf32 ? 3 : 0  // CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH
+        if mode != mathMode { _ = blasSetMathMode(blas, mode); mathMode = mode }
+        let type: Int32 = g.operands == .bf16 ? 14 : 0  // CUDA_R_16BF : CUDA_R_32F
+        let compute: Int32 = g.operands == .tf32 ? 77 : 68  // CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F
+        var alpha = g.alpha, beta = g.beta
+        let r = blasGemm(blas, g.transA ? 1 : 0, g.transB ? 1 : 0, Int32(g.m), Int32(g.n), Int32(g.k), &alpha, g.a, type, Int32(g.lda),
+                         Int64(g.strideA), g.b, type, Int32(g.ldb), Int64(g.strideB), &beta, UnsafeMutableRawPointer(g.c), 0, Int32(g.ldc),
+                         Int64(g.strideC), Int32(g.batch), compute, -1)  // CUBLAS_GEMM_DEFAULT
+        if r != 0 { fatalError("cuBLAS error on cuda:\(ordinal): cublasGemmStridedBatchedEx(m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)) status \(r)") }
+    }
+
+    // MARK: cuFFT
+
+    public func fftRealToComplex(_ input: UnsafeRawPointer, _ output: UnsafeMutableRawPointer, size: Int, batch: Int) {
+        _ = ctxSetCurrent(context)
+        let key = size << 32 | batch
+        let plan: Int32
+        if let p = fftPlans[key] { plan = p } else {
+            var p: Int32 = 0
+            var dims: [Int32] = [Int32(size), Int32(size)]
+            let r = fftPlanMany(&p, 2, &dims, nil, 1, 0, nil, 1, 0, 0x2a, Int32(batch))  // CUFFT_R2C
+            if r != 0 { fatalError("cuFFT error on cuda:\(ordinal): cufftPlanMany(\(size)x\(size), batch \(batch)) status \(r)") }
+            _ = fftSetStream(p, stream)
+            fftPlans[key] = p
+            plan = p
+        }
+        let r = fftExecR2C(plan, UnsafeMutableRawPointer(mutating: input), output)
+        if r != 0 { fatalError("cuFFT error on cuda:\(ordinal): cufftExecR2C status \(r)") }
+    }
+}
