@@ -54,7 +54,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
             return try driver.allocate(bytes: max(floats, 1) * 4).bindMemory(to: Float.self, capacity: max(floats, 1))
         } catch {
             let context = DeviceMemoryContext.current
-            FileHandle.standardError.write(Data("error: \(error)\(context.isEmpty ? "" : " (\(context))")\n".utf8))
+            let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
+            FileHandle.standardError.write(Data("\(program): error: \(error)\(context.isEmpty ? "" : " while sizing \(context): lower it")\n".utf8))
             exit(1)
         }
     }

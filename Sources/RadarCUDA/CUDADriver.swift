@@ -59,7 +59,7 @@ public enum Bytes {
         let units = ["B", "KiB", "MiB", "GiB", "TiB"]
         var v = Double(n), u = 0
         while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
-        return u == 0 ? "\(n) B" : String(format: "%.1f %@ (%d bytes)", v, units[u], n)
+        return u == 0 ? "\(n) B" : String(format: "%.1f %@ (%ld bytes)", v, units[u], n)
     }
 }
 

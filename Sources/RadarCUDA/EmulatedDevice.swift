@@ -46,10 +46,11 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
         return (Int(digits) ?? 16) << (shift ?? 0)
     }
 
-    public init(ordinal: Int = 0) {
+    /// Device `ordinal` with `memory` bytes (default: `RADAR_EMULATED_MEMORY`, else 16 GiB).
+    public init(ordinal: Int = 0, memory: Int? = nil) {
         host = CPUBackend(threads: 1)
         self.ordinal = ordinal
-        capacity = EmulatedDevice.memoryCapacity
+        capacity = memory ?? EmulatedDevice.memoryCapacity
     }
 
     deinit {

@@ -77,7 +77,9 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["--weight-decay=-1"], "--weight-decay must be"),
             (["--threads", "0"], "--threads must be at least 1"),
             (["--experiment", "../x"], "--experiment must be a folder name inside --output"),
-            (["--device", "tpu"], "--device must be one of cpu, cpu-fenced"),
+            (["--device", "tpu"], "--device must be one of cpu, cpu-fenced, cuda, cuda:N"),
+            (["--device", "cuda:x"], "--device must be one of"),
+            (["--precision", "fp16"], "--precision must be auto, fp32, tf32 or bf16, got fp16"),
         ]
         for (args, expected) in cases {
             let r = try run(args)
@@ -87,5 +89,41 @@ final class TrainingFlagValidationTests: XCTestCase {
             XCTAssertEqual(lines.count, 1, "\(args): \(r.err)")
             XCTAssertTrue(r.err.contains(expected), "\(args): \(r.err)")
         }
+    }
+}
+
+/// The CUDA device's errors through the command line, on the emulated device: each one line
+/// and a non-zero exit, never a crash.
+final class CUDADeviceCLITests: XCTestCase {
+    func run(_ args: [String], env: [String: String]) throws -> (status: Int32, err: String) {
+        let p = Process()
+        p.executableURL = MPITrainingTests.products.appendingPathComponent("radar")
+        p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: e, as: UTF8.self))
+    }
+
+    func testDeviceErrorsAreOneLine() throws {
+        let step = ["bench", "step", "--config", "tiny", "--repeats", "1"]
+        let cases: [([String], [String: String], String)] = [
+            (step + ["--device", "cuda:7"], ["RADAR_CUDA_DRIVER": "emulator"], "device cuda:7: this machine has 1 CUDA device (cuda:0)"),
+            (step + ["--device", "cuda-emulated", "--batch", "512"], ["RADAR_EMULATED_MEMORY": "64M"],
+             "out of device memory on cuda:0 (emulated device, 64.0 MiB (67108864 bytes)): "),
+            (step + ["--device", "cpu", "--precision", "bf16"], [:], "precision bf16 needs a CUDA device"),
+        ]
+        for (args, env, expected) in cases {
+            let r = try run(args, env: env)
+            XCTAssertEqual(r.status, 1, "\(args): \(r.err)")
+            XCTAssertEqual(r.err.split(separator: "\n").count, 1, "\(args): \(r.err)")
+            XCTAssertTrue(r.err.contains(expected), "\(args): \(r.err)")
+        }
+        let oom = try run(step + ["--device", "cuda-emulated", "--batch", "512"], env: ["RADAR_EMULATED_MEMORY": "64M"])
+        XCTAssertTrue(oom.err.hasSuffix("while sizing --batch 512: lower it\n"), oom.err)
     }
 }
