@@ -2,6 +2,11 @@
 clip 1.0 and AdamW, for a RADAR config at a given batch and thread count. Prints one JSON object.
 
     python bench/pytorch_step.py --config mid --batch 32 --threads 1
+    python bench/pytorch_step.py --config full --batch 128 --device cuda --precision bf16
+
+On CUDA: --precision fp32 (eager fp32, TF32 off), tf32 (TF32 matmuls and convolutions) or bf16
+(torch.autocast bf16, the reference's AMP); times are taken after torch.cuda.synchronize and the
+peak device memory is torch.cuda.max_memory_allocated.
 
 Uses tools/golden/radar_reference.py (torch and timm from PyPI).
 """
@@ -31,33 +36,52 @@ def main():
     ap.add_argument("--batch", type=int)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    cuda = a.device.startswith("cuda")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = a.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = a.precision == "tf32"
+    elif a.precision != "fp32":
+        sys.exit("--precision %s needs --device cuda" % a.precision)
     cfg = PRESETS[a.config] if a.config in PRESETS else json.load(open(a.config))
     c = full_config(cfg)
     b = a.batch or BATCH.get(a.config, 8)
-    model = RADAR(cfg).train()
+    model = RADAR(cfg).train().to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
-    x = torch.randn(b, 3, c["img_size"], c["img_size"])
-    y = torch.tensor([i % 2 for i in range(b)], dtype=torch.float32)
+    x = torch.randn(b, 3, c["img_size"], c["img_size"], device=a.device)
+    y = torch.tensor([i % 2 for i in range(b)], dtype=torch.float32, device=a.device)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = radar_loss(model(x), y, cfg)["total"]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            out = model(x)
+        loss = radar_loss(out, y, cfg)["total"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
         opt.step()
 
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(2):
         step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(a.repeats):
         t0 = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
     s = statistics.median(times)
-    print(json.dumps({"bench": "pytorch_step", "config": a.config, "batch": b, "threads": a.threads,
-                      "ms_per_step": s * 1000, "images_per_s": b / s, "torch": torch.__version__}, sort_keys=True))
+    record = {"bench": "pytorch_step", "config": a.config, "batch": b, "threads": a.threads, "device": a.device,
+              "precision": a.precision, "ms_per_step": s * 1000, "images_per_s": b / s, "torch": torch.__version__}
+    if cuda:
+        record["peak_device_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        record["gpu"] = torch.cuda.get_device_name()
+    print(json.dumps(record, sort_keys=True))
 
 
 if __name__ == "__main__":

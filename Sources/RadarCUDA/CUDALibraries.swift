@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,12 +23,13 @@ public enum CUDALibraries {
         let env = ProcessInfo.processInfo.environment
         var roots: [String] = []
         if let v = env["VIRTUAL_ENV"] { roots.append(v) }
+        if let v = env["CONDA_PREFIX"] { roots.append(v) }
         if let p = env["RADAR_PYTHON"] {  // .../venv/bin/python -> .../venv
             roots.append(((p as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent)
         }
         roots.append(FileManager.default.currentDirectoryPath + "/.build/pyvenv")
         if let h = env["HOME"] { roots.append(h + "/.local") }
-        roots += ["/usr/local", "/usr"]
+        roots += ["/usr/local", "/usr", "/opt/conda"]
         var out: [String] = []
         for r in roots {
             for libdir in ["lib", "lib64"] {
@@ -35,8 +37,9 @@ public enum CUDALibraries {
                 guard let pys = try? FileManager.default.contentsOfDirectory(atPath: base) else { continue }
                 for py in pys.sorted().reversed() where py.hasPrefix("python3") {
                     for site in ["site-packages", "dist-packages"] {
-                        let d = "\(base)/\(py)/\(site)/nvidia/\(component)/\(leaf)"
-                        if FileManager.default.fileExists(atPath: d) { out.append(d) }
+                        // CUDA 12 wheels: nvidia/<component>/lib; CUDA 13 wheels share nvidia/cu13/lib.
+                        for d in ["\(base)/\(py)/\(site)/nvidia/\(component)/\(leaf)", "\(base)/\(py)/\(site)/nvidia/cu13/\(leaf)"]
+                        where FileManager.default.fileExists(atPath: d) && !out.contains(d) { out.append(d) }
                     }
                 }
             }
@@ -58,6 +61,11 @@ public enum CUDALibraries {
             ?? (FileManager.default.fileExists(atPath: "/usr/local/cuda/include/cuda_bf16.h") ? "/usr/local/cuda/include" : nil)
     }
 
+    private static let loadedPaths = Mutex<[String: String]>([:])
+    /// What was loaded, by soname asked for: the path (or the bare soname when the dynamic
+    /// loader found it), for probes and logs.
+    public static var loaded: [String: String] { loadedPaths.withLock { $0 } }
+
     /// dlopen of the first soname found; the handle stays open for the process.
     public static func load(_ sonames: [String], component: String) throws -> UnsafeMutableRawPointer {
         var tried: [String] = []
@@ -65,12 +73,18 @@ public enum CUDALibraries {
             for name in sonames {
                 let path = dir + "/" + name
                 guard FileManager.default.fileExists(atPath: path) else { continue }
-                if let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) { return h }
+                if let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) {
+                    loadedPaths.withLock { $0[component] = path }
+                    return h
+                }
                 tried.append("\(path): \(String(cString: dlerror()))")
             }
         }
         for name in sonames {  // the loader's own search (LD_LIBRARY_PATH, ld.so.cache)
-            if let h = dlopen(name, RTLD_NOW | RTLD_LOCAL) { return h }
+            if let h = dlopen(name, RTLD_NOW | RTLD_LOCAL) {
+                loadedPaths.withLock { $0[component] = name }
+                return h
+            }
             tried.append("\(name): \(String(cString: dlerror()))")
         }
         throw NotFound(library: sonames.first ?? component, tried: tried)

@@ -1,0 +1,248 @@
+import Foundation
+
+/// Every Backend kernel on a device against the CPU backend: the same inputs (odd shapes, seeded
+/// values) on both, then every tensor of the call compared (outputs, and inputs too, so a kernel
+/// that writes where it should not is caught). `radar check-device` runs it on a real GPU; the
+/// tests run it on the emulated device.
+public enum KernelCheck {
+    public struct Result: Sendable {
+        public let kernel: String
+        /// Largest |device - cpu| / (atol + rtol |cpu|) over the call's tensors: at most 1 passes.
+        public let worst: Double
+        public let maxAbsError: Double
+        public let detail: String
+        public var passed: Bool { worst <= 1 }
+    }
+
+    /// How a tensor of a case is filled.
+    enum Fill {
+        case normal, positive, unit, zeros, binary
+        case indices(Int)
+        case constant(Float)
+    }
+
+    struct Case {
+        let name: String
+        let tensors: [(Shape, Fill)]
+        /// Tensors not compared (backend-specific scratch).
+        var ignore: Set<Int> = []
+        var rtol: Double = 1e-4, atol: Double = 1e-5
+        let run: (any Backend, [Tensor]) -> Void
+    }
+
+    /// A seeded normal generator (Box-Muller over a 64-bit LCG).
+    struct Values {
+        var state: UInt64
+        mutating func uniform() -> Float {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return (Float(state >> 40) + 0.5) / Float(1 << 24)
+        }
+        mutating func normal() -> Float {
+            let u = uniform(), v = uniform()
+            return (-2 * logf(u)).squareRoot() * cosf(2 * .pi * v)
+        }
+        mutating func fill(_ n: Int, _ f: Fill) -> [Float] {
+            (0..<n).map { _ in
+                switch f {
+                case .normal: return normal()
+                case .positive: return 0.2 + abs(normal())
+                case .unit: return uniform()
+                case .zeros: return 0
+                case .binary: return uniform() < 0.5 ? 0 : 1
+                case .indices(let k): return Float(min(Int(uniform() * Float(k)), k - 1))
+                case .constant(let c): return c
+                }
+            }
+        }
+    }
+
+    static var cases: [Case] {
+        let conv = ConvolutionGeometry(batch: 2, inChannels: 3, height: 9, width: 7, outChannels: 5, kernel: 3, stride: 2, padding: 1)
+        let cpu = CPUBackend(threads: 1)
+        let ws = cpu.convolutionWorkspaceCount(conv), scratch = cpu.convolutionBackwardScratchCount(conv, inputGradient: true)
+        let y = Shape(2, 5, conv.outHeight, conv.outWidth), x = Shape(2, 3, 9, 7)
+        let bchw = Shape(3, 4, 5, 6), c4 = Shape(4)
+        let (e, h, tk) = (12, 3, 5)  // reasoning: embedding, heads, tokens
+        func t(_ s: Shape, _ f: Fill = .normal) -> (Shape, Fill) { (s, f) }
+        return [
+            Case(name: "fill", tensors: [t(Shape(37))]) { b, v in b.fill(v[0], 0.25) },
+            Case(name: "copy", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.copy(v[0], into: v[1]) },
+            Case(name: "add", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.add(v[0], v[1], into: v[2]) },
+            Case(name: "addRowBias", tensors: [t(Shape(7)), t(Shape(5, 7))]) { b, v in b.addRowBias(v[0], into: v[1]) },
+            Case(name: "addChannelBias", tensors: [t(Shape(3)), t(Shape(2, 3, 5, 4))]) { b, v in b.addChannelBias(v[0], into: v[1]) },
+            Case(name: "accumulateColumnSums", tensors: [t(Shape(9, 7)), t(Shape(7))]) { b, v in b.accumulateColumnSums(v[0], into: v[1]) },
+            Case(name: "reluForward", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.reluForward(v[0], v[1]) },
+            Case(name: "reluBackward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.reluBackward(v[0], y: v[1], v[2]) },
+            Case(name: "geluForward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.geluForward(v[0], v[1], cdf: v[2]) },
+            Case(name: "geluBackward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37), .unit), t(Shape(37))]) { b, v in
+                b.geluBackward(v[0], x: v[1], cdf: v[2], v[3])
+            },
+            Case(name: "softmaxForward", tensors: [t(Shape(5, 37)), t(Shape(5, 37))]) { b, v in b.softmaxForward(v[0], v[1], cols: 37) },
+            Case(name: "softmaxBackward", tensors: [t(Shape(5, 37)), t(Shape(5, 37), .unit), t(Shape(5, 37))]) { b, v in
+                b.softmaxBackward(v[0], y: v[1], v[2], cols: 37)
+            },
+            Case(name: "dropoutForward", tensors: [t(Shape(301)), t(Shape(301))]) { b, v in
+                b.dropoutForward(v[0], v[1], p: 0.3, stream: RandomStream(seed: 9, stream: 4))
+            },
+            Case(name: "dropoutBackward", tensors: [t(Shape(301)), t(Shape(301))]) { b, v in
+                b.dropoutBackward(v[0], v[1], p: 0.3, stream: RandomStream(seed: 9, stream: 4))
+            },
+            Case(name: "layerNormForward", tensors: [t(Shape(5, 37)), t(Shape(37)), t(Shape(37)), t(Shape(5, 37)), t(Shape(5)), t(Shape(5))]) { b, v in
+                b.layerNormForward(v[0], gamma: v[1], beta: v[2], eps: 1e-6, v[3], mean: v[4], rstd: v[5])
+            },
+            Case(name: "layerNormBackward", tensors: [t(Shape(5, 37)), t(Shape(5, 37)), t(Shape(37)), t(Shape(5)), t(Shape(5), .positive),
+                                                      t(Shape(5, 37)), t(Shape(37)), t(Shape(37))]) { b, v in
+                b.layerNormBackward(v[0], x: v[1], gamma: v[2], mean: v[3], rstd: v[4], v[5], dGamma: v[6], dBeta: v[7])
+            },
+            Case(name: "channelMoments", tensors: [t(bchw), t(c4), t(c4)]) { b, v in b.channelMoments(v[0], mean: v[1], variance: v[2]) },
+            Case(name: "channelNormalize", tensors: [t(bchw), t(c4), t(c4, .positive), t(c4), t(c4), t(bchw)]) { b, v in
+                b.channelNormalize(v[0], mean: v[1], invStd: v[2], gamma: v[3], beta: v[4], v[5])
+            },
+            Case(name: "channelGradientSums", tensors: [t(bchw), t(bchw), t(c4), t(c4, .positive), t(c4), t(c4)]) { b, v in
+                b.channelGradientSums(v[0], x: v[1], mean: v[2], invStd: v[3], sumDy: v[4], sumDyXhat: v[5])
+            },
+            Case(name: "accumulateChannelSums", tensors: [t(bchw), t(c4)]) { b, v in b.accumulateChannelSums(v[0], into: v[1]) },
+            Case(name: "batchNormUpdateStatistics", tensors: [t(c4), t(c4, .positive), t(c4), t(c4), t(c4, .positive)]) { b, v in
+                b.batchNormUpdateStatistics(mean: v[0], variance: v[1], count: 90, eps: 1e-5, momentum: 0.1, invStd: v[2], runningMean: v[3],
+                                            runningVar: v[4])
+            },
+            Case(name: "inverseStandardDeviation", tensors: [t(c4, .positive), t(c4)]) { b, v in b.inverseStandardDeviation(v[0], eps: 1e-5, v[1]) },
+            Case(name: "batchNormLocalSums", tensors: [t(c4), t(c4, .positive), t(Shape(9))]) { b, v in
+                b.batchNormLocalSums(mean: v[0], variance: v[1], count: 90, into: v[2])
+            },
+            Case(name: "batchNormGlobalMoments", tensors: [t(Shape(9), .positive), t(c4), t(c4)]) { b, v in
+                b.batchNormGlobalMoments(v[0], channels: 4, mean: v[1], variance: v[2])
+            },
+            Case(name: "batchNormInputGradient", tensors: [t(bchw), t(bchw), t(c4), t(c4, .positive), t(c4), t(c4), t(c4), t(bchw)]) { b, v in
+                b.batchNormInputGradient(v[0], x: v[1], mean: v[2], invStd: v[3], gamma: v[4], sumDy: v[5], sumDyXhat: v[6], count: 90, v[7])
+            },
+            Case(name: "convolutionForward", tensors: [t(x), t(Shape(5, 3, 3, 3)), t(Shape(5)), t(Shape(ws), .zeros), t(y)], ignore: [3]) { b, v in
+                b.convolutionForward(v[0], weight: v[1], bias: v[2], conv, workspace: v[3], v[4])
+            },
+            Case(name: "convolutionBackward", tensors: [t(x), t(Shape(5, 3, 3, 3)), t(Shape(ws), .zeros), t(y), t(Shape(scratch), .zeros),
+                                                        t(Shape(5, 3, 3, 3)), t(Shape(5)), t(x)], ignore: [2, 4]) { b, v in
+                // The columns of x first (the forward pass leaves them in the workspace).
+                let tmp = DeviceTensor(b, y)
+                b.convolutionForward(v[0], weight: v[1], bias: nil, conv, workspace: v[2], tmp.tensor)
+                b.convolutionBackward(v[3], weight: v[1], conv, workspace: v[2], scratch: v[4], dWeight: v[5], dBias: v[6], dx: v[7])
+            },
+            Case(name: "attentionForward", tensors: [t(Shape(2, 5, 36)), t(Shape(2, 3, 5, 5)), t(Shape(2, 3, 5, 5)), t(Shape(2, 5, 12))]) { b, v in
+                b.attentionForward(qkv: v[0], heads: 3, scale: 0.5, scores: v[1], probs: v[2], merged: v[3])
+            },
+            Case(name: "attentionBackward", tensors: [t(Shape(2, 5, 12)), t(Shape(2, 5, 36)), t(Shape(2, 3, 5, 5), .unit), t(Shape(2, 3, 5, 5)),
+                                                      t(Shape(2, 3, 5, 5)), t(Shape(2, 5, 36))]) { b, v in
+                b.attentionBackward(dMerged: v[0], qkv: v[1], probs: v[2], heads: 3, scale: 0.5, dProbs: v[3], dScores: v[4], dQKV: v[5])
+            },
+            Case(name: "globalAvgPoolForward", tensors: [t(Shape(2, 3, 4, 5)), t(Shape(2, 3))]) { b, v in b.globalAvgPoolForward(v[0], v[1]) },
+            Case(name: "globalAvgPoolBackward", tensors: [t(Shape(2, 3)), t(Shape(2, 3, 4, 5))]) { b, v in b.globalAvgPoolBackward(v[0], v[1]) },
+            Case(name: "tokenMeanMaxForward", tensors: [t(Shape(2, 5, 7)), t(Shape(2, 7)), t(Shape(2, 7)), t(Shape(2, 7))]) { b, v in
+                b.tokenMeanMaxForward(v[0], mean: v[1], max: v[2], argmax: v[3])
+            },
+            Case(name: "tokenMeanMaxBackward", tensors: [t(Shape(2, 7)), t(Shape(2, 7)), t(Shape(2, 7), .indices(5)), t(Shape(2, 5, 7))]) { b, v in
+                b.tokenMeanMaxBackward(dMean: v[0], dMax: v[1], argmax: v[2], v[3])
+            },
+            Case(name: "transposeLastTwo", tensors: [t(Shape(2, 3, 5)), t(Shape(2, 5, 3))]) { b, v in b.transposeLastTwo(v[0], v[1]) },
+            Case(name: "copyColumns", tensors: [t(Shape(4, 3)), t(Shape(4, 7))]) { b, v in
+                b.copyColumns(v[0], srcCols: 3, into: v[1], dstCols: 7, offset: 2)
+            },
+            Case(name: "sliceColumns", tensors: [t(Shape(4, 7)), t(Shape(4, 3))]) { b, v in
+                b.sliceColumns(v[0], srcCols: 7, offset: 2, into: v[1], dstCols: 3)
+            },
+            Case(name: "gruGatesForward", tensors: [t(Shape(3, 15)), t(Shape(3, 15)), t(Shape(3, 5)), t(Shape(3, 5)), t(Shape(3, 5)),
+                                                    t(Shape(3, 5)), t(Shape(3, 5))]) { b, v in
+                b.gruGatesForward(gi: v[0], gh: v[1], h: v[2], hNew: v[3], r: v[4], z: v[5], n: v[6])
+            },
+            Case(name: "gruGatesBackward", tensors: [t(Shape(3, 5)), t(Shape(3, 15)), t(Shape(3, 5)), t(Shape(3, 5), .unit), t(Shape(3, 5), .unit),
+                                                     t(Shape(3, 5)), t(Shape(3, 15)), t(Shape(3, 15)), t(Shape(3, 5))]) { b, v in
+                b.gruGatesBackward(dhNew: v[0], gh: v[1], h: v[2], r: v[3], z: v[4], n: v[5], dgi: v[6], dgh: v[7], dh: v[8])
+            },
+            Case(name: "queryKeyScores", tensors: [t(Shape(2, e)), t(Shape(2, tk, e)), t(Shape(2, h, tk))]) { b, v in
+                b.queryKeyScores(q: v[0], k: v[1], tokens: tk, heads: h, scale: 0.5, v[2])
+            },
+            Case(name: "weightedValues", tensors: [t(Shape(2, h, tk), .unit), t(Shape(2, tk, e)), t(Shape(2, e))]) { b, v in
+                b.weightedValues(v[0], v: v[1], tokens: tk, heads: h, v[2])
+            },
+            Case(name: "weightedValuesBackward", tensors: [t(Shape(2, e)), t(Shape(2, h, tk), .unit), t(Shape(2, tk, e)), t(Shape(2, h, tk)),
+                                                           t(Shape(2, tk, e))]) { b, v in
+                b.weightedValuesBackward(dCtx: v[0], w: v[1], v: v[2], tokens: tk, heads: h, dW: v[3], dV: v[4])
+            },
+            Case(name: "queryKeyScoresBackward", tensors: [t(Shape(2, h, tk)), t(Shape(2, e)), t(Shape(2, tk, e)), t(Shape(2, e)),
+                                                           t(Shape(2, tk, e))]) { b, v in
+                b.queryKeyScoresBackward(dScores: v[0], q: v[1], k: v[2], tokens: tk, heads: h, scale: 0.5, dQ: v[3], dK: v[4])
+            },
+            Case(name: "meanOverHeads", tensors: [t(Shape(2, h, tk)), t(Shape(2, tk))]) { b, v in b.meanOverHeads(v[0], heads: h, tokens: tk, v[1]) },
+            Case(name: "smoothLabels", tensors: [t(Shape(6), .binary), t(Shape(6))]) { b, v in b.smoothLabels(v[0], smoothing: 0.1, v[1]) },
+            Case(name: "binaryCrossEntropyWithLogits", tensors: [t(Shape(6)), t(Shape(6), .unit), t(Shape(6)), t(Shape(1))]) { b, v in
+                b.binaryCrossEntropyWithLogits(v[0], targets: v[1], scale: 0.5, dLogits: v[2], loss: v[3], weight: 0.7)
+            },
+            Case(name: "cosineMarginPenalty", tensors: [t(Shape(4, 7)), t(Shape(4, 7)), t(Shape(4, 7)), t(Shape(4, 7)), t(Shape(1))]) { b, v in
+                b.cosineMarginPenalty(v[0], v[1], margin: 0.1, scale: 0.5, da: v[2], db: v[3], loss: v[4], weight: 0.3)
+            },
+            Case(name: "axpy", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.axpy(0.5, v[0], v[1]) },
+            Case(name: "flagNonFinite", tensors: [t(Shape(37)), t(Shape(1))]) { b, v in
+                b.flagNonFinite(v[0], into: v[1])
+                b.upload([Float.infinity], into: v[0].slice(from: 5, Shape(1)))
+                b.flagNonFinite(v[0], into: v[1])
+            },
+            Case(name: "gatedFusionForward", tensors: [t(Shape(1)), t(Shape(6)), t(Shape(6)), t(Shape(6)), t(Shape(6)), t(Shape(1))]) { b, v in
+                b.gatedFusionForward(gate: v[0], reasoning: v[1], external: v[2], final: v[3], prob: v[4], alphaOut: v[5])
+            },
+            Case(name: "gatedFusionBackward", tensors: [t(Shape(6)), t(Shape(1)), t(Shape(6)), t(Shape(6)), t(Shape(6)), t(Shape(6)), t(Shape(1))]) { b, v in
+                b.gatedFusionBackward(dFinal: v[0], gate: v[1], reasoning: v[2], external: v[3], dReasoning: v[4], dExternal: v[5], dGate: v[6])
+            },
+            Case(name: "meanAbsSigmoidDifference", tensors: [t(Shape(6)), t(Shape(6)), t(Shape(1))]) { b, v in
+                b.meanAbsSigmoidDifference(v[0], v[1], into: v[2])
+            },
+            Case(name: "clipGradientNorm", tensors: [t(Shape(70_001)), t(Shape(1), .zeros), t(Shape(1)), t(Shape(1))]) { b, v in
+                b.clipGradientNorm(v[0], ranges: [0..<100, 150..<70_001], maxNorm: 1, nonFinite: v[1], norm: v[2], gate: v[3])
+            },
+            Case(name: "adamW", tensors: [t(Shape(301)), t(Shape(301)), t(Shape(301)), t(Shape(301), .positive), t(Shape(1), .constant(1))]) { b, v in
+                b.adamW(params: v[0], grads: v[1], expAvg: v[2], expAvgSq: v[3], lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8,
+                        weightDecay: 0.05, step: 3, gate: v[4])
+            },
+            Case(name: "scale", tensors: [t(Shape(37))]) { b, v in b.scale(v[0], by: 0.3) },
+            Case(name: "grayscale", tensors: [t(Shape(2, 3, 6, 5)), t(Shape(2, 1, 6, 5))]) { b, v in b.grayscale(v[0], v[1]) },
+            Case(name: "sobelMagnitude", tensors: [t(Shape(2, 1, 6, 5)), t(Shape(2, 1, 6, 5))]) { b, v in b.sobelMagnitude(v[0], v[1]) },
+            Case(name: "resizeBilinear", tensors: [t(Shape(2, 1, 7, 9)), t(Shape(2, 1, 4, 5))]) { b, v in b.resizeBilinear(v[0], v[1]) },
+            Case(name: "fftMagnitudeShifted", tensors: [t(Shape(2, 1, 8, 8)), t(Shape(2, 1, 8, 8))]) { b, v in b.fftMagnitudeShifted(v[0], v[1]) },
+            Case(name: "highPassLogNormalize", tensors: [t(Shape(2, 1, 8, 8), .positive), t(Shape(8, 8), .unit), t(Shape(2, 1, 8, 8))]) { b, v in
+                b.highPassLogNormalize(v[0], mask: v[1], v[2])
+            },
+            Case(name: "gemm", tensors: [t(Shape(5, 19)), t(Shape(7, 19)), t(Shape(5, 7))]) { b, v in
+                b.gemm(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 0.75, a: v[0].base, lda: 19, b: v[1].base, ldb: 19, beta: 0.5,
+                       c: v[2].base, ldc: 7)
+            },
+        ]
+    }
+
+    /// The names of the kernels checked (one case each).
+    public static var kernelNames: [String] { cases.map(\.name) }
+
+    /// Runs every case on `device` and on the CPU backend; one result per case.
+    public static func run(on device: any Backend, seed: UInt64 = 1) -> [Result] {
+        let cpu = CPUBackend(threads: 1)
+        var results: [Result] = []
+        for (ci, c) in cases.enumerated() {
+            var gen = Values(state: seed &+ UInt64(ci) &* 0x9e37_79b9)
+            let values = c.tensors.map { gen.fill($0.0.count, $0.1) }
+            func execute(_ b: any Backend) -> [[Float]] {
+                let ts = zip(c.tensors, values).map { DeviceTensor(b, $0.0, $1) }
+                c.run(b, ts.map(\.tensor))
+                return withExtendedLifetime(ts) { ts.map { b.download($0.tensor) } }
+            }
+            let want = execute(cpu), got = execute(device)
+            var worst = 0.0, maxAbs = 0.0, detail = ""
+            for i in 0..<want.count where !c.ignore.contains(i) {
+                for (j, (w, g)) in zip(want[i], got[i]).enumerated() {
+                    let err = abs(Double(w) - Double(g))
+                    let bound = c.atol + c.rtol * abs(Double(w))
+                    let ratio = w == g || (w.isNaN && g.isNaN) ? 0 : (err.isFinite ? err / bound : .infinity)
+                    maxAbs = max(maxAbs, err.isFinite ? err : 0)
+                    if ratio > worst { worst = ratio; detail = "tensor \(i) [\(j)]: device \(g), cpu \(w)" }
+                }
+            }
+            results.append(Result(kernel: c.name, worst: worst, maxAbsError: maxAbs, detail: detail))
+        }
+        return results
+    }
+}

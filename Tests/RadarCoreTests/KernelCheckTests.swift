@@ -1,0 +1,42 @@
+import Foundation
+import RadarCUDA
+import RadarCore
+import XCTest
+
+/// `radar check-device`'s kernel check: every Backend kernel on the emulated CUDA device against
+/// the CPU backend, and the check's list against the Backend protocol itself (a new kernel
+/// without a check case fails here).
+final class KernelCheckTests: XCTestCase {
+    func testEveryKernelMatchesTheCPUBackendOnTheEmulatedDevice() {
+        for precision in [Precision.fp32] {
+            let results = KernelCheck.run(on: CUDABackend(driver: EmulatedDevice(memory: 1 << 28), precision: precision))
+            XCTAssertEqual(results.count, KernelCheck.kernelNames.count)
+            for r in results { XCTAssertTrue(r.passed, "\(r.kernel): \(r.detail) (ratio \(r.worst))") }
+            // Most kernels agree bit for bit on the emulated device (same float operations in the same order).
+            XCTAssertGreaterThan(results.filter { $0.maxAbsError == 0 }.count, results.count / 2)
+        }
+    }
+
+    func testTheCheckCoversEveryBackendKernel() throws {
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Sources/RadarEngine/Backend/Backend.swift")
+        let text = try String(contentsOf: source, encoding: .utf8)
+        let body = text[text.range(of: "public protocol Backend")!.lowerBound...]
+        let end = body.range(of: "\n}\n")!.lowerBound
+        let names = try NSRegularExpression(pattern: #"func (\w+)\("#).matches(in: String(body[..<end]), range: NSRange(body[..<end].startIndex..., in: String(body[..<end])))
+            .map { String(String(body[..<end])[Range($0.range(at: 1), in: String(body[..<end]))!]) }
+        let memory: Set = ["allocate", "release", "upload", "download", "synchronize", "hostAddress", "convolutionWorkspaceCount",
+                           "convolutionBackwardScratchCount"]
+        let kernels = Set(names).subtracting(memory)
+        XCTAssertGreaterThan(kernels.count, 50)
+        XCTAssertEqual(kernels.subtracting(KernelCheck.kernelNames), [], "Backend kernels without a check case")
+    }
+
+    /// The check fails when a kernel disagrees: in bf16 the products round their operands, which
+    /// the fp32 tolerances catch, while the kernels without products still pass.
+    func testDisagreementIsCaught() {
+        let results = KernelCheck.run(on: CUDABackend(driver: EmulatedDevice(memory: 1 << 28), precision: .bf16))
+        let failed = Set(results.filter { !$0.passed }.map(\.kernel))
+        XCTAssertTrue(failed.isSuperset(of: ["gemm", "convolutionForward", "attentionForward"]), "\(failed)")
+        XCTAssertTrue(results.first { $0.kernel == "layerNormForward" }!.passed)
+    }
+}
