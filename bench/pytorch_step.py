@@ -20,6 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools", "golden"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "golden"))  # in the bundle: share/golden
 from radar_reference import RADAR, full_config, radar_loss  # noqa: E402
 
 PRESETS = {

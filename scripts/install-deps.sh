@@ -13,6 +13,7 @@ PACKAGES=(
   libpng-dev libturbojpeg0-dev    # image decoding (data pipeline)
   libarchive-dev                  # tar/gz streaming and zip export
   procps                          # pgrep, used by the multi-process tests
+  xz-utils binutils               # scripts/bundle.sh (xz, strip)
 )
 
 if [ "${1:-}" = "--list" ]; then

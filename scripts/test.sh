@@ -62,5 +62,13 @@ run_tests RADAR_TEST_BACKEND=cpu-fenced RADAR_DEVICE=cpu-fenced swift test --ski
 echo "== CUDA backend on the emulated device (RADAR_TEST_BACKEND=cuda-emulated) =="
 run_tests RADAR_TEST_BACKEND=cuda-emulated RADAR_DEVICE=cuda-emulated swift test --skip-build --filter \
   "KernelReferenceTests|LayerGradientTests|SmallKernelTests|TransformTests|ShapeErrorTests|GoldenParityTests.testSmallDual|GoldenParityTests.testBoundaryOnly|ModelTests.testMicroBatch|ModelTests.testSingleBranch|TrainingTests.testNonFinite|TrainingTests.testGradientClipping"
+# The bundle for bare GPU pods: built (static Swift standard library), then run with the Swift
+# toolchain, headers and this machine's copies of its libraries out of sight.
+echo "== the bundle (scripts/bundle.sh, scripts/check-bundle.sh) =="
+total=$((total + 1))
+if ! { bash scripts/bundle.sh .build/radar-bundle.tar.xz && bash scripts/check-bundle.sh .build/radar-bundle.tar.xz; }; then
+  failed=$((failed + 1))
+  status=1
+fi
 echo "$((total - failed)) passed, $failed failed"
 exit "$status"

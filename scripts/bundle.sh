@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# A self-contained tarball for bare GPU pods (no Swift, no -dev packages): the release binaries
+# built with the static Swift standard library and Foundation, the shared libraries they need from
+# this machine (OpenBLAS, FFTW, LZ4, libpng, TurboJPEG, libarchive, OpenMPI's libraries, curl and
+# their dependencies; not glibc), launchers that set the library path, the golden fixtures and
+# scripts the GPU check uses. CUDA is not bundled: it is loaded at run time from the pod's driver
+# and its pip wheels or toolkit (RADAR_CUDA_LIBS).
+#
+#   bash scripts/bundle.sh [OUTPUT.tar.xz]      (default .build/radar-bundle.tar.xz)
+#
+# On the pod:  tar xf radar-bundle.tar.xz && radar-bundle/bin/radar check-device
+# mpirun needs a matching OpenMPI on the pod; `radar launch` (TCP ranks) needs nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+out=${1:-.build/radar-bundle.tar.xz}
+case "$out" in /*) ;; *) out="$root/$out" ;; esac
+
+bash scripts/install-deps.sh >/dev/null
+
+# Static Foundation asks the linker for -lcurl; Debian ships only libcurl.so.4 without -dev.
+mkdir -p .build/bundle-link
+ln -sf /usr/lib/x86_64-linux-gnu/libcurl.so.4 .build/bundle-link/libcurl.so
+echo "bundle: building release binaries with the static Swift standard library"
+swift build -c release --static-swift-stdlib -Xlinker -L"$root/.build/bundle-link" 2>&1 | grep -E "error|warning: .*unreachable|Compiling|Build complete" | tail -3
+bin=$(swift build -c release --static-swift-stdlib --show-bin-path)
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+b="$stage/radar-bundle"
+mkdir -p "$b/bin" "$b/libexec" "$b/lib" "$b/share/fixtures" "$b/share/bench" "$b/share/golden"
+programs=(radar radar-worker radar-coordinator)
+for p in "${programs[@]}"; do
+  cp "$bin/$p" "$b/libexec/$p"
+  strip "$b/libexec/$p"
+done
+
+# Shared libraries: everything ldd resolves except glibc itself (the pod's loader and libc run
+# the binaries; the bundle records the glibc it was built against and the launcher checks it).
+glibc='^(linux-vdso|ld-linux|libc\.so|libm\.so|libpthread\.so|libdl\.so|librt\.so|libresolv\.so|libutil\.so)'
+for p in "${programs[@]}"; do ldd "$b/libexec/$p"; done | awk '/=> \//{print $1, $3}' | sort -u | while read -r name path; do
+  if [[ ! $name =~ $glibc ]]; then cp -L "$path" "$b/lib/$name"; fi
+done
+# OpenBLAS loads its kernels from the library itself; nothing else is dlopen'ed at run time except
+# CUDA (not bundled) and, under mpirun, OpenMPI's plugins (the pod's own OpenMPI).
+ldd --version | head -1 | awk '{print $NF}' > "$b/share/glibc-version"
+
+for p in "${programs[@]}"; do
+  cat > "$b/bin/$p" <<EOF
+#!/bin/sh
+# Launcher: the bundle's libraries first, then the program.
+here=\$(cd "\$(dirname "\$0")/.." && pwd)
+need=\$(cat "\$here/share/glibc-version")
+have=\$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print \$2}')
+if [ -n "\$have" ] && [ "\$(printf '%s\n%s\n' "\$need" "\$have" | sort -V | head -1)" != "\$need" ]; then
+  echo "$p: this bundle needs glibc \$need or newer; this machine has \$have" >&2
+  exit 1
+fi
+export LD_LIBRARY_PATH="\$here/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec "\$here/libexec/$p" "\$@"
+EOF
+  chmod +x "$b/bin/$p"
+done
+
+cp -r Tests/RadarCoreTests/Fixtures/parity "$b/share/fixtures/"
+cp bench/pytorch_step.py "$b/share/bench/"
+cp tools/golden/radar_reference.py "$b/share/golden/"
+cp scripts/gpu-check.sh "$b/gpu-check.sh"
+git rev-parse HEAD > "$b/share/commit" 2>/dev/null || echo unknown > "$b/share/commit"
+
+echo "bundle: compressing"
+mkdir -p "$(dirname "$out")"
+# The three programs share most of their bytes (static Foundation): a dictionary larger than one
+# binary lets xz store them once.
+tar -C "$stage" -cf - radar-bundle | xz -T1 --lzma2=preset=6,dict=192MiB > "$out.tmp"
+mv "$out.tmp" "$out"
+echo "bundle: $out ($(du -h "$out" | cut -f1); $(ls "$b/lib" | wc -l) shared libraries; glibc >= $(cat "$b/share/glibc-version"))"

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs a bundle (scripts/bundle.sh) the way a bare GPU pod would: in a private mount namespace
+# where the Swift toolchain, /usr/include, pkg-config's files and this machine's copies of every
+# library the bundle carries are out of sight (empty mounts over them), so anything the bundle
+# forgot fails to load. Runs: the in-memory demo, a short training run on a synthetic set with two
+# TCP ranks (`radar launch`), and the bundle's gpu-check.sh on the emulated CUDA device (probe, every
+# kernel, golden parity, bench step in each precision). Hiding needs root (unshare -m); without it
+# the same runs happen with the system libraries in sight, and the script says so.
+#
+#   bash scripts/check-bundle.sh [BUNDLE.tar.xz]     (default .build/radar-bundle.tar.xz)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bundle=${1:-.build/radar-bundle.tar.xz}
+case "$bundle" in /*) ;; *) bundle="$PWD/$bundle" ;; esac
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+tar -C "$work" -xJf "$bundle"
+b="$work/radar-bundle"
+
+cat > "$work/inside.sh" <<'INSIDE'
+set -euo pipefail
+b=$1
+if [ "${NO_HIDE:-0}" = 1 ]; then
+  echo "check-bundle: no mount namespace here (unshare -m needs CAP_SYS_ADMIN): the bundle runs with the system libraries in sight"
+else
+hide_dir() { if [ -d "$1" ]; then mount -t tmpfs -o size=1m none "$1"; fi; }
+swift_root=$(dirname "$(dirname "$(dirname "$(readlink -f "$(command -v swift || echo /opt/swift/usr/bin/swift)")")")")
+hide_dir "$swift_root"
+hide_dir /usr/include
+hide_dir /usr/lib/x86_64-linux-gnu/pkgconfig
+hide_dir /usr/share/pkgconfig
+hidden=0
+for lib in "$b"/lib/*; do
+  for d in /usr/lib/x86_64-linux-gnu /lib/x86_64-linux-gnu /usr/lib /usr/local/lib; do
+    f="$d/$(basename "$lib")"
+    if [ -e "$f" ]; then mount --bind /dev/null "$(readlink -f "$f")"; hidden=$((hidden + 1)); break; fi
+  done
+done
+echo "check-bundle: hid $swift_root, /usr/include, pkg-config and $hidden system libraries"
+if command -v swift >/dev/null && swift --version >/dev/null 2>&1; then echo "check-bundle: swift still runs"; exit 1; fi
+fi
+export PATH="$b/bin:$PATH"
+cd "$(mktemp -d)"
+radar demo --epochs 1 2>&1 | tail -2
+radar synth --output data --count 96 --size 32 >/dev/null
+radar launch -n 2 -- radar-worker --data data --output out --experiment e --config tiny --batch-size 4 --num-epochs 1 \
+  --max-steps-per-epoch 2 --threads 1 2>&1 | tail -2
+test -f out/e/last.safetensors.lz4
+# The GPU check as a pod runs it, on the emulated device (probe, every kernel, golden parity,
+# bench step in fp32/tf32/bf16).
+GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 bash "$b/gpu-check.sh" > report.json 2> report.log \
+  || { tail -20 report.log; exit 1; }
+python3 - <<'PY'
+import json
+r = json.load(open("report.json"))
+assert r["passed"] and r["check"]["kernels_passed"] == r["check"]["kernels_total"], r["check"]
+assert sorted(b["precision"] for b in r["radar_bench_step"]) == ["bf16", "fp32", "tf32"], r["radar_bench_step"]
+print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed; bench step %s" % (
+    r["check"]["kernels_passed"], r["check"]["kernels_total"], len(r["check"]["golden"]),
+    ", ".join("%s %.2f img/s" % (b["precision"], b["images_per_s"]) for b in r["radar_bench_step"])))
+PY
+echo "check-bundle: passed"
+INSIDE
+if unshare -m true 2>/dev/null; then
+  unshare -m bash "$work/inside.sh" "$b"
+else
+  NO_HIDE=1 bash "$work/inside.sh" "$b"
+fi

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The one-command GPU check, run from an unpacked bundle (scripts/bundle.sh) on a GPU machine:
+#   1. probe: driver, GPU, memory, the CUDA libraries found, the kernel cache;
+#   2. every Backend kernel against the CPU backend on the device;
+#   3. the golden PyTorch parity cases on the device;
+#   4. `radar bench step --device cuda` on the full config at batch 128 (halved until it fits) in
+#      fp32, tf32 and bf16;
+#   5. where PyTorch and timm import: bench/pytorch_step.py on the same config, batch and GPU, eager
+#      fp32, tf32 and AMP bf16.
+# One JSON report on stdout (and in gpu-check.json); exit status 1 on any parity failure.
+#
+#   tar xf radar-bundle.tar.xz && bash radar-bundle/gpu-check.sh
+#
+# Dry run without a GPU: GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=4.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+radar="$here/bin/radar"
+[ -x "$radar" ] || radar="$here/../.build/release/radar"  # from a checkout: scripts/gpu-check.sh
+device=${GPU_CHECK_DEVICE:-cuda}
+config=${GPU_CHECK_CONFIG:-full}
+batch=${GPU_CHECK_BATCH:-128}
+repeats=${GPU_CHECK_REPEATS:-5}
+step_timeout=${GPU_CHECK_STEP_TIMEOUT:-150}
+report=${GPU_CHECK_REPORT:-$PWD/gpu-check.json}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+log() { echo "gpu-check: $*" >&2; }
+
+# CUDA libraries and headers from the Python environment (PyTorch's nvidia-* wheels) when the
+# caller has not pointed RADAR_CUDA_LIBS elsewhere.
+python=$(command -v python3 || command -v python || true)
+if [ -z "${RADAR_CUDA_LIBS:-}" ] && [ -n "$python" ]; then
+  libs=$("$python" - <<'PY' 2>/dev/null
+import glob, os, site, sys
+roots = set(site.getsitepackages() + [site.getusersitepackages()])
+dirs = []
+for r in sorted(roots):
+    dirs += sorted(glob.glob(os.path.join(r, "nvidia", "*", "lib"))) + [os.path.join(r, "torch", "lib")]
+print(":".join(d for d in dirs if os.path.isdir(d)))
+PY
+)
+  [ -n "$libs" ] && export RADAR_CUDA_LIBS="$libs"
+fi
+if [ -z "${RADAR_CUDA_INCLUDE:-}" ]; then
+  libs_list=${RADAR_CUDA_LIBS:-}
+  for d in ${libs_list//:/ } /usr/local/cuda/lib64; do
+    inc=$(dirname "$d")/include
+    if [ -f "$inc/cuda_bf16.h" ]; then export RADAR_CUDA_INCLUDE="$inc"; break; fi
+  done
+fi
+export RADAR_KERNEL_CACHE=${RADAR_KERNEL_CACHE:-$work/kernels}
+log "device $device, config $config, batch $batch; RADAR_CUDA_LIBS=${RADAR_CUDA_LIBS:-} RADAR_CUDA_INCLUDE=${RADAR_CUDA_INCLUDE:-}"
+if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader >&2; fi
+
+# 1-3: probe, kernels, golden parity.
+t0=$(date +%s)
+"$radar" check-device --device "$device" > "$work/check.json" 2> "$work/check.log"
+check_status=$?
+tail -n 20 "$work/check.log" >&2
+log "check-device exit $check_status ($(( $(date +%s) - t0 )) s)"
+
+# 4: our step in each precision, halving the batch until it fits.
+: > "$work/bench.jsonl"
+for p in fp32 tf32 bf16; do
+  b=$batch
+  while [ "$b" -ge 1 ]; do
+    if timeout "$step_timeout" "$radar" bench step --device "$device" --precision "$p" --config "$config" --batch "$b" \
+        --repeats "$repeats" >> "$work/bench.jsonl" 2> "$work/bench-$p.log"; then
+      log "radar bench step $p batch $b: $(tail -1 "$work/bench.jsonl" | head -c 300)"
+      break
+    fi
+    log "radar bench step $p batch $b failed: $(tail -1 "$work/bench-$p.log")"
+    if grep -q "out of device memory" "$work/bench-$p.log"; then b=$((b / 2)); else break; fi
+  done
+done
+
+# 5: PyTorch on the same GPU, where it is installed.
+: > "$work/pytorch.jsonl"
+bench_py="$here/share/bench/pytorch_step.py"
+[ -f "$bench_py" ] || bench_py="$here/../bench/pytorch_step.py"
+if [ -n "$python" ] && [ "$device" != "cuda-emulated" ] && "$python" -c "import torch, timm; assert torch.cuda.is_available()" 2>/dev/null; then
+  for p in fp32 tf32 bf16; do
+    timeout "$step_timeout" "$python" "$bench_py" --config "$config" --batch "$batch" --device cuda --precision "$p" \
+      --repeats "$repeats" >> "$work/pytorch.jsonl" 2> "$work/pytorch-$p.log" \
+      && log "pytorch $p: $(tail -1 "$work/pytorch.jsonl")" || log "pytorch $p failed: $(tail -3 "$work/pytorch-$p.log" | tr '\n' ' ')"
+  done
+else
+  log "PyTorch with CUDA not available: no PyTorch comparison"
+fi
+
+# One JSON report.
+"${python:-python3}" - "$work" "$check_status" "$report" <<'PY'
+import json, sys
+work, status, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def lines(p):
+    try:
+        return [json.loads(l) for l in open(p) if l.strip().startswith("{")]
+    except Exception as e:
+        return [{"error": str(e)}]
+try:
+    check = json.load(open(work + "/check.json"))
+except Exception:
+    check = {"error": open(work + "/check.log").read()[-2000:]}
+rep = {"check": check, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
+       "passed": status == 0 and bool(check.get("passed"))}
+text = json.dumps(rep, indent=1, sort_keys=True)
+open(out, "w").write(text + "\n")
+print(text)
+PY
+[ "$check_status" -eq 0 ]
