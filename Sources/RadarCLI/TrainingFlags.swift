@@ -21,6 +21,7 @@ public struct TrainingFlags: ParsableArguments {
     public var device: String?
     @Option(help: "Precision on CUDA: auto (bf16 mixed precision on GPUs of compute capability 8.0+, else fp32), fp32, tf32 or bf16. Default: RADAR_PRECISION, else auto.")
     public var precision: String?
+    @Flag(help: "Let several local ranks share a GPU (by default each rank needs a GPU of its own).") public var allowGpuSharing = false
     @Option(help: "Loader threads (decode + augment).") public var loaderThreads = 1
     @Flag(help: "Disable training augmentation.") public var noAugment = false
     @Option(help: "Cap optimizer steps per epoch (0: all), for smoke runs.") public var maxStepsPerEpoch = 0
@@ -59,7 +60,7 @@ public struct TrainingFlags: ParsableArguments {
     }
 
     /// The run's options; `localRanks` processes share this node's cores.
-    public func options(rank: Int = 0, worldSize: Int = 1, localRanks: Int = 1) throws -> TrainOptions {
+    public func options(rank: Int = 0, worldSize: Int = 1, localRanks: Int = 1, localRank: Int = 0) throws -> TrainOptions {
         var o = TrainOptions(data: data, output: output, experiment: experiment, config: try RADARConfig.resolve(config))
         o.batchSize = batchSize
         o.epochs = numEpochs
@@ -69,6 +70,8 @@ public struct TrainingFlags: ParsableArguments {
         o.device = device ?? Devices.defaultName
         o.precision = precision
         guard Devices.isValid(o.device) else { throw ValidationError(Devices.UnknownDevice(name: o.device).description) }
+        o.device = try RankPlacement.device(o.device, localRank: localRank, localSize: localRanks, allowSharing: allowGpuSharing,
+                                            gpuCount: CUDADrivers.deviceCount)
         o.patience = patience
         o.seed = seed
         o.threads = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(localRanks, 1))

@@ -144,6 +144,11 @@ public enum CUDADrivers {
         }
     }
 
+    /// How many GPUs this process sees (the emulator: `RADAR_EMULATED_DEVICES`).
+    public static func deviceCount() throws -> Int {
+        emulatorSelected ? EmulatedDevice.deviceCount : try DriverAPI.deviceCount()
+    }
+
     /// The driver for device `ordinal`: the emulator when selected (or `emulated`), else the real one.
     public static func open(ordinal: Int, emulated: Bool = false) throws -> any CUDADriver {
         if emulated || emulatorSelected {

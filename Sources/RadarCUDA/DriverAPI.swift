@@ -156,6 +156,18 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         try loadKernels()
     }
 
+    /// GPUs visible to this process (cuInit + cuDeviceGetCount).
+    public static func deviceCount() throws -> Int {
+        guard let cuda = try? CUDALibraries.load(["libcuda.so.1", "libcuda.so"], component: "cuda_driver") else {
+            throw Unavailable(message: "no CUDA driver on this machine (libcuda.so.1 cannot be loaded; a GPU node has it from the NVIDIA driver package)")
+        }
+        let errorString = try CUDALibraries.symbol(cuda, "cuGetErrorString", as: FnErrorString.self)
+        try check(try CUDALibraries.symbol(cuda, "cuInit", as: FnInit.self)(0), "cuInit", errorString)
+        var count: Int32 = 0
+        try check(try CUDALibraries.symbol(cuda, "cuDeviceGetCount", as: FnIntOut.self)(&count), "cuDeviceGetCount", errorString)
+        return Int(count)
+    }
+
     static func describe(_ r: Int32, _ errorString: FnErrorString) -> String {
         var p: UnsafePointer<CChar>?
         _ = errorString(r, &p)

@@ -138,9 +138,11 @@ struct RadarWorker: ParsableCommand {
 
     func train(_ comm: Communicator, client: CoordinatorClient) throws {
         let env = ProcessInfo.processInfo.environment
-        let localRanks = Int(env["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? env["LOCAL_WORLD_SIZE"] ?? "") ?? comm.size
-        let o = try flags.options(rank: comm.rank, worldSize: comm.size, localRanks: localRanks)
+        let localRanks = RankPlacement.localSize(env) ?? comm.size
+        let localRank = RankPlacement.localRank(env) ?? comm.rank
+        let o = try flags.options(rank: comm.rank, worldSize: comm.size, localRanks: localRanks, localRank: localRank)
         let run = try TrainingRun(options: o)
+        logLine("radar-worker rank \(comm.rank) (host \(ProcessInfo.processInfo.hostName), local rank \(localRank) of \(localRanks)): \(run.ctx.backend.deviceDescription)")
         let fingerprint = Fingerprint(config: o.config, layout: run.model.layout, manifestHash: run.set.manifest.contentHash,
                                       worldSize: comm.size, extra: [("batch size", String(o.batchSize)), ("seed", String(o.seed)),
                                                                     ("sync-bn", String(syncBn))])

@@ -17,7 +17,8 @@ final class MPITrainingTests: XCTestCase {
     func tmp(_ name: String) -> String { NSTemporaryDirectory() + "radar-mpi-\(name)-\(UUID().uuidString.prefix(6))" }
 
     /// mpirun with the given per-app argument lists (MPMD when several).
-    func mpirun(_ apps: [(ranks: Int, program: String, args: [String])], timeout: TimeInterval = 240) throws -> (status: Int32, out: String, err: String) {
+    func mpirun(_ apps: [(ranks: Int, program: String, args: [String])], timeout: TimeInterval = 240,
+                env extra: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
         var argv = ["mpirun", "--oversubscribe"]
         if geteuid() == 0 { argv.append("--allow-run-as-root") }
         for (i, app) in apps.enumerated() {
@@ -29,6 +30,7 @@ final class MPITrainingTests: XCTestCase {
         p.arguments = argv
         var env = ProcessInfo.processInfo.environment
         env["OPENBLAS_NUM_THREADS"] = "1"
+        env.merge(extra) { $1 }
         p.environment = env
         let out = Pipe(), err = Pipe()
         p.standardOutput = out

@@ -1,0 +1,52 @@
+import Foundation
+import RadarCore
+import XCTest
+
+/// `mpirun -n 2 radar-worker --device cuda` on the emulated device (RADAR_CUDA_DRIVER=emulator):
+/// each rank opens the GPU of its local rank, replicas stay bit-identical (`--verify-replicas`
+/// hashes them after every step), and the result is the CPU path's within what 3 AdamW steps
+/// allow; more local ranks than GPUs is a one-line error naming both counts.
+extension MPITrainingTests {
+    func cudaArgs(_ out: String, device: String) -> [String] {
+        ["--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny", "--batch-size", "4",
+         "--num-epochs", "1", "--max-steps-per-epoch", "3", "--accumulation-steps", "1", "--threads", "1", "--timeout", "120",
+         "--device", device, "--precision", "fp32", "--verify-replicas"]
+    }
+
+    func testTwoRanksOnTwoEmulatedGPUsStayIdenticalAndMatchTheCPU() throws {
+        let gpu = tmp("cuda2"), cpu = tmp("cpu2")
+        let env = ["RADAR_CUDA_DRIVER": "emulator", "RADAR_EMULATED_DEVICES": "2"]
+        let r = try mpirun([(2, "radar-worker", cudaArgs(gpu, device: "cuda"))], timeout: 600, env: env)
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertEqual(Set(hashes(r.out)).count, 1, "replicas agree:\n\(r.out)")
+        XCTAssertEqual(hashes(r.out).count, 2)
+        for rank in 0..<2 {
+            XCTAssertTrue(r.err.contains("radar-worker rank \(rank) (host ") && r.err.contains("local rank \(rank) of 2): cuda:\(rank) (emulated device"),
+                          "rank \(rank) logs its GPU:\n\(r.err)")
+        }
+        let c = try mpirun([(2, "radar-worker", cudaArgs(cpu, device: "cpu"))], timeout: 300)
+        XCTAssertEqual(c.status, 0, c.err)
+        let a = try Checkpoint.read(gpu + "/e/last.safetensors.lz4"), b = try Checkpoint.read(cpu + "/e/last.safetensors.lz4")
+        XCTAssertEqual(a.state.optimizerStep, 3)
+        XCTAssertEqual(b.state.optimizerStep, 3)
+        // Round-off in near-zero gradients can flip an Adam update (at most about lr = 5e-4 per
+        // step after warm-up scaling); everything else agrees to float precision.
+        var diffs: [Float] = []
+        for (k, t) in b.tensors where t.dtype == .f32 {
+            let g = try XCTUnwrap(a.tensors[k], k).floats
+            for (x, y) in zip(g, t.floats) { diffs.append(abs(x - y)) }
+        }
+        diffs.sort()
+        XCTAssertGreaterThan(diffs.count, 10_000)
+        XCTAssertLessThan(diffs[diffs.count / 2], 1e-6, "median parameter difference")
+        XCTAssertLessThan(diffs.last!, 3 * 5e-4 * 1.5, "largest parameter difference")
+    }
+
+    func testMoreLocalRanksThanGPUsIsAnErrorNamingBoth() throws {
+        let r = try mpirun([(2, "radar-worker", cudaArgs(tmp("cuda1"), device: "cuda"))], timeout: 120,
+                           env: ["RADAR_CUDA_DRIVER": "emulator", "RADAR_EMULATED_DEVICES": "1"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("2 ranks on this host but 1 GPU visible"), r.err)
+        XCTAssertTrue(r.err.contains("--allow-gpu-sharing"), r.err)
+    }
+}
