@@ -6,14 +6,14 @@ extern "C" int radar_emu_launch_radar_fill(const unsigned grid[3], const unsigne
     float* a0; memcpy(&a0, args[0], sizeof(a0));
     long a1; memcpy(&a1, args[1], sizeof(a1));
     float a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_fill(a0, a1, a2); });
+    return radar_emu::launch(grid, block, [&] { radar_fill(a0, a1, a2); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_copy(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_copy(a0, a1, a2); });
+    return radar_emu::launch(grid, block, [&] { radar_copy(a0, a1, a2); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_add(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -21,7 +21,7 @@ extern "C" int radar_emu_launch_radar_add(const unsigned grid[3], const unsigned
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
     long a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_add(a0, a1, a2, a3); });
+    return radar_emu::launch(grid, block, [&] { radar_add(a0, a1, a2, a3); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_axpy(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -29,14 +29,14 @@ extern "C" int radar_emu_launch_radar_axpy(const unsigned grid[3], const unsigne
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
     long a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_axpy(a0, a1, a2, a3); });
+    return radar_emu::launch(grid, block, [&] { radar_axpy(a0, a1, a2, a3); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_scale(const unsigned grid[3], const unsigned block[3], void **args) {
     float* a0; memcpy(&a0, args[0], sizeof(a0));
     long a1; memcpy(&a1, args[1], sizeof(a1));
     float a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_scale(a0, a1, a2); });
+    return radar_emu::launch(grid, block, [&] { radar_scale(a0, a1, a2); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_add_row_bias(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -44,7 +44,7 @@ extern "C" int radar_emu_launch_radar_add_row_bias(const unsigned grid[3], const
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_add_row_bias(a0, a1, a2, a3); });
+    return radar_emu::launch(grid, block, [&] { radar_add_row_bias(a0, a1, a2, a3); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_add_channel_bias(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -53,7 +53,7 @@ extern "C" int radar_emu_launch_radar_add_channel_bias(const unsigned grid[3], c
     long a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_add_channel_bias(a0, a1, a2, a3, a4); });
+    return radar_emu::launch(grid, block, [&] { radar_add_channel_bias(a0, a1, a2, a3, a4); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_accumulate_column_sums(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -61,14 +61,14 @@ extern "C" int radar_emu_launch_radar_accumulate_column_sums(const unsigned grid
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_accumulate_column_sums(a0, a1, a2, a3); });
+    return radar_emu::launch(grid, block, [&] { radar_accumulate_column_sums(a0, a1, a2, a3); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_relu_forward(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_relu_forward(a0, a1, a2); });
+    return radar_emu::launch(grid, block, [&] { radar_relu_forward(a0, a1, a2); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_relu_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -76,7 +76,7 @@ extern "C" int radar_emu_launch_radar_relu_backward(const unsigned grid[3], cons
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
     long a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_relu_backward(a0, a1, a2, a3); });
+    return radar_emu::launch(grid, block, [&] { radar_relu_backward(a0, a1, a2, a3); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_gelu_forward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -84,7 +84,7 @@ extern "C" int radar_emu_launch_radar_gelu_forward(const unsigned grid[3], const
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
     long a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_gelu_forward(a0, a1, a2, a3); });
+    return radar_emu::launch(grid, block, [&] { radar_gelu_forward(a0, a1, a2, a3); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_gelu_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -93,21 +93,21 @@ extern "C" int radar_emu_launch_radar_gelu_backward(const unsigned grid[3], cons
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     float* a3; memcpy(&a3, args[3], sizeof(a3));
     long a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_gelu_backward(a0, a1, a2, a3, a4); });
+    return radar_emu::launch(grid, block, [&] { radar_gelu_backward(a0, a1, a2, a3, a4); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_to_bf16(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     __nv_bfloat16* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_to_bf16(a0, a1, a2); });
+    return radar_emu::launch(grid, block, [&] { radar_to_bf16(a0, a1, a2); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_from_bf16(const unsigned grid[3], const unsigned block[3], void **args) {
     const __nv_bfloat16* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_from_bf16(a0, a1, a2); });
+    return radar_emu::launch(grid, block, [&] { radar_from_bf16(a0, a1, a2); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_sum_parts(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -115,5 +115,5 @@ extern "C" int radar_emu_launch_radar_sum_parts(const unsigned grid[3], const un
     int a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
     float* a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_sum_parts(a0, a1, a2, a3); });
+    return radar_emu::launch(grid, block, [&] { radar_sum_parts(a0, a1, a2, a3); }, true);
 }

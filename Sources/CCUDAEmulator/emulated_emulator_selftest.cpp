@@ -4,23 +4,23 @@
 
 extern "C" int radar_emu_launch_radar_selftest_divergent_barrier(const unsigned grid[3], const unsigned block[3], void **args) {
     float* a0; memcpy(&a0, args[0], sizeof(a0));
-    return radar_emu::launch(grid, block, [&] { radar_selftest_divergent_barrier(a0); });
+    return radar_emu::launch(grid, block, [&] { radar_selftest_divergent_barrier(a0); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_selftest_early_return(const unsigned grid[3], const unsigned block[3], void **args) {
     float* a0; memcpy(&a0, args[0], sizeof(a0));
-    return radar_emu::launch(grid, block, [&] { radar_selftest_early_return(a0); });
+    return radar_emu::launch(grid, block, [&] { radar_selftest_early_return(a0); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_selftest_neighbour(const unsigned grid[3], const unsigned block[3], void **args) {
     float* a0; memcpy(&a0, args[0], sizeof(a0));
     int a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_selftest_neighbour(a0, a1, a2); });
+    return radar_emu::launch(grid, block, [&] { radar_selftest_neighbour(a0, a1, a2); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_selftest_warp_sum(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
-    return radar_emu::launch(grid, block, [&] { radar_selftest_warp_sum(a0, a1); });
+    return radar_emu::launch(grid, block, [&] { radar_selftest_warp_sum(a0, a1); }, false);
 }

@@ -14,7 +14,7 @@ extern "C" int radar_emu_launch_radar_im2col(const unsigned grid[3], const unsig
     int a8; memcpy(&a8, args[8], sizeof(a8));
     int a9; memcpy(&a9, args[9], sizeof(a9));
     int a10; memcpy(&a10, args[10], sizeof(a10));
-    return radar_emu::launch(grid, block, [&] { radar_im2col(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); });
+    return radar_emu::launch(grid, block, [&] { radar_im2col(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_col2im(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -29,7 +29,7 @@ extern "C" int radar_emu_launch_radar_col2im(const unsigned grid[3], const unsig
     int a8; memcpy(&a8, args[8], sizeof(a8));
     int a9; memcpy(&a9, args[9], sizeof(a9));
     int a10; memcpy(&a10, args[10], sizeof(a10));
-    return radar_emu::launch(grid, block, [&] { radar_col2im(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); });
+    return radar_emu::launch(grid, block, [&] { radar_col2im(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_transpose_last_two(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -38,7 +38,7 @@ extern "C" int radar_emu_launch_radar_transpose_last_two(const unsigned grid[3],
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_transpose_last_two(a0, a1, a2, a3, a4); });
+    return radar_emu::launch(grid, block, [&] { radar_transpose_last_two(a0, a1, a2, a3, a4); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_copy_columns(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -48,7 +48,7 @@ extern "C" int radar_emu_launch_radar_copy_columns(const unsigned grid[3], const
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
     long a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_copy_columns(a0, a1, a2, a3, a4, a5); });
+    return radar_emu::launch(grid, block, [&] { radar_copy_columns(a0, a1, a2, a3, a4, a5); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_slice_columns(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -58,7 +58,7 @@ extern "C" int radar_emu_launch_radar_slice_columns(const unsigned grid[3], cons
     float* a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
     long a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_slice_columns(a0, a1, a2, a3, a4, a5); });
+    return radar_emu::launch(grid, block, [&] { radar_slice_columns(a0, a1, a2, a3, a4, a5); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_token_mean_max(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -69,7 +69,7 @@ extern "C" int radar_emu_launch_radar_token_mean_max(const unsigned grid[3], con
     int a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_token_mean_max(a0, a1, a2, a3, a4, a5, a6); });
+    return radar_emu::launch(grid, block, [&] { radar_token_mean_max(a0, a1, a2, a3, a4, a5, a6); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_token_mean_max_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -80,5 +80,5 @@ extern "C" int radar_emu_launch_radar_token_mean_max_backward(const unsigned gri
     int a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_token_mean_max_backward(a0, a1, a2, a3, a4, a5, a6); });
+    return radar_emu::launch(grid, block, [&] { radar_token_mean_max_backward(a0, a1, a2, a3, a4, a5, a6); }, true);
 }

@@ -12,7 +12,7 @@ extern "C" int radar_emu_launch_radar_layernorm_forward(const unsigned grid[3], 
     float* a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_layernorm_forward(a0, a1, a2, a3, a4, a5, a6, a7, a8); });
+    return radar_emu::launch(grid, block, [&] { radar_layernorm_forward(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_layernorm_backward_input(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -24,7 +24,7 @@ extern "C" int radar_emu_launch_radar_layernorm_backward_input(const unsigned gr
     float* a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
-    return radar_emu::launch(grid, block, [&] { radar_layernorm_backward_input(a0, a1, a2, a3, a4, a5, a6, a7); });
+    return radar_emu::launch(grid, block, [&] { radar_layernorm_backward_input(a0, a1, a2, a3, a4, a5, a6, a7); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_layernorm_param_grads(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -36,7 +36,7 @@ extern "C" int radar_emu_launch_radar_layernorm_param_grads(const unsigned grid[
     float* a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
-    return radar_emu::launch(grid, block, [&] { radar_layernorm_param_grads(a0, a1, a2, a3, a4, a5, a6, a7); });
+    return radar_emu::launch(grid, block, [&] { radar_layernorm_param_grads(a0, a1, a2, a3, a4, a5, a6, a7); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_softmax_forward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -44,7 +44,7 @@ extern "C" int radar_emu_launch_radar_softmax_forward(const unsigned grid[3], co
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_softmax_forward(a0, a1, a2, a3); });
+    return radar_emu::launch(grid, block, [&] { radar_softmax_forward(a0, a1, a2, a3); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_softmax_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -53,5 +53,5 @@ extern "C" int radar_emu_launch_radar_softmax_backward(const unsigned grid[3], c
     float* a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_softmax_backward(a0, a1, a2, a3, a4); });
+    return radar_emu::launch(grid, block, [&] { radar_softmax_backward(a0, a1, a2, a3, a4); }, false);
 }

@@ -40,6 +40,7 @@ struct Block {
 };
 
 thread_local Block *running = nullptr;
+thread_local bool direct = false;  // a barrier-free launch in progress (no fibers)
 thread_local std::string last_error;
 int reverse_order = 0, strict_mode = 0;
 constexpr size_t stack_bytes = 64 * 1024;
@@ -114,7 +115,12 @@ std::string run_block(Block &b) {
 }
 }  // namespace
 
+struct BarrierInDirectLaunch : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
 void sync_block(const void *site) {
+    if (direct) throw BarrierInDirectLaunch("__syncthreads in a kernel run as barrier-free (line " + std::to_string((uintptr_t)site) + ")");
     Block *b = running;
     Fiber &f = b->fibers[b->current];
     f.state = State::at_block_barrier;
@@ -123,6 +129,7 @@ void sync_block(const void *site) {
 }
 
 float shuffle_xor(float v, int lane_mask) {
+    if (direct) throw BarrierInDirectLaunch("__shfl_xor_sync in a kernel run as barrier-free");
     Block *b = running;
     unsigned me = b->current, lane = me % 32, base = me - lane;
     unsigned parity = b->generation[me]++ & 1u;
@@ -135,11 +142,30 @@ float shuffle_xor(float v, int lane_mask) {
 }
 
 /// Runs `body` as every thread of every block of the grid; "" or the first error.
-int launch(const unsigned grid[3], const unsigned block[3], const std::function<void()> &body) {
+int launch(const unsigned grid[3], const unsigned block[3], const std::function<void()> &body, bool barrier_free) {
     last_error.clear();
     grid_dim = dim3{grid[0], grid[1], grid[2]};
     block_dim = dim3{block[0], block[1], block[2]};
     const unsigned n = block[0] * block[1] * block[2];
+    if (barrier_free) {
+        direct = true;
+        try {
+            for (unsigned bz = 0; bz < grid[2]; ++bz) for (unsigned by = 0; by < grid[1]; ++by) for (unsigned bx = 0; bx < grid[0]; ++bx) {
+                block_index = dim3{bx, by, bz};
+                for (unsigned k = 0; k < n; ++k) {
+                    unsigned i = reverse_order ? n - 1 - k : k;
+                    thread_index = dim3{i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
+                    body();
+                }
+            }
+        } catch (const BarrierInDirectLaunch &e) {
+            direct = false;
+            last_error = e.what();
+            return 1;
+        }
+        direct = false;
+        return 0;
+    }
     Block b;
     b.fibers.resize(n);
     b.body = &body;
@@ -177,3 +203,13 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
 extern "C" const char *radar_emu_last_error(void) { return radar_emu::last_error.c_str(); }
 extern "C" void radar_emu_set_reverse_order(int on) { radar_emu::reverse_order = on; }
 extern "C" void radar_emu_set_strict(int on) { radar_emu::strict_mode = on; }
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+extern "C" int radar_emu_memory_file(unsigned long bytes) {
+    int fd = memfd_create("radar-emulated-device", MFD_CLOEXEC);
+    if (fd < 0) return -1;
+    if (ftruncate(fd, (off_t)bytes) != 0) { close(fd); return -1; }
+    return fd;
+}

@@ -49,5 +49,7 @@ inline float __bfloat162float(__nv_bfloat16 b) { uint32_t u = uint32_t(b.bits) <
 #include <functional>
 namespace radar_emu {
 /// Runs `body` as every thread of every block of the grid: 0, or 1 with `radar_emu_last_error`.
-int launch(const unsigned grid[3], const unsigned block[3], const std::function<void()> &body);
+/// `barrier_free` (the code generator's finding that the kernel never waits at a barrier or a warp
+/// exchange): threads run one after another on the calling stack, no fibers.
+int launch(const unsigned grid[3], const unsigned block[3], const std::function<void()> &body, bool barrier_free = false);
 }  // namespace radar_emu

@@ -4,8 +4,10 @@ import RadarCPU
 import RadarEngine
 
 /// The emulated CUDA device behind the same driver calls as a real GPU (`CUDADriver`): device
-/// memory in mappings the host cannot dereference (the fenced backend's fence: readable only while
-/// a driver call runs, so a missed download crashes), kernels run by the emulator (the sources
+/// memory the host cannot dereference (each allocation is a memfd mapped twice: at its device
+/// address with no access, so any host use of a device address crashes, and at a private alias the
+/// driver calls translate device addresses to: kernel pointer arguments, cuBLAS and cuFFT operands,
+/// copies), kernels run by the emulator (the sources
 /// NVRTC compiles, as host C++, each block's threads as fibers) through the same grid/block
 /// arithmetic, cuBLAS semantics (column-major, the real argument conventions, TF32 and bf16
 /// operands) by the CPU backend's single-threaded GEMM, and cuFFT's R2C by its FFTW plans.
@@ -14,12 +16,9 @@ import RadarEngine
 /// out-of-memory paths can be tested; `RADAR_EMULATED_DEVICES` (default 1) the device count.
 public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     /// The host library standing in for cuBLAS and cuFFT.
-    public let host: CPUBackend
+    public let cpu: CPUBackend
     public let ordinal: Int
     public let capacity: Int
-    private var allocated = 0
-    private var sizes: [UInt: Int] = [:]
-    private let lock = NSLock()
     /// Host scratch for operand conversions (TF32 rounding, bf16 expansion).
     private var scratchA = HostScratch(), scratchB = HostScratch()
 
@@ -48,7 +47,7 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
 
     /// Device `ordinal` with `memory` bytes (default: `RADAR_EMULATED_MEMORY`, else 16 GiB).
     public init(ordinal: Int = 0, memory: Int? = nil) {
-        host = CPUBackend(threads: 1)
+        cpu = CPUBackend(threads: 1)
         self.ordinal = ordinal
         capacity = memory ?? EmulatedDevice.memoryCapacity
     }
@@ -62,51 +61,83 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     public var computeCapability: (major: Int, minor: Int) { (9, 0) }
 
     public func memoryInfo() -> (free: Int, total: Int) {
-        lock.lock(); defer { lock.unlock() }
-        return (capacity - allocated, capacity)
+        EmulatedDevice.heapLock.lock(); defer { EmulatedDevice.heapLock.unlock() }
+        return (capacity - EmulatedDevice.heap.allocated, capacity)
     }
 
     // MARK: Memory
 
+    /// Device memory of the process (every EmulatedDevice shares it, as backends on one GPU share
+    /// its memory): regions sorted by device base, and the bytes in use.
+    struct Heap {
+        var regions: [(base: UInt, bytes: Int, alias: UnsafeMutableRawPointer)] = []
+        var allocated = 0
+    }
+    nonisolated(unsafe) static var heap = Heap()
+    static let heapLock = NSLock()
+
     public func allocate(bytes: Int) throws -> UnsafeMutableRawPointer {
-        let n = max(bytes, 4)
-        lock.lock()
-        guard allocated + n <= capacity else {
-            let free = capacity - allocated
-            lock.unlock()
-            throw DeviceOutOfMemory(device: deviceDescription, requested: n, free: free, total: capacity)
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let n = (max(bytes, 4) + page - 1) / page * page
+        EmulatedDevice.heapLock.lock()
+        defer { EmulatedDevice.heapLock.unlock() }
+        guard EmulatedDevice.heap.allocated + n <= capacity else {
+            throw DeviceOutOfMemory(device: deviceDescription, requested: n, free: capacity - EmulatedDevice.heap.allocated, total: capacity)
         }
-        allocated += n
-        lock.unlock()
-        let p = UnsafeMutableRawPointer(Fence.shared.map(floats: (n + 3) / 4))
-        lock.lock(); sizes[UInt(bitPattern: p)] = n; lock.unlock()
-        return p
+        let fd = radar_emu_memory_file(UInt(n))
+        guard fd >= 0 else { fatalError("emulated device: memfd: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        guard let device = mmap(nil, n, PROT_NONE, MAP_SHARED, fd, 0), device != MAP_FAILED,
+              let alias = mmap(nil, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), alias != MAP_FAILED
+        else { fatalError("emulated device: cannot map \(n) bytes: \(String(cString: strerror(errno)))") }
+        EmulatedDevice.heap.allocated += n
+        let base = UInt(bitPattern: device)
+        let at = EmulatedDevice.heap.regions.firstIndex { $0.base > base } ?? EmulatedDevice.heap.regions.count
+        EmulatedDevice.heap.regions.insert((base, n, alias), at: at)
+        return device
     }
 
     public func free(_ address: UnsafeMutableRawPointer) {
-        lock.lock()
-        if let n = sizes.removeValue(forKey: UInt(bitPattern: address)) { allocated -= n }
-        lock.unlock()
-        Fence.shared.unmap(address.assumingMemoryBound(to: Float.self))
+        EmulatedDevice.heapLock.lock()
+        defer { EmulatedDevice.heapLock.unlock() }
+        guard let i = EmulatedDevice.heap.regions.firstIndex(where: { $0.base == UInt(bitPattern: address) }) else {
+            fatalError("emulated device: free of memory it did not allocate")
+        }
+        let r = EmulatedDevice.heap.regions.remove(at: i)
+        munmap(address, r.bytes)
+        munmap(r.alias, r.bytes)
+        EmulatedDevice.heap.allocated -= r.bytes
+    }
+
+    /// The host alias of device address `p` (nil stays nil). A pointer into no allocation is a bug
+    /// in the caller (a host pointer passed as device memory): stop and say where.
+    @inline(__always)
+    func host(_ p: UnsafeRawPointer?, _ what: @autoclosure () -> String) -> UnsafeMutableRawPointer? {
+        guard let p else { return nil }
+        let a = UInt(bitPattern: p)
+        EmulatedDevice.heapLock.lock()
+        defer { EmulatedDevice.heapLock.unlock() }
+        let regions = EmulatedDevice.heap.regions
+        var lo = 0, hi = regions.count  // last region with base <= a
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if regions[mid].base <= a { lo = mid + 1 } else { hi = mid }
+        }
+        guard lo > 0, a < regions[lo - 1].base + UInt(regions[lo - 1].bytes) else {
+            fatalError("emulated device: \(what()) is not device memory (\(p))")
+        }
+        return regions[lo - 1].alias + Int(a - regions[lo - 1].base)
     }
 
     public func upload(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int) {
-        inside { destination.copyMemory(from: source, byteCount: bytes) }
+        host(destination, "upload destination")!.copyMemory(from: source, byteCount: bytes)
     }
 
     public func download(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int) {
-        inside { destination.copyMemory(from: source, byteCount: bytes) }
+        destination.copyMemory(from: host(source, "download source")!, byteCount: bytes)
     }
 
     public func synchronize() {}
-
-    /// Runs `body` with device memory accessible (a driver call in progress).
-    @inline(__always)
-    public func inside<T>(_ body: () -> T) -> T {
-        Fence.shared.open()
-        defer { Fence.shared.close() }
-        return body()
-    }
 
     // MARK: Kernels
 
@@ -128,9 +159,17 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
             launchers[name] = k
             kernel = k
         }
-        let status = KernelArg.withArgumentArray(args) { argv in
+        let translated = args.enumerated().map { i, a -> KernelArg in
+            switch a {
+            case .ptr(let p): return .raw(host(p, "argument \(i) of \(name)"))
+            case .raw(let p): return .raw(host(p, "argument \(i) of \(name)"))
+            case .doubles(let p): return .raw(host(p, "argument \(i) of \(name)"))
+            default: return a
+            }
+        }
+        let status = KernelArg.withArgumentArray(translated) { argv in
             let g: [UInt32] = [UInt32(grid), 1, 1], b: [UInt32] = [UInt32(block), 1, 1]
-            return inside { kernel(g, b, argv) }
+            return kernel(g, b, argv)
         }
         if status != 0 { fatalError("\(LaunchFailed(kernel: name, message: String(cString: radar_emu_last_error())))") }
     }
@@ -170,13 +209,13 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
         let elementBytes = g.operands == .bf16 ? 2 : 4
         let spanA = EmulatedDevice.span(rows: g.transA ? g.k : g.m, cols: g.transA ? g.m : g.k, ld: g.lda)
         let spanB = EmulatedDevice.span(rows: g.transB ? g.n : g.k, cols: g.transB ? g.k : g.n, ld: g.ldb)
-        inside {
-            for i in 0..<g.batch {
-                let a = operand(g.a + i * g.strideA * elementBytes, count: spanA, g.operands, into: &scratchA)
-                let b = operand(g.b + i * g.strideB * elementBytes, count: spanB, g.operands, into: &scratchB)
-                host.gemmSerial(transA: g.transB, transB: g.transA, m: g.n, n: g.m, k: g.k, alpha: g.alpha, a: b, lda: g.ldb,
-                                b: a, ldb: g.lda, beta: g.beta, c: g.c + i * g.strideC, ldc: g.ldc)
-            }
+        let ha = UnsafeRawPointer(host(g.a, "cuBLAS A")!), hb = UnsafeRawPointer(host(g.b, "cuBLAS B")!)
+        let hc = host(g.c, "cuBLAS C")!.assumingMemoryBound(to: Float.self)
+        for i in 0..<g.batch {
+            let a = operand(ha + i * g.strideA * elementBytes, count: spanA, g.operands, into: &scratchA)
+            let b = operand(hb + i * g.strideB * elementBytes, count: spanB, g.operands, into: &scratchB)
+            cpu.gemmSerial(transA: g.transB, transB: g.transA, m: g.n, n: g.m, k: g.k, alpha: g.alpha, a: b, lda: g.ldb,
+                           b: a, ldb: g.lda, beta: g.beta, c: hc + i * g.strideC, ldc: g.ldc)
         }
     }
 
@@ -184,11 +223,8 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
 
     public func fftRealToComplex(_ input: UnsafeRawPointer, _ output: UnsafeMutableRawPointer, size: Int, batch: Int) {
         let plane = size * size, spectrum = size * (size / 2 + 1) * 2
-        inside {
-            for i in 0..<batch {
-                host.fftRealToComplexPlane(input.assumingMemoryBound(to: Float.self) + i * plane,
-                                           output.assumingMemoryBound(to: Float.self) + i * spectrum, size: size)
-            }
-        }
+        let hi = host(input, "cuFFT input")!.assumingMemoryBound(to: Float.self)
+        let ho = host(output, "cuFFT output")!.assumingMemoryBound(to: Float.self)
+        for i in 0..<batch { cpu.fftRealToComplexPlane(hi + i * plane, ho + i * spectrum, size: size) }
     }
 }

@@ -11,11 +11,11 @@ final class KernelReferenceTests: XCTestCase {
             for ta in [false, true] { for tb in [false, true] {
                 let lda = ta ? m : k, ldb = tb ? k : n
                 let a = randomValues(m * k, seed: 1), b = randomValues(k * n, seed: 2), c = randomValues(m * n, seed: 3)
-                var out = c
-                a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in out.withUnsafeMutableBufferPointer { pc in
-                    be.gemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: 0.7, a: pa.baseAddress!, lda: lda,
-                            b: pb.baseAddress!, ldb: ldb, beta: 0.3, c: pc.baseAddress!, ldc: n)
-                } } }
+                // The operands in the backend's memory (device memory on a device backend).
+                let da = DeviceTensor(be, Shape(m * k), a), db = DeviceTensor(be, Shape(k * n), b), dc = DeviceTensor(be, Shape(m * n), c)
+                be.gemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: 0.7, a: da.tensor.base, lda: lda,
+                        b: db.tensor.base, ldb: ldb, beta: 0.3, c: dc.tensor.base, ldc: n)
+                let out = withExtendedLifetime((da, db)) { dc.values }
                 let ref = Naive.gemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: 0.7, a: a, lda: lda, b: b, ldb: ldb,
                                      beta: 0.3, c: c, ldc: n)
                 assertClose(out, ref, rtol: 1e-4, atol: 1e-4, "gemm \(m)x\(n)x\(k) tA=\(ta) tB=\(tb)")

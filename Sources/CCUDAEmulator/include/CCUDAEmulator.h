@@ -19,6 +19,9 @@ const char *radar_emu_last_error(void);
 void radar_emu_set_reverse_order(int on);
 /// Strict mode: a barrier reached after some threads of the block returned is an error.
 void radar_emu_set_strict(int on);
+/// An anonymous memory file of `bytes` (memfd_create + ftruncate) for device memory mapped twice;
+/// -1 with errno on failure.
+int radar_emu_memory_file(unsigned long bytes);
 
 #ifdef __cplusplus
 }
