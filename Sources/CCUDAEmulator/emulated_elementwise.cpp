@@ -98,13 +98,13 @@ extern "C" int radar_emu_launch_radar_gelu_backward(const unsigned grid[3], cons
 
 extern "C" int radar_emu_launch_radar_to_bf16(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
-    __nv_bfloat16* a1; memcpy(&a1, args[1], sizeof(a1));
+    unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
     return radar_emu::launch(grid, block, [&] { radar_to_bf16(a0, a1, a2); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_from_bf16(const unsigned grid[3], const unsigned block[3], void **args) {
-    const __nv_bfloat16* a0; memcpy(&a0, args[0], sizeof(a0));
+    const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
     return radar_emu::launch(grid, block, [&] { radar_from_bf16(a0, a1, a2); }, true);

@@ -34,6 +34,8 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) { return radar_em
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline float __int_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 using std::isfinite;
 
 // bf16 as CUDA stores it: the high half of a float, rounded to nearest even.

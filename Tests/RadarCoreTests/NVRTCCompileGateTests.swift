@@ -19,8 +19,8 @@ final class NVRTCCompileGateTests: XCTestCase {
     func testEveryKernelFamilyCompilesToCUBINForAmpereAndHopper() throws {
         let nvrtc = try compiler()
         XCTAssertGreaterThanOrEqual(nvrtc.version.0, 12)
-        let include = CUDALibraries.runtimeIncludeFolder()
-        XCTAssertNotNil(include, "cuda_bf16.h: the nvidia-cuda-runtime-cu12 wheel's include folder")
+        // No CUDA header is needed (bf16 is bit operations): a pod with only NVRTC's library compiles them.
+        let include: String? = nil
         var kernels = 0
         for family in KernelSources.all {
             // Every extern "C" kernel of the source must be in every CUBIN.

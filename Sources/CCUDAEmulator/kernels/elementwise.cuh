@@ -1,7 +1,4 @@
 // Elementwise kernels and activations: one thread per element, grid-stride loops.
-#ifndef RADAR_EMULATOR
-#include <cuda_bf16.h>
-#endif
 
 #define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
 
@@ -59,10 +56,20 @@ extern "C" __global__ void radar_gelu_backward(const float* dy, const float* x, 
     }
 }
 
-// Mixed precision: master fp32 <-> bf16 copies (round to nearest even).
-extern "C" __global__ void radar_to_bf16(const float* x, __nv_bfloat16* y, long n) { GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]); }
+// Mixed precision: fp32 <-> bf16 copies (bf16 as its 16 bits: the high half of the float, rounded
+// to nearest even; NaN stays NaN). Bit operations only, so no CUDA header is needed to compile.
+__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
 
-extern "C" __global__ void radar_from_bf16(const __nv_bfloat16* x, float* y, long n) { GRID_STRIDE(i, n) y[i] = __bfloat162float(x[i]); }
+extern "C" __global__ void radar_to_bf16(const float* x, unsigned short* y, long n) { GRID_STRIDE(i, n) y[i] = radar_bf16_bits(x[i]); }
+
+extern "C" __global__ void radar_from_bf16(const unsigned short* x, float* y, long n) {
+    GRID_STRIDE(i, n) y[i] = __uint_as_float((unsigned)x[i] << 16);
+}
 
 // dst[i] += sum_j parts[j * n + i], j in order (per-image weight gradients of a convolution).
 extern "C" __global__ void radar_sum_parts(const float* parts, int part_count, long n, float* dst) {
