@@ -11,6 +11,7 @@
 # On the pod:  tar xf radar-bundle.tar.xz && radar-bundle/bin/radar check-device
 # mpirun needs a matching OpenMPI on the pod; `radar launch` (TCP ranks) needs nothing.
 set -euo pipefail
+trap 'echo "bundle: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 root=$PWD
 out=${1:-.build/radar-bundle.tar.xz}
@@ -43,7 +44,7 @@ for p in "${programs[@]}"; do ldd "$b/libexec/$p"; done | awk '/=> \//{print $1,
 done
 # OpenBLAS loads its kernels from the library itself; nothing else is dlopen'ed at run time except
 # CUDA (not bundled) and, under mpirun, OpenMPI's plugins (the pod's own OpenMPI).
-ldd --version | head -1 | awk '{print $NF}' > "$b/share/glibc-version"
+ldd --version | awk 'NR == 1 {print $NF}' > "$b/share/glibc-version"  # awk reads it all: no SIGPIPE under pipefail
 
 for p in "${programs[@]}"; do
   cat > "$b/bin/$p" <<EOF

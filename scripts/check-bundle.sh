@@ -9,6 +9,7 @@
 #
 #   bash scripts/check-bundle.sh [BUNDLE.tar.xz]     (default .build/radar-bundle.tar.xz)
 set -euo pipefail
+trap 'echo "check-bundle: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 bundle=${1:-.build/radar-bundle.tar.xz}
 case "$bundle" in /*) ;; *) bundle="$PWD/$bundle" ;; esac
