@@ -64,6 +64,12 @@ public final class DistributedReplica: DataParallel, @unchecked Sendable {
         }
     }
 
+    public func agreeToStop(_ requested: Bool) throws -> Bool {
+        var flag: Float = requested ? 1 : 0
+        try communicator.allReduce(&flag, count: 1, op: .max, tensor: 5)
+        return flag > 0
+    }
+
     public func gather(_ values: [Float]) throws -> [[Float]] {
         let parts = try values.withUnsafeBytes { try communicator.allGather(Data($0)) }
         return parts.map { d in d.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) } }

@@ -40,6 +40,11 @@ struct RadarWorker: ParsableCommand {
             do {
                 try train(mpi, client: try controlPlaneMPI(mpi))
                 mpi.finalize()
+            } catch let p as Preemption.Preempted {
+                // Every rank stops after the same step (agreed), so all of them get here.
+                logLine("radar-worker rank \(mpi.rank): \(p)")
+                mpi.finalize()
+                throw ExitCode(Preemption.Preempted.exitCode)
             } catch {
                 logLine("radar-worker rank \(mpi.rank): error: \(error)")
                 mpi.abort(1)
@@ -52,8 +57,14 @@ struct RadarWorker: ParsableCommand {
             }
             do {
                 let (comm, client) = try controlPlaneTCP(rank: r, size: n)
-                try train(comm, client: client)
+                do { try train(comm, client: client) } catch let p as Preemption.Preempted {
+                    logLine("radar-worker rank \(r): \(p)")
+                    client.finish()
+                    throw ExitCode(Preemption.Preempted.exitCode)
+                }
                 client.finish()
+            } catch let e as ExitCode {
+                throw e
             } catch {
                 logLine("radar-worker rank \(r): error: \(error)")
                 throw ExitCode.failure
@@ -138,6 +149,7 @@ struct RadarWorker: ParsableCommand {
 
     func train(_ comm: Communicator, client: CoordinatorClient) throws {
         let env = ProcessInfo.processInfo.environment
+        Preemption.install()
         let localRanks = RankPlacement.localSize(env) ?? comm.size
         let localRank = RankPlacement.localRank(env) ?? comm.rank
         let o = try flags.options(rank: comm.rank, worldSize: comm.size, localRanks: localRanks, localRank: localRank)

@@ -35,6 +35,16 @@ struct Launch: ParsableCommand {
             try p.run()
             procs.append(p)
         }
+        // SIGTERM/SIGINT to the launcher go to every rank (each stops after the same optimizer step).
+        var forwarders: [DispatchSourceSignal] = []
+        for s in [SIGTERM, SIGINT] {
+            signal(s, SIG_IGN)
+            let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
+            src.setEventHandler { for p in procs where p.isRunning { kill(p.processIdentifier, s) } }
+            src.resume()
+            forwarders.append(src)
+        }
+        defer { forwarders.forEach { $0.cancel() } }
         // Wait; if any rank fails, give the others `grace` seconds to stop on their own, then kill them.
         var failed: Int32 = 0
         var failedAt: Date?

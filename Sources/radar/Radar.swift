@@ -18,7 +18,10 @@ struct Radar: ParsableCommand {
 
 /// Turns any error into one line on stderr and a non-zero exit.
 func failing<T>(_ body: () throws -> T) throws -> T {
-    do { return try body() } catch let e as ExitCode { throw e } catch let e as CleanExit { throw e } catch {
+    do { return try body() } catch let e as ExitCode { throw e } catch let e as CleanExit { throw e } catch let p as Preemption.Preempted {
+        logLine("radar: \(p)")
+        throw ExitCode(Preemption.Preempted.exitCode)
+    } catch {
         logLine("radar: error: \(error)")
         throw ExitCode.failure
     }

@@ -13,6 +13,7 @@ struct Train: ParsableCommand {
     func run() throws {
         try failing {
             let o = try flags.options()
+            Preemption.install()
             let run = try TrainingRun(options: o)
             run.log = logLine
             attachProgress(run, imagesPerBatch: o.batchSize)

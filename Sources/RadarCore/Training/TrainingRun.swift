@@ -316,6 +316,10 @@ public final class TrainingRun {
             for (k, v) in r.terms.named { entry["loss_\(k)"] = v }
             steps.record(entry)
             let state = { self.checkpointState(epoch: epoch, dataPosition: batchIndex, history: position.history, sinceBest: position.sinceBest) }
+            if try parallel.agreeToStop(Preemption.requested) {
+                try save(lastPath, state())
+                throw Preemption.Preempted(step: trainer.optimizer.step, signal: Preemption.requested ? Preemption.signalName : "a signal to another rank")
+            }
             if options.stopAfterSteps > 0 && trainer.optimizer.step >= options.stopAfterSteps {
                 try save(lastPath, state())
                 log("stopped after \(trainer.optimizer.step) optimizer steps; resume with --resume auto")

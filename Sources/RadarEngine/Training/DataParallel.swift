@@ -27,6 +27,9 @@ public protocol DataParallel: AnyObject {
 
     /// After every optimizer step (e.g. compare replica hashes).
     func stepFinished(_ store: ParameterStore, step: Int) throws
+    /// After every optimizer step: true when any replica was asked to stop (`requested` on at
+    /// least one), so all stop after the same step.
+    func agreeToStop(_ requested: Bool) throws -> Bool
     /// Every replica's `values` (equal lengths), in rank order.
     func gather(_ values: [Float]) throws -> [[Float]]
     /// Before each epoch: agree on the epoch plan, known by its digest.
@@ -46,6 +49,7 @@ public final class SingleProcess: DataParallel {
     public var synchronizesBatchNorm: Bool { false }
     public func reduceStatistics(_ t: Tensor) {}
     public func stepFinished(_ store: ParameterStore, step: Int) throws {}
+    public func agreeToStop(_ requested: Bool) throws -> Bool { requested }
     public func gather(_ values: [Float]) throws -> [[Float]] { [values] }
     public func confirmEpochPlan(epoch: Int, digest: String) throws {}
     public func epochFinished(epoch: Int, step: Int, metrics: [String: Double]) {}
