@@ -32,6 +32,8 @@ public struct TrainingFlags: ParsableArguments {
     public var allowWorldSizeChange = false
     @Option(help: "Stop after this many optimizer steps in total, writing the last checkpoint (0: run to the end).")
     public var stopAfterSteps = 0
+    @Option(help: "Unreadable training samples each rank may skip per epoch (logged, in metrics.jsonl) before the run stops listing them (default: 0.1% of the train split, at least 10).")
+    public var maxBadSamples: Int?
 
     public init() {}
 
@@ -52,6 +54,7 @@ public struct TrainingFlags: ParsableArguments {
         try need(maxStepsPerEpoch >= 0, "max-steps-per-epoch", "0 (all) or more", String(maxStepsPerEpoch))
         try need(checkpointEvery >= 0, "checkpoint-every", "0 (epoch ends only) or more", String(checkpointEvery))
         try need(stopAfterSteps >= 0, "stop-after-steps", "0 (run to the end) or more", String(stopAfterSteps))
+        try need((maxBadSamples ?? 0) >= 0, "max-bad-samples", "0 or more", String(maxBadSamples ?? 0))
         // The experiment is one folder inside --output: no separators, no "." or "..".
         try need(!experiment.isEmpty && !experiment.contains("/") && experiment != "." && experiment != "..",
                  "experiment", "a folder name inside --output (no '/', not '.' or '..')", "\"\(experiment)\"")
@@ -83,6 +86,7 @@ public struct TrainingFlags: ParsableArguments {
         o.resume = resume
         o.allowWorldSizeChange = allowWorldSizeChange
         o.stopAfterSteps = stopAfterSteps
+        o.maxBadSamples = maxBadSamples ?? -1
         o.rank = rank
         o.worldSize = worldSize
         return o

@@ -236,6 +236,31 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertThrowsError(try DatasetChecker.check(directory: temporaryDirectory("empty"))) { XCTAssertTrue("\($0)".contains("no manifest"), "\($0)") }
     }
 
+    /// A sample record that is not what prepare writes is an error naming the shard, the member
+    /// and the field; labels other than 0 and 1 are refused.
+    func testBadSampleRecordsNameTheMemberAndField() throws {
+        let dir = NSTemporaryDirectory() + "radar-bad-records-\(UUID().uuidString.prefix(6))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let shard = dir + "/shard-000000.tar"
+        let w = try TarWriter(path: shard)
+        let records = [#"{"label": 1, "split": "train", "sequence": "s", "source": "x"}"#,
+                       #"{"label": 7, "split": "train", "sequence": "s", "source": "x"}"#,
+                       #"{"label": "fake", "split": "train", "sequence": "s", "source": "x"}"#,
+                       #"{"split": "train", "sequence": "s", "source": "x"}"#,
+                       #"not json"#]
+        for (i, r) in records.enumerated() { try w.add(name: "k\(i).json", data: Data(r.utf8)) }
+        try w.close()
+        let index = try TarIndex(path: shard)
+        XCTAssertEqual(try index.info(0).label, 1)
+        let expected = ["k1.json: label 7: expected 0 (real) or 1 (fake)", "k2.json: field label: expected Int",
+                        "k3.json: missing field label", "k4.json: not a JSON sample record"]
+        for (i, e) in expected.enumerated() {
+            XCTAssertThrowsError(try index.info(i + 1)) { err in
+                XCTAssertEqual("\(err)", "\(shard): \(e)")
+            }
+        }
+    }
+
     func testDecoderHandlesGreyRGBAAndCorruptImages() throws {
         let grey = try ImageCodec.encodePNG(pixels: [0, 128, 255, 7], width: 2, height: 2, channels: 1)
         XCTAssertEqual(try ImageCodec.decode(grey, item: "grey").pixels, [0, 0, 0, 128, 128, 128, 255, 255, 255, 7, 7, 7])
@@ -293,5 +318,40 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertEqual((config["model"] as? [String: Any])?["embed_dim"] as? Int, 48)
         let lines = try String(contentsOfFile: "\(dir)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(lines.count, 6 + 2, "one line per optimizer step and one per epoch")
+    }
+
+    /// A training sample that rots in its shard after prepare (its image bytes overwritten) is
+    /// skipped, logged and recorded, and the run goes on; with a limit of 0 the run stops naming it.
+    func testUnreadableTrainingSampleIsSkippedAndCounted() throws {
+        let data = temporaryDirectory("bad-data")
+        var prep = PrepareOptions(output: data)
+        prep.valFraction = 0.2
+        _ = try DatasetPreparer(options: prep).run(SyntheticSource(size: 32, count: 64, seed: 3, difficulty: 0.2, framesPerSequence: 4))
+        let set = try ShardSet(directory: data)
+        let ref = set.refs(.train)[0]
+        let index = set.indices[ref.shard]
+        let member = index.samples[ref.index].members["png"] ?? index.samples[ref.index].members["jpg"]!
+        let fh = try XCTUnwrap(FileHandle(forWritingAtPath: index.path))
+        try fh.seek(toOffset: UInt64(member.offset))
+        try fh.write(contentsOf: Data(repeating: 0x5a, count: 16))
+        try fh.close()
+        func train(_ limit: Int, _ out: String) throws -> (TrainingRun, [String]) {
+            var o = TrainOptions(data: data, output: out, experiment: "bad", config: RADARConfig.preset("tiny")!)
+            o.device = testDeviceName
+            (o.batchSize, o.epochs, o.accumulationSteps, o.learningRate, o.maxBadSamples) = (4, 1, 1, 1e-3, limit)
+            let run = try TrainingRun(options: o)
+            var logged: [String] = []
+            let lock = NSLock()
+            run.log = { line in lock.lock(); logged.append(line); lock.unlock() }
+            _ = try run.run()
+            return (run, logged)
+        }
+        let out = temporaryDirectory("bad-out")
+        let (run, logged) = try train(3, out)
+        let key = set.key(ref)
+        XCTAssertTrue(logged.contains { $0.contains("skipped unreadable sample \(key)") && $0.contains("not a PNG or JPEG") }, "\(logged)")
+        let records = try String(contentsOfFile: run.options.experimentDirectory + "/metrics.jsonl", encoding: .utf8)
+        XCTAssertTrue(records.contains("\"bad_sample\":\"\(key)\""), records)
+        XCTAssertThrowsError(try train(0, temporaryDirectory("bad-out0"))) { e in XCTAssertTrue("\(e)".contains(key), "\(e)") }
     }
 }

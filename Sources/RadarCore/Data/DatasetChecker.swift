@@ -123,7 +123,26 @@ public struct TarIndex: Sendable {
         return try read(sample, ext: m["png"] != nil ? "png" : "jpg")
     }
 
+    /// The sample's record, checked: a decoding problem names the member and the field, and the
+    /// label must be 0 (real) or 1 (fake).
     public func info(_ sample: Int) throws -> SampleInfo {
-        try JSONDecoder().decode(SampleInfo.self, from: try read(sample, ext: "json"))
+        let member = "\(path): \(samples[sample].key).json"
+        let info: SampleInfo
+        do {
+            info = try JSONDecoder().decode(SampleInfo.self, from: try read(sample, ext: "json"))
+        } catch let e as DecodingError {
+            let reason: String
+            switch e {
+            case .typeMismatch(let type, let c), .valueNotFound(let type, let c):
+                reason = "field \(c.codingPath.map(\.stringValue).joined(separator: ".")): expected \(type)"
+            case .keyNotFound(let key, _): reason = "missing field \(key.stringValue)"
+            default: reason = "not a JSON sample record"
+            }
+            throw DatasetError(path: member, reason: reason)
+        }
+        guard info.label == 0 || info.label == 1 else {
+            throw DatasetError(path: member, reason: "label \(info.label): expected 0 (real) or 1 (fake)")
+        }
+        return info
     }
 }

@@ -70,6 +70,25 @@ public final class StreamingLoader: @unchecked Sendable {
     public let epoch: Int
     public let batchCount: Int
 
+    /// How many unreadable samples (corrupt image, bad record) may be skipped before the loader
+    /// fails listing them (0: the first one fails). A skipped sample's slot is filled with a copy
+    /// of a good sample of the same batch, so every batch keeps its size (every rank the same
+    /// number of micro-batches).
+    public var maxBadSamples = 0
+    /// Called (on a loader thread) for each skipped sample: key and reason.
+    public var onBadSample: ((String, String) -> Void)?
+    private var bad: [(key: String, reason: String)] = []
+    /// The samples skipped so far, in the order they were found.
+    public var badSamples: [(key: String, reason: String)] { cond.lock(); defer { cond.unlock() }; return bad }
+
+    public struct TooManyBadSamples: Error, CustomStringConvertible {
+        public let samples: [(key: String, reason: String)], limit: Int
+        public var description: String {
+            "\(samples.count) unreadable samples, more than --max-bad-samples \(limit): " + samples.prefix(20).map { "\($0.key) (\($0.reason))" }.joined(separator: "; ")
+                + (samples.count > 20 ? "; ..." : "")
+        }
+    }
+
     private let cond = NSCondition()
     private var nextToBuild = 0
     private var nextToTake = 0
@@ -165,11 +184,36 @@ public final class StreamingLoader: @unchecked Sendable {
         let lo = b * batchSize, hi = min(refs.count, lo + batchSize)
         let images = HostTensor(Shape(hi - lo, 3, size, size))
         var labels: [Float] = [], keys: [String] = [], seqs: [String] = []
+        var badSlots: [Int] = [], firstGood: Int?
+        let plane = 3 * size * size
         for (j, ref) in refs[lo..<hi].enumerated() {
-            let info = try loadSample(ref, into: images.pointer + j * 3 * size * size)
-            labels.append(Float(info.label))
-            keys.append(set.key(ref))
-            seqs.append(info.sequence)
+            do {
+                let info = try loadSample(ref, into: images.pointer + j * plane)
+                labels.append(Float(info.label))
+                keys.append(set.key(ref))
+                seqs.append(info.sequence)
+                if firstGood == nil { firstGood = j }
+            } catch {
+                guard maxBadSamples > 0 else { throw error }
+                let key = set.key(ref)
+                cond.lock()
+                bad.append((key, "\(error)"))
+                let all = bad
+                cond.unlock()
+                if all.count > maxBadSamples { throw TooManyBadSamples(samples: all, limit: maxBadSamples) }
+                onBadSample?(key, "\(error)")
+                badSlots.append(j)
+                labels.append(0); keys.append(key); seqs.append("")
+            }
+        }
+        if !badSlots.isEmpty {
+            guard let g = firstGood else {
+                throw TooManyBadSamples(samples: badSamples.suffix(hi - lo).map { $0 }, limit: maxBadSamples)
+            }
+            for j in badSlots {
+                (images.pointer + j * plane).update(from: images.pointer + g * plane, count: plane)
+                labels[j] = labels[g]; keys[j] = keys[g]; seqs[j] = seqs[g]
+            }
         }
         return Batch(index: b, images: images, labels: labels, keys: keys, sequences: seqs)
     }

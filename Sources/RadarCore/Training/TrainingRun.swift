@@ -31,6 +31,9 @@ public struct TrainOptions: Sendable {
     public var allowWorldSizeChange = false
     /// Stop (after writing `last`) once this many optimizer steps have been taken in total.
     public var stopAfterSteps = 0
+    /// Unreadable training samples a rank may skip per epoch (-1: 0.1% of the train split, at
+    /// least 10); each is logged and recorded in metrics.jsonl.
+    public var maxBadSamples = -1
     /// Data-parallel position of this process; a single process is (0, 1).
     public var rank = 0
     public var worldSize = 1
@@ -297,6 +300,10 @@ public final class TrainingRun {
         let loader = StreamingLoader(set: set, refs: Array(mine.dropFirst(start * options.batchSize)), batchSize: options.batchSize,
                                      size: c.imgSize, mean: c.mean, std: c.std, augment: options.augment, seed: options.seed,
                                      epoch: epoch, threads: options.loaderThreads, dropLast: true)
+        loader.maxBadSamples = options.maxBadSamples >= 0 ? options.maxBadSamples : max(10, set.refs(.train).count / 1000)
+        let rank = options.rank, log = self.log
+        loader.onBadSample = { key, reason in log("rank \(rank): skipped unreadable sample \(key): \(reason)") }
+        defer { for b in loader.badSamples { steps.record(["epoch": epoch, "rank": rank, "bad_sample": b.key, "reason": b.reason]) } }
         var lossSum = 0.0, n = 0, lastLoss = Double.nan
         var batchIndex = start
         let t0 = Date()
