@@ -320,6 +320,25 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertEqual(lines.count, 6 + 2, "one line per optimizer step and one per epoch")
     }
 
+    /// Temporaries a killed writer left are removed at the next start (only those whose process
+    /// is gone); a folder that cannot be made is an error with the path and the errno text.
+    func testStaleTemporariesAreRemovedAndFolderErrorsArePlain() throws {
+        let dir = temporaryDirectory("stale")
+        let dead = Process()
+        dead.executableURL = URL(fileURLWithPath: "/bin/true")
+        try dead.run()
+        dead.waitUntilExit()
+        let stale = ".last.safetensors.lz4.tmp-\(dead.processIdentifier)", live = ".best.safetensors.lz4.tmp-\(getpid())"
+        for n in [stale, live, "last.safetensors.lz4"] { FileManager.default.createFile(atPath: dir + "/" + n, contents: Data([1])) }
+        XCTAssertEqual(removeStaleTemporaries(in: dir), [stale])
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: dir)), [live, "last.safetensors.lz4"])
+        XCTAssertThrowsError(try makeDirectory(dir + "/last.safetensors.lz4/sub")) { e in
+            XCTAssertEqual("\(e)", "\(dir)/last.safetensors.lz4: cannot create the folder: a file of that name exists")
+        }
+        try makeDirectory(dir + "/a/b/c")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/a/b/c"))
+    }
+
     /// A training sample that rots in its shard after prepare (its image bytes overwritten) is
     /// skipped, logged and recorded, and the run goes on; with a limit of 0 the run stops naming it.
     func testUnreadableTrainingSampleIsSkippedAndCounted() throws {

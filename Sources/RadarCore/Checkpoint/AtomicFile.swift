@@ -42,3 +42,30 @@ public func fsyncDirectory(_ dir: String) {
     let dfd = open(dir, O_RDONLY)
     if dfd >= 0 { fsync(dfd); close(dfd) }
 }
+
+/// A folder made with its parents, or an error in plain words (the path and the errno text).
+public func makeDirectory(_ path: String) throws {
+    var isDir: ObjCBool = false
+    if FileManager.default.fileExists(atPath: path, isDirectory: &isDir) {
+        if isDir.boolValue { return }
+        throw DatasetError(path: path, reason: "cannot create the folder: a file of that name exists")
+    }
+    let parent = (path as NSString).deletingLastPathComponent
+    if !parent.isEmpty && parent != path { try makeDirectory(parent) }
+    if mkdir(path, 0o755) != 0 && errno != EEXIST {
+        throw DatasetError(path: path, reason: "cannot create the folder: \(String(cString: strerror(errno)))")
+    }
+}
+
+/// Removes the temporaries (`.NAME.tmp-PID`) that writers killed mid-write left in `dir`: those
+/// whose process no longer exists. Returns the names removed.
+@discardableResult
+public func removeStaleTemporaries(in dir: String) -> [String] {
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
+    var removed: [String] = []
+    for name in names where name.hasPrefix(".") {
+        guard let r = name.range(of: ".tmp-", options: .backwards), let pid = Int32(name[r.upperBound...]), pid > 0 else { continue }
+        if kill(pid, 0) != 0 && errno == ESRCH, unlink(dir + "/" + name) == 0 { removed.append(name) }
+    }
+    return removed
+}

@@ -386,7 +386,10 @@ public final class TrainingRun {
 
     public func run() throws -> RunHistory {
         let dir = options.experimentDirectory
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try makeDirectory(dir)
+        if writes {
+            for name in removeStaleTemporaries(in: dir) { log("removed \(name), left by a run killed while writing") }
+        }
         guard batchesPerEpoch > 0 else {
             throw DatasetError(path: options.data, reason: "fewer training images than one batch x accumulation steps")
         }
