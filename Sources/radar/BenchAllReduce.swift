@@ -12,6 +12,8 @@ extension Bench {
         @Option(help: "Buffer sizes in MB (comma separated).") var sizes = "1,8,32,88"
         @Option(help: "Timed repeats (median reported).") var repeats = 5
         @Flag(help: "Check the ring against MPI_Allreduce over many lengths instead of timing.") var verify = false
+        @Option(help: "Where the buffer lives: cpu (default), or a device (cuda, cuda-emulated): then each rank's buffer is downloaded to host memory, reduced by the ring and uploaded again, and the staging time is reported apart from the ring's.")
+        var device = "cpu"
 
         func run() throws {
             guard transport == "mpi" else { logLine("radar bench allreduce: only --transport mpi in this build"); throw ExitCode(2) }
@@ -77,13 +79,37 @@ extension Bench {
                 }
                 let ring = try time { try RingAllReduce(communicator: mpi).run(buf, count: n, op: .sum, tag: 12) }
                 let mpiTime = try time { try mpi.allReduceSum(buf, count: n) }
+                // A device buffer: the gradient path of a GPU rank (download, ring, upload).
+                var staging: [String: Any] = [:]
+                if device != "cpu" {
+                    let env = ProcessInfo.processInfo.environment
+                    let name = try RankPlacement.device(device, localRank: RankPlacement.localRank(env) ?? mpi.rank,
+                                                        localSize: RankPlacement.localSize(env) ?? mpi.size, allowSharing: true,
+                                                        gpuCount: CUDADrivers.deviceCount)
+                    let backend = try Devices.backend(name, threads: 1, precision: "fp32")
+                    let dev = DeviceTensor(backend, Shape(n), Array(UnsafeBufferPointer(start: buf, count: n)))
+                    var down = 0.0, up = 0.0
+                    let total = try time {
+                        let t0 = Date()
+                        backend.download(dev.tensor, into: UnsafeMutableBufferPointer(start: buf, count: n))
+                        let t1 = Date()
+                        try RingAllReduce(communicator: mpi).run(buf, count: n, op: .sum, tag: 13)
+                        let t2 = Date()
+                        backend.upload(UnsafeBufferPointer(start: buf, count: n), into: dev.tensor)
+                        backend.synchronize()
+                        down = t1.timeIntervalSince(t0)
+                        up = Date().timeIntervalSince(t2)
+                    }
+                    staging = ["device": backend.deviceDescription, "device_total_seconds": total, "staging_download_seconds": down,
+                               "staging_upload_seconds": up]
+                }
                 if mpi.rank == 0 {
                     let bytes = Double(n * 4)
                     func bw(_ t: Double) -> (Double, Double) { (bytes / t / 1e9, bytes / t / 1e9 * 2 * (p - 1) / p) }
                     printJSON(["bench": "allreduce", "transport": "mpi", "ranks": mpi.size, "mb": mb,
                                "ring_seconds": ring, "ring_algbw_gbs": bw(ring).0, "ring_busbw_gbs": bw(ring).1,
                                "mpi_allreduce_seconds": mpiTime, "mpi_algbw_gbs": bw(mpiTime).0, "mpi_busbw_gbs": bw(mpiTime).1,
-                               "busbw_ratio_ring_over_mpi": mpiTime / ring])
+                               "busbw_ratio_ring_over_mpi": mpiTime / ring].merging(staging) { $1 })
                 }
             }
         }

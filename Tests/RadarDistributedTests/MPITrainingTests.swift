@@ -88,6 +88,18 @@ final class MPITrainingTests: XCTestCase {
         }
     }
 
+    /// A GPU rank's gradient path timed in parts: download, ring, upload (on the emulated device).
+    func testAllReduceBenchOnADeviceReportsStagingApart() throws {
+        let r = try mpirun([(2, "radar", ["bench", "allreduce", "--sizes", "1", "--repeats", "1", "--device", "cuda"])],
+                           env: ["RADAR_CUDA_DRIVER": "emulator", "RADAR_EMULATED_DEVICES": "2"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let json = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any]
+        XCTAssertTrue((json["device"] as? String ?? "").hasPrefix("cuda:0 (emulated device"), "\(json)")
+        for k in ["staging_download_seconds", "staging_upload_seconds", "device_total_seconds", "ring_seconds"] {
+            XCTAssertGreaterThan(json[k] as? Double ?? 0, 0, k)
+        }
+    }
+
     func testSyncBatchNormRanksEqualOneProcessWithTheWholeBatch() throws {
         // dropout 0 and no augmentation: 2 ranks x batch 4 with SyncBatchNorm is the same
         // function as 1 rank x batch 8 (tolerance: float round-off of sums in another order).
