@@ -82,22 +82,13 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     /// Opens device `ordinal`: loads libcuda, cuBLAS, cuFFT and NVRTC, compiles (or loads from
     /// the cache) every kernel family for the device's architecture.
     public init(ordinal: Int) throws {
-        let cuda: UnsafeMutableRawPointer
-        do { cuda = try CUDALibraries.load(["libcuda.so.1", "libcuda.so"], component: "cuda_driver") } catch {
-            throw Unavailable(message: "device cuda:\(ordinal): no CUDA driver on this machine (libcuda.so.1 cannot be loaded; a GPU node has it from the NVIDIA driver package)")
-        }
+        let (cuda, errorString, count) = try DriverAPI.start(device: "device cuda:\(ordinal): ")
+        self.errorString = errorString
         func sym<T>(_ h: UnsafeMutableRawPointer, _ n: String, _ t: T.Type) throws -> T { try CUDALibraries.symbol(h, n, as: t) }
-        let cuInit = try sym(cuda, "cuInit", FnInit.self)
-        errorString = try sym(cuda, "cuGetErrorString", FnErrorString.self)
-        let r = cuInit(0)
-        if r != 0 {
-            throw Unavailable(message: "device cuda:\(ordinal): the CUDA driver does not start (cuInit: \(DriverAPI.describe(r, errorString)))")
-        }
-        var version: Int32 = 0, count: Int32 = 0
+        var version: Int32 = 0
         _ = try sym(cuda, "cuDriverGetVersion", FnIntOut.self)(&version)
         driverVersion = Int(version)
-        _ = try sym(cuda, "cuDeviceGetCount", FnIntOut.self)(&count)
-        guard ordinal >= 0 && ordinal < Int(count) else { throw CUDADrivers.NoSuchDevice(ordinal: ordinal, count: Int(count)) }
+        guard ordinal >= 0 && ordinal < count else { throw CUDADrivers.NoSuchDevice(ordinal: ordinal, count: count) }
         var device: Int32 = 0
         try DriverAPI.check(try sym(cuda, "cuDeviceGet", FnDeviceGet.self)(&device, Int32(ordinal)), "cuDeviceGet", errorString)
         var nameBuffer = [CChar](repeating: 0, count: 256)
@@ -157,15 +148,20 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     }
 
     /// GPUs visible to this process (cuInit + cuDeviceGetCount).
-    public static func deviceCount() throws -> Int {
+    public static func deviceCount() throws -> Int { try start(device: "").count }
+
+    /// libcuda loaded and initialised: its handle, cuGetErrorString and the visible GPU count.
+    /// `device` prefixes the errors ("device cuda:N: ").
+    static func start(device: String) throws -> (UnsafeMutableRawPointer, FnErrorString, count: Int) {
         guard let cuda = try? CUDALibraries.load(["libcuda.so.1", "libcuda.so"], component: "cuda_driver") else {
-            throw Unavailable(message: "no CUDA driver on this machine (libcuda.so.1 cannot be loaded; a GPU node has it from the NVIDIA driver package)")
+            throw Unavailable(message: "\(device)no CUDA driver on this machine (libcuda.so.1 cannot be loaded; a GPU node has it from the NVIDIA driver package)")
         }
         let errorString = try CUDALibraries.symbol(cuda, "cuGetErrorString", as: FnErrorString.self)
-        try check(try CUDALibraries.symbol(cuda, "cuInit", as: FnInit.self)(0), "cuInit", errorString)
+        let r = try CUDALibraries.symbol(cuda, "cuInit", as: FnInit.self)(0)
+        if r != 0 { throw Unavailable(message: "\(device)the CUDA driver does not start (cuInit: \(describe(r, errorString)))") }
         var count: Int32 = 0
-        try check(try CUDALibraries.symbol(cuda, "cuDeviceGetCount", as: FnIntOut.self)(&count), "cuDeviceGetCount", errorString)
-        return Int(count)
+        try check(try CUDALibraries.symbol(cuda, "cuDeviceGetCount", as: FnIntOut.self)(&count), "\(device)cuDeviceGetCount", errorString)
+        return (cuda, errorString, Int(count))
     }
 
     static func describe(_ r: Int32, _ errorString: FnErrorString) -> String {

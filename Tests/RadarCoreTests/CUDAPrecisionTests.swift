@@ -96,18 +96,9 @@ final class CUDAPrecisionTests: XCTestCase {
     }
 
     func tinyStep(_ backend: any Backend) throws -> (Trainer.StepResult, [Float]) {
-        var config = RADARConfig.preset("tiny")!
-        config.dropout = 0.1
-        let model = try RADARModel(config: config)
-        let ctx = ExecutionContext(backend: backend, layout: model.layout, seed: 3)
-        model.initialize(ctx.params, seed: 11)
-        let trainer = Trainer(model: model, ctx: ctx, lr: 1e-3)
-        let synth = SyntheticFaces(size: config.imgSize, seed: 5, difficulty: 0.2)
-        let host = HostTensor(Shape(2, 3, config.imgSize, config.imgSize))
-        for i in 0..<2 { synth.normalized(i, mean: config.mean, std: config.std, into: host.pointer + i * 3 * config.imgSize * config.imgSize) }
-        let images = DeviceTensor(backend, host), labels = DeviceTensor(backend, Shape(2), [0, 1])
+        let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: backend) { $0.dropout = 0.1 }
         let r = try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor))
-        return (r, backend.download(ctx.params.values))
+        return (r, backend.download(trainer.ctx.params.values))
     }
 
     /// bf16 runs are bit-identical run to run (no atomics, fixed algorithms) and their loss is

@@ -4,14 +4,14 @@ import RadarCore
 import XCTest
 
 /// Builds a tiny RADAR, its trainer and a synthetic batch.
-func makeTinyTrainer(threads: Int = 1, batch: Int = 4, accumulationSteps: Int = 1,
+func makeTinyTrainer(threads: Int = 1, batch: Int = 4, accumulationSteps: Int = 1, backend: (any Backend)? = nil,
                      mutate: (inout RADARConfig) -> Void = { _ in }) throws
     -> (Trainer, DeviceTensor, DeviceTensor)
 {
     var config = RADARConfig.preset("tiny")!
     mutate(&config)
     let model = try RADARModel(config: config)
-    let ctx = ExecutionContext(backend: testBackend(threads: threads), layout: model.layout, seed: 3)
+    let ctx = ExecutionContext(backend: backend ?? testBackend(threads: threads), layout: model.layout, seed: 3)
     model.initialize(ctx.params, seed: 11)
     let trainer = Trainer(model: model, ctx: ctx, lr: 1e-3, accumulationSteps: accumulationSteps)
     let synth = SyntheticFaces(size: config.imgSize, seed: 5, difficulty: 0.2)

@@ -208,7 +208,7 @@ public final class StreamingLoader: @unchecked Sendable {
         }
         if !badSlots.isEmpty {
             guard let g = firstGood else {
-                throw TooManyBadSamples(samples: badSamples.suffix(hi - lo).map { $0 }, limit: maxBadSamples)
+                throw TooManyBadSamples(samples: Array(badSamples.suffix(hi - lo)), limit: maxBadSamples)
             }
             for j in badSlots {
                 (images.pointer + j * plane).update(from: images.pointer + g * plane, count: plane)
