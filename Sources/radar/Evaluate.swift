@@ -4,9 +4,7 @@ import RadarCore
 
 /// Loads a checkpoint into a fresh model (config from its metadata).
 func loadCheckpointModel(_ path: String, threads: Int, device: String?, precision: String?) throws -> (RADARModel, ExecutionContext, Trainer) {
-    let (tensors, state) = try Checkpoint.read(path)
-    let config = try JSONDecoder().decode(RADARConfig.self, from: Data(state.configJSON.utf8))
-    let model = try RADARModel(config: config)
+    let (model, tensors, state) = try Checkpoint.readModel(path)
     let ctx = ExecutionContext(backend: try Devices.backend(device ?? Devices.defaultName, threads: threads, precision: precision), layout: model.layout)
     try Checkpoint.restore(tensors, state: state, into: ctx.params, optimizer: nil, path: path)
     return (model, ctx, Trainer(model: model, ctx: ctx))

@@ -21,6 +21,9 @@ public enum Checkpoint {
         public var bestValAUC = -Double.infinity
         public var sinceBest = 0
         public var worldSize = 1
+        /// Per-rank micro-batch size and accumulation steps (0 in checkpoints written before they were recorded).
+        public var batchSize = 0
+        public var accumulationSteps = 0
         public var schedulerMaxLR = 0.0
         public var schedulerTotalSteps = 0
         public var skippedSteps = 0
@@ -34,6 +37,7 @@ public enum Checkpoint {
             ["format": "radar-checkpoint", "format_version": Checkpoint.formatVersion, "step": String(optimizerStep), "epoch": String(epoch),
              "data_position": String(dataPosition), "rng_micro_step": String(microStep), "seed": String(seed),
              "best_val_auc": String(bestValAUC), "early_stopping_counter": String(sinceBest), "world_size": String(worldSize),
+             "batch_size": String(batchSize), "accumulation_steps": String(accumulationSteps),
              "scheduler": "{\"type\":\"OneCycleLR\",\"max_lr\":\(schedulerMaxLR),\"total_steps\":\(schedulerTotalSteps),\"last_step\":\(optimizerStep)}",
              "skipped_steps": String(skippedSteps), "config": configJSON, "history": historyJSON]
         }
@@ -46,19 +50,25 @@ public enum Checkpoint {
             guard m["format_version"] == Checkpoint.formatVersion else {
                 throw CheckpointError(path: path, reason: "format_version \(m["format_version"] ?? "missing"), expected \(Checkpoint.formatVersion)")
             }
-            func int(_ k: String) throws -> Int {
-                guard let v = Int(try need(k)) else { throw CheckpointError(path: path, reason: "metadata \(k) is not an integer") }
+            // Every count is a non-negative integer in a sane range (no trap on "-1" or 2^70).
+            func int(_ k: String, max: Int = 1 << 48, min: Int = 0) throws -> Int {
+                guard let v = Int(try need(k)), v >= min, v <= max else {
+                    throw CheckpointError(path: path, reason: "metadata \(k) is \(m[k]!.prefix(40)), expected an integer in \(min)...\(max)")
+                }
                 return v
             }
             optimizerStep = try int("step")
-            epoch = try int("epoch")
+            epoch = try int("epoch", max: 1 << 20)
             dataPosition = try int("data_position")
-            microStep = UInt64(try int("rng_micro_step"))
-            seed = UInt64(try need("seed")) ?? 0
+            microStep = UInt64(try int("rng_micro_step", max: Int.max))
+            guard let sd = UInt64(try need("seed")) else { throw CheckpointError(path: path, reason: "metadata seed is not an unsigned 64-bit integer") }
+            seed = sd
             bestValAUC = Double(try need("best_val_auc")) ?? -.infinity
             sinceBest = try int("early_stopping_counter")
-            worldSize = try int("world_size")
-            skippedSteps = (try? int("skipped_steps")) ?? 0
+            worldSize = try int("world_size", max: 1 << 20, min: 1)
+            batchSize = m["batch_size"] == nil ? 0 : try int("batch_size", max: 1 << 20)
+            accumulationSteps = m["accumulation_steps"] == nil ? 0 : try int("accumulation_steps", max: 1 << 20)
+            skippedSteps = m["skipped_steps"] == nil ? 0 : try int("skipped_steps")
             configJSON = try need("config")
             historyJSON = m["history"] ?? "{}"
             if let s = m["scheduler"], let d = try? JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any] {
@@ -146,9 +156,32 @@ public enum Checkpoint {
     /// Reads an LZ4-framed or plain safetensors checkpoint: its tensors and state.
     public static func read(_ path: String) throws -> (tensors: [String: SafeTensor], state: State) {
         guard let raw = FileManager.default.contents(atPath: path) else { throw CheckpointError(path: path, reason: "cannot read file") }
-        let data = LZ4Frame.isFrame(raw) ? try LZ4Frame.decompress(raw, path: path) : raw
+        return try decode(raw, path: path)
+    }
+
+    /// `read` on bytes in memory (`path` names them in errors).
+    public static func decode(_ raw: Data, path: String) throws -> (tensors: [String: SafeTensor], state: State) {
+        let data = LZ4Frame.isFrame(raw) || LZ4Frame.isLegacyFrame(raw) ? try LZ4Frame.decompress(raw, path: path) : raw
         let (tensors, meta) = try SafeTensors.decode(data, path: path)
         return (tensors, try State(metadata: meta, path: path))
+    }
+
+    /// A checkpoint and the model its config describes (checked against the tensors it holds
+    /// before anything is allocated: a crafted config could ask for petabytes).
+    public static func readModel(_ path: String) throws -> (model: RADARModel, tensors: [String: SafeTensor], state: State) {
+        guard let raw = FileManager.default.contents(atPath: path) else { throw CheckpointError(path: path, reason: "cannot read file") }
+        return try decodeModel(raw, path: path)
+    }
+
+    /// `readModel` on bytes in memory.
+    public static func decodeModel(_ raw: Data, path: String) throws -> (model: RADARModel, tensors: [String: SafeTensor], state: State) {
+        let (tensors, state) = try decode(raw, path: path)
+        let config = try RADARConfig.decode(Data(state.configJSON.utf8), source: "\(path): metadata config")
+        let model = try RADARModel(config: config)
+        let held = tensors.filter { !$0.key.hasPrefix("optim.") }.values.reduce(0) { $0 + $1.floats.count + $1.ints.count }
+        let wanted = model.layout.parameterCount + model.layout.bufferCount + model.layout.counterNames.count
+        guard wanted == held else { throw CheckpointError(path: path, reason: "its config describes \(wanted) values, the file holds \(held)") }
+        return (model, tensors, state)
     }
 
     /// Restores parameters, buffers, counters and (if given) the AdamW moments and step.

@@ -66,8 +66,20 @@ public enum LZ4Frame {
 
     public static func isFrame(_ data: Data) -> Bool { data.count >= 4 && data.prefix(4).elementsEqual(magic) }
 
-    /// The frame's content; throws on truncation, corruption or a checksum mismatch.
+    /// The legacy format (`lz4 -l`): magic 0x184C2102, then blocks of at most 8 MiB, each a
+    /// 4-byte little-endian compressed size and the block.
+    public static let legacyMagic: [UInt8] = [0x02, 0x21, 0x4C, 0x18]
+    public static func isLegacyFrame(_ data: Data) -> Bool { data.count >= 4 && data.prefix(4).elementsEqual(legacyMagic) }
+
+    /// The most content `compressed` bytes of LZ4 can hold (LZ4 cannot beat 255:1), so no
+    /// declared size makes us allocate more than a valid frame could produce.
+    public static func contentBound(compressed: Int) -> Int { compressed.multipliedReportingOverflow(by: 255).partialValue + (64 << 10) }
+
+    /// The content of an LZ4 frame (with or without a declared content size, as the stock `lz4`
+    /// tool writes them by default) or of a legacy frame; throws on truncation, corruption, a
+    /// checksum mismatch or a declared size no frame of this length can hold.
     public static func decompress(_ data: Data, path: String) throws -> Data {
+        if isLegacyFrame(data) { return try decompressLegacy(data, path: path) }
         var dctx: OpaquePointer?
         guard LZ4F_isError(LZ4F_createDecompressionContext(&dctx, UInt32(LZ4F_VERSION))) == 0 else {
             throw FrameError(path: path, reason: "LZ4 context creation failed")
@@ -77,12 +89,23 @@ public enum LZ4Frame {
         var consumed = data.count
         let hint = data.withUnsafeBytes { LZ4F_getFrameInfo(dctx, &info, $0.baseAddress, &consumed) }
         if LZ4F_isError(hint) != 0 { throw FrameError(path: path, reason: "not a valid LZ4 frame: \(String(cString: LZ4F_getErrorName(hint)))") }
-        guard info.contentSize > 0, info.contentSize < 1 << 40 else { throw FrameError(path: path, reason: "LZ4 frame without a content size") }
-        var out = Data(count: Int(info.contentSize))
+        let bound = contentBound(compressed: data.count)
+        let declared = info.contentSize
+        if declared > UInt64(bound) {
+            throw FrameError(path: path, reason: "LZ4 frame declares \(declared) bytes of content, more than its \(data.count) bytes can hold")
+        }
+        // Known size: one allocation. Unknown: grow in 4 MiB steps, never past the bound.
+        var out = Data(count: declared > 0 ? Int(declared) : min(bound, 4 << 20))
         var inOff = consumed, outOff = 0
         var ret = hint
         while ret != 0 {
             guard inOff < data.count else { throw FrameError(path: path, reason: "truncated LZ4 frame (\(data.count) bytes)") }
+            if outOff == out.count {
+                guard declared == 0, out.count < bound else {
+                    throw FrameError(path: path, reason: "LZ4 frame holds more than " + (declared > 0 ? "its declared \(declared) bytes" : "\(bound) bytes"))
+                }
+                out.count = min(bound, out.count + (4 << 20))
+            }
             var srcSize = data.count - inOff
             var dstSize = out.count - outOff
             ret = out.withUnsafeMutableBytes { dst in
@@ -95,9 +118,40 @@ public enum LZ4Frame {
             }
             inOff += srcSize
             outOff += dstSize
-            if srcSize == 0 && dstSize == 0 && ret != 0 { throw FrameError(path: path, reason: "truncated LZ4 frame") }
+            if srcSize == 0 && dstSize == 0 && ret != 0 && outOff < out.count { throw FrameError(path: path, reason: "truncated LZ4 frame") }
         }
-        guard outOff == out.count else { throw FrameError(path: path, reason: "LZ4 frame holds \(outOff) bytes, header says \(out.count)") }
+        if declared > 0 {
+            guard outOff == out.count else { throw FrameError(path: path, reason: "LZ4 frame holds \(outOff) bytes, header says \(out.count)") }
+        } else {
+            out.count = outOff
+        }
+        return out
+    }
+
+    static func decompressLegacy(_ data: Data, path: String) throws -> Data {
+        let blockMax = 8 << 20
+        var out = Data()
+        var at = 4
+        try data.withUnsafeBytes { (src: UnsafeRawBufferPointer) in
+            while at < data.count {
+                guard data.count - at >= 4 else { throw FrameError(path: path, reason: "truncated legacy LZ4 frame at byte \(at)") }
+                let size = Int(UInt32(littleEndian: src.loadUnaligned(fromByteOffset: at, as: UInt32.self)))
+                at += 4
+                if size == 0x184C_2102 { continue }  // another legacy frame follows
+                guard size > 0, size <= LZ4_compressBound(Int32(blockMax)), size <= data.count - at else {
+                    throw FrameError(path: path, reason: "legacy LZ4 block of \(size) bytes at byte \(at - 4) does not fit the file (\(data.count) bytes)")
+                }
+                let start = out.count
+                out.count += blockMax
+                let n = out.withUnsafeMutableBytes { dst in
+                    LZ4_decompress_safe(src.baseAddress!.assumingMemoryBound(to: CChar.self) + at,
+                                        dst.baseAddress!.assumingMemoryBound(to: CChar.self) + start, Int32(size), Int32(blockMax))
+                }
+                guard n >= 0 else { throw FrameError(path: path, reason: "corrupt legacy LZ4 block at byte \(at - 4)") }
+                out.count = start + Int(n)
+                at += size
+            }
+        }
         return out
     }
 }

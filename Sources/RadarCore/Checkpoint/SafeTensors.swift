@@ -41,7 +41,24 @@ public struct SafeTensor: Sendable {
 /// The safetensors format: an 8-byte little-endian header length, a JSON header mapping names
 /// to {dtype, shape, data_offsets} (plus optional `__metadata__` of string pairs), then the
 /// little-endian tensor bytes. One reader and one writer for the whole project.
+#if !_endian(little)
+#error("SafeTensors copies little-endian tensor bytes as they are")
+#endif
 public enum SafeTensors {
+    /// The largest JSON header accepted (the reference allows 100 MB; a checkpoint's is ~100 KB).
+    public static let maxHeaderBytes = 16 << 20
+
+    /// JSON numbers as Ints, or nil when one is fractional, out of Int's range or not a number.
+    static func integers(_ values: [Any]) -> [Int]? {
+        var out: [Int] = []
+        out.reserveCapacity(values.count)
+        for v in values {
+            guard let i = v as? Int else { return nil }
+            out.append(i)
+        }
+        return out
+    }
+
     public static func read(_ path: String) throws -> (tensors: [String: SafeTensor], metadata: [String: String]) {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw SafeTensorsError(path: path, reason: "cannot read file")
@@ -55,8 +72,11 @@ public enum SafeTensors {
         func fail(_ r: String) -> SafeTensorsError { SafeTensorsError(path: path, reason: r) }
         guard data.count >= 8 else { throw fail("file of \(data.count) bytes is shorter than the 8-byte header length") }
         let headerLength = data.prefix(8).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
-        guard headerLength <= UInt64(data.count - 8), headerLength < 100_000_000 else {
-            throw fail("header length \(headerLength) exceeds the file size \(data.count)")
+        guard headerLength <= UInt64(data.count - 8) else {
+            throw fail("header length \(headerLength) exceeds the file size \(data.count)" + (LZ4Frame.isLegacyFrame(data) || LZ4Frame.isFrame(data) ? " (the file is LZ4-compressed)" : ""))
+        }
+        guard headerLength <= UInt64(SafeTensors.maxHeaderBytes) else {
+            throw fail("header of \(headerLength) bytes exceeds the limit of \(SafeTensors.maxHeaderBytes)")
         }
         let headerEnd = 8 + Int(headerLength)
         let json: Any
@@ -67,6 +87,8 @@ public enum SafeTensors {
         let body = data.count - headerEnd
         var tensors: [String: SafeTensor] = [:]
         var metadata: [String: String] = [:]
+        // Every tensor's byte range, checked together below: in bounds, no overlaps, no gaps.
+        var ranges: [(start: Int, end: Int, name: String)] = []
         for (name, entry) in header {
             if name == "__metadata__" {
                 guard let m = entry as? [String: Any] else { throw fail("__metadata__ is not an object") }
@@ -77,28 +99,43 @@ public enum SafeTensors {
                 continue
             }
             guard let e = entry as? [String: Any], let dt = e["dtype"] as? String,
-                  let shape = e["shape"] as? [Int], let offs = e["data_offsets"] as? [Int], offs.count == 2
+                  let shapeAny = e["shape"] as? [Any], let offsAny = e["data_offsets"] as? [Any], offsAny.count == 2
             else { throw fail("tensor \(name): expected {dtype, shape, data_offsets}") }
             guard let dtype = SafeTensor.DType(rawValue: dt) else { throw fail("tensor \(name): unsupported dtype \(dt)") }
-            let count = shape.reduce(1, *)
+            guard let shape = SafeTensors.integers(shapeAny), let offs = SafeTensors.integers(offsAny) else {
+                throw fail("tensor \(name): shape and data_offsets must be integers that fit in 64 bits")
+            }
             let width: Int = switch dtype { case .f32: 4; case .f64, .i64: 8; case .f16, .bf16: 2; case .u8: 1 }
-            guard shape.allSatisfy({ $0 >= 0 }), offs[0] >= 0, offs[0] <= offs[1], offs[1] <= body,
-                  offs[1] - offs[0] == count * width
+            // Overflow-checked: a shape like [2^32, 2^32] is refused, not multiplied.
+            var count = 1
+            for d in shape {
+                guard d >= 0 else { throw fail("tensor \(name): negative dimension in shape \(shape)") }
+                let (c, o) = count.multipliedReportingOverflow(by: d)
+                guard !o, c <= body else { throw fail("tensor \(name): shape \(shape) holds more elements than the file's \(body) data bytes") }
+                count = c
+            }
+            guard offs[0] >= 0, offs[0] <= offs[1], offs[1] <= body, offs[1] - offs[0] == count * width
             else { throw fail("tensor \(name): data_offsets \(offs) do not fit shape \(shape) of \(dt) in \(body) data bytes") }
+            ranges.append((offs[0], offs[1], name))
             let start = headerEnd + offs[0]
             let t: SafeTensor = data.withUnsafeBytes { raw in
                 let p = raw.baseAddress! + start
                 switch dtype {
                 case .f32:
-                    return SafeTensor(shape: shape, floats: (0..<count).map {
-                        Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) })
+                    // Little-endian hosts (x86-64, arm64): one copy.
+                    return SafeTensor(shape: shape, floats: [Float](unsafeUninitializedCapacity: count) { b, n in
+                        if count > 0 { memcpy(b.baseAddress!, p, count * 4) }
+                        n = count
+                    })
                 case .f64:
                     return SafeTensor(dtype: .f64, shape: shape, floats: (0..<count).map {
                         Float(Double(bitPattern: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self)))) },
                         ints: [])
                 case .i64:
-                    return SafeTensor(shape: shape, ints: (0..<count).map {
-                        Int64(littleEndian: p.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) })
+                    return SafeTensor(shape: shape, ints: [Int64](unsafeUninitializedCapacity: count) { b, n in
+                        if count > 0 { memcpy(b.baseAddress!, p, count * 8) }
+                        n = count
+                    })
                 case .f16:
                     return SafeTensor(dtype: .f16, shape: shape, floats: (0..<count).map {
                         halfToFloat(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self))) }, ints: [])
@@ -112,6 +149,17 @@ public enum SafeTensors {
             }
             tensors[name] = t
         }
+        // As the reference reader: the tensors tile the data section exactly.
+        ranges.sort { ($0.start, $0.end, $0.name) < ($1.start, $1.end, $1.name) }
+        var at = 0
+        for r in ranges where r.end > r.start || r.start != at {
+            guard r.start == at else {
+                throw fail(r.start < at ? "tensor \(r.name): data_offsets [\(r.start), \(r.end)] overlap another tensor's bytes"
+                                        : "tensor \(r.name): bytes \(at)..<\(r.start) of the data section belong to no tensor")
+            }
+            at = r.end
+        }
+        guard at == body else { throw fail("the data section has \(body) bytes, the tensors cover \(at)") }
         return (tensors, metadata)
     }
 

@@ -179,6 +179,8 @@ public final class TrainingRun {
         st.bestValAUC = history.bestValAUC
         st.sinceBest = sinceBest
         st.worldSize = options.worldSize
+        st.batchSize = options.batchSize
+        st.accumulationSteps = options.accumulationSteps
         st.schedulerMaxLR = trainer.schedule?.maxLR ?? 0
         st.schedulerTotalSteps = trainer.schedule?.totalSteps ?? 0
         st.skippedSteps = trainer.skippedSteps
@@ -214,12 +216,23 @@ public final class TrainingRun {
 
     /// Refuses a checkpoint of another model, world size (unless allowed) or learning-rate schedule.
     func checkResumable(_ st: Checkpoint.State, path: String) throws {
-        let saved = try JSONDecoder().decode(RADARConfig.self, from: Data(st.configJSON.utf8))
+        let saved = try RADARConfig.decode(Data(st.configJSON.utf8), source: "\(path): metadata config")
         if saved != options.config {
             let a = (try? JSONSerialization.jsonObject(with: saved.jsonData()) as? [String: Any]) ?? [:]
             let b = (try? JSONSerialization.jsonObject(with: options.config.jsonData()) as? [String: Any]) ?? [:]
             let diff = a.keys.sorted().filter { "\(a[$0]!)" != "\(b[$0] ?? "nil")" }.map { "\($0): checkpoint \(a[$0]!), now \(b[$0] ?? "nil")" }
             throw Checkpoint.CheckpointError(path: path, reason: "config differs from the run's: " + diff.joined(separator: "; "))
+        }
+        if st.batchSize > 0 && (st.batchSize != options.batchSize || st.accumulationSteps != options.accumulationSteps) {
+            throw Checkpoint.CheckpointError(path: path, reason: "written with --batch-size \(st.batchSize) --accumulation-steps \(st.accumulationSteps), this run has --batch-size \(options.batchSize) --accumulation-steps \(options.accumulationSteps): resume with the same values (the data position and the schedule depend on them)")
+        }
+        if st.epoch > options.epochs {
+            throw Checkpoint.CheckpointError(path: path, reason: "already trained \(st.epoch) epochs, more than this run's --num-epochs \(options.epochs)")
+        }
+        // The position in this run's micro-batches (mapped when the world size changes).
+        let mapped = Double(st.dataPosition) * Double(st.worldSize) / Double(options.worldSize)
+        if mapped > Double(batchesPerEpoch) {
+            throw Checkpoint.CheckpointError(path: path, reason: "data position \(st.dataPosition) is past the end of an epoch (\(batchesPerEpoch) micro-batches per rank): is this checkpoint from another dataset?")
         }
         if st.worldSize != options.worldSize && !options.allowWorldSizeChange {
             throw Checkpoint.CheckpointError(path: path, reason: "written with world size \(st.worldSize), this run has \(options.worldSize) (pass --allow-world-size-change to map the data position)")

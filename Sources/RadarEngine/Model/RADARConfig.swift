@@ -102,6 +102,14 @@ public struct RADARConfig: Codable, Equatable, Sendable {
         need(gatingInit > 0 && gatingInit < 1, "gating_init must be in (0, 1)")
         need(useBadm || useAadm, "at least one of use_badm and use_aadm must be true")
         need(mean.count == 3 && std.count == 3 && std.allSatisfy { $0 > 0 }, "mean and std need 3 values, std > 0")
+        // Upper bounds, far above any ViT this model is meant for, so a crafted config cannot
+        // overflow shape arithmetic or ask for petabytes.
+        need(imgSize <= 4096 && patchSize <= imgSize, "img_size must be <= 4096 and patch_size <= img_size")
+        need(embedDim <= 8192 && numHeads <= 256 && depth <= 128, "embed_dim <= 8192, num_heads <= 256 and depth <= 128 expected")
+        need(mlpRatio <= 16 && evidenceDim <= 4096 && reasoningHeads <= 256 && reasoningIterations <= 64,
+             "mlp_ratio <= 16, evidence_dim <= 4096, reasoning_heads <= 256 and reasoning_iterations <= 64 expected")
+        need(fftSize <= 4096, "fft_size must be <= 4096")
+        need(patchSize > 0 && patchCount <= 1 << 16, "at most 65536 patches expected")
         return p
     }
 
@@ -114,11 +122,16 @@ public struct RADARConfig: Codable, Equatable, Sendable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigError(source: path, problems: ["cannot read file"])
         }
+        return try decode(data, source: path)
+    }
+
+    /// A JSON config, checked (`source` names where it came from in errors).
+    public static func decode(_ data: Data, source path: String) throws -> RADARConfig {
         let c: RADARConfig
         do { c = try JSONDecoder().decode(RADARConfig.self, from: data) } catch let DecodingError.typeMismatch(_, ctx) {
             throw ConfigError(source: path, problems: ["field \(ctx.codingPath.map(\.stringValue).joined(separator: ".")): \(ctx.debugDescription)"])
         } catch {
-            throw ConfigError(source: path, problems: ["not a JSON config object: \(error)"])
+            throw ConfigError(source: path, problems: ["not a JSON config object"])
         }
         let p = c.problems()
         if !p.isEmpty { throw ConfigError(source: path, problems: p) }
