@@ -12,14 +12,8 @@ struct RadarCoordinator: ParsableCommand {
         subcommands: [Serve.self, Status.self], defaultSubcommand: Serve.self)
 
     static func token(_ file: String?) throws -> Data {
-        if let f = file {
-            guard let d = FileManager.default.contents(atPath: f) else { throw ValidationError("\(f): cannot read the token file") }
-            return Data(String(decoding: d, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).utf8)
-        }
-        guard let t = ProcessInfo.processInfo.environment["RADAR_JOB_TOKEN"] else {
-            throw ValidationError("a job token is needed: --token-file or RADAR_JOB_TOKEN")
-        }
-        return Data(t.utf8)
+        guard let t = try JobToken.read(file: file) else { throw ValidationError("a job token is needed: --token-file or RADAR_JOB_TOKEN") }
+        return t
     }
 
     static func split(_ address: String) throws -> (String, Int) {
@@ -36,12 +30,14 @@ struct RadarCoordinator: ParsableCommand {
         @Option(help: "Number of ranks in the job.") var worldSize: Int
         @Option(help: "File holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
         @Option(help: "Seconds without a heartbeat before a rank is declared lost.") var heartbeatDeadline: Double = 10
+        @Option(help: "Seconds to wait for every rank to register.") var rendezvousTimeout: Double = 600
 
         func run() throws {
             do {
                 let (host, port) = try RadarCoordinator.split(listen)
                 let server = try CoordinatorServer(host: host, port: port, worldSize: worldSize, token: try RadarCoordinator.token(tokenFile))
                 server.heartbeatDeadline = heartbeatDeadline
+                server.rendezvousDeadline = rendezvousTimeout
                 server.log = logLine
                 if let d = data {
                     let set = try ShardSet(directory: d)

@@ -25,6 +25,8 @@ struct RadarWorker: ParsableCommand {
     @Option(help: "Coordinator HOST:PORT (default: in-process on rank 0; for tcp at MASTER_ADDR:MASTER_PORT).") var coordinator: String?
     @Option(help: "File holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
     @Option(help: "Seconds without a heartbeat before the coordinator declares a rank lost.") var heartbeatDeadline: Double = 10
+    @Option(help: "Seconds the ranks wait for the last one to start and register (pods start minutes apart).")
+    var rendezvousTimeout: Double = 600
     @Flag(help: "After every optimizer step, compare a hash of every rank's parameters and buffers (stop on a difference).")
     var verifyReplicas = false
 
@@ -75,13 +77,7 @@ struct RadarWorker: ParsableCommand {
         }
     }
 
-    func jobToken() throws -> Data? {
-        if let f = tokenFile {
-            guard let d = FileManager.default.contents(atPath: f) else { throw ValidationError("\(f): cannot read the token file") }
-            return Data(String(decoding: d, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).utf8)
-        }
-        return ProcessInfo.processInfo.environment["RADAR_JOB_TOKEN"].map { Data($0.utf8) }
-    }
+    func jobToken() throws -> Data? { try JobToken.read(file: tokenFile) }
 
     func split(_ address: String) throws -> (String, Int) {
         guard let i = address.lastIndex(of: ":"), let port = Int(address[address.index(after: i)...]) else {
@@ -103,6 +99,7 @@ struct RadarWorker: ParsableCommand {
                 let t = HMACSHA256.randomHex()
                 let s = try CoordinatorServer(port: 0, worldSize: comm.size, token: Data(t.utf8))
                 s.heartbeatDeadline = heartbeatDeadline
+                s.rendezvousDeadline = rendezvousTimeout
                 s.log = logLine
                 RadarWorker.server = s
                 let text = "\(s.port) \(t)"
@@ -113,7 +110,8 @@ struct RadarWorker: ParsableCommand {
             port = Int(parts[0])!
             token = Data(parts[1].utf8)
         }
-        let client = try CoordinatorClient(host: host, port: port, token: token, rank: comm.rank, dataHost: "", dataPort: 0, timeout: timeout)
+        let client = try CoordinatorClient(host: host, port: port, token: token, rank: comm.rank, worldSize: comm.size, dataHost: "", dataPort: 0,
+                                           timeout: timeout, rendezvousTimeout: rendezvousTimeout)
         client.start()
         return client
     }
@@ -134,13 +132,15 @@ struct RadarWorker: ParsableCommand {
             if r == 0 {
                 let s = try CoordinatorServer(port: port, worldSize: n, token: token)
                 s.heartbeatDeadline = heartbeatDeadline
+                s.rendezvousDeadline = rendezvousTimeout
                 s.log = logLine
                 RadarWorker.server = s
             }
         }
         let (listenFD, dataPort) = try TCPRendezvous.listen()
         let dataHost = try TCPRendezvous.localAddress(towards: host, port: port)
-        let client = try CoordinatorClient(host: host, port: port, token: token, rank: r, dataHost: dataHost, dataPort: dataPort, timeout: timeout)
+        let client = try CoordinatorClient(host: host, port: port, token: token, rank: r, worldSize: n, dataHost: dataHost, dataPort: dataPort,
+                                           timeout: timeout, rendezvousTimeout: rendezvousTimeout)
         let job = FNV1a.hash(bytes: token)
         let comm = try TCPCommunicator(rank: r, size: n, jobID: job, listenFD: listenFD, peers: client.peers, timeout: timeout)
         client.start()

@@ -135,16 +135,24 @@ final class StandaloneCoordinatorTests: XCTestCase {
     func testStandaloneCoordinatorServesTCPWorkersAndReportsStatus() throws {
         let bin = MPITrainingTests.products
         let tokenFile = NSTemporaryDirectory() + "radar-token-\(getpid())"
+        // A short token is refused in one line that says how to make a good one.
         try Data("s3cret\n".utf8).write(to: URL(fileURLWithPath: tokenFile))
+        let (rc, text) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "--world-size", "2", "--token-file", tokenFile])
+        XCTAssertNotEqual(rc, 0)
+        XCTAssertTrue(text.contains("\(tokenFile): the job token has 6 characters, at least 32") && text.contains("openssl rand"), text)
+        try Data((HMACSHA256.randomHex(bytes: 16) + "\n").utf8).write(to: URL(fileURLWithPath: tokenFile))
         let port = try TCPRendezvous.freePort()
         let coord = Process()
         coord.executableURL = bin.appendingPathComponent("radar-coordinator")
-        coord.arguments = ["--data", MPITrainingTests.dataset, "--listen", "127.0.0.1:\(port)", "--world-size", "2", "--token-file", tokenFile]
+        // Heartbeats are due every 2 s; rank 1 starts 6 s after rank 0 and must still join.
+        coord.arguments = ["--data", MPITrainingTests.dataset, "--listen", "127.0.0.1:\(port)", "--world-size", "2", "--token-file", tokenFile,
+                           "--heartbeat-deadline", "2"]
         coord.standardError = FileHandle.nullDevice
         try coord.run()
         let out = NSTemporaryDirectory() + "radar-standalone-\(UUID().uuidString.prefix(6))"
         var workers: [Process] = []
         for r in 0..<2 {
+            if r == 1 { sleep(6) }
             let w = Process()
             w.executableURL = bin.appendingPathComponent("radar-worker")
             w.arguments = ["--transport", "tcp", "--rank", String(r), "--world-size", "2", "--coordinator", "127.0.0.1:\(port)",
@@ -173,6 +181,96 @@ final class StandaloneCoordinatorTests: XCTestCase {
         coord.waitUntilExit()
         XCTAssertEqual(coord.terminationStatus, 0, "the service ends cleanly once every rank finished")
         XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/e/best.safetensors.lz4"))
+    }
+}
+
+final class RendezvousTests: XCTestCase {
+    let token = Data(HMACSHA256.randomHex(bytes: 16).utf8)
+
+    func client(_ port: Int, rank: Int, worldSize: Int? = nil, rendezvous: TimeInterval = 30) throws -> CoordinatorClient {
+        try CoordinatorClient(host: "127.0.0.1", port: port, token: token, rank: rank, worldSize: worldSize, dataHost: "127.0.0.1",
+                              dataPort: 1000 + rank, timeout: 5, rendezvousTimeout: rendezvous)
+    }
+
+    /// A waiting rank heartbeats, so a late one joins; the rendezvous has its own deadline and
+    /// its error names the ranks that never came.
+    func testWaitingRanksStayAliveAndTheRendezvousDeadlineNamesTheMissingRanks() throws {
+        let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 3, token: token)
+        defer { server.stop() }
+        server.heartbeatDeadline = 1
+        server.rendezvousDeadline = 4
+        var logged: [String] = []
+        let lock = NSLock()
+        server.log = { s in lock.lock(); logged.append(s); lock.unlock() }
+        let t0 = Date()
+        var errors: [String] = []
+        let g = DispatchGroup()
+        for r in 0..<2 {
+            g.enter()
+            DispatchQueue.global().async {
+                do { _ = try self.client(server.port, rank: r) } catch { lock.lock(); errors.append("\(error)"); lock.unlock() }
+                g.leave()
+            }
+        }
+        g.wait()
+        XCTAssertGreaterThan(Date().timeIntervalSince(t0), 3.5, "the ranks waited past 3 heartbeat deadlines without being declared lost")
+        XCTAssertEqual(errors.count, 2)
+        XCTAssertTrue(errors.allSatisfy { $0.contains("rank 2 never registered within 4 s") }, "\(errors)")
+        XCTAssertNil(server.status()["lost_rank"] as? Int, "nobody was declared lost: \(logged)")
+    }
+
+    func testLateRankJoinsAfterManyHeartbeatDeadlines() throws {
+        let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 2, token: token)
+        defer { server.stop() }
+        server.heartbeatDeadline = 1
+        var first: CoordinatorClient?
+        let g = DispatchGroup()
+        g.enter(); DispatchQueue.global().async { first = try? self.client(server.port, rank: 0); g.leave() }
+        sleep(4)
+        let second = try client(server.port, rank: 1)
+        g.wait()
+        XCTAssertEqual(first?.peers.count, 2)
+        XCTAssertEqual(second.peers.map(\.port), [1000, 1001])
+        first?.finish(); second.finish()
+    }
+
+    /// A rank started with another world size, or a second rank 0, is refused at the rendezvous
+    /// with a message naming both values.
+    func testWorldSizeMismatchAndDuplicateRanksAreNamed() throws {
+        let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 2, token: token)
+        defer { server.stop() }
+        server.rendezvousDeadline = 2
+        XCTAssertThrowsError(try client(server.port, rank: 1, worldSize: 3)) {
+            XCTAssertTrue("\($0)".contains("rank 1 was started with world size 3, the job has 2"), "\($0)")
+        }
+        let g = DispatchGroup()
+        g.enter(); DispatchQueue.global().async { _ = try? self.client(server.port, rank: 0); g.leave() }
+        usleep(500_000)
+        XCTAssertThrowsError(try client(server.port, rank: 0, worldSize: 2)) {
+            XCTAssertTrue("\($0)".contains("rank 0 is already registered"), "\($0)")
+        }
+        g.wait()
+    }
+
+    /// Bad fields (a zero batch size crashed the coordinator) drop that worker only; progress
+    /// with ever new keys does not grow it without bound.
+    func testHostileButAuthenticatedMessagesAreBounded() throws {
+        let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 1, token: token)
+        defer { server.stop() }
+        server.planDigest = { r in String(1000 / r.batchSize) }
+        let c = try client(server.port, rank: 0)
+        c.onAbort = { _ in }
+        for i in 0..<500 { c.report(["key\(i)": i, "long\(i)": String(repeating: "x", count: 10)]) }
+        c.start(interval: 0.05)
+        usleep(600_000)
+        let ranks = try XCTUnwrap(server.status()["ranks"] as? [[String: Any]])
+        XCTAssertLessThanOrEqual(ranks[0].count, CoordinatorServer.maxProgressKeys + 5, "bounded: \(ranks[0].count) fields")
+        XCTAssertEqual(try c.epochPlanDigest(epoch: 0, seed: 1, batchSize: 4, accumulationSteps: 1, maxStepsPerEpoch: 0, timeout: 5), "250")
+        XCTAssertThrowsError(try c.epochPlanDigest(epoch: 1, seed: 1, batchSize: 0, accumulationSteps: 1, maxStepsPerEpoch: 0, timeout: 2))
+        usleep(300_000)
+        XCTAssertEqual(server.status()["lost_rank"] as? Int, 0, "the misbehaving rank is dropped; the coordinator lives")
+        XCTAssertEqual(server.status()["world_size"] as? Int, 1)
+        c.finish()
     }
 }
 

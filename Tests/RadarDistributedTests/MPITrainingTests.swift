@@ -330,6 +330,21 @@ extension Process {
             .split(separator: "\n").compactMap { Int32($0) }.filter { $0 != launcher }
     }
 
+    /// (status, stdout + stderr) of a short command.
+    static func runStatus(_ args: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let d = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: d, as: UTF8.self))
+    }
+
     /// stdout of a short command (status ignored).
     static func runCapturing(_ args: [String]) throws -> Data {
         let p = Process()

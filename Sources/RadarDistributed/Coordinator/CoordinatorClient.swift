@@ -23,8 +23,11 @@ public final class CoordinatorClient: @unchecked Sendable {
         exit(1)
     }
 
-    /// Logs in and waits for the peer table. `dataPort` is this rank's TCP data listener (0 with MPI).
-    public init(host: String, port: Int, token: Data, rank: Int, dataHost: String, dataPort: Int, timeout: TimeInterval) throws {
+    /// Logs in and waits for the peer table, sending heartbeats while it waits (the last rank
+    /// may start minutes later). `dataPort` is this rank's TCP data listener (0 with MPI);
+    /// `timeout` bounds the connection and login, `rendezvousTimeout` the wait for the others.
+    public init(host: String, port: Int, token: Data, rank: Int, worldSize: Int? = nil, dataHost: String, dataPort: Int,
+                timeout: TimeInterval, rendezvousTimeout: TimeInterval = 600) throws {
         self.rank = rank
         let deadline = Date().addingTimeInterval(timeout)
         fd = try Sockets.connect(host: host, port: port, deadline: deadline)
@@ -32,11 +35,31 @@ public final class CoordinatorClient: @unchecked Sendable {
             let (kind, challenge) = try Wire.receive(fd, deadline: deadline)
             guard kind == .challenge, let nonce = challenge["nonce"] as? String else { throw Wire.ProtocolError(reason: "expected a challenge") }
             let proof = HMACSHA256.hex(key: token, message: Data("\(nonce):\(rank)".utf8))
-            try Wire.send(fd, .register, ["rank": rank, "host": dataHost, "port": dataPort, "proof": proof])
-            let (k2, msg) = try Wire.receive(fd, deadline: deadline.addingTimeInterval(60))
-            if k2 == .refused { throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused the login: \(msg["reason"] ?? "")") }
+            var register: [String: Any] = ["rank": rank, "host": dataHost, "port": dataPort, "proof": proof]
+            if let n = worldSize { register["world_size"] = n }
+            try Wire.send(fd, .register, register)
+            // The coordinator answers when every rank is in (or refuses); heartbeat meanwhile.
+            let waitUntil = Date().addingTimeInterval(rendezvousTimeout + timeout)
+            var lastBeat = Date()
+            while true {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                if poll(&p, 1, 250) > 0 { break }
+                if Date() > waitUntil { throw Wire.ProtocolError(reason: "no peer table within \(Int(rendezvousTimeout + timeout)) s") }
+                if Date().timeIntervalSince(lastBeat) >= 1 {
+                    try Wire.send(fd, .heartbeat, ["rank": rank])
+                    lastBeat = Date()
+                }
+            }
+            let (k2, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(timeout))
+            if k2 == .refused { throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused: \(msg["reason"] as? String ?? "")") }
+            if k2 == .abort { throw CommunicationError(rank: rank, peer: nil, reason: "stopping before training: \(msg["reason"] as? String ?? "the coordinator aborted the job")") }
             guard k2 == .peers, let table = msg["peers"] as? [[String: Any]] else { throw Wire.ProtocolError(reason: "expected the peer table") }
-            peers = table.map { TCPCommunicator.Peer(rank: $0["rank"] as! Int, host: $0["host"] as! String, port: $0["port"] as! Int) }
+            peers = try table.map {
+                guard let r = $0["rank"] as? Int, let h = $0["host"] as? String, let p = $0["port"] as? Int else {
+                    throw Wire.ProtocolError(reason: "malformed peer table")
+                }
+                return TCPCommunicator.Peer(rank: r, host: h, port: p)
+            }
             manifestHash = msg["manifest"] as? String ?? ""
         } catch let e as CommunicationError { close(fd); throw e } catch {
             close(fd)
@@ -103,7 +126,8 @@ public final class CoordinatorClient: @unchecked Sendable {
 
     /// Reported with the next heartbeat (step, images/s, loss, ...).
     public func report(_ values: [String: Any]) {
-        lock.lock(); for (k, v) in values { progress[k] = v }; lock.unlock()
+        // JSON has no NaN or infinity: such values are left out rather than failing the heartbeat.
+        lock.lock(); for (k, v) in values { progress[k] = (v as? Double).map { $0.isFinite ? v : nil } ?? v }; lock.unlock()
     }
 
     /// Signs off (the coordinator stops expecting heartbeats) and closes the link.

@@ -14,6 +14,10 @@ public final class CoordinatorServer: @unchecked Sendable {
     public let token: Data
     public let port: Int
     public var heartbeatDeadline: TimeInterval = 10
+    /// How long the first rank waits for the last one to register (pods start minutes apart).
+    public var rendezvousDeadline: TimeInterval = 600
+    /// What one rank can make the coordinator keep: progress keys and the length of a string value.
+    public static let maxProgressKeys = 32, maxValueLength = 128
     public var log: (String) -> Void = { _ in }
     /// The plan digest for a request; nil when the coordinator has no dataset.
     public var planDigest: ((PlanRequest) -> String)?
@@ -33,6 +37,7 @@ public final class CoordinatorServer: @unchecked Sendable {
     private var finished: Set<Int> = []
     private var lost: Int?
     private var stopped = false
+    private let started = Date()
     public private(set) var refusedLogins = 0
     public private(set) var droppedConnections = 0
 
@@ -93,23 +98,48 @@ public final class CoordinatorServer: @unchecked Sendable {
                 try Wire.send(fd, .status, status())
                 return
             }
-            guard r >= 0, r < worldSize, let host = msg["host"] as? String, let port = msg["port"] as? Int else {
-                try? Wire.send(fd, .refused, ["reason": "rank \(r) out of range for world size \(worldSize)"])
+            guard r >= 0, r < worldSize, let host = msg["host"] as? String, host.utf8.count <= 255,
+                  let port = msg["port"] as? Int, (0...65535).contains(port) else {
+                try? Wire.send(fd, .refused, ["reason": "rank \(r) out of range for world size \(worldSize), or a bad data address"])
+                return
+            }
+            if let theirs = msg["world_size"] as? Int, theirs != worldSize {
+                log("coordinator: refused rank \(r): it was started with world size \(theirs), the job has \(worldSize)")
+                try? Wire.send(fd, .refused, ["reason": "rank \(r) was started with world size \(theirs), the job has \(worldSize)"])
                 return
             }
             lock.lock()
+            if peers[r] != nil {
+                lock.unlock()
+                log("coordinator: refused a second registration of rank \(r)")
+                try? Wire.send(fd, .refused, ["reason": "rank \(r) is already registered (two ranks started with the same RANK?)"])
+                return
+            }
             peers[r] = TCPCommunicator.Peer(rank: r, host: host, port: port)
             connections[r] = fd
             lastSeen[r] = Date()
             rank = r
             lock.unlock()
-            // Wait for every rank, then send the peer table.
-            let deadline = Date().addingTimeInterval(60)
+            // Wait for every rank (heartbeats keep the waiting ones alive), then send the peer table.
+            let deadline = started.addingTimeInterval(rendezvousDeadline)
             while true {
-                lock.lock(); let n = peers.count; let l = lost; lock.unlock()
+                lock.lock(); let n = peers.count; let l = lost; let missing = (0..<worldSize).filter { peers[$0] == nil }; lock.unlock()
                 if n == worldSize { break }
-                if l != nil || Date() > deadline { throw Wire.ProtocolError(reason: "not every rank registered") }
-                usleep(20_000)
+                if l != nil { throw Wire.ProtocolError(reason: "rank \(l!) was lost during the rendezvous") }
+                if Date() > deadline {
+                    let names = missing.map(String.init).joined(separator: ", ")
+                    let reason = "rank\(missing.count > 1 ? "s" : "") \(names) never registered within \(Int(rendezvousDeadline)) s (the rendezvous timeout)"
+                    log("coordinator: \(reason)")
+                    lock.lock(); finished.insert(r); lock.unlock()
+                    try? Wire.send(fd, .refused, ["reason": reason])
+                    return
+                }
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                if poll(&p, 1, 200) > 0 {
+                    let (kind, _) = try Wire.receive(fd, deadline: Date().addingTimeInterval(10))
+                    guard kind == .heartbeat else { throw Wire.ProtocolError(reason: "unexpected \(kind) message during the rendezvous") }
+                    lock.lock(); lastSeen[r] = Date(); lock.unlock()
+                }
             }
             lock.lock()
             let table = peers.values.sorted { $0.rank < $1.rank }.map { ["rank": $0.rank, "host": $0.host, "port": $0.port] as [String: Any] }
@@ -119,16 +149,13 @@ public final class CoordinatorServer: @unchecked Sendable {
                 let (kind, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(3600))
                 lock.lock(); lastSeen[r] = Date(); lock.unlock()
                 switch kind {
-                case .heartbeat:
-                    lock.lock(); for (k, v) in msg { progressOf(r).pointee[k] = v }; lock.unlock()
-                case .progress:
-                    lock.lock(); for (k, v) in msg { progressOf(r).pointee[k] = v }; lock.unlock()
-                    if r == 0, let auc = msg["val_auc"] { log("coordinator: epoch \(msg["epoch"] ?? "?") validation AUC \(auc)") }
+                case .heartbeat, .progress:
+                    try record(msg, for: r)
+                    if kind == .progress, r == 0, let auc = msg["val_auc"] as? Double {
+                        log("coordinator: epoch \(msg["epoch"] as? Int ?? -1) validation AUC \(auc)")
+                    }
                 case .epochPlan:
-                    let req = PlanRequest(seed: UInt64(truncatingIfNeeded: msg["seed"] as? Int ?? 0), epoch: msg["epoch"] as? Int ?? 0,
-                                          worldSize: worldSize, batchSize: msg["batch_size"] as? Int ?? 1,
-                                          accumulationSteps: msg["accumulation_steps"] as? Int ?? 1, maxStepsPerEpoch: msg["max_steps_per_epoch"] as? Int ?? 0)
-                    try Wire.send(fd, .epochPlan, ["epoch": req.epoch, "digest": planDigest?(req) ?? ""])
+                    try Wire.send(fd, .epochPlan, ["epoch": msg["epoch"] as? Int ?? 0, "digest": try planDigest.map { $0(try planRequest(msg)) } ?? ""])
                 case .done:
                     lock.lock(); finished.insert(r); lock.unlock()
                     return
@@ -142,6 +169,35 @@ public final class CoordinatorServer: @unchecked Sendable {
         } catch {
             lock.lock(); droppedConnections += 1; lock.unlock()
             if rank == nil { log("coordinator: dropped a connection: \(error)") }
+        }
+    }
+
+    /// A worker's plan request, every field checked (a bad one drops that worker).
+    func planRequest(_ msg: [String: Any]) throws -> PlanRequest {
+        func field(_ k: String, _ range: ClosedRange<Int>) throws -> Int {
+            guard let v = msg[k] as? Int, range.contains(v) else {
+                throw Wire.ProtocolError(reason: "epochPlan \(k) \(msg[k] ?? "missing") outside \(range)")
+            }
+            return v
+        }
+        return PlanRequest(seed: UInt64(truncatingIfNeeded: try field("seed", Int.min...Int.max)), epoch: try field("epoch", 0...(1 << 20)),
+                           worldSize: worldSize, batchSize: try field("batch_size", 1...(1 << 20)),
+                           accumulationSteps: try field("accumulation_steps", 1...(1 << 20)),
+                           maxStepsPerEpoch: try field("max_steps_per_epoch", 0...(1 << 40)))
+    }
+
+    /// Keeps a worker's progress values: numbers and short strings, at most `maxProgressKeys`
+    /// keys per rank, so no peer can make the coordinator grow without bound.
+    func record(_ msg: [String: Any], for r: Int) throws {
+        lock.lock(); defer { lock.unlock() }
+        let slot = progressOf(r)
+        for (k, v) in msg where k != "rank" {
+            guard k.utf8.count <= 40 else { throw Wire.ProtocolError(reason: "progress key of \(k.utf8.count) bytes") }
+            guard v is NSNumber || (v as? String).map({ $0.utf8.count <= CoordinatorServer.maxValueLength }) == true else {
+                throw Wire.ProtocolError(reason: "progress value for \(k.prefix(40)) is not a number or a short string")
+            }
+            if slot.pointee[k] == nil && slot.pointee.count >= CoordinatorServer.maxProgressKeys { continue }
+            slot.pointee[k] = v
         }
     }
 
