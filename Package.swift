@@ -32,6 +32,8 @@ let package = Package(
 
         // Lets the worker pool borrow a non-escaping Swift closure across threads without a heap allocation.
         .target(name: "CTaskClosure"),
+        // Process control that needs a C call (prctl is variadic): a rank dies with its launcher.
+        .target(name: "CProcess"),
         // The engine: tensors, the Backend protocol, layers, the RADAR model, loss, optimizer and
         // the training step. No C library: it runs on whatever backend it is given.
         .target(name: "RadarEngine"),
@@ -46,7 +48,7 @@ let package = Package(
         .target(name: "CCUDAEmulator", exclude: ["kernels", "selftest"]),
         // Everything around the engine in one process: data, checkpoints, metrics, the training
         // run, device selection. Re-exports RadarEngine and RadarCPU.
-        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CTurboJPEG", "CArchive"]),
+        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CTurboJPEG", "CArchive", "CProcess"]),
         .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
 
         // The command-line pieces radar and radar-worker share (training flags, progress).

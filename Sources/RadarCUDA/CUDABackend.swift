@@ -56,7 +56,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
             let context = DeviceMemoryContext.current
             let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
             FileHandle.standardError.write(Data("\(program): error: \(error)\(context.isEmpty ? "" : " while sizing \(context): lower it")\n".utf8))
-            exit(1)
+            exitNow(1)
         }
     }
 

@@ -79,6 +79,7 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
             spins += 1
             // Spin (yielding the core) while transfers are quick; back off once a wait is long.
             if spins % 1024 == 0 {
+                if JobAbort.requested { throw CommunicationError(rank: rank, peer: nil, reason: "stopping: \(JobAbort.reason)") }
                 if Date() > deadline {
                     throw CommunicationError(rank: rank, peer: peer, reason: "no progress for \(Int(timeout)) s (is rank \(peer) alive?)")
                 }
@@ -100,8 +101,10 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
     }
 
     public func abort(_ code: Int32) -> Never {
+        fflush(stdout)
+        fflush(stderr)
         MPI_Abort(world, code)
-        exit(code)
+        exitNow(code)
     }
 
     public func finalize() { MPI_Finalize() }

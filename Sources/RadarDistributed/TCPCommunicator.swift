@@ -66,7 +66,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
 
     public func abort(_ code: Int32) -> Never {
         for fd in fds where fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
-        exit(code)
+        exitNow(code)
     }
 
     public func send(_ buffer: UnsafeRawPointer, bytes: Int, to: Int, tag: Int) throws {
@@ -117,6 +117,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
             }
             let ms = Int32(max(0, min(500, deadline.timeIntervalSinceNow * 1000)))
             let n = poll(&polls, nfds_t(polls.count), ms)
+            if JobAbort.requested { throw CommunicationError(rank: rank, peer: nil, reason: "stopping: \(JobAbort.reason)") }
             if n == 0 {
                 if Date() > deadline {
                     let peer = !recvDone ? r!.2 : s!.2

@@ -48,7 +48,7 @@ struct RadarWorker: ParsableCommand {
                 mpi.finalize()
                 throw ExitCode(Preemption.Preempted.exitCode)
             } catch {
-                logLine("radar-worker rank \(mpi.rank): error: \(error)")
+                RadarWorker.failed(rank: mpi.rank, error)
                 mpi.abort(1)
             }
         case "tcp":
@@ -68,12 +68,25 @@ struct RadarWorker: ParsableCommand {
             } catch let e as ExitCode {
                 throw e
             } catch {
-                logLine("radar-worker rank \(r): error: \(error)")
-                throw ExitCode.failure
+                RadarWorker.failed(rank: r, error)
+                exitNow(1)
             }
         default:
             logLine("radar-worker: --transport must be mpi or tcp")
             throw ExitCode(2)
+        }
+    }
+
+    static var client: CoordinatorClient?
+
+    /// One line for a failed rank. A stop the coordinator ordered is named as such; any other
+    /// failure is reported to the coordinator, which tells the other ranks at once.
+    static func failed(rank: Int, _ error: Error) {
+        if JobAbort.requested {
+            logLine("radar-worker rank \(rank): stopped: \(JobAbort.reason)")
+        } else {
+            logLine("radar-worker rank \(rank): error: \(error)")
+            client?.abortJob("rank \(rank) failed: \(error)")
         }
     }
 
@@ -113,6 +126,7 @@ struct RadarWorker: ParsableCommand {
         let client = try CoordinatorClient(host: host, port: port, token: token, rank: comm.rank, worldSize: comm.size, dataHost: "", dataPort: 0,
                                            timeout: timeout, rendezvousTimeout: rendezvousTimeout)
         client.start()
+        RadarWorker.client = client
         return client
     }
 
@@ -144,6 +158,7 @@ struct RadarWorker: ParsableCommand {
         let job = FNV1a.hash(bytes: token)
         let comm = try TCPCommunicator(rank: r, size: n, jobID: job, listenFD: listenFD, peers: client.peers, timeout: timeout)
         client.start()
+        RadarWorker.client = client
         return (comm, client)
     }
 
@@ -203,4 +218,5 @@ struct RadarWorker: ParsableCommand {
 
 // Better OpenBLAS kernels than the library chose, when the CPU has them (before MPI starts).
 BLASKernels.reexecWithBestKernelsIfNeeded()
+ParentWatch.install()
 RadarWorker.main()

@@ -30,6 +30,8 @@ struct Launch: ParsableCommand {
             var env = ProcessInfo.processInfo.environment
             env["RANK"] = String(r); env["WORLD_SIZE"] = String(n); env["LOCAL_RANK"] = String(r); env["LOCAL_WORLD_SIZE"] = String(n)
             env["MASTER_ADDR"] = "127.0.0.1"; env["MASTER_PORT"] = String(port); env["RADAR_JOB_TOKEN"] = token
+            // A rank whose launcher dies gets SIGTERM (see `ParentWatch`): no orphans keep training.
+            env["RADAR_LAUNCHER_PID"] = String(getpid())
             if env["OPENBLAS_NUM_THREADS"] == nil { env["OPENBLAS_NUM_THREADS"] = "1" }
             p.environment = env
             try p.run()
@@ -45,24 +47,38 @@ struct Launch: ParsableCommand {
             forwarders.append(src)
         }
         defer { forwarders.forEach { $0.cancel() } }
-        // Wait; if any rank fails, give the others `grace` seconds to stop on their own, then kill them.
+        // Wait for every rank (the launcher never exits before them); if one fails, give the others
+        // `grace` seconds to stop on their own, then kill them. Each failure is reported once.
         var failed: Int32 = 0
         var failedAt: Date?
-        while procs.contains(where: { $0.isRunning }) {
-            for (r, p) in procs.enumerated() where !p.isRunning && p.terminationStatus != 0 && failed == 0 {
-                failed = p.terminationStatus
-                failedAt = Date()
-                logLine("radar launch: rank \(r) exited with status \(p.terminationStatus)")
+        var reported = Set<Int>()
+        func report() {
+            for (r, p) in procs.enumerated() where !p.isRunning && !reported.contains(r) {
+                reported.insert(r)
+                let (code, text) = Launch.describe(p)
+                guard code != 0 else { continue }
+                logLine("radar launch: rank \(r) \(text)")
+                if failed == 0 { failed = code; failedAt = Date() }
             }
+        }
+        while procs.contains(where: { $0.isRunning }) {
+            report()
             if let t = failedAt, Date().timeIntervalSince(t) > grace {
                 for p in procs where p.isRunning { kill(p.processIdentifier, SIGKILL) }
             }
             usleep(50_000)
         }
-        for (r, p) in procs.enumerated() where p.terminationStatus != 0 && failed == 0 {
-            failed = p.terminationStatus
-            logLine("radar launch: rank \(r) exited with status \(p.terminationStatus)")
-        }
+        report()
         if failed != 0 { throw ExitCode(failed) }
+    }
+
+    /// The launcher's exit code for a finished rank (128 + N for a signal, as shells do) and how it ended.
+    static func describe(_ p: Process) -> (Int32, String) {
+        if p.terminationReason == .uncaughtSignal {
+            let s = p.terminationStatus
+            let name = [SIGKILL: "SIGKILL", SIGTERM: "SIGTERM", SIGINT: "SIGINT", SIGSEGV: "SIGSEGV", SIGABRT: "SIGABRT", SIGBUS: "SIGBUS"][s] ?? "signal \(s)"
+            return (128 + s, "was killed by signal \(s) (\(name))")
+        }
+        return (p.terminationStatus, "exited with status \(p.terminationStatus)")
     }
 }

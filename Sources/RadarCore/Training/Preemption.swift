@@ -1,32 +1,40 @@
 import Dispatch
 import Foundation
 import Synchronization
+import CProcess
 
 /// SIGTERM and SIGINT (what SLURM, Kubernetes and a terminal send before killing a job) ask the
 /// run to stop: the current optimizer step finishes, every rank agrees to stop after the same step
 /// (`DataParallel.agreeToStop`), `last` is written, and the process exits with `Preempted.exitCode`
-/// (75, EX_TEMPFAIL: "try again", the signal for a restart with `--resume auto`). A second signal
-/// while stopping ends the process at once with 128 + the signal number.
+/// (75, EX_TEMPFAIL: "try again", the signal for a restart with `--resume auto`). A second
+/// SIGTERM or SIGINT while stopping ends the process at once with 128 + the signal number.
+/// SIGUSR1 (SLURM's `--signal=USR1@T` warning, and what a rank gets when `radar launch` dies)
+/// asks the same, and never escalates: the kernel may deliver it more than once.
 public enum Preemption {
     private static let signalled = Atomic<Int32>(0)
     nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
 
-    /// The signal received (SIGTERM or SIGINT), 0 when none.
+    /// The signal received (SIGTERM, SIGINT or SIGUSR1), 0 when none.
     public static var signal: Int32 { signalled.load(ordering: .relaxed) }
     public static var requested: Bool { signal != 0 }
 
-    public static var signalName: String { signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "signal \(signal)" }
+    public static var signalName: String { name(signal) }
+    static func name(_ s: Int32) -> String { [SIGINT: "SIGINT", SIGTERM: "SIGTERM", SIGUSR1: "SIGUSR1"][s] ?? "signal \(s)" }
 
     /// Starts listening (once per process).
     public static func install() {
         guard sources.isEmpty else { return }
-        for s in [SIGTERM, SIGINT] {
+        for s in [SIGTERM, SIGINT, SIGUSR1] {
             Foundation.signal(s, SIG_IGN)
             let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
             src.setEventHandler {
                 let (exchanged, _) = signalled.compareExchange(expected: 0, desired: s, ordering: .relaxed)
-                if !exchanged { exit(128 + s) }  // asked twice: stop now
-                logLine("received \(s == SIGINT ? "SIGINT" : "SIGTERM"): stopping after the current optimizer step (again to stop at once)")
+                if !exchanged {
+                    guard s != SIGUSR1 else { return }
+                    logLine("received \(name(s)) again: stopping now, without writing `last`")
+                    exitNow(128 + s)
+                }
+                logLine("received \(name(s)): stopping after the current optimizer step" + (s == SIGUSR1 ? "" : " (again to stop at once)"))
             }
             src.resume()
             sources.append(src)
@@ -39,6 +47,62 @@ public enum Preemption {
         public static let exitCode: Int32 = 75
         public var description: String {
             "stopped by \(signal) after optimizer step \(step); `last` is written: resume with --resume auto"
+        }
+    }
+}
+
+/// A job-wide stop ordered from outside the training loop (the coordinator lost a rank, a
+/// peer's transport failed): the loop leaves at its next safe point, transports stop waiting,
+/// and the process exits with status 1 and one line. Nothing calls `exit` from a helper thread
+/// while compute runs (that crashed OpenBLAS at exit); if the loop has not left within the
+/// grace period, the process ends with `exitNow`.
+public enum JobAbort {
+    private static let flag = Atomic<Bool>(false)
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var text = ""
+
+    public static var requested: Bool { flag.load(ordering: .acquiring) }
+    public static var reason: String { lock.withLock { text } }
+
+    /// Records the first reason; later ones are ignored. Starts the grace-period watchdog.
+    public static func request(_ why: String, grace: TimeInterval = 30) {
+        let first: Bool = lock.withLock {
+            guard text.isEmpty else { return false }
+            text = why
+            return true
+        }
+        guard first else { return }
+        flag.store(true, ordering: .releasing)
+        Thread.detachNewThread {
+            Thread.sleep(forTimeInterval: grace)
+            logLine("\(why) (the run did not stop within \(Int(grace)) s; exiting)")
+            exitNow(1)
+        }
+    }
+
+    /// Thrown at a safe point once a stop was requested.
+    public struct Aborted: Error, CustomStringConvertible {
+        public let reason: String
+        public var description: String { reason }
+    }
+
+    /// Throws `Aborted` when a stop was requested.
+    public static func check() throws {
+        if requested { throw Aborted(reason: reason) }
+    }
+}
+
+/// A rank started by `radar launch` (RADAR_LAUNCHER_PID) gets SIGUSR1 when the launcher dies, so
+/// killing the launcher (even with SIGKILL) leaves no rank training on; SIGUSR1 takes the
+/// preemption path (finish the step, write `last`, exit 75). (Linux may deliver it once per
+/// launcher thread, hence not SIGTERM, whose second delivery means "stop at once".)
+public enum ParentWatch {
+    public static func install(environment: [String: String] = ProcessInfo.processInfo.environment) {
+        guard let s = environment["RADAR_LAUNCHER_PID"], let pid = Int32(s) else { return }
+        _ = radar_set_parent_death_signal(SIGUSR1)
+        if getppid() != pid {  // the launcher died before the watch was set
+            logLine("the launcher (pid \(pid)) is gone; stopping")
+            exitNow(1)
         }
     }
 }

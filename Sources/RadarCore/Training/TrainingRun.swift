@@ -151,6 +151,7 @@ public final class TrainingRun {
         let probs = UnsafeMutablePointer<Float>.allocate(capacity: options.batchSize)
         defer { probs.deallocate() }
         while let b = try loader.next() {
+            try JobAbort.check()
             try trainer.predict(images: upload(b).images, into: probs)
             for j in 0..<b.labels.count {
                 myScores.append(probs[j]); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
@@ -330,6 +331,7 @@ public final class TrainingRun {
                 lastLoss = r.terms.total
             }
             onBatch?(epoch, batchIndex, epochPlan.batchesPerRank, lastLoss)
+            try JobAbort.check()
             guard let r = result else { continue }
             var entry: [String: Any] = ["epoch": epoch, "step": trainer.optimizer.step, "lr": r.lr, "grad_norm": r.gradNorm,
                                         "skipped": r.skipped]

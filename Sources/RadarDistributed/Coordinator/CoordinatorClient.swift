@@ -17,11 +17,9 @@ public final class CoordinatorClient: @unchecked Sendable {
     private var closed = false
     private let planReply = NSCondition()
     private var plans: [Int: String] = [:]
-    /// What happens when the coordinator aborts the job (default: print and exit non-zero).
-    public var onAbort: (String) -> Void = { reason in
-        FileHandle.standardError.write(Data((reason + "\n").utf8))
-        exit(1)
-    }
+    /// What happens when the coordinator aborts the job (default: the training loop is asked to
+    /// stop at its next safe point, and transports stop waiting; see `JobAbort`).
+    public var onAbort: (String) -> Void = { reason in JobAbort.request(reason) }
 
     /// Logs in and waits for the peer table, sending heartbeats while it waits (the last rank
     /// may start minutes later). `dataPort` is this rank's TCP data listener (0 with MPI);
@@ -128,6 +126,16 @@ public final class CoordinatorClient: @unchecked Sendable {
     public func report(_ values: [String: Any]) {
         // JSON has no NaN or infinity: such values are left out rather than failing the heartbeat.
         lock.lock(); for (k, v) in values { progress[k] = (v as? Double).map { $0.isFinite ? v : nil } ?? v }; lock.unlock()
+    }
+
+    /// Tells the coordinator this rank failed (it tells the other ranks to stop), then closes.
+    public func abortJob(_ reason: String) {
+        lock.lock()
+        if closed { lock.unlock(); return }
+        closed = true
+        try? Wire.send(fd, .abort, ["rank": rank, "reason": String(reason.prefix(400))])
+        lock.unlock()
+        shutdown(fd, Int32(SHUT_RDWR))
     }
 
     /// Signs off (the coordinator stops expecting heartbeats) and closes the link.

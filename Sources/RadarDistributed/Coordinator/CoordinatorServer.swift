@@ -160,7 +160,7 @@ public final class CoordinatorServer: @unchecked Sendable {
                     lock.lock(); finished.insert(r); lock.unlock()
                     return
                 case .abort:
-                    declareLost(r, why: msg["reason"] as? String ?? "it aborted")
+                    declareLost(r, why: String((msg["reason"] as? String ?? "it aborted").prefix(400)))
                     return
                 default:
                     throw Wire.ProtocolError(reason: "unexpected \(kind) message")
