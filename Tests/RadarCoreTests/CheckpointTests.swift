@@ -148,6 +148,52 @@ final class CheckpointTests: XCTestCase {
         var longer = options(data, split, stop: 6, resume: "auto")
         longer.epochs = 4
         XCTAssertThrowsError(try TrainingRun(options: longer).run()) { XCTAssertTrue("\($0)".contains("--num-epochs"), "\($0)") }
+        // Another batch size moves the data position and the schedule: refused, naming both.
+        var smaller = options(data, split, stop: 6, resume: "auto")
+        smaller.batchSize = 4
+        XCTAssertThrowsError(try TrainingRun(options: smaller).run()) {
+            XCTAssertTrue("\($0)".contains("written with --batch-size 8 --accumulation-steps 2, this run has --batch-size 4"), "\($0)")
+        }
+    }
+
+    /// Stopped mid-epoch and resumed, a run's bookkeeping equals an uninterrupted run's:
+    /// metrics.json's history exactly, metrics.jsonl with each step once and the same values.
+    func testResumedRunsMetricsEqualAnUninterruptedRuns() throws {
+        let data = try makeRunData()
+        let straight = temporaryDirectory("m-straight"), split = temporaryDirectory("m-split")
+        _ = try TrainingRun(options: options(data, straight, stop: 0)).run()
+        _ = try TrainingRun(options: options(data, split, stop: 3)).run()   // mid-epoch 0
+        _ = try TrainingRun(options: options(data, split, stop: 13, resume: "auto")).run()  // mid-epoch 1
+        _ = try TrainingRun(options: options(data, split, stop: 0, resume: "auto")).run()
+        func metrics(_ dir: String) throws -> [String: Any] {
+            var m = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(dir)/r/metrics.json"))) as! [String: Any]
+            m["timestamp"] = nil
+            return m
+        }
+        let a = try metrics(straight), b = try metrics(split)
+        XCTAssertEqual(NSDictionary(dictionary: a), NSDictionary(dictionary: b), "metrics.json: \(a) vs \(b)")
+        func lines(_ dir: String) throws -> [String] {
+            try String(contentsOfFile: "\(dir)/r/metrics.jsonl", encoding: .utf8).split(separator: "\n").map { line in
+                var o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+                o["images_per_s"] = nil
+                return String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]), as: UTF8.self)
+            }
+        }
+        let la = try lines(straight), lb = try lines(split)
+        XCTAssertEqual(la.count, lb.count, "metrics.jsonl has each step once")
+        XCTAssertEqual(la, lb)
+    }
+
+    /// Two runs in one experiment folder at once: the second is refused while the first holds it.
+    func testExperimentFolderIsLockedWhileARunUsesIt() throws {
+        let data = try makeRunData(), out = temporaryDirectory("lock")
+        try FileManager.default.createDirectory(atPath: "\(out)/r", withIntermediateDirectories: true)
+        let holder = try ExperimentLockHolder(directory: "\(out)/r")
+        XCTAssertThrowsError(try TrainingRun(options: options(data, out, stop: 1)).run()) {
+            XCTAssertTrue("\($0)".contains("another run is using this experiment folder (pid \(getpid())"), "\($0)")
+        }
+        holder.release()
+        XCTAssertNoThrow(try TrainingRun(options: options(data, out, stop: 1)).run(), "free again once released")
     }
 
     func testFullRunWritesCheckpointsPlotsAndExportZip() throws {

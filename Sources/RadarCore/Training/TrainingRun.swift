@@ -67,11 +67,15 @@ public struct RunHistory: Sendable, Codable {
     public var bestEpoch = -1
     public var testMetrics: [String: Double] = [:]
     public var skippedSteps = 0
+    /// In a checkpoint written mid-epoch: that epoch's loss sum and micro-batches so far, so a
+    /// resumed run's train_loss equals an uninterrupted run's.
+    public var partialEpochLoss: Double?
+    public var partialEpochBatches: Int?
     /// The test ROC curve (for the plot), not serialised with the history.
     public var testCurve: (fpr: [Double], tpr: [Double], thresholds: [Float])?
 
     enum CodingKeys: String, CodingKey {
-        case trainLoss, valAUC, valAccuracy, valMetrics, bestValAUC, bestEpoch, testMetrics, skippedSteps
+        case trainLoss, valAUC, valAccuracy, valMetrics, bestValAUC, bestEpoch, testMetrics, skippedSteps, partialEpochLoss, partialEpochBatches
     }
 }
 
@@ -287,8 +291,19 @@ public final class TrainingRun {
     /// metrics.jsonl, appended line by line (rank 0 only).
     final class StepLog {
         let handle: FileHandle?
-        init(path: String, fresh: Bool, writes: Bool) {
+        /// `resumedFrom`: the checkpoint's (optimizer step, epoch); lines the interrupted run
+        /// wrote after it are dropped, so the log has each step once, as an uninterrupted run's.
+        init(path: String, fresh: Bool, writes: Bool, resumedFrom: (step: Int, epoch: Int)? = nil) throws {
             if writes && (fresh || !FileManager.default.fileExists(atPath: path)) { FileManager.default.createFile(atPath: path, contents: nil) }
+            if writes, !fresh, let r = resumedFrom, let text = try? String(contentsOfFile: path, encoding: .utf8) {
+                let kept = text.split(separator: "\n").filter { line in
+                    guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return false }
+                    if o["train_loss"] != nil || o["bad_sample"] != nil { return (o["epoch"] as? Int ?? Int.max) < r.epoch }
+                    return (o["step"] as? Int ?? Int.max) <= r.step
+                }
+                let body = kept.map { $0 + "\n" }.joined()
+                if body.utf8.count != text.utf8.count { try writeFileAtomically(Data(body.utf8), to: path) }
+            }
             handle = writes ? FileHandle(forWritingAtPath: path) : nil
             _ = try? handle?.seekToEnd()
         }
@@ -301,7 +316,7 @@ public final class TrainingRun {
     }
 
     /// How one epoch's training ended.
-    enum EpochEnd { case finished(lossSum: Double, microBatches: Int, seconds: Double), stopped }
+    enum EpochEnd { case finished(lossSum: Double, microBatches: Int, imagesPerSecond: Double), stopped }
 
     /// Trains one epoch from micro-batch `start`; `.stopped` when `stopAfterSteps` was reached
     /// (after writing `last`).
@@ -318,13 +333,18 @@ public final class TrainingRun {
         let rank = options.rank, log = self.log
         loader.onBadSample = { key, reason in log("rank \(rank): skipped unreadable sample \(key): \(reason)") }
         defer { for b in loader.badSamples { steps.record(["epoch": epoch, "rank": rank, "bad_sample": b.key, "reason": b.reason]) } }
-        var lossSum = 0.0, n = 0, lastLoss = Double.nan
+        // A run resumed mid-epoch continues that epoch's loss sum.
+        let resumedHere = start > 0 && start == position.batch && epoch == position.epoch
+        var lossSum = resumedHere ? position.history.partialEpochLoss ?? 0 : 0
+        var n = resumedHere ? position.history.partialEpochBatches ?? 0 : 0
+        var lastLoss = Double.nan, local = 0
         var batchIndex = start
         let t0 = Date()
         while let b = try loader.next() {
             let input = upload(b)
             let result = try trainer.step(images: input.images, labels: input.labels)
             n += 1
+            local += 1
             batchIndex += 1
             if let r = result {
                 lossSum += r.totalSum
@@ -337,7 +357,9 @@ public final class TrainingRun {
                                         "skipped": r.skipped]
             for (k, v) in r.terms.named { entry["loss_\(k)"] = v }
             steps.record(entry)
-            let state = { self.checkpointState(epoch: epoch, dataPosition: batchIndex, history: position.history, sinceBest: position.sinceBest) }
+            var partial = position.history
+            (partial.partialEpochLoss, partial.partialEpochBatches) = (lossSum, n)
+            let state = { self.checkpointState(epoch: epoch, dataPosition: batchIndex, history: partial, sinceBest: position.sinceBest) }
             if try parallel.agreeToStop(Preemption.requested) {
                 try save(lastPath, state())
                 throw Preemption.Preempted(step: trainer.optimizer.step, signal: Preemption.requested ? Preemption.signalName : "a signal to another rank")
@@ -349,14 +371,15 @@ public final class TrainingRun {
             }
             if options.checkpointEvery > 0 && trainer.optimizer.step % options.checkpointEvery == 0 { try save(lastPath, state()) }
         }
-        return .finished(lossSum: lossSum, microBatches: n, seconds: Date().timeIntervalSince(t0))
+        let rate = Double(local * options.batchSize * options.worldSize) / max(Date().timeIntervalSince(t0), 1e-9)
+        return .finished(lossSum: lossSum, microBatches: n, imagesPerSecond: rate)
     }
 
     /// Validation after an epoch: records the metrics, keeps the best weights, writes `best` and
     /// `last`; returns true when early stopping ends the run.
-    func validate(_ epoch: Int, lossSum: Double, microBatches n: Int, seconds: Double, _ p: inout Position,
+    func validate(_ epoch: Int, lossSum: Double, microBatches n: Int, imagesPerSecond: Double, _ p: inout Position,
                   best: inout BestWeights?, _ steps: StepLog) throws -> Bool {
-        let imagesPerSecond = Double(n * options.batchSize * options.worldSize) / max(seconds, 1e-9)
+        (p.history.partialEpochLoss, p.history.partialEpochBatches) = (nil, nil)
         let val = try evaluate(.val)
         let m = BinaryMetrics.all(scores: val.scores, labels: val.labels, sequences: val.sequences)
         p.history.trainLoss.append(lossSum / Double(max(n, 1)))
@@ -402,6 +425,8 @@ public final class TrainingRun {
     public func run() throws -> RunHistory {
         let dir = options.experimentDirectory
         try makeDirectory(dir)
+        let lock = writes ? try ExperimentLock(directory: dir) : nil
+        defer { lock?.release() }
         if writes {
             for name in removeStaleTemporaries(in: dir) { log("removed \(name), left by a run killed while writing") }
         }
@@ -415,16 +440,16 @@ public final class TrainingRun {
                                     to: (dir as NSString).appendingPathComponent("config.json"))
         }
         let jsonl = (dir as NSString).appendingPathComponent("metrics.jsonl")
-        let steps = StepLog(path: jsonl, fresh: resumed == nil, writes: writes)
+        let steps = try StepLog(path: jsonl, fresh: resumed == nil, writes: writes, resumedFrom: resumed.map { ($0.optimizerStep, $0.epoch) })
         var position = startingPosition(resumed)
         var best = resumed != nil ? loadBestWeights() : nil
         for epoch in position.epoch..<options.epochs {
             let start = epoch == position.epoch ? position.batch : 0
-            guard case let .finished(lossSum, n, seconds) = try trainEpoch(epoch, from: start, position, steps) else {
+            guard case let .finished(lossSum, n, rate) = try trainEpoch(epoch, from: start, position, steps) else {
                 position.history.skippedSteps = trainer.skippedSteps
                 return position.history
             }
-            if try validate(epoch, lossSum: lossSum, microBatches: n, seconds: seconds, &position, best: &best, steps) { break }
+            if try validate(epoch, lossSum: lossSum, microBatches: n, imagesPerSecond: rate, &position, best: &best, steps) { break }
         }
         var history = position.history
         history.skippedSteps = trainer.skippedSteps
@@ -451,4 +476,33 @@ public final class TrainingRun {
         try writeFileAtomically(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]),
                                 to: (options.experimentDirectory as NSString).appendingPathComponent("metrics.json"))
     }
+}
+
+/// An exclusive lock on an experiment folder for the length of a run (flock on `.lock`, released
+/// by the kernel if the process dies), so two jobs never write one folder's checkpoints and metrics.
+public typealias ExperimentLockHolder = ExperimentLock
+
+public final class ExperimentLock {
+    private var fd: Int32
+
+    public init(directory: String) throws {
+        let path = (directory as NSString).appendingPathComponent(".lock")
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw DatasetError(path: path, reason: "cannot open: \(String(cString: strerror(errno)))") }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            close(fd)
+            fd = -1
+            throw DatasetError(path: directory, reason: "another run is using this experiment folder\(holder.isEmpty ? "" : " (\(holder))"): wait for it, or choose another --experiment")
+        }
+        let me = "pid \(getpid()) on \(ProcessInfo.processInfo.hostName)\n"
+        _ = ftruncate(fd, 0)
+        _ = me.withCString { write(fd, $0, strlen($0)) }
+    }
+
+    public func release() {
+        if fd >= 0 { close(fd); fd = -1 }
+    }
+
+    deinit { release() }
 }
