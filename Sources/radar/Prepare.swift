@@ -23,6 +23,8 @@ struct Prepare: ParsableCommand {
     @Option(help: "Base URL of the dataset repository (default: HF_ENDPOINT or huggingface.co).") var endpoint: String?
     @Option(help: "A file listing archive paths to download, one per line (instead of the tree API).") var fileList: String?
     @Option(help: "Where downloaded archives are kept (default: <output>/downloads).") var downloadDir: String?
+    @Option(help: "Images (archive members or files) larger than this many MiB are skipped and counted, never read.")
+    var maxImageMb = 64
 
     func run() throws {
         try failing {
@@ -38,6 +40,8 @@ struct Prepare: ParsableCommand {
             opts.maxImages = maxImages
             opts.realFraction = realFraction
             opts.shardSize = shardSize
+            guard maxImageMb >= 1 && maxImageMb <= 4096 else { throw ValidationError("--max-image-mb must be in 1...4096") }
+            let limit = maxImageMb << 20
             let src: SampleSource
             if source == "hf" {
                 let dir = downloadDir ?? (output as NSString).appendingPathComponent("downloads")
@@ -46,12 +50,18 @@ struct Prepare: ParsableCommand {
                 let files = try fileList.map { try HuggingFaceDownloader.readFileList($0) } ?? hf.listArchives()
                 logLine("prepare: \(files.count) archives from \(hf.base)")
                 try hf.download(files, to: dir)
-                src = try WildDeepfakeArchives(root: dir, archives: files)
+                var w = try WildDeepfakeArchives(root: dir, archives: files)
+                w.maxMemberBytes = limit
+                src = w
             } else if FileManager.default.fileExists(atPath: (source as NSString).appendingPathComponent("real")) {
                 logLine("prepare: \(source) has the reference layout: no sequence ids, so every image is its own sequence; \(Int(testFraction * 100))% of images become the test split")
-                src = try ReferenceFolders(root: source, testFraction: testFraction, seed: seed)
+                var r = try ReferenceFolders(root: source, testFraction: testFraction, seed: seed)
+                r.maxFileBytes = limit
+                src = r
             } else {
-                src = try WildDeepfakeArchives(root: source)
+                var w = try WildDeepfakeArchives(root: source)
+                w.maxMemberBytes = limit
+                src = w
             }
             try runPreparer(src, opts)
         }

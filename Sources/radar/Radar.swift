@@ -37,7 +37,8 @@ func printJSON(_ object: [String: Any]) {
 func peakRSSMiB() -> Double {
     guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
     for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        let kb = Double(line.split(separator: " ").dropFirst().first { !$0.isEmpty }.map(String.init) ?? "0") ?? 0
+        // "VmHWM:\t   1234 kB" (no padding once the number is long): split on any whitespace.
+        let kb = Double(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.map(String.init) ?? "0") ?? 0
         return kb / 1024
     }
     return 0

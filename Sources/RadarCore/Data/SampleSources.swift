@@ -49,6 +49,9 @@ public struct WildDeepfakeArchives: SampleSource {
     public let root: String
     /// Archive paths relative to `root`, sorted.
     public let archives: [String]
+    /// Members larger than this (a face crop is ~100 KB) are skipped and counted without being
+    /// read, so a crafted member cannot make `prepare` allocate its declared size.
+    public var maxMemberBytes = 64 << 20
 
     public init(root: String, archives: [String]? = nil) throws {
         self.root = root
@@ -100,6 +103,12 @@ public struct WildDeepfakeArchives: SampleSource {
                     try visit(.skipped(key: key, reason: "not an image (\(clean))"))
                     continue
                 }
+                if m.isSparse || m.size > maxMemberBytes {
+                    try reader.skipData()
+                    try visit(.skipped(key: key, reason: m.isSparse ? "sparse archive member (\(clean))"
+                                                              : "member of \(m.size) bytes exceeds the \(maxMemberBytes >> 20) MiB limit (\(clean))"))
+                    continue
+                }
                 let comps = stem.split(separator: "/")
                 guard let label = labelFromComponents(comps), let li = comps.firstIndex(where: { $0 == "fake" || $0 == "real" }) else {
                     try reader.skipData()
@@ -135,6 +144,8 @@ public struct ReferenceFolders: SampleSource {
     public let root: String
     public let testFraction: Double
     public let seed: UInt64
+    /// Files larger than this are skipped and counted without being read.
+    public var maxFileBytes = 64 << 20
 
     public init(root: String, testFraction: Double, seed: UInt64) throws {
         self.root = root
@@ -166,6 +177,11 @@ public struct ReferenceFolders: SampleSource {
                 let test = SplitPlanner.hashFraction(seed: seed, salt: "reference-test", key) < testFraction
                 let c = Candidate(key: key, label: label, officialSplit: test ? .test : .train, sequence: key, frame: nil, ext: ext)
                 let full = (path as NSString).appendingPathComponent(f)
+                var st = stat()
+                if stat(full, &st) == 0, Int(st.st_size) > maxFileBytes {
+                    try visit(.skipped(key: key, reason: "file of \(st.st_size) bytes exceeds the \(maxFileBytes >> 20) MiB limit (\(dir)/\(f))"))
+                    continue
+                }
                 try visit(.image(c, read: {
                     guard let d = FileManager.default.contents(atPath: full) else {
                         throw DatasetError(path: full, reason: "cannot read file")

@@ -18,6 +18,8 @@ public final class ArchiveReader {
         public let name: String
         public let size: Int
         public let isFile: Bool
+        /// A GNU or pax sparse member (holes declared, not stored).
+        public var isSparse = false
     }
 
     public init(path: String) throws {
@@ -49,7 +51,9 @@ public final class ArchiveReader {
         }
         let name = archive_entry_pathname(entry).map { String(cString: $0) } ?? ""
         let isFile = archive_entry_filetype(entry) == radar_archive_regular_file()
-        return Member(name: name, size: Int(archive_entry_size(entry)), isFile: isFile)
+        var m = Member(name: name, size: Int(archive_entry_size(entry)), isFile: isFile)
+        m.isSparse = archive_entry_sparse_count(entry) > 0
+        return m
     }
 
     /// The current member's bytes.

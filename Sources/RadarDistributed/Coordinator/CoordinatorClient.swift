@@ -106,7 +106,8 @@ public final class CoordinatorClient: @unchecked Sendable {
         planReply.lock()
         defer { planReply.unlock() }
         while plans[epoch] == nil {
-            if !planReply.wait(until: deadline) {
+            if JobAbort.requested { throw CommunicationError(rank: rank, peer: nil, reason: "stopping: \(JobAbort.reason)") }
+            if !planReply.wait(until: min(deadline, Date().addingTimeInterval(0.2))) && Date() >= deadline {
                 throw CommunicationError(rank: rank, peer: nil, reason: "the coordinator did not answer the epoch \(epoch) plan request")
             }
         }

@@ -1,0 +1,50 @@
+import Foundation
+import RadarCore
+import XCTest
+
+/// `radar prepare` on archives with members that declare huge sizes: a 256 MiB member (zeros,
+/// 1 MB gzipped) and a 10 GiB GNU-sparse member are skipped and counted without being read, and
+/// the process stays far below their size. (Before, memory followed the declared size.)
+final class PrepareLimitsTests: XCTestCase {
+    func testOversizedAndSparseMembersAreSkippedWithoutBeingRead() throws {
+        let root = NSTemporaryDirectory() + "radar-bigmember-\(UUID().uuidString.prefix(6))"
+        let faces = SyntheticFaces(size: 16, seed: 3)
+        for (dir, archive) in [("fake_train", 1), ("real_train", 2), ("fake_test", 3), ("real_test", 4)] {
+            let label = dir.hasPrefix("fake") ? "fake" : "real"
+            let path = "\(root)/deepfake_in_the_wild/\(dir)"
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            let w = try TarWriter(path: "\(path)/\(archive).tar.gz", format: .tarGzip)
+            for s in 0..<4 { for f in 0..<3 {
+                try w.add(name: "./\(archive)/\(label)/\(100 + s)/\(f).png", data: try ImageCodec.encodePNG(faces.rgbImage(s * 3 + f, label: label == "fake" ? 1 : 0)))
+            } }
+            try w.close()
+        }
+        // GNU tar writes the crafted members: zeros in a normal member, and a sparse one.
+        let staging = root + "/staging"
+        for (sub, size) in [("5/fake/7", "256M"), ("6/fake/8", "10G")] {
+            try FileManager.default.createDirectory(atPath: "\(staging)/\(sub)", withIntermediateDirectories: true)
+            let (rc, text) = try Process.runStatus(["truncate", "-s", size, "\(staging)/\(sub)/1.png"])
+            XCTAssertEqual(rc, 0, text)
+        }
+        let fakeTrain = "\(root)/deepfake_in_the_wild/fake_train"
+        var (rc, text) = try Process.runStatus(["sh", "-c", "cd \(staging) && tar -cf - ./5/fake/7/1.png | gzip -1 > \(fakeTrain)/5.tar.gz"])
+        XCTAssertEqual(rc, 0, text)
+        (rc, text) = try Process.runStatus(["sh", "-c", "cd \(staging) && tar --sparse -czf \(fakeTrain)/6.tar.gz ./6/fake/8/1.png"])
+        XCTAssertEqual(rc, 0, text)
+        try FileManager.default.removeItem(atPath: staging)
+
+        let out = root + "/out"
+        (rc, text) = try Process.runStatus([MPITrainingTests.products.appendingPathComponent("radar").path, "prepare", "--source", root,
+                                            "--output", out, "--val-fraction", "0.25"])
+        XCTAssertEqual(rc, 0, text)
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/manifest.json"))) as! [String: Any]
+        let skipped = (manifest["skipped"] as? [[String: Any]] ?? []).map { "\($0["reason"] ?? "")" }
+        XCTAssertTrue(skipped.contains { $0.contains("member of 268435456 bytes exceeds the 64 MiB limit") }, "\(skipped)")
+        XCTAssertTrue(skipped.contains { $0.contains("sparse archive member") }, "\(skipped)")
+        let line = try XCTUnwrap(text.split(separator: "\n").first { $0.contains("peak RSS") }, text)
+        let mib = Double(String(line.components(separatedBy: "peak RSS ").last!.split(separator: " ").first!)) ?? .infinity
+        print("prepare with a 256 MiB and a 10 GiB sparse member: \(line)")
+        XCTAssertGreaterThan(mib, 1, "the peak RSS is parsed: \(line)")
+        XCTAssertLessThan(mib, 200, String(line))
+    }
+}
