@@ -29,6 +29,7 @@ let package = Package(
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CTurboJPEG", pkgConfig: "libturbojpeg", providers: [.apt(["libturbojpeg0-dev"])]),
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
 
         // Lets the worker pool borrow a non-escaping Swift closure across threads without a heap allocation.
         .target(name: "CTaskClosure"),
@@ -48,7 +49,7 @@ let package = Package(
         .target(name: "CCUDAEmulator", exclude: ["kernels", "selftest"]),
         // Everything around the engine in one process: data, checkpoints, metrics, the training
         // run, device selection. Re-exports RadarEngine and RadarCPU.
-        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CTurboJPEG", "CArchive", "CProcess"]),
+        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CTurboJPEG", "CArchive", "CProcess", "COpenSSL"]),
         .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
 
         // The command-line pieces radar and radar-worker share (training flags, progress).

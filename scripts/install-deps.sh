@@ -12,6 +12,7 @@ PACKAGES=(
   libfftw3-dev                    # CFFTW (single precision, fftw3f)
   libpng-dev libturbojpeg0-dev    # image decoding (data pipeline)
   libarchive-dev                  # tar/gz streaming and zip export
+  libssl-dev                      # COpenSSL: SHA-256, HMAC, secure random, frame tags (libcrypto)
   procps                          # pgrep, used by the multi-process tests
   xz-utils binutils               # scripts/bundle.sh (xz, strip)
 )

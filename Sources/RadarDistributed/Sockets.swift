@@ -84,6 +84,17 @@ enum Sockets {
         }
     }
 
+    /// The remote address of a connected socket, as HOST:PORT (for logs).
+    static func peerName(_ fd: Int32) -> String {
+        var addr = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let rc = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } }
+        guard rc == 0 else { return "an unknown address" }
+        var buf = [CChar](repeating: 0, count: 64)
+        inet_ntop(AF_INET, &addr.sin_addr, &buf, 64)
+        return "\(String(cString: buf)):\(UInt16(bigEndian: addr.sin_port))"
+    }
+
     /// Writes all bytes (blocking socket) or throws.
     static func writeAll(_ fd: Int32, _ data: UnsafeRawBufferPointer) throws {
         var off = 0

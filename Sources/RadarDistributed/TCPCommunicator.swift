@@ -5,9 +5,14 @@ import Glibc
 #endif
 
 /// The TCP transport: one connection per pair of ranks (raw POSIX sockets, TCP_NODELAY, 4 MiB
-/// buffers). Every message carries a 32-byte header (magic, version, step (low 16 bits), job id,
-/// tensor id (the tag), per-link sequence number, length) that the receiver checks, so a crossed or stale stream is an
-/// error, not silent corruption. Transfers are non-blocking and polled against a deadline.
+/// buffers), authenticated. Connecting, the two ranks prove the job token to each other (HMAC
+/// over fresh nonces from both sides, so a recorded handshake cannot be replayed) and derive a
+/// key for that connection; a peer that fails is refused and logged, never used. Every message
+/// then carries a 32-byte header (magic, version, step (low 16 bits), job id, tensor id (the
+/// tag), per-link sequence number, length), the body, and a 16-byte AES-GCM tag over both under
+/// the connection key (nonce: sender rank and frame counter), so a forged, altered, replayed or
+/// crossed frame is an error, never training data. The job id is an HMAC of the token: it reveals
+/// nothing about it. Transfers are non-blocking and polled against a deadline.
 public final class TCPCommunicator: Communicator, @unchecked Sendable {
     public let rank: Int
     public let size: Int
@@ -17,6 +22,13 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     private var fds: [Int32]
     private var sendSeq: [UInt32]
     private var recvSeq: [UInt32]
+    private var sendCount: [UInt64]
+    private var recvCount: [UInt64]
+    private var sendAuth: [FrameAuthenticator?]
+    private var recvAuth: [FrameAuthenticator?]
+    /// Connections refused because they could not prove the job token (or were not ours).
+    public private(set) var refusedConnections = 0
+    public var log: (String) -> Void = logLine
     static let magic: UInt32 = 0x5244_5254  // "RDRT"
     static let headerBytes = 32
 
@@ -27,22 +39,59 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         public init(rank: Int, host: String, port: Int) { self.rank = rank; self.host = host; self.port = port }
     }
 
+    /// The job id on the wire: an HMAC of the token, so it reveals nothing about it.
+    public static func jobID(token: Data) -> UInt64 {
+        HMACSHA256.bytes(key: token, message: Data("radar data plane job id".utf8)).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+    }
+
+    static let helloBytes = 56, nonceBytes = 32
+
+    /// The handshake transcript both proofs and the key are computed over.
+    static func transcript(_ what: String, _ nonceC: Data, _ nonceA: Data, low: Int, high: Int) -> Data {
+        var d = Data("\(what):\(low):\(high):".utf8)
+        d.append(nonceC)
+        d.append(nonceA)
+        return d
+    }
+
     /// Connects the mesh: rank j connects to every lower rank's listener (`listenFD`, already
-    /// listening) and accepts the higher ranks' connections.
-    public init(rank: Int, size: Int, jobID: UInt64, listenFD: Int32, peers: [Peer], timeout: TimeInterval) throws {
+    /// listening) and accepts the higher ranks' connections; every connection is authenticated
+    /// with the job token both ways.
+    public init(rank: Int, size: Int, token: Data, listenFD: Int32, peers: [Peer], timeout: TimeInterval) throws {
         self.rank = rank
         self.size = size
-        self.jobID = jobID
+        jobID = TCPCommunicator.jobID(token: token)
         self.timeout = timeout
         fds = [Int32](repeating: -1, count: size)
         sendSeq = [UInt32](repeating: 0, count: size)
         recvSeq = [UInt32](repeating: 0, count: size)
+        sendCount = [UInt64](repeating: 0, count: size)
+        recvCount = [UInt64](repeating: 0, count: size)
+        sendAuth = [FrameAuthenticator?](repeating: nil, count: size)
+        recvAuth = [FrameAuthenticator?](repeating: nil, count: size)
         let deadline = Date().addingTimeInterval(timeout)
         for p in peers where p.rank < rank {
             let fd = try Sockets.connect(host: p.host, port: p.port, deadline: deadline)
-            let hello = [UInt64(TCPCommunicator.magic), jobID, UInt64(rank)]
-            try hello.withUnsafeBytes { try Sockets.writeAll(fd, $0) }
-            fds[p.rank] = fd
+            do {
+                let nonceC = Data(SecureRandom.bytes(TCPCommunicator.nonceBytes))
+                var hello = Data()
+                for w in [UInt64(TCPCommunicator.magic), jobID, UInt64(rank)] { withUnsafeBytes(of: w.littleEndian) { hello.append(contentsOf: $0) } }
+                hello.append(nonceC)
+                try hello.withUnsafeBytes { try Sockets.writeAll(fd, $0) }
+                let reply = try Sockets.readExactly(fd, 64, deadline: deadline)
+                let nonceA = reply.prefix(32), proofA = reply.suffix(32)
+                let expected = HMACSHA256.bytes(key: token, message: TCPCommunicator.transcript("A", nonceC, Data(nonceA), low: p.rank, high: rank))
+                guard HMACSHA256.equal(Array(proofA), expected) else {
+                    throw CommunicationError(rank: rank, peer: p.rank, reason: "the listener at \(p.host):\(p.port) could not prove the job token: not rank \(p.rank) of this job")
+                }
+                let proofC = HMACSHA256.bytes(key: token, message: TCPCommunicator.transcript("C", nonceC, Data(nonceA), low: p.rank, high: rank))
+                try proofC.withUnsafeBytes { try Sockets.writeAll(fd, $0) }
+                try install(fd, peer: p.rank, key: HMACSHA256.bytes(key: token, message: TCPCommunicator.transcript("K", nonceC, Data(nonceA), low: p.rank, high: rank)))
+            } catch {
+                close(fd)
+                if let e = error as? CommunicationError { throw e }
+                throw CommunicationError(rank: rank, peer: p.rank, reason: "handshake with rank \(p.rank) at \(p.host):\(p.port) failed: \(error)")
+            }
         }
         var pending = size - 1 - rank
         while pending > 0 {
@@ -50,16 +99,41 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
                 let missing = (rank + 1..<size).filter { fds[$0] < 0 }.map(String.init).joined(separator: ",")
                 throw CommunicationError(rank: rank, peer: nil, reason: "ranks \(missing) never connected within \(Int(timeout)) s")
             }
-            let hello = try Sockets.readExactly(fd, 24, deadline: deadline)
-            let words = hello.withUnsafeBytes { Array($0.bindMemory(to: UInt64.self)) }
-            guard words[0] == UInt64(TCPCommunicator.magic), words[1] == jobID, Int(words[2]) > rank, Int(words[2]) < size, fds[Int(words[2])] < 0 else {
+            let from = Sockets.peerName(fd)
+            // A handshake is bounded by a few seconds, so an idle impostor cannot hold the listener.
+            let hsDeadline = min(deadline, Date().addingTimeInterval(5))
+            do {
+                let hello = try Sockets.readExactly(fd, TCPCommunicator.helloBytes, deadline: hsDeadline)
+                let words = hello.prefix(24).withUnsafeBytes { raw in (0..<3).map { UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self)) } }
+                let claimed = Int(truncatingIfNeeded: words[2])
+                guard words[0] == UInt64(TCPCommunicator.magic), words[1] == jobID, claimed > rank, claimed < size, fds[claimed] < 0 else {
+                    throw CommunicationError(rank: rank, peer: nil, reason: "not a rank of this job")
+                }
+                let nonceC = Data(hello.suffix(32)), nonceA = Data(SecureRandom.bytes(TCPCommunicator.nonceBytes))
+                var reply = nonceA
+                reply.append(contentsOf: HMACSHA256.bytes(key: token, message: TCPCommunicator.transcript("A", nonceC, nonceA, low: rank, high: claimed)))
+                try reply.withUnsafeBytes { try Sockets.writeAll(fd, $0) }
+                let proofC = try Sockets.readExactly(fd, 32, deadline: hsDeadline)
+                let expected = HMACSHA256.bytes(key: token, message: TCPCommunicator.transcript("C", nonceC, nonceA, low: rank, high: claimed))
+                guard HMACSHA256.equal(Array(proofC), expected) else {
+                    throw CommunicationError(rank: rank, peer: nil, reason: "claimed rank \(claimed) but could not prove the job token")
+                }
+                try install(fd, peer: claimed, key: HMACSHA256.bytes(key: token, message: TCPCommunicator.transcript("K", nonceC, nonceA, low: rank, high: claimed)))
+                pending -= 1
+            } catch {
                 close(fd)
-                continue  // not one of ours: ignore it
+                refusedConnections += 1
+                let why = (error as? CommunicationError)?.reason ?? "\(error)"
+                log("rank \(rank): refused a data connection from \(from): \(why)")
             }
-            fds[Int(words[2])] = fd
-            pending -= 1
         }
         for fd in fds where fd >= 0 { Sockets.setNonBlocking(fd, true) }
+    }
+
+    private func install(_ fd: Int32, peer: Int, key: [UInt8]) throws {
+        fds[peer] = fd
+        sendAuth[peer] = FrameAuthenticator(key: key)
+        recvAuth[peer] = FrameAuthenticator(key: key)
     }
 
     deinit { for fd in fds where fd >= 0 { close(fd) } }
@@ -98,14 +172,24 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
 
     private func transfer(send s: (UnsafeRawPointer, Int, Int)?, recv r: (UnsafeMutableRawPointer, Int, Int)?, tag: Int) throws {
         let deadline = Date().addingTimeInterval(timeout)
-        var sendHeader: [UInt8] = [], sentHeader = 0, sentBody = 0
+        let tagBytes = FrameAuthenticator.tagBytes
+        var sendHeader: [UInt8] = [], sentHeader = 0, sentBody = 0, sentTag = 0
+        var sendTag = [UInt8](repeating: 0, count: tagBytes)
         if let s {
             sendHeader = header(tag: tag, seq: sendSeq[s.2], length: s.1)
             sendSeq[s.2] &+= 1
+            let counter = sendCount[s.2]
+            sendCount[s.2] &+= 1
+            sendHeader.withUnsafeBytes { h in
+                sendTag.withUnsafeMutableBytes { t in
+                    sendAuth[s.2]!.tag(sender: UInt32(rank), counter: counter, [h, UnsafeRawBufferPointer(start: s.0, count: s.1)], into: t.baseAddress!)
+                }
+            }
         }
-        var recvHeader = [UInt8](repeating: 0, count: TCPCommunicator.headerBytes), gotHeader = 0, gotBody = 0
-        var expectedSeq: UInt32 = 0
-        if let r { expectedSeq = recvSeq[r.2]; recvSeq[r.2] &+= 1 }
+        var recvHeader = [UInt8](repeating: 0, count: TCPCommunicator.headerBytes), gotHeader = 0, gotBody = 0, gotTag = 0
+        var recvTag = [UInt8](repeating: 0, count: tagBytes)
+        var expectedSeq: UInt32 = 0, recvCounter: UInt64 = 0
+        if let r { expectedSeq = recvSeq[r.2]; recvSeq[r.2] &+= 1; recvCounter = recvCount[r.2]; recvCount[r.2] &+= 1 }
         var sendDone = s == nil, recvDone = r == nil
         while !sendDone || !recvDone {
             var polls: [pollfd] = []
@@ -133,32 +217,44 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
             }
             if let s, !sendDone, polls.contains(where: { $0.fd == fds[s.2] && ($0.revents & Int16(POLLOUT)) != 0 }) {
                 let fd = fds[s.2]
-                if sentHeader < sendHeader.count {
-                    let k = sendHeader.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sentHeader, sendHeader.count - sentHeader, Int32(MSG_NOSIGNAL)) }
+                func push(_ base: UnsafeRawPointer, _ count: Int, _ done: inout Int) throws {
+                    guard done < count else { return }
+                    let k = Glibc.send(fd, base + done, count - done, Int32(MSG_NOSIGNAL))
                     if k < 0 && errno != EAGAIN { throw CommunicationError(rank: rank, peer: s.2, reason: "connection to rank \(s.2) lost") }
-                    if k > 0 { sentHeader += k }
+                    if k > 0 { done += k }
                 }
-                if sentHeader == sendHeader.count && sentBody < s.1 {
-                    let k = Glibc.send(fd, s.0 + sentBody, s.1 - sentBody, Int32(MSG_NOSIGNAL))
-                    if k < 0 && errno != EAGAIN { throw CommunicationError(rank: rank, peer: s.2, reason: "connection to rank \(s.2) lost") }
-                    if k > 0 { sentBody += k }
-                }
-                sendDone = sentHeader == sendHeader.count && sentBody == s.1
+                try sendHeader.withUnsafeBytes { try push($0.baseAddress!, $0.count, &sentHeader) }
+                if sentHeader == sendHeader.count { try push(s.0, s.1, &sentBody) }
+                if sentHeader == sendHeader.count && sentBody == s.1 { try sendTag.withUnsafeBytes { try push($0.baseAddress!, tagBytes, &sentTag) } }
+                sendDone = sentHeader == sendHeader.count && sentBody == s.1 && sentTag == tagBytes
             }
             if let r, !recvDone, polls.contains(where: { $0.fd == fds[r.2] && ($0.revents & Int16(POLLIN | POLLHUP)) != 0 }) {
                 let fd = fds[r.2]
-                if gotHeader < recvHeader.count {
-                    let want = TCPCommunicator.headerBytes - gotHeader, at = gotHeader
-                    let k = recvHeader.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress! + at, want, 0) }
+                func pull(_ base: UnsafeMutableRawPointer, _ count: Int, _ done: inout Int) throws {
+                    let k = Glibc.recv(fd, base + done, count - done, 0)
                     if k == 0 || (k < 0 && errno != EAGAIN) { throw CommunicationError(rank: rank, peer: r.2, reason: "connection to rank \(r.2) lost") }
-                    if k > 0 { gotHeader += k }
+                    if k > 0 { done += k }
+                }
+                if gotHeader < recvHeader.count {
+                    try recvHeader.withUnsafeMutableBytes { try pull($0.baseAddress!, $0.count, &gotHeader) }
                     if gotHeader == recvHeader.count { try checkHeader(recvHeader, from: r.2, tag: tag, seq: expectedSeq, length: r.1) }
                 } else if gotBody < r.1 {
-                    let k = Glibc.recv(fd, r.0 + gotBody, r.1 - gotBody, 0)
-                    if k == 0 || (k < 0 && errno != EAGAIN) { throw CommunicationError(rank: rank, peer: r.2, reason: "connection to rank \(r.2) lost") }
-                    if k > 0 { gotBody += k }
+                    try pull(r.0, r.1, &gotBody)
+                } else if gotTag < tagBytes {
+                    try recvTag.withUnsafeMutableBytes { try pull($0.baseAddress!, tagBytes, &gotTag) }
+                    if gotTag == tagBytes {
+                        let ok = recvHeader.withUnsafeBytes { h in
+                            recvTag.withUnsafeBytes { t in
+                                recvAuth[r.2]!.verify(sender: UInt32(r.2), counter: recvCounter, [h, UnsafeRawBufferPointer(start: r.0, count: r.1)],
+                                                      expected: t.baseAddress!)
+                            }
+                        }
+                        guard ok else {
+                            throw CommunicationError(rank: rank, peer: r.2, reason: "a frame from rank \(r.2) failed authentication (forged or altered): refused")
+                        }
+                    }
                 }
-                recvDone = gotHeader == recvHeader.count && gotBody == r.1
+                recvDone = gotHeader == recvHeader.count && gotBody == r.1 && gotTag == tagBytes
             }
         }
     }

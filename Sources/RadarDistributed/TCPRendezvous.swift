@@ -5,8 +5,8 @@ import Glibc
 
 /// Helpers for starting the TCP transport.
 public enum TCPRendezvous {
-    /// A data listener on every interface, on a free port: (fd, port).
-    public static func listen() throws -> (Int32, Int) { try Sockets.listen(host: "0.0.0.0", port: 0) }
+    /// A data listener on a free port of `host` (default: every interface): (fd, port).
+    public static func listen(host: String = "0.0.0.0") throws -> (Int32, Int) { try Sockets.listen(host: host, port: 0) }
 
     /// The local address this host uses to reach host:port (what peers should dial).
     public static func localAddress(towards host: String, port: Int) throws -> String {

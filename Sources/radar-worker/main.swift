@@ -25,6 +25,8 @@ struct RadarWorker: ParsableCommand {
     @Option(help: "Coordinator HOST:PORT (default: in-process on rank 0; for tcp at MASTER_ADDR:MASTER_PORT).") var coordinator: String?
     @Option(help: "File holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
     @Option(help: "Seconds without a heartbeat before the coordinator declares a rank lost.") var heartbeatDeadline: Double = 10
+    @Flag(help: "TCP: listen for peers on every interface (default: only the one that reaches the coordinator).")
+    var dataBindAll = false
     @Option(help: "Seconds the ranks wait for the last one to start and register (pods start minutes apart).")
     var rendezvousTimeout: Double = 600
     @Flag(help: "After every optimizer step, compare a hash of every rank's parameters and buffers (stop on a difference).")
@@ -151,12 +153,12 @@ struct RadarWorker: ParsableCommand {
                 RadarWorker.server = s
             }
         }
-        let (listenFD, dataPort) = try TCPRendezvous.listen()
+        // The data listener binds only the address this host uses to reach the coordinator.
         let dataHost = try TCPRendezvous.localAddress(towards: host, port: port)
+        let (listenFD, dataPort) = try TCPRendezvous.listen(host: dataBindAll ? "0.0.0.0" : dataHost)
         let client = try CoordinatorClient(host: host, port: port, token: token, rank: r, worldSize: n, dataHost: dataHost, dataPort: dataPort,
                                            timeout: timeout, rendezvousTimeout: rendezvousTimeout)
-        let job = FNV1a.hash(bytes: token)
-        let comm = try TCPCommunicator(rank: r, size: n, jobID: job, listenFD: listenFD, peers: client.peers, timeout: timeout)
+        let comm = try TCPCommunicator(rank: r, size: n, token: token, listenFD: listenFD, peers: client.peers, timeout: timeout)
         client.start()
         RadarWorker.client = client
         return (comm, client)

@@ -83,8 +83,9 @@ final class CoordinatorTests: XCTestCase {
         let peers = [TCPCommunicator.Peer(rank: 0, host: "127.0.0.1", port: port0), TCPCommunicator.Peer(rank: 1, host: "127.0.0.1", port: port1)]
         var c0: TCPCommunicator?, c1: TCPCommunicator?
         let g = DispatchGroup()
-        g.enter(); DispatchQueue.global().async { c0 = try? TCPCommunicator(rank: 0, size: 2, jobID: 9, listenFD: fd0, peers: peers, timeout: 5); g.leave() }
-        g.enter(); DispatchQueue.global().async { c1 = try? TCPCommunicator(rank: 1, size: 2, jobID: 9, listenFD: fd1, peers: peers, timeout: 5); g.leave() }
+        let token = Data("a job token of at least thirty-two characters".utf8)
+        g.enter(); DispatchQueue.global().async { c0 = try? TCPCommunicator(rank: 0, size: 2, token: token, listenFD: fd0, peers: peers, timeout: 5); g.leave() }
+        g.enter(); DispatchQueue.global().async { c1 = try? TCPCommunicator(rank: 1, size: 2, token: token, listenFD: fd1, peers: peers, timeout: 5); g.leave() }
         g.wait()
         let comm = try XCTUnwrap(c0)
         XCTAssertNotNil(c1)
@@ -105,6 +106,14 @@ final class CoordinatorTests: XCTestCase {
     }
 
     func testHMACMatchesRFC4231() {
+        // AES-256-GCM, zero key, zero nonce, nothing authenticated (the GCM specification's test
+        // case 13): the frame tag's wiring of key and nonce.
+        var tag = [UInt8](repeating: 0, count: 16)
+        tag.withUnsafeMutableBytes { FrameAuthenticator(key: [UInt8](repeating: 0, count: 32)).tag(sender: 0, counter: 0, [], into: $0.baseAddress!) }
+        XCTAssertEqual(tag.map { String(format: "%02x", $0) }.joined(), "530f8afbc74536b9a963b4f1c4cb738b")
+        // RFC 4231 test case 6: a key longer than the block.
+        XCTAssertEqual(HMACSHA256.hex(key: Data(repeating: 0xaa, count: 131), message: Data("Test Using Larger Than Block-Size Key - Hash Key First".utf8)),
+                       "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
         // RFC 4231 test case 2.
         XCTAssertEqual(HMACSHA256.hex(key: Data("Jefe".utf8), message: Data("what do ya want for nothing?".utf8)),
                        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
@@ -126,6 +135,134 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(piecewise.finalize(), String(reference))
         XCTAssertEqual(SHA256Digest.hex(bytes), String(reference))
     }
+}
+
+/// The data plane authenticates both ends of every connection and every frame.
+final class DataPlaneAuthenticationTests: XCTestCase {
+    let token = Data(HMACSHA256.randomHex(bytes: 16).utf8)
+
+    /// Impostors at rank 0's data port (garbage; a hello with the right job id, as an observer of
+    /// one hello could send, claiming rank 1 with a made-up proof) are refused and logged; the
+    /// real rank 1 then joins and the all-reduce is exact. A listener without the token is
+    /// refused by the connecting rank.
+    func testImpostorsAreRefusedAndNoFrameOfTheirsIsAccepted() throws {
+        let (fd0, port0) = try TCPRendezvous.listen()
+        let (fd1, port1) = try TCPRendezvous.listen()
+        let peers = [TCPCommunicator.Peer(rank: 0, host: "127.0.0.1", port: port0), TCPCommunicator.Peer(rank: 1, host: "127.0.0.1", port: port1)]
+        var c0: TCPCommunicator?
+        var logged: [String] = []
+        let lock = NSLock()
+        let g = DispatchGroup()
+        g.enter()
+        DispatchQueue.global().async {
+            c0 = try? TCPCommunicator(rank: 0, size: 2, token: self.token, listenFD: fd0, peers: peers, timeout: 20)
+            g.leave()
+        }
+        // Impostor 1: garbage. Impostor 2: a well-formed hello with the job id, wrong proof.
+        let a = rawConnect(port0)
+        _ = [UInt8](repeating: 0x41, count: 56).withUnsafeBytes { send(a, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let b = rawConnect(port0)
+        var hello = Data()
+        for w in [UInt64(0x5244_5254), TCPCommunicator.jobID(token: token), 1] { withUnsafeBytes(of: w.littleEndian) { hello.append(contentsOf: $0) } }
+        hello.append(Data(SecureRandom.bytes(32)))
+        _ = hello.withUnsafeBytes { send(b, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var reply = [UInt8](repeating: 0, count: 64)
+        XCTAssertEqual(recv(b, &reply, 64, Int32(MSG_WAITALL)), 64, "the listener answers the challenge")
+        _ = SecureRandom.bytes(32).withUnsafeBytes { send(b, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        // A frame an impostor might push after its handshake: it must never be read as data.
+        _ = [UInt8](repeating: 0x7F, count: 4096).withUnsafeBytes { send(b, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        usleep(300_000)
+        let c1 = try TCPCommunicator(rank: 1, size: 2, token: token, listenFD: fd1, peers: peers, timeout: 20)
+        g.wait()
+        close(a); close(b)
+        let comm0 = try XCTUnwrap(c0)
+        comm0.log = { s in lock.lock(); logged.append(s); lock.unlock() }
+        XCTAssertEqual(comm0.refusedConnections, 2, "both impostors refused")
+        // The honest ranks' all-reduce is exact.
+        var x0: [Float] = [1, 2, 3], x1: [Float] = [10, 20, 30]
+        let done = expectation(description: "rank 1 reduced")
+        DispatchQueue.global().async { try? x1.withUnsafeMutableBufferPointer { try c1.allReduce($0.baseAddress!, count: 3) }; done.fulfill() }
+        try x0.withUnsafeMutableBufferPointer { try comm0.allReduce($0.baseAddress!, count: 3) }
+        wait(for: [done], timeout: 10)
+        XCTAssertEqual(x0, [11, 22, 33])
+        XCTAssertEqual(x1, [11, 22, 33])
+        print("data-plane impostors: \(comm0.refusedConnections) connections refused, 0 frames accepted")
+
+        // A listener that knows the job id (seen in a hello) but not the token cannot pass for rank 0.
+        let (fdX, portX) = try TCPRendezvous.listen()
+        let (fdY, portY) = try TCPRendezvous.listen()
+        let fake = [TCPCommunicator.Peer(rank: 0, host: "127.0.0.1", port: portX), TCPCommunicator.Peer(rank: 1, host: "127.0.0.1", port: portY)]
+        DispatchQueue.global().async {
+            guard let c = Sockets_accept(fdX) else { return }
+            var hello = [UInt8](repeating: 0, count: 56)
+            _ = recv(c, &hello, 56, Int32(MSG_WAITALL))
+            _ = SecureRandom.bytes(64).withUnsafeBytes { send(c, $0.baseAddress, 64, Int32(MSG_NOSIGNAL)) }
+            usleep(500_000)
+            close(c)
+        }
+        XCTAssertThrowsError(try TCPCommunicator(rank: 1, size: 2, token: token, listenFD: fdY, peers: fake, timeout: 5)) {
+            XCTAssertTrue("\($0)".contains("could not prove the job token: not rank 0 of this job"), "\($0)")
+        }
+    }
+
+    /// A man in the middle flips one bit of a gradient frame: the receiver refuses the frame
+    /// (its tag fails) instead of adding the altered values.
+    func testAnAlteredFrameIsRefused() throws {
+        let (fd0, port0) = try TCPRendezvous.listen()
+        let (fd1, port1) = try TCPRendezvous.listen()
+        let (proxyFD, proxyPort) = try TCPRendezvous.listen()
+        // Rank 1 dials the proxy, which relays to rank 0 and flips a bit of the first frame's body.
+        DispatchQueue.global().async {
+            guard let inbound = Sockets_accept(proxyFD) else { return }
+            let outbound = self.rawConnect(port0)
+            let handshake = 56 + 32, header = 32
+            DispatchQueue.global().async { self.pump(from: outbound, to: inbound, flipAt: nil) }
+            self.pump(from: inbound, to: outbound, flipAt: handshake + header + 5)
+        }
+        let peers = [TCPCommunicator.Peer(rank: 0, host: "127.0.0.1", port: proxyPort), TCPCommunicator.Peer(rank: 1, host: "127.0.0.1", port: port1)]
+        let peers0 = [TCPCommunicator.Peer(rank: 0, host: "127.0.0.1", port: port0), TCPCommunicator.Peer(rank: 1, host: "127.0.0.1", port: port1)]
+        var c0: TCPCommunicator?
+        let g = DispatchGroup()
+        g.enter(); DispatchQueue.global().async { c0 = try? TCPCommunicator(rank: 0, size: 2, token: self.token, listenFD: fd0, peers: peers0, timeout: 10); g.leave() }
+        let c1 = try TCPCommunicator(rank: 1, size: 2, token: token, listenFD: fd1, peers: peers, timeout: 10)
+        g.wait()
+        let comm0 = try XCTUnwrap(c0)
+        comm0.timeout = 5
+        c1.timeout = 5
+        DispatchQueue.global().async { var v: [Float] = [1, 2, 3, 4]; try? v.withUnsafeBytes { try c1.send($0.baseAddress!, bytes: 16, to: 0, tag: 7) } }
+        var got = [Float](repeating: 0, count: 4)
+        XCTAssertThrowsError(try got.withUnsafeMutableBytes { try comm0.recv($0.baseAddress!, bytes: 16, from: 1, tag: 7) }) {
+            XCTAssertTrue("\($0)".contains("failed authentication"), "\($0)")
+        }
+    }
+
+    func rawConnect(_ port: Int) -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        return fd
+    }
+
+    /// Copies bytes until EOF, flipping bit 0 of the byte at stream offset `flipAt`.
+    func pump(from: Int32, to: Int32, flipAt: Int?) {
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        var offset = 0
+        while true {
+            let n = recv(from, &buf, buf.count, 0)
+            if n <= 0 { shutdown(to, Int32(SHUT_WR)); return }
+            if let f = flipAt, f >= offset, f < offset + n { buf[f - offset] ^= 1 }
+            offset += n
+            _ = buf.withUnsafeBytes { send(to, $0.baseAddress, n, Int32(MSG_NOSIGNAL)) }
+        }
+    }
+}
+
+func Sockets_accept(_ fd: Int32) -> Int32? {
+    let c = accept(fd, nil, nil)
+    return c >= 0 ? c : nil
 }
 
 final class StandaloneCoordinatorTests: XCTestCase {

@@ -1,0 +1,140 @@
+import COpenSSL
+import Foundation
+
+/// SHA-256, HMAC-SHA256, secure random bytes and per-frame authentication tags, all from
+/// libcrypto (OpenSSL 3, Debian's libssl-dev): shard checksums, the job-token login, and the
+/// authenticated data plane. Nothing here is home-made cryptography.
+
+/// SHA-256, incremental (EVP). Shard checksums in the manifest, plan digests, fingerprints.
+public final class SHA256Digest: @unchecked Sendable {
+    private let ctx: OpaquePointer
+
+    public init() {
+        ctx = EVP_MD_CTX_new()
+        EVP_DigestInit_ex(ctx, EVP_sha256(), nil)
+    }
+
+    deinit { EVP_MD_CTX_free(ctx) }
+
+    public func update(_ data: UnsafeRawBufferPointer) {
+        if data.count > 0 { EVP_DigestUpdate(ctx, data.baseAddress, data.count) }
+    }
+
+    public func update(_ data: Data) { data.withUnsafeBytes { update($0) } }
+
+    /// The digest as lowercase hex; the object is spent afterwards.
+    public func finalize() -> String {
+        var out = [UInt8](repeating: 0, count: 32)
+        var n: UInt32 = 0
+        EVP_DigestFinal_ex(ctx, &out, &n)
+        return hexString(out)
+    }
+
+    public static func hex(_ data: Data) -> String {
+        let d = SHA256Digest()
+        d.update(data)
+        return d.finalize()
+    }
+}
+
+func hexString(_ bytes: [UInt8]) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var s = [UInt8]()
+    s.reserveCapacity(bytes.count * 2)
+    for b in bytes { s.append(digits[Int(b >> 4)]); s.append(digits[Int(b & 15)]) }
+    return String(decoding: s, as: UTF8.self)
+}
+
+/// HMAC-SHA256 (RFC 2104) for the coordinator's challenge-response login and key derivation.
+public enum HMACSHA256 {
+    public static func bytes(key: Data, message: Data) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        var n: UInt32 = 0
+        key.withUnsafeBytes { k in
+            message.withUnsafeBytes { m in
+                _ = HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), m.baseAddress?.assumingMemoryBound(to: UInt8.self), m.count, &out, &n)
+            }
+        }
+        return out
+    }
+
+    public static func hex(key: Data, message: Data) -> String { hexString(bytes(key: key, message: message)) }
+
+    /// `bytes` bytes from the system's secure generator (RAND_bytes), as lowercase hex: job
+    /// tokens and login nonces.
+    public static func randomHex(bytes: Int = 32) -> String { hexString(SecureRandom.bytes(bytes)) }
+
+    /// Constant-time comparison (CRYPTO_memcmp) of two byte strings.
+    public static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        return a.withUnsafeBytes { x in b.withUnsafeBytes { y in CRYPTO_memcmp(x.baseAddress, y.baseAddress, x.count) == 0 } }
+    }
+
+    /// Constant-time comparison (CRYPTO_memcmp) of two digests.
+    public static func equal(_ a: String, _ b: String) -> Bool {
+        guard a.utf8.count == b.utf8.count else { return false }
+        return Array(a.utf8).withUnsafeBytes { x in Array(b.utf8).withUnsafeBytes { y in CRYPTO_memcmp(x.baseAddress, y.baseAddress, x.count) == 0 } }
+    }
+}
+
+public enum SecureRandom {
+    public static func bytes(_ n: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: n)
+        guard RAND_bytes(&out, Int32(n)) == 1 else {
+            // A system without entropy cannot run a job safely.
+            logLine("radar: RAND_bytes failed: no secure random source")
+            exitNow(1)
+        }
+        return out
+    }
+}
+
+/// AES-256-GCM tags over data that is sent in the clear (GMAC: the bytes are authenticated,
+/// not encrypted): the data plane tags every frame's header and body with a per-connection,
+/// per-direction key and a never-repeated nonce (sender rank, frame counter). One context per
+/// link and direction, reused: no allocation per frame.
+public final class FrameAuthenticator: @unchecked Sendable {
+    public static let tagBytes = 16
+    private let ctx: OpaquePointer
+    private let key: [UInt8]
+
+    public init(key: [UInt8]) {
+        precondition(key.count == 32)
+        self.key = key
+        ctx = EVP_CIPHER_CTX_new()
+        EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nil, nil, nil)
+        EVP_CIPHER_CTX_ctrl(ctx, radar_gcm_set_ivlen(), 12, nil)
+    }
+
+    deinit { EVP_CIPHER_CTX_free(ctx) }
+
+    /// The tag of `parts` (authenticated in order) under nonce (sender, counter).
+    public func tag(sender: UInt32, counter: UInt64, _ parts: [UnsafeRawBufferPointer], into out: UnsafeMutableRawPointer) {
+        var iv = [UInt8](repeating: 0, count: 12)
+        iv.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: sender.littleEndian, toByteOffset: 0, as: UInt32.self)
+            raw.storeBytes(of: counter.littleEndian, toByteOffset: 4, as: UInt64.self)
+        }
+        EVP_EncryptInit_ex(ctx, nil, nil, key, iv)
+        var outl: Int32 = 0
+        for p in parts where p.count > 0 {
+            // AAD in slices below 2 GiB (the API's int lengths).
+            var off = 0
+            while off < p.count {
+                let n = min(p.count - off, 1 << 30)
+                EVP_EncryptUpdate(ctx, nil, &outl, p.baseAddress!.assumingMemoryBound(to: UInt8.self) + off, Int32(n))
+                off += n
+            }
+        }
+        var scratch = [UInt8](repeating: 0, count: 16)
+        EVP_EncryptFinal_ex(ctx, &scratch, &outl)
+        EVP_CIPHER_CTX_ctrl(ctx, radar_gcm_get_tag(), Int32(FrameAuthenticator.tagBytes), out)
+    }
+
+    /// Whether `expected` is the tag of `parts` (constant-time comparison).
+    public func verify(sender: UInt32, counter: UInt64, _ parts: [UnsafeRawBufferPointer], expected: UnsafeRawPointer) -> Bool {
+        var mine = [UInt8](repeating: 0, count: FrameAuthenticator.tagBytes)
+        mine.withUnsafeMutableBytes { tag(sender: sender, counter: counter, parts, into: $0.baseAddress!) }
+        return mine.withUnsafeBytes { CRYPTO_memcmp($0.baseAddress, expected, FrameAuthenticator.tagBytes) == 0 }
+    }
+}
