@@ -24,11 +24,15 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
 
     /// Initialises MPI asking for `MPI_THREAD_SERIALIZED` (only one thread calls MPI at a time;
     /// the gradient thread of the distributed trainer needs no more).
-    public init() throws {
+    public init(initTimeout: TimeInterval = 600) throws {
         var argc: Int32 = 0
         var provided: Int32 = 0
         let required = radar_mpi_thread_serialized()
-        let rc = MPI_Init_thread(&argc, nil, required, &provided)
+        // MPI_Init waits for every rank with no deadline of its own: a frozen or missing rank
+        // would hold the others forever.
+        let rc = Watchdog.run(seconds: initTimeout, "MPI_Init did not complete within \(Int(initTimeout)) s (a rank missing or frozen?); stopping") {
+            MPI_Init_thread(&argc, nil, required, &provided)
+        }
         guard rc == radar_mpi_success() else { throw MPIError(call: "MPI_Init_thread", code: rc, rank: -1) }
         world = radar_mpi_comm_world()
         var r: Int32 = 0, s: Int32 = 0
@@ -107,6 +111,9 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
         exitNow(code)
     }
 
-    public func finalize() { MPI_Finalize() }
+    /// MPI_Finalize, bounded: a peer frozen at the end cannot hold this rank.
+    public func finalize() {
+        _ = Watchdog.run(seconds: timeout, "rank \(rank): MPI_Finalize did not complete within \(Int(timeout)) s (a rank frozen?); stopping") { MPI_Finalize() }
+    }
 }
 

@@ -33,14 +33,16 @@ struct RadarWorker: ParsableCommand {
     var verifyReplicas = false
 
     func run() throws {
+        FaultInjection.point("init")
         switch transport {
         case "mpi":
             let mpi: MPIRuntime
-            do { mpi = try MPIRuntime() } catch {
+            do { mpi = try MPIRuntime(initTimeout: rendezvousTimeout) } catch {
                 logLine("radar-worker: \(error)")
                 throw ExitCode.failure
             }
             mpi.timeout = timeout
+            FaultInjection.rank = mpi.rank
             do {
                 try train(mpi, client: try controlPlaneMPI(mpi))
                 mpi.finalize()
@@ -171,6 +173,7 @@ struct RadarWorker: ParsableCommand {
         let localRank = RankPlacement.localRank(env) ?? comm.rank
         let o = try flags.options(rank: comm.rank, worldSize: comm.size, localRanks: localRanks, localRank: localRank)
         let run = try TrainingRun(options: o)
+        FaultInjection.point("load")
         logLine("radar-worker rank \(comm.rank) (host \(ProcessInfo.processInfo.hostName), local rank \(localRank) of \(localRanks)): \(run.ctx.backend.deviceDescription)")
         let fingerprint = Fingerprint(config: o.config, layout: run.model.layout, manifestHash: run.set.manifest.contentHash,
                                       worldSize: comm.size, extra: [("batch size", String(o.batchSize)), ("seed", String(o.seed)),
@@ -208,12 +211,23 @@ struct RadarWorker: ParsableCommand {
             print("results: \(o.experimentDirectory)")
             print(String(format: "test AUC %.4f", auc))
         }
+        FaultInjection.point("finalize")
         client.finish()
-        // Rank 0 hosts the coordinator: let the other ranks sign off before the process ends.
+        // Rank 0 hosts the coordinator: let the other ranks sign off before the process ends. One
+        // that does not within the timeout is named, and the job ends non-zero (its launcher
+        // then stops it): the outputs are complete, but a rank is stuck.
         if let s = RadarWorker.server {
-            let deadline = Date().addingTimeInterval(10)
-            while Date() < deadline, let ranks = s.status()["ranks"] as? [[String: Any]],
-                  !ranks.allSatisfy({ $0["finished"] as? Bool == true }) { usleep(20_000) }
+            let deadline = Date().addingTimeInterval(timeout)
+            var missing: [Int] = []
+            repeat {
+                let ranks = s.status()["ranks"] as? [[String: Any]] ?? []
+                missing = ranks.filter { $0["finished"] as? Bool != true }.compactMap { $0["rank"] as? Int }
+                if missing.isEmpty { break }
+                usleep(20_000)
+            } while Date() < deadline
+            if !missing.isEmpty {
+                throw CommunicationError(rank: 0, peer: missing.first, reason: "rank\(missing.count > 1 ? "s" : "") \(missing.map(String.init).joined(separator: ", ")) did not sign off within \(Int(timeout)) s after training (outputs are complete)")
+            }
         }
     }
 }

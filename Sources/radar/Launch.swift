@@ -11,15 +11,57 @@ struct Launch: ParsableCommand {
     @Option(help: "Seconds to wait for the other ranks after one fails, before killing them.") var grace: Double = 10
     @Argument(parsing: .captureForPassthrough, help: "The program and its arguments (after --).") var command: [String]
 
+    @Option(help: "Restart the whole job from `last` (adding --resume auto) up to N times after a rank fails, as torchrun's elastic agent does. Not after a stop by signal (status 75).")
+    var maxRestarts = 0
+
     func run() throws {
         var cmd = command
         if cmd.first == "--" { cmd.removeFirst() }
         guard n > 0, let program = cmd.first else { throw ValidationError("usage: radar launch -n N -- PROGRAM ARGS...") }
+        guard maxRestarts >= 0, grace >= 0 else { throw ValidationError("--max-restarts and --grace must be >= 0") }
         // A program named without a path is looked up next to this executable first.
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(program).path
         let exe = program.contains("/") ? program : (FileManager.default.isExecutableFile(atPath: here) ? here : program)
         var args = Array(cmd.dropFirst())
-        if (program as NSString).lastPathComponent == "radar-worker" && !args.contains("--transport") { args += ["--transport", "tcp"] }
+        let isWorker = (program as NSString).lastPathComponent == "radar-worker"
+        if isWorker && !args.contains("--transport") { args += ["--transport", "tcp"] }
+        // SIGTERM/SIGINT to the launcher go to every rank (each stops after the same optimizer step).
+        let running = RunningRanks()
+        var forwarders: [DispatchSourceSignal] = []
+        for s in [SIGTERM, SIGINT] {
+            signal(s, SIG_IGN)
+            let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
+            src.setEventHandler { running.signal(s) }
+            src.resume()
+            forwarders.append(src)
+        }
+        defer { forwarders.forEach { $0.cancel() } }
+        var attempt = 0
+        while true {
+            let failed = try runOnce(exe: exe, args: args, attempt: attempt, running: running)
+            if failed == 0 { return }
+            let stoppedBySignal = failed == Preemption.Preempted.exitCode || running.signalled
+            guard attempt < maxRestarts, !stoppedBySignal else { throw ExitCode(failed) }
+            attempt += 1
+            logLine("radar launch: restarting the job from `last` (restart \(attempt) of \(maxRestarts))")
+            if isWorker && !args.contains("--resume") { args += ["--resume", "auto"] }
+        }
+    }
+
+    /// The ranks of the current attempt, for signal forwarding.
+    final class RunningRanks: @unchecked Sendable {
+        private let lock = NSLock()
+        private var procs: [Process] = []
+        private(set) var signalled = false
+        func set(_ p: [Process]) { lock.lock(); procs = p; lock.unlock() }
+        func signal(_ s: Int32) {
+            lock.lock(); signalled = true; let ps = procs; lock.unlock()
+            for p in ps where p.isRunning { kill(p.processIdentifier, s) }
+        }
+    }
+
+    /// One run of the job: N ranks, waited for; returns the first failure's exit code (0: success).
+    func runOnce(exe: String, args: [String], attempt: Int, running: RunningRanks) throws -> Int32 {
         let port = try TCPRendezvous.freePort()
         let token = HMACSHA256.randomHex()
         var procs: [Process] = []
@@ -30,23 +72,16 @@ struct Launch: ParsableCommand {
             var env = ProcessInfo.processInfo.environment
             env["RANK"] = String(r); env["WORLD_SIZE"] = String(n); env["LOCAL_RANK"] = String(r); env["LOCAL_WORLD_SIZE"] = String(n)
             env["MASTER_ADDR"] = "127.0.0.1"; env["MASTER_PORT"] = String(port); env["RADAR_JOB_TOKEN"] = token
-            // A rank whose launcher dies gets SIGTERM (see `ParentWatch`): no orphans keep training.
+            env["RADAR_LAUNCH_ATTEMPT"] = String(attempt)
+            // A rank whose launcher dies gets SIGUSR1 (see `ParentWatch`): no orphans keep training.
             env["RADAR_LAUNCHER_PID"] = String(getpid())
             if env["OPENBLAS_NUM_THREADS"] == nil { env["OPENBLAS_NUM_THREADS"] = "1" }
             p.environment = env
             try p.run()
             procs.append(p)
         }
-        // SIGTERM/SIGINT to the launcher go to every rank (each stops after the same optimizer step).
-        var forwarders: [DispatchSourceSignal] = []
-        for s in [SIGTERM, SIGINT] {
-            signal(s, SIG_IGN)
-            let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
-            src.setEventHandler { for p in procs where p.isRunning { kill(p.processIdentifier, s) } }
-            src.resume()
-            forwarders.append(src)
-        }
-        defer { forwarders.forEach { $0.cancel() } }
+        running.set(procs)
+        defer { running.set([]) }
         // Wait for every rank (the launcher never exits before them); if one fails, give the others
         // `grace` seconds to stop on their own, then kill them. Each failure is reported once.
         var failed: Int32 = 0
@@ -69,7 +104,7 @@ struct Launch: ParsableCommand {
             usleep(50_000)
         }
         report()
-        if failed != 0 { throw ExitCode(failed) }
+        return failed
     }
 
     /// The launcher's exit code for a finished rank (128 + N for a signal, as shells do) and how it ended.

@@ -53,6 +53,37 @@ func makeWildDeepfakeArchives(_ root: String, sequencesPerArchive: Int = 6, fram
 }
 
 final class DataPipelineTests: XCTestCase {
+    /// Decompression bombs: a PNG and a JPEG whose headers declare 20000 x 20000 pixels are
+    /// refused from the header, before any pixel buffer is allocated.
+    func testImagesDeclaringTooManyPixelsAreRefusedFromTheHeader() throws {
+        let small = RGBImage(width: 2, height: 2, pixels: [UInt8](repeating: 128, count: 12))
+        var png = try ImageCodec.encodePNG(small)
+        // IHDR data starts at byte 16 (8 signature + 4 length + 4 type); its CRC covers type + data.
+        for (offset, v) in [(16, UInt32(20000)), (20, UInt32(20000))] {
+            withUnsafeBytes(of: v.bigEndian) { for i in 0..<4 { png[offset + i] = $0[i] } }
+        }
+        let crc = crc32(Array(png[12..<29]))
+        withUnsafeBytes(of: crc.bigEndian) { for i in 0..<4 { png[29 + i] = $0[i] } }
+        XCTAssertThrowsError(try ImageCodec.decodePNG(png, item: "bomb.png")) {
+            XCTAssertTrue("\($0)".contains("bomb.png") && "\($0)".contains("20000x20000 pixels exceeds the limit"), "\($0)")
+        }
+        var jpeg = try ImageCodec.encodeJPEG(small, quality: 90)
+        let sof = try XCTUnwrap((0..<(jpeg.count - 9)).first { jpeg[$0] == 0xFF && (jpeg[$0 + 1] == 0xC0 || jpeg[$0 + 1] == 0xC2) })
+        withUnsafeBytes(of: UInt16(20000).bigEndian) { jpeg[sof + 5] = $0[0]; jpeg[sof + 6] = $0[1]; jpeg[sof + 7] = $0[0]; jpeg[sof + 8] = $0[1] }
+        XCTAssertThrowsError(try ImageCodec.decodeJPEG(jpeg, item: "bomb.jpg")) {
+            XCTAssertTrue("\($0)".contains("20000x20000 pixels exceeds the limit"), "\($0)")
+        }
+    }
+
+    func crc32(_ bytes: [UInt8]) -> UInt32 {
+        var c: UInt32 = 0xFFFF_FFFF
+        for b in bytes {
+            c ^= UInt32(b)
+            for _ in 0..<8 { c = (c & 1) != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        }
+        return ~c
+    }
+
     func testSyntheticSetPreparesIntoConsistentShards() throws {
         let out = temporaryDirectory("synth")
         var opts = PrepareOptions(output: out)

@@ -146,6 +146,7 @@ public enum Checkpoint {
             unlink(tmp)
             throw error
         }
+        FaultInjection.point("checkpoint")
         guard rename(tmp, path) == 0 else {
             unlink(tmp)
             throw CheckpointError(path: path, reason: "rename failed: \(String(cString: strerror(errno)))")

@@ -43,6 +43,10 @@ public enum ImageCodec {
         }
     }
 
+    /// The largest image decoded (width x height, checked from the header before any pixel is
+    /// allocated): 4096 x 4096. Face crops are far smaller; a decompression bomb is refused.
+    public static let maxPixels = 4096 * 4096
+
     public static func decodePNG(_ data: Data, item: String) throws -> RGBImage {
         var image = png_image()
         image.version = radar_png_image_version()
@@ -52,7 +56,9 @@ public enum ImageCodec {
         // Read as RGBA so alpha is dropped afterwards rather than composited.
         image.format = UInt32(radar_png_format_rgb()) | UInt32(PNG_FORMAT_FLAG_ALPHA)
         let w = Int(image.width), h = Int(image.height)
-        guard w > 0, h > 0, w * h <= 64_000_000 else { throw ImageCodecError(item: item, reason: "PNG size \(w)x\(h) out of range") }
+        guard w > 0, h > 0, w * h <= maxPixels else {
+            throw ImageCodecError(item: item, reason: "PNG of \(w)x\(h) pixels exceeds the limit of \(maxPixels) (4096x4096)")
+        }
         var rgba = [UInt8](repeating: 0, count: w * h * 4)
         let done = data.withUnsafeBytes { _ in
             rgba.withUnsafeMutableBytes { png_image_finish_read(&image, nil, $0.baseAddress, Int32(w * 4), nil) }
@@ -79,8 +85,11 @@ public enum ImageCodec {
         let header = data.withUnsafeBytes { raw in
             tjDecompressHeader3(handle, raw.bindMemory(to: UInt8.self).baseAddress, size, &w, &h, &sub, &space)
         }
-        guard header == 0, w > 0, h > 0, Int(w) * Int(h) <= 64_000_000 else {
+        guard header == 0, w > 0, h > 0 else {
             throw ImageCodecError(item: item, reason: "corrupt JPEG: \(String(cString: tjGetErrorStr2(handle)))")
+        }
+        guard Int(w) * Int(h) <= maxPixels else {
+            throw ImageCodecError(item: item, reason: "JPEG of \(w)x\(h) pixels exceeds the limit of \(maxPixels) (4096x4096)")
         }
         var rgb = [UInt8](repeating: 0, count: Int(w) * Int(h) * 3)
         let rc = data.withUnsafeBytes { raw in

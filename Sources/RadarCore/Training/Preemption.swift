@@ -106,3 +106,56 @@ public enum ParentWatch {
         }
     }
 }
+
+/// Failure points for the fault-injection suite: `RADAR_FAULT_INJECT=PHASE:RANK:ACTION[:ATTEMPT]` makes
+/// that rank kill (`kill`, SIGKILL) or freeze (`stop`, SIGSTOP) itself when it reaches PHASE:
+/// `init` (before MPI or the rendezvous), `load` (dataset and model ready), `step` (after its
+/// second optimizer step), `validation`, `checkpoint` (a checkpoint's bytes written, before the
+/// rename), `finalize` (training done, before MPI_Finalize). Unset, every point is one branch.
+public enum FaultInjection {
+    nonisolated(unsafe) public static var rank: Int = {
+        let env = ProcessInfo.processInfo.environment
+        return Int(env["OMPI_COMM_WORLD_RANK"] ?? env["RANK"] ?? env["PMI_RANK"] ?? "") ?? -1
+    }()
+    static let plan: (phase: String, rank: Int, action: String)? = {
+        let env = ProcessInfo.processInfo.environment
+        guard let s = env["RADAR_FAULT_INJECT"] else { return nil }
+        let p = s.split(separator: ":").map(String.init)
+        guard p.count == 3 || p.count == 4, let r = Int(p[1]), ["kill", "stop"].contains(p[2]) else {
+            logLine("RADAR_FAULT_INJECT: expected PHASE:RANK:kill|stop[:ATTEMPT], got \(s); ignored")
+            return nil
+        }
+        // An optional fourth field limits the fault to one attempt of `radar launch --max-restarts`.
+        if p.count == 4 && p[3] != (env["RADAR_LAUNCH_ATTEMPT"] ?? "0") { return nil }
+        return (p[0], r, p[2])
+    }()
+    nonisolated(unsafe) static var steps = 0
+
+    public static func point(_ phase: String) {
+        guard let p = plan, p.phase == phase, p.rank == rank else { return }
+        if phase == "step" {
+            steps += 1
+            if steps != 2 { return }
+        }
+        logLine("fault injection: rank \(rank) \(p.action == "kill" ? "killed" : "frozen") at \(phase)")
+        fflush(stderr)
+        raise(p.action == "kill" ? SIGKILL : SIGSTOP)
+    }
+}
+
+/// Runs a call that has no deadline of its own (MPI_Init, MPI_Finalize) under one: if it has not
+/// returned after `seconds`, the process prints `message` and ends with status 1.
+public enum Watchdog {
+    public static func run<T>(seconds: TimeInterval, _ message: String, _ body: () -> T) -> T {
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            if done.wait(timeout: .now() + seconds) == .timedOut {
+                logLine(message)
+                exitNow(1)
+            }
+        }
+        let r = body()
+        done.signal()
+        return r
+    }
+}

@@ -353,6 +353,7 @@ public final class TrainingRun {
             onBatch?(epoch, batchIndex, epochPlan.batchesPerRank, lastLoss)
             try JobAbort.check()
             guard let r = result else { continue }
+            FaultInjection.point("step")
             var entry: [String: Any] = ["epoch": epoch, "step": trainer.optimizer.step, "lr": r.lr, "grad_norm": r.gradNorm,
                                         "skipped": r.skipped]
             for (k, v) in r.terms.named { entry["loss_\(k)"] = v }
@@ -379,6 +380,7 @@ public final class TrainingRun {
     /// `last`; returns true when early stopping ends the run.
     func validate(_ epoch: Int, lossSum: Double, microBatches n: Int, imagesPerSecond: Double, _ p: inout Position,
                   best: inout BestWeights?, _ steps: StepLog) throws -> Bool {
+        FaultInjection.point("validation")
         (p.history.partialEpochLoss, p.history.partialEpochBatches) = (nil, nil)
         let val = try evaluate(.val)
         let m = BinaryMetrics.all(scores: val.scores, labels: val.labels, sequences: val.sequences)

@@ -1,0 +1,144 @@
+import Foundation
+import RadarCore
+import XCTest
+
+/// Fault injection with real processes: a rank kills (SIGKILL) or freezes (SIGSTOP) itself at a
+/// phase of a 2-rank job (`RADAR_FAULT_INJECT`), over MPI (mpirun) and TCP (`radar launch`).
+/// Every case must end within its deadline, with no process left, no survivor crashing (they
+/// exit with a status and one line), and `last`, when written, loadable. CI runs a short table;
+/// RADAR_FAULT_MATRIX=full runs every phase x action x transport (RADAR_FAULT_REPEATS times,
+/// victim alternating between rank 0, which hosts the coordinator, and rank 1).
+final class FaultInjectionTests: XCTestCase {
+    struct Case { let transport: String, phase: String, action: String, victim: Int }
+
+    static let short: [Case] = [
+        Case(transport: "tcp", phase: "step", action: "stop", victim: 1),
+        Case(transport: "tcp", phase: "checkpoint", action: "kill", victim: 0),
+        Case(transport: "tcp", phase: "init", action: "stop", victim: 1),
+        Case(transport: "mpi", phase: "step", action: "stop", victim: 1),
+        Case(transport: "mpi", phase: "init", action: "stop", victim: 1),
+        Case(transport: "mpi", phase: "finalize", action: "stop", victim: 1),
+    ]
+
+    static var cases: [Case] {
+        let env = ProcessInfo.processInfo.environment
+        guard env["RADAR_FAULT_MATRIX"] == "full" else { return short }
+        let repeats = Int(env["RADAR_FAULT_REPEATS"] ?? "") ?? 1
+        var all: [Case] = []
+        for r in 0..<repeats {
+            for t in ["tcp", "mpi"] { for p in ["init", "load", "step", "validation", "checkpoint", "finalize"] { for a in ["kill", "stop"] {
+                all.append(Case(transport: t, phase: p, action: a, victim: (r + all.count) % 2))
+            } } }
+        }
+        return all
+    }
+
+    // Short deadlines so a case ends in seconds: rendezvous 15 s, waits 10 s, heartbeats 3 s.
+    static let deadline: TimeInterval = 15 + 10 + 10 + 10 + 10
+
+    func run(_ c: Case) throws -> (ok: Bool, seconds: Double, summary: String) {
+        let out = NSTemporaryDirectory() + "radar-fault-\(UUID().uuidString.prefix(6))"
+        let bin = MPITrainingTests.products
+        let args = ["--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny", "--batch-size", "4",
+                    "--num-epochs", "2", "--max-steps-per-epoch", "4", "--accumulation-steps", "1", "--threads", "1", "--timeout", "10",
+                    "--heartbeat-deadline", "3", "--rendezvous-timeout", "15"]
+        let p = Process()
+        if c.transport == "mpi" {
+            var argv = ["mpirun", "--oversubscribe"]
+            if geteuid() == 0 { argv.append("--allow-run-as-root") }
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = argv + ["-x", "RADAR_FAULT_INJECT", "-n", "2", bin.appendingPathComponent("radar-worker").path] + args
+        } else {
+            p.executableURL = bin.appendingPathComponent("radar")
+            p.arguments = ["launch", "-n", "2", "--", "radar-worker"] + args
+        }
+        var env = ProcessInfo.processInfo.environment
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        env["RADAR_FAULT_INJECT"] = "\(c.phase):\(c.victim):\(c.action)"
+        p.environment = env
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = err
+        var text = Data()
+        let reader = DispatchGroup()
+        reader.enter()
+        DispatchQueue.global().async { text = err.fileHandleForReading.readDataToEndOfFile(); reader.leave() }
+        let t0 = Date()
+        try p.run()
+        var hung = false
+        while p.isRunning {
+            if Date().timeIntervalSince(t0) > FaultInjectionTests.deadline + 30 { hung = true; p.terminate(); break }
+            usleep(100_000)
+        }
+        p.waitUntilExit()
+        let seconds = Date().timeIntervalSince(t0)
+        // Whatever is left of the job (a frozen rank the launcher did not stop would be here).
+        let left = String(decoding: try Process.runCapturing(["pgrep", "-f", "radar-worker.*\(out)"]), as: UTF8.self)
+            .split(separator: "\n").compactMap { Int32($0) }
+        for pid in left { kill(pid, SIGKILL) }
+        _ = reader.wait(timeout: .now() + 10)
+        let log = String(decoding: text, as: UTF8.self)
+        var problems: [String] = []
+        if hung { problems.append("hung past \(Int(FaultInjectionTests.deadline + 30)) s") }
+        if seconds > FaultInjectionTests.deadline { problems.append("took \(Int(seconds)) s") }
+        if !left.isEmpty { problems.append("\(left.count) rank(s) left running") }
+        if p.terminationStatus == 0 && !log.contains("fault injection") { problems.append("the fault never fired") }
+        for crash in ["Bad memory", "SIGSEGV", "signal 11", "Segmentation", "Fatal error", "Stack dump", "signal 6 ", "SIGABRT"] where log.contains(crash) {
+            problems.append("a survivor crashed (\(crash))")
+        }
+        let survivor = 1 - c.victim
+        if c.transport == "tcp" && log.contains("radar launch: rank \(survivor) was killed") {
+            problems.append("rank \(survivor) had to be killed by the launcher")
+        }
+        if FileManager.default.fileExists(atPath: out + "/e/last.safetensors.lz4") {
+            do { _ = try Checkpoint.read(out + "/e/last.safetensors.lz4") } catch { problems.append("last is not loadable: \(error)") }
+        }
+        let summary = "\(c.transport) \(c.phase) \(c.action) rank \(c.victim): \(String(format: "%.1f", seconds)) s, status \(p.terminationStatus)"
+            + (problems.isEmpty ? "" : " PROBLEMS: " + problems.joined(separator: "; ") + "\n" + log)
+        return (problems.isEmpty, seconds, summary)
+    }
+
+    func testEveryInjectedFaultEndsTheJobCleanlyWithinItsDeadline() throws {
+        var failures = 0, slowest = 0.0
+        let all = FaultInjectionTests.cases
+        for c in all {
+            let r = try run(c)
+            print("fault: " + r.summary.split(separator: "\n").first!)
+            XCTAssertTrue(r.ok, r.summary)
+            if !r.ok { failures += 1 }
+            slowest = max(slowest, r.seconds)
+        }
+        print("fault injection: \(all.count) cases, \(failures) failures (hangs, crashes, orphans), slowest \(String(format: "%.1f", slowest)) s")
+    }
+
+    /// `radar launch --max-restarts 1`: rank 1 is killed after its second step of the first
+    /// attempt; the launcher restarts the job from `last` and it ends with the parameters of a
+    /// run that was never interrupted.
+    func testLauncherRestartsAFailedJobAndEndsAsIfUninterrupted() throws {
+        let bin = MPITrainingTests.products
+        func launch(_ out: String, _ extra: [String], fault: String?) throws -> (Int32, String) {
+            var env: [String: String] = ["OPENBLAS_NUM_THREADS": "1"]
+            if let f = fault { env["RADAR_FAULT_INJECT"] = f }
+            return try Process.runStatus([bin.appendingPathComponent("radar").path, "launch", "-n", "2"] + extra + ["--", "radar-worker",
+                "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny", "--batch-size", "4",
+                "--num-epochs", "2", "--max-steps-per-epoch", "4", "--accumulation-steps", "1", "--threads", "1", "--timeout", "10",
+                "--checkpoint-every", "1"], environment: env)
+        }
+        func hashes(_ text: String) -> Set<String> {
+            Set(text.split(separator: "\n").filter { $0.hasPrefix("rank ") && $0.contains("fnv1a") }.map { String($0.split(separator: " ")[4]) })
+        }
+        let straight = NSTemporaryDirectory() + "radar-restart-a-\(UUID().uuidString.prefix(6))"
+        let (rc0, text0) = try launch(straight, [], fault: nil)
+        XCTAssertEqual(rc0, 0, text0)
+        let restarted = NSTemporaryDirectory() + "radar-restart-b-\(UUID().uuidString.prefix(6))"
+        let (rc1, text1) = try launch(restarted, ["--max-restarts", "1"], fault: "step:1:kill:0")
+        XCTAssertEqual(rc1, 0, text1)
+        XCTAssertTrue(text1.contains("fault injection: rank 1 killed at step"), text1)
+        XCTAssertTrue(text1.contains("radar launch: restarting the job from `last` (restart 1 of 1)"), text1)
+        XCTAssertEqual(hashes(text0).count, 1, text0)
+        XCTAssertEqual(hashes(text1), hashes(text0), "the restarted job ends with the uninterrupted job's parameters")
+        // Without restarts the same fault fails the job.
+        let (rc2, text2) = try launch(NSTemporaryDirectory() + "radar-restart-c-\(UUID().uuidString.prefix(6))", [], fault: "step:1:kill")
+        XCTAssertNotEqual(rc2, 0, text2)
+    }
+}
