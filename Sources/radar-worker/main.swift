@@ -56,13 +56,17 @@ struct RadarWorker: ParsableCommand {
                 mpi.abort(1)
             }
         case "tcp":
-            let env = ProcessInfo.processInfo.environment
-            guard let r = rank ?? Int(env["RANK"] ?? ""), let n = worldSize ?? Int(env["WORLD_SIZE"] ?? ""), r >= 0, r < n else {
-                logLine("radar-worker: --transport tcp needs --rank and --world-size (or RANK and WORLD_SIZE), with 0 <= rank < world size")
+            let launch: LaunchEnvironment
+            do {
+                launch = try LaunchEnvironment.resolve(rank: rank, worldSize: worldSize, coordinator: coordinator, env: ProcessInfo.processInfo.environment)
+            } catch {
+                logLine("radar-worker: \(error)")
                 throw ExitCode(2)
             }
+            let r = launch.rank
+            FaultInjection.rank = r
             do {
-                let (comm, client) = try controlPlaneTCP(rank: r, size: n)
+                let (comm, client) = try controlPlaneTCP(launch)
                 do { try train(comm, client: client) } catch let p as Preemption.Preempted {
                     logLine("radar-worker rank \(r): \(p)")
                     client.finish()
@@ -134,26 +138,20 @@ struct RadarWorker: ParsableCommand {
         return client
     }
 
-    /// TCP: rendezvous at the coordinator (in-process on rank 0 at MASTER_ADDR:MASTER_PORT unless
-    /// --coordinator is given), then connect the data mesh.
-    func controlPlaneTCP(rank r: Int, size n: Int) throws -> (Communicator, CoordinatorClient) {
-        let env = ProcessInfo.processInfo.environment
+    /// TCP: rendezvous at the coordinator (in-process on rank 0 at the launcher's address, see
+    /// `LaunchEnvironment`, unless --coordinator is given), then connect the data mesh.
+    func controlPlaneTCP(_ launch: LaunchEnvironment) throws -> (Communicator, CoordinatorClient) {
+        let (r, n, host, port) = (launch.rank, launch.worldSize, launch.host, launch.port)
         guard let token = try jobToken() else {
-            throw ValidationError("the tcp transport needs a job token: --token-file or RADAR_JOB_TOKEN")
+            throw ValidationError("the tcp transport needs a job token: --token-file FILE or RADAR_JOB_TOKEN (make one with `openssl rand -hex 32`)")
         }
-        var host: String, port: Int
-        if let c = coordinator { (host, port) = try split(c) } else {
-            guard let a = env["MASTER_ADDR"], let p = Int(env["MASTER_PORT"] ?? "") else {
-                throw ValidationError("--coordinator HOST:PORT or MASTER_ADDR and MASTER_PORT are needed with --transport tcp")
-            }
-            (host, port) = (a, p)
-            if r == 0 {
-                let s = try CoordinatorServer(port: port, worldSize: n, token: token)
-                s.heartbeatDeadline = heartbeatDeadline
-                s.rendezvousDeadline = rendezvousTimeout
-                s.log = logLine
-                RadarWorker.server = s
-            }
+        if coordinator == nil && r == 0 {
+            let s = try CoordinatorServer(host: "0.0.0.0", port: port, worldSize: n, token: token)
+            s.heartbeatDeadline = heartbeatDeadline
+            s.rendezvousDeadline = rendezvousTimeout
+            s.log = logLine
+            RadarWorker.server = s
+            logLine("radar-worker: coordinator for \(n) ranks on port \(port) (\(launch.launcher))")
         }
         // The data listener binds only the address this host uses to reach the coordinator.
         let dataHost = try TCPRendezvous.localAddress(towards: host, port: port)

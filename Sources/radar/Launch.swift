@@ -8,7 +8,9 @@ struct Launch: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Start N local ranks of a program with the TCP transport (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).")
     @Option(name: .short, help: "Number of ranks.") var n: Int
-    @Option(help: "Seconds to wait for the other ranks after one fails, before killing them.") var grace: Double = 10
+    @Option(help: "Seconds to wait for the other ranks after one fails, before stopping them.") var grace: Double = 10
+    @Option(help: "Seconds the other ranks may take to finish after one finished cleanly (ranks end together; one that does not is stuck).")
+    var finishGrace: Double = 60
     @Argument(parsing: .captureForPassthrough, help: "The program and its arguments (after --).") var command: [String]
 
     @Option(help: "Restart the whole job from `last` (adding --resume auto) up to N times after a rank fails, as torchrun's elastic agent does. Not after a stop by signal (status 75).")
@@ -18,7 +20,7 @@ struct Launch: ParsableCommand {
         var cmd = command
         if cmd.first == "--" { cmd.removeFirst() }
         guard n > 0, let program = cmd.first else { throw ValidationError("usage: radar launch -n N -- PROGRAM ARGS...") }
-        guard maxRestarts >= 0, grace >= 0 else { throw ValidationError("--max-restarts and --grace must be >= 0") }
+        guard maxRestarts >= 0, grace >= 0, finishGrace >= 0 else { throw ValidationError("--max-restarts, --grace and --finish-grace must be >= 0") }
         // A program named without a path is looked up next to this executable first.
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(program).path
         let exe = program.contains("/") ? program : (FileManager.default.isExecutableFile(atPath: here) ? here : program)
@@ -96,10 +98,26 @@ struct Launch: ParsableCommand {
                 if failed == 0 { failed = code; failedAt = Date() }
             }
         }
+        var terminated = false
+        var firstSuccess: Date?
         while procs.contains(where: { $0.isRunning }) {
             report()
+            // The ranks of a job finish together: one still running long after another finished
+            // cleanly is stuck (frozen, or waiting on a peer that is gone).
+            if firstSuccess == nil, procs.contains(where: { !$0.isRunning && $0.terminationStatus == 0 }) { firstSuccess = Date() }
+            if failed == 0, let t = firstSuccess, Date().timeIntervalSince(t) > finishGrace {
+                let stuck = procs.indices.filter { procs[$0].isRunning }
+                logLine("radar launch: rank\(stuck.count > 1 ? "s" : "") \(stuck.map(String.init).joined(separator: ", ")) did not finish within \(Int(finishGrace)) s of the others; stopping \(stuck.count > 1 ? "them" : "it")")
+                failed = 1
+                failedAt = Date().addingTimeInterval(-grace)
+            }
             if let t = failedAt, Date().timeIntervalSince(t) > grace {
-                for p in procs where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+                // SIGTERM first (a rank still waiting for the rendezvous ends at once), SIGKILL 5 s later.
+                let late = Date().timeIntervalSince(t) > grace + 5
+                if !terminated || late {
+                    for p in procs where p.isRunning { kill(p.processIdentifier, late ? SIGKILL : SIGTERM) }
+                    terminated = true
+                }
             }
             usleep(50_000)
         }

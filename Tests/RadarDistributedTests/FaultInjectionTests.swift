@@ -27,7 +27,8 @@ final class FaultInjectionTests: XCTestCase {
         var all: [Case] = []
         for r in 0..<repeats {
             for t in ["tcp", "mpi"] { for p in ["init", "load", "step", "validation", "checkpoint", "finalize"] { for a in ["kill", "stop"] {
-                all.append(Case(transport: t, phase: p, action: a, victim: (r + all.count) % 2))
+                // Only rank 0 writes checkpoints.
+                all.append(Case(transport: t, phase: p, action: a, victim: p == "checkpoint" ? 0 : (r + all.count) % 2))
             } } }
         }
         return all
@@ -50,7 +51,7 @@ final class FaultInjectionTests: XCTestCase {
             p.arguments = argv + ["-x", "RADAR_FAULT_INJECT", "-n", "2", bin.appendingPathComponent("radar-worker").path] + args
         } else {
             p.executableURL = bin.appendingPathComponent("radar")
-            p.arguments = ["launch", "-n", "2", "--", "radar-worker"] + args
+            p.arguments = ["launch", "-n", "2", "--finish-grace", "10", "--", "radar-worker"] + args
         }
         var env = ProcessInfo.processInfo.environment
         env["OPENBLAS_NUM_THREADS"] = "1"
@@ -67,7 +68,15 @@ final class FaultInjectionTests: XCTestCase {
         try p.run()
         var hung = false
         while p.isRunning {
-            if Date().timeIntervalSince(t0) > FaultInjectionTests.deadline + 30 { hung = true; p.terminate(); break }
+            if Date().timeIntervalSince(t0) > FaultInjectionTests.deadline + 30 {
+                hung = true
+                // Everything of this case, the launcher included (it forwards SIGTERM rather than dying).
+                for pid in String(decoding: try Process.runCapturing(["pgrep", "-f", out]), as: UTF8.self).split(separator: "\n").compactMap({ Int32($0) }) {
+                    kill(pid, SIGKILL)
+                }
+                kill(p.processIdentifier, SIGKILL)
+                break
+            }
             usleep(100_000)
         }
         p.waitUntilExit()
@@ -87,7 +96,10 @@ final class FaultInjectionTests: XCTestCase {
             problems.append("a survivor crashed (\(crash))")
         }
         let survivor = 1 - c.victim
-        if c.transport == "tcp" && log.contains("radar launch: rank \(survivor) was killed") {
+        // A survivor must stop on its own, except before the rendezvous completes: a rank that
+        // died before registering looks like a late one (pods start minutes apart), and only the
+        // launcher, which started them all, knows better and stops the rest after its grace period.
+        if c.transport == "tcp" && c.phase != "init" && log.contains("radar launch: rank \(survivor) was killed") {
             problems.append("rank \(survivor) had to be killed by the launcher")
         }
         if FileManager.default.fileExists(atPath: out + "/e/last.safetensors.lz4") {

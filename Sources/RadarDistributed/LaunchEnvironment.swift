@@ -1,0 +1,58 @@
+import Foundation
+
+/// Where a TCP rank learns its rank, the world size and the coordinator's address, from the
+/// launcher that started it (flags win over the environment):
+/// - torchrun: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RUN_ID. torchrun's own
+///   store holds MASTER_PORT, so the coordinator listens on MASTER_PORT + 1.
+/// - srun: SLURM_PROCID, SLURM_NTASKS; the coordinator on the node srun was started from
+///   (SLURM_LAUNCH_NODE_IPADDR, where rank 0 runs in a batch job) unless MASTER_ADDR is set, on
+///   MASTER_PORT or 20000 + SLURM_JOB_ID mod 20000.
+/// - `radar launch` and plain environments: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT.
+/// RADAR_COORDINATOR_PORT overrides the port in every case.
+public struct LaunchEnvironment: Equatable, Sendable {
+    public var rank: Int
+    public var worldSize: Int
+    public var host: String
+    public var port: Int
+    /// "torchrun", "srun" or "env".
+    public var launcher: String
+
+    public init(rank: Int, worldSize: Int, host: String, port: Int, launcher: String) {
+        (self.rank, self.worldSize, self.host, self.port, self.launcher) = (rank, worldSize, host, port, launcher)
+    }
+
+    public struct Problem: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public static func resolve(rank: Int?, worldSize: Int?, coordinator: String?, env: [String: String]) throws -> LaunchEnvironment {
+        let torchrun = env["TORCHELASTIC_RUN_ID"] != nil
+        let slurm = env["SLURM_PROCID"] != nil && env["RANK"] == nil
+        let launcher = torchrun ? "torchrun" : slurm ? "srun" : "env"
+        guard let r = rank ?? Int(env["RANK"] ?? env["SLURM_PROCID"] ?? ""),
+              let n = worldSize ?? Int(env["WORLD_SIZE"] ?? env["SLURM_NTASKS"] ?? ""), n >= 1, r >= 0, r < n else {
+            throw Problem(description: "--transport tcp needs --rank and --world-size (or RANK and WORLD_SIZE, or srun's SLURM_PROCID and SLURM_NTASKS), with 0 <= rank < world size")
+        }
+        if let c = coordinator {
+            guard let i = c.lastIndex(of: ":"), let p = Int(c[c.index(after: i)...]), (1...65535).contains(p) else {
+                throw Problem(description: "--coordinator \(c): expected HOST:PORT")
+            }
+            return LaunchEnvironment(rank: r, worldSize: n, host: String(c[..<i]), port: p, launcher: launcher)
+        }
+        guard let host = env["MASTER_ADDR"] ?? (slurm ? env["SLURM_LAUNCH_NODE_IPADDR"] : nil) else {
+            throw Problem(description: "--coordinator HOST:PORT or MASTER_ADDR (and MASTER_PORT) are needed with --transport tcp")
+        }
+        var port: Int?
+        if let p = env["RADAR_COORDINATOR_PORT"].flatMap({ Int($0) }) {
+            port = p
+        } else if let p = env["MASTER_PORT"].flatMap({ Int($0) }) {
+            port = torchrun ? p + 1 : p
+        } else if slurm, let job = env["SLURM_JOB_ID"].flatMap({ Int($0) }) {
+            port = 20000 + job % 20000
+        }
+        guard let p = port, (1...65535).contains(p) else {
+            throw Problem(description: "MASTER_PORT (or RADAR_COORDINATOR_PORT) is needed with MASTER_ADDR")
+        }
+        return LaunchEnvironment(rank: r, worldSize: n, host: host, port: p, launcher: launcher)
+    }
+}

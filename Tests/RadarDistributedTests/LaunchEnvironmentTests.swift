@@ -1,0 +1,75 @@
+import Foundation
+import RadarCore
+import RadarDistributed
+import XCTest
+
+/// torchrun and srun, through their documented environment contracts (real torchrun needs a
+/// PyTorch install; CI has none): the resolution as a pure function, then real 2-rank jobs.
+final class LaunchEnvironmentTests: XCTestCase {
+    func testTheLaunchersEnvironmentsResolve() throws {
+        let torch = try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: [
+            "RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none"])
+        XCTAssertEqual(torch, LaunchEnvironment(rank: 1, worldSize: 4, host: "10.0.0.5", port: 29501, launcher: "torchrun"),
+                       "torchrun's store holds MASTER_PORT: the coordinator takes the next port")
+        let srun = try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: [
+            "SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_LAUNCH_NODE_IPADDR": "10.1.2.3", "SLURM_JOB_ID": "123456"])
+        XCTAssertEqual(srun, LaunchEnvironment(rank: 3, worldSize: 8, host: "10.1.2.3", port: 20000 + 123456 % 20000, launcher: "srun"))
+        let plain = try LaunchEnvironment.resolve(rank: 0, worldSize: 2, coordinator: "h:7070", env: ["RANK": "5"])
+        XCTAssertEqual(plain, LaunchEnvironment(rank: 0, worldSize: 2, host: "h", port: 7070, launcher: "env"))
+        let override = try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: [
+            "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1000", "TORCHELASTIC_RUN_ID": "x", "RADAR_COORDINATOR_PORT": "4000"])
+        XCTAssertEqual(override.port, 4000)
+        XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: ["SLURM_PROCID": "2", "SLURM_NTASKS": "2"])) {
+            XCTAssertTrue("\($0)".contains("0 <= rank < world size"), "\($0)")
+        }
+        XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: ["RANK": "0", "WORLD_SIZE": "2"])) {
+            XCTAssertTrue("\($0)".contains("MASTER_ADDR"), "\($0)")
+        }
+    }
+
+    /// Two ranks started the way torchrun (MASTER_PORT held by its store) and srun (SLURM_*
+    /// only) start them train and agree.
+    func testTorchrunAndSrunStyleRanksTrain() throws {
+        let token = HMACSHA256.randomHex(bytes: 16)
+        // torchrun's store: something already listens on MASTER_PORT.
+        let (store, masterPort) = try TCPRendezvous.listen(host: "127.0.0.1")
+        defer { close(store) }
+        let slurmJob = Int.random(in: 1000...9000)
+        for (name, envFor) in [
+            ("torchrun", { (r: Int) -> [String: String] in
+                ["RANK": String(r), "WORLD_SIZE": "2", "LOCAL_RANK": String(r), "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": String(masterPort), "TORCHELASTIC_RUN_ID": "test", "RADAR_JOB_TOKEN": token] }),
+            ("srun", { (r: Int) -> [String: String] in
+                ["SLURM_PROCID": String(r), "SLURM_NTASKS": "2", "SLURM_LOCALID": String(r), "SLURM_NTASKS_PER_NODE": "2",
+                 "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1", "SLURM_JOB_ID": String(slurmJob), "RADAR_JOB_TOKEN": token] }),
+        ] {
+            let out = NSTemporaryDirectory() + "radar-\(name)-\(UUID().uuidString.prefix(6))"
+            var procs: [(Process, Pipe)] = []
+            for r in 0..<2 {
+                let p = Process()
+                p.executableURL = MPITrainingTests.products.appendingPathComponent("radar-worker")
+                p.arguments = ["--transport", "tcp", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
+                               "--batch-size", "4", "--num-epochs", "1", "--max-steps-per-epoch", "3", "--threads", "1", "--timeout", "20"]
+                var env = ProcessInfo.processInfo.environment
+                for k in ["RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"] { env[k] = nil }
+                env["OPENBLAS_NUM_THREADS"] = "1"
+                env.merge(envFor(r)) { $1 }
+                p.environment = env
+                let pipe = Pipe()
+                p.standardOutput = pipe
+                p.standardError = pipe
+                try p.run()
+                procs.append((p, pipe))
+            }
+            var texts: [String] = []
+            for (p, pipe) in procs {
+                texts.append(String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+                p.waitUntilExit()
+                XCTAssertEqual(p.terminationStatus, 0, "\(name): \(texts.last!)")
+            }
+            let hashes = Set(texts.joined().split(separator: "\n").filter { $0.contains("fnv1a") }.map { String($0.split(separator: " ")[4]) })
+            XCTAssertEqual(hashes.count, 1, "\(name): both ranks end with the same parameters: \(texts)")
+            XCTAssertTrue(texts[0].contains("(\(name))"), "rank 0 says which launcher it recognised: \(texts[0])")
+        }
+    }
+}
