@@ -106,8 +106,12 @@ public func attachProgress(_ run: TrainingRun, imagesPerBatch: Int, showBar: Boo
             epochStart = Date()
             firstBatch = done - 1
         }
-        bar?.update(done, items: done * imagesPerBatch, detail: String(format: "loss %.4f", loss))
-        let rate = Double((done - firstBatch) * imagesPerBatch) / max(Date().timeIntervalSince(epochStart), 1e-9)
+        let elapsed = max(Date().timeIntervalSince(epochStart), 1e-9)
+        // The whole run's ETA at this epoch's pace (validation not included; early stopping may end sooner).
+        let batchesLeft = Double(total - done + (epochs - epoch - 1) * total)
+        let runETA = Double(done - firstBatch) > 0 ? batchesLeft * elapsed / Double(done - firstBatch) : 0
+        bar?.update(done, items: done * imagesPerBatch, detail: String(format: "loss %.4f  run ETA %@", loss, ProgressReporter.clock(runETA)))
+        let rate = Double((done - firstBatch) * imagesPerBatch) / elapsed
         report?(epoch, done, loss, rate)
     }
 }

@@ -75,7 +75,7 @@ struct RadarCoordinator: ParsableCommand {
             do {
                 let (host, port) = try RadarCoordinator.split(address)
                 let s = try CoordinatorClient.status(host: host, port: port, token: try RadarCoordinator.token(tokenFile))
-                let d = try JSONSerialization.data(withJSONObject: s, options: [.sortedKeys, .prettyPrinted])
+                let d = try JSONSerialization.data(withJSONObject: s, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
                 print(String(decoding: d, as: UTF8.self))
             } catch let e as ValidationError { throw e } catch {
                 logLine("radar-coordinator status: \(error)")

@@ -29,7 +29,7 @@ func failing<T>(_ body: () throws -> T) throws -> T {
 
 /// Prints one JSON object on stdout (benchmarks, machine-readable results).
 func printJSON(_ object: [String: Any]) {
-    let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+    let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
     print(String(decoding: data, as: UTF8.self))
 }
 

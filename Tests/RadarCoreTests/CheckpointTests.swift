@@ -196,6 +196,33 @@ final class CheckpointTests: XCTestCase {
         XCTAssertNoThrow(try TrainingRun(options: options(data, out, stop: 1)).run(), "free again once released")
     }
 
+    /// model.safetensors has exactly the tensors of the PyTorch reference's state_dict (names,
+    /// shapes, dtypes: the key set of the golden fixture's weights, written by PyTorch), so
+    /// strict=True loads it; Python's safetensors reads it and finds the config in the metadata.
+    func testModelFileMatchesTheReferenceStateDict() throws {
+        let fixture = fixturesDirectory.appendingPathComponent("parity/tiny_dual").path
+        let config = try RADARConfig.load(fixture + "/config.json")
+        let model = try RADARModel(config: config)
+        let store = ParameterStore(layout: model.layout, backend: sharedTestBackend)
+        let path = temporaryDirectory("model") + "/model.safetensors"
+        try ModelFile.write(store, config: config, to: path)
+        let ours = try SafeTensors.read(path), reference = try SafeTensors.read(fixture + "/weights.safetensors")
+        XCTAssertEqual(Set(ours.tensors.keys), Set(reference.tensors.keys), "the reference state_dict's keys, no more, no less")
+        for (k, t) in reference.tensors {
+            XCTAssertEqual(ours.tensors[k]?.shape, t.shape, k)
+            XCTAssertEqual(ours.tensors[k]?.dtype == .i64, t.dtype == .i64, "\(k): I64 exactly where PyTorch has integers")
+        }
+        let script = """
+        import sys, json
+        from safetensors import safe_open
+        with safe_open(sys.argv[1], "np") as f:
+            print(len(list(f.keys())), json.loads(f.metadata()["radar_config"])["embed_dim"])
+        """
+        let (rc, out) = try shell([interopPython, "-c", script, path])
+        XCTAssertEqual(rc, 0, out)
+        XCTAssertEqual(out.trimmingCharacters(in: .whitespacesAndNewlines), "\(reference.tensors.count) \(config.embedDim)")
+    }
+
     func testFullRunWritesCheckpointsPlotsAndExportZip() throws {
         let data = try makeRunData(), out = temporaryDirectory("full")
         var o = options(data, out, stop: 0)
@@ -203,7 +230,7 @@ final class CheckpointTests: XCTestCase {
         o.maxStepsPerEpoch = 3
         _ = try TrainingRun(options: o).run()
         let dir = "\(out)/r"
-        for f in ["best.safetensors.lz4", "last.safetensors.lz4", "config.json", "metrics.json", "metrics.jsonl",
+        for f in ["best.safetensors.lz4", "last.safetensors.lz4", "model.safetensors", "config.json", "metrics.json", "metrics.jsonl",
                   "plots/loss.svg", "plots/val.svg", "plots/roc.svg"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir)/\(f)"), f)
         }
@@ -214,8 +241,13 @@ final class CheckpointTests: XCTestCase {
         let reader = try ArchiveReader(path: zip)
         var names: [String] = []
         while let m = try reader.next() { names.append(m.name); try reader.skipData() }
-        XCTAssertEqual(Set(names), Set(["r/best.safetensors.lz4", "r/config.json", "r/metrics.json", "r/plots/loss.svg",
+        XCTAssertEqual(Set(names), Set(["r/best.safetensors.lz4", "r/model.safetensors", "r/config.json", "r/metrics.json", "r/plots/loss.svg",
                                         "r/plots/val.svg", "r/plots/roc.svg", "r/README.md"]))
+        // Zip entries carry the export's date (not 1970); JSON paths are not escaped ("\/").
+        let (rc, year) = try shell([interopPython, "-c", "import sys, zipfile; print(min(i.date_time[0] for i in zipfile.ZipFile(sys.argv[1]).infolist()))", zip])
+        XCTAssertEqual(rc, 0, year)
+        XCTAssertGreaterThanOrEqual(Int(year.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0, 2025, year)
+        XCTAssertFalse(try String(contentsOfFile: "\(dir)/config.json", encoding: .utf8).contains("\\/"))
         let script = try String(contentsOfFile: "\(exports)/download_r.sh", encoding: .utf8)
         XCTAssertTrue(script.contains("rsync") && script.contains((zip as NSString).lastPathComponent))
         XCTAssertThrowsError(try RunExport.export(results: temporaryDirectory("nothing"), to: exports, downloadScript: false))

@@ -14,14 +14,21 @@ public enum RunExport {
         let stamp = { () -> String in let f = DateFormatter(); f.dateFormat = "yyyyMMdd_HHmmss"; f.timeZone = TimeZone(identifier: "UTC"); return f.string(from: now) }()
         let zipPath = (outputDir as NSString).appendingPathComponent("\(name)_\(stamp).zip")
         let tmp = zipPath + ".partial"
-        var files = ["best.safetensors.lz4", "config.json", "metrics.json"]
+        var files = ["best.safetensors.lz4", "model.safetensors", "config.json", "metrics.json"]
         let plots = ((try? fm.contentsOfDirectory(atPath: (results as NSString).appendingPathComponent("plots"))) ?? []).sorted().map { "plots/\($0)" }
         files += plots
         do {
             // A failure anywhere (a full disk, say) leaves no .partial behind.
             let w = try TarWriter(path: tmp, format: .zip)
+            w.mtime = Int(now.timeIntervalSince1970)
             for f in files {
-                guard let d = fm.contents(atPath: (results as NSString).appendingPathComponent(f)) else { continue }
+                var data = fm.contents(atPath: (results as NSString).appendingPathComponent(f))
+                if f == "model.safetensors" && data == nil {
+                    // Runs from before model.safetensors existed: made from `best`.
+                    let (t, st) = try Checkpoint.read((results as NSString).appendingPathComponent("best.safetensors.lz4"))
+                    data = ModelFile.encode(t, configJSON: st.configJSON)
+                }
+                guard let d = data else { continue }
                 try w.add(name: "\(name)/\(f)", data: d)
             }
             try w.add(name: "\(name)/README.md", data: Data(summary(results: results, name: name, files: files + ["README.md"]).utf8))
@@ -69,8 +76,14 @@ public enum RunExport {
             if let ts = m["timestamp"] as? String { lines.append("- finished: \(ts)") }
         }
         lines += ["", "Files:", ""] + files.map { "- `\($0)`" }
-        lines += ["", "`best.safetensors.lz4` is a safetensors file inside an LZ4 frame: `lz4 -d best.safetensors.lz4` gives a file",
-                  "that `safetensors` reads and whose model tensors load into the PyTorch reference with strict=True.", ""]
+        lines += ["", "`model.safetensors` holds the best weights alone (parameters and buffers by PyTorch name, no optimizer state).",
+                  "Into the reference PyTorch model:", "",
+                  "```python", "import json", "from safetensors import safe_open", "from safetensors.torch import load_file",
+                  "with safe_open(\"model.safetensors\", \"pt\") as f:", "    config = json.loads(f.metadata()[\"radar_config\"])",
+                  "model = RADAR(**config)  # the reference implementation's model class", "model.load_state_dict(load_file(\"model.safetensors\"), strict=True)",
+                  "```", "",
+                  "`best.safetensors.lz4` is the full checkpoint (with AdamW moments as `optim.*` and the training state) inside an LZ4",
+                  "frame: `lz4 -d best.safetensors.lz4` gives a safetensors file; drop the `optim.*` tensors before `strict=True`.", ""]
         return lines.joined(separator: "\n")
     }
 }

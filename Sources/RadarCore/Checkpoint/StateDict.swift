@@ -1,3 +1,5 @@
+import Foundation
+
 /// Moves parameters, buffers and counters between a `ParameterStore` and PyTorch-named tensors
 /// (safetensors). Loading checks every name and shape and reports all problems at once.
 public enum StateDict {
@@ -56,5 +58,19 @@ public enum StateDict {
         }
         for (t, v) in plan { store.backend.upload(v, into: t) }
         for (i, v) in counters { store.counters[i] = v }
+    }
+}
+
+/// The model alone as a plain safetensors file, the form PyTorch users load:
+/// `model.load_state_dict(safetensors.torch.load_file("model.safetensors"), strict=True)` into
+/// the reference RADAR works as is (parameters and buffers by PyTorch name, `num_batches_tracked`
+/// as I64, no optimizer state). The config travels in the metadata.
+public enum ModelFile {
+    public static func encode(_ tensors: [String: SafeTensor], configJSON: String) -> Data {
+        SafeTensors.encode(tensors.filter { !$0.key.hasPrefix("optim.") }, metadata: ["format": "pt", "radar_config": configJSON])
+    }
+
+    public static func write(_ store: ParameterStore, config: RADARConfig, to path: String) throws {
+        try writeFileAtomically(encode(StateDict.export(store), configJSON: String(decoding: config.jsonData(), as: UTF8.self)), to: path)
     }
 }

@@ -105,6 +105,10 @@ public final class TarWriter {
 
     deinit { if !closed { archive_write_free(handle) } }
 
+    /// Modification time written for each member: 0 by default, so shards are byte-for-byte
+    /// reproducible; exports set the time they are made.
+    public var mtime = 0
+
     public func add(name: String, data: Data) throws {
         guard let entry = archive_entry_new() else { throw ArchiveError(path: path, reason: "libarchive entry failed") }
         defer { archive_entry_free(entry) }
@@ -112,7 +116,7 @@ public final class TarWriter {
         archive_entry_set_size(entry, Int64(data.count))
         archive_entry_set_filetype(entry, radar_archive_regular_file())
         archive_entry_set_perm(entry, 0o644)
-        archive_entry_set_mtime(entry, 0, 0)
+        archive_entry_set_mtime(entry, mtime, 0)
         guard archive_write_header(handle, entry) == radar_archive_ok() else {
             throw ArchiveError(path: path, reason: "cannot write \(name): \(ArchiveReader.message(handle))")
         }

@@ -23,16 +23,31 @@ public final class ProgressReporter: @unchecked Sendable {
         let now = Date()
         guard now.timeIntervalSince(lastDraw) > 0.1 || done >= total else { return }
         lastDraw = now
-        let elapsed = now.timeIntervalSince(start)
+        let line = render(done: done, elapsed: now.timeIntervalSince(start), items: items, detail: detail, columns: ProgressReporter.terminalColumns())
+        FileHandle.standardError.write(Data(line.utf8))
+        if done >= total { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+
+    /// The bar's line as written to the terminal: carriage return, the text cut to `columns - 1`
+    /// characters (so it never wraps), then "clear to end of line" (so a shorter line leaves
+    /// nothing of a longer one behind).
+    public func render(done: Int, elapsed: Double, items: Int? = nil, detail: String = "", columns: Int) -> String {
         let rate = Double(items ?? done) / max(elapsed, 1e-9)
-        let eta = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
+        let eta = done > 0 ? elapsed / Double(done) * Double(max(total - done, 0)) : 0
         let width = 24
         let filled = total > 0 ? min(width, width * done / total) : 0
         let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-        let line = String(format: "\r%@ [%@] %d/%d %.1f %@/s ETA %@ %@", label, bar, done, total, rate, unit,
-                          ProgressReporter.clock(eta), detail)
-        FileHandle.standardError.write(Data(line.utf8))
-        if done >= total { FileHandle.standardError.write(Data("\n".utf8)) }
+        var text = String(format: "%@ [%@] %d/%d %.1f %@/s ETA %@", label, bar, done, total, rate, unit, ProgressReporter.clock(eta))
+        if !detail.isEmpty { text += " " + detail }
+        if columns > 1 && text.count > columns - 1 { text = String(text.prefix(columns - 1)) }
+        return "\r" + text + "\u{1B}[K"
+    }
+
+    /// The terminal's width (stderr), 80 when unknown.
+    public static func terminalColumns() -> Int {
+        var w = winsize()
+        if ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &w) == 0, w.ws_col > 0 { return Int(w.ws_col) }
+        return 80
     }
 
     public static func clock(_ s: Double) -> String {

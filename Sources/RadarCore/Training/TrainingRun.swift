@@ -309,7 +309,7 @@ public final class TrainingRun {
         }
         deinit { try? handle?.close() }
         func record(_ obj: [String: Any]) {
-            if let d = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
+            if let d = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]) {
                 try? handle?.write(contentsOf: d + Data("\n".utf8))
             }
         }
@@ -438,7 +438,7 @@ public final class TrainingRun {
         trainer.schedule = makeSchedule()
         let resumed = try resumeState()
         if writes {
-            try writeFileAtomically(try JSONSerialization.data(withJSONObject: options.jsonObject, options: [.prettyPrinted, .sortedKeys]),
+            try writeFileAtomically(try JSONSerialization.data(withJSONObject: options.jsonObject, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]),
                                     to: (dir as NSString).appendingPathComponent("config.json"))
         }
         let jsonl = (dir as NSString).appendingPathComponent("metrics.jsonl")
@@ -457,6 +457,8 @@ public final class TrainingRun {
         history.skippedSteps = trainer.skippedSteps
         try test(&history, best: best)
         if writes {
+            // The best weights (now in the store) as a model-only file PyTorch loads with strict=True.
+            try ModelFile.write(ctx.params, config: options.config, to: (dir as NSString).appendingPathComponent("model.safetensors"))
             try writeMetrics(history)
             try RunPlots.write(history: history, steps: jsonl, to: (dir as NSString).appendingPathComponent("plots"))
         }
@@ -475,7 +477,7 @@ public final class TrainingRun {
             "skipped_steps": h.skippedSteps,
             "timestamp": ISO8601DateFormatter().string(from: Date()),
         ]
-        try writeFileAtomically(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]),
+        try writeFileAtomically(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]),
                                 to: (options.experimentDirectory as NSString).appendingPathComponent("metrics.json"))
     }
 }
