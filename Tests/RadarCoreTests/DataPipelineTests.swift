@@ -160,6 +160,19 @@ final class DataPipelineTests: XCTestCase {
         }
     }
 
+    /// A missing folder, a raw real/ fake/ folder and a folder without a manifest each get their
+    /// own message; an unknown --config name lists the presets.
+    func testDatasetAndConfigErrorsSayWhatIsWrong() throws {
+        let missing = temporaryDirectory("nothing-here") + "/absent"
+        XCTAssertThrowsError(try ShardSet(directory: missing)) { XCTAssertEqual("\($0)", "\(missing): no such dataset directory") }
+        let raw = temporaryDirectory("raw")
+        try FileManager.default.createDirectory(atPath: raw + "/real", withIntermediateDirectories: true)
+        XCTAssertThrowsError(try ShardSet(directory: raw)) { XCTAssertTrue("\($0)".contains("run `radar prepare --source \(raw)"), "\($0)") }
+        let empty = temporaryDirectory("empty")
+        XCTAssertThrowsError(try ShardSet(directory: empty)) { XCTAssertTrue("\($0)".contains("manifest.json: no manifest"), "\($0)") }
+        XCTAssertThrowsError(try RADARConfig.resolve("smal")) { XCTAssertTrue("\($0)".contains("not a preset (tiny, mid, full)"), "\($0)") }
+    }
+
     func testReferenceFoldersAndEmptyClass() throws {
         let root = temporaryDirectory("ref")
         let faces = SyntheticFaces(size: 16, seed: 9)

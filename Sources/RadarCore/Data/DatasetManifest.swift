@@ -55,7 +55,15 @@ public struct DatasetManifest: Codable, Equatable, Sendable {
     public static func load(directory: String) throws -> DatasetManifest {
         let path = (directory as NSString).appendingPathComponent(fileName)
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw DatasetError(path: path, reason: "no manifest (is this a prepared dataset directory?)")
+            let fm = FileManager.default
+            var isDir: ObjCBool = false
+            guard fm.fileExists(atPath: directory, isDirectory: &isDir), isDir.boolValue else {
+                throw DatasetError(path: directory, reason: "no such dataset directory")
+            }
+            if fm.fileExists(atPath: (directory as NSString).appendingPathComponent("real")) || fm.fileExists(atPath: (directory as NSString).appendingPathComponent("fake")) {
+                throw DatasetError(path: directory, reason: "holds raw real/ and fake/ images, not a prepared dataset: run `radar prepare --source \(directory) --output DIR` first")
+            }
+            throw DatasetError(path: path, reason: "no manifest (is this a prepared dataset directory? `radar prepare` makes one)")
         }
         do {
             let m = try JSONDecoder().decode(DatasetManifest.self, from: data)

@@ -120,7 +120,8 @@ public struct RADARConfig: Codable, Equatable, Sendable {
 
     public static func load(_ path: String) throws -> RADARConfig {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigError(source: path, problems: ["cannot read file"])
+            let hint = path.contains("/") || path.hasSuffix(".json") ? "cannot read file" : "not a preset (\(presetNames.joined(separator: ", "))) and no such file"
+            throw ConfigError(source: path, problems: [hint])
         }
         return try decode(data, source: path)
     }
