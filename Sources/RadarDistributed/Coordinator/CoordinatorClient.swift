@@ -36,17 +36,18 @@ public final class CoordinatorClient: @unchecked Sendable {
             var register: [String: Any] = ["rank": rank, "host": dataHost, "port": dataPort, "proof": proof]
             if let n = worldSize { register["world_size"] = n }
             try Wire.send(fd, .register, register)
-            // The coordinator answers when every rank is in (or refuses); heartbeat meanwhile.
+            // The coordinator answers when every rank is in (or refuses); heartbeat meanwhile, often
+            // (4 a second: tiny frames) so no heartbeat deadline can pass between two of them.
             let waitUntil = Date().addingTimeInterval(rendezvousTimeout + timeout)
-            var lastBeat = Date()
+            var lastBeat = Date.distantPast
             while true {
-                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                if poll(&p, 1, 250) > 0 { break }
-                if Date() > waitUntil { throw Wire.ProtocolError(reason: "no peer table within \(Int(rendezvousTimeout + timeout)) s") }
-                if Date().timeIntervalSince(lastBeat) >= 1 {
+                if Date().timeIntervalSince(lastBeat) >= 0.25 {
                     try Wire.send(fd, .heartbeat, ["rank": rank])
                     lastBeat = Date()
                 }
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                if poll(&p, 1, 100) > 0 { break }
+                if Date() > waitUntil { throw Wire.ProtocolError(reason: "no peer table within \(Int(rendezvousTimeout + timeout)) s") }
             }
             let (k2, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(timeout))
             if k2 == .refused { throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused: \(msg["reason"] as? String ?? "")") }
