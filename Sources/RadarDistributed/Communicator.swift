@@ -10,6 +10,13 @@ public struct CommunicationError: Error, CustomStringConvertible {
     public var description: String { "rank \(rank): " + (peer.map { "waiting for rank \($0): " } ?? "") + reason }
 }
 
+extension CommunicationError {
+    /// Thrown by any wait once the job was told to stop (`JobAbort`): waits end within one poll.
+    public static func checkStop(rank: Int) throws {
+        if JobAbort.requested { throw CommunicationError(rank: rank, peer: nil, reason: "stopping: \(JobAbort.reason)") }
+    }
+}
+
 public enum ReduceOp: Sendable { case sum, max }
 
 /// Point-to-point and collective operations between the ranks of a job. Two transports fill it

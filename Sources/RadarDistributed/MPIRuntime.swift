@@ -83,7 +83,7 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
             spins += 1
             // Spin (yielding the core) while transfers are quick; back off once a wait is long.
             if spins % 1024 == 0 {
-                if JobAbort.requested { throw CommunicationError(rank: rank, peer: nil, reason: "stopping: \(JobAbort.reason)") }
+                try CommunicationError.checkStop(rank: rank)
                 if Date() > deadline {
                     throw CommunicationError(rank: rank, peer: peer, reason: "no progress for \(Int(timeout)) s (is rank \(peer) alive?)")
                 }

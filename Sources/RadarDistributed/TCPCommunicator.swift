@@ -182,7 +182,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
             sendCount[s.2] &+= 1
             sendHeader.withUnsafeBytes { h in
                 sendTag.withUnsafeMutableBytes { t in
-                    sendAuth[s.2]!.tag(sender: UInt32(rank), counter: counter, [h, UnsafeRawBufferPointer(start: s.0, count: s.1)], into: t.baseAddress!)
+                    sendAuth[s.2]!.tag(sender: UInt32(rank), counter: counter, header: h, body: UnsafeRawBufferPointer(start: s.0, count: s.1), into: t.baseAddress!)
                 }
             }
         }
@@ -201,7 +201,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
             }
             let ms = Int32(max(0, min(500, deadline.timeIntervalSinceNow * 1000)))
             let n = poll(&polls, nfds_t(polls.count), ms)
-            if JobAbort.requested { throw CommunicationError(rank: rank, peer: nil, reason: "stopping: \(JobAbort.reason)") }
+            try CommunicationError.checkStop(rank: rank)
             if n == 0 {
                 if Date() > deadline {
                     let peer = !recvDone ? r!.2 : s!.2
@@ -245,8 +245,8 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
                     if gotTag == tagBytes {
                         let ok = recvHeader.withUnsafeBytes { h in
                             recvTag.withUnsafeBytes { t in
-                                recvAuth[r.2]!.verify(sender: UInt32(r.2), counter: recvCounter, [h, UnsafeRawBufferPointer(start: r.0, count: r.1)],
-                                                      expected: t.baseAddress!)
+                                recvAuth[r.2]!.verify(sender: UInt32(r.2), counter: recvCounter, header: h,
+                                                      body: UnsafeRawBufferPointer(start: r.0, count: r.1), expected: t.baseAddress!)
                             }
                         }
                         guard ok else {

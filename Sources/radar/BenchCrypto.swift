@@ -27,7 +27,7 @@ extension Bench {
             var tag = [UInt8](repeating: 0, count: FrameAuthenticator.tagBytes)
             var counter: UInt64 = 0
             let gmac = try medianSeconds(repeats: repeats) {
-                tag.withUnsafeMutableBytes { auth.tag(sender: 0, counter: counter, [view], into: $0.baseAddress!) }
+                tag.withUnsafeMutableBytes { auth.tag(sender: 0, counter: counter, header: UnsafeRawBufferPointer(start: nil, count: 0), body: view, into: $0.baseAddress!) }
                 counter += 1
             }
             let gb = Double(bytes) / 1e9

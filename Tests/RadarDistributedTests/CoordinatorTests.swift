@@ -7,16 +7,6 @@ import Glibc
 #endif
 
 final class CoordinatorTests: XCTestCase {
-    func rawConnect(_ port: Int) -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        return fd
-    }
-
     func write(_ fd: Int32, _ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
 
     func testWrongTokenIsRefusedAndMalformedFramesDoNotCrashTheCoordinator() throws {
@@ -35,7 +25,7 @@ final class CoordinatorTests: XCTestCase {
         var random = [UInt8](repeating: 0, count: 300)
         for i in random.indices { random[i] = UInt8(truncatingIfNeeded: i &* 97 &+ 13) }
         for frame in [random, [0x7F, 0xFF, 0xFF, 0xFF, 1, 2], [0, 0, 0, 50, 1, 2, 0x7B], [0, 0, 0, 4, 1, 99, 0x7B, 0x7D]] {
-            let fd = rawConnect(server.port)
+            let fd = loopbackConnect(server.port)
             write(fd, frame)
             usleep(100_000)
             close(fd)
@@ -109,7 +99,7 @@ final class CoordinatorTests: XCTestCase {
         // AES-256-GCM, zero key, zero nonce, nothing authenticated (the GCM specification's test
         // case 13): the frame tag's wiring of key and nonce.
         var tag = [UInt8](repeating: 0, count: 16)
-        tag.withUnsafeMutableBytes { FrameAuthenticator(key: [UInt8](repeating: 0, count: 32)).tag(sender: 0, counter: 0, [], into: $0.baseAddress!) }
+        tag.withUnsafeMutableBytes { FrameAuthenticator(key: [UInt8](repeating: 0, count: 32)).tag(sender: 0, counter: 0, header: UnsafeRawBufferPointer(start: nil, count: 0), body: UnsafeRawBufferPointer(start: nil, count: 0), into: $0.baseAddress!) }
         XCTAssertEqual(tag.map { String(format: "%02x", $0) }.joined(), "530f8afbc74536b9a963b4f1c4cb738b")
         // RFC 4231 test case 6: a key longer than the block.
         XCTAssertEqual(HMACSHA256.hex(key: Data(repeating: 0xaa, count: 131), message: Data("Test Using Larger Than Block-Size Key - Hash Key First".utf8)),
@@ -159,9 +149,9 @@ final class DataPlaneAuthenticationTests: XCTestCase {
             g.leave()
         }
         // Impostor 1: garbage. Impostor 2: a well-formed hello with the job id, wrong proof.
-        let a = rawConnect(port0)
+        let a = loopbackConnect(port0)
         _ = [UInt8](repeating: 0x41, count: 56).withUnsafeBytes { send(a, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        let b = rawConnect(port0)
+        let b = loopbackConnect(port0)
         var hello = Data()
         for w in [UInt64(0x5244_5254), TCPCommunicator.jobID(token: token), 1] { withUnsafeBytes(of: w.littleEndian) { hello.append(contentsOf: $0) } }
         hello.append(Data(SecureRandom.bytes(32)))
@@ -214,7 +204,7 @@ final class DataPlaneAuthenticationTests: XCTestCase {
         // Rank 1 dials the proxy, which relays to rank 0 and flips a bit of the first frame's body.
         DispatchQueue.global().async {
             guard let inbound = Sockets_accept(proxyFD) else { return }
-            let outbound = self.rawConnect(port0)
+            let outbound = loopbackConnect(port0)
             let handshake = 56 + 32, header = 32
             DispatchQueue.global().async { self.pump(from: outbound, to: inbound, flipAt: nil) }
             self.pump(from: inbound, to: outbound, flipAt: handshake + header + 5)
@@ -236,16 +226,6 @@ final class DataPlaneAuthenticationTests: XCTestCase {
         }
     }
 
-    func rawConnect(_ port: Int) -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        return fd
-    }
-
     /// Copies bytes until EOF, flipping bit 0 of the byte at stream offset `flipAt`.
     func pump(from: Int32, to: Int32, flipAt: Int?) {
         var buf = [UInt8](repeating: 0, count: 1 << 16)
@@ -258,6 +238,17 @@ final class DataPlaneAuthenticationTests: XCTestCase {
             _ = buf.withUnsafeBytes { send(to, $0.baseAddress, n, Int32(MSG_NOSIGNAL)) }
         }
     }
+}
+
+/// A plain TCP connection to 127.0.0.1:port (for raw, hostile peers in tests).
+func loopbackConnect(_ port: Int) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    return fd
 }
 
 func Sockets_accept(_ fd: Int32) -> Int32? {

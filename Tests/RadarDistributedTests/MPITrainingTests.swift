@@ -244,6 +244,19 @@ final class TCPTransportTests: XCTestCase {
         XCTAssertEqual(tcp.split(separator: "\n").filter { $0.contains("fnv1a") }.count, 3)
     }
 
+    /// `radar launch -n RANKS` of a long tiny job into `out` (stderr piped, stdout discarded).
+    func startLaunch(ranks: Int, out: String) throws -> (Process, Pipe) {
+        let p = Process()
+        p.executableURL = bin.appendingPathComponent("radar")
+        p.arguments = ["launch", "-n", String(ranks), "--", "radar-worker", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e",
+                       "--config", "tiny", "--batch-size", "4", "--num-epochs", "50", "--threads", "1", "--timeout", "20"]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        return (p, err)
+    }
+
     /// kill -9 of one rank at a random point of training: the others stop within the timeout,
     /// orderly (exit status 1 and one line each, never a signal or an OpenBLAS crash at exit),
     /// and the launcher names the killed rank and its signal. RADAR_ABORT_ITERATIONS repeats it.
@@ -252,14 +265,7 @@ final class TCPTransportTests: XCTestCase {
         var crashes = 0
         for i in 0..<iterations {
             let out = NSTemporaryDirectory() + "tcp-kill-\(UUID().uuidString.prefix(6))"
-            let p = Process()
-            p.executableURL = bin.appendingPathComponent("radar")
-            p.arguments = ["launch", "-n", "3", "--", "radar-worker", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e",
-                           "--config", "tiny", "--batch-size", "4", "--num-epochs", "50", "--threads", "1", "--timeout", "20"]
-            let err = Pipe()
-            p.standardError = err
-            p.standardOutput = FileHandle.nullDevice
-            try p.run()
+            let (p, err) = try startLaunch(ranks: 3, out: out)
             let pids = try Process.workersOnceTraining(out, launcher: p.processIdentifier)
             usleep(UInt32.random(in: 0...1_500_000))  // somewhere in a step, validation or a checkpoint write
             // Kill rank 1 or 2 (rank 0 hosts the coordinator).
@@ -296,14 +302,7 @@ final class TCPTransportTests: XCTestCase {
     func testInterruptingTheLauncherStopsEveryRank() throws {
         for (signal, expect) in [(SIGINT, Int32(75)), (SIGKILL, Int32(-1))] {
             let out = NSTemporaryDirectory() + "tcp-int-\(UUID().uuidString.prefix(6))"
-            let p = Process()
-            p.executableURL = bin.appendingPathComponent("radar")
-            p.arguments = ["launch", "-n", "2", "--", "radar-worker", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e",
-                           "--config", "tiny", "--batch-size", "4", "--num-epochs", "50", "--threads", "1", "--timeout", "20"]
-            let err = Pipe()
-            p.standardError = err
-            p.standardOutput = FileHandle.nullDevice
-            try p.run()
+            let (p, err) = try startLaunch(ranks: 2, out: out)
             let pids = try Process.workersOnceTraining(out, launcher: p.processIdentifier)
             XCTAssertEqual(pids.count, 2)
             let t0 = Date()

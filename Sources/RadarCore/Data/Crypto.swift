@@ -72,8 +72,7 @@ public enum HMACSHA256 {
 
     /// Constant-time comparison (CRYPTO_memcmp) of two digests.
     public static func equal(_ a: String, _ b: String) -> Bool {
-        guard a.utf8.count == b.utf8.count else { return false }
-        return Array(a.utf8).withUnsafeBytes { x in Array(b.utf8).withUnsafeBytes { y in CRYPTO_memcmp(x.baseAddress, y.baseAddress, x.count) == 0 } }
+        equal(Array(a.utf8), Array(b.utf8))
     }
 }
 
@@ -108,33 +107,38 @@ public final class FrameAuthenticator: @unchecked Sendable {
 
     deinit { EVP_CIPHER_CTX_free(ctx) }
 
-    /// The tag of `parts` (authenticated in order) under nonce (sender, counter).
-    public func tag(sender: UInt32, counter: UInt64, _ parts: [UnsafeRawBufferPointer], into out: UnsafeMutableRawPointer) {
-        var iv = [UInt8](repeating: 0, count: 12)
-        iv.withUnsafeMutableBytes { raw in
-            raw.storeBytes(of: sender.littleEndian, toByteOffset: 0, as: UInt32.self)
-            raw.storeBytes(of: counter.littleEndian, toByteOffset: 4, as: UInt64.self)
-        }
-        EVP_EncryptInit_ex(ctx, nil, nil, key, iv)
-        var outl: Int32 = 0
-        for p in parts where p.count > 0 {
+    /// The tag of `header` then `body` under nonce (sender, counter), written to `out` (16 bytes).
+    /// No allocation: it runs for every frame of every gradient bucket.
+    public func tag(sender: UInt32, counter: UInt64, header: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer,
+                    into out: UnsafeMutableRawPointer) {
+        withUnsafeTemporaryAllocation(byteCount: 32, alignment: 8) { scratch in
+            let iv = scratch.baseAddress!
+            iv.storeBytes(of: sender.littleEndian, toByteOffset: 0, as: UInt32.self)
+            iv.storeBytes(of: counter.littleEndian, toByteOffset: 4, as: UInt64.self)
+            EVP_EncryptInit_ex(ctx, nil, nil, key, iv.assumingMemoryBound(to: UInt8.self))
+            var outl: Int32 = 0
             // AAD in slices below 2 GiB (the API's int lengths).
-            var off = 0
-            while off < p.count {
-                let n = min(p.count - off, 1 << 30)
-                EVP_EncryptUpdate(ctx, nil, &outl, p.baseAddress!.assumingMemoryBound(to: UInt8.self) + off, Int32(n))
-                off += n
+            func authenticate(_ p: UnsafeRawBufferPointer) {
+                var off = 0
+                while off < p.count {
+                    let n = min(p.count - off, 1 << 30)
+                    EVP_EncryptUpdate(ctx, nil, &outl, p.baseAddress!.assumingMemoryBound(to: UInt8.self) + off, Int32(n))
+                    off += n
+                }
             }
+            authenticate(header)
+            authenticate(body)
+            EVP_EncryptFinal_ex(ctx, (iv + 16).assumingMemoryBound(to: UInt8.self), &outl)
         }
-        var scratch = [UInt8](repeating: 0, count: 16)
-        EVP_EncryptFinal_ex(ctx, &scratch, &outl)
         EVP_CIPHER_CTX_ctrl(ctx, radar_gcm_get_tag(), Int32(FrameAuthenticator.tagBytes), out)
     }
 
-    /// Whether `expected` is the tag of `parts` (constant-time comparison).
-    public func verify(sender: UInt32, counter: UInt64, _ parts: [UnsafeRawBufferPointer], expected: UnsafeRawPointer) -> Bool {
-        var mine = [UInt8](repeating: 0, count: FrameAuthenticator.tagBytes)
-        mine.withUnsafeMutableBytes { tag(sender: sender, counter: counter, parts, into: $0.baseAddress!) }
-        return mine.withUnsafeBytes { CRYPTO_memcmp($0.baseAddress, expected, FrameAuthenticator.tagBytes) == 0 }
+    /// Whether `expected` is the tag of `header` then `body` (constant-time comparison).
+    public func verify(sender: UInt32, counter: UInt64, header: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer,
+                       expected: UnsafeRawPointer) -> Bool {
+        withUnsafeTemporaryAllocation(byteCount: FrameAuthenticator.tagBytes, alignment: 8) { mine in
+            tag(sender: sender, counter: counter, header: header, body: body, into: mine.baseAddress!)
+            return CRYPTO_memcmp(mine.baseAddress, expected, FrameAuthenticator.tagBytes) == 0
+        }
     }
 }

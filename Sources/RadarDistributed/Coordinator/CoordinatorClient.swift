@@ -107,7 +107,7 @@ public final class CoordinatorClient: @unchecked Sendable {
         planReply.lock()
         defer { planReply.unlock() }
         while plans[epoch] == nil {
-            if JobAbort.requested { throw CommunicationError(rank: rank, peer: nil, reason: "stopping: \(JobAbort.reason)") }
+            try CommunicationError.checkStop(rank: rank)
             if !planReply.wait(until: min(deadline, Date().addingTimeInterval(0.2))) && Date() >= deadline {
                 throw CommunicationError(rank: rank, peer: nil, reason: "the coordinator did not answer the epoch \(epoch) plan request")
             }
