@@ -15,7 +15,7 @@ out=outputs
 exp=demo
 $bin/radar synth --output "$data" --count 3000 --size 32 --seed 1
 train_args=(--data "$data" --output "$out" --experiment "$exp" --config tiny --batch-size 8 --num-epochs 5
-            --learning-rate 1e-3 --accumulation-steps 1)
+            --learning-rate 1e-3 --accumulation-steps 1 --overwrite)
 if command -v mpirun >/dev/null 2>&1; then
   root_flag=()
   [ "$(id -u)" -eq 0 ] && root_flag=(--allow-run-as-root)

@@ -7,7 +7,10 @@ import RadarCore
 public struct TrainingFlags: ParsableArguments {
     @Option(help: "Prepared dataset directory (radar prepare / radar synth).") public var data: String
     @Option(help: "Output root.") public var output = "outputs"
-    @Option(help: "Experiment name (outputs/<experiment>/).") public var experiment = "radar"
+    @Option(help: "Experiment name (outputs/<experiment>/). Default: radar_YYYYMMDD_HHMMSS; with --resume auto, the newest experiment in --output that has a last checkpoint.")
+    public var experiment: String?
+    @Flag(help: "Replace the files of a previous run in the experiment folder (a fresh run into a folder that holds one is refused otherwise).")
+    public var overwrite = false
     @Option(help: "Preset (tiny, mid, full) or a config JSON file.") public var config = "full"
     @Option(help: "Images per micro-batch (per rank).") public var batchSize = 32
     @Option(help: "Epochs.") public var numEpochs = 10
@@ -26,10 +29,14 @@ public struct TrainingFlags: ParsableArguments {
     @Flag(help: "Disable training augmentation.") public var noAugment = false
     @Option(help: "Cap optimizer steps per epoch (0: all), for smoke runs.") public var maxStepsPerEpoch = 0
     @Option(help: "A timm vit_small_patch16_224 safetensors file for the encoder.") public var pretrained: String?
+    @Option(help: "Start from these weights: a RADAR checkpoint, a model.safetensors, or a PyTorch state dict (safetensors, optionally LZ4-framed) for this run's --config. Fresh optimizer and schedule.")
+    public var initFrom: String?
     @Option(help: "Write last.safetensors.lz4 every N optimizer steps (always at the end of each epoch).") public var checkpointEvery = 0
     @Option(help: "Continue from a checkpoint: a path, or auto (the experiment's last checkpoint, if any).") public var resume: String?
     @Flag(help: "Allow resuming a checkpoint written with another world size (the data position is mapped).")
     public var allowWorldSizeChange = false
+    @Flag(help: "Allow resuming a checkpoint written for another dataset (manifest) or --seed.")
+    public var allowDataChange = false
     @Option(help: "Stop after this many optimizer steps in total, writing the last checkpoint (0: run to the end).")
     public var stopAfterSteps = 0
     @Option(help: "Unreadable training samples each rank may skip per epoch (logged, in metrics.jsonl) before the run stops listing them (default: 0.1% of the train split, at least 10).")
@@ -56,15 +63,27 @@ public struct TrainingFlags: ParsableArguments {
         try need(stopAfterSteps >= 0, "stop-after-steps", "0 (run to the end) or more", String(stopAfterSteps))
         try need((maxBadSamples ?? 0) >= 0, "max-bad-samples", "0 or more", String(maxBadSamples ?? 0))
         // The experiment is one folder inside --output: no separators, no "." or "..".
-        try need(!experiment.isEmpty && !experiment.contains("/") && experiment != "." && experiment != "..",
-                 "experiment", "a folder name inside --output (no '/', not '.' or '..')", "\"\(experiment)\"")
+        if let e = experiment {
+            try need(!e.isEmpty && !e.contains("/") && e != "." && e != "..", "experiment", "a folder name inside --output (no '/', not '.' or '..')", "\"\(e)\"")
+        }
+        if initFrom != nil && pretrained != nil {
+            throw ValidationError("--init-from sets every weight, the encoder's too: drop --pretrained")
+        }
+        if overwrite && resume != nil { throw ValidationError("--overwrite starts afresh and --resume continues: choose one") }
         if let d = device { try need(Devices.isValid(d), "device", "one of " + Devices.names.joined(separator: ", "), d) }
         if let p = precision { try need(Devices.isValidPrecision(p), "precision", "auto, fp32, tf32 or bf16", p) }
     }
 
-    /// The run's options; `localRanks` processes share this node's cores.
-    public func options(rank: Int = 0, worldSize: Int = 1, localRanks: Int = 1, localRank: Int = 0) throws -> TrainOptions {
-        var o = TrainOptions(data: data, output: output, experiment: experiment, config: try RADARConfig.resolve(config))
+    /// The experiment folder name: --experiment, else `ExperimentFolder.defaultName` (with several
+    /// ranks, rank 0's choice is the one every rank uses: see radar-worker).
+    public func experimentName() -> String {
+        experiment ?? ExperimentFolder.defaultName(output: output, resume: resume)
+    }
+
+    /// The run's options; `localRanks` processes share this node's cores; `experimentName`: the
+    /// agreed folder name when --experiment is not given.
+    public func options(rank: Int = 0, worldSize: Int = 1, localRanks: Int = 1, localRank: Int = 0, experimentName agreed: String? = nil) throws -> TrainOptions {
+        var o = TrainOptions(data: data, output: output, experiment: agreed ?? experimentName(), config: try RADARConfig.resolve(config))
         o.batchSize = batchSize
         o.epochs = numEpochs
         o.learningRate = learningRate
@@ -82,6 +101,9 @@ public struct TrainingFlags: ParsableArguments {
         o.augment = !noAugment
         o.maxStepsPerEpoch = maxStepsPerEpoch
         o.pretrained = pretrained
+        o.initFrom = initFrom
+        o.overwrite = overwrite
+        o.allowDataChange = allowDataChange
         o.checkpointEvery = checkpointEvery
         o.resume = resume
         o.allowWorldSizeChange = allowWorldSizeChange

@@ -169,7 +169,16 @@ struct RadarWorker: ParsableCommand {
         Preemption.install()
         let localRanks = RankPlacement.localSize(env) ?? comm.size
         let localRank = RankPlacement.localRank(env) ?? comm.rank
-        let o = try flags.options(rank: comm.rank, worldSize: comm.size, localRanks: localRanks, localRank: localRank)
+        // Without --experiment, rank 0 names the folder (a timestamp, or the newest resumable run)
+        // and every rank takes its name: clocks differ between hosts.
+        var agreed: String?
+        if flags.experiment == nil {
+            var buf = [UInt8](repeating: 0, count: 512)
+            if comm.rank == 0 { for (i, b) in flags.experimentName().utf8.prefix(511).enumerated() { buf[i] = b } }
+            try buf.withUnsafeMutableBytes { try comm.broadcast($0.baseAddress!, bytes: 512) }
+            agreed = String(decoding: buf.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        let o = try flags.options(rank: comm.rank, worldSize: comm.size, localRanks: localRanks, localRank: localRank, experimentName: agreed)
         let run = try TrainingRun(options: o)
         FaultInjection.point("load")
         logLine("radar-worker rank \(comm.rank) (host \(ProcessInfo.processInfo.hostName), local rank \(localRank) of \(localRanks)): \(run.ctx.backend.deviceDescription)")

@@ -2,17 +2,19 @@ import ArgumentParser
 import Foundation
 import RadarCore
 
-/// Loads a checkpoint into a fresh model (config from its metadata).
-func loadCheckpointModel(_ path: String, threads: Int, device: String?, precision: String?) throws -> (RADARModel, ExecutionContext, Trainer) {
-    let (model, tensors, state) = try Checkpoint.readModel(path)
-    let ctx = ExecutionContext(backend: try Devices.backend(device ?? Devices.defaultName, threads: threads, precision: precision), layout: model.layout)
-    try Checkpoint.restore(tensors, state: state, into: ctx.params, optimizer: nil, path: path)
-    return (model, ctx, Trainer(model: model, ctx: ctx))
+/// Loads weights (a RADAR checkpoint, a model file or a PyTorch state dict with `--config`) into a
+/// fresh model.
+func loadCheckpointModel(_ path: String, config: String?, threads: Int, device: String?, precision: String?) throws -> (RADARModel, ExecutionContext, Trainer) {
+    let weights = try ModelWeights.read(path, config: try config.map(RADARConfig.resolve))
+    let ctx = ExecutionContext(backend: try Devices.backend(device ?? Devices.defaultName, threads: threads, precision: precision), layout: weights.model.layout)
+    try weights.load(into: ctx.params, source: path)
+    return (weights.model, ctx, Trainer(model: weights.model, ctx: ctx))
 }
 
 struct Evaluate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Metrics of a checkpoint on a split of a prepared dataset (JSON on stdout).")
-    @Option(help: "Checkpoint (.safetensors.lz4 or .safetensors).") var checkpoint: String
+    @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
+    @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
     @Option(help: "Prepared dataset directory.") var data: String
     @Option(help: "Split: train, val or test.") var split = "test"
     @Option(help: "Images per batch.") var batchSize = 32
@@ -23,7 +25,7 @@ struct Evaluate: ParsableCommand {
     func run() throws {
         try failing {
             guard let sp = Split(rawValue: split) else { throw ValidationError("--split must be train, val or test") }
-            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, threads: threads, device: device, precision: precision)
+            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             let set = try ShardSet(directory: data)
             let c = model.config
             let loader = StreamingLoader(set: set, refs: set.refs(sp), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
@@ -50,7 +52,9 @@ struct Evaluate: ParsableCommand {
 
 struct Predict: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Probability of 'fake' and the label for images (PNG/JPEG files or directories).")
-    @Option(help: "Checkpoint (.safetensors.lz4 or .safetensors).") var checkpoint: String
+    @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
+    @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
+    @Flag(help: "One JSON document on stdout (predictions and unreadable files) instead of tab-separated lines.") var json = false
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Option(help: "Precision on CUDA: auto (bf16 on GPUs of compute capability 8.0+, else fp32), fp32, tf32 or bf16 (default: RADAR_PRECISION, else auto).") var precision: String?
@@ -58,7 +62,7 @@ struct Predict: ParsableCommand {
 
     func run() throws {
         try failing {
-            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, threads: threads, device: device, precision: precision)
+            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             var files: [String] = []
             for p in paths {
                 var isDir: ObjCBool = false
@@ -74,18 +78,30 @@ struct Predict: ParsableCommand {
             let x = HostTensor(Shape(1, 3, c.imgSize, c.imgSize))
             let input = DeviceTensor(ctx.backend, x.shape)
             var prob: Float = 0
+            var predictions: [[String: Any]] = [], failures: [[String: Any]] = [], predicted = 0
             for f in files {
                 do {
                     guard let d = FileManager.default.contents(atPath: f) else { throw ValidationError("\(f): cannot read") }
-                    let img = ImageResize.resize(try ImageCodec.decode(d, item: f), width: c.imgSize, height: c.imgSize)
+                    // The reference's evaluation transform: OpenCV INTER_LINEAR resize, then normalise.
+                    let img = ImageResize.resize(try ImageCodec.decode(d, item: f), width: c.imgSize, height: c.imgSize, mode: .openCVLinear)
                     Augmenter.normalize(img, mean: c.mean, std: c.std, into: x.pointer)
                     ctx.backend.upload(x.buffer, into: input.tensor)
                     try trainer.predict(images: input.tensor, into: &prob)
-                    print(String(format: "%@\t%.4f\t%@", f, prob, prob >= 0.5 ? "fake" : "real"))
+                    let label = prob >= 0.5 ? "fake" : "real"
+                    predicted += 1
+                    if json {
+                        predictions.append(["path": f, "probability_fake": Double(prob), "label": label])
+                    } else {
+                        print(String(format: "%@\t%.6f\t%@", f, prob, label))
+                    }
                 } catch {
                     logLine("radar predict: \(error)")
+                    failures.append(["path": f, "error": "\(error)"])
                 }
             }
+            if json { printJSON(["checkpoint": checkpoint, "images": predictions.count, "predictions": predictions, "unreadable": failures]) }
+            // Some images unreadable: listed, the others predicted, status 0; none readable: status 1.
+            if !failures.isEmpty && predicted == 0 { throw ExitCode.failure }
         }
     }
 }

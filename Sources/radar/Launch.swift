@@ -27,6 +27,14 @@ struct Launch: ParsableCommand {
         var args = Array(cmd.dropFirst())
         let isWorker = (program as NSString).lastPathComponent == "radar-worker"
         if isWorker && !args.contains("--transport") { args += ["--transport", "tcp"] }
+        // The folder is named once, here: a restart continues in it rather than in a new timestamp.
+        if isWorker && !args.contains(where: { $0 == "--experiment" || $0.hasPrefix("--experiment=") }) {
+            let output = args.firstIndex(of: "--output").flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } ?? "outputs"
+            let resume = args.firstIndex(of: "--resume").flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil }
+            let name = ExperimentFolder.defaultName(output: output, resume: resume)
+            logLine("radar launch: experiment \(name)")
+            args += ["--experiment", name]
+        }
         // SIGTERM/SIGINT to the launcher go to every rank (each stops after the same optimizer step).
         let running = RunningRanks()
         var forwarders: [DispatchSourceSignal] = []

@@ -330,6 +330,25 @@ final class DataPipelineTests: XCTestCase {
                                                              0, 0, 0, 100, 100, 100, 0, 0, 0, 100, 100, 100])
         XCTAssertEqual(ImageResize.resize(checker, width: 2, height: 1).pixels, [50, 50, 50, 50, 50, 50])
     }
+
+    /// Evaluation and prediction resize as the reference does (A.Resize: cv2.resize INTER_LINEAR),
+    /// bit for bit. Fixture: tools/golden/resize_fixture.py (shrink, enlarge, mixed, exact halving,
+    /// odd row lengths, a no-op and a single pixel).
+    func testEvaluationResizeIsOpenCVInterLinearExactly() throws {
+        let t = try SafeTensors.read(fixturesDirectory.appendingPathComponent("resize.safetensors").path).tensors
+        func image(_ s: SafeTensor) -> RGBImage { RGBImage(width: s.shape[1], height: s.shape[0], pixels: s.floats.map { UInt8($0) }) }
+        var cases = 0, trainingDiffers = 0
+        while let input = t["in\(cases)"], let expected = t["out\(cases)"] {
+            let src = image(input), ref = image(expected)
+            let ours = ImageResize.resize(src, width: ref.width, height: ref.height, mode: .openCVLinear)
+            let differing = zip(ours.pixels, ref.pixels).filter { $0 != $1 }.count
+            XCTAssertEqual(differing, 0, "case \(cases): \(src.width)x\(src.height) -> \(ref.width)x\(ref.height): \(differing) values differ from OpenCV")
+            if ImageResize.resize(src, width: ref.width, height: ref.height, mode: .bilinearOrArea).pixels != ref.pixels { trainingDiffers += 1 }
+            cases += 1
+        }
+        XCTAssertEqual(cases, 13)
+        XCTAssertGreaterThan(trainingDiffers, 3, "training's area-averaging resize is a different operation (kept for training)")
+    }
 }
 
 extension PrepareOptions {

@@ -132,13 +132,14 @@ final class TrainingTests: XCTestCase {
         let path = fixturesDirectory.appendingPathComponent("timm/vit_tiny_grid4.safetensors").path
         XCTAssertThrowsError(try TimmWeights.load(path, into: ParameterStore(layout: model.layout, backend: sharedTestBackend), config: c)) { e in
             let text = "\(e)"
-            XCTAssertTrue(text.contains("missing") && text.contains("blocks.1.attn.qkv.weight"), text)
+            XCTAssertTrue(text.contains("missing") && text.contains("blocks.*.attn.qkv.weight"), text)
+            XCTAssertLessThan(text.count, 800, "folded, not every key spelled out: \(text)")
         }
         c.depth = 1
         c.embedDim = 32
         let wide = try RADARModel(config: c)
         XCTAssertThrowsError(try TimmWeights.load(path, into: ParameterStore(layout: wide.layout, backend: sharedTestBackend), config: c)) { e in
-            XCTAssertTrue("\(e)".contains("shape mismatches") && "\(e)".contains("cls_token"), "\(e)")
+            XCTAssertTrue("\(e)".contains("misshaped") && "\(e)".contains("cls_token"), "\(e)")
         }
     }
 }

@@ -28,6 +28,10 @@ public enum Checkpoint {
         public var schedulerTotalSteps = 0
         public var skippedSteps = 0
         public var configJSON = "{}"
+        /// The training data's manifest hash and directory (empty in checkpoints written before
+        /// they were recorded).
+        public var dataManifest = ""
+        public var dataDirectory = ""
         /// metrics.json's history so far (JSON), so a resumed run continues it.
         public var historyJSON = "{}"
 
@@ -39,10 +43,11 @@ public enum Checkpoint {
              "best_val_auc": String(bestValAUC), "early_stopping_counter": String(sinceBest), "world_size": String(worldSize),
              "batch_size": String(batchSize), "accumulation_steps": String(accumulationSteps),
              "scheduler": "{\"type\":\"OneCycleLR\",\"max_lr\":\(schedulerMaxLR),\"total_steps\":\(schedulerTotalSteps),\"last_step\":\(optimizerStep)}",
-             "skipped_steps": String(skippedSteps), "config": configJSON, "history": historyJSON]
+             "skipped_steps": String(skippedSteps), "config": configJSON, "history": historyJSON,
+             "data_manifest": dataManifest, "data_directory": dataDirectory]
         }
 
-        init(metadata m: [String: String], path: String) throws {
+        public init(metadata m: [String: String], path: String) throws {
             func need(_ k: String) throws -> String {
                 guard let v = m[k] else { throw CheckpointError(path: path, reason: "metadata lacks \(k)") }
                 return v
@@ -71,6 +76,8 @@ public enum Checkpoint {
             skippedSteps = m["skipped_steps"] == nil ? 0 : try int("skipped_steps")
             configJSON = try need("config")
             historyJSON = m["history"] ?? "{}"
+            dataManifest = String((m["data_manifest"] ?? "").prefix(64))
+            dataDirectory = String((m["data_directory"] ?? "").prefix(4096))
             if let s = m["scheduler"], let d = try? JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any] {
                 schedulerMaxLR = d["max_lr"] as? Double ?? 0
                 schedulerTotalSteps = d["total_steps"] as? Int ?? 0
@@ -167,8 +174,8 @@ public enum Checkpoint {
         return (tensors, try State(metadata: meta, path: path))
     }
 
-    /// A checkpoint and the model its config describes (checked against the tensors it holds
-    /// before anything is allocated: a crafted config could ask for petabytes).
+    /// A checkpoint and the model its config describes (every name and shape checked against the
+    /// tensors it holds before anything is allocated: a crafted config could ask for petabytes).
     public static func readModel(_ path: String) throws -> (model: RADARModel, tensors: [String: SafeTensor], state: State) {
         guard let raw = FileManager.default.contents(atPath: path) else { throw CheckpointError(path: path, reason: "cannot read file") }
         return try decodeModel(raw, path: path)
@@ -179,9 +186,7 @@ public enum Checkpoint {
         let (tensors, state) = try decode(raw, path: path)
         let config = try RADARConfig.decode(Data(state.configJSON.utf8), source: "\(path): metadata config")
         let model = try RADARModel(config: config)
-        let held = tensors.filter { !$0.key.hasPrefix("optim.") }.values.reduce(0) { $0 + $1.floats.count + $1.ints.count }
-        let wanted = model.layout.parameterCount + model.layout.bufferCount + model.layout.counterNames.count
-        guard wanted == held else { throw CheckpointError(path: path, reason: "its config describes \(wanted) values, the file holds \(held)") }
+        try StateDict.verify(tensors.filter { !$0.key.hasPrefix("optim.") }, layout: model.layout, source: path)
         return (model, tensors, state)
     }
 

@@ -3,6 +3,8 @@ import Foundation
 /// Moves parameters, buffers and counters between a `ParameterStore` and PyTorch-named tensors
 /// (safetensors). Loading checks every name and shape and reports all problems at once.
 public enum StateDict {
+    /// Every name that does not fit, reported at once. Long lists are folded (block numbers become
+    /// `*`, with a count), so a state dict of another model gives a few lines' worth, not 4 KB.
     public struct Mismatch: Error, CustomStringConvertible {
         public let source: String
         public let missing: [String]
@@ -10,10 +12,24 @@ public enum StateDict {
         public let shapes: [String]
         public var description: String {
             var parts: [String] = []
-            if !missing.isEmpty { parts.append("missing \(missing.count): " + missing.prefix(12).joined(separator: ", ") + (missing.count > 12 ? ", ..." : "")) }
-            if !unknown.isEmpty { parts.append("unknown \(unknown.count): " + unknown.prefix(12).joined(separator: ", ") + (unknown.count > 12 ? ", ..." : "")) }
-            if !shapes.isEmpty { parts.append("shape mismatches: " + shapes.prefix(12).joined(separator: "; ")) }
+            if !missing.isEmpty { parts.append("missing \(missing.count): " + Mismatch.fold(missing, limit: 6)) }
+            if !unknown.isEmpty { parts.append("unexpected \(unknown.count): " + Mismatch.fold(unknown, limit: 6)) }
+            if !shapes.isEmpty { parts.append("misshaped \(shapes.count): " + Mismatch.fold(shapes, limit: 4)) }
             return "\(source): state dict does not fit the model: " + parts.joined(separator: "; ")
+        }
+
+        /// Names with their numeric components as `*` (`encoder.blocks.*.attn.qkv.weight (x12)`),
+        /// in first-seen order, at most `limit` of them.
+        static func fold(_ names: [String], limit: Int = 10) -> String {
+            var order: [String] = [], count: [String: Int] = [:]
+            for n in names {
+                let f = n.split(separator: ".", omittingEmptySubsequences: false)
+                    .map { $0.allSatisfy(\.isNumber) && !$0.isEmpty ? "*" : String($0) }.joined(separator: ".")
+                if count[f] == nil { order.append(f) }
+                count[f, default: 0] += 1
+            }
+            let shown = order.prefix(limit).map { count[$0]! > 1 ? "\($0) (x\(count[$0]!))" : $0 }
+            return shown.joined(separator: ", ") + (order.count > limit ? ", and \(order.count - limit) more" : "")
         }
     }
 
@@ -27,37 +43,63 @@ public enum StateDict {
         return out
     }
 
-    /// Loads every tensor of the layout from `tensors`; with `strict`, extra names are errors.
-    public static func load(_ tensors: [String: SafeTensor], into store: ParameterStore, source: String, strict: Bool = true) throws {
-        let layout = store.layout
+    /// The prefixes wrappers add to every key: DistributedDataParallel (`module.`) and
+    /// torch.compile (`_orig_mod.`). Removed when every key carries one.
+    static let wrapperPrefixes = ["module.", "_orig_mod."]
+
+    /// `tensors` without a wrapper prefix that every key shares (and without `optim.*` entries).
+    public static func unwrapped(_ tensors: [String: SafeTensor]) -> [String: SafeTensor] {
+        var t = tensors.filter { !$0.key.hasPrefix("optim.") }
+        var changed = true
+        while changed {
+            changed = false
+            for p in wrapperPrefixes where !t.isEmpty && t.keys.allSatisfy({ $0.hasPrefix(p) }) {
+                t = Dictionary(uniqueKeysWithValues: t.map { (String($0.key.dropFirst(p.count)), $0.value) })
+                changed = true
+            }
+        }
+        return t
+    }
+
+    /// `48x3x8x8` (`scalar` for no dimensions).
+    static func dims(_ d: [Int]) -> String { d.isEmpty ? "scalar" : d.map(String.init).joined(separator: "x") }
+
+    /// Checks names, shapes and dtypes against `layout` without touching any device memory;
+    /// with `strict`, extra names are errors too. Float dtypes (F32, F16, BF16, F64) all load.
+    public static func verify(_ tensors: [String: SafeTensor], layout: ParameterLayout, source: String, strict: Bool = true) throws {
         var missing: [String] = [], shapes: [String] = []
         var known = Set<String>()
-        func check(_ name: String, _ shape: Shape) -> SafeTensor? {
-            known.insert(name)
-            guard let t = tensors[name] else { missing.append(name); return nil }
-            if t.shape != shape.dims || t.dtype == .i64 {
-                shapes.append("\(name) is \(t.dtype.rawValue)\(t.shape), expected F32\(shape.dims)")
-                return nil
+        for s in layout.parameters + layout.bufferSlots {
+            known.insert(s.name)
+            guard let t = tensors[s.name] else { missing.append(s.name); continue }
+            if t.shape != s.shape.dims || t.dtype == .i64 || t.dtype == .u8 {
+                shapes.append("\(s.name) \(t.dtype.rawValue) \(dims(t.shape)) (model F32 \(dims(s.shape.dims)))")
             }
-            return t
         }
-        var plan: [(Tensor, [Float])] = []
-        for s in layout.parameters { if let t = check(s.name, s.shape) { plan.append((store.value(s), t.floats)) } }
-        for s in layout.bufferSlots { if let t = check(s.name, s.shape) { plan.append((store.buffer(s), t.floats)) } }
-        var counters: [(Int, Int64)] = []
-        for (i, n) in layout.counterNames.enumerated() {
+        for n in layout.counterNames {
             known.insert(n)
             guard let t = tensors[n] else { missing.append(n); continue }
-            if t.dtype == .i64 && t.ints.count == 1 { counters.append((i, t.ints[0])) } else if t.floats.count == 1 {
-                counters.append((i, Int64(t.floats[0])))
-            } else { shapes.append("\(n) is \(t.dtype.rawValue)\(t.shape), expected a scalar I64") }
+            if !((t.dtype == .i64 && t.ints.count == 1) || (t.dtype != .i64 && t.floats.count == 1)) {
+                shapes.append("\(n) \(t.dtype.rawValue) \(dims(t.shape)) (model a scalar I64)")
+            }
         }
         let unknown = strict ? tensors.keys.filter { !known.contains($0) }.sorted() : []
         if !missing.isEmpty || !unknown.isEmpty || !shapes.isEmpty {
             throw Mismatch(source: source, missing: missing, unknown: unknown, shapes: shapes)
         }
-        for (t, v) in plan { store.backend.upload(v, into: t) }
-        for (i, v) in counters { store.counters[i] = v }
+    }
+
+    /// Loads every tensor of the layout from `tensors` (checked first: nothing is written unless
+    /// everything fits).
+    public static func load(_ tensors: [String: SafeTensor], into store: ParameterStore, source: String, strict: Bool = true) throws {
+        let layout = store.layout
+        try verify(tensors, layout: layout, source: source, strict: strict)
+        for s in layout.parameters { store.backend.upload(tensors[s.name]!.floats, into: store.value(s)) }
+        for s in layout.bufferSlots { store.backend.upload(tensors[s.name]!.floats, into: store.buffer(s)) }
+        for (i, n) in layout.counterNames.enumerated() {
+            let t = tensors[n]!
+            store.counters[i] = t.dtype == .i64 ? t.ints[0] : Int64(t.floats[0])
+        }
     }
 }
 

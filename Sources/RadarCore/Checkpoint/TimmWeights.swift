@@ -39,9 +39,12 @@ public enum TimmWeights {
         }
         if !missing.isEmpty || !unknown.isEmpty || !shapes.isEmpty {
             var p: [String] = []
-            if !missing.isEmpty { p.append("missing " + missing.joined(separator: ", ")) }
-            if !unknown.isEmpty { p.append("unknown " + unknown.joined(separator: ", ")) }
-            if !shapes.isEmpty { p.append("shape mismatches: " + shapes.joined(separator: "; ")) }
+            if !missing.isEmpty { p.append("missing \(missing.count): " + StateDict.Mismatch.fold(missing)) }
+            if !unknown.isEmpty { p.append("unexpected \(unknown.count): " + StateDict.Mismatch.fold(unknown)) }
+            if !shapes.isEmpty { p.append("misshaped \(shapes.count): " + StateDict.Mismatch.fold(shapes, limit: 6)) }
+            if unknown.count > tensors.count / 2 && tensors.keys.contains(where: { $0.hasPrefix("encoder.") }) {
+                p.append("this looks like a whole RADAR model: use --init-from for that")
+            }
             throw LoadError(path: path, problems: p)
         }
         for (t, v) in plan { store.backend.upload(v, into: t) }

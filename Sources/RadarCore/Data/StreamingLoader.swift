@@ -66,6 +66,9 @@ public final class StreamingLoader: @unchecked Sendable {
     public let size: Int
     public let mean: [Double], std: [Double]
     public let augment: Bool
+    /// How images reach the model's size: the reference's INTER_LINEAR for evaluation (the
+    /// default); training passes `.bilinearOrArea`.
+    public let resizeMode: ImageResize.Mode
     public let seed: UInt64
     public let epoch: Int
     public let batchCount: Int
@@ -99,8 +102,9 @@ public final class StreamingLoader: @unchecked Sendable {
     private var running = 0
 
     public init(set: ShardSet, refs: [SampleRef], batchSize: Int, size: Int, mean: [Double], std: [Double], augment: Bool,
-                seed: UInt64, epoch: Int, threads: Int, depth: Int = 4, dropLast: Bool) {
+                seed: UInt64, epoch: Int, threads: Int, depth: Int = 4, dropLast: Bool, resize: ImageResize.Mode = .openCVLinear) {
         self.set = set
+        self.resizeMode = resize
         self.refs = refs
         self.batchSize = batchSize
         self.size = size
@@ -174,7 +178,7 @@ public final class StreamingLoader: @unchecked Sendable {
         let key = index.samples[ref.index].key
         let info = try index.info(ref.index)
         var img = try ImageCodec.decode(try index.image(ref.index), item: "\(index.path):\(key)")
-        img = ImageResize.resize(img, width: size, height: size)
+        img = ImageResize.resize(img, width: size, height: size, mode: resizeMode)
         if augment { img = try Augmenter.apply(AugmentationPlan.draw(seed: seed, epoch: epoch, key: key), to: img) }
         Augmenter.normalize(img, mean: mean, std: std, into: dst)
         return info

@@ -23,12 +23,20 @@ public struct TrainOptions: Sendable {
     /// auto, fp32, tf32 or bf16 (`Devices`); nil: RADAR_PRECISION, else auto.
     public var precision: String?
     public var pretrained: String?
+    /// Weights to start from: a RADAR checkpoint, model file or PyTorch state dict (`ModelWeights`;
+    /// a state dict is read with this run's config). A resumed run takes its checkpoint's instead.
+    public var initFrom: String?
     /// Write `last` every this many optimizer steps (0: only at the end of each epoch).
     public var checkpointEvery = 0
     /// A checkpoint to continue from ("auto": output/experiment/last.safetensors.lz4 if present).
     public var resume: String?
     /// Allow resuming a checkpoint written with another world size (see README).
     public var allowWorldSizeChange = false
+    /// Allow resuming a checkpoint written for another dataset manifest or seed.
+    public var allowDataChange = false
+    /// Replace the run files of a previous run in the experiment folder (otherwise refused
+    /// unless resuming).
+    public var overwrite = false
     /// Stop (after writing `last`) once this many optimizer steps have been taken in total.
     public var stopAfterSteps = 0
     /// Unreadable training samples a rank may skip per epoch (-1: 0.1% of the train split, at
@@ -51,7 +59,7 @@ public struct TrainOptions: Sendable {
         ["data": data, "output": output, "experiment": experiment, "batch_size": batchSize, "num_epochs": epochs,
          "learning_rate": learningRate, "weight_decay": weightDecay, "accumulation_steps": accumulationSteps, "device": device,
          "patience": patience, "seed": seed, "threads": threads, "loader_threads": loaderThreads, "augment": augment,
-         "max_steps_per_epoch": maxStepsPerEpoch, "pretrained": pretrained ?? NSNull(), "world_size": worldSize,
+         "max_steps_per_epoch": maxStepsPerEpoch, "pretrained": pretrained ?? NSNull(), "init_from": initFrom ?? NSNull(), "world_size": worldSize,
          "checkpoint_every": checkpointEvery,
          "model": (try? JSONSerialization.jsonObject(with: config.jsonData())) ?? [:]]
     }
@@ -103,6 +111,8 @@ public final class TrainingRun {
     /// The input batch on the device, allocated once: loader batches are uploaded into it.
     private let inputImages: DeviceTensor
     private let inputLabels: DeviceTensor
+    /// What setting up did (weights loaded), logged when the run starts.
+    private var notes: [String] = []
 
     public init(options: TrainOptions) throws {
         self.options = options
@@ -112,7 +122,20 @@ public final class TrainingRun {
         ctx = ExecutionContext(backend: try Devices.backend(options.device, threads: options.threads, precision: options.precision), layout: model.layout,
                                seed: options.seed)
         model.initialize(ctx.params, seed: options.seed)
-        if let p = options.pretrained { try TimmWeights.load(p, into: ctx.params, config: options.config) }
+        if let p = options.pretrained {
+            let resampled = try TimmWeights.load(p, into: ctx.params, config: options.config)
+            let encoder = model.layout.parameters.filter { $0.name.hasPrefix("encoder.") }.count
+            notes.append("loaded \(encoder) encoder tensors from \(p)" + (resampled.isEmpty ? "" : " (resampled to the \(options.config.gridSize)x\(options.config.gridSize) patch grid: \(resampled.joined(separator: ", ")))"))
+        }
+        if let p = options.initFrom {
+            let w = try ModelWeights.read(p, config: nil, fallback: options.config)
+            try w.load(into: ctx.params, source: p)
+            var note = "initialised every weight from \(w.describe(p))"
+            if w.model.config != options.config {
+                note += "; its config differs from this run's in " + ModelWeights.configDifferences(w.model.config, options.config, "file", "run").joined(separator: "; ")
+            }
+            notes.append(note)
+        }
         trainer = Trainer(model: model, ctx: ctx, lr: Float(options.learningRate), weightDecay: Float(options.weightDecay),
                           accumulationSteps: options.accumulationSteps)
         let c = options.config
@@ -190,6 +213,8 @@ public final class TrainingRun {
         st.schedulerTotalSteps = trainer.schedule?.totalSteps ?? 0
         st.skippedSteps = trainer.skippedSteps
         st.configJSON = String(decoding: options.config.jsonData(), as: UTF8.self)
+        st.dataManifest = set.manifest.contentHash
+        st.dataDirectory = options.data
         let e = JSONEncoder()
         e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         st.historyJSON = String(decoding: (try? e.encode(history)) ?? Data("{}".utf8), as: UTF8.self)
@@ -227,6 +252,16 @@ public final class TrainingRun {
             let b = (try? JSONSerialization.jsonObject(with: options.config.jsonData()) as? [String: Any]) ?? [:]
             let diff = a.keys.sorted().filter { "\(a[$0]!)" != "\(b[$0] ?? "nil")" }.map { "\($0): checkpoint \(a[$0]!), now \(b[$0] ?? "nil")" }
             throw Checkpoint.CheckpointError(path: path, reason: "config differs from the run's: " + diff.joined(separator: "; "))
+        }
+        // The data and the seed decide which samples an epoch deals and in what order: continuing on
+        // others would mix two runs silently.
+        if !options.allowDataChange {
+            if !st.dataManifest.isEmpty && st.dataManifest != set.manifest.contentHash {
+                throw Checkpoint.CheckpointError(path: path, reason: "written for the dataset \(st.dataDirectory.isEmpty ? "" : st.dataDirectory + " ")(manifest \(st.dataManifest)), this run's --data \(options.data) has manifest \(set.manifest.contentHash): pass --allow-data-change to continue on other data, or start a new --experiment")
+            }
+            if st.seed != options.seed {
+                throw Checkpoint.CheckpointError(path: path, reason: "written with --seed \(st.seed), this run has --seed \(options.seed): resume with the same seed (or pass --allow-data-change)")
+            }
         }
         if st.batchSize > 0 && (st.batchSize != options.batchSize || st.accumulationSteps != options.accumulationSteps) {
             throw Checkpoint.CheckpointError(path: path, reason: "written with --batch-size \(st.batchSize) --accumulation-steps \(st.accumulationSteps), this run has --batch-size \(options.batchSize) --accumulation-steps \(options.accumulationSteps): resume with the same values (the data position and the schedule depend on them)")
@@ -328,7 +363,7 @@ public final class TrainingRun {
         let mine = epochPlan.samples(rank: options.rank)
         let loader = StreamingLoader(set: set, refs: Array(mine.dropFirst(start * options.batchSize)), batchSize: options.batchSize,
                                      size: c.imgSize, mean: c.mean, std: c.std, augment: options.augment, seed: options.seed,
-                                     epoch: epoch, threads: options.loaderThreads, dropLast: true)
+                                     epoch: epoch, threads: options.loaderThreads, dropLast: true, resize: .bilinearOrArea)
         loader.maxBadSamples = options.maxBadSamples >= 0 ? options.maxBadSamples : max(10, set.refs(.train).count / 1000)
         let rank = options.rank, log = self.log
         loader.onBadSample = { key, reason in log("rank \(rank): skipped unreadable sample \(key): \(reason)") }
@@ -436,6 +471,13 @@ public final class TrainingRun {
             throw DatasetError(path: options.data, reason: "fewer training images than one batch x accumulation steps")
         }
         trainer.schedule = makeSchedule()
+        for n in notes { log(n) }
+        // One folder, one run: a fresh start never writes over another run's files silently (with
+        // --resume the folder is the run's own: auto without a last checkpoint starts it afresh).
+        if writes && options.resume == nil {
+            let removed = try ExperimentFolder.prepareFresh(dir, overwrite: options.overwrite)
+            if !removed.isEmpty { log("--overwrite: removed the previous run's \(removed.joined(separator: ", "))") }
+        }
         let resumed = try resumeState()
         if writes {
             try writeFileAtomically(try JSONSerialization.data(withJSONObject: options.jsonObject, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]),

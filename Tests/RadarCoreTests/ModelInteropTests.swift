@@ -1,0 +1,146 @@
+import Foundation
+import RadarCore
+import XCTest
+
+/// Weights from PyTorch users (plain state dicts), experiment folders that never mix two runs, and
+/// resume refusing another dataset or seed.
+final class ModelInteropTests: XCTestCase {
+    /// A PyTorch-style state dict written by Python (safetensors.numpy): DDP's `module.` prefix,
+    /// F16 and BF16-free F32 tensors mixed, no metadata, LZ4-framed by python-lz4 without a content size.
+    func testPlainStateDictLoadsWithConfigAndMisfitsAreListedAtOnce() throws {
+        let (trainer, _, _) = try makeTinyTrainer()
+        let dir = temporaryDirectory("statedict")
+        let modelPath = dir + "/model.safetensors"
+        try ModelFile.write(trainer.ctx.params, config: trainer.model.config, to: modelPath)
+        let sd = dir + "/state_dict.safetensors.lz4"
+        let script = """
+        import sys, numpy as np, lz4.frame
+        from safetensors.numpy import load_file, save_file
+        t = load_file(sys.argv[1])
+        out = {"module." + k: v for k, v in t.items()}
+        out["module.external_classifier_dual.0.weight"] = out["module.external_classifier_dual.0.weight"].astype(np.float16)
+        save_file(out, sys.argv[2] + ".tmp")
+        open(sys.argv[2], "wb").write(lz4.frame.compress(open(sys.argv[2] + ".tmp", "rb").read(), store_size=False))
+        """
+        let (rc, out) = try shell([interopPython, "-c", script, modelPath, sd])
+        XCTAssertEqual(rc, 0, "python (RADAR_PYTHON=\(interopPython)): \(out)")
+
+        // No config in the file: --config is asked for, with the presets.
+        XCTAssertThrowsError(try ModelWeights.read(sd)) { e in
+            XCTAssertTrue("\(e)".hasPrefix(sd) && "\(e)".contains("--config") && "\(e)".contains("tiny, mid, full"), "\(e)")
+        }
+        // With it, every tensor loads (the F16 one rounded to half precision).
+        let w = try ModelWeights.read(sd, config: RADARConfig.preset("tiny")!)
+        XCTAssertEqual(w.kind, .stateDict)
+        let store = ParameterStore(layout: w.model.layout, backend: sharedTestBackend)
+        try w.load(into: store, source: sd)
+        let original = trainer.ctx.params
+        XCTAssertEqual(store.value(named: "encoder.cls_token")!.toArray(), original.value(named: "encoder.cls_token")!.toArray())
+        let fc = store.value(named: "external_classifier_dual.0.weight")!.toArray(), ref = original.value(named: "external_classifier_dual.0.weight")!.toArray()
+        for (a, b) in zip(fc, ref) { XCTAssertEqual(a, b, accuracy: abs(b) * 1e-3 + 1e-7) }
+        XCTAssertEqual(Array(store.counters), Array(original.counters))
+
+        // Our own model file carries its config; a --config that differs is named field by field.
+        XCTAssertEqual(try ModelWeights.read(modelPath).kind, .modelFile)
+        XCTAssertThrowsError(try ModelWeights.read(modelPath, config: RADARConfig.preset("mid")!)) { e in
+            XCTAssertTrue("\(e)".contains("differs from --config") && "\(e)".contains("embed_dim: file 48, --config 192"), "\(e)")
+        }
+        // The wrong config: every misfit at once, folded, one short line.
+        XCTAssertThrowsError(try ModelWeights.read(sd, config: RADARConfig.preset("mid")!)) { e in
+            let text = "\(e)"
+            XCTAssertTrue(text.contains("does not fit the model") && text.contains("missing") && text.contains("misshaped"), text)
+            XCTAssertTrue(text.contains("encoder.blocks.*."), "block numbers folded: \(text)")
+            XCTAssertFalse(text.contains("\n"))
+            XCTAssertLessThan(text.count, 700, text)
+        }
+        // A renamed and a dropped key are both reported in one error.
+        var tensors = try SafeTensors.read(modelPath).tensors
+        tensors["badm.classifier.weights"] = tensors.removeValue(forKey: "badm.classifier.weight")
+        tensors.removeValue(forKey: "encoder.norm.bias")
+        let broken = dir + "/broken.safetensors"
+        try SafeTensors.encode(tensors, metadata: [:]).write(to: URL(fileURLWithPath: broken))
+        XCTAssertThrowsError(try ModelWeights.read(broken, config: RADARConfig.preset("tiny")!)) { e in
+            let text = "\(e)"
+            XCTAssertTrue(text.contains("missing 2: ") && text.contains("badm.classifier.weight") && text.contains("encoder.norm.bias"), text)
+            XCTAssertTrue(text.contains("unexpected 1: badm.classifier.weights"), text)
+        }
+    }
+
+    func runOptions(_ data: String, _ out: String, experiment: String = "r", seed: UInt64 = 42, resume: String? = nil) -> TrainOptions {
+        var o = TrainOptions(data: data, output: out, experiment: experiment, config: RADARConfig.preset("tiny")!)
+        o.device = testDeviceName
+        (o.batchSize, o.epochs, o.accumulationSteps, o.learningRate, o.stopAfterSteps, o.resume, o.seed) = (8, 1, 1, 1e-3, 2, resume, seed)
+        return o
+    }
+
+    func synth(_ name: String, seed: UInt64) throws -> String {
+        let data = temporaryDirectory(name)
+        _ = try DatasetPreparer(options: PrepareOptions(output: data).with { $0.valFraction = 0.2 }).run(
+            SyntheticSource(size: 32, count: 120, seed: seed, difficulty: 0.2, framesPerSequence: 4))
+        return data
+    }
+
+    func testOneRunPerFolderAndResumeRefusesOtherDataOrSeed() throws {
+        let data = try synth("exp-data", seed: 3), other = try synth("exp-other", seed: 4)
+        let out = temporaryDirectory("exp-out")
+        _ = try TrainingRun(options: runOptions(data, out)).run()
+        // A second fresh run into the folder is refused, naming the way out.
+        XCTAssertThrowsError(try TrainingRun(options: runOptions(data, out)).run()) { e in
+            XCTAssertTrue("\(e)".contains("holds another run") && "\(e)".contains("--resume auto") && "\(e)".contains("--overwrite"), "\(e)")
+        }
+        // Resuming on another dataset or with another seed is refused, naming both.
+        XCTAssertThrowsError(try TrainingRun(options: runOptions(other, out, resume: "auto")).run()) { e in
+            let ours = try! ShardSet(directory: data).manifest.contentHash, theirs = try! ShardSet(directory: other).manifest.contentHash
+            XCTAssertTrue("\(e)".contains(ours) && "\(e)".contains(theirs) && "\(e)".contains("--allow-data-change"), "\(e)")
+        }
+        XCTAssertThrowsError(try TrainingRun(options: runOptions(data, out, seed: 7, resume: "auto")).run()) { e in
+            XCTAssertTrue("\(e)".contains("--seed 42") && "\(e)".contains("--seed 7"), "\(e)")
+        }
+        var allowed = runOptions(data, out, seed: 7, resume: "auto")
+        allowed.allowDataChange = true
+        allowed.stopAfterSteps = 3
+        XCTAssertNoThrow(try TrainingRun(options: allowed).run())
+        // --overwrite starts afresh: the old run's files are gone before the new one writes.
+        let oldBest = try Data(contentsOf: URL(fileURLWithPath: out + "/r/metrics.jsonl"))
+        var fresh = runOptions(data, out, seed: 5)
+        fresh.overwrite = true
+        _ = try TrainingRun(options: fresh).run()
+        XCTAssertEqual(try Checkpoint.read(out + "/r/last.safetensors.lz4").state.seed, 5)
+        XCTAssertNotEqual(try Data(contentsOf: URL(fileURLWithPath: out + "/r/metrics.jsonl")), oldBest)
+    }
+
+    func testDefaultExperimentNamesAreTimestampedAndResumeAutoFindsTheNewest() throws {
+        let out = temporaryDirectory("names")
+        var c = DateComponents()
+        (c.year, c.month, c.day, c.hour, c.minute, c.second) = (2026, 12, 1, 9, 5, 7)
+        let when = Calendar.current.date(from: c)!
+        XCTAssertEqual(ExperimentFolder.timestampedName(when), "radar_20261201_090507")
+        XCTAssertEqual(ExperimentFolder.defaultName(output: out, resume: nil, now: when), "radar_20261201_090507")
+        try FileManager.default.createDirectory(atPath: out + "/radar_20261201_090507", withIntermediateDirectories: true)
+        XCTAssertEqual(ExperimentFolder.defaultName(output: out, resume: nil, now: when), "radar_20261201_090507_2", "never an existing folder")
+        // --resume auto without --experiment: the newest folder with a last checkpoint.
+        for (name, age) in [("a", 300.0), ("b", 10.0), ("c", 100.0)] {
+            try FileManager.default.createDirectory(atPath: "\(out)/\(name)", withIntermediateDirectories: true)
+            FileManager.default.createFile(atPath: "\(out)/\(name)/last.safetensors.lz4", contents: Data([1]),
+                                           attributes: [.modificationDate: Date().addingTimeInterval(-age)])
+        }
+        XCTAssertEqual(ExperimentFolder.defaultName(output: out, resume: "auto"), "b")
+        XCTAssertTrue(ExperimentFolder.defaultName(output: out + "/none", resume: "auto").hasPrefix("radar_"))
+    }
+
+    func testInitFromLoadsEveryWeight() throws {
+        let (trainer, _, _) = try makeTinyTrainer()
+        let dir = temporaryDirectory("initfrom")
+        try ModelFile.write(trainer.ctx.params, config: trainer.model.config, to: dir + "/model.safetensors")
+        let data = try synth("initfrom-data", seed: 3)
+        var o = runOptions(data, dir + "/out")
+        o.initFrom = dir + "/model.safetensors"
+        let run = try TrainingRun(options: o)
+        XCTAssertEqual(run.ctx.params.downloadValues(), trainer.ctx.params.downloadValues(), "every parameter from the file")
+        XCTAssertEqual(run.ctx.params.downloadBuffers(), trainer.ctx.params.downloadBuffers(), "and every buffer")
+        var lines: [String] = []
+        run.log = { lines.append($0) }
+        _ = try run.run()
+        XCTAssertTrue(lines.contains { $0.contains("initialised every weight from") && $0.contains("RADAR model file") }, "\(lines)")
+    }
+}
