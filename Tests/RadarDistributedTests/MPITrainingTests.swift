@@ -367,6 +367,41 @@ final class DemoPipelineTests: XCTestCase {
             let p = Double(f[1]) ?? -1
             XCTAssertTrue(p >= 0 && p <= 1 && (f[2] == "fake") == (p >= 0.5), String(l))
         }
+        // The same probabilities as JSON.
+        let asJSON = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
+                              "--threads", "1", "--json", imgs + "/f0.png", imgs])
+        let doc = try JSONSerialization.jsonObject(with: Data(asJSON.utf8)) as! [String: Any]
+        let preds = doc["predictions"] as! [[String: Any]]
+        XCTAssertEqual(preds.count, 4, asJSON)
+        for (p, l) in zip(preds, lines) {
+            let f = l.split(separator: "\t")
+            XCTAssertEqual(p["path"] as? String, String(f[0]))
+            XCTAssertEqual(p["probability_fake"] as! Double, Double(f[1])!, accuracy: 5e-7)
+            XCTAssertEqual(p["label"] as? String, String(f[2]))
+        }
+        // The model-only file and a plain PyTorch state dict (no metadata: --config names the
+        // model) evaluate to the same metrics as the best checkpoint.
+        let radar = bin.appendingPathComponent("radar").path
+        let stripped = root + "/state_dict.safetensors"
+        let (prc, pout) = try Process.runStatus([ProcessInfo.processInfo.environment["RADAR_PYTHON"] ?? "python3", "-c",
+            "import sys; from safetensors.numpy import load_file, save_file; save_file(load_file(sys.argv[1]), sys.argv[2])",
+            root + "/outputs/demo/model.safetensors", stripped])
+        XCTAssertEqual(prc, 0, pout)
+        for (weights, extra) in [(root + "/outputs/demo/model.safetensors", [String]()), (stripped, ["--config", "tiny"])] {
+            let e = try run([radar, "evaluate", "--checkpoint", weights, "--data", root + "/data", "--split", "test", "--threads", "1"] + extra)
+            let m = try JSONSerialization.jsonObject(with: Data(e.utf8)) as! [String: Any]
+            for k in ["auc", "accuracy", "eer"] { XCTAssertEqual(m[k] as? Double, single[k] as? Double, "\(k) from \(weights)") }
+        }
+        let (nrc, nout) = try Process.runStatus([radar, "evaluate", "--checkpoint", stripped, "--data", root + "/data", "--threads", "1"])
+        XCTAssertNotEqual(nrc, 0)
+        XCTAssertTrue(nout.contains("pass --config") && nout.split(separator: "\n").count == 1, nout)
+        // A second fresh run into the same folder is refused; nothing of the first is touched.
+        let before = try Data(contentsOf: URL(fileURLWithPath: root + "/outputs/demo/best.safetensors.lz4"))
+        let (src, sout) = try Process.runStatus([radar, "train", "--data", root + "/data", "--output", root + "/outputs", "--experiment", "demo",
+                                                 "--config", "tiny", "--batch-size", "8", "--num-epochs", "1", "--threads", "1"])
+        XCTAssertNotEqual(src, 0)
+        XCTAssertTrue(sout.contains("holds another run"), sout)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: root + "/outputs/demo/best.safetensors.lz4")), before)
         let zip = try run([bin.appendingPathComponent("radar").path, "export", "--results-dir", root + "/outputs/demo",
                            "--output-dir", root + "/exports", "--create-download-script"]).trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertTrue(FileManager.default.fileExists(atPath: zip), zip)
