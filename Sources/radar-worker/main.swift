@@ -216,7 +216,7 @@ struct RadarWorker: ParsableCommand {
         print("rank \(comm.rank) parameters fnv1a \(String(hash, radix: 16)) steps \(run.trainer.optimizer.step) skipped \(run.trainer.skippedSteps)")
         if comm.rank == 0, let auc = h.testMetrics["auc"] {
             print("results: \(o.experimentDirectory)")
-            print(String(format: "test AUC %.4f", auc))
+            print(auc.isFinite ? String(format: "test AUC %.4f", auc) : "test AUC undefined (the test split has one class)")
         }
         FaultInjection.point("finalize")
         client.finish()

@@ -143,4 +143,40 @@ final class ModelInteropTests: XCTestCase {
         _ = try run.run()
         XCTAssertTrue(lines.contains { $0.contains("initialised every weight from") && $0.contains("RADAR model file") }, "\(lines)")
     }
+
+    /// 96 synthetic images: the test split is one sequence, so one class. The run says so at its
+    /// start and at the test, and metrics.json has null, not a silent NaN.
+    func testOneClassSplitsAreWarnedAbout() throws {
+        let data = temporaryDirectory("oneclass")
+        _ = try DatasetPreparer(options: PrepareOptions(output: data)).run(SyntheticSource(size: 32, count: 96, seed: 3, difficulty: 0.2))
+        let out = temporaryDirectory("oneclass-out")
+        var o = runOptions(data, out)
+        o.stopAfterSteps = 0
+        o.maxStepsPerEpoch = 2
+        let run = try TrainingRun(options: o)
+        var lines: [String] = []
+        run.log = { lines.append($0) }
+        let h = try run.run()
+        let warnings = lines.filter { $0.hasPrefix("warning: the test split has") }
+        XCTAssertEqual(warnings.count, 2, "at the start and at the test: \(lines)")
+        XCTAssertTrue(warnings[0].contains("0 fake") || warnings[0].contains("0 real"), warnings[0])
+        XCTAssertFalse(h.testMetrics["auc"]!.isFinite)
+        let metrics = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/r/metrics.json"))) as! [String: Any]
+        XCTAssertTrue((metrics["test_metrics"] as! [String: Any])["auc"] is NSNull)
+    }
+
+    /// --pretrained says what it loaded (a good load used to log nothing).
+    func testPretrainedLogsWhatItLoaded() throws {
+        let data = try synth("pretrained-data", seed: 3)
+        var o = runOptions(data, temporaryDirectory("pretrained-out"))
+        (o.config.imgSize, o.config.patchSize, o.config.embedDim, o.config.depth, o.config.numHeads) = (48, 8, 16, 1, 2)
+        o.pretrained = fixturesDirectory.appendingPathComponent("timm/vit_tiny_grid4.safetensors").path
+        o.stopAfterSteps = 1
+        let run = try TrainingRun(options: o)
+        var lines: [String] = []
+        run.log = { lines.append($0) }
+        _ = try run.run()
+        let encoder = run.model.layout.parameters.filter { $0.name.hasPrefix("encoder.") }.count
+        XCTAssertTrue(lines.contains { $0.hasPrefix("loaded \(encoder) encoder tensors from ") && $0.contains("resampled to the 6x6 patch grid: pos_embed") }, "\(lines)")
+    }
 }

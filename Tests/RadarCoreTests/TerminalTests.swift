@@ -15,3 +15,36 @@ final class TerminalTests: XCTestCase {
         XCTAssertEqual(narrow.dropFirst().dropLast(3).count, 39, "cut to the terminal's width minus one: \(narrow)")
     }
 }
+
+/// The run's SVG plots: round tick values, no one-step "moving average", a one-epoch run readable.
+final class PlotTests: XCTestCase {
+    func testTicksAreRoundNumbers() {
+        XCTAssertEqual(RunPlots.niceTicks(0.524, 0.81, integer: false).map { RunPlots.tickLabel($0, step: 0.1) },
+                       ["0.5", "0.6", "0.7", "0.8", "0.9"])
+        XCTAssertEqual(RunPlots.niceTicks(1, 154, integer: false), [0, 50, 100, 150, 200])
+        XCTAssertEqual(RunPlots.niceTicks(0, 1, integer: false).map { RunPlots.tickLabel($0, step: 0.2) }, ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"])
+        XCTAssertEqual(RunPlots.niceTicks(1, 3, integer: true), [1, 2, 3])
+        XCTAssertEqual(RunPlots.tickLabel(0.75, step: 0.25), "0.75")
+        XCTAssertEqual(RunPlots.tickLabel(-2.7755575615628914e-17, step: 0.1), "0.0", "no -0.0 or 2.8e-17 from accumulated steps")
+    }
+
+    func labels(_ svg: String) -> [String] {
+        svg.components(separatedBy: "text-anchor=\"end\">").dropFirst().map { String($0.prefix { $0 != "<" }) }
+    }
+
+    func testOneEpochRunPlotsAreReadable() throws {
+        let dir = temporaryDirectory("plots")
+        let jsonl = dir + "/metrics.jsonl"
+        let lines = (1...6).map { "{\"epoch\":0,\"step\":\($0),\"loss_total\":\(1.0 - Double($0) * 0.07)}" }
+        try lines.joined(separator: "\n").write(toFile: jsonl, atomically: true, encoding: .utf8)
+        var h = RunHistory()
+        (h.trainLoss, h.valAUC, h.valAccuracy) = ([0.8], [0.8123], [0.75])
+        try RunPlots.write(history: h, steps: jsonl, to: dir + "/plots")
+        let loss = try String(contentsOfFile: dir + "/plots/loss.svg", encoding: .utf8)
+        let val = try String(contentsOfFile: dir + "/plots/val.svg", encoding: .utf8)
+        XCTAssertFalse(loss.contains("moving average"), "6 steps: nothing to smooth")
+        XCTAssertTrue(val.contains(">0.8123<") && val.contains(">0.7500<"), "a lone point carries its value")
+        XCTAssertEqual(labels(val), ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"])
+        for l in labels(loss) { XCTAssertTrue(l.count <= 4, "round loss ticks, got \(labels(loss))") }
+    }
+}

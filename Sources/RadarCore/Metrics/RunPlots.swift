@@ -16,9 +16,13 @@ public enum RunPlots {
         let all = series.flatMap(\.points).filter { $0.0.isFinite && $0.1.isFinite }
         var x0 = all.map(\.0).min() ?? 0, x1 = all.map(\.0).max() ?? 1
         var y0 = yRange?.0 ?? (all.map(\.1).min() ?? 0), y1 = yRange?.1 ?? (all.map(\.1).max() ?? 1)
-        if x1 <= x0 { x1 = x0 + 1 }
+        // One point (a one-epoch run) sits in the middle of its axis, not on its edge.
+        if x1 <= x0 { (x0, x1) = integerX ? (x0 - 1, x0 + 1) : (x0 - 0.5, x0 + 0.5) }
         if y1 <= y0 { y0 -= 0.5; y1 += 0.5 }
-        if yRange == nil { let pad = (y1 - y0) * 0.05; y0 -= pad; y1 += pad }
+        // Round ticks (1, 2, 2.5 or 5 times a power of ten); a free axis widens to whole ticks.
+        let xt = niceTicks(x0, x1, integer: integerX), yt = niceTicks(y0, y1, integer: false)
+        if !integerX { (x0, x1) = (xt.first!, xt.last!) }
+        if yRange == nil { (y0, y1) = (yt.first!, yt.last!) }
         func px(_ x: Double) -> Double { l + (x - x0) / (x1 - x0) * (w - l - r) }
         func py(_ y: Double) -> Double { h - b - (y - y0) / (y1 - y0) * (h - t - b) }
         var svg = """
@@ -31,12 +35,12 @@ public enum RunPlots {
         <text x="16" y="\((t + h - b) / 2)" text-anchor="middle" transform="rotate(-90 16 \((t + h - b) / 2))">\(escape(yLabel))</text>
 
         """
-        let xTicks: [Double] = integerX ? Array(stride(from: x0, through: x1, by: max(1, ((x1 - x0) / 8).rounded(.up))))
-            : (0...5).map { x0 + (x1 - x0) * Double($0) / 5 }
-        for xv in xTicks { svg += "<text x=\"\(px(xv))\" y=\"\(h - b + 16)\" text-anchor=\"middle\">\(fmt(xv))</text>\n" }
-        for i in 0...5 {
-            let yv = y0 + (y1 - y0) * Double(i) / 5
-            svg += "<text x=\"\(l - 6)\" y=\"\(py(yv) + 4)\" text-anchor=\"end\">\(fmt(yv))</text>\n"
+        let xStep = xt.count > 1 ? xt[1] - xt[0] : 1, yStep = yt.count > 1 ? yt[1] - yt[0] : 1
+        for xv in xt where xv >= x0 - 1e-9 && xv <= x1 + 1e-9 {
+            svg += "<text x=\"\(px(xv))\" y=\"\(h - b + 16)\" text-anchor=\"middle\">\(tickLabel(xv, step: xStep))</text>\n"
+        }
+        for yv in yt where yv >= y0 - 1e-9 && yv <= y1 + 1e-9 {
+            svg += "<text x=\"\(l - 6)\" y=\"\(py(yv) + 4)\" text-anchor=\"end\">\(tickLabel(yv, step: yStep))</text>\n"
             svg += "<line x1=\"\(l)\" y1=\"\(py(yv))\" x2=\"\(w - r)\" y2=\"\(py(yv))\" stroke=\"#ddd\"/>\n"
         }
         if diagonal {
@@ -48,6 +52,12 @@ public enum RunPlots {
             if s.points.count < 40 {
                 for p in s.points where p.0.isFinite && p.1.isFinite { svg += "<circle cx=\"\(px(p.0))\" cy=\"\(py(p.1))\" r=\"3\" fill=\"\(s.color)\"/>\n" }
             }
+            // A few points carry their values (a one-epoch run's plot is readable, not a lone dot).
+            if s.points.count <= 3 {
+                for p in s.points where p.0.isFinite && p.1.isFinite {
+                    svg += "<text x=\"\(px(p.0) + 6)\" y=\"\(py(p.1) - 6)\" fill=\"\(s.color)\">\(String(format: "%.4f", p.1))</text>\n"
+                }
+            }
             let ly = legendAtBottom ? h - b - 12 - Double(series.count - k) * 18 : t + 6 + Double(k) * 18
             svg += "<rect x=\"\(w - r - 190)\" y=\"\(ly)\" width=\"12\" height=\"12\" fill=\"\(s.color)\"/>"
             svg += "<text x=\"\(w - r - 172)\" y=\"\(ly + 10)\">\(escape(s.name))</text>\n"
@@ -55,7 +65,24 @@ public enum RunPlots {
         return svg + "</svg>\n"
     }
 
-    static func fmt(_ v: Double) -> String { abs(v) >= 100 ? String(Int(v.rounded())) : String(format: "%.3g", v) }
+    /// Ticks at multiples of a round step (1, 2, 2.5 or 5 x 10^k; whole numbers for `integer`)
+    /// covering [lo, hi] with about 5 intervals: the first at or below lo, the last at or above hi.
+    public static func niceTicks(_ lo: Double, _ hi: Double, integer: Bool) -> [Double] {
+        let raw = max(hi - lo, 1e-12) / 5
+        let magnitude = pow(10, (log10(raw)).rounded(.down))
+        var step = [1, 2, 2.5, 5, 10].map { $0 * magnitude }.first { $0 >= raw * (1 - 1e-9) } ?? 10 * magnitude
+        if integer { step = max(1, step.rounded(.up)) }
+        let first = (lo / step).rounded(.down), last = (hi / step).rounded(.up)
+        return stride(from: first, through: last, by: 1).map { $0 * step }
+    }
+
+    /// A tick value with as many decimals as its step needs (0.2 -> "0.4", 25 -> "150", 0.25 -> "0.75").
+    public static func tickLabel(_ v: Double, step: Double) -> String {
+        var decimals = 0
+        while decimals < 6 && abs(step * pow(10, Double(decimals)) - (step * pow(10, Double(decimals))).rounded()) > 1e-6 { decimals += 1 }
+        let text = String(format: "%.\(decimals)f", abs(v) < step * 1e-9 ? 0 : v)
+        return text
+    }
     static func escape(_ s: String) -> String {
         s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
     }
@@ -87,7 +114,8 @@ public enum RunPlots {
                 if i >= window - 1 { smooth.append((p.0, acc / Double(window))) }
             }
             lossSeries.insert(Series(name: "train loss (step)", color: "#aec7e8", points: stepLoss), at: 0)
-            lossSeries.insert(Series(name: "moving average (\(window) steps)", color: "#1f77b4", points: smooth), at: 1)
+            // Under 80 steps there is nothing to smooth (a window of 1 would repeat the step curve).
+            if window > 1 { lossSeries.insert(Series(name: "moving average (\(window) steps)", color: "#1f77b4", points: smooth), at: 1) }
         }
         try writeFileAtomically(Data(lineChart(title: "Training loss", xLabel: stepLoss.isEmpty ? "epoch" : "optimizer step",
                                                yLabel: "loss", series: lossSeries).utf8), to: dir + "/loss.svg")

@@ -82,6 +82,8 @@ public struct RunHistory: Sendable, Codable {
     /// The test ROC curve (for the plot), not serialised with the history.
     public var testCurve: (fpr: [Double], tpr: [Double], thresholds: [Float])?
 
+    public init() {}
+
     enum CodingKeys: String, CodingKey {
         case trainLoss, valAUC, valAccuracy, valMetrics, bestValAUC, bestEpoch, testMetrics, skippedSteps, partialEpochLoss, partialEpochBatches
     }
@@ -429,6 +431,9 @@ public final class TrainingRun {
         log(String(format: "epoch %d/%d  train_loss %.4f  val_auc %.4f  val_acc %.4f  val_eer %.4f  %.1f img/s", epoch + 1,
                    options.epochs, p.history.trainLoss.last!, m["auc"]!, m["accuracy"]!, m["eer"]!, imagesPerSecond))
         var stop = false
+        if !m["auc"]!.isFinite && !p.history.valAUC.dropLast().contains(where: { !$0.isFinite }) {
+            log(oneClassWarning(.val) ?? "warning: validation AUC is undefined")
+        }
         if m["auc"]! > p.history.bestValAUC {
             p.history.bestValAUC = m["auc"]!
             p.history.bestEpoch = epoch
@@ -444,6 +449,14 @@ public final class TrainingRun {
         return stop
     }
 
+    /// A warning when `split` holds images of one class only (AUC is undefined there), else nil.
+    func oneClassWarning(_ split: Split) -> String? {
+        guard let c = set.manifest.counts[split.rawValue], c.total > 0, c.real == 0 || c.fake == 0 else { return nil }
+        let consequence = split == .val ? "no best checkpoint can be chosen (early stopping counts every epoch as no improvement; test metrics use the last weights)"
+            : "test AUC, EER, AP and sequence AUC are undefined (null in metrics.json)"
+        return "warning: the \(split.rawValue) split has \(c.real) real and \(c.fake) fake images, so its AUC is undefined: \(consequence)"
+    }
+
     /// Test metrics with the best weights (uploaded back), when the set has a test split.
     func test(_ history: inout RunHistory, best: BestWeights?) throws {
         if let best {
@@ -451,10 +464,13 @@ public final class TrainingRun {
             ctx.params.uploadBuffers(best.buffers)
         }
         guard !set.refs(.test).isEmpty else { return }
+        if best == nil { log("warning: no best checkpoint (validation AUC was never defined): test metrics use the last weights") }
         let test = try evaluate(.test)
         history.testMetrics = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences)
         history.testCurve = BinaryMetrics.rocCurve(scores: test.scores, labels: test.labels)
-        log(String(format: "test (best epoch %d): auc %.4f  accuracy %.4f  eer %.4f  ap %.4f  sequence_auc %.4f", history.bestEpoch + 1,
+        if !(history.testMetrics["auc"] ?? .nan).isFinite, let w = oneClassWarning(.test) { log(w) }
+        let which = best == nil ? "last weights" : "best epoch \(history.bestEpoch + 1)"
+        log(String(format: "test (%@): auc %.4f  accuracy %.4f  eer %.4f  ap %.4f  sequence_auc %.4f", which,
                    history.testMetrics["auc"]!, history.testMetrics["accuracy"]!, history.testMetrics["eer"]!,
                    history.testMetrics["average_precision"]!, history.testMetrics["sequence_auc"]!))
     }
@@ -472,6 +488,7 @@ public final class TrainingRun {
         }
         trainer.schedule = makeSchedule()
         for n in notes { log(n) }
+        for split in [Split.val, .test] { if let w = oneClassWarning(split) { log(w) } }
         // One folder, one run: a fresh start never writes over another run's files silently (with
         // --resume the folder is the run's own: auto without a last checkpoint starts it afresh).
         if writes && options.resume == nil {
