@@ -20,6 +20,8 @@ struct Prepare: ParsableCommand {
     @Option(help: "Keep at most this many images, sampled per class across the whole source.") var maxImages: Int?
     @Option(help: "Share of real images under --max-images (default: the source's ratio).") var realFraction: Double?
     @Option(help: "Samples per shard.") var shardSize = 1000
+    @Option(help: "keep (the original PNG/JPEG bytes) or png (JPEGs stored losslessly as PNG: one image type per dataset, which Hugging Face datasets needs).")
+    var imageFormat = "keep"
     @Option(help: "Base URL of the dataset repository (default: HF_ENDPOINT or huggingface.co).") var endpoint: String?
     @Option(help: "A file listing archive paths to download, one per line (instead of the tree API).") var fileList: String?
     @Option(help: "Where downloaded archives are kept (default: <output>/downloads).") var downloadDir: String?
@@ -40,6 +42,8 @@ struct Prepare: ParsableCommand {
             opts.maxImages = maxImages
             opts.realFraction = realFraction
             opts.shardSize = shardSize
+            guard ["keep", "png"].contains(imageFormat) else { throw ValidationError("--image-format must be keep or png, got \(imageFormat)") }
+            opts.pngOnly = imageFormat == "png"
             guard maxImageMb >= 1 && maxImageMb <= 4096 else { throw ValidationError("--max-image-mb must be in 1...4096") }
             let limit = maxImageMb << 20
             let src: SampleSource

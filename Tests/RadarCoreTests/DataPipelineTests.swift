@@ -331,6 +331,55 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertEqual(ImageResize.resize(checker, width: 2, height: 1).pixels, [50, 50, 50, 50, 50, 50])
     }
 
+    /// `radar prepare --image-format png`: a real/ fake/ folder of PNGs and JPEGs becomes a set of
+    /// PNG members only (what Hugging Face `datasets` needs), each holding exactly the pixels the
+    /// JPEG decodes to; preparing twice gives identical shards.
+    func testPNGOnlyPreparationConvertsJPEGsLosslesslyAndIsReproducible() throws {
+        let src = temporaryDirectory("mixed-src")
+        let faces = SyntheticFaces(size: 24, seed: 5)
+        var jpegPixels: [String: [UInt8]] = [:]
+        for (label, dir) in [(0, "real"), (1, "fake")] {
+            try FileManager.default.createDirectory(atPath: "\(src)/\(dir)", withIntermediateDirectories: true)
+            for i in 0..<12 {
+                let img = faces.rgbImage(i, label: label)
+                if i % 3 == 0 {
+                    try ImageCodec.encodePNG(img).write(to: URL(fileURLWithPath: "\(src)/\(dir)/\(i).png"))
+                } else {
+                    let jpg = try ImageCodec.encodeJPEG(img, quality: 90)
+                    try jpg.write(to: URL(fileURLWithPath: "\(src)/\(dir)/\(i).jpg"))
+                    jpegPixels["\(dir)_\(i)"] = try ImageCodec.decode(jpg, item: "j").pixels
+                }
+            }
+        }
+        func prepare(_ name: String, png: Bool) throws -> String {
+            let out = temporaryDirectory(name)
+            var o = PrepareOptions(output: out)
+            o.pngOnly = png
+            _ = try DatasetPreparer(options: o).run(try ReferenceFolders(root: src, testFraction: 0.2, seed: 1))
+            return out
+        }
+        let a = try prepare("png-a", png: true), b = try prepare("png-b", png: true), kept = try prepare("kept", png: false)
+        let set = try ShardSet(directory: a)
+        XCTAssertEqual(set.manifest.parameters["image_format"], "png")
+        var members = 0, checked = 0
+        for index in set.indices {
+            for i in 0..<index.samples.count {
+                let bytes = try index.image(i)
+                XCTAssertTrue(bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]), "every member is a PNG")
+                if let expected = jpegPixels[index.samples[i].key] {
+                    XCTAssertEqual(try ImageCodec.decode(bytes, item: "p").pixels, expected, "lossless: the JPEG's decoded pixels")
+                    checked += 1
+                }
+                members += 1
+            }
+        }
+        XCTAssertEqual(members, 24)
+        XCTAssertEqual(checked, 16)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: a + "/manifest.json")), try Data(contentsOf: URL(fileURLWithPath: b + "/manifest.json")),
+                       "the same source gives byte-identical shards")
+        XCTAssertNotEqual(try ShardSet(directory: kept).manifest.contentHash, set.manifest.contentHash, "keep stores the original bytes")
+    }
+
     /// Evaluation and prediction resize as the reference does (A.Resize: cv2.resize INTER_LINEAR),
     /// bit for bit. Fixture: tools/golden/resize_fixture.py (shrink, enlarge, mixed, exact halving,
     /// odd row lengths, a no-op and a single pixel).

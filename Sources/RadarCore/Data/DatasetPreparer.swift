@@ -25,6 +25,10 @@ public struct PrepareOptions: Sendable {
     /// Share of real images under `maxImages` (default: the source's own ratio).
     public var realFraction: Double?
     public var shardSize = 1000
+    /// Store every image as PNG (JPEGs decoded and re-encoded losslessly: the same pixels our
+    /// decoder gives), so readers that want one image type per dataset (Hugging Face `datasets`)
+    /// see one. Off: the original bytes are kept.
+    public var pngOnly = false
 
     public init(output: String) { self.output = output }
 
@@ -32,6 +36,7 @@ public struct PrepareOptions: Sendable {
         var p = ["val_fraction": String(valFraction), "seed": String(seed), "shard_size": String(shardSize)]
         if let maxImages { p["max_images"] = String(maxImages) }
         if let realFraction { p["real_fraction"] = String(realFraction) }
+        if pngOnly { p["image_format"] = "png" }
         return p
     }
 }
@@ -50,11 +55,18 @@ public final class DatasetPreparer {
     /// Images validated together on all cores.
     static let validationBatch = 64
 
+    /// Sample records with sorted keys: the same source gives byte-identical shards (and manifest).
+    static let recordEncoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }()
+
     struct Pending {
-        let candidate: Candidate
+        var candidate: Candidate
         let split: Split
         let ordinal: Int
-        let bytes: Data
+        var bytes: Data
     }
 
     public init(options: PrepareOptions) { self.options = options }
@@ -116,7 +128,8 @@ public final class DatasetPreparer {
             }
         }
         for (label, name) in [(0, "real"), (1, "fake")] where classTotal[label] == 0 {
-            throw DatasetError(path: source.description["root"] ?? "source", reason: "no \(name) images: class \(name) is empty")
+            let hint = preSkipped.first.map { " (\(preSkipped.count) entries skipped, e.g. \($0.key): \($0.reason))" } ?? ""
+            throw DatasetError(path: source.description["root"] ?? "source", reason: "no \(name) images: class \(name) is empty" + hint)
         }
         return (classTotal, preSkipped)
     }
@@ -212,12 +225,21 @@ public final class DatasetPreparer {
             guard !pending.isEmpty else { return }
             let errors = UnsafeMutableBufferPointer<String?>.allocate(capacity: pending.count)
             errors.initialize(repeating: nil)
-            defer { errors.deinitialize(); errors.deallocate() }
-            let batch = pending
+            let converted = UnsafeMutableBufferPointer<Data?>.allocate(capacity: pending.count)
+            converted.initialize(repeating: nil)
+            defer { errors.deinitialize(); errors.deallocate(); converted.deinitialize(); converted.deallocate() }
+            let batch = pending, pngOnly = options.pngOnly
             DispatchQueue.concurrentPerform(iterations: batch.count) { i in
-                do { _ = try ImageCodec.decode(batch[i].bytes, item: batch[i].candidate.key) } catch { errors[i] = "\(error)" }
+                do {
+                    let img = try ImageCodec.decode(batch[i].bytes, item: batch[i].candidate.key)
+                    if pngOnly && batch[i].candidate.ext != "png" { converted[i] = try ImageCodec.encodePNG(img) }
+                } catch { errors[i] = "\(error)" }
             }
-            for (i, p) in batch.enumerated() { try write(p, error: errors[i]) }
+            for (i, p) in batch.enumerated() {
+                var p = p
+                if let png = converted[i] { (p.bytes, p.candidate.ext) = (png, "png") }
+                try write(p, error: errors[i])
+            }
             pending.removeAll(keepingCapacity: true)
         }
 
@@ -238,7 +260,7 @@ public final class DatasetPreparer {
             let c = p.candidate
             let info = SampleInfo(label: c.label, split: p.split, sequence: c.sequence, frame: c.frame, source: sourceKind)
             try shard.writer.add(name: "\(c.key).\(c.ext)", data: p.bytes)
-            try shard.writer.add(name: "\(c.key).json", data: try JSONEncoder().encode(info))
+            try shard.writer.add(name: "\(c.key).json", data: try DatasetPreparer.recordEncoder.encode(info))
             shard.samples += 1
             if shard.samples == options.shardSize {
                 try finish(shard, consumedThrough: p.ordinal + 1)

@@ -170,6 +170,11 @@ public struct ReferenceFolders: SampleSource {
             let files = try FileManager.default.contentsOfDirectory(atPath: path).sorted()
             for f in files {
                 let key = sanitizeKey("\(dir)_" + (f as NSString).deletingPathExtension)
+                var isDir: ObjCBool = false
+                if FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent(f), isDirectory: &isDir), isDir.boolValue {
+                    try visit(.skipped(key: key, reason: "a subdirectory (\(dir)/\(f)/): the reference layout is flat, images directly in \(dir)/"))
+                    continue
+                }
                 guard let ext = imageExtension(f) else {
                     try visit(.skipped(key: key, reason: "not an image (\(dir)/\(f))"))
                     continue
