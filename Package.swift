@@ -27,6 +27,7 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CFFTW", pkgConfig: "fftw3f", providers: [.apt(["libfftw3-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CLibDeflate", pkgConfig: "libdeflate", providers: [.apt(["libdeflate-dev"])]),
         .systemLibrary(name: "CTurboJPEG", pkgConfig: "libturbojpeg", providers: [.apt(["libturbojpeg0-dev"])]),
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
@@ -49,7 +50,7 @@ let package = Package(
         .target(name: "CCUDAEmulator", exclude: ["kernels", "selftest"]),
         // Everything around the engine in one process: data, checkpoints, metrics, the training
         // run, device selection. Re-exports RadarEngine and RadarCPU.
-        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CTurboJPEG", "CArchive", "CProcess", "COpenSSL"]),
+        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CLibDeflate", "CTurboJPEG", "CArchive", "CProcess", "COpenSSL"]),
         .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
 
         // The command-line pieces radar and radar-worker share (training flags, progress).

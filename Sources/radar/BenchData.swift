@@ -9,13 +9,26 @@ extension Bench {
         @Option(help: "Image size.") var size = 224
         @Option(help: "Images per measurement.") var images = 300
         @Option(help: "Synthetic images for the prepare measurement (0 skips it).") var prepareImages = 2000
+        @Option(help: "Time these images instead of generated ones: the first 32 PNG members of a prepared dataset (what bench/data_reference.py reads).")
+        var data: String?
 
         func run() throws {
             try failing {
                 let faces = SyntheticFaces(size: size, seed: 1)
-                let pngs = try (0..<32).map { try ImageCodec.encodePNG(faces.rgbImage($0, label: $0 % 2)) }
-                let jpgs = try (0..<32).map { try ImageCodec.encodeJPEG(faces.rgbImage($0, label: $0 % 2), quality: 95) }
-                let dst = UnsafeMutablePointer<Float>.allocate(capacity: 3 * size * size)
+                var pngs = try (0..<32).map { try ImageCodec.encodePNG(faces.rgbImage($0, label: $0 % 2)) }
+                if let data {
+                    let set = try ShardSet(directory: data)
+                    pngs = []
+                    for index in set.indices { for i in 0..<index.samples.count where pngs.count < 32 {
+                        let b = try index.image(i)
+                        if b.starts(with: [0x89, 0x50, 0x4E, 0x47]) { pngs.append(b) }
+                    } }
+                    guard !pngs.isEmpty else { throw ValidationError("\(data): no PNG members") }
+                }
+                let imageSize = try ImageCodec.decode(pngs[0], item: "png").width
+                let jpgs = try pngs.map { try ImageCodec.encodeJPEG(try ImageCodec.decode($0, item: "png"), quality: 95) }
+                let maxPixels = try pngs.map { let i = try ImageCodec.decode($0, item: "png"); return i.width * i.height }.max()!
+                let dst = UnsafeMutablePointer<Float>.allocate(capacity: 3 * maxPixels)
                 defer { dst.deallocate() }
                 for (name, blobs) in [("png", pngs), ("jpeg", jpgs)] {
                     for augment in [false, true] {
@@ -26,7 +39,7 @@ extension Bench {
                             Augmenter.normalize(img, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], into: dst)
                         }
                         let rate = Double(images) / Date().timeIntervalSince(t0)
-                        printJSON(["bench": "decode", "format": name, "size": size, "augment": augment,
+                        printJSON(["bench": "decode", "format": name, "size": imageSize, "augment": augment,
                                    "images_per_s_per_thread": rate, "machine": machineRecord(threads: 1)])
                     }
                 }
@@ -45,7 +58,7 @@ extension Bench {
                 time("saturation") { _ = Augmenter.adjustSaturation(img, 1.05) }
                 time("hue") { _ = Augmenter.adjustHue(img, 0.01) }
                 time("normalize") { Augmenter.normalize(img, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], into: dst) }
-                printJSON(["bench": "augment_ops_ms_per_image", "size": size, "ops": ops, "machine": machineRecord(threads: 1)])
+                printJSON(["bench": "augment_ops_ms_per_image", "size": imageSize, "ops": ops, "machine": machineRecord(threads: 1)])
                 if prepareImages > 0 {
                     let dir = NSTemporaryDirectory() + "radar-bench-prepare-\(getpid())"
                     defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -331,6 +331,79 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertEqual(ImageResize.resize(checker, width: 2, height: 1).pixels, [50, 50, 50, 50, 50, 50])
     }
 
+    /// The PNG fast path (libdeflate + our unfiltering) gives libpng's pixels. PNGs written by
+    /// Python (numpy + zlib, every row filter type in turn, grey / grey+alpha / RGB / RGBA, odd
+    /// sizes, IDAT split over chunks) and by libpng (its adaptive filters) decode to the same bytes
+    /// both ways; kinds the fast path leaves to libpng (gAMA, 16-bit, palette) and damaged files
+    /// still decode or fail exactly as libpng says.
+    func testPNGFastPathGivesLibpngsPixels() throws {
+        let dir = temporaryDirectory("pngfast")
+        let script = """
+        import sys, zlib, struct, numpy as np
+        def chunk(t, b): return struct.pack('>I', len(b)) + t + b + struct.pack('>I', zlib.crc32(t + b) & 0xffffffff)
+        def paeth(a, b, c):
+            p = a + b - c; pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+            return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        def png(path, img, colour, depth=8, split=1, extra=b''):
+            h, w = img.shape[:2]; bpp = img.shape[2] if img.ndim == 3 else 1
+            rows = img.reshape(h, -1).astype(np.int32); out = bytearray(); prev = np.zeros(w * bpp, np.int32)
+            for y in range(h):
+                f = y % 5; cur = rows[y]; a = np.concatenate([np.zeros(bpp, np.int32), cur[:-bpp]])
+                c = np.concatenate([np.zeros(bpp, np.int32), prev[:-bpp]])
+                pred = [np.zeros_like(cur), a, prev, (a + prev) // 2, paeth(a, prev, c)][f]
+                out += bytes([f]) + ((cur - pred) % 256).astype(np.uint8).tobytes(); prev = cur
+            z = zlib.compress(bytes(out), 6); n = (len(z) + split - 1) // split
+            body = chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, depth, colour, 0, 0, 0)) + extra
+            body += b''.join(chunk(b'IDAT', z[i:i + n]) for i in range(0, len(z), n))
+            open(path, 'wb').write(b'\\x89PNG\\r\\n\\x1a\\n' + body + chunk(b'IEND', b''))
+        rng = np.random.default_rng(7)
+        for colour, ch in ((0, 1), (4, 2), (2, 3), (6, 4)):
+            for (h, w) in ((1, 1), (23, 37), (5, 64)):
+                y, x = np.mgrid[0:h, 0:w]
+                img = np.where(rng.random((h, w, ch)) < 0.5, rng.integers(0, 256, (h, w, ch)), ((x * 7 + y * 3)[..., None] + np.arange(ch) * 40) % 256).astype(np.uint8)
+                png(f'{sys.argv[1]}/c{colour}_{h}x{w}.png', img if ch > 1 else img[..., 0], colour, split=3 if h == 23 else 1)
+                np.save(f'{sys.argv[1]}/c{colour}_{h}x{w}.npy', img)
+        img = rng.integers(0, 256, (9, 11, 3)).astype(np.uint8)
+        png(f'{sys.argv[1]}/gamma.png', img, 2, extra=chunk(b'gAMA', struct.pack('>I', 100000)))
+        png(f'{sys.argv[1]}/text.png', img, 2, extra=chunk(b'tEXt', b'Comment\\x00made by a test'))
+        """
+        let (rc, out) = try shell([interopPython, "-c", script, dir])
+        XCTAssertEqual(rc, 0, "python (RADAR_PYTHON=\(interopPython)): \(out)")
+        var filters = Set<UInt8>(), files = 0
+        for f in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() where f.hasSuffix(".png") && f.hasPrefix("c") {
+            let data = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/\(f)"))
+            guard let fast = PNGFastPath.decode(data, maxPixels: 1 << 24) else { XCTFail("\(f): the fast path declined"); continue }
+            XCTAssertEqual(fast.pixels, try ImageCodec.decodePNGWithLibpng(data, item: f).pixels, f)
+            filters.formUnion(PNGFastPath.rowFilters(data))
+            files += 1
+        }
+        XCTAssertEqual(files, 12)
+        XCTAssertEqual(filters, [0, 1, 2, 3, 4], "every row filter type decoded")
+        // libpng's own encoder (adaptive filters), every channel count, sizes up to 224.
+        let faces = SyntheticFaces(size: 224, seed: 4)
+        for (i, ch) in [1, 3, 4].enumerated() {
+            let rgb = faces.rgbImage(i, label: i % 2)
+            let n = rgb.width * rgb.height
+            let pixels = (0..<(n * ch)).map { k in ch >= 3 ? (k % ch == 3 ? UInt8(k % 251) : rgb.pixels[(k / ch) * 3 + k % ch]) : rgb.pixels[(k / ch) * 3 + (k % ch) % 3] }
+            let data = try ImageCodec.encodePNG(pixels: pixels, width: rgb.width, height: rgb.height, channels: ch)
+            let fast = try XCTUnwrap(PNGFastPath.decode(data, maxPixels: 1 << 24), "channels \(ch)")
+            XCTAssertEqual(fast.pixels, try ImageCodec.decodePNGWithLibpng(data, item: "c").pixels, "libpng-encoded, \(ch) channels")
+        }
+        // Left to libpng: a gAMA chunk (libpng converts gamma); a text chunk is harmless.
+        let gamma = try Data(contentsOf: URL(fileURLWithPath: dir + "/gamma.png")), text = try Data(contentsOf: URL(fileURLWithPath: dir + "/text.png"))
+        XCTAssertNil(PNGFastPath.decode(gamma, maxPixels: 1 << 24))
+        XCTAssertEqual(try ImageCodec.decodePNG(gamma, item: "g").pixels, try ImageCodec.decodePNGWithLibpng(gamma, item: "g").pixels)
+        XCTAssertNotNil(PNGFastPath.decode(text, maxPixels: 1 << 24))
+        // Damage: a flipped byte in the image data fails the chunk CRC; libpng words the error.
+        var broken = try Data(contentsOf: URL(fileURLWithPath: dir + "/c2_23x37.png"))
+        broken[60] ^= 0x55
+        XCTAssertNil(PNGFastPath.decode(broken, maxPixels: 1 << 24))
+        XCTAssertThrowsError(try ImageCodec.decodePNG(broken, item: "b.png")) { XCTAssertTrue("\($0)".hasPrefix("b.png: corrupt PNG"), "\($0)") }
+        // Truncated files never trap, whatever the cut.
+        let whole = try Data(contentsOf: URL(fileURLWithPath: dir + "/c6_5x64.png"))
+        for cut in stride(from: 0, to: whole.count, by: 7) { _ = PNGFastPath.decode(whole.prefix(cut), maxPixels: 1 << 24) }
+    }
+
     /// `radar prepare --image-format png`: a real/ fake/ folder of PNGs and JPEGs becomes a set of
     /// PNG members only (what Hugging Face `datasets` needs), each holding exactly the pixels the
     /// JPEG decodes to; preparing twice gives identical shards.

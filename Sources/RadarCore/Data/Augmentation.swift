@@ -69,10 +69,19 @@ public enum Augmenter {
     }
 
     public static func flipHorizontal(_ img: RGBImage) -> RGBImage {
-        var out = img.pixels
-        for y in 0..<img.height { for x in 0..<img.width { for c in 0..<3 {
-            out[(y * img.width + x) * 3 + c] = img.pixels[(y * img.width + img.width - 1 - x) * 3 + c]
-        } } }
+        let w = img.width, stride = w * 3
+        let out = [UInt8](unsafeUninitializedCapacity: img.pixels.count) { o, n in
+            img.pixels.withUnsafeBufferPointer { p in
+                for y in 0..<img.height {
+                    let src = p.baseAddress! + y * stride, dst = o.baseAddress! + y * stride
+                    for x in 0..<w {
+                        let s = src + (w - 1 - x) * 3, d = dst + x * 3
+                        d[0] = s[0]; d[1] = s[1]; d[2] = s[2]
+                    }
+                }
+            }
+            n = img.pixels.count
+        }
         return RGBImage(width: img.width, height: img.height, pixels: out)
     }
 
@@ -148,57 +157,66 @@ public enum Augmenter {
     }
 
     /// cv2.GaussianBlur with sigma 0: OpenCV's fixed kernels for small sizes ([1 2 1]/4, [1 4 6 4 1]/16),
-    /// separable, BORDER_REFLECT_101, rounded once at the end.
+    /// separable, BORDER_REFLECT_101, rounded once at the end. The kernels are dyadic, so integer
+    /// sums are exact: the horizontal pass keeps 16-bit sums, the vertical one rounds
+    /// (sum + half) >> shift, which is what OpenCV's fixed-point path computes.
     public static func gaussianBlur(_ img: RGBImage, kernel k: Int) -> RGBImage {
-        let weights: [Float] = k == 3 ? [0.25, 0.5, 0.25] : [0.0625, 0.25, 0.375, 0.25, 0.0625]
+        let weights: [UInt16] = k == 3 ? [1, 2, 1] : [1, 4, 6, 4, 1]
+        let shift: UInt32 = k == 3 ? 4 : 8
         let taps = weights.count, r = taps / 2, w = img.width, h = img.height, stride = w * 3
-        var tmp = [Float](repeating: 0, count: w * h * 3)
-        var rowAcc = [Float](repeating: 0, count: stride)
-        var out = [UInt8](repeating: 0, count: w * h * 3)
-        weights.withUnsafeBufferPointer { wt in
-            img.pixels.withUnsafeBufferPointer { src in
-                tmp.withUnsafeMutableBufferPointer { t in
-                    // Horizontal pass: the row as floats, then one contiguous loop over the interior
-                    // (taps are 3 floats apart in interleaved RGB), reflect-101 only near the edges.
-                    var rowF = [Float](repeating: 0, count: stride)
-                    rowF.withUnsafeMutableBufferPointer { rf in
+        var tmp = [UInt16](repeating: 0, count: w * h * 3)
+        let out = [UInt8](unsafeUninitializedCapacity: w * h * 3) { o, n in
+            weights.withUnsafeBufferPointer { wt in
+                img.pixels.withUnsafeBufferPointer { src in
+                    tmp.withUnsafeMutableBufferPointer { t in
+                        // Horizontal pass: a contiguous loop over the interior (taps 3 bytes apart in
+                        // interleaved RGB), reflect-101 only at the edges.
                         for y in 0..<h {
                             let row = src.baseAddress! + y * stride, dst = t.baseAddress! + y * stride
-                            for i in 0..<stride { rf[i] = Float(row[i]) }
                             if w > 2 * r {
-                                for i in (r * 3)..<((w - r) * 3) { dst[i] = 0 }
-                                for j in 0..<taps {
-                                    let wj = wt[j], shift = (j - r) * 3
-                                    for i in (r * 3)..<((w - r) * 3) { dst[i] += wj * rf[i + shift] }
+                                let lo = r * 3, hi = (w - r) * 3
+                                if taps == 3 {
+                                    for i in lo..<hi { dst[i] = UInt16(row[i - 3]) + 2 * UInt16(row[i]) + UInt16(row[i + 3]) }
+                                } else {
+                                    for i in lo..<hi {
+                                        let a = UInt16(row[i - 6]) + UInt16(row[i + 6]), b = UInt16(row[i - 3]) + UInt16(row[i + 3])
+                                        dst[i] = a + 4 * b + 6 * UInt16(row[i])
+                                    }
                                 }
                             }
                             for x in 0..<w where x < r || x >= w - r || w <= 2 * r {
                                 for c in 0..<3 {
-                                    var acc: Float = 0
-                                    for j in 0..<taps { acc += wt[j] * rf[reflect101(x + j - r, w) * 3 + c] }
+                                    var acc: UInt16 = 0
+                                    for j in 0..<taps { acc += wt[j] * UInt16(row[reflect101(x + j - r, w) * 3 + c]) }
                                     dst[x * 3 + c] = acc
                                 }
                             }
                         }
-                    }
-                    // Vertical pass, a whole row at a time, rounded once at the end.
-                    rowAcc.withUnsafeMutableBufferPointer { acc in
-                        out.withUnsafeMutableBufferPointer { o in
-                            for y in 0..<h {
-                                for i in 0..<stride { acc[i] = 0 }
-                                for j in 0..<taps {
-                                    let yy = y >= r && y < h - r ? y + j - r : reflect101(y + j - r, h)
-                                    let srcRow = t.baseAddress! + yy * stride
-                                    let wj = wt[j]
-                                    for i in 0..<stride { acc[i] += wj * srcRow[i] }
+                        // Vertical pass, a whole row at a time.
+                        let half = UInt32(1) << (shift - 1)
+                        for y in 0..<h {
+                            let dst = o.baseAddress! + y * stride
+                            func at(_ j: Int) -> UnsafeMutablePointer<UInt16> {
+                                t.baseAddress! + (y >= r && y < h - r ? y + j - r : reflect101(y + j - r, h)) * stride
+                            }
+                            if taps == 3 {
+                                let r0 = at(0), r1 = at(1), r2 = at(2)
+                                for i in 0..<stride {
+                                    let v = UInt32(r0[i]) + 2 * UInt32(r1[i]) + UInt32(r2[i])
+                                    dst[i] = UInt8(truncatingIfNeeded: (v + half) >> shift)
                                 }
-                                let dst = o.baseAddress! + y * stride
-                                for i in 0..<stride { dst[i] = UInt8(min(255, max(0, acc[i])) + 0.5) }
+                            } else {
+                                let r0 = at(0), r1 = at(1), r2 = at(2), r3 = at(3), r4 = at(4)
+                                for i in 0..<stride {
+                                    let v = UInt32(r0[i]) + UInt32(r4[i]) + 4 * (UInt32(r1[i]) + UInt32(r3[i])) + 6 * UInt32(r2[i])
+                                    dst[i] = UInt8(truncatingIfNeeded: (v + half) >> shift)
+                                }
                             }
                         }
                     }
                 }
             }
+            n = w * h * 3
         }
         return RGBImage(width: w, height: h, pixels: out)
     }
@@ -246,10 +264,22 @@ public enum Augmenter {
     }
 
     public static func adjustSaturation(_ img: RGBImage, _ f: Double) -> RGBImage {
-        map(img) { r, g, b in
-            let y = grey(r, g, b)
-            return (r * f + y * (1 - f), g * f + y * (1 - f), b * f + y * (1 - f))
+        // Blend with the pixel's grey level: out = v * f + grey * (1 - f), with the grey weights
+        // folded into (1 - f) once, in Double as before (a tie may not move).
+        let g0 = 0.299 * (1 - f), g1 = 0.587 * (1 - f), g2 = 0.114 * (1 - f)
+        let out = [UInt8](unsafeUninitializedCapacity: img.pixels.count) { o, n in
+            img.pixels.withUnsafeBufferPointer { p in
+                for i in 0..<(img.width * img.height) {
+                    let r = Double(p[3 * i]), g = Double(p[3 * i + 1]), b = Double(p[3 * i + 2])
+                    let y = r * g0 + g * g1 + b * g2
+                    o[3 * i] = byte(r * f + y)
+                    o[3 * i + 1] = byte(g * f + y)
+                    o[3 * i + 2] = byte(b * f + y)
+                }
+            }
+            n = img.pixels.count
         }
+        return RGBImage(width: img.width, height: img.height, pixels: out)
     }
 
     /// Hue shifted by `shift` of a full turn (torchvision's adjust_hue), in Float.

@@ -48,6 +48,12 @@ public enum ImageCodec {
     public static let maxPixels = 4096 * 4096
 
     public static func decodePNG(_ data: Data, item: String) throws -> RGBImage {
+        if let fast = PNGFastPath.decode(data, maxPixels: maxPixels) { return fast }
+        return try decodePNGWithLibpng(data, item: item)
+    }
+
+    /// libpng's simplified API: every PNG the fast path leaves alone, and every error message.
+    public static func decodePNGWithLibpng(_ data: Data, item: String) throws -> RGBImage {
         var image = png_image()
         image.version = radar_png_image_version()
         let ok = data.withUnsafeBytes { raw in png_image_begin_read_from_memory(&image, raw.baseAddress, raw.count) }
