@@ -36,6 +36,7 @@ let package = Package(
         .target(name: "CTaskClosure"),
         // Process control that needs a C call (prctl is variadic): a rank dies with its launcher.
         .target(name: "CProcess"),
+        .target(name: "CImageKernels"),
         // The engine: tensors, the Backend protocol, layers, the RADAR model, loss, optimizer and
         // the training step. No C library: it runs on whatever backend it is given.
         .target(name: "RadarEngine"),
@@ -50,7 +51,7 @@ let package = Package(
         .target(name: "CCUDAEmulator", exclude: ["kernels", "selftest"]),
         // Everything around the engine in one process: data, checkpoints, metrics, the training
         // run, device selection. Re-exports RadarEngine and RadarCPU.
-        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CLibDeflate", "CTurboJPEG", "CArchive", "CProcess", "COpenSSL"]),
+        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CLibDeflate", "CTurboJPEG", "CArchive", "CProcess", "CImageKernels", "COpenSSL"]),
         .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
 
         // The command-line pieces radar and radar-worker share (training flags, progress).

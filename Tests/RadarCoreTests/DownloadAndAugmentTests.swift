@@ -72,6 +72,58 @@ final class AugmentationTests: XCTestCase {
         zip(a.pixels, b.pixels).map { abs(Int($0) - Int($1)) }.max() ?? 0
     }
 
+    /// The AVX2 warpAffine kernel (where the CPU has AVX2) gives the scalar path's bytes: 60
+    /// random rotations, scales and shifts of odd-sized images, edges included.
+    func testVectorWarpAffineEqualsTheScalarPath() {
+        print("image kernels: \(Augmenter.vectorKernels ? "AVX2 (compared with the scalar path)" : "scalar only (no AVX2 on this CPU)")")
+        let faces = SyntheticFaces(size: 61, seed: 3)
+        for i in 0..<60 {
+            var img = faces.rgbImage(i, label: i % 2)
+            if i % 3 == 1 { img = ImageResize.resize(img, width: 37 + i % 11, height: 23 + i % 7) }
+            let a = Double(i * 7 % 21) - 10, s = 0.9 + Double(i % 5) * 0.05, dx = Double(i % 3) * 0.05 - 0.05, dy = Double(i % 4) * 0.03 - 0.05
+            let m = Augmenter.affineMatrix(width: img.width, height: img.height, angle: a, scale: s, dx: dx, dy: dy)
+            let vector = Augmenter.warpAffine(img, matrix: m)
+            Augmenter.scalarOnly = true
+            let scalar = Augmenter.warpAffine(img, matrix: m)
+            Augmenter.scalarOnly = false
+            XCTAssertEqual(vector.pixels, scalar.pixels, "case \(i): \(img.width)x\(img.height), angle \(a), scale \(s)")
+        }
+    }
+
+    /// The AVX2 hue rotation gives the scalar path's bytes: shifts of both signs and large ones,
+    /// greys, saturated colours and a grid of colours with ties between channels.
+    func testVectorHueEqualsTheScalarPath() {
+        var bytes: [UInt8] = []
+        for r in stride(from: 0, through: 255, by: 15) { for g in stride(from: 0, through: 255, by: 17) { for b in [0, 1, 127, 128, 254, 255, r, g] {
+            bytes += [UInt8(r), UInt8(g), UInt8(b)]
+        } } }
+        let faces = SyntheticFaces(size: 33, seed: 2)
+        for img in [RGBImage(width: bytes.count / 3, height: 1, pixels: bytes), faces.rgbImage(1, label: 1), RGBImage(width: 3, height: 3, pixels: Array(bytes.prefix(27)))] {
+            for shift in [-0.02, -0.013, 0, 0.007, 0.02, 0.5, -0.5, 1.0 / 3] {
+                let vector = Augmenter.adjustHue(img, shift)
+                Augmenter.scalarOnly = true
+                let scalar = Augmenter.adjustHue(img, shift)
+                Augmenter.scalarOnly = false
+                XCTAssertEqual(vector.pixels, scalar.pixels, "\(img.width)x\(img.height) shift \(shift)")
+            }
+        }
+    }
+
+    /// The AVX2 Gaussian blur gives the scalar path's bytes, tiny images (reflect-only) included.
+    func testVectorBlurEqualsTheScalarPath() {
+        let faces = SyntheticFaces(size: 40, seed: 8)
+        for (i, (w, h)) in [(40, 40), (1, 1), (2, 7), (5, 3), (17, 9), (37, 23), (64, 5), (224, 224)].enumerated() {
+            let img = ImageResize.resize(faces.rgbImage(i, label: i % 2), width: w, height: h)
+            for k in [3, 5] {
+                let vector = Augmenter.gaussianBlur(img, kernel: k)
+                Augmenter.scalarOnly = true
+                let scalar = Augmenter.gaussianBlur(img, kernel: k)
+                Augmenter.scalarOnly = false
+                XCTAssertEqual(vector.pixels, scalar.pixels, "\(w)x\(h) kernel \(k)")
+            }
+        }
+    }
+
     func testGeometricBlurAndJPEGMatchOpenCV() throws {
         // Fixture: tools/golden/augment_fixture.py (cv2.warpAffine, cv2.GaussianBlur, cv2.imencode).
         // warpAffine may differ by one grey level on a rounding tie; blur kernels are dyadic and match exactly, and

@@ -1,3 +1,4 @@
+import CImageKernels
 import Foundation
 
 /// The random choices of one training augmentation (MODEL.md §8), drawn from Philox keyed by
@@ -49,6 +50,12 @@ public struct AugmentationPlan: Equatable, Sendable {
 /// Applies augmentation plans to 8-bit RGB images, each operation producing 8-bit output as
 /// albumentations/OpenCV do.
 public enum Augmenter {
+    /// Whether the AVX2 image kernels run on this CPU (CImageKernels).
+    static let avx2 = radar_image_kernels_avx2() != 0
+    public static var vectorKernels: Bool { avx2 }
+    /// Tests set this to compare the vector kernels with the scalar path.
+    nonisolated(unsafe) public static var scalarOnly = false
+
     public static func apply(_ plan: AugmentationPlan, to image: RGBImage) throws -> RGBImage {
         var img = image
         if plan.flip { img = flipHorizontal(img) }
@@ -119,12 +126,14 @@ public enum Augmenter {
         let w = img.width, h = img.height, stride = w * 3
         let a0 = Float(i0), a3 = Float(i3)
         var out = [UInt8](repeating: 0, count: w * h * 3)
+        let useAVX2 = Augmenter.avx2 && !Augmenter.scalarOnly
         img.pixels.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
+                let fast = useAVX2 && w >= 8
                 for y in 0..<h {
                     let bx = Float(Double(y) * i1 + i2), by = Float(Double(y) * i4 + i5)
-                    var o = y * stride
-                    for x in 0..<w {
+                    @inline(__always) func pixel(_ x: Int) {
+                        let o = y * stride + x * 3
                         let xf = Float(x)
                         let sx = bx + a0 * xf
                         let sy = by + a3 * xf
@@ -148,7 +157,17 @@ public enum Augmenter {
                             // + 1.5 * 2^23 and back: nearest-even rounding without a libm call.
                             dst[o + c] = UInt8((min(255, max(0, v)) + 12_582_912) - 12_582_912)
                         }
-                        o += 3
+                    }
+                    var x = 0
+                    while x < w {
+                        if fast {
+                            // Groups of 8 pixels whose taps are all inside, vectorised; the
+                            // 8 pixels where it stops take the scalar path (reflect-101 edges).
+                            x = Int(radar_warp_affine_row_avx2(src.baseAddress!, Int32(w), Int32(h), dst.baseAddress! + y * stride,
+                                                               Int32(x), Int32(w), bx, by, a0, a3))
+                        }
+                        let end = fast ? min(x + 8, w) : w
+                        while x < end { pixel(x); x += 1 }
                     }
                 }
             }
@@ -161,6 +180,18 @@ public enum Augmenter {
     /// sums are exact: the horizontal pass keeps 16-bit sums, the vertical one rounds
     /// (sum + half) >> shift, which is what OpenCV's fixed-point path computes.
     public static func gaussianBlur(_ img: RGBImage, kernel k: Int) -> RGBImage {
+        if avx2 && !scalarOnly {
+            var tmp = [UInt16](repeating: 0, count: img.pixels.count)
+            let out = [UInt8](unsafeUninitializedCapacity: img.pixels.count) { o, n in
+                img.pixels.withUnsafeBufferPointer { src in
+                    tmp.withUnsafeMutableBufferPointer { t in
+                        radar_gaussian_blur_avx2(src.baseAddress!, Int32(img.width), Int32(img.height), o.baseAddress!, t.baseAddress!, Int32(k))
+                    }
+                }
+                n = img.pixels.count
+            }
+            return RGBImage(width: img.width, height: img.height, pixels: out)
+        }
         let weights: [UInt16] = k == 3 ? [1, 2, 1] : [1, 4, 6, 4, 1]
         let shift: UInt32 = k == 3 ? 4 : 8
         let taps = weights.count, r = taps / 2, w = img.width, h = img.height, stride = w * 3
@@ -286,9 +317,13 @@ public enum Augmenter {
     public static func adjustHue(_ img: RGBImage, _ shift: Double) -> RGBImage {
         var out = img.pixels
         let sh = Float(shift)
+        let vector = avx2 && !scalarOnly
         out.withUnsafeMutableBufferPointer { o in
             img.pixels.withUnsafeBufferPointer { p in
-                for i in 0..<(img.width * img.height) {
+                let pixels = img.width * img.height
+                // Groups of 8 pixels on AVX2 (the same Float operations), the rest here.
+                let start = vector ? Int(radar_adjust_hue_avx2(p.baseAddress!, o.baseAddress!, Int32(pixels), sh)) : 0
+                for i in start..<pixels {
                     let r = Float(p[3 * i]), g = Float(p[3 * i + 1]), b = Float(p[3 * i + 2])
                     let mx = max(r, g, b), mn = min(r, g, b), d = mx - mn
                     if d == 0 { continue }  // grey: hue has no effect

@@ -1,0 +1,26 @@
+#ifndef RADAR_CIMAGEKERNELS_H
+#define RADAR_CIMAGEKERNELS_H
+#include <stdint.h>
+
+// Image kernels vectorised across pixels for CPUs that have AVX2, chosen at run time (the Swift
+// build targets baseline x86-64). Each gives the same bytes as the Swift path it replaces.
+
+/// 1 when this CPU runs the AVX2 kernels below.
+int radar_image_kernels_avx2(void);
+
+/// One output row of warpAffine (bilinear, Float arithmetic in the Swift path's order) for the
+/// pixels x in [x0, x1) whose four taps all lie inside the image (the caller checks): source
+/// coordinates sx = bx + a0 * x, sy = by + a3 * x. `src` is the whole w x h RGB image, `dst` the
+/// output row. Returns the first x it did not write (it stops early at a pixel whose taps
+/// leave the image, so the caller's reflect-101 path takes it).
+int radar_warp_affine_row_avx2(const uint8_t *src, int w, int h, uint8_t *dst, int x0, int x1,
+                               float bx, float by, float a0, float a3);
+
+/// cv2.GaussianBlur(ksize k = 3 or 5, sigma 0) of a w x h RGB image, BORDER_REFLECT_101, exact
+/// integer sums rounded once, as the Swift path computes it. `tmp` holds w * h * 3 uint16 values.
+void radar_gaussian_blur_avx2(const uint8_t *src, int w, int h, uint8_t *dst, uint16_t *tmp, int k);
+
+/// torchvision's adjust_hue on interleaved RGB bytes, in the Swift path's Float operations, for
+/// the first pixels in groups of 8; returns how many pixels it wrote (the caller does the rest).
+int radar_adjust_hue_avx2(const uint8_t *src, uint8_t *dst, int pixels, float shift);
+#endif
