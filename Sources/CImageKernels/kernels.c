@@ -118,23 +118,32 @@ void radar_gaussian_blur_avx2(const uint8_t *src, int w, int h, uint8_t *dst, ui
             }
         }
     }
-    // Vertical: 16 columns at a time in 32-bit sums, rounded (sum + half) >> shift.
-    const __m256i half = _mm256_set1_epi32(1 << (shift - 1));
+    // Vertical: 16 columns at a time. The sums fit 16 bits (at most 255 * 16 * 16 + 128 = 65408),
+    // rounded (sum + half) >> shift and packed to bytes.
+    const __m256i half = _mm256_set1_epi16((short)(1 << (shift - 1)));
+    const __m128i count = _mm_cvtsi32_si128(shift);
     for (int y = 0; y < h; y++) {
         const uint16_t *rows[5];
         for (int j = 0; j < taps; j++) rows[j] = tmp + (long)(y >= r && y < h - r ? y + j - r : reflect101(y + j - r, h)) * stride;
         uint8_t *o = dst + (long)y * stride;
         int i = 0;
-        for (; i + 8 <= stride; i += 8) {
-            __m256i acc = _mm256_setzero_si256();
-            for (int j = 0; j < taps; j++) {
-                __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(rows[j] + i)));
-                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_set1_epi32(wt[j])));
+        for (; i + 16 <= stride; i += 16) {
+            __m256i acc;
+            if (taps == 3) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(rows[0] + i)), b = _mm256_loadu_si256((const __m256i *)(rows[1] + i));
+                __m256i c = _mm256_loadu_si256((const __m256i *)(rows[2] + i));
+                acc = _mm256_add_epi16(_mm256_add_epi16(a, c), _mm256_slli_epi16(b, 1));
+            } else {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(rows[0] + i)), b = _mm256_loadu_si256((const __m256i *)(rows[1] + i));
+                __m256i c = _mm256_loadu_si256((const __m256i *)(rows[2] + i)), d = _mm256_loadu_si256((const __m256i *)(rows[3] + i));
+                __m256i e = _mm256_loadu_si256((const __m256i *)(rows[4] + i));
+                acc = _mm256_add_epi16(_mm256_add_epi16(a, e),
+                                       _mm256_add_epi16(_mm256_slli_epi16(_mm256_add_epi16(b, d), 2), _mm256_mullo_epi16(c, _mm256_set1_epi16(6))));
             }
-            acc = _mm256_srli_epi32(_mm256_add_epi32(acc, half), shift);
-            int32_t out[8];
-            _mm256_storeu_si256((__m256i *)out, acc);
-            for (int q = 0; q < 8; q++) o[i + q] = (uint8_t)out[q];
+            acc = _mm256_srl_epi16(_mm256_add_epi16(acc, half), count);
+            // Pack 16 words to 16 bytes (values are at most 255).
+            __m128i lo = _mm256_castsi256_si128(acc), hi = _mm256_extracti128_si256(acc, 1);
+            _mm_storeu_si128((__m128i *)(o + i), _mm_packus_epi16(lo, hi));
         }
         for (; i < stride; i++) {
             uint32_t s = 0;
@@ -143,6 +152,7 @@ void radar_gaussian_blur_avx2(const uint8_t *src, int w, int h, uint8_t *dst, ui
         }
     }
 }
+
 __attribute__((target("avx2")))
 int radar_adjust_hue_avx2(const uint8_t *src, uint8_t *dst, int pixels, float shift) {
     const __m256i lane3 = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21), byte = _mm256_set1_epi32(0xff);
@@ -201,3 +211,15 @@ int radar_warp_affine_row_avx2(const uint8_t *src, int w, int h, uint8_t *dst, i
     return x0;
 }
 #endif
+
+/// Horizontal flip of a w x h RGB image (plain C, any CPU: the compiler's loop beats Swift's here).
+void radar_flip_rgb(const uint8_t *src, int w, int h, uint8_t *dst) {
+    for (int y = 0; y < h; y++) {
+        const uint8_t *s = src + (long)y * w * 3;
+        uint8_t *d = dst + (long)y * w * 3;
+        for (int x = 0; x < w; x++) {
+            const uint8_t *p = s + (long)(w - 1 - x) * 3;
+            d[3 * x] = p[0]; d[3 * x + 1] = p[1]; d[3 * x + 2] = p[2];
+        }
+    }
+}

@@ -23,4 +23,7 @@ void radar_gaussian_blur_avx2(const uint8_t *src, int w, int h, uint8_t *dst, ui
 /// torchvision's adjust_hue on interleaved RGB bytes, in the Swift path's Float operations, for
 /// the first pixels in groups of 8; returns how many pixels it wrote (the caller does the rest).
 int radar_adjust_hue_avx2(const uint8_t *src, uint8_t *dst, int pixels, float shift);
+
+/// Horizontal flip of a w x h RGB image (any CPU).
+void radar_flip_rgb(const uint8_t *src, int w, int h, uint8_t *dst);
 #endif

@@ -76,17 +76,8 @@ public enum Augmenter {
     }
 
     public static func flipHorizontal(_ img: RGBImage) -> RGBImage {
-        let w = img.width, stride = w * 3
         let out = [UInt8](unsafeUninitializedCapacity: img.pixels.count) { o, n in
-            img.pixels.withUnsafeBufferPointer { p in
-                for y in 0..<img.height {
-                    let src = p.baseAddress! + y * stride, dst = o.baseAddress! + y * stride
-                    for x in 0..<w {
-                        let s = src + (w - 1 - x) * 3, d = dst + x * 3
-                        d[0] = s[0]; d[1] = s[1]; d[2] = s[2]
-                    }
-                }
-            }
+            img.pixels.withUnsafeBufferPointer { radar_flip_rgb($0.baseAddress!, Int32(img.width), Int32(img.height), o.baseAddress!) }
             n = img.pixels.count
         }
         return RGBImage(width: img.width, height: img.height, pixels: out)
