@@ -14,8 +14,7 @@ extension Bench {
 
         func run() throws {
             try failing {
-                let faces = SyntheticFaces(size: size, seed: 1)
-                var pngs = try (0..<32).map { try ImageCodec.encodePNG(faces.rgbImage($0, label: $0 % 2)) }
+                var pngs: [Data] = []
                 if let data {
                     let set = try ShardSet(directory: data)
                     pngs = []
@@ -24,6 +23,9 @@ extension Bench {
                         if b.starts(with: [0x89, 0x50, 0x4E, 0x47]) { pngs.append(b) }
                     } }
                     guard !pngs.isEmpty else { throw ValidationError("\(data): no PNG members") }
+                } else {
+                    let faces = SyntheticFaces(size: size, seed: 1)
+                    pngs = try (0..<32).map { try ImageCodec.encodePNG(faces.rgbImage($0, label: $0 % 2)) }
                 }
                 let imageSize = try ImageCodec.decode(pngs[0], item: "png").width
                 let jpgs = try pngs.map { try ImageCodec.encodeJPEG(try ImageCodec.decode($0, item: "png"), quality: 95) }

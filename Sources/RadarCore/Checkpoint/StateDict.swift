@@ -10,12 +10,15 @@ public enum StateDict {
         public let missing: [String]
         public let unknown: [String]
         public let shapes: [String]
-        public var description: String {
+        public var description: String { "\(source): state dict does not fit the model: " + parts.joined(separator: "; ") }
+
+        /// `missing N: ...`, `unexpected N: ...`, `misshaped N: ...`, each folded (also TimmWeights').
+        public var parts: [String] {
             var parts: [String] = []
             if !missing.isEmpty { parts.append("missing \(missing.count): " + Mismatch.fold(missing, limit: 6)) }
             if !unknown.isEmpty { parts.append("unexpected \(unknown.count): " + Mismatch.fold(unknown, limit: 6)) }
             if !shapes.isEmpty { parts.append("misshaped \(shapes.count): " + Mismatch.fold(shapes, limit: 4)) }
-            return "\(source): state dict does not fit the model: " + parts.joined(separator: "; ")
+            return parts
         }
 
         /// Names with their numeric components as `*` (`encoder.blocks.*.attn.qkv.weight (x12)`),

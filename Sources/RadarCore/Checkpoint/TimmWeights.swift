@@ -38,10 +38,7 @@ public enum TimmWeights {
             }
         }
         if !missing.isEmpty || !unknown.isEmpty || !shapes.isEmpty {
-            var p: [String] = []
-            if !missing.isEmpty { p.append("missing \(missing.count): " + StateDict.Mismatch.fold(missing)) }
-            if !unknown.isEmpty { p.append("unexpected \(unknown.count): " + StateDict.Mismatch.fold(unknown)) }
-            if !shapes.isEmpty { p.append("misshaped \(shapes.count): " + StateDict.Mismatch.fold(shapes, limit: 6)) }
+            var p = StateDict.Mismatch(source: path, missing: missing, unknown: unknown, shapes: shapes).parts
             if unknown.count > tensors.count / 2 && tensors.keys.contains(where: { $0.hasPrefix("encoder.") }) {
                 p.append("this looks like a whole RADAR model: use --init-from for that")
             }

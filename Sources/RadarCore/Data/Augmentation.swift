@@ -245,22 +245,6 @@ public enum Augmenter {
 
     // Colour jitter, torchvision's definitions on 8-bit images (blend with black, with the mean
     // grey level, with the grey image; hue rotated in HSV), rounded to 8 bits after each.
-    /// Applies a per-pixel colour function with tight loops over the bytes.
-    @inline(__always) static func map(_ img: RGBImage, _ f: (Double, Double, Double) -> (Double, Double, Double)) -> RGBImage {
-        var out = img.pixels
-        out.withUnsafeMutableBufferPointer { o in
-            img.pixels.withUnsafeBufferPointer { p in
-                for i in 0..<(img.width * img.height) {
-                    let (r, g, b) = f(Double(p[3 * i]), Double(p[3 * i + 1]), Double(p[3 * i + 2]))
-                    o[3 * i] = byte(r)
-                    o[3 * i + 1] = byte(g)
-                    o[3 * i + 2] = byte(b)
-                }
-            }
-        }
-        return RGBImage(width: img.width, height: img.height, pixels: out)
-    }
-
     @inline(__always) static func byte(_ v: Double) -> UInt8 { UInt8(min(255, max(0, v)) + 0.5) }
 
     static func grey(_ r: Double, _ g: Double, _ b: Double) -> Double { 0.299 * r + 0.587 * g + 0.114 * b }

@@ -68,29 +68,33 @@ public enum PNGFastPath {
     }
 
     static func decode(_ b: UnsafeBufferPointer<UInt8>, maxPixels: Int) -> RGBImage? {
-        guard let (width, height, channels, idat) = scan(b, maxPixels: maxPixels) else { return nil }
-        let expected = height * (width * channels + 1)
-        var filtered = [UInt8](repeating: 0, count: expected)
-        func inflate(_ stream: UnsafeRawPointer, _ length: Int) -> Bool {
-            filtered.withUnsafeMutableBytes { out in
+        guard let (width, height, channels, idat) = scan(b, maxPixels: maxPixels),
+              var filtered = inflate(b, idat, count: height * (width * channels + 1)) else { return nil }
+        return unfilter(&filtered, width: width, height: height, channels: channels)
+    }
+
+    /// The IDAT chunks' zlib stream inflated in one call; nil unless it is exactly `count` bytes.
+    static func inflate(_ b: UnsafeBufferPointer<UInt8>, _ idat: [(Int, Int)], count: Int) -> [UInt8]? {
+        var out = [UInt8](repeating: 0, count: count)
+        func run(_ stream: UnsafeRawPointer, _ length: Int) -> Bool {
+            out.withUnsafeMutableBytes { o in
                 guard let d = libdeflate_alloc_decompressor() else { return false }
                 defer { libdeflate_free_decompressor(d) }
                 var actual = 0
-                return libdeflate_zlib_decompress(d, stream, length, out.baseAddress, expected, &actual) == LIBDEFLATE_SUCCESS && actual == expected
+                return libdeflate_zlib_decompress(d, stream, length, o.baseAddress, count, &actual) == LIBDEFLATE_SUCCESS && actual == count
             }
         }
         let ok: Bool
         if idat.count == 1 {
-            ok = inflate(b.baseAddress! + idat[0].0, idat[0].1)
+            ok = run(b.baseAddress! + idat[0].0, idat[0].1)
         } else {
             // One zlib stream split over several chunks: join their bodies.
             var joined: [UInt8] = []
             joined.reserveCapacity(idat.reduce(0) { $0 + $1.1 })
             for (o, n) in idat { joined.append(contentsOf: UnsafeBufferPointer(start: b.baseAddress! + o, count: n)) }
-            ok = joined.withUnsafeBytes { inflate($0.baseAddress!, $0.count) }
+            ok = joined.withUnsafeBytes { run($0.baseAddress!, $0.count) }
         }
-        guard ok else { return nil }
-        return unfilter(&filtered, width: width, height: height, channels: channels)
+        return ok ? out : nil
     }
 
     /// The filter type of every row (tests check that their images exercise all five).
@@ -98,15 +102,8 @@ public enum PNGFastPath {
         data.withUnsafeBytes { raw -> [UInt8] in
             let b = UnsafeBufferPointer(start: raw.baseAddress!.assumingMemoryBound(to: UInt8.self), count: raw.count)
             guard let (width, height, channels, idat) = scan(b, maxPixels: 1 << 24) else { return [] }
-            var joined: [UInt8] = []
-            for (o, n) in idat { joined.append(contentsOf: UnsafeBufferPointer(start: b.baseAddress! + o, count: n)) }
             let stride = width * channels + 1
-            var out = [UInt8](repeating: 0, count: height * stride)
-            guard let d = libdeflate_alloc_decompressor() else { return [] }
-            defer { libdeflate_free_decompressor(d) }
-            var actual = 0
-            let capacity = out.count
-            _ = out.withUnsafeMutableBytes { libdeflate_zlib_decompress(d, joined, joined.count, $0.baseAddress, capacity, &actual) }
+            guard let out = inflate(b, idat, count: height * stride) else { return [] }
             return (0..<height).map { out[$0 * stride] }
         }
     }

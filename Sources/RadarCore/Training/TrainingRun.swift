@@ -250,9 +250,7 @@ public final class TrainingRun {
     func checkResumable(_ st: Checkpoint.State, path: String) throws {
         let saved = try RADARConfig.decode(Data(st.configJSON.utf8), source: "\(path): metadata config")
         if saved != options.config {
-            let a = (try? JSONSerialization.jsonObject(with: saved.jsonData()) as? [String: Any]) ?? [:]
-            let b = (try? JSONSerialization.jsonObject(with: options.config.jsonData()) as? [String: Any]) ?? [:]
-            let diff = a.keys.sorted().filter { "\(a[$0]!)" != "\(b[$0] ?? "nil")" }.map { "\($0): checkpoint \(a[$0]!), now \(b[$0] ?? "nil")" }
+            let diff = ModelWeights.configDifferences(saved, options.config, "checkpoint", "now")
             throw Checkpoint.CheckpointError(path: path, reason: "config differs from the run's: " + diff.joined(separator: "; "))
         }
         // The data and the seed decide which samples an epoch deals and in what order: continuing on
