@@ -55,7 +55,7 @@ let package = Package(
         .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
 
         // The command-line pieces radar and radar-worker share (training flags, progress).
-        .target(name: "RadarCLI", dependencies: ["RadarCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .target(name: "RadarCLI", dependencies: ["RadarCore", "RadarDistributed", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "radar", dependencies: [
             "RadarCore", "RadarDistributed", "RadarCLI", "CAllocationCounter",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RadarCore
+import RadarDistributed
 
 /// The training flags `radar train` and `radar-worker` share (the reference pipeline's, plus
 /// checkpointing), and the options they make.
@@ -137,3 +138,6 @@ public func attachProgress(_ run: TrainingRun, imagesPerBatch: Int, showBar: Boo
         report?(epoch, done, loss, rate)
     }
 }
+
+/// `--grad-dtype fp32|bf16` (radar-worker, radar bench allreduce).
+extension WireFormat: @retroactive ExpressibleByArgument {}

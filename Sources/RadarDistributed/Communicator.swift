@@ -43,8 +43,8 @@ public protocol Communicator: AnyObject {
 extension Communicator {
     /// Ring all-reduce of a Float buffer in place (see `RingAllReduce`).
     /// `tensor` identifies what is reduced (a gradient bucket, a flag); it travels as the tag.
-    public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp = .sum, tensor: Int = 1) throws {
-        try RingAllReduce(communicator: self).run(buffer, count: count, op: op, tag: tensor)
+    public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp = .sum, tensor: Int = 1, wire: WireFormat = .fp32) throws {
+        try RingAllReduce(communicator: self, wire: wire).run(buffer, count: count, op: op, tag: tensor)
     }
 
     /// Rank `root`'s bytes to everyone, along the ring.
@@ -77,16 +77,45 @@ extension Communicator {
     }
 }
 
+/// What a gradient travels as between ranks. `bf16` halves the bytes: every message carries
+/// bfloat16 (round to nearest even, as PyTorch's `.to(torch.bfloat16)`), every sum is formed in
+/// fp32 on the receiving rank, and the finished segments are rounded to bf16 once before they go
+/// round, so every rank still ends with the same bits.
+public enum WireFormat: String, Sendable, CaseIterable {
+    case fp32, bf16
+    public var bytesPerValue: Int { self == .fp32 ? 4 : 2 }
+}
+
+/// fp32 <-> bfloat16 (the upper half of the fp32 bit pattern), round to nearest even; NaN stays NaN.
+public enum BFloat16 {
+    @inline(__always) public static func bits(_ x: Float) -> UInt16 {
+        let u = x.bitPattern
+        if u & 0x7fff_ffff > 0x7f80_0000 { return UInt16(truncatingIfNeeded: u >> 16) | 0x40 }
+        return UInt16(truncatingIfNeeded: (u &+ 0x7fff &+ ((u >> 16) & 1)) >> 16)
+    }
+    @inline(__always) public static func float(_ b: UInt16) -> Float { Float(bitPattern: UInt32(b) << 16) }
+    @inline(__always) public static func round(_ x: Float) -> Float { float(bits(x)) }
+    public static func pack(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<UInt16>, count n: Int) {
+        for i in 0..<n { dst[i] = bits(src[i]) }
+    }
+    public static func unpack(_ src: UnsafePointer<UInt16>, _ dst: UnsafeMutablePointer<Float>, count n: Int) {
+        for i in 0..<n { dst[i] = float(src[i]) }
+    }
+}
+
 /// Reduce-scatter then all-gather around the ring, in chunks, pipelined: the buffer is cut into
 /// `size` segments (any length: segment boundaries are `count * i / size`), every segment travels
 /// in pieces of at most `chunkFloats`, and while piece k+1 is on the wire a helper thread adds
 /// piece k into the buffer (two scratch pieces alternate). Each segment's sum is formed in one
 /// fixed order along the ring and then copied, so every rank ends with bit-identical values.
+/// With `wire = .bf16` the messages are bfloat16 (see `WireFormat`): the result is the fp32 ring's
+/// within bf16 rounding of each partial sum, identical on every rank.
 public struct RingAllReduce {
     public let communicator: Communicator
     public var chunkFloats = 1 << 20
+    public var wire: WireFormat = .fp32
 
-    public init(communicator: Communicator) { self.communicator = communicator }
+    public init(communicator: Communicator, wire: WireFormat = .fp32) { self.communicator = communicator; self.wire = wire }
 
     public func run(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp, tag: Int) throws {
         let c = communicator
@@ -96,11 +125,21 @@ public struct RingAllReduce {
         func bounds(_ seg: Int) -> Range<Int> { (count * seg / p)..<(count * (seg + 1) / p) }
         let maxSeg = (0..<p).map { bounds($0).count }.max()!
         let piece = max(min(maxSeg, chunkFloats), 1)
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * piece)
+        let half = wire == .bf16
+        let w = wire.bytesPerValue
+        // Two receive slots (fp32 or bf16), and for bf16 one packed send piece.
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: 2 * piece * w + (half ? piece * 2 : 0), alignment: 64)
         defer { scratch.deallocate() }
+        let packed = (scratch + 2 * piece * w).assumingMemoryBound(to: UInt16.self)
         // The helper thread only pays off when a segment travels in several pieces.
         let reducer: PieceReducer? = maxSeg > piece ? PieceReducer() : nil
         defer { reducer?.finish() }
+        /// The bytes to send for `n` values at `src`: the values themselves, or packed to bf16.
+        func outgoing(_ src: UnsafeMutablePointer<Float>, _ n: Int) -> UnsafeRawPointer {
+            guard half else { return UnsafeRawPointer(src) }
+            BFloat16.pack(src, packed, count: n)
+            return UnsafeRawPointer(packed)
+        }
         // Reduce-scatter: after p-1 steps rank r holds the full reduction of segment (r+1) % p.
         for s in 0..<(p - 1) {
             let sendSeg = bounds((c.rank - s + p) % p), recvSeg = bounds((c.rank - s - 1 + p) % p)
@@ -109,18 +148,23 @@ public struct RingAllReduce {
             var off = 0, k = 0
             while off < maxSeg {
                 let sn = max(0, min(piece, sendSeg.count - off)), rn = max(0, min(piece, recvSeg.count - off))
-                let slot = scratch + (k % 2) * piece
+                let slot = scratch + (k % 2) * piece * w
                 reducer?.waitForSlot(k % 2)
-                try c.sendRecv(buffer + sendSeg.lowerBound + off, sendBytes: sn * 4, to: next, slot, recvBytes: rn * 4, from: prev, tag: tag)
+                try c.sendRecv(outgoing(buffer + sendSeg.lowerBound + off, sn), sendBytes: sn * w, to: next, slot, recvBytes: rn * w, from: prev, tag: tag)
                 if let reducer {
-                    reducer.add(slot: k % 2, from: slot, into: buffer + recvSeg.lowerBound + off, count: rn, op: op)
+                    reducer.add(slot: k % 2, from: slot, bf16: half, into: buffer + recvSeg.lowerBound + off, count: rn, op: op)
                 } else {
-                    PieceReducer.add(slot, into: buffer + recvSeg.lowerBound + off, count: rn, op: op)
+                    PieceReducer.add(slot, bf16: half, into: buffer + recvSeg.lowerBound + off, count: rn, op: op)
                 }
                 off += piece
                 k += 1
             }
             reducer?.drain()  // the next step sends what this step reduced
+        }
+        // This rank's finished segment, rounded once, is what every rank will hold.
+        if half {
+            let own = bounds((c.rank + 1) % p)
+            for i in own { buffer[i] = BFloat16.round(buffer[i]) }
         }
         // All-gather: pass the finished segments around.
         for s in 0..<(p - 1) {
@@ -128,8 +172,15 @@ public struct RingAllReduce {
             var off = 0
             while off < maxSeg {
                 let sn = max(0, min(piece, sendSeg.count - off)), rn = max(0, min(piece, recvSeg.count - off))
-                try c.sendRecv(buffer + sendSeg.lowerBound + off, sendBytes: sn * 4, to: next,
-                               buffer + recvSeg.lowerBound + off, recvBytes: rn * 4, from: prev, tag: tag)
+                let dst = buffer + recvSeg.lowerBound + off
+                if half {
+                    try c.sendRecv(outgoing(buffer + sendSeg.lowerBound + off, sn), sendBytes: sn * 2, to: next,
+                                   scratch, recvBytes: rn * 2, from: prev, tag: tag)
+                    BFloat16.unpack(scratch.assumingMemoryBound(to: UInt16.self), dst, count: rn)
+                } else {
+                    try c.sendRecv(buffer + sendSeg.lowerBound + off, sendBytes: sn * 4, to: next,
+                                   dst, recvBytes: rn * 4, from: prev, tag: tag)
+                }
                 off += piece
             }
         }
@@ -139,7 +190,7 @@ public struct RingAllReduce {
 /// A helper thread that adds received pieces into the buffer while the next piece is in flight.
 final class PieceReducer: @unchecked Sendable {
     private let cond = NSCondition()
-    private var pending: [(slot: Int, src: UnsafeMutablePointer<Float>, dst: UnsafeMutablePointer<Float>, n: Int, op: ReduceOp)] = []
+    private var pending: [(slot: Int, src: UnsafeMutableRawPointer, bf16: Bool, dst: UnsafeMutablePointer<Float>, n: Int, op: ReduceOp)] = []
     private var busy = [false, false]
     private var stopped = false
     private var thread: Thread?
@@ -150,10 +201,10 @@ final class PieceReducer: @unchecked Sendable {
         t.start()
     }
 
-    func add(slot: Int, from src: UnsafeMutablePointer<Float>, into dst: UnsafeMutablePointer<Float>, count n: Int, op: ReduceOp) {
+    func add(slot: Int, from src: UnsafeMutableRawPointer, bf16: Bool, into dst: UnsafeMutablePointer<Float>, count n: Int, op: ReduceOp) {
         cond.lock()
         busy[slot] = true
-        pending.append((slot, src, dst, n, op))
+        pending.append((slot, src, bf16, dst, n, op))
         cond.broadcast()
         cond.unlock()
     }
@@ -179,7 +230,17 @@ final class PieceReducer: @unchecked Sendable {
         cond.unlock()
     }
 
-    static func add(_ src: UnsafeMutablePointer<Float>, into dst: UnsafeMutablePointer<Float>, count n: Int, op: ReduceOp) {
+    /// `dst[i] (op)= src[i]`, `src` holding fp32 values or bf16 ones (widened exactly).
+    static func add(_ raw: UnsafeMutableRawPointer, bf16: Bool, into dst: UnsafeMutablePointer<Float>, count n: Int, op: ReduceOp) {
+        if bf16 {
+            let src = raw.assumingMemoryBound(to: UInt16.self)
+            switch op {
+            case .sum: for i in 0..<n { dst[i] += BFloat16.float(src[i]) }
+            case .max: for i in 0..<n { dst[i] = Swift.max(dst[i], BFloat16.float(src[i])) }
+            }
+            return
+        }
+        let src = raw.assumingMemoryBound(to: Float.self)
         switch op {
         case .sum: for i in 0..<n { dst[i] += src[i] }
         case .max: for i in 0..<n { dst[i] = Swift.max(dst[i], src[i]) }
@@ -193,7 +254,7 @@ final class PieceReducer: @unchecked Sendable {
             if pending.isEmpty && stopped { cond.unlock(); return }
             let job = pending.removeFirst()
             cond.unlock()
-            PieceReducer.add(job.src, into: job.dst, count: job.n, op: job.op)
+            PieceReducer.add(job.src, bf16: job.bf16, into: job.dst, count: job.n, op: job.op)
             cond.lock()
             busy[job.slot] = false
             cond.broadcast()

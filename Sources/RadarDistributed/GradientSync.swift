@@ -16,6 +16,8 @@ public final class GradientSync: @unchecked Sendable {
     /// Bucket ranges over the gradient buffer, highest offsets first (backward's order).
     public let buckets: [Range<Int>]
     public let overlap: Bool
+    /// What buckets travel as between ranks (`.bf16`: half the bytes, sums in fp32).
+    public let wire: WireFormat
 
     private let cond = NSCondition()
     private var finalFrom = Int.max
@@ -26,8 +28,10 @@ public final class GradientSync: @unchecked Sendable {
     /// Host staging for buckets, buffers and flags when device memory is not host memory.
     private let staging: UnsafeMutableBufferPointer<Float>
 
-    public init(communicator: Communicator, store: ParameterStore, bucketBytes: Int = 25 << 20, overlap: Bool = true) {
+    public init(communicator: Communicator, store: ParameterStore, bucketBytes: Int = 25 << 20, overlap: Bool = true,
+                wire: WireFormat = .fp32) {
         self.communicator = communicator
+        self.wire = wire
         self.store = store
         self.overlap = overlap
         let per = max(1, bucketBytes / 4)
@@ -122,7 +126,7 @@ public final class GradientSync: @unchecked Sendable {
     private func reduce(_ b: Range<Int>) throws {
         try withHost(store.grads.slice(from: b.lowerBound, Shape(b.count))) { p in
             // Bucket i travels as tensor 100 + i.
-            try communicator.allReduce(p, count: b.count, tensor: 100 + (buckets.firstIndex(of: b) ?? 0))
+            try communicator.allReduce(p, count: b.count, tensor: 100 + (buckets.firstIndex(of: b) ?? 0), wire: wire)
             let inv = 1 / Float(communicator.size)
             for i in 0..<b.count { p[i] *= inv }
         }

@@ -17,6 +17,8 @@ struct RadarWorker: ParsableCommand {
     @Flag(help: "SyncBatchNorm: batch statistics all-reduced across ranks (turns overlap off).") var syncBn = false
     @Flag(help: "All-reduce after backward instead of overlapping it.") var noOverlap = false
     @Option(help: "Gradient bucket size in MiB.") var bucketMb = 25
+    @Option(help: "What gradients travel as between ranks: fp32, or bf16 (half the bytes; sums still formed in fp32, see the README).")
+    var gradDtype: WireFormat = .fp32
     @Option(help: "Seconds any rank waits for a peer before giving up.") var timeout: Double = 30
     @Option(help: "Transport: mpi, or tcp (ranks from --rank/--world-size or RANK/WORLD_SIZE, rendezvous at the coordinator).")
     var transport = "mpi"
@@ -184,9 +186,10 @@ struct RadarWorker: ParsableCommand {
         logLine("radar-worker rank \(comm.rank) (host \(ProcessInfo.processInfo.hostName), local rank \(localRank) of \(localRanks)): \(run.ctx.backend.deviceDescription)")
         let fingerprint = Fingerprint(config: o.config, layout: run.model.layout, manifestHash: run.set.manifest.contentHash,
                                       worldSize: comm.size, extra: [("batch size", String(o.batchSize)), ("seed", String(o.seed)),
-                                                                    ("sync-bn", String(syncBn))])
+                                                                    ("sync-bn", String(syncBn)), ("grad-dtype", gradDtype.rawValue)])
         try fingerprint.verify(comm)
-        let sync = GradientSync(communicator: comm, store: run.ctx.params, bucketBytes: bucketMb << 20, overlap: !noOverlap && !syncBn)
+        let sync = GradientSync(communicator: comm, store: run.ctx.params, bucketBytes: bucketMb << 20, overlap: !noOverlap && !syncBn,
+                                wire: gradDtype)
         try sync.broadcastInitialState()
         // The one seam between the training loop and the other ranks.
         run.parallel = DistributedReplica(communicator: comm, gradients: sync, coordinator: client, syncBatchNorm: syncBn,
@@ -204,7 +207,7 @@ struct RadarWorker: ParsableCommand {
         }
         if comm.rank == 0 {
             run.log = logLine
-            logLine("radar-worker: \(comm.size) ranks x batch \(o.batchSize) x \(o.accumulationSteps) accumulation, \(o.threads) threads per rank, \(sync.buckets.count) gradient buckets, overlap \(sync.overlap), sync-bn \(syncBn)")
+            logLine("radar-worker: \(comm.size) ranks x batch \(o.batchSize) x \(o.accumulationSteps) accumulation, \(o.threads) threads per rank, \(sync.buckets.count) gradient buckets, overlap \(sync.overlap), sync-bn \(syncBn), gradients as \(gradDtype.rawValue)")
         }
         // Rank 0 shows the bar; every rank reports progress (with images/s) in its heartbeats.
         attachProgress(run, imagesPerBatch: o.batchSize * comm.size, showBar: comm.rank == 0) { epoch, done, loss, rate in

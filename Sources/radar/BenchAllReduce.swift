@@ -14,6 +14,8 @@ extension Bench {
         @Flag(help: "Check the ring against MPI_Allreduce over many lengths instead of timing.") var verify = false
         @Option(help: "Where the buffer lives: cpu (default), or a device (cuda, cuda-emulated): then each rank's buffer is downloaded to host memory, reduced by the ring and uploaded again, and the staging time is reported apart from the ring's.")
         var device = "cpu"
+        @Option(help: "What the ring sends: fp32, or bf16 (half the bytes, sums in fp32). --verify then bounds the difference from MPI_Allreduce by bf16 rounding.")
+        var gradDtype: WireFormat = .fp32
 
         func run() throws {
             guard transport == "mpi" else { logLine("radar bench allreduce: only --transport mpi in this build"); throw ExitCode(2) }
@@ -43,11 +45,20 @@ extension Bench {
                 defer { ours.deallocate(); theirs.deallocate() }
                 fill(ours, n, rank: mpi.rank, salt: n)
                 theirs.update(from: ours, count: n)
-                var ring = RingAllReduce(communicator: mpi)
+                var ring = RingAllReduce(communicator: mpi, wire: gradDtype)
                 ring.chunkFloats = 1000  // many pieces per segment at these lengths
                 try ring.run(ours, count: n, op: .sum, tag: 11)
                 try mpi.allReduceSum(theirs, count: n)
-                for i in 0..<n { worst = max(worst, abs(ours[i] - theirs[i]) / max(1, abs(theirs[i]))) }
+                // bf16: each of the p-1 forwarded partial sums and the result are rounded once
+                // (relative 2^-8 each, bf16 keeps 8 significant bits); the bound is on |difference| / (sum of |inputs|).
+                let scale: UnsafeMutablePointer<Float>? = gradDtype == .bf16 ? .allocate(capacity: n) : nil
+                defer { scale?.deallocate() }
+                if let scale {
+                    fill(scale, n, rank: mpi.rank, salt: n)
+                    for i in 0..<n { scale[i] = abs(scale[i]) }
+                    try mpi.allReduceSum(scale, count: n)
+                }
+                for i in 0..<n { worst = max(worst, abs(ours[i] - theirs[i]) / max(1, abs(scale?[i] ?? theirs[i]))) }
                 // Every rank must hold the same bits: compare hashes across ranks.
                 var h = FNV1a()
                 for i in 0..<n { h.mix(ours[i].bitPattern) }
@@ -55,7 +66,8 @@ extension Bench {
                 if Set(all).count != 1 { identical = false }
             }
             if mpi.rank == 0 {
-                printJSON(["bench": "allreduce_verify", "ranks": p, "lengths": lengths, "max_rel_diff_vs_mpi_allreduce": Double(worst),
+                printJSON(["bench": "allreduce_verify", "ranks": p, "grad_dtype": gradDtype.rawValue, "lengths": lengths,
+                           "max_rel_diff_vs_mpi_allreduce": Double(worst),
                            "bit_identical_across_ranks": identical])
             }
         }
@@ -77,7 +89,7 @@ extension Bench {
                     }
                     return ts.dropFirst().sorted()[repeats / 2]
                 }
-                let ring = try time { try RingAllReduce(communicator: mpi).run(buf, count: n, op: .sum, tag: 12) }
+                let ring = try time { try RingAllReduce(communicator: mpi, wire: gradDtype).run(buf, count: n, op: .sum, tag: 12) }
                 let mpiTime = try time { try mpi.allReduceSum(buf, count: n) }
                 // A device buffer: the gradient path of a GPU rank (download, ring, upload).
                 var staging: [String: Any] = [:]
@@ -93,7 +105,7 @@ extension Bench {
                         let t0 = Date()
                         backend.download(dev.tensor, into: UnsafeMutableBufferPointer(start: buf, count: n))
                         let t1 = Date()
-                        try RingAllReduce(communicator: mpi).run(buf, count: n, op: .sum, tag: 13)
+                        try RingAllReduce(communicator: mpi, wire: gradDtype).run(buf, count: n, op: .sum, tag: 13)
                         let t2 = Date()
                         backend.upload(UnsafeBufferPointer(start: buf, count: n), into: dev.tensor)
                         backend.synchronize()
@@ -106,7 +118,8 @@ extension Bench {
                 if mpi.rank == 0 {
                     let bytes = Double(n * 4)
                     func bw(_ t: Double) -> (Double, Double) { (bytes / t / 1e9, bytes / t / 1e9 * 2 * (p - 1) / p) }
-                    printJSON(["bench": "allreduce", "transport": "mpi", "ranks": mpi.size, "mb": mb,
+                    // Bandwidths are of the fp32 buffer reduced (what the trainer gets), whatever the wire carries.
+                    printJSON(["bench": "allreduce", "transport": "mpi", "ranks": mpi.size, "mb": mb, "grad_dtype": gradDtype.rawValue,
                                "ring_seconds": ring, "ring_algbw_gbs": bw(ring).0, "ring_busbw_gbs": bw(ring).1,
                                "mpi_allreduce_seconds": mpiTime, "mpi_algbw_gbs": bw(mpiTime).0, "mpi_busbw_gbs": bw(mpiTime).1,
                                "busbw_ratio_ring_over_mpi": mpiTime / ring].merging(staging) { $1 })

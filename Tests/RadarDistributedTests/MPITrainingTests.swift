@@ -85,7 +85,48 @@ final class MPITrainingTests: XCTestCase {
             // Sums in another order: float round-off only (relative 1e-6).
             XCTAssertLessThanOrEqual(json["max_rel_diff_vs_mpi_allreduce"] as! Double, 1e-6, "\(ranks) ranks")
             XCTAssertTrue((json["lengths"] as! [Int]).contains(ranks - 1), "a length smaller than the world size")
+            // bf16 on the wire: p roundings (p-1 forwarded partial sums, then the result), each at
+            // most 2^-8 of the sum of |inputs|; and not exact, so bf16 did travel.
+            let b = try mpirun([(ranks, "radar", ["bench", "allreduce", "--verify", "--grad-dtype", "bf16"])])
+            XCTAssertEqual(b.status, 0, b.err)
+            let bj = try JSONSerialization.jsonObject(with: Data(b.out.utf8)) as! [String: Any]
+            XCTAssertEqual(bj["bit_identical_across_ranks"] as? Bool, true, "bf16, \(ranks) ranks")
+            let d = bj["max_rel_diff_vs_mpi_allreduce"] as! Double
+            XCTAssertLessThanOrEqual(d, Double(ranks) * 0x1p-8, "bf16, \(ranks) ranks")
+            XCTAssertGreaterThan(d, 1e-4, "bf16, \(ranks) ranks: the sums were rounded")
         }
+    }
+
+    /// --grad-dtype bf16: replicas stay bit-identical, the parameters differ from the fp32 run's
+    /// (so bf16 travelled) by at most what AdamW's per-step move allows, and a rank with the other
+    /// setting is refused by the fingerprint.
+    func testBF16GradientsKeepReplicasIdenticalAndCloseToFP32() throws {
+        func run(_ extra: [String]) throws -> (hash: String, state: [String: SafeTensor]) {
+            let out = tmp("wire")
+            let r = try mpirun([(2, "radar-worker", workerArgs(out, ["--verify-replicas", "--bucket-mb", "0", "--stop-after-steps", "3"] + extra))])
+            XCTAssertEqual(r.status, 0, r.err)
+            let h = hashes(r.out)
+            XCTAssertEqual(h.count, 2, r.out + r.err)
+            XCTAssertEqual(Set(h).count, 1, "ranks disagree: \(h)")
+            if !extra.isEmpty { XCTAssertTrue(r.err.contains("gradients as bf16"), r.err) }
+            return (h.first ?? "", try Checkpoint.read(out + "/e/last.safetensors.lz4").tensors)
+        }
+        let fp32 = try run([]), bf16 = try run(["--grad-dtype", "bf16"])
+        XCTAssertNotEqual(fp32.hash, bf16.hash, "bf16 gradients change the result")
+        var diffs: [Float] = []
+        for (k, t) in fp32.state where !k.hasPrefix("optim.") && t.dtype == .f32 {
+            diffs += zip(t.floats, bf16.state[k]!.floats).map { abs($0 - $1) }
+        }
+        diffs.sort()
+        let median = diffs[diffs.count / 2], worst = diffs.last!
+        print("grad-dtype bf16 vs fp32 after 3 steps: median |diff| \(median), max \(worst) over \(diffs.count) values")
+        // AdamW moves a weight by at most about lr (5e-4) per step whatever the gradient's size.
+        XCTAssertLessThan(worst, 2 * 5e-4 * 3)
+        XCTAssertLessThan(median, 1e-5)
+        let out = tmp("wire-mismatch")
+        let r = try mpirun([(1, "radar-worker", workerArgs(out)), (1, "radar-worker", workerArgs(out, ["--grad-dtype", "bf16"]))], timeout: 120)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("ranks disagree on grad-dtype"), r.err)
     }
 
     /// A GPU rank's gradient path timed in parts: download, ring, upload (on the emulated device).
