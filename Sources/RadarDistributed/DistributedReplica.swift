@@ -42,6 +42,7 @@ public final class DistributedReplica: DataParallel, @unchecked Sendable {
     public func beginGradientReduction(_ store: ParameterStore, step: Int) { gradients.beginBackward(step: step) }
     public func gradientsFinal(from offset: Int) { gradients.gradientsFinal(from: offset) }
     public func finishGradientReduction(_ store: ParameterStore, nonFinite: Tensor) throws { try gradients.finish(nonFinite: nonFinite) }
+    public func communicationStatistics() -> [String: Double] { gradients.takeStatistics() }
 
     public func reduceStatistics(_ t: Tensor) {
         let be = gradients.store.backend

@@ -25,6 +25,9 @@ public final class GradientSync: @unchecked Sendable {
     private var failure: Error?
     private var worker: Thread?
     private var active = false
+    /// Seconds spent reducing (buckets, the flag, the buffers' broadcast) and of those the ones
+    /// the training thread waited for, since `takeStatistics`; guarded by `cond`.
+    private var busySeconds = 0.0, exposedSeconds = 0.0, stepsTimed = 0
     /// Host staging for buckets, buffers and flags when device memory is not host memory.
     private let staging: UnsafeMutableBufferPointer<Float>
 
@@ -113,10 +116,12 @@ public final class GradientSync: @unchecked Sendable {
             }
             let b = buckets[next]
             cond.unlock()
+            let t0 = DispatchTime.now().uptimeNanoseconds
             do { try reduce(b) } catch {
                 cond.lock(); failure = error; cond.unlock()
             }
             cond.lock()
+            busySeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             next += 1
             cond.broadcast()
             cond.unlock()
@@ -136,7 +141,19 @@ public final class GradientSync: @unchecked Sendable {
     /// (device, one float) with a MAX all-reduce, and broadcasts rank 0's BatchNorm buffers.
     public func finish(nonFinite: Tensor) throws {
         guard communicator.size > 1 else { return }
-        if overlap && worker != nil {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        var sequential = 0.0
+        defer {
+            let waited = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            cond.lock()
+            // Everything after the overlapped buckets was done by this thread: exposed.
+            busySeconds += sequential
+            exposedSeconds += waited
+            stepsTimed += 1
+            cond.unlock()
+        }
+        let overlapped = overlap && worker != nil
+        if overlapped {
             cond.lock()
             finalFrom = 0
             cond.broadcast()
@@ -148,10 +165,25 @@ public final class GradientSync: @unchecked Sendable {
         } else {
             for b in buckets { try reduce(b) }
         }
+        let t1 = DispatchTime.now().uptimeNanoseconds
         // Through the same host path as the buckets: no arrays allocated per step.
         try withHost(nonFinite) { try communicator.allReduce($0, count: 1, op: .max, tensor: 4) }
         // BatchNorm running statistics follow rank 0 (PyTorch DDP's broadcast_buffers), so every
         // replica evaluates and checkpoints the same model.
         try broadcastBuffers()
+        sequential = Double(DispatchTime.now().uptimeNanoseconds - (overlapped ? t1 : t0)) / 1e9
+    }
+
+    /// Communication time since the last call, per optimizer step: `allreduce_seconds` (all of it:
+    /// buckets, the non-finite flag, the BatchNorm buffers), `allreduce_exposed_seconds` (what the
+    /// training thread waited for after backward) and `overlap_fraction` (the share hidden behind
+    /// backward). Empty when no step was timed (one rank).
+    public func takeStatistics() -> [String: Double] {
+        cond.lock()
+        defer { busySeconds = 0; exposedSeconds = 0; stepsTimed = 0; cond.unlock() }
+        guard stepsTimed > 0 else { return [:] }
+        let n = Double(stepsTimed)
+        return ["allreduce_seconds": busySeconds / n, "allreduce_exposed_seconds": exposedSeconds / n,
+                "overlap_fraction": busySeconds > 0 ? max(0, 1 - exposedSeconds / busySeconds) : 0]
     }
 }

@@ -54,8 +54,8 @@ final class MPITrainingTests: XCTestCase {
         out.split(separator: "\n").filter { $0.hasPrefix("rank ") && $0.contains("fnv1a") }.map { String($0.split(separator: " ")[4]) }
     }
 
-    func assertReplicasAgree(ranks: Int, extra: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws -> String {
-        let r = try mpirun([(ranks, "radar-worker", workerArgs(tmp("agree"), extra))])
+    func assertReplicasAgree(ranks: Int, extra: [String] = [], out: String? = nil, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        let r = try mpirun([(ranks, "radar-worker", workerArgs(out ?? tmp("agree"), extra))])
         XCTAssertEqual(r.status, 0, "mpirun -n \(ranks) failed:\n\(r.err)", file: file, line: line)
         let h = hashes(r.out)
         XCTAssertEqual(h.count, ranks, "every rank reports its parameter hash:\n\(r.out)\n\(r.err)", file: file, line: line)
@@ -71,9 +71,25 @@ final class MPITrainingTests: XCTestCase {
 
     func testOverlappedAndSequentialAllReduceGiveIdenticalParameters() throws {
         // Small buckets so several are reduced while backward runs.
-        let overlapped = try assertReplicasAgree(ranks: 2, extra: ["--bucket-mb", "0"])
-        let sequential = try assertReplicasAgree(ranks: 2, extra: ["--bucket-mb", "0", "--no-overlap"])
+        let (o1, o2) = (tmp("overlap"), tmp("sequential"))
+        let overlapped = try assertReplicasAgree(ranks: 2, extra: ["--bucket-mb", "0"], out: o1)
+        let sequential = try assertReplicasAgree(ranks: 2, extra: ["--bucket-mb", "0", "--no-overlap"], out: o2)
         XCTAssertEqual(overlapped, sequential)
+        // The epoch line carries the communication figures: all of it exposed without overlap.
+        func epochLine(_ out: String) throws -> [String: Any] {
+            let text = try String(contentsOfFile: out + "/e/metrics.jsonl", encoding: .utf8)
+            let line = text.split(separator: "\n").last { $0.contains("\"train_loss\"") && $0.contains("\"val\"") }
+            return try JSONSerialization.jsonObject(with: Data((line ?? "{}").utf8)) as? [String: Any] ?? [:]
+        }
+        let a = try epochLine(o1), b = try epochLine(o2)
+        for e in [a, b] {
+            XCTAssertGreaterThan(e["allreduce_seconds"] as? Double ?? 0, 0, "\(e)")
+            XCTAssertGreaterThan(e["step_seconds"] as? Double ?? 0, e["allreduce_exposed_seconds"] as? Double ?? .infinity, "\(e)")
+            let f = e["overlap_fraction"] as? Double ?? -1
+            XCTAssertTrue(f >= 0 && f <= 1, "\(e)")
+        }
+        XCTAssertEqual(b["overlap_fraction"] as? Double, 0, "nothing hidden without overlap: \(b)")
+        XCTAssertGreaterThanOrEqual(b["allreduce_exposed_seconds"] as? Double ?? 0, b["allreduce_seconds"] as? Double ?? .infinity)
     }
 
     func testRingAllReduceMatchesMPIAllreduceOnUnevenLengths() throws {

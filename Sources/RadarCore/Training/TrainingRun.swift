@@ -351,7 +351,9 @@ public final class TrainingRun {
     }
 
     /// How one epoch's training ended.
-    enum EpochEnd { case finished(lossSum: Double, microBatches: Int, imagesPerSecond: Double), stopped }
+    /// `speed`: images_per_s, step_seconds (training time per optimizer step) and, in a
+    /// data-parallel job, the communication figures (`DataParallel.communicationStatistics`).
+    enum EpochEnd { case finished(lossSum: Double, microBatches: Int, speed: [String: Double]), stopped }
 
     /// Trains one epoch from micro-batch `start`; `.stopped` when `stopAfterSteps` was reached
     /// (after writing `last`).
@@ -372,7 +374,7 @@ public final class TrainingRun {
         let resumedHere = start > 0 && start == position.batch && epoch == position.epoch
         var lossSum = resumedHere ? position.history.partialEpochLoss ?? 0 : 0
         var n = resumedHere ? position.history.partialEpochBatches ?? 0 : 0
-        var lastLoss = Double.nan, local = 0
+        var lastLoss = Double.nan, local = 0, optimizerSteps = 0
         var batchIndex = start
         let t0 = Date()
         while let b = try loader.next() {
@@ -388,6 +390,7 @@ public final class TrainingRun {
             onBatch?(epoch, batchIndex, epochPlan.batchesPerRank, lastLoss)
             try JobAbort.check()
             guard let r = result else { continue }
+            optimizerSteps += 1
             FaultInjection.point("step")
             var entry: [String: Any] = ["epoch": epoch, "step": trainer.optimizer.step, "lr": r.lr, "grad_norm": r.gradNorm,
                                         "skipped": r.skipped]
@@ -407,13 +410,16 @@ public final class TrainingRun {
             }
             if options.checkpointEvery > 0 && trainer.optimizer.step % options.checkpointEvery == 0 { try save(lastPath, state()) }
         }
-        let rate = Double(local * options.batchSize * options.worldSize) / max(Date().timeIntervalSince(t0), 1e-9)
-        return .finished(lossSum: lossSum, microBatches: n, imagesPerSecond: rate)
+        let elapsed = max(Date().timeIntervalSince(t0), 1e-9)
+        var speed = parallel.communicationStatistics()
+        speed["images_per_s"] = Double(local * options.batchSize * options.worldSize) / elapsed
+        if optimizerSteps > 0 { speed["step_seconds"] = elapsed / Double(optimizerSteps) }
+        return .finished(lossSum: lossSum, microBatches: n, speed: speed)
     }
 
     /// Validation after an epoch: records the metrics, keeps the best weights, writes `best` and
     /// `last`; returns true when early stopping ends the run.
-    func validate(_ epoch: Int, lossSum: Double, microBatches n: Int, imagesPerSecond: Double, _ p: inout Position,
+    func validate(_ epoch: Int, lossSum: Double, microBatches n: Int, speed: [String: Double], _ p: inout Position,
                   best: inout BestWeights?, _ steps: StepLog) throws -> Bool {
         FaultInjection.point("validation")
         (p.history.partialEpochLoss, p.history.partialEpochBatches) = (nil, nil)
@@ -423,7 +429,8 @@ public final class TrainingRun {
         p.history.valAUC.append(m["auc"]!)
         p.history.valAccuracy.append(m["accuracy"]!)
         p.history.valMetrics.append(m)
-        steps.record(["epoch": epoch, "train_loss": p.history.trainLoss.last!, "val": m, "images_per_s": imagesPerSecond])
+        let imagesPerSecond = speed["images_per_s"] ?? 0
+        steps.record(["epoch": epoch, "train_loss": p.history.trainLoss.last!, "val": m].merging(speed) { a, _ in a })
         parallel.epochFinished(epoch: epoch, step: trainer.optimizer.step,
                                metrics: m.merging(["train_loss": p.history.trainLoss.last!, "images_per_s": imagesPerSecond]) { a, _ in a })
         log(String(format: "epoch %d/%d  train_loss %.4f  val_auc %.4f  val_acc %.4f  val_eer %.4f  %.1f img/s", epoch + 1,
@@ -504,11 +511,11 @@ public final class TrainingRun {
         var best = resumed != nil ? loadBestWeights() : nil
         for epoch in position.epoch..<options.epochs {
             let start = epoch == position.epoch ? position.batch : 0
-            guard case let .finished(lossSum, n, rate) = try trainEpoch(epoch, from: start, position, steps) else {
+            guard case let .finished(lossSum, n, speed) = try trainEpoch(epoch, from: start, position, steps) else {
                 position.history.skippedSteps = trainer.skippedSteps
                 return position.history
             }
-            if try validate(epoch, lossSum: lossSum, microBatches: n, imagesPerSecond: rate, &position, best: &best, steps) { break }
+            if try validate(epoch, lossSum: lossSum, microBatches: n, speed: speed, &position, best: &best, steps) { break }
         }
         var history = position.history
         history.skippedSteps = trainer.skippedSteps

@@ -36,6 +36,13 @@ public protocol DataParallel: AnyObject {
     func confirmEpochPlan(epoch: Int, digest: String) throws
     /// After each epoch's validation.
     func epochFinished(epoch: Int, step: Int, metrics: [String: Double])
+    /// Communication figures per optimizer step since the last call (see
+    /// `GradientSync.takeStatistics`); empty where nothing is communicated.
+    func communicationStatistics() -> [String: Double]
+}
+
+extension DataParallel {
+    public func communicationStatistics() -> [String: Double] { [:] }
 }
 
 /// One process: nothing to reduce, gather or confirm.
