@@ -140,4 +140,4 @@ public func attachProgress(_ run: TrainingRun, imagesPerBatch: Int, showBar: Boo
 }
 
 /// `--grad-dtype fp32|bf16` (radar-worker, radar bench allreduce).
-extension WireFormat: @retroactive ExpressibleByArgument {}
+extension WireFormat: ExpressibleByArgument {}

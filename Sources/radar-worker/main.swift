@@ -143,27 +143,15 @@ struct RadarWorker: ParsableCommand {
     /// TCP: rendezvous at the coordinator (in-process on rank 0 at the launcher's address, see
     /// `LaunchEnvironment`, unless --coordinator is given), then connect the data mesh.
     func controlPlaneTCP(_ launch: LaunchEnvironment) throws -> (Communicator, CoordinatorClient) {
-        let (r, n, host, port) = (launch.rank, launch.worldSize, launch.host, launch.port)
         guard let token = try jobToken() else {
             throw ValidationError("the tcp transport needs a job token: --token-file FILE or RADAR_JOB_TOKEN (make one with `openssl rand -hex 32`)")
         }
-        if coordinator == nil && r == 0 {
-            let s = try CoordinatorServer(host: "0.0.0.0", port: port, worldSize: n, token: token)
-            s.heartbeatDeadline = heartbeatDeadline
-            s.rendezvousDeadline = rendezvousTimeout
-            s.log = logLine
-            RadarWorker.server = s
-            logLine("radar-worker: coordinator for \(n) ranks on port \(port) (\(launch.launcher))")
-        }
-        // The data listener binds only the address this host uses to reach the coordinator.
-        let dataHost = try TCPRendezvous.localAddress(towards: host, port: port)
-        let (listenFD, dataPort) = try TCPRendezvous.listen(host: dataBindAll ? "0.0.0.0" : dataHost)
-        let client = try CoordinatorClient(host: host, port: port, token: token, rank: r, worldSize: n, dataHost: dataHost, dataPort: dataPort,
-                                           timeout: timeout, rendezvousTimeout: rendezvousTimeout)
-        let comm = try TCPCommunicator(rank: r, size: n, token: token, listenFD: listenFD, peers: client.peers, timeout: timeout)
-        client.start()
-        RadarWorker.client = client
-        return (comm, client)
+        let job = try TCPJob.connect(launch, token: token, hostCoordinator: coordinator == nil, timeout: timeout,
+                                     rendezvousTimeout: rendezvousTimeout, heartbeatDeadline: heartbeatDeadline, bindAll: dataBindAll,
+                                     log: { logLine("radar-worker: " + $0) })
+        RadarWorker.server = job.server
+        RadarWorker.client = job.client
+        return (job.communicator, job.client)
     }
 
     func train(_ comm: Communicator, client: CoordinatorClient) throws {

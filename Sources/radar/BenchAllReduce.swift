@@ -7,8 +7,14 @@ extension Bench {
     struct AllReduce: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "allreduce",
-            abstract: "Our ring all-reduce against MPI_Allreduce (launch under mpirun): algbw/busbw medians, or --verify.")
-        @Option(help: "Transport (mpi).") var transport = "mpi"
+            abstract: "Our ring all-reduce against MPI_Allreduce (under mpirun), or over TCP ranks (one per host, as radar-worker --transport tcp): algbw/busbw medians, or --verify.")
+        @Option(help: "Transport: mpi (under mpirun; MPI_Allreduce timed alongside), or tcp (ranks from --rank/--world-size or RANK/WORLD_SIZE, coordinator at --coordinator or MASTER_ADDR:MASTER_PORT, token from --token-file or RADAR_JOB_TOKEN).")
+        var transport = "mpi"
+        @Option(help: "TCP: this rank (default: RANK).") var rank: Int?
+        @Option(help: "TCP: number of ranks (default: WORLD_SIZE).") var worldSize: Int?
+        @Option(help: "TCP: coordinator HOST:PORT (default: in-process on rank 0 at MASTER_ADDR:MASTER_PORT).") var coordinator: String?
+        @Option(help: "TCP: file holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
+        @Option(help: "Seconds any rank waits for a peer before giving up.") var timeout: Double = 60
         @Option(help: "Buffer sizes in MB (comma separated).") var sizes = "1,8,32,88"
         @Option(help: "Timed repeats (median reported).") var repeats = 5
         @Flag(help: "Check the ring against MPI_Allreduce over many lengths instead of timing.") var verify = false
@@ -18,11 +24,35 @@ extension Bench {
         var gradDtype: WireFormat = .fp32
 
         func run() throws {
-            guard transport == "mpi" else { logLine("radar bench allreduce: only --transport mpi in this build"); throw ExitCode(2) }
+            if transport == "tcp" {
+                guard !verify else { logLine("radar bench allreduce: --verify compares with MPI_Allreduce: use --transport mpi"); throw ExitCode(2) }
+                let launch: LaunchEnvironment, token: Data
+                do {
+                    launch = try LaunchEnvironment.resolve(rank: rank, worldSize: worldSize, coordinator: coordinator, env: ProcessInfo.processInfo.environment)
+                    guard let t = try JobToken.read(file: tokenFile) else {
+                        throw ValidationError("the tcp transport needs a job token: --token-file FILE or RADAR_JOB_TOKEN")
+                    }
+                    token = t
+                } catch {
+                    logLine("radar bench allreduce: \(error)")
+                    throw ExitCode(2)
+                }
+                do {
+                    let job = try TCPJob.connect(launch, token: token, hostCoordinator: coordinator == nil, timeout: timeout,
+                                                 rendezvousTimeout: timeout, heartbeatDeadline: timeout, log: { logLine("radar bench allreduce: " + $0) })
+                    try runBench(job.communicator, mpi: nil)
+                    job.client.finish()
+                } catch {
+                    logLine("rank \(launch.rank): \(error)")
+                    exitNow(1)
+                }
+                return
+            }
+            guard transport == "mpi" else { logLine("radar bench allreduce: --transport must be mpi or tcp"); throw ExitCode(2) }
             let mpi = try MPIRuntime()
             defer { mpi.finalize() }
             do {
-                if verify { try runVerify(mpi) } else { try runBench(mpi) }
+                if verify { try runVerify(mpi) } else { try runBench(mpi, mpi: mpi) }
             } catch {
                 logLine("rank \(mpi.rank): \(error)")
                 mpi.abort(1)
@@ -72,31 +102,32 @@ extension Bench {
             }
         }
 
-        func runBench(_ mpi: MPIRuntime) throws {
-            let p = Double(mpi.size)
+        /// Times the ring on `comm`, and MPI_Allreduce alongside when under MPI.
+        func runBench(_ comm: Communicator, mpi: MPIRuntime?) throws {
+            let p = Double(comm.size)
             for mb in sizes.split(separator: ",").compactMap({ Double($0.trimmingCharacters(in: .whitespaces)) }) {
                 let n = Int(mb * 1_000_000 / 4)
                 let buf = UnsafeMutablePointer<Float>.allocate(capacity: n)
                 defer { buf.deallocate() }
-                fill(buf, n, rank: mpi.rank, salt: 1)
+                fill(buf, n, rank: comm.rank, salt: 1)
                 func time(_ body: () throws -> Void) throws -> Double {
                     var ts: [Double] = []
                     for _ in 0..<(repeats + 1) {
-                        try mpi.barrier()
+                        try comm.barrier()
                         let t0 = Date()
                         try body()
                         ts.append(Date().timeIntervalSince(t0))
                     }
                     return ts.dropFirst().sorted()[repeats / 2]
                 }
-                let ring = try time { try RingAllReduce(communicator: mpi, wire: gradDtype).run(buf, count: n, op: .sum, tag: 12) }
-                let mpiTime = try time { try mpi.allReduceSum(buf, count: n) }
+                let ring = try time { try RingAllReduce(communicator: comm, wire: gradDtype).run(buf, count: n, op: .sum, tag: 12) }
+                let mpiTime = try mpi.map { m in try time { try m.allReduceSum(buf, count: n) } }
                 // A device buffer: the gradient path of a GPU rank (download, ring, upload).
                 var staging: [String: Any] = [:]
                 if device != "cpu" {
                     let env = ProcessInfo.processInfo.environment
-                    let name = try RankPlacement.device(device, localRank: RankPlacement.localRank(env) ?? mpi.rank,
-                                                        localSize: RankPlacement.localSize(env) ?? mpi.size, allowSharing: true,
+                    let name = try RankPlacement.device(device, localRank: RankPlacement.localRank(env) ?? comm.rank,
+                                                        localSize: RankPlacement.localSize(env) ?? comm.size, allowSharing: true,
                                                         gpuCount: CUDADrivers.deviceCount)
                     let backend = try Devices.backend(name, threads: 1, precision: "fp32")
                     let dev = DeviceTensor(backend, Shape(n), Array(UnsafeBufferPointer(start: buf, count: n)))
@@ -105,7 +136,7 @@ extension Bench {
                         let t0 = Date()
                         backend.download(dev.tensor, into: UnsafeMutableBufferPointer(start: buf, count: n))
                         let t1 = Date()
-                        try RingAllReduce(communicator: mpi, wire: gradDtype).run(buf, count: n, op: .sum, tag: 13)
+                        try RingAllReduce(communicator: comm, wire: gradDtype).run(buf, count: n, op: .sum, tag: 13)
                         let t2 = Date()
                         backend.upload(UnsafeBufferPointer(start: buf, count: n), into: dev.tensor)
                         backend.synchronize()
@@ -115,14 +146,18 @@ extension Bench {
                     staging = ["device": backend.deviceDescription, "device_total_seconds": total, "staging_download_seconds": down,
                                "staging_upload_seconds": up]
                 }
-                if mpi.rank == 0 {
+                if comm.rank == 0 {
                     let bytes = Double(n * 4)
                     func bw(_ t: Double) -> (Double, Double) { (bytes / t / 1e9, bytes / t / 1e9 * 2 * (p - 1) / p) }
                     // Bandwidths are of the fp32 buffer reduced (what the trainer gets), whatever the wire carries.
-                    printJSON(["bench": "allreduce", "transport": "mpi", "ranks": mpi.size, "mb": mb, "grad_dtype": gradDtype.rawValue,
-                               "ring_seconds": ring, "ring_algbw_gbs": bw(ring).0, "ring_busbw_gbs": bw(ring).1,
-                               "mpi_allreduce_seconds": mpiTime, "mpi_algbw_gbs": bw(mpiTime).0, "mpi_busbw_gbs": bw(mpiTime).1,
-                               "busbw_ratio_ring_over_mpi": mpiTime / ring].merging(staging) { $1 })
+                    var record: [String: Any] = ["bench": "allreduce", "transport": transport, "ranks": comm.size, "mb": mb,
+                                                 "grad_dtype": gradDtype.rawValue, "wire_bytes_per_rank": 2 * (comm.size - 1) * (n / comm.size) * gradDtype.bytesPerValue,
+                                                 "ring_seconds": ring, "ring_algbw_gbs": bw(ring).0, "ring_busbw_gbs": bw(ring).1]
+                    if let mpiTime {
+                        record.merge(["mpi_allreduce_seconds": mpiTime, "mpi_algbw_gbs": bw(mpiTime).0, "mpi_busbw_gbs": bw(mpiTime).1,
+                                      "busbw_ratio_ring_over_mpi": mpiTime / ring]) { $1 }
+                    }
+                    printJSON(record.merging(staging) { $1 })
                 }
             }
         }
