@@ -15,6 +15,7 @@ PACKAGES=(
   libarchive-dev                  # tar/gz streaming and zip export
   libssl-dev                      # COpenSSL: SHA-256, HMAC, secure random, frame tags (libcrypto)
   procps                          # pgrep, used by the multi-process tests
+  iproute2                        # ip, tc: simulated hosts for the multi-host test (cluster/netns.sh)
   xz-utils binutils               # scripts/bundle.sh (xz, strip)
 )
 

@@ -1,0 +1,60 @@
+import Foundation
+import XCTest
+
+/// Ranks on simulated hosts: Linux network namespaces joined by a bridge, links shaped by tc
+/// (`cluster/netns.sh`), driven by `cluster/multihost.sh`, the script users run for the full
+/// version. Needs root, as CI has: without it this test fails (it never skips).
+final class MultiHostTests: XCTestCase {
+    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    func testThreeHostsAt1GbitReduceTrainAndDetectAPartitionedHost() throws {
+        XCTAssertEqual(geteuid(), 0, "the multi-host test creates network namespaces: run it as root (CI does)")
+        guard geteuid() == 0 else { return }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.currentDirectoryURL = MultiHostTests.repo
+        p.arguments = ["cluster/multihost.sh", "--bin", MPITrainingTests.products.path, "--hosts", "3", "--rates", "1gbit", "--sizes", "4",
+                       "--data", MPITrainingTests.dataset, "--batch-size", "4", "--steps", "3", "--bucket-mb", "0", "--partition", "--timeout", "5"]
+        var env = ProcessInfo.processInfo.environment
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        var e = Data()
+        let group = DispatchGroup()
+        group.enter(); DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        p.waitUntilExit()
+        let log = String(decoding: e, as: UTF8.self)
+        XCTAssertEqual(p.terminationStatus, 0, log)
+        let records = String(decoding: o, as: UTF8.self).split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        print(records.map { "\($0)" }.joined(separator: "\n"))
+        let reduce = records.filter { $0["bench"] as? String == "allreduce" }
+        XCTAssertEqual(reduce.count, 2, "fp32 and bf16: \(records)")
+        for r in reduce {
+            XCTAssertEqual(r["transport"] as? String, "tcp")
+            XCTAssertEqual(r["ranks"] as? Int, 3)
+            // The shaping holds: a ring's bus bandwidth cannot exceed the link's 0.125 GB/s (fp32
+            // on the wire; bf16 moves half the bytes, so up to twice that in fp32 terms).
+            let cap = 0.125 * (r["grad_dtype"] as? String == "bf16" ? 2 : 1) * 1.1
+            XCTAssertLessThan(r["ring_busbw_gbs"] as? Double ?? .infinity, cap, "\(r)")
+        }
+        let bytes = Dictionary(uniqueKeysWithValues: reduce.map { ($0["grad_dtype"] as? String ?? "", $0["wire_bytes_per_rank"] as? Int ?? 0) })
+        XCTAssertEqual(bytes["bf16"].map { $0 * 2 }, bytes["fp32"], "bf16 halves the bytes on the wire")
+        let train = records.first { $0["bench"] as? String == "multihost_train" }
+        XCTAssertNotNil(train, "a training run on the hosts: \(records)")
+        XCTAssertGreaterThan(train?["allreduce_seconds"] as? Double ?? 0, 0)
+        XCTAssertGreaterThan(train?["step_seconds"] as? Double ?? 0, 0)
+        let cut = records.first { $0["bench"] as? String == "multihost_partition" }
+        XCTAssertEqual(cut?["ok"] as? Bool, true, "\(String(describing: cut))\n\(log)")
+        XCTAssertEqual(cut?["exit_statuses"] as? [Int], [1, 1, 1], "every rank ends non-zero")
+        XCTAssertLessThan(cut?["seconds_to_end"] as? Double ?? .infinity, 15)
+        XCTAssertTrue(log.contains("rank 2 lost") || log.contains("waiting for rank 2"), "the lost host's rank is named:\n\(log)")
+        XCTAssertTrue(log.contains("(tbf)") || log.contains("(netem)"), "the links were shaped:\n\(log)")
+    }
+}
