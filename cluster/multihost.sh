@@ -6,14 +6,14 @@
 # during training and checks that every rank ends within the deadline, naming the lost host's rank.
 #
 #   bash cluster/multihost.sh [--hosts 4] [--rates 10gbit,1gbit] [--delay 0.2ms] [--sizes 8,88]
-#        [--data DIR --config tiny --batch-size 8 --steps 20 --threads 1 --bucket-mb 25] [--partition]
+#        [--data DIR --config tiny --batch-size 8 --steps 20 --threads 1 --bucket-mb 10] [--partition]
 #        [--timeout 10] [--bin .build/release]
 #
 # Prints one JSON object per measurement (stdout). Exits non-zero when a run fails or the
 # partition is not detected as stated (then the ranks' logs stay in the folder it names).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-hosts=4 rates=10gbit,1gbit delay="" sizes=8,88 data="" config=tiny batch=8 steps=20 threads=1 partition=0 timeout=10 bucket=25
+hosts=4 rates=10gbit,1gbit delay="" sizes=8,88 data="" config=tiny batch=8 steps=20 threads=1 partition=0 timeout=10 bucket=10
 bin=.build/release
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -1,20 +1,92 @@
 #!/usr/bin/env bash
-# Scaling experiment: the same short run on 1, 2, 4, ... ranks; prints ranks and training images/s
-# (from each run's metrics.jsonl epoch line). Usage: bash cluster/scaling.sh DATA_DIR [RANKS...]
+# Scaling experiment: the same short training run on 1, 2, 4, ... ranks, and a table of
+# ranks x (step time, images/s, all-reduce time per step, the part of it not hidden behind
+# backward, overlap fraction, scaling efficiency = images/s / (ranks x images/s on 1 rank)).
+#
+#   bash cluster/scaling.sh DATA_DIR [RANKS...] [-- OPTIONS]
+#   options: --config tiny|mid|full|FILE (tiny)  --batch-size B (8)  --steps S (20)  --threads T (1)
+#            --device cpu|cuda (cpu: one rank per core is fair; ranks beyond the cores share them)
+#            --bucket-mb M (radar-worker's default)  --grad-dtype fp32|bf16
+#            --link RATE (ranks one per simulated host, TCP, links shaped to RATE: cluster/netns.sh,
+#                         root only; default: mpirun on this machine)
+#            --json (one JSON object per rank count instead of the table)
+# Binaries from .build/release (swift build -c release), or RADAR_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=${1:?usage: bash cluster/scaling.sh DATA_DIR [RANKS...]}
+data=${1:?usage: bash cluster/scaling.sh DATA_DIR [RANKS...] [-- OPTIONS]}
 shift
-ranks=("$@")
+ranks=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do ranks+=("$1"); shift; done
+[ $# -gt 0 ] && shift
 [ ${#ranks[@]} -gt 0 ] || ranks=(1 2 4)
+config=tiny batch=8 steps=20 threads=1 device=cpu link="" json=0 extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config) config=$2; shift 2 ;;
+    --batch-size) batch=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --device) device=$2; shift 2 ;;
+    --bucket-mb|--grad-dtype) extra+=("$1" "$2"); shift 2 ;;
+    --link) link=$2; shift 2 ;;
+    --json) json=1; shift ;;
+    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  esac
+done
+bin=${RADAR_BIN:-.build/release}
+bin=$(cd "$bin" && pwd)
+[ -x "$bin/radar-worker" ] || { echo "cluster/scaling.sh: no $bin/radar-worker (swift build -c release)" >&2; exit 2; }
+export OPENBLAS_NUM_THREADS=$threads
 root_flag=()
 [ "$(id -u)" -eq 0 ] && root_flag=(--allow-run-as-root)
+results=$(mktemp)
+work=$(mktemp -d /tmp/radar-scaling.XXXXXX)
+trap 'rm -rf "$work" "$results"; [ -n "$link" ] && bash cluster/netns.sh down' EXIT
+port=29950
 for n in "${ranks[@]}"; do
-  out=$(mktemp -d)
-  OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe "${root_flag[@]}" -n "$n" .build/release/radar-worker \
-    --data "$data" --output "$out" --experiment scale --config tiny --batch-size 8 --num-epochs 1 \
-    --max-steps-per-epoch 20 --accumulation-steps 1 >/dev/null 2>&1
-  rate=$(grep '"images_per_s"' "$out/scale/metrics.jsonl" | tail -n 1 | sed -E 's/.*"images_per_s":([0-9.]+).*/\1/')
-  echo "ranks $n  images/s $rate"
-  rm -rf "$out"
+  out=$work/n$n
+  args=(--data "$data" --output "$out" --experiment scale --config "$config" --batch-size "$batch" --num-epochs 1
+        --max-steps-per-epoch "$steps" --accumulation-steps 1 --threads "$threads" --device "$device" --timeout 120 "${extra[@]}")
+  if [ -n "$link" ]; then
+    bash cluster/netns.sh down
+    bash cluster/netns.sh up "$n" "$link" >/dev/null
+    port=$((port + 1))
+    RADAR_JOB_TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') \
+      bash cluster/netns.sh ranks "$out.logs" "$port" "$bin/radar-worker" --transport tcp "${args[@]}"
+    rc=$(cat "$out.logs/rank0.rc")
+    bash cluster/netns.sh down
+  else
+    set +e
+    mpirun --oversubscribe "${root_flag[@]}" -n "$n" "$bin/radar-worker" "${args[@]}" >"$out.log" 2>&1
+    rc=$?
+    set -e
+  fi
+  if [ "$rc" != 0 ]; then
+    echo "cluster/scaling.sh: $n ranks failed (exit $rc):" >&2
+    tail -n 5 "$out.log" "$out.logs"/rank*.err 2>/dev/null >&2 || true
+    exit 1
+  fi
+  grep '"train_loss"' "$out/scale/metrics.jsonl" | tail -n 1 | sed "s/^{/{\"ranks\":$n,/" >> "$results"
 done
+python3 - "$results" "$json" "$config" "$batch" "$device" "${link:-mpirun on one machine}" "$(nproc)" <<'PY'
+import json, sys
+path, as_json, config, batch, device, link, cores = sys.argv[1:8]
+rows = [json.loads(l) for l in open(path)]
+base = next((r["images_per_s"] for r in rows if r["ranks"] == 1), None)
+for r in rows:
+    r["scaling_efficiency"] = r["images_per_s"] / (r["ranks"] * base) if base else None
+    r.update({"config": config, "batch_size_per_rank": int(batch), "device": device, "link": link, "cores": int(cores)})
+if as_json == "1":
+    for r in rows:
+        print(json.dumps({k: v for k, v in r.items() if k != "val"}, sort_keys=True))
+    sys.exit(0)
+print(f"config {config}, batch {batch} per rank, device {device}, {link}, {cores} cores")
+print("| ranks | step s | images/s | all-reduce s/step | exposed s/step | overlap | efficiency |")
+print("|---|---|---|---|---|---|---|")
+def f(r, k, fmt):
+    v = r.get(k)
+    return fmt % v if isinstance(v, (int, float)) else "-"
+for r in rows:
+    print(f"| {r['ranks']} | {f(r, 'step_seconds', '%.3f')} | {f(r, 'images_per_s', '%.1f')} | {f(r, 'allreduce_seconds', '%.3f')} | "
+          f"{f(r, 'allreduce_exposed_seconds', '%.3f')} | {f(r, 'overlap_fraction', '%.2f')} | {f(r, 'scaling_efficiency', '%.2f')} |")
+PY

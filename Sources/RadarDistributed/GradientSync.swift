@@ -2,7 +2,8 @@ import Foundation
 import RadarCore
 
 /// Data-parallel gradient averaging: the flat gradient buffer cut into buckets (about
-/// `bucketBytes`, in reverse layer order), each ring-all-reduced and divided by the world size.
+/// `bucketBytes`, in reverse layer order; the last, which waits for the end of backward, about
+/// `tailBytes`), each ring-all-reduced and divided by the world size.
 /// With `overlap`, a communication thread reduces each bucket as soon as backward has finished
 /// writing it (the model reports progress through `DataParallel.gradientsFinal`); without, all
 /// buckets go after backward. Both give bit-identical results: the same buckets, the same ring.
@@ -31,7 +32,7 @@ public final class GradientSync: @unchecked Sendable {
     /// Host staging for buckets, buffers and flags when device memory is not host memory.
     private let staging: UnsafeMutableBufferPointer<Float>
 
-    public init(communicator: Communicator, store: ParameterStore, bucketBytes: Int = 25 << 20, overlap: Bool = true,
+    public init(communicator: Communicator, store: ParameterStore, bucketBytes: Int = 25 << 20, tailBytes: Int = 1 << 20, overlap: Bool = true,
                 wire: WireFormat = .fp32) {
         self.communicator = communicator
         self.wire = wire
@@ -46,7 +47,17 @@ public final class GradientSync: @unchecked Sendable {
             lo = s.offset
             if hi - lo >= per { b.append(lo..<hi); hi = lo }
         }
-        if hi > 0 { b.append(0..<hi) }
+        if hi > 0 {
+            // The last bucket can only go once backward has ended, so whatever it holds is
+            // communication nothing hides: keep it to about `tailBytes` (the encoder's stem)
+            // and let the layers above it go in the bucket before.
+            let tail = max(1, tailBytes / 4)
+            if hi > tail, let cut = store.layout.parameters.map(\.offset).filter({ $0 >= tail && $0 < hi }).min() {
+                b.append(cut..<hi)
+                hi = cut
+            }
+            b.append(0..<hi)
+        }
         buckets = b
         let largest = max(b.map(\.count).max() ?? 1, store.layout.bufferCount, 1)
         staging = .allocate(capacity: store.backend.hostAddress(store.grads) == nil ? largest : 1)

@@ -16,7 +16,7 @@ struct RadarWorker: ParsableCommand {
     @OptionGroup var flags: TrainingFlags
     @Flag(help: "SyncBatchNorm: batch statistics all-reduced across ranks (turns overlap off).") var syncBn = false
     @Flag(help: "All-reduce after backward instead of overlapping it.") var noOverlap = false
-    @Option(help: "Gradient bucket size in MiB.") var bucketMb = 25
+    @Option(help: "Gradient bucket size in MiB (the last bucket, which waits for the end of backward, is cut to about 1 MiB).") var bucketMb = 10
     @Option(help: "What gradients travel as between ranks: fp32, or bf16 (half the bytes; sums still formed in fp32, see the README).")
     var gradDtype: WireFormat = .fp32
     @Option(help: "Seconds any rank waits for a peer before giving up.") var timeout: Double = 30
@@ -195,7 +195,7 @@ struct RadarWorker: ParsableCommand {
         }
         if comm.rank == 0 {
             run.log = logLine
-            logLine("radar-worker: \(comm.size) ranks x batch \(o.batchSize) x \(o.accumulationSteps) accumulation, \(o.threads) threads per rank, \(sync.buckets.count) gradient buckets, overlap \(sync.overlap), sync-bn \(syncBn), gradients as \(gradDtype.rawValue)")
+            logLine("radar-worker: \(comm.size) ranks x batch \(o.batchSize) x \(o.accumulationSteps) accumulation, \(o.threads) threads per rank, \(sync.buckets.count) gradient buckets (MB, in reduction order: \(sync.buckets.map { String(format: "%.1f", Double($0.count * 4) / 1e6) }.joined(separator: " "))), overlap \(sync.overlap), sync-bn \(syncBn), gradients as \(gradDtype.rawValue)")
         }
         // Rank 0 shows the bar; every rank reports progress (with images/s) in its heartbeats.
         attachProgress(run, imagesPerBatch: o.batchSize * comm.size, showBar: comm.rank == 0) { epoch, done, loss, rate in
