@@ -15,7 +15,7 @@ import Synchronization
 /// Precision (`Precision`): every product's operands are fp32, TF32 or bf16 (bf16 copies made by
 /// `radar_to_bf16` into scratch that grows during the first step only); accumulation, outputs,
 /// master weights, optimizer state, normalisation statistics and losses stay fp32.
-public final class CUDABackend: Backend, @unchecked Sendable {
+public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public let driver: any CUDADriver
     public let precision: Precision
     private let syncCount = Atomic<Int>(0)
@@ -95,6 +95,22 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     }
     public var synchronizations: Int { syncCount.load(ordering: .relaxed) }
     public func hostAddress(_ t: Tensor) -> UnsafeMutablePointer<Float>? { nil }
+
+    // MARK: Gradient staging (GradientStaging, through the driver's copy stream)
+
+    public func prepareStaging(slots: Int) { driver.prepareCopyStream(slots: slots) }
+    public func allocatePinned(_ count: Int) -> UnsafeMutablePointer<Float> {
+        driver.allocatePinned(bytes: max(count, 1) * 4).bindMemory(to: Float.self, capacity: max(count, 1))
+    }
+    public func releasePinned(_ p: UnsafeMutablePointer<Float>) { driver.freePinned(UnsafeMutableRawPointer(p)) }
+    public func markFinal(_ slot: Int) { driver.recordMark(slot) }
+    public func stageDown(_ t: Tensor, slot: Int, into host: UnsafeMutablePointer<Float>) {
+        driver.copyDown(UnsafeRawPointer(t.base), to: UnsafeMutableRawPointer(host), bytes: t.count * 4, afterMark: slot)
+    }
+    public func stageUp(_ host: UnsafePointer<Float>, into t: Tensor, slot: Int) {
+        driver.copyUp(UnsafeRawPointer(host), to: UnsafeMutableRawPointer(t.base), bytes: t.count * 4, slot: slot)
+    }
+    public func computeWaitsForUploads(_ slots: Range<Int>) { for s in slots { driver.computeWaitsForUpload(s) } }
 
     /// Scratch slot `i` of at least `bytes`.
     private func scratch(_ i: Int, bytes: Int) -> UnsafeMutableRawPointer {

@@ -93,6 +93,22 @@ public protocol CUDADriver: AnyObject {
     /// cufftExecR2C of `batch` size x size real planes into size x (size/2+1) complex planes
     /// (interleaved re, im).
     func fftRealToComplex(_ input: UnsafeRawPointer, _ output: UnsafeMutableRawPointer, size: Int, batch: Int)
+
+    // A second stream for gradient copies (`GradientStaging`): `slots` pairs of events, a mark
+    // recorded on the compute stream and an upload recorded on the copy stream.
+    /// Creates the copy stream and the events (once; more slots later adds events).
+    func prepareCopyStream(slots: Int)
+    /// Page-locked host memory (cuMemHostAlloc), `bytes`.
+    func allocatePinned(bytes: Int) -> UnsafeMutableRawPointer
+    func freePinned(_ p: UnsafeMutableRawPointer)
+    /// Records mark `slot` on the compute stream (after everything queued so far).
+    func recordMark(_ slot: Int)
+    /// On the copy stream, after mark `slot`: device -> host; returns when the bytes have landed.
+    func copyDown(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, afterMark slot: Int)
+    /// On the copy stream: host -> device, then records upload `slot`; returns at once.
+    func copyUp(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, slot: Int)
+    /// The compute stream waits for upload `slot` (no host wait).
+    func computeWaitsForUpload(_ slot: Int)
 }
 
 /// One kernel argument, passed as cuLaunchKernel passes them (a pointer to the value).

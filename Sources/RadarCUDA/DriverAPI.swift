@@ -32,6 +32,10 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     typealias FnLaunchKernel = @convention(c) (OpaquePointer?, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, OpaquePointer?,
                                                UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32
     typealias FnErrorString = @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
+    typealias FnEventRecord = @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32
+    typealias FnStreamWaitEvent = @convention(c) (OpaquePointer?, OpaquePointer?, UInt32) -> Int32
+    typealias FnMemHostAlloc = @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int, UInt32) -> Int32
+    typealias FnMemFreeHost = @convention(c) (UnsafeMutableRawPointer?) -> Int32
     // cuBLAS
     typealias FnBlasCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32
     typealias FnBlasSetStream = @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32
@@ -58,6 +62,11 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     private let htod: FnHtoDAsync, dtoh: FnDtoHAsync, streamSync: FnStream
     private let moduleLoad: FnModuleLoadData, moduleFunction: FnModuleGetFunction, launchKernel: FnLaunchKernel
     private let errorString: FnErrorString
+    private let streamCreate: FnStreamCreate, eventCreate: FnStreamCreate, eventRecord: FnEventRecord
+    private let streamWaitEvent: FnStreamWaitEvent, memHostAlloc: FnMemHostAlloc, memFreeHost: FnMemFreeHost
+    /// The gradient copy stream and its events (`prepareCopyStream`).
+    private var copyStream: OpaquePointer?
+    private var marks: [OpaquePointer?] = [], uploads: [OpaquePointer?] = []
     private let blasSetMathMode: FnBlasSetMathMode, blasGemm: FnBlasGemmEx
     private let fftPlanMany: FnFFTPlanMany, fftSetStream: FnFFTSetStream, fftExecR2C: FnFFTExecR2C
 
@@ -108,8 +117,14 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         ctxSetCurrent = try sym(cuda, "cuCtxSetCurrent", FnCtxSetCurrent.self)
         try DriverAPI.check(ctxSetCurrent(ctx), "cuCtxSetCurrent", errorString)
         var s: OpaquePointer?
-        try DriverAPI.check(try sym(cuda, "cuStreamCreate", FnStreamCreate.self)(&s, 1), "cuStreamCreate", errorString)  // CU_STREAM_NON_BLOCKING
+        streamCreate = try sym(cuda, "cuStreamCreate", FnStreamCreate.self)
+        try DriverAPI.check(streamCreate(&s, 1), "cuStreamCreate", errorString)  // CU_STREAM_NON_BLOCKING
         stream = s
+        eventCreate = try sym(cuda, "cuEventCreate", FnStreamCreate.self)
+        eventRecord = try sym(cuda, "cuEventRecord", FnEventRecord.self)
+        streamWaitEvent = try sym(cuda, "cuStreamWaitEvent", FnStreamWaitEvent.self)
+        memHostAlloc = try sym(cuda, "cuMemHostAlloc", FnMemHostAlloc.self)
+        memFreeHost = try sym(cuda, "cuMemFreeHost", FnMemFreeHost.self)
         memAlloc = try sym(cuda, "cuMemAlloc_v2", FnMemAlloc.self)
         memFree = try sym(cuda, "cuMemFree_v2", FnMemFree.self)
         memGetInfo = try sym(cuda, "cuMemGetInfo_v2", FnMemGetInfo.self)
@@ -244,6 +259,59 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     public func synchronize() {
         _ = ctxSetCurrent(context)
         must(streamSync(stream), "cuStreamSynchronize")
+    }
+
+    // MARK: The gradient copy stream
+
+    public func prepareCopyStream(slots: Int) {
+        _ = ctxSetCurrent(context)
+        if copyStream == nil {
+            var c: OpaquePointer?
+            must(streamCreate(&c, 1), "cuStreamCreate (copy stream)")
+            copyStream = c
+        }
+        while marks.count < slots {
+            var m: OpaquePointer?, u: OpaquePointer?
+            must(eventCreate(&m, 2), "cuEventCreate")  // CU_EVENT_DISABLE_TIMING
+            must(eventCreate(&u, 2), "cuEventCreate")
+            marks.append(m)
+            uploads.append(u)
+        }
+    }
+
+    public func allocatePinned(bytes: Int) -> UnsafeMutableRawPointer {
+        _ = ctxSetCurrent(context)
+        var p: UnsafeMutableRawPointer?
+        must(memHostAlloc(&p, max(bytes, 4), 0), "cuMemHostAlloc(\(bytes) bytes)")
+        return p!
+    }
+
+    public func freePinned(_ p: UnsafeMutableRawPointer) {
+        _ = ctxSetCurrent(context)
+        must(memFreeHost(p), "cuMemFreeHost")
+    }
+
+    public func recordMark(_ slot: Int) {
+        _ = ctxSetCurrent(context)
+        must(eventRecord(marks[slot], stream), "cuEventRecord (gradient bucket \(slot))")
+    }
+
+    public func copyDown(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, afterMark slot: Int) {
+        _ = ctxSetCurrent(context)
+        must(streamWaitEvent(copyStream, marks[slot], 0), "cuStreamWaitEvent (copy stream, bucket \(slot))")
+        if bytes > 0 { must(dtoh(destination, address(source), bytes, copyStream), "cuMemcpyDtoHAsync (bucket \(slot), \(bytes) bytes)") }
+        must(streamSync(copyStream), "cuStreamSynchronize (copy stream)")
+    }
+
+    public func copyUp(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, slot: Int) {
+        _ = ctxSetCurrent(context)
+        if bytes > 0 { must(htod(address(destination), source, bytes, copyStream), "cuMemcpyHtoDAsync (bucket \(slot), \(bytes) bytes)") }
+        must(eventRecord(uploads[slot], copyStream), "cuEventRecord (upload \(slot))")
+    }
+
+    public func computeWaitsForUpload(_ slot: Int) {
+        _ = ctxSetCurrent(context)
+        must(streamWaitEvent(stream, uploads[slot], 0), "cuStreamWaitEvent (compute stream, upload \(slot))")
     }
 
     // MARK: Kernels

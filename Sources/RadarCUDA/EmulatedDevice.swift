@@ -139,6 +139,52 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
 
     public func synchronize() {}
 
+    // MARK: The gradient copy stream
+
+    /// Kernels run when launched, so a mark is passed as soon as it is recorded and a copy lands
+    /// when it is made. What the emulator checks is the protocol a real copy stream relies on, per
+    /// slot: a copy down only after a mark recorded since the last copy down (the bucket was
+    /// reported final this step), and every upload waited for by the compute stream before the
+    /// slot is marked again. Breaking either stops the process naming the slot.
+    private let copyLock = NSLock()
+    private var marked: [Bool] = [], uploadPending: [Bool] = []
+
+    public func prepareCopyStream(slots: Int) {
+        copyLock.lock(); defer { copyLock.unlock() }
+        while marked.count < slots { marked.append(false); uploadPending.append(false) }
+    }
+
+    public func allocatePinned(bytes: Int) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 4), alignment: 4096)
+    }
+
+    public func freePinned(_ p: UnsafeMutableRawPointer) { p.deallocate() }
+
+    public func recordMark(_ slot: Int) {
+        copyLock.lock(); defer { copyLock.unlock() }
+        precondition(slot < marked.count, "emulated device: mark \(slot) of \(marked.count) prepared")
+        if uploadPending[slot] { fatalError("emulated device: bucket \(slot) marked again while its upload was never waited for by the compute stream") }
+        marked[slot] = true
+    }
+
+    public func copyDown(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, afterMark slot: Int) {
+        copyLock.lock()
+        let ok = slot < marked.count && marked[slot]
+        if ok { marked[slot] = false }
+        copyLock.unlock()
+        if !ok { fatalError("emulated device: copy of bucket \(slot) before backward marked it final") }
+        destination.copyMemory(from: host(source, "copy-stream source")!, byteCount: bytes)
+    }
+
+    public func copyUp(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, slot: Int) {
+        host(destination, "copy-stream destination")!.copyMemory(from: source, byteCount: bytes)
+        copyLock.lock(); uploadPending[slot] = true; copyLock.unlock()
+    }
+
+    public func computeWaitsForUpload(_ slot: Int) {
+        copyLock.lock(); uploadPending[slot] = false; copyLock.unlock()
+    }
+
     // MARK: Kernels
 
     public struct LaunchFailed: Error, CustomStringConvertible {

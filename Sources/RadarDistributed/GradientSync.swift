@@ -61,9 +61,43 @@ public final class GradientSync: @unchecked Sendable {
         buckets = b
         let largest = max(b.map(\.count).max() ?? 1, store.layout.bufferCount, 1)
         staging = .allocate(capacity: store.backend.hostAddress(store.grads) == nil ? largest : 1)
+        // A device with a copy stream: buckets travel through page-locked memory, each copied as
+        // soon as backward has marked it final (see `GradientStaging`).
+        if store.backend.hostAddress(store.grads) == nil, communicator.size > 1, let staged = store.backend as? GradientStaging {
+            self.staged = staged
+            staged.prepareStaging(slots: b.count)
+            pinned = staged.allocatePinned(store.parameterCount)
+        } else {
+            staged = nil
+            pinned = nil
+        }
     }
 
-    deinit { staging.deallocate() }
+    deinit {
+        staging.deallocate()
+        if let pinned { staged?.releasePinned(pinned) }
+    }
+
+    /// The device's copy stream, when it has one (nil: staging through `withHost`).
+    private let staged: GradientStaging?
+    /// Page-locked host copy of the whole gradient buffer (bucket i at its own offsets).
+    private let pinned: UnsafeMutablePointer<Float>?
+    /// Buckets marked final this step (training thread only).
+    private var marked = 0
+
+    /// How buckets reach the ring, for the log.
+    public var stagingDescription: String {
+        staged != nil ? "via a copy stream and page-locked host memory" : store.backend.hostAddress(store.grads) != nil ? "in place" : "via host copies"
+    }
+
+    /// Marks, in the device's queue, every bucket lying at or above `offset` (training thread).
+    private func mark(from offset: Int) {
+        guard let staged else { return }
+        while marked < buckets.count && buckets[marked].lowerBound >= offset {
+            staged.markFinal(marked)
+            marked += 1
+        }
+    }
 
     /// Runs `body` on host memory holding `t`: `t` itself where the host can address it, else a
     /// staging copy that is uploaded back afterwards (when `writeBack`).
@@ -94,6 +128,7 @@ public final class GradientSync: @unchecked Sendable {
     /// Call before backward: starts the communication thread for this step (overlap mode).
     public func beginBackward(step: Int) {
         communicator.step = step
+        marked = 0
         guard overlap, communicator.size > 1 else { return }
         cond.lock()
         finalFrom = Int.max
@@ -109,6 +144,7 @@ public final class GradientSync: @unchecked Sendable {
     /// Backward's report: every gradient at offset >= `offset` is final.
     public func gradientsFinal(from offset: Int) {
         guard worker != nil else { return }
+        mark(from: offset)
         cond.lock()
         finalFrom = min(finalFrom, offset)
         cond.broadcast()
@@ -125,10 +161,10 @@ public final class GradientSync: @unchecked Sendable {
                 cond.unlock()
                 return
             }
-            let b = buckets[next]
+            let i = next
             cond.unlock()
             let t0 = DispatchTime.now().uptimeNanoseconds
-            do { try reduce(b) } catch {
+            do { try reduce(i) } catch {
                 cond.lock(); failure = error; cond.unlock()
             }
             cond.lock()
@@ -139,12 +175,22 @@ public final class GradientSync: @unchecked Sendable {
         }
     }
 
-    private func reduce(_ b: Range<Int>) throws {
-        try withHost(store.grads.slice(from: b.lowerBound, Shape(b.count))) { p in
-            // Bucket i travels as tensor 100 + i.
-            try communicator.allReduce(p, count: b.count, tensor: 100 + (buckets.firstIndex(of: b) ?? 0), wire: wire)
+    /// Bucket `i`: ring-all-reduced (it travels as tensor 100 + i) and divided by the world size.
+    private func reduce(_ i: Int) throws {
+        let b = buckets[i]
+        let slice = store.grads.slice(from: b.lowerBound, Shape(b.count))
+        func average(_ p: UnsafeMutablePointer<Float>) throws {
+            try communicator.allReduce(p, count: b.count, tensor: 100 + i, wire: wire)
             let inv = 1 / Float(communicator.size)
-            for i in 0..<b.count { p[i] *= inv }
+            for j in 0..<b.count { p[j] *= inv }
+        }
+        if let staged, let pinned {
+            let p = pinned + b.lowerBound
+            staged.stageDown(slice, slot: i, into: p)
+            try average(p)
+            staged.stageUp(p, into: slice, slot: i)
+        } else {
+            try withHost(slice) { try average($0) }
         }
     }
 
@@ -164,6 +210,7 @@ public final class GradientSync: @unchecked Sendable {
             cond.unlock()
         }
         let overlapped = overlap && worker != nil
+        mark(from: 0)  // backward has ended: every bucket is final
         if overlapped {
             cond.lock()
             finalFrom = 0
@@ -174,8 +221,10 @@ public final class GradientSync: @unchecked Sendable {
             worker = nil
             if let f { throw f }
         } else {
-            for b in buckets { try reduce(b) }
+            for i in buckets.indices { try reduce(i) }
         }
+        // The optimizer's kernels come after the copies back (a wait on the device, not the host).
+        staged?.computeWaitsForUploads(buckets.indices)
         let t1 = DispatchTime.now().uptimeNanoseconds
         // Through the same host path as the buckets: no arrays allocated per step.
         try withHost(nonFinite) { try communicator.allReduce($0, count: 1, op: .max, tensor: 4) }

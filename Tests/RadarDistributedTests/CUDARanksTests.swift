@@ -42,6 +42,26 @@ extension MPITrainingTests {
         XCTAssertLessThan(diffs.last!, 3 * 5e-4 * 1.5, "largest parameter difference")
     }
 
+    /// Buckets through the copy stream (one per parameter here, so backward marks many of them
+    /// while it runs; the emulator stops on a copy before its mark or an upload never waited for):
+    /// overlapped and sequential give the same bits, and so do the ranks with bf16 on the wire.
+    func testEmulatedGPUBucketsThroughTheCopyStreamOverlapAndBF16() throws {
+        let env = ["RADAR_CUDA_DRIVER": "emulator", "RADAR_EMULATED_DEVICES": "2"]
+        func run(_ extra: [String]) throws -> String {
+            let r = try mpirun([(2, "radar-worker", cudaArgs(tmp("stage"), device: "cuda") + ["--bucket-mb", "0", "--stop-after-steps", "2"] + extra)],
+                               timeout: 600, env: env)
+            XCTAssertEqual(r.status, 0, r.err)
+            XCTAssertTrue(r.err.contains("via a copy stream and page-locked host memory"), r.err)
+            let h = hashes(r.out)
+            XCTAssertEqual(h.count, 2, r.out)
+            XCTAssertEqual(Set(h).count, 1, "replicas agree: \(h)")
+            return h.first ?? ""
+        }
+        let overlapped = try run([]), sequential = try run(["--no-overlap"]), bf16 = try run(["--grad-dtype", "bf16"])
+        XCTAssertEqual(overlapped, sequential)
+        XCTAssertNotEqual(overlapped, bf16)
+    }
+
     func testMoreLocalRanksThanGPUsIsAnErrorNamingBoth() throws {
         let r = try mpirun([(2, "radar-worker", cudaArgs(tmp("cuda1"), device: "cuda"))], timeout: 120,
                            env: ["RADAR_CUDA_DRIVER": "emulator", "RADAR_EMULATED_DEVICES": "1"])
