@@ -56,7 +56,9 @@ import json
 r = json.load(open("report.json"))
 assert r["passed"] and r["check"]["kernels_passed"] == r["check"]["kernels_total"], r["check"]
 assert sorted(b["precision"] for b in r["radar_bench_step"]) == ["bf16", "fp32", "tf32"], r["radar_bench_step"]
-print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed; bench step %s" % (
+assert r["data_parallel"]["passed"], r["data_parallel"]
+assert any("staging_download_seconds" in a for a in r["allreduce"]), r["allreduce"]
+print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed; 2 ranks on one GPU identical; bench step %s" % (
     r["check"]["kernels_passed"], r["check"]["kernels_total"], len(r["check"]["golden"]),
     ", ".join("%s %.2f img/s" % (b["precision"], b["images_per_s"]) for b in r["radar_bench_step"])))
 PY

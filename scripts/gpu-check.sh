@@ -7,6 +7,10 @@
 #      fp32, tf32 and bf16;
 #   5. where PyTorch and timm import: bench/pytorch_step.py on the same config, batch and GPU, eager
 #      fp32, tf32 and AMP bf16.
+#   6. data parallel on the GPU: two TCP ranks sharing it (`radar launch`, --allow-gpu-sharing),
+#      gradient buckets through the copy stream and page-locked memory, replicas compared after
+#      every step (--verify-replicas); then `radar bench allreduce --transport tcp --device cuda`
+#      (staging and ring times apart).
 # One JSON report on stdout (and in gpu-check.json); exit status 1 on any parity failure.
 #
 #   tar xf radar-bundle.tar.xz && bash radar-bundle/gpu-check.sh
@@ -88,10 +92,31 @@ else
   log "PyTorch with CUDA not available: no PyTorch comparison"
 fi
 
+# 6: two data-parallel ranks on the one GPU.
+dp_env=()
+[ "$device" = cuda-emulated ] && dp_env=(RADAR_CUDA_DRIVER=emulator RADAR_EMULATED_DEVICES=1)
+"$radar" synth --output "$work/dp-data" --count 96 --size 32 > /dev/null 2>&1
+env "${dp_env[@]}" timeout 300 "$radar" launch -n 2 -- radar-worker --device cuda --allow-gpu-sharing --data "$work/dp-data" \
+  --output "$work/dp-out" --experiment dp --config tiny --batch-size 8 --num-epochs 1 --max-steps-per-epoch 3 \
+  --accumulation-steps 1 --bucket-mb 0 --verify-replicas --threads 1 --timeout 120 > "$work/dp.out" 2> "$work/dp.log"
+dp_status=$?
+log "data parallel (2 ranks on one GPU) exit $dp_status: $(grep -E 'fnv1a' "$work/dp.out" | tr '\n' ' ')"
+grep -q "copy stream" "$work/dp.log" || log "data parallel: the ranks did not report the copy stream: $(tail -3 "$work/dp.log" | tr '\n' ' ')"
+: > "$work/allreduce.jsonl"
+token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+for r in 0 1; do
+  env "${dp_env[@]}" RADAR_JOB_TOKEN="$token" RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=29577 \
+    timeout 120 "$radar" bench allreduce --transport tcp --device cuda --sizes 8,88 --repeats 3 \
+    > "$work/allreduce-$r.jsonl" 2> "$work/allreduce-$r.log" &
+done
+wait
+cat "$work/allreduce-0.jsonl" >> "$work/allreduce.jsonl"
+log "allreduce: $(head -c 400 "$work/allreduce.jsonl")"
+
 # One JSON report.
-"${python:-python3}" - "$work" "$check_status" "$report" <<'PY'
+"${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" <<'PY'
 import json, sys
-work, status, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+work, status, out, dp_status = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 def lines(p):
     try:
         return [json.loads(l) for l in open(p) if l.strip().startswith("{")]
@@ -101,10 +126,16 @@ try:
     check = json.load(open(work + "/check.json"))
 except Exception:
     check = {"error": open(work + "/check.log").read()[-2000:]}
+hashes = [l.split()[4] for l in open(work + "/dp.out") if "fnv1a" in l]
+dp_log = open(work + "/dp.log").read()
+dp = {"exit": dp_status, "hashes": hashes, "replicas_identical": len(hashes) == 2 and len(set(hashes)) == 1,
+      "copy_stream": "via a copy stream and page-locked host memory" in dp_log, "log_tail": dp_log[-1500:]}
+dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
 rep = {"check": check, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
-       "passed": status == 0 and bool(check.get("passed"))}
+       "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
+       "passed": status == 0 and bool(check.get("passed")) and dp["passed"]}
 text = json.dumps(rep, indent=1, sort_keys=True)
 open(out, "w").write(text + "\n")
 print(text)
 PY
-[ "$check_status" -eq 0 ]
+[ "$check_status" -eq 0 ] && [ "$dp_status" -eq 0 ]

@@ -131,20 +131,36 @@ extension Bench {
                                                         gpuCount: CUDADrivers.deviceCount)
                     let backend = try Devices.backend(name, threads: 1, precision: "fp32")
                     let dev = DeviceTensor(backend, Shape(n), Array(UnsafeBufferPointer(start: buf, count: n)))
+                    // The trainer's path: the copy stream and page-locked memory where the backend
+                    // has them (GradientStaging), else plain downloads and uploads.
+                    let staged = backend as? GradientStaging
+                    staged?.prepareStaging(slots: 1)
+                    let host = staged?.allocatePinned(n) ?? buf
+                    defer { if host != buf { staged?.releasePinned(host) } }
                     var down = 0.0, up = 0.0
                     let total = try time {
                         let t0 = Date()
-                        backend.download(dev.tensor, into: UnsafeMutableBufferPointer(start: buf, count: n))
+                        if let staged {
+                            staged.markFinal(0)
+                            staged.stageDown(dev.tensor, slot: 0, into: host)
+                        } else {
+                            backend.download(dev.tensor, into: UnsafeMutableBufferPointer(start: host, count: n))
+                        }
                         let t1 = Date()
-                        try RingAllReduce(communicator: comm, wire: gradDtype).run(buf, count: n, op: .sum, tag: 13)
+                        try RingAllReduce(communicator: comm, wire: gradDtype).run(host, count: n, op: .sum, tag: 13)
                         let t2 = Date()
-                        backend.upload(UnsafeBufferPointer(start: buf, count: n), into: dev.tensor)
+                        if let staged {
+                            staged.stageUp(host, into: dev.tensor, slot: 0)
+                            staged.computeWaitsForUploads(0..<1)
+                        } else {
+                            backend.upload(UnsafeBufferPointer(start: host, count: n), into: dev.tensor)
+                        }
                         backend.synchronize()
                         down = t1.timeIntervalSince(t0)
                         up = Date().timeIntervalSince(t2)
                     }
                     staging = ["device": backend.deviceDescription, "device_total_seconds": total, "staging_download_seconds": down,
-                               "staging_upload_seconds": up]
+                               "staging_upload_seconds": up, "staging": staged != nil ? "copy stream, page-locked" : "download/upload"]
                 }
                 if comm.rank == 0 {
                     let bytes = Double(n * 4)

@@ -152,6 +152,7 @@ final class MPITrainingTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.err)
         let json = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any]
         XCTAssertTrue((json["device"] as? String ?? "").hasPrefix("cuda:0 (emulated device"), "\(json)")
+        XCTAssertEqual(json["staging"] as? String, "copy stream, page-locked", "the trainer's path: \(json)")
         for k in ["staging_download_seconds", "staging_upload_seconds", "device_total_seconds", "ring_seconds"] {
             XCTAssertGreaterThan(json[k] as? Double ?? 0, 0, k)
         }
