@@ -37,12 +37,13 @@ let package = Package(
         // Process control that needs a C call (prctl is variadic): a rank dies with its launcher.
         .target(name: "CProcess"),
         .target(name: "CImageKernels"),
+        .target(name: "CTensorKernels"),
         // The engine: tensors, the Backend protocol, layers, the RADAR model, loss, optimizer and
         // the training step. No C library: it runs on whatever backend it is given.
         .target(name: "RadarEngine"),
         // The CPU backend (OpenBLAS, FFTW, our worker pool) and the fenced backend that proves the
         // engine touches tensor memory only through the backend.
-        .target(name: "RadarCPU", dependencies: ["RadarEngine", "COpenBLAS", "CFFTW", "CTaskClosure"]),
+        .target(name: "RadarCPU", dependencies: ["RadarEngine", "COpenBLAS", "CFFTW", "CTaskClosure", "CTensorKernels"]),
         // The CUDA backend's pieces that need no GPU: the run-time loader of the CUDA libraries
         // (dlopen: nothing links against CUDA), NVRTC, the kernel sources and their disk cache.
         .target(name: "RadarCUDA", dependencies: ["RadarEngine", "RadarCPU", "CCUDAEmulator"]),

@@ -1,3 +1,4 @@
+import CTensorKernels
 import RadarEngine
 #if canImport(Glibc)
 import Glibc
@@ -71,6 +72,10 @@ extension CPUBackend {
 
     public func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor) {
         parallel(x.count) { r in
+            if CPUBackend.vectorKernels {
+                radar_gelu_forward_avx2(x.base + r.lowerBound, y.base + r.lowerBound, cdf.base + r.lowerBound, r.count)
+                return
+            }
             for i in r {
                 let v = x.base[i]
                 let phi = fastNormalCDF(v)
@@ -82,6 +87,10 @@ extension CPUBackend {
 
     public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor, _ dx: Tensor) {
         parallel(dy.count) { r in
+            if CPUBackend.vectorKernels {
+                radar_gelu_backward_avx2(dy.base + r.lowerBound, x.base + r.lowerBound, cdf.base + r.lowerBound, dx.base + r.lowerBound, r.count)
+                return
+            }
             for i in r {
                 let v = x.base[i]
                 let pdf = fastExp(-0.5 * v * v) * 0.398_942_28

@@ -1,3 +1,4 @@
+import CTensorKernels
 import RadarEngine
 import COpenBLAS
 import CFFTW
@@ -20,6 +21,9 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     private let syncCount = Atomic<Int>(0)
     /// Elementwise kernels hand out chunks of this many elements.
     public static let grain = 16_384
+    /// Whether the AVX2 twins of the elementwise kernels run (CTensorKernels: bit-identical to the
+    /// Swift loops, chosen from cpuid). Tests set it to false to run the Swift loops and compare.
+    nonisolated(unsafe) public static var vectorKernels = radar_tensor_kernels_avx2() != 0
 
     var fftPlans: [Int: OpaquePointer] = [:]
     private let floatScratch = GrowableBuffer<Float>()

@@ -204,6 +204,40 @@ final class FencedBackendTests: XCTestCase {
     }
 }
 
+/// The CPU backend's AVX2 elementwise kernels (CTensorKernels) against its Swift loops: the same
+/// bits, on every kind of value and on lengths that leave a scalar tail.
+final class CPUVectorKernelTests: XCTestCase {
+    func testVectorGELUEqualsTheScalarPath() {
+        print("tensor kernels: \(CPUBackend.vectorKernels ? "AVX2 (compared with the Swift loops)" : "Swift loops only (no AVX2 on this CPU)")")
+        var values: [Float] = [0, -0, 1, -1, .nan, -.nan, .infinity, -.infinity, .greatestFiniteMagnitude, -.greatestFiniteMagnitude,
+                               .leastNonzeroMagnitude, -.leastNonzeroMagnitude, .leastNormalMagnitude, 13.2, -13.2, 13.3, -13.3, 14, -14, 100, -100]
+        let stream = RandomStream(seed: 5, stream: 1)
+        for i in 0..<4_000 { values.append(stream.normal(UInt64(i)) * Float(1 + i % 7)) }
+        for i in 0..<400 { values.append(Float(i - 200) * 0.05) }  // a grid through the knee
+        let cpu = CPUBackend(threads: 2)
+        let saved = CPUBackend.vectorKernels
+        defer { CPUBackend.vectorKernels = saved }
+        for n in [values.count, 1, 7, 8, 9, 17, 65_537] {
+            let xs = (0..<n).map { values[$0 % values.count] }
+            let dys = (0..<n).map { Float(($0 * 37) % 101) / 50 - 1 }
+            func run() -> ([UInt32], [UInt32], [UInt32]) {
+                let x = DeviceTensor(cpu, Shape(n), xs), dy = DeviceTensor(cpu, Shape(n), dys)
+                let y = DeviceTensor(cpu, Shape(n)), cdf = DeviceTensor(cpu, Shape(n)), dx = DeviceTensor(cpu, Shape(n))
+                cpu.geluForward(x.tensor, y.tensor, cdf: cdf.tensor)
+                cpu.geluBackward(dy.tensor, x: x.tensor, cdf: cdf.tensor, dx.tensor)
+                return (y.values.map(\.bitPattern), cdf.values.map(\.bitPattern), dx.values.map(\.bitPattern))
+            }
+            CPUBackend.vectorKernels = saved
+            let vector = run()
+            CPUBackend.vectorKernels = false
+            let scalar = run()
+            XCTAssertEqual(vector.0, scalar.0, "GELU forward, \(n) values")
+            XCTAssertEqual(vector.1, scalar.1, "normal CDF, \(n) values")
+            XCTAssertEqual(vector.2, scalar.2, "GELU backward, \(n) values")
+        }
+    }
+}
+
 /// The OpenBLAS kernel choice is a pure function of the CPU's flags and OpenBLAS's own pick.
 final class BLASKernelChoiceTests: XCTestCase {
     let sapphireRapids: Set<String> = ["sse3", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd",

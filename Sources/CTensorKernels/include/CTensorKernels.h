@@ -1,0 +1,18 @@
+#ifndef RADAR_TENSOR_KERNELS_H
+#define RADAR_TENSOR_KERNELS_H
+
+/// AVX2 versions of the CPU backend's elementwise kernels, eight floats at a time. Each is the
+/// Swift scalar path's IEEE operations in the same order (no fused multiply-add), so results are
+/// bit-identical whichever path runs (tests compare both). Callers check
+/// `radar_tensor_kernels_avx2()` first.
+
+/// 1 when the CPU has AVX2 (and the kernels below may run), else 0.
+int radar_tensor_kernels_avx2(void);
+
+/// GELU (exact, erf form): cdf[i] = Phi(x[i]), y[i] = x[i] * cdf[i], for i in [0, n).
+void radar_gelu_forward_avx2(const float *x, float *y, float *cdf, long n);
+
+/// dx[i] = dy[i] * (cdf[i] + x[i] * phi(x[i])), phi the standard normal density.
+void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf, float *dx, long n);
+
+#endif

@@ -1,0 +1,143 @@
+#include "CTensorKernels.h"
+// Never fuse a multiply and an add: the scalar Swift path rounds each.
+#pragma STDC FP_CONTRACT OFF
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+// Scalar twins of FastMath.swift's fastExp and fastNormalCDF (same constants, same operation
+// order), for the elements after the last full group of eight.
+static inline float bits_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t float_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+static inline float scalar_exp(float x) {
+    float clamped = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+    const float magic = 12582912.0f;
+    float shifted = clamped * 1.44269504f + magic;
+    float n = shifted - magic;
+    int32_t ni = (int32_t)(float_bits(shifted) - 0x4B400000u);
+    float r = (clamped - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1;
+    p = p * r + 1;
+    float scale = bits_float((uint32_t)(ni + 127) << 23);
+    return isnan(x) ? x : p * scale;
+}
+
+static inline float scalar_cdf(float x) {
+    float z = fabsf(x) * 0.70710678f;
+    float t = 1 / (1 + 0.5f * z);
+    float p = 0.144928632f;
+    p = p * t - 0.680821846f;
+    p = p * t + 1.15672880f;
+    p = p * t - 0.696255170f;
+    p = p * t - 0.0802697854f;
+    p = p * t + 0.00125786078f;
+    p = p * t + 0.0346074290f;
+    p = p * t + 0.386639183f;
+    p = p * t + 0.998632955f;
+    p = p * t - 1.26544801f;
+    float half = 0.5f * t * scalar_exp(p - z * z);
+    return x < 0 ? half : 1 - half;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+int radar_tensor_kernels_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") ? 1 : 0;
+}
+
+#define MUL _mm256_mul_ps
+#define ADD _mm256_add_ps
+#define SUB _mm256_sub_ps
+#define SET _mm256_set1_ps
+
+__attribute__((target("avx2")))
+static inline __m256 vector_exp(__m256 x) {
+    __m256 lo = SET(-87.3f), hi = SET(88.7f);
+    // x < -87.3 ? -87.3 : (x > 88.7 ? 88.7 : x), NaN passing through as in the scalar code.
+    __m256 clamped = _mm256_blendv_ps(x, hi, _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+    clamped = _mm256_blendv_ps(clamped, lo, _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+    __m256 magic = SET(12582912.0f);
+    __m256 shifted = ADD(MUL(clamped, SET(1.44269504f)), magic);
+    __m256 n = SUB(shifted, magic);
+    __m256i ni = _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(0x4B400000));
+    __m256 r = SUB(SUB(clamped, MUL(n, SET(0.693145751953125f))), MUL(n, SET(1.428606765330187e-06f)));
+    __m256 p = SET(1.0f / 5040);
+    p = ADD(MUL(p, r), SET(1.0f / 720));
+    p = ADD(MUL(p, r), SET(1.0f / 120));
+    p = ADD(MUL(p, r), SET(1.0f / 24));
+    p = ADD(MUL(p, r), SET(1.0f / 6));
+    p = ADD(MUL(p, r), SET(0.5f));
+    p = ADD(MUL(p, r), SET(1.0f));
+    p = ADD(MUL(p, r), SET(1.0f));
+    __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
+    return _mm256_blendv_ps(MUL(p, scale), x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+__attribute__((target("avx2")))
+static inline __m256 vector_cdf(__m256 x) {
+    __m256 absx = _mm256_andnot_ps(SET(-0.0f), x);
+    __m256 z = MUL(absx, SET(0.70710678f));
+    __m256 t = _mm256_div_ps(SET(1.0f), ADD(SET(1.0f), MUL(SET(0.5f), z)));
+    __m256 p = SET(0.144928632f);
+    p = SUB(MUL(p, t), SET(0.680821846f));
+    p = ADD(MUL(p, t), SET(1.15672880f));
+    p = SUB(MUL(p, t), SET(0.696255170f));
+    p = SUB(MUL(p, t), SET(0.0802697854f));
+    p = ADD(MUL(p, t), SET(0.00125786078f));
+    p = ADD(MUL(p, t), SET(0.0346074290f));
+    p = ADD(MUL(p, t), SET(0.386639183f));
+    p = ADD(MUL(p, t), SET(0.998632955f));
+    p = SUB(MUL(p, t), SET(1.26544801f));
+    __m256 half = MUL(MUL(SET(0.5f), t), vector_exp(SUB(p, MUL(z, z))));
+    return _mm256_blendv_ps(SUB(SET(1.0f), half), half, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+}
+
+__attribute__((target("avx2")))
+void radar_gelu_forward_avx2(const float *x, float *y, float *cdf, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 phi = vector_cdf(v);
+        _mm256_storeu_ps(cdf + i, phi);
+        _mm256_storeu_ps(y + i, MUL(v, phi));
+    }
+    for (; i < n; i++) {
+        float v = x[i], phi = scalar_cdf(v);
+        cdf[i] = phi;
+        y[i] = v * phi;
+    }
+}
+
+__attribute__((target("avx2")))
+void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf, float *dx, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 pdf = MUL(vector_exp(MUL(MUL(SET(-0.5f), v), v)), SET(0.39894228f));
+        _mm256_storeu_ps(dx + i, MUL(_mm256_loadu_ps(dy + i), ADD(_mm256_loadu_ps(cdf + i), MUL(v, pdf))));
+    }
+    for (; i < n; i++) {
+        float v = x[i];
+        float pdf = scalar_exp(-0.5f * v * v) * 0.39894228f;
+        dx[i] = dy[i] * (cdf[i] + v * pdf);
+    }
+}
+
+#else
+
+int radar_tensor_kernels_avx2(void) { return 0; }
+void radar_gelu_forward_avx2(const float *x, float *y, float *cdf, long n) { (void)x; (void)y; (void)cdf; (void)n; }
+void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf, float *dx, long n) {
+    (void)dy; (void)x; (void)cdf; (void)dx; (void)n;
+}
+
+#endif
