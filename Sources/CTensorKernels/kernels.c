@@ -132,9 +132,40 @@ void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf,
     }
 }
 
+__attribute__((target("avx2")))
+void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, float decay, float omb1, float beta2,
+                      float omb2, float bc2Sqrt, float eps, float negStep) {
+    const __m256 vdecay = SET(decay), vomb1 = SET(omb1), vbeta2 = SET(beta2), vomb2 = SET(omb2);
+    const __m256 vbc2 = SET(bc2Sqrt), veps = SET(eps), vneg = SET(negStep);
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 gi = _mm256_loadu_ps(g + i), mi = _mm256_loadu_ps(m + i), vi = _mm256_loadu_ps(v + i);
+        __m256 pi = MUL(_mm256_loadu_ps(p + i), vdecay);
+        mi = ADD(mi, MUL(SUB(gi, mi), vomb1));
+        vi = ADD(MUL(vi, vbeta2), MUL(MUL(vomb2, gi), gi));
+        __m256 denom = ADD(_mm256_div_ps(_mm256_sqrt_ps(vi), vbc2), veps);
+        pi = ADD(pi, MUL(vneg, _mm256_div_ps(mi, denom)));
+        _mm256_storeu_ps(m + i, mi);
+        _mm256_storeu_ps(v + i, vi);
+        _mm256_storeu_ps(p + i, pi);
+    }
+    for (; i < n; i++) {
+        float gi = g[i];
+        p[i] *= decay;
+        m[i] += (gi - m[i]) * omb1;
+        v[i] = v[i] * beta2 + omb2 * gi * gi;
+        float denom = sqrtf(v[i]) / bc2Sqrt + eps;
+        p[i] += negStep * (m[i] / denom);
+    }
+}
+
 #else
 
 int radar_tensor_kernels_avx2(void) { return 0; }
+void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, float decay, float omb1, float beta2,
+                      float omb2, float bc2Sqrt, float eps, float negStep) {
+    (void)p; (void)g; (void)m; (void)v; (void)n; (void)decay; (void)omb1; (void)beta2; (void)omb2; (void)bc2Sqrt; (void)eps; (void)negStep;
+}
 void radar_gelu_forward_avx2(const float *x, float *y, float *cdf, long n) { (void)x; (void)y; (void)cdf; (void)n; }
 void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf, float *dx, long n) {
     (void)dy; (void)x; (void)cdf; (void)dx; (void)n;

@@ -1,3 +1,4 @@
+import CTensorKernels
 import RadarEngine
 #if canImport(Glibc)
 import Glibc
@@ -18,6 +19,12 @@ extension CPUBackend {
         let bc2Sqrt = Float(bc2.squareRoot())
         let decay = Float(1 - Double(lr) * Double(weightDecay))
         parallel(count) { r in
+            if CPUBackend.vectorKernels {
+                let o = r.lowerBound
+                radar_adamw_avx2(params + o, grads + o, expAvg + o, expAvgSq + o, r.count, decay, 1 - beta1, beta2, 1 - beta2,
+                                 bc2Sqrt, eps, -stepSize)
+                return
+            }
             for i in r {
                 let g = grads[i]
                 params[i] *= decay

@@ -238,6 +238,34 @@ final class CPUVectorKernelTests: XCTestCase {
     }
 }
 
+extension CPUVectorKernelTests {
+    func testVectorAdamWEqualsTheScalarPath() {
+        let cpu = CPUBackend(threads: 2)
+        let saved = CPUBackend.vectorKernels
+        defer { CPUBackend.vectorKernels = saved }
+        let s = RandomStream(seed: 9, stream: 2)
+        for (n, step) in [(1, 1), (7, 2), (9, 10), (70_001, 1000)] {
+            var grads = (0..<n).map { s.normal(UInt64($0)) * 0.01 }
+            if n > 5 { grads[3] = 0; grads[4] = -0.0; grads[5] = 1e-30 }
+            let params = (0..<n).map { s.normal(UInt64($0 + n)) }
+            let m = (0..<n).map { s.normal(UInt64($0 + 2 * n)) * 1e-3 }, v = (0..<n).map { abs(s.normal(UInt64($0 + 3 * n))) * 1e-5 }
+            func run() -> [[UInt32]] {
+                let t = [params, grads, m, v].map { DeviceTensor(cpu, Shape(n), $0) }
+                let gate = DeviceTensor(cpu, Shape(1), [1])
+                cpu.adamW(params: t[0].tensor, grads: t[1].tensor, expAvg: t[2].tensor, expAvgSq: t[3].tensor, lr: 5e-4, beta1: 0.9,
+                          beta2: 0.999, eps: 1e-8, weightDecay: 0.05, step: step, gate: gate.tensor)
+                return [t[0], t[2], t[3]].map { $0.values.map(\.bitPattern) }
+            }
+            CPUBackend.vectorKernels = saved
+            let vector = run()
+            CPUBackend.vectorKernels = false
+            let scalar = run()
+            XCTAssertEqual(vector, scalar, "AdamW on \(n) values, step \(step)")
+            XCTAssertNotEqual(vector[0], params.map(\.bitPattern), "the step moved the parameters")
+        }
+    }
+}
+
 /// The OpenBLAS kernel choice is a pure function of the CPU's flags and OpenBLAS's own pick.
 final class BLASKernelChoiceTests: XCTestCase {
     let sapphireRapids: Set<String> = ["sse3", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd",

@@ -15,4 +15,9 @@ void radar_gelu_forward_avx2(const float *x, float *y, float *cdf, long n);
 /// dx[i] = dy[i] * (cdf[i] + x[i] * phi(x[i])), phi the standard normal density.
 void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf, float *dx, long n);
 
+/// AdamW on [0, n), torch's single-tensor order: p *= decay; m += (g - m) * omb1;
+/// v = v * beta2 + omb2 * g * g; p += negStep * (m / (sqrt(v) / bc2Sqrt + eps)).
+void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, float decay, float omb1, float beta2,
+                      float omb2, float bc2Sqrt, float eps, float negStep);
+
 #endif
