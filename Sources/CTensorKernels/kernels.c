@@ -133,6 +133,43 @@ void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf,
 }
 
 __attribute__((target("avx2")))
+void radar_softmax_forward_avx2(const float *x, float *y, long rows, long cols) {
+    for (long r = 0; r < rows; r++) {
+        const float *xi = x + r * cols;
+        float *yi = y + r * cols;
+        // The maximum in index order as Swift's max(m, v) (v >= m ? v : m): any order gives the same
+        // value but for the sign of a zero maximum, which exp(x - max) does not see.
+        float m = -INFINITY;
+        for (long j = 0; j < cols; j++) m = xi[j] >= m ? xi[j] : m;
+        __m256 vm = SET(m);
+        long j = 0;
+        for (; j + 8 <= cols; j += 8) _mm256_storeu_ps(yi + j, vector_exp(SUB(_mm256_loadu_ps(xi + j), vm)));
+        for (; j < cols; j++) yi[j] = scalar_exp(xi[j] - m);
+        float s = 0;
+        for (j = 0; j < cols; j++) s += yi[j];
+        float inv = 1 / s;
+        __m256 vinv = SET(inv);
+        for (j = 0; j + 8 <= cols; j += 8) _mm256_storeu_ps(yi + j, MUL(_mm256_loadu_ps(yi + j), vinv));
+        for (; j < cols; j++) yi[j] *= inv;
+    }
+}
+
+__attribute__((target("avx2")))
+void radar_softmax_backward_avx2(const float *dy, const float *y, float *dx, long rows, long cols) {
+    for (long r = 0; r < rows; r++) {
+        const float *d = dy + r * cols, *yi = y + r * cols;
+        float *o = dx + r * cols;
+        float dot = 0;
+        for (long j = 0; j < cols; j++) dot += d[j] * yi[j];
+        __m256 vdot = SET(dot);
+        long j = 0;
+        for (; j + 8 <= cols; j += 8)
+            _mm256_storeu_ps(o + j, MUL(_mm256_loadu_ps(yi + j), SUB(_mm256_loadu_ps(d + j), vdot)));
+        for (; j < cols; j++) o[j] = yi[j] * (d[j] - dot);
+    }
+}
+
+__attribute__((target("avx2")))
 void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, float decay, float omb1, float beta2,
                       float omb2, float bc2Sqrt, float eps, float negStep) {
     const __m256 vdecay = SET(decay), vomb1 = SET(omb1), vbeta2 = SET(beta2), vomb2 = SET(omb2);
@@ -162,6 +199,10 @@ void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, floa
 #else
 
 int radar_tensor_kernels_avx2(void) { return 0; }
+void radar_softmax_forward_avx2(const float *x, float *y, long rows, long cols) { (void)x; (void)y; (void)rows; (void)cols; }
+void radar_softmax_backward_avx2(const float *dy, const float *y, float *dx, long rows, long cols) {
+    (void)dy; (void)y; (void)dx; (void)rows; (void)cols;
+}
 void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, float decay, float omb1, float beta2,
                       float omb2, float bc2Sqrt, float eps, float negStep) {
     (void)p; (void)g; (void)m; (void)v; (void)n; (void)decay; (void)omb1; (void)beta2; (void)omb2; (void)bc2Sqrt; (void)eps; (void)negStep;

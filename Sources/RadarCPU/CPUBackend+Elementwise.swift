@@ -102,6 +102,10 @@ extension CPUBackend {
     public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) {
         let rows = x.count / cols
         parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
+            if CPUBackend.vectorKernels {
+                radar_softmax_forward_avx2(x.base + rr.lowerBound * cols, y.base + rr.lowerBound * cols, rr.count, cols)
+                return
+            }
             for row in rr {
                 let xi = x.base + row * cols, yi = y.base + row * cols
                 var m = -Float.infinity
@@ -118,6 +122,11 @@ extension CPUBackend {
     public func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int) {
         let rows = y.count / cols
         parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
+            if CPUBackend.vectorKernels {
+                let o = rr.lowerBound * cols
+                radar_softmax_backward_avx2(dy.base + o, y.base + o, dx.base + o, rr.count, cols)
+                return
+            }
             for row in rr {
                 let d = dy.base + row * cols, yi = y.base + row * cols, o = dx.base + row * cols
                 var dot: Float = 0

@@ -239,6 +239,34 @@ final class CPUVectorKernelTests: XCTestCase {
 }
 
 extension CPUVectorKernelTests {
+    func testVectorSoftmaxEqualsTheScalarPath() {
+        let cpu = CPUBackend(threads: 2)
+        let saved = CPUBackend.vectorKernels
+        defer { CPUBackend.vectorKernels = saved }
+        let s = RandomStream(seed: 11, stream: 3)
+        for cols in [1, 7, 8, 9, 65, 197] {
+            let rows = 37
+            var xs = (0..<(rows * cols)).map { s.normal(UInt64($0)) * Float(1 + $0 % 5) * 3 }
+            // Rows with zeros of both signs, a NaN, infinities, and values far apart.
+            for j in 0..<cols { xs[j] = j % 2 == 0 ? 0 : -0.0 }
+            if rows > 2 { xs[cols] = .nan; xs[2 * cols] = .infinity; xs[3 * cols] = -.infinity; xs[4 * cols] = 200; xs[4 * cols + cols - 1] = -200 }
+            let dys = (0..<(rows * cols)).map { Float(($0 * 13) % 29) / 14 - 1 }
+            func run() -> ([UInt32], [UInt32]) {
+                let x = DeviceTensor(cpu, Shape(rows, cols), xs), dy = DeviceTensor(cpu, Shape(rows, cols), dys)
+                let y = DeviceTensor(cpu, Shape(rows, cols)), dx = DeviceTensor(cpu, Shape(rows, cols))
+                cpu.softmaxForward(x.tensor, y.tensor, cols: cols)
+                cpu.softmaxBackward(dy.tensor, y: y.tensor, dx.tensor, cols: cols)
+                return (y.values.map(\.bitPattern), dx.values.map(\.bitPattern))
+            }
+            CPUBackend.vectorKernels = saved
+            let vector = run()
+            CPUBackend.vectorKernels = false
+            let scalar = run()
+            XCTAssertEqual(vector.0, scalar.0, "softmax forward, \(cols) columns")
+            XCTAssertEqual(vector.1, scalar.1, "softmax backward, \(cols) columns")
+        }
+    }
+
     func testVectorAdamWEqualsTheScalarPath() {
         let cpu = CPUBackend(threads: 2)
         let saved = CPUBackend.vectorKernels

@@ -15,6 +15,13 @@ void radar_gelu_forward_avx2(const float *x, float *y, float *cdf, long n);
 /// dx[i] = dy[i] * (cdf[i] + x[i] * phi(x[i])), phi the standard normal density.
 void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf, float *dx, long n);
 
+/// Softmax of `rows` rows of `cols`: the row maximum, exp(x - max) (FastMath's exp), the sum in
+/// index order, then each times 1 / sum.
+void radar_softmax_forward_avx2(const float *x, float *y, long rows, long cols);
+
+/// dx = y * (dy - dot(dy, y)) per row, the dot product summed in index order.
+void radar_softmax_backward_avx2(const float *dy, const float *y, float *dx, long rows, long cols);
+
 /// AdamW on [0, n), torch's single-tensor order: p *= decay; m += (g - m) * omb1;
 /// v = v * beta2 + omb2 * g * g; p += negStep * (m / (sqrt(v) / bc2Sqrt + eps)).
 void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, float decay, float omb1, float beta2,

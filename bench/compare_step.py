@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""The training step side by side, in one run: `radar bench step` and bench/pytorch_step.py
+(PyTorch eager, same config, batch and threads), alternated for each (config, threads) so both
+see the same machine state; medians over rounds and the ratio ours / PyTorch.
+
+    python bench/compare_step.py --radar .build/release/radar --python /path/to/venv/bin/python \
+        [--configs mid:32,full:8] [--threads 1,2] [--rounds 2] [--repeats 3]
+
+Prints a Markdown table and the machine record of our benchmark (CPU, BLAS kernels).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+
+def last_json(text):
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise SystemExit("no JSON in output:\n" + text[-2000:])
+
+
+def main():
+    a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--radar", default=".build/release/radar")
+    a.add_argument("--python", default=sys.executable, help="a Python with torch and timm")
+    a.add_argument("--configs", default="mid:32,full:8", help="config:batch pairs")
+    a.add_argument("--threads", default="1,2")
+    a.add_argument("--rounds", type=int, default=2)
+    a.add_argument("--repeats", type=int, default=3)
+    o = a.parse_args()
+    here = os.path.dirname(os.path.abspath(__file__))
+    rows, machine = [], None
+    for spec in o.configs.split(","):
+        config, batch = spec.split(":")
+        for t in [int(x) for x in o.threads.split(",")]:
+            ours, theirs = [], []
+            for _ in range(o.rounds):
+                env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+                r = subprocess.run([o.radar, "bench", "step", "--config", config, "--batch", batch, "--threads", str(t),
+                                    "--repeats", str(o.repeats)], capture_output=True, text=True, env=env, check=True)
+                j = last_json(r.stdout)
+                machine = j.get("machine", machine)
+                ours.append(j["images_per_s"])
+                env = dict(os.environ, OMP_NUM_THREADS=str(t))
+                r = subprocess.run([o.python, os.path.join(here, "pytorch_step.py"), "--config", config, "--batch", batch,
+                                    "--threads", str(t), "--repeats", str(o.repeats)], capture_output=True, text=True, env=env, check=True)
+                theirs.append(last_json(r.stdout)["images_per_s"])
+            rows.append((config, batch, t, ours, theirs))
+            print(f"{config} batch {batch} threads {t}: ours {ours} PyTorch {theirs}", file=sys.stderr)
+    print(f"machine: {json.dumps(machine, sort_keys=True)}")
+    print("| config | batch | threads | ours img/s | PyTorch fp32 eager img/s | ours / PyTorch (per round) |")
+    print("|---|---|---|---|---|---|")
+    for config, batch, t, ours, theirs in rows:
+        ratios = ", ".join("%.2f" % (x / y) for x, y in zip(ours, theirs))
+        print(f"| {config} | {batch} | {t} | {statistics.median(ours):.2f} | {statistics.median(theirs):.2f} | "
+              f"{statistics.median(ours) / statistics.median(theirs):.2f} ({ratios}) |")
+
+
+if __name__ == "__main__":
+    main()
