@@ -31,8 +31,14 @@ public final class GradientSync: @unchecked Sendable {
     private var busySeconds = 0.0, exposedSeconds = 0.0, stepsTimed = 0
     /// Host staging for buckets, buffers and flags when device memory is not host memory.
     private let staging: UnsafeMutableBufferPointer<Float>
+    /// The device's copy stream, when it has one (nil: staging through `withHost`).
+    private let staged: GradientStaging?
+    /// Page-locked host copy of the whole gradient buffer (bucket i at its own offsets).
+    private let pinned: UnsafeMutablePointer<Float>?
+    /// Buckets marked final this step (training thread only).
+    private var marked = 0
 
-    public init(communicator: Communicator, store: ParameterStore, bucketBytes: Int = 25 << 20, tailBytes: Int = 1 << 20, overlap: Bool = true,
+    public init(communicator: Communicator, store: ParameterStore, bucketBytes: Int = 10 << 20, tailBytes: Int = 1 << 20, overlap: Bool = true,
                 wire: WireFormat = .fp32) {
         self.communicator = communicator
         self.wire = wire
@@ -77,13 +83,6 @@ public final class GradientSync: @unchecked Sendable {
         staging.deallocate()
         if let pinned { staged?.releasePinned(pinned) }
     }
-
-    /// The device's copy stream, when it has one (nil: staging through `withHost`).
-    private let staged: GradientStaging?
-    /// Page-locked host copy of the whole gradient buffer (bucket i at its own offsets).
-    private let pinned: UnsafeMutablePointer<Float>?
-    /// Buckets marked final this step (training thread only).
-    private var marked = 0
 
     /// How buckets reach the ring, for the log.
     public var stagingDescription: String {
