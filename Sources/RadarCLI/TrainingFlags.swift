@@ -139,5 +139,33 @@ public func attachProgress(_ run: TrainingRun, imagesPerBatch: Int, showBar: Boo
     }
 }
 
+/// How a rank finds its job (radar-worker, radar bench allreduce): for the tcp transport its rank,
+/// the world size and the coordinator (flags, else the launcher's environment, see
+/// `LaunchEnvironment`); the job token from a file or RADAR_JOB_TOKEN.
+public struct RankFlags: ParsableArguments {
+    @Option(help: "TCP: this rank (default: RANK).") public var rank: Int?
+    @Option(help: "TCP: number of ranks (default: WORLD_SIZE).") public var worldSize: Int?
+    @Option(help: "Coordinator HOST:PORT (default: in-process on rank 0; for tcp at MASTER_ADDR:MASTER_PORT).") public var coordinator: String?
+    @Option(help: "File holding the job token (default: RADAR_JOB_TOKEN).") public var tokenFile: String?
+
+    public init() {}
+
+    /// The token, if one is given.
+    public func token() throws -> Data? { try JobToken.read(file: tokenFile) }
+
+    /// The token the tcp transport cannot do without.
+    public func requiredToken() throws -> Data {
+        guard let t = try token() else {
+            throw ValidationError("the tcp transport needs a job token: --token-file FILE or RADAR_JOB_TOKEN (make one with `openssl rand -hex 32`)")
+        }
+        return t
+    }
+
+    /// Rank, world size and coordinator address for the tcp transport.
+    public func launch() throws -> LaunchEnvironment {
+        try LaunchEnvironment.resolve(rank: rank, worldSize: worldSize, coordinator: coordinator, env: ProcessInfo.processInfo.environment)
+    }
+}
+
 /// `--grad-dtype fp32|bf16` (radar-worker, radar bench allreduce).
 extension WireFormat: ExpressibleByArgument {}

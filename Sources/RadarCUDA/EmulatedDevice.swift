@@ -242,7 +242,7 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
             return UnsafePointer(dst)
         case .bf16:
             let dst = buffer.at(least: count), src = p.assumingMemoryBound(to: UInt16.self)
-            for i in 0..<count { dst[i] = Float(bitPattern: UInt32(src[i]) << 16) }
+            for i in 0..<count { dst[i] = BFloat16.float(src[i]) }
             return UnsafePointer(dst)
         }
     }

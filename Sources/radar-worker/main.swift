@@ -22,10 +22,7 @@ struct RadarWorker: ParsableCommand {
     @Option(help: "Seconds any rank waits for a peer before giving up.") var timeout: Double = 30
     @Option(help: "Transport: mpi, or tcp (ranks from --rank/--world-size or RANK/WORLD_SIZE, rendezvous at the coordinator).")
     var transport = "mpi"
-    @Option(help: "TCP: this rank (default: RANK).") var rank: Int?
-    @Option(help: "TCP: number of ranks (default: WORLD_SIZE).") var worldSize: Int?
-    @Option(help: "Coordinator HOST:PORT (default: in-process on rank 0; for tcp at MASTER_ADDR:MASTER_PORT).") var coordinator: String?
-    @Option(help: "File holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
+    @OptionGroup var job: RankFlags
     @Option(help: "Seconds without a heartbeat before the coordinator declares a rank lost.") var heartbeatDeadline: Double = 10
     @Flag(help: "TCP: listen for peers on every interface (default: only the one that reaches the coordinator).")
     var dataBindAll = false
@@ -60,7 +57,7 @@ struct RadarWorker: ParsableCommand {
         case "tcp":
             let launch: LaunchEnvironment
             do {
-                launch = try LaunchEnvironment.resolve(rank: rank, worldSize: worldSize, coordinator: coordinator, env: ProcessInfo.processInfo.environment)
+                launch = try job.launch()
             } catch {
                 logLine("radar-worker: \(error)")
                 throw ExitCode(2)
@@ -100,7 +97,6 @@ struct RadarWorker: ParsableCommand {
         }
     }
 
-    func jobToken() throws -> Data? { try JobToken.read(file: tokenFile) }
 
     func split(_ address: String) throws -> (String, Int) {
         guard let i = address.lastIndex(of: ":"), let port = Int(address[address.index(after: i)...]) else {
@@ -114,9 +110,9 @@ struct RadarWorker: ParsableCommand {
     /// MPI: rank 0 runs the coordinator unless one is given; its address and a fresh job token
     /// travel over MPI (a trusted channel), then every rank logs in and starts heartbeats.
     func controlPlaneMPI(_ comm: MPIRuntime) throws -> CoordinatorClient {
-        var token = try jobToken() ?? Data()
+        var token = try job.token() ?? Data()
         var host = "127.0.0.1", port = 0
-        if let c = coordinator { (host, port) = try split(c) } else {
+        if let c = job.coordinator { (host, port) = try split(c) } else {
             var buf = [UInt8](repeating: 0, count: 128)
             if comm.rank == 0 {
                 let t = HMACSHA256.randomHex()
@@ -143,15 +139,12 @@ struct RadarWorker: ParsableCommand {
     /// TCP: rendezvous at the coordinator (in-process on rank 0 at the launcher's address, see
     /// `LaunchEnvironment`, unless --coordinator is given), then connect the data mesh.
     func controlPlaneTCP(_ launch: LaunchEnvironment) throws -> (Communicator, CoordinatorClient) {
-        guard let token = try jobToken() else {
-            throw ValidationError("the tcp transport needs a job token: --token-file FILE or RADAR_JOB_TOKEN (make one with `openssl rand -hex 32`)")
-        }
-        let job = try TCPJob.connect(launch, token: token, hostCoordinator: coordinator == nil, timeout: timeout,
+        let tcp = try TCPJob.connect(launch, token: try job.requiredToken(), hostCoordinator: job.coordinator == nil, timeout: timeout,
                                      rendezvousTimeout: rendezvousTimeout, heartbeatDeadline: heartbeatDeadline, bindAll: dataBindAll,
                                      log: { logLine("radar-worker: " + $0) })
-        RadarWorker.server = job.server
-        RadarWorker.client = job.client
-        return (job.communicator, job.client)
+        RadarWorker.server = tcp.server
+        RadarWorker.client = tcp.client
+        return (tcp.communicator, tcp.client)
     }
 
     func train(_ comm: Communicator, client: CoordinatorClient) throws {

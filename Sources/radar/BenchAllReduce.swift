@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RadarCLI
 import RadarCore
 import RadarDistributed
 
@@ -10,10 +11,7 @@ extension Bench {
             abstract: "Our ring all-reduce against MPI_Allreduce (under mpirun), or over TCP ranks (one per host, as radar-worker --transport tcp): algbw/busbw medians, or --verify.")
         @Option(help: "Transport: mpi (under mpirun; MPI_Allreduce timed alongside), or tcp (ranks from --rank/--world-size or RANK/WORLD_SIZE, coordinator at --coordinator or MASTER_ADDR:MASTER_PORT, token from --token-file or RADAR_JOB_TOKEN).")
         var transport = "mpi"
-        @Option(help: "TCP: this rank (default: RANK).") var rank: Int?
-        @Option(help: "TCP: number of ranks (default: WORLD_SIZE).") var worldSize: Int?
-        @Option(help: "TCP: coordinator HOST:PORT (default: in-process on rank 0 at MASTER_ADDR:MASTER_PORT).") var coordinator: String?
-        @Option(help: "TCP: file holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
+        @OptionGroup var job: RankFlags
         @Option(help: "Seconds any rank waits for a peer before giving up.") var timeout: Double = 60
         @Option(help: "Buffer sizes in MB (comma separated).") var sizes = "1,8,32,88"
         @Option(help: "Timed repeats (median reported).") var repeats = 5
@@ -28,20 +26,16 @@ extension Bench {
                 guard !verify else { logLine("radar bench allreduce: --verify compares with MPI_Allreduce: use --transport mpi"); throw ExitCode(2) }
                 let launch: LaunchEnvironment, token: Data
                 do {
-                    launch = try LaunchEnvironment.resolve(rank: rank, worldSize: worldSize, coordinator: coordinator, env: ProcessInfo.processInfo.environment)
-                    guard let t = try JobToken.read(file: tokenFile) else {
-                        throw ValidationError("the tcp transport needs a job token: --token-file FILE or RADAR_JOB_TOKEN")
-                    }
-                    token = t
+                    (launch, token) = (try job.launch(), try job.requiredToken())
                 } catch {
                     logLine("radar bench allreduce: \(error)")
                     throw ExitCode(2)
                 }
                 do {
-                    let job = try TCPJob.connect(launch, token: token, hostCoordinator: coordinator == nil, timeout: timeout,
+                    let tcp = try TCPJob.connect(launch, token: token, hostCoordinator: job.coordinator == nil, timeout: timeout,
                                                  rendezvousTimeout: timeout, heartbeatDeadline: timeout, log: { logLine("radar bench allreduce: " + $0) })
-                    try runBench(job.communicator, mpi: nil)
-                    job.client.finish()
+                    try runBench(tcp.communicator, mpi: nil)
+                    tcp.client.finish()
                 } catch {
                     logLine("rank \(launch.rank): \(error)")
                     exitNow(1)

@@ -207,6 +207,15 @@ final class FencedBackendTests: XCTestCase {
 /// The CPU backend's AVX2 elementwise kernels (CTensorKernels) against its Swift loops: the same
 /// bits, on every kind of value and on lengths that leave a scalar tail.
 final class CPUVectorKernelTests: XCTestCase {
+    /// `body` on the AVX2 kernels (where the CPU has them), then on the Swift loops.
+    func bothPaths<T>(_ body: () -> T) -> (vector: T, scalar: T) {
+        let saved = CPUBackend.vectorKernels
+        defer { CPUBackend.vectorKernels = saved }
+        let vector = body()
+        CPUBackend.vectorKernels = false
+        return (vector, body())
+    }
+
     func testVectorGELUEqualsTheScalarPath() {
         print("tensor kernels: \(CPUBackend.vectorKernels ? "AVX2 (compared with the Swift loops)" : "Swift loops only (no AVX2 on this CPU)")")
         var values: [Float] = [0, -0, 1, -1, .nan, -.nan, .infinity, -.infinity, .greatestFiniteMagnitude, -.greatestFiniteMagnitude,
@@ -215,8 +224,6 @@ final class CPUVectorKernelTests: XCTestCase {
         for i in 0..<4_000 { values.append(stream.normal(UInt64(i)) * Float(1 + i % 7)) }
         for i in 0..<400 { values.append(Float(i - 200) * 0.05) }  // a grid through the knee
         let cpu = CPUBackend(threads: 2)
-        let saved = CPUBackend.vectorKernels
-        defer { CPUBackend.vectorKernels = saved }
         for n in [values.count, 1, 7, 8, 9, 17, 65_537] {
             let xs = (0..<n).map { values[$0 % values.count] }
             let dys = (0..<n).map { Float(($0 * 37) % 101) / 50 - 1 }
@@ -227,10 +234,7 @@ final class CPUVectorKernelTests: XCTestCase {
                 cpu.geluBackward(dy.tensor, x: x.tensor, cdf: cdf.tensor, dx.tensor)
                 return (y.values.map(\.bitPattern), cdf.values.map(\.bitPattern), dx.values.map(\.bitPattern))
             }
-            CPUBackend.vectorKernels = saved
-            let vector = run()
-            CPUBackend.vectorKernels = false
-            let scalar = run()
+            let (vector, scalar) = bothPaths(run)
             XCTAssertEqual(vector.0, scalar.0, "GELU forward, \(n) values")
             XCTAssertEqual(vector.1, scalar.1, "normal CDF, \(n) values")
             XCTAssertEqual(vector.2, scalar.2, "GELU backward, \(n) values")
@@ -241,8 +245,6 @@ final class CPUVectorKernelTests: XCTestCase {
 extension CPUVectorKernelTests {
     func testVectorSoftmaxEqualsTheScalarPath() {
         let cpu = CPUBackend(threads: 2)
-        let saved = CPUBackend.vectorKernels
-        defer { CPUBackend.vectorKernels = saved }
         let s = RandomStream(seed: 11, stream: 3)
         for cols in [1, 7, 8, 9, 65, 197] {
             let rows = 37
@@ -258,10 +260,7 @@ extension CPUVectorKernelTests {
                 cpu.softmaxBackward(dy.tensor, y: y.tensor, dx.tensor, cols: cols)
                 return (y.values.map(\.bitPattern), dx.values.map(\.bitPattern))
             }
-            CPUBackend.vectorKernels = saved
-            let vector = run()
-            CPUBackend.vectorKernels = false
-            let scalar = run()
+            let (vector, scalar) = bothPaths(run)
             XCTAssertEqual(vector.0, scalar.0, "softmax forward, \(cols) columns")
             XCTAssertEqual(vector.1, scalar.1, "softmax backward, \(cols) columns")
         }
@@ -269,8 +268,6 @@ extension CPUVectorKernelTests {
 
     func testVectorAdamWEqualsTheScalarPath() {
         let cpu = CPUBackend(threads: 2)
-        let saved = CPUBackend.vectorKernels
-        defer { CPUBackend.vectorKernels = saved }
         let s = RandomStream(seed: 9, stream: 2)
         for (n, step) in [(1, 1), (7, 2), (9, 10), (70_001, 1000)] {
             var grads = (0..<n).map { s.normal(UInt64($0)) * 0.01 }
@@ -284,10 +281,7 @@ extension CPUVectorKernelTests {
                           beta2: 0.999, eps: 1e-8, weightDecay: 0.05, step: step, gate: gate.tensor)
                 return [t[0], t[2], t[3]].map { $0.values.map(\.bitPattern) }
             }
-            CPUBackend.vectorKernels = saved
-            let vector = run()
-            CPUBackend.vectorKernels = false
-            let scalar = run()
+            let (vector, scalar) = bothPaths(run)
             XCTAssertEqual(vector, scalar, "AdamW on \(n) values, step \(step)")
             XCTAssertNotEqual(vector[0], params.map(\.bitPattern), "the step moved the parameters")
         }

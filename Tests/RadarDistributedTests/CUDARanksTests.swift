@@ -70,23 +70,8 @@ extension MPITrainingTests {
         XCTAssertEqual(four.status, 0, four.err)
         XCTAssertEqual(hashes(four.out).count, 4, four.out)
         XCTAssertEqual(Set(hashes(four.out)).count, 1, "replicas agree: \(hashes(four.out))")
-        let env = ["RADAR_CUDA_DRIVER": "emulator", "RADAR_EMULATED_DEVICES": "2"]
-        let straight = tmp("cr-straight"), split = tmp("cr-split")
-        func run(_ out: String, _ stop: Int, resume: Bool) throws {
-            var args = cudaArgs(out, device: "cuda") + ["--stop-after-steps", String(stop)]
-            args[args.firstIndex(of: "--num-epochs")! + 1] = "2"
-            if resume { args += ["--resume", "auto"] }
-            let r = try mpirun([(2, "radar-worker", args)], timeout: 600, env: env)
-            XCTAssertEqual(r.status, 0, r.err)
-        }
-        try run(straight, 4, resume: false)
-        try run(split, 2, resume: false)
-        try run(split, 4, resume: true)
-        let a = try Checkpoint.read(straight + "/e/last.safetensors.lz4"), b = try Checkpoint.read(split + "/e/last.safetensors.lz4")
-        XCTAssertEqual(a.state.optimizerStep, 4)
-        XCTAssertEqual(b.state.optimizerStep, 4)
-        for (k, t) in a.tensors {
-            XCTAssertEqual(t.floats.map(\.bitPattern), b.tensors[k]!.floats.map(\.bitPattern), "\(k): 2+2 vs 4 steps on 2 emulated GPUs")
+        try assertTwoRankResumeIsBitIdentical(env: ["RADAR_CUDA_DRIVER": "emulator", "RADAR_EMULATED_DEVICES": "2"]) { out in
+            cudaArgs(out, device: "cuda")
         }
     }
 

@@ -261,23 +261,31 @@ final class MPITrainingTests: XCTestCase {
     }
 
     func testTwoRankResumeIsBitIdentical() throws {
+        try assertTwoRankResumeIsBitIdentical { out in workerArgs(out) }
+    }
+
+    /// Two ranks, 2 epochs of 3 steps: 4 optimizer steps straight, and 2 then `--resume auto` to
+    /// 4, end with the same bits in every checkpoint tensor. `args(out)` is the rank's command line.
+    func assertTwoRankResumeIsBitIdentical(env: [String: String] = [:], file: StaticString = #filePath, line: UInt = #line,
+                                           _ args: (String) -> [String]) throws {
         let straight = tmp("r-straight"), split = tmp("r-split")
         func run(_ out: String, _ stop: Int, resume: Bool) throws {
-            var args = workerArgs(out, ["--stop-after-steps", String(stop)])
-            args[args.firstIndex(of: "--num-epochs")! + 1] = "2"
-            if resume { args += ["--resume", "auto"] }
-            let r = try mpirun([(2, "radar-worker", args)])
-            XCTAssertEqual(r.status, 0, r.err)
+            var a = args(out) + ["--stop-after-steps", String(stop)]
+            a[a.firstIndex(of: "--num-epochs")! + 1] = "2"
+            if resume { a += ["--resume", "auto"] }
+            let r = try mpirun([(2, "radar-worker", a)], timeout: 600, env: env)
+            XCTAssertEqual(r.status, 0, r.err, file: file, line: line)
         }
         try run(straight, 4, resume: false)
         try run(split, 2, resume: false)
         try run(split, 4, resume: true)
         let a = try Checkpoint.read(straight + "/e/last.safetensors.lz4"), b = try Checkpoint.read(split + "/e/last.safetensors.lz4")
-        XCTAssertEqual(a.state.optimizerStep, 4)
-        XCTAssertEqual(b.state.optimizerStep, 4)
-        XCTAssertEqual(a.state.worldSize, 2)
+        XCTAssertEqual(a.state.optimizerStep, 4, file: file, line: line)
+        XCTAssertEqual(b.state.optimizerStep, 4, file: file, line: line)
+        XCTAssertEqual(a.state.worldSize, 2, file: file, line: line)
         for (k, t) in a.tensors {
-            XCTAssertEqual(t.floats.map(\.bitPattern), b.tensors[k]!.floats.map(\.bitPattern), "\(k): 2+2 vs 4 steps on 2 ranks")
+            XCTAssertEqual(t.floats.map(\.bitPattern), b.tensors[k]!.floats.map(\.bitPattern), "\(k): 2+2 vs 4 steps on 2 ranks",
+                           file: file, line: line)
         }
     }
 }

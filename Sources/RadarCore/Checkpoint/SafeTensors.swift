@@ -143,7 +143,7 @@ public enum SafeTensors {
                     return SafeTensor(dtype: .u8, shape: shape, floats: (0..<count).map { Float(p.load(fromByteOffset: $0, as: UInt8.self)) }, ints: [])
                 case .bf16:
                     return SafeTensor(dtype: .bf16, shape: shape, floats: (0..<count).map {
-                        Float(bitPattern: UInt32(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self))) << 16) },
+                        BFloat16.float(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self))) },
                         ints: [])
                 }
             }
