@@ -75,6 +75,19 @@ extension MPITrainingTests {
         }
     }
 
+    /// SyncBatchNorm with the statistics on emulated GPUs: 2 ranks x batch 4 equal 1 rank x batch 8.
+    func testSyncBatchNormOnEmulatedGPUsEqualsOneProcess() throws {
+        try assertSyncBatchNormRanksEqualOneProcess(extra: ["--device", "cuda", "--precision", "fp32", "--timeout", "120"],
+                                                    env: ["RADAR_CUDA_DRIVER": "emulator", "RADAR_EMULATED_DEVICES": "2"])
+    }
+
+    /// kill -9 of a rank training on an emulated GPU ends the job within the timeout, naming it.
+    func testKilledRankOnAnEmulatedGPUStopsTheJobNamingIt() throws {
+        let out = tmp("cudakill")
+        try assertKilledRankStopsTheJob(out: out, args: workerArgs(out, ["--device", "cuda", "--precision", "fp32"]),
+                                        env: ["RADAR_CUDA_DRIVER": "emulator", "RADAR_EMULATED_DEVICES": "2"])
+    }
+
     func testMoreLocalRanksThanGPUsIsAnErrorNamingBoth() throws {
         let r = try mpirun([(2, "radar-worker", cudaArgs(tmp("cuda1"), device: "cuda"))], timeout: 120,
                            env: ["RADAR_CUDA_DRIVER": "emulator", "RADAR_EMULATED_DEVICES": "1"])

@@ -159,18 +159,26 @@ final class MPITrainingTests: XCTestCase {
     }
 
     func testSyncBatchNormRanksEqualOneProcessWithTheWholeBatch() throws {
-        // dropout 0 and no augmentation: 2 ranks x batch 4 with SyncBatchNorm is the same
-        // function as 1 rank x batch 8 (tolerance: float round-off of sums in another order).
+        try assertSyncBatchNormRanksEqualOneProcess()
+    }
+
+    /// dropout 0 and no augmentation: 2 ranks x batch 4 with SyncBatchNorm is the same function as
+    /// 1 rank x batch 8 (tolerance: float round-off of sums in another order). `extra`/`env` put
+    /// the ranks on a device.
+    func assertSyncBatchNormRanksEqualOneProcess(extra: [String] = [], env: [String: String] = [:],
+                                                 file: StaticString = #filePath, line: UInt = #line) throws {
         let cfg = tmp("cfg") + ".json"
         try Data(#"{"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "evidence_dim": 16, "fft_size": 16, "dropout": 0, "branch_dropout": 0}"#.utf8)
             .write(to: URL(fileURLWithPath: cfg))
         func run(_ ranks: Int, batch: Int) throws -> [String: SafeTensor] {
             let out = tmp("syncbn")
-            var args = workerArgs(out, ["--sync-bn", "--no-augment", "--stop-after-steps", "3"])
+            var args = workerArgs(out, ["--sync-bn", "--no-augment", "--stop-after-steps", "3"] + extra)
             args[args.firstIndex(of: "--config")! + 1] = cfg
             args[args.firstIndex(of: "--batch-size")! + 1] = String(batch)
-            let r = try mpirun([(ranks, "radar-worker", args)])
-            XCTAssertEqual(r.status, 0, r.err)
+            let r = try mpirun([(ranks, "radar-worker", args)], timeout: 600, env: env)
+            XCTAssertEqual(r.status, 0, r.err, file: file, line: line)
+            XCTAssertTrue(env["RADAR_CUDA_DRIVER"] == nil || r.err.contains("(emulated device"), "ranks on the emulated device:\n\(r.err)",
+                          file: file, line: line)
             return try Checkpoint.read(out + "/e/last.safetensors.lz4").tensors
         }
         let two = try run(2, batch: 4), one = try run(1, batch: 8)
@@ -184,11 +192,12 @@ final class MPITrainingTests: XCTestCase {
         for (k, t) in one where !k.hasPrefix("optim.") && t.dtype != .i64 {
             let d = zip(t.floats, two[k]!.floats).map { abs($0 - $1) }.max() ?? 0
             if zeroGradient.contains(where: { k.hasSuffix($0) }) {
-                XCTAssertLessThan(d, 2 * 5e-4 * 3, "\(k) (zero-gradient tensor)")
+                XCTAssertLessThan(d, 2 * 5e-4 * 3, "\(k) (zero-gradient tensor)", file: file, line: line)
             } else if d > worst { worst = d; worstName = k }
         }
-        print("sync-bn equivalence: max |2x4 - 1x8| after 3 steps = \(worst) (\(worstName))")
-        XCTAssertLessThan(worst, 2e-4, "largest difference in \(worstName)")
+        print("sync-bn equivalence\(extra.isEmpty ? "" : " (\(extra.joined(separator: " ")))"): max |2x4 - 1x8| after 3 steps = \(worst) (\(worstName))")
+        XCTAssertLessThan(worst, 2e-4, "largest difference in \(worstName)", file: file, line: line)
+        XCTAssertGreaterThan(two.count, 50, "tensors compared", file: file, line: line)
     }
 
     func testConfigMismatchBetweenRanksStopsWithAClearError() throws {
@@ -211,7 +220,14 @@ final class MPITrainingTests: XCTestCase {
 
     func testKilledRankStopsTheJobNamingIt() throws {
         let out = tmp("kill")
-        var args = workerArgs(out)
+        try assertKilledRankStopsTheJob(out: out, args: workerArgs(out))
+    }
+
+    /// kill -9 of one of two ranks once training runs: mpirun ends the job within the timeout,
+    /// naming the rank, and no rank is left running. `args` are radar-worker's (made endless here).
+    func assertKilledRankStopsTheJob(out: String, args: [String], env extra: [String: String] = [:],
+                                     file: StaticString = #filePath, line: UInt = #line) throws {
+        var args = args
         args[args.firstIndex(of: "--num-epochs")! + 1] = "50"
         args[args.firstIndex(of: "--max-steps-per-epoch")! + 1] = "0"
         var argv = ["mpirun", "--oversubscribe"]
@@ -220,24 +236,29 @@ final class MPITrainingTests: XCTestCase {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = argv
+        var env = ProcessInfo.processInfo.environment
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        env.merge(extra) { $1 }
+        p.environment = env
         let err = Pipe()
         p.standardError = err
         p.standardOutput = FileHandle.nullDevice
         try p.run()
         // Wait until training runs (a metrics.jsonl line), then kill -9 one rank.
         let pids = try Process.workersOnceTraining(out, launcher: p.processIdentifier)
-        XCTAssertEqual(pids.count, 2, "two ranks running")
+        XCTAssertEqual(pids.count, 2, "two ranks running", file: file, line: line)
         let t0 = Date()
         if let victim = pids.last { kill(victim, SIGKILL) }
         p.waitUntilExit()
         let elapsed = Date().timeIntervalSince(t0)
         let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        XCTAssertNotEqual(p.terminationStatus, 0)
-        XCTAssertLessThan(elapsed, 30, "the job ends within the timeout")
-        XCTAssertTrue(text.contains("rank") && (text.contains("signal 9") || text.contains("Killed") || text.contains("waiting for rank")), text)
+        XCTAssertNotEqual(p.terminationStatus, 0, file: file, line: line)
+        XCTAssertLessThan(elapsed, 30, "the job ends within the timeout", file: file, line: line)
+        XCTAssertTrue(text.contains("rank") && (text.contains("signal 9") || text.contains("Killed") || text.contains("waiting for rank")), text,
+                      file: file, line: line)
         usleep(500_000)
         let left = try String(decoding: Process.runCapturing(["pgrep", "-f", "radar-worker.*\(out)"]), as: UTF8.self)
-        XCTAssertTrue(left.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "no rank left running: \(left)")
+        XCTAssertTrue(left.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "no rank left running: \(left)", file: file, line: line)
     }
 
     func testResumingWithAnotherWorldSizeNeedsTheFlagAndMapsThePosition() throws {
