@@ -197,7 +197,86 @@ int radar_adjust_hue_avx2(const uint8_t *src, uint8_t *dst, int pixels, float sh
     }
     return i;
 }
+// Five pixels (15 bytes) per shuffle: the 16 bytes loaded start one byte before the five source
+// pixels, so no load leaves the row's image; the 16th byte stored is the first of the next
+// output pixel, written again by the next group or by the scalar tail.
+__attribute__((target("avx2")))
+void radar_flip_rgb_avx2(const uint8_t *src, int w, int h, uint8_t *dst) {
+    const __m128i reverse5 = _mm_setr_epi8(13, 14, 15, 10, 11, 12, 7, 8, 9, 4, 5, 6, 1, 2, 3, (char)0x80);
+    for (int y = 0; y < h; y++) {
+        const uint8_t *s = src + (long)y * w * 3;
+        uint8_t *d = dst + (long)y * w * 3;
+        int x = 0;
+        for (; x + 5 < w; x += 5) {  // source pixels w-5-x ... w-1-x, the first of them >= 1
+            __m128i v = _mm_loadu_si128((const __m128i *)(s + 3L * (w - 5 - x) - 1));
+            _mm_storeu_si128((__m128i *)(d + 3L * x), _mm_shuffle_epi8(v, reverse5));
+        }
+        for (; x < w; x++) {
+            const uint8_t *p = s + (long)(w - 1 - x) * 3;
+            d[3 * x] = p[0]; d[3 * x + 1] = p[1]; d[3 * x + 2] = p[2];
+        }
+    }
+}
+
+// Saturation in Double, the Swift path's operations in its order: y = r*g0 + g*g1 + b*g2, then
+// each channel v*f + y, clamped to [0, 255], plus 0.5, truncated.
+__attribute__((target("avx2")))
+int radar_adjust_saturation_avx2(const uint8_t *src, uint8_t *dst, int pixels, double f, double g0, double g1, double g2) {
+    const __m256i lane3 = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21), byte = _mm256_set1_epi32(0xff);
+    const __m256d vf = _mm256_set1_pd(f), w0 = _mm256_set1_pd(g0), w1 = _mm256_set1_pd(g1), w2 = _mm256_set1_pd(g2);
+    const __m256d zero = _mm256_setzero_pd(), top = _mm256_set1_pd(255.0), half = _mm256_set1_pd(0.5);
+    int i = 0;
+    for (; i + 8 < pixels; i += 8) {  // the gather reads one byte past a pixel: not the last one
+        __m256i px = _mm256_i32gather_epi32((const int *)(src + 3 * i), lane3, 1);
+        __m256i ch[3] = {_mm256_and_si256(px, byte), _mm256_and_si256(_mm256_srli_epi32(px, 8), byte),
+                         _mm256_and_si256(_mm256_srli_epi32(px, 16), byte)};
+        __m128i out[3][2];
+        for (int half_ = 0; half_ < 2; half_++) {
+            __m256d c[3];
+            for (int k = 0; k < 3; k++)
+                c[k] = _mm256_cvtepi32_pd(half_ ? _mm256_extracti128_si256(ch[k], 1) : _mm256_castsi256_si128(ch[k]));
+            __m256d y = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(c[0], w0), _mm256_mul_pd(c[1], w1)), _mm256_mul_pd(c[2], w2));
+            for (int k = 0; k < 3; k++) {
+                __m256d v = _mm256_add_pd(_mm256_mul_pd(c[k], vf), y);
+                v = _mm256_add_pd(_mm256_min_pd(top, _mm256_max_pd(zero, v)), half);
+                out[k][half_] = _mm256_cvttpd_epi32(v);
+            }
+        }
+        int32_t rr[8], gg[8], bb[8];
+        _mm_storeu_si128((__m128i *)rr, out[0][0]); _mm_storeu_si128((__m128i *)(rr + 4), out[0][1]);
+        _mm_storeu_si128((__m128i *)gg, out[1][0]); _mm_storeu_si128((__m128i *)(gg + 4), out[1][1]);
+        _mm_storeu_si128((__m128i *)bb, out[2][0]); _mm_storeu_si128((__m128i *)(bb + 4), out[2][1]);
+        uint8_t *o = dst + 3 * i;
+        for (int j = 0; j < 8; j++) { o[3 * j] = (uint8_t)rr[j]; o[3 * j + 1] = (uint8_t)gg[j]; o[3 * j + 2] = (uint8_t)bb[j]; }
+    }
+    return i;
+}
+
+// (pixel * scale[c] - shift[c]) into three planes, eight pixels at a time (multiply, then
+// subtract: the Swift loop's two roundings).
+__attribute__((target("avx2")))
+int radar_normalize_rgb_avx2(const uint8_t *src, int pixels, const float *scale, const float *shift, float *dst) {
+    const __m256i lane3 = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21), byte = _mm256_set1_epi32(0xff);
+    __m256 sc[3], sh[3];
+    for (int k = 0; k < 3; k++) { sc[k] = _mm256_set1_ps(scale[k]); sh[k] = _mm256_set1_ps(shift[k]); }
+    int i = 0;
+    for (; i + 8 < pixels; i += 8) {
+        __m256i px = _mm256_i32gather_epi32((const int *)(src + 3 * i), lane3, 1);
+        for (int k = 0; k < 3; k++) {
+            __m256 v = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(px, 8 * k), byte));
+            _mm256_storeu_ps(dst + (long)k * pixels + i, _mm256_sub_ps(_mm256_mul_ps(v, sc[k]), sh[k]));
+        }
+    }
+    return i;
+}
 #else
+void radar_flip_rgb_avx2(const uint8_t *src, int w, int h, uint8_t *dst) { radar_flip_rgb(src, w, h, dst); }
+int radar_adjust_saturation_avx2(const uint8_t *src, uint8_t *dst, int pixels, double f, double g0, double g1, double g2) {
+    (void)src; (void)dst; (void)pixels; (void)f; (void)g0; (void)g1; (void)g2; return 0;
+}
+int radar_normalize_rgb_avx2(const uint8_t *src, int pixels, const float *scale, const float *shift, float *dst) {
+    (void)src; (void)pixels; (void)scale; (void)shift; (void)dst; return 0;
+}
 int radar_adjust_hue_avx2(const uint8_t *src, uint8_t *dst, int pixels, float shift) {
     (void)src; (void)dst; (void)pixels; (void)shift; return 0;
 }

@@ -124,6 +124,46 @@ final class AugmentationTests: XCTestCase {
         }
     }
 
+    /// Flip, saturation and normalisation on AVX2 give the scalar paths' bytes and floats, on images narrower than a vector group and with scalar tails;
+    /// the flip also equals a flip written out by index.
+    func testVectorFlipSaturationAndNormaliseEqualTheScalarPath() {
+        let faces = SyntheticFaces(size: 48, seed: 5)
+        var colours: [UInt8] = []
+        for v in stride(from: 0, through: 255, by: 5) { colours += [UInt8(v), UInt8(255 - v), UInt8((v * 7) % 256)] }
+        var images = [RGBImage(width: colours.count / 3, height: 1, pixels: colours)]
+        for (i, (w, h)) in [(1, 1), (5, 1), (6, 2), (7, 3), (11, 4), (17, 9), (37, 23), (224, 224)].enumerated() {
+            images.append(ImageResize.resize(faces.rgbImage(i, label: i % 2), width: w, height: h))
+        }
+        func both<T: Equatable>(_ f: () -> T) -> (T, T) {
+            let v = f()
+            Augmenter.scalarOnly = true
+            defer { Augmenter.scalarOnly = false }
+            return (v, f())
+        }
+        for img in images {
+            let name = "\(img.width)x\(img.height)"
+            let (flipV, flipS) = both { Augmenter.flipHorizontal(img).pixels }
+            var byIndex = [UInt8](repeating: 0, count: img.pixels.count)
+            for y in 0..<img.height { for x in 0..<img.width { for c in 0..<3 {
+                byIndex[(y * img.width + x) * 3 + c] = img.pixels[(y * img.width + img.width - 1 - x) * 3 + c]
+            } } }
+            XCTAssertEqual(flipV, byIndex, "flip \(name)")
+            XCTAssertEqual(flipS, byIndex, "flip \(name), scalar")
+            for f in [0.0, 0.9, 0.93, 1.0, 1.1, 2.5] {
+                let (satV, satS) = both { Augmenter.adjustSaturation(img, f).pixels }
+                XCTAssertEqual(satV, satS, "saturation \(f) \(name)")
+            }
+            let n = img.pixels.count
+            let (normV, normS) = both { () -> [UInt32] in
+                var out = [Float](repeating: .nan, count: n)
+                out.withUnsafeMutableBufferPointer { Augmenter.normalize(img, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], into: $0.baseAddress!) }
+                return out.map(\.bitPattern)
+            }
+            XCTAssertEqual(normV, normS, "normalise \(name)")
+            XCTAssertFalse(normV.contains(Float.nan.bitPattern), "every value written \(name)")
+        }
+    }
+
     func testGeometricBlurAndJPEGMatchOpenCV() throws {
         // Fixture: tools/golden/augment_fixture.py (cv2.warpAffine, cv2.GaussianBlur, cv2.imencode).
         // warpAffine may differ by one grey level on a rounding tie; blur kernels are dyadic and match exactly, and

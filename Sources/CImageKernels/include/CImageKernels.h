@@ -26,4 +26,15 @@ int radar_adjust_hue_avx2(const uint8_t *src, uint8_t *dst, int pixels, float sh
 
 /// Horizontal flip of a w x h RGB image (any CPU).
 void radar_flip_rgb(const uint8_t *src, int w, int h, uint8_t *dst);
+
+/// The same flip, five pixels per byte shuffle.
+void radar_flip_rgb_avx2(const uint8_t *src, int w, int h, uint8_t *dst);
+
+/// Saturation blend (v * f + r * g0 + g * g1 + b * g2, in Double, the Swift path's order) for
+/// the first pixels in groups of 8; returns how many pixels it wrote.
+int radar_adjust_saturation_avx2(const uint8_t *src, uint8_t *dst, int pixels, double f, double g0, double g1, double g2);
+
+/// dst[c * pixels + i] = src[3 i + c] * scale[c] - shift[c] (Float) for the first pixels in
+/// groups of 8; returns how many it wrote.
+int radar_normalize_rgb_avx2(const uint8_t *src, int pixels, const float *scale, const float *shift, float *dst);
 #endif
