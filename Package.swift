@@ -38,12 +38,14 @@ let package = Package(
         .target(name: "CProcess"),
         .target(name: "CImageKernels"),
         .target(name: "CTensorKernels"),
+        // oneDNN's matmul for bf16 products on the CPU, loaded at run time (dlopen libdnnl.so.2).
+        .target(name: "COneDNN", linkerSettings: [.linkedLibrary("dl")]),
         // The engine: tensors, the Backend protocol, layers, the RADAR model, loss, optimizer and
         // the training step. No C library: it runs on whatever backend it is given.
         .target(name: "RadarEngine"),
         // The CPU backend (OpenBLAS, FFTW, our worker pool) and the fenced backend that proves the
         // engine touches tensor memory only through the backend.
-        .target(name: "RadarCPU", dependencies: ["RadarEngine", "COpenBLAS", "CFFTW", "CTaskClosure", "CTensorKernels"]),
+        .target(name: "RadarCPU", dependencies: ["RadarEngine", "COpenBLAS", "CFFTW", "CTaskClosure", "CTensorKernels", "COneDNN"]),
         // The CUDA backend's pieces that need no GPU: the run-time loader of the CUDA libraries
         // (dlopen: nothing links against CUDA), NVRTC, the kernel sources and their disk cache.
         .target(name: "RadarCUDA", dependencies: ["RadarEngine", "RadarCPU", "CCUDAEmulator"]),

@@ -14,6 +14,7 @@ PACKAGES=(
   libdeflate-dev                  # CLibDeflate: the PNG fast path's inflate and CRC-32
   libarchive-dev                  # tar/gz streaming and zip export
   libssl-dev                      # COpenSSL: SHA-256, HMAC, secure random, frame tags (libcrypto)
+  libdnnl-dev                     # oneDNN 2 (COneDNN, loaded at run time): bf16 products on AMX/AVX512-BF16 CPUs
   procps                          # pgrep, used by the multi-process tests
   iproute2                        # ip, tc: simulated hosts for the multi-host test (cluster/netns.sh)
   xz-utils binutils               # scripts/bundle.sh (xz, strip)

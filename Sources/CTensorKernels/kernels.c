@@ -213,3 +213,26 @@ void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf,
 }
 
 #endif
+
+// bfloat16 operands for the CPU backend's bf16 products: round to nearest even (NaN kept quiet),
+// rows x cols out of a matrix with leading dimension ld, packed (leading dimension cols).
+static inline uint32_t radar_bf16_round_bits(uint32_t u) {
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u | 0x00400000u) & 0xffff0000u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
+
+void radar_round_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, float *dst) {
+    for (int64_t r = 0; r < rows; r++) {
+        const uint32_t *s = (const uint32_t *)(src + r * ld);
+        uint32_t *d = (uint32_t *)(dst + r * cols);
+        for (int64_t c = 0; c < cols; c++) d[c] = radar_bf16_round_bits(s[c]);
+    }
+}
+
+void radar_to_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, uint16_t *dst) {
+    for (int64_t r = 0; r < rows; r++) {
+        const uint32_t *s = (const uint32_t *)(src + r * ld);
+        uint16_t *d = dst + r * cols;
+        for (int64_t c = 0; c < cols; c++) d[c] = (uint16_t)(radar_bf16_round_bits(s[c]) >> 16);
+    }
+}

@@ -23,7 +23,7 @@ public struct TrainingFlags: ParsableArguments {
     @Option(help: "Compute threads (default: cores / ranks on this node).") public var threads: Int?
     @Option(help: "Backend: cpu; cuda or cuda:N (one GPU; RADAR_CUDA_DRIVER=emulator runs it on the emulated device); cpu-fenced (tensor memory fenced off from the host) or cuda-emulated, both for tests. Default: RADAR_DEVICE, else cpu.")
     public var device: String?
-    @Option(help: "Precision on CUDA: auto (bf16 mixed precision on GPUs of compute capability 8.0+, else fp32), fp32, tf32 or bf16. Default: RADAR_PRECISION, else auto.")
+    @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp))
     public var precision: String?
     @Flag(help: "Let several local ranks share a GPU (by default each rank needs a GPU of its own).") public var allowGpuSharing = false
     @Option(help: "Loader threads (decode + augment).") public var loaderThreads = 1

@@ -1,3 +1,4 @@
+import COneDNN
 import CTensorKernels
 import RadarEngine
 import COpenBLAS
@@ -17,7 +18,11 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public let gemmFlops = Atomic<Int>(0)
     /// Threads kernels spread work over; results never depend on it.
     public var threads: Int { pool.threadCount }
-    public var deviceDescription: String { "cpu (\(threads) thread\(threads == 1 ? "" : "s"), OpenBLAS \(CPUBackend.blasDescription))" }
+    /// How products are formed: fp32 (OpenBLAS), or bf16 operands with fp32 accumulation.
+    public let products: CPUProducts
+    public var deviceDescription: String {
+        "cpu (\(threads) thread\(threads == 1 ? "" : "s"), OpenBLAS \(CPUBackend.blasDescription)\(products == .fp32 ? "" : ", " + products.description))"
+    }
     private let syncCount = Atomic<Int>(0)
     /// Elementwise kernels hand out chunks of this many elements.
     public static let grain = 16_384
@@ -30,7 +35,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     private let doubleScratch = GrowableBuffer<Double>()
     let planLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
-    public init(threads: Int = 1) {
+    public init(threads: Int = 1, products: CPUProducts = .fp32) {
+        self.products = products
         openblas_set_num_threads(1)
         pool = WorkerPool(threads: threads)
         pthread_mutex_init(planLock, nil)
@@ -95,6 +101,36 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                            beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         if m == 0 || n == 0 { return }
         gemmFlops.wrappingAdd(2 * m * n * k, ordering: .relaxed)
+        guard products != .fp32 && k > 0 else {
+            fp32Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            return
+        }
+        // bf16 operands (nearest even), packed into this thread's scratch; fp32 accumulation.
+        let (aRows, aCols) = transA ? (k, m) : (m, k), (bRows, bCols) = transB ? (n, k) : (k, n)
+        if products == .bf16Rounded {
+            let pa = ThreadScratch.floats(aRows * aCols, slot: 1), pb = ThreadScratch.floats(bRows * bCols, slot: 2)
+            radar_round_bf16_matrix(a, Int64(aRows), Int64(aCols), Int64(lda), pa)
+            radar_round_bf16_matrix(b, Int64(bRows), Int64(bCols), Int64(ldb), pb)
+            fp32Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: aCols, b: pb, ldb: bCols, beta: beta, c: c, ldc: ldc)
+            return
+        }
+        let pa = UnsafeMutableRawPointer(ThreadScratch.floats((aRows * aCols + 1) / 2, slot: 1)).assumingMemoryBound(to: UInt16.self)
+        let pb = UnsafeMutableRawPointer(ThreadScratch.floats((bRows * bCols + 1) / 2, slot: 2)).assumingMemoryBound(to: UInt16.self)
+        radar_to_bf16_matrix(a, Int64(aRows), Int64(aCols), Int64(lda), pa)
+        radar_to_bf16_matrix(b, Int64(bRows), Int64(bCols), Int64(ldb), pb)
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: 256) { why in
+            if radar_onednn_matmul(1, transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, pa, Int64(aCols), pb, Int64(bCols),
+                                   beta, c, Int64(ldc), why.baseAddress, 256) == 0 {
+                // The bf16 matmul was created and run once when this backend was chosen; failing
+                // now is a broken installation, not an input error.
+                fatalError("cpu backend: \(String(cString: why.baseAddress!)) (m \(m), n \(n), k \(k))")
+            }
+        }
+    }
+
+    func fp32Gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                  a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                  beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         // OpenBLAS 0.3.21's AVX-512 small-matrix path (m n k <= 1e6) mallocs a packing buffer on
         // every NN call whose n is not a multiple of 16 (measured: k >= 32, n % 16 in 1...8;
         // TN, NT and TT never allocate). We hand it the same product as TN, with A transposed

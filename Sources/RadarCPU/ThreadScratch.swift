@@ -15,7 +15,9 @@ enum ThreadScratch {
         deinit { base.deallocate() }
     }
 
-    private static let key: pthread_key_t = {
+    /// One key per slot: a kernel that needs two or three buffers at once takes distinct slots
+    /// (0: the NN-product transposition, 1 and 2: bf16 operands).
+    private static let keys: [pthread_key_t] = (0..<3).map { _ in
         var k = pthread_key_t()
         pthread_key_create(&k) { raw in
             #if canImport(Darwin)
@@ -25,10 +27,12 @@ enum ThreadScratch {
             #endif
         }
         return k
-    }()
+    }
 
-    /// At least `count` floats owned by the calling thread; valid until its next call.
-    static func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
+    /// At least `count` floats owned by the calling thread in `slot`; valid until its next call
+    /// with that slot.
+    static func floats(_ count: Int, slot: Int = 0) -> UnsafeMutablePointer<Float> {
+        let key = keys[slot]
         if let raw = pthread_getspecific(key) {
             let b = Unmanaged<Buffer>.fromOpaque(raw).takeUnretainedValue()
             if b.capacity >= count { return b.base }

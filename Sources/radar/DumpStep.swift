@@ -19,7 +19,7 @@ struct DumpStep: ParsableCommand {
     @Option(help: "Weight decay for --steps.") var weightDecay: Double = 0.05
     @Option(help: "Threads.") var threads = 1
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
-    @Option(help: "Precision on CUDA: auto (bf16 on GPUs of compute capability 8.0+, else fp32), fp32, tf32 or bf16 (default: RADAR_PRECISION, else auto).") var precision: String?
+    @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
 
     func run() throws {
         try failing {

@@ -20,7 +20,7 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Images per batch.") var batchSize = 32
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
-    @Option(help: "Precision on CUDA: auto (bf16 on GPUs of compute capability 8.0+, else fp32), fp32, tf32 or bf16 (default: RADAR_PRECISION, else auto).") var precision: String?
+    @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
 
     func run() throws {
         try failing {
@@ -57,7 +57,7 @@ struct Predict: ParsableCommand {
     @Flag(help: "One JSON document on stdout (predictions and unreadable files) instead of tab-separated lines.") var json = false
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
-    @Option(help: "Precision on CUDA: auto (bf16 on GPUs of compute capability 8.0+, else fp32), fp32, tf32 or bf16 (default: RADAR_PRECISION, else auto).") var precision: String?
+    @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
     @Argument(help: "Images or directories of images.") var paths: [String]
 
     func run() throws {

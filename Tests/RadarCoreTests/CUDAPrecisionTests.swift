@@ -156,8 +156,8 @@ final class CUDAPrecisionTests: XCTestCase {
             XCTAssertTrue("\(e)".hasPrefix("out of device memory on cuda:0 (emulated device"), "\(e)")
             XCTAssertTrue("\(e)".contains("3.0 MiB (3145728 bytes) requested"), "\(e)")
         }
-        XCTAssertThrowsError(try Devices.backend("cpu", threads: 1, precision: "bf16")) { e in
-            XCTAssertEqual("\(e)", "precision bf16 needs a CUDA device (--device cuda); cpu computes in fp32")
+        XCTAssertThrowsError(try Devices.backend("cpu", threads: 1, precision: "tf32")) { e in
+            XCTAssertEqual("\(e)", "precision tf32 needs a CUDA device (--device cuda); cpu computes in fp32 or bf16")
         }
         XCTAssertThrowsError(try Devices.backend("cuda:x", threads: 1)) { e in XCTAssertTrue("\(e)".hasPrefix("unknown device \"cuda:x\"")) }
         // The emulated device is fp32 under auto; the real driver is absent on machines without a GPU.

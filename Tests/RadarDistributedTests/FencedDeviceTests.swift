@@ -115,7 +115,7 @@ final class CUDADeviceCLITests: XCTestCase {
             (step + ["--device", "cuda:7"], ["RADAR_CUDA_DRIVER": "emulator"], "device cuda:7: this machine has 1 CUDA device (cuda:0)"),
             (step + ["--device", "cuda-emulated", "--batch", "512"], ["RADAR_EMULATED_MEMORY": "64M"],
              "out of device memory on cuda:0 (emulated device, 64.0 MiB (67108864 bytes)): "),
-            (step + ["--device", "cpu", "--precision", "bf16"], [:], "precision bf16 needs a CUDA device"),
+            (step + ["--device", "cpu", "--precision", "tf32"], [:], "precision tf32 needs a CUDA device"),
         ]
         for (args, env, expected) in cases {
             let r = try run(args, env: env)
@@ -125,5 +125,46 @@ final class CUDADeviceCLITests: XCTestCase {
         }
         let oom = try run(step + ["--device", "cuda-emulated", "--batch", "512"], env: ["RADAR_EMULATED_MEMORY": "64M"])
         XCTAssertTrue(oom.err.hasSuffix("while sizing --batch 512: lower it\n"), oom.err)
+    }
+
+    /// `--precision bf16` on the CPU: bf16 through oneDNN where the CPU has AMX-BF16 or
+    /// AVX512-BF16, else fp32 after exactly one notice line; the rounded-operand check path when
+    /// asked for; forcing oneDNN where it cannot run bf16 is a one-line error.
+    func testCPUBF16RunsOrFallsBackWithOneNotice() throws {
+        func bench(_ env: [String: String]) throws -> (status: Int32, err: String, json: [String: Any]) {
+            let p = Process()
+            p.executableURL = MPITrainingTests.products.appendingPathComponent("radar")
+            p.arguments = ["bench", "step", "--config", "tiny", "--repeats", "1", "--threads", "1", "--device", "cpu", "--precision", "bf16"]
+            p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+            let out = Pipe(), err = Pipe()
+            p.standardOutput = out
+            p.standardError = err
+            try p.run()
+            let e = err.fileHandleForReading.readDataToEndOfFile(), o = out.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            let line = String(decoding: o, as: UTF8.self).split(separator: "\n").last { $0.hasPrefix("{") }.map(String.init) ?? "{}"
+            return (p.terminationStatus, String(decoding: e, as: UTF8.self),
+                    (try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? [:])
+        }
+        let flags = BLASKernels.cpuFlags()?.flags ?? []
+        let auto = try bench(["RADAR_CPU_BF16": "auto"])
+        XCTAssertEqual(auto.status, 0, auto.err)
+        if flags.contains("amx_bf16") || flags.contains("avx512_bf16") {
+            XCTAssertEqual(auto.json["precision"] as? String, "bf16", auto.err)
+            XCTAssertTrue((auto.json["device"] as? String ?? "").contains("bf16 (oneDNN"), "\(auto.json)")
+            XCTAssertFalse(auto.err.contains("notice"), auto.err)
+        } else {
+            XCTAssertEqual(auto.json["precision"] as? String, "fp32")
+            XCTAssertEqual(auto.err, "radar: notice: precision bf16: this CPU has neither AMX-BF16 nor AVX512-BF16, so bf16 products would be slower than fp32 here: computing in fp32\n")
+            let forced = try bench(["RADAR_CPU_BF16": "onednn"])
+            XCTAssertEqual(forced.status, 1)
+            XCTAssertEqual(forced.err.split(separator: "\n").count, 1, forced.err)
+            XCTAssertTrue(forced.err.hasPrefix("radar: error: precision bf16 on the CPU: oneDNN bf16 matmul failed"), forced.err)
+        }
+        let rounded = try bench(["RADAR_CPU_BF16": "rounded"])
+        XCTAssertEqual(rounded.status, 0, rounded.err)
+        XCTAssertEqual(rounded.json["precision"] as? String, "bf16")
+        XCTAssertTrue((rounded.json["device"] as? String ?? "").contains("bf16 (operands rounded, OpenBLAS fp32 products)"), "\(rounded.json)")
+        XCTAssertEqual(rounded.json["heap_allocations_per_step"] as? Int, 0, "the rounded path reuses its scratch")
     }
 }

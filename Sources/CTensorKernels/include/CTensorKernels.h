@@ -1,5 +1,6 @@
 #ifndef RADAR_TENSOR_KERNELS_H
 #define RADAR_TENSOR_KERNELS_H
+#include <stdint.h>
 
 /// AVX2 versions of the CPU backend's elementwise kernels, eight floats at a time. Each is the
 /// Swift scalar path's IEEE operations in the same order (no fused multiply-add), so results are
@@ -26,5 +27,10 @@ void radar_softmax_backward_avx2(const float *dy, const float *y, float *dx, lon
 /// v = v * beta2 + omb2 * g * g; p += negStep * (m / (sqrt(v) / bc2Sqrt + eps)).
 void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, float decay, float omb1, float beta2,
                       float omb2, float bc2Sqrt, float eps, float negStep);
+
+/// rows x cols of a matrix with leading dimension ld, rounded to bfloat16 (nearest even, NaN kept
+/// quiet) and packed: as fp32 values (`round`) or as bfloat16 bit patterns (`to`). Any CPU.
+void radar_round_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, float *dst);
+void radar_to_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, uint16_t *dst);
 
 #endif

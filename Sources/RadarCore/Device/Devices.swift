@@ -15,9 +15,11 @@ import Foundation
 ///   except while one of the backend's own calls runs, so any host access that bypasses the
 ///   backend crashes instead of hiding. Slow; for tests and for checking new code paths.
 ///
-/// Precision: `fp32`, `tf32` or `bf16` (CUDA only), or `auto`: bf16 on a real GPU of compute
-/// capability 8.0 or newer (as the reference trains with AMP), fp32 everywhere else (the emulated
-/// device included: it exists to check the CUDA backend against the CPU backend).
+/// Precision: `fp32`, `tf32` (CUDA only) or `bf16`, or `auto`: bf16 on a real GPU of compute
+/// capability 8.0 or newer (as the reference trains with AMP), fp32 everywhere else (the CPU and
+/// the emulated device included: it exists to check the CUDA backend against the CPU backend).
+/// bf16 on the CPU runs its products through oneDNN where the CPU has AMX-BF16 or AVX512-BF16,
+/// and falls back to fp32 with a one-line notice elsewhere (`CPUProducts.bf16`).
 public enum Devices {
     public static let names = ["cpu", "cpu-fenced", "cuda", "cuda:N", "cuda-emulated"]
 
@@ -37,7 +39,7 @@ public enum Devices {
         public var description: String {
             Precision(rawValue: precision) == nil && precision != "auto"
                 ? "unknown precision \"\(precision)\": expected auto, fp32, tf32 or bf16"
-                : "precision \(precision) needs a CUDA device (--device cuda); \(device) computes in fp32"
+                : "precision \(precision) needs a CUDA device (--device cuda); \(device) computes in fp32 or bf16"
         }
     }
 
@@ -52,14 +54,38 @@ public enum Devices {
     public static func isValid(_ name: String) -> Bool { ["cpu", "cpu-fenced"].contains(name) || cudaOrdinal(name) != nil }
     public static func isValidPrecision(_ p: String) -> Bool { p == "auto" || Precision(rawValue: p) != nil }
 
+    /// `--precision`'s help, the same on every command.
+    public static let precisionHelp = "auto (bf16 mixed precision on GPUs of compute capability 8.0+, else fp32), fp32, tf32 (CUDA) or bf16 (CUDA; the CPU where it has AMX-BF16 or AVX512-BF16, else fp32 with a notice). Default: RADAR_PRECISION, else auto."
+
+    /// The precision a backend computes in: fp32, tf32 or bf16.
+    public static func precision(of backend: any Backend) -> String {
+        if let c = backend as? CUDABackend { return c.precision.rawValue }
+        let cpu = (backend as? CPUBackend) ?? (backend as? FencedBackend)?.inner
+        return cpu?.products.isBF16 == true ? "bf16" : "fp32"
+    }
+
+    /// Notices already printed (a command may build several backends).
+    nonisolated(unsafe) static var printedNotices: Set<String> = []
+
     /// A backend for `name` with `threads` compute threads (CPU) in `precision` (nil: the default).
     public static func backend(_ name: String, threads: Int, precision: String? = nil) throws -> any Backend {
         let p = precision ?? defaultPrecision
         guard isValidPrecision(p) else { throw UnsupportedPrecision(precision: p, device: name) }
         switch name {
         case "cpu", "cpu-fenced":
-            guard p == "auto" || p == "fp32" else { throw UnsupportedPrecision(precision: p, device: name) }
-            return name == "cpu" ? CPUBackend(threads: threads) : FencedBackend(wrapping: CPUBackend(threads: threads))
+            guard p != "tf32" else { throw UnsupportedPrecision(precision: p, device: name) }
+            var products = CPUProducts.fp32
+            if p == "bf16" {
+                let (chosen, notice) = try CPUProducts.bf16()
+                products = chosen
+                if let notice, !printedNotices.contains(notice) {
+                    printedNotices.insert(notice)
+                    let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
+                    FileHandle.standardError.write(Data("\(program): notice: \(notice)\n".utf8))
+                }
+            }
+            let cpu = CPUBackend(threads: threads, products: products)
+            return name == "cpu" ? cpu : FencedBackend(wrapping: cpu)
         default:
             guard let ordinal = cudaOrdinal(name) else { throw UnknownDevice(name: name) }
             let driver = try CUDADrivers.open(ordinal: ordinal, emulated: name == "cuda-emulated")
