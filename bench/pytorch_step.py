@@ -4,9 +4,10 @@ clip 1.0 and AdamW, for a RADAR config at a given batch and thread count. Prints
     python bench/pytorch_step.py --config mid --batch 32 --threads 1
     python bench/pytorch_step.py --config full --batch 128 --device cuda --precision bf16
 
-On CUDA: --precision fp32 (eager fp32, TF32 off), tf32 (TF32 matmuls and convolutions) or bf16
-(torch.autocast bf16, the reference's AMP); times are taken after torch.cuda.synchronize and the
-peak device memory is torch.cuda.max_memory_allocated.
+--precision fp32 (eager fp32; TF32 off on CUDA), tf32 (CUDA: TF32 matmuls and convolutions) or bf16
+(torch.autocast bf16 over the forward: the reference's AMP on CUDA, CPU autocast on the CPU). On
+CUDA, times are taken after torch.cuda.synchronize and the peak device memory is
+torch.cuda.max_memory_allocated.
 
 Uses tools/golden/radar_reference.py (torch and timm from PyPI).
 """
@@ -45,8 +46,8 @@ def main():
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = a.precision == "tf32"
         torch.backends.cudnn.allow_tf32 = a.precision == "tf32"
-    elif a.precision != "fp32":
-        sys.exit("--precision %s needs --device cuda" % a.precision)
+    elif a.precision == "tf32":
+        sys.exit("--precision tf32 needs --device cuda")
     cfg = PRESETS[a.config] if a.config in PRESETS else json.load(open(a.config))
     c = full_config(cfg)
     b = a.batch or BATCH.get(a.config, 8)
@@ -57,7 +58,7 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
             out = model(x)
         loss = radar_loss(out, y, cfg)["total"]
         loss.backward()
