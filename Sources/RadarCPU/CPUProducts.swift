@@ -1,5 +1,6 @@
 import COneDNN
 import Foundation
+import Synchronization
 
 /// How the CPU backend forms its matrix products (`--precision` on the CPU).
 ///
@@ -59,27 +60,39 @@ public enum CPUProducts: Sendable, Equatable, CustomStringConvertible {
         public var description: String { "precision bf16 on the CPU: \(reason)" }
     }
 
-    /// nil when oneDNN loads and runs a small bf16 product; else why not.
-    static func oneDNNBF16Failure() -> String? {
-        oneDNNFailure(bf16: true)
-    }
-
-    /// nil when oneDNN loads and a 3 x 2 x 4 product of this data type gives the expected values.
-    static func oneDNNFailure(bf16: Bool) -> String? {
+    /// nil when oneDNN loads and a small bf16 product (3 x 4 times 4 x 2, exact in bf16) gives
+    /// the expected values for each transpose combination with padded leading dimensions; else
+    /// why not.
+    public static func oneDNNBF16Failure() -> String? {
         var why = [CChar](repeating: 0, count: 256)
         guard radar_onednn_load(&why, 256) != 0 else { return String(cString: why) }
-        let a: [Float] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], b: [Float] = [1, 0, 0, 1, 1, 1, 2, -1]
-        var c = [Float](repeating: 1, count: 6)
-        let ok: Int32
-        if bf16 {
-            let a16 = a.map { UInt16($0.bitPattern >> 16) }, b16 = b.map { UInt16($0.bitPattern >> 16) }
-            ok = radar_onednn_matmul(1, 0, 0, 3, 2, 4, 1, a16, 4, b16, 2, 0, &c, 2, &why, 256)
-        } else {
-            ok = radar_onednn_matmul(0, 0, 0, 3, 2, 4, 1, a, 4, b, 2, 0, &c, 2, &why, 256)
+        let a: [[Float]] = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]], b: [[Float]] = [[1, 0], [0, 1], [1, 1], [2, -1]]
+        let expected: [Float] = [12, -1, 28, -1, 44, -1]
+        func packed(_ rows: [[Float]], transposed: Bool) -> (values: [UInt16], ld: Int) {
+            let r = transposed ? rows[0].count : rows.count, cols = transposed ? rows.count : rows[0].count, ld = cols + 1
+            var out = [UInt16](repeating: 0, count: r * ld)
+            for i in 0..<r { for j in 0..<cols { out[i * ld + j] = UInt16((transposed ? rows[j][i] : rows[i][j]).bitPattern >> 16) } }
+            return (out, ld)
         }
-        guard ok != 0 else { return String(cString: why) }
-        let expected: [Float] = [12, -1, 28, -1, 44, -1]  // rows of a times b: exact in bf16
-        return c == expected ? nil : "oneDNN's \(bf16 ? "bf16" : "f32") matmul gave \(c), expected \(expected)"
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let pa = packed(a, transposed: ta), pb = packed(b, transposed: tb)
+            var c = [Float](repeating: 1, count: 6)
+            guard radar_onednn_matmul(1, ta ? 1 : 0, tb ? 1 : 0, 3, 2, 4, 1, pa.values, Int64(pa.ld), pb.values, Int64(pb.ld), 0, &c, 2, &why, 256) != 0 else {
+                return String(cString: why)
+            }
+            if c != expected { return "oneDNN's bf16 matmul (transA \(ta), transB \(tb)) gave \(c), expected \(expected)" }
+        }
+        return nil
+    }
+
+    private static let fallbackNoted = Atomic<Bool>(false)
+
+    /// A product oneDNN refused mid-run went through the rounded-operand path (same numerics,
+    /// slower): one notice per process.
+    static func noteOneDNNFallback(_ what: String) {
+        guard !fallbackNoted.exchange(true, ordering: .relaxed) else { return }
+        let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
+        FileHandle.standardError.write(Data("\(program): notice: precision bf16: \(what): computed with bf16-rounded operands by OpenBLAS instead\n".utf8))
     }
 
     /// oneDNN's row-major product in fp32 (tests compare its argument conventions with OpenBLAS on
