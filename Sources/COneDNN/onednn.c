@@ -70,7 +70,7 @@ typedef struct {
     const char *impl;
 } entry_t;
 
-enum { CACHE = 64 };
+enum { CACHE = 256 };
 static _Thread_local entry_t cache[CACHE];
 static _Thread_local int cache_used, cache_next;
 static _Thread_local dnnl_stream_t stream;
