@@ -96,7 +96,7 @@ public enum CPUProducts: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// oneDNN's row-major product in fp32 (tests compare its argument conventions with OpenBLAS on
-    /// CPUs without bf16 instructions); false with the reason where oneDNN cannot run it.
+    /// CPUs without bf16 instructions): nil, or why oneDNN could not run it.
     public static func oneDNNProductFP32(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                                          a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                                          beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) -> String? {

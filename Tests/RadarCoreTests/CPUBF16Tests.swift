@@ -166,4 +166,36 @@ final class CPUBF16Tests: XCTestCase {
             XCTAssertEqual(Double(ours["loss.total"]!.floats[0]), loss, accuracy: lossTol, "\(name) loss")
         } }
     }
+
+    /// Training with bf16 products: deterministic across thread counts, a run stopped and resumed
+    /// ends with the bits of an uninterrupted one (the checkpoints are the fp32 files every device
+    /// writes), and the result is not the fp32 run's.
+    func testBF16TrainingIsDeterministicAndResumesBitIdentically() throws {
+        setenv("RADAR_CPU_BF16", "rounded", 1)
+        defer { unsetenv("RADAR_CPU_BF16") }
+        let data = temporaryDirectory("bf16-data")
+        _ = try DatasetPreparer(options: PrepareOptions(output: data).with { $0.valFraction = 0.2 }).run(
+            SyntheticSource(size: 32, count: 120, seed: 5, difficulty: 0.2, framesPerSequence: 4))
+        func train(_ name: String, precision: String, threads: Int = 1, stop: Int, resumeTo: Int? = nil) throws -> [String: SafeTensor] {
+            let out = temporaryDirectory("bf16-\(name)")
+            var o = TrainOptions(data: data, output: out, experiment: "r", config: RADARConfig.preset("tiny")!)
+            (o.device, o.precision, o.threads, o.batchSize, o.epochs, o.accumulationSteps, o.learningRate, o.stopAfterSteps) =
+                ("cpu", precision, threads, 8, 2, 1, 1e-3, stop)
+            _ = try TrainingRun(options: o).run()
+            if let total = resumeTo {
+                (o.stopAfterSteps, o.resume) = (total, "auto")
+                _ = try TrainingRun(options: o).run()
+            }
+            let c = try Checkpoint.read("\(out)/r/last.safetensors.lz4")
+            XCTAssertEqual(c.state.optimizerStep, 4, name)
+            return c.tensors
+        }
+        func bits(_ t: [String: SafeTensor]) -> [String: [UInt32]] { t.filter { $0.value.dtype == .f32 }.mapValues { $0.floats.map(\.bitPattern) } }
+        let one = try train("t1", precision: "bf16", stop: 4), two = try train("t2", precision: "bf16", threads: 2, stop: 4)
+        let resumed = try train("resumed", precision: "bf16", stop: 2, resumeTo: 4), fp32 = try train("fp32", precision: "fp32", stop: 4)
+        XCTAssertEqual(bits(one), bits(two), "bf16 results do not depend on the thread count")
+        XCTAssertEqual(bits(one), bits(resumed), "2 + 2 steps resumed equal 4 straight")
+        XCTAssertNotEqual(bits(one), bits(fp32), "bf16 products change the run")
+        XCTAssertTrue(one.values.allSatisfy { $0.dtype != .f32 || $0.floats.allSatisfy(\.isFinite) })
+    }
 }
