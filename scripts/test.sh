@@ -57,11 +57,12 @@ run_tests RADAR_TEST_BACKEND=cpu swift test
 echo "== engine suites on the fenced device (RADAR_TEST_BACKEND=cpu-fenced) =="
 run_tests RADAR_TEST_BACKEND=cpu-fenced RADAR_DEVICE=cpu-fenced swift test --skip-build --filter RadarCoreTests
 # The CUDA backend on the emulated device (its kernels compiled for the host, device memory
-# fenced off from the host): kernel references, every layer's gradient check, the golden gradient
-# cases, the step's host-synchronisation count, skipping and clipping. Slow (fibers): a subset.
+# fenced off from the host): kernel references, every layer's gradient check, the three golden
+# PyTorch cases (tiny_dual through 3 AdamW steps), the step's host-synchronisation count, skipping,
+# clipping, and a stop/resume that must give the uninterrupted run's bits. Slow (fibers): a subset.
 echo "== CUDA backend on the emulated device (RADAR_TEST_BACKEND=cuda-emulated) =="
 run_tests RADAR_TEST_BACKEND=cuda-emulated RADAR_DEVICE=cuda-emulated swift test --skip-build --filter \
-  "KernelReferenceTests|LayerGradientTests|SmallKernelTests|TransformTests|ShapeErrorTests|GoldenParityTests.testSmallDual|GoldenParityTests.testBoundaryOnly|ModelTests.testMicroBatch|ModelTests.testSingleBranch|TrainingTests.testNonFinite|TrainingTests.testGradientClipping"
+  "KernelReferenceTests|LayerGradientTests|SmallKernelTests|TransformTests|ShapeErrorTests|GoldenParityTests|ModelTests.testMicroBatch|ModelTests.testSingleBranch|TrainingTests.testNonFinite|TrainingTests.testGradientClipping|CheckpointTests.testResumingGivesBitIdenticalParameters"
 # The bundle for bare GPU pods: built (static Swift standard library), then run with the Swift
 # toolchain, headers and this machine's copies of its libraries out of sight.
 echo "== the bundle (scripts/bundle.sh, scripts/check-bundle.sh) =="
