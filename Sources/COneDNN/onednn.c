@@ -1,6 +1,7 @@
 #include "COneDNN.h"
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,9 +75,30 @@ enum { CACHE = 256 };
 static _Thread_local entry_t cache[CACHE];
 static _Thread_local int cache_used, cache_next;
 static _Thread_local dnnl_stream_t stream;
-static _Thread_local const char *last_impl = "";
+// Implementation names, interned once (a few distinct ones per process), and the last one used
+// by any thread.
+static pthread_mutex_t names_lock = PTHREAD_MUTEX_INITIALIZER;
+static char names[32][48];
+static int names_used;
+static _Atomic(const char *) last_impl;
 
-const char *radar_onednn_last_implementation(void) { return last_impl; }
+static const char *intern(const char *name) {
+    pthread_mutex_lock(&names_lock);
+    const char *found = "(more than 32 implementations)";
+    for (int i = 0; i < names_used; i++) if (strcmp(names[i], name) == 0) { found = names[i]; goto done; }
+    if (names_used < 32) {
+        snprintf(names[names_used], sizeof names[0], "%s", name);
+        found = names[names_used++];
+    }
+done:
+    pthread_mutex_unlock(&names_lock);
+    return found;
+}
+
+const char *radar_onednn_last_implementation(void) {
+    const char *p = atomic_load_explicit(&last_impl, memory_order_relaxed);
+    return p ? p : "";
+}
 
 static uint32_t bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
@@ -125,17 +147,12 @@ static entry_t *primitive(int bf16, int ta, int tb, int64_t m, int64_t n, int64_
     if (s != dnnl_success) { fail(why, why_len, bf16 ? "bf16 matmul" : "f32 matmul", s); return NULL; }
     const char *impl = "";
     p_dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+    e.impl = intern(impl ? impl : "");  // the descriptor owns `impl`
     s = p_dnnl_primitive_create(&e.prim, pd);
-    // The implementation's name belongs to the descriptor: keep a copy.
-    static _Thread_local char impl_copy[CACHE][48];
-    char name[48];
-    snprintf(name, sizeof name, "%s", impl ? impl : "");
     p_dnnl_primitive_desc_destroy(pd);
     if (s != dnnl_success) { fail(why, why_len, "primitive creation", s); return NULL; }
     int slot = cache_used < CACHE ? cache_used++ : (cache_next++ % CACHE);
     if (cache[slot].prim) p_dnnl_primitive_destroy(cache[slot].prim);
-    memcpy(impl_copy[slot], name, sizeof name);
-    e.impl = impl_copy[slot];
     cache[slot] = e;
     return &cache[slot];
 }
@@ -164,7 +181,7 @@ int radar_onednn_matmul(int bf16, int trans_a, int trans_b, int64_t m, int64_t n
     if (s == dnnl_success) s = p_dnnl_stream_wait(stream);
     p_dnnl_memory_destroy(ma); p_dnnl_memory_destroy(mb); p_dnnl_memory_destroy(mc);
     if (s != dnnl_success) return fail(why, why_len, "matmul execution", s);
-    last_impl = e->impl;
+    atomic_store_explicit(&last_impl, e->impl, memory_order_relaxed);
     return 1;
 }
 

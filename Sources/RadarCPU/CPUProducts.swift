@@ -106,7 +106,7 @@ public enum CPUProducts: Sendable, Equatable, CustomStringConvertible {
         return ok != 0 ? nil : String(cString: why)
     }
 
-    /// oneDNN's version and the implementation of the calling thread's last product ("" if none).
+    /// oneDNN's version and the implementation of the last product it ran ("" if none).
     public static var oneDNNDescription: (version: String, lastImplementation: String) {
         (String(cString: radar_onednn_version()), String(cString: radar_onednn_last_implementation()))
     }

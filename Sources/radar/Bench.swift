@@ -139,7 +139,9 @@ extension Bench {
                            "arena_mib": Double(ctx.arena.capacity * 4) / 1_048_576, "peak_rss_mib": peakRSSMiB(),
                            "profile_ms": sections, "heap_allocations_per_step": Double(allocations) / Double(repeats),
                            "accumulation_steps": accumulationSteps, "host_syncs_per_optimizer_step": syncsPerStep,
-                           "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "precision": Devices.precision(of: backend), "peak_device_mib": (backend as? CUDABackend).map { Double($0.peakDeviceBytes) / 1_048_576 } ?? NSNull(),
+                           "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "precision": Devices.precision(of: backend),
+                           "onednn_implementation": CPUProducts.oneDNNDescription.lastImplementation.isEmpty ? NSNull() : CPUProducts.oneDNNDescription.lastImplementation as Any,
+                           "peak_device_mib": (backend as? CUDABackend).map { Double($0.peakDeviceBytes) / 1_048_576 } ?? NSNull(),
                            "machine": machineRecord(threads: threads)])
             }
         }

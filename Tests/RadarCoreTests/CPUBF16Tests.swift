@@ -68,6 +68,7 @@ final class CPUBF16Tests: XCTestCase {
         let d = CPUProducts.oneDNNDescription
         print("oneDNN \(d.version), last implementation \(d.lastImplementation)")
         XCTAssertFalse(d.version.isEmpty)
+        XCTAssertFalse(d.lastImplementation.isEmpty, "the implementation oneDNN chose is reported")
     }
 
     /// The rounded-operand path's products (through the backend's tiled gemm) equal a double

@@ -152,9 +152,11 @@ final class CUDADeviceCLITests: XCTestCase {
         if flags.contains("amx_bf16") || flags.contains("avx512_bf16") {
             XCTAssertEqual(auto.json["precision"] as? String, "bf16", auto.err)
             XCTAssertTrue((auto.json["device"] as? String ?? "").contains("bf16 (oneDNN"), "\(auto.json)")
+            XCTAssertNotNil(auto.json["onednn_implementation"] as? String, "\(auto.json)")
             XCTAssertFalse(auto.err.contains("notice"), auto.err)
         } else {
             XCTAssertEqual(auto.json["precision"] as? String, "fp32")
+            XCTAssertTrue(auto.json["onednn_implementation"] is NSNull, "\(auto.json)")
             XCTAssertEqual(auto.err, "radar: notice: precision bf16: this CPU has neither AMX-BF16 nor AVX512-BF16, so bf16 products would be slower than fp32 here: computing in fp32\n")
             let forced = try bench(["RADAR_CPU_BF16": "onednn"])
             XCTAssertEqual(forced.status, 1)

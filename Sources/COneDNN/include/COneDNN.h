@@ -23,7 +23,7 @@ int radar_onednn_matmul(int bf16, int trans_a, int trans_b, int64_t m, int64_t n
                         const void *a, int64_t lda, const void *b, int64_t ldb, float beta, float *c, int64_t ldc,
                         char *why, int why_len);
 
-/// The implementation oneDNN chose for the last successful matmul of the calling thread (e.g.
+/// The implementation oneDNN chose for the last successful matmul of any thread (e.g.
 /// "brg:avx512_core_amx"), or "".
 const char *radar_onednn_last_implementation(void);
 #endif
