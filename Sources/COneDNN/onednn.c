@@ -71,8 +71,10 @@ typedef struct {
     const char *impl;
 } entry_t;
 
+// On the heap, made by the first product of each thread: static thread-local storage this size
+// (a memory descriptor is about a kilobyte) would be carved out of every thread's stack.
 enum { CACHE = 256 };
-static _Thread_local entry_t cache[CACHE];
+static _Thread_local entry_t *cache;
 static _Thread_local int cache_used, cache_next;
 static _Thread_local dnnl_stream_t stream;
 // Implementation names, interned once (a few distinct ones per process), and the last one used
@@ -165,6 +167,10 @@ int radar_onednn_matmul(int bf16, int trans_a, int trans_b, int64_t m, int64_t n
     if (!stream) {
         dnnl_status_t s = p_dnnl_stream_create(&stream, engine, dnnl_stream_default_flags);
         if (s != dnnl_success) return fail(why, why_len, "stream creation", s);
+    }
+    if (!cache && !(cache = calloc(CACHE, sizeof *cache))) {
+        if (why && why_len > 0) snprintf(why, (size_t)why_len, "out of memory for oneDNN's primitive cache");
+        return 0;
     }
     entry_t *e = primitive(bf16, trans_a, trans_b, m, n, k, alpha, lda, ldb, beta, ldc, why, why_len);
     if (!e) return 0;
