@@ -60,27 +60,36 @@ public enum CPUProducts: Sendable, Equatable, CustomStringConvertible {
         public var description: String { "precision bf16 on the CPU: \(reason)" }
     }
 
-    /// nil when oneDNN loads and a small bf16 product (3 x 4 times 4 x 2, exact in bf16) gives
-    /// the expected values for each transpose combination with padded leading dimensions; else
-    /// why not.
-    public static func oneDNNBF16Failure() -> String? {
+    /// nil when oneDNN loads and runs a small bf16 product correctly; else why not.
+    public static func oneDNNBF16Failure() -> String? { oneDNNProbeFailure(bf16: true) }
+
+    /// nil when oneDNN loads and a small product (3 x 4 times 4 x 2, exact in bf16) of this data
+    /// type gives the expected values for each transpose combination with padded leading
+    /// dimensions; else why not. Tests run it in fp32 on every machine (the bf16 probe differs
+    /// only in the operands' type).
+    public static func oneDNNProbeFailure(bf16: Bool) -> String? {
         var why = [CChar](repeating: 0, count: 256)
         guard radar_onednn_load(&why, 256) != 0 else { return String(cString: why) }
         let a: [[Float]] = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]], b: [[Float]] = [[1, 0], [0, 1], [1, 1], [2, -1]]
-        let expected: [Float] = [12, -1, 28, -1, 44, -1]
-        func packed(_ rows: [[Float]], transposed: Bool) -> (values: [UInt16], ld: Int) {
+        let expected: [Float] = [12, 1, 28, 5, 44, 9]
+        func packed(_ rows: [[Float]], transposed: Bool) -> (values: [Float], ld: Int) {
             let r = transposed ? rows[0].count : rows.count, cols = transposed ? rows.count : rows[0].count, ld = cols + 1
-            var out = [UInt16](repeating: 0, count: r * ld)
-            for i in 0..<r { for j in 0..<cols { out[i * ld + j] = UInt16((transposed ? rows[j][i] : rows[i][j]).bitPattern >> 16) } }
+            var out = [Float](repeating: 0, count: r * ld)
+            for i in 0..<r { for j in 0..<cols { out[i * ld + j] = transposed ? rows[j][i] : rows[i][j] } }
             return (out, ld)
         }
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let pa = packed(a, transposed: ta), pb = packed(b, transposed: tb)
             var c = [Float](repeating: 1, count: 6)
-            guard radar_onednn_matmul(1, ta ? 1 : 0, tb ? 1 : 0, 3, 2, 4, 1, pa.values, Int64(pa.ld), pb.values, Int64(pb.ld), 0, &c, 2, &why, 256) != 0 else {
-                return String(cString: why)
+            let ok: Int32
+            if bf16 {
+                let a16 = pa.values.map { UInt16($0.bitPattern >> 16) }, b16 = pb.values.map { UInt16($0.bitPattern >> 16) }
+                ok = radar_onednn_matmul(1, ta ? 1 : 0, tb ? 1 : 0, 3, 2, 4, 1, a16, Int64(pa.ld), b16, Int64(pb.ld), 0, &c, 2, &why, 256)
+            } else {
+                ok = radar_onednn_matmul(0, ta ? 1 : 0, tb ? 1 : 0, 3, 2, 4, 1, pa.values, Int64(pa.ld), pb.values, Int64(pb.ld), 0, &c, 2, &why, 256)
             }
-            if c != expected { return "oneDNN's bf16 matmul (transA \(ta), transB \(tb)) gave \(c), expected \(expected)" }
+            guard ok != 0 else { return String(cString: why) }
+            if c != expected { return "oneDNN's \(bf16 ? "bf16" : "f32") matmul (transA \(ta), transB \(tb)) gave \(c), expected \(expected)" }
         }
         return nil
     }

@@ -1,4 +1,5 @@
 import COpenBLAS
+import CTensorKernels
 import Foundation
 import RadarCore
 import RadarCUDA
@@ -69,6 +70,32 @@ final class CPUBF16Tests: XCTestCase {
         print("oneDNN \(d.version), last implementation \(d.lastImplementation)")
         XCTAssertFalse(d.version.isEmpty)
         XCTAssertFalse(d.lastImplementation.isEmpty, "the implementation oneDNN chose is reported")
+        // The start-up probe's own expectations and operand packing, in fp32 (the bf16 probe
+        // differs only in the operands' type).
+        XCTAssertNil(CPUProducts.oneDNNProbeFailure(bf16: false))
+    }
+
+    /// The bf16 operands handed to oneDNN: rows x cols out of a padded matrix, packed, each the bit
+    /// pattern RadarEngine's BFloat16 gives (nearest even, NaN quiet), and the rounded-fp32 twin the
+    /// OpenBLAS path uses is the same value.
+    func testBF16OperandConversionMatchesBFloat16() {
+        var values = randomValues(7 * 9, seed: 11, std: 3)
+        values[0] = .nan; values[1] = .infinity; values[2] = -.infinity; values[3] = 0x1p-130; values[4] = -0.0
+        values[5] = Float(bitPattern: 0x3f80_8000); values[6] = Float(bitPattern: 0x3f81_8000); values[7] = .greatestFiniteMagnitude
+        let (rows, cols, ld) = (7, 8, 9)
+        var bits = [UInt16](repeating: 0, count: rows * cols), rounded = [Float](repeating: 0, count: rows * cols)
+        radar_to_bf16_matrix(values, Int64(rows), Int64(cols), Int64(ld), &bits)
+        radar_round_bf16_matrix(values, Int64(rows), Int64(cols), Int64(ld), &rounded)
+        for r in 0..<rows {
+            for c in 0..<cols {
+                let v = values[r * ld + c], i = r * cols + c
+                XCTAssertEqual(bits[i], BFloat16.bits(v), "[\(r), \(c)] \(v)")
+                XCTAssertEqual(rounded[i].bitPattern, UInt32(bits[i]) << 16, "[\(r), \(c)] \(v)")
+            }
+        }
+        XCTAssertEqual(bits[5], 0x3f80, "a tie rounds to even (down)")
+        XCTAssertEqual(bits[6], 0x3f82, "a tie rounds to even (up)")
+        XCTAssertTrue(Float(bitPattern: UInt32(bits[0]) << 16).isNaN)
     }
 
     /// The rounded-operand path's products (through the backend's tiled gemm) equal a double
