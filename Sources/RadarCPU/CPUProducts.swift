@@ -100,8 +100,17 @@ public enum CPUProducts: Sendable, Equatable, CustomStringConvertible {
     /// slower): one notice per process.
     static func noteOneDNNFallback(_ what: String) {
         guard !fallbackNoted.exchange(true, ordering: .relaxed) else { return }
+        notice("precision bf16: \(what): computed with bf16-rounded operands by OpenBLAS instead")
+    }
+
+    private static let printedNotices = Mutex<Set<String>>([])
+
+    /// `<program>: notice: <text>` on standard error, once per process for each text (a command
+    /// may build several backends).
+    public static func notice(_ text: String) {
+        guard printedNotices.withLock({ $0.insert(text).inserted }) else { return }
         let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
-        FileHandle.standardError.write(Data("\(program): notice: precision bf16: \(what): computed with bf16-rounded operands by OpenBLAS instead\n".utf8))
+        FileHandle.standardError.write(Data("\(program): notice: \(text)\n".utf8))
     }
 
     /// oneDNN's row-major product in fp32 (tests compare its argument conventions with OpenBLAS on

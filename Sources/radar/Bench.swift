@@ -133,6 +133,7 @@ extension Bench {
                     ctx.profiler = nil
                     for s in StepProfiler.Section.allCases { sections[s.name] = p.seconds[s.rawValue] / Double(repeats * accumulationSteps) * 1000 }
                 }
+                let oneDNNImplementation = CPUProducts.oneDNNDescription.lastImplementation
                 printJSON(["bench": "step", "config": config, "batch": b, "parameters": model.layout.parameterCount,
                            "ms_per_step": seconds * 1000, "images_per_s": Double(b) / seconds,
                            "gemm_gflop_per_step": flops / 1e9, "effective_gflops": flops / seconds / 1e9,
@@ -140,7 +141,7 @@ extension Bench {
                            "profile_ms": sections, "heap_allocations_per_step": Double(allocations) / Double(repeats),
                            "accumulation_steps": accumulationSteps, "host_syncs_per_optimizer_step": syncsPerStep,
                            "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "precision": Devices.precision(of: backend),
-                           "onednn_implementation": CPUProducts.oneDNNDescription.lastImplementation.isEmpty ? NSNull() : CPUProducts.oneDNNDescription.lastImplementation as Any,
+                           "onednn_implementation": oneDNNImplementation.isEmpty ? NSNull() : oneDNNImplementation as Any,
                            "peak_device_mib": (backend as? CUDABackend).map { Double($0.peakDeviceBytes) / 1_048_576 } ?? NSNull(),
                            "machine": machineRecord(threads: threads)])
             }

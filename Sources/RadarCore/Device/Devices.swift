@@ -64,9 +64,6 @@ public enum Devices {
         return cpu?.products.isBF16 == true ? "bf16" : "fp32"
     }
 
-    /// Notices already printed (a command may build several backends).
-    nonisolated(unsafe) static var printedNotices: Set<String> = []
-
     /// A backend for `name` with `threads` compute threads (CPU) in `precision` (nil: the default).
     public static func backend(_ name: String, threads: Int, precision: String? = nil) throws -> any Backend {
         let p = precision ?? defaultPrecision
@@ -78,11 +75,7 @@ public enum Devices {
             if p == "bf16" {
                 let (chosen, notice) = try CPUProducts.bf16()
                 products = chosen
-                if let notice, !printedNotices.contains(notice) {
-                    printedNotices.insert(notice)
-                    let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
-                    FileHandle.standardError.write(Data("\(program): notice: \(notice)\n".utf8))
-                }
+                if let notice { CPUProducts.notice(notice) }
             }
             let cpu = CPUBackend(threads: threads, products: products)
             return name == "cpu" ? cpu : FencedBackend(wrapping: cpu)
