@@ -26,6 +26,11 @@ if [ ! -x "$venv/bin/python" ] || ! have_packages "$venv/bin/python"; then
   fi
 fi
 if [ -n "$venv" ]; then export RADAR_PYTHON="$PWD/$venv/bin/python"; else export RADAR_PYTHON=python3; fi
+# NVIDIA's CUDA 12.9 and 13.0 headers and CUDA 13.0's NVRTC (wheels downloaded, headers kept, about
+# 150 MB; once per checkout): the ABI gate compares every CUDA function and constant we declare
+# with them, and the compile gate runs NVRTC 13 beside 12.
+"$RADAR_PYTHON" tools/cuda_headers.py .build/cuda-headers
+export RADAR_CUDA_HEADERS="$PWD/.build/cuda-headers"
 export OPENBLAS_NUM_THREADS=1
 swift build --build-tests
 total=0

@@ -3,6 +3,9 @@ import Foundation
 import Glibc
 #endif
 
+/// The CUDA headers' numbers (`CUDAConstants`), under their C names.
+private let C = CUDAConstants.values
+
 /// A real GPU through the CUDA driver API (libcuda.so.1), cuBLAS and cuFFT, all loaded with
 /// dlopen: nothing links against CUDA. One device, its primary context, one non-blocking stream;
 /// every kernel family compiled by NVRTC to CUBIN for the device's own architecture (cached on
@@ -11,6 +14,9 @@ import Glibc
 /// (size, batch).
 public final class DriverAPI: CUDADriver, @unchecked Sendable {
     // Driver API (cuda.h): CUresult is an int, CUdevice an int, handles are pointers, CUdeviceptr a 64-bit integer.
+    // Every function type below and every number in `CUDAConstants` is compared with NVIDIA's
+    // CUDA 12 and 13 headers by `CUDAABIGateTests` (the symbol names too: no header macro may
+    // rename one, as cuda.h does for the _v2 functions).
     typealias FnInit = @convention(c) (UInt32) -> Int32
     typealias FnIntOut = @convention(c) (UnsafeMutablePointer<Int32>) -> Int32
     typealias FnDeviceGet = @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32
@@ -44,7 +50,6 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     typealias FnBlasGemmEx = @convention(c) (OpaquePointer?, Int32, Int32, Int32, Int32, Int32, UnsafeRawPointer, UnsafeRawPointer?, Int32,
                                              Int32, Int64, UnsafeRawPointer?, Int32, Int32, Int64, UnsafeRawPointer,
                                              UnsafeMutableRawPointer?, Int32, Int32, Int64, Int32, Int32, Int32) -> Int32
-    typealias FnBlasVersion = @convention(c) (OpaquePointer?, UnsafeMutablePointer<Int32>) -> Int32
     // cuFFT
     typealias FnFFTPlanMany = @convention(c) (UnsafeMutablePointer<Int32>, Int32, UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>?,
                                               Int32, Int32, UnsafeMutablePointer<Int32>?, Int32, Int32, Int32, Int32) -> Int32
@@ -108,8 +113,8 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         totalMemory = total
         let attribute = try sym(cuda, "cuDeviceGetAttribute", FnDeviceAttribute.self)
         var major: Int32 = 0, minor: Int32 = 0
-        _ = attribute(&major, 75, device)  // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-        _ = attribute(&minor, 76, device)  // ..._MINOR
+        _ = attribute(&major, C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)
+        _ = attribute(&minor, C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device)
         computeCapability = (Int(major), Int(minor))
         var ctx: OpaquePointer?
         try DriverAPI.check(try sym(cuda, "cuDevicePrimaryCtxRetain", FnPrimaryCtxRetain.self)(&ctx, device), "cuDevicePrimaryCtxRetain", errorString)
@@ -118,7 +123,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         try DriverAPI.check(ctxSetCurrent(ctx), "cuCtxSetCurrent", errorString)
         var s: OpaquePointer?
         streamCreate = try sym(cuda, "cuStreamCreate", FnStreamCreate.self)
-        try DriverAPI.check(streamCreate(&s, 1), "cuStreamCreate", errorString)  // CU_STREAM_NON_BLOCKING
+        try DriverAPI.check(streamCreate(&s, C.CU_STREAM_NON_BLOCKING), "cuStreamCreate", errorString)
         stream = s
         eventCreate = try sym(cuda, "cuEventCreate", FnStreamCreate.self)
         eventRecord = try sym(cuda, "cuEventRecord", FnEventRecord.self)
@@ -144,7 +149,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         } catch { throw Unavailable(message: "device cuda:\(ordinal): \(error)") }
         var handle: OpaquePointer?
         let created = try sym(blasLib, "cublasCreate_v2", FnBlasCreate.self)(&handle)
-        guard created == 0 else { throw Unavailable(message: "device cuda:\(ordinal): cublasCreate failed (status \(created))") }
+        guard created == C.CUBLAS_STATUS_SUCCESS else { throw Unavailable(message: "device cuda:\(ordinal): cublasCreate failed (status \(created))") }
         blas = handle
         _ = try sym(blasLib, "cublasSetStream_v2", FnBlasSetStream.self)(handle, s)
         blasSetMathMode = try sym(blasLib, "cublasSetMathMode", FnBlasSetMathMode.self)
@@ -173,7 +178,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         }
         let errorString = try CUDALibraries.symbol(cuda, "cuGetErrorString", as: FnErrorString.self)
         let r = try CUDALibraries.symbol(cuda, "cuInit", as: FnInit.self)(0)
-        if r != 0 { throw Unavailable(message: "\(device)the CUDA driver does not start (cuInit: \(describe(r, errorString)))") }
+        if r != C.CUDA_SUCCESS { throw Unavailable(message: "\(device)the CUDA driver does not start (cuInit: \(describe(r, errorString)))") }
         var count: Int32 = 0
         try check(try CUDALibraries.symbol(cuda, "cuDeviceGetCount", as: FnIntOut.self)(&count), "\(device)cuDeviceGetCount", errorString)
         return (cuda, errorString, Int(count))
@@ -186,12 +191,12 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     }
 
     static func check(_ r: Int32, _ call: String, _ errorString: FnErrorString) throws {
-        if r != 0 { throw Unavailable(message: "\(call): \(describe(r, errorString))") }
+        if r != C.CUDA_SUCCESS { throw Unavailable(message: "\(call): \(describe(r, errorString))") }
     }
 
     /// After start-up a failing call is a device fault or a bug: stop with the call and the error.
     @inline(__always) private func must(_ r: Int32, _ call: @autoclosure () -> String) {
-        if r != 0 { fatalError("CUDA error on cuda:\(ordinal) in \(call()): \(DriverAPI.describe(r, errorString))") }
+        if r != C.CUDA_SUCCESS { fatalError("CUDA error on cuda:\(ordinal) in \(call()): \(DriverAPI.describe(r, errorString))") }
     }
 
     public var architecture: String { "sm_\(computeCapability.major)\(computeCapability.minor)" }
@@ -230,7 +235,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         let n = (max(bytes, 4) + 255) / 256 * 256
         var p: UInt64 = 0
         let r = memAlloc(&p, n)
-        if r == 2 {  // CUDA_ERROR_OUT_OF_MEMORY
+        if r == C.CUDA_ERROR_OUT_OF_MEMORY {
             let info = memoryInfo()
             throw DeviceOutOfMemory(device: deviceDescription, requested: n, free: info.free, total: info.total)
         }
@@ -267,13 +272,13 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         _ = ctxSetCurrent(context)
         if copyStream == nil {
             var c: OpaquePointer?
-            must(streamCreate(&c, 1), "cuStreamCreate (copy stream)")
+            must(streamCreate(&c, C.CU_STREAM_NON_BLOCKING), "cuStreamCreate (copy stream)")
             copyStream = c
         }
         while marks.count < slots {
             var m: OpaquePointer?, u: OpaquePointer?
-            must(eventCreate(&m, 2), "cuEventCreate")  // CU_EVENT_DISABLE_TIMING
-            must(eventCreate(&u, 2), "cuEventCreate")
+            must(eventCreate(&m, C.CU_EVENT_DISABLE_TIMING), "cuEventCreate")
+            must(eventCreate(&u, C.CU_EVENT_DISABLE_TIMING), "cuEventCreate")
             marks.append(m)
             uploads.append(u)
         }
@@ -298,7 +303,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
 
     public func copyDown(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, afterMark slot: Int) {
         _ = ctxSetCurrent(context)
-        must(streamWaitEvent(copyStream, marks[slot], 0), "cuStreamWaitEvent (copy stream, bucket \(slot))")
+        must(streamWaitEvent(copyStream, marks[slot], C.CU_EVENT_WAIT_DEFAULT), "cuStreamWaitEvent (copy stream, bucket \(slot))")
         if bytes > 0 { must(dtoh(destination, address(source), bytes, copyStream), "cuMemcpyDtoHAsync (bucket \(slot), \(bytes) bytes)") }
         must(streamSync(copyStream), "cuStreamSynchronize (copy stream)")
     }
@@ -311,7 +316,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
 
     public func computeWaitsForUpload(_ slot: Int) {
         _ = ctxSetCurrent(context)
-        must(streamWaitEvent(stream, uploads[slot], 0), "cuStreamWaitEvent (compute stream, upload \(slot))")
+        must(streamWaitEvent(stream, uploads[slot], C.CU_EVENT_WAIT_DEFAULT), "cuStreamWaitEvent (compute stream, upload \(slot))")
     }
 
     // MARK: Kernels
@@ -320,7 +325,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         if let f = functions[name] { return f }
         for m in modules {
             var f: OpaquePointer?
-            if name.withCString({ moduleFunction(&f, m, $0) }) == 0, let f {
+            if name.withCString({ moduleFunction(&f, m, $0) }) == C.CUDA_SUCCESS, let f {
                 functions[name] = f
                 return f
             }
@@ -343,15 +348,16 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     public func gemm(_ g: StridedGemm) {
         guard g.m > 0 && g.n > 0 && g.batch > 0 else { return }
         _ = ctxSetCurrent(context)
-        let mode: Int32 = g.operands == .tf32 ? 3 : 0  // CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH
+        let mode = g.operands == .tf32 ? C.CUBLAS_TF32_TENSOR_OP_MATH : C.CUBLAS_DEFAULT_MATH
         if mode != mathMode { _ = blasSetMathMode(blas, mode); mathMode = mode }
-        let type: Int32 = g.operands == .bf16 ? 14 : 0  // CUDA_R_16BF : CUDA_R_32F
-        let compute: Int32 = g.operands == .tf32 ? 77 : 68  // CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F
+        let type = g.operands == .bf16 ? C.CUDA_R_16BF : C.CUDA_R_32F
+        let compute = g.operands == .tf32 ? C.CUBLAS_COMPUTE_32F_FAST_TF32 : C.CUBLAS_COMPUTE_32F
         var alpha = g.alpha, beta = g.beta
-        let r = blasGemm(blas, g.transA ? 1 : 0, g.transB ? 1 : 0, Int32(g.m), Int32(g.n), Int32(g.k), &alpha, g.a, type, Int32(g.lda),
-                         Int64(g.strideA), g.b, type, Int32(g.ldb), Int64(g.strideB), &beta, UnsafeMutableRawPointer(g.c), 0, Int32(g.ldc),
-                         Int64(g.strideC), Int32(g.batch), compute, -1)  // CUBLAS_GEMM_DEFAULT
-        if r != 0 { fatalError("cuBLAS error on cuda:\(ordinal): cublasGemmStridedBatchedEx(m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)) status \(r)") }
+        let r = blasGemm(blas, g.transA ? C.CUBLAS_OP_T : C.CUBLAS_OP_N, g.transB ? C.CUBLAS_OP_T : C.CUBLAS_OP_N,
+                         Int32(g.m), Int32(g.n), Int32(g.k), &alpha, g.a, type, Int32(g.lda), Int64(g.strideA), g.b, type, Int32(g.ldb),
+                         Int64(g.strideB), &beta, UnsafeMutableRawPointer(g.c), C.CUDA_R_32F, Int32(g.ldc), Int64(g.strideC),
+                         Int32(g.batch), compute, C.CUBLAS_GEMM_DEFAULT)
+        if r != C.CUBLAS_STATUS_SUCCESS { fatalError("cuBLAS error on cuda:\(ordinal): cublasGemmStridedBatchedEx(m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)) status \(r)") }
     }
 
     // MARK: cuFFT
@@ -363,13 +369,13 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         if let p = fftPlans[key] { plan = p } else {
             var p: Int32 = 0
             var dims: [Int32] = [Int32(size), Int32(size)]
-            let r = fftPlanMany(&p, 2, &dims, nil, 1, 0, nil, 1, 0, 0x2a, Int32(batch))  // CUFFT_R2C
-            if r != 0 { fatalError("cuFFT error on cuda:\(ordinal): cufftPlanMany(\(size)x\(size), batch \(batch)) status \(r)") }
+            let r = fftPlanMany(&p, 2, &dims, nil, 1, 0, nil, 1, 0, C.CUFFT_R2C, Int32(batch))
+            if r != C.CUFFT_SUCCESS { fatalError("cuFFT error on cuda:\(ordinal): cufftPlanMany(\(size)x\(size), batch \(batch)) status \(r)") }
             _ = fftSetStream(p, stream)
             fftPlans[key] = p
             plan = p
         }
         let r = fftExecR2C(plan, UnsafeMutableRawPointer(mutating: input), output)
-        if r != 0 { fatalError("cuFFT error on cuda:\(ordinal): cufftExecR2C status \(r)") }
+        if r != C.CUFFT_SUCCESS { fatalError("cuFFT error on cuda:\(ordinal): cufftExecR2C status \(r)") }
     }
 }

@@ -30,9 +30,23 @@ public final class NVRTC: @unchecked Sendable {
     }
 
     /// Loads libnvrtc (CUDA 13, then 12).
-    public init() throws {
+    public convenience init() throws {
         let h = try CUDALibraries.load(["libnvrtc.so.13", "libnvrtc.so.12"], component: "cuda_nvrtc")
+        try self.init(handle: h, path: CUDALibraries.loaded["cuda_nvrtc"])
+    }
+
+    /// Loads the libnvrtc at `path` (the compile gate runs NVRTC 12 and 13 side by side).
+    public convenience init(library path: String) throws {
+        guard let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+            throw CUDALibraries.NotFound(library: path, tried: ["\(path): \(String(cString: dlerror()))"])
+        }
+        try self.init(handle: h, path: path)
+    }
+
+    /// `path`: where `h` was loaded from (a bare soname when the dynamic loader found it).
+    private init(handle h: UnsafeMutableRawPointer, path: String?) throws {
         create = try CUDALibraries.symbol(h, "nvrtcCreateProgram", as: CreateProgram.self)
+        if let path { NVRTC.preloadBuiltins(beside: path) }
         compile = try CUDALibraries.symbol(h, "nvrtcCompileProgram", as: CompileProgram.self)
         destroy = try CUDALibraries.symbol(h, "nvrtcDestroyProgram", as: DestroyProgram.self)
         logSize = try CUDALibraries.symbol(h, "nvrtcGetProgramLogSize", as: GetSize.self)
@@ -46,8 +60,23 @@ public final class NVRTC: @unchecked Sendable {
         version = (Int(major), Int(minor))
     }
 
+    /// libnvrtc dlopens its builtins (`libnvrtc-builtins.so.13.0`) by bare name when it first
+    /// compiles. CUDA 13.0's wheel (what PyTorch's cu130 wheels bring) has no `$ORIGIN` run path,
+    /// so loaded by full path from a wheel folder it would not find them ("failed to open
+    /// libnvrtc-builtins.so.13.0") unless LD_LIBRARY_PATH named the folder. Loading the builtins
+    /// from libnvrtc's own folder first makes that dlopen find them by soname.
+    static func preloadBuiltins(beside path: String) {
+        let folder = (path as NSString).deletingLastPathComponent
+        let name = (path as NSString).lastPathComponent  // libnvrtc.so.13
+        guard !folder.isEmpty, name.hasPrefix("libnvrtc.so."), let files = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return }
+        let major = name.dropFirst("libnvrtc.so.".count).prefix { $0 != "." }
+        for f in files.sorted() where f.hasPrefix("libnvrtc-builtins.so.\(major)") {
+            _ = dlopen(folder + "/" + f, RTLD_NOW | RTLD_LOCAL)
+        }
+    }
+
     private func check(_ r: Int32, _ call: String) throws {
-        if r != 0 { throw CallFailed(call: call, message: errorString(r).map { String(cString: $0) } ?? "error \(r)") }
+        if r != CUDAConstants.values.NVRTC_SUCCESS { throw CallFailed(call: call, message: errorString(r).map { String(cString: $0) } ?? "error \(r)") }
     }
 
     /// CUBIN of `source` for `architecture` (e.g. "sm_80"). `name` names the program in errors.
@@ -67,7 +96,7 @@ public final class NVRTC: @unchecked Sendable {
             _ = log(program, &buf)
             logText = String(cString: buf)
         }
-        if result != 0 {
+        if result != CUDAConstants.values.NVRTC_SUCCESS {
             throw CompileError(program: name, architecture: architecture, log: logText.isEmpty ? (errorString(result).map { String(cString: $0) } ?? "") : logText)
         }
         try check(cubinSize(program, &n), "nvrtcGetCUBINSize(\(name))")

@@ -3,11 +3,13 @@ import RadarCUDA
 import XCTest
 
 /// The compile gate: every kernel family of the CUDA backend compiles with NVRTC to CUBIN for the
-/// real architectures we ship for (A100/A40-class sm_80 and sm_86, H100/H200 sm_90), on this
-/// GPU-less machine. NVRTC comes from the nvidia-cuda-nvrtc-cu12 wheel that scripts/test.sh
-/// installs; when it cannot be loaded these tests fail (they never skip).
+/// real architectures we ship for (A100/A40-class sm_80 and sm_86, H100/H200 sm_90, Blackwell
+/// sm_100 and sm_120), on this GPU-less machine, with CUDA 12.9's NVRTC (the nvidia-cuda-nvrtc-cu12
+/// wheel that scripts/test.sh installs) and CUDA 13.0's (from tools/cuda_headers.py: what a pod
+/// with driver 580 and PyTorch's cu130 wheels compiles with). When either cannot be loaded these
+/// tests fail (they never skip).
 final class NVRTCCompileGateTests: XCTestCase {
-    static let architectures = ["sm_80", "sm_86", "sm_90"]
+    static let architectures = ["sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
 
     func compiler() throws -> NVRTC {
         do { return try NVRTC() } catch {
@@ -19,6 +21,20 @@ final class NVRTCCompileGateTests: XCTestCase {
     func testEveryKernelFamilyCompilesToCUBINForAmpereAndHopper() throws {
         let nvrtc = try compiler()
         XCTAssertGreaterThanOrEqual(nvrtc.version.0, 12)
+        try assertEveryFamilyCompiles(nvrtc)
+    }
+
+    func testEveryKernelFamilyCompilesWithCUDA13NVRTC() throws {
+        let library = try CUDAABIGateTests.headers("cu13").appendingPathComponent("lib/libnvrtc.so.13").path
+        let nvrtc = try NVRTC(library: library)
+        XCTAssertEqual(nvrtc.version.0, 13, library)
+        // CUDA 13.0's libnvrtc has no $ORIGIN run path: its builtins must have been loaded from
+        // its folder (else every compile fails with "failed to open libnvrtc-builtins.so.13.0").
+        XCTAssertNotNil(dlopen("libnvrtc-builtins.so.13.\(nvrtc.version.1)", RTLD_NOW | RTLD_NOLOAD), "NVRTC 13's builtins preloaded")
+        try assertEveryFamilyCompiles(nvrtc)
+    }
+
+    func assertEveryFamilyCompiles(_ nvrtc: NVRTC, file: StaticString = #filePath, line: UInt = #line) throws {
         // No CUDA header is needed (bf16 is bit operations): a pod with only NVRTC's library compiles them.
         let include: String? = nil
         var kernels = 0
@@ -31,13 +47,14 @@ final class NVRTCCompileGateTests: XCTestCase {
             for arch in NVRTCCompileGateTests.architectures {
                 let cubin = try nvrtc.compileCUBIN(family.source, name: family.name, architecture: arch,
                                                    options: KernelSources.options(include: include))
-                XCTAssertEqual(Array(cubin.prefix(4)), [0x7f, 0x45, 0x4c, 0x46], "\(family.name) \(arch): an ELF (CUBIN), not PTX")
+                XCTAssertEqual(Array(cubin.prefix(4)), [0x7f, 0x45, 0x4c, 0x46], "\(family.name) \(arch): an ELF (CUBIN), not PTX",
+                               file: file, line: line)
                 for n in names {
-                    XCTAssertNotNil(cubin.range(of: Data(n.utf8)), "\(family.name) \(arch): kernel \(n) missing from the CUBIN")
+                    XCTAssertNotNil(cubin.range(of: Data(n.utf8)), "\(family.name) \(arch): kernel \(n) missing from the CUBIN", file: file, line: line)
                 }
             }
         }
-        XCTAssertGreaterThan(kernels, 20)
+        XCTAssertGreaterThan(kernels, 20, file: file, line: line)
     }
 
     func testACompileErrorNamesTheProgramAndCarriesNVRTCsLog() throws {

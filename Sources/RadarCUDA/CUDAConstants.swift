@@ -1,0 +1,33 @@
+/// The numbers from CUDA's headers that `DriverAPI` passes to the driver, cuBLAS and cuFFT, under
+/// their C names (hence the spelling). Nothing links against CUDA, so nothing would catch a wrong
+/// one before a GPU run: `CUDAABIGateTests` compiles NVIDIA's headers of CUDA 12 and 13 and
+/// compares every field here, by reflection, with the header's value.
+struct CUDAConstants {
+    // cuda.h
+    let CUDA_SUCCESS: Int32 = 0
+    let CUDA_ERROR_OUT_OF_MEMORY: Int32 = 2
+    let CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: Int32 = 75
+    let CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: Int32 = 76
+    let CU_STREAM_NON_BLOCKING: UInt32 = 1
+    let CU_EVENT_DISABLE_TIMING: UInt32 = 2
+    let CU_EVENT_WAIT_DEFAULT: UInt32 = 0
+    // library_types.h
+    let CUDA_R_32F: Int32 = 0
+    let CUDA_R_16BF: Int32 = 14
+    // cublas_api.h
+    let CUBLAS_STATUS_SUCCESS: Int32 = 0
+    let CUBLAS_OP_N: Int32 = 0
+    let CUBLAS_OP_T: Int32 = 1
+    let CUBLAS_DEFAULT_MATH: Int32 = 0
+    let CUBLAS_TF32_TENSOR_OP_MATH: Int32 = 3
+    let CUBLAS_COMPUTE_32F: Int32 = 68
+    let CUBLAS_COMPUTE_32F_FAST_TF32: Int32 = 77
+    let CUBLAS_GEMM_DEFAULT: Int32 = -1
+    // cufft.h
+    let CUFFT_SUCCESS: Int32 = 0
+    let CUFFT_R2C: Int32 = 0x2a
+    // nvrtc.h
+    let NVRTC_SUCCESS: Int32 = 0
+
+    static let values = CUDAConstants()
+}
