@@ -14,6 +14,8 @@ let package = Package(
         .library(name: "RadarCUDA", targets: ["RadarCUDA"]),
         .library(name: "RadarCore", targets: ["RadarCore"]),
         .library(name: "RadarDistributed", targets: ["RadarDistributed"]),
+        // For tests only: a stand-in libcuda/cuBLAS/cuFFT over the emulator, so DriverAPI itself runs in CI.
+        .library(name: "RadarFakeCUDA", type: .dynamic, targets: ["CFakeCUDA"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -52,6 +54,9 @@ let package = Package(
         // The emulated device: the same kernel sources (kernels/*.cuh) compiled as host C++, each
         // block's threads run as fibers; a launcher per kernel (generated).
         .target(name: "CCUDAEmulator", exclude: ["kernels", "selftest"]),
+        // Tests only (product RadarFakeCUDA): the driver API, cuBLAS and cuFFT functions DriverAPI
+        // loads, over the emulator, with the real libraries' argument checks and error codes.
+        .target(name: "CFakeCUDA", dependencies: ["CCUDAEmulator", "COpenBLAS", "CFFTW"], path: "Tests/FakeCUDA"),
         // Everything around the engine in one process: data, checkpoints, metrics, the training
         // run, device selection. Re-exports RadarEngine and RadarCPU.
         .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CLibDeflate", "CTurboJPEG", "CArchive", "CProcess", "CImageKernels", "COpenSSL"]),

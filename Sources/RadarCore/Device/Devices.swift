@@ -23,10 +23,15 @@ import Foundation
 public enum Devices {
     public static let names = ["cpu", "cpu-fenced", "cuda", "cuda:N", "cuda-emulated"]
 
-    /// `RADAR_DEVICE`, else cpu.
-    public static var defaultName: String { ProcessInfo.processInfo.environment["RADAR_DEVICE"] ?? "cpu" }
-    /// `RADAR_PRECISION`, else auto.
-    public static var defaultPrecision: String { ProcessInfo.processInfo.environment["RADAR_PRECISION"] ?? "auto" }
+    /// `RADAR_DEVICE`, else cpu (set but empty counts as unset, as a shell's `VAR=` means).
+    public static var defaultName: String { setting("RADAR_DEVICE") ?? "cpu" }
+    /// `RADAR_PRECISION`, else auto (empty: unset).
+    public static var defaultPrecision: String { setting("RADAR_PRECISION") ?? "auto" }
+
+    static func setting(_ name: String) -> String? {
+        guard let v = ProcessInfo.processInfo.environment[name], !v.isEmpty else { return nil }
+        return v
+    }
 
     public struct UnknownDevice: Error, CustomStringConvertible {
         public let name: String

@@ -1,0 +1,514 @@
+// A stand-in for libcuda.so.1, libcublas and libcufft, for tests only. No CI machine has a GPU,
+// and the emulated device (EmulatedDevice) replaces the driver at the Swift level, so DriverAPI,
+// the code that talks to a real GPU, would otherwise first run on a lent GPU. With this library
+// behind RADAR_CUDA_LIBS (as libcuda.so.1, libcublas.so.13 and libcufft.so.12), DriverAPI runs
+// unchanged: dlopen, dlsym, the primary context, streams, events, page-locked memory, copies,
+// CUBINs from the real NVRTC loaded and their kernels looked up by name, launches, cuBLAS and
+// cuFFT calls.
+//
+// It checks what the real ones check, and a little more, returning their error codes: cuInit
+// first; a current context on the calling thread for every call that needs one (the
+// communication thread must set it too); copies and memsets inside one allocation and in the
+// direction named (a device address passed as host memory is an error); a CUBIN (ELF, EM_CUDA)
+// built for this device's architecture (sm_90 here) that contains the kernel asked for; launch
+// dimensions; cuBLAS's argument rules (leading dimensions, operand types, compute types, host
+// scalars, operands inside device memory); cuFFT plans of the kind DriverAPI makes.
+//
+// Work runs when it is queued (streams are in order and the host waits anyway). Kernels run on
+// the emulator (the same kernel sources compiled for the host), GEMMs through cblas_sgemm in
+// column-major (not the emulator's route), FFTs through FFTW's own 2-D r2c plan.
+#include "CCUDAEmulator.h"
+
+#include <cblas.h>
+#include <fftw3.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <cmath>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#define EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+// cuda.h's CUresult values used here.
+enum : int {
+    SUCCESS = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, NO_DEVICE = 100, INVALID_DEVICE = 101,
+    INVALID_IMAGE = 200, INVALID_CONTEXT = 201, NO_BINARY_FOR_GPU = 209, INVALID_HANDLE = 400, NOT_FOUND = 500,
+    LAUNCH_FAILED = 719,
+};
+
+struct Context { int device; };
+struct Stream { Context *context; };
+struct Event { Context *context; bool recorded = false; };
+struct Module { std::vector<unsigned char> image; };
+struct Function { radar_emu_kernel launcher; std::string name; };
+
+std::mutex lock;
+bool initialized = false;
+std::vector<Context *> primary;
+std::map<uintptr_t, size_t> allocations;  // device memory: base -> bytes
+std::set<void *> pinned;
+size_t allocated = 0;
+thread_local Context *current = nullptr;
+
+int deviceCount() {
+    const char *v = getenv("RADAR_FAKE_CUDA_DEVICES");
+    return v ? atoi(v) : 1;
+}
+
+size_t capacity() {
+    const char *v = getenv("RADAR_FAKE_CUDA_MEMORY");
+    return v ? strtoull(v, nullptr, 10) : (size_t(8) << 30);
+}
+
+/// The allocation holding [p, p + bytes), or false.
+bool inDevice(uintptr_t p, size_t bytes) {
+    std::lock_guard<std::mutex> g(lock);
+    auto it = allocations.upper_bound(p);
+    if (it == allocations.begin()) return false;
+    --it;
+    return p >= it->first && p + bytes <= it->first + it->second;
+}
+
+bool isDevice(const void *p) { return inDevice(uintptr_t(p), 1); }
+
+int needContext() { return !initialized ? NOT_INITIALIZED : current == nullptr ? INVALID_CONTEXT : SUCCESS; }
+
+/// A stream handle usable from the current context (NULL: the legacy default stream).
+int checkStream(void *s) {
+    if (int r = needContext()) return r;
+    if (s && static_cast<Stream *>(s)->context != current) return INVALID_HANDLE;
+    return SUCCESS;
+}
+
+/// The bytes an ELF image spans (headers, sections, program headers), or 0 when it is none.
+size_t elfExtent(const unsigned char *b) {
+    if (memcmp(b, "\x7f" "ELF", 4) != 0 || b[4] != 2) return 0;  // 64-bit ELF
+    uint64_t shoff, phoff;
+    uint16_t phentsize, phnum, shentsize, shnum;
+    memcpy(&phoff, b + 32, 8); memcpy(&shoff, b + 40, 8);
+    memcpy(&phentsize, b + 54, 2); memcpy(&phnum, b + 56, 2);
+    memcpy(&shentsize, b + 58, 2); memcpy(&shnum, b + 60, 2);
+    size_t end = std::max<size_t>(shoff + size_t(shentsize) * shnum, phoff + size_t(phentsize) * phnum);
+    for (unsigned i = 0; i < shnum; i++) {
+        const unsigned char *sh = b + shoff + size_t(i) * shentsize;
+        uint32_t type; uint64_t offset, size;
+        memcpy(&type, sh + 4, 4); memcpy(&offset, sh + 24, 8); memcpy(&size, sh + 32, 8);
+        if (type != 8) end = std::max<size_t>(end, offset + size);  // SHT_NOBITS takes no file bytes
+    }
+    return end;
+}
+
+/// The SM a CUBIN was built for (90 for sm_90): e_flags' low byte in ELF ABI 7, the next in 8.
+int cubinArchitecture(const unsigned char *b) {
+    uint32_t flags;
+    memcpy(&flags, b + 48, 4);
+    return b[8] >= 8 ? int((flags >> 8) & 0xff) : int(flags & 0xff);
+}
+
+const int computeMajor = 9, computeMinor = 0;
+
+}  // namespace
+
+// MARK: Driver API
+
+EXPORT int cuInit(unsigned flags) {
+    if (flags != 0) return INVALID_VALUE;
+    std::lock_guard<std::mutex> g(lock);
+    if (!initialized) {
+        for (int i = 0; i < deviceCount(); i++) primary.push_back(new Context{i});
+        initialized = true;
+    }
+    return SUCCESS;
+}
+
+EXPORT int cuDriverGetVersion(int *version) {
+    if (!version) return INVALID_VALUE;
+    *version = 13000;
+    return SUCCESS;
+}
+
+EXPORT int cuDeviceGetCount(int *count) {
+    if (!initialized) return NOT_INITIALIZED;
+    if (!count) return INVALID_VALUE;
+    *count = deviceCount();
+    return SUCCESS;
+}
+
+EXPORT int cuDeviceGet(int *device, int ordinal) {
+    if (!initialized) return NOT_INITIALIZED;
+    if (!device) return INVALID_VALUE;
+    if (ordinal < 0 || ordinal >= deviceCount()) return INVALID_DEVICE;
+    *device = ordinal;
+    return SUCCESS;
+}
+
+EXPORT int cuDeviceGetName(char *name, int length, int device) {
+    if (!initialized) return NOT_INITIALIZED;
+    if (device < 0 || device >= deviceCount()) return INVALID_DEVICE;
+    if (!name || length <= 0) return INVALID_VALUE;
+    snprintf(name, size_t(length), "RADAR fake CUDA device %d", device);
+    return SUCCESS;
+}
+
+EXPORT int cuDeviceTotalMem_v2(size_t *bytes, int device) {
+    if (!initialized) return NOT_INITIALIZED;
+    if (device < 0 || device >= deviceCount()) return INVALID_DEVICE;
+    if (!bytes) return INVALID_VALUE;
+    *bytes = capacity();
+    return SUCCESS;
+}
+
+EXPORT int cuDeviceGetAttribute(int *value, int attribute, int device) {
+    if (!initialized) return NOT_INITIALIZED;
+    if (device < 0 || device >= deviceCount()) return INVALID_DEVICE;
+    if (!value) return INVALID_VALUE;
+    switch (attribute) {
+    case 75: *value = computeMajor; return SUCCESS;  // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+    case 76: *value = computeMinor; return SUCCESS;  // ..._MINOR
+    default: return INVALID_VALUE;
+    }
+}
+
+EXPORT int cuDevicePrimaryCtxRetain(void **context, int device) {
+    if (!initialized) return NOT_INITIALIZED;
+    if (device < 0 || device >= deviceCount()) return INVALID_DEVICE;
+    if (!context) return INVALID_VALUE;
+    *context = primary[size_t(device)];
+    return SUCCESS;
+}
+
+EXPORT int cuCtxSetCurrent(void *context) {
+    if (!initialized) return NOT_INITIALIZED;
+    current = static_cast<Context *>(context);
+    return SUCCESS;
+}
+
+EXPORT int cuStreamCreate(void **stream, unsigned flags) {
+    if (int r = needContext()) return r;
+    if (!stream || flags > 1) return INVALID_VALUE;
+    *stream = new Stream{current};
+    return SUCCESS;
+}
+
+EXPORT int cuStreamSynchronize(void *stream) { return checkStream(stream); }
+
+EXPORT int cuEventCreate(void **event, unsigned flags) {
+    if (int r = needContext()) return r;
+    if (!event || flags > 0xf) return INVALID_VALUE;
+    *event = new Event{current};
+    return SUCCESS;
+}
+
+EXPORT int cuEventRecord(void *event, void *stream) {
+    if (int r = checkStream(stream)) return r;
+    if (!event || static_cast<Event *>(event)->context != current) return INVALID_HANDLE;
+    static_cast<Event *>(event)->recorded = true;
+    return SUCCESS;
+}
+
+EXPORT int cuStreamWaitEvent(void *stream, void *event, unsigned flags) {
+    if (int r = checkStream(stream)) return r;
+    if (!event) return INVALID_HANDLE;
+    if (flags != 0 && flags != 1) return INVALID_VALUE;  // CU_EVENT_WAIT_DEFAULT, CU_EVENT_WAIT_EXTERNAL
+    return SUCCESS;
+}
+
+EXPORT int cuMemAlloc_v2(unsigned long long *address, size_t bytes) {
+    if (int r = needContext()) return r;
+    if (!address || bytes == 0) return INVALID_VALUE;
+    {
+        std::lock_guard<std::mutex> g(lock);
+        if (allocated + bytes > capacity()) return OUT_OF_MEMORY;
+        allocated += bytes;
+    }
+    void *p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        std::lock_guard<std::mutex> g(lock);
+        allocated -= bytes;
+        return OUT_OF_MEMORY;
+    }
+    memset(p, 0xa5, bytes);  // device memory starts as garbage, not zeros
+    std::lock_guard<std::mutex> g(lock);
+    allocations[uintptr_t(p)] = bytes;
+    *address = uintptr_t(p);
+    return SUCCESS;
+}
+
+EXPORT int cuMemFree_v2(unsigned long long address) {
+    if (int r = needContext()) return r;
+    size_t bytes;
+    {
+        std::lock_guard<std::mutex> g(lock);
+        auto it = allocations.find(uintptr_t(address));
+        if (it == allocations.end()) return INVALID_VALUE;
+        bytes = it->second;
+        allocations.erase(it);
+        allocated -= bytes;
+    }
+    munmap(reinterpret_cast<void *>(address), bytes);
+    return SUCCESS;
+}
+
+EXPORT int cuMemGetInfo_v2(size_t *free, size_t *total) {
+    if (int r = needContext()) return r;
+    if (!free || !total) return INVALID_VALUE;
+    std::lock_guard<std::mutex> g(lock);
+    *total = capacity();
+    *free = capacity() - allocated;
+    return SUCCESS;
+}
+
+EXPORT int cuMemsetD8Async(unsigned long long address, unsigned char value, size_t bytes, void *stream) {
+    if (int r = checkStream(stream)) return r;
+    if (!inDevice(uintptr_t(address), bytes)) return INVALID_VALUE;
+    memset(reinterpret_cast<void *>(address), value, bytes);
+    return SUCCESS;
+}
+
+EXPORT int cuMemcpyHtoDAsync_v2(unsigned long long destination, const void *source, size_t bytes, void *stream) {
+    if (int r = checkStream(stream)) return r;
+    if (!inDevice(uintptr_t(destination), bytes) || !source || isDevice(source)) return INVALID_VALUE;
+    memcpy(reinterpret_cast<void *>(destination), source, bytes);
+    return SUCCESS;
+}
+
+EXPORT int cuMemcpyDtoHAsync_v2(void *destination, unsigned long long source, size_t bytes, void *stream) {
+    if (int r = checkStream(stream)) return r;
+    if (!inDevice(uintptr_t(source), bytes) || !destination || isDevice(destination)) return INVALID_VALUE;
+    memcpy(destination, reinterpret_cast<const void *>(source), bytes);
+    return SUCCESS;
+}
+
+EXPORT int cuMemHostAlloc(void **p, size_t bytes, unsigned flags) {
+    if (int r = needContext()) return r;
+    if (!p || bytes == 0 || flags > 0xf) return INVALID_VALUE;
+    *p = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+    if (!*p) return OUT_OF_MEMORY;
+    std::lock_guard<std::mutex> g(lock);
+    pinned.insert(*p);
+    return SUCCESS;
+}
+
+EXPORT int cuMemFreeHost(void *p) {
+    if (int r = needContext()) return r;
+    {
+        std::lock_guard<std::mutex> g(lock);
+        if (!pinned.erase(p)) return INVALID_VALUE;
+    }
+    free(p);
+    return SUCCESS;
+}
+
+EXPORT int cuModuleLoadData(void **module, const void *image) {
+    if (int r = needContext()) return r;
+    if (!module || !image) return INVALID_VALUE;
+    const unsigned char *b = static_cast<const unsigned char *>(image);
+    size_t n = elfExtent(b);
+    uint16_t machine;
+    memcpy(&machine, b + 18, 2);
+    if (n == 0 || machine != 190) return INVALID_IMAGE;  // EM_CUDA: a CUBIN, not PTX text
+    int sm = cubinArchitecture(b);
+    if (sm / 10 != computeMajor || sm % 10 > computeMinor) return NO_BINARY_FOR_GPU;
+    *module = new Module{std::vector<unsigned char>(b, b + n)};
+    return SUCCESS;
+}
+
+EXPORT int cuModuleGetFunction(void **function, void *module, const char *name) {
+    if (int r = needContext()) return r;
+    if (!function || !module || !name) return INVALID_VALUE;
+    const std::vector<unsigned char> &image = static_cast<Module *>(module)->image;
+    size_t length = strlen(name) + 1;  // the symbol with its terminator, in the CUBIN's string table
+    if (!memmem(image.data(), image.size(), name, length)) return NOT_FOUND;
+    radar_emu_kernel k = radar_emu_lookup(name);
+    if (!k) return NOT_FOUND;
+    *function = new Function{k, name};
+    return SUCCESS;
+}
+
+EXPORT int cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                          unsigned sharedBytes, void *stream, void **params, void **extra) {
+    if (int r = checkStream(stream)) return r;
+    if (!function) return INVALID_HANDLE;
+    if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 || size_t(bx) * by * bz > 1024 || bz > 64
+        || gy > 65535 || gz > 65535 || sharedBytes > 48 * 1024 || extra != nullptr || params == nullptr)
+        return INVALID_VALUE;
+    const Function *f = static_cast<Function *>(function);
+    const unsigned grid[3] = {gx, gy, gz}, block[3] = {bx, by, bz};
+    if (f->launcher(grid, block, params) != 0) {
+        fprintf(stderr, "fake CUDA: kernel %s failed: %s\n", f->name.c_str(), radar_emu_last_error());
+        return LAUNCH_FAILED;
+    }
+    return SUCCESS;
+}
+
+EXPORT int cuGetErrorString(int error, const char **text) {
+    if (!text) return INVALID_VALUE;
+    switch (error) {
+    case SUCCESS: *text = "no error"; break;
+    case INVALID_VALUE: *text = "invalid argument"; break;
+    case OUT_OF_MEMORY: *text = "out of memory"; break;
+    case NOT_INITIALIZED: *text = "initialization error"; break;
+    case NO_DEVICE: *text = "no CUDA-capable device is detected"; break;
+    case INVALID_DEVICE: *text = "invalid device ordinal"; break;
+    case INVALID_IMAGE: *text = "device kernel image is invalid"; break;
+    case INVALID_CONTEXT: *text = "invalid device context"; break;
+    case NO_BINARY_FOR_GPU: *text = "no kernel image is available for execution on the device"; break;
+    case INVALID_HANDLE: *text = "invalid resource handle"; break;
+    case NOT_FOUND: *text = "named symbol not found"; break;
+    case LAUNCH_FAILED: *text = "unspecified launch failure"; break;
+    default: *text = nullptr; return INVALID_VALUE;
+    }
+    return SUCCESS;
+}
+
+// MARK: cuBLAS
+
+namespace {
+enum : int { BLAS_SUCCESS = 0, BLAS_NOT_INITIALIZED = 1, BLAS_INVALID_VALUE = 7, BLAS_NOT_SUPPORTED = 15 };
+struct Blas { Context *context; void *stream = nullptr; int mathMode = 0; void *workspace = nullptr; size_t workspaceBytes = 0; };
+
+size_t span(long rows, long cols, long ld) { return rows == 0 || cols == 0 ? 0 : size_t(ld) * size_t(cols - 1) + size_t(rows); }
+
+float tf32(float v) {  // the low 13 mantissa bits rounded off, nearest even
+    if (!std::isfinite(v)) return v;
+    uint32_t u; memcpy(&u, &v, 4);
+    u = (u + 0xfffu + ((u >> 13) & 1u)) & ~0x1fffu;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+/// A column-major operand as fp32 values: bf16 expanded, TF32 rounded.
+std::vector<float> operand(const void *p, size_t count, int type, bool roundTF32) {
+    std::vector<float> out(count);
+    if (type == 14) {  // CUDA_R_16BF
+        const uint16_t *s = static_cast<const uint16_t *>(p);
+        for (size_t i = 0; i < count; i++) { uint32_t u = uint32_t(s[i]) << 16; memcpy(&out[i], &u, 4); }
+    } else {
+        memcpy(out.data(), p, count * 4);
+        if (roundTF32) for (float &v : out) v = tf32(v);
+    }
+    return out;
+}
+}  // namespace
+
+EXPORT int cublasCreate_v2(void **handle) {
+    if (!handle) return BLAS_INVALID_VALUE;
+    if (needContext()) return BLAS_NOT_INITIALIZED;
+    *handle = new Blas{current};
+    return BLAS_SUCCESS;
+}
+
+EXPORT int cublasSetStream_v2(void *handle, void *stream) {
+    if (!handle) return BLAS_NOT_INITIALIZED;
+    if (stream && static_cast<Stream *>(stream)->context != static_cast<Blas *>(handle)->context) return BLAS_INVALID_VALUE;
+    static_cast<Blas *>(handle)->stream = stream;
+    return BLAS_SUCCESS;
+}
+
+EXPORT int cublasSetMathMode(void *handle, int mode) {
+    if (!handle) return BLAS_NOT_INITIALIZED;
+    if ((mode & 0xf) > 3) return BLAS_INVALID_VALUE;  // DEFAULT, TENSOR_OP (deprecated), PEDANTIC, TF32_TENSOR_OP
+    static_cast<Blas *>(handle)->mathMode = mode;
+    return BLAS_SUCCESS;
+}
+
+EXPORT int cublasSetWorkspace_v2(void *handle, void *workspace, size_t bytes) {
+    if (!handle) return BLAS_NOT_INITIALIZED;
+    if (bytes > 0 && (!inDevice(uintptr_t(workspace), bytes) || uintptr_t(workspace) % 256 != 0)) return BLAS_INVALID_VALUE;
+    static_cast<Blas *>(handle)->workspace = workspace;
+    static_cast<Blas *>(handle)->workspaceBytes = bytes;
+    return BLAS_SUCCESS;
+}
+
+EXPORT int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int m, int n, int k, const void *alpha,
+                                      const void *A, int Atype, int lda, long long strideA, const void *B, int Btype, int ldb,
+                                      long long strideB, const void *beta, void *C, int Ctype, int ldc, long long strideC,
+                                      int batch, int computeType, int algo) {
+    if (!handle) return BLAS_NOT_INITIALIZED;
+    if (transa < 0 || transa > 2 || transb < 0 || transb > 2 || m < 0 || n < 0 || k < 0 || batch < 0) return BLAS_INVALID_VALUE;
+    const long rowsA = transa ? k : m, colsA = transa ? m : k, rowsB = transb ? n : k, colsB = transb ? k : n;
+    if (lda < std::max(1L, rowsA) || ldb < std::max(1L, rowsB) || ldc < std::max(1, m)) return BLAS_INVALID_VALUE;
+    // Types DriverAPI uses: fp32 or bf16 inputs, fp32 output, fp32 compute (or its TF32 variant).
+    if (Atype != Btype || (Atype != 0 && Atype != 14) || Ctype != 0) return BLAS_NOT_SUPPORTED;
+    if (computeType != 68 && computeType != 77) return BLAS_NOT_SUPPORTED;  // CUBLAS_COMPUTE_32F(_FAST_TF32)
+    if (computeType == 77 && Atype != 0) return BLAS_NOT_SUPPORTED;
+    if (algo != -1 && algo != 99) return BLAS_INVALID_VALUE;  // CUBLAS_GEMM_DEFAULT (_TENSOR_OP)
+    if (m == 0 || n == 0 || batch == 0) return BLAS_SUCCESS;
+    if (!alpha || !beta || isDevice(alpha) || isDevice(beta)) return BLAS_INVALID_VALUE;  // host pointer mode
+    const size_t element = Atype == 14 ? 2 : 4;
+    const size_t spanA = span(rowsA, colsA, lda), spanB = span(rowsB, colsB, ldb), spanC = span(m, n, ldc);
+    auto covers = [&](const void *p, size_t count, long long stride, size_t bytes) {
+        return count == 0 || inDevice(uintptr_t(p), (size_t(stride) * size_t(batch - 1) + count) * bytes);
+    };
+    if (!covers(A, spanA, strideA, element) || !covers(B, spanB, strideB, element) || !covers(C, spanC, strideC, 4)) return BLAS_INVALID_VALUE;
+    const bool round = computeType == 77 || (static_cast<Blas *>(handle)->mathMode & 0xf) == 3;
+    const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
+    for (int i = 0; i < batch; i++) {
+        std::vector<float> x = operand(static_cast<const char *>(A) + size_t(i) * size_t(strideA) * element, spanA, Atype, round);
+        std::vector<float> y = operand(static_cast<const char *>(B) + size_t(i) * size_t(strideB) * element, spanB, Btype, round);
+        float *c = static_cast<float *>(C) + size_t(i) * size_t(strideC);
+        cblas_sgemm(CblasColMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans, m, n, k, a,
+                    x.empty() ? nullptr : x.data(), lda, y.empty() ? nullptr : y.data(), ldb, b, c, ldc);
+    }
+    return BLAS_SUCCESS;
+}
+
+// MARK: cuFFT
+
+namespace {
+enum : int { FFT_SUCCESS = 0, FFT_INVALID_PLAN = 1, FFT_INVALID_TYPE = 3, FFT_INVALID_VALUE = 4, FFT_INVALID_SIZE = 8, FFT_NOT_SUPPORTED = 16 };
+struct Plan { int rows, cols, batch; Context *context; void *stream = nullptr; };
+std::vector<Plan> plans;
+std::mutex fftLock;  // FFTW's planner is not thread-safe
+}  // namespace
+
+EXPORT int cufftPlanMany(int *plan, int rank, int *n, int *inembed, int istride, int idist, int *onembed, int ostride, int odist,
+                         int type, int batch) {
+    if (!plan || !n) return FFT_INVALID_VALUE;
+    if (needContext()) return FFT_INVALID_VALUE;
+    if (type != 0x2a) return FFT_INVALID_TYPE;            // CUFFT_R2C is all DriverAPI plans
+    if (rank != 2 || inembed || onembed) return FFT_NOT_SUPPORTED;  // basic layout: strides and distances unused
+    (void)istride; (void)idist; (void)ostride; (void)odist;
+    if (n[0] <= 0 || n[1] <= 0 || batch <= 0) return FFT_INVALID_SIZE;
+    std::lock_guard<std::mutex> g(fftLock);
+    plans.push_back(Plan{n[0], n[1], batch, current});
+    *plan = int(plans.size());  // handles start at 1
+    return FFT_SUCCESS;
+}
+
+EXPORT int cufftSetStream(int plan, void *stream) {
+    std::lock_guard<std::mutex> g(fftLock);
+    if (plan < 1 || size_t(plan) > plans.size()) return FFT_INVALID_PLAN;
+    if (stream && static_cast<Stream *>(stream)->context != plans[size_t(plan - 1)].context) return FFT_INVALID_VALUE;
+    plans[size_t(plan - 1)].stream = stream;
+    return FFT_SUCCESS;
+}
+
+EXPORT int cufftExecR2C(int plan, float *input, void *output) {
+    Plan p;
+    {
+        std::lock_guard<std::mutex> g(fftLock);
+        if (plan < 1 || size_t(plan) > plans.size()) return FFT_INVALID_PLAN;
+        p = plans[size_t(plan - 1)];
+    }
+    const size_t real = size_t(p.rows) * size_t(p.cols), complex = size_t(p.rows) * size_t(p.cols / 2 + 1);
+    if (!inDevice(uintptr_t(input), real * size_t(p.batch) * 4) || !inDevice(uintptr_t(output), complex * size_t(p.batch) * 8))
+        return FFT_INVALID_VALUE;
+    int dims[2] = {p.rows, p.cols};
+    std::lock_guard<std::mutex> g(fftLock);
+    fftwf_plan f = fftwf_plan_many_dft_r2c(2, dims, p.batch, input, nullptr, 1, int(real), static_cast<fftwf_complex *>(output), nullptr, 1,
+                                           int(complex), FFTW_ESTIMATE);
+    if (!f) return FFT_NOT_SUPPORTED;
+    fftwf_execute(f);
+    fftwf_destroy_plan(f);
+    return FFT_SUCCESS;
+}

@@ -1,0 +1,185 @@
+import Foundation
+@testable import RadarCUDA
+import RadarCore
+import XCTest
+
+/// DriverAPI, the code that drives a real GPU, run in CI: `libRadarFakeCUDA.so` (Tests/FakeCUDA)
+/// stands in for libcuda.so.1, libcublas.so.13 and libcufft.so.12 behind `RADAR_CUDA_LIBS`, with
+/// the real libraries' argument checks and error codes and the emulator's kernels behind them;
+/// NVRTC is the real one (CUBINs for sm_90). The emulated device tests replace the driver at the
+/// Swift level and never run this code; these do, unchanged: contexts (the communication thread's
+/// too), streams, events, page-locked memory, copies, module loading, launches, cuBLAS, cuFFT.
+final class FakeDriverTests: XCTestCase {
+    static let products = MPITrainingTests.products
+    static let library = products.appendingPathComponent("libRadarFakeCUDA.so").path
+
+    /// A folder where the fake answers to the CUDA libraries' names.
+    static let folder: String = {
+        let dir = NSTemporaryDirectory() + "radar-fake-cuda-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for name in ["libcuda.so.1", "libcublas.so.13", "libcufft.so.12"] {
+            try? FileManager.default.removeItem(atPath: dir + "/" + name)
+            try? FileManager.default.createSymbolicLink(atPath: dir + "/" + name, withDestinationPath: library)
+        }
+        return dir
+    }()
+
+    /// The fake driver, never the emulator (whatever the pass exports), one kernel cache for the class.
+    static var environment: [String: String] {
+        ["RADAR_CUDA_LIBS": folder, "RADAR_KERNEL_CACHE": NSTemporaryDirectory() + "radar-fake-kernels-\(getpid())", "RADAR_CUDA_DRIVER": "",
+         "RADAR_DEVICE": "", "RADAR_PRECISION": ""]
+    }
+
+    func radar(_ args: [String], environment extra: [String: String] = [:]) throws -> (status: Int32, output: String) {
+        XCTAssertTrue(FileManager.default.fileExists(atPath: FakeDriverTests.library), "swift build makes \(FakeDriverTests.library)")
+        let r = try Process.runStatus([FakeDriverTests.products.appendingPathComponent("radar").path] + args,
+                                               environment: FakeDriverTests.environment.merging(extra) { $1 })
+        return (r.0, r.1)
+    }
+
+    /// The JSON object on the last line that starts with "{".
+    func lastJSON(_ text: String) throws -> [String: Any] {
+        let line = try XCTUnwrap(text.split(separator: "\n").last { $0.hasPrefix("{") }, text)
+        return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], String(line))
+    }
+
+    func testDriverAPIPassesTheDeviceCheckOnTheFakeDriver() throws {
+        let r = try radar(["check-device", "--device", "cuda"])
+        XCTAssertEqual(r.status, 0, r.output)
+        let report = try lastJSON(r.output)
+        XCTAssertEqual(report["passed"] as? Bool, true, r.output)
+        XCTAssertEqual(report["kernels_passed"] as? Int, report["kernels_total"] as? Int)
+        XCTAssertGreaterThanOrEqual(report["kernels_total"] as? Int ?? 0, 60)
+        let golden = try XCTUnwrap(report["golden"] as? [[String: Any]])
+        XCTAssertEqual(golden.count, 3)
+        XCTAssertTrue(golden.allSatisfy { $0["passed"] as? Bool == true }, "\(golden)")
+        let probe = try XCTUnwrap(report["probe"] as? [String: Any])
+        XCTAssertTrue((probe["device"] as? String ?? "").contains("RADAR fake CUDA device 0, sm_90"), "\(probe)")
+        let libraries = try XCTUnwrap(probe["libraries"] as? [String: String])
+        XCTAssertEqual(libraries["cuda_driver"], FakeDriverTests.folder + "/libcuda.so.1")
+        XCTAssertEqual(libraries["cublas"], FakeDriverTests.folder + "/libcublas.so.13")
+        XCTAssertEqual(libraries["cufft"], FakeDriverTests.folder + "/libcufft.so.12")
+        XCTAssertTrue((libraries["cuda_nvrtc"] ?? "").contains("libnvrtc.so."), "the real NVRTC: \(libraries)")
+    }
+
+    /// The training step in each precision (bf16 operands through cublasGemmStridedBatchedEx,
+    /// TF32 compute), one host synchronisation per optimizer step.
+    func testDriverAPITrainsInEveryPrecisionOnTheFakeDriver() throws {
+        for precision in ["fp32", "tf32", "bf16"] {
+            let r = try radar(["bench", "step", "--device", "cuda", "--precision", precision, "--config", "tiny", "--batch", "4", "--repeats", "1"])
+            XCTAssertEqual(r.status, 0, r.output)
+            let step = try lastJSON(r.output)
+            XCTAssertEqual(step["precision"] as? String, precision, r.output)
+            XCTAssertTrue((step["device"] as? String ?? "").contains("RADAR fake CUDA device"), r.output)
+            XCTAssertEqual(step["host_syncs_per_optimizer_step"] as? Int, 1, r.output)
+            XCTAssertGreaterThan(step["images_per_s"] as? Double ?? 0, 0)
+        }
+    }
+
+    /// gpu-check's step 6 on the fake: two ranks share the GPU, gradient buckets go through the
+    /// copy stream (a second thread that must make the context current) and page-locked memory,
+    /// replicas stay identical.
+    func testTwoRanksShareTheFakeGPUThroughTheCopyStream() throws {
+        let out = NSTemporaryDirectory() + "radar-fake-dp-\(UUID().uuidString.prefix(6))"
+        let r = try radar(["launch", "-n", "2", "--", "radar-worker", "--device", "cuda", "--allow-gpu-sharing", "--data", MPITrainingTests.dataset,
+                           "--output", out, "--experiment", "dp", "--config", "tiny", "--batch-size", "4", "--num-epochs", "1",
+                           "--max-steps-per-epoch", "3", "--accumulation-steps", "1", "--bucket-mb", "0", "--verify-replicas",
+                           "--threads", "1", "--timeout", "120"])
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("via a copy stream and page-locked host memory"), r.output)
+        XCTAssertTrue(r.output.contains("RADAR fake CUDA device 0, sm_90") && r.output.contains("), bf16"),
+                      "auto precision is bf16 on compute capability 9.0:\n\(r.output)")
+        let hashes = r.output.split(separator: "\n").filter { $0.contains("parameters fnv1a") }.map { $0.split(separator: " ")[4] }
+        XCTAssertEqual(hashes.count, 2, r.output)
+        XCTAssertEqual(Set(hashes).count, 1, "replicas agree: \(hashes)")
+    }
+
+    func testDriverAPIErrorsAreOneLineOnTheFakeDriver() throws {
+        let missing = try radar(["bench", "step", "--device", "cuda:1", "--config", "tiny", "--batch", "4", "--repeats", "1"])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(missing.output.contains("device cuda:1: this machine has 1 CUDA device (cuda:0)"), missing.output)
+        let full = try radar(["bench", "step", "--device", "cuda", "--config", "full", "--batch", "64", "--repeats", "1"],
+                             environment: ["RADAR_FAKE_CUDA_MEMORY": "300000000"])
+        XCTAssertNotEqual(full.status, 0)
+        XCTAssertTrue(full.output.contains("out of device memory on cuda:0 (RADAR fake CUDA device 0") && full.output.contains("--batch 64"),
+                      full.output)
+        XCTAssertFalse(full.output.contains("Fatal error"), full.output)
+    }
+
+    /// The fake's checks are what make the runs above mean something: it refuses what a real
+    /// driver, cuBLAS and cuFFT refuse, with their codes.
+    func testTheFakeDriverRefusesWhatTheRealLibrariesRefuse() throws {
+        let h = try XCTUnwrap(dlopen(FakeDriverTests.library, RTLD_NOW | RTLD_LOCAL), String(cString: dlerror()))
+        func f<T>(_ name: String, _ type: T.Type) throws -> T { try CUDALibraries.symbol(h, name, as: type) }
+        let alloc = try f("cuMemAlloc_v2", DriverAPI.FnMemAlloc.self)
+        let setCurrent = try f("cuCtxSetCurrent", DriverAPI.FnCtxSetCurrent.self)
+        var d: UInt64 = 0
+        XCTAssertEqual(alloc(&d, 64), 3, "before cuInit: CUDA_ERROR_NOT_INITIALIZED")
+        XCTAssertEqual(try f("cuInit", DriverAPI.FnInit.self)(0), 0)
+        var context: OpaquePointer?
+        XCTAssertEqual(try f("cuDevicePrimaryCtxRetain", DriverAPI.FnPrimaryCtxRetain.self)(&context, 0), 0)
+        XCTAssertEqual(alloc(&d, 64), 201, "no current context: CUDA_ERROR_INVALID_CONTEXT")
+        XCTAssertEqual(setCurrent(context), 0)
+        XCTAssertEqual(alloc(&d, 64), 0)
+        // Another thread has no current context until it makes one current.
+        let other = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+        defer { other.deallocate() }
+        let done = DispatchSemaphore(value: 0)
+        Thread { var q: UInt64 = 0; other.pointee = alloc(&q, 64); done.signal() }.start()
+        done.wait()
+        XCTAssertEqual(other.pointee, 201)
+
+        // Copies stay inside one allocation, in the direction named.
+        let htod = try f("cuMemcpyHtoDAsync_v2", DriverAPI.FnHtoDAsync.self), dtoh = try f("cuMemcpyDtoHAsync_v2", DriverAPI.FnDtoHAsync.self)
+        var host = [UInt8](repeating: 7, count: 128)
+        XCTAssertEqual(htod(d, &host, 64, nil), 0)
+        XCTAssertEqual(htod(d, &host, 65, nil), 1, "past the allocation")
+        XCTAssertEqual(htod(d, UnsafeRawPointer(bitPattern: UInt(d))!, 8, nil), 1, "device memory as the host source")
+        XCTAssertEqual(dtoh(&host, d + 60, 8, nil), 1)
+        XCTAssertEqual(dtoh(&host, d, 64, nil), 0)
+        XCTAssertEqual(host[0], 7)
+
+        // Modules: a CUBIN for this architecture only; kernels by the names it contains.
+        let load = try f("cuModuleLoadData", DriverAPI.FnModuleLoadData.self), get = try f("cuModuleGetFunction", DriverAPI.FnModuleGetFunction.self)
+        let family = try XCTUnwrap(KernelSources.all.first { $0.name == "elementwise" })
+        let nvrtc = try NVRTC()
+        let sm90 = try nvrtc.compileCUBIN(family.source, name: family.name, architecture: "sm_90", options: KernelSources.options(include: nil))
+        let sm80 = try nvrtc.compileCUBIN(family.source, name: family.name, architecture: "sm_80", options: KernelSources.options(include: nil))
+        var module: OpaquePointer?
+        XCTAssertEqual(Array("// PTX text\n.version 8.0\n".utf8CString).withUnsafeBytes { load(&module, $0.baseAddress!) }, 200, "PTX: CUDA_ERROR_INVALID_IMAGE")
+        XCTAssertEqual(sm80.withUnsafeBytes { load(&module, $0.baseAddress!) }, 209, "sm_80 on 9.0: CUDA_ERROR_NO_BINARY_FOR_GPU")
+        XCTAssertEqual(sm90.withUnsafeBytes { load(&module, $0.baseAddress!) }, 0)
+        var function: OpaquePointer?
+        XCTAssertEqual(get(&function, module, "radar_adamw"), 500, "a kernel of another family: CUDA_ERROR_NOT_FOUND")
+        XCTAssertEqual(get(&function, module, "radar_fill"), 0)
+        let launch = try f("cuLaunchKernel", DriverAPI.FnLaunchKernel.self)
+        let status = KernelArg.withArgumentArray([.raw(UnsafeMutableRawPointer(bitPattern: UInt(d))), .i64(16), .f32(1)]) { argv in
+            launch(function, 1, 1, 1, 2048, 1, 1, 0, nil, argv, nil)
+        }
+        XCTAssertEqual(status, 1, "2048 threads per block: CUDA_ERROR_INVALID_VALUE")
+
+        // cuBLAS: the leading dimension rule and host scalars.
+        var blas: OpaquePointer?
+        XCTAssertEqual(try f("cublasCreate_v2", DriverAPI.FnBlasCreate.self)(&blas), 0)
+        let gemm = try f("cublasGemmStridedBatchedEx", DriverAPI.FnBlasGemmEx.self)
+        var a: UInt64 = 0, c: UInt64 = 0
+        XCTAssertEqual(alloc(&a, 4 * 16), 0)
+        XCTAssertEqual(alloc(&c, 4 * 16), 0)
+        let pa = UnsafeRawPointer(bitPattern: UInt(a)), pc = UnsafeMutableRawPointer(bitPattern: UInt(c))
+        var one: Float = 1, zero: Float = 0
+        func product(lda: Int32, alpha: UnsafeRawPointer) -> Int32 {
+            gemm(blas, 0, 0, 4, 4, 4, alpha, pa, 0, lda, 0, pa, 0, 4, 0, &zero, pc, 0, 4, 0, 1, 68, -1)
+        }
+        XCTAssertEqual(product(lda: 4, alpha: &one), 0)
+        XCTAssertEqual(product(lda: 3, alpha: &one), 7, "lda < m: CUBLAS_STATUS_INVALID_VALUE")
+        XCTAssertEqual(product(lda: 4, alpha: pa!), 7, "alpha in device memory with the host pointer mode")
+
+        // cuFFT: only the plan DriverAPI makes (2-D R2C, basic layout).
+        var plan: Int32 = 0
+        var dims: [Int32] = [8, 8]
+        let planMany = try f("cufftPlanMany", DriverAPI.FnFFTPlanMany.self)
+        XCTAssertEqual(planMany(&plan, 2, &dims, nil, 1, 0, nil, 1, 0, 0x29, 1), 3, "C2C: CUFFT_INVALID_TYPE")
+        XCTAssertEqual(planMany(&plan, 2, &dims, nil, 1, 0, nil, 1, 0, 0x2a, 1), 0)
+        XCTAssertEqual(setCurrent(nil), 0)
+    }
+}
