@@ -14,9 +14,15 @@
 // dimensions; cuBLAS's argument rules (leading dimensions, operand types, compute types, host
 // scalars, operands inside device memory); cuFFT plans of the kind DriverAPI makes.
 //
-// Work runs when it is queued (streams are in order and the host waits anyway). Kernels run on
-// the emulator (the same kernel sources compiled for the host), GEMMs through cblas_sgemm in
-// column-major (not the emulator's route), FFTs through FFTW's own 2-D r2c plan.
+// Streams are asynchronous where CUDA lets them be: a copy to or from page-locked memory, and a
+// copy from pageable memory into the device (whose source is read at the call, as CUDA stages it),
+// waits in its stream's queue and happens only when something needs it: a later kernel, memset,
+// GEMM or FFT on the same stream, a stream waiting on an event recorded after it, a synchronise,
+// a pageable download (synchronous in CUDA), a free. So host code that reads page-locked memory
+// without synchronising the stream reads what was there before, as it would on a GPU that has not
+// finished. (RADAR_FAKE_CUDA_DEFER=0: every copy at its call.) Kernels run on the emulator (the
+// same kernel sources compiled for the host), GEMMs through cblas_sgemm in column-major (not the
+// emulator's route), FFTs through FFTW's own 2-D r2c plan.
 #include "CCUDAEmulator.h"
 
 #include <cblas.h>
@@ -28,6 +34,7 @@
 #include <sys/mman.h>
 
 #include <cmath>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
@@ -46,8 +53,20 @@ enum : int {
 };
 
 struct Context { int device; };
-struct Stream { Context *context; };
-struct Event { Context *context; bool recorded = false; };
+struct Stream;
+/// Queued work: a copy (from `snapshot` when the source was read at the call), an event's record,
+/// or a wait for another stream to reach `until`.
+struct Op {
+    uint64_t sequence;
+    void *destination = nullptr;
+    const void *source = nullptr;
+    size_t bytes = 0;
+    std::vector<unsigned char> snapshot;
+    Stream *other = nullptr;
+    uint64_t until = 0;
+};
+struct Stream { Context *context; std::deque<Op> queue; uint64_t issued = 0; };
+struct Event { Context *context; Stream *stream = nullptr; uint64_t sequence = 0; };
 struct Module { std::vector<unsigned char> image; };
 struct Function { radar_emu_kernel launcher; std::string name; };
 
@@ -55,7 +74,51 @@ std::mutex lock;
 bool initialized = false;
 std::vector<Context *> primary;
 std::map<uintptr_t, size_t> allocations;  // device memory: base -> bytes
-std::set<void *> pinned;
+std::map<uintptr_t, size_t> pinned;  // page-locked host memory: base -> bytes
+std::set<Stream *> streams;
+std::recursive_mutex queues;  // every stream's queue
+
+bool deferring() {
+    const char *v = getenv("RADAR_FAKE_CUDA_DEFER");
+    return !(v && strcmp(v, "0") == 0);
+}
+
+/// Runs `s`'s queued work up to and including sequence number `until`.
+void flush(Stream *s, uint64_t until = UINT64_MAX) {
+    std::lock_guard<std::recursive_mutex> g(queues);
+    while (!s->queue.empty() && s->queue.front().sequence <= until) {
+        Op op = std::move(s->queue.front());
+        s->queue.pop_front();
+        if (op.other) flush(op.other, op.until);
+        if (op.destination) memcpy(op.destination, op.snapshot.empty() ? op.source : op.snapshot.data(), op.bytes);
+    }
+}
+
+void flushAll() {
+    std::lock_guard<std::recursive_mutex> g(queues);
+    for (Stream *s : streams) flush(s);
+}
+
+void enqueue(Stream *s, Op op) {
+    std::lock_guard<std::recursive_mutex> g(queues);
+    op.sequence = ++s->issued;
+    s->queue.push_back(std::move(op));
+    if (!deferring()) flush(s);
+}
+
+bool isPinned(const void *p, size_t bytes) {
+    std::lock_guard<std::mutex> g(lock);
+    auto it = pinned.upper_bound(uintptr_t(p));
+    if (it == pinned.begin()) return false;
+    --it;
+    return uintptr_t(p) >= it->first && uintptr_t(p) + bytes <= it->first + it->second;
+}
+
+/// Work on `s` that runs now (kernels, memsets, GEMMs, FFTs): after what the stream has queued.
+void runsNow(void *s) {
+    if (s) flush(static_cast<Stream *>(s));
+    else flushAll();  // the legacy default stream waits for every stream
+}
 size_t allocated = 0;
 thread_local Context *current = nullptr;
 
@@ -195,11 +258,20 @@ EXPORT int cuCtxSetCurrent(void *context) {
 EXPORT int cuStreamCreate(void **stream, unsigned flags) {
     if (int r = needContext()) return r;
     if (!stream || flags > 1) return INVALID_VALUE;
-    *stream = new Stream{current};
+    Stream *created = new Stream{current};
+    {
+        std::lock_guard<std::recursive_mutex> g(queues);
+        streams.insert(created);
+    }
+    *stream = created;
     return SUCCESS;
 }
 
-EXPORT int cuStreamSynchronize(void *stream) { return checkStream(stream); }
+EXPORT int cuStreamSynchronize(void *stream) {
+    if (int r = checkStream(stream)) return r;
+    runsNow(stream);
+    return SUCCESS;
+}
 
 EXPORT int cuEventCreate(void **event, unsigned flags) {
     if (int r = needContext()) return r;
@@ -211,7 +283,16 @@ EXPORT int cuEventCreate(void **event, unsigned flags) {
 EXPORT int cuEventRecord(void *event, void *stream) {
     if (int r = checkStream(stream)) return r;
     if (!event || static_cast<Event *>(event)->context != current) return INVALID_HANDLE;
-    static_cast<Event *>(event)->recorded = true;
+    if (!stream) {  // the legacy default stream: everything queued before has run
+        flushAll();
+        static_cast<Event *>(event)->stream = nullptr;
+        return SUCCESS;
+    }
+    Stream *s = static_cast<Stream *>(stream);
+    std::lock_guard<std::recursive_mutex> g(queues);
+    enqueue(s, Op{});  // a marker: the event completes when the stream's work before it has run
+    static_cast<Event *>(event)->stream = s;
+    static_cast<Event *>(event)->sequence = s->issued;
     return SUCCESS;
 }
 
@@ -219,6 +300,16 @@ EXPORT int cuStreamWaitEvent(void *stream, void *event, unsigned flags) {
     if (int r = checkStream(stream)) return r;
     if (!event) return INVALID_HANDLE;
     if (flags != 0 && flags != 1) return INVALID_VALUE;  // CU_EVENT_WAIT_DEFAULT, CU_EVENT_WAIT_EXTERNAL
+    const Event *e = static_cast<Event *>(event);
+    if (!e->stream) return SUCCESS;  // never recorded, or on the default stream: nothing to wait for
+    if (!stream) {
+        flush(e->stream, e->sequence);
+        return SUCCESS;
+    }
+    Op wait;
+    wait.other = e->stream;
+    wait.until = e->sequence;
+    enqueue(static_cast<Stream *>(stream), std::move(wait));
     return SUCCESS;
 }
 
@@ -245,6 +336,7 @@ EXPORT int cuMemAlloc_v2(unsigned long long *address, size_t bytes) {
 
 EXPORT int cuMemFree_v2(unsigned long long address) {
     if (int r = needContext()) return r;
+    flushAll();  // cuMemFree waits for work in flight
     size_t bytes;
     {
         std::lock_guard<std::mutex> g(lock);
@@ -270,6 +362,7 @@ EXPORT int cuMemGetInfo_v2(size_t *free, size_t *total) {
 EXPORT int cuMemsetD8Async(unsigned long long address, unsigned char value, size_t bytes, void *stream) {
     if (int r = checkStream(stream)) return r;
     if (!inDevice(uintptr_t(address), bytes)) return INVALID_VALUE;
+    runsNow(stream);
     memset(reinterpret_cast<void *>(address), value, bytes);
     return SUCCESS;
 }
@@ -277,14 +370,33 @@ EXPORT int cuMemsetD8Async(unsigned long long address, unsigned char value, size
 EXPORT int cuMemcpyHtoDAsync_v2(unsigned long long destination, const void *source, size_t bytes, void *stream) {
     if (int r = checkStream(stream)) return r;
     if (!inDevice(uintptr_t(destination), bytes) || !source || isDevice(source)) return INVALID_VALUE;
-    memcpy(reinterpret_cast<void *>(destination), source, bytes);
+    if (!stream) {  // the legacy default stream: after everything queued, at the call
+        runsNow(nullptr);
+        memcpy(reinterpret_cast<void *>(destination), source, bytes);
+        return SUCCESS;
+    }
+    Op copy;
+    copy.destination = reinterpret_cast<void *>(destination);
+    copy.bytes = bytes;
+    if (isPinned(source, bytes)) copy.source = source;  // read when the copy runs
+    else copy.snapshot.assign(static_cast<const unsigned char *>(source), static_cast<const unsigned char *>(source) + bytes);
+    enqueue(static_cast<Stream *>(stream), std::move(copy));
     return SUCCESS;
 }
 
 EXPORT int cuMemcpyDtoHAsync_v2(void *destination, unsigned long long source, size_t bytes, void *stream) {
     if (int r = checkStream(stream)) return r;
     if (!inDevice(uintptr_t(source), bytes) || !destination || isDevice(destination)) return INVALID_VALUE;
-    memcpy(destination, reinterpret_cast<const void *>(source), bytes);
+    if (!stream || !isPinned(destination, bytes)) {  // default stream or pageable: done when CUDA returns
+        runsNow(stream);
+        memcpy(destination, reinterpret_cast<const void *>(source), bytes);
+        return SUCCESS;
+    }
+    Op copy;
+    copy.destination = destination;
+    copy.source = reinterpret_cast<const void *>(source);
+    copy.bytes = bytes;
+    enqueue(static_cast<Stream *>(stream), std::move(copy));
     return SUCCESS;
 }
 
@@ -294,15 +406,16 @@ EXPORT int cuMemHostAlloc(void **p, size_t bytes, unsigned flags) {
     *p = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
     if (!*p) return OUT_OF_MEMORY;
     std::lock_guard<std::mutex> g(lock);
-    pinned.insert(*p);
+    pinned[uintptr_t(*p)] = bytes;
     return SUCCESS;
 }
 
 EXPORT int cuMemFreeHost(void *p) {
     if (int r = needContext()) return r;
+    flushAll();
     {
         std::lock_guard<std::mutex> g(lock);
-        if (!pinned.erase(p)) return INVALID_VALUE;
+        if (!pinned.erase(uintptr_t(p))) return INVALID_VALUE;
     }
     free(p);
     return SUCCESS;
@@ -342,6 +455,7 @@ EXPORT int cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz,
         || gy > 65535 || gz > 65535 || sharedBytes > 48 * 1024 || extra != nullptr || params == nullptr)
         return INVALID_VALUE;
     const Function *f = static_cast<Function *>(function);
+    runsNow(stream);
     const unsigned grid[3] = {gx, gy, gz}, block[3] = {bx, by, bz};
     if (f->launcher(grid, block, params) != 0) {
         fprintf(stderr, "fake CUDA: kernel %s failed: %s\n", f->name.c_str(), radar_emu_last_error());
@@ -450,6 +564,7 @@ EXPORT int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int 
         return count == 0 || inDevice(uintptr_t(p), (size_t(stride) * size_t(batch - 1) + count) * bytes);
     };
     if (!covers(A, spanA, strideA, element) || !covers(B, spanB, strideB, element) || !covers(C, spanC, strideC, 4)) return BLAS_INVALID_VALUE;
+    runsNow(static_cast<Blas *>(handle)->stream);
     const bool round = computeType == 77 || (static_cast<Blas *>(handle)->mathMode & 0xf) == 3;
     const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
     for (int i = 0; i < batch; i++) {
@@ -503,6 +618,7 @@ EXPORT int cufftExecR2C(int plan, float *input, void *output) {
     const size_t real = size_t(p.rows) * size_t(p.cols), complex = size_t(p.rows) * size_t(p.cols / 2 + 1);
     if (!inDevice(uintptr_t(input), real * size_t(p.batch) * 4) || !inDevice(uintptr_t(output), complex * size_t(p.batch) * 8))
         return FFT_INVALID_VALUE;
+    runsNow(p.stream);
     int dims[2] = {p.rows, p.cols};
     std::lock_guard<std::mutex> g(fftLock);
     fftwf_plan f = fftwf_plan_many_dft_r2c(2, dims, p.batch, input, nullptr, 1, int(real), static_cast<fftwf_complex *>(output), nullptr, 1,

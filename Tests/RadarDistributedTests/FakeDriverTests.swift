@@ -78,13 +78,22 @@ final class FakeDriverTests: XCTestCase {
 
     /// gpu-check's step 6 on the fake: two ranks share the GPU, gradient buckets go through the
     /// copy stream (a second thread that must make the context current) and page-locked memory,
-    /// replicas stay identical.
+    /// replicas stay identical, and the bits are those of a run whose copies all happen at their
+    /// calls (RADAR_FAKE_CUDA_DEFER=0): no host read of page-locked memory comes before the
+    /// synchronisation that CUDA requires for it.
     func testTwoRanksShareTheFakeGPUThroughTheCopyStream() throws {
+        let deferred = try twoRanksSharingTheFakeGPU([:])
+        let eager = try twoRanksSharingTheFakeGPU(["RADAR_FAKE_CUDA_DEFER": "0"])
+        XCTAssertEqual(deferred, eager, "deferred copies change nothing")
+    }
+
+    /// The replicas' parameter hash after 3 steps of 2 ranks on the one fake GPU.
+    func twoRanksSharingTheFakeGPU(_ environment: [String: String]) throws -> String? {
         let out = NSTemporaryDirectory() + "radar-fake-dp-\(UUID().uuidString.prefix(6))"
         let r = try radar(["launch", "-n", "2", "--", "radar-worker", "--device", "cuda", "--allow-gpu-sharing", "--data", MPITrainingTests.dataset,
                            "--output", out, "--experiment", "dp", "--config", "tiny", "--batch-size", "4", "--num-epochs", "1",
                            "--max-steps-per-epoch", "3", "--accumulation-steps", "1", "--bucket-mb", "0", "--verify-replicas",
-                           "--threads", "1", "--timeout", "120"])
+                           "--threads", "1", "--timeout", "120"], environment: environment)
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("via a copy stream and page-locked host memory"), r.output)
         XCTAssertTrue(r.output.contains("RADAR fake CUDA device 0, sm_90") && r.output.contains("), bf16"),
@@ -92,6 +101,7 @@ final class FakeDriverTests: XCTestCase {
         let hashes = r.output.split(separator: "\n").filter { $0.contains("parameters fnv1a") }.map { $0.split(separator: " ")[4] }
         XCTAssertEqual(hashes.count, 2, r.output)
         XCTAssertEqual(Set(hashes).count, 1, "replicas agree: \(hashes)")
+        return hashes.first.map(String.init)
     }
 
     func testDriverAPIErrorsAreOneLineOnTheFakeDriver() throws {
