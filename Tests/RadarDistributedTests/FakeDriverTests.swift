@@ -132,12 +132,12 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(setCurrent(context), 0)
         XCTAssertEqual(alloc(&d, 64), 0)
         // Another thread has no current context until it makes one current.
-        let other = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
-        defer { other.deallocate() }
+        final class Status: @unchecked Sendable { var value: Int32 = -1 }
+        let other = Status()
         let done = DispatchSemaphore(value: 0)
-        Thread { var q: UInt64 = 0; other.pointee = alloc(&q, 64); done.signal() }.start()
+        Thread { var q: UInt64 = 0; other.value = alloc(&q, 64); done.signal() }.start()
         done.wait()
-        XCTAssertEqual(other.pointee, 201)
+        XCTAssertEqual(other.value, 201)
 
         // Copies stay inside one allocation, in the direction named.
         let htod = try f("cuMemcpyHtoDAsync_v2", DriverAPI.FnHtoDAsync.self), dtoh = try f("cuMemcpyDtoHAsync_v2", DriverAPI.FnDtoHAsync.self)
@@ -191,5 +191,21 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(planMany(&plan, 2, &dims, nil, 1, 0, nil, 1, 0, 0x29, 1), 3, "C2C: CUFFT_INVALID_TYPE")
         XCTAssertEqual(planMany(&plan, 2, &dims, nil, 1, 0, nil, 1, 0, 0x2a, 1), 0)
         XCTAssertEqual(setCurrent(nil), 0)
+    }
+}
+
+extension MPITrainingTests {
+    /// `mpirun -n 2 radar-worker --device cuda` through DriverAPI on two fake GPUs: each rank opens
+    /// the device of its local rank (rank 1 retains device 1's primary context), replicas agree.
+    func testTwoRanksOnTwoFakeGPUsThroughDriverAPI() throws {
+        var env = FakeDriverTests.environment
+        env["RADAR_FAKE_CUDA_DEVICES"] = "2"
+        let r = try mpirun([(2, "radar-worker", cudaArgs(tmp("fake2"), device: "cuda"))], timeout: 600, env: env)
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertEqual(hashes(r.out).count, 2, r.out)
+        XCTAssertEqual(Set(hashes(r.out)).count, 1, "replicas agree: \(hashes(r.out))")
+        for rank in 0..<2 {
+            XCTAssertTrue(r.err.contains("local rank \(rank) of 2): cuda:\(rank) (RADAR fake CUDA device \(rank), sm_90"), "rank \(rank):\n\(r.err)")
+        }
     }
 }
