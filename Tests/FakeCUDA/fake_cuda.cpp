@@ -79,8 +79,11 @@ std::set<Stream *> streams;
 std::recursive_mutex queues;  // every stream's queue
 
 bool deferring() {
-    const char *v = getenv("RADAR_FAKE_CUDA_DEFER");
-    return !(v && strcmp(v, "0") == 0);
+    static const bool on = [] {
+        const char *v = getenv("RADAR_FAKE_CUDA_DEFER");
+        return !(v && strcmp(v, "0") == 0);
+    }();
+    return on;
 }
 
 /// Runs `s`'s queued work up to and including sequence number `until`.
@@ -106,13 +109,6 @@ void enqueue(Stream *s, Op op) {
     if (!deferring()) flush(s);
 }
 
-bool isPinned(const void *p, size_t bytes) {
-    std::lock_guard<std::mutex> g(lock);
-    auto it = pinned.upper_bound(uintptr_t(p));
-    if (it == pinned.begin()) return false;
-    --it;
-    return uintptr_t(p) >= it->first && uintptr_t(p) + bytes <= it->first + it->second;
-}
 
 /// Work on `s` that runs now (kernels, memsets, GEMMs, FFTs): after what the stream has queued.
 void runsNow(void *s) {
@@ -132,14 +128,17 @@ size_t capacity() {
     return v ? strtoull(v, nullptr, 10) : (size_t(8) << 30);
 }
 
-/// The allocation holding [p, p + bytes), or false.
-bool inDevice(uintptr_t p, size_t bytes) {
+/// Whether one region of `regions` (base -> bytes) holds [p, p + bytes).
+bool within(const std::map<uintptr_t, size_t> &regions, uintptr_t p, size_t bytes) {
     std::lock_guard<std::mutex> g(lock);
-    auto it = allocations.upper_bound(p);
-    if (it == allocations.begin()) return false;
+    auto it = regions.upper_bound(p);
+    if (it == regions.begin()) return false;
     --it;
     return p >= it->first && p + bytes <= it->first + it->second;
 }
+
+bool inDevice(uintptr_t p, size_t bytes) { return within(allocations, p, bytes); }
+bool isPinned(const void *p, size_t bytes) { return within(pinned, uintptr_t(p), bytes); }
 
 bool isDevice(const void *p) { return inDevice(uintptr_t(p), 1); }
 
@@ -488,7 +487,7 @@ EXPORT int cuGetErrorString(int error, const char **text) {
 
 namespace {
 enum : int { BLAS_SUCCESS = 0, BLAS_NOT_INITIALIZED = 1, BLAS_INVALID_VALUE = 7, BLAS_NOT_SUPPORTED = 15 };
-struct Blas { Context *context; void *stream = nullptr; int mathMode = 0; void *workspace = nullptr; size_t workspaceBytes = 0; };
+struct Blas { Context *context; void *stream = nullptr; int mathMode = 0; };
 
 size_t span(long rows, long cols, long ld) { return rows == 0 || cols == 0 ? 0 : size_t(ld) * size_t(cols - 1) + size_t(rows); }
 
@@ -537,9 +536,8 @@ EXPORT int cublasSetMathMode(void *handle, int mode) {
 
 EXPORT int cublasSetWorkspace_v2(void *handle, void *workspace, size_t bytes) {
     if (!handle) return BLAS_NOT_INITIALIZED;
+    // Checked, not used: the host GEMM needs no scratch.
     if (bytes > 0 && (!inDevice(uintptr_t(workspace), bytes) || uintptr_t(workspace) % 256 != 0)) return BLAS_INVALID_VALUE;
-    static_cast<Blas *>(handle)->workspace = workspace;
-    static_cast<Blas *>(handle)->workspaceBytes = bytes;
     return BLAS_SUCCESS;
 }
 

@@ -37,12 +37,6 @@ final class FakeDriverTests: XCTestCase {
         return (r.0, r.1)
     }
 
-    /// The JSON object on the last line that starts with "{".
-    func lastJSON(_ text: String) throws -> [String: Any] {
-        let line = try XCTUnwrap(text.split(separator: "\n").last { $0.hasPrefix("{") }, text)
-        return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], String(line))
-    }
-
     func testDriverAPIPassesTheDeviceCheckOnTheFakeDriver() throws {
         let r = try radar(["check-device", "--device", "cuda"])
         XCTAssertEqual(r.status, 0, r.output)

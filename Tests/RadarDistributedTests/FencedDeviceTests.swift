@@ -142,9 +142,9 @@ final class CUDADeviceCLITests: XCTestCase {
             try p.run()
             let e = err.fileHandleForReading.readDataToEndOfFile(), o = out.fileHandleForReading.readDataToEndOfFile()
             p.waitUntilExit()
-            let line = String(decoding: o, as: UTF8.self).split(separator: "\n").last { $0.hasPrefix("{") }.map(String.init) ?? "{}"
-            return (p.terminationStatus, String(decoding: e, as: UTF8.self),
-                    (try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? [:])
+            // A refused run prints no JSON.
+            let json = p.terminationStatus == 0 ? try lastJSON(String(decoding: o, as: UTF8.self)) : [:]
+            return (p.terminationStatus, String(decoding: e, as: UTF8.self), json)
         }
         let flags = BLASKernels.cpuFlags()?.flags ?? []
         let auto = try bench(["RADAR_CPU_BF16": "auto"])

@@ -496,6 +496,13 @@ final class DemoPipelineTests: XCTestCase {
     }
 }
 
+/// The JSON object on the last line of `text` that starts with "{" (what `radar bench` and
+/// `radar check-device` print last).
+func lastJSON(_ text: String) throws -> [String: Any] {
+    let line = try XCTUnwrap(text.split(separator: "\n").last { $0.hasPrefix("{") }, text)
+    return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], String(line))
+}
+
 extension Process {
     /// Waits until a run writing to `out` has logged a step, then returns its worker pids (pgrep
     /// also matches the launcher's own command line, which is left out).
