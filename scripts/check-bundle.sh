@@ -51,7 +51,7 @@ test -f out/e/last.safetensors.lz4
 # bench step in fp32/tf32/bf16).
 GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 bash "$b/gpu-check.sh" > report.json 2> report.log \
   || { tail -20 report.log; exit 1; }
-python3 - <<'PY'
+python3 - <<'PY' || { echo "check-bundle: the report failed its checks; gpu-check's log:" >&2; tail -20 report.log >&2; exit 1; }
 import json
 r = json.load(open("report.json"))
 assert r["passed"] and r["check"]["kernels_passed"] == r["check"]["kernels_total"], r["check"]

@@ -103,20 +103,18 @@ dp_status=$?
 log "data parallel (2 ranks on one GPU) exit $dp_status: $(grep -E 'fnv1a' "$work/dp.out" | tr '\n' ' ')"
 grep -q "copy stream" "$work/dp.log" || log "data parallel: the ranks did not report the copy stream: $(tail -3 "$work/dp.log" | tr '\n' ' ')"
 : > "$work/allreduce.jsonl"
-token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-for r in 0 1; do
-  env "${dp_env[@]}" RADAR_JOB_TOKEN="$token" RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=29577 \
-    timeout 120 "$radar" bench allreduce --transport tcp --device cuda --sizes 8,88 --repeats 3 \
-    > "$work/allreduce-$r.jsonl" 2> "$work/allreduce-$r.log" &
-done
-wait
-cat "$work/allreduce-0.jsonl" >> "$work/allreduce.jsonl"
+# `radar launch` picks a free port (a fixed one may be taken on a shared host) and a job token;
+# only rank 0 prints the records.
+env "${dp_env[@]}" timeout 180 "$radar" launch -n 2 -- "$radar" bench allreduce --transport tcp --device cuda --sizes 8,88 \
+  --repeats 3 > "$work/allreduce.jsonl" 2> "$work/allreduce.log"
+allreduce_status=$?
+[ $allreduce_status = 0 ] || log "allreduce failed (exit $allreduce_status): $(tail -5 "$work/allreduce.log" | tr '\n' ' ')"
 log "allreduce: $(head -c 400 "$work/allreduce.jsonl")"
 
 # One JSON report.
-"${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" <<'PY'
+"${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" <<'PY'
 import json, sys
-work, status, out, dp_status = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+work, status, out, dp_status, ar_status = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 def lines(p):
     try:
         return [json.loads(l) for l in open(p) if l.strip().startswith("{")]
@@ -133,7 +131,8 @@ dp = {"exit": dp_status, "hashes": hashes, "replicas_identical": len(hashes) == 
 dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
 rep = {"check": check, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
-       "passed": status == 0 and bool(check.get("passed")) and dp["passed"]}
+       "allreduce_exit": ar_status, "allreduce_log_tail": open(work + "/allreduce.log").read()[-1500:],
+       "passed": status == 0 and bool(check.get("passed")) and dp["passed"] and ar_status == 0}
 text = json.dumps(rep, indent=1, sort_keys=True)
 open(out, "w").write(text + "\n")
 print(text)
