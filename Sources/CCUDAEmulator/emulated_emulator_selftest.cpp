@@ -24,3 +24,8 @@ extern "C" int radar_emu_launch_radar_selftest_warp_sum(const unsigned grid[3], 
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     return radar_emu::launch(grid, block, [&] { radar_selftest_warp_sum(a0, a1); }, false);
 }
+
+extern "C" int radar_emu_launch_radar_selftest_block_chain(const unsigned grid[3], const unsigned block[3], void **args) {
+    float* a0; memcpy(&a0, args[0], sizeof(a0));
+    return radar_emu::launch(grid, block, [&] { radar_selftest_block_chain(a0); }, true);
+}

@@ -1,14 +1,30 @@
 // The fiber scheduler of the emulated device. A launch runs its blocks one after another on the
-// calling thread; a block's threads are ucontext fibers run in turn (in index order, or reversed)
-// until each returns or waits: at a block barrier (__syncthreads, told apart by call site) or a
+// calling thread; a block's threads are ucontext fibers run in turn until each returns or waits: at a block barrier (__syncthreads, told apart by call site) or a
 // warp exchange (__shfl_xor_sync, 32 lanes). Barriers release when every live thread of the
 // block (warp) waits at the same one; threads waiting at different barriers are a deadlock and
 // fail the launch with a report, as is (in strict mode) a barrier reached after some threads
 // of the block returned.
+//
+// The schedule (`RADAR_EMULATED_SCHEDULE`, or radar_emu_set_schedule): `forward` runs blocks and
+// threads in index order; `reversed` runs both last to first; `shuffled[:SEED]` runs blocks in a
+// seeded random order and, in each pass over a block's runnable threads, the threads in a fresh
+// random order. A GPU promises no order among blocks, nor among threads between barriers, so a
+// kernel whose results change with the schedule has a race (a missing __syncthreads, a block
+// reading another block's output); ours have no atomics, so every output must be bit-identical
+// under every schedule.
 #include "emulator.hpp"
 #include "CCUDAEmulator.h"
 
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
+#include <mutex>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <ucontext.h>
@@ -42,8 +58,32 @@ struct Block {
 thread_local Block *running = nullptr;
 thread_local bool direct = false;  // a barrier-free launch in progress (no fibers)
 thread_local std::string last_error;
-int reverse_order = 0, strict_mode = 0;
+enum Schedule { forward = 0, reversed = 1, shuffled = 2 };
+int schedule = forward, strict_mode = 0;
+uint64_t schedule_seed = 0;
+std::atomic<bool> schedule_set{false};
+std::atomic<uint64_t> schedule_generation{1};
+thread_local uint64_t rng_state = 0;
 constexpr size_t stack_bytes = 64 * 1024;
+
+int parse_schedule(const char *text);
+
+/// splitmix64: the shuffled schedule's random numbers.
+uint64_t next_random() {
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/// `order[k]` is the k-th of n indices to run under the schedule.
+void schedule_order(std::vector<unsigned> &order, unsigned n) {
+    order.resize(n);
+    std::iota(order.begin(), order.end(), 0u);
+    if (schedule == reversed) std::reverse(order.begin(), order.end());
+    if (schedule == shuffled)
+        for (unsigned i = n; i > 1; --i) std::swap(order[i - 1], order[(unsigned)(next_random() % i)]);
+}
 
 void fiber_entry() {
     Block *b = running;
@@ -57,10 +97,11 @@ std::string describe(const dim3 &d) { return "(" + std::to_string(d.x) + ", " + 
 /// Runs one block to completion; returns "" or an error report.
 std::string run_block(Block &b) {
     const unsigned n = (unsigned)b.fibers.size();
+    std::vector<unsigned> order;
     for (;;) {
         bool progressed = false;
-        for (unsigned k = 0; k < n; ++k) {
-            unsigned i = reverse_order ? n - 1 - k : k;
+        schedule_order(order, n);
+        for (unsigned i : order) {
             Fiber &f = b.fibers[i];
             if (f.state != State::runnable) continue;
             b.current = i;
@@ -144,16 +185,32 @@ float shuffle_xor(float v, int lane_mask) {
 /// Runs `body` as every thread of every block of the grid; "" or the first error.
 int launch(const unsigned grid[3], const unsigned block[3], const std::function<void()> &body, bool barrier_free) {
     last_error.clear();
+    static std::once_flag from_environment;
+    std::call_once(from_environment, [] {
+        const char *text = getenv("RADAR_EMULATED_SCHEDULE");
+        if (!schedule_set && text && *text && parse_schedule(text) != 0) {
+            fprintf(stderr, "RADAR_EMULATED_SCHEDULE: '%s' is not forward, reversed or shuffled[:SEED]\n", text);
+            exit(2);
+        }
+    });
+    // Each launch of a shuffled schedule draws from its own stream (seed, launches on this thread
+    // since the schedule was set): setting a schedule again replays the same orders.
+    static thread_local uint64_t launches = 0, seen_generation = 0;
+    if (seen_generation != schedule_generation.load()) { seen_generation = schedule_generation.load(); launches = 0; }
+    rng_state = schedule_seed * 0x2545f4914f6cdd1dull + (++launches);
     grid_dim = dim3{grid[0], grid[1], grid[2]};
     block_dim = dim3{block[0], block[1], block[2]};
     const unsigned n = block[0] * block[1] * block[2];
+    std::vector<unsigned> blocks, threads;
+    schedule_order(blocks, grid[0] * grid[1] * grid[2]);
+    auto block_at = [&](unsigned linear) { return dim3{linear % grid[0], (linear / grid[0]) % grid[1], linear / (grid[0] * grid[1])}; };
     if (barrier_free) {
         direct = true;
         try {
-            for (unsigned bz = 0; bz < grid[2]; ++bz) for (unsigned by = 0; by < grid[1]; ++by) for (unsigned bx = 0; bx < grid[0]; ++bx) {
-                block_index = dim3{bx, by, bz};
-                for (unsigned k = 0; k < n; ++k) {
-                    unsigned i = reverse_order ? n - 1 - k : k;
+            for (unsigned linear : blocks) {
+                block_index = block_at(linear);
+                schedule_order(threads, n);
+                for (unsigned i : threads) {
                     thread_index = dim3{i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
                     body();
                 }
@@ -173,8 +230,8 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
     b.exchange[1].assign(n, 0.f);
     Block *saved = running;
     running = &b;
-    for (unsigned bz = 0; bz < grid[2]; ++bz) for (unsigned by = 0; by < grid[1]; ++by) for (unsigned bx = 0; bx < grid[0]; ++bx) {
-        block_index = dim3{bx, by, bz};
+    for (unsigned linear : blocks) {
+        block_index = block_at(linear);
         b.generation.assign(n, 0);
         for (unsigned i = 0; i < n; ++i) {
             Fiber &f = b.fibers[i];
@@ -201,7 +258,40 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
 }  // namespace radar_emu
 
 extern "C" const char *radar_emu_last_error(void) { return radar_emu::last_error.c_str(); }
-extern "C" void radar_emu_set_reverse_order(int on) { radar_emu::reverse_order = on; }
+namespace radar_emu {
+namespace {
+int parse_schedule(const char *text) {
+    if (!text) return -1;
+    if (!strcmp(text, "forward")) { schedule = forward; return 0; }
+    if (!strcmp(text, "reversed")) { schedule = reversed; return 0; }
+    if (strncmp(text, "shuffled", 8)) return -1;
+    uint64_t seed = 1;
+    if (text[8] == ':') {
+        char *end = nullptr;
+        errno = 0;
+        unsigned long long v = strtoull(text + 9, &end, 10);
+        if (text[9] == 0 || text[9] == '-' || *end != 0 || errno) return -1;
+        seed = v;
+    } else if (text[8] != 0) {
+        return -1;
+    }
+    schedule_seed = seed;
+    schedule = shuffled;
+    ++schedule_generation;
+    return 0;
+}
+}  // namespace
+}  // namespace radar_emu
+
+// A schedule set here wins over RADAR_EMULATED_SCHEDULE, whenever the first launch comes.
+extern "C" void radar_emu_set_reverse_order(int on) {
+    radar_emu::schedule_set = true;
+    radar_emu::schedule = on ? radar_emu::reversed : radar_emu::forward;
+}
+extern "C" int radar_emu_set_schedule_text(const char *text) {
+    radar_emu::schedule_set = true;
+    return radar_emu::parse_schedule(text);
+}
 extern "C" void radar_emu_set_strict(int on) { radar_emu::strict_mode = on; }
 
 #include <sys/mman.h>

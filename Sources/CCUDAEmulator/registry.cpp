@@ -68,6 +68,7 @@ extern "C" int radar_emu_launch_radar_selftest_divergent_barrier(const unsigned 
 extern "C" int radar_emu_launch_radar_selftest_early_return(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_selftest_neighbour(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_selftest_warp_sum(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_selftest_block_chain(const unsigned grid[3], const unsigned block[3], void **args);
 
 namespace {
 struct Entry { const char *name; radar_emu_kernel launch; };
@@ -138,6 +139,7 @@ const Entry entries[] = {
     {"radar_selftest_early_return", radar_emu_launch_radar_selftest_early_return},
     {"radar_selftest_neighbour", radar_emu_launch_radar_selftest_neighbour},
     {"radar_selftest_warp_sum", radar_emu_launch_radar_selftest_warp_sum},
+    {"radar_selftest_block_chain", radar_emu_launch_radar_selftest_block_chain},
 };
 const char *names[] = {
     "radar_channel_moments",
@@ -206,6 +208,7 @@ const char *names[] = {
     "radar_selftest_early_return",
     "radar_selftest_neighbour",
     "radar_selftest_warp_sum",
+    "radar_selftest_block_chain",
     nullptr,
 };
 }  // namespace

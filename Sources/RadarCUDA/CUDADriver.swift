@@ -170,6 +170,7 @@ public enum CUDADrivers {
         if emulated || emulatorSelected {
             let count = EmulatedDevice.deviceCount
             guard ordinal >= 0 && ordinal < count else { throw NoSuchDevice(ordinal: ordinal, count: count) }
+            try EmulatedDevice.applyScheduleSetting()
             return EmulatedDevice(ordinal: ordinal)
         }
         return try DriverAPI(ordinal: ordinal)

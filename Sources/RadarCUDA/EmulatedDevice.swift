@@ -13,7 +13,9 @@ import RadarEngine
 /// operands) by the CPU backend's single-threaded GEMM, and cuFFT's R2C by its FFTW plans.
 ///
 /// `RADAR_EMULATED_MEMORY` (bytes, or with a K/M/G suffix; default 16G) is the device memory, so
-/// out-of-memory paths can be tested; `RADAR_EMULATED_DEVICES` (default 1) the device count.
+/// out-of-memory paths can be tested; `RADAR_EMULATED_DEVICES` (default 1) the device count;
+/// `RADAR_EMULATED_SCHEDULE` (`forward`, `reversed`, `shuffled[:SEED]`) the order blocks and threads
+/// run in (a kernel whose output depends on it has a race a GPU would show).
 public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     /// The host library standing in for cuBLAS and cuFFT.
     public let cpu: CPUBackend
@@ -37,6 +39,20 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     }
 
     public static var deviceCount: Int { Int(ProcessInfo.processInfo.environment["RADAR_EMULATED_DEVICES"] ?? "") ?? 1 }
+
+    /// `RADAR_EMULATED_SCHEDULE` checked and given to the emulator (a wrong value is an error
+    /// naming it, not a silent default).
+    public static func applyScheduleSetting() throws {
+        guard let text = ProcessInfo.processInfo.environment["RADAR_EMULATED_SCHEDULE"], !text.isEmpty else { return }
+        guard radar_emu_set_schedule_text(text) == 0 else {
+            throw BadSchedule(text: text)
+        }
+    }
+
+    public struct BadSchedule: Error, CustomStringConvertible {
+        public let text: String
+        public var description: String { "RADAR_EMULATED_SCHEDULE: '\(text)' is not forward, reversed or shuffled[:SEED] (SEED a decimal number)" }
+    }
 
     public static var memoryCapacity: Int {
         guard let v = ProcessInfo.processInfo.environment["RADAR_EMULATED_MEMORY"], let last = v.last else { return 16 << 30 }

@@ -474,6 +474,40 @@ final class EmulatedDeviceTests: XCTestCase {
         XCTAssertEqual(array(sums, 64), (0..<64).map { $0 < 32 ? 496 : 1520 })
     }
 
+    /// The schedules (`RADAR_EMULATED_SCHEDULE`): a block reading another block's output (a race
+    /// on a GPU, where blocks run in no promised order) and a missing `__syncthreads` give
+    /// index-order results only under `forward`; with the barrier every schedule agrees.
+    func testSchedulesExposeRacesBetweenBlocksAndBetweenThreads() {
+        defer { _ = radar_emu_set_schedule_text("forward") }
+        let buf = Buffers()
+        func chain(_ schedule: String) -> [Float] {
+            XCTAssertEqual(radar_emu_set_schedule_text(schedule), 0, schedule)
+            let x = buf.zeros(16)
+            XCTAssertEqual(launch("radar_selftest_block_chain", grid: 16, block: 32, [.buffer(x)]), "")
+            return array(x, 16)
+        }
+        XCTAssertEqual(chain("forward"), (1...16).map(Float.init))
+        XCTAssertEqual(chain("reversed"), [Float](repeating: 1, count: 16), "blocks last to first: each reads a 0")
+        let shuffled = chain("shuffled:5")
+        XCTAssertNotEqual(shuffled, (1...16).map(Float.init), "a shuffled block order must break the chain")
+        XCTAssertEqual(chain("shuffled:5"), shuffled, "a seed gives one schedule")
+        XCTAssertNotEqual(chain("shuffled:6"), shuffled, "another seed, another block order")
+        var tag: Int32 = 100
+        func neighbour(_ barrier: Int32, _ schedule: String) -> Int {
+            XCTAssertEqual(radar_emu_set_schedule_text(schedule), 0, schedule)
+            let out = buf.zeros(64)
+            tag += 1
+            XCTAssertEqual(launch("radar_selftest_neighbour", grid: 1, block: 64, [.buffer(out), .i32(barrier), .i32(tag)]), "")
+            return zip(array(out, 64), (0..<64).map { Float(($0 + 1) % 64) + 1000 * Float(tag) }).filter { $0 != $1 }.count
+        }
+        for schedule in ["forward", "reversed", "shuffled", "shuffled:9"] { XCTAssertEqual(neighbour(1, schedule), 0, schedule) }
+        let stale = neighbour(0, "shuffled:9")
+        XCTAssertTrue(stale > 0 && stale < 64, "a shuffled thread order without the barrier: \(stale) stale reads")
+        for bad in ["shuffle", "shuffled:", "shuffled:-1", "shuffled:x", "Forward", ""] {
+            XCTAssertEqual(radar_emu_set_schedule_text(bad), -1, "'\(bad)' must be refused")
+        }
+    }
+
     func testEveryShippedKernelHasAnEmulatedLauncherAndTheSourcesAreInSync() throws {
         var emulated = Set<String>()
         var p = radar_emu_kernel_names()!

@@ -15,8 +15,14 @@ radar_emu_kernel radar_emu_lookup(const char *name);
 const char *const *radar_emu_kernel_names(void);
 /// The message of the last failed launch (deadlock, barrier misuse); "" when none.
 const char *radar_emu_last_error(void);
-/// Run each block's threads in reverse order (a missing __syncthreads then changes results).
+/// Run blocks and each block's threads in reverse order (a missing __syncthreads then changes
+/// results); 0: index order.
 void radar_emu_set_reverse_order(int on);
+/// The schedule by name: "forward", "reversed" or "shuffled[:SEED]" (blocks in a seeded random
+/// order, a block's runnable threads in a fresh random order at every pass). 0, or -1 when the
+/// text is none of these (the schedule is then unchanged). `RADAR_EMULATED_SCHEDULE` sets it at
+/// the first launch.
+int radar_emu_set_schedule_text(const char *text);
 /// Strict mode: a barrier reached after some threads of the block returned is an error.
 void radar_emu_set_strict(int on);
 /// An anonymous memory file of `bytes` (memfd_create + ftruncate) for device memory mapped twice;

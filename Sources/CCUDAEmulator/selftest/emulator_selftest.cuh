@@ -1,6 +1,6 @@
 // Kernels that exercise the emulator itself (compiled only for the emulated device): barrier
-// misuse must be reported, and a missing __syncthreads must change results when thread order
-// is reversed.
+// misuse must be reported, and a missing __syncthreads must change results when the schedule
+// changes (reversed or shuffled threads or blocks).
 
 extern "C" __global__ void radar_selftest_divergent_barrier(float* x) {
     if (threadIdx.x < 16) {
@@ -33,4 +33,12 @@ extern "C" __global__ void radar_selftest_warp_sum(const float* x, float* out) {
     float v = x[threadIdx.x];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     out[threadIdx.x] = v;
+}
+
+// Block b > 0 reads what block b - 1 wrote in the same launch: a race on a GPU (blocks run in
+// no promised order). In index order x = 1, 2, 3, ...; in any other order some block reads 0.
+extern "C" __global__ void radar_selftest_block_chain(float* x) {
+    if (threadIdx.x != 0) return;
+    unsigned b = blockIdx.x;
+    x[b] = b == 0 ? 1.f : x[b - 1] + 1.f;
 }
