@@ -12,8 +12,10 @@ import Glibc
 public final class KernelCache: @unchecked Sendable {
     public let folder: String
     public let compiler: NVRTC
-    /// What the last `cubin` call did, for logs and tests: "hit", "compiled" or "recompiled".
+    /// What the last `cubin` call did, for logs and tests: "hit", "compiled" or "recompiled", the
+    /// last two followed by " (not cached)" when the folder could not take the entry.
     public private(set) var lastOutcome = ""
+    private var warnedAboutStoring = false
 
     static let magic = "RADARCUBIN1"
 
@@ -55,8 +57,17 @@ public final class KernelCache: @unchecked Sendable {
             hadCorrupt = true
         }
         let cubin = try compiler.compileCUBIN(family.source, name: family.name, architecture: architecture, options: options)
-        try store(cubin, key: k, at: path)
         lastOutcome = hadCorrupt ? "recompiled" : "compiled"
+        do {
+            try store(cubin, key: k, at: path)
+        } catch {
+            // A read-only or full cache folder costs a compile at the next start, not this run.
+            lastOutcome += " (not cached)"
+            if !warnedAboutStoring {
+                warnedAboutStoring = true
+                FileHandle.standardError.write(Data("\(error); kernels are compiled at every start (set RADAR_KERNEL_CACHE to a writable folder)\n".utf8))
+            }
+        }
         return cubin
     }
 
@@ -82,7 +93,11 @@ public final class KernelCache: @unchecked Sendable {
 
     /// Written beside the target and renamed, so a reader never sees half a file.
     private func store(_ cubin: Data, key: String, at path: String) throws {
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        do {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        } catch {
+            throw NVRTC.CallFailed(call: "kernel cache write", message: "\(folder): cannot create the folder")
+        }
         let tmp = path + ".tmp-\(getpid())"
         guard FileManager.default.createFile(atPath: tmp, contents: KernelCache.encode(cubin, key: key)), rename(tmp, path) == 0 else {
             unlink(tmp)

@@ -96,6 +96,23 @@ final class NVRTCCompileGateTests: XCTestCase {
         XCTAssertEqual(cache.lastOutcome, "hit")
     }
 
+    /// A cache folder that cannot be made (here: under a regular file, which stops root too) costs
+    /// a compile at every start, not the run.
+    func testAnUnwritableKernelCacheStillCompiles() throws {
+        let nvrtc = try compiler()
+        let file = NSTemporaryDirectory() + "radar-kernel-cache-file-\(UUID().uuidString.prefix(6))"
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data("not a folder".utf8)))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let cache = KernelCache(compiler: nvrtc, folder: file + "/kernels")
+        let family = KernelSources.all.first { $0.name == "optimizer" }!
+        let opts = KernelSources.options(include: CUDALibraries.runtimeIncludeFolder())
+        let cubin = try cache.cubin(family, architecture: "sm_90", options: opts)
+        XCTAssertEqual(cache.lastOutcome, "compiled (not cached)")
+        XCTAssertEqual(Array(cubin.prefix(4)), [0x7f, 0x45, 0x4c, 0x46], "an ELF CUBIN")
+        XCTAssertEqual(try cache.cubin(family, architecture: "sm_90", options: opts), cubin)
+        XCTAssertEqual(cache.lastOutcome, "compiled (not cached)")
+    }
+
     func testAMissingLibraryIsOneClearError() {
         XCTAssertThrowsError(try CUDALibraries.load(["libradar-no-such-library.so.1"], component: "nothing")) { e in
             XCTAssertTrue("\(e)".contains("libradar-no-such-library.so.1") && "\(e)".contains("RADAR_CUDA_LIBS"), "\(e)")
