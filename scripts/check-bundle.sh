@@ -49,18 +49,30 @@ radar launch -n 2 -- radar-worker --data data --output out --experiment e --conf
 test -f out/e/last.safetensors.lz4
 # The GPU check as a pod runs it, on the emulated device (probe, every kernel, golden parity,
 # bench step in fp32/tf32/bf16).
-GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 bash "$b/gpu-check.sh" > report.json 2> report.log \
-  || { tail -20 report.log; exit 1; }
+# (A generous deadline: the emulated device is slow, and a skipped step fails the check.)
+GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 GPU_CHECK_DEADLINE=1800 \
+  bash "$b/gpu-check.sh" > report.json 2> report.log || { tail -20 report.log; exit 1; }
 python3 - <<'PY' || { echo "check-bundle: the report failed its checks; gpu-check's log:" >&2; tail -20 report.log >&2; exit 1; }
 import json
 r = json.load(open("report.json"))
-assert r["passed"] and r["check"]["kernels_passed"] == r["check"]["kernels_total"], r["check"]
+assert r["passed"] and r["complete"] and r["skipped"] == [], (r["skipped"], r["seconds"])
+assert r["check"]["kernels_passed"] == r["check"]["kernels_total"], r["check"]
 assert sorted(b["precision"] for b in r["radar_bench_step"]) == ["bf16", "fp32", "tf32"], r["radar_bench_step"]
 assert r["data_parallel"]["passed"], r["data_parallel"]
 assert any("staging_download_seconds" in a for a in r["allreduce"]), r["allreduce"]
 print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed; 2 ranks on one GPU identical; bench step %s" % (
     r["check"]["kernels_passed"], r["check"]["kernels_total"], len(r["check"]["golden"]),
     ", ".join("%s %.2f img/s" % (b["precision"], b["images_per_s"]) for b in r["radar_bench_step"])))
+PY
+# Past its deadline the check skips what is left, says so, and still writes a complete report.
+if GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_DEADLINE=1 GPU_CHECK_REPORT=late.json \
+    bash "$b/gpu-check.sh" > /dev/null 2> late.log; then echo "check-bundle: gpu-check passed past its deadline"; exit 1; fi
+python3 - <<'PY' || { tail -20 late.log >&2; exit 1; }
+import json
+r = json.load(open("late.json"))
+assert r["complete"] and not r["passed"], r
+assert len(r["skipped"]) == 5 and r["skipped"][0] == "radar bench step fp32", r["skipped"]
+print("check-bundle: gpu-check past its deadline skipped %s" % ", ".join(r["skipped"]))
 PY
 echo "check-bundle: passed"
 INSIDE

@@ -11,7 +11,11 @@
 #      gradient buckets through the copy stream and page-locked memory, replicas compared after
 #      every step (--verify-replicas); then `radar bench allreduce --transport tcp --device cuda`
 #      (staging and ring times apart).
-# One JSON report on stdout (and in gpu-check.json); exit status 1 on any parity failure.
+# One JSON report on stdout (and in gpu-check.json, rewritten after every step, so a run stopped
+# from outside still leaves what it measured); exit status 1 on any parity failure.
+# GPU_CHECK_DEADLINE (seconds, default 420): steps 4-6 that would start after it are skipped and
+# listed in the report, and each step's timeout is cut to the time left (a lent GPU's minutes are
+# few: the report must come back).
 #
 #   tar xf radar-bundle.tar.xz && bash radar-bundle/gpu-check.sh
 #
@@ -25,10 +29,26 @@ config=${GPU_CHECK_CONFIG:-full}
 batch=${GPU_CHECK_BATCH:-128}
 repeats=${GPU_CHECK_REPEATS:-5}
 step_timeout=${GPU_CHECK_STEP_TIMEOUT:-150}
+deadline=${GPU_CHECK_DEADLINE:-420}
 report=${GPU_CHECK_REPORT:-$PWD/gpu-check.json}
+started=$(date +%s)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 log() { echo "gpu-check: $*" >&2; }
+# Seconds left before the deadline, and a timeout for a step: its own limit cut to the time left.
+left() { echo $(( deadline - ($(date +%s) - started) )); }
+limit() { local l; l=$(left); [ "$1" -lt "$l" ] && echo "$1" || echo "$(( l > 1 ? l : 1 ))"; }
+: > "$work/skipped"
+# Steps 4-6 start only with at least $1 seconds left; otherwise they are listed as skipped.
+time_for() {
+  if [ "$(left)" -ge "$1" ]; then return 0; fi
+  log "skipped $2: $(left) s left of GPU_CHECK_DEADLINE=$deadline"
+  echo "$2" >> "$work/skipped"
+  return 1
+}
+check_status=1; dp_status=-1; allreduce_status=-1
+: > "$work/check.log"; : > "$work/bench.jsonl"; : > "$work/pytorch.jsonl"; : > "$work/dp.out"; : > "$work/dp.log"
+: > "$work/allreduce.jsonl"; : > "$work/allreduce.log"
 
 # CUDA libraries and headers from the Python environment (PyTorch's nvidia-* wheels) when the
 # caller has not pointed RADAR_CUDA_LIBS elsewhere.
@@ -56,65 +76,17 @@ export RADAR_KERNEL_CACHE=${RADAR_KERNEL_CACHE:-$work/kernels}
 log "device $device, config $config, batch $batch; RADAR_CUDA_LIBS=${RADAR_CUDA_LIBS:-} RADAR_CUDA_INCLUDE=${RADAR_CUDA_INCLUDE:-}"
 if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader >&2; fi
 
-# 1-3: probe, kernels, golden parity.
-t0=$(date +%s)
-"$radar" check-device --device "$device" > "$work/check.json" 2> "$work/check.log"
-check_status=$?
-tail -n 20 "$work/check.log" >&2
-log "check-device exit $check_status ($(( $(date +%s) - t0 )) s)"
-
-# 4: our step in each precision, halving the batch until it fits.
-: > "$work/bench.jsonl"
-for p in fp32 tf32 bf16; do
-  b=$batch
-  while [ "$b" -ge 1 ]; do
-    if timeout "$step_timeout" "$radar" bench step --device "$device" --precision "$p" --config "$config" --batch "$b" \
-        --repeats "$repeats" >> "$work/bench.jsonl" 2> "$work/bench-$p.log"; then
-      log "radar bench step $p batch $b: $(tail -1 "$work/bench.jsonl" | head -c 300)"
-      break
-    fi
-    log "radar bench step $p batch $b failed: $(tail -1 "$work/bench-$p.log")"
-    if grep -q "out of device memory" "$work/bench-$p.log"; then b=$((b / 2)); else break; fi
-  done
-done
-
-# 5: PyTorch on the same GPU, where it is installed.
-: > "$work/pytorch.jsonl"
-bench_py="$here/share/bench/pytorch_step.py"
-[ -f "$bench_py" ] || bench_py="$here/../bench/pytorch_step.py"
-if [ -n "$python" ] && [ "$device" != "cuda-emulated" ] && "$python" -c "import torch, timm; assert torch.cuda.is_available()" 2>/dev/null; then
-  for p in fp32 tf32 bf16; do
-    timeout "$step_timeout" "$python" "$bench_py" --config "$config" --batch "$batch" --device cuda --precision "$p" \
-      --repeats "$repeats" >> "$work/pytorch.jsonl" 2> "$work/pytorch-$p.log" \
-      && log "pytorch $p: $(tail -1 "$work/pytorch.jsonl")" || log "pytorch $p failed: $(tail -3 "$work/pytorch-$p.log" | tr '\n' ' ')"
-  done
-else
-  log "PyTorch with CUDA not available: no PyTorch comparison"
-fi
-
-# 6: two data-parallel ranks on the one GPU.
-dp_env=()
-[ "$device" = cuda-emulated ] && dp_env=(RADAR_CUDA_DRIVER=emulator RADAR_EMULATED_DEVICES=1)
-"$radar" synth --output "$work/dp-data" --count 96 --size 32 > /dev/null 2>&1
-env "${dp_env[@]}" timeout 300 "$radar" launch -n 2 -- radar-worker --device cuda --allow-gpu-sharing --data "$work/dp-data" \
-  --output "$work/dp-out" --experiment dp --config tiny --batch-size 8 --num-epochs 1 --max-steps-per-epoch 3 \
-  --accumulation-steps 1 --bucket-mb 0 --verify-replicas --threads 1 --timeout 120 > "$work/dp.out" 2> "$work/dp.log"
-dp_status=$?
-log "data parallel (2 ranks on one GPU) exit $dp_status: $(grep -E 'fnv1a' "$work/dp.out" | tr '\n' ' ')"
-grep -q "copy stream" "$work/dp.log" || log "data parallel: the ranks did not report the copy stream: $(tail -3 "$work/dp.log" | tr '\n' ' ')"
-: > "$work/allreduce.jsonl"
-# `radar launch` picks a free port (a fixed one may be taken on a shared host) and a job token;
-# only rank 0 prints the records.
-env "${dp_env[@]}" timeout 180 "$radar" launch -n 2 -- "$radar" bench allreduce --transport tcp --device cuda --sizes 8,88 \
-  --repeats 3 > "$work/allreduce.jsonl" 2> "$work/allreduce.log"
-allreduce_status=$?
-[ $allreduce_status = 0 ] || log "allreduce failed (exit $allreduce_status): $(tail -5 "$work/allreduce.log" | tr '\n' ' ')"
-log "allreduce: $(head -c 400 "$work/allreduce.jsonl")"
-
-# One JSON report.
-"${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" <<'PY'
-import json, sys
-work, status, out, dp_status, ar_status = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+# The JSON report from what the steps have left in $work, rewritten (atomically) after each step;
+# `report final` marks it complete.
+report() {
+  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" <<'PY'
+import json, os, sys
+work, status, out, dp_status, ar_status, final, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "final", int(sys.argv[7])
+def text(p, n):
+    try:
+        return open(p).read()[-n:]
+    except OSError:
+        return ""
 def lines(p):
     try:
         return [json.loads(l) for l in open(p) if l.strip().startswith("{")]
@@ -123,18 +95,86 @@ def lines(p):
 try:
     check = json.load(open(work + "/check.json"))
 except Exception:
-    check = {"error": open(work + "/check.log").read()[-2000:]}
-hashes = [l.split()[4] for l in open(work + "/dp.out") if "fnv1a" in l]
-dp_log = open(work + "/dp.log").read()
+    check = {"error": text(work + "/check.log", 2000)}
+hashes = [l.split()[4] for l in text(work + "/dp.out", 100000).splitlines() if "fnv1a" in l]
+dp_log = text(work + "/dp.log", 1000000)
 dp = {"exit": dp_status, "hashes": hashes, "replicas_identical": len(hashes) == 2 and len(set(hashes)) == 1,
       "copy_stream": "via a copy stream and page-locked host memory" in dp_log, "log_tail": dp_log[-1500:]}
 dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
+skipped = [l.strip() for l in text(work + "/skipped", 100000).splitlines() if l.strip()]
 rep = {"check": check, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
-       "allreduce_exit": ar_status, "allreduce_log_tail": open(work + "/allreduce.log").read()[-1500:],
-       "passed": status == 0 and bool(check.get("passed")) and dp["passed"] and ar_status == 0}
-text = json.dumps(rep, indent=1, sort_keys=True)
-open(out, "w").write(text + "\n")
-print(text)
+       "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
+       "skipped": skipped, "complete": final, "seconds": seconds,
+       "passed": final and status == 0 and bool(check.get("passed")) and dp["passed"] and ar_status == 0 and not skipped}
+tmp = out + ".tmp"
+with open(tmp, "w") as f:
+    f.write(json.dumps(rep, indent=1, sort_keys=True) + "\n")
+os.replace(tmp, out)
 PY
-[ "$check_status" -eq 0 ] && [ "$dp_status" -eq 0 ]
+}
+
+# 1-3: probe, kernels, golden parity.
+t0=$(date +%s)
+timeout "$(limit 300)" "$radar" check-device --device "$device" > "$work/check.json" 2> "$work/check.log"
+check_status=$?
+tail -n 20 "$work/check.log" >&2
+log "check-device exit $check_status ($(( $(date +%s) - t0 )) s)"
+report
+
+# 4: our step in each precision, halving the batch until it fits.
+for p in fp32 tf32 bf16; do
+  b=$batch
+  while [ "$b" -ge 1 ] && time_for 30 "radar bench step $p"; do
+    if timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" --batch "$b" \
+        --repeats "$repeats" >> "$work/bench.jsonl" 2> "$work/bench-$p.log"; then
+      log "radar bench step $p batch $b: $(tail -1 "$work/bench.jsonl" | head -c 300)"
+      break
+    fi
+    log "radar bench step $p batch $b failed: $(tail -1 "$work/bench-$p.log")"
+    if grep -q "out of device memory" "$work/bench-$p.log"; then b=$((b / 2)); else break; fi
+  done
+  report
+done
+
+# 5: PyTorch on the same GPU, where it is installed.
+bench_py="$here/share/bench/pytorch_step.py"
+[ -f "$bench_py" ] || bench_py="$here/../bench/pytorch_step.py"
+if [ -n "$python" ] && [ "$device" != "cuda-emulated" ] && "$python" -c "import torch, timm; assert torch.cuda.is_available()" 2>/dev/null; then
+  for p in fp32 tf32 bf16; do
+    time_for 45 "pytorch_step.py $p" || continue
+    timeout "$(limit "$step_timeout")" "$python" "$bench_py" --config "$config" --batch "$batch" --device cuda --precision "$p" \
+      --repeats "$repeats" >> "$work/pytorch.jsonl" 2> "$work/pytorch-$p.log" \
+      && log "pytorch $p: $(tail -1 "$work/pytorch.jsonl")" || log "pytorch $p failed: $(tail -3 "$work/pytorch-$p.log" | tr '\n' ' ')"
+    report
+  done
+else
+  log "PyTorch with CUDA not available: no PyTorch comparison"
+fi
+
+# 6: two data-parallel ranks on the one GPU.
+dp_env=()
+[ "$device" = cuda-emulated ] && dp_env=(RADAR_CUDA_DRIVER=emulator RADAR_EMULATED_DEVICES=1)
+if time_for 40 "data parallel"; then
+"$radar" synth --output "$work/dp-data" --count 96 --size 32 > /dev/null 2>&1
+env "${dp_env[@]}" timeout "$(limit 300)" "$radar" launch -n 2 -- radar-worker --device cuda --allow-gpu-sharing --data "$work/dp-data" \
+  --output "$work/dp-out" --experiment dp --config tiny --batch-size 8 --num-epochs 1 --max-steps-per-epoch 3 \
+  --accumulation-steps 1 --bucket-mb 0 --verify-replicas --threads 1 --timeout 120 > "$work/dp.out" 2> "$work/dp.log"
+dp_status=$?
+log "data parallel (2 ranks on one GPU) exit $dp_status: $(grep -E 'fnv1a' "$work/dp.out" | tr '\n' ' ')"
+grep -q "copy stream" "$work/dp.log" || log "data parallel: the ranks did not report the copy stream: $(tail -3 "$work/dp.log" | tr '\n' ' ')"
+report
+fi
+if time_for 20 "radar bench allreduce"; then
+# `radar launch` picks a free port (a fixed one may be taken on a shared host) and a job token;
+# only rank 0 prints the records.
+env "${dp_env[@]}" timeout "$(limit 180)" "$radar" launch -n 2 -- "$radar" bench allreduce --transport tcp --device cuda --sizes 8,88 \
+  --repeats 3 > "$work/allreduce.jsonl" 2> "$work/allreduce.log"
+allreduce_status=$?
+[ $allreduce_status = 0 ] || log "allreduce failed (exit $allreduce_status): $(tail -5 "$work/allreduce.log" | tr '\n' ' ')"
+log "allreduce: $(head -c 400 "$work/allreduce.jsonl")"
+fi
+
+report final
+cat "$report"
+[ "$check_status" -eq 0 ] && [ "$dp_status" -eq 0 ] && [ "$allreduce_status" -eq 0 ] && [ ! -s "$work/skipped" ]
