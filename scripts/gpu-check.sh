@@ -22,7 +22,7 @@
 # Dry run without a GPU: GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=4.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-radar="$here/bin/radar"
+radar=${GPU_CHECK_RADAR:-$here/bin/radar}  # GPU_CHECK_RADAR: another build (the tests use the debug one)
 [ -x "$radar" ] || radar="$here/../.build/release/radar"  # from a checkout: scripts/gpu-check.sh
 device=${GPU_CHECK_DEVICE:-cuda}
 config=${GPU_CHECK_CONFIG:-full}

@@ -56,6 +56,36 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertTrue((libraries["cuda_nvrtc"] ?? "").contains("libnvrtc.so."), "the real NVRTC: \(libraries)")
     }
 
+    /// The command a lent GPU's session runs, `scripts/gpu-check.sh`, through DriverAPI on the fake
+    /// (tiny config): every step ends, nothing is skipped, and the report says what a GPU's would.
+    func testTheGPUCheckScriptPassesOnTheFakeDriver() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let report = NSTemporaryDirectory() + "radar-gpu-check-\(getpid()).json"
+        defer { try? FileManager.default.removeItem(atPath: report) }
+        let r = try Process.runStatus(["bash", root.appendingPathComponent("scripts/gpu-check.sh").path], environment: FakeDriverTests.environment.merging([
+            "GPU_CHECK_RADAR": FakeDriverTests.products.appendingPathComponent("radar").path, "GPU_CHECK_DEVICE": "cuda",
+            "GPU_CHECK_CONFIG": "tiny", "GPU_CHECK_BATCH": "2", "GPU_CHECK_REPEATS": "1", "GPU_CHECK_DEADLINE": "1800",
+            "GPU_CHECK_REPORT": report]) { $1 })
+        XCTAssertEqual(r.0, 0, String(r.1.suffix(3000)))
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any])
+        XCTAssertEqual(json["passed"] as? Bool, true)
+        XCTAssertEqual(json["complete"] as? Bool, true)
+        XCTAssertEqual((json["skipped"] as? [String])?.count, 0)
+        let check = try XCTUnwrap(json["check"] as? [String: Any])
+        XCTAssertEqual(check["kernels_passed"] as? Int, check["kernels_total"] as? Int)
+        XCTAssertEqual((check["golden"] as? [Any])?.count, 3)
+        let steps = try XCTUnwrap(json["radar_bench_step"] as? [[String: Any]])
+        XCTAssertEqual(steps.compactMap { $0["precision"] as? String }, ["fp32", "tf32", "bf16"])
+        XCTAssertTrue(steps.allSatisfy { ($0["device"] as? String ?? "").contains("RADAR fake CUDA device 0, sm_90") }, "\(steps)")
+        let dp = try XCTUnwrap(json["data_parallel"] as? [String: Any])
+        XCTAssertEqual(dp["replicas_identical"] as? Bool, true)
+        XCTAssertEqual(dp["copy_stream"] as? Bool, true)
+        let allreduce = try XCTUnwrap(json["allreduce"] as? [[String: Any]])
+        XCTAssertEqual(allreduce.count, 2, "8 and 88 MB")
+        XCTAssertTrue(allreduce.allSatisfy { $0["staging"] as? String == "copy stream, page-locked" && ($0["device"] as? String ?? "").contains("fake") },
+                      "\(allreduce)")
+    }
+
     /// The training step in each precision (bf16 operands through cublasGemmStridedBatchedEx,
     /// TF32 compute), one host synchronisation per optimizer step.
     func testDriverAPITrainsInEveryPrecisionOnTheFakeDriver() throws {
