@@ -1,11 +1,11 @@
 // The fiber scheduler of the emulated device. A launch runs its blocks one after another on the
-// calling thread; a block's threads are ucontext fibers run in turn until each returns or waits: at a block barrier (__syncthreads, told apart by call site) or a
-// warp exchange (__shfl_xor_sync, 32 lanes). Barriers release when every live thread of the
-// block (warp) waits at the same one; threads waiting at different barriers are a deadlock and
-// fail the launch with a report, as is (in strict mode) a barrier reached after some threads
-// of the block returned.
+// calling thread; a block's threads are ucontext fibers run in turn until each returns or waits:
+// at a block barrier (__syncthreads, told apart by call site) or a warp exchange (__shfl_xor_sync,
+// 32 lanes). Barriers release when every live thread of the block (warp) waits at the same one;
+// threads waiting at different barriers are a deadlock and fail the launch with a report, as is
+// (in strict mode) a barrier reached after some threads of the block returned.
 //
-// The schedule (`RADAR_EMULATED_SCHEDULE`, or radar_emu_set_schedule): `forward` runs blocks and
+// The schedule (`RADAR_EMULATED_SCHEDULE`, or radar_emu_set_schedule_text): `forward` runs blocks and
 // threads in index order; `reversed` runs both last to first; `shuffled[:SEED]` runs blocks in a
 // seeded random order and, in each pass over a block's runnable threads, the threads in a fresh
 // random order. A GPU promises no order among blocks, nor among threads between barriers, so a
