@@ -7,7 +7,7 @@
 //
 // The schedule (`RADAR_EMULATED_SCHEDULE`, or radar_emu_set_schedule_text): `forward` runs blocks and
 // threads in index order; `reversed` runs both last to first; `shuffled[:SEED]` runs blocks in a
-// seeded random order and, in each pass over a block's runnable threads, the threads in a fresh
+// seeded random order (SEED 1 when not given) and, in each pass over a block's runnable threads, the threads in a fresh
 // random order. A GPU promises no order among blocks, nor among threads between barriers, so a
 // kernel whose results change with the schedule has a race (a missing __syncthreads, a block
 // reading another block's output); ours have no atomics, so every output must be bit-identical
@@ -59,8 +59,10 @@ thread_local Block *running = nullptr;
 thread_local bool direct = false;  // a barrier-free launch in progress (no fibers)
 thread_local std::string last_error;
 enum Schedule { forward = 0, reversed = 1, shuffled = 2 };
-int schedule = forward, strict_mode = 0;
-uint64_t schedule_seed = 0;
+// Read by every launching thread (the fake driver launches from several), set between launches.
+std::atomic<int> schedule{forward};
+std::atomic<uint64_t> schedule_seed{1};
+int strict_mode = 0;
 std::atomic<bool> schedule_set{false};
 std::atomic<uint64_t> schedule_generation{1};
 thread_local uint64_t rng_state = 0;
