@@ -53,23 +53,22 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         do {
             return try driver.allocate(bytes: max(floats, 1) * 4).bindMemory(to: Float.self, capacity: max(floats, 1))
         } catch {
-            let context = DeviceMemoryContext.current
-            let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
-            FileHandle.standardError.write(Data("\(program): error: \(error)\(context.isEmpty ? "" : " while sizing \(context): lower it")\n".utf8))
-            exitNow(1)
+            DeviceFailure.outOfMemory(error)
         }
     }
 
-    /// Bytes this backend holds on the device now, and the most it ever held.
+    /// Bytes this backend holds on the device now, and the most it ever held (tensors and
+    /// scratch, plus the libraries' workspaces: what PyTorch's max_memory_allocated counts too).
     public private(set) var deviceBytes = 0
-    public private(set) var peakDeviceBytes = 0
+    private var peakTensorBytes = 0
+    public var peakDeviceBytes: Int { peakTensorBytes + driver.libraryWorkspaceBytes }
     private var sizes: [UInt: Int] = [:]
 
     public func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {
         let p = CUDABackend.allocate(driver, floats: count)
         sizes[UInt(bitPattern: p)] = max(count, 1) * 4
         deviceBytes += max(count, 1) * 4
-        peakDeviceBytes = max(peakDeviceBytes, deviceBytes + scratchBytes.reduce(0, +))
+        peakTensorBytes = max(peakTensorBytes, deviceBytes + scratchBytes.reduce(0, +))
         return p
     }
 
@@ -118,7 +117,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
             if let p = scratch[i] { driver.free(p) }
             scratch[i] = UnsafeMutableRawPointer(CUDABackend.allocate(driver, floats: (bytes + 3) / 4))
             scratchBytes[i] = bytes
-            peakDeviceBytes = max(peakDeviceBytes, deviceBytes + scratchBytes.reduce(0, +))
+            peakTensorBytes = max(peakTensorBytes, deviceBytes + scratchBytes.reduce(0, +))
         }
         return scratch[i]!
     }

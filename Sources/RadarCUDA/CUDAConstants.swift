@@ -25,6 +25,13 @@ struct CUDAConstants {
     let CUBLAS_GEMM_DEFAULT: Int32 = -1
     // cufft.h
     let CUFFT_SUCCESS: Int32 = 0
+    let CUFFT_INVALID_PLAN: Int32 = 1
+    let CUFFT_ALLOC_FAILED: Int32 = 2
+    let CUFFT_INVALID_VALUE: Int32 = 4
+    let CUFFT_INTERNAL_ERROR: Int32 = 5
+    let CUFFT_EXEC_FAILED: Int32 = 6
+    let CUFFT_SETUP_FAILED: Int32 = 7
+    let CUFFT_INVALID_SIZE: Int32 = 8
     let CUFFT_R2C: Int32 = 0x2a
     // nvrtc.h
     let NVRTC_SUCCESS: Int32 = 0

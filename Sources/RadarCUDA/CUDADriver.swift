@@ -1,4 +1,5 @@
 import Foundation
+import RadarEngine
 
 /// How products are computed on the device (`--precision`):
 /// - `fp32`: fp32 operands and accumulation (matches the CPU backend within the golden tolerances).
@@ -48,8 +49,35 @@ public struct StridedGemm {
 /// A device allocation that did not fit.
 public struct DeviceOutOfMemory: Error, CustomStringConvertible {
     public let device: String, requested: Int, free: Int, total: Int
+    /// What the bytes were for, when not a tensor (e.g. "cuFFT work area").
+    public var purpose = ""
+    public init(device: String, requested: Int, free: Int, total: Int, purpose: String = "") {
+        self.device = device; self.requested = requested; self.free = free; self.total = total; self.purpose = purpose
+    }
     public var description: String {
-        "out of device memory on \(device): \(Bytes.text(requested)) requested, \(Bytes.text(free)) free of \(Bytes.text(total))"
+        "out of device memory on \(device): \(Bytes.text(requested)) requested\(purpose.isEmpty ? "" : " for the \(purpose)"), \(Bytes.text(free)) free of \(Bytes.text(total))"
+    }
+}
+
+/// A CUDA call that failed after start-up: a device fault (an illegal address, an uncorrectable
+/// ECC error, a GPU that fell off the bus), a library out of its resources, or a bug. CUDA's
+/// faults are sticky (the context is lost and every later call fails), so nothing can be retried
+/// in-process: the process stops with one line naming the device, the call and CUDA's own words,
+/// exit status 1, no crash report. Checkpoints are written to a temporary file and renamed, so the
+/// last one stays whole; a data-parallel job's other ranks see this rank go and stop, naming it.
+public enum DeviceFailure {
+    /// Writes `PROGRAM: error: MESSAGE` to standard error and exits with status 1.
+    public static func stop(_ message: String) -> Never {
+        let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
+        FileHandle.standardError.write(Data("\(program): error: \(message)\n".utf8))
+        exitNow(1)
+    }
+
+    /// An allocation that did not fit while the run sizes its memory: the error, what was being
+    /// sized (`DeviceMemoryContext`, e.g. the batch) and the remedy.
+    public static func outOfMemory(_ error: Any) -> Never {
+        let context = DeviceMemoryContext.current
+        stop("\(error)\(context.isEmpty ? "" : " while sizing \(context): lower it")")
     }
 }
 
@@ -75,6 +103,9 @@ public protocol CUDADriver: AnyObject {
     var computeCapability: (major: Int, minor: Int) { get }
     /// (free, total) device memory in bytes.
     func memoryInfo() -> (free: Int, total: Int)
+    /// Device bytes the libraries hold for their own work (cuBLAS's workspace, cuFFT's work
+    /// area), allocated by us so that they count and an out-of-memory names them.
+    var libraryWorkspaceBytes: Int { get }
 
     /// Device memory (256-byte aligned), zero-filled.
     func allocate(bytes: Int) throws -> UnsafeMutableRawPointer

@@ -11,7 +11,8 @@ private let C = CUDAConstants.values
 /// every kernel family compiled by NVRTC to CUBIN for the device's own architecture (cached on
 /// disk by `KernelCache`) and loaded with cuModuleLoadData. cuBLAS runs with a fixed workspace
 /// and the default algorithm (deterministic run to run on one GPU model); cuFFT plans are kept per
-/// (size, batch).
+/// (size, batch) and share one work area that we allocate (counted, and an out-of-memory names it).
+/// A call that fails after start-up stops the process with one line (`DeviceFailure`).
 public final class DriverAPI: CUDADriver, @unchecked Sendable {
     // Driver API (cuda.h): CUresult is an int, CUdevice an int, handles are pointers, CUdeviceptr a 64-bit integer.
     // Every function type below and every number in `CUDAConstants` is compared with NVIDIA's
@@ -50,9 +51,13 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     typealias FnBlasGemmEx = @convention(c) (OpaquePointer?, Int32, Int32, Int32, Int32, Int32, UnsafeRawPointer, UnsafeRawPointer?, Int32,
                                              Int32, Int64, UnsafeRawPointer?, Int32, Int32, Int64, UnsafeRawPointer,
                                              UnsafeMutableRawPointer?, Int32, Int32, Int64, Int32, Int32, Int32) -> Int32
+    typealias FnBlasStatusString = @convention(c) (Int32) -> UnsafePointer<CChar>?
     // cuFFT
-    typealias FnFFTPlanMany = @convention(c) (UnsafeMutablePointer<Int32>, Int32, UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>?,
-                                              Int32, Int32, UnsafeMutablePointer<Int32>?, Int32, Int32, Int32, Int32) -> Int32
+    typealias FnFFTCreate = @convention(c) (UnsafeMutablePointer<Int32>) -> Int32
+    typealias FnFFTSetAutoAllocation = @convention(c) (Int32, Int32) -> Int32
+    typealias FnFFTMakePlanMany = @convention(c) (Int32, Int32, UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>?, Int32, Int32,
+                                                  UnsafeMutablePointer<Int32>?, Int32, Int32, Int32, Int32, UnsafeMutablePointer<Int>) -> Int32
+    typealias FnFFTSetWorkArea = @convention(c) (Int32, UnsafeMutableRawPointer?) -> Int32
     typealias FnFFTSetStream = @convention(c) (Int32, OpaquePointer?) -> Int32
     typealias FnFFTExecR2C = @convention(c) (Int32, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Int32
 
@@ -72,8 +77,9 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     /// The gradient copy stream and its events (`prepareCopyStream`).
     private var copyStream: OpaquePointer?
     private var marks: [OpaquePointer?] = [], uploads: [OpaquePointer?] = []
-    private let blasSetMathMode: FnBlasSetMathMode, blasGemm: FnBlasGemmEx
-    private let fftPlanMany: FnFFTPlanMany, fftSetStream: FnFFTSetStream, fftExecR2C: FnFFTExecR2C
+    private let blasSetMathMode: FnBlasSetMathMode, blasGemm: FnBlasGemmEx, blasStatusString: FnBlasStatusString?
+    private let fftCreate: FnFFTCreate, fftSetAutoAllocation: FnFFTSetAutoAllocation, fftMakePlanMany: FnFFTMakePlanMany
+    private let fftSetWorkArea: FnFFTSetWorkArea, fftSetStream: FnFFTSetStream, fftExecR2C: FnFFTExecR2C
 
     public let ordinal: Int
     public let name: String
@@ -87,6 +93,10 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     private var modules: [OpaquePointer?] = []
     private var functions: [String: OpaquePointer] = [:]
     private var fftPlans: [Int: Int32] = [:]
+    /// cuFFT's work area: ours (plans are made with auto-allocation off), one for every plan (they
+    /// run one at a time on the one stream), as large as the largest plan needs.
+    private var fftWork: UInt64 = 0
+    private var fftWorkBytes = 0
     private var mathMode: Int32 = -1
     /// Where each kernel family came from ("hit", "compiled", "recompiled"), for the probe.
     public private(set) var kernelOrigins: [String: String] = [:]
@@ -154,7 +164,11 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         _ = try sym(blasLib, "cublasSetStream_v2", FnBlasSetStream.self)(handle, s)
         blasSetMathMode = try sym(blasLib, "cublasSetMathMode", FnBlasSetMathMode.self)
         blasGemm = try sym(blasLib, "cublasGemmStridedBatchedEx", FnBlasGemmEx.self)
-        fftPlanMany = try sym(fftLib, "cufftPlanMany", FnFFTPlanMany.self)
+        blasStatusString = try? sym(blasLib, "cublasGetStatusString", FnBlasStatusString.self)
+        fftCreate = try sym(fftLib, "cufftCreate", FnFFTCreate.self)
+        fftSetAutoAllocation = try sym(fftLib, "cufftSetAutoAllocation", FnFFTSetAutoAllocation.self)
+        fftMakePlanMany = try sym(fftLib, "cufftMakePlanMany", FnFFTMakePlanMany.self)
+        fftSetWorkArea = try sym(fftLib, "cufftSetWorkArea", FnFFTSetWorkArea.self)
         fftSetStream = try sym(fftLib, "cufftSetStream", FnFFTSetStream.self)
         fftExecR2C = try sym(fftLib, "cufftExecR2C", FnFFTExecR2C.self)
         self.ordinal = ordinal
@@ -196,7 +210,20 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
 
     /// After start-up a failing call is a device fault or a bug: stop with the call and the error.
     @inline(__always) private func must(_ r: Int32, _ call: @autoclosure () -> String) {
-        if r != C.CUDA_SUCCESS { fatalError("CUDA error on cuda:\(ordinal) in \(call()): \(DriverAPI.describe(r, errorString))") }
+        if r != C.CUDA_SUCCESS { DeviceFailure.stop("CUDA error on cuda:\(ordinal) in \(call()): \(DriverAPI.describe(r, errorString))") }
+    }
+
+    @inline(__always) private func fftMust(_ r: Int32, _ call: @autoclosure () -> String) {
+        if r != C.CUFFT_SUCCESS { DeviceFailure.stop("cuFFT error on cuda:\(ordinal) in \(call()): \(DriverAPI.fftResult(r))") }
+    }
+
+    /// cufftResult's name (cuFFT has no error-string function).
+    static func fftResult(_ r: Int32) -> String {
+        let names: [Int32: String] = [C.CUFFT_INVALID_PLAN: "CUFFT_INVALID_PLAN", C.CUFFT_ALLOC_FAILED: "CUFFT_ALLOC_FAILED",
+                                      C.CUFFT_INVALID_VALUE: "CUFFT_INVALID_VALUE", C.CUFFT_INTERNAL_ERROR: "CUFFT_INTERNAL_ERROR",
+                                      C.CUFFT_EXEC_FAILED: "CUFFT_EXEC_FAILED", C.CUFFT_SETUP_FAILED: "CUFFT_SETUP_FAILED",
+                                      C.CUFFT_INVALID_SIZE: "CUFFT_INVALID_SIZE"]
+        return "\(names[r] ?? "cufftResult") (\(r))"
     }
 
     public var architecture: String { "sm_\(computeCapability.major)\(computeCapability.minor)" }
@@ -330,7 +357,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
                 return f
             }
         }
-        fatalError("cuda:\(ordinal): no kernel \(name) in the loaded modules")
+        DeviceFailure.stop("cuda:\(ordinal): no kernel \(name) in the loaded modules")
     }
 
     public func launch(_ kernel: String, grid: Int, block: Int, _ args: [KernelArg]) {
@@ -357,25 +384,61 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
                          Int32(g.m), Int32(g.n), Int32(g.k), &alpha, g.a, type, Int32(g.lda), Int64(g.strideA), g.b, type, Int32(g.ldb),
                          Int64(g.strideB), &beta, UnsafeMutableRawPointer(g.c), C.CUDA_R_32F, Int32(g.ldc), Int64(g.strideC),
                          Int32(g.batch), compute, C.CUBLAS_GEMM_DEFAULT)
-        if r != C.CUBLAS_STATUS_SUCCESS { fatalError("cuBLAS error on cuda:\(ordinal): cublasGemmStridedBatchedEx(m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)) status \(r)") }
+        if r != C.CUBLAS_STATUS_SUCCESS {
+            let text = blasStatusString?(r).map { String(cString: $0) } ?? "status"
+            DeviceFailure.stop("cuBLAS error on cuda:\(ordinal) in cublasGemmStridedBatchedEx(m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)): \(text) (\(r))")
+        }
     }
 
     // MARK: cuFFT
 
+    public var libraryWorkspaceBytes: Int { DriverAPI.workspaceBytes + fftWorkBytes }
+
+    /// The plan for `batch` planes of size x size, made once: auto-allocation off, our work area.
+    private func fftPlan(size: Int, batch: Int) -> Int32 {
+        let key = size << 32 | batch
+        if let p = fftPlans[key] { return p }
+        let what = "\(size)x\(size) R2C, batch \(batch)"
+        var p: Int32 = 0
+        fftMust(fftCreate(&p), "cufftCreate(\(what))")
+        fftMust(fftSetAutoAllocation(p, 0), "cufftSetAutoAllocation(\(what))")
+        var dims: [Int32] = [Int32(size), Int32(size)]
+        var need = 0
+        let made = fftMakePlanMany(p, 2, &dims, nil, 1, 0, nil, 1, 0, C.CUFFT_R2C, Int32(batch), &need)
+        if made == C.CUFFT_ALLOC_FAILED {
+            let info = memoryInfo()
+            DeviceFailure.outOfMemory("out of device memory on \(deviceDescription): cufftMakePlanMany(\(what)) could not allocate its plan, \(Bytes.text(info.free)) free of \(Bytes.text(info.total))")
+        }
+        fftMust(made, "cufftMakePlanMany(\(what))")
+        if need > fftWorkBytes {
+            if fftWork != 0 {  // the plans that use it have run: the stream is drained first
+                must(streamSync(stream), "cuStreamSynchronize")
+                must(memFree(fftWork), "cuMemFree (cuFFT work area)")
+                fftWork = 0
+                fftWorkBytes = 0
+            }
+            let n = (need + 255) / 256 * 256
+            var w: UInt64 = 0
+            let r = memAlloc(&w, n)
+            if r == C.CUDA_ERROR_OUT_OF_MEMORY {
+                let info = memoryInfo()
+                DeviceFailure.outOfMemory(DeviceOutOfMemory(device: deviceDescription, requested: n, free: info.free, total: info.total,
+                                                            purpose: "cuFFT work area (\(what))"))
+            }
+            must(r, "cuMemAlloc (cuFFT work area, \(n) bytes)")
+            fftWork = w
+            fftWorkBytes = n
+            for (k, q) in fftPlans { fftMust(fftSetWorkArea(q, UnsafeMutableRawPointer(bitPattern: UInt(w))), "cufftSetWorkArea(plan \(k >> 32)x\(k >> 32), batch \(k & 0xffff_ffff))") }
+        }
+        if fftWork != 0 { fftMust(fftSetWorkArea(p, UnsafeMutableRawPointer(bitPattern: UInt(fftWork))), "cufftSetWorkArea(\(what))") }
+        fftMust(fftSetStream(p, stream), "cufftSetStream(\(what))")
+        fftPlans[key] = p
+        return p
+    }
+
     public func fftRealToComplex(_ input: UnsafeRawPointer, _ output: UnsafeMutableRawPointer, size: Int, batch: Int) {
         _ = ctxSetCurrent(context)
-        let key = size << 32 | batch
-        let plan: Int32
-        if let p = fftPlans[key] { plan = p } else {
-            var p: Int32 = 0
-            var dims: [Int32] = [Int32(size), Int32(size)]
-            let r = fftPlanMany(&p, 2, &dims, nil, 1, 0, nil, 1, 0, C.CUFFT_R2C, Int32(batch))
-            if r != C.CUFFT_SUCCESS { fatalError("cuFFT error on cuda:\(ordinal): cufftPlanMany(\(size)x\(size), batch \(batch)) status \(r)") }
-            _ = fftSetStream(p, stream)
-            fftPlans[key] = p
-            plan = p
-        }
-        let r = fftExecR2C(plan, UnsafeMutableRawPointer(mutating: input), output)
-        if r != C.CUFFT_SUCCESS { fatalError("cuFFT error on cuda:\(ordinal): cufftExecR2C status \(r)") }
+        let plan = fftPlan(size: size, batch: batch)
+        fftMust(fftExecR2C(plan, UnsafeMutableRawPointer(mutating: input), output), "cufftExecR2C(\(size)x\(size), batch \(batch))")
     }
 }

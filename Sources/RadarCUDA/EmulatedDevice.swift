@@ -80,6 +80,8 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
         EmulatedDevice.heapLock.lock(); defer { EmulatedDevice.heapLock.unlock() }
         return (capacity - EmulatedDevice.heap.allocated, capacity)
     }
+    /// The host products (OpenBLAS, FFTW) keep their scratch in host memory.
+    public var libraryWorkspaceBytes: Int { 0 }
 
     // MARK: Memory
 
@@ -233,7 +235,7 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
             let g: [UInt32] = [UInt32(grid), 1, 1], b: [UInt32] = [UInt32(block), 1, 1]
             return kernel(g, b, argv)
         }
-        if status != 0 { fatalError("\(LaunchFailed(kernel: name, message: String(cString: radar_emu_last_error())))") }
+        if status != 0 { DeviceFailure.stop("\(LaunchFailed(kernel: name, message: String(cString: radar_emu_last_error())))") }
     }
 
     // MARK: cuBLAS

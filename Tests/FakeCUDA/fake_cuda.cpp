@@ -22,7 +22,16 @@
 // without synchronising the stream reads what was there before, as it would on a GPU that has not
 // finished. (RADAR_FAKE_CUDA_DEFER=0: every copy at its call.) Kernels run on the emulator (the
 // same kernel sources compiled for the host), GEMMs through cblas_sgemm in column-major (not the
-// emulator's route), FFTs through FFTW's own 2-D r2c plan.
+// emulator's route), FFTs through FFTW's own 2-D r2c plan. cuFFT plans report a work area as
+// the real one does (RADAR_FAKE_CUFFT_WORK_BYTES sets its size); allocated by the plan or, with
+// auto-allocation off, one the caller sets, which must then be device memory when a plan runs.
+//
+// Device faults, on demand: RADAR_FAKE_CUDA_FAULT=NAME:N makes the N-th call of NAME (one of
+// cuLaunchKernel, cuMemcpyHtoDAsync_v2, cuMemcpyDtoHAsync_v2, cuStreamSynchronize,
+// cublasGemmStridedBatchedEx, cufftExecR2C) fail as an illegal address does on a GPU, and, the
+// context being lost, every such call after it too (CUDA_ERROR_ILLEGAL_ADDRESS; cuBLAS
+// EXECUTION_FAILED; cuFFT EXEC_FAILED). With RADAR_FAKE_CUDA_FAULT_RANK=R, only in the process
+// whose RANK is R (one rank of a `radar launch` job).
 #include "CCUDAEmulator.h"
 
 #include <cblas.h>
@@ -49,7 +58,7 @@ namespace {
 enum : int {
     SUCCESS = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, NO_DEVICE = 100, INVALID_DEVICE = 101,
     INVALID_IMAGE = 200, INVALID_CONTEXT = 201, NO_BINARY_FOR_GPU = 209, INVALID_HANDLE = 400, NOT_FOUND = 500,
-    LAUNCH_FAILED = 719,
+    ILLEGAL_ADDRESS = 700, LAUNCH_FAILED = 719,
 };
 
 struct Context { int device; };
@@ -141,6 +150,24 @@ bool inDevice(uintptr_t p, size_t bytes) { return within(allocations, p, bytes);
 bool isPinned(const void *p, size_t bytes) { return within(pinned, uintptr_t(p), bytes); }
 
 bool isDevice(const void *p) { return inDevice(uintptr_t(p), 1); }
+
+/// Whether this call of `name` meets the injected fault (RADAR_FAKE_CUDA_FAULT=NAME:N), or comes
+/// after it: a lost context fails every call.
+bool faulted(const char *name) {
+    static std::mutex m;
+    static bool tripped = false;
+    static long calls = 0;
+    static const std::pair<std::string, long> target = [] {
+        const char *v = getenv("RADAR_FAKE_CUDA_FAULT"), *rank = getenv("RADAR_FAKE_CUDA_FAULT_RANK"), *mine = getenv("RANK");
+        if (rank && (!mine || strcmp(rank, mine) != 0)) v = nullptr;
+        const char *colon = v ? strrchr(v, ':') : nullptr;
+        return colon ? std::make_pair(std::string(v, size_t(colon - v)), atol(colon + 1)) : std::make_pair(std::string(), 0L);
+    }();
+    if (target.first.empty()) return false;
+    std::lock_guard<std::mutex> g(m);
+    if (!tripped && target.first == name && ++calls == target.second) tripped = true;
+    return tripped;
+}
 
 int needContext() { return !initialized ? NOT_INITIALIZED : current == nullptr ? INVALID_CONTEXT : SUCCESS; }
 
@@ -268,6 +295,7 @@ EXPORT int cuStreamCreate(void **stream, unsigned flags) {
 
 EXPORT int cuStreamSynchronize(void *stream) {
     if (int r = checkStream(stream)) return r;
+    if (faulted("cuStreamSynchronize")) return ILLEGAL_ADDRESS;
     runsNow(stream);
     return SUCCESS;
 }
@@ -368,6 +396,7 @@ EXPORT int cuMemsetD8Async(unsigned long long address, unsigned char value, size
 
 EXPORT int cuMemcpyHtoDAsync_v2(unsigned long long destination, const void *source, size_t bytes, void *stream) {
     if (int r = checkStream(stream)) return r;
+    if (faulted("cuMemcpyHtoDAsync_v2")) return ILLEGAL_ADDRESS;
     if (!inDevice(uintptr_t(destination), bytes) || !source || isDevice(source)) return INVALID_VALUE;
     if (!stream) {  // the legacy default stream: after everything queued, at the call
         runsNow(nullptr);
@@ -385,6 +414,7 @@ EXPORT int cuMemcpyHtoDAsync_v2(unsigned long long destination, const void *sour
 
 EXPORT int cuMemcpyDtoHAsync_v2(void *destination, unsigned long long source, size_t bytes, void *stream) {
     if (int r = checkStream(stream)) return r;
+    if (faulted("cuMemcpyDtoHAsync_v2")) return ILLEGAL_ADDRESS;
     if (!inDevice(uintptr_t(source), bytes) || !destination || isDevice(destination)) return INVALID_VALUE;
     if (!stream || !isPinned(destination, bytes)) {  // default stream or pageable: done when CUDA returns
         runsNow(stream);
@@ -453,6 +483,7 @@ EXPORT int cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz,
     if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 || size_t(bx) * by * bz > 1024 || bz > 64
         || gy > 65535 || gz > 65535 || sharedBytes > 48 * 1024 || extra != nullptr || params == nullptr)
         return INVALID_VALUE;
+    if (faulted("cuLaunchKernel")) return ILLEGAL_ADDRESS;
     const Function *f = static_cast<Function *>(function);
     runsNow(stream);
     const unsigned grid[3] = {gx, gy, gz}, block[3] = {bx, by, bz};
@@ -477,6 +508,7 @@ EXPORT int cuGetErrorString(int error, const char **text) {
     case NO_BINARY_FOR_GPU: *text = "no kernel image is available for execution on the device"; break;
     case INVALID_HANDLE: *text = "invalid resource handle"; break;
     case NOT_FOUND: *text = "named symbol not found"; break;
+    case ILLEGAL_ADDRESS: *text = "an illegal memory access was encountered"; break;
     case LAUNCH_FAILED: *text = "unspecified launch failure"; break;
     default: *text = nullptr; return INVALID_VALUE;
     }
@@ -486,7 +518,7 @@ EXPORT int cuGetErrorString(int error, const char **text) {
 // MARK: cuBLAS
 
 namespace {
-enum : int { BLAS_SUCCESS = 0, BLAS_NOT_INITIALIZED = 1, BLAS_INVALID_VALUE = 7, BLAS_NOT_SUPPORTED = 15 };
+enum : int { BLAS_SUCCESS = 0, BLAS_NOT_INITIALIZED = 1, BLAS_INVALID_VALUE = 7, BLAS_EXECUTION_FAILED = 13, BLAS_NOT_SUPPORTED = 15 };
 struct Blas { Context *context; void *stream = nullptr; int mathMode = 0; };
 
 size_t span(long rows, long cols, long ld) { return rows == 0 || cols == 0 ? 0 : size_t(ld) * size_t(cols - 1) + size_t(rows); }
@@ -555,6 +587,7 @@ EXPORT int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int 
     if (computeType == 77 && Atype != 0) return BLAS_NOT_SUPPORTED;
     if (algo != -1 && algo != 99) return BLAS_INVALID_VALUE;  // CUBLAS_GEMM_DEFAULT (_TENSOR_OP)
     if (m == 0 || n == 0 || batch == 0) return BLAS_SUCCESS;
+    if (faulted("cublasGemmStridedBatchedEx")) return BLAS_EXECUTION_FAILED;
     if (!alpha || !beta || isDevice(alpha) || isDevice(beta)) return BLAS_INVALID_VALUE;  // host pointer mode
     const size_t element = Atype == 14 ? 2 : 4;
     const size_t spanA = span(rowsA, colsA, lda), spanB = span(rowsB, colsB, ldb), spanC = span(m, n, ldc);
@@ -575,34 +608,111 @@ EXPORT int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int 
     return BLAS_SUCCESS;
 }
 
+EXPORT const char *cublasGetStatusString(int status) {
+    switch (status) {
+    case BLAS_SUCCESS: return "the operation completed successfully";
+    case BLAS_NOT_INITIALIZED: return "the library was not initialized";
+    case BLAS_INVALID_VALUE: return "an invalid numeric value was used as an argument";
+    case BLAS_EXECUTION_FAILED: return "the GPU program failed to execute";
+    case BLAS_NOT_SUPPORTED: return "the functionality requested is not supported";
+    default: return "unknown error";
+    }
+}
+
 // MARK: cuFFT
 
 namespace {
-enum : int { FFT_SUCCESS = 0, FFT_INVALID_PLAN = 1, FFT_INVALID_TYPE = 3, FFT_INVALID_VALUE = 4, FFT_INVALID_SIZE = 8, FFT_NOT_SUPPORTED = 16 };
-struct Plan { int rows, cols, batch; Context *context; void *stream = nullptr; };
+enum : int {
+    FFT_SUCCESS = 0, FFT_INVALID_PLAN = 1, FFT_ALLOC_FAILED = 2, FFT_INVALID_TYPE = 3, FFT_INVALID_VALUE = 4, FFT_EXEC_FAILED = 6,
+    FFT_INVALID_SIZE = 8, FFT_NOT_SUPPORTED = 16
+};
+/// A plan: its shape once made, where its work area is (allocated by the plan, or set by the caller
+/// when auto-allocation is off) and the bytes it needs.
+struct Plan {
+    int rows = 0, cols = 0, batch = 0;
+    Context *context;
+    void *stream = nullptr;
+    bool made = false, autoAllocate = true;
+    size_t workSize = 0;
+    void *work = nullptr;
+};
 std::vector<Plan> plans;
 std::mutex fftLock;  // FFTW's planner is not thread-safe
+
+/// The work area a plan asks for: one complex spectrum per plane, or RADAR_FAKE_CUFFT_WORK_BYTES.
+size_t workBytes(int rows, int cols, int batch) {
+    const char *v = getenv("RADAR_FAKE_CUFFT_WORK_BYTES");
+    return v ? strtoull(v, nullptr, 10) : size_t(rows) * size_t(cols / 2 + 1) * 8 * size_t(batch);
+}
+
+Plan *planFor(int handle) { return handle < 1 || size_t(handle) > plans.size() ? nullptr : &plans[size_t(handle - 1)]; }
 }  // namespace
 
-EXPORT int cufftPlanMany(int *plan, int rank, int *n, int *inembed, int istride, int idist, int *onembed, int ostride, int odist,
-                         int type, int batch) {
-    if (!plan || !n) return FFT_INVALID_VALUE;
+EXPORT int cufftCreate(int *plan) {
+    if (!plan) return FFT_INVALID_VALUE;
+    if (needContext()) return FFT_INVALID_VALUE;
+    std::lock_guard<std::mutex> g(fftLock);
+    plans.push_back(Plan{});
+    plans.back().context = current;
+    *plan = int(plans.size());  // handles start at 1
+    return FFT_SUCCESS;
+}
+
+EXPORT int cufftSetAutoAllocation(int plan, int autoAllocate) {
+    std::lock_guard<std::mutex> g(fftLock);
+    Plan *p = planFor(plan);
+    if (!p) return FFT_INVALID_PLAN;
+    if (p->made) return FFT_INVALID_VALUE;  // set before the plan is made
+    p->autoAllocate = autoAllocate != 0;
+    return FFT_SUCCESS;
+}
+
+EXPORT int cufftMakePlanMany(int plan, int rank, int *n, int *inembed, int istride, int idist, int *onembed, int ostride, int odist,
+                             int type, int batch, size_t *workSize) {
+    if (!n || !workSize) return FFT_INVALID_VALUE;
     if (needContext()) return FFT_INVALID_VALUE;
     if (type != 0x2a) return FFT_INVALID_TYPE;            // CUFFT_R2C is all DriverAPI plans
     if (rank != 2 || inembed || onembed) return FFT_NOT_SUPPORTED;  // basic layout: strides and distances unused
     (void)istride; (void)idist; (void)ostride; (void)odist;
     if (n[0] <= 0 || n[1] <= 0 || batch <= 0) return FFT_INVALID_SIZE;
     std::lock_guard<std::mutex> g(fftLock);
-    plans.push_back(Plan{n[0], n[1], batch, current});
-    *plan = int(plans.size());  // handles start at 1
+    Plan *p = planFor(plan);
+    if (!p || p->made) return FFT_INVALID_PLAN;
+    p->rows = n[0]; p->cols = n[1]; p->batch = batch;
+    p->workSize = workBytes(n[0], n[1], batch);
+    if (p->autoAllocate && p->workSize > 0) {
+        unsigned long long w = 0;
+        if (cuMemAlloc_v2(&w, p->workSize) != SUCCESS) return FFT_ALLOC_FAILED;
+        p->work = reinterpret_cast<void *>(w);
+    }
+    p->made = true;
+    *workSize = p->workSize;
+    return FFT_SUCCESS;
+}
+
+EXPORT int cufftPlanMany(int *plan, int rank, int *n, int *inembed, int istride, int idist, int *onembed, int ostride, int odist,
+                         int type, int batch) {
+    if (!plan) return FFT_INVALID_VALUE;
+    if (int r = cufftCreate(plan)) return r;
+    size_t work = 0;
+    return cufftMakePlanMany(*plan, rank, n, inembed, istride, idist, onembed, ostride, odist, type, batch, &work);
+}
+
+EXPORT int cufftSetWorkArea(int plan, void *work) {
+    std::lock_guard<std::mutex> g(fftLock);
+    Plan *p = planFor(plan);
+    if (!p || !p->made) return FFT_INVALID_PLAN;
+    if (p->workSize > 0 && !inDevice(uintptr_t(work), p->workSize)) return FFT_INVALID_VALUE;
+    p->work = work;
     return FFT_SUCCESS;
 }
 
 EXPORT int cufftSetStream(int plan, void *stream) {
     std::lock_guard<std::mutex> g(fftLock);
-    if (plan < 1 || size_t(plan) > plans.size()) return FFT_INVALID_PLAN;
-    if (stream && static_cast<Stream *>(stream)->context != plans[size_t(plan - 1)].context) return FFT_INVALID_VALUE;
-    plans[size_t(plan - 1)].stream = stream;
+    Plan *p = planFor(plan);
+    if (!p) return FFT_INVALID_PLAN;
+    if (stream && static_cast<Stream *>(stream)->context != p->context) return FFT_INVALID_VALUE;
+    p->stream = stream;
     return FFT_SUCCESS;
 }
 
@@ -610,12 +720,16 @@ EXPORT int cufftExecR2C(int plan, float *input, void *output) {
     Plan p;
     {
         std::lock_guard<std::mutex> g(fftLock);
-        if (plan < 1 || size_t(plan) > plans.size()) return FFT_INVALID_PLAN;
-        p = plans[size_t(plan - 1)];
+        const Plan *found = planFor(plan);
+        if (!found || !found->made) return FFT_INVALID_PLAN;
+        p = *found;
     }
+    // The work area must still be device memory of its size (one freed or never set is an error).
+    if (p.workSize > 0 && !inDevice(uintptr_t(p.work), p.workSize)) return FFT_INVALID_VALUE;
     const size_t real = size_t(p.rows) * size_t(p.cols), complex = size_t(p.rows) * size_t(p.cols / 2 + 1);
     if (!inDevice(uintptr_t(input), real * size_t(p.batch) * 4) || !inDevice(uintptr_t(output), complex * size_t(p.batch) * 8))
         return FFT_INVALID_VALUE;
+    if (faulted("cufftExecR2C")) return FFT_EXEC_FAILED;
     runsNow(p.stream);
     int dims[2] = {p.rows, p.cols};
     std::lock_guard<std::mutex> g(fftLock);

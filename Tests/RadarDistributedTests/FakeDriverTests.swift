@@ -97,6 +97,10 @@ final class FakeDriverTests: XCTestCase {
             XCTAssertTrue((step["device"] as? String ?? "").contains("RADAR fake CUDA device"), r.output)
             XCTAssertEqual(step["host_syncs_per_optimizer_step"] as? Int, 1, r.output)
             XCTAssertGreaterThan(step["images_per_s"] as? Double ?? 0, 0)
+            // cuBLAS's 32 MiB workspace and cuFFT's work area (one 16x16 spectrum per plane) count.
+            let workspace = try XCTUnwrap(step["library_workspace_mib"] as? Double, r.output)
+            XCTAssertGreaterThan(workspace, 32, r.output)
+            XCTAssertGreaterThan(step["peak_device_mib"] as? Double ?? 0, workspace, r.output)
         }
     }
 
@@ -138,6 +142,73 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertTrue(full.output.contains("out of device memory on cuda:0 (RADAR fake CUDA device 0") && full.output.contains("--batch 64"),
                       full.output)
         XCTAssertFalse(full.output.contains("Fatal error"), full.output)
+        // cuFFT's work area is ours: one that does not fit is named, with the batch being sized.
+        let fft = try radar(["bench", "step", "--device", "cuda", "--config", "tiny", "--batch", "2", "--repeats", "1"],
+                            environment: ["RADAR_FAKE_CUFFT_WORK_BYTES": "1000000000000"])
+        XCTAssertEqual(fft.status, 1, fft.output)
+        XCTAssertTrue(fft.output.contains("out of device memory on cuda:0 (RADAR fake CUDA device 0")
+                      && fft.output.contains("(1000000000000 bytes) requested for the cuFFT work area (16x16 R2C, batch 2)")
+                      && fft.output.contains("while sizing --batch 2: lower it"), fft.output)
+    }
+
+    /// A device fault (the fake's RADAR_FAKE_CUDA_FAULT: an illegal address, sticky as on a GPU)
+    /// in the middle of training: one line naming the device, the call and CUDA's words, exit
+    /// status 1, no crash report; the last checkpoint whole and no temporary left, so the run
+    /// resumes from it.
+    func testADeviceFaultStopsTrainingWithOneLineAndTheRunResumes() throws {
+        let out = NSTemporaryDirectory() + "radar-fake-fault-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let args = ["train", "--device", "cuda", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
+                    "--batch-size", "8", "--num-epochs", "2", "--max-steps-per-epoch", "2", "--accumulation-steps", "1", "--threads", "1"]
+        // One spectrum per batch: epoch 1 is 2 training batches and 8 validation batches (60
+        // images), so the 12th cufftExecR2C is the second step of epoch 2.
+        let r = try radar(args, environment: ["RADAR_FAKE_CUDA_FAULT": "cufftExecR2C:12"])
+        XCTAssertEqual(r.status, 1, r.output)
+        let last = r.output.split(separator: "\n").last.map(String.init) ?? ""
+        XCTAssertTrue(last.hasPrefix("radar: error: cuFFT error on cuda:0 in cufftExecR2C(") && last.hasSuffix("CUFFT_EXEC_FAILED (6)"), r.output)
+        XCTAssertTrue(r.output.contains("epoch 1/2") && !r.output.contains("epoch 2/2"), r.output)
+        for crash in ["Fatal error", "Program crashed", "Backtrace", "Stack dump"] { XCTAssertFalse(r.output.contains(crash), r.output) }
+        let files = try FileManager.default.contentsOfDirectory(atPath: out + "/e")
+        XCTAssertTrue(files.contains("last.safetensors.lz4"), "\(files)")
+        XCTAssertEqual(files.filter { $0.contains(".tmp") }, [], "no temporary left")
+        let resumed = try radar(args + ["--resume", "auto"])
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        XCTAssertTrue(resumed.output.contains("epoch 2/2") && !resumed.output.contains("epoch 1/2"), resumed.output)
+    }
+
+    /// A fault in each library and kind of call: a kernel launch, a cuBLAS product, a download,
+    /// a stream synchronisation. Each one line and exit status 1.
+    func testDeviceFaultsInEveryCallAreOneLine() throws {
+        let cases = [("cuLaunchKernel:1", "CUDA error on cuda:0 in cuLaunchKernel(radar_", "an illegal memory access was encountered (700)"),
+                     ("cublasGemmStridedBatchedEx:3", "cuBLAS error on cuda:0 in cublasGemmStridedBatchedEx(m ", "the GPU program failed to execute (13)"),
+                     ("cuMemcpyDtoHAsync_v2:1", "CUDA error on cuda:0 in cuMemcpyDtoHAsync(", "an illegal memory access was encountered (700)"),
+                     ("cuStreamSynchronize:2", "CUDA error on cuda:0 in cuStreamSynchronize", "an illegal memory access was encountered (700)")]
+        for (fault, call, words) in cases {
+            let r = try radar(["bench", "step", "--device", "cuda", "--config", "tiny", "--batch", "2", "--repeats", "1"],
+                              environment: ["RADAR_FAKE_CUDA_FAULT": fault])
+            XCTAssertEqual(r.status, 1, "\(fault): \(r.output)")
+            let errors = r.output.split(separator: "\n").filter { $0.contains("error") }
+            XCTAssertEqual(errors.count, 1, "\(fault): \(r.output)")
+            XCTAssertTrue(errors.first.map { $0.hasPrefix("radar: error: \(call)") && $0.hasSuffix(words) } ?? false, "\(fault): \(r.output)")
+            XCTAssertFalse(r.output.contains("Fatal error"), r.output)
+        }
+    }
+
+    /// One rank of two faults: it stops with its line, the other sees it go and stops too, naming
+    /// it, within the timeout; no rank hangs.
+    func testADeviceFaultOnOneRankEndsTheJob() throws {
+        let out = NSTemporaryDirectory() + "radar-fake-fault-dp-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let start = Date()
+        let r = try radar(["launch", "-n", "2", "--", "radar-worker", "--device", "cuda", "--allow-gpu-sharing", "--data", MPITrainingTests.dataset,
+                           "--output", out, "--experiment", "dp", "--config", "tiny", "--batch-size", "4", "--num-epochs", "1",
+                           "--max-steps-per-epoch", "4", "--accumulation-steps", "1", "--threads", "1", "--timeout", "20"],
+                          environment: ["RADAR_FAKE_CUDA_FAULT": "cublasGemmStridedBatchedEx:200", "RADAR_FAKE_CUDA_FAULT_RANK": "1"])
+        XCTAssertNotEqual(r.status, 0, r.output)
+        XCTAssertLessThan(Date().timeIntervalSince(start), 150, "ends within the timeout, not the test's patience")
+        XCTAssertTrue(r.output.contains("error: cuBLAS error on cuda:0 in cublasGemmStridedBatchedEx("), r.output)
+        XCTAssertTrue(r.output.contains("rank 0: stopping: rank 1 lost"), "the survivor names the rank that went: \(r.output)")
+        XCTAssertFalse(r.output.contains("Fatal error"), r.output)
     }
 
     /// The fake's checks are what make the runs above mean something: it refuses what a real
@@ -208,12 +279,29 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(product(lda: 3, alpha: &one), 7, "lda < m: CUBLAS_STATUS_INVALID_VALUE")
         XCTAssertEqual(product(lda: 4, alpha: pa!), 7, "alpha in device memory with the host pointer mode")
 
-        // cuFFT: only the plan DriverAPI makes (2-D R2C, basic layout).
+        // cuFFT: only the plan DriverAPI makes (2-D R2C, basic layout), and its work area: with
+        // auto-allocation off, device memory of the size the plan reported, set before it runs.
         var plan: Int32 = 0
         var dims: [Int32] = [8, 8]
-        let planMany = try f("cufftPlanMany", DriverAPI.FnFFTPlanMany.self)
-        XCTAssertEqual(planMany(&plan, 2, &dims, nil, 1, 0, nil, 1, 0, 0x29, 1), 3, "C2C: CUFFT_INVALID_TYPE")
-        XCTAssertEqual(planMany(&plan, 2, &dims, nil, 1, 0, nil, 1, 0, 0x2a, 1), 0)
+        var need = 0
+        let create = try f("cufftCreate", DriverAPI.FnFFTCreate.self), make = try f("cufftMakePlanMany", DriverAPI.FnFFTMakePlanMany.self)
+        let setWork = try f("cufftSetWorkArea", DriverAPI.FnFFTSetWorkArea.self), exec = try f("cufftExecR2C", DriverAPI.FnFFTExecR2C.self)
+        XCTAssertEqual(create(&plan), 0)
+        XCTAssertEqual(make(plan, 2, &dims, nil, 1, 0, nil, 1, 0, 0x29, 1, &need), 3, "C2C: CUFFT_INVALID_TYPE")
+        XCTAssertEqual(try f("cufftSetAutoAllocation", DriverAPI.FnFFTSetAutoAllocation.self)(plan, 0), 0)
+        XCTAssertEqual(make(plan, 2, &dims, nil, 1, 0, nil, 1, 0, 0x2a, 1, &need), 0)
+        XCTAssertEqual(need, 8 * 5 * 8, "one complex spectrum")
+        var input: UInt64 = 0, output: UInt64 = 0, work: UInt64 = 0
+        XCTAssertEqual(alloc(&input, 8 * 8 * 4), 0)
+        XCTAssertEqual(alloc(&output, 8 * 5 * 8), 0)
+        XCTAssertEqual(alloc(&work, need), 0)
+        let pi = UnsafeMutableRawPointer(bitPattern: UInt(input)), po = UnsafeMutableRawPointer(bitPattern: UInt(output))
+        XCTAssertEqual(exec(plan, pi, po), 4, "no work area set: CUFFT_INVALID_VALUE")
+        XCTAssertEqual(setWork(plan, UnsafeMutableRawPointer(bitPattern: UInt(a))), 4, "a work area smaller than the plan needs")
+        XCTAssertEqual(setWork(plan, UnsafeMutableRawPointer(bitPattern: UInt(work))), 0)
+        XCTAssertEqual(exec(plan, pi, po), 0)
+        XCTAssertEqual(try f("cuMemFree_v2", DriverAPI.FnMemFree.self)(work), 0)
+        XCTAssertEqual(exec(plan, pi, po), 4, "its work area freed")
         XCTAssertEqual(setCurrent(nil), 0)
     }
 }
