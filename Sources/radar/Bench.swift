@@ -126,11 +126,15 @@ extension Bench {
                 for _ in 0..<repeats { try optimizerStep() }
                 let allocations = radar_allocation_counter_stop()
                 var sections: [String: Double] = [:]
+                var profileSyncs: Any = NSNull()
                 if profile {
                     let p = StepProfiler()
+                    p.synchronize = { backend.synchronize() }
+                    let before = backend.synchronizations
                     ctx.profiler = p
                     for _ in 0..<repeats { try optimizerStep() }
                     ctx.profiler = nil
+                    profileSyncs = (backend.synchronizations - before) / repeats
                     for s in StepProfiler.Section.allCases { sections[s.name] = p.seconds[s.rawValue] / Double(repeats * accumulationSteps) * 1000 }
                 }
                 let oneDNNImplementation = CPUProducts.oneDNNDescription.lastImplementation
@@ -142,6 +146,7 @@ extension Bench {
                            "accumulation_steps": accumulationSteps, "host_syncs_per_optimizer_step": syncsPerStep,
                            "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "precision": Devices.precision(of: backend),
                            "onednn_implementation": oneDNNImplementation.isEmpty ? NSNull() : oneDNNImplementation as Any,
+                           "profile_host_syncs_per_step": profileSyncs,
                            "peak_device_mib": (backend as? CUDABackend).map { Double($0.peakDeviceBytes) / 1_048_576 } ?? NSNull(),
                            "library_workspace_mib": (backend as? CUDABackend).map { Double($0.driver.libraryWorkspaceBytes) / 1_048_576 } ?? NSNull(),
                            "machine": machineRecord(threads: threads)])

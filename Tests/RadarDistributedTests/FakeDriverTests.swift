@@ -90,7 +90,8 @@ final class FakeDriverTests: XCTestCase {
     /// TF32 compute), one host synchronisation per optimizer step.
     func testDriverAPITrainsInEveryPrecisionOnTheFakeDriver() throws {
         for precision in ["fp32", "tf32", "bf16"] {
-            let r = try radar(["bench", "step", "--device", "cuda", "--precision", precision, "--config", "tiny", "--batch", "4", "--repeats", "1"])
+            let profile = precision == "fp32" ? ["--profile"] : []
+            let r = try radar(["bench", "step", "--device", "cuda", "--precision", precision, "--config", "tiny", "--batch", "4", "--repeats", "1"] + profile)
             XCTAssertEqual(r.status, 0, r.output)
             let step = try lastJSON(r.output)
             XCTAssertEqual(step["precision"] as? String, precision, r.output)
@@ -101,6 +102,12 @@ final class FakeDriverTests: XCTestCase {
             let workspace = try XCTUnwrap(step["library_workspace_mib"] as? Double, r.output)
             XCTAssertGreaterThan(workspace, 32, r.output)
             XCTAssertGreaterThan(step["peak_device_mib"] as? Double ?? 0, workspace, r.output)
+            if !profile.isEmpty {
+                // The profile waits for the device at every section's end (10 sections), so
+                // asynchronous work is charged to the section that queued it.
+                XCTAssertGreaterThanOrEqual(step["profile_host_syncs_per_step"] as? Int ?? 0, 11, r.output)
+                XCTAssertEqual((step["profile_ms"] as? [String: Double])?.count, 10, r.output)
+            }
         }
     }
 

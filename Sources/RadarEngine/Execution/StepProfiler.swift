@@ -28,10 +28,20 @@ public final class StepProfiler: @unchecked Sendable {
         return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
     }
 
-    public func begin() { startedAt = StepProfiler.now() }
+    /// Called before every reading of the clock: on an asynchronous device (the CUDA backend) a
+    /// wait for the queued work, so each section is charged with the work it queued, not with
+    /// what the next host wait happens to drain. `radar bench step --profile` sets it for its own
+    /// profiling pass; the timed pass runs without a profiler and keeps one host wait per step.
+    public var synchronize: (() -> Void)?
+
+    public func begin() {
+        synchronize?()
+        startedAt = StepProfiler.now()
+    }
 
     /// Adds the time since `begin` (or the previous `end`) to `section`.
     public func end(_ section: Section) {
+        synchronize?()
         let t = StepProfiler.now()
         seconds[section.rawValue] += t - startedAt
         startedAt = t
