@@ -33,9 +33,12 @@ public struct SelfAttention: Sendable {
         }
         let b = x.shape[0], n = x.shape[1]
         let qkvOut = try qkv.forward(x, ctx)
-        let scores = ctx.tensor(Shape(b, heads, n, n)), probs = ctx.tensor(Shape(b, heads, n, n))
-        let merged = ctx.tensor(Shape(b, n, dim))
+        let probs = ctx.tensor(Shape(b, heads, n, n)), merged = ctx.tensor(Shape(b, n, dim))
+        // The scores are scratch (backward needs the probabilities only): released at once.
+        let mark = ctx.arena.mark()
+        let scores = ctx.tensor(Shape(b, heads, n, n))
         ctx.backend.attentionForward(qkv: qkvOut, heads: heads, scale: scale, scores: scores, probs: probs, merged: merged)
+        ctx.arena.rewind(to: mark)
         let y = try proj.forward(merged, ctx)
         return (y, Saved(x: x, qkv: qkvOut, probs: probs, merged: merged))
     }

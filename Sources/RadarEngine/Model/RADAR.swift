@@ -159,6 +159,11 @@ public final class RADARModel: @unchecked Sendable {
         let prof = ctx.profiler
         prof?.begin()
 
+        // What each part passes on is allocated first; each part's own temporaries are released
+        // when it is done, so they do not sit under the encoder's backward (the step's peak).
+        let dEvidence = ctx.tensor(s.initInput.shape)
+        let dTok = ctx.zeros(Shape(b, (n + 1) * d))
+        var mark = ctx.arena.mark()
         let dReasoning = ctx.tensor(Shape(b, 1)), dExternal = ctx.tensor(Shape(b, 1))
         be.gatedFusionBackward(dFinal: g.logit, gate: p.value(gatingLogit), reasoning: o.reasoningLogit,
                                external: o.externalLogit, dReasoning: dReasoning, dExternal: dExternal,
@@ -175,29 +180,32 @@ public final class RADARModel: @unchecked Sendable {
                                                   initSaved: s.initSaved, steps: ermSteps, ctx)
         // d initInput (= the evidence, concatenated when dual) from ERM's tokens, init and the
         // external classifier.
-        let dEvidence = ctx.tensor(s.initInput.shape)
         be.add(dTokens.reshaped(s.initInput.shape), dInit, into: dEvidence)
         be.add(dEvidence, dInitExternal, into: dEvidence)
+        ctx.arena.rewind(to: mark)
 
         prof?.end(.reasoningBackward)
         ctx.parallel.gradientsFinal(from: reasoningOffset)
-        let dTok = ctx.zeros(Shape(b, (n + 1) * d))
         if config.useBadm, let bs = s.badm {
+            mark = ctx.arena.mark()
             let dEb = ctx.tensor(Shape(b, e))
             if dual { be.sliceColumns(dEvidence, srcCols: 2 * e, offset: 0, into: dEb, dstCols: e) } else { be.copy(dEvidence, into: dEb) }
             be.add(dEb, g.badmEvidence, into: dEb)
             be.add(dEb, badm.classifier.backward(g.badmLogit, x: o.badmEvidence, ctx)!, into: dEb)
             let dPatches = badm.backward(dEvidence: dEb, bs, ctx)
             be.copyColumns(dPatches.reshaped(Shape(b, n * d)), srcCols: n * d, into: dTok, dstCols: (n + 1) * d, offset: d)
+            ctx.arena.rewind(to: mark)
         }
         prof?.end(.boundaryBackward)
         if config.useAadm, let asv = s.aadm {
+            mark = ctx.arena.mark()
             let dEa = ctx.tensor(Shape(b, e))
             if dual { be.sliceColumns(dEvidence, srcCols: 2 * e, offset: e, into: dEa, dstCols: e) } else { be.copy(dEvidence, into: dEa) }
             be.add(dEa, g.aadmEvidence, into: dEa)
             be.add(dEa, aadm.classifier.backward(g.aadmLogit, x: o.aadmEvidence, ctx)!, into: dEa)
             let dCls = aadm.backward(dEvidence: dEa, asv, ctx)
             be.copyColumns(dCls, srcCols: d, into: dTok, dstCols: (n + 1) * d, offset: 0)
+            ctx.arena.rewind(to: mark)
         }
         prof?.end(.frequencyBackward)
         ctx.parallel.gradientsFinal(from: branchesOffset)

@@ -90,9 +90,14 @@ public struct VisionTransformer: Sendable {
         let b = dTokens.shape[0], n = config.patchCount, d = config.embedDim
         var dh = norm.backward(dTokens, normSaved, ctx)
         ctx.parallel.gradientsFinal(from: norm.weight.offset)
+        // Each block's temporaries are released once its input gradient is written into one of
+        // two buffers allocated before them: the arena's peak is the forward's saves and one
+        // block's backward, not twelve.
+        let passOn = [ctx.tensor(dh.shape), ctx.tensor(dh.shape)]
         var i = blocks.count - 1
         while i >= 0 {
-            let blk = blocks[i], s = saved[i]
+            let blk = blocks[i], s = saved[i], out = passOn[i % 2]
+            let mark = ctx.arena.mark()
             i -= 1
             // h2 = h1 + fc2(gelu(fc1(norm2(h1))))
             let dAct = blk.fc2.backward(dh, x: s.act, ctx)!
@@ -103,8 +108,9 @@ public struct VisionTransformer: Sendable {
             // h1 = h + attn(norm1(h))
             let dA = blk.attn.backward(dH1, s.attn, ctx)
             let dH = blk.norm1.backward(dA, s.n1, ctx)
-            be.add(dH, dH1, into: dH)
-            dh = dH
+            be.add(dH, dH1, into: out)
+            ctx.arena.rewind(to: mark)
+            dh = out
             ctx.parallel.gradientsFinal(from: blk.norm1.weight.offset)
         }
         let flat = dh.reshaped(Shape(b, (n + 1) * d))

@@ -73,6 +73,23 @@ public final class Arena: @unchecked Sendable {
         }
     }
 
+    /// Where the arena stands now; `rewind(to:)` returns there.
+    public struct Mark: Sendable {
+        fileprivate let block: Int, used: Int, totalUsed: Int
+    }
+
+    public func mark() -> Mark { Mark(block: block, used: used, totalUsed: totalUsed) }
+
+    /// Releases every view handed out since `m` (a stack discipline: backward frees a layer's
+    /// temporaries once the gradient it passes on is out of them). Work queued on a device
+    /// stream that still uses them is ordered before whatever reuses them: one stream.
+    public func rewind(to m: Mark) {
+        precondition(m.totalUsed <= totalUsed, "rewind past the arena's position")
+        block = m.block
+        used = m.used
+        totalUsed = m.totalUsed
+    }
+
     /// A view of `shape` filled with zeros.
     public func zeros(_ shape: Shape) -> Tensor {
         let t = tensor(shape)
