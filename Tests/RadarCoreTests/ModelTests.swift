@@ -93,6 +93,37 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(a.count >= 1000, true)
     }
 
+    /// Backward releases what it no longer needs (arena marks): the step's peak above the
+    /// forward's saves is one encoder block's backward, whatever the depth, and the attention
+    /// scores are not kept by the forward.
+    func testBackwardsTemporariesDoNotGrowWithDepth() throws {
+        func arena(depth: Int) throws -> (forward: Int, extra: Int) {
+            let (trainer, images, labels) = try makeTinyTrainer { $0.depth = depth; $0.imgSize = 64; $0.numHeads = 6 }
+            let ctx = trainer.ctx
+            _ = try trainer.step(images: images.tensor, labels: labels.tensor)
+            ctx.beginPass()
+            _ = try trainer.model.forward(images.tensor, ctx)
+            let forward = ctx.arena.floatsInUse
+            _ = try trainer.step(images: images.tensor, labels: labels.tensor)
+            return (forward, ctx.arena.peakFloats - forward)
+        }
+        let two = try arena(depth: 2), six = try arena(depth: 6)
+        XCTAssertGreaterThan(six.forward, two.forward, "four more blocks save more")
+        XCTAssertLessThanOrEqual(six.extra, two.extra, "backward's peak above the forward: \(two.extra) floats at depth 2, \(six.extra) at 6")
+        // One block's saves, batch 4, per token: ten D-wide tensors (LN1 out, q k v, merged, proj
+        // out, h1, LN2 out, fc2 out, h2) and three 4D-wide (fc1 out, GELU's saved input term,
+        // GELU out), plus the (heads, N, N) probabilities and LayerNorm's statistics; no scores.
+        var c = RADARConfig.preset("tiny")!
+        c.imgSize = 64
+        c.numHeads = 6
+        let tokens = c.patchCount + 1, d = c.embedDim
+        let perBlock = (six.forward - two.forward) / 4
+        let scores = 4 * c.numHeads * tokens * tokens
+        let saves = 4 * tokens * (10 * d + 3 * c.mlpHidden) + scores
+        XCTAssertGreaterThanOrEqual(perBlock, saves)
+        XCTAssertLessThan(perBlock, saves + scores / 2, "one block saves \(perBlock) floats; with its scores it would be \(saves + scores)")
+    }
+
     func testMicroBatchHasNoHostSynchronisationAndAnOptimizerStepHasOne() throws {
         let (trainer, images, labels) = try makeTinyTrainer(threads: 2, accumulationSteps: 3)
         let be = trainer.ctx.backend

@@ -93,10 +93,10 @@ public struct VisionTransformer: Sendable {
         // Each block's temporaries are released once its input gradient is written into one of
         // two buffers allocated before them: the arena's peak is the forward's saves and one
         // block's backward, not twelve.
-        let passOn = [ctx.tensor(dh.shape), ctx.tensor(dh.shape)]
+        let passOnEven = ctx.tensor(dh.shape), passOnOdd = ctx.tensor(dh.shape)  // no array: the step allocates nothing
         var i = blocks.count - 1
         while i >= 0 {
-            let blk = blocks[i], s = saved[i], out = passOn[i % 2]
+            let blk = blocks[i], s = saved[i], out = i % 2 == 0 ? passOnEven : passOnOdd
             let mark = ctx.arena.mark()
             i -= 1
             // h2 = h1 + fc2(gelu(fc1(norm2(h1))))
