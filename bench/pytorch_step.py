@@ -7,7 +7,8 @@ clip 1.0 and AdamW, for a RADAR config at a given batch and thread count. Prints
 --precision fp32 (eager fp32; TF32 off on CUDA), tf32 (CUDA: TF32 matmuls and convolutions) or bf16
 (torch.autocast bf16 over the forward: the reference's AMP on CUDA, CPU autocast on the CPU). On
 CUDA, times are taken after torch.cuda.synchronize and the peak device memory is
-torch.cuda.max_memory_allocated.
+torch.cuda.max_memory_allocated. saved_mib_per_image: the activations autograd keeps for backward
+(distinct storages, parameters excluded), per image.
 
 Uses tools/golden/radar_reference.py (torch and timm from PyPI).
 """
@@ -78,8 +79,25 @@ def main():
         sync()
         times.append(time.perf_counter() - t0)
     s = statistics.median(times)
+    # What autograd keeps for backward, per image: every distinct storage the forward and the loss
+    # save (views of one storage counted once), as radar bench step's arena holds them.
+    saved = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            out = model(x)
+        loss = radar_loss(out, y, cfg)["total"]
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    activations = sum(n for ptr, n in saved.items() if ptr not in params)
+    del out, loss
     record = {"bench": "pytorch_step", "config": a.config, "batch": b, "threads": a.threads, "device": a.device,
-              "precision": a.precision, "ms_per_step": s * 1000, "images_per_s": b / s, "torch": torch.__version__}
+              "precision": a.precision, "ms_per_step": s * 1000, "images_per_s": b / s, "torch": torch.__version__,
+              "saved_mib_per_image": activations / 2**20 / b}
     if cuda:
         record["peak_device_mib"] = torch.cuda.max_memory_allocated() / 2**20
         record["gpu"] = torch.cuda.get_device_name()
