@@ -95,7 +95,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     private var fftPlans: [Int: Int32] = [:]
     /// cuFFT's work area: ours (plans are made with auto-allocation off), one for every plan (they
     /// run one at a time on the one stream), as large as the largest plan needs.
-    private var fftWork: UInt64 = 0
+    private var fftWork: UnsafeMutableRawPointer?
     private var fftWorkBytes = 0
     private var mathMode: Int32 = -1
     /// Where each kernel family came from ("hit", "compiled", "recompiled"), for the probe.
@@ -411,26 +411,24 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         }
         fftMust(made, "cufftMakePlanMany(\(what))")
         if need > fftWorkBytes {
-            if fftWork != 0 {  // the plans that use it have run: the stream is drained first
+            if let old = fftWork {  // the plans that use it have run: the stream is drained first
                 must(streamSync(stream), "cuStreamSynchronize")
-                must(memFree(fftWork), "cuMemFree (cuFFT work area)")
-                fftWork = 0
+                free(old)
+                fftWork = nil
                 fftWorkBytes = 0
             }
-            let n = (need + 255) / 256 * 256
-            var w: UInt64 = 0
-            let r = memAlloc(&w, n)
-            if r == C.CUDA_ERROR_OUT_OF_MEMORY {
-                let info = memoryInfo()
-                DeviceFailure.outOfMemory(DeviceOutOfMemory(device: deviceDescription, requested: n, free: info.free, total: info.total,
-                                                            purpose: "cuFFT work area (\(what))"))
+            do {
+                fftWork = try allocate(bytes: need)
+            } catch var e as DeviceOutOfMemory {
+                e.purpose = "cuFFT work area (\(what))"
+                DeviceFailure.outOfMemory(e)
+            } catch {
+                DeviceFailure.outOfMemory(error)
             }
-            must(r, "cuMemAlloc (cuFFT work area, \(n) bytes)")
-            fftWork = w
-            fftWorkBytes = n
-            for (k, q) in fftPlans { fftMust(fftSetWorkArea(q, UnsafeMutableRawPointer(bitPattern: UInt(w))), "cufftSetWorkArea(plan \(k >> 32)x\(k >> 32), batch \(k & 0xffff_ffff))") }
+            fftWorkBytes = need
+            for (k, q) in fftPlans { fftMust(fftSetWorkArea(q, fftWork), "cufftSetWorkArea(plan \(k >> 32)x\(k >> 32), batch \(k & 0xffff_ffff))") }
         }
-        if fftWork != 0 { fftMust(fftSetWorkArea(p, UnsafeMutableRawPointer(bitPattern: UInt(fftWork))), "cufftSetWorkArea(\(what))") }
+        if fftWork != nil { fftMust(fftSetWorkArea(p, fftWork), "cufftSetWorkArea(\(what))") }
         fftMust(fftSetStream(p, stream), "cufftSetStream(\(what))")
         fftPlans[key] = p
         return p
