@@ -690,14 +690,6 @@ EXPORT int cufftMakePlanMany(int plan, int rank, int *n, int *inembed, int istri
     return FFT_SUCCESS;
 }
 
-EXPORT int cufftPlanMany(int *plan, int rank, int *n, int *inembed, int istride, int idist, int *onembed, int ostride, int odist,
-                         int type, int batch) {
-    if (!plan) return FFT_INVALID_VALUE;
-    if (int r = cufftCreate(plan)) return r;
-    size_t work = 0;
-    return cufftMakePlanMany(*plan, rank, n, inembed, istride, idist, onembed, ostride, odist, type, batch, &work);
-}
-
 EXPORT int cufftSetWorkArea(int plan, void *work) {
     std::lock_guard<std::mutex> g(fftLock);
     Plan *p = planFor(plan);
