@@ -97,7 +97,7 @@ extension CPUBackend {
 
     // MARK: Multi-head attention: one serial GEMM per (image, head), spread over the pool.
 
-    public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
+    public func attentionProbabilities(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor) {
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         forEach(b * h) { i in
             let bi = i / h, hi = i % h
@@ -106,6 +106,11 @@ extension CPUBackend {
                        a: base, lda: 3 * d, b: base + d, ldb: 3 * d, beta: 0, c: scores.base + i * n * n, ldc: n)
         }
         softmaxForward(scores, probs, cols: n)
+    }
+
+    public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
+        let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
+        attentionProbabilities(qkv: qkv, heads: h, scale: scale, scores: scores, probs: probs)
         forEach(b * h) { i in
             let bi = i / h, hi = i % h
             let v = qkv.base + bi * n * 3 * d + 2 * d + hi * hd

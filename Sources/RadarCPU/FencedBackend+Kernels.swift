@@ -11,8 +11,8 @@ extension FencedBackend {
     public func accumulateColumnSums(_ src: Tensor, into dst: Tensor) { fenced { inner.accumulateColumnSums(src, into: dst) } }
     public func reluForward(_ x: Tensor, _ y: Tensor) { fenced { inner.reluForward(x, y) } }
     public func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor) { fenced { inner.reluBackward(dy, y: y, dx) } }
-    public func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor) { fenced { inner.geluForward(x, y, cdf: cdf) } }
-    public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor, _ dx: Tensor) { fenced { inner.geluBackward(dy, x: x, cdf: cdf, dx) } }
+    public func geluForward(_ x: Tensor, _ y: Tensor) { fenced { inner.geluForward(x, y) } }
+    public func geluBackward(_ dy: Tensor, x: Tensor, _ dx: Tensor) { fenced { inner.geluBackward(dy, x: x, dx) } }
     public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) { fenced { inner.softmaxForward(x, y, cols: cols) } }
     public func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int) { fenced { inner.softmaxBackward(dy, y: y, dx, cols: cols) } }
     public func dropoutForward(_ x: Tensor, _ y: Tensor, p: Float, stream: RandomStream) { fenced { inner.dropoutForward(x, y, p: p, stream: stream) } }
@@ -33,6 +33,7 @@ extension FencedBackend {
     public func convolutionForward(_ x: Tensor, weight: Tensor, bias: Tensor?, _ g: ConvolutionGeometry, workspace: Tensor, _ y: Tensor) { fenced { inner.convolutionForward(x, weight: weight, bias: bias, g, workspace: workspace, y) } }
     public func convolutionBackward(_ dy: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor, scratch: Tensor, dWeight: Tensor, dBias: Tensor?, dx: Tensor?) { fenced { inner.convolutionBackward(dy, weight: weight, g, workspace: workspace, scratch: scratch, dWeight: dWeight, dBias: dBias, dx: dx) } }
     public func attentionForward(qkv: Tensor, heads: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) { fenced { inner.attentionForward(qkv: qkv, heads: heads, scale: scale, scores: scores, probs: probs, merged: merged) } }
+    public func attentionProbabilities(qkv: Tensor, heads: Int, scale: Float, scores: Tensor, probs: Tensor) { fenced { inner.attentionProbabilities(qkv: qkv, heads: heads, scale: scale, scores: scores, probs: probs) } }
     public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads: Int, scale: Float, dProbs: Tensor, dScores: Tensor, dQKV: Tensor) { fenced { inner.attentionBackward(dMerged: dMerged, qkv: qkv, probs: probs, heads: heads, scale: scale, dProbs: dProbs, dScores: dScores, dQKV: dQKV) } }
     public func globalAvgPoolForward(_ x: Tensor, _ y: Tensor) { fenced { inner.globalAvgPoolForward(x, y) } }
     public func globalAvgPoolBackward(_ dy: Tensor, _ dx: Tensor) { fenced { inner.globalAvgPoolBackward(dy, dx) } }

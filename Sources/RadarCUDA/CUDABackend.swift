@@ -207,9 +207,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor) {
         elementwise("radar_relu_backward", dy.count, [p(dy), p(y), p(dx), .i64(dy.count)])
     }
-    public func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor) { elementwise("radar_gelu_forward", x.count, [p(x), p(y), p(cdf), .i64(x.count)]) }
-    public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor, _ dx: Tensor) {
-        elementwise("radar_gelu_backward", dy.count, [p(dy), p(x), p(cdf), p(dx), .i64(dy.count)])
+    public func geluForward(_ x: Tensor, _ y: Tensor) { elementwise("radar_gelu_forward", x.count, [p(x), p(y), .i64(x.count)]) }
+    public func geluBackward(_ dy: Tensor, x: Tensor, _ dx: Tensor) {
+        elementwise("radar_gelu_backward", dy.count, [p(dy), p(x), p(dx), .i64(dy.count)])
     }
     public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) {
         rows("radar_softmax_forward", x.count / cols, [p(x), p(y), .i32(x.count / cols), .i32(cols)])
@@ -314,15 +314,25 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     // Attention: one strided-batched product per head over the images (Q, K, V are column blocks
     // of qkv with leading dimension 3D; scores and probabilities are (B, H, N, N)). Each operand
     // tensor is converted once per call for bf16.
-    public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
-        let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
-        let x = operand(qkv.base, count: qkv.count, slot: 0)
+    public func attentionProbabilities(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor) {
+        attentionProbabilities(operand(qkv.base, count: qkv.count, slot: 0), qkv.shape, heads: h, scale: scale, scores: scores, probs: probs)
+    }
+
+    /// x: qkv as the products read it (converted once by the caller).
+    private func attentionProbabilities(_ x: Operand, _ qkv: Shape, heads h: Int, scale: Float, scores: Tensor, probs: Tensor) {
+        let b = qkv[0], n = qkv[1], d = qkv[2] / 3, hd = d / h
         for hi in 0..<h {
             productOperands(transA: false, transB: true, m: n, n: n, k: hd, alpha: scale, a: x.at(hi * hd), lda: 3 * d, strideA: n * 3 * d,
                     b: x.at(d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: scores.base + hi * n * n, ldc: n, strideC: h * n * n,
                     batch: b)
         }
         softmaxForward(scores, probs, cols: n)
+    }
+
+    public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
+        let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
+        let x = operand(qkv.base, count: qkv.count, slot: 0)
+        attentionProbabilities(x, qkv.shape, heads: h, scale: scale, scores: scores, probs: probs)
         let pr = operand(probs.base, count: probs.count, slot: 1)
         for hi in 0..<h {
             productOperands(transA: false, transB: false, m: n, n: hd, k: n, alpha: 1, a: pr.at(hi * n * n), lda: n, strideA: h * n * n,

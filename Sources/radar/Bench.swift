@@ -142,6 +142,7 @@ extension Bench {
                            "ms_per_step": seconds * 1000, "images_per_s": Double(b) / seconds,
                            "gemm_gflop_per_step": flops / 1e9, "effective_gflops": flops / seconds / 1e9,
                            "arena_mib": Double(ctx.arena.capacity * 4) / 1_048_576, "peak_rss_mib": peakRSSMiB(),
+                           "saved_mib_per_image": Double(trainer.savedForBackwardFloats * 4) / 1_048_576 / Double(b),
                            "profile_ms": sections, "heap_allocations_per_step": Double(allocations) / Double(repeats),
                            "accumulation_steps": accumulationSteps, "host_syncs_per_optimizer_step": syncsPerStep,
                            "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "precision": Devices.precision(of: backend),

@@ -76,7 +76,10 @@ final class LayerGradientTests: XCTestCase {
         // Keep ReLU inputs away from the kink, where finite differences are meaningless.
         let values = randomValues(40, seed: 2).map { $0 + ($0 >= 0 ? 0.1 : -0.1) }
         try check.run("ReLU", ctx, inputs: [testTensor(Shape(4, 10), values)]) { ctx, x in
-            let y = ReLU.forward(x[0], ctx)
+            // In place, as after a Linear or BatchNorm: on a copy (the checker's input is reused).
+            let h = ctx.tensor(x[0].shape)
+            ctx.backend.copy(x[0], into: h)
+            let y = ReLU.forward(h, ctx)
             return (y, { dy in [ReLU.backward(dy, y: y, ctx)] })
         }
         for shape in [Shape(3, 5), Shape(2, 1), Shape(2, 2, 7)] {

@@ -73,9 +73,9 @@ public enum KernelCheck {
             Case(name: "accumulateColumnSums", tensors: [t(Shape(9, 7)), t(Shape(7))]) { b, v in b.accumulateColumnSums(v[0], into: v[1]) },
             Case(name: "reluForward", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.reluForward(v[0], v[1]) },
             Case(name: "reluBackward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.reluBackward(v[0], y: v[1], v[2]) },
-            Case(name: "geluForward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.geluForward(v[0], v[1], cdf: v[2]) },
-            Case(name: "geluBackward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37), .unit), t(Shape(37))]) { b, v in
-                b.geluBackward(v[0], x: v[1], cdf: v[2], v[3])
+            Case(name: "geluForward", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.geluForward(v[0], v[1]) },
+            Case(name: "geluBackward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in
+                b.geluBackward(v[0], x: v[1], v[2])
             },
             Case(name: "softmaxForward", tensors: [t(Shape(5, 37)), t(Shape(5, 37))]) { b, v in b.softmaxForward(v[0], v[1], cols: 37) },
             Case(name: "softmaxBackward", tensors: [t(Shape(5, 37)), t(Shape(5, 37), .unit), t(Shape(5, 37))]) { b, v in
@@ -128,6 +128,9 @@ public enum KernelCheck {
             },
             Case(name: "attentionForward", tensors: [t(Shape(2, 5, 36)), t(Shape(2, 3, 5, 5)), t(Shape(2, 3, 5, 5)), t(Shape(2, 5, 12))]) { b, v in
                 b.attentionForward(qkv: v[0], heads: 3, scale: 0.5, scores: v[1], probs: v[2], merged: v[3])
+            },
+            Case(name: "attentionProbabilities", tensors: [t(Shape(2, 5, 36)), t(Shape(2, 3, 5, 5)), t(Shape(2, 3, 5, 5))]) { b, v in
+                b.attentionProbabilities(qkv: v[0], heads: 3, scale: 0.5, scores: v[1], probs: v[2])
             },
             Case(name: "attentionBackward", tensors: [t(Shape(2, 5, 12)), t(Shape(2, 5, 36)), t(Shape(2, 3, 5, 5), .unit), t(Shape(2, 3, 5, 5)),
                                                       t(Shape(2, 3, 5, 5)), t(Shape(2, 5, 36))]) { b, v in

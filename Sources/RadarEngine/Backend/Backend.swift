@@ -56,11 +56,11 @@ public protocol Backend: AnyObject {
     func accumulateColumnSums(_ src: Tensor, into dst: Tensor)
     func reluForward(_ x: Tensor, _ y: Tensor)
     func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor)
-    /// Exact GELU, y = x Phi(x) with Phi(x) = 0.5 (1 + erf(x / sqrt 2)); Phi is kept in `cdf` so
-    /// backward needs no second erf.
-    func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor)
-    /// dx = dy (Phi(x) + x phi(x)).
-    func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor, _ dx: Tensor)
+    /// Exact GELU, y = x Phi(x) with Phi(x) = 0.5 (1 + erf(x / sqrt 2)).
+    func geluForward(_ x: Tensor, _ y: Tensor)
+    /// dx = dy (Phi(x) + x phi(x)), Phi recomputed bit for bit as forward computed it (keeping it
+    /// would hold a second (B, N, 4D) tensor per block from forward to backward).
+    func geluBackward(_ dy: Tensor, x: Tensor, _ dx: Tensor)
     /// Softmax over the last `cols` of each row.
     func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int)
     func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int)
@@ -117,6 +117,10 @@ public protocol Backend: AnyObject {
     /// D / heads; writes scores (scale q k^T) and probs (softmax over keys), both (B, H, N, N),
     /// and merged (B, N, D) = probs v with heads side by side.
     func attentionForward(qkv: Tensor, heads: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor)
+    /// The first half of `attentionForward` (scores, then probs), with the same kernels, so the
+    /// probabilities are attentionForward's bit for bit: backward recomputes them instead of
+    /// keeping (B, H, N, N) per block from forward to backward.
+    func attentionProbabilities(qkv: Tensor, heads: Int, scale: Float, scores: Tensor, probs: Tensor)
     /// From dMerged (B, N, D) writes dQKV (B, N, 3D); dProbs and dScores (B, H, N, N) are scratch.
     func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads: Int, scale: Float,
                            dProbs: Tensor, dScores: Tensor, dQKV: Tensor)

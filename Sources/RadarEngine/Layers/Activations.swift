@@ -1,9 +1,10 @@
-/// ReLU: backward reads the output.
+/// ReLU, in place (PyTorch's `inplace=True`): backward reads the output only, so the input's
+/// memory holds it and the forward keeps one tensor, not two. Every caller's input is a Linear
+/// or BatchNorm output whose backward does not read it.
 public enum ReLU {
     public static func forward(_ x: Tensor, _ ctx: ExecutionContext) -> Tensor {
-        let y = ctx.tensor(x.shape)
-        ctx.backend.reluForward(x, y)
-        return y
+        ctx.backend.reluForward(x, x)
+        return x
     }
 
     public static func backward(_ dy: Tensor, y: Tensor, _ ctx: ExecutionContext) -> Tensor {
@@ -13,19 +14,20 @@ public enum ReLU {
     }
 }
 
-/// Exact GELU (erf form, torch's approximate='none'): backward reads the input.
+/// Exact GELU (erf form, torch's approximate='none'): backward reads the input (and recomputes
+/// the CDF from it, as PyTorch's GELU backward does).
 public enum GELU {
-    public struct Saved { public let x: Tensor, cdf: Tensor }
+    public struct Saved { public let x: Tensor }
 
     public static func forward(_ x: Tensor, _ ctx: ExecutionContext) -> (Tensor, Saved) {
-        let y = ctx.tensor(x.shape), cdf = ctx.tensor(x.shape)
-        ctx.backend.geluForward(x, y, cdf: cdf)
-        return (y, Saved(x: x, cdf: cdf))
+        let y = ctx.tensor(x.shape)
+        ctx.backend.geluForward(x, y)
+        return (y, Saved(x: x))
     }
 
     public static func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext) -> Tensor {
         let dx = ctx.tensor(saved.x.shape)
-        ctx.backend.geluBackward(dy, x: saved.x, cdf: saved.cdf, dx)
+        ctx.backend.geluBackward(dy, x: saved.x, dx)
         return dx
     }
 }

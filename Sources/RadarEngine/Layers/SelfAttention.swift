@@ -11,8 +11,6 @@ public struct SelfAttention: Sendable {
         public let x: Tensor
         /// (B, N, 3D)
         public let qkv: Tensor
-        /// Attention probabilities (B, H, N, N).
-        public let probs: Tensor
         /// Heads merged, before proj: (B, N, D).
         public let merged: Tensor
     }
@@ -33,22 +31,27 @@ public struct SelfAttention: Sendable {
         }
         let b = x.shape[0], n = x.shape[1]
         let qkvOut = try qkv.forward(x, ctx)
-        let probs = ctx.tensor(Shape(b, heads, n, n)), merged = ctx.tensor(Shape(b, n, dim))
-        // The scores are scratch (backward needs the probabilities only): released at once.
+        let merged = ctx.tensor(Shape(b, n, dim))
+        // Scores and probabilities are scratch, released at once: backward recomputes the
+        // probabilities from qkv (as PyTorch's fused attention does), so a block keeps no
+        // (B, H, N, N) tensor from forward to backward.
         let mark = ctx.arena.mark()
-        let scores = ctx.tensor(Shape(b, heads, n, n))
+        let scores = ctx.tensor(Shape(b, heads, n, n)), probs = ctx.tensor(Shape(b, heads, n, n))
         ctx.backend.attentionForward(qkv: qkvOut, heads: heads, scale: scale, scores: scores, probs: probs, merged: merged)
         ctx.arena.rewind(to: mark)
         let y = try proj.forward(merged, ctx)
-        return (y, Saved(x: x, qkv: qkvOut, probs: probs, merged: merged))
+        return (y, Saved(x: x, qkv: qkvOut, merged: merged))
     }
 
     public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext) -> Tensor {
         let x = saved.x
         let dMerged = proj.backward(dy, x: saved.merged, ctx)!
-        let dProbs = ctx.tensor(saved.probs.shape), dScores = ctx.tensor(saved.probs.shape)
+        let b = x.shape[0], n = x.shape[1]
+        let probs = ctx.tensor(Shape(b, heads, n, n)), dProbs = ctx.tensor(probs.shape), dScores = ctx.tensor(probs.shape)
         let dQKV = ctx.tensor(saved.qkv.shape)
-        ctx.backend.attentionBackward(dMerged: dMerged, qkv: saved.qkv, probs: saved.probs, heads: heads, scale: scale,
+        // dScores holds the recomputed scores until attentionBackward overwrites it.
+        ctx.backend.attentionProbabilities(qkv: saved.qkv, heads: heads, scale: scale, scores: dScores, probs: probs)
+        ctx.backend.attentionBackward(dMerged: dMerged, qkv: saved.qkv, probs: probs, heads: heads, scale: scale,
                                       dProbs: dProbs, dScores: dScores, dQKV: dQKV)
         return qkv.backward(dQKV, x: x, ctx)!
     }

@@ -67,15 +67,14 @@ public struct VisionTransformer: Sendable {
         for i in 0..<blocks.count {
             let blk = blocks[i]
             let (a, n1) = try blk.norm1.forward(h, ctx)
-            let (attnOut, attnSaved) = try blk.attn.forward(a, ctx)
-            let h1 = ctx.tensor(h.shape)
-            be.add(h, attnOut, into: h1)
+            // The residual sums are written over the branch outputs (no backward reads those).
+            let (h1, attnSaved) = try blk.attn.forward(a, ctx)
+            be.add(h, h1, into: h1)
             let (m, n2) = try blk.norm2.forward(h1, ctx)
             let fc1Out = try blk.fc1.forward(m, ctx)
             let (act, geluSaved) = GELU.forward(fc1Out, ctx)
-            let mlpOut = try blk.fc2.forward(act, ctx)
-            let h2 = ctx.tensor(h.shape)
-            be.add(h1, mlpOut, into: h2)
+            let h2 = try blk.fc2.forward(act, ctx)
+            be.add(h1, h2, into: h2)
             saved.append(BlockSaved(n1: n1, attn: attnSaved, n2: n2, h: m, gelu: geluSaved, act: act))
             h = h2
         }

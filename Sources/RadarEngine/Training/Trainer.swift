@@ -15,6 +15,9 @@ public final class Trainer: @unchecked Sendable {
     public private(set) var pending = 0
     /// Optimizer steps skipped because the loss or a gradient was not finite (on any replica).
     public private(set) var skippedSteps = 0
+    /// Arena floats in use when the last micro-batch's backward began: what the forward and the
+    /// loss keep for backward (PyTorch's saved tensors; `radar bench step` reports it per image).
+    public private(set) var savedForBackwardFloats = 0
 
     /// The step's device scalars: five loss terms per micro-batch, then the non-finite flag, the
     /// gradient norm and the update gate. Downloaded once per optimizer step into `hostScalars`.
@@ -83,6 +86,7 @@ public final class Trainer: @unchecked Sendable {
                                        terms: terms, ctx)
         be.flagNonFinite(terms.slice(from: LossTerms.count - 1, Shape(1)), into: nonFinite)
         ctx.profiler?.end(.loss)
+        savedForBackwardFloats = ctx.arena.floatsInUse
         if pending + 1 == accumulationSteps {
             // From here backward hands finished gradient buckets to the other replicas.
             ctx.parallel.beginGradientReduction(ctx.params, step: optimizer.step)
