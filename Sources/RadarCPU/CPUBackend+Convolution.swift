@@ -73,17 +73,19 @@ extension CPUBackend {
     }
 
     /// Per-image weight gradients summed in image order (independent of which thread handled
-    /// which image); dx by the transposed product and col2im.
-    public func convolutionBackward(_ dy: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor,
+    /// which image), each from the image's columns rebuilt just before; dx by the transposed
+    /// product and col2im.
+    public func convolutionBackward(_ dy: Tensor, x: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor,
                                     scratch: Tensor, dWeight: Tensor, dBias: Tensor?, dx: Tensor?) {
         let (cin, h, w, k, s, p, cout) = (g.inChannels, g.height, g.width, g.kernel, g.stride, g.padding, g.outChannels)
         let ckk = g.patchSize, hw = g.outHeight * g.outWidth
         let parts = scratch.base, dcol = scratch.base + g.batch * cout * ckk
         if let dx { fill(dx, 0) }
         forEach(g.batch) { i in
-            let dyi = dy.base + i * cout * hw
+            let dyi = dy.base + i * cout * hw, ci = workspace.base + i * ckk * hw
+            im2col(x.base + i * cin * h * w, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, ci)
             serialGemm(transA: false, transB: true, m: cout, n: ckk, k: hw, alpha: 1,
-                       a: dyi, lda: hw, b: workspace.base + i * ckk * hw, ldb: hw, beta: 0, c: parts + i * cout * ckk, ldc: ckk)
+                       a: dyi, lda: hw, b: ci, ldb: hw, beta: 0, c: parts + i * cout * ckk, ldc: ckk)
             if let dx {
                 let dci = dcol + i * ckk * hw
                 serialGemm(transA: true, transB: false, m: ckk, n: hw, k: cout, alpha: 1,

@@ -295,10 +295,11 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         if let bias { addChannelBias(bias, into: y) }
     }
 
-    public func convolutionBackward(_ dy: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor, scratch: Tensor,
+    public func convolutionBackward(_ dy: Tensor, x: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor, scratch: Tensor,
                                     dWeight: Tensor, dBias: Tensor?, dx: Tensor?) {
         let ckk = g.patchSize, hw = g.outHeight * g.outWidth, cout = g.outChannels
         let parts = scratch.base, dcol = scratch.base + g.batch * cout * ckk
+        elementwise("radar_im2col", workspace.count, [p(x), p(workspace)] + geometryArgs(g))  // the forward's columns, rebuilt
         // Per-image weight gradients dy_i col_i^T, summed in image order by radar_sum_parts (no atomics).
         product(transA: false, transB: true, m: cout, n: ckk, k: hw, alpha: 1, a: dy.base, lda: hw, strideA: cout * hw, b: workspace.base,
                 ldb: hw, strideB: ckk * hw, beta: 0, c: parts, ldc: ckk, strideC: cout * ckk, batch: g.batch)

@@ -102,16 +102,17 @@ public protocol Backend: AnyObject {
 
     // MARK: Convolution and multi-head attention (whole layers: a device does them in few launches)
 
-    /// Floats of workspace that `convolutionForward` fills and `convolutionBackward` reads (the
-    /// CPU backend keeps every image's im2col there).
+    /// Floats of workspace for `convolutionForward` and `convolutionBackward` (every image's
+    /// im2col): scratch to both, so nothing of it is kept from forward to backward; backward
+    /// rebuilds the columns from x, as PyTorch's convolutions keep only their input.
     func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int
     /// Floats of scratch `convolutionBackward` needs (contents undefined before and after).
     func convolutionBackwardScratchCount(_ g: ConvolutionGeometry, inputGradient: Bool) -> Int
     /// y (B, out, Ho, Wo) = conv(x (B, in, H, W), weight (out, in, k, k)) + bias.
     func convolutionForward(_ x: Tensor, weight: Tensor, bias: Tensor?, _ g: ConvolutionGeometry,
                             workspace: Tensor, _ y: Tensor)
-    /// Accumulates dWeight and dBias; writes dx when given.
-    func convolutionBackward(_ dy: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor, scratch: Tensor,
+    /// Accumulates dWeight and dBias; writes dx when given. x is the forward's input.
+    func convolutionBackward(_ dy: Tensor, x: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor, scratch: Tensor,
                              dWeight: Tensor, dBias: Tensor?, dx: Tensor?)
     /// Scaled dot-product attention of every head. qkv (B, N, 3D) holds [q|k|v] with heads of
     /// D / heads; writes scores (scale q k^T) and probs (softmax over keys), both (B, H, N, N),

@@ -9,8 +9,6 @@ public struct Conv2d: Sendable {
 
     public struct Saved {
         public let x: Tensor
-        /// What forward left for backward (the CPU backend: every image's im2col).
-        public let workspace: Tensor
     }
 
     public init(_ name: String, _ inChannels: Int, _ outChannels: Int, kernel: Int, stride: Int = 1,
@@ -41,11 +39,14 @@ public struct Conv2d: Sendable {
         }
         let g = geometry(x.shape)
         let be = ctx.backend
-        let workspace = ctx.tensor(Shape(be.convolutionWorkspaceCount(g)))
         let y = ctx.tensor(Shape(g.batch, outChannels, g.outHeight, g.outWidth))
+        // The columns are scratch, released at once: backward rebuilds them from x.
+        let mark = ctx.arena.mark()
+        let workspace = ctx.tensor(Shape(be.convolutionWorkspaceCount(g)))
         be.convolutionForward(x, weight: ctx.params.value(weight), bias: bias.map { ctx.params.value($0) }, g,
                               workspace: workspace, y)
-        return (y, Saved(x: x, workspace: workspace))
+        ctx.arena.rewind(to: mark)
+        return (y, Saved(x: x))
     }
 
     /// Accumulates dW and db; returns dx unless `inputGradient` is false.
@@ -53,9 +54,10 @@ public struct Conv2d: Sendable {
     public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, inputGradient: Bool = true) -> Tensor? {
         let g = geometry(saved.x.shape)
         let be = ctx.backend
-        let scratch = ctx.tensor(Shape(be.convolutionBackwardScratchCount(g, inputGradient: inputGradient)))
         let dx: Tensor? = inputGradient ? ctx.tensor(saved.x.shape) : nil
-        be.convolutionBackward(dy, weight: ctx.params.value(weight), g, workspace: saved.workspace, scratch: scratch,
+        let workspace = ctx.tensor(Shape(be.convolutionWorkspaceCount(g)))
+        let scratch = ctx.tensor(Shape(be.convolutionBackwardScratchCount(g, inputGradient: inputGradient)))
+        be.convolutionBackward(dy, x: saved.x, weight: ctx.params.value(weight), g, workspace: workspace, scratch: scratch,
                                dWeight: ctx.params.grad(weight), dBias: bias.map { ctx.params.grad($0) }, dx: dx)
         return dx
     }
