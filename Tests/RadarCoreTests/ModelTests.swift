@@ -125,6 +125,58 @@ final class ModelTests: XCTestCase {
         XCTAssertLessThan(perBlock, saves + oneWide, "one block saves \(perBlock) floats: more than \(saves) and LayerNorm's statistics")
     }
 
+    /// The branches keep what their backward reads: a convolution its input and output (the
+    /// im2col columns are scratch, rebuilt in backward), a ReLU nothing more (in place), the
+    /// fixed image transforms only the map the CNN reads.
+    func testConvolutionsAndBranchTransformsKeepNoScratch() throws {
+        let layout = ParameterLayout()
+        let conv = Conv2d("c", 1, 8, kernel: 5, stride: 2, padding: 2, layout: layout)
+        let badm = BoundaryBranch("badm", config: RADARConfig.preset("tiny")!, layout: layout)
+        let ctx = makeContext(layout)
+        randomizeParameters(ctx.params, seed: 4)
+        let x = randomHost(Shape(3, 1, 20, 20), seed: 5)
+        ctx.beginPass()
+        var before = ctx.arena.floatsInUse
+        let (y, saved) = try conv.forward(x.tensor, ctx)
+        XCTAssertEqual(ctx.arena.floatsInUse - before, 3 * 8 * 10 * 10, "a convolution's forward keeps its output only")
+        before = ctx.arena.floatsInUse
+        let r = ReLU.forward(y, ctx)
+        XCTAssertEqual(r.base, y.base, "ReLU runs in place")
+        XCTAssertEqual(ctx.arena.floatsInUse, before)
+        // Backward rebuilds the columns: its weight gradient is the one from kept columns, that is
+        // the sum over images and positions of dy x-patch, checked against a loop here.
+        let dy = randomHost(y.shape, seed: 6)
+        ctx.params.zeroGrads()
+        _ = conv.backward(dy.tensor, saved, ctx)
+        let dW = ctx.params.grad(conv.weight).toArray(), xs = x.values, dys = dy.values
+        for (o, ky, kx) in [(0, 0, 0), (3, 2, 4), (7, 4, 1)] {
+            var ref = 0.0
+            for b in 0..<3 { for oy in 0..<10 { for ox in 0..<10 {
+                let iy = oy * 2 - 2 + ky, ix = ox * 2 - 2 + kx
+                guard iy >= 0 && iy < 20 && ix >= 0 && ix < 20 else { continue }
+                ref += Double(dys[((b * 8 + o) * 10 + oy) * 10 + ox]) * Double(xs[(b * 20 + iy) * 20 + ix])
+            } } }
+            XCTAssertEqual(Double(dW[(o * 5 + ky) * 5 + kx]), ref, accuracy: 1e-4 * max(1, abs(ref)), "dW[\(o), 0, \(ky), \(kx)]")
+        }
+        // BADM's grey image is released: the edge map is its only full-resolution map kept, so
+        // the branch keeps less than the grey and edge maps together would take.
+        let c = RADARConfig.preset("tiny")!
+        let images = randomHost(Shape(2, 3, c.imgSize, c.imgSize), seed: 7)
+        let patches = randomHost(Shape(2, c.patchCount, c.embedDim), seed: 8)
+        ctx.beginPass()
+        let edgeInput = ctx.tensor(Shape(2, 1, c.imgSize, c.imgSize))
+        let m = ctx.arena.floatsInUse
+        _ = try badm.edgeEncoder.forward(edgeInput, ctx)
+        let cnnKeeps = ctx.arena.floatsInUse - m
+        ctx.beginPass()
+        before = ctx.arena.floatsInUse
+        _ = try badm.forward(images.tensor, patches: patches.tensor, ctx)
+        let map = 2 * c.imgSize * c.imgSize
+        XCTAssertLessThan(ctx.arena.floatsInUse - before - cnnKeeps, 2 * map,
+                          "BADM keeps \(ctx.arena.floatsInUse - before) floats, its CNN \(cnnKeeps) of them")
+        XCTAssertGreaterThanOrEqual(ctx.arena.floatsInUse - before - cnnKeeps, map, "the edge map is kept")
+    }
+
     func testMicroBatchHasNoHostSynchronisationAndAnOptimizerStepHasOne() throws {
         let (trainer, images, labels) = try makeTinyTrainer(threads: 2, accumulationSteps: 3)
         let be = trainer.ctx.backend

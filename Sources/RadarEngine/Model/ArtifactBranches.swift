@@ -21,7 +21,12 @@ public struct BoundaryBranch: Sendable {
 
     /// x (B, 3, H, W), patch tokens (B, N, D) -> (evidence (B, E), logit (B, 1)).
     public func forward(_ x: Tensor, patches: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> (Tensor, Tensor, Saved) {
-        let edges = try ImageTransforms.sobel(try ImageTransforms.grayscale(x, ctx), ctx)
+        // The edge map is the CNN's input (kept); the grey image under it is released.
+        try x.expect4(-1, 3, -1, -1, in: "grayscale")
+        let edges = ctx.tensor(Shape(x.shape[0], 1, x.shape[2], x.shape[3]))
+        let mark = ctx.arena.mark()
+        _ = try ImageTransforms.sobel(try ImageTransforms.grayscale(x, ctx), ctx, into: edges)
+        ctx.arena.rewind(to: mark)
         let (edgeFeat, cnn) = try edgeEncoder.forward(edges, ctx)
         let pooled = TokenMeanMax.forward(patches, ctx)
         let (patchFeat, ps) = try patchProcessor.forward(Concat.forward(pooled.mean, pooled.max, ctx), ctx)
@@ -65,8 +70,13 @@ public struct FrequencyBranch: Sendable {
 
     /// x (B, 3, H, W), cls (B, D) -> (evidence (B, E), logit (B, 1)).
     public func forward(_ x: Tensor, cls: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> (Tensor, Tensor, Saved) {
+        // The spectrum is the CNN's input (kept); the grey, resized and |FFT| maps are released.
+        try x.expect4(-1, 3, -1, -1, in: "grayscale")
+        let spectrum = ctx.tensor(Shape(x.shape[0], 1, fftSize, fftSize))
+        let mark = ctx.arena.mark()
         let gray = try ImageTransforms.grayscale(x, ctx)
-        let spectrum = try highPass.forward(try ImageTransforms.fftMagnitude(try ImageTransforms.resize(gray, to: fftSize, ctx), ctx), ctx)
+        _ = try highPass.forward(try ImageTransforms.fftMagnitude(try ImageTransforms.resize(gray, to: fftSize, ctx), ctx), ctx, into: spectrum)
+        ctx.arena.rewind(to: mark)
         let (freqFeat, cnn) = try freqEncoder.forward(spectrum, ctx)
         let (clsFeat, cs) = try clsProcessor.forward(cls, ctx)
         let (evidence, fs) = try fusion.forward(Concat.forward(freqFeat, clsFeat, ctx), ctx)

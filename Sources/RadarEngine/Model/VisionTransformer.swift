@@ -51,17 +51,19 @@ public struct VisionTransformer: Sendable {
             throw ShapeMismatch(layer: "encoder", expected: "(B, 3, \(config.imgSize), \(config.imgSize))", actual: x.shape)
         }
         let be = ctx.backend
+        // [cls | patches] + pos_embed, as (B, (N+1) D) rows; what builds it is released after.
+        let tokens = ctx.tensor(Shape(b, n + 1, d))
+        let flat = tokens.reshaped(Shape(b, (n + 1) * d))
+        let mark = ctx.arena.mark()
         let (patches, patchSaved) = try patchEmbed.forward(x, ctx)  // (B, D, g, g)
         let tokensNoCls = ctx.tensor(Shape(b, n, d))
         be.transposeLastTwo(patches.reshaped(Shape(b, d, n)), tokensNoCls)
-        // [cls | patches] + pos_embed, as (B, (N+1) D) rows.
-        let tokens = ctx.tensor(Shape(b, n + 1, d))
-        let flat = tokens.reshaped(Shape(b, (n + 1) * d))
         let cls = ctx.zeros(Shape(b, d))
         be.addRowBias(ctx.params.value(clsToken).reshaped(Shape(d)), into: cls)
         be.copyColumns(cls, srcCols: d, into: flat, dstCols: (n + 1) * d, offset: 0)
         be.copyColumns(tokensNoCls.reshaped(Shape(b, n * d)), srcCols: n * d, into: flat, dstCols: (n + 1) * d, offset: d)
         be.addRowBias(ctx.params.value(posEmbed).reshaped(Shape((n + 1) * d)), into: flat)
+        ctx.arena.rewind(to: mark)
         var h = tokens
         saved.removeAll(keepingCapacity: true)
         for i in 0..<blocks.count {

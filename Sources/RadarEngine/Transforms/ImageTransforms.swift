@@ -5,7 +5,8 @@ import Darwin
 #endif
 
 /// The fixed (gradient-free) transforms of MODEL.md §2-3. Inputs are normalised images
-/// (B, 3, H, W); each transform writes a fresh arena tensor.
+/// (B, 3, H, W); each transform writes a fresh arena tensor, or the last of a chain writes into
+/// one its caller allocated before the chain's intermediates (which it then releases).
 public enum ImageTransforms {
     /// (B, 3, H, W) -> (B, 1, H, W), 0.299 R + 0.587 G + 0.114 B.
     public static func grayscale(_ x: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> Tensor {
@@ -16,9 +17,9 @@ public enum ImageTransforms {
     }
 
     /// Sobel gradient magnitude (zero padding 1), each image divided by its own max when > 1e-8.
-    public static func sobel(_ gray: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> Tensor {
+    public static func sobel(_ gray: Tensor, _ ctx: ExecutionContext, into out: Tensor? = nil) throws(ShapeMismatch) -> Tensor {
         try gray.expect4(-1, 1, -1, -1, in: "sobel")
-        let y = ctx.tensor(gray.shape)
+        let y = output(out, gray.shape, ctx)
         ctx.backend.sobelMagnitude(gray, y)
         return y
     }
@@ -32,6 +33,12 @@ public enum ImageTransforms {
     }
 
     /// |FFT2| with fftshift over the two spatial axes (not the batch axis).
+    static func output(_ out: Tensor?, _ shape: Shape, _ ctx: ExecutionContext) -> Tensor {
+        guard let out else { return ctx.tensor(shape) }
+        precondition(out.shape == shape, "transform output \(out.shape), expected \(shape)")
+        return out
+    }
+
     public static func fftMagnitude(_ gray: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> Tensor {
         try gray.expect4(-1, 1, -1, gray.shape.rank == 4 ? gray.shape[2] : -1, in: "fftMagnitude")
         let y = ctx.tensor(gray.shape)
@@ -62,9 +69,9 @@ public final class HighPassFilter: @unchecked Sendable {
         }
     }
 
-    public func forward(_ magnitude: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> Tensor {
+    public func forward(_ magnitude: Tensor, _ ctx: ExecutionContext, into out: Tensor? = nil) throws(ShapeMismatch) -> Tensor {
         try magnitude.expect4(-1, 1, size, size, in: "highPass")
-        let y = ctx.tensor(magnitude.shape)
+        let y = ImageTransforms.output(out, magnitude.shape, ctx)
         if deviceMask == nil || deviceMask!.backend !== ctx.backend { deviceMask = DeviceTensor(ctx.backend, mask) }
         ctx.backend.highPassLogNormalize(magnitude, mask: deviceMask!.tensor, y)
         return y
