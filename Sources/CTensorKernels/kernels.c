@@ -102,31 +102,37 @@ static inline __m256 vector_cdf(__m256 x) {
 }
 
 __attribute__((target("avx2")))
-void radar_gelu_forward_avx2(const float *x, float *y, long n) {
+// cdf may be NULL (not kept).
+__attribute__((target("avx2")))
+void radar_gelu_forward_avx2(const float *x, float *y, float *cdf, long n) {
     long i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
-        _mm256_storeu_ps(y + i, MUL(v, vector_cdf(v)));
+        __m256 phi = vector_cdf(v);
+        if (cdf) _mm256_storeu_ps(cdf + i, phi);
+        _mm256_storeu_ps(y + i, MUL(v, phi));
     }
     for (; i < n; i++) {
-        float v = x[i];
-        y[i] = v * scalar_cdf(v);
+        float v = x[i], phi = scalar_cdf(v);
+        if (cdf) cdf[i] = phi;
+        y[i] = v * phi;
     }
 }
 
-// The CDF is recomputed with the forward's code, so it is the forward's bit for bit.
+// cdf NULL: recomputed with the forward's code, so it is the forward's bit for bit.
 __attribute__((target("avx2")))
-void radar_gelu_backward_avx2(const float *dy, const float *x, float *dx, long n) {
+void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf, float *dx, long n) {
     long i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
         __m256 pdf = MUL(vector_exp(MUL(MUL(SET(-0.5f), v), v)), SET(0.39894228f));
-        _mm256_storeu_ps(dx + i, MUL(_mm256_loadu_ps(dy + i), ADD(vector_cdf(v), MUL(v, pdf))));
+        __m256 phi = cdf ? _mm256_loadu_ps(cdf + i) : vector_cdf(v);
+        _mm256_storeu_ps(dx + i, MUL(_mm256_loadu_ps(dy + i), ADD(phi, MUL(v, pdf))));
     }
     for (; i < n; i++) {
         float v = x[i];
         float pdf = scalar_exp(-0.5f * v * v) * 0.39894228f;
-        dx[i] = dy[i] * (scalar_cdf(v) + v * pdf);
+        dx[i] = dy[i] * ((cdf ? cdf[i] : scalar_cdf(v)) + v * pdf);
     }
 }
 
@@ -205,8 +211,10 @@ void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, floa
                       float omb2, float bc2Sqrt, float eps, float negStep) {
     (void)p; (void)g; (void)m; (void)v; (void)n; (void)decay; (void)omb1; (void)beta2; (void)omb2; (void)bc2Sqrt; (void)eps; (void)negStep;
 }
-void radar_gelu_forward_avx2(const float *x, float *y, long n) { (void)x; (void)y; (void)n; }
-void radar_gelu_backward_avx2(const float *dy, const float *x, float *dx, long n) { (void)dy; (void)x; (void)dx; (void)n; }
+void radar_gelu_forward_avx2(const float *x, float *y, float *cdf, long n) { (void)x; (void)y; (void)cdf; (void)n; }
+void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf, float *dx, long n) {
+    (void)dy; (void)x; (void)cdf; (void)dx; (void)n;
+}
 
 #endif
 

@@ -70,29 +70,31 @@ extension CPUBackend {
         parallel(dy.count) { r in for i in r { dx.base[i] = y.base[i] > 0 ? dy.base[i] : 0 } }
     }
 
-    public func geluForward(_ x: Tensor, _ y: Tensor) {
+    public func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor?) {
         parallel(x.count) { r in
             if CPUBackend.vectorKernels {
-                radar_gelu_forward_avx2(x.base + r.lowerBound, y.base + r.lowerBound, r.count)
+                radar_gelu_forward_avx2(x.base + r.lowerBound, y.base + r.lowerBound, cdf.map { $0.base + r.lowerBound }, r.count)
                 return
             }
             for i in r {
-                let v = x.base[i]
-                y.base[i] = v * fastNormalCDF(v)
+                let v = x.base[i], phi = fastNormalCDF(v)
+                cdf?.base[i] = phi
+                y.base[i] = v * phi
             }
         }
     }
 
-    public func geluBackward(_ dy: Tensor, x: Tensor, _ dx: Tensor) {
+    public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor) {
         parallel(dy.count) { r in
             if CPUBackend.vectorKernels {
-                radar_gelu_backward_avx2(dy.base + r.lowerBound, x.base + r.lowerBound, dx.base + r.lowerBound, r.count)
+                radar_gelu_backward_avx2(dy.base + r.lowerBound, x.base + r.lowerBound, cdf.map { UnsafePointer($0.base + r.lowerBound) },
+                                         dx.base + r.lowerBound, r.count)
                 return
             }
             for i in r {
                 let v = x.base[i]
                 let pdf = fastExp(-0.5 * v * v) * 0.398_942_28
-                dx.base[i] = dy.base[i] * (fastNormalCDF(v) + v * pdf)
+                dx.base[i] = dy.base[i] * ((cdf?.base[i] ?? fastNormalCDF(v)) + v * pdf)
             }
         }
     }

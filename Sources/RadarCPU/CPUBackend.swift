@@ -20,6 +20,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public var threads: Int { pool.threadCount }
     /// How products are formed: fp32 (OpenBLAS), or bf16 operands with fp32 accumulation.
     public let products: CPUProducts
+    public var recomputesInBackward: Bool { false }
     public var deviceDescription: String {
         "cpu (\(threads) thread\(threads == 1 ? "" : "s"), OpenBLAS \(CPUBackend.blasDescription)\(products == .fp32 ? "" : ", " + products.description))"
     }

@@ -11,8 +11,8 @@ extension FencedBackend {
     public func accumulateColumnSums(_ src: Tensor, into dst: Tensor) { fenced { inner.accumulateColumnSums(src, into: dst) } }
     public func reluForward(_ x: Tensor, _ y: Tensor) { fenced { inner.reluForward(x, y) } }
     public func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor) { fenced { inner.reluBackward(dy, y: y, dx) } }
-    public func geluForward(_ x: Tensor, _ y: Tensor) { fenced { inner.geluForward(x, y) } }
-    public func geluBackward(_ dy: Tensor, x: Tensor, _ dx: Tensor) { fenced { inner.geluBackward(dy, x: x, dx) } }
+    public func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor?) { fenced { inner.geluForward(x, y, cdf: cdf) } }
+    public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor) { fenced { inner.geluBackward(dy, x: x, cdf: cdf, dx) } }
     public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) { fenced { inner.softmaxForward(x, y, cols: cols) } }
     public func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int) { fenced { inner.softmaxBackward(dy, y: y, dx, cols: cols) } }
     public func dropoutForward(_ x: Tensor, _ y: Tensor, p: Float, stream: RandomStream) { fenced { inner.dropoutForward(x, y, p: p, stream: stream) } }

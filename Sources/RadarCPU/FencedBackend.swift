@@ -18,6 +18,7 @@ public final class FencedBackend: Backend, @unchecked Sendable {
 
     public init(wrapping inner: CPUBackend) { self.inner = inner }
 
+    public var recomputesInBackward: Bool { inner.recomputesInBackward }
     public var deviceDescription: String { "cpu-fenced (\(inner.threads) thread\(inner.threads == 1 ? "" : "s"))" }
     public var threads: Int { inner.threads }
 

@@ -43,6 +43,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         for p in scratch { if let p { driver.free(p) } }
     }
 
+    public var recomputesInBackward: Bool { true }
     public var deviceDescription: String { "\(driver.deviceDescription), \(precision.rawValue)" }
 
     // MARK: Memory
@@ -207,9 +208,11 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor) {
         elementwise("radar_relu_backward", dy.count, [p(dy), p(y), p(dx), .i64(dy.count)])
     }
-    public func geluForward(_ x: Tensor, _ y: Tensor) { elementwise("radar_gelu_forward", x.count, [p(x), p(y), .i64(x.count)]) }
-    public func geluBackward(_ dy: Tensor, x: Tensor, _ dx: Tensor) {
-        elementwise("radar_gelu_backward", dy.count, [p(dy), p(x), p(dx), .i64(dy.count)])
+    public func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor?) {
+        elementwise("radar_gelu_forward", x.count, [p(x), p(y), .ptr(cdf?.base), .i64(x.count)])
+    }
+    public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor) {
+        elementwise("radar_gelu_backward", dy.count, [p(dy), p(x), .ptr(cdf?.base), p(dx), .i64(dy.count)])
     }
     public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) {
         rows("radar_softmax_forward", x.count / cols, [p(x), p(y), .i32(x.count / cols), .i32(cols)])

@@ -91,6 +91,8 @@ extension Bench {
         @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
         @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
         @Option(help: "Micro-batches per optimizer step (times are reported per micro-batch).") var accumulationSteps = 1
+        @Option(help: "Recompute the attention probabilities and GELU's CDF in backward instead of keeping them: true or false (default: the device's choice, true on CUDA, false on the CPU).")
+        var recomputeInBackward: Bool?
 
         func run() throws {
             try failing {
@@ -101,6 +103,7 @@ extension Bench {
                 DeviceMemoryContext.current = "--batch \(b)"
                 let backend = try Devices.backend(device ?? Devices.defaultName, threads: threads, precision: precision)
                 let ctx = ExecutionContext(backend: backend, layout: model.layout, seed: 1)
+                if let recomputeInBackward { ctx.recomputeInBackward = recomputeInBackward }
                 model.initialize(ctx.params, seed: 1)
                 let trainer = Trainer(model: model, ctx: ctx, accumulationSteps: accumulationSteps)
                 let synth = SyntheticFaces(size: cfg.imgSize, seed: 2)
@@ -143,6 +146,7 @@ extension Bench {
                            "gemm_gflop_per_step": flops / 1e9, "effective_gflops": flops / seconds / 1e9,
                            "arena_mib": Double(ctx.arena.capacity * 4) / 1_048_576, "peak_rss_mib": peakRSSMiB(),
                            "saved_mib_per_image": Double(trainer.savedForBackwardFloats * 4) / 1_048_576 / Double(b),
+                           "recompute_in_backward": ctx.recomputeInBackward,
                            "profile_ms": sections, "heap_allocations_per_step": Double(allocations) / Double(repeats),
                            "accumulation_steps": accumulationSteps, "host_syncs_per_optimizer_step": syncsPerStep,
                            "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "precision": Devices.precision(of: backend),

@@ -95,11 +95,13 @@ final class ModelTests: XCTestCase {
 
     /// Backward releases what it no longer needs (arena marks): the step's peak above the
     /// forward's saves is one encoder block's backward, whatever the depth; and a block's forward
-    /// keeps what PyTorch's autograd keeps for it, no more.
+    /// keeps what PyTorch's autograd keeps for it, no more, when backward recomputes (the GPU's
+    /// choice), or that plus the probabilities and GELU's CDF when it does not (the CPU's).
     func testBackwardsTemporariesDoNotGrowWithDepth() throws {
-        func arena(depth: Int) throws -> (forward: Int, extra: Int) {
+        func arena(depth: Int, recompute: Bool) throws -> (forward: Int, extra: Int) {
             let (trainer, images, labels) = try makeTinyTrainer { $0.depth = depth; $0.imgSize = 64; $0.numHeads = 6 }
             let ctx = trainer.ctx
+            ctx.recomputeInBackward = recompute
             _ = try trainer.step(images: images.tensor, labels: labels.tensor)
             ctx.beginPass()
             _ = try trainer.model.forward(images.tensor, ctx)
@@ -107,22 +109,44 @@ final class ModelTests: XCTestCase {
             _ = try trainer.step(images: images.tensor, labels: labels.tensor)
             return (forward, ctx.arena.peakFloats - forward)
         }
-        let two = try arena(depth: 2), six = try arena(depth: 6)
-        XCTAssertGreaterThan(six.forward, two.forward, "four more blocks save more")
-        XCTAssertLessThanOrEqual(six.extra, two.extra, "backward's peak above the forward: \(two.extra) floats at depth 2, \(six.extra) at 6")
-        // One block's saves, batch 4, per token: eight D-wide tensors (LN1 out, q k v, merged,
-        // h1 (over the proj output), LN2 out, h2 (over the fc2 output)) and two 4D-wide (fc1
-        // out, GELU out), plus LayerNorm's statistics. Not kept: the (heads, N, N) scores and
-        // probabilities (recomputed), GELU's CDF (recomputed), separate residual sums.
         var c = RADARConfig.preset("tiny")!
         c.imgSize = 64
         c.numHeads = 6
         let tokens = c.patchCount + 1, d = c.embedDim
-        let perBlock = (six.forward - two.forward) / 4
-        let oneWide = 4 * tokens * d
-        let saves = 8 * oneWide + 2 * 4 * tokens * c.mlpHidden
-        XCTAssertGreaterThanOrEqual(perBlock, saves)
-        XCTAssertLessThan(perBlock, saves + oneWide, "one block saves \(perBlock) floats: more than \(saves) and LayerNorm's statistics")
+        let oneWide = 4 * tokens * d, probs = 4 * c.numHeads * tokens * tokens, cdf = 4 * tokens * c.mlpHidden
+        for recompute in [true, false] {
+            let two = try arena(depth: 2, recompute: recompute), six = try arena(depth: 6, recompute: recompute)
+            XCTAssertGreaterThan(six.forward, two.forward, "four more blocks save more")
+            XCTAssertLessThanOrEqual(six.extra, two.extra, "backward's peak above the forward: \(two.extra) floats at depth 2, \(six.extra) at 6")
+            // One block's saves, batch 4, per token: eight D-wide tensors (LN1 out, q k v,
+            // merged, h1 (over the proj output), LN2 out, h2 (over the fc2 output)) and two
+            // 4D-wide (fc1 out, GELU out), plus LayerNorm's statistics; never the scores or
+            // separate residual sums; the probabilities and the CDF only when not recomputed.
+            let perBlock = (six.forward - two.forward) / 4
+            let saves = 8 * oneWide + 2 * 4 * tokens * c.mlpHidden + (recompute ? 0 : probs + cdf)
+            XCTAssertGreaterThanOrEqual(perBlock, saves, "recompute \(recompute)")
+            XCTAssertLessThan(perBlock, saves + oneWide, "recompute \(recompute): one block saves \(perBlock) floats: more than \(saves) and LayerNorm's statistics")
+        }
+    }
+
+    /// Keeping the probabilities and GELU's CDF or recomputing them in backward gives the same
+    /// bits: losses, gradient norms and parameters after three steps.
+    func testRecomputingInBackwardGivesTheSameBits() throws {
+        func train(recompute: Bool) throws -> ([Double], [Float]) {
+            let (trainer, images, labels) = try makeTinyTrainer(threads: 2)
+            trainer.ctx.recomputeInBackward = recompute
+            var losses: [Double] = []
+            for _ in 0..<3 {
+                let r = try trainer.step(images: images.tensor, labels: labels.tensor)!
+                losses += [r.terms.total, r.gradNorm]
+            }
+            return (losses, trainer.ctx.params.values.toArray())
+        }
+        let kept = try train(recompute: false), recomputed = try train(recompute: true)
+        XCTAssertEqual(kept.0.map(\.bitPattern), recomputed.0.map(\.bitPattern), "losses and gradient norms")
+        XCTAssertEqual(kept.1.map(\.bitPattern), recomputed.1.map(\.bitPattern), "parameters after three steps")
+        let (fresh, _, _) = try makeTinyTrainer()
+        XCTAssertNotEqual(kept.1, withExtendedLifetime(fresh) { fresh.ctx.params.values.toArray() }, "the steps changed the parameters")
     }
 
     /// The branches keep what their backward reads: a convolution its input and output (the

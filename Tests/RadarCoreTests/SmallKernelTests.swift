@@ -227,16 +227,23 @@ final class CPUVectorKernelTests: XCTestCase {
         for n in [values.count, 1, 7, 8, 9, 17, 65_537] {
             let xs = (0..<n).map { values[$0 % values.count] }
             let dys = (0..<n).map { Float(($0 * 37) % 101) / 50 - 1 }
-            func run() -> ([UInt32], [UInt32]) {
+            // Keeping the CDF or recomputing it in backward: the same bits either way.
+            func run() -> ([UInt32], [UInt32], [UInt32], [UInt32]) {
                 let x = DeviceTensor(cpu, Shape(n), xs), dy = DeviceTensor(cpu, Shape(n), dys)
-                let y = DeviceTensor(cpu, Shape(n)), dx = DeviceTensor(cpu, Shape(n))
-                cpu.geluForward(x.tensor, y.tensor)
-                cpu.geluBackward(dy.tensor, x: x.tensor, dx.tensor)
-                return (y.values.map(\.bitPattern), dx.values.map(\.bitPattern))
+                let y = DeviceTensor(cpu, Shape(n)), cdf = DeviceTensor(cpu, Shape(n)), dx = DeviceTensor(cpu, Shape(n))
+                let dxRecomputed = DeviceTensor(cpu, Shape(n))
+                cpu.geluForward(x.tensor, y.tensor, cdf: cdf.tensor)
+                cpu.geluBackward(dy.tensor, x: x.tensor, cdf: cdf.tensor, dx.tensor)
+                cpu.geluBackward(dy.tensor, x: x.tensor, cdf: nil, dxRecomputed.tensor)
+                return (y.values.map(\.bitPattern), cdf.values.map(\.bitPattern), dx.values.map(\.bitPattern),
+                        dxRecomputed.values.map(\.bitPattern))
             }
             let (vector, scalar) = bothPaths(run)
             XCTAssertEqual(vector.0, scalar.0, "GELU forward, \(n) values")
-            XCTAssertEqual(vector.1, scalar.1, "GELU backward, \(n) values")
+            XCTAssertEqual(vector.1, scalar.1, "normal CDF, \(n) values")
+            XCTAssertEqual(vector.2, scalar.2, "GELU backward, \(n) values")
+            XCTAssertEqual(vector.2, vector.3, "GELU backward from the kept CDF and from a recomputed one, \(n) values")
+            XCTAssertEqual(scalar.2, scalar.3, "GELU backward (scalar) from the kept CDF and from a recomputed one, \(n) values")
         }
     }
 }

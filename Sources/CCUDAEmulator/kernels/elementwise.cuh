@@ -40,19 +40,22 @@ extern "C" __global__ void radar_relu_backward(const float* dy, const float* y, 
 // Exact GELU: y = x Phi(x), Phi kept for backward.
 __device__ __forceinline__ float radar_normal_cdf(float v) { return 0.5f * (1.f + erff(v * 0.70710678118654752f)); }
 
-extern "C" __global__ void radar_gelu_forward(const float* x, float* y, long n) {
+// cdf may be null (not kept).
+extern "C" __global__ void radar_gelu_forward(const float* x, float* y, float* cdf, long n) {
     GRID_STRIDE(i, n) {
-        float v = x[i];
-        y[i] = v * radar_normal_cdf(v);
+        float v = x[i], phi = radar_normal_cdf(v);
+        if (cdf) cdf[i] = phi;
+        y[i] = v * phi;
     }
 }
 
-// dx = dy (Phi(x) + x phi(x)), phi the normal density; Phi recomputed as forward computed it.
-extern "C" __global__ void radar_gelu_backward(const float* dy, const float* x, float* dx, long n) {
+// dx = dy (Phi(x) + x phi(x)), phi the normal density; Phi from cdf, or (null) recomputed as
+// forward computed it.
+extern "C" __global__ void radar_gelu_backward(const float* dy, const float* x, const float* cdf, float* dx, long n) {
     GRID_STRIDE(i, n) {
         float v = x[i];
         float pdf = 0.3989422804014327f * expf(-0.5f * v * v);
-        dx[i] = dy[i] * (radar_normal_cdf(v) + v * pdf);
+        dx[i] = dy[i] * ((cdf ? cdf[i] : radar_normal_cdf(v)) + v * pdf);
     }
 }
 

@@ -11,10 +11,10 @@
 int radar_tensor_kernels_avx2(void);
 
 /// GELU (exact, erf form): cdf[i] = Phi(x[i]), y[i] = x[i] * cdf[i], for i in [0, n).
-void radar_gelu_forward_avx2(const float *x, float *y, long n);
+void radar_gelu_forward_avx2(const float *x, float *y, float *cdf, long n);
 
 /// dx[i] = dy[i] * (cdf[i] + x[i] * phi(x[i])), phi the standard normal density.
-void radar_gelu_backward_avx2(const float *dy, const float *x, float *dx, long n);
+void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf, float *dx, long n);
 
 /// Softmax of `rows` rows of `cols`: the row maximum, exp(x - max) (FastMath's exp), the sum in
 /// index order, then each times 1 / sum.

@@ -73,9 +73,13 @@ public enum KernelCheck {
             Case(name: "accumulateColumnSums", tensors: [t(Shape(9, 7)), t(Shape(7))]) { b, v in b.accumulateColumnSums(v[0], into: v[1]) },
             Case(name: "reluForward", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.reluForward(v[0], v[1]) },
             Case(name: "reluBackward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.reluBackward(v[0], y: v[1], v[2]) },
-            Case(name: "geluForward", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.geluForward(v[0], v[1]) },
+            Case(name: "geluForward", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.geluForward(v[0], v[1], cdf: nil) },
+            Case(name: "geluForward/cdf", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.geluForward(v[0], v[1], cdf: v[2]) },
             Case(name: "geluBackward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in
-                b.geluBackward(v[0], x: v[1], v[2])
+                b.geluBackward(v[0], x: v[1], cdf: nil, v[2])
+            },
+            Case(name: "geluBackward/cdf", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37), .unit), t(Shape(37))]) { b, v in
+                b.geluBackward(v[0], x: v[1], cdf: v[2], v[3])
             },
             Case(name: "softmaxForward", tensors: [t(Shape(5, 37)), t(Shape(5, 37))]) { b, v in b.softmaxForward(v[0], v[1], cols: 37) },
             Case(name: "softmaxBackward", tensors: [t(Shape(5, 37)), t(Shape(5, 37), .unit), t(Shape(5, 37))]) { b, v in

@@ -15,6 +15,12 @@
 public protocol Backend: AnyObject {
     /// What the backend runs on, for logs and benchmark records (e.g. "cpu (2 threads)").
     var deviceDescription: String { get }
+    /// Whether backward recomputes the attention probabilities and GELU's CDF instead of keeping
+    /// them from forward (`ExecutionContext.recomputeInBackward` starts from it). A GPU says yes:
+    /// memory bounds its batch and the recomputation is nearly free there. The CPU says no: time
+    /// bounds its step (recomputing costs it about 7%) and memory is plentiful. Either way the
+    /// results are the same bits.
+    var recomputesInBackward: Bool { get }
 
     // MARK: Memory
 
@@ -56,11 +62,12 @@ public protocol Backend: AnyObject {
     func accumulateColumnSums(_ src: Tensor, into dst: Tensor)
     func reluForward(_ x: Tensor, _ y: Tensor)
     func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor)
-    /// Exact GELU, y = x Phi(x) with Phi(x) = 0.5 (1 + erf(x / sqrt 2)).
-    func geluForward(_ x: Tensor, _ y: Tensor)
-    /// dx = dy (Phi(x) + x phi(x)), Phi recomputed bit for bit as forward computed it (keeping it
-    /// would hold a second (B, N, 4D) tensor per block from forward to backward).
-    func geluBackward(_ dy: Tensor, x: Tensor, _ dx: Tensor)
+    /// Exact GELU, y = x Phi(x) with Phi(x) = 0.5 (1 + erf(x / sqrt 2)); Phi kept in `cdf` when
+    /// given.
+    func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor?)
+    /// dx = dy (Phi(x) + x phi(x)), Phi read from `cdf` when given, else recomputed bit for bit
+    /// as forward computed it.
+    func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor)
     /// Softmax over the last `cols` of each row.
     func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int)
     func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int)

@@ -16,6 +16,10 @@ public final class ExecutionContext: @unchecked Sendable {
     /// The replicas this one trains with: backward reports finished gradients to it, and
     /// SyncBatchNorm reduces its statistics through it. A single process by default.
     public var parallel: any DataParallel = SingleProcess()
+    /// Backward recomputes the attention probabilities and GELU's CDF (less memory, a little
+    /// more work) instead of keeping them; the backend's preference unless set (the same bits
+    /// either way).
+    public var recomputeInBackward: Bool
     private static let dropoutLabel = FNV1a.hash("dropout")
 
     public init(backend: any Backend, params: ParameterStore, arena: Arena? = nil,
@@ -26,6 +30,7 @@ public final class ExecutionContext: @unchecked Sendable {
         self.arena = arena ?? Arena(backend: backend)
         self.training = training
         self.seed = seed
+        recomputeInBackward = backend.recomputesInBackward
     }
 
     /// Starts a forward/backward pass: rewinds the arena and the per-step stream numbering.

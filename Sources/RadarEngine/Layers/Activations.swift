@@ -14,20 +14,21 @@ public enum ReLU {
     }
 }
 
-/// Exact GELU (erf form, torch's approximate='none'): backward reads the input (and recomputes
-/// the CDF from it, as PyTorch's GELU backward does).
+/// Exact GELU (erf form, torch's approximate='none'): backward reads the input, and the CDF
+/// forward kept, or recomputes it (`ctx.recomputeInBackward`, as PyTorch's GELU backward does).
 public enum GELU {
-    public struct Saved { public let x: Tensor }
+    public struct Saved { public let x: Tensor, cdf: Tensor? }
 
     public static func forward(_ x: Tensor, _ ctx: ExecutionContext) -> (Tensor, Saved) {
         let y = ctx.tensor(x.shape)
-        ctx.backend.geluForward(x, y)
-        return (y, Saved(x: x))
+        let cdf = ctx.recomputeInBackward ? nil : ctx.tensor(x.shape)
+        ctx.backend.geluForward(x, y, cdf: cdf)
+        return (y, Saved(x: x, cdf: cdf))
     }
 
     public static func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext) -> Tensor {
         let dx = ctx.tensor(saved.x.shape)
-        ctx.backend.geluBackward(dy, x: saved.x, dx)
+        ctx.backend.geluBackward(dy, x: saved.x, cdf: saved.cdf, dx)
         return dx
     }
 }

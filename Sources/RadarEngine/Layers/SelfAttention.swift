@@ -13,6 +13,8 @@ public struct SelfAttention: Sendable {
         public let qkv: Tensor
         /// Heads merged, before proj: (B, N, D).
         public let merged: Tensor
+        /// The probabilities (B, H, N, N), unless backward recomputes them.
+        public let probs: Tensor?
     }
 
     public init(_ name: String, dim: Int, heads: Int, layout: ParameterLayout) {
@@ -32,25 +34,29 @@ public struct SelfAttention: Sendable {
         let b = x.shape[0], n = x.shape[1]
         let qkvOut = try qkv.forward(x, ctx)
         let merged = ctx.tensor(Shape(b, n, dim))
-        // Scores and probabilities are scratch, released at once: backward recomputes the
-        // probabilities from qkv (as PyTorch's fused attention does), so a block keeps no
+        // The scores are scratch, released at once; so are the probabilities when backward
+        // recomputes them from qkv (as PyTorch's fused attention does): then a block keeps no
         // (B, H, N, N) tensor from forward to backward.
+        let kept = ctx.recomputeInBackward ? nil : ctx.tensor(Shape(b, heads, n, n))
         let mark = ctx.arena.mark()
-        let scores = ctx.tensor(Shape(b, heads, n, n)), probs = ctx.tensor(Shape(b, heads, n, n))
+        let scores = ctx.tensor(Shape(b, heads, n, n)), probs = kept ?? ctx.tensor(Shape(b, heads, n, n))
         ctx.backend.attentionForward(qkv: qkvOut, heads: heads, scale: scale, scores: scores, probs: probs, merged: merged)
         ctx.arena.rewind(to: mark)
         let y = try proj.forward(merged, ctx)
-        return (y, Saved(x: x, qkv: qkvOut, merged: merged))
+        return (y, Saved(x: x, qkv: qkvOut, merged: merged, probs: kept))
     }
 
     public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext) -> Tensor {
         let x = saved.x
         let dMerged = proj.backward(dy, x: saved.merged, ctx)!
         let b = x.shape[0], n = x.shape[1]
-        let probs = ctx.tensor(Shape(b, heads, n, n)), dProbs = ctx.tensor(probs.shape), dScores = ctx.tensor(probs.shape)
+        let dProbs = ctx.tensor(Shape(b, heads, n, n)), dScores = ctx.tensor(dProbs.shape)
         let dQKV = ctx.tensor(saved.qkv.shape)
-        // dScores holds the recomputed scores until attentionBackward overwrites it.
-        ctx.backend.attentionProbabilities(qkv: saved.qkv, heads: heads, scale: scale, scores: dScores, probs: probs)
+        let probs = saved.probs ?? ctx.tensor(dProbs.shape)
+        if saved.probs == nil {
+            // dScores holds the recomputed scores until attentionBackward overwrites it.
+            ctx.backend.attentionProbabilities(qkv: saved.qkv, heads: heads, scale: scale, scores: dScores, probs: probs)
+        }
         ctx.backend.attentionBackward(dMerged: dMerged, qkv: saved.qkv, probs: probs, heads: heads, scale: scale,
                                       dProbs: dProbs, dScores: dScores, dQKV: dQKV)
         return qkv.backward(dQKV, x: x, ctx)!
