@@ -17,9 +17,10 @@ public protocol Backend: AnyObject {
     var deviceDescription: String { get }
     /// Whether backward recomputes the attention probabilities and GELU's CDF instead of keeping
     /// them from forward (`ExecutionContext.recomputeInBackward` starts from it). A GPU says yes:
-    /// memory bounds its batch and the recomputation is nearly free there. The CPU says no: time
-    /// bounds its step (recomputing costs it about 7%) and memory is plentiful. Either way the
-    /// results are the same bits.
+    /// memory bounds its batch, and the work is one small product per block and elementwise
+    /// passes (not yet timed on a GPU: `radar bench step --recompute-in-backward false` is the
+    /// comparison). The CPU says no: time bounds its step (recomputing cost it about 6% on the
+    /// full config) and memory is plentiful. Either way the results are the same bits.
     var recomputesInBackward: Bool { get }
 
     // MARK: Memory
