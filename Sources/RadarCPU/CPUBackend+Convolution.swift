@@ -100,6 +100,7 @@ extension CPUBackend {
     // MARK: Multi-head attention: one serial GEMM per (image, head), spread over the pool.
 
     public func attentionProbabilities(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor) {
+        let qkv = fp32Operand(qkv, slot: 0)
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         forEach(b * h) { i in
             let bi = i / h, hi = i % h
@@ -111,6 +112,7 @@ extension CPUBackend {
     }
 
     public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
+        let qkv = fp32Operand(qkv, slot: 0)
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         attentionProbabilities(qkv: qkv, heads: h, scale: scale, scores: scores, probs: probs)
         forEach(b * h) { i in
@@ -124,6 +126,7 @@ extension CPUBackend {
 
     public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads h: Int, scale: Float,
                                   dProbs: Tensor, dScores: Tensor, dQKV: Tensor) {
+        let qkv = fp32Operand(qkv, slot: 0)
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         forEach(b * h) { i in
             let bi = i / h, hi = i % h

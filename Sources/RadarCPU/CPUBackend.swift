@@ -21,6 +21,9 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// How products are formed: fp32 (OpenBLAS), or bf16 operands with fp32 accumulation.
     public let products: CPUProducts
     public var recomputesInBackward: Bool { false }
+    /// The CPU keeps fp32 activations by default (memory is not what bounds its step); it runs
+    /// bf16 ones too (`radar bench step --bf16-activations true`), widening them per product.
+    public var storesBFloat16Activations: Bool { false }
     public var deviceDescription: String {
         "cpu (\(threads) thread\(threads == 1 ? "" : "s"), OpenBLAS \(CPUBackend.blasDescription)\(products == .fp32 ? "" : ", " + products.description))"
     }
@@ -34,6 +37,16 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     var fftPlans: [Int: OpaquePointer] = [:]
     private let floatScratch = GrowableBuffer<Float>()
     private let doubleScratch = GrowableBuffer<Double>()
+    /// bf16 product operands widened to fp32 (`product`, attention's qkv).
+    private let widened = [GrowableBuffer<Float>(), GrowableBuffer<Float>()]
+
+    /// `t` itself when fp32, else its fp32 values in widening buffer `slot` (grown once, reused).
+    func fp32Operand(_ t: Tensor, slot: Int) -> Tensor {
+        guard t.dtype == .bfloat16 else { return t }
+        let w = Tensor(widened[slot].at(least: t.count), t.shape)
+        convert(t, into: w)
+        return w
+    }
     let planLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     public init(threads: Int = 1, products: CPUProducts = .fp32) {
@@ -73,12 +86,12 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func release(_ address: UnsafeMutablePointer<Float>) { free(address) }
 
     public func upload(_ values: UnsafeBufferPointer<Float>, into t: Tensor) {
-        precondition(values.count == t.count, "upload of \(values.count) values into \(t.shape)")
+        precondition(values.count == t.count && t.dtype == .float32, "upload of \(values.count) values into \(t.dtype.name) \(t.shape)")
         if let b = values.baseAddress { t.base.update(from: b, count: t.count) }
     }
 
     public func download(_ t: Tensor, into host: UnsafeMutableBufferPointer<Float>) {
-        precondition(host.count >= t.count, "download of \(t.shape) into \(host.count) values")
+        precondition(host.count >= t.count && t.dtype == .float32, "download of \(t.dtype.name) \(t.shape) into \(host.count) values")
         syncCount.wrappingAdd(1, ordering: .relaxed)
         if let b = host.baseAddress { b.update(from: t.base, count: t.count) }
     }
@@ -176,6 +189,28 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                 serialGemm(transA: transA, transB: transB, m: m, n: len, k: k, alpha: alpha, a: a, lda: lda,
                            b: b + bOff, ldb: ldb, beta: beta, c: c + lo, ldc: ldc)
             }
+        }
+    }
+
+    public func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
+                        b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int) {
+        precondition(c.dtype == .float32, "product: C must be fp32")
+        gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: fp32Operand(a, slot: 0).base, lda: lda,
+             b: fp32Operand(b, slot: 1).base, ldb: ldb, beta: beta, c: c.base, ldc: ldc)
+    }
+
+    public func convert(_ src: Tensor, into dst: Tensor) {
+        precondition(src.count == dst.count, "convert \(src.shape) into \(dst.shape)")
+        let raw = UnsafeMutableRawPointer(src.base), out = UnsafeMutableRawPointer(dst.base)
+        switch (src.dtype, dst.dtype) {
+        case (.float32, .bfloat16):
+            let x = raw.assumingMemoryBound(to: Float.self), y = out.assumingMemoryBound(to: UInt16.self)
+            parallel(src.count) { r in for i in r { y[i] = BFloat16.bits(x[i]) } }
+        case (.bfloat16, .float32):
+            let x = raw.assumingMemoryBound(to: UInt16.self), y = out.assumingMemoryBound(to: Float.self)
+            parallel(src.count) { r in for i in r { y[i] = BFloat16.float(x[i]) } }
+        default:
+            out.copyMemory(from: raw, byteCount: src.dtype == .float32 ? src.count * 4 : src.count * 2)
         }
     }
 

@@ -19,6 +19,7 @@ public final class FencedBackend: Backend, @unchecked Sendable {
     public init(wrapping inner: CPUBackend) { self.inner = inner }
 
     public var recomputesInBackward: Bool { inner.recomputesInBackward }
+    public var storesBFloat16Activations: Bool { inner.storesBFloat16Activations }
     public var deviceDescription: String { "cpu-fenced (\(inner.threads) thread\(inner.threads == 1 ? "" : "s"))" }
     public var threads: Int { inner.threads }
 
@@ -34,12 +35,12 @@ public final class FencedBackend: Backend, @unchecked Sendable {
     public func release(_ address: UnsafeMutablePointer<Float>) { Fence.shared.unmap(address) }
 
     public func upload(_ values: UnsafeBufferPointer<Float>, into t: Tensor) {
-        precondition(values.count == t.count, "upload of \(values.count) values into \(t.shape)")
+        precondition(values.count == t.count && t.dtype == .float32, "upload of \(values.count) values into \(t.dtype.name) \(t.shape)")
         fenced { if let b = values.baseAddress { t.base.update(from: b, count: t.count) } }
     }
 
     public func download(_ t: Tensor, into host: UnsafeMutableBufferPointer<Float>) {
-        precondition(host.count >= t.count, "download of \(t.shape) into \(host.count) values")
+        precondition(host.count >= t.count && t.dtype == .float32, "download of \(t.dtype.name) \(t.shape) into \(host.count) values")
         syncCount.wrappingAdd(1, ordering: .relaxed)
         fenced { if let b = host.baseAddress { b.update(from: t.base, count: t.count) } }
     }

@@ -44,6 +44,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     }
 
     public var recomputesInBackward: Bool { true }
+    public var storesBFloat16Activations: Bool { precision == .bf16 }
     public var deviceDescription: String { "\(driver.deviceDescription), \(precision.rawValue)" }
 
     // MARK: Memory
@@ -79,12 +80,12 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     }
 
     public func upload(_ values: UnsafeBufferPointer<Float>, into t: Tensor) {
-        precondition(values.count == t.count, "upload of \(values.count) values into \(t.shape)")
+        precondition(values.count == t.count && t.dtype == .float32, "upload of \(values.count) values into \(t.dtype.name) \(t.shape)")
         if let b = values.baseAddress { driver.upload(UnsafeRawPointer(b), to: UnsafeMutableRawPointer(t.base), bytes: t.count * 4) }
     }
 
     public func download(_ t: Tensor, into host: UnsafeMutableBufferPointer<Float>) {
-        precondition(host.count >= t.count, "download of \(t.shape) into \(host.count) values")
+        precondition(host.count >= t.count && t.dtype == .float32, "download of \(t.dtype.name) \(t.shape) into \(host.count) values")
         syncCount.wrappingAdd(1, ordering: .relaxed)
         if let b = host.baseAddress { driver.download(UnsafeRawPointer(t.base), to: UnsafeMutableRawPointer(b), bytes: t.count * 4) }
     }
@@ -160,6 +161,16 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         return Operand(base: UnsafeRawPointer(s), width: 2)
     }
 
+    /// A whole tensor as an operand: an fp32 one as above; a bf16 one as it is in bf16 precision,
+    /// else widened into scratch `slot`.
+    func operand(_ t: Tensor, slot: Int) -> Operand {
+        guard t.dtype == .bfloat16 else { return operand(t.base, count: t.count, slot: slot) }
+        if precision == .bf16 { return Operand(base: UnsafeRawPointer(t.base), width: 2) }
+        let s = scratch(slot, bytes: t.count * 4)
+        elementwise("radar_from_bf16", t.count, [p(t), .raw(s), .i64(t.count)])
+        return Operand(base: UnsafeRawPointer(s), width: 4)
+    }
+
     /// Row-major strided-batched C_i = alpha op(A_i) op(B_i) + beta C_i (A_i at a.at(i * strideA))
     /// as the column-major cuBLAS call C_i^T = op(B_i)^T op(A_i)^T.
     func productOperands(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafeRawPointer, lda: Int, strideA: Int = 0,
@@ -186,6 +197,24 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
                      b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+
+    public func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
+                        b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int) {
+        precondition(c.dtype == .float32, "product: C must be fp32")
+        guard m > 0 && n > 0 else { return }
+        let oa = operand(a, slot: 0), ob = operand(b, slot: 1)
+        productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
+                        beta: beta, c: c.base, ldc: ldc)
+    }
+
+    public func convert(_ src: Tensor, into dst: Tensor) {
+        precondition(src.count == dst.count, "convert \(src.shape) into \(dst.shape)")
+        switch (src.dtype, dst.dtype) {
+        case (.float32, .bfloat16): elementwise("radar_to_bf16", src.count, [p(src), p(dst), .i64(src.count)])
+        case (.bfloat16, .float32): elementwise("radar_from_bf16", src.count, [p(src), p(dst), .i64(src.count)])
+        default: elementwise("radar_copy", src.storageFloats, [p(src), p(dst), .i64(src.storageFloats)])
+        }
     }
 
     // MARK: Elementwise
@@ -319,7 +348,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     // of qkv with leading dimension 3D; scores and probabilities are (B, H, N, N)). Each operand
     // tensor is converted once per call for bf16.
     public func attentionProbabilities(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor) {
-        attentionProbabilities(operand(qkv.base, count: qkv.count, slot: 0), qkv.shape, heads: h, scale: scale, scores: scores, probs: probs)
+        attentionProbabilities(operand(qkv, slot: 0), qkv.shape, heads: h, scale: scale, scores: scores, probs: probs)
     }
 
     /// x: qkv as the products read it (converted once by the caller).
@@ -335,7 +364,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
 
     public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
-        let x = operand(qkv.base, count: qkv.count, slot: 0)
+        let x = operand(qkv, slot: 0)
         attentionProbabilities(x, qkv.shape, heads: h, scale: scale, scores: scores, probs: probs)
         let pr = operand(probs.base, count: probs.count, slot: 1)
         for hi in 0..<h {
@@ -348,7 +377,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads h: Int, scale: Float, dProbs: Tensor,
                                   dScores: Tensor, dQKV: Tensor) {
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
-        let dO = operand(dMerged.base, count: dMerged.count, slot: 0), x = operand(qkv.base, count: qkv.count, slot: 1)
+        let dO = operand(dMerged.base, count: dMerged.count, slot: 0), x = operand(qkv, slot: 1)
         let pr = operand(probs.base, count: probs.count, slot: 2)
         for hi in 0..<h {
             productOperands(transA: false, transB: true, m: n, n: n, k: hd, alpha: 1, a: dO.at(hi * hd), lda: d, strideA: n * d,

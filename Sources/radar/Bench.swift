@@ -93,6 +93,8 @@ extension Bench {
         @Option(help: "Micro-batches per optimizer step (times are reported per micro-batch).") var accumulationSteps = 1
         @Option(help: "Recompute the attention probabilities and GELU's CDF in backward instead of keeping them: true or false (default: the device's choice, true on CUDA, false on the CPU).")
         var recomputeInBackward: Bool?
+        @Option(help: "Keep the encoder's activations that only products read in bf16: true or false (default: the device's choice, true on CUDA in bf16 precision, else false).")
+        var bf16Activations: Bool?
 
         func run() throws {
             try failing {
@@ -104,6 +106,7 @@ extension Bench {
                 let backend = try Devices.backend(device ?? Devices.defaultName, threads: threads, precision: precision)
                 let ctx = ExecutionContext(backend: backend, layout: model.layout, seed: 1)
                 if let recomputeInBackward { ctx.recomputeInBackward = recomputeInBackward }
+                if let bf16Activations { ctx.bf16Activations = bf16Activations }
                 model.initialize(ctx.params, seed: 1)
                 let trainer = Trainer(model: model, ctx: ctx, accumulationSteps: accumulationSteps)
                 let synth = SyntheticFaces(size: cfg.imgSize, seed: 2)
@@ -146,7 +149,7 @@ extension Bench {
                            "gemm_gflop_per_step": flops / 1e9, "effective_gflops": flops / seconds / 1e9,
                            "arena_mib": Double(ctx.arena.capacity * 4) / 1_048_576, "peak_rss_mib": peakRSSMiB(),
                            "saved_mib_per_image": Double(trainer.savedForBackwardFloats * 4) / 1_048_576 / Double(b),
-                           "recompute_in_backward": ctx.recomputeInBackward,
+                           "recompute_in_backward": ctx.recomputeInBackward, "bf16_activations": ctx.bf16Activations,
                            "profile_ms": sections, "heap_allocations_per_step": Double(allocations) / Double(repeats),
                            "accumulation_steps": accumulationSteps, "host_syncs_per_optimizer_step": syncsPerStep,
                            "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "precision": Devices.precision(of: backend),

@@ -114,6 +114,48 @@ final class CUDAPrecisionTests: XCTestCase {
         XCTAssertNotEqual(a.terms.total, cpu.terms.total, "bf16 operands change the result")
     }
 
+    /// Under bf16 the encoder keeps what only products read as bf16 (as AMP keeps its GEMM
+    /// inputs): per block and token, h1 and h2 in fp32 and LN1 out, q k v, merged, LN2 out, fc1
+    /// out and GELU out in bf16, 9 D-wide floats instead of 16. Turning it off keeps fp32. The
+    /// CPU keeps fp32 by default and the same bf16 set when asked.
+    func testBF16ActivationsHalveWhatABlockKeeps() throws {
+        func forwardFloats(_ backend: any Backend, depth: Int, bf16Activations: Bool) throws -> Int {
+            let (trainer, images, _) = try makeTinyTrainer(backend: backend) { $0.depth = depth }
+            XCTAssertEqual(trainer.ctx.bf16Activations, backend is CUDABackend, "the backend's default")
+            trainer.ctx.bf16Activations = bf16Activations
+            trainer.ctx.recomputeInBackward = true  // the CPU's default keeps the probabilities and the CDF
+            trainer.ctx.beginPass()
+            _ = try trainer.model.forward(images.tensor, trainer.ctx)
+            return trainer.ctx.arena.floatsInUse
+        }
+        let c = RADARConfig.preset("tiny")!, tokens = c.patchCount + 1
+        let oneWide = 4 * tokens * c.embedDim, hidden = 4 * tokens * c.mlpHidden  // batch 4
+        for device in ["cuda-emulated bf16", "cpu"] {
+            func backend() -> any Backend {
+                device == "cpu" ? CPUBackend() : CUDABackend(driver: EmulatedDevice(memory: 1 << 30), precision: .bf16)
+            }
+            for bf16 in [true, false] {
+                let perBlock = (try forwardFloats(backend(), depth: 3, bf16Activations: bf16) - (try forwardFloats(backend(), depth: 1, bf16Activations: bf16))) / 2
+                let saves = bf16 ? 2 * oneWide + 6 * oneWide / 2 + 2 * hidden / 2 : 8 * oneWide + 2 * hidden
+                XCTAssertGreaterThanOrEqual(perBlock, saves, "\(device), bf16 activations \(bf16)")
+                XCTAssertLessThan(perBlock, saves + oneWide / 2, "\(device), bf16 activations \(bf16): one block keeps \(perBlock) floats: more than \(saves) and LayerNorm's statistics")
+            }
+        }
+    }
+
+    /// bf16 activations with fp32 products (the CPU, asked): training runs, allocates nothing
+    /// after warm-up, and stays near fp32, with a loss that differs (the activations were rounded).
+    func testBF16ActivationsOnTheCPUTrainNearFP32() throws {
+        func train(_ bf16: Bool) throws -> [Double] {
+            let (trainer, images, labels) = try makeTinyTrainer(threads: 2)
+            trainer.ctx.bf16Activations = bf16
+            return try (0..<3).map { _ in try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor)).terms.total }
+        }
+        let fp32 = try train(false), bf16 = try train(true)
+        for (a, b) in zip(fp32, bf16) { XCTAssertEqual(a, b, accuracy: 0.02 * abs(a)) }
+        XCTAssertNotEqual(fp32, bf16, "rounded activations change the losses")
+    }
+
     /// The golden small_dual case (PyTorch's own weights and batch) in tf32 and bf16 against fp32
     /// on the CPU: losses and logits close, the whole gradient within a relative L2 distance that
     /// grows with the operands' lost mantissa bits (tf32 keeps 10, bf16 7). Measured here: tf32

@@ -212,11 +212,34 @@ public enum KernelCheck {
             Case(name: "highPassLogNormalize", tensors: [t(Shape(2, 1, 8, 8), .positive), t(Shape(8, 8), .unit), t(Shape(2, 1, 8, 8))]) { b, v in
                 b.highPassLogNormalize(v[0], mask: v[1], v[2])
             },
+            // bf16 tensors (activations only products read): made from fp32 ones on each backend.
+            Case(name: "convert", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in
+                withBFloat16(b, v[0]) { h in
+                    b.convert(h, into: v[1])  // fp32 -> bf16 -> fp32: v[0] rounded to nearest even
+                    b.convert(v[1], into: v[2])  // equal dtypes: a copy
+                }
+            },
+            Case(name: "product", tensors: [t(Shape(5, 19)), t(Shape(7, 19)), t(Shape(5, 7)), t(Shape(19, 7))]) { b, v in
+                withBFloat16(b, v[0]) { a in
+                    b.product(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 0.75, a: a, lda: 19, b: v[1], ldb: 19, beta: 0.5,
+                              c: v[2], ldc: 7)
+                    b.product(transA: true, transB: false, m: 19, n: 7, k: 5, alpha: 1, a: a, lda: 19, b: v[2], ldb: 7, beta: 1,
+                              c: v[3], ldc: 7)
+                }
+            },
             Case(name: "gemm", tensors: [t(Shape(5, 19)), t(Shape(7, 19)), t(Shape(5, 7))]) { b, v in
                 b.gemm(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 0.75, a: v[0].base, lda: 19, b: v[1].base, ldb: 19, beta: 0.5,
                        c: v[2].base, ldc: 7)
             },
         ]
+    }
+
+    /// Runs `body` with a bf16 copy of `x` on `b`.
+    static func withBFloat16(_ b: any Backend, _ x: Tensor, _ body: (Tensor) -> Void) {
+        let h = Tensor(b.allocate(DType.bfloat16.floats(x.count)), x.shape, dtype: .bfloat16)
+        b.convert(x, into: h)
+        body(h)
+        b.release(h.base)
     }
 
     /// The names of the kernels checked (one case each).

@@ -23,6 +23,14 @@ public protocol Backend: AnyObject {
     /// full config) and memory is plentiful. Either way the results are the same bits.
     var recomputesInBackward: Bool { get }
 
+    /// Whether the activations that only matrix products read (a ViT block's LayerNorm outputs,
+    /// qkv, the merged heads, fc1's output and GELU's) are kept from forward to backward as bf16
+    /// tensors (`ExecutionContext.bf16Activations` starts from it), as PyTorch AMP keeps the bf16
+    /// copies of its GEMM inputs. The CUDA backend says yes in bf16 precision, where every
+    /// product rounds its operands to bf16 anyway, so keeping them rounded changes no product.
+    /// Every backend runs bf16 activations when asked (`product`, `convert`, attention's qkv).
+    var storesBFloat16Activations: Bool { get }
+
     // MARK: Memory
 
     /// Device memory for `count` floats (at least one), 64-byte aligned and zero-filled.
@@ -48,6 +56,14 @@ public protocol Backend: AnyObject {
               a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
               beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int)
 
+
+    /// The same on whole tensors, where A and B may be bf16 (C is fp32): a bf16 operand is
+    /// read as its exact fp32 value (and a bf16-precision product uses it as it is).
+    func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
+                 b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int)
+    /// dst = src in dst's dtype (equal counts): fp32 -> bf16 rounds to nearest even (NaN stays
+    /// NaN), bf16 -> fp32 is exact, equal dtypes copy.
+    func convert(_ src: Tensor, into dst: Tensor)
 
     // MARK: Elementwise and reductions
 
@@ -123,7 +139,8 @@ public protocol Backend: AnyObject {
     func convolutionBackward(_ dy: Tensor, x: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor, scratch: Tensor,
                              dWeight: Tensor, dBias: Tensor?, dx: Tensor?)
     /// Scaled dot-product attention of every head. qkv (B, N, 3D) holds [q|k|v] with heads of
-    /// D / heads; writes scores (scale q k^T) and probs (softmax over keys), both (B, H, N, N),
+    /// D / heads (bf16 under bf16 activations: only products read it); writes scores (scale
+    /// q k^T) and probs (softmax over keys), both (B, H, N, N),
     /// and merged (B, N, D) = probs v with heads side by side.
     func attentionForward(qkv: Tensor, heads: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor)
     /// The first half of `attentionForward` (scores, then probs), with the same kernels, so the

@@ -20,6 +20,10 @@ public final class ExecutionContext: @unchecked Sendable {
     /// more work) instead of keeping them; the backend's preference unless set (the same bits
     /// either way).
     public var recomputeInBackward: Bool
+    /// The encoder keeps the activations only products read (LayerNorm outputs, qkv, merged
+    /// heads, fc1's and GELU's outputs) as bf16 tensors: the backend's preference unless set.
+    /// With fp32 products this rounds those activations (less memory, bf16-sized error).
+    public var bf16Activations: Bool
     private static let dropoutLabel = FNV1a.hash("dropout")
 
     public init(backend: any Backend, params: ParameterStore, arena: Arena? = nil,
@@ -31,6 +35,7 @@ public final class ExecutionContext: @unchecked Sendable {
         self.training = training
         self.seed = seed
         recomputeInBackward = backend.recomputesInBackward
+        bf16Activations = backend.storesBFloat16Activations
     }
 
     /// Starts a forward/backward pass: rewinds the arena and the per-step stream numbering.
@@ -46,7 +51,35 @@ public final class ExecutionContext: @unchecked Sendable {
         return RandomStream(seed: seed, stream: RandomStream.id(base: ExecutionContext.dropoutLabel, step, callIndex, 0))
     }
 
-    @inlinable public func tensor(_ s: Shape) -> Tensor { arena.tensor(s) }
+    @inlinable public func tensor(_ s: Shape, dtype: DType = .float32) -> Tensor { arena.tensor(s, dtype: dtype) }
+    /// What an activation that only products read is kept as.
+    public var productInputType: DType { bf16Activations ? .bfloat16 : .float32 }
+
+    /// A tensor of `shape` kept as `dtype`, written by `write` into fp32: for bf16, `write` gets
+    /// fp32 scratch, converted (rounded) once it returns and released, so the arena keeps the
+    /// bf16 tensor only.
+    @inlinable public func keep(_ shape: Shape, as dtype: DType, _ write: (Tensor) -> Void) -> Tensor {
+        guard dtype == .bfloat16 else {
+            let t = tensor(shape)
+            write(t)
+            return t
+        }
+        let kept = tensor(shape, dtype: .bfloat16)
+        let mark = arena.mark()
+        let scratch = tensor(shape)
+        write(scratch)
+        backend.convert(scratch, into: kept)
+        arena.rewind(to: mark)
+        return kept
+    }
+
+    /// `t` as fp32: itself, or (bf16) its exact widening in a new arena tensor.
+    @inlinable public func widened(_ t: Tensor) -> Tensor {
+        guard t.dtype == .bfloat16 else { return t }
+        let w = tensor(t.shape)
+        backend.convert(t, into: w)
+        return w
+    }
     @inlinable public func zeros(_ s: Shape) -> Tensor { arena.zeros(s) }
 }
 

@@ -16,19 +16,26 @@ public enum ReLU {
 
 /// Exact GELU (erf form, torch's approximate='none'): backward reads the input, and the CDF
 /// forward kept, or recomputes it (`ctx.recomputeInBackward`, as PyTorch's GELU backward does).
+/// A bf16 input (fc1's output under bf16 activations) is computed on as its fp32 value, in
+/// forward and backward alike, as AMP runs GELU on the bf16 tensor it saves.
 public enum GELU {
     public struct Saved { public let x: Tensor, cdf: Tensor? }
 
-    public static func forward(_ x: Tensor, _ ctx: ExecutionContext) -> (Tensor, Saved) {
-        let y = ctx.tensor(x.shape)
+    public static func forward(_ x: Tensor, _ ctx: ExecutionContext, output: DType = .float32) -> (Tensor, Saved) {
         let cdf = ctx.recomputeInBackward ? nil : ctx.tensor(x.shape)
-        ctx.backend.geluForward(x, y, cdf: cdf)
+        let y = ctx.keep(x.shape, as: output) { y in
+            let mark = ctx.arena.mark()
+            ctx.backend.geluForward(ctx.widened(x), y, cdf: cdf)
+            ctx.arena.rewind(to: mark)
+        }
         return (y, Saved(x: x, cdf: cdf))
     }
 
     public static func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext) -> Tensor {
         let dx = ctx.tensor(saved.x.shape)
-        ctx.backend.geluBackward(dy, x: saved.x, cdf: saved.cdf, dx)
+        let mark = ctx.arena.mark()
+        ctx.backend.geluBackward(dy, x: ctx.widened(saved.x), cdf: saved.cdf, dx)
+        ctx.arena.rewind(to: mark)
         return dx
     }
 }

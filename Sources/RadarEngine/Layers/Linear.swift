@@ -16,18 +16,18 @@ public struct Linear: Sendable {
         self.bias = bias ? layout.parameter(biasName ?? "\(name).bias", Shape(outFeatures)) : nil
     }
 
-    /// x (..., in) -> y (..., out).
-    public func forward(_ x: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> Tensor {
+    /// x (..., in) -> y (..., out), kept as `output` (x may be bf16: see `Tensor.dtype`).
+    public func forward(_ x: Tensor, _ ctx: ExecutionContext, output: DType = .float32) throws(ShapeMismatch) -> Tensor {
         if x.shape.rank == 0 || x.shape.last != inFeatures {
             throw ShapeMismatch(layer: name, expected: "(*, \(inFeatures))", actual: x.shape)
         }
-        let y = ctx.tensor(x.shape.replacingLast(outFeatures))
         let rows = x.shape.rows
         let w = ctx.params.value(weight)
-        ctx.backend.gemm(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1,
-                         a: x.base, lda: inFeatures, b: w.base, ldb: inFeatures, beta: 0, c: y.base, ldc: outFeatures)
-        if let bias { ctx.backend.addRowBias(ctx.params.value(bias), into: y) }
-        return y
+        return ctx.keep(x.shape.replacingLast(outFeatures), as: output) { y in
+            ctx.backend.product(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1,
+                                a: x, lda: inFeatures, b: w, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
+            if let bias { ctx.backend.addRowBias(ctx.params.value(bias), into: y) }
+        }
     }
 
     /// Accumulates dW += dy^T x and db += colsum(dy); returns dx = dy W (or nil when not wanted).
@@ -35,13 +35,13 @@ public struct Linear: Sendable {
     public func backward(_ dy: Tensor, x: Tensor, _ ctx: ExecutionContext, inputGradient: Bool = true) -> Tensor? {
         let rows = x.shape.rows
         let w = ctx.params.value(weight), dw = ctx.params.grad(weight)
-        ctx.backend.gemm(transA: true, transB: false, m: outFeatures, n: inFeatures, k: rows, alpha: 1,
-                         a: dy.base, lda: outFeatures, b: x.base, ldb: inFeatures, beta: 1, c: dw.base, ldc: inFeatures)
+        ctx.backend.product(transA: true, transB: false, m: outFeatures, n: inFeatures, k: rows, alpha: 1,
+                            a: dy, lda: outFeatures, b: x, ldb: inFeatures, beta: 1, c: dw, ldc: inFeatures)
         if let bias { ctx.backend.accumulateColumnSums(dy, into: ctx.params.grad(bias)) }
         guard inputGradient else { return nil }
         let dx = ctx.tensor(x.shape)
-        ctx.backend.gemm(transA: false, transB: false, m: rows, n: inFeatures, k: outFeatures, alpha: 1,
-                         a: dy.base, lda: outFeatures, b: w.base, ldb: inFeatures, beta: 0, c: dx.base, ldc: inFeatures)
+        ctx.backend.product(transA: false, transB: false, m: rows, n: inFeatures, k: outFeatures, alpha: 1,
+                            a: dy, lda: outFeatures, b: w, ldb: inFeatures, beta: 0, c: dx, ldc: inFeatures)
         return dx
     }
 }

@@ -108,14 +108,17 @@ public struct LayerNorm: Sendable {
         bias = layout.parameter("\(name).bias", Shape(dim))
     }
 
-    public func forward(_ x: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> (Tensor, Saved) {
+    /// y kept as `output` (bf16 where only products read it); statistics in fp32.
+    public func forward(_ x: Tensor, _ ctx: ExecutionContext, output: DType = .float32) throws(ShapeMismatch) -> (Tensor, Saved) {
         if x.shape.rank == 0 || x.shape.last != dim {
             throw ShapeMismatch(layer: name, expected: "(*, \(dim))", actual: x.shape)
         }
         let rows = x.shape.rows
-        let y = ctx.tensor(x.shape), mean = ctx.tensor(Shape(rows)), rstd = ctx.tensor(Shape(rows))
-        ctx.backend.layerNormForward(x, gamma: ctx.params.value(weight), beta: ctx.params.value(bias), eps: eps,
-                                     y, mean: mean, rstd: rstd)
+        let mean = ctx.tensor(Shape(rows)), rstd = ctx.tensor(Shape(rows))
+        let y = ctx.keep(x.shape, as: output) { y in
+            ctx.backend.layerNormForward(x, gamma: ctx.params.value(weight), beta: ctx.params.value(bias), eps: eps,
+                                         y, mean: mean, rstd: rstd)
+        }
         return (y, Saved(x: x, mean: mean, rstd: rstd))
     }
 

@@ -26,22 +26,24 @@ public struct SelfAttention: Sendable {
         proj = Linear("\(name).proj", dim, dim, layout: layout)
     }
 
-    /// x (B, N, D) -> (B, N, D).
+    /// x (B, N, D) -> (B, N, D). qkv and the merged heads are kept as `ctx.productInputType`
+    /// (only products read them).
     public func forward(_ x: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> (Tensor, Saved) {
         if x.shape.rank != 3 || x.shape[2] != dim {
             throw ShapeMismatch(layer: name, expected: "(B, N, \(dim))", actual: x.shape)
         }
         let b = x.shape[0], n = x.shape[1]
-        let qkvOut = try qkv.forward(x, ctx)
-        let merged = ctx.tensor(Shape(b, n, dim))
+        let qkvOut = try qkv.forward(x, ctx, output: ctx.productInputType)
         // The scores are scratch, released at once; so are the probabilities when backward
         // recomputes them from qkv (as PyTorch's fused attention does): then a block keeps no
         // (B, H, N, N) tensor from forward to backward.
         let kept = ctx.recomputeInBackward ? nil : ctx.tensor(Shape(b, heads, n, n))
-        let mark = ctx.arena.mark()
-        let scores = ctx.tensor(Shape(b, heads, n, n)), probs = kept ?? ctx.tensor(Shape(b, heads, n, n))
-        ctx.backend.attentionForward(qkv: qkvOut, heads: heads, scale: scale, scores: scores, probs: probs, merged: merged)
-        ctx.arena.rewind(to: mark)
+        let merged = ctx.keep(Shape(b, n, dim), as: ctx.productInputType) { merged in
+            let mark = ctx.arena.mark()
+            let scores = ctx.tensor(Shape(b, heads, n, n)), probs = kept ?? ctx.tensor(Shape(b, heads, n, n))
+            ctx.backend.attentionForward(qkv: qkvOut, heads: heads, scale: scale, scores: scores, probs: probs, merged: merged)
+            ctx.arena.rewind(to: mark)
+        }
         let y = try proj.forward(merged, ctx)
         return (y, Saved(x: x, qkv: qkvOut, merged: merged, probs: kept))
     }

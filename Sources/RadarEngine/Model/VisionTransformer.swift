@@ -66,15 +66,18 @@ public struct VisionTransformer: Sendable {
         ctx.arena.rewind(to: mark)
         var h = tokens
         saved.removeAll(keepingCapacity: true)
+        // Under bf16 activations every tensor below that only products read is kept in bf16; the
+        // residual stream (h, h1, h2) stays fp32.
+        let dt = ctx.productInputType
         for i in 0..<blocks.count {
             let blk = blocks[i]
-            let (a, n1) = try blk.norm1.forward(h, ctx)
+            let (a, n1) = try blk.norm1.forward(h, ctx, output: dt)
             // The residual sums are written over the branch outputs (no backward reads those).
             let (h1, attnSaved) = try blk.attn.forward(a, ctx)
             be.add(h, h1, into: h1)
-            let (m, n2) = try blk.norm2.forward(h1, ctx)
-            let fc1Out = try blk.fc1.forward(m, ctx)
-            let (act, geluSaved) = GELU.forward(fc1Out, ctx)
+            let (m, n2) = try blk.norm2.forward(h1, ctx, output: dt)
+            let fc1Out = try blk.fc1.forward(m, ctx, output: dt)
+            let (act, geluSaved) = GELU.forward(fc1Out, ctx, output: dt)
             let h2 = try blk.fc2.forward(act, ctx)
             be.add(h1, h2, into: h2)
             saved.append(BlockSaved(n1: n1, attn: attnSaved, n2: n2, h: m, gelu: geluSaved, act: act))

@@ -51,14 +51,14 @@ public final class Arena: @unchecked Sendable {
     }
 
     /// A view of `shape`, uninitialised.
-    public func tensor(_ shape: Shape) -> Tensor {
-        let n = shape.count
+    public func tensor(_ shape: Shape, dtype: DType = .float32) -> Tensor {
+        let n = dtype.floats(shape.count)
         let padded = (n + Arena.alignmentFloats - 1) / Arena.alignmentFloats * Arena.alignmentFloats
         while true {
             if block < blocks.count {
                 let b = blocks[block]
                 if used + padded <= b.capacity {
-                    let t = Tensor(b.base + used, shape)
+                    let t = Tensor(b.base + used, shape, dtype: dtype)
                     used += padded
                     totalUsed += padded
                     highWater = max(highWater, totalUsed)

@@ -1,4 +1,16 @@
-/// A view of contiguous Float32 device memory with a shape. It owns nothing: the memory belongs
+/// How a tensor's elements are stored: fp32, or bf16 (the upper half of the fp32 pattern, two
+/// bytes each). bf16 tensors are activations that only products read, kept that way where the
+/// backend stores them (`Backend.storesBFloat16Activations`: the CUDA backend in bf16 precision),
+/// as PyTorch AMP keeps the bf16 copies of the GEMM inputs it saves for backward.
+public enum DType: UInt8, Sendable {
+    case float32, bfloat16
+
+    /// Floats of memory `count` elements occupy.
+    @inlinable public func floats(_ count: Int) -> Int { self == .float32 ? count : (count + 1) / 2 }
+    public var name: String { self == .float32 ? "fp32" : "bf16" }
+}
+
+/// A view of contiguous device memory (fp32, or bf16: `dtype`) with a shape. It owns nothing: the memory belongs
 /// to the backend, handed out through an `Arena` (activations), a `ParameterStore` (parameters,
 /// gradients, buffers), the optimizer (moments) or a `DeviceTensor`. Views are plain values
 /// (address + inline shape), so creating one never allocates.
@@ -7,24 +19,30 @@
 /// happens to be host memory; on a GPU it is not, and the fenced test backend makes it
 /// inaccessible outside kernels, so host code that reads it directly crashes there.
 public struct Tensor: @unchecked Sendable {
+    /// The first element's device address (for bf16, of its two bytes).
     public let base: UnsafeMutablePointer<Float>
     public let shape: Shape
+    public let dtype: DType
 
-    @inlinable public init(_ base: UnsafeMutablePointer<Float>, _ shape: Shape) {
+    @inlinable public init(_ base: UnsafeMutablePointer<Float>, _ shape: Shape, dtype: DType = .float32) {
         self.base = base
         self.shape = shape
+        self.dtype = dtype
     }
 
     @inlinable public var count: Int { shape.count }
+    /// Floats of memory the elements occupy.
+    @inlinable public var storageFloats: Int { dtype.floats(count) }
 
     /// The same memory seen with another shape of equal element count.
     public func reshaped(_ s: Shape) -> Tensor {
         precondition(s.count == count, "reshape \(shape) -> \(s) changes the element count")
-        return Tensor(base, s)
+        return Tensor(base, s, dtype: dtype)
     }
 
-    /// Elements [offset, offset + shape.count) of this view, with `shape`.
+    /// Elements [offset, offset + shape.count) of this (fp32) view, with `shape`.
     @inlinable public func slice(from offset: Int, _ shape: Shape) -> Tensor {
+        precondition(dtype == .float32, "slice of a bf16 tensor")
         precondition(offset >= 0 && offset + shape.count <= count, "slice \(offset)+\(shape) of \(self.shape)")
         return Tensor(base + offset, shape)
     }
