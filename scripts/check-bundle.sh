@@ -58,6 +58,8 @@ r = json.load(open("report.json"))
 assert r["passed"] and r["complete"] and r["skipped"] == [], (r["skipped"], r["seconds"])
 assert r["check"]["kernels_passed"] == r["check"]["kernels_total"], r["check"]
 assert sorted(b["precision"] for b in r["radar_bench_step"]) == ["bf16", "fp32", "tf32"], r["radar_bench_step"]
+v = r["radar_bench_step_variants"]
+assert [(b["bf16_activations"], b["recompute_in_backward"]) for b in v] == [(False, True), (True, False)], v
 assert r["data_parallel"]["passed"], r["data_parallel"]
 assert any("staging_download_seconds" in a for a in r["allreduce"]), r["allreduce"]
 print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed; 2 ranks on one GPU identical; bench step %s" % (

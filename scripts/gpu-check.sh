@@ -11,6 +11,9 @@
 #      gradient buckets through the copy stream and page-locked memory, replicas compared after
 #      every step (--verify-replicas); then `radar bench allreduce --transport tcp --device cuda`
 #      (staging and ring times apart).
+#   7. with a minute to spare (never listed as skipped): bf16 again at its batch with fp32
+#      activations (--bf16-activations false), then keeping the attention probabilities and GELU's
+#      CDF (--recompute-in-backward false): what each memory choice costs or saves on this GPU.
 # One JSON report on stdout (and in gpu-check.json, rewritten after every step, so a run stopped
 # from outside still leaves what it measured); exit status 1 on any parity failure.
 # GPU_CHECK_DEADLINE (seconds, default 420): steps 4-6 that would start after it are skipped and
@@ -48,7 +51,8 @@ time_for() {
 }
 check_status=1; dp_status=-1; allreduce_status=-1
 : > "$work/check.log"; : > "$work/bench.jsonl"; : > "$work/pytorch.jsonl"; : > "$work/dp.out"; : > "$work/dp.log"
-: > "$work/allreduce.jsonl"; : > "$work/allreduce.log"
+: > "$work/allreduce.jsonl"; : > "$work/allreduce.log"; : > "$work/variants.jsonl"
+bf16_batch=0
 
 # CUDA libraries and headers from the Python environment (PyTorch's nvidia-* wheels) when the
 # caller has not pointed RADAR_CUDA_LIBS elsewhere.
@@ -103,6 +107,7 @@ dp = {"exit": dp_status, "hashes": hashes, "replicas_identical": len(hashes) == 
 dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
 skipped = [l.strip() for l in text(work + "/skipped", 100000).splitlines() if l.strip()]
 rep = {"check": check, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
+       "radar_bench_step_variants": lines(work + "/variants.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
        "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
        "skipped": skipped, "complete": final, "seconds": seconds,
@@ -129,6 +134,7 @@ for p in fp32 tf32 bf16; do
     if timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" --batch "$b" \
         --repeats "$repeats" >> "$work/bench.jsonl" 2> "$work/bench-$p.log"; then
       log "radar bench step $p batch $b: $(tail -1 "$work/bench.jsonl" | head -c 300)"
+      [ "$p" = bf16 ] && bf16_batch=$b
       break
     fi
     log "radar bench step $p batch $b failed: $(tail -1 "$work/bench-$p.log")"
@@ -174,6 +180,17 @@ allreduce_status=$?
 [ $allreduce_status = 0 ] || log "allreduce failed (exit $allreduce_status): $(tail -5 "$work/allreduce.log" | tr '\n' ' ')"
 log "allreduce: $(head -c 400 "$work/allreduce.jsonl")"
 fi
+
+# 7: the memory plan's choices in bf16, informational, only with time to spare.
+for variant in "--bf16-activations false" "--recompute-in-backward false"; do
+  [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 60 ] || break
+  # shellcheck disable=SC2086 # the variant is two words on purpose
+  timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 --config "$config" --batch "$bf16_batch" \
+    --repeats "$repeats" $variant >> "$work/variants.jsonl" 2> "$work/variant.log" \
+    && log "radar bench step bf16 $variant: $(tail -1 "$work/variants.jsonl" | head -c 300)" \
+    || log "radar bench step bf16 $variant failed: $(tail -1 "$work/variant.log")"
+  report
+done
 
 report final
 cat "$report"

@@ -77,6 +77,12 @@ final class FakeDriverTests: XCTestCase {
         let steps = try XCTUnwrap(json["radar_bench_step"] as? [[String: Any]])
         XCTAssertEqual(steps.compactMap { $0["precision"] as? String }, ["fp32", "tf32", "bf16"])
         XCTAssertTrue(steps.allSatisfy { ($0["device"] as? String ?? "").contains("RADAR fake CUDA device 0, sm_90") }, "\(steps)")
+        XCTAssertEqual(steps.compactMap { $0["bf16_activations"] as? Bool }, [false, false, true], "bf16 keeps bf16 activations")
+        // With time to spare, bf16 again with fp32 activations, then keeping what backward recomputes.
+        let variants = try XCTUnwrap(json["radar_bench_step_variants"] as? [[String: Any]])
+        XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [false, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, false], "\(variants)")
+        XCTAssertTrue(variants.allSatisfy { $0["precision"] as? String == "bf16" && $0["batch"] as? Int == 2 }, "\(variants)")
         let dp = try XCTUnwrap(json["data_parallel"] as? [String: Any])
         XCTAssertEqual(dp["replicas_identical"] as? Bool, true)
         XCTAssertEqual(dp["copy_stream"] as? Bool, true)
