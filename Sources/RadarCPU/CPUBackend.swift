@@ -205,10 +205,10 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         switch (src.dtype, dst.dtype) {
         case (.float32, .bfloat16):
             let x = raw.assumingMemoryBound(to: Float.self), y = out.assumingMemoryBound(to: UInt16.self)
-            parallel(src.count) { r in for i in r { y[i] = BFloat16.bits(x[i]) } }
+            parallel(src.count) { r in BFloat16.pack(x + r.lowerBound, y + r.lowerBound, count: r.count) }
         case (.bfloat16, .float32):
             let x = raw.assumingMemoryBound(to: UInt16.self), y = out.assumingMemoryBound(to: Float.self)
-            parallel(src.count) { r in for i in r { y[i] = BFloat16.float(x[i]) } }
+            parallel(src.count) { r in BFloat16.unpack(x + r.lowerBound, y + r.lowerBound, count: r.count) }
         default:
             out.copyMemory(from: raw, byteCount: src.dtype == .float32 ? src.count * 4 : src.count * 2)
         }

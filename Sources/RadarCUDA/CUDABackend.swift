@@ -202,7 +202,6 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                         b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int) {
         precondition(c.dtype == .float32, "product: C must be fp32")
-        guard m > 0 && n > 0 else { return }
         let oa = operand(a, slot: 0), ob = operand(b, slot: 1)
         productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
                         beta: beta, c: c.base, ldc: ldc)
