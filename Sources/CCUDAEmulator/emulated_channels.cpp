@@ -2,14 +2,21 @@
 #include "emulator.hpp"
 #include "kernels/channels.cuh"
 
-extern "C" int radar_emu_launch_radar_channel_moments(const unsigned grid[3], const unsigned block[3], void **args) {
+extern "C" int radar_emu_launch_radar_plane_moments(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
-    float* a1; memcpy(&a1, args[1], sizeof(a1));
-    float* a2; memcpy(&a2, args[2], sizeof(a2));
+    double* a1; memcpy(&a1, args[1], sizeof(a1));
+    int a2; memcpy(&a2, args[2], sizeof(a2));
+    return radar_emu::launch(grid, block, [&] { radar_plane_moments(a0, a1, a2); }, false);
+}
+
+extern "C" int radar_emu_launch_radar_channel_moments_from_planes(const unsigned grid[3], const unsigned block[3], void **args) {
+    const double* a0; memcpy(&a0, args[0], sizeof(a0));
+    int a1; memcpy(&a1, args[1], sizeof(a1));
+    int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    int a4; memcpy(&a4, args[4], sizeof(a4));
-    int a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_channel_moments(a0, a1, a2, a3, a4, a5); }, false);
+    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    float* a5; memcpy(&a5, args[5], sizeof(a5));
+    return radar_emu::launch(grid, block, [&] { radar_channel_moments_from_planes(a0, a1, a2, a3, a4, a5); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_batchnorm_update_statistics(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -38,17 +45,33 @@ extern "C" int radar_emu_launch_radar_channel_normalize(const unsigned grid[3], 
     return radar_emu::launch(grid, block, [&] { radar_channel_normalize(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, true);
 }
 
-extern "C" int radar_emu_launch_radar_channel_gradient_sums(const unsigned grid[3], const unsigned block[3], void **args) {
+extern "C" int radar_emu_launch_radar_plane_gradient_sums(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
-    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    double* a4; memcpy(&a4, args[4], sizeof(a4));
+    int a5; memcpy(&a5, args[5], sizeof(a5));
+    int a6; memcpy(&a6, args[6], sizeof(a6));
+    return radar_emu::launch(grid, block, [&] { radar_plane_gradient_sums(a0, a1, a2, a3, a4, a5, a6); }, false);
+}
+
+extern "C" int radar_emu_launch_radar_plane_sums(const unsigned grid[3], const unsigned block[3], void **args) {
+    const float* a0; memcpy(&a0, args[0], sizeof(a0));
+    double* a1; memcpy(&a1, args[1], sizeof(a1));
+    int a2; memcpy(&a2, args[2], sizeof(a2));
+    return radar_emu::launch(grid, block, [&] { radar_plane_sums(a0, a1, a2); }, false);
+}
+
+extern "C" int radar_emu_launch_radar_sum_planes_over_batch(const unsigned grid[3], const unsigned block[3], void **args) {
+    const double* a0; memcpy(&a0, args[0], sizeof(a0));
+    int a1; memcpy(&a1, args[1], sizeof(a1));
+    int a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    int a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    int a7; memcpy(&a7, args[7], sizeof(a7));
-    int a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_channel_gradient_sums(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_sum_planes_over_batch(a0, a1, a2, a3, a4, a5, a6); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_batchnorm_input_gradient(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -109,15 +132,6 @@ extern "C" int radar_emu_launch_radar_gru_gates_backward(const unsigned grid[3],
     int a9; memcpy(&a9, args[9], sizeof(a9));
     int a10; memcpy(&a10, args[10], sizeof(a10));
     return radar_emu::launch(grid, block, [&] { radar_gru_gates_backward(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); }, true);
-}
-
-extern "C" int radar_emu_launch_radar_accumulate_channel_sums(const unsigned grid[3], const unsigned block[3], void **args) {
-    const float* a0; memcpy(&a0, args[0], sizeof(a0));
-    float* a1; memcpy(&a1, args[1], sizeof(a1));
-    int a2; memcpy(&a2, args[2], sizeof(a2));
-    int a3; memcpy(&a3, args[3], sizeof(a3));
-    int a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_accumulate_channel_sums(a0, a1, a2, a3, a4); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_inverse_std(const unsigned grid[3], const unsigned block[3], void **args) {

@@ -56,12 +56,22 @@ extern "C" int radar_emu_launch_radar_add_channel_bias(const unsigned grid[3], c
     return radar_emu::launch(grid, block, [&] { radar_add_channel_bias(a0, a1, a2, a3, a4); }, true);
 }
 
-extern "C" int radar_emu_launch_radar_accumulate_column_sums(const unsigned grid[3], const unsigned block[3], void **args) {
+extern "C" int radar_emu_launch_radar_column_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_accumulate_column_sums(a0, a1, a2, a3); }, true);
+    int a4; memcpy(&a4, args[4], sizeof(a4));
+    return radar_emu::launch(grid, block, [&] { radar_column_chunk_sums(a0, a1, a2, a3, a4); }, true);
+}
+
+extern "C" int radar_emu_launch_radar_add_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args) {
+    const float* a0; memcpy(&a0, args[0], sizeof(a0));
+    int a1; memcpy(&a1, args[1], sizeof(a1));
+    long a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    return radar_emu::launch(grid, block, [&] { radar_add_chunk_sums(a0, a1, a2, a3, a4); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_relu_forward(const unsigned grid[3], const unsigned block[3], void **args) {

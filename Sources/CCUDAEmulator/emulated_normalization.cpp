@@ -27,16 +27,16 @@ extern "C" int radar_emu_launch_radar_layernorm_backward_input(const unsigned gr
     return radar_emu::launch(grid, block, [&] { radar_layernorm_backward_input(a0, a1, a2, a3, a4, a5, a6, a7); }, false);
 }
 
-extern "C" int radar_emu_launch_radar_layernorm_param_grads(const unsigned grid[3], const unsigned block[3], void **args) {
+extern "C" int radar_emu_launch_radar_layernorm_param_partials(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
-    float* a5; memcpy(&a5, args[5], sizeof(a5));
+    int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
-    return radar_emu::launch(grid, block, [&] { radar_layernorm_param_grads(a0, a1, a2, a3, a4, a5, a6, a7); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_layernorm_param_partials(a0, a1, a2, a3, a4, a5, a6, a7); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_softmax_forward(const unsigned grid[3], const unsigned block[3], void **args) {

@@ -2,16 +2,18 @@
 #include "CCUDAEmulator.h"
 #include <string.h>
 
-extern "C" int radar_emu_launch_radar_channel_moments(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_plane_moments(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_channel_moments_from_planes(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_batchnorm_update_statistics(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_channel_normalize(const unsigned grid[3], const unsigned block[3], void **args);
-extern "C" int radar_emu_launch_radar_channel_gradient_sums(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_plane_gradient_sums(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_plane_sums(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_sum_planes_over_batch(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_batchnorm_input_gradient(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_global_avg_pool_forward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_global_avg_pool_backward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_gru_gates_forward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_gru_gates_backward(const unsigned grid[3], const unsigned block[3], void **args);
-extern "C" int radar_emu_launch_radar_accumulate_channel_sums(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_inverse_std(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_batchnorm_local_sums(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_batchnorm_global_moments(const unsigned grid[3], const unsigned block[3], void **args);
@@ -22,7 +24,8 @@ extern "C" int radar_emu_launch_radar_axpy(const unsigned grid[3], const unsigne
 extern "C" int radar_emu_launch_radar_scale(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_add_row_bias(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_add_channel_bias(const unsigned grid[3], const unsigned block[3], void **args);
-extern "C" int radar_emu_launch_radar_accumulate_column_sums(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_column_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_add_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_relu_forward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_relu_backward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_gelu_forward(const unsigned grid[3], const unsigned block[3], void **args);
@@ -45,7 +48,7 @@ extern "C" int radar_emu_launch_radar_gated_fusion_forward(const unsigned grid[3
 extern "C" int radar_emu_launch_radar_cosine_margin_penalty(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_layernorm_forward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_layernorm_backward_input(const unsigned grid[3], const unsigned block[3], void **args);
-extern "C" int radar_emu_launch_radar_layernorm_param_grads(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_layernorm_param_partials(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_softmax_forward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_softmax_backward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_sum_squares_partial(const unsigned grid[3], const unsigned block[3], void **args);
@@ -73,16 +76,18 @@ extern "C" int radar_emu_launch_radar_selftest_block_chain(const unsigned grid[3
 namespace {
 struct Entry { const char *name; radar_emu_kernel launch; };
 const Entry entries[] = {
-    {"radar_channel_moments", radar_emu_launch_radar_channel_moments},
+    {"radar_plane_moments", radar_emu_launch_radar_plane_moments},
+    {"radar_channel_moments_from_planes", radar_emu_launch_radar_channel_moments_from_planes},
     {"radar_batchnorm_update_statistics", radar_emu_launch_radar_batchnorm_update_statistics},
     {"radar_channel_normalize", radar_emu_launch_radar_channel_normalize},
-    {"radar_channel_gradient_sums", radar_emu_launch_radar_channel_gradient_sums},
+    {"radar_plane_gradient_sums", radar_emu_launch_radar_plane_gradient_sums},
+    {"radar_plane_sums", radar_emu_launch_radar_plane_sums},
+    {"radar_sum_planes_over_batch", radar_emu_launch_radar_sum_planes_over_batch},
     {"radar_batchnorm_input_gradient", radar_emu_launch_radar_batchnorm_input_gradient},
     {"radar_global_avg_pool_forward", radar_emu_launch_radar_global_avg_pool_forward},
     {"radar_global_avg_pool_backward", radar_emu_launch_radar_global_avg_pool_backward},
     {"radar_gru_gates_forward", radar_emu_launch_radar_gru_gates_forward},
     {"radar_gru_gates_backward", radar_emu_launch_radar_gru_gates_backward},
-    {"radar_accumulate_channel_sums", radar_emu_launch_radar_accumulate_channel_sums},
     {"radar_inverse_std", radar_emu_launch_radar_inverse_std},
     {"radar_batchnorm_local_sums", radar_emu_launch_radar_batchnorm_local_sums},
     {"radar_batchnorm_global_moments", radar_emu_launch_radar_batchnorm_global_moments},
@@ -93,7 +98,8 @@ const Entry entries[] = {
     {"radar_scale", radar_emu_launch_radar_scale},
     {"radar_add_row_bias", radar_emu_launch_radar_add_row_bias},
     {"radar_add_channel_bias", radar_emu_launch_radar_add_channel_bias},
-    {"radar_accumulate_column_sums", radar_emu_launch_radar_accumulate_column_sums},
+    {"radar_column_chunk_sums", radar_emu_launch_radar_column_chunk_sums},
+    {"radar_add_chunk_sums", radar_emu_launch_radar_add_chunk_sums},
     {"radar_relu_forward", radar_emu_launch_radar_relu_forward},
     {"radar_relu_backward", radar_emu_launch_radar_relu_backward},
     {"radar_gelu_forward", radar_emu_launch_radar_gelu_forward},
@@ -116,7 +122,7 @@ const Entry entries[] = {
     {"radar_cosine_margin_penalty", radar_emu_launch_radar_cosine_margin_penalty},
     {"radar_layernorm_forward", radar_emu_launch_radar_layernorm_forward},
     {"radar_layernorm_backward_input", radar_emu_launch_radar_layernorm_backward_input},
-    {"radar_layernorm_param_grads", radar_emu_launch_radar_layernorm_param_grads},
+    {"radar_layernorm_param_partials", radar_emu_launch_radar_layernorm_param_partials},
     {"radar_softmax_forward", radar_emu_launch_radar_softmax_forward},
     {"radar_softmax_backward", radar_emu_launch_radar_softmax_backward},
     {"radar_sum_squares_partial", radar_emu_launch_radar_sum_squares_partial},
@@ -142,16 +148,18 @@ const Entry entries[] = {
     {"radar_selftest_block_chain", radar_emu_launch_radar_selftest_block_chain},
 };
 const char *names[] = {
-    "radar_channel_moments",
+    "radar_plane_moments",
+    "radar_channel_moments_from_planes",
     "radar_batchnorm_update_statistics",
     "radar_channel_normalize",
-    "radar_channel_gradient_sums",
+    "radar_plane_gradient_sums",
+    "radar_plane_sums",
+    "radar_sum_planes_over_batch",
     "radar_batchnorm_input_gradient",
     "radar_global_avg_pool_forward",
     "radar_global_avg_pool_backward",
     "radar_gru_gates_forward",
     "radar_gru_gates_backward",
-    "radar_accumulate_channel_sums",
     "radar_inverse_std",
     "radar_batchnorm_local_sums",
     "radar_batchnorm_global_moments",
@@ -162,7 +170,8 @@ const char *names[] = {
     "radar_scale",
     "radar_add_row_bias",
     "radar_add_channel_bias",
-    "radar_accumulate_column_sums",
+    "radar_column_chunk_sums",
+    "radar_add_chunk_sums",
     "radar_relu_forward",
     "radar_relu_backward",
     "radar_gelu_forward",
@@ -185,7 +194,7 @@ const char *names[] = {
     "radar_cosine_margin_penalty",
     "radar_layernorm_forward",
     "radar_layernorm_backward_input",
-    "radar_layernorm_param_grads",
+    "radar_layernorm_param_partials",
     "radar_softmax_forward",
     "radar_softmax_backward",
     "radar_sum_squares_partial",

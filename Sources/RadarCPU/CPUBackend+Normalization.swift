@@ -133,12 +133,13 @@ extension CPUBackend {
         let b = x.shape[0], c = x.shape[1], hw = x.count / max(b * c, 1)
         parallel(c, grain: 1) { cr in
             for ch in cr {
-                var s: Float = 0
+                // In double, as the batch statistics are (and as the CUDA backend sums planes).
+                var s: Double = 0
                 for i in 0..<b {
                     let p = x.base + (i * c + ch) * hw
-                    for j in 0..<hw { s += p[j] }
+                    for j in 0..<hw { s += Double(p[j]) }
                 }
-                dst.base[ch] += s
+                dst.base[ch] += Float(s)
             }
         }
     }

@@ -23,10 +23,16 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     private var normPartials: UnsafeMutablePointer<Float>?
     private var normPartialCapacity = 0
     private let coefficient: UnsafeMutablePointer<Float>
-    /// Device scratch that grows to its largest request (bf16 operands, FFT spectra).
-    private var scratch: [UnsafeMutableRawPointer?] = [nil, nil, nil, nil]
-    private var scratchBytes = [0, 0, 0, 0]
+    /// Device scratch that grows to its largest request (bf16 operands, FFT spectra, the partial
+    /// sums of the two-launch reductions in slot `partialSlot`).
+    private var scratch: [UnsafeMutableRawPointer?] = [nil, nil, nil, nil, nil]
+    private var scratchBytes = [0, 0, 0, 0, 0]
+    private static let partialSlot = 4
     static let chunk = 65_536
+    /// Rows per chunk of the column reductions (bias and LayerNorm parameter gradients): 8 to 64,
+    /// as many as keep about 32K threads (an H200's 132 SMs, 256 each) busy. A function of the
+    /// shape alone, so every GPU adds in the same order.
+    static func reductionRows(rows: Int, cols: Int) -> Int { max(8, min(64, rows * cols / 32_768)) }
 
     public init(driver: any CUDADriver, precision: Precision = .fp32) {
         self.driver = driver
@@ -229,8 +235,12 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         elementwise("radar_add_channel_bias", out.count, [p(bias), p(out), .i64(out.count), .i32(bias.count), .i32(hw)])
     }
     public func accumulateColumnSums(_ src: Tensor, into dst: Tensor) {
-        driver.launch("radar_accumulate_column_sums", grid: grid(dst.count, block: 64), block: 64,
-                      [p(src), p(dst), .i32(src.count / dst.count), .i32(dst.count)])
+        let cols = dst.count, rows = src.count / max(cols, 1), chunk = CUDABackend.reductionRows(rows: rows, cols: cols)
+        let chunks = (rows + chunk - 1) / chunk
+        guard chunks > 0 else { return }
+        let partial = scratch(CUDABackend.partialSlot, bytes: chunks * cols * 4)
+        elementwise("radar_column_chunk_sums", chunks * cols, [p(src), .raw(partial), .i32(rows), .i32(cols), .i32(chunk)])
+        elementwise("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(cols), .i32(cols), p(dst)])
     }
     public func reluForward(_ x: Tensor, _ y: Tensor) { elementwise("radar_relu_forward", x.count, [p(x), p(y), .i64(x.count)]) }
     public func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor) {
@@ -263,13 +273,31 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor) {
         let cols = gamma.count, r = x.count / cols
         rows("radar_layernorm_backward_input", r, [p(dy), p(x), p(gamma), p(mean), p(rstd), p(dx), .i32(r), .i32(cols)])
-        driver.launch("radar_layernorm_param_grads", grid: grid(cols, block: 64), block: 64,
-                      [p(dy), p(x), p(mean), p(rstd), p(dGamma), p(dBeta), .i32(r), .i32(cols)])
+        let chunk = CUDABackend.reductionRows(rows: r, cols: cols), chunks = (r + chunk - 1) / chunk
+        guard chunks > 0 else { return }
+        let partial = scratch(CUDABackend.partialSlot, bytes: chunks * 2 * cols * 4)
+        elementwise("radar_layernorm_param_partials", chunks * cols,
+                    [p(dy), p(x), p(mean), p(rstd), .raw(partial), .i32(r), .i32(cols), .i32(chunk)])
+        elementwise("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(2 * cols), .i32(cols), p(dGamma)])
+        elementwise("radar_add_chunk_sums", cols, [.raw(partial + cols * 4), .i32(chunks), .i64(2 * cols), .i32(cols), p(dBeta)])
     }
     private func bhw(_ x: Tensor) -> (Int, Int, Int) { (x.shape[0], x.shape[1], x.count / max(x.shape[0] * x.shape[1], 1)) }
+    /// Per-plane double partials (`width` per (image, channel) plane) in the partial slot.
+    private func planePartials(_ b: Int, _ c: Int, width: Int) -> UnsafeMutableRawPointer {
+        scratch(CUDABackend.partialSlot, bytes: b * c * width * 8)
+    }
+    private func sumPlanesOverBatch(_ partial: UnsafeMutableRawPointer, _ b: Int, _ c: Int, width: Int, component: Int, into dst: Tensor,
+                                    accumulate: Bool) {
+        driver.launch("radar_sum_planes_over_batch", grid: grid(c, block: 64), block: 64,
+                      [.raw(partial), .i32(b), .i32(c), .i32(width), .i32(component), p(dst), .i32(accumulate ? 1 : 0)])
+    }
     public func channelMoments(_ x: Tensor, mean: Tensor, variance: Tensor) {
         let (b, c, hw) = bhw(x)
-        driver.launch("radar_channel_moments", grid: c, block: 256, [p(x), p(mean), p(variance), .i32(b), .i32(c), .i32(hw)])
+        guard b * c > 0 else { return }
+        let partial = planePartials(b, c, width: 2)
+        driver.launch("radar_plane_moments", grid: b * c, block: 256, [p(x), .raw(partial), .i32(hw)])
+        driver.launch("radar_channel_moments_from_planes", grid: grid(c, block: 64), block: 64,
+                      [.raw(partial), .i32(b), .i32(c), .i32(hw), p(mean), p(variance)])
     }
     public func channelNormalize(_ x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor, beta: Tensor, _ y: Tensor) {
         let (_, c, hw) = bhw(x)
@@ -277,12 +305,18 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     }
     public func channelGradientSums(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor, sumDy: Tensor, sumDyXhat: Tensor) {
         let (b, c, hw) = bhw(x)
-        driver.launch("radar_channel_gradient_sums", grid: c, block: 256,
-                      [p(dy), p(x), p(mean), p(invStd), p(sumDy), p(sumDyXhat), .i32(b), .i32(c), .i32(hw)])
+        guard b * c > 0 else { return }
+        let partial = planePartials(b, c, width: 2)
+        driver.launch("radar_plane_gradient_sums", grid: b * c, block: 256, [p(dy), p(x), p(mean), p(invStd), .raw(partial), .i32(c), .i32(hw)])
+        sumPlanesOverBatch(partial, b, c, width: 2, component: 0, into: sumDy, accumulate: false)
+        sumPlanesOverBatch(partial, b, c, width: 2, component: 1, into: sumDyXhat, accumulate: false)
     }
     public func accumulateChannelSums(_ x: Tensor, into dst: Tensor) {
         let (b, c, hw) = bhw(x)
-        driver.launch("radar_accumulate_channel_sums", grid: grid(c, block: 64), block: 64, [p(x), p(dst), .i32(b), .i32(c), .i32(hw)])
+        guard b * c > 0 else { return }
+        let partial = planePartials(b, c, width: 1)
+        driver.launch("radar_plane_sums", grid: b * c, block: 256, [p(x), .raw(partial), .i32(hw)])
+        sumPlanesOverBatch(partial, b, c, width: 1, component: 0, into: dst, accumulate: true)
     }
     public func batchNormUpdateStatistics(mean: Tensor, variance: Tensor, count: Int, eps: Float, momentum: Float, invStd: Tensor,
                                           runningMean: Tensor, runningVar: Tensor) {

@@ -119,6 +119,8 @@ public protocol CUDADriver: AnyObject {
 
     /// cuLaunchKernel of `kernel` (its extern "C" name) on a 1-D grid of 1-D blocks.
     func launch(_ kernel: String, grid: Int, block: Int, _ args: [KernelArg])
+    /// Kernel launches and cuBLAS products queued so far (`radar bench step` reports a step's).
+    var queued: (launches: Int, products: Int) { get }
     /// cublasGemmStridedBatchedEx (column-major; fixed algorithm and workspace: deterministic).
     func gemm(_ g: StridedGemm)
     /// cufftExecR2C of `batch` size x size real planes into size x (size/2+1) complex planes

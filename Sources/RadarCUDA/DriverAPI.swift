@@ -360,8 +360,11 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         DeviceFailure.stop("cuda:\(ordinal): no kernel \(name) in the loaded modules")
     }
 
+    public private(set) var queued = (launches: 0, products: 0)
+
     public func launch(_ kernel: String, grid: Int, block: Int, _ args: [KernelArg]) {
         guard grid > 0 else { return }
+        queued.launches += 1
         _ = ctxSetCurrent(context)
         let f = function(kernel)
         let r = KernelArg.withArgumentArray(args) { argv in
@@ -374,6 +377,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
 
     public func gemm(_ g: StridedGemm) {
         guard g.m > 0 && g.n > 0 && g.batch > 0 else { return }
+        queued.products += 1
         _ = ctxSetCurrent(context)
         let mode = g.operands == .tf32 ? C.CUBLAS_TF32_TENSOR_OP_MATH : C.CUBLAS_DEFAULT_MATH
         if mode != mathMode { _ = blasSetMathMode(blas, mode); mathMode = mode }

@@ -212,11 +212,22 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
 
     private var launchers: [String: radar_emu_kernel] = [:]
 
+    /// One kernel launch: its name and geometry.
+    public struct Launch: Equatable {
+        public let kernel: String, grid: Int, block: Int
+        public var threads: Int { grid * block }
+    }
+    /// While non-nil, every launch is appended (the tests audit how kernels spread their work).
+    public var launchLog: [Launch]?
+    public private(set) var queued = (launches: 0, products: 0)
+
     /// cuLaunchKernel: `grid` blocks of `block` threads. A failed launch (deadlock, barrier
     /// misuse) is a programming error in a kernel: it stops the process with the emulator's report.
     public func launch(_ name: String, grid: Int, block: Int, _ args: [KernelArg]) {
         guard grid > 0 else { return }
         precondition(block > 0 && block <= 1024, "kernel \(name): \(block) threads per block (1...1024)")
+        launchLog?.append(Launch(kernel: name, grid: grid, block: block))
+        queued.launches += 1
         let kernel: radar_emu_kernel
         if let k = launchers[name] { kernel = k } else {
             guard let k = radar_emu_lookup(name) else { fatalError("emulated device: no kernel \(name)") }
@@ -270,6 +281,7 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     /// are bit-identical to the CPU backend's).
     public func gemm(_ g: StridedGemm) {
         guard g.m > 0 && g.n > 0 && g.batch > 0 else { return }
+        queued.products += 1
         let elementBytes = g.operands == .bf16 ? 2 : 4
         let spanA = EmulatedDevice.span(rows: g.transA ? g.k : g.m, cols: g.transA ? g.m : g.k, ld: g.lda)
         let spanB = EmulatedDevice.span(rows: g.transB ? g.n : g.k, cols: g.transB ? g.k : g.n, ld: g.ldb)

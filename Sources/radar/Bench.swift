@@ -123,11 +123,15 @@ extension Bench {
                 let flops = Double(cpu?.gemmFlops.load(ordering: .relaxed) ?? 0) / Double(accumulationSteps)
                 let seconds = try medianSeconds(repeats: repeats) { try optimizerStep() } / Double(accumulationSteps)
                 // Host synchronisations: per micro-batch that does not end a step, and per optimizer step.
-                let syncsBefore = backend.synchronizations
+                let syncsBefore = backend.synchronizations, queuedBefore = (backend as? CUDABackend)?.driver.queued
                 _ = try trainer.step(images: images.tensor, labels: labels.tensor)
                 let syncsInMicroBatch = accumulationSteps > 1 ? backend.synchronizations - syncsBefore : 0
                 for _ in 1..<accumulationSteps { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
                 let syncsPerStep = backend.synchronizations - syncsBefore
+                // Kernel launches and cuBLAS products per optimizer step (CUDA): what the host queues.
+                let queued = (backend as? CUDABackend)?.driver.queued
+                let launchesPerStep: Any = queued.map { $0.launches - queuedBefore!.launches } ?? NSNull()
+                let productsPerStep: Any = queued.map { $0.products - queuedBefore!.products } ?? NSNull()
                 radar_allocation_counter_start()
                 for _ in 0..<repeats { try optimizerStep() }
                 let allocations = radar_allocation_counter_stop()
@@ -155,6 +159,7 @@ extension Bench {
                            "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "precision": Devices.precision(of: backend),
                            "onednn_implementation": oneDNNImplementation.isEmpty ? NSNull() : oneDNNImplementation as Any,
                            "profile_host_syncs_per_step": profileSyncs,
+                           "kernel_launches_per_step": launchesPerStep, "cublas_products_per_step": productsPerStep,
                            "peak_device_mib": (backend as? CUDABackend).map { Double($0.peakDeviceBytes) / 1_048_576 } ?? NSNull(),
                            "library_workspace_mib": (backend as? CUDABackend).map { Double($0.driver.libraryWorkspaceBytes) / 1_048_576 } ?? NSNull(),
                            "machine": machineRecord(threads: threads)])

@@ -86,8 +86,15 @@ final class EmulatedDeviceTests: XCTestCase {
             let edy = buf.make(dy), edx = buf.zeros(rows * cols), edg = buf.zeros(cols), edb = buf.zeros(cols)
             XCTAssertEqual(launch("radar_layernorm_backward_input", grid: grid, block: 64,
                                   [.buffer(edy), .buffer(ex), .buffer(eg), .buffer(em), .buffer(er), .buffer(edx), .i32(Int32(rows)), .i32(Int32(cols))]), "")
-            XCTAssertEqual(launch("radar_layernorm_param_grads", grid: (cols + 31) / 32, block: 32,
-                                  [.buffer(edy), .buffer(ex), .buffer(em), .buffer(er), .buffer(edg), .buffer(edb), .i32(Int32(rows)), .i32(Int32(cols))]), "")
+            // Parameter gradients in chunks of 2 rows (several chunks, the last one short), then
+            // the chunks added in order.
+            let chunks = (rows + 1) / 2, partial = buf.zeros(chunks * 2 * cols)
+            XCTAssertEqual(launch("radar_layernorm_param_partials", grid: 3, block: 32,
+                                  [.buffer(edy), .buffer(ex), .buffer(em), .buffer(er), .buffer(partial), .i32(Int32(rows)), .i32(Int32(cols)), .i32(2)]), "")
+            for (offset, dst) in [(0, edg), (cols, edb)] {
+                XCTAssertEqual(launch("radar_add_chunk_sums", grid: 1, block: 32,
+                                      [.buffer(partial + offset), .i32(Int32(chunks)), .i64(2 * cols), .i32(Int32(cols)), .buffer(dst)]), "")
+            }
             assertClose(array(edx, rows * cols), cdx.values, rtol: 1e-4, atol: 1e-5, "layernorm dx")
             assertClose(array(edg, cols), cdg.values, rtol: 1e-4, atol: 1e-5, "layernorm dgamma")
             assertClose(array(edb, cols), cdb.values, rtol: 1e-5, atol: 1e-5, "layernorm dbeta")
@@ -203,13 +210,23 @@ final class EmulatedDeviceTests: XCTestCase {
         let em = buf.zeros(c), ev = buf.zeros(c), ei = buf.zeros(c), erm = buf.make([Float](repeating: 0.2, count: c))
         let erv = buf.make([Float](repeating: 1.1, count: c)), ey = buf.zeros(n), esd = buf.zeros(c), esx = buf.zeros(c), edx = buf.zeros(n)
         let (B, C, HW) = (Int32(b), Int32(c), Int32(hw))
-        XCTAssertEqual(launch("radar_channel_moments", grid: c, block: 64, [.buffer(ex), .buffer(em), .buffer(ev), .i32(B), .i32(C), .i32(HW)]), "")
+        // Per-plane double partials (one block of 16 threads per plane, so each thread sums a
+        // strided slice before the tree), then one thread per channel over the batch.
+        let planes = UnsafeMutablePointer<Double>.allocate(capacity: 2 * b * c)
+        defer { planes.deallocate() }
+        XCTAssertEqual(launch("radar_plane_moments", grid: b * c, block: 16, [.buffer(ex), .doubles(planes), .i32(HW)]), "")
+        XCTAssertEqual(launch("radar_channel_moments_from_planes", grid: 1, block: 32,
+                              [.doubles(planes), .i32(B), .i32(C), .i32(HW), .buffer(em), .buffer(ev)]), "")
         XCTAssertEqual(launch("radar_batchnorm_update_statistics", grid: 1, block: 32,
                               [.buffer(em), .buffer(ev), .i32(C), .i32(B * HW), .f32(1e-5), .f32(0.1), .buffer(ei), .buffer(erm), .buffer(erv)]), "")
         XCTAssertEqual(launch("radar_channel_normalize", grid: 2, block: 64,
                               [.buffer(ex), .buffer(em), .buffer(ei), .buffer(eg), .buffer(eb), .buffer(ey), .i64(n), .i32(C), .i32(HW)]), "")
-        XCTAssertEqual(launch("radar_channel_gradient_sums", grid: c, block: 64,
-                              [.buffer(edy), .buffer(ex), .buffer(em), .buffer(ei), .buffer(esd), .buffer(esx), .i32(B), .i32(C), .i32(HW)]), "")
+        XCTAssertEqual(launch("radar_plane_gradient_sums", grid: b * c, block: 16,
+                              [.buffer(edy), .buffer(ex), .buffer(em), .buffer(ei), .doubles(planes), .i32(C), .i32(HW)]), "")
+        for (component, dst) in [(0, esd), (1, esx)] {
+            XCTAssertEqual(launch("radar_sum_planes_over_batch", grid: 1, block: 32,
+                                  [.doubles(planes), .i32(B), .i32(C), .i32(2), .i32(Int32(component)), .buffer(dst), .i32(0)]), "")
+        }
         XCTAssertEqual(launch("radar_batchnorm_input_gradient", grid: 2, block: 64,
                               [.buffer(edy), .buffer(ex), .buffer(em), .buffer(ei), .buffer(eg), .buffer(esd), .buffer(esx), .i32(B * HW),
                                .buffer(edx), .i64(n), .i32(C), .i32(HW)]), "")
@@ -217,6 +234,7 @@ final class EmulatedDeviceTests: XCTestCase {
         assertClose(array(ev, c), cv.values, rtol: 1e-6, atol: 1e-7, "channel variance")
         assertClose(array(erv, c), crv.values, rtol: 1e-6, atol: 1e-7, "running variance")
         assertClose(array(ey, n), cy.values, rtol: 1e-5, atol: 1e-6, "batchnorm y")
+        assertClose(array(esd, c), csd.values, rtol: 1e-6, atol: 1e-6, "sum dy")
         assertClose(array(esx, c), csx.values, rtol: 1e-5, atol: 1e-5, "sum dy xhat")
         assertClose(array(edx, n), cdx.values, rtol: 1e-4, atol: 1e-5, "batchnorm dx")
         // Global average pooling.
@@ -401,7 +419,7 @@ final class EmulatedDeviceTests: XCTestCase {
         same(edr, cdr, "dReasoning"); same(ede, cde, "dExternal"); same(edg, cdg, "dGate (accumulated)")
     }
 
-    func testResizeSyncBatchNormPiecesAndChannelSumsAreBitIdenticalToTheCPUBackend() {
+    func testResizeAndSyncBatchNormPiecesAreBitIdenticalToTheCPUBackendAndChannelSumsClose() {
         let buf = Buffers()
         func same(_ p: UnsafeMutablePointer<Float>, _ d: DeviceTensor, _ what: String) {
             XCTAssertEqual(array(p, d.shape.count).map(\.bitPattern), d.values.map(\.bitPattern), what)
@@ -432,9 +450,88 @@ final class EmulatedDeviceTests: XCTestCase {
         let xv = randomValues(2 * c * 10, seed: 64), start = randomValues(c, seed: 65)
         let cx = cpuTensor(xv, Shape(2, c, 2, 5)), cdst = cpuTensor(start, Shape(c))
         cpu.accumulateChannelSums(cx.tensor, into: cdst.tensor)
-        let edst = buf.make(start)
-        XCTAssertEqual(launch("radar_accumulate_channel_sums", grid: 1, block: 32, [.buffer(buf.make(xv)), .buffer(edst), .i32(2), .i32(Int32(c)), .i32(10)]), "")
-        same(edst, cdst, "accumulated channel sums")
+        // Channel sums (convolution bias gradients): planes summed in double on the device, the
+        // CPU sums in float, so close rather than equal.
+        let edst = buf.make(start), partial = UnsafeMutablePointer<Double>.allocate(capacity: 2 * c)
+        defer { partial.deallocate() }
+        XCTAssertEqual(launch("radar_plane_sums", grid: 2 * c, block: 8, [.buffer(buf.make(xv)), .doubles(partial), .i32(10)]), "")
+        XCTAssertEqual(launch("radar_sum_planes_over_batch", grid: 1, block: 32,
+                              [.doubles(partial), .i32(2), .i32(Int32(c)), .i32(1), .i32(0), .buffer(edst), .i32(1)]), "")
+        assertClose(array(edst, c), cdst.values, rtol: 1e-6, atol: 1e-6, "accumulated channel sums")
+    }
+
+    /// The reductions behind every bias, LayerNorm and BatchNorm gradient and BatchNorm's batch
+    /// statistics, at the full config's shapes: the launch that reads the input must spread it
+    /// over at least an H200's 132 SMs with no thread walking more than 64 rows (a first version
+    /// gave a 384-column bias gradient 6 blocks of threads walking 6304 rows each, and BatchNorm
+    /// one block per channel); and every launch keeps at least a thread per output. Values
+    /// against the CPU backend.
+    func testReductionsSpreadOverTheWholeGPU() {
+        let device = EmulatedDevice(memory: 1 << 28)
+        let gpu = CUDABackend(driver: device)
+        func audit(_ what: String, elements: Int, outputs: Int, _ run: () -> Void) {
+            device.launchLog = []
+            run()
+            let log = device.launchLog ?? []
+            device.launchLog = nil
+            guard let first = log.first else { return XCTFail("\(what): no launch") }
+            XCTAssertGreaterThanOrEqual(first.grid, 132, "\(what): \(first.kernel) reads \(elements) values with \(first.grid) blocks")
+            XCTAssertGreaterThanOrEqual(first.threads * 64, elements, "\(what): \(first.kernel) has \(first.threads) threads for \(elements) values")
+            for l in log { XCTAssertGreaterThanOrEqual(l.threads, outputs, "\(what): \(l.kernel) has \(l.threads) threads for \(outputs) outputs") }
+            XCTAssertLessThanOrEqual(log.count, 3, "\(what): \(log.map(\.kernel))")
+        }
+        func pair(_ shape: Shape, seed: UInt64, mean: Float = 0) -> (DeviceTensor, DeviceTensor) {
+            let v = randomValues(shape.count, seed: seed, mean: mean)
+            return (DeviceTensor(cpu, shape, v), DeviceTensor(gpu, shape, v))
+        }
+        // A bias gradient: ViT-S tokens at batch 32 (6304 rows, 384 columns), accumulated.
+        let (cs, gs) = pair(Shape(6304, 384), seed: 71), (cd, gd) = pair(Shape(384), seed: 72)
+        cpu.accumulateColumnSums(cs.tensor, into: cd.tensor)
+        audit("column sums", elements: 6304 * 384, outputs: 384) { gpu.accumulateColumnSums(gs.tensor, into: gd.tensor) }
+        assertClose(gpu.download(gd.tensor), cd.values, rtol: 1e-4, atol: 2e-4, "column sums")
+        // LayerNorm's parameter gradients at batch 8 (1576 rows).
+        let (rows, cols) = (1576, 384)
+        let (cx, gx) = pair(Shape(rows, cols), seed: 73), (cdy, gdy) = pair(Shape(rows, cols), seed: 74), (cg, gg) = pair(Shape(cols), seed: 75)
+        let (cm, gm) = pair(Shape(rows), seed: 76), rstd = randomValues(rows, seed: 77).map { 0.5 + abs($0) }
+        let cr = DeviceTensor(cpu, Shape(rows), rstd), gr = DeviceTensor(gpu, Shape(rows), rstd)
+        let cdx = DeviceTensor(cpu, Shape(rows, cols)), gdx = DeviceTensor(gpu, Shape(rows, cols))
+        let cgrads = (DeviceTensor(cpu, Shape(cols)), DeviceTensor(cpu, Shape(cols))), ggrads = (DeviceTensor(gpu, Shape(cols)), DeviceTensor(gpu, Shape(cols)))
+        cpu.layerNormBackward(cdy.tensor, x: cx.tensor, gamma: cg.tensor, mean: cm.tensor, rstd: cr.tensor, cdx.tensor,
+                              dGamma: cgrads.0.tensor, dBeta: cgrads.1.tensor)
+        gpu.layerNormBackward(gdy.tensor, x: gx.tensor, gamma: gg.tensor, mean: gm.tensor, rstd: gr.tensor, gdx.tensor,
+                              dGamma: ggrads.0.tensor, dBeta: ggrads.1.tensor)
+        assertClose(gpu.download(ggrads.0.tensor), cgrads.0.values, rtol: 1e-4, atol: 2e-4, "layernorm dgamma")
+        assertClose(gpu.download(ggrads.1.tensor), cgrads.1.values, rtol: 1e-4, atol: 2e-4, "layernorm dbeta")
+        // The parameter gradients' launches alone (the input gradient is one warp per row).
+        device.launchLog = []
+        gpu.layerNormBackward(gdy.tensor, x: gx.tensor, gamma: gg.tensor, mean: gm.tensor, rstd: gr.tensor, gdx.tensor,
+                              dGamma: ggrads.0.tensor, dBeta: ggrads.1.tensor)
+        let lnLaunches = Array((device.launchLog ?? []).dropFirst())
+        device.launchLog = nil
+        XCTAssertEqual(lnLaunches.first?.kernel, "radar_layernorm_param_partials")
+        XCTAssertGreaterThanOrEqual(lnLaunches.first?.grid ?? 0, 132, "layernorm parameter gradients: \(lnLaunches)")
+        // BatchNorm and convolution-bias reductions: BADM's first convolution at batch 8.
+        let shape = Shape(8, 32, 56, 56), n = shape.count
+        let (cbx, gbx) = pair(shape, seed: 78, mean: 0.7), (cbdy, gbdy) = pair(shape, seed: 79)
+        let c4 = { (b: any Backend) in (DeviceTensor(b, Shape(32)), DeviceTensor(b, Shape(32))) }
+        let (cmv, gmv) = (c4(cpu), c4(gpu))
+        cpu.channelMoments(cbx.tensor, mean: cmv.0.tensor, variance: cmv.1.tensor)
+        audit("channel moments", elements: n, outputs: 32) { gpu.channelMoments(gbx.tensor, mean: gmv.0.tensor, variance: gmv.1.tensor) }
+        assertClose(gpu.download(gmv.0.tensor), cmv.0.values, rtol: 1e-6, atol: 1e-7, "channel mean")
+        assertClose(gpu.download(gmv.1.tensor), cmv.1.values, rtol: 1e-6, atol: 1e-7, "channel variance")
+        let inv = cmv.1.values.map { 1 / ($0 + 1e-5).squareRoot() }
+        let ci = DeviceTensor(cpu, Shape(32), inv), gi = DeviceTensor(gpu, Shape(32), inv)
+        let (csums, gsums) = (c4(cpu), c4(gpu))
+        cpu.channelGradientSums(cbdy.tensor, x: cbx.tensor, mean: cmv.0.tensor, invStd: ci.tensor, sumDy: csums.0.tensor, sumDyXhat: csums.1.tensor)
+        audit("channel gradient sums", elements: n, outputs: 32) {
+            gpu.channelGradientSums(gbdy.tensor, x: gbx.tensor, mean: gmv.0.tensor, invStd: gi.tensor, sumDy: gsums.0.tensor, sumDyXhat: gsums.1.tensor)
+        }
+        assertClose(gpu.download(gsums.0.tensor), csums.0.values, rtol: 1e-5, atol: 1e-4, "sum dy")
+        assertClose(gpu.download(gsums.1.tensor), csums.1.values, rtol: 1e-5, atol: 1e-4, "sum dy xhat")
+        let (cbias, gbias) = pair(Shape(32), seed: 80)
+        cpu.accumulateChannelSums(cbdy.tensor, into: cbias.tensor)
+        audit("channel sums", elements: n, outputs: 32) { gpu.accumulateChannelSums(gbdy.tensor, into: gbias.tensor) }
+        assertClose(gpu.download(gbias.tensor), cbias.values, rtol: 1e-6, atol: 1e-6, "channel sums")
     }
 
     func testTheEmulatorCatchesBarrierBugs() {

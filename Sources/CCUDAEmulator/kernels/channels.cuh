@@ -1,6 +1,8 @@
 // BatchNorm (and its SyncBatchNorm pieces), global average pooling and the GRUCell gates. Per-
-// channel statistics: one block per channel, each thread summing a strided slice in double, then
-// a fixed-order tree in shared memory (deterministic; no atomics).
+// channel sums in two launches: one block per (image, channel) plane, each thread summing a
+// strided slice in double and a fixed-order tree in shared memory combining them; then one thread
+// per channel adds its planes over the batch in order (deterministic; no atomics). One block per
+// channel (the first version) gave a GPU 32 to 128 blocks for a whole batch's activations.
 #define RADAR_CHANNEL_BLOCK 256
 
 __device__ __forceinline__ double block_sum_double(double v, double* s) {
@@ -15,21 +17,39 @@ __device__ __forceinline__ double block_sum_double(double v, double* s) {
     return total;
 }
 
-// Mean and biased variance of channel blockIdx.x of x (B, C, HW).
-extern "C" __global__ void radar_channel_moments(const float* x, float* mean, float* variance, int batch, int channels, int hw) {
+// partial[2p] = the sum of plane p of x (B, C, HW), partial[2p + 1] = the sum of its squared
+// deviations from the plane's own mean.
+extern "C" __global__ void radar_plane_moments(const float* x, double* partial, int hw) {
     __shared__ double s[RADAR_CHANNEL_BLOCK];
-    int ch = blockIdx.x;
-    long n = (long)batch * hw;
+    const float* xp = x + (long)blockIdx.x * hw;
     double acc = 0.0;
-    for (long k = threadIdx.x; k < n; k += blockDim.x) acc += x[((k / hw) * channels + ch) * (long)hw + k % hw];
-    double m = block_sum_double(acc, s) / (double)n;
+    for (int j = threadIdx.x; j < hw; j += blockDim.x) acc += (double)xp[j];
+    double sum = block_sum_double(acc, s), m = sum / (double)hw;
     double v = 0.0;
-    for (long k = threadIdx.x; k < n; k += blockDim.x) {
-        double d = (double)x[((k / hw) * channels + ch) * (long)hw + k % hw] - m;
+    for (int j = threadIdx.x; j < hw; j += blockDim.x) {
+        double d = (double)xp[j] - m;
         v += d * d;
     }
-    double var = block_sum_double(v, s) / (double)n;
-    if (threadIdx.x == 0) { mean[ch] = (float)m; variance[ch] = (float)var; }
+    double squares = block_sum_double(v, s);
+    if (threadIdx.x == 0) { partial[2 * (long)blockIdx.x] = sum; partial[2 * (long)blockIdx.x + 1] = squares; }
+}
+
+// Mean and biased variance per channel from its planes' moments, the batch in order: the
+// squared deviations are the planes' own plus hw (plane mean - mean)^2 each (exact).
+extern "C" __global__ void radar_channel_moments_from_planes(const double* partial, int batch, int channels, int hw, float* mean,
+                                                             float* variance) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= channels) return;
+    double n = (double)batch * hw, s = 0.0;
+    for (int b = 0; b < batch; ++b) s += partial[2 * ((long)b * channels + ch)];
+    double m = s / n, squares = 0.0;
+    for (int b = 0; b < batch; ++b) {
+        long p = 2 * ((long)b * channels + ch);
+        double d = partial[p] / (double)hw - m;
+        squares += partial[p + 1] + (double)hw * d * d;
+    }
+    mean[ch] = (float)m;
+    variance[ch] = (float)(squares / n);
 }
 
 // invStd, and the running statistics moved by momentum (running variance unbiased).
@@ -52,21 +72,42 @@ extern "C" __global__ void radar_channel_normalize(const float* x, const float* 
     }
 }
 
-// Per channel: sum dy and sum dy * xhat (written), one block per channel.
-extern "C" __global__ void radar_channel_gradient_sums(const float* dy, const float* x, const float* mean, const float* inv_std,
-                                                       float* sum_dy, float* sum_dy_xhat, int batch, int channels, int hw) {
+// partial[2p] = sum of dy over plane p, partial[2p + 1] = sum of dy * xhat over it.
+extern "C" __global__ void radar_plane_gradient_sums(const float* dy, const float* x, const float* mean, const float* inv_std,
+                                                     double* partial, int channels, int hw) {
     __shared__ double s[RADAR_CHANNEL_BLOCK];
-    int ch = blockIdx.x;
-    long n = (long)batch * hw;
+    int ch = (int)(blockIdx.x % channels);
+    long base = (long)blockIdx.x * hw;
     float m = mean[ch], inv = inv_std[ch];
     double a = 0.0, b = 0.0;
-    for (long k = threadIdx.x; k < n; k += blockDim.x) {
-        long i = ((k / hw) * channels + ch) * (long)hw + k % hw;
-        a += (double)dy[i];
-        b += (double)(dy[i] * ((x[i] - m) * inv));
+    for (int j = threadIdx.x; j < hw; j += blockDim.x) {
+        float d = dy[base + j];
+        a += (double)d;
+        b += (double)(d * ((x[base + j] - m) * inv));
     }
     double sa = block_sum_double(a, s), sb = block_sum_double(b, s);
-    if (threadIdx.x == 0) { sum_dy[ch] = (float)sa; sum_dy_xhat[ch] = (float)sb; }
+    if (threadIdx.x == 0) { partial[2 * (long)blockIdx.x] = sa; partial[2 * (long)blockIdx.x + 1] = sb; }
+}
+
+// partial[p] = the sum of plane p (double).
+extern "C" __global__ void radar_plane_sums(const float* x, double* partial, int hw) {
+    __shared__ double s[RADAR_CHANNEL_BLOCK];
+    const float* xp = x + (long)blockIdx.x * hw;
+    double acc = 0.0;
+    for (int j = threadIdx.x; j < hw; j += blockDim.x) acc += (double)xp[j];
+    double total = block_sum_double(acc, s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+// dst[ch] = (accumulate ? dst[ch] : 0) + the sum over the batch, in order, of component
+// `component` of the planes' `width` partials.
+extern "C" __global__ void radar_sum_planes_over_batch(const double* partial, int batch, int channels, int width, int component,
+                                                       float* dst, int accumulate) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= channels) return;
+    double s = 0.0;
+    for (int b = 0; b < batch; ++b) s += partial[((long)b * channels + ch) * width + component];
+    dst[ch] = accumulate ? dst[ch] + (float)s : (float)s;
 }
 
 // dx = gamma invStd (dy - sumDy/count - xhat sumDyXhat/count); count 0 (eval): gamma invStd dy.
@@ -128,16 +169,6 @@ extern "C" __global__ void radar_gru_gates_backward(const float* dh_new, const f
         dg[j] = dr_pre; dg[e + j] = dz_pre; dg[2 * e + j] = dn_pre * rv;
         dh[o] = d * zv;
     }
-}
-
-// dst[c] += sum over (B, HW) of x (convolution bias gradients): one thread per channel, in order.
-extern "C" __global__ void radar_accumulate_channel_sums(const float* x, float* dst, int batch, int channels, int hw) {
-    int ch = blockIdx.x * blockDim.x + threadIdx.x;
-    if (ch >= channels) return;
-    float s = 0.f;
-    for (int i = 0; i < batch; ++i)
-        for (int j = 0; j < hw; ++j) s += x[((long)i * channels + ch) * hw + j];
-    dst[ch] += s;
 }
 
 extern "C" __global__ void radar_inverse_std(const float* variance, float eps, float* inv_std, int channels) {

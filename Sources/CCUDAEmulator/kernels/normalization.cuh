@@ -27,8 +27,8 @@ extern "C" __global__ void radar_layernorm_forward(const float* x, const float* 
     if (lane == 0) { mean[row] = m; rstd[row] = r; }
 }
 
-// dx per row; the parameter gradients are summed per column by radar_layernorm_param_grads
-// (rows in order), so no atomics are needed.
+// dx per row; the parameter gradients are summed per column by radar_layernorm_param_partials
+// and radar_add_chunk_sums (rows in a fixed order), so no atomics are needed.
 extern "C" __global__ void radar_layernorm_backward_input(const float* dy, const float* x, const float* gamma, const float* mean,
                                                           const float* rstd, float* dx, int rows, int cols) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -47,18 +47,24 @@ extern "C" __global__ void radar_layernorm_backward_input(const float* dy, const
     for (int c = lane; c < cols; c += 32) dxr[c] = r * (dyr[c] * gamma[c] - a - (xr[c] - m) * r * b);
 }
 
-extern "C" __global__ void radar_layernorm_param_grads(const float* dy, const float* x, const float* mean, const float* rstd,
-                                                       float* dgamma, float* dbeta, int rows, int cols) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    float sg = 0.f, sb = 0.f;
-    for (int row = 0; row < rows; ++row) {
-        float d = dy[(long)row * cols + c];
-        sg += d * (x[(long)row * cols + c] - mean[row]) * rstd[row];
-        sb += d;
+// Parameter gradients in fixed-size chunks of rows (one thread per chunk and column): the chunk's
+// dgamma sums at partial[k * 2 * cols + c], its dbeta sums at partial[k * 2 * cols + cols + c];
+// radar_add_chunk_sums then adds the chunks in order (deterministic, no atomics).
+extern "C" __global__ void radar_layernorm_param_partials(const float* dy, const float* x, const float* mean, const float* rstd,
+                                                          float* partial, int rows, int cols, int chunk) {
+    long chunks = (rows + chunk - 1) / chunk;
+    for (long e = (long)blockIdx.x * blockDim.x + threadIdx.x; e < chunks * cols; e += (long)blockDim.x * gridDim.x) {
+        int k = (int)(e / cols), c = (int)(e % cols);
+        int lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
+        float sg = 0.f, sb = 0.f;
+        for (int row = lo; row < hi; ++row) {
+            float d = dy[(long)row * cols + c];
+            sg += d * (x[(long)row * cols + c] - mean[row]) * rstd[row];
+            sb += d;
+        }
+        partial[(long)k * 2 * cols + c] = sg;
+        partial[(long)k * 2 * cols + cols + c] = sb;
     }
-    dgamma[c] += sg;
-    dbeta[c] += sb;
 }
 
 // Softmax over the last `cols` of each row: one warp per row.

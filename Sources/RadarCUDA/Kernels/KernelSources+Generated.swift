@@ -3,8 +3,10 @@
 extension KernelSources {
     static let channels = KernelFamily(name: "channels", source: #"""
 // BatchNorm (and its SyncBatchNorm pieces), global average pooling and the GRUCell gates. Per-
-// channel statistics: one block per channel, each thread summing a strided slice in double, then
-// a fixed-order tree in shared memory (deterministic; no atomics).
+// channel sums in two launches: one block per (image, channel) plane, each thread summing a
+// strided slice in double and a fixed-order tree in shared memory combining them; then one thread
+// per channel adds its planes over the batch in order (deterministic; no atomics). One block per
+// channel (the first version) gave a GPU 32 to 128 blocks for a whole batch's activations.
 #define RADAR_CHANNEL_BLOCK 256
 
 __device__ __forceinline__ double block_sum_double(double v, double* s) {
@@ -19,21 +21,39 @@ __device__ __forceinline__ double block_sum_double(double v, double* s) {
     return total;
 }
 
-// Mean and biased variance of channel blockIdx.x of x (B, C, HW).
-extern "C" __global__ void radar_channel_moments(const float* x, float* mean, float* variance, int batch, int channels, int hw) {
+// partial[2p] = the sum of plane p of x (B, C, HW), partial[2p + 1] = the sum of its squared
+// deviations from the plane's own mean.
+extern "C" __global__ void radar_plane_moments(const float* x, double* partial, int hw) {
     __shared__ double s[RADAR_CHANNEL_BLOCK];
-    int ch = blockIdx.x;
-    long n = (long)batch * hw;
+    const float* xp = x + (long)blockIdx.x * hw;
     double acc = 0.0;
-    for (long k = threadIdx.x; k < n; k += blockDim.x) acc += x[((k / hw) * channels + ch) * (long)hw + k % hw];
-    double m = block_sum_double(acc, s) / (double)n;
+    for (int j = threadIdx.x; j < hw; j += blockDim.x) acc += (double)xp[j];
+    double sum = block_sum_double(acc, s), m = sum / (double)hw;
     double v = 0.0;
-    for (long k = threadIdx.x; k < n; k += blockDim.x) {
-        double d = (double)x[((k / hw) * channels + ch) * (long)hw + k % hw] - m;
+    for (int j = threadIdx.x; j < hw; j += blockDim.x) {
+        double d = (double)xp[j] - m;
         v += d * d;
     }
-    double var = block_sum_double(v, s) / (double)n;
-    if (threadIdx.x == 0) { mean[ch] = (float)m; variance[ch] = (float)var; }
+    double squares = block_sum_double(v, s);
+    if (threadIdx.x == 0) { partial[2 * (long)blockIdx.x] = sum; partial[2 * (long)blockIdx.x + 1] = squares; }
+}
+
+// Mean and biased variance per channel from its planes' moments, the batch in order: the
+// squared deviations are the planes' own plus hw (plane mean - mean)^2 each (exact).
+extern "C" __global__ void radar_channel_moments_from_planes(const double* partial, int batch, int channels, int hw, float* mean,
+                                                             float* variance) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= channels) return;
+    double n = (double)batch * hw, s = 0.0;
+    for (int b = 0; b < batch; ++b) s += partial[2 * ((long)b * channels + ch)];
+    double m = s / n, squares = 0.0;
+    for (int b = 0; b < batch; ++b) {
+        long p = 2 * ((long)b * channels + ch);
+        double d = partial[p] / (double)hw - m;
+        squares += partial[p + 1] + (double)hw * d * d;
+    }
+    mean[ch] = (float)m;
+    variance[ch] = (float)(squares / n);
 }
 
 // invStd, and the running statistics moved by momentum (running variance unbiased).
@@ -56,21 +76,42 @@ extern "C" __global__ void radar_channel_normalize(const float* x, const float* 
     }
 }
 
-// Per channel: sum dy and sum dy * xhat (written), one block per channel.
-extern "C" __global__ void radar_channel_gradient_sums(const float* dy, const float* x, const float* mean, const float* inv_std,
-                                                       float* sum_dy, float* sum_dy_xhat, int batch, int channels, int hw) {
+// partial[2p] = sum of dy over plane p, partial[2p + 1] = sum of dy * xhat over it.
+extern "C" __global__ void radar_plane_gradient_sums(const float* dy, const float* x, const float* mean, const float* inv_std,
+                                                     double* partial, int channels, int hw) {
     __shared__ double s[RADAR_CHANNEL_BLOCK];
-    int ch = blockIdx.x;
-    long n = (long)batch * hw;
+    int ch = (int)(blockIdx.x % channels);
+    long base = (long)blockIdx.x * hw;
     float m = mean[ch], inv = inv_std[ch];
     double a = 0.0, b = 0.0;
-    for (long k = threadIdx.x; k < n; k += blockDim.x) {
-        long i = ((k / hw) * channels + ch) * (long)hw + k % hw;
-        a += (double)dy[i];
-        b += (double)(dy[i] * ((x[i] - m) * inv));
+    for (int j = threadIdx.x; j < hw; j += blockDim.x) {
+        float d = dy[base + j];
+        a += (double)d;
+        b += (double)(d * ((x[base + j] - m) * inv));
     }
     double sa = block_sum_double(a, s), sb = block_sum_double(b, s);
-    if (threadIdx.x == 0) { sum_dy[ch] = (float)sa; sum_dy_xhat[ch] = (float)sb; }
+    if (threadIdx.x == 0) { partial[2 * (long)blockIdx.x] = sa; partial[2 * (long)blockIdx.x + 1] = sb; }
+}
+
+// partial[p] = the sum of plane p (double).
+extern "C" __global__ void radar_plane_sums(const float* x, double* partial, int hw) {
+    __shared__ double s[RADAR_CHANNEL_BLOCK];
+    const float* xp = x + (long)blockIdx.x * hw;
+    double acc = 0.0;
+    for (int j = threadIdx.x; j < hw; j += blockDim.x) acc += (double)xp[j];
+    double total = block_sum_double(acc, s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+// dst[ch] = (accumulate ? dst[ch] : 0) + the sum over the batch, in order, of component
+// `component` of the planes' `width` partials.
+extern "C" __global__ void radar_sum_planes_over_batch(const double* partial, int batch, int channels, int width, int component,
+                                                       float* dst, int accumulate) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= channels) return;
+    double s = 0.0;
+    for (int b = 0; b < batch; ++b) s += partial[((long)b * channels + ch) * width + component];
+    dst[ch] = accumulate ? dst[ch] + (float)s : (float)s;
 }
 
 // dx = gamma invStd (dy - sumDy/count - xhat sumDyXhat/count); count 0 (eval): gamma invStd dy.
@@ -134,16 +175,6 @@ extern "C" __global__ void radar_gru_gates_backward(const float* dh_new, const f
     }
 }
 
-// dst[c] += sum over (B, HW) of x (convolution bias gradients): one thread per channel, in order.
-extern "C" __global__ void radar_accumulate_channel_sums(const float* x, float* dst, int batch, int channels, int hw) {
-    int ch = blockIdx.x * blockDim.x + threadIdx.x;
-    if (ch >= channels) return;
-    float s = 0.f;
-    for (int i = 0; i < batch; ++i)
-        for (int j = 0; j < hw; ++j) s += x[((long)i * channels + ch) * hw + j];
-    dst[ch] += s;
-}
-
 extern "C" __global__ void radar_inverse_std(const float* variance, float eps, float* inv_std, int channels) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c < channels) inv_std[c] = 1.f / sqrtf(variance[c] + eps);
@@ -194,13 +225,29 @@ extern "C" __global__ void radar_add_channel_bias(const float* bias, float* out,
     GRID_STRIDE(i, n) out[i] += bias[(i / hw) % channels];
 }
 
-// dst[c] += sum_r src[r, c]: one thread per column, rows summed in order (deterministic).
-extern "C" __global__ void radar_accumulate_column_sums(const float* src, float* dst, int rows, int cols) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    float s = 0.f;
-    for (int r = 0; r < rows; ++r) s += src[(long)r * cols + c];
-    dst[c] += s;
+// Column sums, dst[c] += sum_r src[r, c], in two launches with a fixed order (no atomics; the
+// same bits on every GPU): radar_column_chunk_sums sums each column over chunks of `chunk`
+// consecutive rows (one thread per chunk and column, coalesced across columns), then
+// radar_add_chunk_sums adds a column's chunk sums in chunk order. (One thread per column over all
+// rows left a GPU nearly idle: a ViT-S bias gradient at batch 32 is 384 threads walking 6304 rows.)
+extern "C" __global__ void radar_column_chunk_sums(const float* src, float* partial, int rows, int cols, int chunk) {
+    long chunks = (rows + chunk - 1) / chunk;
+    GRID_STRIDE(e, chunks * cols) {
+        int k = (int)(e / cols), c = (int)(e % cols);
+        int lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
+        float s = 0.f;
+        for (int r = lo; r < hi; ++r) s += src[(long)r * cols + c];
+        partial[e] = s;
+    }
+}
+
+// dst[c] += sum over k < chunks of partial[k * stride + c], in k order (one thread per column).
+extern "C" __global__ void radar_add_chunk_sums(const float* partial, int chunks, long stride, int cols, float* dst) {
+    GRID_STRIDE(c, cols) {
+        float s = 0.f;
+        for (int k = 0; k < chunks; ++k) s += partial[k * stride + c];
+        dst[c] += s;
+    }
 }
 
 extern "C" __global__ void radar_relu_forward(const float* x, float* y, long n) { GRID_STRIDE(i, n) y[i] = x[i] > 0.f ? x[i] : 0.f; }
@@ -482,8 +529,8 @@ extern "C" __global__ void radar_layernorm_forward(const float* x, const float* 
     if (lane == 0) { mean[row] = m; rstd[row] = r; }
 }
 
-// dx per row; the parameter gradients are summed per column by radar_layernorm_param_grads
-// (rows in order), so no atomics are needed.
+// dx per row; the parameter gradients are summed per column by radar_layernorm_param_partials
+// and radar_add_chunk_sums (rows in a fixed order), so no atomics are needed.
 extern "C" __global__ void radar_layernorm_backward_input(const float* dy, const float* x, const float* gamma, const float* mean,
                                                           const float* rstd, float* dx, int rows, int cols) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -502,18 +549,24 @@ extern "C" __global__ void radar_layernorm_backward_input(const float* dy, const
     for (int c = lane; c < cols; c += 32) dxr[c] = r * (dyr[c] * gamma[c] - a - (xr[c] - m) * r * b);
 }
 
-extern "C" __global__ void radar_layernorm_param_grads(const float* dy, const float* x, const float* mean, const float* rstd,
-                                                       float* dgamma, float* dbeta, int rows, int cols) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    float sg = 0.f, sb = 0.f;
-    for (int row = 0; row < rows; ++row) {
-        float d = dy[(long)row * cols + c];
-        sg += d * (x[(long)row * cols + c] - mean[row]) * rstd[row];
-        sb += d;
+// Parameter gradients in fixed-size chunks of rows (one thread per chunk and column): the chunk's
+// dgamma sums at partial[k * 2 * cols + c], its dbeta sums at partial[k * 2 * cols + cols + c];
+// radar_add_chunk_sums then adds the chunks in order (deterministic, no atomics).
+extern "C" __global__ void radar_layernorm_param_partials(const float* dy, const float* x, const float* mean, const float* rstd,
+                                                          float* partial, int rows, int cols, int chunk) {
+    long chunks = (rows + chunk - 1) / chunk;
+    for (long e = (long)blockIdx.x * blockDim.x + threadIdx.x; e < chunks * cols; e += (long)blockDim.x * gridDim.x) {
+        int k = (int)(e / cols), c = (int)(e % cols);
+        int lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
+        float sg = 0.f, sb = 0.f;
+        for (int row = lo; row < hi; ++row) {
+            float d = dy[(long)row * cols + c];
+            sg += d * (x[(long)row * cols + c] - mean[row]) * rstd[row];
+            sb += d;
+        }
+        partial[(long)k * 2 * cols + c] = sg;
+        partial[(long)k * 2 * cols + cols + c] = sb;
     }
-    dgamma[c] += sg;
-    dbeta[c] += sb;
 }
 
 // Softmax over the last `cols` of each row: one warp per row.

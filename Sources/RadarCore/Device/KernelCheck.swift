@@ -62,6 +62,9 @@ public enum KernelCheck {
         let ws = cpu.convolutionWorkspaceCount(conv), scratch = cpu.convolutionBackwardScratchCount(conv, inputGradient: true)
         let y = Shape(2, 5, conv.outHeight, conv.outWidth), x = Shape(2, 3, 9, 7)
         let bchw = Shape(3, 4, 5, 6), c4 = Shape(4)
+        // Channel reductions: planes larger than a block (a strided slice per thread, then the
+        // tree); column reductions: rows over several chunk boundaries (the GPU sums chunks of 8-64 rows).
+        let planes = Shape(3, 4, 17, 19)
         let (e, h, tk) = (12, 3, 5)  // reasoning: embedding, heads, tokens
         func t(_ s: Shape, _ f: Fill = .normal) -> (Shape, Fill) { (s, f) }
         return [
@@ -70,7 +73,7 @@ public enum KernelCheck {
             Case(name: "add", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.add(v[0], v[1], into: v[2]) },
             Case(name: "addRowBias", tensors: [t(Shape(7)), t(Shape(5, 7))]) { b, v in b.addRowBias(v[0], into: v[1]) },
             Case(name: "addChannelBias", tensors: [t(Shape(3)), t(Shape(2, 3, 5, 4))]) { b, v in b.addChannelBias(v[0], into: v[1]) },
-            Case(name: "accumulateColumnSums", tensors: [t(Shape(9, 7)), t(Shape(7))]) { b, v in b.accumulateColumnSums(v[0], into: v[1]) },
+            Case(name: "accumulateColumnSums", tensors: [t(Shape(150, 7)), t(Shape(7))]) { b, v in b.accumulateColumnSums(v[0], into: v[1]) },
             Case(name: "reluForward", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.reluForward(v[0], v[1]) },
             Case(name: "reluBackward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.reluBackward(v[0], y: v[1], v[2]) },
             Case(name: "geluForward", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.geluForward(v[0], v[1], cdf: nil) },
@@ -94,18 +97,18 @@ public enum KernelCheck {
             Case(name: "layerNormForward", tensors: [t(Shape(5, 37)), t(Shape(37)), t(Shape(37)), t(Shape(5, 37)), t(Shape(5)), t(Shape(5))]) { b, v in
                 b.layerNormForward(v[0], gamma: v[1], beta: v[2], eps: 1e-6, v[3], mean: v[4], rstd: v[5])
             },
-            Case(name: "layerNormBackward", tensors: [t(Shape(5, 37)), t(Shape(5, 37)), t(Shape(37)), t(Shape(5)), t(Shape(5), .positive),
-                                                      t(Shape(5, 37)), t(Shape(37)), t(Shape(37))]) { b, v in
+            Case(name: "layerNormBackward", tensors: [t(Shape(150, 37)), t(Shape(150, 37)), t(Shape(37)), t(Shape(150)), t(Shape(150), .positive),
+                                                      t(Shape(150, 37)), t(Shape(37)), t(Shape(37))]) { b, v in
                 b.layerNormBackward(v[0], x: v[1], gamma: v[2], mean: v[3], rstd: v[4], v[5], dGamma: v[6], dBeta: v[7])
             },
-            Case(name: "channelMoments", tensors: [t(bchw), t(c4), t(c4)]) { b, v in b.channelMoments(v[0], mean: v[1], variance: v[2]) },
+            Case(name: "channelMoments", tensors: [t(planes), t(c4), t(c4)]) { b, v in b.channelMoments(v[0], mean: v[1], variance: v[2]) },
             Case(name: "channelNormalize", tensors: [t(bchw), t(c4), t(c4, .positive), t(c4), t(c4), t(bchw)]) { b, v in
                 b.channelNormalize(v[0], mean: v[1], invStd: v[2], gamma: v[3], beta: v[4], v[5])
             },
-            Case(name: "channelGradientSums", tensors: [t(bchw), t(bchw), t(c4), t(c4, .positive), t(c4), t(c4)]) { b, v in
+            Case(name: "channelGradientSums", tensors: [t(planes), t(planes), t(c4), t(c4, .positive), t(c4), t(c4)]) { b, v in
                 b.channelGradientSums(v[0], x: v[1], mean: v[2], invStd: v[3], sumDy: v[4], sumDyXhat: v[5])
             },
-            Case(name: "accumulateChannelSums", tensors: [t(bchw), t(c4)]) { b, v in b.accumulateChannelSums(v[0], into: v[1]) },
+            Case(name: "accumulateChannelSums", tensors: [t(planes), t(c4)]) { b, v in b.accumulateChannelSums(v[0], into: v[1]) },
             Case(name: "batchNormUpdateStatistics", tensors: [t(c4), t(c4, .positive), t(c4), t(c4), t(c4, .positive)]) { b, v in
                 b.batchNormUpdateStatistics(mean: v[0], variance: v[1], count: 90, eps: 1e-5, momentum: 0.1, invStd: v[2], runningMean: v[3],
                                             runningVar: v[4])
