@@ -24,6 +24,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// The CPU keeps fp32 activations by default (memory is not what bounds its step); it runs
     /// bf16 ones too (`radar bench step --bf16-activations true`), widening them per product.
     public var storesBFloat16Activations: Bool { false }
+    public var roundsProductOperandsToBFloat16: Bool { false }
     public var deviceDescription: String {
         "cpu (\(threads) thread\(threads == 1 ? "" : "s"), OpenBLAS \(CPUBackend.blasDescription)\(products == .fp32 ? "" : ", " + products.description))"
     }

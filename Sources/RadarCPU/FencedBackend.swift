@@ -20,6 +20,7 @@ public final class FencedBackend: Backend, @unchecked Sendable {
 
     public var recomputesInBackward: Bool { inner.recomputesInBackward }
     public var storesBFloat16Activations: Bool { inner.storesBFloat16Activations }
+    public var roundsProductOperandsToBFloat16: Bool { inner.roundsProductOperandsToBFloat16 }
     public var deviceDescription: String { "cpu-fenced (\(inner.threads) thread\(inner.threads == 1 ? "" : "s"))" }
     public var threads: Int { inner.threads }
 

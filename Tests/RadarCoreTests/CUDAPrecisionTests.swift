@@ -143,6 +143,35 @@ final class CUDAPrecisionTests: XCTestCase {
         }
     }
 
+    /// Under bf16 products, Linear layers read a bf16 copy of the parameters rounded once per pass,
+    /// and each output gradient is rounded once for its two products: the same bits as rounding
+    /// per product (three steps, so a copy that missed an optimizer update would show), with
+    /// fewer conversions. The CPU does neither by default.
+    func testRoundingWeightsAndGradientsOncePerPassGivesTheSameBits() throws {
+        func train(weightCopy: Bool) throws -> (losses: [Double], params: [UInt32], conversions: Int) {
+            let device = EmulatedDevice(memory: 1 << 30)
+            let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: CUDABackend(driver: device, precision: .bf16)) {
+                $0.dropout = 0.1
+            }
+            XCTAssertTrue(trainer.ctx.bf16WeightCopy, "the CUDA bf16 default")
+            trainer.ctx.bf16WeightCopy = weightCopy
+            var losses: [Double] = []
+            for i in 0..<3 {
+                if i == 2 { device.launchLog = [] }
+                losses.append(try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor)).terms.total)
+            }
+            let conversions = (device.launchLog ?? []).filter { $0.kernel == "radar_to_bf16" }.count
+            return (losses, trainer.ctx.backend.download(trainer.ctx.params.values).map(\.bitPattern), conversions)
+        }
+        let once = try train(weightCopy: true), perProduct = try train(weightCopy: false)
+        XCTAssertEqual(once.losses, perProduct.losses)
+        XCTAssertEqual(once.params, perProduct.params, "parameters after 3 steps")
+        XCTAssertLessThan(once.conversions, perProduct.conversions * 3 / 4, "bf16 conversions per step: \(once.conversions) against \(perProduct.conversions)")
+        let (cpuTrainer, _, _) = try makeTinyTrainer(backend: CPUBackend(threads: 1))
+        XCTAssertFalse(cpuTrainer.ctx.bf16WeightCopy)
+        XCTAssertFalse(cpuTrainer.ctx.backend.roundsProductOperandsToBFloat16)
+    }
+
     /// bf16 activations with fp32 products (the CPU, asked): training runs, allocates nothing
     /// after warm-up, and stays near fp32, with a loss that differs (the activations were rounded).
     func testBF16ActivationsOnTheCPUTrainNearFP32() throws {

@@ -31,6 +31,12 @@ public protocol Backend: AnyObject {
     /// Every backend runs bf16 activations when asked (`product`, `convert`, attention's qkv).
     var storesBFloat16Activations: Bool { get }
 
+    /// Whether every product rounds its fp32 operands to bf16 (the CUDA backend in bf16
+    /// precision). An operand several products read (a Linear's output gradient) can then be
+    /// rounded once into a bf16 tensor, with the same bits and one conversion fewer. The CPU says
+    /// no: its bf16 products round inside the GEMM, and a bf16 operand would cost it a widening.
+    var roundsProductOperandsToBFloat16: Bool { get }
+
     // MARK: Memory
 
     /// Device memory for `count` floats (at least one), 64-byte aligned and zero-filled.

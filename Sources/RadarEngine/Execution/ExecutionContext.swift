@@ -24,6 +24,16 @@ public final class ExecutionContext: @unchecked Sendable {
     /// heads, fc1's and GELU's outputs) as bf16 tensors: the backend's preference unless set.
     /// With fp32 products this rounds those activations (less memory, bf16-sized error).
     public var bf16Activations: Bool
+    /// Linear layers read their weights from a bf16 copy of the parameters, rounded once per pass
+    /// (`productWeight`): the backend's choice (where every product rounds its operands to bf16
+    /// anyway, so the same bits) unless set. Off, each product rounds the weight it reads.
+    public var bf16WeightCopy: Bool
+    private var weightCopy: Tensor?
+    private var weightCopyFresh = false
+    /// The copy holds parameter element i at bf16 element i + shift, so that the parameters at
+    /// offsets of parity `shift` start on a float boundary and can be viewed (the layout packs
+    /// parameters, and one leading scalar makes every ViT weight's offset odd).
+    private let weightCopyShift: Int
     private static let dropoutLabel = FNV1a.hash("dropout")
 
     public init(backend: any Backend, params: ParameterStore, arena: Arena? = nil,
@@ -36,12 +46,42 @@ public final class ExecutionContext: @unchecked Sendable {
         self.seed = seed
         recomputeInBackward = backend.recomputesInBackward
         bf16Activations = backend.storesBFloat16Activations
+        bf16WeightCopy = backend.roundsProductOperandsToBFloat16
+        var byParity = [0, 0]
+        for p in params.layout.parameters where p.shape.rank >= 2 { byParity[p.offset % 2] += p.shape.count }
+        weightCopyShift = byParity[1] > byParity[0] ? 1 : 0
     }
 
-    /// Starts a forward/backward pass: rewinds the arena and the per-step stream numbering.
+    deinit { if let weightCopy { backend.release(weightCopy.base) } }
+
+    /// Starts a forward/backward pass: rewinds the arena and the per-step stream numbering. The
+    /// parameters are read as they are now: the bf16 weight copy is rounded again at first use.
     public func beginPass() {
         arena.reset()
         callIndex = 0
+        weightCopyFresh = false
+    }
+
+    /// Parameter `s` as a product operand: with `bf16WeightCopy`, its view in a bf16 copy of every
+    /// parameter, made by one conversion at the first call of a pass (so a weight read by several
+    /// products, forward and backward, or by each of ERM's iterations, is rounded once per pass,
+    /// not once per product); else (or at an odd offset, which a bf16 view cannot start at) the
+    /// fp32 parameter. Parameters must not change within a pass (they change between passes: the
+    /// optimizer, uploads).
+    public func productWeight(_ s: ParameterSlot) -> Tensor {
+        let shift = weightCopyShift
+        guard bf16WeightCopy, (s.offset + shift) % 2 == 0 else { return params.value(s) }
+        let values = params.values, n = values.count
+        if weightCopy == nil {
+            weightCopy = Tensor(backend.allocate(DType.bfloat16.floats(n + 1)), Shape(n + 1), dtype: .bfloat16)
+        }
+        guard let copy = weightCopy else { return params.value(s) }
+        if !weightCopyFresh {
+            // Elements from `shift` on, into the copy from element 2 * shift (a float boundary).
+            backend.convert(values.slice(from: shift, Shape(n - shift)), into: Tensor(copy.base + shift, Shape(n - shift), dtype: .bfloat16))
+            weightCopyFresh = true
+        }
+        return Tensor(copy.base + (s.offset + shift) / 2, s.shape, dtype: .bfloat16)
     }
 
     /// The next random stream of this pass. Forward calls it in a fixed order, so stream numbers
@@ -79,6 +119,14 @@ public final class ExecutionContext: @unchecked Sendable {
         let w = tensor(t.shape)
         backend.convert(t, into: w)
         return w
+    }
+    /// `t` as an operand of several products: where every product rounds to bf16 anyway, a bf16
+    /// copy in a new arena tensor (rounded once, the same bits); else `t` itself.
+    @inlinable public func productOperand(_ t: Tensor) -> Tensor {
+        guard backend.roundsProductOperandsToBFloat16, t.dtype == .float32 else { return t }
+        let r = tensor(t.shape, dtype: .bfloat16)
+        backend.convert(t, into: r)
+        return r
     }
     @inlinable public func zeros(_ s: Shape) -> Tensor { arena.zeros(s) }
 }

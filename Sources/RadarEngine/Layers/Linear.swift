@@ -22,7 +22,7 @@ public struct Linear: Sendable {
             throw ShapeMismatch(layer: name, expected: "(*, \(inFeatures))", actual: x.shape)
         }
         let rows = x.shape.rows
-        let w = ctx.params.value(weight)
+        let w = ctx.productWeight(weight)
         return ctx.keep(x.shape.replacingLast(outFeatures), as: output) { y in
             ctx.backend.product(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1,
                                 a: x, lda: inFeatures, b: w, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
@@ -34,14 +34,19 @@ public struct Linear: Sendable {
     @discardableResult
     public func backward(_ dy: Tensor, x: Tensor, _ ctx: ExecutionContext, inputGradient: Bool = true) -> Tensor? {
         let rows = x.shape.rows
-        let w = ctx.params.value(weight), dw = ctx.params.grad(weight)
+        let w = ctx.productWeight(weight), dw = ctx.params.grad(weight)
+        let dx = inputGradient ? ctx.tensor(x.shape) : nil
+        // dy feeds both products: under bf16 products, rounded once (released after them).
+        let mark = ctx.arena.mark()
+        let g = ctx.productOperand(dy)
         ctx.backend.product(transA: true, transB: false, m: outFeatures, n: inFeatures, k: rows, alpha: 1,
-                            a: dy, lda: outFeatures, b: x, ldb: inFeatures, beta: 1, c: dw, ldc: inFeatures)
+                            a: g, lda: outFeatures, b: x, ldb: inFeatures, beta: 1, c: dw, ldc: inFeatures)
         if let bias { ctx.backend.accumulateColumnSums(dy, into: ctx.params.grad(bias)) }
-        guard inputGradient else { return nil }
-        let dx = ctx.tensor(x.shape)
-        ctx.backend.product(transA: false, transB: false, m: rows, n: inFeatures, k: outFeatures, alpha: 1,
-                            a: dy, lda: outFeatures, b: w, ldb: inFeatures, beta: 0, c: dx, ldc: inFeatures)
+        if let dx {
+            ctx.backend.product(transA: false, transB: false, m: rows, n: inFeatures, k: outFeatures, alpha: 1,
+                                a: g, lda: outFeatures, b: w, ldb: inFeatures, beta: 0, c: dx, ldc: inFeatures)
+        }
+        ctx.arena.rewind(to: mark)
         return dx
     }
 }
