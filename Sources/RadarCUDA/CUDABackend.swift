@@ -287,6 +287,13 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     private func planePartials(_ b: Int, _ c: Int, width: Int) -> UnsafeMutableRawPointer {
         scratch(CUDABackend.partialSlot, bytes: b * c * width * 8)
     }
+    /// Threads per plane block: a power of two from 32 to 256 giving each thread at least 8 of
+    /// the plane's values (a 56 x 56 plane: 256; 7 x 7: 32). A function of the shape only.
+    static func planeBlock(_ hw: Int) -> Int {
+        var t = 32
+        while t < 256 && t * 8 < hw { t *= 2 }
+        return t
+    }
     private func sumPlanesOverBatch(_ partial: UnsafeMutableRawPointer, _ b: Int, _ c: Int, width: Int, component: Int, into dst: Tensor,
                                     accumulate: Bool) {
         driver.launch("radar_sum_planes_over_batch", grid: grid(c, block: 64), block: 64,
@@ -296,7 +303,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let (b, c, hw) = bhw(x)
         guard b * c > 0 else { return }
         let partial = planePartials(b, c, width: 2)
-        driver.launch("radar_plane_moments", grid: b * c, block: 256, [p(x), .raw(partial), .i32(hw)])
+        driver.launch("radar_plane_moments", grid: b * c, block: CUDABackend.planeBlock(hw), [p(x), .raw(partial), .i32(hw)])
         driver.launch("radar_channel_moments_from_planes", grid: grid(c, block: 64), block: 64,
                       [.raw(partial), .i32(b), .i32(c), .i32(hw), p(mean), p(variance)])
     }
@@ -308,7 +315,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let (b, c, hw) = bhw(x)
         guard b * c > 0 else { return }
         let partial = planePartials(b, c, width: 2)
-        driver.launch("radar_plane_gradient_sums", grid: b * c, block: 256, [p(dy), p(x), p(mean), p(invStd), .raw(partial), .i32(c), .i32(hw)])
+        driver.launch("radar_plane_gradient_sums", grid: b * c, block: CUDABackend.planeBlock(hw), [p(dy), p(x), p(mean), p(invStd), .raw(partial), .i32(c), .i32(hw)])
         sumPlanesOverBatch(partial, b, c, width: 2, component: 0, into: sumDy, accumulate: false)
         sumPlanesOverBatch(partial, b, c, width: 2, component: 1, into: sumDyXhat, accumulate: false)
     }
@@ -316,7 +323,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let (b, c, hw) = bhw(x)
         guard b * c > 0 else { return }
         let partial = planePartials(b, c, width: 1)
-        driver.launch("radar_plane_sums", grid: b * c, block: 256, [p(x), .raw(partial), .i32(hw)])
+        driver.launch("radar_plane_sums", grid: b * c, block: CUDABackend.planeBlock(hw), [p(x), .raw(partial), .i32(hw)])
         sumPlanesOverBatch(partial, b, c, width: 1, component: 0, into: dst, accumulate: true)
     }
     public func batchNormUpdateStatistics(mean: Tensor, variance: Tensor, count: Int, eps: Float, momentum: Float, invStd: Tensor,
