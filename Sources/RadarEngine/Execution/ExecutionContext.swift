@@ -65,8 +65,8 @@ public final class ExecutionContext: @unchecked Sendable {
     /// Parameter `s` as a product operand: with `bf16WeightCopy`, its view in a bf16 copy of every
     /// parameter, made by one conversion at the first call of a pass (so a weight read by several
     /// products, forward and backward, or by each of ERM's iterations, is rounded once per pass,
-    /// not once per product); else (or at an odd offset, which a bf16 view cannot start at) the
-    /// fp32 parameter. Parameters must not change within a pass (they change between passes: the
+    /// not once per product); else (or for a parameter whose offset has the other parity, where a
+    /// view of the copy would not start on a float boundary) the fp32 parameter. Parameters must not change within a pass (they change between passes: the
     /// optimizer, uploads).
     public func productWeight(_ s: ParameterSlot) -> Tensor {
         let shift = weightCopyShift
