@@ -1,23 +1,17 @@
+import CTensorKernels
 import RadarEngine
 extension CPUBackend {
+    /// Each row's sums in eight lanes (CTensorKernels' LayerNorm: the same bits for any thread
+    /// count and with or without AVX2).
     public func layerNormForward(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float,
                                  _ y: Tensor, mean: Tensor, rstd: Tensor) {
         let cols = gamma.count
         let rows = x.count / cols
+        let avx2: Int32 = CPUBackend.vectorKernels ? 1 : 0
         parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
-            for r in rr {
-                let xi = x.base + r * cols, yi = y.base + r * cols
-                var s: Double = 0
-                for j in 0..<cols { s += Double(xi[j]) }
-                let m = s / Double(cols)
-                var v: Double = 0
-                for j in 0..<cols { let d = Double(xi[j]) - m; v += d * d }
-                let rs = Float(1 / (v / Double(cols) + Double(eps)).squareRoot())
-                let mf = Float(m)
-                for j in 0..<cols { yi[j] = (xi[j] - mf) * rs * gamma.base[j] + beta.base[j] }
-                mean.base[r] = mf
-                rstd.base[r] = rs
-            }
+            let o = rr.lowerBound * cols
+            radar_layernorm_forward_rows(x.base + o, gamma.base, beta.base, eps, y.base + o, mean.base + rr.lowerBound,
+                                         rstd.base + rr.lowerBound, rr.count, cols, avx2)
         }
     }
 
@@ -25,34 +19,18 @@ extension CPUBackend {
                                   _ dx: Tensor, dGamma: Tensor, dBeta: Tensor) {
         let cols = gamma.count
         let rows = x.count / cols
+        let avx2: Int32 = CPUBackend.vectorKernels ? 1 : 0
         parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
-            for r in rr {
-                let xi = x.base + r * cols, di = dy.base + r * cols, o = dx.base + r * cols
-                let m = mean.base[r], rs = rstd.base[r]
-                var sumG: Float = 0, sumGX: Float = 0
-                for j in 0..<cols {
-                    let g = di[j] * gamma.base[j]
-                    sumG += g
-                    sumGX += g * (xi[j] - m) * rs
-                }
-                let invN = 1 / Float(cols)
-                for j in 0..<cols {
-                    let xhat = (xi[j] - m) * rs
-                    o[j] = rs * (di[j] * gamma.base[j] - invN * sumG - xhat * invN * sumGX)
-                }
-            }
+            let o = rr.lowerBound * cols
+            radar_layernorm_backward_rows(dy.base + o, x.base + o, gamma.base, mean.base + rr.lowerBound, rstd.base + rr.lowerBound,
+                                          dx.base + o, rr.count, cols, avx2)
         }
-        // Parameter gradients: parallel over columns, rows summed in order.
-        parallel(cols, grain: 16) { cr in
-            for j in cr {
-                var sg: Float = 0, sb: Float = 0
-                for r in 0..<rows {
-                    let d = dy.base[r * cols + j]
-                    sg += d * (x.base[r * cols + j] - mean.base[r]) * rstd.base[r]
-                    sb += d
-                }
-                dGamma.base[j] += sg
-                dBeta.base[j] += sb
+        // Parameter gradients: 64-column chunks, each column's rows summed in order.
+        let chunk = 64
+        parallel((cols + chunk - 1) / chunk, grain: 1) { cr in
+            for c in cr {
+                radar_layernorm_parameter_gradients(dy.base, x.base, mean.base, rstd.base, rows, cols, c * chunk,
+                                                    min(cols, (c + 1) * chunk), dGamma.base, dBeta.base, avx2)
             }
         }
     }

@@ -327,3 +327,44 @@ final class BLASKernelChoiceTests: XCTestCase {
         XCTAssertNotNil(BLASKernels.cpuFlags(), "this machine's /proc/cpuinfo")
     }
 }
+
+extension CPUVectorKernelTests {
+    /// LayerNorm's AVX2 and plain x86-64 builds (one C source, eight-lane sums) give the same bits,
+    /// forward and backward, on widths with and without a tail of lanes.
+    func testVectorLayerNormEqualsThePlainBuild() {
+        let cpu = CPUBackend(threads: 2)
+        let s = RandomStream(seed: 13, stream: 4)
+        for cols in [1, 7, 8, 9, 65, 197, 384] {
+            let rows = 37
+            let xs: [Float] = (0..<(rows * cols)).map { i in
+                let spread = Float(1 + i % 5), shift = Float(i % 3)
+                return s.normal(UInt64(i)) * spread + shift
+            }
+            let dys: [Float] = (0..<(rows * cols)).map { s.normal(UInt64(100_000 + $0)) }
+            let gs: [Float] = (0..<cols).map { 1 + 0.1 * s.normal(UInt64(200_000 + $0)) }
+            let bs: [Float] = (0..<cols).map { 0.1 * s.normal(UInt64(300_000 + $0)) }
+            func run() -> [[UInt32]] {
+                let x = DeviceTensor(cpu, Shape(rows, cols), xs), dy = DeviceTensor(cpu, Shape(rows, cols), dys)
+                let gamma = DeviceTensor(cpu, Shape(cols), gs), beta = DeviceTensor(cpu, Shape(cols), bs)
+                let y = DeviceTensor(cpu, Shape(rows, cols)), mean = DeviceTensor(cpu, Shape(rows)), rstd = DeviceTensor(cpu, Shape(rows))
+                let dx = DeviceTensor(cpu, Shape(rows, cols)), dGamma = DeviceTensor(cpu, Shape(cols), gs), dBeta = DeviceTensor(cpu, Shape(cols), bs)
+                cpu.layerNormForward(x.tensor, gamma: gamma.tensor, beta: beta.tensor, eps: 1e-6, y.tensor, mean: mean.tensor, rstd: rstd.tensor)
+                cpu.layerNormBackward(dy.tensor, x: x.tensor, gamma: gamma.tensor, mean: mean.tensor, rstd: rstd.tensor, dx.tensor,
+                                      dGamma: dGamma.tensor, dBeta: dBeta.tensor)
+                return [y, mean, rstd, dx, dGamma, dBeta].map { $0.values.map(\.bitPattern) }
+            }
+            let (vector, plain) = bothPaths(run)
+            for (i, name) in ["y", "mean", "rstd", "dx", "dGamma", "dBeta"].enumerated() {
+                XCTAssertEqual(vector[i], plain[i], "LayerNorm \(name), \(rows) x \(cols)")
+            }
+            // And close to the definition (double), so the lanes sum what they should.
+            let r = 5
+            let row: [Double] = xs[(r * cols)..<((r + 1) * cols)].map { Double($0) }
+            let m: Double = row.reduce(0, +) / Double(cols)
+            let v: Double = row.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(cols)
+            XCTAssertEqual(Double(Float(bitPattern: vector[1][r])), m, accuracy: 1e-5 * max(1, abs(m)), "mean, \(cols) columns")
+            XCTAssertEqual(Double(Float(bitPattern: vector[2][r])), 1 / (v + 1e-6).squareRoot(), accuracy: 1e-4 / (v + 1e-6).squareRoot(),
+                           "rstd, \(cols) columns")
+        }
+    }
+}

@@ -33,4 +33,18 @@ void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, floa
 void radar_round_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, float *dst);
 void radar_to_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, uint16_t *dst);
 
+/// LayerNorm on any CPU (the AVX2 build where the CPU has it and allow_avx2 is 1; both give the same
+/// bits). Each row's sums in eight lanes, element j into lane j % 8, the lanes combined as
+/// ((0+1)+(2+3))+((4+5)+(6+7)): forward in double (mean, then squared deviations from it),
+/// y = (x - mean) * rstd * gamma + beta; backward g = dy * gamma, sums of g and g * (x - mean) * rstd
+/// in float, dx = rstd * (g - sumG / n - xhat * sumGX / n).
+void radar_layernorm_forward_rows(const float *x, const float *gamma, const float *beta, float eps, float *y, float *mean,
+                                  float *rstd, long rows, long cols, int allow_avx2);
+void radar_layernorm_backward_rows(const float *dy, const float *x, const float *gamma, const float *mean, const float *rstd,
+                                   float *dx, long rows, long cols, int allow_avx2);
+/// dGamma[j] += sum over rows, in order, of dy * (x - mean) * rstd; dBeta[j] += sum of dy; for the
+/// columns [c0, c1), at most 64 of them.
+void radar_layernorm_parameter_gradients(const float *dy, const float *x, const float *mean, const float *rstd, long rows,
+                                         long cols, long c0, long c1, float *dGamma, float *dBeta, int allow_avx2);
+
 #endif

@@ -21,14 +21,19 @@ __device__ __forceinline__ double block_sum_double(double v, double* s) {
     return total;
 }
 
+// The sum of a plane of hw values (double): strided slices, then block_sum_double's tree.
+__device__ __forceinline__ double plane_sum_double(const float* xp, int hw, double* s) {
+    double acc = 0.0;
+    for (int j = threadIdx.x; j < hw; j += blockDim.x) acc += (double)xp[j];
+    return block_sum_double(acc, s);
+}
+
 // partial[2p] = the sum of plane p of x (B, C, HW), partial[2p + 1] = the sum of its squared
 // deviations from the plane's own mean.
 extern "C" __global__ void radar_plane_moments(const float* x, double* partial, int hw) {
     __shared__ double s[RADAR_CHANNEL_BLOCK];
     const float* xp = x + (long)blockIdx.x * hw;
-    double acc = 0.0;
-    for (int j = threadIdx.x; j < hw; j += blockDim.x) acc += (double)xp[j];
-    double sum = block_sum_double(acc, s), m = sum / (double)hw;
+    double sum = plane_sum_double(xp, hw, s), m = sum / (double)hw;
     double v = 0.0;
     for (int j = threadIdx.x; j < hw; j += blockDim.x) {
         double d = (double)xp[j] - m;
@@ -96,10 +101,7 @@ extern "C" __global__ void radar_plane_gradient_sums(const float* dy, const floa
 // partial[p] = the sum of plane p (double).
 extern "C" __global__ void radar_plane_sums(const float* x, double* partial, int hw) {
     __shared__ double s[RADAR_CHANNEL_BLOCK];
-    const float* xp = x + (long)blockIdx.x * hw;
-    double acc = 0.0;
-    for (int j = threadIdx.x; j < hw; j += blockDim.x) acc += (double)xp[j];
-    double total = block_sum_double(acc, s);
+    double total = plane_sum_double(x + (long)blockIdx.x * hw, hw, s);
     if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 
