@@ -244,7 +244,7 @@ void radar_to_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t 
 // LayerNorm over rows of `cols`, portable C that the compiler vectorises: each row's sums in eight
 // lanes (element j into lane j % 8, lanes combined as ((0+1)+(2+3))+((4+5)+(6+7))), so the result
 // depends on the shape only; built twice, for AVX2 and for any x86-64, with the same IEEE
-// operations (no fused multiply-add), and the AVX2 build chosen when the CPU has it.
+// operations (no fused multiply-add); callers pass allow_avx2 = radar_tensor_kernels_avx2().
 #define RADAR_LANES 8
 #define RADAR_LANE_TREE(a) (((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7]))
 
@@ -336,13 +336,7 @@ __attribute__((target("avx2"))) static void layernorm_parameter_avx2(const float
                                                                      float *dGamma, float *dBeta) {
     layernorm_parameter_body(dy, x, mean, rstd, rows, cols, c0, c1, dGamma, dBeta);
 }
-static int layernorm_use_avx2(void) {
-    static int chosen = -1;
-    if (chosen < 0) chosen = radar_tensor_kernels_avx2();
-    return chosen;
-}
 #else
-static int layernorm_use_avx2(void) { return 0; }
 #define layernorm_forward_avx2 layernorm_forward_body
 #define layernorm_backward_avx2 layernorm_backward_body
 #define layernorm_parameter_avx2 layernorm_parameter_body
@@ -350,18 +344,18 @@ static int layernorm_use_avx2(void) { return 0; }
 
 void radar_layernorm_forward_rows(const float *x, const float *gamma, const float *beta, float eps, float *y, float *mean,
                                   float *rstd, long rows, long cols, int allow_avx2) {
-    if (allow_avx2 && layernorm_use_avx2()) layernorm_forward_avx2(x, gamma, beta, eps, y, mean, rstd, rows, cols);
+    if (allow_avx2) layernorm_forward_avx2(x, gamma, beta, eps, y, mean, rstd, rows, cols);
     else layernorm_forward_body(x, gamma, beta, eps, y, mean, rstd, rows, cols);
 }
 
 void radar_layernorm_backward_rows(const float *dy, const float *x, const float *gamma, const float *mean, const float *rstd,
                                    float *dx, long rows, long cols, int allow_avx2) {
-    if (allow_avx2 && layernorm_use_avx2()) layernorm_backward_avx2(dy, x, gamma, mean, rstd, dx, rows, cols);
+    if (allow_avx2) layernorm_backward_avx2(dy, x, gamma, mean, rstd, dx, rows, cols);
     else layernorm_backward_body(dy, x, gamma, mean, rstd, dx, rows, cols);
 }
 
 void radar_layernorm_parameter_gradients(const float *dy, const float *x, const float *mean, const float *rstd, long rows,
                                          long cols, long c0, long c1, float *dGamma, float *dBeta, int allow_avx2) {
-    if (allow_avx2 && layernorm_use_avx2()) layernorm_parameter_avx2(dy, x, mean, rstd, rows, cols, c0, c1, dGamma, dBeta);
+    if (allow_avx2) layernorm_parameter_avx2(dy, x, mean, rstd, rows, cols, c0, c1, dGamma, dBeta);
     else layernorm_parameter_body(dy, x, mean, rstd, rows, cols, c0, c1, dGamma, dBeta);
 }

@@ -33,8 +33,8 @@ void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, floa
 void radar_round_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, float *dst);
 void radar_to_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, uint16_t *dst);
 
-/// LayerNorm on any CPU (the AVX2 build where the CPU has it and allow_avx2 is 1; both give the same
-/// bits). Each row's sums in eight lanes, element j into lane j % 8, the lanes combined as
+/// LayerNorm on any CPU: the AVX2 build when allow_avx2 is 1 (only where
+/// `radar_tensor_kernels_avx2()` says so), else the plain x86-64 one; both give the same bits. Each row's sums in eight lanes, element j into lane j % 8, the lanes combined as
 /// ((0+1)+(2+3))+((4+5)+(6+7)): forward in double (mean, then squared deviations from it),
 /// y = (x - mean) * rstd * gamma + beta; backward g = dy * gamma, sums of g and g * (x - mean) * rstd
 /// in float, dx = rstd * (g - sumG / n - xhat * sumGX / n).
