@@ -23,6 +23,7 @@ extern "C" int radar_emu_launch_radar_add(const unsigned grid[3], const unsigned
 extern "C" int radar_emu_launch_radar_axpy(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_scale(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_add_row_bias(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_fill_rows(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_add_channel_bias(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_column_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_add_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args);
@@ -97,6 +98,7 @@ const Entry entries[] = {
     {"radar_axpy", radar_emu_launch_radar_axpy},
     {"radar_scale", radar_emu_launch_radar_scale},
     {"radar_add_row_bias", radar_emu_launch_radar_add_row_bias},
+    {"radar_fill_rows", radar_emu_launch_radar_fill_rows},
     {"radar_add_channel_bias", radar_emu_launch_radar_add_channel_bias},
     {"radar_column_chunk_sums", radar_emu_launch_radar_column_chunk_sums},
     {"radar_add_chunk_sums", radar_emu_launch_radar_add_chunk_sums},
@@ -169,6 +171,7 @@ const char *names[] = {
     "radar_axpy",
     "radar_scale",
     "radar_add_row_bias",
+    "radar_fill_rows",
     "radar_add_channel_bias",
     "radar_column_chunk_sums",
     "radar_add_chunk_sums",

@@ -167,6 +167,15 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                      a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                  beta: beta, c: c, ldc: ldc, rowBias: nil)
+    }
+
+    /// `gemm`'s tiles; with `rowBias`, each tile first sets its block of C to the bias (C's
+    /// columns), while that block is about to be used, and then accumulates (beta must be 1).
+    func tiledGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                   a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                   beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, rowBias: UnsafePointer<Float>?) {
         let flops = 2 * m * n * max(k, 1)
         let splitRows = m >= n
         let extent = splitRows ? m : n
@@ -175,22 +184,32 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         // its small-matrix and blocked kernels, so a tiled product and an untiled one can
         // differ), and each tile re-packs the other operand, so fewer, larger tiles cost a
         // single thread less (measured: 16 tiles left one thread at 0.76-0.89 of one cblas_sgemm
-        // call on ViT-S shapes).
+        // call on ViT-S shapes). One OpenBLAS call per thread instead (cut at multiples of 96
+        // rows, which keeps the bits) measured no faster through this machine's noise.
         var tile = max(128, ((extent + 7) / 8 + 15) / 16 * 16)
         if flops < 4_000_000 { tile = extent }
         let tiles = (extent + tile - 1) / max(tile, 1)
         forEach(tiles) { t in
             let lo = t * tile, len = min(tile, extent - lo)
             if splitRows {
+                if let rowBias { for r in lo..<(lo + len) { (c + r * ldc).update(from: rowBias, count: n) } }
                 let aOff = transA ? lo : lo * lda
                 serialGemm(transA: transA, transB: transB, m: len, n: n, k: k, alpha: alpha, a: a + aOff, lda: lda,
                            b: b, ldb: ldb, beta: beta, c: c + lo * ldc, ldc: ldc)
             } else {
+                if let rowBias { for r in 0..<m { (c + r * ldc + lo).update(from: rowBias + lo, count: len) } }
                 let bOff = transB ? lo * ldb : lo
                 serialGemm(transA: transA, transB: transB, m: m, n: len, k: k, alpha: alpha, a: a, lda: lda,
                            b: b + bOff, ldb: ldb, beta: beta, c: c + lo, ldc: ldc)
             }
         }
+    }
+
+    public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
+                              b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int) {
+        precondition(c.dtype == .float32 && bias.dtype == .float32 && bias.count == n, "biasedProduct: C and bias fp32, bias of n")
+        tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: fp32Operand(a, slot: 0).base, lda: lda,
+                  b: fp32Operand(b, slot: 1).base, ldb: ldb, beta: 1, c: c.base, ldc: ldc, rowBias: bias.base)
     }
 
     public func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,

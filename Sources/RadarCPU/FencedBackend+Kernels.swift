@@ -4,6 +4,7 @@ import RadarEngine
 extension FencedBackend {
     public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) { fenced { inner.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc) } }
     public func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int, b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int) { fenced { inner.product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc) } }
+    public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int, b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int) { fenced { inner.biasedProduct(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, bias: bias, c: c, ldc: ldc) } }
     public func convert(_ src: Tensor, into dst: Tensor) { fenced { inner.convert(src, into: dst) } }
     public func fill(_ t: Tensor, _ value: Float) { fenced { inner.fill(t, value) } }
     public func copy(_ src: Tensor, into dst: Tensor) { fenced { inner.copy(src, into: dst) } }

@@ -214,6 +214,15 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                         beta: beta, c: c.base, ldc: ldc)
     }
 
+    /// The bias set in C by one launch, then cuBLAS with beta 1 (the same launches as a product
+    /// and `addRowBias`, one pass over C fewer).
+    public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
+                              b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int) {
+        precondition(c.dtype == .float32 && bias.dtype == .float32 && bias.count == n, "biasedProduct: C and bias fp32, bias of n")
+        elementwise("radar_fill_rows", m * n, [p(bias), p(c), .i64(m), .i32(n), .i32(ldc)])
+        product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: 1, c: c, ldc: ldc)
+    }
+
     public func convert(_ src: Tensor, into dst: Tensor) {
         precondition(src.count == dst.count, "convert \(src.shape) into \(dst.shape)")
         switch (src.dtype, dst.dtype) {

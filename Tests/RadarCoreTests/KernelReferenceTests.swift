@@ -23,6 +23,32 @@ final class KernelReferenceTests: XCTestCase {
         }
     }
 
+    /// A Linear's forward product with its bias set in C first (beta 1), on shapes tiled over C's
+    /// rows and over its columns, with C's leading dimension past n: the columns past n untouched.
+    func testBiasedProductMatchesNaiveLoopOverRowAndColumnTiles() {
+        let be = testBackend(threads: 3)
+        for (m, n, k) in [(3, 5, 7), (700, 90, 40), (60, 800, 50)] {
+            for ta in [false, true] { for tb in [false, true] {
+                let lda = ta ? m : k, ldb = tb ? k : n, ldc = n + 3
+                let a = randomValues(m * k, seed: 1), b = randomValues(k * n, seed: 2), bias = randomValues(n, seed: 4)
+                let c = randomValues(m * ldc, seed: 3)
+                let da = DeviceTensor(be, Shape(m * k), a), db = DeviceTensor(be, Shape(k * n), b)
+                let dbias = DeviceTensor(be, Shape(n), bias), dc = DeviceTensor(be, Shape(m * ldc), c)
+                be.biasedProduct(transA: ta, transB: tb, m: m, n: n, k: k, alpha: 0.7, a: da.tensor, lda: lda, b: db.tensor, ldb: ldb,
+                                 bias: dbias.tensor, c: dc.tensor, ldc: ldc)
+                let out = withExtendedLifetime((da, db, dbias)) { dc.values }
+                var start = [Float](repeating: 0, count: m * ldc)
+                for i in 0..<m { for j in 0..<ldc { start[i * ldc + j] = j < n ? bias[j] : c[i * ldc + j] } }
+                let ref = Naive.gemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: 0.7, a: a, lda: lda, b: b, ldb: ldb,
+                                     beta: 1, c: start, ldc: ldc)
+                assertClose(out, ref, rtol: 1e-4, atol: 1e-4, "biasedProduct \(m)x\(n)x\(k) tA=\(ta) tB=\(tb)")
+                for i in 0..<m { for j in n..<ldc where out[i * ldc + j] != c[i * ldc + j] {
+                    XCTFail("biasedProduct \(m)x\(n)x\(k) wrote C[\(i), \(j)], past n")
+                } }
+            } }
+        }
+    }
+
     func testConv2dForwardMatchesDirectConvolution() throws {
         for (i, c) in [(2, 3, 4, 9, 7, 3, 2, 1), (1, 1, 5, 12, 12, 7, 4, 3), (3, 2, 3, 8, 8, 4, 4, 0)].enumerated() {
             let layout = ParameterLayout()

@@ -222,6 +222,12 @@ extern "C" __global__ void radar_add_row_bias(const float* bias, float* out, lon
     GRID_STRIDE(i, rows * cols) out[i] += bias[i % cols];
 }
 
+// out[r * ld + c] = row[c] for r < rows, c < cols: a Linear's bias set in C before its product
+// accumulates onto it (beta 1), as torch.addmm does.
+extern "C" __global__ void radar_fill_rows(const float* row, float* out, long rows, int cols, int ld) {
+    GRID_STRIDE(i, rows * cols) out[(i / cols) * ld + i % cols] = row[i % cols];
+}
+
 // out[b, c, hw] += bias[c] for out (B, C, HW).
 extern "C" __global__ void radar_add_channel_bias(const float* bias, float* out, long n, int channels, int hw) {
     GRID_STRIDE(i, n) out[i] += bias[(i / hw) % channels];

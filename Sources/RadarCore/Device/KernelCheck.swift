@@ -230,6 +230,15 @@ public enum KernelCheck {
                               c: v[3], ldc: 7)
                 }
             },
+            Case(name: "biasedProduct", tensors: [t(Shape(5, 19)), t(Shape(7, 19)), t(Shape(7)), t(Shape(5, 9)), t(Shape(19, 7))]) { b, v in
+                withBFloat16(b, v[0]) { a in
+                    // C with a leading dimension past n (columns 7 and 8 of each row must stay as they were).
+                    b.biasedProduct(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 0.75, a: a, lda: 19, b: v[1], ldb: 19,
+                                    bias: v[2], c: v[3], ldc: 9)
+                    b.biasedProduct(transA: true, transB: false, m: 19, n: 7, k: 5, alpha: 1, a: v[0], lda: 19, b: v[3], ldb: 9,
+                                    bias: v[2], c: v[4], ldc: 7)
+                }
+            },
             Case(name: "gemm", tensors: [t(Shape(5, 19)), t(Shape(7, 19)), t(Shape(5, 7))]) { b, v in
                 b.gemm(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 0.75, a: v[0].base, lda: 19, b: v[1].base, ldb: 19, beta: 0.5,
                        c: v[2].base, ldc: 7)

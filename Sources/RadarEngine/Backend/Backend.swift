@@ -67,6 +67,11 @@ public protocol Backend: AnyObject {
     /// read as its exact fp32 value (and a bf16-precision product uses it as it is).
     func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                  b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int)
+    /// C = alpha * op(A) * op(B) + bias on every row of C (m x n, bias n fp32), A and B as in
+    /// `product`: a Linear's forward in torch.addmm's order, the bias set in C and the product
+    /// accumulated onto it (beta 1). One pass over C fewer than a product and `addRowBias`.
+    func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
+                       b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int)
     /// dst = src in dst's dtype (equal counts): fp32 -> bf16 rounds to nearest even (NaN stays
     /// NaN), bf16 -> fp32 is exact, equal dtypes copy.
     func convert(_ src: Tensor, into dst: Tensor)

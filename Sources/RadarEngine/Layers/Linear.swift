@@ -24,9 +24,13 @@ public struct Linear: Sendable {
         let rows = x.shape.rows
         let w = ctx.productWeight(weight)
         return ctx.keep(x.shape.replacingLast(outFeatures), as: output) { y in
-            ctx.backend.product(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1,
-                                a: x, lda: inFeatures, b: w, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
-            if let bias { ctx.backend.addRowBias(ctx.params.value(bias), into: y) }
+            if let bias {
+                ctx.backend.biasedProduct(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1, a: x,
+                                          lda: inFeatures, b: w, ldb: inFeatures, bias: ctx.params.value(bias), c: y, ldc: outFeatures)
+            } else {
+                ctx.backend.product(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1,
+                                    a: x, lda: inFeatures, b: w, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
+            }
         }
     }
 
