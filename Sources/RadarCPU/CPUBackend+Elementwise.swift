@@ -78,7 +78,7 @@ extension CPUBackend {
                 return
             }
             for i in r {
-                let v = x.base[i], phi = fastNormalCDF(v)
+                let v = x.base[i], phi = fastNormalCDF(v, fused: true)
                 cdf?.base[i] = phi
                 y.base[i] = v * phi
             }
@@ -94,8 +94,8 @@ extension CPUBackend {
             }
             for i in r {
                 let v = x.base[i]
-                let pdf = fastExp(-0.5 * v * v) * 0.398_942_28
-                dx.base[i] = dy.base[i] * ((cdf?.base[i] ?? fastNormalCDF(v)) + v * pdf)
+                let pdf = fastExp(-0.5 * v * v, fused: true) * 0.398_942_28
+                dx.base[i] = dy.base[i] * ((cdf?.base[i] ?? fastNormalCDF(v, fused: true)) + v * pdf)
             }
         }
     }

@@ -6,8 +6,15 @@ import RadarEngine
 /// Inputs are clamped to [-87.3, 88.7], where the result is a normal float (exp(-inf) gives the
 /// smallest normal instead of 0, which no caller distinguishes); NaN gives NaN.
 /// Checked against double-precision exp through softmax in KernelReferenceTests (4 ulp bound).
+/// One Horner step, p t + c: rounded twice, or (`fused`, GELU's choice) once, as the AVX2 kernels
+/// with FMA do. x - c and x + (-c) are the same IEEE operation, so subtracting steps pass -c.
 @inline(__always)
-func fastExp(_ x: Float) -> Float {
+func hornerStep(_ p: Float, _ t: Float, _ c: Float, fused: Bool) -> Float {
+    fused ? c.addingProduct(p, t) : p * t + c
+}
+
+@inline(__always)
+func fastExp(_ x: Float, fused: Bool = false) -> Float {
     let clamped = x < -87.3 ? -87.3 : (x > 88.7 ? 88.7 : x)
     let magic: Float = 12_582_912  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
     let shifted = clamped * 1.442_695_04 + magic
@@ -16,13 +23,13 @@ func fastExp(_ x: Float) -> Float {
     // r = x - n ln2, with ln2 = 0.693145751953125 + 1.428606765330187e-06 (first part exact in 12 bits).
     let r = (clamped - n * 0.693_145_751_953_125) - n * 1.428_606_765_330_187e-06
     var p: Float = 1.0 / 5040
-    p = p * r + 1.0 / 720
-    p = p * r + 1.0 / 120
-    p = p * r + 1.0 / 24
-    p = p * r + 1.0 / 6
-    p = p * r + 0.5
-    p = p * r + 1
-    p = p * r + 1
+    p = hornerStep(p, r, 1.0 / 720, fused: fused)
+    p = hornerStep(p, r, 1.0 / 120, fused: fused)
+    p = hornerStep(p, r, 1.0 / 24, fused: fused)
+    p = hornerStep(p, r, 1.0 / 6, fused: fused)
+    p = hornerStep(p, r, 0.5, fused: fused)
+    p = hornerStep(p, r, 1, fused: fused)
+    p = hornerStep(p, r, 1, fused: fused)
     let scale = Float(bitPattern: UInt32(bitPattern: (ni &+ 127) &<< 23))
     return x.isNaN ? x : p * scale
 }
@@ -34,19 +41,19 @@ func fastExp(_ x: Float) -> Float {
 /// absolute error of Phi stays below about 1e-7 (checked against erf in KernelReferenceTests),
 /// which is all GELU needs.
 @inline(__always)
-func fastNormalCDF(_ x: Float) -> Float {
+func fastNormalCDF(_ x: Float, fused: Bool = false) -> Float {
     let z = abs(x) * 0.707_106_78
     let t = 1 / (1 + 0.5 * z)
     var p: Float = 0.144_928_632
-    p = p * t - 0.680_821_846
-    p = p * t + 1.156_728_80
-    p = p * t - 0.696_255_170
-    p = p * t - 0.080_269_785_4
-    p = p * t + 0.001_257_860_78
-    p = p * t + 0.034_607_429_0
-    p = p * t + 0.386_639_183
-    p = p * t + 0.998_632_955
-    p = p * t - 1.265_448_01
-    let half = 0.5 * t * fastExp(p - z * z)
+    p = hornerStep(p, t, -0.680_821_846, fused: fused)
+    p = hornerStep(p, t, 1.156_728_80, fused: fused)
+    p = hornerStep(p, t, -0.696_255_170, fused: fused)
+    p = hornerStep(p, t, -0.080_269_785_4, fused: fused)
+    p = hornerStep(p, t, 0.001_257_860_78, fused: fused)
+    p = hornerStep(p, t, 0.034_607_429_0, fused: fused)
+    p = hornerStep(p, t, 0.386_639_183, fused: fused)
+    p = hornerStep(p, t, 0.998_632_955, fused: fused)
+    p = hornerStep(p, t, -1.265_448_01, fused: fused)
+    let half = 0.5 * t * fastExp(p - z * z, fused: fused)
     return x < 0 ? half : 1 - half
 }
