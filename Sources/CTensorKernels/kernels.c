@@ -1,5 +1,6 @@
 #include "CTensorKernels.h"
-// Never fuse a multiply and an add: the scalar Swift path rounds each.
+// Never fuse a multiply and an add behind the code's back: the Swift twins round each, except
+// where both say fused (GELU's Horner steps: fmaf here, addingProduct there).
 #pragma STDC FP_CONTRACT OFF
 #include <math.h>
 #include <stdint.h>

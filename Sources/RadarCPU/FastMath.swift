@@ -1,11 +1,4 @@
 import RadarEngine
-/// exp for Float without a libm call, branch-free and trap-free so loops over it vectorise:
-/// x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two parts, Cody-Waite), exp(r) by its Taylor
-/// series to r^7 (truncation below 6e-9 relative), then scaled by 2^n built in the exponent bits.
-/// n comes from the 1.5 * 2^23 rounding trick, so no float-to-integer conversion can trap.
-/// Inputs are clamped to [-87.3, 88.7], where the result is a normal float (exp(-inf) gives the
-/// smallest normal instead of 0, which no caller distinguishes); NaN gives NaN.
-/// Checked against double-precision exp through softmax in KernelReferenceTests (4 ulp bound).
 /// One Horner step, p t + c: rounded twice, or (`fused`, GELU's choice) once, as the AVX2 kernels
 /// with FMA do. x - c and x + (-c) are the same IEEE operation, so subtracting steps pass -c.
 @inline(__always)
@@ -13,6 +6,13 @@ func hornerStep(_ p: Float, _ t: Float, _ c: Float, fused: Bool) -> Float {
     fused ? c.addingProduct(p, t) : p * t + c
 }
 
+/// exp for Float without a libm call, branch-free and trap-free so loops over it vectorise:
+/// x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two parts, Cody-Waite), exp(r) by its Taylor
+/// series to r^7 (truncation below 6e-9 relative), then scaled by 2^n built in the exponent bits.
+/// n comes from the 1.5 * 2^23 rounding trick, so no float-to-integer conversion can trap.
+/// Inputs are clamped to [-87.3, 88.7], where the result is a normal float (exp(-inf) gives the
+/// smallest normal instead of 0, which no caller distinguishes); NaN gives NaN.
+/// Checked against double-precision exp through softmax in KernelReferenceTests (4 ulp bound).
 @inline(__always)
 func fastExp(_ x: Float, fused: Bool = false) -> Float {
     let clamped = x < -87.3 ? -87.3 : (x > 88.7 ? 88.7 : x)

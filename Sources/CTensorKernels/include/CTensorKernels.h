@@ -3,11 +3,11 @@
 #include <stdint.h>
 
 /// AVX2 versions of the CPU backend's elementwise kernels, eight floats at a time. Each is the
-/// Swift scalar path's IEEE operations in the same order (no fused multiply-add), so results are
-/// bit-identical whichever path runs (tests compare both). Callers check
-/// `radar_tensor_kernels_avx2()` first.
+/// Swift scalar path's IEEE operations in the same order (a multiply-add fused only where both
+/// say so: GELU's Horner steps), so results are bit-identical whichever path runs (tests compare
+/// both). Callers check `radar_tensor_kernels_avx2()` first.
 
-/// 1 when the CPU has AVX2 (and the kernels below may run), else 0.
+/// 1 when the CPU has AVX2 and FMA (and the kernels below may run), else 0.
 int radar_tensor_kernels_avx2(void);
 
 /// GELU (exact, erf form): cdf[i] = Phi(x[i]), y[i] = x[i] * cdf[i], for i in [0, n).
