@@ -34,19 +34,16 @@ static inline float scalar_exp(float x, int fused) {
     return isnan(x) ? x : p * scale;
 }
 
+// erfc's polynomial P(t), highest degree first (FastMath.swift's fastNormalCDF), shared by the
+// scalar and the vector code; subtracting steps hold -c.
+static const float cdf_poly[10] = {0.144928632f, -0.680821846f, 1.15672880f, -0.696255170f, -0.0802697854f,
+                                   0.00125786078f, 0.0346074290f, 0.386639183f, 0.998632955f, -1.26544801f};
+
 static inline float scalar_cdf(float x, int fused) {
     float z = fabsf(x) * 0.70710678f;
     float t = 1 / (1 + 0.5f * z);
-    float p = 0.144928632f;
-    p = step_s(p, t, -0.680821846f, fused);
-    p = step_s(p, t, 1.15672880f, fused);
-    p = step_s(p, t, -0.696255170f, fused);
-    p = step_s(p, t, -0.0802697854f, fused);
-    p = step_s(p, t, 0.00125786078f, fused);
-    p = step_s(p, t, 0.0346074290f, fused);
-    p = step_s(p, t, 0.386639183f, fused);
-    p = step_s(p, t, 0.998632955f, fused);
-    p = step_s(p, t, -1.26544801f, fused);
+    float p = cdf_poly[0];
+    for (int k = 1; k < 10; k++) p = step_s(p, t, cdf_poly[k], fused);
     float half = 0.5f * t * scalar_exp(p - z * z, fused);
     return x < 0 ? half : 1 - half;
 }
@@ -98,16 +95,8 @@ static inline __m256 vector_cdf(__m256 x, int fused) {
     __m256 absx = _mm256_andnot_ps(SET(-0.0f), x);
     __m256 z = MUL(absx, SET(0.70710678f));
     __m256 t = _mm256_div_ps(SET(1.0f), ADD(SET(1.0f), MUL(SET(0.5f), z)));
-    __m256 p = SET(0.144928632f);
-    p = step_v(p, t, -0.680821846f, fused);
-    p = step_v(p, t, 1.15672880f, fused);
-    p = step_v(p, t, -0.696255170f, fused);
-    p = step_v(p, t, -0.0802697854f, fused);
-    p = step_v(p, t, 0.00125786078f, fused);
-    p = step_v(p, t, 0.0346074290f, fused);
-    p = step_v(p, t, 0.386639183f, fused);
-    p = step_v(p, t, 0.998632955f, fused);
-    p = step_v(p, t, -1.26544801f, fused);
+    __m256 p = SET(cdf_poly[0]);
+    for (int k = 1; k < 10; k++) p = step_v(p, t, cdf_poly[k], fused);
     __m256 half = MUL(MUL(SET(0.5f), t), vector_exp(SUB(p, MUL(z, z)), fused));
     return _mm256_blendv_ps(SUB(SET(1.0f), half), half, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
 }
