@@ -224,7 +224,52 @@ static inline uint32_t radar_bf16_round_bits(uint32_t u) {
     return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
 }
 
-void radar_round_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, float *dst) {
+#if defined(__x86_64__) || defined(__i386__)
+// Eight elements of radar_bf16_round_bits at once, the same integer operations: u + 0x7fff + the
+// kept part's lowest bit, or u with the quiet bit set where u is a NaN; the low half cleared.
+__attribute__((target("avx2"))) static inline __m256i bf16_round8(__m256i u) {
+    __m256i one = _mm256_set1_epi32(1);
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+    __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd);
+    __m256i magnitude = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+    __m256i nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7f800000));
+    __m256i quiet = _mm256_or_si256(u, _mm256_set1_epi32(0x00400000));
+    return _mm256_and_si256(_mm256_blendv_epi8(rounded, quiet, nan), _mm256_set1_epi32((int)0xffff0000u));
+}
+
+__attribute__((target("avx2"))) static void round_bf16_rows_avx2(const float *src, int64_t rows, int64_t cols, int64_t ld, float *dst) {
+    for (int64_t r = 0; r < rows; r++) {
+        const uint32_t *s = (const uint32_t *)(src + r * ld);
+        uint32_t *d = (uint32_t *)(dst + r * cols);
+        int64_t c = 0;
+        for (; c + 8 <= cols; c += 8)
+            _mm256_storeu_si256((__m256i *)(d + c), bf16_round8(_mm256_loadu_si256((const __m256i *)(s + c))));
+        for (; c < cols; c++) d[c] = radar_bf16_round_bits(s[c]);
+    }
+}
+
+__attribute__((target("avx2"))) static void to_bf16_rows_avx2(const float *src, int64_t rows, int64_t cols, int64_t ld, uint16_t *dst) {
+    for (int64_t r = 0; r < rows; r++) {
+        const uint32_t *s = (const uint32_t *)(src + r * ld);
+        uint16_t *d = dst + r * cols;
+        int64_t c = 0;
+        for (; c + 16 <= cols; c += 16) {
+            __m256i lo = _mm256_srli_epi32(bf16_round8(_mm256_loadu_si256((const __m256i *)(s + c))), 16);
+            __m256i hi = _mm256_srli_epi32(bf16_round8(_mm256_loadu_si256((const __m256i *)(s + c + 8))), 16);
+            // packus works within 128-bit lanes (lo0 hi0 lo1 hi1): put the quarters back in order.
+            __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8);
+            _mm256_storeu_si256((__m256i *)(d + c), packed);
+        }
+        for (; c < cols; c++) d[c] = (uint16_t)(radar_bf16_round_bits(s[c]) >> 16);
+    }
+}
+#endif
+
+void radar_round_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, float *dst, int allow_avx2) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (allow_avx2) { round_bf16_rows_avx2(src, rows, cols, ld, dst); return; }
+#endif
+    (void)allow_avx2;
     for (int64_t r = 0; r < rows; r++) {
         const uint32_t *s = (const uint32_t *)(src + r * ld);
         uint32_t *d = (uint32_t *)(dst + r * cols);
@@ -232,7 +277,11 @@ void radar_round_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64
     }
 }
 
-void radar_to_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, uint16_t *dst) {
+void radar_to_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, uint16_t *dst, int allow_avx2) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (allow_avx2) { to_bf16_rows_avx2(src, rows, cols, ld, dst); return; }
+#endif
+    (void)allow_avx2;
     for (int64_t r = 0; r < rows; r++) {
         const uint32_t *s = (const uint32_t *)(src + r * ld);
         uint16_t *d = dst + r * cols;

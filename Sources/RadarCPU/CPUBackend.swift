@@ -40,6 +40,10 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     private let doubleScratch = GrowableBuffer<Double>()
     /// bf16 product operands widened to fp32 (`product`, attention's qkv).
     private let widened = [GrowableBuffer<Float>(), GrowableBuffer<Float>()]
+    /// A tiled bf16 product's operands, rounded once and read by all its tiles (`bf16Operand`,
+    /// `roundedOperand`).
+    private let bf16Operands = [GrowableBuffer<UInt16>(), GrowableBuffer<UInt16>()]
+    private let roundedOperands = [GrowableBuffer<Float>(), GrowableBuffer<Float>()]
 
     /// `t` itself when fp32, else its fp32 values in widening buffer `slot` (grown once, reused).
     func fp32Operand(_ t: Tensor, slot: Int) -> Tensor {
@@ -122,24 +126,38 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         }
         // bf16 operands (nearest even), packed into this thread's scratch; fp32 accumulation.
         let (aRows, aCols) = transA ? (k, m) : (m, k), (bRows, bCols) = transB ? (n, k) : (k, n)
+        let avx2: Int32 = CPUBackend.vectorKernels ? 1 : 0
         if products == .bf16OneDNN {
             let pa = UnsafeMutableRawPointer(ThreadScratch.floats((aRows * aCols + 1) / 2, slot: 1)).assumingMemoryBound(to: UInt16.self)
             let pb = UnsafeMutableRawPointer(ThreadScratch.floats((bRows * bCols + 1) / 2, slot: 2)).assumingMemoryBound(to: UInt16.self)
-            radar_to_bf16_matrix(a, Int64(aRows), Int64(aCols), Int64(lda), pa)
-            radar_to_bf16_matrix(b, Int64(bRows), Int64(bCols), Int64(ldb), pb)
-            let done = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 256) { why in
-                if radar_onednn_matmul(1, transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, pa, Int64(aCols), pb, Int64(bCols),
-                                       beta, c, Int64(ldc), why.baseAddress, 256) != 0 { return true }
-                // A shape oneDNN will not take (the start-up probe passed): this product goes
-                // through the rounded-operand path, the same numerics; said once per process.
-                CPUProducts.noteOneDNNFallback("\(String(cString: why.baseAddress!)) for m \(m), n \(n), k \(k), transA \(transA), transB \(transB)")
-                return false
-            }
-            if done { return }
+            radar_to_bf16_matrix(a, Int64(aRows), Int64(aCols), Int64(lda), pa, avx2)
+            radar_to_bf16_matrix(b, Int64(bRows), Int64(bCols), Int64(ldb), pb, avx2)
+            bf16Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: aCols, b: pb, ldb: bCols, beta: beta, c: c, ldc: ldc)
+            return
         }
         let pa = ThreadScratch.floats(aRows * aCols, slot: 1), pb = ThreadScratch.floats(bRows * bCols, slot: 2)
-        radar_round_bf16_matrix(a, Int64(aRows), Int64(aCols), Int64(lda), pa)
-        radar_round_bf16_matrix(b, Int64(bRows), Int64(bCols), Int64(ldb), pb)
+        radar_round_bf16_matrix(a, Int64(aRows), Int64(aCols), Int64(lda), pa, avx2)
+        radar_round_bf16_matrix(b, Int64(bRows), Int64(bCols), Int64(ldb), pb, avx2)
+        fp32Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: aCols, b: pb, ldb: bCols, beta: beta, c: c, ldc: ldc)
+    }
+
+    /// One product of bf16 operands (bit patterns) by oneDNN on this thread, fp32 accumulation
+    /// into C. A shape oneDNN will not take (the start-up probe passed) goes through OpenBLAS with
+    /// the operands widened, which is exact: the same numerics, said once per process.
+    func bf16Gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                  a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
+                  beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let done = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 256) { why in
+            if radar_onednn_matmul(1, transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
+                                   beta, c, Int64(ldc), why.baseAddress, 256) != 0 { return true }
+            CPUProducts.noteOneDNNFallback("\(String(cString: why.baseAddress!)) for m \(m), n \(n), k \(k), transA \(transA), transB \(transB)")
+            return false
+        }
+        if done { return }
+        let (aRows, aCols) = transA ? (k, m) : (m, k), (bRows, bCols) = transB ? (n, k) : (k, n)
+        let pa = ThreadScratch.floats(aRows * aCols, slot: 1), pb = ThreadScratch.floats(bRows * bCols, slot: 2)
+        for r in 0..<aRows { BFloat16.unpack(a + r * lda, pa + r * aCols, count: aCols) }
+        for r in 0..<bRows { BFloat16.unpack(b + r * ldb, pb + r * bCols, count: bCols) }
         fp32Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: aCols, b: pb, ldb: bCols, beta: beta, c: c, ldc: ldc)
     }
 
@@ -173,9 +191,58 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     /// `gemm`'s tiles; with `rowBias`, each tile first sets its block of C to the bias (C's
     /// columns), while that block is about to be used, and then accumulates (beta must be 1).
+    /// With bf16 products each operand is rounded once, in parallel, into a buffer all tiles read
+    /// (rounding per tile would redo the whole of the operand the tiles share, once per tile).
     func tiledGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                    a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, rowBias: UnsafePointer<Float>?) {
+        if products.isBF16 && k > 0 && m > 0 && n > 0 {
+            let (aRows, aCols) = transA ? (k, m) : (m, k), (bRows, bCols) = transB ? (n, k) : (k, n)
+            if products == .bf16OneDNN {
+                let pa = bf16Operand(a, rows: aRows, cols: aCols, ld: lda, slot: 0)
+                let pb = bf16Operand(b, rows: bRows, cols: bCols, ld: ldb, slot: 1)
+                tiledBF16Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: aCols, b: pb, ldb: bCols,
+                              beta: beta, c: c, ldc: ldc, rowBias: rowBias)
+            } else {
+                let pa = roundedOperand(a, rows: aRows, cols: aCols, ld: lda, slot: 0)
+                let pb = roundedOperand(b, rows: bRows, cols: bCols, ld: ldb, slot: 1)
+                forTiles(m: m, n: n, k: k, c: c, ldc: ldc, rowBias: rowBias) { rows, cols in
+                    gemmFlops.wrappingAdd(2 * rows.count * cols.count * k, ordering: .relaxed)
+                    fp32Gemm(transA: transA, transB: transB, m: rows.count, n: cols.count, k: k, alpha: alpha,
+                             a: pa + (transA ? rows.lowerBound : rows.lowerBound * aCols), lda: aCols,
+                             b: pb + (transB ? cols.lowerBound * bCols : cols.lowerBound), ldb: bCols,
+                             beta: beta, c: c + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc)
+                }
+            }
+            return
+        }
+        forTiles(m: m, n: n, k: k, c: c, ldc: ldc, rowBias: rowBias) { rows, cols in
+            serialGemm(transA: transA, transB: transB, m: rows.count, n: cols.count, k: k, alpha: alpha,
+                       a: a + (transA ? rows.lowerBound : rows.lowerBound * lda), lda: lda,
+                       b: b + (transB ? cols.lowerBound * ldb : cols.lowerBound), ldb: ldb,
+                       beta: beta, c: c + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc)
+        }
+    }
+
+    /// A product of bf16 operands (packed bit patterns) tiled as `tiledGemm`, each tile one oneDNN
+    /// call on its thread.
+    func tiledBF16Gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                       a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
+                       beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, rowBias: UnsafePointer<Float>?) {
+        forTiles(m: m, n: n, k: k, c: c, ldc: ldc, rowBias: rowBias) { rows, cols in
+            gemmFlops.wrappingAdd(2 * rows.count * cols.count * k, ordering: .relaxed)
+            bf16Gemm(transA: transA, transB: transB, m: rows.count, n: cols.count, k: k, alpha: alpha,
+                     a: a + (transA ? rows.lowerBound : rows.lowerBound * lda), lda: lda,
+                     b: b + (transB ? cols.lowerBound * ldb : cols.lowerBound), ldb: ldb,
+                     beta: beta, c: c + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc)
+        }
+    }
+
+    /// The tiles of an m x n product, spread over the pool: the larger of m and n cut into blocks
+    /// whose size depends on the shape only. With `rowBias`, each tile first sets its block of C
+    /// to the bias (C's columns).
+    private func forTiles(m: Int, n: Int, k: Int, c: UnsafeMutablePointer<Float>, ldc: Int, rowBias: UnsafePointer<Float>?,
+                          _ body: (_ rows: Range<Int>, _ cols: Range<Int>) -> Void) {
         let flops = 2 * m * n * max(k, 1)
         let splitRows = m >= n
         let extent = splitRows ? m : n
@@ -191,18 +258,29 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         let tiles = (extent + tile - 1) / max(tile, 1)
         forEach(tiles) { t in
             let lo = t * tile, len = min(tile, extent - lo)
-            if splitRows {
-                if let rowBias { for r in lo..<(lo + len) { (c + r * ldc).update(from: rowBias, count: n) } }
-                let aOff = transA ? lo : lo * lda
-                serialGemm(transA: transA, transB: transB, m: len, n: n, k: k, alpha: alpha, a: a + aOff, lda: lda,
-                           b: b, ldb: ldb, beta: beta, c: c + lo * ldc, ldc: ldc)
-            } else {
-                if let rowBias { for r in 0..<m { (c + r * ldc + lo).update(from: rowBias + lo, count: len) } }
-                let bOff = transB ? lo * ldb : lo
-                serialGemm(transA: transA, transB: transB, m: m, n: len, k: k, alpha: alpha, a: a, lda: lda,
-                           b: b + bOff, ldb: ldb, beta: beta, c: c + lo, ldc: ldc)
-            }
+            let rows = splitRows ? lo..<(lo + len) : 0..<m, cols = splitRows ? 0..<n : lo..<(lo + len)
+            if let rowBias { for r in rows { (c + r * ldc + cols.lowerBound).update(from: rowBias + cols.lowerBound, count: cols.count) } }
+            body(rows, cols)
         }
+    }
+
+    /// rows x cols of `source` (leading dimension ld) rounded to bf16 (nearest even) and packed
+    /// into operand buffer `slot`, in parallel over rows.
+    func bf16Operand(_ source: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int, slot: Int) -> UnsafePointer<UInt16> {
+        let out = bf16Operands[slot].at(least: rows * cols), avx2: Int32 = CPUBackend.vectorKernels ? 1 : 0
+        parallel(rows, grain: max(1, CPUBackend.grain / max(cols, 1))) { r in
+            radar_to_bf16_matrix(source + r.lowerBound * ld, Int64(r.count), Int64(cols), Int64(ld), out + r.lowerBound * cols, avx2)
+        }
+        return UnsafePointer(out)
+    }
+
+    /// As `bf16Operand`, the values kept as fp32 (the rounded-operand path).
+    func roundedOperand(_ source: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int, slot: Int) -> UnsafePointer<Float> {
+        let out = roundedOperands[slot].at(least: rows * cols), avx2: Int32 = CPUBackend.vectorKernels ? 1 : 0
+        parallel(rows, grain: max(1, CPUBackend.grain / max(cols, 1))) { r in
+            radar_round_bf16_matrix(source + r.lowerBound * ld, Int64(r.count), Int64(cols), Int64(ld), out + r.lowerBound * cols, avx2)
+        }
+        return UnsafePointer(out)
     }
 
     public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,

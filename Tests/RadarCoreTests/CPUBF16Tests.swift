@@ -77,55 +77,81 @@ final class CPUBF16Tests: XCTestCase {
 
     /// The bf16 operands handed to oneDNN: rows x cols out of a padded matrix, packed, each the bit
     /// pattern RadarEngine's BFloat16 gives (nearest even, NaN quiet), and the rounded-fp32 twin the
-    /// OpenBLAS path uses is the same value.
+    /// OpenBLAS path uses is the same value; the AVX2 kernels (16 and 8 at a time, then a scalar
+    /// tail) give the plain loop's bits, random bit patterns included (NaN payloads, subnormals).
     func testBF16OperandConversionMatchesBFloat16() {
-        var values = randomValues(7 * 9, seed: 11, std: 3)
+        let (rows, cols, ld) = (9, 37, 41)
+        var values = randomValues(rows * ld, seed: 11, std: 3)
+        var state: UInt64 = 0x9e37_79b9_7f4a_7c15
+        for i in stride(from: 9, to: values.count, by: 3) {  // every third: any 32 bits at all
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            values[i] = Float(bitPattern: UInt32(truncatingIfNeeded: state >> 29))
+        }
         values[0] = .nan; values[1] = .infinity; values[2] = -.infinity; values[3] = 0x1p-130; values[4] = -0.0
         values[5] = Float(bitPattern: 0x3f80_8000); values[6] = Float(bitPattern: 0x3f81_8000); values[7] = .greatestFiniteMagnitude
-        let (rows, cols, ld) = (7, 8, 9)
-        var bits = [UInt16](repeating: 0, count: rows * cols), rounded = [Float](repeating: 0, count: rows * cols)
-        radar_to_bf16_matrix(values, Int64(rows), Int64(cols), Int64(ld), &bits)
-        radar_round_bf16_matrix(values, Int64(rows), Int64(cols), Int64(ld), &rounded)
-        for r in 0..<rows {
-            for c in 0..<cols {
-                let v = values[r * ld + c], i = r * cols + c
-                XCTAssertEqual(bits[i], BFloat16.bits(v), "[\(r), \(c)] \(v)")
-                XCTAssertEqual(rounded[i].bitPattern, UInt32(bits[i]) << 16, "[\(r), \(c)] \(v)")
-            }
-        }
-        XCTAssertEqual(bits[5], 0x3f80, "a tie rounds to even (down)")
-        XCTAssertEqual(bits[6], 0x3f82, "a tie rounds to even (up)")
-        XCTAssertTrue(Float(bitPattern: UInt32(bits[0]) << 16).isNaN)
-    }
-
-    /// The rounded-operand path's products (through the backend's tiled gemm) equal a double
-    /// reference over bf16-rounded operands, and differ from the fp32 product.
-    func testBF16ProductsMatchARoundedReference() {
-        let backend = CPUBackend(threads: 2, products: .bf16Rounded)
-        let (m, n, k) = (33, 9, 40)
-        for (transA, transB) in [(false, false), (true, false), (false, true), (true, true)] {
-            let lda = transA ? m : k, ldb = transB ? k : n
-            let a = randomValues(m * k, seed: 4, std: 1.5), b = randomValues(k * n, seed: 5), c0 = randomValues(m * n, seed: 6)
-            var c = c0
-            a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in c.withUnsafeMutableBufferPointer { pc in
-                backend.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.75, a: pa.baseAddress!, lda: lda, b: pb.baseAddress!, ldb: ldb,
-                             beta: 0.5, c: pc.baseAddress!, ldc: n)
-            } } }
-            var unrounded = 0.0
-            for i in 0..<m {
-                for j in 0..<n {
-                    var s = 0.0, exact = 0.0
-                    for p in 0..<k {
-                        let av = transA ? a[p * lda + i] : a[i * lda + p], bv = transB ? b[j * ldb + p] : b[p * ldb + j]
-                        s += Double(CUDAPrecisionTests.bf16(av)) * Double(CUDAPrecisionTests.bf16(bv))
-                        exact += Double(av) * Double(bv)
-                    }
-                    let want = 0.75 * s + 0.5 * Double(c0[i * n + j])
-                    XCTAssertEqual(Double(c[i * n + j]), want, accuracy: 1e-4 * max(1, abs(want)), "transA \(transA) transB \(transB) [\(i), \(j)]")
-                    unrounded = max(unrounded, abs(Double(c[i * n + j]) - (0.75 * exact + 0.5 * Double(c0[i * n + j]))))
+        values[8] = Float(bitPattern: 0xff80_0001); values[20] = Float(bitPattern: 0x7f7f_ffff); values[30] = Float(bitPattern: 0x0000_8000)
+        values[33] = Float(bitPattern: 0x7fc0_0000); values[34] = Float(bitPattern: 0x8000_7fff)
+        let kernels: [Int32] = radar_tensor_kernels_avx2() != 0 ? [0, 1] : [0]
+        for avx2 in kernels {
+            var bits = [UInt16](repeating: 0, count: rows * cols), rounded = [Float](repeating: 0, count: rows * cols)
+            radar_to_bf16_matrix(values, Int64(rows), Int64(cols), Int64(ld), &bits, avx2)
+            radar_round_bf16_matrix(values, Int64(rows), Int64(cols), Int64(ld), &rounded, avx2)
+            for r in 0..<rows {
+                for c in 0..<cols {
+                    let v = values[r * ld + c], i = r * cols + c
+                    XCTAssertEqual(bits[i], BFloat16.bits(v), "avx2 \(avx2) [\(r), \(c)] \(v.bitPattern)")
+                    XCTAssertEqual(rounded[i].bitPattern, UInt32(bits[i]) << 16, "avx2 \(avx2) [\(r), \(c)] \(v.bitPattern)")
                 }
             }
-            XCTAssertGreaterThan(unrounded, 1e-3, "operands were rounded")
+            XCTAssertEqual(bits[5], 0x3f80, "a tie rounds to even (down)")
+            XCTAssertEqual(bits[6], 0x3f82, "a tie rounds to even (up)")
+            XCTAssertEqual(bits[8], 0xffc0, "a signalling NaN comes out quiet")
+            XCTAssertTrue(Float(bitPattern: UInt32(bits[0]) << 16).isNaN)
+        }
+        print("bf16 conversion checked with \(kernels.count == 2 ? "the AVX2 kernels and the plain loop" : "the plain loop (no AVX2 here)")")
+    }
+
+    /// The bf16 products (through the backend's tiled gemm: one tile, and several over rows or
+    /// over columns, the operands rounded once for all tiles) equal a double reference over
+    /// bf16-rounded operands and differ from the fp32 product, on the rounded-operand path and on
+    /// oneDNN where this CPU runs its bf16 matmul; 1 and 2 threads give the same bits.
+    func testBF16ProductsMatchARoundedReference() {
+        let modes: [CPUProducts] = [.bf16Rounded] + (CPUProducts.oneDNNBF16Failure() == nil ? [.bf16OneDNN] : [])
+        for mode in modes {
+            for (m, n, k) in [(33, 9, 40), (300, 40, 200), (40, 300, 200)] {
+                for (transA, transB) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let lda = (transA ? m : k) + 2, ldb = (transB ? k : n) + 1, ldc = n + 3
+                    let a = randomValues((transA ? k : m) * lda, seed: 4, std: 1.5), b = randomValues((transB ? n : k) * ldb, seed: 5)
+                    let c0 = randomValues(m * ldc, seed: 6)
+                    func product(threads: Int) -> [Float] {
+                        var c = c0
+                        a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in c.withUnsafeMutableBufferPointer { pc in
+                            CPUBackend(threads: threads, products: mode).gemm(
+                                transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.75, a: pa.baseAddress!, lda: lda,
+                                b: pb.baseAddress!, ldb: ldb, beta: 0.5, c: pc.baseAddress!, ldc: ldc)
+                        } } }
+                        return c
+                    }
+                    let c = product(threads: 2), name = "\(mode) \(m)x\(n)x\(k) transA \(transA) transB \(transB)"
+                    XCTAssertEqual(c.map(\.bitPattern), product(threads: 1).map(\.bitPattern), "\(name): threads")
+                    var unrounded = 0.0
+                    for i in 0..<m {
+                        for j in 0..<ldc {
+                            guard j < n else { XCTAssertEqual(c[i * ldc + j], c0[i * ldc + j], "\(name): padding"); continue }
+                            var s = 0.0, exact = 0.0
+                            for p in 0..<k {
+                                let av = transA ? a[p * lda + i] : a[i * lda + p], bv = transB ? b[j * ldb + p] : b[p * ldb + j]
+                                s += Double(CUDAPrecisionTests.bf16(av)) * Double(CUDAPrecisionTests.bf16(bv))
+                                exact += Double(av) * Double(bv)
+                            }
+                            let want = 0.75 * s + 0.5 * Double(c0[i * ldc + j])
+                            XCTAssertEqual(Double(c[i * ldc + j]), want, accuracy: 1e-4 * max(1, abs(want)), "\(name) [\(i), \(j)]")
+                            unrounded = max(unrounded, abs(Double(c[i * ldc + j]) - (0.75 * exact + 0.5 * Double(c0[i * ldc + j]))))
+                        }
+                    }
+                    XCTAssertGreaterThan(unrounded, 1e-3, "\(name): operands were rounded")
+                }
+            }
         }
     }
 

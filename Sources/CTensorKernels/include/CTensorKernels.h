@@ -29,9 +29,11 @@ void radar_adamw_avx2(float *p, const float *g, float *m, float *v, long n, floa
                       float omb2, float bc2Sqrt, float eps, float negStep);
 
 /// rows x cols of a matrix with leading dimension ld, rounded to bfloat16 (nearest even, NaN kept
-/// quiet) and packed: as fp32 values (`round`) or as bfloat16 bit patterns (`to`). Any CPU.
-void radar_round_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, float *dst);
-void radar_to_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, uint16_t *dst);
+/// quiet) and packed: as fp32 values (`round`) or as bfloat16 bit patterns (`to`). Any CPU: with
+/// allow_avx2 1 (only where `radar_tensor_kernels_avx2()` says so) eight or sixteen at a time, the
+/// same bits.
+void radar_round_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, float *dst, int allow_avx2);
+void radar_to_bf16_matrix(const float *src, int64_t rows, int64_t cols, int64_t ld, uint16_t *dst, int allow_avx2);
 
 /// LayerNorm on any CPU: the AVX2 build when allow_avx2 is 1 (only where
 /// `radar_tensor_kernels_avx2()` says so), else the plain x86-64 one; both give the same bits. Each row's sums in eight lanes, element j into lane j % 8, the lanes combined as
