@@ -98,58 +98,68 @@ extension CPUBackend {
     }
 
     // MARK: Multi-head attention: one serial GEMM per (image, head), spread over the pool.
+    // qkv may be bf16 (`ExecutionContext.bf16Activations`): bf16 products read it as it is.
 
     public func attentionProbabilities(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor) {
-        let qkv = fp32Operand(qkv, slot: 0)
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
+        let qkvOperand = Operand(qkv)
         forEach(b * h) { i in
             let bi = i / h, hi = i % h
-            let base = qkv.base + bi * n * 3 * d + hi * hd
+            let q = qkvOperand.advanced(by: bi * n * 3 * d + hi * hd)
             serialGemm(transA: false, transB: true, m: n, n: n, k: hd, alpha: scale,
-                       a: base, lda: 3 * d, b: base + d, ldb: 3 * d, beta: 0, c: scores.base + i * n * n, ldc: n)
+                       a: q, lda: 3 * d, b: q.advanced(by: d), ldb: 3 * d, beta: 0, c: scores.base + i * n * n, ldc: n)
         }
         softmaxForward(scores, probs, cols: n)
     }
 
     public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
-        let qkv = fp32Operand(qkv, slot: 0)
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         attentionProbabilities(qkv: qkv, heads: h, scale: scale, scores: scores, probs: probs)
+        let qkvOperand = Operand(qkv)
         forEach(b * h) { i in
             let bi = i / h, hi = i % h
-            let v = qkv.base + bi * n * 3 * d + 2 * d + hi * hd
+            let v = qkvOperand.advanced(by: bi * n * 3 * d + 2 * d + hi * hd)
             serialGemm(transA: false, transB: false, m: n, n: hd, k: n, alpha: 1,
-                       a: probs.base + i * n * n, lda: n, b: v, ldb: 3 * d, beta: 0,
+                       a: .fp32(probs.base + i * n * n), lda: n, b: v, ldb: 3 * d, beta: 0,
                        c: merged.base + bi * n * d + hi * hd, ldc: d)
         }
     }
 
     public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads h: Int, scale: Float,
                                   dProbs: Tensor, dScores: Tensor, dQKV: Tensor) {
-        let qkv = fp32Operand(qkv, slot: 0)
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
+        let qkvOperand = Operand(qkv)
         forEach(b * h) { i in
             let bi = i / h, hi = i % h
-            let v = qkv.base + bi * n * 3 * d + 2 * d + hi * hd
-            let dO = dMerged.base + bi * n * d + hi * hd
+            let v = qkvOperand.advanced(by: bi * n * 3 * d + 2 * d + hi * hd)
+            // dO, read by both products: rounded once where the products are bf16.
+            let (dO, ldO) = sharedByTwo(.fp32(dMerged.base + bi * n * d + hi * hd), rows: n, cols: hd, ld: d)
             // dP = dO v^T ; dv = P^T dO
             serialGemm(transA: false, transB: true, m: n, n: n, k: hd, alpha: 1,
-                       a: dO, lda: d, b: v, ldb: 3 * d, beta: 0, c: dProbs.base + i * n * n, ldc: n)
+                       a: dO, lda: ldO, b: v, ldb: 3 * d, beta: 0, c: dProbs.base + i * n * n, ldc: n)
             serialGemm(transA: true, transB: false, m: n, n: hd, k: n, alpha: 1,
-                       a: probs.base + i * n * n, lda: n, b: dO, ldb: d, beta: 0,
+                       a: .fp32(probs.base + i * n * n), lda: n, b: dO, ldb: ldO, beta: 0,
                        c: dQKV.base + bi * n * 3 * d + 2 * d + hi * hd, ldc: 3 * d)
         }
         softmaxBackward(dProbs, y: probs, dScores, cols: n)
         forEach(b * h) { i in
             let bi = i / h, hi = i % h
-            let q = qkv.base + bi * n * 3 * d + hi * hd
+            let q = qkvOperand.advanced(by: bi * n * 3 * d + hi * hd)
             let dq = dQKV.base + bi * n * 3 * d + hi * hd
-            let ds = dScores.base + i * n * n
+            let (ds, ldS) = sharedByTwo(.fp32(dScores.base + i * n * n), rows: n, cols: n, ld: n)
             // dq = scale dS k ; dk = scale dS^T q
             serialGemm(transA: false, transB: false, m: n, n: hd, k: n, alpha: scale,
-                       a: ds, lda: n, b: q + d, ldb: 3 * d, beta: 0, c: dq, ldc: 3 * d)
+                       a: ds, lda: ldS, b: q.advanced(by: d), ldb: 3 * d, beta: 0, c: dq, ldc: 3 * d)
             serialGemm(transA: true, transB: false, m: n, n: hd, k: n, alpha: scale,
-                       a: ds, lda: n, b: q, ldb: 3 * d, beta: 0, c: dq + d, ldc: 3 * d)
+                       a: ds, lda: ldS, b: q, ldb: 3 * d, beta: 0, c: dq + d, ldc: 3 * d)
         }
+    }
+
+    /// An operand two serial products on this thread read: for oneDNN's bf16 products, rounded
+    /// once into this thread's scratch (slot 3) instead of once per product; else as it is.
+    func sharedByTwo(_ o: Operand, rows: Int, cols: Int, ld: Int) -> (Operand, Int) {
+        guard products == .bf16OneDNN, case .fp32 = o else { return (o, ld) }
+        let (bits, packedLD) = threadBits(o, rows: rows, cols: cols, ld: ld, slot: 3)
+        return (.bf16(bits), packedLD)
     }
 }

@@ -21,10 +21,16 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// How products are formed: fp32 (OpenBLAS), or bf16 operands with fp32 accumulation.
     public let products: CPUProducts
     public var recomputesInBackward: Bool { false }
-    /// The CPU keeps fp32 activations by default (memory is not what bounds its step); it runs
-    /// bf16 ones too (`radar bench step --bf16-activations true`), widening them per product.
-    public var storesBFloat16Activations: Bool { false }
-    public var roundsProductOperandsToBFloat16: Bool { false }
+    /// With bf16 products the activations only products read are kept in bf16, as PyTorch's
+    /// autocast keeps its GEMM inputs: each is rounded once, where it is written, instead of by
+    /// every product that reads it (forward, then the weight gradient), and oneDNN reads it as
+    /// it is. With fp32 products they stay fp32 (bf16 would only add rounding); fp32 products
+    /// still run bf16 ones when asked (`radar bench step --bf16-activations true`), widening them.
+    public var storesBFloat16Activations: Bool { products.isBF16 }
+    /// bf16 products round every fp32 operand, so the weights (one copy per pass,
+    /// `ExecutionContext.productWeight`) and an output gradient two products read are rounded
+    /// once beforehand: the same bits, fewer conversions.
+    public var roundsProductOperandsToBFloat16: Bool { products.isBF16 }
     public var deviceDescription: String {
         "cpu (\(threads) thread\(threads == 1 ? "" : "s"), OpenBLAS \(CPUBackend.blasDescription)\(products == .fp32 ? "" : ", " + products.description))"
     }
@@ -34,24 +40,18 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// Whether the AVX2 twins of the elementwise kernels run (CTensorKernels: bit-identical to the
     /// Swift loops, chosen from cpuid). Tests set it to false to run the Swift loops and compare.
     nonisolated(unsafe) public static var vectorKernels = radar_tensor_kernels_avx2() != 0
+    /// Makes every oneDNN product fail as a refused shape would, so that tests run the fallback
+    /// (OpenBLAS on widened operands) on CPUs where oneDNN's bf16 matmul runs.
+    nonisolated(unsafe) public static var refuseOneDNN = false
 
     var fftPlans: [Int: OpaquePointer] = [:]
     private let floatScratch = GrowableBuffer<Float>()
     private let doubleScratch = GrowableBuffer<Double>()
-    /// bf16 product operands widened to fp32 (`product`, attention's qkv).
-    private let widened = [GrowableBuffer<Float>(), GrowableBuffer<Float>()]
-    /// A tiled bf16 product's operands, rounded once and read by all its tiles (`bf16Operand`,
-    /// `roundedOperand`).
+    /// A tiled product's operands, prepared once and read by all its tiles: bf16 bit patterns
+    /// (oneDNN) or fp32 values (rounded to bf16 on the rounded-operand path, or a bf16 operand
+    /// widened for fp32 products).
     private let bf16Operands = [GrowableBuffer<UInt16>(), GrowableBuffer<UInt16>()]
-    private let roundedOperands = [GrowableBuffer<Float>(), GrowableBuffer<Float>()]
-
-    /// `t` itself when fp32, else its fp32 values in widening buffer `slot` (grown once, reused).
-    func fp32Operand(_ t: Tensor, slot: Int) -> Tensor {
-        guard t.dtype == .bfloat16 else { return t }
-        let w = Tensor(widened[slot].at(least: t.count), t.shape)
-        convert(t, into: w)
-        return w
-    }
+    private let floatOperands = [GrowableBuffer<Float>(), GrowableBuffer<Float>()]
     let planLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     public init(threads: Int = 1, products: CPUProducts = .fp32) {
@@ -115,30 +115,88 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     // MARK: GEMM
 
+    /// A product operand as stored: fp32 values, or bf16 bit patterns (a bf16 tensor).
+    enum Operand {
+        case fp32(UnsafePointer<Float>)
+        case bf16(UnsafePointer<UInt16>)
+
+        init(_ t: Tensor) {
+            self = t.dtype == .bfloat16 ? .bf16(UnsafeRawPointer(t.base).assumingMemoryBound(to: UInt16.self)) : .fp32(UnsafePointer(t.base))
+        }
+
+        /// The operand from `elements` further on.
+        func advanced(by elements: Int) -> Operand {
+            switch self {
+            case .fp32(let p): return .fp32(p + elements)
+            case .bf16(let p): return .bf16(p + elements)
+            }
+        }
+    }
+
+    var avx2Flag: Int32 { CPUBackend.vectorKernels ? 1 : 0 }
+
     func serialGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-                           a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                           beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                    a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        serialGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: .fp32(a), lda: lda, b: .fp32(b), ldb: ldb,
+                   beta: beta, c: c, ldc: ldc)
+    }
+
+    /// One product on the calling thread. fp32 products read fp32 operands as they are and widen
+    /// bf16 ones (exactly) into this thread's scratch. bf16 products round fp32 operands to bf16
+    /// (nearest even) into this thread's scratch and read bf16 ones as they are; fp32 accumulation.
+    func serialGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                    a: Operand, lda: Int, b: Operand, ldb: Int,
+                    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         if m == 0 || n == 0 { return }
         gemmFlops.wrappingAdd(2 * m * n * k, ordering: .relaxed)
-        guard products != .fp32 && k > 0 else {
-            fp32Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
-            return
-        }
-        // bf16 operands (nearest even), packed into this thread's scratch; fp32 accumulation.
+        guard k > 0 else { return CPUBackend.scale(c, rows: m, cols: n, ld: ldc, by: beta) }
         let (aRows, aCols) = transA ? (k, m) : (m, k), (bRows, bCols) = transB ? (n, k) : (k, n)
-        let avx2: Int32 = CPUBackend.vectorKernels ? 1 : 0
         if products == .bf16OneDNN {
-            let pa = UnsafeMutableRawPointer(ThreadScratch.floats((aRows * aCols + 1) / 2, slot: 1)).assumingMemoryBound(to: UInt16.self)
-            let pb = UnsafeMutableRawPointer(ThreadScratch.floats((bRows * bCols + 1) / 2, slot: 2)).assumingMemoryBound(to: UInt16.self)
-            radar_to_bf16_matrix(a, Int64(aRows), Int64(aCols), Int64(lda), pa, avx2)
-            radar_to_bf16_matrix(b, Int64(bRows), Int64(bCols), Int64(ldb), pb, avx2)
-            bf16Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: aCols, b: pb, ldb: bCols, beta: beta, c: c, ldc: ldc)
+            let (pa, la) = threadBits(a, rows: aRows, cols: aCols, ld: lda, slot: 1)
+            let (pb, lb) = threadBits(b, rows: bRows, cols: bCols, ld: ldb, slot: 2)
+            bf16Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: la, b: pb, ldb: lb, beta: beta, c: c, ldc: ldc)
             return
         }
-        let pa = ThreadScratch.floats(aRows * aCols, slot: 1), pb = ThreadScratch.floats(bRows * bCols, slot: 2)
-        radar_round_bf16_matrix(a, Int64(aRows), Int64(aCols), Int64(lda), pa, avx2)
-        radar_round_bf16_matrix(b, Int64(bRows), Int64(bCols), Int64(ldb), pb, avx2)
-        fp32Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: aCols, b: pb, ldb: bCols, beta: beta, c: c, ldc: ldc)
+        let (pa, la) = threadFloats(a, rows: aRows, cols: aCols, ld: lda, slot: 1)
+        let (pb, lb) = threadFloats(b, rows: bRows, cols: bCols, ld: ldb, slot: 2)
+        fp32Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: la, b: pb, ldb: lb, beta: beta, c: c, ldc: ldc)
+    }
+
+    /// An operand of a bf16 product as bit patterns: a bf16 one as it is, an fp32 one rounded
+    /// into this thread's scratch `slot` (packed).
+    func threadBits(_ o: Operand, rows: Int, cols: Int, ld: Int, slot: Int) -> (UnsafePointer<UInt16>, Int) {
+        switch o {
+        case .bf16(let p): return (p, ld)
+        case .fp32(let p):
+            let out = UnsafeMutableRawPointer(ThreadScratch.floats((rows * cols + 1) / 2, slot: slot)).assumingMemoryBound(to: UInt16.self)
+            radar_to_bf16_matrix(p, Int64(rows), Int64(cols), Int64(ld), out, avx2Flag)
+            return (UnsafePointer(out), cols)
+        }
+    }
+
+    /// An operand as fp32 values for OpenBLAS: on the rounded-operand path rounded to bf16 into
+    /// this thread's scratch `slot`; a bf16 one widened there; else as it is.
+    func threadFloats(_ o: Operand, rows: Int, cols: Int, ld: Int, slot: Int) -> (UnsafePointer<Float>, Int) {
+        switch o {
+        case .fp32(let p) where !products.isBF16: return (p, ld)
+        case .fp32(let p):
+            let out = ThreadScratch.floats(rows * cols, slot: slot)
+            radar_round_bf16_matrix(p, Int64(rows), Int64(cols), Int64(ld), out, avx2Flag)
+            return (UnsafePointer(out), cols)
+        case .bf16(let p):
+            let out = ThreadScratch.floats(rows * cols, slot: slot)
+            for r in 0..<rows { BFloat16.unpack(p + r * ld, out + r * cols, count: cols) }
+            return (UnsafePointer(out), cols)
+        }
+    }
+
+    /// C = beta C over rows x cols (a product with k = 0; beta 0 writes zeros, as BLAS does).
+    static func scale(_ c: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int, by beta: Float) {
+        for r in 0..<rows {
+            let row = c + r * ld
+            if beta == 0 { row.update(repeating: 0, count: cols) } else if beta != 1 { for j in 0..<cols { row[j] *= beta } }
+        }
     }
 
     /// One product of bf16 operands (bit patterns) by oneDNN on this thread, fp32 accumulation
@@ -148,6 +206,11 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                   a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
                   beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         let done = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 256) { why in
+            if CPUBackend.refuseOneDNN {
+                _ = "oneDNN refused by CPUBackend.refuseOneDNN".withCString { strncpy(why.baseAddress!, $0, 255) }
+                why[255] = 0
+                return false
+            }
             if radar_onednn_matmul(1, transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
                                    beta, c, Int64(ldc), why.baseAddress, 256) != 0 { return true }
             CPUProducts.noteOneDNNFallback("\(String(cString: why.baseAddress!)) for m \(m), n \(n), k \(k), transA \(transA), transB \(transB)")
@@ -155,7 +218,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         }
         if done { return }
         let (aRows, aCols) = transA ? (k, m) : (m, k), (bRows, bCols) = transB ? (n, k) : (k, n)
-        let pa = ThreadScratch.floats(aRows * aCols, slot: 1), pb = ThreadScratch.floats(bRows * bCols, slot: 2)
+        // Slots of their own: the operands may be in this thread's slots 1 to 3.
+        let pa = ThreadScratch.floats(aRows * aCols, slot: 4), pb = ThreadScratch.floats(bRows * bCols, slot: 5)
         for r in 0..<aRows { BFloat16.unpack(a + r * lda, pa + r * aCols, count: aCols) }
         for r in 0..<bRows { BFloat16.unpack(b + r * ldb, pb + r * bCols, count: bCols) }
         fp32Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: aCols, b: pb, ldb: bCols, beta: beta, c: c, ldc: ldc)
@@ -185,55 +249,43 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                      a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+        tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: .fp32(a), lda: lda, b: .fp32(b), ldb: ldb,
                   beta: beta, c: c, ldc: ldc, rowBias: nil)
     }
 
     /// `gemm`'s tiles; with `rowBias`, each tile first sets its block of C to the bias (C's
     /// columns), while that block is about to be used, and then accumulates (beta must be 1).
-    /// With bf16 products each operand is rounded once, in parallel, into a buffer all tiles read
-    /// (rounding per tile would redo the whole of the operand the tiles share, once per tile).
+    /// An operand that needs rounding to bf16 (bf16 products) or widening (a bf16 operand of fp32
+    /// products) is prepared once, in parallel, into a buffer all tiles read: per tile, the
+    /// operand the tiles share would be redone once per tile.
     func tiledGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-                   a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                   a: Operand, lda: Int, b: Operand, ldb: Int,
                    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, rowBias: UnsafePointer<Float>?) {
-        if products.isBF16 && k > 0 && m > 0 && n > 0 {
-            let (aRows, aCols) = transA ? (k, m) : (m, k), (bRows, bCols) = transB ? (n, k) : (k, n)
-            if products == .bf16OneDNN {
-                let pa = bf16Operand(a, rows: aRows, cols: aCols, ld: lda, slot: 0)
-                let pb = bf16Operand(b, rows: bRows, cols: bCols, ld: ldb, slot: 1)
-                tiledBF16Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: aCols, b: pb, ldb: bCols,
-                              beta: beta, c: c, ldc: ldc, rowBias: rowBias)
-            } else {
-                let pa = roundedOperand(a, rows: aRows, cols: aCols, ld: lda, slot: 0)
-                let pb = roundedOperand(b, rows: bRows, cols: bCols, ld: ldb, slot: 1)
-                forTiles(m: m, n: n, k: k, c: c, ldc: ldc, rowBias: rowBias) { rows, cols in
-                    gemmFlops.wrappingAdd(2 * rows.count * cols.count * k, ordering: .relaxed)
-                    fp32Gemm(transA: transA, transB: transB, m: rows.count, n: cols.count, k: k, alpha: alpha,
-                             a: pa + (transA ? rows.lowerBound : rows.lowerBound * aCols), lda: aCols,
-                             b: pb + (transB ? cols.lowerBound * bCols : cols.lowerBound), ldb: bCols,
-                             beta: beta, c: c + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc)
-                }
+        guard k > 0 else {
+            return forTiles(m: m, n: n, k: k, c: c, ldc: ldc, rowBias: rowBias) { rows, cols in
+                CPUBackend.scale(c + rows.lowerBound * ldc + cols.lowerBound, rows: rows.count, cols: cols.count, ld: ldc, by: beta)
+            }
+        }
+        let (aRows, aCols) = transA ? (k, m) : (m, k), (bRows, bCols) = transB ? (n, k) : (k, n)
+        if products == .bf16OneDNN {
+            let (pa, la) = sharedBits(a, rows: aRows, cols: aCols, ld: lda, slot: 0)
+            let (pb, lb) = sharedBits(b, rows: bRows, cols: bCols, ld: ldb, slot: 1)
+            forTiles(m: m, n: n, k: k, c: c, ldc: ldc, rowBias: rowBias) { rows, cols in
+                gemmFlops.wrappingAdd(2 * rows.count * cols.count * k, ordering: .relaxed)
+                bf16Gemm(transA: transA, transB: transB, m: rows.count, n: cols.count, k: k, alpha: alpha,
+                         a: pa + (transA ? rows.lowerBound : rows.lowerBound * la), lda: la,
+                         b: pb + (transB ? cols.lowerBound * lb : cols.lowerBound), ldb: lb,
+                         beta: beta, c: c + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc)
             }
             return
         }
-        forTiles(m: m, n: n, k: k, c: c, ldc: ldc, rowBias: rowBias) { rows, cols in
-            serialGemm(transA: transA, transB: transB, m: rows.count, n: cols.count, k: k, alpha: alpha,
-                       a: a + (transA ? rows.lowerBound : rows.lowerBound * lda), lda: lda,
-                       b: b + (transB ? cols.lowerBound * ldb : cols.lowerBound), ldb: ldb,
-                       beta: beta, c: c + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc)
-        }
-    }
-
-    /// A product of bf16 operands (packed bit patterns) tiled as `tiledGemm`, each tile one oneDNN
-    /// call on its thread.
-    func tiledBF16Gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-                       a: UnsafePointer<UInt16>, lda: Int, b: UnsafePointer<UInt16>, ldb: Int,
-                       beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, rowBias: UnsafePointer<Float>?) {
+        let (pa, la) = sharedFloats(a, rows: aRows, cols: aCols, ld: lda, slot: 0)
+        let (pb, lb) = sharedFloats(b, rows: bRows, cols: bCols, ld: ldb, slot: 1)
         forTiles(m: m, n: n, k: k, c: c, ldc: ldc, rowBias: rowBias) { rows, cols in
             gemmFlops.wrappingAdd(2 * rows.count * cols.count * k, ordering: .relaxed)
-            bf16Gemm(transA: transA, transB: transB, m: rows.count, n: cols.count, k: k, alpha: alpha,
-                     a: a + (transA ? rows.lowerBound : rows.lowerBound * lda), lda: lda,
-                     b: b + (transB ? cols.lowerBound * ldb : cols.lowerBound), ldb: ldb,
+            fp32Gemm(transA: transA, transB: transB, m: rows.count, n: cols.count, k: k, alpha: alpha,
+                     a: pa + (transA ? rows.lowerBound : rows.lowerBound * la), lda: la,
+                     b: pb + (transB ? cols.lowerBound * lb : cols.lowerBound), ldb: lb,
                      beta: beta, c: c + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc)
         }
     }
@@ -243,6 +295,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// to the bias (C's columns).
     private func forTiles(m: Int, n: Int, k: Int, c: UnsafeMutablePointer<Float>, ldc: Int, rowBias: UnsafePointer<Float>?,
                           _ body: (_ rows: Range<Int>, _ cols: Range<Int>) -> Void) {
+        if m == 0 || n == 0 { return }
         let flops = 2 * m * n * max(k, 1)
         let splitRows = m >= n
         let extent = splitRows ? m : n
@@ -264,37 +317,51 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         }
     }
 
-    /// rows x cols of `source` (leading dimension ld) rounded to bf16 (nearest even) and packed
-    /// into operand buffer `slot`, in parallel over rows.
-    func bf16Operand(_ source: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int, slot: Int) -> UnsafePointer<UInt16> {
-        let out = bf16Operands[slot].at(least: rows * cols), avx2: Int32 = CPUBackend.vectorKernels ? 1 : 0
+    /// A tiled bf16 product's operand as bit patterns: a bf16 one as it is; an fp32 one rows x
+    /// cols (leading dimension ld) rounded to bf16 (nearest even) into operand buffer `slot`,
+    /// packed, in parallel over rows.
+    func sharedBits(_ o: Operand, rows: Int, cols: Int, ld: Int, slot: Int) -> (UnsafePointer<UInt16>, Int) {
+        let source: UnsafePointer<Float>
+        switch o {
+        case .bf16(let p): return (p, ld)
+        case .fp32(let p): source = p
+        }
+        let out = bf16Operands[slot].at(least: rows * cols), avx2 = avx2Flag
         parallel(rows, grain: max(1, CPUBackend.grain / max(cols, 1))) { r in
             radar_to_bf16_matrix(source + r.lowerBound * ld, Int64(r.count), Int64(cols), Int64(ld), out + r.lowerBound * cols, avx2)
         }
-        return UnsafePointer(out)
+        return (UnsafePointer(out), cols)
     }
 
-    /// As `bf16Operand`, the values kept as fp32 (the rounded-operand path).
-    func roundedOperand(_ source: UnsafePointer<Float>, rows: Int, cols: Int, ld: Int, slot: Int) -> UnsafePointer<Float> {
-        let out = roundedOperands[slot].at(least: rows * cols), avx2: Int32 = CPUBackend.vectorKernels ? 1 : 0
+    /// A tiled product's operand as fp32 values for OpenBLAS: on the rounded-operand path an fp32
+    /// one rounded to bf16, a bf16 one widened (exact), each packed into operand buffer `slot` in
+    /// parallel over rows; an fp32 operand of fp32 products as it is.
+    func sharedFloats(_ o: Operand, rows: Int, cols: Int, ld: Int, slot: Int) -> (UnsafePointer<Float>, Int) {
+        if case .fp32(let p) = o, !products.isBF16 { return (p, ld) }
+        let out = floatOperands[slot].at(least: rows * cols), avx2 = avx2Flag
         parallel(rows, grain: max(1, CPUBackend.grain / max(cols, 1))) { r in
-            radar_round_bf16_matrix(source + r.lowerBound * ld, Int64(r.count), Int64(cols), Int64(ld), out + r.lowerBound * cols, avx2)
+            switch o {
+            case .fp32(let p):
+                radar_round_bf16_matrix(p + r.lowerBound * ld, Int64(r.count), Int64(cols), Int64(ld), out + r.lowerBound * cols, avx2)
+            case .bf16(let p):
+                for i in r { BFloat16.unpack(p + i * ld, out + i * cols, count: cols) }
+            }
         }
-        return UnsafePointer(out)
+        return (UnsafePointer(out), cols)
     }
 
     public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                               b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int) {
         precondition(c.dtype == .float32 && bias.dtype == .float32 && bias.count == n, "biasedProduct: C and bias fp32, bias of n")
-        tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: fp32Operand(a, slot: 0).base, lda: lda,
-                  b: fp32Operand(b, slot: 1).base, ldb: ldb, beta: 1, c: c.base, ldc: ldc, rowBias: bias.base)
+        tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: Operand(a), lda: lda,
+                  b: Operand(b), ldb: ldb, beta: 1, c: c.base, ldc: ldc, rowBias: bias.base)
     }
 
     public func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                         b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int) {
         precondition(c.dtype == .float32, "product: C must be fp32")
-        gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: fp32Operand(a, slot: 0).base, lda: lda,
-             b: fp32Operand(b, slot: 1).base, ldb: ldb, beta: beta, c: c.base, ldc: ldc)
+        tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: Operand(a), lda: lda,
+                  b: Operand(b), ldb: ldb, beta: beta, c: c.base, ldc: ldc, rowBias: nil)
     }
 
     public func convert(_ src: Tensor, into dst: Tensor) {
@@ -303,7 +370,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         switch (src.dtype, dst.dtype) {
         case (.float32, .bfloat16):
             let x = raw.assumingMemoryBound(to: Float.self), y = out.assumingMemoryBound(to: UInt16.self)
-            parallel(src.count) { r in BFloat16.pack(x + r.lowerBound, y + r.lowerBound, count: r.count) }
+            let avx2 = avx2Flag  // BFloat16.pack's bits, 16 at a time
+            parallel(src.count) { r in radar_to_bf16_matrix(x + r.lowerBound, 1, Int64(r.count), Int64(r.count), y + r.lowerBound, avx2) }
         case (.bfloat16, .float32):
             let x = raw.assumingMemoryBound(to: UInt16.self), y = out.assumingMemoryBound(to: Float.self)
             parallel(src.count) { r in BFloat16.unpack(x + r.lowerBound, y + r.lowerBound, count: r.count) }

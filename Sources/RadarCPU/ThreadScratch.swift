@@ -16,8 +16,10 @@ enum ThreadScratch {
     }
 
     /// One key per slot: a kernel that needs two or three buffers at once takes distinct slots
-    /// (0: the NN-product transposition, 1 and 2: bf16 operands).
-    private static let keys: [pthread_key_t] = (0..<3).map { _ in
+    /// (0: the NN-product transposition, 1 and 2: a product's converted operands, 3: an operand
+    /// two products read, converted once, 4 and 5: the operands of a bf16 product oneDNN refused,
+    /// widened).
+    private static let keys: [pthread_key_t] = (0..<6).map { _ in
         var k = pthread_key_t()
         pthread_key_create(&k) { raw in
             #if canImport(Darwin)

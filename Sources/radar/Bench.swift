@@ -16,12 +16,24 @@ extension Bench {
             abstract: "GEMM at ViT-S shapes and the BADM convolutions, ours against cblas_sgemm alone.")
         @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
         @Option(help: "Timed repeats (the median is reported).") var repeats = 5
+        @Option(help: "Our products: fp32, or bf16 (oneDNN where the CPU has AMX-BF16 or AVX512-BF16, else fp32 with a notice). cblas_sgemm is fp32 either way.")
+        var precision = "fp32"
 
         func run() throws {
-            let be = CPUBackend(threads: threads)
-            // GEMM: tokens of 8 ViT-S/16 images (197 each) against the qkv (1152) and fc1 (1536) weights.
-            for n in [1152, 1536] {
-                let (m, k) = (197 * 8, 384)
+            var products = CPUProducts.fp32
+            switch precision {
+            case "fp32": break
+            case "bf16":
+                let (chosen, notice) = try CPUProducts.bf16()
+                if let notice { CPUProducts.notice(notice) }
+                products = chosen
+            default: throw ValidationError("--precision: expected fp32 or bf16, got '\(precision)'")
+            }
+            let be = CPUBackend(threads: threads, products: products)
+            // GEMM: tokens of 8 ViT-S/16 images (197 each) against the qkv (1152) and fc1 (1536)
+            // weights, and fc2's input gradient (k 1536).
+            for (n, k) in [(1152, 384), (1536, 384), (384, 1536)] {
+                let m = 197 * 8
                 let a = HostTensor(Shape(m, k), fill: 0.5), b = HostTensor(Shape(n, k), fill: 0.25), c = HostTensor(Shape(m, n))
                 let ours = medianSeconds(repeats: repeats) {
                     be.gemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: a.pointer, lda: k,
@@ -34,7 +46,7 @@ extension Bench {
                 }
                 openblas_set_num_threads(1)
                 let flops = 2.0 * Double(m * n * k)
-                printJSON(["bench": "gemm", "m": m, "n": n, "k": k, "seconds": ours, "gflops": flops / ours / 1e9,
+                printJSON(["bench": "gemm", "m": m, "n": n, "k": k, "products": products.description, "seconds": ours, "gflops": flops / ours / 1e9,
                            "cblas_seconds": blas, "cblas_gflops": flops / blas / 1e9, "ratio_to_cblas": blas / ours,
                            "machine": machineRecord(threads: threads)])
             }

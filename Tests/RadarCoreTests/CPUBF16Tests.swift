@@ -155,25 +155,39 @@ final class CPUBF16Tests: XCTestCase {
         }
     }
 
-    /// A product oneDNN refuses mid-run goes through the rounded-operand path: here (no bf16
-    /// instructions) every oneDNN bf16 product is refused, so a backend told to use oneDNN gives
-    /// the rounded path's bits; where oneDNN runs bf16 the two agree to accumulation order.
+    /// A product oneDNN refuses mid-run goes through OpenBLAS on the widened bf16 operands: the
+    /// rounded path's bits, whether the product is tiled (operands rounded once for all tiles) or
+    /// one thread's (attention's, the convolutions'). `CPUBackend.refuseOneDNN` makes oneDNN refuse
+    /// here too; where oneDNN runs bf16 its own products agree with the rounded path to
+    /// accumulation order.
     func testOneDNNRefusalFallsBackToTheRoundedPath() {
-        let (m, n, k) = (20, 12, 50)
-        let a = randomValues(m * k, seed: 7), b = randomValues(k * n, seed: 8)
-        func product(_ products: CPUProducts) -> [Float] {
-            var c = [Float](repeating: 0, count: m * n)
-            CPUBackend(threads: 1, products: products).gemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: a, lda: k, b: b, ldb: k,
-                                                            beta: 0, c: &c, ldc: n)
-            return c
+        defer { CPUBackend.refuseOneDNN = false }
+        for (m, n, k) in [(20, 12, 50), (300, 40, 200)] {
+            let a = randomValues(m * k, seed: 7), b = randomValues(k * n, seed: 8)
+            func product(_ products: CPUProducts, serial: Bool = false) -> [Float] {
+                var c = [Float](repeating: 0, count: m * n)
+                let backend = CPUBackend(threads: 2, products: products)
+                if serial {
+                    backend.gemmSerial(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: a, lda: k, b: b, ldb: k, beta: 0, c: &c, ldc: n)
+                } else {
+                    backend.gemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: a, lda: k, b: b, ldb: k, beta: 0, c: &c, ldc: n)
+                }
+                return c
+            }
+            let rounded = product(.bf16Rounded)
+            CPUBackend.refuseOneDNN = true
+            XCTAssertEqual(product(.bf16OneDNN).map(\.bitPattern), rounded.map(\.bitPattern), "\(m)x\(n)x\(k) tiled")
+            XCTAssertEqual(product(.bf16OneDNN, serial: true).map(\.bitPattern), product(.bf16Rounded, serial: true).map(\.bitPattern),
+                           "\(m)x\(n)x\(k) serial")
+            CPUBackend.refuseOneDNN = false
+            let onednn = product(.bf16OneDNN)
+            if CPUProducts.oneDNNBF16Failure() != nil {
+                XCTAssertEqual(onednn.map(\.bitPattern), rounded.map(\.bitPattern))
+            } else {
+                for (x, y) in zip(onednn, rounded) { XCTAssertEqual(x, y, accuracy: 1e-4 * max(1, abs(y))) }
+            }
+            XCTAssertNotEqual(rounded, product(.fp32), "bf16 operands change the product")
         }
-        let rounded = product(.bf16Rounded), onednn = product(.bf16OneDNN)
-        if CPUProducts.oneDNNBF16Failure() != nil {
-            XCTAssertEqual(onednn.map(\.bitPattern), rounded.map(\.bitPattern))
-        } else {
-            for (x, y) in zip(onednn, rounded) { XCTAssertEqual(x, y, accuracy: 1e-4 * max(1, abs(y))) }
-        }
-        XCTAssertNotEqual(rounded, product(.fp32), "bf16 operands change the product")
     }
 
     /// One forward/backward of the golden cases with bf16 products against PyTorch's CPU autocast:

@@ -26,15 +26,15 @@ public protocol Backend: AnyObject {
     /// Whether the activations that only matrix products read (a ViT block's LayerNorm outputs,
     /// qkv, the merged heads, fc1's output and GELU's) are kept from forward to backward as bf16
     /// tensors (`ExecutionContext.bf16Activations` starts from it), as PyTorch AMP keeps the bf16
-    /// copies of its GEMM inputs. The CUDA backend says yes in bf16 precision, where every
+    /// copies of its GEMM inputs. The CUDA and CPU backends say yes in bf16 precision, where every
     /// product rounds its operands to bf16 anyway, so keeping them rounded changes no product.
     /// Every backend runs bf16 activations when asked (`product`, `convert`, attention's qkv).
     var storesBFloat16Activations: Bool { get }
 
     /// Whether every product rounds its fp32 operands to bf16 (the CUDA backend in bf16
     /// precision). An operand several products read (a Linear's output gradient) can then be
-    /// rounded once into a bf16 tensor, with the same bits and one conversion fewer. The CPU says
-    /// no: its bf16 products round inside the GEMM, and a bf16 operand would cost it a widening.
+    /// rounded once into a bf16 tensor, with the same bits and one conversion fewer (the CUDA
+    /// and CPU backends in bf16 precision).
     var roundsProductOperandsToBFloat16: Bool { get }
 
     // MARK: Memory
