@@ -19,7 +19,7 @@
     X(dnnl_post_ops_append_sum) X(dnnl_primitive_attr_set_post_ops) X(dnnl_primitive_desc_create) \
     X(dnnl_primitive_desc_destroy) X(dnnl_primitive_desc_query) X(dnnl_primitive_create) \
     X(dnnl_primitive_destroy) X(dnnl_memory_create) X(dnnl_memory_destroy) X(dnnl_primitive_execute) \
-    X(dnnl_version)
+    X(dnnl_memory_set_data_handle) X(dnnl_version)
 
 #define RADAR_DECLARE(name) static __typeof__(&name) p_##name;
 RADAR_DNNL_FUNCTIONS(RADAR_DECLARE)
@@ -68,6 +68,8 @@ typedef struct {
     uint32_t alpha, beta;
     dnnl_primitive_t prim;
     dnnl_memory_desc_t a, b, c;
+    // Memory objects made once with the primitive; each call points them at its operands.
+    dnnl_memory_t ma, mb, mc;
     const char *impl;
 } entry_t;
 
@@ -111,6 +113,15 @@ static int fail(char *why, int why_len, const char *what, dnnl_status_t s) {
     return 0;
 }
 
+static void release(entry_t *e) {
+    if (e->ma) p_dnnl_memory_destroy(e->ma);
+    if (e->mb) p_dnnl_memory_destroy(e->mb);
+    if (e->mc) p_dnnl_memory_destroy(e->mc);
+    if (e->prim) p_dnnl_primitive_destroy(e->prim);
+    e->ma = e->mb = e->mc = NULL;
+    e->prim = NULL;
+}
+
 static entry_t *primitive(int bf16, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, int64_t lda, int64_t ldb,
                           float beta, int64_t ldc, char *why, int why_len) {
     for (int i = 0; i < cache_used; i++) {
@@ -119,7 +130,7 @@ static entry_t *primitive(int bf16, int ta, int tb, int64_t m, int64_t n, int64_
             e->ldb == ldb && e->ldc == ldc && e->alpha == bits(alpha) && e->beta == bits(beta))
             return e;
     }
-    entry_t e = {bf16, ta, tb, m, n, k, lda, ldb, ldc, bits(alpha), bits(beta), NULL, {0}, {0}, {0}, ""};
+    entry_t e = {bf16, ta, tb, m, n, k, lda, ldb, ldc, bits(alpha), bits(beta), NULL, {0}, {0}, {0}, NULL, NULL, NULL, ""};
     dnnl_data_type_t dt = bf16 ? dnnl_bf16 : dnnl_f32;
     dnnl_dims_t ad = {m, k}, as = {ta ? 1 : lda, ta ? lda : 1};
     dnnl_dims_t bd = {k, n}, bs = {tb ? 1 : ldb, tb ? ldb : 1};
@@ -153,8 +164,15 @@ static entry_t *primitive(int bf16, int ta, int tb, int64_t m, int64_t n, int64_
     s = p_dnnl_primitive_create(&e.prim, pd);
     p_dnnl_primitive_desc_destroy(pd);
     if (s != dnnl_success) { fail(why, why_len, "primitive creation", s); return NULL; }
+    if ((s = p_dnnl_memory_create(&e.ma, &e.a, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
+        (s = p_dnnl_memory_create(&e.mb, &e.b, engine, DNNL_MEMORY_NONE)) != dnnl_success ||
+        (s = p_dnnl_memory_create(&e.mc, &e.c, engine, DNNL_MEMORY_NONE)) != dnnl_success) {
+        release(&e);
+        fail(why, why_len, "memory", s);
+        return NULL;
+    }
     int slot = cache_used < CACHE ? cache_used++ : (cache_next++ % CACHE);
-    if (cache[slot].prim) p_dnnl_primitive_destroy(cache[slot].prim);
+    release(&cache[slot]);
     cache[slot] = e;
     return &cache[slot];
 }
@@ -174,18 +192,14 @@ int radar_onednn_matmul(int bf16, int trans_a, int trans_b, int64_t m, int64_t n
     }
     entry_t *e = primitive(bf16, trans_a, trans_b, m, n, k, alpha, lda, ldb, beta, ldc, why, why_len);
     if (!e) return 0;
-    dnnl_memory_t ma, mb, mc;
     dnnl_status_t s;
-    if ((s = p_dnnl_memory_create(&ma, &e->a, engine, (void *)a)) != dnnl_success) return fail(why, why_len, "memory", s);
-    if ((s = p_dnnl_memory_create(&mb, &e->b, engine, (void *)b)) != dnnl_success) { p_dnnl_memory_destroy(ma); return fail(why, why_len, "memory", s); }
-    if ((s = p_dnnl_memory_create(&mc, &e->c, engine, c)) != dnnl_success) {
-        p_dnnl_memory_destroy(ma); p_dnnl_memory_destroy(mb);
+    if ((s = p_dnnl_memory_set_data_handle(e->ma, (void *)a)) != dnnl_success ||
+        (s = p_dnnl_memory_set_data_handle(e->mb, (void *)b)) != dnnl_success ||
+        (s = p_dnnl_memory_set_data_handle(e->mc, c)) != dnnl_success)
         return fail(why, why_len, "memory", s);
-    }
-    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, e->ma}, {DNNL_ARG_WEIGHTS, e->mb}, {DNNL_ARG_DST, e->mc}};
     s = p_dnnl_primitive_execute(e->prim, stream, 3, args);
     if (s == dnnl_success) s = p_dnnl_stream_wait(stream);
-    p_dnnl_memory_destroy(ma); p_dnnl_memory_destroy(mb); p_dnnl_memory_destroy(mc);
     if (s != dnnl_success) return fail(why, why_len, "matmul execution", s);
     atomic_store_explicit(&last_impl, e->impl, memory_order_relaxed);
     return 1;
