@@ -135,22 +135,41 @@ void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf,
     }
 }
 
+// Eight lanes of a row's sum combined as ((0+1)+(2+3))+((4+5)+(6+7)), the lanes given as a vector
+// (elements 8i + l in lane l) and the tail after the last full group added to lane j % 8.
+__attribute__((target("avx2,fma")))
+static inline float lanes_total(__m256 acc, const float *tail, long from, long cols) {
+    float a[8];
+    _mm256_storeu_ps(a, acc);
+    for (long j = from; j < cols; j++) a[j % 8] += tail[j];
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 __attribute__((target("avx2,fma")))
 void radar_softmax_forward_avx2(const float *x, float *y, long rows, long cols) {
     for (long r = 0; r < rows; r++) {
         const float *xi = x + r * cols;
         float *yi = y + r * cols;
-        // The maximum in index order as Swift's max(m, v) (v >= m ? v : m): any order gives the same
-        // value but for the sign of a zero maximum, which exp(x - max) does not see.
-        float m = -INFINITY;
-        for (long j = 0; j < cols; j++) m = xi[j] >= m ? xi[j] : m;
-        __m256 vm = SET(m);
+        // The maximum: maxps(v, m) is v > m ? v : m, so a NaN element is passed over as in the
+        // Swift loop's max; the order only decides the sign of a zero maximum, which exp(x - max)
+        // does not see.
+        __m256 vm = SET(-INFINITY);
         long j = 0;
-        for (; j + 8 <= cols; j += 8) _mm256_storeu_ps(yi + j, vector_exp(SUB(_mm256_loadu_ps(xi + j), vm), 0));
+        for (; j + 8 <= cols; j += 8) vm = _mm256_max_ps(_mm256_loadu_ps(xi + j), vm);
+        float lanes[8], m = -INFINITY;
+        _mm256_storeu_ps(lanes, vm);
+        for (int l = 0; l < 8; l++) m = lanes[l] >= m ? lanes[l] : m;
+        for (; j < cols; j++) m = xi[j] >= m ? xi[j] : m;
+        vm = SET(m);
+        __m256 acc = _mm256_setzero_ps();
+        for (j = 0; j + 8 <= cols; j += 8) {
+            __m256 e = vector_exp(SUB(_mm256_loadu_ps(xi + j), vm), 0);
+            _mm256_storeu_ps(yi + j, e);
+            acc = ADD(acc, e);
+        }
+        long full = j;
         for (; j < cols; j++) yi[j] = scalar_exp(xi[j] - m, 0);
-        float s = 0;
-        for (j = 0; j < cols; j++) s += yi[j];
-        float inv = 1 / s;
+        float inv = 1 / lanes_total(acc, yi, full, cols);
         __m256 vinv = SET(inv);
         for (j = 0; j + 8 <= cols; j += 8) _mm256_storeu_ps(yi + j, MUL(_mm256_loadu_ps(yi + j), vinv));
         for (; j < cols; j++) yi[j] *= inv;
@@ -162,11 +181,15 @@ void radar_softmax_backward_avx2(const float *dy, const float *y, float *dx, lon
     for (long r = 0; r < rows; r++) {
         const float *d = dy + r * cols, *yi = y + r * cols;
         float *o = dx + r * cols;
-        float dot = 0;
-        for (long j = 0; j < cols; j++) dot += d[j] * yi[j];
-        __m256 vdot = SET(dot);
+        __m256 acc = _mm256_setzero_ps();
         long j = 0;
-        for (; j + 8 <= cols; j += 8)
+        for (; j + 8 <= cols; j += 8) acc = ADD(acc, MUL(_mm256_loadu_ps(d + j), _mm256_loadu_ps(yi + j)));
+        float a[8];
+        _mm256_storeu_ps(a, acc);
+        for (long t = j; t < cols; t++) a[t % 8] += d[t] * yi[t];
+        float dot = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+        __m256 vdot = SET(dot);
+        for (j = 0; j + 8 <= cols; j += 8)
             _mm256_storeu_ps(o + j, MUL(_mm256_loadu_ps(yi + j), SUB(_mm256_loadu_ps(d + j), vdot)));
         for (; j < cols; j++) o[j] = yi[j] * (d[j] - dot);
     }

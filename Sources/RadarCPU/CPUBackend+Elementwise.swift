@@ -100,6 +100,12 @@ extension CPUBackend {
         }
     }
 
+    /// Eight lanes combined as ((0+1)+(2+3))+((4+5)+(6+7)): softmax's sums, in the AVX2 kernels'
+    /// order (a row's sum then depends on its length only, and the kernels need no serial chain).
+    @inline(__always) static func laneTotal(_ a: SIMD8<Float>) -> Float {
+        ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+    }
+
     public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) {
         let rows = x.count / cols
         parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
@@ -112,9 +118,10 @@ extension CPUBackend {
                 var m = -Float.infinity
                 for j in 0..<cols { m = max(m, xi[j]) }
                 for j in 0..<cols { yi[j] = fastExp(xi[j] - m) }
-                var s: Float = 0
-                for j in 0..<cols { s += yi[j] }
-                let inv = 1 / s
+                // The sum in eight lanes (element j in lane j % 8), as the AVX2 kernel adds it.
+                var lanes = SIMD8<Float>(repeating: 0)
+                for j in 0..<cols { lanes[j & 7] += yi[j] }
+                let inv = 1 / CPUBackend.laneTotal(lanes)
                 for j in 0..<cols { yi[j] *= inv }
             }
         }
@@ -130,8 +137,9 @@ extension CPUBackend {
             }
             for row in rr {
                 let d = dy.base + row * cols, yi = y.base + row * cols, o = dx.base + row * cols
-                var dot: Float = 0
-                for j in 0..<cols { dot += d[j] * yi[j] }
+                var lanes = SIMD8<Float>(repeating: 0)
+                for j in 0..<cols { lanes[j & 7] += d[j] * yi[j] }
+                let dot = CPUBackend.laneTotal(lanes)
                 for j in 0..<cols { o[j] = yi[j] * (d[j] - dot) }
             }
         }

@@ -17,10 +17,11 @@ void radar_gelu_forward_avx2(const float *x, float *y, float *cdf, long n);
 void radar_gelu_backward_avx2(const float *dy, const float *x, const float *cdf, float *dx, long n);
 
 /// Softmax of `rows` rows of `cols`: the row maximum, exp(x - max) (FastMath's exp), the sum in
-/// index order, then each times 1 / sum.
+/// eight lanes (element j in lane j % 8, combined as ((0+1)+(2+3))+((4+5)+(6+7))), then each times
+/// 1 / sum.
 void radar_softmax_forward_avx2(const float *x, float *y, long rows, long cols);
 
-/// dx = y * (dy - dot(dy, y)) per row, the dot product summed in index order.
+/// dx = y * (dy - dot(dy, y)) per row, the dot product summed in eight lanes as the forward's sum.
 void radar_softmax_backward_avx2(const float *dy, const float *y, float *dx, long rows, long cols);
 
 /// AdamW on [0, n), torch's single-tensor order: p *= decay; m += (g - m) * omb1;
