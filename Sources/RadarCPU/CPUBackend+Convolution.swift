@@ -1,6 +1,17 @@
 import RadarEngine
 extension CPUBackend {
+    /// The output columns ox whose input column ox * stride - padding + kx lies inside a row of
+    /// `width`: ox in lo..<hi (empty when none does).
+    @inline(__always) static func validColumns(kx: Int, stride: Int, padding: Int, width: Int, outWidth: Int) -> Range<Int> {
+        let need = padding - kx, limit = width - 1 + padding - kx
+        let hi = limit < 0 ? 0 : min(outWidth, limit / stride + 1)
+        let lo = need <= 0 ? 0 : (need + stride - 1) / stride
+        return min(lo, hi)..<hi
+    }
+
     // col row index = (c * k + ky) * k + kx, column index = oy * Wo + ox (PyTorch's weight order).
+    // Each output row: zeros left and right of the columns inside the image, a copy between (a
+    // contiguous one at stride 1), so the inner loops carry no bounds test.
     func im2col(_ x: UnsafePointer<Float>, channels: Int, height: Int, width: Int, kernel: Int,
                        stride: Int, padding: Int, _ col: UnsafeMutablePointer<Float>) {
         let ho = (height + 2 * padding - kernel) / stride + 1
@@ -10,24 +21,31 @@ extension CPUBackend {
             for ky in 0..<kernel {
                 for kx in 0..<kernel {
                     let row = col + ((c * kernel + ky) * kernel + kx) * ho * wo
+                    let valid = CPUBackend.validColumns(kx: kx, stride: stride, padding: padding, width: width, outWidth: wo)
                     for oy in 0..<ho {
                         let iy = oy * stride - padding + ky
                         let dst = row + oy * wo
                         if iy < 0 || iy >= height {
-                            for ox in 0..<wo { dst[ox] = 0 }
+                            dst.update(repeating: 0, count: wo)
                             continue
                         }
-                        let src = plane + iy * width
-                        for ox in 0..<wo {
-                            let ix = ox * stride - padding + kx
-                            dst[ox] = (ix >= 0 && ix < width) ? src[ix] : 0
+                        dst.update(repeating: 0, count: valid.lowerBound)
+                        let src = plane + iy * width + kx - padding  // src[ox * stride] is input column ox * stride - padding + kx
+                        if stride == 1 {
+                            (dst + valid.lowerBound).update(from: src + valid.lowerBound, count: valid.count)
+                        } else {
+                            for ox in valid { dst[ox] = src[ox * stride] }
                         }
+                        (dst + valid.upperBound).update(repeating: 0, count: wo - valid.upperBound)
                     }
                 }
             }
         }
     }
 
+    /// The adjoint of im2col: every column element added to the input position it was copied
+    /// from, in the same (c, ky, kx, oy, ox) order as before (each input element receives at most
+    /// one term per output row, so the order of the terms it receives is unchanged).
     func col2im(_ col: UnsafePointer<Float>, channels: Int, height: Int, width: Int, kernel: Int,
                        stride: Int, padding: Int, _ dx: UnsafeMutablePointer<Float>) {
         let ho = (height + 2 * padding - kernel) / stride + 1
@@ -37,14 +55,16 @@ extension CPUBackend {
             for ky in 0..<kernel {
                 for kx in 0..<kernel {
                     let row = col + ((c * kernel + ky) * kernel + kx) * ho * wo
+                    let valid = CPUBackend.validColumns(kx: kx, stride: stride, padding: padding, width: width, outWidth: wo)
                     for oy in 0..<ho {
                         let iy = oy * stride - padding + ky
                         if iy < 0 || iy >= height { continue }
                         let src = row + oy * wo
-                        let dst = plane + iy * width
-                        for ox in 0..<wo {
-                            let ix = ox * stride - padding + kx
-                            if ix >= 0 && ix < width { dst[ix] += src[ox] }
+                        let dst = plane + iy * width + kx - padding
+                        if stride == 1 {
+                            for ox in valid { dst[ox] += src[ox] }
+                        } else {
+                            for ox in valid { dst[ox * stride] += src[ox] }
                         }
                     }
                 }

@@ -1,5 +1,6 @@
 import Foundation
 import RadarCore
+@testable import RadarCPU
 import XCTest
 
 /// The remaining CPU kernels against naive loops, and finite-difference checks at random shapes.
@@ -366,5 +367,49 @@ extension CPUVectorKernelTests {
             XCTAssertEqual(Double(Float(bitPattern: vector[2][r])), 1 / (v + 1e-6).squareRoot(), accuracy: 1e-4 / (v + 1e-6).squareRoot(),
                            "rstd, \(cols) columns")
         }
+    }
+}
+
+/// im2col and col2im (the CPU convolutions' column copies) against element-by-element loops with a
+/// bounds test per element, bit for bit, over kernels, strides and paddings where the valid
+/// columns are empty, partial or whole (padding past the kernel, strides past the width).
+final class ColumnCopyTests: XCTestCase {
+    func testIm2colAndCol2imEqualElementwiseLoops() {
+        let cpu = CPUBackend(threads: 1)
+        var cases = 0
+        for (h, w) in [(7, 9), (5, 1), (1, 6), (12, 12)] {
+            for kernel in [1, 2, 3, 5, 7] {
+                for stride in [1, 2, 3, 4] {
+                    for padding in [0, 1, 2, 3, 8] {
+                        let ho = (h + 2 * padding - kernel) / stride + 1, wo = (w + 2 * padding - kernel) / stride + 1
+                        guard h + 2 * padding >= kernel, w + 2 * padding >= kernel, ho > 0, wo > 0 else { continue }
+                        let channels = 2, rows = channels * kernel * kernel
+                        let x = (0..<(channels * h * w)).map { Float($0 % 23) * 0.37 - 3.1 }
+                        var want = [Float](repeating: .nan, count: rows * ho * wo), got = want
+                        for c in 0..<channels { for ky in 0..<kernel { for kx in 0..<kernel { for oy in 0..<ho { for ox in 0..<wo {
+                            let iy = oy * stride - padding + ky, ix = ox * stride - padding + kx
+                            want[((c * kernel + ky) * kernel + kx) * ho * wo + oy * wo + ox] =
+                                iy >= 0 && iy < h && ix >= 0 && ix < w ? x[c * h * w + iy * w + ix] : 0
+                        } } } } }
+                        cpu.im2col(x, channels: channels, height: h, width: w, kernel: kernel, stride: stride, padding: padding, &got)
+                        let name = "h \(h) w \(w) kernel \(kernel) stride \(stride) padding \(padding)"
+                        XCTAssertEqual(got.map(\.bitPattern), want.map(\.bitPattern), "im2col, \(name)")
+                        // col2im adds into dx: from a non-zero start, terms in (c, ky, kx, oy, ox) order.
+                        let columns = (0..<(rows * ho * wo)).map { Float(($0 * 7) % 31) * 0.11 - 1.7 }
+                        var dxWant = (0..<(channels * h * w)).map { Float($0 % 5) * 0.3 }, dxGot = dxWant
+                        for c in 0..<channels { for ky in 0..<kernel { for kx in 0..<kernel { for oy in 0..<ho { for ox in 0..<wo {
+                            let iy = oy * stride - padding + ky, ix = ox * stride - padding + kx
+                            if iy >= 0 && iy < h && ix >= 0 && ix < w {
+                                dxWant[c * h * w + iy * w + ix] += columns[((c * kernel + ky) * kernel + kx) * ho * wo + oy * wo + ox]
+                            }
+                        } } } } }
+                        cpu.col2im(columns, channels: channels, height: h, width: w, kernel: kernel, stride: stride, padding: padding, &dxGot)
+                        XCTAssertEqual(dxGot.map(\.bitPattern), dxWant.map(\.bitPattern), "col2im, \(name)")
+                        cases += 1
+                    }
+                }
+            }
+        }
+        XCTAssertGreaterThan(cases, 200)
     }
 }
