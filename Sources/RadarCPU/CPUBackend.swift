@@ -261,6 +261,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     func tiledGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                    a: Operand, lda: Int, b: Operand, ldb: Int,
                    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, rowBias: UnsafePointer<Float>?) {
+        if m == 0 || n == 0 { return }
         guard k > 0 else {
             return forTiles(m: m, n: n, k: k, c: c, ldc: ldc, rowBias: rowBias) { rows, cols in
                 CPUBackend.scale(c + rows.lowerBound * ldc + cols.lowerBound, rows: rows.count, cols: cols.count, ld: ldc, by: beta)
