@@ -83,11 +83,12 @@ extension CPUBackend {
                                    workspace: Tensor, _ y: Tensor) {
         let (cin, h, w, k, s, p, cout) = (g.inChannels, g.height, g.width, g.kernel, g.stride, g.padding, g.outChannels)
         let ckk = g.patchSize, hw = g.outHeight * g.outWidth
+        let wOperand = sharedWeight(weight, count: cout * ckk)
         forEach(g.batch) { i in
             let ci = workspace.base + i * ckk * hw
             im2col(x.base + i * cin * h * w, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, ci)
             serialGemm(transA: false, transB: false, m: cout, n: hw, k: ckk, alpha: 1,
-                       a: weight.base, lda: ckk, b: ci, ldb: hw, beta: 0, c: y.base + i * cout * hw, ldc: hw)
+                       a: wOperand, lda: ckk, b: .fp32(ci), ldb: hw, beta: 0, c: y.base + i * cout * hw, ldc: hw)
         }
         if let bias { addChannelBias(bias, into: y) }
     }
@@ -101,15 +102,18 @@ extension CPUBackend {
         let ckk = g.patchSize, hw = g.outHeight * g.outWidth
         let parts = scratch.base, dcol = scratch.base + g.batch * cout * ckk
         if let dx { fill(dx, 0) }
+        let wOperand = dx == nil ? Operand(weight) : sharedWeight(weight, count: cout * ckk)
         forEach(g.batch) { i in
-            let dyi = dy.base + i * cout * hw, ci = workspace.base + i * ckk * hw
+            let ci = workspace.base + i * ckk * hw
             im2col(x.base + i * cin * h * w, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, ci)
+            // dy, read by both products: rounded once where the products are bf16.
+            let (dyi, ldy) = dx == nil ? (.fp32(dy.base + i * cout * hw), hw) : sharedByTwo(.fp32(dy.base + i * cout * hw), rows: cout, cols: hw, ld: hw)
             serialGemm(transA: false, transB: true, m: cout, n: ckk, k: hw, alpha: 1,
-                       a: dyi, lda: hw, b: ci, ldb: hw, beta: 0, c: parts + i * cout * ckk, ldc: ckk)
+                       a: dyi, lda: ldy, b: .fp32(ci), ldb: hw, beta: 0, c: parts + i * cout * ckk, ldc: ckk)
             if let dx {
                 let dci = dcol + i * ckk * hw
                 serialGemm(transA: true, transB: false, m: ckk, n: hw, k: cout, alpha: 1,
-                           a: weight.base, lda: ckk, b: dyi, ldb: hw, beta: 0, c: dci, ldc: hw)
+                           a: wOperand, lda: ckk, b: dyi, ldb: ldy, beta: 0, c: dci, ldc: hw)
                 col2im(dci, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, dx.base + i * cin * h * w)
             }
         }
@@ -173,6 +177,14 @@ extension CPUBackend {
             serialGemm(transA: true, transB: false, m: n, n: hd, k: n, alpha: scale,
                        a: ds, lda: ldS, b: q, ldb: 3 * d, beta: 0, c: dq + d, ldc: 3 * d)
         }
+    }
+
+    /// A convolution's weight, which every image's product reads: for oneDNN's bf16 products,
+    /// rounded once per call into the backend's operand buffer 0 (the tiled products' buffer: no
+    /// tiled product runs inside a convolution); else as it is.
+    func sharedWeight(_ weight: Tensor, count: Int) -> Operand {
+        guard products == .bf16OneDNN, weight.dtype == .float32 else { return Operand(weight) }
+        return .bf16(sharedBits(.fp32(weight.base), rows: 1, cols: count, ld: count, slot: 0).0)
     }
 
     /// An operand two serial products on this thread read: for oneDNN's bf16 products, rounded
