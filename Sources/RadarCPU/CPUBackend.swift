@@ -186,9 +186,15 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             return (UnsafePointer(out), cols)
         case .bf16(let p):
             let out = ThreadScratch.floats(rows * cols, slot: slot)
-            for r in 0..<rows { BFloat16.unpack(p + r * ld, out + r * cols, count: cols) }
+            CPUBackend.widen(p, rows: 0..<rows, cols: cols, ld: ld, into: out)
             return (UnsafePointer(out), cols)
         }
+    }
+
+    /// Rows `rows` of a bf16 matrix (leading dimension ld) widened exactly into the same rows of
+    /// a packed fp32 one (leading dimension cols).
+    static func widen(_ p: UnsafePointer<UInt16>, rows: Range<Int>, cols: Int, ld: Int, into out: UnsafeMutablePointer<Float>) {
+        for r in rows { BFloat16.unpack(p + r * ld, out + r * cols, count: cols) }
     }
 
     /// C = beta C over rows x cols (a product with k = 0; beta 0 writes zeros, as BLAS does).
@@ -220,8 +226,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         let (aRows, aCols) = transA ? (k, m) : (m, k), (bRows, bCols) = transB ? (n, k) : (k, n)
         // Slots of their own: the operands may be in this thread's slots 1 to 3.
         let pa = ThreadScratch.floats(aRows * aCols, slot: 4), pb = ThreadScratch.floats(bRows * bCols, slot: 5)
-        for r in 0..<aRows { BFloat16.unpack(a + r * lda, pa + r * aCols, count: aCols) }
-        for r in 0..<bRows { BFloat16.unpack(b + r * ldb, pb + r * bCols, count: bCols) }
+        CPUBackend.widen(a, rows: 0..<aRows, cols: aCols, ld: lda, into: pa)
+        CPUBackend.widen(b, rows: 0..<bRows, cols: bCols, ld: ldb, into: pb)
         fp32Gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: aCols, b: pb, ldb: bCols, beta: beta, c: c, ldc: ldc)
     }
 
@@ -271,23 +277,33 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         if products == .bf16OneDNN {
             let (pa, la) = sharedBits(a, rows: aRows, cols: aCols, ld: lda, slot: 0)
             let (pb, lb) = sharedBits(b, rows: bRows, cols: bCols, ld: ldb, slot: 1)
-            forTiles(m: m, n: n, k: k, c: c, ldc: ldc, rowBias: rowBias) { rows, cols in
-                gemmFlops.wrappingAdd(2 * rows.count * cols.count * k, ordering: .relaxed)
-                bf16Gemm(transA: transA, transB: transB, m: rows.count, n: cols.count, k: k, alpha: alpha,
-                         a: pa + (transA ? rows.lowerBound : rows.lowerBound * la), lda: la,
-                         b: pb + (transB ? cols.lowerBound * lb : cols.lowerBound), ldb: lb,
-                         beta: beta, c: c + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc)
+            forTileProducts(transA: transA, transB: transB, m: m, n: n, k: k, a: pa, lda: la, b: pb, ldb: lb, c: c, ldc: ldc,
+                            rowBias: rowBias) { tm, tn, ta, tb, tc in
+                bf16Gemm(transA: transA, transB: transB, m: tm, n: tn, k: k, alpha: alpha, a: ta, lda: la, b: tb, ldb: lb,
+                         beta: beta, c: tc, ldc: ldc)
             }
             return
         }
         let (pa, la) = sharedFloats(a, rows: aRows, cols: aCols, ld: lda, slot: 0)
         let (pb, lb) = sharedFloats(b, rows: bRows, cols: bCols, ld: ldb, slot: 1)
+        forTileProducts(transA: transA, transB: transB, m: m, n: n, k: k, a: pa, lda: la, b: pb, ldb: lb, c: c, ldc: ldc,
+                        rowBias: rowBias) { tm, tn, ta, tb, tc in
+            fp32Gemm(transA: transA, transB: transB, m: tm, n: tn, k: k, alpha: alpha, a: ta, lda: la, b: tb, ldb: lb,
+                     beta: beta, c: tc, ldc: ldc)
+        }
+    }
+
+    /// `forTiles` with each tile's operands and block of C worked out: `product(m, n, a, b, c)`
+    /// forms the tile's product (counted in `gemmFlops`), a and b at the tile's first row of A
+    /// and first column of B (leading dimensions unchanged).
+    private func forTileProducts<T>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<T>, lda: Int,
+                                    b: UnsafePointer<T>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+                                    rowBias: UnsafePointer<Float>?,
+                                    _ product: (Int, Int, UnsafePointer<T>, UnsafePointer<T>, UnsafeMutablePointer<Float>) -> Void) {
         forTiles(m: m, n: n, k: k, c: c, ldc: ldc, rowBias: rowBias) { rows, cols in
             gemmFlops.wrappingAdd(2 * rows.count * cols.count * k, ordering: .relaxed)
-            fp32Gemm(transA: transA, transB: transB, m: rows.count, n: cols.count, k: k, alpha: alpha,
-                     a: pa + (transA ? rows.lowerBound : rows.lowerBound * la), lda: la,
-                     b: pb + (transB ? cols.lowerBound * lb : cols.lowerBound), ldb: lb,
-                     beta: beta, c: c + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc)
+            product(rows.count, cols.count, a + (transA ? rows.lowerBound : rows.lowerBound * lda),
+                    b + (transB ? cols.lowerBound * ldb : cols.lowerBound), c + rows.lowerBound * ldc + cols.lowerBound)
         }
     }
 
@@ -345,7 +361,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             case .fp32(let p):
                 radar_round_bf16_matrix(p + r.lowerBound * ld, Int64(r.count), Int64(cols), Int64(ld), out + r.lowerBound * cols, avx2)
             case .bf16(let p):
-                for i in r { BFloat16.unpack(p + i * ld, out + i * cols, count: cols) }
+                CPUBackend.widen(p, rows: r, cols: cols, ld: ld, into: out)
             }
         }
         return (UnsafePointer(out), cols)
