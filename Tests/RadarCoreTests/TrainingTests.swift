@@ -19,6 +19,29 @@ final class TrainingTests: XCTestCase {
         }
     }
 
+    func testOneCycleWithAOneStepWarmUpStaysFinite() throws {
+        // pct_start 0.1 x 10 steps puts warm-up's end at step 0 (PyTorch: ZeroDivisionError). It
+        // gave step 0 a NaN learning rate, AdamW turned every parameter into NaN, and `radar train`
+        // on 344 images at batch 16 x 2 then hung computing NaN metrics. Step 0 is warm-up's start.
+        let s = OneCycleLR(maxLR: 1e-3, totalSteps: 10)
+        XCTAssertEqual(s.values(at: 0).lr, 1e-3 / 25, accuracy: 1e-15)
+        XCTAssertEqual(s.values(at: 0).beta1, 0.95, accuracy: 1e-15)
+        XCTAssertEqual(s.values(at: 9).lr, 1e-3 / 25 / 1e4, accuracy: 1e-18, "the last step is at the final learning rate")
+        for total in 1...64 {
+            let s = OneCycleLR(maxLR: 1e-3, totalSteps: total)
+            for k in 0..<total {
+                let v = s.values(at: k)
+                XCTAssertTrue(v.lr.isFinite && v.lr > 0 && v.lr <= 1e-3 * (1 + 1e-12), "lr \(v.lr) at step \(k) of \(total)")
+                XCTAssertTrue(v.beta1 >= 0.85 - 1e-12 && v.beta1 <= 0.95 + 1e-12, "beta1 \(v.beta1) at step \(k) of \(total)")
+            }
+        }
+        let (trainer, images, labels) = try makeTinyTrainer()
+        trainer.schedule = s
+        XCTAssertNotNil(try trainer.step(images: images.tensor, labels: labels.tensor))
+        let values = trainer.ctx.params.downloadValues()
+        XCTAssertFalse(values.contains { !$0.isFinite }, "parameters after the first step of a 10-step schedule")
+    }
+
     func testDeepSupervisionWeights() {
         assertClose(RADARLoss.deepWeights(3), [1.0 / 6, 1.0 / 3, 0.5], rtol: 1e-6, atol: 1e-7, "T = 3")
         XCTAssertEqual(RADARLoss.deepWeights(1), [1])
@@ -159,5 +182,13 @@ final class MetricsTests: XCTestCase {
             }
         }
         XCTAssertNil(BinaryMetrics.rocAUC(scores: [0.1, 0.2], labels: [1, 1]), "one class: AUC undefined")
+        // A diverged model scores NaN. The curve's tie loop never advanced past a NaN (NaN != NaN)
+        // and appended points until the process ran out of memory; scikit-learn refuses NaN input.
+        let scores: [Float] = [0.2, .nan, 0.7, .nan], labels = [0, 0, 1, 1]
+        let m = BinaryMetrics.all(scores: scores, labels: labels, sequences: ["a", "a", "b", "b"])
+        for key in ["auc", "average_precision", "accuracy", "eer", "sequence_auc"] { XCTAssertTrue(m[key]!.isNaN, "\(key) with NaN scores: \(m[key]!)") }
+        let curve = BinaryMetrics.rocCurve(scores: scores, labels: labels)
+        XCTAssertEqual(curve.fpr, [0]); XCTAssertEqual(curve.tpr, [0])
+        XCTAssertEqual(BinaryMetrics.rocAUC(scores: [0.2, .infinity, 0.7, -.infinity], labels: [0, 0, 1, 1]), 0.25, "infinities still rank (one pair of four in order)")
     }
 }

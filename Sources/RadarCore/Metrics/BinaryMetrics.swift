@@ -1,7 +1,8 @@
 /// Exact ranking metrics for binary labels (1 = fake), matching scikit-learn's definitions.
 public enum BinaryMetrics {
     /// ROC AUC with ties counted half (the Mann-Whitney statistic), which equals
-    /// sklearn.metrics.roc_auc_score. Returns nil when a class is missing.
+    /// sklearn.metrics.roc_auc_score. Returns nil when a class is missing or a score is NaN
+    /// (scikit-learn refuses NaN input; a diverged model's scores are NaN).
     public static func rocAUC(scores: [Float], labels: [Int]) -> Double? {
         rocAUC(scores: scores.map(Double.init), labels: labels)
     }
@@ -9,7 +10,7 @@ public enum BinaryMetrics {
     public static func rocAUC(scores: [Double], labels: [Int]) -> Double? {
         precondition(scores.count == labels.count, "\(scores.count) scores for \(labels.count) labels")
         let pos = labels.filter { $0 == 1 }.count, neg = labels.count - pos
-        guard pos > 0 && neg > 0 else { return nil }
+        guard pos > 0 && neg > 0, !scores.contains(where: \.isNaN) else { return nil }
         let order = scores.indices.sorted { scores[$0] < scores[$1] }
         var rankSumPos = 0.0
         var i = 0
@@ -23,19 +24,23 @@ public enum BinaryMetrics {
         return (rankSumPos - Double(pos) * Double(pos + 1) / 2) / (Double(pos) * Double(neg))
     }
 
-    /// Fraction of correct predictions at threshold 0.5 (score >= 0.5 means fake).
+    /// Fraction of correct predictions at threshold 0.5 (score >= 0.5 means fake); NaN when a
+    /// score is NaN (neither side of the threshold).
     public static func accuracy(scores: [Float], labels: [Int], threshold: Float = 0.5) -> Double {
         guard !scores.isEmpty else { return 0 }
+        guard !scores.contains(where: \.isNaN) else { return .nan }
         let correct = zip(scores, labels).filter { ($0 >= threshold ? 1 : 0) == $1 }.count
         return Double(correct) / Double(scores.count)
     }
 
     /// The ROC curve as scikit-learn's roc_curve(drop_intermediate=False) builds it: one point per
-    /// distinct score, from the highest threshold down, starting at (0, 0).
+    /// distinct score, from the highest threshold down, starting at (0, 0). With a NaN score
+    /// there is no order to walk, and the curve is that first point alone.
     public static func rocCurve(scores: [Float], labels: [Int]) -> (fpr: [Double], tpr: [Double], thresholds: [Float]) {
+        var fpr = [0.0], tpr = [0.0], thr = [Float.infinity]
+        guard !scores.contains(where: \.isNaN) else { return (fpr, tpr, thr) }
         let order = scores.indices.sorted { scores[$0] > scores[$1] }
         let pos = Double(labels.filter { $0 == 1 }.count), neg = Double(labels.count) - pos
-        var fpr = [0.0], tpr = [0.0], thr = [Float.infinity]
         var tp = 0.0, fp = 0.0
         var i = 0
         while i < order.count {
@@ -55,7 +60,7 @@ public enum BinaryMetrics {
     /// linearly interpolated between the two ROC points that bracket it.
     public static func equalErrorRate(scores: [Float], labels: [Int]) -> Double? {
         let pos = labels.filter { $0 == 1 }.count
-        guard pos > 0 && pos < labels.count else { return nil }
+        guard pos > 0 && pos < labels.count, !scores.contains(where: \.isNaN) else { return nil }
         let (fpr, tpr, _) = rocCurve(scores: scores, labels: labels)
         for k in 1..<fpr.count {
             let d0 = fpr[k - 1] - (1 - tpr[k - 1]), d1 = fpr[k] - (1 - tpr[k])
@@ -68,10 +73,10 @@ public enum BinaryMetrics {
     }
 
     /// Average precision as sklearn.metrics.average_precision_score: sum over distinct
-    /// thresholds (high to low) of (R_n - R_{n-1}) P_n.
+    /// thresholds (high to low) of (R_n - R_{n-1}) P_n; nil without positives or with a NaN score.
     public static func averagePrecision(scores: [Float], labels: [Int]) -> Double? {
         let pos = Double(labels.filter { $0 == 1 }.count)
-        guard pos > 0 else { return nil }
+        guard pos > 0, !scores.contains(where: \.isNaN) else { return nil }
         let order = scores.indices.sorted { scores[$0] > scores[$1] }
         var tp = 0.0, seen = 0.0, ap = 0.0, lastRecall = 0.0
         var i = 0

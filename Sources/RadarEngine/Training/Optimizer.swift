@@ -107,11 +107,14 @@ public struct OneCycleLR: Sendable, Equatable {
         let initial = maxLR / divFactor, minLR = initial / finalDivFactor
         let step = Double(k)
         let warmEnd = pctStart * Double(totalSteps) - 1, lastEnd = Double(totalSteps) - 1
+        // A phase of zero length (pct_start x total_steps = 1, e.g. 10 steps at 0.1: warm-up is step
+        // 0 alone) is at its start: PyTorch divides 0 by 0 there (ZeroDivisionError), and 0 / 0
+        // here would be a NaN learning rate that turns every parameter into NaN.
         if step <= warmEnd {
-            let pct = step / warmEnd
+            let pct = warmEnd > 0 ? step / warmEnd : 0
             return (OneCycleLR.cosine(initial, maxLR, pct), OneCycleLR.cosine(maxMomentum, baseMomentum, pct))
         }
-        let pct = (step - warmEnd) / (lastEnd - warmEnd)
+        let pct = lastEnd > warmEnd ? (step - warmEnd) / (lastEnd - warmEnd) : 0
         return (OneCycleLR.cosine(maxLR, minLR, pct), OneCycleLR.cosine(baseMomentum, maxMomentum, pct))
     }
 }
