@@ -478,6 +478,18 @@ extension PrepareOptions {
 }
 
 final class TrainingRunTests: XCTestCase {
+    func testARunThatCannotTakeAStepSaysWhyAndLeavesNoFolder() throws {
+        let data = temporaryDirectory("run-small-data"), out = temporaryDirectory("run-small-out")
+        _ = try DatasetPreparer(options: PrepareOptions(output: data)).run(SyntheticSource(size: 32, count: 80, seed: 2, difficulty: 0.2, framesPerSequence: 4))
+        var o = TrainOptions(data: data, output: out, experiment: "too-big", config: RADARConfig.preset("tiny")!)
+        o.device = testDeviceName
+        (o.batchSize, o.accumulationSteps) = (50, 2)
+        XCTAssertThrowsError(try TrainingRun(options: o).run()) { e in
+            XCTAssertTrue("\(e)".contains("training images are fewer than one global batch (--batch-size 50 x --accumulation-steps 2 x 1 rank = 100)"), "\(e)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: o.experimentDirectory), "no experiment folder for a run that never started")
+    }
+
     func testTrainingRunOnShardsWritesTheReferenceOutputs() throws {
         let data = temporaryDirectory("run-data"), out = temporaryDirectory("run-out")
         var prep = PrepareOptions(output: data)

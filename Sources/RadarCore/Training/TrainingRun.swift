@@ -146,6 +146,12 @@ public final class TrainingRun {
         for split in [Split.train, .val] where set.refs(split).isEmpty {
             throw DatasetError(path: options.data, reason: "the \(split.rawValue) split is empty")
         }
+        // Here, before the experiment folder is made: a run that cannot take one step leaves nothing.
+        guard batchesPerEpoch > 0 else {
+            let (b, a, w) = (options.batchSize, options.accumulationSteps, options.worldSize)
+            throw DatasetError(path: options.data, reason: "\(set.refs(.train).count) training images are fewer than one global batch "
+                + "(--batch-size \(b) x --accumulation-steps \(a) x \(w) rank\(w == 1 ? "" : "s") = \(b * a * w))")
+        }
     }
 
     /// Micro-batches per rank per epoch (the same for every epoch and rank).
@@ -496,9 +502,6 @@ public final class TrainingRun {
         defer { lock?.release() }
         if writes {
             for name in removeStaleTemporaries(in: dir) { log("removed \(name), left by a run killed while writing") }
-        }
-        guard batchesPerEpoch > 0 else {
-            throw DatasetError(path: options.data, reason: "fewer training images than one batch x accumulation steps")
         }
         trainer.schedule = makeSchedule()
         for n in notes { log(n) }
