@@ -102,6 +102,17 @@ final class CheckpointTests: XCTestCase {
         XCTAssertThrowsError(try Checkpoint.read(path)) { XCTAssertTrue("\($0)".hasPrefix(path), "\($0)") }
     }
 
+    func testPyTorchPickleFilesAreNamedAsSuch() throws {
+        // torch.save writes a zip archive (the legacy format: a pickle, protocol 2); both begin with
+        // bytes that read as an absurd safetensors header length. The error says what the file is.
+        let body = Data((0..<600).map { UInt8(truncatingIfNeeded: $0 &* 37) })
+        for (magic, what) in [([0x50, 0x4B, 0x03, 0x04] as [UInt8], "zip archive, as torch.save writes"), ([0x80, 0x02, 0x8A, 0x0A], "Python pickle")] {
+            XCTAssertThrowsError(try SafeTensors.decode(Data(magic) + body, path: "sd.pt")) { e in
+                XCTAssertTrue("\(e)".hasPrefix("sd.pt: ") && "\(e)".contains(what) && "\(e)".contains("safetensors.torch.save_file"), "\(e)")
+            }
+        }
+    }
+
     func makeRunData() throws -> String {
         let data = temporaryDirectory("resume-data")
         _ = try DatasetPreparer(options: PrepareOptions(output: data).with { $0.valFraction = 0.2 }).run(

@@ -66,6 +66,15 @@ public enum SafeTensors {
         return try decode(data, path: path)
     }
 
+    /// What a file that is not safetensors is, where its first bytes say (for the error line).
+    static func foreignFormat(_ data: Data) -> String? {
+        if LZ4Frame.isLegacyFrame(data) || LZ4Frame.isFrame(data) { return "the file is LZ4-compressed" }
+        let convert = "convert it in Python with safetensors.torch.save_file(torch.load(PATH), \"sd.safetensors\")"
+        if data.starts(with: [0x50, 0x4B, 0x03, 0x04]) { return "it is a zip archive, as torch.save writes: \(convert)" }
+        if data.starts(with: [0x80]), let p = data.dropFirst().first, (2...5).contains(p) { return "it is a Python pickle (torch.save's legacy format): \(convert)" }
+        return nil
+    }
+
     public static func decode(_ data: Data, path: String = "<memory>") throws
         -> (tensors: [String: SafeTensor], metadata: [String: String])
     {
@@ -73,7 +82,7 @@ public enum SafeTensors {
         guard data.count >= 8 else { throw fail("file of \(data.count) bytes is shorter than the 8-byte header length") }
         let headerLength = data.prefix(8).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
         guard headerLength <= UInt64(data.count - 8) else {
-            throw fail("header length \(headerLength) exceeds the file size \(data.count)" + (LZ4Frame.isLegacyFrame(data) || LZ4Frame.isFrame(data) ? " (the file is LZ4-compressed)" : ""))
+            throw fail("header length \(headerLength) exceeds the file size \(data.count)" + (foreignFormat(data).map { " (\($0))" } ?? ""))
         }
         guard headerLength <= UInt64(SafeTensors.maxHeaderBytes) else {
             throw fail("header of \(headerLength) bytes exceeds the limit of \(SafeTensors.maxHeaderBytes)")
