@@ -185,10 +185,13 @@ final class DataPipelineTests: XCTestCase {
             }
         }
         try Data("x".utf8).write(to: URL(fileURLWithPath: "\(root)/fake/readme.txt"))
+        // A dangling link is skipped and recorded (it stopped the whole prepare with "cannot read file").
+        try FileManager.default.createSymbolicLink(atPath: "\(root)/real/gone.png", withDestinationPath: "\(root)/nowhere.png")
         let out = temporaryDirectory("ref-out")
         let m = try DatasetPreparer(options: PrepareOptions(output: out)).run(try ReferenceFolders(root: root, testFraction: 0.25, seed: 1))
         XCTAssertEqual(m.shards.reduce(0) { $0 + $1.samples }, 40)
-        XCTAssertEqual(m.skipped.map(\.reason), ["not an image (fake/readme.txt)"])
+        XCTAssertEqual(m.skipped.map(\.reason).sorted(), ["cannot read real/gone.png: No such file or directory", "not an image (fake/readme.txt)"])
+        try FileManager.default.removeItem(atPath: "\(root)/real/gone.png")
         let samples = try readDataset(out)
         XCTAssertTrue(samples.allSatisfy { $0.key == $0.value.0.sequence }, "every image is its own sequence")
         XCTAssertEqual(samples["real_img1"]!.1, FileManager.default.contents(atPath: "\(root)/real/img1.jpg"), "JPEG bytes kept")

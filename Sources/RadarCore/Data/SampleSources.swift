@@ -183,7 +183,13 @@ public struct ReferenceFolders: SampleSource {
                 let c = Candidate(key: key, label: label, officialSplit: test ? .test : .train, sequence: key, frame: nil, ext: ext)
                 let full = (path as NSString).appendingPathComponent(f)
                 var st = stat()
-                if stat(full, &st) == 0, Int(st.st_size) > maxFileBytes {
+                // A file that cannot be opened (a dangling link, no read permission) is skipped and
+                // recorded here, in both passes, like a corrupt image; it stopped the whole prepare.
+                guard stat(full, &st) == 0, access(full, R_OK) == 0 else {
+                    try visit(.skipped(key: key, reason: "cannot read \(dir)/\(f): \(String(cString: strerror(errno)))"))
+                    continue
+                }
+                if Int(st.st_size) > maxFileBytes {
                     try visit(.skipped(key: key, reason: "file of \(st.st_size) bytes exceeds the \(maxFileBytes >> 20) MiB limit (\(dir)/\(f))"))
                     continue
                 }
