@@ -229,6 +229,14 @@ final class ModelTests: XCTestCase {
         }
         let partial = try JSONDecoder().decode(RADARConfig.self, from: Data(#"{"img_size": 64, "patch_size": 8}"#.utf8))
         XCTAssertEqual(partial.embedDim, 384, "omitted fields get MODEL.md defaults")
+        // A misspelt field is an error naming it (it was ignored, and depth 12 trained without a word).
+        XCTAssertThrowsError(try RADARConfig.decode(Data(#"{"dept": 2, "embed_dim": 48, "colour": 1}"#.utf8), source: "c.json")) { e in
+            let s = "\(e)"
+            XCTAssertTrue(s.hasPrefix("c.json: invalid RADAR config: unknown field colour; unknown field dept (did you mean depth?); the fields are img_size, "), s)
+        }
+        XCTAssertThrowsError(try RADARConfig.decode(Data(#"{"imgsize": 64, "":1}"#.utf8), source: "d.json")) { e in
+            XCTAssertTrue("\(e)".hasPrefix("d.json: invalid RADAR config: unknown field ; unknown field imgsize (did you mean img_size?); "), "\(e)")
+        }
         var bad = tiny
         bad.numHeads = 5
         bad.imgSize = 30

@@ -21,7 +21,7 @@ public struct RADARConfig: Codable, Equatable, Sendable {
     public var mean: [Double] = [0.485, 0.456, 0.406]
     public var std: [Double] = [0.229, 0.224, 0.225]
 
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case imgSize = "img_size", patchSize = "patch_size", embedDim = "embed_dim", depth
         case numHeads = "num_heads", mlpRatio = "mlp_ratio", evidenceDim = "evidence_dim"
         case reasoningIterations = "reasoning_iterations", reasoningHeads = "reasoning_heads"
@@ -31,7 +31,23 @@ public struct RADARConfig: Codable, Equatable, Sendable {
 
     public init() {}
 
+    private struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
     public init(from decoder: Decoder) throws {
+        // A misspelt field would otherwise be ignored and its default used without a word.
+        let unknown = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue).filter { CodingKeys(rawValue: $0) == nil }
+        if !unknown.isEmpty {
+            let known = RADARConfig.fieldNames
+            throw ConfigError(source: "config", problems: unknown.sorted().map { u in
+                let near = known.min { RADARConfig.editDistance(u, $0) < RADARConfig.editDistance(u, $1) }!
+                return "unknown field \(u)" + (RADARConfig.editDistance(u, near) <= 2 ? " (did you mean \(near)?)" : "")
+            } + ["the fields are \(known.joined(separator: ", "))"])
+        }
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let d = RADARConfig()
         imgSize = try c.decodeIfPresent(Int.self, forKey: .imgSize) ?? d.imgSize
@@ -71,6 +87,26 @@ public struct RADARConfig: Codable, Equatable, Sendable {
     }
 
     public static let presetNames = ["tiny", "mid", "full"]
+
+    /// The JSON field names, in declaration order.
+    public static let fieldNames = CodingKeys.allCases.map(\.rawValue)
+
+    /// Levenshtein distance, for naming the field a misspelt one was meant to be.
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        guard !a.isEmpty, !b.isEmpty else { return max(a.count, b.count) }
+        var row = Array(0...b.count)
+        for i in 1...a.count {
+            var diagonal = row[0]
+            row[0] = i
+            for j in 1...b.count {
+                let above = row[j]
+                row[j] = min(above + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1))
+                diagonal = above
+            }
+        }
+        return row[b.count]
+    }
 
     /// Typical per-rank batch size of a preset (MODEL.md / issue table).
     public static func presetBatch(_ name: String) -> Int? {
@@ -129,7 +165,9 @@ public struct RADARConfig: Codable, Equatable, Sendable {
     /// A JSON config, checked (`source` names where it came from in errors).
     public static func decode(_ data: Data, source path: String) throws -> RADARConfig {
         let c: RADARConfig
-        do { c = try JSONDecoder().decode(RADARConfig.self, from: data) } catch let DecodingError.typeMismatch(_, ctx) {
+        do { c = try JSONDecoder().decode(RADARConfig.self, from: data) } catch let e as ConfigError {
+            throw ConfigError(source: path, problems: e.problems)
+        } catch let DecodingError.typeMismatch(_, ctx) {
             throw ConfigError(source: path, problems: ["field \(ctx.codingPath.map(\.stringValue).joined(separator: ".")): \(ctx.debugDescription)"])
         } catch {
             throw ConfigError(source: path, problems: ["not a JSON config object"])
