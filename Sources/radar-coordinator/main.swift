@@ -60,7 +60,7 @@ struct RadarCoordinator: ParsableCommand {
                     }
                 }
             } catch let e as ExitCode { throw e } catch let e as ValidationError { throw e } catch {
-                logLine("radar-coordinator: error: \(error)")
+                logLine("radar-coordinator: error: \(errorLine(error))")
                 throw ExitCode.failure
             }
         }

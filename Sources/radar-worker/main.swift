@@ -92,7 +92,7 @@ struct RadarWorker: ParsableCommand {
         if JobAbort.requested {
             logLine("radar-worker rank \(rank): stopped: \(JobAbort.reason)")
         } else {
-            logLine("radar-worker rank \(rank): error: \(error)")
+            logLine("radar-worker rank \(rank): error: \(errorLine(error))")
             client?.abortJob("rank \(rank) failed: \(error)")
         }
     }

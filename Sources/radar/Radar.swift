@@ -22,7 +22,7 @@ func failing<T>(_ body: () throws -> T) throws -> T {
         logLine("radar: \(p)")
         throw ExitCode(Preemption.Preempted.exitCode)
     } catch {
-        logLine("radar: error: \(error)")
+        logLine("radar: error: \(errorLine(error))")
         throw ExitCode.failure
     }
 }

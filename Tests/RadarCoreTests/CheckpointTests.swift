@@ -102,6 +102,40 @@ final class CheckpointTests: XCTestCase {
         XCTAssertThrowsError(try Checkpoint.read(path)) { XCTAssertTrue("\($0)".hasPrefix(path), "\($0)") }
     }
 
+    func testAFailedCheckpointWriteNamesTheFileAndKeepsThePreviousOne() throws {
+        // A full disk, made here with RLIMIT_FSIZE (writes past 1 MiB fail with EFBIG; SIGXFSZ
+        // ignored): the error is one line naming the file and the system's reason (it was
+        // Foundation's "Error Domain=NSCocoaErrorDomain Code=640 ..."), the previous checkpoint
+        // reads back unchanged and no temporary is left.
+        let (trainer, path) = try tinyTrainedStore()
+        let before = FileManager.default.contents(atPath: path)!
+        XCTAssertGreaterThan(before.count, 1 << 21, "the checkpoint must be larger than the limit")
+        var st = Checkpoint.State()
+        st.configJSON = String(decoding: trainer.model.config.jsonData(), as: UTF8.self)
+        var old = rlimit()
+        getrlimit(Int32(RLIMIT_FSIZE.rawValue), &old)
+        var small = old
+        small.rlim_cur = 1 << 20
+        let previousHandler = signal(SIGXFSZ, SIG_IGN)
+        XCTAssertEqual(setrlimit(Int32(RLIMIT_FSIZE.rawValue), &small), 0)
+        XCTAssertThrowsError(try Checkpoint.write(path, store: trainer.ctx.params, optimizer: trainer.optimizer, state: st)) { e in
+            XCTAssertEqual("\(e)", "\(path): write failed: File too large")
+        }
+        setrlimit(Int32(RLIMIT_FSIZE.rawValue), &old)
+        signal(SIGXFSZ, previousHandler)
+        XCTAssertEqual(FileManager.default.contents(atPath: path), before, "the previous checkpoint is untouched")
+        let dir = (path as NSString).deletingLastPathComponent
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["last.safetensors.lz4"], "no temporary left")
+    }
+
+    func testFoundationFileErrorsPrintAsPathAndReason() {
+        // What `radar: error:` prints for a Foundation file error (was the NSError dump).
+        XCTAssertThrowsError(try Data("x".utf8).write(to: URL(fileURLWithPath: "/nonexistent-radar-dir/x.json"))) { e in
+            XCTAssertEqual(errorLine(e), "/nonexistent-radar-dir/x.json: No such file or directory")
+        }
+        XCTAssertEqual(errorLine(DatasetError(path: "p", reason: "r")), "p: r", "our errors print as they describe themselves")
+    }
+
     func testPyTorchPickleFilesAreNamedAsSuch() throws {
         // torch.save writes a zip archive (the legacy format: a pickle, protocol 2); both begin with
         // bytes that read as an absurd safetensors header length. The error says what the file is.

@@ -30,6 +30,29 @@ public func writeFileAtomically(_ data: Data, to path: String) throws {
     fsyncDirectory(dir)
 }
 
+/// The system's words for a Foundation file error ("No space left on device"), not the NSError
+/// dump (`Error Domain=NSCocoaErrorDomain Code=640 ...`) that `\(error)` prints.
+public func systemReason(_ error: Error) -> String {
+    let ns = error as NSError
+    if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
+    if let u = ns.userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(u.code))) }
+    // Foundation's file codes without an underlying POSIX error: the errno they stand for.
+    let posix: [Int: Int32] = [NSFileNoSuchFileError: ENOENT, NSFileReadNoSuchFileError: ENOENT, NSFileReadNoPermissionError: EACCES,
+                               NSFileWriteNoPermissionError: EACCES, NSFileWriteOutOfSpaceError: ENOSPC, NSFileWriteFileExistsError: EEXIST,
+                               NSFileWriteVolumeReadOnlyError: EROFS]
+    if ns.domain == NSCocoaErrorDomain, let e = posix[ns.code] { return String(cString: strerror(e)) }
+    return ns.localizedDescription
+}
+
+/// An error as the one line a command prints: Foundation's file errors as "PATH: reason" (the
+/// path from the error, the system's words), everything else as it describes itself.
+public func errorLine(_ error: Error) -> String {
+    let ns = error as NSError
+    guard ns.domain == NSCocoaErrorDomain || ns.domain == NSPOSIXErrorDomain else { return "\(error)" }
+    let path = ns.userInfo[NSFilePathErrorKey] as? String ?? (ns.userInfo[NSURLErrorKey] as? URL)?.path
+    return (path.map { "\($0): " } ?? "") + systemReason(error)
+}
+
 /// The directory of `path` ("." when it has none) and a hidden temporary name beside it, for a
 /// write that ends in rename(2) (same filesystem, so the rename is atomic).
 public func temporarySibling(of path: String) -> (dir: String, tmp: String) {

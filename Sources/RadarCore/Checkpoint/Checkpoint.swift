@@ -151,7 +151,8 @@ public enum Checkpoint {
         } catch {
             try? h.close()
             unlink(tmp)
-            throw error
+            if error is LZ4Frame.FrameError { throw error }
+            throw CheckpointError(path: path, reason: "write failed: \(systemReason(error))")
         }
         FaultInjection.point("checkpoint")
         guard rename(tmp, path) == 0 else {

@@ -35,7 +35,22 @@ public enum LZ4Frame {
             buffer = [UInt8](repeating: 0, count: max(LZ4F_compressBound(Writer.chunk, &prefs), 64))
             let n = buffer.withUnsafeMutableBytes { LZ4F_compressBegin(cctx, $0.baseAddress, $0.count, &prefs) }
             try check(n, "begin")
-            try handle.write(contentsOf: Data(buffer[0..<n]))
+            try emit(n)
+        }
+
+        /// The first `count` bytes of the buffer to the file; a failed write is an error naming the
+        /// file and the system's reason ("No space left on device"), not Foundation's NSError dump.
+        private func emit(_ count: Int) throws {
+            let fd = handle.fileDescriptor
+            try buffer.withUnsafeBytes { raw in
+                var off = 0
+                while off < count {
+                    let n = Glibc.write(fd, raw.baseAddress! + off, count - off)
+                    if n < 0 && errno == EINTR { continue }
+                    guard n > 0 else { throw FrameError(path: path, reason: "write failed: \(String(cString: strerror(n < 0 ? errno : EIO)))") }
+                    off += n
+                }
+            }
         }
 
         deinit { LZ4F_freeCompressionContext(cctx) }
@@ -50,7 +65,7 @@ public enum LZ4Frame {
                 let n = min(Writer.chunk, bytes.count - off)
                 let out = buffer.withUnsafeMutableBytes { LZ4F_compressUpdate(cctx, $0.baseAddress, $0.count, bytes.baseAddress! + off, n, nil) }
                 try check(out, "compress")
-                if out > 0 { try handle.write(contentsOf: Data(buffer[0..<out])) }
+                if out > 0 { try emit(out) }
                 off += n
             }
         }
@@ -60,7 +75,7 @@ public enum LZ4Frame {
         public func finish() throws {
             let n = buffer.withUnsafeMutableBytes { LZ4F_compressEnd(cctx, $0.baseAddress, $0.count, nil) }
             try check(n, "end")
-            try handle.write(contentsOf: Data(buffer[0..<n]))
+            try emit(n)
         }
     }
 

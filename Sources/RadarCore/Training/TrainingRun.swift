@@ -335,6 +335,7 @@ public final class TrainingRun {
         /// `resumedFrom`: the checkpoint's (optimizer step, epoch); lines the interrupted run
         /// wrote after it are dropped, so the log has each step once, as an uninterrupted run's.
         init(path: String, fresh: Bool, writes: Bool, resumedFrom: (step: Int, epoch: Int)? = nil) throws {
+            self.path = path
             if writes && (fresh || !FileManager.default.fileExists(atPath: path)) { FileManager.default.createFile(atPath: path, contents: nil) }
             if writes, !fresh, let r = resumedFrom, let text = try? String(contentsOfFile: path, encoding: .utf8) {
                 let kept = text.split(separator: "\n").filter { line in
@@ -349,9 +350,16 @@ public final class TrainingRun {
             _ = try? handle?.seekToEnd()
         }
         deinit { try? handle?.close() }
+        let path: String
+        var failed = false
+        /// Appends one line. The log is a record, not the run's state, so a failed write (a full
+        /// disk) does not stop training; it is said once, and the checkpoint write that follows
+        /// stops the run if the disk stays full.
         func record(_ obj: [String: Any]) {
-            if let d = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]) {
-                try? handle?.write(contentsOf: d + Data("\n".utf8))
+            guard let handle, let d = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+            do { try handle.write(contentsOf: d + Data("\n".utf8)) } catch {
+                if !failed { logLine("warning: \(path): write failed: \(systemReason(error)); its lines from here on are lost") }
+                failed = true
             }
         }
     }
