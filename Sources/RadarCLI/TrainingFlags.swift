@@ -26,7 +26,8 @@ public struct TrainingFlags: ParsableArguments {
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp))
     public var precision: String?
     @Flag(help: "Let several local ranks share a GPU (by default each rank needs a GPU of its own).") public var allowGpuSharing = false
-    @Option(help: "Loader threads (decode + augment).") public var loaderThreads = 1
+    @Option(help: "Loader threads (decode + augment). Default: on a GPU, this rank's share of the cores less one (at most 16); on the CPU, 1.")
+    public var loaderThreads: Int?
     @Flag(help: "Disable training augmentation.") public var noAugment = false
     @Option(help: "Cap optimizer steps per epoch (0: all), for smoke runs.") public var maxStepsPerEpoch = 0
     @Option(help: "A timm vit_small_patch16_224 safetensors file for the encoder.") public var pretrained: String?
@@ -58,7 +59,7 @@ public struct TrainingFlags: ParsableArguments {
         try need(weightDecay.isFinite && weightDecay >= 0, "weight-decay", "a finite number of at least 0", String(weightDecay))
         try need(patience >= 1, "patience", "at least 1", String(patience))
         try need((threads ?? 1) >= 1, "threads", "at least 1", String(threads ?? 1))
-        try need(loaderThreads >= 1, "loader-threads", "at least 1", String(loaderThreads))
+        try need((loaderThreads ?? 1) >= 1, "loader-threads", "at least 1", String(loaderThreads ?? 1))
         try need(maxStepsPerEpoch >= 0, "max-steps-per-epoch", "0 (all) or more", String(maxStepsPerEpoch))
         try need(checkpointEvery >= 0, "checkpoint-every", "0 (epoch ends only) or more", String(checkpointEvery))
         try need(stopAfterSteps >= 0, "stop-after-steps", "0 (run to the end) or more", String(stopAfterSteps))
@@ -98,7 +99,7 @@ public struct TrainingFlags: ParsableArguments {
         o.patience = patience
         o.seed = seed
         o.threads = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(localRanks, 1))
-        o.loaderThreads = loaderThreads
+        o.loaderThreads = loaderThreads ?? Devices.defaultLoaderThreads(device: o.device, localRanks: localRanks)
         o.augment = !noAugment
         o.maxStepsPerEpoch = maxStepsPerEpoch
         o.pretrained = pretrained

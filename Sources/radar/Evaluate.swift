@@ -29,7 +29,8 @@ struct Evaluate: ParsableCommand {
             let set = try ShardSet(directory: data)
             let c = model.config
             let loader = StreamingLoader(set: set, refs: set.refs(sp), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
-                                         augment: false, seed: 0, epoch: 0, threads: 1, dropLast: false)
+                                         augment: false, seed: 0, epoch: 0,
+                                         threads: Devices.defaultLoaderThreads(device: device ?? Devices.defaultName, localRanks: 1), dropLast: false)
             var scores: [Float] = [], labels: [Int] = [], seqs: [String] = []
             let probs = UnsafeMutablePointer<Float>.allocate(capacity: batchSize)
             defer { probs.deallocate() }

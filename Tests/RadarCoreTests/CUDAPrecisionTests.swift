@@ -218,6 +218,15 @@ final class CUDAPrecisionTests: XCTestCase {
         XCTAssertLessThan(distances["tf32"]!, distances["bf16"]!)
     }
 
+    func testLoaderThreadsDefaultToTheHostsFreeCoresOnAGPU() {
+        // On the CPU the compute threads own the cores; on a GPU this rank's share less one decodes.
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        for d in ["cpu", "cpu-fenced", "cuda-emulated"] { XCTAssertEqual(Devices.defaultLoaderThreads(device: d, localRanks: 1), 1, d) }
+        XCTAssertEqual(Devices.defaultLoaderThreads(device: "cuda:1", localRanks: 1), min(16, max(1, cores - 1)))
+        XCTAssertEqual(Devices.defaultLoaderThreads(device: "cuda", localRanks: 4 * cores), 1, "more ranks than cores: one each")
+        XCTAssertEqual(Devices.defaultLoaderThreads(device: "cuda:0", localRanks: 1) <= 16, true)
+    }
+
     func testDeviceErrors() throws {
         XCTAssertThrowsError(try CUDADrivers.open(ordinal: 7, emulated: true)) { e in
             XCTAssertEqual("\(e)", "device cuda:7: this machine has 1 CUDA device (cuda:0)")
