@@ -56,10 +56,15 @@ struct Predict: ParsableCommand {
     @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
     @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
     @Flag(help: "One JSON document on stdout (predictions and unreadable files) instead of tab-separated lines.") var json = false
+    @Option(help: "Images per forward pass (at most the number of images).") var batchSize = 8
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
     @Argument(help: "Images or directories of images.") var paths: [String]
+
+    func validate() throws {
+        if batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
+    }
 
     func run() throws {
         try failing {
@@ -75,29 +80,51 @@ struct Predict: ParsableCommand {
                     }
                 } else { files.append(p) }
             }
-            let c = model.config
-            let x = HostTensor(Shape(1, 3, c.imgSize, c.imgSize))
-            let input = DeviceTensor(ctx.backend, x.shape)
-            var prob: Float = 0
+            // Batches of --batch-size: the images decoded on every core, then one forward.
+            // Sized for the images there are: the forward's memory grows with the batch.
+            let c = model.config, per = 3 * c.imgSize * c.imgSize, batchSize = max(1, min(self.batchSize, files.count))
+            let host = HostTensor(Shape(batchSize, 3, c.imgSize, c.imgSize))
+            let input = DeviceTensor(ctx.backend, host.shape)
+            let probs = UnsafeMutablePointer<Float>.allocate(capacity: batchSize)
+            defer { probs.deallocate() }
             var predictions: [[String: Any]] = [], failures: [[String: Any]] = [], predicted = 0
-            for f in files {
-                do {
-                    guard let d = FileManager.default.contents(atPath: f) else { throw ValidationError("\(f): cannot read") }
-                    // The reference's evaluation transform: OpenCV INTER_LINEAR resize, then normalise.
-                    let img = ImageResize.resize(try ImageCodec.decode(d, item: f), width: c.imgSize, height: c.imgSize, mode: .openCVLinear)
-                    Augmenter.normalize(img, mean: c.mean, std: c.std, into: x.pointer)
-                    ctx.backend.upload(x.buffer, into: input.tensor)
-                    try trainer.predict(images: input.tensor, into: &prob)
-                    let label = prob >= 0.5 ? "fake" : "real"
+            for start in stride(from: 0, to: files.count, by: batchSize) {
+                let chunk = Array(files[start..<min(start + batchSize, files.count)])
+                // Slot i of the host batch is chunk[i]'s; failed images leave their slot unused.
+                let errors = UnsafeMutableBufferPointer<String?>.allocate(capacity: chunk.count)
+                errors.initialize(repeating: nil)
+                defer { errors.deinitialize(); errors.deallocate() }
+                let slots = host.pointer
+                DispatchQueue.concurrentPerform(iterations: chunk.count) { i in
+                    do {
+                        guard let d = FileManager.default.contents(atPath: chunk[i]) else { throw ValidationError("\(chunk[i]): cannot read") }
+                        // The reference's evaluation transform: OpenCV INTER_LINEAR resize, then normalise.
+                        let img = ImageResize.resize(try ImageCodec.decode(d, item: chunk[i]), width: c.imgSize, height: c.imgSize, mode: .openCVLinear)
+                        Augmenter.normalize(img, mean: c.mean, std: c.std, into: slots + i * per)
+                    } catch { errors[i] = "\(error)" }
+                }
+                let good = chunk.indices.filter { errors[$0] == nil }
+                for (k, i) in good.enumerated() where k != i { (slots + k * per).update(from: slots + i * per, count: per) }
+                if !good.isEmpty {
+                    let view = input.tensor.slice(from: 0, Shape(good.count, 3, c.imgSize, c.imgSize))
+                    ctx.backend.upload(UnsafeBufferPointer(start: slots, count: good.count * per), into: view)
+                    try trainer.predict(images: view, into: probs)
+                }
+                var k = 0
+                for (i, f) in chunk.enumerated() {
+                    if let e = errors[i] {
+                        logLine("radar predict: \(e)")
+                        failures.append(["path": f, "error": e])
+                        continue
+                    }
+                    let prob = probs[k], label = prob >= 0.5 ? "fake" : "real"
+                    k += 1
                     predicted += 1
                     if json {
                         predictions.append(["path": f, "probability_fake": Double(prob), "label": label])
                     } else {
                         print(String(format: "%@\t%.6f\t%@", f, prob, label))
                     }
-                } catch {
-                    logLine("radar predict: \(error)")
-                    failures.append(["path": f, "error": "\(error)"])
                 }
             }
             if json { printJSON(["checkpoint": checkpoint, "images": predictions.count, "predictions": predictions, "unreadable": failures]) }

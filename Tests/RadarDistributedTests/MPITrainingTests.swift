@@ -466,6 +466,21 @@ final class DemoPipelineTests: XCTestCase {
             XCTAssertEqual(p["probability_fake"] as! Double, Double(f[1])!, accuracy: 5e-7)
             XCTAssertEqual(p["label"] as? String, String(f[2]))
         }
+        // Batches: one image per forward pass gives what one pass over all four gives (eval mode,
+        // no image depends on another; the products' shapes differ, so to the last printed
+        // digit), and an unreadable file among them (first in the folder's batch) keeps the
+        // others' results and their order.
+        try Data("not an image".utf8).write(to: URL(fileURLWithPath: imgs + "/e.png"))
+        for extra in [["--batch-size", "1"], ["--batch-size", "3"], []] {
+            let again = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
+                                 "--threads", "1"] + extra + [imgs + "/f0.png", imgs]).split(separator: "\n")
+            XCTAssertEqual(again.count, 4, "\(extra): \(again)")
+            for (a, l) in zip(again, lines) {
+                let (fa, fl) = (a.split(separator: "\t"), l.split(separator: "\t"))
+                XCTAssertEqual(fa[0], fl[0], "\(extra)")
+                XCTAssertEqual(Double(fa[1])!, Double(fl[1])!, accuracy: 2e-6, "\(extra): \(a) vs \(l)")
+            }
+        }
         // The model-only file and a plain PyTorch state dict (no metadata: --config names the
         // model) evaluate to the same metrics as the best checkpoint.
         let radar = bin.appendingPathComponent("radar").path
