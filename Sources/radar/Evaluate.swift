@@ -56,7 +56,7 @@ struct Predict: ParsableCommand {
     @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
     @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
     @Flag(help: "One JSON document on stdout (predictions and unreadable files) instead of tab-separated lines.") var json = false
-    @Option(help: "Images per forward pass (at most the number of images).") var batchSize = 8
+    @Option(help: "Images per forward pass (at most the number of images).") var batchSize = 32
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?

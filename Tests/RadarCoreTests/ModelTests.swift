@@ -218,6 +218,23 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(be.synchronizations, before + 1)
     }
 
+    func testEvalForwardReleasesEachEncoderBlockWithTheSameBits() throws {
+        // radar predict / evaluate: no backward follows, so each block's tensors go once its
+        // output is written. The same probabilities, bit for bit, from far less arena.
+        func run(releasing: Bool) throws -> (probs: [Float], peak: Int) {
+            let (trainer, images, _) = try makeTinyTrainer(batch: 4) { $0.depth = 6 }
+            trainer.ctx.releaseBlocksInEval = releasing
+            var probs = [Float](repeating: .nan, count: 4)
+            try trainer.predict(images: images.tensor, into: &probs)
+            try trainer.predict(images: images.tensor, into: &probs)  // a second pass reuses the arena
+            return (probs, trainer.ctx.arena.peakFloats)
+        }
+        let kept = try run(releasing: false), released = try run(releasing: true)
+        XCTAssertEqual(released.probs.map(\.bitPattern), kept.probs.map(\.bitPattern))
+        XCTAssertFalse(released.probs.contains { $0.isNaN })
+        XCTAssertLessThan(Double(released.peak), 0.5 * Double(kept.peak), "arena peak \(released.peak) floats releasing, \(kept.peak) keeping")
+    }
+
     func testConfigJSONRoundTripAndValidation() throws {
         let tiny = RADARConfig.preset("tiny")!
         let back = try JSONDecoder().decode(RADARConfig.self, from: tiny.jsonData())

@@ -28,6 +28,10 @@ public final class ExecutionContext: @unchecked Sendable {
     /// (`productWeight`): the backend's choice (where every product rounds its operands to bf16
     /// anyway, so the same bits) unless set. Off, each product rounds the weight it reads.
     public var bf16WeightCopy: Bool
+    /// In eval mode (no backward follows) the encoder releases each block's tensors once its
+    /// output is written: it holds two residual streams and one block's temporaries instead of
+    /// every block's saves. The same bits either way; off only to compare.
+    public var releaseBlocksInEval = true
     private var weightCopy: Tensor?
     private var weightCopyFresh = false
     /// The copy holds parameter element i at bf16 element i + shift, so that the parameters at

@@ -69,8 +69,13 @@ public struct VisionTransformer: Sendable {
         // Under bf16 activations every tensor below that only products read is kept in bf16; the
         // residual stream (h, h1, h2) stays fp32.
         let dt = ctx.productInputType
+        // Eval mode: the blocks write their outputs into `tokens` and `spare` in turn, and each
+        // block's tensors are released once its output is written (nothing reads them again).
+        let releasing = !ctx.training && ctx.releaseBlocksInEval
+        let spare = releasing && !blocks.isEmpty ? ctx.tensor(Shape(b, n + 1, d)) : tokens
         for i in 0..<blocks.count {
             let blk = blocks[i]
+            let blockStart = ctx.arena.mark()
             let (a, n1) = try blk.norm1.forward(h, ctx, output: dt)
             // The residual sums are written over the branch outputs (no backward reads those).
             let (h1, attnSaved) = try blk.attn.forward(a, ctx)
@@ -79,6 +84,13 @@ public struct VisionTransformer: Sendable {
             let fc1Out = try blk.fc1.forward(m, ctx, output: dt)
             let (act, geluSaved) = GELU.forward(fc1Out, ctx, output: dt)
             let h2 = try blk.fc2.forward(act, ctx)
+            if releasing {
+                let next = (h.base == tokens.base ? spare : tokens).reshaped(h2.shape)
+                be.add(h1, h2, into: next)
+                ctx.arena.rewind(to: blockStart)
+                h = next
+                continue
+            }
             be.add(h1, h2, into: h2)
             saved.append(BlockSaved(n1: n1, attn: attnSaved, n2: n2, h: m, gelu: geluSaved, act: act))
             h = h2
