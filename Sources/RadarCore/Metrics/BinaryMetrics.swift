@@ -57,10 +57,11 @@ public enum BinaryMetrics {
     }
 
     /// Equal error rate: where the false-positive rate equals the false-negative rate (1 - TPR),
-    /// linearly interpolated between the two ROC points that bracket it.
+    /// linearly interpolated between the two ROC points that bracket it (nil with a NaN score:
+    /// the curve is then its first point alone).
     public static func equalErrorRate(scores: [Float], labels: [Int]) -> Double? {
         let pos = labels.filter { $0 == 1 }.count
-        guard pos > 0 && pos < labels.count, !scores.contains(where: \.isNaN) else { return nil }
+        guard pos > 0 && pos < labels.count else { return nil }
         let (fpr, tpr, _) = rocCurve(scores: scores, labels: labels)
         for k in 1..<fpr.count {
             let d0 = fpr[k - 1] - (1 - tpr[k - 1]), d1 = fpr[k] - (1 - tpr[k])

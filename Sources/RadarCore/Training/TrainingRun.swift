@@ -332,6 +332,9 @@ public final class TrainingRun {
     /// metrics.jsonl, appended line by line (rank 0 only).
     final class StepLog {
         let handle: FileHandle?
+        let path: String
+        /// A write failed (said once).
+        var failed = false
         /// `resumedFrom`: the checkpoint's (optimizer step, epoch); lines the interrupted run
         /// wrote after it are dropped, so the log has each step once, as an uninterrupted run's.
         init(path: String, fresh: Bool, writes: Bool, resumedFrom: (step: Int, epoch: Int)? = nil) throws {
@@ -350,8 +353,6 @@ public final class TrainingRun {
             _ = try? handle?.seekToEnd()
         }
         deinit { try? handle?.close() }
-        let path: String
-        var failed = false
         /// Appends one line. The log is a record, not the run's state, so a failed write (a full
         /// disk) does not stop training; it is said once, and the checkpoint write that follows
         /// stops the run if the disk stays full.
