@@ -28,6 +28,16 @@ struct Prepare: ParsableCommand {
     @Option(help: "Images (archive members or files) larger than this many MiB are skipped and counted, never read.")
     var maxImageMb = 64
 
+    func validate() throws {
+        try require((0..<1).contains(valFraction), "val-fraction", "in [0, 1)", valFraction)
+        try require((0..<1).contains(testFraction), "test-fraction", "in [0, 1)", testFraction)
+        try require((maxImages ?? 2) >= 2, "max-images", "at least 2 (one image per class)", maxImages ?? 2)
+        try require(realFraction.map { $0 > 0 && $0 < 1 } ?? true, "real-fraction", "in (0, 1)", realFraction ?? 0.5)
+        try require(shardSize >= 1, "shard-size", "at least 1", shardSize)
+        try require(["keep", "png"].contains(imageFormat), "image-format", "keep or png", imageFormat)
+        try require((1...4096).contains(maxImageMb), "max-image-mb", "in 1...4096", maxImageMb)
+    }
+
     func run() throws {
         try failing {
             if checkOnly {
@@ -42,9 +52,7 @@ struct Prepare: ParsableCommand {
             opts.maxImages = maxImages
             opts.realFraction = realFraction
             opts.shardSize = shardSize
-            guard ["keep", "png"].contains(imageFormat) else { throw ValidationError("--image-format must be keep or png, got \(imageFormat)") }
             opts.pngOnly = imageFormat == "png"
-            guard maxImageMb >= 1 && maxImageMb <= 4096 else { throw ValidationError("--max-image-mb must be in 1...4096") }
             let limit = maxImageMb << 20
             let src: SampleSource
             if source == "hf" {
@@ -70,6 +78,11 @@ struct Prepare: ParsableCommand {
             try runPreparer(src, opts)
         }
     }
+}
+
+/// A flag's value checked before any work: a one-line error naming the flag and what it allows.
+func require(_ ok: Bool, _ flag: String, _ allowed: String, _ got: Any) throws {
+    if !ok { throw ValidationError("--\(flag) must be \(allowed), got \(got)") }
 }
 
 func runPreparer(_ source: SampleSource, _ opts: PrepareOptions) throws {
@@ -101,6 +114,15 @@ struct Synth: ParsableCommand {
     @Option(help: "Frames per sequence.") var framesPerSequence = 8
     @Option(help: "Fraction of train sequences drawn for validation.") var valFraction = 0.1
     @Option(help: "Samples per shard.") var shardSize = 500
+
+    func validate() throws {
+        try require(count >= 1, "count", "at least 1", count)
+        try require((8...4096).contains(size), "size", "in 8...4096 pixels", size)
+        try require(difficulty >= 0 && difficulty <= 1, "difficulty", "in [0, 1]", difficulty)
+        try require(framesPerSequence >= 1, "frames-per-sequence", "at least 1", framesPerSequence)
+        try require((0..<1).contains(valFraction), "val-fraction", "in [0, 1)", valFraction)
+        try require(shardSize >= 1, "shard-size", "at least 1", shardSize)
+    }
 
     func run() throws {
         try failing {

@@ -491,6 +491,12 @@ final class TrainingRunTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("training images are fewer than one global batch (--batch-size 50 x --accumulation-steps 2 x 1 rank = 100)"), "\(e)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: o.experimentDirectory), "no experiment folder for a run that never started")
+        // Nor for a checkpoint that cannot be resumed from (it left a folder holding only .lock).
+        (o.batchSize, o.experiment, o.resume) = (8, "bad-resume", data + "/manifest.json")
+        XCTAssertThrowsError(try TrainingRun(options: o).run()) { e in
+            XCTAssertTrue("\(e)".hasPrefix(data + "/manifest.json: ") && "\(e)".contains("not a safetensors file"), "\(e)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: o.experimentDirectory), "no experiment folder after a failed resume")
     }
 
     func testTrainingRunOnShardsWritesTheReferenceOutputs() throws {

@@ -54,10 +54,10 @@ extension MPITrainingTests {
 
 /// Training flags are validated before any work: one line naming the flag, a non-zero exit.
 final class TrainingFlagValidationTests: XCTestCase {
-    func run(_ args: [String]) throws -> (status: Int32, err: String) {
+    func run(_ args: [String], command: [String] = ["train", "--data", "/nonexistent-radar-data", "--config", "tiny"]) throws -> (status: Int32, err: String) {
         let p = Process()
         p.executableURL = MPITrainingTests.products.appendingPathComponent("radar")
-        p.arguments = ["train", "--data", "/nonexistent-radar-data", "--config", "tiny"] + args
+        p.arguments = command + args
         let err = Pipe()
         p.standardError = err
         p.standardOutput = Pipe()
@@ -81,8 +81,21 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["--device", "cuda:x"], "--device must be one of"),
             (["--precision", "fp16"], "--precision must be auto, fp32, tf32 or bf16, got fp16"),
         ]
-        for (args, expected) in cases {
-            let r = try run(args)
+        // radar synth and radar prepare likewise (synth --size 7 was a crash: a failed precondition).
+        let synth = ["synth", "--output", NSTemporaryDirectory() + "radar-flag-synth"]
+        let prepare = ["prepare", "--source", "/nonexistent-radar-src", "--output", NSTemporaryDirectory() + "radar-flag-prep"]
+        let others: [([String], String)] = [
+            (synth + ["--size", "7"], "--size must be in 8...4096 pixels, got 7"),
+            (synth + ["--count", "0"], "--count must be at least 1, got 0"),
+            (synth + ["--difficulty", "1.5"], "--difficulty must be in [0, 1], got 1.5"),
+            (synth + ["--frames-per-sequence", "0"], "--frames-per-sequence must be at least 1"),
+            (prepare + ["--val-fraction", "1"], "--val-fraction must be in [0, 1), got 1.0"),
+            (prepare + ["--real-fraction", "0"], "--real-fraction must be in (0, 1), got 0.0"),
+            (prepare + ["--max-images", "1"], "--max-images must be at least 2"),
+            (prepare + ["--image-format", "jpg"], "--image-format must be keep or png, got jpg"),
+        ]
+        for (args, expected) in cases + others {
+            let r = args.first == "synth" || args.first == "prepare" ? try run(args, command: []) : try run(args)
             XCTAssertNotEqual(r.status, 0, "\(args)")
             XCTAssertFalse(r.status == 4 || r.status > 128, "\(args): crashed with status \(r.status)")
             let lines = r.err.split(separator: "\n").filter { !$0.hasPrefix("Usage") && !$0.contains("--help") && !$0.isEmpty }

@@ -82,7 +82,7 @@ public enum SafeTensors {
         guard data.count >= 8 else { throw fail("file of \(data.count) bytes is shorter than the 8-byte header length") }
         let headerLength = data.prefix(8).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
         guard headerLength <= UInt64(data.count - 8) else {
-            throw fail("header length \(headerLength) exceeds the file size \(data.count)" + (foreignFormat(data).map { " (\($0))" } ?? ""))
+            throw fail("header length \(headerLength) exceeds the file size \(data.count) (\(foreignFormat(data) ?? "not a safetensors file"))")
         }
         guard headerLength <= UInt64(SafeTensors.maxHeaderBytes) else {
             throw fail("header of \(headerLength) bytes exceeds the limit of \(SafeTensors.maxHeaderBytes)")

@@ -506,6 +506,7 @@ public final class TrainingRun {
 
     public func run() throws -> RunHistory {
         let dir = options.experimentDirectory
+        let existed = FileManager.default.fileExists(atPath: dir)
         try makeDirectory(dir)
         let lock = writes ? try ExperimentLock(directory: dir) : nil
         defer { lock?.release() }
@@ -521,7 +522,16 @@ public final class TrainingRun {
             let removed = try ExperimentFolder.prepareFresh(dir, overwrite: options.overwrite)
             if !removed.isEmpty { log("--overwrite: removed the previous run's \(removed.joined(separator: ", "))") }
         }
-        let resumed = try resumeState()
+        let resumed: Checkpoint.State?
+        do { resumed = try resumeState() } catch {
+            // A checkpoint that cannot be resumed from leaves no folder this run made (only its .lock is in it).
+            if writes && !existed {
+                lock?.release()
+                unlink((dir as NSString).appendingPathComponent(".lock"))
+                rmdir(dir)
+            }
+            throw error
+        }
         if writes {
             try writeFileAtomically(try JSONSerialization.data(withJSONObject: options.jsonObject, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]),
                                     to: (dir as NSString).appendingPathComponent("config.json"))
