@@ -16,6 +16,25 @@ final class TerminalTests: XCTestCase {
     }
 }
 
+/// Without a terminal: a plain line every logInterval seconds, never a bar.
+final class PlainProgressTests: XCTestCase {
+    func testALogFileGetsAPlainLineEveryInterval() {
+        let t0 = Date(timeIntervalSince1970: 1_000_000)
+        let p = ProgressReporter("epoch 1/3", total: 200, unit: "img", interactive: false, start: t0)
+        p.logInterval = 60
+        var lines: [String] = []
+        p.lineSink = { lines.append($0) }
+        for (done, seconds) in [(10, 30.0), (20, 61), (30, 90), (40, 122), (200, 600)] {
+            p.update(done, items: done * 8, detail: "loss 0.6931", now: t0.addingTimeInterval(seconds))
+        }
+        XCTAssertEqual(lines, ["epoch 1/3: 20/200 (10%) 2.6 img/s ETA 9:09 loss 0.6931",
+                               "epoch 1/3: 40/200 (20%) 2.6 img/s ETA 8:08 loss 0.6931"], "at 61 s and 122 s; none at the end (the command says that)")
+        p.logInterval = 0
+        p.update(50, now: t0.addingTimeInterval(1000))
+        XCTAssertEqual(lines.count, 2, "0 turns the lines off")
+    }
+}
+
 /// The run's SVG plots: round tick values, no one-step "moving average", a one-epoch run readable.
 final class PlotTests: XCTestCase {
     func testTicksAreRoundNumbers() {

@@ -1,26 +1,41 @@
 import Foundation
 
 /// Progress for long-running commands: a redrawn bar with rate and ETA on a terminal; on
-/// anything else, nothing but the log lines the command prints itself.
+/// anything else (a log file, a batch system's output), a plain line every `logInterval` seconds
+/// (`RADAR_PROGRESS_SECONDS`, default 60; 0: none), so an hour-long epoch is not an hour of silence.
 public final class ProgressReporter: @unchecked Sendable {
     public let label: String
     public let total: Int
     public let unit: String
     public let interactive: Bool
-    private let start = Date()
+    public var logInterval: Double = ProgressReporter.defaultLogInterval
+    /// Where the plain lines go (stderr; tests collect them).
+    public var lineSink: (String) -> Void = logLine
+    private let start: Date
     private var lastDraw = Date.distantPast
+    private var lastLine: Date
 
-    public init(_ label: String, total: Int, unit: String = "it", interactive: Bool = isatty(STDERR_FILENO) != 0) {
+    public static var defaultLogInterval: Double {
+        ProcessInfo.processInfo.environment["RADAR_PROGRESS_SECONDS"].flatMap(Double.init).map { max(0, $0) } ?? 60
+    }
+
+    public init(_ label: String, total: Int, unit: String = "it", interactive: Bool = isatty(STDERR_FILENO) != 0, start: Date = Date()) {
         self.label = label
         self.total = total
         self.unit = unit
         self.interactive = interactive
+        self.start = start
+        lastLine = start
     }
 
     /// `done` of `total` finished; `items` (e.g. images) processed so far, for the rate.
-    public func update(_ done: Int, items: Int? = nil, detail: String = "") {
-        guard interactive else { return }
-        let now = Date()
+    public func update(_ done: Int, items: Int? = nil, detail: String = "", now: Date = Date()) {
+        guard interactive else {
+            guard logInterval > 0, done < total, now.timeIntervalSince(lastLine) >= logInterval else { return }
+            lastLine = now
+            lineSink(plainLine(done: done, elapsed: now.timeIntervalSince(start), items: items, detail: detail))
+            return
+        }
         guard now.timeIntervalSince(lastDraw) > 0.1 || done >= total else { return }
         lastDraw = now
         let line = render(done: done, elapsed: now.timeIntervalSince(start), items: items, detail: detail, columns: ProgressReporter.terminalColumns())
@@ -41,6 +56,15 @@ public final class ProgressReporter: @unchecked Sendable {
         if !detail.isEmpty { text += " " + detail }
         if columns > 1 && text.count > columns - 1 { text = String(text.prefix(columns - 1)) }
         return "\r" + text + "\u{1B}[K"
+    }
+
+    /// The log line for where the bar is not drawn: "epoch 1/3: 50/200 (25%) 10.0 img/s ETA 0:15 ...".
+    public func plainLine(done: Int, elapsed: Double, items: Int? = nil, detail: String = "") -> String {
+        let rate = Double(items ?? done) / max(elapsed, 1e-9)
+        let eta = done > 0 ? elapsed / Double(done) * Double(max(total - done, 0)) : 0
+        let percent = total > 0 ? 100 * done / total : 0
+        let text = String(format: "%@: %d/%d (%d%%) %.1f %@/s ETA %@", label, done, total, percent, rate, unit, ProgressReporter.clock(eta))
+        return detail.isEmpty ? text : text + " " + detail
     }
 
     /// The terminal's width (stderr), 80 when unknown.
