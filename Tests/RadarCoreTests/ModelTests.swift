@@ -1,6 +1,7 @@
 import CAllocationCounter
 import Foundation
 import RadarCore
+import RadarCPU
 import XCTest
 
 /// Builds a tiny RADAR, its trainer and a synthetic batch.
@@ -221,18 +222,24 @@ final class ModelTests: XCTestCase {
     func testEvalForwardReleasesEachEncoderBlockWithTheSameBits() throws {
         // radar predict / evaluate: no backward follows, so each block's tensors go once its
         // output is written. The same probabilities, bit for bit, from far less arena.
-        func run(releasing: Bool) throws -> (probs: [Float], peak: Int) {
-            let (trainer, images, _) = try makeTinyTrainer(batch: 4) { $0.depth = 6 }
-            trainer.ctx.releaseBlocksInEval = releasing
-            var probs = [Float](repeating: .nan, count: 4)
-            try trainer.predict(images: images.tensor, into: &probs)
-            try trainer.predict(images: images.tensor, into: &probs)  // a second pass reuses the arena
-            return (probs, trainer.ctx.arena.peakFloats)
+        // Also in CPU bf16 (its bf16 activations and weight copy): rounded products everywhere,
+        // oneDNN's where this CPU runs it.
+        var backends: [(String, (any Backend)?)] = [("the test device", nil), ("bf16 rounded", CPUBackend(threads: 1, products: .bf16Rounded))]
+        if case .bf16OneDNN = try CPUProducts.bf16(environment: [:]).0 { backends.append(("bf16 oneDNN", CPUBackend(threads: 1, products: .bf16OneDNN))) }
+        for (name, backend) in backends {
+            func run(releasing: Bool) throws -> (probs: [Float], peak: Int) {
+                let (trainer, images, _) = try makeTinyTrainer(batch: 4, backend: backend) { $0.depth = 6 }
+                trainer.ctx.releaseBlocksInEval = releasing
+                var probs = [Float](repeating: .nan, count: 4)
+                try trainer.predict(images: images.tensor, into: &probs)
+                try trainer.predict(images: images.tensor, into: &probs)  // a second pass reuses the arena
+                return (probs, trainer.ctx.arena.peakFloats)
+            }
+            let kept = try run(releasing: false), released = try run(releasing: true)
+            XCTAssertEqual(released.probs.map(\.bitPattern), kept.probs.map(\.bitPattern), name)
+            XCTAssertFalse(released.probs.contains { $0.isNaN }, name)
+            XCTAssertLessThan(Double(released.peak), 0.5 * Double(kept.peak), "\(name): arena peak \(released.peak) floats releasing, \(kept.peak) keeping")
         }
-        let kept = try run(releasing: false), released = try run(releasing: true)
-        XCTAssertEqual(released.probs.map(\.bitPattern), kept.probs.map(\.bitPattern))
-        XCTAssertFalse(released.probs.contains { $0.isNaN })
-        XCTAssertLessThan(Double(released.peak), 0.5 * Double(kept.peak), "arena peak \(released.peak) floats releasing, \(kept.peak) keeping")
     }
 
     func testConfigJSONRoundTripAndValidation() throws {
