@@ -80,6 +80,9 @@ struct Predict: ParsableCommand {
                     }
                 } else { files.append(p) }
             }
+            guard !files.isEmpty else {
+                throw ValidationError("no images to predict: \(paths.joined(separator: ", ")) hold\(paths.count == 1 ? "s" : "") no .png, .jpg or .jpeg file")
+            }
             // Batches of --batch-size: the images decoded on every core, then one forward.
             // Sized for the images there are: the forward's memory grows with the batch.
             let c = model.config, per = 3 * c.imgSize * c.imgSize, batchSize = max(1, min(self.batchSize, files.count))

@@ -481,6 +481,13 @@ final class DemoPipelineTests: XCTestCase {
                 XCTAssertEqual(Double(fa[1])!, Double(fl[1])!, accuracy: 2e-6, "\(extra): \(a) vs \(l)")
             }
         }
+        // A folder without images is an error, not an empty success.
+        let none = root + "/no-images"
+        try FileManager.default.createDirectory(atPath: none, withIntermediateDirectories: true)
+        let (erc, eout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint",
+                                                 root + "/outputs/demo/best.safetensors.lz4", none])
+        XCTAssertEqual(erc, 1, eout)
+        XCTAssertEqual(eout, "radar: error: no images to predict: \(none) holds no .png, .jpg or .jpeg file\n")
         // The model-only file and a plain PyTorch state dict (no metadata: --config names the
         // model) evaluate to the same metrics as the best checkpoint.
         let radar = bin.appendingPathComponent("radar").path
