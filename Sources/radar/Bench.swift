@@ -19,6 +19,11 @@ extension Bench {
         @Option(help: "Our products: fp32, or bf16 (oneDNN where the CPU has AMX-BF16 or AVX512-BF16, else fp32 with a notice). cblas_sgemm is fp32 either way.")
         var precision = "fp32"
 
+        func validate() throws {
+            try require(threads >= 1, "threads", "at least 1", threads)
+            try require(repeats >= 1, "repeats", "at least 1", repeats)
+        }
+
         func run() throws {
             var products = CPUProducts.fp32
             switch precision {
@@ -107,6 +112,13 @@ extension Bench {
         var recomputeInBackward: Bool?
         @Option(help: "Keep the encoder's activations that only products read in bf16: true or false (default: the device's choice, true on CUDA in bf16 precision, else false).")
         var bf16Activations: Bool?
+
+        func validate() throws {
+            try require((batch ?? 1) >= 1, "batch", "at least 1", batch ?? 1)
+            try require(threads >= 1, "threads", "at least 1", threads)
+            try require(repeats >= 1, "repeats", "at least 1", repeats)
+            try require(accumulationSteps >= 1, "accumulation-steps", "at least 1", accumulationSteps)
+        }
 
         func run() throws {
             try failing {

@@ -21,6 +21,13 @@ extension Bench {
         @Option(help: "What the ring sends: fp32, or bf16 (half the bytes, sums in fp32). --verify then bounds the difference from MPI_Allreduce by bf16 rounding.")
         var gradDtype: WireFormat = .fp32
 
+        func validate() throws {
+            let mbs = sizes.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
+            try require(!mbs.isEmpty && mbs.allSatisfy { ($0 ?? 0) > 0 && $0!.isFinite }, "sizes", "positive MB values, comma separated", sizes)
+            try require(repeats >= 1, "repeats", "at least 1", repeats)
+            try require(timeout > 0 && timeout.isFinite, "timeout", "a positive number of seconds", timeout)
+        }
+
         func run() throws {
             if transport == "tcp" {
                 guard !verify else { logLine("radar bench allreduce: --verify compares with MPI_Allreduce: use --transport mpi"); throw ExitCode(2) }

@@ -12,6 +12,12 @@ extension Bench {
         @Option(help: "Time these images instead of generated ones: the first 32 PNG members of a prepared dataset (what bench/data_reference.py reads).")
         var data: String?
 
+        func validate() throws {
+            try require((8...4096).contains(size), "size", "in 8...4096 pixels", size)
+            try require(images >= 1, "images", "at least 1", images)
+            try require(prepareImages >= 0, "prepare-images", "0 (skip) or more", prepareImages)
+        }
+
         func run() throws {
             try failing {
                 var pngs: [Data] = []

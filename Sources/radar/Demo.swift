@@ -20,6 +20,10 @@ struct Demo: ParsableCommand {
     @Option(help: "A timm vit_small_patch16_224 safetensors file for the encoder (pos_embed resampled when the grid differs).")
     var pretrained: String?
 
+    func validate() throws {
+        try require(threads >= 1, "threads", "at least 1", threads)
+    }
+
     func run() throws {
         try failing {
             let cfg = try RADARConfig.resolve(config)

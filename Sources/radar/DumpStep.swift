@@ -21,6 +21,11 @@ struct DumpStep: ParsableCommand {
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
 
+    func validate() throws {
+        try require(threads >= 1, "threads", "at least 1", threads)
+        try require(steps >= 0, "steps", "0 or more", steps)
+    }
+
     func run() throws {
         try failing {
             let cfg = try RADARConfig.resolve(config)

@@ -22,6 +22,11 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
 
+    func validate() throws {
+        try require(batchSize >= 1, "batch-size", "at least 1", batchSize)
+        try require(threads >= 1, "threads", "at least 1", threads)
+    }
+
     func run() throws {
         try failing {
             guard let sp = Split(rawValue: split) else { throw ValidationError("--split must be train, val or test") }
@@ -63,7 +68,8 @@ struct Predict: ParsableCommand {
     @Argument(help: "Images or directories of images.") var paths: [String]
 
     func validate() throws {
-        if batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
+        try require(batchSize >= 1, "batch-size", "at least 1", batchSize)
+        try require(threads >= 1, "threads", "at least 1", threads)
     }
 
     func run() throws {

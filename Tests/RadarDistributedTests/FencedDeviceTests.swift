@@ -93,9 +93,16 @@ final class TrainingFlagValidationTests: XCTestCase {
             (prepare + ["--real-fraction", "0"], "--real-fraction must be in (0, 1), got 0.0"),
             (prepare + ["--max-images", "1"], "--max-images must be at least 2"),
             (prepare + ["--image-format", "jpg"], "--image-format must be keep or png, got jpg"),
+            // These crashed (a failed precondition) or ran with 0 threads.
+            (["evaluate", "--checkpoint", "w", "--data", "d", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+            (["predict", "--checkpoint", "w", "--threads", "0", "x.png"], "--threads must be at least 1, got 0"),
+            (["bench", "step", "--config", "tiny", "--batch", "0"], "--batch must be at least 1, got 0"),
+            (["bench", "data", "--size", "0"], "--size must be in 8...4096 pixels, got 0"),
+            (["bench", "allreduce", "--sizes", "1,x"], "--sizes must be positive MB values"),
+            (["demo", "--threads", "0"], "--threads must be at least 1, got 0"),
         ]
         for (args, expected) in cases + others {
-            let r = args.first == "synth" || args.first == "prepare" ? try run(args, command: []) : try run(args)
+            let r = args.first?.hasPrefix("--") == false ? try run(args, command: []) : try run(args)  // a command of its own, or radar train's flags
             XCTAssertNotEqual(r.status, 0, "\(args)")
             XCTAssertFalse(r.status == 4 || r.status > 128, "\(args): crashed with status \(r.status)")
             let lines = r.err.split(separator: "\n").filter { !$0.hasPrefix("Usage") && !$0.contains("--help") && !$0.isEmpty }
