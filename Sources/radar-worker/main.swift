@@ -31,6 +31,17 @@ struct RadarWorker: ParsableCommand {
     @Flag(help: "After every optimizer step, compare a hash of every rank's parameters and buffers (stop on a difference).")
     var verifyReplicas = false
 
+    func validate() throws {
+        func need(_ ok: Bool, _ flag: String, _ allowed: String, _ got: Any) throws {
+            if !ok { throw ValidationError("--\(flag) must be \(allowed), got \(got)") }
+        }
+        try need(bucketMb >= 0, "bucket-mb", "0 (a bucket per parameter) or more", bucketMb)
+        try need(["mpi", "tcp"].contains(transport), "transport", "mpi or tcp", transport)
+        for (flag, v) in [("timeout", timeout), ("heartbeat-deadline", heartbeatDeadline), ("rendezvous-timeout", rendezvousTimeout)] {
+            try need(v > 0 && v.isFinite, flag, "a positive number of seconds", v)
+        }
+    }
+
     func run() throws {
         FaultInjection.point("init")
         switch transport {

@@ -54,9 +54,10 @@ extension MPITrainingTests {
 
 /// Training flags are validated before any work: one line naming the flag, a non-zero exit.
 final class TrainingFlagValidationTests: XCTestCase {
-    func run(_ args: [String], command: [String] = ["train", "--data", "/nonexistent-radar-data", "--config", "tiny"]) throws -> (status: Int32, err: String) {
+    func run(_ args: [String], command: [String] = ["train", "--data", "/nonexistent-radar-data", "--config", "tiny"],
+             program: String = "radar") throws -> (status: Int32, err: String) {
         let p = Process()
-        p.executableURL = MPITrainingTests.products.appendingPathComponent("radar")
+        p.executableURL = MPITrainingTests.products.appendingPathComponent(program)
         p.arguments = command + args
         let err = Pipe()
         p.standardError = err
@@ -107,6 +108,14 @@ final class TrainingFlagValidationTests: XCTestCase {
             XCTAssertFalse(r.status == 4 || r.status > 128, "\(args): crashed with status \(r.status)")
             let lines = r.err.split(separator: "\n").filter { !$0.hasPrefix("Usage") && !$0.contains("--help") && !$0.isEmpty }
             XCTAssertEqual(lines.count, 1, "\(args): \(r.err)")
+            XCTAssertTrue(r.err.contains(expected), "\(args): \(r.err)")
+        }
+        // radar-worker's own flags (a negative bucket size ran as one bucket per parameter).
+        for (args, expected) in [(["--bucket-mb=-1"], "--bucket-mb must be 0 (a bucket per parameter) or more, got -1"),
+                                 (["--timeout", "0"], "--timeout must be a positive number of seconds, got 0.0"),
+                                 (["--transport", "udp"], "--transport must be mpi or tcp, got udp")] {
+            let r = try run(args, command: ["--data", "/nonexistent-radar-data", "--config", "tiny"], program: "radar-worker")
+            XCTAssertEqual(r.status, 64, "\(args): \(r.err)")
             XCTAssertTrue(r.err.contains(expected), "\(args): \(r.err)")
         }
     }
