@@ -32,6 +32,13 @@ struct RadarCoordinator: ParsableCommand {
         @Option(help: "Seconds without a heartbeat before a rank is declared lost.") var heartbeatDeadline: Double = 10
         @Option(help: "Seconds to wait for every rank to register.") var rendezvousTimeout: Double = 600
 
+        func validate() throws {
+            if worldSize < 1 { throw ValidationError("--world-size must be at least 1, got \(worldSize)") }
+            for (flag, v) in [("heartbeat-deadline", heartbeatDeadline), ("rendezvous-timeout", rendezvousTimeout)] where !(v > 0 && v.isFinite) {
+                throw ValidationError("--\(flag) must be a positive number of seconds, got \(v)")
+            }
+        }
+
         func run() throws {
             do {
                 let (host, port) = try RadarCoordinator.split(listen)

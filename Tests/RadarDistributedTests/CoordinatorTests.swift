@@ -268,6 +268,10 @@ final class StandaloneCoordinatorTests: XCTestCase {
         let (rc, text) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "--world-size", "2", "--token-file", tokenFile])
         XCTAssertNotEqual(rc, 0)
         XCTAssertTrue(text.contains("\(tokenFile): the job token has 6 characters, at least 32") && text.contains("openssl rand"), text)
+        // A job of no ranks is refused (it listened, and reported every rank finished).
+        let (zrc, ztext) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "--world-size", "0", "--token-file", tokenFile])
+        XCTAssertEqual(zrc, 64, ztext)
+        XCTAssertTrue(ztext.contains("--world-size must be at least 1, got 0"), ztext)
         try Data((HMACSHA256.randomHex(bytes: 16) + "\n").utf8).write(to: URL(fileURLWithPath: tokenFile))
         let port = try TCPRendezvous.freePort()
         let coord = Process()
