@@ -3,6 +3,12 @@ import Foundation
 import RadarCore
 import RadarDistributed
 
+/// A flag's value checked before any work (in a command's `validate`): a one-line error naming
+/// the flag and what it allows, and exit status 64.
+public func requireFlag(_ ok: Bool, _ flag: String, _ allowed: String, _ got: Any) throws {
+    if !ok { throw ValidationError("--\(flag) must be \(allowed), got \(got)") }
+}
+
 /// The training flags `radar train` and `radar-worker` share (the reference pipeline's, plus
 /// checkpointing), and the options they make.
 public struct TrainingFlags: ParsableArguments {
@@ -49,9 +55,7 @@ public struct TrainingFlags: ParsableArguments {
     /// Every value checked before any work (ArgumentParser calls this after parsing): a bad one is
     /// a one-line error naming the flag and what it allows, and exit status 64.
     public func validate() throws {
-        func need(_ ok: Bool, _ flag: String, _ allowed: String, _ got: String) throws {
-            if !ok { throw ValidationError("--\(flag) must be \(allowed), got \(got)") }
-        }
+        let need = requireFlag
         try need(batchSize >= 1, "batch-size", "at least 1", String(batchSize))
         try need(numEpochs >= 1, "num-epochs", "at least 1", String(numEpochs))
         try need(accumulationSteps >= 1, "accumulation-steps", "at least 1", String(accumulationSteps))

@@ -32,9 +32,7 @@ struct RadarWorker: ParsableCommand {
     var verifyReplicas = false
 
     func validate() throws {
-        func need(_ ok: Bool, _ flag: String, _ allowed: String, _ got: Any) throws {
-            if !ok { throw ValidationError("--\(flag) must be \(allowed), got \(got)") }
-        }
+        let need = requireFlag
         try need(bucketMb >= 0, "bucket-mb", "0 (a bucket per parameter) or more", bucketMb)
         try need(["mpi", "tcp"].contains(transport), "transport", "mpi or tcp", transport)
         for (flag, v) in [("timeout", timeout), ("heartbeat-deadline", heartbeatDeadline), ("rendezvous-timeout", rendezvousTimeout)] {

@@ -2,6 +2,7 @@ import ArgumentParser
 import CAllocationCounter
 import COpenBLAS
 import Foundation
+import RadarCLI
 import RadarCore
 
 struct Bench: ParsableCommand {
@@ -20,8 +21,8 @@ extension Bench {
         var precision = "fp32"
 
         func validate() throws {
-            try require(threads >= 1, "threads", "at least 1", threads)
-            try require(repeats >= 1, "repeats", "at least 1", repeats)
+            try requireFlag(threads >= 1, "threads", "at least 1", threads)
+            try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
         }
 
         func run() throws {
@@ -114,10 +115,10 @@ extension Bench {
         var bf16Activations: Bool?
 
         func validate() throws {
-            try require((batch ?? 1) >= 1, "batch", "at least 1", batch ?? 1)
-            try require(threads >= 1, "threads", "at least 1", threads)
-            try require(repeats >= 1, "repeats", "at least 1", repeats)
-            try require(accumulationSteps >= 1, "accumulation-steps", "at least 1", accumulationSteps)
+            try requireFlag((batch ?? 1) >= 1, "batch", "at least 1", batch ?? 1)
+            try requireFlag(threads >= 1, "threads", "at least 1", threads)
+            try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
+            try requireFlag(accumulationSteps >= 1, "accumulation-steps", "at least 1", accumulationSteps)
         }
 
         func run() throws {

@@ -23,9 +23,9 @@ extension Bench {
 
         func validate() throws {
             let mbs = sizes.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
-            try require(!mbs.isEmpty && mbs.allSatisfy { ($0 ?? 0) > 0 && $0!.isFinite }, "sizes", "positive MB values, comma separated", sizes)
-            try require(repeats >= 1, "repeats", "at least 1", repeats)
-            try require(timeout > 0 && timeout.isFinite, "timeout", "a positive number of seconds", timeout)
+            try requireFlag(!mbs.isEmpty && mbs.allSatisfy { ($0 ?? 0) > 0 && $0!.isFinite }, "sizes", "positive MB values, comma separated", sizes)
+            try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
+            try requireFlag(timeout > 0 && timeout.isFinite, "timeout", "a positive number of seconds", timeout)
         }
 
         func run() throws {

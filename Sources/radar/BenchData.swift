@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RadarCLI
 import RadarCore
 
 extension Bench {
@@ -13,9 +14,9 @@ extension Bench {
         var data: String?
 
         func validate() throws {
-            try require((8...4096).contains(size), "size", "in 8...4096 pixels", size)
-            try require(images >= 1, "images", "at least 1", images)
-            try require(prepareImages >= 0, "prepare-images", "0 (skip) or more", prepareImages)
+            try requireFlag((8...4096).contains(size), "size", "in 8...4096 pixels", size)
+            try requireFlag(images >= 1, "images", "at least 1", images)
+            try requireFlag(prepareImages >= 0, "prepare-images", "0 (skip) or more", prepareImages)
         }
 
         func run() throws {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RadarCLI
 import RadarCore
 
 /// The main job until the data and distributed pipeline land: trains a RADAR on an in-memory
@@ -21,7 +22,7 @@ struct Demo: ParsableCommand {
     var pretrained: String?
 
     func validate() throws {
-        try require(threads >= 1, "threads", "at least 1", threads)
+        try requireFlag(threads >= 1, "threads", "at least 1", threads)
     }
 
     func run() throws {

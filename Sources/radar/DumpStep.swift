@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RadarCLI
 import RadarCore
 
 /// The parity and interop command: one train-mode forward/backward (and optionally K AdamW
@@ -22,8 +23,8 @@ struct DumpStep: ParsableCommand {
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
 
     func validate() throws {
-        try require(threads >= 1, "threads", "at least 1", threads)
-        try require(steps >= 0, "steps", "0 or more", steps)
+        try requireFlag(threads >= 1, "threads", "at least 1", threads)
+        try requireFlag(steps >= 0, "steps", "0 or more", steps)
     }
 
     func run() throws {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RadarCLI
 import RadarCore
 
 /// Loads weights (a RADAR checkpoint, a model file or a PyTorch state dict with `--config`) into a
@@ -23,8 +24,8 @@ struct Evaluate: ParsableCommand {
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
 
     func validate() throws {
-        try require(batchSize >= 1, "batch-size", "at least 1", batchSize)
-        try require(threads >= 1, "threads", "at least 1", threads)
+        try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
+        try requireFlag(threads >= 1, "threads", "at least 1", threads)
     }
 
     func run() throws {
@@ -68,8 +69,8 @@ struct Predict: ParsableCommand {
     @Argument(help: "Images or directories of images.") var paths: [String]
 
     func validate() throws {
-        try require(batchSize >= 1, "batch-size", "at least 1", batchSize)
-        try require(threads >= 1, "threads", "at least 1", threads)
+        try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
+        try requireFlag(threads >= 1, "threads", "at least 1", threads)
     }
 
     func run() throws {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RadarCLI
 import RadarCore
 
 /// `radar prepare`: WildDeepfake archives (downloaded or on disk) or real/ fake/ folders into
@@ -29,13 +30,13 @@ struct Prepare: ParsableCommand {
     var maxImageMb = 64
 
     func validate() throws {
-        try require((0..<1).contains(valFraction), "val-fraction", "in [0, 1)", valFraction)
-        try require((0..<1).contains(testFraction), "test-fraction", "in [0, 1)", testFraction)
-        try require((maxImages ?? 2) >= 2, "max-images", "at least 2 (one image per class)", maxImages ?? 2)
-        try require(realFraction.map { $0 > 0 && $0 < 1 } ?? true, "real-fraction", "in (0, 1)", realFraction ?? 0.5)
-        try require(shardSize >= 1, "shard-size", "at least 1", shardSize)
-        try require(["keep", "png"].contains(imageFormat), "image-format", "keep or png", imageFormat)
-        try require((1...4096).contains(maxImageMb), "max-image-mb", "in 1...4096", maxImageMb)
+        try requireFlag((0..<1).contains(valFraction), "val-fraction", "in [0, 1)", valFraction)
+        try requireFlag((0..<1).contains(testFraction), "test-fraction", "in [0, 1)", testFraction)
+        try requireFlag((maxImages ?? 2) >= 2, "max-images", "at least 2 (one image per class)", maxImages ?? 2)
+        try requireFlag(realFraction.map { $0 > 0 && $0 < 1 } ?? true, "real-fraction", "in (0, 1)", realFraction ?? 0.5)
+        try requireFlag(shardSize >= 1, "shard-size", "at least 1", shardSize)
+        try requireFlag(["keep", "png"].contains(imageFormat), "image-format", "keep or png", imageFormat)
+        try requireFlag((1...4096).contains(maxImageMb), "max-image-mb", "in 1...4096", maxImageMb)
     }
 
     func run() throws {
@@ -80,11 +81,6 @@ struct Prepare: ParsableCommand {
     }
 }
 
-/// A flag's value checked before any work: a one-line error naming the flag and what it allows.
-func require(_ ok: Bool, _ flag: String, _ allowed: String, _ got: Any) throws {
-    if !ok { throw ValidationError("--\(flag) must be \(allowed), got \(got)") }
-}
-
 func runPreparer(_ source: SampleSource, _ opts: PrepareOptions) throws {
     let preparer = DatasetPreparer(options: opts)
     preparer.log = logLine
@@ -116,12 +112,12 @@ struct Synth: ParsableCommand {
     @Option(help: "Samples per shard.") var shardSize = 500
 
     func validate() throws {
-        try require(count >= 1, "count", "at least 1", count)
-        try require((8...4096).contains(size), "size", "in 8...4096 pixels", size)
-        try require(difficulty >= 0 && difficulty <= 1, "difficulty", "in [0, 1]", difficulty)
-        try require(framesPerSequence >= 1, "frames-per-sequence", "at least 1", framesPerSequence)
-        try require((0..<1).contains(valFraction), "val-fraction", "in [0, 1)", valFraction)
-        try require(shardSize >= 1, "shard-size", "at least 1", shardSize)
+        try requireFlag(count >= 1, "count", "at least 1", count)
+        try requireFlag((8...4096).contains(size), "size", "in 8...4096 pixels", size)
+        try requireFlag(difficulty >= 0 && difficulty <= 1, "difficulty", "in [0, 1]", difficulty)
+        try requireFlag(framesPerSequence >= 1, "frames-per-sequence", "at least 1", framesPerSequence)
+        try requireFlag((0..<1).contains(valFraction), "val-fraction", "in [0, 1)", valFraction)
+        try requireFlag(shardSize >= 1, "shard-size", "at least 1", shardSize)
     }
 
     func run() throws {
