@@ -12,22 +12,28 @@ public func writeFileAtomically(_ data: Data, to path: String) throws {
     let (dir, tmp) = temporarySibling(of: path)
     let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     guard fd >= 0 else { throw DatasetError(path: path, reason: "cannot create \(tmp): \(String(cString: strerror(errno)))") }
-    var ok = data.withUnsafeBytes { raw -> Bool in
-        var off = 0
-        while off < raw.count {
-            let n = write(fd, raw.baseAddress! + off, raw.count - off)
-            if n <= 0 { return false }
-            off += n
-        }
-        return true
-    }
-    ok = ok && fsync(fd) == 0
+    var failure = data.withUnsafeBytes { writeAll(fd, $0) }
+    if failure == nil && fsync(fd) != 0 { failure = errno }
     close(fd)
-    guard ok, rename(tmp, path) == 0 else {
+    if failure == nil && rename(tmp, path) != 0 { failure = errno }
+    if let failure {
         unlink(tmp)
-        throw DatasetError(path: path, reason: "write failed: \(String(cString: strerror(errno)))")
+        throw DatasetError(path: path, reason: "write failed: \(String(cString: strerror(failure)))")
     }
     fsyncDirectory(dir)
+}
+
+/// Writes every byte to `fd` (again after an interrupted call): nil when all were written, else
+/// the errno of the write that failed (EIO for one that wrote nothing).
+public func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
+    var off = 0
+    while off < bytes.count {
+        let n = write(fd, bytes.baseAddress! + off, bytes.count - off)
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { return n < 0 ? errno : EIO }
+        off += n
+    }
+    return nil
 }
 
 /// The system's words for a Foundation file error ("No space left on device"), not the NSError

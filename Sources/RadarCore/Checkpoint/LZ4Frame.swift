@@ -42,14 +42,8 @@ public enum LZ4Frame {
         /// file and the system's reason ("No space left on device"), not Foundation's NSError dump.
         private func emit(_ count: Int) throws {
             let fd = handle.fileDescriptor
-            try buffer.withUnsafeBytes { raw in
-                var off = 0
-                while off < count {
-                    let n = Glibc.write(fd, raw.baseAddress! + off, count - off)
-                    if n < 0 && errno == EINTR { continue }
-                    guard n > 0 else { throw FrameError(path: path, reason: "write failed: \(String(cString: strerror(n < 0 ? errno : EIO)))") }
-                    off += n
-                }
+            if let failure = buffer.withUnsafeBytes({ writeAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<count])) }) {
+                throw FrameError(path: path, reason: "write failed: \(String(cString: strerror(failure)))")
             }
         }
 
