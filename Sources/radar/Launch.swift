@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import RadarCore
 import RadarDistributed
+import RadarCLI
 
 /// `radar launch -n N -- radar-worker ...`: N local TCP ranks where mpirun is missing.
 struct Launch: ParsableCommand {
@@ -19,18 +20,20 @@ struct Launch: ParsableCommand {
     func run() throws {
         var cmd = command
         if cmd.first == "--" { cmd.removeFirst() }
-        guard n > 0, let program = cmd.first else { throw ValidationError("usage: radar launch -n N -- PROGRAM ARGS...") }
-        guard maxRestarts >= 0, grace >= 0, finishGrace >= 0 else { throw ValidationError("--max-restarts, --grace and --finish-grace must be >= 0") }
-        // A program named without a path is looked up next to this executable first.
-        let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(program).path
-        let exe = program.contains("/") ? program : (FileManager.default.isExecutableFile(atPath: here) ? here : program)
+        guard n > 0 else { throw ValidationError("-n must be at least 1, got \(n)") }
+        guard let program = cmd.first else { throw ValidationError("usage: radar launch -n N -- PROGRAM ARGS...") }
+        try requireFlag(maxRestarts >= 0, "max-restarts", "0 or more", maxRestarts)
+        try requireFlag(grace >= 0 && grace.isFinite, "grace", "a finite number of seconds, 0 or more", grace)
+        try requireFlag(finishGrace >= 0 && finishGrace.isFinite, "finish-grace", "a finite number of seconds, 0 or more", finishGrace)
+        let exe = try Launch.resolve(program: program, launcher: CommandLine.arguments[0],
+                                     path: ProcessInfo.processInfo.environment["PATH"])
         var args = Array(cmd.dropFirst())
         let isWorker = (program as NSString).lastPathComponent == "radar-worker"
-        if isWorker && !args.contains("--transport") { args += ["--transport", "tcp"] }
+        if isWorker && Launch.value(of: "--transport", in: args) == nil { args += ["--transport", "tcp"] }
         // The folder is named once, here: a restart continues in it rather than in a new timestamp.
-        if isWorker && !args.contains(where: { $0 == "--experiment" || $0.hasPrefix("--experiment=") }) {
-            let output = args.firstIndex(of: "--output").flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } ?? "outputs"
-            let resume = args.firstIndex(of: "--resume").flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil }
+        if isWorker && Launch.value(of: "--experiment", in: args) == nil {
+            let output = Launch.value(of: "--output", in: args) ?? "outputs"
+            let resume = Launch.value(of: "--resume", in: args)
             let name = ExperimentFolder.defaultName(output: output, resume: resume)
             logLine("radar launch: experiment \(name)")
             args += ["--experiment", name]
@@ -54,7 +57,7 @@ struct Launch: ParsableCommand {
             guard attempt < maxRestarts, !stoppedBySignal else { throw ExitCode(failed) }
             attempt += 1
             logLine("radar launch: restarting the job from `last` (restart \(attempt) of \(maxRestarts))")
-            if isWorker && !args.contains("--resume") { args += ["--resume", "auto"] }
+            if isWorker && Launch.value(of: "--resume", in: args) == nil { args += ["--resume", "auto"] }
         }
     }
 
@@ -77,8 +80,8 @@ struct Launch: ParsableCommand {
         var procs: [Process] = []
         for r in 0..<n {
             let p = Process()
-            p.executableURL = URL(fileURLWithPath: exe.hasPrefix("/") ? exe : "/usr/bin/env")
-            p.arguments = exe.hasPrefix("/") ? args : [exe] + args
+            p.executableURL = URL(fileURLWithPath: exe)
+            p.arguments = args
             var env = ProcessInfo.processInfo.environment
             env["RANK"] = String(r); env["WORLD_SIZE"] = String(n); env["LOCAL_RANK"] = String(r); env["LOCAL_WORLD_SIZE"] = String(n)
             env["MASTER_ADDR"] = "127.0.0.1"; env["MASTER_PORT"] = String(port); env["RADAR_JOB_TOKEN"] = token
@@ -87,7 +90,12 @@ struct Launch: ParsableCommand {
             env["RADAR_LAUNCHER_PID"] = String(getpid())
             if env["OPENBLAS_NUM_THREADS"] == nil { env["OPENBLAS_NUM_THREADS"] = "1" }
             p.environment = env
-            try p.run()
+            do { try p.run() } catch {
+                // Ranks already started would wait for this one at the rendezvous: stop them.
+                for q in procs where q.isRunning { kill(q.processIdentifier, SIGTERM) }
+                procs.forEach { $0.waitUntilExit() }
+                throw ValidationError("radar launch: cannot start rank \(r) (\(exe)): \(errorLine(error))")
+            }
             procs.append(p)
         }
         running.set(procs)
@@ -131,6 +139,39 @@ struct Launch: ParsableCommand {
         }
         report()
         return failed
+    }
+
+    /// The program to run: a name with a slash as given, else the file of that name next to this
+    /// executable, else the first in PATH. Each must be an executable file.
+    static func resolve(program: String, launcher: String, path: String?) throws -> String {
+        let fm = FileManager.default
+        if program.contains("/") {
+            var isDir: ObjCBool = false
+            guard fm.fileExists(atPath: program, isDirectory: &isDir) else { throw ValidationError("\(program): no such file") }
+            guard !isDir.boolValue, fm.isExecutableFile(atPath: program) else { throw ValidationError("\(program): not an executable file") }
+            return program
+        }
+        let here = URL(fileURLWithPath: launcher).deletingLastPathComponent().path
+        let dirs = [here] + (path ?? "").split(separator: ":").map(String.init).filter { !$0.isEmpty }
+        for dir in dirs {
+            let candidate = (dir as NSString).appendingPathComponent(program)
+            var isDir: ObjCBool = false
+            if fm.fileExists(atPath: candidate, isDirectory: &isDir), !isDir.boolValue, fm.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        throw ValidationError("\(program): not found next to radar (\(here)) or in PATH")
+    }
+
+    /// The value a program's option takes in `args` (`--name V` or `--name=V`; the last one, as
+    /// ArgumentParser reads it), or nil when absent. Everything after a `--` is an argument.
+    static func value(of name: String, in args: [String]) -> String? {
+        var found: String?
+        var i = 0
+        while i < args.count, args[i] != "--" {
+            if args[i] == name, i + 1 < args.count { found = args[i + 1]; i += 2; continue }
+            if args[i].hasPrefix(name + "=") { found = String(args[i].dropFirst(name.count + 1)) }
+            i += 1
+        }
+        return found
     }
 
     /// The launcher's exit code for a finished rank (128 + N for a signal, as shells do) and how it ended.

@@ -101,6 +101,12 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["bench", "data", "--size", "0"], "--size must be in 8...4096 pixels, got 0"),
             (["bench", "allreduce", "--sizes", "1,x"], "--sizes must be positive MB values"),
             (["demo", "--threads", "0"], "--threads must be at least 1, got 0"),
+            // radar launch: a missing program was a Foundation error dump (or 127 from env per rank).
+            (["launch", "-n", "0", "--", "true"], "-n must be at least 1, got 0"),
+            (["launch", "-n", "2", "--grace=-1", "--", "true"], "--grace must be a finite number of seconds, 0 or more, got -1.0"),
+            (["launch", "-n", "2", "--", "/nonexistent-radar-prog"], "/nonexistent-radar-prog: no such file"),
+            (["launch", "-n", "2", "--", "nonexistent-radar-prog"], "nonexistent-radar-prog: not found next to radar ("),
+            (["launch", "-n", "2", "--", "/tmp"], "/tmp: not an executable file"),
         ]
         for (args, expected) in cases + others {
             let r = args.first?.hasPrefix("--") == false ? try run(args, command: []) : try run(args)  // a command of its own, or radar train's flags
@@ -110,6 +116,29 @@ final class TrainingFlagValidationTests: XCTestCase {
             XCTAssertEqual(lines.count, 1, "\(args): \(r.err)")
             XCTAssertTrue(r.err.contains(expected), "\(args): \(r.err)")
         }
+        // radar launch reads a worker's `--output=DIR --resume=auto` as `--output DIR --resume auto`:
+        // it named the experiment from ./outputs and added a second --transport and --resume.
+        let root = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("radar-launch-\(getpid())")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let runs = root.appendingPathComponent("runs")
+        for (name, age) in [("older", 100.0), ("newer", 10.0)] {
+            let dir = runs.appendingPathComponent(name)
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            let last = dir.appendingPathComponent("last.safetensors.lz4").path
+            XCTAssertTrue(FileManager.default.createFile(atPath: last, contents: Data([0])))
+            try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-age)], ofItemAtPath: last)
+        }
+        let worker = root.appendingPathComponent("bin/radar-worker")
+        try FileManager.default.createDirectory(at: worker.deletingLastPathComponent(), withIntermediateDirectories: true)
+        let record = root.appendingPathComponent("args")
+        try "#!/bin/sh\necho \"$RANK $*\" >> \(record.path)\n".write(to: worker, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: worker.path)
+        let launched = try run(["launch", "-n", "2", "--", worker.path, "--data", "d", "--output=\(runs.path)", "--resume=auto", "--transport=tcp"], command: [])
+        XCTAssertEqual(launched.status, 0, launched.err)
+        XCTAssertTrue(launched.err.contains("radar launch: experiment newer"), launched.err)
+        let lines = (try String(contentsOf: record, encoding: .utf8)).split(separator: "\n").sorted()
+        XCTAssertEqual(lines, ["0 --data d --output=\(runs.path) --resume=auto --transport=tcp --experiment newer",
+                               "1 --data d --output=\(runs.path) --resume=auto --transport=tcp --experiment newer"])
         // radar-worker's own flags (a negative bucket size ran as one bucket per parameter).
         for (args, expected) in [(["--bucket-mb=-1"], "--bucket-mb must be 0 (a bucket per parameter) or more, got -1"),
                                  (["--timeout", "0"], "--timeout must be a positive number of seconds, got 0.0"),
