@@ -296,6 +296,16 @@ final class CheckpointTests: XCTestCase {
         XCTAssertFalse(try String(contentsOfFile: "\(dir)/config.json", encoding: .utf8).contains("\\/"))
         let script = try String(contentsOfFile: "\(exports)/download_r.sh", encoding: .utf8)
         XCTAssertTrue(script.contains("rsync") && script.contains((zip as NSString).lastPathComponent))
+        // The script quotes the zip's path: a folder named with quotes, `$` and spaces made it a
+        // shell syntax error. A stand-in rsync records the arguments the script gives it.
+        let odd = temporaryDirectory("exports") + "/we\"ird $HOME 'x'"
+        let oddZip = try RunExport.export(results: dir, to: odd, downloadScript: true)
+        let bin = temporaryDirectory("bin")
+        try "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done\n".write(toFile: bin + "/rsync", atomically: true, encoding: .utf8)
+        chmod(bin + "/rsync", 0o755)
+        let (src, args) = try shell(["bash", odd + "/download_r.sh", "me@pod", "2222", "/dl"], environment: ["PATH": "\(bin):/usr/bin:/bin"])
+        XCTAssertEqual(src, 0, args)
+        XCTAssertEqual(args.split(separator: "\n").map(String.init), ["-avPs", "-e", "ssh -p 2222", "me@pod:" + oddZip, "/dl/"])
         XCTAssertThrowsError(try RunExport.export(results: temporaryDirectory("nothing"), to: exports, downloadScript: false))
     }
 }

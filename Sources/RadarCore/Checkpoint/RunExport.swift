@@ -48,9 +48,10 @@ public enum RunExport {
             host="${1:?usage: $0 user@host [port] [destination]}"
             port="${2:-22}"
             dest="${3:-.}"
-            remote="\((zipPath as NSString).standardizingPath.hasPrefix("/") ? zipPath : fm.currentDirectoryPath + "/" + zipPath)"
+            remote=\(shellQuoted(zipPath.hasPrefix("/") ? zipPath : fm.currentDirectoryPath + "/" + zipPath))
             if command -v rsync >/dev/null 2>&1; then
-              rsync -avP -e "ssh -p $port" "$host:$remote" "$dest/"
+              # -s: the remote shell does not split or expand the path.
+              rsync -avPs -e "ssh -p $port" "$host:$remote" "$dest/"
             else
               scp -P "$port" "$host:$remote" "$dest/"
             fi
@@ -61,6 +62,11 @@ public enum RunExport {
             chmod(path, 0o755)
         }
         return zipPath
+    }
+
+    /// `text` as one word for a POSIX shell: single-quoted, each `'` written as `'\''`.
+    public static func shellQuoted(_ text: String) -> String {
+        "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
     }
 
     static func summary(results: String, name: String, files: [String]) -> String {
