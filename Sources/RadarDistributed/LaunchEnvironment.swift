@@ -34,10 +34,8 @@ public struct LaunchEnvironment: Equatable, Sendable {
             throw Problem(description: "--transport tcp needs --rank and --world-size (or RANK and WORLD_SIZE, or srun's SLURM_PROCID and SLURM_NTASKS), with 0 <= rank < world size")
         }
         if let c = coordinator {
-            guard let i = c.lastIndex(of: ":"), let p = Int(c[c.index(after: i)...]), (1...65535).contains(p) else {
-                throw Problem(description: "--coordinator \(c): expected HOST:PORT")
-            }
-            return LaunchEnvironment(rank: r, worldSize: n, host: String(c[..<i]), port: p, launcher: launcher)
+            guard let (h, p) = hostPort(c) else { throw Problem(description: "--coordinator \(hostPortExpectation(c))") }
+            return LaunchEnvironment(rank: r, worldSize: n, host: h, port: p, launcher: launcher)
         }
         guard let host = env["MASTER_ADDR"] ?? (slurm ? env["SLURM_LAUNCH_NODE_IPADDR"] : nil) else {
             throw Problem(description: "--coordinator HOST:PORT or MASTER_ADDR (and MASTER_PORT) are needed with --transport tcp")
@@ -50,9 +48,25 @@ public struct LaunchEnvironment: Equatable, Sendable {
         } else if slurm, let job = env["SLURM_JOB_ID"].flatMap({ Int($0) }) {
             port = 20000 + job % 20000
         }
-        guard let p = port, (1...65535).contains(p) else {
+        guard let p = port else {
             throw Problem(description: "MASTER_PORT (or RADAR_COORDINATOR_PORT) is needed with MASTER_ADDR")
+        }
+        guard (1...65535).contains(p) else {
+            throw Problem(description: "the coordinator's port \(p) (from \(env["RADAR_COORDINATOR_PORT"] != nil ? "RADAR_COORDINATOR_PORT" : env["MASTER_PORT"] != nil ? "MASTER_PORT" + (torchrun ? " + 1" : "") : "SLURM_JOB_ID")) is not in 1...65535")
         }
         return LaunchEnvironment(rank: r, worldSize: n, host: host, port: p, launcher: launcher)
     }
+}
+
+/// `HOST:PORT` split at its last colon, with a host and a port in 1...65535 (0 too where
+/// `allowAnyPort`: a listener on any free port); nil otherwise.
+public func hostPort(_ address: String, allowAnyPort: Bool = false) -> (host: String, port: Int)? {
+    guard let i = address.lastIndex(of: ":"), i != address.startIndex,
+          let port = Int(address[address.index(after: i)...]), (allowAnyPort ? 0 : 1)...65535 ~= port else { return nil }
+    return (String(address[..<i]), port)
+}
+
+/// The message for an address `hostPort` refused.
+public func hostPortExpectation(_ address: String, allowAnyPort: Bool = false) -> String {
+    "\(address): expected HOST:PORT with a port in \(allowAnyPort ? 0 : 1)...65535"
 }

@@ -11,6 +11,7 @@ enum Sockets {
     }
 
     static func address(_ host: String, _ port: Int) throws -> sockaddr_in {
+        guard (0...65535).contains(port) else { throw SocketError(reason: "port \(port) of \(host) is not in 0...65535") }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)

@@ -16,11 +16,9 @@ struct RadarCoordinator: ParsableCommand {
         return t
     }
 
-    static func split(_ address: String) throws -> (String, Int) {
-        guard let i = address.lastIndex(of: ":"), let port = Int(address[address.index(after: i)...]) else {
-            throw ValidationError("\(address): expected HOST:PORT")
-        }
-        return (String(address[..<i]), port)
+    static func split(_ address: String, allowAnyPort: Bool = false) throws -> (String, Int) {
+        guard let a = hostPort(address, allowAnyPort: allowAnyPort) else { throw ValidationError(hostPortExpectation(address, allowAnyPort: allowAnyPort)) }
+        return a
     }
 
     struct Serve: ParsableCommand {
@@ -41,7 +39,7 @@ struct RadarCoordinator: ParsableCommand {
 
         func run() throws {
             do {
-                let (host, port) = try RadarCoordinator.split(listen)
+                let (host, port) = try RadarCoordinator.split(listen, allowAnyPort: true)
                 let server = try CoordinatorServer(host: host, port: port, worldSize: worldSize, token: try RadarCoordinator.token(tokenFile))
                 server.heartbeatDeadline = heartbeatDeadline
                 server.rendezvousDeadline = rendezvousTimeout

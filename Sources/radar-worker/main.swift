@@ -107,11 +107,9 @@ struct RadarWorker: ParsableCommand {
     }
 
 
-    func split(_ address: String) throws -> (String, Int) {
-        guard let i = address.lastIndex(of: ":"), let port = Int(address[address.index(after: i)...]) else {
-            throw ValidationError("\(address): expected HOST:PORT")
-        }
-        return (String(address[..<i]), port)
+    func split(_ address: String, allowAnyPort: Bool = false) throws -> (String, Int) {
+        guard let a = hostPort(address, allowAnyPort: allowAnyPort) else { throw ValidationError(hostPortExpectation(address, allowAnyPort: allowAnyPort)) }
+        return a
     }
 
     static var server: CoordinatorServer?

@@ -273,6 +273,11 @@ final class StandaloneCoordinatorTests: XCTestCase {
         XCTAssertEqual(zrc, 64, ztext)
         XCTAssertTrue(ztext.contains("--world-size must be at least 1, got 0"), ztext)
         try Data((HMACSHA256.randomHex(bytes: 16) + "\n").utf8).write(to: URL(fileURLWithPath: tokenFile))
+        // A port past 65535 crashed it (a trap converting to UInt16).
+        let (prc, ptext) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "--world-size", "2", "--token-file", tokenFile,
+                                                  "--listen", "127.0.0.1:99999"])
+        XCTAssertEqual(prc, 64, ptext)
+        XCTAssertTrue(ptext.contains("127.0.0.1:99999: expected HOST:PORT with a port in 0...65535"), ptext)
         let port = try TCPRendezvous.freePort()
         let coord = Process()
         coord.executableURL = bin.appendingPathComponent("radar-coordinator")

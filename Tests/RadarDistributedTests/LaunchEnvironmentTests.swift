@@ -25,6 +25,21 @@ final class LaunchEnvironmentTests: XCTestCase {
         XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: ["RANK": "0", "WORLD_SIZE": "2"])) {
             XCTAssertTrue("\($0)".contains("MASTER_ADDR"), "\($0)")
         }
+        // Ports out of range are named with where they came from (MASTER_PORT 70000 said "is needed").
+        XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: 0, worldSize: 1, coordinator: "h:70000", env: [:])) {
+            XCTAssertEqual("\($0)", "--coordinator h:70000: expected HOST:PORT with a port in 1...65535")
+        }
+        XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: [
+            "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "a", "MASTER_PORT": "65535", "TORCHELASTIC_RUN_ID": "x"])) {
+            XCTAssertEqual("\($0)", "the coordinator's port 65536 (from MASTER_PORT + 1) is not in 1...65535")
+        }
+        XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: [
+            "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "a", "MASTER_PORT": "70000"])) {
+            XCTAssertEqual("\($0)", "the coordinator's port 70000 (from MASTER_PORT) is not in 1...65535")
+        }
+        XCTAssertEqual(hostPort("10.0.0.1:7070")?.host, "10.0.0.1")
+        XCTAssertEqual(hostPort("h:0", allowAnyPort: true)?.port, 0)
+        for bad in ["h:0", ":7070", "h", "h:", "h:-1", "h:65536", "h:7x"] { XCTAssertNil(hostPort(bad), bad) }
     }
 
     /// Two ranks started the way torchrun (MASTER_PORT held by its store) and srun (SLURM_*
