@@ -26,11 +26,14 @@ extension Bench {
             try requireFlag(!mbs.isEmpty && mbs.allSatisfy { ($0 ?? 0) > 0 && $0!.isFinite }, "sizes", "positive MB values, comma separated", sizes)
             try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
             try requireFlag(timeout > 0 && timeout.isFinite, "timeout", "a positive number of seconds", timeout)
+            // Checked before MPI starts: an error after it is an MPI_Abort with its banner.
+            try requireFlag(["mpi", "tcp"].contains(transport), "transport", "mpi or tcp", transport)
+            try requireFlag(Devices.isValid(device), "device", "one of " + Devices.names.joined(separator: ", "), device)
+            if verify && transport == "tcp" { throw ValidationError("--verify compares with MPI_Allreduce: use it with --transport mpi") }
         }
 
         func run() throws {
             if transport == "tcp" {
-                guard !verify else { logLine("radar bench allreduce: --verify compares with MPI_Allreduce: use --transport mpi"); throw ExitCode(2) }
                 let launch: LaunchEnvironment, token: Data
                 do {
                     (launch, token) = (try job.launch(), try job.requiredToken())
@@ -49,7 +52,6 @@ extension Bench {
                 }
                 return
             }
-            guard transport == "mpi" else { logLine("radar bench allreduce: --transport must be mpi or tcp"); throw ExitCode(2) }
             let mpi = try MPIRuntime()
             defer { mpi.finalize() }
             do {

@@ -29,7 +29,7 @@ func failing<T>(_ body: () throws -> T) throws -> T {
 
 /// Prints one JSON object on stdout (benchmarks, machine-readable results).
 func printJSON(_ object: [String: Any]) {
-    let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+    let data = try! jsonData(object)  // non-finite numbers become null; anything else is a bug here
     print(String(decoding: data, as: UTF8.self))
 }
 

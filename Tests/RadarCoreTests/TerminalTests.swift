@@ -16,6 +16,18 @@ final class TerminalTests: XCTestCase {
     }
 }
 
+/// JSON records and reports with non-finite numbers: `radar bench allreduce` on one rank crashed
+/// on an infinite bandwidth, and a metrics.jsonl line with a NaN was silently dropped.
+final class JSONOutputTests: XCTestCase {
+    func testNonFiniteNumbersBecomeNull() throws {
+        let object: [String: Any] = ["a": Double.nan, "b": [1.5, Double.infinity], "c": ["d": Float.nan, "e": -Double.infinity],
+                                     "f": [["g": Double.nan]], "h": "x/y", "i": 3, "j": true]
+        XCTAssertEqual(String(decoding: try jsonData(object), as: UTF8.self),
+                       #"{"a":null,"b":[1.5,null],"c":{"d":null,"e":null},"f":[{"g":null}],"h":"x/y","i":3,"j":true}"#)
+        XCTAssertThrowsError(try JSONSerialization.data(withJSONObject: object), "JSONSerialization alone refuses them")
+    }
+}
+
 /// Without a terminal: a plain line every logInterval seconds, never a bar.
 final class PlainProgressTests: XCTestCase {
     func testALogFileGetsAPlainLineEveryInterval() {

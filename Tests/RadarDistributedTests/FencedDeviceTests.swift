@@ -100,6 +100,10 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["bench", "step", "--config", "tiny", "--batch", "0"], "--batch must be at least 1, got 0"),
             (["bench", "data", "--size", "0"], "--size must be in 8...4096 pixels, got 0"),
             (["bench", "allreduce", "--sizes", "1,x"], "--sizes must be positive MB values"),
+            // These were MPI_Abort banners (checked after MPI started), or exit 2 without the usage.
+            (["bench", "allreduce", "--device", "tpu"], "--device must be one of cpu, cpu-fenced, cuda, cuda:N, cuda-emulated, got tpu"),
+            (["bench", "allreduce", "--transport", "udp"], "--transport must be mpi or tcp, got udp"),
+            (["bench", "allreduce", "--transport", "tcp", "--verify"], "--verify compares with MPI_Allreduce: use it with --transport mpi"),
             (["demo", "--threads", "0"], "--threads must be at least 1, got 0"),
             // radar launch: a missing program was a Foundation error dump (or 127 from env per rank).
             (["launch", "-n", "0", "--", "true"], "-n must be at least 1, got 0"),

@@ -357,7 +357,7 @@ public final class TrainingRun {
         /// disk) does not stop training; it is said once, and the checkpoint write that follows
         /// stops the run if the disk stays full.
         func record(_ obj: [String: Any]) {
-            guard let handle, let d = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+            guard let handle, let d = try? jsonData(obj) else { return }
             do { try handle.write(contentsOf: d + Data("\n".utf8)) } catch {
                 if !failed { logLine("warning: \(path): write failed: \(systemReason(error)); its lines from here on are lost") }
                 failed = true
@@ -563,17 +563,14 @@ public final class TrainingRun {
     /// metrics.json in the reference's schema (history.train_loss, history.val_auc,
     /// history.val_acc, best_val_auc, test_metrics.auc, test_metrics.accuracy, timestamp) plus ours.
     func writeMetrics(_ h: RunHistory) throws {
-        func clean(_ v: Double) -> Any { v.isFinite ? v : NSNull() }
         let obj: [String: Any] = [
-            "history": ["train_loss": h.trainLoss.map(clean), "val_auc": h.valAUC.map(clean), "val_acc": h.valAccuracy.map(clean),
-                        "val_metrics": h.valMetrics.map { $0.mapValues(clean) }],
-            "best_val_auc": clean(h.bestValAUC), "best_epoch": h.bestEpoch + 1,
-            "test_metrics": h.testMetrics.mapValues(clean),
+            "history": ["train_loss": h.trainLoss, "val_auc": h.valAUC, "val_acc": h.valAccuracy, "val_metrics": h.valMetrics],
+            "best_val_auc": h.bestValAUC, "best_epoch": h.bestEpoch + 1,
+            "test_metrics": h.testMetrics,
             "skipped_steps": h.skippedSteps,
             "timestamp": ISO8601DateFormatter().string(from: Date()),
         ]
-        try writeFileAtomically(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]),
-                                to: (options.experimentDirectory as NSString).appendingPathComponent("metrics.json"))
+        try writeFileAtomically(try jsonData(obj, pretty: true), to: (options.experimentDirectory as NSString).appendingPathComponent("metrics.json"))
     }
 }
 

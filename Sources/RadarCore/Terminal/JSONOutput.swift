@@ -1,0 +1,20 @@
+import Foundation
+
+/// `object` with every non-finite number (a NaN loss, an infinite bandwidth from a zero time)
+/// replaced by null: JSON has no such numbers, and JSONSerialization refuses them.
+public func jsonFinite(_ object: Any) -> Any {
+    switch object {
+    case let d as Double: return d.isFinite ? d : NSNull()
+    case let f as Float: return f.isFinite ? f : NSNull()
+    case let o as [String: Any]: return o.mapValues(jsonFinite)
+    case let a as [Any]: return a.map(jsonFinite)
+    default: return object
+    }
+}
+
+/// One JSON document for records and reports (keys sorted, slashes unescaped), non-finite
+/// numbers as null.
+public func jsonData(_ object: Any, pretty: Bool = false) throws -> Data {
+    try JSONSerialization.data(withJSONObject: jsonFinite(object),
+                               options: pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes])
+}
