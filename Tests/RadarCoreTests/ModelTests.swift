@@ -261,6 +261,14 @@ final class ModelTests: XCTestCase {
         XCTAssertThrowsError(try RADARConfig.decode(Data(#"{"imgsize": 64, "":1}"#.utf8), source: "d.json")) { e in
             XCTAssertTrue("\(e)".hasPrefix("d.json: invalid RADAR config: unknown field ; unknown field imgsize (did you mean img_size?); "), "\(e)")
         }
+        // A run's config.json (training options, the model under "model") gives its model: passed
+        // as --config, it was refused for its training fields.
+        let run = try JSONSerialization.data(withJSONObject: ["batch_size": 16, "learning_rate": 5e-4,
+                                                              "model": try JSONSerialization.jsonObject(with: tiny.jsonData())])
+        XCTAssertEqual(try RADARConfig.decode(run, source: "outputs/a/config.json"), tiny)
+        XCTAssertThrowsError(try RADARConfig.decode(Data(#"{"batch_size": 16, "model": {"dept": 2}}"#.utf8), source: "r.json")) { e in
+            XCTAssertTrue("\(e)".hasPrefix("r.json (its \"model\"): invalid RADAR config: unknown field dept (did you mean depth?)"), "\(e)")
+        }
         var bad = tiny
         bad.numHeads = 5
         bad.imgSize = 30

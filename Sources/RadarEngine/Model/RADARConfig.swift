@@ -164,6 +164,12 @@ public struct RADARConfig: Codable, Equatable, Sendable {
 
     /// A JSON config, checked (`source` names where it came from in errors).
     public static func decode(_ data: Data, source path: String) throws -> RADARConfig {
+        // A run's config.json (`radar train` writes the model's fields under "model", beside the
+        // training options) stands for its model.
+        if let run = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let model = run["model"] as? [String: Any],
+           run["embed_dim"] == nil, let d = try? JSONSerialization.data(withJSONObject: model) {
+            return try decode(d, source: path + " (its \"model\")")
+        }
         let c: RADARConfig
         do { c = try JSONDecoder().decode(RADARConfig.self, from: data) } catch let e as ConfigError {
             throw ConfigError(source: path, problems: e.problems)
