@@ -60,6 +60,10 @@ struct Prepare: ParsableCommand {
                 let dir = downloadDir ?? (output as NSString).appendingPathComponent("downloads")
                 let hf = HuggingFaceDownloader(endpoint: endpoint, token: ProcessInfo.processInfo.environment["HF_TOKEN"])
                 hf.log = logLine
+                var isDir: ObjCBool = false
+                if FileManager.default.fileExists(atPath: "hf", isDirectory: &isDir), isDir.boolValue {
+                    logLine("prepare: --source hf downloads from Hugging Face; for the folder ./hf here, pass --source ./hf")
+                }
                 let files = try fileList.map { try HuggingFaceDownloader.readFileList($0) } ?? hf.listArchives()
                 logLine("prepare: \(files.count) archives from \(hf.base)")
                 try hf.download(files, to: dir)

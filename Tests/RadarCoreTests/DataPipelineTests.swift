@@ -155,9 +155,17 @@ final class DataPipelineTests: XCTestCase {
         let path = "\(root)/deepfake_in_the_wild/real_train/2.tar.gz"
         let data = FileManager.default.contents(atPath: path)!
         try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: path))
-        XCTAssertThrowsError(try DatasetPreparer(options: PrepareOptions(output: temporaryDirectory("trunc-out"))).run(try WildDeepfakeArchives(root: root))) { e in
-            XCTAssertTrue("\(e)".contains("real_train/2.tar.gz"), "\(e)")
+        // The output folder, made by this run and holding no finished shard, is removed (an
+        // empty folder was left behind); one that existed before stays.
+        let fresh = temporaryDirectory("trunc-out") + "/new"
+        let existing = temporaryDirectory("trunc-out")
+        for out in [fresh, existing] {
+            XCTAssertThrowsError(try DatasetPreparer(options: PrepareOptions(output: out)).run(try WildDeepfakeArchives(root: root))) { e in
+                XCTAssertTrue("\(e)".contains("real_train/2.tar.gz"), "\(e)")
+            }
         }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: fresh))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: existing))
     }
 
     /// A missing folder, a raw real/ fake/ folder and a folder without a manifest each get their

@@ -93,10 +93,24 @@ public final class DatasetPreparer {
 
     public func run(_ source: SampleSource) throws -> DatasetManifest {
         let out = options.output
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         guard options.shardSize > 0, (0..<1).contains(options.valFraction) else {
             throw DatasetError(path: out, reason: "shard size must be > 0 and val fraction in [0, 1)")
         }
+        let fm = FileManager.default
+        let existed = fm.fileExists(atPath: out)
+        try fm.createDirectory(atPath: out, withIntermediateDirectories: true)
+        do {
+            return try write(source, into: out)
+        } catch {
+            // A folder this run made and that holds no finished shard (a bad source found in the
+            // first pass, say) is removed: nothing in it could be resumed.
+            let names = (try? fm.contentsOfDirectory(atPath: out)) ?? []
+            if !existed && !names.contains(where: { $0.hasPrefix("shard-") && $0.hasSuffix(".tar") }) { try? fm.removeItem(atPath: out) }
+            throw error
+        }
+    }
+
+    func write(_ source: SampleSource, into out: String) throws -> DatasetManifest {
         let (classTotal, preSkipped) = try countCandidates(source)
         let quota = quotas(classTotal)
         let shards = try ShardOutput(preparer: self, source: source)
