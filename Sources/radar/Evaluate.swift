@@ -14,7 +14,7 @@ func loadCheckpointModel(_ path: String, config: String?, threads: Int, device: 
 
 struct Evaluate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Metrics of a checkpoint on a split of a prepared dataset (JSON on stdout).")
-    @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
+    @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, a run's folder (its best checkpoint), or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
     @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
     @Option(help: "Prepared dataset directory.") var data: String
     @Option(help: "Split: train, val or test.") var split = "test"
@@ -26,13 +26,14 @@ struct Evaluate: ParsableCommand {
     func validate() throws {
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
+        try requireFlag(Split(rawValue: split) != nil, "split", "train, val or test", split)
     }
 
     func run() throws {
         try failing {
-            guard let sp = Split(rawValue: split) else { throw ValidationError("--split must be train, val or test") }
+            let set = try ShardSet(directory: data)  // before the model: a wrong folder is said at once
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
-            let set = try ShardSet(directory: data)
+            let sp = Split(rawValue: split)!
             let c = model.config
             let loader = StreamingLoader(set: set, refs: set.refs(sp), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
                                          augment: false, seed: 0, epoch: 0,
@@ -59,7 +60,7 @@ struct Evaluate: ParsableCommand {
 
 struct Predict: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Probability of 'fake' and the label for images (PNG/JPEG files or directories).")
-    @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
+    @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, a run's folder (its best checkpoint), or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
     @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
     @Flag(help: "One JSON document on stdout (predictions and unreadable files) instead of tab-separated lines.") var json = false
     @Option(help: "Images per forward pass (at most the number of images).") var batchSize = 32

@@ -280,6 +280,14 @@ final class CheckpointTests: XCTestCase {
                   "plots/loss.svg", "plots/val.svg", "plots/roc.svg"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir)/\(f)"), f)
         }
+        // A run's folder names its best checkpoint (evaluate, predict, --init-from); it was "cannot read file".
+        let fromFolder = try ModelWeights.read(dir), fromBest = try ModelWeights.read("\(dir)/best.safetensors.lz4")
+        XCTAssertEqual(fromFolder.kind, fromBest.kind)
+        XCTAssertEqual(fromFolder.tensors.keys.sorted(), fromBest.tensors.keys.sorted())
+        XCTAssertEqual(fromFolder.state?.optimizerStep, fromBest.state?.optimizerStep)
+        XCTAssertThrowsError(try ModelWeights.read("\(dir)/plots")) {
+            XCTAssertEqual("\($0)", "\(dir)/plots: a folder without best.safetensors.lz4 (a run's folder has one after its first epoch); name a weights file")
+        }
         let svg = try String(contentsOfFile: "\(dir)/plots/roc.svg", encoding: .utf8)
         XCTAssertTrue(svg.hasPrefix("<svg") && svg.contains("polyline") && svg.contains("Test ROC"))
         let exports = temporaryDirectory("exports")

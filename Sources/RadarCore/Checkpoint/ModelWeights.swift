@@ -32,11 +32,23 @@ public struct ModelWeights {
     }
 
     /// `fallback`: the config for a plain state dict when `config` is nil (training's own).
-    public static func read(_ path: String, config: RADARConfig? = nil, fallback: RADARConfig? = nil) throws -> ModelWeights {
+    public static func read(_ given: String, config: RADARConfig? = nil, fallback: RADARConfig? = nil) throws -> ModelWeights {
+        let path = try file(given)
         guard let raw = FileManager.default.contents(atPath: path) else {
             throw Checkpoint.CheckpointError(path: path, reason: FileManager.default.fileExists(atPath: path) ? "cannot read file" : "no such file")
         }
         return try decode(raw, path: path, config: config, fallback: fallback)
+    }
+
+    /// The weights file `path` names: itself, or for a run's folder its `best.safetensors.lz4`.
+    public static func file(_ path: String) throws -> String {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else { return path }
+        let best = (path as NSString).appendingPathComponent("best.safetensors.lz4")
+        guard FileManager.default.fileExists(atPath: best) else {
+            throw Checkpoint.CheckpointError(path: path, reason: "a folder without best.safetensors.lz4 (a run's folder has one after its first epoch); name a weights file")
+        }
+        return best
     }
 
     /// `read` on bytes in memory (`path` names them in errors). `config` (from `--config`) is
