@@ -505,6 +505,11 @@ final class TrainingRunTests: XCTestCase {
             XCTAssertTrue("\(e)".hasPrefix(data + "/manifest.json: ") && "\(e)".contains("not a safetensors file"), "\(e)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: o.experimentDirectory), "no experiment folder after a failed resume")
+        // A missing or misnamed file says why, in the system's words (it was "cannot read file").
+        o.resume = data + "/no-such.safetensors.lz4"
+        XCTAssertThrowsError(try TrainingRun(options: o).run()) { XCTAssertEqual("\($0)", "\(o.resume!): No such file or directory") }
+        XCTAssertThrowsError(try SafeTensors.read(data)) { XCTAssertEqual("\($0)", "\(data): a folder, not a file") }
+        XCTAssertThrowsError(try RADARConfig.load(data + "/c.json")) { XCTAssertTrue("\($0)".hasSuffix("c.json: invalid RADAR config: No such file or directory"), "\($0)") }
     }
 
     func testTrainingRunOnShardsWritesTheReferenceOutputs() throws {

@@ -164,7 +164,7 @@ public enum Checkpoint {
 
     /// Reads an LZ4-framed or plain safetensors checkpoint: its tensors and state.
     public static func read(_ path: String) throws -> (tensors: [String: SafeTensor], state: State) {
-        guard let raw = FileManager.default.contents(atPath: path) else { throw CheckpointError(path: path, reason: "cannot read file") }
+        guard let raw = FileManager.default.contents(atPath: path) else { throw CheckpointError(path: path, reason: unreadableReason(path)) }
         return try decode(raw, path: path)
     }
 
@@ -178,7 +178,7 @@ public enum Checkpoint {
     /// A checkpoint and the model its config describes (every name and shape checked against the
     /// tensors it holds before anything is allocated: a crafted config could ask for petabytes).
     public static func readModel(_ path: String) throws -> (model: RADARModel, tensors: [String: SafeTensor], state: State) {
-        guard let raw = FileManager.default.contents(atPath: path) else { throw CheckpointError(path: path, reason: "cannot read file") }
+        guard let raw = FileManager.default.contents(atPath: path) else { throw CheckpointError(path: path, reason: unreadableReason(path)) }
         return try decodeModel(raw, path: path)
     }
 

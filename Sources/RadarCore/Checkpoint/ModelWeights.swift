@@ -35,7 +35,7 @@ public struct ModelWeights {
     public static func read(_ given: String, config: RADARConfig? = nil, fallback: RADARConfig? = nil) throws -> ModelWeights {
         let path = try file(given)
         guard let raw = FileManager.default.contents(atPath: path) else {
-            throw Checkpoint.CheckpointError(path: path, reason: FileManager.default.fileExists(atPath: path) ? "cannot read file" : "no such file")
+            throw Checkpoint.CheckpointError(path: path, reason: unreadableReason(path))
         }
         return try decode(raw, path: path, config: config, fallback: fallback)
     }

@@ -61,7 +61,7 @@ public enum SafeTensors {
 
     public static func read(_ path: String) throws -> (tensors: [String: SafeTensor], metadata: [String: String]) {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw SafeTensorsError(path: path, reason: "cannot read file")
+            throw SafeTensorsError(path: path, reason: unreadableReason(path))
         }
         return try decode(data, path: path)
     }

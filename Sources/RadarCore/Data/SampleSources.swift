@@ -195,7 +195,7 @@ public struct ReferenceFolders: SampleSource {
                 }
                 try visit(.image(c, read: {
                     guard let d = FileManager.default.contents(atPath: full) else {
-                        throw DatasetError(path: full, reason: "cannot read file")
+                        throw DatasetError(path: full, reason: unreadableReason(full))
                     }
                     return d
                 }))

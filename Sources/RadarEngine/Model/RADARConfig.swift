@@ -156,7 +156,7 @@ public struct RADARConfig: Codable, Equatable, Sendable {
 
     public static func load(_ path: String) throws -> RADARConfig {
         guard let data = FileManager.default.contents(atPath: path) else {
-            let hint = path.contains("/") || path.hasSuffix(".json") ? "cannot read file" : "not a preset (\(presetNames.joined(separator: ", "))) and no such file"
+            let hint = path.contains("/") || path.hasSuffix(".json") ? unreadableReason(path) : "not a preset (\(presetNames.joined(separator: ", "))) and no such file"
             throw ConfigError(source: path, problems: [hint])
         }
         return try decode(data, source: path)
