@@ -28,6 +28,7 @@ struct Prepare: ParsableCommand {
     @Option(help: "Where downloaded archives are kept (default: <output>/downloads).") var downloadDir: String?
     @Option(help: "Images (archive members or files) larger than this many MiB are skipped and counted, never read.")
     var maxImageMb = 64
+    @Flag(help: "Replace a dataset already prepared in --output (refused otherwise; downloads are kept).") var overwrite = false
 
     func validate() throws {
         try requireFlag((0..<1).contains(valFraction), "val-fraction", "in [0, 1)", valFraction)
@@ -54,6 +55,7 @@ struct Prepare: ParsableCommand {
             opts.realFraction = realFraction
             opts.shardSize = shardSize
             opts.pngOnly = imageFormat == "png"
+            opts.overwrite = overwrite
             let limit = maxImageMb << 20
             let src: SampleSource
             if source == "hf" {
@@ -114,6 +116,7 @@ struct Synth: ParsableCommand {
     @Option(help: "Frames per sequence.") var framesPerSequence = 8
     @Option(help: "Fraction of train sequences drawn for validation.") var valFraction = 0.1
     @Option(help: "Samples per shard.") var shardSize = 500
+    @Flag(help: "Replace a dataset already in --output (refused otherwise, unless it is this same synthetic set, which is kept).") var overwrite = false
 
     func validate() throws {
         try requireFlag(count >= 1, "count", "at least 1", count)
@@ -130,6 +133,7 @@ struct Synth: ParsableCommand {
             opts.valFraction = valFraction
             opts.seed = seed
             opts.shardSize = shardSize
+            opts.overwrite = overwrite
             try runPreparer(SyntheticSource(size: size, count: count, seed: seed, difficulty: difficulty,
                                             framesPerSequence: framesPerSequence), opts)
         }

@@ -109,6 +109,42 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertEqual(m.counts["val"]!.realSequences + m.counts["val"]!.fakeSequences, Set(seqSplit.filter { $0.value == .val }.keys).count)
     }
 
+    /// A finished dataset is never replaced without --overwrite: `synth` and `prepare` silently
+    /// wrote over one (a training run may be reading it, and its checkpoints name its hash).
+    func testAFinishedDatasetIsKeptUnlessOverwriteIsGiven() throws {
+        let out = temporaryDirectory("again")
+        var opts = PrepareOptions(output: out)
+        opts.shardSize = 20
+        let first = try DatasetPreparer(options: opts).run(SyntheticSource(size: 16, count: 60, seed: 4, difficulty: 0.3, framesPerSequence: 6))
+        let shardBytes = { try (FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasPrefix("shard-") }.sorted()
+                                  .map { FileManager.default.contents(atPath: out + "/" + $0)! }) }
+        let before = try shardBytes()
+        // The same synthetic set again: kept, verified, nothing written.
+        let again = try DatasetPreparer(options: opts).run(SyntheticSource(size: 16, count: 60, seed: 4, difficulty: 0.3, framesPerSequence: 6))
+        XCTAssertEqual(again, first)
+        // Anything else: refused, the dataset untouched (frames per sequence is a parameter too).
+        for other in [SyntheticSource(size: 16, count: 40, seed: 4, difficulty: 0.3, framesPerSequence: 6),
+                      SyntheticSource(size: 16, count: 60, seed: 4, difficulty: 0.3, framesPerSequence: 3)] {
+            XCTAssertThrowsError(try DatasetPreparer(options: opts).run(other)) {
+                XCTAssertEqual("\($0)", "\(out): holds a prepared dataset (60 images from synthetic): pass --overwrite to replace it, or choose another --output")
+            }
+        }
+        XCTAssertEqual(try shardBytes(), before)
+        XCTAssertEqual(try DatasetChecker.check(directory: out), first)
+        // --overwrite replaces it, leaving none of the old shards (it had 3 here, the new set 2).
+        opts.overwrite = true
+        let replaced = try DatasetPreparer(options: opts).run(SyntheticSource(size: 16, count: 40, seed: 4, difficulty: 0.3, framesPerSequence: 6))
+        XCTAssertEqual(replaced.shards.reduce(0) { $0 + $1.samples }, 40)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasPrefix("shard-") }.sorted(), replaced.shards.map(\.name).sorted())
+        // A folder holding other files is refused, with or without --overwrite.
+        let mixed = temporaryDirectory("mixed")
+        FileManager.default.createFile(atPath: mixed + "/notes.txt", contents: Data("x".utf8))
+        XCTAssertThrowsError(try DatasetPreparer(options: PrepareOptions(output: mixed)).run(SyntheticSource(size: 16, count: 40, seed: 4, difficulty: 0.3, framesPerSequence: 6))) {
+            XCTAssertEqual("\($0)", "\(mixed): holds files that are not a dataset's (notes.txt): prepare into a new or empty folder")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: mixed), ["notes.txt"])
+    }
+
     func testWildDeepfakeArchivesGiveLabelsSplitsAndCountedSkips() throws {
         let root = temporaryDirectory("hf"), out = temporaryDirectory("hf-out")
         let members = try makeWildDeepfakeArchives(root)

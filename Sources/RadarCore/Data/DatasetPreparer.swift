@@ -29,6 +29,9 @@ public struct PrepareOptions: Sendable {
     /// decoder gives), so readers that want one image type per dataset (Hugging Face `datasets`)
     /// see one. Off: the original bytes are kept.
     public var pngOnly = false
+    /// Replace a finished dataset already in `output` (refused otherwise, unless it is the same
+    /// synthetic set, which is kept as it is).
+    public var overwrite = false
 
     public init(output: String) { self.output = output }
 
@@ -98,7 +101,8 @@ public final class DatasetPreparer {
         }
         let fm = FileManager.default
         let existed = fm.fileExists(atPath: out)
-        try fm.createDirectory(atPath: out, withIntermediateDirectories: true)
+        if existed, let kept = try existingDataset(source) { return kept }
+        try makeDirectory(out)
         do {
             return try write(source, into: out)
         } catch {
@@ -108,6 +112,40 @@ public final class DatasetPreparer {
             if !existed && !names.contains(where: { $0.hasPrefix("shard-") && $0.hasSuffix(".tar") }) { try? fm.removeItem(atPath: out) }
             throw error
         }
+    }
+
+    /// What the output folder holds before anything is written. Nil to go on: an empty folder,
+    /// an interrupted preparation (resumed), or a finished dataset that `overwrite` replaces (its
+    /// files removed; downloads kept). The finished dataset itself when it is the same synthetic
+    /// set (a pure function of its parameters), verified. Refused: a folder holding other files,
+    /// and a finished dataset without `overwrite` (a training run may be reading it).
+    func existingDataset(_ source: SampleSource) throws -> DatasetManifest? {
+        let out = options.output, fm = FileManager.default
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: out, isDirectory: &isDir), isDir.boolValue else { return nil }  // createDirectory says what is wrong
+        let names = try fm.contentsOfDirectory(atPath: out)
+        let ours = { (n: String) in
+            n == DatasetManifest.fileName || n == DatasetPreparer.journalName || n == "downloads"
+                || (n.hasPrefix("shard-") && n.hasSuffix(".tar")) || (n.hasPrefix(".shard-") && n.hasSuffix(".partial"))
+        }
+        let foreign = names.filter { !ours($0) }.sorted()
+        guard foreign.isEmpty else {
+            throw DatasetError(path: out, reason: "holds files that are not a dataset's (\(foreign.prefix(3).joined(separator: ", "))\(foreign.count > 3 ? ", ..." : "")): prepare into a new or empty folder")
+        }
+        guard names.contains(DatasetManifest.fileName), !names.contains(DatasetPreparer.journalName) else { return nil }
+        let previous = try? DatasetManifest.load(directory: out)
+        if let m = previous, source.description["kind"] == "synthetic", m.source == source.description, m.parameters == options.parameters {
+            let checked = try DatasetChecker.check(directory: out)
+            log("prepare: \(out) already holds this synthetic set (same parameters; its shards verified): kept")
+            return checked
+        }
+        guard options.overwrite else {
+            let what = previous.map { m in "\(m.counts.values.reduce(0) { $0 + $1.total }) images from \(m.source["kind"] ?? "?")" } ?? "manifest.json"
+            throw DatasetError(path: out, reason: "holds a prepared dataset (\(what)): pass --overwrite to replace it, or choose another --output")
+        }
+        for n in names where n != "downloads" { try fm.removeItem(atPath: (out as NSString).appendingPathComponent(n)) }
+        log("prepare: --overwrite: removed the dataset that was in \(out)")
+        return nil
     }
 
     func write(_ source: SampleSource, into out: String) throws -> DatasetManifest {

@@ -220,7 +220,7 @@ public struct SyntheticSource: SampleSource {
 
     public var description: [String: String] {
         ["kind": "synthetic", "count": String(count), "size": String(faces.size), "seed": String(faces.seed),
-         "difficulty": String(faces.difficulty)]
+         "difficulty": String(faces.difficulty), "frames_per_sequence": String(framesPerSequence)]
     }
 
     public func scan(_ visit: (SourceItem) throws -> Void) throws {
