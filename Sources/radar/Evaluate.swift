@@ -67,7 +67,7 @@ struct Predict: ParsableCommand {
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
-    @Argument(help: "Images or directories of images.") var paths: [String]
+    @Argument(help: "Images, or directories searched at any depth for .png/.jpg/.jpeg files (hidden ones left out).") var paths: [String]
 
     func validate() throws {
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
@@ -76,21 +76,26 @@ struct Predict: ParsableCommand {
 
     func run() throws {
         try failing {
-            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             var files: [String] = []
             for p in paths {
                 var isDir: ObjCBool = false
                 guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else { throw ValidationError("\(p): no such file or directory") }
                 if isDir.boolValue {
-                    for f in try FileManager.default.contentsOfDirectory(atPath: p).sorted()
-                    where ["png", "jpg", "jpeg"].contains((f as NSString).pathExtension.lowercased()) {
-                        files.append((p as NSString).appendingPathComponent(f))
+                    // Its images at any depth (frames are often in a folder per video), in path
+                    // order; hidden files and folders are left out.
+                    guard let walk = FileManager.default.enumerator(atPath: p) else { throw ValidationError("\(p): \(unreadableReason(p))") }
+                    var found: [String] = []
+                    while let rel = walk.nextObject() as? String {
+                        if (rel as NSString).lastPathComponent.hasPrefix(".") { walk.skipDescendants(); continue }
+                        if ["png", "jpg", "jpeg"].contains((rel as NSString).pathExtension.lowercased()) { found.append(rel) }
                     }
+                    files += found.sorted().map { (p as NSString).appendingPathComponent($0) }
                 } else { files.append(p) }
             }
             guard !files.isEmpty else {
                 throw ValidationError("no images to predict: \(paths.joined(separator: ", ")) hold\(paths.count == 1 ? "s" : "") no .png, .jpg or .jpeg file")
             }
+            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             // Batches of --batch-size: the images decoded on every core, then one forward.
             // Sized for the images there are: the forward's memory grows with the batch.
             let c = model.config, per = 3 * c.imgSize * c.imgSize, batchSize = max(1, min(self.batchSize, files.count))
@@ -108,7 +113,7 @@ struct Predict: ParsableCommand {
                 let slots = host.pointer
                 DispatchQueue.concurrentPerform(iterations: chunk.count) { i in
                     do {
-                        guard let d = FileManager.default.contents(atPath: chunk[i]) else { throw ValidationError("\(chunk[i]): cannot read") }
+                        guard let d = FileManager.default.contents(atPath: chunk[i]) else { throw ValidationError("\(chunk[i]): \(unreadableReason(chunk[i]))") }
                         // The reference's evaluation transform: OpenCV INTER_LINEAR resize, then normalise.
                         let img = ImageResize.resize(try ImageCodec.decode(d, item: chunk[i]), width: c.imgSize, height: c.imgSize, mode: .openCVLinear)
                         Augmenter.normalize(img, mean: c.mean, std: c.std, into: slots + i * per)

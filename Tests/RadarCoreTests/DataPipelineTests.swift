@@ -297,6 +297,10 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertFalse(finished.isEmpty, "some shards finished before the interruption")
         XCTAssertFalse(files.contains(DatasetManifest.fileName), "no manifest for an unfinished dataset")
         XCTAssertTrue(files.contains { $0.hasSuffix(".partial") }, "the shard being written stays a .partial file")
+        // Trained on meanwhile, it says what it is (it was "no manifest (is this a prepared dataset directory?").
+        XCTAssertThrowsError(try ShardSet(directory: opts.output)) {
+            XCTAssertEqual("\($0)", "\(opts.output): an unfinished preparation (prepare-journal.jsonl, no manifest yet): run the same `radar prepare` or `radar synth` again to finish it")
+        }
         var inodes: [String: Int] = [:]
         for f in finished { inodes[f] = (try FileManager.default.attributesOfItem(atPath: "\(opts.output)/\(f)")[.systemFileNumber] as? Int) }
         let m = try DatasetPreparer(options: opts).run(source)

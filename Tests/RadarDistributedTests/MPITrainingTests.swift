@@ -488,6 +488,14 @@ final class DemoPipelineTests: XCTestCase {
                                                  root + "/outputs/demo/best.safetensors.lz4", none])
         XCTAssertEqual(erc, 1, eout)
         XCTAssertEqual(eout, "radar: error: no images to predict: \(none) holds no .png, .jpg or .jpeg file\n")
+        // A folder's images at any depth (a folder per video), hidden ones left out; subfolders
+        // were not searched.
+        let nested = root + "/nested"
+        for d in ["/video1", "/video2/clip", "/.cache"] { try FileManager.default.createDirectory(atPath: nested + d, withIntermediateDirectories: true) }
+        let png = try ImageCodec.encodePNG(faces.rgbImage(0, label: 0))
+        for f in ["/video2/clip/b.PNG", "/video1/a.png", "/.cache/c.png", "/video1/.d.png", "/top.jpg.txt"] { try png.write(to: URL(fileURLWithPath: nested + f)) }
+        let deep = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1", nested])
+        XCTAssertEqual(deep.split(separator: "\n").map { String($0.split(separator: "\t")[0]) }, [nested + "/video1/a.png", nested + "/video2/clip/b.PNG"], deep)
         // The model-only file and a plain PyTorch state dict (no metadata: --config names the
         // model) evaluate to the same metrics as the best checkpoint.
         let radar = bin.appendingPathComponent("radar").path

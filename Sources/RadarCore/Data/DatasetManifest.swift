@@ -63,6 +63,9 @@ public struct DatasetManifest: Codable, Equatable, Sendable {
             if fm.fileExists(atPath: (directory as NSString).appendingPathComponent("real")) || fm.fileExists(atPath: (directory as NSString).appendingPathComponent("fake")) {
                 throw DatasetError(path: directory, reason: "holds raw real/ and fake/ images, not a prepared dataset: run `radar prepare --source \(directory) --output DIR` first")
             }
+            if fm.fileExists(atPath: (directory as NSString).appendingPathComponent(DatasetPreparer.journalName)) {
+                throw DatasetError(path: directory, reason: "an unfinished preparation (\(DatasetPreparer.journalName), no manifest yet): run the same `radar prepare` or `radar synth` again to finish it")
+            }
             throw DatasetError(path: path, reason: "no manifest (is this a prepared dataset directory? `radar prepare` makes one)")
         }
         do {
