@@ -17,13 +17,27 @@ struct CheckDevice: ParsableCommand {
 
     func defaultFixtures() -> String? {
         let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        // The bundle's, then the repository's: from here, or above a SwiftPM build folder
+        // (.build/release, .build/<triple>/release).
+        let repo = "Tests/RadarCoreTests/Fixtures/parity"
         let candidates = [exe.appendingPathComponent("../share/fixtures/parity").standardized.path,
-                          FileManager.default.currentDirectoryPath + "/Tests/RadarCoreTests/Fixtures/parity"]
+                          FileManager.default.currentDirectoryPath + "/" + repo,
+                          exe.appendingPathComponent("../../" + repo).standardized.path,
+                          exe.appendingPathComponent("../../../" + repo).standardized.path]
         return candidates.first { FileManager.default.fileExists(atPath: $0) }
     }
 
     func run() throws {
         try failing {
+            // The fixtures are found first: a missing folder is said before minutes of kernels.
+            let folder = probeOnly ? nil : fixtures ?? defaultFixtures()
+            if !probeOnly {
+                guard let folder else { throw ValidationError("no golden fixtures found: pass --fixtures DIR (Tests/RadarCoreTests/Fixtures/parity)") }
+                var isDir: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDir), isDir.boolValue else {
+                    throw ValidationError("--fixtures \(folder): no such folder")
+                }
+            }
             var report: [String: Any] = ["check": "device", "device_name": device]
             let t0 = Date()
             let backend = try Devices.backend(device, threads: 1, precision: "fp32")
@@ -41,7 +55,7 @@ struct CheckDevice: ParsableCommand {
             }
             report["probe"] = probe
             var passed = true
-            if !probeOnly {
+            if let folder {  // nil only with --probe-only
                 logLine("check-device: \(KernelCheck.kernelNames.count) kernels against the CPU backend on \(backend.deviceDescription)")
                 let results = KernelCheck.run(on: backend)
                 report["kernels"] = results.map {
@@ -51,9 +65,6 @@ struct CheckDevice: ParsableCommand {
                 report["kernels_total"] = results.count
                 passed = passed && results.allSatisfy(\.passed)
                 for r in results where !r.passed { logLine("check-device: kernel \(r.kernel) disagrees: \(r.detail) (ratio \(r.worst))") }
-                guard let folder = fixtures ?? defaultFixtures() else {
-                    throw ValidationError("no golden fixtures found: pass --fixtures DIR (Tests/RadarCoreTests/Fixtures/parity)")
-                }
                 var golden: [[String: Any]] = []
                 for name in try FileManager.default.contentsOfDirectory(atPath: folder).sorted()
                 where FileManager.default.fileExists(atPath: "\(folder)/\(name)/expected.safetensors") {

@@ -97,6 +97,8 @@ final class TrainingFlagValidationTests: XCTestCase {
             // These crashed (a failed precondition) or ran with 0 threads.
             (["evaluate", "--checkpoint", "w", "--data", "d", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
             (["evaluate", "--checkpoint", "w", "--data", "d", "--split", "dev"], "--split must be train, val or test, got dev"),
+            // Said before the kernels ran (minutes on a GPU); the repository's fixtures are found from the build folder.
+            (["check-device", "--device", "cpu", "--fixtures", "/nonexistent-radar-fixtures"], "--fixtures /nonexistent-radar-fixtures: no such folder"),
             (["predict", "--checkpoint", "w", "--threads", "0", "x.png"], "--threads must be at least 1, got 0"),
             (["bench", "step", "--config", "tiny", "--batch", "0"], "--batch must be at least 1, got 0"),
             (["bench", "data", "--size", "0"], "--size must be in 8...4096 pixels, got 0"),
