@@ -12,6 +12,9 @@
 # Prints one JSON object per measurement (stdout). Exits non-zero when a run fails or the
 # partition is not detected as stated (then the ranks' logs stay in the folder it names).
 set -euo pipefail
+# Paths given on the command line are the caller's (relative to where it was run).
+caller=$PWD
+abs() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$caller/$1" ;; esac; }
 cd "$(dirname "$0")/.."
 hosts=4 rates=10gbit,1gbit delay="" sizes=8,88 data="" config=tiny batch=8 steps=20 threads=1 partition=0 timeout=10 bucket=10
 bin=.build/release
@@ -21,7 +24,7 @@ while [ $# -gt 0 ]; do
     --rates) rates=$2; shift 2 ;;
     --delay) delay=$2; shift 2 ;;
     --sizes) sizes=$2; shift 2 ;;
-    --data) data=$2; shift 2 ;;
+    --data) data=$(abs "$2"); shift 2 ;;
     --config) config=$2; shift 2 ;;
     --batch-size) batch=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
@@ -29,10 +32,11 @@ while [ $# -gt 0 ]; do
     --bucket-mb) bucket=$2; shift 2 ;;
     --partition) partition=1; shift ;;
     --timeout) timeout=$2; shift 2 ;;
-    --bin) bin=$2; shift 2 ;;
+    --bin) bin=$(abs "$2"); shift 2 ;;
     *) sed -n '2,14p' "$0" >&2; exit 2 ;;
   esac
 done
+case "$config" in tiny|mid|full) ;; *) config=$(abs "$config") ;; esac
 bin=$(cd "$bin" && pwd)
 [ -x "$bin/radar" ] && [ -x "$bin/radar-worker" ] || { echo "cluster/multihost.sh: no radar, radar-worker in $bin (swift build -c release)" >&2; exit 2; }
 work=$(mktemp -d /tmp/radar-multihost.XXXXXX)

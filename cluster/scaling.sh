@@ -12,8 +12,11 @@
 #            --json (one JSON object per rank count instead of the table)
 # Binaries from .build/release (swift build -c release), or RADAR_BIN.
 set -euo pipefail
+# Paths given on the command line are the caller's (relative to where it was run).
+caller=$PWD
+abs() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$caller/$1" ;; esac; }
 cd "$(dirname "$0")/.."
-data=${1:?usage: bash cluster/scaling.sh DATA_DIR [RANKS...] [-- OPTIONS]}
+data=$(abs "${1:?usage: bash cluster/scaling.sh DATA_DIR [RANKS...] [-- OPTIONS]}")
 shift
 ranks=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do ranks+=("$1"); shift; done
@@ -33,7 +36,9 @@ while [ $# -gt 0 ]; do
     *) sed -n '2,14p' "$0" >&2; exit 2 ;;
   esac
 done
-bin=${RADAR_BIN:-.build/release}
+case "$config" in tiny|mid|full) ;; *) config=$(abs "$config") ;; esac
+bin=.build/release
+[ -n "${RADAR_BIN:-}" ] && bin=$(abs "$RADAR_BIN")
 bin=$(cd "$bin" && pwd)
 [ -x "$bin/radar-worker" ] || { echo "cluster/scaling.sh: no $bin/radar-worker (swift build -c release)" >&2; exit 2; }
 export OPENBLAS_NUM_THREADS=$threads
@@ -63,7 +68,11 @@ for n in "${ranks[@]}"; do
   fi
   if [ "$rc" != 0 ]; then
     echo "cluster/scaling.sh: $n ranks failed (exit $rc):" >&2
-    tail -n 5 "$out.log" "$out.logs"/rank*.err 2>/dev/null >&2 || true
+    # The ranks' error lines (an MPI_Abort banner follows them), else the log's end.
+    for f in "$out.log" "$out.logs"/rank*.err; do
+      [ -f "$f" ] || continue
+      grep -E "error:|stopped:" "$f" | head -n 5 >&2 || tail -n 5 "$f" >&2
+    done
     exit 1
   fi
   grep '"train_loss"' "$out/scale/metrics.jsonl" | tail -n 1 | sed "s/^{/{\"ranks\":$n,/" >> "$results"

@@ -12,10 +12,11 @@
 # mpirun needs a matching OpenMPI on the pod; `radar launch` (TCP ranks) needs nothing.
 set -euo pipefail
 trap 'echo "bundle: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+caller=$PWD
 cd "$(dirname "$0")/.."
 root=$PWD
-out=${1:-.build/radar-bundle.tar.xz}
-case "$out" in /*) ;; *) out="$root/$out" ;; esac
+out=${1:-$root/.build/radar-bundle.tar.xz}
+case "$out" in /*) ;; *) out="$caller/$out" ;; esac  # a given path is the caller's
 
 bash scripts/install-deps.sh >/dev/null
 

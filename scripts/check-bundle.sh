@@ -10,9 +10,10 @@
 #   bash scripts/check-bundle.sh [BUNDLE.tar.xz]     (default .build/radar-bundle.tar.xz)
 set -euo pipefail
 trap 'echo "check-bundle: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+caller=$PWD
 cd "$(dirname "$0")/.."
-bundle=${1:-.build/radar-bundle.tar.xz}
-case "$bundle" in /*) ;; *) bundle="$PWD/$bundle" ;; esac
+bundle=${1:-$PWD/.build/radar-bundle.tar.xz}
+case "$bundle" in /*) ;; *) bundle="$caller/$bundle" ;; esac  # a given path is the caller's
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 tar -C "$work" -xJf "$bundle"
