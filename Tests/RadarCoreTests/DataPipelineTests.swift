@@ -328,6 +328,7 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertThrowsError(try DatasetChecker.check(directory: out)) { XCTAssertTrue("\($0)".contains("shard-000001.tar") && "\($0)".contains("SHA-256"), "\($0)") }
         try FileManager.default.removeItem(atPath: shard)
         XCTAssertThrowsError(try DatasetChecker.check(directory: out)) { XCTAssertTrue("\($0)".contains("shard-000001.tar") && "\($0)".contains("missing"), "\($0)") }
+        XCTAssertThrowsError(try ShardSet(directory: out)) { XCTAssertEqual("\($0)", "\(shard): cannot open shard: No such file or directory") }
         XCTAssertThrowsError(try DatasetChecker.check(directory: temporaryDirectory("empty"))) { XCTAssertTrue("\($0)".contains("no manifest"), "\($0)") }
     }
 

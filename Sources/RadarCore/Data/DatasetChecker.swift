@@ -59,7 +59,7 @@ public struct TarIndex: Sendable {
 
     public init(path: String) throws {
         self.path = path
-        guard let fh = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open shard") }
+        guard let fh = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open shard: \(unreadableReason(path))") }
         defer { try? fh.close() }
         var samples: [Sample] = []
         var offset = 0
@@ -108,7 +108,7 @@ public struct TarIndex: Sendable {
         guard let m = samples[sample].members[ext] else {
             throw DatasetError(path: path, reason: "sample \(samples[sample].key) has no .\(ext) member")
         }
-        guard let fh = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open shard") }
+        guard let fh = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open shard: \(unreadableReason(path))") }
         defer { try? fh.close() }
         try fh.seek(toOffset: UInt64(m.offset))
         guard let d = try fh.read(upToCount: m.size), d.count == m.size else {

@@ -367,7 +367,7 @@ public final class DatasetPreparer {
 
     /// Size and SHA-256 of a file, read in 1 MiB pieces (memory independent of the shard size).
     public static func hashFile(_ path: String) throws -> (Int, String) {
-        guard let h = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open for hashing") }
+        guard let h = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open for hashing: \(unreadableReason(path))") }
         defer { try? h.close() }
         var digest = SHA256Digest()
         var total = 0
