@@ -59,38 +59,6 @@ public struct DeviceOutOfMemory: Error, CustomStringConvertible {
     }
 }
 
-/// A CUDA call that failed after start-up: a device fault (an illegal address, an uncorrectable
-/// ECC error, a GPU that fell off the bus), a library out of its resources, or a bug. CUDA's
-/// faults are sticky (the context is lost and every later call fails), so nothing can be retried
-/// in-process: the process stops with one line naming the device, the call and CUDA's own words,
-/// exit status 1, no crash report. Checkpoints are written to a temporary file and renamed, so the
-/// last one stays whole; a data-parallel job's other ranks see this rank go and stop, naming it.
-public enum DeviceFailure {
-    /// Writes `PROGRAM: error: MESSAGE` to standard error and exits with status 1.
-    public static func stop(_ message: String) -> Never {
-        let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
-        FileHandle.standardError.write(Data("\(program): error: \(message)\n".utf8))
-        exitNow(1)
-    }
-
-    /// An allocation that did not fit while the run sizes its memory: the error, what was being
-    /// sized (`DeviceMemoryContext`, e.g. the batch) and the remedy.
-    public static func outOfMemory(_ error: Any) -> Never {
-        let context = DeviceMemoryContext.current
-        stop("\(error)\(context.isEmpty ? "" : " while sizing \(context): lower it")")
-    }
-}
-
-/// Byte counts for messages.
-public enum Bytes {
-    public static func text(_ n: Int) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var v = Double(n), u = 0
-        while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
-        return u == 0 ? "\(n) B" : String(format: "%.1f %@ (%ld bytes)", v, units[u], n)
-    }
-}
-
 /// The calls the CUDA backend makes, on one device and one stream: memory, kernel launches,
 /// cuBLAS products and cuFFT transforms. Two implementations: `DriverAPI` (libcuda, cuBLAS and
 /// cuFFT through dlopen, a real GPU) and `EmulatedDevice` (the kernels compiled for the host,

@@ -1,6 +1,7 @@
 import Foundation
 #if canImport(Glibc)
 import Glibc
+import RadarEngine
 #endif
 
 /// The CUDA headers' numbers (`CUDAConstants`), under their C names.

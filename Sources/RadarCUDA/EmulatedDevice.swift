@@ -55,10 +55,7 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     }
 
     public static var memoryCapacity: Int {
-        guard let v = ProcessInfo.processInfo.environment["RADAR_EMULATED_MEMORY"], let last = v.last else { return 16 << 30 }
-        let shift = ["K": 10, "M": 20, "G": 30][String(last).uppercased()]
-        let digits = shift == nil ? v : String(v.dropLast())
-        return (Int(digits) ?? 16) << (shift ?? 0)
+        ProcessInfo.processInfo.environment["RADAR_EMULATED_MEMORY"].flatMap(HostMemory.parseBytes) ?? 16 << 30
     }
 
     /// Device `ordinal` with `memory` bytes (default: `RADAR_EMULATED_MEMORY`, else 16 GiB).

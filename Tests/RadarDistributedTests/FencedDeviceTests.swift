@@ -181,6 +181,8 @@ final class CUDADeviceCLITests: XCTestCase {
             (step + ["--device", "cuda-emulated", "--batch", "512"], ["RADAR_EMULATED_MEMORY": "64M"],
              "out of device memory on cuda:0 (emulated device, 64.0 MiB (67108864 bytes)): "),
             (step + ["--device", "cpu", "--precision", "tf32"], [:], "precision tf32 needs a CUDA device"),
+            // The CPU too: a batch the machine cannot hold was ended by the OOM killer without a word.
+            (step + ["--device", "cpu", "--batch", "2048"], ["RADAR_HOST_MEMORY": "200M"], "out of host memory on cpu: "),
         ]
         for (args, env, expected) in cases {
             let r = try run(args, env: env)
@@ -190,6 +192,13 @@ final class CUDADeviceCLITests: XCTestCase {
         }
         let oom = try run(step + ["--device", "cuda-emulated", "--batch", "512"], env: ["RADAR_EMULATED_MEMORY": "64M"])
         XCTAssertTrue(oom.err.hasSuffix("while sizing --batch 512: lower it\n"), oom.err)
+        let host = try run(step + ["--device", "cpu", "--batch", "2048"], env: ["RADAR_HOST_MEMORY": "200M"])
+        XCTAssertTrue(host.err.hasSuffix("available (free and reclaimable memory plus free swap) while sizing --batch 2048: lower it\n"), host.err)
+        XCTAssertEqual(HostMemory.parseBytes("64M"), 64 << 20)
+        XCTAssertEqual(HostMemory.parseBytes("2g"), 2 << 30)
+        XCTAssertEqual(HostMemory.parseBytes("1000"), 1000)
+        XCTAssertNil(HostMemory.parseBytes("lots"))
+        XCTAssertGreaterThan(HostMemory.available() ?? 0, 0, "this machine's /proc/meminfo")
     }
 
     /// `--precision bf16` on the CPU: bf16 through oneDNN where the CPU has AMX-BF16 or

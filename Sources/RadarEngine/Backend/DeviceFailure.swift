@@ -1,0 +1,87 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A CUDA call that failed after start-up: a device fault (an illegal address, an uncorrectable
+/// ECC error, a GPU that fell off the bus), a library out of its resources, or a bug. CUDA's
+/// faults are sticky (the context is lost and every later call fails), so nothing can be retried
+/// in-process: the process stops with one line naming the device, the call and CUDA's own words,
+/// exit status 1, no crash report. Checkpoints are written to a temporary file and renamed, so the
+/// last one stays whole; a data-parallel job's other ranks see this rank go and stop, naming it.
+public enum DeviceFailure {
+    /// Writes `PROGRAM: error: MESSAGE` to standard error and exits with status 1.
+    public static func stop(_ message: String) -> Never {
+        let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
+        FileHandle.standardError.write(Data("\(program): error: \(message)\n".utf8))
+        exitNow(1)
+    }
+
+    /// An allocation that did not fit while the run sizes its memory: the error, what was being
+    /// sized (`DeviceMemoryContext`, e.g. the batch) and the remedy.
+    public static func outOfMemory(_ error: Any) -> Never {
+        let context = DeviceMemoryContext.current
+        stop("\(error)\(context.isEmpty ? "" : " while sizing \(context): lower it")")
+    }
+}
+
+/// Byte counts for messages.
+public enum Bytes {
+    public static func text(_ n: Int) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = Double(n), u = 0
+        while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
+        return u == 0 ? "\(n) B" : String(format: "%.1f %@ (%ld bytes)", v, units[u], n)
+    }
+}
+
+/// Host memory for the CPU backend's allocations: what the machine can still give this process.
+public enum HostMemory {
+    /// Bytes that can still be allocated and touched without the kernel's OOM killer stepping in:
+    /// MemAvailable plus SwapFree, bounded by a cgroup v2 limit (a container's). Nil where unknown.
+    /// `RADAR_HOST_MEMORY` (e.g. 512M, 2G) stands for a machine of that size, for tests: then
+    /// it is that less this process's resident memory.
+    public static func available() -> Int? {
+        if let text = ProcessInfo.processInfo.environment["RADAR_HOST_MEMORY"], let budget = parseBytes(text) {
+            return max(0, budget - residentBytes())
+        }
+        guard let info = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        func field(_ name: String) -> Int? {
+            for line in info.split(separator: "\n") where line.hasPrefix(name + ":") {
+                return line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.flatMap { Int($0) }.map { $0 * 1024 }
+            }
+            return nil
+        }
+        guard let avail = field("MemAvailable") else { return nil }
+        var result = avail + (field("SwapFree") ?? 0)
+        if let max = (try? String(contentsOfFile: "/sys/fs/cgroup/memory.max", encoding: .utf8)).flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }),
+           let current = (try? String(contentsOfFile: "/sys/fs/cgroup/memory.current", encoding: .utf8)).flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+            result = min(result, max - current)
+        }
+        return result
+    }
+
+    /// This process's resident memory in bytes (/proc/self/statm).
+    public static func residentBytes() -> Int {
+        guard let s = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
+              let pages = s.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    /// "64M", "2G", "1024" (bytes); nil when not a size.
+    public static func parseBytes(_ text: String) -> Int? {
+        let t = text.trimmingCharacters(in: .whitespaces).uppercased()
+        let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+        if let u = t.last.flatMap({ units[$0] }) { return Int(t.dropLast()).map { $0 * u } }
+        return Int(t)
+    }
+}
+
+/// A host allocation that would not fit in what the machine has left.
+public struct HostOutOfMemory: Error, CustomStringConvertible {
+    public let requested: Int, available: Int
+    public init(requested: Int, available: Int) { self.requested = requested; self.available = available }
+    public var description: String {
+        "out of host memory on cpu: \(Bytes.text(requested)) requested, \(Bytes.text(available)) available (free and reclaimable memory plus free swap)"
+    }
+}
