@@ -13,7 +13,7 @@ bin=.build/release
 data=data/synth
 out=outputs
 exp=demo
-$bin/radar synth --output "$data" --count 3000 --size 32 --seed 1
+$bin/radar synth --output "$data" --count 3000 --size 32 --seed 1 --overwrite  # the demo owns data/synth
 train_args=(--data "$data" --output "$out" --experiment "$exp" --config tiny --batch-size 8 --num-epochs 5
             --learning-rate 1e-3 --accumulation-steps 1 --overwrite)
 if command -v mpirun >/dev/null 2>&1; then
