@@ -98,8 +98,8 @@ func runPreparer(_ source: SampleSource, _ opts: PrepareOptions) throws {
     let t0 = Date()
     let m = try preparer.run(source)
     let n = m.shards.reduce(0) { $0 + $1.samples }
-    logLine(String(format: "prepare: %d images in %d shards, %d skipped, %.1f images/s, peak RSS %.0f MiB", n, m.shards.count,
-                   m.skipped.count, Double(n) / Date().timeIntervalSince(t0), peakRSSMiB()))
+    if !preparer.keptExisting { logLine(String(format: "prepare: %d images in %d shards, %d skipped, %.1f images/s, peak RSS %.0f MiB", n, m.shards.count,
+                   m.skipped.count, Double(n) / Date().timeIntervalSince(t0), peakRSSMiB())) }
     print(DatasetChecker.summary(m))
 }
 

@@ -120,8 +120,10 @@ final class DataPipelineTests: XCTestCase {
                                   .map { FileManager.default.contents(atPath: out + "/" + $0)! }) }
         let before = try shardBytes()
         // The same synthetic set again: kept, verified, nothing written.
-        let again = try DatasetPreparer(options: opts).run(SyntheticSource(size: 16, count: 60, seed: 4, difficulty: 0.3, framesPerSequence: 6))
+        let preparer = DatasetPreparer(options: opts)
+        let again = try preparer.run(SyntheticSource(size: 16, count: 60, seed: 4, difficulty: 0.3, framesPerSequence: 6))
         XCTAssertEqual(again, first)
+        XCTAssertTrue(preparer.keptExisting)
         // Anything else: refused, the dataset untouched (frames per sequence is a parameter too).
         for other in [SyntheticSource(size: 16, count: 40, seed: 4, difficulty: 0.3, framesPerSequence: 6),
                       SyntheticSource(size: 16, count: 60, seed: 4, difficulty: 0.3, framesPerSequence: 3)] {

@@ -52,6 +52,8 @@ public struct PrepareOptions: Sendable {
 public final class DatasetPreparer {
     public let options: PrepareOptions
     public var log: (String) -> Void = { _ in }
+    /// Whether the last `run` kept the dataset already in the output folder (nothing written).
+    public private(set) var keptExisting = false
     public var progress: ((Int, Int) -> Void)?
 
     static let journalName = "prepare-journal.jsonl"
@@ -101,7 +103,8 @@ public final class DatasetPreparer {
         }
         let fm = FileManager.default
         let existed = fm.fileExists(atPath: out)
-        if existed, let kept = try existingDataset(source) { return kept }
+        keptExisting = false
+        if existed, let kept = try existingDataset(source) { keptExisting = true; return kept }
         try makeDirectory(out)
         do {
             return try write(source, into: out)
