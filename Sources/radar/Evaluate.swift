@@ -103,7 +103,7 @@ struct Predict: ParsableCommand {
             let input = DeviceTensor(ctx.backend, host.shape)
             let probs = UnsafeMutablePointer<Float>.allocate(capacity: batchSize)
             defer { probs.deallocate() }
-            var predictions: [[String: Any]] = [], failures: [[String: Any]] = [], predicted = 0
+            var predictions: [[String: Any]] = [], failures: [[String: Any]] = [], predicted = 0, warnedNonFinite = false
             for start in stride(from: 0, to: files.count, by: batchSize) {
                 let chunk = Array(files[start..<min(start + batchSize, files.count)])
                 // Slot i of the host batch is chunk[i]'s; failed images leave their slot unused.
@@ -133,13 +133,18 @@ struct Predict: ParsableCommand {
                         failures.append(["path": f, "error": e])
                         continue
                     }
-                    let prob = probs[k], label = prob >= 0.5 ? "fake" : "real"
+                    // A non-finite probability (weights that diverged) has no label: "real" was printed.
+                    let prob = probs[k], label = !prob.isFinite ? "undefined" : prob >= 0.5 ? "fake" : "real"
+                    if !prob.isFinite && !warnedNonFinite {
+                        logLine("radar predict: warning: \(f): the probability is \(prob.isNaN ? "nan" : "\(prob)"): the weights give non-finite outputs (a diverged checkpoint?)")
+                        warnedNonFinite = true
+                    }
                     k += 1
                     predicted += 1
                     if json {
                         predictions.append(["path": f, "probability_fake": Double(prob), "label": label])
                     } else {
-                        print(String(format: "%@\t%.6f\t%@", f, prob, label))
+                        print("\(f)\t\(prob.isNaN ? "nan" : String(format: "%.6f", prob))\t\(label)")
                     }
                 }
             }

@@ -512,6 +512,17 @@ final class DemoPipelineTests: XCTestCase {
         let (nrc, nout) = try Process.runStatus([radar, "evaluate", "--checkpoint", stripped, "--data", root + "/data", "--threads", "1"])
         XCTAssertNotEqual(nrc, 0)
         XCTAssertTrue(nout.contains("pass --config") && nout.split(separator: "\n").count == 1, nout)
+        // Weights that give NaN: no label (they were printed as "-nan ... real"), one warning.
+        let nanWeights = root + "/nan.safetensors"
+        let (qrc, qout) = try Process.runStatus([ProcessInfo.processInfo.environment["RADAR_PYTHON"] ?? "python3", "-c",
+            "import sys, numpy as np; from safetensors.numpy import load_file, save_file; t = load_file(sys.argv[1]); "
+            + "t = {k: (np.full_like(v, np.nan) if 'classifier' in k or k.endswith('head.weight') else v) for k, v in t.items()}; save_file(t, sys.argv[2])",
+            stripped, nanWeights])
+        XCTAssertEqual(qrc, 0, qout)
+        let (urc, uout) = try Process.runStatus([radar, "predict", "--checkpoint", nanWeights, "--config", "tiny", "--threads", "1", imgs + "/f0.png"])
+        XCTAssertEqual(urc, 0, uout)
+        XCTAssertTrue(uout.contains("\(imgs)/f0.png\tnan\tundefined\n"), uout)
+        XCTAssertTrue(uout.contains("radar predict: warning: \(imgs)/f0.png: the probability is nan"), uout)
         // A second fresh run into the same folder is refused; nothing of the first is touched.
         let before = try Data(contentsOf: URL(fileURLWithPath: root + "/outputs/demo/best.safetensors.lz4"))
         let (src, sout) = try Process.runStatus([radar, "train", "--data", root + "/data", "--output", root + "/outputs", "--experiment", "demo",
