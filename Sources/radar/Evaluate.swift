@@ -52,7 +52,10 @@ struct Evaluate: ParsableCommand {
             }
             guard !scores.isEmpty else { throw ValidationError("\(data): the \(split) split is empty") }
             var out: [String: Any] = ["checkpoint": checkpoint, "split": split, "images": scores.count]
-            for (k, v) in BinaryMetrics.all(scores: scores, labels: labels, sequences: seqs) { out[k] = v.isFinite ? v : NSNull() }
+            for (k, v) in BinaryMetrics.all(scores: scores, labels: labels, sequences: seqs) { out[k] = v }
+            if let why = BinaryMetrics.undefinedAUCReason(scores: scores, labels: labels) {
+                logLine("radar evaluate: warning: the metrics that need it are undefined (null): \(why)")
+            }
             printJSON(out)
         }
     }

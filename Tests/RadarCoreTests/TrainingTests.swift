@@ -168,6 +168,14 @@ final class TrainingTests: XCTestCase {
 }
 
 final class MetricsTests: XCTestCase {
+    func testUndefinedAUCSaysWhy() {
+        XCTAssertNil(BinaryMetrics.undefinedAUCReason(scores: [0.1, 0.9], labels: [0, 1]))
+        XCTAssertEqual(BinaryMetrics.undefinedAUCReason(scores: [.nan, 0.9, .nan], labels: [0, 1, 1]),
+                       "2 of 3 scores are NaN (the model's outputs are not finite)")
+        XCTAssertEqual(BinaryMetrics.undefinedAUCReason(scores: [0.1, 0.9], labels: [1, 1]), "0 real and 2 fake images: AUC needs both")
+        XCTAssertFalse(BinaryMetrics.all(scores: [0.1, 0.9], labels: [1, 1], sequences: ["a", "b"])["auc"]!.isFinite)
+    }
+
     func testMetricsMatchScikitLearn() throws {
         // Fixture: tools/golden/metrics_fixture.py (roc_auc_score, average_precision_score,
         // accuracy_score, roc_curve-based EER, AUC over per-sequence mean scores).

@@ -107,6 +107,15 @@ public enum BinaryMetrics {
         return rocAUC(scores: keys.map { sum[$0]!.0 / Double(sum[$0]!.1) }, labels: keys.map { sum[$0]!.2 })
     }
 
+    /// Why AUC is undefined for these scores and labels (NaN scores, or one class only), or nil.
+    public static func undefinedAUCReason(scores: [Float], labels: [Int]) -> String? {
+        let nan = scores.filter(\.isNaN).count
+        if nan > 0 { return "\(nan) of \(scores.count) scores are NaN (the model's outputs are not finite)" }
+        let fake = labels.filter { $0 == 1 }.count
+        if fake == 0 || fake == labels.count { return "\(labels.count - fake) real and \(fake) fake images: AUC needs both" }
+        return nil
+    }
+
     /// All of the above as a dictionary (metrics.json's names); missing values are NaN.
     public static func all(scores: [Float], labels: [Int], sequences: [String]) -> [String: Double] {
         ["auc": rocAUC(scores: scores, labels: labels) ?? .nan,
