@@ -1,8 +1,8 @@
 import Foundation
 #if canImport(Glibc)
 import Glibc
-import RadarEngine
 #endif
+import RadarEngine
 
 /// The CUDA headers' numbers (`CUDAConstants`), under their C names.
 private let C = CUDAConstants.values

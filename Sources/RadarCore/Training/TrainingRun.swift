@@ -452,7 +452,7 @@ public final class TrainingRun {
                    options.epochs, p.history.trainLoss.last!, m["auc"]!, m["accuracy"]!, m["eer"]!, imagesPerSecond))
         var stop = false
         if !m["auc"]!.isFinite && !p.history.valAUC.dropLast().contains(where: { !$0.isFinite }) {
-            log(undefinedAUCWarning(.val, scores: val.scores))
+            log(undefinedAUCWarning(.val, scores: val.scores, labels: val.labels))
         }
         if m["auc"]! > p.history.bestValAUC {
             p.history.bestValAUC = m["auc"]!
@@ -479,11 +479,9 @@ public final class TrainingRun {
 
     /// Why `split`'s AUC came out undefined: one class in the split, NaN scores (a model whose
     /// outputs are not finite), or neither that we can name.
-    func undefinedAUCWarning(_ split: Split, scores: [Float]) -> String {
+    func undefinedAUCWarning(_ split: Split, scores: [Float], labels: [Int]) -> String {
         if let w = oneClassWarning(split) { return w }
-        let nan = scores.filter(\.isNaN).count
-        guard nan > 0 else { return "warning: \(split.rawValue) AUC is undefined" }
-        return "warning: \(split.rawValue) AUC is undefined: \(nan) of \(scores.count) scores are NaN (the model's outputs are not finite)"
+        return "warning: \(split.rawValue) AUC is undefined" + (BinaryMetrics.undefinedAUCReason(scores: scores, labels: labels).map { ": " + $0 } ?? "")
     }
 
     /// Test metrics with the best weights (uploaded back), when the set has a test split.
@@ -497,7 +495,7 @@ public final class TrainingRun {
         let test = try evaluate(.test)
         history.testMetrics = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences)
         history.testCurve = BinaryMetrics.rocCurve(scores: test.scores, labels: test.labels)
-        if !(history.testMetrics["auc"] ?? .nan).isFinite { log(undefinedAUCWarning(.test, scores: test.scores)) }
+        if !(history.testMetrics["auc"] ?? .nan).isFinite { log(undefinedAUCWarning(.test, scores: test.scores, labels: test.labels)) }
         let which = best == nil ? "last weights" : "best epoch \(history.bestEpoch + 1)"
         log(String(format: "test (%@): auc %.4f  accuracy %.4f  eer %.4f  ap %.4f  sequence_auc %.4f", which,
                    history.testMetrics["auc"]!, history.testMetrics["accuracy"]!, history.testMetrics["eer"]!,

@@ -3,7 +3,8 @@ import Foundation
 import Glibc
 #endif
 
-/// A CUDA call that failed after start-up: a device fault (an illegal address, an uncorrectable
+/// How a backend stops on what it cannot recover from: memory the device (or, for the CPU
+/// backend, the host) cannot give, and a CUDA call that failed after start-up: a device fault (an illegal address, an uncorrectable
 /// ECC error, a GPU that fell off the bus), a library out of its resources, or a bug. CUDA's
 /// faults are sticky (the context is lost and every later call fails), so nothing can be retried
 /// in-process: the process stops with one line naming the device, the call and CUDA's own words,
