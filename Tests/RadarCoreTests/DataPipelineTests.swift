@@ -542,6 +542,16 @@ final class TrainingRunTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("training images are fewer than one global batch (--batch-size 50 x --accumulation-steps 2 x 1 rank = 100)"), "\(e)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: o.experimentDirectory), "no experiment folder for a run that never started")
+        // No validation split: said with the remedy, before the folder is made.
+        let noVal = temporaryDirectory("run-noval-data")
+        _ = try DatasetPreparer(options: PrepareOptions(output: noVal).with { $0.valFraction = 0 }).run(
+            SyntheticSource(size: 32, count: 80, seed: 2, difficulty: 0.2, framesPerSequence: 4))
+        var v = o
+        (v.data, v.batchSize, v.experiment) = (noVal, 4, "no-val")
+        XCTAssertThrowsError(try TrainingRun(options: v).run()) {
+            XCTAssertEqual("\($0)", "\(noVal): the val split is empty (validation chooses the best epoch and stops early): prepare it with --val-fraction above 0")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: v.experimentDirectory))
         // Nor for a checkpoint that cannot be resumed from (it left a folder holding only .lock).
         (o.batchSize, o.experiment, o.resume) = (8, "bad-resume", data + "/manifest.json")
         XCTAssertThrowsError(try TrainingRun(options: o).run()) { e in

@@ -144,7 +144,8 @@ public final class TrainingRun {
         inputImages = DeviceTensor(ctx.backend, Shape(options.batchSize, 3, c.imgSize, c.imgSize))
         inputLabels = DeviceTensor(ctx.backend, Shape(options.batchSize))
         for split in [Split.train, .val] where set.refs(split).isEmpty {
-            throw DatasetError(path: options.data, reason: "the \(split.rawValue) split is empty")
+            throw DatasetError(path: options.data, reason: "the \(split.rawValue) split is empty" + (split == .val
+                ? " (validation chooses the best epoch and stops early): prepare it with --val-fraction above 0" : ""))
         }
         // Here, before the experiment folder is made: a run that cannot take one step leaves nothing.
         guard batchesPerEpoch > 0 else {
