@@ -233,4 +233,5 @@ struct RadarWorker: ParsableCommand {
 // Better OpenBLAS kernels than the library chose, when the CPU has them (before MPI starts).
 BLASKernels.reexecWithBestKernelsIfNeeded()
 ParentWatch.install()
+_ = ArchiveNames.utf8  // before any thread: setlocale is process-wide
 RadarWorker.main()

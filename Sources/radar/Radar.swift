@@ -12,6 +12,7 @@ struct Radar: ParsableCommand {
 
     static func main() {
         BLASKernels.reexecWithBestKernelsIfNeeded()
+        _ = ArchiveNames.utf8
         main(nil)
     }
 }

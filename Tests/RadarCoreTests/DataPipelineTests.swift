@@ -206,6 +206,32 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: existing))
     }
 
+    /// Names beyond ASCII: a real/ fake/ folder's `é1.png` stopped prepare ("Can't translate
+    /// pathname": the process was in the C locale), and an export's `ü` read as `├╝` in Python's
+    /// zipfile (no UTF-8 flag). Both read back as written, by us and by Python.
+    func testNamesBeyondASCIIArePreparedAndExported() throws {
+        let root = temporaryDirectory("utf8-src"), out = temporaryDirectory("utf8-out") + "/d"
+        let faces = SyntheticFaces(size: 16, seed: 2)
+        for (dir, stem) in [("real", "é"), ("fake", "日本")] {
+            try FileManager.default.createDirectory(atPath: "\(root)/\(dir)", withIntermediateDirectories: true)
+            for i in 0..<8 { try ImageCodec.encodePNG(faces.rgbImage(i, label: dir == "fake" ? 1 : 0)).write(to: URL(fileURLWithPath: "\(root)/\(dir)/\(stem)\(i).png")) }
+        }
+        _ = try DatasetPreparer(options: PrepareOptions(output: out)).run(try ReferenceFolders(root: root, testFraction: 0.25, seed: 1))
+        let keys = Set(try readDataset(out).keys)
+        XCTAssertEqual(keys.count, 16)
+        XCTAssertTrue(keys.contains("real_é3") && keys.contains("fake_日本7"), "\(keys.sorted())")
+        let (rc, names) = try shell([interopPython, "-c", "import sys, glob, tarfile; print(sorted(n for f in glob.glob(sys.argv[1] + '/shard-*.tar') for n in tarfile.open(f).getnames() if n.endswith('.png')))", out])
+        XCTAssertEqual(rc, 0, names)
+        XCTAssertTrue(names.contains("'real_é3.png'") && names.contains("'fake_日本7.png'"), names)
+        let zip = temporaryDirectory("utf8-zip") + "/x.zip"
+        let w = try TarWriter(path: zip, format: .zip)
+        try w.add(name: "my run ü/a.txt", data: Data("a".utf8))
+        try w.close()
+        let (zrc, znames) = try shell([interopPython, "-c", "import sys, zipfile; print([(i.filename, i.flag_bits & 0x800) for i in zipfile.ZipFile(sys.argv[1]).infolist()])", zip])
+        XCTAssertEqual(zrc, 0, znames)
+        XCTAssertEqual(znames.trimmingCharacters(in: .whitespacesAndNewlines), "[('my run ü/a.txt', 2048)]")
+    }
+
     /// A missing folder, a raw real/ fake/ folder and a folder without a manifest each get their
     /// own message; an unknown --config name lists the presets.
     func testDatasetAndConfigErrorsSayWhatIsWrong() throws {

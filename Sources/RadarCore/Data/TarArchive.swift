@@ -8,6 +8,18 @@ public struct ArchiveError: Error, CustomStringConvertible {
     public var description: String { "\(path): \(reason)" }
 }
 
+/// libarchive converts member names through the C library's locale, and a process starts in the
+/// "C" locale (ASCII only): a file named `é1.png` in a real/ fake/ folder stopped `prepare` with
+/// "Can't translate pathname". Names are UTF-8 everywhere here (Swift strings, pax headers, zip
+/// entries flagged UTF-8), so the character type is set to UTF-8 once, before the first archive,
+/// and by each program at its start (before other threads run).
+public enum ArchiveNames {
+    public static let utf8: Bool = {
+        for name in ["C.UTF-8", "C.utf8", "en_US.UTF-8"] where setlocale(LC_CTYPE, name) != nil { return true }
+        return false
+    }()
+}
+
 /// Streams the members of a tar, tar.gz (or any format/filter libarchive knows) file: one member
 /// in memory at a time, never the whole archive.
 public final class ArchiveReader {
@@ -24,6 +36,7 @@ public final class ArchiveReader {
 
     public init(path: String) throws {
         self.path = path
+        _ = ArchiveNames.utf8
         guard let a = archive_read_new() else { throw ArchiveError(path: path, reason: "libarchive init failed") }
         archive_read_support_filter_all(a)
         archive_read_support_format_tar(a)
@@ -49,7 +62,7 @@ public final class ArchiveReader {
         guard rc == radar_archive_ok() || rc == radar_archive_warn(), let entry else {
             throw ArchiveError(path: path, reason: "corrupt or truncated archive: \(ArchiveReader.message(handle))")
         }
-        let name = archive_entry_pathname(entry).map { String(cString: $0) } ?? ""
+        let name = (archive_entry_pathname_utf8(entry) ?? archive_entry_pathname(entry)).map { String(cString: $0) } ?? ""
         let isFile = archive_entry_filetype(entry) == radar_archive_regular_file()
         var m = Member(name: name, size: Int(archive_entry_size(entry)), isFile: isFile)
         m.isSparse = archive_entry_sparse_count(entry) > 0
@@ -86,6 +99,7 @@ public final class TarWriter {
 
     public init(path: String, format: Format = .tar) throws {
         self.path = path
+        _ = ArchiveNames.utf8
         guard let a = archive_write_new() else { throw ArchiveError(path: path, reason: "libarchive init failed") }
         handle = a
         switch format {
@@ -93,7 +107,11 @@ public final class TarWriter {
         case .tarGzip:
             archive_write_set_format_pax_restricted(a)
             archive_write_add_filter_gzip(a)
-        case .zip: archive_write_set_format_zip(a)
+        case .zip:
+            archive_write_set_format_zip(a)
+            // Names are UTF-8, flagged as such (bit 11): without it readers such as Python's
+            // zipfile and Windows take them for CP437 ("my run ü" read as "my run ├╝").
+            archive_write_set_format_option(a, "zip", "hdrcharset", "UTF-8")
         }
         if archive_write_open_filename(a, path) != radar_archive_ok() {
             // deinit frees the handle.
@@ -112,7 +130,7 @@ public final class TarWriter {
     public func add(name: String, data: Data) throws {
         guard let entry = archive_entry_new() else { throw ArchiveError(path: path, reason: "libarchive entry failed") }
         defer { archive_entry_free(entry) }
-        archive_entry_set_pathname(entry, name)
+        archive_entry_set_pathname_utf8(entry, name)  // Swift strings are UTF-8, whatever the locale
         archive_entry_set_size(entry, Int64(data.count))
         archive_entry_set_filetype(entry, radar_archive_regular_file())
         archive_entry_set_perm(entry, 0o644)
