@@ -58,6 +58,15 @@ final class DownloadTests: XCTestCase {
         XCTAssertEqual(FileManager.default.contents(atPath: "\(dest)/big.bin.part")?.count, 1000)
         try hf.downloadFile("\(server.base)/big.bin", to: "\(dest)/big.bin")
         XCTAssertEqual(FileManager.default.contents(atPath: "\(dest)/big.bin"), Data(repeating: 7, count: 5000))
+        // A path that climbs out of the download folder (a mirror's tree API, a file list) is
+        // refused before anything is fetched; it was joined to the folder and written there.
+        let before = server.requests.count
+        for bad in ["deepfake_in_the_wild/../../escape.tar.gz", "/tmp/escape.tar.gz", "deepfake_in_the_wild//x.tar.gz"] {
+            XCTAssertThrowsError(try hf.download([files[0], bad], to: temporaryDirectory("hf-bad"))) {
+                XCTAssertTrue("\($0)".hasSuffix("archive path \(bad) is not a plain relative path (no empty, . or .. parts): refused"), "\($0)")
+            }
+        }
+        XCTAssertEqual(server.requests.count, before, "nothing fetched")
         _ = listing
     }
 }

@@ -78,6 +78,14 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
     /// Downloads every file under `directory` (keeping the repository's relative paths); files
     /// already complete are skipped, partial ones resumed.
     public func download(_ files: [String], to directory: String) throws {
+        // Each path is joined to the download folder: one from the tree API (a mirror's answer) or
+        // a file list that climbs out of it (`..`, an absolute path) is refused, never written.
+        for f in files {
+            let parts = f.split(separator: "/", omittingEmptySubsequences: false)
+            guard !f.hasPrefix("/"), !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
+                throw DownloadError(url: base + f, reason: "archive path \(f) is not a plain relative path (no empty, . or .. parts): refused")
+            }
+        }
         for (i, f) in files.enumerated() {
             let dest = (directory as NSString).appendingPathComponent(f)
             if FileManager.default.fileExists(atPath: dest) { continue }
