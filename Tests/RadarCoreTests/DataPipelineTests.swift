@@ -257,6 +257,10 @@ final class DataPipelineTests: XCTestCase {
             }
         }
         try Data("x".utf8).write(to: URL(fileURLWithPath: "\(root)/fake/readme.txt"))
+        // Hidden files (macOS's AppleDouble companion, .DS_Store) are left out, as the reference's
+        // glob leaves them out: the companion was taken as a corrupt image and recorded.
+        try Data("AppleDouble".utf8).write(to: URL(fileURLWithPath: "\(root)/real/._img0.png"))
+        try Data("x".utf8).write(to: URL(fileURLWithPath: "\(root)/fake/.DS_Store"))
         // A dangling link is skipped and recorded (it stopped the whole prepare with "cannot read file").
         try FileManager.default.createSymbolicLink(atPath: "\(root)/real/gone.png", withDestinationPath: "\(root)/nowhere.png")
         let out = temporaryDirectory("ref-out")

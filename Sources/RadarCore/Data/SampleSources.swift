@@ -167,7 +167,9 @@ public struct ReferenceFolders: SampleSource {
     public func scan(_ visit: (SourceItem) throws -> Void) throws {
         for (label, dir) in [(0, "real"), (1, "fake")] {
             let path = (root as NSString).appendingPathComponent(dir)
-            let files = try FileManager.default.contentsOfDirectory(atPath: path).sorted()
+            // Hidden files (.DS_Store, macOS's ._x.png companions, editors' temporaries) are left
+            // out, as the reference's glob leaves them out.
+            let files = try FileManager.default.contentsOfDirectory(atPath: path).filter { !$0.hasPrefix(".") }.sorted()
             for f in files {
                 let key = sanitizeKey("\(dir)_" + (f as NSString).deletingPathExtension)
                 var isDir: ObjCBool = false
