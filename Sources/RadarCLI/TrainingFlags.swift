@@ -40,7 +40,7 @@ public struct TrainingFlags: ParsableArguments {
     @Option(help: "Start from these weights: a RADAR checkpoint, a model.safetensors, or a PyTorch state dict (safetensors, optionally LZ4-framed) for this run's --config. Fresh optimizer and schedule.")
     public var initFrom: String?
     @Option(help: "Write last.safetensors.lz4 every N optimizer steps (always at the end of each epoch).") public var checkpointEvery = 0
-    @Option(help: "Continue from a checkpoint: a path, or auto (the experiment's last checkpoint, if any).") public var resume: String?
+    @Option(help: "Continue from a checkpoint: a path (a run's folder: its last checkpoint), or auto (the experiment's last checkpoint, if any).") public var resume: String?
     @Flag(help: "Allow resuming a checkpoint written with another world size (the data position is mapped).")
     public var allowWorldSizeChange = false
     @Flag(help: "Allow resuming a checkpoint written for another dataset (manifest) or --seed.")

@@ -177,6 +177,9 @@ final class CheckpointTests: XCTestCase {
             XCTAssertEqual(t.floats.map(\.bitPattern), b.tensors[k]!.floats.map(\.bitPattern), "\(k) differs after 2+2 vs 4 steps")
             XCTAssertEqual(t.ints, b.tensors[k]!.ints, k)
         }
+        // A run's folder stands for its last checkpoint.
+        _ = try TrainingRun(options: options(data, split, stop: 5, resume: "\(split)/r")).run()
+        XCTAssertEqual(try Checkpoint.read("\(split)/r/last.safetensors.lz4").state.optimizerStep, 5)
         // A different config or world size is refused with what differs.
         var other = options(data, split, stop: 6, resume: "auto")
         other.config.depth = 1

@@ -243,8 +243,11 @@ public final class TrainingRun {
     /// Loads `options.resume`; returns the state to continue from, or nil for a fresh start.
     func resumeState() throws -> Checkpoint.State? {
         guard let r = options.resume else { return nil }
-        let path = r == "auto" ? lastPath : r
+        var path = r == "auto" ? lastPath : r
         if r == "auto" && !FileManager.default.fileExists(atPath: path) { return nil }
+        // A run's folder stands for its last checkpoint (it was "a folder, not a file").
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue { path = (path as NSString).appendingPathComponent("last.safetensors.lz4") }
         let (tensors, st) = try Checkpoint.read(path)
         try checkResumable(st, path: path)
         try Checkpoint.restore(tensors, state: st, into: ctx.params, optimizer: trainer.optimizer, path: path)
