@@ -283,6 +283,16 @@ final class CheckpointTests: XCTestCase {
                   "plots/loss.svg", "plots/val.svg", "plots/roc.svg"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir)/\(f)"), f)
         }
+        // Resumed into another folder, the run keeps its best weights: the test split used the
+        // last weights, and the new folder had no best checkpoint to export.
+        let elsewhere = temporaryDirectory("moved")
+        var moved = o
+        (moved.output, moved.resume) = (elsewhere, dir)
+        _ = try TrainingRun(options: moved).run()
+        let original = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(dir)/metrics.json"))) as! [String: Any]
+        let again = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(elsewhere)/r/metrics.json"))) as! [String: Any]
+        XCTAssertEqual(original["test_metrics"] as? [String: Double], again["test_metrics"] as? [String: Double])
+        XCTAssertEqual(FileManager.default.contents(atPath: "\(elsewhere)/r/best.safetensors.lz4"), FileManager.default.contents(atPath: "\(dir)/best.safetensors.lz4"))
         // A run's folder names its best checkpoint (evaluate, predict, --init-from); it was "cannot read file".
         let fromFolder = try ModelWeights.read(dir), fromBest = try ModelWeights.read("\(dir)/best.safetensors.lz4")
         XCTAssertEqual(fromFolder.kind, fromBest.kind)

@@ -241,6 +241,9 @@ public final class TrainingRun {
     }
 
     /// Loads `options.resume`; returns the state to continue from, or nil for a fresh start.
+    /// The checkpoint `resumeState` read, once it has.
+    private(set) var resumedPath: String?
+
     func resumeState() throws -> Checkpoint.State? {
         guard let r = options.resume else { return nil }
         var path = r == "auto" ? lastPath : r
@@ -249,6 +252,7 @@ public final class TrainingRun {
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue { path = (path as NSString).appendingPathComponent("last.safetensors.lz4") }
         let (tensors, st) = try Checkpoint.read(path)
+        resumedPath = path
         try checkResumable(st, path: path)
         try Checkpoint.restore(tensors, state: st, into: ctx.params, optimizer: trainer.optimizer, path: path)
         ctx.step = st.microStep
@@ -326,10 +330,23 @@ public final class TrainingRun {
         var buffers: [Float]
     }
 
-    func loadBestWeights() -> BestWeights? {
-        guard FileManager.default.fileExists(atPath: bestPath), let (t, _) = try? Checkpoint.read(bestPath) else { return nil }
+    /// The best weights a resumed run goes on with: this folder's best checkpoint, or, resumed
+    /// from another run's checkpoint into a new folder, that run's best beside it (copied here by
+    /// the writing rank, so the folder is complete; the test split used the last weights, and
+    /// export found no best, when the run did not improve on it).
+    func loadBestWeights(resumedFrom checkpoint: String?) -> BestWeights? {
+        var path = bestPath
+        if !FileManager.default.fileExists(atPath: path), let c = checkpoint {
+            let other = ((c as NSString).deletingLastPathComponent as NSString).appendingPathComponent("best.safetensors.lz4")
+            guard FileManager.default.fileExists(atPath: other) else { return nil }
+            path = other
+            if writes, let d = FileManager.default.contents(atPath: other), (try? writeFileAtomically(d, to: bestPath)) != nil {
+                log("best checkpoint so far: \(other) (copied into \(options.experimentDirectory))")
+            }
+        }
+        guard let (t, _) = try? Checkpoint.read(path) else { return nil }
         let tmp = ParameterStore(layout: model.layout, backend: ctx.backend)
-        guard (try? StateDict.load(t.filter { !$0.key.hasPrefix("optim.") }, into: tmp, source: bestPath)) != nil else { return nil }
+        guard (try? StateDict.load(t.filter { !$0.key.hasPrefix("optim.") }, into: tmp, source: path)) != nil else { return nil }
         return BestWeights(values: tmp.downloadValues(), buffers: tmp.downloadBuffers())
     }
 
@@ -541,7 +558,7 @@ public final class TrainingRun {
         let jsonl = (dir as NSString).appendingPathComponent("metrics.jsonl")
         let steps = try StepLog(path: jsonl, fresh: resumed == nil, writes: writes, resumedFrom: resumed.map { ($0.optimizerStep, $0.epoch) })
         var position = startingPosition(resumed)
-        var best = resumed != nil ? loadBestWeights() : nil
+        var best = resumed != nil ? loadBestWeights(resumedFrom: resumedPath) : nil
         for epoch in position.epoch..<options.epochs {
             let start = epoch == position.epoch ? position.batch : 0
             guard case let .finished(lossSum, n, speed) = try trainEpoch(epoch, from: start, position, steps) else {
