@@ -144,20 +144,18 @@ struct Launch: ParsableCommand {
     /// The program to run: a name with a slash as given, else the file of that name next to this
     /// executable, else the first in PATH. Each must be an executable file.
     static func resolve(program: String, launcher: String, path: String?) throws -> String {
-        let fm = FileManager.default
-        if program.contains("/") {
+        func isProgram(_ p: String) -> Bool {
             var isDir: ObjCBool = false
-            guard fm.fileExists(atPath: program, isDirectory: &isDir) else { throw ValidationError("\(program): no such file") }
-            guard !isDir.boolValue, fm.isExecutableFile(atPath: program) else { throw ValidationError("\(program): not an executable file") }
+            return FileManager.default.fileExists(atPath: p, isDirectory: &isDir) && !isDir.boolValue && FileManager.default.isExecutableFile(atPath: p)
+        }
+        if program.contains("/") {
+            guard FileManager.default.fileExists(atPath: program) else { throw ValidationError("\(program): no such file") }
+            guard isProgram(program) else { throw ValidationError("\(program): not an executable file") }
             return program
         }
         let here = URL(fileURLWithPath: launcher).deletingLastPathComponent().path
         let dirs = [here] + (path ?? "").split(separator: ":").map(String.init).filter { !$0.isEmpty }
-        for dir in dirs {
-            let candidate = (dir as NSString).appendingPathComponent(program)
-            var isDir: ObjCBool = false
-            if fm.fileExists(atPath: candidate, isDirectory: &isDir), !isDir.boolValue, fm.isExecutableFile(atPath: candidate) { return candidate }
-        }
+        if let found = dirs.map({ ($0 as NSString).appendingPathComponent(program) }).first(where: isProgram) { return found }
         throw ValidationError("\(program): not found next to radar (\(here)) or in PATH")
     }
 

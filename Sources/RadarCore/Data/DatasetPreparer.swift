@@ -112,7 +112,7 @@ public final class DatasetPreparer {
             // A folder this run made and that holds no finished shard (a bad source found in the
             // first pass, say) is removed: nothing in it could be resumed.
             let names = (try? fm.contentsOfDirectory(atPath: out)) ?? []
-            if !existed && !names.contains(where: { $0.hasPrefix("shard-") && $0.hasSuffix(".tar") }) { try? fm.removeItem(atPath: out) }
+            if !existed && !names.contains(where: DatasetPreparer.isFinishedShard) { try? fm.removeItem(atPath: out) }
             throw error
         }
     }
@@ -129,7 +129,7 @@ public final class DatasetPreparer {
         let names = try fm.contentsOfDirectory(atPath: out)
         let ours = { (n: String) in
             n == DatasetManifest.fileName || n == DatasetPreparer.journalName || n == "downloads"
-                || (n.hasPrefix("shard-") && n.hasSuffix(".tar")) || (n.hasPrefix(".shard-") && n.hasSuffix(".partial"))
+                || DatasetPreparer.isFinishedShard(n) || (n.hasPrefix(".shard-") && n.hasSuffix(".partial"))
         }
         let foreign = names.filter { !ours($0) }.sorted()
         guard foreign.isEmpty else {
@@ -150,6 +150,9 @@ public final class DatasetPreparer {
         log("prepare: --overwrite: removed the dataset that was in \(out)")
         return nil
     }
+
+    /// `shard-NNNNNN.tar`: a shard written whole (one being written is `.shard-N.tar.partial`).
+    static func isFinishedShard(_ name: String) -> Bool { name.hasPrefix("shard-") && name.hasSuffix(".tar") }
 
     func write(_ source: SampleSource, into out: String) throws -> DatasetManifest {
         let (classTotal, preSkipped) = try countCandidates(source)
