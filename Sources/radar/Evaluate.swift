@@ -70,15 +70,19 @@ struct Predict: ParsableCommand {
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
+    @Option(help: "Files larger than this many MiB are listed as unreadable, never read (as prepare skips them).")
+    var maxImageMb = 64
     @Argument(help: "Images, or directories searched at any depth for .png/.jpg/.jpeg files (hidden ones left out).") var paths: [String]
 
     func validate() throws {
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
+        try requireFlag((1...4096).contains(maxImageMb), "max-image-mb", "in 1...4096", maxImageMb)
     }
 
     func run() throws {
         try failing {
+            let limit = maxImageMb << 20
             var files: [String] = []
             for p in paths {
                 var isDir: ObjCBool = false
@@ -116,6 +120,11 @@ struct Predict: ParsableCommand {
                 let slots = host.pointer
                 DispatchQueue.concurrentPerform(iterations: chunk.count) { i in
                     do {
+                        // Its size first: a 3 GiB file named .png was read whole (32 at a time).
+                        var st = stat()
+                        if stat(chunk[i], &st) == 0, Int(st.st_size) > limit {
+                            throw ValidationError("\(chunk[i]): file of \(st.st_size) bytes exceeds the \(maxImageMb) MiB limit (--max-image-mb)")
+                        }
                         guard let d = FileManager.default.contents(atPath: chunk[i]) else { throw ValidationError("\(chunk[i]): \(unreadableReason(chunk[i]))") }
                         // The reference's evaluation transform: OpenCV INTER_LINEAR resize, then normalise.
                         let img = ImageResize.resize(try ImageCodec.decode(d, item: chunk[i]), width: c.imgSize, height: c.imgSize, mode: .openCVLinear)
