@@ -120,10 +120,10 @@ struct Predict: ParsableCommand {
                 let slots = host.pointer
                 DispatchQueue.concurrentPerform(iterations: chunk.count) { i in
                     do {
-                        // Its size first: a 3 GiB file named .png was read whole (32 at a time).
-                        var st = stat()
-                        if stat(chunk[i], &st) == 0, Int(st.st_size) > limit {
-                            throw ValidationError("\(chunk[i]): file of \(st.st_size) bytes exceeds the \(maxImageMb) MiB limit (--max-image-mb)")
+                        // Its kind and size first: a 3 GiB file named .png was read whole (32 at
+                        // a time), a FIFO blocked for ever.
+                        if let problem = imageFileProblem(chunk[i], limit: limit) {
+                            throw ValidationError("\(chunk[i]): \(problem)\(problem.hasSuffix("limit") ? " (--max-image-mb)" : "")")
                         }
                         guard let d = FileManager.default.contents(atPath: chunk[i]) else { throw ValidationError("\(chunk[i]): \(unreadableReason(chunk[i]))") }
                         // The reference's evaluation transform: OpenCV INTER_LINEAR resize, then normalise.

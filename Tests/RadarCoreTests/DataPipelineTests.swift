@@ -263,11 +263,17 @@ final class DataPipelineTests: XCTestCase {
         try Data("x".utf8).write(to: URL(fileURLWithPath: "\(root)/fake/.DS_Store"))
         // A dangling link is skipped and recorded (it stopped the whole prepare with "cannot read file").
         try FileManager.default.createSymbolicLink(atPath: "\(root)/real/gone.png", withDestinationPath: "\(root)/nowhere.png")
+        // A FIFO named like an image (prepare blocked on it for ever) is skipped and recorded, as
+        // a folder named like one is.
+        XCTAssertEqual(mkfifo("\(root)/real/pipe.png", 0o600), 0)
+        try FileManager.default.createDirectory(atPath: "\(root)/fake/frames.jpg", withIntermediateDirectories: true)
         let out = temporaryDirectory("ref-out")
         let m = try DatasetPreparer(options: PrepareOptions(output: out)).run(try ReferenceFolders(root: root, testFraction: 0.25, seed: 1))
         XCTAssertEqual(m.shards.reduce(0) { $0 + $1.samples }, 40)
-        XCTAssertEqual(m.skipped.map(\.reason).sorted(), ["cannot read real/gone.png: No such file or directory", "not an image (fake/readme.txt)"])
-        try FileManager.default.removeItem(atPath: "\(root)/real/gone.png")
+        XCTAssertEqual(m.skipped.map(\.reason).sorted(), ["a FIFO, not a regular file (real/pipe.png)", "a subdirectory (fake/frames.jpg/): the reference layout is flat, images directly in fake/",
+                                                          
+                                                          "cannot read real/gone.png: No such file or directory", "not an image (fake/readme.txt)"])
+        for f in ["real/gone.png", "real/pipe.png", "fake/frames.jpg"] { try FileManager.default.removeItem(atPath: "\(root)/\(f)") }
         let samples = try readDataset(out)
         XCTAssertTrue(samples.allSatisfy { $0.key == $0.value.0.sequence }, "every image is its own sequence")
         XCTAssertEqual(samples["real_img1"]!.1, FileManager.default.contents(atPath: "\(root)/real/img1.jpg"), "JPEG bytes kept")

@@ -482,16 +482,18 @@ final class DemoPipelineTests: XCTestCase {
             }
         }
         // A file over --max-image-mb is listed as unreadable without being read (a 3 GiB file
-        // named .png was read whole); the others are predicted.
+        // named .png was read whole), as is a FIFO; the others are predicted.
         let large = root + "/large"
         try FileManager.default.createDirectory(atPath: large, withIntermediateDirectories: true)
         try FileManager.default.copyItem(atPath: imgs + "/f0.png", toPath: large + "/a.png")
         try Data(count: 2 << 20).write(to: URL(fileURLWithPath: large + "/b.png"))
+        XCTAssertEqual(mkfifo(large + "/c.png", 0o600), 0)  // read, it blocked for ever
         let (lrc, lout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint",
                                                  root + "/outputs/demo", "--threads", "1", "--max-image-mb", "1", large])
         XCTAssertEqual(lrc, 0, lout)
         XCTAssertTrue(lout.contains("radar predict: \(large)/b.png: file of 2097152 bytes exceeds the 1 MiB limit (--max-image-mb)"), lout)
         XCTAssertTrue(lout.contains("\(large)/a.png\t"), lout)
+        XCTAssertTrue(lout.contains("radar predict: \(large)/c.png: a FIFO, not a regular file"), lout)
         // A folder without images is an error, not an empty success.
         let none = root + "/no-images"
         try FileManager.default.createDirectory(atPath: none, withIntermediateDirectories: true)

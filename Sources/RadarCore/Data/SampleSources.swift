@@ -191,8 +191,8 @@ public struct ReferenceFolders: SampleSource {
                     try visit(.skipped(key: key, reason: "cannot read \(dir)/\(f): \(String(cString: strerror(errno)))"))
                     continue
                 }
-                if Int(st.st_size) > maxFileBytes {
-                    try visit(.skipped(key: key, reason: "file of \(st.st_size) bytes exceeds the \(maxFileBytes >> 20) MiB limit (\(dir)/\(f))"))
+                if let problem = imageFileProblem(full, limit: maxFileBytes) {
+                    try visit(.skipped(key: key, reason: "\(problem) (\(dir)/\(f))"))
                     continue
                 }
                 try visit(.image(c, read: {

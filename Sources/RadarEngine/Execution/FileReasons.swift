@@ -8,8 +8,24 @@ import Glibc
 public func unreadableReason(_ path: String) -> String {
     var isDir: ObjCBool = false
     if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue { return "a folder, not a file" }
-    let fd = open(path, O_RDONLY)
+    let fd = open(path, O_RDONLY | O_NONBLOCK)  // a FIFO's open blocks without it
     guard fd >= 0 else { return String(cString: strerror(errno)) }
     close(fd)
     return "cannot read file"
+}
+
+/// Why the file at `path` is not to be read as an image, or nil: it is not a regular file (a
+/// FIFO, a device: reading one blocked for ever or never ended), or it has more than `limit`
+/// bytes. A path that cannot be stat'ed is left to the read, which names the reason.
+public func imageFileProblem(_ path: String, limit: Int) -> String? {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return nil }
+    switch st.st_mode & S_IFMT {
+    case S_IFREG: return Int(st.st_size) > limit ? "file of \(st.st_size) bytes exceeds the \(limit >> 20) MiB limit" : nil
+    case S_IFDIR: return "a folder, not a file"
+    case S_IFIFO: return "a FIFO, not a regular file"
+    case S_IFCHR, S_IFBLK: return "a device, not a regular file"
+    case S_IFSOCK: return "a socket, not a regular file"
+    default: return "not a regular file"
+    }
 }
