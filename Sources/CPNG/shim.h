@@ -7,4 +7,6 @@
 static inline int radar_png_format_rgb(void) { return PNG_FORMAT_RGB; }
 static inline unsigned radar_png_image_version(void) { return PNG_IMAGE_VERSION; }
 static inline int radar_png_image_failed(const png_image *img) { return PNG_IMAGE_FAILED(*img); }
+// The largest PNG png_image_write_to_memory can write for `img` (its width, height, format set).
+static inline size_t radar_png_size_max(const png_image *img) { return PNG_IMAGE_PNG_SIZE_MAX(*img); }
 #endif

@@ -286,6 +286,50 @@ final class DataPipelineTests: XCTestCase {
         }
     }
 
+    /// A source whose items are read in the scan, or (`readsAnywhere`) in the preparer's batches
+    /// on every core; it can fail the read of item `failing`.
+    struct ReadingSource: SampleSource {
+        let inner: SyntheticSource
+        let readsAnywhere: Bool
+        var failing: String? = nil
+        var description: [String: String] { inner.description }
+        func scan(_ visit: (SourceItem) throws -> Void) throws {
+            try inner.scan { item in
+                guard case .image(let c, let read) = item, c.key == failing else { return try visit(item) }
+                try visit(.image(c, read: { _ = try read(); throw DatasetError(path: c.key, reason: "vanished") }))
+            }
+        }
+    }
+
+    func testImagesReadOnEveryCoreMakeTheSameDatasetAndAFailedReadStopsIt() throws {
+        // Synthetic images are drawn and PNG-encoded in the preparer's batches (radar synth at
+        // 224 px was one core's work); the shards are the same bytes as when read in the scan.
+        let inner = SyntheticSource(size: 24, count: 150, seed: 4, difficulty: 0.3)
+        var shards: [[String: Data]] = []
+        for anywhere in [false, true] {
+            var o = PrepareOptions(output: temporaryDirectory("reads-\(anywhere)"))
+            o.shardSize = 40
+            let m = try DatasetPreparer(options: o).run(ReadingSource(inner: inner, readsAnywhere: anywhere))
+            XCTAssertEqual(m.shards.reduce(0) { $0 + $1.samples }, 150)
+            XCTAssertGreaterThan(m.shards.count, 3)
+            var files: [String: Data] = [:]
+            for f in try FileManager.default.contentsOfDirectory(atPath: o.output) where f.hasPrefix("shard-") {
+                files[f] = FileManager.default.contents(atPath: o.output + "/" + f)
+            }
+            shards.append(files)
+        }
+        XCTAssertEqual(shards[0].keys.sorted(), shards[1].keys.sorted())
+        XCTAssertEqual(shards[0], shards[1])
+        // A read that fails stops the prepare with its error (not recorded as a corrupt image),
+        // and no manifest is written.
+        var o = PrepareOptions(output: temporaryDirectory("reads-fail"))
+        o.shardSize = 40
+        XCTAssertThrowsError(try DatasetPreparer(options: o).run(ReadingSource(inner: inner, readsAnywhere: true, failing: "synth_0000100"))) {
+            XCTAssertTrue("\($0)".contains("synth_0000100") && "\($0)".contains("vanished"), "\($0)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: o.output + "/" + DatasetManifest.fileName))
+    }
+
     func testQuotasArePerClassAndSampledAcrossTheWholeSource() throws {
         let source = SyntheticSource(size: 8, count: 400, seed: 2, difficulty: 0.3, framesPerSequence: 1)
         var real = 0, fake = 0

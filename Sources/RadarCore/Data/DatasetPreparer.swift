@@ -72,6 +72,8 @@ public final class DatasetPreparer {
         let split: Split
         let ordinal: Int
         var bytes: Data
+        /// For a source that `readsAnywhere`: `bytes` are read in the batch, on every core.
+        var read: (() throws -> Data)? = nil
     }
 
     public init(options: PrepareOptions) { self.options = options }
@@ -164,7 +166,8 @@ public final class DatasetPreparer {
             progress?(selection.processed, quota[0] + quota[1])
             let ordinal = selection.ordinal(in: split)
             if ordinal < (shards.resumeFrom[split] ?? 0) { return }  // belongs to a finished shard
-            try shards.add(Pending(candidate: c, split: split, ordinal: ordinal, bytes: try read()))
+            try shards.add(source.readsAnywhere ? Pending(candidate: c, split: split, ordinal: ordinal, bytes: Data(), read: read)
+                                                : Pending(candidate: c, split: split, ordinal: ordinal, bytes: try read()))
         }
         try shards.finishAll(consumed: selection.consumed)
         // Counts are read back from the finished shards, so the manifest is right whether this
@@ -278,24 +281,40 @@ public final class DatasetPreparer {
             if pending.count == DatasetPreparer.validationBatch { try flush() }
         }
 
-        /// Validates the waiting images on every core, then writes them in order.
+        /// Reads (where the source allows) and validates the waiting images on every core, then
+        /// writes them in order.
         func flush() throws {
             guard !pending.isEmpty else { return }
-            let errors = UnsafeMutableBufferPointer<String?>.allocate(capacity: pending.count)
+            let n = pending.count
+            let errors = UnsafeMutableBufferPointer<String?>.allocate(capacity: n)
             errors.initialize(repeating: nil)
-            let converted = UnsafeMutableBufferPointer<Data?>.allocate(capacity: pending.count)
+            let converted = UnsafeMutableBufferPointer<Data?>.allocate(capacity: n)
             converted.initialize(repeating: nil)
-            defer { errors.deinitialize(); errors.deallocate(); converted.deinitialize(); converted.deallocate() }
+            // A failed read stops the prepare, as it does when read in the scan; a failed decode
+            // is the image's skip reason.
+            let readFailures = UnsafeMutableBufferPointer<Error?>.allocate(capacity: n)
+            readFailures.initialize(repeating: nil)
+            defer {
+                errors.deinitialize(); errors.deallocate(); converted.deinitialize(); converted.deallocate()
+                readFailures.deinitialize(); readFailures.deallocate()
+            }
             let batch = pending, pngOnly = options.pngOnly
-            DispatchQueue.concurrentPerform(iterations: batch.count) { i in
+            DispatchQueue.concurrentPerform(iterations: n) { i in
+                var bytes = batch[i].bytes
+                if let read = batch[i].read {
+                    do { bytes = try read() } catch { readFailures[i] = error; return }
+                    converted[i] = bytes
+                }
                 do {
-                    let img = try ImageCodec.decode(batch[i].bytes, item: batch[i].candidate.key)
+                    let img = try ImageCodec.decode(bytes, item: batch[i].candidate.key)
                     if pngOnly && batch[i].candidate.ext != "png" { converted[i] = try ImageCodec.encodePNG(img) }
                 } catch { errors[i] = "\(error)" }
             }
+            if let failure = readFailures.lazy.compactMap({ $0 }).first { throw failure }
             for (i, p) in batch.enumerated() {
                 var p = p
-                if let png = converted[i] { (p.bytes, p.candidate.ext) = (png, "png") }
+                if let bytes = converted[i] { p.bytes = bytes }
+                if pngOnly && p.candidate.ext != "png" && errors[i] == nil { p.candidate.ext = "png" }
                 try write(p, error: errors[i])
             }
             pending.removeAll(keepingCapacity: true)

@@ -123,9 +123,9 @@ public enum ImageCodec {
         image.height = UInt32(height)
         image.format = channels == 1 ? 0 : UInt32(radar_png_format_rgb()) | (channels == 4 ? UInt32(PNG_FORMAT_FLAG_ALPHA) : 0)
         let stride = Int32(width * channels)
-        var size = 0
-        let probe = pixels.withUnsafeBytes { png_image_write_to_memory(&image, nil, &size, 0, $0.baseAddress, stride, nil) }
-        guard probe != 0, size > 0 else { throw ImageCodecError(item: "png encoder", reason: pngMessage(&image)) }
+        // One pass into a buffer of the largest size it can take: asking the size first
+        // (memory nil) compressed every image twice, 2/3 of `radar synth`'s time at 224 px.
+        var size = radar_png_size_max(&image)
         var out = Data(count: size)
         let ok = out.withUnsafeMutableBytes { dst in
             pixels.withUnsafeBytes { png_image_write_to_memory(&image, dst.baseAddress, &size, 0, $0.baseAddress, stride, nil) }

@@ -14,6 +14,7 @@ public struct Candidate: Sendable {
 /// What a source reports while scanning.
 public enum SourceItem {
     /// An image; `read` returns its bytes and is valid only during the callback.
+    /// (A source whose `readsAnywhere` is true keeps it valid after the callback, on any thread.)
     case image(Candidate, read: () throws -> Data)
     /// Something that is not a usable sample, with its key and reason.
     case skipped(key: String, reason: String)
@@ -25,6 +26,14 @@ public protocol SampleSource {
     var description: [String: String] { get }
     /// Calls `visit` for every item, always in the same order.
     func scan(_ visit: (SourceItem) throws -> Void) throws
+    /// Whether its items' `read` stays valid after the callback and may run on any thread (files,
+    /// generated images; not an archive's stream): the preparer then reads a batch of them on
+    /// every core, where a synthetic image is drawn and PNG-encoded.
+    var readsAnywhere: Bool { get }
+}
+
+extension SampleSource {
+    public var readsAnywhere: Bool { false }
 }
 
 /// Label from whole path components only: exactly one of "fake" / "real" must appear.
@@ -159,6 +168,8 @@ public struct ReferenceFolders: SampleSource {
         }
     }
 
+    public var readsAnywhere: Bool { true }
+
     public var description: [String: String] {
         ["kind": "reference-folders", "root": root, "test_fraction": String(testFraction),
          "note": "no sequence ids: every image is its own sequence"]
@@ -219,6 +230,8 @@ public struct SyntheticSource: SampleSource {
         self.count = count
         self.framesPerSequence = max(1, framesPerSequence)
     }
+
+    public var readsAnywhere: Bool { true }
 
     public var description: [String: String] {
         ["kind": "synthetic", "count": String(count), "size": String(faces.size), "seed": String(faces.seed),
