@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import RadarEngine
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,7 +26,7 @@ public enum CUDALibraries {
         if let v = env["VIRTUAL_ENV"] { roots.append(v) }
         if let v = env["CONDA_PREFIX"] { roots.append(v) }
         if let p = env["RADAR_PYTHON"] {  // .../venv/bin/python -> .../venv
-            roots.append(((p as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent)
+            roots.append(parentPath(parentPath(p)))
         }
         roots.append(FileManager.default.currentDirectoryPath + "/.build/pyvenv")
         if let h = env["HOME"] { roots.append(h + "/.local") }

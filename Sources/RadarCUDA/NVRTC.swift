@@ -1,4 +1,5 @@
 import Foundation
+import RadarEngine
 
 /// NVRTC, loaded at run time: CUDA C++ source to CUBIN for one real architecture (never PTX for
 /// the driver to JIT: what runs is what was compiled and cached).
@@ -66,7 +67,7 @@ public final class NVRTC: @unchecked Sendable {
     /// libnvrtc-builtins.so.13.0") unless LD_LIBRARY_PATH named the folder. Loading the builtins
     /// from libnvrtc's own folder first makes that dlopen find them by soname.
     static func preloadBuiltins(beside path: String) {
-        let folder = (path as NSString).deletingLastPathComponent
+        let folder = parentPath(path)
         let name = (path as NSString).lastPathComponent  // libnvrtc.so.13
         guard !folder.isEmpty, name.hasPrefix("libnvrtc.so."), let files = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return }
         let major = name.dropFirst("libnvrtc.so.".count).prefix { $0 != "." }

@@ -689,6 +689,26 @@ final class TrainingRunTests: XCTestCase {
         }
         try makeDirectory(dir + "/a/b/c")
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/a/b/c"))
+        // A relative one-character folder (`--output o`): Foundation's deletingLastPathComponent
+        // crashed on it (SIGILL), so every rank died making its run folder.
+        let cwd = FileManager.default.currentDirectoryPath
+        XCTAssertEqual(chdir(dir), 0)
+        defer { chdir(cwd) }
+        try makeDirectory("o/e")
+        try makeDirectory("p")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/o/e") && FileManager.default.fileExists(atPath: dir + "/p"))
+    }
+
+    /// parentPath is NSString's deletingLastPathComponent, without its crash on "o".
+    func testParentPathIsDeletingLastPathComponent() {
+        for p in ["a/b", "a/b/", "a//b", "/o", "/", "/a/b/c", "ab", "./o", "../x", "a/b//", "x/o", "outputs", "/a/"] {
+            XCTAssertEqual(parentPath(p), (p as NSString).deletingLastPathComponent, p)
+        }
+        XCTAssertEqual(parentPath("o"), "")
+        XCTAssertEqual(parentPath("o/"), "")
+        XCTAssertEqual(parentPath("a/"), "")
+        XCTAssertEqual(parentPath("//"), "/")
+        XCTAssertEqual(parentPath("o/e"), "o")
     }
 
     /// A training sample that rots in its shard after prepare (its image bytes overwritten) is

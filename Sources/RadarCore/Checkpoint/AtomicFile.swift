@@ -62,7 +62,7 @@ public func errorLine(_ error: Error) -> String {
 /// The directory of `path` ("." when it has none) and a hidden temporary name beside it, for a
 /// write that ends in rename(2) (same filesystem, so the rename is atomic).
 public func temporarySibling(of path: String) -> (dir: String, tmp: String) {
-    let d = (path as NSString).deletingLastPathComponent
+    let d = parentPath(path)
     let dir = d.isEmpty ? "." : d
     return (dir, dir + "/." + (path as NSString).lastPathComponent + ".tmp-\(getpid())")
 }
@@ -79,7 +79,7 @@ public func makeDirectory(_ path: String) throws {
         if isDir.boolValue { return }
         throw DatasetError(path: path, reason: "cannot create the folder: a file of that name exists")
     }
-    let parent = (path as NSString).deletingLastPathComponent
+    let parent = parentPath(path)
     if !parent.isEmpty && parent != path { try makeDirectory(parent) }
     if mkdir(path, 0o755) != 0 && errno != EEXIST {
         throw DatasetError(path: path, reason: "cannot create the folder: \(String(cString: strerror(errno)))")

@@ -89,7 +89,7 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         for (i, f) in files.enumerated() {
             let dest = (directory as NSString).appendingPathComponent(f)
             if FileManager.default.fileExists(atPath: dest) { continue }
-            try FileManager.default.createDirectory(atPath: (dest as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: parentPath(dest), withIntermediateDirectories: true)
             log("download \(i + 1)/\(files.count): \(f)")
             try downloadFile(base + f, to: dest, expectedSize: sizes[f])
         }

@@ -337,7 +337,7 @@ public final class TrainingRun {
     func loadBestWeights(resumedFrom checkpoint: String?) -> BestWeights? {
         var path = bestPath
         if !FileManager.default.fileExists(atPath: path), let c = checkpoint {
-            let other = ((c as NSString).deletingLastPathComponent as NSString).appendingPathComponent("best.safetensors.lz4")
+            let other = (parentPath(c) as NSString).appendingPathComponent("best.safetensors.lz4")
             guard FileManager.default.fileExists(atPath: other) else { return nil }
             path = other
             if writes, let d = FileManager.default.contents(atPath: other), (try? writeFileAtomically(d, to: bestPath)) != nil {

@@ -29,3 +29,16 @@ public func imageFileProblem(_ path: String, limit: Int) -> String? {
     default: return "not a regular file"
     }
 }
+
+/// The folder part of `path`, as `NSString.deletingLastPathComponent` gives it ("a/b" → "a",
+/// "a/b/" → "a", "/o" → "/", "o" → "", "/" → "/"). Foundation's crashes (SIGILL, Swift 6.3.1) on
+/// a relative one-character path: `radar train --output o` died making its folder.
+public func parentPath(_ path: String) -> String {
+    var p = Substring(path)
+    while p.count > 1 && p.hasSuffix("/") { p = p.dropLast() }
+    guard let slash = p.lastIndex(of: "/") else { return "" }
+    if slash == p.startIndex { return "/" }
+    var parent = p[..<slash]
+    while parent.count > 1 && parent.hasSuffix("/") { parent = parent.dropLast() }
+    return String(parent)
+}
