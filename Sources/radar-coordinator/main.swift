@@ -35,6 +35,9 @@ struct RadarCoordinator: ParsableCommand {
             for (flag, v) in [("heartbeat-deadline", heartbeatDeadline), ("rendezvous-timeout", rendezvousTimeout)] where !(v > 0 && v.isFinite) {
                 throw ValidationError("--\(flag) must be a positive number of seconds, got \(v)")
             }
+            if heartbeatDeadline < CoordinatorClient.minimumHeartbeatDeadline {
+                throw ValidationError("--heartbeat-deadline must be at least \(Int(CoordinatorClient.minimumHeartbeatDeadline)) seconds (ranks send a heartbeat every second), got \(heartbeatDeadline)")
+            }
         }
 
         func run() throws {

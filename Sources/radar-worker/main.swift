@@ -38,6 +38,8 @@ struct RadarWorker: ParsableCommand {
         for (flag, v) in [("timeout", timeout), ("heartbeat-deadline", heartbeatDeadline), ("rendezvous-timeout", rendezvousTimeout)] {
             try need(v > 0 && v.isFinite, flag, "a positive number of seconds", v)
         }
+        try need(heartbeatDeadline >= CoordinatorClient.minimumHeartbeatDeadline, "heartbeat-deadline",
+                 "at least \(Int(CoordinatorClient.minimumHeartbeatDeadline)) seconds (ranks send a heartbeat every second)", heartbeatDeadline)
     }
 
     func run() throws {

@@ -272,6 +272,10 @@ final class StandaloneCoordinatorTests: XCTestCase {
         let (zrc, ztext) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "--world-size", "0", "--token-file", tokenFile])
         XCTAssertEqual(zrc, 64, ztext)
         XCTAssertTrue(ztext.contains("--world-size must be at least 1, got 0"), ztext)
+        let (hrc, htext) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "--world-size", "2", "--token-file", tokenFile,
+                                                  "--heartbeat-deadline", "0.001"])
+        XCTAssertEqual(hrc, 64, htext)
+        XCTAssertTrue(htext.contains("--heartbeat-deadline must be at least 2 seconds (ranks send a heartbeat every second), got 0.001"), htext)
         try Data((HMACSHA256.randomHex(bytes: 16) + "\n").utf8).write(to: URL(fileURLWithPath: tokenFile))
         // A port past 65535 crashed it (a trap converting to UInt16).
         let (prc, ptext) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "--world-size", "2", "--token-file", tokenFile,

@@ -149,7 +149,9 @@ final class TrainingFlagValidationTests: XCTestCase {
         // radar-worker's own flags (a negative bucket size ran as one bucket per parameter).
         for (args, expected) in [(["--bucket-mb=-1"], "--bucket-mb must be 0 (a bucket per parameter) or more, got -1"),
                                  (["--timeout", "0"], "--timeout must be a positive number of seconds, got 0.0"),
-                                 (["--transport", "udp"], "--transport must be mpi or tcp, got udp")] {
+                                 (["--transport", "udp"], "--transport must be mpi or tcp, got udp"),
+                                 // Heartbeats come every second: a smaller deadline declared healthy ranks lost.
+                                 (["--heartbeat-deadline", "0.5"], "--heartbeat-deadline must be at least 2 seconds (ranks send a heartbeat every second), got 0.5")] {
             let r = try run(args, command: ["--data", "/nonexistent-radar-data", "--config", "tiny"], program: "radar-worker")
             XCTAssertEqual(r.status, 64, "\(args): \(r.err)")
             XCTAssertTrue(r.err.contains(expected), "\(args): \(r.err)")

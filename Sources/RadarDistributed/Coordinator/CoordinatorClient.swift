@@ -66,8 +66,12 @@ public final class CoordinatorClient: @unchecked Sendable {
         }
     }
 
+    /// Seconds between a rank's heartbeats once training runs; a deadline under
+    /// `minimumHeartbeatDeadline` (two of them) declared healthy ranks lost.
+    public static let heartbeatInterval: TimeInterval = 1, minimumHeartbeatDeadline: TimeInterval = 2
+
     /// Starts heartbeats (every `interval` s) and the listener for abort messages.
-    public func start(interval: TimeInterval = 1) {
+    public func start(interval: TimeInterval = CoordinatorClient.heartbeatInterval) {
         Thread.detachNewThread { [self] in
             while true {
                 lock.lock(); let c = closed; var body = progress; lock.unlock()

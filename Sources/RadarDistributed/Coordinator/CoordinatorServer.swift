@@ -217,7 +217,7 @@ public final class CoordinatorServer: @unchecked Sendable {
             if stopped { lock.unlock(); return }
             let silent = lastSeen.filter { !finished.contains($0.key) && Date().timeIntervalSince($0.value) > heartbeatDeadline }.keys.sorted().first
             lock.unlock()
-            if let r = silent { declareLost(r, why: "no heartbeat for \(Int(heartbeatDeadline)) s") }
+            if let r = silent { declareLost(r, why: "no heartbeat for \(String(format: "%g", heartbeatDeadline)) s") }
         }
     }
 
