@@ -29,9 +29,16 @@ public struct LaunchEnvironment: Equatable, Sendable {
         let torchrun = env["TORCHELASTIC_RUN_ID"] != nil
         let slurm = env["SLURM_PROCID"] != nil && env["RANK"] == nil
         let launcher = torchrun ? "torchrun" : slurm ? "srun" : "env"
-        guard let r = rank ?? Int(env["RANK"] ?? env["SLURM_PROCID"] ?? ""),
-              let n = worldSize ?? Int(env["WORLD_SIZE"] ?? env["SLURM_NTASKS"] ?? ""), n >= 1, r >= 0, r < n else {
-            throw Problem(description: "--transport tcp needs --rank and --world-size (or RANK and WORLD_SIZE, or srun's SLURM_PROCID and SLURM_NTASKS), with 0 <= rank < world size")
+        // Each from its flag, else the first variable set; what was found goes into the error.
+        func lookup(_ flag: Int?, _ name: String, _ keys: [String]) -> (value: Int?, said: String) {
+            if let flag { return (flag, "--\(name) \(flag)") }
+            guard let key = keys.first(where: { env[$0] != nil }), let text = env[key] else { return (nil, "no --\(name), \(keys.joined(separator: " or "))") }
+            guard let v = Int(text.trimmingCharacters(in: .whitespaces)) else { return (nil, "\(key)=\(text) (not a whole number)") }
+            return (v, "\(key)=\(v)")
+        }
+        let (rv, rsaid) = lookup(rank, "rank", ["RANK", "SLURM_PROCID"]), (nv, nsaid) = lookup(worldSize, "world-size", ["WORLD_SIZE", "SLURM_NTASKS"])
+        guard let r = rv, let n = nv, n >= 1, r >= 0, r < n else {
+            throw Problem(description: "--transport tcp needs --rank and --world-size (or RANK and WORLD_SIZE, or srun's SLURM_PROCID and SLURM_NTASKS), with 0 <= rank < world size; got \(rsaid) and \(nsaid)")
         }
         if let c = coordinator {
             guard let (h, p) = hostPort(c) else { throw Problem(description: "--coordinator \(hostPortExpectation(c))") }
@@ -39,6 +46,12 @@ public struct LaunchEnvironment: Equatable, Sendable {
         }
         guard let host = env["MASTER_ADDR"] ?? (slurm ? env["SLURM_LAUNCH_NODE_IPADDR"] : nil) else {
             throw Problem(description: "--coordinator HOST:PORT or MASTER_ADDR (and MASTER_PORT) are needed with --transport tcp")
+        }
+        guard !host.trimmingCharacters(in: .whitespaces).isEmpty else {
+            throw Problem(description: "\(env["MASTER_ADDR"] != nil ? "MASTER_ADDR" : "SLURM_LAUNCH_NODE_IPADDR") is empty: expected the coordinator's host name or address")
+        }
+        for key in ["RADAR_COORDINATOR_PORT", "MASTER_PORT"] {
+            if let text = env[key], Int(text) == nil { throw Problem(description: "\(key)=\(text): expected a port number") }
         }
         var port: Int?
         if let p = env["RADAR_COORDINATOR_PORT"].flatMap({ Int($0) }) {

@@ -19,8 +19,21 @@ final class LaunchEnvironmentTests: XCTestCase {
         let override = try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: [
             "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1000", "TORCHELASTIC_RUN_ID": "x", "RADAR_COORDINATOR_PORT": "4000"])
         XCTAssertEqual(override.port, 4000)
-        XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: ["SLURM_PROCID": "2", "SLURM_NTASKS": "2"])) {
-            XCTAssertTrue("\($0)".contains("0 <= rank < world size"), "\($0)")
+        // What was found is named (the message was the same for a missing, a non-numeric and an
+        // out-of-range rank).
+        for (rank, size, env, got) in [(nil, nil, ["SLURM_PROCID": "2", "SLURM_NTASKS": "2"], "got SLURM_PROCID=2 and SLURM_NTASKS=2"),
+                                       (nil, nil, ["RANK": "x", "WORLD_SIZE": "2"], "got RANK=x (not a whole number) and WORLD_SIZE=2"),
+                                       (nil, nil, ["WORLD_SIZE": "2"], "got no --rank, RANK or SLURM_PROCID and WORLD_SIZE=2"),
+                                       (3, nil, ["WORLD_SIZE": "0"], "got --rank 3 and WORLD_SIZE=0")] as [(Int?, Int?, [String: String], String)] {
+            XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: rank, worldSize: size, coordinator: nil, env: env)) {
+                XCTAssertTrue("\($0)".contains("0 <= rank < world size; " + got), "\($0)")
+            }
+        }
+        XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: 0, worldSize: 2, coordinator: nil, env: ["MASTER_ADDR": "", "MASTER_PORT": "1"])) {
+            XCTAssertEqual("\($0)", "MASTER_ADDR is empty: expected the coordinator's host name or address")
+        }
+        XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: 0, worldSize: 2, coordinator: nil, env: ["MASTER_ADDR": "h", "MASTER_PORT": "29500x"])) {
+            XCTAssertEqual("\($0)", "MASTER_PORT=29500x: expected a port number")
         }
         XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: ["RANK": "0", "WORLD_SIZE": "2"])) {
             XCTAssertTrue("\($0)".contains("MASTER_ADDR"), "\($0)")
