@@ -293,6 +293,9 @@ final class CheckpointTests: XCTestCase {
         let again = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(elsewhere)/r/metrics.json"))) as! [String: Any]
         XCTAssertEqual(original["test_metrics"] as? [String: Double], again["test_metrics"] as? [String: Double])
         XCTAssertEqual(FileManager.default.contents(atPath: "\(elsewhere)/r/best.safetensors.lz4"), FileManager.default.contents(atPath: "\(dir)/best.safetensors.lz4"))
+        // ... and its last checkpoint (the run was finished: it wrote none, so the new folder
+        // could not be resumed or exported with --resume auto).
+        XCTAssertEqual(FileManager.default.contents(atPath: "\(elsewhere)/r/last.safetensors.lz4"), FileManager.default.contents(atPath: "\(dir)/last.safetensors.lz4"))
         // A run's folder names its best checkpoint (evaluate, predict, --init-from); it was "cannot read file".
         let fromFolder = try ModelWeights.read(dir), fromBest = try ModelWeights.read("\(dir)/best.safetensors.lz4")
         XCTAssertEqual(fromFolder.kind, fromBest.kind)

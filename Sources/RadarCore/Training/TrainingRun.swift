@@ -559,6 +559,13 @@ public final class TrainingRun {
         let steps = try StepLog(path: jsonl, fresh: resumed == nil, writes: writes, resumedFrom: resumed.map { ($0.optimizerStep, $0.epoch) })
         var position = startingPosition(resumed)
         var best = resumed != nil ? loadBestWeights(resumedFrom: resumedPath) : nil
+        // Resumed from another run's checkpoint into this folder: that checkpoint is this
+        // folder's last until the run writes its own (a finished run resumed here wrote none,
+        // and --resume auto on this folder found nothing).
+        if writes, resumed != nil, let from = resumedPath, !FileManager.default.fileExists(atPath: lastPath),
+           let d = FileManager.default.contents(atPath: from) {
+            try writeFileAtomically(d, to: lastPath)
+        }
         for epoch in position.epoch..<options.epochs {
             let start = epoch == position.epoch ? position.batch : 0
             guard case let .finished(lossSum, n, speed) = try trainEpoch(epoch, from: start, position, steps) else {
