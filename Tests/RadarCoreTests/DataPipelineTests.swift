@@ -330,6 +330,23 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: o.output + "/" + DatasetManifest.fileName))
     }
 
+    /// A shard cut short after prepare is named at open with the cause and the remedy (it
+    /// was "truncated tar (header at byte N)").
+    func testDamagedShardsAreNamedWhenTheDatasetOpens() throws {
+        var o = PrepareOptions(output: temporaryDirectory("damaged"))
+        o.shardSize = 30
+        let m = try DatasetPreparer(options: o).run(SyntheticSource(size: 16, count: 90, seed: 5, difficulty: 0.3))
+        let first = o.output + "/" + m.shards[0].name
+        XCTAssertNoThrow(try ShardSet(directory: o.output))
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: first))
+        try h.truncate(atOffset: 5000)
+        try h.close()
+        XCTAssertThrowsError(try ShardSet(directory: o.output)) {
+            XCTAssertEqual("\($0)", "\(first): 5000 bytes, the manifest says \(m.shards[0].bytes): the shard is truncated or was changed after prepare "
+                           + "(radar prepare --check-only checks them all; prepare again with --overwrite)")
+        }
+    }
+
     func testQuotasArePerClassAndSampledAcrossTheWholeSource() throws {
         let source = SyntheticSource(size: 8, count: 400, seed: 2, difficulty: 0.3, framesPerSequence: 1)
         var real = 0, fake = 0
@@ -410,7 +427,9 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertThrowsError(try DatasetChecker.check(directory: out)) { XCTAssertTrue("\($0)".contains("shard-000001.tar") && "\($0)".contains("SHA-256"), "\($0)") }
         try FileManager.default.removeItem(atPath: shard)
         XCTAssertThrowsError(try DatasetChecker.check(directory: out)) { XCTAssertTrue("\($0)".contains("shard-000001.tar") && "\($0)".contains("missing"), "\($0)") }
-        XCTAssertThrowsError(try ShardSet(directory: out)) { XCTAssertEqual("\($0)", "\(shard): cannot open shard: No such file or directory") }
+        XCTAssertThrowsError(try ShardSet(directory: out)) {
+            XCTAssertEqual("\($0)", "\(shard): listed in the manifest, but cannot be read: No such file or directory (prepare the dataset again, with --overwrite)")
+        }
         XCTAssertThrowsError(try DatasetChecker.check(directory: temporaryDirectory("empty"))) { XCTAssertTrue("\($0)".contains("no manifest"), "\($0)") }
     }
 

@@ -16,6 +16,18 @@ public final class ShardSet: @unchecked Sendable {
     public init(directory: String) throws {
         self.directory = directory
         manifest = try DatasetManifest.load(directory: directory)
+        // Each shard's size against the manifest first (a stat): a truncated shard was "truncated
+        // tar (header at byte N)", which named neither the cause nor the remedy.
+        for s in manifest.shards {
+            let path = (directory as NSString).appendingPathComponent(s.name)
+            var st = stat()
+            guard stat(path, &st) == 0 else {
+                throw DatasetError(path: path, reason: "listed in the manifest, but cannot be read: \(unreadableReason(path)) (prepare the dataset again, with --overwrite)")
+            }
+            guard Int(st.st_size) == s.bytes else {
+                throw DatasetError(path: path, reason: "\(st.st_size) bytes, the manifest says \(s.bytes): the shard is truncated or was changed after prepare (radar prepare --check-only checks them all; prepare again with --overwrite)")
+            }
+        }
         indices = try manifest.shards.map { try TarIndex(path: (directory as NSString).appendingPathComponent($0.name)) }
         for (i, s) in manifest.shards.enumerated() where indices[i].samples.count != s.samples {
             throw DatasetError(path: (directory as NSString).appendingPathComponent(s.name),
