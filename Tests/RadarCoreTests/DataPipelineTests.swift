@@ -347,6 +347,32 @@ final class DataPipelineTests: XCTestCase {
         }
     }
 
+    /// A shard replaced after the run indexed it (the dataset prepared again mid-run) stops the
+    /// run naming it: its offsets read other images silently, or each sample was skipped as bad.
+    func testAShardReplacedDuringTheRunStopsItNotSkipped() throws {
+        var o = PrepareOptions(output: temporaryDirectory("replaced"))
+        o.shardSize = 30
+        _ = try DatasetPreparer(options: o).run(SyntheticSource(size: 16, count: 90, seed: 6, difficulty: 0.3))
+        let set = try ShardSet(directory: o.output)
+        let refs = set.refs(.train)
+        let path = set.indices[refs[0].shard].path
+        XCTAssertNoThrow(try set.indices[refs[0].shard].image(refs[0].index))
+        // The same bytes, written anew and renamed over it (as a second prepare does).
+        try writeFileAtomically(try Data(contentsOf: URL(fileURLWithPath: path)), to: path)
+        XCTAssertThrowsError(try set.indices[refs[0].shard].image(refs[0].index)) {
+            XCTAssertTrue($0 is TarIndex.Unavailable && "\($0)".hasPrefix("\(path): the shard was replaced or changed since the run opened the dataset"), "\($0)")
+        }
+        let loader = StreamingLoader(set: set, refs: refs, batchSize: 4, size: 16, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5],
+                                     augment: false, seed: 1, epoch: 0, threads: 1, depth: 1, dropLast: false)
+        loader.maxBadSamples = 1000
+        XCTAssertThrowsError(try { while try loader.next() != nil {} }()) { XCTAssertTrue($0 is TarIndex.Unavailable, "\($0)") }
+        XCTAssertTrue(loader.badSamples.isEmpty)
+        try FileManager.default.removeItem(atPath: path)
+        XCTAssertThrowsError(try set.indices[refs[0].shard].image(refs[0].index)) {
+            XCTAssertEqual("\($0)", "\(path): the shard cannot be opened any more (No such file or directory): the dataset changed during the run")
+        }
+    }
+
     func testQuotasArePerClassAndSampledAcrossTheWholeSource() throws {
         let source = SyntheticSource(size: 8, count: 400, seed: 2, difficulty: 0.3, framesPerSequence: 1)
         var real = 0, fake = 0

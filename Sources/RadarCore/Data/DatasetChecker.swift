@@ -56,11 +56,27 @@ public struct TarIndex: Sendable {
 
     public let path: String
     public let samples: [Sample]
+    /// The file indexed (device, inode, size, modification time): each read checks it is still
+    /// that file, since offsets into a shard prepared again mid-run read other images silently.
+    let identity: [Int]
+
+    /// A shard that is gone or not the file the run indexed: the dataset changed under the run.
+    /// Never counted as one bad sample (every sample of the shard would follow).
+    public struct Unavailable: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    static func identity(_ fd: Int32) -> [Int] {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return [] }
+        return [Int(st.st_dev), Int(st.st_ino), Int(st.st_size), st.st_mtim.tv_sec, st.st_mtim.tv_nsec]
+    }
 
     public init(path: String) throws {
         self.path = path
         guard let fh = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open shard: \(unreadableReason(path))") }
         defer { try? fh.close() }
+        identity = TarIndex.identity(fh.fileDescriptor)
         var samples: [Sample] = []
         var offset = 0
         var longName: String?
@@ -108,8 +124,14 @@ public struct TarIndex: Sendable {
         guard let m = samples[sample].members[ext] else {
             throw DatasetError(path: path, reason: "sample \(samples[sample].key) has no .\(ext) member")
         }
-        guard let fh = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open shard: \(unreadableReason(path))") }
+        guard let fh = FileHandle(forReadingAtPath: path) else {
+            throw Unavailable(description: "\(path): the shard cannot be opened any more (\(unreadableReason(path))): the dataset changed during the run")
+        }
         defer { try? fh.close() }
+        guard TarIndex.identity(fh.fileDescriptor) == identity else {
+            throw Unavailable(description: "\(path): the shard was replaced or changed since the run opened the dataset (prepared again?): "
+                              + "its images are not the ones indexed; restart the run (--resume auto) on the finished dataset")
+        }
         try fh.seek(toOffset: UInt64(m.offset))
         guard let d = try fh.read(upToCount: m.size), d.count == m.size else {
             throw DatasetError(path: path, reason: "truncated member \(samples[sample].key).\(ext)")

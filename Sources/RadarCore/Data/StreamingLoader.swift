@@ -209,6 +209,8 @@ public final class StreamingLoader: @unchecked Sendable {
                 keys.append(set.key(ref))
                 seqs.append(info.sequence)
                 if firstGood == nil { firstGood = j }
+            } catch let e as TarIndex.Unavailable {
+                throw e
             } catch {
                 guard maxBadSamples > 0 else { throw error }
                 let key = set.key(ref)
