@@ -48,6 +48,7 @@ struct Prepare: ParsableCommand {
                 return
             }
             guard let source else { throw ValidationError("--source is required (hf, an archive directory, or a real/ fake/ directory)") }
+            stopOnSignal("radar prepare", output: output)
             var opts = PrepareOptions(output: output)
             opts.valFraction = valFraction
             opts.seed = seed
@@ -84,6 +85,26 @@ struct Prepare: ParsableCommand {
             }
             try runPreparer(src, opts)
         }
+    }
+}
+
+/// SIGINT or SIGTERM: one line saying what is kept and how to go on, then the process ends
+/// (128 + the signal). Stopping anywhere is safe: a shard is renamed into place only when
+/// complete, the journal names the finished ones, and downloads resume by HTTP Range; it ended
+/// without a word.
+nonisolated(unsafe) private var signalSources: [DispatchSourceSignal] = []
+func stopOnSignal(_ command: String, output: String) {
+    guard signalSources.isEmpty else { return }
+    for s in [SIGINT, SIGTERM] {
+        signal(s, SIG_IGN)
+        let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
+        src.setEventHandler {
+            logLine("\(command): stopped by \(s == SIGINT ? "SIGINT" : "SIGTERM"): the finished shards in \(output) (and any downloads) are kept; "
+                    + "the same command again resumes")
+            exitNow(128 + s)
+        }
+        src.resume()
+        signalSources.append(src)
     }
 }
 
@@ -129,6 +150,7 @@ struct Synth: ParsableCommand {
 
     func run() throws {
         try failing {
+            stopOnSignal("radar synth", output: output)
             var opts = PrepareOptions(output: output)
             opts.valFraction = valFraction
             opts.seed = seed

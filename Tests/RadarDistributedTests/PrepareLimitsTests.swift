@@ -47,4 +47,32 @@ final class PrepareLimitsTests: XCTestCase {
         XCTAssertGreaterThan(mib, 1, "the peak RSS is parsed: \(line)")
         XCTAssertLessThan(mib, 200, String(line))
     }
+
+    /// SIGTERM (or Ctrl-C) during `radar synth` / `radar prepare`: one line saying what is kept and
+    /// that the same command resumes, status 143, finished shards in place (it ended without a word).
+    func testAStoppedPreparationSaysWhatIsKept() throws {
+        let out = NSTemporaryDirectory() + "radar-stopped-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let p = Process()
+        p.executableURL = MPITrainingTests.products.appendingPathComponent("radar")
+        p.arguments = ["synth", "--output", out, "--count", "50000", "--size", "64", "--shard-size", "40"]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        // Until the journal names a finished shard (its header, then one line per shard).
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline, p.isRunning,
+              (try? String(contentsOfFile: out + "/prepare-journal.jsonl", encoding: .utf8))?.split(separator: "\n").count ?? 0 < 2 {
+            usleep(50_000)
+        }
+        XCTAssertTrue(p.isRunning, "still preparing when stopped")
+        kill(p.processIdentifier, SIGTERM)
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 128 + SIGTERM, text)
+        XCTAssertEqual(text, "radar synth: stopped by SIGTERM: the finished shards in \(out) (and any downloads) are kept; the same command again resumes\n")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/shard-000000.tar"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/manifest.json"))
+    }
 }
