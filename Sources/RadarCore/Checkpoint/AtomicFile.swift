@@ -18,9 +18,19 @@ public func writeFileAtomically(_ data: Data, to path: String) throws {
     if failure == nil && rename(tmp, path) != 0 { failure = errno }
     if let failure {
         unlink(tmp)
-        throw DatasetError(path: path, reason: "write failed: \(String(cString: strerror(failure)))")
+        throw DatasetError(path: path, reason: "write failed: \(String(cString: strerror(failure)))" + (failure == ENOSPC ? spaceNote(dir, needed: data.count) : ""))
     }
     fsyncDirectory(dir)
+}
+
+/// For a write that ran out of space: how much the file needs and what is free there (measured
+/// after the failed temporary is removed), so the message says how much to clear.
+func spaceNote(_ dir: String, needed: Int, atMost: Bool = false) -> String {
+    var s = statvfs()
+    guard statvfs(dir, &s) == 0 else { return "" }
+    let free = Int(s.f_bavail) * Int(s.f_frsize)
+    func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1048576) }
+    return " (the file needs \(atMost ? "up to " : "")\(mib(needed)), \(mib(free)) free in \(dir))"
 }
 
 /// Writes every byte to `fd` (again after an interrupted call): nil when all were written, else

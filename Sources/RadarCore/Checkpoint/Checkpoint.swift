@@ -151,7 +151,10 @@ public enum Checkpoint {
         } catch {
             try? h.close()
             unlink(tmp)
-            if error is LZ4Frame.FrameError { throw error }
+            if let e = error as? LZ4Frame.FrameError {
+                // Out of space: what it needs at most (the uncompressed size) and what is free.
+                throw e.code == ENOSPC ? LZ4Frame.FrameError(path: e.path, reason: e.reason + spaceNote(dir, needed: total, atMost: true), code: e.code) : e
+            }
             throw CheckpointError(path: path, reason: "write failed: \(systemReason(error))")
         }
         FaultInjection.point("checkpoint")

@@ -9,6 +9,9 @@ public enum LZ4Frame {
     public struct FrameError: Error, CustomStringConvertible {
         public let path: String
         public let reason: String
+        /// The errno of a failed write (0 otherwise).
+        public var code: Int32 = 0
+        public init(path: String, reason: String, code: Int32 = 0) { (self.path, self.reason, self.code) = (path, reason, code) }
         public var description: String { "\(path): \(reason)" }
     }
 
@@ -43,7 +46,7 @@ public enum LZ4Frame {
         private func emit(_ count: Int) throws {
             let fd = handle.fileDescriptor
             if let failure = buffer.withUnsafeBytes({ writeAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<count])) }) {
-                throw FrameError(path: path, reason: "write failed: \(String(cString: strerror(failure)))")
+                throw FrameError(path: path, reason: "write failed: \(String(cString: strerror(failure)))", code: failure)
             }
         }
 
