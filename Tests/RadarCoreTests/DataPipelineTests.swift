@@ -416,12 +416,16 @@ final class DataPipelineTests: XCTestCase {
         let source = SyntheticSource(size: 8, count: 200, seed: 5, difficulty: 0.3, framesPerSequence: 4)
         var opts = PrepareOptions(output: temporaryDirectory("resume"))
         opts.shardSize = 25
-        XCTAssertThrowsError(try DatasetPreparer(options: opts).run(InterruptedSource(inner: source, limit: 120)))
+        XCTAssertThrowsError(try DatasetPreparer(options: opts).run(InterruptedSource(inner: source, limit: 120))) {
+            XCTAssertTrue("\($0)".hasPrefix("source: interrupted (") && "\($0)".hasSuffix(" kept: the same command resumes once that is fixed)"), "\($0)")
+        }
         let files = try FileManager.default.contentsOfDirectory(atPath: opts.output)
         let finished = files.filter { $0.hasPrefix("shard-") }
         XCTAssertFalse(finished.isEmpty, "some shards finished before the interruption")
         XCTAssertFalse(files.contains(DatasetManifest.fileName), "no manifest for an unfinished dataset")
-        XCTAssertTrue(files.contains { $0.hasSuffix(".partial") }, "the shard being written stays a .partial file")
+        // A failure removes the shards it had not finished; a killed run leaves them, as here.
+        XCTAssertFalse(files.contains { $0.hasSuffix(".partial") }, "\(files)")
+        try Data(count: 1000).write(to: URL(fileURLWithPath: opts.output + "/.shard-000099.tar.partial"))
         // Trained on meanwhile, it says what it is (it was "no manifest (is this a prepared dataset directory?").
         XCTAssertThrowsError(try ShardSet(directory: opts.output)) {
             XCTAssertEqual("\($0)", "\(opts.output): an unfinished preparation (prepare-journal.jsonl, no manifest yet): run the same `radar prepare` or `radar synth` again to finish it")

@@ -24,4 +24,24 @@ final class DiskFullTests: XCTestCase {
         // The folder's listing (printed inside the namespace): no temporary of the failed write.
         XCTAssertFalse(text.contains(".tmp-"), text)
     }
+
+    /// `radar synth` (as `radar prepare`) on a full disk: the system's reason (libarchive said
+    /// "Write error"), the finished shards kept and said so, the unfinished ones removed (two were
+    /// left, holding the space).
+    func testAPreparationOnAFullDiskKeepsFinishedShardsAndRemovesPartialOnes() throws {
+        let mnt = NSTemporaryDirectory() + "radar-small-\(UUID().uuidString.prefix(6))"
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: mnt) }
+        let synth = [MPITrainingTests.products.appendingPathComponent("radar").path, "synth", "--output", mnt + "/s", "--count", "2000",
+                     "--size", "64", "--shard-size", "100"]
+        let script = "mount -t tmpfs -o size=3M tmpfs \"$0\" && \"$@\"; rc=$?; ls -A \"$0/s\"; exit $rc"
+        let (rc, text) = try Process.runStatus(["unshare", "-m", "sh", "-c", script, mnt] + synth)
+        XCTAssertEqual(rc, 1, text)
+        let error = try XCTUnwrap(text.split(separator: "\n").first { $0.hasPrefix("radar: error:") }, text)
+        XCTAssertTrue(error.contains("Write error: No space left on device (") && error.contains(" finished shards in \(mnt)/s kept: the same command resumes once that is fixed)"),
+                      String(error))
+        let listing = text.split(separator: "\n").filter { !$0.hasPrefix("radar") }
+        XCTAssertTrue(listing.contains("shard-000000.tar"), text)
+        XCTAssertFalse(listing.contains { $0.hasSuffix(".partial") }, text)
+    }
 }

@@ -98,6 +98,11 @@ public final class DatasetPreparer {
         }
     }
 
+    /// A preparation that failed after finishing shards: the cause, and that they are kept.
+    public struct Stopped: Error, CustomStringConvertible {
+        public let description: String
+    }
+
     public func run(_ source: SampleSource) throws -> DatasetManifest {
         let out = options.output
         guard options.shardSize > 0, (0..<1).contains(options.valFraction) else {
@@ -115,7 +120,12 @@ public final class DatasetPreparer {
             // first pass, say) is removed: nothing in it could be resumed.
             let names = (try? fm.contentsOfDirectory(atPath: out)) ?? []
             if !existed && !names.contains(where: DatasetPreparer.isFinishedShard) { try? fm.removeItem(atPath: out) }
-            throw error
+            // Shards left unfinished are redone by a resumed run: removed now, they do not hold
+            // space (a full disk left two behind, the disk still full).
+            for n in names where n.hasSuffix(".partial") { try? fm.removeItem(atPath: (out as NSString).appendingPathComponent(n)) }
+            let finished = names.filter(DatasetPreparer.isFinishedShard).count
+            guard finished > 0, fm.fileExists(atPath: (out as NSString).appendingPathComponent(DatasetPreparer.journalName)) else { throw error }
+            throw Stopped(description: "\(error) (\(finished) finished shard\(finished == 1 ? "" : "s") in \(out) kept: the same command resumes once that is fixed)")
         }
     }
 

@@ -50,8 +50,14 @@ public final class ArchiveReader {
 
     deinit { archive_read_free(handle) }
 
+    /// libarchive's words, with the system's where it has an errno ("Write error" said nothing
+    /// of a full disk: "Write error: No space left on device").
     static func message(_ a: OpaquePointer) -> String {
-        archive_error_string(a).map { String(cString: $0) } ?? "unknown libarchive error"
+        let text = archive_error_string(a).map { String(cString: $0) } ?? "unknown libarchive error"
+        let code = archive_errno(a)
+        guard code > 0 else { return text }
+        let system = String(cString: strerror(code))
+        return text.contains(system) ? text : "\(text): \(system)"
     }
 
     /// The next member header, or nil at the end. Throws on a truncated or corrupt archive.
