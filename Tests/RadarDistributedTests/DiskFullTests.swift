@@ -2,46 +2,46 @@ import Foundation
 import RadarCore
 import XCTest
 
-/// A run whose disk fills: the checkpoint write fails with one line that says what the file
-/// needs and what is free (it said only "No space left on device"), exit 1, and no temporary
-/// left behind. The small disk is a 3 MiB tmpfs in a private mount namespace (CI runs as root,
-/// as the namespace-based multi-host tests need).
+/// Commands whose disk fills, on a 3 MiB tmpfs in a private mount namespace (CI runs as root, as
+/// the namespace-based multi-host tests need): one line that says what happened and what is
+/// kept, a non-zero exit, and nothing half-written left behind.
 final class DiskFullTests: XCTestCase {
-    func testACheckpointOnAFullDiskSaysWhatItNeedsAndLeavesNoTemporary() throws {
+    /// Runs `radar` with `args` (where "MNT" stands for the small disk's folder) and lists
+    /// `MNT/listed` afterwards: the status, the error line, and the listing.
+    func onSmallDisk(_ args: [String], listed: String) throws -> (status: Int32, error: String, listing: [String], mnt: String) {
         let mnt = NSTemporaryDirectory() + "radar-small-\(UUID().uuidString.prefix(6))"
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: mnt) }
-        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
-        let train = [radar, "train", "--data", MPITrainingTests.dataset, "--output", mnt + "/o", "--experiment", "e", "--config", "tiny",
-                     "--batch-size", "4", "--num-epochs", "2", "--max-steps-per-epoch", "1", "--accumulation-steps", "1", "--threads", "1"]
-        let script = "mount -t tmpfs -o size=3M tmpfs \"$0\" && \"$@\"; rc=$?; ls -A \"$0/o/e\"; exit $rc"
-        let (rc, text) = try Process.runStatus(["unshare", "-m", "sh", "-c", script, mnt] + train)
-        XCTAssertEqual(rc, 1, text)
-        let error = try XCTUnwrap(text.split(separator: "\n").first { $0.hasPrefix("radar: error:") }, text)
-        XCTAssertTrue(error.contains("/o/e/") && error.contains(".safetensors.lz4: write failed: No space left on device (the file needs up to "),
-                      String(error))
-        XCTAssertTrue(error.contains(" MiB free in \(mnt)/o/e)"), String(error))
-        // The folder's listing (printed inside the namespace): no temporary of the failed write.
-        XCTAssertFalse(text.contains(".tmp-"), text)
+        let argv = [MPITrainingTests.products.appendingPathComponent("radar").path] + args.map { $0.replacingOccurrences(of: "MNT", with: mnt) }
+        let script = "mount -t tmpfs -o size=3M tmpfs \"$0\" && \"$@\"; rc=$?; echo '--'; ls -A \"$0/\(listed)\"; exit $rc"
+        let (rc, text) = try Process.runStatus(["unshare", "-m", "sh", "-c", script, mnt] + argv)
+        let parts = text.components(separatedBy: "\n--\n")
+        XCTAssertEqual(parts.count, 2, text)
+        let error = parts[0].split(separator: "\n").first { $0.hasPrefix("radar: error:") }.map(String.init) ?? text
+        return (rc, error, (parts.last ?? "").split(separator: "\n").map(String.init), mnt)
     }
 
-    /// `radar synth` (as `radar prepare`) on a full disk: the system's reason (libarchive said
-    /// "Write error"), the finished shards kept and said so, the unfinished ones removed (two were
-    /// left, holding the space).
+    /// The checkpoint write says what the file needs and what is free (it said only "No space
+    /// left on device"); no temporary is left.
+    func testACheckpointOnAFullDiskSaysWhatItNeedsAndLeavesNoTemporary() throws {
+        let r = try onSmallDisk(["train", "--data", MPITrainingTests.dataset, "--output", "MNT/o", "--experiment", "e", "--config", "tiny",
+                                 "--batch-size", "4", "--num-epochs", "2", "--max-steps-per-epoch", "1", "--accumulation-steps", "1", "--threads", "1"],
+                                listed: "o/e")
+        XCTAssertEqual(r.status, 1, r.error)
+        XCTAssertTrue(r.error.contains("/o/e/") && r.error.contains(".safetensors.lz4: write failed: No space left on device (the file needs up to "), r.error)
+        XCTAssertTrue(r.error.contains(" MiB free in \(r.mnt)/o/e)"), r.error)
+        XCTAssertFalse(r.listing.contains { $0.contains(".tmp-") }, "\(r.listing)")
+    }
+
+    /// `radar synth` (as `radar prepare`): the system's reason (libarchive said "Write error"),
+    /// the finished shards kept and said so, the unfinished ones removed (two were left, holding
+    /// the space).
     func testAPreparationOnAFullDiskKeepsFinishedShardsAndRemovesPartialOnes() throws {
-        let mnt = NSTemporaryDirectory() + "radar-small-\(UUID().uuidString.prefix(6))"
-        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: mnt) }
-        let synth = [MPITrainingTests.products.appendingPathComponent("radar").path, "synth", "--output", mnt + "/s", "--count", "2000",
-                     "--size", "64", "--shard-size", "100"]
-        let script = "mount -t tmpfs -o size=3M tmpfs \"$0\" && \"$@\"; rc=$?; ls -A \"$0/s\"; exit $rc"
-        let (rc, text) = try Process.runStatus(["unshare", "-m", "sh", "-c", script, mnt] + synth)
-        XCTAssertEqual(rc, 1, text)
-        let error = try XCTUnwrap(text.split(separator: "\n").first { $0.hasPrefix("radar: error:") }, text)
-        XCTAssertTrue(error.contains("Write error: No space left on device (") && error.contains(" finished shards in \(mnt)/s kept: the same command resumes once that is fixed)"),
-                      String(error))
-        let listing = text.split(separator: "\n").filter { !$0.hasPrefix("radar") }
-        XCTAssertTrue(listing.contains("shard-000000.tar"), text)
-        XCTAssertFalse(listing.contains { $0.hasSuffix(".partial") }, text)
+        let r = try onSmallDisk(["synth", "--output", "MNT/s", "--count", "2000", "--size", "64", "--shard-size", "100"], listed: "s")
+        XCTAssertEqual(r.status, 1, r.error)
+        XCTAssertTrue(r.error.contains("Write error: No space left on device (")
+                      && r.error.contains(" finished shards in \(r.mnt)/s kept: the same command resumes once that is fixed)"), r.error)
+        XCTAssertTrue(r.listing.contains("shard-000000.tar"), "\(r.listing)")
+        XCTAssertFalse(r.listing.contains { $0.hasSuffix(".partial") }, "\(r.listing)")
     }
 }
