@@ -223,7 +223,7 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         }
 
         func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
-            do { try handle?.write(contentsOf: data) } catch { failure = "write failed: \(error)"; retry = false; dataTask.cancel() }
+            do { try handle?.write(contentsOf: data) } catch { failure = "write failed: \(systemReason(error))"; retry = false; dataTask.cancel() }
         }
 
         func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: Error?) {
