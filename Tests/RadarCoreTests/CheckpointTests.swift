@@ -296,6 +296,14 @@ final class CheckpointTests: XCTestCase {
         // ... and its last checkpoint (the run was finished: it wrote none, so the new folder
         // could not be resumed or exported with --resume auto).
         XCTAssertEqual(FileManager.default.contents(atPath: "\(elsewhere)/r/last.safetensors.lz4"), FileManager.default.contents(atPath: "\(dir)/last.safetensors.lz4"))
+        // Resuming from weights alone (model.safetensors) says what the file is and what to use
+        // (it was "format_version missing, expected 1").
+        var weightsOnly = o
+        (weightsOnly.output, weightsOnly.resume) = (temporaryDirectory("weights-only"), "\(dir)/model.safetensors")
+        XCTAssertThrowsError(try TrainingRun(options: weightsOnly).run()) {
+            XCTAssertEqual("\($0)", "\(dir)/model.safetensors: a model-only file, not a training checkpoint (no optimizer state, schedule or data position): "
+                           + "resume from a checkpoint (last.safetensors.lz4, or the run's folder); to start from these weights, use --init-from")
+        }
         // A run's folder names its best checkpoint (evaluate, predict, --init-from); it was "cannot read file".
         let fromFolder = try ModelWeights.read(dir), fromBest = try ModelWeights.read("\(dir)/best.safetensors.lz4")
         XCTAssertEqual(fromFolder.kind, fromBest.kind)

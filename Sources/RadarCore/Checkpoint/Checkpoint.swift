@@ -52,6 +52,13 @@ public enum Checkpoint {
                 guard let v = m[k] else { throw CheckpointError(path: path, reason: "metadata lacks \(k)") }
                 return v
             }
+            // Weights without a training state (model.safetensors, a PyTorch state dict) said
+            // "format_version missing, expected 1".
+            if m["format_version"] == nil && m["format"] != "radar-checkpoint" {
+                throw CheckpointError(path: path, reason: (m["radar_config"] != nil ? "a model-only file" : "a state dict without RADAR checkpoint metadata")
+                                      + ", not a training checkpoint (no optimizer state, schedule or data position): resume from a checkpoint "
+                                      + "(last.safetensors.lz4, or the run's folder); to start from these weights, use --init-from")
+            }
             guard m["format_version"] == Checkpoint.formatVersion else {
                 throw CheckpointError(path: path, reason: "format_version \(m["format_version"] ?? "missing"), expected \(Checkpoint.formatVersion)")
             }
