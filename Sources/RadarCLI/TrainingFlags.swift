@@ -76,6 +76,10 @@ public struct TrainingFlags: ParsableArguments {
             throw ValidationError("--init-from sets every weight, the encoder's too: drop --pretrained")
         }
         if overwrite && resume != nil { throw ValidationError("--overwrite starts afresh and --resume continues: choose one") }
+        // Both ran, --resume silently winning over the weights --init-from named.
+        if initFrom != nil && resume != nil {
+            throw ValidationError("--init-from starts from weights with a fresh optimizer and schedule, --resume continues a run with its own: choose one")
+        }
         if let d = device { try need(Devices.isValid(d), "device", "one of " + Devices.names.joined(separator: ", "), d) }
         if let p = precision { try need(Devices.isValidPrecision(p), "precision", "auto, fp32, tf32 or bf16", p) }
     }

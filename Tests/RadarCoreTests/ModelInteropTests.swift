@@ -142,6 +142,15 @@ final class ModelInteropTests: XCTestCase {
         run.log = { lines.append($0) }
         _ = try run.run()
         XCTAssertTrue(lines.contains { $0.contains("initialised every weight from") && $0.contains("RADAR model file") }, "\(lines)")
+        // Weights of another config: the config fields that differ, and what to pass (the error
+        // listed only the tensors whose shapes differ).
+        var other = runOptions(data, dir + "/out2")
+        other.initFrom = dir + "/model.safetensors"
+        other.config.embedDim *= 2
+        XCTAssertThrowsError(try TrainingRun(options: other)) {
+            XCTAssertEqual("\($0)", "\(dir)/model.safetensors: it holds another model: its config differs from this run's in embed_dim: file "
+                           + "\(trainer.model.config.embedDim), run \(other.config.embedDim): pass --config with the file's (its run folder's config.json)")
+        }
     }
 
     /// 96 synthetic images: the test split is one sequence, so one class. The run says so at its

@@ -81,6 +81,8 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["--device", "tpu"], "--device must be one of cpu, cpu-fenced, cuda, cuda:N"),
             (["--device", "cuda:x"], "--device must be one of"),
             (["--precision", "fp16"], "--precision must be auto, fp32, tf32 or bf16, got fp16"),
+            // Both were taken, --resume silently winning.
+            (["--init-from", "w", "--resume", "auto"], "--init-from starts from weights with a fresh optimizer and schedule, --resume continues a run with its own: choose one"),
         ]
         // radar synth and radar prepare likewise (synth --size 7 was a crash: a failed precondition).
         let synth = ["synth", "--output", NSTemporaryDirectory() + "radar-flag-synth"]

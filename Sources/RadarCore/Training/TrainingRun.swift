@@ -131,7 +131,13 @@ public final class TrainingRun {
         }
         if let p = options.initFrom {
             let w = try ModelWeights.read(p, config: nil, fallback: options.config)
-            try w.load(into: ctx.params, source: p)
+            do { try w.load(into: ctx.params, source: p) } catch where w.model.config != options.config {
+                // The file says what model it holds: name the config fields first (the tensors'
+                // shapes were all the error gave).
+                throw Checkpoint.CheckpointError(path: p, reason: "it holds another model: its config differs from this run's in "
+                    + ModelWeights.configDifferences(w.model.config, options.config, "file", "run").joined(separator: "; ")
+                    + ": pass --config with the file's (its run folder's config.json)")
+            }
             var note = "initialised every weight from \(w.describe(p))"
             if w.model.config != options.config {
                 note += "; its config differs from this run's in " + ModelWeights.configDifferences(w.model.config, options.config, "file", "run").joined(separator: "; ")
