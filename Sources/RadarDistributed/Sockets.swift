@@ -50,10 +50,26 @@ enum Sockets {
         var addr = try address(host, port)
         while true {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            if rc == 0 { tune(fd); return fd }
+            // Non-blocking, then polled until the deadline: a blocking connect to a host that
+            // drops packets waited the kernel's SYN timeout (about 2 minutes) past any deadline.
+            setNonBlocking(fd, true)
+            var rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            var failure = rc == 0 ? 0 : errno
+            if rc != 0 && failure == EINPROGRESS {
+                var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                let r = poll(&p, 1, Int32(max(0, min(Double(Int32.max), deadline.timeIntervalSinceNow * 1000))))
+                if r > 0 {
+                    var err: Int32 = 0
+                    var len = socklen_t(MemoryLayout<Int32>.size)
+                    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
+                    (rc, failure) = err == 0 ? (0, 0) : (-1, err)
+                } else {
+                    failure = r == 0 ? ETIMEDOUT : errno
+                }
+            }
+            if rc == 0 { setNonBlocking(fd, false); tune(fd); return fd }
             close(fd)
-            if Date() > deadline { throw SocketError(reason: "cannot connect to \(host):\(port): \(String(cString: strerror(errno)))") }
+            if Date() > deadline { throw SocketError(reason: "cannot connect to \(host):\(port): \(String(cString: strerror(failure)))") }
             usleep(50_000)
         }
     }

@@ -95,6 +95,50 @@ final class CoordinatorTests: XCTestCase {
         }
     }
 
+    /// A listener on 127.0.0.1 with the given backlog that never accepts, and its port.
+    func silentListener(backlog: Int32) throws -> (fd: Int32, port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        try withUnsafeMutablePointer(to: &addr) { p in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                guard bind(fd, $0, len) == 0, listen(fd, backlog) == 0, getsockname(fd, $0, &len) == 0 else { throw NSError(domain: "listen", code: Int(errno)) }
+            }
+        }
+        return (fd, Int(UInt16(bigEndian: addr.sin_port)))
+    }
+
+    /// `status` keeps its deadline against a host that drops the connection attempt (a blocking
+    /// connect waited the kernel's SYN timeout, about 2 minutes) and says which step timed out
+    /// (it said only "timed out").
+    func testStatusKeepsItsDeadlineAndSaysWhatTimedOut() throws {
+        // A full accept queue drops further SYNs, as a firewall does.
+        let full = try silentListener(backlog: 0)
+        defer { close(full.fd) }
+        var fillers: [Int32] = []
+        defer { fillers.forEach { close($0) } }
+        for _ in 0..<3 {
+            let c = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            _ = fcntl(c, F_SETFL, fcntl(c, F_GETFL, 0) | O_NONBLOCK)
+            var a = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: UInt16(full.port).bigEndian, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")),
+                                sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+            _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(c, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            fillers.append(c)
+        }
+        usleep(200_000)
+        let t0 = Date()
+        XCTAssertThrowsError(try CoordinatorClient.status(host: "127.0.0.1", port: full.port, token: Data("t".utf8), timeout: 2)) {
+            XCTAssertEqual("\($0)", "cannot connect to 127.0.0.1:\(full.port): Connection timed out")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 30, "the 2 s deadline, not the kernel's SYN timeout")
+        // A listener that takes the connection and says nothing.
+        let mute = try silentListener(backlog: 8)
+        defer { close(mute.fd) }
+        XCTAssertThrowsError(try CoordinatorClient.status(host: "127.0.0.1", port: mute.port, token: Data("t".utf8), timeout: 1)) {
+            XCTAssertEqual("\($0)", "127.0.0.1:\(mute.port) took the connection but sent nothing within 1 s: is a RADAR coordinator listening there?")
+        }
+    }
+
     func testHMACMatchesRFC4231() {
         // AES-256-GCM, zero key, zero nonce, nothing authenticated (the GCM specification's test
         // case 13): the frame tag's wiring of key and nonce.

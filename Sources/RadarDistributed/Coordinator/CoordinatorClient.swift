@@ -164,7 +164,11 @@ public final class CoordinatorClient: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         let fd = try Sockets.connect(host: host, port: port, deadline: deadline)
         defer { close(fd) }
-        let (_, challenge) = try Wire.receive(fd, deadline: deadline)
+        let challenge: [String: Any]
+        do { (_, challenge) = try Wire.receive(fd, deadline: deadline) } catch let e as Sockets.SocketError where e.reason == "timed out" {
+            // It said only "timed out".
+            throw Sockets.SocketError(reason: "\(host):\(port) took the connection but sent nothing within \(String(format: "%g", timeout)) s: is a RADAR coordinator listening there?")
+        }
         guard let nonce = challenge["nonce"] as? String else { throw Wire.ProtocolError(reason: "expected a challenge") }
         try Wire.send(fd, .register, ["rank": -1, "proof": HMACSHA256.hex(key: token, message: Data("\(nonce):-1".utf8))])
         let (kind, body) = try Wire.receive(fd, deadline: deadline)
