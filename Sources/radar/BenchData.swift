@@ -76,7 +76,7 @@ extension Bench {
                         SyntheticSource(size: size, count: prepareImages, seed: 1, difficulty: 0.3))
                     let n = m.shards.reduce(0) { $0 + $1.samples }
                     printJSON(["bench": "prepare", "images": n, "size": size, "images_per_s": Double(n) / Date().timeIntervalSince(t0),
-                               "peak_rss_mib": peakRSSMiB(), "machine": machineRecord(threads: 1)])
+                               "peak_rss_mib": peakRSSMiB(), "machine": machineRecord(threads: ProcessInfo.processInfo.activeProcessorCount)])  // every core
                 }
             }
         }
