@@ -373,6 +373,24 @@ final class DataPipelineTests: XCTestCase {
         }
     }
 
+    /// One preparer per folder: a second one is refused naming the first, and touches nothing (it
+    /// removed the first's unfinished shards, and both appended to the journal).
+    func testASecondPreparerOfTheSameFolderIsRefused() throws {
+        let out = temporaryDirectory("two-preparers")
+        let source = SyntheticSource(size: 8, count: 60, seed: 2, difficulty: 0.3)
+        let first = try ExperimentLock(directory: out, name: ".prepare.lock") { "held\($0)" }  // as a running preparer holds it
+        let partial = out + "/.shard-000003.tar.partial"
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: partial))
+        XCTAssertThrowsError(try DatasetPreparer(options: PrepareOptions(output: out)).run(source)) {
+            XCTAssertEqual("\($0)", "\(out): another radar prepare or synth is writing this folder (pid \(getpid()) on \(ProcessInfo.processInfo.hostName)): wait for it to finish")
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: partial), "the first preparer's unfinished shard is left alone")
+        first.release()
+        // Once it is gone, the folder is prepared (its stale shard redone) and no lock file stays.
+        _ = try DatasetPreparer(options: PrepareOptions(output: out)).run(source)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasPrefix(".") }, [])
+    }
+
     func testQuotasArePerClassAndSampledAcrossTheWholeSource() throws {
         let source = SyntheticSource(size: 8, count: 400, seed: 2, difficulty: 0.3, framesPerSequence: 1)
         var real = 0, fake = 0

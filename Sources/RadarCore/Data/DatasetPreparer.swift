@@ -59,6 +59,8 @@ public final class DatasetPreparer {
     static let journalName = "prepare-journal.jsonl"
     /// Images validated together on all cores.
     static let validationBatch = 64
+    /// The lock a preparer holds on its output folder (flock; removed when it ends).
+    static let lockName = ".prepare.lock"
 
     /// Sample records with sorted keys: the same source gives byte-identical shards (and manifest).
     static let recordEncoder: JSONEncoder = {
@@ -111,8 +113,14 @@ public final class DatasetPreparer {
         let fm = FileManager.default
         let existed = fm.fileExists(atPath: out)
         keptExisting = false
-        if existed, let kept = try existingDataset(source) { keptExisting = true; return kept }
         try makeDirectory(out)
+        // One preparer per folder: a second one removed the first's unfinished shards and both
+        // appended to the journal. Taken before anything in the folder is read or removed.
+        let lock = try ExperimentLock(directory: out, name: DatasetPreparer.lockName) {
+            "another radar prepare or synth is writing this folder\($0): wait for it to finish"
+        }
+        defer { unlink(lock.path); lock.release() }
+        if existed, let kept = try existingDataset(source) { keptExisting = true; return kept }
         do {
             return try write(source, into: out)
         } catch {
@@ -140,7 +148,7 @@ public final class DatasetPreparer {
         guard fm.fileExists(atPath: out, isDirectory: &isDir), isDir.boolValue else { return nil }  // createDirectory says what is wrong
         let names = try fm.contentsOfDirectory(atPath: out)
         let ours = { (n: String) in
-            n == DatasetManifest.fileName || n == DatasetPreparer.journalName || n == "downloads"
+            n == DatasetManifest.fileName || n == DatasetPreparer.journalName || n == "downloads" || n == DatasetPreparer.lockName
                 || DatasetPreparer.isFinishedShard(n) || (n.hasPrefix(".shard-") && n.hasSuffix(".partial"))
         }
         let foreign = names.filter { !ours($0) }.sorted()
@@ -158,7 +166,7 @@ public final class DatasetPreparer {
             let what = previous.map { m in "\(m.counts.values.reduce(0) { $0 + $1.total }) images from \(m.source["kind"] ?? "?")" } ?? "manifest.json"
             throw DatasetError(path: out, reason: "holds a prepared dataset (\(what)): pass --overwrite to replace it, or choose another --output")
         }
-        for n in names where n != "downloads" { try fm.removeItem(atPath: (out as NSString).appendingPathComponent(n)) }
+        for n in names where n != "downloads" && n != DatasetPreparer.lockName { try fm.removeItem(atPath: (out as NSString).appendingPathComponent(n)) }
         log("prepare: --overwrite: removed the dataset that was in \(out)")
         return nil
     }

@@ -613,15 +613,21 @@ public typealias ExperimentLockHolder = ExperimentLock
 public final class ExperimentLock {
     private var fd: Int32
 
-    public init(directory: String) throws {
-        let path = (directory as NSString).appendingPathComponent(".lock")
+    public let path: String
+
+    /// `name`: the lock file in `directory`; `busy`: the error's reason given the holder's
+    /// words (" (pid N on HOST)", or empty).
+    public init(directory: String, name: String = ".lock",
+                busy: (String) -> String = { "another run is using this experiment folder\($0): wait for it, or choose another --experiment" }) throws {
+        let path = (directory as NSString).appendingPathComponent(name)
+        self.path = path
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw DatasetError(path: path, reason: "cannot open: \(String(cString: strerror(errno)))") }
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
             close(fd)
             fd = -1
-            throw DatasetError(path: directory, reason: "another run is using this experiment folder\(holder.isEmpty ? "" : " (\(holder))"): wait for it, or choose another --experiment")
+            throw DatasetError(path: directory, reason: busy(holder.isEmpty ? "" : " (\(holder))"))
         }
         let me = "pid \(getpid()) on \(ProcessInfo.processInfo.hostName)\n"
         _ = ftruncate(fd, 0)
