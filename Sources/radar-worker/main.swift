@@ -207,9 +207,9 @@ struct RadarWorker: ParsableCommand {
         // A hash of the parameters and buffers, so launchers and tests can check that replicas agree.
         let hash = run.ctx.params.contentHash()
         print("rank \(comm.rank) parameters fnv1a \(String(hash, radix: 16)) steps \(run.trainer.optimizer.step) skipped \(run.trainer.skippedSteps)")
-        if comm.rank == 0, let auc = h.testMetrics["auc"] {
+        if comm.rank == 0, let line = run.testAUCLine(h) {
             print("results: \(o.experimentDirectory)")
-            print(auc.isFinite ? String(format: "test AUC %.4f", auc) : "test AUC undefined (the test split has one class)")
+            print(line)
         }
         FaultInjection.point("finalize")
         client.finish()

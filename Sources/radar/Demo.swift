@@ -90,10 +90,10 @@ struct Demo: ParsableCommand {
                 finalAUC = BinaryMetrics.rocAUC(scores: scores, labels: truth) ?? .nan
                 let acc = BinaryMetrics.accuracy(scores: scores, labels: truth)
                 let rate = Double(stepsPerEpoch * batchSize) / Date().timeIntervalSince(t0)
-                logLine(String(format: "epoch %d/%d  train_loss %.4f  val_auc %.4f  val_acc %.4f  %.1f img/s", epoch + 1, epochs,
-                               lossSum / Double(stepsPerEpoch), finalAUC, acc, rate))
+                logLine("epoch \(epoch + 1)/\(epochs)  train_loss \(fixed(lossSum / Double(stepsPerEpoch)))  val_auc \(fixed(finalAUC))  "
+                        + "val_acc \(fixed(acc))  \(fixed(rate, 1)) img/s")
             }
-            print(String(format: "validation AUC %.4f", finalAUC))
+            print("validation AUC \(fixed(finalAUC))")
         }
     }
 }

@@ -20,7 +20,7 @@ struct Train: ParsableCommand {
             logLine("radar train: experiment \(o.experimentDirectory), \(run.model.layout.parameterCount) parameters, \(run.set.refs(.train).count) train / \(run.set.refs(.val).count) val / \(run.set.refs(.test).count) test images, batch \(o.batchSize) x \(o.accumulationSteps), \(o.threads) threads")
             let h = try run.run()
             print("results: \(o.experimentDirectory)")
-            if let auc = h.testMetrics["auc"] { print(auc.isFinite ? String(format: "test AUC %.4f", auc) : "test AUC undefined (the test split has one class)") }
+            if let line = run.testAUCLine(h) { print(line) }
         }
     }
 }

@@ -174,6 +174,29 @@ final class ModelInteropTests: XCTestCase {
         XCTAssertTrue((metrics["test_metrics"] as! [String: Any])["auc"] is NSNull)
     }
 
+    /// A run that diverges (a learning rate of 1e6) says so: one warning at the first skipped
+    /// step, skips counted in the epoch line, "nan" (printf wrote "-nan") and the test AUC's real
+    /// reason (it said "the test split has one class" for NaN outputs).
+    func testADivergingRunSaysSo() throws {
+        let data = try synth("diverge-data", seed: 3)
+        var o = runOptions(data, temporaryDirectory("diverge-out"))
+        (o.learningRate, o.stopAfterSteps, o.maxStepsPerEpoch, o.epochs) = (1e6, 0, 3, 1)
+        let run = try TrainingRun(options: o)
+        var lines: [String] = []
+        run.log = { lines.append($0) }
+        let h = try run.run()
+        XCTAssertGreaterThan(run.trainer.skippedSteps, 0, "\(lines)")
+        XCTAssertEqual(lines.filter { $0.hasPrefix("warning: optimizer step") }.count, 1, "\(lines)")
+        XCTAssertTrue(lines.contains { $0.contains("its loss or gradients are not finite; if this goes on, the learning rate (--learning-rate 1e+06) may be too high") },
+                      "\(lines)")
+        let epoch = try XCTUnwrap(lines.first { $0.hasPrefix("epoch 1/1") }, "\(lines)")
+        XCTAssertTrue(epoch.contains("train_loss nan ") && epoch.hasSuffix("(\(run.trainer.skippedSteps) optimizer step\(run.trainer.skippedSteps == 1 ? "" : "s") skipped: not finite)"),
+                      epoch)
+        XCTAssertFalse(lines.contains { $0.contains("-nan") }, "\(lines)")
+        let last = try XCTUnwrap(run.testAUCLine(h))
+        XCTAssertTrue(last.hasPrefix("test AUC undefined: ") && last.contains("scores are NaN"), last)
+    }
+
     /// --pretrained says what it loaded (a good load used to log nothing).
     func testPretrainedLogsWhatItLoaded() throws {
         let data = try synth("pretrained-data", seed: 3)

@@ -18,3 +18,9 @@ public func jsonData(_ object: Any, pretty: Bool = false) throws -> Data {
     try JSONSerialization.data(withJSONObject: jsonFinite(object),
                                options: pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes])
 }
+
+/// `x` with `digits` decimals for log lines; NaN as "nan" (printf wrote "-nan" for a loss sum
+/// that went NaN) and infinities as "inf" / "-inf".
+public func fixed(_ x: Double, _ digits: Int = 4) -> String {
+    x.isNaN ? "nan" : x.isInfinite ? (x < 0 ? "-inf" : "inf") : String(format: "%.\(digits)f", x)
+}

@@ -247,6 +247,9 @@ public final class TrainingRun {
     }
 
     /// Loads `options.resume`; returns the state to continue from, or nil for a fresh start.
+    /// The trainer's skipped optimizer steps when this epoch began; whether a skip was said.
+    var skippedBeforeEpoch = 0, warnedSkip = false
+
     /// The checkpoint `resumeState` read, once it has.
     private(set) var resumedPath: String?
 
@@ -417,6 +420,7 @@ public final class TrainingRun {
         var lossSum = resumedHere ? position.history.partialEpochLoss ?? 0 : 0
         var n = resumedHere ? position.history.partialEpochBatches ?? 0 : 0
         var lastLoss = Double.nan, local = 0, optimizerSteps = 0
+        skippedBeforeEpoch = trainer.skippedSteps
         var batchIndex = start
         let t0 = Date()
         while let b = try loader.next() {
@@ -433,6 +437,13 @@ public final class TrainingRun {
             try JobAbort.check()
             guard let r = result else { continue }
             optimizerSteps += 1
+            if r.skipped && !warnedSkip {
+                // Said once; the epoch lines count the rest (a diverged run printed NaN losses
+                // and nothing else).
+                warnedSkip = true
+                log("warning: optimizer step \(trainer.optimizer.step + 1) was skipped: its loss or gradients are not finite; "
+                    + "if this goes on, the learning rate (--learning-rate \(String(format: "%g", options.learningRate))) may be too high")
+            }
             FaultInjection.point("step")
             var entry: [String: Any] = ["epoch": epoch, "step": trainer.optimizer.step, "lr": r.lr, "grad_norm": r.gradNorm,
                                         "skipped": r.skipped]
@@ -475,8 +486,10 @@ public final class TrainingRun {
         steps.record(["epoch": epoch, "train_loss": p.history.trainLoss.last!, "val": m].merging(speed) { a, _ in a })
         parallel.epochFinished(epoch: epoch, step: trainer.optimizer.step,
                                metrics: m.merging(["train_loss": p.history.trainLoss.last!, "images_per_s": imagesPerSecond]) { a, _ in a })
-        log(String(format: "epoch %d/%d  train_loss %.4f  val_auc %.4f  val_acc %.4f  val_eer %.4f  %.1f img/s", epoch + 1,
-                   options.epochs, p.history.trainLoss.last!, m["auc"]!, m["accuracy"]!, m["eer"]!, imagesPerSecond))
+        let skipped = trainer.skippedSteps - skippedBeforeEpoch
+        log("epoch \(epoch + 1)/\(options.epochs)  train_loss \(fixed(p.history.trainLoss.last!))  val_auc \(fixed(m["auc"]!))  "
+            + "val_acc \(fixed(m["accuracy"]!))  val_eer \(fixed(m["eer"]!))  \(fixed(imagesPerSecond, 1)) img/s"
+            + (skipped > 0 ? "  (\(skipped) optimizer step\(skipped == 1 ? "" : "s") skipped: not finite)" : ""))
         var stop = false
         if !m["auc"]!.isFinite && !p.history.valAUC.dropLast().contains(where: { !$0.isFinite }) {
             log(undefinedAUCWarning(.val, scores: val.scores, labels: val.labels))
@@ -524,9 +537,26 @@ public final class TrainingRun {
         history.testCurve = BinaryMetrics.rocCurve(scores: test.scores, labels: test.labels)
         if !(history.testMetrics["auc"] ?? .nan).isFinite { log(undefinedAUCWarning(.test, scores: test.scores, labels: test.labels)) }
         let which = best == nil ? "last weights" : "best epoch \(history.bestEpoch + 1)"
-        log(String(format: "test (%@): auc %.4f  accuracy %.4f  eer %.4f  ap %.4f  sequence_auc %.4f", which,
-                   history.testMetrics["auc"]!, history.testMetrics["accuracy"]!, history.testMetrics["eer"]!,
-                   history.testMetrics["average_precision"]!, history.testMetrics["sequence_auc"]!))
+        let t = history.testMetrics
+        log("test (\(which)): auc \(fixed(t["auc"]!))  accuracy \(fixed(t["accuracy"]!))  eer \(fixed(t["eer"]!))  "
+            + "ap \(fixed(t["average_precision"]!))  sequence_auc \(fixed(t["sequence_auc"]!))")
+        if !(t["auc"] ?? .nan).isFinite {
+            // NaN outputs first: they leave AUC undefined whatever the split holds.
+            let fake = test.labels.filter { $0 == 1 }.count
+            testAUCUndefinedReason = test.scores.contains(where: \.isNaN) || (fake > 0 && fake < test.labels.count)
+                ? BinaryMetrics.undefinedAUCReason(scores: test.scores, labels: test.labels) ?? "see the warning above"
+                : "the test split has one class (\(test.labels.count - fake) real, \(fake) fake images)"
+        }
+    }
+
+    /// Why the test AUC is undefined, when it is (for the run's last line).
+    public private(set) var testAUCUndefinedReason: String?
+
+    /// The run's last line: "test AUC 0.9957", or why it is undefined; nil without a test split.
+    public func testAUCLine(_ h: RunHistory) -> String? {
+        guard let auc = h.testMetrics["auc"] else { return nil }
+        // It said "the test split has one class" for a model whose outputs were NaN as well.
+        return auc.isFinite ? String(format: "test AUC %.4f", auc) : "test AUC undefined: \(testAUCUndefinedReason ?? "see the warning above")"
     }
 
     public func run() throws -> RunHistory {
