@@ -41,6 +41,24 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertThrowsError(try CoordinatorClient.status(host: "127.0.0.1", port: server.port, token: Data("wrong".utf8)))
     }
 
+    /// Rank 0's validation result is logged with the epoch counted from 1, as the ranks' epoch
+    /// lines count it (it said "epoch 0" beside "epoch 1/2").
+    func testTheCoordinatorCountsEpochsAsTheRanksDo() throws {
+        let token = Data("t".utf8)
+        let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 1, token: token)
+        defer { server.stop() }
+        var logged: [String] = []
+        let lock = NSLock()
+        let said = expectation(description: "the validation result is logged")
+        server.log = { s in lock.withLock { logged.append(s) }; if s.contains("validation AUC") { said.fulfill() } }
+        let client = try CoordinatorClient(host: "127.0.0.1", port: server.port, token: token, rank: 0, dataHost: "h", dataPort: 1, timeout: 5)
+        client.sendProgress(["epoch": 0, "val_auc": 0.484375])
+        wait(for: [said], timeout: 10)
+        XCTAssertTrue(lock.withLock { logged }.contains("coordinator: epoch 1 validation AUC 0.4844"), "\(logged)")
+        client.finish()
+        usleep(300_000)
+    }
+
     func testSilentWorkerIsDeclaredLostAndTheOthersAreTold() throws {
         let token = Data("t".utf8)
         let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 2, token: token)

@@ -152,7 +152,8 @@ public final class CoordinatorServer: @unchecked Sendable {
                 case .heartbeat, .progress:
                     try record(msg, for: r)
                     if kind == .progress, r == 0, let auc = msg["val_auc"] as? Double {
-                        log("coordinator: epoch \(msg["epoch"] as? Int ?? -1) validation AUC \(auc)")
+                        // Epochs counted from 1, as the ranks' epoch lines count them (the message's field is 0-based).
+                        log("coordinator: epoch \((msg["epoch"] as? Int ?? -1) + 1) validation AUC \(fixed(auc))")
                     }
                 case .epochPlan:
                     try Wire.send(fd, .epochPlan, ["epoch": msg["epoch"] as? Int ?? 0, "digest": try planDigest.map { $0(try planRequest(msg)) } ?? ""])
