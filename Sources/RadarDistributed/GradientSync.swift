@@ -84,6 +84,17 @@ public final class GradientSync: @unchecked Sendable {
         if let pinned { staged?.releasePinned(pinned) }
     }
 
+    /// The buckets' sizes in MB, in reduction order, for the log.
+    public var bucketSizesDescription: String { GradientSync.describeBucketSizes(buckets.map(\.count)) }
+
+    /// Sizes in MB of buckets of `counts` floats; with many (--bucket-mb 0: one per parameter, 99
+    /// for the tiny config, all written out) the first and last few and how many lie between.
+    public static func describeBucketSizes(_ counts: [Int]) -> String {
+        let mb = counts.map { String(format: "%.1f", Double($0 * 4) / 1e6) }
+        guard mb.count > 12 else { return mb.joined(separator: " ") }
+        return (mb.prefix(6) + ["... \(mb.count - 9) more ..."] + mb.suffix(3)).joined(separator: " ")
+    }
+
     /// How buckets reach the ring, for the log.
     public var stagingDescription: String {
         staged != nil ? "via a copy stream and page-locked host memory" : store.backend.hostAddress(store.grads) != nil ? "in place" : "via host copies"

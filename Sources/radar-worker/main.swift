@@ -197,7 +197,7 @@ struct RadarWorker: ParsableCommand {
         }
         if comm.rank == 0 {
             run.log = logLine
-            logLine("radar-worker: \(comm.size) ranks x batch \(o.batchSize) x \(o.accumulationSteps) accumulation, \(o.threads) threads per rank, \(sync.buckets.count) gradient buckets (MB, in reduction order: \(sync.buckets.map { String(format: "%.1f", Double($0.count * 4) / 1e6) }.joined(separator: " "))), overlap \(sync.overlap), sync-bn \(syncBn), gradients as \(gradDtype.rawValue) \(sync.stagingDescription)")
+            logLine("radar-worker: \(comm.size) ranks x batch \(o.batchSize) x \(o.accumulationSteps) accumulation, \(o.threads) threads per rank, \(sync.buckets.count) gradient buckets (MB, in reduction order: \(sync.bucketSizesDescription)), overlap \(sync.overlap), sync-bn \(syncBn), gradients as \(gradDtype.rawValue) \(sync.stagingDescription)")
         }
         // Rank 0 shows the bar; every rank reports progress (with images/s) in its heartbeats.
         attachProgress(run, imagesPerBatch: o.batchSize * comm.size, showBar: comm.rank == 0) { epoch, done, loss, rate in

@@ -59,6 +59,13 @@ final class CoordinatorTests: XCTestCase {
         usleep(300_000)
     }
 
+    /// The worker's start line lists a few bucket sizes, not 99 (--bucket-mb 0, tiny config).
+    func testManyBucketSizesAreAbbreviated() {
+        XCTAssertEqual(GradientSync.describeBucketSizes([250_000, 2_500_000]), "1.0 10.0")
+        let many = GradientSync.describeBucketSizes((1...99).map { $0 * 250_000 })
+        XCTAssertEqual(many, "1.0 2.0 3.0 4.0 5.0 6.0 ... 90 more ... 97.0 98.0 99.0")
+    }
+
     func testSilentWorkerIsDeclaredLostAndTheOthersAreTold() throws {
         let token = Data("t".utf8)
         let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 2, token: token)
