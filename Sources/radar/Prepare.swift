@@ -74,6 +74,15 @@ struct Prepare: ParsableCommand {
                 w.maxMemberBytes = limit
                 src = w
             } else if FileManager.default.fileExists(atPath: (source as NSString).appendingPathComponent("real")) {
+                // An output inside real/ or fake/ was scanned as part of the source (its folder
+                // recorded as a skip, and on a second run its shards).
+                let out = URL(fileURLWithPath: output).standardizedFileURL.resolvingSymlinksInPath().path
+                for c in ["real", "fake"] {
+                    let dir = URL(fileURLWithPath: source).appendingPathComponent(c).standardizedFileURL.resolvingSymlinksInPath().path
+                    if out == dir || out.hasPrefix(dir + "/") {
+                        throw ValidationError("--output \(output) is inside the source's \(c)/ folder (\(dir)), whose files are the images: choose a folder outside it")
+                    }
+                }
                 logLine("prepare: \(source) has the reference layout: no sequence ids, so every image is its own sequence; \(Int(testFraction * 100))% of images become the test split")
                 var r = try ReferenceFolders(root: source, testFraction: testFraction, seed: seed)
                 r.maxFileBytes = limit

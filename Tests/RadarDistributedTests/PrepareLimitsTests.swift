@@ -75,4 +75,19 @@ final class PrepareLimitsTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/shard-000000.tar"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/manifest.json"))
     }
+
+    /// An output folder inside the source's real/ or fake/ is refused before anything is written:
+    /// it was scanned as part of the source (a skip, and on a second run its shards).
+    func testAnOutputInsideTheSourceIsRefused() throws {
+        let src = NSTemporaryDirectory() + "radar-inside-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: src) }
+        for c in ["real", "fake"] { try FileManager.default.createDirectory(atPath: src + "/" + c, withIntermediateDirectories: true) }
+        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
+        for (out, c) in [(src + "/real/out", "real"), (src + "/fake", "fake")] {
+            let (rc, text) = try Process.runStatus([radar, "prepare", "--source", src, "--output", out])
+            XCTAssertNotEqual(rc, 0, text)
+            XCTAssertTrue(text.contains("--output \(out) is inside the source's \(c)/ folder") && text.contains("choose a folder outside it"), text)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: src + "/real/out"))
+    }
 }
