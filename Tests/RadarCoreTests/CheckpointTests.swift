@@ -339,5 +339,15 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(src, 0, args)
         XCTAssertEqual(args.split(separator: "\n").map(String.init), ["-avPs", "-e", "ssh -p 2222", "me@pod:" + oddZip, "/dl/"])
         XCTAssertThrowsError(try RunExport.export(results: temporaryDirectory("nothing"), to: exports, downloadScript: false))
+        // From inside the run folder: `--results-dir .` made a hidden "._<stamp>.zip" of "./" entries.
+        let cwd = FileManager.default.currentDirectoryPath
+        XCTAssertEqual(chdir(dir), 0)
+        defer { chdir(cwd) }
+        let here = try RunExport.export(results: ".", to: temporaryDirectory("exports-here"), downloadScript: false)
+        XCTAssertTrue((here as NSString).lastPathComponent.hasPrefix("r_"), here)
+        let hereReader = try ArchiveReader(path: here)
+        var hereNames: [String] = []
+        while let m = try hereReader.next() { hereNames.append(m.name); try hereReader.skipData() }
+        XCTAssertEqual(Set(hereNames), Set(names))
     }
 }

@@ -6,14 +6,16 @@ public enum RunExport {
     /// Returns the zip's path.
     public static func export(results: String, to outputDir: String, downloadScript: Bool, now: Date = Date()) throws -> String {
         let fm = FileManager.default
-        let name = (results as NSString).lastPathComponent
+        // The run folder's own name, also for "." or "outputs/demo/" (`--results-dir .` made a
+        // hidden "._<stamp>.zip").
+        let name = URL(fileURLWithPath: results).standardizedFileURL.lastPathComponent
         for f in ["best.safetensors.lz4", "config.json", "metrics.json"] where !fm.fileExists(atPath: (results as NSString).appendingPathComponent(f)) {
             throw DatasetError(path: results, reason: "no \(f): not a finished run directory")
         }
         try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let stamp = { () -> String in let f = DateFormatter(); f.dateFormat = "yyyyMMdd_HHmmss"; f.timeZone = TimeZone(identifier: "UTC"); return f.string(from: now) }()
         let zipPath = (outputDir as NSString).appendingPathComponent("\(name)_\(stamp).zip")
-        let tmp = zipPath + ".partial"
+        let tmp = zipPath + ".partial-\(getpid())"  // two exports in one second never share it
         var files = ["best.safetensors.lz4", "model.safetensors", "config.json", "metrics.json"]
         let plots = ((try? fm.contentsOfDirectory(atPath: (results as NSString).appendingPathComponent("plots"))) ?? []).sorted().map { "plots/\($0)" }
         files += plots
