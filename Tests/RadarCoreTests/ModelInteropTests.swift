@@ -88,6 +88,20 @@ final class ModelInteropTests: XCTestCase {
         XCTAssertThrowsError(try TrainingRun(options: runOptions(data, out)).run()) { e in
             XCTAssertTrue("\(e)".contains("holds another run") && "\(e)".contains("--resume auto") && "\(e)".contains("--overwrite"), "\(e)")
         }
+        // A folder whose run ended before its first step (out of memory sizing the batch: the
+        // process exits there) holds only config.json and an empty metrics.jsonl; the same
+        // command again starts afresh in it (it was refused, pointing at a --resume auto that
+        // had no checkpoint).
+        let stale = temporaryDirectory("exp-stale")
+        try FileManager.default.createDirectory(atPath: stale + "/r", withIntermediateDirectories: true)
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: stale + "/r/config.json"))
+        FileManager.default.createFile(atPath: stale + "/r/metrics.jsonl", contents: Data())
+        let again = try TrainingRun(options: runOptions(data, stale))
+        var said: [String] = []
+        again.log = { said.append($0) }
+        _ = try again.run()
+        XCTAssertTrue(said.contains("replaced the previous run's config.json, metrics.jsonl (it ended before its first step)"), "\(said)")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: stale + "/r/last.safetensors.lz4"))
         // Resuming on another dataset or with another seed is refused, naming both.
         XCTAssertThrowsError(try TrainingRun(options: runOptions(other, out, resume: "auto")).run()) { e in
             let ours = try! ShardSet(directory: data).manifest.contentHash, theirs = try! ShardSet(directory: other).manifest.contentHash

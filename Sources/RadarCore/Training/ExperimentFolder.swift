@@ -49,7 +49,12 @@ public enum ExperimentFolder {
     public static func prepareFresh(_ directory: String, overwrite: Bool) throws -> [String] {
         let present = runFilesPresent(in: directory)
         if present.isEmpty { return [] }
-        guard overwrite else {
+        // A run that ended before its first optimizer step (out of memory sizing the batch, say)
+        // left only its config and an empty step log: nothing to keep, so it does not block the
+        // same command again (it was refused, pointing at a --resume auto that had no checkpoint).
+        let stepLog = (try? FileManager.default.attributesOfItem(atPath: (directory as NSString).appendingPathComponent("metrics.jsonl")))?[.size] as? Int ?? 0
+        let neverStepped = Set(present).isSubset(of: ["config.json", "metrics.jsonl"]) && stepLog == 0
+        guard overwrite || neverStepped else {
             var when = ""
             if let d = (try? FileManager.default.attributesOfItem(atPath: (directory as NSString).appendingPathComponent(present[0])))?[.modificationDate] as? Date {
                 when = ", last written " + ISO8601DateFormatter().string(from: d)

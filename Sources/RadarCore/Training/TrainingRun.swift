@@ -575,7 +575,7 @@ public final class TrainingRun {
         // --resume the folder is the run's own: auto without a last checkpoint starts it afresh).
         if writes && options.resume == nil {
             let removed = try ExperimentFolder.prepareFresh(dir, overwrite: options.overwrite)
-            if !removed.isEmpty { log("--overwrite: removed the previous run's \(removed.joined(separator: ", "))") }
+            if !removed.isEmpty { log("\(options.overwrite ? "--overwrite: removed" : "replaced") the previous run's \(removed.joined(separator: ", "))\(options.overwrite ? "" : " (it ended before its first step)")") }
         }
         let resumed: Checkpoint.State?
         do { resumed = try resumeState() } catch {
