@@ -40,15 +40,8 @@ struct Launch: ParsableCommand {
         }
         // SIGTERM/SIGINT to the launcher go to every rank (each stops after the same optimizer step).
         let running = RunningRanks()
-        var forwarders: [DispatchSourceSignal] = []
-        for s in [SIGTERM, SIGINT] {
-            signal(s, SIG_IGN)
-            let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
-            src.setEventHandler { running.signal(s) }
-            src.resume()
-            forwarders.append(src)
-        }
-        defer { forwarders.forEach { $0.cancel() } }
+        let forwarders = SignalWatch([SIGTERM, SIGINT]) { running.signal($0) }
+        defer { forwarders.cancel() }
         var attempt = 0
         while true {
             let failed = try runOnce(exe: exe, args: args, attempt: attempt, running: running)

@@ -101,19 +101,13 @@ struct Prepare: ParsableCommand {
 /// (128 + the signal). Stopping anywhere is safe: a shard is renamed into place only when
 /// complete, the journal names the finished ones, and downloads resume by HTTP Range; it ended
 /// without a word.
-nonisolated(unsafe) private var signalSources: [DispatchSourceSignal] = []
+nonisolated(unsafe) private var stopWatch: SignalWatch?
 func stopOnSignal(_ command: String, output: String) {
-    guard signalSources.isEmpty else { return }
-    for s in [SIGINT, SIGTERM] {
-        signal(s, SIG_IGN)
-        let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
-        src.setEventHandler {
-            logLine("\(command): stopped by \(s == SIGINT ? "SIGINT" : "SIGTERM"): the finished shards in \(output) (and any downloads) are kept; "
-                    + "the same command again resumes")
-            exitNow(128 + s)
-        }
-        src.resume()
-        signalSources.append(src)
+    guard stopWatch == nil else { return }
+    stopWatch = SignalWatch([SIGINT, SIGTERM]) { s in
+        logLine("\(command): stopped by \(SignalWatch.name(s)): the finished shards in \(output) (and any downloads) are kept; "
+                + "the same command again resumes")
+        exitNow(128 + s)
     }
 }
 

@@ -237,7 +237,7 @@ final class CheckpointTests: XCTestCase {
     func testExperimentFolderIsLockedWhileARunUsesIt() throws {
         let data = try makeRunData(), out = temporaryDirectory("lock")
         try FileManager.default.createDirectory(atPath: "\(out)/r", withIntermediateDirectories: true)
-        let holder = try ExperimentLockHolder(directory: "\(out)/r")
+        let holder = try FolderLock.experiment("\(out)/r")
         XCTAssertThrowsError(try TrainingRun(options: options(data, out, stop: 1)).run()) {
             XCTAssertTrue("\($0)".contains("another run is using this experiment folder (pid \(getpid())"), "\($0)")
         }

@@ -378,7 +378,7 @@ final class DataPipelineTests: XCTestCase {
     func testASecondPreparerOfTheSameFolderIsRefused() throws {
         let out = temporaryDirectory("two-preparers")
         let source = SyntheticSource(size: 8, count: 60, seed: 2, difficulty: 0.3)
-        let first = try ExperimentLock(directory: out, name: ".prepare.lock") { "held\($0)" }  // as a running preparer holds it
+        let first = try FolderLock(directory: out, name: ".prepare.lock") { "held\($0)" }  // as a running preparer holds it
         let partial = out + "/.shard-000003.tar.partial"
         try Data([1, 2, 3]).write(to: URL(fileURLWithPath: partial))
         XCTAssertThrowsError(try DatasetPreparer(options: PrepareOptions(output: out)).run(source)) {

@@ -116,7 +116,7 @@ public final class DatasetPreparer {
         try makeDirectory(out)
         // One preparer per folder: a second one removed the first's unfinished shards and both
         // appended to the journal. Taken before anything in the folder is read or removed.
-        let lock = try ExperimentLock(directory: out, name: DatasetPreparer.lockName) {
+        let lock = try FolderLock(directory: out, name: DatasetPreparer.lockName) {
             "another radar prepare or synth is writing this folder\($0): wait for it to finish"
         }
         defer { unlink(lock.path); lock.release() }

@@ -183,8 +183,11 @@ public struct ReferenceFolders: SampleSource {
             let files = try FileManager.default.contentsOfDirectory(atPath: path).filter { !$0.hasPrefix(".") }.sorted()
             for f in files {
                 let key = sanitizeKey("\(dir)_" + (f as NSString).deletingPathExtension)
-                var isDir: ObjCBool = false
-                if FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent(f), isDirectory: &isDir), isDir.boolValue {
+                let full = (path as NSString).appendingPathComponent(f)
+                // One stat per file: it names subfolders, FIFOs, devices and oversized files.
+                var st = stat()
+                let statError = stat(full, &st) == 0 ? 0 : errno
+                if statError == 0 && st.st_mode & S_IFMT == S_IFDIR {
                     try visit(.skipped(key: key, reason: "a subdirectory (\(dir)/\(f)/): the reference layout is flat, images directly in \(dir)/"))
                     continue
                 }
@@ -194,15 +197,14 @@ public struct ReferenceFolders: SampleSource {
                 }
                 let test = SplitPlanner.hashFraction(seed: seed, salt: "reference-test", key) < testFraction
                 let c = Candidate(key: key, label: label, officialSplit: test ? .test : .train, sequence: key, frame: nil, ext: ext)
-                let full = (path as NSString).appendingPathComponent(f)
-                var st = stat()
                 // A file that cannot be opened (a dangling link, no read permission) is skipped and
                 // recorded here, in both passes, like a corrupt image; it stopped the whole prepare.
-                guard stat(full, &st) == 0, access(full, R_OK) == 0 else {
-                    try visit(.skipped(key: key, reason: "cannot read \(dir)/\(f): \(String(cString: strerror(errno)))"))
+                let readError = statError != 0 ? statError : access(full, R_OK) == 0 ? 0 : errno
+                guard readError == 0 else {
+                    try visit(.skipped(key: key, reason: "cannot read \(dir)/\(f): \(String(cString: strerror(readError)))"))
                     continue
                 }
-                if let problem = imageFileProblem(full, limit: maxFileBytes) {
+                if let problem = imageFileProblem(st, limit: maxFileBytes) {
                     try visit(.skipped(key: key, reason: "\(problem) (\(dir)/\(f))"))
                     continue
                 }

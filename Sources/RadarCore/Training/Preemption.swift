@@ -12,32 +12,26 @@ import CProcess
 /// asks the same, and never escalates: the kernel may deliver it more than once.
 public enum Preemption {
     private static let signalled = Atomic<Int32>(0)
-    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+    nonisolated(unsafe) private static var watch: SignalWatch?
 
     /// The signal received (SIGTERM, SIGINT or SIGUSR1), 0 when none.
     public static var signal: Int32 { signalled.load(ordering: .relaxed) }
     public static var requested: Bool { signal != 0 }
 
     public static var signalName: String { name(signal) }
-    static func name(_ s: Int32) -> String { [SIGINT: "SIGINT", SIGTERM: "SIGTERM", SIGUSR1: "SIGUSR1"][s] ?? "signal \(s)" }
+    static func name(_ s: Int32) -> String { SignalWatch.name(s) }
 
     /// Starts listening (once per process).
     public static func install() {
-        guard sources.isEmpty else { return }
-        for s in [SIGTERM, SIGINT, SIGUSR1] {
-            Foundation.signal(s, SIG_IGN)
-            let src = DispatchSource.makeSignalSource(signal: s, queue: .global())
-            src.setEventHandler {
-                let (exchanged, _) = signalled.compareExchange(expected: 0, desired: s, ordering: .relaxed)
-                if !exchanged {
-                    guard s != SIGUSR1 else { return }
-                    logLine("received \(name(s)) again: stopping now, without writing `last`")
-                    exitNow(128 + s)
-                }
-                logLine("received \(name(s)): stopping after the current optimizer step" + (s == SIGUSR1 ? "" : " (again to stop at once)"))
+        guard watch == nil else { return }
+        watch = SignalWatch([SIGTERM, SIGINT, SIGUSR1]) { s in
+            let (exchanged, _) = signalled.compareExchange(expected: 0, desired: s, ordering: .relaxed)
+            if !exchanged {
+                guard s != SIGUSR1 else { return }
+                logLine("received \(name(s)) again: stopping now, without writing `last`")
+                exitNow(128 + s)
             }
-            src.resume()
-            sources.append(src)
+            logLine("received \(name(s)): stopping after the current optimizer step" + (s == SIGUSR1 ? "" : " (again to stop at once)"))
         }
     }
 

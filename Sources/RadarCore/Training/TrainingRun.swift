@@ -563,7 +563,7 @@ public final class TrainingRun {
         let dir = options.experimentDirectory
         let existed = FileManager.default.fileExists(atPath: dir)
         try makeDirectory(dir)
-        let lock = writes ? try ExperimentLock(directory: dir) : nil
+        let lock = writes ? try FolderLock.experiment(dir) : nil
         defer { lock?.release() }
         if writes {
             for name in removeStaleTemporaries(in: dir) { log("removed \(name), left by a run killed while writing") }
@@ -634,39 +634,4 @@ public final class TrainingRun {
         ]
         try writeFileAtomically(try jsonData(obj, pretty: true), to: (options.experimentDirectory as NSString).appendingPathComponent("metrics.json"))
     }
-}
-
-/// An exclusive lock on an experiment folder for the length of a run (flock on `.lock`, released
-/// by the kernel if the process dies), so two jobs never write one folder's checkpoints and metrics.
-public typealias ExperimentLockHolder = ExperimentLock
-
-public final class ExperimentLock {
-    private var fd: Int32
-
-    public let path: String
-
-    /// `name`: the lock file in `directory`; `busy`: the error's reason given the holder's
-    /// words (" (pid N on HOST)", or empty).
-    public init(directory: String, name: String = ".lock",
-                busy: (String) -> String = { "another run is using this experiment folder\($0): wait for it, or choose another --experiment" }) throws {
-        let path = (directory as NSString).appendingPathComponent(name)
-        self.path = path
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw DatasetError(path: path, reason: "cannot open: \(String(cString: strerror(errno)))") }
-        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
-            close(fd)
-            fd = -1
-            throw DatasetError(path: directory, reason: busy(holder.isEmpty ? "" : " (\(holder))"))
-        }
-        let me = "pid \(getpid()) on \(ProcessInfo.processInfo.hostName)\n"
-        _ = ftruncate(fd, 0)
-        _ = me.withCString { write(fd, $0, strlen($0)) }
-    }
-
-    public func release() {
-        if fd >= 0 { close(fd); fd = -1 }
-    }
-
-    deinit { release() }
 }

@@ -20,6 +20,11 @@ public func unreadableReason(_ path: String) -> String {
 public func imageFileProblem(_ path: String, limit: Int) -> String? {
     var st = stat()
     guard stat(path, &st) == 0 else { return nil }
+    return imageFileProblem(st, limit: limit)
+}
+
+/// `imageFileProblem(path:limit:)` for a file already stat'ed.
+public func imageFileProblem(_ st: stat, limit: Int) -> String? {
     switch st.st_mode & S_IFMT {
     case S_IFREG: return Int(st.st_size) > limit ? "file of \(st.st_size) bytes exceeds the \(limit >> 20) MiB limit" : nil
     case S_IFDIR: return "a folder, not a file"
