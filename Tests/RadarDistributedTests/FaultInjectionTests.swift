@@ -60,10 +60,7 @@ final class FaultInjectionTests: XCTestCase {
         let err = Pipe()
         p.standardError = err
         p.standardOutput = err
-        var text = Data()
-        let reader = DispatchGroup()
-        reader.enter()
-        DispatchQueue.global().async { text = err.fileHandleForReading.readDataToEndOfFile(); reader.leave() }
+        let reader = PipeReader(err)
         let t0 = Date()
         try p.run()
         var hung = false
@@ -85,8 +82,8 @@ final class FaultInjectionTests: XCTestCase {
         let left = String(decoding: try Process.runCapturing(["pgrep", "-f", "radar-worker.*\(out)"]), as: UTF8.self)
             .split(separator: "\n").compactMap { Int32($0) }
         for pid in left { kill(pid, SIGKILL) }
-        _ = reader.wait(timeout: .now() + 10)
-        let log = String(decoding: text, as: UTF8.self)
+        _ = reader.wait(until: .now() + 10)
+        let log = reader.text
         var problems: [String] = []
         if hung { problems.append("hung past \(Int(FaultInjectionTests.deadline + 30)) s") }
         if seconds > FaultInjectionTests.deadline { problems.append("took \(Int(seconds)) s") }

@@ -36,13 +36,11 @@ final class MPITrainingTests: XCTestCase {
         p.standardOutput = out
         p.standardError = err
         try p.run()
-        var o = Data(), e = Data()
-        let group = DispatchGroup()
-        group.enter(); DispatchQueue.global().async { o = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        group.enter(); DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        if group.wait(timeout: .now() + timeout) == .timedOut { p.terminate(); XCTFail("mpirun timed out: \(argv)") }
+        let o = PipeReader(out), e = PipeReader(err)
+        let deadline = DispatchTime.now() + timeout
+        if !o.wait(until: deadline) || !e.wait(until: deadline) { p.terminate(); XCTFail("mpirun timed out: \(argv)") }
         p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        return (p.terminationStatus, o.text, e.text)
     }
 
     func workerArgs(_ out: String, _ extra: [String] = []) -> [String] {
@@ -594,4 +592,26 @@ extension Process {
         p.waitUntilExit()
         return d
     }
+}
+
+/// Reads a pipe to its end on another thread, so a child blocked writing one pipe never hangs a
+/// test reading the other; `text` is what was read so far.
+final class PipeReader: @unchecked Sendable {
+    private let lock = NSLock()
+    private var data = Data()
+    private let done = DispatchGroup()
+
+    init(_ pipe: Pipe) {
+        done.enter()
+        DispatchQueue.global().async {
+            let d = pipe.fileHandleForReading.readDataToEndOfFile()
+            self.lock.withLock { self.data = d }
+            self.done.leave()
+        }
+    }
+
+    /// Whether the pipe reached its end before `deadline`.
+    func wait(until deadline: DispatchTime = .distantFuture) -> Bool { done.wait(timeout: deadline) == .success }
+
+    var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
 }

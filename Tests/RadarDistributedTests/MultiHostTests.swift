@@ -22,13 +22,11 @@ final class MultiHostTests: XCTestCase {
         p.standardOutput = out
         p.standardError = err
         try p.run()
-        var e = Data()
-        let group = DispatchGroup()
-        group.enter(); DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        let e = PipeReader(err)
         let o = out.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
+        _ = e.wait()
         p.waitUntilExit()
-        let log = String(decoding: e, as: UTF8.self)
+        let log = e.text
         XCTAssertEqual(p.terminationStatus, 0, log)
         let records = String(decoding: o, as: UTF8.self).split(separator: "\n").compactMap {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
