@@ -49,6 +49,7 @@ struct RadarCoordinator: ParsableCommand {
                 server.log = logLine
                 if let d = data {
                     let set = try ShardSet(directory: d)
+                    if let n = set.indexNote { logLine(n) }
                     server.manifestHash = set.manifest.contentHash
                     server.planDigest = { r in
                         EpochPlan(set: set, seed: r.seed, epoch: r.epoch, worldSize: r.worldSize, batchSize: r.batchSize,

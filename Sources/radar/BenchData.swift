@@ -9,6 +9,7 @@ extension Bench {
             commandName: "data", abstract: "Decode + augment images/s per thread (PNG and JPEG), and prepare throughput and peak RSS.")
         @Option(help: "Image size.") var size = 224
         @Option(help: "Images per measurement.") var images = 300
+        @Flag(help: "With --data: empty the page cache (root) before each way of opening the dataset is first timed.") var dropCaches = false
         @Option(help: "Synthetic images for the prepare measurement (0 skips it).") var prepareImages = 2000
         @Option(help: "Time these images instead of generated ones: the first 32 PNG members of a prepared dataset (what bench/data_reference.py reads).")
         var data: String?
@@ -24,6 +25,28 @@ extension Bench {
                 var pngs: [Data] = []
                 if let data {
                     let set = try ShardSet(directory: data)
+                    // Opening the dataset (every rank, evaluate and the coordinator do it): from the
+                    // shards' index files, and by walking every shard's headers; medians of 3, the
+                    // files in the page cache (a cold network file system is far slower walking).
+                    // `--drop-caches` (root) empties the page cache before each first open: the
+                    // "_first" figures are then a cold start.
+                    func openSeconds(_ indexFiles: Bool) throws -> (median: Double, first: Double) {
+                        if dropCaches { sync(); try "3\n".write(toFile: "/proc/sys/vm/drop_caches", atomically: false, encoding: .utf8) }
+                        var times: [Double] = []
+                        for _ in 0..<3 {
+                            let t0 = Date()
+                            _ = try ShardSet(directory: data, indexFiles: indexFiles)
+                            times.append(Date().timeIntervalSince(t0))
+                        }
+                        return (times.sorted()[1], times[0])
+                    }
+                    let members = set.indices.reduce(0) { $0 + $1.samples.reduce(0) { $0 + $1.members.count } }
+                    let indexed = set.indexNote == nil ? try openSeconds(true) : (median: Double.nan, first: Double.nan), walked = try openSeconds(false)
+                    printJSON(["bench": "dataset_open", "shards": set.indices.count, "samples": set.indices.reduce(0) { $0 + $1.samples.count },
+                               "members": members, "index_files_seconds": indexed.median, "walk_seconds": walked.median,
+                               "index_files_first_seconds": indexed.first, "walk_first_seconds": walked.first, "caches_dropped": dropCaches,
+                               "note": set.indexNote ?? "",
+                               "machine": machineRecord(threads: ProcessInfo.processInfo.activeProcessorCount)])
                     pngs = []
                     for index in set.indices { for i in 0..<index.samples.count where pngs.count < 32 {
                         let b = try index.image(i)

@@ -32,6 +32,7 @@ struct Evaluate: ParsableCommand {
     func run() throws {
         try failing {
             let set = try ShardSet(directory: data)  // before the model: a wrong folder is said at once
+            if let n = set.indexNote { logLine(n) }
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             let sp = Split(rawValue: split)!
             let c = model.config

@@ -43,7 +43,7 @@ struct Prepare: ParsableCommand {
     func run() throws {
         try failing {
             if checkOnly {
-                let m = try DatasetChecker.check(directory: output)
+                let m = try DatasetChecker.check(directory: output, log: logLine)
                 print("\(output): OK\n" + DatasetChecker.summary(m))
                 return
             }

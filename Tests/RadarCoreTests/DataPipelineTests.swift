@@ -137,7 +137,8 @@ final class DataPipelineTests: XCTestCase {
         opts.overwrite = true
         let replaced = try DatasetPreparer(options: opts).run(SyntheticSource(size: 16, count: 40, seed: 4, difficulty: 0.3, framesPerSequence: 6))
         XCTAssertEqual(replaced.shards.reduce(0) { $0 + $1.samples }, 40)
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasPrefix("shard-") }.sorted(), replaced.shards.map(\.name).sorted())
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasPrefix("shard-") }.sorted(),
+                       replaced.shards.flatMap { [$0.name, String($0.name.dropLast(4)) + ".idx"] }.sorted(), "each shard and its index file, no old one")
         // A folder holding other files is refused, with or without --overwrite.
         let mixed = temporaryDirectory("mixed")
         FileManager.default.createFile(atPath: mixed + "/notes.txt", contents: Data("x".utf8))

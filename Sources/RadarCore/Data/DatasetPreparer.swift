@@ -130,7 +130,7 @@ public final class DatasetPreparer {
             if !existed && !names.contains(where: DatasetPreparer.isFinishedShard) { try? fm.removeItem(atPath: out) }
             // Shards left unfinished are redone by a resumed run: removed now, they do not hold
             // space (a full disk left two behind, the disk still full).
-            for n in names where n.hasSuffix(".partial") { try? fm.removeItem(atPath: (out as NSString).appendingPathComponent(n)) }
+            for n in names where DatasetPreparer.isUnfinished(n) { try? fm.removeItem(atPath: (out as NSString).appendingPathComponent(n)) }
             let finished = names.filter(DatasetPreparer.isFinishedShard).count
             guard finished > 0, fm.fileExists(atPath: (out as NSString).appendingPathComponent(DatasetPreparer.journalName)) else { throw error }
             throw Stopped(description: "\(error) (\(finished) finished shard\(finished == 1 ? "" : "s") in \(out) kept: the same command resumes once that is fixed)")
@@ -149,7 +149,7 @@ public final class DatasetPreparer {
         let names = try fm.contentsOfDirectory(atPath: out)
         let ours = { (n: String) in
             n == DatasetManifest.fileName || n == DatasetPreparer.journalName || n == "downloads" || n == DatasetPreparer.lockName
-                || DatasetPreparer.isFinishedShard(n) || (n.hasPrefix(".shard-") && n.hasSuffix(".partial"))
+                || DatasetPreparer.isFinishedShard(n) || DatasetPreparer.isShardIndex(n) || DatasetPreparer.isUnfinished(n)
         }
         let foreign = names.filter { !ours($0) }.sorted()
         guard foreign.isEmpty else {
@@ -173,6 +173,13 @@ public final class DatasetPreparer {
 
     /// `shard-NNNNNN.tar`: a shard written whole (one being written is `.shard-N.tar.partial`).
     static func isFinishedShard(_ name: String) -> Bool { name.hasPrefix("shard-") && name.hasSuffix(".tar") }
+    /// `shard-NNNNNN.idx`: a shard's index file (DALI's format).
+    static func isShardIndex(_ name: String) -> Bool { name.hasPrefix("shard-") && name.hasSuffix(".idx") }
+    /// A shard being written (`.shard-N.tar.partial`) or its index file's temporary
+    /// (`.shard-N.idx.tmp-PID`): left by an interrupted run, redone by the next.
+    static func isUnfinished(_ name: String) -> Bool {
+        name.hasPrefix(".shard-") && (name.hasSuffix(".partial") || name.contains(".idx.tmp-"))
+    }
 
     func write(_ source: SampleSource, into out: String) throws -> DatasetManifest {
         let (classTotal, preSkipped) = try countCandidates(source)
@@ -283,7 +290,7 @@ public final class DatasetPreparer {
             let header = JournalHeader(source: source.description, parameters: options.parameters)
             journalPath = (out as NSString).appendingPathComponent(DatasetPreparer.journalName)
             done = try preparer.loadJournal(journalPath, header: header)
-            for f in (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? [] where f.hasSuffix(".partial") {
+            for f in (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? [] where f.hasSuffix(".partial") || DatasetPreparer.isUnfinished(f) {
                 try? FileManager.default.removeItem(atPath: (out as NSString).appendingPathComponent(f))
             }
             var from = [Split: Int]()
@@ -370,6 +377,9 @@ public final class DatasetPreparer {
             if fd >= 0 { fsync(fd); Glibc.close(fd) }
             let (bytes, sha) = try DatasetPreparer.hashFile(s.tmpPath)
             let final = (out as NSString).appendingPathComponent(s.entryName)
+            // The index file first: a finished shard always has one (a crash between the two
+            // leaves an index the resumed run writes again with its shard).
+            try writeFileAtomically(try TarIndex(path: s.tmpPath).indexFileData(), to: TarIndex.indexPath(forShard: final))
             guard rename(s.tmpPath, final) == 0 else { throw DatasetError(path: final, reason: "rename failed") }
             fsyncDirectory(out)
             let entry = DatasetManifest.ShardEntry(name: s.entryName, split: s.split, samples: s.samples, bytes: bytes, sha256: sha)

@@ -12,8 +12,12 @@ public final class ShardSet: @unchecked Sendable {
     public let directory: String
     public let manifest: DatasetManifest
     public let indices: [TarIndex]
+    /// Shards opened without their index file, and why (nil when every shard had a good one).
+    public let indexNote: String?
 
-    public init(directory: String) throws {
+    /// `indexFiles` false walks every shard whatever index files there are (`radar bench data`
+    /// times both ways).
+    public init(directory: String, indexFiles: Bool = true) throws {
         self.directory = directory
         manifest = try DatasetManifest.load(directory: directory)
         // Each shard's size against the manifest first (a stat): a truncated shard was "truncated
@@ -28,7 +32,21 @@ public final class ShardSet: @unchecked Sendable {
                 throw DatasetError(path: path, reason: "\(st.st_size) bytes, the manifest says \(s.bytes): the shard is truncated or was changed after prepare (radar prepare --check-only checks them all; prepare again with --overwrite)")
             }
         }
-        indices = try manifest.shards.map { try TarIndex(path: (directory as NSString).appendingPathComponent($0.name)) }
+        // Each shard's index file (written by prepare), else a walk of its headers; all shards at once.
+        let paths = manifest.shards.map { (directory as NSString).appendingPathComponent($0.name) }
+        let opened = try TarIndex.open(paths: paths, indexFiles: indexFiles)
+        indices = opened.map(\.index)
+        let unusable = opened.compactMap(\.note)
+        let missing = indexFiles ? paths.filter { access(TarIndex.indexPath(forShard: $0), F_OK) != 0 }.count : 0
+        if !unusable.isEmpty {
+            indexNote = "\(directory): \(unusable.count) shard index file\(unusable.count == 1 ? "" : "s") disagreed with \(unusable.count == 1 ? "its shard" : "their shards") "
+                + "and \(unusable.count == 1 ? "was" : "were") not used (\(unusable[0])); `radar prepare --check-only --output \(directory)` writes them again"
+        } else if missing > 0 {
+            indexNote = "\(directory): \(missing) of \(paths.count) shards have no index file (prepared by an earlier radar?) and were walked, which is slow "
+                + "on a large dataset; `radar prepare --check-only --output \(directory)` writes them"
+        } else {
+            indexNote = nil
+        }
         for (i, s) in manifest.shards.enumerated() where indices[i].samples.count != s.samples {
             throw DatasetError(path: (directory as NSString).appendingPathComponent(s.name),
                                reason: "\(indices[i].samples.count) samples, manifest says \(s.samples) (run prepare --check-only)")

@@ -119,6 +119,7 @@ public final class TrainingRun {
     public init(options: TrainOptions) throws {
         self.options = options
         set = try ShardSet(directory: options.data)
+        if let n = set.indexNote { notes.append(n) }
         model = try RADARModel(config: options.config)
         DeviceMemoryContext.current = "--batch-size \(options.batchSize) per rank"
         ctx = ExecutionContext(backend: try Devices.backend(options.device, threads: options.threads, precision: options.precision), layout: model.layout,

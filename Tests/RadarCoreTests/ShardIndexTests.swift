@@ -1,0 +1,136 @@
+import Foundation
+@testable import RadarCore
+import XCTest
+
+/// Each shard's index file (`shard-N.idx`, NVIDIA DALI's wds2idx format v1.2): written by
+/// prepare, checked against the shard when the dataset opens, used instead of walking 2 headers per
+/// sample; a missing, foreign or damaged one is walked around and said; `--check-only` writes it.
+final class ShardIndexTests: XCTestCase {
+    /// A reference-folder source with a name too long for a ustar header (libarchive writes a pax
+    /// record for it), PNGs and JPEGs, in shards of 8.
+    func prepared(_ name: String) throws -> (out: String, manifest: DatasetManifest) {
+        let root = temporaryDirectory(name + "-src")
+        let faces = SyntheticFaces(size: 16, seed: 2)
+        for (dir, label) in [("real", 0), ("fake", 1)] {
+            try FileManager.default.createDirectory(atPath: "\(root)/\(dir)", withIntermediateDirectories: true)
+            for i in 0..<10 {
+                let long = i == 3 ? String(repeating: "long", count: 30) : ""
+                let d = i % 2 == 0 ? try ImageCodec.encodePNG(faces.rgbImage(i, label: label))
+                    : try ImageCodec.encodeJPEG(faces.rgbImage(i, label: label), quality: 90)
+                try d.write(to: URL(fileURLWithPath: "\(root)/\(dir)/img\(i)\(long).\(i % 2 == 0 ? "png" : "jpg")"))
+            }
+        }
+        var o = PrepareOptions(output: temporaryDirectory(name))
+        o.shardSize = 8
+        let m = try DatasetPreparer(options: o).run(try ReferenceFolders(root: root, testFraction: 0.25, seed: 1))
+        return (o.output, m)
+    }
+
+    /// The index files are what DALI's wds2idx writes for the shards, as Python's tarfile reads
+    /// them (data offset, size and name of every regular member, grouped by key in shard order).
+    func testIndexFilesAreDALIsFormatForTheShardsAsPythonsTarfileReadsThem() throws {
+        let (out, m) = try prepared("idx-python")
+        XCTAssertGreaterThan(m.shards.count, 2)
+        let script = """
+        import sys, tarfile
+        for shard in sys.argv[1:]:
+            groups = []
+            with tarfile.open(shard) as t:
+                for member in t:
+                    if not member.isreg(): continue
+                    key, ext = member.name.split('.', 1)
+                    if not groups or groups[-1][0] != key: groups.append((key, []))
+                    groups[-1][1].append(f'{ext} {member.offset_data} {member.size} {member.name}')
+            text = f'v1.2 {len(groups)}\\n' + ''.join(' '.join(parts) + '\\n' for _, parts in groups)
+            mine = open(shard[:-4] + '.idx').read()
+            if mine != text:
+                sys.exit(f'{shard}: ours\\n{mine}\\nexpected\\n{text}')
+            print(shard, len(groups), 'samples agree')
+        """
+        let shards = m.shards.map { "\(out)/\($0.name)" }
+        let (rc, text) = try shell([interopPython, "-c", script] + shards)
+        XCTAssertEqual(rc, 0, "python (RADAR_PYTHON=\(interopPython)): \(text)")
+        XCTAssertEqual(text.split(separator: "\n").filter { $0.hasSuffix("samples agree") }.count, m.shards.count, text)
+        let idx = try String(contentsOfFile: TarIndex.indexPath(forShard: shards[0]), encoding: .utf8)
+        XCTAssertTrue(try shards.map { try String(contentsOfFile: TarIndex.indexPath(forShard: $0), encoding: .utf8) }.joined()
+                        .contains(String(repeating: "long", count: 30)), "the pax-named member is listed:\n\(idx)")
+    }
+
+    /// Opening uses the index files and gives the walk's members; a missing one is walked and said,
+    /// a foreign or damaged one is walked and named; `--check-only` writes them again.
+    func testTheDatasetOpensFromIndexFilesAndWalksAroundBadOnes() throws {
+        let (out, m) = try prepared("idx-open")
+        let walked = try ShardSet(directory: out, indexFiles: false)
+        func assertSameAsWalked(_ set: ShardSet, _ why: String) {
+            XCTAssertEqual(set.indices.count, walked.indices.count)
+            for (a, b) in zip(set.indices, walked.indices) { XCTAssertTrue(a.sameMembers(as: b), "\(why): \(a.path)") }
+        }
+        let indexed = try ShardSet(directory: out)
+        XCTAssertNil(indexed.indexNote)
+        assertSameAsWalked(indexed, "from index files")
+        let idx = m.shards.map { TarIndex.indexPath(forShard: "\(out)/\($0.name)") }
+
+        try FileManager.default.removeItem(atPath: idx[1])
+        let missing = try ShardSet(directory: out)
+        XCTAssertEqual(missing.indexNote, "\(out): 1 of \(m.shards.count) shards have no index file (prepared by an earlier radar?) and were walked, "
+                       + "which is slow on a large dataset; `radar prepare --check-only --output \(out)` writes them")
+        assertSameAsWalked(missing, "one walked")
+
+        // Another shard's index (the shards written again by another tool, say): its first
+        // member's header names another file.
+        try FileManager.default.copyItem(atPath: idx[2], toPath: idx[1])
+        let foreign = try ShardSet(directory: out)
+        let note = try XCTUnwrap(foreign.indexNote)
+        XCTAssertTrue(note.hasPrefix("\(out): 1 shard index file disagreed with its shard and was not used (\(idx[1]): "), note)
+        XCTAssertTrue(note.contains("the index is not this shard's"), note)
+        assertSameAsWalked(foreign, "foreign index")
+
+        for (text, reason) in [("hello\n", "line 1 is not `v1.2 <samples>`"),
+                               ("v1.1 1\npng 512 10\n", "format v1.1, expected v1.2 (earlier versions hold no file names)"),
+                               ("v1.2 2\npng 512 10 a.png\n", "says 2 samples, holds 1 lines"),
+                               ("v1.2 1\npng 100 10 a.png\n", "line 2: member a.png is not inside the \(m.shards[1].bytes)-byte shard at a 512-byte boundary"),
+                               ("v1.2 1\npng 512 10\n", "line 2: expected `<ext> <offset> <size> <file name>` per member")] {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: idx[1]))
+            let set = try ShardSet(directory: out)
+            XCTAssertTrue(set.indexNote?.contains("(\(idx[1]): \(reason));") == true, "\(set.indexNote ?? "nil")")
+            assertSameAsWalked(set, reason)
+        }
+
+        var said: [String] = []
+        try DatasetChecker.check(directory: out) { said.append($0) }
+        XCTAssertEqual(said, ["\(out): wrote the index file of 1 shard (\((idx[1] as NSString).lastPathComponent))"])
+        XCTAssertNil(try ShardSet(directory: out).indexNote)
+        said = []
+        try DatasetChecker.check(directory: out) { said.append($0) }
+        XCTAssertEqual(said, [], "nothing to write")
+        // An index file's temporary left by a killed prepare is the dataset's, not a stranger's.
+        try Data().write(to: URL(fileURLWithPath: "\(out)/.shard-000001.idx.tmp-99"))
+        XCTAssertTrue(DatasetPreparer.isUnfinished(".shard-000001.idx.tmp-99"))
+    }
+
+    /// An index whose middle entries point at other members (first and last right, so it passes
+    /// the check at open) stops the run at the first such read, naming the member: never other
+    /// images under these labels, never counted as bad samples.
+    func testAReadWhoseHeaderNamesAnotherMemberStopsTheRun() throws {
+        let (out, m) = try prepared("idx-swap")
+        let path = TarIndex.indexPath(forShard: "\(out)/\(m.shards[0].name)")
+        var lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map(String.init)
+        XCTAssertGreaterThan(lines.count, 4)
+        // Sample 2's members at sample 3's offsets, under sample 2's names.
+        let two = lines[2].split(separator: " "), three = lines[3].split(separator: " ")
+        var swapped = two
+        for m in stride(from: 0, to: min(two.count, three.count), by: 4) { (swapped[m + 1], swapped[m + 2]) = (three[m + 1], three[m + 2]) }
+        lines[2] = swapped.joined(separator: " ")
+        try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: path))
+        let set = try ShardSet(directory: out)
+        XCTAssertNil(set.indexNote, "first and last members agree")
+        let index = set.indices[0]
+        XCTAssertNoThrow(try index.image(0))
+        XCTAssertThrowsError(try index.image(1)) { e in
+            XCTAssertTrue(e is TarIndex.Unavailable, "\(e)")
+            XCTAssertTrue("\(e)".hasPrefix("\(index.path): member \(index.samples[1].key)."), "\(e)")
+            XCTAssertTrue("\(e)".contains(": the tar header before it is \(index.samples[2].key.prefix(40))"), "\(e)")
+            XCTAssertTrue("\(e)".hasSuffix("the shard and its index disagree (remove \(m.shards[0].name.dropLast(4)).idx and run radar prepare --check-only)"), "\(e)")
+        }
+    }
+}
