@@ -316,6 +316,14 @@ final class CheckpointTests: XCTestCase {
         XCTAssertTrue(svg.hasPrefix("<svg") && svg.contains("polyline") && svg.contains("Test ROC"))
         let exports = temporaryDirectory("exports")
         let zip = try RunExport.export(results: dir, to: exports, downloadScript: true)
+        // Two more of a folder of the same name in the same second each keep their zip (the
+        // second replaced the first: `for d in sweep/*/run; do radar export ...`).
+        let same = Date(), sameDir = temporaryDirectory("exports-same")
+        let zips = try (0..<3).map { _ in try RunExport.export(results: dir, to: sameDir, downloadScript: false, now: same) }
+        XCTAssertEqual(zips.map { ($0 as NSString).lastPathComponent.replacingOccurrences(of: #"_\d{8}_\d{6}"#, with: "_STAMP", options: .regularExpression) },
+                       ["r_STAMP.zip", "r_STAMP-2.zip", "r_STAMP-3.zip"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: sameDir).sorted(), zips.map { ($0 as NSString).lastPathComponent }.sorted(),
+                       "three zips, no partial left")
         let reader = try ArchiveReader(path: zip)
         var names: [String] = []
         while let m = try reader.next() { names.append(m.name); try reader.skipData() }

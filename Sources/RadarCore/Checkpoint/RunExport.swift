@@ -14,8 +14,9 @@ public enum RunExport {
         }
         try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let stamp = { () -> String in let f = DateFormatter(); f.dateFormat = "yyyyMMdd_HHmmss"; f.timeZone = TimeZone(identifier: "UTC"); return f.string(from: now) }()
-        let zipPath = (outputDir as NSString).appendingPathComponent("\(name)_\(stamp).zip")
-        let tmp = zipPath + ".partial-\(getpid())"  // two exports in one second never share it
+        let stem = (outputDir as NSString).appendingPathComponent("\(name)_\(stamp)")
+        let tmp = stem + ".zip.partial-\(getpid())"  // two exports in one second never share it
+        var zipPath = stem + ".zip"
         var files = ["best.safetensors.lz4", "model.safetensors", "config.json", "metrics.json"]
         let plots = ((try? fm.contentsOfDirectory(atPath: (results as NSString).appendingPathComponent("plots"))) ?? []).sorted().map { "plots/\($0)" }
         files += plots
@@ -35,7 +36,7 @@ public enum RunExport {
             }
             try w.add(name: "\(name)/README.md", data: Data(summary(results: results, name: name, files: files + ["README.md"]).utf8))
             try w.close()
-            guard rename(tmp, zipPath) == 0 else { throw DatasetError(path: zipPath, reason: "rename failed: \(String(cString: strerror(errno)))") }
+            zipPath = try placeWithoutReplacing(tmp, stem: stem)
         } catch {
             unlink(tmp)
             throw error
@@ -64,6 +65,29 @@ public enum RunExport {
             chmod(path, 0o755)
         }
         return zipPath
+    }
+
+    /// Moves `tmp` to `STEM.zip`, or `STEM-2.zip`, `STEM-3.zip`, ... when taken: two runs of one
+    /// folder name exported in the same second (`for d in sweep/*/run; do radar export ...`) each
+    /// keep their zip, where the second replaced the first. A hard link claims the name
+    /// atomically; where the file system has none, a name found free is renamed onto.
+    static func placeWithoutReplacing(_ tmp: String, stem: String) throws -> String {
+        for n in 1...1000 {
+            let path = n == 1 ? stem + ".zip" : stem + "-\(n).zip"
+            if link(tmp, path) == 0 {
+                unlink(tmp)
+                return path
+            }
+            let e = errno
+            if e == EEXIST { continue }
+            guard e == EPERM || e == ENOTSUP || e == EMLINK else {
+                throw DatasetError(path: path, reason: "cannot create: \(String(cString: strerror(e)))")
+            }
+            if access(path, F_OK) == 0 { continue }
+            guard rename(tmp, path) == 0 else { throw DatasetError(path: path, reason: "rename failed: \(String(cString: strerror(errno)))") }
+            return path
+        }
+        throw DatasetError(path: stem + ".zip", reason: "1000 exports of this name in one second already there")
     }
 
     /// `text` as one word for a POSIX shell: single-quoted, each `'` written as `'\''`.
