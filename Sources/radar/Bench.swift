@@ -23,6 +23,7 @@ extension Bench {
         func validate() throws {
             try requireFlag(threads >= 1, "threads", "at least 1", threads)
             try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
+            try requireFlag(["fp32", "bf16"].contains(precision), "precision", "fp32 or bf16", precision)
         }
 
         func run() throws {

@@ -167,14 +167,21 @@ extension Bench {
                 }
                 if comm.rank == 0 {
                     let bytes = Double(n * 4)
-                    func bw(_ t: Double) -> (Double, Double) { (bytes / t / 1e9, bytes / t / 1e9 * 2 * (p - 1) / p) }
+                    // One rank reduces nothing (no byte crosses a wire): its "bandwidths" divided the
+                    // buffer by a no-op's time (8,388 GB/s); null there, with a note.
+                    func bw(_ t: Double) -> (Double, Double) {
+                        comm.size == 1 ? (.nan, .nan) : (bytes / t / 1e9, bytes / t / 1e9 * 2 * (p - 1) / p)
+                    }
                     // Bandwidths are of the fp32 buffer reduced (what the trainer gets), whatever the wire carries.
                     var record: [String: Any] = ["bench": "allreduce", "transport": transport, "ranks": comm.size, "mb": mb,
                                                  "grad_dtype": gradDtype.rawValue, "wire_bytes_per_rank": 2 * (comm.size - 1) * (n / comm.size) * gradDtype.bytesPerValue,
                                                  "ring_seconds": ring, "ring_algbw_gbs": bw(ring).0, "ring_busbw_gbs": bw(ring).1]
                     if let mpiTime {
                         record.merge(["mpi_allreduce_seconds": mpiTime, "mpi_algbw_gbs": bw(mpiTime).0, "mpi_busbw_gbs": bw(mpiTime).1,
-                                      "busbw_ratio_ring_over_mpi": mpiTime / ring]) { $1 }
+                                      "busbw_ratio_ring_over_mpi": comm.size == 1 ? .nan : mpiTime / ring]) { $1 }
+                    }
+                    if comm.size == 1 {
+                        record["note"] = "one rank: nothing is reduced, so no bandwidth (run it under mpirun -n N, or as N TCP ranks)"
                     }
                     printJSON(record.merging(staging) { $1 })
                 }

@@ -18,6 +18,12 @@ extension Bench {
             try requireFlag((8...4096).contains(size), "size", "in 8...4096 pixels", size)
             try requireFlag(images >= 1, "images", "at least 1", images)
             try requireFlag(prepareImages >= 0, "prepare-images", "0 (skip) or more", prepareImages)
+            if dropCaches {
+                guard data != nil else { throw ValidationError("--drop-caches times opening a dataset: give it --data DIR") }
+                guard access("/proc/sys/vm/drop_caches", W_OK) == 0 else {
+                    throw ValidationError("--drop-caches writes /proc/sys/vm/drop_caches, which this user cannot (\(String(cString: strerror(errno)))): run as root, or leave it out")
+                }
+            }
         }
 
         func run() throws {

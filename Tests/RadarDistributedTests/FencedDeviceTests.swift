@@ -104,6 +104,9 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["predict", "--checkpoint", "w", "--threads", "0", "x.png"], "--threads must be at least 1, got 0"),
             (["bench", "step", "--config", "tiny", "--batch", "0"], "--batch must be at least 1, got 0"),
             (["bench", "data", "--size", "0"], "--size must be in 8...4096 pixels, got 0"),
+            (["bench", "data", "--drop-caches"], "--drop-caches times opening a dataset: give it --data DIR"),
+            // Said after the kernels' setup, under the root command's usage.
+            (["bench", "kernels", "--precision", "fp16"], "--precision must be fp32 or bf16, got fp16"),
             (["bench", "allreduce", "--sizes", "1,x"], "--sizes must be positive MB values"),
             // These were MPI_Abort banners (checked after MPI started), or exit 2 without the usage.
             (["bench", "allreduce", "--device", "tpu"], "--device must be one of cpu, cpu-fenced, cuda, cuda:N, cuda-emulated, got tpu"),

@@ -90,6 +90,21 @@ final class MPITrainingTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(b["allreduce_exposed_seconds"] as? Double ?? 0, b["allreduce_seconds"] as? Double ?? .infinity)
     }
 
+    /// One rank reduces nothing: no bandwidth (it was the buffer over a no-op's time, 8,388
+    /// GB/s), a note saying how to measure one; two ranks give numbers.
+    func testOneRankAllReduceBenchGivesNoBandwidth() throws {
+        for ranks in [1, 2] {
+            let r = try mpirun([(ranks, "radar", ["bench", "allreduce", "--sizes", "1", "--repeats", "1"])])
+            XCTAssertEqual(r.status, 0, r.err)
+            let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any], r.out)
+            XCTAssertEqual(json["ranks"] as? Int, ranks)
+            for k in ["ring_algbw_gbs", "ring_busbw_gbs", "mpi_algbw_gbs", "busbw_ratio_ring_over_mpi"] {
+                if ranks == 1 { XCTAssertTrue(json[k] is NSNull, "\(k): \(json)") } else { XCTAssertGreaterThan(json[k] as? Double ?? 0, 0, "\(k): \(json)") }
+            }
+            XCTAssertEqual(json["note"] as? String, ranks == 1 ? "one rank: nothing is reduced, so no bandwidth (run it under mpirun -n N, or as N TCP ranks)" : nil)
+        }
+    }
+
     func testRingAllReduceMatchesMPIAllreduceOnUnevenLengths() throws {
         for ranks in [2, 3, 4] {
             let r = try mpirun([(ranks, "radar", ["bench", "allreduce", "--verify"])])
