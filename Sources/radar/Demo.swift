@@ -21,16 +21,22 @@ struct Demo: ParsableCommand {
     @Option(help: "A timm vit_small_patch16_224 safetensors file for the encoder (pos_embed resampled when the grid differs).")
     var pretrained: String?
 
+    /// Each flag said by name (one sentence covered five, so `--train-images 0` read as a batch
+    /// size problem); a NaN or negative learning rate and a difficulty of 2 ran.
     func validate() throws {
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
+        try requireFlag(trainImages >= 1, "train-images", "at least 1", trainImages)
+        try requireFlag(valImages >= 2, "val-images", "at least 2 (an AUC needs both classes)", valImages)
+        try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
+        try requireFlag(batchSize <= trainImages, "batch-size", "at most --train-images (\(trainImages))", batchSize)
+        try requireFlag(epochs >= 1, "epochs", "at least 1", epochs)
+        try requireFlag(learningRate.isFinite && learningRate > 0, "learning-rate", "a finite number above 0", learningRate)
+        try requireFlag(difficulty >= 0 && difficulty <= 1, "difficulty", "in [0, 1]", difficulty)
     }
 
     func run() throws {
         try failing {
             let cfg = try RADARConfig.resolve(config)
-            guard batchSize > 0, trainImages >= batchSize, valImages > 0, epochs > 0 else {
-                throw ValidationError("--batch-size must be > 0 and <= --train-images; --val-images and --epochs > 0")
-            }
             let model = try RADARModel(config: cfg)
             let ctx = ExecutionContext(backend: CPUBackend(threads: threads), layout: model.layout, seed: seed)
             let be = ctx.backend
@@ -94,6 +100,10 @@ struct Demo: ParsableCommand {
                         + "val_acc \(fixed(acc))  \(fixed(rate, 1)) img/s")
             }
             print("validation AUC \(fixed(finalAUC))")
+            let valFake = (0..<valImages).filter { synth.label(trainImages + $0) == 1 }.count
+            if valFake == 0 || valFake == valImages {
+                logLine("validation AUC undefined: the \(valImages) validation images are all \(valFake == 0 ? "real" : "fake") (raise --val-images)")
+            }
         }
     }
 }

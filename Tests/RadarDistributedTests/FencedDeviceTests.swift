@@ -113,6 +113,12 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["bench", "allreduce", "--transport", "udp"], "--transport must be mpi or tcp, got udp"),
             (["bench", "allreduce", "--transport", "tcp", "--verify"], "--verify compares with MPI_Allreduce: use it with --transport mpi"),
             (["demo", "--threads", "0"], "--threads must be at least 1, got 0"),
+            // One sentence named five flags; a NaN learning rate and a difficulty of 2 ran.
+            (["demo", "--train-images", "0"], "--train-images must be at least 1, got 0"),
+            (["demo", "--val-images", "1"], "--val-images must be at least 2 (an AUC needs both classes), got 1"),
+            (["demo", "--batch-size", "2000"], "--batch-size must be at most --train-images (1024), got 2000"),
+            (["demo", "--learning-rate", "nan"], "--learning-rate must be a finite number above 0, got nan"),
+            (["demo", "--difficulty", "2"], "--difficulty must be in [0, 1], got 2.0"),
             // radar launch: a missing program was a Foundation error dump (or 127 from env per rank).
             (["launch", "-n", "0", "--", "true"], "-n must be at least 1, got 0"),
             (["launch", "-n", "2", "--grace=-1", "--", "true"], "--grace must be a finite number of seconds, 0 or more, got -1.0"),
