@@ -115,6 +115,8 @@ public final class TrainingRun {
     private let inputLabels: DeviceTensor
     /// What setting up did (weights loaded), logged when the run starts.
     private var notes: [String] = []
+    /// `splitTruth`'s answers.
+    private var truthCache: [Split: (labels: [Int], sequences: [String])] = [:]
 
     public init(options: TrainOptions) throws {
         self.options = options
@@ -206,8 +208,28 @@ public final class TrainingRun {
         let parts = try parallel.gather(padded)
         var scores = [Float](repeating: 0, count: all.count)
         for r in 0..<size { for j in 0..<per where r + size * j < all.count { scores[r + size * j] = parts[r][j] } }
-        let infos = try all.map { try set.indices[$0.shard].info($0.index) }
-        return (scores, infos.map(\.label), infos.map(\.sequence))
+        let truth = try splitTruth(split, all)
+        return (scores, truth.labels, truth.sequences)
+    }
+
+    /// The labels and sequences of a split's samples in `refs` order, read once per run on every
+    /// core (each validation read every record again, one after another: 58k reads per rank and
+    /// epoch on WildDeepfake's validation split).
+    func splitTruth(_ split: Split, _ refs: [SampleRef]) throws -> (labels: [Int], sequences: [String]) {
+        if let known = truthCache[split] { return known }
+        let records = UnsafeMutableBufferPointer<Result<SampleInfo, Error>?>.allocate(capacity: refs.count)
+        records.initialize(repeating: nil)
+        defer { records.deinitialize(); records.deallocate() }
+        let set = self.set
+        DispatchQueue.concurrentPerform(iterations: (refs.count + 255) / 256) { chunk in
+            for i in (chunk * 256)..<min(refs.count, (chunk + 1) * 256) {
+                records[i] = Result { try set.indices[refs[i].shard].info(refs[i].index) }
+            }
+        }
+        let infos = try records.map { try $0!.get() }
+        let truth = (infos.map(\.label), infos.map(\.sequence))
+        truthCache[split] = truth
+        return truth
     }
 
     var lastPath: String { (options.experimentDirectory as NSString).appendingPathComponent("last.safetensors.lz4") }
