@@ -46,15 +46,15 @@ extension Bench {
                         }
                         return (times.sorted()[1], times[0])
                     }
-                    let members = set.indices.reduce(0) { $0 + $1.samples.reduce(0) { $0 + $1.members.count } }
+                    let members = set.indices.reduce(0) { $0 + $1.memberCount }
                     let indexed = set.indexNote == nil ? try openSeconds(true) : (median: Double.nan, first: Double.nan), walked = try openSeconds(false)
-                    printJSON(["bench": "dataset_open", "shards": set.indices.count, "samples": set.indices.reduce(0) { $0 + $1.samples.count },
+                    printJSON(["bench": "dataset_open", "shards": set.indices.count, "samples": set.indices.reduce(0) { $0 + $1.count },
                                "members": members, "index_files_seconds": indexed.median, "walk_seconds": walked.median,
                                "index_files_first_seconds": indexed.first, "walk_first_seconds": walked.first, "caches_dropped": dropCaches,
                                "note": set.indexNote ?? "",
                                "machine": machineRecord(threads: ProcessInfo.processInfo.activeProcessorCount)])
                     pngs = []
-                    for index in set.indices { for i in 0..<index.samples.count where pngs.count < 32 {
+                    for index in set.indices { for i in 0..<index.count where pngs.count < 32 {
                         let b = try index.image(i)
                         if b.starts(with: [0x89, 0x50, 0x4E, 0x47]) { pngs.append(b) }
                     } }

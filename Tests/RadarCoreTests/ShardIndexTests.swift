@@ -56,6 +56,46 @@ final class ShardIndexTests: XCTestCase {
                         .contains(String(repeating: "long", count: 30)), "the pax-named member is listed:\n\(idx)")
     }
 
+    /// The walk on tars written by Python in GNU and pax formats (long names in 'L' and 'x'
+    /// records, a folder entry, a file without an extension, a base-256-free size of 0) gives
+    /// the members Python's tarfile lists.
+    func testTheWalkListsWhatPythonsTarfileListsInGNUAndPaxTars() throws {
+        let dir = temporaryDirectory("walk-formats")
+        let script = """
+        import io, sys, tarfile
+        def add(t, name, data):
+            info = tarfile.TarInfo(name); info.size = len(data); t.addfile(info, io.BytesIO(data))
+        for fmt, label in ((tarfile.GNU_FORMAT, 'gnu'), (tarfile.PAX_FORMAT, 'pax'), (tarfile.USTAR_FORMAT, 'ustar')):
+            path = f'{sys.argv[1]}/{label}.tar'
+            long = 'k' + 'x' * (150 if fmt != tarfile.USTAR_FORMAT else 60)
+            with tarfile.open(path, 'w', format=fmt) as t:
+                d = tarfile.TarInfo('folder'); d.type = tarfile.DIRTYPE; t.addfile(d)
+                add(t, 'a.png', b'p' * 700); add(t, 'a.json', b'{}')
+                add(t, 'README', b'no extension')
+                add(t, long + '.jpg', b'j' * 1025); add(t, long + '.json', b'')
+                add(t, 'b.seg.png', b'q' * 3)
+            groups = []
+            with tarfile.open(path) as t:
+                for m in t:
+                    if not m.isreg() or '.' not in m.name: continue
+                    key, ext = m.name.split('.', 1)
+                    if not groups or groups[-1][0] != key: groups.append((key, []))
+                    groups[-1][1].append(f'{ext} {m.offset_data} {m.size} {m.name}')
+            open(path[:-4] + '.expected', 'w').write(f'v1.2 {len(groups)}\\n' + ''.join(' '.join(p) + '\\n' for _, p in groups))
+        """
+        let (rc, text) = try shell([interopPython, "-c", script, dir])
+        XCTAssertEqual(rc, 0, "python (RADAR_PYTHON=\(interopPython)): \(text)")
+        for format in ["gnu", "pax", "ustar"] {
+            let walked = try TarIndex(path: "\(dir)/\(format).tar")
+            XCTAssertEqual(String(decoding: walked.indexFileData(), as: UTF8.self), try String(contentsOfFile: "\(dir)/\(format).expected", encoding: .utf8), format)
+            XCTAssertEqual(walked.count, 3, format)
+            XCTAssertEqual(walked.samples.map(\.key), ["a", walked.key(1), "b"], format)
+            XCTAssertEqual(walked.member(2, ext: "seg.png")?.size, 3, format)
+            XCTAssertEqual(try walked.read(1, ext: "jpg"), Data(repeating: UInt8(ascii: "j"), count: 1025), format)
+            XCTAssertEqual(try walked.read(0, ext: "json"), Data("{}".utf8), format)
+        }
+    }
+
     /// Opening uses the index files and gives the walk's members; a missing one is walked and said,
     /// a foreign or damaged one is walked and named; `--check-only` writes them again.
     func testTheDatasetOpensFromIndexFilesAndWalksAroundBadOnes() throws {

@@ -23,8 +23,8 @@ public enum DatasetChecker {
                 throw DatasetError(path: path, reason: "SHA-256 differs from the manifest")
             }
             let index = try TarIndex(path: path)
-            guard index.samples.count == s.samples else {
-                throw DatasetError(path: path, reason: "\(index.samples.count) samples, manifest says \(s.samples)")
+            guard index.count == s.samples else {
+                throw DatasetError(path: path, reason: "\(index.count) samples, manifest says \(s.samples)")
             }
             let idx = TarIndex.indexPath(forShard: path)
             let good = (try? TarIndex.load(shard: path, indexFile: idx)).map { $0.sameMembers(as: index) } ?? false

@@ -47,9 +47,9 @@ public final class ShardSet: @unchecked Sendable {
         } else {
             indexNote = nil
         }
-        for (i, s) in manifest.shards.enumerated() where indices[i].samples.count != s.samples {
+        for (i, s) in manifest.shards.enumerated() where indices[i].count != s.samples {
             throw DatasetError(path: (directory as NSString).appendingPathComponent(s.name),
-                               reason: "\(indices[i].samples.count) samples, manifest says \(s.samples) (run prepare --check-only)")
+                               reason: "\(indices[i].count) samples, manifest says \(s.samples) (run prepare --check-only)")
         }
     }
 
@@ -57,7 +57,7 @@ public final class ShardSet: @unchecked Sendable {
     public func refs(_ split: Split) -> [SampleRef] {
         var out: [SampleRef] = []
         for (i, s) in manifest.shards.enumerated() where s.split == split {
-            for j in 0..<indices[i].samples.count { out.append(SampleRef(shard: i, index: j)) }
+            for j in 0..<indices[i].count { out.append(SampleRef(shard: i, index: j)) }
         }
         return out
     }
@@ -73,7 +73,7 @@ public final class ShardSet: @unchecked Sendable {
         }.sorted { $0.0 < $1.0 }.map(\.1)
     }
 
-    public func key(_ ref: SampleRef) -> String { indices[ref.shard].samples[ref.index].key }
+    public func key(_ ref: SampleRef) -> String { indices[ref.shard].key(ref.index) }
 }
 
 /// Reads, decodes, augments and batches samples on worker threads into a bounded queue. Batch
@@ -205,7 +205,7 @@ public final class StreamingLoader: @unchecked Sendable {
     /// Decode (+ resize) (+ augment) + normalise one sample into `dst` (3, size, size).
     public func loadSample(_ ref: SampleRef, into dst: UnsafeMutablePointer<Float>) throws -> SampleInfo {
         let index = set.indices[ref.shard]
-        let key = index.samples[ref.index].key
+        let key = index.key(ref.index)
         let info = try index.info(ref.index)
         var img = try ImageCodec.decode(try index.image(ref.index), item: "\(index.path):\(key)")
         img = ImageResize.resize(img, width: size, height: size, mode: resizeMode)

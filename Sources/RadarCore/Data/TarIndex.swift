@@ -8,14 +8,88 @@ import Foundation
 /// decompression, no data read, but one small read per member: on WildDeepfake's 2.3M members
 /// and a network file system, minutes per rank).
 public struct TarIndex: Sendable {
+    /// One member: its extension (`png`, `json`), and its data's offset and size in the shard.
+    public struct Member: Sendable, Equatable {
+        public var ext: String
+        public var offset: Int
+        public var size: Int
+    }
+
+    /// One sample as a value (built on access: `key(_:)` and `member(_:ext:)` are the fast paths).
     public struct Sample: Sendable {
         public var key: String
         /// Extension -> (offset, size) of the member's data.
         public var members: [String: (offset: Int, size: Int)]
     }
 
+    /// The samples, as values built on access.
+    public struct Samples: RandomAccessCollection, Sendable {
+        let index: TarIndex
+        public var startIndex: Int { 0 }
+        public var endIndex: Int { index.count }
+        public subscript(i: Int) -> Sample {
+            Sample(key: index.key(i), members: Dictionary(index.members(i).map { ($0.ext, ($0.offset, $0.size)) }) { $1 })
+        }
+    }
+
     public let path: String
-    public let samples: [Sample]
+    // Flat storage: WildDeepfake's 1.16M samples took a String key and a Dictionary each (about
+    // 280 bytes a sample, 325 MB on every rank); here the keys' bytes end to end and one array
+    // of members (extensions of up to 15 bytes are stored inline).
+    let keyBytes: [UInt8]
+    /// Sample i's key is keyBytes[keyEnds[i - 1] ..< keyEnds[i]] (from 0 for the first).
+    let keyEnds: [Int32]
+    /// Sample i's members are memberList[memberEnds[i - 1] ..< memberEnds[i]].
+    let memberEnds: [Int32]
+    let memberList: [Member]
+
+    public var count: Int { keyEnds.count }
+    public var memberCount: Int { memberList.count }
+    public var samples: Samples { Samples(index: self) }
+
+    public func key(_ i: Int) -> String {
+        let start = i == 0 ? 0 : Int(keyEnds[i - 1])
+        return keyBytes.withUnsafeBufferPointer { String(decoding: UnsafeBufferPointer(rebasing: $0[start..<Int(keyEnds[i])]), as: UTF8.self) }
+    }
+
+    public func members(_ i: Int) -> ArraySlice<Member> {
+        memberList[(i == 0 ? 0 : Int(memberEnds[i - 1]))..<Int(memberEnds[i])]
+    }
+
+    public func member(_ i: Int, ext: String) -> Member? { members(i).first { $0.ext == ext } }
+
+    /// Builds the flat storage a member at a time, in shard order: a member whose key is the
+    /// previous one's joins its sample (the same extension again replaces it, as the tar's
+    /// later member wins when extracted).
+    struct Builder {
+        var keyBytes: [UInt8] = [], keyEnds: [Int32] = [], memberEnds: [Int32] = [], memberList: [Member] = []
+        var lastKey = ""
+
+        mutating func add(key: String, ext: String, offset: Int, size: Int) {
+            if keyEnds.isEmpty || key != lastKey {
+                keyBytes.append(contentsOf: key.utf8)
+                keyEnds.append(Int32(keyBytes.count))
+                memberEnds.append(Int32(memberList.count))
+                lastKey = key
+            }
+            let first = keyEnds.count == 1 ? 0 : Int(memberEnds[memberEnds.count - 2])
+            if let same = memberList[first...].firstIndex(where: { $0.ext == ext }) {
+                memberList[same] = Member(ext: ext, offset: offset, size: size)
+            } else {
+                memberList.append(Member(ext: ext, offset: offset, size: size))
+                memberEnds[memberEnds.count - 1] = Int32(memberList.count)
+            }
+        }
+    }
+
+    init(path: String, _ b: Builder, identity: [Int]) {
+        self.path = path
+        keyBytes = b.keyBytes
+        keyEnds = b.keyEnds
+        memberEnds = b.memberEnds
+        memberList = b.memberList
+        self.identity = identity
+    }
     /// The file indexed (device, inode, size, modification time): each read checks it is still
     /// that file, since offsets into a shard prepared again mid-run read other images silently.
     let identity: [Int]
@@ -34,29 +108,33 @@ public struct TarIndex: Sendable {
 
     /// Indexes the shard by walking its headers.
     public init(path: String) throws {
-        self.path = path
-        guard let fh = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open shard: \(unreadableReason(path))") }
-        defer { try? fh.close() }
-        identity = TarIndex.identity(fh.fileDescriptor)
-        var samples: [Sample] = []
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw DatasetError(path: path, reason: "cannot open shard: \(unreadableReason(path))") }
+        defer { close(fd) }
+        let identity = TarIndex.identity(fd)
+        var builder = Builder()
         var offset = 0
         var longName: String?
+        var header = [UInt8](repeating: 0, count: 512)
         while true {
-            try fh.seek(toOffset: UInt64(offset))
-            guard let header = try fh.read(upToCount: 512), header.count == 512 else {
-                throw DatasetError(path: path, reason: "truncated tar (header at byte \(offset))")
+            let fields: (name: String, size: Int?, type: UInt8)? = header.withUnsafeMutableBytes { h in
+                guard pread(fd, h.baseAddress, 512, off_t(offset)) == 512 else { return nil }
+                if h.allSatisfy({ $0 == 0 }) { return ("", 0, 0xFF) }
+                let f = TarIndex.headerFields(UnsafeRawBufferPointer(h))
+                return (f.name, f.size, h[156])
             }
-            if header.allSatisfy({ $0 == 0 }) { break }
-            let fields = header.withUnsafeBytes { TarIndex.headerFields($0) }
+            guard let fields else { throw DatasetError(path: path, reason: "truncated tar (header at byte \(offset))") }
+            if fields.type == 0xFF { break }  // the end-of-archive block
             guard let size = fields.size else { throw DatasetError(path: path, reason: "bad tar header at byte \(offset)") }
-            let type = header[156]
+            let type = fields.type
             var name = fields.name
             let dataStart = offset + 512
             offset = dataStart + (size + 511) / 512 * 512
             if type == UInt8(ascii: "x") || type == UInt8(ascii: "L") {
                 // pax / GNU long-name record: the path for the next member.
-                try fh.seek(toOffset: UInt64(dataStart))
-                let rec = String(decoding: try fh.read(upToCount: size) ?? Data(), as: UTF8.self)
+                var record = [UInt8](repeating: 0, count: size)
+                let got = record.withUnsafeMutableBytes { pread(fd, $0.baseAddress, size, off_t(dataStart)) }
+                let rec = String(decoding: record.prefix(max(0, got)), as: UTF8.self)
                 if type == UInt8(ascii: "L") { longName = rec.trimmingCharacters(in: CharacterSet(charactersIn: "\0")) } else if let r = rec.range(of: " path=") {
                     longName = String(rec[r.upperBound...].prefix { $0 != "\n" })
                 }
@@ -65,20 +143,9 @@ public struct TarIndex: Sendable {
             if let l = longName { name = l; longName = nil }
             guard type == 0 || type == UInt8(ascii: "0") else { continue }
             guard let dot = name.firstIndex(of: ".") else { continue }
-            let key = String(name[..<dot]), ext = String(name[name.index(after: dot)...])
-            if samples.last?.key == key {
-                samples[samples.count - 1].members[ext] = (dataStart, size)
-            } else {
-                samples.append(Sample(key: key, members: [ext: (dataStart, size)]))
-            }
+            builder.add(key: String(name[..<dot]), ext: String(name[name.index(after: dot)...]), offset: dataStart, size: size)
         }
-        self.samples = samples
-    }
-
-    init(path: String, samples: [Sample], identity: [Int]) {
-        self.path = path
-        self.samples = samples
-        self.identity = identity
+        self.init(path: path, builder, identity: identity)
     }
 
     /// A ustar header's name (prefix/name) and size (nil when the size field is not octal).
@@ -86,7 +153,15 @@ public struct TarIndex: Sendable {
         func field(_ a: Int, _ n: Int) -> String {
             String(decoding: h[a..<(a + n)].prefix { $0 != 0 }, as: UTF8.self)
         }
-        let size = Int(field(124, 12).trimmingCharacters(in: .whitespaces), radix: 8)
+        // Octal digits, after spaces or NULs and ended by one (as tar writers pad the field).
+        var size: Int? = nil
+        var i = 124
+        while i < 136 && (h[i] == 32 || h[i] == 0) { i += 1 }
+        while i < 136 && h[i] >= 48 && h[i] <= 55 {
+            size = (size ?? 0) * 8 + Int(h[i] - 48)
+            i += 1
+        }
+        if i < 136 && h[i] != 32 && h[i] != 0 { size = nil }  // a digit 8 or 9, or GNU's base-256 form
         let prefix = field(345, 155), name = field(0, 100)
         return (prefix.isEmpty ? name : prefix + "/" + name, size)
     }
@@ -112,20 +187,18 @@ public struct TarIndex: Sendable {
     /// The index file's bytes: `v1.2 <samples>`, then one line per sample of
     /// `<ext> <offset> <size> <file name>` per member (offsets of the data, in the shard's order).
     public func indexFileData() -> Data {
-        var text = "v1.2 \(samples.count)\n"
-        for s in samples {
-            let members = s.members.sorted { $0.value.offset < $1.value.offset }
-            text += members.map { "\($0.key) \($0.value.offset) \($0.value.size) \(s.key).\($0.key)" }.joined(separator: " ") + "\n"
+        var text = "v1.2 \(count)\n"
+        for i in 0..<count {
+            let key = self.key(i)
+            text += members(i).sorted { $0.offset < $1.offset }.map { "\($0.ext) \($0.offset) \($0.size) \(key).\($0.ext)" }.joined(separator: " ") + "\n"
         }
         return Data(text.utf8)
     }
 
     /// Whether two indexes list the same members at the same places.
     public func sameMembers(as other: TarIndex) -> Bool {
-        samples.count == other.samples.count && zip(samples, other.samples).allSatisfy { a, b in
-            a.key == b.key && a.members.count == b.members.count
-                && a.members.allSatisfy { e, m in b.members[e].map { $0.offset == m.offset && $0.size == m.size } ?? false }
-        }
+        keyBytes == other.keyBytes && keyEnds == other.keyEnds && memberEnds == other.memberEnds
+            && (0..<count).allSatisfy { i in members(i).allSatisfy { m in other.member(i, ext: m.ext) == m } }
     }
 
     struct IndexFileProblem: Error, CustomStringConvertible { let description: String }
@@ -142,49 +215,85 @@ public struct TarIndex: Sendable {
         defer { close(fd) }
         let identity = TarIndex.identity(fd)
         let shardBytes = identity.count == 5 ? identity[2] : 0
-        var lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
-        if lines.last?.isEmpty == true { lines.removeLast() }
-        guard let head = lines.first else { throw IndexFileProblem(description: "empty") }
-        let headWords = head.split(separator: UInt8(ascii: " "))
-        guard headWords.count == 2, let count = Int(String(decoding: headWords[1], as: UTF8.self)) else {
-            throw IndexFileProblem(description: "line 1 is not `v1.2 <samples>`")
-        }
-        let version = String(decoding: headWords[0], as: UTF8.self)
-        guard version == "v1.2" else {
-            throw IndexFileProblem(description: "format \(version), expected v1.2 (earlier versions hold no file names)")
-        }
-        guard count == lines.count - 1 else {
-            throw IndexFileProblem(description: "says \(count) samples, holds \(lines.count - 1) lines")
-        }
-        var samples: [Sample] = []
-        samples.reserveCapacity(count)
+        // Parsed from the bytes (Data.split and a String per word took most of the time).
+        let bytes = [UInt8](data)
         var names: [[(name: String, offset: Int, size: Int)]] = []
-        for (i, line) in lines.dropFirst().enumerated() {
-            let words = line.split(separator: UInt8(ascii: " "))
-            guard !words.isEmpty, words.count % 4 == 0 else {
-                throw IndexFileProblem(description: "line \(i + 2): expected `<ext> <offset> <size> <file name>` per member")
+        let builder: Builder = try bytes.withUnsafeBufferPointer { b in
+            func text(_ r: Range<Int>) -> String { String(decoding: UnsafeBufferPointer(rebasing: b[r]), as: UTF8.self) }
+            func number(_ r: Range<Int>) -> Int? {
+                guard !r.isEmpty, r.count <= 18 else { return nil }
+                var v = 0
+                for i in r {
+                    guard b[i] >= 48 && b[i] <= 57 else { return nil }
+                    v = v * 10 + Int(b[i] - 48)
+                }
+                return v
             }
-            var sample = Sample(key: "", members: [:])
-            var listed: [(String, Int, Int)] = []
-            for m in stride(from: 0, to: words.count, by: 4) {
-                let ext = String(decoding: words[m], as: UTF8.self), name = String(decoding: words[m + 3], as: UTF8.self)
-                guard let offset = Int(String(decoding: words[m + 1], as: UTF8.self)), let size = Int(String(decoding: words[m + 2], as: UTF8.self)),
-                      offset >= 512, offset % 512 == 0, size >= 0, offset + size <= shardBytes else {
-                    throw IndexFileProblem(description: "line \(i + 2): member \(name) is not inside the \(shardBytes)-byte shard at a 512-byte boundary")
-                }
-                guard let dot = name.firstIndex(of: "."), String(name[name.index(after: dot)...]) == ext else {
-                    throw IndexFileProblem(description: "line \(i + 2): member \(name) does not end in .\(ext)")
-                }
-                let key = String(name[..<dot])
-                guard sample.key.isEmpty || sample.key == key else {
-                    throw IndexFileProblem(description: "line \(i + 2): members of two samples (\(sample.key), \(key))")
-                }
-                sample.key = key
-                sample.members[ext] = (offset, size)
-                listed.append((name, offset, size))
+            var lines: [Range<Int>] = []
+            var start = 0
+            for i in 0..<b.count where b[i] == 10 {
+                lines.append(start..<i)
+                start = i + 1
             }
-            samples.append(sample)
-            if i == 0 || i == count - 1 { names.append(listed) }
+            if start < b.count { lines.append(start..<b.count) }
+            var words: [Range<Int>] = []
+            func split(_ line: Range<Int>) {
+                words.removeAll(keepingCapacity: true)
+                var w = line.lowerBound
+                for i in line where b[i] == 32 {
+                    if i > w { words.append(w..<i) }
+                    w = i + 1
+                }
+                if w < line.upperBound { words.append(w..<line.upperBound) }
+            }
+            guard let head = lines.first else { throw IndexFileProblem(description: "empty") }
+            split(head)
+            guard words.count == 2, let count = number(words[1]) else {
+                throw IndexFileProblem(description: "line 1 is not `v1.2 <samples>`")
+            }
+            let version = text(words[0])
+            guard version == "v1.2" else {
+                throw IndexFileProblem(description: "format \(version), expected v1.2 (earlier versions hold no file names)")
+            }
+            guard count == lines.count - 1 else {
+                throw IndexFileProblem(description: "says \(count) samples, holds \(lines.count - 1) lines")
+            }
+            var builder = Builder()
+            builder.keyEnds.reserveCapacity(count)
+            builder.memberEnds.reserveCapacity(count)
+            for (i, line) in lines.dropFirst().enumerated() {
+                split(line)
+                guard !words.isEmpty, words.count % 4 == 0 else {
+                    throw IndexFileProblem(description: "line \(i + 2): expected `<ext> <offset> <size> <file name>` per member")
+                }
+                var sampleKey = ""
+                var listed: [(String, Int, Int)] = []
+                for m in stride(from: 0, to: words.count, by: 4) {
+                    let nameRange = words[m + 3], extRange = words[m]
+                    guard let offset = number(words[m + 1]), let size = number(words[m + 2]),
+                          offset >= 512, offset % 512 == 0, offset + size <= shardBytes else {
+                        throw IndexFileProblem(description: "line \(i + 2): member \(text(nameRange)) is not inside the \(shardBytes)-byte shard at a 512-byte boundary")
+                    }
+                    // The key is the name up to its first dot; the rest must be the extension.
+                    guard let dot = nameRange.first(where: { b[$0] == 46 }),
+                          nameRange.upperBound - dot - 1 == extRange.count,
+                          zip(dot + 1..<nameRange.upperBound, extRange).allSatisfy({ b[$0] == b[$1] }) else {
+                        throw IndexFileProblem(description: "line \(i + 2): member \(text(nameRange)) does not end in .\(text(extRange))")
+                    }
+                    let key = text(nameRange.lowerBound..<dot)
+                    guard sampleKey.isEmpty || sampleKey == key else {
+                        throw IndexFileProblem(description: "line \(i + 2): members of two samples (\(sampleKey), \(key))")
+                    }
+                    guard m > 0 || builder.keyEnds.isEmpty || key != builder.lastKey else {
+                        throw IndexFileProblem(description: "line \(i + 2): sample \(key) again (the line before holds it)")
+                    }
+                    sampleKey = key
+                    builder.add(key: key, ext: text(extRange), offset: offset, size: size)
+                    if i == 0 || i == count - 1 { listed.append((text(nameRange), offset, size)) }
+                }
+                if i == 0 || i == count - 1 { names.append(listed) }
+            }
+            return builder
         }
         // The first and last samples' headers: an index file left from another shard (the
         // shards prepared again by another tool, say) names other members there.
@@ -196,7 +305,7 @@ public struct TarIndex: Sendable {
             }
             if let problem { throw IndexFileProblem(description: "member \(name) at byte \(offset): \(problem): the index is not this shard's") }
         }
-        return TarIndex(path: shard, samples: samples, identity: identity)
+        return TarIndex(path: shard, builder, identity: identity)
     }
 
     /// The shard's index: from its index file when that agrees with the shard, else by walking.
@@ -229,8 +338,8 @@ public struct TarIndex: Sendable {
     /// before the member names it (a stale index file, or a shard changed under the run, stops
     /// the run rather than feed it other images).
     public func read(_ sample: Int, ext: String) throws -> Data {
-        guard let m = samples[sample].members[ext] else {
-            throw DatasetError(path: path, reason: "sample \(samples[sample].key) has no .\(ext) member")
+        guard let m = member(sample, ext: ext) else {
+            throw DatasetError(path: path, reason: "sample \(key(sample)) has no .\(ext) member")
         }
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
@@ -241,7 +350,7 @@ public struct TarIndex: Sendable {
             throw Unavailable(description: "\(path): the shard was replaced or changed since the run opened the dataset (prepared again?): "
                               + "its images are not the ones indexed; restart the run (--resume auto) on the finished dataset")
         }
-        let name = "\(samples[sample].key).\(ext)"
+        let name = "\(key(sample)).\(ext)"
         var header = [UInt8](repeating: 0, count: 512)
         let problem: String? = header.withUnsafeMutableBytes { h in
             guard pread(fd, h.baseAddress, 512, off_t(m.offset - 512)) == 512 else { return "its header cannot be read" }
@@ -270,14 +379,13 @@ public struct TarIndex: Sendable {
 
     /// The image member's bytes (png or jpg).
     public func image(_ sample: Int) throws -> Data {
-        let m = samples[sample].members
-        return try read(sample, ext: m["png"] != nil ? "png" : "jpg")
+        return try read(sample, ext: member(sample, ext: "png") != nil ? "png" : "jpg")
     }
 
     /// The sample's record, checked: a decoding problem names the member and the field, and the
     /// label must be 0 (real) or 1 (fake).
     public func info(_ sample: Int) throws -> SampleInfo {
-        let member = "\(path): \(samples[sample].key).json"
+        let member = "\(path): \(key(sample)).json"
         let info: SampleInfo
         do {
             info = try JSONDecoder().decode(SampleInfo.self, from: try read(sample, ext: "json"))
