@@ -43,7 +43,12 @@ struct Prepare: ParsableCommand {
     func run() throws {
         try failing {
             if checkOnly {
-                let m = try DatasetChecker.check(directory: output, log: logLine)
+                // Hashing every shard: a bar (or a plain line a minute) in MiB.
+                nonisolated(unsafe) var bar: ProgressReporter?
+                let m = try DatasetChecker.check(directory: output, log: logLine) { done, total in
+                    if bar == nil { bar = ProgressReporter("check", total: max(1, total >> 20), unit: "MiB") }
+                    bar?.update(done >> 20, items: done >> 20)
+                }
                 print("\(output): OK\n" + DatasetChecker.summary(m))
                 return
             }

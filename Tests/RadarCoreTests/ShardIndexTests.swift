@@ -137,8 +137,15 @@ final class ShardIndexTests: XCTestCase {
         }
 
         var said: [String] = []
-        try DatasetChecker.check(directory: out) { said.append($0) }
+        // Shards checked on every core, the bytes hashed reported one call at a time, to the last.
+        final class Heard: @unchecked Sendable { var calls: [(Int, Int)] = [] }
+        let heard = Heard()
+        try DatasetChecker.check(directory: out, log: { said.append($0) }, progress: { heard.calls.append(($0, $1)) })
         XCTAssertEqual(said, ["\(out): wrote the index file of 1 shard (\((idx[1] as NSString).lastPathComponent))"])
+        let totalBytes = m.shards.reduce(0) { $0 + $1.bytes }
+        XCTAssertEqual(heard.calls.last?.0, totalBytes)
+        XCTAssertTrue(heard.calls.allSatisfy { $0.1 == totalBytes }, "\(heard.calls)")
+        XCTAssertEqual(heard.calls.map(\.0), heard.calls.map(\.0).sorted(), "never backwards")
         XCTAssertNil(try ShardSet(directory: out).indexNote)
         said = []
         try DatasetChecker.check(directory: out) { said.append($0) }

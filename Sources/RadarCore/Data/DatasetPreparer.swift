@@ -419,7 +419,8 @@ public final class DatasetPreparer {
     }
 
     /// Size and SHA-256 of a file, read in 1 MiB pieces (memory independent of the shard size).
-    public static func hashFile(_ path: String) throws -> (Int, String) {
+    /// `read` hears of each piece's size.
+    public static func hashFile(_ path: String, read: (Int) -> Void = { _ in }) throws -> (Int, String) {
         guard let h = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open for hashing: \(unreadableReason(path))") }
         defer { try? h.close() }
         var digest = SHA256Digest()
@@ -427,6 +428,7 @@ public final class DatasetPreparer {
         while let chunk = try h.read(upToCount: 1 << 20), !chunk.isEmpty {
             digest.update(chunk)
             total += chunk.count
+            read(chunk.count)
         }
         return (total, digest.finalize())
     }
