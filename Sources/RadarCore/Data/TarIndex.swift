@@ -169,11 +169,11 @@ public struct TarIndex: Sendable {
     }
 
     /// Whether the 512-byte header before a member's data names that member: nil when it does,
-    /// else what it holds. A name too long for the header (a pax record carries it) is checked
-    /// by size alone.
+    /// else what it holds. A name a pax record carries (too long for the header, or beyond ASCII,
+    /// which a writer may spell otherwise there) is checked by size alone.
     static func headerProblem(_ h: UnsafeRawBufferPointer, name: String, size: Int) -> String? {
         let f = headerFields(h)
-        let fits = name.utf8.count <= 100
+        let fits = name.utf8.count <= 100 && name.utf8.allSatisfy { $0 < 0x80 }
         if f.size == size && (f.name == name || !fits) { return nil }
         return f.size == nil ? "no tar header before it" : "the tar header before it is \(f.name) of \(f.size!) bytes"
     }
