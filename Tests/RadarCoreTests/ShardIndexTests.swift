@@ -51,6 +51,40 @@ final class ShardIndexTests: XCTestCase {
         let (rc, text) = try shell([interopPython, "-c", script] + shards)
         XCTAssertEqual(rc, 0, "python (RADAR_PYTHON=\(interopPython)): \(text)")
         XCTAssertEqual(text.split(separator: "\n").filter { $0.hasSuffix("samples agree") }.count, m.shards.count, text)
+        // NVIDIA DALI's own reader (CPU only, no GPU needed) reads every sample through our index
+        // files: the image and record bytes are the shards' own, in order.
+        let dali = """
+        import sys, tarfile
+        from nvidia.dali import pipeline_def, fn
+        tars = sys.argv[1:]
+        expected = []
+        for shard in tars:
+            with tarfile.open(shard) as t:
+                members = {}
+                for m in t:
+                    if m.isreg(): members.setdefault(m.name.split('.', 1)[0], {})[m.name.split('.', 1)[1]] = t.extractfile(m).read()
+                for key, parts in members.items():
+                    expected.append((parts.get('png', parts.get('jpg')), parts['json']))
+        @pipeline_def(batch_size=4, num_threads=1, device_id=None)
+        def pipe():
+            images, records = fn.readers.webdataset(paths=tars, index_paths=[t[:-4] + '.idx' for t in tars], ext=['png;jpg', 'json'],
+                                         missing_component_behavior='error', random_shuffle=False, name='r')
+            return images, records
+        p = pipe()
+        p.build()
+        n = p.epoch_size('r')
+        assert n == len(expected), (n, len(expected))
+        got = []
+        while len(got) < n:
+            images, records = p.run()
+            got += [(bytes(images.at(i)), bytes(records.at(i))) for i in range(len(records))]
+        bad = [i for i in range(n) if got[i] != expected[i]]
+        assert not bad, f'samples {bad[:5]} differ'
+        print('dali read', n, 'samples through the index files, every byte the shards hold')
+        """
+        let (drc, dtext) = try shell([interopPython, "-c", dali] + shards)
+        XCTAssertEqual(drc, 0, "DALI (RADAR_PYTHON=\(interopPython), needs nvidia-dali-cuda120): \(dtext)")
+        XCTAssertTrue(dtext.contains("dali read \(m.shards.reduce(0) { $0 + $1.samples }) samples"), dtext)
         let idx = try String(contentsOfFile: TarIndex.indexPath(forShard: shards[0]), encoding: .utf8)
         XCTAssertTrue(try shards.map { try String(contentsOfFile: TarIndex.indexPath(forShard: $0), encoding: .utf8) }.joined()
                         .contains(String(repeating: "long", count: 30)), "the pax-named member is listed:\n\(idx)")
