@@ -32,7 +32,9 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// once beforehand: the same bits, fewer conversions.
     public var roundsProductOperandsToBFloat16: Bool { products.isBF16 }
     public var deviceDescription: String {
-        "cpu (\(threads) thread\(threads == 1 ? "" : "s"), OpenBLAS \(CPUBackend.blasDescription)\(products == .fp32 ? "" : ", " + products.description))"
+        // openblas_get_config names the library itself ("OpenBLAS 0.3.21 ..."): it read "OpenBLAS OpenBLAS".
+        let blas = CPUBackend.blasDescription
+        return "cpu (\(threads) thread\(threads == 1 ? "" : "s"), \(blas.hasPrefix("OpenBLAS") ? "" : "OpenBLAS ")\(blas)\(products == .fp32 ? "" : ", " + products.description))"
     }
     private let syncCount = Atomic<Int>(0)
     /// Elementwise kernels hand out chunks of this many elements.

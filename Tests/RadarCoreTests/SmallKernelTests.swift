@@ -327,6 +327,14 @@ final class BLASKernelChoiceTests: XCTestCase {
         XCTAssertNil(BLASKernels.cpuFlags(nil))
         XCTAssertNotNil(BLASKernels.cpuFlags(), "this machine's /proc/cpuinfo")
     }
+
+    /// The device line names OpenBLAS once, with its version and kernels (it read "OpenBLAS
+    /// OpenBLAS 0.3.21 ...").
+    func testTheDeviceLineNamesTheBLASOnce() {
+        let line = CPUBackend(threads: 1).deviceDescription
+        XCTAssertEqual(line.components(separatedBy: "OpenBLAS").count - 1, 1, line)
+        XCTAssertTrue(line.hasPrefix("cpu (1 thread, OpenBLAS ") && line.hasSuffix("(\(BLASKernels.current)))") && line.contains(CPUBackend.blasDescription), line)
+    }
 }
 
 extension CPUVectorKernelTests {
