@@ -33,6 +33,41 @@ final class DiskFullTests: XCTestCase {
         XCTAssertFalse(r.listing.contains { $0.contains(".tmp-") }, "\(r.listing)")
     }
 
+    /// A download that fills the disk names the file, what is left to fetch against what is free,
+    /// and that the part downloaded is kept for the same command to resume (it said "write
+    /// failed: No space left on device" against the URL). The archive comes from a local HTTP
+    /// server laid out as the Hub, in another process.
+    func testADownloadOnAFullDiskSaysWhatIsKeptAndWhatItNeeds() throws {
+        let root = NSTemporaryDirectory() + "radar-hub-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let files = root + "/datasets/xingjunm/WildDeepfake/resolve/main/fake_test"
+        try FileManager.default.createDirectory(atPath: files, withIntermediateDirectories: true)
+        try Data((0..<4_500_000).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }).write(to: URL(fileURLWithPath: files + "/1.tar.gz"))
+        try Data("fake_test/1.tar.gz\n".utf8).write(to: URL(fileURLWithPath: root + "/list.txt"))
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["python3", "-c", """
+            import functools, http.server, sys
+            handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+            s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+            print(s.server_address[1], flush=True)
+            s.serve_forever()
+            """, root]
+        let out = Pipe()
+        server.standardOutput = out
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { server.terminate(); server.waitUntilExit() }
+        let port = try XCTUnwrap(String(data: out.fileHandleForReading.availableData, encoding: .utf8).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+        let r = try onSmallDisk(["prepare", "--source", "hf", "--endpoint", "http://127.0.0.1:\(port)", "--file-list", root + "/list.txt", "--output", "MNT/d"],
+                                listed: "d/downloads/fake_test")
+        XCTAssertEqual(r.status, 1, r.error)
+        let part = "\(r.mnt)/d/downloads/fake_test/1.tar.gz.part"
+        XCTAssertTrue(r.error.contains(": cannot write \(part): No space left on device (") && r.error.contains(" MiB still to fetch, 0.0 MiB free in \(r.mnt)/d/downloads/fake_test)"), r.error)
+        XCTAssertTrue(r.error.hasSuffix(" MiB downloaded are kept in \(part): the same command resumes from there once there is room"), r.error)
+        XCTAssertEqual(r.listing, ["1.tar.gz.part"])
+    }
+
     /// `radar synth` (as `radar prepare`): the system's reason (libarchive said "Write error"),
     /// the finished shards kept and said so, the unfinished ones removed (two were left, holding
     /// the space).

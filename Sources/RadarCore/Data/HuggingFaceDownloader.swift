@@ -179,7 +179,13 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         defer { session.finishTasksAndInvalidate() }
         session.dataTask(with: req).resume()
         sink.done.wait()
-        if let reason = sink.failure { return .failed(reason, retry: sink.retry) }
+        if var reason = sink.failure {
+            if sink.diskFull, let have = try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int, have > 0 {
+                reason += String(format: "; the %.1f MiB downloaded are kept in %@: the same command resumes from there once there is room",
+                                 Double(have) / 1048576, path)
+            }
+            return .failed(reason, retry: sink.retry)
+        }
         return .complete(total: sink.total)
     }
 
@@ -192,6 +198,8 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         var failure: String?
         var retry = true
         var total: Int?
+        /// The write failed for want of space: what is downloaded is kept for the next run.
+        var diskFull = false
 
         init(path: String, offset: Int) { self.path = path; self.offset = offset }
 
@@ -223,7 +231,25 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         }
 
         func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
-            do { try handle?.write(contentsOf: data) } catch { failure = "write failed: \(systemReason(error))"; retry = false; dataTask.cancel() }
+            do { try handle?.write(contentsOf: data) } catch {
+                // The file and, on a full disk, how much is left to fetch against what is free
+                // (it said only "write failed: No space left on device", against the URL).
+                var text = "cannot write \(path): \(systemReason(error))"
+                if systemReason(error) == String(cString: strerror(ENOSPC)) {
+                    let have = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+                    var s = statvfs()
+                    let dir = parentPath(path)
+                    if statvfs(dir.isEmpty ? "." : dir, &s) == 0 {
+                        func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1048576) }
+                        let free = Int(s.f_bavail) * Int(s.f_frsize)
+                        text += total.map { " (\(mib(max(0, $0 - have))) still to fetch, \(mib(free)) free in \(dir))" } ?? " (\(mib(free)) free in \(dir))"
+                    }
+                    diskFull = true
+                }
+                failure = text
+                retry = false
+                dataTask.cancel()
+            }
         }
 
         func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: Error?) {
