@@ -56,7 +56,7 @@ public enum DatasetChecker {
             }
         }
         if let first = outcomes.lazy.compactMap(\.error).first { throw first }
-        let written = m.shards.indices.filter { outcomes[$0].wrote }.map { String(m.shards[$0].name.dropLast(4)) + ".idx" }
+        let written = m.shards.indices.filter { outcomes[$0].wrote }.map { TarIndex.indexPath(forShard: m.shards[$0].name) }
         let unwritable = outcomes.lazy.compactMap(\.unwritable).first
         if !written.isEmpty {
             log("\(directory): wrote the index file of \(written.count) shard\(written.count == 1 ? "" : "s") (\(written.prefix(3).joined(separator: ", "))\(written.count > 3 ? ", ..." : ""))")
