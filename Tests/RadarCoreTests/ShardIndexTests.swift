@@ -130,6 +130,11 @@ final class ShardIndexTests: XCTestCase {
         }
     }
 
+    /// Keys hold no white space (words of an index file line are split on it), no dot, no slash.
+    func testKeysHoldNoWhiteSpaceDotOrSlash() {
+        XCTAssertEqual(sanitizeKey("a b\tc\nd.e/f\u{00A0}g\r\nh é"), "a_b_c_d_e_f_g_h_é")
+    }
+
     /// Opening uses the index files and gives the walk's members; a missing one is walked and said,
     /// a foreign or damaged one is walked and named; `--check-only` writes them again.
     func testTheDatasetOpensFromIndexFilesAndWalksAroundBadOnes() throws {

@@ -141,9 +141,11 @@ public struct WildDeepfakeArchives: SampleSource {
     }
 }
 
-/// WebDataset keys may not contain dots; slashes become underscores to keep keys flat.
+/// WebDataset keys may not contain dots; slashes become underscores to keep keys flat, and so
+/// does any white space (a tab or line break in a file name split its line of the index file,
+/// whose words are separated by white space).
 func sanitizeKey(_ s: String) -> String {
-    String(s.map { $0 == "." || $0 == "/" || $0 == " " ? "_" : $0 })
+    String(s.map { $0 == "." || $0 == "/" || $0.isWhitespace ? "_" : $0 })
 }
 
 /// The reference pipeline's layout: `DIR/real/*.{png,jpg}` and `DIR/fake/*.{png,jpg}`. There are
