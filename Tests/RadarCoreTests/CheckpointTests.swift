@@ -145,6 +145,15 @@ final class CheckpointTests: XCTestCase {
                 XCTAssertTrue("\(e)".hasPrefix("sd.pt: ") && "\(e)".contains(what) && "\(e)".contains("safetensors.torch.save_file"), "\(e)")
             }
         }
+        // What sits beside a checkpoint, named too (config.json passed as weights read as a header
+        // length of 7161674631644973691).
+        for (bytes, what) in [(Data(" \n{\"model\": {}}".utf8) + body, "it is JSON text (a run's config.json or metrics.json?), not a safetensors file"),
+                              (Data([0x89, 0x50, 0x4E, 0x47]) + body, "it is an image, not a safetensors file"),
+                              (Data([0xFF, 0xD8, 0xFF, 0xE0]) + body, "it is an image, not a safetensors file")] {
+            XCTAssertThrowsError(try SafeTensors.decode(bytes, path: "w")) { e in
+                XCTAssertTrue("\(e)".hasPrefix("w: header length ") && "\(e)".hasSuffix("(\(what))"), "\(e)")
+            }
+        }
     }
 
     func makeRunData() throws -> String {

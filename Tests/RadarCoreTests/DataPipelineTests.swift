@@ -703,7 +703,7 @@ final class TrainingRunTests: XCTestCase {
         // Nor for a checkpoint that cannot be resumed from (it left a folder holding only .lock).
         (o.batchSize, o.experiment, o.resume) = (8, "bad-resume", data + "/manifest.json")
         XCTAssertThrowsError(try TrainingRun(options: o).run()) { e in
-            XCTAssertTrue("\(e)".hasPrefix(data + "/manifest.json: ") && "\(e)".contains("not a safetensors file"), "\(e)")
+            XCTAssertTrue("\(e)".hasPrefix(data + "/manifest.json: ") && "\(e)".contains("it is JSON text (a run's config.json or metrics.json?), not a safetensors file"), "\(e)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: o.experimentDirectory), "no experiment folder after a failed resume")
         // A missing or misnamed file says why, in the system's words (it was "cannot read file").

@@ -72,6 +72,11 @@ public enum SafeTensors {
         let convert = "convert it in Python with safetensors.torch.save_file(torch.load(PATH), \"sd.safetensors\")"
         if data.starts(with: [0x50, 0x4B, 0x03, 0x04]) { return "it is a zip archive, as torch.save writes: \(convert)" }
         if data.starts(with: [0x80]), let p = data.dropFirst().first, (2...5).contains(p) { return "it is a Python pickle (torch.save's legacy format): \(convert)" }
+        // Files that sit beside checkpoints: a run's config.json or metrics.json, an image.
+        if let first = data.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }), first == UInt8(ascii: "{") || first == UInt8(ascii: "[") {
+            return "it is JSON text (a run's config.json or metrics.json?), not a safetensors file"
+        }
+        if data.starts(with: [0x89, 0x50, 0x4E, 0x47]) || data.starts(with: [0xFF, 0xD8, 0xFF]) { return "it is an image, not a safetensors file" }
         return nil
     }
 
