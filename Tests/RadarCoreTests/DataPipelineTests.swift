@@ -13,10 +13,10 @@ func readDataset(_ dir: String) throws -> [String: (SampleInfo, Data)] {
     let set = try ShardSet(directory: dir)
     var out: [String: (SampleInfo, Data)] = [:]
     for (s, index) in set.indices.enumerated() {
-        for i in 0..<index.samples.count {
+        for i in 0..<index.count {
             let info = try index.info(i)
             XCTAssertEqual(info.split, set.manifest.shards[s].split, "sample in a shard of another split")
-            out[index.samples[i].key] = (info, try index.image(i))
+            out[index.key(i)] = (info, try index.image(i))
         }
     }
     return out
@@ -638,10 +638,10 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertEqual(set.manifest.parameters["image_format"], "png")
         var members = 0, checked = 0
         for index in set.indices {
-            for i in 0..<index.samples.count {
+            for i in 0..<index.count {
                 let bytes = try index.image(i)
                 XCTAssertTrue(bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]), "every member is a PNG")
-                if let expected = jpegPixels[index.samples[i].key] {
+                if let expected = jpegPixels[index.key(i)] {
                     XCTAssertEqual(try ImageCodec.decode(bytes, item: "p").pixels, expected, "lossless: the JPEG's decoded pixels")
                     checked += 1
                 }
@@ -789,7 +789,7 @@ final class TrainingRunTests: XCTestCase {
         let set = try ShardSet(directory: data)
         let ref = set.refs(.train)[0]
         let index = set.indices[ref.shard]
-        let member = index.samples[ref.index].members["png"] ?? index.samples[ref.index].members["jpg"]!
+        let member = index.member(ref.index, ext: "png") ?? index.member(ref.index, ext: "jpg")!
         let fh = try XCTUnwrap(FileHandle(forWritingAtPath: index.path))
         try fh.seek(toOffset: UInt64(member.offset))
         try fh.write(contentsOf: Data(repeating: 0x5a, count: 16))

@@ -26,12 +26,19 @@ public func writeFileAtomically(_ data: Data, to path: String) throws {
 /// For a write that ran out of space: how much the file needs and what is free there (measured
 /// after the failed temporary is removed), so the message says how much to clear.
 func spaceNote(_ dir: String, needed: Int, atMost: Bool = false) -> String {
-    var s = statvfs()
-    guard statvfs(dir, &s) == 0 else { return "" }
-    let free = Int(s.f_bavail) * Int(s.f_frsize)
-    func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1048576) }
-    return " (the file needs \(atMost ? "up to " : "")\(mib(needed)), \(mib(free)) free in \(dir))"
+    guard let free = freeBytes(dir) else { return "" }
+    return " (the file needs \(atMost ? "up to " : "")\(mibText(needed)), \(mibText(free)) free in \(dir))"
 }
+
+/// Bytes an unprivileged writer may still use in `dir`'s file system (nil when it cannot be asked).
+func freeBytes(_ dir: String) -> Int? {
+    var s = statvfs()
+    guard statvfs(dir.isEmpty ? "." : dir, &s) == 0 else { return nil }
+    return Int(s.f_bavail) * Int(s.f_frsize)
+}
+
+/// "12.3 MiB".
+func mibText(_ bytes: Int) -> String { String(format: "%.1f MiB", Double(bytes) / 1048576) }
 
 /// Writes every byte to `fd` (again after an interrupted call): nil when all were written, else
 /// the errno of the write that failed (EIO for one that wrote nothing).

@@ -181,8 +181,7 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         sink.done.wait()
         if var reason = sink.failure {
             if sink.diskFull, let have = try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int, have > 0 {
-                reason += String(format: "; the %.1f MiB downloaded are kept in %@: the same command resumes from there once there is room",
-                                 Double(have) / 1048576, path)
+                reason += "; the \(mibText(have)) downloaded are kept in \(path): the same command resumes from there once there is room"
             }
             return .failed(reason, retry: sink.retry)
         }
@@ -237,12 +236,9 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
                 var text = "cannot write \(path): \(systemReason(error))"
                 if systemReason(error) == String(cString: strerror(ENOSPC)) {
                     let have = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-                    var s = statvfs()
                     let dir = parentPath(path)
-                    if statvfs(dir.isEmpty ? "." : dir, &s) == 0 {
-                        func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1048576) }
-                        let free = Int(s.f_bavail) * Int(s.f_frsize)
-                        text += total.map { " (\(mib(max(0, $0 - have))) still to fetch, \(mib(free)) free in \(dir))" } ?? " (\(mib(free)) free in \(dir))"
+                    if let free = freeBytes(dir) {
+                        text += " (" + (total.map { "\(mibText(max(0, $0 - have))) still to fetch, " } ?? "") + "\(mibText(free)) free in \(dir))"
                     }
                     diskFull = true
                 }

@@ -36,8 +36,8 @@ public final class ShardSet: @unchecked Sendable {
         let paths = manifest.shards.map { (directory as NSString).appendingPathComponent($0.name) }
         let opened = try TarIndex.open(paths: paths, indexFiles: indexFiles)
         indices = opened.map(\.index)
-        let unusable = opened.compactMap(\.note)
-        let missing = indexFiles ? paths.filter { access(TarIndex.indexPath(forShard: $0), F_OK) != 0 }.count : 0
+        let unusable = opened.compactMap { if case .walkedAround(let why) = $0.source { why } else { nil } }
+        let missing = indexFiles ? opened.filter { $0.source == .noIndexFile }.count : 0
         if !unusable.isEmpty {
             indexNote = "\(directory): \(unusable.count) shard index file\(unusable.count == 1 ? "" : "s") disagreed with \(unusable.count == 1 ? "its shard" : "their shards") "
                 + "and \(unusable.count == 1 ? "was" : "were") not used (\(unusable[0])); `radar prepare --check-only --output \(directory)` writes them again"

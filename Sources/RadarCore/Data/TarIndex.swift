@@ -15,23 +15,6 @@ public struct TarIndex: Sendable {
         public var size: Int
     }
 
-    /// One sample as a value (built on access: `key(_:)` and `member(_:ext:)` are the fast paths).
-    public struct Sample: Sendable {
-        public var key: String
-        /// Extension -> (offset, size) of the member's data.
-        public var members: [String: (offset: Int, size: Int)]
-    }
-
-    /// The samples, as values built on access.
-    public struct Samples: RandomAccessCollection, Sendable {
-        let index: TarIndex
-        public var startIndex: Int { 0 }
-        public var endIndex: Int { index.count }
-        public subscript(i: Int) -> Sample {
-            Sample(key: index.key(i), members: Dictionary(index.members(i).map { ($0.ext, ($0.offset, $0.size)) }) { $1 })
-        }
-    }
-
     public let path: String
     // Flat storage: the keys' bytes end to end and one array of members (extensions of up to 15
     // bytes are stored inline). A String key and a Dictionary per sample took twice the memory
@@ -46,7 +29,6 @@ public struct TarIndex: Sendable {
 
     public var count: Int { keyEnds.count }
     public var memberCount: Int { memberList.count }
-    public var samples: Samples { Samples(index: self) }
 
     public func key(_ i: Int) -> String {
         let start = i == 0 ? 0 : Int(keyEnds[i - 1])
@@ -310,26 +292,29 @@ public struct TarIndex: Sendable {
         return TarIndex(path: shard, builder, identity: identity)
     }
 
+    /// How a shard was indexed: from its index file, by walking it for want of one, or by
+    /// walking it because the one there disagreed (why).
+    public enum Source: Sendable, Equatable { case indexFile, noIndexFile, walkedAround(String) }
+
     /// The shard's index: from its index file when that agrees with the shard, else by walking.
-    /// `note` says why an index file there was not used (nil when used or absent).
-    public static func open(path: String) throws -> (index: TarIndex, note: String?) {
+    public static func open(path: String) throws -> (index: TarIndex, source: Source) {
         let idx = indexPath(forShard: path)
-        guard access(idx, F_OK) == 0 else { return (try TarIndex(path: path), nil) }
+        guard access(idx, F_OK) == 0 else { return (try TarIndex(path: path), .noIndexFile) }
         do {
-            return (try load(shard: path, indexFile: idx), nil)
+            return (try load(shard: path, indexFile: idx), .indexFile)
         } catch let p as IndexFileProblem {
-            return (try TarIndex(path: path), "\(idx): \(p.description)")
+            return (try TarIndex(path: path), .walkedAround("\(idx): \(p.description)"))
         }
     }
 
     /// Opens many shards at once (a network file system answers many small reads in parallel
     /// far sooner than one after another); the first failure in shard order is thrown.
-    public static func open(paths: [String], indexFiles: Bool = true) throws -> [(index: TarIndex, note: String?)] {
-        let results = UnsafeMutableBufferPointer<Result<(index: TarIndex, note: String?), Error>?>.allocate(capacity: paths.count)
+    public static func open(paths: [String], indexFiles: Bool = true) throws -> [(index: TarIndex, source: Source)] {
+        let results = UnsafeMutableBufferPointer<Result<(index: TarIndex, source: Source), Error>?>.allocate(capacity: paths.count)
         results.initialize(repeating: nil)
         defer { results.deinitialize(); results.deallocate() }
         DispatchQueue.concurrentPerform(iterations: paths.count) { i in
-            results[i] = Result { indexFiles ? try TarIndex.open(path: paths[i]) : (try TarIndex(path: paths[i]), nil) }
+            results[i] = Result { indexFiles ? try TarIndex.open(path: paths[i]) : (try TarIndex(path: paths[i]), .noIndexFile) }
         }
         return try results.map { try $0!.get() }
     }
@@ -353,8 +338,7 @@ public struct TarIndex: Sendable {
                               + "its images are not the ones indexed; restart the run (--resume auto) on the finished dataset")
         }
         let name = "\(key(sample)).\(ext)"
-        var header = [UInt8](repeating: 0, count: 512)
-        let problem: String? = header.withUnsafeMutableBytes { h in
+        let problem: String? = withUnsafeTemporaryAllocation(byteCount: 512, alignment: 8) { h in  // on the stack: one per loader read
             guard pread(fd, h.baseAddress, 512, off_t(m.offset - 512)) == 512 else { return "its header cannot be read" }
             return TarIndex.headerProblem(UnsafeRawBufferPointer(h), name: name, size: m.size)
         }
