@@ -109,6 +109,46 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertEqual(m.counts["val"]!.realSequences + m.counts["val"]!.fakeSequences, Set(seqSplit.filter { $0.value == .val }.keys).count)
     }
 
+    /// A small synthetic set's test split holds both classes: `radar synth --count 200` made a test
+    /// split of two real sequences, so every run on it ended with "test AUC undefined". The last
+    /// tenth of the sequences is still the test split; where it is one class, the latest sequence of
+    /// the other class joins it. A set whose last tenth has both classes keeps the plain split, and
+    /// no class is taken out of training.
+    func testSyntheticTestSplitHoldsBothClassesWherePossible() throws {
+        var changed = 0
+        for count in stride(from: 16, through: 400, by: 8) {
+            for seed: UInt64 in 1...3 {
+                let source = SyntheticSource(size: 8, count: count, seed: seed, difficulty: 0.3, framesPerSequence: 8)
+                let sequences = (count + 7) / 8
+                let plain = Set((sequences - max(1, sequences / 10))..<sequences)
+                let test = source.testSequences()
+                let label = { (seq: Int) in source.faces.label(seq * 8) }
+                let testClasses = Set(test.map(label)), trainClasses = Set((0..<sequences).filter { !test.contains($0) }.map(label))
+                let allClasses = Set((0..<sequences).map(label))
+                let plainTrainClasses = Set((0..<sequences).filter { !plain.contains($0) }.map(label))
+                XCTAssertTrue(plain.isSubset(of: test), "count \(count) seed \(seed): the last tenth is the test split")
+                XCTAssertEqual(trainClasses, plainTrainClasses, "count \(count) seed \(seed): training keeps every class it had")
+                if Set(plain.map(label)).count == 2 || allClasses.count == 1 {
+                    XCTAssertEqual(test, plain, "count \(count) seed \(seed): a two-class last tenth is kept as it is")
+                } else if test != plain {
+                    changed += 1
+                    XCTAssertEqual(testClasses.count, 2, "count \(count) seed \(seed)")
+                    XCTAssertEqual(test.count, plain.count + 1)
+                    // The sequence that joined is the latest of its class before the last tenth.
+                    let joined = test.subtracting(plain).first!
+                    XCTAssertFalse(((joined + 1)..<plain.min()!).contains { label($0) == label(joined) })
+                }
+            }
+        }
+        XCTAssertGreaterThan(changed, 10, "the one-class case is common at these sizes")
+        // Through the preparer and the scan: what `radar synth --count 200` now writes.
+        let out = temporaryDirectory("synth-small")
+        let m = try DatasetPreparer(options: PrepareOptions(output: out)).run(SyntheticSource(size: 8, count: 200, seed: 1, difficulty: 0.3))
+        XCTAssertGreaterThan(m.counts["test"]!.realSequences, 0)
+        XCTAssertGreaterThan(m.counts["test"]!.fakeSequences, 0)
+        XCTAssertEqual(SyntheticSource(size: 8, count: 1, seed: 1, difficulty: 0.3).testSequences(), [], "one sequence: no test split")
+    }
+
     /// A finished dataset is never replaced without --overwrite: `synth` and `prepare` silently
     /// wrote over one (a training run may be reading it, and its checkpoints name its hash).
     func testAFinishedDatasetIsKeptUnlessOverwriteIsGiven() throws {

@@ -242,14 +242,32 @@ public struct SyntheticSource: SampleSource {
          "difficulty": String(faces.difficulty), "frames_per_sequence": String(framesPerSequence)]
     }
 
-    public func scan(_ visit: (SourceItem) throws -> Void) throws {
+    /// The official test split, as sequence numbers: the last tenth of the sequences (at least one;
+    /// none when there is a single sequence). Where those are all one class while the set has both,
+    /// the latest sequence of the other class joins them, so a small set's test AUC is defined;
+    /// unless that would leave training without the class. A set whose last tenth already holds
+    /// both classes keeps the plain split.
+    public func testSequences() -> Set<Int> {
         let sequences = (count + framesPerSequence - 1) / framesPerSequence
+        guard sequences > 1 else { return [] }
         let firstTest = sequences - max(1, sequences / 10)
+        var test = Set(firstTest..<sequences)
+        let testLabels = Set(test.map(sequenceLabel))
+        guard testLabels.count == 1, let only = testLabels.first else { return test }
+        let others = (0..<firstTest).filter { sequenceLabel($0) != only }
+        if others.count >= 2, let latest = others.last { test.insert(latest) }
+        return test
+    }
+
+    /// A sequence is one label: its frames all follow the label of its first image.
+    func sequenceLabel(_ seq: Int) -> Int { faces.label(seq * framesPerSequence) }
+
+    public func scan(_ visit: (SourceItem) throws -> Void) throws {
+        let test = testSequences()
         for i in 0..<count {
             let seq = i / framesPerSequence
-            // A sequence is one label: its frames all follow the label of its first image.
-            let label = faces.label(seq * framesPerSequence)
-            let c = Candidate(key: String(format: "synth_%07d", i), label: label, officialSplit: seq >= firstTest && sequences > 1 ? .test : .train,
+            let label = sequenceLabel(seq)
+            let c = Candidate(key: String(format: "synth_%07d", i), label: label, officialSplit: test.contains(seq) ? .test : .train,
                               sequence: "synth/\(seq)", frame: i % framesPerSequence, ext: "png")
             try visit(.image(c, read: { try ImageCodec.encodePNG(faces.rgbImage(i, label: label)) }))
         }
