@@ -9,9 +9,10 @@ venv=.build/pyvenv
 # numpy, safetensors, lz4: the file-format interop tests. NVRTC and the CUDA runtime headers
 # (about 95 MB of wheels, no GPU needed): the CUDA kernels' compile gate. NVIDIA DALI (about 600 MB
 # of wheels; its CPU-only pipeline needs no GPU): reads the shards through our index files.
-PY_PACKAGES="numpy safetensors lz4 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-dali-cuda120==2.4.0"
+# TensorBoard (about 28 MB of wheels with grpcio, pillow and protobuf): reads a run's event files.
+PY_PACKAGES="numpy safetensors lz4 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-dali-cuda120==2.4.0 tensorboard==2.21.0"
 have_packages() {
-  "$1" -c "import numpy, safetensors, lz4, nvidia.dali" 2>/dev/null &&
+  "$1" -c "import numpy, safetensors, lz4, nvidia.dali, tensorboard" 2>/dev/null &&
     "$1" -c "import nvidia, os, sys; p = os.path.join(list(nvidia.__path__)[0], 'cuda_nvrtc', 'lib', 'libnvrtc.so.12'); sys.exit(0 if os.path.exists(p) else 1)" 2>/dev/null
 }
 if [ ! -x "$venv/bin/python" ] || ! have_packages "$venv/bin/python"; then

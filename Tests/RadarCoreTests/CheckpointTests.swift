@@ -337,7 +337,9 @@ final class CheckpointTests: XCTestCase {
         var names: [String] = []
         while let m = try reader.next() { names.append(m.name); try reader.skipData() }
         XCTAssertEqual(Set(names), Set(["r/best.safetensors.lz4", "r/model.safetensors", "r/config.json", "r/metrics.json", "r/plots/loss.svg",
-                                        "r/plots/val.svg", "r/plots/roc.svg", "r/README.md"]))
+                                        "r/plots/val.svg", "r/plots/roc.svg", "r/README.md"]
+                                   + TensorBoardLog.eventFiles(in: dir + "/tensorboard").map { "r/tensorboard/" + ($0 as NSString).lastPathComponent }))
+        XCTAssertTrue(names.contains { $0.hasPrefix("r/tensorboard/events.out.tfevents.") }, "\(names)")
         // Zip entries carry the export's date (not 1970); JSON paths are not escaped ("\/").
         let (rc, year) = try shell([interopPython, "-c", "import sys, zipfile; print(min(i.date_time[0] for i in zipfile.ZipFile(sys.argv[1]).infolist()))", zip])
         XCTAssertEqual(rc, 0, year)

@@ -87,6 +87,10 @@ final class MPITrainingTests: XCTestCase {
             XCTAssertTrue(f >= 0 && f <= 1, "\(e)")
         }
         XCTAssertEqual(b["overlap_fraction"] as? Double, 0, "nothing hidden without overlap: \(b)")
+        // TensorBoard: rank 0's event file alone.
+        let events = try FileManager.default.contentsOfDirectory(atPath: o1 + "/e/tensorboard")
+        XCTAssertEqual(events.count, 1, "\(events)")
+        XCTAssertTrue(events.allSatisfy { $0.hasPrefix("events.out.tfevents.") }, "\(events)")
         XCTAssertGreaterThanOrEqual(b["allreduce_exposed_seconds"] as? Double ?? 0, b["allreduce_seconds"] as? Double ?? .infinity)
     }
 

@@ -1,7 +1,7 @@
 import Foundation
 
 /// `radar export`: a zip (through libarchive) of a run's best checkpoint, config.json,
-/// metrics.json, plots and a README.md summary, plus optionally a download script.
+/// metrics.json, plots, TensorBoard event files and a README.md summary, plus optionally a download script.
 public enum RunExport {
     /// Returns the zip's path.
     public static func export(results: String, to outputDir: String, downloadScript: Bool, now: Date = Date()) throws -> String {
@@ -20,6 +20,8 @@ public enum RunExport {
         var files = ["best.safetensors.lz4", "model.safetensors", "config.json", "metrics.json"]
         let plots = ((try? fm.contentsOfDirectory(atPath: (results as NSString).appendingPathComponent("plots"))) ?? []).sorted().map { "plots/\($0)" }
         files += plots
+        let board = (results as NSString).appendingPathComponent("tensorboard")
+        files += TensorBoardLog.eventFiles(in: board).map { "tensorboard/" + ($0 as NSString).lastPathComponent }
         do {
             // A failure anywhere (a full disk, say) leaves no .partial behind.
             let w = try TarWriter(path: tmp, format: .zip)

@@ -4,7 +4,7 @@ import Foundation
 public enum ExperimentFolder {
     /// The files a run writes. A folder holding any of them holds a run.
     public static let runFiles = ["config.json", "metrics.json", "metrics.jsonl", "last.safetensors.lz4", "best.safetensors.lz4",
-                                  "model.safetensors", "plots"]
+                                  "model.safetensors", "plots", "tensorboard"]
 
     /// The run files present in `directory`.
     public static func runFilesPresent(in directory: String) -> [String] {

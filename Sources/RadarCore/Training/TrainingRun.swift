@@ -388,10 +388,16 @@ public final class TrainingRun {
         let path: String
         /// A write failed (said once).
         var failed = false
+        /// The same scalars as TensorBoard event files, in the run's `tensorboard/` folder.
+        let tensorBoard: TensorBoardLog?
+        var tensorBoardFailed = false
         /// `resumedFrom`: the checkpoint's (optimizer step, epoch); lines the interrupted run
         /// wrote after it are dropped, so the log has each step once, as an uninterrupted run's.
-        init(path: String, fresh: Bool, writes: Bool, resumedFrom: (step: Int, epoch: Int)? = nil) throws {
+        /// Where the two warnings go (the run's log).
+        let say: (String) -> Void
+        init(path: String, fresh: Bool, writes: Bool, resumedFrom: (step: Int, epoch: Int)? = nil, say: @escaping (String) -> Void = logLine) throws {
             self.path = path
+            self.say = say
             if writes && (fresh || !FileManager.default.fileExists(atPath: path)) { FileManager.default.createFile(atPath: path, contents: nil) }
             if writes, !fresh, let r = resumedFrom, let text = try? String(contentsOfFile: path, encoding: .utf8) {
                 let kept = text.split(separator: "\n").filter { line in
@@ -404,6 +410,8 @@ public final class TrainingRun {
             }
             handle = writes ? FileHandle(forWritingAtPath: path) : nil
             _ = try? handle?.seekToEnd()
+            tensorBoard = writes ? try TensorBoardLog(directory: (parentPath(path) as NSString).appendingPathComponent("tensorboard"),
+                                                      resumedAtStep: fresh ? nil : resumedFrom?.step) : nil
         }
         deinit { try? handle?.close() }
         /// Appends one line. The log is a record, not the run's state, so a failed write (a full
@@ -412,8 +420,17 @@ public final class TrainingRun {
         func record(_ obj: [String: Any]) {
             guard let handle, let d = try? jsonData(obj) else { return }
             do { try handle.write(contentsOf: d + Data("\n".utf8)) } catch {
-                if !failed { logLine("warning: \(path): write failed: \(systemReason(error)); its lines from here on are lost") }
+                if !failed { say("warning: \(path): write failed: \(systemReason(error)); its lines from here on are lost") }
                 failed = true
+            }
+        }
+        /// Scalars at an optimizer step for TensorBoard (tags like `train/loss`); as with the
+        /// lines, a failed write is said once and does not stop the run.
+        func scalars(step: Int, _ values: [(String, Double)]) {
+            guard let tensorBoard, !tensorBoardFailed else { return }
+            do { try tensorBoard.scalars(step: step, values) } catch {
+                say("warning: \(error); TensorBoard's scalars from here on are lost")
+                tensorBoardFailed = true
             }
         }
     }
@@ -472,6 +489,8 @@ public final class TrainingRun {
                                         "skipped": r.skipped]
             for (k, v) in r.terms.named { entry["loss_\(k)"] = v }
             steps.record(entry)
+            steps.scalars(step: trainer.optimizer.step, [("train/loss", r.terms.total), ("train/lr", r.lr), ("train/grad_norm", r.gradNorm)]
+                          + r.terms.named.filter { $0.0 != "total" }.map { ("train/loss_\($0.0)", $0.1) })
             var partial = position.history
             (partial.partialEpochLoss, partial.partialEpochBatches) = (lossSum, n)
             let state = { self.checkpointState(epoch: epoch, dataPosition: batchIndex, history: partial, sinceBest: position.sinceBest) }
@@ -507,6 +526,9 @@ public final class TrainingRun {
         p.history.valMetrics.append(m)
         let imagesPerSecond = speed["images_per_s"] ?? 0
         steps.record(["epoch": epoch, "train_loss": p.history.trainLoss.last!, "val": m].merging(speed) { a, _ in a })
+        steps.scalars(step: trainer.optimizer.step, [("epoch/number", Double(epoch + 1)), ("epoch/train_loss", p.history.trainLoss.last!)]
+                      + m.sorted { $0.key < $1.key }.map { ("val/\($0.key)", $0.value) }
+                      + speed.sorted { $0.key < $1.key }.map { ("perf/\($0.key)", $0.value) })
         parallel.epochFinished(epoch: epoch, step: trainer.optimizer.step,
                                metrics: m.merging(["train_loss": p.history.trainLoss.last!, "images_per_s": imagesPerSecond]) { a, _ in a })
         let skipped = trainer.skippedSteps - skippedBeforeEpoch
@@ -615,7 +637,7 @@ public final class TrainingRun {
                                     to: (dir as NSString).appendingPathComponent("config.json"))
         }
         let jsonl = (dir as NSString).appendingPathComponent("metrics.jsonl")
-        let steps = try StepLog(path: jsonl, fresh: resumed == nil, writes: writes, resumedFrom: resumed.map { ($0.optimizerStep, $0.epoch) })
+        let steps = try StepLog(path: jsonl, fresh: resumed == nil, writes: writes, resumedFrom: resumed.map { ($0.optimizerStep, $0.epoch) }, say: log)
         var position = startingPosition(resumed)
         var best = resumed != nil ? loadBestWeights(resumedFrom: resumedPath) : nil
         // Resumed from another run's checkpoint into this folder: that checkpoint is this
@@ -636,6 +658,7 @@ public final class TrainingRun {
         var history = position.history
         history.skippedSteps = trainer.skippedSteps
         try test(&history, best: best)
+        steps.scalars(step: trainer.optimizer.step, history.testMetrics.sorted { $0.key < $1.key }.map { ("test/\($0.key)", $0.value) })
         if writes {
             // The best weights (now in the store) as a model-only file PyTorch loads with strict=True.
             try ModelFile.write(ctx.params, config: options.config, to: (dir as NSString).appendingPathComponent("model.safetensors"))

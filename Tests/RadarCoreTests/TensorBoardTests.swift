@@ -1,0 +1,162 @@
+import Foundation
+@testable import RadarCore
+import XCTest
+
+/// A run's TensorBoard event files, read back by TensorBoard's own reader (`EventAccumulator`,
+/// which checks every record's two CRC-32C sums) from the test venv (RADAR_PYTHON).
+final class TensorBoardTests: XCTestCase {
+    /// tag -> [(step, float bits)] as TensorBoard reads `dir`.
+    func tensorBoardScalars(_ dir: String, file: StaticString = #filePath, line: UInt = #line) throws -> [String: [(step: Int, bits: UInt32)]] {
+        let script = """
+        import sys, json, struct
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        ea = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+        ea.Reload()
+        bits = lambda v: struct.unpack("<I", struct.pack("<f", v))[0]
+        print("SCALARS " + json.dumps({t: [[e.step, bits(e.value)] for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}))
+        """
+        let (rc, out) = try shell([interopPython, "-c", script, dir])
+        XCTAssertEqual(rc, 0, "TensorBoard's reader (RADAR_PYTHON=\(interopPython)): \(out)", file: file, line: line)
+        let found = out.split(separator: "\n").last { $0.hasPrefix("SCALARS ") }
+        let text = try XCTUnwrap(found, out, file: file, line: line)
+        let obj = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.dropFirst(8).utf8)) as? [String: [[Int]]])
+        return obj.mapValues { $0.map { (step: $0[0], bits: UInt32($0[1])) } }
+    }
+
+    func lines(_ path: String) throws -> [[String: Any]] {
+        try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
+            try XCTUnwrap(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+        }
+    }
+
+    func options(_ data: String, _ out: String, experiment: String) -> TrainOptions {
+        var o = TrainOptions(data: data, output: out, experiment: experiment, config: RADARConfig.preset("tiny")!)
+        o.device = testDeviceName
+        (o.batchSize, o.epochs, o.accumulationSteps, o.learningRate, o.maxStepsPerEpoch, o.seed) = (8, 2, 1, 1e-3, 3, 5)
+        return o
+    }
+
+    func synthData() throws -> String {
+        let data = temporaryDirectory("tb-data")
+        _ = try DatasetPreparer(options: PrepareOptions(output: data).with { $0.valFraction = 0.2 }).run(
+            SyntheticSource(size: 32, count: 160, seed: 3, difficulty: 0.2, framesPerSequence: 4))
+        return data
+    }
+
+    func testCRC32CIsCastagnolis() {
+        XCTAssertEqual(CRC32C.checksum(Array("123456789".utf8)), 0xE306_9283)  // RFC 3720's check value
+        XCTAssertEqual(CRC32C.checksum([UInt8](repeating: 0, count: 32)), 0x8A91_36AA)  // RFC 3720 B.4
+    }
+
+    /// Every scalar of metrics.jsonl and metrics.json is in TensorBoard at its optimizer step,
+    /// as the same float: losses, learning rate and gradient norm per step; validation metrics,
+    /// the epoch loss and speed at each epoch's last step; test metrics at the end.
+    func testTensorBoardReadsTheRunsScalars() throws {
+        let data = try synthData(), out = temporaryDirectory("tb-out")
+        let h = try TrainingRun(options: options(data, out, experiment: "r")).run()
+        let files = TensorBoardLog.eventFiles(in: out + "/r/tensorboard")
+        XCTAssertEqual(files.count, 1, "\(files)")
+        XCTAssertTrue((files.first as NSString?)?.lastPathComponent.hasSuffix(".\(getpid()).0") ?? false, "\(files)")
+        let tb = try tensorBoardScalars(out + "/r/tensorboard")
+        let all = try lines(out + "/r/metrics.jsonl")
+        let steps = all.filter { $0["lr"] != nil }, epochs = all.filter { $0["train_loss"] != nil }
+        XCTAssertEqual(steps.count, 6)
+        XCTAssertEqual(epochs.count, 2)
+        func value(_ tag: String, at step: Int) -> UInt32? {
+            let hits = tb[tag]?.filter { $0.step == step } ?? []
+            XCTAssertEqual(hits.count, 1, "\(tag) at step \(step): \(tb[tag] ?? [])")
+            return hits.first?.bits
+        }
+        for s in steps {
+            let step = s["step"] as! Int
+            for (tag, key) in [("train/loss", "loss_total"), ("train/loss_main", "loss_main"), ("train/loss_branch", "loss_branch"),
+                               ("train/loss_orth", "loss_orth"), ("train/loss_deep", "loss_deep"), ("train/lr", "lr"), ("train/grad_norm", "grad_norm")] {
+                XCTAssertEqual(value(tag, at: step), Float(s[key] as! Double).bitPattern, "\(tag) at step \(step)")
+            }
+        }
+        for e in epochs {
+            let epoch = e["epoch"] as! Int
+            let last = steps.filter { $0["epoch"] as! Int == epoch }.map { $0["step"] as! Int }.max()!
+            XCTAssertEqual(value("epoch/train_loss", at: last), Float(e["train_loss"] as! Double).bitPattern)
+            XCTAssertEqual(value("epoch/number", at: last), Float(epoch + 1).bitPattern)
+            let val = e["val"] as! [String: Double]
+            for (k, v) in val { XCTAssertEqual(value("val/\(k)", at: last), Float(v).bitPattern, "val/\(k) epoch \(epoch)") }
+            XCTAssertEqual(value("perf/images_per_s", at: last), Float(e["images_per_s"] as! Double).bitPattern)
+        }
+        XCTAssertTrue(h.testMetrics["auc"]!.isFinite, "the set's test split has both classes")
+        for (k, v) in h.testMetrics { XCTAssertEqual(value("test/\(k)", at: 6), Float(v).bitPattern, "test/\(k)") }
+        XCTAssertEqual(Set(tb.keys), Set(["train/loss", "train/loss_main", "train/loss_branch", "train/loss_orth", "train/loss_deep", "train/lr",
+                                          "train/grad_norm", "epoch/number", "epoch/train_loss", "perf/images_per_s", "perf/step_seconds"]
+                                         + h.testMetrics.keys.map { "val/\($0)" } + h.testMetrics.keys.map { "test/\($0)" }))
+        // The export carries them.
+        let zip = try RunExport.export(results: out + "/r", to: out + "/exports", downloadScript: false)
+        let (rc, listing) = try shell([interopPython, "-c", "import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).namelist())", zip])
+        XCTAssertEqual(rc, 0, listing)
+        XCTAssertTrue(listing.contains("r/tensorboard/" + (files[0] as NSString).lastPathComponent), listing)
+    }
+
+    /// A run killed after its checkpoint had logged two more steps (and half a record); resumed,
+    /// TensorBoard shows each step once, the resumed run's values, equal bit for bit to an
+    /// uninterrupted run's. The resumed file sorts after the first (same second, other pid).
+    func testResumeDropsWhatTheInterruptedRunLoggedAfterItsCheckpoint() throws {
+        let data = try synthData(), out = temporaryDirectory("tb-resume")
+        _ = try TrainingRun(options: options(data, out, experiment: "straight")).run()
+        var first = options(data, out, experiment: "resumed")
+        first.stopAfterSteps = 2
+        _ = try TrainingRun(options: first).run()
+        let dir = out + "/resumed/tensorboard"
+        let original = try XCTUnwrap(TensorBoardLog.eventFiles(in: dir).first)
+        // What the killed run would have written after the checkpoint at step 2.
+        let handle = try XCTUnwrap(FileHandle(forWritingAtPath: original))
+        try handle.seekToEnd()
+        for step in [3, 4] {
+            var value = ProtoWriter(), summary = ProtoWriter(), event = ProtoWriter()
+            value.string(1, "train/loss")
+            value.float(2, 1e6)
+            summary.message(1, value.bytes)
+            event.double(1, Date().timeIntervalSince1970)
+            event.varint(2, UInt64(step))
+            event.message(5, summary.bytes)
+            try handle.write(contentsOf: Data(TensorBoardLog.record(event.bytes)))
+        }
+        try handle.write(contentsOf: Data(TensorBoardLog.record([0x08, 0x01]).prefix(10)))  // cut short by the kill
+        try handle.close()
+        XCTAssertEqual(TensorBoardLog.records([UInt8](FileManager.default.contents(atPath: original)!)).map(\.step).suffix(2), [3, 4])
+
+        var resume = options(data, out, experiment: "resumed")
+        resume.resume = "auto"
+        _ = try TrainingRun(options: resume).run()
+        let files = TensorBoardLog.eventFiles(in: dir)
+        XCTAssertEqual(files.count, 2, "\(files)")
+        XCTAssertEqual(files.first, original, "the resumed run's file sorts after the first")
+        // The first file now ends at the checkpoint's step, whole.
+        let kept = TensorBoardLog.records([UInt8](FileManager.default.contents(atPath: original)!))
+        XCTAssertEqual(kept.map(\.step).max(), 2)
+        XCTAssertEqual(kept.flatMap { TensorBoardLog.record(Array($0.payload)) }.count, FileManager.default.contents(atPath: original)!.count)
+
+        let straight = try tensorBoardScalars(out + "/straight/tensorboard"), resumed = try tensorBoardScalars(dir)
+        for tag in ["train/loss", "train/lr", "train/grad_norm", "train/loss_main", "epoch/train_loss", "val/auc", "test/auc"] {
+            let a = try XCTUnwrap(straight[tag], tag), b = try XCTUnwrap(resumed[tag], tag)
+            XCTAssertEqual(a.map(\.step), b.map(\.step), tag)
+            XCTAssertEqual(a.map(\.bits), b.map(\.bits), tag)
+        }
+        XCTAssertEqual(resumed["train/loss"]?.map(\.step), [1, 2, 3, 4, 5, 6])
+    }
+
+    /// A run that cannot write its event files (`tensorboard` is a link to nowhere) says so once,
+    /// naming the folder, and trains on.
+    func testAnUnwritableTensorBoardFolderIsSaidOnceAndTheRunGoesOn() throws {
+        let data = try synthData(), out = temporaryDirectory("tb-blocked")
+        try FileManager.default.createDirectory(atPath: out + "/r", withIntermediateDirectories: true)
+        XCTAssertEqual(symlink("/dev/null/nowhere", out + "/r/tensorboard"), 0)
+        let run = try TrainingRun(options: options(data, out, experiment: "r"))
+        var said: [String] = []
+        run.log = { said.append($0) }
+        let h = try run.run()
+        XCTAssertEqual(h.trainLoss.count, 2)
+        let warnings = said.filter { $0.contains("TensorBoard") }
+        XCTAssertEqual(warnings.count, 1, "\(said)")
+        XCTAssertTrue(warnings.first?.hasPrefix("warning: \(out)/r/tensorboard: cannot create the folder: ") ?? false, "\(said)")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/r/model.safetensors"))
+    }
+}
