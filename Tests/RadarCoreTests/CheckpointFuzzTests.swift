@@ -149,7 +149,7 @@ final class CheckpointFuzzTests: XCTestCase {
         }
         // An LZ4 frame declaring 64 GB (allocated up front before) is refused by its size.
         let path = temporaryDirectory("crafted") + "/c.lz4"
-        FileManager.default.createFile(atPath: path, contents: nil)
+        XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: nil))
         let h = try XCTUnwrap(FileHandle(forWritingAtPath: path))
         let w = try LZ4Frame.Writer(handle: h, path: path, contentSize: 64 << 30)
         try w.write(Data(count: 1000))

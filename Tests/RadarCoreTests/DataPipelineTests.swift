@@ -181,7 +181,7 @@ final class DataPipelineTests: XCTestCase {
                        replaced.shards.flatMap { [$0.name, String($0.name.dropLast(4)) + ".idx"] }.sorted(), "each shard and its index file, no old one")
         // A folder holding other files is refused, with or without --overwrite.
         let mixed = temporaryDirectory("mixed")
-        FileManager.default.createFile(atPath: mixed + "/notes.txt", contents: Data("x".utf8))
+        XCTAssertTrue(FileManager.default.createFile(atPath: mixed + "/notes.txt", contents: Data("x".utf8)))
         XCTAssertThrowsError(try DatasetPreparer(options: PrepareOptions(output: mixed)).run(SyntheticSource(size: 16, count: 40, seed: 4, difficulty: 0.3, framesPerSequence: 6))) {
             XCTAssertEqual("\($0)", "\(mixed): holds files that are not a dataset's (notes.txt): prepare into a new or empty folder")
         }
@@ -789,7 +789,7 @@ final class TrainingRunTests: XCTestCase {
         try dead.run()
         dead.waitUntilExit()
         let stale = ".last.safetensors.lz4.tmp-\(dead.processIdentifier)", live = ".best.safetensors.lz4.tmp-\(getpid())"
-        for n in [stale, live, "last.safetensors.lz4"] { FileManager.default.createFile(atPath: dir + "/" + n, contents: Data([1])) }
+        for n in [stale, live, "last.safetensors.lz4"] { XCTAssertTrue(FileManager.default.createFile(atPath: dir + "/" + n, contents: Data([1]))) }
         XCTAssertEqual(removeStaleTemporaries(in: dir), [stale])
         XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: dir)), [live, "last.safetensors.lz4"])
         XCTAssertThrowsError(try makeDirectory(dir + "/last.safetensors.lz4/sub")) { e in

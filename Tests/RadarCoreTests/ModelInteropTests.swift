@@ -95,7 +95,7 @@ final class ModelInteropTests: XCTestCase {
         let stale = temporaryDirectory("exp-stale")
         try FileManager.default.createDirectory(atPath: stale + "/r", withIntermediateDirectories: true)
         try Data("{}".utf8).write(to: URL(fileURLWithPath: stale + "/r/config.json"))
-        FileManager.default.createFile(atPath: stale + "/r/metrics.jsonl", contents: Data())
+        XCTAssertTrue(FileManager.default.createFile(atPath: stale + "/r/metrics.jsonl", contents: Data()))
         let again = try TrainingRun(options: runOptions(data, stale))
         var said: [String] = []
         again.log = { said.append($0) }
@@ -135,8 +135,8 @@ final class ModelInteropTests: XCTestCase {
         // --resume auto without --experiment: the newest folder with a last checkpoint.
         for (name, age) in [("a", 300.0), ("b", 10.0), ("c", 100.0)] {
             try FileManager.default.createDirectory(atPath: "\(out)/\(name)", withIntermediateDirectories: true)
-            FileManager.default.createFile(atPath: "\(out)/\(name)/last.safetensors.lz4", contents: Data([1]),
-                                           attributes: [.modificationDate: Date().addingTimeInterval(-age)])
+            XCTAssertTrue(FileManager.default.createFile(atPath: "\(out)/\(name)/last.safetensors.lz4", contents: Data([1]),
+                                                         attributes: [.modificationDate: Date().addingTimeInterval(-age)]))
         }
         XCTAssertEqual(ExperimentFolder.defaultName(output: out, resume: "auto"), "b")
         XCTAssertTrue(ExperimentFolder.defaultName(output: out + "/none", resume: "auto").hasPrefix("radar_"))

@@ -71,23 +71,23 @@ final class CoordinatorTests: XCTestCase {
         let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 2, token: token)
         defer { server.stop() }
         server.heartbeatDeadline = 1
-        var a: CoordinatorClient?, b: CoordinatorClient?
+        let a = Shared<CoordinatorClient?>(nil), b = Shared<CoordinatorClient?>(nil)
         let g = DispatchGroup()
-        g.enter(); DispatchQueue.global().async { a = try? CoordinatorClient(host: "127.0.0.1", port: server.port, token: token, rank: 0, dataHost: "h", dataPort: 1, timeout: 5); g.leave() }
-        g.enter(); DispatchQueue.global().async { b = try? CoordinatorClient(host: "127.0.0.1", port: server.port, token: token, rank: 1, dataHost: "h", dataPort: 2, timeout: 5); g.leave() }
+        g.enter(); DispatchQueue.global().async { a.value = try? CoordinatorClient(host: "127.0.0.1", port: server.port, token: token, rank: 0, dataHost: "h", dataPort: 1, timeout: 5); g.leave() }
+        g.enter(); DispatchQueue.global().async { b.value = try? CoordinatorClient(host: "127.0.0.1", port: server.port, token: token, rank: 1, dataHost: "h", dataPort: 2, timeout: 5); g.leave() }
         g.wait()
-        XCTAssertEqual(a?.peers.map(\.port), [1, 2], "both ranks get the peer table")
+        XCTAssertEqual(a.value?.peers.map(\.port), [1, 2], "both ranks get the peer table")
         let told = expectation(description: "rank 0 is told to stop")
         var reason = ""
-        a?.onAbort = { reason = $0; told.fulfill() }
-        a?.start(interval: 0.2)  // rank 1 registered but never sends heartbeats
+        a.value?.onAbort = { reason = $0; told.fulfill() }
+        a.value?.start(interval: 0.2)  // rank 1 registered but never sends heartbeats
         wait(for: [told], timeout: 10)
         XCTAssertTrue(reason.contains("rank 1 lost"), reason)
         XCTAssertEqual(server.status()["lost_rank"] as? Int, 1)
         // Leave no background threads behind (later tests count allocations process-wide).
-        a?.onAbort = { _ in }
-        a?.finish()
-        b?.finish()
+        a.value?.onAbort = { _ in }
+        a.value?.finish()
+        b.value?.finish()
         usleep(500_000)
     }
 
@@ -96,14 +96,14 @@ final class CoordinatorTests: XCTestCase {
         let (fd0, port0) = try TCPRendezvous.listen()
         let (fd1, port1) = try TCPRendezvous.listen()
         let peers = [TCPCommunicator.Peer(rank: 0, host: "127.0.0.1", port: port0), TCPCommunicator.Peer(rank: 1, host: "127.0.0.1", port: port1)]
-        var c0: TCPCommunicator?, c1: TCPCommunicator?
+        let c0 = Shared<TCPCommunicator?>(nil), c1 = Shared<TCPCommunicator?>(nil)
         let g = DispatchGroup()
         let token = Data("a job token of at least thirty-two characters".utf8)
-        g.enter(); DispatchQueue.global().async { c0 = try? TCPCommunicator(rank: 0, size: 2, token: token, listenFD: fd0, peers: peers, timeout: 5); g.leave() }
-        g.enter(); DispatchQueue.global().async { c1 = try? TCPCommunicator(rank: 1, size: 2, token: token, listenFD: fd1, peers: peers, timeout: 5); g.leave() }
+        g.enter(); DispatchQueue.global().async { c0.value = try? TCPCommunicator(rank: 0, size: 2, token: token, listenFD: fd0, peers: peers, timeout: 5); g.leave() }
+        g.enter(); DispatchQueue.global().async { c1.value = try? TCPCommunicator(rank: 1, size: 2, token: token, listenFD: fd1, peers: peers, timeout: 5); g.leave() }
         g.wait()
-        let comm = try XCTUnwrap(c0)
-        XCTAssertNotNil(c1)
+        let comm = try XCTUnwrap(c0.value)
+        XCTAssertNotNil(c1.value)
         comm.timeout = 1
         var x: Float = 0
         let t0 = Date()
@@ -113,7 +113,7 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(t0), 3)
         // A frame for another tensor id is refused, not mixed up.
         let done = expectation(description: "sent")
-        DispatchQueue.global().async { var v: Float = 1; try? c1?.send(&v, bytes: 4, to: 0, tag: 6); done.fulfill() }
+        DispatchQueue.global().async { var v: Float = 1; try? c1.value?.send(&v, bytes: 4, to: 0, tag: 6); done.fulfill() }
         wait(for: [done], timeout: 5)
         XCTAssertThrowsError(try comm.recv(&x, bytes: 4, from: 1, tag: 5)) { e in
             XCTAssertTrue("\(e)".contains("bad frame from rank 1") && "\(e)".contains("tag 6"), "\(e)")
@@ -176,14 +176,14 @@ final class CoordinatorTests: XCTestCase {
         // RFC 4231 test case 2.
         XCTAssertEqual(HMACSHA256.hex(key: Data("Jefe".utf8), message: Data("what do ya want for nothing?".utf8)),
                        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
-        var d = SHA256Digest()
+        let d = SHA256Digest()
         d.update(Data("abc".utf8))
         XCTAssertEqual(d.finalize(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         // Many blocks fed in uneven pieces, against coreutils' sha256sum.
         let bytes = Data((0..<100_003).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 7) })
         let file = NSTemporaryDirectory() + "radar-sha-\(getpid())"
         try? bytes.write(to: URL(fileURLWithPath: file))
-        var piecewise = SHA256Digest()
+        let piecewise = SHA256Digest()
         var at = 0
         for n in [1, 63, 65, 1000, 64, 7].cycled(until: bytes.count) {
             let m = min(n, bytes.count - at)
@@ -208,13 +208,13 @@ final class DataPlaneAuthenticationTests: XCTestCase {
         let (fd0, port0) = try TCPRendezvous.listen()
         let (fd1, port1) = try TCPRendezvous.listen()
         let peers = [TCPCommunicator.Peer(rank: 0, host: "127.0.0.1", port: port0), TCPCommunicator.Peer(rank: 1, host: "127.0.0.1", port: port1)]
-        var c0: TCPCommunicator?
+        let c0 = Shared<TCPCommunicator?>(nil)
         var logged: [String] = []
         let lock = NSLock()
         let g = DispatchGroup()
         g.enter()
         DispatchQueue.global().async {
-            c0 = try? TCPCommunicator(rank: 0, size: 2, token: self.token, listenFD: fd0, peers: peers, timeout: 20)
+            c0.value = try? TCPCommunicator(rank: 0, size: 2, token: self.token, listenFD: fd0, peers: peers, timeout: 20)
             g.leave()
         }
         // Impostor 1: garbage. Impostor 2: a well-formed hello with the job id, wrong proof.
@@ -234,17 +234,18 @@ final class DataPlaneAuthenticationTests: XCTestCase {
         let c1 = try TCPCommunicator(rank: 1, size: 2, token: token, listenFD: fd1, peers: peers, timeout: 20)
         g.wait()
         close(a); close(b)
-        let comm0 = try XCTUnwrap(c0)
+        let comm0 = try XCTUnwrap(c0.value)
         comm0.log = { s in lock.lock(); logged.append(s); lock.unlock() }
         XCTAssertEqual(comm0.refusedConnections, 2, "both impostors refused")
         // The honest ranks' all-reduce is exact.
-        var x0: [Float] = [1, 2, 3], x1: [Float] = [10, 20, 30]
+        var x0: [Float] = [1, 2, 3]
+        let x1 = Shared<[Float]>([10, 20, 30])
         let done = expectation(description: "rank 1 reduced")
-        DispatchQueue.global().async { try? x1.withUnsafeMutableBufferPointer { try c1.allReduce($0.baseAddress!, count: 3) }; done.fulfill() }
+        DispatchQueue.global().async { x1.update { x in try? x.withUnsafeMutableBufferPointer { try c1.allReduce($0.baseAddress!, count: 3) } }; done.fulfill() }
         try x0.withUnsafeMutableBufferPointer { try comm0.allReduce($0.baseAddress!, count: 3) }
         wait(for: [done], timeout: 10)
         XCTAssertEqual(x0, [11, 22, 33])
-        XCTAssertEqual(x1, [11, 22, 33])
+        XCTAssertEqual(x1.value, [11, 22, 33])
         print("data-plane impostors: \(comm0.refusedConnections) connections refused, 0 frames accepted")
 
         // A listener that knows the job id (seen in a hello) but not the token cannot pass for rank 0.
@@ -280,15 +281,15 @@ final class DataPlaneAuthenticationTests: XCTestCase {
         }
         let peers = [TCPCommunicator.Peer(rank: 0, host: "127.0.0.1", port: proxyPort), TCPCommunicator.Peer(rank: 1, host: "127.0.0.1", port: port1)]
         let peers0 = [TCPCommunicator.Peer(rank: 0, host: "127.0.0.1", port: port0), TCPCommunicator.Peer(rank: 1, host: "127.0.0.1", port: port1)]
-        var c0: TCPCommunicator?
+        let c0 = Shared<TCPCommunicator?>(nil)
         let g = DispatchGroup()
-        g.enter(); DispatchQueue.global().async { c0 = try? TCPCommunicator(rank: 0, size: 2, token: self.token, listenFD: fd0, peers: peers0, timeout: 10); g.leave() }
+        g.enter(); DispatchQueue.global().async { c0.value = try? TCPCommunicator(rank: 0, size: 2, token: self.token, listenFD: fd0, peers: peers0, timeout: 10); g.leave() }
         let c1 = try TCPCommunicator(rank: 1, size: 2, token: token, listenFD: fd1, peers: peers, timeout: 10)
         g.wait()
-        let comm0 = try XCTUnwrap(c0)
+        let comm0 = try XCTUnwrap(c0.value)
         comm0.timeout = 5
         c1.timeout = 5
-        DispatchQueue.global().async { var v: [Float] = [1, 2, 3, 4]; try? v.withUnsafeBytes { try c1.send($0.baseAddress!, bytes: 16, to: 0, tag: 7) } }
+        DispatchQueue.global().async { let v: [Float] = [1, 2, 3, 4]; try? v.withUnsafeBytes { try c1.send($0.baseAddress!, bytes: 16, to: 0, tag: 7) } }
         var got = [Float](repeating: 0, count: 4)
         XCTAssertThrowsError(try got.withUnsafeMutableBytes { try comm0.recv($0.baseAddress!, bytes: 16, from: 1, tag: 7) }) {
             XCTAssertTrue("\($0)".contains("failed authentication"), "\($0)")
@@ -413,19 +414,19 @@ final class RendezvousTests: XCTestCase {
         let lock = NSLock()
         server.log = { s in lock.lock(); logged.append(s); lock.unlock() }
         let t0 = Date()
-        var errors: [String] = []
+        let errors = Shared<[String]>([])
         let g = DispatchGroup()
         for r in 0..<2 {
             g.enter()
             DispatchQueue.global().async {
-                do { _ = try self.client(server.port, rank: r) } catch { lock.lock(); errors.append("\(error)"); lock.unlock() }
+                do { _ = try self.client(server.port, rank: r) } catch { errors.update { $0.append("\(error)") } }
                 g.leave()
             }
         }
         g.wait()
         XCTAssertGreaterThan(Date().timeIntervalSince(t0), 4.5, "the ranks waited past 3 heartbeat deadlines without being declared lost")
-        XCTAssertEqual(errors.count, 2)
-        XCTAssertTrue(errors.allSatisfy { $0.contains("rank 2 never registered within 5 s") }, "\(errors)")
+        XCTAssertEqual(errors.value.count, 2)
+        XCTAssertTrue(errors.value.allSatisfy { $0.contains("rank 2 never registered within 5 s") }, "\(errors.value)")
         XCTAssertNil(server.status()["lost_rank"] as? Int, "nobody was declared lost: \(logged)")
     }
 
@@ -433,15 +434,15 @@ final class RendezvousTests: XCTestCase {
         let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 2, token: token)
         defer { server.stop() }
         server.heartbeatDeadline = 1
-        var first: CoordinatorClient?
+        let first = Shared<CoordinatorClient?>(nil)
         let g = DispatchGroup()
-        g.enter(); DispatchQueue.global().async { first = try? self.client(server.port, rank: 0); g.leave() }
+        g.enter(); DispatchQueue.global().async { first.value = try? self.client(server.port, rank: 0); g.leave() }
         sleep(4)
         let second = try client(server.port, rank: 1)
         g.wait()
-        XCTAssertEqual(first?.peers.count, 2)
+        XCTAssertEqual(first.value?.peers.count, 2)
         XCTAssertEqual(second.peers.map(\.port), [1000, 1001])
-        first?.finish(); second.finish()
+        first.value?.finish(); second.finish()
     }
 
     /// A rank started with another world size, or a second rank 0, is refused at the rendezvous
@@ -491,4 +492,17 @@ extension Array where Element == Int {
         while sum < total { out.append(self[i % count]); sum += self[i % count]; i += 1 }
         return out
     }
+}
+
+/// A value threads of a test hand to each other under a lock (a captured `var` mutated in a
+/// dispatched closure is a data race by Swift 6's rules, and a warning now).
+final class Shared<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: T
+    init(_ value: T) { stored = value }
+    var value: T {
+        get { lock.withLock { stored } }
+        set { lock.withLock { stored = newValue } }
+    }
+    func update(_ change: (inout T) -> Void) { lock.withLock { change(&stored) } }
 }

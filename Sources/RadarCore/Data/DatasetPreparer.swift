@@ -423,7 +423,7 @@ public final class DatasetPreparer {
     public static func hashFile(_ path: String, read: (Int) -> Void = { _ in }) throws -> (Int, String) {
         guard let h = FileHandle(forReadingAtPath: path) else { throw DatasetError(path: path, reason: "cannot open for hashing: \(unreadableReason(path))") }
         defer { try? h.close() }
-        var digest = SHA256Digest()
+        let digest = SHA256Digest()
         var total = 0
         while let chunk = try h.read(upToCount: 1 << 20), !chunk.isEmpty {
             digest.update(chunk)
@@ -454,7 +454,7 @@ public final class DatasetPreparer {
     func appendJournal<T: Encodable>(_ path: String, _ value: T) throws {
         var line = try JSONEncoder().encode(value)
         line.append(UInt8(ascii: "\n"))
-        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
         guard let h = FileHandle(forWritingAtPath: path) else { throw DatasetError(path: path, reason: "cannot append") }
         defer { try? h.close() }
         try h.seekToEnd()

@@ -209,12 +209,12 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
             case 206 where offset > 0:
                 // Content-Range: bytes start-end/total
                 if let cr = h.value(forHTTPHeaderField: "Content-Range"), let slash = cr.lastIndex(of: "/") { total = Int(cr[cr.index(after: slash)...]) }
-                if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+                if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
                 handle = FileHandle(forWritingAtPath: path)
                 _ = try? handle?.seekToEnd()
             case 200:
                 // The server ignored the range (or there was none): start over.
-                FileManager.default.createFile(atPath: path, contents: nil)
+                _ = FileManager.default.createFile(atPath: path, contents: nil)
                 handle = FileHandle(forWritingAtPath: path)
                 total = h.expectedContentLength >= 0 ? Int(h.expectedContentLength) : nil
             case 416:

@@ -30,7 +30,7 @@ public struct EpochPlan: Sendable {
 
     /// A digest every rank (and the coordinator) can compare.
     public var digest: String {
-        var d = SHA256Digest()
+        let d = SHA256Digest()
         let words = order.flatMap { [UInt32($0.shard), UInt32($0.index)] }
         words.withUnsafeBytes { d.update($0) }
         return String(d.finalize().prefix(16))

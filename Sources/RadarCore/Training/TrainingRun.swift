@@ -398,7 +398,7 @@ public final class TrainingRun {
         init(path: String, fresh: Bool, writes: Bool, resumedFrom: (step: Int, epoch: Int)? = nil, say: @escaping (String) -> Void = logLine) throws {
             self.path = path
             self.say = say
-            if writes && (fresh || !FileManager.default.fileExists(atPath: path)) { FileManager.default.createFile(atPath: path, contents: nil) }
+            if writes && (fresh || !FileManager.default.fileExists(atPath: path)) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
             if writes, !fresh, let r = resumedFrom, let text = try? String(contentsOfFile: path, encoding: .utf8) {
                 let kept = text.split(separator: "\n").filter { line in
                     guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return false }
