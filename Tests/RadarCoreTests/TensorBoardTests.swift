@@ -85,6 +85,34 @@ final class TensorBoardTests: XCTestCase {
         }
         XCTAssertTrue(h.testMetrics["auc"]!.isFinite, "the set's test split has both classes")
         for (k, v) in h.testMetrics { XCTAssertEqual(value("test/\(k)", at: 6), Float(v).bitPattern, "test/\(k)") }
+        // The HParams dashboard's session: config.json's values, flattened by Python on its own,
+        // equal what TensorBoard's hparams protos decode from the file.
+        let hparamsCheck = """
+        import sys, json
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.plugins.hparams import plugin_data_pb2
+        ea = EventAccumulator(sys.argv[1]); ea.Reload()
+        content = ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        assert data.version == 0 and data.WhichOneof("data") == "session_start_info", data
+        got = {}
+        for k, v in data.session_start_info.hparams.items():
+            kind = v.WhichOneof("kind")
+            got[k] = v.bool_value if kind == "bool_value" else v.number_value if kind == "number_value" else v.string_value
+        def flat(o, prefix=""):
+            out = {}
+            for k, v in o.items():
+                if isinstance(v, dict): out.update(flat(v, prefix + k + "."))
+                elif isinstance(v, (bool, int, float, str)): out[prefix + k] = float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+            return out
+        want = flat(json.load(open(sys.argv[2])))
+        assert got == want, (sorted(set(got.items()) ^ set(want.items())))
+        assert "model.embed_dim" in got and got["augment"] is True, got
+        print("HPARAMS", len(got))
+        """
+        let (hrc, hout) = try shell([interopPython, "-c", hparamsCheck, out + "/r/tensorboard", out + "/r/config.json"])
+        XCTAssertEqual(hrc, 0, hout)
+        XCTAssertTrue(hout.contains("HPARAMS "), hout)
         XCTAssertEqual(Set(tb.keys), Set(["train/loss", "train/loss_main", "train/loss_branch", "train/loss_orth", "train/loss_deep", "train/lr",
                                           "train/grad_norm", "epoch/number", "epoch/train_loss", "perf/images_per_s", "perf/step_seconds"]
                                          + h.testMetrics.keys.map { "val/\($0)" } + h.testMetrics.keys.map { "test/\($0)" }))

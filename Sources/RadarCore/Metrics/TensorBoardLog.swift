@@ -19,14 +19,48 @@ public final class TensorBoardLog {
     public let directory: String
     /// The optimizer step the run resumed from (records after it are dropped), nil when fresh.
     let resumedAtStep: Int?
+    /// A fresh run's hyperparameters, for TensorBoard's HParams dashboard (written with the file).
+    let hparams: [(String, HParam)]
     private var fd: Int32 = -1
     public private(set) var path: String?
 
+    /// A hyperparameter's value as the HParams plugin holds it (a `google.protobuf.Value`).
+    public enum HParam: Equatable { case number(Double), string(String), bool(Bool) }
+
     /// `resumedAtStep`: the checkpoint's optimizer step; records of later steps are dropped now.
-    public init(directory: String, resumedAtStep: Int?) throws {
+    /// `hparams`: written at step 0 of a fresh run's file (a resumed run's first file has them).
+    public init(directory: String, resumedAtStep: Int?, hparams: [(String, HParam)] = []) throws {
         self.directory = directory
         self.resumedAtStep = resumedAtStep
+        self.hparams = hparams
         if let step = resumedAtStep { try TensorBoardLog.dropRecords(after: step, in: directory) }
+    }
+
+    /// A run's config.json object as hyperparameters: numbers, strings and booleans by name, a
+    /// nested object's as `name.field` (`model.embed_dim`); nulls and lists are left out.
+    public static func hparams(fromJSON data: Data) -> [(String, HParam)] {
+        indirect enum Node: Decodable {
+            case value(HParam), object([String: Node]), other
+            init(from decoder: Decoder) throws {
+                let c = try decoder.singleValueContainer()
+                if let b = try? c.decode(Bool.self) { self = .value(.bool(b)) }
+                else if let d = try? c.decode(Double.self) { self = .value(.number(d)) }
+                else if let s = try? c.decode(String.self) { self = .value(.string(s)) }
+                else if let o = try? c.decode([String: Node].self) { self = .object(o) }
+                else { self = .other }
+            }
+        }
+        func flatten(_ o: [String: Node], _ prefix: String) -> [(String, HParam)] {
+            o.keys.sorted().flatMap { k -> [(String, HParam)] in
+                switch o[k]! {
+                case .value(let v): return [(prefix + k, v)]
+                case .object(let inner): return flatten(inner, prefix + k + ".")
+                case .other: return []
+                }
+            }
+        }
+        guard let top = try? JSONDecoder().decode([String: Node].self, from: data) else { return [] }
+        return flatten(top, "")
     }
 
     deinit { if fd >= 0 { close(fd) } }
@@ -79,6 +113,7 @@ public final class TensorBoardLog {
         version.double(1, wallTime)
         version.string(3, "brain.Event:2")
         try append(version.bytes)
+        if resumedAtStep == nil && !hparams.isEmpty { try append(hparamsEvent(wallTime: wallTime)) }
         if let step = resumedAtStep {
             var start = ProtoWriter()
             start.double(1, wallTime)
@@ -88,6 +123,44 @@ public final class TensorBoardLog {
             start.message(7, log.bytes)
             try append(start.bytes)
         }
+    }
+
+    /// The HParams plugin's session start, as `torch.utils.tensorboard`'s `add_hparams` writes it:
+    /// a summary value tagged `_hparams_/session_start_info` whose metadata carries plugin
+    /// `hparams` and, as content, `HParamsPluginData { version 0, session_start_info { hparams } }`.
+    func hparamsEvent(wallTime: Double) -> [UInt8] {
+        var start = ProtoWriter()
+        for (name, value) in hparams {
+            var v = ProtoWriter()  // google.protobuf.Value
+            switch value {
+            case .number(let d): v.double(2, d)
+            case .string(let s): v.string(3, s)
+            case .bool(let b): v.varint(4, b ? 1 : 0)
+            }
+            var entry = ProtoWriter()  // map<string, Value> entry
+            entry.string(1, name)
+            entry.message(2, v.bytes)
+            start.message(1, entry.bytes)
+        }
+        start.double(5, wallTime)  // start_time_secs
+        var pluginData = ProtoWriter()
+        pluginData.varint(1, 0)
+        pluginData.message(3, start.bytes)
+        var plugin = ProtoWriter()
+        plugin.string(1, "hparams")
+        plugin.message(2, pluginData.bytes)
+        var metadata = ProtoWriter()
+        metadata.message(1, plugin.bytes)
+        var value = ProtoWriter()
+        value.string(1, "_hparams_/session_start_info")
+        value.message(9, metadata.bytes)
+        var summary = ProtoWriter()
+        summary.message(1, value.bytes)
+        var event = ProtoWriter()
+        event.double(1, wallTime)
+        event.varint(2, 0)
+        event.message(5, summary.bytes)
+        return event.bytes
     }
 
     /// One TFRecord: length, its masked CRC-32C, the bytes, their masked CRC-32C; one write(2),

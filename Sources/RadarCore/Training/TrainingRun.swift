@@ -395,7 +395,8 @@ public final class TrainingRun {
         /// wrote after it are dropped, so the log has each step once, as an uninterrupted run's.
         /// Where the two warnings go (the run's log).
         let say: (String) -> Void
-        init(path: String, fresh: Bool, writes: Bool, resumedFrom: (step: Int, epoch: Int)? = nil, say: @escaping (String) -> Void = logLine) throws {
+        init(path: String, fresh: Bool, writes: Bool, resumedFrom: (step: Int, epoch: Int)? = nil, hparams: [(String, TensorBoardLog.HParam)] = [],
+             say: @escaping (String) -> Void = logLine) throws {
             self.path = path
             self.say = say
             if writes && (fresh || !FileManager.default.fileExists(atPath: path)) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
@@ -411,7 +412,7 @@ public final class TrainingRun {
             handle = writes ? FileHandle(forWritingAtPath: path) : nil
             _ = try? handle?.seekToEnd()
             tensorBoard = writes ? try TensorBoardLog(directory: (parentPath(path) as NSString).appendingPathComponent("tensorboard"),
-                                                      resumedAtStep: fresh ? nil : resumedFrom?.step) : nil
+                                                      resumedAtStep: fresh ? nil : resumedFrom?.step, hparams: hparams) : nil
         }
         deinit { try? handle?.close() }
         /// Appends one line. The log is a record, not the run's state, so a failed write (a full
@@ -637,7 +638,8 @@ public final class TrainingRun {
                                     to: (dir as NSString).appendingPathComponent("config.json"))
         }
         let jsonl = (dir as NSString).appendingPathComponent("metrics.jsonl")
-        let steps = try StepLog(path: jsonl, fresh: resumed == nil, writes: writes, resumedFrom: resumed.map { ($0.optimizerStep, $0.epoch) }, say: log)
+        let steps = try StepLog(path: jsonl, fresh: resumed == nil, writes: writes, resumedFrom: resumed.map { ($0.optimizerStep, $0.epoch) },
+                                hparams: TensorBoardLog.hparams(fromJSON: (try? JSONSerialization.data(withJSONObject: options.jsonObject)) ?? Data()), say: log)
         var position = startingPosition(resumed)
         var best = resumed != nil ? loadBestWeights(resumedFrom: resumedPath) : nil
         // Resumed from another run's checkpoint into this folder: that checkpoint is this
