@@ -187,4 +187,25 @@ final class TensorBoardTests: XCTestCase {
         XCTAssertTrue(warnings.first?.hasPrefix("warning: \(out)/r/tensorboard: cannot create the folder: ") ?? false, "\(said)")
         XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/r/model.safetensors"))
     }
+
+    /// Event files that cannot be trimmed on resume (here the rewrite's temporary name is taken by
+    /// a folder) are said once; the run goes on without TensorBoard rather than stopping.
+    func testEventFilesThatCannotBeTrimmedOnResumeAreSaidAndTheRunGoesOn() throws {
+        let dir = temporaryDirectory("tb-trim")
+        let log = try TensorBoardLog(directory: dir + "/tensorboard", resumedAtStep: nil)
+        for step in 1...5 { try log.scalars(step: step, [("train/loss", Double(step))]) }
+        let file = try XCTUnwrap(log.path)
+        XCTAssertEqual(mkdir(temporarySibling(of: file).tmp, 0o755), 0)
+        var said: [String] = []
+        let steps = try TrainingRun.StepLog(path: dir + "/metrics.jsonl", fresh: false, writes: true, resumedFrom: (step: 3, epoch: 0),
+                                            say: { said.append($0) })
+        XCTAssertNil(steps.tensorBoard)
+        XCTAssertEqual(said.count, 1, "\(said)")
+        XCTAssertTrue(said.first?.hasPrefix("warning: \(file): cannot create ") ?? false, "\(said)")
+        XCTAssertTrue(said.first?.hasSuffix("; no TensorBoard scalars for this run") ?? false, "\(said)")
+        XCTAssertEqual(TensorBoardLog.records([UInt8](FileManager.default.contents(atPath: file)!)).map(\.step), [0, 1, 2, 3, 4, 5],
+                       "the file is left whole")
+        steps.scalars(step: 4, [("train/loss", 4)])  // nothing to write to, nothing said
+        XCTAssertEqual(said.count, 1)
+    }
 }

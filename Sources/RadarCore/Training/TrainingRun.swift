@@ -411,8 +411,15 @@ public final class TrainingRun {
             }
             handle = writes ? FileHandle(forWritingAtPath: path) : nil
             _ = try? handle?.seekToEnd()
-            tensorBoard = writes ? try TensorBoardLog(directory: (parentPath(path) as NSString).appendingPathComponent("tensorboard"),
-                                                      resumedAtStep: fresh ? nil : resumedFrom?.step, hparams: hparams) : nil
+            // Like the lines, not the run's state: an event file that cannot be trimmed on resume
+            // (a full disk) is said, and the run goes on without TensorBoard.
+            do {
+                tensorBoard = writes ? try TensorBoardLog(directory: (parentPath(path) as NSString).appendingPathComponent("tensorboard"),
+                                                          resumedAtStep: fresh ? nil : resumedFrom?.step, hparams: hparams) : nil
+            } catch {
+                say("warning: \(error); no TensorBoard scalars for this run")
+                tensorBoard = nil
+            }
         }
         deinit { try? handle?.close() }
         /// Appends one line. The log is a record, not the run's state, so a failed write (a full
