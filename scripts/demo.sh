@@ -28,6 +28,6 @@ $bin/radar evaluate --checkpoint "$out/$exp/best.safetensors.lz4" --data "$data"
 zip=$($bin/radar export --results-dir "$out/$exp" --output-dir exports --create-download-script)
 auc=$(python3 -c "import json,sys; print('%.4f' % json.load(open(sys.argv[1]))['auc'])" "$out/$exp/test_evaluation.json" 2>/dev/null || echo "see $out/$exp/test_evaluation.json")
 echo
-echo "results: $out/$exp (checkpoints, config.json, metrics.json, metrics.jsonl, plots/)"
+echo "results: $out/$exp (checkpoints, config.json, metrics.json, metrics.jsonl, plots/, tensorboard/: tensorboard --logdir $out)"
 echo "export:  $zip"
 echo "test AUC: $auc"
