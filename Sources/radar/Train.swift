@@ -6,7 +6,7 @@ import RadarCore
 /// `radar train`: the training loop in one process (no MPI) on a prepared dataset directory.
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train RADAR on a prepared dataset directory in one process; writes outputs/<experiment>/.")
+        abstract: "Train RADAR on a prepared dataset directory in one process; writes outputs/<experiment>/ (checkpoints, metrics, plots, TensorBoard event files).")
 
     @OptionGroup var flags: TrainingFlags
 
