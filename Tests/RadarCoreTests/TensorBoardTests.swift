@@ -23,6 +23,37 @@ final class TensorBoardTests: XCTestCase {
         return obj.mapValues { $0.map { (step: $0[0], bits: UInt32($0[1])) } }
     }
 
+    /// The HParams session in `run`/tensorboard equals `run`/config.json: config.json's values,
+    /// flattened by Python on its own, against what TensorBoard's hparams protos decode.
+    func assertHParamsAreTheConfig(_ run: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let hparamsCheck = """
+        import sys, json
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.plugins.hparams import plugin_data_pb2
+        ea = EventAccumulator(sys.argv[1]); ea.Reload()
+        content = ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        assert data.version == 0 and data.WhichOneof("data") == "session_start_info", data
+        got = {}
+        for k, v in data.session_start_info.hparams.items():
+            kind = v.WhichOneof("kind")
+            got[k] = v.bool_value if kind == "bool_value" else v.number_value if kind == "number_value" else v.string_value
+        def flat(o, prefix=""):
+            out = {}
+            for k, v in o.items():
+                if isinstance(v, dict): out.update(flat(v, prefix + k + "."))
+                elif isinstance(v, (bool, int, float, str)): out[prefix + k] = float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+            return out
+        want = flat(json.load(open(sys.argv[2])))
+        assert got == want, (sorted(set(got.items()) ^ set(want.items())))
+        assert "model.embed_dim" in got and got["augment"] is True, got
+        print("HPARAMS", len(got))
+        """
+        let (rc, out) = try shell([interopPython, "-c", hparamsCheck, run + "/tensorboard", run + "/config.json"])
+        XCTAssertEqual(rc, 0, out, file: file, line: line)
+        XCTAssertTrue(out.contains("HPARAMS "), out, file: file, line: line)
+    }
+
     func lines(_ path: String) throws -> [[String: Any]] {
         try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
             try XCTUnwrap(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
@@ -85,34 +116,8 @@ final class TensorBoardTests: XCTestCase {
         }
         XCTAssertTrue(h.testMetrics["auc"]!.isFinite, "the set's test split has both classes")
         for (k, v) in h.testMetrics { XCTAssertEqual(value("test/\(k)", at: 6), Float(v).bitPattern, "test/\(k)") }
-        // The HParams dashboard's session: config.json's values, flattened by Python on its own,
-        // equal what TensorBoard's hparams protos decode from the file.
-        let hparamsCheck = """
-        import sys, json
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-        from tensorboard.plugins.hparams import plugin_data_pb2
-        ea = EventAccumulator(sys.argv[1]); ea.Reload()
-        content = ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-        data = plugin_data_pb2.HParamsPluginData.FromString(content)
-        assert data.version == 0 and data.WhichOneof("data") == "session_start_info", data
-        got = {}
-        for k, v in data.session_start_info.hparams.items():
-            kind = v.WhichOneof("kind")
-            got[k] = v.bool_value if kind == "bool_value" else v.number_value if kind == "number_value" else v.string_value
-        def flat(o, prefix=""):
-            out = {}
-            for k, v in o.items():
-                if isinstance(v, dict): out.update(flat(v, prefix + k + "."))
-                elif isinstance(v, (bool, int, float, str)): out[prefix + k] = float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-            return out
-        want = flat(json.load(open(sys.argv[2])))
-        assert got == want, (sorted(set(got.items()) ^ set(want.items())))
-        assert "model.embed_dim" in got and got["augment"] is True, got
-        print("HPARAMS", len(got))
-        """
-        let (hrc, hout) = try shell([interopPython, "-c", hparamsCheck, out + "/r/tensorboard", out + "/r/config.json"])
-        XCTAssertEqual(hrc, 0, hout)
-        XCTAssertTrue(hout.contains("HPARAMS "), hout)
+        // The HParams dashboard's session: config.json's values.
+        try assertHParamsAreTheConfig(out + "/r")
         XCTAssertEqual(Set(tb.keys), Set(["train/loss", "train/loss_main", "train/loss_branch", "train/loss_orth", "train/loss_deep", "train/lr",
                                           "train/grad_norm", "epoch/number", "epoch/train_loss", "perf/images_per_s", "perf/step_seconds"]
                                          + h.testMetrics.keys.map { "val/\($0)" } + h.testMetrics.keys.map { "test/\($0)" }))
@@ -151,6 +156,13 @@ final class TensorBoardTests: XCTestCase {
         try handle.close()
         XCTAssertEqual(TensorBoardLog.records([UInt8](FileManager.default.contents(atPath: original)!)).map(\.step).suffix(2), [3, 4])
 
+        // Resumed from that checkpoint into a new folder: its first file has the hyperparameters,
+        // then the steps from the checkpoint on, as the uninterrupted run's.
+        var elsewhere = options(data, out, experiment: "elsewhere")
+        elsewhere.resume = out + "/resumed"
+        _ = try TrainingRun(options: elsewhere).run()
+        try assertHParamsAreTheConfig(out + "/elsewhere")
+
         var resume = options(data, out, experiment: "resumed")
         resume.resume = "auto"
         _ = try TrainingRun(options: resume).run()
@@ -169,6 +181,15 @@ final class TensorBoardTests: XCTestCase {
             XCTAssertEqual(a.map(\.bits), b.map(\.bits), tag)
         }
         XCTAssertEqual(resumed["train/loss"]?.map(\.step), [1, 2, 3, 4, 5, 6])
+        let moved = try tensorBoardScalars(out + "/elsewhere/tensorboard")
+        XCTAssertEqual(moved["train/loss"]?.map(\.step), [3, 4, 5, 6])
+        XCTAssertEqual(moved["train/loss"]?.map(\.bits), straight["train/loss"]?.suffix(4).map(\.bits))
+        // A run resumed in its own folder keeps the hyperparameters of its first file, once.
+        try assertHParamsAreTheConfig(out + "/resumed")
+        let sessions = files.map { [UInt8](FileManager.default.contents(atPath: $0)!) }.map { bytes in
+            TensorBoardLog.records(bytes).filter { String(decoding: $0.payload, as: UTF8.self).contains("_hparams_/session_start_info") }.count
+        }
+        XCTAssertEqual(sessions, [1, 0])
     }
 
     /// A run that cannot write its event files (`tensorboard` is a link to nowhere) says so once,

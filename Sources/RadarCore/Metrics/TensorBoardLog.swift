@@ -19,7 +19,7 @@ public final class TensorBoardLog {
     public let directory: String
     /// The optimizer step the run resumed from (records after it are dropped), nil when fresh.
     let resumedAtStep: Int?
-    /// A fresh run's hyperparameters, for TensorBoard's HParams dashboard (written with the file).
+    /// The run's hyperparameters, for TensorBoard's HParams dashboard (in the folder's first file).
     let hparams: [(String, HParam)]
     private var fd: Int32 = -1
     public private(set) var path: String?
@@ -28,7 +28,8 @@ public final class TensorBoardLog {
     public enum HParam: Equatable { case number(Double), string(String), bool(Bool) }
 
     /// `resumedAtStep`: the checkpoint's optimizer step; records of later steps are dropped now.
-    /// `hparams`: written at step 0 of a fresh run's file (a resumed run's first file has them).
+    /// `hparams`: written at step 0 when the folder has no event file yet (a run resumed in its
+    /// own folder has them in its first file).
     public init(directory: String, resumedAtStep: Int?, hparams: [(String, HParam)] = []) throws {
         self.directory = directory
         self.resumedAtStep = resumedAtStep
@@ -96,11 +97,15 @@ public final class TensorBoardLog {
             throw DatasetError(path: directory, reason: "cannot create the folder: \(systemReason(error))")
         }
         // Seconds after every existing file's, so name order is creation order.
-        let taken = TensorBoardLog.eventFiles(in: directory).compactMap { name -> Int? in
+        let existing = TensorBoardLog.eventFiles(in: directory)
+        let taken = existing.compactMap { name -> Int? in
             let parts = (name as NSString).lastPathComponent.split(separator: ".")
             return parts.count > 3 ? Int(parts[3]) : nil
         }
         let seconds = max(Int(wallTime), (taken.max() ?? -1) + 1)
+        // The folder's first file carries the hyperparameters (also for a run resumed from
+        // another folder's checkpoint); later ones are the same run's.
+        let first = existing.isEmpty
         var host = [CChar](repeating: 0, count: 256)
         gethostname(&host, host.count - 1)
         let hostName = String(cString: host).replacingOccurrences(of: "/", with: "_")
@@ -113,7 +118,7 @@ public final class TensorBoardLog {
         version.double(1, wallTime)
         version.string(3, "brain.Event:2")
         try append(version.bytes)
-        if resumedAtStep == nil && !hparams.isEmpty { try append(hparamsEvent(wallTime: wallTime)) }
+        if first && !hparams.isEmpty { try append(hparamsEvent(wallTime: wallTime)) }
         if let step = resumedAtStep {
             var start = ProtoWriter()
             start.double(1, wallTime)
