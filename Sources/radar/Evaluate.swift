@@ -112,7 +112,14 @@ struct Predict: ParsableCommand {
             let probs = UnsafeMutablePointer<Float>.allocate(capacity: batchSize)
             defer { probs.deallocate() }
             var predictions: [[String: Any]] = [], failures: [[String: Any]] = [], predicted = 0, warnedNonFinite = false
+            // Progress on stderr where the results do not show it as they come: with --json (one
+            // document at the end) or with stdout going to a file or a pipe. On a terminal the
+            // lines themselves are the progress.
+            let bar = files.count > batchSize && (json || isatty(STDOUT_FILENO) == 0)
+                ? ProgressReporter("predict", total: files.count, unit: "img") : nil
+            defer { bar?.update(files.count) }
             for start in stride(from: 0, to: files.count, by: batchSize) {
+                bar?.update(start)
                 let chunk = Array(files[start..<min(start + batchSize, files.count)])
                 // Slot i of the host batch is chunk[i]'s; failed images leave their slot unused.
                 let errors = UnsafeMutableBufferPointer<String?>.allocate(capacity: chunk.count)

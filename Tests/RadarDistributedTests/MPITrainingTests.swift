@@ -483,6 +483,23 @@ final class DemoPipelineTests: XCTestCase {
             XCTAssertEqual(p["probability_fake"] as! Double, Double(f[1])!, accuracy: 5e-7)
             XCTAssertEqual(p["label"] as? String, String(f[2]))
         }
+        // Progress on stderr where stdout does not show it (--json; a pipe): a plain line per
+        // batch at a tiny RADAR_PROGRESS_SECONDS, stdout still one JSON document.
+        let pp = Process()
+        pp.executableURL = bin.appendingPathComponent("radar")
+        pp.arguments = ["predict", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4", "--threads", "1", "--batch-size", "1", "--json",
+                       imgs + "/f0.png", imgs]
+        pp.environment = ProcessInfo.processInfo.environment.merging(["RADAR_PROGRESS_SECONDS": "0.000001"]) { $1 }
+        let (ppOut, ppErr) = (Pipe(), Pipe())
+        (pp.standardOutput, pp.standardError) = (ppOut, ppErr)
+        try pp.run()
+        let (po, pe) = (PipeReader(ppOut), PipeReader(ppErr))
+        XCTAssertTrue(po.wait(until: .now() + 120) && pe.wait(until: .now() + 120), "predict did not finish")
+        pp.waitUntilExit()
+        XCTAssertEqual(pp.terminationStatus, 0, pe.text)
+        XCTAssertEqual(((try JSONSerialization.jsonObject(with: Data(po.text.utf8)) as? [String: Any])?["predictions"] as? [Any])?.count, 4, po.text)
+        let progress = pe.text.split(separator: "\n").filter { $0.hasPrefix("predict: ") }
+        XCTAssertEqual(progress.map { $0.split(separator: " ")[1] }, ["0/4", "1/4", "2/4", "3/4"], pe.text)
         // Batches: one image per forward pass gives what one pass over all four gives (eval mode,
         // no image depends on another; the products' shapes differ, so to the last printed
         // digit), and an unreadable file among them (first in the folder's batch) keeps the
