@@ -229,4 +229,32 @@ final class TensorBoardTests: XCTestCase {
         steps.scalars(step: 4, [("train/loss", 4)])  // nothing to write to, nothing said
         XCTAssertEqual(said.count, 1)
     }
+
+    /// A damaged event file (a disk error, a kill mid-write, a foreign file with our name) never
+    /// traps the reader that trims files on resume: what it returns is always a prefix of whole,
+    /// checksummed records of the file, up to the first damage.
+    func testDamagedEventFilesGiveTheirWholePrefix() throws {
+        let dir = temporaryDirectory("tb-fuzz")
+        let log = try TensorBoardLog(directory: dir, resumedAtStep: nil, hparams: [("lr", .number(1e-3)), ("augment", .bool(true))])
+        for step in 1...20 { try log.scalars(step: step, [("train/loss", Double(step) / 7), ("train/lr", 1e-4)]) }
+        let clean = [UInt8](FileManager.default.contents(atPath: try XCTUnwrap(log.path))!)
+        XCTAssertEqual(TensorBoardLog.records(clean).map(\.step), [0, 0] + Array(1...20), "file version, hparams, the steps")
+        var rng = CheckpointFuzzTests.Rng(s: 11)
+        for _ in 0..<500 {
+            var bytes = clean
+            for _ in 0..<(1 + Int(rng.next() % 3)) {
+                let i = Int(rng.next() % UInt64(bytes.count))
+                switch rng.next() % 3 {
+                case 0: bytes[i] ^= UInt8(1 << (rng.next() % 8))
+                case 1: bytes.removeSubrange(i...)
+                default: bytes[i] = 0xFF
+                }
+                if bytes.isEmpty { break }
+            }
+            let read = TensorBoardLog.records(bytes)
+            let prefix = read.flatMap { TensorBoardLog.record(Array($0.payload)) }
+            XCTAssertEqual(Array(bytes.prefix(prefix.count)), prefix, "not a prefix of the file")
+            XCTAssertLessThanOrEqual(read.count, 22)
+        }
+    }
 }
