@@ -215,6 +215,10 @@ final class ModelInteropTests: XCTestCase {
         XCTAssertTrue(epoch.contains("train_loss nan ") && epoch.hasSuffix("(\(run.trainer.skippedSteps) optimizer step\(run.trainer.skippedSteps == 1 ? "" : "s") skipped: not finite)"),
                       epoch)
         XCTAssertFalse(lines.contains { $0.contains("-nan") }, "\(lines)")
+        // TensorBoard: the skipped steps counted at the epoch's end, the NaN losses as NaN.
+        let tb = try tensorBoardScalars(o.experimentDirectory + "/tensorboard")
+        XCTAssertEqual(tb["epoch/skipped_steps"]?.map(\.bits), [Float(run.trainer.skippedSteps).bitPattern], "\(tb)")
+        XCTAssertTrue(tb["train/loss"]?.contains { Float(bitPattern: $0.bits).isNaN } ?? false, "\(tb)")
         let last = try XCTUnwrap(run.testAUCLine(h))
         XCTAssertTrue(last.hasPrefix("test AUC undefined: ") && last.contains("scores are NaN"), last)
     }

@@ -2,27 +2,27 @@ import Foundation
 @testable import RadarCore
 import XCTest
 
+/// tag -> [(step, float bits)] as TensorBoard reads `dir`.
+func tensorBoardScalars(_ dir: String, file: StaticString = #filePath, line: UInt = #line) throws -> [String: [(step: Int, bits: UInt32)]] {
+    let script = """
+    import sys, json, struct
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+    ea.Reload()
+    bits = lambda v: struct.unpack("<I", struct.pack("<f", v))[0]
+    print("SCALARS " + json.dumps({t: [[e.step, bits(e.value)] for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}))
+    """
+    let (rc, out) = try shell([interopPython, "-c", script, dir])
+    XCTAssertEqual(rc, 0, "TensorBoard's reader (RADAR_PYTHON=\(interopPython)): \(out)", file: file, line: line)
+    let found = out.split(separator: "\n").last { $0.hasPrefix("SCALARS ") }
+    let text = try XCTUnwrap(found, out, file: file, line: line)
+    let obj = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.dropFirst(8).utf8)) as? [String: [[Int]]])
+    return obj.mapValues { $0.map { (step: $0[0], bits: UInt32($0[1])) } }
+}
+
 /// A run's TensorBoard event files, read back by TensorBoard's own reader (`EventAccumulator`,
 /// which checks every record's two CRC-32C sums) from the test venv (RADAR_PYTHON).
 final class TensorBoardTests: XCTestCase {
-    /// tag -> [(step, float bits)] as TensorBoard reads `dir`.
-    func tensorBoardScalars(_ dir: String, file: StaticString = #filePath, line: UInt = #line) throws -> [String: [(step: Int, bits: UInt32)]] {
-        let script = """
-        import sys, json, struct
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-        ea = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
-        ea.Reload()
-        bits = lambda v: struct.unpack("<I", struct.pack("<f", v))[0]
-        print("SCALARS " + json.dumps({t: [[e.step, bits(e.value)] for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}))
-        """
-        let (rc, out) = try shell([interopPython, "-c", script, dir])
-        XCTAssertEqual(rc, 0, "TensorBoard's reader (RADAR_PYTHON=\(interopPython)): \(out)", file: file, line: line)
-        let found = out.split(separator: "\n").last { $0.hasPrefix("SCALARS ") }
-        let text = try XCTUnwrap(found, out, file: file, line: line)
-        let obj = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.dropFirst(8).utf8)) as? [String: [[Int]]])
-        return obj.mapValues { $0.map { (step: $0[0], bits: UInt32($0[1])) } }
-    }
-
     /// The HParams session in `run`/tensorboard equals `run`/config.json: config.json's values,
     /// flattened by Python on its own, against what TensorBoard's hparams protos decode.
     func assertHParamsAreTheConfig(_ run: String, file: StaticString = #filePath, line: UInt = #line) throws {
@@ -110,6 +110,7 @@ final class TensorBoardTests: XCTestCase {
             let last = steps.filter { $0["epoch"] as! Int == epoch }.map { $0["step"] as! Int }.max()!
             XCTAssertEqual(value("epoch/train_loss", at: last), Float(e["train_loss"] as! Double).bitPattern)
             XCTAssertEqual(value("epoch/number", at: last), Float(epoch + 1).bitPattern)
+            XCTAssertEqual(value("epoch/skipped_steps", at: last), Float(steps.filter { $0["epoch"] as! Int == epoch && $0["skipped"] as! Bool }.count).bitPattern)
             let val = e["val"] as! [String: Double]
             for (k, v) in val { XCTAssertEqual(value("val/\(k)", at: last), Float(v).bitPattern, "val/\(k) epoch \(epoch)") }
             XCTAssertEqual(value("perf/images_per_s", at: last), Float(e["images_per_s"] as! Double).bitPattern)
@@ -119,7 +120,7 @@ final class TensorBoardTests: XCTestCase {
         // The HParams dashboard's session: config.json's values.
         try assertHParamsAreTheConfig(out + "/r")
         XCTAssertEqual(Set(tb.keys), Set(["train/loss", "train/loss_main", "train/loss_branch", "train/loss_orth", "train/loss_deep", "train/lr",
-                                          "train/grad_norm", "epoch/number", "epoch/train_loss", "perf/images_per_s", "perf/step_seconds"]
+                                          "train/grad_norm", "epoch/number", "epoch/train_loss", "epoch/skipped_steps", "perf/images_per_s", "perf/step_seconds"]
                                          + h.testMetrics.keys.map { "val/\($0)" } + h.testMetrics.keys.map { "test/\($0)" }))
         // The export carries them.
         let zip = try RunExport.export(results: out + "/r", to: out + "/exports", downloadScript: false)

@@ -534,12 +534,13 @@ public final class TrainingRun {
         p.history.valMetrics.append(m)
         let imagesPerSecond = speed["images_per_s"] ?? 0
         steps.record(["epoch": epoch, "train_loss": p.history.trainLoss.last!, "val": m].merging(speed) { a, _ in a })
-        steps.scalars(step: trainer.optimizer.step, [("epoch/number", Double(epoch + 1)), ("epoch/train_loss", p.history.trainLoss.last!)]
+        let skipped = trainer.skippedSteps - skippedBeforeEpoch
+        steps.scalars(step: trainer.optimizer.step, [("epoch/number", Double(epoch + 1)), ("epoch/train_loss", p.history.trainLoss.last!),
+                                                     ("epoch/skipped_steps", Double(skipped))]
                       + m.sorted { $0.key < $1.key }.map { ("val/\($0.key)", $0.value) }
                       + speed.sorted { $0.key < $1.key }.map { ("perf/\($0.key)", $0.value) })
         parallel.epochFinished(epoch: epoch, step: trainer.optimizer.step,
                                metrics: m.merging(["train_loss": p.history.trainLoss.last!, "images_per_s": imagesPerSecond]) { a, _ in a })
-        let skipped = trainer.skippedSteps - skippedBeforeEpoch
         log("epoch \(epoch + 1)/\(options.epochs)  train_loss \(fixed(p.history.trainLoss.last!))  val_auc \(fixed(m["auc"]!))  "
             + "val_acc \(fixed(m["accuracy"]!))  val_eer \(fixed(m["eer"]!))  \(fixed(imagesPerSecond, 1)) img/s"
             + (skipped > 0 ? "  (\(skipped) optimizer step\(skipped == 1 ? "" : "s") skipped: not finite)" : ""))
