@@ -117,7 +117,6 @@ struct Predict: ParsableCommand {
             // lines themselves are the progress.
             let bar = files.count > batchSize && (json || isatty(STDOUT_FILENO) == 0)
                 ? ProgressReporter("predict", total: files.count, unit: "img") : nil
-            defer { bar?.update(files.count) }
             for start in stride(from: 0, to: files.count, by: batchSize) {
                 bar?.update(start)
                 let chunk = Array(files[start..<min(start + batchSize, files.count)])
@@ -168,6 +167,7 @@ struct Predict: ParsableCommand {
                     }
                 }
             }
+            bar?.update(files.count)  // after the last batch only (a failure leaves no full bar)
             if json { printJSON(["checkpoint": checkpoint, "images": predictions.count, "predictions": predictions, "unreadable": failures]) }
             // Some images unreadable: listed, the others predicted, status 0; none readable: status 1.
             if !failures.isEmpty && predicted == 0 { throw ExitCode.failure }

@@ -647,7 +647,8 @@ public final class TrainingRun {
         }
         let jsonl = (dir as NSString).appendingPathComponent("metrics.jsonl")
         let steps = try StepLog(path: jsonl, fresh: resumed == nil, writes: writes, resumedFrom: resumed.map { ($0.optimizerStep, $0.epoch) },
-                                hparams: TensorBoardLog.hparams(fromJSON: (try? JSONSerialization.data(withJSONObject: options.jsonObject)) ?? Data()), say: log)
+                                hparams: writes ? TensorBoardLog.hparams(fromJSON: (try? JSONSerialization.data(withJSONObject: options.jsonObject)) ?? Data()) : [],
+                                say: log)
         var position = startingPosition(resumed)
         var best = resumed != nil ? loadBestWeights(resumedFrom: resumedPath) : nil
         // Resumed from another run's checkpoint into this folder: that checkpoint is this
