@@ -19,6 +19,7 @@ struct DumpStep: ParsableCommand {
     @Option(help: "Learning rate for --steps.") var lr: Double = 1e-3
     @Option(help: "Weight decay for --steps.") var weightDecay: Double = 0.05
     @Option(help: "Threads.") var threads = 1
+    @Flag(help: "First an eval-mode forward of the same weights and batch: `eval.out.<name>` and `eval.explain.<name>` (what `radar predict --explain` reports).") var evalForward = false
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
 
@@ -33,7 +34,7 @@ struct DumpStep: ParsableCommand {
             let out = try ParityDump.run(config: cfg, weights: try SafeTensors.read(weights).tensors, weightsSource: weights,
                                          batch: try SafeTensors.read(batch).tensors, batchSource: batch, steps: steps, lr: lr,
                                          weightDecay: weightDecay, threads: threads,
-                                         device: device ?? Devices.defaultName, precision: precision)
+                                         device: device ?? Devices.defaultName, precision: precision, evalForward: evalForward)
             let data = SafeTensors.encode(out, metadata: ["format": "radar-dump-step-1", "steps": String(steps)])
             try data.write(to: URL(fileURLWithPath: output), options: .atomic)
             logLine("wrote \(out.count) tensors to \(output) (loss.total \(out["loss.total"]!.floats[0]))")

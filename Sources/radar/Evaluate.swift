@@ -13,7 +13,7 @@ func loadCheckpointModel(_ path: String, config: String?, threads: Int, device: 
 }
 
 struct Evaluate: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Metrics of a checkpoint on a split of a prepared dataset (JSON on stdout).")
+    static let configuration = CommandConfiguration(abstract: "Metrics of a checkpoint on a split of a prepared dataset (JSON on stdout): the model's, each head's (boundary, frequency, reasoning, external), the gate and the mean attention per class.")
     @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, a run's folder (its best checkpoint), or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
     @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
     @Option(help: "Prepared dataset directory.") var data: String
@@ -40,20 +40,24 @@ struct Evaluate: ParsableCommand {
                                          augment: false, seed: 0, epoch: 0,
                                          threads: Devices.defaultLoaderThreads(device: device ?? Devices.defaultName, localRanks: 1), dropLast: false)
             var scores: [Float] = [], labels: [Int] = [], seqs: [String] = []
-            let probs = UnsafeMutablePointer<Float>.allocate(capacity: batchSize)
-            defer { probs.deallocate() }
+            var heads = HeadMetrics(useBadm: c.useBadm, useAadm: c.useAadm)
             let bar = ProgressReporter("evaluate", total: loader.batchCount, unit: "batch")
             let input = DeviceTensor(ctx.backend, Shape(batchSize, 3, c.imgSize, c.imgSize))
             while let b = try loader.next() {
                 let view = input.tensor.slice(from: 0, Shape(b.labels.count, 3, c.imgSize, c.imgSize))
                 ctx.backend.upload(UnsafeBufferPointer(rebasing: b.images.buffer[0..<view.count]), into: view)
-                try trainer.predict(images: view, into: probs)
-                for j in 0..<b.labels.count { scores.append(probs[j]); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j]) }
+                // The forward's small outputs with the probabilities: each head's metrics too.
+                let explained = try trainer.explain(images: view)
+                for (j, e) in explained.enumerated() {
+                    scores.append(e.probability); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
+                    heads.append(e)
+                }
                 bar.update(b.index + 1)
             }
             guard !scores.isEmpty else { throw ValidationError("\(data): the \(split) split is empty") }
             var out: [String: Any] = ["checkpoint": checkpoint, "split": split, "images": scores.count]
             for (k, v) in BinaryMetrics.all(scores: scores, labels: labels, sequences: seqs) { out[k] = v }
+            for (k, v) in heads.report(labels: labels, sequences: seqs) { out[k] = v }
             if let why = BinaryMetrics.undefinedAUCReason(scores: scores, labels: labels) {
                 logLine("radar evaluate: warning: the metrics that need it are undefined (null): \(why)")
             }
@@ -67,6 +71,7 @@ struct Predict: ParsableCommand {
     @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, a run's folder (its best checkpoint), or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
     @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
     @Flag(help: "One JSON document on stdout (predictions and unreadable files) instead of tab-separated lines.") var json = false
+    @Flag(help: "Also what each head said and how the evidence refinement weighed the evidence: the boundary, frequency, reasoning and external probabilities, the gate, each iteration's probability and its attention on the boundary and frequency evidence.") var explain = false
     @Option(help: "Images per forward pass (at most the number of images).") var batchSize = 32
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
@@ -140,10 +145,16 @@ struct Predict: ParsableCommand {
                 }
                 let good = chunk.indices.filter { errors[$0] == nil }
                 for (k, i) in good.enumerated() where k != i { (slots + k * per).update(from: slots + i * per, count: per) }
+                var explained: [Explanation] = []
                 if !good.isEmpty {
                     let view = input.tensor.slice(from: 0, Shape(good.count, 3, c.imgSize, c.imgSize))
                     ctx.backend.upload(UnsafeBufferPointer(start: slots, count: good.count * per), into: view)
-                    try trainer.predict(images: view, into: probs)
+                    if explain {
+                        explained = try trainer.explain(images: view)
+                        for (k, e) in explained.enumerated() { probs[k] = e.probability }
+                    } else {
+                        try trainer.predict(images: view, into: probs)
+                    }
                 }
                 var k = 0
                 for (i, f) in chunk.enumerated() {
@@ -158,12 +169,15 @@ struct Predict: ParsableCommand {
                         logLine("radar predict: warning: \(f): the probability is \(prob.isNaN ? "nan" : "\(prob)"): the weights give non-finite outputs (a diverged checkpoint?)")
                         warnedNonFinite = true
                     }
+                    let detail = explain ? explained[k] : nil
                     k += 1
                     predicted += 1
                     if json {
-                        predictions.append(["path": f, "probability_fake": Double(prob), "label": label])
+                        var p: [String: Any] = ["path": f, "probability_fake": Double(prob), "label": label]
+                        if let detail { p["explanation"] = Self.explanationJSON(detail) }
+                        predictions.append(p)
                     } else {
-                        print("\(f)\t\(prob.isNaN ? "nan" : String(format: "%.6f", prob))\t\(label)")
+                        print("\(f)\t\(Self.decimal(prob))\t\(label)" + (detail.map { "\t" + Self.explanationText($0) } ?? ""))
                     }
                 }
             }
@@ -172,6 +186,30 @@ struct Predict: ParsableCommand {
             // Some images unreadable: listed, the others predicted, status 0; none readable: status 1.
             if !failures.isEmpty && predicted == 0 { throw ExitCode.failure }
         }
+    }
+}
+
+extension Predict {
+    /// Six decimals, or nan/inf (a diverged checkpoint).
+    static func decimal(_ v: Float) -> String { v.isNaN ? "nan" : v.isInfinite ? (v < 0 ? "-inf" : "inf") : String(format: "%.6f", v) }
+
+    static func json(_ v: Float) -> Any { v.isFinite ? Double(v) : NSNull() }
+
+    /// `--explain --json`: one object per image (a disabled branch's probability is null).
+    static func explanationJSON(_ e: Explanation) -> [String: Any] {
+        ["boundary_probability": e.boundary.map(json) ?? NSNull(), "frequency_probability": e.frequency.map(json) ?? NSNull(),
+         "reasoning_probability": json(e.reasoning), "external_probability": json(e.external), "gate": json(e.gate),
+         "iteration_probabilities": e.iterations.map(json),
+         "attention": e.attention.map { ["boundary": json($0[0]), "frequency": json($0[1])] }]
+    }
+
+    /// `--explain` lines: tab-separated key=value fields after the label; attention per iteration
+    /// as boundary/frequency, iterations separated by commas; a disabled branch is "off".
+    static func explanationText(_ e: Explanation) -> String {
+        ["boundary=" + (e.boundary.map(decimal) ?? "off"), "frequency=" + (e.frequency.map(decimal) ?? "off"),
+         "reasoning=" + decimal(e.reasoning), "external=" + decimal(e.external), "gate=" + decimal(e.gate),
+         "iterations=" + e.iterations.map(decimal).joined(separator: ","),
+         "attention=" + e.attention.map { decimal($0[0]) + "/" + decimal($0[1]) }.joined(separator: ",")].joined(separator: "\t")
     }
 }
 

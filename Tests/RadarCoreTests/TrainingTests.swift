@@ -176,6 +176,45 @@ final class MetricsTests: XCTestCase {
         XCTAssertFalse(BinaryMetrics.all(scores: [0.1, 0.9], labels: [1, 1], sequences: ["a", "b"])["auc"]!.isFinite)
     }
 
+    /// `radar evaluate`'s heads: each head's scores through the same metrics (scikit-learn's
+    /// fixture values), a disabled branch null, the gate, the last iteration's attention averaged
+    /// per class (null for a class without images).
+    func testHeadMetricsReportEachHeadTheGateAndAttentionPerClass() throws {
+        let data = try Data(contentsOf: fixturesDirectory.appendingPathComponent("metrics.json"))
+        let c = ((try JSONSerialization.jsonObject(with: data) as! [String: Any])["cases"] as! [[String: Any]])[0]
+        let scores = (c["scores"] as! [Double]).map(Float.init), labels = c["labels"] as! [Int], seqs = c["sequences"] as! [String]
+        var heads = HeadMetrics(useBadm: true, useAadm: false)
+        var sums = [[0.0, 0.0], [0.0, 0.0]], counts = [0, 0]
+        for (i, s) in scores.enumerated() {
+            let a: Float = 0.1 + 0.8 * Float(i % 7) / 6
+            heads.append(Explanation(probability: s, boundary: s, frequency: nil, reasoning: 1 - s, external: s, gate: 0.25,
+                                     iterations: [0.5, 1 - s], attention: [[0.5, 0.5], [a, 1 - a]]))
+            sums[labels[i]][0] += Double(a); sums[labels[i]][1] += Double(1 - a); counts[labels[i]] += 1
+        }
+        let r = heads.report(labels: labels, sequences: seqs)
+        let h = r["heads"] as! [String: Any]
+        XCTAssertTrue(h["frequency"] is NSNull, "a disabled branch has no metrics")
+        let boundary = h["boundary"] as! [String: Double], reasoning = h["reasoning"] as! [String: Double], external = h["external"] as! [String: Double]
+        for key in ["auc", "average_precision", "accuracy", "eer", "sequence_auc"] {
+            XCTAssertEqual(boundary[key]!, c[key] as! Double, accuracy: 1e-9, key)
+            XCTAssertEqual(external[key]!, c[key] as! Double, accuracy: 1e-9, key)
+        }
+        XCTAssertEqual(reasoning["auc"]!, 1 - (c["auc"] as! Double), accuracy: 1e-9, "scores reversed")
+        XCTAssertEqual(r["gate"] as? Double, 0.25)
+        let att = r["attention"] as! [String: Any]
+        for (name, label) in [("real", 0), ("fake", 1)] {
+            let m = att[name] as! [String: Double]
+            XCTAssertEqual(m["boundary"]!, sums[label][0] / Double(counts[label]), accuracy: 1e-6, "\(name): the last iteration's")
+            XCTAssertEqual(m["frequency"]!, sums[label][1] / Double(counts[label]), accuracy: 1e-6, name)
+        }
+        var oneClass = HeadMetrics(useBadm: true, useAadm: true)
+        oneClass.append(Explanation(probability: 0.2, boundary: 0.3, frequency: 0.4, reasoning: 0.2, external: 0.2, gate: 0.5,
+                                    iterations: [0.2], attention: [[0.6, 0.4]]))
+        let o = oneClass.report(labels: [0], sequences: ["s"])
+        XCTAssertTrue((o["attention"] as! [String: Any])["fake"] is NSNull, "no fake image: no mean")
+        XCTAssertTrue(((o["heads"] as! [String: Any])["frequency"] as! [String: Double])["auc"]!.isNaN, "one class: AUC undefined")
+    }
+
     func testMetricsMatchScikitLearn() throws {
         // Fixture: tools/golden/metrics_fixture.py (roc_auc_score, average_precision_score,
         // accuracy_score, roc_curve-based EER, AUC over per-sequence mean scores).

@@ -456,6 +456,12 @@ final class DemoPipelineTests: XCTestCase {
         for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc"] {
             XCTAssertEqual(gathered[k] as? Double, single[k] as? Double, "\(k): 2 ranks gathered vs one process")
         }
+        // Each head's metrics, the gate, the attention per class.
+        let heads = single["heads"] as! [String: [String: Any]]
+        XCTAssertEqual(Set(heads.keys), ["boundary", "frequency", "reasoning", "external"], eval)
+        for (name, m) in heads { XCTAssertTrue((0...1).contains(m["auc"] as! Double), "\(name): \(eval)") }
+        XCTAssertTrue((0...1).contains(single["gate"] as! Double), eval)
+        for (_, a) in single["attention"] as! [String: [String: Double]] { XCTAssertEqual(a["boundary"]! + a["frequency"]!, 1, accuracy: 1e-6, eval) }
         // radar predict on two files and a directory of them.
         let imgs = root + "/imgs"
         try FileManager.default.createDirectory(atPath: imgs, withIntermediateDirectories: true)
@@ -482,6 +488,34 @@ final class DemoPipelineTests: XCTestCase {
             XCTAssertEqual(p["path"] as? String, String(f[0]))
             XCTAssertEqual(p["probability_fake"] as! Double, Double(f[1])!, accuracy: 5e-7)
             XCTAssertEqual(p["label"] as? String, String(f[2]))
+        }
+        // --explain: the same probabilities, with what each head said, consistent with the gated
+        // fusion (final logit = gate * reasoning logit + (1 - gate) * external logit), the last
+        // iteration the reasoning head, the attention over the two evidence tokens summing to 1.
+        let explainedJSON = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
+                                     "--threads", "1", "--json", "--explain", imgs + "/f0.png", imgs])
+        let explained = (try JSONSerialization.jsonObject(with: Data(explainedJSON.utf8)) as! [String: Any])["predictions"] as! [[String: Any]]
+        XCTAssertEqual(explained.count, 4, explainedJSON)
+        func logit(_ p: Double) -> Double { log(p / (1 - p)) }
+        for (p, q) in zip(explained, preds) {
+            let prob = p["probability_fake"] as! Double
+            XCTAssertEqual(prob, q["probability_fake"] as! Double, "the same forward")
+            let e = p["explanation"] as! [String: Any]
+            let g = e["gate"] as! Double, r = e["reasoning_probability"] as! Double, x = e["external_probability"] as! Double
+            XCTAssertEqual(1 / (1 + exp(-(g * logit(r) + (1 - g) * logit(x)))), prob, accuracy: 1e-5, explainedJSON)
+            let its = e["iteration_probabilities"] as! [Double], att = e["attention"] as! [[String: Double]]
+            XCTAssertEqual(its.count, 3); XCTAssertEqual(att.count, 3)
+            XCTAssertEqual(its.last, r)
+            for a in att { XCTAssertEqual(a["boundary"]! + a["frequency"]!, 1, accuracy: 1e-6) }
+            for k in ["boundary_probability", "frequency_probability"] { XCTAssertTrue((0...1).contains(e[k] as! Double), k) }
+        }
+        let explainedText = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
+                                     "--threads", "1", "--explain", imgs + "/f0.png", imgs]).split(separator: "\n")
+        XCTAssertEqual(explainedText.count, 4)
+        for (t, l) in zip(explainedText, lines) {
+            let f = t.split(separator: "\t")
+            XCTAssertEqual(f.prefix(3).joined(separator: "\t"), String(l), "the plain columns first")
+            XCTAssertEqual(f.dropFirst(3).map { $0.split(separator: "=")[0] }, ["boundary", "frequency", "reasoning", "external", "gate", "iterations", "attention"], String(t))
         }
         // Progress on stderr where stdout does not show it (--json; a pipe): a plain line per
         // batch at a tiny RADAR_PROGRESS_SECONDS, stdout still one JSON document.

@@ -11,35 +11,22 @@ distances below). The metadata holds PyTorch's own bf16-vs-fp32 distances on the
 which the tests derive their tolerances: `distance.grad_rel_l2` (relative L2 over all gradients),
 `distance.loss_rel` and `distance.logit_max`, against an fp32 run of the same code.
 """
-import json
 import os
 import sys
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from radar_reference import RADAR, radar_loss  # noqa: E402
+from fixture_cases import ROOT, load_case  # noqa: E402
+from radar_reference import radar_loss  # noqa: E402
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "Tests", "RadarCoreTests", "Fixtures", "parity")
 CASES = ["small_dual", "tiny_badm_only"]
 
 
-def weights_dir(name):
-    d = os.path.join(ROOT, name)
-    f = os.path.join(d, "weights_from")
-    return os.path.join(ROOT, open(f).read().strip()) if os.path.exists(f) else d
-
-
 def run(name, autocast):
-    d = os.path.join(ROOT, name)
-    cfg = json.load(open(os.path.join(d, "config.json")))
-    torch.manual_seed(0)
-    model = RADAR(cfg)
-    state = {k: (v.float() if v.dtype == torch.float16 else v) for k, v in load_file(os.path.join(weights_dir(name), "weights.safetensors")).items()}
-    model.load_state_dict(state, strict=True)
+    cfg, model, batch = load_case(name)
     model.train()
-    batch = load_file(os.path.join(d, "batch.safetensors"))
     x, y = batch["images"].float(), batch["labels"].float()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = model(x)

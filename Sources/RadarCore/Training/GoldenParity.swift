@@ -2,8 +2,9 @@ import Foundation
 
 /// RADAR against the PyTorch reference (tools/golden/radar_reference.py) on one fixture case
 /// (`<case>/config.json`, `weights.safetensors` or `weights_from`, `batch.safetensors`,
-/// `expected.safetensors` with its metadata), through the same code as `radar dump-step`. Used by
-/// the tests and by `radar check-device` on a GPU.
+/// `expected.safetensors` with its metadata, and `eval.safetensors`: the eval-mode forward of the
+/// same weights and batch, with the per-image values `radar predict --explain` reports), through
+/// the same code as `radar dump-step`. Used by the tests and by `radar check-device` on a GPU.
 ///
 /// Tolerances (per tensor, relative to the reference tensor's largest magnitude): outputs and
 /// losses 1e-5; gradients 1e-4; parameters after AdamW steps 1e-5 absolute. The tensors whose
@@ -33,12 +34,22 @@ public enum GoldenParity {
         }
         let weightsPath = weightsDir.appendingPathComponent("weights.safetensors").path
         let batchPath = dir.appendingPathComponent("batch.safetensors").path
-        let (expected, meta) = try SafeTensors.read(dir.appendingPathComponent("expected.safetensors").path)
+        var (expected, meta) = try SafeTensors.read(dir.appendingPathComponent("expected.safetensors").path)
         let steps = Int(meta["steps"] ?? "0") ?? 0
+        // The eval-mode reference (tools/golden/eval_fixture.py), where the case has one.
+        let evalPath = dir.appendingPathComponent("eval.safetensors").path
+        let hasEval = FileManager.default.fileExists(atPath: evalPath)
+        if hasEval {
+            for (k, v) in try SafeTensors.read(evalPath).tensors {
+                // A disabled branch's head: the reference reports sigmoid(0), we report none.
+                if k == "explain.boundary_probability" && !config.useBadm || k == "explain.frequency_probability" && !config.useAadm { continue }
+                expected["eval.\(k)"] = v
+            }
+        }
         let ours = try ParityDump.run(config: config, weights: try SafeTensors.read(weightsPath).tensors, weightsSource: weightsPath,
                                       batch: try SafeTensors.read(batchPath).tensors, batchSource: batchPath, steps: steps,
                                       lr: Double(meta["lr"] ?? "0.001")!, weightDecay: Double(meta["weight_decay"] ?? "0.05")!,
-                                      device: device, precision: precision)
+                                      device: device, precision: precision, evalForward: hasEval)
         let d = config.embedDim
         var lines: [String] = [], failures: [String] = []
         for key in expected.keys.sorted() {
@@ -53,7 +64,8 @@ public enum GoldenParity {
             let scale = max(b.map { abs($0) }.max() ?? 0, 1e-12)
             var maxAbs: Float = 0
             for i in 0..<b.count { maxAbs = max(maxAbs, abs(a[i] - b[i])) }
-            let kind = key.split(separator: ".")[0]
+            // eval.out.* and eval.explain.*: outputs' tolerance.
+            let kind = key.hasPrefix("eval.") ? "eval" : key.split(separator: ".")[0]
             let tensor = String(key.dropFirst(kind.count + 1))
             var allowed: Float
             switch kind {
@@ -82,6 +94,10 @@ public enum GoldenParity {
             }
             lines.append(String(format: "%@ %@ max_abs %.3e max_rel %.3e (allowed %.1e)", ok ? "OK    " : "NOT OK", key, maxAbs, maxAbs / scale, allowed))
             if !ok { failures.append("\(name): \(key): max abs diff \(maxAbs) > \(allowed) (reference scale \(scale))") }
+        }
+        // A disabled branch has no head to explain (the reference's sigmoid(0) is not a probability).
+        for key in ours.keys.sorted() where key.hasPrefix("eval.explain.") && expected[key] == nil && hasEval {
+            failures.append("\(name): we report \(key), which the reference has not (a disabled branch?)")
         }
         // Parameters the reference left without a gradient must have exactly zero gradient here.
         if expected.keys.contains(where: { $0.hasPrefix("grad.") }) {

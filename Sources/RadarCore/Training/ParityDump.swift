@@ -1,6 +1,8 @@
 /// The computation behind `radar dump-step` (README "dump-step format"): one train-mode
 /// forward/backward on given weights and batch, and optionally K AdamW steps at a constant
 /// learning rate (clip 1.0, betas 0.9/0.999, eps 1e-8), every tensor named as PyTorch names it.
+/// With `evalForward`, first an eval-mode forward of the same weights and batch: its outputs as
+/// `eval.out.<name>` and each image's `Trainer.explain` values as `eval.explain.<name>`.
 public enum ParityDump {
     public struct BatchError: Error, CustomStringConvertible {
         public let description: String
@@ -8,7 +10,8 @@ public enum ParityDump {
 
     public static func run(config: RADARConfig, weights: [String: SafeTensor], weightsSource: String,
                            batch: [String: SafeTensor], batchSource: String, steps: Int, lr: Double, weightDecay: Double,
-                           threads: Int = 1, device: String = Devices.defaultName, precision: String? = nil) throws -> [String: SafeTensor] {
+                           threads: Int = 1, device: String = Devices.defaultName, precision: String? = nil,
+                           evalForward: Bool = false) throws -> [String: SafeTensor] {
         let model = try RADARModel(config: config)
         let ctx = ExecutionContext(backend: try Devices.backend(device, threads: threads, precision: precision), layout: model.layout)
         try StateDict.load(weights, into: ctx.params, source: weightsSource)
@@ -23,6 +26,23 @@ public enum ParityDump {
         let trainer = Trainer(model: model, ctx: ctx, lr: Float(lr), weightDecay: Float(weightDecay))
         trainer.clipNorm = 1.0
         var out: [String: SafeTensor] = [:]
+        if evalForward {
+            // Before the train-mode pass, which moves BatchNorm's running statistics.
+            let o = try trainer.evalForward(images: images.tensor)
+            for (name, t) in o.named { out["eval.out.\(name)"] = SafeTensor(shape: t.shape.dims, floats: be.download(t)) }
+            out["eval.out.convergence_delta"] = SafeTensor(shape: [], floats: be.download(o.convergenceDelta))
+            let ex = try trainer.explain(images: images.tensor)
+            let t = config.reasoningIterations
+            func put(_ name: String, _ v: [Float], _ shape: [Int]) { out["eval.explain.\(name)"] = SafeTensor(shape: shape, floats: v) }
+            if config.useBadm { put("boundary_probability", ex.map { $0.boundary! }, [ex.count]) }
+            if config.useAadm { put("frequency_probability", ex.map { $0.frequency! }, [ex.count]) }
+            put("reasoning_probability", ex.map(\.reasoning), [ex.count])
+            put("external_probability", ex.map(\.external), [ex.count])
+            put("iteration_probabilities", ex.flatMap(\.iterations), [ex.count, t])
+            put("attention", ex.flatMap { $0.attention.flatMap { $0 } }, [ex.count, t, 2])
+            put("probability", ex.map(\.probability), [ex.count])
+            put("gate", ex.map(\.gate), [ex.count])
+        }
         let (outputs, termsTensor) = try trainer.microBatch(images: images.tensor, labels: labels.tensor)
         let terms = be.download(termsTensor).withUnsafeBufferPointer { LossTerms($0) }
         for (name, t) in outputs.named { out["out.\(name)"] = SafeTensor(shape: t.shape.dims, floats: be.download(t)) }

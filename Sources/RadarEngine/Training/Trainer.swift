@@ -1,3 +1,5 @@
+import Foundation
+
 /// One replica's training step: forward, the 5-term loss, backward into the flat gradient buffer,
 /// gradient accumulationSteps, the data-parallel reduction, non-finite detection, global-norm clipping
 /// and AdamW with OneCycleLR. Allocation-free after the first step, and free of host
@@ -134,10 +136,71 @@ public final class Trainer: @unchecked Sendable {
 
     /// Eval-mode forward: probabilities (B) downloaded into `probs` (a host synchronisation).
     public func predict(images: Tensor, into probs: UnsafeMutablePointer<Float>) throws(ShapeMismatch) {
+        let out = try evalForward(images: images)
+        ctx.backend.download(out.prob, into: UnsafeMutableBufferPointer(start: probs, count: out.prob.count))
+    }
+
+    /// One eval-mode forward (BatchNorm on its running statistics, no dropout, nothing kept for
+    /// a backward): every output, as views valid until the next pass.
+    public func evalForward(images: Tensor) throws(ShapeMismatch) -> RADAROutputs {
         ctx.training = false
         defer { ctx.training = true }
         ctx.beginPass()
-        let out = try model.forward(images, ctx)
-        ctx.backend.download(out.prob, into: UnsafeMutableBufferPointer(start: probs, count: out.prob.count))
+        return try model.forward(images, ctx)
     }
+
+    /// Eval-mode forward with each image's interpretability outputs (MODEL.md §4-5): what each
+    /// head said and how the reasoning weighed the evidence. One host read of the small outputs.
+    public func explain(images: Tensor) throws(ShapeMismatch) -> [Explanation] {
+        let out = try evalForward(images: images)
+        let be = ctx.backend, c = model.config
+        let prob = be.download(out.prob), badm = be.download(out.badmLogit), aadm = be.download(out.aadmLogit)
+        let reasoning = be.download(out.reasoningLogit), external = be.download(out.externalLogit)
+        let alpha = be.download(out.gatingAlpha), iterations = be.download(out.iterationLogits)
+        let history = be.download(out.attentionHistory)
+        let t = c.reasoningIterations
+        return (0..<prob.count).map { i in
+            Explanation(probability: prob[i],
+                        boundary: c.useBadm ? Explanation.sigmoid(badm[i]) : nil,
+                        frequency: c.useAadm ? Explanation.sigmoid(aadm[i]) : nil,
+                        reasoning: Explanation.sigmoid(reasoning[i]), external: Explanation.sigmoid(external[i]),
+                        gate: alpha[i],
+                        iterations: (0..<t).map { Explanation.sigmoid(iterations[i * t + $0]) },
+                        attention: (0..<t).map { k in [history[(i * t + k) * 2], history[(i * t + k) * 2 + 1]] })
+        }
+    }
+}
+
+/// One image's interpretability outputs (`Trainer.explain`, `radar predict --explain`): the
+/// probability of "fake" from the final logit and from each head, the gate and the attention of
+/// the evidence refinement over the two evidence tokens.
+public struct Explanation: Sendable, Equatable {
+    /// sigmoid(final logit) = sigmoid(gate * reasoning logit + (1 - gate) * external logit).
+    public let probability: Float
+    /// sigmoid of the boundary (BADM) and frequency (AADM) branch classifiers; nil for a branch
+    /// the model does not use.
+    public let boundary: Float?, frequency: Float?
+    /// sigmoid of the evidence refinement's last logit and of the external classifier's.
+    public let reasoning: Float, external: Float
+    /// alpha = sigmoid(_gating_logit): the weight of the reasoning logit in the final one.
+    public let gate: Float
+    /// sigmoid of each refinement iteration's logit (the last is `reasoning`).
+    public let iterations: [Float]
+    /// Per iteration, the attention (averaged over heads) on [boundary evidence, frequency
+    /// evidence]; a disabled branch's column is 0.
+    public let attention: [[Float]]
+
+    public init(probability: Float, boundary: Float?, frequency: Float?, reasoning: Float, external: Float, gate: Float,
+                iterations: [Float], attention: [[Float]]) {
+        self.probability = probability
+        self.boundary = boundary
+        self.frequency = frequency
+        self.reasoning = reasoning
+        self.external = external
+        self.gate = gate
+        self.iterations = iterations
+        self.attention = attention
+    }
+
+    public static func sigmoid(_ x: Float) -> Float { 1 / (1 + Foundation.exp(-x)) }
 }
