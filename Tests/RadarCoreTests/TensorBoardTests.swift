@@ -113,15 +113,24 @@ final class TensorBoardTests: XCTestCase {
             XCTAssertEqual(value("epoch/skipped_steps", at: last), Float(steps.filter { $0["epoch"] as! Int == epoch && $0["skipped"] as! Bool }.count).bitPattern)
             let val = e["val"] as! [String: Double]
             for (k, v) in val { XCTAssertEqual(value("val/\(k)", at: last), Float(v).bitPattern, "val/\(k) epoch \(epoch)") }
+            // Each head's: the AUCs, the gate, the attention on frequency evidence per class.
+            let heads = HeadMetrics.scalars(e["val_heads"] as! [String: Any], prefix: "val_heads")
+            XCTAssertEqual(heads.count, 7, "four heads, the gate, two classes: \(heads)")
+            for (tag, v) in heads { XCTAssertEqual(value(tag, at: last), Float(v).bitPattern, "\(tag) epoch \(epoch)") }
             XCTAssertEqual(value("perf/images_per_s", at: last), Float(e["images_per_s"] as! Double).bitPattern)
         }
         XCTAssertTrue(h.testMetrics["auc"]!.isFinite, "the set's test split has both classes")
         for (k, v) in h.testMetrics { XCTAssertEqual(value("test/\(k)", at: 6), Float(v).bitPattern, "test/\(k)") }
+        let metrics = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/r/metrics.json"))) as! [String: Any]
+        let testHeads = HeadMetrics.scalars(metrics["test_heads"] as! [String: Any], prefix: "test_heads")
+        XCTAssertEqual(testHeads.count, 7, "\(testHeads)")
+        for (tag, v) in testHeads { XCTAssertEqual(value(tag, at: 6), Float(v).bitPattern, tag) }
         // The HParams dashboard's session: config.json's values.
         try assertHParamsAreTheConfig(out + "/r")
         XCTAssertEqual(Set(tb.keys), Set(["train/loss", "train/loss_main", "train/loss_branch", "train/loss_orth", "train/loss_deep", "train/lr",
                                           "train/grad_norm", "epoch/number", "epoch/train_loss", "epoch/skipped_steps", "perf/images_per_s", "perf/step_seconds"]
-                                         + h.testMetrics.keys.map { "val/\($0)" } + h.testMetrics.keys.map { "test/\($0)" }))
+                                         + h.testMetrics.keys.map { "val/\($0)" } + h.testMetrics.keys.map { "test/\($0)" }
+                                         + testHeads.map { "val_heads/" + $0.0.dropFirst("test_heads/".count) } + testHeads.map(\.0)))
         // The export carries them.
         let zip = try RunExport.export(results: out + "/r", to: out + "/exports", downloadScript: false)
         let (rc, listing) = try shell([interopPython, "-c", "import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).namelist())", zip])

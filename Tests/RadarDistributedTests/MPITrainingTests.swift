@@ -462,6 +462,14 @@ final class DemoPipelineTests: XCTestCase {
         for (name, m) in heads { XCTAssertTrue((0...1).contains(m["auc"] as! Double), "\(name): \(eval)") }
         XCTAssertTrue((0...1).contains(single["gate"] as! Double), eval)
         for (_, a) in single["attention"] as! [String: [String: Double]] { XCTAssertEqual(a["boundary"]! + a["frequency"]!, 1, accuracy: 1e-6, eval) }
+        // The same, gathered over the 2 ranks at the end of training (metrics.json's test_heads).
+        let gatheredHeads = metrics["test_heads"] as! [String: Any]
+        for (name, m) in gatheredHeads["heads"] as! [String: [String: Any]] {
+            XCTAssertEqual(m["auc"] as? Double, heads[name]?["auc"] as? Double, "\(name) AUC: 2 ranks gathered vs one process")
+        }
+        XCTAssertEqual(gatheredHeads["gate"] as? Double, single["gate"] as? Double)
+        let (ga, sa) = (gatheredHeads["attention"] as! [String: [String: Double]], single["attention"] as! [String: [String: Double]])
+        for c in ["real", "fake"] { XCTAssertEqual(ga[c]!["frequency"]!, sa[c]!["frequency"]!, accuracy: 1e-6, c) }
         // radar predict on two files and a directory of them.
         let imgs = root + "/imgs"
         try FileManager.default.createDirectory(atPath: imgs, withIntermediateDirectories: true)

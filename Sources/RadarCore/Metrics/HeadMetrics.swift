@@ -43,4 +43,21 @@ public struct HeadMetrics {
         }
         return ["heads": heads, "gate": Double(gate), "attention": byClass]
     }
+
+    /// A report's numbers as TensorBoard scalars: `<prefix>/<head>_auc` for each enabled head,
+    /// `<prefix>/gate`, `<prefix>/attention_frequency_{real,fake}` (the last iteration's mean
+    /// attention on the frequency evidence; the boundary's is 1 minus it).
+    public static func scalars(_ report: [String: Any], prefix: String) -> [(String, Double)] {
+        var out: [(String, Double)] = []
+        let heads = report["heads"] as? [String: Any] ?? [:]
+        for name in ["boundary", "frequency", "reasoning", "external"] {
+            if let m = heads[name] as? [String: Double], let auc = m["auc"] { out.append(("\(prefix)/\(name)_auc", auc)) }
+        }
+        if let g = report["gate"] as? Double { out.append(("\(prefix)/gate", g)) }
+        let attention = report["attention"] as? [String: Any] ?? [:]
+        for name in ["real", "fake"] {
+            if let a = attention[name] as? [String: Double], let f = a["frequency"] { out.append(("\(prefix)/attention_frequency_\(name)", f)) }
+        }
+        return out
+    }
 }

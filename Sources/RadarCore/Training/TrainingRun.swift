@@ -182,9 +182,10 @@ public final class TrainingRun {
         return (images, labels)
     }
 
-    /// Eval-mode scores of a split. With several ranks each scores refs[rank::size] and the
-    /// scores are gathered, so every rank gets the same arrays as one process would.
-    public func evaluate(_ split: Split) throws -> (scores: [Float], labels: [Int], sequences: [String]) {
+    /// Eval-mode scores of a split, and each head's (`HeadMetrics`). With several ranks each
+    /// scores refs[rank::size] and the scores are gathered, so every rank gets the same arrays as
+    /// one process would.
+    public func evaluate(_ split: Split) throws -> (scores: [Float], labels: [Int], sequences: [String], heads: HeadMetrics) {
         let c = options.config
         let all = set.refs(split)
         let size = options.worldSize, rank = options.rank
@@ -193,23 +194,39 @@ public final class TrainingRun {
                                      std: c.std, augment: false, seed: options.seed, epoch: 0, threads: options.loaderThreads,
                                      dropLast: false)
         var myScores: [Float] = [], labels: [Int] = [], seqs: [String] = []
-        let probs = UnsafeMutablePointer<Float>.allocate(capacity: options.batchSize)
-        defer { probs.deallocate() }
+        var heads = HeadMetrics(useBadm: c.useBadm, useAadm: c.useAadm)
+        // Per image what the heads need after a gather: probability, boundary, frequency,
+        // reasoning, external, the last iteration's attention (2), the gate.
+        let width = 8
+        var rows: [Float] = []
         while let b = try loader.next() {
             try JobAbort.check()
-            try trainer.predict(images: upload(b).images, into: probs)
-            for j in 0..<b.labels.count {
-                myScores.append(probs[j]); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
+            for (j, e) in try trainer.explain(images: upload(b).images).enumerated() {
+                myScores.append(e.probability); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
+                heads.append(e)
+                let last = e.attention.last ?? [.nan, .nan]
+                rows += [e.probability, e.boundary ?? .nan, e.frequency ?? .nan, e.reasoning, e.external, last[0], last[1], e.gate]
             }
         }
-        guard size > 1 else { return (myScores, labels, seqs) }
+        guard size > 1 else { return (myScores, labels, seqs, heads) }
         let per = (all.count + size - 1) / size
-        let padded = myScores + [Float](repeating: .nan, count: per - myScores.count)
-        let parts = try parallel.gather(padded)
+        let parts = try parallel.gather(rows + [Float](repeating: .nan, count: (per - myScores.count) * width))
         var scores = [Float](repeating: 0, count: all.count)
-        for r in 0..<size { for j in 0..<per where r + size * j < all.count { scores[r + size * j] = parts[r][j] } }
+        var gathered = [ArraySlice<Float>](repeating: [], count: all.count)
+        for r in 0..<size {
+            for j in 0..<per where r + size * j < all.count {
+                gathered[r + size * j] = parts[r][(j * width)..<((j + 1) * width)]
+                scores[r + size * j] = parts[r][j * width]
+            }
+        }
+        heads = HeadMetrics(useBadm: c.useBadm, useAadm: c.useAadm)
+        for v in gathered {
+            let v = Array(v)
+            heads.append(Explanation(probability: v[0], boundary: c.useBadm ? v[1] : nil, frequency: c.useAadm ? v[2] : nil,
+                                     reasoning: v[3], external: v[4], gate: v[7], iterations: [v[3]], attention: [[v[5], v[6]]]))
+        }
         let truth = try splitTruth(split, all)
-        return (scores, truth.labels, truth.sequences)
+        return (scores, truth.labels, truth.sequences, heads)
     }
 
     /// The labels and sequences of a split's samples in `refs` order, read once per run on every
@@ -528,16 +545,18 @@ public final class TrainingRun {
         (p.history.partialEpochLoss, p.history.partialEpochBatches) = (nil, nil)
         let val = try evaluate(.val)
         let m = BinaryMetrics.all(scores: val.scores, labels: val.labels, sequences: val.sequences)
+        let heads = val.heads.report(labels: val.labels, sequences: val.sequences)
         p.history.trainLoss.append(lossSum / Double(max(n, 1)))
         p.history.valAUC.append(m["auc"]!)
         p.history.valAccuracy.append(m["accuracy"]!)
         p.history.valMetrics.append(m)
         let imagesPerSecond = speed["images_per_s"] ?? 0
-        steps.record(["epoch": epoch, "train_loss": p.history.trainLoss.last!, "val": m].merging(speed) { a, _ in a })
+        steps.record(["epoch": epoch, "train_loss": p.history.trainLoss.last!, "val": m, "val_heads": heads].merging(speed) { a, _ in a })
         let skipped = trainer.skippedSteps - skippedBeforeEpoch
         steps.scalars(step: trainer.optimizer.step, [("epoch/number", Double(epoch + 1)), ("epoch/train_loss", p.history.trainLoss.last!),
                                                      ("epoch/skipped_steps", Double(skipped))]
                       + m.sorted { $0.key < $1.key }.map { ("val/\($0.key)", $0.value) }
+                      + HeadMetrics.scalars(heads, prefix: "val_heads")
                       + speed.sorted { $0.key < $1.key }.map { ("perf/\($0.key)", $0.value) })
         parallel.epochFinished(epoch: epoch, step: trainer.optimizer.step,
                                metrics: m.merging(["train_loss": p.history.trainLoss.last!, "images_per_s": imagesPerSecond]) { a, _ in a })
@@ -588,6 +607,7 @@ public final class TrainingRun {
         if best == nil { log("warning: no best checkpoint (validation AUC was never defined): test metrics use the last weights") }
         let test = try evaluate(.test)
         history.testMetrics = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences)
+        testHeads = test.heads.report(labels: test.labels, sequences: test.sequences)
         history.testCurve = BinaryMetrics.rocCurve(scores: test.scores, labels: test.labels)
         if !(history.testMetrics["auc"] ?? .nan).isFinite { log(undefinedAUCWarning(.test, scores: test.scores, labels: test.labels)) }
         let which = best == nil ? "last weights" : "best epoch \(history.bestEpoch + 1)"
@@ -602,6 +622,10 @@ public final class TrainingRun {
                 : "the test split has one class (\(test.labels.count - fake) real, \(fake) fake images)"
         }
     }
+
+    /// Each head's test metrics, the gate and the attention per class (`HeadMetrics.report`),
+    /// once the test split has been evaluated: metrics.json's `test_heads`.
+    public private(set) var testHeads: [String: Any]?
 
     /// Why the test AUC is undefined, when it is (for the run's last line).
     public private(set) var testAUCUndefinedReason: String?
@@ -669,7 +693,8 @@ public final class TrainingRun {
         var history = position.history
         history.skippedSteps = trainer.skippedSteps
         try test(&history, best: best)
-        steps.scalars(step: trainer.optimizer.step, history.testMetrics.sorted { $0.key < $1.key }.map { ("test/\($0.key)", $0.value) })
+        steps.scalars(step: trainer.optimizer.step, history.testMetrics.sorted { $0.key < $1.key }.map { ("test/\($0.key)", $0.value) }
+                      + (testHeads.map { HeadMetrics.scalars($0, prefix: "test_heads") } ?? []))
         if writes {
             // The best weights (now in the store) as a model-only file PyTorch loads with strict=True.
             try ModelFile.write(ctx.params, config: options.config, to: (dir as NSString).appendingPathComponent("model.safetensors"))
@@ -682,13 +707,14 @@ public final class TrainingRun {
     /// metrics.json in the reference's schema (history.train_loss, history.val_auc,
     /// history.val_acc, best_val_auc, test_metrics.auc, test_metrics.accuracy, timestamp) plus ours.
     func writeMetrics(_ h: RunHistory) throws {
-        let obj: [String: Any] = [
+        var obj: [String: Any] = [
             "history": ["train_loss": h.trainLoss, "val_auc": h.valAUC, "val_acc": h.valAccuracy, "val_metrics": h.valMetrics],
             "best_val_auc": h.bestValAUC, "best_epoch": h.bestEpoch + 1,
             "test_metrics": h.testMetrics,
             "skipped_steps": h.skippedSteps,
             "timestamp": ISO8601DateFormatter().string(from: Date()),
         ]
+        if let testHeads { obj["test_heads"] = testHeads }
         try writeFileAtomically(try jsonData(obj, pretty: true), to: (options.experimentDirectory as NSString).appendingPathComponent("metrics.json"))
     }
 }
