@@ -289,7 +289,7 @@ final class CheckpointTests: XCTestCase {
         _ = try TrainingRun(options: o).run()
         let dir = "\(out)/r"
         for f in ["best.safetensors.lz4", "last.safetensors.lz4", "model.safetensors", "config.json", "metrics.json", "metrics.jsonl",
-                  "plots/loss.svg", "plots/val.svg", "plots/roc.svg"] {
+                  "plots/loss.svg", "plots/val.svg", "plots/heads.svg", "plots/roc.svg"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir)/\(f)"), f)
         }
         // Resumed into another folder, the run keeps its best weights: the test split used the
@@ -337,7 +337,7 @@ final class CheckpointTests: XCTestCase {
         var names: [String] = []
         while let m = try reader.next() { names.append(m.name); try reader.skipData() }
         XCTAssertEqual(Set(names), Set(["r/best.safetensors.lz4", "r/model.safetensors", "r/config.json", "r/metrics.json", "r/plots/loss.svg",
-                                        "r/plots/val.svg", "r/plots/roc.svg", "r/README.md"]
+                                        "r/plots/val.svg", "r/plots/heads.svg", "r/plots/roc.svg", "r/README.md"]
                                    + TensorBoardLog.eventFiles(in: dir + "/tensorboard").map { "r/tensorboard/" + ($0 as NSString).lastPathComponent }))
         XCTAssertTrue(names.contains { $0.hasPrefix("r/tensorboard/events.out.tfevents.") }, "\(names)")
         // Zip entries carry the export's date (not 1970); JSON paths are not escaped ("\/").

@@ -77,5 +77,15 @@ final class PlotTests: XCTestCase {
         XCTAssertTrue(val.contains(">0.8123<") && val.contains(">0.7500<"), "a lone point carries its value")
         XCTAssertEqual(labels(val), ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"])
         for l in labels(loss) { XCTAssertTrue(l.count <= 4, "round loss ticks, got \(labels(loss))") }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/plots/heads.svg"), "no val_heads lines: no heads plot")
+        // With the epoch line's val_heads: each enabled head's validation AUC beside the model's.
+        let epochLine = #"{"epoch":0,"train_loss":0.8,"val_heads":{"gate":0.5,"heads":{"boundary":{"auc":0.7654},"frequency":null,"#
+            + #""reasoning":{"auc":0.8111},"external":{"auc":0.6222}},"attention":{"real":null,"fake":null}}}"#
+        try (lines + [epochLine]).joined(separator: "\n").write(toFile: jsonl, atomically: true, encoding: .utf8)
+        try RunPlots.write(history: h, steps: jsonl, to: dir + "/plots")
+        let heads = try String(contentsOfFile: dir + "/plots/heads.svg", encoding: .utf8)
+        for v in [">0.8123<", ">0.7654<", ">0.8111<", ">0.6222<"] { XCTAssertTrue(heads.contains(v), "\(v) in \(heads)") }
+        for n in [">model<", ">boundary<", ">reasoning<", ">external<"] { XCTAssertTrue(heads.contains(n), n) }
+        XCTAssertFalse(heads.contains(">frequency<"), "a disabled branch has no curve")
     }
 }

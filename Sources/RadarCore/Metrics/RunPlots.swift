@@ -87,16 +87,23 @@ public enum RunPlots {
         s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
     }
 
-    /// loss.svg (per optimizer step from metrics.jsonl, and per epoch), val.svg, and roc.svg when
+    /// loss.svg (per optimizer step from metrics.jsonl, and per epoch), val.svg, heads.svg (each
+    /// head's validation AUC, from metrics.jsonl's `val_heads`, where it has them), and roc.svg when
     /// the run has test scores.
     public static func write(history h: RunHistory, steps jsonl: String, to dir: String) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var stepLoss: [(Double, Double)] = []
         var lastStepOfEpoch: [Int: Int] = [:]
+        var headAUC: [String: [Int: Double]] = [:]  // head -> epoch -> validation AUC
         if let text = try? String(contentsOfFile: jsonl, encoding: .utf8) {
             for line in text.split(separator: "\n") {
-                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                      let step = o["step"] as? Int, let loss = o["loss_total"] as? Double else { continue }
+                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { continue }
+                if let e = o["epoch"] as? Int, let r = o["val_heads"] as? [String: Any] {
+                    for (tag, v) in HeadMetrics.scalars(r, prefix: "") where tag.hasSuffix("_auc") {
+                        headAUC[String(tag.dropFirst().dropLast(4)), default: [:]][e] = v
+                    }
+                }
+                guard let step = o["step"] as? Int, let loss = o["loss_total"] as? Double else { continue }
                 stepLoss.append((Double(step), loss))
                 if let e = o["epoch"] as? Int { lastStepOfEpoch[e] = max(lastStepOfEpoch[e] ?? 0, step) }
             }
@@ -123,6 +130,16 @@ public enum RunPlots {
                    Series(name: "val accuracy", color: "#ff7f0e", points: h.valAccuracy.enumerated().map { (Double($0.offset + 1), $0.element) })]
         try writeFileAtomically(Data(lineChart(title: "Validation", xLabel: "epoch", yLabel: "AUC / accuracy", series: val,
                                                yRange: (0, 1), legendAtBottom: true, integerX: true).utf8), to: dir + "/val.svg")
+        // Each head's validation AUC beside the model's: what the fusion adds over its inputs.
+        if !headAUC.isEmpty {
+            var heads = [Series(name: "model", color: "#2ca02c", points: h.valAUC.enumerated().map { (Double($0.offset + 1), $0.element) })]
+            for (name, color) in [("boundary", "#1f77b4"), ("frequency", "#ff7f0e"), ("reasoning", "#9467bd"), ("external", "#8c564b")] {
+                guard let byEpoch = headAUC[name] else { continue }
+                heads.append(Series(name: name, color: color, points: byEpoch.keys.sorted().map { (Double($0 + 1), byEpoch[$0]!) }))
+            }
+            try writeFileAtomically(Data(lineChart(title: "Validation AUC of each head", xLabel: "epoch", yLabel: "AUC", series: heads,
+                                                   yRange: (0, 1), legendAtBottom: true, integerX: true).utf8), to: dir + "/heads.svg")
+        }
         if let c = h.testCurve {
             let auc = h.testMetrics["auc"] ?? .nan
             try writeFileAtomically(Data(lineChart(title: String(format: "Test ROC (AUC %.4f)", auc), xLabel: "false positive rate",
