@@ -22,11 +22,16 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
+    @Option(name: .customLong("perturb"), help: "Also evaluate on degraded images, one pass each (repeatable): jpeg:Q (quality 1-100), blur:3 or blur:5, noise:SIGMA (grey levels), scale:F (shrunk to F of the side, then enlarged back).")
+    var perturbations: [String] = []
 
     func validate() throws {
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
         try requireFlag(Split(rawValue: split) != nil, "split", "train, val or test", split)
+        for p in perturbations {
+            do { _ = try Perturbation(parsing: p) } catch { throw ValidationError("\(error)") }
+        }
     }
 
     func run() throws {
@@ -36,30 +41,46 @@ struct Evaluate: ParsableCommand {
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             let sp = Split(rawValue: split)!
             let c = model.config
-            let loader = StreamingLoader(set: set, refs: set.refs(sp), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
-                                         augment: false, seed: 0, epoch: 0,
-                                         threads: Devices.defaultLoaderThreads(device: device ?? Devices.defaultName, localRanks: 1), dropLast: false)
-            var scores: [Float] = [], labels: [Int] = [], seqs: [String] = []
-            var heads = HeadMetrics(useBadm: c.useBadm, useAadm: c.useAadm)
-            let bar = ProgressReporter("evaluate", total: loader.batchCount, unit: "batch")
             let input = DeviceTensor(ctx.backend, Shape(batchSize, 3, c.imgSize, c.imgSize))
-            while let b = try loader.next() {
-                let view = input.tensor.slice(from: 0, Shape(b.labels.count, 3, c.imgSize, c.imgSize))
-                ctx.backend.upload(UnsafeBufferPointer(rebasing: b.images.buffer[0..<view.count]), into: view)
-                // The forward's small outputs with the probabilities: each head's metrics too.
-                let explained = try trainer.explain(images: view)
-                for (j, e) in explained.enumerated() {
-                    scores.append(e.probability); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
-                    heads.append(e)
+            // One pass over the split: the model's metrics and each head's.
+            func pass(_ perturbation: Perturbation?) throws -> [String: Any] {
+                let loader = StreamingLoader(set: set, refs: set.refs(sp), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
+                                             augment: false, seed: 0, epoch: 0,
+                                             threads: Devices.defaultLoaderThreads(device: device ?? Devices.defaultName, localRanks: 1), dropLast: false,
+                                             perturbation: perturbation)
+                var scores: [Float] = [], labels: [Int] = [], seqs: [String] = []
+                var heads = HeadMetrics(useBadm: c.useBadm, useAadm: c.useAadm)
+                let bar = ProgressReporter(perturbation.map { "evaluate \($0)" } ?? "evaluate", total: loader.batchCount, unit: "batch")
+                while let b = try loader.next() {
+                    let view = input.tensor.slice(from: 0, Shape(b.labels.count, 3, c.imgSize, c.imgSize))
+                    ctx.backend.upload(UnsafeBufferPointer(rebasing: b.images.buffer[0..<view.count]), into: view)
+                    // The forward's small outputs with the probabilities: each head's metrics too.
+                    let explained = try trainer.explain(images: view)
+                    for (j, e) in explained.enumerated() {
+                        scores.append(e.probability); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
+                        heads.append(e)
+                    }
+                    bar.update(b.index + 1)
                 }
-                bar.update(b.index + 1)
+                guard !scores.isEmpty else { throw ValidationError("\(data): the \(split) split is empty") }
+                var out: [String: Any] = ["images": scores.count]
+                for (k, v) in BinaryMetrics.all(scores: scores, labels: labels, sequences: seqs) { out[k] = v }
+                for (k, v) in heads.report(labels: labels, sequences: seqs) { out[k] = v }
+                if let why = BinaryMetrics.undefinedAUCReason(scores: scores, labels: labels) {
+                    logLine("radar evaluate: warning: \(perturbation.map { "\($0): " } ?? "")the metrics that need it are undefined (null): \(why)")
+                }
+                return out
             }
-            guard !scores.isEmpty else { throw ValidationError("\(data): the \(split) split is empty") }
-            var out: [String: Any] = ["checkpoint": checkpoint, "split": split, "images": scores.count]
-            for (k, v) in BinaryMetrics.all(scores: scores, labels: labels, sequences: seqs) { out[k] = v }
-            for (k, v) in heads.report(labels: labels, sequences: seqs) { out[k] = v }
-            if let why = BinaryMetrics.undefinedAUCReason(scores: scores, labels: labels) {
-                logLine("radar evaluate: warning: the metrics that need it are undefined (null): \(why)")
+            var out = try pass(nil)
+            out["checkpoint"] = checkpoint
+            out["split"] = split
+            if !perturbations.isEmpty {
+                out["perturbations"] = try perturbations.map { text -> [String: Any] in
+                    let p = try Perturbation(parsing: text)
+                    var r = try pass(p)
+                    r["perturbation"] = p.description
+                    return r
+                }
             }
             printJSON(out)
         }

@@ -72,7 +72,7 @@ final class DownloadTests: XCTestCase {
 }
 
 final class AugmentationTests: XCTestCase {
-    func fixture() throws -> [String: RGBImage] {
+    static func fixture() throws -> [String: RGBImage] {
         let t = try SafeTensors.read(fixturesDirectory.appendingPathComponent("augment.safetensors").path).tensors
         return t.mapValues { RGBImage(width: $0.shape[1], height: $0.shape[0], pixels: $0.floats.map { UInt8($0) }) }
     }
@@ -177,7 +177,7 @@ final class AugmentationTests: XCTestCase {
         // Fixture: tools/golden/augment_fixture.py (cv2.warpAffine, cv2.GaussianBlur, cv2.imencode).
         // warpAffine may differ by one grey level on a rounding tie; blur kernels are dyadic and match exactly, and
         // JPEG re-compression uses the same libjpeg-turbo settings (4:2:0, accurate DCT).
-        let f = try fixture()
+        let f = try Self.fixture()
         let input = f["input"]!
         for (i, a) in [(7.0, 1.05, 0.03, -0.02), (-10.0, 0.9, -0.05, 0.05), (0.0, 1.1, 0.0, 0.0)].enumerated() {
             let ours = Augmenter.shiftScaleRotate(input, angle: a.0, scale: a.1, dx: a.2, dy: a.3)
@@ -268,5 +268,80 @@ final class AugmentationTests: XCTestCase {
         XCTAssertNotEqual(set.shuffled(set.refs(.train), seed: 9, epoch: 1), refs, "each epoch reshuffles")
         XCTAssertEqual(set.shuffled(set.refs(.train), seed: 9, epoch: 0), refs)
         XCTAssertEqual(Set(set.shuffled(set.refs(.train), seed: 9, epoch: 1)), Set(refs))
+    }
+}
+
+/// `radar evaluate --perturb`: the degradations, checked against OpenCV where OpenCV defines them
+/// (the augmentation fixture), their statistics, and their independence from threads and batches.
+final class PerturbationTests: XCTestCase {
+    func testSpecificationsParseAndBadOnesSayWhatIsExpected() throws {
+        for text in ["jpeg:50", "jpeg:1", "jpeg:100", "blur:3", "blur:5", "noise:8", "noise:2.5", "scale:0.5", "scale:0.25"] {
+            XCTAssertEqual(try Perturbation(parsing: text).description, text)
+        }
+        for (text, why) in [("jpeg:0", "JPEG quality must be an integer in 1...100"), ("jpeg:high", "JPEG quality must be an integer in 1...100"),
+                            ("blur:4", "the blur kernel must be 3 or 5"), ("noise:0", "the noise sigma must be a number in (0, 255] (grey levels)"),
+                            ("scale:1", "the scale factor must be a number in (0, 1)"), ("scale:-0.5", "the scale factor must be a number in (0, 1)"),
+                            ("sharpen:2", "unknown kind sharpen: expected jpeg, blur, noise or scale"),
+                            ("jpeg", "expected KIND:VALUE (jpeg:Q, blur:K, noise:SIGMA or scale:F)")] {
+            XCTAssertThrowsError(try Perturbation(parsing: text), text) { XCTAssertEqual("\($0)", "--perturb \(text): \(why)") }
+        }
+    }
+
+    func testJPEGAndBlurAreOpenCVs() throws {
+        let f = try AugmentationTests.fixture()
+        XCTAssertEqual(try Perturbation.jpeg(quality: 70).apply(f["input"]!, key: "k"), f["jpeg70"]!, "cv2.imencode quality 70")
+        XCTAssertEqual(try Perturbation.blur(kernel: 5).apply(f["input"]!, key: "k"), f["blur5"]!, "cv2.GaussianBlur 5x5")
+    }
+
+    func testNoiseHasItsSigmaAndDependsOnTheKeyOnly() throws {
+        let grey = RGBImage(width: 64, height: 64, pixels: [UInt8](repeating: 128, count: 64 * 64 * 3))
+        let a = try Perturbation.noise(sigma: 10).apply(grey, key: "shard-0/img_1")
+        XCTAssertEqual(try Perturbation.noise(sigma: 10).apply(grey, key: "shard-0/img_1"), a, "the same key, the same noise")
+        XCTAssertNotEqual(try Perturbation.noise(sigma: 10).apply(grey, key: "shard-0/img_2"), a, "another key, other noise")
+        let d = a.pixels.map { Double($0) - 128 }
+        let mean = d.reduce(0, +) / Double(d.count), sd = (d.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(d.count)).squareRoot()
+        XCTAssertEqual(mean, 0, accuracy: 0.3)
+        XCTAssertEqual(sd, 10, accuracy: 0.3, "12,288 draws of sigma 10 (rounding adds 1/12 to the variance)")
+        let loud = try Perturbation.noise(sigma: 255).apply(grey, key: "k")
+        XCTAssertTrue(loud.pixels.contains(0) && loud.pixels.contains(255), "clipped, not wrapped")
+    }
+
+    func testScaleLosesDetailButKeepsSizeAndFlatRegions() throws {
+        let f = try AugmentationTests.fixture(), input = f["input"]!
+        let half = try Perturbation.scale(factor: 0.5).apply(input, key: "k")
+        XCTAssertEqual([half.width, half.height], [input.width, input.height])
+        XCTAssertNotEqual(half, input)
+        let w = Int((Double(input.width) * 0.5).rounded()), h = Int((Double(input.height) * 0.5).rounded())
+        XCTAssertEqual(half, ImageResize.resize(ImageResize.resize(input, width: w, height: h, mode: .bilinearOrArea),
+                                                width: input.width, height: input.height, mode: .openCVLinear))
+        let flat = RGBImage(width: 30, height: 20, pixels: (0..<600).flatMap { _ in [UInt8(40), 120, 200] })
+        XCTAssertEqual(try Perturbation.scale(factor: 0.3).apply(flat, key: "k"), flat, "a flat image has no detail to lose")
+    }
+
+    /// The loader applies it after the resize, before normalisation: the same batches for any
+    /// thread count, and different from the clean ones.
+    func testLoaderPerturbsEverySampleTheSameWayOnAnyThreadCount() throws {
+        let out = temporaryDirectory("perturb")
+        _ = try DatasetPreparer(options: PrepareOptions(output: out).with { $0.shardSize = 30 }).run(
+            SyntheticSource(size: 16, count: 60, seed: 4, difficulty: 0.3))
+        let set = try ShardSet(directory: out)
+        let refs = set.refs(.train)
+        func images(_ p: Perturbation?, threads: Int) throws -> [Float] {
+            let loader = StreamingLoader(set: set, refs: refs, batchSize: 5, size: 16, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5],
+                                         augment: false, seed: 0, epoch: 0, threads: threads, depth: 2, dropLast: false, perturbation: p)
+            var v: [Float] = []
+            while let b = try loader.next() { v += b.images.values }
+            return v
+        }
+        let noisy = try images(.noise(sigma: 6), threads: 1)
+        XCTAssertEqual(try images(.noise(sigma: 6), threads: 3).map(\.bitPattern), noisy.map(\.bitPattern))
+        XCTAssertNotEqual(try images(nil, threads: 1), noisy)
+        // The first sample by hand: decode, resize, perturb with its key, normalise.
+        let index = set.indices[refs[0].shard], key = index.key(refs[0].index)
+        let img = try Perturbation.noise(sigma: 6).apply(
+            ImageResize.resize(try ImageCodec.decode(try index.image(refs[0].index), item: key), width: 16, height: 16, mode: .openCVLinear), key: key)
+        var expected = [Float](repeating: 0, count: 3 * 16 * 16)
+        expected.withUnsafeMutableBufferPointer { Augmenter.normalize(img, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], into: $0.baseAddress!) }
+        XCTAssertEqual(Array(noisy.prefix(expected.count)).map(\.bitPattern), expected.map(\.bitPattern))
     }
 }

@@ -462,6 +462,24 @@ final class DemoPipelineTests: XCTestCase {
         for (name, m) in heads { XCTAssertTrue((0...1).contains(m["auc"] as! Double), "\(name): \(eval)") }
         XCTAssertTrue((0...1).contains(single["gate"] as! Double), eval)
         for (_, a) in single["attention"] as! [String: [String: Double]] { XCTAssertEqual(a["boundary"]! + a["frequency"]!, 1, accuracy: 1e-6, eval) }
+        // --perturb: the clean metrics as before, then one pass per degradation, in order.
+        let perturbedText = try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
+                                     "--data", root + "/data", "--split", "test", "--threads", "1", "--perturb", "jpeg:40", "--perturb", "scale:0.5"])
+        let perturbed = try JSONSerialization.jsonObject(with: Data(perturbedText.utf8)) as! [String: Any]
+        XCTAssertEqual(perturbed["auc"] as? Double, single["auc"] as? Double, perturbedText)
+        let passes = perturbed["perturbations"] as! [[String: Any]]
+        XCTAssertEqual(passes.map { $0["perturbation"] as? String }, ["jpeg:40", "scale:0.5"], perturbedText)
+        for p in passes {
+            XCTAssertEqual(p["images"] as? Int, single["images"] as? Int)
+            XCTAssertTrue((0...1).contains(p["auc"] as! Double), perturbedText)
+            XCTAssertEqual((p["heads"] as? [String: Any])?.count, 4, perturbedText)
+            XCTAssertNotEqual((p["attention"] as! [String: [String: Double]])["real"]!["frequency"],
+                              (single["attention"] as! [String: [String: Double]])["real"]!["frequency"], "other images, other attention")
+        }
+        let (brc, bout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo",
+                                                 "--data", root + "/data", "--perturb", "jpeg:0"])
+        XCTAssertNotEqual(brc, 0)
+        XCTAssertTrue(bout.contains("--perturb jpeg:0: JPEG quality must be an integer in 1...100"), bout)
         // The same, gathered over the 2 ranks at the end of training (metrics.json's test_heads).
         let gatheredHeads = metrics["test_heads"] as! [String: Any]
         for (name, m) in gatheredHeads["heads"] as! [String: [String: Any]] {

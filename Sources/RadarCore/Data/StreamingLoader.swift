@@ -99,6 +99,8 @@ public final class StreamingLoader: @unchecked Sendable {
     /// How images reach the model's size: the reference's INTER_LINEAR for evaluation (the
     /// default); training passes `.bilinearOrArea`.
     public let resizeMode: ImageResize.Mode
+    /// A degradation of every image after the resize (`radar evaluate --perturb`), or nil.
+    public let perturbation: Perturbation?
     public let seed: UInt64
     public let epoch: Int
     public let batchCount: Int
@@ -132,9 +134,11 @@ public final class StreamingLoader: @unchecked Sendable {
     private var running = 0
 
     public init(set: ShardSet, refs: [SampleRef], batchSize: Int, size: Int, mean: [Double], std: [Double], augment: Bool,
-                seed: UInt64, epoch: Int, threads: Int, depth: Int = 4, dropLast: Bool, resize: ImageResize.Mode = .openCVLinear) {
+                seed: UInt64, epoch: Int, threads: Int, depth: Int = 4, dropLast: Bool, resize: ImageResize.Mode = .openCVLinear,
+                perturbation: Perturbation? = nil) {
         self.set = set
         self.resizeMode = resize
+        self.perturbation = perturbation
         self.refs = refs
         self.batchSize = batchSize
         self.size = size
@@ -202,13 +206,14 @@ public final class StreamingLoader: @unchecked Sendable {
         }
     }
 
-    /// Decode (+ resize) (+ augment) + normalise one sample into `dst` (3, size, size).
+    /// Decode (+ resize) (+ perturb) (+ augment) + normalise one sample into `dst` (3, size, size).
     public func loadSample(_ ref: SampleRef, into dst: UnsafeMutablePointer<Float>) throws -> SampleInfo {
         let index = set.indices[ref.shard]
         let key = index.key(ref.index)
         let info = try index.info(ref.index)
         var img = try ImageCodec.decode(try index.image(ref.index), item: "\(index.path):\(key)")
         img = ImageResize.resize(img, width: size, height: size, mode: resizeMode)
+        if let perturbation { img = try perturbation.apply(img, key: key) }
         if augment { img = try Augmenter.apply(AugmentationPlan.draw(seed: seed, epoch: epoch, key: key), to: img) }
         Augmenter.normalize(img, mean: mean, std: std, into: dst)
         return info
