@@ -47,6 +47,10 @@ final class TensorBoardTests: XCTestCase {
         want = flat(json.load(open(sys.argv[2])))
         assert got == want, (sorted(set(got.items()) ^ set(want.items())))
         assert "model.embed_dim" in got and got["augment"] is True, got
+        # The finished run's end, as add_hparams writes it (status SUCCESS), after its start.
+        end = plugin_data_pb2.HParamsPluginData.FromString(ea.PluginTagToContent("hparams")["_hparams_/session_end_info"])
+        assert end.WhichOneof("data") == "session_end_info" and end.session_end_info.status == 1, end
+        assert end.session_end_info.end_time_secs >= data.session_start_info.start_time_secs > 0, (end, data.session_start_info.start_time_secs)
         print("HPARAMS", len(got))
         """
         let (rc, out) = try shell([interopPython, "-c", hparamsCheck, run + "/tensorboard", run + "/config.json"])
@@ -149,6 +153,9 @@ final class TensorBoardTests: XCTestCase {
         _ = try TrainingRun(options: first).run()
         let dir = out + "/resumed/tensorboard"
         let original = try XCTUnwrap(TensorBoardLog.eventFiles(in: dir).first)
+        let interrupted = String(decoding: FileManager.default.contents(atPath: original)!, as: UTF8.self)
+        XCTAssertTrue(interrupted.contains("_hparams_/session_start_info"))
+        XCTAssertFalse(interrupted.contains("_hparams_/session_end_info"), "a run that stopped has not ended: status unknown")
         // What the killed run would have written after the checkpoint at step 2.
         let handle = try XCTUnwrap(FileHandle(forWritingAtPath: original))
         try handle.seekToEnd()

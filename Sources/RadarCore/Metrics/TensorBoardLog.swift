@@ -148,22 +148,41 @@ public final class TensorBoardLog {
             start.message(1, entry.bytes)
         }
         start.double(5, wallTime)  // start_time_secs
+        return TensorBoardLog.hparamsPluginEvent(tag: "_hparams_/session_start_info", field: 3, start.bytes, step: 0, wallTime: wallTime)
+    }
+
+    /// The HParams plugin's session end (`add_hparams` writes it with status SUCCESS): written at
+    /// the end of a run that finished, so the dashboard tells finished runs from those that
+    /// stopped (no end: status unknown) and shows when each ended. Only by the log that carries
+    /// the hyperparameters (the writing rank's).
+    public func sessionEnded(step: Int, wallTime: Double = Date().timeIntervalSince1970) throws {
+        guard !hparams.isEmpty else { return }
+        if fd < 0 { try create(wallTime: wallTime) }
+        var end = ProtoWriter()  // SessionEndInfo
+        end.varint(1, 1)  // status: STATUS_SUCCESS
+        end.double(2, wallTime)  // end_time_secs
+        try append(TensorBoardLog.hparamsPluginEvent(tag: "_hparams_/session_end_info", field: 4, end.bytes, step: step, wallTime: wallTime))
+    }
+
+    /// An event whose one summary value is tagged `tag` and carries, as its metadata's plugin
+    /// `hparams` content, `HParamsPluginData { version 0, <field>: message }` (no value itself).
+    static func hparamsPluginEvent(tag: String, field: Int, _ message: [UInt8], step: Int, wallTime: Double) -> [UInt8] {
         var pluginData = ProtoWriter()
         pluginData.varint(1, 0)
-        pluginData.message(3, start.bytes)
+        pluginData.message(field, message)
         var plugin = ProtoWriter()
         plugin.string(1, "hparams")
         plugin.message(2, pluginData.bytes)
         var metadata = ProtoWriter()
         metadata.message(1, plugin.bytes)
         var value = ProtoWriter()
-        value.string(1, "_hparams_/session_start_info")
+        value.string(1, tag)
         value.message(9, metadata.bytes)
         var summary = ProtoWriter()
         summary.message(1, value.bytes)
         var event = ProtoWriter()
         event.double(1, wallTime)
-        event.varint(2, 0)
+        event.varint(2, UInt64(bitPattern: Int64(step)))
         event.message(5, summary.bytes)
         return event.bytes
     }

@@ -452,8 +452,17 @@ public final class TrainingRun {
         /// Scalars at an optimizer step for TensorBoard (tags like `train/loss`); as with the
         /// lines, a failed write is said once and does not stop the run.
         func scalars(step: Int, _ values: [(String, Double)]) {
+            tensorBoardWrite { try $0.scalars(step: step, values) }
+        }
+
+        /// The HParams session's end (the run finished).
+        func sessionEnded(step: Int) {
+            tensorBoardWrite { try $0.sessionEnded(step: step) }
+        }
+
+        private func tensorBoardWrite(_ body: (TensorBoardLog) throws -> Void) {
             guard let tensorBoard, !tensorBoardFailed else { return }
-            do { try tensorBoard.scalars(step: step, values) } catch {
+            do { try body(tensorBoard) } catch {
                 say("warning: \(error); TensorBoard's scalars from here on are lost")
                 tensorBoardFailed = true
             }
@@ -695,6 +704,7 @@ public final class TrainingRun {
         try test(&history, best: best)
         steps.scalars(step: trainer.optimizer.step, history.testMetrics.sorted { $0.key < $1.key }.map { ("test/\($0.key)", $0.value) }
                       + (testHeads.map { HeadMetrics.scalars($0, prefix: "test_heads") } ?? []))
+        steps.sessionEnded(step: trainer.optimizer.step)
         if writes {
             // The best weights (now in the store) as a model-only file PyTorch loads with strict=True.
             try ModelFile.write(ctx.params, config: options.config, to: (dir as NSString).appendingPathComponent("model.safetensors"))
