@@ -24,6 +24,8 @@ struct Evaluate: ParsableCommand {
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
     @Option(name: .customLong("perturb"), help: "Also evaluate on degraded images, one pass each (repeatable): jpeg:Q (quality 1-100), blur:3 or blur:5, noise:SIGMA (grey levels), scale:F (shrunk to F of the side, then enlarged back).")
     var perturbations: [String] = []
+    @Option(help: "Also write each image's scores as CSV: perturbation (empty for the clean pass), key, sequence, label, probability and each head's (boundary, frequency, reasoning, external, the last iteration's attention on each kind of evidence).")
+    var predictions: String?
 
     func validate() throws {
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
@@ -36,12 +38,21 @@ struct Evaluate: ParsableCommand {
 
     func run() throws {
         try failing {
+            if let predictions {  // before any work: a pass over WildDeepfake's test split takes a while
+                let dir = parentPath(predictions)
+                var isDir: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+                    throw ValidationError("--predictions \(predictions): the folder \(dir) does not exist")
+                }
+                guard access(dir, W_OK) == 0 else { throw ValidationError("--predictions \(predictions): the folder \(dir) is not writable") }
+            }
             let set = try ShardSet(directory: data)  // before the model: a wrong folder is said at once
             if let n = set.indexNote { logLine(n) }
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             let sp = Split(rawValue: split)!
             let c = model.config
             let input = DeviceTensor(ctx.backend, Shape(batchSize, 3, c.imgSize, c.imgSize))
+            var csv = "perturbation,key,sequence,label,probability,boundary,frequency,reasoning,external,attention_boundary,attention_frequency\n"
             // One pass over the split: the model's metrics and each head's.
             func pass(_ perturbation: Perturbation?) throws -> [String: Any] {
                 let loader = StreamingLoader(set: set, refs: set.refs(sp), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
@@ -59,6 +70,12 @@ struct Evaluate: ParsableCommand {
                     for (j, e) in explained.enumerated() {
                         scores.append(e.probability); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
                         heads.append(e)
+                        if predictions != nil {
+                            let last = e.attention.last ?? [.nan, .nan]
+                            csv += ([perturbation?.description ?? "", b.keys[j], b.sequences[j], String(Int(b.labels[j]))].map(Self.csvField)
+                                    + [e.probability, e.boundary, e.frequency, e.reasoning, e.external, last[0], last[1]].map { $0.map(Self.csvNumber) ?? "" })
+                                .joined(separator: ",") + "\n"
+                        }
                     }
                     bar.update(b.index + 1)
                 }
@@ -82,9 +99,24 @@ struct Evaluate: ParsableCommand {
                     return r
                 }
             }
+            if let predictions {
+                try writeFileAtomically(Data(csv.utf8), to: predictions)
+                out["predictions"] = predictions
+            }
             printJSON(out)
         }
     }
+}
+
+extension Evaluate {
+    /// RFC 4180: quoted when it holds a comma, a quote or a line break (quotes doubled).
+    static func csvField(_ s: String) -> String {
+        s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
+    }
+
+    /// Nine significant digits (a Float's round trip); nan/inf as Python's float() reads them.
+    /// A disabled branch's column is empty.
+    static func csvNumber(_ v: Float) -> String { v.isNaN ? "nan" : v.isInfinite ? (v < 0 ? "-inf" : "inf") : String(format: "%.9g", v) }
 }
 
 struct Predict: ParsableCommand {

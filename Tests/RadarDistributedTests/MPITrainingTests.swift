@@ -464,7 +464,8 @@ final class DemoPipelineTests: XCTestCase {
         for (_, a) in single["attention"] as! [String: [String: Double]] { XCTAssertEqual(a["boundary"]! + a["frequency"]!, 1, accuracy: 1e-6, eval) }
         // --perturb: the clean metrics as before, then one pass per degradation, in order.
         let perturbedText = try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
-                                     "--data", root + "/data", "--split", "test", "--threads", "1", "--perturb", "jpeg:40", "--perturb", "scale:0.5"])
+                                     "--data", root + "/data", "--split", "test", "--threads", "1", "--perturb", "jpeg:40", "--perturb", "scale:0.5",
+                                     "--predictions", root + "/predictions.csv"])
         let perturbed = try JSONSerialization.jsonObject(with: Data(perturbedText.utf8)) as! [String: Any]
         XCTAssertEqual(perturbed["auc"] as? Double, single["auc"] as? Double, perturbedText)
         let passes = perturbed["perturbations"] as! [[String: Any]]
@@ -476,6 +477,33 @@ final class DemoPipelineTests: XCTestCase {
             XCTAssertNotEqual((p["attention"] as! [String: [String: Double]])["real"]!["frequency"],
                               (single["attention"] as! [String: [String: Double]])["real"]!["frequency"], "other images, other attention")
         }
+        // --predictions: each image's scores per pass, as CSV; Python's csv module reads them and
+        // numpy's pairwise count gives each pass's AUC back.
+        let aucCheck = """
+        import csv, json, sys
+        import numpy as np
+        rows = list(csv.DictReader(open(sys.argv[1], newline="")))
+        out = {}
+        for p in dict.fromkeys(r["perturbation"] for r in rows):
+            g = [r for r in rows if r["perturbation"] == p]
+            s = np.array([float(r["probability"]) for r in g]); y = np.array([int(r["label"]) for r in g])
+            pos, neg = s[y == 1], s[y == 0]
+            auc = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+            assert all(0 <= float(r["attention_boundary"]) + float(r["attention_frequency"]) - 1 + 1e-6 <= 2e-6 for r in g)
+            out[p] = [len(g), float(auc), len(set(r["key"] for r in g))]
+        print(json.dumps(out))
+        """
+        let (crc, cout) = try Process.runStatus([ProcessInfo.processInfo.environment["RADAR_PYTHON"] ?? "python3", "-c", aucCheck, root + "/predictions.csv"])
+        XCTAssertEqual(crc, 0, cout)
+        let fromCSV = try JSONSerialization.jsonObject(with: Data(cout.utf8)) as! [String: [Double]]
+        let n = Double(single["images"] as! Int)
+        XCTAssertEqual(Array(fromCSV.keys).sorted(), ["", "jpeg:40", "scale:0.5"], cout)
+        XCTAssertEqual(fromCSV[""], [n, single["auc"] as! Double, n], "the clean pass: every image once, the same AUC")
+        for p in passes { XCTAssertEqual(fromCSV[p["perturbation"] as! String], [n, p["auc"] as! Double, n], "\(p["perturbation"]!)") }
+        let (prc2, pout2) = try Process.runStatus([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo",
+                                                   "--data", root + "/data", "--predictions", root + "/no-such-folder/p.csv"])
+        XCTAssertEqual(prc2, 1)
+        XCTAssertEqual(pout2, "radar: error: --predictions \(root)/no-such-folder/p.csv: the folder \(root)/no-such-folder does not exist\n")
         let (brc, bout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo",
                                                  "--data", root + "/data", "--perturb", "jpeg:0"])
         XCTAssertNotEqual(brc, 0)
