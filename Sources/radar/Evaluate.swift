@@ -159,7 +159,10 @@ struct Predict: ParsableCommand {
                 } else { files.append(p) }
             }
             guard !files.isEmpty else {
-                throw ValidationError("no images to predict: \(paths.joined(separator: ", ")) hold\(paths.count == 1 ? "s" : "") no .png, .jpg or .jpeg file")
+                // A prepared dataset's images are inside its shards: evaluate reads those.
+                let prepared = paths.first { FileManager.default.fileExists(atPath: ($0 as NSString).appendingPathComponent("manifest.json")) }
+                throw ValidationError("no images to predict: \(paths.joined(separator: ", ")) hold\(paths.count == 1 ? "s" : "") no .png, .jpg or .jpeg file"
+                                      + (prepared.map { " (\($0) is a prepared dataset: radar evaluate --checkpoint W --data \($0) --split S --predictions FILE.csv scores its images)" } ?? ""))
             }
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             // Batches of --batch-size: the images decoded on every core, then one forward.

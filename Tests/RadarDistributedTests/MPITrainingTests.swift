@@ -623,6 +623,9 @@ final class DemoPipelineTests: XCTestCase {
                                                  root + "/outputs/demo/best.safetensors.lz4", none])
         XCTAssertEqual(erc, 1, eout)
         XCTAssertEqual(eout, "radar: error: no images to predict: \(none) holds no .png, .jpg or .jpeg file\n")
+        let (drc, dout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", root + "/data"])
+        XCTAssertEqual(drc, 1, dout)
+        XCTAssertTrue(dout.hasSuffix("(\(root)/data is a prepared dataset: radar evaluate --checkpoint W --data \(root)/data --split S --predictions FILE.csv scores its images)\n"), dout)
         // A folder's images at any depth (a folder per video), hidden ones left out; subfolders
         // were not searched.
         let nested = root + "/nested"
