@@ -125,6 +125,7 @@ struct Predict: ParsableCommand {
     @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
     @Flag(help: "One JSON document on stdout (predictions and unreadable files) instead of tab-separated lines.") var json = false
     @Flag(help: "Also what each head said and how the evidence refinement weighed the evidence: the boundary, frequency, reasoning and external probabilities, the gate, each iteration's probability and its attention on the boundary and frequency evidence.") var explain = false
+    @Flag(help: "Also one verdict per folder (a video's frames): the mean probability of its images, as sequence AUC aggregates a sequence's frames.") var byFolder = false
     @Option(help: "Images per forward pass (at most the number of images).") var batchSize = 32
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
@@ -173,6 +174,7 @@ struct Predict: ParsableCommand {
             let probs = UnsafeMutablePointer<Float>.allocate(capacity: batchSize)
             defer { probs.deallocate() }
             var predictions: [[String: Any]] = [], failures: [[String: Any]] = [], predicted = 0, warnedNonFinite = false
+            var folders: [String: [Double]] = [:]  // --by-folder: each folder's probabilities
             // Progress on stderr where the results do not show it as they come: with --json (one
             // document at the end) or with stdout going to a file or a pipe. On a terminal the
             // lines themselves are the progress.
@@ -228,6 +230,7 @@ struct Predict: ParsableCommand {
                     let detail = explain ? explained[k] : nil
                     k += 1
                     predicted += 1
+                    if byFolder { folders[parentPath(f), default: []].append(Double(prob)) }
                     if json {
                         var p: [String: Any] = ["path": f, "probability_fake": Double(prob), "label": label]
                         if let detail { p["explanation"] = Self.explanationJSON(detail) }
@@ -238,7 +241,18 @@ struct Predict: ParsableCommand {
                 }
             }
             bar?.update(files.count)  // after the last batch only (a failure leaves no full bar)
-            if json { printJSON(["checkpoint": checkpoint, "images": predictions.count, "predictions": predictions, "unreadable": failures]) }
+            // --by-folder: the mean probability of each folder's images (NaN when one is NaN).
+            let verdicts = folders.keys.sorted().map { folder -> (String, Int, Double, String) in
+                let p = folders[folder]!, mean = p.reduce(0, +) / Double(p.count)
+                return (folder, p.count, mean, !mean.isFinite ? "undefined" : mean >= 0.5 ? "fake" : "real")
+            }
+            if json {
+                var doc: [String: Any] = ["checkpoint": checkpoint, "images": predictions.count, "predictions": predictions, "unreadable": failures]
+                if byFolder { doc["folders"] = verdicts.map { ["path": $0.0, "images": $0.1, "probability_fake": $0.2, "label": $0.3] as [String: Any] } }
+                printJSON(doc)
+            } else {
+                for v in verdicts { print("\(v.0)/\t\(Self.decimal(Float(v.2)))\t\(v.3)\t\(v.1) image\(v.1 == 1 ? "" : "s")") }
+            }
             // Some images unreadable: listed, the others predicted, status 0; none readable: status 1.
             if !failures.isEmpty && predicted == 0 { throw ExitCode.failure }
         }

@@ -634,6 +634,16 @@ final class DemoPipelineTests: XCTestCase {
         for f in ["/video2/clip/b.PNG", "/video1/a.png", "/.cache/c.png", "/video1/.d.png", "/top.jpg.txt"] { try png.write(to: URL(fileURLWithPath: nested + f)) }
         let deep = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1", nested])
         XCTAssertEqual(deep.split(separator: "\n").map { String($0.split(separator: "\t")[0]) }, [nested + "/video1/a.png", nested + "/video2/clip/b.PNG"], deep)
+        // --by-folder: then one verdict per folder (a video's frames), the mean of its images'.
+        try FileManager.default.copyItem(atPath: imgs + "/f1.png", toPath: nested + "/video1/b.png")
+        let perFolder = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1",
+                                 "--by-folder", nested]).split(separator: "\n").map { $0.split(separator: "\t").map(String.init) }
+        XCTAssertEqual(perFolder.map { $0[0] }, [nested + "/video1/a.png", nested + "/video1/b.png", nested + "/video2/clip/b.PNG",
+                                                 nested + "/video1/", nested + "/video2/clip/"], "\(perFolder)")
+        XCTAssertEqual(Double(perFolder[3][1])!, (Double(perFolder[0][1])! + Double(perFolder[1][1])!) / 2, accuracy: 1.5e-6)
+        XCTAssertEqual(perFolder[3][3], "2 images")
+        XCTAssertEqual(perFolder[4][1], perFolder[2][1])
+        XCTAssertEqual(perFolder[4].suffix(2), [(Double(perFolder[4][1])! >= 0.5 ? "fake" : "real"), "1 image"])
         // The model-only file and a plain PyTorch state dict (no metadata: --config names the
         // model) evaluate to the same metrics as the best checkpoint.
         let radar = bin.appendingPathComponent("radar").path
