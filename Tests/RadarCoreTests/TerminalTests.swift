@@ -79,7 +79,7 @@ final class PlotTests: XCTestCase {
         for l in labels(loss) { XCTAssertTrue(l.count <= 4, "round loss ticks, got \(labels(loss))") }
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/plots/heads.svg"), "no val_heads lines: no heads plot")
         // With the epoch line's val_heads: each enabled head's validation AUC beside the model's.
-        let epochLine = #"{"epoch":0,"train_loss":0.8,"val_heads":{"gate":0.5,"heads":{"boundary":{"auc":0.7654},"frequency":null,"#
+        let epochLine = #"{"epoch":0,"train_loss":0.8,"val_heads":{"gate":0.5,"heads":{"boundary":{"auc":0.7654,"sequence_auc":null},"frequency":null,"#
             + #""reasoning":{"auc":0.8111},"external":{"auc":0.6222}},"attention":{"real":null,"fake":null}}}"#
         try (lines + [epochLine]).joined(separator: "\n").write(toFile: jsonl, atomically: true, encoding: .utf8)
         try RunPlots.write(history: h, steps: jsonl, to: dir + "/plots")

@@ -51,12 +51,13 @@ public struct HeadMetrics {
         var out: [(String, Double)] = []
         let heads = report["heads"] as? [String: Any] ?? [:]
         for name in ["boundary", "frequency", "reasoning", "external"] {
-            if let m = heads[name] as? [String: Double], let auc = m["auc"] { out.append(("\(prefix)/\(name)_auc", auc)) }
+            // From metrics.jsonl a head's other metrics may be null: read the AUC alone.
+            if let auc = (heads[name] as? [String: Any])?["auc"] as? Double { out.append(("\(prefix)/\(name)_auc", auc)) }
         }
         if let g = report["gate"] as? Double { out.append(("\(prefix)/gate", g)) }
         let attention = report["attention"] as? [String: Any] ?? [:]
         for name in ["real", "fake"] {
-            if let a = attention[name] as? [String: Double], let f = a["frequency"] { out.append(("\(prefix)/attention_frequency_\(name)", f)) }
+            if let f = (attention[name] as? [String: Any])?["frequency"] as? Double { out.append(("\(prefix)/attention_frequency_\(name)", f)) }
         }
         return out
     }

@@ -704,13 +704,13 @@ public final class TrainingRun {
         try test(&history, best: best)
         steps.scalars(step: trainer.optimizer.step, history.testMetrics.sorted { $0.key < $1.key }.map { ("test/\($0.key)", $0.value) }
                       + (testHeads.map { HeadMetrics.scalars($0, prefix: "test_heads") } ?? []))
-        steps.sessionEnded(step: trainer.optimizer.step)
         if writes {
             // The best weights (now in the store) as a model-only file PyTorch loads with strict=True.
             try ModelFile.write(ctx.params, config: options.config, to: (dir as NSString).appendingPathComponent("model.safetensors"))
             try writeMetrics(history)
             try RunPlots.write(history: history, steps: jsonl, to: (dir as NSString).appendingPathComponent("plots"))
         }
+        steps.sessionEnded(step: trainer.optimizer.step)  // last: the run has written everything
         return history
     }
 
