@@ -126,6 +126,8 @@ struct Predict: ParsableCommand {
     @Flag(help: "One JSON document on stdout (predictions and unreadable files) instead of tab-separated lines.") var json = false
     @Flag(help: "Also what each head said and how the evidence refinement weighed the evidence: the boundary, frequency, reasoning and external probabilities, the gate, each iteration's probability and its attention on the boundary and frequency evidence.") var explain = false
     @Flag(help: "Also one verdict per folder (a video's frames): the mean probability of its images, as sequence AUC aggregates a sequence's frames.") var byFolder = false
+    @Flag(help: "Also where the verdict comes from: each ViT patch of the resized image covered in turn by the normalisation mean colour, and how much that lowers p(fake) (one forward per patch: 196 per image on the full config).") var occlusion = false
+    @Option(help: "With --occlusion: also write each image with its occlusion map laid over it (red: the patch argued fake; blue: real) as DIR/NNNNNN_<name>.png (NNNNNN: the image's place in the list).") var occlusionMaps: String?
     @Option(help: "Images per forward pass (at most the number of images).") var batchSize = 32
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
@@ -138,6 +140,7 @@ struct Predict: ParsableCommand {
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
         try requireFlag((1...4096).contains(maxImageMb), "max-image-mb", "in 1...4096", maxImageMb)
+        if occlusionMaps != nil && !occlusion { throw ValidationError("--occlusion-maps needs --occlusion") }
     }
 
     func run() throws {
@@ -165,6 +168,12 @@ struct Predict: ParsableCommand {
                 throw ValidationError("no images to predict: \(paths.joined(separator: ", ")) hold\(paths.count == 1 ? "s" : "") no .png, .jpg or .jpeg file"
                                       + (prepared.map { " (\($0) is a prepared dataset: radar evaluate --checkpoint W --data \($0) --split S --predictions FILE.csv scores its images)" } ?? ""))
             }
+            if let dir = occlusionMaps {  // before any work
+                do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+                    throw ValidationError("--occlusion-maps \(dir): cannot create the folder: \(systemReason(error))")
+                }
+                guard access(dir, W_OK) == 0 else { throw ValidationError("--occlusion-maps \(dir): the folder is not writable") }
+            }
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             // Batches of --batch-size: the images decoded on every core, then one forward.
             // Sized for the images there are: the forward's memory grows with the batch.
@@ -187,6 +196,11 @@ struct Predict: ParsableCommand {
                 let errors = UnsafeMutableBufferPointer<String?>.allocate(capacity: chunk.count)
                 errors.initialize(repeating: nil)
                 defer { errors.deinitialize(); errors.deallocate() }
+                // --occlusion covers the resized images.
+                let resized = UnsafeMutableBufferPointer<RGBImage?>.allocate(capacity: chunk.count)
+                resized.initialize(repeating: nil)
+                defer { resized.deinitialize(); resized.deallocate() }
+                let keepResized = occlusion
                 let slots = host.pointer
                 DispatchQueue.concurrentPerform(iterations: chunk.count) { i in
                     do {
@@ -199,6 +213,7 @@ struct Predict: ParsableCommand {
                         // The reference's evaluation transform: OpenCV INTER_LINEAR resize, then normalise.
                         let img = ImageResize.resize(try ImageCodec.decode(d, item: chunk[i]), width: c.imgSize, height: c.imgSize, mode: .openCVLinear)
                         Augmenter.normalize(img, mean: c.mean, std: c.std, into: slots + i * per)
+                        if keepResized { resized[i] = img }
                     } catch { errors[i] = "\(error)" }
                 }
                 let good = chunk.indices.filter { errors[$0] == nil }
@@ -214,6 +229,19 @@ struct Predict: ParsableCommand {
                         try trainer.predict(images: view, into: probs)
                     }
                 }
+                let chunkProbs = Array(UnsafeBufferPointer(start: probs, count: good.count))
+                // --occlusion: the host batch and the device input are free again.
+                var maps: [Occlusion.Map] = []
+                if occlusion {
+                    for (k, i) in good.enumerated() {
+                        maps.append(try Occlusion.map(resized[i]!, probability: chunkProbs[k], config: c, batch: slots, capacity: batchSize) { n in
+                            let view = input.tensor.slice(from: 0, Shape(n, 3, c.imgSize, c.imgSize))
+                            ctx.backend.upload(UnsafeBufferPointer(start: slots, count: n * per), into: view)
+                            try trainer.predict(images: view, into: probs)
+                            return Array(UnsafeBufferPointer(start: probs, count: n))
+                        })
+                    }
+                }
                 var k = 0
                 for (i, f) in chunk.enumerated() {
                     if let e = errors[i] {
@@ -222,21 +250,35 @@ struct Predict: ParsableCommand {
                         continue
                     }
                     // A non-finite probability (weights that diverged) has no label: "real" was printed.
-                    let prob = probs[k], label = !prob.isFinite ? "undefined" : prob >= 0.5 ? "fake" : "real"
+                    let prob = chunkProbs[k], label = !prob.isFinite ? "undefined" : prob >= 0.5 ? "fake" : "real"
                     if !prob.isFinite && !warnedNonFinite {
                         logLine("radar predict: warning: \(f): the probability is \(prob.isNaN ? "nan" : "\(prob)"): the weights give non-finite outputs (a diverged checkpoint?)")
                         warnedNonFinite = true
                     }
                     let detail = explain ? explained[k] : nil
+                    let map = occlusion ? maps[k] : nil
+                    var mapFile: String?
+                    if let map, let dir = occlusionMaps {
+                        let name = String(format: "%06d_", start + i) + ((f as NSString).lastPathComponent as NSString).deletingPathExtension + ".png"
+                        mapFile = (dir as NSString).appendingPathComponent(name)
+                        try writeFileAtomically(try ImageCodec.encodePNG(Occlusion.overlay(resized[i]!, map)), to: mapFile!)
+                    }
                     k += 1
                     predicted += 1
                     if byFolder { folders[parentPath(f), default: []].append(Double(prob)) }
                     if json {
                         var p: [String: Any] = ["path": f, "probability_fake": Double(prob), "label": label]
                         if let detail { p["explanation"] = Self.explanationJSON(detail) }
+                        if let map {
+                            var o: [String: Any] = ["grid": map.grid, "cell": map.cell, "fill": map.fill.map(Int.init),
+                                                    "drop": (0..<map.grid).map { r in map.drops[(r * map.grid)..<((r + 1) * map.grid)].map(Self.json) }]
+                            if let mapFile { o["map"] = mapFile }
+                            p["occlusion"] = o
+                        }
                         predictions.append(p)
                     } else {
-                        print("\(f)\t\(Self.decimal(prob))\t\(label)" + (detail.map { "\t" + Self.explanationText($0) } ?? ""))
+                        print("\(f)\t\(Self.decimal(prob))\t\(label)" + (detail.map { "\t" + Self.explanationText($0) } ?? "")
+                              + (map.map { "\t" + Self.occlusionText($0) } ?? "") + (mapFile.map { "\tocclusion_map=" + $0 } ?? ""))
                     }
                 }
             }
@@ -271,6 +313,13 @@ extension Predict {
          "reasoning_probability": json(e.reasoning), "external_probability": json(e.external), "gate": json(e.gate),
          "iteration_probabilities": e.iterations.map(json),
          "attention": e.attention.map { ["boundary": json($0[0]), "frequency": json($0[1])] }]
+    }
+
+    /// `--occlusion` lines: the patch whose covering lowers p(fake) most, as
+    /// `occlusion_top=ROW,COL:DROP` (row and column from the top left, from 0).
+    static func occlusionText(_ m: Occlusion.Map) -> String {
+        guard let top = m.drops.indices.filter({ m.drops[$0].isFinite }).max(by: { m.drops[$0] < m.drops[$1] }) else { return "occlusion_top=nan" }
+        return "occlusion_top=\(top / m.grid),\(top % m.grid):" + String(format: "%+.6f", m.drops[top])
     }
 
     /// `--explain` lines: tab-separated key=value fields after the label; attention per iteration

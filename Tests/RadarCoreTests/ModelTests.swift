@@ -296,3 +296,40 @@ final class ModelTests: XCTestCase {
         }
     }
 }
+
+/// `radar predict --occlusion`: the map does not depend on how the covered copies are batched,
+/// and each cell's drop is the probability of the image minus that of the covered copy.
+final class OcclusionTests: XCTestCase {
+    func testMapIsTheSameForAnyBatchAndEachDropIsTheCoveredCopysForward() throws {
+        let (trainer, _, _) = try makeTinyTrainer(batch: 5)
+        let c = trainer.model.config, per = 3 * c.imgSize * c.imgSize
+        let face = SyntheticFaces(size: c.imgSize, seed: 7, difficulty: 0.2).rgbImage(1, label: 1)
+        let host = HostTensor(Shape(16, 3, c.imgSize, c.imgSize)), input = DeviceTensor(trainer.ctx.backend, host.shape)
+        func probabilities(_ images: [RGBImage]) throws -> [Float] {
+            for (k, img) in images.enumerated() { Augmenter.normalize(img, mean: c.mean, std: c.std, into: host.pointer + k * per) }
+            return try forward(images.count)
+        }
+        func forward(_ n: Int) throws -> [Float] {
+            let view = input.tensor.slice(from: 0, Shape(n, 3, c.imgSize, c.imgSize))
+            trainer.ctx.backend.upload(UnsafeBufferPointer(start: host.pointer, count: n * per), into: view)
+            let probs = UnsafeMutablePointer<Float>.allocate(capacity: n)
+            defer { probs.deallocate() }
+            try trainer.predict(images: view, into: probs)
+            return Array(UnsafeBufferPointer(start: probs, count: n))
+        }
+        let p = try probabilities([face])[0]
+        let maps = try [16, 5, 1].map { try Occlusion.map(face, probability: p, config: c, batch: host.pointer, capacity: $0, forward: forward) }
+        XCTAssertEqual(maps[0].grid, 4); XCTAssertEqual(maps[0].cell, 8); XCTAssertEqual(maps[0].drops.count, 16)
+        for m in maps.dropFirst() {
+            for (a, b) in zip(m.drops, maps[0].drops) { XCTAssertEqual(a, b, accuracy: 2e-6, "batches of 16, 5 (a part batch last) and 1") }
+        }
+        let fill = Occlusion.fill(c)
+        XCTAssertEqual(fill, c.mean.map { UInt8(($0 * 255).rounded()) })
+        let copies = (0..<16).map { Occlusion.covered(face, cell: 8, row: $0 / 4, col: $0 % 4, fill: fill) }
+        XCTAssertEqual(copies[6].pixels[(9 * 32 + 17) * 3 + 1], fill[1], "row 1, column 2 covers (17, 9)")
+        XCTAssertEqual(copies[6].pixels[(9 * 32 + 25) * 3 + 1], face.pixels[(9 * 32 + 25) * 3 + 1], "and not (25, 9)")
+        let direct = try probabilities(copies)
+        for k in 0..<16 { XCTAssertEqual(maps[0].drops[k], p - direct[k], accuracy: 2e-6, "cell \(k)") }
+        XCTAssertTrue(maps[0].drops.contains { $0 != 0 }, "covering changes something")
+    }
+}

@@ -571,6 +571,34 @@ final class DemoPipelineTests: XCTestCase {
             XCTAssertEqual(f.prefix(3).joined(separator: "\t"), String(l), "the plain columns first")
             XCTAssertEqual(f.dropFirst(3).map { $0.split(separator: "=")[0] }, ["boundary", "frequency", "reasoning", "external", "gate", "iterations", "attention"], String(t))
         }
+        // --occlusion: each patch's drop is what predict gives for the image with that patch
+        // covered by the mean colour (built here, written as a PNG, predicted on its own).
+        let maps = root + "/maps"
+        let occludedJSON = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1",
+                                    "--json", "--occlusion", "--occlusion-maps", maps, imgs + "/f1.png"])
+        let occluded = ((try JSONSerialization.jsonObject(with: Data(occludedJSON.utf8)) as! [String: Any])["predictions"] as! [[String: Any]])[0]
+        let o = occluded["occlusion"] as! [String: Any]
+        XCTAssertEqual(o["grid"] as? Int, 4, "32 px in 8 px patches"); XCTAssertEqual(o["cell"] as? Int, 8)
+        let fill = RADARConfig.preset("tiny")!.mean.map { Int(($0 * 255).rounded()) }
+        XCTAssertEqual(o["fill"] as? [Int], fill)
+        let drop = o["drop"] as! [[Double]]
+        let face = try ImageCodec.decode(try Data(contentsOf: URL(fileURLWithPath: imgs + "/f1.png")), item: "f1")
+        XCTAssertEqual([face.width, face.height], [32, 32])
+        var covered = face
+        for y in 8..<16 { for x in 16..<24 { for ch in 0..<3 { covered.pixels[(y * 32 + x) * 3 + ch] = UInt8(fill[ch]) } } }
+        try ImageCodec.encodePNG(covered).write(to: URL(fileURLWithPath: root + "/covered.png"))
+        let coveredJSON = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1",
+                                   "--json", root + "/covered.png"])
+        let pCovered = (((try JSONSerialization.jsonObject(with: Data(coveredJSON.utf8)) as! [String: Any])["predictions"] as! [[String: Any]])[0]["probability_fake"] as! Double)
+        XCTAssertEqual(drop[1][2], (occluded["probability_fake"] as! Double) - pCovered, accuracy: 1e-6, "row 1, column 2")
+        let overlay = try ImageCodec.decode(try Data(contentsOf: URL(fileURLWithPath: o["map"] as! String)), item: "map")
+        XCTAssertEqual([overlay.width, overlay.height], [32, 32])
+        XCTAssertEqual(o["map"] as? String, maps + "/000000_f1.png")
+        XCTAssertNotEqual(overlay, face, "the map is laid over the image")
+        let (orc, oout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo",
+                                                 "--occlusion-maps", maps, imgs + "/f1.png"])
+        XCTAssertNotEqual(orc, 0)
+        XCTAssertTrue(oout.contains("--occlusion-maps needs --occlusion"), oout)
         // Progress on stderr where stdout does not show it (--json; a pipe): a plain line per
         // batch at a tiny RADAR_PROGRESS_SECONDS, stdout still one JSON document.
         let pp = Process()
