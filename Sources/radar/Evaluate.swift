@@ -45,6 +45,9 @@ struct Evaluate: ParsableCommand {
                     throw ValidationError("--predictions \(predictions): the folder \(dir) does not exist")
                 }
                 guard access(dir, W_OK) == 0 else { throw ValidationError("--predictions \(predictions): the folder \(dir) is not writable") }
+                guard !FileManager.default.fileExists(atPath: predictions, isDirectory: &isDir) || !isDir.boolValue else {
+                    throw ValidationError("--predictions \(predictions): a folder, expected a file name (FILE.csv)")
+                }
             }
             let set = try ShardSet(directory: data)  // before the model: a wrong folder is said at once
             if let n = set.indexNote { logLine(n) }

@@ -504,6 +504,10 @@ final class DemoPipelineTests: XCTestCase {
                                                    "--data", root + "/data", "--predictions", root + "/no-such-folder/p.csv"])
         XCTAssertEqual(prc2, 1)
         XCTAssertEqual(pout2, "radar: error: --predictions \(root)/no-such-folder/p.csv: the folder \(root)/no-such-folder does not exist\n")
+        let (prc3, pout3) = try Process.runStatus([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo",
+                                                   "--data", root + "/data", "--predictions", root + "/data"])
+        XCTAssertEqual(prc3, 1)
+        XCTAssertEqual(pout3, "radar: error: --predictions \(root)/data: a folder, expected a file name (FILE.csv)\n")
         let (brc, bout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo",
                                                  "--data", root + "/data", "--perturb", "jpeg:0"])
         XCTAssertNotEqual(brc, 0)
