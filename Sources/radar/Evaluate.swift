@@ -185,6 +185,13 @@ struct Predict: ParsableCommand {
             let input = DeviceTensor(ctx.backend, host.shape)
             let probs = UnsafeMutablePointer<Float>.allocate(capacity: batchSize)
             defer { probs.deallocate() }
+            // --occlusion: the covered copies go in batches of --batch-size (at most one per cell),
+            // however few images there are.
+            let cells = (c.imgSize / c.patchSize) * (c.imgSize / c.patchSize), occlusionBatch = occlusion ? min(self.batchSize, cells) : 0
+            let occlusionHost = HostTensor(Shape(max(occlusionBatch, 1), 3, c.imgSize, c.imgSize))
+            let occlusionInput = occlusion ? DeviceTensor(ctx.backend, occlusionHost.shape) : nil
+            let occlusionProbs = UnsafeMutablePointer<Float>.allocate(capacity: max(occlusionBatch, 1))
+            defer { occlusionProbs.deallocate() }
             var predictions: [[String: Any]] = [], failures: [[String: Any]] = [], predicted = 0, warnedNonFinite = false
             var folders: [String: [Double]] = [:]  // --by-folder: each folder's probabilities
             // Progress on stderr where the results do not show it as they come: with --json (one
@@ -233,15 +240,15 @@ struct Predict: ParsableCommand {
                     }
                 }
                 let chunkProbs = Array(UnsafeBufferPointer(start: probs, count: good.count))
-                // --occlusion: the host batch and the device input are free again.
                 var maps: [Occlusion.Map] = []
-                if occlusion {
+                if let occlusionInput {
                     for (k, i) in good.enumerated() {
-                        maps.append(try Occlusion.map(resized[i]!, probability: chunkProbs[k], config: c, batch: slots, capacity: batchSize) { n in
-                            let view = input.tensor.slice(from: 0, Shape(n, 3, c.imgSize, c.imgSize))
-                            ctx.backend.upload(UnsafeBufferPointer(start: slots, count: n * per), into: view)
-                            try trainer.predict(images: view, into: probs)
-                            return Array(UnsafeBufferPointer(start: probs, count: n))
+                        maps.append(try Occlusion.map(resized[i]!, probability: chunkProbs[k], config: c, batch: occlusionHost.pointer,
+                                                      capacity: occlusionBatch) { n in
+                            let view = occlusionInput.tensor.slice(from: 0, Shape(n, 3, c.imgSize, c.imgSize))
+                            ctx.backend.upload(UnsafeBufferPointer(start: occlusionHost.pointer, count: n * per), into: view)
+                            try trainer.predict(images: view, into: occlusionProbs)
+                            return Array(UnsafeBufferPointer(start: occlusionProbs, count: n))
                         })
                     }
                 }
