@@ -49,6 +49,8 @@ public struct TrainingFlags: ParsableArguments {
     public var stopAfterSteps = 0
     @Option(help: "Unreadable training samples each rank may skip per epoch (logged, in metrics.jsonl) before the run stops listing them (default: 0.1% of the train split, at least 10).")
     public var maxBadSamples: Int?
+    @Option(name: .customLong("test-perturb"), help: "After the test metrics, one more test pass per degradation (repeatable; as radar evaluate --perturb): jpeg:Q, blur:3|5, noise:SIGMA, scale:F. In metrics.json's test_perturbations.")
+    public var testPerturb: [String] = []
 
     public init() {}
 
@@ -68,6 +70,9 @@ public struct TrainingFlags: ParsableArguments {
         try need(checkpointEvery >= 0, "checkpoint-every", "0 (epoch ends only) or more", String(checkpointEvery))
         try need(stopAfterSteps >= 0, "stop-after-steps", "0 (run to the end) or more", String(stopAfterSteps))
         try need((maxBadSamples ?? 0) >= 0, "max-bad-samples", "0 or more", String(maxBadSamples ?? 0))
+        for p in testPerturb {
+            do { _ = try Perturbation(parsing: p, flag: "--test-perturb") } catch { throw ValidationError("\(error)") }
+        }
         // The experiment is one folder inside --output: no separators, no "." or "..".
         if let e = experiment {
             try need(!e.isEmpty && !e.contains("/") && e != "." && e != "..", "experiment", "a folder name inside --output (no '/', not '.' or '..')", "\"\(e)\"")
@@ -119,6 +124,7 @@ public struct TrainingFlags: ParsableArguments {
         o.allowWorldSizeChange = allowWorldSizeChange
         o.stopAfterSteps = stopAfterSteps
         o.maxBadSamples = maxBadSamples ?? -1
+        o.testPerturbations = try testPerturb.map { try Perturbation(parsing: $0, flag: "--test-perturb") }
         o.rank = rank
         o.worldSize = worldSize
         return o

@@ -88,7 +88,9 @@ final class TensorBoardTests: XCTestCase {
     /// the epoch loss and speed at each epoch's last step; test metrics at the end.
     func testTensorBoardReadsTheRunsScalars() throws {
         let data = try synthData(), out = temporaryDirectory("tb-out")
-        let h = try TrainingRun(options: options(data, out, experiment: "r")).run()
+        var o = options(data, out, experiment: "r")
+        o.testPerturbations = [.jpeg(quality: 50)]
+        let h = try TrainingRun(options: o).run()
         let files = TensorBoardLog.eventFiles(in: out + "/r/tensorboard")
         XCTAssertEqual(files.count, 1, "\(files)")
         XCTAssertTrue((files.first as NSString?)?.lastPathComponent.hasSuffix(".\(getpid()).0") ?? false, "\(files)")
@@ -129,12 +131,16 @@ final class TensorBoardTests: XCTestCase {
         let testHeads = HeadMetrics.scalars(metrics["test_heads"] as! [String: Any], prefix: "test_heads")
         XCTAssertEqual(testHeads.count, 7, "\(testHeads)")
         for (tag, v) in testHeads { XCTAssertEqual(value(tag, at: 6), Float(v).bitPattern, tag) }
+        // --test-perturb: the degraded pass's AUC, as metrics.json has it.
+        let perturbed = try XCTUnwrap((metrics["test_perturbations"] as? [[String: Any]])?.first)
+        XCTAssertEqual(perturbed["perturbation"] as? String, "jpeg:50")
+        XCTAssertEqual(value("test_perturbed/jpeg_50_auc", at: 6), Float(perturbed["auc"] as! Double).bitPattern)
         // The HParams dashboard's session: config.json's values.
         try assertHParamsAreTheConfig(out + "/r")
         XCTAssertEqual(Set(tb.keys), Set(["train/loss", "train/loss_main", "train/loss_branch", "train/loss_orth", "train/loss_deep", "train/lr",
                                           "train/grad_norm", "epoch/number", "epoch/train_loss", "epoch/skipped_steps", "perf/images_per_s", "perf/step_seconds"]
                                          + h.testMetrics.keys.map { "val/\($0)" } + h.testMetrics.keys.map { "test/\($0)" }
-                                         + testHeads.map { "val_heads/" + $0.0.dropFirst("test_heads/".count) } + testHeads.map(\.0)))
+                                         + testHeads.map { "val_heads/" + $0.0.dropFirst("test_heads/".count) } + testHeads.map(\.0) + ["test_perturbed/jpeg_50_auc"]))
         // The export carries them.
         let zip = try RunExport.export(results: out + "/r", to: out + "/exports", downloadScript: false)
         let (rc, listing) = try shell([interopPython, "-c", "import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).namelist())", zip])

@@ -445,7 +445,7 @@ final class DemoPipelineTests: XCTestCase {
         if geteuid() == 0 { argv.append("--allow-run-as-root") }
         argv += ["-n", "2", bin.appendingPathComponent("radar-worker").path, "--data", root + "/data", "--output", root + "/outputs",
                  "--experiment", "demo", "--config", "tiny", "--batch-size", "8", "--num-epochs", "2", "--max-steps-per-epoch", "4",
-                 "--accumulation-steps", "1", "--threads", "1"]
+                 "--accumulation-steps", "1", "--threads", "1", "--test-perturb", "jpeg:40"]
         let trained = try run(argv)
         XCTAssertTrue(trained.contains("test AUC"), trained)
         let eval = try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
@@ -469,6 +469,10 @@ final class DemoPipelineTests: XCTestCase {
         let perturbed = try JSONSerialization.jsonObject(with: Data(perturbedText.utf8)) as! [String: Any]
         XCTAssertEqual(perturbed["auc"] as? Double, single["auc"] as? Double, perturbedText)
         let passes = perturbed["perturbations"] as! [[String: Any]]
+        // The training run's --test-perturb jpeg:40, gathered over its 2 ranks: the same pass.
+        let trainedPass = (metrics["test_perturbations"] as! [[String: Any]])[0]
+        XCTAssertEqual(trainedPass["perturbation"] as? String, "jpeg:40")
+        XCTAssertEqual(trainedPass["auc"] as? Double, passes[0]["auc"] as? Double, "jpeg:40 over 2 ranks vs one process")
         XCTAssertEqual(passes.map { $0["perturbation"] as? String }, ["jpeg:40", "scale:0.5"], perturbedText)
         for p in passes {
             XCTAssertEqual(p["images"] as? Int, single["images"] as? Int)

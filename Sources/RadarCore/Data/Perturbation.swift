@@ -24,10 +24,10 @@ public enum Perturbation: Sendable, Equatable, CustomStringConvertible {
         public let description: String
     }
 
-    /// "jpeg:50", "blur:5", "noise:8", "scale:0.5".
-    public init(parsing text: String) throws {
+    /// "jpeg:50", "blur:5", "noise:8", "scale:0.5"; errors name `flag`.
+    public init(parsing text: String, flag: String = "--perturb") throws {
         let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
-        func fail(_ why: String) -> ParseError { ParseError(description: "--perturb \(text): \(why)") }
+        func fail(_ why: String) -> ParseError { ParseError(description: "\(flag) \(text): \(why)") }
         guard parts.count == 2 else { throw fail("expected KIND:VALUE (jpeg:Q, blur:K, noise:SIGMA or scale:F)") }
         switch parts[0] {
         case "jpeg":

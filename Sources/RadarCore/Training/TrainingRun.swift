@@ -42,6 +42,9 @@ public struct TrainOptions: Sendable {
     /// Unreadable training samples a rank may skip per epoch (-1: 0.1% of the train split, at
     /// least 10); each is logged and recorded in metrics.jsonl.
     public var maxBadSamples = -1
+    /// After the test split's clean pass, one pass per degradation (`--test-perturb`): metrics.json's
+    /// `test_perturbations`.
+    public var testPerturbations: [Perturbation] = []
     /// Data-parallel position of this process; a single process is (0, 1).
     public var rank = 0
     public var worldSize = 1
@@ -60,7 +63,7 @@ public struct TrainOptions: Sendable {
          "learning_rate": learningRate, "weight_decay": weightDecay, "accumulation_steps": accumulationSteps, "device": device,
          "patience": patience, "seed": seed, "threads": threads, "loader_threads": loaderThreads, "augment": augment,
          "max_steps_per_epoch": maxStepsPerEpoch, "pretrained": pretrained ?? NSNull(), "init_from": initFrom ?? NSNull(), "world_size": worldSize,
-         "checkpoint_every": checkpointEvery,
+         "checkpoint_every": checkpointEvery, "test_perturbations": testPerturbations.map(\.description),
          "model": (try? JSONSerialization.jsonObject(with: config.jsonData())) ?? [:]]
     }
 }
@@ -185,14 +188,14 @@ public final class TrainingRun {
     /// Eval-mode scores of a split, and each head's (`HeadMetrics`). With several ranks each
     /// scores refs[rank::size] and the scores are gathered, so every rank gets the same arrays as
     /// one process would.
-    public func evaluate(_ split: Split) throws -> (scores: [Float], labels: [Int], sequences: [String], heads: HeadMetrics) {
+    public func evaluate(_ split: Split, perturbation: Perturbation? = nil) throws -> (scores: [Float], labels: [Int], sequences: [String], heads: HeadMetrics) {
         let c = options.config
         let all = set.refs(split)
         let size = options.worldSize, rank = options.rank
         let mine = stride(from: rank, to: all.count, by: size).map { all[$0] }
         let loader = StreamingLoader(set: set, refs: mine, batchSize: options.batchSize, size: c.imgSize, mean: c.mean,
                                      std: c.std, augment: false, seed: options.seed, epoch: 0, threads: options.loaderThreads,
-                                     dropLast: false)
+                                     dropLast: false, perturbation: perturbation)
         var myScores: [Float] = [], labels: [Int] = [], seqs: [String] = []
         var heads = HeadMetrics(useBadm: c.useBadm, useAadm: c.useAadm)
         // Per image what the heads need after a gather: probability, boundary, frequency,
@@ -623,6 +626,16 @@ public final class TrainingRun {
         let t = history.testMetrics
         log("test (\(which)): auc \(fixed(t["auc"]!))  accuracy \(fixed(t["accuracy"]!))  eer \(fixed(t["eer"]!))  "
             + "ap \(fixed(t["average_precision"]!))  sequence_auc \(fixed(t["sequence_auc"]!))")
+        // --test-perturb: the same weights on degraded test images, one pass each.
+        testPerturbations = try options.testPerturbations.map { p in
+            let r = try evaluate(.test, perturbation: p)
+            let m = BinaryMetrics.all(scores: r.scores, labels: r.labels, sequences: r.sequences)
+            log("test \(p): auc \(fixed(m["auc"]!))  accuracy \(fixed(m["accuracy"]!))  eer \(fixed(m["eer"]!))")
+            var out: [String: Any] = ["perturbation": p.description]
+            for (k, v) in m { out[k] = v }
+            for (k, v) in r.heads.report(labels: r.labels, sequences: r.sequences) { out[k] = v }
+            return out
+        }
         if !(t["auc"] ?? .nan).isFinite {
             // NaN outputs first: they leave AUC undefined whatever the split holds.
             let fake = test.labels.filter { $0 == 1 }.count
@@ -635,6 +648,14 @@ public final class TrainingRun {
     /// Each head's test metrics, the gate and the attention per class (`HeadMetrics.report`),
     /// once the test split has been evaluated: metrics.json's `test_heads`.
     public private(set) var testHeads: [String: Any]?
+
+    /// TensorBoard's tag for a degraded test pass's AUC: `test_perturbed/jpeg_50_auc`.
+    static func perturbedTag(_ spec: String) -> String {
+        "test_perturbed/" + spec.replacingOccurrences(of: ":", with: "_").replacingOccurrences(of: ".", with: "p") + "_auc"
+    }
+
+    /// The test split under each `--test-perturb` degradation: metrics, heads, `perturbation`.
+    public private(set) var testPerturbations: [[String: Any]] = []
 
     /// Why the test AUC is undefined, when it is (for the run's last line).
     public private(set) var testAUCUndefinedReason: String?
@@ -703,7 +724,8 @@ public final class TrainingRun {
         history.skippedSteps = trainer.skippedSteps
         try test(&history, best: best)
         steps.scalars(step: trainer.optimizer.step, history.testMetrics.sorted { $0.key < $1.key }.map { ("test/\($0.key)", $0.value) }
-                      + (testHeads.map { HeadMetrics.scalars($0, prefix: "test_heads") } ?? []))
+                      + (testHeads.map { HeadMetrics.scalars($0, prefix: "test_heads") } ?? [])
+                      + testPerturbations.compactMap { r in (r["auc"] as? Double).map { (Self.perturbedTag(r["perturbation"] as! String), $0) } })
         if writes {
             // The best weights (now in the store) as a model-only file PyTorch loads with strict=True.
             try ModelFile.write(ctx.params, config: options.config, to: (dir as NSString).appendingPathComponent("model.safetensors"))
@@ -725,6 +747,7 @@ public final class TrainingRun {
             "timestamp": ISO8601DateFormatter().string(from: Date()),
         ]
         if let testHeads { obj["test_heads"] = testHeads }
+        if !testPerturbations.isEmpty { obj["test_perturbations"] = testPerturbations }
         try writeFileAtomically(try jsonData(obj, pretty: true), to: (options.experimentDirectory as NSString).appendingPathComponent("metrics.json"))
     }
 }
