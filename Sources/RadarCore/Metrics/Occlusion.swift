@@ -3,7 +3,7 @@ import Foundation
 /// Occlusion sensitivity (Zeiler and Fergus, 2014) for `radar predict --occlusion`: which parts
 /// of a face the verdict rests on. The image, at the model's input size, is covered one cell at
 /// a time (cells are the ViT's patches: 14 x 14 of 16 px on the full config) with its
-/// normalisation mean colour, which normalises to zero, and each covered copy goes through the
+/// normalisation mean colour (the nearest 8-bit colour: about zero once normalised), and each covered copy goes through the
 /// same eval-mode forward. A cell's drop is p(fake | image) - p(fake | image with the cell
 /// covered): positive where the cell argued "fake", negative where it argued "real". Only
 /// forward passes: every value is one `radar predict` would print for the covered image.
