@@ -281,7 +281,7 @@ struct Predict: ParsableCommand {
                         if let detail { p["explanation"] = Self.explanationJSON(detail) }
                         if let map {
                             var o: [String: Any] = ["grid": map.grid, "cell": map.cell, "fill": map.fill.map(Int.init),
-                                                    "drop": (0..<map.grid).map { r in map.drops[(r * map.grid)..<((r + 1) * map.grid)].map(Self.json) }]
+                                                    "drop": (0..<map.grid).map { r in map.drops[(r * map.grid)..<((r + 1) * map.grid)].map { Double($0) } }]
                             if let mapFile { o["map"] = mapFile }
                             p["occlusion"] = o
                         }
@@ -315,14 +315,13 @@ extension Predict {
     /// Six decimals, or nan/inf (a diverged checkpoint).
     static func decimal(_ v: Float) -> String { v.isNaN ? "nan" : v.isInfinite ? (v < 0 ? "-inf" : "inf") : String(format: "%.6f", v) }
 
-    static func json(_ v: Float) -> Any { v.isFinite ? Double(v) : NSNull() }
-
-    /// `--explain --json`: one object per image (a disabled branch's probability is null).
+    /// `--explain --json`: one object per image (a disabled branch's probability is null;
+    /// `printJSON` writes non-finite values as null).
     static func explanationJSON(_ e: Explanation) -> [String: Any] {
-        ["boundary_probability": e.boundary.map(json) ?? NSNull(), "frequency_probability": e.frequency.map(json) ?? NSNull(),
-         "reasoning_probability": json(e.reasoning), "external_probability": json(e.external), "gate": json(e.gate),
-         "iteration_probabilities": e.iterations.map(json),
-         "attention": e.attention.map { ["boundary": json($0[0]), "frequency": json($0[1])] }]
+        ["boundary_probability": e.boundary.map { Double($0) } ?? NSNull(), "frequency_probability": e.frequency.map { Double($0) } ?? NSNull(),
+         "reasoning_probability": Double(e.reasoning), "external_probability": Double(e.external), "gate": Double(e.gate),
+         "iteration_probabilities": e.iterations.map { Double($0) },
+         "attention": e.attention.map { ["boundary": Double($0[0]), "frequency": Double($0[1])] }]
     }
 
     /// `--occlusion` lines: the patch whose covering lowers p(fake) most, as
