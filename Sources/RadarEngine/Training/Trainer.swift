@@ -150,7 +150,9 @@ public final class Trainer: @unchecked Sendable {
     }
 
     /// Eval-mode forward with each image's interpretability outputs (MODEL.md §4-5): what each
-    /// head said and how the reasoning weighed the evidence. One host read of the small outputs.
+    /// head said and how the reasoning weighed the evidence. Eight small reads (probability, the
+    /// four heads' logits, gate, iteration logits, attention), each a host synchronisation on a
+    /// GPU: a few per batch in evaluation, none in a training step.
     public func explain(images: Tensor) throws(ShapeMismatch) -> [Explanation] {
         let out = try evalForward(images: images)
         let be = ctx.backend, c = model.config
