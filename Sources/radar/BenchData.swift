@@ -53,6 +53,27 @@ extension Bench {
                                "index_files_first_seconds": indexed.first, "walk_first_seconds": walked.first, "caches_dropped": dropCaches,
                                "note": set.indexNote ?? "",
                                "machine": machineRecord(threads: ProcessInfo.processInfo.activeProcessorCount)])
+                    // Random access as an epoch reads: every sample's record and image, in a
+                    // shuffled order, one thread, files in the page cache after a first pass.
+                    let refs = (0..<set.indices.count).flatMap { s in (0..<set.indices[s].count).map { (s, $0) } }
+                    var order = Array(refs.prefix(4000))
+                    var rng = SplitMix64(seed: 1)
+                    order.shuffle(using: &rng)
+                    var bytes = 0
+                    func readAll() throws -> Double {
+                        let t0 = Date()
+                        for (s, i) in order {
+                            let (info, image) = try set.indices[s].sample(i)
+                            bytes += image.count + info.sequence.utf8.count
+                        }
+                        return Date().timeIntervalSince(t0)
+                    }
+                    _ = try readAll()
+                    let seconds = [try readAll(), try readAll(), try readAll()].sorted()[1]
+                    printJSON(["bench": "shard_reads", "samples": order.count, "samples_per_s": Double(order.count) / seconds,
+                               "microseconds_per_sample": seconds / Double(order.count) * 1e6,
+                               "mib_per_s": Double(bytes / 4) / seconds / 1048576,
+                               "machine": machineRecord(threads: 1)])
                     pngs = []
                     for index in set.indices { for i in 0..<index.count where pngs.count < 32 {
                         let b = try index.image(i)
@@ -109,5 +130,18 @@ extension Bench {
                 }
             }
         }
+    }
+}
+
+/// A seeded generator for the benchmark's shuffles (SplitMix64).
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

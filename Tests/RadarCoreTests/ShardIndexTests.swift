@@ -219,4 +219,80 @@ final class ShardIndexTests: XCTestCase {
             XCTAssertTrue("\(e)".hasSuffix("the shard and its index disagree (remove \(m.shards[0].name.dropLast(4)).idx and run radar prepare --check-only)"), "\(e)")
         }
     }
+
+    /// A sample's record and image come in one read of a shard kept open: every sample read
+    /// twice opens each shard once, and gives what reading each member alone gives.
+    func testASamplesMembersComeInOneReadOfAShardKeptOpen() throws {
+        let (out, _) = try prepared("one-read")
+        let set = try ShardSet(directory: out)
+        let opened = OpenShards.shared.opened
+        for _ in 0..<2 {
+            for index in set.indices {
+                for i in 0..<index.count {
+                    let (info, image) = try index.sample(i)
+                    XCTAssertEqual(info, try index.info(i))
+                    XCTAssertEqual(image, try index.image(i))
+                    XCTAssertEqual(try index.read(i, exts: ["json"]), [try index.read(i, ext: "json")])
+                }
+            }
+        }
+        XCTAssertEqual(OpenShards.shared.opened - opened, set.indices.count)
+        XCTAssertThrowsError(try set.indices[0].read(0, exts: ["json", "txt"])) {
+            XCTAssertEqual("\($0)", "\(set.indices[0].path): sample \(set.indices[0].key(0)) has no .txt member")
+        }
+    }
+
+    /// Members of one sample far apart (a large pax record between them) are read one span each.
+    func testMembersFarApartAreReadOneSpanEach() throws {
+        let dir = temporaryDirectory("far-apart")
+        let script = """
+        import io, sys, tarfile
+        with tarfile.open(sys.argv[1] + '/far.tar', 'w', format=tarfile.PAX_FORMAT) as t:
+            for name, data, pax in (('k.json', b'{"label": 1, "split": "train", "sequence": "s", "source": "x"}', {}), ('k.png', b'p' * 900, {'comment': 'c' * 5000}), ('m.json', b'{}', {})):
+                info = tarfile.TarInfo(name); info.size = len(data); info.pax_headers = pax; t.addfile(info, io.BytesIO(data))
+        """
+        let (rc, text) = try shell([interopPython, "-c", script, dir])
+        XCTAssertEqual(rc, 0, "python (RADAR_PYTHON=\(interopPython)): \(text)")
+        let index = try TarIndex(path: "\(dir)/far.tar")
+        let json = try XCTUnwrap(index.member(0, ext: "json")), png = try XCTUnwrap(index.member(0, ext: "png"))
+        XCTAssertGreaterThan(png.offset - 512 - (json.offset + json.size), 4096, "the pax record lies between them")
+        let both = try index.read(0, exts: ["png", "json"])
+        XCTAssertEqual(both, [Data(repeating: UInt8(ascii: "p"), count: 900), Data(#"{"label": 1, "split": "train", "sequence": "s", "source": "x"}"#.utf8)])
+        XCTAssertEqual(try index.sample(0).info.label, 1)
+    }
+
+    /// Shards kept open: at most `capacity` (the least recently used closed first), a file a
+    /// reader holds still reads after it was closed out of the table, and a shard changed in
+    /// place (the same inode) or removed after it was opened stops the run.
+    func testOpenShardsKeepsAtMostItsCapacityAndNoticesChanges() throws {
+        let (out, _) = try prepared("open-shards")
+        let set = try ShardSet(directory: out)
+        XCTAssertGreaterThanOrEqual(set.indices.count, 3)
+        let files = OpenShards(capacity: 2)
+        let first = try files.file(set.indices[0].path, identity: set.indices[0].identity)
+        _ = try files.file(set.indices[1].path, identity: set.indices[1].identity)
+        _ = try files.file(set.indices[0].path, identity: set.indices[0].identity)
+        _ = try files.file(set.indices[2].path, identity: set.indices[2].identity)
+        XCTAssertEqual(files.count, 2)
+        XCTAssertEqual(files.opened, 3)
+        XCTAssertTrue(try files.file(set.indices[0].path, identity: set.indices[0].identity) === first, "the most recently used stays")
+        _ = try files.file(set.indices[1].path, identity: set.indices[1].identity)
+        XCTAssertEqual(files.opened, 4, "shard 1 had been closed, the least recently used")
+        var byte: UInt8 = 0
+        XCTAssertEqual(pread(first.fd, &byte, 1, 0), 1)
+
+        let index = set.indices[0]
+        XCTAssertNoThrow(try index.sample(0))
+        let handle = try XCTUnwrap(FileHandle(forWritingAtPath: index.path))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data(count: 512))
+        try handle.close()
+        XCTAssertThrowsError(try index.sample(0)) {
+            XCTAssertTrue($0 is TarIndex.Unavailable && "\($0)".hasPrefix("\(index.path): the shard was replaced or changed since the run opened the dataset"), "\($0)")
+        }
+        try FileManager.default.removeItem(atPath: set.indices[1].path)
+        XCTAssertThrowsError(try set.indices[1].sample(0)) {
+            XCTAssertEqual("\($0)", "\(set.indices[1].path): the shard cannot be opened any more (No such file or directory): the dataset changed during the run")
+        }
+    }
 }

@@ -210,8 +210,8 @@ public final class StreamingLoader: @unchecked Sendable {
     public func loadSample(_ ref: SampleRef, into dst: UnsafeMutablePointer<Float>) throws -> SampleInfo {
         let index = set.indices[ref.shard]
         let key = index.key(ref.index)
-        let info = try index.info(ref.index)
-        var img = try ImageCodec.decode(try index.image(ref.index), item: "\(index.path):\(key)")
+        let (info, bytes) = try index.sample(ref.index)
+        var img = try ImageCodec.decode(bytes, item: "\(index.path):\(key)")
         img = ImageResize.resize(img, width: size, height: size, mode: resizeMode)
         if let perturbation { img = try perturbation.apply(img, key: key) }
         if augment { img = try Augmenter.apply(AugmentationPlan.draw(seed: seed, epoch: epoch, key: key), to: img) }

@@ -87,7 +87,11 @@ public struct TarIndex: Sendable {
     static func identity(_ fd: Int32) -> [Int] {
         var st = stat()
         guard fstat(fd, &st) == 0 else { return [] }
-        return [Int(st.st_dev), Int(st.st_ino), Int(st.st_size), st.st_mtim.tv_sec, st.st_mtim.tv_nsec]
+        return identity(st)
+    }
+
+    static func identity(_ st: stat) -> [Int] {
+        [Int(st.st_dev), Int(st.st_ino), Int(st.st_size), st.st_mtim.tv_sec, st.st_mtim.tv_nsec]
     }
 
     /// Indexes the shard by walking its headers.
@@ -325,42 +329,69 @@ public struct TarIndex: Sendable {
     /// before the member names it (a stale index file, or a shard changed under the run, stops
     /// the run rather than feed it other images).
     public func read(_ sample: Int, ext: String) throws -> Data {
-        guard let m = member(sample, ext: ext) else {
-            throw DatasetError(path: path, reason: "sample \(key(sample)) has no .\(ext) member")
-        }
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw Unavailable(description: "\(path): the shard cannot be opened any more (\(unreadableReason(path))): the dataset changed during the run")
-        }
-        defer { close(fd) }
-        guard TarIndex.identity(fd) == identity else {
-            throw Unavailable(description: "\(path): the shard was replaced or changed since the run opened the dataset (prepared again?): "
-                              + "its images are not the ones indexed; restart the run (--resume auto) on the finished dataset")
-        }
-        let name = "\(key(sample)).\(ext)"
-        let problem: String? = withUnsafeTemporaryAllocation(byteCount: 512, alignment: 8) { h in  // on the stack: one per loader read
-            guard pread(fd, h.baseAddress, 512, off_t(m.offset - 512)) == 512 else { return "its header cannot be read" }
-            return TarIndex.headerProblem(UnsafeRawBufferPointer(h), name: name, size: m.size)
-        }
-        if let problem {
-            throw Unavailable(description: "\(path): member \(name) at byte \(m.offset): \(problem): the shard and its index disagree "
-                              + "(remove \((TarIndex.indexPath(forShard: path) as NSString).lastPathComponent) and run radar prepare --check-only)")
-        }
-        var d = Data(count: m.size)
-        let got = d.withUnsafeMutableBytes { b -> Int in
-            var done = 0
-            while done < m.size {
-                let n = pread(fd, b.baseAddress! + done, m.size - done, off_t(m.offset + done))
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { break }
-                done += n
+        return try read(sample, exts: [ext])[0]
+    }
+
+    /// The bytes of several members of one sample (in the order asked), checked as `read(_:ext:)`
+    /// checks one. A sample's members lie together in a shard (its header, the record, the next
+    /// header, the image), so they come in one read of the shard file kept open by
+    /// `OpenShards.shared`: a stat of the path (a shard replaced or changed since it was indexed
+    /// stops the run) and one `pread` per sample, where opening the shard for each member had
+    /// cost an open, an fstat, two reads and a close each (10 calls a sample, 4 of them
+    /// metadata operations, which a network file system's server answers).
+    public func read(_ sample: Int, exts: [String]) throws -> [Data] {
+        let wanted = try exts.map { ext -> Member in
+            guard let m = member(sample, ext: ext) else {
+                throw DatasetError(path: path, reason: "sample \(key(sample)) has no .\(ext) member")
             }
-            return done
+            return m
         }
-        guard got == m.size else {
-            throw DatasetError(path: path, reason: "truncated member \(name)")
+        let file = try OpenShards.shared.file(path, identity: identity)
+        // One span from the first header to the last member's end when the members are
+        // adjacent (as every writer of WebDataset shards puts them), else one span each.
+        let lo = wanted.map { $0.offset - 512 }.min()!, hi = wanted.map { $0.offset + $0.size }.max()!
+        let gaps = hi - lo - wanted.reduce(0) { $0 + $1.size + 512 }
+        let spans: [[Int]] = gaps <= 1024 * wanted.count ? [Array(wanted.indices)] : wanted.indices.map { [$0] }
+        var out = [Data](repeating: Data(), count: wanted.count)
+        for span in spans {
+            let start = span.map { wanted[$0].offset - 512 }.min()!, end = span.map { wanted[$0].offset + wanted[$0].size }.max()!
+            let buffer = SpanBuffer(byteCount: end - start)
+            let got = TarIndex.readFully(file.fd, into: buffer.base, count: end - start, at: start)
+            for i in span {
+                let m = wanted[i], name = "\(key(sample)).\(m.ext)"
+                guard got >= m.offset - start else {
+                    throw Unavailable(description: "\(path): member \(name) at byte \(m.offset): its header cannot be read: the shard and its index disagree "
+                                      + "(remove \((TarIndex.indexPath(forShard: path) as NSString).lastPathComponent) and run radar prepare --check-only)")
+                }
+                if let problem = TarIndex.headerProblem(UnsafeRawBufferPointer(start: buffer.base + (m.offset - 512 - start), count: 512), name: name, size: m.size) {
+                    throw Unavailable(description: "\(path): member \(name) at byte \(m.offset): \(problem): the shard and its index disagree "
+                                      + "(remove \((TarIndex.indexPath(forShard: path) as NSString).lastPathComponent) and run radar prepare --check-only)")
+                }
+                guard got >= m.offset + m.size - start else {
+                    throw DatasetError(path: path, reason: "truncated member \(name)")
+                }
+                out[i] = buffer.data(at: m.offset - start, count: m.size)
+            }
         }
-        return d
+        return out
+    }
+
+    /// Reads `count` bytes at `offset` (fewer only at the end of the file or on an error).
+    static func readFully(_ fd: Int32, into base: UnsafeMutableRawPointer, count: Int, at offset: Int) -> Int {
+        var done = 0
+        while done < count {
+            let n = pread(fd, base + done, count - done, off_t(offset + done))
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// The sample's record and image bytes (png or jpg), in one read.
+    public func sample(_ i: Int) throws -> (info: SampleInfo, image: Data) {
+        let d = try read(i, exts: ["json", member(i, ext: "png") != nil ? "png" : "jpg"])
+        return (try decodeInfo(i, d[0]), d[1])
     }
 
     /// The image member's bytes (png or jpg).
@@ -371,10 +402,14 @@ public struct TarIndex: Sendable {
     /// The sample's record, checked: a decoding problem names the member and the field, and the
     /// label must be 0 (real) or 1 (fake).
     public func info(_ sample: Int) throws -> SampleInfo {
+        return try decodeInfo(sample, try read(sample, ext: "json"))
+    }
+
+    func decodeInfo(_ sample: Int, _ json: Data) throws -> SampleInfo {
         let member = "\(path): \(key(sample)).json"
         let info: SampleInfo
         do {
-            info = try JSONDecoder().decode(SampleInfo.self, from: try read(sample, ext: "json"))
+            info = try JSONDecoder().decode(SampleInfo.self, from: json)
         } catch let e as DecodingError {
             let reason: String
             switch e {
@@ -390,4 +425,92 @@ public struct TarIndex: Sendable {
         }
         return info
     }
+}
+
+/// One read's bytes, shared by the `Data` values of the members in it (no copy; freed with the
+/// last of them).
+final class SpanBuffer: @unchecked Sendable {
+    let base: UnsafeMutableRawPointer
+    init(byteCount: Int) { base = .allocate(byteCount: max(byteCount, 1), alignment: 64) }
+    deinit { base.deallocate() }
+
+    func data(at offset: Int, count: Int) -> Data {
+        guard count > 0 else { return Data() }
+        return Data(bytesNoCopy: base + offset, count: count, deallocator: .custom { _, _ in withExtendedLifetime(self) {} })
+    }
+}
+
+/// The shard files a process reads, kept open (at most `capacity`, the least recently used
+/// closed first; a reader holds its file until its read is done). Every use stats the path
+/// first: a shard gone, or not the file indexed (replaced by a second prepare, or changed in
+/// place: device, inode, size and modification time), stops the run as the per-read open did.
+public final class OpenShards: @unchecked Sendable {
+    public static let shared = OpenShards(capacity: OpenShards.defaultCapacity())
+
+    /// A quarter of the soft limit on open files, between 8 and 256.
+    static func defaultCapacity() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 64 }
+        let soft = Int(clamping: limit.rlim_cur)  // RLIM_INFINITY clamps to Int.max
+        return min(256, max(8, soft / 4))
+    }
+
+    public final class File: @unchecked Sendable {
+        public let fd: Int32
+        let identity: [Int]
+        init(fd: Int32, identity: [Int]) { self.fd = fd; self.identity = identity }
+        deinit { close(fd) }
+    }
+
+    public let capacity: Int
+    private let lock = NSLock()
+    private var files: [String: (file: File, used: UInt64)] = [:]
+    private var clock: UInt64 = 0
+    /// Files opened so far (a test's and a benchmark's count).
+    public private(set) var opened = 0
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    public var count: Int { lock.withLock { files.count } }
+
+    /// The open file of the shard at `path`, which must still be the file with `identity`.
+    func file(_ path: String, identity: [Int]) throws -> File {
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            let reason = String(cString: strerror(errno))
+            forget(path)
+            throw TarIndex.Unavailable(description: "\(path): the shard cannot be opened any more (\(reason)): the dataset changed during the run")
+        }
+        guard TarIndex.identity(st) == identity else {
+            forget(path)
+            throw TarIndex.Unavailable(description: "\(path): the shard was replaced or changed since the run opened the dataset (prepared again?): "
+                                       + "its images are not the ones indexed; restart the run (--resume auto) on the finished dataset")
+        }
+        if let f: File = lock.withLock({
+            clock += 1
+            guard let e = files[path], e.file.identity == identity else { return nil }
+            files[path] = (e.file, clock)
+            return e.file
+        }) { return f }
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw TarIndex.Unavailable(description: "\(path): the shard cannot be opened any more (\(unreadableReason(path))): the dataset changed during the run")
+        }
+        let f = File(fd: fd, identity: TarIndex.identity(fd))
+        guard f.identity == identity else {
+            throw TarIndex.Unavailable(description: "\(path): the shard was replaced or changed since the run opened the dataset (prepared again?): "
+                                       + "its images are not the ones indexed; restart the run (--resume auto) on the finished dataset")
+        }
+        lock.withLock {
+            opened += 1
+            clock += 1
+            if files[path] == nil, files.count >= capacity, let oldest = files.min(by: { $0.value.used < $1.value.used })?.key {
+                files[oldest] = nil
+            }
+            files[path] = (f, clock)
+        }
+        return f
+    }
+
+    func forget(_ path: String) { lock.withLock { files[path] = nil } }
 }
