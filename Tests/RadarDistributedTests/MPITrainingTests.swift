@@ -441,6 +441,13 @@ final class DemoPipelineTests: XCTestCase {
             return String(decoding: d, as: UTF8.self)
         }
         _ = try run([bin.appendingPathComponent("radar").path, "synth", "--output", root + "/data", "--count", "240", "--size", "32"])
+        // The data benchmark on the set: opening it, and every sample read in a shuffled order.
+        let bench = try run([bin.appendingPathComponent("radar").path, "bench", "data", "--data", root + "/data", "--images", "4", "--prepare-images", "0"])
+        let records = bench.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        XCTAssertEqual(records.first { $0["bench"] as? String == "dataset_open" }?["samples"] as? Int, 240, bench)
+        let reads = records.first { $0["bench"] as? String == "shard_reads" }
+        XCTAssertEqual(reads?["samples"] as? Int, 240, bench)
+        XCTAssertGreaterThan(reads?["samples_per_s"] as? Double ?? 0, 0, bench)
         var argv = ["mpirun", "--oversubscribe"]
         if geteuid() == 0 { argv.append("--allow-run-as-root") }
         argv += ["-n", "2", bin.appendingPathComponent("radar-worker").path, "--data", root + "/data", "--output", root + "/outputs",
