@@ -131,6 +131,8 @@ struct Predict: ParsableCommand {
     @Flag(help: "Also one verdict per folder (a video's frames): the mean probability of its images, as sequence AUC aggregates a sequence's frames.") var byFolder = false
     @Flag(help: "Also where the verdict comes from: each ViT patch of the resized image covered in turn by the normalisation mean colour, and how much that lowers p(fake) (one forward per patch: 196 per image on the full config).") var occlusion = false
     @Option(help: "With --occlusion: also write each image with its occlusion map laid over it (red: the patch argued fake; blue: real) as DIR/NNNNNN_<name>.png (NNNNNN: the image's place in the list).") var occlusionMaps: String?
+    @Flag(help: "Also which patches the class token gathers from: attention rollout over the encoder (each block's self-attention averaged over its heads and mixed half and half with the identity for the residual path, multiplied through the blocks), a weight per ViT patch (they sum to at most 1). The same one forward per batch.") var rollout = false
+    @Option(help: "With --rollout: also write each image with its rollout laid over it (orange, from none at the image's least weight to strongest at its most) as DIR/NNNNNN_<name>.png.") var rolloutMaps: String?
     @Option(help: "Images per forward pass (at most the number of images).") var batchSize = 32
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
@@ -144,6 +146,10 @@ struct Predict: ParsableCommand {
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
         try requireFlag((1...4096).contains(maxImageMb), "max-image-mb", "in 1...4096", maxImageMb)
         if occlusionMaps != nil && !occlusion { throw ValidationError("--occlusion-maps needs --occlusion") }
+        if rolloutMaps != nil && !rollout { throw ValidationError("--rollout-maps needs --rollout") }
+        if let a = occlusionMaps, let b = rolloutMaps, (a as NSString).standardizingPath == (b as NSString).standardizingPath {
+            throw ValidationError("--occlusion-maps and --rollout-maps name the same folder (\(a)): their files would have the same names")
+        }
     }
 
     func run() throws {
@@ -171,11 +177,12 @@ struct Predict: ParsableCommand {
                 throw ValidationError("no images to predict: \(paths.joined(separator: ", ")) hold\(paths.count == 1 ? "s" : "") no .png, .jpg or .jpeg file"
                                       + (prepared.map { " (\($0) is a prepared dataset: radar evaluate --checkpoint W --data \($0) --split S --predictions FILE.csv scores its images)" } ?? ""))
             }
-            if let dir = occlusionMaps {  // before any work
+            for (flag, folder) in [("occlusion-maps", occlusionMaps), ("rollout-maps", rolloutMaps)] {  // before any work
+                guard let dir = folder else { continue }
                 do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
-                    throw ValidationError("--occlusion-maps \(dir): cannot create the folder: \(systemReason(error))")
+                    throw ValidationError("--\(flag) \(dir): cannot create the folder: \(systemReason(error))")
                 }
-                guard access(dir, W_OK) == 0 else { throw ValidationError("--occlusion-maps \(dir): the folder is not writable") }
+                guard access(dir, W_OK) == 0 else { throw ValidationError("--\(flag) \(dir): the folder is not writable") }
             }
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             // Batches of --batch-size: the images decoded on every core, then one forward.
@@ -210,7 +217,7 @@ struct Predict: ParsableCommand {
                 let resized = UnsafeMutableBufferPointer<RGBImage?>.allocate(capacity: chunk.count)
                 resized.initialize(repeating: nil)
                 defer { resized.deinitialize(); resized.deallocate() }
-                let keepResized = occlusion
+                let keepResized = occlusion || rolloutMaps != nil
                 let slots = host.pointer
                 DispatchQueue.concurrentPerform(iterations: chunk.count) { i in
                     do {
@@ -228,16 +235,19 @@ struct Predict: ParsableCommand {
                 }
                 let good = chunk.indices.filter { errors[$0] == nil }
                 for (k, i) in good.enumerated() where k != i { (slots + k * per).update(from: slots + i * per, count: per) }
-                var explained: [Explanation] = []
+                var explained: [Explanation] = [], rollouts: [[Float]] = []
                 if !good.isEmpty {
                     let view = input.tensor.slice(from: 0, Shape(good.count, 3, c.imgSize, c.imgSize))
                     ctx.backend.upload(UnsafeBufferPointer(start: slots, count: good.count * per), into: view)
-                    if explain {
-                        explained = try trainer.explain(images: view)
-                        for (k, e) in explained.enumerated() { probs[k] = e.probability }
-                    } else {
-                        try trainer.predict(images: view, into: probs)
+                    func forward() throws {
+                        if explain {
+                            explained = try trainer.explain(images: view)
+                            for (k, e) in explained.enumerated() { probs[k] = e.probability }
+                        } else {
+                            try trainer.predict(images: view, into: probs)
+                        }
                     }
+                    if rollout { rollouts = try trainer.attentionRollout(forward).1 } else { try forward() }
                 }
                 let chunkProbs = Array(UnsafeBufferPointer(start: probs, count: good.count))
                 var maps: [Occlusion.Map] = []
@@ -266,12 +276,19 @@ struct Predict: ParsableCommand {
                         warnedNonFinite = true
                     }
                     let detail = explain ? explained[k] : nil
-                    let map = occlusion ? maps[k] : nil
-                    var mapFile: String?
+                    let map = occlusion ? maps[k] : nil, weights = rollout ? rollouts[k] : nil
+                    let name = String(format: "%06d_", start + i) + ((f as NSString).lastPathComponent as NSString).deletingPathExtension + ".png"
+                    var mapFile: String?, rolloutFile: String?
                     if let map, let dir = occlusionMaps {
-                        let name = String(format: "%06d_", start + i) + ((f as NSString).lastPathComponent as NSString).deletingPathExtension + ".png"
                         mapFile = (dir as NSString).appendingPathComponent(name)
                         try writeFileAtomically(try ImageCodec.encodePNG(Occlusion.overlay(resized[i]!, map)), to: mapFile!)
+                    }
+                    if let weights, let dir = rolloutMaps {
+                        rolloutFile = (dir as NSString).appendingPathComponent(name)
+                        // Above the image's least weight (the weights spread little around 1 / patches).
+                        let least = weights.filter(\.isFinite).min() ?? 0
+                        try writeFileAtomically(try ImageCodec.encodePNG(Heatmap.overlay(resized[i]!, grid: c.gridSize, cell: c.patchSize, values: weights.map { $0 - least },
+                                                                                         positive: [255, 150, 0], negative: [255, 150, 0])), to: rolloutFile!)
                     }
                     k += 1
                     predicted += 1
@@ -285,10 +302,18 @@ struct Predict: ParsableCommand {
                             if let mapFile { o["map"] = mapFile }
                             p["occlusion"] = o
                         }
+                        if let weights {
+                            let g = c.gridSize
+                            var o: [String: Any] = ["grid": g, "cell": c.patchSize,
+                                                    "weight": (0..<g).map { r in weights[(r * g)..<((r + 1) * g)].map { Double($0) } }]
+                            if let rolloutFile { o["map"] = rolloutFile }
+                            p["rollout"] = o
+                        }
                         predictions.append(p)
                     } else {
                         print("\(f)\t\(Self.decimal(prob))\t\(label)" + (detail.map { "\t" + Self.explanationText($0) } ?? "")
-                              + (map.map { "\t" + Self.occlusionText($0) } ?? "") + (mapFile.map { "\tocclusion_map=" + $0 } ?? ""))
+                              + (map.map { "\t" + Self.occlusionText($0) } ?? "") + (mapFile.map { "\tocclusion_map=" + $0 } ?? "")
+                              + (weights.map { "\t" + Self.rolloutText($0, grid: c.gridSize) } ?? "") + (rolloutFile.map { "\trollout_map=" + $0 } ?? ""))
                     }
                 }
             }
@@ -329,6 +354,12 @@ extension Predict {
     static func occlusionText(_ m: Occlusion.Map) -> String {
         guard let top = m.drops.indices.filter({ m.drops[$0].isFinite }).max(by: { m.drops[$0] < m.drops[$1] }) else { return "occlusion_top=nan" }
         return "occlusion_top=\(top / m.grid),\(top % m.grid):" + String(format: "%+.6f", m.drops[top])
+    }
+
+    /// `--rollout` lines: the patch with the most weight, as `rollout_top=ROW,COL:WEIGHT`.
+    static func rolloutText(_ w: [Float], grid: Int) -> String {
+        guard let top = w.indices.filter({ w[$0].isFinite }).max(by: { w[$0] < w[$1] }) else { return "rollout_top=nan" }
+        return "rollout_top=\(top / grid),\(top % grid):" + String(format: "%.6f", w[top])
     }
 
     /// `--explain` lines: tab-separated key=value fields after the label; attention per iteration

@@ -333,3 +333,51 @@ final class OcclusionTests: XCTestCase {
         XCTAssertTrue(maps[0].drops.contains { $0 != 0 }, "covering changes something")
     }
 }
+
+/// `Trainer.attentionRollout` (`radar predict --rollout`): the forward it wraps gives the same
+/// probabilities as without it, an image's map is the same alone or in a batch, each map is the
+/// class token's row of the product of (head-mean attention + I) / 2 over the blocks, computed
+/// here as a matrix product from the probabilities the blocks hand out, and the sink is cleared.
+final class AttentionRolloutTests: XCTestCase {
+    func testRolloutIsTheBlocksProductAndLeavesTheForwardAlone() throws {
+        let (trainer, images, _) = try makeTinyTrainer(batch: 3)
+        let c = trainer.model.config, t = c.patchCount + 1, be = trainer.ctx.backend
+        func probabilities(_ x: Tensor) throws -> [Float] {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: x.shape[0])
+            defer { p.deallocate() }
+            try trainer.predict(images: x, into: p)
+            return Array(UnsafeBufferPointer(start: p, count: x.shape[0]))
+        }
+        let plain = try probabilities(images.tensor)
+        let (withRollout, maps) = try trainer.attentionRollout { try probabilities(images.tensor) }
+        XCTAssertEqual(withRollout, plain, "the same forward, bit for bit")
+        XCTAssertNil(trainer.ctx.attentionProbabilitiesSink)
+        XCTAssertEqual(maps.count, 3)
+        // The reference: every block's probabilities, then the full matrix product in Double.
+        var blocks: [[Float]] = []
+        trainer.ctx.attentionProbabilitiesSink = { blocks.append(be.download($0)) }
+        _ = try probabilities(images.tensor)
+        trainer.ctx.attentionProbabilitiesSink = nil
+        XCTAssertEqual(blocks.count, c.depth)
+        let h = c.numHeads
+        for i in 0..<3 {
+            var r = (0..<(t * t)).map { $0 / t == $0 % t ? 1.0 : 0.0 }
+            for p in blocks {
+                var a = [Double](repeating: 0, count: t * t)
+                for k in 0..<h { for j in 0..<(t * t) { a[j] += Double(p[(i * h + k) * t * t + j]) / Double(h) } }
+                for j in 0..<t { a[j * t + j] += 1 }
+                var next = [Double](repeating: 0, count: t * t)
+                for row in 0..<t { for m in 0..<t { for col in 0..<t { next[row * t + col] += 0.5 * a[row * t + m] * r[m * t + col] } } }
+                r = next
+            }
+            XCTAssertEqual(maps[i].count, c.patchCount)
+            for j in 0..<c.patchCount { XCTAssertEqual(Double(maps[i][j]), r[j + 1], accuracy: 1e-6, "image \(i), patch \(j)") }
+            XCTAssertTrue(maps[i].allSatisfy { $0 > 0 })
+            XCTAssertLessThan(maps[i].reduce(0, +), 1)
+        }
+        // Image 1 alone: the same map.
+        let one = images.tensor.slice(from: 3 * c.imgSize * c.imgSize, Shape(1, 3, c.imgSize, c.imgSize))
+        let (_, alone) = try trainer.attentionRollout { try probabilities(one) }
+        for (a, b) in zip(alone[0], maps[1]) { XCTAssertEqual(a, b, accuracy: 1e-6) }
+    }
+}

@@ -614,6 +614,27 @@ final class DemoPipelineTests: XCTestCase {
                                                  "--occlusion-maps", maps, imgs + "/f1.png"])
         XCTAssertNotEqual(orc, 0)
         XCTAssertTrue(oout.contains("--occlusion-maps needs --occlusion"), oout)
+        // --rollout: a weight per patch from the same forward (the probability unchanged), and
+        // its map laid over the image; in text, the patch with the most weight.
+        let rolled = ((try JSONSerialization.jsonObject(with: Data(try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo",
+                                                                           "--threads", "1", "--json", "--rollout", "--rollout-maps", root + "/rollout", imgs + "/f1.png"]).utf8))
+                      as! [String: Any])["predictions"] as! [[String: Any]])[0]
+        XCTAssertEqual(rolled["probability_fake"] as? Double, occluded["probability_fake"] as? Double)
+        let r = rolled["rollout"] as! [String: Any]
+        XCTAssertEqual(r["grid"] as? Int, 4); XCTAssertEqual(r["cell"] as? Int, 8)
+        let weights = (r["weight"] as! [[Double]]).flatMap { $0 }
+        XCTAssertEqual(weights.count, 16)
+        XCTAssertTrue(weights.allSatisfy { $0 > 0 } && weights.reduce(0, +) < 1, "\(weights)")
+        XCTAssertEqual(r["map"] as? String, root + "/rollout/000000_f1.png")
+        XCTAssertNotEqual(try ImageCodec.decode(try Data(contentsOf: URL(fileURLWithPath: root + "/rollout/000000_f1.png")), item: "map"), face)
+        let rolledText = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1",
+                                  "--rollout", imgs + "/f1.png"])
+        let top = weights.indices.max { weights[$0] < weights[$1] }!
+        XCTAssertTrue(rolledText.contains("\trollout_top=\(top / 4),\(top % 4):" + String(format: "%.6f", weights[top])), rolledText)
+        let (rrc, rout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo",
+                                                 "--rollout-maps", maps, imgs + "/f1.png"])
+        XCTAssertNotEqual(rrc, 0)
+        XCTAssertTrue(rout.contains("--rollout-maps needs --rollout"), rout)
         // Progress on stderr where stdout does not show it (--json; a pipe): a plain line per
         // batch at a tiny RADAR_PROGRESS_SECONDS, stdout still one JSON document.
         let pp = Process()

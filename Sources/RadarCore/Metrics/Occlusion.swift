@@ -54,16 +54,26 @@ public enum Occlusion {
     /// The image with the map laid over it: red where covering lowered p(fake), blue where it
     /// raised it, opacity up to 0.6 in proportion to |drop| / the largest |drop|.
     public static func overlay(_ image: RGBImage, _ m: Map) -> RGBImage {
-        let scale = m.drops.map { abs($0) }.filter(\.isFinite).max() ?? 0
+        Heatmap.overlay(image, grid: m.grid, cell: m.cell, values: m.drops, positive: [255, 0, 0], negative: [0, 64, 255])
+    }
+}
+
+/// A grid of values laid over an image (`radar predict --occlusion-maps`, `--rollout-maps`).
+public enum Heatmap {
+    /// Each cell tinted `positive` (a value above 0) or `negative` (below), opacity up to 0.6 in
+    /// proportion to |value| / the largest |value|; non-finite values leave their cell alone.
+    public static func overlay(_ image: RGBImage, grid: Int, cell: Int, values: [Float], positive: [Double], negative: [Double]) -> RGBImage {
+        precondition(values.count == grid * grid, "\(values.count) values for a \(grid) x \(grid) grid")
+        let scale = values.map { abs($0) }.filter(\.isFinite).max() ?? 0
         var out = image
         guard scale > 0 else { return out }
         for y in 0..<image.height {
             for x in 0..<image.width {
-                let r = min(m.grid - 1, y / m.cell), col = min(m.grid - 1, x / m.cell)
-                let d = m.drops[r * m.grid + col]
+                let r = min(grid - 1, y / cell), col = min(grid - 1, x / cell)
+                let d = values[r * grid + col]
                 guard d.isFinite else { continue }
                 let alpha = 0.6 * Double(abs(d) / scale)
-                let colour: [Double] = d > 0 ? [255, 0, 0] : [0, 64, 255]
+                let colour = d > 0 ? positive : negative
                 for ch in 0..<3 {
                     let i = (y * image.width + x) * 3 + ch
                     out.pixels[i] = UInt8(((1 - alpha) * Double(image.pixels[i]) + alpha * colour[ch]).rounded())

@@ -2,7 +2,8 @@
 /// forward/backward on given weights and batch, and optionally K AdamW steps at a constant
 /// learning rate (clip 1.0, betas 0.9/0.999, eps 1e-8), every tensor named as PyTorch names it.
 /// With `evalForward`, first an eval-mode forward of the same weights and batch: its outputs as
-/// `eval.out.<name>` and each image's `Trainer.explain` values as `eval.explain.<name>`.
+/// `eval.out.<name>` and each image's `Trainer.explain` values as `eval.explain.<name>`, with its
+/// attention rollout (`Trainer.attentionRollout`) as `eval.explain.rollout` (B, grid, grid).
 public enum ParityDump {
     public struct BatchError: Error, CustomStringConvertible {
         public let description: String
@@ -31,8 +32,8 @@ public enum ParityDump {
             let o = try trainer.evalForward(images: images.tensor)
             for (name, t) in o.named { out["eval.out.\(name)"] = SafeTensor(shape: t.shape.dims, floats: be.download(t)) }
             out["eval.out.convergence_delta"] = SafeTensor(shape: [], floats: be.download(o.convergenceDelta))
-            let ex = try trainer.explain(images: images.tensor)
-            let t = config.reasoningIterations
+            let (ex, rollout) = try trainer.attentionRollout { try trainer.explain(images: images.tensor) }
+            let t = config.reasoningIterations, g = config.gridSize
             func put(_ name: String, _ v: [Float], _ shape: [Int]) { out["eval.explain.\(name)"] = SafeTensor(shape: shape, floats: v) }
             if config.useBadm { put("boundary_probability", ex.map { $0.boundary! }, [ex.count]) }
             if config.useAadm { put("frequency_probability", ex.map { $0.frequency! }, [ex.count]) }
@@ -42,6 +43,7 @@ public enum ParityDump {
             put("attention", ex.flatMap { $0.attention.flatMap { $0 } }, [ex.count, t, 2])
             put("probability", ex.map(\.probability), [ex.count])
             put("gate", ex.map(\.gate), [ex.count])
+            put("rollout", rollout.flatMap { $0 }, [ex.count, g, g])
         }
         let (outputs, termsTensor) = try trainer.microBatch(images: images.tensor, labels: labels.tensor)
         let terms = be.download(termsTensor).withUnsafeBufferPointer { LossTerms($0) }

@@ -32,6 +32,9 @@ public final class ExecutionContext: @unchecked Sendable {
     /// output is written: it holds two residual streams and one block's temporaries instead of
     /// every block's saves. The same bits either way; off only to compare.
     public var releaseBlocksInEval = true
+    /// While set, each encoder self-attention hands its probabilities (B, heads, N+1, N+1) here,
+    /// in block order, before they are released (`Trainer.attentionRollout`).
+    public var attentionProbabilitiesSink: ((Tensor) -> Void)?
     private var weightCopy: Tensor?
     private var weightCopyFresh = false
     /// The copy holds parameter element i at bf16 element i + shift, so that the parameters at

@@ -42,6 +42,7 @@ public struct SelfAttention: Sendable {
             let mark = ctx.arena.mark()
             let scores = ctx.tensor(Shape(b, heads, n, n)), probs = kept ?? ctx.tensor(Shape(b, heads, n, n))
             ctx.backend.attentionForward(qkv: qkvOut, heads: heads, scale: scale, scores: scores, probs: probs, merged: merged)
+            ctx.attentionProbabilitiesSink?(probs)
             ctx.arena.rewind(to: mark)
         }
         let y = try proj.forward(merged, ctx)

@@ -171,6 +171,52 @@ public final class Trainer: @unchecked Sendable {
                         attention: (0..<t).map { k in [history[(i * t + k) * 2], history[(i * t + k) * 2 + 1]] })
         }
     }
+
+    /// Attention rollout (Abnar and Zuidema, 2020) over the encoder, for the eval forward `body`
+    /// runs (`explain` or `predict`, whose result comes back with the maps): how much of the
+    /// class token's last state flows from each image patch through the blocks' self-attention
+    /// and residual paths. Each block's attention averaged over its heads, A, becomes (A + I) / 2
+    /// (the residual), and the class token's row of their product R = Â_L ... Â_1 is read at
+    /// the patches: grid x grid weights per image, row-major, which sum to at most 1 (the rest
+    /// stays on the class token). Computed as the row vector e_0 Â_L ... Â_1 (N^2 per block,
+    /// not N^3). Every block's probabilities are downloaded: a host synchronisation each on a GPU.
+    public func attentionRollout<T>(_ body: () throws -> T) throws -> (T, [[Float]]) {
+        var means: [[Float]] = []
+        let be = ctx.backend
+        ctx.attentionProbabilitiesSink = { probs in
+            let b = probs.shape[0], h = probs.shape[1], t = probs.shape[2], tt = t * t
+            let host = be.download(probs)
+            var mean = [Float](repeating: 0, count: b * tt)
+            for i in 0..<b {
+                for k in 0..<h {
+                    let from = (i * h + k) * tt
+                    for j in 0..<tt { mean[i * tt + j] += host[from + j] }
+                }
+            }
+            let inv = 1 / Float(h)
+            for j in mean.indices { mean[j] *= inv }
+            means.append(mean)
+        }
+        defer { ctx.attentionProbabilitiesSink = nil }
+        let result = try body()
+        guard let first = means.first else { return (result, []) }
+        let t = model.config.patchCount + 1, b = first.count / (t * t)
+        let maps = (0..<b).map { i -> [Float] in
+            var v = [Double](repeating: 0, count: t), next = v
+            v[0] = 1
+            for a in means.reversed() {
+                let base = i * t * t
+                for j in 0..<t { next[j] = 0.5 * v[j] }
+                for r in 0..<t where v[r] != 0 {
+                    let w = 0.5 * v[r], row = base + r * t
+                    for j in 0..<t { next[j] += w * Double(a[row + j]) }
+                }
+                swap(&v, &next)
+            }
+            return v[1...].map { Float($0) }
+        }
+        return (result, maps)
+    }
 }
 
 /// One image's interpretability outputs (`Trainer.explain`, `radar predict --explain`): the
