@@ -36,7 +36,7 @@ public struct TrainingFlags: ParsableArguments {
     public var loaderThreads: Int?
     @Flag(help: "Disable training augmentation.") public var noAugment = false
     @Option(help: "Cap optimizer steps per epoch (0: all), for smoke runs.") public var maxStepsPerEpoch = 0
-    @Option(help: "A timm vit_small_patch16_224 safetensors file for the encoder.") public var pretrained: String?
+    @Option(help: "The encoder's starting weights: a timm ViT safetensors file (with a timm config.json beside it, its normalisation is used), or from the Hugging Face Hub (cached as huggingface_hub caches it; HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN honoured): timm (the reference's vit_small_patch16_224, i.e. hf-hub:timm/vit_small_patch16_224.augreg_in21k_ft_in1k) or hf-hub:ORG/NAME[@REVISION].") public var pretrained: String?
     @Option(help: "Start from these weights: a RADAR checkpoint, a model.safetensors, or a PyTorch state dict (safetensors, optionally LZ4-framed) for this run's --config. Fresh optimizer and schedule.")
     public var initFrom: String?
     @Option(help: "Write last.safetensors.lz4 every N optimizer steps (always at the end of each epoch).") public var checkpointEvery = 0
@@ -77,6 +77,9 @@ public struct TrainingFlags: ParsableArguments {
         if let e = experiment {
             try need(!e.isEmpty && !e.contains("/") && e != "." && e != "..", "experiment", "a folder name inside --output (no '/', not '.' or '..')", "\"\(e)\"")
         }
+        if let p = pretrained {
+            do { _ = try HubModel.reference(p) } catch { throw ValidationError("--pretrained \(error)") }
+        }
         if initFrom != nil && pretrained != nil {
             throw ValidationError("--init-from sets every weight, the encoder's too: drop --pretrained")
         }
@@ -116,6 +119,7 @@ public struct TrainingFlags: ParsableArguments {
         o.augment = !noAugment
         o.maxStepsPerEpoch = maxStepsPerEpoch
         o.pretrained = pretrained
+        try o.resolvePretrained(log: logLine)
         o.initFrom = initFrom
         o.overwrite = overwrite
         o.allowDataChange = allowDataChange

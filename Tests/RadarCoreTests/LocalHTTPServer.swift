@@ -5,13 +5,15 @@ import Glibc
 
 /// A minimal HTTP/1.1 server on 127.0.0.1 for download tests: serves byte blobs by path, honours
 /// `Range: bytes=N-`, can answer the first requests with 503, and can cut a body short
-/// (an interrupted download). Records every request's headers.
+/// (an interrupted download), redirects a path elsewhere (as the Hugging Face Hub sends a file to
+/// its storage), and answers HEAD with the headers alone. Records every request's headers.
 final class LocalHTTPServer: @unchecked Sendable {
     let port: UInt16
     private let fd: Int32
     private let lock = NSLock()
     private var files: [String: Data] = [:]
     private var extraHeaders: [String: String] = [:]
+    private var redirects: [String: (location: String, headers: String)] = [:]
     private var failuresLeft = 0
     private var cutAfter: Int?
     private(set) var requests: [(path: String, headers: [String: String])] = []
@@ -41,6 +43,10 @@ final class LocalHTTPServer: @unchecked Sendable {
 
     func put(_ path: String, _ data: Data, header: String? = nil) {
         lock.lock(); files[path] = data; if let header { extraHeaders[path] = header }; lock.unlock()
+    }
+    /// `path` answers 302 to `location`, with `headers` (lines joined by CRLF).
+    func redirect(_ path: String, to location: String, headers: String) {
+        lock.lock(); redirects[path] = (location, headers); lock.unlock()
     }
     func failNext(_ n: Int) { lock.lock(); failuresLeft = n; lock.unlock() }
     func cutNextBody(after bytes: Int) { lock.lock(); cutAfter = bytes; lock.unlock() }
@@ -73,6 +79,7 @@ final class LocalHTTPServer: @unchecked Sendable {
         let lines = text.components(separatedBy: "\r\n")
         let parts = lines.first?.split(separator: " ") ?? []
         let path = parts.count > 1 ? String(parts[1]) : "/"
+        let head = parts.first == "HEAD"
         var headers: [String: String] = [:]
         for l in lines.dropFirst() { if let i = l.firstIndex(of: ":") { headers[l[..<i].lowercased()] = l[l.index(after: i)...].trimmingCharacters(in: .whitespaces) } }
         lock.lock()
@@ -82,10 +89,15 @@ final class LocalHTTPServer: @unchecked Sendable {
         let body = files[path]
         let headerLine = extraHeaders[path].map { $0 + "\r\n" } ?? ""
         let cut = cutAfter
+        let moved = redirects[path]
         if body != nil && !fail { cutAfter = nil }
         lock.unlock()
         func send(_ s: String) { _ = s.withCString { Glibc.send(c, $0, strlen($0), Int32(MSG_NOSIGNAL)) } }
         if fail { send("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"); return }
+        if let moved {
+            send("HTTP/1.1 302 Found\r\nLocation: \(moved.location)\r\n\(moved.headers)\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        }
         guard let body else { send("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"); return }
         var start = 0
         var status = "200 OK"
@@ -101,6 +113,7 @@ final class LocalHTTPServer: @unchecked Sendable {
         }
         let slice = body[start...]
         send("HTTP/1.1 \(status)\r\nContent-Length: \(slice.count)\r\n\(extra)\(headerLine)Connection: close\r\n\r\n")
+        if head { return }
         let toSend = cut.map { min($0, slice.count) } ?? slice.count
         slice.prefix(toSend).withUnsafeBytes { raw in
             var off = 0

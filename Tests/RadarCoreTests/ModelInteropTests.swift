@@ -237,4 +237,28 @@ final class ModelInteropTests: XCTestCase {
         let encoder = run.model.layout.parameters.filter { $0.name.hasPrefix("encoder.") }.count
         XCTAssertTrue(lines.contains { $0.hasPrefix("loaded \(encoder) encoder tensors from ") && $0.contains("resampled to the 6x6 patch grid: pos_embed") }, "\(lines)")
     }
+
+    /// --pretrained hf-hub:ORG/NAME: the same weights from the (stand-in) Hub's cache, the run
+    /// normalising as the weights' config.json says, in its config.json and checkpoints.
+    func testPretrainedFromTheHubTakesItsNormalisation() throws {
+        let file = fixturesDirectory.appendingPathComponent("timm/vit_tiny_grid4.safetensors").path
+        let (hub, storage, _) = try standInHub(model: try Data(contentsOf: URL(fileURLWithPath: file)))
+        defer { hub.stop(); storage.stop() }
+        let data = try synth("hub-data", seed: 3)
+        var o = runOptions(data, temporaryDirectory("hub-out"))
+        (o.config.imgSize, o.config.patchSize, o.config.embedDim, o.config.depth, o.config.numHeads) = (48, 8, 16, 1, 2)
+        o.pretrained = "hf-hub:timm/vit-test"
+        o.stopAfterSteps = 1
+        let cache = temporaryDirectory("hub-run-cache")
+        try o.resolvePretrained(environment: ["HF_ENDPOINT": hub.base, "HF_HUB_CACHE": cache, "HF_TOKEN_PATH": "/nonexistent-radar-token"])
+        let run = try TrainingRun(options: o)
+        var lines: [String] = []
+        run.log = { lines.append($0) }
+        _ = try run.run()
+        XCTAssertTrue(lines.contains { $0 == "--pretrained hf-hub:timm/vit-test: \(cache)/models--timm--vit-test/snapshots/\(HubModelTests.commit)/model.safetensors" }, "\(lines)")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("normalisation mean 0.5,0.5,0.5 std 0.5,0.5,0.5 from ") && $0.hasSuffix("not the config's mean 0.485,0.456,0.406 std 0.229,0.224,0.225") }, "\(lines)")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("loaded ") && $0.contains("encoder tensors from \(cache)/models--timm--vit-test/snapshots/") }, "\(lines)")
+        let saved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: o.experimentDirectory + "/config.json"))) as! [String: Any]
+        XCTAssertEqual((saved["model"] as? [String: Any])?["mean"] as? [Double], [0.5, 0.5, 0.5], "\(saved)")
+    }
 }

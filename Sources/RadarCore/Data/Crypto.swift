@@ -37,6 +37,21 @@ public final class SHA256Digest: @unchecked Sendable {
     }
 }
 
+/// SHA-1, only to check a small Hugging Face Hub file against its etag (git's blob id); never
+/// for security.
+public enum SHA1Digest {
+    public static func hex(_ data: Data) -> String {
+        var out = [UInt8](repeating: 0, count: 20)
+        var n: UInt32 = 0
+        let ctx = EVP_MD_CTX_new()
+        defer { EVP_MD_CTX_free(ctx) }
+        EVP_DigestInit_ex(ctx, EVP_sha1(), nil)
+        data.withUnsafeBytes { if $0.count > 0 { EVP_DigestUpdate(ctx, $0.baseAddress, $0.count) } }
+        EVP_DigestFinal_ex(ctx, &out, &n)
+        return hexString(out)
+    }
+}
+
 func hexString(_ bytes: [UInt8]) -> String {
     let digits = Array("0123456789abcdef".utf8)
     var s = [UInt8]()

@@ -95,9 +95,11 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         }
     }
 
-    /// One file with resume and retries.
-    public func downloadFile(_ url: String, to dest: String, expectedSize: Int? = nil) throws {
-        let part = dest + ".part"
+    /// One file with resume and retries, into `dest + partSuffix` until complete; `verify` (a
+    /// hash check) sees the finished part before it is renamed, and its error removes it.
+    public func downloadFile(_ url: String, to dest: String, expectedSize: Int? = nil, partSuffix: String = ".part",
+                             verify: ((String) throws -> Void)? = nil) throws {
+        let part = dest + partSuffix
         var lastError = ""
         var backoff = initialBackoff
         for attempt in 1...max(attempts, 1) {
@@ -110,6 +112,10 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
                     lastError = "size \(size) after download, expected \(want)"
                     if size > want { try? FileManager.default.removeItem(atPath: part) }
                 } else {
+                    do { try verify?(part) } catch {
+                        try? FileManager.default.removeItem(atPath: part)
+                        throw error
+                    }
                     guard rename(part, dest) == 0 else { throw DownloadError(url: url, reason: "cannot rename to \(dest)") }
                     return
                 }

@@ -22,7 +22,12 @@ public struct TrainOptions: Sendable {
     public var device = Devices.defaultName
     /// auto, fp32, tf32 or bf16 (`Devices`); nil: RADAR_PRECISION, else auto.
     public var precision: String?
+    /// A timm ViT safetensors file for the encoder (`TrainOptions.resolvePretrained` turns a Hub
+    /// reference into one).
     public var pretrained: String?
+    /// What resolving the options did (the pretrained weights' normalisation adopted), logged
+    /// when the run starts.
+    public var setupNotes: [String] = []
     /// Weights to start from: a RADAR checkpoint, model file or PyTorch state dict (`ModelWeights`;
     /// a state dict is read with this run's config). A resumed run takes its checkpoint's instead.
     public var initFrom: String?
@@ -125,6 +130,7 @@ public final class TrainingRun {
         self.options = options
         set = try ShardSet(directory: options.data)
         if let n = set.indexNote { notes.append(n) }
+        notes += options.setupNotes
         model = try RADARModel(config: options.config)
         DeviceMemoryContext.current = "--batch-size \(options.batchSize) per rank"
         ctx = ExecutionContext(backend: try Devices.backend(options.device, threads: options.threads, precision: options.precision), layout: model.layout,
@@ -749,5 +755,35 @@ public final class TrainingRun {
         if let testHeads { obj["test_heads"] = testHeads }
         if !testPerturbations.isEmpty { obj["test_perturbations"] = testPerturbations }
         try writeFileAtomically(try jsonData(obj, pretty: true), to: (options.experimentDirectory as NSString).appendingPathComponent("metrics.json"))
+    }
+}
+
+extension TrainOptions {
+    /// `pretrained` as a file: a Hub reference (`timm`, `hf-hub:ORG/NAME[@REVISION]`) becomes its
+    /// `model.safetensors` in the Hugging Face cache (downloaded when missing, with its
+    /// `config.json`). Where the weights' timm `config.json` (beside the file: a Hub snapshot
+    /// holds both) gives a normalisation other than the config's, the run takes the weights'
+    /// (MODEL.md: 0.5/0.5 when the pretrained ViT weights say so, as timm's augreg weights do),
+    /// and says so in `setupNotes`.
+    public mutating func resolvePretrained(environment: [String: String] = ProcessInfo.processInfo.environment,
+                                           log: @escaping (String) -> Void = { _ in }) throws {
+        guard let spec = pretrained else { return }
+        var file = spec
+        if let ref = try HubModel.reference(spec) {
+            file = try HubModel.file(ref, "model.safetensors", environment: environment, log: log)
+            do { _ = try HubModel.file(ref, "config.json", environment: environment, log: log) } catch {
+                setupNotes.append("\(ref): no config.json (\(error)): the config's normalisation is kept")
+            }
+            setupNotes.append("--pretrained \(spec): \(file)")
+            pretrained = file
+        }
+        let configFile = (parentPath(file) as NSString).appendingPathComponent("config.json")
+        if let n = HubModel.normalisation(configFile: configFile), n.mean != config.mean || n.std != config.std {
+            func text(_ v: [Double]) -> String { v.map { String(format: "%g", $0) }.joined(separator: ",") }
+            setupNotes.append("normalisation mean \(text(n.mean)) std \(text(n.std)) from \(configFile) (the pretrained weights'), "
+                              + "not the config's mean \(text(config.mean)) std \(text(config.std))")
+            config.mean = n.mean
+            config.std = n.std
+        }
     }
 }

@@ -1,0 +1,155 @@
+import Foundation
+@testable import RadarCore
+import XCTest
+
+/// `--pretrained timm` / `hf-hub:ORG/NAME[@REVISION]`: the Hub's files in huggingface_hub's cache
+/// layout, against a local server that answers as the Hub does (a HEAD of the resolve URL: 302 to
+/// storage with X-Repo-Commit, X-Linked-Etag and X-Linked-Size for a large file; 200 with ETag for
+/// a small one). huggingface_hub itself checks both directions: it finds what we downloaded, and
+/// we find what it downloaded from the same server.
+final class HubModelTests: XCTestCase {
+    static let commit = "0123456789abcdef0123456789abcdef01234567"
+    /// The storage server of the last `hub()`.
+    var storedModel: LocalHTTPServer?
+
+    /// The stand-in Hub with stand-in model bytes (`standInHub`); its storage stops with the test.
+    func hub(model: Data = Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }), etag: String? = nil) throws -> (LocalHTTPServer, Data, Data) {
+        let (server, storage, config) = try standInHub(model: model, etag: etag)
+        addTeardownBlock { storage.stop() }
+        storedModel = storage
+        return (server, model, config)
+    }
+
+    func environment(_ server: LocalHTTPServer?, cache: String, _ extra: [String: String] = [:]) -> [String: String] {
+        var env = ["HF_HUB_CACHE": cache, "HF_TOKEN_PATH": "/nonexistent-radar-token", "HOME": NSTemporaryDirectory()]
+        env["HF_ENDPOINT"] = server?.base ?? "http://127.0.0.1:9"
+        return env.merging(extra) { $1 }
+    }
+
+    func testReferencesAreTimmsSpelling() throws {
+        XCTAssertEqual(try HubModel.reference("timm"), HubModel.Reference(repo: "timm/vit_small_patch16_224.augreg_in21k_ft_in1k", revision: "main"))
+        XCTAssertEqual(try HubModel.reference("hf-hub:org/name@v1.0"), HubModel.Reference(repo: "org/name", revision: "v1.0"))
+        XCTAssertNil(try HubModel.reference("weights/vit.safetensors"))
+        for bad in ["hf-hub:org", "hf-hub:../x", "hf-hub:a/b/c", "hf-hub:a/..", "hf-hub:a/b@", "hf-hub:a/b c"] {
+            XCTAssertThrowsError(try HubModel.reference(bad), bad) { XCTAssertTrue("\($0)".hasPrefix("\(bad): expected hf-hub:ORG/NAME"), "\($0)") }
+        }
+        XCTAssertEqual(HubModel.cacheDirectory(["HF_HOME": "/h"]), "/h/hub")
+        XCTAssertEqual(HubModel.cacheDirectory(["HF_HUB_CACHE": "/c", "HF_HOME": "/h"]), "/c")
+        XCTAssertEqual(HubModel.cacheDirectory(["HOME": "/home/u"]), "/home/u/.cache/huggingface/hub")
+    }
+
+    /// Downloaded once into the layout huggingface_hub reads (it finds the file), the weights'
+    /// normalisation taken; then from the cache: with the Hub only asked (HEAD), offline without
+    /// asking, and with the Hub unreachable (said).
+    func testDownloadsIntoHuggingFaceHubsCacheAndTakesTheWeightsNormalisation() throws {
+        let (server, model, config) = try hub()
+        defer { server.stop() }
+        let cache = temporaryDirectory("hub-cache")
+        var o = TrainOptions(data: "d", output: "o", experiment: "e", config: RADARConfig.preset("tiny")!)
+        XCTAssertEqual(o.config.mean, [0.485, 0.456, 0.406])
+        o.pretrained = "hf-hub:timm/vit-test"
+        var logged: [String] = []
+        try o.resolvePretrained(environment: environment(server, cache: cache)) { logged.append($0) }
+        let repo = "\(cache)/models--timm--vit-test"
+        XCTAssertEqual(o.pretrained, "\(repo)/snapshots/\(Self.commit)/model.safetensors")
+        XCTAssertEqual(FileManager.default.contents(atPath: o.pretrained!), model)
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: o.pretrained!), "../../blobs/\(SHA256Digest.hex(model))")
+        XCTAssertEqual(FileManager.default.contents(atPath: "\(repo)/snapshots/\(Self.commit)/config.json"), config)
+        XCTAssertEqual(try String(contentsOfFile: "\(repo)/refs/main", encoding: .utf8), Self.commit)
+        XCTAssertEqual(o.config.mean, [0.5, 0.5, 0.5]); XCTAssertEqual(o.config.std, [0.5, 0.5, 0.5])
+        XCTAssertTrue(o.setupNotes.contains { $0.hasPrefix("normalisation mean 0.5,0.5,0.5 std 0.5,0.5,0.5 from \(repo)/snapshots/\(Self.commit)/config.json") }, "\(o.setupNotes)")
+        XCTAssertTrue(logged.contains { $0.contains("downloading model.safetensors (0.3 MiB)") }, "\(logged)")
+        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: "\(repo)/blobs").contains { $0.hasSuffix(".incomplete") })
+
+        // huggingface_hub finds both files where it looks.
+        let script = """
+        import sys
+        from huggingface_hub import try_to_load_from_cache, hf_hub_download
+        for f in ('model.safetensors', 'config.json'):
+            print(try_to_load_from_cache('timm/vit-test', f, cache_dir=sys.argv[1]))
+        print(hf_hub_download('timm/vit-test', 'model.safetensors', cache_dir=sys.argv[1], local_files_only=True))
+        """
+        let (rc, out) = try shell([interopPython, "-c", script, cache], environment: ["HF_HUB_OFFLINE": "1"])
+        XCTAssertEqual(rc, 0, out)
+        let ours = o.pretrained!, ourConfig = "\(repo)/snapshots/\(Self.commit)/config.json"
+        XCTAssertEqual(out.split(separator: "\n").suffix(3).map(String.init), [ours, ourConfig, ours], out)
+
+        // Again: the Hub asked what the revision is (HEAD), nothing downloaded.
+        let storage = try XCTUnwrap(storedModel)
+        let storageGets = { storage.requests.filter { $0.path == "/storage/model" }.count }
+        XCTAssertEqual(storageGets(), 1)
+        var again = TrainOptions(data: "d", output: "o", experiment: "e", config: RADARConfig.preset("tiny")!)
+        again.pretrained = "hf-hub:timm/vit-test"
+        try again.resolvePretrained(environment: environment(server, cache: cache))
+        XCTAssertEqual(again.pretrained, ours)
+        XCTAssertEqual(storageGets(), 1)
+        // Offline: the cache alone, no request.
+        let asked = server.requests.count + storage.requests.count
+        again.pretrained = "hf-hub:timm/vit-test"
+        try again.resolvePretrained(environment: environment(server, cache: cache, ["HF_HUB_OFFLINE": "1"]))
+        XCTAssertEqual(again.pretrained, ours)
+        XCTAssertEqual(server.requests.count + storage.requests.count, asked)
+        // The Hub unreachable (a compute node): the cache, said.
+        logged = []
+        XCTAssertEqual(try HubModel.file(HubModel.Reference(repo: "timm/vit-test", revision: "main"), "model.safetensors",
+                                         environment: environment(nil, cache: cache)) { logged.append($0) }, ours)
+        XCTAssertTrue(logged.contains { $0.contains("using the cached \(ours)") }, "\(logged)")
+    }
+
+    /// What huggingface_hub downloaded from the same server is what we use offline.
+    func testHuggingFaceHubsOwnDownloadIsFound() throws {
+        let (server, model, _) = try hub()
+        defer { server.stop() }
+        let cache = temporaryDirectory("hub-theirs")
+        let script = """
+        import sys
+        from huggingface_hub import hf_hub_download
+        print(hf_hub_download('timm/vit-test', 'model.safetensors', cache_dir=sys.argv[1]))
+        """
+        let (rc, out) = try shell([interopPython, "-c", script, cache], environment: ["HF_ENDPOINT": server.base, "HF_HUB_DISABLE_XET": "1"])
+        XCTAssertEqual(rc, 0, out)
+        let theirs = String(out.split(separator: "\n").last ?? "")
+        let ours = try HubModel.file(HubModel.Reference(repo: "timm/vit-test", revision: "main"), "model.safetensors",
+                                     environment: environment(server, cache: cache, ["HF_HUB_OFFLINE": "1"]))
+        XCTAssertEqual(ours, theirs)
+        XCTAssertEqual(FileManager.default.contents(atPath: ours), model)
+    }
+
+    /// A download that is not the file the Hub names (its hash), a missing repository, and an
+    /// empty cache offline: each one line naming what, nothing left in the cache's blobs.
+    func testBadDownloadsMissingRepositoriesAndAnEmptyOfflineCacheAreSaid() throws {
+        let wrong = String(repeating: "ab", count: 32)
+        let (server, model, _) = try hub(etag: wrong)
+        defer { server.stop() }
+        let cache = temporaryDirectory("hub-bad")
+        let ref = HubModel.Reference(repo: "timm/vit-test", revision: "main")
+        XCTAssertThrowsError(try HubModel.file(ref, "model.safetensors", environment: environment(server, cache: cache))) {
+            XCTAssertEqual("\($0)", "\(server.base)/timm/vit-test/resolve/main/model.safetensors: the download's hash is \(SHA256Digest.hex(model)), the Hub's etag \(wrong): removed")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: "\(cache)/models--timm--vit-test/blobs"), [])
+        XCTAssertThrowsError(try HubModel.file(HubModel.Reference(repo: "timm/missing", revision: "main"), "model.safetensors",
+                                               environment: environment(server, cache: cache))) {
+            XCTAssertEqual("\($0)", "\(server.base)/timm/missing/resolve/main/model.safetensors: HTTP 404: no such repository, revision or file")
+        }
+        let empty = temporaryDirectory("hub-empty")
+        XCTAssertThrowsError(try HubModel.file(ref, "model.safetensors", environment: environment(server, cache: empty, ["HF_HUB_OFFLINE": "1"]))) {
+            XCTAssertTrue("\($0)".hasPrefix("hf-hub:timm/vit-test model.safetensors: not in the Hugging Face cache (\(empty)) and HF_HUB_OFFLINE is set"), "\($0)")
+        }
+    }
+}
+
+/// A Hub repository `timm/vit-test` on a local server: `model` as model.safetensors through
+/// storage (another origin, as the Hub's is: a HEAD of the resolve URL answers 302 with
+/// X-Repo-Commit, X-Linked-Etag and X-Linked-Size), config.json with timm's pretrained_cfg (mean
+/// and std 0.5; 200 with its git blob id as ETag). `etag` overrides the model's.
+func standInHub(model: Data, etag: String? = nil) throws -> (hub: LocalHTTPServer, storage: LocalHTTPServer, config: Data) {
+    let server = try LocalHTTPServer(), storage = try LocalHTTPServer()
+    storage.put("/storage/model", model)
+    server.redirect("/timm/vit-test/resolve/main/model.safetensors", to: "\(storage.base)/storage/model",
+                    headers: "X-Repo-Commit: \(HubModelTests.commit)\r\nX-Linked-Etag: \"\(etag ?? SHA256Digest.hex(model))\"\r\nX-Linked-Size: \(model.count)\r\nETag: W/\"other\"")
+    let config = Data(#"{"architecture": "vit_small_patch16_224", "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}"#.utf8)
+    var blob = Data("blob \(config.count)\0".utf8)
+    blob.append(config)
+    server.put("/timm/vit-test/resolve/main/config.json", config, header: "X-Repo-Commit: \(HubModelTests.commit)\r\nETag: \"\(SHA1Digest.hex(blob))\"")
+    return (server, storage, config)
+}
