@@ -359,11 +359,9 @@ public struct TarIndex: Sendable {
             let got = TarIndex.readFully(file.fd, into: buffer.base, count: end - start, at: start)
             for i in span {
                 let m = wanted[i], name = "\(key(sample)).\(m.ext)"
-                guard got >= m.offset - start else {
-                    throw Unavailable(description: "\(path): member \(name) at byte \(m.offset): its header cannot be read: the shard and its index disagree "
-                                      + "(remove \((TarIndex.indexPath(forShard: path) as NSString).lastPathComponent) and run radar prepare --check-only)")
-                }
-                if let problem = TarIndex.headerProblem(UnsafeRawBufferPointer(start: buffer.base + (m.offset - 512 - start), count: 512), name: name, size: m.size) {
+                let problem = got < m.offset - start ? "its header cannot be read"
+                    : TarIndex.headerProblem(UnsafeRawBufferPointer(start: buffer.base + (m.offset - 512 - start), count: 512), name: name, size: m.size)
+                if let problem {
                     throw Unavailable(description: "\(path): member \(name) at byte \(m.offset): \(problem): the shard and its index disagree "
                                       + "(remove \((TarIndex.indexPath(forShard: path) as NSString).lastPathComponent) and run radar prepare --check-only)")
                 }

@@ -29,10 +29,10 @@ public enum ParityDump {
         var out: [String: SafeTensor] = [:]
         if evalForward {
             // Before the train-mode pass, which moves BatchNorm's running statistics.
-            let o = try trainer.evalForward(images: images.tensor)
+            let (o, rollout) = try trainer.attentionRollout { try trainer.evalForward(images: images.tensor) }
             for (name, t) in o.named { out["eval.out.\(name)"] = SafeTensor(shape: t.shape.dims, floats: be.download(t)) }
             out["eval.out.convergence_delta"] = SafeTensor(shape: [], floats: be.download(o.convergenceDelta))
-            let (ex, rollout) = try trainer.attentionRollout { try trainer.explain(images: images.tensor) }
+            let ex = trainer.explanations(of: o)
             let t = config.reasoningIterations, g = config.gridSize
             func put(_ name: String, _ v: [Float], _ shape: [Int]) { out["eval.explain.\(name)"] = SafeTensor(shape: shape, floats: v) }
             if config.useBadm { put("boundary_probability", ex.map { $0.boundary! }, [ex.count]) }

@@ -154,7 +154,11 @@ public final class Trainer: @unchecked Sendable {
     /// four heads' logits, gate, iteration logits, attention), each a host synchronisation on a
     /// GPU: a few per batch in evaluation, none in a training step.
     public func explain(images: Tensor) throws(ShapeMismatch) -> [Explanation] {
-        let out = try evalForward(images: images)
+        return explanations(of: try evalForward(images: images))
+    }
+
+    /// `explain`'s values from an eval forward's outputs (`evalForward`).
+    public func explanations(of out: RADAROutputs) -> [Explanation] {
         let be = ctx.backend, c = model.config
         let prob = be.download(out.prob), badm = be.download(out.badmLogit), aadm = be.download(out.aadmLogit)
         let reasoning = be.download(out.reasoningLogit), external = be.download(out.externalLogit)
