@@ -37,7 +37,7 @@ public struct TrainingFlags: ParsableArguments {
     @Flag(help: "Disable training augmentation.") public var noAugment = false
     @Option(help: "Cap optimizer steps per epoch (0: all), for smoke runs.") public var maxStepsPerEpoch = 0
     @Option(help: "The encoder's starting weights: a timm ViT safetensors file (with a timm config.json beside it, its normalisation is used), or from the Hugging Face Hub (cached as huggingface_hub caches it; HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN honoured): timm (the reference's vit_small_patch16_224, i.e. hf-hub:timm/vit_small_patch16_224.augreg_in21k_ft_in1k) or hf-hub:ORG/NAME[@REVISION].") public var pretrained: String?
-    @Option(help: "Start from these weights: a RADAR checkpoint, a model.safetensors, or a PyTorch state dict (safetensors, optionally LZ4-framed) for this run's --config. Fresh optimizer and schedule.")
+    @Option(help: "Start from these weights: a RADAR checkpoint, a model.safetensors (or hf-hub:ORG/NAME[@REVISION]: the repository's), or a PyTorch state dict (safetensors, optionally LZ4-framed) for this run's --config. Fresh optimizer and schedule.")
     public var initFrom: String?
     @Option(help: "Write last.safetensors.lz4 every N optimizer steps (always at the end of each epoch).") public var checkpointEvery = 0
     @Option(help: "Continue from a checkpoint: a path (a run's folder: its last checkpoint), or auto (the experiment's last checkpoint, if any).") public var resume: String?

@@ -14,7 +14,7 @@ func loadCheckpointModel(_ path: String, config: String?, threads: Int, device: 
 
 struct Evaluate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Metrics of a checkpoint on a split of a prepared dataset (JSON on stdout): the model's, each head's (boundary, frequency, reasoning, external), the gate and the mean attention per class.")
-    @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, a run's folder (its best checkpoint), or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
+    @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, a run's folder (its best checkpoint), hf-hub:ORG/NAME[@REVISION] (the repository's model.safetensors, from the Hugging Face cache), or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
     @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
     @Option(help: "Prepared dataset directory.") var data: String
     @Option(help: "Split: train, val or test.") var split = "test"
@@ -124,7 +124,7 @@ extension Evaluate {
 
 struct Predict: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Probability of 'fake' and the label for images (PNG/JPEG files or directories).")
-    @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, a run's folder (its best checkpoint), or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
+    @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, a run's folder (its best checkpoint), hf-hub:ORG/NAME[@REVISION] (the repository's model.safetensors, from the Hugging Face cache), or a PyTorch state dict (safetensors, optionally LZ4-framed) with --config.") var checkpoint: String
     @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
     @Flag(help: "One JSON document on stdout (predictions and unreadable files) instead of tab-separated lines.") var json = false
     @Flag(help: "Also what each head said and how the evidence refinement weighed the evidence: the boundary, frequency, reasoning and external probabilities, the gate, each iteration's probability and its attention on the boundary and frequency evidence.") var explain = false

@@ -96,6 +96,25 @@ final class HubModelTests: XCTestCase {
         XCTAssertTrue(logged.contains { $0.contains("using the cached \(ours)") }, "\(logged)")
     }
 
+    /// `--checkpoint` / `--init-from hf-hub:ORG/NAME`: the repository's model.safetensors, read
+    /// as the file itself would be (here a golden case's state dict, with its config).
+    func testWeightsFromTheHubReadAsTheFile() throws {
+        let dir = fixturesDirectory.appendingPathComponent("parity/tiny_dual")
+        let file = dir.appendingPathComponent("weights.safetensors").path
+        let (server, storage, _) = try standInHub(model: try Data(contentsOf: URL(fileURLWithPath: file)))
+        defer { server.stop(); storage.stop() }
+        let cache = temporaryDirectory("hub-weights")
+        let env = environment(server, cache: cache)
+        for (k, v) in env { setenv(k, v, 1) }
+        defer { for k in env.keys { unsetenv(k) } }
+        let config = try RADARConfig.decode(try Data(contentsOf: dir.appendingPathComponent("config.json")), source: "config.json")
+        let hub = try ModelWeights.read("hf-hub:timm/vit-test", config: config), local = try ModelWeights.read(file, config: config)
+        XCTAssertEqual(hub.kind, .stateDict)
+        XCTAssertEqual(hub.tensors.keys.sorted(), local.tensors.keys.sorted())
+        for (k, t) in local.tensors { XCTAssertEqual(hub.tensors[k]?.floats, t.floats, k) }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(cache)/models--timm--vit-test/snapshots/\(Self.commit)/model.safetensors"))
+    }
+
     /// What huggingface_hub downloaded from the same server is what we use offline.
     func testHuggingFaceHubsOwnDownloadIsFound() throws {
         let (server, model, _) = try hub()

@@ -40,8 +40,14 @@ public struct ModelWeights {
         return try decode(raw, path: path, config: config, fallback: fallback)
     }
 
-    /// The weights file `path` names: itself, or for a run's folder its `best.safetensors.lz4`.
+    /// The weights file `path` names: itself, for a run's folder its `best.safetensors.lz4`, and
+    /// for `hf-hub:ORG/NAME[@REVISION]` the repository's `model.safetensors` from the Hugging
+    /// Face cache (downloaded when missing: `HubModel`), as a model `radar export` zipped and
+    /// someone published.
     public static func file(_ path: String) throws -> String {
+        if path.hasPrefix("hf-hub:"), let ref = try HubModel.reference(path) {
+            return try HubModel.file(ref, "model.safetensors", log: logLine)
+        }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else { return path }
         let best = (path as NSString).appendingPathComponent("best.safetensors.lz4")
