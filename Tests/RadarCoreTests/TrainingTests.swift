@@ -217,23 +217,31 @@ final class MetricsTests: XCTestCase {
 
     func testMetricsMatchScikitLearn() throws {
         // Fixture: tools/golden/metrics_fixture.py (roc_auc_score, average_precision_score,
-        // accuracy_score, roc_curve-based EER, AUC over per-sequence mean scores).
+        // accuracy_score, roc_curve-based EER, AUC over per-sequence mean scores, brier_score_loss,
+        // ECE over calibration_curve's bins).
         let data = try Data(contentsOf: fixturesDirectory.appendingPathComponent("metrics.json"))
         let cases = (try JSONSerialization.jsonObject(with: data) as! [String: Any])["cases"] as! [[String: Any]]
         XCTAssertEqual(cases.count, 4)
         for (i, c) in cases.enumerated() {
             let scores = (c["scores"] as! [Double]).map(Float.init), labels = c["labels"] as! [Int], seqs = c["sequences"] as! [String]
             let m = BinaryMetrics.all(scores: scores, labels: labels, sequences: seqs)
-            for key in ["auc", "average_precision", "accuracy", "eer", "sequence_auc"] {
+            for key in ["auc", "average_precision", "accuracy", "eer", "sequence_auc", "ece"] {
                 XCTAssertEqual(m[key]!, c[key] as! Double, accuracy: 1e-9, "case \(i) \(key)")
             }
+            // scikit-learn squares float32 differences in float32; ours are doubles.
+            XCTAssertEqual(m["brier"]!, c["brier"] as! Double, accuracy: 1e-7, "case \(i) brier")
         }
+        // Calibration on its own: a score on a bin's upper edge belongs to that bin (0.5 in the
+        // fifth with 0.45; the bin holds one fake in two, mean score 0.475), and the rest.
+        let ece = try XCTUnwrap(BinaryMetrics.expectedCalibrationError(scores: [0.45, 0.5, 0.95, 0.05], labels: [0, 1, 1, 0]))
+        XCTAssertEqual(ece, 0.5 * 0.025 + 0.25 * 0.05 + 0.25 * 0.05, accuracy: 1e-7)
+        XCTAssertEqual(BinaryMetrics.brierScore(scores: [0.5, 0.5], labels: [0, 1]), 0.25)
         XCTAssertNil(BinaryMetrics.rocAUC(scores: [0.1, 0.2], labels: [1, 1]), "one class: AUC undefined")
         // A diverged model scores NaN. The curve's tie loop never advanced past a NaN (NaN != NaN)
         // and appended points until the process ran out of memory; scikit-learn refuses NaN input.
         let scores: [Float] = [0.2, .nan, 0.7, .nan], labels = [0, 0, 1, 1]
         let m = BinaryMetrics.all(scores: scores, labels: labels, sequences: ["a", "a", "b", "b"])
-        for key in ["auc", "average_precision", "accuracy", "eer", "sequence_auc"] { XCTAssertTrue(m[key]!.isNaN, "\(key) with NaN scores: \(m[key]!)") }
+        for key in ["auc", "average_precision", "accuracy", "eer", "sequence_auc", "brier", "ece"] { XCTAssertTrue(m[key]!.isNaN, "\(key) with NaN scores: \(m[key]!)") }
         let curve = BinaryMetrics.rocCurve(scores: scores, labels: labels)
         XCTAssertEqual(curve.fpr, [0]); XCTAssertEqual(curve.tpr, [0])
         XCTAssertEqual(BinaryMetrics.rocAUC(scores: [0.2, .infinity, 0.7, -.infinity], labels: [0, 0, 1, 1]), 0.25, "infinities still rank (one pair of four in order)")

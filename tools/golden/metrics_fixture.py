@@ -4,14 +4,17 @@
 
 Writes Tests/RadarCoreTests/Fixtures/metrics.json: cases of scores (with ties), labels and
 sequence ids, and roc_auc_score, average_precision_score, accuracy at 0.5, the EER from
-roc_curve (drop_intermediate=False; linear interpolation where FPR = 1 - TPR), and the AUC over
-per-sequence mean scores.
+roc_curve (drop_intermediate=False; linear interpolation where FPR = 1 - TPR), the AUC over
+per-sequence mean scores, brier_score_loss, and the expected calibration error over
+calibration_curve's 10 uniform bins (each non-empty bin's share of the scores times
+|fraction of positives - mean score|).
 """
 import json
 import os
 
 import numpy as np
-from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score, roc_curve
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import accuracy_score, average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "..", "Tests", "RadarCoreTests", "Fixtures", "metrics.json")
 
@@ -25,6 +28,14 @@ def eer(labels, scores):
             t = 0.0 if d[k] == d[k - 1] else -d[k - 1] / (d[k] - d[k - 1])
             return float(fpr[k - 1] + t * (fpr[k] - fpr[k - 1]))
     return None
+
+
+def ece(labels, scores, n_bins=10):
+    prob_true, prob_pred = calibration_curve(labels, scores, n_bins=n_bins, strategy="uniform")
+    ids = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], scores)  # calibration_curve's binning
+    counts = np.bincount(ids, minlength=n_bins)
+    counts = counts[counts > 0]
+    return float(np.sum(counts / len(scores) * np.abs(prob_true - prob_pred)))
 
 
 def main():
@@ -47,6 +58,7 @@ def main():
             "auc": roc_auc_score(labels, scores), "average_precision": average_precision_score(labels, scores),
             "accuracy": accuracy_score(labels, (scores >= 0.5).astype(int)), "eer": eer(labels, scores),
             "sequence_auc": roc_auc_score(seq_labels, seq_scores),
+            "brier": float(brier_score_loss(labels, scores)), "ece": ece(labels, scores),
         })
     with open(OUT, "w") as f:
         json.dump({"cases": cases}, f)

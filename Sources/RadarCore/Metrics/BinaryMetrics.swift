@@ -107,6 +107,37 @@ public enum BinaryMetrics {
         return rocAUC(scores: keys.map { sum[$0]!.0 / Double(sum[$0]!.1) }, labels: keys.map { sum[$0]!.2 })
     }
 
+    /// The Brier score, as sklearn.metrics.brier_score_loss: the mean of (p(fake) - label)^2
+    /// (0 is perfect; 0.25 is a constant 0.5). NaN with a NaN score, nil with no scores.
+    public static func brierScore(scores: [Float], labels: [Int]) -> Double? {
+        guard !scores.isEmpty else { return nil }
+        var sum = 0.0
+        for (s, y) in zip(scores, labels) { let d = Double(s) - Double(y); sum += d * d }
+        return sum / Double(scores.count)
+    }
+
+    /// Expected calibration error of p(fake): the scores in `bins` equal-width bins binned as
+    /// sklearn.calibration.calibration_curve(strategy="uniform") bins them (a score equal to an
+    /// inner edge k / bins goes to the bin below it), then the sum over non-empty bins of
+    /// (its share of the images) x |fraction fake - mean score|. How far "0.9 fake" is from
+    /// nine fakes in ten. NaN with a NaN score, nil with no scores.
+    public static func expectedCalibrationError(scores: [Float], labels: [Int], bins: Int = 10) -> Double? {
+        guard !scores.isEmpty else { return nil }
+        guard !scores.contains(where: \.isNaN) else { return .nan }
+        let edges = (1..<bins).map { Double($0) * (1 / Double(bins)) }  // numpy.linspace's inner edges
+        var total = [Int](repeating: 0, count: bins), fake = [Double](repeating: 0, count: bins), sum = [Double](repeating: 0, count: bins)
+        for (s, y) in zip(scores, labels) {
+            let p = Double(s), b = edges.firstIndex { p <= $0 } ?? bins - 1
+            total[b] += 1; fake[b] += Double(y); sum[b] += p
+        }
+        var ece = 0.0
+        for b in 0..<bins where total[b] > 0 {
+            let n = Double(total[b])
+            ece += n / Double(scores.count) * abs(fake[b] / n - sum[b] / n)
+        }
+        return ece
+    }
+
     /// Why AUC is undefined for these scores and labels (NaN scores, or one class only), or nil.
     public static func undefinedAUCReason(scores: [Float], labels: [Int]) -> String? {
         let nan = scores.filter(\.isNaN).count
@@ -122,6 +153,8 @@ public enum BinaryMetrics {
          "accuracy": accuracy(scores: scores, labels: labels),
          "eer": equalErrorRate(scores: scores, labels: labels) ?? .nan,
          "average_precision": averagePrecision(scores: scores, labels: labels) ?? .nan,
-         "sequence_auc": sequenceAUC(scores: scores, labels: labels, sequences: sequences) ?? .nan]
+         "sequence_auc": sequenceAUC(scores: scores, labels: labels, sequences: sequences) ?? .nan,
+         "brier": brierScore(scores: scores, labels: labels) ?? .nan,
+         "ece": expectedCalibrationError(scores: scores, labels: labels) ?? .nan]
     }
 }

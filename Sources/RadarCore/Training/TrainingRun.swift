@@ -631,7 +631,7 @@ public final class TrainingRun {
         let which = best == nil ? "last weights" : "best epoch \(history.bestEpoch + 1)"
         let t = history.testMetrics
         log("test (\(which)): auc \(fixed(t["auc"]!))  accuracy \(fixed(t["accuracy"]!))  eer \(fixed(t["eer"]!))  "
-            + "ap \(fixed(t["average_precision"]!))  sequence_auc \(fixed(t["sequence_auc"]!))")
+            + "ap \(fixed(t["average_precision"]!))  sequence_auc \(fixed(t["sequence_auc"]!))  ece \(fixed(t["ece"]!))  brier \(fixed(t["brier"]!))")
         // --test-perturb: the same weights on degraded test images, one pass each.
         testPerturbations = try options.testPerturbations.map { p in
             let r = try evaluate(.test, perturbation: p)
