@@ -103,7 +103,7 @@ public enum RunExport {
            let m = try? JSONSerialization.jsonObject(with: d) as? [String: Any] {
             if let v = m["best_val_auc"] as? Double { lines.append(String(format: "- best validation AUC: %.4f (epoch %d)", v, m["best_epoch"] as? Int ?? 0)) }
             if let t = m["test_metrics"] as? [String: Any] {
-                for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc"] {
+                for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc", "ece", "brier"] {
                     if let v = t[k] as? Double { lines.append(String(format: "- test %@: %.4f", k, v)) }
                 }
             }
