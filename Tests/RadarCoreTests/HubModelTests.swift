@@ -115,6 +115,23 @@ final class HubModelTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(cache)/models--timm--vit-test/snapshots/\(Self.commit)/model.safetensors"))
     }
 
+    /// Four ranks resolving at once download the file once (the blob's lock file), and all get it.
+    func testConcurrentResolversDownloadOnce() throws {
+        let (server, model, _) = try hub()
+        defer { server.stop() }
+        let storage = try XCTUnwrap(storedModel)
+        let cache = temporaryDirectory("hub-race"), env = environment(server, cache: cache)
+        let ref = HubModel.Reference(repo: "timm/vit-test", revision: "main")
+        let results = UnsafeMutableBufferPointer<Result<String, Error>?>.allocate(capacity: 4)
+        results.initialize(repeating: nil)
+        defer { results.deinitialize(); results.deallocate() }
+        DispatchQueue.concurrentPerform(iterations: 4) { i in results[i] = Result { try HubModel.file(ref, "model.safetensors", environment: env) } }
+        let paths = try results.map { try $0!.get() }
+        XCTAssertEqual(Set(paths).count, 1)
+        XCTAssertEqual(FileManager.default.contents(atPath: paths[0]), model)
+        XCTAssertEqual(storage.requests.filter { $0.path == "/storage/model" }.count, 1)
+    }
+
     /// What huggingface_hub downloaded from the same server is what we use offline.
     func testHuggingFaceHubsOwnDownloadIsFound() throws {
         let (server, model, _) = try hub()

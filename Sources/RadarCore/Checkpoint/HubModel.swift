@@ -112,11 +112,15 @@ public enum HubModel {
         let snapshotDir = "\(repoDir)/snapshots/\(meta.commit)", snapshot = "\(snapshotDir)/\(filename)"
         let blob = "\(repoDir)/blobs/\(meta.etag)"
         let fm = FileManager.default
+        let refFile = "\(repoDir)/refs/\(ref.revision)"
+        func refHolds() -> Bool { (try? String(contentsOfFile: refFile, encoding: .utf8)) == meta.commit }
         do {
-            for d in ["\(repoDir)/blobs", "\(repoDir)/refs", parentPath(snapshot)] { try fm.createDirectory(atPath: d, withIntermediateDirectories: true) }
-            if !isCommit(ref.revision) { try writeFileAtomically(Data(meta.commit.utf8), to: "\(repoDir)/refs/\(ref.revision)") }
+            for d in ["\(repoDir)/blobs", parentPath(refFile), parentPath(snapshot)] { try fm.createDirectory(atPath: d, withIntermediateDirectories: true) }
+            if !isCommit(ref.revision) && !refHolds() {
+                do { try writeFileAtomically(Data(meta.commit.utf8), to: refFile) } catch where refHolds() {}  // another resolver wrote it
+            }
         } catch {
-            throw HubError(description: "\(repoDir): cannot write the Hugging Face cache: \(systemReason(error))")
+            throw HubError(description: "\(repoDir): cannot write the Hugging Face cache: \(error)")
         }
         if !fm.fileExists(atPath: blob) {
             let lockDir = "\(cache)/.locks/models--" + ref.repo.replacingOccurrences(of: "/", with: "--")
@@ -144,9 +148,13 @@ public enum HubModel {
             // Relative, as huggingface_hub links it (the cache can move).
             let depth = filename.split(separator: "/").count
             let target = String(repeating: "../", count: depth + 1) + "blobs/\(meta.etag)"
-            try? fm.removeItem(atPath: snapshot)  // a dangling link
-            guard symlink(target, snapshot) == 0 || fm.fileExists(atPath: snapshot) else {
-                throw HubError(description: "\(snapshot): cannot link to its blob: \(String(cString: strerror(errno)))")
+            // Made aside and renamed over (a dangling link there, another resolver's link): the
+            // path never goes missing under a reader.
+            let aside = "\(snapshot).link-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            guard symlink(target, aside) == 0, rename(aside, snapshot) == 0 else {
+                let reason = String(cString: strerror(errno))
+                unlink(aside)
+                throw HubError(description: "\(snapshot): cannot link to its blob: \(reason)")
             }
         }
         return snapshot
