@@ -26,8 +26,12 @@ struct Evaluate: ParsableCommand {
     var perturbations: [String] = []
     @Option(help: "Also write each image's scores as CSV: perturbation (empty for the clean pass), key, sequence, label, probability and each head's (boundary, frequency, reasoning, external, the last iteration's attention on each kind of evidence).")
     var predictions: String?
+    @Option(help: "Also 95% confidence intervals of the AUC, accuracy and EER from this many bootstrap replicates over sequences (each draws the split's sequences with replacement and takes all their frames; 1000 is usual; 0: none).")
+    var bootstrap = 0
+    @Option(help: "The bootstrap's seed (the same seed and scores give the same intervals).") var bootstrapSeed: UInt64 = 0
 
     func validate() throws {
+        try requireFlag((0...100_000).contains(bootstrap), "bootstrap", "in 0...100000", bootstrap)
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
         try requireFlag(Split(rawValue: split) != nil, "split", "train, val or test", split)
@@ -86,6 +90,9 @@ struct Evaluate: ParsableCommand {
                 var out: [String: Any] = ["images": scores.count]
                 for (k, v) in BinaryMetrics.all(scores: scores, labels: labels, sequences: seqs) { out[k] = v }
                 for (k, v) in heads.report(labels: labels, sequences: seqs) { out[k] = v }
+                if bootstrap > 0, let b = SequenceBootstrap.run(scores: scores, labels: labels, sequences: seqs, replicates: bootstrap, seed: bootstrapSeed) {
+                    out["bootstrap"] = b.json
+                }
                 if let why = BinaryMetrics.undefinedAUCReason(scores: scores, labels: labels) {
                     logLine("radar evaluate: warning: \(perturbation.map { "\($0): " } ?? "")the metrics that need it are undefined (null): \(why)")
                 }

@@ -215,6 +215,63 @@ final class MetricsTests: XCTestCase {
         XCTAssertTrue(((o["heads"] as! [String: Any])["frequency"] as! [String: Double])["auc"]!.isNaN, "one class: AUC undefined")
     }
 
+    /// `radar evaluate --bootstrap`: every replicate's AUC and accuracy, and the percentile
+    /// intervals, as numpy computes them from the same drawn sequences (AUC as the share of
+    /// (fake, real) pairs in order, ties halved); the same seed gives the same draws.
+    func testSequenceBootstrapMatchesNumpyOnTheSameDraws() throws {
+        let data = try Data(contentsOf: fixturesDirectory.appendingPathComponent("metrics.json"))
+        let c = ((try JSONSerialization.jsonObject(with: data) as! [String: Any])["cases"] as! [[String: Any]])[1]
+        let scores = (c["scores"] as! [Double]).map(Float.init), labels = c["labels"] as! [Int], seqs = c["sequences"] as! [String]
+        let n = Set(seqs).count
+        XCTAssertEqual(n, 30)
+        let draws = SequenceBootstrap.draws(sequenceCount: n, replicates: 300, seed: 7)
+        XCTAssertEqual(draws, SequenceBootstrap.draws(sequenceCount: n, replicates: 300, seed: 7))
+        XCTAssertNotEqual(draws, SequenceBootstrap.draws(sequenceCount: n, replicates: 300, seed: 8))
+        let ours = SequenceBootstrap.replicateMetrics(scores: scores, labels: labels, sequences: seqs, draws: draws)
+        let result = try XCTUnwrap(SequenceBootstrap.run(scores: scores, labels: labels, sequences: seqs, replicates: 300, seed: 7))
+        let input = temporaryDirectory("bootstrap") + "/in.json"
+        try JSONSerialization.data(withJSONObject: ["scores": scores.map(Double.init), "labels": labels, "sequences": seqs, "draws": draws])
+            .write(to: URL(fileURLWithPath: input))
+        let script = """
+        import json, sys
+        import numpy as np
+        d = json.load(open(sys.argv[1]))
+        s, y = np.array(d['scores'], dtype=np.float32), np.array(d['labels'])
+        names = sorted(set(d['sequences']))
+        members = [[i for i, q in enumerate(d['sequences']) if q == n] for n in names]
+        aucs, accs = [], []
+        for draw in d['draws']:
+            idx = [i for q in draw for i in members[q]]
+            ss, yy = s[idx].astype(np.float64), y[idx]
+            pos, neg = ss[yy == 1], ss[yy == 0]
+            if len(pos) == 0 or len(neg) == 0:
+                aucs.append(None); accs.append(None); continue
+            aucs.append(float(np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))))
+            accs.append(float(np.mean((s[idx] >= 0.5).astype(int) == yy)))
+        ka = [a for a in aucs if a is not None]; kc = [a for a in accs if a is not None]
+        print(json.dumps({'auc': aucs, 'ci_auc': [np.percentile(ka, 2.5), np.percentile(ka, 97.5)],
+                          'ci_accuracy': [np.percentile(kc, 2.5), np.percentile(kc, 97.5)]}))
+        """
+        let (rc, out) = try shell([interopPython, "-c", script, input])
+        XCTAssertEqual(rc, 0, out)
+        let ref = try JSONSerialization.jsonObject(with: Data(out.split(separator: "\n").last!.utf8)) as! [String: Any]
+        let aucs = ref["auc"] as! [Any]
+        XCTAssertEqual(aucs.count, 300)
+        for (i, a) in aucs.enumerated() {
+            if let a = a as? Double { XCTAssertEqual(ours[i]?["auc"] ?? -1, a, accuracy: 1e-12, "replicate \(i)") } else { XCTAssertNil(ours[i], "replicate \(i)") }
+        }
+        for (k, key) in [("auc", "ci_auc"), ("accuracy", "ci_accuracy")] {
+            let r = ref[key] as! [Double], mine = try XCTUnwrap(result.intervals[k])
+            XCTAssertEqual(mine.low, r[0], accuracy: 1e-12, k); XCTAssertEqual(mine.high, r[1], accuracy: 1e-12, k)
+            XCTAssertLessThan(mine.low, mine.high, k)
+        }
+        let point = try XCTUnwrap(BinaryMetrics.rocAUC(scores: scores, labels: labels))
+        XCTAssertTrue(result.intervals["auc"]!.low <= point && point <= result.intervals["auc"]!.high)
+        XCTAssertEqual(result.skipped, ours.filter { $0 == nil }.count)
+        XCTAssertEqual(SequenceBootstrap.percentile([1, 2, 3, 4], 25), 1.75, "numpy's linear interpolation")
+        XCTAssertNil(SequenceBootstrap.run(scores: [0.1, .nan], labels: [0, 1], sequences: ["a", "b"], replicates: 10, seed: 0))
+    }
+
     func testMetricsMatchScikitLearn() throws {
         // Fixture: tools/golden/metrics_fixture.py (roc_auc_score, average_precision_score,
         // accuracy_score, roc_curve-based EER, AUC over per-sequence mean scores, brier_score_loss,

@@ -472,7 +472,7 @@ final class DemoPipelineTests: XCTestCase {
         // --perturb: the clean metrics as before, then one pass per degradation, in order.
         let perturbedText = try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
                                      "--data", root + "/data", "--split", "test", "--threads", "1", "--perturb", "jpeg:40", "--perturb", "scale:0.5",
-                                     "--predictions", root + "/predictions.csv"])
+                                     "--predictions", root + "/predictions.csv", "--bootstrap", "50"])
         let perturbed = try JSONSerialization.jsonObject(with: Data(perturbedText.utf8)) as! [String: Any]
         XCTAssertEqual(perturbed["auc"] as? Double, single["auc"] as? Double, perturbedText)
         let passes = perturbed["perturbations"] as! [[String: Any]]
@@ -481,6 +481,16 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertEqual(trainedPass["perturbation"] as? String, "jpeg:40")
         XCTAssertEqual(trainedPass["auc"] as? Double, passes[0]["auc"] as? Double, "jpeg:40 over 2 ranks vs one process")
         XCTAssertEqual(passes.map { $0["perturbation"] as? String }, ["jpeg:40", "scale:0.5"], perturbedText)
+        // --bootstrap: intervals for every pass, over the split's sequences.
+        for p in [perturbed] + passes {
+            let b = try XCTUnwrap(p["bootstrap"] as? [String: Any], perturbedText)
+            XCTAssertEqual(b["replicates"] as? Int, 50); XCTAssertEqual(b["resampled"] as? String, "sequences")
+            for k in ["auc", "accuracy", "eer"] {
+                let ci = try XCTUnwrap(b[k] as? [Double], "\(k): \(b)")
+                XCTAssertTrue(ci.count == 2 && 0 <= ci[0] && ci[0] <= ci[1] && ci[1] <= 1, "\(k): \(ci)")
+            }
+        }
+        XCTAssertNil(single["bootstrap"], "only when asked")
         for p in passes {
             XCTAssertEqual(p["images"] as? Int, single["images"] as? Int)
             XCTAssertTrue((0...1).contains(p["auc"] as! Double), perturbedText)
