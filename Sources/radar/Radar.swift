@@ -8,7 +8,7 @@ struct Radar: ParsableCommand {
         commandName: "radar",
         abstract: "RADAR deepfake detector: training, benchmarks and tools.",
         subcommands: [Demo.self, Synth.self, Prepare.self, Train.self, Evaluate.self, Predict.self, Export.self, Launch.self, Bench.self, DumpStep.self,
-                      CheckDevice.self])
+                      CheckDevice.self, Runs.self])
 
     static func main() {
         BLASKernels.reexecWithBestKernelsIfNeeded()

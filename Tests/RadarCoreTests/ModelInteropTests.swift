@@ -80,6 +80,45 @@ final class ModelInteropTests: XCTestCase {
         return data
     }
 
+    /// `radar runs`: a finished run, a stopped one, one running here (its folder's lock held),
+    /// and folders that hold no run (left out), each read from the files the runs wrote.
+    func testRunSummariesSayWhereEachRunStands() throws {
+        let data = try synth("runs-data", seed: 3)
+        let out = temporaryDirectory("runs-out")
+        var finished = runOptions(data, out, experiment: "a-finished")
+        finished.stopAfterSteps = 0
+        finished.maxStepsPerEpoch = 3
+        let done = try TrainingRun(options: finished)
+        let h = try done.run()
+        _ = try TrainingRun(options: runOptions(data, out, experiment: "b-stopped")).run()  // --stop-after-steps 2
+        let live = out + "/c-running"
+        try FileManager.default.createDirectory(atPath: live, withIntermediateDirectories: true)
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: live + "/config.json"))
+        let lock = try FolderLock.experiment(live)
+        try FileManager.default.createDirectory(atPath: out + "/d-not-a-run", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: out + "/.hidden", withIntermediateDirectories: true)
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: out + "/.hidden/config.json"))
+
+        let runs = try RunSummary.scan(out)
+        XCTAssertEqual(runs.map(\.name), ["a-finished", "b-stopped", "c-running"])
+        let a = runs[0], b = runs[1], c = runs[2]
+        XCTAssertEqual(a.state, .finished)
+        XCTAssertEqual(a.epochsDone, 1); XCTAssertEqual(a.epochs, 1); XCTAssertEqual(a.step, 3)
+        XCTAssertEqual(a.bestValAUC, h.bestValAUC); XCTAssertEqual(a.bestEpoch, 1)
+        // Through metrics.json (its numbers printed to 15 digits or so).
+        XCTAssertEqual(a.test["auc"] ?? -1, h.testMetrics["auc"]!, accuracy: 1e-12); XCTAssertEqual(a.test["ece"] ?? -1, h.testMetrics["ece"]!, accuracy: 1e-12)
+        XCTAssertEqual(a.model, "img 32 patch 8 dim 48 depth 2"); XCTAssertEqual(a.batchSize, 8); XCTAssertEqual(a.worldSize, 1)
+        XCTAssertGreaterThan(a.imagesPerSecond ?? 0, 0)
+        XCTAssertEqual(b.state, .stopped); XCTAssertEqual(b.step, 2); XCTAssertEqual(b.epochsDone, 0); XCTAssertTrue(b.test.isEmpty)
+        XCTAssertEqual(c.state, .running)
+        XCTAssertEqual(c.holder, "pid \(getpid()) on \(ProcessInfo.processInfo.hostName)")
+        lock.release()
+        XCTAssertEqual(try RunSummary.scan(out)[2].state, .empty, "the lock released: nothing written")
+        XCTAssertThrowsError(try RunSummary.scan(out + "/nonexistent")) {
+            XCTAssertEqual("\($0)", "\(out)/nonexistent: no such folder (the --output of radar train / radar-worker)")
+        }
+    }
+
     func testOneRunPerFolderAndResumeRefusesOtherDataOrSeed() throws {
         let data = try synth("exp-data", seed: 3), other = try synth("exp-other", seed: 4)
         let out = temporaryDirectory("exp-out")

@@ -455,6 +455,12 @@ final class DemoPipelineTests: XCTestCase {
                  "--accumulation-steps", "1", "--threads", "1", "--test-perturb", "jpeg:40"]
         let trained = try run(argv)
         XCTAssertTrue(trained.contains("test AUC"), trained)
+        // radar runs: the 2-rank run, finished, its test AUC as metrics.json has it.
+        let table = try run([bin.appendingPathComponent("radar").path, "runs", "--output", root + "/outputs"]).split(separator: "\n")
+        XCTAssertEqual(table.count, 2, "\(table)")
+        XCTAssertTrue(table[0].hasPrefix("experiment  state     epoch  step") && table[1].hasPrefix("demo        finished  2/2    8 "), "\(table)")
+        let listed = try JSONSerialization.jsonObject(with: Data(try run([bin.appendingPathComponent("radar").path, "runs", "--output", root + "/outputs", "--json"]).utf8)) as! [[String: Any]]
+        XCTAssertEqual(listed.first?["world_size"] as? Int, 2)
         let eval = try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
                             "--data", root + "/data", "--split", "test", "--threads", "1"])
         let single = try JSONSerialization.jsonObject(with: Data(eval.utf8)) as! [String: Any]
@@ -463,6 +469,7 @@ final class DemoPipelineTests: XCTestCase {
         for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc"] {
             XCTAssertEqual(gathered[k] as? Double, single[k] as? Double, "\(k): 2 ranks gathered vs one process")
         }
+        XCTAssertEqual((listed[0]["test_metrics"] as? [String: Double])?["auc"], gathered["auc"] as? Double)
         // Each head's metrics, the gate, the attention per class.
         let heads = single["heads"] as! [String: [String: Any]]
         XCTAssertEqual(Set(heads.keys), ["boundary", "frequency", "reasoning", "external"], eval)
