@@ -29,6 +29,7 @@ final class HubModelTests: XCTestCase {
     func testReferencesAreTimmsSpelling() throws {
         XCTAssertEqual(try HubModel.reference("timm"), HubModel.Reference(repo: "timm/vit_small_patch16_224.augreg_in21k_ft_in1k", revision: "main"))
         XCTAssertEqual(try HubModel.reference("hf-hub:org/name@v1.0"), HubModel.Reference(repo: "org/name", revision: "v1.0"))
+        XCTAssertEqual(try HubModel.reference("hf-hub:org/name@refs/pr/1"), HubModel.Reference(repo: "org/name", revision: "refs/pr/1"))
         XCTAssertNil(try HubModel.reference("weights/vit.safetensors"))
         for bad in ["hf-hub:org", "hf-hub:../x", "hf-hub:a/b/c", "hf-hub:a/..", "hf-hub:a/b@", "hf-hub:a/b c"] {
             XCTAssertThrowsError(try HubModel.reference(bad), bad) { XCTAssertTrue("\($0)".hasPrefix("\(bad): expected hf-hub:ORG/NAME"), "\($0)") }
@@ -130,6 +131,20 @@ final class HubModelTests: XCTestCase {
         XCTAssertEqual(Set(paths).count, 1)
         XCTAssertEqual(FileManager.default.contents(atPath: paths[0]), model)
         XCTAssertEqual(storage.requests.filter { $0.path == "/storage/model" }.count, 1)
+    }
+
+    /// A revision with slashes (a pull request's, refs/pr/1) goes quoted in the URL and nested
+    /// under refs/, as huggingface_hub keeps it.
+    func testAPullRequestRevisionIsQuotedAndNested() throws {
+        let (server, _, config) = try hub()
+        defer { server.stop() }
+        server.put("/timm/vit-test/resolve/refs%2Fpr%2F1/config.json", config,
+                   header: "X-Repo-Commit: \(String(repeating: "f", count: 40))\r\nETag: \"\(SHA256Digest.hex(config))\"")
+        let cache = temporaryDirectory("hub-pr")
+        let path = try HubModel.file(HubModel.Reference(repo: "timm/vit-test", revision: "refs/pr/1"), "config.json", environment: environment(server, cache: cache))
+        XCTAssertEqual(path, "\(cache)/models--timm--vit-test/snapshots/\(String(repeating: "f", count: 40))/config.json")
+        XCTAssertEqual(try String(contentsOfFile: "\(cache)/models--timm--vit-test/refs/refs/pr/1", encoding: .utf8), String(repeating: "f", count: 40))
+        XCTAssertEqual(FileManager.default.contents(atPath: path), config)
     }
 
     /// What huggingface_hub downloaded from the same server is what we use offline.

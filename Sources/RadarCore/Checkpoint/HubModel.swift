@@ -83,7 +83,9 @@ public enum HubModel {
             while h.hasSuffix("/") { h.removeLast() }
             return h
         }()
-        let url = "\(host)/\(ref.repo)/resolve/\(ref.revision)/\(filename)"
+        // A revision such as refs/pr/1 goes in the URL quoted, as huggingface_hub quotes it.
+        let quoted = ref.revision.addingPercentEncoding(withAllowedCharacters: CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_."))) ?? ref.revision
+        let url = "\(host)/\(ref.repo)/resolve/\(quoted)/\(filename)"
         // The cached copy for the revision, if any: through refs/<revision> (or the commit itself).
         func cached() -> String? {
             let commit = isCommit(ref.revision) ? ref.revision
