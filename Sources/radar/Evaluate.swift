@@ -384,9 +384,16 @@ struct Export: ParsableCommand {
     @Option(help: "The run directory (outputs/<experiment>).") var resultsDir: String
     @Option(help: "Where the zip goes.") var outputDir = "exports"
     @Flag(help: "Also write a script that copies the zip from a pod with rsync (or scp).") var createDownloadScript = false
+    @Option(help: "Instead of the zip, a folder (new, or empty) to publish the model on the Hugging Face Hub as it is: model.safetensors, config.json and a model card README.md (huggingface-cli upload ORG/NAME DIR; then --checkpoint hf-hub:ORG/NAME reads it).")
+    var hubFolder: String?
 
     func run() throws {
         try failing {
+            if let hubFolder {
+                try RunExport.hubFolder(results: resultsDir, to: hubFolder)
+                print(hubFolder)
+                return
+            }
             let zip = try RunExport.export(results: resultsDir, to: outputDir, downloadScript: createDownloadScript)
             print(zip)
         }

@@ -119,6 +119,57 @@ final class ModelInteropTests: XCTestCase {
         }
     }
 
+    /// `radar export --hub-folder`: what huggingface_hub reads as a model card (metadata and
+    /// all), a config without the run's paths, the run's model file; served by the (stand-in)
+    /// Hub it is read back through `hf-hub:` as the file itself is. A non-empty folder is refused.
+    func testHubFolderIsAModelRepositoryTheHubAndWeRead() throws {
+        let data = try synth("hubexp-data", seed: 3)
+        let out = temporaryDirectory("hubexp-out")
+        var o = runOptions(data, out, experiment: "published")
+        (o.stopAfterSteps, o.maxStepsPerEpoch) = (0, 2)
+        let h = try TrainingRun(options: o).run()
+        let folder = temporaryDirectory("hubexp-folder") + "/repo"
+        try RunExport.hubFolder(results: o.experimentDirectory, to: folder)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder).sorted(), ["README.md", "config.json", "model.safetensors"])
+        XCTAssertEqual(FileManager.default.contents(atPath: folder + "/model.safetensors"), FileManager.default.contents(atPath: o.experimentDirectory + "/model.safetensors"))
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/config.json"))) as! [String: Any]
+        XCTAssertEqual(Set(config.keys), ["library", "model", "training"])
+        XCTAssertEqual((config["model"] as? [String: Any])?["use_badm"] as? Bool, true)
+        XCTAssertNil((config["training"] as? [String: Any])?["data"], "no local paths")
+        let configText = try String(contentsOfFile: folder + "/config.json", encoding: .utf8)
+        XCTAssertTrue(configText.contains("\"use_badm\" : true") && configText.contains("\"batch_size\" : 8"), "booleans stay booleans: \(configText)")
+        // Any JSON read back and written (printJSON, reports): true stays true, 1 stays 1, NaN is null.
+        let mixed = try JSONSerialization.jsonObject(with: Data(#"{"t": true, "f": false, "one": 1, "half": 0.5}"#.utf8))
+        XCTAssertEqual(String(decoding: try jsonData(mixed), as: UTF8.self), #"{"f":false,"half":0.5,"one":1,"t":true}"#)
+        XCTAssertEqual(String(decoding: try jsonData(["n": Double.nan, "b": true] as [String: Any]), as: UTF8.self), #"{"b":true,"n":null}"#)
+        let script = """
+        import json, sys
+        from huggingface_hub import ModelCard
+        card = ModelCard.load(sys.argv[1] + '/README.md')
+        print(json.dumps({'library_name': card.data.library_name, 'tags': card.data.tags, 'metrics': card.data.metrics, 'text': card.text}))
+        """
+        let (rc, text) = try shell([interopPython, "-c", script, folder])
+        XCTAssertEqual(rc, 0, text)
+        let card = try JSONSerialization.jsonObject(with: Data(text.split(separator: "\n").last!.utf8)) as! [String: Any]
+        XCTAssertEqual(card["library_name"] as? String, "radar")
+        XCTAssertEqual(card["tags"] as? [String], ["deepfake-detection", "vision-transformer", "radar"])
+        XCTAssertEqual(card["metrics"] as? [String], ["roc_auc", "accuracy", "eer"])
+        XCTAssertTrue((card["text"] as? String ?? "").contains(String(format: "| test | auc | %.4f |", h.testMetrics["auc"]!)), text)
+        XCTAssertThrowsError(try RunExport.hubFolder(results: o.experimentDirectory, to: folder)) {
+            XCTAssertEqual("\($0)", "\(folder): not empty: give a new folder for the Hub files")
+        }
+        // Served as a Hub repository: the same weights, the model's own config.
+        let (hub, storage, _) = try standInHub(model: try Data(contentsOf: URL(fileURLWithPath: folder + "/model.safetensors")))
+        defer { hub.stop(); storage.stop() }
+        let env = ["HF_ENDPOINT": hub.base, "HF_HUB_CACHE": temporaryDirectory("hubexp-cache"), "HF_TOKEN_PATH": "/nonexistent-radar-token"]
+        for (k, v) in env { setenv(k, v, 1) }
+        defer { for k in env.keys { unsetenv(k) } }
+        let served = try ModelWeights.read("hf-hub:timm/vit-test"), local = try ModelWeights.read(o.experimentDirectory + "/model.safetensors")
+        XCTAssertEqual(served.kind, .modelFile)
+        XCTAssertEqual(served.model.config, local.model.config)
+        for (k, t) in local.tensors { XCTAssertEqual(served.tensors[k]?.floats, t.floats, k) }
+    }
+
     func testOneRunPerFolderAndResumeRefusesOtherDataOrSeed() throws {
         let data = try synth("exp-data", seed: 3), other = try synth("exp-other", seed: 4)
         let out = temporaryDirectory("exp-out")

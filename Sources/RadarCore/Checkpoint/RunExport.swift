@@ -69,6 +69,102 @@ public enum RunExport {
         return zipPath
     }
 
+    /// `radar export --hub-folder DIR`: a folder to publish the run's model on the Hugging Face
+    /// Hub as it is (`huggingface-cli upload ORG/NAME DIR`), after which `--checkpoint
+    /// hf-hub:ORG/NAME` and `--init-from hf-hub:ORG/NAME` read it: `model.safetensors` (the best
+    /// weights, the config in its metadata), `config.json` (the model config and the training
+    /// recipe, without the run's local paths) and a model card `README.md` (YAML metadata the Hub
+    /// reads, the test and validation metrics, the config, how to use it). Written into a
+    /// temporary folder beside DIR and renamed into place: DIR must not exist yet (or be empty),
+    /// and a failure leaves nothing.
+    public static func hubFolder(results: String, to dir: String) throws {
+        let fm = FileManager.default
+        let name = URL(fileURLWithPath: results).standardizedFileURL.lastPathComponent
+        for f in ["best.safetensors.lz4", "config.json", "metrics.json"] where !fm.fileExists(atPath: (results as NSString).appendingPathComponent(f)) {
+            throw DatasetError(path: results, reason: "no \(f): not a finished run directory")
+        }
+        if let inside = try? fm.contentsOfDirectory(atPath: dir), !inside.isEmpty {
+            throw DatasetError(path: dir, reason: "not empty: give a new folder for the Hub files")
+        }
+        func json(_ f: String) throws -> [String: Any] {
+            let path = (results as NSString).appendingPathComponent(f)
+            guard let d = fm.contents(atPath: path), let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else {
+                throw DatasetError(path: path, reason: "not a JSON object")
+            }
+            return o
+        }
+        let runConfig = try json("config.json"), metrics = try json("metrics.json")
+        var model = fm.contents(atPath: (results as NSString).appendingPathComponent("model.safetensors"))
+        if model == nil {
+            let (t, st) = try Checkpoint.read((results as NSString).appendingPathComponent("best.safetensors.lz4"))
+            model = ModelFile.encode(t, configJSON: st.configJSON)
+        }
+        // The recipe without the run's own paths and names.
+        let recipeKeys = ["batch_size", "num_epochs", "learning_rate", "weight_decay", "accumulation_steps", "patience", "seed", "world_size",
+                          "augment", "precision", "pretrained", "init_from"]
+        var training: [String: Any] = [:]
+        for k in recipeKeys { if let v = runConfig[k] { training[k] = v } }
+        let published: [String: Any] = ["library": "radar", "model": runConfig["model"] ?? [:], "training": training]
+        let parent = parentPath(dir)
+        try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        let tmp = (parent as NSString).appendingPathComponent(".\((dir as NSString).lastPathComponent).partial-\(getpid())")
+        try? fm.removeItem(atPath: tmp)
+        do {
+            try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
+            try writeFileAtomically(model!, to: (tmp as NSString).appendingPathComponent("model.safetensors"))
+            try writeFileAtomically(try jsonData(published, pretty: true), to: (tmp as NSString).appendingPathComponent("config.json"))
+            try writeFileAtomically(Data(modelCard(name: name, runConfig: runConfig, metrics: metrics).utf8), to: (tmp as NSString).appendingPathComponent("README.md"))
+            if fm.fileExists(atPath: dir) { try fm.removeItem(atPath: dir) }  // an empty folder
+            guard rename(tmp, dir) == 0 else { throw DatasetError(path: dir, reason: "cannot rename \(tmp) to it: \(String(cString: strerror(errno)))") }
+        } catch {
+            try? fm.removeItem(atPath: tmp)
+            throw error
+        }
+        fsyncDirectory(parent)
+    }
+
+    /// The model card: YAML metadata (library, tags, metrics, the dataset where it was
+    /// WildDeepfake), then the run's numbers and how to use the weights.
+    static func modelCard(name: String, runConfig: [String: Any], metrics: [String: Any]) -> String {
+        let test = metrics["test_metrics"] as? [String: Any] ?? [:]
+        var source: String?
+        if let data = runConfig["data"] as? String,
+           let d = FileManager.default.contents(atPath: (data as NSString).appendingPathComponent("manifest.json")),
+           let m = try? JSONSerialization.jsonObject(with: d) as? [String: Any] {
+            source = (m["source"] as? [String: Any])?["kind"] as? String
+        }
+        var yaml = ["---", "library_name: radar", "pipeline_tag: image-classification",
+                    "tags:", "- deepfake-detection", "- vision-transformer", "- radar"]
+        if source == "wilddeepfake-archives" { yaml += ["datasets:", "- xingjunm/WildDeepfake"] }
+        yaml += ["metrics:", "- roc_auc", "- accuracy", "- eer", "---", ""]
+        var lines = yaml + ["# RADAR deepfake detector `\(name)`", "",
+                            "RADAR (Reasoning-Augmented Deepfake Artifact Recognition): a ViT encoder, boundary (Sobel) and frequency (FFT high-pass) artifact branches, evidence refinement (cross-attention and a GRU) and a gated fusion; the output is p(fake) for a face crop.",
+                            "", "Trained on " + (source.map { "`\($0)` data" } ?? "a prepared dataset") + ".", "", "## Metrics", "", "| split | metric | value |", "|---|---|---|"]
+        if let v = metrics["best_val_auc"] as? Double { lines.append(String(format: "| validation (best epoch %d) | AUC | %.4f |", metrics["best_epoch"] as? Int ?? 0, v)) }
+        for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc", "ece", "brier"] {
+            if let v = test[k] as? Double { lines.append(String(format: "| test | %@ | %.4f |", k, v)) }
+        }
+        lines += ["", "## Config", "", "| field | value |", "|---|---|"]
+        if let m = runConfig["model"] as? [String: Any] {
+            for k in m.keys.sorted() { lines.append("| `\(k)` | \(jsonText(m[k]!)) |") }
+        }
+        for k in ["batch_size", "world_size", "accumulation_steps", "num_epochs", "learning_rate", "weight_decay", "seed", "precision", "pretrained"] {
+            if let v = runConfig[k], !(v is NSNull) { lines.append("| `\(k)` | \(jsonText(v)) |") }
+        }
+        lines += ["", "## Use", "", "```sh", "radar predict --checkpoint hf-hub:ORG/NAME face.png        # this repository's id",
+                  "radar evaluate --checkpoint hf-hub:ORG/NAME --data DATASET --split test", "```", "",
+                  "`model.safetensors` holds the weights by the PyTorch reference's names (the config in its metadata as `radar_config`):",
+                  "", "```python", "from safetensors.torch import load_file",
+                  "model.load_state_dict(load_file(\"model.safetensors\"), strict=True)  # model = the reference RADAR(**config[\"model\"])", "```", ""]
+        return lines.joined(separator: "\n")
+    }
+
+    /// One value as JSON writes it (inside an array: JSONSerialization takes no bare scalar).
+    static func jsonText(_ v: Any) -> String {
+        guard let d = try? jsonData([v]) else { return "\(v)" }
+        return String(String(decoding: d, as: UTF8.self).dropFirst().dropLast())
+    }
+
     /// Moves `tmp` to `STEM.zip`, or `STEM-2.zip`, `STEM-3.zip`, ... when taken: two runs of one
     /// folder name exported in the same second (`for d in sweep/*/run; do radar export ...`) each
     /// keep their zip, where the second replaced the first. A hard link claims the name

@@ -3,6 +3,9 @@ import Foundation
 /// `object` with every non-finite number (a NaN loss, an infinite bandwidth from a zero time)
 /// replaced by null: JSON has no such numbers, and JSONSerialization refuses them.
 public func jsonFinite(_ object: Any) -> Any {
+    // A true/false JSONSerialization read (an NSNumber of type "c") stays a boolean: matched as a
+    // Double below it was written back as 1 or 0.
+    if let n = object as? NSNumber, String(cString: n.objCType) == "c" { return n }
     switch object {
     case let d as Double: return d.isFinite ? d : NSNull()
     case let f as Float: return f.isFinite ? f : NSNull()
