@@ -304,6 +304,16 @@ final class PerturbationTests: XCTestCase {
         XCTAssertEqual(sd, 10, accuracy: 0.3, "12,288 draws of sigma 10 (rounding adds 1/12 to the variance)")
         let loud = try Perturbation.noise(sigma: 255).apply(grey, key: "k")
         XCTAssertTrue(loud.pixels.contains(0) && loud.pixels.contains(255), "clipped, not wrapped")
+        // Value i is the key's stream's normal(i) (drawn in pairs from one Philox block): an odd
+        // pixel count included.
+        let odd = RGBImage(width: 5, height: 3, pixels: (0..<45).map { UInt8(3 * $0) })
+        let r = RandomStream(seed: 0, stream: RandomStream.id("perturb-noise", FNV1a.hash("k")))
+        XCTAssertEqual(try Perturbation.noise(sigma: 7).apply(odd, key: "k").pixels,
+                       odd.pixels.enumerated().map { i, p in UInt8(min(255, max(0, (Double(p) + 7 * Double(r.normal(UInt64(i)))).rounded()))) })
+        for p in [0, 1, 7, 1 << 33] as [UInt64] {
+            let (a, b) = r.normalPair(p)
+            XCTAssertEqual([a.bitPattern, b.bitPattern], [r.normal(2 * p).bitPattern, r.normal(2 * p + 1).bitPattern])
+        }
     }
 
     func testScaleLosesDetailButKeepsSizeAndFlatRegions() throws {

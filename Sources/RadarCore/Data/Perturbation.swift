@@ -68,9 +68,13 @@ public enum Perturbation: Sendable, Equatable, CustomStringConvertible {
         case let .noise(sigma):
             let r = RandomStream(seed: 0, stream: RandomStream.id("perturb-noise", FNV1a.hash(key)))
             var out = img
-            for i in 0..<out.pixels.count {
-                let v = (Double(img.pixels[i]) + sigma * Double(r.normal(UInt64(i)))).rounded()
-                out.pixels[i] = UInt8(min(255, max(0, v)))
+            let n = out.pixels.count
+            // Value i draws r.normal(i); a pair shares one Philox block.
+            for p in 0..<((n + 1) / 2) {
+                let (a, b) = r.normalPair(UInt64(p))
+                for (i, z) in [(2 * p, a), (2 * p + 1, b)] where i < n {
+                    out.pixels[i] = UInt8(min(255, max(0, (Double(img.pixels[i]) + sigma * Double(z)).rounded())))
+                }
             }
             return out
         case let .scale(f):
