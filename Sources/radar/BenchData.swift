@@ -116,6 +116,7 @@ extension Bench {
                 time("contrast") { _ = Augmenter.adjustContrast(img, 1.05) }
                 time("saturation") { _ = Augmenter.adjustSaturation(img, 1.05) }
                 time("hue") { _ = Augmenter.adjustHue(img, 0.01) }
+                try time("perturb_noise_8") { _ = try Perturbation.noise(sigma: 8).apply(img, key: "k") }
                 time("normalize") { Augmenter.normalize(img, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], into: dst) }
                 printJSON(["bench": "augment_ops_ms_per_image", "size": imageSize, "ops": ops, "machine": machineRecord(threads: 1)])
                 if prepareImages > 0 {

@@ -70,11 +70,11 @@ public enum Perturbation: Sendable, Equatable, CustomStringConvertible {
             var out = img
             let n = out.pixels.count
             // Value i draws r.normal(i); a pair shares one Philox block.
+            func put(_ i: Int, _ z: Float) { out.pixels[i] = UInt8(min(255, max(0, (Double(img.pixels[i]) + sigma * Double(z)).rounded()))) }
             for p in 0..<((n + 1) / 2) {
                 let (a, b) = r.normalPair(UInt64(p))
-                for (i, z) in [(2 * p, a), (2 * p + 1, b)] where i < n {
-                    out.pixels[i] = UInt8(min(255, max(0, (Double(img.pixels[i]) + sigma * Double(z)).rounded())))
-                }
+                put(2 * p, a)
+                if 2 * p + 1 < n { put(2 * p + 1, b) }
             }
             return out
         case let .scale(f):
