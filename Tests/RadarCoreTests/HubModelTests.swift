@@ -95,6 +95,12 @@ final class HubModelTests: XCTestCase {
         XCTAssertEqual(try HubModel.file(HubModel.Reference(repo: "timm/vit-test", revision: "main"), "model.safetensors",
                                          environment: environment(nil, cache: cache)) { logged.append($0) }, ours)
         XCTAssertTrue(logged.contains { $0.contains("using the cached \(ours)") }, "\(logged)")
+        // The Hub answering 503 (down): the cache too.
+        server.failNext(3)
+        logged = []
+        XCTAssertEqual(try HubModel.file(HubModel.Reference(repo: "timm/vit-test", revision: "main"), "model.safetensors",
+                                         environment: environment(server, cache: cache)) { logged.append($0) }, ours)
+        XCTAssertTrue(logged.contains { $0.contains("unreachable (gave up after 3 attempts: HTTP 503); using the cached") }, "\(logged)")
     }
 
     /// `--checkpoint` / `--init-from hf-hub:ORG/NAME`: the repository's model.safetensors, read
