@@ -158,6 +158,11 @@ final class ModelInteropTests: XCTestCase {
         XCTAssertThrowsError(try RunExport.hubFolder(results: o.experimentDirectory, to: folder)) {
             XCTAssertEqual("\($0)", "\(folder): not empty: give a new folder for the Hub files")
         }
+        let aFile = folder + "/README.md"
+        XCTAssertThrowsError(try RunExport.hubFolder(results: o.experimentDirectory, to: aFile)) {
+            XCTAssertEqual("\($0)", "\(aFile): a file, not a folder: give a new folder for the Hub files")
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: aFile), "left alone")
         // Served as a Hub repository: the same weights, the model's own config.
         let (hub, storage, _) = try standInHub(model: try Data(contentsOf: URL(fileURLWithPath: folder + "/model.safetensors")))
         defer { hub.stop(); storage.stop() }

@@ -83,8 +83,12 @@ public enum RunExport {
         for f in ["best.safetensors.lz4", "config.json", "metrics.json"] where !fm.fileExists(atPath: (results as NSString).appendingPathComponent(f)) {
             throw DatasetError(path: results, reason: "no \(f): not a finished run directory")
         }
-        if let inside = try? fm.contentsOfDirectory(atPath: dir), !inside.isEmpty {
-            throw DatasetError(path: dir, reason: "not empty: give a new folder for the Hub files")
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: dir, isDirectory: &isDir) {
+            guard isDir.boolValue else { throw DatasetError(path: dir, reason: "a file, not a folder: give a new folder for the Hub files") }
+            if let inside = try? fm.contentsOfDirectory(atPath: dir), !inside.isEmpty {
+                throw DatasetError(path: dir, reason: "not empty: give a new folder for the Hub files")
+            }
         }
         func json(_ f: String) throws -> [String: Any] {
             let path = (results as NSString).appendingPathComponent(f)
