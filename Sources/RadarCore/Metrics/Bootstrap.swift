@@ -31,7 +31,7 @@ public enum SequenceBootstrap {
         public let intervals: [String: Interval]
 
         public var json: [String: Any] {
-            var out: [String: Any] = ["replicates": replicates, "skipped": skipped, "seed": Int(seed), "resampled": "sequences", "level": 0.95]
+            var out: [String: Any] = ["replicates": replicates, "skipped": skipped, "seed": NSNumber(value: seed), "resampled": "sequences", "level": 0.95]
             for (k, v) in intervals { out[k] = [v.low, v.high] }
             return out
         }
