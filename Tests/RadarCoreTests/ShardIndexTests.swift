@@ -237,6 +237,7 @@ final class ShardIndexTests: XCTestCase {
             }
         }
         XCTAssertEqual(OpenShards.shared.opened - opened, set.indices.count)
+        XCTAssertEqual(try set.indices[0].read(0, exts: []), [])
         XCTAssertThrowsError(try set.indices[0].read(0, exts: ["json", "txt"])) {
             XCTAssertEqual("\($0)", "\(set.indices[0].path): sample \(set.indices[0].key(0)) has no .txt member")
         }

@@ -346,6 +346,7 @@ public struct TarIndex: Sendable {
             }
             return m
         }
+        guard !wanted.isEmpty else { return [] }
         let file = try OpenShards.shared.file(path, identity: identity)
         // One span from the first header to the last member's end when the members are
         // adjacent (as every writer of WebDataset shards puts them), else one span each.
