@@ -9,9 +9,7 @@ public enum RunExport {
         // The run folder's own name, also for "." or "outputs/demo/" (`--results-dir .` made a
         // hidden "._<stamp>.zip").
         let name = URL(fileURLWithPath: results).standardizedFileURL.lastPathComponent
-        for f in ["best.safetensors.lz4", "config.json", "metrics.json"] where !fm.fileExists(atPath: (results as NSString).appendingPathComponent(f)) {
-            throw DatasetError(path: results, reason: "no \(f): not a finished run directory")
-        }
+        try requireFinishedRun(results)
         try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let stamp = { () -> String in let f = DateFormatter(); f.dateFormat = "yyyyMMdd_HHmmss"; f.timeZone = TimeZone(identifier: "UTC"); return f.string(from: now) }()
         let stem = (outputDir as NSString).appendingPathComponent("\(name)_\(stamp)")
@@ -27,12 +25,7 @@ public enum RunExport {
             let w = try TarWriter(path: tmp, format: .zip)
             w.mtime = Int(now.timeIntervalSince1970)
             for f in files {
-                var data = fm.contents(atPath: (results as NSString).appendingPathComponent(f))
-                if f == "model.safetensors" && data == nil {
-                    // Runs from before model.safetensors existed: made from `best`.
-                    let (t, st) = try Checkpoint.read((results as NSString).appendingPathComponent("best.safetensors.lz4"))
-                    data = ModelFile.encode(t, configJSON: st.configJSON)
-                }
+                let data = f == "model.safetensors" ? try modelFile(results) : fm.contents(atPath: (results as NSString).appendingPathComponent(f))
                 guard let d = data else { continue }
                 try w.add(name: "\(name)/\(f)", data: d)
             }
@@ -69,6 +62,20 @@ public enum RunExport {
         return zipPath
     }
 
+    /// The files every finished run has (`radar export` needs them).
+    static func requireFinishedRun(_ results: String) throws {
+        for f in ["best.safetensors.lz4", "config.json", "metrics.json"] where !FileManager.default.fileExists(atPath: (results as NSString).appendingPathComponent(f)) {
+            throw DatasetError(path: results, reason: "no \(f): not a finished run directory")
+        }
+    }
+
+    /// The run's `model.safetensors`; for runs from before it existed, made from `best`.
+    static func modelFile(_ results: String) throws -> Data {
+        if let d = FileManager.default.contents(atPath: (results as NSString).appendingPathComponent("model.safetensors")) { return d }
+        let (t, st) = try Checkpoint.read((results as NSString).appendingPathComponent("best.safetensors.lz4"))
+        return ModelFile.encode(t, configJSON: st.configJSON)
+    }
+
     /// `radar export --hub-folder DIR`: a folder to publish the run's model on the Hugging Face
     /// Hub as it is (`huggingface-cli upload ORG/NAME DIR`), after which `--checkpoint
     /// hf-hub:ORG/NAME` and `--init-from hf-hub:ORG/NAME` read it: `model.safetensors` (the best
@@ -80,9 +87,7 @@ public enum RunExport {
     public static func hubFolder(results: String, to dir: String) throws {
         let fm = FileManager.default
         let name = URL(fileURLWithPath: results).standardizedFileURL.lastPathComponent
-        for f in ["best.safetensors.lz4", "config.json", "metrics.json"] where !fm.fileExists(atPath: (results as NSString).appendingPathComponent(f)) {
-            throw DatasetError(path: results, reason: "no \(f): not a finished run directory")
-        }
+        try requireFinishedRun(results)
         var isDir: ObjCBool = false
         if fm.fileExists(atPath: dir, isDirectory: &isDir) {
             guard isDir.boolValue else { throw DatasetError(path: dir, reason: "a file, not a folder: give a new folder for the Hub files") }
@@ -98,11 +103,7 @@ public enum RunExport {
             return o
         }
         let runConfig = try json("config.json"), metrics = try json("metrics.json")
-        var model = fm.contents(atPath: (results as NSString).appendingPathComponent("model.safetensors"))
-        if model == nil {
-            let (t, st) = try Checkpoint.read((results as NSString).appendingPathComponent("best.safetensors.lz4"))
-            model = ModelFile.encode(t, configJSON: st.configJSON)
-        }
+        let model = try modelFile(results)
         // The recipe without the run's own paths and names.
         let recipeKeys = ["batch_size", "num_epochs", "learning_rate", "weight_decay", "accumulation_steps", "patience", "seed", "world_size",
                           "augment", "precision", "pretrained", "init_from"]
@@ -115,7 +116,7 @@ public enum RunExport {
         try? fm.removeItem(atPath: tmp)
         do {
             try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
-            try writeFileAtomically(model!, to: (tmp as NSString).appendingPathComponent("model.safetensors"))
+            try writeFileAtomically(model, to: (tmp as NSString).appendingPathComponent("model.safetensors"))
             try writeFileAtomically(try jsonData(published, pretty: true), to: (tmp as NSString).appendingPathComponent("config.json"))
             try writeFileAtomically(Data(modelCard(name: name, runConfig: runConfig, metrics: metrics).utf8), to: (tmp as NSString).appendingPathComponent("README.md"))
             if fm.fileExists(atPath: dir) { try fm.removeItem(atPath: dir) }  // an empty folder
@@ -145,7 +146,7 @@ public enum RunExport {
                             "RADAR (Reasoning-Augmented Deepfake Artifact Recognition): a ViT encoder, boundary (Sobel) and frequency (FFT high-pass) artifact branches, evidence refinement (cross-attention and a GRU) and a gated fusion; the output is p(fake) for a face crop.",
                             "", "Trained on " + (source.map { "`\($0)` data" } ?? "a prepared dataset") + ".", "", "## Metrics", "", "| split | metric | value |", "|---|---|---|"]
         if let v = metrics["best_val_auc"] as? Double { lines.append(String(format: "| validation (best epoch %d) | AUC | %.4f |", metrics["best_epoch"] as? Int ?? 0, v)) }
-        for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc", "ece", "brier"] {
+        for k in BinaryMetrics.names {
             if let v = test[k] as? Double { lines.append(String(format: "| test | %@ | %.4f |", k, v)) }
         }
         lines += ["", "## Config", "", "| field | value |", "|---|---|"]
@@ -203,7 +204,7 @@ public enum RunExport {
            let m = try? JSONSerialization.jsonObject(with: d) as? [String: Any] {
             if let v = m["best_val_auc"] as? Double { lines.append(String(format: "- best validation AUC: %.4f (epoch %d)", v, m["best_epoch"] as? Int ?? 0)) }
             if let t = m["test_metrics"] as? [String: Any] {
-                for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc", "ece", "brier"] {
+                for k in BinaryMetrics.names {
                     if let v = t[k] as? Double { lines.append(String(format: "- test %@: %.4f", k, v)) }
                 }
             }

@@ -147,6 +147,9 @@ public enum BinaryMetrics {
         return nil
     }
 
+    /// The names `all` gives, in the order reports list them.
+    public static let names = ["auc", "accuracy", "eer", "average_precision", "sequence_auc", "ece", "brier"]
+
     /// All of the above as a dictionary (metrics.json's names); missing values are NaN.
     public static func all(scores: [Float], labels: [Int], sequences: [String]) -> [String: Double] {
         ["auc": rocAUC(scores: scores, labels: labels) ?? .nan,
