@@ -5,6 +5,20 @@ import RadarDistributed
 
 /// A flag's value checked before any work (in a command's `validate`): a one-line error naming
 /// the flag and what it allows, and exit status 64.
+/// A file a command will write at its end: its folder exists and is writable, and it is not a
+/// folder itself (said before any work).
+public func requireWritableFile(_ path: String, flag: String, expected: String = "a file name") throws {
+    let dir = parentPath(path)
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+        throw ValidationError("\(flag) \(path): the folder \(dir) does not exist")
+    }
+    guard access(dir, W_OK) == 0 else { throw ValidationError("\(flag) \(path): the folder \(dir) is not writable") }
+    guard !FileManager.default.fileExists(atPath: path, isDirectory: &isDir) || !isDir.boolValue else {
+        throw ValidationError("\(flag) \(path): a folder, expected \(expected)")
+    }
+}
+
 public func requireFlag(_ ok: Bool, _ flag: String, _ allowed: String, _ got: Any) throws {
     if !ok { throw ValidationError("--\(flag) must be \(allowed), got \(got)") }
 }

@@ -29,8 +29,10 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Also 95% confidence intervals of the AUC, accuracy and EER from this many bootstrap replicates over sequences (each draws the split's sequences with replacement and takes all their frames; 1000 is usual; 0: none).")
     var bootstrap = 0
     @Option(help: "The bootstrap's seed (the same seed and scores give the same intervals).") var bootstrapSeed: UInt64 = 0
+    @Option(help: ArgumentHelp(stringLiteral: SplitScoring.temperatureHelp)) var temperature: String?
 
     func validate() throws {
+        if let temperature { do { _ = try TemperatureScaling.resolve(temperature) } catch { throw ValidationError("\(error)") } }
         try requireFlag((0...100_000).contains(bootstrap), "bootstrap", "in 0...100000", bootstrap)
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
@@ -42,49 +44,31 @@ struct Evaluate: ParsableCommand {
 
     func run() throws {
         try failing {
-            if let predictions {  // before any work: a pass over WildDeepfake's test split takes a while
-                let dir = parentPath(predictions)
-                var isDir: ObjCBool = false
-                guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
-                    throw ValidationError("--predictions \(predictions): the folder \(dir) does not exist")
-                }
-                guard access(dir, W_OK) == 0 else { throw ValidationError("--predictions \(predictions): the folder \(dir) is not writable") }
-                guard !FileManager.default.fileExists(atPath: predictions, isDirectory: &isDir) || !isDir.boolValue else {
-                    throw ValidationError("--predictions \(predictions): a folder, expected a file name (FILE.csv)")
-                }
-            }
+            // Before any work: a pass over WildDeepfake's test split takes a while.
+            if let predictions { try requireWritableFile(predictions, flag: "--predictions", expected: "FILE.csv") }
             let set = try ShardSet(directory: data)  // before the model: a wrong folder is said at once
             if let n = set.indexNote { logLine(n) }
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             let sp = Split(rawValue: split)!
             let c = model.config
-            let input = DeviceTensor(ctx.backend, Shape(batchSize, 3, c.imgSize, c.imgSize))
-            var csv = "perturbation,key,sequence,label,probability,boundary,frequency,reasoning,external,attention_boundary,attention_frequency\n"
+            let scoring = SplitScoring(set: set, split: sp, trainer: trainer, ctx: ctx, batchSize: batchSize, device: device)
+            let temperature = try self.temperature.map { try TemperatureScaling.resolve($0) } ?? 1
+            var csv = "perturbation,key,sequence,label,probability,boundary,frequency,reasoning,external,attention_boundary,attention_frequency,logit\n"
             // One pass over the split: the model's metrics and each head's.
             func pass(_ perturbation: Perturbation?) throws -> [String: Any] {
-                let loader = StreamingLoader(set: set, refs: set.refs(sp), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
-                                             augment: false, seed: 0, epoch: 0,
-                                             threads: Devices.defaultLoaderThreads(device: device ?? Devices.defaultName, localRanks: 1), dropLast: false,
-                                             perturbation: perturbation)
                 var scores: [Float] = [], labels: [Int] = [], seqs: [String] = []
                 var heads = HeadMetrics(useBadm: c.useBadm, useAadm: c.useAadm)
-                let bar = ProgressReporter(perturbation.map { "evaluate \($0)" } ?? "evaluate", total: loader.batchCount, unit: "batch")
-                while let b = try loader.next() {
-                    let view = input.tensor.slice(from: 0, Shape(b.labels.count, 3, c.imgSize, c.imgSize))
-                    ctx.backend.upload(UnsafeBufferPointer(rebasing: b.images.buffer[0..<view.count]), into: view)
-                    // The forward's small outputs with the probabilities: each head's metrics too.
-                    let explained = try trainer.explain(images: view)
-                    for (j, e) in explained.enumerated() {
-                        scores.append(e.probability); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
-                        heads.append(e)
-                        if predictions != nil {
-                            let last = e.attention.last ?? [.nan, .nan]
-                            csv += ([perturbation?.description ?? "", b.keys[j], b.sequences[j], String(Int(b.labels[j]))].map(Self.csvField)
-                                    + [e.probability, e.boundary, e.frequency, e.reasoning, e.external, last[0], last[1]].map { $0.map(Self.csvNumber) ?? "" })
-                                .joined(separator: ",") + "\n"
-                        }
+                for r in try scoring.run(perturbation) {
+                    let e = r.explanation
+                    let p = TemperatureScaling.probability(logit: e.logit, modelProbability: e.probability, temperature: temperature)
+                    scores.append(p); labels.append(r.label); seqs.append(r.sequence)
+                    heads.append(e)
+                    if predictions != nil {
+                        let last = e.attention.last ?? [.nan, .nan]
+                        csv += ([perturbation?.description ?? "", r.key, r.sequence, String(r.label)].map(Self.csvField)
+                                + [p, e.boundary, e.frequency, e.reasoning, e.external, last[0], last[1], e.logit].map { $0.map(Self.csvNumber) ?? "" })
+                            .joined(separator: ",") + "\n"
                     }
-                    bar.update(b.index + 1)
                 }
                 guard !scores.isEmpty else { throw ValidationError("\(data): the \(split) split is empty") }
                 var out: [String: Any] = ["images": scores.count]
@@ -101,6 +85,7 @@ struct Evaluate: ParsableCommand {
             var out = try pass(nil)
             out["checkpoint"] = checkpoint
             out["split"] = split
+            if temperature != 1 { out["temperature"] = temperature }
             if !perturbations.isEmpty {
                 out["perturbations"] = try perturbations.map { text -> [String: Any] in
                     let p = try Perturbation(parsing: text)
@@ -115,6 +100,40 @@ struct Evaluate: ParsableCommand {
             }
             printJSON(out)
         }
+    }
+}
+
+/// One eval-mode pass over a split of a prepared dataset, in the split's order: each image's key,
+/// sequence, label and explanation (`radar evaluate`, `radar calibrate`).
+struct SplitScoring {
+    let set: ShardSet, split: Split, trainer: Trainer, ctx: ExecutionContext, batchSize: Int, device: String?
+
+    static let temperatureHelp = "Divide the model's final logit by this temperature before the sigmoid (temperature scaling: the same ranking and decisions, calibrated probabilities): a number, or radar calibrate's JSON output (a run's calibration.json)."
+
+    struct Row {
+        let key: String, sequence: String, label: Int
+        let explanation: Explanation
+    }
+
+    func run(_ perturbation: Perturbation?) throws -> [Row] {
+        let c = trainer.model.config
+        let input = DeviceTensor(ctx.backend, Shape(batchSize, 3, c.imgSize, c.imgSize))
+        let loader = StreamingLoader(set: set, refs: set.refs(split), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
+                                     augment: false, seed: 0, epoch: 0,
+                                     threads: Devices.defaultLoaderThreads(device: device ?? Devices.defaultName, localRanks: 1), dropLast: false,
+                                     perturbation: perturbation)
+        let bar = ProgressReporter(perturbation.map { "evaluate \($0)" } ?? "evaluate", total: loader.batchCount, unit: "batch")
+        var rows: [Row] = []
+        while let b = try loader.next() {
+            let view = input.tensor.slice(from: 0, Shape(b.labels.count, 3, c.imgSize, c.imgSize))
+            ctx.backend.upload(UnsafeBufferPointer(rebasing: b.images.buffer[0..<view.count]), into: view)
+            // The forward's small outputs with the probabilities: each head's metrics too.
+            for (j, e) in try trainer.explain(images: view).enumerated() {
+                rows.append(Row(key: b.keys[j], sequence: b.sequences[j], label: Int(b.labels[j]), explanation: e))
+            }
+            bar.update(b.index + 1)
+        }
+        return rows
     }
 }
 
@@ -146,12 +165,14 @@ struct Predict: ParsableCommand {
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
     @Option(help: "Files larger than this many MiB are listed as unreadable, never read (as prepare skips them).")
     var maxImageMb = 64
+    @Option(help: ArgumentHelp(stringLiteral: SplitScoring.temperatureHelp + " Occlusion drops are then differences of the scaled probabilities.")) var temperature: String?
     @Argument(help: "Images, or directories searched at any depth for .png/.jpg/.jpeg files (hidden ones left out).") var paths: [String]
 
     func validate() throws {
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
         try requireFlag((1...4096).contains(maxImageMb), "max-image-mb", "in 1...4096", maxImageMb)
+        if let temperature { do { _ = try TemperatureScaling.resolve(temperature) } catch { throw ValidationError("\(error)") } }
         if occlusionMaps != nil && !occlusion { throw ValidationError("--occlusion-maps needs --occlusion") }
         if rolloutMaps != nil && !rollout { throw ValidationError("--rollout-maps needs --rollout") }
         if let a = occlusionMaps, let b = rolloutMaps, (a as NSString).standardizingPath == (b as NSString).standardizingPath {
@@ -162,6 +183,8 @@ struct Predict: ParsableCommand {
     func run() throws {
         try failing {
             let limit = maxImageMb << 20
+            let temperature = try self.temperature.map { try TemperatureScaling.resolve($0) } ?? 1
+            func scaled(_ e: Explanation) -> Float { TemperatureScaling.probability(logit: e.logit, modelProbability: e.probability, temperature: temperature) }
             var files: [String] = []
             for p in paths {
                 var isDir: ObjCBool = false
@@ -247,9 +270,9 @@ struct Predict: ParsableCommand {
                     let view = input.tensor.slice(from: 0, Shape(good.count, 3, c.imgSize, c.imgSize))
                     ctx.backend.upload(UnsafeBufferPointer(start: slots, count: good.count * per), into: view)
                     func forward() throws {
-                        if explain {
+                        if explain || temperature != 1 {  // the logits too
                             explained = try trainer.explain(images: view)
-                            for (k, e) in explained.enumerated() { probs[k] = e.probability }
+                            for (k, e) in explained.enumerated() { probs[k] = scaled(e) }
                         } else {
                             try trainer.predict(images: view, into: probs)
                         }
@@ -264,6 +287,7 @@ struct Predict: ParsableCommand {
                                                       capacity: occlusionBatch) { n in
                             let view = occlusionInput.tensor.slice(from: 0, Shape(n, 3, c.imgSize, c.imgSize))
                             ctx.backend.upload(UnsafeBufferPointer(start: occlusionHost.pointer, count: n * per), into: view)
+                            if temperature != 1 { return try trainer.explain(images: view).map(scaled) }
                             try trainer.predict(images: view, into: occlusionProbs)
                             return Array(UnsafeBufferPointer(start: occlusionProbs, count: n))
                         })
@@ -332,6 +356,7 @@ struct Predict: ParsableCommand {
             }
             if json {
                 var doc: [String: Any] = ["checkpoint": checkpoint, "images": predictions.count, "predictions": predictions, "unreadable": failures]
+                if temperature != 1 { doc["temperature"] = temperature }
                 if byFolder { doc["folders"] = verdicts.map { ["path": $0.0, "images": $0.1, "probability_fake": $0.2, "label": $0.3] as [String: Any] } }
                 printJSON(doc)
             } else {
@@ -352,7 +377,7 @@ extension Predict {
     static func explanationJSON(_ e: Explanation) -> [String: Any] {
         ["boundary_probability": e.boundary.map { Double($0) } ?? NSNull(), "frequency_probability": e.frequency.map { Double($0) } ?? NSNull(),
          "reasoning_probability": Double(e.reasoning), "external_probability": Double(e.external), "gate": Double(e.gate),
-         "iteration_probabilities": e.iterations.map { Double($0) },
+         "iteration_probabilities": e.iterations.map { Double($0) }, "logit": Double(e.logit),
          "attention": e.attention.map { ["boundary": Double($0[0]), "frequency": Double($0[1])] }]
     }
 

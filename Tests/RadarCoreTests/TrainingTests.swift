@@ -187,7 +187,7 @@ final class MetricsTests: XCTestCase {
         var sums = [[0.0, 0.0], [0.0, 0.0]], counts = [0, 0]
         for (i, s) in scores.enumerated() {
             let a: Float = 0.1 + 0.8 * Float(i % 7) / 6
-            heads.append(Explanation(probability: s, boundary: s, frequency: nil, reasoning: 1 - s, external: s, gate: 0.25,
+            heads.append(Explanation(probability: s, logit: .nan, boundary: s, frequency: nil, reasoning: 1 - s, external: s, gate: 0.25,
                                      iterations: [0.5, 1 - s], attention: [[0.5, 0.5], [a, 1 - a]]))
             sums[labels[i]][0] += Double(a); sums[labels[i]][1] += Double(1 - a); counts[labels[i]] += 1
         }
@@ -208,7 +208,7 @@ final class MetricsTests: XCTestCase {
             XCTAssertEqual(m["frequency"]!, sums[label][1] / Double(counts[label]), accuracy: 1e-6, name)
         }
         var oneClass = HeadMetrics(useBadm: true, useAadm: true)
-        oneClass.append(Explanation(probability: 0.2, boundary: 0.3, frequency: 0.4, reasoning: 0.2, external: 0.2, gate: 0.5,
+        oneClass.append(Explanation(probability: 0.2, logit: -1.386, boundary: 0.3, frequency: 0.4, reasoning: 0.2, external: 0.2, gate: 0.5,
                                     iterations: [0.2], attention: [[0.6, 0.4]]))
         let o = oneClass.report(labels: [0], sequences: ["s"])
         XCTAssertTrue((o["attention"] as! [String: Any])["fake"] is NSNull, "no fake image: no mean")

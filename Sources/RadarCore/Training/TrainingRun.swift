@@ -194,7 +194,7 @@ public final class TrainingRun {
     /// Eval-mode scores of a split, and each head's (`HeadMetrics`). With several ranks each
     /// scores refs[rank::size] and the scores are gathered, so every rank gets the same arrays as
     /// one process would.
-    public func evaluate(_ split: Split, perturbation: Perturbation? = nil) throws -> (scores: [Float], labels: [Int], sequences: [String], heads: HeadMetrics) {
+    public func evaluate(_ split: Split, perturbation: Perturbation? = nil) throws -> (scores: [Float], logits: [Float], labels: [Int], sequences: [String], heads: HeadMetrics) {
         let c = options.config
         let all = set.refs(split)
         let size = options.worldSize, rank = options.rank
@@ -202,40 +202,42 @@ public final class TrainingRun {
         let loader = StreamingLoader(set: set, refs: mine, batchSize: options.batchSize, size: c.imgSize, mean: c.mean,
                                      std: c.std, augment: false, seed: options.seed, epoch: 0, threads: options.loaderThreads,
                                      dropLast: false, perturbation: perturbation)
-        var myScores: [Float] = [], labels: [Int] = [], seqs: [String] = []
+        var myScores: [Float] = [], myLogits: [Float] = [], labels: [Int] = [], seqs: [String] = []
         var heads = HeadMetrics(useBadm: c.useBadm, useAadm: c.useAadm)
         // Per image what the heads need after a gather: probability, boundary, frequency,
-        // reasoning, external, the last iteration's attention (2), the gate.
-        let width = 8
+        // reasoning, external, the last iteration's attention (2), the gate; and the final logit
+        // (temperature scaling).
+        let width = 9
         var rows: [Float] = []
         while let b = try loader.next() {
             try JobAbort.check()
             for (j, e) in try trainer.explain(images: upload(b).images).enumerated() {
-                myScores.append(e.probability); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
+                myScores.append(e.probability); myLogits.append(e.logit); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
                 heads.append(e)
                 let last = e.attention.last ?? [.nan, .nan]
-                rows += [e.probability, e.boundary ?? .nan, e.frequency ?? .nan, e.reasoning, e.external, last[0], last[1], e.gate]
+                rows += [e.probability, e.boundary ?? .nan, e.frequency ?? .nan, e.reasoning, e.external, last[0], last[1], e.gate, e.logit]
             }
         }
-        guard size > 1 else { return (myScores, labels, seqs, heads) }
+        guard size > 1 else { return (myScores, myLogits, labels, seqs, heads) }
         let per = (all.count + size - 1) / size
         let parts = try parallel.gather(rows + [Float](repeating: .nan, count: (per - myScores.count) * width))
-        var scores = [Float](repeating: 0, count: all.count)
+        var scores = [Float](repeating: 0, count: all.count), logits = [Float](repeating: 0, count: all.count)
         var gathered = [ArraySlice<Float>](repeating: [], count: all.count)
         for r in 0..<size {
             for j in 0..<per where r + size * j < all.count {
                 gathered[r + size * j] = parts[r][(j * width)..<((j + 1) * width)]
                 scores[r + size * j] = parts[r][j * width]
+                logits[r + size * j] = parts[r][j * width + 8]
             }
         }
         heads = HeadMetrics(useBadm: c.useBadm, useAadm: c.useAadm)
         for v in gathered {
             let v = Array(v)
-            heads.append(Explanation(probability: v[0], boundary: c.useBadm ? v[1] : nil, frequency: c.useAadm ? v[2] : nil,
+            heads.append(Explanation(probability: v[0], logit: v[8], boundary: c.useBadm ? v[1] : nil, frequency: c.useAadm ? v[2] : nil,
                                      reasoning: v[3], external: v[4], gate: v[7], iterations: [v[3]], attention: [[v[5], v[6]]]))
         }
         let truth = try splitTruth(split, all)
-        return (scores, truth.labels, truth.sequences, heads)
+        return (scores, logits, truth.labels, truth.sequences, heads)
     }
 
     /// The labels and sequences of a split's samples in `refs` order, read once per run on every
@@ -621,6 +623,7 @@ public final class TrainingRun {
             ctx.params.uploadValues(best.values)
             ctx.params.uploadBuffers(best.buffers)
         }
+        let temperature = try fitTemperature(best: best, history)
         guard !set.refs(.test).isEmpty else { return }
         if best == nil { log("warning: no best checkpoint (validation AUC was never defined): test metrics use the last weights") }
         let test = try evaluate(.test)
@@ -632,6 +635,7 @@ public final class TrainingRun {
         let t = history.testMetrics
         log("test (\(which)): auc \(fixed(t["auc"]!))  accuracy \(fixed(t["accuracy"]!))  eer \(fixed(t["eer"]!))  "
             + "ap \(fixed(t["average_precision"]!))  sequence_auc \(fixed(t["sequence_auc"]!))  ece \(fixed(t["ece"]!))  brier \(fixed(t["brier"]!))")
+        if let temperature { calibration = calibrated(temperature, test: test) }
         // --test-perturb: the same weights on degraded test images, one pass each.
         testPerturbations = try options.testPerturbations.map { p in
             let r = try evaluate(.test, perturbation: p)
@@ -651,9 +655,59 @@ public final class TrainingRun {
         }
     }
 
+    /// The temperature of the weights the test split uses (`TemperatureScaling`), fitted on the
+    /// validation split's logits (one more validation pass with those weights), or nil, said, when
+    /// none fits (one class, NaN logits). Written as `calibration.json`, which `radar predict` and
+    /// `radar evaluate` read with `--temperature FILE`.
+    func fitTemperature(best: BestWeights?, _ history: RunHistory) throws -> TemperatureScaling.Fit? {
+        let val = try evaluate(.val)
+        let fit: TemperatureScaling.Fit
+        do { fit = try TemperatureScaling.fit(logits: val.logits, labels: val.labels) } catch {
+            log("calibration: no temperature fitted on the validation split: \(error)")
+            calibration = nil
+            return nil
+        }
+        var doc = fit.json
+        doc["fitted_on"] = "val"
+        doc["weights"] = best == nil ? "last" : "best epoch \(history.bestEpoch + 1)"
+        calibration = doc
+        log("calibration: temperature \(fixed(fit.temperature)) fitted on the validation split (log loss \(fixed(fit.nllBefore)) -> \(fixed(fit.nllAfter)))"
+            + (fit.atBound ? "; the best fit lies beyond \(TemperatureScaling.range), so this is its bound" : ""))
+        if writes {
+            try writeFileAtomically(try jsonData(doc, pretty: true), to: (options.experimentDirectory as NSString).appendingPathComponent("calibration.json"))
+        }
+        return fit
+    }
+
+    /// `calibration` with the test split's ECE, Brier score and log loss at T = 1 and at the fitted
+    /// temperature (the ranking metrics and accuracy do not change with it).
+    func calibrated(_ fit: TemperatureScaling.Fit, test: (scores: [Float], logits: [Float], labels: [Int], sequences: [String], heads: HeadMetrics)) -> [String: Any]? {
+        var doc = calibration ?? fit.json
+        let scaled = zip(test.logits, test.scores).map { TemperatureScaling.probability(logit: $0, modelProbability: $1, temperature: fit.temperature) }
+        let before = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences)
+        let after = BinaryMetrics.all(scores: scaled, labels: test.labels, sequences: test.sequences)
+        let nll = (TemperatureScaling.logLoss(logits: test.logits, labels: test.labels), TemperatureScaling.logLoss(logits: test.logits, labels: test.labels, temperature: fit.temperature))
+        doc["test"] = ["ece": before["ece"]!, "ece_calibrated": after["ece"]!, "brier": before["brier"]!, "brier_calibrated": after["brier"]!,
+                       "nll": nll.0, "nll_calibrated": nll.1]
+        log("calibration: test ece \(fixed(before["ece"]!)) -> \(fixed(after["ece"]!))  brier \(fixed(before["brier"]!)) -> \(fixed(after["brier"]!))  "
+            + "log loss \(fixed(nll.0)) -> \(fixed(nll.1)) at temperature \(fixed(fit.temperature))")
+        return doc
+    }
+
+    /// `fitTemperature`'s document, with the test split's figures once `calibrated` has them:
+    /// metrics.json's `calibration`.
+    public private(set) var calibration: [String: Any]?
+
     /// Each head's test metrics, the gate and the attention per class (`HeadMetrics.report`),
     /// once the test split has been evaluated: metrics.json's `test_heads`.
     public private(set) var testHeads: [String: Any]?
+
+    /// TensorBoard's `calibration/temperature` and `calibration/test_ece_calibrated` (and Brier, log loss).
+    var calibrationScalars: [(String, Double)] {
+        guard let c = calibration, let t = c["temperature"] as? Double else { return [] }
+        let test = (c["test"] as? [String: Double] ?? [:]).filter { $0.key.hasSuffix("_calibrated") }.sorted { $0.key < $1.key }
+        return [("calibration/temperature", t)] + test.map { ("calibration/test_\($0.key)", $0.value) }
+    }
 
     /// TensorBoard's tag for a degraded test pass's AUC: `test_perturbed/jpeg_50_auc`.
     static func perturbedTag(_ spec: String) -> String {
@@ -731,7 +785,8 @@ public final class TrainingRun {
         try test(&history, best: best)
         steps.scalars(step: trainer.optimizer.step, history.testMetrics.sorted { $0.key < $1.key }.map { ("test/\($0.key)", $0.value) }
                       + (testHeads.map { HeadMetrics.scalars($0, prefix: "test_heads") } ?? [])
-                      + testPerturbations.compactMap { r in (r["auc"] as? Double).map { (Self.perturbedTag(r["perturbation"] as! String), $0) } })
+                      + testPerturbations.compactMap { r in (r["auc"] as? Double).map { (Self.perturbedTag(r["perturbation"] as! String), $0) } }
+                      + calibrationScalars)
         if writes {
             // The best weights (now in the store) as a model-only file PyTorch loads with strict=True.
             try ModelFile.write(ctx.params, config: options.config, to: (dir as NSString).appendingPathComponent("model.safetensors"))
@@ -754,6 +809,7 @@ public final class TrainingRun {
         ]
         if let testHeads { obj["test_heads"] = testHeads }
         if !testPerturbations.isEmpty { obj["test_perturbations"] = testPerturbations }
+        if let calibration { obj["calibration"] = calibration }
         try writeFileAtomically(try jsonData(obj, pretty: true), to: (options.experimentDirectory as NSString).appendingPathComponent("metrics.json"))
     }
 }

@@ -160,13 +160,13 @@ public final class Trainer: @unchecked Sendable {
     /// `explain`'s values from an eval forward's outputs (`evalForward`).
     public func explanations(of out: RADAROutputs) -> [Explanation] {
         let be = ctx.backend, c = model.config
-        let prob = be.download(out.prob), badm = be.download(out.badmLogit), aadm = be.download(out.aadmLogit)
+        let prob = be.download(out.prob), logit = be.download(out.logit), badm = be.download(out.badmLogit), aadm = be.download(out.aadmLogit)
         let reasoning = be.download(out.reasoningLogit), external = be.download(out.externalLogit)
         let alpha = be.download(out.gatingAlpha), iterations = be.download(out.iterationLogits)
         let history = be.download(out.attentionHistory)
         let t = c.reasoningIterations
         return (0..<prob.count).map { i in
-            Explanation(probability: prob[i],
+            Explanation(probability: prob[i], logit: logit[i],
                         boundary: c.useBadm ? Explanation.sigmoid(badm[i]) : nil,
                         frequency: c.useAadm ? Explanation.sigmoid(aadm[i]) : nil,
                         reasoning: Explanation.sigmoid(reasoning[i]), external: Explanation.sigmoid(external[i]),
@@ -229,6 +229,8 @@ public final class Trainer: @unchecked Sendable {
 public struct Explanation: Sendable, Equatable {
     /// sigmoid(final logit) = sigmoid(gate * reasoning logit + (1 - gate) * external logit).
     public let probability: Float
+    /// The final logit itself (what `probability` is the sigmoid of): temperature scaling divides it.
+    public let logit: Float
     /// sigmoid of the boundary (BADM) and frequency (AADM) branch classifiers; nil for a branch
     /// the model does not use.
     public let boundary: Float?, frequency: Float?
@@ -242,9 +244,10 @@ public struct Explanation: Sendable, Equatable {
     /// evidence]; a disabled branch's column is 0.
     public let attention: [[Float]]
 
-    public init(probability: Float, boundary: Float?, frequency: Float?, reasoning: Float, external: Float, gate: Float,
+    public init(probability: Float, logit: Float, boundary: Float?, frequency: Float?, reasoning: Float, external: Float, gate: Float,
                 iterations: [Float], attention: [[Float]]) {
         self.probability = probability
+        self.logit = logit
         self.boundary = boundary
         self.frequency = frequency
         self.reasoning = reasoning
