@@ -30,7 +30,7 @@ struct Calibrate: ParsableCommand {
 
     func run() throws {
         try failing {
-            if let output { try requireWritableFile(output, flag: "--output", expected: "FILE.json") }
+            if let output { try requireWritableFile(output, flag: "--output", expected: "a file name (FILE.json)") }
             let set = try ShardSet(directory: data)
             if let n = set.indexNote { logLine(n) }
             let (_, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)

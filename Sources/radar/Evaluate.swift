@@ -45,7 +45,7 @@ struct Evaluate: ParsableCommand {
     func run() throws {
         try failing {
             // Before any work: a pass over WildDeepfake's test split takes a while.
-            if let predictions { try requireWritableFile(predictions, flag: "--predictions", expected: "FILE.csv") }
+            if let predictions { try requireWritableFile(predictions, flag: "--predictions", expected: "a file name (FILE.csv)") }
             let set = try ShardSet(directory: data)  // before the model: a wrong folder is said at once
             if let n = set.indexNote { logLine(n) }
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)

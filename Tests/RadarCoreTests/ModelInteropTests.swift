@@ -155,6 +155,10 @@ final class ModelInteropTests: XCTestCase {
         XCTAssertEqual(card["tags"] as? [String], ["deepfake-detection", "vision-transformer", "radar"])
         XCTAssertEqual(card["metrics"] as? [String], ["roc_auc", "accuracy", "eer"])
         XCTAssertTrue((card["text"] as? String ?? "").contains(String(format: "| test | auc | %.4f |", h.testMetrics["auc"]!)), text)
+        // Two steps leave logits that rank the validation split backwards: no temperature was
+        // fitted, so none is published (radar export's zip and --hub-folder carry one otherwise).
+        XCTAssertFalse(FileManager.default.fileExists(atPath: o.experimentDirectory + "/calibration.json"))
+        XCTAssertFalse((card["text"] as? String ?? "").contains("Calibration"), text)
         XCTAssertThrowsError(try RunExport.hubFolder(results: o.experimentDirectory, to: folder)) {
             XCTAssertEqual("\($0)", "\(folder): not empty: give a new folder for the Hub files")
         }

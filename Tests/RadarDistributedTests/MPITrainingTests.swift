@@ -540,6 +540,42 @@ final class DemoPipelineTests: XCTestCase {
                                                  "--data", root + "/data", "--perturb", "jpeg:0"])
         XCTAssertNotEqual(brc, 0)
         XCTAssertTrue(bout.contains("--perturb jpeg:0: JPEG quality must be an integer in 1...100"), bout)
+        // Calibration: the run fitted a temperature on the validation split with its test weights
+        // (calibration.json, metrics.json's calibration with the test split's figures before and
+        // after); radar calibrate finds the same in one process; evaluate --temperature with the
+        // run's file gives the run's calibrated test ECE and Brier score, the ranking unchanged.
+        let calibration = try XCTUnwrap(metrics["calibration"] as? [String: Any], "metrics.json: \(metrics.keys.sorted())")
+        XCTAssertEqual(calibration["fitted_on"] as? String, "val")
+        let runT = calibration["temperature"] as! Double
+        let saved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: root + "/outputs/demo/calibration.json"))) as! [String: Any]
+        XCTAssertEqual(saved["temperature"] as? Double, runT)
+        XCTAssertNil(saved["test"], "calibration.json: what the fit used only")
+        let fitted = try JSONSerialization.jsonObject(with: Data(try run([bin.appendingPathComponent("radar").path, "calibrate", "--checkpoint", root + "/outputs/demo",
+                                                                           "--data", root + "/data", "--threads", "1", "--output", root + "/calibration.json"]).utf8)) as! [String: Any]
+        XCTAssertEqual(fitted["temperature"] as! Double, runT, accuracy: 1e-6 * runT, "one process vs 2 ranks gathered")
+        XCTAssertLessThanOrEqual(fitted["nll_after"] as! Double, fitted["nll_before"] as! Double)
+        XCTAssertEqual(try TemperatureScaling.resolve(root + "/calibration.json"), fitted["temperature"] as! Double, accuracy: 1e-15)
+        let scaledText = try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
+                                  "--data", root + "/data", "--split", "test", "--threads", "1",
+                                  "--temperature", root + "/outputs/demo/calibration.json", "--predictions", root + "/scaled.csv"])
+        let scaled = try JSONSerialization.jsonObject(with: Data(scaledText.utf8)) as! [String: Any]
+        XCTAssertEqual(scaled["temperature"] as? Double, runT)
+        let runTest = calibration["test"] as! [String: Double]
+        XCTAssertEqual(runTest["ece"]!, single["ece"] as! Double, accuracy: 1e-6, "2 ranks at batch 8 vs one process at 32")
+        XCTAssertEqual(scaled["ece"] as! Double, runTest["ece_calibrated"]!, accuracy: 1e-6, scaledText)
+        XCTAssertEqual(scaled["brier"] as! Double, runTest["brier_calibrated"]!, accuracy: 1e-6, scaledText)
+        XCTAssertEqual(scaled["accuracy"] as? Double, single["accuracy"] as? Double)
+        XCTAssertEqual(scaled["auc"] as! Double, single["auc"] as! Double, accuracy: 1e-3, "the same order (float32 may round close ones together)")
+        // The CSV's logit column is what the scaled probability came from.
+        let logitCheck = """
+        import csv, json, math, sys
+        rows = list(csv.DictReader(open(sys.argv[1], newline="")))
+        t = float(sys.argv[2])
+        print(json.dumps(max(abs(float(r["probability"]) - 1 / (1 + math.exp(-float(r["logit"]) / t))) for r in rows)))
+        """
+        let (crc2, cout2) = try Process.runStatus([ProcessInfo.processInfo.environment["RADAR_PYTHON"] ?? "python3", "-c", logitCheck, root + "/scaled.csv", "\(runT)"])
+        XCTAssertEqual(crc2, 0, cout2)
+        XCTAssertLessThan(Double(cout2.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 1, 1e-7, cout2)
         // The same, gathered over the 2 ranks at the end of training (metrics.json's test_heads).
         let gatheredHeads = metrics["test_heads"] as! [String: Any]
         for (name, m) in gatheredHeads["heads"] as! [String: [String: Any]] {
@@ -594,6 +630,18 @@ final class DemoPipelineTests: XCTestCase {
             XCTAssertEqual(its.last, r)
             for a in att { XCTAssertEqual(a["boundary"]! + a["frequency"]!, 1, accuracy: 1e-6) }
             for k in ["boundary_probability", "frequency_probability"] { XCTAssertTrue((0...1).contains(e[k] as! Double), k) }
+        }
+        // --temperature T: sigmoid(logit / T) of the same forward's final logit (--explain's), bit
+        // for bit, where the logit is the model's probability's.
+        let hotJSON = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
+                               "--threads", "1", "--json", "--temperature", "2.5", imgs + "/f0.png", imgs])
+        let hot = try JSONSerialization.jsonObject(with: Data(hotJSON.utf8)) as! [String: Any]
+        XCTAssertEqual(hot["temperature"] as? Double, 2.5, hotJSON)
+        for (p, q) in zip(hot["predictions"] as! [[String: Any]], explained) {
+            let z = Float((q["explanation"] as! [String: Any])["logit"] as! Double), prob = q["probability_fake"] as! Double
+            XCTAssertEqual(1 / (1 + exp(-Double(z))), prob, accuracy: 1e-6, "the logit is the probability's")
+            XCTAssertEqual(Float(p["probability_fake"] as! Double), Float(1 / (1 + exp(-Double(z) / 2.5))), hotJSON)
+            XCTAssertEqual(p["label"] as? String, q["label"] as? String, "the same decision")
         }
         let explainedText = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
                                      "--threads", "1", "--explain", imgs + "/f0.png", imgs]).split(separator: "\n")
@@ -693,7 +741,7 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertEqual(mkfifo(large + "/c.png", 0o600), 0)  // read, it blocked for ever
         let (lrc, lout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint",
                                                  root + "/outputs/demo", "--threads", "1", "--max-image-mb", "1", large])
-        XCTAssertEqual(lrc, 0, lout)
+        XCTAssertEqual(crc2, 0, cout2)
         XCTAssertTrue(lout.contains("radar predict: \(large)/b.png: file of 2097152 bytes exceeds the 1 MiB limit (--max-image-mb)"), lout)
         XCTAssertTrue(lout.contains("\(large)/a.png\t"), lout)
         XCTAssertTrue(lout.contains("radar predict: \(large)/c.png: a FIFO, not a regular file"), lout)
@@ -763,6 +811,17 @@ final class DemoPipelineTests: XCTestCase {
                            "--output-dir", root + "/exports", "--create-download-script"]).trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertTrue(FileManager.default.fileExists(atPath: zip), zip)
         XCTAssertTrue(FileManager.default.fileExists(atPath: root + "/exports/download_demo.sh"))
+        let (zrc, zout) = try Process.runStatus([ProcessInfo.processInfo.environment["RADAR_PYTHON"] ?? "python3", "-c",
+                                                 "import sys, zipfile; print('\\n'.join(zipfile.ZipFile(sys.argv[1]).namelist()))", zip])
+        XCTAssertEqual(zrc, 0, zout)
+        XCTAssertTrue(zout.contains("demo/calibration.json\n"), zout)
+        // The Hub folder carries the run's calibration: the file, and T in the model card with its use.
+        _ = try run([bin.appendingPathComponent("radar").path, "export", "--results-dir", root + "/outputs/demo", "--hub-folder", root + "/hub"])
+        XCTAssertEqual(FileManager.default.contents(atPath: root + "/hub/calibration.json"), FileManager.default.contents(atPath: root + "/outputs/demo/calibration.json"))
+        let card = try String(contentsOfFile: root + "/hub/README.md", encoding: .utf8)
+        let t = String(format: "%.6g", runT)
+        XCTAssertTrue(card.contains("## Calibration") && card.contains("T = \(t) ") && card.contains("--temperature \(t) face.png"), card)
+        XCTAssertTrue(card.contains(String(format: "| ECE | %.4f | %.4f |", runTest["ece"]!, runTest["ece_calibrated"]!)), card)
     }
 }
 

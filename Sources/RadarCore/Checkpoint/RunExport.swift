@@ -15,7 +15,7 @@ public enum RunExport {
         let stem = (outputDir as NSString).appendingPathComponent("\(name)_\(stamp)")
         let tmp = stem + ".zip.partial-\(getpid())"  // two exports in one second never share it
         var zipPath = stem + ".zip"
-        var files = ["best.safetensors.lz4", "model.safetensors", "config.json", "metrics.json"]
+        var files = ["best.safetensors.lz4", "model.safetensors", "config.json", "metrics.json", "calibration.json"]
         let plots = ((try? fm.contentsOfDirectory(atPath: (results as NSString).appendingPathComponent("plots"))) ?? []).sorted().map { "plots/\($0)" }
         files += plots
         let board = (results as NSString).appendingPathComponent("tensorboard")
@@ -119,6 +119,9 @@ public enum RunExport {
             try writeFileAtomically(model, to: (tmp as NSString).appendingPathComponent("model.safetensors"))
             try writeFileAtomically(try jsonData(published, pretty: true), to: (tmp as NSString).appendingPathComponent("config.json"))
             try writeFileAtomically(Data(modelCard(name: name, runConfig: runConfig, metrics: metrics).utf8), to: (tmp as NSString).appendingPathComponent("README.md"))
+            if let c = fm.contents(atPath: (results as NSString).appendingPathComponent("calibration.json")) {
+                try writeFileAtomically(c, to: (tmp as NSString).appendingPathComponent("calibration.json"))
+            }
             if fm.fileExists(atPath: dir) { try fm.removeItem(atPath: dir) }  // an empty folder
             guard rename(tmp, dir) == 0 else { throw DatasetError(path: dir, reason: "cannot rename \(tmp) to it: \(String(cString: strerror(errno)))") }
         } catch {
@@ -149,6 +152,17 @@ public enum RunExport {
         for k in BinaryMetrics.names {
             if let v = test[k] as? Double { lines.append(String(format: "| test | %@ | %.4f |", k, v)) }
         }
+        var temperature: String?
+        if let c = metrics["calibration"] as? [String: Any], let t = c["temperature"] as? Double {
+            temperature = String(format: "%.6g", t)
+            lines += ["", "## Calibration", "",
+                      "Temperature scaling fitted on the validation split: T = \(temperature!) (`calibration.json`; p = sigmoid(logit / T)). "
+                      + "It keeps the ranking and the decisions at 0.5 and changes what the probabilities claim."]
+            if let test = c["test"] as? [String: Double], let a = test["ece"], let b = test["ece_calibrated"], let x = test["brier"], let y = test["brier_calibrated"] {
+                lines += ["", "| test | at T = 1 | at T |", "|---|---|---|",
+                          String(format: "| ECE | %.4f | %.4f |", a, b), String(format: "| Brier | %.4f | %.4f |", x, y)]
+            }
+        }
         lines += ["", "## Config", "", "| field | value |", "|---|---|"]
         if let m = runConfig["model"] as? [String: Any] {
             for k in m.keys.sorted() { lines.append("| `\(k)` | \(jsonText(m[k]!)) |") }
@@ -156,11 +170,12 @@ public enum RunExport {
         for k in ["batch_size", "world_size", "accumulation_steps", "num_epochs", "learning_rate", "weight_decay", "seed", "precision", "pretrained"] {
             if let v = runConfig[k], !(v is NSNull) { lines.append("| `\(k)` | \(jsonText(v)) |") }
         }
-        lines += ["", "## Use", "", "```sh", "radar predict --checkpoint hf-hub:ORG/NAME face.png        # this repository's id",
-                  "radar evaluate --checkpoint hf-hub:ORG/NAME --data DATASET --split test", "```", "",
-                  "`model.safetensors` holds the weights by the PyTorch reference's names (the config in its metadata as `radar_config`):",
-                  "", "```python", "from safetensors.torch import load_file",
-                  "model.load_state_dict(load_file(\"model.safetensors\"), strict=True)  # model = the reference RADAR(**config[\"model\"])", "```", ""]
+        lines += ["", "## Use", "", "```sh", "radar predict --checkpoint hf-hub:ORG/NAME face.png        # this repository's id"]
+            + (temperature.map { ["radar predict --checkpoint hf-hub:ORG/NAME --temperature \($0) face.png   # calibrated"] } ?? [])
+            + ["radar evaluate --checkpoint hf-hub:ORG/NAME --data DATASET --split test", "```", "",
+               "`model.safetensors` holds the weights by the PyTorch reference's names (the config in its metadata as `radar_config`):",
+               "", "```python", "from safetensors.torch import load_file",
+               "model.load_state_dict(load_file(\"model.safetensors\"), strict=True)  # model = the reference RADAR(**config[\"model\"])", "```", ""]
         return lines.joined(separator: "\n")
     }
 
