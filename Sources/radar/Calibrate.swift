@@ -33,10 +33,10 @@ struct Calibrate: ParsableCommand {
             if let output { try requireWritableFile(output, flag: "--output", expected: "a file name (FILE.json)") }
             let set = try ShardSet(directory: data)
             if let n = set.indexNote { logLine(n) }
-            let (_, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
+            let (_, _, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             let sp = Split(rawValue: split)!
             if sp == .test { logLine("radar calibrate: warning: fitting on the test split: its calibration figures will look better than they are") }
-            let rows = try SplitScoring(set: set, split: sp, trainer: trainer, ctx: ctx, batchSize: batchSize, device: device).run(nil)
+            let rows = try SplitScoring(set: set, trainer: trainer, batchSize: batchSize, device: device).run(set.refs(sp), progress: "calibrate")
             guard !rows.isEmpty else { throw ValidationError("\(data): the \(split) split is empty") }
             let logits = rows.map(\.explanation.logit), labels = rows.map(\.label), probs = rows.map(\.explanation.probability)
             let sequences = rows.map(\.sequence)
@@ -46,8 +46,8 @@ struct Calibrate: ParsableCommand {
             }
             if fit.atBound { logLine("radar calibrate: warning: the best fit lies beyond \(TemperatureScaling.range): \(fit.temperature) is its bound") }
             let scaled = zip(logits, probs).map { TemperatureScaling.probability(logit: $0, modelProbability: $1, temperature: fit.temperature) }
-            let before = BinaryMetrics.all(scores: probs, labels: labels, sequences: sequences)
-            let after = BinaryMetrics.all(scores: scaled, labels: labels, sequences: sequences)
+            let before = BinaryMetrics.all(scores: probs, labels: labels, sequences: sequences, logits: logits)
+            let after = BinaryMetrics.all(scores: scaled, labels: labels, sequences: sequences, logits: logits, temperature: fit.temperature)
             var doc = fit.json
             doc["fitted_on"] = split
             doc["checkpoint"] = checkpoint

@@ -51,17 +51,17 @@ struct Evaluate: ParsableCommand {
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             let sp = Split(rawValue: split)!
             let c = model.config
-            let scoring = SplitScoring(set: set, split: sp, trainer: trainer, ctx: ctx, batchSize: batchSize, device: device)
+            let scoring = SplitScoring(set: set, trainer: trainer, batchSize: batchSize, device: device)
             let temperature = try self.temperature.map { try TemperatureScaling.resolve($0) } ?? 1
             var csv = "perturbation,key,sequence,label,probability,boundary,frequency,reasoning,external,attention_boundary,attention_frequency,logit\n"
             // One pass over the split: the model's metrics and each head's.
             func pass(_ perturbation: Perturbation?) throws -> [String: Any] {
-                var scores: [Float] = [], labels: [Int] = [], seqs: [String] = []
+                var scores: [Float] = [], logits: [Float] = [], labels: [Int] = [], seqs: [String] = []
                 var heads = HeadMetrics(useBadm: c.useBadm, useAadm: c.useAadm)
-                for r in try scoring.run(perturbation) {
+                for r in try scoring.run(set.refs(sp), perturbation: perturbation, progress: perturbation.map { "evaluate \($0)" } ?? "evaluate") {
                     let e = r.explanation
                     let p = TemperatureScaling.probability(logit: e.logit, modelProbability: e.probability, temperature: temperature)
-                    scores.append(p); labels.append(r.label); seqs.append(r.sequence)
+                    scores.append(p); logits.append(e.logit); labels.append(r.label); seqs.append(r.sequence)
                     heads.append(e)
                     if predictions != nil {
                         let last = e.attention.last ?? [.nan, .nan]
@@ -72,7 +72,7 @@ struct Evaluate: ParsableCommand {
                 }
                 guard !scores.isEmpty else { throw ValidationError("\(data): the \(split) split is empty") }
                 var out: [String: Any] = ["images": scores.count]
-                for (k, v) in BinaryMetrics.all(scores: scores, labels: labels, sequences: seqs) { out[k] = v }
+                for (k, v) in BinaryMetrics.all(scores: scores, labels: labels, sequences: seqs, logits: logits, temperature: temperature) { out[k] = v }
                 for (k, v) in heads.report(labels: labels, sequences: seqs) { out[k] = v }
                 if bootstrap > 0, let b = SequenceBootstrap.run(scores: scores, labels: labels, sequences: seqs, replicates: bootstrap, seed: bootstrapSeed) {
                     out["bootstrap"] = b.json
@@ -103,37 +103,13 @@ struct Evaluate: ParsableCommand {
     }
 }
 
-/// One eval-mode pass over a split of a prepared dataset, in the split's order: each image's key,
-/// sequence, label and explanation (`radar evaluate`, `radar calibrate`).
-struct SplitScoring {
-    let set: ShardSet, split: Split, trainer: Trainer, ctx: ExecutionContext, batchSize: Int, device: String?
-
+extension SplitScoring {
     static let temperatureHelp = "Divide the model's final logit by this temperature before the sigmoid (temperature scaling: the same ranking and decisions, calibrated probabilities): a number, or radar calibrate's JSON output (a run's calibration.json)."
 
-    struct Row {
-        let key: String, sequence: String, label: Int
-        let explanation: Explanation
-    }
-
-    func run(_ perturbation: Perturbation?) throws -> [Row] {
-        let c = trainer.model.config
-        let input = DeviceTensor(ctx.backend, Shape(batchSize, 3, c.imgSize, c.imgSize))
-        let loader = StreamingLoader(set: set, refs: set.refs(split), batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
-                                     augment: false, seed: 0, epoch: 0,
-                                     threads: Devices.defaultLoaderThreads(device: device ?? Devices.defaultName, localRanks: 1), dropLast: false,
-                                     perturbation: perturbation)
-        let bar = ProgressReporter(perturbation.map { "evaluate \($0)" } ?? "evaluate", total: loader.batchCount, unit: "batch")
-        var rows: [Row] = []
-        while let b = try loader.next() {
-            let view = input.tensor.slice(from: 0, Shape(b.labels.count, 3, c.imgSize, c.imgSize))
-            ctx.backend.upload(UnsafeBufferPointer(rebasing: b.images.buffer[0..<view.count]), into: view)
-            // The forward's small outputs with the probabilities: each head's metrics too.
-            for (j, e) in try trainer.explain(images: view).enumerated() {
-                rows.append(Row(key: b.keys[j], sequence: b.sequences[j], label: Int(b.labels[j]), explanation: e))
-            }
-            bar.update(b.index + 1)
-        }
-        return rows
+    /// A split on this process (`radar evaluate`, `radar calibrate`).
+    init(set: ShardSet, trainer: Trainer, batchSize: Int, device: String?) {
+        self.init(set: set, trainer: trainer, batchSize: batchSize,
+                  loaderThreads: Devices.defaultLoaderThreads(device: device ?? Devices.defaultName, localRanks: 1))
     }
 }
 

@@ -23,14 +23,20 @@ final class TemperatureScalingTests: XCTestCase {
             let fit = try TemperatureScaling.fit(logits: logits, labels: labels)
             let expected = c["temperature"] as! Double
             XCTAssertEqual(fit.temperature, expected, accuracy: 1e-6 * expected, "case \(i)")
-            XCTAssertEqual(fit.nllBefore, c["nll_before"] as! Double, accuracy: 1e-9, "case \(i)")
-            XCTAssertEqual(fit.nllAfter, c["nll_after"] as! Double, accuracy: 1e-9, "case \(i)")
-            XCTAssertLessThanOrEqual(fit.nllAfter, fit.nllBefore, "case \(i): the fit cannot be worse than T = 1")
+            XCTAssertEqual(fit.logLossBefore, c["log_loss_before"] as! Double, accuracy: 1e-9, "case \(i)")
+            XCTAssertEqual(fit.logLossAfter, c["log_loss_after"] as! Double, accuracy: 1e-9, "case \(i)")
+            XCTAssertLessThanOrEqual(fit.logLossAfter, fit.logLossBefore, "case \(i): the fit cannot be worse than T = 1")
+            // The metrics' log_loss (validation, test, radar evaluate) is the same function.
+            let probs = logits.map { Float(1 / (1 + exp(-Double($0)))) }, seqs = labels.indices.map { "s\($0)" }
+            XCTAssertEqual(BinaryMetrics.all(scores: probs, labels: labels, sequences: seqs, logits: logits)["log_loss"]!, c["log_loss_before"] as! Double, accuracy: 1e-9)
+            XCTAssertEqual(BinaryMetrics.all(scores: probs, labels: labels, sequences: seqs, logits: logits, temperature: expected)["log_loss"]!,
+                           c["log_loss_after"] as! Double, accuracy: 1e-9)
+            XCTAssertNil(BinaryMetrics.all(scores: probs, labels: labels, sequences: seqs)["log_loss"], "only from logits")
             XCTAssertFalse(fit.atBound)
             XCTAssertEqual(fit.images, logits.count)
             // The optimum: the loss is higher a little either side.
             for f in [0.999, 1.001] {
-                XCTAssertGreaterThan(TemperatureScaling.logLoss(logits: logits, labels: labels, temperature: fit.temperature * f), fit.nllAfter, "case \(i) x\(f)")
+                XCTAssertGreaterThan(TemperatureScaling.logLoss(logits: logits, labels: labels, temperature: fit.temperature * f), fit.logLossAfter, "case \(i) x\(f)")
             }
             seen.append(fit.temperature)
         }

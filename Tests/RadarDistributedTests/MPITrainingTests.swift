@@ -469,6 +469,8 @@ final class DemoPipelineTests: XCTestCase {
         for k in ["auc", "accuracy", "eer", "average_precision", "sequence_auc"] {
             XCTAssertEqual(gathered[k] as? Double, single[k] as? Double, "\(k): 2 ranks gathered vs one process")
         }
+        XCTAssertEqual(gathered["log_loss"] as! Double, single["log_loss"] as! Double, accuracy: 1e-6, "from the logits, 2 ranks at batch 8 vs one process at 32")
+        XCTAssertTrue(((metrics["history"] as! [String: Any])["val_metrics"] as! [[String: Double]]).allSatisfy { ($0["log_loss"] ?? .nan) > 0 }, "every epoch's validation log loss")
         XCTAssertEqual((listed[0]["test_metrics"] as? [String: Double])?["auc"], gathered["auc"] as? Double)
         // Each head's metrics, the gate, the attention per class.
         let heads = single["heads"] as! [String: [String: Any]]
@@ -553,7 +555,7 @@ final class DemoPipelineTests: XCTestCase {
         let fitted = try JSONSerialization.jsonObject(with: Data(try run([bin.appendingPathComponent("radar").path, "calibrate", "--checkpoint", root + "/outputs/demo",
                                                                            "--data", root + "/data", "--threads", "1", "--output", root + "/calibration.json"]).utf8)) as! [String: Any]
         XCTAssertEqual(fitted["temperature"] as! Double, runT, accuracy: 1e-6 * runT, "one process vs 2 ranks gathered")
-        XCTAssertLessThanOrEqual(fitted["nll_after"] as! Double, fitted["nll_before"] as! Double)
+        XCTAssertLessThanOrEqual(fitted["log_loss_after"] as! Double, fitted["log_loss_before"] as! Double)
         XCTAssertEqual(try TemperatureScaling.resolve(root + "/calibration.json"), fitted["temperature"] as! Double, accuracy: 1e-15)
         let scaledText = try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
                                   "--data", root + "/data", "--split", "test", "--threads", "1",
@@ -564,6 +566,8 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertEqual(runTest["ece"]!, single["ece"] as! Double, accuracy: 1e-6, "2 ranks at batch 8 vs one process at 32")
         XCTAssertEqual(scaled["ece"] as! Double, runTest["ece_calibrated"]!, accuracy: 1e-6, scaledText)
         XCTAssertEqual(scaled["brier"] as! Double, runTest["brier_calibrated"]!, accuracy: 1e-6, scaledText)
+        XCTAssertEqual(scaled["log_loss"] as! Double, runTest["log_loss_calibrated"]!, accuracy: 1e-6, scaledText)
+        XCTAssertEqual(runTest["log_loss"]!, gathered["log_loss"] as! Double)
         XCTAssertEqual(scaled["accuracy"] as? Double, single["accuracy"] as? Double)
         XCTAssertEqual(scaled["auc"] as! Double, single["auc"] as! Double, accuracy: 1e-3, "the same order (float32 may round close ones together)")
         // The CSV's logit column is what the scaled probability came from.

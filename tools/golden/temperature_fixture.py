@@ -35,8 +35,8 @@ def main():
         cases.append({
             "logits": [float(v) for v in logits], "labels": [int(v) for v in labels],
             "temperature": 1 / beta,
-            "nll_before": float(log_loss(labels, 1 / (1 + np.exp(-z)), labels=[0, 1])),
-            "nll_after": float(log_loss(labels, 1 / (1 + np.exp(-beta * z)), labels=[0, 1])),
+            "log_loss_before": float(log_loss(labels, 1 / (1 + np.exp(-z)), labels=[0, 1])),
+            "log_loss_after": float(log_loss(labels, 1 / (1 + np.exp(-beta * z)), labels=[0, 1])),
         })
     with open(OUT, "w") as f:
         json.dump({"sklearn": sklearn.__version__, "cases": cases}, f)

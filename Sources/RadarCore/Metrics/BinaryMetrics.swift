@@ -148,10 +148,20 @@ public enum BinaryMetrics {
     }
 
     /// The names `all` gives, in the order reports list them.
-    public static let names = ["auc", "accuracy", "eer", "average_precision", "sequence_auc", "ece", "brier"]
+    public static let names = ["auc", "accuracy", "eer", "average_precision", "sequence_auc", "ece", "brier", "log_loss"]
 
-    /// All of the above as a dictionary (metrics.json's names); missing values are NaN.
-    public static func all(scores: [Float], labels: [Int], sequences: [String]) -> [String: Double] {
+    /// All of the above as a dictionary (metrics.json's names); missing values are NaN. With the
+    /// final logits the scores came from, also `log_loss` (mean binary cross-entropy in nats,
+    /// from the logits divided by `temperature`: exact where float32 probabilities round to 0 or 1).
+    public static func all(scores: [Float], labels: [Int], sequences: [String], logits: [Float]? = nil, temperature: Double = 1) -> [String: Double] {
+        var m = all(scores: scores, labels: labels, sequences: sequences)
+        if let logits, !labels.isEmpty {
+            m["log_loss"] = TemperatureScaling.logLoss(logits: logits, labels: labels, temperature: temperature)
+        }
+        return m
+    }
+
+    static func all(scores: [Float], labels: [Int], sequences: [String]) -> [String: Double] {
         ["auc": rocAUC(scores: scores, labels: labels) ?? .nan,
          "accuracy": accuracy(scores: scores, labels: labels),
          "eer": equalErrorRate(scores: scores, labels: labels) ?? .nan,

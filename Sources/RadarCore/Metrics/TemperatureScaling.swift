@@ -19,7 +19,7 @@ public enum TemperatureScaling {
     public struct Fit: Sendable, Equatable {
         public let temperature: Double
         /// Mean log loss (natural log) at T = 1 and at the fitted T.
-        public let nllBefore: Double, nllAfter: Double
+        public let logLossBefore: Double, logLossAfter: Double
         /// The optimum lies beyond `range`: T is the bound it stopped at.
         public let atBound: Bool
         public let images: Int
@@ -70,7 +70,7 @@ public enum TemperatureScaling {
                 beta = next
             }
         }
-        return Fit(temperature: 1 / beta, nllBefore: logLoss(z, y, beta: 1), nllAfter: logLoss(z, y, beta: beta),
+        return Fit(temperature: 1 / beta, logLossBefore: logLoss(z, y, beta: 1), logLossAfter: logLoss(z, y, beta: beta),
                    atBound: atBound, images: logits.count)
     }
 
@@ -139,6 +139,6 @@ private func describeJSON(_ v: Any) -> String {
 extension TemperatureScaling.Fit {
     /// `radar calibrate`'s document and a run's `calibration.json` (what `--temperature FILE` reads).
     public var json: [String: Any] {
-        ["temperature": temperature, "nll_before": nllBefore, "nll_after": nllAfter, "at_bound": atBound, "images": images]
+        ["temperature": temperature, "log_loss_before": logLossBefore, "log_loss_after": logLossAfter, "at_bound": atBound, "images": images]
     }
 }

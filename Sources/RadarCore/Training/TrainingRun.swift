@@ -199,9 +199,6 @@ public final class TrainingRun {
         let all = set.refs(split)
         let size = options.worldSize, rank = options.rank
         let mine = stride(from: rank, to: all.count, by: size).map { all[$0] }
-        let loader = StreamingLoader(set: set, refs: mine, batchSize: options.batchSize, size: c.imgSize, mean: c.mean,
-                                     std: c.std, augment: false, seed: options.seed, epoch: 0, threads: options.loaderThreads,
-                                     dropLast: false, perturbation: perturbation)
         var myScores: [Float] = [], myLogits: [Float] = [], labels: [Int] = [], seqs: [String] = []
         var heads = HeadMetrics(useBadm: c.useBadm, useAadm: c.useAadm)
         // Per image what the heads need after a gather: probability, boundary, frequency,
@@ -209,14 +206,14 @@ public final class TrainingRun {
         // (temperature scaling).
         let width = 9
         var rows: [Float] = []
-        while let b = try loader.next() {
-            try JobAbort.check()
-            for (j, e) in try trainer.explain(images: upload(b).images).enumerated() {
-                myScores.append(e.probability); myLogits.append(e.logit); labels.append(Int(b.labels[j])); seqs.append(b.sequences[j])
-                heads.append(e)
-                let last = e.attention.last ?? [.nan, .nan]
-                rows += [e.probability, e.boundary ?? .nan, e.frequency ?? .nan, e.reasoning, e.external, last[0], last[1], e.gate, e.logit]
-            }
+        let scoring = SplitScoring(set: set, trainer: trainer, batchSize: options.batchSize, loaderThreads: options.loaderThreads,
+                                   seed: options.seed, input: inputImages.tensor)
+        for r in try scoring.run(mine, perturbation: perturbation, beforeBatch: JobAbort.check) {
+            let e = r.explanation
+            myScores.append(e.probability); myLogits.append(e.logit); labels.append(r.label); seqs.append(r.sequence)
+            heads.append(e)
+            let last = e.attention.last ?? [.nan, .nan]
+            rows += [e.probability, e.boundary ?? .nan, e.frequency ?? .nan, e.reasoning, e.external, last[0], last[1], e.gate, e.logit]
         }
         guard size > 1 else { return (myScores, myLogits, labels, seqs, heads) }
         let per = (all.count + size - 1) / size
@@ -564,7 +561,7 @@ public final class TrainingRun {
         FaultInjection.point("validation")
         (p.history.partialEpochLoss, p.history.partialEpochBatches) = (nil, nil)
         let val = try evaluate(.val)
-        let m = BinaryMetrics.all(scores: val.scores, labels: val.labels, sequences: val.sequences)
+        let m = BinaryMetrics.all(scores: val.scores, labels: val.labels, sequences: val.sequences, logits: val.logits)
         let heads = val.heads.report(labels: val.labels, sequences: val.sequences)
         p.history.trainLoss.append(lossSum / Double(max(n, 1)))
         p.history.valAUC.append(m["auc"]!)
@@ -627,7 +624,7 @@ public final class TrainingRun {
         guard !set.refs(.test).isEmpty else { return }
         if best == nil { log("warning: no best checkpoint (validation AUC was never defined): test metrics use the last weights") }
         let test = try evaluate(.test)
-        history.testMetrics = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences)
+        history.testMetrics = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences, logits: test.logits)
         testHeads = test.heads.report(labels: test.labels, sequences: test.sequences)
         history.testCurve = BinaryMetrics.rocCurve(scores: test.scores, labels: test.labels)
         if !(history.testMetrics["auc"] ?? .nan).isFinite { log(undefinedAUCWarning(.test, scores: test.scores, labels: test.labels)) }
@@ -639,7 +636,7 @@ public final class TrainingRun {
         // --test-perturb: the same weights on degraded test images, one pass each.
         testPerturbations = try options.testPerturbations.map { p in
             let r = try evaluate(.test, perturbation: p)
-            let m = BinaryMetrics.all(scores: r.scores, labels: r.labels, sequences: r.sequences)
+            let m = BinaryMetrics.all(scores: r.scores, labels: r.labels, sequences: r.sequences, logits: r.logits)
             log("test \(p): auc \(fixed(m["auc"]!))  accuracy \(fixed(m["accuracy"]!))  eer \(fixed(m["eer"]!))")
             var out: [String: Any] = ["perturbation": p.description]
             for (k, v) in m { out[k] = v }
@@ -671,7 +668,7 @@ public final class TrainingRun {
         doc["fitted_on"] = "val"
         doc["weights"] = best == nil ? "last" : "best epoch \(history.bestEpoch + 1)"
         calibration = doc
-        log("calibration: temperature \(fixed(fit.temperature)) fitted on the validation split (log loss \(fixed(fit.nllBefore)) -> \(fixed(fit.nllAfter)))"
+        log("calibration: temperature \(fixed(fit.temperature)) fitted on the validation split (log loss \(fixed(fit.logLossBefore)) -> \(fixed(fit.logLossAfter)))"
             + (fit.atBound ? "; the best fit lies beyond \(TemperatureScaling.range), so this is its bound" : ""))
         if writes {
             try writeFileAtomically(try jsonData(doc, pretty: true), to: (options.experimentDirectory as NSString).appendingPathComponent("calibration.json"))
@@ -684,13 +681,13 @@ public final class TrainingRun {
     func calibrated(_ fit: TemperatureScaling.Fit, test: (scores: [Float], logits: [Float], labels: [Int], sequences: [String], heads: HeadMetrics)) -> [String: Any]? {
         var doc = calibration ?? fit.json
         let scaled = zip(test.logits, test.scores).map { TemperatureScaling.probability(logit: $0, modelProbability: $1, temperature: fit.temperature) }
-        let before = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences)
-        let after = BinaryMetrics.all(scores: scaled, labels: test.labels, sequences: test.sequences)
-        let nll = (TemperatureScaling.logLoss(logits: test.logits, labels: test.labels), TemperatureScaling.logLoss(logits: test.logits, labels: test.labels, temperature: fit.temperature))
-        doc["test"] = ["ece": before["ece"]!, "ece_calibrated": after["ece"]!, "brier": before["brier"]!, "brier_calibrated": after["brier"]!,
-                       "nll": nll.0, "nll_calibrated": nll.1]
+        let before = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences, logits: test.logits)
+        let after = BinaryMetrics.all(scores: scaled, labels: test.labels, sequences: test.sequences, logits: test.logits, temperature: fit.temperature)
+        var figures: [String: Double] = [:]
+        for k in ["ece", "brier", "log_loss"] { (figures[k], figures[k + "_calibrated"]) = (before[k]!, after[k]!) }
+        doc["test"] = figures
         log("calibration: test ece \(fixed(before["ece"]!)) -> \(fixed(after["ece"]!))  brier \(fixed(before["brier"]!)) -> \(fixed(after["brier"]!))  "
-            + "log loss \(fixed(nll.0)) -> \(fixed(nll.1)) at temperature \(fixed(fit.temperature))")
+            + "log loss \(fixed(before["log_loss"]!)) -> \(fixed(after["log_loss"]!)) at temperature \(fixed(fit.temperature))")
         return doc
     }
 
