@@ -69,6 +69,33 @@ final class DownloadTests: XCTestCase {
         XCTAssertEqual(server.requests.count, before, "nothing fetched")
         _ = listing
     }
+
+    /// A download says how far it is (a bar on a terminal; here the plain lines a log gets):
+    /// MiB done of the file's, the rate of this transfer, and, resumed, from where it stopped.
+    func testDownloadsShowTheirProgressInMiB() throws {
+        let server = try LocalHTTPServer()
+        defer { server.stop() }
+        let body = Data((0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        server.put("/weights.bin", body)
+        let hf = HuggingFaceDownloader(endpoint: server.base, token: nil, environment: [:])
+        var lines: [String] = []
+        (hf.progressLines, hf.progressInterval, hf.attempts) = ({ lines.append($0) }, 1e-9, 1)
+        server.cutNextBody(after: (2 << 20) + 5)
+        let dest = temporaryDirectory("hf-progress") + "/weights.bin"
+        func mib(_ l: String) -> Int { Int(l.dropFirst("download weights.bin: ".count).prefix { $0 != "/" }) ?? -1 }
+        XCTAssertThrowsError(try hf.downloadFile("\(server.base)/weights.bin", to: dest, expectedSize: body.count))
+        let first = lines
+        lines = []
+        try hf.downloadFile("\(server.base)/weights.bin", to: dest, expectedSize: body.count)
+        XCTAssertEqual(FileManager.default.contents(atPath: dest), body)
+        for l in first + lines {
+            XCTAssertTrue(l.hasPrefix("download weights.bin: ") && l.contains("/4 (") && l.contains(" MiB/s ETA "), l)
+        }
+        XCTAssertEqual(first.map(mib).first, 0, "\(first)")
+        XCTAssertEqual(first.map(mib).max(), 2, "cut after 2 MiB: \(first)")
+        XCTAssertEqual(lines.map(mib).first, 2, "resumed where it stopped: \(lines)")
+        XCTAssertEqual(lines.map(mib).max(), 3, "plain lines stop short of the whole file: \(lines)")
+    }
 }
 
 final class AugmentationTests: XCTestCase {

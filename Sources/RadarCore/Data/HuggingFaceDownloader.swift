@@ -19,6 +19,9 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
     public var initialBackoff: TimeInterval = 0.5
     public var timeout: TimeInterval = 60
     public var log: (String) -> Void = { _ in }
+    /// Each file's progress (a bar on a terminal, else a line every `RADAR_PROGRESS_SECONDS`):
+    /// where its lines go and how often (tests), as `ProgressReporter` has them.
+    public var progressLines: ((String) -> Void)?, progressInterval: Double?
     private var sizes: [String: Int] = [:]
 
     /// `endpoint`: a full resolve base URL, or a host; nil falls back to HF_ENDPOINT, then huggingface.co.
@@ -102,9 +105,15 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         let part = dest + partSuffix
         var lastError = ""
         var backoff = initialBackoff
+        // MiB of the file (a 15 GB WildDeepfake archive, an 88 MB ViT-S): shown where the size is known.
+        let bar = expectedSize.map { ProgressReporter("download " + (dest as NSString).lastPathComponent, total: max(1, $0 >> 20), unit: "MiB") }
+        if let bar, let progressLines { bar.lineSink = progressLines }
+        if let bar, let progressInterval { bar.logInterval = progressInterval }
         for attempt in 1...max(attempts, 1) {
             let have = (try? FileManager.default.attributesOfItem(atPath: part)[.size] as? Int) ?? 0
-            let result = transfer(url, appendingTo: part, from: have)
+            let result = transfer(url, appendingTo: part, from: have) { bytes in
+                bar?.update(min(bytes >> 20, bar!.total - 1), items: (bytes - have) >> 20)
+            }
             switch result {
             case .complete(let total):
                 let size = (try? FileManager.default.attributesOfItem(atPath: part)[.size] as? Int) ?? 0
@@ -117,6 +126,7 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
                         throw error
                     }
                     guard rename(part, dest) == 0 else { throw DownloadError(url: url, reason: "cannot rename to \(dest)") }
+                    bar?.update(bar!.total, items: (size - have) >> 20)  // a finished bar ends its line
                     return
                 }
             case .failed(let reason, let retry):
@@ -177,10 +187,11 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
     }
 
     /// Streams the body into `path`, asking for bytes from `offset` on (HTTP Range).
-    func transfer(_ url: String, appendingTo path: String, from offset: Int) -> Transfer {
+    func transfer(_ url: String, appendingTo path: String, from offset: Int, received: ((Int) -> Void)? = nil) -> Transfer {
         guard var req = request(url) else { return .failed("bad URL", retry: false) }
         if offset > 0 { req.setValue("bytes=\(offset)-", forHTTPHeaderField: "Range") }
         let sink = StreamSink(path: path, offset: offset)
+        sink.received = received
         let session = URLSession(configuration: .ephemeral, delegate: sink, delegateQueue: nil)
         defer { session.finishTasksAndInvalidate() }
         session.dataTask(with: req).resume()
@@ -205,6 +216,9 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         var total: Int?
         /// The write failed for want of space: what is downloaded is kept for the next run.
         var diskFull = false
+        /// Called with the file's size after each write (the progress bar).
+        var received: ((Int) -> Void)?
+        private var size = 0
 
         init(path: String, offset: Int) { self.path = path; self.offset = offset }
 
@@ -217,7 +231,7 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
                 if let cr = h.value(forHTTPHeaderField: "Content-Range"), let slash = cr.lastIndex(of: "/") { total = Int(cr[cr.index(after: slash)...]) }
                 if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
                 handle = FileHandle(forWritingAtPath: path)
-                _ = try? handle?.seekToEnd()
+                size = Int((try? handle?.seekToEnd()) ?? 0)
             case 200:
                 // The server ignored the range (or there was none): start over.
                 _ = FileManager.default.createFile(atPath: path, contents: nil)
@@ -236,7 +250,11 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         }
 
         func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
-            do { try handle?.write(contentsOf: data) } catch {
+            do {
+                try handle?.write(contentsOf: data)
+                size += data.count
+                received?(size)
+            } catch {
                 // The file and, on a full disk, how much is left to fetch against what is free
                 // (it said only "write failed: No space left on device", against the URL).
                 var text = "cannot write \(path): \(systemReason(error))"
