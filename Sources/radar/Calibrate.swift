@@ -21,8 +21,10 @@ struct Calibrate: ParsableCommand {
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N, cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
+    @Option(help: ArgumentHelp(stringLiteral: SplitScoring.ttaHelp + " Fit with the --tta that predict and evaluate will use.")) var tta: String?
 
     func validate() throws {
+        try SplitScoring.validate(tta: tta)
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
         try requireFlag(Split(rawValue: split) != nil, "split", "train, val or test", split)
@@ -36,7 +38,7 @@ struct Calibrate: ParsableCommand {
             let (_, _, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             let sp = Split(rawValue: split)!
             if sp == .test { logLine("radar calibrate: warning: fitting on the test split: its calibration figures will look better than they are") }
-            let rows = try SplitScoring(set: set, trainer: trainer, batchSize: batchSize, device: device).run(set.refs(sp), progress: "calibrate")
+            let rows = try SplitScoring(set: set, trainer: trainer, batchSize: batchSize, device: device, tta: tta).run(set.refs(sp), progress: "calibrate")
             guard !rows.isEmpty else { throw ValidationError("\(data): the \(split) split is empty") }
             let logits = rows.map(\.explanation.logit), labels = rows.map(\.label), probs = rows.map(\.explanation.probability)
             let sequences = rows.map(\.sequence)
@@ -51,6 +53,7 @@ struct Calibrate: ParsableCommand {
             var doc = fit.json
             doc["fitted_on"] = split
             doc["checkpoint"] = checkpoint
+            if let tta { doc["tta"] = tta }
             doc["ece_before"] = before["ece"]!
             doc["ece_after"] = after["ece"]!
             doc["brier_before"] = before["brier"]!

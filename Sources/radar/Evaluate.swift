@@ -30,8 +30,10 @@ struct Evaluate: ParsableCommand {
     var bootstrap = 0
     @Option(help: "The bootstrap's seed (the same seed and scores give the same intervals).") var bootstrapSeed: UInt64 = 0
     @Option(help: ArgumentHelp(stringLiteral: SplitScoring.temperatureHelp)) var temperature: String?
+    @Option(help: ArgumentHelp(stringLiteral: SplitScoring.ttaHelp)) var tta: String?
 
     func validate() throws {
+        try SplitScoring.validate(tta: tta)
         if let temperature { do { _ = try TemperatureScaling.resolve(temperature) } catch { throw ValidationError("\(error)") } }
         try requireFlag((0...100_000).contains(bootstrap), "bootstrap", "in 0...100000", bootstrap)
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
@@ -51,7 +53,7 @@ struct Evaluate: ParsableCommand {
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             let sp = Split(rawValue: split)!
             let c = model.config
-            let scoring = SplitScoring(set: set, trainer: trainer, batchSize: batchSize, device: device)
+            let scoring = SplitScoring(set: set, trainer: trainer, batchSize: batchSize, device: device, tta: tta)
             let temperature = try self.temperature.map { try TemperatureScaling.resolve($0) } ?? 1
             var csv = "perturbation,key,sequence,label,probability,boundary,frequency,reasoning,external,attention_boundary,attention_frequency,logit\n"
             // One pass over the split: the model's metrics and each head's.
@@ -86,6 +88,7 @@ struct Evaluate: ParsableCommand {
             out["checkpoint"] = checkpoint
             out["split"] = split
             if temperature != 1 { out["temperature"] = temperature }
+            if let tta { out["tta"] = tta }
             if !perturbations.isEmpty {
                 out["perturbations"] = try perturbations.map { text -> [String: Any] in
                     let p = try Perturbation(parsing: text)
@@ -106,10 +109,19 @@ struct Evaluate: ParsableCommand {
 extension SplitScoring {
     static let temperatureHelp = "Divide the model's final logit by this temperature before the sigmoid (temperature scaling: the same ranking and decisions, calibrated probabilities): a number, or radar calibrate's JSON output (a run's calibration.json)."
 
+    static let ttaHelp = "Test-time augmentation: flip (each image also mirrored left to right, the two views' final logits averaged, and each head's probability, the gate and the attention; twice the forward passes)."
+
     /// A split on this process (`radar evaluate`, `radar calibrate`).
-    init(set: ShardSet, trainer: Trainer, batchSize: Int, device: String?) {
+    init(set: ShardSet, trainer: Trainer, batchSize: Int, device: String?, tta: String?) {
         self.init(set: set, trainer: trainer, batchSize: batchSize,
-                  loaderThreads: Devices.defaultLoaderThreads(device: device ?? Devices.defaultName, localRanks: 1))
+                  loaderThreads: Devices.defaultLoaderThreads(device: device ?? Devices.defaultName, localRanks: 1), flip: tta == "flip")
+    }
+
+    /// `--tta`: nothing or one of `TestTimeFlip.names`.
+    static func validate(tta: String?) throws {
+        if let tta, !TestTimeFlip.names.contains(tta) {
+            throw ValidationError("--tta must be " + TestTimeFlip.names.joined(separator: " or ") + ", got \(tta)")
+        }
     }
 }
 
@@ -142,6 +154,7 @@ struct Predict: ParsableCommand {
     @Option(help: "Files larger than this many MiB are listed as unreadable, never read (as prepare skips them).")
     var maxImageMb = 64
     @Option(help: ArgumentHelp(stringLiteral: SplitScoring.temperatureHelp + " Occlusion drops are then differences of the scaled probabilities.")) var temperature: String?
+    @Option(help: ArgumentHelp(stringLiteral: SplitScoring.ttaHelp + " Not with --occlusion or --rollout (their maps are of one view).")) var tta: String?
     @Argument(help: "Images, or directories searched at any depth for .png/.jpg/.jpeg files (hidden ones left out).") var paths: [String]
 
     func validate() throws {
@@ -149,6 +162,8 @@ struct Predict: ParsableCommand {
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
         try requireFlag((1...4096).contains(maxImageMb), "max-image-mb", "in 1...4096", maxImageMb)
         if let temperature { do { _ = try TemperatureScaling.resolve(temperature) } catch { throw ValidationError("\(error)") } }
+        try SplitScoring.validate(tta: tta)
+        if tta != nil && (occlusion || rollout) { throw ValidationError("--tta with --\(occlusion ? "occlusion" : "rollout"): its map is of one view; leave out --tta") }
         if occlusionMaps != nil && !occlusion { throw ValidationError("--occlusion-maps needs --occlusion") }
         if rolloutMaps != nil && !rollout { throw ValidationError("--rollout-maps needs --rollout") }
         if let a = occlusionMaps, let b = rolloutMaps, (a as NSString).standardizingPath == (b as NSString).standardizingPath {
@@ -246,7 +261,10 @@ struct Predict: ParsableCommand {
                     let view = input.tensor.slice(from: 0, Shape(good.count, 3, c.imgSize, c.imgSize))
                     ctx.backend.upload(UnsafeBufferPointer(start: slots, count: good.count * per), into: view)
                     func forward() throws {
-                        if explain || temperature != 1 {  // the logits too
+                        if tta != nil {
+                            explained = try TestTimeFlip.explain(trainer, images: UnsafeBufferPointer(start: slots, count: good.count * per), view: view)
+                            for (k, e) in explained.enumerated() { probs[k] = scaled(e) }
+                        } else if explain || temperature != 1 {  // the logits too
                             explained = try trainer.explain(images: view)
                             for (k, e) in explained.enumerated() { probs[k] = scaled(e) }
                         } else {
@@ -333,6 +351,7 @@ struct Predict: ParsableCommand {
             if json {
                 var doc: [String: Any] = ["checkpoint": checkpoint, "images": predictions.count, "predictions": predictions, "unreadable": failures]
                 if temperature != 1 { doc["temperature"] = temperature }
+                if let tta { doc["tta"] = tta }
                 if byFolder { doc["folders"] = verdicts.map { ["path": $0.0, "images": $0.1, "probability_fake": $0.2, "label": $0.3] as [String: Any] } }
                 printJSON(doc)
             } else {

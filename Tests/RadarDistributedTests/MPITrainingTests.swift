@@ -568,6 +568,12 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertEqual(scaled["brier"] as! Double, runTest["brier_calibrated"]!, accuracy: 1e-6, scaledText)
         XCTAssertEqual(scaled["log_loss"] as! Double, runTest["log_loss_calibrated"]!, accuracy: 1e-6, scaledText)
         XCTAssertEqual(runTest["log_loss"]!, gathered["log_loss"] as! Double)
+        // --tta flip on the split: every image once, the views merged (another log loss).
+        let ttaEval = try JSONSerialization.jsonObject(with: Data(try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo",
+                                                                           "--data", root + "/data", "--split", "test", "--threads", "1", "--tta", "flip"]).utf8)) as! [String: Any]
+        XCTAssertEqual(ttaEval["tta"] as? String, "flip")
+        XCTAssertEqual(ttaEval["images"] as? Int, single["images"] as? Int)
+        XCTAssertNotEqual(ttaEval["log_loss"] as? Double, single["log_loss"] as? Double)
         XCTAssertEqual(scaled["accuracy"] as? Double, single["accuracy"] as? Double)
         XCTAssertEqual(scaled["auc"] as! Double, single["auc"] as! Double, accuracy: 1e-3, "the same order (float32 may round close ones together)")
         // The CSV's logit column is what the scaled probability came from.
@@ -646,6 +652,30 @@ final class DemoPipelineTests: XCTestCase {
             XCTAssertEqual(1 / (1 + exp(-Double(z))), prob, accuracy: 1e-6, "the logit is the probability's")
             XCTAssertEqual(Float(p["probability_fake"] as! Double), Float(1 / (1 + exp(-Double(z) / 2.5))), hotJSON)
             XCTAssertEqual(p["label"] as? String, q["label"] as? String, "the same decision")
+        }
+        // --tta flip: the final logit is the mean of the image's and of its mirror image's (the
+        // mirror made here in pixel space, written as a PNG and predicted on its own).
+        let mirrors = root + "/mirrors"
+        try FileManager.default.createDirectory(atPath: mirrors, withIntermediateDirectories: true)
+        for i in 0..<3 {
+            var m = try ImageCodec.decode(try Data(contentsOf: URL(fileURLWithPath: imgs + "/f\(i).png")), item: "f\(i)")
+            let src = m.pixels
+            for y in 0..<m.height { for x in 0..<m.width { for ch in 0..<3 { m.pixels[(y * m.width + x) * 3 + ch] = src[(y * m.width + m.width - 1 - x) * 3 + ch] } } }
+            try ImageCodec.encodePNG(m).write(to: URL(fileURLWithPath: mirrors + "/f\(i).png"))
+        }
+        func predictions(_ extra: [String], _ files: [String]) throws -> [[String: Any]] {
+            let text = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1", "--json"] + extra + files)
+            return (try JSONSerialization.jsonObject(with: Data(text.utf8)) as! [String: Any])["predictions"] as! [[String: Any]]
+        }
+        let originals = (0..<3).map { imgs + "/f\($0).png" }
+        let plainLogits = try predictions(["--explain"], originals).map { ($0["explanation"] as! [String: Any])["logit"] as! Double }
+        let mirrorLogits = try predictions(["--explain"], (0..<3).map { mirrors + "/f\($0).png" }).map { ($0["explanation"] as! [String: Any])["logit"] as! Double }
+        let flipped = try predictions(["--tta", "flip", "--explain"], originals)
+        for i in 0..<3 {
+            let e = flipped[i]["explanation"] as! [String: Any]
+            XCTAssertEqual(e["logit"] as! Double, (plainLogits[i] + mirrorLogits[i]) / 2, accuracy: 1e-5, "image \(i)")
+            XCTAssertEqual(flipped[i]["probability_fake"] as! Double, 1 / (1 + exp(-(e["logit"] as! Double))), accuracy: 1e-6)
+            XCTAssertNotEqual(plainLogits[i], mirrorLogits[i], "the mirror is another input")
         }
         let explainedText = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
                                      "--threads", "1", "--explain", imgs + "/f0.png", imgs]).split(separator: "\n")

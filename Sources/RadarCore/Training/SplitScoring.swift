@@ -15,9 +15,11 @@ public struct SplitScoring {
     /// (batchSize, 3, size, size) on the device, where the caller keeps one (a run's input
     /// batch); else one is allocated per pass.
     public let input: Tensor?
+    /// Each image also mirrored, the two views merged (`TestTimeFlip`).
+    public let flip: Bool
 
-    public init(set: ShardSet, trainer: Trainer, batchSize: Int, loaderThreads: Int, seed: UInt64 = 0, input: Tensor? = nil) {
-        (self.set, self.trainer, self.batchSize, self.loaderThreads, self.seed, self.input) = (set, trainer, batchSize, loaderThreads, seed, input)
+    public init(set: ShardSet, trainer: Trainer, batchSize: Int, loaderThreads: Int, seed: UInt64 = 0, input: Tensor? = nil, flip: Bool = false) {
+        (self.set, self.trainer, self.batchSize, self.loaderThreads, self.seed, self.input, self.flip) = (set, trainer, batchSize, loaderThreads, seed, input, flip)
     }
 
     /// `progress`: the label of a progress bar (nil: none); `beforeBatch` runs before each batch
@@ -35,8 +37,15 @@ public struct SplitScoring {
         while let b = try loader.next() {
             try beforeBatch()
             let view = input.slice(from: 0, Shape(b.labels.count, 3, c.imgSize, c.imgSize))
-            ctx.backend.upload(UnsafeBufferPointer(rebasing: b.images.buffer[0..<view.count]), into: view)
-            for (j, e) in try trainer.explain(images: view).enumerated() {
+            let host = UnsafeBufferPointer(rebasing: b.images.buffer[0..<view.count])
+            let explained: [Explanation]
+            if flip {
+                explained = try TestTimeFlip.explain(trainer, images: host, view: view)
+            } else {
+                ctx.backend.upload(host, into: view)
+                explained = try trainer.explain(images: view)
+            }
+            for (j, e) in explained.enumerated() {
                 rows.append(Row(key: b.keys[j], sequence: b.sequences[j], label: Int(b.labels[j]), explanation: e))
             }
             bar?.update(b.index + 1)
