@@ -570,10 +570,31 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertEqual(runTest["log_loss"]!, gathered["log_loss"] as! Double)
         // --tta flip on the split: every image once, the views merged (another log loss).
         let ttaEval = try JSONSerialization.jsonObject(with: Data(try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo",
-                                                                           "--data", root + "/data", "--split", "test", "--threads", "1", "--tta", "flip"]).utf8)) as! [String: Any]
+                                                                           "--data", root + "/data", "--split", "test", "--threads", "1", "--tta", "flip",
+                                                                           "--predictions", root + "/tta.csv"]).utf8)) as! [String: Any]
         XCTAssertEqual(ttaEval["tta"] as? String, "flip")
         XCTAssertEqual(ttaEval["images"] as? Int, single["images"] as? Int)
         XCTAssertNotEqual(ttaEval["log_loss"] as? Double, single["log_loss"] as? Double)
+        // radar compare: the clean model (A) against its flip TTA (B) from their CSVs, each
+        // metric as evaluate gave it; a temperature changes no AUC (difference 0, p-value 1).
+        let compared = try JSONSerialization.jsonObject(with: Data(try run([bin.appendingPathComponent("radar").path, "compare", root + "/predictions.csv",
+                                                                             root + "/tta.csv", "--bootstrap", "200"]).utf8)) as! [String: Any]
+        XCTAssertEqual(compared["images"] as? Int, single["images"] as? Int)
+        let cmp = compared["bootstrap"] as! [String: Any]
+        for (k, d) in ["auc": cmp["auc"], "eer": cmp["eer"], "accuracy": cmp["accuracy"]] {
+            let d = d as! [String: Any]
+            XCTAssertEqual(d["a"] as? Double, single[k] as? Double, k); XCTAssertEqual(d["b"] as? Double, ttaEval[k] as? Double, k)
+            let ci = d["interval"] as! [Double], p = d["p_value"] as! Double
+            XCTAssertTrue(ci[0] <= ci[1] && (0...1).contains(p), "\(k): \(d)")
+        }
+        let sameOrder = (try JSONSerialization.jsonObject(with: Data(try run([bin.appendingPathComponent("radar").path, "compare", root + "/predictions.csv",
+                                                                               root + "/scaled.csv", "--bootstrap", "50"]).utf8)) as! [String: Any])["bootstrap"] as! [String: Any]
+        XCTAssertEqual((sameOrder["auc"] as! [String: Any])["p_value"] as? Double, 1)
+        XCTAssertEqual((sameOrder["auc"] as! [String: Any])["difference"] as? Double, 0)
+        let (mrc, mout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "compare", root + "/predictions.csv", root + "/tta.csv",
+                                                 "--perturbation", "jpeg:40"])
+        XCTAssertEqual(mrc, 1)
+        XCTAssertEqual(mout, "radar: error: \(root)/tta.csv: no pass jpeg:40 (its passes: clean)\n")
         XCTAssertEqual(scaled["accuracy"] as? Double, single["accuracy"] as? Double)
         XCTAssertEqual(scaled["auc"] as! Double, single["auc"] as! Double, accuracy: 1e-3, "the same order (float32 may round close ones together)")
         // The CSV's logit column is what the scaled probability came from.

@@ -81,3 +81,64 @@ public enum SequenceBootstrap {
         return Result(replicates: replicates, skipped: metrics.count - kept.count, seed: seed, intervals: intervals)
     }
 }
+
+/// Is detector B better than detector A on the same images (`radar compare`)? Both are scored on
+/// the same bootstrap replicates (each draws the split's sequences with replacement and takes
+/// all their frames, as `SequenceBootstrap`), so the replicates' differences B - A carry the
+/// correlation between the two: the test is paired. For each of AUC, accuracy and EER: the point
+/// difference, the 95% percentile interval of the replicates' differences, and a two-sided
+/// p-value from z = difference / sd(replicate differences) (ddof 1), p = erfc(|z| / sqrt 2): the
+/// statistic of pROC's `roc.test(method = "bootstrap")`, here over sequences, not frames.
+public enum PairedSequenceBootstrap {
+    public struct Difference: Sendable, Equatable {
+        public let a: Double, b: Double
+        /// b - a, and the interval and p-value of the replicates' differences.
+        public let difference: Double, low: Double, high: Double, pValue: Double
+    }
+
+    public struct Result: Sendable {
+        public let replicates: Int, skipped: Int, seed: UInt64
+        /// auc, accuracy, eer.
+        public let metrics: [String: Difference]
+
+        public var json: [String: Any] {
+            var out: [String: Any] = ["replicates": replicates, "skipped": skipped, "seed": NSNumber(value: seed), "resampled": "sequences", "level": 0.95]
+            for (k, d) in metrics {
+                out[k] = ["a": d.a, "b": d.b, "difference": d.difference, "interval": [d.low, d.high], "p_value": d.pValue] as [String: Any]
+            }
+            return out
+        }
+    }
+
+    /// nil without scores, with a NaN score, or with one class (no AUC to compare).
+    public static func run(a: [Float], b: [Float], labels: [Int], sequences: [String], replicates: Int, seed: UInt64) -> Result? {
+        precondition(a.count == b.count && a.count == labels.count && a.count == sequences.count, "\(a.count), \(b.count) scores for \(labels.count) labels")
+        guard !a.isEmpty, !a.contains(where: \.isNaN), !b.contains(where: \.isNaN), BinaryMetrics.rocAUC(scores: a, labels: labels) != nil else { return nil }
+        let draws = SequenceBootstrap.draws(sequenceCount: Set(sequences).count, replicates: replicates, seed: seed)
+        let ra = SequenceBootstrap.replicateMetrics(scores: a, labels: labels, sequences: sequences, draws: draws)
+        let rb = SequenceBootstrap.replicateMetrics(scores: b, labels: labels, sequences: sequences, draws: draws)
+        let pairs = zip(ra, rb).compactMap { x, y in x.flatMap { x in y.map { (x, $0) } } }
+        let point = { (s: [Float]) -> [String: Double] in
+            ["auc": BinaryMetrics.rocAUC(scores: s, labels: labels) ?? .nan, "accuracy": BinaryMetrics.accuracy(scores: s, labels: labels),
+             "eer": BinaryMetrics.equalErrorRate(scores: s, labels: labels) ?? .nan]
+        }
+        let (pa, pb) = (point(a), point(b))
+        var metrics: [String: Difference] = [:]
+        for k in ["auc", "accuracy", "eer"] {
+            let d = pairs.compactMap { x, y -> Double? in
+                guard let u = x[k], let v = y[k], u.isFinite, v.isFinite else { return nil }
+                return v - u
+            }
+            let observed = pb[k]! - pa[k]!
+            var p = Double.nan
+            if d.count > 1 {
+                let mean = d.reduce(0, +) / Double(d.count)
+                let sd = (d.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(d.count - 1)).squareRoot()
+                p = sd > 0 ? erfc(abs(observed / sd) / 2.0.squareRoot()) : (observed == 0 ? 1 : 0)
+            }
+            metrics[k] = Difference(a: pa[k]!, b: pb[k]!, difference: observed,
+                                    low: SequenceBootstrap.percentile(d, 2.5), high: SequenceBootstrap.percentile(d, 97.5), pValue: p)
+        }
+        return Result(replicates: replicates, skipped: replicates - pairs.count, seed: seed, metrics: metrics)
+    }
+}
