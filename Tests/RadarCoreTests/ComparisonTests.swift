@@ -61,6 +61,30 @@ final class ComparisonTests: XCTestCase {
         XCTAssertNil(PairedSequenceBootstrap.run(a: [0.2, 0.7], b: [0.3, 0.6], labels: [1, 1], sequences: ["s", "t"], replicates: 10, seed: 0))
     }
 
+    /// A replicate scored as weights on frames sorted once gives what scoring its frames
+    /// repeated gives (BinaryMetrics: AUC with ties, accuracy, EER), for draws that leave
+    /// sequences out and take others several times.
+    func testWeightedReplicateEqualsTheRepeatedFrames() throws {
+        var rng = SplitMix64(seed: 3)
+        let n = 240, groups = (0..<n).map { $0 / 6 }
+        let labels = groups.map { $0 % 3 == 0 ? 1 : 0 }
+        // Scores on a coarse grid: many ties, across classes too.
+        let scores = labels.map { y in Float(Int.random(in: 0...20, using: &rng) + 6 * y) / 26 }
+        let ranking = WeightedRanking(scores: scores, labels: labels, groups: groups)
+        for r in 0..<30 {
+            let draw = (0..<40).map { _ in Int.random(in: 0..<40, using: &rng) }
+            var w = [Double](repeating: 0, count: 40)
+            for q in draw { w[q] += 1 }
+            var s: [Float] = [], y: [Int] = []
+            for q in draw { for i in (q * 6)..<(q * 6 + 6) { s.append(scores[i]); y.append(labels[i]) } }
+            guard let auc = BinaryMetrics.rocAUC(scores: s, labels: y) else { XCTAssertNil(ranking.metrics(groupWeights: w)); continue }
+            let m = try XCTUnwrap(ranking.metrics(groupWeights: w))
+            XCTAssertEqual(m["auc"]!, auc, accuracy: 1e-12, "replicate \(r)")
+            XCTAssertEqual(m["accuracy"]!, BinaryMetrics.accuracy(scores: s, labels: y), accuracy: 1e-12, "replicate \(r)")
+            XCTAssertEqual(m["eer"]!, BinaryMetrics.equalErrorRate(scores: s, labels: y)!, accuracy: 1e-12, "replicate \(r)")
+        }
+    }
+
     /// radar evaluate's CSV read back (RFC 4180: quoted commas, doubled quotes, line breaks,
     /// CRLF), its passes in order; what is wrong with a file said with its record.
     func testPredictionTableReadsEvaluatesCSVAndSaysWhatIsWrong() throws {

@@ -44,17 +44,19 @@ public enum SequenceBootstrap {
     }
 
     /// Each replicate's auc, accuracy and eer (nil for a replicate with one class only).
+    /// A replicate holds each frame as many times as its sequence was drawn, so the frames are
+    /// sorted once and each replicate is one weighted pass over them (`WeightedRanking`): the
+    /// same values as scoring the replicate's frames anew (to rounding: a test compares with
+    /// numpy to 1e-12), without a sort per replicate.
     public static func replicateMetrics(scores: [Float], labels: [Int], sequences: [String], draws: [[Int]]) -> [[String: Double]?] {
         let names = Array(Set(sequences)).sorted()
-        var frames = [String: [Int]]()
-        for (i, s) in sequences.enumerated() { frames[s, default: []].append(i) }
-        let members = names.map { frames[$0]! }
+        let index = Dictionary(uniqueKeysWithValues: names.enumerated().map { ($1, $0) })
+        let ranking = WeightedRanking(scores: scores, labels: labels, groups: sequences.map { index[$0]! })
+        var weights = [Double](repeating: 0, count: names.count)
         return draws.map { draw in
-            var s: [Float] = [], y: [Int] = []
-            for q in draw { for i in members[q] { s.append(scores[i]); y.append(labels[i]) } }
-            guard let auc = BinaryMetrics.rocAUC(scores: s, labels: y) else { return nil }
-            return ["auc": auc, "accuracy": BinaryMetrics.accuracy(scores: s, labels: y),
-                    "eer": BinaryMetrics.equalErrorRate(scores: s, labels: y) ?? .nan]
+            for q in weights.indices { weights[q] = 0 }
+            for q in draw { weights[q] += 1 }
+            return ranking.metrics(groupWeights: weights)
         }
     }
 
@@ -140,5 +142,60 @@ public enum PairedSequenceBootstrap {
                                     low: SequenceBootstrap.percentile(d, 2.5), high: SequenceBootstrap.percentile(d, 97.5), pValue: p)
         }
         return Result(replicates: replicates, skipped: replicates - pairs.count, seed: seed, metrics: metrics)
+    }
+}
+
+/// Frames sorted once by score (high to low, in tie groups), for metrics of the same frames
+/// weighted by their group's count (a bootstrap replicate): AUC with ties counted half,
+/// accuracy at 0.5 and the EER as `BinaryMetrics` computes them on the frames repeated.
+struct WeightedRanking {
+    let labels: [Int], groups: [Int], scores: [Float]
+    /// Frame indices from the highest score down, and where each tie group ends.
+    let order: [Int], ends: [Int]
+
+    init(scores: [Float], labels: [Int], groups: [Int]) {
+        (self.scores, self.labels, self.groups) = (scores, labels, groups)
+        order = scores.indices.sorted { scores[$0] > scores[$1] }
+        var ends: [Int] = []
+        for i in order.indices where i + 1 == order.count || scores[order[i + 1]] != scores[order[i]] { ends.append(i + 1) }
+        self.ends = ends
+    }
+
+    /// auc, accuracy, eer of the frames each taken `groupWeights[group]` times; nil with one class.
+    func metrics(groupWeights w: [Double]) -> [String: Double]? {
+        var pos = 0.0, neg = 0.0, correct = 0.0
+        for i in labels.indices {
+            let x = w[groups[i]]
+            if labels[i] == 1 { pos += x } else { neg += x }
+            if (scores[i] >= 0.5 ? 1 : 0) == labels[i] { correct += x }
+        }
+        guard pos > 0 && neg > 0 else { return nil }
+        // From the highest score down: the ROC curve's points, and for the AUC each group's
+        // positives against the negatives below it (and half those tied with it).
+        var tp = 0.0, fp = 0.0, wins = 0.0
+        var fpr = [0.0], tpr = [0.0]
+        var start = 0
+        for end in ends {
+            var p = 0.0, n = 0.0
+            for k in start..<end {
+                let i = order[k], x = w[groups[i]]
+                if labels[i] == 1 { p += x } else { n += x }
+            }
+            start = end
+            guard p + n > 0 else { continue }  // no frame of this score was drawn
+            wins += p * (neg - fp - n + 0.5 * n)
+            tp += p; fp += n
+            fpr.append(fp / neg); tpr.append(tp / pos)
+        }
+        var eer = Double.nan
+        for k in 1..<fpr.count {
+            let d0 = fpr[k - 1] - (1 - tpr[k - 1]), d1 = fpr[k] - (1 - tpr[k])
+            if d0 <= 0 && d1 >= 0 {
+                let t = d1 == d0 ? 0 : -d0 / (d1 - d0)
+                eer = fpr[k - 1] + t * (fpr[k] - fpr[k - 1])
+                break
+            }
+        }
+        return ["auc": wins / (pos * neg), "accuracy": correct / (pos + neg), "eer": eer]
     }
 }
