@@ -796,7 +796,7 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertEqual(mkfifo(large + "/c.png", 0o600), 0)  // read, it blocked for ever
         let (lrc, lout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint",
                                                  root + "/outputs/demo", "--threads", "1", "--max-image-mb", "1", large])
-        XCTAssertEqual(crc2, 0, cout2)
+        XCTAssertEqual(lrc, 0, lout)
         XCTAssertTrue(lout.contains("radar predict: \(large)/b.png: file of 2097152 bytes exceeds the 1 MiB limit (--max-image-mb)"), lout)
         XCTAssertTrue(lout.contains("\(large)/a.png\t"), lout)
         XCTAssertTrue(lout.contains("radar predict: \(large)/c.png: a FIFO, not a regular file"), lout)

@@ -1,0 +1,131 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import RadarCore
+import XCTest
+
+/// `radar serve`: images POSTed from many connections at once are scored in shared forward
+/// passes, each as `radar predict` scores it; bad requests get a status and a one-line error;
+/// SIGTERM ends it cleanly.
+final class ServeTests: XCTestCase {
+    /// A model file of a freshly initialised tiny RADAR, and three face images.
+    func fixtures() throws -> (model: String, images: [String]) {
+        let dir = NSTemporaryDirectory() + "radar-serve-\(UUID().uuidString.prefix(6))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let config = RADARConfig.preset("tiny")!
+        let model = try RADARModel(config: config)
+        let ctx = ExecutionContext(backend: try Devices.backend("cpu", threads: 1, precision: nil), layout: model.layout, seed: 3)
+        model.initialize(ctx.params, seed: 11)
+        try ModelFile.write(ctx.params, config: config, to: dir + "/model.safetensors")
+        let faces = SyntheticFaces(size: 48, seed: 4)  // resized to 32 by the service, as by predict
+        let images = try (0..<3).map { i -> String in
+            let path = dir + "/f\(i).png"
+            try ImageCodec.encodePNG(faces.rgbImage(i, label: i % 2)).write(to: URL(fileURLWithPath: path))
+            return path
+        }
+        return (dir + "/model.safetensors", images)
+    }
+
+    /// (status, body) of one request; nil status when there was no answer.
+    func request(_ url: String, method: String = "GET", body: Data? = nil) -> (Int?, String) {
+        var r = URLRequest(url: URL(string: url)!, timeoutInterval: 60)
+        r.httpMethod = method
+        r.httpBody = body
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: (Int?, String) = (nil, "")
+        URLSession.shared.dataTask(with: r) { data, response, error in
+            result = ((response as? HTTPURLResponse)?.statusCode, data.map { String(decoding: $0, as: UTF8.self) } ?? "\(error.map { "\($0)" } ?? "")")
+            done.signal()
+        }.resume()
+        done.wait()
+        return result
+    }
+
+    func testServedImagesShareForwardPassesAndScoreAsPredictDoes() throws {
+        let bin = MPITrainingTests.products.appendingPathComponent("radar").path
+        let (model, images) = try fixtures()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: bin)
+        p.arguments = ["serve", "--checkpoint", model, "--listen", "127.0.0.1:0", "--threads", "1", "--batch-size", "8",
+                       "--max-delay-ms", "200", "--max-image-mb", "1"]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        defer { if p.isRunning { p.terminate() } }
+        // The first line says where it listens.
+        var said = Data()
+        while !String(decoding: said, as: UTF8.self).contains("\n") {
+            let d = err.fileHandleForReading.availableData
+            if d.isEmpty { break }
+            said.append(d)
+        }
+        let first = String(decoding: said, as: UTF8.self)
+        let port = try XCTUnwrap(first.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression).map { first[$0].split(separator: ":")[1] }, first)
+        let base = "http://127.0.0.1:\(port)"
+        // What radar predict says of each image.
+        let predicted = try JSONSerialization.jsonObject(with: Process.runCapturing([bin, "predict", "--checkpoint", model, "--threads", "1", "--json"] + images)) as! [String: Any]
+        let expected = (predicted["predictions"] as! [[String: Any]]).map { $0["probability_fake"] as! Double }
+        // 12 requests at once on 12 connections: every answer is its image's, in fewer passes.
+        let bodies = try images.map { try Data(contentsOf: URL(fileURLWithPath: $0)) }
+        let config = URLSessionConfiguration.ephemeral
+        config.httpMaximumConnectionsPerHost = 16
+        let session = URLSession(configuration: config)
+        let lock = NSLock(), all = DispatchGroup()
+        nonisolated(unsafe) var answers = [(Int?, String)](repeating: (nil, ""), count: 12)
+        for i in 0..<12 {
+            var r = URLRequest(url: URL(string: base + "/v1/predict")!, timeoutInterval: 60)
+            (r.httpMethod, r.httpBody) = ("POST", bodies[i % 3])
+            all.enter()
+            session.dataTask(with: r) { data, response, _ in
+                lock.lock()
+                answers[i] = ((response as? HTTPURLResponse)?.statusCode, data.map { String(decoding: $0, as: UTF8.self) } ?? "")
+                lock.unlock()
+                all.leave()
+            }.resume()
+        }
+        all.wait()
+        for (i, a) in answers.enumerated() {
+            XCTAssertEqual(a.0, 200, a.1)
+            let doc = try XCTUnwrap(try? JSONSerialization.jsonObject(with: Data(a.1.utf8)) as? [String: Any], a.1)
+            XCTAssertEqual(doc["probability_fake"] as? Double ?? -1, expected[i % 3], accuracy: 1e-6, "request \(i)")
+            XCTAssertEqual(doc["label"] as? String, expected[i % 3] >= 0.5 ? "fake" : "real")
+            XCTAssertEqual(1 / (1 + exp(-(doc["logit"] as? Double ?? .nan))), expected[i % 3], accuracy: 1e-6)
+        }
+        let explained = request(base + "/v1/predict?explain=1", method: "POST", body: bodies[0])
+        XCTAssertEqual(explained.0, 200)
+        XCTAssertTrue(explained.1.contains("\"explanation\":{") && explained.1.contains("\"gate\":"), explained.1)
+        // Bad requests: a status and a one-line error each, and the service goes on.
+        XCTAssertEqual(request(base + "/v1/predict", method: "POST", body: Data("not an image".utf8)).1,
+                       "{\"error\":\"the request body: not a PNG or JPEG image\"}\n")
+        XCTAssertEqual(request(base + "/v1/predict", method: "POST", body: Data()).0, 400)
+        XCTAssertEqual(request(base + "/v1/predict").1, "{\"error\":\"GET /v1/predict: use POST\"}\n")
+        XCTAssertEqual(request(base + "/v2").0, 404)
+        let big = request(base + "/v1/predict", method: "POST", body: Data(count: (1 << 20) + 1))
+        XCTAssertEqual(big.0, 413, big.1)
+        XCTAssertTrue(big.1.contains("over the limit of 1048576 (--max-image-mb)"), big.1)
+        // The counts: 13 images scored, in fewer forward passes than requests.
+        let (hs, hb) = request(base + "/v1/health")
+        XCTAssertEqual(hs, 200, hb)
+        let health = try JSONSerialization.jsonObject(with: Data(hb.utf8)) as! [String: Any]
+        XCTAssertEqual(health["images"] as? Int, 13, hb)
+        XCTAssertEqual(health["requests"] as? Int, 18, "the 413 is answered before it is read: \(hb)")
+        XCTAssertLessThan(health["batches"] as! Int, 13, "12 requests at once shared passes: \(hb)")
+        XCTAssertLessThanOrEqual(health["largest_batch"] as! Int, 8)
+        // A port that is taken is a one-line error.
+        let (trc, tout) = try Process.runStatus([bin, "serve", "--checkpoint", model, "--listen", "127.0.0.1:\(port)"])
+        XCTAssertEqual(trc, 1)
+        XCTAssertEqual(tout, "radar: error: --listen 127.0.0.1:\(port): Address already in use\n")
+        // SIGTERM: it stops accepting, says so, exits 0.
+        p.terminate()
+        let t0 = Date()
+        while p.isRunning && Date().timeIntervalSince(t0) < 20 { usleep(50_000) }
+        XCTAssertFalse(p.isRunning, "still running 20 s after SIGTERM")
+        XCTAssertEqual(p.terminationStatus, 0)
+        let rest = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(rest.contains("radar serve: SIGTERM: stopping") && rest.contains("stopped after 18 requests (13 images in "), rest)
+        let (brc, bout) = try Process.runStatus([bin, "serve", "--checkpoint", model, "--listen", "localhost"])
+        XCTAssertNotEqual(brc, 0)
+        XCTAssertTrue(bout.contains("--listen localhost: expected HOST:PORT"), bout)
+    }
+}
