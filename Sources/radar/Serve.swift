@@ -57,8 +57,6 @@ struct Serve: ParsableCommand {
                 throw ValidationError("\(error)")
             }
             let batcher = InferenceBatcher(trainer: trainer, batchSize: batchSize, maxDelay: maxDelayMs / 1000, flip: tta != nil)
-            let counters = RequestCounters()
-            let started = Date()
             let health: [String: Any] = ["checkpoint": checkpoint, "device": ctx.backend.deviceDescription, "image_size": c.imgSize,
                                          "temperature": temperature, "tta": tta ?? NSNull(), "batch_size": batchSize]
             let watch = SignalWatch([SIGINT, SIGTERM]) { s in
@@ -67,55 +65,69 @@ struct Serve: ParsableCommand {
             }
             defer { watch.cancel() }
             logLine("radar serve: listening on http://\(host):\(server.port) (\(checkpoint) on \(ctx.backend.deviceDescription); POST an image to /v1/predict)")
-            server.serve { request in
-                counters.add(request.path)
-                switch (request.method, request.path) {
-                case ("GET", "/v1/health"):
-                    let s = batcher.statistics
-                    var doc = health
-                    doc["status"] = "ok"
-                    doc["uptime_s"] = Date().timeIntervalSince(started)
-                    doc["requests"] = counters.requests
-                    doc["images"] = s.images
-                    doc["batches"] = s.batches
-                    doc["largest_batch"] = s.largestBatch
-                    doc["forward_seconds"] = s.forwardSeconds
-                    return .json(200, doc)
-                case ("POST", "/v1/predict"):
-                    let pixels: [Float]
-                    do {
-                        guard !request.body.isEmpty else { return .error(400, "empty body: POST the image's bytes (PNG or JPEG)") }
-                        let img = ImageResize.resize(try ImageCodec.decode(request.body, item: "the request body"), width: c.imgSize, height: c.imgSize, mode: .openCVLinear)
-                        pixels = [Float](unsafeUninitializedCapacity: 3 * c.imgSize * c.imgSize) { b, n in
-                            Augmenter.normalize(img, mean: c.mean, std: c.std, into: b.baseAddress!)
-                            n = b.count
-                        }
-                    } catch { return .error(400, "\(error)") }
-                    do {
-                        let e = try batcher.predict(pixels)
-                        let p = TemperatureScaling.probability(logit: e.logit, modelProbability: e.probability, temperature: temperature)
-                        var doc: [String: Any] = ["probability_fake": Double(p), "logit": Double(e.logit),
-                                                  "label": !p.isFinite ? "undefined" : p >= 0.5 ? "fake" : "real"]
-                        if let flag = request.query["explain"], flag != "0" && flag != "false" { doc["explanation"] = Predict.explanationJSON(e) }
-                        return .json(200, doc)
-                    } catch { return .error(503, "\(error)") }
-                case (_, "/v1/predict"), (_, "/v1/health"):
-                    return .error(405, "\(request.method) \(request.path): use \(request.path == "/v1/health" ? "GET" : "POST")")
-                default:
-                    return .error(404, "\(request.path): not found (POST /v1/predict, GET /v1/health)")
-                }
-            }
+            let service = ScoringService(server: server, batcher: batcher, config: c, temperature: temperature, health: health)
+            server.serve(service.respond)
             batcher.stop()
             let s = batcher.statistics
-            logLine("radar serve: stopped after \(counters.requests) requests (\(s.images) images in \(s.batches) forward passes)")
+            logLine("radar serve: stopped after \(service.requests) requests (\(s.images) images in \(s.batches) forward passes; \(server.rejected) refused unread)")
         }
     }
 }
 
-/// Requests seen, counted from every connection's thread.
-final class RequestCounters: @unchecked Sendable {
+/// What `radar serve` answers (and `radar bench serve` measures): POST /v1/predict, GET /v1/health.
+final class ScoringService: @unchecked Sendable {
+    let batcher: InferenceBatcher, config: RADARConfig, temperature: Double, health: [String: Any]
+    /// Where requests that were refused before they were read are counted.
+    let server: HTTPServer
+    private let started = Date()
     private let lock = NSLock()
     private var count = 0
-    func add(_ path: String) { lock.lock(); count += 1; lock.unlock() }
+
+    init(server: HTTPServer, batcher: InferenceBatcher, config: RADARConfig, temperature: Double, health: [String: Any]) {
+        (self.server, self.batcher, self.config, self.temperature, self.health) = (server, batcher, config, temperature, health)
+    }
+
+    /// Requests answered so far.
     var requests: Int { lock.lock(); defer { lock.unlock() }; return count }
+
+    func respond(_ request: HTTPServer.Request) -> HTTPServer.Response {
+        lock.lock(); count += 1; lock.unlock()
+        let c = config
+        switch (request.method, request.path) {
+        case ("GET", "/v1/health"):
+            let s = batcher.statistics
+            var doc = health
+            doc["status"] = "ok"
+            doc["uptime_s"] = Date().timeIntervalSince(started)
+            doc["requests"] = requests
+            doc["rejected"] = server.rejected
+            doc["images"] = s.images
+            doc["batches"] = s.batches
+            doc["largest_batch"] = s.largestBatch
+            doc["forward_seconds"] = s.forwardSeconds
+            return .json(200, doc)
+        case ("POST", "/v1/predict"):
+            let pixels: [Float]
+            do {
+                guard !request.body.isEmpty else { return .error(400, "empty body: POST the image's bytes (PNG or JPEG)") }
+                let img = ImageResize.resize(try ImageCodec.decode(request.body, item: "the request body"), width: c.imgSize, height: c.imgSize, mode: .openCVLinear)
+                pixels = [Float](unsafeUninitializedCapacity: 3 * c.imgSize * c.imgSize) { b, n in
+                    Augmenter.normalize(img, mean: c.mean, std: c.std, into: b.baseAddress!)
+                    n = b.count
+                }
+            } catch { return .error(400, "\(error)") }
+            do {
+                let e = try batcher.predict(pixels)
+                let p = TemperatureScaling.probability(logit: e.logit, modelProbability: e.probability, temperature: temperature)
+                var doc: [String: Any] = ["probability_fake": Double(p), "logit": Double(e.logit),
+                                          "label": !p.isFinite ? "undefined" : p >= 0.5 ? "fake" : "real"]
+                if let flag = request.query["explain"], flag != "0" && flag != "false" { doc["explanation"] = Predict.explanationJSON(e) }
+                return .json(200, doc)
+            } catch { return .error(503, "\(error)") }
+        case (_, "/v1/predict"), (_, "/v1/health"):
+            return .error(405, "\(request.method) \(request.path): use \(request.path == "/v1/health" ? "GET" : "POST")")
+        default:
+            return .error(404, "\(request.path): not found (POST /v1/predict, GET /v1/health)")
+        }
+    }
 }

@@ -109,7 +109,8 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(hs, 200, hb)
         let health = try JSONSerialization.jsonObject(with: Data(hb.utf8)) as! [String: Any]
         XCTAssertEqual(health["images"] as? Int, 13, hb)
-        XCTAssertEqual(health["requests"] as? Int, 18, "the 413 is answered before it is read: \(hb)")
+        XCTAssertEqual(health["requests"] as? Int, 18, hb)
+        XCTAssertEqual(health["rejected"] as? Int, 1, "the 413, answered before it was read: \(hb)")
         XCTAssertLessThan(health["batches"] as! Int, 13, "12 requests at once shared passes: \(hb)")
         XCTAssertLessThanOrEqual(health["largest_batch"] as! Int, 8)
         // A port that is taken is a one-line error.
@@ -123,7 +124,7 @@ final class ServeTests: XCTestCase {
         XCTAssertFalse(p.isRunning, "still running 20 s after SIGTERM")
         XCTAssertEqual(p.terminationStatus, 0)
         let rest = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        XCTAssertTrue(rest.contains("radar serve: SIGTERM: stopping") && rest.contains("stopped after 18 requests (13 images in "), rest)
+        XCTAssertTrue(rest.contains("radar serve: SIGTERM: stopping") && rest.contains("stopped after 18 requests (13 images in ") && rest.contains(" forward passes; 1 refused unread)"), rest)
         let (brc, bout) = try Process.runStatus([bin, "serve", "--checkpoint", model, "--listen", "localhost"])
         XCTAssertNotEqual(brc, 0)
         XCTAssertTrue(bout.contains("--listen localhost: expected HOST:PORT"), bout)

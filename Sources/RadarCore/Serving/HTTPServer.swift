@@ -44,7 +44,9 @@ public final class HTTPServer: @unchecked Sendable {
     private let fd: Int32
     private let slots: DispatchSemaphore
     private let lock = NSLock()
-    private var stopped = false, open = Set<Int32>()
+    private var stopped = false, open = Set<Int32>(), rejectedCount = 0
+    /// Requests answered with an error status before they were read whole (411, 413, 431, 400).
+    public var rejected: Int { lock.lock(); defer { lock.unlock() }; return rejectedCount }
     private let finished = DispatchGroup()
 
     /// Listens on `host:port` (port 0: one the system picks; `port` says which).
@@ -122,6 +124,7 @@ public final class HTTPServer: @unchecked Sendable {
             case .request(let r): request = r
             case .closed: return
             case .reject(let status, let message):
+                lock.lock(); rejectedCount += 1; lock.unlock()
                 write(c, .error(status, message), keepAlive: false)
                 return
             }
