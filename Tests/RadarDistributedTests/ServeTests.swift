@@ -125,6 +125,14 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(p.terminationStatus, 0)
         let rest = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         XCTAssertTrue(rest.contains("radar serve: SIGTERM: stopping") && rest.contains("stopped after 18 requests (13 images in ") && rest.contains(" forward passes; 1 refused unread)"), rest)
+        // radar bench serve: the same service under load, measured.
+        let benched = try lastJSON(String(decoding: try Process.runCapturing([bin, "bench", "serve", "--config", "tiny", "--clients", "4", "--requests", "30",
+                                                                               "--threads", "1", "--max-delay-ms", "20"]), as: UTF8.self))
+        XCTAssertEqual(benched["requests"] as? Int, 30, "\(benched)")
+        XCTAssertGreaterThan(benched["requests_per_s"] as? Double ?? 0, 0)
+        let lat = try XCTUnwrap(benched["latency_ms"] as? [String: Double])
+        XCTAssertTrue(lat["p50"]! > 0 && lat["p50"]! <= lat["p90"]! && lat["p90"]! <= lat["p99"]! && lat["p99"]! <= lat["max"]!, "\(lat)")
+        XCTAssertTrue((1...4).contains(benched["images_per_forward"] as? Double ?? 0), "4 clients, one request each at a time: \(benched)")
         let (brc, bout) = try Process.runStatus([bin, "serve", "--checkpoint", model, "--listen", "localhost"])
         XCTAssertNotEqual(brc, 0)
         XCTAssertTrue(bout.contains("--listen localhost: expected HOST:PORT"), bout)
