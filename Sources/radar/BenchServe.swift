@@ -41,14 +41,13 @@ extension Bench {
                 let serving = DispatchGroup()
                 serving.enter()
                 Thread.detachNewThread {
-                    server.serve(service.respond)
+                    server.serve { service.respond($0) }
                     serving.leave()
                 }
                 let faces = SyntheticFaces(size: imageSize ?? cfg.imgSize, seed: 2)
                 let bodies = try (0..<8).map { try ImageCodec.encodePNG(faces.rgbImage($0, label: $0 % 2)) }
                 // Each client: a warm-up request, then its share of the requests, timed one by one.
-                let lock = NSLock()
-                var latencies: [Double] = [], failures: [String] = []
+                let results = ClientResults()
                 let warm = DispatchGroup(), go = DispatchSemaphore(value: 0), done = DispatchGroup()
                 var start = Date()
                 for k in 0..<clients {
@@ -70,10 +69,10 @@ extension Bench {
                                 mineTimes.append(Date().timeIntervalSince(t0))
                             }
                         } catch {
-                            lock.lock(); failures.append("client \(k): \(error)"); lock.unlock()
+                            results.add(failure: "client \(k): \(error)")
                             if !warmed { warm.leave() }
                         }
-                        lock.lock(); latencies += mineTimes; lock.unlock()
+                        results.add(latencies: mineTimes)
                     }
                 }
                 warm.wait()
@@ -86,13 +85,13 @@ extension Bench {
                 server.stop()
                 serving.wait()
                 batcher.stop()
-                if let f = failures.first { throw ValidationError("bench serve: \(f)") }
-                let sorted = latencies.sorted()
+                if let f = results.failures.first { throw ValidationError("bench serve: \(f)") }
+                let sorted = results.latencies.sorted()
                 func percentile(_ q: Double) -> Double { sorted.isEmpty ? .nan : sorted[min(sorted.count - 1, Int((q * Double(sorted.count - 1)).rounded()))] * 1000 }
                 let (images, batches) = (after.images - before.images, after.batches - before.batches)
-                printJSON(["bench": "serve", "config": config, "clients": clients, "requests": latencies.count, "batch_size": batchSize,
+                printJSON(["bench": "serve", "config": config, "clients": clients, "requests": sorted.count, "batch_size": batchSize,
                            "max_delay_ms": maxDelayMs, "image_px": imageSize ?? cfg.imgSize, "seconds": seconds,
-                           "requests_per_s": Double(latencies.count) / seconds,
+                           "requests_per_s": Double(sorted.count) / seconds,
                            "latency_ms": ["p50": percentile(0.5), "p90": percentile(0.9), "p99": percentile(0.99), "max": sorted.last.map { $0 * 1000 } ?? .nan],
                            "images_per_forward": batches > 0 ? Double(images) / Double(batches) : .nan,
                            "forward_share": (after.forwardSeconds - before.forwardSeconds) / seconds,
@@ -100,6 +99,14 @@ extension Bench {
             }
         }
     }
+}
+
+/// What the benchmark's client threads measured.
+final class ClientResults: @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var latencies: [Double] = [], failures: [String] = []
+    func add(latencies l: [Double]) { lock.lock(); latencies += l; lock.unlock() }
+    func add(failure f: String) { lock.lock(); failures.append(f); lock.unlock() }
 }
 
 /// One keep-alive HTTP/1.1 connection to a local server, for the benchmark's clients.

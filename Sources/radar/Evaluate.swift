@@ -50,7 +50,7 @@ struct Evaluate: ParsableCommand {
             if let predictions { try requireWritableFile(predictions, flag: "--predictions", expected: "a file name (FILE.csv)") }
             let set = try ShardSet(directory: data)  // before the model: a wrong folder is said at once
             if let n = set.indexNote { logLine(n) }
-            let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
+            let (model, _, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)
             let sp = Split(rawValue: split)!
             let c = model.config
             let scoring = SplitScoring(set: set, trainer: trainer, batchSize: batchSize, device: device, tta: tta)

@@ -662,6 +662,8 @@ public final class TrainingRun {
         do { fit = try TemperatureScaling.fit(logits: val.logits, labels: val.labels) } catch {
             log("calibration: no temperature fitted on the validation split: \(error)")
             calibration = nil
+            // A resumed run's earlier file would name a temperature for other weights.
+            if writes { unlink((options.experimentDirectory as NSString).appendingPathComponent("calibration.json")) }
             return nil
         }
         var doc = fit.json
