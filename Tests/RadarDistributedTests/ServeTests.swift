@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -113,6 +116,26 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(health["rejected"] as? Int, 1, "the 413, answered before it was read: \(hb)")
         XCTAssertLessThan(health["batches"] as! Int, 13, "12 requests at once shared passes: \(hb)")
         XCTAssertLessThanOrEqual(health["largest_batch"] as! Int, 8)
+        // What is not HTTP it can read: a status, and the connection closed.
+        func raw(_ text: String) -> String {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var addr = sockaddr_in()
+            (addr.sin_family, addr.sin_port, addr.sin_addr.s_addr) = (sa_family_t(AF_INET), in_port_t(UInt16(port)!.bigEndian), inet_addr("127.0.0.1"))
+            let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            guard r == 0 else { return "connect failed" }
+            _ = text.withCString { send(fd, $0, strlen($0), 0) }
+            var answer = Data(), chunk = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { break }
+                answer.append(contentsOf: chunk[0..<n])
+            }
+            return String(decoding: answer, as: UTF8.self)
+        }
+        let chunked = raw("POST /v1/predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        XCTAssertTrue(chunked.hasPrefix("HTTP/1.1 411 Length Required\r\n") && chunked.contains("Connection: close"), chunked)
+        XCTAssertTrue(raw("HELLO THERE\r\n\r\n").hasPrefix("HTTP/1.1 400 Bad Request\r\n"))
         // A port that is taken is a one-line error.
         let (trc, tout) = try Process.runStatus([bin, "serve", "--checkpoint", model, "--listen", "127.0.0.1:\(port)"])
         XCTAssertEqual(trc, 1)
@@ -124,7 +147,7 @@ final class ServeTests: XCTestCase {
         XCTAssertFalse(p.isRunning, "still running 20 s after SIGTERM")
         XCTAssertEqual(p.terminationStatus, 0)
         let rest = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        XCTAssertTrue(rest.contains("radar serve: SIGTERM: stopping") && rest.contains("stopped after 18 requests (13 images in ") && rest.contains(" forward passes; 1 refused unread)"), rest)
+        XCTAssertTrue(rest.contains("radar serve: SIGTERM: stopping") && rest.contains("stopped after 18 requests (13 images in ") && rest.contains(" forward passes; 3 refused unread)"), rest)
         // radar bench serve: the same service under load, measured.
         let benched = try lastJSON(String(decoding: try Process.runCapturing([bin, "bench", "serve", "--config", "tiny", "--clients", "4", "--requests", "30",
                                                                                "--threads", "1", "--max-delay-ms", "20"]), as: UTF8.self))

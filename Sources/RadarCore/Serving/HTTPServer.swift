@@ -140,12 +140,14 @@ public final class HTTPServer: @unchecked Sendable {
     /// The next request on the connection (`buffer` keeps what was read past it).
     func read(_ c: Int32, _ buffer: inout Data) -> ReadResult {
         let separator = Data("\r\n\r\n".utf8)
-        var headEnd: Range<Data.Index>?
-        while (headEnd = buffer.range(of: separator), headEnd).1 == nil {
+        var found = buffer.range(of: separator)
+        while found == nil {
             if buffer.count > 64 << 10 { return .reject(431, "request header over 64 KiB") }
             guard receive(c, &buffer) else { return buffer.isEmpty ? .closed : .reject(400, "the connection ended inside a request header") }
+            found = buffer.range(of: separator)
         }
-        let head = String(decoding: buffer[buffer.startIndex..<headEnd!.lowerBound], as: UTF8.self)
+        let headEnd = found!
+        let head = String(decoding: buffer[buffer.startIndex..<headEnd.lowerBound], as: UTF8.self)
         var lines = head.components(separatedBy: "\r\n")
         let parts = lines.removeFirst().split(separator: " ")
         guard parts.count == 3, parts[2].hasPrefix("HTTP/1.") else { return .reject(400, "not an HTTP/1.x request line") }
@@ -161,7 +163,7 @@ public final class HTTPServer: @unchecked Sendable {
             length = n
         }
         if length > maxBodyBytes { return .reject(413, "the body is \(length) bytes, over the limit of \(maxBodyBytes) (--max-image-mb)") }
-        let bodyStart = headEnd!.upperBound
+        let bodyStart = headEnd.upperBound
         while buffer.count - (bodyStart - buffer.startIndex) < length {
             guard receive(c, &buffer) else { return .reject(400, "the connection ended inside the body") }
         }
