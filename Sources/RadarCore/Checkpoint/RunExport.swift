@@ -172,7 +172,8 @@ public enum RunExport {
         }
         lines += ["", "## Use", "", "```sh", "radar predict --checkpoint hf-hub:ORG/NAME face.png        # this repository's id"]
             + (temperature.map { ["radar predict --checkpoint hf-hub:ORG/NAME --temperature \($0) face.png   # calibrated"] } ?? [])
-            + ["radar evaluate --checkpoint hf-hub:ORG/NAME --data DATASET --split test", "```", "",
+            + ["radar evaluate --checkpoint hf-hub:ORG/NAME --data DATASET --split test",
+               "radar serve --checkpoint hf-hub:ORG/NAME    # HTTP: curl --data-binary @face.png http://127.0.0.1:8080/v1/predict", "```", "",
                "`model.safetensors` holds the weights by the PyTorch reference's names (the config in its metadata as `radar_config`):",
                "", "```python", "from safetensors.torch import load_file",
                "model.load_state_dict(load_file(\"model.safetensors\"), strict=True)  # model = the reference RADAR(**config[\"model\"])", "```", ""]
