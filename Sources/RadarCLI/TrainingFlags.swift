@@ -65,6 +65,8 @@ public struct TrainingFlags: ParsableArguments {
     public var maxBadSamples: Int?
     @Option(name: .customLong("test-perturb"), help: "After the test metrics, one more test pass per degradation (repeatable; as radar evaluate --perturb): jpeg:Q, blur:3|5, noise:SIGMA, scale:F. In metrics.json's test_perturbations.")
     public var testPerturb: [String] = []
+    @Option(help: "Keep an exponential moving average of the weights with this decay (as timm's --model-ema-decay, e.g. 0.9998), updated after every optimizer step: validation, the best checkpoint and the test use it. Off by default (the reference's recipe has none).")
+    public var modelEmaDecay: Double?
 
     public init() {}
 
@@ -84,6 +86,7 @@ public struct TrainingFlags: ParsableArguments {
         try need(checkpointEvery >= 0, "checkpoint-every", "0 (epoch ends only) or more", String(checkpointEvery))
         try need(stopAfterSteps >= 0, "stop-after-steps", "0 (run to the end) or more", String(stopAfterSteps))
         try need((maxBadSamples ?? 0) >= 0, "max-bad-samples", "0 or more", String(maxBadSamples ?? 0))
+        if let d = modelEmaDecay { try need(d > 0 && d < 1, "model-ema-decay", "above 0 and below 1", String(d)) }
         for p in testPerturb {
             do { _ = try Perturbation(parsing: p, flag: "--test-perturb") } catch { throw ValidationError("\(error)") }
         }
@@ -138,6 +141,7 @@ public struct TrainingFlags: ParsableArguments {
         o.overwrite = overwrite
         o.allowDataChange = allowDataChange
         o.checkpointEvery = checkpointEvery
+        o.modelEmaDecay = modelEmaDecay
         o.resume = resume
         o.allowWorldSizeChange = allowWorldSizeChange
         o.stopAfterSteps = stopAfterSteps

@@ -213,6 +213,79 @@ final class CheckpointTests: XCTestCase {
         }
     }
 
+    /// `ModelEMA`: ema = decay * ema + (1 - decay) * weights for the parameters and the
+    /// BatchNorm buffers, starting from the weights; loading it into the model swaps nothing else.
+    func testModelEMAAveragesParametersAndBuffers() throws {
+        let (trainer, _, _) = try makeTinyTrainer()
+        let params = trainer.ctx.params
+        let ema = ModelEMA(decay: 0.75, like: params)
+        var expected = (params.downloadValues().map(Double.init), params.downloadBuffers().map(Double.init))
+        XCTAssertEqual(ema.store.downloadValues(), params.downloadValues(), "it starts from the weights")
+        var rng = SplitMix64(seed: 5)
+        for _ in 0..<3 {
+            let v = (0..<params.parameterCount).map { _ in Float.random(in: -1...1, using: &rng) }
+            let b = (0..<params.layout.bufferCount).map { _ in Float.random(in: 0...2, using: &rng) }
+            params.uploadValues(v); params.uploadBuffers(b)
+            ema.update(from: params)
+            expected.0 = zip(expected.0, v).map { 0.75 * $0 + 0.25 * Double($1) }
+            expected.1 = zip(expected.1, b).map { 0.75 * $0 + 0.25 * Double($1) }
+        }
+        XCTAssertGreaterThan(params.layout.bufferCount, 0, "the tiny model has BatchNorm buffers")
+        for (got, want) in [(ema.store.downloadValues(), expected.0), (ema.store.downloadBuffers(), expected.1)] {
+            let worst = zip(got, want).map { abs(Double($0) - $1) }.max() ?? 0
+            XCTAssertLessThan(worst, 1e-6, "largest difference from the recurrence in Double")
+        }
+        ema.load(into: params)
+        XCTAssertEqual(params.downloadValues(), ema.store.downloadValues())
+        XCTAssertEqual(params.downloadBuffers(), ema.store.downloadBuffers())
+    }
+
+    /// `--model-ema-decay`: the average is what validation scores and what `best` (and so the test
+    /// and model.safetensors) holds; `last` keeps the training weights and the average
+    /// (`optim.ema.*`), and a run stopped and resumed ends with the same bits as one that was not.
+    /// A checkpoint without an average starts it from the resumed weights, said.
+    func testModelEMAIsValidatedKeptAsBestAndResumesBitIdentically() throws {
+        let data = try makeRunData()
+        func emaOptions(_ out: String, stop: Int, resume: String? = nil) -> TrainOptions {
+            var o = options(data, out, stop: stop, resume: resume)
+            (o.epochs, o.maxStepsPerEpoch, o.modelEmaDecay) = (1, 4, 0.6)
+            return o
+        }
+        let straight = temporaryDirectory("ema-straight"), split = temporaryDirectory("ema-split")
+        let h = try TrainingRun(options: emaOptions(straight, stop: 0)).run()
+        XCTAssertEqual(h.bestEpoch, 0, "validation AUC defined: \(h.valAUC)")
+        let last = try Checkpoint.read("\(straight)/r/last.safetensors.lz4"), best = try Checkpoint.read("\(straight)/r/best.safetensors.lz4")
+        let layout = try RADARModel(config: RADARConfig.preset("tiny")!).layout
+        var differs = false
+        for s in layout.parameters + layout.bufferSlots {
+            let averaged = try XCTUnwrap(last.tensors["optim.ema.\(s.name)"], s.name)
+            XCTAssertEqual(best.tensors[s.name]?.floats, averaged.floats, "best holds the average: \(s.name)")
+            if last.tensors[s.name]?.floats != averaged.floats { differs = true }
+        }
+        XCTAssertTrue(differs, "last holds the training weights, not the average")
+        let model = try ModelWeights.read("\(straight)/r/model.safetensors")
+        for s in layout.parameters { XCTAssertEqual(model.tensors[s.name]?.floats, best.tensors[s.name]?.floats, s.name) }
+        // Stopped after 2 of 4 steps and resumed: the same bits, the average included.
+        _ = try TrainingRun(options: emaOptions(split, stop: 2)).run()
+        _ = try TrainingRun(options: emaOptions(split, stop: 0, resume: "auto")).run()
+        let resumed = try Checkpoint.read("\(split)/r/last.safetensors.lz4")
+        XCTAssertEqual(Set(resumed.tensors.keys), Set(last.tensors.keys))
+        for (k, t) in last.tensors { XCTAssertEqual(t.floats.map(\.bitPattern), resumed.tensors[k]!.floats.map(\.bitPattern), "\(k) after 2+2 vs 4 steps") }
+        // From a checkpoint written without an average: it starts from the resumed weights.
+        let plain = temporaryDirectory("ema-plain")
+        var first = emaOptions(plain, stop: 2)
+        first.modelEmaDecay = nil
+        _ = try TrainingRun(options: first).run()
+        XCTAssertFalse(try Checkpoint.read("\(plain)/r/last.safetensors.lz4").tensors.keys.contains { $0.hasPrefix("optim.ema.") })
+        let run = try TrainingRun(options: emaOptions(plain, stop: 0, resume: "auto"))
+        var said: [String] = []
+        run.log = { said.append($0) }
+        _ = try run.run()
+        XCTAssertTrue(said.contains { $0.hasSuffix("holds no moving average of the weights: --model-ema-decay starts it from the resumed weights") }, "\(said)")
+        let plainLast = try Checkpoint.read("\(plain)/r/last.safetensors.lz4")
+        for s in layout.parameters + layout.bufferSlots { XCTAssertNotNil(plainLast.tensors["optim.ema.\(s.name)"], s.name) }
+    }
+
     /// Stopped mid-epoch and resumed, a run's bookkeeping equals an uninterrupted run's:
     /// metrics.json's history exactly, metrics.jsonl with each step once and the same values.
     func testResumedRunsMetricsEqualAnUninterruptedRuns() throws {

@@ -100,12 +100,16 @@ public enum Checkpoint {
 
     /// Writes atomically: a temporary file in the same directory, fsync, rename, fsync of the
     /// directory; the previous checkpoint stays intact until the new one is complete.
-    public static func write(_ path: String, store: ParameterStore, optimizer: AdamW?, state: State) throws {
+    /// `ema`: the weights' moving average (`ModelEMA`), as `optim.ema.<name>` for every parameter
+    /// and buffer (the `optim.` prefix keeps it out of every reader of the model's weights).
+    public static func write(_ path: String, store: ParameterStore, optimizer: AdamW?, state: State, ema: ParameterStore? = nil) throws {
         let layout = store.layout
         // The named point where a checkpoint leaves the device: one download per flat buffer.
         let values = store.downloadValues(), buffers = store.downloadBuffers()
         let moments = optimizer?.downloadMoments()
+        let averaged = (ema?.downloadValues() ?? [], ema?.downloadBuffers() ?? [])
         return try values.withUnsafeBytes { v in try buffers.withUnsafeBytes { b in
+            try averaged.0.withUnsafeBytes { ev in try averaged.1.withUnsafeBytes { eb in
             try (moments?.expAvg ?? []).withUnsafeBytes { m in try (moments?.expAvgSq ?? []).withUnsafeBytes { q in
                 func bytes(_ raw: UnsafeRawBufferPointer, _ s: ParameterSlot) -> UnsafeRawBufferPointer {
                     UnsafeRawBufferPointer(rebasing: raw[(s.offset * 4)..<((s.offset + s.count) * 4)])
@@ -120,10 +124,15 @@ public enum Checkpoint {
                     }
                 }
                 for s in layout.bufferSlots { entries.append((s.name, "F32", s.shape.dims, bytes(b, s))) }
+                if ema != nil {
+                    for s in layout.parameters { entries.append(("optim.ema.\(s.name)", "F32", s.shape.dims, bytes(ev, s))) }
+                    for s in layout.bufferSlots { entries.append(("optim.ema.\(s.name)", "F32", s.shape.dims, bytes(eb, s))) }
+                }
                 for (i, n) in layout.counterNames.enumerated() {
                     entries.append((n, "I64", [], UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: store.counters[i..<(i + 1)]))))
                 }
                 try writeEntries(entries, state: state, to: path)
+            } }
             } }
         } }
     }
@@ -199,6 +208,26 @@ public enum Checkpoint {
         let model = try RADARModel(config: config)
         try StateDict.verify(tensors.filter { !$0.key.hasPrefix("optim.") }, layout: model.layout, source: path)
         return (model, tensors, state)
+    }
+
+    /// The moving average a checkpoint holds (`write`'s `ema`) into `store`; false when it holds
+    /// none. One that is there in part or misshaped is an error.
+    public static func restoreEMA(_ tensors: [String: SafeTensor], into store: ParameterStore, path: String) throws -> Bool {
+        guard tensors.keys.contains(where: { $0.hasPrefix("optim.ema.") }) else { return false }
+        var values = [Float](repeating: 0, count: store.parameterCount), buffers = [Float](repeating: 0, count: store.layout.bufferCount)
+        for (slots, isBuffer) in [(store.layout.parameters, false), (store.layout.bufferSlots, true)] {
+            for s in slots {
+                guard let t = tensors["optim.ema.\(s.name)"], t.floats.count == s.count else {
+                    throw CheckpointError(path: path, reason: "moving average of \(s.name) (optim.ema.\(s.name)) missing or misshaped")
+                }
+                if isBuffer { buffers.replaceSubrange(s.offset..<(s.offset + s.count), with: t.floats) } else {
+                    values.replaceSubrange(s.offset..<(s.offset + s.count), with: t.floats)
+                }
+            }
+        }
+        store.uploadValues(values)
+        if !buffers.isEmpty { store.uploadBuffers(buffers) }
+        return true
     }
 
     /// Restores parameters, buffers, counters and (if given) the AdamW moments and step.

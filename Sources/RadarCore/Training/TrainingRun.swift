@@ -50,6 +50,9 @@ public struct TrainOptions: Sendable {
     /// After the test split's clean pass, one pass per degradation (`--test-perturb`): metrics.json's
     /// `test_perturbations`.
     public var testPerturbations: [Perturbation] = []
+    /// An exponential moving average of the weights with this decay (timm's `--model-ema-decay`):
+    /// validation, the best checkpoint and the test use it; nil: none (the reference's recipe).
+    public var modelEmaDecay: Double?
     /// Data-parallel position of this process; a single process is (0, 1).
     public var rank = 0
     public var worldSize = 1
@@ -69,6 +72,7 @@ public struct TrainOptions: Sendable {
          "patience": patience, "seed": seed, "threads": threads, "loader_threads": loaderThreads, "augment": augment,
          "max_steps_per_epoch": maxStepsPerEpoch, "pretrained": pretrained ?? NSNull(), "init_from": initFrom ?? NSNull(), "world_size": worldSize,
          "checkpoint_every": checkpointEvery, "test_perturbations": testPerturbations.map(\.description),
+         "model_ema_decay": modelEmaDecay ?? NSNull(),
          "model": (try? JSONSerialization.jsonObject(with: config.jsonData())) ?? [:]]
     }
 }
@@ -116,6 +120,8 @@ public final class TrainingRun {
         get { ctx.parallel }
         set { ctx.parallel = newValue }
     }
+    /// The weights' moving average (`TrainOptions.modelEmaDecay`).
+    public let ema: ModelEMA?
     /// Only rank 0 writes files.
     var writes: Bool { options.rank == 0 }
     /// The input batch on the device, allocated once: loader batches are uploaded into it.
@@ -158,6 +164,11 @@ public final class TrainingRun {
         }
         trainer = Trainer(model: model, ctx: ctx, lr: Float(options.learningRate), weightDecay: Float(options.weightDecay),
                           accumulationSteps: options.accumulationSteps)
+        let params = ctx.params
+        ema = options.modelEmaDecay.map { ModelEMA(decay: Float($0), like: params) }
+        if let d = options.modelEmaDecay {
+            notes.append("moving average of the weights, decay \(d): validation, the best checkpoint and the test use it")
+        }
         let c = options.config
         inputImages = DeviceTensor(ctx.backend, Shape(options.batchSize, 3, c.imgSize, c.imgSize))
         inputLabels = DeviceTensor(ctx.backend, Shape(options.batchSize))
@@ -286,7 +297,7 @@ public final class TrainingRun {
 
     func save(_ path: String, _ st: Checkpoint.State) throws {
         guard writes else { return }
-        try Checkpoint.write(path, store: ctx.params, optimizer: trainer.optimizer, state: st)
+        try Checkpoint.write(path, store: ctx.params, optimizer: trainer.optimizer, state: st, ema: ema?.store)
     }
 
     /// The OneCycle schedule of this run: its total is every optimizer step of every epoch.
@@ -312,6 +323,10 @@ public final class TrainingRun {
         resumedPath = path
         try checkResumable(st, path: path)
         try Checkpoint.restore(tensors, state: st, into: ctx.params, optimizer: trainer.optimizer, path: path)
+        if let ema, try !Checkpoint.restoreEMA(tensors, into: ema.store, path: path) {
+            ema.copy(from: ctx.params)
+            log("\(path) holds no moving average of the weights: --model-ema-decay starts it from the resumed weights")
+        }
         ctx.step = st.microStep
         log("resumed from \(path): epoch \(st.epoch + 1), optimizer step \(st.optimizerStep), data position \(st.dataPosition)")
         return st
@@ -519,6 +534,7 @@ public final class TrainingRun {
             try JobAbort.check()
             guard let r = result else { continue }
             optimizerSteps += 1
+            if !r.skipped { ema?.update(from: ctx.params) }
             if r.skipped && !warnedSkip {
                 // Said once; the epoch lines count the rest (a diverged run printed NaN losses
                 // and nothing else).
@@ -560,6 +576,20 @@ public final class TrainingRun {
                   best: inout BestWeights?, _ steps: StepLog) throws -> Bool {
         FaultInjection.point("validation")
         (p.history.partialEpochLoss, p.history.partialEpochBatches) = (nil, nil)
+        // With a moving average, it is what is validated, kept as the best and tested; the
+        // training weights come back before `last` is written.
+        let training = ema.map { e -> (values: [Float], buffers: [Float]) in
+            defer { e.load(into: ctx.params) }
+            return (ctx.params.downloadValues(), ctx.params.downloadBuffers())
+        }
+        var restored = false
+        func restoreTraining() {
+            guard let training, !restored else { return }
+            ctx.params.uploadValues(training.values)
+            ctx.params.uploadBuffers(training.buffers)
+            restored = true
+        }
+        defer { restoreTraining() }
         let val = try evaluate(.val)
         let m = BinaryMetrics.all(scores: val.scores, labels: val.labels, sequences: val.sequences, logits: val.logits)
         let heads = val.heads.report(labels: val.labels, sequences: val.sequences)
@@ -594,6 +624,7 @@ public final class TrainingRun {
             p.sinceBest += 1
             stop = p.sinceBest >= options.patience
         }
+        restoreTraining()
         try save(lastPath, checkpointState(epoch: epoch + 1, dataPosition: 0, history: p.history, sinceBest: p.sinceBest))
         if stop { log("early stopping: validation AUC has not improved for \(options.patience) epochs") }
         return stop
@@ -619,6 +650,8 @@ public final class TrainingRun {
         if let best {
             ctx.params.uploadValues(best.values)
             ctx.params.uploadBuffers(best.buffers)
+        } else {
+            ema?.load(into: ctx.params)  // the last weights: their moving average, where there is one
         }
         let temperature = try fitTemperature(best: best, history)
         guard !set.refs(.test).isEmpty else { return }
