@@ -411,6 +411,8 @@ final class CheckpointTests: XCTestCase {
         while let m = try reader.next() { names.append(m.name); try reader.skipData() }
         XCTAssertEqual(Set(names), Set(["r/best.safetensors.lz4", "r/model.safetensors", "r/config.json", "r/metrics.json", "r/plots/loss.svg",
                                         "r/plots/val.svg", "r/plots/heads.svg", "r/plots/roc.svg", "r/README.md"]
+                                   // calibration.json where the run could fit a temperature (ModelInteropTests and the demo test cover both cases)
+                                   + (FileManager.default.fileExists(atPath: dir + "/calibration.json") ? ["r/calibration.json"] : [])
                                    + TensorBoardLog.eventFiles(in: dir + "/tensorboard").map { "r/tensorboard/" + ($0 as NSString).lastPathComponent }))
         XCTAssertTrue(names.contains { $0.hasPrefix("r/tensorboard/events.out.tfevents.") }, "\(names)")
         // Zip entries carry the export's date (not 1970); JSON paths are not escaped ("\/").
