@@ -51,7 +51,7 @@ test -f out/e/last.safetensors.lz4
 # The GPU check as a pod runs it, on the emulated device (probe, every kernel, golden parity,
 # bench step in fp32/tf32/bf16).
 # (A generous deadline: the emulated device is slow, and a skipped step fails the check.)
-GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 GPU_CHECK_DEADLINE=1800 \
+GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 GPU_CHECK_DEADLINE=1800 GPU_CHECK_SERVE_REQUESTS=48 \
   bash "$b/gpu-check.sh" > report.json 2> report.log || { tail -20 report.log; exit 1; }
 python3 - <<'PY' || { echo "check-bundle: the report failed its checks; gpu-check's log:" >&2; tail -20 report.log >&2; exit 1; }
 import json
@@ -63,6 +63,7 @@ v = r["radar_bench_step_variants"]
 assert [(b["bf16_activations"], b["recompute_in_backward"]) for b in v] == [(False, True), (True, False)], v
 assert r["data_parallel"]["passed"], r["data_parallel"]
 assert any("staging_download_seconds" in a for a in r["allreduce"]), r["allreduce"]
+assert [s["requests"] for s in r["radar_bench_serve"]] == [48], r["radar_bench_serve"]
 print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed; 2 ranks on one GPU identical; bench step %s" % (
     r["check"]["kernels_passed"], r["check"]["kernels_total"], len(r["check"]["golden"]),
     ", ".join("%s %.2f img/s" % (b["precision"], b["images_per_s"]) for b in r["radar_bench_step"])))

@@ -14,6 +14,8 @@
 #   7. with a minute to spare (never listed as skipped): bf16 again at its batch with fp32
 #      activations (--bf16-activations false), then keeping the attention probabilities and GELU's
 #      CDF (--recompute-in-backward false): what each memory choice costs or saves on this GPU.
+#   8. with a minute to spare (never listed as skipped): `radar bench serve` on the device (16
+#      clients POSTing 224 px faces, dynamic batches of up to 64): requests/s and latency.
 # One JSON report on stdout (and in gpu-check.json, rewritten after every step, so a run stopped
 # from outside still leaves what it measured); exit status 1 on any parity failure.
 # GPU_CHECK_DEADLINE (seconds, default 420): steps 4-6 that would start after it are skipped and
@@ -32,6 +34,7 @@ config=${GPU_CHECK_CONFIG:-full}
 batch=${GPU_CHECK_BATCH:-128}
 repeats=${GPU_CHECK_REPEATS:-5}
 step_timeout=${GPU_CHECK_STEP_TIMEOUT:-150}
+serve_requests=${GPU_CHECK_SERVE_REQUESTS:-512}
 deadline=${GPU_CHECK_DEADLINE:-420}
 report=${GPU_CHECK_REPORT:-$PWD/gpu-check.json}
 started=$(date +%s)
@@ -107,7 +110,7 @@ dp = {"exit": dp_status, "hashes": hashes, "replicas_identical": len(hashes) == 
 dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
 skipped = [l.strip() for l in text(work + "/skipped", 100000).splitlines() if l.strip()]
 rep = {"check": check, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
-       "radar_bench_step_variants": lines(work + "/variants.jsonl"),
+       "radar_bench_step_variants": lines(work + "/variants.jsonl"), "radar_bench_serve": lines(work + "/serve.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
        "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
        "skipped": skipped, "complete": final, "seconds": seconds,
@@ -191,6 +194,15 @@ for variant in "--bf16-activations false" "--recompute-in-backward false"; do
     || log "radar bench step bf16 $variant failed: $(tail -1 "$work/variant.log")"
   report
 done
+
+# 8: the service under load, informational, only with time to spare.
+if [ "$(left)" -ge 60 ]; then
+  timeout "$(limit "$step_timeout")" "$radar" bench serve --device "$device" --config "$config" --clients 16 \
+    --requests "$serve_requests" --batch-size 64 --image-size 224 > "$work/serve.jsonl" 2> "$work/serve.log" \
+    && log "radar bench serve: $(head -c 300 "$work/serve.jsonl")" \
+    || log "radar bench serve failed: $(tail -1 "$work/serve.log")"
+  report
+fi
 
 report final
 cat "$report"
