@@ -135,7 +135,7 @@ public enum HubModel {
                 let downloader = HuggingFaceDownloader(endpoint: host, token: token, environment: env)
                 downloader.log = log
                 do {
-                    try downloader.downloadFile(url, to: blob, expectedSize: meta.size, partSuffix: ".incomplete") { part in
+                    try downloader.downloadFile(url, to: blob, expectedSize: meta.size, partSuffix: ".incomplete", label: "download \(filename)") { part in
                         // Etags of other forms (none seen) are left to the size check.
                         guard [40, 64].contains(meta.etag.count), meta.etag.allSatisfy(\.isHexDigit) else { return }
                         let got = try contentHash(part, like: meta.etag)

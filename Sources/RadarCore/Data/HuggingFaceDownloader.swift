@@ -100,13 +100,15 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
 
     /// One file with resume and retries, into `dest + partSuffix` until complete; `verify` (a
     /// hash check) sees the finished part before it is renamed, and its error removes it.
-    public func downloadFile(_ url: String, to dest: String, expectedSize: Int? = nil, partSuffix: String = ".part",
+    /// `label`: the progress bar's (default "download <file name>"; the Hub cache names its
+    /// blobs by hash, so the Hub passes the repository's file name).
+    public func downloadFile(_ url: String, to dest: String, expectedSize: Int? = nil, partSuffix: String = ".part", label: String? = nil,
                              verify: ((String) throws -> Void)? = nil) throws {
         let part = dest + partSuffix
         var lastError = ""
         var backoff = initialBackoff
         // MiB of the file (a 15 GB WildDeepfake archive, an 88 MB ViT-S): shown where the size is known.
-        let bar = expectedSize.map { ProgressReporter("download " + (dest as NSString).lastPathComponent, total: max(1, $0 >> 20), unit: "MiB") }
+        let bar = expectedSize.map { ProgressReporter(label ?? "download " + (dest as NSString).lastPathComponent, total: max(1, $0 >> 20), unit: "MiB") }
         if let bar, let progressLines { bar.lineSink = progressLines }
         if let bar, let progressInterval { bar.logInterval = progressInterval }
         for attempt in 1...max(attempts, 1) {
