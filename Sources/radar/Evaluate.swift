@@ -259,7 +259,7 @@ struct Predict: ParsableCommand {
                 var explained: [Explanation] = [], rollouts: [[Float]] = []
                 if !good.isEmpty {
                     let view = input.tensor.slice(from: 0, Shape(good.count, 3, c.imgSize, c.imgSize))
-                    ctx.backend.upload(UnsafeBufferPointer(start: slots, count: good.count * per), into: view)
+                    if tta == nil { ctx.backend.upload(UnsafeBufferPointer(start: slots, count: good.count * per), into: view) }  // TestTimeFlip uploads both views
                     func forward() throws {
                         if tta != nil {
                             explained = try TestTimeFlip.explain(trainer, images: UnsafeBufferPointer(start: slots, count: good.count * per), view: view)

@@ -665,7 +665,7 @@ public final class TrainingRun {
         let t = history.testMetrics
         log("test (\(which)): auc \(fixed(t["auc"]!))  accuracy \(fixed(t["accuracy"]!))  eer \(fixed(t["eer"]!))  "
             + "ap \(fixed(t["average_precision"]!))  sequence_auc \(fixed(t["sequence_auc"]!))  ece \(fixed(t["ece"]!))  brier \(fixed(t["brier"]!))")
-        if let temperature { calibration = calibrated(temperature, test: test) }
+        if let temperature { calibration = calibrated(temperature, test: test, metrics: history.testMetrics) }
         // --test-perturb: the same weights on degraded test images, one pass each.
         testPerturbations = try options.testPerturbations.map { p in
             let r = try evaluate(.test, perturbation: p)
@@ -713,10 +713,11 @@ public final class TrainingRun {
 
     /// `calibration` with the test split's ECE, Brier score and log loss at T = 1 and at the fitted
     /// temperature (the ranking metrics and accuracy do not change with it).
-    func calibrated(_ fit: TemperatureScaling.Fit, test: (scores: [Float], logits: [Float], labels: [Int], sequences: [String], heads: HeadMetrics)) -> [String: Any]? {
+    /// `metrics`: the test split's at T = 1, as the run already has them.
+    func calibrated(_ fit: TemperatureScaling.Fit, test: (scores: [Float], logits: [Float], labels: [Int], sequences: [String], heads: HeadMetrics),
+                    metrics before: [String: Double]) -> [String: Any]? {
         var doc = calibration ?? fit.json
         let scaled = zip(test.logits, test.scores).map { TemperatureScaling.probability(logit: $0, modelProbability: $1, temperature: fit.temperature) }
-        let before = BinaryMetrics.all(scores: test.scores, labels: test.labels, sequences: test.sequences, logits: test.logits)
         let after = BinaryMetrics.all(scores: scaled, labels: test.labels, sequences: test.sequences, logits: test.logits, temperature: fit.temperature)
         var figures: [String: Double] = [:]
         for k in ["ece", "brier", "log_loss"] { (figures[k], figures[k + "_calibrated"]) = (before[k]!, after[k]!) }
