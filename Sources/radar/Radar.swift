@@ -7,7 +7,7 @@ struct Radar: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "radar",
         abstract: "RADAR deepfake detector: training, benchmarks and tools.",
-        subcommands: [Demo.self, Synth.self, Prepare.self, Train.self, Evaluate.self, Calibrate.self, Compare.self, Predict.self, Serve.self, Export.self, Launch.self, Bench.self, DumpStep.self,
+        subcommands: [Demo.self, Synth.self, Prepare.self, Train.self, Evaluate.self, Calibrate.self, Compare.self, Predict.self, Serve.self, Export.self, ExportONNX.self, Launch.self, Bench.self, DumpStep.self,
                       CheckDevice.self, Runs.self])
 
     static func main() {
