@@ -698,6 +698,42 @@ final class DemoPipelineTests: XCTestCase {
             XCTAssertEqual(flipped[i]["probability_fake"] as! Double, 1 / (1 + exp(-(e["logit"] as! Double))), accuracy: 1e-6)
             XCTAssertNotEqual(plainLogits[i], mirrorLogits[i], "the mirror is another input")
         }
+        // radar export-onnx: the run's weights and temperature as an ONNX model. ONNX Runtime, fed the
+        // PNGs as a user would (decoded by Pillow, normalised with the metadata's mean and std), gives
+        // radar predict's probabilities, and the calibrated ones of --temperature calibration.json.
+        let radarTool = bin.appendingPathComponent("radar").path, onnxFile = root + "/demo.onnx"
+        let runCalibration = root + "/outputs/demo/calibration.json"
+        XCTAssertEqual(try run([radarTool, "export-onnx", "--checkpoint", root + "/outputs/demo", "--output", onnxFile, "--temperature", runCalibration]), onnxFile + "\n")
+        let onnxCheck = """
+        import sys, json, numpy as np, onnxruntime as ort
+        from PIL import Image
+        s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+        meta = s.get_modelmeta().custom_metadata_map
+        mean = np.array(meta["normalization_mean"].split(","), np.float32)
+        std = np.array(meta["normalization_std"].split(","), np.float32)
+        x = np.stack([((np.asarray(Image.open(p).convert("RGB"), np.float32) / 255 - mean) / std).transpose(2, 0, 1) for p in sys.argv[2:]])
+        prob, calibrated = s.run(["prob", "calibrated_prob"], {"image": x})
+        print(json.dumps({"prob": prob[:, 0].tolist(), "calibrated": calibrated[:, 0].tolist()}))
+        """
+        let (xrc, xout) = try Process.runStatus([ProcessInfo.processInfo.environment["RADAR_PYTHON"] ?? "python3", "-c", onnxCheck, onnxFile] + originals)
+        XCTAssertEqual(xrc, 0, xout)
+        let runtime = try JSONSerialization.jsonObject(with: Data((xout.split(separator: "\n").last ?? "").utf8)) as? [String: [Double]] ?? [:]
+        let ours = try predictions([], originals).map { $0["probability_fake"] as! Double }
+        let oursCalibrated = try predictions(["--temperature", runCalibration], originals).map { $0["probability_fake"] as! Double }
+        XCTAssertEqual(runtime["prob"]?.count, 3, xout)
+        for i in 0..<3 {
+            XCTAssertEqual(runtime["prob"]?[i] ?? -1, ours[i], accuracy: 2e-5, "image \(i): \(xout)")
+            XCTAssertEqual(runtime["calibrated"]?[i] ?? -1, oursCalibrated[i], accuracy: 2e-5, "image \(i): \(xout)")
+        }
+        // An existing file is kept unless --overwrite; weights that cannot be read leave no file.
+        let (wrc, wout) = try Process.runStatus([radarTool, "export-onnx", "--checkpoint", root + "/outputs/demo", "--output", onnxFile])
+        XCTAssertNotEqual(wrc, 0)
+        XCTAssertEqual(wout, "radar: error: --output \(onnxFile): the file exists (--overwrite replaces it)\n")
+        let (mrc2, mout2) = try Process.runStatus([radarTool, "export-onnx", "--checkpoint", root + "/no-such.safetensors", "--output", root + "/none.onnx"])
+        XCTAssertNotEqual(mrc2, 0)
+        XCTAssertTrue(mout2.hasPrefix("radar: error: ") && mout2.contains("no-such.safetensors") && mout2.split(separator: "\n").count == 1, mout2)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root + "/none.onnx"))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: root).filter { $0.contains(".tmp") || $0.hasPrefix(".") }, [], "nothing left aside")
         let explainedText = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
                                      "--threads", "1", "--explain", imgs + "/f0.png", imgs]).split(separator: "\n")
         XCTAssertEqual(explainedText.count, 4)
