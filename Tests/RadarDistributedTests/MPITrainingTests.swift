@@ -733,6 +733,11 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertNotEqual(mrc2, 0)
         XCTAssertTrue(mout2.hasPrefix("radar: error: ") && mout2.contains("no-such.safetensors") && mout2.split(separator: "\n").count == 1, mout2)
         XCTAssertFalse(FileManager.default.fileExists(atPath: root + "/none.onnx"))
+        // A bare file name is in the working folder (env -C runs the command there).
+        let (hrc, hout) = try Process.runStatus(["-C", root, radarTool, "export-onnx", "--checkpoint", "outputs/demo", "--output", "here.onnx"])
+        XCTAssertEqual(hrc, 0, hout)
+        XCTAssertLessThan(try Data(contentsOf: URL(fileURLWithPath: root + "/here.onnx")).count, try Data(contentsOf: URL(fileURLWithPath: onnxFile)).count,
+                          "the same graph without calibrated_prob")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: root).filter { $0.contains(".tmp") || $0.hasPrefix(".") }, [], "nothing left aside")
         let explainedText = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
                                      "--threads", "1", "--explain", imgs + "/f0.png", imgs]).split(separator: "\n")
