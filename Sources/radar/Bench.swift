@@ -8,7 +8,7 @@ import RadarCore
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure speed and memory; prints one JSON object per result.",
-        subcommands: [Kernels.self, Step.self, DataPipeline.self, AllReduce.self, Crypto.self, ServeLoad.self])
+        subcommands: [Kernels.self, Step.self, Infer.self, DataPipeline.self, AllReduce.self, Crypto.self, ServeLoad.self])
 }
 
 extension Bench {
