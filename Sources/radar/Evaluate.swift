@@ -406,11 +406,16 @@ struct Export: ParsableCommand {
     @Flag(help: "Also write a script that copies the zip from a pod with rsync (or scp).") var createDownloadScript = false
     @Option(help: "Instead of the zip, a folder (new, or empty) to publish the model on the Hugging Face Hub as it is: model.safetensors, config.json and a model card README.md (huggingface-cli upload ORG/NAME DIR; then --checkpoint hf-hub:ORG/NAME reads it).")
     var hubFolder: String?
+    @Flag(help: "With --hub-folder, also model.onnx (radar export-onnx's model, the run's temperature included) and how to run it in the model card.") var onnx = false
+
+    func validate() throws {
+        if onnx && hubFolder == nil { throw ValidationError("--onnx goes with --hub-folder (radar export-onnx writes one file from any checkpoint)") }
+    }
 
     func run() throws {
         try failing {
             if let hubFolder {
-                try RunExport.hubFolder(results: resultsDir, to: hubFolder)
+                try RunExport.hubFolder(results: resultsDir, to: hubFolder, onnx: onnx)
                 print(hubFolder)
                 return
             }

@@ -167,6 +167,37 @@ final class ModelInteropTests: XCTestCase {
             XCTAssertEqual("\($0)", "\(aFile): a file, not a folder: give a new folder for the Hub files")
         }
         XCTAssertTrue(FileManager.default.fileExists(atPath: aFile), "left alone")
+        // --onnx: model.onnx beside the weights, and how to run it in the card; ONNX Runtime's
+        // p(fake) is our eval forward's of the folder's model.safetensors.
+        let withONNX = temporaryDirectory("hubexp-onnx") + "/repo"
+        try RunExport.hubFolder(results: o.experimentDirectory, to: withONNX, onnx: true)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: withONNX).sorted(), ["README.md", "config.json", "model.onnx", "model.safetensors"])
+        let onnxCard = try String(contentsOfFile: withONNX + "/README.md", encoding: .utf8)
+        XCTAssertTrue(onnxCard.contains("`model.onnx` is the same model") && onnxCard.contains("ort.InferenceSession(\"model.onnx\")"), onnxCard)
+        XCTAssertFalse(onnxCard.contains("calibrated_prob"), "no temperature was fitted")
+        let weights = try ModelWeights.read(withONNX + "/model.safetensors")
+        let ctx = ExecutionContext(backend: sharedTestBackend, layout: weights.model.layout)
+        try weights.load(into: ctx.params, source: "model.safetensors")
+        let size = weights.model.config.imgSize, faces = SyntheticFaces(size: size, seed: 9)
+        let host = HostTensor(Shape(2, 3, size, size))
+        for i in 0..<2 { faces.normalized(i, mean: weights.model.config.mean, std: weights.model.config.std, into: host.pointer + i * 3 * size * size) }
+        let images = DeviceTensor(ctx.backend, host)
+        let ours = ctx.backend.download(try Trainer(model: weights.model, ctx: ctx).evalForward(images: images.tensor).prob)
+        let batchFile = withONNX + "/../batch.safetensors"
+        try SafeTensors.encode(["image": SafeTensor(shape: [2, 3, size, size], floats: images.values)]).write(to: URL(fileURLWithPath: batchFile))
+        let runONNX = """
+        import sys, json, onnxruntime as ort
+        from safetensors.numpy import load_file
+        s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+        print(json.dumps([o.name for o in s.get_outputs()] + s.run(["prob"], load_file(sys.argv[2]))[0][:, 0].tolist()))
+        """
+        let (orc, oout) = try shell([interopPython, "-c", runONNX, withONNX + "/model.onnx", batchFile])
+        XCTAssertEqual(orc, 0, oout)
+        let fromRuntime = try JSONSerialization.jsonObject(with: Data((oout.split(separator: "\n").last ?? "").utf8)) as? [Any] ?? []
+        XCTAssertFalse(fromRuntime.contains { $0 as? String == "calibrated_prob" }, oout)
+        let probs = fromRuntime.compactMap { $0 as? Double }
+        XCTAssertEqual(probs.count, 2, oout)
+        for (a, b) in zip(probs, ours) { XCTAssertEqual(a, Double(b), accuracy: 1e-5, oout) }
         // Served as a Hub repository: the same weights, the model's own config.
         let (hub, storage, _) = try standInHub(model: try Data(contentsOf: URL(fileURLWithPath: folder + "/model.safetensors")))
         defer { hub.stop(); storage.stop() }

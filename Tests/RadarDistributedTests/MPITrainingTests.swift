@@ -912,12 +912,19 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertEqual(zrc, 0, zout)
         XCTAssertTrue(zout.contains("demo/calibration.json\n"), zout)
         // The Hub folder carries the run's calibration: the file, and T in the model card with its use.
-        _ = try run([bin.appendingPathComponent("radar").path, "export", "--results-dir", root + "/outputs/demo", "--hub-folder", root + "/hub"])
+        _ = try run([bin.appendingPathComponent("radar").path, "export", "--results-dir", root + "/outputs/demo", "--hub-folder", root + "/hub", "--onnx"])
         XCTAssertEqual(FileManager.default.contents(atPath: root + "/hub/calibration.json"), FileManager.default.contents(atPath: root + "/outputs/demo/calibration.json"))
         let card = try String(contentsOfFile: root + "/hub/README.md", encoding: .utf8)
         let t = String(format: "%.6g", runT)
         XCTAssertTrue(card.contains("## Calibration") && card.contains("T = \(t) ") && card.contains("--temperature \(t) face.png"), card)
         XCTAssertTrue(card.contains(String(format: "| ECE | %.4f | %.4f |", runTest["ece"]!, runTest["ece_calibrated"]!)), card)
+        // --onnx: export-onnx's model with the run's temperature (the files differ in the source named in their metadata).
+        XCTAssertTrue(card.contains("`calibrated_prob` the same at T = \(t)"), card)
+        let hubONNX = try Data(contentsOf: URL(fileURLWithPath: root + "/hub/model.onnx")), ownONNX = try Data(contentsOf: URL(fileURLWithPath: onnxFile))
+        XCTAssertLessThan(abs(hubONNX.count - ownONNX.count), 200, "\(hubONNX.count) vs \(ownONNX.count) bytes")
+        let (onnxFlagRC, onnxFlagOut) = try Process.runStatus([bin.appendingPathComponent("radar").path, "export", "--results-dir", root + "/outputs/demo", "--onnx"])
+        XCTAssertEqual(onnxFlagRC, 64, onnxFlagOut)
+        XCTAssertTrue(onnxFlagOut.contains("--onnx goes with --hub-folder"), onnxFlagOut)
     }
 }
 

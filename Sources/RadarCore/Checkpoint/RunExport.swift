@@ -83,8 +83,9 @@ public enum RunExport {
     /// recipe, without the run's local paths) and a model card `README.md` (YAML metadata the Hub
     /// reads, the test and validation metrics, the config, how to use it). Written into a
     /// temporary folder beside DIR and renamed into place: DIR must not exist yet (or be empty),
-    /// and a failure leaves nothing.
-    public static func hubFolder(results: String, to dir: String) throws {
+    /// and a failure leaves nothing. With `onnx`, also `model.onnx` (`ONNXExport`, with the
+    /// run's temperature as `calibrated_prob` where it fitted one) and its use in the card.
+    public static func hubFolder(results: String, to dir: String, onnx: Bool = false) throws {
         let fm = FileManager.default
         let name = URL(fileURLWithPath: results).standardizedFileURL.lastPathComponent
         try requireFinishedRun(results)
@@ -118,9 +119,19 @@ public enum RunExport {
             try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
             try writeFileAtomically(model, to: (tmp as NSString).appendingPathComponent("model.safetensors"))
             try writeFileAtomically(try jsonData(published, pretty: true), to: (tmp as NSString).appendingPathComponent("config.json"))
-            try writeFileAtomically(Data(modelCard(name: name, runConfig: runConfig, metrics: metrics).utf8), to: (tmp as NSString).appendingPathComponent("README.md"))
-            if let c = fm.contents(atPath: (results as NSString).appendingPathComponent("calibration.json")) {
+            try writeFileAtomically(Data(modelCard(name: name, runConfig: runConfig, metrics: metrics, onnx: onnx).utf8), to: (tmp as NSString).appendingPathComponent("README.md"))
+            let calibration = (results as NSString).appendingPathComponent("calibration.json")
+            if let c = fm.contents(atPath: calibration) {
                 try writeFileAtomically(c, to: (tmp as NSString).appendingPathComponent("calibration.json"))
+            }
+            if onnx {
+                let modelPath = (tmp as NSString).appendingPathComponent("model.safetensors")
+                let (tensors, metadata) = try SafeTensors.decode(model, path: modelPath)
+                guard let configText = metadata["radar_config"] else { throw DatasetError(path: modelPath, reason: "no radar_config in its metadata") }
+                let config = try RADARConfig.decode(Data(configText.utf8), source: modelPath)
+                let temperature = fm.fileExists(atPath: calibration) ? try TemperatureScaling.resolve(calibration) : nil
+                try writeFileAtomically(try ONNXExport.encode(tensors, config: config, temperature: temperature, source: "\(name)/model.safetensors"),
+                                        to: (tmp as NSString).appendingPathComponent("model.onnx"))
             }
             if fm.fileExists(atPath: dir) { try fm.removeItem(atPath: dir) }  // an empty folder
             guard rename(tmp, dir) == 0 else { throw DatasetError(path: dir, reason: "cannot rename \(tmp) to it: \(String(cString: strerror(errno)))") }
@@ -133,7 +144,7 @@ public enum RunExport {
 
     /// The model card: YAML metadata (library, tags, metrics, the dataset where it was
     /// WildDeepfake), then the run's numbers and how to use the weights.
-    static func modelCard(name: String, runConfig: [String: Any], metrics: [String: Any]) -> String {
+    static func modelCard(name: String, runConfig: [String: Any], metrics: [String: Any], onnx: Bool = false) -> String {
         let test = metrics["test_metrics"] as? [String: Any] ?? [:]
         var source: String?
         if let data = runConfig["data"] as? String,
@@ -177,6 +188,18 @@ public enum RunExport {
                "`model.safetensors` holds the weights by the PyTorch reference's names (the config in its metadata as `radar_config`):",
                "", "```python", "from safetensors.torch import load_file",
                "model.load_state_dict(load_file(\"model.safetensors\"), strict=True)  # model = the reference RADAR(**config[\"model\"])", "```", ""]
+        if onnx {
+            let model = runConfig["model"] as? [String: Any] ?? [:]
+            let size = model["img_size"] as? Int ?? 224
+            lines += ["`model.onnx` is the same model in eval mode (ONNX opset \(ONNXExport.opset); `radar export-onnx`) for ONNX Runtime and other runtimes. "
+                      + "Its input `image` is (batch, 3, \(size), \(size)): RGB in [0, 1], normalised with the mean and std in its metadata; `prob` is p(fake)"
+                      + (temperature.map { ", `calibrated_prob` the same at T = \($0)" } ?? "") + ":",
+                      "", "```python", "import numpy as np, onnxruntime as ort", "from PIL import Image",
+                      "session = ort.InferenceSession(\"model.onnx\")", "meta = session.get_modelmeta().custom_metadata_map",
+                      "mean, std = (np.array(meta[k].split(\",\"), np.float32) for k in (\"normalization_mean\", \"normalization_std\"))",
+                      "rgb = np.asarray(Image.open(\"face.png\").convert(\"RGB\").resize((\(size), \(size))), np.float32) / 255",
+                      "prob = session.run([\"prob\"], {\"image\": ((rgb - mean) / std).transpose(2, 0, 1)[None]})[0][0, 0]", "```", ""]
+        }
         return lines.joined(separator: "\n")
     }
 
