@@ -92,6 +92,34 @@ final class FakeDriverTests: XCTestCase {
                       "\(allreduce)")
     }
 
+    /// `radar bench infer` on the driver API: the eval forward timed, and the model (its weights
+    /// read back from the device) and batch written for bench/onnx_compare.py, where ONNX Runtime
+    /// gives the same mean p(fake).
+    func testInferenceBenchWritesTheModelAndBatchONNXRuntimeAgreesWith() throws {
+        let dir = NSTemporaryDirectory() + "radar-infer-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try radar(["bench", "infer", "--device", "cuda", "--precision", "fp32", "--config", "tiny", "--batch", "3", "--repeats", "1",
+                           "--export-onnx", dir + "/m.onnx", "--export-batch", dir + "/b.safetensors"])
+        XCTAssertEqual(r.status, 0, r.output)
+        let j = try lastJSON(r.output)
+        XCTAssertEqual(j["bench"] as? String, "infer")
+        XCTAssertEqual(j["precision"] as? String, "fp32", r.output)
+        XCTAssertTrue((j["device"] as? String ?? "").contains("RADAR fake CUDA device"), r.output)
+        XCTAssertGreaterThan(j["images_per_s"] as? Double ?? 0, 0, r.output)
+        XCTAssertGreaterThan(j["peak_device_mib"] as? Double ?? 0, 0, r.output)
+        let check = """
+        import sys, onnxruntime as ort
+        from safetensors.numpy import load_file
+        s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+        print(float(s.run(["prob"], {"image": load_file(sys.argv[2])["images"]})[0].mean()))
+        """
+        let (rc, out) = try Process.runStatus([ProcessInfo.processInfo.environment["RADAR_PYTHON"] ?? "python3", "-c", check, dir + "/m.onnx", dir + "/b.safetensors"])
+        XCTAssertEqual(rc, 0, out)
+        let runtime = Double(out.split(separator: "\n").last.map(String.init) ?? "") ?? -1
+        XCTAssertEqual(runtime, j["mean_probability"] as? Double ?? -2, accuracy: 1e-5, out)
+    }
+
     /// The training step in each precision (bf16 operands through cublasGemmStridedBatchedEx,
     /// TF32 compute), one host synchronisation per optimizer step.
     func testDriverAPITrainsInEveryPrecisionOnTheFakeDriver() throws {
