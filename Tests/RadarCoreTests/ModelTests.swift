@@ -51,6 +51,27 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(m.layout.parameter(named: "encoder.pos_embed")!.shape, Shape(1, c.patchCount + 1, c.embedDim))
     }
 
+    /// A Trainer that only runs forwards (predict, evaluate, serve, export) holds neither the
+    /// gradients nor AdamW's moments (three times the weights' memory); the first step allocates
+    /// them, zeroed, and trains as a Trainer that held them from the start.
+    func testForwardOnlyHoldsNoGradientsOrMoments() throws {
+        let (trainer, images, labels) = try makeTinyTrainer(batch: 4)
+        _ = try trainer.evalForward(images: images.tensor)
+        XCTAssertFalse(trainer.ctx.params.holdsGradients)
+        XCTAssertFalse(trainer.optimizer.holdsMoments)
+        let r = try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor))
+        XCTAssertTrue(trainer.ctx.params.holdsGradients && trainer.optimizer.holdsMoments)
+        // The same step from a Trainer whose buffers were touched before the step.
+        let (other, images2, labels2) = try makeTinyTrainer(batch: 4)
+        _ = other.ctx.params.downloadGrads()
+        _ = other.optimizer.downloadMoments()
+        let r2 = try XCTUnwrap(try other.step(images: images2.tensor, labels: labels2.tensor))
+        XCTAssertEqual(r.terms.total, r2.terms.total)
+        XCTAssertEqual(trainer.ctx.params.downloadValues(), other.ctx.params.downloadValues(), "the same update")
+        let (m, v) = trainer.optimizer.downloadMoments()
+        XCTAssertTrue(m.contains { $0 != 0 } && v.contains { $0 != 0 })
+    }
+
     func testTinyModelLearnsASyntheticBatch() throws {
         let (trainer, images, labels) = try makeTinyTrainer(batch: 8)
         var first = 0.0, last = 0.0

@@ -6,8 +6,9 @@ import RadarEngine
 /// initializers are the state dict's tensors under their PyTorch names (a Linear's weight stays
 /// (out, in), used through Gemm's transB); the batch dimension is symbolic. The fixed transforms
 /// are graph operators too: grayscale and Sobel as convolutions with constant kernels, the bilinear
-/// resize as Resize (half_pixel, F.interpolate's align_corners=False), the 2-D FFT as two DFT
-/// nodes, fftshift as Gathers, the high-pass mask as a constant. Outputs: `logit`, `prob`, the
+/// resize as Resize (half_pixel, F.interpolate's align_corners=False), the 2-D FFT with its
+/// fftshift as products with constant DFT matrices (no DFT node, which several runtimes lack), the
+/// high-pass mask as a constant. Outputs: `logit`, `prob`, the
 /// heads (`reasoning_logit`, `external_logit`, `gating_alpha`, `badm_logit`, `aadm_logit`, the
 /// evidence, `iteration_logits`, `attention_history`) and, with a temperature, `calibrated_prob`
 /// = sigmoid(logit / T).
@@ -141,15 +142,29 @@ public enum ONNXExport {
         if c.useAadm {
             let sizes = concat([g.op1("Slice", [g.op1("Shape", [gray]), g.ints([0]), g.ints([2])]), g.ints([Int64(f), Int64(f)])], axis: 0)
             let resized = g.op1("Resize", [gray, "", "", sizes], [.string("mode", "linear"), .string("coordinate_transformation_mode", "half_pixel")])
-            let rows = g.op1("DFT", [reshape(resized, [-1, f, f, 1])], [.int("axis", 1), .int("onesided", 0)])  // (B, F, F, 2)
-            let spectrum = g.op1("DFT", [rows], [.int("axis", 2), .int("onesided", 0)])
-            var magnitude = g.op1("Sqrt", [g.op1("ReduceSum", [g.op1("Mul", [spectrum, spectrum]), g.ints([3])], [.int("keepdims", 0)])])
-            // fftshift: out[k] = in[(k - F/2) mod F] on each spatial axis.
-            let shift = g.ints((0..<f).map { Int64((($0 - f / 2) % f + f) % f) })
-            magnitude = g.op1("Gather", [g.op1("Gather", [magnitude, shift], [.int("axis", 1)]), shift], [.int("axis", 2)])
+            // The 2-D DFT as products with constant matrices (core operators only: no DFT node,
+            // which several runtimes lack), fftshift folded into their rows: with W = C - iS the
+            // F-point DFT matrix (symmetric) and P the shift, P W X W P^T has real part
+            // Cs X Cs^T - Ss X Ss^T and imaginary part -(Cs X Ss^T + Ss X Cs^T), Cs = P C, Ss = P S.
+            var cs = [Float](repeating: 0, count: f * f), ss = cs
+            for r in 0..<f {
+                let j = ((r - f / 2) % f + f) % f  // row r of the shifted spectrum is frequency j
+                for k in 0..<f {
+                    let angle = 2 * Double.pi * Double((j * k) % f) / Double(f)
+                    cs[r * f + k] = Float(cos(angle))
+                    ss[r * f + k] = Float(sin(angle))
+                }
+            }
+            func transposed(_ m: [Float]) -> [Float] { (0..<(f * f)).map { m[($0 % f) * f + $0 / f] } }
+            let c = g.floats(cs, dims: [f, f]), sn = g.floats(ss, dims: [f, f])
+            let ct = g.floats(transposed(cs), dims: [f, f]), st = g.floats(transposed(ss), dims: [f, f])
+            let cx = g.op1("MatMul", [c, resized]), sx = g.op1("MatMul", [sn, resized])  // (B, 1, F, F)
+            let re = g.op1("Sub", [g.op1("MatMul", [cx, ct]), g.op1("MatMul", [sx, st])])
+            let im = g.op1("Add", [g.op1("MatMul", [cx, st]), g.op1("MatMul", [sx, ct])])
+            let magnitude = g.op1("Sqrt", [g.op1("Add", [g.op1("Mul", [re, re]), g.op1("Mul", [im, im])])])
             let filter = HighPassFilter(size: f)
             let mask = withExtendedLifetime(filter) { g.floats(Array(filter.mask.storage.prefix(f * f)), dims: [1, 1, f, f]) }
-            let logged = g.op1("Log", [g.op1("Add", [g.op1("Mul", [reshape(magnitude, [-1, 1, f, f]), mask]), scalar(1)])])
+            let logged = g.op1("Log", [g.op1("Add", [g.op1("Mul", [magnitude, mask]), scalar(1)])])
             let lo = perImage("ReduceMin", logged), hi = perImage("ReduceMax", logged)
             let normalised = g.op1("Div", [g.op1("Sub", [logged, lo]), g.op1("Max", [g.op1("Sub", [hi, lo]), scalar(1e-8)])])
             let freqFeat = try artifactCNN(normalised, "aadm.freq_encoder")

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Where one named parameter lives inside the flat buffers.
 public struct ParameterSlot: Sendable, Equatable {
     public let name: String
@@ -19,8 +25,22 @@ public final class ParameterStore: @unchecked Sendable {
     public let backend: any Backend
     /// Every parameter, flat (parameterCount).
     public let values: Tensor
-    /// Every gradient, flat, in the layout of `values`.
-    public let grads: Tensor
+    /// Every gradient, flat, in the layout of `values`: allocated at first use (the first
+    /// backward, or the gradient synchronisation's set-up), so a store that only runs forwards
+    /// (predict, evaluate, serve, export) never holds it.
+    public var grads: Tensor {
+        if let g = gradStorage { return g }
+        pthread_mutex_lock(gradLock)
+        defer { pthread_mutex_unlock(gradLock) }
+        if let g = gradStorage { return g }
+        let g = Tensor(backend.allocate(max(layout.parameterCount, 1)), Shape(layout.parameterCount))
+        gradStorage = g
+        return g
+    }
+    private var gradStorage: Tensor?
+    private let gradLock: UnsafeMutablePointer<pthread_mutex_t>
+    /// Whether `grads` has been allocated.
+    public var holdsGradients: Bool { gradStorage != nil }
     /// Every BatchNorm running statistic, flat (layout.bufferCount).
     public let buffers: Tensor
     /// Int64 counters in `layout.counterNames` order (host memory).
@@ -30,7 +50,8 @@ public final class ParameterStore: @unchecked Sendable {
         self.layout = layout
         self.backend = backend
         values = Tensor(backend.allocate(max(layout.parameterCount, 1)), Shape(layout.parameterCount))
-        grads = Tensor(backend.allocate(max(layout.parameterCount, 1)), Shape(layout.parameterCount))
+        gradLock = .allocate(capacity: 1)
+        pthread_mutex_init(gradLock, nil)
         buffers = Tensor(backend.allocate(max(layout.bufferCount, 1)), Shape(layout.bufferCount))
         counters = .allocate(capacity: max(layout.counterNames.count, 1))
         counters.initialize(repeating: 0)
@@ -38,7 +59,9 @@ public final class ParameterStore: @unchecked Sendable {
 
     deinit {
         backend.release(values.base)
-        backend.release(grads.base)
+        if let g = gradStorage { backend.release(g.base) }
+        pthread_mutex_destroy(gradLock)
+        gradLock.deallocate()
         backend.release(buffers.base)
         counters.deallocate()
     }

@@ -10,8 +10,6 @@ import Foundation
 /// learns whether the step was taken when it reads the step's scalars (`stepTaken`).
 public final class AdamW: @unchecked Sendable {
     public let store: ParameterStore
-    public let expAvg: Tensor
-    public let expAvgSq: Tensor
     public let ranges: [Range<Int>]
     public var lr: Float
     public var beta1: Float
@@ -24,9 +22,6 @@ public final class AdamW: @unchecked Sendable {
     public init(store: ParameterStore, slots: [ParameterSlot], lr: Float = 5e-4, beta1: Float = 0.9, beta2: Float = 0.999,
                 eps: Float = 1e-8, weightDecay: Float = 0.05) {
         self.store = store
-        let be = store.backend
-        expAvg = Tensor(be.allocate(max(store.parameterCount, 1)), Shape(store.parameterCount))
-        expAvgSq = Tensor(be.allocate(max(store.parameterCount, 1)), Shape(store.parameterCount))
         var merged: [Range<Int>] = []
         for s in slots.sorted(by: { $0.offset < $1.offset }) {
             let r = s.offset..<(s.offset + s.count)
@@ -45,9 +40,28 @@ public final class AdamW: @unchecked Sendable {
     }
 
     deinit {
-        store.backend.release(expAvg.base)
-        store.backend.release(expAvgSq.base)
+        if let m = moments {
+            store.backend.release(m.0.base)
+            store.backend.release(m.1.base)
+        }
     }
+
+    /// The moments, allocated (zeroed, as PyTorch starts them) at the first update or resume: a
+    /// Trainer that only runs forwards (predict, evaluate, serve) never holds them.
+    private var moments: (Tensor, Tensor)?
+    public var expAvg: Tensor { allocatedMoments.0 }
+    public var expAvgSq: Tensor { allocatedMoments.1 }
+    private var allocatedMoments: (Tensor, Tensor) {
+        if let m = moments { return m }
+        let be = store.backend, n = store.parameterCount
+        let m = (Tensor(be.allocate(max(n, 1)), Shape(n)), Tensor(be.allocate(max(n, 1)), Shape(n)))
+        be.fill(m.0, 0)
+        be.fill(m.1, 0)
+        moments = m
+        return m
+    }
+    /// Whether the moments have been allocated.
+    public var holdsMoments: Bool { moments != nil }
 
     /// clip_grad_norm_(maxNorm) over the updated parameters' gradients, on the device: the norm
     /// into norm[0], and gate[0] = 1 unless nonFinite[0] is set or the norm is not finite.
