@@ -3,7 +3,7 @@ import Foundation
 import RadarCore
 
 struct Runs: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The experiments in an output folder at a glance: state (running on this machine, finished, stopped, empty), epochs, optimizer steps, best validation AUC, test AUC / EER / ECE, images/s, last write.")
+    static let configuration = CommandConfiguration(abstract: "The experiments in an output folder at a glance: state (running on this machine, finished, stopped, empty), epochs, optimizer steps, best validation AUC, test AUC / EER / ECE, the fitted temperature T (radar calibrate; - where none was fitted), images/s, last write.")
     @Option(help: "The output root (radar train / radar-worker --output).") var output = "outputs"
     @Flag(help: "One JSON array instead of the table.") var json = false
 
@@ -22,12 +22,12 @@ struct Runs: ParsableCommand {
             stamp.dateFormat = "yyyy-MM-dd HH:mm"
             stamp.timeZone = TimeZone(identifier: "UTC")
             func f(_ v: Double?, _ digits: Int = 4) -> String { v.map { $0.isFinite ? String(format: "%.\(digits)f", $0) : "nan" } ?? "-" }
-            let header = ["experiment", "state", "epoch", "step", "best val auc", "test auc", "eer", "ece", "img/s", "updated (UTC)"]
+            let header = ["experiment", "state", "epoch", "step", "best val auc", "test auc", "eer", "ece", "T", "img/s", "updated (UTC)"]
             let rows = runs.map { r -> [String] in
                 [r.name, r.state.rawValue + (r.holder.map { " (\($0))" } ?? ""),
                  "\(r.epochsDone)/" + (r.epochs.map(String.init) ?? "?"), r.step.map(String.init) ?? "-",
                  r.bestValAUC.map { f($0) + " (\(r.bestEpoch ?? 0))" } ?? "-",
-                 f(r.test["auc"]), f(r.test["eer"]), f(r.test["ece"]), f(r.imagesPerSecond, 1), r.updated.map(stamp.string) ?? "-"]
+                 f(r.test["auc"]), f(r.test["eer"]), f(r.test["ece"]), f(r.temperature, 3), f(r.imagesPerSecond, 1), r.updated.map(stamp.string) ?? "-"]
             }
             let widths = header.indices.map { c in ([header] + rows).map { $0[c].count }.max()! }
             for row in [header] + rows {

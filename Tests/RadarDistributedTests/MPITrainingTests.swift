@@ -549,6 +549,8 @@ final class DemoPipelineTests: XCTestCase {
         let calibration = try XCTUnwrap(metrics["calibration"] as? [String: Any], "metrics.json: \(metrics.keys.sorted())")
         XCTAssertEqual(calibration["fitted_on"] as? String, "val")
         let runT = calibration["temperature"] as! Double
+        XCTAssertEqual(listed.first?["temperature"] as? Double, runT, "radar runs --json")
+        XCTAssertTrue(table[0].contains("  T  ") && table[1].contains(String(format: "  %.3f  ", runT)), "radar runs: \(table)")
         let saved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: root + "/outputs/demo/calibration.json"))) as! [String: Any]
         XCTAssertEqual(saved["temperature"] as? Double, runT)
         XCTAssertNil(saved["test"], "calibration.json: what the fit used only")

@@ -25,6 +25,8 @@ public struct RunSummary: Sendable {
     public let bestValAUC: Double?, bestEpoch: Int?
     /// metrics.json's test metrics (finished runs).
     public let test: [String: Double]
+    /// The temperature the run fitted at its end (metrics.json's `calibration`; finished runs).
+    public var temperature: Double? = nil
     /// The last epoch's training images/s (all ranks).
     public let imagesPerSecond: Double?
     public let worldSize: Int?, batchSize: Int?, device: String?
@@ -123,10 +125,12 @@ public struct RunSummary: Sendable {
            let dim = m["embed_dim"] as? Int, let depth = m["depth"] as? Int {
             model = "img \(img) patch \(patch) dim \(dim) depth \(depth)"
         }
-        return RunSummary(name: name, state: state, holder: holder, epochsDone: epochsDone, epochs: config?["num_epochs"] as? Int, step: step,
-                          bestValAUC: best?.auc, bestEpoch: best.map { $0.epoch + 1 }, test: test, imagesPerSecond: speed,
-                          worldSize: config?["world_size"] as? Int, batchSize: config?["batch_size"] as? Int, device: config?["device"] as? String,
-                          model: model, updated: updated)
+        var summary = RunSummary(name: name, state: state, holder: holder, epochsDone: epochsDone, epochs: config?["num_epochs"] as? Int, step: step,
+                                 bestValAUC: best?.auc, bestEpoch: best.map { $0.epoch + 1 }, test: test, imagesPerSecond: speed,
+                                 worldSize: config?["world_size"] as? Int, batchSize: config?["batch_size"] as? Int, device: config?["device"] as? String,
+                                 model: model, updated: updated)
+        if state == .finished { summary.temperature = (final?["calibration"] as? [String: Any])?["temperature"] as? Double }
+        return summary
     }
 
     /// `radar runs --json`'s object (absent values null).
@@ -134,7 +138,7 @@ public struct RunSummary: Sendable {
         func v(_ x: Any?) -> Any { x ?? NSNull() }
         return ["name": name, "state": state.rawValue, "holder": v(holder), "epochs_done": epochsDone, "epochs": v(epochs), "step": v(step),
                 "best_val_auc": v(bestValAUC), "best_epoch": v(bestEpoch), "test_metrics": test, "images_per_s": v(imagesPerSecond),
-                "world_size": v(worldSize), "batch_size": v(batchSize), "device": v(device), "model": v(model),
+                "temperature": v(temperature), "world_size": v(worldSize), "batch_size": v(batchSize), "device": v(device), "model": v(model),
                 "updated": v(updated.map { ISO8601DateFormatter().string(from: $0) })]
     }
 }
