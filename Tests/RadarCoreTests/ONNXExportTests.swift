@@ -85,4 +85,22 @@ final class ONNXExportTests: XCTestCase {
             XCTAssertEqual(config, c, "the config travels in the metadata")
         }
     }
+
+    /// Weights that do not fit the config, or a temperature that is not one: a one-line error
+    /// naming the file and what is wrong, before anything is built.
+    func testWeightsThatDoNotFitAndBadTemperaturesAreRefusedByName() throws {
+        let (trainer, _, _) = try makeTinyTrainer()
+        var tensors = StateDict.export(trainer.ctx.params)
+        let c = trainer.model.config
+        XCTAssertNoThrow(try ONNXExport.encode(tensors, config: c, temperature: nil, source: "w.safetensors"))
+        for t in [0.0, -1, .nan, .infinity] {
+            XCTAssertThrowsError(try ONNXExport.encode(tensors, config: c, temperature: t, source: "w.safetensors")) { e in
+                XCTAssertTrue("\(e)".hasPrefix("w.safetensors: temperature") && "\(e)".contains("positive finite"), "\(e)")
+            }
+        }
+        tensors.removeValue(forKey: "reasoning.gru.weight_hh")
+        XCTAssertThrowsError(try ONNXExport.encode(tensors, config: c, temperature: nil, source: "w.safetensors")) { e in
+            XCTAssertTrue("\(e)".hasPrefix("w.safetensors") && "\(e)".contains("reasoning.gru.weight_hh") && !"\(e)".contains("\n"), "\(e)")
+        }
+    }
 }

@@ -38,6 +38,8 @@ public enum ONNXExport {
     /// The serialised ModelProto. `tensors`: the state dict (every tensor the active path reads).
     public static func encode(_ tensors: [String: SafeTensor], config c: RADARConfig, temperature: Double?, source: String) throws -> Data {
         try c.validate()
+        // Every tensor the model has, by name and shape, before anything is built.
+        try StateDict.verify(tensors.filter { !$0.key.hasPrefix("optim.") }, layout: try RADARModel(config: c).layout, source: source)
         if let t = temperature, !(t.isFinite && t > 0) {
             throw DatasetError(path: source, reason: "temperature \(t): expected a positive finite number")
         }
