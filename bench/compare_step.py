@@ -14,16 +14,10 @@ Prints a Markdown table and the machine record of our benchmark (CPU, BLAS kerne
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 
-
-def last_json(text):
-    for line in reversed(text.strip().splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    raise SystemExit("no JSON in output:\n" + text[-2000:])
+from side_by_side import last_json, print_table
 
 
 def main():
@@ -63,13 +57,7 @@ def main():
     print(f"ours: {ours_device}; precision {', '.join(sorted(ours_precision))}")
     theirs_name = "PyTorch fp32 eager" if o.precision == "fp32" else "PyTorch CPU autocast bf16"
     ours_name = "ours " + "/".join(sorted(ours_precision))
-    print(f"| config | batch | threads | {ours_name} img/s | {theirs_name} img/s | ours / PyTorch (per round) |")
-    print("|---|---|---|---|---|---|")
-    for config, batch, t, ours, theirs in rows:
-        ratios = ", ".join("%.2f" % (x / y) for x, y in zip(ours, theirs))
-        print(f"| {config} | {batch} | {t} | {statistics.median(ours):.2f} | {statistics.median(theirs):.2f} | "
-              f"{statistics.median(ours) / statistics.median(theirs):.2f} ({ratios}) |")
-
+    print_table(rows, ours_name, theirs_name, "PyTorch")
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,7 @@ Runtime's mean p(fake) on the batch is ours (the same model on the same images).
     python bench/onnx_compare.py --radar .build/release/radar [--configs mid:32,full:8] \
         [--threads 1,2] [--rounds 3] [--repeats 3]
 
-Needs numpy and onnxruntime (the test venv has both: .build/pyvenv/bin/python). ONNX Runtime runs
+Needs safetensors and onnxruntime (the test venv has both: .build/pyvenv/bin/python). ONNX Runtime runs
 with all graph optimisations (its default), intra-op threads as given, one inter-op thread; the
 batch is the synthetic faces `radar bench infer` uses, read back from our own run.
 """
@@ -21,16 +21,10 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import onnxruntime as ort
 from safetensors.numpy import load_file
 
-
-def last_json(text):
-    for line in reversed(text.strip().splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    raise SystemExit("no JSON in output:\n" + text[-2000:])
+from side_by_side import last_json, print_table
 
 
 def runtime_images_per_s(path, x, threads, repeats):
@@ -67,8 +61,7 @@ def main():
                     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
                     r = subprocess.run([o.radar, "bench", "infer", "--config", config, "--batch", batch, "--threads", str(t),
                                         "--repeats", str(o.repeats), "--export-onnx", model, "--export-batch", images],
-                                       capture_output=True, text=True,
-                                       env=env, check=True)
+                                       capture_output=True, text=True, env=env, check=True)
                     j = last_json(r.stdout)
                     machine = j.get("machine", machine)
                     ours.append(j["images_per_s"])
@@ -80,13 +73,7 @@ def main():
                 print(f"{config} batch {batch} threads {t}: ours {ours} ONNX Runtime {theirs}", file=sys.stderr)
     print(f"machine: {json.dumps(machine, sort_keys=True)}")
     print(f"ONNX Runtime {ort.__version__}, CPUExecutionProvider")
-    print("| config | batch | threads | ours img/s | ONNX Runtime img/s | ours / ONNX Runtime (per round) |")
-    print("|---|---|---|---|---|---|")
-    for config, batch, t, ours, theirs in rows:
-        ratios = ", ".join("%.2f" % (x / y) for x, y in zip(ours, theirs))
-        print(f"| {config} | {batch} | {t} | {statistics.median(ours):.2f} | {statistics.median(theirs):.2f} | "
-              f"{statistics.median(ours) / statistics.median(theirs):.2f} ({ratios}) |")
-
+    print_table(rows, "ours", "ONNX Runtime", "ONNX Runtime")
 
 if __name__ == "__main__":
     main()
