@@ -11,6 +11,15 @@ struct Bench: ParsableCommand {
         subcommands: [Kernels.self, Step.self, Infer.self, DataPipeline.self, AllReduce.self, Crypto.self, ServeLoad.self])
 }
 
+/// The synthetic faces (seed 2) `radar bench step` and `radar bench infer` time, normalised
+/// for `cfg`, with their labels.
+func syntheticBatch(_ cfg: RADARConfig, count b: Int) -> (images: HostTensor, labels: [Float]) {
+    let synth = SyntheticFaces(size: cfg.imgSize, seed: 2)
+    let images = HostTensor(Shape(b, 3, cfg.imgSize, cfg.imgSize))
+    for i in 0..<b { synth.normalized(i, mean: cfg.mean, std: cfg.std, into: images.pointer + i * 3 * cfg.imgSize * cfg.imgSize) }
+    return (images, (0..<b).map { Float(synth.label($0)) })
+}
+
 extension Bench {
     struct Kernels: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -135,10 +144,8 @@ extension Bench {
                 if let bf16Activations { ctx.bf16Activations = bf16Activations }
                 model.initialize(ctx.params, seed: 1)
                 let trainer = Trainer(model: model, ctx: ctx, accumulationSteps: accumulationSteps)
-                let synth = SyntheticFaces(size: cfg.imgSize, seed: 2)
-                let hostImages = HostTensor(Shape(b, 3, cfg.imgSize, cfg.imgSize))
-                for i in 0..<b { synth.normalized(i, mean: cfg.mean, std: cfg.std, into: hostImages.pointer + i * 3 * cfg.imgSize * cfg.imgSize) }
-                let images = DeviceTensor(backend, hostImages), labels = DeviceTensor(backend, Shape(b), (0..<b).map { Float(synth.label($0)) })
+                let batch = syntheticBatch(cfg, count: b)
+                let images = DeviceTensor(backend, batch.images), labels = DeviceTensor(backend, Shape(b), batch.labels)
                 // One optimizer step = accumulationSteps micro-batches; times are per micro-batch.
                 func optimizerStep() throws { for _ in 0..<accumulationSteps { _ = try trainer.step(images: images.tensor, labels: labels.tensor) } }
                 try optimizerStep()

@@ -37,9 +37,7 @@ extension Bench {
                 model.initialize(ctx.params, seed: 1)
                 if let exportOnnx { try ONNXExport.write(ctx.params, config: cfg, temperature: nil, source: "radar bench infer --config \(config)", to: exportOnnx) }
                 let trainer = Trainer(model: model, ctx: ctx)
-                let synth = SyntheticFaces(size: cfg.imgSize, seed: 2)
-                let hostImages = HostTensor(Shape(b, 3, cfg.imgSize, cfg.imgSize))
-                for i in 0..<b { synth.normalized(i, mean: cfg.mean, std: cfg.std, into: hostImages.pointer + i * 3 * cfg.imgSize * cfg.imgSize) }
+                let hostImages = syntheticBatch(cfg, count: b).images
                 let images = DeviceTensor(backend, hostImages)
                 if let exportBatch {
                     let batchTensor = SafeTensor(shape: hostImages.shape.dims, floats: Array(hostImages.storage.prefix(hostImages.count)))

@@ -125,12 +125,10 @@ public enum RunExport {
                 try writeFileAtomically(c, to: (tmp as NSString).appendingPathComponent("calibration.json"))
             }
             if onnx {
-                let modelPath = (tmp as NSString).appendingPathComponent("model.safetensors")
-                let (tensors, metadata) = try SafeTensors.decode(model, path: modelPath)
-                guard let configText = metadata["radar_config"] else { throw DatasetError(path: modelPath, reason: "no radar_config in its metadata") }
-                let config = try RADARConfig.decode(Data(configText.utf8), source: modelPath)
+                let weights = try ModelWeights.read((tmp as NSString).appendingPathComponent("model.safetensors"))
                 let temperature = fm.fileExists(atPath: calibration) ? try TemperatureScaling.resolve(calibration) : nil
-                try writeFileAtomically(try ONNXExport.encode(tensors, config: config, temperature: temperature, source: "\(name)/model.safetensors"),
+                try writeFileAtomically(try ONNXExport.encode(weights.tensors, config: weights.model.config, temperature: temperature,
+                                                              source: "\(name)/model.safetensors"),
                                         to: (tmp as NSString).appendingPathComponent("model.onnx"))
             }
             if fm.fileExists(atPath: dir) { try fm.removeItem(atPath: dir) }  // an empty folder

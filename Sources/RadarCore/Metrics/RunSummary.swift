@@ -26,7 +26,7 @@ public struct RunSummary: Sendable {
     /// metrics.json's test metrics (finished runs).
     public let test: [String: Double]
     /// The temperature the run fitted at its end (metrics.json's `calibration`; finished runs).
-    public var temperature: Double? = nil
+    public let temperature: Double?
     /// The last epoch's training images/s (all ranks).
     public let imagesPerSecond: Double?
     public let worldSize: Int?, batchSize: Int?, device: String?
@@ -125,12 +125,11 @@ public struct RunSummary: Sendable {
            let dim = m["embed_dim"] as? Int, let depth = m["depth"] as? Int {
             model = "img \(img) patch \(patch) dim \(dim) depth \(depth)"
         }
-        var summary = RunSummary(name: name, state: state, holder: holder, epochsDone: epochsDone, epochs: config?["num_epochs"] as? Int, step: step,
-                                 bestValAUC: best?.auc, bestEpoch: best.map { $0.epoch + 1 }, test: test, imagesPerSecond: speed,
-                                 worldSize: config?["world_size"] as? Int, batchSize: config?["batch_size"] as? Int, device: config?["device"] as? String,
-                                 model: model, updated: updated)
-        if state == .finished { summary.temperature = (final?["calibration"] as? [String: Any])?["temperature"] as? Double }
-        return summary
+        let temperature = state == .finished ? (final?["calibration"] as? [String: Any])?["temperature"] as? Double : nil
+        return RunSummary(name: name, state: state, holder: holder, epochsDone: epochsDone, epochs: config?["num_epochs"] as? Int, step: step,
+                          bestValAUC: best?.auc, bestEpoch: best.map { $0.epoch + 1 }, test: test, temperature: temperature, imagesPerSecond: speed,
+                          worldSize: config?["world_size"] as? Int, batchSize: config?["batch_size"] as? Int, device: config?["device"] as? String,
+                          model: model, updated: updated)
     }
 
     /// `radar runs --json`'s object (absent values null).
