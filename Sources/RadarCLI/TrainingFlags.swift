@@ -8,7 +8,7 @@ import RadarDistributed
 /// A file a command will write at its end: its folder exists and is writable, and it is not a
 /// folder itself (said before any work).
 public func requireWritableFile(_ path: String, flag: String, expected: String = "a file name") throws {
-    let parent = parentPath(path), dir = parent.isEmpty ? "." : parent  // a bare name is in the working folder
+    let dir = containingFolder(path)
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
         throw ValidationError("\(flag) \(path): the folder \(dir) does not exist")

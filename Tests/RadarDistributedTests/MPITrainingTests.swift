@@ -926,6 +926,10 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertLessThan(abs(hubONNX.count - ownONNX.count), 200, "\(hubONNX.count) vs \(ownONNX.count) bytes")
         let (onnxFlagRC, onnxFlagOut) = try Process.runStatus([bin.appendingPathComponent("radar").path, "export", "--results-dir", root + "/outputs/demo", "--onnx"])
         XCTAssertEqual(onnxFlagRC, 64, onnxFlagOut)
+        // A bare folder name is made in the working folder (env -C runs the command there).
+        let (bareRC, bareOut) = try Process.runStatus(["-C", root, bin.appendingPathComponent("radar").path, "export", "--results-dir", "outputs/demo", "--hub-folder", "hub-here"])
+        XCTAssertEqual(bareRC, 0, bareOut)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: root + "/hub-here/model.safetensors"), bareOut)
         XCTAssertTrue(onnxFlagOut.contains("--onnx goes with --hub-folder"), onnxFlagOut)
     }
 }

@@ -79,8 +79,7 @@ public func errorLine(_ error: Error) -> String {
 /// The directory of `path` ("." when it has none) and a hidden temporary name beside it, for a
 /// write that ends in rename(2) (same filesystem, so the rename is atomic).
 public func temporarySibling(of path: String) -> (dir: String, tmp: String) {
-    let d = parentPath(path)
-    let dir = d.isEmpty ? "." : d
+    let dir = containingFolder(path)
     return (dir, dir + "/." + (path as NSString).lastPathComponent + ".tmp-\(getpid())")
 }
 

@@ -111,7 +111,7 @@ public enum RunExport {
         var training: [String: Any] = [:]
         for k in recipeKeys { if let v = runConfig[k] { training[k] = v } }
         let published: [String: Any] = ["library": "radar", "model": runConfig["model"] ?? [:], "training": training]
-        let parent = parentPath(dir)
+        let parent = containingFolder(dir)
         try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
         let tmp = (parent as NSString).appendingPathComponent(".\((dir as NSString).lastPathComponent).partial-\(getpid())")
         try? fm.removeItem(atPath: tmp)

@@ -47,3 +47,9 @@ public func parentPath(_ path: String) -> String {
     while parent.count > 1 && parent.hasSuffix("/") { parent = parent.dropLast() }
     return String(parent)
 }
+
+/// The folder `path` is in, as a path to open or create: `parentPath`, or "." for a bare name.
+public func containingFolder(_ path: String) -> String {
+    let parent = parentPath(path)
+    return parent.isEmpty ? "." : parent
+}
