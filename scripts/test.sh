@@ -67,8 +67,8 @@ run_tests RADAR_TEST_BACKEND=cpu swift test
 echo "== engine suites on the fenced device (RADAR_TEST_BACKEND=cpu-fenced) =="
 run_tests RADAR_TEST_BACKEND=cpu-fenced RADAR_DEVICE=cpu-fenced swift test --skip-build --filter RadarCoreTests
 # The CUDA backend on the emulated device (its kernels compiled for the host, device memory
-# fenced off from the host): kernel references, every layer's gradient check, the three golden
-# PyTorch cases (tiny_dual through 3 AdamW steps), the step's host-synchronisation count, skipping,
+# fenced off from the host): kernel references, every layer's gradient check, the four golden
+# PyTorch cases (tiny_dual through 3 AdamW steps, tiny_recipe's 12 OneCycle steps), the step's host-synchronisation count, skipping,
 # clipping, and a stop/resume that must give the uninterrupted run's bits. Slow (fibers): a subset.
 echo "== CUDA backend on the emulated device (RADAR_TEST_BACKEND=cuda-emulated) =="
 run_tests RADAR_TEST_BACKEND=cuda-emulated RADAR_DEVICE=cuda-emulated swift test --skip-build --filter \

@@ -18,6 +18,9 @@ struct DumpStep: ParsableCommand {
     @Option(help: "AdamW steps at a constant learning rate on the same batch.") var steps = 0
     @Option(help: "Learning rate for --steps.") var lr: Double = 1e-3
     @Option(help: "Weight decay for --steps.") var weightDecay: Double = 0.05
+    @Option(help: "The training loop over the batch's images taken this many at a time, in order (README, dump-step format); --steps is then the batch's micro-batches / --accumulation-steps.") var microBatchSize: Int?
+    @Option(help: "With --micro-batch-size: micro-batches per optimizer step.") var accumulationSteps = 1
+    @Option(help: "With --micro-batch-size: constant (--lr throughout) or onecycle (OneCycleLR to max lr --lr over the steps, MODEL.md section 8).") var schedule = "constant"
     @Option(help: "Threads.") var threads = 1
     @Flag(help: "First an eval-mode forward of the same weights and batch: `eval.out.<name>` and `eval.explain.<name>` (what `radar predict --explain` reports).") var evalForward = false
     @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
@@ -26,6 +29,16 @@ struct DumpStep: ParsableCommand {
     func validate() throws {
         try requireFlag(threads >= 1, "threads", "at least 1", threads)
         try requireFlag(steps >= 0, "steps", "0 or more", steps)
+        try requireFlag(["constant", "onecycle"].contains(schedule), "schedule", "constant or onecycle", schedule)
+        try requireFlag(accumulationSteps >= 1, "accumulation-steps", "at least 1", accumulationSteps)
+        if let microBatchSize {
+            try requireFlag(microBatchSize >= 1, "micro-batch-size", "at least 1", microBatchSize)
+            guard steps == 0, !evalForward else {
+                throw ValidationError("--micro-batch-size runs the training loop over the batch: it takes neither --steps nor --eval-forward")
+            }
+        } else if accumulationSteps != 1 || schedule != "constant" {
+            throw ValidationError("--accumulation-steps and --schedule need --micro-batch-size")
+        }
     }
 
     func run() throws {
@@ -34,10 +47,15 @@ struct DumpStep: ParsableCommand {
             let out = try ParityDump.run(config: cfg, weights: try SafeTensors.read(weights).tensors, weightsSource: weights,
                                          batch: try SafeTensors.read(batch).tensors, batchSource: batch, steps: steps, lr: lr,
                                          weightDecay: weightDecay, threads: threads,
-                                         device: device ?? Devices.defaultName, precision: precision, evalForward: evalForward)
-            let data = SafeTensors.encode(out, metadata: ["format": "radar-dump-step-1", "steps": String(steps)])
+                                         device: device ?? Devices.defaultName, precision: precision, evalForward: evalForward,
+                                         recipe: microBatchSize.map {
+                                             ParityDump.Recipe(microBatch: $0, accumulationSteps: accumulationSteps, oneCycle: schedule == "onecycle")
+                                         })
+            let taken = microBatchSize == nil ? steps : out.keys.filter { $0.hasPrefix("lr.step") }.count
+            let data = SafeTensors.encode(out, metadata: ["format": "radar-dump-step-1", "steps": String(taken)])
             try data.write(to: URL(fileURLWithPath: output), options: .atomic)
-            logLine("wrote \(out.count) tensors to \(output) (loss.total \(out["loss.total"]!.floats[0]))")
+            let loss = out["loss.total"] ?? out["loss.micro0"]
+            logLine("wrote \(out.count) tensors to \(output) (\(microBatchSize == nil ? "loss.total" : "loss.micro0") \(loss!.floats[0]))")
         }
     }
 }

@@ -50,6 +50,29 @@ def zero_gradient_tensors(model):
     return names
 
 
+def after_step_bounds(model, after32, after64, d_model):
+    """Metadata bounds for the weights and buffers after AdamW steps. Round-off in near-zero
+    gradient elements becomes parameter moves of up to about lr per step (MODEL.md parity notes):
+    beyond the zero-gradient tensors this reaches some ordinary tensors too, and BatchNorm running
+    means inherit the moves of the conv bias before them. Wherever the float32 reference itself is
+    further than the plain tolerance from its float64 run, the bound is 4x that distance."""
+    zero, params, meta = set(zero_gradient_tensors(model)), dict(model.named_parameters()), {}
+    for k, v in after32.items():
+        if v.dtype == torch.int64:
+            continue
+        kind = "param" if k in params else "buffer"
+        diff = (v.double() - after64[k]).abs()
+        if k.endswith("attn.qkv.bias"):
+            diff = diff[d_model:2 * d_model]
+        floor = 4 * float(diff.max())
+        plain = 1e-5 if kind == "param" else 1e-5 * float(v.abs().max())
+        if k in zero:
+            meta[f"bound.{kind}.{k}"] = repr(max(floor, 1e-6))
+        elif floor > plain:
+            meta[f"bound.{kind}.{k}"] = repr(floor)
+    return meta
+
+
 def draw_weights(model, seed):
     g = torch.Generator().manual_seed(seed)
     state = {}
@@ -151,25 +174,7 @@ def main():
             for k, v in r32["after"].items():
                 kind = "param" if k in dict(model.named_parameters()) else "buffer"
                 expected[f"{kind}.{k}"] = v.contiguous() if v.dtype == torch.int64 else v.float().contiguous()
-            # After AdamW steps, round-off in near-zero gradient elements becomes parameter moves of
-            # up to about lr per step (MODEL.md parity notes): beyond the zero-gradient tensors this
-            # reaches some ordinary tensors too, and BatchNorm running means inherit the moves of the
-            # conv bias before them. Wherever the float32 reference itself is further than the plain
-            # tolerance from its float64 run, the bound is 4x that distance.
-            zero = set(zero_gradient_tensors(model))
-            for k, v in r32["after"].items():
-                if v.dtype == torch.int64:
-                    continue
-                kind = "param" if k in dict(model.named_parameters()) else "buffer"
-                diff = (v.double() - r64["after"][k]).abs()
-                if k.endswith("attn.qkv.bias"):
-                    diff = diff[d_model:2 * d_model]
-                floor = 4 * float(diff.max())
-                plain = 1e-5 if kind == "param" else 1e-5 * float(v.abs().max())
-                if k in zero:
-                    meta[f"bound.{kind}.{k}"] = repr(max(floor, 1e-6))
-                elif floor > plain:
-                    meta[f"bound.{kind}.{k}"] = repr(floor)
+            meta.update(after_step_bounds(model, r32["after"], r64["after"], d_model))
         # The float32 reference's own floor for everything else, for the record.
         worst = max(float(((r32["grad"][k].double() - r64["grad"][k]).abs().max() / (r64["grad"][k].abs().max() + 1e-30)))
                     for k in r32["grad"] if r32["grad"][k] is not None and k not in zero_gradient_tensors(model))
