@@ -28,10 +28,11 @@ uint64_t radar_allocation_counter_stop(void) {
     return __atomic_load_n(&count, __ATOMIC_SEQ_CST);
 }
 
-// Under AddressSanitizer (`swift build --sanitize=address`) its allocator must own every block:
-// no interposition there, so the counter reads 0 and the allocation-count tests say nothing.
+// Under AddressSanitizer or ThreadSanitizer (`swift build --sanitize=address|thread`) the
+// sanitizer's allocator must own every block: no interposition there, so the counter reads 0 and
+// the allocation-count tests say nothing.
 #if defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
 #define RADAR_NO_INTERPOSITION 1
 #endif
 #endif

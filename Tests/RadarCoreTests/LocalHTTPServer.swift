@@ -18,7 +18,8 @@ final class LocalHTTPServer: @unchecked Sendable {
     private var cutAfter: Int?
     private(set) var requests: [(path: String, headers: [String: String])] = []
     private var thread: Thread?
-    private var stopped = false
+    private var stopped = false  // under `lock`
+    private let finished = DispatchSemaphore(value: 0)
 
     init() throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -51,14 +52,21 @@ final class LocalHTTPServer: @unchecked Sendable {
     func failNext(_ n: Int) { lock.lock(); failuresLeft = n; lock.unlock() }
     func cutNextBody(after bytes: Int) { lock.lock(); cutAfter = bytes; lock.unlock() }
 
+    /// Stops accepting and closes the socket once the serving thread has left `accept` (closing
+    /// under it could hand it a reused descriptor); a connection that hangs is given 5 s.
     func stop() {
-        stopped = true
+        lock.lock(); let already = stopped; stopped = true; lock.unlock()
+        if already { return }
         shutdown(fd, Int32(SHUT_RDWR))
+        _ = finished.wait(timeout: .now() + 5)
         close(fd)
     }
 
+    private var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
+
     private func serve() {
-        while !stopped {
+        defer { finished.signal() }
+        while !isStopped {
             let c = accept(fd, nil, nil)
             if c < 0 { return }
             handle(c)
