@@ -16,9 +16,9 @@ struct DumpStep: ParsableCommand {
     @Option(help: "`images` (B,3,H,W) float32, normalised, and `labels` (B) float32 (safetensors).") var batch: String
     @Option(help: "Output safetensors file.") var output: String
     @Option(help: "AdamW steps at a constant learning rate on the same batch.") var steps = 0
-    @Option(help: "Learning rate for --steps.") var lr: Double = 1e-3
-    @Option(help: "Weight decay for --steps.") var weightDecay: Double = 0.05
-    @Option(help: "The training loop over the batch's images taken this many at a time, in order (README, dump-step format); --steps is then the batch's micro-batches / --accumulation-steps.") var microBatchSize: Int?
+    @Option(help: "Learning rate of --steps and of --micro-batch-size (with --schedule onecycle, the maximum).") var lr: Double = 1e-3
+    @Option(help: "AdamW weight decay of --steps and of --micro-batch-size.") var weightDecay: Double = 0.05
+    @Option(help: "The training loop over the batch's images taken this many at a time, in order (README, dump-step format): as many optimizer steps as the batch has micro-batches / --accumulation-steps.") var microBatchSize: Int?
     @Option(help: "With --micro-batch-size: micro-batches per optimizer step.") var accumulationSteps = 1
     @Option(help: "With --micro-batch-size: constant (--lr throughout) or onecycle (OneCycleLR to max lr --lr over the steps, MODEL.md section 8).") var schedule = "constant"
     @Option(help: "Threads.") var threads = 1

@@ -103,6 +103,7 @@ public enum ParityDump {
         trainer.clipNorm = 1.0
         if recipe.oneCycle { trainer.schedule = OneCycleLR(maxLR: lr, totalSteps: steps) }
         var out: [String: SafeTensor] = [:]
+        var k = 0  // optimizer steps so far (a step skipped as not finite counts too)
         for i in 0..<(n / b) {
             let x = DeviceTensor(be, Shape([b] + Array(img.shape.dropFirst())), Array(images[(i * b * per)..<((i + 1) * b * per)]))
             let y = DeviceTensor(be, Shape(b), Array(labels[(i * b)..<((i + 1) * b)]))
@@ -110,11 +111,11 @@ public enum ParityDump {
             // The total is the last of the five terms (main, branch, orth, deep, total).
             out["loss.micro\(i)"] = SafeTensor(shape: [], floats: [be.download(t)[LossTerms.count - 1]])
             guard trainer.pending == a else { continue }
-            let k = trainer.optimizer.step
             let r = try trainer.optimizerStep()
             out["lr.step\(k)"] = SafeTensor(shape: [], floats: [Float(r.lr)])
             out["beta1.step\(k)"] = SafeTensor(shape: [], floats: [trainer.optimizer.beta1])
             out["grad_norm.step\(k)"] = SafeTensor(shape: [], floats: [Float(r.gradNorm)])
+            k += 1
         }
         for (name, t) in StateDict.export(ctx.params) {
             out[(model.layout.parameter(named: name) != nil ? "param." : "buffer.") + name] = t
