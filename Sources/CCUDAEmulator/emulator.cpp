@@ -30,6 +30,26 @@
 #include <ucontext.h>
 #include <vector>
 
+// ThreadSanitizer (`swift build --sanitize=thread`) follows one stack per thread unless told of
+// fibers: every switch is announced, right before its swapcontext and in the function that calls
+// it (a helper that returned between the two would pop a frame off the next fiber's empty shadow
+// stack: the first function entry on a fresh fiber then faulted). Other builds: no-ops.
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RADAR_EMU_TSAN 1
+extern "C" {
+void *__tsan_get_current_fiber(void);
+void *__tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void *fiber);
+void __tsan_switch_to_fiber(void *fiber, unsigned flags);
+}
+#define RADAR_EMU_ANNOUNCE_SWITCH(fiber) __tsan_switch_to_fiber((fiber), 0)
+#endif
+#endif
+#ifndef RADAR_EMU_ANNOUNCE_SWITCH
+#define RADAR_EMU_ANNOUNCE_SWITCH(fiber) ((void)0)
+#endif
+
 namespace radar_emu {
 thread_local dim3 thread_index, block_index, block_dim, grid_dim;
 
@@ -43,6 +63,7 @@ struct Fiber {
     unsigned linear = 0;
     State state = State::runnable;
     const void *site = nullptr;
+    void *sanitizer_fiber = nullptr;  // ThreadSanitizer's handle (RADAR_EMU_TSAN)
 };
 
 struct Block {
@@ -53,6 +74,13 @@ struct Block {
     // Warp exchange slots, double-buffered by generation parity: lane values of each warp.
     std::vector<float> exchange[2];
     std::vector<unsigned> generation;  // per fiber: warp exchanges done
+    void *sanitizer_scheduler = nullptr;  // ThreadSanitizer's handle of the launching thread
+#ifdef RADAR_EMU_TSAN
+    ~Block() {
+        for (auto &f : fibers)
+            if (f.sanitizer_fiber) __tsan_destroy_fiber(f.sanitizer_fiber);
+    }
+#endif
 };
 
 thread_local Block *running = nullptr;
@@ -91,6 +119,7 @@ void fiber_entry() {
     Block *b = running;
     (*b->body)();
     b->fibers[b->current].state = State::done;
+    RADAR_EMU_ANNOUNCE_SWITCH(b->sanitizer_scheduler);
     swapcontext(&b->fibers[b->current].context, &b->scheduler);
 }
 
@@ -108,6 +137,7 @@ std::string run_block(Block &b) {
             if (f.state != State::runnable) continue;
             b.current = i;
             thread_index = f.index;
+            RADAR_EMU_ANNOUNCE_SWITCH(f.sanitizer_fiber);
             swapcontext(&b.scheduler, &f.context);
             progressed = true;
         }
@@ -168,6 +198,7 @@ void sync_block(const void *site) {
     Fiber &f = b->fibers[b->current];
     f.state = State::at_block_barrier;
     f.site = site;
+    RADAR_EMU_ANNOUNCE_SWITCH(b->sanitizer_scheduler);
     swapcontext(&f.context, &b->scheduler);
 }
 
@@ -179,6 +210,7 @@ float shuffle_xor(float v, int lane_mask) {
     b->exchange[parity][me] = v;
     Fiber &f = b->fibers[me];
     f.state = State::at_warp_barrier;
+    RADAR_EMU_ANNOUNCE_SWITCH(b->sanitizer_scheduler);
     swapcontext(&f.context, &b->scheduler);
     unsigned partner = base + (lane ^ (unsigned)lane_mask);
     return partner < b->fibers.size() ? b->exchange[parity][partner] : v;
@@ -226,6 +258,9 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
         return 0;
     }
     Block b;
+#ifdef RADAR_EMU_TSAN
+    b.sanitizer_scheduler = __tsan_get_current_fiber();
+#endif
     b.fibers.resize(n);
     b.body = &body;
     b.exchange[0].assign(n, 0.f);
@@ -246,6 +281,11 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
             f.context.uc_stack.ss_size = f.stack.size();
             f.context.uc_link = nullptr;
             makecontext(&f.context, fiber_entry, 0);
+#ifdef RADAR_EMU_TSAN
+            // A fresh one per block: the last block's never returned from fiber_entry.
+            if (f.sanitizer_fiber) __tsan_destroy_fiber(f.sanitizer_fiber);
+            f.sanitizer_fiber = __tsan_create_fiber(0);
+#endif
         }
         std::string e = run_block(b);
         if (!e.empty()) {
