@@ -16,8 +16,11 @@
 #      CDF (--recompute-in-backward false): what each memory choice costs or saves on this GPU.
 #   8. with a minute to spare (never listed as skipped): `radar bench serve` on the device (16
 #      clients POSTing 224 px faces, dynamic batches of up to 64): requests/s and latency.
+#   9. with a minute to spare (never listed as skipped): `radar bench step --kernel-times` in bf16
+#      and fp32: every kernel, cuBLAS product and FFT of a step timed with CUDA events.
 # One JSON report on stdout (and in gpu-check.json, rewritten after every step, so a run stopped
 # from outside still leaves what it measured); exit status 1 on any parity failure.
+# GPU_CHECK_LOGS: a file to gather every step's log in at exit (the step logs are otherwise removed).
 # GPU_CHECK_DEADLINE (seconds, default 420): steps 4-6 that would start after it are skipped and
 # listed in the report, and each step's timeout is cut to the time left (a lent GPU's minutes are
 # few: the report must come back).
@@ -39,7 +42,14 @@ deadline=${GPU_CHECK_DEADLINE:-420}
 report=${GPU_CHECK_REPORT:-$PWD/gpu-check.json}
 started=$(date +%s)
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# GPU_CHECK_LOGS=FILE: every step's log (the last 300 lines of each) gathered there at exit.
+keep_logs() {
+  if [ -n "${GPU_CHECK_LOGS:-}" ]; then
+    for f in "$work"/*.log; do [ -s "$f" ] && { echo "==> $(basename "$f") <=="; tail -n 300 "$f"; }; done > "$GPU_CHECK_LOGS" 2>/dev/null
+  fi
+  rm -rf "$work"
+}
+trap keep_logs EXIT
 log() { echo "gpu-check: $*" >&2; }
 # Seconds left before the deadline, and a timeout for a step: its own limit cut to the time left.
 left() { echo $(( deadline - ($(date +%s) - started) )); }
@@ -54,7 +64,7 @@ time_for() {
 }
 check_status=1; dp_status=-1; allreduce_status=-1
 : > "$work/check.log"; : > "$work/bench.jsonl"; : > "$work/pytorch.jsonl"; : > "$work/dp.out"; : > "$work/dp.log"
-: > "$work/allreduce.jsonl"; : > "$work/allreduce.log"; : > "$work/variants.jsonl"
+: > "$work/allreduce.jsonl"; : > "$work/allreduce.log"; : > "$work/variants.jsonl"; : > "$work/kernels.jsonl"
 bf16_batch=0
 
 # CUDA libraries and headers from the Python environment (PyTorch's nvidia-* wheels) when the
@@ -111,6 +121,7 @@ dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
 skipped = [l.strip() for l in text(work + "/skipped", 100000).splitlines() if l.strip()]
 rep = {"check": check, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
        "radar_bench_step_variants": lines(work + "/variants.jsonl"), "radar_bench_serve": lines(work + "/serve.jsonl"),
+       "radar_kernel_times": lines(work + "/kernels.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
        "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
        "skipped": skipped, "complete": final, "seconds": seconds,
@@ -203,6 +214,17 @@ if [ "$(left)" -ge 60 ]; then
     || log "radar bench serve failed: $(tail -1 "$work/serve.log")"
   report
 fi
+
+# 9: where a step's time goes, informational, only with time to spare.
+for p in bf16 fp32; do
+  [ "$device" != cuda-emulated ] && [ "$(left)" -ge 60 ] || break
+  kb=$batch; [ "$p" = bf16 ] && [ "$bf16_batch" -ge 1 ] && kb=$bf16_batch
+  timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" --batch "$kb" \
+    --repeats 3 --kernel-times >> "$work/kernels.jsonl" 2> "$work/kernels-$p.log" \
+    && log "radar bench step $p --kernel-times: $(tail -1 "$work/kernels.jsonl" | head -c 300)" \
+    || log "radar bench step $p --kernel-times failed: $(tail -1 "$work/kernels-$p.log")"
+  report
+done
 
 report final
 cat "$report"

@@ -41,6 +41,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
                                                UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32
     typealias FnErrorString = @convention(c) (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Int32
     typealias FnEventRecord = @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32
+    typealias FnEventElapsedTime = @convention(c) (UnsafeMutablePointer<Float>, OpaquePointer?, OpaquePointer?) -> Int32
     typealias FnStreamWaitEvent = @convention(c) (OpaquePointer?, OpaquePointer?, UInt32) -> Int32
     typealias FnMemHostAlloc = @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int, UInt32) -> Int32
     typealias FnMemFreeHost = @convention(c) (UnsafeMutableRawPointer?) -> Int32
@@ -75,6 +76,12 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     private let errorString: FnErrorString
     private let streamCreate: FnStreamCreate, eventCreate: FnStreamCreate, eventRecord: FnEventRecord
     private let streamWaitEvent: FnStreamWaitEvent, memHostAlloc: FnMemHostAlloc, memFreeHost: FnMemFreeHost
+    /// cuEventElapsedTime_v2, for `kernelTiming` only (a driver without it cannot time kernels).
+    private let eventElapsedTime: FnEventElapsedTime?
+    /// Kernel timing: an event pair around every launch, product and FFT, read at the next wait.
+    private var timingEvents: [OpaquePointer?] = []
+    private var timed: [(name: String, start: OpaquePointer?, end: OpaquePointer?)] = []
+    public private(set) var kernelTimes: [String: (ms: Double, count: Int)] = [:]
     /// The gradient copy stream and its events (`prepareCopyStream`).
     private var copyStream: OpaquePointer?
     private var marks: [OpaquePointer?] = [], uploads: [OpaquePointer?] = []
@@ -138,6 +145,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         stream = s
         eventCreate = try sym(cuda, "cuEventCreate", FnStreamCreate.self)
         eventRecord = try sym(cuda, "cuEventRecord", FnEventRecord.self)
+        eventElapsedTime = try? sym(cuda, "cuEventElapsedTime_v2", FnEventElapsedTime.self)  // drivers of CUDA 12.8 and later
         streamWaitEvent = try sym(cuda, "cuStreamWaitEvent", FnStreamWaitEvent.self)
         memHostAlloc = try sym(cuda, "cuMemHostAlloc", FnMemHostAlloc.self)
         memFreeHost = try sym(cuda, "cuMemFreeHost", FnMemFreeHost.self)
@@ -287,11 +295,57 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         _ = ctxSetCurrent(context)
         if bytes > 0 { must(dtoh(destination, address(source), bytes, stream), "cuMemcpyDtoHAsync(\(bytes) bytes)") }
         must(streamSync(stream), "cuStreamSynchronize")
+        collectKernelTimes()
     }
 
     public func synchronize() {
         _ = ctxSetCurrent(context)
         must(streamSync(stream), "cuStreamSynchronize")
+        collectKernelTimes()
+    }
+
+    // MARK: Kernel timing (`radar bench step --kernel-times`)
+
+    public var canTimeKernels: Bool { eventElapsedTime != nil }
+
+    public var kernelTiming = false {
+        didSet { if !kernelTiming { synchronize(); kernelTimes = [:] } }
+    }
+
+    public func resetKernelTimes() {
+        synchronize()
+        kernelTimes = [:]
+    }
+
+    /// `body` between two events on the compute stream, when timing.
+    @inline(__always) private func timing(_ name: @autoclosure () -> String, _ body: () -> Void) {
+        guard kernelTiming, eventElapsedTime != nil else { return body() }
+        if timed.count >= 4096 { synchronize() }  // bounded: the events are read back and reused
+        func take() -> OpaquePointer? {
+            if let e = timingEvents.popLast() { return e }
+            var e: OpaquePointer?
+            must(eventCreate(&e, 0), "cuEventCreate (timing)")
+            return e
+        }
+        let start = take(), end = take()
+        must(eventRecord(start, stream), "cuEventRecord (timing)")
+        body()
+        must(eventRecord(end, stream), "cuEventRecord (timing)")
+        timed.append((name(), start, end))
+    }
+
+    /// After a stream wait: the elapsed time of every timed call, summed by name.
+    private func collectKernelTimes() {
+        guard !timed.isEmpty, let elapsed = eventElapsedTime else { return }
+        for t in timed {
+            var ms: Float = 0
+            must(elapsed(&ms, t.start, t.end), "cuEventElapsedTime (\(t.name))")
+            let old = kernelTimes[t.name] ?? (0, 0)
+            kernelTimes[t.name] = (old.ms + Double(ms), old.count + 1)
+            timingEvents.append(t.start)
+            timingEvents.append(t.end)
+        }
+        timed.removeAll(keepingCapacity: true)
     }
 
     // MARK: The gradient copy stream
@@ -368,8 +422,11 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         queued.launches += 1
         _ = ctxSetCurrent(context)
         let f = function(kernel)
-        let r = KernelArg.withArgumentArray(args) { argv in
-            launchKernel(f, UInt32(grid), 1, 1, UInt32(block), 1, 1, 0, stream, argv, nil)
+        var r: Int32 = 0
+        timing(kernel) {
+            r = KernelArg.withArgumentArray(args) { argv in
+                launchKernel(f, UInt32(grid), 1, 1, UInt32(block), 1, 1, 0, stream, argv, nil)
+            }
         }
         must(r, "cuLaunchKernel(\(kernel), grid \(grid), block \(block))")
     }
@@ -385,10 +442,13 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         let type = g.operands == .bf16 ? C.CUDA_R_16BF : C.CUDA_R_32F
         let compute = g.operands == .tf32 ? C.CUBLAS_COMPUTE_32F_FAST_TF32 : C.CUBLAS_COMPUTE_32F
         var alpha = g.alpha, beta = g.beta
-        let r = blasGemm(blas, g.transA ? C.CUBLAS_OP_T : C.CUBLAS_OP_N, g.transB ? C.CUBLAS_OP_T : C.CUBLAS_OP_N,
+        var r: Int32 = 0
+        timing("gemm \(g.operands) \(g.transA ? "T" : "N")\(g.transB ? "T" : "N") m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)") {
+        r = blasGemm(blas, g.transA ? C.CUBLAS_OP_T : C.CUBLAS_OP_N, g.transB ? C.CUBLAS_OP_T : C.CUBLAS_OP_N,
                          Int32(g.m), Int32(g.n), Int32(g.k), &alpha, g.a, type, Int32(g.lda), Int64(g.strideA), g.b, type, Int32(g.ldb),
                          Int64(g.strideB), &beta, UnsafeMutableRawPointer(g.c), C.CUDA_R_32F, Int32(g.ldc), Int64(g.strideC),
                          Int32(g.batch), compute, C.CUBLAS_GEMM_DEFAULT)
+        }
         if r != C.CUBLAS_STATUS_SUCCESS {
             let text = blasStatusString?(r).map { String(cString: $0) } ?? "status"
             DeviceFailure.stop("cuBLAS error on cuda:\(ordinal) in cublasGemmStridedBatchedEx(m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)): \(text) (\(r))")
@@ -442,6 +502,8 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     public func fftRealToComplex(_ input: UnsafeRawPointer, _ output: UnsafeMutableRawPointer, size: Int, batch: Int) {
         _ = ctxSetCurrent(context)
         let plan = fftPlan(size: size, batch: batch)
-        fftMust(fftExecR2C(plan, UnsafeMutableRawPointer(mutating: input), output), "cufftExecR2C(\(size)x\(size), batch \(batch))")
+        var r: Int32 = 0
+        timing("cufft R2C \(size)x\(size) batch \(batch)") { r = fftExecR2C(plan, UnsafeMutableRawPointer(mutating: input), output) }
+        fftMust(r, "cufftExecR2C(\(size)x\(size), batch \(batch))")
     }
 }

@@ -116,6 +116,8 @@ extension Bench {
         @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
         @Option(help: "Timed steps (the median is reported).") var repeats = 5
         @Flag(help: "Report the time per layer group as well.") var profile = false
+        @Flag(help: "On a GPU: time every kernel, cuBLAS product and FFT with CUDA events over --repeats more steps and report them per step, slowest first (kernel_ms).")
+        var kernelTimes = false
         @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
         @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
         @Option(help: "Micro-batches per optimizer step (times are reported per micro-batch).") var accumulationSteps = 1
@@ -180,6 +182,27 @@ extension Bench {
                     profileSyncs = (backend.synchronizations - before) / repeats
                     for s in StepProfiler.Section.allCases { sections[s.name] = p.seconds[s.rawValue] / Double(repeats * accumulationSteps) * 1000 }
                 }
+                var kernelRecord: Any = NSNull()
+                if kernelTimes {
+                    guard let api = (backend as? CUDABackend)?.driver as? DriverAPI else {
+                        throw ValidationError("--kernel-times needs a GPU (--device cuda[:N]); \(backend.deviceDescription) has no CUDA events")
+                    }
+                    guard api.canTimeKernels else {
+                        throw ValidationError("--kernel-times: the driver of \(api.deviceDescription) has no cuEventElapsedTime_v2 (CUDA 12.8 or later)")
+                    }
+                    api.kernelTiming = true
+                    api.resetKernelTimes()
+                    for _ in 0..<repeats { try optimizerStep() }
+                    api.synchronize()
+                    let times = api.kernelTimes, steps = Double(repeats)
+                    api.kernelTiming = false
+                    let sum = { (f: (String) -> Bool) in times.filter { f($0.key) }.values.reduce(0) { $0 + $1.ms } / steps }
+                    kernelRecord = ["total_ms_per_step": sum { _ in true }, "gemm_ms_per_step": sum { $0.hasPrefix("gemm ") },
+                                    "fft_ms_per_step": sum { $0.hasPrefix("cufft ") },
+                                    "slowest": times.sorted { $0.value.ms > $1.value.ms }.prefix(80).map {
+                                        ["name": $0.key, "ms_per_step": $0.value.ms / steps, "calls_per_step": Double($0.value.count) / steps] as [String: Any]
+                                    }] as [String: Any]
+                }
                 let oneDNNImplementation = CPUProducts.oneDNNDescription.lastImplementation
                 printJSON(["bench": "step", "config": config, "batch": b, "parameters": model.layout.parameterCount,
                            "ms_per_step": seconds * 1000, "images_per_s": Double(b) / seconds,
@@ -191,7 +214,7 @@ extension Bench {
                            "accumulation_steps": accumulationSteps, "host_syncs_per_optimizer_step": syncsPerStep,
                            "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "precision": Devices.precision(of: backend),
                            "onednn_implementation": oneDNNImplementation.isEmpty ? NSNull() : oneDNNImplementation as Any,
-                           "profile_host_syncs_per_step": profileSyncs,
+                           "profile_host_syncs_per_step": profileSyncs, "kernel_ms": kernelRecord,
                            "kernel_launches_per_step": launchesPerStep, "cublas_products_per_step": productsPerStep,
                            "peak_device_mib": (backend as? CUDABackend).map { Double($0.peakDeviceBytes) / 1_048_576 } ?? NSNull(),
                            "library_workspace_mib": (backend as? CUDABackend).map { Double($0.driver.libraryWorkspaceBytes) / 1_048_576 } ?? NSNull(),

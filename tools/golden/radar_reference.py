@@ -26,7 +26,7 @@ def grayscale(x):
 
 
 def sobel(gray):
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=gray.dtype).view(1, 1, 3, 3)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=gray.dtype, device=gray.device).view(1, 1, 3, 3)
     ky = kx.transpose(2, 3).contiguous()
     edge = torch.sqrt(F.conv2d(gray, kx, padding=1) ** 2 + F.conv2d(gray, ky, padding=1) ** 2)
     peak = edge.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
@@ -37,7 +37,8 @@ def high_pass_spectrum(gray, size):
     r = F.interpolate(gray, size=(size, size), mode="bilinear", align_corners=False)
     mag = torch.fft.fftshift(torch.fft.fft2(r), dim=(-2, -1)).abs()
     c = size // 2
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=gray.dtype), torch.arange(size, dtype=gray.dtype), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=gray.dtype, device=gray.device),
+                            torch.arange(size, dtype=gray.dtype, device=gray.device), indexing="ij")
     mask = torch.sigmoid((torch.sqrt((yy - c) ** 2 + (xx - c) ** 2) - size / 8) / 10)
     m = torch.log1p(mag * mask)
     lo = m.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
@@ -126,7 +127,7 @@ class ERM(nn.Module):
             if t == 2:
                 history.append(w)
             else:
-                full = torch.zeros(b, 2, dtype=w.dtype)
+                full = torch.zeros(b, 2, dtype=w.dtype, device=w.device)
                 full[:, history_column] = w[:, 0]
                 history.append(full)
         return torch.cat(logits, dim=1), torch.stack(history, dim=1)
@@ -154,7 +155,7 @@ class RADAR(nn.Module):
         tokens = self.encoder.forward_features(x)
         cls, patches = tokens[:, 0], tokens[:, 1:]
         b, e = x.shape[0], c["evidence_dim"]
-        zeros_e, zeros_l = torch.zeros(b, e, dtype=x.dtype), torch.zeros(b, 1, dtype=x.dtype)
+        zeros_e, zeros_l = torch.zeros(b, e, dtype=x.dtype, device=x.device), torch.zeros(b, 1, dtype=x.dtype, device=x.device)
         eb, lb = self.badm(x, patches) if c["use_badm"] else (zeros_e, zeros_l)
         ea, la = self.aadm(x, cls) if c["use_aadm"] else (zeros_e, zeros_l)
         dual = c["use_badm"] and c["use_aadm"]
@@ -171,7 +172,7 @@ class RADAR(nn.Module):
         logit = alpha * reasoning_logit + (1 - alpha) * external
         t = iteration_logits.shape[1]
         delta = (torch.sigmoid(iteration_logits[:, -1]) - torch.sigmoid(iteration_logits[:, -2])).abs().mean() if t >= 2 \
-            else torch.zeros((), dtype=x.dtype)
+            else torch.zeros((), dtype=x.dtype, device=x.device)
         return dict(logit=logit, prob=torch.sigmoid(logit), reasoning_logit=reasoning_logit, external_logit=external,
                     gating_alpha=alpha.expand_as(logit), badm_logit=lb, aadm_logit=la, badm_evidence=eb,
                     aadm_evidence=ea, iteration_logits=iteration_logits, attention_history=history,
@@ -193,13 +194,13 @@ def radar_loss(out, labels, c):
             cos = ((eb / (nb + 1e-8)) * (ea / (na + 1e-8))).sum(dim=1)
             orth = F.relu(cos.abs() - 0.1).mean()
         else:
-            orth = torch.zeros((), dtype=main.dtype)
+            orth = torch.zeros((), dtype=main.dtype, device=main.device)
     else:
         branch = bce(out["badm_logit"] if c["use_badm"] else out["aadm_logit"], t)
-        orth = torch.zeros((), dtype=main.dtype)
+        orth = torch.zeros((), dtype=main.dtype, device=main.device)
     it = out["iteration_logits"]
     n = it.shape[1]
-    w = torch.linspace(1.0 / n, 1.0, n, dtype=main.dtype)
+    w = torch.linspace(1.0 / n, 1.0, n, dtype=main.dtype, device=main.device)
     w = w / w.sum()
     deep = sum(w[i] * bce(it[:, i:i + 1], t) for i in range(n))
     total = 1.0 * main + 0.3 * branch + 0.1 * orth + 0.05 * deep
