@@ -71,6 +71,11 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public private(set) var deviceBytes = 0
     private var peakTensorBytes = 0
     public var peakDeviceBytes: Int { peakTensorBytes + driver.libraryWorkspaceBytes }
+    /// Starts the peak over from what is held now (`radar bench step` after its warm-up steps, as
+    /// the PyTorch benchmark calls torch.cuda.reset_peak_memory_stats after its own).
+    public func resetPeakDeviceBytes() { peakTensorBytes = deviceBytes + scratchBytes.reduce(0, +) }
+    /// Floating-point operations of the cuBLAS products queued so far (2 m n k per matrix).
+    public private(set) var gemmFlops = 0
     private var sizes: [UInt: Int] = [:]
 
     public func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {
@@ -184,6 +189,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                  b: UnsafeRawPointer, ldb: Int, strideB: Int = 0, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
                  strideC: Int = 0, batch: Int = 1) {
         guard m > 0 && n > 0 && batch > 0 else { return }
+        gemmFlops &+= 2 * m * n * k * batch
         let operands: GemmOperands = precision == .bf16 ? .bf16 : precision == .tf32 ? .tf32 : .fp32
         driver.gemm(StridedGemm(transA: transB, transB: transA, m: n, n: m, k: k, alpha: alpha, a: b, lda: ldb, strideA: strideB,
                                 b: a, ldb: lda, strideB: strideA, beta: beta, c: c, ldc: ldc, strideC: strideC, batch: batch,

@@ -152,10 +152,14 @@ extension Bench {
                 func optimizerStep() throws { for _ in 0..<accumulationSteps { _ = try trainer.step(images: images.tensor, labels: labels.tensor) } }
                 try optimizerStep()
                 ctx.arena.consolidate()
-                let cpu = backend as? CPUBackend
+                let cpu = backend as? CPUBackend, gpu = backend as? CUDABackend
                 cpu?.gemmFlops.store(0, ordering: .relaxed)
+                let gpuFlopsBefore = gpu?.gemmFlops ?? 0
+                // The whole run's peak (warm-up included) before the steady state's starts over.
+                let runPeak: Any = gpu.map { Double($0.peakDeviceBytes) / 1_048_576 } ?? NSNull()
+                gpu?.resetPeakDeviceBytes()
                 try optimizerStep()
-                let flops = Double(cpu?.gemmFlops.load(ordering: .relaxed) ?? 0) / Double(accumulationSteps)
+                let flops = Double(gpu.map { $0.gemmFlops - gpuFlopsBefore } ?? cpu?.gemmFlops.load(ordering: .relaxed) ?? 0) / Double(accumulationSteps)
                 let seconds = try medianSeconds(repeats: repeats) { try optimizerStep() } / Double(accumulationSteps)
                 // Host synchronisations: per micro-batch that does not end a step, and per optimizer step.
                 let syncsBefore = backend.synchronizations, queuedBefore = (backend as? CUDABackend)?.driver.queued
@@ -217,6 +221,7 @@ extension Bench {
                            "profile_host_syncs_per_step": profileSyncs, "kernel_ms": kernelRecord,
                            "kernel_launches_per_step": launchesPerStep, "cublas_products_per_step": productsPerStep,
                            "peak_device_mib": (backend as? CUDABackend).map { Double($0.peakDeviceBytes) / 1_048_576 } ?? NSNull(),
+                           "peak_device_mib_with_warm_up": runPeak,
                            "library_workspace_mib": (backend as? CUDABackend).map { Double($0.driver.libraryWorkspaceBytes) / 1_048_576 } ?? NSNull(),
                            "machine": machineRecord(threads: threads)])
             }
