@@ -39,6 +39,11 @@ inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return
 using std::isfinite;
 
 // bf16 as CUDA stores it: the high half of a float, rounded to nearest even.
+// CUDA's vector types that kernels load and store whole (16- and 8-byte accesses on a GPU).
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
+inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 struct __nv_bfloat16 { uint16_t bits; };
 inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     uint32_t u; memcpy(&u, &f, 4);

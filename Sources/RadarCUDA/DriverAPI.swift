@@ -334,6 +334,18 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         timed.append((name(), start, end))
     }
 
+    /// A launch's name for kernel timing: the kernel and its integer arguments (sizes), so that one
+    /// kernel's calls on different tensors are told apart ("radar_to_bf16 (9683968)").
+    static func timingName(_ kernel: String, _ args: [KernelArg]) -> String {
+        let sizes = args.compactMap { a -> String? in
+            switch a {
+            case .i32(let v), .i64(let v): return String(v)
+            default: return nil
+            }
+        }
+        return sizes.isEmpty ? kernel : "\(kernel) (\(sizes.joined(separator: ", ")))"
+    }
+
     /// After a stream wait: the elapsed time of every timed call, summed by name.
     private func collectKernelTimes() {
         guard !timed.isEmpty, let elapsed = eventElapsedTime else { return }
@@ -423,7 +435,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         _ = ctxSetCurrent(context)
         let f = function(kernel)
         var r: Int32 = 0
-        timing(kernel) {
+        timing(DriverAPI.timingName(kernel, args)) {
             r = KernelArg.withArgumentArray(args) { argv in
                 launchKernel(f, UInt32(grid), 1, 1, UInt32(block), 1, 1, 0, stream, argv, nil)
             }

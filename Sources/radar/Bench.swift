@@ -201,8 +201,18 @@ extension Bench {
                     let times = api.kernelTimes, steps = Double(repeats)
                     api.kernelTiming = false
                     let sum = { (f: (String) -> Bool) in times.filter { f($0.key) }.values.reduce(0) { $0 + $1.ms } / steps }
+                    // By kernel (its calls on every size together; products and FFTs as one each).
+                    var byKernel: [String: (ms: Double, count: Int)] = [:]
+                    for (name, t) in times {
+                        let kernel = name.hasPrefix("gemm ") ? "cublas gemm" : name.hasPrefix("cufft ") ? "cufft" : String(name.prefix { $0 != " " })
+                        let old = byKernel[kernel] ?? (0, 0)
+                        byKernel[kernel] = (old.ms + t.ms, old.count + t.count)
+                    }
                     kernelRecord = ["total_ms_per_step": sum { _ in true }, "gemm_ms_per_step": sum { $0.hasPrefix("gemm ") },
                                     "fft_ms_per_step": sum { $0.hasPrefix("cufft ") },
+                                    "by_kernel": byKernel.sorted { $0.value.ms > $1.value.ms }.map {
+                                        ["name": $0.key, "ms_per_step": $0.value.ms / steps, "calls_per_step": Double($0.value.count) / steps] as [String: Any]
+                                    },
                                     "slowest": times.sorted { $0.value.ms > $1.value.ms }.prefix(80).map {
                                         ["name": $0.key, "ms_per_step": $0.value.ms / steps, "calls_per_step": Double($0.value.count) / steps] as [String: Any]
                                     }] as [String: Any]

@@ -83,6 +83,27 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [false, true], "\(variants)")
         XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, false], "\(variants)")
         XCTAssertTrue(variants.allSatisfy { $0["precision"] as? String == "bf16" && $0["batch"] as? Int == 2 }, "\(variants)")
+        // With time to spare, where a step's time goes: every kernel, product and FFT between two
+        // events (the fake counts 1 microsecond per operation between them).
+        let timed = try XCTUnwrap(json["radar_kernel_times"] as? [[String: Any]])
+        XCTAssertEqual(timed.compactMap { $0["precision"] as? String }, ["bf16", "fp32"], "\(timed)")
+        for t in timed {
+            let times = try XCTUnwrap(t["kernel_ms"] as? [String: Any], "\(t)")
+            let slowest = try XCTUnwrap(times["slowest"] as? [[String: Any]], "\(times)")
+            let total = try XCTUnwrap(times["total_ms_per_step"] as? Double)
+            XCTAssertGreaterThan(times["gemm_ms_per_step"] as? Double ?? 0, 0, "\(times)")
+            XCTAssertGreaterThan(times["fft_ms_per_step"] as? Double ?? 0, 0, "\(times)")
+            XCTAssertLessThan(times["gemm_ms_per_step"] as? Double ?? .infinity, total)
+            // Launches are named with their integer arguments (sizes); by_kernel sums a kernel's sizes.
+            XCTAssertTrue(slowest.contains { ($0["name"] as? String ?? "").hasPrefix("radar_layernorm_forward (") }, "\(slowest)")
+            let byKernel = try XCTUnwrap(times["by_kernel"] as? [[String: Any]], "\(times)")
+            XCTAssertTrue(byKernel.contains { $0["name"] as? String == "radar_layernorm_forward" && ($0["calls_per_step"] as? Double ?? 0) >= 1 },
+                          "\(byKernel)")
+            XCTAssertEqual(byKernel.reduce(0) { $0 + ($1["ms_per_step"] as? Double ?? 0) }, total, accuracy: total * 1e-9)
+            let listed = slowest.compactMap { $0["ms_per_step"] as? Double }
+            XCTAssertEqual(listed, listed.sorted(by: >), "slowest first")
+            XCTAssertLessThanOrEqual(listed.reduce(0, +), total * (1 + 1e-9))
+        }
         let dp = try XCTUnwrap(json["data_parallel"] as? [String: Any])
         XCTAssertEqual(dp["replicas_identical"] as? Bool, true)
         XCTAssertEqual(dp["copy_stream"] as? Bool, true)
@@ -136,6 +157,10 @@ final class FakeDriverTests: XCTestCase {
             let workspace = try XCTUnwrap(step["library_workspace_mib"] as? Double, r.output)
             XCTAssertGreaterThan(workspace, 32, r.output)
             XCTAssertGreaterThan(step["peak_device_mib"] as? Double ?? 0, workspace, r.output)
+            // The steady state's peak (after the warm-up step, as PyTorch's benchmark measures) is at
+            // most the whole run's; the products' FLOPs are counted.
+            XCTAssertGreaterThanOrEqual(step["peak_device_mib_with_warm_up"] as? Double ?? 0, step["peak_device_mib"] as? Double ?? 1, r.output)
+            XCTAssertGreaterThan(step["gemm_gflop_per_step"] as? Double ?? 0, 0, r.output)
             if !profile.isEmpty {
                 // The profile waits for the device at every section's end (10 sections), so
                 // asynchronous work is charged to the section that queued it.

@@ -295,10 +295,41 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     return (unsigned short)(u >> 16);
 }
 
-extern "C" __global__ void radar_to_bf16(const float* x, unsigned short* y, long n) { GRID_STRIDE(i, n) y[i] = radar_bf16_bits(x[i]); }
+// Four elements per access where the fp32 side is 16-byte and the bf16 side 8-byte aligned (the
+// arena's tensors are): whole 16-byte loads and 8-byte stores; the tail and unaligned spans one
+// by one. The same bits either way.
+__device__ __forceinline__ bool radar_aligned4(const void* f32, const void* bf16) {
+    return ((unsigned long long)f32 & 15) == 0 && ((unsigned long long)bf16 & 7) == 0;
+}
+
+extern "C" __global__ void radar_to_bf16(const float* x, unsigned short* y, long n) {
+    long head = 0;
+    if (radar_aligned4(x, y)) {
+        head = n / 4 * 4;
+        const float4* x4 = (const float4*)x;
+        uint2* y4 = (uint2*)y;
+        GRID_STRIDE(i, n / 4) {
+            float4 v = x4[i];
+            y4[i] = make_uint2((unsigned)radar_bf16_bits(v.x) | (unsigned)radar_bf16_bits(v.y) << 16,
+                               (unsigned)radar_bf16_bits(v.z) | (unsigned)radar_bf16_bits(v.w) << 16);
+        }
+    }
+    GRID_STRIDE(i, n - head) y[head + i] = radar_bf16_bits(x[head + i]);
+}
 
 extern "C" __global__ void radar_from_bf16(const unsigned short* x, float* y, long n) {
-    GRID_STRIDE(i, n) y[i] = __uint_as_float((unsigned)x[i] << 16);
+    long head = 0;
+    if (radar_aligned4(y, x)) {
+        head = n / 4 * 4;
+        const uint2* x4 = (const uint2*)x;
+        float4* y4 = (float4*)y;
+        GRID_STRIDE(i, n / 4) {
+            uint2 v = x4[i];
+            y4[i] = make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
+                                __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u));
+        }
+    }
+    GRID_STRIDE(i, n - head) y[head + i] = __uint_as_float((unsigned)x[head + i] << 16);
 }
 
 // dst[i] += sum_j parts[j * n + i], j in order (per-image weight gradients of a convolution).

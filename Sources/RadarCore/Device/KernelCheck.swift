@@ -222,6 +222,17 @@ public enum KernelCheck {
                     b.convert(v[1], into: v[2])  // equal dtypes: a copy
                 }
             },
+            // The conversions take four elements per access where both sides are aligned (above: 36
+            // so, one in the tail); views one element in go one by one (the first stays as it was).
+            Case(name: "convertUnaligned", tensors: [t(Shape(38)), t(Shape(38)), t(Shape(38))]) { b, v in
+                withBFloat16(b, Tensor(v[0].base + 1, Shape(37))) { h in
+                    b.convert(h, into: Tensor(v[1].base + 1, Shape(37)))
+                    let odd = Tensor(b.allocate(DType.bfloat16.floats(38)), Shape(38), dtype: .bfloat16)
+                    b.convert(v[1], into: odd)
+                    b.convert(Tensor(odd.base + 1, Shape(36), dtype: .bfloat16), into: Tensor(v[2].base + 1, Shape(36)))
+                    b.release(odd.base)
+                }
+            },
             Case(name: "product", tensors: [t(Shape(5, 19)), t(Shape(7, 19)), t(Shape(5, 7)), t(Shape(19, 7))]) { b, v in
                 withBFloat16(b, v[0]) { a in
                     b.product(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 0.75, a: a, lda: 19, b: v[1], ldb: 19, beta: 0.5,
