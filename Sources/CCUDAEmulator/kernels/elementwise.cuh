@@ -2,6 +2,14 @@
 
 #define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
 
+// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
+// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
+// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
+// body<long> with the range as that type.
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
 extern "C" __global__ void radar_fill(float* x, long n, float v) { GRID_STRIDE(i, n) x[i] = v; }
 
 extern "C" __global__ void radar_copy(const float* src, float* dst, long n) { GRID_STRIDE(i, n) dst[i] = src[i]; }
@@ -13,19 +21,32 @@ extern "C" __global__ void radar_axpy(float a, const float* x, float* y, long n)
 extern "C" __global__ void radar_scale(float* x, long n, float s) { GRID_STRIDE(i, n) x[i] *= s; }
 
 // out[r, c] += bias[c] for out (rows x cols).
+template <typename I> __device__ __forceinline__ void radar_add_row_bias_body(I n, const float* bias, float* out, int cols) {
+    GRID_STRIDE_AS(I, i, n) out[i] += bias[i % (I)cols];
+}
 extern "C" __global__ void radar_add_row_bias(const float* bias, float* out, long rows, int cols) {
-    GRID_STRIDE(i, rows * cols) out[i] += bias[i % cols];
+    RADAR_INDEXED(radar_add_row_bias_body, rows * cols, bias, out, cols);
 }
 
 // out[r * ld + c] = row[c] for r < rows, c < cols: a Linear's bias set in C before its product
 // accumulates onto it (beta 1), as torch.addmm does.
+template <typename I> __device__ __forceinline__ void radar_fill_rows_body(I n, const float* row, float* out, int cols, int ld) {
+    GRID_STRIDE_AS(I, i, n) {
+        I r = i / (I)cols;
+        int c = (int)(i - r * (I)cols);
+        out[(long)r * ld + c] = row[c];
+    }
+}
 extern "C" __global__ void radar_fill_rows(const float* row, float* out, long rows, int cols, int ld) {
-    GRID_STRIDE(i, rows * cols) out[(i / cols) * ld + i % cols] = row[i % cols];
+    RADAR_INDEXED(radar_fill_rows_body, rows * cols, row, out, cols, ld);
 }
 
 // out[b, c, hw] += bias[c] for out (B, C, HW).
+template <typename I> __device__ __forceinline__ void radar_add_channel_bias_body(I n, const float* bias, float* out, int channels, int hw) {
+    GRID_STRIDE_AS(I, i, n) out[i] += bias[(i / (I)hw) % (I)channels];
+}
 extern "C" __global__ void radar_add_channel_bias(const float* bias, float* out, long n, int channels, int hw) {
-    GRID_STRIDE(i, n) out[i] += bias[(i / hw) % channels];
+    RADAR_INDEXED(radar_add_channel_bias_body, n, bias, out, channels, hw);
 }
 
 // Column sums, dst[c] += sum_r src[r, c], in two launches with a fixed order (no atomics; the

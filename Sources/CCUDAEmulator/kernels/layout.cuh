@@ -2,38 +2,65 @@
 // input pixel sums its contributions in the CPU backend's order with no atomics), transposes,
 // column copies, and the token mean/max of BADM's patch features.
 
-// col (B, C*k*k, Ho*Wo) from x (B, C, H, W), zero padding.
+// Flat indices split in 32-bit unsigned arithmetic when the range fits, else 64-bit (as in
+// elementwise.cuh, a separate program: a 64-bit division is a long software routine on a GPU).
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// col (B, C*k*k, Ho*Wo) from x (B, C, H, W), zero padding (index arithmetic as RADAR_INDEXED says).
+template <typename I>
+__device__ __forceinline__ void radar_im2col_body(I total, const float* x, float* col, int channels, int h, int w, int k, int stride,
+                                                  int pad, int ho, int wo) {
+    GRID_STRIDE_AS(I, e, total) {
+        I q = e / (I)wo;
+        int ox = (int)(e - q * (I)wo);
+        I q2 = q / (I)ho;
+        int oy = (int)(q - q2 * (I)ho);
+        I b = q2 / (I)(channels * k * k);
+        int row = (int)(q2 - b * (I)(channels * k * k));
+        int kx = row % k, ky = (row / k) % k, c = row / (k * k);
+        int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+        col[e] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[(((long)b * channels + c) * h + iy) * (long)w + ix] : 0.f;
+    }
+}
 extern "C" __global__ void radar_im2col(const float* x, float* col, int batch, int channels, int h, int w, int k, int stride, int pad,
                                         int ho, int wo) {
-    long total = (long)batch * channels * k * k * ho * wo;
-    for (long e = (long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long)blockDim.x * gridDim.x) {
-        long ox = e % wo, oy = (e / wo) % ho, row = (e / ((long)wo * ho)) % ((long)channels * k * k), b = e / ((long)wo * ho * channels * k * k);
-        int kx = (int)(row % k), ky = (int)((row / k) % k), c = (int)(row / ((long)k * k));
-        int iy = (int)oy * stride - pad + ky, ix = (int)ox * stride - pad + kx;
-        col[e] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[((b * channels + c) * h + iy) * (long)w + ix] : 0.f;
-    }
+    RADAR_INDEXED(radar_im2col_body, (long)batch * channels * k * k * ho * wo, x, col, channels, h, w, k, stride, pad, ho, wo);
 }
 
 // dx (B, C, H, W) = col2im(col): each pixel gathers over (ky, kx) in order (written, not added).
-extern "C" __global__ void radar_col2im(const float* col, float* dx, int batch, int channels, int h, int w, int k, int stride, int pad,
-                                        int ho, int wo) {
-    long total = (long)batch * channels * h * w;
-    for (long e = (long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long)blockDim.x * gridDim.x) {
-        int ix = (int)(e % w), iy = (int)((e / w) % h), c = (int)((e / ((long)w * h)) % channels);
-        long b = e / ((long)w * h * channels);
+// Only the taps that land on an output position are visited: ky = (iy + pad) mod stride, then
+// every stride-th, the output row falling by one each time (the same terms in the same order as
+// testing every tap, without a division per tap).
+template <typename I>
+__device__ __forceinline__ void radar_col2im_body(I total, const float* col, float* dx, int channels, int h, int w, int k, int stride,
+                                                  int pad, int ho, int wo) {
+    GRID_STRIDE_AS(I, e, total) {
+        I q = e / (I)w;
+        int ix = (int)(e - q * (I)w);
+        I q2 = q / (I)h;
+        int iy = (int)(q - q2 * (I)h);
+        I b = q2 / (I)channels;
+        int c = (int)(q2 - b * (I)channels);
+        const float* cb = col + ((long)b * channels + c) * k * k * (long)ho * wo;  // image b, channel c's first row
+        int ky0 = (iy + pad) % stride, kx0 = (ix + pad) % stride;
         float s = 0.f;
-        for (int ky = 0; ky < k; ++ky) {
-            int ty = iy + pad - ky;
-            if (ty < 0 || ty % stride != 0 || ty / stride >= ho) continue;
-            for (int kx = 0; kx < k; ++kx) {
-                int tx = ix + pad - kx;
-                if (tx < 0 || tx % stride != 0 || tx / stride >= wo) continue;
-                long row = ((long)c * k + ky) * k + kx;
-                s += col[((b * channels * k * k + row) * ho + ty / stride) * (long)wo + tx / stride];
+        for (int ky = ky0, oy = (iy + pad - ky0) / stride; ky < k; ky += stride, --oy) {
+            if (oy < 0) break;
+            if (oy >= ho) continue;
+            for (int kx = kx0, ox = (ix + pad - kx0) / stride; kx < k; kx += stride, --ox) {
+                if (ox < 0) break;
+                if (ox >= wo) continue;
+                s += cb[((long)(ky * k + kx) * ho + oy) * wo + ox];
             }
         }
         dx[e] = s;
     }
+}
+extern "C" __global__ void radar_col2im(const float* col, float* dx, int batch, int channels, int h, int w, int k, int stride, int pad,
+                                        int ho, int wo) {
+    RADAR_INDEXED(radar_col2im_body, (long)batch * channels * h * w, col, dx, channels, h, w, k, stride, pad, ho, wo);
 }
 
 // y (B, C, R) from x (B, R, C).

@@ -67,12 +67,35 @@ extern "C" __global__ void radar_layernorm_param_partials(const float* dy, const
     }
 }
 
+// Rows of up to RADAR_ROW_REGISTERS * 32 columns (attention's 197 tokens) are read once into
+// registers; longer rows are read again from memory. The same sums in the same order either way.
+#define RADAR_ROW_REGISTERS 8
+
 // Softmax over the last `cols` of each row: one warp per row.
 extern "C" __global__ void radar_softmax_forward(const float* x, float* y, int rows, int cols) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* xr = x + (long)row * cols; float* yr = y + (long)row * cols;
     float mx = __int_as_float(0xff800000);  // -inf (NVRTC has no math.h macros)
+    if (cols <= RADAR_ROW_REGISTERS * 32) {
+        float v[RADAR_ROW_REGISTERS];
+        for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
+            int c = lane + 32 * j;
+            v[j] = c < cols ? xr[c] : mx;
+            mx = fmaxf(mx, v[j]);
+        }
+        mx = warp_max(mx);
+        float s = 0.f;
+        for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
+            if (lane + 32 * j < cols) { v[j] = expf(v[j] - mx); s += v[j]; }
+        }
+        float inv = 1.f / warp_sum(s);
+        for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
+            int c = lane + 32 * j;
+            if (c < cols) yr[c] = v[j] * inv;
+        }
+        return;
+    }
     for (int c = lane; c < cols; c += 32) mx = fmaxf(mx, xr[c]);
     mx = warp_max(mx);
     float s = 0.f;
@@ -86,9 +109,24 @@ extern "C" __global__ void radar_softmax_backward(const float* dy, const float* 
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* dyr = dy + (long)row * cols; const float* yr = y + (long)row * cols;
+    float* dxr = dx + (long)row * cols;
     float s = 0.f;
+    if (cols <= RADAR_ROW_REGISTERS * 32) {
+        float g[RADAR_ROW_REGISTERS], p[RADAR_ROW_REGISTERS];
+        for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
+            int c = lane + 32 * j;
+            g[j] = c < cols ? dyr[c] : 0.f;
+            p[j] = c < cols ? yr[c] : 0.f;
+            if (c < cols) s += g[j] * p[j];
+        }
+        s = warp_sum(s);
+        for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
+            int c = lane + 32 * j;
+            if (c < cols) dxr[c] = p[j] * (g[j] - s);
+        }
+        return;
+    }
     for (int c = lane; c < cols; c += 32) s += dyr[c] * yr[c];
     s = warp_sum(s);
-    float* dxr = dx + (long)row * cols;
     for (int c = lane; c < cols; c += 32) dxr[c] = yr[c] * (dyr[c] - s);
 }

@@ -207,6 +207,14 @@ extern "C" __global__ void radar_batchnorm_global_moments(const float* sums, int
 
 #define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
 
+// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
+// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
+// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
+// body<long> with the range as that type.
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
 extern "C" __global__ void radar_fill(float* x, long n, float v) { GRID_STRIDE(i, n) x[i] = v; }
 
 extern "C" __global__ void radar_copy(const float* src, float* dst, long n) { GRID_STRIDE(i, n) dst[i] = src[i]; }
@@ -218,19 +226,32 @@ extern "C" __global__ void radar_axpy(float a, const float* x, float* y, long n)
 extern "C" __global__ void radar_scale(float* x, long n, float s) { GRID_STRIDE(i, n) x[i] *= s; }
 
 // out[r, c] += bias[c] for out (rows x cols).
+template <typename I> __device__ __forceinline__ void radar_add_row_bias_body(I n, const float* bias, float* out, int cols) {
+    GRID_STRIDE_AS(I, i, n) out[i] += bias[i % (I)cols];
+}
 extern "C" __global__ void radar_add_row_bias(const float* bias, float* out, long rows, int cols) {
-    GRID_STRIDE(i, rows * cols) out[i] += bias[i % cols];
+    RADAR_INDEXED(radar_add_row_bias_body, rows * cols, bias, out, cols);
 }
 
 // out[r * ld + c] = row[c] for r < rows, c < cols: a Linear's bias set in C before its product
 // accumulates onto it (beta 1), as torch.addmm does.
+template <typename I> __device__ __forceinline__ void radar_fill_rows_body(I n, const float* row, float* out, int cols, int ld) {
+    GRID_STRIDE_AS(I, i, n) {
+        I r = i / (I)cols;
+        int c = (int)(i - r * (I)cols);
+        out[(long)r * ld + c] = row[c];
+    }
+}
 extern "C" __global__ void radar_fill_rows(const float* row, float* out, long rows, int cols, int ld) {
-    GRID_STRIDE(i, rows * cols) out[(i / cols) * ld + i % cols] = row[i % cols];
+    RADAR_INDEXED(radar_fill_rows_body, rows * cols, row, out, cols, ld);
 }
 
 // out[b, c, hw] += bias[c] for out (B, C, HW).
+template <typename I> __device__ __forceinline__ void radar_add_channel_bias_body(I n, const float* bias, float* out, int channels, int hw) {
+    GRID_STRIDE_AS(I, i, n) out[i] += bias[(i / (I)hw) % (I)channels];
+}
 extern "C" __global__ void radar_add_channel_bias(const float* bias, float* out, long n, int channels, int hw) {
-    GRID_STRIDE(i, n) out[i] += bias[(i / hw) % channels];
+    RADAR_INDEXED(radar_add_channel_bias_body, n, bias, out, channels, hw);
 }
 
 // Column sums, dst[c] += sum_r src[r, c], in two launches with a fixed order (no atomics; the
@@ -347,38 +368,65 @@ extern "C" __global__ void radar_sum_parts(const float* parts, int part_count, l
 // input pixel sums its contributions in the CPU backend's order with no atomics), transposes,
 // column copies, and the token mean/max of BADM's patch features.
 
-// col (B, C*k*k, Ho*Wo) from x (B, C, H, W), zero padding.
+// Flat indices split in 32-bit unsigned arithmetic when the range fits, else 64-bit (as in
+// elementwise.cuh, a separate program: a 64-bit division is a long software routine on a GPU).
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// col (B, C*k*k, Ho*Wo) from x (B, C, H, W), zero padding (index arithmetic as RADAR_INDEXED says).
+template <typename I>
+__device__ __forceinline__ void radar_im2col_body(I total, const float* x, float* col, int channels, int h, int w, int k, int stride,
+                                                  int pad, int ho, int wo) {
+    GRID_STRIDE_AS(I, e, total) {
+        I q = e / (I)wo;
+        int ox = (int)(e - q * (I)wo);
+        I q2 = q / (I)ho;
+        int oy = (int)(q - q2 * (I)ho);
+        I b = q2 / (I)(channels * k * k);
+        int row = (int)(q2 - b * (I)(channels * k * k));
+        int kx = row % k, ky = (row / k) % k, c = row / (k * k);
+        int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+        col[e] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[(((long)b * channels + c) * h + iy) * (long)w + ix] : 0.f;
+    }
+}
 extern "C" __global__ void radar_im2col(const float* x, float* col, int batch, int channels, int h, int w, int k, int stride, int pad,
                                         int ho, int wo) {
-    long total = (long)batch * channels * k * k * ho * wo;
-    for (long e = (long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long)blockDim.x * gridDim.x) {
-        long ox = e % wo, oy = (e / wo) % ho, row = (e / ((long)wo * ho)) % ((long)channels * k * k), b = e / ((long)wo * ho * channels * k * k);
-        int kx = (int)(row % k), ky = (int)((row / k) % k), c = (int)(row / ((long)k * k));
-        int iy = (int)oy * stride - pad + ky, ix = (int)ox * stride - pad + kx;
-        col[e] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[((b * channels + c) * h + iy) * (long)w + ix] : 0.f;
-    }
+    RADAR_INDEXED(radar_im2col_body, (long)batch * channels * k * k * ho * wo, x, col, channels, h, w, k, stride, pad, ho, wo);
 }
 
 // dx (B, C, H, W) = col2im(col): each pixel gathers over (ky, kx) in order (written, not added).
-extern "C" __global__ void radar_col2im(const float* col, float* dx, int batch, int channels, int h, int w, int k, int stride, int pad,
-                                        int ho, int wo) {
-    long total = (long)batch * channels * h * w;
-    for (long e = (long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long)blockDim.x * gridDim.x) {
-        int ix = (int)(e % w), iy = (int)((e / w) % h), c = (int)((e / ((long)w * h)) % channels);
-        long b = e / ((long)w * h * channels);
+// Only the taps that land on an output position are visited: ky = (iy + pad) mod stride, then
+// every stride-th, the output row falling by one each time (the same terms in the same order as
+// testing every tap, without a division per tap).
+template <typename I>
+__device__ __forceinline__ void radar_col2im_body(I total, const float* col, float* dx, int channels, int h, int w, int k, int stride,
+                                                  int pad, int ho, int wo) {
+    GRID_STRIDE_AS(I, e, total) {
+        I q = e / (I)w;
+        int ix = (int)(e - q * (I)w);
+        I q2 = q / (I)h;
+        int iy = (int)(q - q2 * (I)h);
+        I b = q2 / (I)channels;
+        int c = (int)(q2 - b * (I)channels);
+        const float* cb = col + ((long)b * channels + c) * k * k * (long)ho * wo;  // image b, channel c's first row
+        int ky0 = (iy + pad) % stride, kx0 = (ix + pad) % stride;
         float s = 0.f;
-        for (int ky = 0; ky < k; ++ky) {
-            int ty = iy + pad - ky;
-            if (ty < 0 || ty % stride != 0 || ty / stride >= ho) continue;
-            for (int kx = 0; kx < k; ++kx) {
-                int tx = ix + pad - kx;
-                if (tx < 0 || tx % stride != 0 || tx / stride >= wo) continue;
-                long row = ((long)c * k + ky) * k + kx;
-                s += col[((b * channels * k * k + row) * ho + ty / stride) * (long)wo + tx / stride];
+        for (int ky = ky0, oy = (iy + pad - ky0) / stride; ky < k; ky += stride, --oy) {
+            if (oy < 0) break;
+            if (oy >= ho) continue;
+            for (int kx = kx0, ox = (ix + pad - kx0) / stride; kx < k; kx += stride, --ox) {
+                if (ox < 0) break;
+                if (ox >= wo) continue;
+                s += cb[((long)(ky * k + kx) * ho + oy) * wo + ox];
             }
         }
         dx[e] = s;
     }
+}
+extern "C" __global__ void radar_col2im(const float* col, float* dx, int batch, int channels, int h, int w, int k, int stride, int pad,
+                                        int ho, int wo) {
+    RADAR_INDEXED(radar_col2im_body, (long)batch * channels * h * w, col, dx, channels, h, w, k, stride, pad, ho, wo);
 }
 
 // y (B, C, R) from x (B, R, C).
@@ -608,12 +656,35 @@ extern "C" __global__ void radar_layernorm_param_partials(const float* dy, const
     }
 }
 
+// Rows of up to RADAR_ROW_REGISTERS * 32 columns (attention's 197 tokens) are read once into
+// registers; longer rows are read again from memory. The same sums in the same order either way.
+#define RADAR_ROW_REGISTERS 8
+
 // Softmax over the last `cols` of each row: one warp per row.
 extern "C" __global__ void radar_softmax_forward(const float* x, float* y, int rows, int cols) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* xr = x + (long)row * cols; float* yr = y + (long)row * cols;
     float mx = __int_as_float(0xff800000);  // -inf (NVRTC has no math.h macros)
+    if (cols <= RADAR_ROW_REGISTERS * 32) {
+        float v[RADAR_ROW_REGISTERS];
+        for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
+            int c = lane + 32 * j;
+            v[j] = c < cols ? xr[c] : mx;
+            mx = fmaxf(mx, v[j]);
+        }
+        mx = warp_max(mx);
+        float s = 0.f;
+        for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
+            if (lane + 32 * j < cols) { v[j] = expf(v[j] - mx); s += v[j]; }
+        }
+        float inv = 1.f / warp_sum(s);
+        for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
+            int c = lane + 32 * j;
+            if (c < cols) yr[c] = v[j] * inv;
+        }
+        return;
+    }
     for (int c = lane; c < cols; c += 32) mx = fmaxf(mx, xr[c]);
     mx = warp_max(mx);
     float s = 0.f;
@@ -627,10 +698,25 @@ extern "C" __global__ void radar_softmax_backward(const float* dy, const float* 
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* dyr = dy + (long)row * cols; const float* yr = y + (long)row * cols;
+    float* dxr = dx + (long)row * cols;
     float s = 0.f;
+    if (cols <= RADAR_ROW_REGISTERS * 32) {
+        float g[RADAR_ROW_REGISTERS], p[RADAR_ROW_REGISTERS];
+        for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
+            int c = lane + 32 * j;
+            g[j] = c < cols ? dyr[c] : 0.f;
+            p[j] = c < cols ? yr[c] : 0.f;
+            if (c < cols) s += g[j] * p[j];
+        }
+        s = warp_sum(s);
+        for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
+            int c = lane + 32 * j;
+            if (c < cols) dxr[c] = p[j] * (g[j] - s);
+        }
+        return;
+    }
     for (int c = lane; c < cols; c += 32) s += dyr[c] * yr[c];
     s = warp_sum(s);
-    float* dxr = dx + (long)row * cols;
     for (int c = lane; c < cols; c += 32) dxr[c] = yr[c] * (dyr[c] - s);
 }
 """#)

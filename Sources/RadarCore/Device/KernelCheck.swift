@@ -85,6 +85,11 @@ public enum KernelCheck {
                 b.geluBackward(v[0], x: v[1], cdf: v[2], v[3])
             },
             Case(name: "softmaxForward", tensors: [t(Shape(5, 37)), t(Shape(5, 37))]) { b, v in b.softmaxForward(v[0], v[1], cols: 37) },
+            // Rows longer than the kernels keep in registers (256 columns) take the second path.
+            Case(name: "softmaxLongRows", tensors: [t(Shape(3, 300)), t(Shape(3, 300)), t(Shape(3, 300)), t(Shape(3, 300))]) { b, v in
+                b.softmaxForward(v[0], v[1], cols: 300)
+                b.softmaxBackward(v[2], y: v[1], v[3], cols: 300)
+            },
             Case(name: "softmaxBackward", tensors: [t(Shape(5, 37)), t(Shape(5, 37), .unit), t(Shape(5, 37))]) { b, v in
                 b.softmaxBackward(v[0], y: v[1], v[2], cols: 37)
             },
