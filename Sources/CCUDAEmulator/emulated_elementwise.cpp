@@ -80,7 +80,7 @@ extern "C" int radar_emu_launch_radar_add_chunk_sums(const unsigned grid[3], con
     long a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_add_chunk_sums(a0, a1, a2, a3, a4); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_add_chunk_sums(a0, a1, a2, a3, a4); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_relu_forward(const unsigned grid[3], const unsigned block[3], void **args) {

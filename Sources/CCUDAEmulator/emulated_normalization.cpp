@@ -42,16 +42,18 @@ extern "C" int radar_emu_launch_radar_layernorm_param_partials(const unsigned gr
 extern "C" int radar_emu_launch_radar_softmax_forward(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
-    int a2; memcpy(&a2, args[2], sizeof(a2));
+    unsigned short* a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_softmax_forward(a0, a1, a2, a3); }, false);
+    int a4; memcpy(&a4, args[4], sizeof(a4));
+    return radar_emu::launch(grid, block, [&] { radar_softmax_forward(a0, a1, a2, a3, a4); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_softmax_backward(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
-    int a3; memcpy(&a3, args[3], sizeof(a3));
+    unsigned short* a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_softmax_backward(a0, a1, a2, a3, a4); }, false);
+    int a5; memcpy(&a5, args[5], sizeof(a5));
+    return radar_emu::launch(grid, block, [&] { radar_softmax_backward(a0, a1, a2, a3, a4, a5); }, false);
 }

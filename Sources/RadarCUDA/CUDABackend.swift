@@ -256,7 +256,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         guard chunks > 0 else { return }
         let partial = scratch(CUDABackend.partialSlot, bytes: chunks * cols * 4)
         elementwise("radar_column_chunk_sums", chunks * cols, [p(src), .raw(partial), .i32(rows), .i32(cols), .i32(chunk)])
-        elementwise("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(cols), .i32(cols), p(dst)])
+        self.rows("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(cols), .i32(cols), p(dst)])  // a warp per column
     }
     public func reluForward(_ x: Tensor, _ y: Tensor) { elementwise("radar_relu_forward", x.count, [p(x), p(y), .i64(x.count)]) }
     public func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor) {
@@ -268,11 +268,13 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor) {
         elementwise("radar_gelu_backward", dy.count, [p(dy), p(x), .ptr(cdf?.base), p(dx), .i64(dy.count)])
     }
-    public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) {
-        rows("radar_softmax_forward", x.count / cols, [p(x), p(y), .i32(x.count / cols), .i32(cols)])
+    public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) { softmaxForward(x, y, bf16Copy: nil, cols: cols) }
+    /// With a bf16 copy of y written at `bf16Copy` too (the attention's product operand).
+    private func softmaxForward(_ x: Tensor, _ y: Tensor, bf16Copy: UnsafeMutableRawPointer?, cols: Int) {
+        rows("radar_softmax_forward", x.count / cols, [p(x), p(y), .raw(bf16Copy), .i32(x.count / cols), .i32(cols)])
     }
     public func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int) {
-        rows("radar_softmax_backward", dy.count / cols, [p(dy), p(y), p(dx), .i32(dy.count / cols), .i32(cols)])
+        rows("radar_softmax_backward", dy.count / cols, [p(dy), p(y), p(dx), .raw(nil), .i32(dy.count / cols), .i32(cols)])
     }
     public func dropoutForward(_ x: Tensor, _ y: Tensor, p drop: Float, stream: RandomStream) {
         elementwise("radar_dropout", x.count, [p(x), p(y), .i64(x.count), .f32(drop), .u32(stream.philox.key0), .u32(stream.philox.key1),
@@ -294,8 +296,8 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let partial = scratch(CUDABackend.partialSlot, bytes: chunks * 2 * cols * 4)
         elementwise("radar_layernorm_param_partials", chunks * cols,
                     [p(dy), p(x), p(mean), p(rstd), .raw(partial), .i32(r), .i32(cols), .i32(chunk)])
-        elementwise("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(2 * cols), .i32(cols), p(dGamma)])
-        elementwise("radar_add_chunk_sums", cols, [.raw(partial + cols * 4), .i32(chunks), .i64(2 * cols), .i32(cols), p(dBeta)])
+        rows("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(2 * cols), .i32(cols), p(dGamma)])
+        rows("radar_add_chunk_sums", cols, [.raw(partial + cols * 4), .i32(chunks), .i64(2 * cols), .i32(cols), p(dBeta)])
     }
     private func bhw(_ x: Tensor) -> (Int, Int, Int) { (x.shape[0], x.shape[1], x.count / max(x.shape[0] * x.shape[1], 1)) }
     /// Per-plane double partials (`width` per (image, channel) plane) in the partial slot.
@@ -407,22 +409,26 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         attentionProbabilities(operand(qkv, slot: 0), qkv.shape, heads: h, scale: scale, scores: scores, probs: probs)
     }
 
-    /// x: qkv as the products read it (converted once by the caller).
-    private func attentionProbabilities(_ x: Operand, _ qkv: Shape, heads h: Int, scale: Float, scores: Tensor, probs: Tensor) {
+    /// x: qkv as the products read it (converted once by the caller). With `bf16Copy`, the softmax
+    /// also writes the probabilities' bf16 copy there.
+    private func attentionProbabilities(_ x: Operand, _ qkv: Shape, heads h: Int, scale: Float, scores: Tensor, probs: Tensor,
+                                        bf16Copy: UnsafeMutableRawPointer? = nil) {
         let b = qkv[0], n = qkv[1], d = qkv[2] / 3, hd = d / h
         for hi in 0..<h {
             productOperands(transA: false, transB: true, m: n, n: n, k: hd, alpha: scale, a: x.at(hi * hd), lda: 3 * d, strideA: n * 3 * d,
                     b: x.at(d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: scores.base + hi * n * n, ldc: n, strideC: h * n * n,
                     batch: b)
         }
-        softmaxForward(scores, probs, cols: n)
+        softmaxForward(scores, probs, bf16Copy: bf16Copy, cols: n)
     }
 
     public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         let x = operand(qkv, slot: 0)
-        attentionProbabilities(x, qkv.shape, heads: h, scale: scale, scores: scores, probs: probs)
-        let pr = operand(probs.base, count: probs.count, slot: 1)
+        // bf16: the softmax writes the probabilities' bf16 operand as well (no second pass over them).
+        let copy = precision == .bf16 ? scratch(1, bytes: probs.count * 2) : nil
+        attentionProbabilities(x, qkv.shape, heads: h, scale: scale, scores: scores, probs: probs, bf16Copy: copy)
+        let pr = copy.map { Operand(base: UnsafeRawPointer($0), width: 2) } ?? operand(probs.base, count: probs.count, slot: 1)
         for hi in 0..<h {
             productOperands(transA: false, transB: false, m: n, n: hd, k: n, alpha: 1, a: pr.at(hi * n * n), lda: n, strideA: h * n * n,
                     b: x.at(2 * d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: merged.base + hi * hd, ldc: d,
@@ -443,8 +449,16 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                     b: dO.at(hi * hd), ldb: d, strideB: n * d, beta: 0, c: dQKV.base + 2 * d + hi * hd, ldc: 3 * d, strideC: n * 3 * d,
                     batch: b)
         }
-        softmaxBackward(dProbs, y: probs, dScores, cols: n)
-        let ds = operand(dScores.base, count: dScores.count, slot: 0)
+        // bf16: dScores (scratch, read only by the products below) is written as their bf16 operand.
+        let ds: Operand
+        if precision == .bf16 {
+            rows("radar_softmax_backward", dProbs.count / n, [p(dProbs), p(probs), p(dScores), .raw(UnsafeMutableRawPointer(dScores.base)),
+                                                              .i32(dProbs.count / n), .i32(n)])
+            ds = Operand(base: UnsafeRawPointer(dScores.base), width: 2)
+        } else {
+            softmaxBackward(dProbs, y: probs, dScores, cols: n)
+            ds = operand(dScores.base, count: dScores.count, slot: 0)
+        }
         for hi in 0..<h {
             productOperands(transA: false, transB: false, m: n, n: hd, k: n, alpha: scale, a: ds.at(hi * n * n), lda: n, strideA: h * n * n,
                     b: x.at(d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: dQKV.base + hi * hd, ldc: 3 * d,

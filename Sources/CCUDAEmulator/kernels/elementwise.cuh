@@ -52,8 +52,9 @@ extern "C" __global__ void radar_add_channel_bias(const float* bias, float* out,
 // Column sums, dst[c] += sum_r src[r, c], in two launches with a fixed order (no atomics; the
 // same bits on every GPU): radar_column_chunk_sums sums each column over chunks of `chunk`
 // consecutive rows (one thread per chunk and column, coalesced across columns), then
-// radar_add_chunk_sums adds a column's chunk sums in chunk order. (One thread per column over all
-// rows left a GPU nearly idle: a ViT-S bias gradient at batch 32 is 384 threads walking 6304 rows.)
+// radar_add_chunk_sums adds a column's chunk sums (a warp per column, in a fixed order). (One
+// thread per column over all rows left a GPU nearly idle: a ViT-S bias gradient at batch 32 is 384
+// threads walking 6304 rows.)
 extern "C" __global__ void radar_column_chunk_sums(const float* src, float* partial, int rows, int cols, int chunk) {
     long chunks = (rows + chunk - 1) / chunk;
     GRID_STRIDE(e, chunks * cols) {
@@ -65,13 +66,21 @@ extern "C" __global__ void radar_column_chunk_sums(const float* src, float* part
     }
 }
 
-// dst[c] += sum over k < chunks of partial[k * stride + c], in k order (one thread per column).
+// dst[c] += sum over k < chunks of partial[k * stride + c]: one warp per column, lane j adding
+// chunks j, j + 32, ... in order, then the lanes' sums in a fixed butterfly (the same bits every
+// run; one thread walking every chunk left each launch waiting on ~400 dependent loads).
+__device__ __forceinline__ float radar_lane_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 extern "C" __global__ void radar_add_chunk_sums(const float* partial, int chunks, long stride, int cols, float* dst) {
-    GRID_STRIDE(c, cols) {
-        float s = 0.f;
-        for (int k = 0; k < chunks; ++k) s += partial[k * stride + c];
-        dst[c] += s;
-    }
+    int c = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (c >= cols) return;
+    float s = 0.f;
+    for (int k = lane; k < chunks; k += 32) s += partial[k * stride + c];
+    s = radar_lane_sum(s);
+    if (lane == 0) dst[c] += s;
 }
 
 extern "C" __global__ void radar_relu_forward(const float* x, float* y, long n) { GRID_STRIDE(i, n) y[i] = x[i] > 0.f ? x[i] : 0.f; }

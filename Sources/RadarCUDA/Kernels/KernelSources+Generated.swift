@@ -257,8 +257,9 @@ extern "C" __global__ void radar_add_channel_bias(const float* bias, float* out,
 // Column sums, dst[c] += sum_r src[r, c], in two launches with a fixed order (no atomics; the
 // same bits on every GPU): radar_column_chunk_sums sums each column over chunks of `chunk`
 // consecutive rows (one thread per chunk and column, coalesced across columns), then
-// radar_add_chunk_sums adds a column's chunk sums in chunk order. (One thread per column over all
-// rows left a GPU nearly idle: a ViT-S bias gradient at batch 32 is 384 threads walking 6304 rows.)
+// radar_add_chunk_sums adds a column's chunk sums (a warp per column, in a fixed order). (One
+// thread per column over all rows left a GPU nearly idle: a ViT-S bias gradient at batch 32 is 384
+// threads walking 6304 rows.)
 extern "C" __global__ void radar_column_chunk_sums(const float* src, float* partial, int rows, int cols, int chunk) {
     long chunks = (rows + chunk - 1) / chunk;
     GRID_STRIDE(e, chunks * cols) {
@@ -270,13 +271,21 @@ extern "C" __global__ void radar_column_chunk_sums(const float* src, float* part
     }
 }
 
-// dst[c] += sum over k < chunks of partial[k * stride + c], in k order (one thread per column).
+// dst[c] += sum over k < chunks of partial[k * stride + c]: one warp per column, lane j adding
+// chunks j, j + 32, ... in order, then the lanes' sums in a fixed butterfly (the same bits every
+// run; one thread walking every chunk left each launch waiting on ~400 dependent loads).
+__device__ __forceinline__ float radar_lane_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 extern "C" __global__ void radar_add_chunk_sums(const float* partial, int chunks, long stride, int cols, float* dst) {
-    GRID_STRIDE(c, cols) {
-        float s = 0.f;
-        for (int k = 0; k < chunks; ++k) s += partial[k * stride + c];
-        dst[c] += s;
-    }
+    int c = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (c >= cols) return;
+    float s = 0.f;
+    for (int k = lane; k < chunks; k += 32) s += partial[k * stride + c];
+    s = radar_lane_sum(s);
+    if (lane == 0) dst[c] += s;
 }
 
 extern "C" __global__ void radar_relu_forward(const float* x, float* y, long n) { GRID_STRIDE(i, n) y[i] = x[i] > 0.f ? x[i] : 0.f; }
@@ -660,8 +669,18 @@ extern "C" __global__ void radar_layernorm_param_partials(const float* dy, const
 // registers; longer rows are read again from memory. The same sums in the same order either way.
 #define RADAR_ROW_REGISTERS 8
 
-// Softmax over the last `cols` of each row: one warp per row.
-extern "C" __global__ void radar_softmax_forward(const float* x, float* y, int rows, int cols) {
+// bf16 bits of f, rounded to nearest even (as elementwise.cuh's radar_to_bf16).
+__device__ __forceinline__ unsigned short radar_row_bf16(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+// Softmax over the last `cols` of each row: one warp per row. yb, when not null, gets a bf16 copy
+// of y as well (the operand of the attention's next product under bf16 precision, written here
+// instead of read back and converted).
+extern "C" __global__ void radar_softmax_forward(const float* x, float* y, unsigned short* yb, int rows, int cols) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* xr = x + (long)row * cols; float* yr = y + (long)row * cols;
@@ -679,9 +698,13 @@ extern "C" __global__ void radar_softmax_forward(const float* x, float* y, int r
             if (lane + 32 * j < cols) { v[j] = expf(v[j] - mx); s += v[j]; }
         }
         float inv = 1.f / warp_sum(s);
+        unsigned short* ybr = yb ? yb + (long)row * cols : nullptr;
         for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
             int c = lane + 32 * j;
-            if (c < cols) yr[c] = v[j] * inv;
+            if (c < cols) {
+                yr[c] = v[j] * inv;
+                if (ybr) ybr[c] = radar_row_bf16(v[j] * inv);
+            }
         }
         return;
     }
@@ -691,10 +714,13 @@ extern "C" __global__ void radar_softmax_forward(const float* x, float* y, int r
     for (int c = lane; c < cols; c += 32) { float e = expf(xr[c] - mx); yr[c] = e; s += e; }
     float inv = 1.f / warp_sum(s);
     for (int c = lane; c < cols; c += 32) yr[c] *= inv;
+    if (yb)
+        for (int c = lane; c < cols; c += 32) yb[(long)row * cols + c] = radar_row_bf16(yr[c]);
 }
 
-// dx = y (dy - sum(dy y)).
-extern "C" __global__ void radar_softmax_backward(const float* dy, const float* y, float* dx, int rows, int cols) {
+// dx = y (dy - sum(dy y)); written as bf16 into dxb instead when dxb is not null (the attention's
+// dScores under bf16 precision: only products read it).
+extern "C" __global__ void radar_softmax_backward(const float* dy, const float* y, float* dx, unsigned short* dxb, int rows, int cols) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* dyr = dy + (long)row * cols; const float* yr = y + (long)row * cols;
@@ -711,13 +737,19 @@ extern "C" __global__ void radar_softmax_backward(const float* dy, const float* 
         s = warp_sum(s);
         for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
             int c = lane + 32 * j;
-            if (c < cols) dxr[c] = p[j] * (g[j] - s);
+            if (c < cols) {
+                if (dxb) dxb[(long)row * cols + c] = radar_row_bf16(p[j] * (g[j] - s));
+                else dxr[c] = p[j] * (g[j] - s);
+            }
         }
         return;
     }
     for (int c = lane; c < cols; c += 32) s += dyr[c] * yr[c];
     s = warp_sum(s);
-    for (int c = lane; c < cols; c += 32) dxr[c] = yr[c] * (dyr[c] - s);
+    for (int c = lane; c < cols; c += 32) {
+        if (dxb) dxb[(long)row * cols + c] = radar_row_bf16(yr[c] * (dyr[c] - s));
+        else dxr[c] = yr[c] * (dyr[c] - s);
+    }
 }
 """#)
 
