@@ -71,6 +71,10 @@ public enum KernelCheck {
             Case(name: "fill", tensors: [t(Shape(37))]) { b, v in b.fill(v[0], 0.25) },
             Case(name: "copy", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.copy(v[0], into: v[1]) },
             Case(name: "add", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.add(v[0], v[1], into: v[2]) },
+            // Four elements per access where aligned (above); views one element in, one by one.
+            Case(name: "addUnaligned", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in
+                b.add(Tensor(v[0].base + 1, Shape(36)), Tensor(v[1].base + 1, Shape(36)), into: Tensor(v[2].base + 1, Shape(36)))
+            },
             Case(name: "addRowBias", tensors: [t(Shape(7)), t(Shape(5, 7))]) { b, v in b.addRowBias(v[0], into: v[1]) },
             Case(name: "addChannelBias", tensors: [t(Shape(3)), t(Shape(2, 3, 5, 4))]) { b, v in b.addChannelBias(v[0], into: v[1]) },
             Case(name: "accumulateColumnSums", tensors: [t(Shape(150, 7)), t(Shape(7))]) { b, v in b.accumulateColumnSums(v[0], into: v[1]) },
