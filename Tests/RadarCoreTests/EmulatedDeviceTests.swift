@@ -91,8 +91,8 @@ final class EmulatedDeviceTests: XCTestCase {
             let chunks = (rows + 1) / 2, partial = buf.zeros(chunks * 2 * cols)
             XCTAssertEqual(launch("radar_layernorm_param_partials", grid: 3, block: 32,
                                   [.buffer(edy), .buffer(ex), .buffer(em), .buffer(er), .buffer(partial), .i32(Int32(rows)), .i32(Int32(cols)), .i32(2)]), "")
-            for (offset, dst) in [(0, edg), (cols, edb)] {
-                XCTAssertEqual(launch("radar_add_chunk_sums", grid: 1, block: 32,
+            for (offset, dst) in [(0, edg), (cols, edb)] {  // a warp per column
+                XCTAssertEqual(launch("radar_add_chunk_sums", grid: (cols + 1) / 2, block: 64,
                                       [.buffer(partial + offset), .i32(Int32(chunks)), .i64(2 * cols), .i32(Int32(cols)), .buffer(dst)]), "")
             }
             assertClose(array(edx, rows * cols), cdx.values, rtol: 1e-4, atol: 1e-5, "layernorm dx")
@@ -103,11 +103,32 @@ final class EmulatedDeviceTests: XCTestCase {
             cpu.softmaxForward(cx.tensor, cs.tensor, cols: cols)
             cpu.softmaxBackward(cdy.tensor, y: cs.tensor, cds.tensor, cols: cols)
             let es = buf.zeros(rows * cols), eds = buf.zeros(rows * cols)
-            XCTAssertEqual(launch("radar_softmax_forward", grid: grid, block: 64, [.buffer(ex), .buffer(es), .i32(Int32(rows)), .i32(Int32(cols))]), "")
+            XCTAssertEqual(launch("radar_softmax_forward", grid: grid, block: 64,
+                                  [.buffer(ex), .buffer(es), .u64(0), .i32(Int32(rows)), .i32(Int32(cols))]), "")
             XCTAssertEqual(launch("radar_softmax_backward", grid: grid, block: 64,
-                                  [.buffer(edy), .buffer(es), .buffer(eds), .i32(Int32(rows)), .i32(Int32(cols))]), "")
+                                  [.buffer(edy), .buffer(es), .buffer(eds), .u64(0), .i32(Int32(rows)), .i32(Int32(cols))]), "")
             assertClose(array(es, rows * cols), cs.values, rtol: 1e-5, atol: 1e-7, "softmax")
             assertClose(array(eds, rows * cols), cds.values, rtol: 1e-4, atol: 1e-6, "softmax backward")
+            // With a bf16 output (the attention's product operands under bf16): forward writes y and
+            // its bf16 copy, backward writes dx as bf16 only; both the CPU backend's rounding of the
+            // fp32 results, bit for bit.
+            let half = (rows * cols + 1) / 2
+            let es2 = buf.zeros(rows * cols), esb = buf.zeros(half), edsb = buf.zeros(half), eds2 = buf.zeros(rows * cols)
+            XCTAssertEqual(launch("radar_softmax_forward", grid: grid, block: 64,
+                                  [.buffer(ex), .buffer(es2), .buffer(esb), .i32(Int32(rows)), .i32(Int32(cols))]), "")
+            XCTAssertEqual(array(es2, rows * cols), array(es, rows * cols), "softmax with a bf16 copy: the same fp32 output")
+            XCTAssertEqual(launch("radar_softmax_backward", grid: grid, block: 64,
+                                  [.buffer(edy), .buffer(es), .buffer(eds2), .buffer(edsb), .i32(Int32(rows)), .i32(Int32(cols))]), "")
+            XCTAssertEqual(array(eds2, rows * cols), [Float](repeating: 0, count: rows * cols), "a bf16 dx leaves the fp32 one alone")
+            for (device, values, what) in [(esb, array(es, rows * cols), "softmax bf16 copy"), (edsb, array(eds, rows * cols), "softmax backward bf16")] {
+                let reference = cpuTensor(values, Shape(rows * cols))
+                let rounded = Tensor(cpu.allocate(half), Shape(rows * cols), dtype: .bfloat16)
+                cpu.convert(reference.tensor, into: rounded)
+                let expected = UnsafeRawPointer(rounded.base).assumingMemoryBound(to: UInt16.self)
+                let got = UnsafeRawPointer(device).assumingMemoryBound(to: UInt16.self)
+                XCTAssertEqual((0..<rows * cols).map { got[$0] }, (0..<rows * cols).map { expected[$0] }, "\(what) \(rows)x\(cols)")
+                cpu.release(rounded.base)
+            }
         }
     }
 
