@@ -50,14 +50,18 @@ run_tests() {
   env "$@" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   set -e
-  summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -n 1)
+  summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -n 1 || true)  # none when it crashed first
   rm -f "$log"
+  local count=0 failures=0
   if [ -n "$summary" ]; then
-    total=$((total + $(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')))
-    failed=$((failed + $(echo "$summary" | sed -E 's/.*with ([0-9]+) failures?.*/\1/')))
-  elif [ "$rc" -ne 0 ]; then
-    failed=$((failed + 1))  # crashed before XCTest could count
+    count=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
+    failures=$(echo "$summary" | sed -E 's/.*with ([0-9]+) failures?.*/\1/')
   fi
+  # A test process that crashed is rerun by swift test for the tests after the crash, and the last
+  # summary is then only that rerun's: a non-zero exit with no failure counted is one failure.
+  if [ "$rc" -ne 0 ] && [ "$failures" -eq 0 ]; then failures=1; fi
+  total=$((total + count))
+  failed=$((failed + failures))
   if [ "$rc" -ne 0 ]; then status=$rc; fi
 }
 # Every suite on the CPU device.
