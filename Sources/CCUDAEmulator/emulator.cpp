@@ -73,6 +73,8 @@ struct Block {
     const std::function<void()> *body = nullptr;
     // Warp exchange slots, double-buffered by generation parity: lane values of each warp.
     std::vector<float> exchange[2];
+    // Whole-warp exchanges of up to 16 words a lane (the tensor-core products), likewise.
+    std::vector<uint32_t> words[2];
     std::vector<unsigned> generation;  // per fiber: warp exchanges done
     void *sanitizer_scheduler = nullptr;  // ThreadSanitizer's handle of the launching thread
 #ifdef RADAR_EMU_TSAN
@@ -181,7 +183,7 @@ std::string run_block(Block &b) {
         std::string report = "deadlock in block " + describe(block_index) + ":";
         for (auto &f : b.fibers) {
             if (f.state == State::at_block_barrier) report += " thread " + std::to_string(f.linear) + " at __syncthreads line " + std::to_string((uintptr_t)f.site) + ";";
-            if (f.state == State::at_warp_barrier) report += " thread " + std::to_string(f.linear) + " at __shfl_xor_sync;";
+            if (f.state == State::at_warp_barrier) report += " thread " + std::to_string(f.linear) + " at a warp exchange (__shfl_xor_sync, mma);";
         }
         return report + " " + std::to_string(done) + " returned";
     }
@@ -214,6 +216,55 @@ float shuffle_xor(float v, int lane_mask) {
     swapcontext(&f.context, &b->scheduler);
     unsigned partner = base + (lane ^ (unsigned)lane_mask);
     return partner < b->fibers.size() ? b->exchange[parity][partner] : v;
+}
+
+/// Every lane's `count` (at most 16) words, lane by lane, into `all` (32 * count words; a lane
+/// past the block's last thread gives zeros). A warp exchange: returns once every lane gave its own.
+void warp_gather(const uint32_t *mine, unsigned count, uint32_t *all) {
+    if (direct) throw BarrierInDirectLaunch("a warp-wide exchange in a kernel run as barrier-free");
+    Block *b = running;
+    unsigned me = b->current, lane = me % 32, base = me - lane, n = (unsigned)b->fibers.size();
+    unsigned parity = b->generation[me]++ & 1u;
+    std::copy(mine, mine + count, &b->words[parity][size_t(me) * 16]);
+    Fiber &f = b->fibers[me];
+    f.state = State::at_warp_barrier;
+    RADAR_EMU_ANNOUNCE_SWITCH(b->sanitizer_scheduler);
+    swapcontext(&f.context, &b->scheduler);
+    for (unsigned l = 0; l < 32; ++l)
+        for (unsigned w = 0; w < count; ++w) all[l * count + w] = base + l < n ? b->words[parity][size_t(base + l) * 16 + w] : 0u;
+}
+
+namespace {
+float bf16_low(uint32_t r) { return __uint_as_float(r << 16); }
+float bf16_high(uint32_t r) { return __uint_as_float(r & 0xffff0000u); }
+}  // namespace
+
+/// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with D = C in place: the warp's A (16 x 16)
+/// and B (16 x 8) rebuilt from every lane's registers by the PTX ISA's fragment layout (groupID =
+/// lane / 4, threadID_in_group = lane % 4; the lower-indexed element in the low half), then this
+/// lane's four accumulators. A kernel that places its fragments wrongly gets a wrong product here
+/// as it would on the GPU.
+void mma_bf16_m16n8k16(float *d, const unsigned *a, const unsigned *b) {
+    uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]}, all[32 * 6];
+    warp_gather(mine, 6, all);
+    float A[16][16], B[16][8];
+    for (unsigned l = 0; l < 32; ++l) {
+        const uint32_t *r = all + l * 6;
+        unsigned g = l / 4, t = l % 4;
+        A[g][2 * t] = bf16_low(r[0]), A[g][2 * t + 1] = bf16_high(r[0]);
+        A[g + 8][2 * t] = bf16_low(r[1]), A[g + 8][2 * t + 1] = bf16_high(r[1]);
+        A[g][2 * t + 8] = bf16_low(r[2]), A[g][2 * t + 9] = bf16_high(r[2]);
+        A[g + 8][2 * t + 8] = bf16_low(r[3]), A[g + 8][2 * t + 9] = bf16_high(r[3]);
+        B[2 * t][g] = bf16_low(r[4]), B[2 * t + 1][g] = bf16_high(r[4]);
+        B[2 * t + 8][g] = bf16_low(r[5]), B[2 * t + 9][g] = bf16_high(r[5]);
+    }
+    unsigned lane = running->current % 32, g = lane / 4, t = lane % 4;
+    for (unsigned e = 0; e < 4; ++e) {
+        unsigned row = g + (e / 2) * 8, col = 2 * t + e % 2;
+        float s = d[e];
+        for (unsigned k = 0; k < 16; ++k) s = fmaf(A[row][k], B[k][col], s);
+        d[e] = s;
+    }
 }
 
 /// Runs `body` as every thread of every block of the grid; "" or the first error.
@@ -265,6 +316,8 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
     b.body = &body;
     b.exchange[0].assign(n, 0.f);
     b.exchange[1].assign(n, 0.f);
+    b.words[0].assign(size_t(n) * 16, 0u);
+    b.words[1].assign(size_t(n) * 16, 0u);
     Block *saved = running;
     running = &b;
     for (unsigned linear : blocks) {

@@ -20,6 +20,8 @@ namespace radar_emu {
 extern thread_local dim3 thread_index, block_index, block_dim, grid_dim;
 void sync_block(const void *site);
 float shuffle_xor(float v, int lane_mask);
+void warp_gather(const uint32_t *mine, unsigned count, uint32_t *all);
+void mma_bf16_m16n8k16(float *d, const unsigned *a, const unsigned *b);
 }  // namespace radar_emu
 
 #define threadIdx radar_emu::thread_index
@@ -30,6 +32,10 @@ float shuffle_xor(float v, int lane_mask);
 // The call site (its line) tells barriers apart: threads waiting at different ones deadlock.
 #define __syncthreads() radar_emu::sync_block((const void *)(uintptr_t)__LINE__)
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) { return radar_emu::shuffle_xor(v, lane_mask); }
+
+// The tensor-core product kernels call (the GPU build: one mma.sync instruction, inline PTX):
+// d (16 x 8, fp32) += a (16 x 16, bf16) b (16 x 8, bf16) over the warp, fragments as the PTX ISA lays them out.
+inline void radar_mma_bf16(float *d, const unsigned *a, const unsigned *b) { radar_emu::mma_bf16_m16n8k16(d, a, b); }
 
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }

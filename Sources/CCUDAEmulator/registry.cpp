@@ -2,6 +2,15 @@
 #include "CCUDAEmulator.h"
 #include <string.h>
 
+extern "C" int radar_emu_launch_radar_attention_forward_hd16(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_forward_hd32(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_forward_hd64(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_query_hd16(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_query_hd32(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_query_hd64(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_plane_moments(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_channel_moments_from_planes(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_batchnorm_update_statistics(const unsigned grid[3], const unsigned block[3], void **args);
@@ -77,6 +86,15 @@ extern "C" int radar_emu_launch_radar_selftest_block_chain(const unsigned grid[3
 namespace {
 struct Entry { const char *name; radar_emu_kernel launch; };
 const Entry entries[] = {
+    {"radar_attention_forward_hd16", radar_emu_launch_radar_attention_forward_hd16},
+    {"radar_attention_forward_hd32", radar_emu_launch_radar_attention_forward_hd32},
+    {"radar_attention_forward_hd64", radar_emu_launch_radar_attention_forward_hd64},
+    {"radar_attention_backward_query_hd16", radar_emu_launch_radar_attention_backward_query_hd16},
+    {"radar_attention_backward_query_hd32", radar_emu_launch_radar_attention_backward_query_hd32},
+    {"radar_attention_backward_query_hd64", radar_emu_launch_radar_attention_backward_query_hd64},
+    {"radar_attention_backward_key_value_hd16", radar_emu_launch_radar_attention_backward_key_value_hd16},
+    {"radar_attention_backward_key_value_hd32", radar_emu_launch_radar_attention_backward_key_value_hd32},
+    {"radar_attention_backward_key_value_hd64", radar_emu_launch_radar_attention_backward_key_value_hd64},
     {"radar_plane_moments", radar_emu_launch_radar_plane_moments},
     {"radar_channel_moments_from_planes", radar_emu_launch_radar_channel_moments_from_planes},
     {"radar_batchnorm_update_statistics", radar_emu_launch_radar_batchnorm_update_statistics},
@@ -150,6 +168,15 @@ const Entry entries[] = {
     {"radar_selftest_block_chain", radar_emu_launch_radar_selftest_block_chain},
 };
 const char *names[] = {
+    "radar_attention_forward_hd16",
+    "radar_attention_forward_hd32",
+    "radar_attention_forward_hd64",
+    "radar_attention_backward_query_hd16",
+    "radar_attention_backward_query_hd32",
+    "radar_attention_backward_query_hd64",
+    "radar_attention_backward_key_value_hd16",
+    "radar_attention_backward_key_value_hd32",
+    "radar_attention_backward_key_value_hd64",
     "radar_plane_moments",
     "radar_channel_moments_from_planes",
     "radar_batchnorm_update_statistics",

@@ -38,6 +38,9 @@ extension FencedBackend {
     public func attentionForward(qkv: Tensor, heads: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) { fenced { inner.attentionForward(qkv: qkv, heads: heads, scale: scale, scores: scores, probs: probs, merged: merged) } }
     public func attentionProbabilities(qkv: Tensor, heads: Int, scale: Float, scores: Tensor, probs: Tensor) { fenced { inner.attentionProbabilities(qkv: qkv, heads: heads, scale: scale, scores: scores, probs: probs) } }
     public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads: Int, scale: Float, dProbs: Tensor, dScores: Tensor, dQKV: Tensor) { fenced { inner.attentionBackward(dMerged: dMerged, qkv: qkv, probs: probs, heads: heads, scale: scale, dProbs: dProbs, dScores: dScores, dQKV: dQKV) } }
+    public func fusedAttention(headDim: Int) -> Bool { inner.fusedAttention(headDim: headDim) }
+    public func fusedAttentionForward(qkv: Tensor, heads: Int, scale: Float, merged: Tensor, logSumExp: Tensor) { fenced { inner.fusedAttentionForward(qkv: qkv, heads: heads, scale: scale, merged: merged, logSumExp: logSumExp) } }
+    public func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads: Int, scale: Float, delta: Tensor, dQKV: Tensor) { fenced { inner.fusedAttentionBackward(dMerged: dMerged, qkv: qkv, merged: merged, logSumExp: logSumExp, heads: heads, scale: scale, delta: delta, dQKV: dQKV) } }
     public func globalAvgPoolForward(_ x: Tensor, _ y: Tensor) { fenced { inner.globalAvgPoolForward(x, y) } }
     public func globalAvgPoolBackward(_ dy: Tensor, _ dx: Tensor) { fenced { inner.globalAvgPoolBackward(dy, dx) } }
     public func tokenMeanMaxForward(_ x: Tensor, mean: Tensor, max: Tensor, argmax: Tensor) { fenced { inner.tokenMeanMaxForward(x, mean: mean, max: max, argmax: argmax) } }

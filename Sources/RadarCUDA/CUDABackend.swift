@@ -34,9 +34,15 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// shape alone, so every GPU adds in the same order.
     static func reductionRows(rows: Int, cols: Int) -> Int { max(8, min(64, rows * cols / 32_768)) }
 
-    public init(driver: any CUDADriver, precision: Precision = .fp32) {
+    /// The flash-attention kernels for bf16 attention (`Devices.fusedAttention`, RADAR_ATTENTION).
+    public let fusedAttentionEnabled: Bool
+    /// Head sizes the fused attention kernels are built for.
+    public static let fusedHeadDims: Set<Int> = [16, 32, 64]
+
+    public init(driver: any CUDADriver, precision: Precision = .fp32, fusedAttention: Bool = false) {
         self.driver = driver
         self.precision = precision
+        fusedAttentionEnabled = fusedAttention
         coefficient = CUDABackend.allocate(driver, floats: 1)
     }
 
@@ -467,6 +473,29 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                     b: x.at(hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: dQKV.base + d + hi * hd, ldc: 3 * d,
                     strideC: n * 3 * d, batch: b)
         }
+    }
+
+    // Fused attention (kernels/attention.cuh): a block per 64 rows of one (image, head).
+    public func fusedAttention(headDim: Int) -> Bool {
+        fusedAttentionEnabled && precision == .bf16 && CUDABackend.fusedHeadDims.contains(headDim)
+    }
+    private func attentionBlocks(_ qkv: Tensor, heads h: Int) -> (blocks: Int, n: Int, hd: Int) {
+        let n = qkv.shape[1], hd = qkv.shape[2] / 3 / h
+        precondition(CUDABackend.fusedHeadDims.contains(hd) && qkv.dtype == .bfloat16, "fused attention: bf16 qkv, heads of 16, 32 or 64 channels")
+        return ((n + 63) / 64 * h * qkv.shape[0], n, hd)
+    }
+    public func fusedAttentionForward(qkv: Tensor, heads h: Int, scale: Float, merged: Tensor, logSumExp: Tensor) {
+        let (blocks, n, hd) = attentionBlocks(qkv, heads: h)
+        driver.launch("radar_attention_forward_hd\(hd)", grid: blocks, block: 128, [p(qkv), p(merged), p(logSumExp), .i32(n), .i32(h), .f32(scale)])
+    }
+    public func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads h: Int, scale: Float,
+                                       delta: Tensor, dQKV: Tensor) {
+        let (blocks, n, hd) = attentionBlocks(qkv, heads: h)
+        // dQ and delta first; dK and dV read delta.
+        driver.launch("radar_attention_backward_query_hd\(hd)", grid: blocks, block: 128,
+                      [p(qkv), p(merged), p(dMerged), p(logSumExp), p(delta), p(dQKV), .i32(n), .i32(h), .f32(scale)])
+        driver.launch("radar_attention_backward_key_value_hd\(hd)", grid: blocks, block: 128,
+                      [p(qkv), p(dMerged), p(logSumExp), p(delta), p(dQKV), .i32(n), .i32(h), .f32(scale)])
     }
 
     // MARK: Pooling, tokens, columns

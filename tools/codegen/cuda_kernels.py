@@ -16,7 +16,7 @@ families = sorted(p.stem for p in kernels_dir.glob("*.cuh"))
 selftests = sorted(p.stem for p in (root / "Sources/CCUDAEmulator/selftest").glob("*.cuh"))
 signature = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)', re.S)
 device_fn = re.compile(r'__device__[^(;{]*?\b(\w+)\s*\([^)]*\)\s*\{', re.S)
-BARRIERS = ("__syncthreads", "__shfl")
+BARRIERS = ("__syncthreads", "__shfl", "radar_mma_bf16")  # the last: a warp-wide exchange on the emulator
 
 
 def body_at(text, open_brace):
@@ -39,13 +39,13 @@ def barrier_free_kernels(text):
     while changed:
         changed = False
         for n, b in bodies.items():
-            if n not in waiting and any(re.search(r"\b%s\s*\(" % w, b) for w in waiting):
+            if n not in waiting and any(re.search(r"\b%s\s*(<[^<>()]*>)?\s*\(" % w, b) for w in waiting):
                 waiting.add(n)
                 changed = True
     free = set()
     for m in signature.finditer(text):
         b = body_at(text, text.index("{", m.end()))
-        if not any(x in b for x in BARRIERS) and not any(re.search(r"\b%s\s*\(" % w, b) for w in waiting):
+        if not any(x in b for x in BARRIERS) and not any(re.search(r"\b%s\s*(<[^<>()]*>)?\s*\(" % w, b) for w in waiting):
             free.add(m.group(1))
     return free
 

@@ -13,7 +13,7 @@ public struct KernelFamily: Sendable {
 /// own architecture at start-up (cached on disk); CI compiles all of them for sm_80, sm_86 and
 /// sm_90 on a machine without a GPU.
 public enum KernelSources {
-    public static let all: [KernelFamily] = [channels, elementwise, layout, losses, normalization, optimizer, random, reasoning, transforms]
+    public static let all: [KernelFamily] = [attention, channels, elementwise, layout, losses, normalization, optimizer, random, reasoning, transforms]
 
     /// NVRTC options for every family; `include` is the runtime wheel's include folder (cuda_bf16.h).
     public static func options(include: String?) -> [String] {

@@ -39,6 +39,22 @@ public enum Devices {
         public var description: String { "unknown device \"\(name)\": expected one of \(Devices.names.joined(separator: ", "))" }
     }
 
+    public struct UnknownAttentionPath: Error, CustomStringConvertible {
+        public let value: String
+        public var description: String { "RADAR_ATTENTION=\(value): expected products or fused" }
+    }
+
+    /// RADAR_ATTENTION: `products` (the default: cuBLAS products per head around softmax kernels)
+    /// or `fused` (the flash-attention kernels: no (B, H, N, N) tensor; bf16 on CUDA, heads of 16,
+    /// 32 or 64 channels). Whether fused is the faster on a GPU is for `radar bench step` to say.
+    public static func fusedAttention(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
+        switch environment["RADAR_ATTENTION"] ?? "products" {
+        case "products", "": return false
+        case "fused": return true
+        case let other: throw UnknownAttentionPath(value: other)
+        }
+    }
+
     public struct UnsupportedPrecision: Error, CustomStringConvertible {
         public let precision: String, device: String
         public var description: String {
@@ -104,7 +120,7 @@ public enum Devices {
             if resolved == .bf16 && driver.computeCapability.major < 8 {
                 throw UnsupportedPrecision(precision: p, device: driver.deviceDescription + " (bf16 needs compute capability 8.0)")
             }
-            return CUDABackend(driver: driver, precision: resolved)
+            return CUDABackend(driver: driver, precision: resolved, fusedAttention: try fusedAttention())
         }
     }
 }

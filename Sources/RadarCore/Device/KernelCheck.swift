@@ -259,11 +259,38 @@ public enum KernelCheck {
                                     bias: v[2], c: v[4], ldc: 7)
                 }
             },
+            // Fused (flash) attention, bf16 qkv: N = 70 crosses a 64-row tile and is no multiple of
+            // 16; heads of 16 and of 64 channels (the tiny and the full config). merged compared as
+            // fp32 (tensor 1), then backward from it.
+            fusedAttentionCase("fusedAttentionForward", batch: 2, tokens: 70, heads: 2, headDim: 16, backward: false),
+            fusedAttentionCase("fusedAttentionBackward", batch: 2, tokens: 70, heads: 2, headDim: 16),
+            fusedAttentionCase("fusedAttentionBackward/hd32", batch: 1, tokens: 33, heads: 1, headDim: 32),
+            fusedAttentionCase("fusedAttentionBackward/hd64", batch: 1, tokens: 70, heads: 2, headDim: 64),
             Case(name: "gemm", tensors: [t(Shape(5, 19)), t(Shape(7, 19)), t(Shape(5, 7))]) { b, v in
                 b.gemm(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 0.75, a: v[0].base, lda: 19, b: v[1].base, ldb: 19, beta: 0.5,
                        c: v[2].base, ldc: 7)
             },
         ]
+    }
+
+    /// Forward then backward of the fused attention. Tensors: qkv, merged (fp32 view), logSumExp,
+    /// dMerged, delta, dQKV. Tolerance: merged is bf16 and the probabilities are rounded to bf16
+    /// relative to a running maximum on the device (the final one here), a bf16 ulp apart at worst.
+    static func fusedAttentionCase(_ name: String, batch b: Int, tokens n: Int, heads h: Int, headDim hd: Int, backward: Bool = true) -> Case {
+        let d = h * hd
+        return Case(name: name, tensors: [(Shape(b, n, 3 * d), .normal), (Shape(b, n, d), .zeros), (Shape(b, h, n), .zeros),
+                                          (Shape(b, n, d), .normal), (Shape(b, h, n), .zeros), (Shape(b, n, 3 * d), .zeros)],
+                    rtol: 2e-2, atol: 2e-3) { be, v in
+            withBFloat16(be, v[0]) { qkv in
+                let merged = Tensor(be.allocate(DType.bfloat16.floats(b * n * d)), Shape(b, n, d), dtype: .bfloat16)
+                let scale = 1 / Float(hd).squareRoot()
+                be.fusedAttentionForward(qkv: qkv, heads: h, scale: scale, merged: merged, logSumExp: v[2])
+                be.convert(merged, into: v[1])
+                if backward { be.fusedAttentionBackward(dMerged: v[3], qkv: qkv, merged: merged, logSumExp: v[2], heads: h, scale: scale, delta: v[4],
+                                          dQKV: v[5]) }
+                be.release(merged.base)
+            }
+        }
     }
 
     /// Runs `body` with a bf16 copy of `x` on `b`.

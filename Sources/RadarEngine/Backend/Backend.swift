@@ -161,6 +161,18 @@ public protocol Backend: AnyObject {
     /// From dMerged (B, N, D) writes dQKV (B, N, 3D); dProbs and dScores (B, H, N, N) are scratch.
     func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads: Int, scale: Float,
                            dProbs: Tensor, dScores: Tensor, dQKV: Tensor)
+    /// Whether `fusedAttentionForward`/`fusedAttentionBackward` serve heads of `headDim` channels
+    /// on this backend (bf16 qkv): attention without any (B, H, N, N) tensor (flash attention).
+    func fusedAttention(headDim: Int) -> Bool
+    /// merged (B, N, D, bf16) = softmax(scale q k^T) v per head from bf16 qkv (B, N, 3D), and
+    /// logSumExp (B, H, N): each row's log-sum-exp of the scaled scores. The probabilities are
+    /// rounded to bf16 for their product with v; their row sums stay fp32.
+    func fusedAttentionForward(qkv: Tensor, heads: Int, scale: Float, merged: Tensor, logSumExp: Tensor)
+    /// dQKV (B, N, 3D) from dMerged (B, N, D), recomputing the probabilities from qkv and the
+    /// forward's logSumExp. delta (B, H, N) is scratch (each row's dO . O). dO, the probabilities
+    /// and dScores are rounded to bf16 where they are product operands.
+    func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads: Int, scale: Float,
+                                delta: Tensor, dQKV: Tensor)
 
     // MARK: Pooling, token reductions, concatenation
 

@@ -15,6 +15,8 @@ public struct SelfAttention: Sendable {
         public let merged: Tensor
         /// The probabilities (B, H, N, N), unless backward recomputes them.
         public let probs: Tensor?
+        /// The fused path's row log-sum-exps (B, H, N); nil on the products path.
+        public var logSumExp: Tensor? = nil
     }
 
     public init(_ name: String, dim: Int, heads: Int, layout: ParameterLayout) {
@@ -34,6 +36,14 @@ public struct SelfAttention: Sendable {
         }
         let b = x.shape[0], n = x.shape[1]
         let qkvOut = try qkv.forward(x, ctx, output: ctx.productInputType)
+        // Flash attention where the backend offers it (bf16; not while probabilities are wanted):
+        // merged straight from qkv, and one float per row (its log-sum-exp) kept for backward.
+        if qkvOut.dtype == .bfloat16, ctx.attentionProbabilitiesSink == nil, ctx.backend.fusedAttention(headDim: headDim) {
+            let merged = ctx.tensor(Shape(b, n, dim), dtype: .bfloat16), lse = ctx.tensor(Shape(b, heads, n))
+            ctx.backend.fusedAttentionForward(qkv: qkvOut, heads: heads, scale: scale, merged: merged, logSumExp: lse)
+            let y = try proj.forward(merged, ctx)
+            return (y, Saved(x: x, qkv: qkvOut, merged: merged, probs: nil, logSumExp: lse))
+        }
         // The scores are scratch, released at once; so are the probabilities when backward
         // recomputes them from qkv (as PyTorch's fused attention does): then a block keeps no
         // (B, H, N, N) tensor from forward to backward.
@@ -53,6 +63,12 @@ public struct SelfAttention: Sendable {
         let x = saved.x
         let dMerged = proj.backward(dy, x: saved.merged, ctx)!
         let b = x.shape[0], n = x.shape[1]
+        if let lse = saved.logSumExp {
+            let dQKV = ctx.tensor(saved.qkv.shape), delta = ctx.tensor(lse.shape)
+            ctx.backend.fusedAttentionBackward(dMerged: dMerged, qkv: saved.qkv, merged: saved.merged, logSumExp: lse, heads: heads,
+                                               scale: scale, delta: delta, dQKV: dQKV)
+            return qkv.backward(dQKV, x: x, ctx)!
+        }
         let dProbs = ctx.tensor(Shape(b, heads, n, n)), dScores = ctx.tensor(dProbs.shape)
         let dQKV = ctx.tensor(saved.qkv.shape)
         let probs = saved.probs ?? ctx.tensor(dProbs.shape)

@@ -1,0 +1,390 @@
+// Fused attention for bf16 activations, flash-attention style: softmax(scale q k^T) v of every head
+// without the (B, H, N, N) scores or probabilities in memory. Forward keeps each row's log-sum-exp;
+// backward recomputes the probabilities from it. Products on tensor cores (mma.sync m16n8k16: bf16
+// operands, fp32 accumulators); softmax statistics, the log-sum-exp and the gradients in fp32.
+//
+// qkv (B, N, 3D) bf16 with [q|k|v] and heads of HD channels side by side; merged (B, N, D) bf16;
+// lse and delta (B, H, N) fp32; dmerged and dqkv fp32. A block (128 threads): one (image, head) and 64 rows
+// (queries, or keys for dK/dV), 4 warps of 16 rows; it walks the other side 64 at a time through
+// shared memory. Rows past N are zeros in, masked, never written. Deterministic: every output
+// element is written by one block, summed in a fixed order (dQ and dK/dV by two kernels, no atomics).
+
+#ifndef RADAR_EMULATOR
+// d (16 x 8, fp32) += a (16 x 16, bf16, row-major) b (16 x 8, bf16, column-major): one warp-wide
+// tensor-core instruction (sm_80 and newer), fragments as the PTX ISA lays them out.
+__device__ __forceinline__ void radar_mma_bf16(float* d, const unsigned* a, const unsigned* b) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+#define ATTN_TILE 64  // rows per block (4 warps of 16) and per step of the other side
+#define ATTN_PAD 8    // bf16 elements of padding per shared row (spreads a fragment's loads over banks)
+
+__device__ __forceinline__ unsigned attn_bf16(float f) {  // round to nearest even, NaN stays NaN
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+__device__ __forceinline__ unsigned attn_pack(float lo, float hi) { return attn_bf16(lo) | attn_bf16(hi) << 16; }
+__device__ __forceinline__ float attn_low(unsigned r) { return __uint_as_float(r << 16); }
+__device__ __forceinline__ float attn_high(unsigned r) { return __uint_as_float(r & 0xffff0000u); }
+// Over the four lanes that hold one accumulator row.
+__device__ __forceinline__ float attn_quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float attn_quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// The A fragment (16 x 16) at rows [row, row + 16), columns [col, col + 16) of a row-major bf16
+// matrix with leading dimension ld; rows at or past `rows` are zeros.
+__device__ __forceinline__ void attn_load_a(unsigned* a, const unsigned short* m, long ld, int row, int rows, int col, int lane) {
+    const int r0 = row + lane / 4, c = col + 2 * (lane % 4);
+    const bool v0 = r0 < rows, v1 = r0 + 8 < rows;
+    a[0] = v0 ? *(const unsigned*)(m + r0 * ld + c) : 0u;
+    a[1] = v1 ? *(const unsigned*)(m + (r0 + 8) * ld + c) : 0u;
+    a[2] = v0 ? *(const unsigned*)(m + r0 * ld + c + 8) : 0u;
+    a[3] = v1 ? *(const unsigned*)(m + (r0 + 8) * ld + c + 8) : 0u;
+}
+// The same from an fp32 matrix, rounded to bf16.
+__device__ __forceinline__ void attn_load_a_f32(unsigned* a, const float* m, long ld, int row, int rows, int col, int lane) {
+    const int r0 = row + lane / 4, c = col + 2 * (lane % 4);
+    const bool v0 = r0 < rows, v1 = r0 + 8 < rows;
+    a[0] = v0 ? attn_pack(m[r0 * ld + c], m[r0 * ld + c + 1]) : 0u;
+    a[1] = v1 ? attn_pack(m[(r0 + 8) * ld + c], m[(r0 + 8) * ld + c + 1]) : 0u;
+    a[2] = v0 ? attn_pack(m[r0 * ld + c + 8], m[r0 * ld + c + 9]) : 0u;
+    a[3] = v1 ? attn_pack(m[(r0 + 8) * ld + c + 8], m[(r0 + 8) * ld + c + 9]) : 0u;
+}
+// The B fragment (16 x 8) with k in [k0, k0 + 16), n in [n0, n0 + 8) of shared bf16 rows indexed
+// by n, k contiguous (a row-major matrix read transposed).
+__device__ __forceinline__ void attn_load_b(unsigned* b, const unsigned short* s, int ld, int n0, int k0, int lane) {
+    const unsigned short* r = s + (n0 + lane / 4) * ld + k0 + 2 * (lane % 4);
+    b[0] = *(const unsigned*)r;
+    b[1] = *(const unsigned*)(r + 8);
+}
+// A fragment from four 16 x 8 accumulator tiles' worth of values: the PTX layouts of a 16 x 8
+// accumulator and a 16 x 16 operand coincide per 8 columns, so columns [16 kk, 16 kk + 16) of
+// the accumulators c[2 kk] and c[2 kk + 1] are that k-step's A fragment, rounded to bf16.
+__device__ __forceinline__ void attn_a_from_c(unsigned* a, const float* c0, const float* c1) {
+    a[0] = attn_pack(c0[0], c0[1]);
+    a[1] = attn_pack(c0[2], c0[3]);
+    a[2] = attn_pack(c1[0], c1[1]);
+    a[3] = attn_pack(c1[2], c1[3]);
+}
+
+// Rows [row0, row0 + 64) x HD channels of a global row-major matrix into shared memory, as rows
+// (dst[r * ldd + c]) or transposed (dst[c * ldd + r]); rows past `rows` as zeros.
+template <int HD>
+__device__ __forceinline__ void attn_stage(unsigned short* dst, int ldd, bool transposed, const unsigned short* src, long lds, int row0,
+                                           int rows) {
+    for (int i = threadIdx.x; i < ATTN_TILE * HD / 2; i += blockDim.x) {
+        const int r = i / (HD / 2), c = (i % (HD / 2)) * 2;
+        const unsigned v = row0 + r < rows ? *(const unsigned*)(src + (row0 + r) * lds + c) : 0u;
+        if (transposed) {
+            dst[c * ldd + r] = (unsigned short)(v & 0xffffu);
+            dst[(c + 1) * ldd + r] = (unsigned short)(v >> 16);
+        } else {
+            *(unsigned*)(dst + r * ldd + c) = v;
+        }
+    }
+}
+template <int HD>
+__device__ __forceinline__ void attn_stage_f32(unsigned short* dst, int ldd, bool transposed, const float* src, long lds, int row0, int rows) {
+    for (int i = threadIdx.x; i < ATTN_TILE * HD / 2; i += blockDim.x) {
+        const int r = i / (HD / 2), c = (i % (HD / 2)) * 2;
+        const bool valid = row0 + r < rows;
+        const float lo = valid ? src[(row0 + r) * lds + c] : 0.f, hi = valid ? src[(row0 + r) * lds + c + 1] : 0.f;
+        if (transposed) {
+            dst[c * ldd + r] = (unsigned short)attn_bf16(lo);
+            dst[(c + 1) * ldd + r] = (unsigned short)attn_bf16(hi);
+        } else {
+            *(unsigned*)(dst + r * ldd + c) = attn_pack(lo, hi);
+        }
+    }
+}
+
+// s (16 x 64: this warp's rows against 64 shared rows) = a b^T over HD channels.
+template <int HD>
+__device__ __forceinline__ void attn_scores(float (*s)[4], const unsigned (*a)[4], const unsigned short* rows, int ld, int lane) {
+#pragma unroll
+    for (int j = 0; j < ATTN_TILE / 8; ++j) {
+        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            unsigned b[2];
+            attn_load_b(b, rows, ld, j * 8, kk * 16, lane);
+            radar_mma_bf16(s[j], a[kk], b);
+        }
+    }
+}
+// acc (16 x HD) += p (16 x 64, accumulator layout, rounded to bf16) times the 64 x HD matrix held
+// transposed in shared memory (one row per channel).
+template <int HD>
+__device__ __forceinline__ void attn_accumulate(float (*acc)[4], const float (*p)[4], const unsigned short* transposed, int ld, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < ATTN_TILE / 16; ++kk) {
+        unsigned a[4];
+        attn_a_from_c(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+        for (int jn = 0; jn < HD / 8; ++jn) {
+            unsigned b[2];
+            attn_load_b(b, transposed, ld, jn * 8, kk * 16, lane);
+            radar_mma_bf16(acc[jn], a, b);
+        }
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ void attention_forward(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads, float scale) {
+    constexpr int LK = HD + ATTN_PAD, LV = ATTN_TILE + ATTN_PAD;
+    __shared__ unsigned ks_words[ATTN_TILE * LK / 2];  // this step's keys, a row each (words: 4-byte aligned)
+    __shared__ unsigned vt_words[HD * LV / 2];         // its values transposed, a row per channel
+    unsigned short* ks = (unsigned short*)ks_words;
+    unsigned short* vt = (unsigned short*)vt_words;
+    const int d = heads * HD, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int tiles = (n + ATTN_TILE - 1) / ATTN_TILE, h = blockIdx.x / tiles % heads, image = blockIdx.x / tiles / heads;
+    const int row = blockIdx.x % tiles * ATTN_TILE + (threadIdx.x / 32) * 16;
+    const long ld = 3L * d;
+    const unsigned short* q = qkv + (long)image * n * ld + h * HD;
+    unsigned qa[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) attn_load_a(qa[kk], q, ld, row, n, kk * 16, lane);
+    const float minus_inf = __int_as_float(0xff800000);
+    float m[2] = {minus_inf, minus_inf}, l[2] = {0.f, 0.f}, o[HD / 8][4];
+#pragma unroll
+    for (int jn = 0; jn < HD / 8; ++jn) o[jn][0] = o[jn][1] = o[jn][2] = o[jn][3] = 0.f;
+    for (int k0 = 0; k0 < n; k0 += ATTN_TILE) {
+        __syncthreads();  // the last step's tiles are read
+        attn_stage<HD>(ks, LK, false, q + d, ld, k0, n);
+        attn_stage<HD>(vt, LV, true, q + 2 * d, ld, k0, n);
+        __syncthreads();
+        float s[ATTN_TILE / 8][4];
+        attn_scores<HD>(s, qa, ks, LK, lane);
+        // Online softmax: every step has a key below n, so the new maxima are finite.
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int j = 0; j < ATTN_TILE / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float v = k0 + j * 8 + 2 * t + (e & 1) < n ? s[j][e] * scale : minus_inf;
+                s[j][e] = v;
+                mx[e / 2] = fmaxf(mx[e / 2], v);
+            }
+        float alpha[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            mx[i] = attn_quad_max(mx[i]);
+            alpha[i] = expf(m[i] - mx[i]);
+            m[i] = mx[i];
+            l[i] *= alpha[i];
+        }
+#pragma unroll
+        for (int j = 0; j < ATTN_TILE / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[j][e] = expf(s[j][e] - m[e / 2]);
+                l[e / 2] += s[j][e];
+            }
+#pragma unroll
+        for (int jn = 0; jn < HD / 8; ++jn) {
+            o[jn][0] *= alpha[0], o[jn][1] *= alpha[0];
+            o[jn][2] *= alpha[1], o[jn][3] *= alpha[1];
+        }
+        attn_accumulate<HD>(o, s, vt, LV, lane);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        l[i] = attn_quad_sum(l[i]);
+        const int r = row + g + 8 * i;
+        if (r >= n) continue;
+        unsigned short* out = merged + ((long)image * n + r) * d + h * HD + 2 * t;
+#pragma unroll
+        for (int jn = 0; jn < HD / 8; ++jn) *(unsigned*)(out + jn * 8) = attn_pack(o[jn][2 * i] / l[i], o[jn][2 * i + 1] / l[i]);
+        if (t == 0) lse[((long)image * heads + h) * n + r] = m[i] + logf(l[i]);
+    }
+}
+
+// dQ of 64 query rows (and delta = rowsum(dO o O), which the key/value kernel reads): walks the keys.
+template <int HD>
+__device__ __forceinline__ void attention_backward_query(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
+                                                         const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
+    constexpr int LK = HD + ATTN_PAD, LT = ATTN_TILE + ATTN_PAD;
+    __shared__ unsigned ks_words[ATTN_TILE * LK / 2], vs_words[ATTN_TILE * LK / 2], kt_words[HD * LT / 2];
+    unsigned short* ks = (unsigned short*)ks_words;  // keys, a row each
+    unsigned short* vs = (unsigned short*)vs_words;  // values, a row each
+    unsigned short* kt = (unsigned short*)kt_words;  // keys transposed, a row per channel
+    const int d = heads * HD, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int tiles = (n + ATTN_TILE - 1) / ATTN_TILE, h = blockIdx.x / tiles % heads, image = blockIdx.x / tiles / heads;
+    const int row = blockIdx.x % tiles * ATTN_TILE + (threadIdx.x / 32) * 16;
+    const long ld = 3L * d;
+    const unsigned short* q = qkv + (long)image * n * ld + h * HD;
+    const float* dout = dmerged + (long)image * n * d + h * HD;
+    const unsigned short* out = merged + (long)image * n * d + h * HD;
+    unsigned qa[HD / 16][4], da[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+        attn_load_a(qa[kk], q, ld, row, n, kk * 16, lane);
+        attn_load_a_f32(da[kk], dout, d, row, n, kk * 16, lane);
+    }
+    // delta over this lane's columns of its two rows (fp32 dO, bf16 O), then over the quad.
+    float dl[2] = {0.f, 0.f}, ls[2] = {0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int r = row + g + 8 * i;
+        if (r < n) {
+            for (int c = 2 * t; c < HD; c += 8) {
+                const unsigned o = *(const unsigned*)(out + (long)r * d + c);
+                dl[i] += dout[(long)r * d + c] * attn_low(o) + dout[(long)r * d + c + 1] * attn_high(o);
+            }
+            ls[i] = lse[((long)image * heads + h) * n + r];
+        }
+        dl[i] = attn_quad_sum(dl[i]);
+        if (t == 0 && r < n) delta[((long)image * heads + h) * n + r] = dl[i];
+    }
+    float dq[HD / 8][4];
+#pragma unroll
+    for (int jn = 0; jn < HD / 8; ++jn) dq[jn][0] = dq[jn][1] = dq[jn][2] = dq[jn][3] = 0.f;
+    for (int k0 = 0; k0 < n; k0 += ATTN_TILE) {
+        __syncthreads();
+        attn_stage<HD>(ks, LK, false, q + d, ld, k0, n);
+        attn_stage<HD>(vs, LK, false, q + 2 * d, ld, k0, n);
+        attn_stage<HD>(kt, LT, true, q + d, ld, k0, n);
+        __syncthreads();
+        float s[ATTN_TILE / 8][4], dp[ATTN_TILE / 8][4];
+        attn_scores<HD>(s, qa, ks, LK, lane);
+        attn_scores<HD>(dp, da, vs, LK, lane);
+        // dS = P o (dP - delta), P recomputed from the forward's log-sum-exp.
+#pragma unroll
+        for (int j = 0; j < ATTN_TILE / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = k0 + j * 8 + 2 * t + (e & 1) < n ? expf(s[j][e] * scale - ls[e / 2]) : 0.f;
+                s[j][e] = p * (dp[j][e] - dl[e / 2]);
+            }
+        attn_accumulate<HD>(dq, s, kt, LT, lane);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int r = row + g + 8 * i;
+        if (r >= n) continue;
+        float* dst = dqkv + ((long)image * n + r) * ld + h * HD + 2 * t;
+#pragma unroll
+        for (int jn = 0; jn < HD / 8; ++jn) dst[jn * 8] = dq[jn][2 * i] * scale, dst[jn * 8 + 1] = dq[jn][2 * i + 1] * scale;
+    }
+}
+
+// dK and dV of 64 key rows: walks the queries (after attention_backward_query wrote delta).
+template <int HD>
+__device__ __forceinline__ void attention_backward_key_value(const unsigned short* qkv, const float* dmerged, const float* lse,
+                                                             const float* delta, float* dqkv, int n, int heads, float scale) {
+    constexpr int LK = HD + ATTN_PAD, LT = ATTN_TILE + ATTN_PAD;
+    __shared__ unsigned qs_words[ATTN_TILE * LK / 2], qt_words[HD * LT / 2], os_words[ATTN_TILE * LK / 2], ot_words[HD * LT / 2];
+    __shared__ float lse_s[ATTN_TILE], delta_s[ATTN_TILE];
+    unsigned short* qs = (unsigned short*)qs_words;  // queries, a row each
+    unsigned short* qt = (unsigned short*)qt_words;  // queries transposed
+    unsigned short* os = (unsigned short*)os_words;  // dO (bf16), a row each
+    unsigned short* ot = (unsigned short*)ot_words;  // dO transposed
+    const int d = heads * HD, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int tiles = (n + ATTN_TILE - 1) / ATTN_TILE, h = blockIdx.x / tiles % heads, image = blockIdx.x / tiles / heads;
+    const int row = blockIdx.x % tiles * ATTN_TILE + (threadIdx.x / 32) * 16;
+    const long ld = 3L * d;
+    const unsigned short* q = qkv + (long)image * n * ld + h * HD;
+    const float* dout = dmerged + (long)image * n * d + h * HD;
+    const float* lse_h = lse + ((long)image * heads + h) * n;
+    const float* delta_h = delta + ((long)image * heads + h) * n;
+    unsigned ka[HD / 16][4], va[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+        attn_load_a(ka[kk], q + d, ld, row, n, kk * 16, lane);
+        attn_load_a(va[kk], q + 2 * d, ld, row, n, kk * 16, lane);
+    }
+    float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+    for (int jn = 0; jn < HD / 8; ++jn) {
+        dk[jn][0] = dk[jn][1] = dk[jn][2] = dk[jn][3] = 0.f;
+        dv[jn][0] = dv[jn][1] = dv[jn][2] = dv[jn][3] = 0.f;
+    }
+    for (int q0 = 0; q0 < n; q0 += ATTN_TILE) {
+        __syncthreads();
+        attn_stage<HD>(qs, LK, false, q, ld, q0, n);
+        attn_stage<HD>(qt, LT, true, q, ld, q0, n);
+        attn_stage_f32<HD>(os, LK, false, dout, d, q0, n);
+        attn_stage_f32<HD>(ot, LT, true, dout, d, q0, n);
+        for (int i = threadIdx.x; i < ATTN_TILE; i += blockDim.x) {
+            lse_s[i] = q0 + i < n ? lse_h[q0 + i] : 0.f;
+            delta_s[i] = q0 + i < n ? delta_h[q0 + i] : 0.f;
+        }
+        __syncthreads();
+        // P^T (these 16 keys x 64 queries) from the log-sum-exp of each query (a column here).
+        float p[ATTN_TILE / 8][4], dp[ATTN_TILE / 8][4];
+        attn_scores<HD>(p, ka, qs, LK, lane);
+#pragma unroll
+        for (int j = 0; j < ATTN_TILE / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int c = j * 8 + 2 * t + (e & 1);
+                p[j][e] = q0 + c < n ? expf(p[j][e] * scale - lse_s[c]) : 0.f;
+            }
+        attn_accumulate<HD>(dv, p, ot, LT, lane);  // dV += P^T dO
+        attn_scores<HD>(dp, va, os, LK, lane);     // dP^T = V dO^T
+#pragma unroll
+        for (int j = 0; j < ATTN_TILE / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) p[j][e] *= dp[j][e] - delta_s[j * 8 + 2 * t + (e & 1)];
+        attn_accumulate<HD>(dk, p, qt, LT, lane);  // dK += dS^T Q
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int r = row + g + 8 * i;
+        if (r >= n) continue;
+        float* dst = dqkv + ((long)image * n + r) * ld + h * HD + 2 * t;
+#pragma unroll
+        for (int jn = 0; jn < HD / 8; ++jn) {
+            dst[d + jn * 8] = dk[jn][2 * i] * scale, dst[d + jn * 8 + 1] = dk[jn][2 * i + 1] * scale;
+            dst[2 * d + jn * 8] = dv[jn][2 * i], dst[2 * d + jn * 8 + 1] = dv[jn][2 * i + 1];
+        }
+    }
+}
+
+// Launch: ceil(n / 64) * heads * batch blocks (tile fastest, then head, then image) of 128 threads.
+// One kernel per head size.
+extern "C" __global__ void radar_attention_forward_hd16(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
+                                                        float scale) {
+    attention_forward<16>(qkv, merged, lse, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_forward_hd32(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
+                                                        float scale) {
+    attention_forward<32>(qkv, merged, lse, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_forward_hd64(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
+                                                        float scale) {
+    attention_forward<64>(qkv, merged, lse, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_query_hd16(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
+                                                               const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
+    attention_backward_query<16>(qkv, merged, dmerged, lse, delta, dqkv, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_query_hd32(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
+                                                               const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
+    attention_backward_query<32>(qkv, merged, dmerged, lse, delta, dqkv, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_query_hd64(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
+                                                               const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
+    attention_backward_query<64>(qkv, merged, dmerged, lse, delta, dqkv, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_key_value_hd16(const unsigned short* qkv, const float* dmerged, const float* lse,
+                                                                   const float* delta, float* dqkv, int n, int heads, float scale) {
+    attention_backward_key_value<16>(qkv, dmerged, lse, delta, dqkv, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_key_value_hd32(const unsigned short* qkv, const float* dmerged, const float* lse,
+                                                                   const float* delta, float* dqkv, int n, int heads, float scale) {
+    attention_backward_key_value<32>(qkv, dmerged, lse, delta, dqkv, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_key_value_hd64(const unsigned short* qkv, const float* dmerged, const float* lse,
+                                                                   const float* delta, float* dqkv, int n, int heads, float scale) {
+    attention_backward_key_value<64>(qkv, dmerged, lse, delta, dqkv, n, heads, scale);
+}

@@ -1,0 +1,82 @@
+import Foundation
+import RadarEngine
+
+/// Fused attention on the CPU: the reference that device kernels are checked against (the kernel
+/// check, the tests), row by row in plain loops with the device's roundings (bf16 probabilities
+/// for the product with v, bf16 dO, P and dScores as product operands; statistics in fp32). The
+/// CPU backend itself trains with the BLAS products of `attentionForward` (faster here), so it
+/// does not offer this path to the layers.
+extension CPUBackend {
+    public func fusedAttention(headDim: Int) -> Bool { false }
+
+    public func fusedAttentionForward(qkv: Tensor, heads h: Int, scale: Float, merged: Tensor, logSumExp: Tensor) {
+        precondition(qkv.dtype == .bfloat16 && merged.dtype == .bfloat16, "fused attention: bf16 qkv and merged expected")
+        let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
+        let x = UnsafeRawPointer(qkv.base).assumingMemoryBound(to: UInt16.self)
+        let out = UnsafeMutableRawPointer(merged.base).assumingMemoryBound(to: UInt16.self)
+        let lse = logSumExp.base
+        forEach(b * h) { i in
+            let bi = i / h, hi = i % h, image = bi * n * 3 * d
+            var s = [Float](repeating: 0, count: n), acc = [Float](repeating: 0, count: hd)
+            for r in 0..<n {
+                let q = image + r * 3 * d + hi * hd
+                var mx = -Float.infinity
+                for c in 0..<n {
+                    let k = image + c * 3 * d + d + hi * hd
+                    var dot: Float = 0
+                    for e in 0..<hd { dot += BFloat16.float(x[q + e]) * BFloat16.float(x[k + e]) }
+                    s[c] = dot * scale
+                    mx = max(mx, s[c])
+                }
+                var l: Float = 0
+                for e in 0..<hd { acc[e] = 0 }
+                for c in 0..<n {
+                    let p = expf(s[c] - mx), pr = BFloat16.round(p), v = image + c * 3 * d + 2 * d + hi * hd
+                    l += p
+                    for e in 0..<hd { acc[e] += pr * BFloat16.float(x[v + e]) }
+                }
+                for e in 0..<hd { out[(bi * n + r) * d + hi * hd + e] = BFloat16.bits(acc[e] / l) }
+                lse[i * n + r] = mx + logf(l)
+            }
+        }
+    }
+
+    public func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads h: Int, scale: Float,
+                                       delta: Tensor, dQKV: Tensor) {
+        precondition(qkv.dtype == .bfloat16 && merged.dtype == .bfloat16 && dMerged.dtype == .float32,
+                     "fused attention: bf16 qkv and merged, fp32 dMerged expected")
+        let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
+        let x = UnsafeRawPointer(qkv.base).assumingMemoryBound(to: UInt16.self)
+        let o = UnsafeRawPointer(merged.base).assumingMemoryBound(to: UInt16.self)
+        let dO = dMerged.base, lse = logSumExp.base, dl = delta.base, g = dQKV.base
+        forEach(b * h) { i in
+            let bi = i / h, hi = i % h, image = bi * n * 3 * d
+            for r in 0..<n {
+                let row = (bi * n + r) * d + hi * hd
+                var sum: Float = 0
+                for e in 0..<hd { sum += dO[row + e] * BFloat16.float(o[row + e]) }
+                dl[i * n + r] = sum
+                for e in 0..<hd { g[image + r * 3 * d + hi * hd + e] = 0; g[image + r * 3 * d + d + hi * hd + e] = 0
+                                  g[image + r * 3 * d + 2 * d + hi * hd + e] = 0 }
+            }
+            for r in 0..<n {
+                let q = image + r * 3 * d + hi * hd, row = (bi * n + r) * d + hi * hd
+                for c in 0..<n {
+                    let k = image + c * 3 * d + d + hi * hd, v = k + d
+                    var dot: Float = 0, dp: Float = 0
+                    for e in 0..<hd {
+                        dot += BFloat16.float(x[q + e]) * BFloat16.float(x[k + e])
+                        dp += BFloat16.round(dO[row + e]) * BFloat16.float(x[v + e])
+                    }
+                    let p = expf(dot * scale - lse[i * n + r])
+                    let ds = BFloat16.round(p * (dp - dl[i * n + r])), pr = BFloat16.round(p)
+                    for e in 0..<hd {
+                        g[q + e] += scale * ds * BFloat16.float(x[k + e])                // dq
+                        g[k + e] += scale * ds * BFloat16.float(x[q + e])                // dk
+                        g[v + e] += pr * BFloat16.round(dO[row + e])                     // dv
+                    }
+                }
+            }
+        }
+    }
+}
