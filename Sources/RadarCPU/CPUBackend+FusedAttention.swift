@@ -8,6 +8,8 @@ import RadarEngine
 /// does not offer this path to the layers.
 extension CPUBackend {
     public func fusedAttention(headDim: Int) -> Bool { false }
+    /// Keys per step of the device's online softmax (kernels/attention.cuh's ATTN_TILE).
+    static let fusedAttentionTile = 64
 
     public func fusedAttentionForward(qkv: Tensor, heads h: Int, scale: Float, merged: Tensor, logSumExp: Tensor) {
         precondition(qkv.dtype == .bfloat16 && merged.dtype == .bfloat16, "fused attention: bf16 qkv and merged expected")
@@ -20,20 +22,27 @@ extension CPUBackend {
             var s = [Float](repeating: 0, count: n), acc = [Float](repeating: 0, count: hd)
             for r in 0..<n {
                 let q = image + r * 3 * d + hi * hd
-                var mx = -Float.infinity
                 for c in 0..<n {
                     let k = image + c * 3 * d + d + hi * hd
                     var dot: Float = 0
                     for e in 0..<hd { dot += BFloat16.float(x[q + e]) * BFloat16.float(x[k + e]) }
                     s[c] = dot * scale
-                    mx = max(mx, s[c])
                 }
-                var l: Float = 0
+                // Online softmax over keys 64 at a time, as the device walks them: each step's
+                // probabilities are rounded relative to the maximum so far.
+                var mx = -Float.infinity, l: Float = 0
                 for e in 0..<hd { acc[e] = 0 }
-                for c in 0..<n {
-                    let p = expf(s[c] - mx), pr = BFloat16.round(p), v = image + c * 3 * d + 2 * d + hi * hd
-                    l += p
-                    for e in 0..<hd { acc[e] += pr * BFloat16.float(x[v + e]) }
+                for k0 in stride(from: 0, to: n, by: CPUBackend.fusedAttentionTile) {
+                    let keys = k0..<min(n, k0 + CPUBackend.fusedAttentionTile)
+                    let newMax = max(mx, s[keys].max()!), alpha = expf(mx - newMax)
+                    mx = newMax
+                    l *= alpha
+                    for e in 0..<hd { acc[e] *= alpha }
+                    for c in keys {
+                        let p = expf(s[c] - mx), pr = BFloat16.round(p), v = image + c * 3 * d + 2 * d + hi * hd
+                        l += p
+                        for e in 0..<hd { acc[e] += pr * BFloat16.float(x[v + e]) }
+                    }
                 }
                 for e in 0..<hd { out[(bi * n + r) * d + hi * hd + e] = BFloat16.bits(acc[e] / l) }
                 lse[i * n + r] = mx + logf(l)

@@ -1,0 +1,130 @@
+import Foundation
+import RadarCUDA
+import RadarCore
+import XCTest
+
+/// The fused (flash) attention path. Its CPU reference against the products path (softmax over
+/// the materialised scores, checked against PyTorch by the golden cases); the layer and a whole
+/// training step on the emulated device with the fused kernels against the products path; the
+/// setting that selects it. (`KernelCheckTests` checks the kernels against the CPU reference.)
+final class FusedAttentionTests: XCTestCase {
+    /// bf16 qkv (B, N, 3D) on `be` from normal values.
+    func bf16QKV(_ be: any Backend, batch b: Int, tokens n: Int, dim d: Int, seed: UInt64) -> (Tensor, DeviceTensor) {
+        let x = DeviceTensor(be, Shape(b, n, 3 * d), randomValues(b * n * 3 * d, seed: seed))
+        let h = Tensor(be.allocate(DType.bfloat16.floats(x.tensor.count)), x.tensor.shape, dtype: .bfloat16)
+        be.convert(x.tensor, into: h)
+        return (h, x)
+    }
+
+    func testTheCPUReferenceAgreesWithTheProductsPath() throws {
+        let be = CPUBackend(threads: 1)
+        let (b, n, h, hd) = (2, 70, 2, 16), d = h * hd, scale = 1 / Float(hd).squareRoot()
+        let (qkv, keep) = bf16QKV(be, batch: b, tokens: n, dim: d, seed: 1)
+        defer { be.release(qkv.base); _ = keep }
+        // The products path: scores, probabilities, merged (fp32), then backward.
+        let scores = DeviceTensor(be, Shape(b, h, n, n)), probs = DeviceTensor(be, Shape(b, h, n, n)), merged = DeviceTensor(be, Shape(b, n, d))
+        be.attentionForward(qkv: qkv, heads: h, scale: scale, scores: scores.tensor, probs: probs.tensor, merged: merged.tensor)
+        let dMerged = DeviceTensor(be, Shape(b, n, d), randomValues(b * n * d, seed: 2))
+        let dProbs = DeviceTensor(be, Shape(b, h, n, n)), dScores = DeviceTensor(be, Shape(b, h, n, n)), dQKV = DeviceTensor(be, Shape(b, n, 3 * d))
+        be.attentionBackward(dMerged: dMerged.tensor, qkv: qkv, probs: probs.tensor, heads: h, scale: scale, dProbs: dProbs.tensor,
+                             dScores: dScores.tensor, dQKV: dQKV.tensor)
+        // The fused reference.
+        let fused = Tensor(be.allocate(DType.bfloat16.floats(b * n * d)), Shape(b, n, d), dtype: .bfloat16)
+        defer { be.release(fused.base) }
+        let lse = DeviceTensor(be, Shape(b, h, n)), delta = DeviceTensor(be, Shape(b, h, n)), fusedDQKV = DeviceTensor(be, Shape(b, n, 3 * d), [Float](repeating: 7, count: b * n * 3 * d))
+        be.fusedAttentionForward(qkv: qkv, heads: h, scale: scale, merged: fused, logSumExp: lse.tensor)
+        let fusedMerged = DeviceTensor(be, Shape(b, n, d))
+        be.convert(fused, into: fusedMerged.tensor)
+        be.fusedAttentionBackward(dMerged: dMerged.tensor, qkv: qkv, merged: fused, logSumExp: lse.tensor, heads: h, scale: scale,
+                                  delta: delta.tensor, dQKV: fusedDQKV.tensor)
+
+        func assertClose(_ got: [Float], _ want: [Float], relativeToLargest tol: Float, _ what: String) {
+            let largest = want.map(abs).max()!
+            XCTAssertGreaterThan(largest, 0.1, "\(what): a non-trivial reference")
+            let worst = zip(got, want).map { abs($0 - $1) }.max()!
+            XCTAssertLessThan(worst, tol * largest, "\(what): largest difference \(worst), largest value \(largest)")
+        }
+        // merged: bf16 probabilities and a bf16 output against fp32 ones.
+        assertClose(fusedMerged.values, merged.values, relativeToLargest: 1e-2, "merged")
+        // logSumExp: log sum exp of each row of the scores, in Double.
+        let s = scores.values, got = lse.values
+        for row in 0..<(b * h * n) {
+            let r = s[row * n..<(row + 1) * n].map(Double.init), m = r.max()!
+            let want = m + log(r.map { exp($0 - m) }.reduce(0, +))
+            XCTAssertEqual(Double(got[row]), want, accuracy: 1e-5 * max(1, abs(want)), "logSumExp row \(row)")
+        }
+        // dQKV, every element written (the 7s overwritten): bf16 dO, P and dScores as operands.
+        let want = dQKV.values, fusedGrad = fusedDQKV.values
+        XCTAssertFalse(fusedGrad.contains(7))
+        for (part, name) in ["dq", "dk", "dv"].enumerated() {
+            func pick(_ v: [Float]) -> [Float] {
+                var out: [Float] = []
+                for r in 0..<(b * n) { out += v[(r * 3 + part) * d..<(r * 3 + part + 1) * d] }
+                return out
+            }
+            assertClose(pick(fusedGrad), pick(want), relativeToLargest: 2e-2, name)
+        }
+    }
+
+    /// A tiny-config step (heads of 16 channels) on the emulated device, fused against products:
+    /// the encoder's attention goes through the fused kernels (per block one forward, two
+    /// backward) and no longer through softmax over (B, H, N, N); the loss and every parameter's
+    /// gradient agree to bf16's precision; fused runs are bit-identical run to run.
+    func testATrainingStepWithFusedAttentionMatchesTheProductsPath() throws {
+        func run(fused: Bool) throws -> (loss: Double, gradNorm: Double, grads: [Float], launches: [String: Int]) {
+            let device = EmulatedDevice(memory: 1 << 30)
+            let backend = CUDABackend(driver: device, precision: .bf16, fusedAttention: fused)
+            let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: backend) { $0.dropout = 0.1 }
+            device.launchLog = []
+            let r = try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor))
+            var launches: [String: Int] = [:]
+            for l in device.launchLog ?? [] { launches[l.kernel, default: 0] += 1 }
+            return (r.terms.total, r.gradNorm, backend.download(trainer.ctx.params.grads), launches)
+        }
+        let products = try run(fused: false), fused = try run(fused: true), again = try run(fused: true)
+        let depth = RADARConfig.preset("tiny")!.depth
+        XCTAssertEqual(fused.launches["radar_attention_forward_hd16"], depth)
+        XCTAssertEqual(fused.launches["radar_attention_backward_query_hd16"], depth)
+        XCTAssertEqual(fused.launches["radar_attention_backward_key_value_hd16"], depth)
+        XCTAssertNil(products.launches["radar_attention_forward_hd16"])
+        XCTAssertLessThan(fused.launches["radar_softmax_forward", default: 0], products.launches["radar_softmax_forward", default: 0])
+        XCTAssertEqual(fused.loss, products.loss, accuracy: 2e-3 * abs(products.loss))
+        XCTAssertEqual(fused.gradNorm, products.gradNorm, accuracy: 1e-2 * products.gradNorm)
+        XCTAssertNotEqual(fused.grads, products.grads, "a different path: not the same bits")
+        let largest = products.grads.map(abs).max()!, worst = zip(fused.grads, products.grads).map { abs($0 - $1) }.max()!
+        XCTAssertLessThan(worst, 1e-2 * largest, "gradients: largest difference \(worst), largest gradient \(largest)")
+        var dot = 0.0, a2 = 0.0, b2 = 0.0
+        for (a, b) in zip(fused.grads, products.grads) { dot += Double(a) * Double(b); a2 += Double(a * a); b2 += Double(b * b) }
+        XCTAssertGreaterThan(dot / (a2 * b2).squareRoot(), 0.9999, "gradient direction")
+        XCTAssertEqual(fused.grads.map(\.bitPattern), again.grads.map(\.bitPattern), "fused run to run")
+        XCTAssertEqual(fused.loss, again.loss)
+    }
+
+    /// With fused attention on, the attention rollout (which needs the probabilities) still gets
+    /// them: those blocks take the products path while the sink is set.
+    func testRolloutStillSeesTheProbabilitiesWithFusedAttention() throws {
+        let backend = CUDABackend(driver: EmulatedDevice(memory: 1 << 30), precision: .bf16, fusedAttention: true)
+        let (trainer, images, _) = try makeTinyTrainer(batch: 2, backend: backend)
+        let (_, maps) = try trainer.attentionRollout { try trainer.evalForward(images: images.tensor) }
+        XCTAssertEqual(maps.count, 2)
+        let grid = trainer.model.config.patchCount
+        XCTAssertEqual(maps[0].count, grid)
+        XCTAssertTrue(maps.allSatisfy { $0.allSatisfy(\.isFinite) && $0.contains { $0 > 0 } })
+    }
+
+    func testTheSettingThatSelectsIt() throws {
+        XCTAssertFalse(try Devices.fusedAttention([:]), "products by default")
+        XCTAssertFalse(try Devices.fusedAttention(["RADAR_ATTENTION": "products"]))
+        XCTAssertTrue(try Devices.fusedAttention(["RADAR_ATTENTION": "fused"]))
+        XCTAssertThrowsError(try Devices.fusedAttention(["RADAR_ATTENTION": "flash"])) {
+            XCTAssertEqual("\($0)", "RADAR_ATTENTION=flash: expected products or fused")
+        }
+        // Only bf16 on CUDA, only the head sizes the kernels are built for.
+        let on = CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .bf16, fusedAttention: true)
+        XCTAssertTrue(on.fusedAttention(headDim: 64))
+        XCTAssertFalse(on.fusedAttention(headDim: 48))
+        XCTAssertFalse(CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .fp32, fusedAttention: true).fusedAttention(headDim: 64))
+        XCTAssertFalse(CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .bf16).fusedAttention(headDim: 64))
+        XCTAssertFalse(CPUBackend(threads: 1).fusedAttention(headDim: 64))
+    }
+}
