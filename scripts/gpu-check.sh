@@ -4,7 +4,7 @@
 #   2. every Backend kernel against the CPU backend on the device;
 #   3. the golden PyTorch parity cases on the device;
 #   4. `radar bench step --device cuda` on the full config at batch 128 (halved until it fits) in
-#      fp32, tf32 and bf16;
+#      fp32, tf32 and bf16, then bf16 with the fused attention kernels (RADAR_ATTENTION=fused);
 #   5. where PyTorch and timm import: bench/pytorch_step.py on the same config, batch and GPU, eager
 #      fp32, tf32 and AMP bf16.
 #   6. data parallel on the GPU: two TCP ranks sharing it (`radar launch`, --allow-gpu-sharing),
@@ -17,7 +17,7 @@
 #   8. with a minute to spare (never listed as skipped): `radar bench serve` on the device (16
 #      clients POSTing 224 px faces, dynamic batches of up to 64): requests/s and latency.
 #   9. with a minute to spare (never listed as skipped): `radar bench step --kernel-times` in bf16
-#      and fp32: every kernel, cuBLAS product and FFT of a step timed with CUDA events.
+#      with fused attention, bf16 and fp32: every kernel, cuBLAS product and FFT of a step timed with CUDA events.
 # One JSON report on stdout (and in gpu-check.json, rewritten after every step, so a run stopped
 # from outside still leaves what it measured); exit status 1 on any parity failure.
 # GPU_CHECK_LOGS: a file to gather every step's log in at exit (the step logs are otherwise removed).
@@ -156,6 +156,15 @@ for p in fp32 tf32 bf16; do
   done
   report
 done
+# bf16 with the fused (flash) attention kernels (RADAR_ATTENTION=fused) at bf16's batch: the
+# records' "attention" field tells the two bf16 runs apart.
+if [ "$bf16_batch" -ge 1 ] && time_for 30 "radar bench step bf16 fused attention"; then
+  RADAR_ATTENTION=fused timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 --config "$config" \
+    --batch "$bf16_batch" --repeats "$repeats" >> "$work/bench.jsonl" 2> "$work/bench-bf16-fused.log" \
+    && log "radar bench step bf16 fused attention batch $bf16_batch: $(tail -1 "$work/bench.jsonl" | head -c 300)" \
+    || log "radar bench step bf16 fused attention failed: $(tail -1 "$work/bench-bf16-fused.log")"
+  report
+fi
 
 # 5: PyTorch on the same GPU, where it is installed.
 bench_py="$here/share/bench/pytorch_step.py"
@@ -216,13 +225,14 @@ if [ "$(left)" -ge 60 ]; then
 fi
 
 # 9: where a step's time goes, informational, only with time to spare.
-for p in bf16 fp32; do
+for run in bf16-fused bf16 fp32; do
   [ "$device" != cuda-emulated ] && [ "$(left)" -ge 60 ] || break
+  p=${run%-fused}; attention=products; [ "$run" = bf16-fused ] && attention=fused
   kb=$batch; [ "$p" = bf16 ] && [ "$bf16_batch" -ge 1 ] && kb=$bf16_batch
-  timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" --batch "$kb" \
-    --repeats 3 --kernel-times >> "$work/kernels.jsonl" 2> "$work/kernels-$p.log" \
-    && log "radar bench step $p --kernel-times: $(tail -1 "$work/kernels.jsonl" | head -c 300)" \
-    || log "radar bench step $p --kernel-times failed: $(tail -1 "$work/kernels-$p.log")"
+  RADAR_ATTENTION=$attention timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" \
+    --batch "$kb" --repeats 3 --kernel-times >> "$work/kernels.jsonl" 2> "$work/kernels-$run.log" \
+    && log "radar bench step $run --kernel-times: $(tail -1 "$work/kernels.jsonl" | head -c 300)" \
+    || log "radar bench step $run --kernel-times failed: $(tail -1 "$work/kernels-$run.log")"
   report
 done
 

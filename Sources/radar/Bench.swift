@@ -227,6 +227,7 @@ extension Bench {
                            "profile_ms": sections, "heap_allocations_per_step": Double(allocations) / Double(repeats),
                            "accumulation_steps": accumulationSteps, "host_syncs_per_optimizer_step": syncsPerStep,
                            "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "precision": Devices.precision(of: backend),
+                           "attention": backend.fusedAttention(headDim: cfg.embedDim / cfg.numHeads) && ctx.bf16Activations ? "fused" : "products",
                            "onednn_implementation": oneDNNImplementation.isEmpty ? NSNull() : oneDNNImplementation as Any,
                            "profile_host_syncs_per_step": profileSyncs, "kernel_ms": kernelRecord,
                            "kernel_launches_per_step": launchesPerStep, "cublas_products_per_step": productsPerStep,
