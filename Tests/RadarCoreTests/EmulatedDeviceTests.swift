@@ -633,9 +633,10 @@ final class EmulatedDeviceTests: XCTestCase {
         let kernelsDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("Sources/CCUDAEmulator/kernels")
         for family in KernelSources.all {
-            // The NVRTC source is the .cuh file, byte for byte (tools/codegen/cuda_kernels.py).
+            // The NVRTC source is common.h then the .cuh file, byte for byte (tools/codegen/cuda_kernels.py).
+            let common = try String(contentsOf: kernelsDir.appendingPathComponent("common.h"), encoding: .utf8)
             let file = try String(contentsOf: kernelsDir.appendingPathComponent("\(family.name).cuh"), encoding: .utf8)
-            XCTAssertEqual(family.source, file.trimmingCharacters(in: .newlines), "\(family.name): run tools/codegen/cuda_kernels.py")
+            XCTAssertEqual(family.source, (common + "\n" + file).trimmingCharacters(in: .newlines), "\(family.name): run tools/codegen/cuda_kernels.py")
             for name in family.source.components(separatedBy: "extern \"C\" __global__ void ").dropFirst().map({ String($0.prefix { $0 != "(" }) }) {
                 XCTAssertTrue(emulated.contains(name), "\(name) has no emulated launcher")
             }

@@ -22,12 +22,7 @@ __device__ __forceinline__ void radar_mma_bf16(float* d, const unsigned* a, cons
 #define ATTN_TILE 64  // rows per block (4 warps of 16) and per step of the other side
 #define ATTN_PAD 8    // bf16 elements of padding per shared row (spreads a fragment's loads over banks)
 
-__device__ __forceinline__ unsigned attn_bf16(float f) {  // round to nearest even, NaN stays NaN
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
-    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
-__device__ __forceinline__ unsigned attn_pack(float lo, float hi) { return attn_bf16(lo) | attn_bf16(hi) << 16; }
+__device__ __forceinline__ unsigned attn_pack(float lo, float hi) { return radar_bf16_bits(lo) | (unsigned)radar_bf16_bits(hi) << 16; }
 __device__ __forceinline__ float attn_low(unsigned r) { return __uint_as_float(r << 16); }
 __device__ __forceinline__ float attn_high(unsigned r) { return __uint_as_float(r & 0xffff0000u); }
 // Over the four lanes that hold one accumulator row.
@@ -99,8 +94,8 @@ __device__ __forceinline__ void attn_stage_f32(unsigned short* dst, int ldd, boo
         const bool valid = row0 + r < rows;
         const float lo = valid ? src[(row0 + r) * lds + c] : 0.f, hi = valid ? src[(row0 + r) * lds + c + 1] : 0.f;
         if (transposed) {
-            dst[c * ldd + r] = (unsigned short)attn_bf16(lo);
-            dst[(c + 1) * ldd + r] = (unsigned short)attn_bf16(hi);
+            dst[c * ldd + r] = radar_bf16_bits(lo);
+            dst[(c + 1) * ldd + r] = radar_bf16_bits(hi);
         } else {
             *(unsigned*)(dst + r * ldd + c) = attn_pack(lo, hi);
         }

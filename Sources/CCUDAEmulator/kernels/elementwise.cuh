@@ -1,14 +1,6 @@
 // Elementwise kernels and activations: one thread per element, grid-stride loops.
 
-#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
-
-// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
-// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
-// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
-// body<long> with the range as that type.
-#define RADAR_INDEXED(body, n, ...) \
-    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
-#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+// (GRID_STRIDE, RADAR_INDEXED and radar_bf16_bits: common.h.)
 
 extern "C" __global__ void radar_fill(float* x, long n, float v) { GRID_STRIDE(i, n) x[i] = v; }
 
@@ -126,15 +118,7 @@ extern "C" __global__ void radar_gelu_backward(const float* dy, const float* x, 
     }
 }
 
-// Mixed precision: fp32 <-> bf16 copies (bf16 as its 16 bits: the high half of the float, rounded
-// to nearest even; NaN stays NaN). Bit operations only, so no CUDA header is needed to compile.
-__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
-
+// Mixed precision: fp32 <-> bf16 copies (radar_bf16_bits: common.h).
 // Four elements per access where the fp32 side is 16-byte and the bf16 side 8-byte aligned (the
 // arena's tensors are): whole 16-byte loads and 8-byte stores; the tail and unaligned spans one
 // by one. The same bits either way.

@@ -2,11 +2,7 @@
 // input pixel sums its contributions in the CPU backend's order with no atomics), transposes,
 // column copies, and the token mean/max of BADM's patch features.
 
-// Flat indices split in 32-bit unsigned arithmetic when the range fits, else 64-bit (as in
-// elementwise.cuh, a separate program: a 64-bit division is a long software routine on a GPU).
-#define RADAR_INDEXED(body, n, ...) \
-    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
-#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+// Flat indices split as RADAR_INDEXED says (common.h).
 
 // col (B, C*k*k, Ho*Wo) from x (B, C, H, W), zero padding (index arithmetic as RADAR_INDEXED says).
 template <typename I>

@@ -71,14 +71,6 @@ extern "C" __global__ void radar_layernorm_param_partials(const float* dy, const
 // registers; longer rows are read again from memory. The same sums in the same order either way.
 #define RADAR_ROW_REGISTERS 8
 
-// bf16 bits of f, rounded to nearest even (as elementwise.cuh's radar_to_bf16).
-__device__ __forceinline__ unsigned short radar_row_bf16(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
-
 // Softmax over the last `cols` of each row: one warp per row. yb, when not null, gets a bf16 copy
 // of y as well (the operand of the attention's next product under bf16 precision, written here
 // instead of read back and converted).
@@ -105,7 +97,7 @@ extern "C" __global__ void radar_softmax_forward(const float* x, float* y, unsig
             int c = lane + 32 * j;
             if (c < cols) {
                 yr[c] = v[j] * inv;
-                if (ybr) ybr[c] = radar_row_bf16(v[j] * inv);
+                if (ybr) ybr[c] = radar_bf16_bits(v[j] * inv);
             }
         }
         return;
@@ -117,7 +109,7 @@ extern "C" __global__ void radar_softmax_forward(const float* x, float* y, unsig
     float inv = 1.f / warp_sum(s);
     for (int c = lane; c < cols; c += 32) yr[c] *= inv;
     if (yb)
-        for (int c = lane; c < cols; c += 32) yb[(long)row * cols + c] = radar_row_bf16(yr[c]);
+        for (int c = lane; c < cols; c += 32) yb[(long)row * cols + c] = radar_bf16_bits(yr[c]);
 }
 
 // dx = y (dy - sum(dy y)); written as bf16 into dxb instead when dxb is not null (the attention's
@@ -140,7 +132,7 @@ extern "C" __global__ void radar_softmax_backward(const float* dy, const float* 
         for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
             int c = lane + 32 * j;
             if (c < cols) {
-                if (dxb) dxb[(long)row * cols + c] = radar_row_bf16(p[j] * (g[j] - s));
+                if (dxb) dxb[(long)row * cols + c] = radar_bf16_bits(p[j] * (g[j] - s));
                 else dxr[c] = p[j] * (g[j] - s);
             }
         }
@@ -149,7 +141,7 @@ extern "C" __global__ void radar_softmax_backward(const float* dy, const float* 
     for (int c = lane; c < cols; c += 32) s += dyr[c] * yr[c];
     s = warp_sum(s);
     for (int c = lane; c < cols; c += 32) {
-        if (dxb) dxb[(long)row * cols + c] = radar_row_bf16(yr[c] * (dyr[c] - s));
+        if (dxb) dxb[(long)row * cols + c] = radar_bf16_bits(yr[c] * (dyr[c] - s));
         else dxr[c] = yr[c] * (dyr[c] - s);
     }
 }

@@ -2,6 +2,29 @@
 
 extension KernelSources {
     static let attention = KernelFamily(name: "attention", source: #"""
+// Prepended to every kernel family (tools/codegen/cuda_kernels.py): in front of each NVRTC
+// program's source, and included before the family in its emulated translation unit. What more
+// than one family uses; no CUDA header is needed (bf16 is bit operations).
+
+// One thread per element over a grid-stride loop.
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
+
+// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
+// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
+// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
+// body<long> with the range as that type.
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// bf16 as its 16 bits: the high half of the float, rounded to nearest even; NaN stays NaN.
+__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
 // Fused attention for bf16 activations, flash-attention style: softmax(scale q k^T) v of every head
 // without the (B, H, N, N) scores or probabilities in memory. Forward keeps each row's log-sum-exp;
 // backward recomputes the probabilities from it. Products on tensor cores (mma.sync m16n8k16: bf16
@@ -26,12 +49,7 @@ __device__ __forceinline__ void radar_mma_bf16(float* d, const unsigned* a, cons
 #define ATTN_TILE 64  // rows per block (4 warps of 16) and per step of the other side
 #define ATTN_PAD 8    // bf16 elements of padding per shared row (spreads a fragment's loads over banks)
 
-__device__ __forceinline__ unsigned attn_bf16(float f) {  // round to nearest even, NaN stays NaN
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
-    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
-__device__ __forceinline__ unsigned attn_pack(float lo, float hi) { return attn_bf16(lo) | attn_bf16(hi) << 16; }
+__device__ __forceinline__ unsigned attn_pack(float lo, float hi) { return radar_bf16_bits(lo) | (unsigned)radar_bf16_bits(hi) << 16; }
 __device__ __forceinline__ float attn_low(unsigned r) { return __uint_as_float(r << 16); }
 __device__ __forceinline__ float attn_high(unsigned r) { return __uint_as_float(r & 0xffff0000u); }
 // Over the four lanes that hold one accumulator row.
@@ -103,8 +121,8 @@ __device__ __forceinline__ void attn_stage_f32(unsigned short* dst, int ldd, boo
         const bool valid = row0 + r < rows;
         const float lo = valid ? src[(row0 + r) * lds + c] : 0.f, hi = valid ? src[(row0 + r) * lds + c + 1] : 0.f;
         if (transposed) {
-            dst[c * ldd + r] = (unsigned short)attn_bf16(lo);
-            dst[(c + 1) * ldd + r] = (unsigned short)attn_bf16(hi);
+            dst[c * ldd + r] = radar_bf16_bits(lo);
+            dst[(c + 1) * ldd + r] = radar_bf16_bits(hi);
         } else {
             *(unsigned*)(dst + r * ldd + c) = attn_pack(lo, hi);
         }
@@ -395,6 +413,29 @@ extern "C" __global__ void radar_attention_backward_key_value_hd64(const unsigne
 """#)
 
     static let channels = KernelFamily(name: "channels", source: #"""
+// Prepended to every kernel family (tools/codegen/cuda_kernels.py): in front of each NVRTC
+// program's source, and included before the family in its emulated translation unit. What more
+// than one family uses; no CUDA header is needed (bf16 is bit operations).
+
+// One thread per element over a grid-stride loop.
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
+
+// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
+// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
+// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
+// body<long> with the range as that type.
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// bf16 as its 16 bits: the high half of the float, rounded to nearest even; NaN stays NaN.
+__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
 // BatchNorm (and its SyncBatchNorm pieces), global average pooling and the GRUCell gates. Per-
 // channel sums in two launches: one block per (image, channel) plane, each thread summing a
 // strided slice in double and a fixed-order tree in shared memory combining them; then one thread
@@ -596,8 +637,11 @@ extern "C" __global__ void radar_batchnorm_global_moments(const float* sums, int
 """#)
 
     static let elementwise = KernelFamily(name: "elementwise", source: #"""
-// Elementwise kernels and activations: one thread per element, grid-stride loops.
+// Prepended to every kernel family (tools/codegen/cuda_kernels.py): in front of each NVRTC
+// program's source, and included before the family in its emulated translation unit. What more
+// than one family uses; no CUDA header is needed (bf16 is bit operations).
 
+// One thread per element over a grid-stride loop.
 #define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
 
 // Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
@@ -607,6 +651,18 @@ extern "C" __global__ void radar_batchnorm_global_moments(const float* sums, int
 #define RADAR_INDEXED(body, n, ...) \
     do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
 #define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// bf16 as its 16 bits: the high half of the float, rounded to nearest even; NaN stays NaN.
+__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+// Elementwise kernels and activations: one thread per element, grid-stride loops.
+
+// (GRID_STRIDE, RADAR_INDEXED and radar_bf16_bits: common.h.)
 
 extern "C" __global__ void radar_fill(float* x, long n, float v) { GRID_STRIDE(i, n) x[i] = v; }
 
@@ -724,15 +780,7 @@ extern "C" __global__ void radar_gelu_backward(const float* dy, const float* x, 
     }
 }
 
-// Mixed precision: fp32 <-> bf16 copies (bf16 as its 16 bits: the high half of the float, rounded
-// to nearest even; NaN stays NaN). Bit operations only, so no CUDA header is needed to compile.
-__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
-
+// Mixed precision: fp32 <-> bf16 copies (radar_bf16_bits: common.h).
 // Four elements per access where the fp32 side is 16-byte and the bf16 side 8-byte aligned (the
 // arena's tensors are): whole 16-byte loads and 8-byte stores; the tail and unaligned spans one
 // by one. The same bits either way.
@@ -781,15 +829,34 @@ extern "C" __global__ void radar_sum_parts(const float* parts, int part_count, l
 """#)
 
     static let layout = KernelFamily(name: "layout", source: #"""
+// Prepended to every kernel family (tools/codegen/cuda_kernels.py): in front of each NVRTC
+// program's source, and included before the family in its emulated translation unit. What more
+// than one family uses; no CUDA header is needed (bf16 is bit operations).
+
+// One thread per element over a grid-stride loop.
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
+
+// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
+// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
+// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
+// body<long> with the range as that type.
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// bf16 as its 16 bits: the high half of the float, rounded to nearest even; NaN stays NaN.
+__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
 // Data movement: im2col and its adjoint col2im for the convolutions (col2im gathers, so every
 // input pixel sums its contributions in the CPU backend's order with no atomics), transposes,
 // column copies, and the token mean/max of BADM's patch features.
 
-// Flat indices split in 32-bit unsigned arithmetic when the range fits, else 64-bit (as in
-// elementwise.cuh, a separate program: a 64-bit division is a long software routine on a GPU).
-#define RADAR_INDEXED(body, n, ...) \
-    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
-#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+// Flat indices split as RADAR_INDEXED says (common.h).
 
 // col (B, C*k*k, Ho*Wo) from x (B, C, H, W), zero padding (index arithmetic as RADAR_INDEXED says).
 template <typename I>
@@ -901,6 +968,29 @@ extern "C" __global__ void radar_token_mean_max_backward(const float* d_mean, co
 """#)
 
     static let losses = KernelFamily(name: "losses", source: #"""
+// Prepended to every kernel family (tools/codegen/cuda_kernels.py): in front of each NVRTC
+// program's source, and included before the family in its emulated translation unit. What more
+// than one family uses; no CUDA header is needed (bf16 is bit operations).
+
+// One thread per element over a grid-stride loop.
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
+
+// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
+// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
+// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
+// body<long> with the range as that type.
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// bf16 as its 16 bits: the high half of the float, rounded to nearest even; NaN stays NaN.
+__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
 // The loss kernels: batch means written into device scalars (one block, fixed-order
 // reductions), gradients scaled as the CPU backend does.
 #define RADAR_LOSS_BLOCK 256
@@ -1004,6 +1094,29 @@ extern "C" __global__ void radar_cosine_margin_penalty(const float* a, const flo
 """#)
 
     static let normalization = KernelFamily(name: "normalization", source: #"""
+// Prepended to every kernel family (tools/codegen/cuda_kernels.py): in front of each NVRTC
+// program's source, and included before the family in its emulated translation unit. What more
+// than one family uses; no CUDA header is needed (bf16 is bit operations).
+
+// One thread per element over a grid-stride loop.
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
+
+// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
+// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
+// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
+// body<long> with the range as that type.
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// bf16 as its 16 bits: the high half of the float, rounded to nearest even; NaN stays NaN.
+__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
 // LayerNorm and softmax over rows: one warp per row, warp-shuffle reductions in a fixed
 // butterfly order (deterministic: no atomics).
 __device__ __forceinline__ float warp_sum(float v) {
@@ -1077,14 +1190,6 @@ extern "C" __global__ void radar_layernorm_param_partials(const float* dy, const
 // registers; longer rows are read again from memory. The same sums in the same order either way.
 #define RADAR_ROW_REGISTERS 8
 
-// bf16 bits of f, rounded to nearest even (as elementwise.cuh's radar_to_bf16).
-__device__ __forceinline__ unsigned short radar_row_bf16(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
-
 // Softmax over the last `cols` of each row: one warp per row. yb, when not null, gets a bf16 copy
 // of y as well (the operand of the attention's next product under bf16 precision, written here
 // instead of read back and converted).
@@ -1111,7 +1216,7 @@ extern "C" __global__ void radar_softmax_forward(const float* x, float* y, unsig
             int c = lane + 32 * j;
             if (c < cols) {
                 yr[c] = v[j] * inv;
-                if (ybr) ybr[c] = radar_row_bf16(v[j] * inv);
+                if (ybr) ybr[c] = radar_bf16_bits(v[j] * inv);
             }
         }
         return;
@@ -1123,7 +1228,7 @@ extern "C" __global__ void radar_softmax_forward(const float* x, float* y, unsig
     float inv = 1.f / warp_sum(s);
     for (int c = lane; c < cols; c += 32) yr[c] *= inv;
     if (yb)
-        for (int c = lane; c < cols; c += 32) yb[(long)row * cols + c] = radar_row_bf16(yr[c]);
+        for (int c = lane; c < cols; c += 32) yb[(long)row * cols + c] = radar_bf16_bits(yr[c]);
 }
 
 // dx = y (dy - sum(dy y)); written as bf16 into dxb instead when dxb is not null (the attention's
@@ -1146,7 +1251,7 @@ extern "C" __global__ void radar_softmax_backward(const float* dy, const float* 
         for (int j = 0; j < RADAR_ROW_REGISTERS; ++j) {
             int c = lane + 32 * j;
             if (c < cols) {
-                if (dxb) dxb[(long)row * cols + c] = radar_row_bf16(p[j] * (g[j] - s));
+                if (dxb) dxb[(long)row * cols + c] = radar_bf16_bits(p[j] * (g[j] - s));
                 else dxr[c] = p[j] * (g[j] - s);
             }
         }
@@ -1155,13 +1260,36 @@ extern "C" __global__ void radar_softmax_backward(const float* dy, const float* 
     for (int c = lane; c < cols; c += 32) s += dyr[c] * yr[c];
     s = warp_sum(s);
     for (int c = lane; c < cols; c += 32) {
-        if (dxb) dxb[(long)row * cols + c] = radar_row_bf16(yr[c] * (dyr[c] - s));
+        if (dxb) dxb[(long)row * cols + c] = radar_bf16_bits(yr[c] * (dyr[c] - s));
         else dxr[c] = yr[c] * (dyr[c] - s);
     }
 }
 """#)
 
     static let optimizer = KernelFamily(name: "optimizer", source: #"""
+// Prepended to every kernel family (tools/codegen/cuda_kernels.py): in front of each NVRTC
+// program's source, and included before the family in its emulated translation unit. What more
+// than one family uses; no CUDA header is needed (bf16 is bit operations).
+
+// One thread per element over a grid-stride loop.
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
+
+// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
+// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
+// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
+// body<long> with the range as that type.
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// bf16 as its 16 bits: the high half of the float, rounded to nearest even; NaN stays NaN.
+__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
 // Gradient clipping and AdamW, gated on device scalars: the host never reads the norm or
 // the non-finite flag inside a step.
 #define RADAR_NORM_BLOCK 256
@@ -1222,6 +1350,29 @@ extern "C" __global__ void radar_adamw(float* p, const float* g, float* m, float
 """#)
 
     static let random = KernelFamily(name: "random", source: #"""
+// Prepended to every kernel family (tools/codegen/cuda_kernels.py): in front of each NVRTC
+// program's source, and included before the family in its emulated translation unit. What more
+// than one family uses; no CUDA header is needed (bf16 is bit operations).
+
+// One thread per element over a grid-stride loop.
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
+
+// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
+// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
+// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
+// body<long> with the range as that type.
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// bf16 as its 16 bits: the high half of the float, rounded to nearest even; NaN stays NaN.
+__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
 // Dropout from the same Philox4x32-10 streams as the CPU backend: element i of stream s under
 // seed k is block(k; i / 4, i >> 34, s lo, s hi)[i % 4], so CPU and GPU runs draw identical masks.
 
@@ -1263,6 +1414,29 @@ extern "C" __global__ void radar_dropout(const float* x, float* y, long n, float
 """#)
 
     static let reasoning = KernelFamily(name: "reasoning", source: #"""
+// Prepended to every kernel family (tools/codegen/cuda_kernels.py): in front of each NVRTC
+// program's source, and included before the family in its emulated translation unit. What more
+// than one family uses; no CUDA header is needed (bf16 is bit operations).
+
+// One thread per element over a grid-stride loop.
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
+
+// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
+// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
+// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
+// body<long> with the range as that type.
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// bf16 as its 16 bits: the high half of the float, rounded to nearest even; NaN stays NaN.
+__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
 // The evidence-refinement cross-attention (one query per row over a few evidence tokens, heads
 // of E / H) and the gated fusion's backward. One thread per output element; every sum runs over
 // its index in the CPU backend's order, so results are bit-identical to it.
@@ -1350,6 +1524,29 @@ extern "C" __global__ void radar_gated_fusion_backward(const float* d_final, con
 """#)
 
     static let transforms = KernelFamily(name: "transforms", source: #"""
+// Prepended to every kernel family (tools/codegen/cuda_kernels.py): in front of each NVRTC
+// program's source, and included before the family in its emulated translation unit. What more
+// than one family uses; no CUDA header is needed (bf16 is bit operations).
+
+// One thread per element over a grid-stride loop.
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)blockDim.x * gridDim.x)
+
+// Kernels that split a flat index into coordinates do it in 32-bit unsigned arithmetic when the
+// whole range fits (a 64-bit division is a long software routine on a GPU; im2col spent most of
+// its time in it), in 64-bit otherwise: RADAR_INDEXED(body, n, args...) calls body<unsigned> or
+// body<long> with the range as that type.
+#define RADAR_INDEXED(body, n, ...) \
+    do { if ((n) <= 0x7fffffffL) body<unsigned>((unsigned)(n), __VA_ARGS__); else body<long>((long)(n), __VA_ARGS__); } while (0)
+#define GRID_STRIDE_AS(I, i, n) for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)blockDim.x * gridDim.x)
+
+// bf16 as its 16 bits: the high half of the float, rounded to nearest even; NaN stays NaN.
+__device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
 // The fixed image transforms of BADM and AADM (no gradient): grayscale, Sobel magnitude with
 // each image divided by its own maximum, and the soft high-pass + log1p + per-image min-max of
 // the shifted spectrum. Per-image reductions: one block per image, fixed-order trees.
