@@ -141,6 +141,17 @@ extension Bench {
                 let model = try RADARModel(config: cfg)
                 DeviceMemoryContext.current = "--batch \(b)"
                 let backend = try Devices.backend(device ?? Devices.defaultName, threads: threads, precision: precision)
+                // --kernel-times needs CUDA events: refused before any step runs.
+                var timingAPI: DriverAPI?
+                if kernelTimes {
+                    guard let api = (backend as? CUDABackend)?.driver as? DriverAPI else {
+                        throw ValidationError("--kernel-times needs a GPU (--device cuda[:N]); \(backend.deviceDescription) has no CUDA events")
+                    }
+                    guard api.canTimeKernels else {
+                        throw ValidationError("--kernel-times: the driver of \(api.deviceDescription) has no cuEventElapsedTime_v2 (CUDA 12.8 or later)")
+                    }
+                    timingAPI = api
+                }
                 let ctx = ExecutionContext(backend: backend, layout: model.layout, seed: 1)
                 if let recomputeInBackward { ctx.recomputeInBackward = recomputeInBackward }
                 if let bf16Activations { ctx.bf16Activations = bf16Activations }
@@ -187,13 +198,7 @@ extension Bench {
                     for s in StepProfiler.Section.allCases { sections[s.name] = p.seconds[s.rawValue] / Double(repeats * accumulationSteps) * 1000 }
                 }
                 var kernelRecord: Any = NSNull()
-                if kernelTimes {
-                    guard let api = (backend as? CUDABackend)?.driver as? DriverAPI else {
-                        throw ValidationError("--kernel-times needs a GPU (--device cuda[:N]); \(backend.deviceDescription) has no CUDA events")
-                    }
-                    guard api.canTimeKernels else {
-                        throw ValidationError("--kernel-times: the driver of \(api.deviceDescription) has no cuEventElapsedTime_v2 (CUDA 12.8 or later)")
-                    }
+                if let api = timingAPI {
                     api.kernelTiming = true
                     api.resetKernelTimes()
                     for _ in 0..<repeats { try optimizerStep() }

@@ -75,9 +75,13 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(check["kernels_passed"] as? Int, check["kernels_total"] as? Int)
         XCTAssertEqual((check["golden"] as? [Any])?.count, 4)
         let steps = try XCTUnwrap(json["radar_bench_step"] as? [[String: Any]])
-        XCTAssertEqual(steps.compactMap { $0["precision"] as? String }, ["fp32", "tf32", "bf16"])
+        XCTAssertEqual(steps.compactMap { $0["precision"] as? String }, ["fp32", "tf32", "bf16", "bf16"])
         XCTAssertTrue(steps.allSatisfy { ($0["device"] as? String ?? "").contains("RADAR fake CUDA device 0, sm_90") }, "\(steps)")
-        XCTAssertEqual(steps.compactMap { $0["bf16_activations"] as? Bool }, [false, false, true], "bf16 keeps bf16 activations")
+        XCTAssertEqual(steps.compactMap { $0["bf16_activations"] as? Bool }, [false, false, true, true], "bf16 keeps bf16 activations")
+        // bf16 again with the fused attention kernels: 42 fewer cuBLAS products per step in the
+        // tiny config (21 per block: 3 heads x (2 forward + 1 recomputed + 4 backward)).
+        XCTAssertEqual(steps.compactMap { $0["attention"] as? String }, ["products", "products", "products", "fused"])
+        XCTAssertEqual(steps[2]["cublas_products_per_step"] as? Int, (steps[3]["cublas_products_per_step"] as? Int ?? 0) + 42, "\(steps)")
         // With time to spare, bf16 again with fp32 activations, then keeping what backward recomputes.
         let variants = try XCTUnwrap(json["radar_bench_step_variants"] as? [[String: Any]])
         XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [false, true], "\(variants)")
@@ -86,7 +90,10 @@ final class FakeDriverTests: XCTestCase {
         // With time to spare, where a step's time goes: every kernel, product and FFT between two
         // events (the fake counts 1 microsecond per operation between them).
         let timed = try XCTUnwrap(json["radar_kernel_times"] as? [[String: Any]])
-        XCTAssertEqual(timed.compactMap { $0["precision"] as? String }, ["bf16", "fp32"], "\(timed)")
+        XCTAssertEqual(timed.compactMap { $0["precision"] as? String }, ["bf16", "bf16", "fp32"], "\(timed)")
+        XCTAssertEqual(timed.compactMap { $0["attention"] as? String }, ["fused", "products", "products"], "\(timed)")
+        let fusedKernels = (timed.first?["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
+        XCTAssertTrue(fusedKernels.contains { $0["name"] as? String == "radar_attention_forward_hd16" }, "\(fusedKernels)")
         for t in timed {
             let times = try XCTUnwrap(t["kernel_ms"] as? [String: Any], "\(t)")
             let slowest = try XCTUnwrap(times["slowest"] as? [[String: Any]], "\(times)")
@@ -202,6 +209,16 @@ final class FakeDriverTests: XCTestCase {
         let missing = try radar(["bench", "step", "--device", "cuda:1", "--config", "tiny", "--batch", "4", "--repeats", "1"])
         XCTAssertNotEqual(missing.status, 0)
         XCTAssertTrue(missing.output.contains("device cuda:1: this machine has 1 CUDA device (cuda:0)"), missing.output)
+        // --kernel-times without CUDA events, and a misspelt RADAR_ATTENTION: refused before any
+        // step runs (no record printed), in one line.
+        let cpuTimes = try radar(["bench", "step", "--device", "cpu", "--kernel-times", "--config", "tiny", "--batch", "4", "--repeats", "1"])
+        XCTAssertNotEqual(cpuTimes.status, 0)
+        XCTAssertTrue(cpuTimes.output.contains("--kernel-times needs a GPU (--device cuda[:N])"), cpuTimes.output)
+        XCTAssertFalse(cpuTimes.output.contains("\"bench\""), cpuTimes.output)
+        let attention = try radar(["bench", "step", "--device", "cuda", "--config", "tiny", "--batch", "4", "--repeats", "1"],
+                                  environment: ["RADAR_ATTENTION": "flash"])
+        XCTAssertNotEqual(attention.status, 0)
+        XCTAssertTrue(attention.output.contains("RADAR_ATTENTION=flash: expected products or fused"), attention.output)
         let full = try radar(["bench", "step", "--device", "cuda", "--config", "full", "--batch", "64", "--repeats", "1"],
                              environment: ["RADAR_FAKE_CUDA_MEMORY": "300000000"])
         XCTAssertNotEqual(full.status, 0)

@@ -276,12 +276,14 @@ public enum KernelCheck {
     /// Forward then backward of the fused attention. Tensors: qkv, merged (fp32 view), logSumExp,
     /// dMerged, delta, dQKV. The CPU reference walks the keys as the device does (the same bf16
     /// roundings), so forward agrees to summation order; backward's bf16 dScores may round the
-    /// other way where the recomputed probabilities differ in their last bits.
+    /// other way where the recomputed probabilities differ in their last bits. rtol 1e-2 admits
+    /// one bf16 ulp of merged (up to 2^-7 relative), which a GPU's tensor cores, summing in another
+    /// order than the emulator, may move.
     static func fusedAttentionCase(_ name: String, batch b: Int, tokens n: Int, heads h: Int, headDim hd: Int, backward: Bool = true) -> Case {
         let d = h * hd
         return Case(name: name, tensors: [(Shape(b, n, 3 * d), .normal), (Shape(b, n, d), .zeros), (Shape(b, h, n), .zeros),
                                           (Shape(b, n, d), .normal), (Shape(b, h, n), .zeros), (Shape(b, n, 3 * d), .zeros)],
-                    rtol: 5e-3, atol: 5e-4) { be, v in
+                    rtol: 1e-2, atol: 5e-4) { be, v in
             withBFloat16(be, v[0]) { qkv in
                 let merged = Tensor(be.allocate(DType.bfloat16.floats(b * n * d)), Shape(b, n, d), dtype: .bfloat16)
                 let scale = 1 / Float(hd).squareRoot()
