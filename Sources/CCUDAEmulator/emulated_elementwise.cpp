@@ -100,20 +100,23 @@ extern "C" int radar_emu_launch_radar_relu_backward(const unsigned grid[3], cons
 }
 
 extern "C" int radar_emu_launch_radar_gelu_forward(const unsigned grid[3], const unsigned block[3], void **args) {
-    const float* a0; memcpy(&a0, args[0], sizeof(a0));
-    float* a1; memcpy(&a1, args[1], sizeof(a1));
-    float* a2; memcpy(&a2, args[2], sizeof(a2));
-    long a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_gelu_forward(a0, a1, a2, a3); }, true);
+    const void* a0; memcpy(&a0, args[0], sizeof(a0));
+    int a1; memcpy(&a1, args[1], sizeof(a1));
+    void* a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    long a5; memcpy(&a5, args[5], sizeof(a5));
+    return radar_emu::launch(grid, block, [&] { radar_gelu_forward(a0, a1, a2, a3, a4, a5); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_gelu_backward(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
-    const float* a1; memcpy(&a1, args[1], sizeof(a1));
-    const float* a2; memcpy(&a2, args[2], sizeof(a2));
-    float* a3; memcpy(&a3, args[3], sizeof(a3));
-    long a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_gelu_backward(a0, a1, a2, a3, a4); }, true);
+    const void* a1; memcpy(&a1, args[1], sizeof(a1));
+    int a2; memcpy(&a2, args[2], sizeof(a2));
+    const float* a3; memcpy(&a3, args[3], sizeof(a3));
+    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    long a5; memcpy(&a5, args[5], sizeof(a5));
+    return radar_emu::launch(grid, block, [&] { radar_gelu_backward(a0, a1, a2, a3, a4, a5); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_to_bf16(const unsigned grid[3], const unsigned block[3], void **args) {

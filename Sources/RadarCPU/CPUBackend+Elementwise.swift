@@ -72,31 +72,82 @@ extension CPUBackend {
     }
 
     public func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor?) {
+        guard x.dtype == .bfloat16 || y.dtype == .bfloat16 else {
+            parallel(x.count) { r in geluForward(x.base + r.lowerBound, y.base + r.lowerBound, cdf.map { $0.base + r.lowerBound }, r.count) }
+            return
+        }
+        // bf16 x or y: through fp32 chunks on the stack (widening is exact; y rounded once).
         parallel(x.count) { r in
-            if CPUBackend.vectorKernels {
-                radar_gelu_forward_avx2(x.base + r.lowerBound, y.base + r.lowerBound, cdf.map { $0.base + r.lowerBound }, r.count)
-                return
+            CPUBackend.inFloatChunks(r, x, y) { xs, ys, range in
+                geluForward(xs, ys, cdf.map { $0.base + range.lowerBound }, range.count)
             }
-            for i in r {
-                let v = x.base[i], phi = fastNormalCDF(v, fused: true)
-                cdf?.base[i] = phi
-                y.base[i] = v * phi
+        }
+    }
+
+    private func geluForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ cdf: UnsafeMutablePointer<Float>?, _ n: Int) {
+        if CPUBackend.vectorKernels {
+            radar_gelu_forward_avx2(x, y, cdf, n)
+            return
+        }
+        for i in 0..<n {
+            let v = x[i], phi = fastNormalCDF(v, fused: true)
+            cdf?[i] = phi
+            y[i] = v * phi
+        }
+    }
+
+    /// `body` over `r` in chunks of up to 1,024 elements: x's as fp32 (itself, or a widened copy)
+    /// and y's fp32 destination (itself, or a buffer packed into bf16 y when body returns).
+    static func inFloatChunks(_ r: Range<Int>, _ x: Tensor, _ y: Tensor?,
+                              _ body: (UnsafePointer<Float>, UnsafeMutablePointer<Float>, Range<Int>) -> Void) {
+        let chunk = 1024
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * chunk) { buffer in
+            let xs = buffer.baseAddress!, ys = xs + chunk
+            var i = r.lowerBound
+            while i < r.upperBound {
+                let range = i..<min(r.upperBound, i + chunk), n = range.count
+                let xp: UnsafePointer<Float>
+                if x.dtype == .bfloat16 {
+                    BFloat16.unpack(UnsafeRawPointer(x.base).assumingMemoryBound(to: UInt16.self) + i, xs, count: n)
+                    xp = UnsafePointer(xs)
+                } else {
+                    xp = UnsafePointer(x.base + i)
+                }
+                if let y, y.dtype == .float32 {
+                    body(xp, y.base + i, range)
+                } else {
+                    body(xp, ys, range)
+                    if let y { BFloat16.pack(ys, UnsafeMutableRawPointer(y.base).assumingMemoryBound(to: UInt16.self) + i, count: n) }
+                }
+                i = range.upperBound
             }
         }
     }
 
     public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor) {
         parallel(dy.count) { r in
-            if CPUBackend.vectorKernels {
-                radar_gelu_backward_avx2(dy.base + r.lowerBound, x.base + r.lowerBound, cdf.map { UnsafePointer($0.base + r.lowerBound) },
-                                         dx.base + r.lowerBound, r.count)
+            guard x.dtype == .bfloat16 else {
+                geluBackward(dy.base + r.lowerBound, x.base + r.lowerBound, cdf.map { UnsafePointer($0.base + r.lowerBound) }, dx.base + r.lowerBound,
+                             r.count)
                 return
             }
-            for i in r {
-                let v = x.base[i]
-                let pdf = fastExp(-0.5 * v * v, fused: true) * 0.398_942_28
-                dx.base[i] = dy.base[i] * ((cdf?.base[i] ?? fastNormalCDF(v, fused: true)) + v * pdf)
+            CPUBackend.inFloatChunks(r, x, nil) { xs, _, range in
+                geluBackward(dy.base + range.lowerBound, xs, cdf.map { UnsafePointer($0.base + range.lowerBound) }, dx.base + range.lowerBound,
+                             range.count)
             }
+        }
+    }
+
+    private func geluBackward(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ cdf: UnsafePointer<Float>?, _ dx: UnsafeMutablePointer<Float>,
+                              _ n: Int) {
+        if CPUBackend.vectorKernels {
+            radar_gelu_backward_avx2(dy, x, cdf, dx, n)
+            return
+        }
+        for i in 0..<n {
+            let v = x[i]
+            let pdf = fastExp(-0.5 * v * v, fused: true) * 0.398_942_28
+            dx[i] = dy[i] * ((cdf?[i] ?? fastNormalCDF(v, fused: true)) + v * pdf)
         }
     }
 

@@ -155,6 +155,8 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     }
     private func p(_ t: Tensor) -> KernelArg { .ptr(t.base) }
     private func p(_ t: Tensor?) -> KernelArg { .ptr(t?.base) }
+    /// A kernel's dtype flag for `t`: 1 for bf16.
+    private func bf16(_ t: Tensor) -> KernelArg { .i32(t.dtype == .bfloat16 ? 1 : 0) }
 
     // MARK: cuBLAS
 
@@ -269,10 +271,10 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         elementwise("radar_relu_backward", dy.count, [p(dy), p(y), p(dx), .i64(dy.count)])
     }
     public func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor?) {
-        elementwise("radar_gelu_forward", x.count, [p(x), p(y), .ptr(cdf?.base), .i64(x.count)])
+        elementwise("radar_gelu_forward", x.count, [p(x), bf16(x), p(y), bf16(y), .ptr(cdf?.base), .i64(x.count)])
     }
     public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor) {
-        elementwise("radar_gelu_backward", dy.count, [p(dy), p(x), .ptr(cdf?.base), p(dx), .i64(dy.count)])
+        elementwise("radar_gelu_backward", dy.count, [p(dy), p(x), bf16(x), .ptr(cdf?.base), p(dx), .i64(dy.count)])
     }
     public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) { softmaxForward(x, y, bf16Copy: nil, cols: cols) }
     /// With a bf16 copy of y written at `bf16Copy` too (the attention's product operand).

@@ -761,20 +761,25 @@ extern "C" __global__ void radar_relu_backward(const float* dy, const float* y, 
 // Exact GELU: y = x Phi(x), Phi kept for backward.
 __device__ __forceinline__ float radar_normal_cdf(float v) { return 0.5f * (1.f + erff(v * 0.70710678118654752f)); }
 
+// x and y each fp32, or bf16 (x_bf16, y_bf16: fc1's output and GELU's under bf16 activations,
+// read and written as they are: no widened copy, no fp32 y converted afterwards; the same bits).
 // cdf may be null (not kept).
-extern "C" __global__ void radar_gelu_forward(const float* x, float* y, float* cdf, long n) {
+__device__ __forceinline__ float radar_load(const void* p, int bf16, long i) {
+    return bf16 ? __uint_as_float((unsigned)((const unsigned short*)p)[i] << 16) : ((const float*)p)[i];
+}
+extern "C" __global__ void radar_gelu_forward(const void* x, int x_bf16, void* y, int y_bf16, float* cdf, long n) {
     GRID_STRIDE(i, n) {
-        float v = x[i], phi = radar_normal_cdf(v);
+        float v = radar_load(x, x_bf16, i), phi = radar_normal_cdf(v);
         if (cdf) cdf[i] = phi;
-        y[i] = v * phi;
+        if (y_bf16) ((unsigned short*)y)[i] = radar_bf16_bits(v * phi); else ((float*)y)[i] = v * phi;
     }
 }
 
 // dx = dy (Phi(x) + x phi(x)), phi the normal density; Phi from cdf, or (null) recomputed as
-// forward computed it.
-extern "C" __global__ void radar_gelu_backward(const float* dy, const float* x, const float* cdf, float* dx, long n) {
+// forward computed it. x fp32 or bf16.
+extern "C" __global__ void radar_gelu_backward(const float* dy, const void* x, int x_bf16, const float* cdf, float* dx, long n) {
     GRID_STRIDE(i, n) {
-        float v = x[i];
+        float v = radar_load(x, x_bf16, i);
         float pdf = 0.3989422804014327f * expf(-0.5f * v * v);
         dx[i] = dy[i] * ((cdf ? cdf[i] : radar_normal_cdf(v)) + v * pdf);
     }

@@ -88,6 +88,19 @@ public enum KernelCheck {
             Case(name: "geluBackward/cdf", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37), .unit), t(Shape(37))]) { b, v in
                 b.geluBackward(v[0], x: v[1], cdf: v[2], v[3])
             },
+            // bf16 x and y (fc1's output and GELU's under bf16 activations), read and written as
+            // they are: y through an fp32 view (tensor 1), 38 elements so one is past a multiple of 4.
+            Case(name: "geluForward/bf16", tensors: [t(Shape(38)), t(Shape(38)), t(Shape(38))]) { b, v in
+                withBFloat16(b, v[0]) { x in
+                    let y = Tensor(b.allocate(DType.bfloat16.floats(38)), Shape(38), dtype: .bfloat16)
+                    b.geluForward(x, y, cdf: v[2])
+                    b.convert(y, into: v[1])
+                    b.release(y.base)
+                }
+            },
+            Case(name: "geluBackward/bf16", tensors: [t(Shape(38)), t(Shape(38)), t(Shape(38))]) { b, v in
+                withBFloat16(b, v[1]) { x in b.geluBackward(v[0], x: x, cdf: nil, v[2]) }
+            },
             Case(name: "softmaxForward", tensors: [t(Shape(5, 37)), t(Shape(5, 37))]) { b, v in b.softmaxForward(v[0], v[1], cols: 37) },
             // Rows longer than the kernels keep in registers (256 columns) take the second path.
             Case(name: "softmaxLongRows", tensors: [t(Shape(3, 300)), t(Shape(3, 300)), t(Shape(3, 300)), t(Shape(3, 300))]) { b, v in

@@ -91,10 +91,11 @@ public protocol Backend: AnyObject {
     func reluForward(_ x: Tensor, _ y: Tensor)
     func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor)
     /// Exact GELU, y = x Phi(x) with Phi(x) = 0.5 (1 + erf(x / sqrt 2)); Phi kept in `cdf` when
-    /// given.
+    /// given. x and y may each be bf16 (computed on x's fp32 value, y rounded once: the bits of
+    /// widening x, computing in fp32 and converting y).
     func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor?)
     /// dx = dy (Phi(x) + x phi(x)), Phi read from `cdf` when given, else recomputed bit for bit
-    /// as forward computed it.
+    /// as forward computed it. x may be bf16.
     func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor)
     /// Softmax over the last `cols` of each row.
     func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int)

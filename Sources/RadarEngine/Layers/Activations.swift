@@ -21,21 +21,18 @@ public enum ReLU {
 public enum GELU {
     public struct Saved { public let x: Tensor, cdf: Tensor? }
 
+    /// The backend reads a bf16 x and writes a bf16 y as they are (no widened copy of x, no fp32
+    /// y to convert): the bits of widening, computing in fp32 and rounding y.
     public static func forward(_ x: Tensor, _ ctx: ExecutionContext, output: DType = .float32) -> (Tensor, Saved) {
         let cdf = ctx.recomputeInBackward ? nil : ctx.tensor(x.shape)
-        let y = ctx.keep(x.shape, as: output) { y in
-            let mark = ctx.arena.mark()
-            ctx.backend.geluForward(ctx.widened(x), y, cdf: cdf)
-            ctx.arena.rewind(to: mark)
-        }
+        let y = ctx.tensor(x.shape, dtype: output)
+        ctx.backend.geluForward(x, y, cdf: cdf)
         return (y, Saved(x: x, cdf: cdf))
     }
 
     public static func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext) -> Tensor {
         let dx = ctx.tensor(saved.x.shape)
-        let mark = ctx.arena.mark()
-        ctx.backend.geluBackward(dy, x: ctx.widened(saved.x), cdf: saved.cdf, dx)
-        ctx.arena.rewind(to: mark)
+        ctx.backend.geluBackward(dy, x: saved.x, cdf: saved.cdf, dx)
         return dx
     }
 }
