@@ -8,12 +8,13 @@ extern "C" int radar_emu_launch_radar_layernorm_forward(const unsigned grid[3], 
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     float a3; memcpy(&a3, args[3], sizeof(a3));
-    float* a4; memcpy(&a4, args[4], sizeof(a4));
-    float* a5; memcpy(&a5, args[5], sizeof(a5));
+    void* a4; memcpy(&a4, args[4], sizeof(a4));
+    int a5; memcpy(&a5, args[5], sizeof(a5));
     float* a6; memcpy(&a6, args[6], sizeof(a6));
-    int a7; memcpy(&a7, args[7], sizeof(a7));
+    float* a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_layernorm_forward(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
+    int a9; memcpy(&a9, args[9], sizeof(a9));
+    return radar_emu::launch(grid, block, [&] { radar_layernorm_forward(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_layernorm_backward_input(const unsigned grid[3], const unsigned block[3], void **args) {

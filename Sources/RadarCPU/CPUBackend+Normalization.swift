@@ -8,10 +8,24 @@ extension CPUBackend {
         let cols = gamma.count
         let rows = x.count / cols
         let avx2: Int32 = CPUBackend.vectorKernels ? 1 : 0
+        guard y.dtype == .bfloat16 else {
+            parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
+                let o = rr.lowerBound * cols
+                radar_layernorm_forward_rows(x.base + o, gamma.base, beta.base, eps, y.base + o, mean.base + rr.lowerBound,
+                                             rstd.base + rr.lowerBound, rr.count, cols, avx2)
+            }
+            return
+        }
+        // bf16 y: each row into fp32 scratch, then rounded (the bits of converting an fp32 y).
+        let bits = UnsafeMutableRawPointer(y.base).assumingMemoryBound(to: UInt16.self)
         parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
-            let o = rr.lowerBound * cols
-            radar_layernorm_forward_rows(x.base + o, gamma.base, beta.base, eps, y.base + o, mean.base + rr.lowerBound,
-                                         rstd.base + rr.lowerBound, rr.count, cols, avx2)
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: cols) { row in
+                for r in rr {
+                    radar_layernorm_forward_rows(x.base + r * cols, gamma.base, beta.base, eps, row.baseAddress!, mean.base + r, rstd.base + r, 1,
+                                                 cols, avx2)
+                    BFloat16.pack(row.baseAddress!, bits + r * cols, count: cols)
+                }
+            }
         }
     }
 

@@ -294,7 +294,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
 
     public func layerNormForward(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float, _ y: Tensor, mean: Tensor, rstd: Tensor) {
         let cols = gamma.count, r = x.count / cols
-        rows("radar_layernorm_forward", r, [p(x), p(gamma), p(beta), .f32(eps), p(y), p(mean), p(rstd), .i32(r), .i32(cols)])
+        rows("radar_layernorm_forward", r, [p(x), p(gamma), p(beta), .f32(eps), p(y), bf16(y), p(mean), p(rstd), .i32(r), .i32(cols)])
     }
     public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor) {
         let cols = gamma.count, r = x.count / cols

@@ -79,7 +79,7 @@ final class EmulatedDeviceTests: XCTestCase {
             let ex = buf.make(x), eg = buf.make(g), eb = buf.make(bt), ey = buf.zeros(rows * cols), em = buf.zeros(rows), er = buf.zeros(rows)
             let grid = (rows + 1) / 2
             XCTAssertEqual(launch("radar_layernorm_forward", grid: grid, block: 64,
-                                  [.buffer(ex), .buffer(eg), .buffer(eb), .f32(1e-6), .buffer(ey), .buffer(em), .buffer(er), .i32(Int32(rows)), .i32(Int32(cols))]), "")
+                                  [.buffer(ex), .buffer(eg), .buffer(eb), .f32(1e-6), .buffer(ey), .i32(0), .buffer(em), .buffer(er), .i32(Int32(rows)), .i32(Int32(cols))]), "")
             assertClose(array(ey, rows * cols), cy.values, rtol: 1e-5, atol: 1e-5, "layernorm y \(rows)x\(cols)")
             assertClose(array(em, rows), cm.values, rtol: 1e-5, atol: 1e-6, "layernorm mean")
             assertClose(array(er, rows), cr.values, rtol: 1e-5, atol: 1e-6, "layernorm rstd")

@@ -1134,9 +1134,10 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// y = (x - mean) * rstd * gamma + beta per row of x (rows x cols); saves mean and rstd.
+// y = (x - mean) * rstd * gamma + beta per row of x (rows x cols); saves mean and rstd. y fp32, or
+// bf16 (y_bf16: the LayerNorms whose output only products read, under bf16 activations).
 extern "C" __global__ void radar_layernorm_forward(const float* x, const float* gamma, const float* beta, float eps,
-                                                   float* y, float* mean, float* rstd, int rows, int cols) {
+                                                   void* y, int y_bf16, float* mean, float* rstd, int rows, int cols) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* xr = x + (long)row * cols;
@@ -1146,8 +1147,13 @@ extern "C" __global__ void radar_layernorm_forward(const float* x, const float* 
     float v = 0.f;
     for (int c = lane; c < cols; c += 32) { float d = xr[c] - m; v += d * d; }
     float r = rsqrtf(warp_sum(v) / cols + eps);
-    float* yr = y + (long)row * cols;
-    for (int c = lane; c < cols; c += 32) yr[c] = (xr[c] - m) * r * gamma[c] + beta[c];
+    if (y_bf16) {
+        unsigned short* yr = (unsigned short*)y + (long)row * cols;
+        for (int c = lane; c < cols; c += 32) yr[c] = radar_bf16_bits((xr[c] - m) * r * gamma[c] + beta[c]);
+    } else {
+        float* yr = (float*)y + (long)row * cols;
+        for (int c = lane; c < cols; c += 32) yr[c] = (xr[c] - m) * r * gamma[c] + beta[c];
+    }
     if (lane == 0) { mean[row] = m; rstd[row] = r; }
 }
 

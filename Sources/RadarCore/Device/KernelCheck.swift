@@ -119,6 +119,14 @@ public enum KernelCheck {
             Case(name: "layerNormForward", tensors: [t(Shape(5, 37)), t(Shape(37)), t(Shape(37)), t(Shape(5, 37)), t(Shape(5)), t(Shape(5))]) { b, v in
                 b.layerNormForward(v[0], gamma: v[1], beta: v[2], eps: 1e-6, v[3], mean: v[4], rstd: v[5])
             },
+            // bf16 y (the LayerNorms only products read, under bf16 activations), compared through
+            // an fp32 view (tensor 3).
+            Case(name: "layerNormForward/bf16", tensors: [t(Shape(5, 37)), t(Shape(37)), t(Shape(37)), t(Shape(5, 37)), t(Shape(5)), t(Shape(5))]) { b, v in
+                let y = Tensor(b.allocate(DType.bfloat16.floats(5 * 37)), Shape(5, 37), dtype: .bfloat16)
+                b.layerNormForward(v[0], gamma: v[1], beta: v[2], eps: 1e-6, y, mean: v[4], rstd: v[5])
+                b.convert(y, into: v[3])
+                b.release(y.base)
+            },
             Case(name: "layerNormBackward", tensors: [t(Shape(150, 37)), t(Shape(150, 37)), t(Shape(37)), t(Shape(150)), t(Shape(150), .positive),
                                                       t(Shape(150, 37)), t(Shape(37)), t(Shape(37))]) { b, v in
                 b.layerNormBackward(v[0], x: v[1], gamma: v[2], mean: v[3], rstd: v[4], v[5], dGamma: v[6], dBeta: v[7])

@@ -106,7 +106,8 @@ public protocol Backend: AnyObject {
 
     // MARK: Normalisation
 
-    /// Per row of x (rows x cols): y = (x - mean) * rstd * gamma + beta; saves mean and rstd.
+    /// Per row of x (rows x cols): y = (x - mean) * rstd * gamma + beta; saves mean and rstd. y
+    /// may be bf16 (rounded once: the bits of converting an fp32 y).
     func layerNormForward(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float,
                           _ y: Tensor, mean: Tensor, rstd: Tensor)
     func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor,

@@ -115,10 +115,9 @@ public struct LayerNorm: Sendable {
         }
         let rows = x.shape.rows
         let mean = ctx.tensor(Shape(rows)), rstd = ctx.tensor(Shape(rows))
-        let y = ctx.keep(x.shape, as: output) { y in
-            ctx.backend.layerNormForward(x, gamma: ctx.params.value(weight), beta: ctx.params.value(bias), eps: eps,
-                                         y, mean: mean, rstd: rstd)
-        }
+        // A bf16 output is written as bf16 (no fp32 copy to convert).
+        let y = ctx.tensor(x.shape, dtype: output)
+        ctx.backend.layerNormForward(x, gamma: ctx.params.value(weight), beta: ctx.params.value(bias), eps: eps, y, mean: mean, rstd: rstd)
         return (y, Saved(x: x, mean: mean, rstd: rstd))
     }
 

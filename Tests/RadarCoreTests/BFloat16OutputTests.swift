@@ -3,16 +3,41 @@ import RadarCUDA
 import RadarCore
 import XCTest
 
-/// GELU reads a bf16 x and writes a bf16 y as they are (fc1's output and GELU's under bf16
-/// activations): the same bits as widening x, computing in fp32 and converting y, which the layer
-/// did before (two passes and an fp32 copy more), on the CPU (through its fp32 chunks, several
-/// of them per thread here) and on the emulated device.
-final class GELUBFloat16Tests: XCTestCase {
+/// Kernels that read and write bf16 activations as they are (under bf16 activations): GELU's
+/// bf16 x and y (fc1's output and its own), LayerNorm's bf16 y. The same bits as widening x,
+/// computing in fp32 and converting y, which the layers did before (passes and fp32 copies more),
+/// on the CPU (through fp32 chunks, several per thread here) and on the emulated device.
+final class BFloat16OutputTests: XCTestCase {
+    static func backends() -> [(String, any Backend)] {
+        [("cpu", CPUBackend(threads: 2)), ("cuda-emulated", CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .bf16))]
+    }
+
+    func testLayerNormWritesTheBitsOfConvertingItsFloatOutput() {
+        let (rows, cols) = (67, 384)
+        for (name, be) in BFloat16OutputTests.backends() {
+            let x = DeviceTensor(be, Shape(rows, cols), randomValues(rows * cols, seed: 3, std: 2, mean: 0.5))
+            let g = DeviceTensor(be, Shape(cols), randomValues(cols, seed: 4, mean: 1)), bt = DeviceTensor(be, Shape(cols), randomValues(cols, seed: 5))
+            let yf = DeviceTensor(be, Shape(rows, cols)), m1 = DeviceTensor(be, Shape(rows)), r1 = DeviceTensor(be, Shape(rows))
+            let m2 = DeviceTensor(be, Shape(rows)), r2 = DeviceTensor(be, Shape(rows)), wide = DeviceTensor(be, Shape(rows, cols))
+            let yb = Tensor(be.allocate(DType.bfloat16.floats(rows * cols)), Shape(rows, cols), dtype: .bfloat16)
+            let old = Tensor(be.allocate(DType.bfloat16.floats(rows * cols)), Shape(rows, cols), dtype: .bfloat16)
+            defer { be.release(yb.base); be.release(old.base) }
+            be.layerNormForward(x.tensor, gamma: g.tensor, beta: bt.tensor, eps: 1e-6, yf.tensor, mean: m1.tensor, rstd: r1.tensor)
+            be.convert(yf.tensor, into: old)
+            be.layerNormForward(x.tensor, gamma: g.tensor, beta: bt.tensor, eps: 1e-6, yb, mean: m2.tensor, rstd: r2.tensor)
+            be.convert(yb, into: wide.tensor)
+            let want = DeviceTensor(be, Shape(rows, cols))
+            be.convert(old, into: want.tensor)
+            XCTAssertEqual(wide.values.map(\.bitPattern), want.values.map(\.bitPattern), "\(name): y")
+            XCTAssertNotEqual(wide.values, yf.values, "\(name): y is rounded")
+            XCTAssertEqual(m2.values, m1.values, name)
+            XCTAssertEqual(r2.values, r1.values, name)
+        }
+    }
+
     func testBFloat16GELUGivesTheBitsOfTheFloatPath() {
         let n = 5003
-        let backends: [(String, any Backend)] = [("cpu", CPUBackend(threads: 2)),
-                                                 ("cuda-emulated", CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .bf16))]
-        for (name, be) in backends {
+        for (name, be) in BFloat16OutputTests.backends() {
             func bf16(_ count: Int) -> Tensor { Tensor(be.allocate(DType.bfloat16.floats(count)), Shape(count), dtype: .bfloat16) }
             func floats(_ t: Tensor) -> [Float] {
                 guard t.dtype == .bfloat16 else { return be.download(t) }
