@@ -97,30 +97,30 @@ extension CPUBackend {
     }
 
     /// `body` over `r` in chunks of up to 1,024 elements: x's as fp32 (itself, or a widened copy)
-    /// and y's fp32 destination (itself, or a buffer packed into bf16 y when body returns).
+    /// and y's fp32 destination (itself, or a buffer packed into bf16 y when body returns). The
+    /// buffers are this thread's scratch slot 0 (a product's; no product runs inside an
+    /// elementwise kernel): allocated once per thread, not per call.
     static func inFloatChunks(_ r: Range<Int>, _ x: Tensor, _ y: Tensor?,
                               _ body: (UnsafePointer<Float>, UnsafeMutablePointer<Float>, Range<Int>) -> Void) {
         let chunk = 1024
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * chunk) { buffer in
-            let xs = buffer.baseAddress!, ys = xs + chunk
-            var i = r.lowerBound
-            while i < r.upperBound {
-                let range = i..<min(r.upperBound, i + chunk), n = range.count
-                let xp: UnsafePointer<Float>
-                if x.dtype == .bfloat16 {
-                    BFloat16.unpack(UnsafeRawPointer(x.base).assumingMemoryBound(to: UInt16.self) + i, xs, count: n)
-                    xp = UnsafePointer(xs)
-                } else {
-                    xp = UnsafePointer(x.base + i)
-                }
-                if let y, y.dtype == .float32 {
-                    body(xp, y.base + i, range)
-                } else {
-                    body(xp, ys, range)
-                    if let y { BFloat16.pack(ys, UnsafeMutableRawPointer(y.base).assumingMemoryBound(to: UInt16.self) + i, count: n) }
-                }
-                i = range.upperBound
+        let xs = ThreadScratch.floats(2 * chunk, slot: 0), ys = xs + chunk
+        var i = r.lowerBound
+        while i < r.upperBound {
+            let range = i..<min(r.upperBound, i + chunk), n = range.count
+            let xp: UnsafePointer<Float>
+            if x.dtype == .bfloat16 {
+                BFloat16.unpack(UnsafeRawPointer(x.base).assumingMemoryBound(to: UInt16.self) + i, xs, count: n)
+                xp = UnsafePointer(xs)
+            } else {
+                xp = UnsafePointer(x.base + i)
             }
+            if let y, y.dtype == .float32 {
+                body(xp, y.base + i, range)
+            } else {
+                body(xp, ys, range)
+                if let y { BFloat16.pack(ys, UnsafeMutableRawPointer(y.base).assumingMemoryBound(to: UInt16.self) + i, count: n) }
+            }
+            i = range.upperBound
         }
     }
 

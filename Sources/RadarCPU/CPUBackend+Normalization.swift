@@ -16,15 +16,14 @@ extension CPUBackend {
             }
             return
         }
-        // bf16 y: each row into fp32 scratch, then rounded (the bits of converting an fp32 y).
+        // bf16 y: each row into this thread's fp32 scratch (slot 0, a product's: none runs here),
+        // then rounded (the bits of converting an fp32 y).
         let bits = UnsafeMutableRawPointer(y.base).assumingMemoryBound(to: UInt16.self)
         parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: cols) { row in
-                for r in rr {
-                    radar_layernorm_forward_rows(x.base + r * cols, gamma.base, beta.base, eps, row.baseAddress!, mean.base + r, rstd.base + r, 1,
-                                                 cols, avx2)
-                    BFloat16.pack(row.baseAddress!, bits + r * cols, count: cols)
-                }
+            let row = ThreadScratch.floats(cols, slot: 0)
+            for r in rr {
+                radar_layernorm_forward_rows(x.base + r * cols, gamma.base, beta.base, eps, row, mean.base + r, rstd.base + r, 1, cols, avx2)
+                BFloat16.pack(row, bits + r * cols, count: cols)
             }
         }
     }
