@@ -42,8 +42,9 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd16(const unsign
     float* a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
-    float a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd16(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
+    int a8; memcpy(&a8, args[8], sizeof(a8));
+    float a9; memcpy(&a9, args[9], sizeof(a9));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd32(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -55,8 +56,9 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd32(const unsign
     float* a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
-    float a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd32(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
+    int a8; memcpy(&a8, args[8], sizeof(a8));
+    float a9; memcpy(&a9, args[9], sizeof(a9));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd64(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -68,8 +70,9 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd64(const unsign
     float* a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
-    float a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd64(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
+    int a8; memcpy(&a8, args[8], sizeof(a8));
+    float a9; memcpy(&a9, args[9], sizeof(a9));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -80,8 +83,9 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16(const un
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    float a7; memcpy(&a7, args[7], sizeof(a7));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd16(a0, a1, a2, a3, a4, a5, a6, a7); }, false);
+    int a7; memcpy(&a7, args[7], sizeof(a7));
+    float a8; memcpy(&a8, args[8], sizeof(a8));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd16(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -92,8 +96,9 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32(const un
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    float a7; memcpy(&a7, args[7], sizeof(a7));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd32(a0, a1, a2, a3, a4, a5, a6, a7); }, false);
+    int a7; memcpy(&a7, args[7], sizeof(a7));
+    float a8; memcpy(&a8, args[8], sizeof(a8));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd32(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -104,6 +109,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64(const un
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    float a7; memcpy(&a7, args[7], sizeof(a7));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd64(a0, a1, a2, a3, a4, a5, a6, a7); }, false);
+    int a7; memcpy(&a7, args[7], sizeof(a7));
+    float a8; memcpy(&a8, args[8], sizeof(a8));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd64(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
 }

@@ -51,10 +51,11 @@ extern "C" int radar_emu_launch_radar_add_row_bias(const unsigned grid[3], const
 extern "C" int radar_emu_launch_radar_fill_rows(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
-    long a2; memcpy(&a2, args[2], sizeof(a2));
-    int a3; memcpy(&a3, args[3], sizeof(a3));
+    int a2; memcpy(&a2, args[2], sizeof(a2));
+    long a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_fill_rows(a0, a1, a2, a3, a4); }, true);
+    int a5; memcpy(&a5, args[5], sizeof(a5));
+    return radar_emu::launch(grid, block, [&] { radar_fill_rows(a0, a1, a2, a3, a4, a5); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_add_channel_bias(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -67,12 +68,13 @@ extern "C" int radar_emu_launch_radar_add_channel_bias(const unsigned grid[3], c
 }
 
 extern "C" int radar_emu_launch_radar_column_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args) {
-    const float* a0; memcpy(&a0, args[0], sizeof(a0));
-    float* a1; memcpy(&a1, args[1], sizeof(a1));
-    int a2; memcpy(&a2, args[2], sizeof(a2));
+    const void* a0; memcpy(&a0, args[0], sizeof(a0));
+    int a1; memcpy(&a1, args[1], sizeof(a1));
+    float* a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_column_chunk_sums(a0, a1, a2, a3, a4); }, true);
+    int a5; memcpy(&a5, args[5], sizeof(a5));
+    return radar_emu::launch(grid, block, [&] { radar_column_chunk_sums(a0, a1, a2, a3, a4, a5); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_add_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -110,13 +112,15 @@ extern "C" int radar_emu_launch_radar_gelu_forward(const unsigned grid[3], const
 }
 
 extern "C" int radar_emu_launch_radar_gelu_backward(const unsigned grid[3], const unsigned block[3], void **args) {
-    const float* a0; memcpy(&a0, args[0], sizeof(a0));
-    const void* a1; memcpy(&a1, args[1], sizeof(a1));
-    int a2; memcpy(&a2, args[2], sizeof(a2));
-    const float* a3; memcpy(&a3, args[3], sizeof(a3));
-    float* a4; memcpy(&a4, args[4], sizeof(a4));
-    long a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_gelu_backward(a0, a1, a2, a3, a4, a5); }, true);
+    const void* a0; memcpy(&a0, args[0], sizeof(a0));
+    int a1; memcpy(&a1, args[1], sizeof(a1));
+    const void* a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    const float* a4; memcpy(&a4, args[4], sizeof(a4));
+    void* a5; memcpy(&a5, args[5], sizeof(a5));
+    int a6; memcpy(&a6, args[6], sizeof(a6));
+    long a7; memcpy(&a7, args[7], sizeof(a7));
+    return radar_emu::launch(grid, block, [&] { radar_gelu_backward(a0, a1, a2, a3, a4, a5, a6, a7); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_to_bf16(const unsigned grid[3], const unsigned block[3], void **args) {

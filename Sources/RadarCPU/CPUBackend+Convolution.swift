@@ -136,6 +136,16 @@ extension CPUBackend {
         softmaxForward(scores, probs, cols: n)
     }
 
+    /// A serial product (beta 0) whose m x n result goes to `c` at element `offset` with leading
+    /// dimension `ldc`: written there (fp32 c), or formed in this thread's scratch slot 6 and
+    /// rounded in (bf16 c: the bits of converting the fp32 result).
+    func serialProduct(into c: Tensor, offset: Int, ldc: Int, m: Int, n: Int, _ form: (UnsafeMutablePointer<Float>, Int) -> Void) {
+        guard c.dtype == .bfloat16 else { return form(c.base + offset, ldc) }
+        let scratch = ThreadScratch.floats(m * n, slot: 6), c16 = UnsafeMutableRawPointer(c.base).assumingMemoryBound(to: UInt16.self)
+        form(scratch, n)
+        for r in 0..<m { BFloat16.pack(scratch + r * n, c16 + offset + r * ldc, count: n) }
+    }
+
     public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         attentionProbabilities(qkv: qkv, heads: h, scale: scale, scores: scores, probs: probs)
@@ -143,9 +153,10 @@ extension CPUBackend {
         forEach(b * h) { i in
             let bi = i / h, hi = i % h
             let v = qkvOperand.advanced(by: bi * n * 3 * d + 2 * d + hi * hd)
-            serialGemm(transA: false, transB: false, m: n, n: hd, k: n, alpha: 1,
-                       a: .fp32(probs.base + i * n * n), lda: n, b: v, ldb: 3 * d, beta: 0,
-                       c: merged.base + bi * n * d + hi * hd, ldc: d)
+            serialProduct(into: merged, offset: bi * n * d + hi * hd, ldc: d, m: n, n: hd) { c, ldc in
+                serialGemm(transA: false, transB: false, m: n, n: hd, k: n, alpha: 1,
+                           a: .fp32(probs.base + i * n * n), lda: n, b: v, ldb: 3 * d, beta: 0, c: c, ldc: ldc)
+            }
         }
     }
 
@@ -161,21 +172,26 @@ extension CPUBackend {
             // dP = dO v^T ; dv = P^T dO
             serialGemm(transA: false, transB: true, m: n, n: n, k: hd, alpha: 1,
                        a: dO, lda: ldO, b: v, ldb: 3 * d, beta: 0, c: dProbs.base + i * n * n, ldc: n)
-            serialGemm(transA: true, transB: false, m: n, n: hd, k: n, alpha: 1,
-                       a: .fp32(probs.base + i * n * n), lda: n, b: dO, ldb: ldO, beta: 0,
-                       c: dQKV.base + bi * n * 3 * d + 2 * d + hi * hd, ldc: 3 * d)
+            serialProduct(into: dQKV, offset: bi * n * 3 * d + 2 * d + hi * hd, ldc: 3 * d, m: n, n: hd) { c, ldc in
+                serialGemm(transA: true, transB: false, m: n, n: hd, k: n, alpha: 1,
+                           a: .fp32(probs.base + i * n * n), lda: n, b: dO, ldb: ldO, beta: 0, c: c, ldc: ldc)
+            }
         }
         softmaxBackward(dProbs, y: probs, dScores, cols: n)
         forEach(b * h) { i in
             let bi = i / h, hi = i % h
             let q = qkvOperand.advanced(by: bi * n * 3 * d + hi * hd)
-            let dq = dQKV.base + bi * n * 3 * d + hi * hd
+            let dq = bi * n * 3 * d + hi * hd
             let (ds, ldS) = sharedByTwo(.fp32(dScores.base + i * n * n), rows: n, cols: n, ld: n)
             // dq = scale dS k ; dk = scale dS^T q
-            serialGemm(transA: false, transB: false, m: n, n: hd, k: n, alpha: scale,
-                       a: ds, lda: ldS, b: q.advanced(by: d), ldb: 3 * d, beta: 0, c: dq, ldc: 3 * d)
-            serialGemm(transA: true, transB: false, m: n, n: hd, k: n, alpha: scale,
-                       a: ds, lda: ldS, b: q, ldb: 3 * d, beta: 0, c: dq + d, ldc: 3 * d)
+            serialProduct(into: dQKV, offset: dq, ldc: 3 * d, m: n, n: hd) { c, ldc in
+                serialGemm(transA: false, transB: false, m: n, n: hd, k: n, alpha: scale,
+                           a: ds, lda: ldS, b: q.advanced(by: d), ldb: 3 * d, beta: 0, c: c, ldc: ldc)
+            }
+            serialProduct(into: dQKV, offset: dq + d, ldc: 3 * d, m: n, n: hd) { c, ldc in
+                serialGemm(transA: true, transB: false, m: n, n: hd, k: n, alpha: scale,
+                           a: ds, lda: ldS, b: q, ldb: 3 * d, beta: 0, c: c, ldc: ldc)
+            }
         }
     }
 

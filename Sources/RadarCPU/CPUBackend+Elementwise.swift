@@ -55,9 +55,17 @@ extension CPUBackend {
         parallel(cols, grain: max(band, 1)) { cr in
             let n = cr.count, acc = ThreadScratch.floats(n)
             for j in 0..<n { acc[j] = 0 }
-            for r in 0..<rows {
-                let row = src.base + r * cols + cr.lowerBound
-                for j in 0..<n { acc[j] += row[j] }
+            if src.dtype == .bfloat16 {  // a bf16 gradient (under bf16 activations), summed in fp32
+                let s16 = UnsafeRawPointer(src.base).assumingMemoryBound(to: UInt16.self)
+                for r in 0..<rows {
+                    let row = s16 + r * cols + cr.lowerBound
+                    for j in 0..<n { acc[j] += BFloat16.float(row[j]) }
+                }
+            } else {
+                for r in 0..<rows {
+                    let row = src.base + r * cols + cr.lowerBound
+                    for j in 0..<n { acc[j] += row[j] }
+                }
             }
             for j in 0..<n { dst.base[cr.lowerBound + j] += acc[j] }
         }
@@ -126,16 +134,32 @@ extension CPUBackend {
 
     public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor) {
         parallel(dy.count) { r in
-            guard x.dtype == .bfloat16 else {
+            guard x.dtype == .bfloat16 || dy.dtype == .bfloat16 || dx.dtype == .bfloat16 else {
                 geluBackward(dy.base + r.lowerBound, x.base + r.lowerBound, cdf.map { UnsafePointer($0.base + r.lowerBound) }, dx.base + r.lowerBound,
                              r.count)
                 return
             }
-            CPUBackend.inFloatChunks(r, x, nil) { xs, _, range in
-                geluBackward(dy.base + range.lowerBound, xs, cdf.map { UnsafePointer($0.base + range.lowerBound) }, dx.base + range.lowerBound,
-                             range.count)
+            // bf16 dy, x or dx: through fp32 chunks in this thread's scratch slot 0 (widening is
+            // exact; dx rounded once).
+            let chunk = 1024, buffer = ThreadScratch.floats(3 * chunk, slot: 0)
+            var i = r.lowerBound
+            while i < r.upperBound {
+                let n = min(r.upperBound - i, chunk)
+                let xs = CPUBackend.floats(x, from: i, count: n, into: buffer), ds = CPUBackend.floats(dy, from: i, count: n, into: buffer + chunk)
+                let out = dx.dtype == .float32 ? dx.base + i : buffer + 2 * chunk
+                geluBackward(ds, xs, cdf.map { UnsafePointer($0.base + i) }, out, n)
+                if dx.dtype == .bfloat16 { BFloat16.pack(out, UnsafeMutableRawPointer(dx.base).assumingMemoryBound(to: UInt16.self) + i, count: n) }
+                i += n
             }
         }
+    }
+
+    /// `count` elements of `t` from element `start` as fp32: `t`'s own memory, or (bf16) widened
+    /// into `buffer`.
+    static func floats(_ t: Tensor, from start: Int, count: Int, into buffer: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+        guard t.dtype == .bfloat16 else { return UnsafePointer(t.base + start) }
+        BFloat16.unpack(UnsafeRawPointer(t.base).assumingMemoryBound(to: UInt16.self) + start, buffer, count: count)
+        return UnsafePointer(buffer)
     }
 
     private func geluBackward(_ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ cdf: UnsafePointer<Float>?, _ dx: UnsafeMutablePointer<Float>,

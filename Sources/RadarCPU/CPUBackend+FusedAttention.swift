@@ -53,20 +53,22 @@ extension CPUBackend {
     public func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads h: Int, scale: Float,
                                        delta: Tensor, dQKV: Tensor) {
         precondition(qkv.dtype == .bfloat16 && merged.dtype == .bfloat16 && dMerged.dtype == .float32,
-                     "fused attention: bf16 qkv and merged, fp32 dMerged expected")
+                     "fused attention: bf16 qkv and merged, fp32 dMerged expected (dQKV fp32 or bf16)")
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         let x = UnsafeRawPointer(qkv.base).assumingMemoryBound(to: UInt16.self)
         let o = UnsafeRawPointer(merged.base).assumingMemoryBound(to: UInt16.self)
-        let dO = dMerged.base, lse = logSumExp.base, dl = delta.base, g = dQKV.base
+        let dO = dMerged.base, lse = logSumExp.base, dl = delta.base
         forEach(b * h) { i in
             let bi = i / h, hi = i % h, image = bi * n * 3 * d
+            // This head's dq, dk, dv (n rows of 3 hd) accumulated in fp32 in thread scratch, then
+            // stored (a bf16 dQKV rounded once).
+            let g = ThreadScratch.floats(n * 3 * hd, slot: 6)
+            g.update(repeating: 0, count: n * 3 * hd)
             for r in 0..<n {
                 let row = (bi * n + r) * d + hi * hd
                 var sum: Float = 0
                 for e in 0..<hd { sum += dO[row + e] * BFloat16.float(o[row + e]) }
                 dl[i * n + r] = sum
-                for e in 0..<hd { g[image + r * 3 * d + hi * hd + e] = 0; g[image + r * 3 * d + d + hi * hd + e] = 0
-                                  g[image + r * 3 * d + 2 * d + hi * hd + e] = 0 }
             }
             for r in 0..<n {
                 let q = image + r * 3 * d + hi * hd, row = (bi * n + r) * d + hi * hd
@@ -79,10 +81,21 @@ extension CPUBackend {
                     }
                     let p = expf(dot * scale - lse[i * n + r])
                     let ds = BFloat16.round(p * (dp - dl[i * n + r])), pr = BFloat16.round(p)
+                    let gq = g + r * 3 * hd, gk = g + c * 3 * hd + hd, gv = gk + hd
                     for e in 0..<hd {
-                        g[q + e] += scale * ds * BFloat16.float(x[k + e])                // dq
-                        g[k + e] += scale * ds * BFloat16.float(x[q + e])                // dk
-                        g[v + e] += pr * BFloat16.round(dO[row + e])                     // dv
+                        gq[e] += scale * ds * BFloat16.float(x[k + e])                   // dq
+                        gk[e] += scale * ds * BFloat16.float(x[q + e])                   // dk
+                        gv[e] += pr * BFloat16.round(dO[row + e])                        // dv
+                    }
+                }
+            }
+            for r in 0..<n {
+                for part in 0..<3 {
+                    let at = image + r * 3 * d + part * d + hi * hd, from = g + r * 3 * hd + part * hd
+                    if dQKV.dtype == .bfloat16 {
+                        BFloat16.pack(from, UnsafeMutableRawPointer(dQKV.base).assumingMemoryBound(to: UInt16.self) + at, count: hd)
+                    } else {
+                        (dQKV.base + at).update(from: from, count: hd)
                     }
                 }
             }

@@ -54,6 +54,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// widened for fp32 products).
     private let bf16Operands = [GrowableBuffer<UInt16>(), GrowableBuffer<UInt16>()]
     private let floatOperands = [GrowableBuffer<Float>(), GrowableBuffer<Float>()]
+    /// A bf16 C's fp32 values while a product forms them, and a bf16 C's bias rounded to bf16.
+    private let bf16Output = GrowableBuffer<Float>(), roundedBias = GrowableBuffer<Float>()
     let planLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     public init(threads: Int = 1, products: CPUProducts = .fp32) {
@@ -379,16 +381,45 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                               b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int) {
-        precondition(c.dtype == .float32 && bias.dtype == .float32 && bias.count == n, "biasedProduct: C and bias fp32, bias of n")
-        tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: Operand(a), lda: lda,
-                  b: Operand(b), ldb: ldb, beta: 1, c: c.base, ldc: ldc, rowBias: bias.base)
+        precondition(bias.dtype == .float32 && bias.count == n, "biasedProduct: bias fp32, of n")
+        guard c.dtype == .bfloat16 else {
+            return tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: Operand(a), lda: lda,
+                             b: Operand(b), ldb: ldb, beta: 1, c: c.base, ldc: ldc, rowBias: bias.base)
+        }
+        // A bf16 C: the bias rounded to bf16 (autocast's addmm), then as a product with beta 1.
+        let rounded = roundedBias.at(least: n)
+        for j in 0..<n { rounded[j] = BFloat16.round(bias.base[j]) }
+        bf16Product(m: m, n: n, beta: 0, c: c, ldc: ldc) { c32 in  // the tiles set the bias: C is not read
+            tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: Operand(a), lda: lda,
+                      b: Operand(b), ldb: ldb, beta: 1, c: c32, ldc: n, rowBias: rounded)
+        }
     }
 
     public func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                         b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int) {
-        precondition(c.dtype == .float32, "product: C must be fp32")
-        tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: Operand(a), lda: lda,
-                  b: Operand(b), ldb: ldb, beta: beta, c: c.base, ldc: ldc, rowBias: nil)
+        guard c.dtype == .bfloat16 else {
+            return tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: Operand(a), lda: lda,
+                             b: Operand(b), ldb: ldb, beta: beta, c: c.base, ldc: ldc, rowBias: nil)
+        }
+        bf16Product(m: m, n: n, beta: beta, c: c, ldc: ldc) { c32 in
+            tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: Operand(a), lda: lda,
+                      b: Operand(b), ldb: ldb, beta: beta, c: c32, ldc: n, rowBias: nil)
+        }
+    }
+
+    /// A product into a bf16 C (m x n, leading dimension ldc): `form` writes its fp32 values into
+    /// a packed m x n buffer (holding C's values first when `beta`, the product's, reads them),
+    /// rounded once into C: the bits of an fp32 C converted.
+    private func bf16Product(m: Int, n: Int, beta: Float, c: Tensor, ldc: Int, _ form: (UnsafeMutablePointer<Float>) -> Void) {
+        guard m > 0 && n > 0 else { return }
+        let c32 = bf16Output.at(least: m * n)
+        let c16 = UnsafeMutableRawPointer(c.base).assumingMemoryBound(to: UInt16.self)
+        if beta != 0 { parallel(m, grain: max(1, CPUBackend.grain / n)) { r in CPUBackend.widen(c16, rows: r, cols: n, ld: ldc, into: c32) } }
+        form(c32)
+        let avx2 = avx2Flag
+        parallel(m, grain: max(1, CPUBackend.grain / n)) { r in
+            for row in r { radar_to_bf16_matrix(c32 + row * n, 1, Int64(n), Int64(n), c16 + row * ldc, avx2) }
+        }
     }
 
     public func convert(_ src: Tensor, into dst: Tensor) {

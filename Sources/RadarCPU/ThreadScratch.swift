@@ -18,8 +18,8 @@ enum ThreadScratch {
     /// One key per slot: a kernel that needs two or three buffers at once takes distinct slots
     /// (0: the NN-product transposition, 1 and 2: a product's converted operands, 3: an operand
     /// two products read, converted once, 4 and 5: the operands of a bf16 product oneDNN refused,
-    /// widened).
-    private static let keys: [pthread_key_t] = (0..<6).map { _ in
+    /// widened, 6: a serial product's fp32 output before it is rounded into a bf16 C).
+    private static let keys: [pthread_key_t] = (0..<7).map { _ in
         var k = pthread_key_t()
         pthread_key_create(&k) { raw in
             #if canImport(Darwin)

@@ -24,10 +24,13 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     private var normPartialCapacity = 0
     private let coefficient: UnsafeMutablePointer<Float>
     /// Device scratch that grows to its largest request (bf16 operands, FFT spectra, the partial
-    /// sums of the two-launch reductions in slot `partialSlot`).
-    private var scratch: [UnsafeMutableRawPointer?] = [nil, nil, nil, nil, nil]
-    private var scratchBytes = [0, 0, 0, 0, 0]
+    /// sums of the two-launch reductions in slot `partialSlot`, staged bf16 outputs).
+    private var scratch: [UnsafeMutableRawPointer?] = [nil, nil, nil, nil, nil, nil]
+    private var scratchBytes = [0, 0, 0, 0, 0, 0]
     private static let partialSlot = 4
+    /// Slot of the fp32 values of a bf16 output that cuBLAS cannot write as bf16 (fp32 or tf32
+    /// operands), converted once the products are done.
+    private static let stagingSlot = 5
     static let chunk = 65_536
     /// Rows per chunk of the column reductions (bias and LayerNorm parameter gradients): 8 to 64,
     /// as many as keep about 32K threads (an H200's 132 SMs, 256 each) busy. A function of the
@@ -195,13 +198,13 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// as the column-major cuBLAS call C_i^T = op(B_i)^T op(A_i)^T.
     func productOperands(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafeRawPointer, lda: Int, strideA: Int = 0,
                  b: UnsafeRawPointer, ldb: Int, strideB: Int = 0, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
-                 strideC: Int = 0, batch: Int = 1) {
+                 strideC: Int = 0, batch: Int = 1, outputBF16: Bool = false) {
         guard m > 0 && n > 0 && batch > 0 else { return }
         gemmFlops &+= 2 * m * n * k * batch
         let operands: GemmOperands = precision == .bf16 ? .bf16 : precision == .tf32 ? .tf32 : .fp32
         driver.gemm(StridedGemm(transA: transB, transB: transA, m: n, n: m, k: k, alpha: alpha, a: b, lda: ldb, strideA: strideB,
                                 b: a, ldb: lda, strideB: strideA, beta: beta, c: c, ldc: ldc, strideC: strideC, batch: batch,
-                                operands: operands))
+                                operands: operands, outputBF16: outputBF16))
     }
 
     /// The same with fp32 operands in device memory, converted for this precision (whole spans).
@@ -222,18 +225,35 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
 
     public func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                         b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int) {
-        precondition(c.dtype == .float32, "product: C must be fp32")
         let oa = operand(a, slot: 0), ob = operand(b, slot: 1)
+        guard c.dtype == .bfloat16 else {
+            productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
+                            beta: beta, c: c.base, ldc: ldc)
+            return
+        }
+        if precision == .bf16 {  // cuBLAS writes the bf16 C itself (fp32 accumulation, rounded once)
+            productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
+                            beta: beta, c: c.base, ldc: ldc, outputBF16: true)
+            return
+        }
+        // fp32 operands: C's span widened into fp32 scratch (where beta reads it, or columns past
+        // n must come back as they were: bf16 -> fp32 -> bf16 is exact), the product, converted.
+        guard m > 0 && n > 0 else { return }
+        let span = (m - 1) * ldc + n
+        let c32 = scratch(CUDABackend.stagingSlot, bytes: span * 4).assumingMemoryBound(to: Float.self)
+        if beta != 0 || ldc != n { elementwise("radar_from_bf16", span, [p(c), .raw(c32), .i64(span)]) }
         productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
-                        beta: beta, c: c.base, ldc: ldc)
+                        beta: beta, c: c32, ldc: ldc)
+        elementwise("radar_to_bf16", span, [.raw(c32), p(c), .i64(span)])
     }
 
     /// The bias set in C by one launch, then cuBLAS with beta 1 (the same launches as a product
-    /// and `addRowBias`, one pass over C fewer).
+    /// and `addRowBias`, one pass over C fewer). A bf16 C gets the bias rounded to bf16 (as
+    /// autocast's addmm), the product accumulated in fp32 and rounded once.
     public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                               b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int) {
-        precondition(c.dtype == .float32 && bias.dtype == .float32 && bias.count == n, "biasedProduct: C and bias fp32, bias of n")
-        elementwise("radar_fill_rows", m * n, [p(bias), p(c), .i64(m), .i32(n), .i32(ldc)])
+        precondition(bias.dtype == .float32 && bias.count == n, "biasedProduct: bias fp32, of n")
+        elementwise("radar_fill_rows", m * n, [p(bias), p(c), bf16(c), .i64(m), .i32(n), .i32(ldc)])
         product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: 1, c: c, ldc: ldc)
     }
 
@@ -263,7 +283,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let chunks = (rows + chunk - 1) / chunk
         guard chunks > 0 else { return }
         let partial = scratch(CUDABackend.partialSlot, bytes: chunks * cols * 4)
-        elementwise("radar_column_chunk_sums", chunks * cols, [p(src), .raw(partial), .i32(rows), .i32(cols), .i32(chunk)])
+        elementwise("radar_column_chunk_sums", chunks * cols, [p(src), bf16(src), .raw(partial), .i32(rows), .i32(cols), .i32(chunk)])
         self.rows("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(cols), .i32(cols), p(dst)])  // a warp per column
     }
     public func reluForward(_ x: Tensor, _ y: Tensor) { elementwise("radar_relu_forward", x.count, [p(x), p(y), .i64(x.count)]) }
@@ -274,7 +294,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         elementwise("radar_gelu_forward", x.count, [p(x), bf16(x), p(y), bf16(y), .ptr(cdf?.base), .i64(x.count)])
     }
     public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor) {
-        elementwise("radar_gelu_backward", dy.count, [p(dy), p(x), bf16(x), .ptr(cdf?.base), p(dx), .i64(dy.count)])
+        elementwise("radar_gelu_backward", dy.count, [p(dy), bf16(dy), p(x), bf16(x), .ptr(cdf?.base), p(dx), bf16(dx), .i64(dy.count)])
     }
     public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) { softmaxForward(x, y, bf16Copy: nil, cols: cols) }
     /// With a bf16 copy of y written at `bf16Copy` too (the attention's product operand).
@@ -430,6 +450,24 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         softmaxForward(scores, probs, bf16Copy: bf16Copy, cols: n)
     }
 
+    /// Where products write an output every element of which they write: the tensor itself (fp32,
+    /// or bf16 that cuBLAS writes from bf16 operands), or fp32 staging that `finish` converts.
+    struct Output {
+        let base: UnsafeMutableRawPointer, bf16: Bool, staged: Bool
+        /// The address `elements` in (the C pointer of a product; bf16 elements are two bytes).
+        func at(_ elements: Int) -> UnsafeMutablePointer<Float> {
+            (base + elements * (bf16 ? 2 : 4)).assumingMemoryBound(to: Float.self)
+        }
+    }
+    private func output(_ t: Tensor) -> Output {
+        guard t.dtype == .bfloat16 else { return Output(base: UnsafeMutableRawPointer(t.base), bf16: false, staged: false) }
+        if precision == .bf16 { return Output(base: UnsafeMutableRawPointer(t.base), bf16: true, staged: false) }
+        return Output(base: scratch(CUDABackend.stagingSlot, bytes: t.count * 4), bf16: false, staged: true)
+    }
+    private func finish(_ o: Output, into t: Tensor) {
+        if o.staged { elementwise("radar_to_bf16", t.count, [.raw(o.base), p(t), .i64(t.count)]) }
+    }
+
     public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         let x = operand(qkv, slot: 0)
@@ -437,11 +475,13 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let copy = precision == .bf16 ? scratch(1, bytes: probs.count * 2) : nil
         attentionProbabilities(x, qkv.shape, heads: h, scale: scale, scores: scores, probs: probs, bf16Copy: copy)
         let pr = copy.map { Operand(base: UnsafeRawPointer($0), width: 2) } ?? operand(probs.base, count: probs.count, slot: 1)
+        let out = output(merged)
         for hi in 0..<h {
             productOperands(transA: false, transB: false, m: n, n: hd, k: n, alpha: 1, a: pr.at(hi * n * n), lda: n, strideA: h * n * n,
-                    b: x.at(2 * d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: merged.base + hi * hd, ldc: d,
-                    strideC: n * d, batch: b)
+                    b: x.at(2 * d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: out.at(hi * hd), ldc: d,
+                    strideC: n * d, batch: b, outputBF16: out.bf16)
         }
+        finish(out, into: merged)
     }
 
     public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads h: Int, scale: Float, dProbs: Tensor,
@@ -449,13 +489,14 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         let dO = operand(dMerged.base, count: dMerged.count, slot: 0), x = operand(qkv, slot: 1)
         let pr = operand(probs.base, count: probs.count, slot: 2)
+        let out = output(dQKV)
         for hi in 0..<h {
             productOperands(transA: false, transB: true, m: n, n: n, k: hd, alpha: 1, a: dO.at(hi * hd), lda: d, strideA: n * d,
                     b: x.at(2 * d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: dProbs.base + hi * n * n, ldc: n,
                     strideC: h * n * n, batch: b)
             productOperands(transA: true, transB: false, m: n, n: hd, k: n, alpha: 1, a: pr.at(hi * n * n), lda: n, strideA: h * n * n,
-                    b: dO.at(hi * hd), ldb: d, strideB: n * d, beta: 0, c: dQKV.base + 2 * d + hi * hd, ldc: 3 * d, strideC: n * 3 * d,
-                    batch: b)
+                    b: dO.at(hi * hd), ldb: d, strideB: n * d, beta: 0, c: out.at(2 * d + hi * hd), ldc: 3 * d, strideC: n * 3 * d,
+                    batch: b, outputBF16: out.bf16)
         }
         // bf16: dScores (scratch, read only by the products below) is written as their bf16 operand.
         let ds: Operand
@@ -469,12 +510,13 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         }
         for hi in 0..<h {
             productOperands(transA: false, transB: false, m: n, n: hd, k: n, alpha: scale, a: ds.at(hi * n * n), lda: n, strideA: h * n * n,
-                    b: x.at(d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: dQKV.base + hi * hd, ldc: 3 * d,
-                    strideC: n * 3 * d, batch: b)
+                    b: x.at(d + hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: out.at(hi * hd), ldc: 3 * d,
+                    strideC: n * 3 * d, batch: b, outputBF16: out.bf16)
             productOperands(transA: true, transB: false, m: n, n: hd, k: n, alpha: scale, a: ds.at(hi * n * n), lda: n, strideA: h * n * n,
-                    b: x.at(hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: dQKV.base + d + hi * hd, ldc: 3 * d,
-                    strideC: n * 3 * d, batch: b)
+                    b: x.at(hi * hd), ldb: 3 * d, strideB: n * 3 * d, beta: 0, c: out.at(d + hi * hd), ldc: 3 * d,
+                    strideC: n * 3 * d, batch: b, outputBF16: out.bf16)
         }
+        finish(out, into: dQKV)
     }
 
     // Fused attention (kernels/attention.cuh): a block per 64 rows of one (image, head).
@@ -495,9 +537,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let (blocks, n, hd) = attentionBlocks(qkv, heads: h)
         // dQ and delta first; dK and dV read delta.
         driver.launch("radar_attention_backward_query_hd\(hd)", grid: blocks, block: 128,
-                      [p(qkv), p(merged), p(dMerged), p(logSumExp), p(delta), p(dQKV), .i32(n), .i32(h), .f32(scale)])
+                      [p(qkv), p(merged), p(dMerged), p(logSumExp), p(delta), p(dQKV), bf16(dQKV), .i32(n), .i32(h), .f32(scale)])
         driver.launch("radar_attention_backward_key_value_hd\(hd)", grid: blocks, block: 128,
-                      [p(qkv), p(dMerged), p(logSumExp), p(delta), p(dQKV), .i32(n), .i32(h), .f32(scale)])
+                      [p(qkv), p(dMerged), p(logSumExp), p(delta), p(dQKV), bf16(dQKV), .i32(n), .i32(h), .f32(scale)])
     }
 
     // MARK: Pooling, tokens, columns

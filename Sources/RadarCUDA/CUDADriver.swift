@@ -19,7 +19,9 @@ public enum GemmOperands: Sendable {
 
 /// One `cublasGemmStridedBatchedEx` call, in cuBLAS's own conventions: column-major matrices,
 /// `C_i = alpha op(A_i) op(B_i) + beta C_i` for i in 0..<batch, op(A) m x k, op(B) k x n,
-/// C m x n (fp32), each matrix i at its base + i * stride elements.
+/// C m x n, each matrix i at its base + i * stride elements. C is fp32, or bf16 with bf16
+/// operands (`outputBF16`: C read as its fp32 value, the fp32 result rounded once to nearest even,
+/// as cuBLAS's CUDA_R_16BF output).
 public struct StridedGemm {
     public var transA: Bool, transB: Bool
     public var m: Int, n: Int, k: Int
@@ -30,10 +32,13 @@ public struct StridedGemm {
     public var c: UnsafeMutablePointer<Float>, ldc: Int, strideC: Int
     public var batch: Int
     public var operands: GemmOperands
+    /// C holds bf16 elements (only with bf16 operands); its address is still typed as floats.
+    public var outputBF16: Bool
 
     public init(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafeRawPointer, lda: Int, strideA: Int = 0,
                 b: UnsafeRawPointer, ldb: Int, strideB: Int = 0, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, strideC: Int = 0,
-                batch: Int = 1, operands: GemmOperands = .fp32) {
+                batch: Int = 1, operands: GemmOperands = .fp32, outputBF16: Bool = false) {
+        precondition(!outputBF16 || operands == .bf16, "a bf16 C needs bf16 operands")
         self.transA = transA; self.transB = transB
         self.m = m; self.n = n; self.k = k
         self.alpha = alpha
@@ -43,6 +48,7 @@ public struct StridedGemm {
         self.c = c; self.ldc = ldc; self.strideC = strideC
         self.batch = batch
         self.operands = operands
+        self.outputBF16 = outputBF16
     }
 }
 

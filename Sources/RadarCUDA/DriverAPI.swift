@@ -455,10 +455,10 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         let compute = g.operands == .tf32 ? C.CUBLAS_COMPUTE_32F_FAST_TF32 : C.CUBLAS_COMPUTE_32F
         var alpha = g.alpha, beta = g.beta
         var r: Int32 = 0
-        timing("gemm \(g.operands) \(g.transA ? "T" : "N")\(g.transB ? "T" : "N") m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)") {
+        timing("gemm \(g.operands)\(g.outputBF16 ? "->bf16" : "") \(g.transA ? "T" : "N")\(g.transB ? "T" : "N") m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)") {
         r = blasGemm(blas, g.transA ? C.CUBLAS_OP_T : C.CUBLAS_OP_N, g.transB ? C.CUBLAS_OP_T : C.CUBLAS_OP_N,
                          Int32(g.m), Int32(g.n), Int32(g.k), &alpha, g.a, type, Int32(g.lda), Int64(g.strideA), g.b, type, Int32(g.ldb),
-                         Int64(g.strideB), &beta, UnsafeMutableRawPointer(g.c), C.CUDA_R_32F, Int32(g.ldc), Int64(g.strideC),
+                         Int64(g.strideB), &beta, UnsafeMutableRawPointer(g.c), g.outputBF16 ? C.CUDA_R_16BF : C.CUDA_R_32F, Int32(g.ldc), Int64(g.strideC),
                          Int32(g.batch), compute, C.CUBLAS_GEMM_DEFAULT)
         }
         if r != C.CUBLAS_STATUS_SUCCESS {

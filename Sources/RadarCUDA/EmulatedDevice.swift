@@ -23,6 +23,8 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     public let capacity: Int
     /// Host scratch for operand conversions (TF32 rounding, bf16 expansion).
     private var scratchA = HostScratch(), scratchB = HostScratch()
+    /// Host scratch for a bf16 C's fp32 values.
+    private var scratchC = HostScratch()
 
     /// A host buffer that only grows.
     struct HostScratch {
@@ -68,6 +70,7 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     deinit {
         scratchA.base?.deallocate()
         scratchB.base?.deallocate()
+        scratchC.base?.deallocate()
     }
 
     public var deviceDescription: String { "cuda:\(ordinal) (emulated device, \(Bytes.text(capacity)))" }
@@ -283,12 +286,26 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
         let spanA = EmulatedDevice.span(rows: g.transA ? g.k : g.m, cols: g.transA ? g.m : g.k, ld: g.lda)
         let spanB = EmulatedDevice.span(rows: g.transB ? g.n : g.k, cols: g.transB ? g.k : g.n, ld: g.ldb)
         let ha = UnsafeRawPointer(host(g.a, "cuBLAS A")!), hb = UnsafeRawPointer(host(g.b, "cuBLAS B")!)
-        let hc = host(g.c, "cuBLAS C")!.assumingMemoryBound(to: Float.self)
+        let hc = host(g.c, "cuBLAS C")!
         for i in 0..<g.batch {
             let a = operand(ha + i * g.strideA * elementBytes, count: spanA, g.operands, into: &scratchA)
             let b = operand(hb + i * g.strideB * elementBytes, count: spanB, g.operands, into: &scratchB)
+            guard g.outputBF16 else {
+                cpu.gemmSerial(transA: g.transB, transB: g.transA, m: g.n, n: g.m, k: g.k, alpha: g.alpha, a: b, lda: g.ldb,
+                               b: a, ldb: g.lda, beta: g.beta, c: hc.assumingMemoryBound(to: Float.self) + i * g.strideC, ldc: g.ldc)
+                continue
+            }
+            // A bf16 C: its fp32 values (when beta reads them), the same fp32 product, rounded once.
+            let c16 = UnsafeMutableRawPointer(hc).assumingMemoryBound(to: UInt16.self) + i * g.strideC
+            let c32 = scratchC.at(least: g.m * g.n)
+            for col in 0..<g.n {
+                for row in 0..<g.m { c32[col * g.m + row] = g.beta == 0 ? 0 : BFloat16.float(c16[col * g.ldc + row]) }
+            }
             cpu.gemmSerial(transA: g.transB, transB: g.transA, m: g.n, n: g.m, k: g.k, alpha: g.alpha, a: b, lda: g.ldb,
-                           b: a, ldb: g.lda, beta: g.beta, c: hc + i * g.strideC, ldc: g.ldc)
+                           b: a, ldb: g.lda, beta: g.beta, c: c32, ldc: g.m)
+            for col in 0..<g.n {
+                for row in 0..<g.m { c16[col * g.ldc + row] = BFloat16.bits(c32[col * g.m + row]) }
+            }
         }
     }
 

@@ -595,8 +595,10 @@ EXPORT int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int 
     if (transa < 0 || transa > 2 || transb < 0 || transb > 2 || m < 0 || n < 0 || k < 0 || batch < 0) return BLAS_INVALID_VALUE;
     const long rowsA = transa ? k : m, colsA = transa ? m : k, rowsB = transb ? n : k, colsB = transb ? k : n;
     if (lda < std::max(1L, rowsA) || ldb < std::max(1L, rowsB) || ldc < std::max(1, m)) return BLAS_INVALID_VALUE;
-    // Types DriverAPI uses: fp32 or bf16 inputs, fp32 output, fp32 compute (or its TF32 variant).
-    if (Atype != Btype || (Atype != 0 && Atype != 14) || Ctype != 0) return BLAS_NOT_SUPPORTED;
+    // Types DriverAPI uses: fp32 or bf16 inputs, fp32 output (or bf16 with bf16 inputs), fp32
+    // compute (or its TF32 variant).
+    if (Atype != Btype || (Atype != 0 && Atype != 14) || (Ctype != 0 && Ctype != 14) || (Ctype == 14 && Atype != 14))
+        return BLAS_NOT_SUPPORTED;
     if (computeType != 68 && computeType != 77) return BLAS_NOT_SUPPORTED;  // CUBLAS_COMPUTE_32F(_FAST_TF32)
     if (computeType == 77 && Atype != 0) return BLAS_NOT_SUPPORTED;
     if (algo != -1 && algo != 99) return BLAS_INVALID_VALUE;  // CUBLAS_GEMM_DEFAULT (_TENSOR_OP)
@@ -608,16 +610,40 @@ EXPORT int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int 
     auto covers = [&](const void *p, size_t count, long long stride, size_t bytes) {
         return count == 0 || inDevice(uintptr_t(p), (size_t(stride) * size_t(batch - 1) + count) * bytes);
     };
-    if (!covers(A, spanA, strideA, element) || !covers(B, spanB, strideB, element) || !covers(C, spanC, strideC, 4)) return BLAS_INVALID_VALUE;
+    const size_t cElement = Ctype == 14 ? 2 : 4;
+    if (!covers(A, spanA, strideA, element) || !covers(B, spanB, strideB, element) || !covers(C, spanC, strideC, cElement))
+        return BLAS_INVALID_VALUE;
     runsNow(static_cast<Blas *>(handle)->stream);
     const bool round = computeType == 77 || (static_cast<Blas *>(handle)->mathMode & 0xf) == 3;
     const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
     for (int i = 0; i < batch; i++) {
         std::vector<float> x = operand(static_cast<const char *>(A) + size_t(i) * size_t(strideA) * element, spanA, Atype, round);
         std::vector<float> y = operand(static_cast<const char *>(B) + size_t(i) * size_t(strideB) * element, spanB, Btype, round);
-        float *c = static_cast<float *>(C) + size_t(i) * size_t(strideC);
+        if (Ctype == 0) {
+            float *c = static_cast<float *>(C) + size_t(i) * size_t(strideC);
+            cblas_sgemm(CblasColMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans, m, n, k, a,
+                        x.empty() ? nullptr : x.data(), lda, y.empty() ? nullptr : y.data(), ldb, b, c, ldc);
+            continue;
+        }
+        // A bf16 C: read as fp32 (when beta is not 0), the product in fp32, rounded to nearest even.
+        uint16_t *c16 = static_cast<uint16_t *>(C) + size_t(i) * size_t(strideC);
+        std::vector<float> c(size_t(m) * size_t(n), 0.0f);
+        if (b != 0)
+            for (int col = 0; col < n; col++)
+                for (int row = 0; row < m; row++) {
+                    uint32_t u = uint32_t(c16[size_t(col) * ldc + row]) << 16;
+                    memcpy(&c[size_t(col) * m + row], &u, 4);
+                }
         cblas_sgemm(CblasColMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans, m, n, k, a,
-                    x.empty() ? nullptr : x.data(), lda, y.empty() ? nullptr : y.data(), ldb, b, c, ldc);
+                    x.empty() ? nullptr : x.data(), lda, y.empty() ? nullptr : y.data(), ldb, b, c.data(), m);
+        for (int col = 0; col < n; col++)
+            for (int row = 0; row < m; row++) {
+                uint32_t u;
+                memcpy(&u, &c[size_t(col) * m + row], 4);
+                if ((u & 0x7fffffffu) > 0x7f800000u) u |= 0x00400000u;  // NaN stays a quiet NaN
+                else u += 0x7fffu + ((u >> 16) & 1u);
+                c16[size_t(col) * ldc + row] = uint16_t(u >> 16);
+            }
     }
     return BLAS_SUCCESS;
 }

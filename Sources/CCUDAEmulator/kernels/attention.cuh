@@ -4,7 +4,8 @@
 // operands, fp32 accumulators); softmax statistics, the log-sum-exp and the gradients in fp32.
 //
 // qkv (B, N, 3D) bf16 with [q|k|v] and heads of HD channels side by side; merged (B, N, D) bf16;
-// lse and delta (B, H, N) fp32; dmerged and dqkv fp32. A block (128 threads): one (image, head) and 64 rows
+// lse and delta (B, H, N) fp32; dmerged fp32; dqkv fp32, or bf16 (dqkv_bf16: the gradient of bf16 qkv,
+// as AMP's; accumulated in fp32 and rounded once). A block (128 threads): one (image, head) and 64 rows
 // (queries, or keys for dK/dV), 4 warps of 16 rows; it walks the other side 64 at a time through
 // shared memory. Rows past N are zeros in, masked, never written. Deterministic: every output
 // element is written by one block, summed in a fixed order (dQ and dK/dV by two kernels, no atomics).
@@ -23,6 +24,11 @@ __device__ __forceinline__ void radar_mma_bf16(float* d, const unsigned* a, cons
 #define ATTN_PAD 8    // bf16 elements of padding per shared row (spreads a fragment's loads over banks)
 
 __device__ __forceinline__ unsigned attn_pack(float lo, float hi) { return radar_bf16_bits(lo) | (unsigned)radar_bf16_bits(hi) << 16; }
+// Two adjacent gradient elements (i even): fp32, or bf16 as one 32-bit store.
+__device__ __forceinline__ void attn_store2(float* dst, int bf16, long i, float a, float b) {
+    if (bf16) *(unsigned*)((unsigned short*)dst + i) = attn_pack(a, b);
+    else dst[i] = a, dst[i + 1] = b;
+}
 __device__ __forceinline__ float attn_low(unsigned r) { return __uint_as_float(r << 16); }
 __device__ __forceinline__ float attn_high(unsigned r) { return __uint_as_float(r & 0xffff0000u); }
 // Over the four lanes that hold one accumulator row.
@@ -206,7 +212,8 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
 // dQ of 64 query rows (and delta = rowsum(dO o O), which the key/value kernel reads): walks the keys.
 template <int HD>
 __device__ __forceinline__ void attention_backward_query(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
-                                                         const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
+                                                         const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                         float scale) {
     constexpr int LK = HD + ATTN_PAD, LT = ATTN_TILE + ATTN_PAD;
     __shared__ unsigned ks_words[ATTN_TILE * LK / 2], vs_words[ATTN_TILE * LK / 2], kt_words[HD * LT / 2];
     unsigned short* ks = (unsigned short*)ks_words;  // keys, a row each
@@ -266,16 +273,17 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
     for (int i = 0; i < 2; ++i) {
         const int r = row + g + 8 * i;
         if (r >= n) continue;
-        float* dst = dqkv + ((long)image * n + r) * ld + h * HD + 2 * t;
+        const long dst = ((long)image * n + r) * ld + h * HD + 2 * t;
 #pragma unroll
-        for (int jn = 0; jn < HD / 8; ++jn) dst[jn * 8] = dq[jn][2 * i] * scale, dst[jn * 8 + 1] = dq[jn][2 * i + 1] * scale;
+        for (int jn = 0; jn < HD / 8; ++jn) attn_store2(dqkv, dqkv_bf16, dst + jn * 8, dq[jn][2 * i] * scale, dq[jn][2 * i + 1] * scale);
     }
 }
 
 // dK and dV of 64 key rows: walks the queries (after attention_backward_query wrote delta).
 template <int HD>
 __device__ __forceinline__ void attention_backward_key_value(const unsigned short* qkv, const float* dmerged, const float* lse,
-                                                             const float* delta, float* dqkv, int n, int heads, float scale) {
+                                                             const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                             float scale) {
     constexpr int LK = HD + ATTN_PAD, LT = ATTN_TILE + ATTN_PAD;
     __shared__ unsigned qs_words[ATTN_TILE * LK / 2], qt_words[HD * LT / 2], os_words[ATTN_TILE * LK / 2], ot_words[HD * LT / 2];
     __shared__ float lse_s[ATTN_TILE], delta_s[ATTN_TILE];
@@ -336,11 +344,11 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
     for (int i = 0; i < 2; ++i) {
         const int r = row + g + 8 * i;
         if (r >= n) continue;
-        float* dst = dqkv + ((long)image * n + r) * ld + h * HD + 2 * t;
+        const long dst = ((long)image * n + r) * ld + h * HD + 2 * t;
 #pragma unroll
         for (int jn = 0; jn < HD / 8; ++jn) {
-            dst[d + jn * 8] = dk[jn][2 * i] * scale, dst[d + jn * 8 + 1] = dk[jn][2 * i + 1] * scale;
-            dst[2 * d + jn * 8] = dv[jn][2 * i], dst[2 * d + jn * 8 + 1] = dv[jn][2 * i + 1];
+            attn_store2(dqkv, dqkv_bf16, dst + d + jn * 8, dk[jn][2 * i] * scale, dk[jn][2 * i + 1] * scale);
+            attn_store2(dqkv, dqkv_bf16, dst + 2 * d + jn * 8, dv[jn][2 * i], dv[jn][2 * i + 1]);
         }
     }
 }
@@ -360,26 +368,32 @@ extern "C" __global__ void radar_attention_forward_hd64(const unsigned short* qk
     attention_forward<64>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd16(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
-                                                               const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_query<16>(qkv, merged, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                               const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                               float scale) {
+    attention_backward_query<16>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd32(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
-                                                               const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_query<32>(qkv, merged, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                               const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                               float scale) {
+    attention_backward_query<32>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd64(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
-                                                               const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_query<64>(qkv, merged, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                               const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                               float scale) {
+    attention_backward_query<64>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd16(const unsigned short* qkv, const float* dmerged, const float* lse,
-                                                                   const float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_key_value<16>(qkv, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                                   const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                   float scale) {
+    attention_backward_key_value<16>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd32(const unsigned short* qkv, const float* dmerged, const float* lse,
-                                                                   const float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_key_value<32>(qkv, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                                   const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                   float scale) {
+    attention_backward_key_value<32>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd64(const unsigned short* qkv, const float* dmerged, const float* lse,
-                                                                   const float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_key_value<64>(qkv, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                                   const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                   float scale) {
+    attention_backward_key_value<64>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }

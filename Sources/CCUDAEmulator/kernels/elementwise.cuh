@@ -36,16 +36,19 @@ extern "C" __global__ void radar_add_row_bias(const float* bias, float* out, lon
 }
 
 // out[r * ld + c] = row[c] for r < rows, c < cols: a Linear's bias set in C before its product
-// accumulates onto it (beta 1), as torch.addmm does.
-template <typename I> __device__ __forceinline__ void radar_fill_rows_body(I n, const float* row, float* out, int cols, int ld) {
+// accumulates onto it (beta 1), as torch.addmm does. With out_bf16, out holds bf16 and gets the
+// bias rounded to bf16 (autocast's addmm: its bias is a bf16 operand too).
+template <typename I> __device__ __forceinline__ void radar_fill_rows_body(I n, const float* row, float* out, int out_bf16, int cols, int ld) {
+    unsigned short* out16 = (unsigned short*)out;
     GRID_STRIDE_AS(I, i, n) {
         I r = i / (I)cols;
         int c = (int)(i - r * (I)cols);
-        out[(long)r * ld + c] = row[c];
+        if (out_bf16) out16[(long)r * ld + c] = radar_bf16_bits(row[c]);
+        else out[(long)r * ld + c] = row[c];
     }
 }
-extern "C" __global__ void radar_fill_rows(const float* row, float* out, long rows, int cols, int ld) {
-    RADAR_INDEXED(radar_fill_rows_body, rows * cols, row, out, cols, ld);
+extern "C" __global__ void radar_fill_rows(const float* row, float* out, int out_bf16, long rows, int cols, int ld) {
+    RADAR_INDEXED(radar_fill_rows_body, rows * cols, row, out, out_bf16, cols, ld);
 }
 
 // out[b, c, hw] += bias[c] for out (B, C, HW).
@@ -56,19 +59,25 @@ extern "C" __global__ void radar_add_channel_bias(const float* bias, float* out,
     RADAR_INDEXED(radar_add_channel_bias_body, n, bias, out, channels, hw);
 }
 
+// p[i] of an fp32 array, or of a bf16 one (bf16 set) as its exact fp32 value.
+__device__ __forceinline__ float radar_load(const void* p, int bf16, long i) {
+    return bf16 ? __uint_as_float((unsigned)((const unsigned short*)p)[i] << 16) : ((const float*)p)[i];
+}
+
 // Column sums, dst[c] += sum_r src[r, c], in two launches with a fixed order (no atomics; the
 // same bits on every GPU): radar_column_chunk_sums sums each column over chunks of `chunk`
 // consecutive rows (one thread per chunk and column, coalesced across columns), then
 // radar_add_chunk_sums adds a column's chunk sums (a warp per column, in a fixed order). (One
 // thread per column over all rows left a GPU nearly idle: a ViT-S bias gradient at batch 32 is 384
 // threads walking 6304 rows.)
-extern "C" __global__ void radar_column_chunk_sums(const float* src, float* partial, int rows, int cols, int chunk) {
+// src fp32, or bf16 (src_bf16: a bf16 gradient under bf16 activations, summed in fp32).
+extern "C" __global__ void radar_column_chunk_sums(const void* src, int src_bf16, float* partial, int rows, int cols, int chunk) {
     long chunks = (rows + chunk - 1) / chunk;
     GRID_STRIDE(e, chunks * cols) {
         int k = (int)(e / cols), c = (int)(e % cols);
         int lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
         float s = 0.f;
-        for (int r = lo; r < hi; ++r) s += src[(long)r * cols + c];
+        for (int r = lo; r < hi; ++r) s += radar_load(src, src_bf16, (long)r * cols + c);
         partial[e] = s;
     }
 }
@@ -102,9 +111,6 @@ __device__ __forceinline__ float radar_normal_cdf(float v) { return 0.5f * (1.f 
 // x and y each fp32, or bf16 (x_bf16, y_bf16: fc1's output and GELU's under bf16 activations,
 // read and written as they are: no widened copy, no fp32 y converted afterwards; the same bits).
 // cdf may be null (not kept).
-__device__ __forceinline__ float radar_load(const void* p, int bf16, long i) {
-    return bf16 ? __uint_as_float((unsigned)((const unsigned short*)p)[i] << 16) : ((const float*)p)[i];
-}
 extern "C" __global__ void radar_gelu_forward(const void* x, int x_bf16, void* y, int y_bf16, float* cdf, long n) {
     GRID_STRIDE(i, n) {
         float v = radar_load(x, x_bf16, i), phi = radar_normal_cdf(v);
@@ -114,12 +120,15 @@ extern "C" __global__ void radar_gelu_forward(const void* x, int x_bf16, void* y
 }
 
 // dx = dy (Phi(x) + x phi(x)), phi the normal density; Phi from cdf, or (null) recomputed as
-// forward computed it. x fp32 or bf16.
-extern "C" __global__ void radar_gelu_backward(const float* dy, const void* x, int x_bf16, const float* cdf, float* dx, long n) {
+// forward computed it. dy, x and dx each fp32 or bf16 (under bf16 activations: fc2's bf16 input
+// gradient in, fc1's bf16 output gradient out, computed in fp32 and rounded once).
+extern "C" __global__ void radar_gelu_backward(const void* dy, int dy_bf16, const void* x, int x_bf16, const float* cdf,
+                                               void* dx, int dx_bf16, long n) {
     GRID_STRIDE(i, n) {
         float v = radar_load(x, x_bf16, i);
         float pdf = 0.3989422804014327f * expf(-0.5f * v * v);
-        dx[i] = dy[i] * ((cdf ? cdf[i] : radar_normal_cdf(v)) + v * pdf);
+        float g = radar_load(dy, dy_bf16, i) * ((cdf ? cdf[i] : radar_normal_cdf(v)) + v * pdf);
+        if (dx_bf16) ((unsigned short*)dx)[i] = radar_bf16_bits(g); else ((float*)dx)[i] = g;
     }
 }
 

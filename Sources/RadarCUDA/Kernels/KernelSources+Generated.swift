@@ -31,7 +31,8 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
 // operands, fp32 accumulators); softmax statistics, the log-sum-exp and the gradients in fp32.
 //
 // qkv (B, N, 3D) bf16 with [q|k|v] and heads of HD channels side by side; merged (B, N, D) bf16;
-// lse and delta (B, H, N) fp32; dmerged and dqkv fp32. A block (128 threads): one (image, head) and 64 rows
+// lse and delta (B, H, N) fp32; dmerged fp32; dqkv fp32, or bf16 (dqkv_bf16: the gradient of bf16 qkv,
+// as AMP's; accumulated in fp32 and rounded once). A block (128 threads): one (image, head) and 64 rows
 // (queries, or keys for dK/dV), 4 warps of 16 rows; it walks the other side 64 at a time through
 // shared memory. Rows past N are zeros in, masked, never written. Deterministic: every output
 // element is written by one block, summed in a fixed order (dQ and dK/dV by two kernels, no atomics).
@@ -50,6 +51,11 @@ __device__ __forceinline__ void radar_mma_bf16(float* d, const unsigned* a, cons
 #define ATTN_PAD 8    // bf16 elements of padding per shared row (spreads a fragment's loads over banks)
 
 __device__ __forceinline__ unsigned attn_pack(float lo, float hi) { return radar_bf16_bits(lo) | (unsigned)radar_bf16_bits(hi) << 16; }
+// Two adjacent gradient elements (i even): fp32, or bf16 as one 32-bit store.
+__device__ __forceinline__ void attn_store2(float* dst, int bf16, long i, float a, float b) {
+    if (bf16) *(unsigned*)((unsigned short*)dst + i) = attn_pack(a, b);
+    else dst[i] = a, dst[i + 1] = b;
+}
 __device__ __forceinline__ float attn_low(unsigned r) { return __uint_as_float(r << 16); }
 __device__ __forceinline__ float attn_high(unsigned r) { return __uint_as_float(r & 0xffff0000u); }
 // Over the four lanes that hold one accumulator row.
@@ -233,7 +239,8 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
 // dQ of 64 query rows (and delta = rowsum(dO o O), which the key/value kernel reads): walks the keys.
 template <int HD>
 __device__ __forceinline__ void attention_backward_query(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
-                                                         const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
+                                                         const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                         float scale) {
     constexpr int LK = HD + ATTN_PAD, LT = ATTN_TILE + ATTN_PAD;
     __shared__ unsigned ks_words[ATTN_TILE * LK / 2], vs_words[ATTN_TILE * LK / 2], kt_words[HD * LT / 2];
     unsigned short* ks = (unsigned short*)ks_words;  // keys, a row each
@@ -293,16 +300,17 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
     for (int i = 0; i < 2; ++i) {
         const int r = row + g + 8 * i;
         if (r >= n) continue;
-        float* dst = dqkv + ((long)image * n + r) * ld + h * HD + 2 * t;
+        const long dst = ((long)image * n + r) * ld + h * HD + 2 * t;
 #pragma unroll
-        for (int jn = 0; jn < HD / 8; ++jn) dst[jn * 8] = dq[jn][2 * i] * scale, dst[jn * 8 + 1] = dq[jn][2 * i + 1] * scale;
+        for (int jn = 0; jn < HD / 8; ++jn) attn_store2(dqkv, dqkv_bf16, dst + jn * 8, dq[jn][2 * i] * scale, dq[jn][2 * i + 1] * scale);
     }
 }
 
 // dK and dV of 64 key rows: walks the queries (after attention_backward_query wrote delta).
 template <int HD>
 __device__ __forceinline__ void attention_backward_key_value(const unsigned short* qkv, const float* dmerged, const float* lse,
-                                                             const float* delta, float* dqkv, int n, int heads, float scale) {
+                                                             const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                             float scale) {
     constexpr int LK = HD + ATTN_PAD, LT = ATTN_TILE + ATTN_PAD;
     __shared__ unsigned qs_words[ATTN_TILE * LK / 2], qt_words[HD * LT / 2], os_words[ATTN_TILE * LK / 2], ot_words[HD * LT / 2];
     __shared__ float lse_s[ATTN_TILE], delta_s[ATTN_TILE];
@@ -363,11 +371,11 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
     for (int i = 0; i < 2; ++i) {
         const int r = row + g + 8 * i;
         if (r >= n) continue;
-        float* dst = dqkv + ((long)image * n + r) * ld + h * HD + 2 * t;
+        const long dst = ((long)image * n + r) * ld + h * HD + 2 * t;
 #pragma unroll
         for (int jn = 0; jn < HD / 8; ++jn) {
-            dst[d + jn * 8] = dk[jn][2 * i] * scale, dst[d + jn * 8 + 1] = dk[jn][2 * i + 1] * scale;
-            dst[2 * d + jn * 8] = dv[jn][2 * i], dst[2 * d + jn * 8 + 1] = dv[jn][2 * i + 1];
+            attn_store2(dqkv, dqkv_bf16, dst + d + jn * 8, dk[jn][2 * i] * scale, dk[jn][2 * i + 1] * scale);
+            attn_store2(dqkv, dqkv_bf16, dst + 2 * d + jn * 8, dv[jn][2 * i], dv[jn][2 * i + 1]);
         }
     }
 }
@@ -387,28 +395,34 @@ extern "C" __global__ void radar_attention_forward_hd64(const unsigned short* qk
     attention_forward<64>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd16(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
-                                                               const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_query<16>(qkv, merged, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                               const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                               float scale) {
+    attention_backward_query<16>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd32(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
-                                                               const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_query<32>(qkv, merged, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                               const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                               float scale) {
+    attention_backward_query<32>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd64(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
-                                                               const float* lse, float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_query<64>(qkv, merged, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                               const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                               float scale) {
+    attention_backward_query<64>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd16(const unsigned short* qkv, const float* dmerged, const float* lse,
-                                                                   const float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_key_value<16>(qkv, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                                   const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                   float scale) {
+    attention_backward_key_value<16>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd32(const unsigned short* qkv, const float* dmerged, const float* lse,
-                                                                   const float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_key_value<32>(qkv, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                                   const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                   float scale) {
+    attention_backward_key_value<32>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd64(const unsigned short* qkv, const float* dmerged, const float* lse,
-                                                                   const float* delta, float* dqkv, int n, int heads, float scale) {
-    attention_backward_key_value<64>(qkv, dmerged, lse, delta, dqkv, n, heads, scale);
+                                                                   const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                   float scale) {
+    attention_backward_key_value<64>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 """#)
 
@@ -698,16 +712,19 @@ extern "C" __global__ void radar_add_row_bias(const float* bias, float* out, lon
 }
 
 // out[r * ld + c] = row[c] for r < rows, c < cols: a Linear's bias set in C before its product
-// accumulates onto it (beta 1), as torch.addmm does.
-template <typename I> __device__ __forceinline__ void radar_fill_rows_body(I n, const float* row, float* out, int cols, int ld) {
+// accumulates onto it (beta 1), as torch.addmm does. With out_bf16, out holds bf16 and gets the
+// bias rounded to bf16 (autocast's addmm: its bias is a bf16 operand too).
+template <typename I> __device__ __forceinline__ void radar_fill_rows_body(I n, const float* row, float* out, int out_bf16, int cols, int ld) {
+    unsigned short* out16 = (unsigned short*)out;
     GRID_STRIDE_AS(I, i, n) {
         I r = i / (I)cols;
         int c = (int)(i - r * (I)cols);
-        out[(long)r * ld + c] = row[c];
+        if (out_bf16) out16[(long)r * ld + c] = radar_bf16_bits(row[c]);
+        else out[(long)r * ld + c] = row[c];
     }
 }
-extern "C" __global__ void radar_fill_rows(const float* row, float* out, long rows, int cols, int ld) {
-    RADAR_INDEXED(radar_fill_rows_body, rows * cols, row, out, cols, ld);
+extern "C" __global__ void radar_fill_rows(const float* row, float* out, int out_bf16, long rows, int cols, int ld) {
+    RADAR_INDEXED(radar_fill_rows_body, rows * cols, row, out, out_bf16, cols, ld);
 }
 
 // out[b, c, hw] += bias[c] for out (B, C, HW).
@@ -718,19 +735,25 @@ extern "C" __global__ void radar_add_channel_bias(const float* bias, float* out,
     RADAR_INDEXED(radar_add_channel_bias_body, n, bias, out, channels, hw);
 }
 
+// p[i] of an fp32 array, or of a bf16 one (bf16 set) as its exact fp32 value.
+__device__ __forceinline__ float radar_load(const void* p, int bf16, long i) {
+    return bf16 ? __uint_as_float((unsigned)((const unsigned short*)p)[i] << 16) : ((const float*)p)[i];
+}
+
 // Column sums, dst[c] += sum_r src[r, c], in two launches with a fixed order (no atomics; the
 // same bits on every GPU): radar_column_chunk_sums sums each column over chunks of `chunk`
 // consecutive rows (one thread per chunk and column, coalesced across columns), then
 // radar_add_chunk_sums adds a column's chunk sums (a warp per column, in a fixed order). (One
 // thread per column over all rows left a GPU nearly idle: a ViT-S bias gradient at batch 32 is 384
 // threads walking 6304 rows.)
-extern "C" __global__ void radar_column_chunk_sums(const float* src, float* partial, int rows, int cols, int chunk) {
+// src fp32, or bf16 (src_bf16: a bf16 gradient under bf16 activations, summed in fp32).
+extern "C" __global__ void radar_column_chunk_sums(const void* src, int src_bf16, float* partial, int rows, int cols, int chunk) {
     long chunks = (rows + chunk - 1) / chunk;
     GRID_STRIDE(e, chunks * cols) {
         int k = (int)(e / cols), c = (int)(e % cols);
         int lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
         float s = 0.f;
-        for (int r = lo; r < hi; ++r) s += src[(long)r * cols + c];
+        for (int r = lo; r < hi; ++r) s += radar_load(src, src_bf16, (long)r * cols + c);
         partial[e] = s;
     }
 }
@@ -764,9 +787,6 @@ __device__ __forceinline__ float radar_normal_cdf(float v) { return 0.5f * (1.f 
 // x and y each fp32, or bf16 (x_bf16, y_bf16: fc1's output and GELU's under bf16 activations,
 // read and written as they are: no widened copy, no fp32 y converted afterwards; the same bits).
 // cdf may be null (not kept).
-__device__ __forceinline__ float radar_load(const void* p, int bf16, long i) {
-    return bf16 ? __uint_as_float((unsigned)((const unsigned short*)p)[i] << 16) : ((const float*)p)[i];
-}
 extern "C" __global__ void radar_gelu_forward(const void* x, int x_bf16, void* y, int y_bf16, float* cdf, long n) {
     GRID_STRIDE(i, n) {
         float v = radar_load(x, x_bf16, i), phi = radar_normal_cdf(v);
@@ -776,12 +796,15 @@ extern "C" __global__ void radar_gelu_forward(const void* x, int x_bf16, void* y
 }
 
 // dx = dy (Phi(x) + x phi(x)), phi the normal density; Phi from cdf, or (null) recomputed as
-// forward computed it. x fp32 or bf16.
-extern "C" __global__ void radar_gelu_backward(const float* dy, const void* x, int x_bf16, const float* cdf, float* dx, long n) {
+// forward computed it. dy, x and dx each fp32 or bf16 (under bf16 activations: fc2's bf16 input
+// gradient in, fc1's bf16 output gradient out, computed in fp32 and rounded once).
+extern "C" __global__ void radar_gelu_backward(const void* dy, int dy_bf16, const void* x, int x_bf16, const float* cdf,
+                                               void* dx, int dx_bf16, long n) {
     GRID_STRIDE(i, n) {
         float v = radar_load(x, x_bf16, i);
         float pdf = 0.3989422804014327f * expf(-0.5f * v * v);
-        dx[i] = dy[i] * ((cdf ? cdf[i] : radar_normal_cdf(v)) + v * pdf);
+        float g = radar_load(dy, dy_bf16, i) * ((cdf ? cdf[i] : radar_normal_cdf(v)) + v * pdf);
+        if (dx_bf16) ((unsigned short*)dx)[i] = radar_bf16_bits(g); else ((float*)dx)[i] = g;
     }
 }
 

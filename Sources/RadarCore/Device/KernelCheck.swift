@@ -101,6 +101,21 @@ public enum KernelCheck {
             Case(name: "geluBackward/bf16", tensors: [t(Shape(38)), t(Shape(38)), t(Shape(38))]) { b, v in
                 withBFloat16(b, v[1]) { x in b.geluBackward(v[0], x: x, cdf: nil, v[2]) }
             },
+            // bf16 dy, x and dx (fc2's and fc1's gradients under bf16 activations): dx through an
+            // fp32 view (tensor 2); a last-bit difference in fp32 may round it one bf16 step apart.
+            Case(name: "geluBackward/bf16dx", tensors: [t(Shape(38)), t(Shape(38)), t(Shape(38))], rtol: 1e-2, atol: 1e-4) { b, v in
+                withBFloat16(b, v[0]) { dy in
+                    withBFloat16(b, v[1]) { x in
+                        withBFloat16(b, v[2]) { dx in
+                            b.geluBackward(dy, x: x, cdf: nil, dx)
+                            b.convert(dx, into: v[2])
+                        }
+                    }
+                }
+            },
+            Case(name: "accumulateColumnSums/bf16", tensors: [t(Shape(150, 7)), t(Shape(7))]) { b, v in
+                withBFloat16(b, v[0]) { src in b.accumulateColumnSums(src, into: v[1]) }
+            },
             Case(name: "softmaxForward", tensors: [t(Shape(5, 37)), t(Shape(5, 37))]) { b, v in b.softmaxForward(v[0], v[1], cols: 37) },
             // Rows longer than the kernels keep in registers (256 columns) take the second path.
             Case(name: "softmaxLongRows", tensors: [t(Shape(3, 300)), t(Shape(3, 300)), t(Shape(3, 300)), t(Shape(3, 300))]) { b, v in
@@ -169,6 +184,26 @@ public enum KernelCheck {
             Case(name: "attentionBackward", tensors: [t(Shape(2, 5, 12)), t(Shape(2, 5, 36)), t(Shape(2, 3, 5, 5), .unit), t(Shape(2, 3, 5, 5)),
                                                       t(Shape(2, 3, 5, 5)), t(Shape(2, 5, 36))]) { b, v in
                 b.attentionBackward(dMerged: v[0], qkv: v[1], probs: v[2], heads: 3, scale: 0.5, dProbs: v[3], dScores: v[4], dQKV: v[5])
+            },
+            // bf16 qkv, merged and dQKV (under bf16 activations): the outputs written by the
+            // products as bf16, compared as fp32 (merged: tensor 3; dQKV: tensor 5).
+            Case(name: "attentionForward/bf16", tensors: [t(Shape(2, 5, 36)), t(Shape(2, 3, 5, 5)), t(Shape(2, 3, 5, 5)), t(Shape(2, 5, 12))],
+                 rtol: 1e-2, atol: 1e-4) { b, v in
+                withBFloat16(b, v[0]) { qkv in
+                    withBFloat16(b, v[3]) { merged in
+                        b.attentionForward(qkv: qkv, heads: 3, scale: 0.5, scores: v[1], probs: v[2], merged: merged)
+                        b.convert(merged, into: v[3])
+                    }
+                }
+            },
+            Case(name: "attentionBackward/bf16", tensors: [t(Shape(2, 5, 12)), t(Shape(2, 5, 36)), t(Shape(2, 3, 5, 5), .unit), t(Shape(2, 3, 5, 5)),
+                                                           t(Shape(2, 3, 5, 5)), t(Shape(2, 5, 36))], rtol: 1e-2, atol: 1e-4) { b, v in
+                withBFloat16(b, v[1]) { qkv in
+                    withBFloat16(b, v[5]) { dQKV in
+                        b.attentionBackward(dMerged: v[0], qkv: qkv, probs: v[2], heads: 3, scale: 0.5, dProbs: v[3], dScores: v[4], dQKV: dQKV)
+                        b.convert(dQKV, into: v[5])
+                    }
+                }
             },
             Case(name: "globalAvgPoolForward", tensors: [t(Shape(2, 3, 4, 5)), t(Shape(2, 3))]) { b, v in b.globalAvgPoolForward(v[0], v[1]) },
             Case(name: "globalAvgPoolBackward", tensors: [t(Shape(2, 3)), t(Shape(2, 3, 4, 5))]) { b, v in b.globalAvgPoolBackward(v[0], v[1]) },
@@ -280,6 +315,23 @@ public enum KernelCheck {
                                     bias: v[2], c: v[4], ldc: 7)
                 }
             },
+            // A bf16 C (qkv's and fc1's outputs under bf16 activations), written by the product:
+            // the bias rounded to bf16, the fp32 sum rounded once; compared as fp32 (tensor 3).
+            // Where the device's fp32 sum differs from the CPU's in its last bits, the rounding may
+            // go the other way: one bf16 step (2^-8 relative) is within rtol 1e-2.
+            Case(name: "biasedProduct/bf16", tensors: [t(Shape(5, 19)), t(Shape(7, 19)), t(Shape(7)), t(Shape(5, 9)), t(Shape(5, 9))],
+                 rtol: 1e-2, atol: 1e-4) { b, v in
+                withBFloat16(b, v[0]) { a in
+                    withBFloat16(b, v[3]) { c in  // columns 7 and 8 of each row stay as they were
+                        b.biasedProduct(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 0.75, a: a, lda: 19, b: v[1], ldb: 19,
+                                        bias: v[2], c: c, ldc: 9)
+                        b.convert(c, into: v[4])
+                        b.product(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 1, a: v[0], lda: 19, b: v[1], ldb: 19,
+                                  beta: 0.5, c: c, ldc: 9)
+                        b.convert(c, into: v[3])
+                    }
+                }
+            },
             // Fused (flash) attention, bf16 qkv: N = 70 crosses a 64-row tile and is no multiple of
             // 16; heads of 16 and of 64 channels (the tiny and the full config). merged compared as
             // fp32 (tensor 1), then backward from it.
@@ -287,6 +339,7 @@ public enum KernelCheck {
             fusedAttentionCase("fusedAttentionBackward", batch: 2, tokens: 70, heads: 2, headDim: 16),
             fusedAttentionCase("fusedAttentionBackward/hd32", batch: 1, tokens: 33, heads: 1, headDim: 32),
             fusedAttentionCase("fusedAttentionBackward/hd64", batch: 1, tokens: 70, heads: 2, headDim: 64),
+            fusedAttentionCase("fusedAttentionBackward/bf16", batch: 2, tokens: 70, heads: 2, headDim: 16, bf16Gradient: true),
             Case(name: "gemm", tensors: [t(Shape(5, 19)), t(Shape(7, 19)), t(Shape(5, 7))]) { b, v in
                 b.gemm(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 0.75, a: v[0].base, lda: 19, b: v[1].base, ldb: 19, beta: 0.5,
                        c: v[2].base, ldc: 7)
@@ -300,7 +353,8 @@ public enum KernelCheck {
     /// other way where the recomputed probabilities differ in their last bits. rtol 1e-2 admits
     /// one bf16 ulp of merged (up to 2^-7 relative), which a GPU's tensor cores, summing in another
     /// order than the emulator, may move.
-    static func fusedAttentionCase(_ name: String, batch b: Int, tokens n: Int, heads h: Int, headDim hd: Int, backward: Bool = true) -> Case {
+    static func fusedAttentionCase(_ name: String, batch b: Int, tokens n: Int, heads h: Int, headDim hd: Int, backward: Bool = true,
+                                   bf16Gradient: Bool = false) -> Case {
         let d = h * hd
         return Case(name: name, tensors: [(Shape(b, n, 3 * d), .normal), (Shape(b, n, d), .zeros), (Shape(b, h, n), .zeros),
                                           (Shape(b, n, d), .normal), (Shape(b, h, n), .zeros), (Shape(b, n, 3 * d), .zeros)],
@@ -310,8 +364,16 @@ public enum KernelCheck {
                 let scale = 1 / Float(hd).squareRoot()
                 be.fusedAttentionForward(qkv: qkv, heads: h, scale: scale, merged: merged, logSumExp: v[2])
                 be.convert(merged, into: v[1])
-                if backward { be.fusedAttentionBackward(dMerged: v[3], qkv: qkv, merged: merged, logSumExp: v[2], heads: h, scale: scale, delta: v[4],
-                                          dQKV: v[5]) }
+                if backward && bf16Gradient {  // dQKV written as bf16, compared through tensor 5
+                    withBFloat16(be, v[5]) { g in
+                        be.fusedAttentionBackward(dMerged: v[3], qkv: qkv, merged: merged, logSumExp: v[2], heads: h, scale: scale, delta: v[4],
+                                                  dQKV: g)
+                        be.convert(g, into: v[5])
+                    }
+                } else if backward {
+                    be.fusedAttentionBackward(dMerged: v[3], qkv: qkv, merged: merged, logSumExp: v[2], heads: h, scale: scale, delta: v[4],
+                                              dQKV: v[5])
+                }
                 be.release(merged.base)
             }
         }

@@ -63,13 +63,17 @@ public protocol Backend: AnyObject {
               beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int)
 
 
-    /// The same on whole tensors, where A and B may be bf16 (C is fp32): a bf16 operand is
-    /// read as its exact fp32 value (and a bf16-precision product uses it as it is).
+    /// The same on whole tensors, where A, B and C may each be bf16: a bf16 operand is read as
+    /// its exact fp32 value (and a bf16-precision product uses it as it is); a bf16 C is read as
+    /// its fp32 value where beta is not 0 and gets the fp32 result rounded once (nearest even):
+    /// the bits of an fp32 C converted (on a GPU, cuBLAS writes it from its fp32 accumulators).
     func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                  b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int)
-    /// C = alpha * op(A) * op(B) + bias on every row of C (m x n, bias n fp32), A and B as in
+    /// C = alpha * op(A) * op(B) + bias on every row of C (m x n, bias n fp32), A, B and C as in
     /// `product`: a Linear's forward in torch.addmm's order, the bias set in C and the product
-    /// accumulated onto it (beta 1). One pass over C fewer than a product and `addRowBias`.
+    /// accumulated onto it (beta 1). One pass over C fewer than a product and `addRowBias`. A
+    /// bf16 C is set to the bias rounded to bf16, as autocast's addmm takes a bf16 bias: C =
+    /// bf16(alpha op(A) op(B) + bf16(bias)), the sum in fp32.
     func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                        b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int)
     /// dst = src in dst's dtype (equal counts): fp32 -> bf16 rounds to nearest even (NaN stays
@@ -86,7 +90,8 @@ public protocol Backend: AnyObject {
     func addRowBias(_ bias: Tensor, into out: Tensor)
     /// out[b, c, ...] += bias[c] for an out of (B, C, H, W).
     func addChannelBias(_ bias: Tensor, into out: Tensor)
-    /// dst[c] += sum_r src[r, c] for a src of rows x dst.count (bias gradients).
+    /// dst[c] += sum_r src[r, c] for a src of rows x dst.count (bias gradients). src may be bf16
+    /// (read as its exact fp32 values, summed in fp32).
     func accumulateColumnSums(_ src: Tensor, into dst: Tensor)
     func reluForward(_ x: Tensor, _ y: Tensor)
     func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor)
@@ -95,7 +100,8 @@ public protocol Backend: AnyObject {
     /// widening x, computing in fp32 and converting y).
     func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor?)
     /// dx = dy (Phi(x) + x phi(x)), Phi read from `cdf` when given, else recomputed bit for bit
-    /// as forward computed it. x may be bf16.
+    /// as forward computed it. dy, x and dx may each be bf16 (computed on fp32 values, dx
+    /// rounded once).
     func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor)
     /// Softmax over the last `cols` of each row.
     func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int)
@@ -154,13 +160,15 @@ public protocol Backend: AnyObject {
     /// Scaled dot-product attention of every head. qkv (B, N, 3D) holds [q|k|v] with heads of
     /// D / heads (bf16 under bf16 activations: only products read it); writes scores (scale
     /// q k^T) and probs (softmax over keys), both (B, H, N, N),
-    /// and merged (B, N, D) = probs v with heads side by side.
+    /// and merged (B, N, D) = probs v with heads side by side (merged may be bf16: its products
+    /// write it from fp32 accumulators, rounded once).
     func attentionForward(qkv: Tensor, heads: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor)
     /// The first half of `attentionForward` (scores, then probs), with the same kernels, so the
     /// probabilities are attentionForward's bit for bit: backward recomputes them instead of
     /// keeping (B, H, N, N) per block from forward to backward.
     func attentionProbabilities(qkv: Tensor, heads: Int, scale: Float, scores: Tensor, probs: Tensor)
-    /// From dMerged (B, N, D) writes dQKV (B, N, 3D); dProbs and dScores (B, H, N, N) are scratch.
+    /// From dMerged (B, N, D) writes dQKV (B, N, 3D; bf16 under bf16 activations, as AMP's
+    /// gradient of a bf16 qkv: rounded once); dProbs and dScores (B, H, N, N) are scratch.
     func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads: Int, scale: Float,
                            dProbs: Tensor, dScores: Tensor, dQKV: Tensor)
     /// Whether `fusedAttentionForward`/`fusedAttentionBackward` serve heads of `headDim` channels
@@ -170,7 +178,7 @@ public protocol Backend: AnyObject {
     /// logSumExp (B, H, N): each row's log-sum-exp of the scaled scores. The probabilities are
     /// rounded to bf16 for their product with v; their row sums stay fp32.
     func fusedAttentionForward(qkv: Tensor, heads: Int, scale: Float, merged: Tensor, logSumExp: Tensor)
-    /// dQKV (B, N, 3D) from dMerged (B, N, D), recomputing the probabilities from qkv and the
+    /// dQKV (B, N, 3D; fp32 or bf16) from dMerged (B, N, D), recomputing the probabilities from qkv and the
     /// forward's logSumExp. delta (B, H, N) is scratch (each row's dO . O). dO, the probabilities
     /// and dScores are rounded to bf16 where they are product operands.
     func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads: Int, scale: Float,

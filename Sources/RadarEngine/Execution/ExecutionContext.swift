@@ -102,31 +102,6 @@ public final class ExecutionContext: @unchecked Sendable {
     /// What an activation that only products read is kept as.
     public var productInputType: DType { bf16Activations ? .bfloat16 : .float32 }
 
-    /// A tensor of `shape` kept as `dtype`, written by `write` into fp32: for bf16, `write` gets
-    /// fp32 scratch, converted (rounded) once it returns and released, so the arena keeps the
-    /// bf16 tensor only.
-    @inlinable public func keep(_ shape: Shape, as dtype: DType, _ write: (Tensor) -> Void) -> Tensor {
-        guard dtype == .bfloat16 else {
-            let t = tensor(shape)
-            write(t)
-            return t
-        }
-        let kept = tensor(shape, dtype: .bfloat16)
-        let mark = arena.mark()
-        let scratch = tensor(shape)
-        write(scratch)
-        backend.convert(scratch, into: kept)
-        arena.rewind(to: mark)
-        return kept
-    }
-
-    /// `t` as fp32: itself, or (bf16) its exact widening in a new arena tensor.
-    @inlinable public func widened(_ t: Tensor) -> Tensor {
-        guard t.dtype == .bfloat16 else { return t }
-        let w = tensor(t.shape)
-        backend.convert(t, into: w)
-        return w
-    }
     /// `t` as an operand of several products: where every product rounds to bf16 anyway, a bf16
     /// copy in a new arena tensor (rounded once, the same bits); else `t` itself.
     @inlinable public func productOperand(_ t: Tensor) -> Tensor {

@@ -30,8 +30,9 @@ public enum GELU {
         return (y, Saved(x: x, cdf: cdf))
     }
 
-    public static func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext) -> Tensor {
-        let dx = ctx.tensor(saved.x.shape)
+    /// dx of dtype `output` (dy and the saved x may be bf16; computed in fp32, dx rounded once).
+    public static func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, output: DType = .float32) -> Tensor {
+        let dx = ctx.tensor(saved.x.shape, dtype: output)
         ctx.backend.geluBackward(dy, x: saved.x, cdf: saved.cdf, dx)
         return dx
     }

@@ -16,30 +16,35 @@ public struct Linear: Sendable {
         self.bias = bias ? layout.parameter(biasName ?? "\(name).bias", Shape(outFeatures)) : nil
     }
 
-    /// x (..., in) -> y (..., out), kept as `output` (x may be bf16: see `Tensor.dtype`).
+    /// x (..., in) -> y (..., out) of dtype `output` (x may be bf16: see `Tensor.dtype`). A bf16 y
+    /// is written by the product itself, as autocast's addmm: the bias rounded to bf16, the sum in
+    /// fp32, rounded once (`Backend.biasedProduct`).
     public func forward(_ x: Tensor, _ ctx: ExecutionContext, output: DType = .float32) throws(ShapeMismatch) -> Tensor {
         if x.shape.rank == 0 || x.shape.last != inFeatures {
             throw ShapeMismatch(layer: name, expected: "(*, \(inFeatures))", actual: x.shape)
         }
         let rows = x.shape.rows
         let w = ctx.productWeight(weight)
-        return ctx.keep(x.shape.replacingLast(outFeatures), as: output) { y in
-            if let bias {
-                ctx.backend.biasedProduct(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1, a: x,
-                                          lda: inFeatures, b: w, ldb: inFeatures, bias: ctx.params.value(bias), c: y, ldc: outFeatures)
-            } else {
-                ctx.backend.product(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1,
-                                    a: x, lda: inFeatures, b: w, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
-            }
+        let y = ctx.tensor(x.shape.replacingLast(outFeatures), dtype: output)
+        if let bias {
+            ctx.backend.biasedProduct(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1, a: x,
+                                      lda: inFeatures, b: w, ldb: inFeatures, bias: ctx.params.value(bias), c: y, ldc: outFeatures)
+        } else {
+            ctx.backend.product(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1,
+                                a: x, lda: inFeatures, b: w, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
         }
+        return y
     }
 
-    /// Accumulates dW += dy^T x and db += colsum(dy); returns dx = dy W (or nil when not wanted).
+    /// Accumulates dW += dy^T x and db += colsum(dy); returns dx = dy W (or nil when not wanted)
+    /// of dtype `inputGradientType` (bf16: written by the product, rounded once, as AMP's
+    /// gradient of a bf16 activation). dy may be bf16 (the bias gradient sums it in fp32).
     @discardableResult
-    public func backward(_ dy: Tensor, x: Tensor, _ ctx: ExecutionContext, inputGradient: Bool = true) -> Tensor? {
+    public func backward(_ dy: Tensor, x: Tensor, _ ctx: ExecutionContext, inputGradient: Bool = true,
+                         inputGradientType: DType = .float32) -> Tensor? {
         let rows = x.shape.rows
         let w = ctx.productWeight(weight), dw = ctx.params.grad(weight)
-        let dx = inputGradient ? ctx.tensor(x.shape) : nil
+        let dx = inputGradient ? ctx.tensor(x.shape, dtype: inputGradientType) : nil
         // dy feeds both products: under bf16 products, rounded once (released after them).
         let mark = ctx.arena.mark()
         let g = ctx.productOperand(dy)

@@ -47,14 +47,14 @@ public struct SelfAttention: Sendable {
         // The scores are scratch, released at once; so are the probabilities when backward
         // recomputes them from qkv (as PyTorch's fused attention does): then a block keeps no
         // (B, H, N, N) tensor from forward to backward.
+        // merged is written in its kept dtype by the products themselves (bf16: rounded once).
         let kept = ctx.recomputeInBackward ? nil : ctx.tensor(Shape(b, heads, n, n))
-        let merged = ctx.keep(Shape(b, n, dim), as: ctx.productInputType) { merged in
-            let mark = ctx.arena.mark()
-            let scores = ctx.tensor(Shape(b, heads, n, n)), probs = kept ?? ctx.tensor(Shape(b, heads, n, n))
-            ctx.backend.attentionForward(qkv: qkvOut, heads: heads, scale: scale, scores: scores, probs: probs, merged: merged)
-            ctx.attentionProbabilitiesSink?(probs)
-            ctx.arena.rewind(to: mark)
-        }
+        let merged = ctx.tensor(Shape(b, n, dim), dtype: ctx.productInputType)
+        let mark = ctx.arena.mark()
+        let scores = ctx.tensor(Shape(b, heads, n, n)), probs = kept ?? ctx.tensor(Shape(b, heads, n, n))
+        ctx.backend.attentionForward(qkv: qkvOut, heads: heads, scale: scale, scores: scores, probs: probs, merged: merged)
+        ctx.attentionProbabilitiesSink?(probs)
+        ctx.arena.rewind(to: mark)
         let y = try proj.forward(merged, ctx)
         return (y, Saved(x: x, qkv: qkvOut, merged: merged, probs: kept))
     }
@@ -63,14 +63,16 @@ public struct SelfAttention: Sendable {
         let x = saved.x
         let dMerged = proj.backward(dy, x: saved.merged, ctx)!
         let b = x.shape[0], n = x.shape[1]
+        // dQKV in qkv's dtype (AMP's gradient of a bf16 qkv is bf16): qkv's products read it as it
+        // is and its bias gradient sums it in fp32; no fp32 copy to convert.
         if let lse = saved.logSumExp {
-            let dQKV = ctx.tensor(saved.qkv.shape), delta = ctx.tensor(lse.shape)
+            let dQKV = ctx.tensor(saved.qkv.shape, dtype: saved.qkv.dtype), delta = ctx.tensor(lse.shape)
             ctx.backend.fusedAttentionBackward(dMerged: dMerged, qkv: saved.qkv, merged: saved.merged, logSumExp: lse, heads: heads,
                                                scale: scale, delta: delta, dQKV: dQKV)
             return qkv.backward(dQKV, x: x, ctx)!
         }
         let dProbs = ctx.tensor(Shape(b, heads, n, n)), dScores = ctx.tensor(dProbs.shape)
-        let dQKV = ctx.tensor(saved.qkv.shape)
+        let dQKV = ctx.tensor(saved.qkv.shape, dtype: saved.qkv.dtype)
         let probs = saved.probs ?? ctx.tensor(dProbs.shape)
         if saved.probs == nil {
             // dScores holds the recomputed scores until attentionBackward overwrites it.

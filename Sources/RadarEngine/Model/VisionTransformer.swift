@@ -116,8 +116,12 @@ public struct VisionTransformer: Sendable {
             let mark = ctx.arena.mark()
             i -= 1
             // h2 = h1 + fc2(gelu(fc1(norm2(h1))))
-            let dAct = blk.fc2.backward(dh, x: s.act, ctx)!
-            let dFc1 = GELU.backward(dAct, s.gelu, ctx)
+            // The MLP's hidden gradients (4D wide) in the dtype of the activations they belong
+            // to, as AMP's: under bf16 activations fc2 writes dAct as bf16, GELU reads it and
+            // writes dFc1 as bf16, which fc1's products read as they are (its bias gradient sums it
+            // in fp32). No fp32 copy of either and no conversion in between.
+            let dAct = blk.fc2.backward(dh, x: s.act, ctx, inputGradientType: s.act.dtype)!
+            let dFc1 = GELU.backward(dAct, s.gelu, ctx, output: s.gelu.x.dtype)
             let dM = blk.fc1.backward(dFc1, x: s.h, ctx)!
             let dH1 = blk.norm2.backward(dM, s.n2, ctx)
             be.add(dH1, dh, into: dH1)

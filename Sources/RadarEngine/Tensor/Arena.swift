@@ -1,3 +1,5 @@
+import Foundation
+
 /// Bump allocator for activations and their gradients, over device memory from the backend.
 ///
 /// A step calls `reset()` and then takes views in the same order every time, so after the first
@@ -6,6 +8,9 @@
 public final class Arena: @unchecked Sendable {
     /// Every view starts on a 64-byte boundary (one cache line, one AVX-512 register).
     static let alignmentFloats = 16
+    /// RADAR_ARENA_TRACE=1: each new high-water mark to standard error with the tensor that set it
+    /// (where a step's memory peaks; one branch per view otherwise).
+    static let trace = ProcessInfo.processInfo.environment["RADAR_ARENA_TRACE"] == "1"
     public let backend: any Backend
 
     private var blocks: [(base: UnsafeMutablePointer<Float>, capacity: Int)] = []
@@ -61,6 +66,7 @@ public final class Arena: @unchecked Sendable {
                     let t = Tensor(b.base + used, shape, dtype: dtype)
                     used += padded
                     totalUsed += padded
+                    if totalUsed > highWater, Arena.trace { fputs("arena: new peak \(totalUsed * 4 / 1024) KiB at a \(shape) \(dtype) tensor\n", stderr) }
                     highWater = max(highWater, totalUsed)
                     return t
                 }
