@@ -49,7 +49,7 @@ radar launch -n 2 -- radar-worker --data data --output out --experiment e --conf
   --max-steps-per-epoch 2 --threads 1 2>&1 | tail -2
 test -f out/e/last.safetensors.lz4
 # The GPU check as a pod runs it, on the emulated device (probe, every kernel, golden parity,
-# bench step in fp32/tf32/bf16).
+# bench step in fp32/tf32/bf16 and bf16 with the fused attention).
 # (A generous deadline: the emulated device is slow, and a skipped step fails the check.)
 GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 GPU_CHECK_DEADLINE=1800 GPU_CHECK_SERVE_REQUESTS=48 \
   bash "$b/gpu-check.sh" > report.json 2> report.log || { tail -20 report.log; exit 1; }
@@ -58,7 +58,8 @@ import json
 r = json.load(open("report.json"))
 assert r["passed"] and r["complete"] and r["skipped"] == [], (r["skipped"], r["seconds"])
 assert r["check"]["kernels_passed"] == r["check"]["kernels_total"], r["check"]
-assert sorted(b["precision"] for b in r["radar_bench_step"]) == ["bf16", "fp32", "tf32"], r["radar_bench_step"]
+assert sorted((b["precision"], b["attention"]) for b in r["radar_bench_step"]) == [
+    ("bf16", "fused"), ("bf16", "products"), ("fp32", "products"), ("tf32", "products")], r["radar_bench_step"]
 v = r["radar_bench_step_variants"]
 assert [(b["bf16_activations"], b["recompute_in_backward"]) for b in v] == [(False, True), (True, False)], v
 assert r["data_parallel"]["passed"], r["data_parallel"]
@@ -66,7 +67,7 @@ assert any("staging_download_seconds" in a for a in r["allreduce"]), r["allreduc
 assert [s["requests"] for s in r["radar_bench_serve"]] == [48], r["radar_bench_serve"]
 print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed; 2 ranks on one GPU identical; bench step %s" % (
     r["check"]["kernels_passed"], r["check"]["kernels_total"], len(r["check"]["golden"]),
-    ", ".join("%s %.2f img/s" % (b["precision"], b["images_per_s"]) for b in r["radar_bench_step"])))
+    ", ".join("%s %s %.2f img/s" % (b["precision"], b["attention"], b["images_per_s"]) for b in r["radar_bench_step"])))
 PY
 # Past its deadline the check skips what is left, says so, and still writes a complete report.
 if GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_DEADLINE=1 GPU_CHECK_REPORT=late.json \
@@ -75,7 +76,8 @@ python3 - <<'PY' || { tail -20 late.log >&2; exit 1; }
 import json
 r = json.load(open("late.json"))
 assert r["complete"] and not r["passed"], r
-assert len(r["skipped"]) == 5 and r["skipped"][0] == "radar bench step fp32", r["skipped"]
+assert len(r["skipped"]) == 6 and r["skipped"][0] == "radar bench step fp32", r["skipped"]
+assert "radar bench step bf16 fused attention" in r["skipped"], r["skipped"]
 print("check-bundle: gpu-check past its deadline skipped %s" % ", ".join(r["skipped"]))
 PY
 echo "check-bundle: passed"

@@ -158,7 +158,7 @@ for p in fp32 tf32 bf16; do
 done
 # bf16 with the fused (flash) attention kernels (RADAR_ATTENTION=fused) at bf16's batch: the
 # records' "attention" field tells the two bf16 runs apart.
-if [ "$bf16_batch" -ge 1 ] && time_for 30 "radar bench step bf16 fused attention"; then
+if time_for 30 "radar bench step bf16 fused attention" && [ "$bf16_batch" -ge 1 ]; then
   RADAR_ATTENTION=fused timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 --config "$config" \
     --batch "$bf16_batch" --repeats "$repeats" >> "$work/bench.jsonl" 2> "$work/bench-bf16-fused.log" \
     && log "radar bench step bf16 fused attention batch $bf16_batch: $(tail -1 "$work/bench.jsonl" | head -c 300)" \

@@ -60,7 +60,20 @@ final class TensorBoardTests: XCTestCase {
 
     func lines(_ path: String) throws -> [[String: Any]] {
         try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
-            try XCTUnwrap(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+            try XCTUnwrap(exactNumbers(try JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any])
+        }
+    }
+
+    /// The object with every non-integer number re-read from its text: Foundation's JSON parser
+    /// on Linux gives an NSDecimalNumber whose doubleValue can miss the written Double by an ulp
+    /// (0.30000000000000004 does), which may move its Float by one (seen on 2026-12-04: one
+    /// metric of 14, 1056960560 against 1056960559).
+    func exactNumbers(_ o: Any) -> Any {
+        switch o {
+        case let d as [String: Any]: return d.mapValues(exactNumbers)
+        case let a as [Any]: return a.map(exactNumbers)
+        case let n as NSDecimalNumber: return Double(n.stringValue) ?? n.doubleValue
+        default: return o
         }
     }
 
@@ -127,7 +140,7 @@ final class TensorBoardTests: XCTestCase {
         }
         XCTAssertTrue(h.testMetrics["auc"]!.isFinite, "the set's test split has both classes")
         for (k, v) in h.testMetrics { XCTAssertEqual(value("test/\(k)", at: 6), Float(v).bitPattern, "test/\(k)") }
-        let metrics = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/r/metrics.json"))) as! [String: Any]
+        let metrics = exactNumbers(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/r/metrics.json")))) as! [String: Any]
         let testHeads = HeadMetrics.scalars(metrics["test_heads"] as! [String: Any], prefix: "test_heads")
         XCTAssertEqual(testHeads.count, 7, "\(testHeads)")
         for (tag, v) in testHeads { XCTAssertEqual(value(tag, at: 6), Float(v).bitPattern, tag) }
