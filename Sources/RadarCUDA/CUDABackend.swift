@@ -231,20 +231,13 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                             beta: beta, c: c.base, ldc: ldc)
             return
         }
-        if precision == .bf16 {  // cuBLAS writes the bf16 C itself (fp32 accumulation, rounded once)
-            productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
-                            beta: beta, c: c.base, ldc: ldc, outputBF16: true)
-            return
-        }
-        // fp32 operands: C's span widened into fp32 scratch (where beta reads it, or columns past
-        // n must come back as they were: bf16 -> fp32 -> bf16 is exact), the product, converted.
+        // A bf16 C: written by cuBLAS from bf16 operands, else staged (C's span widened first where
+        // beta reads it or columns past n must come back as they were: bf16 -> fp32 -> bf16 is exact).
         guard m > 0 && n > 0 else { return }
-        let span = (m - 1) * ldc + n
-        let c32 = scratch(CUDABackend.stagingSlot, bytes: span * 4).assumingMemoryBound(to: Float.self)
-        if beta != 0 || ldc != n { elementwise("radar_from_bf16", span, [p(c), .raw(c32), .i64(span)]) }
+        let span = (m - 1) * ldc + n, out = output(c, span: span, reads: beta != 0 || ldc != n)
         productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
-                        beta: beta, c: c32, ldc: ldc)
-        elementwise("radar_to_bf16", span, [.raw(c32), p(c), .i64(span)])
+                        beta: beta, c: out.at(0), ldc: ldc, outputBF16: out.bf16)
+        finish(out, into: c, span: span)
     }
 
     /// The bias set in C by one launch, then cuBLAS with beta 1 (the same launches as a product
@@ -450,8 +443,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         softmaxForward(scores, probs, bf16Copy: bf16Copy, cols: n)
     }
 
-    /// Where products write an output every element of which they write: the tensor itself (fp32,
-    /// or bf16 that cuBLAS writes from bf16 operands), or fp32 staging that `finish` converts.
+    /// Where products write an output: the tensor itself (fp32, or bf16 that cuBLAS writes from
+    /// bf16 operands), or fp32 staging of its first `span` elements (holding their values first
+    /// when the products read them) that `finish` converts.
     struct Output {
         let base: UnsafeMutableRawPointer, bf16: Bool, staged: Bool
         /// The address `elements` in (the C pointer of a product; bf16 elements are two bytes).
@@ -459,13 +453,16 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
             (base + elements * (bf16 ? 2 : 4)).assumingMemoryBound(to: Float.self)
         }
     }
-    private func output(_ t: Tensor) -> Output {
+    private func output(_ t: Tensor, span: Int? = nil, reads: Bool = false) -> Output {
         guard t.dtype == .bfloat16 else { return Output(base: UnsafeMutableRawPointer(t.base), bf16: false, staged: false) }
         if precision == .bf16 { return Output(base: UnsafeMutableRawPointer(t.base), bf16: true, staged: false) }
-        return Output(base: scratch(CUDABackend.stagingSlot, bytes: t.count * 4), bf16: false, staged: true)
+        let count = span ?? t.count, staging = scratch(CUDABackend.stagingSlot, bytes: count * 4)
+        if reads { elementwise("radar_from_bf16", count, [p(t), .raw(staging), .i64(count)]) }
+        return Output(base: staging, bf16: false, staged: true)
     }
-    private func finish(_ o: Output, into t: Tensor) {
-        if o.staged { elementwise("radar_to_bf16", t.count, [.raw(o.base), p(t), .i64(t.count)]) }
+    private func finish(_ o: Output, into t: Tensor, span: Int? = nil) {
+        let count = span ?? t.count
+        if o.staged { elementwise("radar_to_bf16", count, [.raw(o.base), p(t), .i64(count)]) }
     }
 
     public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {

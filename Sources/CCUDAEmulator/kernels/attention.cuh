@@ -24,6 +24,15 @@ __device__ __forceinline__ void radar_mma_bf16(float* d, const unsigned* a, cons
 #define ATTN_PAD 8    // bf16 elements of padding per shared row (spreads a fragment's loads over banks)
 
 __device__ __forceinline__ unsigned attn_pack(float lo, float hi) { return radar_bf16_bits(lo) | (unsigned)radar_bf16_bits(hi) << 16; }
+// Where a thread of the launch stands (blocks: the 64-row tile fastest, then head, then image):
+// d the model width, ld qkv's row length, the lane with its accumulator row group g and column
+// pair t, the block's head and image, and the first of the warp's 16 rows.
+struct AttnPlace { int d; long ld; int lane, g, t, h, image, row; };
+__device__ __forceinline__ AttnPlace attn_place(int n, int heads, int hd) {
+    const int tiles = (n + ATTN_TILE - 1) / ATTN_TILE, lane = threadIdx.x % 32;
+    return {heads * hd, 3L * heads * hd, lane, lane / 4, lane % 4, (int)(blockIdx.x / tiles % heads), (int)(blockIdx.x / tiles / heads),
+            (int)(blockIdx.x % tiles * ATTN_TILE + (threadIdx.x / 32) * 16)};
+}
 // Two adjacent gradient elements (i even): fp32, or bf16 as one 32-bit store.
 __device__ __forceinline__ void attn_store2(float* dst, int bf16, long i, float a, float b) {
     if (bf16) *(unsigned*)((unsigned short*)dst + i) = attn_pack(a, b);
@@ -146,10 +155,7 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
     __shared__ unsigned vt_words[HD * LV / 2];         // its values transposed, a row per channel
     unsigned short* ks = (unsigned short*)ks_words;
     unsigned short* vt = (unsigned short*)vt_words;
-    const int d = heads * HD, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int tiles = (n + ATTN_TILE - 1) / ATTN_TILE, h = blockIdx.x / tiles % heads, image = blockIdx.x / tiles / heads;
-    const int row = blockIdx.x % tiles * ATTN_TILE + (threadIdx.x / 32) * 16;
-    const long ld = 3L * d;
+    const auto [d, ld, lane, g, t, h, image, row] = attn_place(n, heads, HD);
     const unsigned short* q = qkv + (long)image * n * ld + h * HD;
     unsigned qa[HD / 16][4];
 #pragma unroll
@@ -219,10 +225,7 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
     unsigned short* ks = (unsigned short*)ks_words;  // keys, a row each
     unsigned short* vs = (unsigned short*)vs_words;  // values, a row each
     unsigned short* kt = (unsigned short*)kt_words;  // keys transposed, a row per channel
-    const int d = heads * HD, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int tiles = (n + ATTN_TILE - 1) / ATTN_TILE, h = blockIdx.x / tiles % heads, image = blockIdx.x / tiles / heads;
-    const int row = blockIdx.x % tiles * ATTN_TILE + (threadIdx.x / 32) * 16;
-    const long ld = 3L * d;
+    const auto [d, ld, lane, g, t, h, image, row] = attn_place(n, heads, HD);
     const unsigned short* q = qkv + (long)image * n * ld + h * HD;
     const float* dout = dmerged + (long)image * n * d + h * HD;
     const unsigned short* out = merged + (long)image * n * d + h * HD;
@@ -291,10 +294,7 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
     unsigned short* qt = (unsigned short*)qt_words;  // queries transposed
     unsigned short* os = (unsigned short*)os_words;  // dO (bf16), a row each
     unsigned short* ot = (unsigned short*)ot_words;  // dO transposed
-    const int d = heads * HD, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int tiles = (n + ATTN_TILE - 1) / ATTN_TILE, h = blockIdx.x / tiles % heads, image = blockIdx.x / tiles / heads;
-    const int row = blockIdx.x % tiles * ATTN_TILE + (threadIdx.x / 32) * 16;
-    const long ld = 3L * d;
+    const auto [d, ld, lane, g, t, h, image, row] = attn_place(n, heads, HD);
     const unsigned short* q = qkv + (long)image * n * ld + h * HD;
     const float* dout = dmerged + (long)image * n * d + h * HD;
     const float* lse_h = lse + ((long)image * heads + h) * n;
