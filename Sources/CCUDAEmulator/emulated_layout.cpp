@@ -5,7 +5,7 @@
 
 extern "C" int radar_emu_launch_radar_im2col(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
-    float* a1; memcpy(&a1, args[1], sizeof(a1));
+    void* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
@@ -15,7 +15,8 @@ extern "C" int radar_emu_launch_radar_im2col(const unsigned grid[3], const unsig
     int a8; memcpy(&a8, args[8], sizeof(a8));
     int a9; memcpy(&a9, args[9], sizeof(a9));
     int a10; memcpy(&a10, args[10], sizeof(a10));
-    return radar_emu::launch(grid, block, [&] { radar_im2col(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); }, true);
+    int a11; memcpy(&a11, args[11], sizeof(a11));
+    return radar_emu::launch(grid, block, [&] { radar_im2col(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_col2im(const unsigned grid[3], const unsigned block[3], void **args) {

@@ -42,8 +42,15 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// Head sizes the fused attention kernels are built for.
     public static let fusedHeadDims: Set<Int> = [16, 32, 64]
 
-    public init(driver: any CUDADriver, precision: Precision = .fp32, fusedAttention: Bool = false) {
+    /// Bytes a convolution's columns and backward scratch may take at once (`convolutionChunk`;
+    /// `Devices.convolutionWorkspaceBudget` reads RADAR_CONV_WORKSPACE_MIB).
+    public var convolutionWorkspaceBudget: Int
+    public static let defaultConvolutionWorkspaceBudget = 64 << 20
+
+    public init(driver: any CUDADriver, precision: Precision = .fp32, fusedAttention: Bool = false,
+                convolutionWorkspaceBudget: Int = CUDABackend.defaultConvolutionWorkspaceBudget) {
         self.driver = driver
+        self.convolutionWorkspaceBudget = convolutionWorkspaceBudget
         self.precision = precision
         fusedAttentionEnabled = fusedAttention
         coefficient = CUDABackend.allocate(driver, floats: 1)
@@ -388,38 +395,81 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
 
     // MARK: Convolution and attention: layout kernels around cuBLAS products
 
-    public func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int { g.columnCount }
-    public func convolutionBackwardScratchCount(_ g: ConvolutionGeometry, inputGradient: Bool) -> Int {
-        g.backwardScratchCount(inputGradient: inputGradient)
+    // Convolution: im2col and strided-batched products over chunks of images, so the columns
+    // (and backward's column gradients and per-image weight gradients) of at most
+    // `convolutionWorkspaceBudget` bytes exist at once instead of the whole batch's (at batch 128
+    // the branches' second convolution alone had 0.6 GiB of them under the rest of backward). In
+    // bf16 precision im2col writes the columns as bf16, the products' operand: no fp32 columns
+    // and no converted copy. The same values and sums in the same order for any chunk size (each
+    // image's products are its own; radar_sum_parts adds the images' parts to dW in order).
+
+    /// Images per chunk for `g`: the most whose workspace and backward scratch fit the budget, at
+    /// least one.
+    public func convolutionChunk(_ g: ConvolutionGeometry) -> Int {
+        let columns = g.patchSize * g.outHeight * g.outWidth
+        let perImage = columns * columnWidth + (g.outChannels * g.patchSize + columns) * 4
+        return max(1, min(g.batch, convolutionWorkspaceBudget / max(perImage, 1)))
     }
-    private func geometryArgs(_ g: ConvolutionGeometry) -> [KernelArg] {
-        [.i32(g.batch), .i32(g.inChannels), .i32(g.height), .i32(g.width), .i32(g.kernel), .i32(g.stride), .i32(g.padding),
+    /// Bytes per column element: bf16 in bf16 precision.
+    private var columnWidth: Int { precision == .bf16 ? 2 : 4 }
+    public func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int {
+        (convolutionChunk(g) * g.patchSize * g.outHeight * g.outWidth * columnWidth + 3) / 4
+    }
+    public func convolutionBackwardScratchCount(_ g: ConvolutionGeometry, inputGradient: Bool) -> Int {
+        let c = convolutionChunk(g)
+        return c * g.outChannels * g.patchSize + (inputGradient ? c * g.patchSize * g.outHeight * g.outWidth : 0)
+    }
+    /// The kernels' geometry arguments for `images` images.
+    private func geometryArgs(_ g: ConvolutionGeometry, images: Int) -> [KernelArg] {
+        [.i32(images), .i32(g.inChannels), .i32(g.height), .i32(g.width), .i32(g.kernel), .i32(g.stride), .i32(g.padding),
          .i32(g.outHeight), .i32(g.outWidth)]
+    }
+    /// Each chunk's first image and image count.
+    private func chunks(_ g: ConvolutionGeometry) -> [(first: Int, count: Int)] {
+        let c = convolutionChunk(g)
+        return stride(from: 0, to: g.batch, by: c).map { ($0, min(c, g.batch - $0)) }
+    }
+    /// A chunk's columns into the workspace (bf16 in bf16 precision) as the products read them.
+    private func columns(_ x: Tensor, _ g: ConvolutionGeometry, first: Int, count: Int, into workspace: Tensor) -> Operand {
+        precondition(x.dtype == .float32, "convolution input fp32")
+        let inPlane = g.inChannels * g.height * g.width
+        elementwise("radar_im2col", count * g.patchSize * g.outHeight * g.outWidth,
+                    [.ptr(x.base + first * inPlane), p(workspace), .i32(columnWidth == 2 ? 1 : 0)] + geometryArgs(g, images: count))
+        return Operand(base: UnsafeRawPointer(workspace.base), width: columnWidth)
     }
 
     public func convolutionForward(_ x: Tensor, weight: Tensor, bias: Tensor?, _ g: ConvolutionGeometry, workspace: Tensor, _ y: Tensor) {
-        let ckk = g.patchSize, hw = g.outHeight * g.outWidth
-        elementwise("radar_im2col", workspace.count, [p(x), p(workspace)] + geometryArgs(g))
-        // y_i (Cout x HW) = W (Cout x CKK) col_i (CKK x HW), one strided-batched product.
-        product(transA: false, transB: false, m: g.outChannels, n: hw, k: ckk, alpha: 1, a: weight.base, lda: ckk, b: workspace.base, ldb: hw,
-                strideB: ckk * hw, beta: 0, c: y.base, ldc: hw, strideC: g.outChannels * hw, batch: g.batch)
+        let ckk = g.patchSize, hw = g.outHeight * g.outWidth, cout = g.outChannels
+        let w = operand(weight, slot: 0)
+        for (first, count) in chunks(g) {
+            let col = columns(x, g, first: first, count: count, into: workspace)
+            // y_i (Cout x HW) = W (Cout x CKK) col_i (CKK x HW), one strided-batched product per chunk.
+            productOperands(transA: false, transB: false, m: cout, n: hw, k: ckk, alpha: 1, a: w.base, lda: ckk, b: col.base, ldb: hw,
+                            strideB: ckk * hw, beta: 0, c: y.base + first * cout * hw, ldc: hw, strideC: cout * hw, batch: count)
+        }
         if let bias { addChannelBias(bias, into: y) }
     }
 
     public func convolutionBackward(_ dy: Tensor, x: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor, scratch: Tensor,
                                     dWeight: Tensor, dBias: Tensor?, dx: Tensor?) {
         let ckk = g.patchSize, hw = g.outHeight * g.outWidth, cout = g.outChannels
-        let parts = scratch.base, dcol = scratch.base + g.batch * cout * ckk
-        elementwise("radar_im2col", workspace.count, [p(x), p(workspace)] + geometryArgs(g))  // the forward's columns, rebuilt
-        // Per-image weight gradients dy_i col_i^T, summed in image order by radar_sum_parts (no atomics).
-        product(transA: false, transB: true, m: cout, n: ckk, k: hw, alpha: 1, a: dy.base, lda: hw, strideA: cout * hw, b: workspace.base,
-                ldb: hw, strideB: ckk * hw, beta: 0, c: parts, ldc: ckk, strideC: cout * ckk, batch: g.batch)
-        if let dx {
-            product(transA: true, transB: false, m: ckk, n: hw, k: cout, alpha: 1, a: weight.base, lda: ckk, b: dy.base, ldb: hw,
-                    strideB: cout * hw, beta: 0, c: dcol, ldc: hw, strideC: ckk * hw, batch: g.batch)
-            elementwise("radar_col2im", dx.count, [.ptr(dcol), p(dx)] + geometryArgs(g))
+        let parts = scratch.base, dcol = scratch.base + convolutionChunk(g) * cout * ckk
+        let w = dx.map { _ in operand(weight, slot: 1) }
+        for (first, count) in chunks(g) {
+            let col = columns(x, g, first: first, count: count, into: workspace)  // the forward's columns, rebuilt
+            // The chunk's dy, read by both products: converted once in bf16 precision.
+            let d = operand(dy.base + first * cout * hw, count: count * cout * hw, slot: 0)
+            // Per-image weight gradients dy_i col_i^T, added to dW in image order by radar_sum_parts (no atomics).
+            productOperands(transA: false, transB: true, m: cout, n: ckk, k: hw, alpha: 1, a: d.base, lda: hw, strideA: cout * hw,
+                            b: col.base, ldb: hw, strideB: ckk * hw, beta: 0, c: parts, ldc: ckk, strideC: cout * ckk, batch: count)
+            if let dx, let w {
+                let inPlane = g.inChannels * g.height * g.width
+                productOperands(transA: true, transB: false, m: ckk, n: hw, k: cout, alpha: 1, a: w.base, lda: ckk, b: d.base, ldb: hw,
+                                strideB: cout * hw, beta: 0, c: dcol, ldc: hw, strideC: ckk * hw, batch: count)
+                elementwise("radar_col2im", count * inPlane, [.ptr(dcol), .ptr(dx.base + first * inPlane)] + geometryArgs(g, images: count))
+            }
+            elementwise("radar_sum_parts", cout * ckk, [.ptr(parts), .i32(count), .i64(cout * ckk), p(dWeight)])
         }
-        elementwise("radar_sum_parts", cout * ckk, [.ptr(parts), .i32(g.batch), .i64(cout * ckk), p(dWeight)])
         if let dBias { accumulateChannelSums(dy, into: dBias) }
     }
 

@@ -345,8 +345,13 @@ final class EmulatedDeviceTests: XCTestCase {
         cpu.convolutionForward(cx.tensor, weight: cw.tensor, bias: nil, g, workspace: work.tensor, cy.tensor)
         let ex = buf.make(x), ecol = buf.zeros(2 * ckk * ho * wo)
         let geom: [Arg] = [.i32(2), .i32(3), .i32(9), .i32(7), .i32(3), .i32(2), .i32(1), .i32(Int32(ho)), .i32(Int32(wo))]
-        XCTAssertEqual(launch("radar_im2col", grid: 4, block: 64, [.buffer(ex), .buffer(ecol)] + geom), "")
+        XCTAssertEqual(launch("radar_im2col", grid: 4, block: 64, [.buffer(ex), .buffer(ecol), .i32(0)] + geom), "")
         XCTAssertEqual(array(ecol, 2 * ckk * ho * wo), work.values, "im2col")
+        // bf16 columns: the bits of rounding the fp32 ones (two per float of the buffer).
+        let ecol16 = buf.zeros((2 * ckk * ho * wo + 1) / 2)
+        XCTAssertEqual(launch("radar_im2col", grid: 4, block: 64, [.buffer(ex), .buffer(ecol16), .i32(1)] + geom), "")
+        let halves = UnsafeRawPointer(ecol16).bindMemory(to: UInt16.self, capacity: 2 * ckk * ho * wo)
+        XCTAssertEqual((0..<(2 * ckk * ho * wo)).map { halves[$0] }, work.values.map(BFloat16.bits), "im2col, bf16 columns")
         // col2im: the adjoint, against a scatter-add in the CPU backend's order.
         let colv = randomValues(2 * ckk * ho * wo, seed: 43)
         var ref = [Float](repeating: 0, count: 2 * 3 * 9 * 7)

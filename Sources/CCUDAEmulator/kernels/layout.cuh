@@ -4,10 +4,12 @@
 
 // Flat indices split as RADAR_INDEXED says (common.h).
 
-// col (B, C*k*k, Ho*Wo) from x (B, C, H, W), zero padding (index arithmetic as RADAR_INDEXED says).
+// col (B, C*k*k, Ho*Wo) from x (B, C, H, W), zero padding (index arithmetic as RADAR_INDEXED says);
+// col_bf16: the columns written as bf16 (the products' operand in bf16 precision: no fp32 columns
+// to convert, half the workspace; the bits of converting fp32 columns).
 template <typename I>
-__device__ __forceinline__ void radar_im2col_body(I total, const float* x, float* col, int channels, int h, int w, int k, int stride,
-                                                  int pad, int ho, int wo) {
+__device__ __forceinline__ void radar_im2col_body(I total, const float* x, void* col, int col_bf16, int channels, int h, int w, int k,
+                                                  int stride, int pad, int ho, int wo) {
     GRID_STRIDE_AS(I, e, total) {
         I q = e / (I)wo;
         int ox = (int)(e - q * (I)wo);
@@ -17,12 +19,13 @@ __device__ __forceinline__ void radar_im2col_body(I total, const float* x, float
         int row = (int)(q2 - b * (I)(channels * k * k));
         int kx = row % k, ky = (row / k) % k, c = row / (k * k);
         int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
-        col[e] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[(((long)b * channels + c) * h + iy) * (long)w + ix] : 0.f;
+        float v = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[(((long)b * channels + c) * h + iy) * (long)w + ix] : 0.f;
+        if (col_bf16) ((unsigned short*)col)[e] = radar_bf16_bits(v); else ((float*)col)[e] = v;
     }
 }
-extern "C" __global__ void radar_im2col(const float* x, float* col, int batch, int channels, int h, int w, int k, int stride, int pad,
-                                        int ho, int wo) {
-    RADAR_INDEXED(radar_im2col_body, (long)batch * channels * k * k * ho * wo, x, col, channels, h, w, k, stride, pad, ho, wo);
+extern "C" __global__ void radar_im2col(const float* x, void* col, int col_bf16, int batch, int channels, int h, int w, int k, int stride,
+                                        int pad, int ho, int wo) {
+    RADAR_INDEXED(radar_im2col_body, (long)batch * channels * k * k * ho * wo, x, col, col_bf16, channels, h, w, k, stride, pad, ho, wo);
 }
 
 // dx (B, C, H, W) = col2im(col): each pixel gathers over (ky, kx) in order (written, not added).

@@ -55,6 +55,21 @@ public enum Devices {
         }
     }
 
+    public struct BadWorkspaceBudget: Error, CustomStringConvertible {
+        public let value: String
+        public var description: String { "RADAR_CONV_WORKSPACE_MIB=\(value): expected a whole number of MiB, at least 1" }
+    }
+
+    /// RADAR_CONV_WORKSPACE_MIB: how much device memory a convolution's columns and backward
+    /// scratch may take at once (images are processed in chunks that fit; at least one image).
+    /// Default 64 MiB: the branches' largest convolution then runs in chunks of 16 images, each
+    /// product still 16 images wide.
+    public static func convolutionWorkspaceBudget(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Int {
+        guard let value = environment["RADAR_CONV_WORKSPACE_MIB"], !value.isEmpty else { return CUDABackend.defaultConvolutionWorkspaceBudget }
+        guard let mib = Int(value), mib >= 1, mib <= 1 << 20 else { throw BadWorkspaceBudget(value: value) }
+        return mib << 20
+    }
+
     public struct UnsupportedPrecision: Error, CustomStringConvertible {
         public let precision: String, device: String
         public var description: String {
@@ -120,7 +135,8 @@ public enum Devices {
             if resolved == .bf16 && driver.computeCapability.major < 8 {
                 throw UnsupportedPrecision(precision: p, device: driver.deviceDescription + " (bf16 needs compute capability 8.0)")
             }
-            return CUDABackend(driver: driver, precision: resolved, fusedAttention: try fusedAttention())
+            return CUDABackend(driver: driver, precision: resolved, fusedAttention: try fusedAttention(),
+                               convolutionWorkspaceBudget: try convolutionWorkspaceBudget())
         }
     }
 }

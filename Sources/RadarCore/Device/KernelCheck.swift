@@ -80,6 +80,8 @@ public enum KernelCheck {
             Case(name: "accumulateColumnSums", tensors: [t(Shape(150, 7)), t(Shape(7))]) { b, v in b.accumulateColumnSums(v[0], into: v[1]) },
             Case(name: "reluForward", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.reluForward(v[0], v[1]) },
             Case(name: "reluBackward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.reluBackward(v[0], y: v[1], v[2]) },
+            // In place (dx = dy), as ArtifactCNN's backward calls it.
+            Case(name: "reluBackward/inPlace", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.reluBackward(v[0], y: v[1], v[0]) },
             Case(name: "geluForward", tensors: [t(Shape(37)), t(Shape(37))]) { b, v in b.geluForward(v[0], v[1], cdf: nil) },
             Case(name: "geluForward/cdf", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in b.geluForward(v[0], v[1], cdf: v[2]) },
             Case(name: "geluBackward", tensors: [t(Shape(37)), t(Shape(37)), t(Shape(37))]) { b, v in
@@ -167,6 +169,9 @@ public enum KernelCheck {
             },
             Case(name: "batchNormInputGradient", tensors: [t(bchw), t(bchw), t(c4), t(c4, .positive), t(c4), t(c4), t(c4), t(bchw)]) { b, v in
                 b.batchNormInputGradient(v[0], x: v[1], mean: v[2], invStd: v[3], gamma: v[4], sumDy: v[5], sumDyXhat: v[6], count: 90, v[7])
+            },
+            Case(name: "batchNormInputGradient/inPlace", tensors: [t(bchw), t(bchw), t(c4), t(c4, .positive), t(c4), t(c4), t(c4)]) { b, v in
+                b.batchNormInputGradient(v[0], x: v[1], mean: v[2], invStd: v[3], gamma: v[4], sumDy: v[5], sumDyXhat: v[6], count: 90, v[0])
             },
             Case(name: "convolutionForward", tensors: [t(x), t(Shape(5, 3, 3, 3)), t(Shape(5)), t(Shape(ws), .zeros), t(y)], ignore: [3]) { b, v in
                 b.convolutionForward(v[0], weight: v[1], bias: v[2], conv, workspace: v[3], v[4])

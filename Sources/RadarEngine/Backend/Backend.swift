@@ -94,6 +94,7 @@ public protocol Backend: AnyObject {
     /// (read as its exact fp32 values, summed in fp32).
     func accumulateColumnSums(_ src: Tensor, into dst: Tensor)
     func reluForward(_ x: Tensor, _ y: Tensor)
+    /// dx may be dy itself (each element reads only its own dy and y).
     func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor)
     /// Exact GELU, y = x Phi(x) with Phi(x) = 0.5 (1 + erf(x / sqrt 2)); Phi kept in `cdf` when
     /// given. x and y may each be bf16 (computed on x's fp32 value, y rounded once: the bits of
@@ -139,7 +140,7 @@ public protocol Backend: AnyObject {
     func batchNormGlobalMoments(_ sums: Tensor, channels: Int, mean: Tensor, variance: Tensor)
     /// Train-mode BatchNorm input gradient, given the (possibly all-reduced) sums over `count`
     /// elements per channel: dx = gamma invStd (dy - sumDy/count - xhat sumDyXhat/count).
-    /// Eval mode passes count = 0, which means dx = gamma invStd dy.
+    /// Eval mode passes count = 0, which means dx = gamma invStd dy. dx may be dy itself.
     func batchNormInputGradient(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor,
                                 sumDy: Tensor, sumDyXhat: Tensor, count: Int, _ dx: Tensor)
 

@@ -7,8 +7,9 @@ public enum ReLU {
         return x
     }
 
-    public static func backward(_ dy: Tensor, y: Tensor, _ ctx: ExecutionContext) -> Tensor {
-        let dx = ctx.tensor(y.shape)
+    /// dx into `into` when given (it may be dy itself: each element reads only its own).
+    public static func backward(_ dy: Tensor, y: Tensor, _ ctx: ExecutionContext, into: Tensor? = nil) -> Tensor {
+        let dx = into ?? ctx.tensor(y.shape)
         ctx.backend.reluBackward(dy, y: y, dx)
         return dx
     }

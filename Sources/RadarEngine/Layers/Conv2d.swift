@@ -55,10 +55,14 @@ public struct Conv2d: Sendable {
         let g = geometry(saved.x.shape)
         let be = ctx.backend
         let dx: Tensor? = inputGradient ? ctx.tensor(saved.x.shape) : nil
+        // The columns and the per-image weight gradients are released at once: only dx is passed
+        // on (they would otherwise sit under the rest of the backward pass).
+        let mark = ctx.arena.mark()
         let workspace = ctx.tensor(Shape(be.convolutionWorkspaceCount(g)))
         let scratch = ctx.tensor(Shape(be.convolutionBackwardScratchCount(g, inputGradient: inputGradient)))
         be.convolutionBackward(dy, x: saved.x, weight: ctx.params.value(weight), g, workspace: workspace, scratch: scratch,
                                dWeight: ctx.params.grad(weight), dBias: bias.map { ctx.params.grad($0) }, dx: dx)
+        ctx.arena.rewind(to: mark)
         return dx
     }
 }

@@ -72,8 +72,9 @@ public struct BatchNorm2d: Sendable {
         return (y, Saved(x: x, mean: mean, invStd: invStd, count: count))
     }
 
-    /// Accumulates dgamma, dbeta; returns dx.
-    public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext) -> Tensor {
+    /// Accumulates dgamma, dbeta; returns dx, written into `into` when given (it may be dy itself:
+    /// the sums are taken first, then each element of dx reads only its own dy).
+    public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, into: Tensor? = nil) -> Tensor {
         let be = ctx.backend, p = ctx.params
         let sumDy = ctx.tensor(Shape(channels)), sumDyXhat = ctx.tensor(Shape(channels))
         be.channelGradientSums(dy, x: saved.x, mean: saved.mean, invStd: saved.invStd, sumDy: sumDy, sumDyXhat: sumDyXhat)
@@ -84,7 +85,7 @@ public struct BatchNorm2d: Sendable {
             ctx.parallel.reduceStatistics(sumDy)
             ctx.parallel.reduceStatistics(sumDyXhat)
         }
-        let dx = ctx.tensor(saved.x.shape)
+        let dx = into ?? ctx.tensor(saved.x.shape)
         be.batchNormInputGradient(dy, x: saved.x, mean: saved.mean, invStd: saved.invStd, gamma: p.value(weight),
                                   sumDy: sumDy, sumDyXhat: sumDyXhat, count: saved.count, dx)
         return dx
@@ -121,8 +122,10 @@ public struct LayerNorm: Sendable {
         return (y, Saved(x: x, mean: mean, rstd: rstd))
     }
 
-    public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext) -> Tensor {
-        let dx = ctx.tensor(saved.x.shape)
+    /// dx into `into` when given (not dy: a row's dx needs the whole row of dy).
+    @discardableResult
+    public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, into: Tensor? = nil) -> Tensor {
+        let dx = into ?? ctx.tensor(saved.x.shape)
         ctx.backend.layerNormBackward(dy, x: saved.x, gamma: ctx.params.value(weight), mean: saved.mean, rstd: saved.rstd,
                                       dx, dGamma: ctx.params.grad(weight), dBeta: ctx.params.grad(bias))
         return dx

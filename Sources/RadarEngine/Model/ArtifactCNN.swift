@@ -38,13 +38,15 @@ public struct ArtifactCNN: Sendable {
     }
 
     /// Parameter gradients only: the input is a fixed transform of the image.
+    /// ReLU's and BatchNorm's input gradients overwrite their output gradients (each element's
+    /// own: nothing else reads them), so a layer adds one tensor, its convolution's dx.
     public func backward(_ dy: Tensor, _ s: Saved, _ ctx: ExecutionContext) {
         var d = GlobalAvgPool.backward(dy, inputShape: s.relu.2.shape, ctx)
-        d = norms[2].backward(ReLU.backward(d, y: s.relu.2, ctx), s.norm.2, ctx)
+        d = norms[2].backward(ReLU.backward(d, y: s.relu.2, ctx, into: d), s.norm.2, ctx, into: d)
         d = convs[2].backward(d, s.conv.2, ctx)!
-        d = norms[1].backward(ReLU.backward(d, y: s.relu.1, ctx), s.norm.1, ctx)
+        d = norms[1].backward(ReLU.backward(d, y: s.relu.1, ctx, into: d), s.norm.1, ctx, into: d)
         d = convs[1].backward(d, s.conv.1, ctx)!
-        d = norms[0].backward(ReLU.backward(d, y: s.relu.0, ctx), s.norm.0, ctx)
+        d = norms[0].backward(ReLU.backward(d, y: s.relu.0, ctx, into: d), s.norm.0, ctx, into: d)
         convs[0].backward(d, s.conv.0, ctx, inputGradient: false)
     }
 }

@@ -120,15 +120,20 @@ public struct VisionTransformer: Sendable {
             // to, as AMP's: under bf16 activations fc2 writes dAct as bf16, GELU reads it and
             // writes dFc1 as bf16, which fc1's products read as they are (its bias gradient sums it
             // in fp32). No fp32 copy of either and no conversion in between.
+            // The MLP's gradients are released once dH1 is out of them (they would otherwise sit
+            // under the attention's backward, the block's largest).
+            let dH1 = ctx.tensor(dh.shape)
+            let mlp = ctx.arena.mark()
             let dAct = blk.fc2.backward(dh, x: s.act, ctx, inputGradientType: s.act.dtype)!
             let dFc1 = GELU.backward(dAct, s.gelu, ctx, output: s.gelu.x.dtype)
             let dM = blk.fc1.backward(dFc1, x: s.h, ctx)!
-            let dH1 = blk.norm2.backward(dM, s.n2, ctx)
+            blk.norm2.backward(dM, s.n2, ctx, into: dH1)
+            ctx.arena.rewind(to: mlp)
             be.add(dH1, dh, into: dH1)
-            // h1 = h + attn(norm1(h))
+            // h1 = h + attn(norm1(h)): norm1's input gradient straight into the buffer passed on.
             let dA = blk.attn.backward(dH1, s.attn, ctx)
-            let dH = blk.norm1.backward(dA, s.n1, ctx)
-            be.add(dH, dH1, into: out)
+            blk.norm1.backward(dA, s.n1, ctx, into: out)
+            be.add(out, dH1, into: out)
             ctx.arena.rewind(to: mark)
             dh = out
             ctx.parallel.gradientsFinal(from: blk.norm1.weight.offset)
