@@ -72,52 +72,67 @@ extension CPUBackend {
         }
     }
 
-    public func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int { g.columnCount }
+    /// Images per chunk: as many as `convolutionWorkspaceBudget` holds the columns, column
+    /// gradients and weight gradients of (the CUDA backend's rule, fp32 columns), at least one.
+    /// The workspace and scratch hold one chunk, not the batch; the results are the same bits
+    /// for any chunking (each image is its own; the weight gradients are added in image order).
+    public func convolutionChunk(_ g: ConvolutionGeometry) -> Int {
+        g.imagesPerChunk(budget: convolutionWorkspaceBudget, columnBytes: 4)
+    }
+    public func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int { g.with(batch: convolutionChunk(g)).columnCount }
 
     public func convolutionBackwardScratchCount(_ g: ConvolutionGeometry, inputGradient: Bool) -> Int {
-        g.backwardScratchCount(inputGradient: inputGradient)
+        g.with(batch: convolutionChunk(g)).backwardScratchCount(inputGradient: inputGradient)
     }
 
-    /// im2col + one GEMM per image, images spread over the pool.
+    /// Each chunk's first image and image count.
+    private func chunks(_ g: ConvolutionGeometry) -> StrideTo<Int> { stride(from: 0, to: g.batch, by: convolutionChunk(g)) }
+
+    /// im2col + one GEMM per image, the chunk's images spread over the pool.
     public func convolutionForward(_ x: Tensor, weight: Tensor, bias: Tensor?, _ g: ConvolutionGeometry,
                                    workspace: Tensor, _ y: Tensor) {
         let (cin, h, w, k, s, p, cout) = (g.inChannels, g.height, g.width, g.kernel, g.stride, g.padding, g.outChannels)
-        let ckk = g.patchSize, hw = g.outHeight * g.outWidth
+        let ckk = g.patchSize, hw = g.outHeight * g.outWidth, chunk = convolutionChunk(g)
         let wOperand = sharedWeight(weight, count: cout * ckk)
-        forEach(g.batch) { i in
-            let ci = workspace.base + i * ckk * hw
-            im2col(x.base + i * cin * h * w, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, ci)
-            serialGemm(transA: false, transB: false, m: cout, n: hw, k: ckk, alpha: 1,
-                       a: wOperand, lda: ckk, b: .fp32(ci), ldb: hw, beta: 0, c: y.base + i * cout * hw, ldc: hw)
+        for first in chunks(g) {
+            forEach(min(chunk, g.batch - first)) { j in
+                let i = first + j, ci = workspace.base + j * ckk * hw
+                im2col(x.base + i * cin * h * w, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, ci)
+                serialGemm(transA: false, transB: false, m: cout, n: hw, k: ckk, alpha: 1,
+                           a: wOperand, lda: ckk, b: .fp32(ci), ldb: hw, beta: 0, c: y.base + i * cout * hw, ldc: hw)
+            }
         }
         if let bias { addChannelBias(bias, into: y) }
     }
 
-    /// Per-image weight gradients summed in image order (independent of which thread handled
+    /// Per-image weight gradients added in image order (independent of which thread handled
     /// which image), each from the image's columns rebuilt just before; dx by the transposed
     /// product and col2im.
     public func convolutionBackward(_ dy: Tensor, x: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor,
                                     scratch: Tensor, dWeight: Tensor, dBias: Tensor?, dx: Tensor?) {
         let (cin, h, w, k, s, p, cout) = (g.inChannels, g.height, g.width, g.kernel, g.stride, g.padding, g.outChannels)
-        let ckk = g.patchSize, hw = g.outHeight * g.outWidth
-        let parts = scratch.base, dcol = scratch.base + g.batch * cout * ckk
+        let ckk = g.patchSize, hw = g.outHeight * g.outWidth, chunk = convolutionChunk(g)
+        let parts = scratch.base, dcol = scratch.base + chunk * cout * ckk
         if let dx { fill(dx, 0) }
         let wOperand = dx == nil ? Operand(weight) : sharedWeight(weight, count: cout * ckk)
-        forEach(g.batch) { i in
-            let ci = workspace.base + i * ckk * hw
-            im2col(x.base + i * cin * h * w, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, ci)
-            // dy, read by both products: rounded once where the products are bf16.
-            let (dyi, ldy) = dx == nil ? (.fp32(dy.base + i * cout * hw), hw) : sharedByTwo(.fp32(dy.base + i * cout * hw), rows: cout, cols: hw, ld: hw)
-            serialGemm(transA: false, transB: true, m: cout, n: ckk, k: hw, alpha: 1,
-                       a: dyi, lda: ldy, b: .fp32(ci), ldb: hw, beta: 0, c: parts + i * cout * ckk, ldc: ckk)
-            if let dx {
-                let dci = dcol + i * ckk * hw
-                serialGemm(transA: true, transB: false, m: ckk, n: hw, k: cout, alpha: 1,
-                           a: wOperand, lda: ckk, b: dyi, ldb: ldy, beta: 0, c: dci, ldc: hw)
-                col2im(dci, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, dx.base + i * cin * h * w)
+        for first in chunks(g) {
+            let count = min(chunk, g.batch - first)
+            forEach(count) { j in
+                let i = first + j, ci = workspace.base + j * ckk * hw
+                im2col(x.base + i * cin * h * w, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, ci)
+                // dy, read by both products: rounded once where the products are bf16.
+                let (dyi, ldy) = dx == nil ? (.fp32(dy.base + i * cout * hw), hw) : sharedByTwo(.fp32(dy.base + i * cout * hw), rows: cout, cols: hw, ld: hw)
+                serialGemm(transA: false, transB: true, m: cout, n: ckk, k: hw, alpha: 1,
+                           a: dyi, lda: ldy, b: .fp32(ci), ldb: hw, beta: 0, c: parts + j * cout * ckk, ldc: ckk)
+                if let dx {
+                    let dci = dcol + j * ckk * hw
+                    serialGemm(transA: true, transB: false, m: ckk, n: hw, k: cout, alpha: 1,
+                               a: wOperand, lda: ckk, b: dyi, ldb: ldy, beta: 0, c: dci, ldc: hw)
+                    col2im(dci, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, dx.base + i * cin * h * w)
+                }
             }
+            sumParts(parts, partCount: count, n: cout * ckk, accumulateInto: dWeight.base)
         }
-        sumParts(parts, partCount: g.batch, n: cout * ckk, accumulateInto: dWeight.base)
         if let dBias { accumulateChannelSums(dy, into: dBias) }
     }
 

@@ -18,6 +18,10 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public let gemmFlops = Atomic<Int>(0)
     /// Threads kernels spread work over; results never depend on it.
     public var threads: Int { pool.threadCount }
+    /// Bytes a convolution's columns and backward scratch may take at once (`convolutionChunk`;
+    /// `Devices.convolutionWorkspaceBudget` reads RADAR_CONV_WORKSPACE_MIB). Set before a step's
+    /// arena is sized.
+    public var convolutionWorkspaceBudget = 64 << 20
     /// How products are formed: fp32 (OpenBLAS), or bf16 operands with fp32 accumulation.
     public let products: CPUProducts
     public var recomputesInBackward: Bool { false }

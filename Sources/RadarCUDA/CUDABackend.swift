@@ -406,9 +406,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// Images per chunk for `g`: the most whose workspace and backward scratch fit the budget, at
     /// least one.
     public func convolutionChunk(_ g: ConvolutionGeometry) -> Int {
-        let columns = g.patchSize * g.outHeight * g.outWidth
-        let perImage = columns * columnWidth + (g.outChannels * g.patchSize + columns) * 4
-        return max(1, min(g.batch, convolutionWorkspaceBudget / max(perImage, 1)))
+        g.imagesPerChunk(budget: convolutionWorkspaceBudget, columnBytes: columnWidth)
     }
     /// Bytes per column element: bf16 in bf16 precision.
     private var columnWidth: Int { precision == .bf16 ? 2 : 4 }

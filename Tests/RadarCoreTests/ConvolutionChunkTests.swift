@@ -54,6 +54,32 @@ final class ConvolutionChunkTests: XCTestCase {
         }
     }
 
+    /// The CPU backend chunks the same way (fp32 columns): the bits of one chunk, two threads.
+    func testCPUChunksGiveTheBitsOfOneChunk() throws {
+        let g = ConvolutionGeometry(batch: 5, inChannels: 3, height: 11, width: 9, outChannels: 4, kernel: 3, stride: 2, padding: 1)
+        let columns = g.patchSize * g.outHeight * g.outWidth
+        var results: [[UInt32]] = []
+        for small in [false, true] {
+            let be = CPUBackend(threads: 2)
+            if small { be.convolutionWorkspaceBudget = 2 * (columns * 4 + (g.outChannels * g.patchSize + columns) * 4) }
+            XCTAssertEqual(be.convolutionChunk(g), small ? 2 : 5)
+            XCTAssertEqual(be.convolutionWorkspaceCount(g), be.convolutionChunk(g) * columns)
+            let x = DeviceTensor(be, Shape(5, 3, 11, 9), randomValues(5 * 3 * 11 * 9, seed: 61))
+            let w = DeviceTensor(be, Shape(4, 3, 3, 3), randomValues(4 * 27, seed: 62)), bias = DeviceTensor(be, Shape(4), randomValues(4, seed: 63))
+            let y = DeviceTensor(be, Shape(5, 4, g.outHeight, g.outWidth)), ws = DeviceTensor(be, Shape(be.convolutionWorkspaceCount(g)))
+            let dy = DeviceTensor(be, y.tensor.shape, randomValues(y.tensor.count, seed: 64))
+            let dW = DeviceTensor(be, w.tensor.shape, randomValues(4 * 27, seed: 65)), dB = DeviceTensor(be, Shape(4))
+            let dx = DeviceTensor(be, x.tensor.shape), scratch = DeviceTensor(be, Shape(be.convolutionBackwardScratchCount(g, inputGradient: true)))
+            withExtendedLifetime((x, w, bias, ws, dy, scratch)) {
+                be.convolutionForward(x.tensor, weight: w.tensor, bias: bias.tensor, g, workspace: ws.tensor, y.tensor)
+                be.convolutionBackward(dy.tensor, x: x.tensor, weight: w.tensor, g, workspace: ws.tensor, scratch: scratch.tensor,
+                                       dWeight: dW.tensor, dBias: dB.tensor, dx: dx.tensor)
+            }
+            results.append((y.values + dW.values + dB.values + dx.values).map(\.bitPattern))
+        }
+        XCTAssertEqual(results[0], results[1], "chunks of 2 give the bits of one chunk of 5")
+    }
+
     /// Through the layer (the arena and the backend's scratch, as a step uses them): the
     /// branches' first convolution on 6 images of 64 x 64, chunks of one image under a small
     /// budget. The device memory it took falls; its gradients and output keep their bits.

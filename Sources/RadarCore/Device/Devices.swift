@@ -62,8 +62,8 @@ public enum Devices {
 
     /// RADAR_CONV_WORKSPACE_MIB: how much device memory a convolution's columns and backward
     /// scratch may take at once (images are processed in chunks that fit; at least one image).
-    /// Default 64 MiB: the branches' largest convolution then runs in chunks of 16 images, each
-    /// product still 16 images wide.
+    /// Default 64 MiB: on CUDA in bf16 the branches' largest convolution then runs in chunks of
+    /// 16 images (the CPU, with fp32 columns: 12), each product still that many images wide.
     public static func convolutionWorkspaceBudget(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Int {
         guard let value = environment["RADAR_CONV_WORKSPACE_MIB"], !value.isEmpty else { return CUDABackend.defaultConvolutionWorkspaceBudget }
         guard let mib = Int(value), mib >= 1, mib <= 1 << 20 else { throw BadWorkspaceBudget(value: value) }
@@ -124,6 +124,7 @@ public enum Devices {
                 if let notice { CPUProducts.notice(notice) }
             }
             let cpu = CPUBackend(threads: threads, products: products)
+            cpu.convolutionWorkspaceBudget = try convolutionWorkspaceBudget()
             return name == "cpu" ? cpu : FencedBackend(wrapping: cpu)
         default:
             guard let ordinal = cudaOrdinal(name) else { throw UnknownDevice(name: name) }

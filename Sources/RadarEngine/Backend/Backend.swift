@@ -292,6 +292,19 @@ public struct ConvolutionGeometry: Sendable, Equatable {
         batch * outChannels * patchSize + (inputGradient ? columnCount : 0)
     }
 
+    /// Images whose columns (`columnBytes` an element), column gradients and weight gradients
+    /// (fp32) fit in `budget` bytes: the most a backend processes at once, at least one.
+    public func imagesPerChunk(budget: Int, columnBytes: Int) -> Int {
+        let columns = patchSize * outHeight * outWidth
+        let perImage = columns * columnBytes + (outChannels * patchSize + columns) * 4
+        return max(1, min(batch, budget / max(perImage, 1)))
+    }
+    /// The same geometry for `images` images.
+    public func with(batch images: Int) -> ConvolutionGeometry {
+        ConvolutionGeometry(batch: images, inChannels: inChannels, height: height, width: width, outChannels: outChannels,
+                            kernel: kernel, stride: stride, padding: padding)
+    }
+
     public init(batch: Int, inChannels: Int, height: Int, width: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int) {
         self.batch = batch
         self.inChannels = inChannels

@@ -43,6 +43,11 @@ public final class RADARModel: @unchecked Sendable {
     private var last: Pass?
 
     struct Pass {
+        /// The encoder's output gradient and the buffer its blocks' gradients alternate with
+        /// (training only), reserved below the encoder's saves; and the arena's position after
+        /// the encoder's forward (backward returns there once the heads and branches are done).
+        let gradients: (Tensor, Tensor)?
+        let encoderEnd: Arena.Mark
         let input: Tensor, tokens: Tensor, patches: Tensor, cls: Tensor
         let patch: Conv2d.Saved, norm: LayerNorm.Saved
         let badm: BoundaryBranch.Saved?, aadm: FrequencyBranch.Saved?
@@ -98,19 +103,47 @@ public final class RADARModel: @unchecked Sendable {
         let b = x.shape[0], d = config.embedDim, n = config.patchCount, e = config.evidenceDim, t = config.reasoningIterations
         let prof = ctx.profiler
         prof?.begin()
+        // What outlives the pass's saves is reserved first, below them: the outputs (the caller
+        // reads them after backward) and the encoder's gradient buffers. Backward then releases
+        // the heads' and branches' saves before the encoder's backward, and each block's as it
+        // leaves it, so their memory holds the later temporaries (as PyTorch frees saved tensors
+        // during backward) instead of the arena growing past every save.
+        let one = Shape(b, 1)
+        let logit = ctx.tensor(one), prob = ctx.tensor(one), alpha = ctx.tensor(one)
+        let reasoningLogit = ctx.tensor(one), external = ctx.tensor(one)
+        let eb = ctx.tensor(Shape(b, e)), lb = ctx.tensor(one), ea = ctx.tensor(Shape(b, e)), la = ctx.tensor(one)
+        let iterationLogits = ctx.tensor(Shape(b, t)), history = ctx.tensor(Shape(b, t, 2)), delta = ctx.tensor(Shape(1))
+        let gradients = ctx.training ? (ctx.tensor(Shape(b, n + 1, d)), ctx.tensor(Shape(b, n + 1, d))) : nil
         let (tokens, patchSaved, normSaved) = try encoder.forward(x, ctx, saved: &blockSaved)
+        let encoderEnd = ctx.arena.mark()
         let flat = tokens.reshaped(Shape(b, (n + 1) * d))
         let cls = ctx.tensor(Shape(b, d))
         be.sliceColumns(flat, srcCols: (n + 1) * d, offset: 0, into: cls, dstCols: d)
         let patches = ctx.tensor(Shape(b, n, d))
         be.sliceColumns(flat, srcCols: (n + 1) * d, offset: d, into: patches.reshaped(Shape(b, n * d)), dstCols: n * d)
 
-        var eb = ctx.zeros(Shape(b, e)), lb = ctx.zeros(Shape(b, 1)), ea = ctx.zeros(Shape(b, e)), la = ctx.zeros(Shape(b, 1))
         var badmSaved: BoundaryBranch.Saved?, aadmSaved: FrequencyBranch.Saved?
         prof?.end(.encoderForward)
-        if config.useBadm { let r = try badm.forward(x, patches: patches, ctx); (eb, lb, badmSaved) = (r.0, r.1, r.2) }
+        // A branch's evidence and logit are copied into the reserved outputs (zeros when it is off).
+        if config.useBadm {
+            let r = try badm.forward(x, patches: patches, ctx)
+            be.copy(r.0, into: eb)
+            be.copy(r.1, into: lb)
+            badmSaved = r.2
+        } else {
+            be.fill(eb, 0)
+            be.fill(lb, 0)
+        }
         prof?.end(.boundaryForward)
-        if config.useAadm { let r = try aadm.forward(x, cls: cls, ctx); (ea, la, aadmSaved) = (r.0, r.1, r.2) }
+        if config.useAadm {
+            let r = try aadm.forward(x, cls: cls, ctx)
+            be.copy(r.0, into: ea)
+            be.copy(r.1, into: la)
+            aadmSaved = r.2
+        } else {
+            be.fill(ea, 0)
+            be.fill(la, 0)
+        }
         prof?.end(.frequencyForward)
 
         // Evidence tokens: stack(e_b, e_a) is cat(e_b, e_a) seen as (B, 2, E); one branch -> (B, 1, E).
@@ -122,17 +155,17 @@ public final class RADARModel: @unchecked Sendable {
             initInput = config.useBadm ? eb : ea
             evidenceTokens = initInput.reshaped(Shape(b, 1, e))
         }
-        let iterationLogits = ctx.tensor(Shape(b, t))
-        let history = ctx.zeros(Shape(b, t, 2))
-        let (initSaved, reasoningLogit) = try reasoning.forward(
+        be.fill(history, 0)
+        let (initSaved, reasoned) = try reasoning.forward(
             tokens: evidenceTokens, initInput: initInput, dual: dual, historyColumn: config.useBadm ? 0 : 1, ctx,
             steps: &ermSteps, iterationLogits: iterationLogits, history: history.reshaped(Shape(b, 2 * t)))
-        let (external, extSaved) = try (dual ? externalDual : externalSingle).forward(initInput, ctx)
+        be.copy(reasoned, into: reasoningLogit)
+        let (externalOut, extSaved) = try (dual ? externalDual : externalSingle).forward(initInput, ctx)
+        be.copy(externalOut, into: external)
 
-        let logit = ctx.tensor(Shape(b, 1)), prob = ctx.tensor(Shape(b, 1)), alpha = ctx.tensor(Shape(b, 1))
         be.gatedFusionForward(gate: ctx.params.value(gatingLogit), reasoning: reasoningLogit, external: external,
                               final: logit, prob: prob, alphaOut: alpha)
-        let delta = ctx.zeros(Shape(1))
+        be.fill(delta, 0)
         if t >= 2 {
             let a = ctx.tensor(Shape(b, 1)), p = ctx.tensor(Shape(b, 1))
             be.sliceColumns(iterationLogits, srcCols: t, offset: t - 1, into: a, dstCols: 1)
@@ -143,7 +176,7 @@ public final class RADARModel: @unchecked Sendable {
                                gatingAlpha: alpha, badmLogit: lb, aadmLogit: la, badmEvidence: eb, aadmEvidence: ea,
                                iterationLogits: iterationLogits, attentionHistory: history, convergenceDelta: delta)
         prof?.end(.reasoningForward)
-        last = Pass(input: x, tokens: tokens, patches: patches, cls: cls, patch: patchSaved, norm: normSaved,
+        last = Pass(gradients: gradients, encoderEnd: encoderEnd, input: x, tokens: tokens, patches: patches, cls: cls, patch: patchSaved, norm: normSaved,
                     badm: badmSaved, aadm: aadmSaved, evidenceTokens: evidenceTokens, initInput: initInput,
                     initSaved: initSaved, external: extSaved, externalInput: initInput, outputs: out)
         return out
@@ -161,8 +194,10 @@ public final class RADARModel: @unchecked Sendable {
 
         // What each part passes on is allocated first; each part's own temporaries are released
         // when it is done, so they do not sit under the encoder's backward (the step's peak).
+        guard let (encoderGradient, spare) = s.gradients else { preconditionFailure("RADARModel.backward after an eval-mode forward") }
+        let dTok = encoderGradient.reshaped(Shape(b, (n + 1) * d))
+        be.fill(dTok, 0)
         let dEvidence = ctx.tensor(s.initInput.shape)
-        let dTok = ctx.zeros(Shape(b, (n + 1) * d))
         var mark = ctx.arena.mark()
         let dReasoning = ctx.tensor(Shape(b, 1)), dExternal = ctx.tensor(Shape(b, 1))
         be.gatedFusionBackward(dFinal: g.logit, gate: p.value(gatingLogit), reasoning: o.reasoningLogit,
@@ -209,7 +244,9 @@ public final class RADARModel: @unchecked Sendable {
         }
         prof?.end(.frequencyBackward)
         ctx.parallel.gradientsFinal(from: branchesOffset)
-        encoder.backward(dTok.reshaped(Shape(b, n + 1, d)), patch: s.patch, norm: s.norm, blocks: blockSaved, ctx)
+        // Everything the pass kept past the encoder is read: its memory is the encoder backward's.
+        ctx.arena.rewind(to: s.encoderEnd)
+        encoder.backward(encoderGradient, spare: spare, patch: s.patch, norm: s.norm, blocks: blockSaved, ctx)
         prof?.end(.encoderBackward)
         ctx.parallel.gradientsFinal(from: 0)
     }

@@ -12,6 +12,9 @@ public struct VisionTransformer: Sendable {
     public let norm: LayerNorm
 
     public struct BlockSaved {
+        /// The arena's position before the block's first save: backward releases the block's saves
+        /// (and all above them) by returning here once its input gradient is written.
+        let start: Arena.Mark
         let n1: LayerNorm.Saved, attn: SelfAttention.Saved, n2: LayerNorm.Saved
         let h: Tensor, gelu: GELU.Saved, act: Tensor
     }
@@ -92,27 +95,29 @@ public struct VisionTransformer: Sendable {
                 continue
             }
             be.add(h1, h2, into: h2)
-            saved.append(BlockSaved(n1: n1, attn: attnSaved, n2: n2, h: m, gelu: geluSaved, act: act))
+            saved.append(BlockSaved(start: blockStart, n1: n1, attn: attnSaved, n2: n2, h: m, gelu: geluSaved, act: act))
             h = h2
         }
         let (out, normSaved) = try norm.forward(h, ctx)
         return (out, patchSaved, normSaved)
     }
 
-    /// dTokens (B, N+1, D) -> parameter gradients (the image needs no gradient).
-    public func backward(_ dTokens: Tensor, patch: Conv2d.Saved, norm normSaved: LayerNorm.Saved,
+    /// dTokens (B, N+1, D) -> parameter gradients (the image needs no gradient). dTokens and
+    /// `spare` (same shape) must lie below the blocks' saves (reserved before the forward): the
+    /// blocks' input gradients alternate between them while each block's temporaries take the
+    /// memory of the saves of the block above it, released once that block is done (so the
+    /// arena's peak here is the saves of the blocks still to go plus one block's backward, not
+    /// every save plus it). Whatever the arena held above the last block's saves is reused too.
+    public func backward(_ dTokens: Tensor, spare: Tensor, patch: Conv2d.Saved, norm normSaved: LayerNorm.Saved,
                          blocks saved: [BlockSaved], _ ctx: ExecutionContext) {
         let be = ctx.backend
         let b = dTokens.shape[0], n = config.patchCount, d = config.embedDim
-        var dh = norm.backward(dTokens, normSaved, ctx)
+        var dh = norm.backward(dTokens, normSaved, ctx, into: spare)
         ctx.parallel.gradientsFinal(from: norm.weight.offset)
-        // Each block's temporaries are released once its input gradient is written into one of
-        // two buffers allocated before them: the arena's peak is the forward's saves and one
-        // block's backward, not twelve.
-        let passOnEven = ctx.tensor(dh.shape), passOnOdd = ctx.tensor(dh.shape)  // no array: the step allocates nothing
         var i = blocks.count - 1
         while i >= 0 {
-            let blk = blocks[i], s = saved[i], out = i % 2 == 0 ? passOnEven : passOnOdd
+            let blk = blocks[i], s = saved[i], out = dh.base == spare.base ? dTokens : spare
+            if i + 1 < blocks.count { ctx.arena.rewind(to: saved[i + 1].start) }
             let mark = ctx.arena.mark()
             i -= 1
             // h2 = h1 + fc2(gelu(fc1(norm2(h1))))
