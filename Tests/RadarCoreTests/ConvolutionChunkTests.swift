@@ -54,6 +54,17 @@ final class ConvolutionChunkTests: XCTestCase {
         }
     }
 
+    /// RADAR_CONV_WORKSPACE_MIB: whole MiB, at least 1; anything else a one-line error naming it.
+    func testTheBudgetVariable() throws {
+        XCTAssertEqual(try Devices.convolutionWorkspaceBudget([:]), 64 << 20)
+        XCTAssertEqual(try Devices.convolutionWorkspaceBudget(["RADAR_CONV_WORKSPACE_MIB": "8"]), 8 << 20)
+        for bad in ["0", "lots", "-3", "1.5"] {
+            XCTAssertThrowsError(try Devices.convolutionWorkspaceBudget(["RADAR_CONV_WORKSPACE_MIB": bad])) { error in
+                XCTAssertEqual("\(error)", "RADAR_CONV_WORKSPACE_MIB=\(bad): expected a whole number of MiB, at least 1")
+            }
+        }
+    }
+
     /// The CPU backend chunks the same way (fp32 columns): the bits of one chunk, two threads.
     func testCPUChunksGiveTheBitsOfOneChunk() throws {
         let g = ConvolutionGeometry(batch: 5, inChannels: 3, height: 11, width: 9, outChannels: 4, kernel: 3, stride: 2, padding: 1)

@@ -124,25 +124,20 @@ public final class RADARModel: @unchecked Sendable {
 
         var badmSaved: BoundaryBranch.Saved?, aadmSaved: FrequencyBranch.Saved?
         prof?.end(.encoderForward)
-        // A branch's evidence and logit are copied into the reserved outputs (zeros when it is off).
         if config.useBadm {
             let r = try badm.forward(x, patches: patches, ctx)
-            be.copy(r.0, into: eb)
-            be.copy(r.1, into: lb)
+            RADARModel.keep(r.0, r.1, into: eb, lb, be)
             badmSaved = r.2
         } else {
-            be.fill(eb, 0)
-            be.fill(lb, 0)
+            RADARModel.keep(nil, nil, into: eb, lb, be)
         }
         prof?.end(.boundaryForward)
         if config.useAadm {
             let r = try aadm.forward(x, cls: cls, ctx)
-            be.copy(r.0, into: ea)
-            be.copy(r.1, into: la)
+            RADARModel.keep(r.0, r.1, into: ea, la, be)
             aadmSaved = r.2
         } else {
-            be.fill(ea, 0)
-            be.fill(la, 0)
+            RADARModel.keep(nil, nil, into: ea, la, be)
         }
         prof?.end(.frequencyForward)
 
@@ -180,6 +175,17 @@ public final class RADARModel: @unchecked Sendable {
                     badm: badmSaved, aadm: aadmSaved, evidenceTokens: evidenceTokens, initInput: initInput,
                     initSaved: initSaved, external: extSaved, externalInput: initInput, outputs: out)
         return out
+    }
+
+    /// A branch's evidence and logit into the reserved outputs (zeros when the branch is off).
+    private static func keep(_ evidence: Tensor?, _ logit: Tensor?, into e: Tensor, _ l: Tensor, _ be: any Backend) {
+        if let evidence, let logit {
+            be.copy(evidence, into: e)
+            be.copy(logit, into: l)
+        } else {
+            be.fill(e, 0)
+            be.fill(l, 0)
+        }
     }
 
     /// Accumulates every parameter gradient of the last forward pass.
