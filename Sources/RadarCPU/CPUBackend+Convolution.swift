@@ -85,16 +85,13 @@ extension CPUBackend {
         g.with(batch: convolutionChunk(g)).backwardScratchCount(inputGradient: inputGradient)
     }
 
-    /// Each chunk's first image and image count.
-    private func chunks(_ g: ConvolutionGeometry) -> StrideTo<Int> { stride(from: 0, to: g.batch, by: convolutionChunk(g)) }
-
     /// im2col + one GEMM per image, the chunk's images spread over the pool.
     public func convolutionForward(_ x: Tensor, weight: Tensor, bias: Tensor?, _ g: ConvolutionGeometry,
                                    workspace: Tensor, _ y: Tensor) {
         let (cin, h, w, k, s, p, cout) = (g.inChannels, g.height, g.width, g.kernel, g.stride, g.padding, g.outChannels)
         let ckk = g.patchSize, hw = g.outHeight * g.outWidth, chunk = convolutionChunk(g)
         let wOperand = sharedWeight(weight, count: cout * ckk)
-        for first in chunks(g) {
+        for first in g.chunkStarts(chunk) {
             forEach(min(chunk, g.batch - first)) { j in
                 let i = first + j, ci = workspace.base + j * ckk * hw
                 im2col(x.base + i * cin * h * w, channels: cin, height: h, width: w, kernel: k, stride: s, padding: p, ci)
@@ -115,7 +112,7 @@ extension CPUBackend {
         let parts = scratch.base, dcol = scratch.base + chunk * cout * ckk
         if let dx { fill(dx, 0) }
         let wOperand = dx == nil ? Operand(weight) : sharedWeight(weight, count: cout * ckk)
-        for first in chunks(g) {
+        for first in g.chunkStarts(chunk) {
             let count = min(chunk, g.batch - first)
             forEach(count) { j in
                 let i = first + j, ci = workspace.base + j * ckk * hw

@@ -21,7 +21,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// Bytes a convolution's columns and backward scratch may take at once (`convolutionChunk`;
     /// `Devices.convolutionWorkspaceBudget` reads RADAR_CONV_WORKSPACE_MIB). Set before a step's
     /// arena is sized.
-    public var convolutionWorkspaceBudget = 64 << 20
+    public var convolutionWorkspaceBudget = ConvolutionGeometry.defaultWorkspaceBudget
     /// How products are formed: fp32 (OpenBLAS), or bf16 operands with fp32 accumulation.
     public let products: CPUProducts
     public var recomputesInBackward: Bool { false }

@@ -45,10 +45,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// Bytes a convolution's columns and backward scratch may take at once (`convolutionChunk`;
     /// `Devices.convolutionWorkspaceBudget` reads RADAR_CONV_WORKSPACE_MIB).
     public var convolutionWorkspaceBudget: Int
-    public static let defaultConvolutionWorkspaceBudget = 64 << 20
 
     public init(driver: any CUDADriver, precision: Precision = .fp32, fusedAttention: Bool = false,
-                convolutionWorkspaceBudget: Int = CUDABackend.defaultConvolutionWorkspaceBudget) {
+                convolutionWorkspaceBudget: Int = ConvolutionGeometry.defaultWorkspaceBudget) {
         self.driver = driver
         self.convolutionWorkspaceBudget = convolutionWorkspaceBudget
         self.precision = precision
@@ -411,21 +410,15 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// Bytes per column element: bf16 in bf16 precision.
     private var columnWidth: Int { precision == .bf16 ? 2 : 4 }
     public func convolutionWorkspaceCount(_ g: ConvolutionGeometry) -> Int {
-        (convolutionChunk(g) * g.patchSize * g.outHeight * g.outWidth * columnWidth + 3) / 4
+        (g.with(batch: convolutionChunk(g)).columnCount * columnWidth + 3) / 4
     }
     public func convolutionBackwardScratchCount(_ g: ConvolutionGeometry, inputGradient: Bool) -> Int {
-        let c = convolutionChunk(g)
-        return c * g.outChannels * g.patchSize + (inputGradient ? c * g.patchSize * g.outHeight * g.outWidth : 0)
+        g.with(batch: convolutionChunk(g)).backwardScratchCount(inputGradient: inputGradient)
     }
     /// The kernels' geometry arguments for `images` images.
     private func geometryArgs(_ g: ConvolutionGeometry, images: Int) -> [KernelArg] {
         [.i32(images), .i32(g.inChannels), .i32(g.height), .i32(g.width), .i32(g.kernel), .i32(g.stride), .i32(g.padding),
          .i32(g.outHeight), .i32(g.outWidth)]
-    }
-    /// Each chunk's first image and image count.
-    private func chunks(_ g: ConvolutionGeometry) -> [(first: Int, count: Int)] {
-        let c = convolutionChunk(g)
-        return stride(from: 0, to: g.batch, by: c).map { ($0, min(c, g.batch - $0)) }
     }
     /// A chunk's columns into the workspace (bf16 in bf16 precision) as the products read them.
     private func columns(_ x: Tensor, _ g: ConvolutionGeometry, first: Int, count: Int, into workspace: Tensor) -> Operand {
@@ -438,8 +431,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
 
     public func convolutionForward(_ x: Tensor, weight: Tensor, bias: Tensor?, _ g: ConvolutionGeometry, workspace: Tensor, _ y: Tensor) {
         let ckk = g.patchSize, hw = g.outHeight * g.outWidth, cout = g.outChannels
-        let w = operand(weight, slot: 0)
-        for (first, count) in chunks(g) {
+        let w = operand(weight, slot: 0), chunk = convolutionChunk(g)
+        for first in g.chunkStarts(chunk) {
+            let count = min(chunk, g.batch - first)
             let col = columns(x, g, first: first, count: count, into: workspace)
             // y_i (Cout x HW) = W (Cout x CKK) col_i (CKK x HW), one strided-batched product per chunk.
             productOperands(transA: false, transB: false, m: cout, n: hw, k: ckk, alpha: 1, a: w.base, lda: ckk, b: col.base, ldb: hw,
@@ -451,9 +445,10 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func convolutionBackward(_ dy: Tensor, x: Tensor, weight: Tensor, _ g: ConvolutionGeometry, workspace: Tensor, scratch: Tensor,
                                     dWeight: Tensor, dBias: Tensor?, dx: Tensor?) {
         let ckk = g.patchSize, hw = g.outHeight * g.outWidth, cout = g.outChannels
-        let parts = scratch.base, dcol = scratch.base + convolutionChunk(g) * cout * ckk
+        let chunk = convolutionChunk(g), parts = scratch.base, dcol = scratch.base + chunk * cout * ckk
         let w = dx.map { _ in operand(weight, slot: 1) }
-        for (first, count) in chunks(g) {
+        for first in g.chunkStarts(chunk) {
+            let count = min(chunk, g.batch - first)
             let col = columns(x, g, first: first, count: count, into: workspace)  // the forward's columns, rebuilt
             // The chunk's dy, read by both products: converted once in bf16 precision.
             let d = operand(dy.base + first * cout * hw, count: count * cout * hw, slot: 0)

@@ -14,7 +14,7 @@ final class ConvolutionChunkTests: XCTestCase {
         let columns = g.patchSize * g.outHeight * g.outWidth
         for precision in [Precision.fp32, .bf16] {
             var results: [[[UInt32]]] = []
-            for budget in [CUDABackend.defaultConvolutionWorkspaceBudget, 0] {
+            for budget in [ConvolutionGeometry.defaultWorkspaceBudget, 0] {
                 let be = CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: precision)
                 let width = precision == .bf16 ? 2 : 4
                 // Two images' columns, backward parts and column gradients: chunks of two.
@@ -96,7 +96,7 @@ final class ConvolutionChunkTests: XCTestCase {
     /// budget. The device memory it took falls; its gradients and output keep their bits.
     func testTheBudgetBoundsTheConvolutionsMemory() throws {
         var peaks: [Int] = [], results: [[Float]] = []
-        for budget in [CUDABackend.defaultConvolutionWorkspaceBudget, 1] {
+        for budget in [ConvolutionGeometry.defaultWorkspaceBudget, 1] {
             let be = CUDABackend(driver: EmulatedDevice(memory: 1 << 28), precision: .bf16)
             be.convolutionWorkspaceBudget = budget
             let layout = ParameterLayout()

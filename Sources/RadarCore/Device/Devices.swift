@@ -65,7 +65,7 @@ public enum Devices {
     /// Default 64 MiB: on CUDA in bf16 the branches' largest convolution then runs in chunks of
     /// 16 images (the CPU, with fp32 columns: 12), each product still that many images wide.
     public static func convolutionWorkspaceBudget(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Int {
-        guard let value = environment["RADAR_CONV_WORKSPACE_MIB"], !value.isEmpty else { return CUDABackend.defaultConvolutionWorkspaceBudget }
+        guard let value = environment["RADAR_CONV_WORKSPACE_MIB"], !value.isEmpty else { return ConvolutionGeometry.defaultWorkspaceBudget }
         guard let mib = Int(value), mib >= 1, mib <= 1 << 20 else { throw BadWorkspaceBudget(value: value) }
         return mib << 20
     }

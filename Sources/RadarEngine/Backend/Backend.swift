@@ -292,6 +292,9 @@ public struct ConvolutionGeometry: Sendable, Equatable {
         batch * outChannels * patchSize + (inputGradient ? columnCount : 0)
     }
 
+    /// The budget both backends start from (RADAR_CONV_WORKSPACE_MIB overrides it): 64 MiB.
+    public static let defaultWorkspaceBudget = 64 << 20
+
     /// Images whose columns (`columnBytes` an element), column gradients and weight gradients
     /// (fp32) fit in `budget` bytes: the most a backend processes at once, at least one.
     public func imagesPerChunk(budget: Int, columnBytes: Int) -> Int {
@@ -299,6 +302,8 @@ public struct ConvolutionGeometry: Sendable, Equatable {
         let perImage = columns * columnBytes + (outChannels * patchSize + columns) * 4
         return max(1, min(batch, budget / max(perImage, 1)))
     }
+    /// The first image of each chunk of `images` images.
+    public func chunkStarts(_ images: Int) -> StrideTo<Int> { Swift.stride(from: 0, to: batch, by: images) }
     /// The same geometry for `images` images.
     public func with(batch images: Int) -> ConvolutionGeometry {
         ConvolutionGeometry(batch: images, inChannels: inChannels, height: height, width: width, outChannels: outChannels,

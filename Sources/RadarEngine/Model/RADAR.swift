@@ -122,23 +122,12 @@ public final class RADARModel: @unchecked Sendable {
         let patches = ctx.tensor(Shape(b, n, d))
         be.sliceColumns(flat, srcCols: (n + 1) * d, offset: d, into: patches.reshaped(Shape(b, n * d)), dstCols: n * d)
 
-        var badmSaved: BoundaryBranch.Saved?, aadmSaved: FrequencyBranch.Saved?
         prof?.end(.encoderForward)
-        if config.useBadm {
-            let r = try badm.forward(x, patches: patches, ctx)
-            RADARModel.keep(r.0, r.1, into: eb, lb, be)
-            badmSaved = r.2
-        } else {
-            RADARModel.keep(nil, nil, into: eb, lb, be)
-        }
+        let rb = config.useBadm ? try badm.forward(x, patches: patches, ctx) : nil
+        RADARModel.keep(rb?.0, rb?.1, into: eb, lb, be)
         prof?.end(.boundaryForward)
-        if config.useAadm {
-            let r = try aadm.forward(x, cls: cls, ctx)
-            RADARModel.keep(r.0, r.1, into: ea, la, be)
-            aadmSaved = r.2
-        } else {
-            RADARModel.keep(nil, nil, into: ea, la, be)
-        }
+        let ra = config.useAadm ? try aadm.forward(x, cls: cls, ctx) : nil
+        RADARModel.keep(ra?.0, ra?.1, into: ea, la, be)
         prof?.end(.frequencyForward)
 
         // Evidence tokens: stack(e_b, e_a) is cat(e_b, e_a) seen as (B, 2, E); one branch -> (B, 1, E).
@@ -172,7 +161,7 @@ public final class RADARModel: @unchecked Sendable {
                                iterationLogits: iterationLogits, attentionHistory: history, convergenceDelta: delta)
         prof?.end(.reasoningForward)
         last = Pass(gradients: gradients, encoderEnd: encoderEnd, input: x, tokens: tokens, patches: patches, cls: cls, patch: patchSaved, norm: normSaved,
-                    badm: badmSaved, aadm: aadmSaved, evidenceTokens: evidenceTokens, initInput: initInput,
+                    badm: rb?.2, aadm: ra?.2, evidenceTokens: evidenceTokens, initInput: initInput,
                     initSaved: initSaved, external: extSaved, externalInput: initInput, outputs: out)
         return out
     }
