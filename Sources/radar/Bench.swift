@@ -121,7 +121,7 @@ extension Bench {
         @Option(help: "Backend: cpu, cuda, cuda:N (RADAR_CUDA_DRIVER=emulator: the emulated device), cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
         @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
         @Option(help: "Micro-batches per optimizer step (times are reported per micro-batch).") var accumulationSteps = 1
-        @Option(help: "Recompute the attention probabilities and GELU's CDF in backward instead of keeping them: true or false (default: the device's choice, true on CUDA, false on the CPU).")
+        @Option(help: "Recompute the attention probabilities and GELU's output and CDF in backward instead of keeping them: true or false (default: the device's choice, true on CUDA, false on the CPU).")
         var recomputeInBackward: Bool?
         @Option(help: "Keep the encoder's activations that only products read in bf16: true or false (default: the device's choice, true on CUDA in bf16 precision, else false).")
         var bf16Activations: Bool?

@@ -16,7 +16,7 @@ public final class ExecutionContext: @unchecked Sendable {
     /// The replicas this one trains with: backward reports finished gradients to it, and
     /// SyncBatchNorm reduces its statistics through it. A single process by default.
     public var parallel: any DataParallel = SingleProcess()
-    /// Backward recomputes the attention probabilities and GELU's CDF (less memory, a little
+    /// Backward recomputes the attention probabilities and GELU's output and CDF (less memory, a little
     /// more work) instead of keeping them; the backend's preference unless set (the same bits
     /// either way).
     public var recomputeInBackward: Bool

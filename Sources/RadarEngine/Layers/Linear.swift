@@ -18,14 +18,18 @@ public struct Linear: Sendable {
 
     /// x (..., in) -> y (..., out) of dtype `output` (x may be bf16: see `Tensor.dtype`). A bf16 y
     /// is written by the product itself, as autocast's addmm: the bias rounded to bf16, the sum in
-    /// fp32, rounded once (`Backend.biasedProduct`).
-    public func forward(_ x: Tensor, _ ctx: ExecutionContext, output: DType = .float32) throws(ShapeMismatch) -> Tensor {
+    /// fp32, rounded once (`Backend.biasedProduct`). `into`: y there (its shape and dtype), not in
+    /// a new tensor.
+    public func forward(_ x: Tensor, _ ctx: ExecutionContext, output: DType = .float32, into: Tensor? = nil) throws(ShapeMismatch) -> Tensor {
         if x.shape.rank == 0 || x.shape.last != inFeatures {
             throw ShapeMismatch(layer: name, expected: "(*, \(inFeatures))", actual: x.shape)
         }
         let rows = x.shape.rows
         let w = ctx.productWeight(weight)
-        let y = ctx.tensor(x.shape.replacingLast(outFeatures), dtype: output)
+        if let into, into.shape != x.shape.replacingLast(outFeatures) {
+            throw ShapeMismatch(layer: name, expected: "output \(x.shape.replacingLast(outFeatures))", actual: into.shape)
+        }
+        let y = into ?? ctx.tensor(x.shape.replacingLast(outFeatures), dtype: output)
         if let bias {
             ctx.backend.biasedProduct(transA: false, transB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1, a: x,
                                       lda: inFeatures, b: w, ldb: inFeatures, bias: ctx.params.value(bias), c: y, ldc: outFeatures)
