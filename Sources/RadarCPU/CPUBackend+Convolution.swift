@@ -173,7 +173,8 @@ extension CPUBackend {
     }
 
     public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads h: Int, scale: Float,
-                                  dProbs: Tensor, dScores: Tensor, dQKV: Tensor) {
+                                  dProbs: Tensor, dScores: Tensor, dQKV: Tensor, recompute: Bool) {
+        if recompute { attentionProbabilities(qkv: qkv, heads: h, scale: scale, scores: dScores, probs: probs) }
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         let qkvOperand = Operand(qkv)
         forEach(b * h) { i in

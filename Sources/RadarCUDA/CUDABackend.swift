@@ -525,10 +525,14 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     }
 
     public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads h: Int, scale: Float, dProbs: Tensor,
-                                  dScores: Tensor, dQKV: Tensor) {
+                                  dScores: Tensor, dQKV: Tensor, recompute: Bool) {
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         let dO = operand(dMerged.base, count: dMerged.count, slot: 0), x = operand(qkv, slot: 1)
-        let pr = operand(probs.base, count: probs.count, slot: 2)
+        // Recomputed under bf16, the softmax writes the probabilities' bf16 operand as forward's does
+        // (no conversion pass over them).
+        let copy = recompute && precision == .bf16 ? scratch(2, bytes: probs.count * 2) : nil
+        if recompute { attentionProbabilities(x, qkv.shape, heads: h, scale: scale, scores: dScores, probs: probs, bf16Copy: copy) }
+        let pr = copy.map { Operand(base: UnsafeRawPointer($0), width: 2) } ?? operand(probs.base, count: probs.count, slot: 2)
         let out = output(dQKV)
         for hi in 0..<h {
             productOperands(transA: false, transB: true, m: n, n: n, k: hd, alpha: 1, a: dO.at(hi * hd), lda: d, strideA: n * d,

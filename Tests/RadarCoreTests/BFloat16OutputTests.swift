@@ -210,6 +210,15 @@ final class BFloat16OutputTests: XCTestCase {
                                  dScores: dScores.tensor, dQKV: dQKV16)
             XCTAssertEqual(bits(dQKV16), rounded(dQKV32.tensor), "\(name): dQKV")
             XCTAssertNotEqual(bits(dQKV16), bits(dQKV32.tensor), "\(name): dQKV is rounded")
+            // Recomputing the probabilities in backward (over others: zeros) gives forward's and
+            // the same dQKV (CUDA bf16: from the bf16 operand its softmax writes on the way).
+            let keptProbs = bits(probs.tensor), recomputedDQKV = bf16(dQKV16.shape)
+            defer { be.release(recomputedDQKV.base) }
+            be.fill(probs.tensor, 0)
+            be.attentionBackward(dMerged: dMerged.tensor, qkv: qkv, probs: probs.tensor, heads: h, scale: 0.25, dProbs: dProbs.tensor,
+                                 dScores: dScores.tensor, dQKV: recomputedDQKV, recompute: true)
+            XCTAssertEqual(bits(probs.tensor), keptProbs, "\(name): recomputed probabilities")
+            XCTAssertEqual(bits(recomputedDQKV), bits(dQKV16), "\(name): dQKV from recomputed probabilities")
             // The fused path: the CPU's reference, and the kernels on the emulated device (bf16).
             if be is CPUBackend { checkFused(be, name: name + " fused reference", b: b, n: n, h: h, hd: hd) }
             if let cuda = be as? CUDABackend, cuda.precision == .bf16 {

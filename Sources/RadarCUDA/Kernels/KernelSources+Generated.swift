@@ -787,8 +787,34 @@ __device__ __forceinline__ float radar_normal_cdf(float v) { return 0.5f * (1.f 
 // x and y each fp32, or bf16 (x_bf16, y_bf16: fc1's output and GELU's under bf16 activations,
 // read and written as they are: no widened copy, no fp32 y converted afterwards; the same bits).
 // cdf may be null (not kept).
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
+}
+
+// All bf16 and no CDF (fc1's output under bf16 activations, forward and backward's recompute):
+// four elements per 8-byte access where every pointer is 8-byte aligned (the arena's tensors
+// are), the tail one by one; the same bits either way.
+__device__ __forceinline__ float radar_gelu_value(float v) { return v * radar_normal_cdf(v); }
 extern "C" __global__ void radar_gelu_forward(const void* x, int x_bf16, void* y, int y_bf16, float* cdf, long n) {
-    GRID_STRIDE(i, n) {
+    long head = 0;
+    if (x_bf16 && y_bf16 && !cdf && radar_aligned8(x) && radar_aligned8(y)) {
+        head = n / 4 * 4;
+        GRID_STRIDE(i, n / 4) {
+            const uint2 w = ((const uint2*)x)[i];
+            float r[4];
+            for (int k = 0; k < 4; ++k) r[k] = radar_gelu_value(radar_bf16_at(w, k));
+            ((uint2*)y)[i] = radar_bf16_word(r);
+        }
+    }
+    GRID_STRIDE(j, n - head) {
+        const long i = head + j;
         float v = radar_load(x, x_bf16, i), phi = radar_normal_cdf(v);
         if (cdf) cdf[i] = phi;
         if (y_bf16) ((unsigned short*)y)[i] = radar_bf16_bits(v * phi); else ((float*)y)[i] = v * phi;
@@ -798,12 +824,27 @@ extern "C" __global__ void radar_gelu_forward(const void* x, int x_bf16, void* y
 // dx = dy (Phi(x) + x phi(x)), phi the normal density; Phi from cdf, or (null) recomputed as
 // forward computed it. dy, x and dx each fp32 or bf16 (under bf16 activations: fc2's bf16 input
 // gradient in, fc1's bf16 output gradient out, computed in fp32 and rounded once).
+// The same four-at-a-time path as forward where dy, x and dx are bf16 and the CDF is recomputed.
+__device__ __forceinline__ float radar_gelu_slope(float v, float phi) { return phi + v * (0.3989422804014327f * expf(-0.5f * v * v)); }
 extern "C" __global__ void radar_gelu_backward(const void* dy, int dy_bf16, const void* x, int x_bf16, const float* cdf,
                                                void* dx, int dx_bf16, long n) {
-    GRID_STRIDE(i, n) {
+    long head = 0;
+    if (dy_bf16 && x_bf16 && dx_bf16 && !cdf && radar_aligned8(dy) && radar_aligned8(x) && radar_aligned8(dx)) {
+        head = n / 4 * 4;
+        GRID_STRIDE(i, n / 4) {
+            const uint2 wx = ((const uint2*)x)[i], wd = ((const uint2*)dy)[i];
+            float r[4];
+            for (int k = 0; k < 4; ++k) {
+                const float v = radar_bf16_at(wx, k);
+                r[k] = radar_bf16_at(wd, k) * radar_gelu_slope(v, radar_normal_cdf(v));
+            }
+            ((uint2*)dx)[i] = radar_bf16_word(r);
+        }
+    }
+    GRID_STRIDE(j, n - head) {
+        const long i = head + j;
         float v = radar_load(x, x_bf16, i);
-        float pdf = 0.3989422804014327f * expf(-0.5f * v * v);
-        float g = radar_load(dy, dy_bf16, i) * ((cdf ? cdf[i] : radar_normal_cdf(v)) + v * pdf);
+        float g = radar_load(dy, dy_bf16, i) * radar_gelu_slope(v, cdf ? cdf[i] : radar_normal_cdf(v));
         if (dx_bf16) ((unsigned short*)dx)[i] = radar_bf16_bits(g); else ((float*)dx)[i] = g;
     }
 }

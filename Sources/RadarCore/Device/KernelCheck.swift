@@ -100,6 +100,15 @@ public enum KernelCheck {
                     b.release(y.base)
                 }
             },
+            // No CDF (recomputed): CUDA's four-at-a-time path, the tail of 2 one by one.
+            Case(name: "geluForward/bf16/recompute", tensors: [t(Shape(38)), t(Shape(38))]) { b, v in
+                withBFloat16(b, v[0]) { x in
+                    withBFloat16(b, v[1]) { y in
+                        b.geluForward(x, y, cdf: nil)
+                        b.convert(y, into: v[1])
+                    }
+                }
+            },
             Case(name: "geluBackward/bf16", tensors: [t(Shape(38)), t(Shape(38)), t(Shape(38))]) { b, v in
                 withBFloat16(b, v[1]) { x in b.geluBackward(v[0], x: x, cdf: nil, v[2]) }
             },
@@ -189,6 +198,12 @@ public enum KernelCheck {
             Case(name: "attentionBackward", tensors: [t(Shape(2, 5, 12)), t(Shape(2, 5, 36)), t(Shape(2, 3, 5, 5), .unit), t(Shape(2, 3, 5, 5)),
                                                       t(Shape(2, 3, 5, 5)), t(Shape(2, 5, 36))]) { b, v in
                 b.attentionBackward(dMerged: v[0], qkv: v[1], probs: v[2], heads: 3, scale: 0.5, dProbs: v[3], dScores: v[4], dQKV: v[5])
+            },
+            // The probabilities recomputed first (tensor 2 is written, not read).
+            Case(name: "attentionBackward/recompute", tensors: [t(Shape(2, 5, 12)), t(Shape(2, 5, 36)), t(Shape(2, 3, 5, 5)), t(Shape(2, 3, 5, 5)),
+                                                                t(Shape(2, 3, 5, 5)), t(Shape(2, 5, 36))]) { b, v in
+                b.attentionBackward(dMerged: v[0], qkv: v[1], probs: v[2], heads: 3, scale: 0.5, dProbs: v[3], dScores: v[4], dQKV: v[5],
+                                    recompute: true)
             },
             // bf16 qkv, merged and dQKV (under bf16 activations): the outputs written by the
             // products as bf16, compared as fp32 (merged: tensor 3; dQKV: tensor 5).

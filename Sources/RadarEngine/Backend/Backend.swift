@@ -170,8 +170,11 @@ public protocol Backend: AnyObject {
     func attentionProbabilities(qkv: Tensor, heads: Int, scale: Float, scores: Tensor, probs: Tensor)
     /// From dMerged (B, N, D) writes dQKV (B, N, 3D; bf16 under bf16 activations, as AMP's
     /// gradient of a bf16 qkv: rounded once); dProbs and dScores (B, H, N, N) are scratch.
+    /// `recompute`: probs is written first, `attentionProbabilities`' bits (dScores holding the
+    /// scores), instead of read as kept from forward; the backend may keep what its products read
+    /// of them on the way (CUDA under bf16: the softmax writes their bf16 operand too).
     func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads: Int, scale: Float,
-                           dProbs: Tensor, dScores: Tensor, dQKV: Tensor)
+                           dProbs: Tensor, dScores: Tensor, dQKV: Tensor, recompute: Bool)
     /// Whether `fusedAttentionForward`/`fusedAttentionBackward` serve heads of `headDim` channels
     /// on this backend (bf16 qkv): attention without any (B, H, N, N) tensor (flash attention).
     func fusedAttention(headDim: Int) -> Bool
@@ -323,6 +326,13 @@ public struct ConvolutionGeometry: Sendable, Equatable {
 }
 
 extension Backend {
+    /// `attentionBackward` reading the probabilities kept from forward.
+    public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads: Int, scale: Float,
+                                  dProbs: Tensor, dScores: Tensor, dQKV: Tensor) {
+        attentionBackward(dMerged: dMerged, qkv: qkv, probs: probs, heads: heads, scale: scale, dProbs: dProbs, dScores: dScores,
+                          dQKV: dQKV, recompute: false)
+    }
+
     /// A host copy of a tensor's values (a host synchronisation).
     public func download(_ t: Tensor) -> [Float] {
         [Float](unsafeUninitializedCapacity: t.count) { buf, n in

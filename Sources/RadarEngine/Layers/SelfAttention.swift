@@ -73,13 +73,11 @@ public struct SelfAttention: Sendable {
         }
         let dProbs = ctx.tensor(Shape(b, heads, n, n)), dScores = ctx.tensor(dProbs.shape)
         let dQKV = ctx.tensor(saved.qkv.shape, dtype: saved.qkv.dtype)
+        // Not kept: the backend recomputes them first (dScores holding the scores until it
+        // overwrites them).
         let probs = saved.probs ?? ctx.tensor(dProbs.shape)
-        if saved.probs == nil {
-            // dScores holds the recomputed scores until attentionBackward overwrites it.
-            ctx.backend.attentionProbabilities(qkv: saved.qkv, heads: heads, scale: scale, scores: dScores, probs: probs)
-        }
         ctx.backend.attentionBackward(dMerged: dMerged, qkv: saved.qkv, probs: probs, heads: heads, scale: scale,
-                                      dProbs: dProbs, dScores: dScores, dQKV: dQKV)
+                                      dProbs: dProbs, dScores: dScores, dQKV: dQKV, recompute: saved.probs == nil)
         return qkv.backward(dQKV, x: x, ctx)!
     }
 }
