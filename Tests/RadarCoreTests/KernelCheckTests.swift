@@ -31,6 +31,21 @@ final class KernelCheckTests: XCTestCase {
         XCTAssertEqual(kernels.subtracting(KernelCheck.kernelNames), [], "Backend kernels without a check case")
     }
 
+    /// A normwise tensor is compared against its largest magnitude: a small sum off by its terms'
+    /// rounding passes, an error of that size on its largest element, or one past it, does not.
+    func testNormwiseComparison() {
+        let want: [[Float]] = [[3, 0.01]]
+        func worst(_ got: [Float], normwise: Set<Int>) -> Double {
+            KernelCheck.disagreement(want: want, got: [got], rtol: 1e-2, atol: 5e-4, normwise: normwise).worst
+        }
+        XCTAssertGreaterThan(worst([3, 0.02], normwise: []), 1, "elementwise: 0.01 off 0.01")
+        XCTAssertLessThan(worst([3, 0.02], normwise: [0]), 1, "normwise: 0.01 off against 3")
+        XCTAssertGreaterThan(worst([3.1, 0.01], normwise: [0]), 1, "normwise: 0.1 off against 3")
+        XCTAssertGreaterThan(worst([3, 0.1], normwise: [0]), 1, "normwise: 0.09 off against 3")
+        XCTAssertEqual(KernelCheck.disagreement(want: want, got: [[3, 0.02]], rtol: 1e-2, atol: 5e-4, normwise: [0]).detail,
+                       "tensor 0 [1]: device 0.02, cpu 0.01")
+    }
+
     /// The check fails when a kernel disagrees: in bf16 the products round their operands, which
     /// the fp32 tolerances catch, while the kernels without products still pass.
     func testDisagreementIsCaught() {
