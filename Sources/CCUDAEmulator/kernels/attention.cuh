@@ -7,7 +7,9 @@
 // lse and delta (B, H, N) fp32; dmerged fp32; dqkv fp32, or bf16 (dqkv_bf16: the gradient of bf16 qkv,
 // as AMP's; accumulated in fp32 and rounded once). A block (128 threads): one (image, head) and 64 rows
 // (queries, or keys for dK/dV), 4 warps of 16 rows; it walks the other side 64 at a time through
-// shared memory. Rows past N are zeros in, masked, never written. Deterministic: every output
+// shared memory, each tile staged once, row-major (the products that read a tile transposed take
+// their fragments from it as it is: no transposed copy, whose 16-bit stores conflicted 8 ways).
+// Rows past N are zeros in, masked, never written. Deterministic: every output
 // element is written by one block, summed in a fixed order (dQ and dK/dV by two kernels, no atomics).
 
 #ifndef RADAR_EMULATOR
@@ -76,6 +78,14 @@ __device__ __forceinline__ void attn_load_b(unsigned* b, const unsigned short* s
     b[0] = *(const unsigned*)r;
     b[1] = *(const unsigned*)(r + 8);
 }
+// The same fragment from shared bf16 rows indexed by k, n contiguous (a row-major k x n matrix):
+// each register's two k values come from two rows. With ld = HD + 8 the 32 lanes read 16 words in
+// 16 banks (lanes g and g ^ 1 share a word): no bank conflict.
+__device__ __forceinline__ void attn_load_b_kn(unsigned* b, const unsigned short* s, int ld, int n0, int k0, int lane) {
+    const unsigned short* r = s + (k0 + 2 * (lane % 4)) * ld + n0 + lane / 4;
+    b[0] = (unsigned)r[0] | (unsigned)r[ld] << 16;
+    b[1] = (unsigned)r[8 * ld] | (unsigned)r[9 * ld] << 16;
+}
 // A fragment from four 16 x 8 accumulator tiles' worth of values: the PTX layouts of a 16 x 8
 // accumulator and a 16 x 16 operand coincide per 8 columns, so columns [16 kk, 16 kk + 16) of
 // the accumulators c[2 kk] and c[2 kk + 1] are that k-step's A fragment, rounded to bf16.
@@ -86,43 +96,43 @@ __device__ __forceinline__ void attn_a_from_c(unsigned* a, const float* c0, cons
     a[3] = attn_pack(c1[2], c1[3]);
 }
 
-// Rows [row0, row0 + 64) x HD channels of a global row-major matrix into shared memory, as rows
-// (dst[r * ldd + c]) or transposed (dst[c * ldd + r]); rows past `rows` as zeros.
+// Rows [row0, row0 + 64) x HD channels of a global row-major matrix into shared rows
+// (dst[r * ldd + c]), eight channels (16 bytes) per access; rows past `rows` as zeros. Every
+// address is 16-byte aligned: the arena's tensors are 64-byte aligned, qkv's rows are 6 D bytes
+// and dmerged's 4 D (D = heads x HD, a multiple of 16), a head starts 2 HD or 4 HD bytes in, and a
+// shared row is 2 (HD + 8) bytes of a uint4 array.
 template <int HD>
-__device__ __forceinline__ void attn_stage(unsigned short* dst, int ldd, bool transposed, const unsigned short* src, long lds, int row0,
-                                           int rows) {
-    for (int i = threadIdx.x; i < ATTN_TILE * HD / 2; i += blockDim.x) {
-        const int r = i / (HD / 2), c = (i % (HD / 2)) * 2;
-        const unsigned v = row0 + r < rows ? *(const unsigned*)(src + (row0 + r) * lds + c) : 0u;
-        if (transposed) {
-            dst[c * ldd + r] = (unsigned short)(v & 0xffffu);
-            dst[(c + 1) * ldd + r] = (unsigned short)(v >> 16);
-        } else {
-            *(unsigned*)(dst + r * ldd + c) = v;
-        }
+__device__ __forceinline__ void attn_stage(unsigned short* dst, int ldd, const unsigned short* src, long lds, int row0, int rows) {
+    for (int i = threadIdx.x; i < ATTN_TILE * HD / 8; i += blockDim.x) {
+        const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (row0 + r < rows) v = *(const uint4*)(src + (row0 + r) * lds + c);
+        *(uint4*)(dst + r * ldd + c) = v;
     }
 }
+// The same from an fp32 matrix, rounded to bf16 (two 16-byte loads, one 16-byte store).
 template <int HD>
-__device__ __forceinline__ void attn_stage_f32(unsigned short* dst, int ldd, bool transposed, const float* src, long lds, int row0, int rows) {
-    for (int i = threadIdx.x; i < ATTN_TILE * HD / 2; i += blockDim.x) {
-        const int r = i / (HD / 2), c = (i % (HD / 2)) * 2;
-        const bool valid = row0 + r < rows;
-        const float lo = valid ? src[(row0 + r) * lds + c] : 0.f, hi = valid ? src[(row0 + r) * lds + c + 1] : 0.f;
-        if (transposed) {
-            dst[c * ldd + r] = radar_bf16_bits(lo);
-            dst[(c + 1) * ldd + r] = radar_bf16_bits(hi);
-        } else {
-            *(unsigned*)(dst + r * ldd + c) = attn_pack(lo, hi);
+__device__ __forceinline__ void attn_stage_f32(unsigned short* dst, int ldd, const float* src, long lds, int row0, int rows) {
+    for (int i = threadIdx.x; i < ATTN_TILE * HD / 8; i += blockDim.x) {
+        const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (row0 + r < rows) {
+            const float4 a = *(const float4*)(src + (row0 + r) * lds + c), b = *(const float4*)(src + (row0 + r) * lds + c + 4);
+            v = make_uint4(attn_pack(a.x, a.y), attn_pack(a.z, a.w), attn_pack(b.x, b.y), attn_pack(b.z, b.w));
         }
+        *(uint4*)(dst + r * ldd + c) = v;
     }
 }
 
-// s (16 x 64: this warp's rows against 64 shared rows) = a b^T over HD channels.
+// s (16 x 64: this warp's rows against 64 shared rows) = a b^T over HD channels. `valid`: how many
+// of the 64 shared rows are real (N - first row); the products past it are skipped (N = 197 pads
+// its last step of 64 from 5: a fifth of the work).
 template <int HD>
-__device__ __forceinline__ void attn_scores(float (*s)[4], const unsigned (*a)[4], const unsigned short* rows, int ld, int lane) {
+__device__ __forceinline__ void attn_scores(float (*s)[4], const unsigned (*a)[4], const unsigned short* rows, int ld, int lane, int valid) {
 #pragma unroll
     for (int j = 0; j < ATTN_TILE / 8; ++j) {
         s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+        if (j * 8 >= valid) continue;  // past the last valid row (warp-uniform): zeros, masked by the caller
 #pragma unroll
         for (int kk = 0; kk < HD / 16; ++kk) {
             unsigned b[2];
@@ -132,17 +142,19 @@ __device__ __forceinline__ void attn_scores(float (*s)[4], const unsigned (*a)[4
     }
 }
 // acc (16 x HD) += p (16 x 64, accumulator layout, rounded to bf16) times the 64 x HD matrix held
-// transposed in shared memory (one row per channel).
+// row-major in shared memory (a row per key or query, the channels contiguous).
 template <int HD>
-__device__ __forceinline__ void attn_accumulate(float (*acc)[4], const float (*p)[4], const unsigned short* transposed, int ld, int lane) {
+__device__ __forceinline__ void attn_accumulate(float (*acc)[4], const float (*p)[4], const unsigned short* rows, int ld, int lane,
+                                                int valid) {
 #pragma unroll
     for (int kk = 0; kk < ATTN_TILE / 16; ++kk) {
+        if (kk * 16 >= valid) break;  // the rest of p is zeros (warp-uniform): nothing to add
         unsigned a[4];
         attn_a_from_c(a, p[2 * kk], p[2 * kk + 1]);
 #pragma unroll
         for (int jn = 0; jn < HD / 8; ++jn) {
             unsigned b[2];
-            attn_load_b(b, transposed, ld, jn * 8, kk * 16, lane);
+            attn_load_b_kn(b, rows, ld, jn * 8, kk * 16, lane);
             radar_mma_bf16(acc[jn], a, b);
         }
     }
@@ -150,12 +162,13 @@ __device__ __forceinline__ void attn_accumulate(float (*acc)[4], const float (*p
 
 template <int HD>
 __device__ __forceinline__ void attention_forward(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads, float scale) {
-    constexpr int LK = HD + ATTN_PAD, LV = ATTN_TILE + ATTN_PAD;
-    __shared__ unsigned ks_words[ATTN_TILE * LK / 2];  // this step's keys, a row each (words: 4-byte aligned)
-    __shared__ unsigned vt_words[HD * LV / 2];         // its values transposed, a row per channel
+    constexpr int LK = HD + ATTN_PAD;
+    __shared__ uint4 ks_words[ATTN_TILE * LK / 8];  // this step's keys, a row each (uint4: 16-byte aligned)
+    __shared__ uint4 vs_words[ATTN_TILE * LK / 8];  // its values, a row each
     unsigned short* ks = (unsigned short*)ks_words;
-    unsigned short* vt = (unsigned short*)vt_words;
+    unsigned short* vs = (unsigned short*)vs_words;
     const auto [d, ld, lane, g, t, h, image, row] = attn_place(n, heads, HD);
+    const bool active = row < n;
     const unsigned short* q = qkv + (long)image * n * ld + h * HD;
     unsigned qa[HD / 16][4];
 #pragma unroll
@@ -166,11 +179,12 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
     for (int jn = 0; jn < HD / 8; ++jn) o[jn][0] = o[jn][1] = o[jn][2] = o[jn][3] = 0.f;
     for (int k0 = 0; k0 < n; k0 += ATTN_TILE) {
         __syncthreads();  // the last step's tiles are read
-        attn_stage<HD>(ks, LK, false, q + d, ld, k0, n);
-        attn_stage<HD>(vt, LV, true, q + 2 * d, ld, k0, n);
+        attn_stage<HD>(ks, LK, q + d, ld, k0, n);
+        attn_stage<HD>(vs, LK, q + 2 * d, ld, k0, n);
         __syncthreads();
         float s[ATTN_TILE / 8][4];
-        attn_scores<HD>(s, qa, ks, LK, lane);
+        if (!active) continue;  // a warp whose 16 rows are all past N only helps stage
+        attn_scores<HD>(s, qa, ks, LK, lane, n - k0);
         // Online softmax: every step has a key below n, so the new maxima are finite.
         float mx[2] = {m[0], m[1]};
 #pragma unroll
@@ -201,7 +215,7 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
             o[jn][0] *= alpha[0], o[jn][1] *= alpha[0];
             o[jn][2] *= alpha[1], o[jn][3] *= alpha[1];
         }
-        attn_accumulate<HD>(o, s, vt, LV, lane);
+        attn_accumulate<HD>(o, s, vs, LK, lane, n - k0);
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -220,12 +234,12 @@ template <int HD>
 __device__ __forceinline__ void attention_backward_query(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
                                                          const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                          float scale) {
-    constexpr int LK = HD + ATTN_PAD, LT = ATTN_TILE + ATTN_PAD;
-    __shared__ unsigned ks_words[ATTN_TILE * LK / 2], vs_words[ATTN_TILE * LK / 2], kt_words[HD * LT / 2];
+    constexpr int LK = HD + ATTN_PAD;
+    __shared__ uint4 ks_words[ATTN_TILE * LK / 8], vs_words[ATTN_TILE * LK / 8];
     unsigned short* ks = (unsigned short*)ks_words;  // keys, a row each
     unsigned short* vs = (unsigned short*)vs_words;  // values, a row each
-    unsigned short* kt = (unsigned short*)kt_words;  // keys transposed, a row per channel
     const auto [d, ld, lane, g, t, h, image, row] = attn_place(n, heads, HD);
+    const bool active = row < n;
     const unsigned short* q = qkv + (long)image * n * ld + h * HD;
     const float* dout = dmerged + (long)image * n * d + h * HD;
     const unsigned short* out = merged + (long)image * n * d + h * HD;
@@ -255,13 +269,13 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
     for (int jn = 0; jn < HD / 8; ++jn) dq[jn][0] = dq[jn][1] = dq[jn][2] = dq[jn][3] = 0.f;
     for (int k0 = 0; k0 < n; k0 += ATTN_TILE) {
         __syncthreads();
-        attn_stage<HD>(ks, LK, false, q + d, ld, k0, n);
-        attn_stage<HD>(vs, LK, false, q + 2 * d, ld, k0, n);
-        attn_stage<HD>(kt, LT, true, q + d, ld, k0, n);
+        attn_stage<HD>(ks, LK, q + d, ld, k0, n);
+        attn_stage<HD>(vs, LK, q + 2 * d, ld, k0, n);
         __syncthreads();
         float s[ATTN_TILE / 8][4], dp[ATTN_TILE / 8][4];
-        attn_scores<HD>(s, qa, ks, LK, lane);
-        attn_scores<HD>(dp, da, vs, LK, lane);
+        if (!active) continue;
+        attn_scores<HD>(s, qa, ks, LK, lane, n - k0);
+        attn_scores<HD>(dp, da, vs, LK, lane, n - k0);
         // dS = P o (dP - delta), P recomputed from the forward's log-sum-exp.
 #pragma unroll
         for (int j = 0; j < ATTN_TILE / 8; ++j)
@@ -270,7 +284,7 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
                 const float p = k0 + j * 8 + 2 * t + (e & 1) < n ? expf(s[j][e] * scale - ls[e / 2]) : 0.f;
                 s[j][e] = p * (dp[j][e] - dl[e / 2]);
             }
-        attn_accumulate<HD>(dq, s, kt, LT, lane);
+        attn_accumulate<HD>(dq, s, ks, LK, lane, n - k0);
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -287,14 +301,13 @@ template <int HD>
 __device__ __forceinline__ void attention_backward_key_value(const unsigned short* qkv, const float* dmerged, const float* lse,
                                                              const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                              float scale) {
-    constexpr int LK = HD + ATTN_PAD, LT = ATTN_TILE + ATTN_PAD;
-    __shared__ unsigned qs_words[ATTN_TILE * LK / 2], qt_words[HD * LT / 2], os_words[ATTN_TILE * LK / 2], ot_words[HD * LT / 2];
+    constexpr int LK = HD + ATTN_PAD;
+    __shared__ uint4 qs_words[ATTN_TILE * LK / 8], os_words[ATTN_TILE * LK / 8];
     __shared__ float lse_s[ATTN_TILE], delta_s[ATTN_TILE];
     unsigned short* qs = (unsigned short*)qs_words;  // queries, a row each
-    unsigned short* qt = (unsigned short*)qt_words;  // queries transposed
     unsigned short* os = (unsigned short*)os_words;  // dO (bf16), a row each
-    unsigned short* ot = (unsigned short*)ot_words;  // dO transposed
     const auto [d, ld, lane, g, t, h, image, row] = attn_place(n, heads, HD);
+    const bool active = row < n;
     const unsigned short* q = qkv + (long)image * n * ld + h * HD;
     const float* dout = dmerged + (long)image * n * d + h * HD;
     const float* lse_h = lse + ((long)image * heads + h) * n;
@@ -313,10 +326,8 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
     }
     for (int q0 = 0; q0 < n; q0 += ATTN_TILE) {
         __syncthreads();
-        attn_stage<HD>(qs, LK, false, q, ld, q0, n);
-        attn_stage<HD>(qt, LT, true, q, ld, q0, n);
-        attn_stage_f32<HD>(os, LK, false, dout, d, q0, n);
-        attn_stage_f32<HD>(ot, LT, true, dout, d, q0, n);
+        attn_stage<HD>(qs, LK, q, ld, q0, n);
+        attn_stage_f32<HD>(os, LK, dout, d, q0, n);
         for (int i = threadIdx.x; i < ATTN_TILE; i += blockDim.x) {
             lse_s[i] = q0 + i < n ? lse_h[q0 + i] : 0.f;
             delta_s[i] = q0 + i < n ? delta_h[q0 + i] : 0.f;
@@ -324,7 +335,8 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
         __syncthreads();
         // P^T (these 16 keys x 64 queries) from the log-sum-exp of each query (a column here).
         float p[ATTN_TILE / 8][4], dp[ATTN_TILE / 8][4];
-        attn_scores<HD>(p, ka, qs, LK, lane);
+        if (!active) continue;
+        attn_scores<HD>(p, ka, qs, LK, lane, n - q0);
 #pragma unroll
         for (int j = 0; j < ATTN_TILE / 8; ++j)
 #pragma unroll
@@ -332,13 +344,13 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
                 const int c = j * 8 + 2 * t + (e & 1);
                 p[j][e] = q0 + c < n ? expf(p[j][e] * scale - lse_s[c]) : 0.f;
             }
-        attn_accumulate<HD>(dv, p, ot, LT, lane);  // dV += P^T dO
-        attn_scores<HD>(dp, va, os, LK, lane);     // dP^T = V dO^T
+        attn_accumulate<HD>(dv, p, os, LK, lane, n - q0);  // dV += P^T dO
+        attn_scores<HD>(dp, va, os, LK, lane, n - q0);     // dP^T = V dO^T
 #pragma unroll
         for (int j = 0; j < ATTN_TILE / 8; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) p[j][e] *= dp[j][e] - delta_s[j * 8 + 2 * t + (e & 1)];
-        attn_accumulate<HD>(dk, p, qt, LT, lane);  // dK += dS^T Q
+        attn_accumulate<HD>(dk, p, qs, LK, lane, n - q0);  // dK += dS^T Q
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
