@@ -49,7 +49,7 @@ radar launch -n 2 -- radar-worker --data data --output out --experiment e --conf
   --max-steps-per-epoch 2 --threads 1 2>&1 | tail -2
 test -f out/e/last.safetensors.lz4
 # The GPU check as a pod runs it, on the emulated device (probe, every kernel, golden parity,
-# bench step in fp32/tf32/bf16 and bf16 with the fused attention).
+# bench step in fp32/tf32/bf16 (fused attention, the default) and bf16 with the products path).
 # (A generous deadline: the emulated device is slow, and a skipped step fails the check.)
 GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 GPU_CHECK_DEADLINE=1800 GPU_CHECK_SERVE_REQUESTS=48 \
   bash "$b/gpu-check.sh" > report.json 2> report.log || { tail -20 report.log; exit 1; }
@@ -77,7 +77,7 @@ import json
 r = json.load(open("late.json"))
 assert r["complete"] and not r["passed"], r
 assert len(r["skipped"]) == 6 and r["skipped"][0] == "radar bench step fp32", r["skipped"]
-assert "radar bench step bf16 fused attention" in r["skipped"], r["skipped"]
+assert "radar bench step bf16 products attention" in r["skipped"], r["skipped"]
 print("check-bundle: gpu-check past its deadline skipped %s" % ", ".join(r["skipped"]))
 PY
 echo "check-bundle: passed"

@@ -4,7 +4,8 @@
 #   2. every Backend kernel against the CPU backend on the device;
 #   3. the golden PyTorch parity cases on the device;
 #   4. `radar bench step --device cuda` on the full config at batch 128 (halved until it fits) in
-#      fp32, tf32 and bf16, then bf16 with the fused attention kernels (RADAR_ATTENTION=fused);
+#      fp32, tf32 and bf16 (fused attention, the default), then bf16 with the products path
+#      (RADAR_ATTENTION=products);
 #   5. where PyTorch and timm import: bench/pytorch_step.py on the same config, batch and GPU, eager
 #      fp32, tf32 and AMP bf16.
 #   6. data parallel on the GPU: two TCP ranks sharing it (`radar launch`, --allow-gpu-sharing),
@@ -156,13 +157,13 @@ for p in fp32 tf32 bf16; do
   done
   report
 done
-# bf16 with the fused (flash) attention kernels (RADAR_ATTENTION=fused) at bf16's batch: the
-# records' "attention" field tells the two bf16 runs apart.
-if time_for 30 "radar bench step bf16 fused attention" && [ "$bf16_batch" -ge 1 ]; then
-  RADAR_ATTENTION=fused timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 --config "$config" \
-    --batch "$bf16_batch" --repeats "$repeats" >> "$work/bench.jsonl" 2> "$work/bench-bf16-fused.log" \
-    && log "radar bench step bf16 fused attention batch $bf16_batch: $(tail -1 "$work/bench.jsonl" | head -c 300)" \
-    || log "radar bench step bf16 fused attention failed: $(tail -1 "$work/bench-bf16-fused.log")"
+# bf16 with the products path for attention (RADAR_ATTENTION=products; the default is the fused
+# kernels) at bf16's batch: the records' "attention" field tells the two bf16 runs apart.
+if time_for 30 "radar bench step bf16 products attention" && [ "$bf16_batch" -ge 1 ]; then
+  RADAR_ATTENTION=products timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 --config "$config" \
+    --batch "$bf16_batch" --repeats "$repeats" >> "$work/bench.jsonl" 2> "$work/bench-bf16-products.log" \
+    && log "radar bench step bf16 products attention batch $bf16_batch: $(tail -1 "$work/bench.jsonl" | head -c 300)" \
+    || log "radar bench step bf16 products attention failed: $(tail -1 "$work/bench-bf16-products.log")"
   report
 fi
 

@@ -78,10 +78,11 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(steps.compactMap { $0["precision"] as? String }, ["fp32", "tf32", "bf16", "bf16"])
         XCTAssertTrue(steps.allSatisfy { ($0["device"] as? String ?? "").contains("RADAR fake CUDA device 0, sm_90") }, "\(steps)")
         XCTAssertEqual(steps.compactMap { $0["bf16_activations"] as? Bool }, [false, false, true, true], "bf16 keeps bf16 activations")
-        // bf16 again with the fused attention kernels: 42 fewer cuBLAS products per step in the
-        // tiny config (21 per block: 3 heads x (2 forward + 1 recomputed + 4 backward)).
-        XCTAssertEqual(steps.compactMap { $0["attention"] as? String }, ["products", "products", "products", "fused"])
-        XCTAssertEqual(steps[2]["cublas_products_per_step"] as? Int, (steps[3]["cublas_products_per_step"] as? Int ?? 0) + 42, "\(steps)")
+        // bf16 with the fused attention kernels (the default), then again with the products path:
+        // 42 more cuBLAS products per step in the tiny config (21 per block: 3 heads x (2 forward +
+        // 1 recomputed + 4 backward)).
+        XCTAssertEqual(steps.compactMap { $0["attention"] as? String }, ["products", "products", "fused", "products"])
+        XCTAssertEqual(steps[3]["cublas_products_per_step"] as? Int, (steps[2]["cublas_products_per_step"] as? Int ?? 0) + 42, "\(steps)")
         // With time to spare, bf16 again with fp32 activations, then keeping what backward recomputes.
         let variants = try XCTUnwrap(json["radar_bench_step_variants"] as? [[String: Any]])
         XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [false, true], "\(variants)")
