@@ -17,6 +17,9 @@
 #      CDF (--recompute-in-backward false): what each memory choice costs or saves on this GPU.
 #   8. with a minute to spare (never listed as skipped): `radar bench serve` on the device (16
 #      clients POSTing 224 px faces, dynamic batches of up to 64): requests/s and latency.
+#  5b. with a minute to spare, where PyTorch ran (never listed as skipped): bf16 once more each,
+#      ours then PyTorch's ("bf16_rematch"): PyTorch AMP's rate has moved by 40% between runs on
+#      the same GPU, so a second pair in the same run shows how far one pair can be trusted.
 #   9. with a minute to spare (never listed as skipped): `radar bench step --kernel-times` in bf16
 #      with fused attention, bf16 and fp32: every kernel, cuBLAS product and FFT of a step timed with CUDA events.
 # One JSON report on stdout (and in gpu-check.json, rewritten after every step, so a run stopped
@@ -65,7 +68,7 @@ time_for() {
 }
 check_status=1; dp_status=-1; allreduce_status=-1
 : > "$work/check.log"; : > "$work/bench.jsonl"; : > "$work/pytorch.jsonl"; : > "$work/dp.out"; : > "$work/dp.log"
-: > "$work/allreduce.jsonl"; : > "$work/allreduce.log"; : > "$work/variants.jsonl"; : > "$work/kernels.jsonl"
+: > "$work/allreduce.jsonl"; : > "$work/allreduce.log"; : > "$work/variants.jsonl"; : > "$work/kernels.jsonl"; : > "$work/rematch.jsonl"
 bf16_batch=0
 
 # CUDA libraries and headers from the Python environment (PyTorch's nvidia-* wheels) when the
@@ -122,7 +125,7 @@ dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
 skipped = [l.strip() for l in text(work + "/skipped", 100000).splitlines() if l.strip()]
 rep = {"check": check, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
        "radar_bench_step_variants": lines(work + "/variants.jsonl"), "radar_bench_serve": lines(work + "/serve.jsonl"),
-       "radar_kernel_times": lines(work + "/kernels.jsonl"),
+       "radar_kernel_times": lines(work + "/kernels.jsonl"), "bf16_rematch": lines(work + "/rematch.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
        "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
        "skipped": skipped, "complete": final, "seconds": seconds,
@@ -178,6 +181,16 @@ if [ -n "$python" ] && [ "$device" != "cuda-emulated" ] && "$python" -c "import 
       && log "pytorch $p: $(tail -1 "$work/pytorch.jsonl")" || log "pytorch $p failed: $(tail -3 "$work/pytorch-$p.log" | tr '\n' ' ')"
     report
   done
+  # 5b: a second bf16 pair, ours then PyTorch's, with time to spare.
+  if [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 90 ]; then
+    timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 --config "$config" --batch "$bf16_batch" \
+      --repeats "$repeats" >> "$work/rematch.jsonl" 2> "$work/rematch-radar.log" \
+      && log "rematch radar bf16: $(tail -1 "$work/rematch.jsonl" | head -c 200)" || log "rematch radar bf16 failed: $(tail -1 "$work/rematch-radar.log")"
+    timeout "$(limit "$step_timeout")" "$python" "$bench_py" --config "$config" --batch "$bf16_batch" --device cuda --precision bf16 \
+      --repeats "$repeats" >> "$work/rematch.jsonl" 2> "$work/rematch-pytorch.log" \
+      && log "rematch pytorch bf16: $(tail -1 "$work/rematch.jsonl")" || log "rematch pytorch bf16 failed: $(tail -3 "$work/rematch-pytorch.log" | tr '\n' ' ')"
+    report
+  fi
 else
   log "PyTorch with CUDA not available: no PyTorch comparison"
 fi
