@@ -108,9 +108,6 @@ extern "C" __global__ void radar_relu_backward(const float* dy, const float* y, 
 // Exact GELU: y = x Phi(x), Phi kept for backward.
 __device__ __forceinline__ float radar_normal_cdf(float v) { return 0.5f * (1.f + erff(v * 0.70710678118654752f)); }
 
-// x and y each fp32, or bf16 (x_bf16, y_bf16: fc1's output and GELU's under bf16 activations,
-// read and written as they are: no widened copy, no fp32 y converted afterwards; the same bits).
-// cdf may be null (not kept).
 // Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
 __device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
 __device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
@@ -122,10 +119,12 @@ __device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
                       (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
 }
 
-// All bf16 and no CDF (fc1's output under bf16 activations, forward and backward's recompute):
-// four elements per 8-byte access where every pointer is 8-byte aligned (the arena's tensors
-// are), the tail one by one; the same bits either way.
 __device__ __forceinline__ float radar_gelu_value(float v) { return v * radar_normal_cdf(v); }
+// x and y each fp32, or bf16 (x_bf16, y_bf16: fc1's output and GELU's under bf16 activations,
+// read and written as they are: no widened copy, no fp32 y converted afterwards; the same bits).
+// cdf may be null (not kept). All bf16 and no CDF (forward, and backward's recompute): four
+// elements per 8-byte access where every pointer is 8-byte aligned (the arena's tensors are), the
+// tail one by one; the same bits either way.
 extern "C" __global__ void radar_gelu_forward(const void* x, int x_bf16, void* y, int y_bf16, float* cdf, long n) {
     long head = 0;
     if (x_bf16 && y_bf16 && !cdf && radar_aligned8(x) && radar_aligned8(y)) {
