@@ -50,12 +50,13 @@ extern "C" int radar_emu_launch_radar_add_row_bias(const unsigned grid[3], const
 
 extern "C" int radar_emu_launch_radar_fill_rows(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
-    float* a1; memcpy(&a1, args[1], sizeof(a1));
-    int a2; memcpy(&a2, args[2], sizeof(a2));
-    long a3; memcpy(&a3, args[3], sizeof(a3));
-    int a4; memcpy(&a4, args[4], sizeof(a4));
+    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    float* a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    long a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_fill_rows(a0, a1, a2, a3, a4, a5); }, true);
+    int a6; memcpy(&a6, args[6], sizeof(a6));
+    return radar_emu::launch(grid, block, [&] { radar_fill_rows(a0, a1, a2, a3, a4, a5, a6); }, true);
 }
 
 extern "C" int radar_emu_launch_radar_add_channel_bias(const unsigned grid[3], const unsigned block[3], void **args) {

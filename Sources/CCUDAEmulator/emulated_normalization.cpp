@@ -23,10 +23,12 @@ extern "C" int radar_emu_launch_radar_layernorm_backward_input(const unsigned gr
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     const float* a4; memcpy(&a4, args[4], sizeof(a4));
-    float* a5; memcpy(&a5, args[5], sizeof(a5));
-    int a6; memcpy(&a6, args[6], sizeof(a6));
-    int a7; memcpy(&a7, args[7], sizeof(a7));
-    return radar_emu::launch(grid, block, [&] { radar_layernorm_backward_input(a0, a1, a2, a3, a4, a5, a6, a7); }, false);
+    const float* a5; memcpy(&a5, args[5], sizeof(a5));
+    float* a6; memcpy(&a6, args[6], sizeof(a6));
+    unsigned short* a7; memcpy(&a7, args[7], sizeof(a7));
+    int a8; memcpy(&a8, args[8], sizeof(a8));
+    int a9; memcpy(&a9, args[9], sizeof(a9));
+    return radar_emu::launch(grid, block, [&] { radar_layernorm_backward_input(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false);
 }
 
 extern "C" int radar_emu_launch_radar_layernorm_param_partials(const unsigned grid[3], const unsigned block[3], void **args) {

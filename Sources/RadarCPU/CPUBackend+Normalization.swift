@@ -29,14 +29,23 @@ extension CPUBackend {
     }
 
     public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor,
-                                  _ dx: Tensor, dGamma: Tensor, dBeta: Tensor) {
+                                  _ dx: Tensor, dGamma: Tensor, dBeta: Tensor, residual: Tensor?, dxCopy: Tensor?) {
         let cols = gamma.count
         let rows = x.count / cols
         let avx2: Int32 = CPUBackend.vectorKernels ? 1 : 0
+        precondition(dxCopy.map { $0.dtype == .bfloat16 && $0.count == dx.count } ?? true, "layerNormBackward: dxCopy bf16, of dx's count")
+        precondition(residual.map { $0.count == dx.count && $0.base != dx.base } ?? true, "layerNormBackward: residual of dx's count, not dx")
         parallel(rows, grain: max(1, CPUBackend.grain / cols)) { rr in
-            let o = rr.lowerBound * cols
+            let o = rr.lowerBound * cols, count = rr.count * cols
             radar_layernorm_backward_rows(dy.base + o, x.base + o, gamma.base, mean.base + rr.lowerBound, rstd.base + rr.lowerBound,
                                           dx.base + o, rr.count, cols, avx2)
+            if let residual {
+                let d = dx.base + o, s = residual.base + o
+                for j in 0..<count { d[j] = d[j] + s[j] }
+            }
+            if let dxCopy {
+                BFloat16.pack(dx.base + o, UnsafeMutableRawPointer(dxCopy.base).assumingMemoryBound(to: UInt16.self) + o, count: count)
+            }
         }
         // Parameter gradients: 64-column chunks, each column's rows summed in order.
         let chunk = 64

@@ -384,8 +384,20 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     }
 
     public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
-                              b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int) {
+                              b: Tensor, ldb: Int, bias: Tensor, residual: Tensor?, c: Tensor, ldc: Int) {
         precondition(bias.dtype == .float32 && bias.count == n, "biasedProduct: bias fp32, of n")
+        if let residual {
+            // C = residual + bias (row by row, in C's layout), then the product accumulated onto it.
+            precondition(c.dtype == .float32 && residual.dtype == .float32, "biasedProduct: a residual needs an fp32 C")
+            parallel(m, grain: max(1, CPUBackend.grain / max(n, 1))) { rr in
+                for r in rr {
+                    let src = residual.base + r * ldc, dst = c.base + r * ldc
+                    for j in 0..<n { dst[j] = src[j] + bias.base[j] }
+                }
+            }
+            return tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: Operand(a), lda: lda,
+                             b: Operand(b), ldb: ldb, beta: 1, c: c.base, ldc: ldc, rowBias: nil)
+        }
         guard c.dtype == .bfloat16 else {
             return tiledGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: Operand(a), lda: lda,
                              b: Operand(b), ldb: ldb, beta: 1, c: c.base, ldc: ldc, rowBias: bias.base)

@@ -4,7 +4,7 @@ import RadarEngine
 extension FencedBackend {
     public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) { fenced { inner.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc) } }
     public func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int, b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int) { fenced { inner.product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc) } }
-    public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int, b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int) { fenced { inner.biasedProduct(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, bias: bias, c: c, ldc: ldc) } }
+    public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int, b: Tensor, ldb: Int, bias: Tensor, residual: Tensor?, c: Tensor, ldc: Int) { fenced { inner.biasedProduct(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, bias: bias, residual: residual, c: c, ldc: ldc) } }
     public func convert(_ src: Tensor, into dst: Tensor) { fenced { inner.convert(src, into: dst) } }
     public func fill(_ t: Tensor, _ value: Float) { fenced { inner.fill(t, value) } }
     public func copy(_ src: Tensor, into dst: Tensor) { fenced { inner.copy(src, into: dst) } }
@@ -21,7 +21,7 @@ extension FencedBackend {
     public func dropoutForward(_ x: Tensor, _ y: Tensor, p: Float, stream: RandomStream) { fenced { inner.dropoutForward(x, y, p: p, stream: stream) } }
     public func dropoutBackward(_ dy: Tensor, _ dx: Tensor, p: Float, stream: RandomStream) { fenced { inner.dropoutBackward(dy, dx, p: p, stream: stream) } }
     public func layerNormForward(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float, _ y: Tensor, mean: Tensor, rstd: Tensor) { fenced { inner.layerNormForward(x, gamma: gamma, beta: beta, eps: eps, y, mean: mean, rstd: rstd) } }
-    public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor) { fenced { inner.layerNormBackward(dy, x: x, gamma: gamma, mean: mean, rstd: rstd, dx, dGamma: dGamma, dBeta: dBeta) } }
+    public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor, residual: Tensor?, dxCopy: Tensor?) { fenced { inner.layerNormBackward(dy, x: x, gamma: gamma, mean: mean, rstd: rstd, dx, dGamma: dGamma, dBeta: dBeta, residual: residual, dxCopy: dxCopy) } }
     public func channelMoments(_ x: Tensor, mean: Tensor, variance: Tensor) { fenced { inner.channelMoments(x, mean: mean, variance: variance) } }
     public func channelNormalize(_ x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor, beta: Tensor, _ y: Tensor) { fenced { inner.channelNormalize(x, mean: mean, invStd: invStd, gamma: gamma, beta: beta, y) } }
     public func channelGradientSums(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor, sumDy: Tensor, sumDyXhat: Tensor) { fenced { inner.channelGradientSums(dy, x: x, mean: mean, invStd: invStd, sumDy: sumDy, sumDyXhat: sumDyXhat) } }

@@ -248,11 +248,13 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
 
     /// The bias set in C by one launch, then cuBLAS with beta 1 (the same launches as a product
     /// and `addRowBias`, one pass over C fewer). A bf16 C gets the bias rounded to bf16 (as
-    /// autocast's addmm), the product accumulated in fp32 and rounded once.
+    /// autocast's addmm), the product accumulated in fp32 and rounded once. A residual is added
+    /// to the bias by the same launch (the residual block's add pass gone).
     public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
-                              b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int) {
+                              b: Tensor, ldb: Int, bias: Tensor, residual: Tensor?, c: Tensor, ldc: Int) {
         precondition(bias.dtype == .float32 && bias.count == n, "biasedProduct: bias fp32, of n")
-        elementwise("radar_fill_rows", m * n, [p(bias), p(c), bf16(c), .i64(m), .i32(n), .i32(ldc)])
+        precondition(residual.map { $0.dtype == .float32 && c.dtype == .float32 } ?? true, "biasedProduct: a residual needs an fp32 C")
+        elementwise("radar_fill_rows", m * n, [p(bias), .ptr(residual?.base), p(c), bf16(c), .i64(m), .i32(n), .i32(ldc)])
         product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: 1, c: c, ldc: ldc)
     }
 
@@ -315,9 +317,13 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let cols = gamma.count, r = x.count / cols
         rows("radar_layernorm_forward", r, [p(x), p(gamma), p(beta), .f32(eps), p(y), bf16(y), p(mean), p(rstd), .i32(r), .i32(cols)])
     }
-    public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor) {
+    public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor,
+                                  residual: Tensor?, dxCopy: Tensor?) {
         let cols = gamma.count, r = x.count / cols
-        rows("radar_layernorm_backward_input", r, [p(dy), p(x), p(gamma), p(mean), p(rstd), p(dx), .i32(r), .i32(cols)])
+        precondition(dxCopy.map { $0.dtype == .bfloat16 && $0.count == dx.count } ?? true, "layerNormBackward: dxCopy bf16, of dx's count")
+        precondition(residual.map { $0.count == dx.count && $0.base != dx.base } ?? true, "layerNormBackward: residual of dx's count, not dx")
+        rows("radar_layernorm_backward_input", r, [p(dy), p(x), p(gamma), p(mean), p(rstd), .ptr(residual?.base), p(dx), .ptr(dxCopy?.base),
+                                                   .i32(r), .i32(cols)])
         let chunk = CUDABackend.reductionRows(rows: r, cols: cols), chunks = (r + chunk - 1) / chunk
         guard chunks > 0 else { return }
         let partial = scratch(CUDABackend.partialSlot, bytes: chunks * 2 * cols * 4)

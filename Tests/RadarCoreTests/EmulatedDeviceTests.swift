@@ -85,7 +85,8 @@ final class EmulatedDeviceTests: XCTestCase {
             assertClose(array(er, rows), cr.values, rtol: 1e-5, atol: 1e-6, "layernorm rstd")
             let edy = buf.make(dy), edx = buf.zeros(rows * cols), edg = buf.zeros(cols), edb = buf.zeros(cols)
             XCTAssertEqual(launch("radar_layernorm_backward_input", grid: grid, block: 64,
-                                  [.buffer(edy), .buffer(ex), .buffer(eg), .buffer(em), .buffer(er), .buffer(edx), .i32(Int32(rows)), .i32(Int32(cols))]), "")
+                                  [.buffer(edy), .buffer(ex), .buffer(eg), .buffer(em), .buffer(er), .u64(0), .buffer(edx), .u64(0),
+                                   .i32(Int32(rows)), .i32(Int32(cols))]), "")
             // Parameter gradients in chunks of 2 rows (several chunks, the last one short), then
             // the chunks added in order.
             let chunks = (rows + 1) / 2, partial = buf.zeros(chunks * 2 * cols)

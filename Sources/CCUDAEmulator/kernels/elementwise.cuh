@@ -37,18 +37,22 @@ extern "C" __global__ void radar_add_row_bias(const float* bias, float* out, lon
 
 // out[r * ld + c] = row[c] for r < rows, c < cols: a Linear's bias set in C before its product
 // accumulates onto it (beta 1), as torch.addmm does. With out_bf16, out holds bf16 and gets the
-// bias rounded to bf16 (autocast's addmm: its bias is a bf16 operand too).
-template <typename I> __device__ __forceinline__ void radar_fill_rows_body(I n, const float* row, float* out, int out_bf16, int cols, int ld) {
+// bias rounded to bf16 (autocast's addmm: its bias is a bf16 operand too). With a residual (fp32
+// out only; the same leading dimension), out = residual + row[c]: a residual sum formed with the
+// bias, so the product lands on it and no add pass follows.
+template <typename I> __device__ __forceinline__ void radar_fill_rows_body(I n, const float* row, const float* residual, float* out,
+                                                                          int out_bf16, int cols, int ld) {
     unsigned short* out16 = (unsigned short*)out;
     GRID_STRIDE_AS(I, i, n) {
         I r = i / (I)cols;
         int c = (int)(i - r * (I)cols);
-        if (out_bf16) out16[(long)r * ld + c] = radar_bf16_bits(row[c]);
-        else out[(long)r * ld + c] = row[c];
+        long at = (long)r * ld + c;
+        if (out_bf16) out16[at] = radar_bf16_bits(row[c]);
+        else out[at] = residual ? residual[at] + row[c] : row[c];
     }
 }
-extern "C" __global__ void radar_fill_rows(const float* row, float* out, int out_bf16, long rows, int cols, int ld) {
-    RADAR_INDEXED(radar_fill_rows_body, rows * cols, row, out, out_bf16, cols, ld);
+extern "C" __global__ void radar_fill_rows(const float* row, const float* residual, float* out, int out_bf16, long rows, int cols, int ld) {
+    RADAR_INDEXED(radar_fill_rows_body, rows * cols, row, residual, out, out_bf16, cols, ld);
 }
 
 // out[b, c, hw] += bias[c] for out (B, C, HW).

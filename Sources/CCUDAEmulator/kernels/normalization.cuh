@@ -34,9 +34,13 @@ extern "C" __global__ void radar_layernorm_forward(const float* x, const float* 
 }
 
 // dx per row; the parameter gradients are summed per column by radar_layernorm_param_partials
-// and radar_add_chunk_sums (rows in a fixed order), so no atomics are needed.
+// and radar_add_chunk_sums (rows in a fixed order), so no atomics are needed. With a residual,
+// dx = (the input gradient) + residual (the residual stream's gradient joined here, not by an add
+// pass after); with dxb, a bf16 copy of dx as well (the operand of the
+// products that read dx next, written here instead of converted after).
 extern "C" __global__ void radar_layernorm_backward_input(const float* dy, const float* x, const float* gamma, const float* mean,
-                                                          const float* rstd, float* dx, int rows, int cols) {
+                                                          const float* rstd, const float* residual, float* dx, unsigned short* dxb,
+                                                          int rows, int cols) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* xr = x + (long)row * cols; const float* dyr = dy + (long)row * cols;
@@ -50,7 +54,14 @@ extern "C" __global__ void radar_layernorm_backward_input(const float* dy, const
     a = warp_sum(a) / cols;
     b = warp_sum(b) / cols;
     float* dxr = dx + (long)row * cols;
-    for (int c = lane; c < cols; c += 32) dxr[c] = r * (dyr[c] * gamma[c] - a - (xr[c] - m) * r * b);
+    const float* rr = residual ? residual + (long)row * cols : 0;
+    unsigned short* dxbr = dxb ? dxb + (long)row * cols : 0;
+    for (int c = lane; c < cols; c += 32) {
+        float v = r * (dyr[c] * gamma[c] - a - (xr[c] - m) * r * b);
+        if (rr) v = v + rr[c];
+        dxr[c] = v;
+        if (dxbr) dxbr[c] = radar_bf16_bits(v);
+    }
 }
 
 // Parameter gradients in fixed-size chunks of rows (one thread per chunk and column): the chunk's

@@ -725,18 +725,22 @@ extern "C" __global__ void radar_add_row_bias(const float* bias, float* out, lon
 
 // out[r * ld + c] = row[c] for r < rows, c < cols: a Linear's bias set in C before its product
 // accumulates onto it (beta 1), as torch.addmm does. With out_bf16, out holds bf16 and gets the
-// bias rounded to bf16 (autocast's addmm: its bias is a bf16 operand too).
-template <typename I> __device__ __forceinline__ void radar_fill_rows_body(I n, const float* row, float* out, int out_bf16, int cols, int ld) {
+// bias rounded to bf16 (autocast's addmm: its bias is a bf16 operand too). With a residual (fp32
+// out only; the same leading dimension), out = residual + row[c]: a residual sum formed with the
+// bias, so the product lands on it and no add pass follows.
+template <typename I> __device__ __forceinline__ void radar_fill_rows_body(I n, const float* row, const float* residual, float* out,
+                                                                          int out_bf16, int cols, int ld) {
     unsigned short* out16 = (unsigned short*)out;
     GRID_STRIDE_AS(I, i, n) {
         I r = i / (I)cols;
         int c = (int)(i - r * (I)cols);
-        if (out_bf16) out16[(long)r * ld + c] = radar_bf16_bits(row[c]);
-        else out[(long)r * ld + c] = row[c];
+        long at = (long)r * ld + c;
+        if (out_bf16) out16[at] = radar_bf16_bits(row[c]);
+        else out[at] = residual ? residual[at] + row[c] : row[c];
     }
 }
-extern "C" __global__ void radar_fill_rows(const float* row, float* out, int out_bf16, long rows, int cols, int ld) {
-    RADAR_INDEXED(radar_fill_rows_body, rows * cols, row, out, out_bf16, cols, ld);
+extern "C" __global__ void radar_fill_rows(const float* row, const float* residual, float* out, int out_bf16, long rows, int cols, int ld) {
+    RADAR_INDEXED(radar_fill_rows_body, rows * cols, row, residual, out, out_bf16, cols, ld);
 }
 
 // out[b, c, hw] += bias[c] for out (B, C, HW).
@@ -1236,9 +1240,13 @@ extern "C" __global__ void radar_layernorm_forward(const float* x, const float* 
 }
 
 // dx per row; the parameter gradients are summed per column by radar_layernorm_param_partials
-// and radar_add_chunk_sums (rows in a fixed order), so no atomics are needed.
+// and radar_add_chunk_sums (rows in a fixed order), so no atomics are needed. With a residual,
+// dx = (the input gradient) + residual (the residual stream's gradient joined here, not by an add
+// pass after); with dxb, a bf16 copy of dx as well (the operand of the
+// products that read dx next, written here instead of converted after).
 extern "C" __global__ void radar_layernorm_backward_input(const float* dy, const float* x, const float* gamma, const float* mean,
-                                                          const float* rstd, float* dx, int rows, int cols) {
+                                                          const float* rstd, const float* residual, float* dx, unsigned short* dxb,
+                                                          int rows, int cols) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* xr = x + (long)row * cols; const float* dyr = dy + (long)row * cols;
@@ -1252,7 +1260,14 @@ extern "C" __global__ void radar_layernorm_backward_input(const float* dy, const
     a = warp_sum(a) / cols;
     b = warp_sum(b) / cols;
     float* dxr = dx + (long)row * cols;
-    for (int c = lane; c < cols; c += 32) dxr[c] = r * (dyr[c] * gamma[c] - a - (xr[c] - m) * r * b);
+    const float* rr = residual ? residual + (long)row * cols : 0;
+    unsigned short* dxbr = dxb ? dxb + (long)row * cols : 0;
+    for (int c = lane; c < cols; c += 32) {
+        float v = r * (dyr[c] * gamma[c] - a - (xr[c] - m) * r * b);
+        if (rr) v = v + rr[c];
+        dxr[c] = v;
+        if (dxbr) dxbr[c] = radar_bf16_bits(v);
+    }
 }
 
 // Parameter gradients in fixed-size chunks of rows (one thread per chunk and column): the chunk's

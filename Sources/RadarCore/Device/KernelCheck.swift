@@ -161,6 +161,18 @@ public enum KernelCheck {
                                                       t(Shape(150, 37)), t(Shape(37)), t(Shape(37))]) { b, v in
                 b.layerNormBackward(v[0], x: v[1], gamma: v[2], mean: v[3], rstd: v[4], v[5], dGamma: v[6], dBeta: v[7])
             },
+            // The residual stream's gradient joined by the kernel (tensor 8), and dx's bf16 copy,
+            // compared through an fp32 view (tensor 9; one bf16 step, 2^-8 relative, where the
+            // device's dx differs from the CPU's in its last bits: rtol 1e-2).
+            Case(name: "layerNormBackward/residual", tensors: [t(Shape(150, 37)), t(Shape(150, 37)), t(Shape(37)), t(Shape(150)),
+                                                               t(Shape(150), .positive), t(Shape(150, 37)), t(Shape(37)), t(Shape(37)),
+                                                               t(Shape(150, 37)), t(Shape(150, 37))], rtol: 1e-2, atol: 1e-4) { b, v in
+                let copy = Tensor(b.allocate(DType.bfloat16.floats(150 * 37)), Shape(150, 37), dtype: .bfloat16)
+                b.layerNormBackward(v[0], x: v[1], gamma: v[2], mean: v[3], rstd: v[4], v[5], dGamma: v[6], dBeta: v[7],
+                                    residual: v[8], dxCopy: copy)
+                b.convert(copy, into: v[9])
+                b.release(copy.base)
+            },
             Case(name: "channelMoments", tensors: [t(planes), t(c4), t(c4)]) { b, v in b.channelMoments(v[0], mean: v[1], variance: v[2]) },
             Case(name: "channelNormalize", tensors: [t(bchw), t(c4), t(c4, .positive), t(c4), t(c4), t(bchw)]) { b, v in
                 b.channelNormalize(v[0], mean: v[1], invStd: v[2], gamma: v[3], beta: v[4], v[5])
@@ -337,6 +349,16 @@ public enum KernelCheck {
                                     bias: v[2], c: v[3], ldc: 9)
                     b.biasedProduct(transA: true, transB: false, m: 19, n: 7, k: 5, alpha: 1, a: v[0], lda: 19, b: v[3], ldb: 9,
                                     bias: v[2], c: v[4], ldc: 7)
+                }
+            },
+            // A residual set in C with the bias (a residual block's sum): C with a leading
+            // dimension past n (its columns 7 and 8 stay), then a residual that is C itself.
+            Case(name: "biasedProduct/residual", tensors: [t(Shape(5, 19)), t(Shape(7, 19)), t(Shape(7)), t(Shape(5, 9)), t(Shape(5, 9))]) { b, v in
+                withBFloat16(b, v[0]) { a in
+                    b.biasedProduct(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 1, a: a, lda: 19, b: v[1], ldb: 19,
+                                    bias: v[2], residual: v[3], c: v[4], ldc: 9)
+                    b.biasedProduct(transA: false, transB: true, m: 5, n: 7, k: 19, alpha: 0.5, a: a, lda: 19, b: v[1], ldb: 19,
+                                    bias: v[2], residual: v[3], c: v[3], ldc: 9)
                 }
             },
             // A bf16 C (qkv's and fc1's outputs under bf16 activations), written by the product:

@@ -73,9 +73,11 @@ public protocol Backend: AnyObject {
     /// `product`: a Linear's forward in torch.addmm's order, the bias set in C and the product
     /// accumulated onto it (beta 1). One pass over C fewer than a product and `addRowBias`. A
     /// bf16 C is set to the bias rounded to bf16, as autocast's addmm takes a bf16 bias: C =
-    /// bf16(alpha op(A) op(B) + bf16(bias)), the sum in fp32.
+    /// bf16(alpha op(A) op(B) + bf16(bias)), the sum in fp32. With a `residual` (an fp32 C only,
+    /// of C's layout; it may be C itself), C is set to residual + bias first: C = (residual + bias)
+    /// + alpha op(A) op(B), a residual block's sum with no add pass after it.
     func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
-                       b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int)
+                       b: Tensor, ldb: Int, bias: Tensor, residual: Tensor?, c: Tensor, ldc: Int)
     /// dst = src in dst's dtype (equal counts): fp32 -> bf16 rounds to nearest even (NaN stays
     /// NaN), bf16 -> fp32 is exact, equal dtypes copy.
     func convert(_ src: Tensor, into dst: Tensor)
@@ -117,8 +119,11 @@ public protocol Backend: AnyObject {
     /// may be bf16 (rounded once: the bits of converting an fp32 y).
     func layerNormForward(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float,
                           _ y: Tensor, mean: Tensor, rstd: Tensor)
+    /// dx (not dy itself) = the input gradient, plus `residual` when given (the bits of an `add`
+    /// after; residual is not dx), and its bf16 copy in `dxCopy` when given (the bits of
+    /// `convert`); dGamma and dBeta accumulated.
     func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor,
-                           _ dx: Tensor, dGamma: Tensor, dBeta: Tensor)
+                           _ dx: Tensor, dGamma: Tensor, dBeta: Tensor, residual: Tensor?, dxCopy: Tensor?)
     /// Per channel of x (B, C, H, W): mean and biased variance over (B, H, W).
     func channelMoments(_ x: Tensor, mean: Tensor, variance: Tensor)
     /// y = (x - mean[c]) * invStd[c] * gamma[c] + beta[c].
@@ -326,6 +331,19 @@ public struct ConvolutionGeometry: Sendable, Equatable {
 }
 
 extension Backend {
+    /// `biasedProduct` with no residual.
+    public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
+                              b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int) {
+        biasedProduct(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, bias: bias,
+                      residual: nil, c: c, ldc: ldc)
+    }
+
+    /// `layerNormBackward` with no residual and no copy.
+    public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor,
+                                  _ dx: Tensor, dGamma: Tensor, dBeta: Tensor) {
+        layerNormBackward(dy, x: x, gamma: gamma, mean: mean, rstd: rstd, dx, dGamma: dGamma, dBeta: dBeta, residual: nil, dxCopy: nil)
+    }
+
     /// `attentionBackward` reading the probabilities kept from forward.
     public func attentionBackward(dMerged: Tensor, qkv: Tensor, probs: Tensor, heads: Int, scale: Float,
                                   dProbs: Tensor, dScores: Tensor, dQKV: Tensor) {

@@ -28,6 +28,13 @@ public final class ExecutionContext: @unchecked Sendable {
     /// (`productWeight`): the backend's choice (where every product rounds its operands to bf16
     /// anyway, so the same bits) unless set. Off, each product rounds the weight it reads.
     public var bf16WeightCopy: Bool
+    /// The encoder's residual sums are formed by the kernels that produce their other term
+    /// (forward: the attention projection's and fc2's products, onto the residual and bias set
+    /// in their output; backward: the LayerNorms' input-gradient kernels, which also write the
+    /// bf16 copy the next products read), not by add and conversion passes. On by default; off
+    /// for comparisons (forward's sums are then rounded in another order: bf16-close, not the
+    /// same bits).
+    public var fuseResidualSums = true
     /// In eval mode (no backward follows) the encoder releases each block's tensors once its
     /// output is written: it holds two residual streams and one block's temporaries instead of
     /// every block's saves. The same bits either way; off only to compare.

@@ -122,12 +122,15 @@ public struct LayerNorm: Sendable {
         return (y, Saved(x: x, mean: mean, rstd: rstd))
     }
 
-    /// dx into `into` when given (not dy: a row's dx needs the whole row of dy).
+    /// dx into `into` when given (not dy: a row's dx needs the whole row of dy); plus `residual`
+    /// (a residual stream's gradient, not dx) and its bf16 copy into `copy` when given, by the
+    /// same kernel.
     @discardableResult
-    public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, into: Tensor? = nil) -> Tensor {
+    public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, into: Tensor? = nil, residual: Tensor? = nil,
+                         copy: Tensor? = nil) -> Tensor {
         let dx = into ?? ctx.tensor(saved.x.shape)
         ctx.backend.layerNormBackward(dy, x: saved.x, gamma: ctx.params.value(weight), mean: saved.mean, rstd: saved.rstd,
-                                      dx, dGamma: ctx.params.grad(weight), dBeta: ctx.params.grad(bias))
+                                      dx, dGamma: ctx.params.grad(weight), dBeta: ctx.params.grad(bias), residual: residual, dxCopy: copy)
         return dx
     }
 }

@@ -29,8 +29,9 @@ public struct SelfAttention: Sendable {
     }
 
     /// x (B, N, D) -> (B, N, D). qkv and the merged heads are kept as `ctx.productInputType`
-    /// (only products read them).
-    public func forward(_ x: Tensor, _ ctx: ExecutionContext) throws(ShapeMismatch) -> (Tensor, Saved) {
+    /// (only products read them). With a `residual` (fp32, (B, N, D)) the output is residual +
+    /// attention(x), summed by the projection's product (`Linear.forward(residual:)`).
+    public func forward(_ x: Tensor, _ ctx: ExecutionContext, residual: Tensor? = nil) throws(ShapeMismatch) -> (Tensor, Saved) {
         if x.shape.rank != 3 || x.shape[2] != dim {
             throw ShapeMismatch(layer: name, expected: "(B, N, \(dim))", actual: x.shape)
         }
@@ -41,7 +42,7 @@ public struct SelfAttention: Sendable {
         if qkvOut.dtype == .bfloat16, ctx.attentionProbabilitiesSink == nil, ctx.backend.fusedAttention(headDim: headDim) {
             let merged = ctx.tensor(Shape(b, n, dim), dtype: .bfloat16), lse = ctx.tensor(Shape(b, heads, n))
             ctx.backend.fusedAttentionForward(qkv: qkvOut, heads: heads, scale: scale, merged: merged, logSumExp: lse)
-            let y = try proj.forward(merged, ctx)
+            let y = try proj.forward(merged, ctx, residual: residual)
             return (y, Saved(x: x, qkv: qkvOut, merged: merged, probs: nil, logSumExp: lse))
         }
         // The scores are scratch, released at once; so are the probabilities when backward
@@ -55,13 +56,14 @@ public struct SelfAttention: Sendable {
         ctx.backend.attentionForward(qkv: qkvOut, heads: heads, scale: scale, scores: scores, probs: probs, merged: merged)
         ctx.attentionProbabilitiesSink?(probs)
         ctx.arena.rewind(to: mark)
-        let y = try proj.forward(merged, ctx)
+        let y = try proj.forward(merged, ctx, residual: residual)
         return (y, Saved(x: x, qkv: qkvOut, merged: merged, probs: kept))
     }
 
-    public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext) -> Tensor {
+    /// `dyOperand`: dy's bf16 copy, as `Linear.backward` takes it.
+    public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, dyOperand: Tensor? = nil) -> Tensor {
         let x = saved.x
-        let dMerged = proj.backward(dy, x: saved.merged, ctx)!
+        let dMerged = proj.backward(dy, x: saved.merged, ctx, dyOperand: dyOperand)!
         let b = x.shape[0], n = x.shape[1]
         // dQKV in qkv's dtype (AMP's gradient of a bf16 qkv is bf16): qkv's products read it as it
         // is and its bias gradient sums it in fp32; no fp32 copy to convert.

@@ -44,9 +44,10 @@ public final class RADARModel: @unchecked Sendable {
 
     struct Pass {
         /// The encoder's output gradient and the buffer its blocks' gradients alternate with
-        /// (training only), reserved below the encoder's saves; and the arena's position after
+        /// (training only), reserved below the encoder's saves, with the bf16 copy of their
+        /// latest that the blocks' products read (where products round to bf16); and the arena's position after
         /// the encoder's forward (backward returns there once the heads and branches are done).
-        let gradients: (Tensor, Tensor)?
+        let gradients: (Tensor, Tensor, Tensor?)?
         let encoderEnd: Arena.Mark
         let input: Tensor, tokens: Tensor, patches: Tensor, cls: Tensor
         let patch: Conv2d.Saved, norm: LayerNorm.Saved
@@ -113,7 +114,9 @@ public final class RADARModel: @unchecked Sendable {
         let reasoningLogit = ctx.tensor(one), external = ctx.tensor(one)
         let eb = ctx.tensor(Shape(b, e)), lb = ctx.tensor(one), ea = ctx.tensor(Shape(b, e)), la = ctx.tensor(one)
         let iterationLogits = ctx.tensor(Shape(b, t)), history = ctx.tensor(Shape(b, t, 2)), delta = ctx.tensor(Shape(1))
-        let gradients = ctx.training ? (ctx.tensor(Shape(b, n + 1, d)), ctx.tensor(Shape(b, n + 1, d))) : nil
+        let gradients = ctx.training
+            ? (ctx.tensor(Shape(b, n + 1, d)), ctx.tensor(Shape(b, n + 1, d)),
+               ctx.backend.roundsProductOperandsToBFloat16 && ctx.fuseResidualSums ? ctx.tensor(Shape(b, n + 1, d), dtype: .bfloat16) : nil) : nil
         let (tokens, patchSaved, normSaved) = try encoder.forward(x, ctx, saved: &blockSaved)
         let encoderEnd = ctx.arena.mark()
         let flat = tokens.reshaped(Shape(b, (n + 1) * d))
@@ -189,7 +192,7 @@ public final class RADARModel: @unchecked Sendable {
 
         // What each part passes on is allocated first; each part's own temporaries are released
         // when it is done, so they do not sit under the encoder's backward (the step's peak).
-        guard let (encoderGradient, spare) = s.gradients else { preconditionFailure("RADARModel.backward after an eval-mode forward") }
+        guard let (encoderGradient, spare, operandCopy) = s.gradients else { preconditionFailure("RADARModel.backward after an eval-mode forward") }
         let dTok = encoderGradient.reshaped(Shape(b, (n + 1) * d))
         be.fill(dTok, 0)
         let dEvidence = ctx.tensor(s.initInput.shape)
@@ -241,7 +244,7 @@ public final class RADARModel: @unchecked Sendable {
         ctx.parallel.gradientsFinal(from: branchesOffset)
         // Everything the pass kept past the encoder is read: its memory is the encoder backward's.
         ctx.arena.rewind(to: s.encoderEnd)
-        encoder.backward(encoderGradient, spare: spare, patch: s.patch, norm: s.norm, blocks: blockSaved, ctx)
+        encoder.backward(encoderGradient, spare: spare, operandCopy: operandCopy, patch: s.patch, norm: s.norm, blocks: blockSaved, ctx)
         prof?.end(.encoderBackward)
         ctx.parallel.gradientsFinal(from: 0)
     }

@@ -76,14 +76,17 @@ public struct VisionTransformer: Sendable {
         // Eval mode: the blocks write their outputs into `tokens` and `spare` in turn, and each
         // block's tensors are released once its output is written (nothing reads them again).
         let releasing = !ctx.training && ctx.releaseBlocksInEval
+        let fuse = ctx.fuseResidualSums
         let spare = releasing && !blocks.isEmpty ? ctx.tensor(Shape(b, n + 1, d)) : tokens
         for i in 0..<blocks.count {
             let blk = blocks[i]
             let blockStart = ctx.arena.mark()
             let (a, n1) = try blk.norm1.forward(h, ctx, output: dt)
-            // The residual sums are written over the branch outputs (no backward reads those).
-            let (h1, attnSaved) = try blk.attn.forward(a, ctx)
-            be.add(h, h1, into: h1)
+            // The residual sums are formed by the branches' last products (the residual and the
+            // bias set in the output, the product accumulated onto them): no add passes. Unfused,
+            // they are written over the branch outputs (no backward reads those).
+            let (h1, attnSaved) = try blk.attn.forward(a, ctx, residual: fuse ? h : nil)
+            if !fuse { be.add(h, h1, into: h1) }
             let (m, n2) = try blk.norm2.forward(h1, ctx, output: dt)
             let fc1Out = try blk.fc1.forward(m, ctx, output: dt)
             // When backward recomputes, GELU's output (4D wide, the block's largest save with
@@ -94,16 +97,22 @@ public struct VisionTransformer: Sendable {
             let reserved = recomputeAct ? ctx.tensor(h1.shape) : nil
             let geluMark = ctx.arena.mark()
             let (act, geluSaved) = GELU.forward(fc1Out, ctx, output: dt)
-            let h2 = try blk.fc2.forward(act, ctx, into: reserved)
+            // Eval mode: the block's output straight into the buffer the next block reads.
+            let next = releasing ? (h.base == tokens.base ? spare : tokens).reshaped(h1.shape) : reserved
+            let h2: Tensor
+            if fuse {
+                h2 = try blk.fc2.forward(act, ctx, into: next, residual: h1)
+            } else {
+                let branch = try blk.fc2.forward(act, ctx, into: reserved)
+                h2 = next ?? branch
+                be.add(h1, branch, into: h2)
+            }
             if recomputeAct { ctx.arena.rewind(to: geluMark) }
             if releasing {
-                let next = (h.base == tokens.base ? spare : tokens).reshaped(h2.shape)
-                be.add(h1, h2, into: next)
                 ctx.arena.rewind(to: blockStart)
-                h = next
+                h = h2
                 continue
             }
-            be.add(h1, h2, into: h2)
             saved.append(BlockSaved(start: blockStart, n1: n1, attn: attnSaved, n2: n2, h: m, gelu: geluSaved, act: recomputeAct ? nil : act))
             h = h2
         }
@@ -117,11 +126,18 @@ public struct VisionTransformer: Sendable {
     /// memory of the saves of the block above it, released once that block is done (so the
     /// arena's peak here is the saves of the blocks still to go plus one block's backward, not
     /// every save plus it). Whatever the arena held above the last block's saves is reused too.
-    public func backward(_ dTokens: Tensor, spare: Tensor, patch: Conv2d.Saved, norm normSaved: LayerNorm.Saved,
+    /// `operandCopy` (bf16, dTokens' shape; where products round to bf16, else nil), also below the
+    /// saves: each residual gradient's bf16 copy, written by the LayerNorm backward that forms it
+    /// and read by the products of the Linear layer that takes it next (fc2's, then the attention
+    /// projection's), so no conversion pass; one buffer serves all, each copy being read before
+    /// the next is written.
+    public func backward(_ dTokens: Tensor, spare: Tensor, operandCopy: Tensor? = nil, patch: Conv2d.Saved, norm normSaved: LayerNorm.Saved,
                          blocks saved: [BlockSaved], _ ctx: ExecutionContext) {
         let be = ctx.backend
         let b = dTokens.shape[0], n = config.patchCount, d = config.embedDim
-        var dh = norm.backward(dTokens, normSaved, ctx, into: spare)
+        let fuse = ctx.fuseResidualSums
+        let copy = fuse ? operandCopy.map { $0.reshaped(dTokens.shape) } : nil
+        var dh = norm.backward(dTokens, normSaved, ctx, into: spare, copy: copy)
         ctx.parallel.gradientsFinal(from: norm.weight.offset)
         var i = blocks.count - 1
         while i >= 0 {
@@ -139,16 +155,18 @@ public struct VisionTransformer: Sendable {
             let dH1 = ctx.tensor(dh.shape)
             let mlp = ctx.arena.mark()
             let act = s.act ?? GELU.forward(s.gelu.x, ctx, output: s.gelu.x.dtype).0
-            let dAct = blk.fc2.backward(dh, x: act, ctx, inputGradientType: act.dtype)!
+            let dAct = blk.fc2.backward(dh, x: act, ctx, inputGradientType: act.dtype, dyOperand: copy)!
             let dFc1 = GELU.backward(dAct, s.gelu, ctx, output: s.gelu.x.dtype)
             let dM = blk.fc1.backward(dFc1, x: s.h, ctx)!
-            blk.norm2.backward(dM, s.n2, ctx, into: dH1)
+            // dH1 = dh + norm2's input gradient, summed (and copied) by the LayerNorm's kernel.
+            blk.norm2.backward(dM, s.n2, ctx, into: dH1, residual: fuse ? dh : nil, copy: copy)
             ctx.arena.rewind(to: mlp)
-            be.add(dH1, dh, into: dH1)
-            // h1 = h + attn(norm1(h)): norm1's input gradient straight into the buffer passed on.
-            let dA = blk.attn.backward(dH1, s.attn, ctx)
-            blk.norm1.backward(dA, s.n1, ctx, into: out)
-            be.add(out, dH1, into: out)
+            if !fuse { be.add(dH1, dh, into: dH1) }
+            // h1 = h + attn(norm1(h)): norm1's input gradient plus dH1 straight into the buffer
+            // passed on.
+            let dA = blk.attn.backward(dH1, s.attn, ctx, dyOperand: copy)
+            blk.norm1.backward(dA, s.n1, ctx, into: out, residual: fuse ? dH1 : nil, copy: copy)
+            if !fuse { be.add(out, dH1, into: out) }
             ctx.arena.rewind(to: mark)
             dh = out
             ctx.parallel.gradientsFinal(from: blk.norm1.weight.offset)

@@ -1,0 +1,85 @@
+import XCTest
+import RadarCPU
+import RadarCUDA
+@testable import RadarEngine
+
+/// The encoder's residual sums formed by the kernels that produce their other term
+/// (`ExecutionContext.fuseResidualSums`): LayerNorm backward joining the residual stream's
+/// gradient and writing its bf16 copy, and the products that set the residual with the bias.
+final class ResidualFusionTests: XCTestCase {
+    /// The fused LayerNorm backward gives the bits of the unfused one followed by `add` and
+    /// `convert`, on the CPU and on the emulated device, fp32 and bf16 precision.
+    func testLayerNormBackwardJoinsTheResidualWithTheBitsOfAnAddAndAConversion() {
+        let rows = 70, cols = 37
+        func values(_ n: Int, _ seed: UInt64, positive: Bool = false) -> [Float] {
+            var s = seed
+            return (0..<n).map { _ in
+                s = s &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                let u = Float(s >> 40) / Float(1 << 24) - 0.5
+                return positive ? 0.5 + abs(u) : 3 * u
+            }
+        }
+        let backends: [(String, any Backend)] = [
+            ("cpu", CPUBackend(threads: 2)),
+            ("cuda-emulated fp32", CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .fp32)),
+            ("cuda-emulated bf16", CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .bf16)),
+        ]
+        for (name, be) in backends {
+            let dy = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 1)), x = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 2))
+            let gamma = DeviceTensor(be, Shape(cols), values(cols, 3)), mean = DeviceTensor(be, Shape(rows), values(rows, 4))
+            let rstd = DeviceTensor(be, Shape(rows), values(rows, 5, positive: true))
+            let residual = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 6))
+            func run(fused: Bool) -> (dx: [UInt32], copy: [UInt32], dGamma: [UInt32], dBeta: [UInt32]) {
+                let dx = DeviceTensor(be, Shape(rows, cols)), dGamma = DeviceTensor(be, Shape(cols), values(cols, 7))
+                let dBeta = DeviceTensor(be, Shape(cols), values(cols, 8))
+                let copy = Tensor(be.allocate(DType.bfloat16.floats(rows * cols)), Shape(rows, cols), dtype: .bfloat16)
+                defer { be.release(copy.base) }
+                if fused {
+                    be.layerNormBackward(dy.tensor, x: x.tensor, gamma: gamma.tensor, mean: mean.tensor, rstd: rstd.tensor, dx.tensor,
+                                         dGamma: dGamma.tensor, dBeta: dBeta.tensor, residual: residual.tensor, dxCopy: copy)
+                } else {
+                    be.layerNormBackward(dy.tensor, x: x.tensor, gamma: gamma.tensor, mean: mean.tensor, rstd: rstd.tensor, dx.tensor,
+                                         dGamma: dGamma.tensor, dBeta: dBeta.tensor)
+                    be.add(dx.tensor, residual.tensor, into: dx.tensor)
+                    be.convert(dx.tensor, into: copy)
+                }
+                let wide = DeviceTensor(be, Shape(rows, cols))
+                be.convert(copy, into: wide.tensor)
+                return (dx.values.map(\.bitPattern), wide.values.map(\.bitPattern), dGamma.values.map(\.bitPattern), dBeta.values.map(\.bitPattern))
+            }
+            let fused = run(fused: true), unfused = run(fused: false)
+            XCTAssertEqual(fused.dx, unfused.dx, "\(name): dx")
+            XCTAssertEqual(fused.copy, unfused.copy, "\(name): dx's bf16 copy")
+            XCTAssertEqual(fused.dGamma, unfused.dGamma, "\(name): dGamma")
+            XCTAssertEqual(fused.dBeta, unfused.dBeta, "\(name): dBeta")
+        }
+    }
+
+    /// A bf16 training step with the sums fused against one with add and conversion passes: per
+    /// step 4 fewer `radar_add` launches per block (two forward, two backward) and 2 fewer
+    /// `radar_to_bf16` (the residual gradients fc2 and the projection read), losses and gradients
+    /// bf16-close (forward's sums are rounded in another order), each bit-identical run to run.
+    func testFusedResidualSumsDropTheAddAndConversionPassesAndStayClose() throws {
+        let depth = RADARConfig.preset("tiny")!.depth
+        func run(fuse: Bool) throws -> (loss: Double, grads: [Float], launches: [String: Int]) {
+            let device = EmulatedDevice(memory: 1 << 30)
+            let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: CUDABackend(driver: device, precision: .bf16))
+            trainer.ctx.fuseResidualSums = fuse
+            device.launchLog = []
+            let r = try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor))
+            var launches: [String: Int] = [:]
+            for l in device.launchLog ?? [] { launches[l.kernel, default: 0] += 1 }
+            return (r.terms.total, trainer.ctx.backend.download(trainer.ctx.params.grads), launches)
+        }
+        let fused = try run(fuse: true), unfused = try run(fuse: false), again = try run(fuse: true)
+        XCTAssertEqual(fused.grads.map(\.bitPattern), again.grads.map(\.bitPattern), "fused: run to run")
+        XCTAssertEqual((unfused.launches["radar_add"] ?? 0) - (fused.launches["radar_add"] ?? 0), 4 * depth, "radar_add launches")
+        XCTAssertEqual((unfused.launches["radar_to_bf16"] ?? 0) - (fused.launches["radar_to_bf16"] ?? 0), 2 * depth, "radar_to_bf16 launches")
+        XCTAssertEqual(fused.launches["radar_layernorm_backward_input"], unfused.launches["radar_layernorm_backward_input"])
+        XCTAssertEqual(fused.loss, unfused.loss, accuracy: 1e-3 * abs(unfused.loss))
+        let diff = zip(fused.grads, unfused.grads).map { Double($0 - $1) * Double($0 - $1) }.reduce(0, +).squareRoot()
+        let norm = unfused.grads.map { Double($0) * Double($0) }.reduce(0, +).squareRoot()
+        XCTAssertGreaterThan(norm, 0)
+        XCTAssertLessThan(diff / norm, 0.05, "relative L2 distance of the gradients")
+    }
+}
