@@ -430,7 +430,8 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     private func columns(_ x: Tensor, _ g: ConvolutionGeometry, first: Int, count: Int, into workspace: Tensor) -> Operand {
         precondition(x.dtype == .float32, "convolution input fp32")
         let inPlane = g.inChannels * g.height * g.width
-        elementwise("radar_im2col", count * g.patchSize * g.outHeight * g.outWidth,
+        let elements = count * g.patchSize * g.outHeight * g.outWidth
+        elementwise("radar_im2col", (elements + 3) / 4,  // four elements a thread
                     [.ptr(x.base + first * inPlane), p(workspace), .i32(columnWidth == 2 ? 1 : 0)] + geometryArgs(g, images: count))
         return Operand(base: UnsafeRawPointer(workspace.base), width: columnWidth)
     }

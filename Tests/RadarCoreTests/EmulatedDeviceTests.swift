@@ -335,6 +335,33 @@ final class EmulatedDeviceTests: XCTestCase {
         XCTAssertTrue(dropped > 60 && dropped < 150, "about 10% dropped: \(dropped)")
     }
 
+    /// im2col takes four elements a thread, stepping along rows, taps and planes: a geometry where
+    /// the groups straddle output rows, taps and input planes and the range ends mid-group, with
+    /// columns 16/8-byte aligned (whole-word stores) and not (element stores).
+    func testIm2colFourElementsAThreadAcrossRowsTapsAndPlanes() {
+        let buf = Buffers()
+        let g = ConvolutionGeometry(batch: 1, inChannels: 2, height: 7, width: 5, outChannels: 3, kernel: 3, stride: 1, padding: 1)
+        let total = g.patchSize * g.outHeight * g.outWidth
+        XCTAssertEqual(total % 4, 2)
+        let x = randomValues(2 * 7 * 5, seed: 44)
+        let cx = cpuTensor(x, Shape(1, 2, 7, 5)), cw = cpuTensor(randomValues(3 * g.patchSize, seed: 45), Shape(3, 2, 3, 3))
+        let work = DeviceTensor(cpu, Shape(cpu.convolutionWorkspaceCount(g))), cy = DeviceTensor(cpu, Shape(1, 3, g.outHeight, g.outWidth))
+        cpu.convolutionForward(cx.tensor, weight: cw.tensor, bias: nil, g, workspace: work.tensor, cy.tensor)
+        let want = Array(work.values.prefix(total))
+        let ex = buf.make(x)
+        let geom: [Arg] = [.i32(1), .i32(2), .i32(7), .i32(5), .i32(3), .i32(1), .i32(1), .i32(Int32(g.outHeight)), .i32(Int32(g.outWidth))]
+        for offset in [0, 1] {
+            let ecol = buf.zeros(total + 4), ecol16 = buf.zeros(total / 2 + 4)
+            XCTAssertEqual(launch("radar_im2col", grid: 3, block: 32, [.buffer(ex), .buffer(ecol + offset), .i32(0)] + geom), "")
+            XCTAssertEqual(array(ecol + offset, total), want, "im2col, column offset \(offset)")
+            XCTAssertEqual(ecol[offset + total], 0, "nothing past the columns")
+            XCTAssertEqual(launch("radar_im2col", grid: 3, block: 32, [.buffer(ex), .buffer(ecol16 + offset), .i32(1)] + geom), "")
+            let halves = UnsafeRawPointer(ecol16 + offset).bindMemory(to: UInt16.self, capacity: total + 2)
+            XCTAssertEqual((0..<total).map { halves[$0] }, want.map(BFloat16.bits), "im2col, bf16 columns, offset \(offset)")
+            XCTAssertEqual(halves[total], 0, "nothing past the bf16 columns")
+        }
+    }
+
     func testIm2colCol2imTransposeColumnsAndTokenPoolingMatchTheCPUBackend() {
         let buf = Buffers()
         let g = ConvolutionGeometry(batch: 2, inChannels: 3, height: 9, width: 7, outChannels: 4, kernel: 3, stride: 2, padding: 1)

@@ -20,3 +20,14 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     u += 0x7fffu + ((u >> 16) & 1u);
     return (unsigned short)(u >> 16);
 }
+
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
+}

@@ -112,17 +112,6 @@ extern "C" __global__ void radar_relu_backward(const float* dy, const float* y, 
 // Exact GELU: y = x Phi(x), Phi kept for backward.
 __device__ __forceinline__ float radar_normal_cdf(float v) { return 0.5f * (1.f + erff(v * 0.70710678118654752f)); }
 
-// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
-__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
-__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
-    const unsigned h = k < 2 ? w.x : w.y;
-    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
-}
-__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
-    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
-                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
-}
-
 __device__ __forceinline__ float radar_gelu_value(float v) { return v * radar_normal_cdf(v); }
 // x and y each fp32, or bf16 (x_bf16, y_bf16: fc1's output and GELU's under bf16 activations,
 // read and written as they are: no widened copy, no fp32 y converted afterwards; the same bits).

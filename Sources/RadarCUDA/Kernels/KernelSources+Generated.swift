@@ -25,6 +25,17 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     return (unsigned short)(u >> 16);
 }
 
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
+}
+
 // Fused attention for bf16 activations, flash-attention style: softmax(scale q k^T) v of every head
 // without the (B, H, N, N) scores or probabilities in memory. Forward keeps each row's log-sum-exp;
 // backward recomputes the probabilities from it. Products on tensor cores (mma.sync m16n8k16: bf16
@@ -462,6 +473,17 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     return (unsigned short)(u >> 16);
 }
 
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
+}
+
 // BatchNorm (and its SyncBatchNorm pieces), global average pooling and the GRUCell gates. Per-
 // channel sums in two launches: one block per (image, channel) plane, each thread summing a
 // strided slice in double and a fixed-order tree in shared memory combining them; then one thread
@@ -686,6 +708,17 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     return (unsigned short)(u >> 16);
 }
 
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
+}
+
 // Elementwise kernels and activations: one thread per element, grid-stride loops.
 
 // (GRID_STRIDE, RADAR_INDEXED and radar_bf16_bits: common.h.)
@@ -799,17 +832,6 @@ extern "C" __global__ void radar_relu_backward(const float* dy, const float* y, 
 
 // Exact GELU: y = x Phi(x), Phi kept for backward.
 __device__ __forceinline__ float radar_normal_cdf(float v) { return 0.5f * (1.f + erff(v * 0.70710678118654752f)); }
-
-// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
-__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
-__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
-    const unsigned h = k < 2 ? w.x : w.y;
-    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
-}
-__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
-    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
-                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
-}
 
 __device__ __forceinline__ float radar_gelu_value(float v) { return v * radar_normal_cdf(v); }
 // x and y each fp32, or bf16 (x_bf16, y_bf16: fc1's output and GELU's under bf16 activations,
@@ -936,6 +958,17 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     return (unsigned short)(u >> 16);
 }
 
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
+}
+
 // Data movement: im2col and its adjoint col2im for the convolutions (col2im gathers, so every
 // input pixel sums its contributions in the CPU backend's order with no atomics), transposes,
 // column copies, and the token mean/max of BADM's patch features.
@@ -944,21 +977,49 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
 
 // col (B, C*k*k, Ho*Wo) from x (B, C, H, W), zero padding (index arithmetic as RADAR_INDEXED says);
 // col_bf16: the columns written as bf16 (the products' operand in bf16 precision: no fp32 columns
-// to convert, half the workspace; the bits of converting fp32 columns).
+// to convert, half the workspace; the bits of converting fp32 columns). Four consecutive elements
+// per thread: the flat index is split once (five divisions, which dominated the kernel at one
+// element per thread) and then stepped along (ox, oy, kx, ky, the input plane), and the four are
+// stored as one 8-byte (bf16) or 16-byte (fp32) word where col is so aligned (the arena's and the
+// workspace's are); the range's last group and unaligned columns element by element.
 template <typename I>
 __device__ __forceinline__ void radar_im2col_body(I total, const float* x, void* col, int col_bf16, int channels, int h, int w, int k,
                                                   int stride, int pad, int ho, int wo) {
-    GRID_STRIDE_AS(I, e, total) {
+    const int rows = channels * k * k;
+    const bool wide = col_bf16 ? radar_aligned8(col) : ((unsigned long long)col & 15) == 0;
+    GRID_STRIDE_AS(I, g, (total + 3) / 4) {
+        const I e = g * 4;
         I q = e / (I)wo;
         int ox = (int)(e - q * (I)wo);
         I q2 = q / (I)ho;
         int oy = (int)(q - q2 * (I)ho);
-        I b = q2 / (I)(channels * k * k);
-        int row = (int)(q2 - b * (I)(channels * k * k));
-        int kx = row % k, ky = (row / k) % k, c = row / (k * k);
-        int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
-        float v = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[(((long)b * channels + c) * h + iy) * (long)w + ix] : 0.f;
-        if (col_bf16) ((unsigned short*)col)[e] = radar_bf16_bits(v); else ((float*)col)[e] = v;
+        I b = q2 / (I)rows;
+        int row = (int)(q2 - b * (I)rows);
+        int kx = row % k, ky = (row / k) % k;
+        const float* plane = x + ((long)b * channels + row / (k * k)) * h * (long)w;
+        float v[4];
+        for (int j = 0; j < 4; ++j) {
+            int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+            v[j] = (e + (I)j < total && iy >= 0 && iy < h && ix >= 0 && ix < w) ? plane[(long)iy * w + ix] : 0.f;
+            if (++ox == wo) {  // the next output row; past the last, the next tap; past the last tap, the next plane
+                ox = 0;
+                if (++oy == ho) {
+                    oy = 0;
+                    if (++kx == k) {
+                        kx = 0;
+                        if (++ky == k) { ky = 0; plane += h * (long)w; }
+                    }
+                }
+            }
+        }
+        if (wide && e + 3 < total) {
+            if (col_bf16) ((uint2*)col)[g] = radar_bf16_word(v);
+            else ((float4*)col)[g] = make_float4(v[0], v[1], v[2], v[3]);
+        } else {
+            for (int j = 0; j < 4 && e + (I)j < total; ++j) {
+                if (col_bf16) ((unsigned short*)col)[e + j] = radar_bf16_bits(v[j]); else ((float*)col)[e + j] = v[j];
+            }
+        }
     }
 }
 extern "C" __global__ void radar_im2col(const float* x, void* col, int col_bf16, int batch, int channels, int h, int w, int k, int stride,
@@ -1076,6 +1137,17 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (unsigned short)(u >> 16);
+}
+
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
 }
 
 // The loss kernels: batch means written into device scalars (one block, fixed-order
@@ -1202,6 +1274,17 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (unsigned short)(u >> 16);
+}
+
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
 }
 
 // LayerNorm and softmax over rows: one warp per row, warp-shuffle reductions in a fixed
@@ -1394,6 +1477,17 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     return (unsigned short)(u >> 16);
 }
 
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
+}
+
 // Gradient clipping and AdamW, gated on device scalars: the host never reads the norm or
 // the non-finite flag inside a step.
 #define RADAR_NORM_BLOCK 256
@@ -1477,6 +1571,17 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     return (unsigned short)(u >> 16);
 }
 
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
+}
+
 // Dropout from the same Philox4x32-10 streams as the CPU backend: element i of stream s under
 // seed k is block(k; i / 4, i >> 34, s lo, s hi)[i % 4], so CPU and GPU runs draw identical masks.
 
@@ -1539,6 +1644,17 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (unsigned short)(u >> 16);
+}
+
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
 }
 
 // The evidence-refinement cross-attention (one query per row over a few evidence tokens, heads
@@ -1649,6 +1765,17 @@ __device__ __forceinline__ unsigned short radar_bf16_bits(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (unsigned short)(u >> 16);
+}
+
+// Four bf16 values as one 8-byte word (two per 32-bit half, the lower index in the low bits).
+__device__ __forceinline__ bool radar_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
+__device__ __forceinline__ float radar_bf16_at(uint2 w, int k) {
+    const unsigned h = k < 2 ? w.x : w.y;
+    return __uint_as_float(k % 2 == 0 ? h << 16 : h & 0xffff0000u);
+}
+__device__ __forceinline__ uint2 radar_bf16_word(const float* f) {
+    return make_uint2((unsigned)radar_bf16_bits(f[0]) | (unsigned)radar_bf16_bits(f[1]) << 16,
+                      (unsigned)radar_bf16_bits(f[2]) | (unsigned)radar_bf16_bits(f[3]) << 16);
 }
 
 // The fixed image transforms of BADM and AADM (no gradient): grayscale, Sobel magnitude with
