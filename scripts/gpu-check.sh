@@ -15,6 +15,8 @@
 #   7. with a minute to spare (never listed as skipped): bf16 again at its batch with fp32
 #      activations (--bf16-activations false), then keeping the attention probabilities and GELU's
 #      CDF (--recompute-in-backward false): what each memory choice costs or saves on this GPU.
+#  7b. with time to spare (never listed as skipped): the kernel check, golden cases and the bf16 step
+#      with the products' epilogues (RADAR_GEMM_EPILOGUES=on, cuBLASLt; off by default).
 #   8. with a minute to spare (never listed as skipped): `radar bench serve` on the device (16
 #      clients POSTing 224 px faces, dynamic batches of up to 64): requests/s and latency.
 #  5b. with a minute to spare, where PyTorch ran (never listed as skipped): bf16 once more each,
@@ -100,9 +102,10 @@ if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_ver
 # The JSON report from what the steps have left in $work, rewritten (atomically) after each step;
 # `report final` marks it complete.
 report() {
-  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" <<'PY'
+  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${epilogue_status:--1}" <<'PY'
 import json, os, sys
 work, status, out, dp_status, ar_status, final, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "final", int(sys.argv[7])
+epilogue_status = int(sys.argv[8])
 def text(p, n):
     try:
         return open(p).read()[-n:]
@@ -123,13 +126,22 @@ dp = {"exit": dp_status, "hashes": hashes, "replicas_identical": len(hashes) == 
       "copy_stream": "via a copy stream and page-locked host memory" in dp_log, "log_tail": dp_log[-1500:]}
 dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
 skipped = [l.strip() for l in text(work + "/skipped", 100000).splitlines() if l.strip()]
+epilogues = None  # step 7b, when it ran
+if epilogue_status >= 0:
+    try:
+        epilogues = json.load(open(work + "/epilogue-check.json"))
+    except Exception:
+        epilogues = {"error": text(work + "/epilogue-check.log", 2000)}
+    epilogues["exit"] = epilogue_status
+    epilogues["passed"] = epilogue_status == 0 and bool(epilogues.get("passed"))
 rep = {"check": check, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
        "radar_bench_step_variants": lines(work + "/variants.jsonl"), "radar_bench_serve": lines(work + "/serve.jsonl"),
        "radar_kernel_times": lines(work + "/kernels.jsonl"), "bf16_rematch": lines(work + "/rematch.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
        "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
-       "skipped": skipped, "complete": final, "seconds": seconds,
-       "passed": final and status == 0 and bool(check.get("passed")) and dp["passed"] and ar_status == 0 and not skipped}
+       "skipped": skipped, "complete": final, "seconds": seconds, "gemm_epilogue_check": epilogues,
+       "passed": final and status == 0 and bool(check.get("passed")) and dp["passed"] and ar_status == 0 and not skipped
+                 and (epilogues is None or epilogues["passed"])}
 tmp = out + ".tmp"
 with open(tmp, "w") as f:
     f.write(json.dumps(rep, indent=1, sort_keys=True) + "\n")
@@ -228,6 +240,25 @@ for variant in "--bf16-activations false" "--recompute-in-backward false"; do
     || log "radar bench step bf16 $variant failed: $(tail -1 "$work/variant.log")"
   report
 done
+
+# 7b: the products' epilogues (RADAR_GEMM_EPILOGUES=on; off by default until measured on a GPU),
+# only with time to spare: the kernel check and golden cases with every Linear's bias (and the
+# encoder's residual sums) in cuBLASLt's epilogue, then the bf16 step with them (a variant record,
+# "gemm_epilogues": true). A parity failure here fails the report like any other.
+epilogue_status=-1; : > "$work/epilogue-check.json"
+if [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 90 ]; then
+  RADAR_GEMM_EPILOGUES=on timeout "$(limit 300)" "$radar" check-device --device "$device" > "$work/epilogue-check.json" 2> "$work/epilogue-check.log"
+  epilogue_status=$?
+  log "check-device with RADAR_GEMM_EPILOGUES=on: exit $epilogue_status"
+  report
+  if [ "$(left)" -ge 60 ]; then
+    RADAR_GEMM_EPILOGUES=on timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 --config "$config" \
+      --batch "$bf16_batch" --repeats "$repeats" >> "$work/variants.jsonl" 2> "$work/variant.log" \
+      && log "radar bench step bf16 RADAR_GEMM_EPILOGUES=on: $(tail -1 "$work/variants.jsonl" | head -c 300)" \
+      || log "radar bench step bf16 RADAR_GEMM_EPILOGUES=on failed: $(tail -1 "$work/variant.log")"
+    report
+  fi
+fi
 
 # 8: the service under load, informational, only with time to spare.
 if [ "$(left)" -ge 60 ]; then

@@ -25,12 +25,14 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     private let coefficient: UnsafeMutablePointer<Float>
     /// Device scratch that grows to its largest request (bf16 operands, FFT spectra, the partial
     /// sums of the two-launch reductions in slot `partialSlot`, staged bf16 outputs).
-    private var scratch: [UnsafeMutableRawPointer?] = [nil, nil, nil, nil, nil, nil]
-    private var scratchBytes = [0, 0, 0, 0, 0, 0]
+    private var scratch: [UnsafeMutableRawPointer?] = [nil, nil, nil, nil, nil, nil, nil]
+    private var scratchBytes = [0, 0, 0, 0, 0, 0, 0]
     private static let partialSlot = 4
     /// Slot of the fp32 values of a bf16 output that cuBLAS cannot write as bf16 (fp32 or tf32
     /// operands), converted once the products are done.
     private static let stagingSlot = 5
+    /// Slot of a bias rounded to bf16 for cuBLASLt's epilogue.
+    private static let biasSlot = 6
     static let chunk = 65_536
     /// Rows per chunk of the column reductions (bias and LayerNorm parameter gradients): 8 to 64,
     /// as many as keep about 32K threads (an H200's 132 SMs, 256 each) busy. A function of the
@@ -39,6 +41,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
 
     /// The flash-attention kernels for bf16 attention (`Devices.fusedAttention`, RADAR_ATTENTION).
     public let fusedAttentionEnabled: Bool
+    /// Linear layers' biases (and residuals) through cuBLASLt's epilogue instead of a fill pass
+    /// before the product (`Devices.gemmEpilogues`, RADAR_GEMM_EPILOGUES), where the driver has it.
+    public var gemmEpilogues: Bool
     /// Head sizes the fused attention kernels are built for.
     public static let fusedHeadDims: Set<Int> = [16, 32, 64]
 
@@ -47,8 +52,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public var convolutionWorkspaceBudget: Int
 
     public init(driver: any CUDADriver, precision: Precision = .fp32, fusedAttention: Bool = false,
-                convolutionWorkspaceBudget: Int = ConvolutionGeometry.defaultWorkspaceBudget) {
+                convolutionWorkspaceBudget: Int = ConvolutionGeometry.defaultWorkspaceBudget, gemmEpilogues: Bool = false) {
         self.driver = driver
+        self.gemmEpilogues = gemmEpilogues
         self.convolutionWorkspaceBudget = convolutionWorkspaceBudget
         self.precision = precision
         fusedAttentionEnabled = fusedAttention
@@ -254,6 +260,27 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                               b: Tensor, ldb: Int, bias: Tensor, residual: Tensor?, c: Tensor, ldc: Int) {
         precondition(bias.dtype == .float32 && bias.count == n, "biasedProduct: bias fp32, of n")
         precondition(residual.map { $0.dtype == .float32 && c.dtype == .float32 } ?? true, "biasedProduct: a residual needs an fp32 C")
+        // cuBLASLt's bias epilogue where C needs no staging (fp32, or bf16 written by bf16
+        // products): the bias (rounded to bf16 for a bf16 C: the epilogue's bias has C's type)
+        // added to the fp32 sum before its one rounding, the residual as C with beta 1.
+        if gemmEpilogues && driver.supportsGemmEpilogues && (c.dtype == .float32 || precision == .bf16) && m > 0 && n > 0 {
+            let oa = operand(a, slot: 0), ob = operand(b, slot: 1)
+            var biasOperand = UnsafeRawPointer(bias.base)
+            if c.dtype == .bfloat16 {
+                let s = scratch(CUDABackend.biasSlot, bytes: n * 2)
+                elementwise("radar_to_bf16", n, [p(bias), .raw(s), .i64(n)])
+                biasOperand = UnsafeRawPointer(s)
+            }
+            gemmFlops &+= 2 * m * n * k
+            let operands: GemmOperands = precision == .bf16 ? .bf16 : precision == .tf32 ? .tf32 : .fp32
+            var g = StridedGemm(transA: transB, transB: transA, m: n, n: m, k: k, alpha: alpha, a: ob.base, lda: ldb, b: oa.base, ldb: lda,
+                                beta: residual == nil ? 0 : 1, c: residual?.base ?? c.base, ldc: ldc, operands: operands,
+                                outputBF16: c.dtype == .bfloat16)
+            g.bias = biasOperand
+            g.d = c.base
+            driver.gemm(g)
+            return
+        }
         elementwise("radar_fill_rows", m * n, [p(bias), .ptr(residual?.base), p(c), bf16(c), .i64(m), .i32(n), .i32(ldc)])
         product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: 1, c: c, ldc: ldc)
     }

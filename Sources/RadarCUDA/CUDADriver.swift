@@ -34,6 +34,12 @@ public struct StridedGemm {
     public var operands: GemmOperands
     /// C holds bf16 elements (only with bf16 operands); its address is still typed as floats.
     public var outputBF16: Bool
+    /// Epilogues (cuBLASLt; only where `CUDADriver.supportsGemmEpilogues`): `bias`, of C's element
+    /// type and m elements, added to every column of the result (a Linear's bias: row-major, its
+    /// output features); `d`, the result's address when not C (same layout; C then only read,
+    /// with beta: a residual).
+    public var bias: UnsafeRawPointer? = nil
+    public var d: UnsafeMutablePointer<Float>? = nil
 
     public init(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafeRawPointer, lda: Int, strideA: Int = 0,
                 b: UnsafeRawPointer, ldb: Int, strideB: Int = 0, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, strideC: Int = 0,
@@ -95,8 +101,11 @@ public protocol CUDADriver: AnyObject {
     func launch(_ kernel: String, grid: Int, block: Int, _ args: [KernelArg])
     /// Kernel launches and cuBLAS products queued so far (`radar bench step` reports a step's).
     var queued: (launches: Int, products: Int) { get }
-    /// cublasGemmStridedBatchedEx (column-major; fixed algorithm and workspace: deterministic).
+    /// cublasGemmStridedBatchedEx (column-major; fixed algorithm and workspace: deterministic);
+    /// with a bias or an out-of-place D, cublasLtMatmul (one algorithm per shape, chosen once).
     func gemm(_ g: StridedGemm)
+    /// Whether `gemm` takes `bias` and `d` (cuBLASLt loaded; always on the emulated device).
+    var supportsGemmEpilogues: Bool { get }
     /// cufftExecR2C of `batch` size x size real planes into size x (size/2+1) complex planes
     /// (interleaved re, im).
     func fftRealToComplex(_ input: UnsafeRawPointer, _ output: UnsafeMutableRawPointer, size: Int, batch: Int)

@@ -67,15 +67,16 @@ public enum CUDALibraries {
     /// loader found it), for probes and logs.
     public static var loaded: [String: String] { loadedPaths.withLock { $0 } }
 
-    /// dlopen of the first soname found; the handle stays open for the process.
-    public static func load(_ sonames: [String], component: String) throws -> UnsafeMutableRawPointer {
+    /// dlopen of the first soname found, in `component`'s folders; the handle stays open for the
+    /// process. Listed in `loaded` under `key` (the component's name unless given).
+    public static func load(_ sonames: [String], component: String, key: String? = nil) throws -> UnsafeMutableRawPointer {
         var tried: [String] = []
         for dir in searchPath(component) {
             for name in sonames {
                 let path = dir + "/" + name
                 guard FileManager.default.fileExists(atPath: path) else { continue }
                 if let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) {
-                    loadedPaths.withLock { $0[component] = path }
+                    loadedPaths.withLock { $0[key ?? component] = path }
                     return h
                 }
                 tried.append("\(path): \(String(cString: dlerror()))")
@@ -83,7 +84,7 @@ public enum CUDALibraries {
         }
         for name in sonames {  // the loader's own search (LD_LIBRARY_PATH, ld.so.cache)
             if let h = dlopen(name, RTLD_NOW | RTLD_LOCAL) {
-                loadedPaths.withLock { $0[component] = name }
+                loadedPaths.withLock { $0[key ?? component] = name }
                 return h
             }
             tried.append("\(name): \(String(cString: dlerror()))")

@@ -106,6 +106,9 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     private var fftWork: UnsafeMutableRawPointer?
     private var fftWorkBytes = 0
     private var mathMode: Int32 = -1
+    /// cuBLASLt, where it loads (products with epilogues).
+    private var lt: BlasLt?
+    public var supportsGemmEpilogues: Bool { lt != nil }
     /// Where each kernel family came from ("hit", "compiled", "recompiled"), for the probe.
     public private(set) var kernelOrigins: [String: String] = [:]
 
@@ -174,6 +177,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         blasSetMathMode = try sym(blasLib, "cublasSetMathMode", FnBlasSetMathMode.self)
         blasGemm = try sym(blasLib, "cublasGemmStridedBatchedEx", FnBlasGemmEx.self)
         blasStatusString = try? sym(blasLib, "cublasGetStatusString", FnBlasStatusString.self)
+        lt = BlasLt()
         fftCreate = try sym(fftLib, "cufftCreate", FnFFTCreate.self)
         fftSetAutoAllocation = try sym(fftLib, "cufftSetAutoAllocation", FnFFTSetAutoAllocation.self)
         fftMakePlanMany = try sym(fftLib, "cufftMakePlanMany", FnFFTMakePlanMany.self)
@@ -449,6 +453,18 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         guard g.m > 0 && g.n > 0 && g.batch > 0 else { return }
         queued.products += 1
         _ = ctxSetCurrent(context)
+        if g.bias != nil || g.d != nil {
+            guard let lt else { DeviceFailure.stop("cuda:\(ordinal): a product with an epilogue, but cuBLASLt is not loaded") }
+            var failure: BlasLtFailure?
+            timing("gemm lt \(g.operands)\(g.outputBF16 ? "->bf16" : "")\(g.bias != nil ? "+bias" : "")\(g.d != nil ? "+c" : "") \(g.transA ? "T" : "N")\(g.transB ? "T" : "N") m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)") {
+                failure = lt.gemm(g, workspace: UnsafeMutableRawPointer(bitPattern: UInt(workspace)), workspaceBytes: DriverAPI.workspaceBytes, stream: stream)
+            }
+            if let failure {
+                let text = blasStatusString?(failure.status).map { String(cString: $0) } ?? "status"
+                DeviceFailure.stop("cuBLASLt error on cuda:\(ordinal) in \(failure.call): \(text) (\(failure.status))")
+            }
+            return
+        }
         let mode = g.operands == .tf32 ? C.CUBLAS_TF32_TENSOR_OP_MATH : C.CUBLAS_DEFAULT_MATH
         if mode != mathMode { _ = blasSetMathMode(blas, mode); mathMode = mode }
         let type = g.operands == .bf16 ? C.CUDA_R_16BF : C.CUDA_R_32F

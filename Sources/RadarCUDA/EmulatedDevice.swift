@@ -219,6 +219,7 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     }
     /// While non-nil, every launch is appended (the tests audit how kernels spread their work).
     public var launchLog: [Launch]?
+    public var supportsGemmEpilogues: Bool { true }
     public private(set) var queued = (launches: 0, products: 0)
 
     /// cuLaunchKernel: `grid` blocks of `block` threads. A failed launch (deadlock, barrier
@@ -287,9 +288,36 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
         let spanB = EmulatedDevice.span(rows: g.transB ? g.n : g.k, cols: g.transB ? g.k : g.n, ld: g.ldb)
         let ha = UnsafeRawPointer(host(g.a, "cuBLAS A")!), hb = UnsafeRawPointer(host(g.b, "cuBLAS B")!)
         let hc = host(g.c, "cuBLAS C")!
+        let epilogue = g.bias != nil || g.d != nil
+        let hd = epilogue ? host(g.d ?? g.c, "cuBLASLt D")! : hc
+        let hbias = g.bias.map { UnsafeRawPointer(host($0, "cuBLASLt bias")!) }
         for i in 0..<g.batch {
             let a = operand(ha + i * g.strideA * elementBytes, count: spanA, g.operands, into: &scratchA)
             let b = operand(hb + i * g.strideB * elementBytes, count: spanB, g.operands, into: &scratchB)
+            if epilogue {
+                // cuBLASLt: D = alpha op(A) op(B) + beta C in fp32, then + bias (of D's type) on
+                // every column, rounded once into D's type.
+                let c32 = scratchC.at(least: g.m * g.n), offset = i * g.strideC
+                func load(_ p: UnsafeMutableRawPointer, _ at: Int) -> Float {
+                    g.outputBF16 ? BFloat16.float(p.assumingMemoryBound(to: UInt16.self)[at]) : p.assumingMemoryBound(to: Float.self)[at]
+                }
+                for col in 0..<g.n {
+                    for row in 0..<g.m { c32[col * g.m + row] = g.beta == 0 ? 0 : load(hc, offset + col * g.ldc + row) }
+                }
+                cpu.gemmSerial(transA: g.transB, transB: g.transA, m: g.n, n: g.m, k: g.k, alpha: g.alpha, a: b, lda: g.ldb,
+                               b: a, ldb: g.lda, beta: g.beta, c: c32, ldc: g.m)
+                for col in 0..<g.n {
+                    for row in 0..<g.m {
+                        var v = c32[col * g.m + row]
+                        if let hbias {
+                            v += g.outputBF16 ? BFloat16.float(hbias.assumingMemoryBound(to: UInt16.self)[row]) : hbias.assumingMemoryBound(to: Float.self)[row]
+                        }
+                        let at = offset + col * g.ldc + row
+                        if g.outputBF16 { hd.assumingMemoryBound(to: UInt16.self)[at] = BFloat16.bits(v) } else { hd.assumingMemoryBound(to: Float.self)[at] = v }
+                    }
+                }
+                continue
+            }
             guard g.outputBF16 else {
                 cpu.gemmSerial(transA: g.transB, transB: g.transA, m: g.n, n: g.m, k: g.k, alpha: g.alpha, a: b, lda: g.ldb,
                                b: a, ldb: g.lda, beta: g.beta, c: hc.assumingMemoryBound(to: Float.self) + i * g.strideC, ldc: g.ldc)

@@ -1,4 +1,4 @@
-// A stand-in for libcuda.so.1, libcublas and libcufft, for tests only. No CI machine has a GPU,
+// A stand-in for libcuda.so.1, libcublas (and libcublasLt) and libcufft, for tests only. No CI machine has a GPU,
 // and the emulated device (EmulatedDevice) replaces the driver at the Swift level, so DriverAPI,
 // the code that talks to a real GPU, would otherwise first run on a lent GPU. With this library
 // behind RADAR_CUDA_LIBS (as libcuda.so.1, libcublas.so.13 and libcufft.so.12), DriverAPI runs
@@ -657,6 +657,189 @@ EXPORT const char *cublasGetStatusString(int status) {
     case BLAS_NOT_SUPPORTED: return "the functionality requested is not supported";
     default: return "unknown error";
     }
+}
+
+// MARK: cuBLASLt (libcublasLt.so.13): the matmul with epilogues DriverAPI uses for biases and
+// residuals. Checks what the real library documents: attribute sizes, layouts that agree with the
+// operation, C and D of one layout, D's type for the bias, the algorithm from a heuristic, operands
+// at least as aligned as the preference that algorithm was found under promised, host scalars,
+// operands and bias inside device memory.
+
+namespace {
+struct LtHandle { Context *context; };
+struct LtDesc { int compute, transa = 0, transb = 0; unsigned epilogue = 1; const void *bias = nullptr; };
+struct LtLayout { int type; uint64_t rows, cols; int64_t ld; int batch = 1; int64_t stride = 0; };
+struct LtPreference { uint64_t workspace = 0; uint32_t align[4] = {256, 256, 256, 256}; };
+const uint64_t ltMarker = 0x52414441524c5431ull;  // the algorithms this fake hands out
+
+template <class T> int ltSet(T &field, const void *buf, size_t size) {
+    if (!buf || size != sizeof(T)) return BLAS_INVALID_VALUE;
+    memcpy(&field, buf, sizeof(T));
+    return BLAS_SUCCESS;
+}
+
+/// The operation's shape from the layouts, or false where they disagree.
+bool ltShape(const LtDesc *d, const LtLayout *a, const LtLayout *b, const LtLayout *c, const LtLayout *dl, long &m, long &n, long &k) {
+    if (!d || !a || !b || !c || !dl) return false;
+    m = long(c->rows); n = long(c->cols);
+    k = long(d->transa ? a->rows : a->cols);
+    const long am = long(d->transa ? a->cols : a->rows), bk = long(d->transb ? b->cols : b->rows), bn = long(d->transb ? b->rows : b->cols);
+    if (am != m || bk != k || bn != n) return false;
+    if (c->type != dl->type || c->rows != dl->rows || c->cols != dl->cols || c->ld != dl->ld || c->batch != dl->batch || c->stride != dl->stride)
+        return false;
+    if (a->type != b->type || (a->type != 0 && a->type != 14) || (c->type != 0 && c->type != 14) || (c->type == 14 && a->type != 14)) return false;
+    if (d->compute == 77 && a->type != 0) return false;
+    return a->batch == c->batch && b->batch == c->batch;
+}
+}  // namespace
+
+EXPORT int cublasLtCreate(void **handle) {
+    if (!handle) return BLAS_INVALID_VALUE;
+    if (needContext()) return BLAS_NOT_INITIALIZED;
+    *handle = new LtHandle{current};
+    return BLAS_SUCCESS;
+}
+
+EXPORT int cublasLtMatmulDescCreate(void **desc, int computeType, int scaleType) {
+    if (!desc) return BLAS_INVALID_VALUE;
+    if ((computeType != 68 && computeType != 77) || scaleType != 0) return BLAS_NOT_SUPPORTED;
+    *desc = new LtDesc{computeType};
+    return BLAS_SUCCESS;
+}
+
+EXPORT int cublasLtMatmulDescSetAttribute(void *desc, int attr, const void *buf, size_t size) {
+    if (!desc) return BLAS_NOT_INITIALIZED;
+    LtDesc *d = static_cast<LtDesc *>(desc);
+    switch (attr) {
+    case 3: return ltSet(d->transa, buf, size) ? BLAS_INVALID_VALUE : (d->transa < 0 || d->transa > 1 ? BLAS_INVALID_VALUE : BLAS_SUCCESS);
+    case 4: return ltSet(d->transb, buf, size) ? BLAS_INVALID_VALUE : (d->transb < 0 || d->transb > 1 ? BLAS_INVALID_VALUE : BLAS_SUCCESS);
+    case 7: return ltSet(d->epilogue, buf, size) ? BLAS_INVALID_VALUE : (d->epilogue != 1 && d->epilogue != 4 ? BLAS_NOT_SUPPORTED : BLAS_SUCCESS);
+    case 8: return ltSet(d->bias, buf, size);
+    default: return BLAS_INVALID_VALUE;
+    }
+}
+
+EXPORT int cublasLtMatrixLayoutCreate(void **layout, int type, uint64_t rows, uint64_t cols, int64_t ld) {
+    if (!layout) return BLAS_INVALID_VALUE;
+    if (type != 0 && type != 14) return BLAS_NOT_SUPPORTED;
+    if (ld < int64_t(std::max<uint64_t>(1, rows))) return BLAS_INVALID_VALUE;
+    *layout = new LtLayout{type, rows, cols, ld};
+    return BLAS_SUCCESS;
+}
+
+EXPORT int cublasLtMatrixLayoutSetAttribute(void *layout, int attr, const void *buf, size_t size) {
+    if (!layout) return BLAS_NOT_INITIALIZED;
+    LtLayout *l = static_cast<LtLayout *>(layout);
+    switch (attr) {
+    case 5: return ltSet(l->batch, buf, size) ? BLAS_INVALID_VALUE : (l->batch < 1 ? BLAS_INVALID_VALUE : BLAS_SUCCESS);
+    case 6: return ltSet(l->stride, buf, size);
+    default: return BLAS_INVALID_VALUE;
+    }
+}
+
+EXPORT int cublasLtMatmulPreferenceCreate(void **pref) {
+    if (!pref) return BLAS_INVALID_VALUE;
+    *pref = new LtPreference{};
+    return BLAS_SUCCESS;
+}
+
+EXPORT int cublasLtMatmulPreferenceSetAttribute(void *pref, int attr, const void *buf, size_t size) {
+    if (!pref) return BLAS_NOT_INITIALIZED;
+    LtPreference *p = static_cast<LtPreference *>(pref);
+    if (attr == 1) return ltSet(p->workspace, buf, size);
+    if (attr >= 5 && attr <= 8) {
+        uint32_t &a = p->align[attr - 5];
+        if (ltSet(a, buf, size)) return BLAS_INVALID_VALUE;
+        return a == 0 || (a & (a - 1)) ? BLAS_INVALID_VALUE : BLAS_SUCCESS;
+    }
+    return BLAS_INVALID_VALUE;
+}
+
+// cublasLtMatmulHeuristicResult_t: algo (64 bytes), workspaceSize (size_t at 64), state (at 72), 96 bytes.
+EXPORT int cublasLtMatmulAlgoGetHeuristic(void *handle, void *desc, void *a, void *b, void *c, void *d, void *pref, int requested,
+                                          void *results, int *returned) {
+    if (!handle) return BLAS_NOT_INITIALIZED;
+    if (!desc || !pref || !results || !returned || requested < 1) return BLAS_INVALID_VALUE;
+    long m, n, k;
+    if (!ltShape(static_cast<LtDesc *>(desc), static_cast<LtLayout *>(a), static_cast<LtLayout *>(b), static_cast<LtLayout *>(c),
+                 static_cast<LtLayout *>(d), m, n, k)) {
+        *returned = 0;
+        return BLAS_NOT_SUPPORTED;
+    }
+    unsigned char *r = static_cast<unsigned char *>(results);
+    memset(r, 0, 96);
+    const LtPreference *p = static_cast<LtPreference *>(pref);
+    memcpy(r, &ltMarker, 8);
+    memcpy(r + 8, p->align, sizeof p->align);  // what the algorithm may assume of the operands
+    const size_t workspace = std::min<uint64_t>(p->workspace, 1 << 20);
+    memcpy(r + 64, &workspace, sizeof workspace);
+    *returned = 1;
+    return BLAS_SUCCESS;
+}
+
+EXPORT int cublasLtMatmul(void *handle, void *desc, const void *alpha, const void *A, void *adesc, const void *B, void *bdesc,
+                          const void *beta, const void *C, void *cdesc, void *D, void *ddesc, const void *algo, void *workspace,
+                          size_t workspaceBytes, void *stream) {
+    if (!handle) return BLAS_NOT_INITIALIZED;
+    const LtDesc *d = static_cast<LtDesc *>(desc);
+    const LtLayout *la = static_cast<LtLayout *>(adesc), *lb = static_cast<LtLayout *>(bdesc), *lc = static_cast<LtLayout *>(cdesc);
+    long m, n, k;
+    if (!ltShape(d, la, lb, lc, static_cast<LtLayout *>(ddesc), m, n, k)) return BLAS_INVALID_VALUE;
+    uint64_t marker = 0;
+    if (!algo || (memcpy(&marker, algo, 8), marker != ltMarker)) return BLAS_INVALID_VALUE;  // an algorithm from the heuristic
+    if (stream && static_cast<Stream *>(stream)->context != static_cast<LtHandle *>(handle)->context) return BLAS_INVALID_VALUE;
+    if (workspaceBytes > 0 && !inDevice(uintptr_t(workspace), workspaceBytes)) return BLAS_INVALID_VALUE;
+    if (!alpha || !beta || isDevice(alpha) || isDevice(beta)) return BLAS_INVALID_VALUE;  // host scalars (the default pointer mode)
+    uint32_t align[4];
+    memcpy(align, static_cast<const unsigned char *>(algo) + 8, sizeof align);
+    const void *pointers[4] = {A, B, C, D};
+    for (int i = 0; i < 4; i++)
+        if (uintptr_t(pointers[i]) % align[i] != 0) return BLAS_INVALID_VALUE;  // less aligned than the algorithm assumes
+    const int batch = lc->batch;
+    if (m == 0 || n == 0 || batch == 0) return BLAS_SUCCESS;
+    const size_t element = la->type == 14 ? 2 : 4, cElement = lc->type == 14 ? 2 : 4;
+    auto covers = [&](const void *p, const LtLayout *l, size_t bytes) {
+        const size_t count = span(long(l->rows), long(l->cols), long(l->ld));
+        return count == 0 || inDevice(uintptr_t(p), (size_t(l->stride) * size_t(batch - 1) + count) * bytes);
+    };
+    if (!covers(A, la, element) || !covers(B, lb, element) || !covers(C, lc, cElement) || !covers(D, lc, cElement)) return BLAS_INVALID_VALUE;
+    const bool biased = d->epilogue == 4;
+    if (biased && (!d->bias || !inDevice(uintptr_t(d->bias), size_t(m) * cElement))) return BLAS_INVALID_VALUE;
+    runsNow(stream);
+    const bool round = d->compute == 77;
+    const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
+    auto load = [&](const void *p, size_t at) {
+        if (lc->type == 0) return static_cast<const float *>(p)[at];
+        uint32_t u = uint32_t(static_cast<const uint16_t *>(p)[at]) << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    };
+    for (int i = 0; i < batch; i++) {
+        std::vector<float> x = operand(static_cast<const char *>(A) + size_t(i) * size_t(la->stride) * element,
+                                       span(long(la->rows), long(la->cols), long(la->ld)), la->type, round);
+        std::vector<float> y = operand(static_cast<const char *>(B) + size_t(i) * size_t(lb->stride) * element,
+                                       span(long(lb->rows), long(lb->cols), long(lb->ld)), lb->type, round);
+        const size_t base = size_t(i) * size_t(lc->stride);
+        std::vector<float> c(size_t(m) * size_t(n), 0.0f);
+        if (b != 0)
+            for (long col = 0; col < n; col++)
+                for (long row = 0; row < m; row++) c[size_t(col) * m + row] = load(C, base + size_t(col) * lc->ld + row);
+        cblas_sgemm(CblasColMajor, d->transa ? CblasTrans : CblasNoTrans, d->transb ? CblasTrans : CblasNoTrans, int(m), int(n), int(k), a,
+                    x.empty() ? nullptr : x.data(), int(la->ld), y.empty() ? nullptr : y.data(), int(lb->ld), b, c.data(), int(m));
+        for (long col = 0; col < n; col++)
+            for (long row = 0; row < m; row++) {
+                float v = c[size_t(col) * m + row] + (biased ? load(d->bias, size_t(row)) : 0.0f);
+                const size_t at = base + size_t(col) * lc->ld + row;
+                if (lc->type == 0) { static_cast<float *>(D)[at] = v; continue; }
+                uint32_t u;
+                memcpy(&u, &v, 4);
+                if ((u & 0x7fffffffu) > 0x7f800000u) u |= 0x00400000u;
+                else u += 0x7fffu + ((u >> 16) & 1u);
+                static_cast<uint16_t *>(D)[at] = uint16_t(u >> 16);
+            }
+    }
+    return BLAS_SUCCESS;
 }
 
 // MARK: cuFFT

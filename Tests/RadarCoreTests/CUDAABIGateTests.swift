@@ -16,7 +16,7 @@ import XCTest
 /// match any pointer).
 final class CUDAABIGateTests: XCTestCase {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    static let sources = ["Sources/RadarCUDA/DriverAPI.swift", "Sources/RadarCUDA/NVRTC.swift"]
+    static let sources = ["Sources/RadarCUDA/DriverAPI.swift", "Sources/RadarCUDA/NVRTC.swift", "Sources/RadarCUDA/BlasLt.swift"]
 
     struct Declaration: Equatable {
         var result: String
@@ -134,6 +134,7 @@ final class CUDAABIGateTests: XCTestCase {
         #include <cublas_v2.h>
         }
         #pragma pop_macro("__cplusplus")
+        #include <cublasLt.h>
         #include <cstdio>
         #include <string>
         #include <type_traits>

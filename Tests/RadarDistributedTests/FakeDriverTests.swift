@@ -17,7 +17,7 @@ final class FakeDriverTests: XCTestCase {
     static let folder: String = {
         let dir = NSTemporaryDirectory() + "radar-fake-cuda-\(getpid())"
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        for name in ["libcuda.so.1", "libcublas.so.13", "libcufft.so.12"] {
+        for name in ["libcuda.so.1", "libcublas.so.13", "libcublasLt.so.13", "libcufft.so.12"] {
             try? FileManager.default.removeItem(atPath: dir + "/" + name)
             try? FileManager.default.createSymbolicLink(atPath: dir + "/" + name, withDestinationPath: library)
         }
@@ -53,6 +53,8 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(libraries["cuda_driver"], FakeDriverTests.folder + "/libcuda.so.1")
         XCTAssertEqual(libraries["cublas"], FakeDriverTests.folder + "/libcublas.so.13")
         XCTAssertEqual(libraries["cufft"], FakeDriverTests.folder + "/libcufft.so.12")
+        XCTAssertEqual(libraries["cublasLt"], FakeDriverTests.folder + "/libcublasLt.so.13")
+        XCTAssertEqual(probe["gemm_epilogues"] as? Bool, false, "off by default")
         XCTAssertTrue((libraries["cuda_nvrtc"] ?? "").contains("libnvrtc.so."), "the real NVRTC: \(libraries)")
     }
 
@@ -85,8 +87,15 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(steps[3]["cublas_products_per_step"] as? Int, (steps[2]["cublas_products_per_step"] as? Int ?? 0) + 42, "\(steps)")
         // With time to spare, bf16 again with fp32 activations, then keeping what backward recomputes.
         let variants = try XCTUnwrap(json["radar_bench_step_variants"] as? [[String: Any]])
-        XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [false, true], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, false], "\(variants)")
+        // Then the products' epilogues through the fake's cuBLASLt: the kernel check and golden
+        // cases, and the bf16 step.
+        XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [false, true, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, false, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["gemm_epilogues"] as? Bool }, [false, false, true], "\(variants)")
+        let epilogueCheck = try XCTUnwrap(json["gemm_epilogue_check"] as? [String: Any])
+        XCTAssertEqual(epilogueCheck["passed"] as? Bool, true, "\(epilogueCheck)")
+        XCTAssertEqual((epilogueCheck["probe"] as? [String: Any])?["gemm_epilogues"] as? Bool, true, "\(epilogueCheck)")
+        XCTAssertEqual(epilogueCheck["kernels_passed"] as? Int, epilogueCheck["kernels_total"] as? Int)
         XCTAssertTrue(variants.allSatisfy { $0["precision"] as? String == "bf16" && $0["batch"] as? Int == 2 }, "\(variants)")
         // With time to spare, where a step's time goes: every kernel, product and FFT between two
         // events (the fake counts 1 microsecond per operation between them).

@@ -56,6 +56,23 @@ public enum Devices {
         }
     }
 
+    public struct UnknownEpilogueSetting: Error, CustomStringConvertible {
+        public let value: String
+        public var description: String { "RADAR_GEMM_EPILOGUES=\(value): expected on or off" }
+    }
+
+    /// RADAR_GEMM_EPILOGUES: `on` puts a Linear layer's bias (and a residual block's sum) into
+    /// cuBLASLt's epilogue instead of a fill pass over the output before the product; `off` (the
+    /// default until it has been measured on a GPU) keeps the fill. CUDA only; where cuBLASLt does
+    /// not load, the fill.
+    public static func gemmEpilogues(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
+        switch environment["RADAR_GEMM_EPILOGUES"] ?? "off" {
+        case "on": return true
+        case "off", "": return false
+        case let other: throw UnknownEpilogueSetting(value: other)
+        }
+    }
+
     public struct BadWorkspaceBudget: Error, CustomStringConvertible {
         public let value: String
         public var description: String { "RADAR_CONV_WORKSPACE_MIB=\(value): expected a whole number of MiB, at least 1" }
@@ -138,7 +155,7 @@ public enum Devices {
                 throw UnsupportedPrecision(precision: p, device: driver.deviceDescription + " (bf16 needs compute capability 8.0)")
             }
             return CUDABackend(driver: driver, precision: resolved, fusedAttention: try fusedAttention(),
-                               convolutionWorkspaceBudget: try convolutionWorkspaceBudget())
+                               convolutionWorkspaceBudget: try convolutionWorkspaceBudget(), gemmEpilogues: try gemmEpilogues())
         }
     }
 }

@@ -440,10 +440,13 @@ public enum KernelCheck {
     public static var kernelNames: [String] { cases.map(\.name) }
 
     /// Runs every case on `device` and on the CPU backend; one result per case.
-    public static func run(on device: any Backend, seed: UInt64 = 1) -> [Result] {
-        let cpu = CPUBackend(threads: 1)
+    /// Every case on `device` against `reference` (the CPU backend unless given), or only the
+    /// cases `only` accepts.
+    public static func run(on device: any Backend, reference: (any Backend)? = nil, seed: UInt64 = 1,
+                           only: (String) -> Bool = { _ in true }) -> [Result] {
+        let cpu = reference ?? CPUBackend(threads: 1)
         var results: [Result] = []
-        for (ci, c) in cases.enumerated() {
+        for (ci, c) in cases.enumerated() where only(c.name) {
             var gen = Values(state: seed &+ UInt64(ci) &* 0x9e37_79b9)
             let values = c.tensors.map { gen.fill($0.0.count, $0.1) }
             func execute(_ b: any Backend) -> [[Float]] {

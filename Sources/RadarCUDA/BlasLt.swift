@@ -1,0 +1,162 @@
+import Foundation
+import RadarEngine
+
+/// cuBLASLt for the products that carry an epilogue (`StridedGemm.bias`, an out-of-place `d`):
+/// D = alpha op(A) op(B) + beta C + bias, the bias broadcast over D's columns (column-major rows,
+/// a Linear's output features), C and D of one layout. A Linear's bias then needs no fill pass
+/// over its output, and a residual sum is C with beta 1. Plans (descriptors, layouts, the
+/// heuristic's first algorithm for our fixed workspace and the operands' alignment) are made once
+/// per shape: the same algorithm every call, so the same bits run to run. Loaded only where
+/// libcublasLt is (it ships with cuBLAS); without it the backend keeps its fill-and-product path.
+final class BlasLt {
+    typealias FnCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32
+    typealias FnDescCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32, Int32) -> Int32
+    typealias FnSetAttribute = @convention(c) (OpaquePointer?, Int32, UnsafeRawPointer?, Int) -> Int32
+    typealias FnLayoutCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32, UInt64, UInt64, Int64) -> Int32
+    typealias FnPreferenceCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32
+    typealias FnHeuristic = @convention(c) (OpaquePointer?, OpaquePointer?, OpaquePointer?, OpaquePointer?, OpaquePointer?, OpaquePointer?,
+                                            OpaquePointer?, Int32, UnsafeMutableRawPointer?, UnsafeMutablePointer<Int32>?) -> Int32
+    typealias FnMatmul = @convention(c) (OpaquePointer?, OpaquePointer?, UnsafeRawPointer?, UnsafeRawPointer?, OpaquePointer?,
+                                         UnsafeRawPointer?, OpaquePointer?, UnsafeRawPointer?, UnsafeRawPointer?, OpaquePointer?,
+                                         UnsafeMutableRawPointer?, OpaquePointer?, UnsafeRawPointer?, UnsafeMutableRawPointer?, Int,
+                                         OpaquePointer?) -> Int32
+
+    /// cublasLtMatmulHeuristicResult_t: the algorithm (64 bytes), workspaceSize (size_t at 64),
+    /// state (cublasStatus_t at 72); 96 bytes in all (CUDA 12.9 and 13.0 headers).
+    static let heuristicResultBytes = 96, algoBytes = 64, stateOffset = 72
+
+    private let C = CUDAConstants.values
+    private let handle: OpaquePointer?
+    private let descCreate: FnDescCreate, descSet: FnSetAttribute, layoutCreate: FnLayoutCreate, layoutSet: FnSetAttribute
+    private let preferenceCreate: FnPreferenceCreate, preferenceSet: FnSetAttribute, heuristic: FnHeuristic, matmul: FnMatmul
+
+    struct Key: Hashable {
+        let transA: Bool, transB: Bool, m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int
+        let strideA: Int, strideB: Int, strideC: Int, batch: Int
+        let operands: Int, outputBF16: Bool, bias: Bool
+        let alignment: [Int]
+    }
+    final class Plan {
+        var desc: OpaquePointer?, a: OpaquePointer?, b: OpaquePointer?, c: OpaquePointer?
+        var algo = [UInt8](repeating: 0, count: BlasLt.algoBytes)
+        var workspaceBytes = 0
+    }
+    private var plans: [Key: Plan] = [:]
+
+    /// nil where libcublasLt cannot be loaded or its handle not made.
+    init?() {
+        func sym<T>(_ h: UnsafeMutableRawPointer, _ n: String, _ t: T.Type) throws -> T { try CUDALibraries.symbol(h, n, as: t) }
+        guard let lib = try? CUDALibraries.load(["libcublasLt.so.13", "libcublasLt.so.12"], component: "cublas", key: "cublasLt") else { return nil }
+        do {
+            var h: OpaquePointer?
+            guard try sym(lib, "cublasLtCreate", FnCreate.self)(&h) == CUDAConstants.values.CUBLAS_STATUS_SUCCESS else { return nil }
+            handle = h
+            descCreate = try sym(lib, "cublasLtMatmulDescCreate", FnDescCreate.self)
+            descSet = try sym(lib, "cublasLtMatmulDescSetAttribute", FnSetAttribute.self)
+            layoutCreate = try sym(lib, "cublasLtMatrixLayoutCreate", FnLayoutCreate.self)
+            layoutSet = try sym(lib, "cublasLtMatrixLayoutSetAttribute", FnSetAttribute.self)
+            preferenceCreate = try sym(lib, "cublasLtMatmulPreferenceCreate", FnPreferenceCreate.self)
+            preferenceSet = try sym(lib, "cublasLtMatmulPreferenceSetAttribute", FnSetAttribute.self)
+            heuristic = try sym(lib, "cublasLtMatmulAlgoGetHeuristic", FnHeuristic.self)
+            matmul = try sym(lib, "cublasLtMatmul", FnMatmul.self)
+        } catch { return nil }
+    }
+
+    /// The largest power of two (up to 256) that divides the address: what the plan may assume.
+    static func alignment(_ p: UnsafeRawPointer?) -> Int {
+        guard let p else { return 256 }
+        let a = UInt(bitPattern: p)
+        return a == 0 ? 256 : min(256, Int(a & (~a &+ 1)))
+    }
+
+    private func attribute<T>(_ set: FnSetAttribute, _ object: OpaquePointer?, _ name: Int32, _ value: T) -> Int32 {
+        withUnsafeBytes(of: value) { set(object, name, $0.baseAddress, $0.count) }
+    }
+
+    private func plan(_ g: StridedGemm, workspaceBytes: Int) -> Result<Plan, BlasLtFailure> {
+        let type = g.operands == .bf16 ? C.CUDA_R_16BF : C.CUDA_R_32F, out = g.outputBF16 ? C.CUDA_R_16BF : C.CUDA_R_32F
+        let key = Key(transA: g.transA, transB: g.transB, m: g.m, n: g.n, k: g.k, lda: g.lda, ldb: g.ldb, ldc: g.ldc,
+                      strideA: g.strideA, strideB: g.strideB, strideC: g.strideC, batch: g.batch,
+                      operands: g.operands == .bf16 ? 2 : g.operands == .tf32 ? 1 : 0, outputBF16: g.outputBF16, bias: g.bias != nil,
+                      alignment: [g.a, g.b, UnsafeRawPointer(g.c), g.d.map { UnsafeRawPointer($0) } ?? UnsafeRawPointer(g.c)].map(BlasLt.alignment))
+        if let p = plans[key] { return .success(p) }
+        let shape = "m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)"
+        func fail(_ status: Int32, _ call: String) -> Result<Plan, BlasLtFailure> { .failure(BlasLtFailure(status: status, call: "\(call)(\(shape))")) }
+        let p = Plan()
+        let compute = g.operands == .tf32 ? C.CUBLAS_COMPUTE_32F_FAST_TF32 : C.CUBLAS_COMPUTE_32F
+        var r = descCreate(&p.desc, compute, C.CUDA_R_32F)
+        guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatmulDescCreate") }
+        for (name, value) in [(C.CUBLASLT_MATMUL_DESC_TRANSA, g.transA), (C.CUBLASLT_MATMUL_DESC_TRANSB, g.transB)] {
+            r = attribute(descSet, p.desc, name, value ? C.CUBLAS_OP_T : C.CUBLAS_OP_N)
+            guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatmulDescSetAttribute") }
+        }
+        r = attribute(descSet, p.desc, C.CUBLASLT_MATMUL_DESC_EPILOGUE, g.bias != nil ? C.CUBLASLT_EPILOGUE_BIAS : C.CUBLASLT_EPILOGUE_DEFAULT)
+        guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatmulDescSetAttribute") }
+        if let bias = g.bias {
+            // The bias pointer is set per call; this one for the heuristic meanwhile.
+            r = attribute(descSet, p.desc, C.CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias)
+            guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatmulDescSetAttribute") }
+        }
+        for (slot, t, rows, cols, ld, stride) in [(0, type, g.transA ? g.k : g.m, g.transA ? g.m : g.k, g.lda, g.strideA),
+                                                   (1, type, g.transB ? g.n : g.k, g.transB ? g.k : g.n, g.ldb, g.strideB),
+                                                   (2, out, g.m, g.n, g.ldc, g.strideC)] {
+            var layout: OpaquePointer?
+            r = layoutCreate(&layout, t, UInt64(rows), UInt64(cols), Int64(ld))
+            guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatrixLayoutCreate") }
+            if g.batch > 1 {
+                r = attribute(layoutSet, layout, C.CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, Int32(g.batch))
+                if r == C.CUBLAS_STATUS_SUCCESS { r = attribute(layoutSet, layout, C.CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, Int64(stride)) }
+                guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatrixLayoutSetAttribute") }
+            }
+            switch slot {
+            case 0: p.a = layout
+            case 1: p.b = layout
+            default: p.c = layout
+            }
+        }
+        var pref: OpaquePointer?
+        r = preferenceCreate(&pref)
+        guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatmulPreferenceCreate") }
+        r = attribute(preferenceSet, pref, C.CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, UInt64(workspaceBytes))
+        let alignments = [C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                          C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES]
+        for (name, bytes) in zip(alignments, key.alignment) where r == C.CUBLAS_STATUS_SUCCESS {
+            r = attribute(preferenceSet, pref, name, UInt32(bytes))
+        }
+        guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatmulPreferenceSetAttribute") }
+        var result = [UInt8](repeating: 0, count: BlasLt.heuristicResultBytes)
+        var found: Int32 = 0
+        r = result.withUnsafeMutableBytes { heuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, $0.baseAddress, &found) }
+        guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatmulAlgoGetHeuristic") }
+        let state = result.withUnsafeBytes { $0.load(fromByteOffset: BlasLt.stateOffset, as: Int32.self) }
+        guard found > 0, state == C.CUBLAS_STATUS_SUCCESS else { return fail(found > 0 ? state : -1, "cublasLtMatmulAlgoGetHeuristic (no algorithm)") }
+        p.algo = Array(result[0..<BlasLt.algoBytes])
+        p.workspaceBytes = result.withUnsafeBytes { $0.load(fromByteOffset: BlasLt.algoBytes, as: Int.self) }
+        plans[key] = p
+        return .success(p)
+    }
+
+    /// The product, queued on `stream`; a failure's description otherwise.
+    func gemm(_ g: StridedGemm, workspace: UnsafeMutableRawPointer?, workspaceBytes: Int, stream: OpaquePointer?) -> BlasLtFailure? {
+        let p: Plan
+        switch plan(g, workspaceBytes: workspaceBytes) {
+        case .success(let plan): p = plan
+        case .failure(let f): return f
+        }
+        if let bias = g.bias {
+            let r = attribute(descSet, p.desc, C.CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias)
+            guard r == C.CUBLAS_STATUS_SUCCESS else { return BlasLtFailure(status: r, call: "cublasLtMatmulDescSetAttribute") }
+        }
+        var alpha = g.alpha, beta = g.beta
+        let d = UnsafeMutableRawPointer(g.d ?? g.c)
+        let r = p.algo.withUnsafeBytes { algo in
+            matmul(handle, p.desc, &alpha, g.a, p.a, g.b, p.b, &beta, UnsafeRawPointer(g.c), p.c, d, p.c, algo.baseAddress, workspace,
+                   min(p.workspaceBytes, workspaceBytes), stream)
+        }
+        return r == C.CUBLAS_STATUS_SUCCESS ? nil : BlasLtFailure(status: r, call: "cublasLtMatmul(m \(g.m) n \(g.n) k \(g.k) batch \(g.batch))")
+    }
+}
+
+struct BlasLtFailure: Error {
+    let status: Int32, call: String
+}
