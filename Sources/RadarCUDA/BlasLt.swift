@@ -34,7 +34,9 @@ final class BlasLt {
         let transA: Bool, transB: Bool, m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int
         let strideA: Int, strideB: Int, strideC: Int, batch: Int
         let operands: Int, outputBF16: Bool, bias: Bool
-        let alignment: [Int]
+        /// What A, B, C and D's addresses are aligned to (a tuple would not be Hashable; no array:
+        /// a key is made for every product of a step).
+        let alignA: Int, alignB: Int, alignC: Int, alignD: Int
     }
     final class Plan {
         var desc: OpaquePointer?, a: OpaquePointer?, b: OpaquePointer?, c: OpaquePointer?
@@ -78,7 +80,8 @@ final class BlasLt {
         let key = Key(transA: g.transA, transB: g.transB, m: g.m, n: g.n, k: g.k, lda: g.lda, ldb: g.ldb, ldc: g.ldc,
                       strideA: g.strideA, strideB: g.strideB, strideC: g.strideC, batch: g.batch,
                       operands: g.operands == .bf16 ? 2 : g.operands == .tf32 ? 1 : 0, outputBF16: g.outputBF16, bias: g.bias != nil,
-                      alignment: [g.a, g.b, UnsafeRawPointer(g.c), g.d.map { UnsafeRawPointer($0) } ?? UnsafeRawPointer(g.c)].map(BlasLt.alignment))
+                      alignA: BlasLt.alignment(g.a), alignB: BlasLt.alignment(g.b), alignC: BlasLt.alignment(g.c),
+                      alignD: BlasLt.alignment(g.d ?? g.c))
         if let p = plans[key] { return .success(p) }
         let shape = "m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)"
         func fail(_ status: Int32, _ call: String) -> Result<Plan, BlasLtFailure> { .failure(BlasLtFailure(status: status, call: "\(call)(\(shape))")) }
@@ -120,7 +123,7 @@ final class BlasLt {
         r = attribute(preferenceSet, pref, C.CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, UInt64(workspaceBytes))
         let alignments = [C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                           C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES]
-        for (name, bytes) in zip(alignments, key.alignment) where r == C.CUBLAS_STATUS_SUCCESS {
+        for (name, bytes) in zip(alignments, [key.alignA, key.alignB, key.alignC, key.alignD]) where r == C.CUBLAS_STATUS_SUCCESS {
             r = attribute(preferenceSet, pref, name, UInt32(bytes))
         }
         guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatmulPreferenceSetAttribute") }

@@ -210,13 +210,17 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// as the column-major cuBLAS call C_i^T = op(B_i)^T op(A_i)^T.
     func productOperands(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafeRawPointer, lda: Int, strideA: Int = 0,
                  b: UnsafeRawPointer, ldb: Int, strideB: Int = 0, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
-                 strideC: Int = 0, batch: Int = 1, outputBF16: Bool = false) {
+                 strideC: Int = 0, batch: Int = 1, outputBF16: Bool = false, bias: UnsafeRawPointer? = nil,
+                 d: UnsafeMutablePointer<Float>? = nil) {
         guard m > 0 && n > 0 && batch > 0 else { return }
         gemmFlops &+= 2 * m * n * k * batch
         let operands: GemmOperands = precision == .bf16 ? .bf16 : precision == .tf32 ? .tf32 : .fp32
-        driver.gemm(StridedGemm(transA: transB, transB: transA, m: n, n: m, k: k, alpha: alpha, a: b, lda: ldb, strideA: strideB,
-                                b: a, ldb: lda, strideB: strideA, beta: beta, c: c, ldc: ldc, strideC: strideC, batch: batch,
-                                operands: operands, outputBF16: outputBF16))
+        var g = StridedGemm(transA: transB, transB: transA, m: n, n: m, k: k, alpha: alpha, a: b, lda: ldb, strideA: strideB,
+                            b: a, ldb: lda, strideB: strideA, beta: beta, c: c, ldc: ldc, strideC: strideC, batch: batch,
+                            operands: operands, outputBF16: outputBF16)
+        g.bias = bias  // epilogues (cuBLASLt): a bias per output column, the result into d
+        g.d = d
+        driver.gemm(g)
     }
 
     /// The same with fp32 operands in device memory, converted for this precision (whole spans).
@@ -271,14 +275,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                 elementwise("radar_to_bf16", n, [p(bias), .raw(s), .i64(n)])
                 biasOperand = UnsafeRawPointer(s)
             }
-            gemmFlops &+= 2 * m * n * k
-            let operands: GemmOperands = precision == .bf16 ? .bf16 : precision == .tf32 ? .tf32 : .fp32
-            var g = StridedGemm(transA: transB, transB: transA, m: n, n: m, k: k, alpha: alpha, a: ob.base, lda: ldb, b: oa.base, ldb: lda,
-                                beta: residual == nil ? 0 : 1, c: residual?.base ?? c.base, ldc: ldc, operands: operands,
-                                outputBF16: c.dtype == .bfloat16)
-            g.bias = biasOperand
-            g.d = c.base
-            driver.gemm(g)
+            productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
+                            beta: residual == nil ? 0 : 1, c: residual?.base ?? c.base, ldc: ldc, outputBF16: c.dtype == .bfloat16,
+                            bias: biasOperand, d: c.base)
             return
         }
         elementwise("radar_fill_rows", m * n, [p(bias), .ptr(residual?.base), p(c), bf16(c), .i64(m), .i32(n), .i32(ldc)])

@@ -49,10 +49,16 @@ public enum Devices {
     /// (cuBLAS products per head around softmax kernels). On an H200 at batch 128 (full config)
     /// fused took 46.9 ms a step and 4,210 MiB against products' 50.5 ms and 4,396 MiB.
     public static func fusedAttention(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
-        switch environment["RADAR_ATTENTION"] ?? "fused" {
-        case "products": return false
-        case "fused", "": return true
-        case let other: throw UnknownAttentionPath(value: other)
+        try switchSetting(environment["RADAR_ATTENTION"], on: "fused", off: "products", byDefault: true) { UnknownAttentionPath(value: $0) }
+    }
+
+    /// A two-valued setting: `on`, `off`, empty or absent (`byDefault`), else the error made of it.
+    static func switchSetting(_ value: String?, on: String, off: String, byDefault: Bool, _ error: (String) -> any Error) throws -> Bool {
+        switch value ?? "" {
+        case on: return true
+        case off: return false
+        case "": return byDefault
+        case let other: throw error(other)
         }
     }
 
@@ -66,11 +72,7 @@ public enum Devices {
     /// default until it has been measured on a GPU) keeps the fill. CUDA only; where cuBLASLt does
     /// not load, the fill.
     public static func gemmEpilogues(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
-        switch environment["RADAR_GEMM_EPILOGUES"] ?? "off" {
-        case "on": return true
-        case "off", "": return false
-        case let other: throw UnknownEpilogueSetting(value: other)
-        }
+        try switchSetting(environment["RADAR_GEMM_EPILOGUES"], on: "on", off: "off", byDefault: false) { UnknownEpilogueSetting(value: $0) }
     }
 
     public struct BadWorkspaceBudget: Error, CustomStringConvertible {
