@@ -5,9 +5,11 @@ import RadarEngine
 /// D = alpha op(A) op(B) + beta C + bias, the bias broadcast over D's columns (column-major rows,
 /// a Linear's output features), C and D of one layout. A Linear's bias then needs no fill pass
 /// over its output, and a residual sum is C with beta 1. Plans (descriptors, layouts, the
-/// heuristic's first algorithm for our fixed workspace and the operands' alignment) are made once
-/// per shape: the same algorithm every call, so the same bits run to run. Loaded only where
-/// libcublasLt is (it ships with cuBLAS); without it the backend keeps its fill-and-product path.
+/// heuristic's first algorithm for our fixed workspace and the operands' alignment, or the one a
+/// `GemmTable` pins for the shape) are made once per shape: the same algorithm every call, so the
+/// same bits run to run. Also the products a `GemmTable` pins, and `radar bench gemm`'s candidates.
+/// Loaded only where libcublasLt is (it ships with cuBLAS); without it the backend keeps its
+/// fill-and-product path.
 final class BlasLt {
     typealias FnCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32
     typealias FnDescCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32, Int32) -> Int32
@@ -37,6 +39,8 @@ final class BlasLt {
         /// What A, B, C and D's addresses are aligned to (a tuple would not be Hashable; no array:
         /// a key is made for every product of a step).
         let alignA: Int, alignB: Int, alignC: Int, alignD: Int
+        /// The algorithm asked for (`GemmTable`, `radar bench gemm`); nil: the heuristic's first.
+        let pinned: [UInt8]?
     }
     final class Plan {
         var desc: OpaquePointer?, a: OpaquePointer?, b: OpaquePointer?, c: OpaquePointer?
@@ -75,16 +79,68 @@ final class BlasLt {
         withUnsafeBytes(of: value) { set(object, name, $0.baseAddress, $0.count) }
     }
 
-    private func plan(_ g: StridedGemm, workspaceBytes: Int) -> Result<Plan, BlasLtFailure> {
-        let type = g.operands == .bf16 ? C.CUDA_R_16BF : C.CUDA_R_32F, out = g.outputBF16 ? C.CUDA_R_16BF : C.CUDA_R_32F
+    /// The plan of `g`'s shape: made once (descriptors, layouts, the algorithm), then looked up.
+    /// `pinned`: the algorithm to run (a table's or the bench's), found among the heuristic's
+    /// offers; nil: the heuristic's first.
+    private func plan(_ g: StridedGemm, workspaceBytes: Int, pinned: [UInt8]? = nil) -> Result<Plan, BlasLtFailure> {
         let key = Key(transA: g.transA, transB: g.transB, m: g.m, n: g.n, k: g.k, lda: g.lda, ldb: g.ldb, ldc: g.ldc,
                       strideA: g.strideA, strideB: g.strideB, strideC: g.strideC, batch: g.batch,
                       operands: g.operands == .bf16 ? 2 : g.operands == .tf32 ? 1 : 0, outputBF16: g.outputBF16, bias: g.bias != nil,
                       alignA: BlasLt.alignment(g.a), alignB: BlasLt.alignment(g.b), alignC: BlasLt.alignment(g.c),
-                      alignD: BlasLt.alignment(g.d ?? g.c))
+                      alignD: BlasLt.alignment(g.d ?? g.c), pinned: pinned)
         if let p = plans[key] { return .success(p) }
+        let p: Plan, offers: [GemmAlgorithm]
+        switch describe(g, workspaceBytes: workspaceBytes, key: key) {
+        case .success(let d): p = d.plan; offers = d.offers(pinned == nil ? 1 : BlasLt.maximumOffers)
+        case .failure(let f): return .failure(f)
+        }
+        if case .failure(let f) = offersOrFailure(offers, g) { return .failure(f) }
+        var chosen = offers[0]
+        if let pinned {
+            if let match = offers.first(where: { $0.bytes == pinned }) { chosen = match } else {
+                FileHandle.standardError.write(Data(("radar: the pinned cuBLASLt algorithm for \(GemmTable.key(g)) is not among the "
+                    + "heuristic's \(offers.count) offers (another cuBLAS or GPU?); using its first. Remeasure with radar bench gemm --write-table.\n").utf8))
+            }
+        }
+        p.algo = chosen.bytes
+        p.workspaceBytes = chosen.workspaceBytes
+        plans[key] = p
+        return .success(p)
+    }
+
+    /// The heuristic's offers for `g`, best first, at most `limit` (`radar bench gemm`).
+    func algorithms(_ g: StridedGemm, workspaceBytes: Int, limit: Int) -> Result<[GemmAlgorithm], BlasLtFailure> {
+        switch describe(g, workspaceBytes: workspaceBytes, key: nil) {
+        case .success(let d):
+            let offers = d.offers(min(max(limit, 1), BlasLt.maximumOffers))
+            if case .failure(let f) = offersOrFailure(offers, g) { return .failure(f) }
+            return .success(offers)
+        case .failure(let f): return .failure(f)
+        }
+    }
+
+    /// The most offers asked of the heuristic (a pinned algorithm is looked for among them).
+    static let maximumOffers = 32
+
+    private func offersOrFailure(_ offers: [GemmAlgorithm], _ g: StridedGemm) -> Result<Void, BlasLtFailure> {
+        offers.isEmpty ? .failure(BlasLtFailure(status: lastHeuristicStatus,
+                                                call: "cublasLtMatmulAlgoGetHeuristic (no algorithm)(m \(g.m) n \(g.n) k \(g.k) batch \(g.batch))"))
+                       : .success(())
+    }
+    private var lastHeuristicStatus: Int32 = -1
+
+    /// A described product: its descriptors, and the heuristic to ask for algorithms.
+    private struct Described {
+        let plan: Plan
+        let offers: (Int) -> [GemmAlgorithm]
+    }
+
+    /// The descriptors, layouts and preference of `g` (the operands' alignment from `key`, or
+    /// from g's addresses), with the heuristic's offers on demand.
+    private func describe(_ g: StridedGemm, workspaceBytes: Int, key: Key?) -> Result<Described, BlasLtFailure> {
+        let type = g.operands == .bf16 ? C.CUDA_R_16BF : C.CUDA_R_32F, out = g.outputBF16 ? C.CUDA_R_16BF : C.CUDA_R_32F
         let shape = "m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)"
-        func fail(_ status: Int32, _ call: String) -> Result<Plan, BlasLtFailure> { .failure(BlasLtFailure(status: status, call: "\(call)(\(shape))")) }
+        func fail(_ status: Int32, _ call: String) -> Result<Described, BlasLtFailure> { .failure(BlasLtFailure(status: status, call: "\(call)(\(shape))")) }
         let p = Plan()
         let compute = g.operands == .tf32 ? C.CUBLAS_COMPUTE_32F_FAST_TF32 : C.CUBLAS_COMPUTE_32F
         var r = descCreate(&p.desc, compute, C.CUDA_R_32F)
@@ -123,26 +179,34 @@ final class BlasLt {
         r = attribute(preferenceSet, pref, C.CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, UInt64(workspaceBytes))
         let alignments = [C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                           C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES]
-        for (name, bytes) in zip(alignments, [key.alignA, key.alignB, key.alignC, key.alignD]) where r == C.CUBLAS_STATUS_SUCCESS {
-            r = attribute(preferenceSet, pref, name, UInt32(bytes))
+        let bytes = key.map { [$0.alignA, $0.alignB, $0.alignC, $0.alignD] }
+            ?? [BlasLt.alignment(g.a), BlasLt.alignment(g.b), BlasLt.alignment(g.c), BlasLt.alignment(g.d ?? g.c)]
+        for (name, value) in zip(alignments, bytes) where r == C.CUBLAS_STATUS_SUCCESS {
+            r = attribute(preferenceSet, pref, name, UInt32(value))
         }
         guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatmulPreferenceSetAttribute") }
-        var result = [UInt8](repeating: 0, count: BlasLt.heuristicResultBytes)
-        var found: Int32 = 0
-        r = result.withUnsafeMutableBytes { heuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, $0.baseAddress, &found) }
-        guard r == C.CUBLAS_STATUS_SUCCESS else { return fail(r, "cublasLtMatmulAlgoGetHeuristic") }
-        let state = result.withUnsafeBytes { $0.load(fromByteOffset: BlasLt.stateOffset, as: Int32.self) }
-        guard found > 0, state == C.CUBLAS_STATUS_SUCCESS else { return fail(found > 0 ? state : -1, "cublasLtMatmulAlgoGetHeuristic (no algorithm)") }
-        p.algo = Array(result[0..<BlasLt.algoBytes])
-        p.workspaceBytes = result.withUnsafeBytes { $0.load(fromByteOffset: BlasLt.algoBytes, as: Int.self) }
-        plans[key] = p
-        return .success(p)
+        let offers = { [self] (count: Int) -> [GemmAlgorithm] in
+            var results = [UInt8](repeating: 0, count: BlasLt.heuristicResultBytes * count)
+            var found: Int32 = 0
+            let r = results.withUnsafeMutableBytes { heuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, Int32(count), $0.baseAddress, &found) }
+            lastHeuristicStatus = r
+            guard r == C.CUBLAS_STATUS_SUCCESS else { return [] }
+            return (0..<Int(max(0, min(found, Int32(count))))).compactMap { i -> GemmAlgorithm? in
+                let at = i * BlasLt.heuristicResultBytes
+                let state = results.withUnsafeBytes { $0.load(fromByteOffset: at + BlasLt.stateOffset, as: Int32.self) }
+                guard state == C.CUBLAS_STATUS_SUCCESS else { lastHeuristicStatus = state; return nil }
+                let workspace = results.withUnsafeBytes { $0.load(fromByteOffset: at + BlasLt.algoBytes, as: Int.self) }
+                return GemmAlgorithm(bytes: Array(results[at..<at + BlasLt.algoBytes]), workspaceBytes: workspace, index: i)
+            }
+        }
+        return .success(Described(plan: p, offers: offers))
     }
 
     /// The product, queued on `stream`; a failure's description otherwise.
-    func gemm(_ g: StridedGemm, workspace: UnsafeMutableRawPointer?, workspaceBytes: Int, stream: OpaquePointer?) -> BlasLtFailure? {
+    func gemm(_ g: StridedGemm, pinned: [UInt8]? = nil, workspace: UnsafeMutableRawPointer?, workspaceBytes: Int,
+              stream: OpaquePointer?) -> BlasLtFailure? {
         let p: Plan
-        switch plan(g, workspaceBytes: workspaceBytes) {
+        switch plan(g, workspaceBytes: workspaceBytes, pinned: pinned) {
         case .success(let plan): p = plan
         case .failure(let f): return f
         }

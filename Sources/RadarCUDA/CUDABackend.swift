@@ -97,6 +97,8 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func resetPeakDeviceBytes() { peakTensorBytes = deviceBytes + scratchBytes.reduce(0, +) }
     /// Floating-point operations of the cuBLAS products queued so far (2 m n k per matrix).
     public private(set) var gemmFlops = 0
+    /// While set, sees every product before it is queued (`radar bench gemm` gathers a step's).
+    public var gemmCensus: ((StridedGemm) -> Void)?
     private var sizes: [UInt: Int] = [:]
 
     public func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {
@@ -220,6 +222,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                             operands: operands, outputBF16: outputBF16)
         g.bias = bias  // epilogues (cuBLASLt): a bias per output column, the result into d
         g.d = d
+        gemmCensus?(g)
         driver.gemm(g)
     }
 

@@ -106,6 +106,20 @@ public protocol CUDADriver: AnyObject {
     func gemm(_ g: StridedGemm)
     /// Whether `gemm` takes `bias` and `d` (cuBLASLt loaded; always on the emulated device).
     var supportsGemmEpilogues: Bool { get }
+    /// The cuBLASLt algorithms its heuristic offers for `g` (its types, epilogue, sizes and the
+    /// operands' alignment), best first, at most `limit`; empty where cuBLASLt is not loaded.
+    /// `radar bench gemm` times them.
+    func gemmAlgorithms(_ g: StridedGemm, limit: Int) -> [GemmAlgorithm]
+    /// `g` through cublasLtMatmul with `algorithm` (one `gemmAlgorithms` offered for g's shape).
+    func gemm(_ g: StridedGemm, algorithm: GemmAlgorithm)
+    /// Algorithms pinned per product shape (`GemmTable`, RADAR_GEMM_TABLE): a product whose shape
+    /// is in it runs through cuBLASLt with that algorithm.
+    var gemmTable: GemmTable? { get set }
+    /// Products run with a pinned algorithm so far.
+    var pinnedProducts: Int { get }
+    /// Milliseconds of device time `body`'s queued work takes, between two events (waits for it);
+    /// on the emulated device, which runs work as it is queued, the wall-clock time of `body`.
+    func elapsedMilliseconds(_ body: () -> Void) -> Double
     /// cufftExecR2C of `batch` size x size real planes into size x (size/2+1) complex planes
     /// (interleaved re, im).
     func fftRealToComplex(_ input: UnsafeRawPointer, _ output: UnsafeMutableRawPointer, size: Int, batch: Int)

@@ -338,6 +338,33 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         timed.append((name(), start, end))
     }
 
+    private var benchEvents: (start: OpaquePointer?, end: OpaquePointer?)?
+
+    public func elapsedMilliseconds(_ body: () -> Void) -> Double {
+        _ = ctxSetCurrent(context)
+        guard let elapsed = eventElapsedTime else {
+            synchronize()
+            let started = DispatchTime.now().uptimeNanoseconds
+            body()
+            synchronize()
+            return Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
+        }
+        if benchEvents == nil {
+            var start: OpaquePointer?, end: OpaquePointer?
+            must(eventCreate(&start, 0), "cuEventCreate (bench)")
+            must(eventCreate(&end, 0), "cuEventCreate (bench)")
+            benchEvents = (start, end)
+        }
+        let (start, end) = benchEvents!
+        must(eventRecord(start, stream), "cuEventRecord (bench)")
+        body()
+        must(eventRecord(end, stream), "cuEventRecord (bench)")
+        synchronize()
+        var ms: Float = 0
+        must(elapsed(&ms, start, end), "cuEventElapsedTime (bench)")
+        return Double(ms)
+    }
+
     /// A launch's name for kernel timing: the kernel and its integer arguments (sizes), so that one
     /// kernel's calls on different tensors are told apart ("radar_to_bf16 (9683968)").
     static func timingName(_ kernel: String, _ args: [KernelArg]) -> String {
@@ -449,15 +476,39 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
 
     // MARK: cuBLAS
 
-    public func gemm(_ g: StridedGemm) {
+    public func gemm(_ g: StridedGemm) { gemm(g, pinned: nil) }
+
+    public func gemm(_ g: StridedGemm, algorithm: GemmAlgorithm) { gemm(g, pinned: algorithm.bytes) }
+
+    public var gemmTable: GemmTable?
+    public private(set) var pinnedProducts = 0
+
+    public func gemmAlgorithms(_ g: StridedGemm, limit: Int) -> [GemmAlgorithm] {
+        guard let lt, g.m > 0 && g.n > 0 && g.batch > 0 else { return [] }
+        _ = ctxSetCurrent(context)
+        switch lt.algorithms(g, workspaceBytes: DriverAPI.workspaceBytes, limit: limit) {
+        case .success(let offers): return offers
+        case .failure: return []  // no algorithm for this shape: the bench reports none
+        }
+    }
+
+    /// A product through cublasGemmStridedBatchedEx, or cublasLtMatmul where it has an epilogue or
+    /// an algorithm pinned (`pinned`, else the table's for its shape).
+    private func gemm(_ g: StridedGemm, pinned given: [UInt8]?) {
         guard g.m > 0 && g.n > 0 && g.batch > 0 else { return }
         queued.products += 1
         _ = ctxSetCurrent(context)
-        if g.bias != nil || g.d != nil {
+        var pinned = given
+        if pinned == nil, lt != nil, let table = gemmTable, !table.entries.isEmpty, let chosen = table.entries[GemmTable.key(g)] {
+            pinned = chosen
+            pinnedProducts += 1
+        }
+        if g.bias != nil || g.d != nil || pinned != nil {
             guard let lt else { DeviceFailure.stop("cuda:\(ordinal): a product with an epilogue, but cuBLASLt is not loaded") }
             var failure: BlasLtFailure?
             timing("gemm lt \(g.operands)\(g.outputBF16 ? "->bf16" : "")\(g.bias != nil ? "+bias" : "")\(g.d != nil ? "+c" : "") \(g.transA ? "T" : "N")\(g.transB ? "T" : "N") m \(g.m) n \(g.n) k \(g.k) batch \(g.batch)") {
-                failure = lt.gemm(g, workspace: UnsafeMutableRawPointer(bitPattern: UInt(workspace)), workspaceBytes: DriverAPI.workspaceBytes, stream: stream)
+                failure = lt.gemm(g, pinned: pinned, workspace: UnsafeMutableRawPointer(bitPattern: UInt(workspace)),
+                                  workspaceBytes: DriverAPI.workspaceBytes, stream: stream)
             }
             if let failure {
                 let text = blasStatusString?(failure.status).map { String(cString: $0) } ?? "status"

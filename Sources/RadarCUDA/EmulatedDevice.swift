@@ -220,6 +220,23 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     /// While non-nil, every launch is appended (the tests audit how kernels spread their work).
     public var launchLog: [Launch]?
     public var supportsGemmEpilogues: Bool { true }
+    public var gemmTable: GemmTable?
+    public private(set) var pinnedProducts = 0
+
+    /// One offer, whatever the shape: the emulated device has one way to compute a product.
+    public func gemmAlgorithms(_ g: StridedGemm, limit: Int) -> [GemmAlgorithm] {
+        guard g.m > 0 && g.n > 0 && g.batch > 0 && limit > 0 else { return [] }
+        return [GemmAlgorithm(bytes: [UInt8](repeating: 0, count: BlasLt.algoBytes), workspaceBytes: 0, index: 0)]
+    }
+
+    public func gemm(_ g: StridedGemm, algorithm: GemmAlgorithm) { gemm(g) }
+
+    /// The work runs as it is queued: the wall-clock time of `body`.
+    public func elapsedMilliseconds(_ body: () -> Void) -> Double {
+        let started = DispatchTime.now().uptimeNanoseconds
+        body()
+        return Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
+    }
     public private(set) var queued = (launches: 0, products: 0)
 
     /// cuLaunchKernel: `grid` blocks of `block` threads. A failed launch (deadlock, barrier
@@ -283,6 +300,7 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     public func gemm(_ g: StridedGemm) {
         guard g.m > 0 && g.n > 0 && g.batch > 0 else { return }
         queued.products += 1
+        if let table = gemmTable, !table.entries.isEmpty, table.entries[GemmTable.key(g)] != nil { pinnedProducts += 1 }
         let elementBytes = g.operands == .bf16 ? 2 : 4
         let spanA = EmulatedDevice.span(rows: g.transA ? g.k : g.m, cols: g.transA ? g.m : g.k, ld: g.lda)
         let spanB = EmulatedDevice.span(rows: g.transB ? g.n : g.k, cols: g.transB ? g.k : g.n, ld: g.ldb)

@@ -8,7 +8,7 @@ import RadarCore
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure speed and memory; prints one JSON object per result.",
-        subcommands: [Kernels.self, Step.self, Infer.self, DataPipeline.self, AllReduce.self, Crypto.self, ServeLoad.self])
+        subcommands: [Kernels.self, Step.self, Gemm.self, Infer.self, DataPipeline.self, AllReduce.self, Crypto.self, ServeLoad.self])
 }
 
 /// The synthetic faces (seed 2) `radar bench step` and `radar bench infer` time, normalised
@@ -174,6 +174,7 @@ extension Bench {
                 let seconds = try medianSeconds(repeats: repeats) { try optimizerStep() } / Double(accumulationSteps)
                 // Host synchronisations: per micro-batch that does not end a step, and per optimizer step.
                 let syncsBefore = backend.synchronizations, queuedBefore = (backend as? CUDABackend)?.driver.queued
+                let pinnedBefore = (backend as? CUDABackend)?.driver.pinnedProducts ?? 0
                 _ = try trainer.step(images: images.tensor, labels: labels.tensor)
                 let syncsInMicroBatch = accumulationSteps > 1 ? backend.synchronizations - syncsBefore : 0
                 for _ in 1..<accumulationSteps { _ = try trainer.step(images: images.tensor, labels: labels.tensor) }
@@ -182,6 +183,9 @@ extension Bench {
                 let queued = (backend as? CUDABackend)?.driver.queued
                 let launchesPerStep: Any = queued.map { $0.launches - queuedBefore!.launches } ?? NSNull()
                 let productsPerStep: Any = queued.map { $0.products - queuedBefore!.products } ?? NSNull()
+                // Products run with an algorithm a GemmTable pins (RADAR_GEMM_TABLE).
+                let table = (backend as? CUDABackend)?.driver.gemmTable
+                let pinnedPerStep: Any = table.map { _ in (backend as! CUDABackend).driver.pinnedProducts - pinnedBefore } ?? NSNull()
                 radar_allocation_counter_start()
                 for _ in 0..<repeats { try optimizerStep() }
                 let allocations = radar_allocation_counter_stop()
@@ -237,6 +241,7 @@ extension Bench {
                            "onednn_implementation": oneDNNImplementation.isEmpty ? NSNull() : oneDNNImplementation as Any,
                            "profile_host_syncs_per_step": profileSyncs, "kernel_ms": kernelRecord,
                            "kernel_launches_per_step": launchesPerStep, "cublas_products_per_step": productsPerStep,
+                           "gemm_table_entries": table.map { $0.entries.count as Any } ?? NSNull(), "pinned_products_per_step": pinnedPerStep,
                            "peak_device_mib": (backend as? CUDABackend).map { Double($0.peakDeviceBytes) / 1_048_576 } ?? NSNull(),
                            "peak_device_mib_with_warm_up": runPeak,
                            "library_workspace_mib": (backend as? CUDABackend).map { Double($0.driver.libraryWorkspaceBytes) / 1_048_576 } ?? NSNull(),

@@ -74,8 +74,10 @@ struct Op {
     Stream *other = nullptr;
     uint64_t until = 0;
 };
-struct Stream { Context *context; std::deque<Op> queue; uint64_t issued = 0; };
-struct Event { Context *context; Stream *stream = nullptr; uint64_t sequence = 0; };
+/// `clock`: made-up device milliseconds, advanced 1 microsecond per queued operation and by each
+/// product's made-up cost (`advance`), read by events.
+struct Stream { Context *context; std::deque<Op> queue; uint64_t issued = 0; double clock = 0; };
+struct Event { Context *context; Stream *stream = nullptr; uint64_t sequence = 0; double at = 0; };
 struct Module { std::vector<unsigned char> image; };
 struct Function { radar_emu_kernel launcher; std::string name; };
 
@@ -114,10 +116,18 @@ void flushAll() {
 void enqueue(Stream *s, Op op) {
     std::lock_guard<std::recursive_mutex> g(queues);
     op.sequence = ++s->issued;
+    s->clock += 0.001;
     s->queue.push_back(std::move(op));
     if (!deferring()) flush(s);
 }
 
+
+/// A product's made-up cost on `s`'s clock (none on the legacy default stream, which events on it
+/// cannot time).
+void advance(void *s, double ms) {
+    std::lock_guard<std::recursive_mutex> g(queues);
+    if (s) static_cast<Stream *>(s)->clock += ms;
+}
 
 /// Work on `s` that runs now (kernels, memsets, GEMMs, FFTs): after what the stream has queued.
 void runsNow(void *s) {
@@ -320,12 +330,14 @@ EXPORT int cuEventRecord(void *event, void *stream) {
     enqueue(s, Op{});  // a marker: the event completes when the stream's work before it has run
     static_cast<Event *>(event)->stream = s;
     static_cast<Event *>(event)->sequence = s->issued;
+    static_cast<Event *>(event)->at = s->clock;
     return SUCCESS;
 }
 
 /// Milliseconds between two events recorded on one stream whose work has run (the real driver's
-/// CUDA_ERROR_NOT_READY, 600, before that): a made-up 1 microsecond per operation between them, so
-/// `radar bench step --kernel-times` has times to sum without a clock.
+/// CUDA_ERROR_NOT_READY, 600, before that): the stream's made-up clock (1 microsecond per operation
+/// between them, and the products' costs), so `radar bench step --kernel-times` and
+/// `radar bench gemm` have times without a clock.
 EXPORT int cuEventElapsedTime_v2(float *ms, void *start, void *end) {
     if (!ms || !start || !end) return INVALID_VALUE;
     const Event *a = static_cast<Event *>(start), *b = static_cast<Event *>(end);
@@ -333,7 +345,7 @@ EXPORT int cuEventElapsedTime_v2(float *ms, void *start, void *end) {
     if (!a->stream || a->stream != b->stream || b->sequence < a->sequence) return INVALID_HANDLE;
     std::lock_guard<std::recursive_mutex> g(queues);
     if (!a->stream->queue.empty() && a->stream->queue.front().sequence <= b->sequence) return 600;
-    *ms = float(b->sequence - a->sequence) * 0.001f;
+    *ms = float(b->at - a->at);
     return SUCCESS;
 }
 
@@ -614,6 +626,7 @@ EXPORT int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int 
     if (!covers(A, spanA, strideA, element) || !covers(B, spanB, strideB, element) || !covers(C, spanC, strideC, cElement))
         return BLAS_INVALID_VALUE;
     runsNow(static_cast<Blas *>(handle)->stream);
+    advance(static_cast<Blas *>(handle)->stream, 0.003);  // made-up: 3 microseconds a product
     const bool round = computeType == 77 || (static_cast<Blas *>(handle)->mathMode & 0xf) == 3;
     const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
     for (int i = 0; i < batch; i++) {
@@ -767,13 +780,20 @@ EXPORT int cublasLtMatmulAlgoGetHeuristic(void *handle, void *desc, void *a, voi
         return BLAS_NOT_SUPPORTED;
     }
     unsigned char *r = static_cast<unsigned char *>(results);
-    memset(r, 0, 96);
     const LtPreference *p = static_cast<LtPreference *>(pref);
-    memcpy(r, &ltMarker, 8);
-    memcpy(r + 8, p->align, sizeof p->align);  // what the algorithm may assume of the operands
-    const size_t workspace = std::min<uint64_t>(p->workspace, 1 << 20);
-    memcpy(r + 64, &workspace, sizeof workspace);
-    *returned = 1;
+    // Three offers, told apart by byte 40 (their index): a made-up cost of 3, 2 and 1 microseconds
+    // (`cublasLtMatmul`), so `radar bench gemm` has a faster algorithm to find and pin.
+    const int offers = std::min(requested, 3);
+    for (int i = 0; i < offers; i++) {
+        unsigned char *o = r + size_t(i) * 96;
+        memset(o, 0, 96);
+        memcpy(o, &ltMarker, 8);
+        memcpy(o + 8, p->align, sizeof p->align);  // what the algorithm may assume of the operands
+        o[40] = static_cast<unsigned char>(i);
+        const size_t workspace = std::min<uint64_t>(p->workspace, 1 << 20);
+        memcpy(o + 64, &workspace, sizeof workspace);
+    }
+    *returned = offers;
     return BLAS_SUCCESS;
 }
 
@@ -806,6 +826,7 @@ EXPORT int cublasLtMatmul(void *handle, void *desc, const void *alpha, const voi
     const bool biased = d->epilogue == 4;
     if (biased && (!d->bias || !inDevice(uintptr_t(d->bias), size_t(m) * cElement))) return BLAS_INVALID_VALUE;
     runsNow(stream);
+    advance(stream, 0.001 * (3 - static_cast<const unsigned char *>(algo)[40]));  // the offer's made-up cost
     const bool round = d->compute == 77;
     const float a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
     auto load = [&](const void *p, size_t at) {

@@ -75,6 +75,20 @@ public enum Devices {
         try switchSetting(environment["RADAR_GEMM_EPILOGUES"], on: "on", off: "off", byDefault: false) { UnknownEpilogueSetting(value: $0) }
     }
 
+    /// RADAR_GEMM_TABLE=FILE: cuBLASLt algorithms pinned per product shape, measured on this GPU
+    /// by `radar bench gemm --write-table FILE` (`GemmTable`); unset or empty: none (cuBLAS's
+    /// default algorithms). A table measured on another GPU model is refused.
+    public static func gemmTable(for driver: any CUDADriver,
+                                 _ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> GemmTable? {
+        guard let path = environment["RADAR_GEMM_TABLE"], !path.isEmpty else { return nil }
+        let table = try GemmTable.load(path: path)
+        let here = GemmTable.gpuName(driver.deviceDescription)
+        guard table.gpu == here else {
+            throw GemmTable.Invalid(path: path, reason: "field \"gpu\": measured on \(table.gpu), this is \(here) (write one here with radar bench gemm --write-table)")
+        }
+        return table
+    }
+
     public struct BadWorkspaceBudget: Error, CustomStringConvertible {
         public let value: String
         public var description: String { "RADAR_CONV_WORKSPACE_MIB=\(value): expected a whole number of MiB, at least 1" }
@@ -156,6 +170,7 @@ public enum Devices {
             if resolved == .bf16 && driver.computeCapability.major < 8 {
                 throw UnsupportedPrecision(precision: p, device: driver.deviceDescription + " (bf16 needs compute capability 8.0)")
             }
+            driver.gemmTable = try gemmTable(for: driver)
             return CUDABackend(driver: driver, precision: resolved, fusedAttention: try fusedAttention(),
                                convolutionWorkspaceBudget: try convolutionWorkspaceBudget(), gemmEpilogues: try gemmEpilogues())
         }
