@@ -65,7 +65,7 @@ EOF
 done
 
 cp -r Tests/RadarCoreTests/Fixtures/parity "$b/share/fixtures/"
-cp bench/pytorch_step.py "$b/share/bench/"
+cp bench/pytorch_step.py bench/pytorch_gemm.py "$b/share/bench/"
 cp tools/golden/radar_reference.py "$b/share/golden/"
 cp scripts/gpu-check.sh "$b/gpu-check.sh"
 git rev-parse HEAD > "$b/share/commit" 2>/dev/null || echo unknown > "$b/share/commit"

@@ -17,6 +17,11 @@
 #      CDF (--recompute-in-backward false): what each memory choice costs or saves on this GPU.
 #  7b. with time to spare (never listed as skipped): the kernel check, golden cases and the bf16 step
 #      with the products' epilogues (RADAR_GEMM_EPILOGUES=on, cuBLASLt; off by default).
+#  7c. with a minute to spare (never listed as skipped): `radar bench gemm` in bf16: each cuBLAS
+#      product of a step timed as the step runs it and with each cuBLASLt algorithm offered, a
+#      square 8192 product as the GPU's reference rate, and a table pinning the faster algorithms;
+#      then the bf16 step with that table (RADAR_GEMM_TABLE), and where PyTorch runs,
+#      bench/pytorch_gemm.py on the same products ("gemm_bench", "pytorch_gemm").
 #   8. with a minute to spare (never listed as skipped): `radar bench serve` on the device (16
 #      clients POSTing 224 px faces, dynamic batches of up to 64): requests/s and latency.
 #  5b. with a minute to spare, where PyTorch ran (never listed as skipped): bf16 once more each,
@@ -34,6 +39,7 @@
 #   tar xf radar-bundle.tar.xz && bash radar-bundle/gpu-check.sh
 #
 # Dry run without a GPU: GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=4.
+# GPU_CHECK_GEMM_SQUARE: the size of step 7c's reference product (default: radar bench gemm's).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 radar=${GPU_CHECK_RADAR:-$here/bin/radar}  # GPU_CHECK_RADAR: another build (the tests use the debug one)
@@ -71,6 +77,7 @@ time_for() {
 check_status=1; dp_status=-1; allreduce_status=-1
 : > "$work/check.log"; : > "$work/bench.jsonl"; : > "$work/pytorch.jsonl"; : > "$work/dp.out"; : > "$work/dp.log"
 : > "$work/allreduce.jsonl"; : > "$work/allreduce.log"; : > "$work/variants.jsonl"; : > "$work/kernels.jsonl"; : > "$work/rematch.jsonl"
+: > "$work/gemm.json"; : > "$work/pytorch-gemm.json"
 bf16_batch=0
 
 # CUDA libraries and headers from the Python environment (PyTorch's nvidia-* wheels) when the
@@ -102,10 +109,10 @@ if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_ver
 # The JSON report from what the steps have left in $work, rewritten (atomically) after each step;
 # `report final` marks it complete.
 report() {
-  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${epilogue_status:--1}" <<'PY'
+  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${epilogue_status:--1}" "${gemm_status:--1}" <<'PY'
 import json, os, sys
 work, status, out, dp_status, ar_status, final, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "final", int(sys.argv[7])
-epilogue_status = int(sys.argv[8])
+epilogue_status, gemm_status = int(sys.argv[8]), int(sys.argv[9])
 def text(p, n):
     try:
         return open(p).read()[-n:]
@@ -134,7 +141,11 @@ if epilogue_status >= 0:
         epilogues = {"error": text(work + "/epilogue-check.log", 2000)}
     epilogues["exit"] = epilogue_status
     epilogues["passed"] = epilogue_status == 0 and bool(epilogues.get("passed"))
-rep = {"check": check, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
+gemm = None  # step 7c, when it ran (informational)
+if gemm_status >= 0:
+    gemm = {"exit": gemm_status, "radar": (lines(work + "/gemm.json") or [None])[0], "pytorch": (lines(work + "/pytorch-gemm.json") or [None])[0],
+            "log_tail": text(work + "/gemm.log", 1500)}
+rep = {"check": check, "gemm_bench": gemm, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
        "radar_bench_step_variants": lines(work + "/variants.jsonl"), "radar_bench_serve": lines(work + "/serve.jsonl"),
        "radar_kernel_times": lines(work + "/kernels.jsonl"), "bf16_rematch": lines(work + "/rematch.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
@@ -256,6 +267,31 @@ if [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 90 ]; then
       --batch "$bf16_batch" --repeats "$repeats" >> "$work/variants.jsonl" 2> "$work/variant.log" \
       && log "radar bench step bf16 RADAR_GEMM_EPILOGUES=on: $(tail -1 "$work/variants.jsonl" | head -c 300)" \
       || log "radar bench step bf16 RADAR_GEMM_EPILOGUES=on failed: $(tail -1 "$work/variant.log")"
+    report
+  fi
+fi
+
+# 7c: the products one by one, informational, only with time to spare.
+gemm_status=-1
+gemm_py="$here/share/bench/pytorch_gemm.py"
+[ -f "$gemm_py" ] || gemm_py="$here/../bench/pytorch_gemm.py"
+if [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 60 ]; then
+  timeout "$(limit "$step_timeout")" "$radar" bench gemm --device "$device" --precision bf16 --config "$config" --batch "$bf16_batch" \
+    ${GPU_CHECK_GEMM_SQUARE:+--square "$GPU_CHECK_GEMM_SQUARE"} --write-table "$work/gemm-table.json" > "$work/gemm.json" 2> "$work/gemm.log"
+  gemm_status=$?
+  log "radar bench gemm exit $gemm_status: $(head -c 400 "$work/gemm.json")"
+  report
+  if [ "$gemm_status" -eq 0 ] && [ "$(left)" -ge 45 ]; then
+    RADAR_GEMM_TABLE="$work/gemm-table.json" timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 \
+      --config "$config" --batch "$bf16_batch" --repeats "$repeats" >> "$work/variants.jsonl" 2> "$work/variant.log" \
+      && log "radar bench step bf16 RADAR_GEMM_TABLE: $(tail -1 "$work/variants.jsonl" | head -c 300)" \
+      || log "radar bench step bf16 RADAR_GEMM_TABLE failed: $(tail -1 "$work/variant.log")"
+    report
+  fi
+  if [ "$gemm_status" -eq 0 ] && [ -n "$python" ] && [ "$device" != "cuda-emulated" ] && [ "$(left)" -ge 30 ] \
+      && "$python" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    timeout "$(limit "$step_timeout")" "$python" "$gemm_py" --shapes "$work/gemm.json" > "$work/pytorch-gemm.json" 2>> "$work/gemm.log" \
+      && log "pytorch_gemm.py: $(head -c 200 "$work/pytorch-gemm.json")" || log "pytorch_gemm.py failed: $(tail -3 "$work/gemm.log" | tr '\n' ' ')"
     report
   fi
 fi

@@ -68,12 +68,6 @@ final class BlasLt {
         } catch { return nil }
     }
 
-    /// The largest power of two (up to 256) that divides the address: what the plan may assume.
-    static func alignment(_ p: UnsafeRawPointer?) -> Int {
-        guard let p else { return 256 }
-        let a = UInt(bitPattern: p)
-        return a == 0 ? 256 : min(256, Int(a & (~a &+ 1)))
-    }
 
     private func attribute<T>(_ set: FnSetAttribute, _ object: OpaquePointer?, _ name: Int32, _ value: T) -> Int32 {
         withUnsafeBytes(of: value) { set(object, name, $0.baseAddress, $0.count) }
@@ -86,8 +80,8 @@ final class BlasLt {
         let key = Key(transA: g.transA, transB: g.transB, m: g.m, n: g.n, k: g.k, lda: g.lda, ldb: g.ldb, ldc: g.ldc,
                       strideA: g.strideA, strideB: g.strideB, strideC: g.strideC, batch: g.batch,
                       operands: g.operands == .bf16 ? 2 : g.operands == .tf32 ? 1 : 0, outputBF16: g.outputBF16, bias: g.bias != nil,
-                      alignA: BlasLt.alignment(g.a), alignB: BlasLt.alignment(g.b), alignC: BlasLt.alignment(g.c),
-                      alignD: BlasLt.alignment(g.d ?? g.c), pinned: pinned)
+                      alignA: GemmTable.alignment(g.a), alignB: GemmTable.alignment(g.b), alignC: GemmTable.alignment(g.c),
+                      alignD: GemmTable.alignment(g.d ?? g.c), pinned: pinned)
         if let p = plans[key] { return .success(p) }
         let p: Plan, offers: [GemmAlgorithm]
         switch describe(g, workspaceBytes: workspaceBytes, key: key) {
@@ -180,7 +174,7 @@ final class BlasLt {
         let alignments = [C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                           C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, C.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES]
         let bytes = key.map { [$0.alignA, $0.alignB, $0.alignC, $0.alignD] }
-            ?? [BlasLt.alignment(g.a), BlasLt.alignment(g.b), BlasLt.alignment(g.c), BlasLt.alignment(g.d ?? g.c)]
+            ?? [GemmTable.alignment(g.a), GemmTable.alignment(g.b), GemmTable.alignment(g.c), GemmTable.alignment(g.d ?? g.c)]
         for (name, value) in zip(alignments, bytes) where r == C.CUBLAS_STATUS_SUCCESS {
             r = attribute(preferenceSet, pref, name, UInt32(value))
         }

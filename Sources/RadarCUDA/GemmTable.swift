@@ -37,8 +37,16 @@ public struct GemmTable: Equatable, Sendable {
     public static func key(_ g: StridedGemm) -> String {
         let types = "\(g.operands)\(g.outputBF16 ? "->bf16" : "")\(g.bias != nil ? "+bias" : "")\(g.d != nil ? "+c" : "")"
         return "\(types) \(g.transA ? "T" : "N")\(g.transB ? "T" : "N") m \(g.m) n \(g.n) k \(g.k) ld \(g.lda),\(g.ldb),\(g.ldc) "
-            + "stride \(g.strideA),\(g.strideB),\(g.strideC) batch \(g.batch) align \(BlasLt.alignment(g.a)),\(BlasLt.alignment(g.b)),"
-            + "\(BlasLt.alignment(g.c)),\(BlasLt.alignment(g.d ?? g.c))"
+            + "stride \(g.strideA),\(g.strideB),\(g.strideC) batch \(g.batch) align \(GemmTable.alignment(g.a)),\(GemmTable.alignment(g.b)),"
+            + "\(GemmTable.alignment(g.c)),\(GemmTable.alignment(g.d ?? g.c))"
+    }
+
+    /// The largest power of two (up to 256) that divides the address: what a cuBLASLt plan may
+    /// assume of an operand there.
+    public static func alignment(_ p: UnsafeRawPointer?) -> Int {
+        guard let p else { return 256 }
+        let a = UInt(bitPattern: p)
+        return a == 0 ? 256 : min(256, Int(a & (~a &+ 1)))
     }
 
     static func hex(_ bytes: [UInt8]) -> String {

@@ -227,7 +227,7 @@ extension Bench {
                                     }] as [String: Any]
                 }
                 let oneDNNImplementation = CPUProducts.oneDNNDescription.lastImplementation
-                printJSON(["bench": "step", "config": config, "batch": b, "parameters": model.layout.parameterCount,
+                printJSON(["bench": "step", "config": config, "batch": b, "parameters": model.layout.parameterElements,
                            "ms_per_step": seconds * 1000, "images_per_s": Double(b) / seconds,
                            "gemm_gflop_per_step": flops / 1e9, "effective_gflops": flops / seconds / 1e9,
                            "arena_mib": Double(ctx.arena.capacity * 4) / 1_048_576, "peak_rss_mib": peakRSSMiB(),

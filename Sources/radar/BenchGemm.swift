@@ -110,7 +110,13 @@ extension Bench {
                     let chosen = pin ? best!.ms : asStep
                     asStepTotal += asStep * Double(calls)
                     bestTotal += chosen * Double(calls)
-                    shapes.append(["shape": key, "calls_per_step": calls, "gflop": flops / 1e9,
+                    // The call in cuBLAS's column-major terms (bench/pytorch_gemm.py rebuilds it).
+                    let call: [String: Any] = ["trans_a": g.transA, "trans_b": g.transB, "m": g.m, "n": g.n, "k": g.k, "batch": g.batch,
+                                               "lda": g.lda, "ldb": g.ldb, "ldc": g.ldc, "operands": "\(g.operands)",
+                                               "output": g.outputBF16 ? "bf16" : "fp32", "bias": g.bias != nil, "residual": g.d != nil,
+                                               "beta": g.beta, "align": [GemmTable.alignment(g.a), GemmTable.alignment(g.b), GemmTable.alignment(g.c),
+                                                                         GemmTable.alignment(g.d ?? g.c)]]
+                    shapes.append(["shape": key, "call": call, "calls_per_step": calls, "gflop": flops / 1e9,
                                    "path": g.bias != nil || g.d != nil ? "cublasLt" : "cublasGemmEx",
                                    "as_step_ms": asStep, "as_step_tflops": flops / asStep / 1e9,
                                    "candidates": offers, "best_index": best.map { $0.algorithm.index as Any } ?? NSNull(),
@@ -134,10 +140,12 @@ extension Bench {
     }
 }
 
-/// Whether `run` writes the same bytes twice into g's D from the same C (C restored after each).
+/// Whether `run` writes the same bytes twice into the first 4 MiB of g's D from the same C there
+/// (restored before the second run). An algorithm that reduces in a varying order (atomics)
+/// differs all over D, so a sample shows it without moving the largest Ds (77 MB) back and forth.
 private func sameBitsTwice(_ driver: any CUDADriver, _ g: StridedGemm, _ run: () -> Void) -> Bool {
     let span = g.ldc * (g.n - 1) + g.m + g.strideC * (g.batch - 1)
-    let bytes = span * (g.outputBF16 ? 2 : 4)
+    let bytes = min(span * (g.outputBF16 ? 2 : 4), 4 << 20)
     let original = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
     let first = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
     let second = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)

@@ -48,7 +48,7 @@ extension Bench {
                 try forward()
                 ctx.arena.consolidate()
                 let seconds = try medianSeconds(repeats: repeats) { try forward() }
-                printJSON(["bench": "infer", "config": config, "batch": b, "parameters": model.layout.parameterCount,
+                printJSON(["bench": "infer", "config": config, "batch": b, "parameters": model.layout.parameterElements,
                            "ms_per_batch": seconds * 1000, "images_per_s": Double(b) / seconds,
                            "arena_mib": Double(ctx.arena.capacity * 4) / 1_048_576, "peak_rss_mib": peakRSSMiB(),
                            "device": backend.deviceDescription, "precision": Devices.precision(of: backend),

@@ -50,7 +50,7 @@ struct Demo: ParsableCommand {
             trainer.schedule = OneCycleLR(maxLR: learningRate, totalSteps: stepsPerEpoch * epochs)
             let synth = SyntheticFaces(size: cfg.imgSize, seed: seed, difficulty: difficulty)
             let per = 3 * cfg.imgSize * cfg.imgSize
-            logLine("radar demo: \(model.layout.parameterCount) parameters, \(trainImages) train / \(valImages) val synthetic images at \(cfg.imgSize)px, batch \(batchSize), \(epochs) epochs, \(threads) threads")
+            logLine("radar demo: \(model.layout.parameterElements) parameters, \(trainImages) train / \(valImages) val synthetic images at \(cfg.imgSize)px, batch \(batchSize), \(epochs) epochs, \(threads) threads")
             // The whole synthetic set fits in memory at demo sizes.
             let train = HostTensor(Shape(trainImages, 3, cfg.imgSize, cfg.imgSize))
             var trainLabels = [Float](repeating: 0, count: trainImages)

@@ -67,7 +67,7 @@ final class FakeDriverTests: XCTestCase {
         let r = try Process.runStatus(["bash", root.appendingPathComponent("scripts/gpu-check.sh").path], environment: FakeDriverTests.environment.merging([
             "GPU_CHECK_RADAR": FakeDriverTests.products.appendingPathComponent("radar").path, "GPU_CHECK_DEVICE": "cuda",
             "GPU_CHECK_CONFIG": "tiny", "GPU_CHECK_BATCH": "2", "GPU_CHECK_REPEATS": "1", "GPU_CHECK_DEADLINE": "1800",
-            "GPU_CHECK_REPORT": report]) { $1 })
+            "GPU_CHECK_GEMM_SQUARE": "64", "GPU_CHECK_REPORT": report]) { $1 })
         XCTAssertEqual(r.0, 0, String(r.1.suffix(3000)))
         let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any])
         XCTAssertEqual(json["passed"] as? Bool, true)
@@ -89,9 +89,32 @@ final class FakeDriverTests: XCTestCase {
         let variants = try XCTUnwrap(json["radar_bench_step_variants"] as? [[String: Any]])
         // Then the products' epilogues through the fake's cuBLASLt: the kernel check and golden
         // cases, and the bf16 step.
-        XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [false, true, true], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, false, true], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["gemm_epilogues"] as? Bool }, [false, false, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [false, true, true, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, false, true, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["gemm_epilogues"] as? Bool }, [false, false, true, false], "\(variants)")
+        // Step 7c: every product of the bf16 step timed as the step runs it (3 made-up microseconds
+        // on the fake's event clock) and with the fake cuBLASLt's three offers (3, 2 and 1): the
+        // third pinned for every product, and the bf16 step with that table runs every product with it.
+        let gemm = try XCTUnwrap(json["gemm_bench"] as? [String: Any])
+        XCTAssertEqual(gemm["exit"] as? Int, 0, "\(gemm)")
+        let bench = try XCTUnwrap(gemm["radar"] as? [String: Any], "\(gemm)")
+        XCTAssertEqual(bench["timer"] as? String, "cuda events")
+        let shapes = try XCTUnwrap(bench["shapes"] as? [[String: Any]])
+        XCTAssertEqual(shapes.count, bench["distinct_products"] as? Int)
+        XCTAssertGreaterThan(shapes.count, 10)
+        for shape in shapes {
+            XCTAssertEqual((shape["candidates"] as? [[String: Any]])?.count, 3, "\(shape)")
+            XCTAssertEqual(shape["best_index"] as? Int, 2, "\(shape)")
+            XCTAssertEqual(shape["best_ms"] as? Double ?? 0, 0.001, accuracy: 1e-4, "\(shape)")
+            XCTAssertEqual(shape["pinned"] as? Bool, true, "\(shape)")
+            XCTAssertEqual(shape["deterministic"] as? Bool, true, "\(shape)")
+        }
+        XCTAssertEqual(bench["pinned_shapes"] as? Int, shapes.count)
+        XCTAssertEqual((bench["square"] as? [String: Any])?["size"] as? Int, 64)
+        XCTAssertLessThan(bench["gemm_ms_per_step_pinned"] as? Double ?? .infinity, (bench["gemm_ms_per_step_as_step"] as? Double ?? 0) / 2)
+        XCTAssertEqual(variants.last?["gemm_table_entries"] as? Int, shapes.count, "\(variants)")
+        XCTAssertEqual(variants.last?["pinned_products_per_step"] as? Int, variants.last?["cublas_products_per_step"] as? Int, "\(variants)")
+        XCTAssertEqual(variants.last?["pinned_products_per_step"] as? Int, bench["products_per_step"] as? Int, "\(variants)")
         let epilogueCheck = try XCTUnwrap(json["gemm_epilogue_check"] as? [String: Any])
         XCTAssertEqual(epilogueCheck["passed"] as? Bool, true, "\(epilogueCheck)")
         XCTAssertEqual((epilogueCheck["probe"] as? [String: Any])?["gemm_epilogues"] as? Bool, true, "\(epilogueCheck)")

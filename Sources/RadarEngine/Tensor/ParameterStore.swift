@@ -108,18 +108,29 @@ public final class ParameterLayout: @unchecked Sendable {
     public private(set) var counterNames: [String] = []
     private var parameterIndex: [String: Int] = [:]
     private var bufferIndex: [String: Int] = [:]
+    /// The flat parameter buffer's length: every parameter plus the zero gaps that align them.
     public private(set) var parameterCount = 0
+    /// The parameters' elements (what a model's size is quoted in; no gaps).
+    public private(set) var parameterElements = 0
     public private(set) var bufferCount = 0
+
+    /// Every parameter starts at a multiple of this many floats (256 bytes; its bf16 copy's view
+    /// at 128). Packed, a weight after a tensor of odd length would start 4-byte aligned, and so
+    /// would its gradient and bf16 copy: cuBLAS's fast kernels want 16-byte aligned operands. The
+    /// gaps are zero and no layer reads them (they add about 64 floats per parameter).
+    public static let parameterAlignment = 64
 
     public init() {}
 
     /// Registers a trainable tensor; names must be unique.
     public func parameter(_ name: String, _ shape: Shape) -> ParameterSlot {
         precondition(parameterIndex[name] == nil && bufferIndex[name] == nil, "duplicate tensor name \(name)")
-        let s = ParameterSlot(name: name, offset: parameterCount, shape: shape)
+        let a = ParameterLayout.parameterAlignment
+        let s = ParameterSlot(name: name, offset: (parameterCount + a - 1) / a * a, shape: shape)
         parameterIndex[name] = parameters.count
         parameters.append(s)
-        parameterCount += shape.count
+        parameterCount = s.offset + shape.count
+        parameterElements += shape.count
         return s
     }
 

@@ -1,8 +1,9 @@
 import Foundation
 
-/// torch.optim.AdamW over the flat parameter buffer. Only the given slots are updated (merged
-/// into contiguous ranges): parameters the forward never reads get no update, not even weight
-/// decay, as in PyTorch where their .grad is None. The moments live in two device buffers of the
+/// torch.optim.AdamW over the flat parameter buffer. Only the given slots are updated (slots next
+/// to each other in the layout merged into one range, with the zero gaps that align them, which
+/// stay zero): parameters the forward never reads get no update, not even weight decay, as in
+/// PyTorch where their .grad is None. The moments live in two device buffers of the
 /// same layout as the parameters.
 ///
 /// Clipping and the update are gated on the device: `clipGradients` computes the global norm
@@ -23,13 +24,17 @@ public final class AdamW: @unchecked Sendable {
                 eps: Float = 1e-8, weightDecay: Float = 0.05) {
         self.store = store
         var merged: [Range<Int>] = []
+        var place: [String: Int] = [:]
+        for (i, s) in store.layout.parameters.enumerated() { place[s.name] = i }
+        var previous = -2
         for s in slots.sorted(by: { $0.offset < $1.offset }) {
-            let r = s.offset..<(s.offset + s.count)
-            if let lastRange = merged.last, lastRange.upperBound == r.lowerBound {
+            let r = s.offset..<(s.offset + s.count), at = place[s.name] ?? -2
+            if let lastRange = merged.last, at == previous + 1 {
                 merged[merged.count - 1] = lastRange.lowerBound..<r.upperBound
             } else {
                 merged.append(r)
             }
+            previous = at
         }
         ranges = merged
         self.lr = lr
