@@ -22,7 +22,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", required=True, help="the JSON record radar bench gemm printed")
     ap.add_argument("--repeats", type=int, default=20, help="timed calls per product (their mean is reported)")
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (to check the shapes without a GPU; wall-clock times)")
     args = ap.parse_args()
+    import time
     import torch
 
     try:
@@ -31,9 +33,10 @@ def main():
         sys.exit(f"pytorch_gemm.py: --shapes {args.shapes}: {e}")
     if not isinstance(record, dict) or not isinstance(record.get("shapes"), list):
         sys.exit(f"pytorch_gemm.py: --shapes {args.shapes}: expected radar bench gemm's record (a \"shapes\" list)")
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("pytorch_gemm.py: no CUDA device for PyTorch")
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = record.get("precision") == "tf32"
     generator = torch.Generator(device=device).manual_seed(0)
 
@@ -43,6 +46,11 @@ def main():
     def timed(fn):
         for _ in range(3):
             fn()
+        if not cuda:
+            started = time.perf_counter()
+            for _ in range(args.repeats):
+                fn()
+            return (time.perf_counter() - started) * 1000 / args.repeats
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
         start.record()
@@ -73,13 +81,17 @@ def main():
         else:
             a, b = op_a(), op_b()
             fn = lambda: torch.mm(b, a)
+        out = fn()
+        expected = (batch, n, m) if batch > 1 else (n, m)
+        if tuple(out.shape) != expected:  # C^T, row-major
+            sys.exit(f"pytorch_gemm.py: {s['shape']}: a result of shape {tuple(out.shape)}, expected {expected}")
         ms = timed(fn)
         flops = 2.0 * m * n * k * batch
         total += ms * s["calls_per_step"]
         results.append({"shape": s["shape"], "ms": ms, "tflops": flops / ms / 1e9, "calls_per_step": s["calls_per_step"],
                         "output": "bf16" if dtype == torch.bfloat16 else "fp32", "bias": bool(c["bias"]) and batch == 1})
         del a, b
-    print(json.dumps({"bench": "pytorch_gemm", "torch": torch.__version__, "device": torch.cuda.get_device_name(0),
+    print(json.dumps({"bench": "pytorch_gemm", "torch": torch.__version__, "device": torch.cuda.get_device_name(0) if cuda else "cpu",
                       "repeats": args.repeats, "gemm_ms_per_step": total, "shapes": results}))
 
 
