@@ -135,7 +135,12 @@ final class FakeDriverTests: XCTestCase {
             XCTAssertGreaterThan(times["fft_ms_per_step"] as? Double ?? 0, 0, "\(times)")
             XCTAssertLessThan(times["gemm_ms_per_step"] as? Double ?? .infinity, total)
             // Launches are named with their integer arguments (sizes); by_kernel sums a kernel's sizes.
-            XCTAssertTrue(slowest.contains { ($0["name"] as? String ?? "").hasPrefix("radar_layernorm_forward (") }, "\(slowest)")
+            // (The fake charges a product 3 microseconds and a launch 1: some kernel's sizes still
+            // make the 80 slowest.)
+            XCTAssertTrue(slowest.contains {
+                let name = $0["name"] as? String ?? ""
+                return name.hasPrefix("radar_") && name.contains(" (") && name.last == ")" && name.contains { $0.isNumber }
+            }, "\(slowest)")
             let byKernel = try XCTUnwrap(times["by_kernel"] as? [[String: Any]], "\(times)")
             XCTAssertTrue(byKernel.contains { $0["name"] as? String == "radar_layernorm_forward" && ($0["calls_per_step"] as? Double ?? 0) >= 1 },
                           "\(byKernel)")
