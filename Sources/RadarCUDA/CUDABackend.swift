@@ -38,6 +38,10 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// as many as keep about 32K threads (an H200's 132 SMs, 256 each) busy. A function of the
     /// shape alone, so every GPU adds in the same order.
     static func reductionRows(rows: Int, cols: Int) -> Int { max(8, min(64, rows * cols / 32_768)) }
+    /// LayerNorm backward in one kernel per chunk of rows (`radar_layernorm_backward_chunk`, rows
+    /// of up to 1024 columns, at least 132 chunks: the encoder's at batch 128 has 394) instead of
+    /// the input gradient and the parameter partials apart: the same bits; off only to compare.
+    var fuseLayerNormBackward = true
 
     /// The flash-attention kernels for bf16 attention (`Devices.fusedAttention`, RADAR_ATTENTION).
     public let fusedAttentionEnabled: Bool
@@ -351,13 +355,21 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let cols = gamma.count, r = x.count / cols
         precondition(dxCopy.map { $0.dtype == .bfloat16 && $0.count == dx.count } ?? true, "layerNormBackward: dxCopy bf16, of dx's count")
         precondition(residual.map { $0.count == dx.count && $0.base != dx.base } ?? true, "layerNormBackward: residual of dx's count, not dx")
-        rows("radar_layernorm_backward_input", r, [p(dy), p(x), p(gamma), p(mean), p(rstd), .ptr(residual?.base), p(dx), .ptr(dxCopy?.base),
-                                                   .i32(r), .i32(cols)])
         let chunk = CUDABackend.reductionRows(rows: r, cols: cols), chunks = (r + chunk - 1) / chunk
         guard chunks > 0 else { return }
         let partial = scratch(CUDABackend.partialSlot, bytes: chunks * 2 * cols * 4)
-        elementwise("radar_layernorm_param_partials", chunks * cols,
-                    [p(dy), p(x), p(mean), p(rstd), .raw(partial), .i32(r), .i32(cols), .i32(chunk)])
+        if fuseLayerNormBackward && cols <= 1024 && chunks >= 132 {
+            // One pass: a block per chunk of rows, a thread per column (the same bits as the two
+            // below). With fewer chunks than an H200 has SMs the two kernels spread wider.
+            driver.launch("radar_layernorm_backward_chunk", grid: chunks, block: (cols + 31) / 32 * 32,
+                          [p(dy), p(x), p(gamma), p(mean), p(rstd), .ptr(residual?.base), p(dx), .ptr(dxCopy?.base), .raw(partial),
+                           .i32(r), .i32(cols), .i32(chunk)])
+        } else {
+            rows("radar_layernorm_backward_input", r, [p(dy), p(x), p(gamma), p(mean), p(rstd), .ptr(residual?.base), p(dx),
+                                                       .ptr(dxCopy?.base), .i32(r), .i32(cols)])
+            elementwise("radar_layernorm_param_partials", chunks * cols,
+                        [p(dy), p(x), p(mean), p(rstd), .raw(partial), .i32(r), .i32(cols), .i32(chunk)])
+        }
         rows("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(2 * cols), .i32(cols), p(dGamma)])
         rows("radar_add_chunk_sums", cols, [.raw(partial + cols * 4), .i32(chunks), .i64(2 * cols), .i32(cols), p(dBeta)])
     }

@@ -1,6 +1,7 @@
+import CCUDAEmulator
 import XCTest
 import RadarCPU
-import RadarCUDA
+@testable import RadarCUDA
 @testable import RadarEngine
 
 /// The encoder's residual sums formed by the kernels that produce their other term
@@ -52,6 +53,58 @@ final class ResidualFusionTests: XCTestCase {
             XCTAssertEqual(fused.copy, unfused.copy, "\(name): dx's bf16 copy")
             XCTAssertEqual(fused.dGamma, unfused.dGamma, "\(name): dGamma")
             XCTAssertEqual(fused.dBeta, unfused.dBeta, "\(name): dBeta")
+        }
+    }
+
+    /// LayerNorm backward in one pass (`radar_layernorm_backward_chunk`: a block per chunk of rows,
+    /// a thread per column) gives the bits of the input-gradient and parameter-partial kernels it
+    /// replaces, with and without the residual and the bf16 copy, on chunks of 8 and 64 rows, columns
+    /// not a multiple of 32, a last chunk cut short and rows wider than one warp's stride; one
+    /// launch instead of two. (It runs where there are at least 132 chunks.)
+    func testOnePassLayerNormBackwardHasTheBitsOfTheTwoKernels() {
+        func values(_ n: Int, _ seed: UInt64, positive: Bool = false) -> [Float] {
+            var s = seed
+            return (0..<n).map { _ in
+                s = s &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                let u = Float(s >> 40) / Float(1 << 24) - 0.5
+                return positive ? 0.5 + abs(u) : 3 * u
+            }
+        }
+        for (rows, cols, joined) in [(1100, 37, true), (1100, 100, false), (9000, 300, true)] {
+            let device = EmulatedDevice(memory: 1 << 28)
+            let be = CUDABackend(driver: device, precision: .bf16)
+            let dy = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 1)), x = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 2))
+            let gamma = DeviceTensor(be, Shape(cols), values(cols, 3)), mean = DeviceTensor(be, Shape(rows), values(rows, 4))
+            let rstd = DeviceTensor(be, Shape(rows), values(rows, 5, positive: true))
+            let residual = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 6))
+            func run(onePass: Bool) -> [[UInt32]] {
+                be.fuseLayerNormBackward = onePass
+                let dx = DeviceTensor(be, Shape(rows, cols)), dGamma = DeviceTensor(be, Shape(cols), values(cols, 7))
+                let dBeta = DeviceTensor(be, Shape(cols), values(cols, 8))
+                let copy = Tensor(be.allocate(DType.bfloat16.floats(rows * cols)), Shape(rows, cols), dtype: .bfloat16)
+                defer { be.release(copy.base) }
+                device.launchLog = []
+                be.layerNormBackward(dy.tensor, x: x.tensor, gamma: gamma.tensor, mean: mean.tensor, rstd: rstd.tensor, dx.tensor,
+                                     dGamma: dGamma.tensor, dBeta: dBeta.tensor, residual: joined ? residual.tensor : nil, dxCopy: joined ? copy : nil)
+                let kernels = (device.launchLog ?? []).map(\.kernel).filter { $0.hasPrefix("radar_layernorm") }
+                XCTAssertEqual(kernels, onePass ? ["radar_layernorm_backward_chunk"] : ["radar_layernorm_backward_input", "radar_layernorm_param_partials"])
+                device.launchLog = nil
+                let wide = DeviceTensor(be, Shape(rows, cols))
+                if joined { be.convert(copy, into: wide.tensor) }
+                return [dx.values.map(\.bitPattern), wide.values.map(\.bitPattern), dGamma.values.map(\.bitPattern), dBeta.values.map(\.bitPattern)]
+            }
+            let one = run(onePass: true), two = run(onePass: false)
+            for (i, what) in ["dx", "dx's bf16 copy", "dGamma", "dBeta"].enumerated() {
+                XCTAssertEqual(one[i], two[i], "\(rows) x \(cols): \(what)")
+            }
+            // Blocks and threads in any order (its barrier between the row sums and the columns).
+            for schedule in ["reversed", "shuffled:3"] {
+                XCTAssertEqual(radar_emu_set_schedule_text(schedule), 0)
+                let other = run(onePass: true)
+                _ = radar_emu_set_schedule_text("forward")
+                XCTAssertEqual(other, one, "\(rows) x \(cols): \(schedule)")
+            }
+            XCTAssertTrue(one[2].contains { $0 != 0 }, "\(rows) x \(cols): dGamma computed")
         }
     }
 

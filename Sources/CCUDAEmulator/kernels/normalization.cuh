@@ -84,6 +84,52 @@ extern "C" __global__ void radar_layernorm_param_partials(const float* dy, const
     }
 }
 
+// Both of the above in one pass over dy and x, for rows of up to 1024 columns: a block per chunk
+// of up to RADAR_LN_CHUNK rows (the chunk radar_layernorm_param_partials would sum), a thread per
+// column. First each warp reduces its rows' two sums (as radar_layernorm_backward_input does, into
+// shared memory); then each column's thread walks the chunk's rows in order, writing dx (and its
+// residual sum and bf16 copy) and summing its dgamma and dbeta partials as
+// radar_layernorm_param_partials does. The same expressions in the same order: the same bits,
+// with dy and x read from memory once where the two kernels read them twice.
+#define RADAR_LN_CHUNK 64
+extern "C" __global__ void radar_layernorm_backward_chunk(const float* dy, const float* x, const float* gamma, const float* mean,
+                                                          const float* rstd, const float* residual, float* dx, unsigned short* dxb,
+                                                          float* partial, int rows, int cols, int chunk) {
+    __shared__ float row_a[RADAR_LN_CHUNK], row_b[RADAR_LN_CHUNK];
+    const int k = blockIdx.x, lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    for (int row = lo + warp; row < hi; row += warps) {
+        const float* xr = x + (long)row * cols; const float* dyr = dy + (long)row * cols;
+        float m = mean[row], r = rstd[row];
+        float a = 0.f, b = 0.f;
+        for (int c = lane; c < cols; c += 32) {
+            float g = dyr[c] * gamma[c];
+            a += g;
+            b += g * (xr[c] - m) * r;
+        }
+        a = warp_sum(a) / cols;
+        b = warp_sum(b) / cols;
+        if (lane == 0) { row_a[row - lo] = a; row_b[row - lo] = b; }
+    }
+    __syncthreads();
+    const int c = threadIdx.x;
+    if (c >= cols) return;
+    const float gc = gamma[c];
+    float sg = 0.f, sb = 0.f;
+    for (int row = lo; row < hi; ++row) {
+        const long at = (long)row * cols + c;
+        float m = mean[row], r = rstd[row], d = dy[at], xv = x[at];
+        float v = r * (d * gc - row_a[row - lo] - (xv - m) * r * row_b[row - lo]);
+        if (residual) v = v + residual[at];
+        dx[at] = v;
+        if (dxb) dxb[at] = radar_bf16_bits(v);
+        sg += d * (xv - m) * r;
+        sb += d;
+    }
+    partial[(long)k * 2 * cols + c] = sg;
+    partial[(long)k * 2 * cols + cols + c] = sb;
+}
+
 // Rows of up to RADAR_ROW_REGISTERS * 32 columns (attention's 197 tokens) are read once into
 // registers; longer rows are read again from memory. The same sums in the same order either way.
 #define RADAR_ROW_REGISTERS 8
