@@ -68,7 +68,6 @@ final class BlasLt {
         } catch { return nil }
     }
 
-
     private func attribute<T>(_ set: FnSetAttribute, _ object: OpaquePointer?, _ name: Int32, _ value: T) -> Int32 {
         withUnsafeBytes(of: value) { set(object, name, $0.baseAddress, $0.count) }
     }

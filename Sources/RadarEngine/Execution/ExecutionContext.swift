@@ -44,10 +44,6 @@ public final class ExecutionContext: @unchecked Sendable {
     public var attentionProbabilitiesSink: ((Tensor) -> Void)?
     private var weightCopy: Tensor?
     private var weightCopyFresh = false
-    /// The copy holds parameter element i at bf16 element i + shift, so that the parameters at
-    /// offsets of parity `shift` start on a float boundary and can be viewed (the layout packs
-    /// parameters, and one leading scalar makes every ViT weight's offset odd).
-    private let weightCopyShift: Int
     private static let dropoutLabel = FNV1a.hash("dropout")
 
     public init(backend: any Backend, params: ParameterStore, arena: Arena? = nil,
@@ -61,9 +57,6 @@ public final class ExecutionContext: @unchecked Sendable {
         recomputeInBackward = backend.recomputesInBackward
         bf16Activations = backend.storesBFloat16Activations
         bf16WeightCopy = backend.roundsProductOperandsToBFloat16
-        var byParity = [0, 0]
-        for p in params.layout.parameters where p.shape.rank >= 2 { byParity[p.offset % 2] += p.shape.count }
-        weightCopyShift = byParity[1] > byParity[0] ? 1 : 0
     }
 
     deinit { if let weightCopy { backend.release(weightCopy.base) } }
@@ -79,23 +72,21 @@ public final class ExecutionContext: @unchecked Sendable {
     /// Parameter `s` as a product operand: with `bf16WeightCopy`, its view in a bf16 copy of every
     /// parameter, made by one conversion at the first call of a pass (so a weight read by several
     /// products, forward and backward, or by each of ERM's iterations, is rounded once per pass,
-    /// not once per product); else (or for a parameter whose offset has the other parity, where a
-    /// view of the copy would not start on a float boundary) the fp32 parameter. Parameters must not change within a pass (they change between passes: the
-    /// optimizer, uploads).
+    /// not once per product); else the fp32 parameter. Every parameter's offset is a multiple of
+    /// `ParameterLayout.parameterAlignment` floats, so its view in the copy starts 128-byte aligned.
+    /// Parameters must not change within a pass (they change between passes: the optimizer, uploads).
     public func productWeight(_ s: ParameterSlot) -> Tensor {
-        let shift = weightCopyShift
-        guard bf16WeightCopy, (s.offset + shift) % 2 == 0 else { return params.value(s) }
+        guard bf16WeightCopy, s.offset % 2 == 0 else { return params.value(s) }  // (a view starts on a float boundary)
         let values = params.values, n = values.count
         if weightCopy == nil {
-            weightCopy = Tensor(backend.allocate(DType.bfloat16.floats(n + 1)), Shape(n + 1), dtype: .bfloat16)
+            weightCopy = Tensor(backend.allocate(DType.bfloat16.floats(n)), Shape(n), dtype: .bfloat16)
         }
         guard let copy = weightCopy else { return params.value(s) }
         if !weightCopyFresh {
-            // Elements from `shift` on, into the copy from element 2 * shift (a float boundary).
-            backend.convert(values.slice(from: shift, Shape(n - shift)), into: Tensor(copy.base + shift, Shape(n - shift), dtype: .bfloat16))
+            backend.convert(values, into: copy)
             weightCopyFresh = true
         }
-        return Tensor(copy.base + (s.offset + shift) / 2, s.shape, dtype: .bfloat16)
+        return Tensor(copy.base + s.offset / 2, s.shape, dtype: .bfloat16)
     }
 
     /// The next random stream of this pass. Forward calls it in a fixed order, so stream numbers

@@ -117,7 +117,7 @@ public final class ParameterLayout: @unchecked Sendable {
     /// Every parameter starts at a multiple of this many floats (256 bytes; its bf16 copy's view
     /// at 128). Packed, a weight after a tensor of odd length would start 4-byte aligned, and so
     /// would its gradient and bf16 copy: cuBLAS's fast kernels want 16-byte aligned operands. The
-    /// gaps are zero and no layer reads them (they add about 64 floats per parameter).
+    /// gaps are zero and no layer reads them (at most 63 floats per parameter).
     public static let parameterAlignment = 64
 
     public init() {}
