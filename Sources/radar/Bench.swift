@@ -20,6 +20,16 @@ func syntheticBatch(_ cfg: RADARConfig, count b: Int) -> (images: HostTensor, la
     return (images, (0..<b).map { Float(synth.label($0)) })
 }
 
+/// What `radar bench step` and `radar bench gemm` train: `config`'s model with dropout 0.1, and
+/// the batch size (`batch`, else the preset's, else 8), named in any out-of-memory error.
+func benchModel(_ config: String, batch: Int?) throws -> (cfg: RADARConfig, batch: Int, model: RADARModel) {
+    var cfg = try RADARConfig.resolve(config)
+    cfg.dropout = 0.1
+    let b = batch ?? RADARConfig.presetBatch(config) ?? 8
+    DeviceMemoryContext.current = "--batch \(b)"
+    return (cfg, b, try RADARModel(config: cfg))
+}
+
 extension Bench {
     struct Kernels: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -135,11 +145,7 @@ extension Bench {
 
         func run() throws {
             try failing {
-                var cfg = try RADARConfig.resolve(config)
-                cfg.dropout = 0.1
-                let b = batch ?? RADARConfig.presetBatch(config) ?? 8
-                let model = try RADARModel(config: cfg)
-                DeviceMemoryContext.current = "--batch \(b)"
+                let (cfg, b, model) = try benchModel(config, batch: batch)
                 let backend = try Devices.backend(device ?? Devices.defaultName, threads: threads, precision: precision)
                 // --kernel-times needs CUDA events: refused before any step runs.
                 var timingAPI: DriverAPI?

@@ -49,11 +49,7 @@ extension Bench {
 
         func run() throws {
             try failing {
-                var cfg = try RADARConfig.resolve(config)
-                cfg.dropout = 0.1
-                let b = batch ?? RADARConfig.presetBatch(config) ?? 8
-                let model = try RADARModel(config: cfg)
-                DeviceMemoryContext.current = "--batch \(b)"
+                let (cfg, b, model) = try benchModel(config, batch: batch)
                 let name = device ?? ProcessInfo.processInfo.environment["RADAR_DEVICE"].flatMap { $0.isEmpty ? nil : $0 } ?? "cuda"
                 let backend = try Devices.backend(name, threads: threads, precision: precision)
                 guard let gpu = backend as? CUDABackend else {

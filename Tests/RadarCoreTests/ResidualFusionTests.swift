@@ -7,19 +7,21 @@ import RadarCPU
 /// The encoder's residual sums formed by the kernels that produce their other term
 /// (`ExecutionContext.fuseResidualSums`): LayerNorm backward joining the residual stream's
 /// gradient and writing its bf16 copy, and the products that set the residual with the bias.
+/// Reproducible values in [-1.5, 1.5), or [0.5, 1) with `positive` (a rstd).
+private func values(_ n: Int, _ seed: UInt64, positive: Bool = false) -> [Float] {
+    var s = seed
+    return (0..<n).map { _ in
+        s = s &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        let u = Float(s >> 40) / Float(1 << 24) - 0.5
+        return positive ? 0.5 + abs(u) : 3 * u
+    }
+}
+
 final class ResidualFusionTests: XCTestCase {
     /// The fused LayerNorm backward gives the bits of the unfused one followed by `add` and
     /// `convert`, on the CPU and on the emulated device, fp32 and bf16 precision.
     func testLayerNormBackwardJoinsTheResidualWithTheBitsOfAnAddAndAConversion() {
         let rows = 70, cols = 37
-        func values(_ n: Int, _ seed: UInt64, positive: Bool = false) -> [Float] {
-            var s = seed
-            return (0..<n).map { _ in
-                s = s &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-                let u = Float(s >> 40) / Float(1 << 24) - 0.5
-                return positive ? 0.5 + abs(u) : 3 * u
-            }
-        }
         let backends: [(String, any Backend)] = [
             ("cpu", CPUBackend(threads: 2)),
             ("cuda-emulated fp32", CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .fp32)),
@@ -62,14 +64,6 @@ final class ResidualFusionTests: XCTestCase {
     /// not a multiple of 32, a last chunk cut short and rows wider than one warp's stride; one
     /// launch instead of two. (It runs where there are at least 132 chunks.)
     func testOnePassLayerNormBackwardHasTheBitsOfTheTwoKernels() {
-        func values(_ n: Int, _ seed: UInt64, positive: Bool = false) -> [Float] {
-            var s = seed
-            return (0..<n).map { _ in
-                s = s &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-                let u = Float(s >> 40) / Float(1 << 24) - 0.5
-                return positive ? 0.5 + abs(u) : 3 * u
-            }
-        }
         for (rows, cols, joined) in [(1100, 37, true), (1100, 100, false), (9000, 300, true)] {
             let device = EmulatedDevice(memory: 1 << 28)
             let be = CUDABackend(driver: device, precision: .bf16)

@@ -33,6 +33,20 @@ extern "C" __global__ void radar_layernorm_forward(const float* x, const float* 
     if (lane == 0) { mean[row] = m; rstd[row] = r; }
 }
 
+// LayerNorm backward's two row sums over a warp (lanes striding the row, then the butterfly):
+// a = mean(dy * gamma), b = mean(dy * gamma * xhat).
+__device__ __forceinline__ void layernorm_row_sums(const float* dyr, const float* xr, const float* gamma, float m, float r, int cols,
+                                                   int lane, float& a, float& b) {
+    a = 0.f, b = 0.f;
+    for (int c = lane; c < cols; c += 32) {
+        float g = dyr[c] * gamma[c];
+        a += g;
+        b += g * (xr[c] - m) * r;
+    }
+    a = warp_sum(a) / cols;
+    b = warp_sum(b) / cols;
+}
+
 // dx per row; the parameter gradients are summed per column by radar_layernorm_param_partials
 // and radar_add_chunk_sums (rows in a fixed order), so no atomics are needed. With a residual,
 // dx = (the input gradient) + residual (the residual stream's gradient joined here, not by an add
@@ -44,15 +58,8 @@ extern "C" __global__ void radar_layernorm_backward_input(const float* dy, const
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const float* xr = x + (long)row * cols; const float* dyr = dy + (long)row * cols;
-    float m = mean[row], r = rstd[row];
-    float a = 0.f, b = 0.f;
-    for (int c = lane; c < cols; c += 32) {
-        float g = dyr[c] * gamma[c];
-        a += g;
-        b += g * (xr[c] - m) * r;
-    }
-    a = warp_sum(a) / cols;
-    b = warp_sum(b) / cols;
+    float m = mean[row], r = rstd[row], a, b;
+    layernorm_row_sums(dyr, xr, gamma, m, r, cols, lane, a, b);
     float* dxr = dx + (long)row * cols;
     const float* rr = residual ? residual + (long)row * cols : 0;
     unsigned short* dxbr = dxb ? dxb + (long)row * cols : 0;
@@ -99,16 +106,8 @@ extern "C" __global__ void radar_layernorm_backward_chunk(const float* dy, const
     const int k = blockIdx.x, lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     for (int row = lo + warp; row < hi; row += warps) {
-        const float* xr = x + (long)row * cols; const float* dyr = dy + (long)row * cols;
-        float m = mean[row], r = rstd[row];
-        float a = 0.f, b = 0.f;
-        for (int c = lane; c < cols; c += 32) {
-            float g = dyr[c] * gamma[c];
-            a += g;
-            b += g * (xr[c] - m) * r;
-        }
-        a = warp_sum(a) / cols;
-        b = warp_sum(b) / cols;
+        float a, b;
+        layernorm_row_sums(dy + (long)row * cols, x + (long)row * cols, gamma, mean[row], rstd[row], cols, lane, a, b);
         if (lane == 0) { row_a[row - lo] = a; row_b[row - lo] = b; }
     }
     __syncthreads();
