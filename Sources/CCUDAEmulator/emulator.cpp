@@ -190,6 +190,45 @@ std::string run_block(Block &b) {
 }
 }  // namespace
 
+// Misaligned accesses. A GPU faults on any load or store whose address is not a multiple of its
+// size (CUDA_ERROR_MISALIGNED_ADDRESS: a uint4 staged from an odd row, a bf16 pair read as one
+// word at an odd element); x86 does not, so a kernel with such a bug would pass here and fail on
+// the first GPU. This target is compiled with -fsanitize=alignment: clang checks each typed access
+// against its type's alignment and calls the handler below, the UBSan runtime's entry point with
+// its data layout (stable since clang 5), defined here so no sanitizer runtime is linked. The first
+// misaligned access of a launch is kept; the launch then fails with it (the access itself goes on:
+// x86 allows it, and the fibers must reach their barriers).
+thread_local std::string misaligned;
+}  // namespace radar_emu
+
+namespace {
+struct UBSanSourceLocation { const char *file; uint32_t line, column; };
+struct UBSanTypeDescriptor { uint16_t kind, info; char name[1]; };
+struct UBSanTypeMismatch { UBSanSourceLocation location; const UBSanTypeDescriptor *type; unsigned char log_alignment, check_kind; };
+}  // namespace
+
+// Weak: in a build with a sanitizer runtime (`swift build --sanitize=address`) the runtime's own wins.
+extern "C" __attribute__((weak)) void __ubsan_handle_type_mismatch_v1(UBSanTypeMismatch *data, uintptr_t pointer) {
+    using namespace radar_emu;
+    if (!misaligned.empty() || !data) return;
+    // The kernel source's path from its folder on (kernels/layout.cuh), whatever the build's root.
+    std::string file = data->location.file ? data->location.file : "?";
+    for (const char *folder : {"/kernels/", "/selftest/"})
+        if (size_t at = file.rfind(folder); at != std::string::npos) { file = file.substr(at + 1); break; }
+    char address[32];
+    snprintf(address, sizeof address, "0x%llx", (unsigned long long)pointer);
+    // The type's name comes quoted ('const uint4': a load; 'uint4': a store).
+    misaligned = std::string("misaligned address (a GPU faults here: CUDA_ERROR_MISALIGNED_ADDRESS): ") +
+                 (data->type ? data->type->name : "?") + " at " + address + ", which needs " +
+                 std::to_string(1u << data->log_alignment) + "-byte alignment, by thread " + describe(thread_index) + " of block " +
+                 describe(block_index) + " (" + file + ":" + std::to_string(data->location.line) + ":" +
+                 std::to_string(data->location.column) + ")";
+}
+extern "C" __attribute__((weak)) void __ubsan_handle_type_mismatch_v1_abort(UBSanTypeMismatch *data, uintptr_t pointer) {
+    __ubsan_handle_type_mismatch_v1(data, pointer);
+}
+
+namespace radar_emu {
 struct BarrierInDirectLaunch : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
@@ -270,6 +309,7 @@ void mma_bf16_m16n8k16(float *d, const unsigned *a, const unsigned *b) {
 /// Runs `body` as every thread of every block of the grid; "" or the first error.
 int launch(const unsigned grid[3], const unsigned block[3], const std::function<void()> &body, bool barrier_free) {
     last_error.clear();
+    misaligned.clear();
     static std::once_flag from_environment;
     std::call_once(from_environment, [] {
         const char *text = getenv("RADAR_EMULATED_SCHEDULE");
@@ -298,6 +338,11 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
                 for (unsigned i : threads) {
                     thread_index = dim3{i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
                     body();
+                }
+                if (!misaligned.empty()) {
+                    direct = false;
+                    last_error = misaligned;
+                    return 1;
                 }
             }
         } catch (const BarrierInDirectLaunch &e) {
@@ -341,6 +386,7 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
 #endif
         }
         std::string e = run_block(b);
+        if (e.empty()) e = misaligned;
         if (!e.empty()) {
             last_error = e;
             running = saved;

@@ -45,13 +45,28 @@ inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return
 using std::isfinite;
 
 // bf16 as CUDA stores it: the high half of a float, rounded to nearest even.
-// CUDA's vector types that kernels load and store whole (16- and 8-byte accesses on a GPU).
-struct alignas(16) float4 { float x, y, z, w; };
-struct alignas(8) uint2 { unsigned x, y; };
-inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
-struct alignas(16) uint4 { unsigned x, y, z, w; };
-inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
-inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+// CUDA's vector types that kernels load and store whole (16- and 8-byte accesses on a GPU, which
+// fault unless the address is a multiple of the size). Copies are written out member by member: a
+// trivial copy compiles to a memcpy, which -fsanitize=alignment does not check (emulator.cpp), while
+// binding the source and calling the assignment on the destination are checked.
+#define RADAR_EMU_VECTOR(name, align, type, ...)                                                         \
+    struct alignas(align) name {                                                                          \
+        type __VA_ARGS__;                                                                                 \
+        name() = default;                                                                                 \
+        name(const name &o) { copy(o); }                                                                  \
+        name &operator=(const name &o) { copy(o); return *this; }                                       \
+        void copy(const name &o);                                                                         \
+    }
+RADAR_EMU_VECTOR(float4, 16, float, x, y, z, w);
+RADAR_EMU_VECTOR(uint4, 16, unsigned, x, y, z, w);
+RADAR_EMU_VECTOR(uint2, 8, unsigned, x, y);
+#undef RADAR_EMU_VECTOR
+inline void float4::copy(const float4 &o) { x = o.x, y = o.y, z = o.z, w = o.w; }
+inline void uint4::copy(const uint4 &o) { x = o.x, y = o.y, z = o.z, w = o.w; }
+inline void uint2::copy(const uint2 &o) { x = o.x, y = o.y; }
+inline uint2 make_uint2(unsigned x, unsigned y) { uint2 v; v.x = x, v.y = y; return v; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { uint4 v; v.x = x, v.y = y, v.z = z, v.w = w; return v; }
+inline float4 make_float4(float x, float y, float z, float w) { float4 v; v.x = x, v.y = y, v.z = z, v.w = w; return v; }
 struct __nv_bfloat16 { uint16_t bits; };
 inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     uint32_t u; memcpy(&u, &f, 4);

@@ -58,7 +58,7 @@ namespace {
 enum : int {
     SUCCESS = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, NO_DEVICE = 100, INVALID_DEVICE = 101,
     INVALID_IMAGE = 200, INVALID_CONTEXT = 201, NO_BINARY_FOR_GPU = 209, INVALID_HANDLE = 400, NOT_FOUND = 500,
-    ILLEGAL_ADDRESS = 700, LAUNCH_FAILED = 719,
+    ILLEGAL_ADDRESS = 700, MISALIGNED_ADDRESS = 716, LAUNCH_FAILED = 719,
 };
 
 struct Context { int device; };
@@ -515,7 +515,8 @@ EXPORT int cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz,
     const unsigned grid[3] = {gx, gy, gz}, block[3] = {bx, by, bz};
     if (f->launcher(grid, block, params) != 0) {
         fprintf(stderr, "fake CUDA: kernel %s failed: %s\n", f->name.c_str(), radar_emu_last_error());
-        return LAUNCH_FAILED;
+        // The emulator's alignment check: what a GPU reports for that access.
+        return strncmp(radar_emu_last_error(), "misaligned address", 18) == 0 ? MISALIGNED_ADDRESS : LAUNCH_FAILED;
     }
     return SUCCESS;
 }
@@ -535,6 +536,7 @@ EXPORT int cuGetErrorString(int error, const char **text) {
     case INVALID_HANDLE: *text = "invalid resource handle"; break;
     case NOT_FOUND: *text = "named symbol not found"; break;
     case ILLEGAL_ADDRESS: *text = "an illegal memory access was encountered"; break;
+    case MISALIGNED_ADDRESS: *text = "misaligned address"; break;
     case LAUNCH_FAILED: *text = "unspecified launch failure"; break;
     default: *text = nullptr; return INVALID_VALUE;
     }

@@ -625,6 +625,32 @@ final class EmulatedDeviceTests: XCTestCase {
         XCTAssertEqual(array(sums, 64), (0..<64).map { $0 < 32 ? 496 : 1520 })
     }
 
+    /// A vector load off its alignment faults on a GPU (CUDA_ERROR_MISALIGNED_ADDRESS), never on
+    /// x86; the emulator is built with alignment checks and fails such a launch naming the access,
+    /// the thread and the source line. Aligned, the same kernel runs and reads the right words.
+    func testTheEmulatorFailsMisalignedAccessesAsAGPUWould() {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: 2 * 4096, alignment: 256)
+        defer { raw.deallocate() }
+        let x = raw.bindMemory(to: Float.self, capacity: 2048), out = x + 1024
+        for i in 0..<1024 { x[i] = Float(i) }
+        func copy(_ load: Int32, _ store: Int32) -> String {
+            launch("radar_selftest_vector_copy", grid: 1, block: 64, [.buffer(x), .buffer(out), .i32(load), .i32(store)])
+        }
+        XCTAssertEqual(copy(8, 4), "")
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: out + 4, count: 256)), (0..<256).map { Float(8 + $0) })
+        for offset: Int32 in [1, 2, 3] {
+            let e = copy(offset, 0)
+            XCTAssertTrue(e.hasPrefix("misaligned address"), "load offset \(offset): \(e)")
+            XCTAssertTrue(e.contains("'const uint4' at 0x") && e.contains("needs 16-byte alignment"), e)
+            XCTAssertTrue(e.contains("by thread (0, 0, 0) of block (0, 0, 0)"), "the first thread that ran: \(e)")
+            XCTAssertTrue(e.contains("(selftest/emulator_selftest.cuh:"), "names the source line: \(e)")
+            let s = copy(0, offset)
+            XCTAssertTrue(s.hasPrefix("misaligned address") && s.contains("'uint4' at 0x"), "store offset \(offset): \(s)")
+        }
+        // The next launch starts clean.
+        XCTAssertEqual(copy(0, 0), "")
+    }
+
     /// The schedules (`RADAR_EMULATED_SCHEDULE`): a block reading another block's output (a race
     /// on a GPU, where blocks run in no promised order) and a missing `__syncthreads` give
     /// index-order results only under `forward`; with the barrier every schedule agrees.

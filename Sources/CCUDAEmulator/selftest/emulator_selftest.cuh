@@ -42,3 +42,11 @@ extern "C" __global__ void radar_selftest_block_chain(float* x) {
     unsigned b = blockIdx.x;
     x[b] = b == 0 ? 1.f : x[b - 1] + 1.f;
 }
+
+// Copies 16 bytes a thread as one uint4, from x + load_offset floats to out + store_offset: a GPU
+// faults unless both offsets are multiples of 4 (the buffers are 256-byte aligned); the emulator
+// must fail the launch naming the line.
+extern "C" __global__ void radar_selftest_vector_copy(const float* x, float* out, int load_offset, int store_offset) {
+    const uint4 v = *(const uint4*)(x + load_offset + 4 * threadIdx.x);
+    *(uint4*)(out + store_offset + 4 * threadIdx.x) = v;
+}
