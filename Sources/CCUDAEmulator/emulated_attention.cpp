@@ -10,7 +10,7 @@ extern "C" int radar_emu_launch_radar_attention_forward_hd16(const unsigned grid
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
     float a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_attention_forward_hd16(a0, a1, a2, a3, a4, a5); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_attention_forward_hd16(a0, a1, a2, a3, a4, a5); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_attention_forward_hd32(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -20,7 +20,7 @@ extern "C" int radar_emu_launch_radar_attention_forward_hd32(const unsigned grid
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
     float a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_attention_forward_hd32(a0, a1, a2, a3, a4, a5); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_attention_forward_hd32(a0, a1, a2, a3, a4, a5); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_attention_forward_hd64(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -30,7 +30,7 @@ extern "C" int radar_emu_launch_radar_attention_forward_hd64(const unsigned grid
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
     float a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_attention_forward_hd64(a0, a1, a2, a3, a4, a5); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_attention_forward_hd64(a0, a1, a2, a3, a4, a5); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd16(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -44,7 +44,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd16(const unsign
     int a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
     float a9; memcpy(&a9, args[9], sizeof(a9));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd32(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -58,7 +58,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd32(const unsign
     int a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
     float a9; memcpy(&a9, args[9], sizeof(a9));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd32(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd64(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -72,7 +72,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd64(const unsign
     int a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
     float a9; memcpy(&a9, args[9], sizeof(a9));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -85,7 +85,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16(const un
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
     float a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd16(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd16(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -98,7 +98,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32(const un
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
     float a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd32(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd32(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -111,5 +111,5 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64(const un
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
     float a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd64(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd64(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false, 0);
 }

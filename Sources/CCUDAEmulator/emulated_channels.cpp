@@ -7,7 +7,7 @@ extern "C" int radar_emu_launch_radar_plane_moments(const unsigned grid[3], cons
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     double* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_plane_moments(a0, a1, a2); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_plane_moments(a0, a1, a2); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_channel_moments_from_planes(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -17,7 +17,7 @@ extern "C" int radar_emu_launch_radar_channel_moments_from_planes(const unsigned
     int a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_channel_moments_from_planes(a0, a1, a2, a3, a4, a5); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_channel_moments_from_planes(a0, a1, a2, a3, a4, a5); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_batchnorm_update_statistics(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -30,7 +30,7 @@ extern "C" int radar_emu_launch_radar_batchnorm_update_statistics(const unsigned
     float* a6; memcpy(&a6, args[6], sizeof(a6));
     float* a7; memcpy(&a7, args[7], sizeof(a7));
     float* a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_batchnorm_update_statistics(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_batchnorm_update_statistics(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_channel_normalize(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -43,7 +43,7 @@ extern "C" int radar_emu_launch_radar_channel_normalize(const unsigned grid[3], 
     long a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_channel_normalize(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_channel_normalize(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_plane_gradient_sums(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -54,14 +54,14 @@ extern "C" int radar_emu_launch_radar_plane_gradient_sums(const unsigned grid[3]
     double* a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_plane_gradient_sums(a0, a1, a2, a3, a4, a5, a6); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_plane_gradient_sums(a0, a1, a2, a3, a4, a5, a6); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_plane_sums(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     double* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_plane_sums(a0, a1, a2); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_plane_sums(a0, a1, a2); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_sum_planes_over_batch(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -72,7 +72,7 @@ extern "C" int radar_emu_launch_radar_sum_planes_over_batch(const unsigned grid[
     int a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_sum_planes_over_batch(a0, a1, a2, a3, a4, a5, a6); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_sum_planes_over_batch(a0, a1, a2, a3, a4, a5, a6); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_batchnorm_input_gradient(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -88,7 +88,7 @@ extern "C" int radar_emu_launch_radar_batchnorm_input_gradient(const unsigned gr
     long a9; memcpy(&a9, args[9], sizeof(a9));
     int a10; memcpy(&a10, args[10], sizeof(a10));
     int a11; memcpy(&a11, args[11], sizeof(a11));
-    return radar_emu::launch(grid, block, [&] { radar_batchnorm_input_gradient(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_batchnorm_input_gradient(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_global_avg_pool_forward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -96,7 +96,7 @@ extern "C" int radar_emu_launch_radar_global_avg_pool_forward(const unsigned gri
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_global_avg_pool_forward(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_global_avg_pool_forward(a0, a1, a2, a3); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_global_avg_pool_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -104,7 +104,7 @@ extern "C" int radar_emu_launch_radar_global_avg_pool_backward(const unsigned gr
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_global_avg_pool_backward(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_global_avg_pool_backward(a0, a1, a2, a3); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_gru_gates_forward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -117,7 +117,7 @@ extern "C" int radar_emu_launch_radar_gru_gates_forward(const unsigned grid[3], 
     float* a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_gru_gates_forward(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_gru_gates_forward(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_gru_gates_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -132,7 +132,7 @@ extern "C" int radar_emu_launch_radar_gru_gates_backward(const unsigned grid[3],
     float* a8; memcpy(&a8, args[8], sizeof(a8));
     int a9; memcpy(&a9, args[9], sizeof(a9));
     int a10; memcpy(&a10, args[10], sizeof(a10));
-    return radar_emu::launch(grid, block, [&] { radar_gru_gates_backward(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_gru_gates_backward(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_inverse_std(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -140,7 +140,7 @@ extern "C" int radar_emu_launch_radar_inverse_std(const unsigned grid[3], const 
     float a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_inverse_std(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_inverse_std(a0, a1, a2, a3); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_batchnorm_local_sums(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -149,7 +149,7 @@ extern "C" int radar_emu_launch_radar_batchnorm_local_sums(const unsigned grid[3
     int a2; memcpy(&a2, args[2], sizeof(a2));
     float a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_batchnorm_local_sums(a0, a1, a2, a3, a4); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_batchnorm_local_sums(a0, a1, a2, a3, a4); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_batchnorm_global_moments(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -157,5 +157,5 @@ extern "C" int radar_emu_launch_radar_batchnorm_global_moments(const unsigned gr
     int a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
     float* a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_batchnorm_global_moments(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_batchnorm_global_moments(a0, a1, a2, a3); }, true, 0);
 }

@@ -7,14 +7,14 @@ extern "C" int radar_emu_launch_radar_fill(const unsigned grid[3], const unsigne
     float* a0; memcpy(&a0, args[0], sizeof(a0));
     long a1; memcpy(&a1, args[1], sizeof(a1));
     float a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_fill(a0, a1, a2); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_fill(a0, a1, a2); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_copy(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_copy(a0, a1, a2); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_copy(a0, a1, a2); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_add(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -22,7 +22,7 @@ extern "C" int radar_emu_launch_radar_add(const unsigned grid[3], const unsigned
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
     long a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_add(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_add(a0, a1, a2, a3); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_axpy(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -30,14 +30,14 @@ extern "C" int radar_emu_launch_radar_axpy(const unsigned grid[3], const unsigne
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
     long a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_axpy(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_axpy(a0, a1, a2, a3); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_scale(const unsigned grid[3], const unsigned block[3], void **args) {
     float* a0; memcpy(&a0, args[0], sizeof(a0));
     long a1; memcpy(&a1, args[1], sizeof(a1));
     float a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_scale(a0, a1, a2); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_scale(a0, a1, a2); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_add_row_bias(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -45,7 +45,7 @@ extern "C" int radar_emu_launch_radar_add_row_bias(const unsigned grid[3], const
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_add_row_bias(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_add_row_bias(a0, a1, a2, a3); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_fill_rows(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -56,7 +56,7 @@ extern "C" int radar_emu_launch_radar_fill_rows(const unsigned grid[3], const un
     long a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_fill_rows(a0, a1, a2, a3, a4, a5, a6); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_fill_rows(a0, a1, a2, a3, a4, a5, a6); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_add_channel_bias(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -65,7 +65,7 @@ extern "C" int radar_emu_launch_radar_add_channel_bias(const unsigned grid[3], c
     long a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_add_channel_bias(a0, a1, a2, a3, a4); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_add_channel_bias(a0, a1, a2, a3, a4); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_column_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -75,7 +75,7 @@ extern "C" int radar_emu_launch_radar_column_chunk_sums(const unsigned grid[3], 
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_column_chunk_sums(a0, a1, a2, a3, a4, a5); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_column_chunk_sums(a0, a1, a2, a3, a4, a5); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_add_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -84,14 +84,14 @@ extern "C" int radar_emu_launch_radar_add_chunk_sums(const unsigned grid[3], con
     long a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_add_chunk_sums(a0, a1, a2, a3, a4); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_add_chunk_sums(a0, a1, a2, a3, a4); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_relu_forward(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_relu_forward(a0, a1, a2); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_relu_forward(a0, a1, a2); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_relu_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -99,7 +99,7 @@ extern "C" int radar_emu_launch_radar_relu_backward(const unsigned grid[3], cons
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
     long a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_relu_backward(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_relu_backward(a0, a1, a2, a3); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_gelu_forward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -109,7 +109,7 @@ extern "C" int radar_emu_launch_radar_gelu_forward(const unsigned grid[3], const
     int a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     long a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_gelu_forward(a0, a1, a2, a3, a4, a5); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_gelu_forward(a0, a1, a2, a3, a4, a5); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_gelu_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -121,21 +121,21 @@ extern "C" int radar_emu_launch_radar_gelu_backward(const unsigned grid[3], cons
     void* a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
     long a7; memcpy(&a7, args[7], sizeof(a7));
-    return radar_emu::launch(grid, block, [&] { radar_gelu_backward(a0, a1, a2, a3, a4, a5, a6, a7); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_gelu_backward(a0, a1, a2, a3, a4, a5, a6, a7); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_to_bf16(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_to_bf16(a0, a1, a2); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_to_bf16(a0, a1, a2); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_from_bf16(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_from_bf16(a0, a1, a2); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_from_bf16(a0, a1, a2); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_sum_parts(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -143,5 +143,5 @@ extern "C" int radar_emu_launch_radar_sum_parts(const unsigned grid[3], const un
     int a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
     float* a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_sum_parts(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_sum_parts(a0, a1, a2, a3); }, true, 0);
 }

@@ -5,30 +5,30 @@
 
 extern "C" int radar_emu_launch_radar_selftest_divergent_barrier(const unsigned grid[3], const unsigned block[3], void **args) {
     float* a0; memcpy(&a0, args[0], sizeof(a0));
-    return radar_emu::launch(grid, block, [&] { radar_selftest_divergent_barrier(a0); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_selftest_divergent_barrier(a0); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_selftest_early_return(const unsigned grid[3], const unsigned block[3], void **args) {
     float* a0; memcpy(&a0, args[0], sizeof(a0));
-    return radar_emu::launch(grid, block, [&] { radar_selftest_early_return(a0); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_selftest_early_return(a0); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_selftest_neighbour(const unsigned grid[3], const unsigned block[3], void **args) {
     float* a0; memcpy(&a0, args[0], sizeof(a0));
     int a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_selftest_neighbour(a0, a1, a2); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_selftest_neighbour(a0, a1, a2); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_selftest_warp_sum(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));
-    return radar_emu::launch(grid, block, [&] { radar_selftest_warp_sum(a0, a1); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_selftest_warp_sum(a0, a1); }, false, 1024);
 }
 
 extern "C" int radar_emu_launch_radar_selftest_block_chain(const unsigned grid[3], const unsigned block[3], void **args) {
     float* a0; memcpy(&a0, args[0], sizeof(a0));
-    return radar_emu::launch(grid, block, [&] { radar_selftest_block_chain(a0); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_selftest_block_chain(a0); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_selftest_vector_copy(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -36,5 +36,5 @@ extern "C" int radar_emu_launch_radar_selftest_vector_copy(const unsigned grid[3
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_selftest_vector_copy(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_selftest_vector_copy(a0, a1, a2, a3); }, true, 0);
 }

@@ -16,7 +16,7 @@ extern "C" int radar_emu_launch_radar_im2col(const unsigned grid[3], const unsig
     int a9; memcpy(&a9, args[9], sizeof(a9));
     int a10; memcpy(&a10, args[10], sizeof(a10));
     int a11; memcpy(&a11, args[11], sizeof(a11));
-    return radar_emu::launch(grid, block, [&] { radar_im2col(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_im2col(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_col2im(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -31,7 +31,7 @@ extern "C" int radar_emu_launch_radar_col2im(const unsigned grid[3], const unsig
     int a8; memcpy(&a8, args[8], sizeof(a8));
     int a9; memcpy(&a9, args[9], sizeof(a9));
     int a10; memcpy(&a10, args[10], sizeof(a10));
-    return radar_emu::launch(grid, block, [&] { radar_col2im(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_col2im(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_transpose_last_two(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -40,7 +40,7 @@ extern "C" int radar_emu_launch_radar_transpose_last_two(const unsigned grid[3],
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_transpose_last_two(a0, a1, a2, a3, a4); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_transpose_last_two(a0, a1, a2, a3, a4); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_copy_columns(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -50,7 +50,7 @@ extern "C" int radar_emu_launch_radar_copy_columns(const unsigned grid[3], const
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
     long a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_copy_columns(a0, a1, a2, a3, a4, a5); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_copy_columns(a0, a1, a2, a3, a4, a5); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_slice_columns(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -60,7 +60,7 @@ extern "C" int radar_emu_launch_radar_slice_columns(const unsigned grid[3], cons
     float* a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
     long a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_slice_columns(a0, a1, a2, a3, a4, a5); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_slice_columns(a0, a1, a2, a3, a4, a5); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_token_mean_max(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -71,7 +71,7 @@ extern "C" int radar_emu_launch_radar_token_mean_max(const unsigned grid[3], con
     int a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_token_mean_max(a0, a1, a2, a3, a4, a5, a6); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_token_mean_max(a0, a1, a2, a3, a4, a5, a6); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_token_mean_max_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -82,5 +82,5 @@ extern "C" int radar_emu_launch_radar_token_mean_max_backward(const unsigned gri
     int a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_token_mean_max_backward(a0, a1, a2, a3, a4, a5, a6); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_token_mean_max_backward(a0, a1, a2, a3, a4, a5, a6); }, true, 0);
 }

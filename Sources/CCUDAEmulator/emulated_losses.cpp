@@ -8,7 +8,7 @@ extern "C" int radar_emu_launch_radar_smooth_labels(const unsigned grid[3], cons
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
     float a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_smooth_labels(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_smooth_labels(a0, a1, a2, a3); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_bce_with_logits(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -19,14 +19,14 @@ extern "C" int radar_emu_launch_radar_bce_with_logits(const unsigned grid[3], co
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
     float a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_bce_with_logits(a0, a1, a2, a3, a4, a5, a6); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_bce_with_logits(a0, a1, a2, a3, a4, a5, a6); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_flag_non_finite(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     long a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_flag_non_finite(a0, a1, a2); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_flag_non_finite(a0, a1, a2); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_mean_abs_sigmoid_difference(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -34,7 +34,7 @@ extern "C" int radar_emu_launch_radar_mean_abs_sigmoid_difference(const unsigned
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
     float* a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_mean_abs_sigmoid_difference(a0, a1, a2, a3); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_mean_abs_sigmoid_difference(a0, a1, a2, a3); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_gated_fusion_forward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -45,7 +45,7 @@ extern "C" int radar_emu_launch_radar_gated_fusion_forward(const unsigned grid[3
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_gated_fusion_forward(a0, a1, a2, a3, a4, a5, a6); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_gated_fusion_forward(a0, a1, a2, a3, a4, a5, a6); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_cosine_margin_penalty(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -59,5 +59,5 @@ extern "C" int radar_emu_launch_radar_cosine_margin_penalty(const unsigned grid[
     float* a7; memcpy(&a7, args[7], sizeof(a7));
     float* a8; memcpy(&a8, args[8], sizeof(a8));
     float a9; memcpy(&a9, args[9], sizeof(a9));
-    return radar_emu::launch(grid, block, [&] { radar_cosine_margin_penalty(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_cosine_margin_penalty(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false, 0);
 }

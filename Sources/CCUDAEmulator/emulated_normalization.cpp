@@ -14,7 +14,7 @@ extern "C" int radar_emu_launch_radar_layernorm_forward(const unsigned grid[3], 
     float* a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
     int a9; memcpy(&a9, args[9], sizeof(a9));
-    return radar_emu::launch(grid, block, [&] { radar_layernorm_forward(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_layernorm_forward(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_layernorm_backward_input(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -28,7 +28,7 @@ extern "C" int radar_emu_launch_radar_layernorm_backward_input(const unsigned gr
     unsigned short* a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
     int a9; memcpy(&a9, args[9], sizeof(a9));
-    return radar_emu::launch(grid, block, [&] { radar_layernorm_backward_input(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_layernorm_backward_input(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_layernorm_param_partials(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -40,7 +40,7 @@ extern "C" int radar_emu_launch_radar_layernorm_param_partials(const unsigned gr
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
-    return radar_emu::launch(grid, block, [&] { radar_layernorm_param_partials(a0, a1, a2, a3, a4, a5, a6, a7); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_layernorm_param_partials(a0, a1, a2, a3, a4, a5, a6, a7); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_layernorm_backward_chunk(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -56,7 +56,7 @@ extern "C" int radar_emu_launch_radar_layernorm_backward_chunk(const unsigned gr
     int a9; memcpy(&a9, args[9], sizeof(a9));
     int a10; memcpy(&a10, args[10], sizeof(a10));
     int a11; memcpy(&a11, args[11], sizeof(a11));
-    return radar_emu::launch(grid, block, [&] { radar_layernorm_backward_chunk(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_layernorm_backward_chunk(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11); }, false, 1024);
 }
 
 extern "C" int radar_emu_launch_radar_softmax_forward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -65,7 +65,7 @@ extern "C" int radar_emu_launch_radar_softmax_forward(const unsigned grid[3], co
     unsigned short* a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_softmax_forward(a0, a1, a2, a3, a4); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_softmax_forward(a0, a1, a2, a3, a4); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_softmax_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -75,5 +75,5 @@ extern "C" int radar_emu_launch_radar_softmax_backward(const unsigned grid[3], c
     unsigned short* a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
-    return radar_emu::launch(grid, block, [&] { radar_softmax_backward(a0, a1, a2, a3, a4, a5); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_softmax_backward(a0, a1, a2, a3, a4, a5); }, false, 0);
 }

@@ -8,7 +8,7 @@ extern "C" int radar_emu_launch_radar_sum_squares_partial(const unsigned grid[3]
     long a1; memcpy(&a1, args[1], sizeof(a1));
     long a2; memcpy(&a2, args[2], sizeof(a2));
     double* a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_sum_squares_partial(a0, a1, a2, a3); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_sum_squares_partial(a0, a1, a2, a3); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_clip_coefficient(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -19,14 +19,14 @@ extern "C" int radar_emu_launch_radar_clip_coefficient(const unsigned grid[3], c
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
     float* a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_clip_coefficient(a0, a1, a2, a3, a4, a5, a6); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_clip_coefficient(a0, a1, a2, a3, a4, a5, a6); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_scale_by_scalar(const unsigned grid[3], const unsigned block[3], void **args) {
     float* a0; memcpy(&a0, args[0], sizeof(a0));
     long a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
-    return radar_emu::launch(grid, block, [&] { radar_scale_by_scalar(a0, a1, a2); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_scale_by_scalar(a0, a1, a2); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_adamw(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -42,5 +42,5 @@ extern "C" int radar_emu_launch_radar_adamw(const unsigned grid[3], const unsign
     float a9; memcpy(&a9, args[9], sizeof(a9));
     float a10; memcpy(&a10, args[10], sizeof(a10));
     const float* a11; memcpy(&a11, args[11], sizeof(a11));
-    return radar_emu::launch(grid, block, [&] { radar_adamw(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_adamw(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11); }, true, 0);
 }

@@ -11,5 +11,5 @@ extern "C" int radar_emu_launch_radar_dropout(const unsigned grid[3], const unsi
     unsigned a4; memcpy(&a4, args[4], sizeof(a4));
     unsigned a5; memcpy(&a5, args[5], sizeof(a5));
     unsigned long long a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_dropout(a0, a1, a2, a3, a4, a5, a6); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_dropout(a0, a1, a2, a3, a4, a5, a6); }, true, 0);
 }

@@ -12,7 +12,7 @@ extern "C" int radar_emu_launch_radar_query_key_scores(const unsigned grid[3], c
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
     float a7; memcpy(&a7, args[7], sizeof(a7));
-    return radar_emu::launch(grid, block, [&] { radar_query_key_scores(a0, a1, a2, a3, a4, a5, a6, a7); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_query_key_scores(a0, a1, a2, a3, a4, a5, a6, a7); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_query_key_scores_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -26,7 +26,7 @@ extern "C" int radar_emu_launch_radar_query_key_scores_backward(const unsigned g
     int a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
     float a9; memcpy(&a9, args[9], sizeof(a9));
-    return radar_emu::launch(grid, block, [&] { radar_query_key_scores_backward(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_query_key_scores_backward(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_weighted_values(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -37,7 +37,7 @@ extern "C" int radar_emu_launch_radar_weighted_values(const unsigned grid[3], co
     int a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_weighted_values(a0, a1, a2, a3, a4, a5, a6); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_weighted_values(a0, a1, a2, a3, a4, a5, a6); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_weighted_values_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -50,7 +50,7 @@ extern "C" int radar_emu_launch_radar_weighted_values_backward(const unsigned gr
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_weighted_values_backward(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_weighted_values_backward(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_mean_over_heads(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -59,7 +59,7 @@ extern "C" int radar_emu_launch_radar_mean_over_heads(const unsigned grid[3], co
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
     int a4; memcpy(&a4, args[4], sizeof(a4));
-    return radar_emu::launch(grid, block, [&] { radar_mean_over_heads(a0, a1, a2, a3, a4); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_mean_over_heads(a0, a1, a2, a3, a4); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_gated_fusion_backward(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -71,5 +71,5 @@ extern "C" int radar_emu_launch_radar_gated_fusion_backward(const unsigned grid[
     float* a5; memcpy(&a5, args[5], sizeof(a5));
     float* a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
-    return radar_emu::launch(grid, block, [&] { radar_gated_fusion_backward(a0, a1, a2, a3, a4, a5, a6, a7); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_gated_fusion_backward(a0, a1, a2, a3, a4, a5, a6, a7); }, true, 0);
 }

@@ -8,7 +8,7 @@ extern "C" int radar_emu_launch_radar_grayscale(const unsigned grid[3], const un
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_grayscale(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_grayscale(a0, a1, a2, a3); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_sobel_magnitude(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -16,7 +16,7 @@ extern "C" int radar_emu_launch_radar_sobel_magnitude(const unsigned grid[3], co
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_sobel_magnitude(a0, a1, a2, a3); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_sobel_magnitude(a0, a1, a2, a3); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_high_pass_log_normalize(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -24,7 +24,7 @@ extern "C" int radar_emu_launch_radar_high_pass_log_normalize(const unsigned gri
     const float* a1; memcpy(&a1, args[1], sizeof(a1));
     float* a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_high_pass_log_normalize(a0, a1, a2, a3); }, false);
+    return radar_emu::launch(grid, block, [&] { radar_high_pass_log_normalize(a0, a1, a2, a3); }, false, 0);
 }
 
 extern "C" int radar_emu_launch_radar_resize_bilinear(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -35,7 +35,7 @@ extern "C" int radar_emu_launch_radar_resize_bilinear(const unsigned grid[3], co
     int a4; memcpy(&a4, args[4], sizeof(a4));
     int a5; memcpy(&a5, args[5], sizeof(a5));
     int a6; memcpy(&a6, args[6], sizeof(a6));
-    return radar_emu::launch(grid, block, [&] { radar_resize_bilinear(a0, a1, a2, a3, a4, a5, a6); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_resize_bilinear(a0, a1, a2, a3, a4, a5, a6); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_fft_magnitude_shifted(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -43,5 +43,5 @@ extern "C" int radar_emu_launch_radar_fft_magnitude_shifted(const unsigned grid[
     float* a1; memcpy(&a1, args[1], sizeof(a1));
     int a2; memcpy(&a2, args[2], sizeof(a2));
     int a3; memcpy(&a3, args[3], sizeof(a3));
-    return radar_emu::launch(grid, block, [&] { radar_fft_magnitude_shifted(a0, a1, a2, a3); }, true);
+    return radar_emu::launch(grid, block, [&] { radar_fft_magnitude_shifted(a0, a1, a2, a3); }, true, 0);
 }

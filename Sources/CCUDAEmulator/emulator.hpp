@@ -11,6 +11,7 @@
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
 // Shared memory: one copy per OS thread, which runs one block at a time.
 #define __shared__ static thread_local
 
@@ -81,5 +82,8 @@ namespace radar_emu {
 /// Runs `body` as every thread of every block of the grid: 0, or 1 with `radar_emu_last_error`.
 /// `barrier_free` (the code generator's finding that the kernel never waits at a barrier or a warp
 /// exchange): threads run one after another on the calling stack, no fibers.
-int launch(const unsigned grid[3], const unsigned block[3], const std::function<void()> &body, bool barrier_free = false);
+/// `block_limit`: the kernel's __launch_bounds__, or 0 when it declares none: then 256 (a block of 256
+/// threads fits any kernel's registers on a GPU; a larger one only what ptxas was told to fit):
+/// a larger block fails the launch, as "too many resources requested" may on a GPU.
+int launch(const unsigned grid[3], const unsigned block[3], const std::function<void()> &body, bool barrier_free, unsigned block_limit);
 }  // namespace radar_emu

@@ -82,6 +82,11 @@ public final class NVRTC: @unchecked Sendable {
 
     /// CUBIN of `source` for `architecture` (e.g. "sm_80"). `name` names the program in errors.
     public func compileCUBIN(_ source: String, name: String, architecture: String, options: [String]) throws -> Data {
+        try compileCUBINWithLog(source, name: name, architecture: architecture, options: options).cubin
+    }
+
+    /// The same, with NVRTC's log of a successful compile (ptxas's report, with `--ptxas-options=-v`).
+    public func compileCUBINWithLog(_ source: String, name: String, architecture: String, options: [String]) throws -> (cubin: Data, log: String) {
         var program: OpaquePointer?
         try check(source.withCString { s in name.withCString { n in create(&program, s, n, 0, nil, nil) } }, "nvrtcCreateProgram(\(name))")
         defer { _ = destroy(&program) }
@@ -103,6 +108,6 @@ public final class NVRTC: @unchecked Sendable {
         try check(cubinSize(program, &n), "nvrtcGetCUBINSize(\(name))")
         var bytes = [CChar](repeating: 0, count: n)
         try check(cubin(program, &bytes), "nvrtcGetCUBIN(\(name))")
-        return bytes.withUnsafeBytes { Data($0) }
+        return (bytes.withUnsafeBytes { Data($0) }, logText)
     }
 }

@@ -651,6 +651,28 @@ final class EmulatedDeviceTests: XCTestCase {
         XCTAssertEqual(copy(0, 0), "")
     }
 
+    /// Past 256 threads a block, a kernel launches only up to its `__launch_bounds__` (what ptxas
+    /// fitted its registers to); the emulated device refuses a larger block, as a GPU may.
+    func testBlocksLargerThanAKernelsLaunchBoundsAreRefused() {
+        let buf = Buffers()
+        let x = buf.zeros(2048), out = buf.zeros(2048)
+        let e = launch("radar_selftest_vector_copy", grid: 1, block: 288, [.buffer(x), .buffer(out), .i32(0), .i32(0)])
+        XCTAssertTrue(e.hasPrefix("a block of 288 threads is more than this kernel's limit of 256 (it declares no __launch_bounds__"), e)
+        XCTAssertEqual(launch("radar_selftest_vector_copy", grid: 1, block: 256, [.buffer(x), .buffer(out), .i32(0), .i32(0)]), "")
+        let v = buf.make((0..<1024).map { Float($0 % 7) }), sums = buf.zeros(1024)
+        XCTAssertEqual(launch("radar_selftest_warp_sum", grid: 1, block: 1024, [.buffer(v), .buffer(sums)]), "", "declares 1024")
+        XCTAssertEqual(sums[1023], Float((992..<1024).map { $0 % 7 }.reduce(0, +)))
+        let big = launch("radar_selftest_warp_sum", grid: 1, block: 1056, [.buffer(v), .buffer(sums)])
+        XCTAssertTrue(big.hasPrefix("a block of 1056 threads is more than this kernel's limit of 1024 (its __launch_bounds__)"), big)
+        // The parser the compile gate and this test share finds both.
+        let selftest = KernelFamily(name: "t", source: """
+            extern "C" __global__ void a(float* x) { }
+            extern "C" __global__ void __launch_bounds__(512) b(float* x) { }
+            """)
+        XCTAssertEqual(selftest.kernels.map(\.name), ["a", "b"])
+        XCTAssertEqual(selftest.kernels.map(\.blockLimit), [256, 512])
+    }
+
     /// The schedules (`RADAR_EMULATED_SCHEDULE`): a block reading another block's output (a race
     /// on a GPU, where blocks run in no promised order) and a missing `__syncthreads` give
     /// index-order results only under `forward`; with the barrier every schedule agrees.
@@ -696,7 +718,8 @@ final class EmulatedDeviceTests: XCTestCase {
             let common = try String(contentsOf: kernelsDir.appendingPathComponent("common.h"), encoding: .utf8)
             let file = try String(contentsOf: kernelsDir.appendingPathComponent("\(family.name).cuh"), encoding: .utf8)
             XCTAssertEqual(family.source, (common + "\n" + file).trimmingCharacters(in: .newlines), "\(family.name): run tools/codegen/cuda_kernels.py")
-            for name in family.source.components(separatedBy: "extern \"C\" __global__ void ").dropFirst().map({ String($0.prefix { $0 != "(" }) }) {
+            XCTAssertEqual(family.kernels.count, family.source.components(separatedBy: "__global__").count - 1, "\(family.name): a kernel the parser missed")
+            for name in family.kernels.map(\.name) {
                 XCTAssertTrue(emulated.contains(name), "\(name) has no emulated launcher")
             }
         }

@@ -40,21 +40,68 @@ final class NVRTCCompileGateTests: XCTestCase {
         var kernels = 0
         for family in KernelSources.all {
             // Every extern "C" kernel of the source must be in every CUBIN.
-            let names = family.source.components(separatedBy: "extern \"C\" __global__ void ").dropFirst()
-                .map { String($0.prefix { $0 != "(" }) }
+            let names = family.kernels.map(\.name)
             XCTAssertFalse(names.isEmpty, family.name)
+            XCTAssertEqual(names.count, family.source.components(separatedBy: "__global__").count - 1, "\(family.name): a kernel the parser missed")
             kernels += names.count
             for arch in NVRTCCompileGateTests.architectures {
-                let cubin = try nvrtc.compileCUBIN(family.source, name: family.name, architecture: arch,
-                                                   options: KernelSources.options(include: include))
+                let (cubin, log) = try nvrtc.compileCUBINWithLog(family.source, name: family.name, architecture: arch,
+                                                                 options: KernelSources.options(include: include) + [KernelSources.resourceReportOption])
                 XCTAssertEqual(Array(cubin.prefix(4)), [0x7f, 0x45, 0x4c, 0x46], "\(family.name) \(arch): an ELF (CUBIN), not PTX",
                                file: file, line: line)
                 for n in names {
                     XCTAssertNotNil(cubin.range(of: Data(n.utf8)), "\(family.name) \(arch): kernel \(n) missing from the CUBIN", file: file, line: line)
                 }
+                assertResources(KernelSources.resources(fromLog: log, architecture: arch), of: family, file: file, line: line)
             }
         }
         XCTAssertGreaterThan(kernels, 20, file: file, line: line)
+    }
+
+    /// ptxas's report of every kernel: none spills registers to local memory (a slow kernel the
+    /// tests would not notice), and a block of as many threads as the kernel may be launched with
+    /// (its `__launch_bounds__`, else 256; the emulated device refuses more) fits the register file.
+    func assertResources(_ report: [KernelSources.Resources], of family: KernelFamily, file: StaticString, line: UInt) {
+        let byName = Dictionary(report.map { ($0.kernel, $0) }, uniquingKeysWith: { a, _ in a })
+        for (name, limit) in family.kernels {
+            guard let r = byName[name] else {
+                XCTFail("\(family.name): no ptxas report for \(name) on \(report.first?.architecture ?? "?")", file: file, line: line)
+                continue
+            }
+            XCTAssertTrue(r.registers > 0 && r.registers <= 255, "\(name) \(r.architecture): \(r.registers) registers", file: file, line: line)
+            XCTAssertEqual(r.spillStoreBytes + r.spillLoadBytes, 0, "\(name) \(r.architecture) spills: \(r)", file: file, line: line)
+            XCTAssertGreaterThanOrEqual(r.blocksPerSMByRegisters(threads: limit), 1,
+                                        "\(name) \(r.architecture): \(r.registers) registers a thread, blocks of \(limit)", file: file, line: line)
+            XCTAssertLessThanOrEqual(r.sharedBytes, 48 * 1024, "\(name) \(r.architecture): static shared memory", file: file, line: line)
+        }
+    }
+
+    /// The report parser on ptxas's own words (CUDA 12.9, sm_90), and the register-file arithmetic.
+    func testPTXASReportsParseAndBlocksPerSMFollowTheRegisterFile() {
+        let log = """
+            ptxas info    : 0 bytes gmem
+            ptxas info    : Compiling entry function 'k2' for 'sm_90'
+            ptxas info    : Function properties for k2
+            ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+            ptxas info    : Used 8 registers, used 0 barriers
+            ptxas info    : Compile time = 3.749 ms
+            ptxas info    : Compiling entry function 'k' for 'sm_90'
+            ptxas info    : Function properties for k
+            ptxas         .     16 bytes stack frame, 12 bytes spill stores, 20 bytes spill loads
+            ptxas info    : Used 204 registers, used 1 barriers, 18944 bytes smem, 408 bytes cmem[0]
+            """
+        let r = KernelSources.resources(fromLog: log, architecture: "sm_90")
+        XCTAssertEqual(r.map(\.kernel), ["k2", "k"])
+        XCTAssertEqual(r[0].registers, 8)
+        XCTAssertEqual([r[1].registers, r[1].stackFrameBytes, r[1].spillStoreBytes, r[1].spillLoadBytes, r[1].sharedBytes, r[1].barriers],
+                       [204, 16, 12, 20, 18944, 1])
+        // 204 registers: 6,656 a warp (26 units of 256), 4 warps a block: 2 blocks in 65,536.
+        XCTAssertEqual(r[1].blocksPerSMByRegisters(threads: 128), 2)
+        XCTAssertEqual(r[0].blocksPerSMByRegisters(threads: 1024), 8)
+        var full = r[1]
+        full.registers = 255
+        XCTAssertEqual(full.blocksPerSMByRegisters(threads: 256), 1, "256 threads fit any kernel")
+        XCTAssertEqual(full.blocksPerSMByRegisters(threads: 288), 0)
     }
 
     func testACompileErrorNamesTheProgramAndCarriesNVRTCsLog() throws {

@@ -29,7 +29,7 @@ extern "C" __global__ void radar_selftest_neighbour(float* out, int with_barrier
     out[t] = s[(t + 1) % n];
 }
 
-extern "C" __global__ void radar_selftest_warp_sum(const float* x, float* out) {
+extern "C" __global__ void __launch_bounds__(1024) radar_selftest_warp_sum(const float* x, float* out) {
     float v = x[threadIdx.x];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     out[threadIdx.x] = v;

@@ -1386,9 +1386,10 @@ extern "C" __global__ void radar_layernorm_param_partials(const float* dy, const
 // shared memory); then each column's thread walks the chunk's rows in order, writing dx (and its
 // residual sum and bf16 copy) and summing its dgamma and dbeta partials as
 // radar_layernorm_param_partials does. The same expressions in the same order: the same bits,
-// with dy and x read from memory once where the two kernels read them twice.
+// with dy and x read from memory once where the two kernels read them twice. Launched with up to
+// 1024 threads: __launch_bounds__ makes ptxas fit its registers to that (64 a thread).
 #define RADAR_LN_CHUNK 64
-extern "C" __global__ void radar_layernorm_backward_chunk(const float* dy, const float* x, const float* gamma, const float* mean,
+extern "C" __global__ void __launch_bounds__(1024) radar_layernorm_backward_chunk(const float* dy, const float* x, const float* gamma, const float* mean,
                                                           const float* rstd, const float* residual, float* dx, unsigned short* dxb,
                                                           float* partial, int rows, int cols, int chunk) {
     __shared__ float row_a[RADAR_LN_CHUNK], row_b[RADAR_LN_CHUNK];

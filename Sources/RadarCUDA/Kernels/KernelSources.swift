@@ -20,3 +20,63 @@ public enum KernelSources {
         ["-std=c++17", "-default-device"] + (include.map { ["--include-path=\($0)"] } ?? [])
     }
 }
+
+extension KernelFamily {
+    /// Its kernels (`extern "C" __global__ void [__launch_bounds__(N)] name(`) in source order,
+    /// each with the most threads a block may have when it is launched: its `__launch_bounds__`, or
+    /// `KernelSources.defaultBlockLimit` when it declares none (the emulated device refuses more).
+    public var kernels: [(name: String, blockLimit: Int)] {
+        let pattern = #/extern "C" __global__ void (?:__launch_bounds__\((\d+)\) )?(\w+)\(/#
+        return source.matches(of: pattern).map { m in (String(m.output.2), m.output.1.flatMap { Int($0) } ?? KernelSources.defaultBlockLimit) }
+    }
+}
+
+extension KernelSources {
+    /// Threads a block of a kernel without `__launch_bounds__` may have: 256 threads fit any
+    /// kernel's registers (255 a thread at most, 64K a block); past that ptxas must be told.
+    public static let defaultBlockLimit = 256
+    /// NVRTC's option for ptxas's resource report in the log of a successful compile.
+    public static let resourceReportOption = "--ptxas-options=-v"
+
+    /// What ptxas reported for one kernel on one architecture.
+    public struct Resources: Codable, Equatable, Sendable {
+        public var kernel: String
+        public var architecture: String
+        public var registers = 0
+        public var stackFrameBytes = 0
+        public var spillStoreBytes = 0
+        public var spillLoadBytes = 0
+        public var sharedBytes = 0
+        public var barriers = 0
+
+        /// Resident blocks of `threads` threads per SM as the register file allows (64K 32-bit
+        /// registers on every architecture from sm_80 to sm_120, given out per warp in units of 256).
+        public func blocksPerSMByRegisters(threads: Int) -> Int {
+            let perWarp = (max(registers, 1) * 32 + 255) / 256 * 256, warps = (threads + 31) / 32
+            return 65_536 / (perWarp * warps)
+        }
+    }
+
+    /// ptxas's `-v` report in an NVRTC log, kernel by kernel (the order ptxas compiled them).
+    public static func resources(fromLog log: String, architecture: String) -> [Resources] {
+        var out: [Resources] = []
+        func number(_ line: Substring, before unit: String) -> Int {
+            guard let r = line.range(of: unit) else { return 0 }
+            return Int(line[..<r.lowerBound].split(separator: " ").last ?? "") ?? 0
+        }
+        for line in log.split(separator: "\n") {
+            if let m = line.firstMatch(of: #/Compiling entry function '(\w+)'/#) {
+                out.append(Resources(kernel: String(m.output.1), architecture: architecture))
+            } else if !out.isEmpty, line.contains("bytes stack frame") {
+                out[out.count - 1].stackFrameBytes = number(line, before: " bytes stack frame")
+                out[out.count - 1].spillStoreBytes = number(line, before: " bytes spill stores")
+                out[out.count - 1].spillLoadBytes = number(line, before: " bytes spill loads")
+            } else if !out.isEmpty, line.contains("Used "), line.contains(" registers") {
+                out[out.count - 1].registers = number(line, before: " registers")
+                out[out.count - 1].barriers = number(line, before: " barriers")
+                out[out.count - 1].sharedBytes = number(line, before: " bytes smem")
+            }
+        }
+        return out
+    }
+}
