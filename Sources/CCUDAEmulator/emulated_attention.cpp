@@ -72,7 +72,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd64(const unsign
     int a7; memcpy(&a7, args[7], sizeof(a7));
     int a8; memcpy(&a8, args[8], sizeof(a8));
     float a9; memcpy(&a9, args[9], sizeof(a9));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false, 0);
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd64(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false, 128);
 }
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16(const unsigned grid[3], const unsigned block[3], void **args) {
@@ -111,5 +111,5 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64(const un
     int a6; memcpy(&a6, args[6], sizeof(a6));
     int a7; memcpy(&a7, args[7], sizeof(a7));
     float a8; memcpy(&a8, args[8], sizeof(a8));
-    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd64(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false, 0);
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd64(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false, 128);
 }

@@ -668,9 +668,10 @@ final class EmulatedDeviceTests: XCTestCase {
         let selftest = KernelFamily(name: "t", source: """
             extern "C" __global__ void a(float* x) { }
             extern "C" __global__ void __launch_bounds__(512) b(float* x) { }
+            extern "C" __global__ void __launch_bounds__(128, 3) c(float* x) { }
             """)
-        XCTAssertEqual(selftest.kernels.map(\.name), ["a", "b"])
-        XCTAssertEqual(selftest.kernels.map(\.blockLimit), [256, 512])
+        XCTAssertEqual(selftest.kernels.map(\.name), ["a", "b", "c"])
+        XCTAssertEqual(selftest.kernels.map(\.blockLimit), [256, 512, 128])
     }
 
     /// The schedules (`RADAR_EMULATED_SCHEDULE`): a block reading another block's output (a race

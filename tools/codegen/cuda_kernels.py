@@ -18,8 +18,9 @@ families = sorted(p.stem for p in kernels_dir.glob("*.cuh"))
 common = (kernels_dir / "common.h").read_text()
 # Emulator self-tests: compiled for the emulated device only, never shipped to NVRTC.
 selftests = sorted(p.stem for p in (root / "Sources/CCUDAEmulator/selftest").glob("*.cuh"))
-# A kernel: its optional __launch_bounds__ (the most threads a block may have), name and parameters.
-signature = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\((\d+)\) )?(\w+)\(([^)]*)\)', re.S)
+# A kernel: its optional __launch_bounds__ (the most threads a block may have, then optionally the
+# blocks an SM should hold), name and parameters.
+signature = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\((\d+)(?:, *\d+)?\) )?(\w+)\(([^)]*)\)', re.S)
 device_fn = re.compile(r'__device__[^(;{]*?\b(\w+)\s*\([^)]*\)\s*\{', re.S)
 BARRIERS = ("__syncthreads", "__shfl", "radar_mma_bf16")  # the last: a warp-wide exchange on the emulator
 

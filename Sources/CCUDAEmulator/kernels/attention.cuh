@@ -127,19 +127,24 @@ __device__ __forceinline__ void attn_stage_f32(unsigned short* dst, int ldd, con
 // s (16 x 64: this warp's rows against 64 shared rows) = a b^T over HD channels. `valid`: how many
 // of the 64 shared rows are real (N - first row); the products past it are skipped (N = 197 pads
 // its last step of 64 from 5: a fifth of the work).
+// One 16 x 8 block of it, columns [8 j, 8 j + 8): zeros past the last valid row (warp-uniform),
+// masked by the caller.
+template <int HD>
+__device__ __forceinline__ void attn_score_block(float* s, const unsigned (*a)[4], const unsigned short* rows, int ld, int lane, int valid,
+                                                 int j) {
+    s[0] = s[1] = s[2] = s[3] = 0.f;
+    if (j * 8 >= valid) return;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+        unsigned b[2];
+        attn_load_b(b, rows, ld, j * 8, kk * 16, lane);
+        radar_mma_bf16(s, a[kk], b);
+    }
+}
 template <int HD>
 __device__ __forceinline__ void attn_scores(float (*s)[4], const unsigned (*a)[4], const unsigned short* rows, int ld, int lane, int valid) {
 #pragma unroll
-    for (int j = 0; j < ATTN_TILE / 8; ++j) {
-        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-        if (j * 8 >= valid) continue;  // past the last valid row (warp-uniform): zeros, masked by the caller
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; ++kk) {
-            unsigned b[2];
-            attn_load_b(b, rows, ld, j * 8, kk * 16, lane);
-            radar_mma_bf16(s[j], a[kk], b);
-        }
-    }
+    for (int j = 0; j < ATTN_TILE / 8; ++j) attn_score_block<HD>(s[j], a, rows, ld, lane, valid, j);
 }
 // acc (16 x HD) += p (16 x 64, accumulator layout, rounded to bf16) times the 64 x HD matrix held
 // row-major in shared memory (a row per key or query, the channels contiguous).
@@ -272,18 +277,21 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
         attn_stage<HD>(ks, LK, q + d, ld, k0, n);
         attn_stage<HD>(vs, LK, q + 2 * d, ld, k0, n);
         __syncthreads();
-        float s[ATTN_TILE / 8][4], dp[ATTN_TILE / 8][4];
+        float s[ATTN_TILE / 8][4];
         if (!active) continue;
         attn_scores<HD>(s, qa, ks, LK, lane, n - k0);
-        attn_scores<HD>(dp, da, vs, LK, lane, n - k0);
-        // dS = P o (dP - delta), P recomputed from the forward's log-sum-exp.
+        // dS = P o (dP - delta), P recomputed from the forward's log-sum-exp; dP = dO V^T a block
+        // of 8 keys at a time, used at once.
 #pragma unroll
-        for (int j = 0; j < ATTN_TILE / 8; ++j)
+        for (int j = 0; j < ATTN_TILE / 8; ++j) {
+            float dp[4];
+            attn_score_block<HD>(dp, da, vs, LK, lane, n - k0, j);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float p = k0 + j * 8 + 2 * t + (e & 1) < n ? expf(s[j][e] * scale - ls[e / 2]) : 0.f;
-                s[j][e] = p * (dp[j][e] - dl[e / 2]);
+                s[j][e] = p * (dp[e] - dl[e / 2]);
             }
+        }
         attn_accumulate<HD>(dq, s, ks, LK, lane, n - k0);
     }
 #pragma unroll
@@ -334,7 +342,7 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
         }
         __syncthreads();
         // P^T (these 16 keys x 64 queries) from the log-sum-exp of each query (a column here).
-        float p[ATTN_TILE / 8][4], dp[ATTN_TILE / 8][4];
+        float p[ATTN_TILE / 8][4];
         if (!active) continue;
         attn_scores<HD>(p, ka, qs, LK, lane, n - q0);
 #pragma unroll
@@ -345,11 +353,15 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
                 p[j][e] = q0 + c < n ? expf(p[j][e] * scale - lse_s[c]) : 0.f;
             }
         attn_accumulate<HD>(dv, p, os, LK, lane, n - q0);  // dV += P^T dO
-        attn_scores<HD>(dp, va, os, LK, lane, n - q0);     // dP^T = V dO^T
+        // dP^T = V dO^T a block of 8 queries at a time, each used at once (dS^T = P^T o (dP^T -
+        // delta)): 4 live accumulators instead of 32 (run 5's 204 registers allowed 2 blocks an SM).
 #pragma unroll
-        for (int j = 0; j < ATTN_TILE / 8; ++j)
+        for (int j = 0; j < ATTN_TILE / 8; ++j) {
+            float dp[4];
+            attn_score_block<HD>(dp, va, os, LK, lane, n - q0, j);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) p[j][e] *= dp[j][e] - delta_s[j * 8 + 2 * t + (e & 1)];
+            for (int e = 0; e < 4; ++e) p[j][e] *= dp[e] - delta_s[j * 8 + 2 * t + (e & 1)];
+        }
         attn_accumulate<HD>(dk, p, qs, LK, lane, n - q0);  // dK += dS^T Q
     }
 #pragma unroll
@@ -389,9 +401,12 @@ extern "C" __global__ void radar_attention_backward_query_hd32(const unsigned sh
                                                                float scale) {
     attention_backward_query<32>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
-extern "C" __global__ void radar_attention_backward_query_hd64(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
-                                                               const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
-                                                               float scale) {
+// __launch_bounds__: 4 blocks an SM (128 registers a thread; 158 before dP went a block at a
+// time, 3 blocks), which ptxas fits with no spill.
+extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_backward_query_hd64(const unsigned short* qkv, const unsigned short* merged,
+                                                                                          const float* dmerged, const float* lse, float* delta,
+                                                                                          float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                                          float scale) {
     attention_backward_query<64>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd16(const unsigned short* qkv, const float* dmerged, const float* lse,
@@ -404,8 +419,11 @@ extern "C" __global__ void radar_attention_backward_key_value_hd32(const unsigne
                                                                    float scale) {
     attention_backward_key_value<32>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
-extern "C" __global__ void radar_attention_backward_key_value_hd64(const unsigned short* qkv, const float* dmerged, const float* lse,
-                                                                   const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
-                                                                   float scale) {
+// The ViT-S head size: __launch_bounds__ asks ptxas for 3 blocks an SM (168 registers a thread;
+// without it 204, 2 blocks), which it fits with no spill once dP is used a block at a time.
+// (ptxas on sm_80 to sm_120, CUDA 12.9; the compile gate fails on any spill.)
+extern "C" __global__ void __launch_bounds__(128, 3) radar_attention_backward_key_value_hd64(const unsigned short* qkv, const float* dmerged,
+                                                                                              const float* lse, const float* delta, float* dqkv,
+                                                                                              int dqkv_bf16, int n, int heads, float scale) {
     attention_backward_key_value<64>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
