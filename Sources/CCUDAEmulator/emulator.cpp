@@ -273,6 +273,36 @@ void warp_gather(const uint32_t *mine, unsigned count, uint32_t *all) {
         for (unsigned w = 0; w < count; ++w) all[l * count + w] = base + l < n ? b->words[parity][size_t(base + l) * 16 + w] : 0u;
 }
 
+/// ldmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16: `count` 8 x 8 matrices of 16-bit
+/// elements; lanes 8 i to 8 i + 7 give the addresses of matrix i's rows (16 bytes each, which must
+/// be 16-byte aligned: a misaligned row fails the launch as any misaligned access does); register
+/// i of lane l gets matrix i's elements (l / 4, 2 (l % 4)) and (l / 4, 2 (l % 4) + 1), the first
+/// in the low half, or with .trans the transposed matrix's: (2 (l % 4), l / 4) and (2 (l % 4) + 1,
+/// l / 4). Lanes past 8 count give addresses that are not read. (PTX ISA, "Warp-level matrix load
+/// instruction: ldmatrix".)
+void ldmatrix(unsigned *r, const void *row, unsigned count, bool trans) {
+    uint32_t mine[2], all[32 * 2];
+    memcpy(mine, &row, sizeof row);
+    warp_gather(mine, 2, all);
+    auto address = [&](unsigned l) {
+        const unsigned short *p;
+        memcpy(&p, all + 2 * l, sizeof p);
+        return p;
+    };
+    for (unsigned l = 0; l < 8 * count; ++l)
+        if (((uintptr_t)address(l) & 15) && misaligned.empty())
+            misaligned = "misaligned address (a GPU faults here: CUDA_ERROR_MISALIGNED_ADDRESS): ldmatrix row " + std::to_string(l % 8) +
+                         " of matrix " + std::to_string(l / 8) + " (lane " + std::to_string(l) + ") is not 16-byte aligned, in block " +
+                         describe(block_index);
+    const unsigned lane = running->current % 32, g = lane / 4, t = lane % 4;
+    for (unsigned i = 0; i < count; ++i) {
+        uint32_t lo, hi;
+        if (trans) lo = address(8 * i + 2 * t)[g], hi = address(8 * i + 2 * t + 1)[g];
+        else lo = address(8 * i + g)[2 * t], hi = address(8 * i + g)[2 * t + 1];
+        r[i] = lo | hi << 16;
+    }
+}
+
 namespace {
 float bf16_low(uint32_t r) { return __uint_as_float(r << 16); }
 float bf16_high(uint32_t r) { return __uint_as_float(r & 0xffff0000u); }

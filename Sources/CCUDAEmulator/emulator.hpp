@@ -23,6 +23,7 @@ void sync_block(const void *site);
 float shuffle_xor(float v, int lane_mask);
 void warp_gather(const uint32_t *mine, unsigned count, uint32_t *all);
 void mma_bf16_m16n8k16(float *d, const unsigned *a, const unsigned *b);
+void ldmatrix(unsigned *r, const void *row, unsigned count, bool trans);
 }  // namespace radar_emu
 
 #define threadIdx radar_emu::thread_index
@@ -37,6 +38,13 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) { return radar_em
 // The tensor-core product kernels call (the GPU build: one mma.sync instruction, inline PTX):
 // d (16 x 8, fp32) += a (16 x 16, bf16) b (16 x 8, bf16) over the warp, fragments as the PTX ISA lays them out.
 inline void radar_mma_bf16(float *d, const unsigned *a, const unsigned *b) { radar_emu::mma_bf16_m16n8k16(d, a, b); }
+// ldmatrix.sync.aligned.m8n8.x{2,4}[.trans].shared.b16 (the GPU build: one instruction each), at
+// an address in the shared window (the GPU's 32-bit offset; here the host address), plus bytes.
+typedef uintptr_t radar_smem_addr;
+inline radar_smem_addr radar_smem(const void *p) { return (uintptr_t)p; }
+inline void radar_ldmatrix_x2(unsigned *r, radar_smem_addr row) { radar_emu::ldmatrix(r, (const void *)row, 2, false); }
+inline void radar_ldmatrix_x4(unsigned *r, radar_smem_addr row) { radar_emu::ldmatrix(r, (const void *)row, 4, false); }
+inline void radar_ldmatrix_x4_trans(unsigned *r, radar_smem_addr row) { radar_emu::ldmatrix(r, (const void *)row, 4, true); }
 
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }

@@ -48,6 +48,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// Linear layers' biases (and residuals) through cuBLASLt's epilogue instead of a fill pass
     /// before the product (`Devices.gemmEpilogues`, RADAR_GEMM_EPILOGUES), where the driver has it.
     public var gemmEpilogues: Bool
+    /// The fused attention kernels' `_ldsm` build, which loads its tensor-core operands from shared
+    /// memory by ldmatrix (`Devices.attentionMatrixLoads`, RADAR_ATTENTION_LOADS): the same bits.
+    public var attentionMatrixLoads = false
     /// Head sizes the fused attention kernels are built for.
     public static let fusedHeadDims: Set<Int> = [16, 32, 64]
 
@@ -620,17 +623,20 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         precondition(CUDABackend.fusedHeadDims.contains(hd) && qkv.dtype == .bfloat16, "fused attention: bf16 qkv, heads of 16, 32 or 64 channels")
         return ((n + 63) / 64 * h * qkv.shape[0], n, hd)
     }
+    private func attentionKernel(_ name: String, headDim hd: Int) -> String {
+        "radar_attention_\(name)_hd\(hd)" + (attentionMatrixLoads ? "_ldsm" : "")
+    }
     public func fusedAttentionForward(qkv: Tensor, heads h: Int, scale: Float, merged: Tensor, logSumExp: Tensor) {
         let (blocks, n, hd) = attentionBlocks(qkv, heads: h)
-        driver.launch("radar_attention_forward_hd\(hd)", grid: blocks, block: 128, [p(qkv), p(merged), p(logSumExp), .i32(n), .i32(h), .f32(scale)])
+        driver.launch(attentionKernel("forward", headDim: hd), grid: blocks, block: 128, [p(qkv), p(merged), p(logSumExp), .i32(n), .i32(h), .f32(scale)])
     }
     public func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads h: Int, scale: Float,
                                        delta: Tensor, dQKV: Tensor) {
         let (blocks, n, hd) = attentionBlocks(qkv, heads: h)
         // dQ and delta first; dK and dV read delta.
-        driver.launch("radar_attention_backward_query_hd\(hd)", grid: blocks, block: 128,
+        driver.launch(attentionKernel("backward_query", headDim: hd), grid: blocks, block: 128,
                       [p(qkv), p(merged), p(dMerged), p(logSumExp), p(delta), p(dQKV), bf16(dQKV), .i32(n), .i32(h), .f32(scale)])
-        driver.launch("radar_attention_backward_key_value_hd\(hd)", grid: blocks, block: 128,
+        driver.launch(attentionKernel("backward_key_value", headDim: hd), grid: blocks, block: 128,
                       [p(qkv), p(dMerged), p(logSumExp), p(delta), p(dQKV), bf16(dQKV), .i32(n), .i32(h), .f32(scale)])
     }
 

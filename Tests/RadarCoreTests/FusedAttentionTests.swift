@@ -1,3 +1,4 @@
+import CCUDAEmulator
 import Foundation
 import RadarCUDA
 import RadarCore
@@ -112,7 +113,65 @@ final class FusedAttentionTests: XCTestCase {
         XCTAssertTrue(maps.allSatisfy { $0.allSatisfy(\.isFinite) && $0.contains { $0 > 0 } })
     }
 
+    /// The `_ldsm` kernels (operands from shared memory by ldmatrix, emulated by the PTX ISA's
+    /// layout) give the bits of the plain ones: every output of forward and backward, each head
+    /// size, several 64-row tiles with a short last one, under index order and a shuffled schedule
+    /// (lanes reach ldmatrix's warp exchange in another order); and a whole training step.
+    func testTheLdmatrixKernelsGiveThePlainKernelsBits() throws {
+        func run(_ loads: Bool, h: Int, hd: Int, n: Int) -> (launched: [String], outputs: [UInt32]) {
+            let device = EmulatedDevice(memory: 1 << 28)
+            let be = CUDABackend(driver: device, precision: .bf16, fusedAttention: true)
+            be.attentionMatrixLoads = loads
+            let b = 2, d = h * hd, scale = 1 / Float(hd).squareRoot()
+            let (qkv, keep) = bf16QKV(be, batch: b, tokens: n, dim: d, seed: 21)
+            let merged = Tensor(be.allocate(DType.bfloat16.floats(b * n * d)), Shape(b, n, d), dtype: .bfloat16)
+            let lse = DeviceTensor(be, Shape(b, h, n)), delta = DeviceTensor(be, Shape(b, h, n))
+            let dMerged = DeviceTensor(be, Shape(b, n, d), randomValues(b * n * d, seed: 22)), dQKV = DeviceTensor(be, Shape(b, n, 3 * d))
+            device.launchLog = []
+            be.fusedAttentionForward(qkv: qkv, heads: h, scale: scale, merged: merged, logSumExp: lse.tensor)
+            be.fusedAttentionBackward(dMerged: dMerged.tensor, qkv: qkv, merged: merged, logSumExp: lse.tensor, heads: h, scale: scale,
+                                      delta: delta.tensor, dQKV: dQKV.tensor)
+            let launched = device.launchLog?.map(\.kernel) ?? []
+            let mergedValues = DeviceTensor(be, Shape(b, n, d))
+            be.convert(merged, into: mergedValues.tensor)
+            _ = keep
+            return (launched, (mergedValues.values + lse.values + delta.values + dQKV.values).map(\.bitPattern))
+        }
+        defer { _ = radar_emu_set_schedule_text("forward") }
+        for (h, hd, n) in [(2, 64, 130), (3, 16, 70), (2, 32, 65)] {
+            let plain = run(false, h: h, hd: hd, n: n)
+            XCTAssertEqual(plain.launched, ["radar_attention_forward_hd\(hd)", "radar_attention_backward_query_hd\(hd)", "radar_attention_backward_key_value_hd\(hd)"])
+            XCTAssertTrue(plain.outputs.contains { $0 != 0 })
+            for schedule in ["forward", "shuffled:3"] {
+                XCTAssertEqual(radar_emu_set_schedule_text(schedule), 0)
+                let ldsm = run(true, h: h, hd: hd, n: n)
+                XCTAssertEqual(ldsm.launched, plain.launched.map { $0 + "_ldsm" })
+                XCTAssertEqual(ldsm.outputs.count, plain.outputs.count)
+                let differing = zip(ldsm.outputs, plain.outputs).filter { $0 != $1 }.count
+                XCTAssertEqual(differing, 0, "head size \(hd), \(n) tokens, \(schedule): values not the plain kernels' bits")
+            }
+            _ = radar_emu_set_schedule_text("forward")
+        }
+        // A tiny-config training step (dropout on): the same loss and gradients, bit for bit.
+        func step(_ loads: Bool) throws -> [UInt32] {
+            let backend = CUDABackend(driver: EmulatedDevice(memory: 1 << 30), precision: .bf16, fusedAttention: true)
+            backend.attentionMatrixLoads = loads
+            let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: backend) { $0.dropout = 0.1 }
+            let r = try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor))
+            return [Float(r.terms.total).bitPattern] + backend.download(trainer.ctx.params.grads).map(\.bitPattern)
+        }
+        let (withLoads, plainStep) = (try step(true), try step(false))
+        XCTAssertEqual(withLoads.count, plainStep.count)
+        XCTAssertEqual(zip(withLoads, plainStep).filter { $0 != $1 }.count, 0, "a training step's loss and gradients")
+    }
+
     func testTheSettingThatSelectsIt() throws {
+        XCTAssertFalse(try Devices.attentionMatrixLoads([:]), "plain loads by default until a GPU run has timed ldmatrix")
+        XCTAssertTrue(try Devices.attentionMatrixLoads(["RADAR_ATTENTION_LOADS": "ldmatrix"]))
+        XCTAssertFalse(try Devices.attentionMatrixLoads(["RADAR_ATTENTION_LOADS": "plain"]))
+        XCTAssertThrowsError(try Devices.attentionMatrixLoads(["RADAR_ATTENTION_LOADS": "ldsm"])) {
+            XCTAssertEqual("\($0)", "RADAR_ATTENTION_LOADS=ldsm: expected ldmatrix or plain")
+        }
         XCTAssertTrue(try Devices.fusedAttention([:]), "fused by default (the faster on an H200)")
         XCTAssertFalse(try Devices.fusedAttention(["RADAR_ATTENTION": "products"]))
         XCTAssertTrue(try Devices.fusedAttention(["RADAR_ATTENTION": "fused"]))

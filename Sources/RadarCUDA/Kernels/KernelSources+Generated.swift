@@ -58,6 +58,28 @@ __device__ __forceinline__ void radar_mma_bf16(float* d, const unsigned* a, cons
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+// 8 x 8 matrices of bf16 from shared memory, one warp-wide instruction (sm_75 and newer): lanes
+// 8 i to 8 i + 7 give the addresses of matrix i's rows (16 bytes, 16-byte aligned); register i of
+// a lane gets matrix i's elements (g, 2 t) and (g, 2 t + 1), or with .trans (2 t, g) and (2 t + 1, g).
+// Addresses in the shared window (radar_smem of a tile, plus byte offsets: integer arithmetic the
+// compiler folds into the instruction, where a conversion per address kept one register each).
+typedef unsigned radar_smem_addr;
+__device__ __forceinline__ radar_smem_addr radar_smem(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ void radar_ldmatrix_x2(unsigned* r, radar_smem_addr row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(row));
+}
+__device__ __forceinline__ void radar_ldmatrix_x4(unsigned* r, radar_smem_addr row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(row));
+}
+__device__ __forceinline__ void radar_ldmatrix_x4_trans(unsigned* r, radar_smem_addr row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(row));
+}
 #endif
 
 #define ATTN_TILE 64  // rows per block (4 warps of 16) and per step of the other side
@@ -167,26 +189,49 @@ __device__ __forceinline__ void attn_stage_f32(unsigned short* dst, int ldd, con
 // its last step of 64 from 5: a fifth of the work).
 // One 16 x 8 block of it, columns [8 j, 8 j + 8): zeros past the last valid row (warp-uniform),
 // masked by the caller.
-template <int HD>
+// LDSM: the B fragments by ldmatrix (two k-steps an instruction; one for HD 16) instead of two
+// 32-bit shared loads each.
+template <int HD, bool LDSM>
 __device__ __forceinline__ void attn_score_block(float* s, const unsigned (*a)[4], const unsigned short* rows, int ld, int lane, int valid,
                                                  int j) {
     s[0] = s[1] = s[2] = s[3] = 0.f;
     if (j * 8 >= valid) return;
+    if constexpr (LDSM) {
+        // Matrix i of an instruction: rows [8 j, 8 j + 8), channels [16 kk + 8 i, 16 kk + 8 i + 8):
+        // registers 0, 1 are k-step kk's fragment, 2, 3 the next one's.
+        const radar_smem_addr row = radar_smem(rows) + 2 * ((j * 8 + lane % 8) * ld + 8 * (lane / 8 % (HD == 16 ? 2 : 4)));
+        if constexpr (HD == 16) {
+            unsigned b[2];
+            radar_ldmatrix_x2(b, row);
+            radar_mma_bf16(s, a[0], b);
+        } else {
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk) {
-        unsigned b[2];
-        attn_load_b(b, rows, ld, j * 8, kk * 16, lane);
-        radar_mma_bf16(s, a[kk], b);
+            for (int kk = 0; kk < HD / 16; kk += 2) {
+                unsigned b[4];
+                radar_ldmatrix_x4(b, row + 2 * kk * 16);
+                radar_mma_bf16(s, a[kk], b);
+                radar_mma_bf16(s, a[kk + 1], b + 2);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            unsigned b[2];
+            attn_load_b(b, rows, ld, j * 8, kk * 16, lane);
+            radar_mma_bf16(s, a[kk], b);
+        }
     }
 }
-template <int HD>
+template <int HD, bool LDSM>
 __device__ __forceinline__ void attn_scores(float (*s)[4], const unsigned (*a)[4], const unsigned short* rows, int ld, int lane, int valid) {
 #pragma unroll
-    for (int j = 0; j < ATTN_TILE / 8; ++j) attn_score_block<HD>(s[j], a, rows, ld, lane, valid, j);
+    for (int j = 0; j < ATTN_TILE / 8; ++j) attn_score_block<HD, LDSM>(s[j], a, rows, ld, lane, valid, j);
 }
 // acc (16 x HD) += p (16 x 64, accumulator layout, rounded to bf16) times the 64 x HD matrix held
 // row-major in shared memory (a row per key or query, the channels contiguous).
-template <int HD>
+// LDSM: the B fragments by ldmatrix.trans, two n-blocks an instruction (matrix i: rows
+// [16 kk + 8 (i % 2), + 8), channels [8 jn + 8 (i / 2), + 8)) instead of four 16-bit loads each.
+template <int HD, bool LDSM>
 __device__ __forceinline__ void attn_accumulate(float (*acc)[4], const float (*p)[4], const unsigned short* rows, int ld, int lane,
                                                 int valid) {
 #pragma unroll
@@ -194,16 +239,27 @@ __device__ __forceinline__ void attn_accumulate(float (*acc)[4], const float (*p
         if (kk * 16 >= valid) break;  // the rest of p is zeros (warp-uniform): nothing to add
         unsigned a[4];
         attn_a_from_c(a, p[2 * kk], p[2 * kk + 1]);
+        if constexpr (LDSM) {
+            const radar_smem_addr row = radar_smem(rows) + 2 * ((kk * 16 + lane % 8 + 8 * (lane / 8 % 2)) * ld + 8 * (lane / 16));
 #pragma unroll
-        for (int jn = 0; jn < HD / 8; ++jn) {
-            unsigned b[2];
-            attn_load_b_kn(b, rows, ld, jn * 8, kk * 16, lane);
-            radar_mma_bf16(acc[jn], a, b);
+            for (int jn = 0; jn < HD / 8; jn += 2) {
+                unsigned b[4];
+                radar_ldmatrix_x4_trans(b, row + 2 * jn * 8);
+                radar_mma_bf16(acc[jn], a, b);
+                radar_mma_bf16(acc[jn + 1], a, b + 2);
+            }
+        } else {
+#pragma unroll
+            for (int jn = 0; jn < HD / 8; ++jn) {
+                unsigned b[2];
+                attn_load_b_kn(b, rows, ld, jn * 8, kk * 16, lane);
+                radar_mma_bf16(acc[jn], a, b);
+            }
         }
     }
 }
 
-template <int HD>
+template <int HD, bool LDSM>
 __device__ __forceinline__ void attention_forward(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads, float scale) {
     constexpr int LK = HD + ATTN_PAD;
     __shared__ uint4 ks_words[ATTN_TILE * LK / 8];  // this step's keys, a row each (uint4: 16-byte aligned)
@@ -227,7 +283,7 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
         __syncthreads();
         float s[ATTN_TILE / 8][4];
         if (!active) continue;  // a warp whose 16 rows are all past N only helps stage
-        attn_scores<HD>(s, qa, ks, LK, lane, n - k0);
+        attn_scores<HD, LDSM>(s, qa, ks, LK, lane, n - k0);
         // Online softmax: every step has a key below n, so the new maxima are finite.
         float mx[2] = {m[0], m[1]};
 #pragma unroll
@@ -258,7 +314,7 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
             o[jn][0] *= alpha[0], o[jn][1] *= alpha[0];
             o[jn][2] *= alpha[1], o[jn][3] *= alpha[1];
         }
-        attn_accumulate<HD>(o, s, vs, LK, lane, n - k0);
+        attn_accumulate<HD, LDSM>(o, s, vs, LK, lane, n - k0);
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -273,7 +329,7 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
 }
 
 // dQ of 64 query rows (and delta = rowsum(dO o O), which the key/value kernel reads): walks the keys.
-template <int HD>
+template <int HD, bool LDSM>
 __device__ __forceinline__ void attention_backward_query(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
                                                          const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                          float scale) {
@@ -317,20 +373,20 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
         __syncthreads();
         float s[ATTN_TILE / 8][4];
         if (!active) continue;
-        attn_scores<HD>(s, qa, ks, LK, lane, n - k0);
+        attn_scores<HD, LDSM>(s, qa, ks, LK, lane, n - k0);
         // dS = P o (dP - delta), P recomputed from the forward's log-sum-exp; dP = dO V^T a block
         // of 8 keys at a time, used at once.
 #pragma unroll
         for (int j = 0; j < ATTN_TILE / 8; ++j) {
             float dp[4];
-            attn_score_block<HD>(dp, da, vs, LK, lane, n - k0, j);
+            attn_score_block<HD, LDSM>(dp, da, vs, LK, lane, n - k0, j);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float p = k0 + j * 8 + 2 * t + (e & 1) < n ? expf(s[j][e] * scale - ls[e / 2]) : 0.f;
                 s[j][e] = p * (dp[e] - dl[e / 2]);
             }
         }
-        attn_accumulate<HD>(dq, s, ks, LK, lane, n - k0);
+        attn_accumulate<HD, LDSM>(dq, s, ks, LK, lane, n - k0);
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -343,7 +399,7 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
 }
 
 // dK and dV of 64 key rows: walks the queries (after attention_backward_query wrote delta).
-template <int HD>
+template <int HD, bool LDSM>
 __device__ __forceinline__ void attention_backward_key_value(const unsigned short* qkv, const float* dmerged, const float* lse,
                                                              const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                              float scale) {
@@ -382,7 +438,7 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
         // P^T (these 16 keys x 64 queries) from the log-sum-exp of each query (a column here).
         float p[ATTN_TILE / 8][4];
         if (!active) continue;
-        attn_scores<HD>(p, ka, qs, LK, lane, n - q0);
+        attn_scores<HD, LDSM>(p, ka, qs, LK, lane, n - q0);
 #pragma unroll
         for (int j = 0; j < ATTN_TILE / 8; ++j)
 #pragma unroll
@@ -390,17 +446,17 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
                 const int c = j * 8 + 2 * t + (e & 1);
                 p[j][e] = q0 + c < n ? expf(p[j][e] * scale - lse_s[c]) : 0.f;
             }
-        attn_accumulate<HD>(dv, p, os, LK, lane, n - q0);  // dV += P^T dO
+        attn_accumulate<HD, LDSM>(dv, p, os, LK, lane, n - q0);  // dV += P^T dO
         // dP^T = V dO^T a block of 8 queries at a time, each used at once (dS^T = P^T o (dP^T -
         // delta)): 4 live accumulators instead of 32 (run 5's 204 registers allowed 2 blocks an SM).
 #pragma unroll
         for (int j = 0; j < ATTN_TILE / 8; ++j) {
             float dp[4];
-            attn_score_block<HD>(dp, va, os, LK, lane, n - q0, j);
+            attn_score_block<HD, LDSM>(dp, va, os, LK, lane, n - q0, j);
 #pragma unroll
             for (int e = 0; e < 4; ++e) p[j][e] *= dp[e] - delta_s[j * 8 + 2 * t + (e & 1)];
         }
-        attn_accumulate<HD>(dk, p, qs, LK, lane, n - q0);  // dK += dS^T Q
+        attn_accumulate<HD, LDSM>(dk, p, qs, LK, lane, n - q0);  // dK += dS^T Q
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -416,28 +472,29 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
 }
 
 // Launch: ceil(n / 64) * heads * batch blocks (tile fastest, then head, then image) of 128 threads.
-// One kernel per head size.
+// One kernel per head size; the _ldsm ones (RADAR_ATTENTION_LOADS=ldmatrix, off by default until a
+// GPU run has checked and timed them) load the B fragments from shared memory by ldmatrix.
 extern "C" __global__ void radar_attention_forward_hd16(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
                                                         float scale) {
-    attention_forward<16>(qkv, merged, lse, n, heads, scale);
+    attention_forward<16, false>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_forward_hd32(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
                                                         float scale) {
-    attention_forward<32>(qkv, merged, lse, n, heads, scale);
+    attention_forward<32, false>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_forward_hd64(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
                                                         float scale) {
-    attention_forward<64>(qkv, merged, lse, n, heads, scale);
+    attention_forward<64, false>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd16(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
                                                                const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                float scale) {
-    attention_backward_query<16>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_query<16, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd32(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
                                                                const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                float scale) {
-    attention_backward_query<32>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_query<32, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 // __launch_bounds__: 4 blocks an SM (128 registers a thread; 158 before dP went a block at a
 // time, 3 blocks), which ptxas fits with no spill.
@@ -445,17 +502,17 @@ extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_backward_qu
                                                                                           const float* dmerged, const float* lse, float* delta,
                                                                                           float* dqkv, int dqkv_bf16, int n, int heads,
                                                                                           float scale) {
-    attention_backward_query<64>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_query<64, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd16(const unsigned short* qkv, const float* dmerged, const float* lse,
                                                                    const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                    float scale) {
-    attention_backward_key_value<16>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_key_value<16, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd32(const unsigned short* qkv, const float* dmerged, const float* lse,
                                                                    const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                    float scale) {
-    attention_backward_key_value<32>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_key_value<32, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 // The ViT-S head size: __launch_bounds__ asks ptxas for 3 blocks an SM (168 registers a thread;
 // without it 204, 2 blocks), which it fits with no spill once dP is used a block at a time.
@@ -463,7 +520,49 @@ extern "C" __global__ void radar_attention_backward_key_value_hd32(const unsigne
 extern "C" __global__ void __launch_bounds__(128, 3) radar_attention_backward_key_value_hd64(const unsigned short* qkv, const float* dmerged,
                                                                                               const float* lse, const float* delta, float* dqkv,
                                                                                               int dqkv_bf16, int n, int heads, float scale) {
-    attention_backward_key_value<64>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_key_value<64, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_forward_hd16_ldsm(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
+                                                             float scale) {
+    attention_forward<16, true>(qkv, merged, lse, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_forward_hd32_ldsm(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
+                                                             float scale) {
+    attention_forward<32, true>(qkv, merged, lse, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_forward_hd64_ldsm(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
+                                                             float scale) {
+    attention_forward<64, true>(qkv, merged, lse, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_query_hd16_ldsm(const unsigned short* qkv, const unsigned short* merged,
+                                                                    const float* dmerged, const float* lse, float* delta, float* dqkv,
+                                                                    int dqkv_bf16, int n, int heads, float scale) {
+    attention_backward_query<16, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_query_hd32_ldsm(const unsigned short* qkv, const unsigned short* merged,
+                                                                    const float* dmerged, const float* lse, float* delta, float* dqkv,
+                                                                    int dqkv_bf16, int n, int heads, float scale) {
+    attention_backward_query<32, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_query_hd64_ldsm(const unsigned short* qkv, const unsigned short* merged,
+                                                                    const float* dmerged, const float* lse, float* delta, float* dqkv,
+                                                                    int dqkv_bf16, int n, int heads, float scale) {
+    attention_backward_query<64, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_key_value_hd16_ldsm(const unsigned short* qkv, const float* dmerged, const float* lse,
+                                                                        const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                        float scale) {
+    attention_backward_key_value<16, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_key_value_hd32_ldsm(const unsigned short* qkv, const float* dmerged, const float* lse,
+                                                                        const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                        float scale) {
+    attention_backward_key_value<32, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+extern "C" __global__ void radar_attention_backward_key_value_hd64_ldsm(const unsigned short* qkv, const float* dmerged, const float* lse,
+                                                                        const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                        float scale) {
+    attention_backward_key_value<64, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 """#)
 

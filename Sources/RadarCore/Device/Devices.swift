@@ -75,6 +75,19 @@ public enum Devices {
         try switchSetting(environment["RADAR_GEMM_EPILOGUES"], on: "on", off: "off", byDefault: false) { UnknownEpilogueSetting(value: $0) }
     }
 
+    public struct UnknownAttentionLoads: Error, CustomStringConvertible {
+        public let value: String
+        public var description: String { "RADAR_ATTENTION_LOADS=\(value): expected ldmatrix or plain" }
+    }
+
+    /// RADAR_ATTENTION_LOADS: `ldmatrix` runs the fused attention kernels' build that loads its
+    /// tensor-core operands from shared memory with ldmatrix (one instruction for two fragments,
+    /// where `plain`, the default until a GPU run has checked and timed it, issues two to four
+    /// shared loads per fragment). The same bits either way.
+    public static func attentionMatrixLoads(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
+        try switchSetting(environment["RADAR_ATTENTION_LOADS"], on: "ldmatrix", off: "plain", byDefault: false) { UnknownAttentionLoads(value: $0) }
+    }
+
     /// RADAR_GEMM_TABLE=FILE: cuBLASLt algorithms pinned per product shape, measured on this GPU
     /// by `radar bench gemm --write-table FILE` (`GemmTable`); unset or empty: none (cuBLAS's
     /// default algorithms). A table measured on another GPU model is refused.
@@ -171,8 +184,10 @@ public enum Devices {
                 throw UnsupportedPrecision(precision: p, device: driver.deviceDescription + " (bf16 needs compute capability 8.0)")
             }
             driver.gemmTable = try gemmTable(for: driver)
-            return CUDABackend(driver: driver, precision: resolved, fusedAttention: try fusedAttention(),
-                               convolutionWorkspaceBudget: try convolutionWorkspaceBudget(), gemmEpilogues: try gemmEpilogues())
+            let backend = CUDABackend(driver: driver, precision: resolved, fusedAttention: try fusedAttention(),
+                                      convolutionWorkspaceBudget: try convolutionWorkspaceBudget(), gemmEpilogues: try gemmEpilogues())
+            backend.attentionMatrixLoads = try attentionMatrixLoads()
+            return backend
         }
     }
 }
