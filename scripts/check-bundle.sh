@@ -50,7 +50,8 @@ radar launch -n 2 -- radar-worker --data data --output out --experiment e --conf
 test -f out/e/last.safetensors.lz4
 # The GPU check as a pod runs it, on the emulated device (probe, every kernel, golden parity,
 # bench step in fp32/tf32/bf16 (fused attention, the default) and bf16 with the products path,
-# the memory variants, the kernel check and bf16 step with the products' epilogues, the products
+# the memory variants, the kernel check and bf16 step with the products' epilogues and with the
+# attention kernels' ldmatrix build, the products
 # one by one and the bf16 step with the table of algorithms that pins the faster ones).
 # (A generous deadline: the emulated device is slow, and a skipped step fails the check.)
 GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 GPU_CHECK_DEADLINE=1800 GPU_CHECK_SERVE_REQUESTS=48 \
@@ -66,17 +67,21 @@ v = r["radar_bench_step_variants"]
 assert [(b["bf16_activations"], b["recompute_in_backward"], b["gemm_epilogues"], b["gemm_table_entries"]) for b in v[:3]] == [
     (False, True, False, None), (True, False, False, None), (True, True, True, None)], v
 assert r["gemm_epilogue_check"]["passed"], r["gemm_epilogue_check"]
+# Step 7d: the attention kernels' ldmatrix build, checked and stepped.
+assert r["attention_ldmatrix_check"]["passed"] and r["attention_ldmatrix_check"]["probe"]["attention_loads"] == "ldmatrix", r["attention_ldmatrix_check"]
+assert [b["attention_loads"] for b in v] == ["plain", "plain", "plain", "ldmatrix", "plain"], v
 # Step 7c: every product of the bf16 step timed with its offers; the step again with the table.
 g = r["gemm_bench"]
 assert g["exit"] == 0 and g["radar"]["distinct_products"] > 0 and all(s["candidates"] for s in g["radar"]["shapes"]), g
-assert len(v) == 4 and v[3]["gemm_table_entries"] == g["radar"]["pinned_shapes"], v
-assert (v[3]["pinned_products_per_step"] > 0) == (g["radar"]["pinned_shapes"] > 0), (v[3], g["radar"]["pinned_shapes"])
+assert len(v) == 5 and v[4]["gemm_table_entries"] == g["radar"]["pinned_shapes"], v
+assert (v[4]["pinned_products_per_step"] > 0) == (g["radar"]["pinned_shapes"] > 0), (v[4], g["radar"]["pinned_shapes"])
 assert r["data_parallel"]["passed"], r["data_parallel"]
 assert any("staging_download_seconds" in a for a in r["allreduce"]), r["allreduce"]
 assert [s["requests"] for s in r["radar_bench_serve"]] == [48], r["radar_bench_serve"]
-print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the epilogues %d/%d); 2 ranks on one GPU identical; bench gemm %d products, %d pinned; bench step %s" % (
+print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the epilogues %d/%d, with ldmatrix %d/%d); 2 ranks on one GPU identical; bench gemm %d products, %d pinned; bench step %s" % (
     r["check"]["kernels_passed"], r["check"]["kernels_total"], len(r["check"]["golden"]),
     r["gemm_epilogue_check"]["kernels_passed"], r["gemm_epilogue_check"]["kernels_total"],
+    r["attention_ldmatrix_check"]["kernels_passed"], r["attention_ldmatrix_check"]["kernels_total"],
     g["radar"]["distinct_products"], g["radar"]["pinned_shapes"],
     ", ".join("%s %s %.2f img/s" % (b["precision"], b["attention"], b["images_per_s"]) for b in r["radar_bench_step"])))
 PY

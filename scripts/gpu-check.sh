@@ -17,6 +17,8 @@
 #      CDF (--recompute-in-backward false): what each memory choice costs or saves on this GPU.
 #  7b. with time to spare (never listed as skipped): the kernel check, golden cases and the bf16 step
 #      with the products' epilogues (RADAR_GEMM_EPILOGUES=on, cuBLASLt; off by default).
+#  7d. likewise with the fused attention kernels' ldmatrix build (RADAR_ATTENTION_LOADS=ldmatrix;
+#      off by default): "attention_ldmatrix_check" and a variant record.
 #  7c. with a minute to spare (never listed as skipped): `radar bench gemm` in bf16: each cuBLAS
 #      product of a step timed as the step runs it and with each cuBLASLt algorithm offered, a
 #      square 8192 product as the GPU's reference rate, and a table pinning the faster algorithms;
@@ -28,7 +30,7 @@
 #      ours then PyTorch's ("bf16_rematch"): PyTorch AMP's rate has moved by 40% between runs on
 #      the same GPU, so a second pair in the same run shows how far one pair can be trusted.
 #   9. with a minute to spare (never listed as skipped): `radar bench step --kernel-times` in bf16
-#      with fused attention, bf16 and fp32: every kernel, cuBLAS product and FFT of a step timed with CUDA events.
+#      with fused attention, the same with the ldmatrix build where 7d passed, bf16 and fp32: every kernel, cuBLAS product and FFT of a step timed with CUDA events.
 # One JSON report on stdout (and in gpu-check.json, rewritten after every step, so a run stopped
 # from outside still leaves what it measured); exit status 1 on any parity failure.
 # GPU_CHECK_LOGS: a file to gather every step's log in at exit (the step logs are otherwise removed).
@@ -109,10 +111,10 @@ if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_ver
 # The JSON report from what the steps have left in $work, rewritten (atomically) after each step;
 # `report final` marks it complete.
 report() {
-  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${epilogue_status:--1}" "${gemm_status:--1}" <<'PY'
+  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${epilogue_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" <<'PY'
 import json, os, sys
 work, status, out, dp_status, ar_status, final, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "final", int(sys.argv[7])
-epilogue_status, gemm_status = int(sys.argv[8]), int(sys.argv[9])
+epilogue_status, gemm_status, ldmatrix_status = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
 def text(p, n):
     try:
         return open(p).read()[-n:]
@@ -133,14 +135,17 @@ dp = {"exit": dp_status, "hashes": hashes, "replicas_identical": len(hashes) == 
       "copy_stream": "via a copy stream and page-locked host memory" in dp_log, "log_tail": dp_log[-1500:]}
 dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
 skipped = [l.strip() for l in text(work + "/skipped", 100000).splitlines() if l.strip()]
-epilogues = None  # step 7b, when it ran
-if epilogue_status >= 0:
+def setting_check(name, status):  # steps 7b and 7d, when they ran
+    if status < 0:
+        return None
     try:
-        epilogues = json.load(open(work + "/epilogue-check.json"))
+        r = json.load(open(work + "/" + name + "-check.json"))
     except Exception:
-        epilogues = {"error": text(work + "/epilogue-check.log", 2000)}
-    epilogues["exit"] = epilogue_status
-    epilogues["passed"] = epilogue_status == 0 and bool(epilogues.get("passed"))
+        r = {"error": text(work + "/" + name + "-check.log", 2000)}
+    r["exit"] = status
+    r["passed"] = status == 0 and bool(r.get("passed"))
+    return r
+epilogues, ldmatrix = setting_check("epilogue", epilogue_status), setting_check("ldmatrix", ldmatrix_status)
 gemm = None  # step 7c, when it ran (informational)
 if gemm_status >= 0:
     gemm = {"exit": gemm_status, "radar": (lines(work + "/gemm.json") or [None])[0], "pytorch": (lines(work + "/pytorch-gemm.json") or [None])[0],
@@ -150,9 +155,9 @@ rep = {"check": check, "gemm_bench": gemm, "radar_bench_step": lines(work + "/be
        "radar_kernel_times": lines(work + "/kernels.jsonl"), "bf16_rematch": lines(work + "/rematch.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
        "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
-       "skipped": skipped, "complete": final, "seconds": seconds, "gemm_epilogue_check": epilogues,
+       "skipped": skipped, "complete": final, "seconds": seconds, "gemm_epilogue_check": epilogues, "attention_ldmatrix_check": ldmatrix,
        "passed": final and status == 0 and bool(check.get("passed")) and dp["passed"] and ar_status == 0 and not skipped
-                 and (epilogues is None or epilogues["passed"])}
+                 and all(c is None or c["passed"] for c in (epilogues, ldmatrix))}
 tmp = out + ".tmp"
 with open(tmp, "w") as f:
     f.write(json.dumps(rep, indent=1, sort_keys=True) + "\n")
@@ -252,24 +257,32 @@ for variant in "--bf16-activations false" "--recompute-in-backward false"; do
   report
 done
 
-# 7b: the products' epilogues (RADAR_GEMM_EPILOGUES=on; off by default until measured on a GPU),
-# only with time to spare: the kernel check and golden cases with every Linear's bias (and the
-# encoder's residual sums) in cuBLASLt's epilogue, then the bf16 step with them (a variant record,
-# "gemm_epilogues": true). A parity failure here fails the report like any other.
-epilogue_status=-1; : > "$work/epilogue-check.json"
-if [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 90 ]; then
-  RADAR_GEMM_EPILOGUES=on timeout "$(limit 300)" "$radar" check-device --device "$device" > "$work/epilogue-check.json" 2> "$work/epilogue-check.log"
-  epilogue_status=$?
-  log "check-device with RADAR_GEMM_EPILOGUES=on: exit $epilogue_status"
+# 7b, 7d: settings off by default until measured on a GPU, only with time to spare: the kernel
+# check and golden cases with the setting, then the bf16 step with it (a variant record). A parity
+# failure here fails the report like any other. `setting_check SETTING=VALUE NAME` sets NAME_status
+# (-1: not run) and leaves NAME-check.json.
+setting_check() {
+  printf -v "${2}_status" '%s' -1; : > "$work/$2-check.json"
+  [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 90 ] || return 0
+  env "$1" timeout "$(limit 300)" "$radar" check-device --device "$device" > "$work/$2-check.json" 2> "$work/$2-check.log"
+  local status=$?
+  printf -v "${2}_status" '%s' "$status"
+  log "check-device with $1: exit $status"
   report
   if [ "$(left)" -ge 60 ]; then
-    RADAR_GEMM_EPILOGUES=on timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 --config "$config" \
+    env "$1" timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 --config "$config" \
       --batch "$bf16_batch" --repeats "$repeats" >> "$work/variants.jsonl" 2> "$work/variant.log" \
-      && log "radar bench step bf16 RADAR_GEMM_EPILOGUES=on: $(tail -1 "$work/variants.jsonl" | head -c 300)" \
-      || log "radar bench step bf16 RADAR_GEMM_EPILOGUES=on failed: $(tail -1 "$work/variant.log")"
+      && log "radar bench step bf16 $1: $(tail -1 "$work/variants.jsonl" | head -c 300)" \
+      || log "radar bench step bf16 $1 failed: $(tail -1 "$work/variant.log")"
     report
   fi
-fi
+}
+# 7b: the products' epilogues (RADAR_GEMM_EPILOGUES=on): every Linear's bias (and the encoder's
+# residual sums) in cuBLASLt's epilogue ("gemm_epilogues": true in the variant record).
+setting_check RADAR_GEMM_EPILOGUES=on epilogue
+# 7d: the fused attention kernels' ldmatrix build (RADAR_ATTENTION_LOADS=ldmatrix; "attention_loads":
+# "ldmatrix"); step 9 times its kernels.
+setting_check RADAR_ATTENTION_LOADS=ldmatrix ldmatrix
 
 # 7c: the products one by one, informational, only with time to spare.
 gemm_status=-1
@@ -306,11 +319,13 @@ if [ "$(left)" -ge 60 ]; then
 fi
 
 # 9: where a step's time goes, informational, only with time to spare.
-for run in bf16-fused bf16 fp32; do
+for run in bf16-fused bf16-fused-ldmatrix bf16 fp32; do
   [ "$device" != cuda-emulated ] && [ "$(left)" -ge 60 ] || break
-  p=${run%-fused}; attention=products; [ "$run" = bf16-fused ] && attention=fused
+  p=${run%%-*}; attention=products; loads=plain
+  case $run in bf16-fused*) attention=fused ;; esac
+  case $run in *-ldmatrix) loads=ldmatrix; [ "$ldmatrix_status" = 0 ] || continue ;; esac
   kb=$batch; [ "$p" = bf16 ] && [ "$bf16_batch" -ge 1 ] && kb=$bf16_batch
-  RADAR_ATTENTION=$attention timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" \
+  RADAR_ATTENTION=$attention RADAR_ATTENTION_LOADS=$loads timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" \
     --batch "$kb" --repeats 3 --kernel-times >> "$work/kernels.jsonl" 2> "$work/kernels-$run.log" \
     && log "radar bench step $run --kernel-times: $(tail -1 "$work/kernels.jsonl" | head -c 300)" \
     || log "radar bench step $run --kernel-times failed: $(tail -1 "$work/kernels-$run.log")"
