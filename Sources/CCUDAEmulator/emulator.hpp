@@ -53,7 +53,6 @@ inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f;
 inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 using std::isfinite;
 
-// bf16 as CUDA stores it: the high half of a float, rounded to nearest even.
 // CUDA's vector types that kernels load and store whole (16- and 8-byte accesses on a GPU, which
 // fault unless the address is a multiple of the size). Copies are written out member by member: a
 // trivial copy compiles to a memcpy, which -fsanitize=alignment does not check (emulator.cpp), while
@@ -76,6 +75,7 @@ inline void uint2::copy(const uint2 &o) { x = o.x, y = o.y; }
 inline uint2 make_uint2(unsigned x, unsigned y) { uint2 v; v.x = x, v.y = y; return v; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { uint4 v; v.x = x, v.y = y, v.z = z, v.w = w; return v; }
 inline float4 make_float4(float x, float y, float z, float w) { float4 v; v.x = x, v.y = y, v.z = z, v.w = w; return v; }
+// bf16 as CUDA stores it: the high half of a float, rounded to nearest even.
 struct __nv_bfloat16 { uint16_t bits; };
 inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     uint32_t u; memcpy(&u, &f, 4);

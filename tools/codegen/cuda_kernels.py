@@ -22,7 +22,7 @@ selftests = sorted(p.stem for p in (root / "Sources/CCUDAEmulator/selftest").glo
 # blocks an SM should hold), name and parameters.
 signature = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\((\d+)(?:, *\d+)?\) )?(\w+)\(([^)]*)\)', re.S)
 device_fn = re.compile(r'__device__[^(;{]*?\b(\w+)\s*\([^)]*\)\s*\{', re.S)
-BARRIERS = ("__syncthreads", "__shfl", "radar_mma_bf16")  # the last: a warp-wide exchange on the emulator
+BARRIERS = ("__syncthreads", "__shfl", "radar_mma_bf16", "radar_ldmatrix")  # the last two: warp-wide exchanges on the emulator
 
 
 def body_at(text, open_brace):
