@@ -124,6 +124,21 @@ extern "C" int radar_emu_launch_radar_gelu_backward(const unsigned grid[3], cons
     return radar_emu::launch(grid, block, [&] { radar_gelu_backward(a0, a1, a2, a3, a4, a5, a6, a7); }, true, 0);
 }
 
+extern "C" int radar_emu_launch_radar_gelu_backward_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args) {
+    const void* a0; memcpy(&a0, args[0], sizeof(a0));
+    int a1; memcpy(&a1, args[1], sizeof(a1));
+    const void* a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    const float* a4; memcpy(&a4, args[4], sizeof(a4));
+    void* a5; memcpy(&a5, args[5], sizeof(a5));
+    int a6; memcpy(&a6, args[6], sizeof(a6));
+    float* a7; memcpy(&a7, args[7], sizeof(a7));
+    int a8; memcpy(&a8, args[8], sizeof(a8));
+    int a9; memcpy(&a9, args[9], sizeof(a9));
+    int a10; memcpy(&a10, args[10], sizeof(a10));
+    return radar_emu::launch(grid, block, [&] { radar_gelu_backward_chunk_sums(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); }, true, 0);
+}
+
 extern "C" int radar_emu_launch_radar_to_bf16(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));

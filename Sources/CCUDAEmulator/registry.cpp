@@ -49,6 +49,7 @@ extern "C" int radar_emu_launch_radar_relu_forward(const unsigned grid[3], const
 extern "C" int radar_emu_launch_radar_relu_backward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_gelu_forward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_gelu_backward(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_gelu_backward_chunk_sums(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_to_bf16(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_from_bf16(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_sum_parts(const unsigned grid[3], const unsigned block[3], void **args);
@@ -144,6 +145,7 @@ const Entry entries[] = {
     {"radar_relu_backward", radar_emu_launch_radar_relu_backward},
     {"radar_gelu_forward", radar_emu_launch_radar_gelu_forward},
     {"radar_gelu_backward", radar_emu_launch_radar_gelu_backward},
+    {"radar_gelu_backward_chunk_sums", radar_emu_launch_radar_gelu_backward_chunk_sums},
     {"radar_to_bf16", radar_emu_launch_radar_to_bf16},
     {"radar_from_bf16", radar_emu_launch_radar_from_bf16},
     {"radar_sum_parts", radar_emu_launch_radar_sum_parts},
@@ -237,6 +239,7 @@ const char *names[] = {
     "radar_relu_backward",
     "radar_gelu_forward",
     "radar_gelu_backward",
+    "radar_gelu_backward_chunk_sums",
     "radar_to_bf16",
     "radar_from_bf16",
     "radar_sum_parts",

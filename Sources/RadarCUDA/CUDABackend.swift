@@ -42,6 +42,10 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// of up to 1024 columns, at least 132 chunks: the encoder's at batch 128 has 394) instead of
     /// the input gradient and the parameter partials apart: the same bits; off only to compare.
     var fuseLayerNormBackward = true
+    /// fc1's bias gradient summed by GELU backward as it writes the gradient
+    /// (`radar_gelu_backward_chunk_sums`) instead of a second pass reading it back: the same
+    /// bits; off only to compare.
+    var fuseGELUColumnSums = true
 
     /// The flash-attention kernels for bf16 attention (`Devices.fusedAttention`, RADAR_ATTENTION).
     public let fusedAttentionEnabled: Bool
@@ -322,6 +326,23 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let partial = scratch(CUDABackend.partialSlot, bytes: chunks * cols * 4)
         elementwise("radar_column_chunk_sums", chunks * cols, [p(src), bf16(src), .raw(partial), .i32(rows), .i32(cols), .i32(chunk)])
         self.rows("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(cols), .i32(cols), p(dst)])  // a warp per column
+    }
+    /// GELU backward with dx's column sums in the same pass (`radar_gelu_backward_chunk_sums`,
+    /// the chunks and partials of `accumulateColumnSums`): the same bits as the two calls.
+    public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor, columnSumsInto sums: Tensor) {
+        let cols = sums.count, rows = dx.count / max(cols, 1)
+        precondition(rows * cols == dx.count, "geluBackward: dx of whole rows of \(cols)")
+        guard fuseGELUColumnSums else {
+            geluBackward(dy, x: x, cdf: cdf, dx)
+            accumulateColumnSums(dx, into: sums)
+            return
+        }
+        let chunk = CUDABackend.reductionRows(rows: rows, cols: cols), chunks = (rows + chunk - 1) / chunk
+        guard chunks > 0 else { return }
+        let partial = scratch(CUDABackend.partialSlot, bytes: chunks * cols * 4)
+        elementwise("radar_gelu_backward_chunk_sums", chunks * cols,
+                    [p(dy), bf16(dy), p(x), bf16(x), .ptr(cdf?.base), p(dx), bf16(dx), .raw(partial), .i32(rows), .i32(cols), .i32(chunk)])
+        self.rows("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(cols), .i32(cols), p(sums)])
     }
     public func reluForward(_ x: Tensor, _ y: Tensor) { elementwise("radar_relu_forward", x.count, [p(x), p(y), .i64(x.count)]) }
     public func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor) {

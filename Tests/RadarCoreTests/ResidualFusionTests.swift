@@ -129,4 +129,84 @@ final class ResidualFusionTests: XCTestCase {
         XCTAssertGreaterThan(norm, 0)
         XCTAssertLessThan(diff / norm, 0.05, "relative L2 distance of the gradients")
     }
+
+    /// fc1's bias gradient summed by GELU backward as it writes dx (`radar_gelu_backward_chunk_sums`)
+    /// gives the bits of GELU backward then `accumulateColumnSums` (two kernels, dx read back): fp32
+    /// with a kept CDF; bf16 dy, x and dx on a width of 4s (the four-column path) and on an odd
+    /// width; bf16 dy and dx over an fp32 x; chunks of 8 and 64 rows with a last one cut short;
+    /// blocks and threads in any order. One launch where there were two before the chunk sums.
+    func testGELUBackwardSumsTheBiasGradientWithTheBitsOfASecondPass() {
+        let device = EmulatedDevice(memory: 1 << 28)
+        let be = CUDABackend(driver: device, precision: .bf16)
+        for (rows, cols, dyB, xB, dxB, withCDF) in [(1100, 37, false, false, false, true), (1100, 36, true, true, true, false),
+                                                    (300, 37, true, true, true, false), (301, 10, true, false, true, false)] {
+            let label = "\(rows) x \(cols) dy \(dyB ? "bf16" : "fp32") x \(xB ? "bf16" : "fp32") dx \(dxB ? "bf16" : "fp32")"
+            var held: [DeviceTensor] = [], narrow: [Tensor] = []
+            func tensor(_ bf: Bool, _ seed: UInt64, positive: Bool = false) -> Tensor {
+                let wide = DeviceTensor(be, Shape(rows, cols), values(rows * cols, seed, positive: positive))
+                held.append(wide)
+                guard bf else { return wide.tensor }
+                let t = Tensor(be.allocate(DType.bfloat16.floats(rows * cols)), Shape(rows, cols), dtype: .bfloat16)
+                be.convert(wide.tensor, into: t)
+                narrow.append(t)
+                return t
+            }
+            let dy = tensor(dyB, 1), x = tensor(xB, 2), cdf = withCDF ? tensor(false, 3, positive: true) : nil
+            defer { for t in narrow { be.release(t.base) } }
+            func run(fused: Bool) -> (dx: [UInt32], sums: [UInt32], kernels: [String]) {
+                be.fuseGELUColumnSums = fused
+                defer { be.fuseGELUColumnSums = true }
+                let dx = dxB ? Tensor(be.allocate(DType.bfloat16.floats(rows * cols)), Shape(rows, cols), dtype: .bfloat16)
+                             : Tensor(be.allocate(rows * cols), Shape(rows, cols))
+                defer { be.release(dx.base) }
+                let sums = DeviceTensor(be, Shape(cols), values(cols, 4))
+                device.launchLog = []
+                be.geluBackward(dy, x: x, cdf: cdf, dx, columnSumsInto: sums.tensor)
+                let kernels = (device.launchLog ?? []).map(\.kernel)
+                device.launchLog = nil
+                let wide = DeviceTensor(be, Shape(rows, cols))
+                if dxB { be.convert(dx, into: wide.tensor) } else { be.copy(dx, into: wide.tensor) }
+                return (wide.values.map(\.bitPattern), sums.values.map(\.bitPattern), kernels)
+            }
+            let one = run(fused: true), two = run(fused: false)
+            XCTAssertEqual(one.kernels, ["radar_gelu_backward_chunk_sums", "radar_add_chunk_sums"], label)
+            XCTAssertEqual(two.kernels, ["radar_gelu_backward", "radar_column_chunk_sums", "radar_add_chunk_sums"], label)
+            XCTAssertEqual(one.dx, two.dx, "\(label): dx")
+            XCTAssertEqual(one.sums, two.sums, "\(label): the column sums")
+            XCTAssertTrue(one.dx.contains { $0 != 0 }, "\(label): dx computed")
+            XCTAssertNotEqual(one.sums, values(cols, 4).map(\.bitPattern), "\(label): sums added")
+            for schedule in ["reversed", "shuffled:5"] {
+                XCTAssertEqual(radar_emu_set_schedule_text(schedule), 0)
+                let other = run(fused: true)
+                _ = radar_emu_set_schedule_text("forward")
+                XCTAssertEqual(other.dx, one.dx, "\(label): \(schedule): dx")
+                XCTAssertEqual(other.sums, one.sums, "\(label): \(schedule): sums")
+            }
+        }
+    }
+
+    /// A bf16 training step with fc1's bias gradient summed by GELU backward: per block one
+    /// `radar_gelu_backward` and one `radar_column_chunk_sums` launch fewer, and every gradient and
+    /// the loss bit-identical to the step with the two passes.
+    func testATrainingStepWithTheGELUBiasSumsHasTheBitsOfTheTwoPasses() throws {
+        let depth = RADARConfig.preset("tiny")!.depth
+        func run(fuse: Bool) throws -> (loss: Double, grads: [UInt32], launches: [String: Int]) {
+            let device = EmulatedDevice(memory: 1 << 30)
+            let backend = CUDABackend(driver: device, precision: .bf16)
+            backend.fuseGELUColumnSums = fuse
+            let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: backend)
+            device.launchLog = []
+            let r = try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor))
+            var launches: [String: Int] = [:]
+            for l in device.launchLog ?? [] { launches[l.kernel, default: 0] += 1 }
+            return (r.terms.total, trainer.ctx.backend.download(trainer.ctx.params.grads).map(\.bitPattern), launches)
+        }
+        let fused = try run(fuse: true), unfused = try run(fuse: false)
+        XCTAssertEqual(fused.launches["radar_gelu_backward_chunk_sums"], depth)
+        XCTAssertEqual((unfused.launches["radar_gelu_backward"] ?? 0) - (fused.launches["radar_gelu_backward"] ?? 0), depth)
+        XCTAssertEqual((unfused.launches["radar_column_chunk_sums"] ?? 0) - (fused.launches["radar_column_chunk_sums"] ?? 0), depth)
+        XCTAssertEqual(fused.loss, unfused.loss)
+        XCTAssertEqual(fused.grads, unfused.grads, "every gradient bit-identical")
+        XCTAssertTrue(fused.grads.contains { $0 != 0 })
+    }
 }

@@ -1003,6 +1003,59 @@ extern "C" __global__ void radar_gelu_backward(const void* dy, int dy_bf16, cons
     }
 }
 
+// GELU backward and its output's column sums (fc1's bias gradient) in one pass: dx as
+// radar_gelu_backward writes it and, per chunk of `chunk` rows and column, the sum of dx as stored
+// (its bf16 rounding under bf16 activations) over the chunk's rows in order from zero, into
+// `partial` as radar_column_chunk_sums lays its partials out (radar_add_chunk_sums adds them).
+// The same bits as radar_gelu_backward then radar_column_chunk_sums, dx not read back.
+// A thread per chunk and column, or (dy, x, dx all bf16, no CDF, columns a multiple of 4, every
+// pointer 8-byte aligned) per chunk and four columns, one 8-byte access per row each.
+extern "C" __global__ void radar_gelu_backward_chunk_sums(const void* dy, int dy_bf16, const void* x, int x_bf16, const float* cdf,
+                                                          void* dx, int dx_bf16, float* partial, int rows, int cols, int chunk) {
+    const long chunks = (rows + chunk - 1) / chunk;
+    if (dy_bf16 && x_bf16 && dx_bf16 && !cdf && cols % 4 == 0 && radar_aligned8(dy) && radar_aligned8(x) && radar_aligned8(dx)) {
+        const int quads = cols / 4;
+        GRID_STRIDE(e, chunks * quads) {
+            const int k = (int)(e / quads), q = (int)(e % quads);
+            const int lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
+            float s[4] = {0.f, 0.f, 0.f, 0.f};
+            for (int r = lo; r < hi; ++r) {
+                const long w = (long)r * quads + q;
+                const uint2 wx = ((const uint2*)x)[w], wd = ((const uint2*)dy)[w];
+                float g[4];
+                for (int j = 0; j < 4; ++j) {
+                    const float v = radar_bf16_at(wx, j);
+                    g[j] = radar_bf16_at(wd, j) * radar_gelu_slope(v, radar_normal_cdf(v));
+                }
+                const uint2 out = radar_bf16_word(g);
+                ((uint2*)dx)[w] = out;
+                for (int j = 0; j < 4; ++j) s[j] += radar_bf16_at(out, j);
+            }
+            for (int j = 0; j < 4; ++j) partial[(long)k * cols + 4 * q + j] = s[j];
+        }
+        return;
+    }
+    GRID_STRIDE(e, chunks * cols) {
+        const int k = (int)(e / cols), c = (int)(e % cols);
+        const int lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
+        float s = 0.f;
+        for (int r = lo; r < hi; ++r) {
+            const long i = (long)r * cols + c;
+            const float v = radar_load(x, x_bf16, i);
+            float g = radar_load(dy, dy_bf16, i) * radar_gelu_slope(v, cdf ? cdf[i] : radar_normal_cdf(v));
+            if (dx_bf16) {
+                const unsigned short h = radar_bf16_bits(g);
+                ((unsigned short*)dx)[i] = h;
+                g = __uint_as_float((unsigned)h << 16);
+            } else {
+                ((float*)dx)[i] = g;
+            }
+            s += g;
+        }
+        partial[e] = s;
+    }
+}
+
 // Mixed precision: fp32 <-> bf16 copies (radar_bf16_bits: common.h).
 // Four elements per access where the fp32 side is 16-byte and the bf16 side 8-byte aligned (the
 // arena's tensors are): whole 16-byte loads and 8-byte stores; the tail and unaligned spans one

@@ -128,6 +128,24 @@ public enum KernelCheck {
                     }
                 }
             },
+            // GELU backward with dx's column sums (fc1's bias gradient, one pass on a GPU): fp32
+            // with a kept CDF on an odd width; bf16 dy, x and dx on a width of 4s (the GPU's
+            // four-column path), the sums read back from the bf16 dx.
+            Case(name: "geluBackward/columnSums", tensors: [t(Shape(150, 7)), t(Shape(150, 7)), t(Shape(150, 7), .unit),
+                                                             t(Shape(150, 7)), t(Shape(7))], normwise: [4]) { b, v in
+                b.geluBackward(v[0], x: v[1], cdf: v[2], v[3], columnSumsInto: v[4])
+            },
+            Case(name: "geluBackward/columnSums/bf16", tensors: [t(Shape(150, 12)), t(Shape(150, 12)), t(Shape(150, 12)), t(Shape(12))],
+                 rtol: 1e-2, atol: 1e-4, normwise: [3]) { b, v in
+                withBFloat16(b, v[0]) { dy in
+                    withBFloat16(b, v[1]) { x in
+                        withBFloat16(b, v[2]) { dx in
+                            b.geluBackward(dy, x: x, cdf: nil, dx, columnSumsInto: v[3])
+                            b.convert(dx, into: v[2])
+                        }
+                    }
+                }
+            },
             Case(name: "accumulateColumnSums/bf16", tensors: [t(Shape(150, 7)), t(Shape(7))]) { b, v in
                 withBFloat16(b, v[0]) { src in b.accumulateColumnSums(src, into: v[1]) }
             },

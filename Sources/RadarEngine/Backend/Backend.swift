@@ -106,6 +106,9 @@ public protocol Backend: AnyObject {
     /// as forward computed it. dy, x and dx may each be bf16 (computed on fp32 values, dx
     /// rounded once).
     func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor)
+    /// `geluBackward`, then `accumulateColumnSums(dx, into: sums)` (fc1's bias gradient, dx of
+    /// whole rows of `sums.count`): a backend may form both in one pass; the same bits.
+    func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor, columnSumsInto sums: Tensor)
     /// Softmax over the last `cols` of each row.
     func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int)
     func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int)
@@ -331,6 +334,11 @@ public struct ConvolutionGeometry: Sendable, Equatable {
 }
 
 extension Backend {
+    public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor, columnSumsInto sums: Tensor) {
+        geluBackward(dy, x: x, cdf: cdf, dx)
+        accumulateColumnSums(dx, into: sums)
+    }
+
     /// `biasedProduct` with no residual.
     public func biasedProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                               b: Tensor, ldb: Int, bias: Tensor, c: Tensor, ldc: Int) {

@@ -32,9 +32,16 @@ public enum GELU {
     }
 
     /// dx of dtype `output` (dy and the saved x may be bf16; computed in fp32, dx rounded once).
-    public static func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, output: DType = .float32) -> Tensor {
+    /// `biasGradient`: dx's column sums added there as it is written (the bias gradient of the
+    /// Linear layer that produced GELU's input; that layer's backward is then told so).
+    public static func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, output: DType = .float32,
+                                biasGradient: Tensor? = nil) -> Tensor {
         let dx = ctx.tensor(saved.x.shape, dtype: output)
-        ctx.backend.geluBackward(dy, x: saved.x, cdf: saved.cdf, dx)
+        if let biasGradient {
+            ctx.backend.geluBackward(dy, x: saved.x, cdf: saved.cdf, dx, columnSumsInto: biasGradient)
+        } else {
+            ctx.backend.geluBackward(dy, x: saved.x, cdf: saved.cdf, dx)
+        }
         return dx
     }
 }

@@ -52,10 +52,11 @@ public struct Linear: Sendable {
     /// of dtype `inputGradientType` (bf16: written by the product, rounded once, as AMP's
     /// gradient of a bf16 activation). dy may be bf16 (the bias gradient sums it in fp32).
     /// `dyOperand`: dy's bf16 copy where products round to bf16, made by whoever wrote dy (the
-    /// products read it instead of converting dy again).
+    /// products read it instead of converting dy again). `biasSummed`: db was accumulated by
+    /// whoever wrote dy (GELU backward's `biasGradient`), not summed again here.
     @discardableResult
     public func backward(_ dy: Tensor, x: Tensor, _ ctx: ExecutionContext, inputGradient: Bool = true,
-                         inputGradientType: DType = .float32, dyOperand: Tensor? = nil) -> Tensor? {
+                         inputGradientType: DType = .float32, dyOperand: Tensor? = nil, biasSummed: Bool = false) -> Tensor? {
         let rows = x.shape.rows
         let w = ctx.productWeight(weight), dw = ctx.params.grad(weight)
         let dx = inputGradient ? ctx.tensor(x.shape, dtype: inputGradientType) : nil
@@ -64,7 +65,7 @@ public struct Linear: Sendable {
         let g = dyOperand ?? ctx.productOperand(dy)
         ctx.backend.product(transA: true, transB: false, m: outFeatures, n: inFeatures, k: rows, alpha: 1,
                             a: g, lda: outFeatures, b: x, ldb: inFeatures, beta: 1, c: dw, ldc: inFeatures)
-        if let bias { ctx.backend.accumulateColumnSums(dy, into: ctx.params.grad(bias)) }
+        if let bias, !biasSummed { ctx.backend.accumulateColumnSums(dy, into: ctx.params.grad(bias)) }
         if let dx {
             ctx.backend.product(transA: false, transB: false, m: rows, n: inFeatures, k: outFeatures, alpha: 1,
                                 a: g, lda: outFeatures, b: w, ldb: inFeatures, beta: 0, c: dx, ldc: inFeatures)

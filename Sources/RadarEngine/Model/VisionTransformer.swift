@@ -156,8 +156,10 @@ public struct VisionTransformer: Sendable {
             let mlp = ctx.arena.mark()
             let act = s.act ?? GELU.forward(s.gelu.x, ctx, output: s.gelu.x.dtype).0
             let dAct = blk.fc2.backward(dh, x: act, ctx, inputGradientType: act.dtype, dyOperand: copy)!
-            let dFc1 = GELU.backward(dAct, s.gelu, ctx, output: s.gelu.x.dtype)
-            let dM = blk.fc1.backward(dFc1, x: s.h, ctx)!
+            // fc1's bias gradient summed by GELU backward as it writes dFc1 (one pass on a GPU).
+            let fc1Bias = blk.fc1.bias.map { ctx.params.grad($0) }
+            let dFc1 = GELU.backward(dAct, s.gelu, ctx, output: s.gelu.x.dtype, biasGradient: fc1Bias)
+            let dM = blk.fc1.backward(dFc1, x: s.h, ctx, biasSummed: fc1Bias != nil)!
             // dH1 = dh + norm2's input gradient, summed (and copied) by the LayerNorm's kernel.
             blk.norm2.backward(dM, s.n2, ctx, into: dH1, residual: fuse ? dh : nil, copy: copy)
             ctx.arena.rewind(to: mlp)
