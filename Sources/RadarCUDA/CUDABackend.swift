@@ -42,6 +42,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// of up to 1024 columns, at least 132 chunks: the encoder's at batch 128 has 394) instead of
     /// the input gradient and the parameter partials apart: the same bits; off only to compare.
     var fuseLayerNormBackward = true
+    /// The fewest chunks the one-pass LayerNorm backward is used for (an H200 has 132 SMs; tests
+    /// lower it to run it on small shapes).
+    var layerNormOnePassMinChunks = 132
     /// fc1's bias gradient summed by GELU backward as it writes the gradient
     /// (`radar_gelu_backward_chunk_sums`) instead of a second pass reading it back: the same
     /// bits; off only to compare.
@@ -376,18 +379,34 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     }
     public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor,
                                   residual: Tensor?, dxCopy: Tensor?) {
+        layerNormBackward(dy, x: x, gamma: gamma, mean: mean, rstd: rstd, dx, dGamma: dGamma, dBeta: dBeta, residual: residual,
+                          dxCopy: dxCopy, dxColumnSums: nil)
+    }
+    /// With dx's column sums added to `sums` by the one-pass kernel as it writes dx (chunks as
+    /// `accumulateColumnSums`'s: the same bits), or by `accumulateColumnSums` after the two kernels.
+    public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor,
+                                  residual: Tensor?, dxCopy: Tensor?, dxColumnSumsInto sums: Tensor) {
+        layerNormBackward(dy, x: x, gamma: gamma, mean: mean, rstd: rstd, dx, dGamma: dGamma, dBeta: dBeta, residual: residual,
+                          dxCopy: dxCopy, dxColumnSums: sums)
+    }
+    private func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor,
+                                   residual: Tensor?, dxCopy: Tensor?, dxColumnSums sums: Tensor?) {
         let cols = gamma.count, r = x.count / cols
+        precondition(sums.map { $0.count == cols } ?? true, "layerNormBackward: dx's column sums of gamma's count")
         precondition(dxCopy.map { $0.dtype == .bfloat16 && $0.count == dx.count } ?? true, "layerNormBackward: dxCopy bf16, of dx's count")
         precondition(residual.map { $0.count == dx.count && $0.base != dx.base } ?? true, "layerNormBackward: residual of dx's count, not dx")
         let chunk = CUDABackend.reductionRows(rows: r, cols: cols), chunks = (r + chunk - 1) / chunk
         guard chunks > 0 else { return }
-        let partial = scratch(CUDABackend.partialSlot, bytes: chunks * 2 * cols * 4)
-        if fuseLayerNormBackward && cols <= 1024 && chunks >= 132 {
+        let onePass = fuseLayerNormBackward && cols <= 1024 && chunks >= layerNormOnePassMinChunks
+        let summed = onePass && sums != nil
+        let partial = scratch(CUDABackend.partialSlot, bytes: chunks * (summed ? 3 : 2) * cols * 4)
+        let dxPartial = partial + chunks * 2 * cols * 4
+        if onePass {
             // One pass: a block per chunk of rows, a thread per column (the same bits as the two
             // below). With fewer chunks than an H200 has SMs the two kernels spread wider.
             driver.launch("radar_layernorm_backward_chunk", grid: chunks, block: (cols + 31) / 32 * 32,
                           [p(dy), p(x), p(gamma), p(mean), p(rstd), .ptr(residual?.base), p(dx), .ptr(dxCopy?.base), .raw(partial),
-                           .i32(r), .i32(cols), .i32(chunk)])
+                           summed ? .raw(dxPartial) : .ptr(nil), .i32(r), .i32(cols), .i32(chunk)])
         } else {
             rows("radar_layernorm_backward_input", r, [p(dy), p(x), p(gamma), p(mean), p(rstd), .ptr(residual?.base), p(dx),
                                                        .ptr(dxCopy?.base), .i32(r), .i32(cols)])
@@ -396,6 +415,13 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         }
         rows("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(2 * cols), .i32(cols), p(dGamma)])
         rows("radar_add_chunk_sums", cols, [.raw(partial + cols * 4), .i32(chunks), .i64(2 * cols), .i32(cols), p(dBeta)])
+        if let sums {
+            if summed {
+                rows("radar_add_chunk_sums", cols, [.raw(dxPartial), .i32(chunks), .i64(cols), .i32(cols), p(sums)])
+            } else {
+                accumulateColumnSums(dx, into: sums)
+            }
+        }
     }
     private func bhw(_ x: Tensor) -> (Int, Int, Int) { (x.shape[0], x.shape[1], x.count / max(x.shape[0] * x.shape[1], 1)) }
     /// Per-plane double partials (`width` per (image, channel) plane) in the partial slot.

@@ -17,6 +17,14 @@ private func values(_ n: Int, _ seed: UInt64, positive: Bool = false) -> [Float]
     }
 }
 
+/// LayerNorm backward's inputs on `be`: dy, x, gamma, mean, rstd and a residual, seeded.
+private func layerNormInputs(_ be: any Backend, _ rows: Int, _ cols: Int)
+    -> (DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor, DeviceTensor) {
+    (DeviceTensor(be, Shape(rows, cols), values(rows * cols, 1)), DeviceTensor(be, Shape(rows, cols), values(rows * cols, 2)),
+     DeviceTensor(be, Shape(cols), values(cols, 3)), DeviceTensor(be, Shape(rows), values(rows, 4)),
+     DeviceTensor(be, Shape(rows), values(rows, 5, positive: true)), DeviceTensor(be, Shape(rows, cols), values(rows * cols, 6)))
+}
+
 final class ResidualFusionTests: XCTestCase {
     /// The fused LayerNorm backward gives the bits of the unfused one followed by `add` and
     /// `convert`, on the CPU and on the emulated device, fp32 and bf16 precision.
@@ -28,10 +36,7 @@ final class ResidualFusionTests: XCTestCase {
             ("cuda-emulated bf16", CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .bf16)),
         ]
         for (name, be) in backends {
-            let dy = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 1)), x = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 2))
-            let gamma = DeviceTensor(be, Shape(cols), values(cols, 3)), mean = DeviceTensor(be, Shape(rows), values(rows, 4))
-            let rstd = DeviceTensor(be, Shape(rows), values(rows, 5, positive: true))
-            let residual = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 6))
+            let (dy, x, gamma, mean, rstd, residual) = layerNormInputs(be, rows, cols)
             func run(fused: Bool) -> (dx: [UInt32], copy: [UInt32], dGamma: [UInt32], dBeta: [UInt32]) {
                 let dx = DeviceTensor(be, Shape(rows, cols)), dGamma = DeviceTensor(be, Shape(cols), values(cols, 7))
                 let dBeta = DeviceTensor(be, Shape(cols), values(cols, 8))
@@ -67,10 +72,7 @@ final class ResidualFusionTests: XCTestCase {
         for (rows, cols, joined) in [(1100, 37, true), (1100, 100, false), (9000, 300, true)] {
             let device = EmulatedDevice(memory: 1 << 28)
             let be = CUDABackend(driver: device, precision: .bf16)
-            let dy = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 1)), x = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 2))
-            let gamma = DeviceTensor(be, Shape(cols), values(cols, 3)), mean = DeviceTensor(be, Shape(rows), values(rows, 4))
-            let rstd = DeviceTensor(be, Shape(rows), values(rows, 5, positive: true))
-            let residual = DeviceTensor(be, Shape(rows, cols), values(rows * cols, 6))
+            let (dy, x, gamma, mean, rstd, residual) = layerNormInputs(be, rows, cols)
             func run(onePass: Bool) -> [[UInt32]] {
                 be.fuseLayerNormBackward = onePass
                 let dx = DeviceTensor(be, Shape(rows, cols)), dGamma = DeviceTensor(be, Shape(cols), values(cols, 7))
@@ -185,15 +187,58 @@ final class ResidualFusionTests: XCTestCase {
         }
     }
 
-    /// A bf16 training step with fc1's bias gradient summed by GELU backward: per block one
-    /// `radar_gelu_backward` and one `radar_column_chunk_sums` launch fewer, and every gradient and
-    /// the loss bit-identical to the step with the two passes.
-    func testATrainingStepWithTheGELUBiasSumsHasTheBitsOfTheTwoPasses() throws {
+    /// The one-pass LayerNorm backward summing its dx (the bias gradient of fc2 or the attention
+    /// projection, whose output gradient it is) gives the bits of the two kernels followed by
+    /// `accumulateColumnSums`, with and without the residual, on chunks of 8 and 64 rows and a last
+    /// one cut short, under reversed and shuffled schedules; no `radar_column_chunk_sums` launch.
+    func testOnePassLayerNormBackwardSumsItsOutputWithTheBitsOfASecondPass() {
+        for (rows, cols, joined) in [(1100, 37, true), (1100, 100, false), (9000, 300, true)] {
+            let device = EmulatedDevice(memory: 1 << 28)
+            let be = CUDABackend(driver: device, precision: .bf16)
+            let (dy, x, gamma, mean, rstd, residual) = layerNormInputs(be, rows, cols)
+            func run(onePass: Bool) -> (bits: [[UInt32]], kernels: [String]) {
+                be.fuseLayerNormBackward = onePass
+                defer { be.fuseLayerNormBackward = true }
+                let dx = DeviceTensor(be, Shape(rows, cols)), dGamma = DeviceTensor(be, Shape(cols), values(cols, 7))
+                let dBeta = DeviceTensor(be, Shape(cols), values(cols, 8)), sums = DeviceTensor(be, Shape(cols), values(cols, 9))
+                device.launchLog = []
+                be.layerNormBackward(dy.tensor, x: x.tensor, gamma: gamma.tensor, mean: mean.tensor, rstd: rstd.tensor, dx.tensor,
+                                     dGamma: dGamma.tensor, dBeta: dBeta.tensor, residual: joined ? residual.tensor : nil, dxCopy: nil,
+                                     dxColumnSumsInto: sums.tensor)
+                let kernels = (device.launchLog ?? []).map(\.kernel)
+                device.launchLog = nil
+                return ([dx, dGamma, dBeta, sums].map { $0.values.map(\.bitPattern) }, kernels)
+            }
+            let one = run(onePass: true), two = run(onePass: false)
+            XCTAssertEqual(one.kernels, ["radar_layernorm_backward_chunk"] + Array(repeating: "radar_add_chunk_sums", count: 3), "\(rows) x \(cols)")
+            XCTAssertEqual(two.kernels, ["radar_layernorm_backward_input", "radar_layernorm_param_partials", "radar_add_chunk_sums",
+                                         "radar_add_chunk_sums", "radar_column_chunk_sums", "radar_add_chunk_sums"], "\(rows) x \(cols)")
+            for (k, what) in ["dx", "dGamma", "dBeta", "dx's column sums"].enumerated() {
+                XCTAssertEqual(one.bits[k], two.bits[k], "\(rows) x \(cols): \(what)")
+            }
+            XCTAssertNotEqual(one.bits[3], values(cols, 9).map(\.bitPattern), "\(rows) x \(cols): sums added")
+            for schedule in ["reversed", "shuffled:7"] {
+                XCTAssertEqual(radar_emu_set_schedule_text(schedule), 0)
+                let other = run(onePass: true)
+                _ = radar_emu_set_schedule_text("forward")
+                XCTAssertEqual(other.bits, one.bits, "\(rows) x \(cols): \(schedule)")
+            }
+        }
+    }
+
+    /// A bf16 training step with the bias gradients of fc1 (by GELU backward), fc2 and the
+    /// attention projection (by the one-pass LayerNorm backward, run here on the tiny model's few
+    /// chunks) summed as their output gradients are written, against one with GELU backward, the
+    /// two LayerNorm kernels and a column-sum pass each: per block three `radar_column_chunk_sums`
+    /// and one `radar_gelu_backward` launch fewer, and the loss and every gradient bit-identical.
+    func testATrainingStepWithTheBiasSumsFusedHasTheBitsOfTheSeparatePasses() throws {
         let depth = RADARConfig.preset("tiny")!.depth
         func run(fuse: Bool) throws -> (loss: Double, grads: [UInt32], launches: [String: Int]) {
             let device = EmulatedDevice(memory: 1 << 30)
             let backend = CUDABackend(driver: device, precision: .bf16)
             backend.fuseGELUColumnSums = fuse
+            backend.fuseLayerNormBackward = fuse
+            backend.layerNormOnePassMinChunks = 1
             let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: backend)
             device.launchLog = []
             let r = try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor))
@@ -203,8 +248,9 @@ final class ResidualFusionTests: XCTestCase {
         }
         let fused = try run(fuse: true), unfused = try run(fuse: false)
         XCTAssertEqual(fused.launches["radar_gelu_backward_chunk_sums"], depth)
+        XCTAssertGreaterThanOrEqual(fused.launches["radar_layernorm_backward_chunk"] ?? 0, 2 * depth + 1)
         XCTAssertEqual((unfused.launches["radar_gelu_backward"] ?? 0) - (fused.launches["radar_gelu_backward"] ?? 0), depth)
-        XCTAssertEqual((unfused.launches["radar_column_chunk_sums"] ?? 0) - (fused.launches["radar_column_chunk_sums"] ?? 0), depth)
+        XCTAssertEqual((unfused.launches["radar_column_chunk_sums"] ?? 0) - (fused.launches["radar_column_chunk_sums"] ?? 0), 3 * depth)
         XCTAssertEqual(fused.loss, unfused.loss)
         XCTAssertEqual(fused.grads, unfused.grads, "every gradient bit-identical")
         XCTAssertTrue(fused.grads.contains { $0 != 0 })

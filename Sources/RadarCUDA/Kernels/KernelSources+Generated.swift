@@ -1558,10 +1558,13 @@ extern "C" __global__ void radar_layernorm_param_partials(const float* dy, const
 // radar_layernorm_param_partials does. The same expressions in the same order: the same bits,
 // with dy and x read from memory once where the two kernels read them twice. Launched with up to
 // 1024 threads: __launch_bounds__ makes ptxas fit its registers to that (64 a thread).
+// dx_partial, when not null: per chunk and column the sum of dx as written (residual included)
+// over the chunk's rows in order, radar_column_chunk_sums's partials of dx (the bias gradient of
+// the Linear layer dx is the output gradient of), at dx_partial[k * cols + c].
 #define RADAR_LN_CHUNK 64
 extern "C" __global__ void __launch_bounds__(1024) radar_layernorm_backward_chunk(const float* dy, const float* x, const float* gamma, const float* mean,
                                                           const float* rstd, const float* residual, float* dx, unsigned short* dxb,
-                                                          float* partial, int rows, int cols, int chunk) {
+                                                          float* partial, float* dx_partial, int rows, int cols, int chunk) {
     __shared__ float row_a[RADAR_LN_CHUNK], row_b[RADAR_LN_CHUNK];
     const int k = blockIdx.x, lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
@@ -1574,7 +1577,7 @@ extern "C" __global__ void __launch_bounds__(1024) radar_layernorm_backward_chun
     const int c = threadIdx.x;
     if (c >= cols) return;
     const float gc = gamma[c];
-    float sg = 0.f, sb = 0.f;
+    float sg = 0.f, sb = 0.f, sx = 0.f;
     for (int row = lo; row < hi; ++row) {
         const long at = (long)row * cols + c;
         float m = mean[row], r = rstd[row], d = dy[at], xv = x[at];
@@ -1584,9 +1587,11 @@ extern "C" __global__ void __launch_bounds__(1024) radar_layernorm_backward_chun
         if (dxb) dxb[at] = radar_bf16_bits(v);
         sg += d * (xv - m) * r;
         sb += d;
+        sx += v;
     }
     partial[(long)k * 2 * cols + c] = sg;
     partial[(long)k * 2 * cols + cols + c] = sb;
+    if (dx_partial) dx_partial[(long)k * cols + c] = sx;
 }
 
 // Rows of up to RADAR_ROW_REGISTERS * 32 columns (attention's 197 tokens) are read once into

@@ -191,6 +191,14 @@ public enum KernelCheck {
                 b.convert(copy, into: v[9])
                 b.release(copy.base)
             },
+            // Enough rows for the GPU's one-pass kernel (138 chunks of 8; it takes at least 132),
+            // with the residual and dx's column sums (tensor 9: a bias gradient) formed as dx is written.
+            Case(name: "layerNormBackward/onePass", tensors: [t(Shape(1100, 37)), t(Shape(1100, 37)), t(Shape(37)), t(Shape(1100)),
+                                                              t(Shape(1100), .positive), t(Shape(1100, 37)), t(Shape(37)), t(Shape(37)),
+                                                              t(Shape(1100, 37)), t(Shape(37))], normwise: [6, 7, 9]) { b, v in
+                b.layerNormBackward(v[0], x: v[1], gamma: v[2], mean: v[3], rstd: v[4], v[5], dGamma: v[6], dBeta: v[7],
+                                    residual: v[8], dxCopy: nil, dxColumnSumsInto: v[9])
+            },
             Case(name: "channelMoments", tensors: [t(planes), t(c4), t(c4)]) { b, v in b.channelMoments(v[0], mean: v[1], variance: v[2]) },
             Case(name: "channelNormalize", tensors: [t(bchw), t(c4), t(c4, .positive), t(c4), t(c4), t(bchw)]) { b, v in
                 b.channelNormalize(v[0], mean: v[1], invStd: v[2], gamma: v[3], beta: v[4], v[5])

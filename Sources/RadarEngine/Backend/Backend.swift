@@ -127,6 +127,11 @@ public protocol Backend: AnyObject {
     /// `convert`); dGamma and dBeta accumulated.
     func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor,
                            _ dx: Tensor, dGamma: Tensor, dBeta: Tensor, residual: Tensor?, dxCopy: Tensor?)
+    /// `layerNormBackward`, then `accumulateColumnSums(dx, into: sums)` (dx, residual included, is
+    /// the output gradient of a Linear layer whose bias gradient `sums` is): a backend may sum dx
+    /// as it writes it; the same bits.
+    func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor,
+                           residual: Tensor?, dxCopy: Tensor?, dxColumnSumsInto sums: Tensor)
     /// Per channel of x (B, C, H, W): mean and biased variance over (B, H, W).
     func channelMoments(_ x: Tensor, mean: Tensor, variance: Tensor)
     /// y = (x - mean[c]) * invStd[c] * gamma[c] + beta[c].
@@ -334,6 +339,12 @@ public struct ConvolutionGeometry: Sendable, Equatable {
 }
 
 extension Backend {
+    public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor,
+                                  residual: Tensor?, dxCopy: Tensor?, dxColumnSumsInto sums: Tensor) {
+        layerNormBackward(dy, x: x, gamma: gamma, mean: mean, rstd: rstd, dx, dGamma: dGamma, dBeta: dBeta, residual: residual, dxCopy: dxCopy)
+        accumulateColumnSums(dx, into: sums)
+    }
+
     public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor, columnSumsInto sums: Tensor) {
         geluBackward(dy, x: x, cdf: cdf, dx)
         accumulateColumnSums(dx, into: sums)

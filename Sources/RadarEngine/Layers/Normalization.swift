@@ -126,11 +126,19 @@ public struct LayerNorm: Sendable {
     /// (a residual stream's gradient, not dx) and its bf16 copy into `copy` when given, by the
     /// same kernel.
     @discardableResult
+    /// `biasGradient`: dx's column sums (residual included) added there as dx is written: the
+    /// bias gradient of the Linear layer whose output gradient dx is (that layer is then told so).
     public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, into: Tensor? = nil, residual: Tensor? = nil,
-                         copy: Tensor? = nil) -> Tensor {
+                         copy: Tensor? = nil, biasGradient: Tensor? = nil) -> Tensor {
         let dx = into ?? ctx.tensor(saved.x.shape)
-        ctx.backend.layerNormBackward(dy, x: saved.x, gamma: ctx.params.value(weight), mean: saved.mean, rstd: saved.rstd,
-                                      dx, dGamma: ctx.params.grad(weight), dBeta: ctx.params.grad(bias), residual: residual, dxCopy: copy)
+        if let biasGradient {
+            ctx.backend.layerNormBackward(dy, x: saved.x, gamma: ctx.params.value(weight), mean: saved.mean, rstd: saved.rstd, dx,
+                                          dGamma: ctx.params.grad(weight), dBeta: ctx.params.grad(bias), residual: residual, dxCopy: copy,
+                                          dxColumnSumsInto: biasGradient)
+        } else {
+            ctx.backend.layerNormBackward(dy, x: saved.x, gamma: ctx.params.value(weight), mean: saved.mean, rstd: saved.rstd,
+                                          dx, dGamma: ctx.params.grad(weight), dBeta: ctx.params.grad(bias), residual: residual, dxCopy: copy)
+        }
         return dx
     }
 }

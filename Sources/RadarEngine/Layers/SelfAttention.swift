@@ -60,10 +60,12 @@ public struct SelfAttention: Sendable {
         return (y, Saved(x: x, qkv: qkvOut, merged: merged, probs: kept))
     }
 
-    /// `dyOperand`: dy's bf16 copy, as `Linear.backward` takes it.
-    public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, dyOperand: Tensor? = nil) -> Tensor {
+    /// `dyOperand`: dy's bf16 copy, as `Linear.backward` takes it. `projBiasSummed`: the
+    /// projection's bias gradient was summed by whoever wrote dy (`Linear.backward`'s `biasSummed`).
+    public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, dyOperand: Tensor? = nil,
+                         projBiasSummed: Bool = false) -> Tensor {
         let x = saved.x
-        let dMerged = proj.backward(dy, x: saved.merged, ctx, dyOperand: dyOperand)!
+        let dMerged = proj.backward(dy, x: saved.merged, ctx, dyOperand: dyOperand, biasSummed: projBiasSummed)!
         let b = x.shape[0], n = x.shape[1]
         // dQKV in qkv's dtype (AMP's gradient of a bf16 qkv is bf16): qkv's products read it as it
         // is and its bias gradient sums it in fp32; no fp32 copy to convert.

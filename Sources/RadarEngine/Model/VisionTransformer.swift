@@ -137,7 +137,13 @@ public struct VisionTransformer: Sendable {
         let b = dTokens.shape[0], n = config.patchCount, d = config.embedDim
         let fuse = ctx.fuseResidualSums
         let copy = fuse ? operandCopy.map { $0.reshaped(dTokens.shape) } : nil
-        var dh = norm.backward(dTokens, normSaved, ctx, into: spare, copy: copy)
+        // A block's fc2 and attention projection take, as output gradient, a LayerNorm backward's
+        // output (the final norm's, the block above's norm1's with the residual stream's gradient,
+        // norm2's likewise): their bias gradients are summed by that LayerNorm backward as it writes
+        // them (one pass on a GPU), where the sum is the whole gradient (the residual joined in it).
+        func biasGrad(_ l: Linear) -> Tensor? { l.bias.map { ctx.params.grad($0) } }
+        var fc2Bias = blocks.last.flatMap { biasGrad($0.fc2) }
+        var dh = norm.backward(dTokens, normSaved, ctx, into: spare, copy: copy, biasGradient: fc2Bias)
         ctx.parallel.gradientsFinal(from: norm.weight.offset)
         var i = blocks.count - 1
         while i >= 0 {
@@ -155,19 +161,21 @@ public struct VisionTransformer: Sendable {
             let dH1 = ctx.tensor(dh.shape)
             let mlp = ctx.arena.mark()
             let act = s.act ?? GELU.forward(s.gelu.x, ctx, output: s.gelu.x.dtype).0
-            let dAct = blk.fc2.backward(dh, x: act, ctx, inputGradientType: act.dtype, dyOperand: copy)!
+            let dAct = blk.fc2.backward(dh, x: act, ctx, inputGradientType: act.dtype, dyOperand: copy, biasSummed: fc2Bias != nil)!
             // fc1's bias gradient summed by GELU backward as it writes dFc1 (one pass on a GPU).
             let fc1Bias = blk.fc1.bias.map { ctx.params.grad($0) }
             let dFc1 = GELU.backward(dAct, s.gelu, ctx, output: s.gelu.x.dtype, biasGradient: fc1Bias)
             let dM = blk.fc1.backward(dFc1, x: s.h, ctx, biasSummed: fc1Bias != nil)!
             // dH1 = dh + norm2's input gradient, summed (and copied) by the LayerNorm's kernel.
-            blk.norm2.backward(dM, s.n2, ctx, into: dH1, residual: fuse ? dh : nil, copy: copy)
+            let projBias = fuse ? biasGrad(blk.attn.proj) : nil
+            blk.norm2.backward(dM, s.n2, ctx, into: dH1, residual: fuse ? dh : nil, copy: copy, biasGradient: projBias)
             ctx.arena.rewind(to: mlp)
             if !fuse { be.add(dH1, dh, into: dH1) }
             // h1 = h + attn(norm1(h)): norm1's input gradient plus dH1 straight into the buffer
             // passed on.
-            let dA = blk.attn.backward(dH1, s.attn, ctx, dyOperand: copy)
-            blk.norm1.backward(dA, s.n1, ctx, into: out, residual: fuse ? dH1 : nil, copy: copy)
+            let dA = blk.attn.backward(dH1, s.attn, ctx, dyOperand: copy, projBiasSummed: projBias != nil)
+            fc2Bias = fuse && i >= 0 ? biasGrad(blocks[i].fc2) : nil
+            blk.norm1.backward(dA, s.n1, ctx, into: out, residual: fuse ? dH1 : nil, copy: copy, biasGradient: fc2Bias)
             if !fuse { be.add(out, dH1, into: out) }
             ctx.arena.rewind(to: mark)
             dh = out
