@@ -155,7 +155,7 @@ final class ResidualFusionTests: XCTestCase {
             }
             let dy = tensor(dyB, 1), x = tensor(xB, 2), cdf = withCDF ? tensor(false, 3, positive: true) : nil
             defer { for t in narrow { be.release(t.base) } }
-            func run(fused: Bool) -> (dx: [UInt32], sums: [UInt32], kernels: [String]) {
+            func run(fused: Bool) -> (dx: [UInt32], sums: [UInt32], kernels: [String], grid: Int) {
                 be.fuseGELUColumnSums = fused
                 defer { be.fuseGELUColumnSums = true }
                 let dx = dxB ? Tensor(be.allocate(DType.bfloat16.floats(rows * cols)), Shape(rows, cols), dtype: .bfloat16)
@@ -164,13 +164,17 @@ final class ResidualFusionTests: XCTestCase {
                 let sums = DeviceTensor(be, Shape(cols), values(cols, 4))
                 device.launchLog = []
                 be.geluBackward(dy, x: x, cdf: cdf, dx, columnSumsInto: sums.tensor)
-                let kernels = (device.launchLog ?? []).map(\.kernel)
+                let launches = device.launchLog ?? []
                 device.launchLog = nil
                 let wide = DeviceTensor(be, Shape(rows, cols))
                 if dxB { be.convert(dx, into: wide.tensor) } else { be.copy(dx, into: wide.tensor) }
-                return (wide.values.map(\.bitPattern), sums.values.map(\.bitPattern), kernels)
+                return (wide.values.map(\.bitPattern), sums.values.map(\.bitPattern), launches.map(\.kernel), launches.first?.grid ?? 0)
             }
             let one = run(fused: true), two = run(fused: false)
+            // Sized for a thread per chunk and column, or per four columns where all is bf16.
+            let chunk = CUDABackend.reductionRows(rows: rows, cols: cols), chunks = (rows + chunk - 1) / chunk
+            let quads = dyB && xB && dxB && !withCDF && cols % 4 == 0
+            XCTAssertEqual(one.grid, (chunks * (quads ? cols / 4 : cols) + 255) / 256, "\(label): blocks")
             XCTAssertEqual(one.kernels, ["radar_gelu_backward_chunk_sums", "radar_add_chunk_sums"], label)
             XCTAssertEqual(two.kernels, ["radar_gelu_backward", "radar_column_chunk_sums", "radar_add_chunk_sums"], label)
             XCTAssertEqual(one.dx, two.dx, "\(label): dx")

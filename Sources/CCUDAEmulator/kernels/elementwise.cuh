@@ -171,16 +171,23 @@ extern "C" __global__ void radar_gelu_backward(const void* dy, int dy_bf16, cons
 // `partial` as radar_column_chunk_sums lays its partials out (radar_add_chunk_sums adds them).
 // The same bits as radar_gelu_backward then radar_column_chunk_sums, dx not read back.
 // A thread per chunk and column, or (dy, x, dx all bf16, no CDF, columns a multiple of 4, every
-// pointer 8-byte aligned) per chunk and four columns, one 8-byte access per row each.
+// pointer 8-byte aligned: radar_gelu_quads; the launch is sized by the same test) per chunk and
+// four columns, one 8-byte access per row each; rows unrolled by 4 so each thread has several
+// rows' loads in flight (the sums still add row by row, in order).
+__device__ __forceinline__ bool radar_gelu_quads(int dy_bf16, int x_bf16, int dx_bf16, const float* cdf, int cols, const void* dy,
+                                                 const void* x, const void* dx) {
+    return dy_bf16 && x_bf16 && dx_bf16 && !cdf && cols % 4 == 0 && radar_aligned8(dy) && radar_aligned8(x) && radar_aligned8(dx);
+}
 extern "C" __global__ void radar_gelu_backward_chunk_sums(const void* dy, int dy_bf16, const void* x, int x_bf16, const float* cdf,
                                                           void* dx, int dx_bf16, float* partial, int rows, int cols, int chunk) {
     const long chunks = (rows + chunk - 1) / chunk;
-    if (dy_bf16 && x_bf16 && dx_bf16 && !cdf && cols % 4 == 0 && radar_aligned8(dy) && radar_aligned8(x) && radar_aligned8(dx)) {
+    if (radar_gelu_quads(dy_bf16, x_bf16, dx_bf16, cdf, cols, dy, x, dx)) {
         const int quads = cols / 4;
         GRID_STRIDE(e, chunks * quads) {
             const int k = (int)(e / quads), q = (int)(e % quads);
             const int lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
             float s[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
             for (int r = lo; r < hi; ++r) {
                 const long w = (long)r * quads + q;
                 const uint2 wx = ((const uint2*)x)[w], wd = ((const uint2*)dy)[w];
@@ -201,6 +208,7 @@ extern "C" __global__ void radar_gelu_backward_chunk_sums(const void* dy, int dy
         const int k = (int)(e / cols), c = (int)(e % cols);
         const int lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
         float s = 0.f;
+#pragma unroll 4
         for (int r = lo; r < hi; ++r) {
             const long i = (long)r * cols + c;
             const float v = radar_load(x, x_bf16, i);

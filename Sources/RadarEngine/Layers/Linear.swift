@@ -53,7 +53,7 @@ public struct Linear: Sendable {
     /// gradient of a bf16 activation). dy may be bf16 (the bias gradient sums it in fp32).
     /// `dyOperand`: dy's bf16 copy where products round to bf16, made by whoever wrote dy (the
     /// products read it instead of converting dy again). `biasSummed`: db was accumulated by
-    /// whoever wrote dy (GELU backward's `biasGradient`), not summed again here.
+    /// whoever wrote dy (GELU's or LayerNorm's backward with `biasGradient`), not summed again here.
     @discardableResult
     public func backward(_ dy: Tensor, x: Tensor, _ ctx: ExecutionContext, inputGradient: Bool = true,
                          inputGradientType: DType = .float32, dyOperand: Tensor? = nil, biasSummed: Bool = false) -> Tensor? {

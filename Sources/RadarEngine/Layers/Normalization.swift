@@ -124,10 +124,10 @@ public struct LayerNorm: Sendable {
 
     /// dx into `into` when given (not dy: a row's dx needs the whole row of dy); plus `residual`
     /// (a residual stream's gradient, not dx) and its bf16 copy into `copy` when given, by the
-    /// same kernel.
+    /// same kernel. `biasGradient`: dx's column sums (residual included) added there as dx is
+    /// written: the bias gradient of the Linear layer whose output gradient dx is (that layer is
+    /// then told so).
     @discardableResult
-    /// `biasGradient`: dx's column sums (residual included) added there as dx is written: the
-    /// bias gradient of the Linear layer whose output gradient dx is (that layer is then told so).
     public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, into: Tensor? = nil, residual: Tensor? = nil,
                          copy: Tensor? = nil, biasGradient: Tensor? = nil) -> Tensor {
         let dx = into ?? ctx.tensor(saved.x.shape)

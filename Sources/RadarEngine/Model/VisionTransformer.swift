@@ -141,8 +141,9 @@ public struct VisionTransformer: Sendable {
         // output (the final norm's, the block above's norm1's with the residual stream's gradient,
         // norm2's likewise): their bias gradients are summed by that LayerNorm backward as it writes
         // them (one pass on a GPU), where the sum is the whole gradient (the residual joined in it).
-        func biasGrad(_ l: Linear) -> Tensor? { l.bias.map { ctx.params.grad($0) } }
-        var fc2Bias = blocks.last.flatMap { biasGrad($0.fc2) }
+        // (By index: `blocks.last` copies a whole Block out, a heap allocation in a debug build.)
+        var fc2Bias: Tensor? = nil
+        if !blocks.isEmpty, let bias = blocks[blocks.count - 1].fc2.bias { fc2Bias = ctx.params.grad(bias) }
         var dh = norm.backward(dTokens, normSaved, ctx, into: spare, copy: copy, biasGradient: fc2Bias)
         ctx.parallel.gradientsFinal(from: norm.weight.offset)
         var i = blocks.count - 1
@@ -167,14 +168,16 @@ public struct VisionTransformer: Sendable {
             let dFc1 = GELU.backward(dAct, s.gelu, ctx, output: s.gelu.x.dtype, biasGradient: fc1Bias)
             let dM = blk.fc1.backward(dFc1, x: s.h, ctx, biasSummed: fc1Bias != nil)!
             // dH1 = dh + norm2's input gradient, summed (and copied) by the LayerNorm's kernel.
-            let projBias = fuse ? biasGrad(blk.attn.proj) : nil
+            var projBias: Tensor? = nil
+            if fuse, let bias = blk.attn.proj.bias { projBias = ctx.params.grad(bias) }
             blk.norm2.backward(dM, s.n2, ctx, into: dH1, residual: fuse ? dh : nil, copy: copy, biasGradient: projBias)
             ctx.arena.rewind(to: mlp)
             if !fuse { be.add(dH1, dh, into: dH1) }
             // h1 = h + attn(norm1(h)): norm1's input gradient plus dH1 straight into the buffer
             // passed on.
             let dA = blk.attn.backward(dH1, s.attn, ctx, dyOperand: copy, projBiasSummed: projBias != nil)
-            fc2Bias = fuse && i >= 0 ? biasGrad(blocks[i].fc2) : nil
+            fc2Bias = nil
+            if fuse, i >= 0, let bias = blocks[i].fc2.bias { fc2Bias = ctx.params.grad(bias) }
             blk.norm1.backward(dA, s.n1, ctx, into: out, residual: fuse ? dH1 : nil, copy: copy, biasGradient: fc2Bias)
             if !fuse { be.add(out, dH1, into: out) }
             ctx.arena.rewind(to: mark)
