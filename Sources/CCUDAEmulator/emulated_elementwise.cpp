@@ -136,7 +136,8 @@ extern "C" int radar_emu_launch_radar_gelu_backward_chunk_sums(const unsigned gr
     int a8; memcpy(&a8, args[8], sizeof(a8));
     int a9; memcpy(&a9, args[9], sizeof(a9));
     int a10; memcpy(&a10, args[10], sizeof(a10));
-    return radar_emu::launch(grid, block, [&] { radar_gelu_backward_chunk_sums(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10); }, true, 0);
+    int a11; memcpy(&a11, args[11], sizeof(a11));
+    return radar_emu::launch(grid, block, [&] { radar_gelu_backward_chunk_sums(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11); }, true, 0);
 }
 
 extern "C" int radar_emu_launch_radar_to_bf16(const unsigned grid[3], const unsigned block[3], void **args) {

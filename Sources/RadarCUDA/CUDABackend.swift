@@ -343,11 +343,12 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let chunk = CUDABackend.reductionRows(rows: rows, cols: cols), chunks = (rows + chunk - 1) / chunk
         guard chunks > 0 else { return }
         let partial = scratch(CUDABackend.partialSlot, bytes: chunks * cols * 4)
-        // Four columns a thread where the kernel takes them so (radar_gelu_quads: the same test).
-        let aligned = [dy, x, dx].allSatisfy { UInt(bitPattern: $0.base) % 8 == 0 }
-        let quads = [dy, x, dx].allSatisfy { $0.dtype == .bfloat16 } && cdf == nil && cols % 4 == 0 && aligned
+        // Four columns a thread, on 8-byte accesses, where everything is bf16 and 8-byte aligned.
+        let aligned = (UInt(bitPattern: dy.base) | UInt(bitPattern: x.base) | UInt(bitPattern: dx.base)) % 8 == 0
+        let quads = dy.dtype == .bfloat16 && x.dtype == .bfloat16 && dx.dtype == .bfloat16 && cdf == nil && cols % 4 == 0 && aligned
         elementwise("radar_gelu_backward_chunk_sums", chunks * (quads ? cols / 4 : cols),
-                    [p(dy), bf16(dy), p(x), bf16(x), .ptr(cdf?.base), p(dx), bf16(dx), .raw(partial), .i32(rows), .i32(cols), .i32(chunk)])
+                    [p(dy), bf16(dy), p(x), bf16(x), .ptr(cdf?.base), p(dx), bf16(dx), .raw(partial), .i32(rows), .i32(cols), .i32(chunk),
+                     .i32(quads ? 1 : 0)])
         self.rows("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(cols), .i32(cols), p(sums)])
     }
     public func reluForward(_ x: Tensor, _ y: Tensor) { elementwise("radar_relu_forward", x.count, [p(x), p(y), .i64(x.count)]) }

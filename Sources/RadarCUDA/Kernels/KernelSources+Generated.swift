@@ -1008,18 +1008,15 @@ extern "C" __global__ void radar_gelu_backward(const void* dy, int dy_bf16, cons
 // (its bf16 rounding under bf16 activations) over the chunk's rows in order from zero, into
 // `partial` as radar_column_chunk_sums lays its partials out (radar_add_chunk_sums adds them).
 // The same bits as radar_gelu_backward then radar_column_chunk_sums, dx not read back.
-// A thread per chunk and column, or (dy, x, dx all bf16, no CDF, columns a multiple of 4, every
-// pointer 8-byte aligned: radar_gelu_quads; the launch is sized by the same test) per chunk and
-// four columns, one 8-byte access per row each; rows unrolled by 4 so each thread has several
-// rows' loads in flight (the sums still add row by row, in order).
-__device__ __forceinline__ bool radar_gelu_quads(int dy_bf16, int x_bf16, int dx_bf16, const float* cdf, int cols, const void* dy,
-                                                 const void* x, const void* dx) {
-    return dy_bf16 && x_bf16 && dx_bf16 && !cdf && cols % 4 == 0 && radar_aligned8(dy) && radar_aligned8(x) && radar_aligned8(dx);
-}
+// A thread per chunk and column, or with `quads4` per chunk and four columns, one 8-byte access per
+// row each (the launcher sets it, and sizes the launch, where dy, x and dx are all bf16 and 8-byte
+// aligned, there is no CDF and the columns are a multiple of 4); rows unrolled by 4 so each thread
+// has several rows' loads in flight (the sums still add row by row, in order).
 extern "C" __global__ void radar_gelu_backward_chunk_sums(const void* dy, int dy_bf16, const void* x, int x_bf16, const float* cdf,
-                                                          void* dx, int dx_bf16, float* partial, int rows, int cols, int chunk) {
+                                                          void* dx, int dx_bf16, float* partial, int rows, int cols, int chunk,
+                                                          int quads4) {
     const long chunks = (rows + chunk - 1) / chunk;
-    if (radar_gelu_quads(dy_bf16, x_bf16, dx_bf16, cdf, cols, dy, x, dx)) {
+    if (quads4) {
         const int quads = cols / 4;
         GRID_STRIDE(e, chunks * quads) {
             const int k = (int)(e / quads), q = (int)(e % quads);
