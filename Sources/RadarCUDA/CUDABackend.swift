@@ -674,20 +674,31 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         precondition(CUDABackend.fusedHeadDims.contains(hd) && qkv.dtype == .bfloat16, "fused attention: bf16 qkv, heads of 16, 32 or 64 channels")
         return ((n + 63) / 64 * h * qkv.shape[0], n, hd)
     }
-    private func attentionKernel(_ name: String, headDim hd: Int) -> String {
-        "radar_attention_\(name)_hd\(hd)" + (attentionMatrixLoads ? "_ldsm" : "")
+    /// The three fused attention kernels.
+    enum AttentionKernel: String, CaseIterable { case forward, backward_query, backward_key_value }
+    struct AttentionKernelKey: Hashable { let kernel: AttentionKernel, headDim: Int, matrixLoads: Bool }
+    /// Every fused attention kernel's name (3 kernels x 3 head sizes x plain/ldmatrix), made once: a
+    /// name formatted per launch was a heap allocation, three a block and step.
+    static let attentionKernelNames: [AttentionKernelKey: String] = Dictionary(uniqueKeysWithValues:
+        AttentionKernel.allCases.flatMap { k in
+            fusedHeadDims.flatMap { hd in
+                [false, true].map { l in (AttentionKernelKey(kernel: k, headDim: hd, matrixLoads: l), "radar_attention_\(k.rawValue)_hd\(hd)" + (l ? "_ldsm" : "")) }
+            }
+        })
+    func attentionKernel(_ kernel: AttentionKernel, headDim hd: Int) -> String {
+        CUDABackend.attentionKernelNames[AttentionKernelKey(kernel: kernel, headDim: hd, matrixLoads: attentionMatrixLoads)]!
     }
     public func fusedAttentionForward(qkv: Tensor, heads h: Int, scale: Float, merged: Tensor, logSumExp: Tensor) {
         let (blocks, n, hd) = attentionBlocks(qkv, heads: h)
-        driver.launch(attentionKernel("forward", headDim: hd), grid: blocks, block: 128, [p(qkv), p(merged), p(logSumExp), .i32(n), .i32(h), .f32(scale)])
+        driver.launch(attentionKernel(.forward, headDim: hd), grid: blocks, block: 128, [p(qkv), p(merged), p(logSumExp), .i32(n), .i32(h), .f32(scale)])
     }
     public func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads h: Int, scale: Float,
                                        delta: Tensor, dQKV: Tensor) {
         let (blocks, n, hd) = attentionBlocks(qkv, heads: h)
         // dQ and delta first; dK and dV read delta.
-        driver.launch(attentionKernel("backward_query", headDim: hd), grid: blocks, block: 128,
+        driver.launch(attentionKernel(.backward_query, headDim: hd), grid: blocks, block: 128,
                       [p(qkv), p(merged), p(dMerged), p(logSumExp), p(delta), p(dQKV), bf16(dQKV), .i32(n), .i32(h), .f32(scale)])
-        driver.launch(attentionKernel("backward_key_value", headDim: hd), grid: blocks, block: 128,
+        driver.launch(attentionKernel(.backward_key_value, headDim: hd), grid: blocks, block: 128,
                       [p(qkv), p(dMerged), p(logSumExp), p(delta), p(dQKV), bf16(dQKV), .i32(n), .i32(h), .f32(scale)])
     }
 

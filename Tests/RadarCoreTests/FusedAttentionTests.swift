@@ -1,6 +1,6 @@
 import CCUDAEmulator
 import Foundation
-import RadarCUDA
+@testable import RadarCUDA
 import RadarCore
 import XCTest
 
@@ -111,6 +111,19 @@ final class FusedAttentionTests: XCTestCase {
         let grid = trainer.model.config.patchCount
         XCTAssertEqual(maps[0].count, grid)
         XCTAssertTrue(maps.allSatisfy { $0.allSatisfy(\.isFinite) && $0.contains { $0 > 0 } })
+    }
+
+    /// The launcher's table of kernel names (made once, not formatted per launch) names exactly the
+    /// attention family's entry points: each kernel for each head size, plain and ldmatrix.
+    func testTheAttentionKernelNameTableNamesEveryAttentionKernel() throws {
+        let family = try XCTUnwrap(KernelSources.all.first { $0.kernels.contains { $0.name == "radar_attention_forward_hd64" } })
+        let entryPoints = Set(family.kernels.map(\.name).filter { $0.hasPrefix("radar_attention_") && $0.contains("_hd") })
+        XCTAssertEqual(Set(CUDABackend.attentionKernelNames.values), entryPoints)
+        XCTAssertEqual(CUDABackend.attentionKernelNames.count, 18)
+        let be = CUDABackend(driver: EmulatedDevice(memory: 1 << 20), precision: .bf16, fusedAttention: true)
+        XCTAssertEqual(be.attentionKernel(.backward_key_value, headDim: 32), "radar_attention_backward_key_value_hd32")
+        be.attentionMatrixLoads = true
+        XCTAssertEqual(be.attentionKernel(.forward, headDim: 16), "radar_attention_forward_hd16_ldsm")
     }
 
     /// The `_ldsm` kernels (operands from shared memory by ldmatrix, emulated by the PTX ISA's
