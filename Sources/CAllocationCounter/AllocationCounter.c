@@ -13,9 +13,14 @@ extern void __libc_free(void *);
 
 static volatile int counting = 0;
 static uint64_t count = 0;
+static const volatile int *ignoring = 0;
 
 static inline void note(void) {
-    if (counting) __atomic_fetch_add(&count, 1, __ATOMIC_RELAXED);
+    if (counting && !(ignoring && *ignoring)) __atomic_fetch_add(&count, 1, __ATOMIC_RELAXED);
+}
+
+void radar_allocation_counter_ignore_while(const volatile int *flag) {
+    __atomic_store_n(&ignoring, flag, __ATOMIC_SEQ_CST);
 }
 
 void radar_allocation_counter_start(void) {

@@ -176,11 +176,11 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     // MARK: Launch helpers
 
     private func grid(_ n: Int, block: Int = 256) -> Int { max(1, min((n + block - 1) / block, 4096)) }
-    private func elementwise(_ name: String, _ n: Int, _ args: [KernelArg]) {
+    private func elementwise(_ name: String, _ n: Int, _ args: KernelArgs) {
         guard n > 0 else { return }
         driver.launch(name, grid: grid(n), block: 256, args)
     }
-    private func rows(_ name: String, _ rows: Int, _ args: [KernelArg]) {
+    private func rows(_ name: String, _ rows: Int, _ args: KernelArgs) {
         guard rows > 0 else { return }
         driver.launch(name, grid: (rows + 3) / 4, block: 128, args)
     }
@@ -517,7 +517,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         g.with(batch: convolutionChunk(g)).backwardScratchCount(inputGradient: inputGradient)
     }
     /// The kernels' geometry arguments for `images` images.
-    private func geometryArgs(_ g: ConvolutionGeometry, images: Int) -> [KernelArg] {
+    private func geometryArgs(_ g: ConvolutionGeometry, images: Int) -> KernelArgs {
         [.i32(images), .i32(g.inChannels), .i32(g.height), .i32(g.width), .i32(g.kernel), .i32(g.stride), .i32(g.padding),
          .i32(g.outHeight), .i32(g.outWidth)]
     }

@@ -98,7 +98,7 @@ public protocol CUDADriver: AnyObject {
     func synchronize()
 
     /// cuLaunchKernel of `kernel` (its extern "C" name) on a 1-D grid of 1-D blocks.
-    func launch(_ kernel: String, grid: Int, block: Int, _ args: [KernelArg])
+    func launch(_ kernel: String, grid: Int, block: Int, _ args: KernelArgs)
     /// Kernel launches and cuBLAS products queued so far (`radar bench step` reports a step's).
     var queued: (launches: Int, products: Int) { get }
     /// cublasGemmStridedBatchedEx (column-major; fixed algorithm and workspace: deterministic);
@@ -151,13 +151,69 @@ public enum KernelArg {
     case f32(Float)
     case u32(UInt32)
     case u64(UInt64)
+}
+
+/// A launch's arguments, held inline: up to `capacity` (the most any kernel takes is 13).
+/// Building them allocates nothing, where an `[KernelArg]` was a heap allocation a launch (about
+/// 600 a training step of the tiny config); `[.ptr(x), .i32(n)]` makes one as an array literal did.
+public struct KernelArgs: ExpressibleByArrayLiteral, RandomAccessCollection {
+    public static let capacity = 16
+    private typealias Storage = (KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg,
+                                 KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg)
+    private var storage: Storage = (.u64(0), .u64(0), .u64(0), .u64(0), .u64(0), .u64(0), .u64(0), .u64(0),
+                                    .u64(0), .u64(0), .u64(0), .u64(0), .u64(0), .u64(0), .u64(0), .u64(0))
+    public private(set) var count = 0
+
+    // Not inlined on purpose: the optimizer then puts a call site's literal array on the stack
+    // (the callee does not let it escape); inlined, a function with two literals heap-allocated both.
+    @inline(never) public init(arrayLiteral elements: KernelArg...) {
+        precondition(elements.count <= KernelArgs.capacity, "a kernel launch with more than \(KernelArgs.capacity) arguments")
+        count = elements.count
+        withUnsafeMutableBytes(of: &storage) { raw in
+            let slots = raw.baseAddress!.assumingMemoryBound(to: KernelArg.self)
+            for i in 0..<elements.count { slots[i] = elements[i] }
+        }
+    }
+
+    @inline(__always) public mutating func append(_ a: KernelArg) {
+        precondition(count < KernelArgs.capacity, "a kernel launch with more than \(KernelArgs.capacity) arguments")
+        withUnsafeMutableBytes(of: &storage) { $0.baseAddress!.assumingMemoryBound(to: KernelArg.self)[count] = a }
+        count += 1
+    }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { count }
+    public subscript(i: Int) -> KernelArg {
+        get {
+            precondition(i >= 0 && i < count, "kernel argument \(i) of \(count)")
+            return withUnsafeBytes(of: storage) { $0.baseAddress!.assumingMemoryBound(to: KernelArg.self)[i] }
+        }
+        set {
+            precondition(i >= 0 && i < count, "kernel argument \(i) of \(count)")
+            withUnsafeMutableBytes(of: &storage) { $0.baseAddress!.assumingMemoryBound(to: KernelArg.self)[i] = newValue }
+        }
+    }
+
+    @inline(__always) public static func + (l: KernelArgs, r: KernelArgs) -> KernelArgs {
+        var all = l
+        for a in r { all.append(a) }
+        return all
+    }
 
     /// Runs `body` with the `void**` array cuLaunchKernel takes (each entry points at a value).
-    static func withArgumentArray<R>(_ args: [KernelArg], _ body: (UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> R) -> R {
-        withUnsafeTemporaryAllocation(of: UInt64.self, capacity: max(args.count, 1)) { slots in
-            withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: max(args.count, 1)) { argv in
-                for (i, a) in args.enumerated() {
-                    let p = UnsafeMutableRawPointer(slots.baseAddress! + i)
+    func withArgumentArray<R>(_ body: (UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> R) -> R {
+        var slots: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var argv: (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?,
+                   UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?,
+                   UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?,
+                   UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) =
+            (nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil)
+        return withUnsafeMutableBytes(of: &slots) { slotBytes in
+            withUnsafeMutableBytes(of: &argv) { argvBytes in
+                let argv = argvBytes.baseAddress!.assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
+                for (i, a) in self.enumerated() {
+                    let p = slotBytes.baseAddress! + 8 * i
                     switch a {
                     case .ptr(let v): p.storeBytes(of: v, as: UnsafeMutablePointer<Float>?.self)
                     case .raw(let v): p.storeBytes(of: v, as: UnsafeMutableRawPointer?.self)
@@ -170,7 +226,7 @@ public enum KernelArg {
                     }
                     argv[i] = p
                 }
-                return body(argv.baseAddress!)
+                return body(argv)
             }
         }
     }

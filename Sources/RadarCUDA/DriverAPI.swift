@@ -367,7 +367,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
 
     /// A launch's name for kernel timing: the kernel and its integer arguments (sizes), so that one
     /// kernel's calls on different tensors are told apart ("radar_to_bf16 (9683968)").
-    static func timingName(_ kernel: String, _ args: [KernelArg]) -> String {
+    static func timingName(_ kernel: String, _ args: KernelArgs) -> String {
         let sizes = args.compactMap { a -> String? in
             switch a {
             case .i32(let v), .i64(let v): return String(v)
@@ -460,14 +460,14 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
 
     public private(set) var queued = (launches: 0, products: 0)
 
-    public func launch(_ kernel: String, grid: Int, block: Int, _ args: [KernelArg]) {
+    public func launch(_ kernel: String, grid: Int, block: Int, _ args: KernelArgs) {
         guard grid > 0 else { return }
         queued.launches += 1
         _ = ctxSetCurrent(context)
         let f = function(kernel)
         var r: Int32 = 0
         timing(DriverAPI.timingName(kernel, args)) {
-            r = KernelArg.withArgumentArray(args) { argv in
+            r = args.withArgumentArray { argv in
                 launchKernel(f, UInt32(grid), 1, 1, UInt32(block), 1, 1, 0, stream, argv, nil)
             }
         }

@@ -241,7 +241,7 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
 
     /// cuLaunchKernel: `grid` blocks of `block` threads. A failed launch (deadlock, barrier
     /// misuse) is a programming error in a kernel: it stops the process with the emulator's report.
-    public func launch(_ name: String, grid: Int, block: Int, _ args: [KernelArg]) {
+    public func launch(_ name: String, grid: Int, block: Int, _ args: KernelArgs) {
         guard grid > 0 else { return }
         precondition(block > 0 && block <= 1024, "kernel \(name): \(block) threads per block (1...1024)")
         launchLog?.append(Launch(kernel: name, grid: grid, block: block))
@@ -252,15 +252,16 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
             launchers[name] = k
             kernel = k
         }
-        let translated = args.enumerated().map { i, a -> KernelArg in
-            switch a {
-            case .ptr(let p): return .raw(host(p, "argument \(i) of \(name)"))
-            case .raw(let p): return .raw(host(p, "argument \(i) of \(name)"))
-            case .doubles(let p): return .raw(host(p, "argument \(i) of \(name)"))
-            default: return a
+        var translated = args
+        for i in translated.indices {
+            switch translated[i] {
+            case .ptr(let p): translated[i] = .raw(host(p, "argument \(i) of \(name)"))
+            case .raw(let p): translated[i] = .raw(host(p, "argument \(i) of \(name)"))
+            case .doubles(let p): translated[i] = .raw(host(p, "argument \(i) of \(name)"))
+            default: break
             }
         }
-        let status = KernelArg.withArgumentArray(translated) { argv in
+        let status = translated.withArgumentArray { argv in
             let g: [UInt32] = [UInt32(grid), 1, 1], b: [UInt32] = [UInt32(block), 1, 1]
             return kernel(g, b, argv)
         }

@@ -52,6 +52,18 @@
 
 #define EXPORT extern "C" __attribute__((visibility("default")))
 
+/// Nonzero while one of this library's entry points runs (a depth: the communication thread's calls
+/// overlap the compute thread's). `radar bench step` hands it to the allocation counter
+/// (radar_allocation_counter_ignore_while), which then counts the host code's allocations and not
+/// this stand-in's or its emulated kernels'.
+EXPORT volatile int radar_fake_cuda_busy = 0;
+namespace {
+struct LibraryCall {
+    LibraryCall() { __atomic_add_fetch(&radar_fake_cuda_busy, 1, __ATOMIC_SEQ_CST); }
+    ~LibraryCall() { __atomic_sub_fetch(&radar_fake_cuda_busy, 1, __ATOMIC_SEQ_CST); }
+};
+}  // namespace
+
 namespace {
 
 // cuda.h's CUresult values used here.
@@ -220,6 +232,7 @@ const int computeMajor = 9, computeMinor = 0;
 // MARK: Driver API
 
 EXPORT int cuInit(unsigned flags) {
+    LibraryCall call;
     if (flags != 0) return INVALID_VALUE;
     std::lock_guard<std::mutex> g(lock);
     if (!initialized) {
@@ -230,12 +243,14 @@ EXPORT int cuInit(unsigned flags) {
 }
 
 EXPORT int cuDriverGetVersion(int *version) {
+    LibraryCall call;
     if (!version) return INVALID_VALUE;
     *version = 13000;
     return SUCCESS;
 }
 
 EXPORT int cuDeviceGetCount(int *count) {
+    LibraryCall call;
     if (!initialized) return NOT_INITIALIZED;
     if (!count) return INVALID_VALUE;
     *count = deviceCount();
@@ -243,6 +258,7 @@ EXPORT int cuDeviceGetCount(int *count) {
 }
 
 EXPORT int cuDeviceGet(int *device, int ordinal) {
+    LibraryCall call;
     if (!initialized) return NOT_INITIALIZED;
     if (!device) return INVALID_VALUE;
     if (ordinal < 0 || ordinal >= deviceCount()) return INVALID_DEVICE;
@@ -251,6 +267,7 @@ EXPORT int cuDeviceGet(int *device, int ordinal) {
 }
 
 EXPORT int cuDeviceGetName(char *name, int length, int device) {
+    LibraryCall call;
     if (!initialized) return NOT_INITIALIZED;
     if (device < 0 || device >= deviceCount()) return INVALID_DEVICE;
     if (!name || length <= 0) return INVALID_VALUE;
@@ -259,6 +276,7 @@ EXPORT int cuDeviceGetName(char *name, int length, int device) {
 }
 
 EXPORT int cuDeviceTotalMem_v2(size_t *bytes, int device) {
+    LibraryCall call;
     if (!initialized) return NOT_INITIALIZED;
     if (device < 0 || device >= deviceCount()) return INVALID_DEVICE;
     if (!bytes) return INVALID_VALUE;
@@ -267,6 +285,7 @@ EXPORT int cuDeviceTotalMem_v2(size_t *bytes, int device) {
 }
 
 EXPORT int cuDeviceGetAttribute(int *value, int attribute, int device) {
+    LibraryCall call;
     if (!initialized) return NOT_INITIALIZED;
     if (device < 0 || device >= deviceCount()) return INVALID_DEVICE;
     if (!value) return INVALID_VALUE;
@@ -278,6 +297,7 @@ EXPORT int cuDeviceGetAttribute(int *value, int attribute, int device) {
 }
 
 EXPORT int cuDevicePrimaryCtxRetain(void **context, int device) {
+    LibraryCall call;
     if (!initialized) return NOT_INITIALIZED;
     if (device < 0 || device >= deviceCount()) return INVALID_DEVICE;
     if (!context) return INVALID_VALUE;
@@ -286,12 +306,14 @@ EXPORT int cuDevicePrimaryCtxRetain(void **context, int device) {
 }
 
 EXPORT int cuCtxSetCurrent(void *context) {
+    LibraryCall call;
     if (!initialized) return NOT_INITIALIZED;
     current = static_cast<Context *>(context);
     return SUCCESS;
 }
 
 EXPORT int cuStreamCreate(void **stream, unsigned flags) {
+    LibraryCall call;
     if (int r = needContext()) return r;
     if (!stream || flags > 1) return INVALID_VALUE;
     Stream *created = new Stream{current};
@@ -304,6 +326,7 @@ EXPORT int cuStreamCreate(void **stream, unsigned flags) {
 }
 
 EXPORT int cuStreamSynchronize(void *stream) {
+    LibraryCall call;
     if (int r = checkStream(stream)) return r;
     if (faulted("cuStreamSynchronize")) return ILLEGAL_ADDRESS;
     runsNow(stream);
@@ -311,6 +334,7 @@ EXPORT int cuStreamSynchronize(void *stream) {
 }
 
 EXPORT int cuEventCreate(void **event, unsigned flags) {
+    LibraryCall call;
     if (int r = needContext()) return r;
     if (!event || flags > 0xf) return INVALID_VALUE;
     *event = new Event{current};
@@ -318,6 +342,7 @@ EXPORT int cuEventCreate(void **event, unsigned flags) {
 }
 
 EXPORT int cuEventRecord(void *event, void *stream) {
+    LibraryCall call;
     if (int r = checkStream(stream)) return r;
     if (!event || static_cast<Event *>(event)->context != current) return INVALID_HANDLE;
     if (!stream) {  // the legacy default stream: everything queued before has run
@@ -339,6 +364,7 @@ EXPORT int cuEventRecord(void *event, void *stream) {
 /// between them, and the products' costs), so `radar bench step --kernel-times` and
 /// `radar bench gemm` have times without a clock.
 EXPORT int cuEventElapsedTime_v2(float *ms, void *start, void *end) {
+    LibraryCall call;
     if (!ms || !start || !end) return INVALID_VALUE;
     const Event *a = static_cast<Event *>(start), *b = static_cast<Event *>(end);
     if (a->context != current || b->context != current) return INVALID_HANDLE;
@@ -350,6 +376,7 @@ EXPORT int cuEventElapsedTime_v2(float *ms, void *start, void *end) {
 }
 
 EXPORT int cuStreamWaitEvent(void *stream, void *event, unsigned flags) {
+    LibraryCall call;
     if (int r = checkStream(stream)) return r;
     if (!event) return INVALID_HANDLE;
     if (flags != 0 && flags != 1) return INVALID_VALUE;  // CU_EVENT_WAIT_DEFAULT, CU_EVENT_WAIT_EXTERNAL
@@ -367,6 +394,7 @@ EXPORT int cuStreamWaitEvent(void *stream, void *event, unsigned flags) {
 }
 
 EXPORT int cuMemAlloc_v2(unsigned long long *address, size_t bytes) {
+    LibraryCall call;
     if (int r = needContext()) return r;
     if (!address || bytes == 0) return INVALID_VALUE;
     {
@@ -388,6 +416,7 @@ EXPORT int cuMemAlloc_v2(unsigned long long *address, size_t bytes) {
 }
 
 EXPORT int cuMemFree_v2(unsigned long long address) {
+    LibraryCall call;
     if (int r = needContext()) return r;
     flushAll();  // cuMemFree waits for work in flight
     size_t bytes;
@@ -404,6 +433,7 @@ EXPORT int cuMemFree_v2(unsigned long long address) {
 }
 
 EXPORT int cuMemGetInfo_v2(size_t *free, size_t *total) {
+    LibraryCall call;
     if (int r = needContext()) return r;
     if (!free || !total) return INVALID_VALUE;
     std::lock_guard<std::mutex> g(lock);
@@ -413,6 +443,7 @@ EXPORT int cuMemGetInfo_v2(size_t *free, size_t *total) {
 }
 
 EXPORT int cuMemsetD8Async(unsigned long long address, unsigned char value, size_t bytes, void *stream) {
+    LibraryCall call;
     if (int r = checkStream(stream)) return r;
     if (!inDevice(uintptr_t(address), bytes)) return INVALID_VALUE;
     runsNow(stream);
@@ -421,6 +452,7 @@ EXPORT int cuMemsetD8Async(unsigned long long address, unsigned char value, size
 }
 
 EXPORT int cuMemcpyHtoDAsync_v2(unsigned long long destination, const void *source, size_t bytes, void *stream) {
+    LibraryCall call;
     if (int r = checkStream(stream)) return r;
     if (faulted("cuMemcpyHtoDAsync_v2")) return ILLEGAL_ADDRESS;
     if (!inDevice(uintptr_t(destination), bytes) || !source || isDevice(source)) return INVALID_VALUE;
@@ -439,6 +471,7 @@ EXPORT int cuMemcpyHtoDAsync_v2(unsigned long long destination, const void *sour
 }
 
 EXPORT int cuMemcpyDtoHAsync_v2(void *destination, unsigned long long source, size_t bytes, void *stream) {
+    LibraryCall call;
     if (int r = checkStream(stream)) return r;
     if (faulted("cuMemcpyDtoHAsync_v2")) return ILLEGAL_ADDRESS;
     if (!inDevice(uintptr_t(source), bytes) || !destination || isDevice(destination)) return INVALID_VALUE;
@@ -456,6 +489,7 @@ EXPORT int cuMemcpyDtoHAsync_v2(void *destination, unsigned long long source, si
 }
 
 EXPORT int cuMemHostAlloc(void **p, size_t bytes, unsigned flags) {
+    LibraryCall call;
     if (int r = needContext()) return r;
     if (!p || bytes == 0 || flags > 0xf) return INVALID_VALUE;
     *p = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
@@ -466,6 +500,7 @@ EXPORT int cuMemHostAlloc(void **p, size_t bytes, unsigned flags) {
 }
 
 EXPORT int cuMemFreeHost(void *p) {
+    LibraryCall call;
     if (int r = needContext()) return r;
     flushAll();
     {
@@ -477,6 +512,7 @@ EXPORT int cuMemFreeHost(void *p) {
 }
 
 EXPORT int cuModuleLoadData(void **module, const void *image) {
+    LibraryCall call;
     if (int r = needContext()) return r;
     if (!module || !image) return INVALID_VALUE;
     const unsigned char *b = static_cast<const unsigned char *>(image);
@@ -491,6 +527,7 @@ EXPORT int cuModuleLoadData(void **module, const void *image) {
 }
 
 EXPORT int cuModuleGetFunction(void **function, void *module, const char *name) {
+    LibraryCall call;
     if (int r = needContext()) return r;
     if (!function || !module || !name) return INVALID_VALUE;
     const std::vector<unsigned char> &image = static_cast<Module *>(module)->image;
@@ -504,6 +541,7 @@ EXPORT int cuModuleGetFunction(void **function, void *module, const char *name) 
 
 EXPORT int cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                           unsigned sharedBytes, void *stream, void **params, void **extra) {
+    LibraryCall call;
     if (int r = checkStream(stream)) return r;
     if (!function) return INVALID_HANDLE;
     if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 || size_t(bx) * by * bz > 1024 || bz > 64
@@ -522,6 +560,7 @@ EXPORT int cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz,
 }
 
 EXPORT int cuGetErrorString(int error, const char **text) {
+    LibraryCall call;
     if (!text) return INVALID_VALUE;
     switch (error) {
     case SUCCESS: *text = "no error"; break;
@@ -574,6 +613,7 @@ std::vector<float> operand(const void *p, size_t count, int type, bool roundTF32
 }  // namespace
 
 EXPORT int cublasCreate_v2(void **handle) {
+    LibraryCall call;
     if (!handle) return BLAS_INVALID_VALUE;
     if (needContext()) return BLAS_NOT_INITIALIZED;
     *handle = new Blas{current};
@@ -581,6 +621,7 @@ EXPORT int cublasCreate_v2(void **handle) {
 }
 
 EXPORT int cublasSetStream_v2(void *handle, void *stream) {
+    LibraryCall call;
     if (!handle) return BLAS_NOT_INITIALIZED;
     if (stream && static_cast<Stream *>(stream)->context != static_cast<Blas *>(handle)->context) return BLAS_INVALID_VALUE;
     static_cast<Blas *>(handle)->stream = stream;
@@ -588,6 +629,7 @@ EXPORT int cublasSetStream_v2(void *handle, void *stream) {
 }
 
 EXPORT int cublasSetMathMode(void *handle, int mode) {
+    LibraryCall call;
     if (!handle) return BLAS_NOT_INITIALIZED;
     if ((mode & 0xf) > 3) return BLAS_INVALID_VALUE;  // DEFAULT, TENSOR_OP (deprecated), PEDANTIC, TF32_TENSOR_OP
     static_cast<Blas *>(handle)->mathMode = mode;
@@ -595,6 +637,7 @@ EXPORT int cublasSetMathMode(void *handle, int mode) {
 }
 
 EXPORT int cublasSetWorkspace_v2(void *handle, void *workspace, size_t bytes) {
+    LibraryCall call;
     if (!handle) return BLAS_NOT_INITIALIZED;
     // Checked, not used: the host GEMM needs no scratch.
     if (bytes > 0 && (!inDevice(uintptr_t(workspace), bytes) || uintptr_t(workspace) % 256 != 0)) return BLAS_INVALID_VALUE;
@@ -605,6 +648,7 @@ EXPORT int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int 
                                       const void *A, int Atype, int lda, long long strideA, const void *B, int Btype, int ldb,
                                       long long strideB, const void *beta, void *C, int Ctype, int ldc, long long strideC,
                                       int batch, int computeType, int algo) {
+    LibraryCall call;
     if (!handle) return BLAS_NOT_INITIALIZED;
     if (transa < 0 || transa > 2 || transb < 0 || transb > 2 || m < 0 || n < 0 || k < 0 || batch < 0) return BLAS_INVALID_VALUE;
     const long rowsA = transa ? k : m, colsA = transa ? m : k, rowsB = transb ? n : k, colsB = transb ? k : n;
@@ -664,6 +708,7 @@ EXPORT int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int 
 }
 
 EXPORT const char *cublasGetStatusString(int status) {
+    LibraryCall call;
     switch (status) {
     case BLAS_SUCCESS: return "the operation completed successfully";
     case BLAS_NOT_INITIALIZED: return "the library was not initialized";
@@ -709,6 +754,7 @@ bool ltShape(const LtDesc *d, const LtLayout *a, const LtLayout *b, const LtLayo
 }  // namespace
 
 EXPORT int cublasLtCreate(void **handle) {
+    LibraryCall call;
     if (!handle) return BLAS_INVALID_VALUE;
     if (needContext()) return BLAS_NOT_INITIALIZED;
     *handle = new LtHandle{current};
@@ -716,6 +762,7 @@ EXPORT int cublasLtCreate(void **handle) {
 }
 
 EXPORT int cublasLtMatmulDescCreate(void **desc, int computeType, int scaleType) {
+    LibraryCall call;
     if (!desc) return BLAS_INVALID_VALUE;
     if ((computeType != 68 && computeType != 77) || scaleType != 0) return BLAS_NOT_SUPPORTED;
     *desc = new LtDesc{computeType};
@@ -723,6 +770,7 @@ EXPORT int cublasLtMatmulDescCreate(void **desc, int computeType, int scaleType)
 }
 
 EXPORT int cublasLtMatmulDescSetAttribute(void *desc, int attr, const void *buf, size_t size) {
+    LibraryCall call;
     if (!desc) return BLAS_NOT_INITIALIZED;
     LtDesc *d = static_cast<LtDesc *>(desc);
     switch (attr) {
@@ -735,6 +783,7 @@ EXPORT int cublasLtMatmulDescSetAttribute(void *desc, int attr, const void *buf,
 }
 
 EXPORT int cublasLtMatrixLayoutCreate(void **layout, int type, uint64_t rows, uint64_t cols, int64_t ld) {
+    LibraryCall call;
     if (!layout) return BLAS_INVALID_VALUE;
     if (type != 0 && type != 14) return BLAS_NOT_SUPPORTED;
     if (ld < int64_t(std::max<uint64_t>(1, rows))) return BLAS_INVALID_VALUE;
@@ -743,6 +792,7 @@ EXPORT int cublasLtMatrixLayoutCreate(void **layout, int type, uint64_t rows, ui
 }
 
 EXPORT int cublasLtMatrixLayoutSetAttribute(void *layout, int attr, const void *buf, size_t size) {
+    LibraryCall call;
     if (!layout) return BLAS_NOT_INITIALIZED;
     LtLayout *l = static_cast<LtLayout *>(layout);
     switch (attr) {
@@ -753,12 +803,14 @@ EXPORT int cublasLtMatrixLayoutSetAttribute(void *layout, int attr, const void *
 }
 
 EXPORT int cublasLtMatmulPreferenceCreate(void **pref) {
+    LibraryCall call;
     if (!pref) return BLAS_INVALID_VALUE;
     *pref = new LtPreference{};
     return BLAS_SUCCESS;
 }
 
 EXPORT int cublasLtMatmulPreferenceSetAttribute(void *pref, int attr, const void *buf, size_t size) {
+    LibraryCall call;
     if (!pref) return BLAS_NOT_INITIALIZED;
     LtPreference *p = static_cast<LtPreference *>(pref);
     if (attr == 1) return ltSet(p->workspace, buf, size);
@@ -773,6 +825,7 @@ EXPORT int cublasLtMatmulPreferenceSetAttribute(void *pref, int attr, const void
 // cublasLtMatmulHeuristicResult_t: algo (64 bytes), workspaceSize (size_t at 64), state (at 72), 96 bytes.
 EXPORT int cublasLtMatmulAlgoGetHeuristic(void *handle, void *desc, void *a, void *b, void *c, void *d, void *pref, int requested,
                                           void *results, int *returned) {
+    LibraryCall call;
     if (!handle) return BLAS_NOT_INITIALIZED;
     if (!desc || !pref || !results || !returned || requested < 1) return BLAS_INVALID_VALUE;
     long m, n, k;
@@ -802,6 +855,7 @@ EXPORT int cublasLtMatmulAlgoGetHeuristic(void *handle, void *desc, void *a, voi
 EXPORT int cublasLtMatmul(void *handle, void *desc, const void *alpha, const void *A, void *adesc, const void *B, void *bdesc,
                           const void *beta, const void *C, void *cdesc, void *D, void *ddesc, const void *algo, void *workspace,
                           size_t workspaceBytes, void *stream) {
+    LibraryCall call;
     if (!handle) return BLAS_NOT_INITIALIZED;
     const LtDesc *d = static_cast<LtDesc *>(desc);
     const LtLayout *la = static_cast<LtLayout *>(adesc), *lb = static_cast<LtLayout *>(bdesc), *lc = static_cast<LtLayout *>(cdesc);
@@ -895,6 +949,7 @@ Plan *planFor(int handle) { return handle < 1 || size_t(handle) > plans.size() ?
 }  // namespace
 
 EXPORT int cufftCreate(int *plan) {
+    LibraryCall call;
     if (!plan) return FFT_INVALID_VALUE;
     if (needContext()) return FFT_INVALID_VALUE;
     std::lock_guard<std::mutex> g(fftLock);
@@ -905,6 +960,7 @@ EXPORT int cufftCreate(int *plan) {
 }
 
 EXPORT int cufftSetAutoAllocation(int plan, int autoAllocate) {
+    LibraryCall call;
     std::lock_guard<std::mutex> g(fftLock);
     Plan *p = planFor(plan);
     if (!p) return FFT_INVALID_PLAN;
@@ -915,6 +971,7 @@ EXPORT int cufftSetAutoAllocation(int plan, int autoAllocate) {
 
 EXPORT int cufftMakePlanMany(int plan, int rank, int *n, int *inembed, int istride, int idist, int *onembed, int ostride, int odist,
                              int type, int batch, size_t *workSize) {
+    LibraryCall call;
     if (!n || !workSize) return FFT_INVALID_VALUE;
     if (needContext()) return FFT_INVALID_VALUE;
     if (type != 0x2a) return FFT_INVALID_TYPE;            // CUFFT_R2C is all DriverAPI plans
@@ -937,6 +994,7 @@ EXPORT int cufftMakePlanMany(int plan, int rank, int *n, int *inembed, int istri
 }
 
 EXPORT int cufftSetWorkArea(int plan, void *work) {
+    LibraryCall call;
     std::lock_guard<std::mutex> g(fftLock);
     Plan *p = planFor(plan);
     if (!p || !p->made) return FFT_INVALID_PLAN;
@@ -946,6 +1004,7 @@ EXPORT int cufftSetWorkArea(int plan, void *work) {
 }
 
 EXPORT int cufftSetStream(int plan, void *stream) {
+    LibraryCall call;
     std::lock_guard<std::mutex> g(fftLock);
     Plan *p = planFor(plan);
     if (!p) return FFT_INVALID_PLAN;
@@ -955,6 +1014,7 @@ EXPORT int cufftSetStream(int plan, void *stream) {
 }
 
 EXPORT int cufftExecR2C(int plan, float *input, void *output) {
+    LibraryCall call;
     Plan p;
     {
         std::lock_guard<std::mutex> g(fftLock);

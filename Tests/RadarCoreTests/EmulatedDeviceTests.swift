@@ -1,6 +1,6 @@
 import CCUDAEmulator
 import Foundation
-import RadarCUDA
+@testable import RadarCUDA
 import RadarCore
 import XCTest
 
@@ -8,6 +8,29 @@ import XCTest
 /// block's threads as fibers) against the CPU backend, on odd shapes; and the emulator catches
 /// kernel bugs: deadlocks, strict-mode barrier misuse, and missing barriers (reversed thread order).
 final class EmulatedDeviceTests: XCTestCase {
+    /// A launch's arguments held inline: a literal keeps its order, `+` appends, and the argument
+    /// array cuLaunchKernel takes points at each value in its C width.
+    func testKernelArgumentsHoldTheirValuesInOrder() {
+        let x = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+        defer { x.deallocate() }
+        let head: KernelArgs = [.ptr(x), .i32(-7)], tail: KernelArgs = [.i64(1 << 40), .f32(2.5), .u32(9), .raw(nil)]
+        let all = head + tail
+        XCTAssertEqual(all.count, 6)
+        guard case .i64(1 << 40) = all[2], case .ptr(x) = all[0], case .raw(nil) = all[5] else { return XCTFail("\(Array(all))") }
+        all.withArgumentArray { argv in
+            XCTAssertEqual(argv[0]!.load(as: UnsafeMutablePointer<Float>.self), x)
+            XCTAssertEqual(argv[1]!.load(as: Int32.self), -7)
+            XCTAssertEqual(argv[2]!.load(as: Int.self), 1 << 40)
+            XCTAssertEqual(argv[3]!.load(as: Float.self), 2.5)
+            XCTAssertEqual(argv[4]!.load(as: UInt32.self), 9)
+            XCTAssertNil(argv[5]!.load(as: UnsafeMutableRawPointer?.self))
+        }
+        var full: KernelArgs = []
+        for i in 0..<KernelArgs.capacity { full.append(.i32(i)) }
+        XCTAssertEqual(full.count, 16)
+        guard case .i32(15) = full[15] else { return XCTFail("\(Array(full))") }
+    }
+
     /// A kernel argument, as cuLaunchKernel takes them (a pointer to each value).
     enum Arg {
         case buffer(UnsafeMutablePointer<Float>)

@@ -115,6 +115,25 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(a.count >= 1000, true)
     }
 
+    /// What `radar bench step` relies on for the fake CUDA libraries' flag: allocations made while
+    /// the flag is raised are not counted, those made while it is down are, and without a flag all are.
+    func testTheAllocationCounterLeavesOutAllocationsWhileAFlagIsRaised() {
+        let flag = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+        defer { flag.deallocate(); radar_allocation_counter_ignore_while(nil) }
+        let n = 1000 + Int(getpid() % 2)
+        func allocations(flag raised: Int32?) -> UInt64 {
+            if let raised { flag.pointee = raised; radar_allocation_counter_ignore_while(flag) } else { radar_allocation_counter_ignore_while(nil) }
+            radar_allocation_counter_start()
+            let a = [Int](repeating: 1, count: n)
+            let count = radar_allocation_counter_stop()
+            XCTAssertEqual(a.count, n)
+            return count
+        }
+        XCTAssertEqual(allocations(flag: 1), 0)
+        XCTAssertGreaterThan(allocations(flag: 0), 0)
+        XCTAssertGreaterThan(allocations(flag: nil), 0)
+    }
+
     /// Backward releases what it no longer needs (arena marks): the step's peak above the
     /// forward's saves is one encoder block's backward, whatever the depth; and a block's forward
     /// keeps what PyTorch's autograd keeps for it less GELU's output when backward recomputes (the

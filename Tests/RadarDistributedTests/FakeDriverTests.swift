@@ -387,7 +387,8 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(get(&function, module, "radar_adamw"), 500, "a kernel of another family: CUDA_ERROR_NOT_FOUND")
         XCTAssertEqual(get(&function, module, "radar_fill"), 0)
         let launch = try f("cuLaunchKernel", DriverAPI.FnLaunchKernel.self)
-        let status = KernelArg.withArgumentArray([.raw(UnsafeMutableRawPointer(bitPattern: UInt(d))), .i64(16), .f32(1)]) { argv in
+        let args: KernelArgs = [.raw(UnsafeMutableRawPointer(bitPattern: UInt(d))), .i64(16), .f32(1)]
+        let status = args.withArgumentArray { argv in
             launch(function, 1, 1, 1, 2048, 1, 1, 0, nil, argv, nil)
         }
         XCTAssertEqual(status, 1, "2048 threads per block: CUDA_ERROR_INVALID_VALUE")
