@@ -15,13 +15,13 @@ final class GemmTableTests: XCTestCase {
         let table = GemmTable(gpu: "NVIDIA H200", entries: ["bf16 TN m 8 n 8 k 8": algorithm, "fp32 NN m 1 n 2 k 3": [UInt8](repeating: 255, count: 64)])
         let path = temporary("good.json")
         defer { unlink(path) }
-        FileManager.default.createFile(atPath: path, contents: try table.data())
+        XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: try table.data()))
         XCTAssertEqual(try GemmTable.load(path: path), table)
 
         func refusal(_ text: String) -> String {
             let p = temporary("bad.json")
             defer { unlink(p) }
-            FileManager.default.createFile(atPath: p, contents: Data(text.utf8))
+            XCTAssertTrue(FileManager.default.createFile(atPath: p, contents: Data(text.utf8)))
             do { _ = try GemmTable.load(path: p); return "loaded" } catch { return "\(error)".replacingOccurrences(of: p, with: "T") }
         }
         XCTAssertEqual(refusal("[1, 2]"), "RADAR_GEMM_TABLE=T: not a JSON object (expected {\"gpu\": ..., \"entries\": [...]} as radar bench gemm --write-table writes)")
@@ -48,11 +48,11 @@ final class GemmTableTests: XCTestCase {
         XCTAssertNil(try Devices.gemmTable(for: device, ["RADAR_GEMM_TABLE": ""]))
         let path = temporary("other.json")
         defer { unlink(path) }
-        FileManager.default.createFile(atPath: path, contents: try GemmTable(gpu: "NVIDIA A40").data())
+        XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: try GemmTable(gpu: "NVIDIA A40").data()))
         XCTAssertThrowsError(try Devices.gemmTable(for: device, ["RADAR_GEMM_TABLE": path])) { error in
             XCTAssertEqual("\(error)", "RADAR_GEMM_TABLE=\(path): field \"gpu\": measured on NVIDIA A40, this is emulated device (write one here with radar bench gemm --write-table)")
         }
-        FileManager.default.createFile(atPath: path, contents: try GemmTable(gpu: "emulated device", entries: ["k": [UInt8](repeating: 0, count: 64)]).data())
+        XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: try GemmTable(gpu: "emulated device", entries: ["k": [UInt8](repeating: 0, count: 64)]).data()))
         XCTAssertEqual(try Devices.gemmTable(for: device, ["RADAR_GEMM_TABLE": path])?.entries.count, 1)
     }
 
