@@ -153,9 +153,10 @@ public enum KernelArg {
     case u64(UInt64)
 }
 
-/// A launch's arguments, held inline: up to `capacity` (the most any kernel takes is 13).
-/// Building them allocates nothing, where an `[KernelArg]` was a heap allocation a launch (about
-/// 600 a training step of the tiny config); `[.ptr(x), .i32(n)]` makes one as an array literal did.
+/// A launch's arguments, held inline: up to `capacity` (the most any kernel takes is 13), where an
+/// `[KernelArg]` was a heap allocation a launch. `[.ptr(x), .i32(n)]` makes one as an array literal
+/// did; in a release build the optimizer keeps that literal's array on the stack in most launchers
+/// (the tiny config's bf16 step: 138 heap allocations instead of 612; a debug build keeps none).
 public struct KernelArgs: ExpressibleByArrayLiteral, RandomAccessCollection {
     public static let capacity = 16
     private typealias Storage = (KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg,
