@@ -194,9 +194,10 @@ extension Bench {
                 let pinnedPerStep: Any = table.map { _ in (backend as! CUDABackend).driver.pinnedProducts - pinnedBefore } ?? NSNull()
                 // On the test stand-in for the CUDA libraries (Tests/FakeCUDA) its own allocations
                 // and its emulated kernels' are left out: the count is the host code's.
-                if backend is CUDABackend, let path = CUDALibraries.loaded["cuda_driver"], let h = dlopen(path, RTLD_NOW | RTLD_NOLOAD),
-                   let flag = dlsym(h, "radar_fake_cuda_busy") {
-                    radar_allocation_counter_ignore_while(flag.assumingMemoryBound(to: Int32.self))
+                // (The handle only looks it up: the driver's own handle keeps the library loaded.)
+                if backend is CUDABackend, let path = CUDALibraries.loaded["cuda_driver"], let h = dlopen(path, RTLD_NOW | RTLD_NOLOAD) {
+                    if let flag = dlsym(h, "radar_fake_cuda_busy") { radar_allocation_counter_ignore_while(flag.assumingMemoryBound(to: Int32.self)) }
+                    dlclose(h)
                 }
                 defer { radar_allocation_counter_ignore_while(nil) }
                 radar_allocation_counter_start()
