@@ -208,7 +208,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     func operand(_ p: UnsafePointer<Float>, count: Int, slot: Int) -> Operand {
         guard precision == .bf16 else { return Operand(base: UnsafeRawPointer(p), width: 4) }
         let s = scratch(slot, bytes: count * 2)
-        elementwise("radar_to_bf16", count, [.ptr(UnsafeMutablePointer(mutating: p)), .raw(s), .i64(count)])
+        elementwise("radar_to_bf16", count, KernelArgs(.ptr(UnsafeMutablePointer(mutating: p)), .raw(s), .i64(count)))
         return Operand(base: UnsafeRawPointer(s), width: 2)
     }
 
@@ -218,7 +218,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         guard t.dtype == .bfloat16 else { return operand(t.base, count: t.count, slot: slot) }
         if precision == .bf16 { return Operand(base: UnsafeRawPointer(t.base), width: 2) }
         let s = scratch(slot, bytes: t.count * 4)
-        elementwise("radar_from_bf16", t.count, [p(t), .raw(s), .i64(t.count)])
+        elementwise("radar_from_bf16", t.count, KernelArgs(p(t), .raw(s), .i64(t.count)))
         return Operand(base: UnsafeRawPointer(s), width: 4)
     }
 
@@ -289,7 +289,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
             var biasOperand = UnsafeRawPointer(bias.base)
             if c.dtype == .bfloat16 {
                 let s = scratch(CUDABackend.biasSlot, bytes: n * 2)
-                elementwise("radar_to_bf16", n, [p(bias), .raw(s), .i64(n)])
+                elementwise("radar_to_bf16", n, KernelArgs(p(bias), .raw(s), .i64(n)))
                 biasOperand = UnsafeRawPointer(s)
             }
             productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
@@ -297,38 +297,38 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                             bias: biasOperand, d: c.base)
             return
         }
-        elementwise("radar_fill_rows", m * n, [p(bias), .ptr(residual?.base), p(c), bf16(c), .i64(m), .i32(n), .i32(ldc)])
+        elementwise("radar_fill_rows", m * n, KernelArgs(p(bias), .ptr(residual?.base), p(c), bf16(c), .i64(m), .i32(n), .i32(ldc)))
         product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: 1, c: c, ldc: ldc)
     }
 
     public func convert(_ src: Tensor, into dst: Tensor) {
         precondition(src.count == dst.count, "convert \(src.shape) into \(dst.shape)")
         switch (src.dtype, dst.dtype) {
-        case (.float32, .bfloat16): elementwise("radar_to_bf16", src.count, [p(src), p(dst), .i64(src.count)])
-        case (.bfloat16, .float32): elementwise("radar_from_bf16", src.count, [p(src), p(dst), .i64(src.count)])
-        default: elementwise("radar_copy", src.storageFloats, [p(src), p(dst), .i64(src.storageFloats)])
+        case (.float32, .bfloat16): elementwise("radar_to_bf16", src.count, KernelArgs(p(src), p(dst), .i64(src.count)))
+        case (.bfloat16, .float32): elementwise("radar_from_bf16", src.count, KernelArgs(p(src), p(dst), .i64(src.count)))
+        default: elementwise("radar_copy", src.storageFloats, KernelArgs(p(src), p(dst), .i64(src.storageFloats)))
         }
     }
 
     // MARK: Elementwise
 
-    public func fill(_ t: Tensor, _ value: Float) { elementwise("radar_fill", t.count, [p(t), .i64(t.count), .f32(value)]) }
-    public func copy(_ src: Tensor, into dst: Tensor) { elementwise("radar_copy", src.count, [p(src), p(dst), .i64(src.count)]) }
-    public func add(_ a: Tensor, _ b: Tensor, into out: Tensor) { elementwise("radar_add", a.count, [p(a), p(b), p(out), .i64(a.count)]) }
+    public func fill(_ t: Tensor, _ value: Float) { elementwise("radar_fill", t.count, KernelArgs(p(t), .i64(t.count), .f32(value))) }
+    public func copy(_ src: Tensor, into dst: Tensor) { elementwise("radar_copy", src.count, KernelArgs(p(src), p(dst), .i64(src.count))) }
+    public func add(_ a: Tensor, _ b: Tensor, into out: Tensor) { elementwise("radar_add", a.count, KernelArgs(p(a), p(b), p(out), .i64(a.count))) }
     public func addRowBias(_ bias: Tensor, into out: Tensor) {
-        elementwise("radar_add_row_bias", out.count, [p(bias), p(out), .i64(out.count / bias.count), .i32(bias.count)])
+        elementwise("radar_add_row_bias", out.count, KernelArgs(p(bias), p(out), .i64(out.count / bias.count), .i32(bias.count)))
     }
     public func addChannelBias(_ bias: Tensor, into out: Tensor) {
         let hw = out.shape[2] * out.shape[3]
-        elementwise("radar_add_channel_bias", out.count, [p(bias), p(out), .i64(out.count), .i32(bias.count), .i32(hw)])
+        elementwise("radar_add_channel_bias", out.count, KernelArgs(p(bias), p(out), .i64(out.count), .i32(bias.count), .i32(hw)))
     }
     public func accumulateColumnSums(_ src: Tensor, into dst: Tensor) {
         let cols = dst.count, rows = src.count / max(cols, 1), chunk = CUDABackend.reductionRows(rows: rows, cols: cols)
         let chunks = (rows + chunk - 1) / chunk
         guard chunks > 0 else { return }
         let partial = scratch(CUDABackend.partialSlot, bytes: chunks * cols * 4)
-        elementwise("radar_column_chunk_sums", chunks * cols, [p(src), bf16(src), .raw(partial), .i32(rows), .i32(cols), .i32(chunk)])
-        self.rows("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(cols), .i32(cols), p(dst)])  // a warp per column
+        elementwise("radar_column_chunk_sums", chunks * cols, KernelArgs(p(src), bf16(src), .raw(partial), .i32(rows), .i32(cols), .i32(chunk)))
+        self.rows("radar_add_chunk_sums", cols, KernelArgs(.raw(partial), .i32(chunks), .i64(cols), .i32(cols), p(dst)))  // a warp per column
     }
     /// GELU backward with dx's column sums in the same pass (`radar_gelu_backward_chunk_sums`,
     /// the chunks and partials of `accumulateColumnSums`): the same bits as the two calls.
@@ -347,31 +347,31 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let aligned = (UInt(bitPattern: dy.base) | UInt(bitPattern: x.base) | UInt(bitPattern: dx.base)) % 8 == 0
         let quads = dy.dtype == .bfloat16 && x.dtype == .bfloat16 && dx.dtype == .bfloat16 && cdf == nil && cols % 4 == 0 && aligned
         elementwise("radar_gelu_backward_chunk_sums", chunks * (quads ? cols / 4 : cols),
-                    [p(dy), bf16(dy), p(x), bf16(x), .ptr(cdf?.base), p(dx), bf16(dx), .raw(partial), .i32(rows), .i32(cols), .i32(chunk),
-                     .i32(quads ? 1 : 0)])
-        self.rows("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(cols), .i32(cols), p(sums)])
+                    KernelArgs(p(dy), bf16(dy), p(x), bf16(x), .ptr(cdf?.base), p(dx), bf16(dx), .raw(partial), .i32(rows), .i32(cols), .i32(chunk),
+                               .i32(quads ? 1 : 0)))
+        self.rows("radar_add_chunk_sums", cols, KernelArgs(.raw(partial), .i32(chunks), .i64(cols), .i32(cols), p(sums)))
     }
-    public func reluForward(_ x: Tensor, _ y: Tensor) { elementwise("radar_relu_forward", x.count, [p(x), p(y), .i64(x.count)]) }
+    public func reluForward(_ x: Tensor, _ y: Tensor) { elementwise("radar_relu_forward", x.count, KernelArgs(p(x), p(y), .i64(x.count))) }
     public func reluBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor) {
-        elementwise("radar_relu_backward", dy.count, [p(dy), p(y), p(dx), .i64(dy.count)])
+        elementwise("radar_relu_backward", dy.count, KernelArgs(p(dy), p(y), p(dx), .i64(dy.count)))
     }
     public func geluForward(_ x: Tensor, _ y: Tensor, cdf: Tensor?) {
-        elementwise("radar_gelu_forward", x.count, [p(x), bf16(x), p(y), bf16(y), .ptr(cdf?.base), .i64(x.count)])
+        elementwise("radar_gelu_forward", x.count, KernelArgs(p(x), bf16(x), p(y), bf16(y), .ptr(cdf?.base), .i64(x.count)))
     }
     public func geluBackward(_ dy: Tensor, x: Tensor, cdf: Tensor?, _ dx: Tensor) {
-        elementwise("radar_gelu_backward", dy.count, [p(dy), bf16(dy), p(x), bf16(x), .ptr(cdf?.base), p(dx), bf16(dx), .i64(dy.count)])
+        elementwise("radar_gelu_backward", dy.count, KernelArgs(p(dy), bf16(dy), p(x), bf16(x), .ptr(cdf?.base), p(dx), bf16(dx), .i64(dy.count)))
     }
     public func softmaxForward(_ x: Tensor, _ y: Tensor, cols: Int) { softmaxForward(x, y, bf16Copy: nil, cols: cols) }
     /// With a bf16 copy of y written at `bf16Copy` too (the attention's product operand).
     private func softmaxForward(_ x: Tensor, _ y: Tensor, bf16Copy: UnsafeMutableRawPointer?, cols: Int) {
-        rows("radar_softmax_forward", x.count / cols, [p(x), p(y), .raw(bf16Copy), .i32(x.count / cols), .i32(cols)])
+        rows("radar_softmax_forward", x.count / cols, KernelArgs(p(x), p(y), .raw(bf16Copy), .i32(x.count / cols), .i32(cols)))
     }
     public func softmaxBackward(_ dy: Tensor, y: Tensor, _ dx: Tensor, cols: Int) {
-        rows("radar_softmax_backward", dy.count / cols, [p(dy), p(y), p(dx), .raw(nil), .i32(dy.count / cols), .i32(cols)])
+        rows("radar_softmax_backward", dy.count / cols, KernelArgs(p(dy), p(y), p(dx), .raw(nil), .i32(dy.count / cols), .i32(cols)))
     }
     public func dropoutForward(_ x: Tensor, _ y: Tensor, p drop: Float, stream: RandomStream) {
-        elementwise("radar_dropout", x.count, [p(x), p(y), .i64(x.count), .f32(drop), .u32(stream.philox.key0), .u32(stream.philox.key1),
-                                               .u64(stream.stream)])
+        elementwise("radar_dropout", x.count, KernelArgs(p(x), p(y), .i64(x.count), .f32(drop), .u32(stream.philox.key0), .u32(stream.philox.key1),
+                                                         .u64(stream.stream)))
     }
     public func dropoutBackward(_ dy: Tensor, _ dx: Tensor, p drop: Float, stream: RandomStream) { dropoutForward(dy, dx, p: drop, stream: stream) }
 
@@ -379,7 +379,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
 
     public func layerNormForward(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float, _ y: Tensor, mean: Tensor, rstd: Tensor) {
         let cols = gamma.count, r = x.count / cols
-        rows("radar_layernorm_forward", r, [p(x), p(gamma), p(beta), .f32(eps), p(y), bf16(y), p(mean), p(rstd), .i32(r), .i32(cols)])
+        rows("radar_layernorm_forward", r, KernelArgs(p(x), p(gamma), p(beta), .f32(eps), p(y), bf16(y), p(mean), p(rstd), .i32(r), .i32(cols)))
     }
     public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor,
                                   residual: Tensor?, dxCopy: Tensor?) {
@@ -409,19 +409,19 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
             // One pass: a block per chunk of rows, a thread per column (the same bits as the two
             // below). With fewer chunks than an H200 has SMs the two kernels spread wider.
             driver.launch("radar_layernorm_backward_chunk", grid: chunks, block: (cols + 31) / 32 * 32,
-                          [p(dy), p(x), p(gamma), p(mean), p(rstd), .ptr(residual?.base), p(dx), .ptr(dxCopy?.base), .raw(partial),
-                           summed ? .raw(dxPartial) : .ptr(nil), .i32(r), .i32(cols), .i32(chunk)])
+                          KernelArgs(p(dy), p(x), p(gamma), p(mean), p(rstd), .ptr(residual?.base), p(dx), .ptr(dxCopy?.base), .raw(partial),
+                                     summed ? .raw(dxPartial) : .ptr(nil), .i32(r), .i32(cols), .i32(chunk)))
         } else {
-            rows("radar_layernorm_backward_input", r, [p(dy), p(x), p(gamma), p(mean), p(rstd), .ptr(residual?.base), p(dx),
-                                                       .ptr(dxCopy?.base), .i32(r), .i32(cols)])
+            rows("radar_layernorm_backward_input", r, KernelArgs(p(dy), p(x), p(gamma), p(mean), p(rstd), .ptr(residual?.base), p(dx),
+                                                                 .ptr(dxCopy?.base), .i32(r), .i32(cols)))
             elementwise("radar_layernorm_param_partials", chunks * cols,
-                        [p(dy), p(x), p(mean), p(rstd), .raw(partial), .i32(r), .i32(cols), .i32(chunk)])
+                        KernelArgs(p(dy), p(x), p(mean), p(rstd), .raw(partial), .i32(r), .i32(cols), .i32(chunk)))
         }
-        rows("radar_add_chunk_sums", cols, [.raw(partial), .i32(chunks), .i64(2 * cols), .i32(cols), p(dGamma)])
-        rows("radar_add_chunk_sums", cols, [.raw(partial + cols * 4), .i32(chunks), .i64(2 * cols), .i32(cols), p(dBeta)])
+        rows("radar_add_chunk_sums", cols, KernelArgs(.raw(partial), .i32(chunks), .i64(2 * cols), .i32(cols), p(dGamma)))
+        rows("radar_add_chunk_sums", cols, KernelArgs(.raw(partial + cols * 4), .i32(chunks), .i64(2 * cols), .i32(cols), p(dBeta)))
         if let sums {
             if summed {
-                rows("radar_add_chunk_sums", cols, [.raw(dxPartial), .i32(chunks), .i64(cols), .i32(cols), p(sums)])
+                rows("radar_add_chunk_sums", cols, KernelArgs(.raw(dxPartial), .i32(chunks), .i64(cols), .i32(cols), p(sums)))
             } else {
                 accumulateColumnSums(dx, into: sums)
             }
@@ -442,25 +442,25 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     private func sumPlanesOverBatch(_ partial: UnsafeMutableRawPointer, _ b: Int, _ c: Int, width: Int, component: Int, into dst: Tensor,
                                     accumulate: Bool) {
         driver.launch("radar_sum_planes_over_batch", grid: grid(c, block: 64), block: 64,
-                      [.raw(partial), .i32(b), .i32(c), .i32(width), .i32(component), p(dst), .i32(accumulate ? 1 : 0)])
+                      KernelArgs(.raw(partial), .i32(b), .i32(c), .i32(width), .i32(component), p(dst), .i32(accumulate ? 1 : 0)))
     }
     public func channelMoments(_ x: Tensor, mean: Tensor, variance: Tensor) {
         let (b, c, hw) = bhw(x)
         guard b * c > 0 else { return }
         let partial = planePartials(b, c, width: 2)
-        driver.launch("radar_plane_moments", grid: b * c, block: CUDABackend.planeBlock(hw), [p(x), .raw(partial), .i32(hw)])
+        driver.launch("radar_plane_moments", grid: b * c, block: CUDABackend.planeBlock(hw), KernelArgs(p(x), .raw(partial), .i32(hw)))
         driver.launch("radar_channel_moments_from_planes", grid: grid(c, block: 64), block: 64,
-                      [.raw(partial), .i32(b), .i32(c), .i32(hw), p(mean), p(variance)])
+                      KernelArgs(.raw(partial), .i32(b), .i32(c), .i32(hw), p(mean), p(variance)))
     }
     public func channelNormalize(_ x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor, beta: Tensor, _ y: Tensor) {
         let (_, c, hw) = bhw(x)
-        elementwise("radar_channel_normalize", x.count, [p(x), p(mean), p(invStd), p(gamma), p(beta), p(y), .i64(x.count), .i32(c), .i32(hw)])
+        elementwise("radar_channel_normalize", x.count, KernelArgs(p(x), p(mean), p(invStd), p(gamma), p(beta), p(y), .i64(x.count), .i32(c), .i32(hw)))
     }
     public func channelGradientSums(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor, sumDy: Tensor, sumDyXhat: Tensor) {
         let (b, c, hw) = bhw(x)
         guard b * c > 0 else { return }
         let partial = planePartials(b, c, width: 2)
-        driver.launch("radar_plane_gradient_sums", grid: b * c, block: CUDABackend.planeBlock(hw), [p(dy), p(x), p(mean), p(invStd), .raw(partial), .i32(c), .i32(hw)])
+        driver.launch("radar_plane_gradient_sums", grid: b * c, block: CUDABackend.planeBlock(hw), KernelArgs(p(dy), p(x), p(mean), p(invStd), .raw(partial), .i32(c), .i32(hw)))
         sumPlanesOverBatch(partial, b, c, width: 2, component: 0, into: sumDy, accumulate: false)
         sumPlanesOverBatch(partial, b, c, width: 2, component: 1, into: sumDyXhat, accumulate: false)
     }
@@ -468,29 +468,29 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let (b, c, hw) = bhw(x)
         guard b * c > 0 else { return }
         let partial = planePartials(b, c, width: 1)
-        driver.launch("radar_plane_sums", grid: b * c, block: CUDABackend.planeBlock(hw), [p(x), .raw(partial), .i32(hw)])
+        driver.launch("radar_plane_sums", grid: b * c, block: CUDABackend.planeBlock(hw), KernelArgs(p(x), .raw(partial), .i32(hw)))
         sumPlanesOverBatch(partial, b, c, width: 1, component: 0, into: dst, accumulate: true)
     }
     public func batchNormUpdateStatistics(mean: Tensor, variance: Tensor, count: Int, eps: Float, momentum: Float, invStd: Tensor,
                                           runningMean: Tensor, runningVar: Tensor) {
         driver.launch("radar_batchnorm_update_statistics", grid: grid(mean.count, block: 64), block: 64,
-                      [p(mean), p(variance), .i32(mean.count), .i32(count), .f32(eps), .f32(momentum), p(invStd), p(runningMean), p(runningVar)])
+                      KernelArgs(p(mean), p(variance), .i32(mean.count), .i32(count), .f32(eps), .f32(momentum), p(invStd), p(runningMean), p(runningVar)))
     }
     public func inverseStandardDeviation(_ variance: Tensor, eps: Float, _ invStd: Tensor) {
-        driver.launch("radar_inverse_std", grid: grid(variance.count, block: 64), block: 64, [p(variance), .f32(eps), p(invStd), .i32(variance.count)])
+        driver.launch("radar_inverse_std", grid: grid(variance.count, block: 64), block: 64, KernelArgs(p(variance), .f32(eps), p(invStd), .i32(variance.count)))
     }
     public func batchNormLocalSums(mean: Tensor, variance: Tensor, count: Int, into sums: Tensor) {
         driver.launch("radar_batchnorm_local_sums", grid: grid(mean.count, block: 64), block: 64,
-                      [p(mean), p(variance), .i32(mean.count), .f32(Float(count)), p(sums)])
+                      KernelArgs(p(mean), p(variance), .i32(mean.count), .f32(Float(count)), p(sums)))
     }
     public func batchNormGlobalMoments(_ sums: Tensor, channels: Int, mean: Tensor, variance: Tensor) {
-        driver.launch("radar_batchnorm_global_moments", grid: grid(channels, block: 64), block: 64, [p(sums), .i32(channels), p(mean), p(variance)])
+        driver.launch("radar_batchnorm_global_moments", grid: grid(channels, block: 64), block: 64, KernelArgs(p(sums), .i32(channels), p(mean), p(variance)))
     }
     public func batchNormInputGradient(_ dy: Tensor, x: Tensor, mean: Tensor, invStd: Tensor, gamma: Tensor, sumDy: Tensor,
                                        sumDyXhat: Tensor, count: Int, _ dx: Tensor) {
         let (_, c, hw) = bhw(x)
         elementwise("radar_batchnorm_input_gradient", x.count,
-                    [p(dy), p(x), p(mean), p(invStd), p(gamma), p(sumDy), p(sumDyXhat), .i32(count), p(dx), .i64(x.count), .i32(c), .i32(hw)])
+                    KernelArgs(p(dy), p(x), p(mean), p(invStd), p(gamma), p(sumDy), p(sumDyXhat), .i32(count), p(dx), .i64(x.count), .i32(c), .i32(hw)))
     }
 
     // MARK: Convolution and attention: layout kernels around cuBLAS products
@@ -518,8 +518,8 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     }
     /// The kernels' geometry arguments for `images` images.
     private func geometryArgs(_ g: ConvolutionGeometry, images: Int) -> KernelArgs {
-        [.i32(images), .i32(g.inChannels), .i32(g.height), .i32(g.width), .i32(g.kernel), .i32(g.stride), .i32(g.padding),
-         .i32(g.outHeight), .i32(g.outWidth)]
+        KernelArgs(.i32(images), .i32(g.inChannels), .i32(g.height), .i32(g.width), .i32(g.kernel), .i32(g.stride), .i32(g.padding),
+                   .i32(g.outHeight), .i32(g.outWidth))
     }
     /// A chunk's columns into the workspace (bf16 in bf16 precision) as the products read them.
     private func columns(_ x: Tensor, _ g: ConvolutionGeometry, first: Int, count: Int, into workspace: Tensor) -> Operand {
@@ -527,7 +527,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let inPlane = g.inChannels * g.height * g.width
         let elements = count * g.patchSize * g.outHeight * g.outWidth
         elementwise("radar_im2col", (elements + 3) / 4,  // four elements a thread
-                    [.ptr(x.base + first * inPlane), p(workspace), .i32(columnWidth == 2 ? 1 : 0)] + geometryArgs(g, images: count))
+                    KernelArgs(.ptr(x.base + first * inPlane), p(workspace), .i32(columnWidth == 2 ? 1 : 0)) + geometryArgs(g, images: count))
         return Operand(base: UnsafeRawPointer(workspace.base), width: columnWidth)
     }
 
@@ -561,9 +561,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                 let inPlane = g.inChannels * g.height * g.width
                 productOperands(transA: true, transB: false, m: ckk, n: hw, k: cout, alpha: 1, a: w.base, lda: ckk, b: d.base, ldb: hw,
                                 strideB: cout * hw, beta: 0, c: dcol, ldc: hw, strideC: ckk * hw, batch: count)
-                elementwise("radar_col2im", count * inPlane, [.ptr(dcol), .ptr(dx.base + first * inPlane)] + geometryArgs(g, images: count))
+                elementwise("radar_col2im", count * inPlane, KernelArgs(.ptr(dcol), .ptr(dx.base + first * inPlane)) + geometryArgs(g, images: count))
             }
-            elementwise("radar_sum_parts", cout * ckk, [.ptr(parts), .i32(count), .i64(cout * ckk), p(dWeight)])
+            elementwise("radar_sum_parts", cout * ckk, KernelArgs(.ptr(parts), .i32(count), .i64(cout * ckk), p(dWeight)))
         }
         if let dBias { accumulateChannelSums(dy, into: dBias) }
     }
@@ -602,12 +602,12 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         guard t.dtype == .bfloat16 else { return Output(base: UnsafeMutableRawPointer(t.base), bf16: false, staged: false) }
         if precision == .bf16 { return Output(base: UnsafeMutableRawPointer(t.base), bf16: true, staged: false) }
         let count = span ?? t.count, staging = scratch(CUDABackend.stagingSlot, bytes: count * 4)
-        if reads { elementwise("radar_from_bf16", count, [p(t), .raw(staging), .i64(count)]) }
+        if reads { elementwise("radar_from_bf16", count, KernelArgs(p(t), .raw(staging), .i64(count))) }
         return Output(base: staging, bf16: false, staged: true)
     }
     private func finish(_ o: Output, into t: Tensor, span: Int? = nil) {
         let count = span ?? t.count
-        if o.staged { elementwise("radar_to_bf16", count, [.raw(o.base), p(t), .i64(count)]) }
+        if o.staged { elementwise("radar_to_bf16", count, KernelArgs(.raw(o.base), p(t), .i64(count))) }
     }
 
     public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {
@@ -647,8 +647,8 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         // bf16: dScores (scratch, read only by the products below) is written as their bf16 operand.
         let ds: Operand
         if precision == .bf16 {
-            rows("radar_softmax_backward", dProbs.count / n, [p(dProbs), p(probs), p(dScores), .raw(UnsafeMutableRawPointer(dScores.base)),
-                                                              .i32(dProbs.count / n), .i32(n)])
+            rows("radar_softmax_backward", dProbs.count / n, KernelArgs(p(dProbs), p(probs), p(dScores), .raw(UnsafeMutableRawPointer(dScores.base)),
+                                                                        .i32(dProbs.count / n), .i32(n)))
             ds = Operand(base: UnsafeRawPointer(dScores.base), width: 2)
         } else {
             softmaxBackward(dProbs, y: probs, dScores, cols: n)
@@ -690,112 +690,114 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     }
     public func fusedAttentionForward(qkv: Tensor, heads h: Int, scale: Float, merged: Tensor, logSumExp: Tensor) {
         let (blocks, n, hd) = attentionBlocks(qkv, heads: h)
-        driver.launch(attentionKernel(.forward, headDim: hd), grid: blocks, block: 128, [p(qkv), p(merged), p(logSumExp), .i32(n), .i32(h), .f32(scale)])
+        driver.launch(attentionKernel(.forward, headDim: hd), grid: blocks, block: 128, KernelArgs(p(qkv), p(merged), p(logSumExp), .i32(n), .i32(h), .f32(scale)))
     }
     public func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads h: Int, scale: Float,
                                        delta: Tensor, dQKV: Tensor) {
         let (blocks, n, hd) = attentionBlocks(qkv, heads: h)
         // dQ and delta first; dK and dV read delta.
         driver.launch(attentionKernel(.backward_query, headDim: hd), grid: blocks, block: 128,
-                      [p(qkv), p(merged), p(dMerged), p(logSumExp), p(delta), p(dQKV), bf16(dQKV), .i32(n), .i32(h), .f32(scale)])
+                      KernelArgs(p(qkv), p(merged), p(dMerged), p(logSumExp), p(delta), p(dQKV), bf16(dQKV), .i32(n), .i32(h), .f32(scale)))
         driver.launch(attentionKernel(.backward_key_value, headDim: hd), grid: blocks, block: 128,
-                      [p(qkv), p(dMerged), p(logSumExp), p(delta), p(dQKV), bf16(dQKV), .i32(n), .i32(h), .f32(scale)])
+                      KernelArgs(p(qkv), p(dMerged), p(logSumExp), p(delta), p(dQKV), bf16(dQKV), .i32(n), .i32(h), .f32(scale)))
     }
 
     // MARK: Pooling, tokens, columns
 
     public func globalAvgPoolForward(_ x: Tensor, _ y: Tensor) {
         let (b, c, hw) = bhw(x)
-        driver.launch("radar_global_avg_pool_forward", grid: grid(b * c, block: 64), block: 64, [p(x), p(y), .i32(b * c), .i32(hw)])
+        driver.launch("radar_global_avg_pool_forward", grid: grid(b * c, block: 64), block: 64, KernelArgs(p(x), p(y), .i32(b * c), .i32(hw)))
     }
     public func globalAvgPoolBackward(_ dy: Tensor, _ dx: Tensor) {
         let (_, _, hw) = bhw(dx)
-        elementwise("radar_global_avg_pool_backward", dx.count, [p(dy), p(dx), .i64(dx.count), .i32(hw)])
+        elementwise("radar_global_avg_pool_backward", dx.count, KernelArgs(p(dy), p(dx), .i64(dx.count), .i32(hw)))
     }
     public func tokenMeanMaxForward(_ x: Tensor, mean: Tensor, max: Tensor, argmax: Tensor) {
         let (b, n, d) = (x.shape[0], x.shape[1], x.shape[2])
-        elementwise("radar_token_mean_max", b * d, [p(x), p(mean), p(max), p(argmax), .i32(b), .i32(n), .i32(d)])
+        elementwise("radar_token_mean_max", b * d, KernelArgs(p(x), p(mean), p(max), p(argmax), .i32(b), .i32(n), .i32(d)))
     }
     public func tokenMeanMaxBackward(dMean: Tensor, dMax: Tensor, argmax: Tensor, _ dx: Tensor) {
         let (b, n, d) = (dx.shape[0], dx.shape[1], dx.shape[2])
-        elementwise("radar_token_mean_max_backward", dx.count, [p(dMean), p(dMax), p(argmax), p(dx), .i32(b), .i32(n), .i32(d)])
+        elementwise("radar_token_mean_max_backward", dx.count, KernelArgs(p(dMean), p(dMax), p(argmax), p(dx), .i32(b), .i32(n), .i32(d)))
     }
     public func transposeLastTwo(_ x: Tensor, _ y: Tensor) {
-        elementwise("radar_transpose_last_two", x.count, [p(x), p(y), .i32(x.shape[0]), .i32(x.shape[1]), .i32(x.shape[2])])
+        elementwise("radar_transpose_last_two", x.count, KernelArgs(p(x), p(y), .i32(x.shape[0]), .i32(x.shape[1]), .i32(x.shape[2])))
     }
     public func copyColumns(_ src: Tensor, srcCols: Int, into dst: Tensor, dstCols: Int, offset: Int) {
-        elementwise("radar_copy_columns", src.count, [p(src), .i32(srcCols), p(dst), .i32(dstCols), .i32(offset), .i64(src.count / srcCols)])
+        elementwise("radar_copy_columns", src.count, KernelArgs(p(src), .i32(srcCols), p(dst), .i32(dstCols), .i32(offset), .i64(src.count / srcCols)))
     }
     public func sliceColumns(_ src: Tensor, srcCols: Int, offset: Int, into dst: Tensor, dstCols: Int) {
-        elementwise("radar_slice_columns", dst.count, [p(src), .i32(srcCols), .i32(offset), p(dst), .i32(dstCols), .i64(dst.count / dstCols)])
+        elementwise("radar_slice_columns", dst.count, KernelArgs(p(src), .i32(srcCols), .i32(offset), p(dst), .i32(dstCols), .i64(dst.count / dstCols)))
     }
 
     // MARK: Recurrent and attention pieces
 
     public func gruGatesForward(gi: Tensor, gh: Tensor, h: Tensor, hNew: Tensor, r: Tensor, z: Tensor, n: Tensor) {
         let e = h.shape[h.shape.rank - 1]
-        elementwise("radar_gru_gates_forward", h.count, [p(gi), p(gh), p(h), p(hNew), p(r), p(z), p(n), .i32(h.count / e), .i32(e)])
+        elementwise("radar_gru_gates_forward", h.count, KernelArgs(p(gi), p(gh), p(h), p(hNew), p(r), p(z), p(n), .i32(h.count / e), .i32(e)))
     }
     public func gruGatesBackward(dhNew: Tensor, gh: Tensor, h: Tensor, r: Tensor, z: Tensor, n: Tensor, dgi: Tensor, dgh: Tensor, dh: Tensor) {
         let e = h.shape[h.shape.rank - 1]
         elementwise("radar_gru_gates_backward", h.count,
-                    [p(dhNew), p(gh), p(h), p(r), p(z), p(n), p(dgi), p(dgh), p(dh), .i32(h.count / e), .i32(e)])
+                    KernelArgs(p(dhNew), p(gh), p(h), p(r), p(z), p(n), p(dgi), p(dgh), p(dh), .i32(h.count / e), .i32(e)))
     }
     public func queryKeyScores(q: Tensor, k: Tensor, tokens: Int, heads: Int, scale: Float, _ scores: Tensor) {
         let e = q.shape[q.shape.rank - 1]
-        elementwise("radar_query_key_scores", scores.count, [p(q), p(k), p(scores), .i32(q.count / e), .i32(tokens), .i32(heads), .i32(e), .f32(scale)])
+        elementwise("radar_query_key_scores", scores.count, KernelArgs(p(q), p(k), p(scores), .i32(q.count / e), .i32(tokens), .i32(heads), .i32(e), .f32(scale)))
     }
     public func weightedValues(_ w: Tensor, v: Tensor, tokens: Int, heads: Int, _ ctx: Tensor) {
         let e = ctx.shape[ctx.shape.rank - 1]
-        elementwise("radar_weighted_values", ctx.count, [p(w), p(v), p(ctx), .i32(ctx.count / e), .i32(tokens), .i32(heads), .i32(e)])
+        elementwise("radar_weighted_values", ctx.count, KernelArgs(p(w), p(v), p(ctx), .i32(ctx.count / e), .i32(tokens), .i32(heads), .i32(e)))
     }
     public func weightedValuesBackward(dCtx: Tensor, w: Tensor, v: Tensor, tokens: Int, heads: Int, dW: Tensor, dV: Tensor) {
         let e = dCtx.shape[dCtx.shape.rank - 1]
         elementwise("radar_weighted_values_backward", w.count,
-                    [p(dCtx), p(w), p(v), p(dW), p(dV), .i32(dCtx.count / e), .i32(tokens), .i32(heads), .i32(e)])
+                    KernelArgs(p(dCtx), p(w), p(v), p(dW), p(dV), .i32(dCtx.count / e), .i32(tokens), .i32(heads), .i32(e)))
     }
     public func queryKeyScoresBackward(dScores: Tensor, q: Tensor, k: Tensor, tokens: Int, heads: Int, scale: Float, dQ: Tensor, dK: Tensor) {
         let e = q.shape[q.shape.rank - 1]
         elementwise("radar_query_key_scores_backward", q.count,
-                    [p(dScores), p(q), p(k), p(dQ), p(dK), .i32(q.count / e), .i32(tokens), .i32(heads), .i32(e), .f32(scale)])
+                    KernelArgs(p(dScores), p(q), p(k), p(dQ), p(dK), .i32(q.count / e), .i32(tokens), .i32(heads), .i32(e), .f32(scale)))
     }
     public func meanOverHeads(_ w: Tensor, heads: Int, tokens: Int, _ out: Tensor) {
-        elementwise("radar_mean_over_heads", out.count, [p(w), p(out), .i32(out.count / tokens), .i32(heads), .i32(tokens)])
+        elementwise("radar_mean_over_heads", out.count, KernelArgs(p(w), p(out), .i32(out.count / tokens), .i32(heads), .i32(tokens)))
     }
 
     // MARK: Losses and fusion
 
     public func smoothLabels(_ labels: Tensor, smoothing: Float, _ target: Tensor) {
-        elementwise("radar_smooth_labels", labels.count, [p(labels), p(target), .i32(labels.count), .f32(smoothing)])
+        elementwise("radar_smooth_labels", labels.count, KernelArgs(p(labels), p(target), .i32(labels.count), .f32(smoothing)))
     }
     public func binaryCrossEntropyWithLogits(_ logits: Tensor, targets: Tensor, scale: Float, dLogits: Tensor, loss: Tensor, weight: Float) {
         driver.launch("radar_bce_with_logits", grid: 1, block: 256,
-                      [p(logits), p(targets), .i32(logits.count), .f32(scale), p(dLogits), p(loss), .f32(weight)])
+                      KernelArgs(p(logits), p(targets), .i32(logits.count), .f32(scale), p(dLogits), p(loss), .f32(weight)))
     }
     public func cosineMarginPenalty(_ a: Tensor, _ b: Tensor, margin: Float, scale: Float, da: Tensor, db: Tensor, loss: Tensor, weight: Float) {
         let e = a.shape.last
         driver.launch("radar_cosine_margin_penalty", grid: 1, block: 256,
-                      [p(a), p(b), .i32(a.count / e), .i32(e), .f32(margin), .f32(scale), p(da), p(db), p(loss), .f32(weight)])
+                      KernelArgs(p(a), p(b), .i32(a.count / e), .i32(e), .f32(margin), .f32(scale), p(da), p(db), p(loss), .f32(weight)))
     }
-    public func axpy(_ a: Float, _ x: Tensor, _ y: Tensor) { elementwise("radar_axpy", x.count, [.f32(a), p(x), p(y), .i64(x.count)]) }
-    public func flagNonFinite(_ x: Tensor, into flag: Tensor) { elementwise("radar_flag_non_finite", x.count, [p(x), .i64(x.count), p(flag)]) }
+    public func axpy(_ a: Float, _ x: Tensor, _ y: Tensor) { elementwise("radar_axpy", x.count, KernelArgs(.f32(a), p(x), p(y), .i64(x.count))) }
+    public func flagNonFinite(_ x: Tensor, into flag: Tensor) { elementwise("radar_flag_non_finite", x.count, KernelArgs(p(x), .i64(x.count), p(flag))) }
     public func gatedFusionForward(gate: Tensor, reasoning: Tensor, external: Tensor, final: Tensor, prob: Tensor, alphaOut: Tensor) {
-        elementwise("radar_gated_fusion_forward", final.count, [p(gate), p(reasoning), p(external), p(final), p(prob), p(alphaOut), .i32(final.count)])
+        elementwise("radar_gated_fusion_forward", final.count, KernelArgs(p(gate), p(reasoning), p(external), p(final), p(prob), p(alphaOut), .i32(final.count)))
     }
     public func gatedFusionBackward(dFinal: Tensor, gate: Tensor, reasoning: Tensor, external: Tensor, dReasoning: Tensor, dExternal: Tensor,
                                     dGate: Tensor) {
         driver.launch("radar_gated_fusion_backward", grid: 1, block: 256,
-                      [p(dFinal), p(gate), p(reasoning), p(external), p(dReasoning), p(dExternal), p(dGate), .i32(dFinal.count)])
+                      KernelArgs(p(dFinal), p(gate), p(reasoning), p(external), p(dReasoning), p(dExternal), p(dGate), .i32(dFinal.count)))
     }
     public func meanAbsSigmoidDifference(_ a: Tensor, _ b: Tensor, into out: Tensor) {
-        driver.launch("radar_mean_abs_sigmoid_difference", grid: 1, block: 256, [p(a), p(b), .i32(a.count), p(out)])
+        driver.launch("radar_mean_abs_sigmoid_difference", grid: 1, block: 256, KernelArgs(p(a), p(b), .i32(a.count), p(out)))
     }
 
     // MARK: Optimizer
 
     public func clipGradientNorm(_ grads: Tensor, ranges: [Range<Int>], maxNorm: Float, nonFinite: Tensor, norm: Tensor, gate: Tensor) {
+        // Index loops: a for-in over the array takes its iterator's subscript coroutine, a heap
+        // allocation each in a debug build (the step is allocation-free in both builds).
         var parts = 0
-        for r in ranges { parts += (r.count + CUDABackend.chunk - 1) / CUDABackend.chunk }
+        for i in 0..<ranges.count { parts += (ranges[i].count + CUDABackend.chunk - 1) / CUDABackend.chunk }
         if parts * 2 > normPartialCapacity {  // doubles in float-sized device memory
             if let old = normPartials { driver.free(UnsafeMutableRawPointer(old)) }
             normPartials = CUDABackend.allocate(driver, floats: parts * 2)
@@ -803,16 +805,17 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         }
         let partial = UnsafeMutableRawPointer(normPartials!).bindMemory(to: Double.self, capacity: parts)
         var at = 0
-        for r in ranges where r.count > 0 {
-            let blocks = (r.count + CUDABackend.chunk - 1) / CUDABackend.chunk
+        for i in 0..<ranges.count where ranges[i].count > 0 {
+            let r = ranges[i], blocks = (r.count + CUDABackend.chunk - 1) / CUDABackend.chunk
             driver.launch("radar_sum_squares_partial", grid: blocks, block: 256,
-                          [.ptr(grads.base + r.lowerBound), .i64(r.count), .i64(CUDABackend.chunk), .doubles(partial + at)])
+                          KernelArgs(.ptr(grads.base + r.lowerBound), .i64(r.count), .i64(CUDABackend.chunk), .doubles(partial + at)))
             at += blocks
         }
         driver.launch("radar_clip_coefficient", grid: 1, block: 1,
-                      [.doubles(partial), .i32(at), .f32(maxNorm), p(nonFinite), p(norm), p(gate), .ptr(coefficient)])
-        for r in ranges where r.count > 0 {
-            elementwise("radar_scale_by_scalar", r.count, [.ptr(grads.base + r.lowerBound), .i64(r.count), .ptr(coefficient)])
+                      KernelArgs(.doubles(partial), .i32(at), .f32(maxNorm), p(nonFinite), p(norm), p(gate), .ptr(coefficient)))
+        for i in 0..<ranges.count where ranges[i].count > 0 {
+            let r = ranges[i]
+            elementwise("radar_scale_by_scalar", r.count, KernelArgs(.ptr(grads.base + r.lowerBound), .i64(r.count), .ptr(coefficient)))
         }
     }
 
@@ -821,32 +824,32 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         // The step's scalars in double, rounded once, as the CPU backend (and Python floats) do.
         let bc1 = 1 - Foundation.pow(Double(beta1), Double(step)), bc2 = 1 - Foundation.pow(Double(beta2), Double(step))
         let stepSize = Float(Double(lr) / bc1), bc2Sqrt = Float(bc2.squareRoot()), decay = Float(1 - Double(lr) * Double(weightDecay))
-        elementwise("radar_adamw", params.count, [p(params), p(grads), p(expAvg), p(expAvgSq), .i64(params.count), .f32(beta1), .f32(beta2),
-                                                  .f32(eps), .f32(stepSize), .f32(bc2Sqrt), .f32(decay), p(gate)])
+        elementwise("radar_adamw", params.count, KernelArgs(p(params), p(grads), p(expAvg), p(expAvgSq), .i64(params.count), .f32(beta1), .f32(beta2),
+                                                            .f32(eps), .f32(stepSize), .f32(bc2Sqrt), .f32(decay), p(gate)))
     }
 
-    public func scale(_ x: Tensor, by s: Float) { elementwise("radar_scale", x.count, [p(x), .i64(x.count), .f32(s)]) }
+    public func scale(_ x: Tensor, by s: Float) { elementwise("radar_scale", x.count, KernelArgs(p(x), .i64(x.count), .f32(s))) }
 
     // MARK: Fixed image transforms
 
     public func grayscale(_ x: Tensor, _ y: Tensor) {
-        elementwise("radar_grayscale", y.count, [p(x), p(y), .i32(x.shape[0]), .i32(x.shape[2] * x.shape[3])])
+        elementwise("radar_grayscale", y.count, KernelArgs(p(x), p(y), .i32(x.shape[0]), .i32(x.shape[2] * x.shape[3])))
     }
     public func sobelMagnitude(_ x: Tensor, _ y: Tensor) {
-        driver.launch("radar_sobel_magnitude", grid: x.shape[0], block: 256, [p(x), p(y), .i32(x.shape[2]), .i32(x.shape[3])])
+        driver.launch("radar_sobel_magnitude", grid: x.shape[0], block: 256, KernelArgs(p(x), p(y), .i32(x.shape[2]), .i32(x.shape[3])))
     }
     public func resizeBilinear(_ x: Tensor, _ y: Tensor) {
-        elementwise("radar_resize_bilinear", y.count, [p(x), p(y), .i32(x.shape[0] * x.shape[1]), .i32(x.shape[2]), .i32(x.shape[3]),
-                                                       .i32(y.shape[2]), .i32(y.shape[3])])
+        elementwise("radar_resize_bilinear", y.count, KernelArgs(p(x), p(y), .i32(x.shape[0] * x.shape[1]), .i32(x.shape[2]), .i32(x.shape[3]),
+                                                                 .i32(y.shape[2]), .i32(y.shape[3])))
     }
     /// cuFFT's R2C into scratch, then |X| with the Hermitian half filled in, fftshift-ed.
     public func fftMagnitudeShifted(_ x: Tensor, _ y: Tensor) {
         let b = x.count / (x.shape[2] * x.shape[3]), f = x.shape[2]
         let spectrum = scratch(3, bytes: b * f * (f / 2 + 1) * 8)
         driver.fftRealToComplex(UnsafeRawPointer(x.base), spectrum, size: f, batch: b)
-        elementwise("radar_fft_magnitude_shifted", y.count, [.raw(spectrum), p(y), .i32(b), .i32(f)])
+        elementwise("radar_fft_magnitude_shifted", y.count, KernelArgs(.raw(spectrum), p(y), .i32(b), .i32(f)))
     }
     public func highPassLogNormalize(_ x: Tensor, mask: Tensor, _ y: Tensor) {
-        driver.launch("radar_high_pass_log_normalize", grid: x.count / mask.count, block: 256, [p(x), p(mask), p(y), .i32(mask.count)])
+        driver.launch("radar_high_pass_log_normalize", grid: x.count / mask.count, block: 256, KernelArgs(p(x), p(mask), p(y), .i32(mask.count)))
     }
 }

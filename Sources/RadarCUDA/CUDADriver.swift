@@ -153,11 +153,14 @@ public enum KernelArg {
     case u64(UInt64)
 }
 
-/// A launch's arguments, held inline: up to `capacity` (the most any kernel takes is 13), where an
-/// `[KernelArg]` was a heap allocation a launch. `[.ptr(x), .i32(n)]` makes one as an array literal
-/// did; in a release build the optimizer keeps that literal's array on the stack in most launchers
-/// (the tiny config's bf16 step: 138 heap allocations instead of 612; a debug build keeps none).
-public struct KernelArgs: ExpressibleByArrayLiteral, RandomAccessCollection {
+/// A launch's arguments, held inline: up to `capacity` (the most any kernel takes is 13), so a launch
+/// makes no heap allocation. `KernelArgs(.ptr(x), .i32(n))` lists them in the kernel's order. Not an
+/// array literal on purpose: a literal builds an `[KernelArg]` first, on the heap in a debug build
+/// and in a dozen launchers of a release build (the optimizer keeps it on the stack only where its
+/// escape analysis can); a tiny bf16 step made 138 such allocations in release, 576 in debug.
+/// Iterated by index (`self[i]`), never through `Collection`'s iterator in the launch path: in a
+/// debug build that goes through the subscript's `read` coroutine, whose frame is a heap allocation.
+public struct KernelArgs: RandomAccessCollection {
     public static let capacity = 16
     private typealias Storage = (KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg,
                                  KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg, KernelArg)
@@ -165,15 +168,20 @@ public struct KernelArgs: ExpressibleByArrayLiteral, RandomAccessCollection {
                                     .u64(0), .u64(0), .u64(0), .u64(0), .u64(0), .u64(0), .u64(0), .u64(0))
     public private(set) var count = 0
 
-    // Not inlined on purpose: the optimizer then puts a call site's literal array on the stack
-    // (the callee does not let it escape); inlined, a function with two literals heap-allocated both.
-    @inline(never) public init(arrayLiteral elements: KernelArg...) {
-        precondition(elements.count <= KernelArgs.capacity, "a kernel launch with more than \(KernelArgs.capacity) arguments")
-        count = elements.count
-        withUnsafeMutableBytes(of: &storage) { raw in
-            let slots = raw.baseAddress!.assumingMemoryBound(to: KernelArg.self)
-            for i in 0..<elements.count { slots[i] = elements[i] }
-        }
+    /// The arguments in order; the first absent one ends them (an argument after it is refused, so
+    /// an optional that happens to be nil cannot shift the rest).
+    public init(_ a0: KernelArg? = nil, _ a1: KernelArg? = nil, _ a2: KernelArg? = nil, _ a3: KernelArg? = nil, _ a4: KernelArg? = nil,
+                _ a5: KernelArg? = nil, _ a6: KernelArg? = nil, _ a7: KernelArg? = nil, _ a8: KernelArg? = nil, _ a9: KernelArg? = nil,
+                _ a10: KernelArg? = nil, _ a11: KernelArg? = nil, _ a12: KernelArg? = nil, _ a13: KernelArg? = nil, _ a14: KernelArg? = nil, _ a15: KernelArg? = nil) {
+        var ended = false
+        take(a0, &ended); take(a1, &ended); take(a2, &ended); take(a3, &ended); take(a4, &ended); take(a5, &ended)
+        take(a6, &ended); take(a7, &ended); take(a8, &ended); take(a9, &ended); take(a10, &ended); take(a11, &ended)
+        take(a12, &ended); take(a13, &ended); take(a14, &ended); take(a15, &ended)
+    }
+    @inline(__always) private mutating func take(_ a: KernelArg?, _ ended: inout Bool) {
+        guard let a else { ended = true; return }
+        precondition(!ended, "a kernel argument after an absent one")
+        append(a)
     }
 
     @inline(__always) public mutating func append(_ a: KernelArg) {
@@ -197,7 +205,7 @@ public struct KernelArgs: ExpressibleByArrayLiteral, RandomAccessCollection {
 
     @inline(__always) public static func + (l: KernelArgs, r: KernelArgs) -> KernelArgs {
         var all = l
-        for a in r { all.append(a) }
+        for i in 0..<r.count { all.append(r[i]) }
         return all
     }
 
@@ -213,9 +221,9 @@ public struct KernelArgs: ExpressibleByArrayLiteral, RandomAccessCollection {
         return withUnsafeMutableBytes(of: &slots) { slotBytes in
             withUnsafeMutableBytes(of: &argv) { argvBytes in
                 let argv = argvBytes.baseAddress!.assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
-                for (i, a) in self.enumerated() {
+                for i in 0..<count {
                     let p = slotBytes.baseAddress! + 8 * i
-                    switch a {
+                    switch self[i] {
                     case .ptr(let v): p.storeBytes(of: v, as: UnsafeMutablePointer<Float>?.self)
                     case .raw(let v): p.storeBytes(of: v, as: UnsafeMutableRawPointer?.self)
                     case .doubles(let v): p.storeBytes(of: v, as: UnsafeMutablePointer<Double>.self)

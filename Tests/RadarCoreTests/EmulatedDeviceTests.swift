@@ -8,12 +8,12 @@ import XCTest
 /// block's threads as fibers) against the CPU backend, on odd shapes; and the emulator catches
 /// kernel bugs: deadlocks, strict-mode barrier misuse, and missing barriers (reversed thread order).
 final class EmulatedDeviceTests: XCTestCase {
-    /// A launch's arguments held inline: a literal keeps its order, `+` appends, and the argument
-    /// array cuLaunchKernel takes points at each value in its C width.
+    /// A launch's arguments held inline: the initializer keeps their order up to the first absent
+    /// one, `+` appends, and the argument array cuLaunchKernel takes points at each value in its C width.
     func testKernelArgumentsHoldTheirValuesInOrder() {
         let x = UnsafeMutablePointer<Float>.allocate(capacity: 1)
         defer { x.deallocate() }
-        let head: KernelArgs = [.ptr(x), .i32(-7)], tail: KernelArgs = [.i64(1 << 40), .f32(2.5), .u32(9), .raw(nil)]
+        let head = KernelArgs(.ptr(x), .i32(-7)), tail = KernelArgs(.i64(1 << 40), .f32(2.5), .u32(9), .raw(nil))
         let all = head + tail
         XCTAssertEqual(all.count, 6)
         guard case .i64(1 << 40) = all[2], case .ptr(x) = all[0], case .raw(nil) = all[5] else { return XCTFail("\(Array(all))") }
@@ -25,10 +25,17 @@ final class EmulatedDeviceTests: XCTestCase {
             XCTAssertEqual(argv[4]!.load(as: UInt32.self), 9)
             XCTAssertNil(argv[5]!.load(as: UnsafeMutableRawPointer?.self))
         }
-        var full: KernelArgs = []
+        var full = KernelArgs()
+        XCTAssertEqual(full.count, 0)
         for i in 0..<KernelArgs.capacity { full.append(.i32(i)) }
         XCTAssertEqual(full.count, 16)
         guard case .i32(15) = full[15] else { return XCTFail("\(Array(full))") }
+        let absent: KernelArg? = nil
+        let listed = KernelArgs(.i32(0), .i32(1), .i32(2), .i32(3), .i32(4), .i32(5), .i32(6), .i32(7), .i32(8), .i32(9), .i32(10), .i32(11),
+                                .i32(12), .i32(13), .i32(14), .i32(15))
+        XCTAssertEqual(listed.count, 16)
+        XCTAssertEqual((0..<16).map { i -> Int in if case .i32(let v) = listed[i] { return v } else { return -1 } }, Array(0..<16))
+        XCTAssertEqual(KernelArgs(.i32(1), .f32(2), absent).count, 2, "a trailing absent argument ends the list")
     }
 
     /// A kernel argument, as cuLaunchKernel takes them (a pointer to each value).
