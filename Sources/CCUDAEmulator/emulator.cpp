@@ -340,10 +340,10 @@ void mma_bf16_m16n8k16(float *d, const unsigned *a, const unsigned *b) {
 int launch(const unsigned grid[3], const unsigned block[3], const std::function<void()> &body, bool barrier_free, unsigned block_limit) {
     last_error.clear();
     misaligned.clear();
-    const uint64_t block_threads = uint64_t(block[0]) * block[1] * block[2], limit = block_limit ? block_limit : 256;
+    const uint64_t block_threads = uint64_t(block[0]) * block[1] * block[2], limit = block_limit ? block_limit : RADAR_EMU_DEFAULT_BLOCK_LIMIT;
     if (block_threads > limit) {
         last_error = "a block of " + std::to_string(block_threads) + " threads is more than this kernel's limit of " + std::to_string(limit) +
-                     (block_limit ? " (its __launch_bounds__)" : " (it declares no __launch_bounds__; 256 threads fit any kernel's registers)") +
+                     (block_limit ? " (its __launch_bounds__)" : " (it declares no __launch_bounds__; " + std::to_string(RADAR_EMU_DEFAULT_BLOCK_LIMIT) + " threads fit any kernel's registers)") +
                      ": a GPU may refuse it (too many resources requested for launch)";
         return 1;
     }

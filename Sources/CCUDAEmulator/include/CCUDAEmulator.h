@@ -9,6 +9,11 @@ extern "C" {
 
 typedef int (*radar_emu_kernel)(const unsigned grid[3], const unsigned block[3], void **args);
 
+/// Threads a block of a kernel without `__launch_bounds__` may have (256 fit any kernel's
+/// registers: 255 a thread at most, 64K a block; past that ptxas must be told). The emulated
+/// device refuses more; the CUDA backend's kernel table (`KernelSources.defaultBlockLimit`) reads it.
+#define RADAR_EMU_DEFAULT_BLOCK_LIMIT 256
+
 /// The launcher of a kernel by its name (e.g. "radar_adamw"), or NULL.
 radar_emu_kernel radar_emu_lookup(const char *name);
 /// Every kernel's name, NULL-terminated.

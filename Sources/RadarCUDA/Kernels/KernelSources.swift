@@ -1,3 +1,4 @@
+import CCUDAEmulator
 /// The CUDA C++ source of one kernel family (one NVRTC program).
 public struct KernelFamily: Sendable {
     public let name: String
@@ -33,8 +34,9 @@ extension KernelFamily {
 
 extension KernelSources {
     /// Threads a block of a kernel without `__launch_bounds__` may have: 256 threads fit any
-    /// kernel's registers (255 a thread at most, 64K a block); past that ptxas must be told.
-    public static let defaultBlockLimit = 256
+    /// kernel's registers (255 a thread at most, 64K a block); past that ptxas must be told. The
+    /// emulated device's own limit, so the two cannot disagree.
+    public static let defaultBlockLimit = Int(RADAR_EMU_DEFAULT_BLOCK_LIMIT)
     /// NVRTC's option for ptxas's resource report in the log of a successful compile.
     public static let resourceReportOption = "--ptxas-options=-v"
 
