@@ -71,12 +71,15 @@ run_tests RADAR_TEST_BACKEND=cpu swift test
 echo "== engine suites on the fenced device (RADAR_TEST_BACKEND=cpu-fenced) =="
 run_tests RADAR_TEST_BACKEND=cpu-fenced RADAR_DEVICE=cpu-fenced swift test --skip-build --filter RadarCoreTests
 # The CUDA backend on the emulated device (its kernels compiled for the host, device memory
-# fenced off from the host): kernel references, every layer's gradient check, the four golden
-# PyTorch cases (tiny_dual through 3 AdamW steps, tiny_recipe's 12 OneCycle steps), the step's host-synchronisation count, skipping,
-# clipping, and a stop/resume that must give the uninterrupted run's bits. Slow (fibers): a subset.
+# fenced off from the host): the engine suites again, as on the fenced device (kernel references,
+# every layer's gradient check, the four golden PyTorch cases, training, skipping, clipping,
+# stop/resume giving the uninterrupted run's bits, ...; about 5 minutes). Less one: the emulated
+# device allocates on the host at every launch (its schedule, the fibers' state), so the
+# allocation count of a step is asserted for the CUDA backend on the fake driver instead
+# (FakeDriverTests, in the first pass), where the driver's own allocations are set apart.
 echo "== CUDA backend on the emulated device (RADAR_TEST_BACKEND=cuda-emulated) =="
-run_tests RADAR_TEST_BACKEND=cuda-emulated RADAR_DEVICE=cuda-emulated swift test --skip-build --filter \
-  "KernelReferenceTests|LayerGradientTests|SmallKernelTests|TransformTests|ShapeErrorTests|GoldenParityTests|ModelTests.testMicroBatch|ModelTests.testSingleBranch|TrainingTests.testNonFinite|TrainingTests.testGradientClipping|CheckpointTests.testResumingGivesBitIdenticalParameters"
+run_tests RADAR_TEST_BACKEND=cuda-emulated RADAR_DEVICE=cuda-emulated swift test --skip-build --filter RadarCoreTests \
+  --skip "ModelTests.testTrainingStepAllocatesNothingAfterWarmUp"
 # The bundle for bare GPU pods: built (static Swift standard library), then run with the Swift
 # toolchain, headers and this machine's copies of its libraries out of sight.
 echo "== the bundle (scripts/bundle.sh, scripts/check-bundle.sh) =="

@@ -1,5 +1,5 @@
 // The fiber scheduler of the emulated device. A launch runs its blocks one after another on the
-// calling thread; a block's threads are ucontext fibers run in turn until each returns or waits:
+// calling thread; a block's threads are fibers run in turn until each returns or waits:
 // at a block barrier (__syncthreads, told apart by call site) or a warp exchange (__shfl_xor_sync,
 // 32 lanes). Barriers release when every live thread of the block (warp) waits at the same one;
 // threads waiting at different barriers are a deadlock and fail the launch with a report, as is
@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <stdexcept>
@@ -31,7 +32,7 @@
 #include <vector>
 
 // ThreadSanitizer (`swift build --sanitize=thread`) follows one stack per thread unless told of
-// fibers: every switch is announced, right before its swapcontext and in the function that calls
+// fibers: every switch is announced, right before its switch and in the function that makes
 // it (a helper that returned between the two would pop a frame off the next fiber's empty shadow
 // stack: the first function entry on a fresh fiber then faulted). Other builds: no-ops.
 #if defined(__has_feature)
@@ -50,15 +51,78 @@ void __tsan_switch_to_fiber(void *fiber, unsigned flags);
 #define RADAR_EMU_ANNOUNCE_SWITCH(fiber) ((void)0)
 #endif
 
+// Switching fibers. On x86-64 (every machine this runs on) a switch of our own: the callee-saved
+// registers, MXCSR and the x87 control word pushed on the old stack, the stack pointer swapped,
+// popped from the new one; about 20 instructions and no system call. glibc's swapcontext also
+// saves and restores the signal mask, a system call each way, which had made the switches most of
+// an emulated launch's time. Elsewhere, and under a sanitizer (whose runtimes know ucontext), the
+// ucontext functions.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RADAR_EMU_ASAN 1
+#endif
+#endif
+#if defined(__x86_64__) && !defined(RADAR_EMU_TSAN) && !defined(RADAR_EMU_ASAN)
+#define RADAR_EMU_OWN_SWITCH 1
+extern "C" void radar_emu_switch(void **save_sp, void *next_sp);
+asm(R"(
+    .pushsection .text
+    .p2align 4
+    .globl radar_emu_switch
+    .hidden radar_emu_switch
+    .type radar_emu_switch, @function
+radar_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size radar_emu_switch, .-radar_emu_switch
+    .popsection
+)");
+#endif
+
 namespace radar_emu {
 thread_local dim3 thread_index, block_index, block_dim, grid_dim;
 
 namespace {
 enum class State { runnable, at_block_barrier, at_warp_barrier, done };
 
+// A saved execution context: the stack pointer where the switch left it, or a ucontext.
+struct Context {
+#ifdef RADAR_EMU_OWN_SWITCH
+    void *sp = nullptr;
+#else
+    ucontext_t uc;
+#endif
+};
+// Suspends the running context into `from` and resumes `to`. A macro, not a function: under
+// ThreadSanitizer the switch must be in the function that announced it (above).
+#ifdef RADAR_EMU_OWN_SWITCH
+#define RADAR_EMU_SWITCH(from, to) radar_emu_switch(&(from).sp, (to).sp)
+#else
+#define RADAR_EMU_SWITCH(from, to) swapcontext(&(from).uc, &(to).uc)
+#endif
+
 struct Fiber {
-    ucontext_t context;
-    std::vector<char> stack;
+    Context context;
+    char *stack = nullptr;  // stack_bytes, from the launching thread's pool
     dim3 index;
     unsigned linear = 0;
     State state = State::runnable;
@@ -67,7 +131,7 @@ struct Fiber {
 };
 
 struct Block {
-    ucontext_t scheduler;
+    Context scheduler;
     std::vector<Fiber> fibers;
     unsigned current = 0;
     const std::function<void()> *body = nullptr;
@@ -122,8 +186,55 @@ void fiber_entry() {
     (*b->body)();
     b->fibers[b->current].state = State::done;
     RADAR_EMU_ANNOUNCE_SWITCH(b->sanitizer_scheduler);
-    swapcontext(&b->fibers[b->current].context, &b->scheduler);
+    RADAR_EMU_SWITCH(b->fibers[b->current].context, b->scheduler);
+    __builtin_trap();  // a finished fiber is never resumed (the next block starts it afresh)
 }
+
+/// Readies `f` to start in fiber_entry on its stack when first switched to.
+void start_context(Fiber &f) {
+#ifdef RADAR_EMU_OWN_SWITCH
+    // What radar_emu_switch pops, from the stack pointer up: MXCSR and the x87 control word (the
+    // launching thread's), r15, r14, r13, r12, rbx, rbp (zeros), then the address its `ret` takes,
+    // fiber_entry, at a 16-byte boundary, so fiber_entry starts as if called (rsp = 8 mod 16),
+    // with a zero return address above it.
+    uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + stack_bytes) & ~uintptr_t(15);
+    auto *slot = reinterpret_cast<uint64_t *>(top - 16);
+    slot[0] = reinterpret_cast<uint64_t>(&fiber_entry);
+    slot[1] = 0;
+    uint64_t *frame = slot - 7;
+    uint32_t mxcsr;
+    uint16_t x87;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(x87));
+    frame[0] = uint64_t(mxcsr) | uint64_t(x87) << 32;
+    for (int i = 1; i < 7; ++i) frame[i] = 0;
+    f.context.sp = frame;
+#else
+    getcontext(&f.context.uc);
+    f.context.uc.uc_stack.ss_sp = f.stack;
+    f.context.uc.uc_stack.ss_size = stack_bytes;
+    f.context.uc.uc_link = nullptr;
+    makecontext(&f.context.uc, fiber_entry, 0);
+#endif
+}
+
+/// The launching thread's fiber stacks, kept from launch to launch (made on first need, never
+/// filled: a stack's pages are touched once, by the first fibers that use them); one set per
+/// depth of launches in progress on the thread, so a launch made while another's fibers are
+/// suspended never runs on their stacks.
+thread_local std::vector<std::vector<std::unique_ptr<char[]>>> stack_pools;
+thread_local unsigned launch_depth = 0;
+char *pooled_stack(unsigned i) {  // inside a LaunchDepth
+    if (stack_pools.size() < launch_depth) stack_pools.resize(launch_depth);
+    auto &pool = stack_pools[launch_depth - 1];
+    while (pool.size() <= i) pool.emplace_back(new char[stack_bytes]);
+    return pool[i].get();
+}
+/// Counts a fiber launch in progress on this thread (for `pooled_stack`) for its scope.
+struct LaunchDepth {
+    LaunchDepth() { ++launch_depth; }
+    ~LaunchDepth() { --launch_depth; }
+};
 
 std::string describe(const dim3 &d) { return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")"; }
 
@@ -140,7 +251,7 @@ std::string run_block(Block &b) {
             b.current = i;
             thread_index = f.index;
             RADAR_EMU_ANNOUNCE_SWITCH(f.sanitizer_fiber);
-            swapcontext(&b.scheduler, &f.context);
+            RADAR_EMU_SWITCH(b.scheduler, f.context);
             progressed = true;
         }
         if (progressed) continue;
@@ -240,7 +351,7 @@ void sync_block(const void *site) {
     f.state = State::at_block_barrier;
     f.site = site;
     RADAR_EMU_ANNOUNCE_SWITCH(b->sanitizer_scheduler);
-    swapcontext(&f.context, &b->scheduler);
+    RADAR_EMU_SWITCH(f.context, b->scheduler);
 }
 
 float shuffle_xor(float v, int lane_mask) {
@@ -252,7 +363,7 @@ float shuffle_xor(float v, int lane_mask) {
     Fiber &f = b->fibers[me];
     f.state = State::at_warp_barrier;
     RADAR_EMU_ANNOUNCE_SWITCH(b->sanitizer_scheduler);
-    swapcontext(&f.context, &b->scheduler);
+    RADAR_EMU_SWITCH(f.context, b->scheduler);
     unsigned partner = base + (lane ^ (unsigned)lane_mask);
     return partner < b->fibers.size() ? b->exchange[parity][partner] : v;
 }
@@ -268,7 +379,7 @@ void warp_gather(const uint32_t *mine, unsigned count, uint32_t *all) {
     Fiber &f = b->fibers[me];
     f.state = State::at_warp_barrier;
     RADAR_EMU_ANNOUNCE_SWITCH(b->sanitizer_scheduler);
-    swapcontext(&f.context, &b->scheduler);
+    RADAR_EMU_SWITCH(f.context, b->scheduler);
     for (unsigned l = 0; l < 32; ++l)
         for (unsigned w = 0; w < count; ++w) all[l * count + w] = base + l < n ? b->words[parity][size_t(base + l) * 16 + w] : 0u;
 }
@@ -402,6 +513,7 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
     b.words[1].assign(size_t(n) * 16, 0u);
     Block *saved = running;
     running = &b;
+    const LaunchDepth depth;
     for (unsigned linear : blocks) {
         block_index = block_at(linear);
         b.generation.assign(n, 0);
@@ -410,12 +522,8 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
             f.linear = i;
             f.index = dim3{i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
             f.state = State::runnable;
-            f.stack.resize(stack_bytes);
-            getcontext(&f.context);
-            f.context.uc_stack.ss_sp = f.stack.data();
-            f.context.uc_stack.ss_size = f.stack.size();
-            f.context.uc_link = nullptr;
-            makecontext(&f.context, fiber_entry, 0);
+            f.stack = pooled_stack(i);
+            start_context(f);
 #ifdef RADAR_EMU_TSAN
             // A fresh one per block: the last block's never returned from fiber_entry.
             if (f.sanitizer_fiber) __tsan_destroy_fiber(f.sanitizer_fiber);
