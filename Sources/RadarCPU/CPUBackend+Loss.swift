@@ -67,6 +67,9 @@ extension CPUBackend {
 
     public func gatedFusionForward(gate: Tensor, reasoning: Tensor, external: Tensor, final: Tensor, prob: Tensor,
                                    alphaOut: Tensor) {
+        let n = final.count  // plain comparisons: an array literal here would allocate in the step
+        precondition(reasoning.count == n && external.count == n && prob.count == n && alphaOut.count == n,
+                     "gated fusion: reasoning, external, prob and alpha must have final's \(final.count) elements")
         let alpha = 1 / (1 + expf(-gate.base[0]))
         for i in 0..<final.count {
             let f = alpha * reasoning.base[i] + (1 - alpha) * external.base[i]
@@ -78,6 +81,9 @@ extension CPUBackend {
 
     public func gatedFusionBackward(dFinal: Tensor, gate: Tensor, reasoning: Tensor, external: Tensor,
                                     dReasoning: Tensor, dExternal: Tensor, dGate: Tensor) {
+        let n = dFinal.count
+        precondition(reasoning.count == n && external.count == n && dReasoning.count == n && dExternal.count == n,
+                     "gated fusion backward: every tensor must have dFinal's \(dFinal.count) elements")
         let alpha = 1 / (1 + expf(-gate.base[0]))
         var g: Float = 0
         for i in 0..<dFinal.count {

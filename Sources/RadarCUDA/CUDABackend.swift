@@ -780,10 +780,16 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func axpy(_ a: Float, _ x: Tensor, _ y: Tensor) { elementwise("radar_axpy", x.count, KernelArgs(.f32(a), p(x), p(y), .i64(x.count))) }
     public func flagNonFinite(_ x: Tensor, into flag: Tensor) { elementwise("radar_flag_non_finite", x.count, KernelArgs(p(x), .i64(x.count), p(flag))) }
     public func gatedFusionForward(gate: Tensor, reasoning: Tensor, external: Tensor, final: Tensor, prob: Tensor, alphaOut: Tensor) {
+        let n = final.count
+        precondition(reasoning.count == n && external.count == n && prob.count == n && alphaOut.count == n,
+                     "gated fusion: reasoning, external, prob and alpha must have final's \(n) elements")
         elementwise("radar_gated_fusion_forward", final.count, KernelArgs(p(gate), p(reasoning), p(external), p(final), p(prob), p(alphaOut), .i32(final.count)))
     }
     public func gatedFusionBackward(dFinal: Tensor, gate: Tensor, reasoning: Tensor, external: Tensor, dReasoning: Tensor, dExternal: Tensor,
                                     dGate: Tensor) {
+        let n = dFinal.count
+        precondition(reasoning.count == n && external.count == n && dReasoning.count == n && dExternal.count == n,
+                     "gated fusion backward: every tensor must have dFinal's \(n) elements")
         driver.launch("radar_gated_fusion_backward", grid: 1, block: 256,
                       KernelArgs(p(dFinal), p(gate), p(reasoning), p(external), p(dReasoning), p(dExternal), p(dGate), .i32(dFinal.count)))
     }

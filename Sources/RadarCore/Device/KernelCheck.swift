@@ -318,7 +318,9 @@ public enum KernelCheck {
                 b.upload([Float.infinity], into: v[0].slice(from: 5, Shape(1)))
                 b.flagNonFinite(v[0], into: v[1])
             },
-            Case(name: "gatedFusionForward", tensors: [t(Shape(1)), t(Shape(6)), t(Shape(6)), t(Shape(6)), t(Shape(6)), t(Shape(1))]) { b, v in
+            // alphaOut is alpha broadcast to final's shape (it was declared Shape(1) here, and both
+            // backends wrote five floats past it: found by AddressSanitizer).
+            Case(name: "gatedFusionForward", tensors: [t(Shape(1)), t(Shape(6)), t(Shape(6)), t(Shape(6)), t(Shape(6)), t(Shape(6))]) { b, v in
                 b.gatedFusionForward(gate: v[0], reasoning: v[1], external: v[2], final: v[3], prob: v[4], alphaOut: v[5])
             },
             Case(name: "gatedFusionBackward", tensors: [t(Shape(6)), t(Shape(1)), t(Shape(6)), t(Shape(6)), t(Shape(6)), t(Shape(6)), t(Shape(1))]) { b, v in
