@@ -514,6 +514,7 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
     Block *saved = running;
     running = &b;
     const LaunchDepth depth;
+    for (unsigned i = 0; i < n; ++i) b.fibers[i].stack = pooled_stack(i);  // the same for every block
     for (unsigned linear : blocks) {
         block_index = block_at(linear);
         b.generation.assign(n, 0);
@@ -522,7 +523,6 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
             f.linear = i;
             f.index = dim3{i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
             f.state = State::runnable;
-            f.stack = pooled_stack(i);
             start_context(f);
 #ifdef RADAR_EMU_TSAN
             // A fresh one per block: the last block's never returned from fiber_entry.
