@@ -64,24 +64,26 @@ assert r["check"]["kernels_passed"] == r["check"]["kernels_total"], r["check"]
 assert sorted((b["precision"], b["attention"]) for b in r["radar_bench_step"]) == [
     ("bf16", "fused"), ("bf16", "products"), ("fp32", "products"), ("tf32", "products")], r["radar_bench_step"]
 v = r["radar_bench_step_variants"]
-assert [(b["bf16_activations"], b["recompute_in_backward"], b["gemm_epilogues"], b["gemm_table_entries"]) for b in v[:3]] == [
-    (False, True, False, None), (True, False, False, None), (True, True, True, None)], v
+assert [(b["bf16_activations"], b["recompute_in_backward"], b["gemm_epilogues"], b["gemm_table_entries"]) for b in v[:4]] == [
+    (False, True, False, None), (True, False, False, None), (True, True, False, None), (True, True, True, None)], v
 assert r["gemm_epilogue_check"]["passed"], r["gemm_epilogue_check"]
-# Step 7d: the attention kernels' ldmatrix build, checked and stepped.
-assert r["attention_ldmatrix_check"]["passed"] and r["attention_ldmatrix_check"]["probe"]["attention_loads"] == "ldmatrix", r["attention_ldmatrix_check"]
-assert [b["attention_loads"] for b in v] == ["plain", "plain", "plain", "ldmatrix", "plain"], v
+# Steps 7e and 7d: the attention kernels' fast and ldmatrix builds, each checked and stepped.
+assert r["attention_fast_check"]["passed"] and r["attention_fast_check"]["probe"]["attention_kernels"] == "fast", r["attention_fast_check"]
+assert r["attention_ldmatrix_check"]["passed"] and r["attention_ldmatrix_check"]["probe"]["attention_kernels"] == "ldmatrix", r["attention_ldmatrix_check"]
+assert [b["attention_kernels"] for b in v] == ["plain", "plain", "fast", "plain", "ldmatrix", "plain"], v
 # Step 7c: every product of the bf16 step timed with its offers; the step again with the table.
 g = r["gemm_bench"]
 assert g["exit"] == 0 and g["radar"]["distinct_products"] > 0 and all(s["candidates"] for s in g["radar"]["shapes"]), g
-assert len(v) == 5 and v[4]["gemm_table_entries"] == g["radar"]["pinned_shapes"], v
-assert (v[4]["pinned_products_per_step"] > 0) == (g["radar"]["pinned_shapes"] > 0), (v[4], g["radar"]["pinned_shapes"])
+assert len(v) == 6 and v[5]["gemm_table_entries"] == g["radar"]["pinned_shapes"], v
+assert (v[5]["pinned_products_per_step"] > 0) == (g["radar"]["pinned_shapes"] > 0), (v[5], g["radar"]["pinned_shapes"])
 assert r["data_parallel"]["passed"], r["data_parallel"]
 assert any("staging_download_seconds" in a for a in r["allreduce"]), r["allreduce"]
 assert [s["requests"] for s in r["radar_bench_serve"]] == [48], r["radar_bench_serve"]
-print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the epilogues %d/%d, with ldmatrix %d/%d); 2 ranks on one GPU identical; bench gemm %d products, %d pinned; bench step %s" % (
+print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the epilogues %d/%d, with ldmatrix %d/%d, with the fast attention kernels %d/%d); 2 ranks on one GPU identical; bench gemm %d products, %d pinned; bench step %s" % (
     r["check"]["kernels_passed"], r["check"]["kernels_total"], len(r["check"]["golden"]),
     r["gemm_epilogue_check"]["kernels_passed"], r["gemm_epilogue_check"]["kernels_total"],
     r["attention_ldmatrix_check"]["kernels_passed"], r["attention_ldmatrix_check"]["kernels_total"],
+    r["attention_fast_check"]["kernels_passed"], r["attention_fast_check"]["kernels_total"],
     g["radar"]["distinct_products"], g["radar"]["pinned_shapes"],
     ", ".join("%s %s %.2f img/s" % (b["precision"], b["attention"], b["images_per_s"]) for b in r["radar_bench_step"])))
 PY

@@ -15,9 +15,11 @@
 #   7. with a minute to spare (never listed as skipped): bf16 again at its batch with fp32
 #      activations (--bf16-activations false), then keeping the attention probabilities and GELU's
 #      CDF (--recompute-in-backward false): what each memory choice costs or saves on this GPU.
-#  7b. with time to spare (never listed as skipped): the kernel check, golden cases and the bf16 step
-#      with the products' epilogues (RADAR_GEMM_EPILOGUES=on, cuBLASLt; off by default).
-#  7d. likewise with the fused attention kernels' ldmatrix build (RADAR_ATTENTION_LOADS=ldmatrix;
+#  7e. with time to spare (never listed as skipped): the kernel check, golden cases and the bf16 step
+#      with the fused attention kernels' fast build (RADAR_ATTENTION_KERNELS=fast; off by default):
+#      "attention_fast_check" and a variant record.
+#  7b. likewise with the products' epilogues (RADAR_GEMM_EPILOGUES=on, cuBLASLt; off by default).
+#  7d. likewise with the fused attention kernels' ldmatrix build (RADAR_ATTENTION_KERNELS=ldmatrix;
 #      off by default): "attention_ldmatrix_check" and a variant record.
 #  7c. with a minute to spare (never listed as skipped): `radar bench gemm` in bf16: each cuBLAS
 #      product of a step timed as the step runs it and with each cuBLASLt algorithm offered, a
@@ -30,7 +32,8 @@
 #      ours then PyTorch's ("bf16_rematch"): PyTorch AMP's rate has moved by 40% between runs on
 #      the same GPU, so a second pair in the same run shows how far one pair can be trusted.
 #   9. with a minute to spare (never listed as skipped): `radar bench step --kernel-times` in bf16
-#      with fused attention, the same with the ldmatrix build where 7d passed, bf16 and fp32: every kernel, cuBLAS product and FFT of a step timed with CUDA events.
+#      with fused attention, the same with the fast build where 7e passed and the ldmatrix build where 7d passed, bf16 and fp32:
+#      every kernel, cuBLAS product and FFT of a step timed with CUDA events.
 # One JSON report on stdout (and in gpu-check.json, rewritten after every step, so a run stopped
 # from outside still leaves what it measured); exit status 1 on any parity failure.
 # GPU_CHECK_LOGS: a file to gather every step's log in at exit (the step logs are otherwise removed).
@@ -111,10 +114,10 @@ if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_ver
 # The JSON report from what the steps have left in $work, rewritten (atomically) after each step;
 # `report final` marks it complete.
 report() {
-  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${epilogue_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" <<'PY'
+  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${epilogue_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" "${fast_status:--1}" <<'PY'
 import json, os, sys
 work, status, out, dp_status, ar_status, final, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "final", int(sys.argv[7])
-epilogue_status, gemm_status, ldmatrix_status = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
+epilogue_status, gemm_status, ldmatrix_status, fast_status = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10]), int(sys.argv[11])
 def text(p, n):
     try:
         return open(p).read()[-n:]
@@ -135,7 +138,7 @@ dp = {"exit": dp_status, "hashes": hashes, "replicas_identical": len(hashes) == 
       "copy_stream": "via a copy stream and page-locked host memory" in dp_log, "log_tail": dp_log[-1500:]}
 dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
 skipped = [l.strip() for l in text(work + "/skipped", 100000).splitlines() if l.strip()]
-def setting_check(name, status):  # steps 7b and 7d, when they ran
+def setting_check(name, status):  # steps 7b, 7d and 7e, when they ran
     if status < 0:
         return None
     try:
@@ -145,7 +148,7 @@ def setting_check(name, status):  # steps 7b and 7d, when they ran
     r["exit"] = status
     r["passed"] = status == 0 and bool(r.get("passed"))
     return r
-epilogues, ldmatrix = setting_check("epilogue", epilogue_status), setting_check("ldmatrix", ldmatrix_status)
+epilogues, ldmatrix, fast = setting_check("epilogue", epilogue_status), setting_check("ldmatrix", ldmatrix_status), setting_check("fast", fast_status)
 gemm = None  # step 7c, when it ran (informational)
 if gemm_status >= 0:
     gemm = {"exit": gemm_status, "radar": (lines(work + "/gemm.json") or [None])[0], "pytorch": (lines(work + "/pytorch-gemm.json") or [None])[0],
@@ -156,8 +159,9 @@ rep = {"check": check, "gemm_bench": gemm, "radar_bench_step": lines(work + "/be
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
        "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
        "skipped": skipped, "complete": final, "seconds": seconds, "gemm_epilogue_check": epilogues, "attention_ldmatrix_check": ldmatrix,
+       "attention_fast_check": fast,
        "passed": final and status == 0 and bool(check.get("passed")) and dp["passed"] and ar_status == 0 and not skipped
-                 and all(c is None or c["passed"] for c in (epilogues, ldmatrix))}
+                 and all(c is None or c["passed"] for c in (epilogues, ldmatrix, fast))}
 tmp = out + ".tmp"
 with open(tmp, "w") as f:
     f.write(json.dumps(rep, indent=1, sort_keys=True) + "\n")
@@ -257,7 +261,7 @@ for variant in "--bf16-activations false" "--recompute-in-backward false"; do
   report
 done
 
-# 7b, 7d: settings off by default until measured on a GPU, only with time to spare: the kernel
+# 7e, 7b, 7d: settings off by default until measured on a GPU, only with time to spare: the kernel
 # check and golden cases with the setting, then the bf16 step with it (a variant record). A parity
 # failure here fails the report like any other. `setting_check SETTING=VALUE NAME` sets NAME_status
 # (-1: not run) and leaves NAME-check.json.
@@ -277,12 +281,15 @@ setting_check() {
     report
   fi
 }
+# 7e first (the largest expected gain): the fused attention kernels' fast build
+# (RADAR_ATTENTION_KERNELS=fast; "attention_kernels": "fast"); step 9 times its kernels.
+setting_check RADAR_ATTENTION_KERNELS=fast fast
 # 7b: the products' epilogues (RADAR_GEMM_EPILOGUES=on): every Linear's bias (and the encoder's
 # residual sums) in cuBLASLt's epilogue ("gemm_epilogues": true in the variant record).
 setting_check RADAR_GEMM_EPILOGUES=on epilogue
-# 7d: the fused attention kernels' ldmatrix build (RADAR_ATTENTION_LOADS=ldmatrix; "attention_loads":
+# 7d: the fused attention kernels' ldmatrix build (RADAR_ATTENTION_KERNELS=ldmatrix; "attention_kernels":
 # "ldmatrix"); step 9 times its kernels.
-setting_check RADAR_ATTENTION_LOADS=ldmatrix ldmatrix
+setting_check RADAR_ATTENTION_KERNELS=ldmatrix ldmatrix
 
 # 7c: the products one by one, informational, only with time to spare.
 gemm_status=-1
@@ -319,13 +326,14 @@ if [ "$(left)" -ge 60 ]; then
 fi
 
 # 9: where a step's time goes, informational, only with time to spare.
-for run in bf16-fused bf16-fused-ldmatrix bf16 fp32; do
+for run in bf16-fused bf16-fused-fast bf16-fused-ldmatrix bf16 fp32; do
   [ "$device" != cuda-emulated ] && [ "$(left)" -ge 60 ] || break
-  p=${run%%-*}; attention=products; loads=plain
+  p=${run%%-*}; attention=products; kernels=plain
   case $run in bf16-fused*) attention=fused ;; esac
-  case $run in *-ldmatrix) loads=ldmatrix; [ "$ldmatrix_status" = 0 ] || continue ;; esac
+  case $run in *-fast) kernels=fast; [ "$fast_status" = 0 ] || continue ;; esac
+  case $run in *-ldmatrix) kernels=ldmatrix; [ "$ldmatrix_status" = 0 ] || continue ;; esac
   kb=$batch; [ "$p" = bf16 ] && [ "$bf16_batch" -ge 1 ] && kb=$bf16_batch
-  RADAR_ATTENTION=$attention RADAR_ATTENTION_LOADS=$loads timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" \
+  RADAR_ATTENTION=$attention RADAR_ATTENTION_KERNELS=$kernels timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" \
     --batch "$kb" --repeats 3 --kernel-times >> "$work/kernels.jsonl" 2> "$work/kernels-$run.log" \
     && log "radar bench step $run --kernel-times: $(tail -1 "$work/kernels.jsonl" | head -c 300)" \
     || log "radar bench step $run --kernel-times failed: $(tail -1 "$work/kernels-$run.log")"

@@ -224,3 +224,114 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64_ldsm(con
     float a8; memcpy(&a8, args[8], sizeof(a8));
     return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd64_ldsm(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false, 0);
 }
+
+extern "C" int radar_emu_launch_radar_attention_forward_hd16_fast(const unsigned grid[3], const unsigned block[3], void **args) {
+    const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
+    unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
+    float* a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    int a4; memcpy(&a4, args[4], sizeof(a4));
+    float a5; memcpy(&a5, args[5], sizeof(a5));
+    return radar_emu::launch(grid, block, [&] { radar_attention_forward_hd16_fast(a0, a1, a2, a3, a4, a5); }, false, 128);
+}
+
+extern "C" int radar_emu_launch_radar_attention_forward_hd32_fast(const unsigned grid[3], const unsigned block[3], void **args) {
+    const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
+    unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
+    float* a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    int a4; memcpy(&a4, args[4], sizeof(a4));
+    float a5; memcpy(&a5, args[5], sizeof(a5));
+    return radar_emu::launch(grid, block, [&] { radar_attention_forward_hd32_fast(a0, a1, a2, a3, a4, a5); }, false, 128);
+}
+
+extern "C" int radar_emu_launch_radar_attention_forward_hd64_fast(const unsigned grid[3], const unsigned block[3], void **args) {
+    const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
+    unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
+    float* a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    int a4; memcpy(&a4, args[4], sizeof(a4));
+    float a5; memcpy(&a5, args[5], sizeof(a5));
+    return radar_emu::launch(grid, block, [&] { radar_attention_forward_hd64_fast(a0, a1, a2, a3, a4, a5); }, false, 128);
+}
+
+extern "C" int radar_emu_launch_radar_attention_backward_query_hd16_fast(const unsigned grid[3], const unsigned block[3], void **args) {
+    const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
+    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const float* a3; memcpy(&a3, args[3], sizeof(a3));
+    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    float* a5; memcpy(&a5, args[5], sizeof(a5));
+    int a6; memcpy(&a6, args[6], sizeof(a6));
+    int a7; memcpy(&a7, args[7], sizeof(a7));
+    int a8; memcpy(&a8, args[8], sizeof(a8));
+    float a9; memcpy(&a9, args[9], sizeof(a9));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd16_fast(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false, 128);
+}
+
+extern "C" int radar_emu_launch_radar_attention_backward_query_hd32_fast(const unsigned grid[3], const unsigned block[3], void **args) {
+    const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
+    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const float* a3; memcpy(&a3, args[3], sizeof(a3));
+    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    float* a5; memcpy(&a5, args[5], sizeof(a5));
+    int a6; memcpy(&a6, args[6], sizeof(a6));
+    int a7; memcpy(&a7, args[7], sizeof(a7));
+    int a8; memcpy(&a8, args[8], sizeof(a8));
+    float a9; memcpy(&a9, args[9], sizeof(a9));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd32_fast(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false, 128);
+}
+
+extern "C" int radar_emu_launch_radar_attention_backward_query_hd64_fast(const unsigned grid[3], const unsigned block[3], void **args) {
+    const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
+    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const float* a3; memcpy(&a3, args[3], sizeof(a3));
+    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    float* a5; memcpy(&a5, args[5], sizeof(a5));
+    int a6; memcpy(&a6, args[6], sizeof(a6));
+    int a7; memcpy(&a7, args[7], sizeof(a7));
+    int a8; memcpy(&a8, args[8], sizeof(a8));
+    float a9; memcpy(&a9, args[9], sizeof(a9));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_query_hd64_fast(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9); }, false, 128);
+}
+
+extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16_fast(const unsigned grid[3], const unsigned block[3], void **args) {
+    const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
+    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const float* a3; memcpy(&a3, args[3], sizeof(a3));
+    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    int a5; memcpy(&a5, args[5], sizeof(a5));
+    int a6; memcpy(&a6, args[6], sizeof(a6));
+    int a7; memcpy(&a7, args[7], sizeof(a7));
+    float a8; memcpy(&a8, args[8], sizeof(a8));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd16_fast(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false, 128);
+}
+
+extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32_fast(const unsigned grid[3], const unsigned block[3], void **args) {
+    const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
+    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const float* a3; memcpy(&a3, args[3], sizeof(a3));
+    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    int a5; memcpy(&a5, args[5], sizeof(a5));
+    int a6; memcpy(&a6, args[6], sizeof(a6));
+    int a7; memcpy(&a7, args[7], sizeof(a7));
+    float a8; memcpy(&a8, args[8], sizeof(a8));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd32_fast(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false, 128);
+}
+
+extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64_fast(const unsigned grid[3], const unsigned block[3], void **args) {
+    const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
+    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const float* a3; memcpy(&a3, args[3], sizeof(a3));
+    float* a4; memcpy(&a4, args[4], sizeof(a4));
+    int a5; memcpy(&a5, args[5], sizeof(a5));
+    int a6; memcpy(&a6, args[6], sizeof(a6));
+    int a7; memcpy(&a7, args[7], sizeof(a7));
+    float a8; memcpy(&a8, args[8], sizeof(a8));
+    return radar_emu::launch(grid, block, [&] { radar_attention_backward_key_value_hd64_fast(a0, a1, a2, a3, a4, a5, a6, a7, a8); }, false, 128);
+}

@@ -46,6 +46,25 @@ inline void radar_ldmatrix_x2(unsigned *r, radar_smem_addr row) { radar_emu::ldm
 inline void radar_ldmatrix_x4(unsigned *r, radar_smem_addr row) { radar_emu::ldmatrix(r, (const void *)row, 4, false); }
 inline void radar_ldmatrix_x4_trans(unsigned *r, radar_smem_addr row) { radar_emu::ldmatrix(r, (const void *)row, 4, true); }
 
+// cvt.rn.bf16x2.f32 (the GPU build: one instruction): lo and hi rounded to bf16, nearest even,
+// lo in the low half; a NaN becomes the canonical 0x7fff, as the instruction gives it.
+inline unsigned radar_cvt_bf16x2(float lo, float hi) {
+    unsigned r = 0;
+    for (int i = 0; i < 2; ++i) {
+        uint32_t u;
+        memcpy(&u, i == 0 ? &lo : &hi, 4);
+        u = (u & 0x7fffffffu) > 0x7f800000u ? 0x7fffu : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        r |= u << (16 * i);
+    }
+    return r;
+}
+// ex2.approx.ftz.f32 (the GPU build: one MUFU.EX2, within 2 ulp): 2^x, a subnormal input or result
+// flushed to zero (of the same sign).
+inline float radar_ex2(float x) {
+    if (std::fpclassify(x) == FP_SUBNORMAL) x = 0.f;
+    const float y = exp2f(x);
+    return std::fpclassify(y) == FP_SUBNORMAL ? 0.f : y;
+}
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline float __int_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }

@@ -20,6 +20,15 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd64_ldsm(const u
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16_ldsm(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32_ldsm(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64_ldsm(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_forward_hd16_fast(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_forward_hd32_fast(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_forward_hd64_fast(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_query_hd16_fast(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_query_hd32_fast(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_query_hd64_fast(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16_fast(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32_fast(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64_fast(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_plane_moments(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_channel_moments_from_planes(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_batchnorm_update_statistics(const unsigned grid[3], const unsigned block[3], void **args);
@@ -116,6 +125,15 @@ const Entry entries[] = {
     {"radar_attention_backward_key_value_hd16_ldsm", radar_emu_launch_radar_attention_backward_key_value_hd16_ldsm},
     {"radar_attention_backward_key_value_hd32_ldsm", radar_emu_launch_radar_attention_backward_key_value_hd32_ldsm},
     {"radar_attention_backward_key_value_hd64_ldsm", radar_emu_launch_radar_attention_backward_key_value_hd64_ldsm},
+    {"radar_attention_forward_hd16_fast", radar_emu_launch_radar_attention_forward_hd16_fast},
+    {"radar_attention_forward_hd32_fast", radar_emu_launch_radar_attention_forward_hd32_fast},
+    {"radar_attention_forward_hd64_fast", radar_emu_launch_radar_attention_forward_hd64_fast},
+    {"radar_attention_backward_query_hd16_fast", radar_emu_launch_radar_attention_backward_query_hd16_fast},
+    {"radar_attention_backward_query_hd32_fast", radar_emu_launch_radar_attention_backward_query_hd32_fast},
+    {"radar_attention_backward_query_hd64_fast", radar_emu_launch_radar_attention_backward_query_hd64_fast},
+    {"radar_attention_backward_key_value_hd16_fast", radar_emu_launch_radar_attention_backward_key_value_hd16_fast},
+    {"radar_attention_backward_key_value_hd32_fast", radar_emu_launch_radar_attention_backward_key_value_hd32_fast},
+    {"radar_attention_backward_key_value_hd64_fast", radar_emu_launch_radar_attention_backward_key_value_hd64_fast},
     {"radar_plane_moments", radar_emu_launch_radar_plane_moments},
     {"radar_channel_moments_from_planes", radar_emu_launch_radar_channel_moments_from_planes},
     {"radar_batchnorm_update_statistics", radar_emu_launch_radar_batchnorm_update_statistics},
@@ -210,6 +228,15 @@ const char *names[] = {
     "radar_attention_backward_key_value_hd16_ldsm",
     "radar_attention_backward_key_value_hd32_ldsm",
     "radar_attention_backward_key_value_hd64_ldsm",
+    "radar_attention_forward_hd16_fast",
+    "radar_attention_forward_hd32_fast",
+    "radar_attention_forward_hd64_fast",
+    "radar_attention_backward_query_hd16_fast",
+    "radar_attention_backward_query_hd32_fast",
+    "radar_attention_backward_query_hd64_fast",
+    "radar_attention_backward_key_value_hd16_fast",
+    "radar_attention_backward_key_value_hd32_fast",
+    "radar_attention_backward_key_value_hd64_fast",
     "radar_plane_moments",
     "radar_channel_moments_from_planes",
     "radar_batchnorm_update_statistics",

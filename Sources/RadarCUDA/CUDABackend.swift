@@ -55,9 +55,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// Linear layers' biases (and residuals) through cuBLASLt's epilogue instead of a fill pass
     /// before the product (`Devices.gemmEpilogues`, RADAR_GEMM_EPILOGUES), where the driver has it.
     public var gemmEpilogues: Bool
-    /// The fused attention kernels' `_ldsm` build, which loads its tensor-core operands from shared
-    /// memory by ldmatrix (`Devices.attentionMatrixLoads`, RADAR_ATTENTION_LOADS): the same bits.
-    public var attentionMatrixLoads = false
+    /// Which build of the fused attention kernels runs (`Devices.attentionKernels`,
+    /// RADAR_ATTENTION_KERNELS): `plain` (the default), `ldmatrix` (the same bits) or `fast`.
+    public var attentionKernels = AttentionKernelBuild.plain
     /// Head sizes the fused attention kernels are built for.
     public static let fusedHeadDims: Set<Int> = [16, 32, 64]
 
@@ -676,17 +676,17 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     }
     /// The three fused attention kernels.
     enum AttentionKernel: String, CaseIterable { case forward, backward_query, backward_key_value }
-    struct AttentionKernelKey: Hashable { let kernel: AttentionKernel, headDim: Int, matrixLoads: Bool }
-    /// Every fused attention kernel's name (3 kernels x 3 head sizes x plain/ldmatrix), made once: a
-    /// name formatted per launch was a heap allocation, three a block and step.
+    struct AttentionKernelKey: Hashable { let kernel: AttentionKernel, headDim: Int, build: AttentionKernelBuild }
+    /// Every fused attention kernel's name (3 kernels x 3 head sizes x 3 builds), made once: a name
+    /// formatted per launch was a heap allocation, three a block and step.
     static let attentionKernelNames: [AttentionKernelKey: String] = Dictionary(uniqueKeysWithValues:
         AttentionKernel.allCases.flatMap { k in
             fusedHeadDims.flatMap { hd in
-                [false, true].map { l in (AttentionKernelKey(kernel: k, headDim: hd, matrixLoads: l), "radar_attention_\(k.rawValue)_hd\(hd)" + (l ? "_ldsm" : "")) }
+                AttentionKernelBuild.allCases.map { b in (AttentionKernelKey(kernel: k, headDim: hd, build: b), "radar_attention_\(k.rawValue)_hd\(hd)" + b.suffix) }
             }
         })
     func attentionKernel(_ kernel: AttentionKernel, headDim hd: Int) -> String {
-        CUDABackend.attentionKernelNames[AttentionKernelKey(kernel: kernel, headDim: hd, matrixLoads: attentionMatrixLoads)]!
+        CUDABackend.attentionKernelNames[AttentionKernelKey(kernel: kernel, headDim: hd, build: attentionKernels)]!
     }
     public func fusedAttentionForward(qkv: Tensor, heads h: Int, scale: Float, merged: Tensor, logSumExp: Tensor) {
         let (blocks, n, hd) = attentionBlocks(qkv, heads: h)
@@ -857,5 +857,29 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     }
     public func highPassLogNormalize(_ x: Tensor, mask: Tensor, _ y: Tensor) {
         driver.launch("radar_high_pass_log_normalize", grid: x.count / mask.count, block: 256, KernelArgs(p(x), p(mask), p(y), .i32(mask.count)))
+    }
+}
+
+/// The builds of the fused attention kernels (kernels/attention.cuh), each a set of nine entry
+/// points (three kernels, heads of 16, 32 and 64).
+public enum AttentionKernelBuild: String, CaseIterable, Sendable {
+    /// Two 32-bit shared loads per tensor-core B fragment (four 16-bit ones for a transposed read),
+    /// expf, bf16 rounding in integer arithmetic: the build measured on an H200 (run 5).
+    case plain
+    /// The B fragments by ldmatrix (`_ldsm`): the plain build's bits.
+    case ldmatrix
+    /// ldmatrix, softmax in base 2 by the special-function unit (ex2.approx: one FFMA and one
+    /// MUFU a probability instead of expf's sequence), masks only in a step past N, bf16 packing by
+    /// cvt.rn.bf16x2 (`_fast`): about half the instructions a step (ptxas's SASS), within bf16's
+    /// rounding of the plain build, not its bits.
+    case fast
+
+    /// The kernel names' suffix.
+    public var suffix: String {
+        switch self {
+        case .plain: ""
+        case .ldmatrix: "_ldsm"
+        case .fast: "_fast"
+        }
     }
 }

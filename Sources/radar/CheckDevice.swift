@@ -49,7 +49,7 @@ struct CheckDevice: ParsableCommand {
                 probe["memory_total_mib"] = Double(m.total) / 1_048_576
                 probe["compute_capability"] = "\(cuda.driver.computeCapability.major).\(cuda.driver.computeCapability.minor)"
                 probe["gemm_epilogues"] = cuda.gemmEpilogues && cuda.driver.supportsGemmEpilogues
-                probe["attention_loads"] = cuda.attentionMatrixLoads ? "ldmatrix" : "plain"
+                probe["attention_kernels"] = cuda.attentionKernels.rawValue
                 if let real = cuda.driver as? DriverAPI {
                     probe["kernel_cache"] = real.kernelOrigins
                     probe["kernel_cache_folder"] = KernelCache.defaultFolder

@@ -114,16 +114,18 @@ final class FusedAttentionTests: XCTestCase {
     }
 
     /// The launcher's table of kernel names (made once, not formatted per launch) names exactly the
-    /// attention family's entry points: each kernel for each head size, plain and ldmatrix.
+    /// attention family's entry points: each kernel for each head size, in each build.
     func testTheAttentionKernelNameTableNamesEveryAttentionKernel() throws {
         let family = try XCTUnwrap(KernelSources.all.first { $0.kernels.contains { $0.name == "radar_attention_forward_hd64" } })
         let entryPoints = Set(family.kernels.map(\.name).filter { $0.hasPrefix("radar_attention_") && $0.contains("_hd") })
         XCTAssertEqual(Set(CUDABackend.attentionKernelNames.values), entryPoints)
-        XCTAssertEqual(CUDABackend.attentionKernelNames.count, 18)
+        XCTAssertEqual(CUDABackend.attentionKernelNames.count, 27)
         let be = CUDABackend(driver: EmulatedDevice(memory: 1 << 20), precision: .bf16, fusedAttention: true)
         XCTAssertEqual(be.attentionKernel(.backward_key_value, headDim: 32), "radar_attention_backward_key_value_hd32")
-        be.attentionMatrixLoads = true
+        be.attentionKernels = .ldmatrix
         XCTAssertEqual(be.attentionKernel(.forward, headDim: 16), "radar_attention_forward_hd16_ldsm")
+        be.attentionKernels = .fast
+        XCTAssertEqual(be.attentionKernel(.backward_query, headDim: 64), "radar_attention_backward_query_hd64_fast")
     }
 
     /// The `_ldsm` kernels (operands from shared memory by ldmatrix, emulated by the PTX ISA's
@@ -132,23 +134,8 @@ final class FusedAttentionTests: XCTestCase {
     /// (lanes reach ldmatrix's warp exchange in another order); and a whole training step.
     func testTheLdmatrixKernelsGiveThePlainKernelsBits() throws {
         func run(_ loads: Bool, h: Int, hd: Int, n: Int) -> (launched: [String], outputs: [UInt32]) {
-            let device = EmulatedDevice(memory: 1 << 28)
-            let be = CUDABackend(driver: device, precision: .bf16, fusedAttention: true)
-            be.attentionMatrixLoads = loads
-            let b = 2, d = h * hd, scale = 1 / Float(hd).squareRoot()
-            let (qkv, keep) = bf16QKV(be, batch: b, tokens: n, dim: d, seed: 21)
-            let merged = Tensor(be.allocate(DType.bfloat16.floats(b * n * d)), Shape(b, n, d), dtype: .bfloat16)
-            let lse = DeviceTensor(be, Shape(b, h, n)), delta = DeviceTensor(be, Shape(b, h, n))
-            let dMerged = DeviceTensor(be, Shape(b, n, d), randomValues(b * n * d, seed: 22)), dQKV = DeviceTensor(be, Shape(b, n, 3 * d))
-            device.launchLog = []
-            be.fusedAttentionForward(qkv: qkv, heads: h, scale: scale, merged: merged, logSumExp: lse.tensor)
-            be.fusedAttentionBackward(dMerged: dMerged.tensor, qkv: qkv, merged: merged, logSumExp: lse.tensor, heads: h, scale: scale,
-                                      delta: delta.tensor, dQKV: dQKV.tensor)
-            let launched = device.launchLog?.map(\.kernel) ?? []
-            let mergedValues = DeviceTensor(be, Shape(b, n, d))
-            be.convert(merged, into: mergedValues.tensor)
-            _ = keep
-            return (launched, (mergedValues.values + lse.values + delta.values + dQKV.values).map(\.bitPattern))
+            let (launched, outputs) = runFusedAttention(loads ? .ldmatrix : .plain, h: h, hd: hd, n: n)
+            return (launched, outputs.map(\.bitPattern))
         }
         defer { _ = radar_emu_set_schedule_text("forward") }
         for (h, hd, n) in [(2, 64, 130), (3, 16, 70), (2, 32, 65)] {
@@ -166,24 +153,102 @@ final class FusedAttentionTests: XCTestCase {
             _ = radar_emu_set_schedule_text("forward")
         }
         // A tiny-config training step (dropout on): the same loss and gradients, bit for bit.
-        func step(_ loads: Bool) throws -> [UInt32] {
-            let backend = CUDABackend(driver: EmulatedDevice(memory: 1 << 30), precision: .bf16, fusedAttention: true)
-            backend.attentionMatrixLoads = loads
-            let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: backend) { $0.dropout = 0.1 }
-            let r = try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor))
-            return [Float(r.terms.total).bitPattern] + backend.download(trainer.ctx.params.grads).map(\.bitPattern)
-        }
-        let (withLoads, plainStep) = (try step(true), try step(false))
+        let (withLoads, plainStep) = (try tinyStep(.ldmatrix), try tinyStep(.plain))
         XCTAssertEqual(withLoads.count, plainStep.count)
-        XCTAssertEqual(zip(withLoads, plainStep).filter { $0 != $1 }.count, 0, "a training step's loss and gradients")
+        XCTAssertEqual(zip(withLoads, plainStep).filter { $0.bitPattern != $1.bitPattern }.count, 0, "a training step's loss and gradients")
+    }
+
+    /// The fast build (softmax in base 2 by ex2.approx, masks only in a step past N, the key/value
+    /// kernel's queries past N zeroed by +inf log-sum-exps, bf16 packing by cvt) against the plain
+    /// build: each output of forward and backward within bf16's rounding (merged and the
+    /// log-sum-exps elementwise, delta and dQKV normwise, as the kernel check compares a device with
+    /// the CPU), every head size, tokens a multiple of 64 (no partial step), across a tile edge and
+    /// one past it, in index order and shuffled; then the kernel check's attention cases against the
+    /// CPU reference, and a whole training step.
+    func testTheFastKernelsAgreeWithThePlainKernelsWithinBF16Rounding() throws {
+        defer { _ = radar_emu_set_schedule_text("forward") }
+        for (h, hd, n) in [(2, 64, 130), (3, 16, 64), (2, 32, 65), (1, 64, 33)] {
+            let plain = runFusedAttention(.plain, h: h, hd: hd, n: n)
+            for schedule in ["forward", "shuffled:5"] {
+                XCTAssertEqual(radar_emu_set_schedule_text(schedule), 0)
+                let fast = runFusedAttention(.fast, h: h, hd: hd, n: n)
+                XCTAssertEqual(fast.launched, plain.launched.map { $0 + "_fast" })
+                let (b, d) = (2, h * hd)
+                // merged, lse, delta, dQKV as runFusedAttention concatenates them.
+                let sizes = [b * n * d, b * h * n, b * h * n, b * n * 3 * d]
+                func split(_ v: [Float]) -> [[Float]] {
+                    var at = 0
+                    return sizes.map { c in defer { at += c }; return Array(v[at..<at + c]) }
+                }
+                let (want, got) = (split(plain.outputs), split(fast.outputs))
+                let d0 = KernelCheck.disagreement(want: want, got: got, rtol: 1e-2, atol: 5e-4, normwise: [2, 3])
+                XCTAssertLessThanOrEqual(d0.worst, 1, "head size \(hd), \(n) tokens, \(schedule): \(d0.detail)")
+                XCTAssertTrue(got.allSatisfy { $0.allSatisfy(\.isFinite) }, "head size \(hd), \(n) tokens: a non-finite output")
+            }
+            _ = radar_emu_set_schedule_text("forward")
+        }
+        let be = CUDABackend(driver: EmulatedDevice(memory: 1 << 28), precision: .bf16, fusedAttention: true)
+        be.attentionKernels = .fast
+        let checked = KernelCheck.run(on: be, only: { $0.hasPrefix("fusedAttention") })
+        XCTAssertEqual(checked.count, 5)
+        for r in checked { XCTAssertLessThanOrEqual(r.worst, 1, "\(r.kernel) against the CPU reference: \(r.detail)") }
+        // A tiny-config training step (dropout on): the loss and every gradient close to the plain build's.
+        let (fast, plain) = (try tinyStep(.fast), try tinyStep(.plain))
+        XCTAssertEqual(fast.count, plain.count)
+        XCTAssertEqual(Double(fast[0]), Double(plain[0]), accuracy: 1e-3 * Double(abs(plain[0])), "loss")
+        let gotGrads: [Double] = fast.dropFirst().map(Double.init), wantGrads: [Double] = plain.dropFirst().map(Double.init)
+        let largest = wantGrads.map(abs).max() ?? 0
+        let worst = zip(gotGrads, wantGrads).map { abs($0 - $1) }.max() ?? .infinity
+        let dot: Double = zip(gotGrads, wantGrads).map(*).reduce(0, +)
+        let norms: Double = gotGrads.map { $0 * $0 }.reduce(0, +).squareRoot() * wantGrads.map { $0 * $0 }.reduce(0, +).squareRoot()
+        let cosine = dot / norms
+        XCTAssertGreaterThan(largest, 0)
+        XCTAssertLessThanOrEqual(worst, 0.01 * largest, "gradients: worst difference \(worst), largest \(largest)")
+        XCTAssertGreaterThan(cosine, 0.9999, "gradients' cosine")
+    }
+
+    /// One forward and backward of the fused kernels of `build` on a fresh emulated device: the
+    /// kernels launched, and merged (as fp32), the log-sum-exps, delta and dQKV, concatenated.
+    func runFusedAttention(_ build: AttentionKernelBuild, h: Int, hd: Int, n: Int) -> (launched: [String], outputs: [Float]) {
+        let device = EmulatedDevice(memory: 1 << 28)
+        let be = CUDABackend(driver: device, precision: .bf16, fusedAttention: true)
+        be.attentionKernels = build
+        let b = 2, d = h * hd, scale = 1 / Float(hd).squareRoot()
+        let (qkv, keep) = bf16QKV(be, batch: b, tokens: n, dim: d, seed: 21)
+        let merged = Tensor(be.allocate(DType.bfloat16.floats(b * n * d)), Shape(b, n, d), dtype: .bfloat16)
+        let lse = DeviceTensor(be, Shape(b, h, n)), delta = DeviceTensor(be, Shape(b, h, n))
+        let dMerged = DeviceTensor(be, Shape(b, n, d), randomValues(b * n * d, seed: 22)), dQKV = DeviceTensor(be, Shape(b, n, 3 * d))
+        device.launchLog = []
+        be.fusedAttentionForward(qkv: qkv, heads: h, scale: scale, merged: merged, logSumExp: lse.tensor)
+        be.fusedAttentionBackward(dMerged: dMerged.tensor, qkv: qkv, merged: merged, logSumExp: lse.tensor, heads: h, scale: scale,
+                                  delta: delta.tensor, dQKV: dQKV.tensor)
+        let launched = device.launchLog?.map(\.kernel) ?? []
+        let mergedValues = DeviceTensor(be, Shape(b, n, d))
+        be.convert(merged, into: mergedValues.tensor)
+        _ = keep
+        return (launched, mergedValues.values + lse.values + delta.values + dQKV.values)
+    }
+
+    /// A tiny-config training step (dropout on) with the fused kernels of `build`: the loss, then
+    /// every gradient.
+    func tinyStep(_ build: AttentionKernelBuild) throws -> [Float] {
+        let backend = CUDABackend(driver: EmulatedDevice(memory: 1 << 30), precision: .bf16, fusedAttention: true)
+        backend.attentionKernels = build
+        let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: backend) { $0.dropout = 0.1 }
+        let r = try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor))
+        return [Float(r.terms.total)] + backend.download(trainer.ctx.params.grads)
     }
 
     func testTheSettingThatSelectsIt() throws {
-        XCTAssertFalse(try Devices.attentionMatrixLoads([:]), "plain loads by default until a GPU run has timed ldmatrix")
-        XCTAssertTrue(try Devices.attentionMatrixLoads(["RADAR_ATTENTION_LOADS": "ldmatrix"]))
-        XCTAssertFalse(try Devices.attentionMatrixLoads(["RADAR_ATTENTION_LOADS": "plain"]))
-        XCTAssertThrowsError(try Devices.attentionMatrixLoads(["RADAR_ATTENTION_LOADS": "ldsm"])) {
-            XCTAssertEqual("\($0)", "RADAR_ATTENTION_LOADS=ldsm: expected ldmatrix or plain")
+        XCTAssertEqual(try Devices.attentionKernels([:]), .plain, "the plain build by default until a GPU run has timed the others")
+        XCTAssertEqual(try Devices.attentionKernels(["RADAR_ATTENTION_KERNELS": "ldmatrix"]), .ldmatrix)
+        XCTAssertEqual(try Devices.attentionKernels(["RADAR_ATTENTION_KERNELS": "fast"]), .fast)
+        XCTAssertEqual(try Devices.attentionKernels(["RADAR_ATTENTION_KERNELS": "plain"]), .plain)
+        XCTAssertThrowsError(try Devices.attentionKernels(["RADAR_ATTENTION_KERNELS": "ldsm"])) {
+            XCTAssertEqual("\($0)", "RADAR_ATTENTION_KERNELS=ldsm: expected plain, ldmatrix or fast")
+        }
+        XCTAssertThrowsError(try Devices.attentionKernels(["RADAR_ATTENTION_LOADS": "ldmatrix"])) {
+            XCTAssertEqual("\($0)", "RADAR_ATTENTION_LOADS=ldmatrix: renamed; set RADAR_ATTENTION_KERNELS (plain, ldmatrix or fast) instead")
         }
         XCTAssertTrue(try Devices.fusedAttention([:]), "fused by default (the faster on an H200)")
         XCTAssertFalse(try Devices.fusedAttention(["RADAR_ATTENTION": "products"]))

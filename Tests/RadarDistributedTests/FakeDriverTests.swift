@@ -87,12 +87,13 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(steps[3]["cublas_products_per_step"] as? Int, (steps[2]["cublas_products_per_step"] as? Int ?? 0) + 42, "\(steps)")
         // With time to spare, bf16 again with fp32 activations, then keeping what backward recomputes.
         let variants = try XCTUnwrap(json["radar_bench_step_variants"] as? [[String: Any]])
-        // Then the products' epilogues through the fake's cuBLASLt, and the attention kernels'
-        // ldmatrix build: each the kernel check and golden cases, and the bf16 step.
-        XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [false, true, true, true, true], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, false, true, true, true], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["gemm_epilogues"] as? Bool }, [false, false, true, false, false], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["attention_loads"] as? String }, ["plain", "plain", "plain", "ldmatrix", "plain"], "\(variants)")
+        // Then the attention kernels' fast build, the products' epilogues through the fake's
+        // cuBLASLt, and the attention kernels' ldmatrix build: each the kernel check and golden
+        // cases, and the bf16 step.
+        XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [false, true, true, true, true, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, false, true, true, true, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["gemm_epilogues"] as? Bool }, [false, false, false, true, false, false], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["attention_kernels"] as? String }, ["plain", "plain", "fast", "plain", "ldmatrix", "plain"], "\(variants)")
         // Step 7c: every product of the bf16 step timed as the step runs it (3 made-up microseconds
         // on the fake's event clock) and with the fake cuBLASLt's three offers (3, 2 and 1): the
         // third pinned for every product, and the bf16 step with that table runs every product with it.
@@ -122,18 +123,24 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(epilogueCheck["kernels_passed"] as? Int, epilogueCheck["kernels_total"] as? Int)
         let ldmatrixCheck = try XCTUnwrap(json["attention_ldmatrix_check"] as? [String: Any])
         XCTAssertEqual(ldmatrixCheck["passed"] as? Bool, true, "\(ldmatrixCheck)")
-        XCTAssertEqual((ldmatrixCheck["probe"] as? [String: Any])?["attention_loads"] as? String, "ldmatrix", "\(ldmatrixCheck)")
+        XCTAssertEqual((ldmatrixCheck["probe"] as? [String: Any])?["attention_kernels"] as? String, "ldmatrix", "\(ldmatrixCheck)")
         XCTAssertEqual(ldmatrixCheck["kernels_passed"] as? Int, ldmatrixCheck["kernels_total"] as? Int)
+        let fastCheck = try XCTUnwrap(json["attention_fast_check"] as? [String: Any])
+        XCTAssertEqual(fastCheck["passed"] as? Bool, true, "\(fastCheck)")
+        XCTAssertEqual((fastCheck["probe"] as? [String: Any])?["attention_kernels"] as? String, "fast", "\(fastCheck)")
+        XCTAssertEqual(fastCheck["kernels_passed"] as? Int, fastCheck["kernels_total"] as? Int)
         XCTAssertTrue(variants.allSatisfy { $0["precision"] as? String == "bf16" && $0["batch"] as? Int == 2 }, "\(variants)")
         // With time to spare, where a step's time goes: every kernel, product and FFT between two
         // events (the fake counts 1 microsecond per operation between them).
         let timed = try XCTUnwrap(json["radar_kernel_times"] as? [[String: Any]])
-        XCTAssertEqual(timed.compactMap { $0["precision"] as? String }, ["bf16", "bf16", "bf16", "fp32"], "\(timed)")
-        XCTAssertEqual(timed.compactMap { $0["attention"] as? String }, ["fused", "fused", "products", "products"], "\(timed)")
-        XCTAssertEqual(timed.compactMap { $0["attention_loads"] as? String }, ["plain", "ldmatrix", "plain", "plain"], "\(timed)")
+        XCTAssertEqual(timed.compactMap { $0["precision"] as? String }, ["bf16", "bf16", "bf16", "bf16", "fp32"], "\(timed)")
+        XCTAssertEqual(timed.compactMap { $0["attention"] as? String }, ["fused", "fused", "fused", "products", "products"], "\(timed)")
+        XCTAssertEqual(timed.compactMap { $0["attention_kernels"] as? String }, ["plain", "fast", "ldmatrix", "plain", "plain"], "\(timed)")
         let fusedKernels = (timed.first?["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
         XCTAssertTrue(fusedKernels.contains { $0["name"] as? String == "radar_attention_forward_hd16" }, "\(fusedKernels)")
-        let ldmatrixKernels = (timed[1]["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
+        let fastKernels = (timed[1]["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
+        XCTAssertTrue(fastKernels.contains { $0["name"] as? String == "radar_attention_backward_key_value_hd16_fast" }, "\(fastKernels)")
+        let ldmatrixKernels = (timed[2]["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
         XCTAssertTrue(ldmatrixKernels.contains { $0["name"] as? String == "radar_attention_backward_key_value_hd16_ldsm" }, "\(ldmatrixKernels)")
         for t in timed {
             let times = try XCTUnwrap(t["kernel_ms"] as? [String: Any], "\(t)")

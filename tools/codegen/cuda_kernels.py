@@ -20,7 +20,7 @@ common = (kernels_dir / "common.h").read_text()
 selftests = sorted(p.stem for p in (root / "Sources/CCUDAEmulator/selftest").glob("*.cuh"))
 # A kernel: its optional __launch_bounds__ (the most threads a block may have, then optionally the
 # blocks an SM should hold), name and parameters.
-signature = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\((\d+)(?:, *\d+)?\) )?(\w+)\(([^)]*)\)', re.S)
+signature = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\((\d+)(?:, *\w+)?\) )?(\w+)\(([^)]*)\)', re.S)
 device_fn = re.compile(r'__device__[^(;{]*?\b(\w+)\s*\([^)]*\)\s*\{', re.S)
 BARRIERS = ("__syncthreads", "__shfl", "radar_mma_bf16", "radar_ldmatrix")  # the last two: warp-wide exchanges on the emulator
 

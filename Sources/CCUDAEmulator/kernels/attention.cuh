@@ -42,12 +42,32 @@ __device__ __forceinline__ void radar_ldmatrix_x4_trans(unsigned* r, radar_smem_
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(row));
 }
+// Two floats to bf16, rounded to nearest even, packed (lo in the low half): one instruction
+// (sm_80 and newer), the bits of radar_bf16_bits but for a NaN's (the canonical 0x7fff here).
+__device__ __forceinline__ unsigned radar_cvt_bf16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+// 2^x by the special-function unit (one MUFU.EX2; about 2 ulp; subnormals flushed to zero).
+__device__ __forceinline__ float radar_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 #endif
 
 #define ATTN_TILE 64  // rows per block (4 warps of 16) and per step of the other side
 #define ATTN_PAD 8    // bf16 elements of padding per shared row (spreads a fragment's loads over banks)
+#define ATTN_LOG2E 1.44269504088896341f
 
 __device__ __forceinline__ unsigned attn_pack(float lo, float hi) { return radar_bf16_bits(lo) | (unsigned)radar_bf16_bits(hi) << 16; }
+// The fast build packs by one cvt instruction (the same bits but a NaN's).
+template <bool FAST>
+__device__ __forceinline__ unsigned attn_pack2(float lo, float hi) {
+    if constexpr (FAST) return radar_cvt_bf16x2(lo, hi);
+    else return attn_pack(lo, hi);
+}
 // Where a thread of the launch stands (blocks: the 64-row tile fastest, then head, then image):
 // d the model width, ld qkv's row length, the lane with its accumulator row group g and column
 // pair t, the block's head and image, and the first of the warp's 16 rows.
@@ -58,8 +78,9 @@ __device__ __forceinline__ AttnPlace attn_place(int n, int heads, int hd) {
             (int)(blockIdx.x % tiles * ATTN_TILE + (threadIdx.x / 32) * 16)};
 }
 // Two adjacent gradient elements (i even): fp32, or bf16 as one 32-bit store.
+template <bool FAST>
 __device__ __forceinline__ void attn_store2(float* dst, int bf16, long i, float a, float b) {
-    if (bf16) *(unsigned*)((unsigned short*)dst + i) = attn_pack(a, b);
+    if (bf16) *(unsigned*)((unsigned short*)dst + i) = attn_pack2<FAST>(a, b);
     else dst[i] = a, dst[i + 1] = b;
 }
 __device__ __forceinline__ float attn_low(unsigned r) { return __uint_as_float(r << 16); }
@@ -111,11 +132,12 @@ __device__ __forceinline__ void attn_load_b_kn(unsigned* b, const unsigned short
 // A fragment from four 16 x 8 accumulator tiles' worth of values: the PTX layouts of a 16 x 8
 // accumulator and a 16 x 16 operand coincide per 8 columns, so columns [16 kk, 16 kk + 16) of
 // the accumulators c[2 kk] and c[2 kk + 1] are that k-step's A fragment, rounded to bf16.
+template <bool FAST>
 __device__ __forceinline__ void attn_a_from_c(unsigned* a, const float* c0, const float* c1) {
-    a[0] = attn_pack(c0[0], c0[1]);
-    a[1] = attn_pack(c0[2], c0[3]);
-    a[2] = attn_pack(c1[0], c1[1]);
-    a[3] = attn_pack(c1[2], c1[3]);
+    a[0] = attn_pack2<FAST>(c0[0], c0[1]);
+    a[1] = attn_pack2<FAST>(c0[2], c0[3]);
+    a[2] = attn_pack2<FAST>(c1[0], c1[1]);
+    a[3] = attn_pack2<FAST>(c1[2], c1[3]);
 }
 
 // Rows [row0, row0 + 64) x HD channels of a global row-major matrix into shared rows
@@ -133,14 +155,14 @@ __device__ __forceinline__ void attn_stage(unsigned short* dst, int ldd, const u
     }
 }
 // The same from an fp32 matrix, rounded to bf16 (two 16-byte loads, one 16-byte store).
-template <int HD>
+template <int HD, bool FAST>
 __device__ __forceinline__ void attn_stage_f32(unsigned short* dst, int ldd, const float* src, long lds, int row0, int rows) {
     for (int i = threadIdx.x; i < ATTN_TILE * HD / 8; i += blockDim.x) {
         const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
         uint4 v = make_uint4(0u, 0u, 0u, 0u);
         if (row0 + r < rows) {
             const float4 a = *(const float4*)(src + (row0 + r) * lds + c), b = *(const float4*)(src + (row0 + r) * lds + c + 4);
-            v = make_uint4(attn_pack(a.x, a.y), attn_pack(a.z, a.w), attn_pack(b.x, b.y), attn_pack(b.z, b.w));
+            v = make_uint4(attn_pack2<FAST>(a.x, a.y), attn_pack2<FAST>(a.z, a.w), attn_pack2<FAST>(b.x, b.y), attn_pack2<FAST>(b.z, b.w));
         }
         *(uint4*)(dst + r * ldd + c) = v;
     }
@@ -193,14 +215,14 @@ __device__ __forceinline__ void attn_scores(float (*s)[4], const unsigned (*a)[4
 // row-major in shared memory (a row per key or query, the channels contiguous).
 // LDSM: the B fragments by ldmatrix.trans, two n-blocks an instruction (matrix i: rows
 // [16 kk + 8 (i % 2), + 8), channels [8 jn + 8 (i / 2), + 8)) instead of four 16-bit loads each.
-template <int HD, bool LDSM>
+template <int HD, bool LDSM, bool FAST>
 __device__ __forceinline__ void attn_accumulate(float (*acc)[4], const float (*p)[4], const unsigned short* rows, int ld, int lane,
                                                 int valid) {
 #pragma unroll
     for (int kk = 0; kk < ATTN_TILE / 16; ++kk) {
         if (kk * 16 >= valid) break;  // the rest of p is zeros (warp-uniform): nothing to add
         unsigned a[4];
-        attn_a_from_c(a, p[2 * kk], p[2 * kk + 1]);
+        attn_a_from_c<FAST>(a, p[2 * kk], p[2 * kk + 1]);
         if constexpr (LDSM) {
             const radar_smem_addr row = radar_smem(rows) + 2 * ((kk * 16 + lane % 8 + 8 * (lane / 8 % 2)) * ld + 8 * (lane / 16));
 #pragma unroll
@@ -221,7 +243,55 @@ __device__ __forceinline__ void attn_accumulate(float (*acc)[4], const float (*p
     }
 }
 
-template <int HD, bool LDSM>
+// Keys (columns) at or past `valid` of a step's 16 x 64 scores to -inf: only where the step is
+// partial (warp-uniform), so full steps pay no compare.
+__device__ __forceinline__ void attn_mask_columns(float (*s)[4], int valid, int t) {
+    if (valid >= ATTN_TILE) return;
+    const float minus_inf = __int_as_float(0xff800000);
+#pragma unroll
+    for (int j = 0; j < ATTN_TILE / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            if (j * 8 + 2 * t + (e & 1) >= valid) s[j][e] = minus_inf;
+}
+// The fast build's online softmax step: s (unscaled scores) becomes the step's unnormalised
+// probabilities 2^(s sl2 - m sl2), m (unscaled maxima), l (sums) and o are updated. sl2 = scale
+// log2(e). Every step has a key below N, so the new maxima are finite (the first step's alpha is
+// 2^-inf = 0).
+template <int HD>
+__device__ __forceinline__ void attn_online_softmax_fast(float (*s)[4], float* m, float* l, float (*o)[4], int valid, int t, float sl2) {
+    attn_mask_columns(s, valid, t);
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int j = 0; j < ATTN_TILE / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[j][e]);
+    float alpha[2], ms[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        mx[i] = attn_quad_max(mx[i]);
+        alpha[i] = radar_ex2((m[i] - mx[i]) * sl2);
+        m[i] = mx[i];
+        ms[i] = mx[i] * sl2;
+        l[i] *= alpha[i];
+    }
+#pragma unroll
+    for (int j = 0; j < ATTN_TILE / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            s[j][e] = radar_ex2(fmaf(s[j][e], sl2, -ms[e / 2]));
+            l[e / 2] += s[j][e];
+        }
+#pragma unroll
+    for (int jn = 0; jn < HD / 8; ++jn) {
+        o[jn][0] *= alpha[0], o[jn][1] *= alpha[0];
+        o[jn][2] *= alpha[1], o[jn][3] *= alpha[1];
+    }
+}
+// FAST (the fast build): softmax in base 2 (each probability one FFMA and one MUFU.EX2, the maxima
+// kept in unscaled scores), keys past N masked only in the last, partial step, bf16 packing by
+// cvt, and a fixed-count staging loop. Within bf16's rounding of the exact build, not its bits.
+template <int HD, bool LDSM, bool FAST>
 __device__ __forceinline__ void attention_forward(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads, float scale) {
     constexpr int LK = HD + ATTN_PAD;
     __shared__ uint4 ks_words[ATTN_TILE * LK / 8];  // this step's keys, a row each (uint4: 16-byte aligned)
@@ -246,6 +316,11 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
         float s[ATTN_TILE / 8][4];
         if (!active) continue;  // a warp whose 16 rows are all past N only helps stage
         attn_scores<HD, LDSM>(s, qa, ks, LK, lane, n - k0);
+        if constexpr (FAST) {
+            attn_online_softmax_fast<HD>(s, m, l, o, n - k0, t, scale * ATTN_LOG2E);
+            attn_accumulate<HD, LDSM, FAST>(o, s, vs, LK, lane, n - k0);
+            continue;
+        }
         // Online softmax: every step has a key below n, so the new maxima are finite.
         float mx[2] = {m[0], m[1]};
 #pragma unroll
@@ -276,7 +351,7 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
             o[jn][0] *= alpha[0], o[jn][1] *= alpha[0];
             o[jn][2] *= alpha[1], o[jn][3] *= alpha[1];
         }
-        attn_accumulate<HD, LDSM>(o, s, vs, LK, lane, n - k0);
+        attn_accumulate<HD, LDSM, FAST>(o, s, vs, LK, lane, n - k0);
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -285,13 +360,13 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
         if (r >= n) continue;
         unsigned short* out = merged + ((long)image * n + r) * d + h * HD + 2 * t;
 #pragma unroll
-        for (int jn = 0; jn < HD / 8; ++jn) *(unsigned*)(out + jn * 8) = attn_pack(o[jn][2 * i] / l[i], o[jn][2 * i + 1] / l[i]);
-        if (t == 0) lse[((long)image * heads + h) * n + r] = m[i] + logf(l[i]);
+        for (int jn = 0; jn < HD / 8; ++jn) *(unsigned*)(out + jn * 8) = attn_pack2<FAST>(o[jn][2 * i] / l[i], o[jn][2 * i + 1] / l[i]);
+        if (t == 0) lse[((long)image * heads + h) * n + r] = (FAST ? m[i] * scale : m[i]) + logf(l[i]);
     }
 }
 
 // dQ of 64 query rows (and delta = rowsum(dO o O), which the key/value kernel reads): walks the keys.
-template <int HD, bool LDSM>
+template <int HD, bool LDSM, bool FAST>
 __device__ __forceinline__ void attention_backward_query(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
                                                          const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                          float scale) {
@@ -321,6 +396,7 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
                 dl[i] += dout[(long)r * d + c] * attn_low(o) + dout[(long)r * d + c + 1] * attn_high(o);
             }
             ls[i] = lse[((long)image * heads + h) * n + r];
+            if constexpr (FAST) ls[i] *= ATTN_LOG2E;  // in base 2
         }
         dl[i] = attn_quad_sum(dl[i]);
         if (t == 0 && r < n) delta[((long)image * heads + h) * n + r] = dl[i];
@@ -336,6 +412,7 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
         float s[ATTN_TILE / 8][4];
         if (!active) continue;
         attn_scores<HD, LDSM>(s, qa, ks, LK, lane, n - k0);
+        if constexpr (FAST) attn_mask_columns(s, n - k0, t);
         // dS = P o (dP - delta), P recomputed from the forward's log-sum-exp; dP = dO V^T a block
         // of 8 keys at a time, used at once.
 #pragma unroll
@@ -344,11 +421,13 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
             attn_score_block<HD, LDSM>(dp, da, vs, LK, lane, n - k0, j);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const float p = k0 + j * 8 + 2 * t + (e & 1) < n ? expf(s[j][e] * scale - ls[e / 2]) : 0.f;
+                float p;
+                if constexpr (FAST) p = radar_ex2(fmaf(s[j][e], scale * ATTN_LOG2E, -ls[e / 2]));  // 0 where masked
+                else p = k0 + j * 8 + 2 * t + (e & 1) < n ? expf(s[j][e] * scale - ls[e / 2]) : 0.f;
                 s[j][e] = p * (dp[e] - dl[e / 2]);
             }
         }
-        attn_accumulate<HD, LDSM>(dq, s, ks, LK, lane, n - k0);
+        attn_accumulate<HD, LDSM, FAST>(dq, s, ks, LK, lane, n - k0);
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -356,12 +435,12 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
         if (r >= n) continue;
         const long dst = ((long)image * n + r) * ld + h * HD + 2 * t;
 #pragma unroll
-        for (int jn = 0; jn < HD / 8; ++jn) attn_store2(dqkv, dqkv_bf16, dst + jn * 8, dq[jn][2 * i] * scale, dq[jn][2 * i + 1] * scale);
+        for (int jn = 0; jn < HD / 8; ++jn) attn_store2<FAST>(dqkv, dqkv_bf16, dst + jn * 8, dq[jn][2 * i] * scale, dq[jn][2 * i + 1] * scale);
     }
 }
 
 // dK and dV of 64 key rows: walks the queries (after attention_backward_query wrote delta).
-template <int HD, bool LDSM>
+template <int HD, bool LDSM, bool FAST>
 __device__ __forceinline__ void attention_backward_key_value(const unsigned short* qkv, const float* dmerged, const float* lse,
                                                              const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                              float scale) {
@@ -391,9 +470,11 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
     for (int q0 = 0; q0 < n; q0 += ATTN_TILE) {
         __syncthreads();
         attn_stage<HD>(qs, LK, q, ld, q0, n);
-        attn_stage_f32<HD>(os, LK, dout, d, q0, n);
+        attn_stage_f32<HD, FAST>(os, LK, dout, d, q0, n);
         for (int i = threadIdx.x; i < ATTN_TILE; i += blockDim.x) {
-            lse_s[i] = q0 + i < n ? lse_h[q0 + i] : 0.f;
+            // FAST: in base 2, and +inf past N, so those queries' probabilities come out 0 unmasked.
+            if constexpr (FAST) lse_s[i] = q0 + i < n ? lse_h[q0 + i] * ATTN_LOG2E : __int_as_float(0x7f800000);
+            else lse_s[i] = q0 + i < n ? lse_h[q0 + i] : 0.f;
             delta_s[i] = q0 + i < n ? delta_h[q0 + i] : 0.f;
         }
         __syncthreads();
@@ -406,9 +487,10 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int c = j * 8 + 2 * t + (e & 1);
-                p[j][e] = q0 + c < n ? expf(p[j][e] * scale - lse_s[c]) : 0.f;
+                if constexpr (FAST) p[j][e] = radar_ex2(fmaf(p[j][e], scale * ATTN_LOG2E, -lse_s[c]));  // 2^-inf = 0 past N
+                else p[j][e] = q0 + c < n ? expf(p[j][e] * scale - lse_s[c]) : 0.f;
             }
-        attn_accumulate<HD, LDSM>(dv, p, os, LK, lane, n - q0);  // dV += P^T dO
+        attn_accumulate<HD, LDSM, FAST>(dv, p, os, LK, lane, n - q0);  // dV += P^T dO
         // dP^T = V dO^T a block of 8 queries at a time, each used at once (dS^T = P^T o (dP^T -
         // delta)): 4 live accumulators instead of 32 (run 5's 204 registers allowed 2 blocks an SM).
 #pragma unroll
@@ -418,7 +500,7 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
 #pragma unroll
             for (int e = 0; e < 4; ++e) p[j][e] *= dp[e] - delta_s[j * 8 + 2 * t + (e & 1)];
         }
-        attn_accumulate<HD, LDSM>(dk, p, qs, LK, lane, n - q0);  // dK += dS^T Q
+        attn_accumulate<HD, LDSM, FAST>(dk, p, qs, LK, lane, n - q0);  // dK += dS^T Q
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -427,8 +509,8 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
         const long dst = ((long)image * n + r) * ld + h * HD + 2 * t;
 #pragma unroll
         for (int jn = 0; jn < HD / 8; ++jn) {
-            attn_store2(dqkv, dqkv_bf16, dst + d + jn * 8, dk[jn][2 * i] * scale, dk[jn][2 * i + 1] * scale);
-            attn_store2(dqkv, dqkv_bf16, dst + 2 * d + jn * 8, dv[jn][2 * i], dv[jn][2 * i + 1]);
+            attn_store2<FAST>(dqkv, dqkv_bf16, dst + d + jn * 8, dk[jn][2 * i] * scale, dk[jn][2 * i + 1] * scale);
+            attn_store2<FAST>(dqkv, dqkv_bf16, dst + 2 * d + jn * 8, dv[jn][2 * i], dv[jn][2 * i + 1]);
         }
     }
 }
@@ -438,25 +520,25 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
 // GPU run has checked and timed them) load the B fragments from shared memory by ldmatrix.
 extern "C" __global__ void radar_attention_forward_hd16(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
                                                         float scale) {
-    attention_forward<16, false>(qkv, merged, lse, n, heads, scale);
+    attention_forward<16, false, false>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_forward_hd32(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
                                                         float scale) {
-    attention_forward<32, false>(qkv, merged, lse, n, heads, scale);
+    attention_forward<32, false, false>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_forward_hd64(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
                                                         float scale) {
-    attention_forward<64, false>(qkv, merged, lse, n, heads, scale);
+    attention_forward<64, false, false>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd16(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
                                                                const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                float scale) {
-    attention_backward_query<16, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_query<16, false, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd32(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
                                                                const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                float scale) {
-    attention_backward_query<32, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_query<32, false, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 // __launch_bounds__: 4 blocks an SM (128 registers a thread; 158 before dP went a block at a
 // time, 3 blocks), which ptxas fits with no spill.
@@ -464,17 +546,17 @@ extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_backward_qu
                                                                                           const float* dmerged, const float* lse, float* delta,
                                                                                           float* dqkv, int dqkv_bf16, int n, int heads,
                                                                                           float scale) {
-    attention_backward_query<64, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_query<64, false, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd16(const unsigned short* qkv, const float* dmerged, const float* lse,
                                                                    const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                    float scale) {
-    attention_backward_key_value<16, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_key_value<16, false, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd32(const unsigned short* qkv, const float* dmerged, const float* lse,
                                                                    const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                    float scale) {
-    attention_backward_key_value<32, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_key_value<32, false, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 // The ViT-S head size: __launch_bounds__ asks ptxas for 3 blocks an SM (168 registers a thread;
 // without it 204, 2 blocks), which it fits with no spill once dP is used a block at a time.
@@ -482,47 +564,102 @@ extern "C" __global__ void radar_attention_backward_key_value_hd32(const unsigne
 extern "C" __global__ void __launch_bounds__(128, 3) radar_attention_backward_key_value_hd64(const unsigned short* qkv, const float* dmerged,
                                                                                               const float* lse, const float* delta, float* dqkv,
                                                                                               int dqkv_bf16, int n, int heads, float scale) {
-    attention_backward_key_value<64, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_key_value<64, false, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_forward_hd16_ldsm(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
                                                              float scale) {
-    attention_forward<16, true>(qkv, merged, lse, n, heads, scale);
+    attention_forward<16, true, false>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_forward_hd32_ldsm(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
                                                              float scale) {
-    attention_forward<32, true>(qkv, merged, lse, n, heads, scale);
+    attention_forward<32, true, false>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_forward_hd64_ldsm(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
                                                              float scale) {
-    attention_forward<64, true>(qkv, merged, lse, n, heads, scale);
+    attention_forward<64, true, false>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd16_ldsm(const unsigned short* qkv, const unsigned short* merged,
                                                                     const float* dmerged, const float* lse, float* delta, float* dqkv,
                                                                     int dqkv_bf16, int n, int heads, float scale) {
-    attention_backward_query<16, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_query<16, true, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd32_ldsm(const unsigned short* qkv, const unsigned short* merged,
                                                                     const float* dmerged, const float* lse, float* delta, float* dqkv,
                                                                     int dqkv_bf16, int n, int heads, float scale) {
-    attention_backward_query<32, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_query<32, true, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd64_ldsm(const unsigned short* qkv, const unsigned short* merged,
                                                                     const float* dmerged, const float* lse, float* delta, float* dqkv,
                                                                     int dqkv_bf16, int n, int heads, float scale) {
-    attention_backward_query<64, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_query<64, true, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd16_ldsm(const unsigned short* qkv, const float* dmerged, const float* lse,
                                                                         const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                         float scale) {
-    attention_backward_key_value<16, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_key_value<16, true, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd32_ldsm(const unsigned short* qkv, const float* dmerged, const float* lse,
                                                                         const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                         float scale) {
-    attention_backward_key_value<32, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_key_value<32, true, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_key_value_hd64_ldsm(const unsigned short* qkv, const float* dmerged, const float* lse,
                                                                         const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                         float scale) {
-    attention_backward_key_value<64, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+    attention_backward_key_value<64, true, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+// Blocks an SM the fast query kernel (head 64) asks ptxas for: 3 (168 registers a thread) fits
+// without spilling up to sm_90; ptxas for sm_100 and sm_120 spills there, so 2.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000
+#define ATTN_FAST_QUERY_BLOCKS 2
+#else
+#define ATTN_FAST_QUERY_BLOCKS 3
+#endif
+// The fast build (RADAR_ATTENTION_KERNELS=fast; off by default until a GPU run has timed it): the
+// ldmatrix loads, softmax in base 2 by MUFU.EX2, masks only in a partial step (none at all for the
+// key/value kernel's queries: +inf log-sum-exps past N), bf16 packing by cvt. Blocks of 128 threads.
+extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_forward_hd16_fast(const unsigned short* qkv, unsigned short* merged, float* lse,
+                                                                                   int n, int heads, float scale) {
+    attention_forward<16, true, true>(qkv, merged, lse, n, heads, scale);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_forward_hd32_fast(const unsigned short* qkv, unsigned short* merged, float* lse,
+                                                                                   int n, int heads, float scale) {
+    attention_forward<32, true, true>(qkv, merged, lse, n, heads, scale);
+}
+extern "C" __global__ void __launch_bounds__(128) radar_attention_forward_hd64_fast(const unsigned short* qkv, unsigned short* merged, float* lse,
+                                                                                   int n, int heads, float scale) {
+    attention_forward<64, true, true>(qkv, merged, lse, n, heads, scale);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_backward_query_hd16_fast(const unsigned short* qkv, const unsigned short* merged,
+                                                                                          const float* dmerged, const float* lse, float* delta,
+                                                                                          float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                                          float scale) {
+    attention_backward_query<16, true, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+extern "C" __global__ void __launch_bounds__(128, 3) radar_attention_backward_query_hd32_fast(const unsigned short* qkv, const unsigned short* merged,
+                                                                                          const float* dmerged, const float* lse, float* delta,
+                                                                                          float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                                          float scale) {
+    attention_backward_query<32, true, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+extern "C" __global__ void __launch_bounds__(128, ATTN_FAST_QUERY_BLOCKS) radar_attention_backward_query_hd64_fast(const unsigned short* qkv, const unsigned short* merged,
+                                                                                          const float* dmerged, const float* lse, float* delta,
+                                                                                          float* dqkv, int dqkv_bf16, int n, int heads,
+                                                                                          float scale) {
+    attention_backward_query<64, true, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_backward_key_value_hd16_fast(const unsigned short* qkv, const float* dmerged,
+                                                                                              const float* lse, const float* delta, float* dqkv,
+                                                                                              int dqkv_bf16, int n, int heads, float scale) {
+    attention_backward_key_value<16, true, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+extern "C" __global__ void __launch_bounds__(128, 3) radar_attention_backward_key_value_hd32_fast(const unsigned short* qkv, const float* dmerged,
+                                                                                              const float* lse, const float* delta, float* dqkv,
+                                                                                              int dqkv_bf16, int n, int heads, float scale) {
+    attention_backward_key_value<32, true, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
+}
+extern "C" __global__ void __launch_bounds__(128) radar_attention_backward_key_value_hd64_fast(const unsigned short* qkv, const float* dmerged,
+                                                                                              const float* lse, const float* delta, float* dqkv,
+                                                                                              int dqkv_bf16, int n, int heads, float scale) {
+    attention_backward_key_value<64, true, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }

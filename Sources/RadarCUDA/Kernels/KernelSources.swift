@@ -27,7 +27,7 @@ extension KernelFamily {
     /// each with the most threads a block may have when it is launched: its `__launch_bounds__`, or
     /// `KernelSources.defaultBlockLimit` when it declares none (the emulated device refuses more).
     public var kernels: [(name: String, blockLimit: Int)] {
-        let pattern = #/extern "C" __global__ void (?:__launch_bounds__\((\d+)(?:, *\d+)?\) )?(\w+)\(/#
+        let pattern = #/extern "C" __global__ void (?:__launch_bounds__\((\d+)(?:, *\w+)?\) )?(\w+)\(/#
         return source.matches(of: pattern).map { m in (String(m.output.2), m.output.1.flatMap { Int($0) } ?? KernelSources.defaultBlockLimit) }
     }
 }

@@ -75,17 +75,28 @@ public enum Devices {
         try switchSetting(environment["RADAR_GEMM_EPILOGUES"], on: "on", off: "off", byDefault: false) { UnknownEpilogueSetting(value: $0) }
     }
 
-    public struct UnknownAttentionLoads: Error, CustomStringConvertible {
-        public let value: String
-        public var description: String { "RADAR_ATTENTION_LOADS=\(value): expected ldmatrix or plain" }
+    public struct UnknownAttentionKernels: Error, CustomStringConvertible {
+        public let variable: String, value: String
+        public var description: String {
+            variable == "RADAR_ATTENTION_LOADS"
+                ? "RADAR_ATTENTION_LOADS=\(value): renamed; set RADAR_ATTENTION_KERNELS (plain, ldmatrix or fast) instead"
+                : "RADAR_ATTENTION_KERNELS=\(value): expected plain, ldmatrix or fast"
+        }
     }
 
-    /// RADAR_ATTENTION_LOADS: `ldmatrix` runs the fused attention kernels' build that loads its
-    /// tensor-core operands from shared memory with ldmatrix (one instruction for two fragments,
-    /// where `plain`, the default until a GPU run has checked and timed it, issues two to four
-    /// shared loads per fragment). The same bits either way.
-    public static func attentionMatrixLoads(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
-        try switchSetting(environment["RADAR_ATTENTION_LOADS"], on: "ldmatrix", off: "plain", byDefault: false) { UnknownAttentionLoads(value: $0) }
+    /// RADAR_ATTENTION_KERNELS: which build of the fused attention kernels runs (`AttentionKernelBuild`):
+    /// `plain` (the default, the build measured on a GPU), `ldmatrix` (tensor-core operands loaded
+    /// from shared memory by ldmatrix; the same bits) or `fast` (ldmatrix, softmax in base 2 by the
+    /// special-function unit, bf16 packing by cvt; within bf16's rounding). The others stay off by
+    /// default until a GPU run has checked and timed them. RADAR_ATTENTION_LOADS, its earlier name,
+    /// is refused, so a setting cannot be silently ignored.
+    public static func attentionKernels(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> AttentionKernelBuild {
+        if let old = environment["RADAR_ATTENTION_LOADS"], !old.isEmpty {
+            throw UnknownAttentionKernels(variable: "RADAR_ATTENTION_LOADS", value: old)
+        }
+        guard let value = environment["RADAR_ATTENTION_KERNELS"], !value.isEmpty else { return .plain }
+        guard let build = AttentionKernelBuild(rawValue: value) else { throw UnknownAttentionKernels(variable: "RADAR_ATTENTION_KERNELS", value: value) }
+        return build
     }
 
     /// RADAR_GEMM_TABLE=FILE: cuBLASLt algorithms pinned per product shape, measured on this GPU
@@ -186,7 +197,7 @@ public enum Devices {
             driver.gemmTable = try gemmTable(for: driver)
             let backend = CUDABackend(driver: driver, precision: resolved, fusedAttention: try fusedAttention(),
                                       convolutionWorkspaceBudget: try convolutionWorkspaceBudget(), gemmEpilogues: try gemmEpilogues())
-            backend.attentionMatrixLoads = try attentionMatrixLoads()
+            backend.attentionKernels = try attentionKernels()
             return backend
         }
     }
