@@ -120,8 +120,18 @@ struct Context {
 #define RADAR_EMU_SWITCH(from, to) swapcontext(&(from).uc, &(to).uc)
 #endif
 
+// A cp.async copy issued and not yet waited for: 16 bytes to `dst`, the first `bytes` from `src`,
+// the rest zeros; `group` the commit group (uncommitted: ~0u).
+struct AsyncCopy {
+    void *dst;
+    const void *src;
+    unsigned bytes, group;
+};
+
 struct Fiber {
     Context context;
+    std::vector<AsyncCopy> copies;  // cp.async copies in flight
+    unsigned groups = 0;            // cp.async groups committed
     char *stack = nullptr;  // stack_bytes, from the launching thread's pool
     dim3 index;
     unsigned linear = 0;
@@ -267,7 +277,16 @@ std::string run_block(Block &b) {
                 ++at_block;
             }
         }
-        if (done == n) return "";
+        if (done == n) {
+            for (auto &f : b.fibers)
+                if (!f.copies.empty()) {
+                    const size_t left = f.copies.size();
+                    f.copies.clear();
+                    return "thread " + std::to_string(f.linear) + " of block " + describe(block_index) + " returned with " + std::to_string(left) +
+                           " cp.async copies it never waited for";
+                }
+            return "";
+        }
         // Warps whose live lanes all wait at an exchange go on.
         bool released = false;
         for (unsigned w = 0; w * 32 < n; ++w) {
@@ -414,6 +433,48 @@ void ldmatrix(unsigned *r, const void *row, unsigned count, bool trans) {
     }
 }
 
+/// cp.async.cg.shared.global [dst], [src], 16, src_bytes: both addresses 16-byte aligned (else the
+/// launch fails, as a GPU's does). A GPU's copy lands at any moment between the issue and the
+/// issuing thread's wait; here, at one of the two ends, by the schedule: at the wait (forward), at
+/// once (reversed), either (shuffled, drawn per copy). A tile read before its wait is stale in the
+/// first, one overwritten while others still read it is caught by the second.
+void cp_async16(void *dst, const void *src, unsigned src_bytes) {
+    if ((((uintptr_t)dst | (src_bytes ? (uintptr_t)src : 0)) & 15) && misaligned.empty())
+        misaligned = "misaligned address (a GPU faults here: CUDA_ERROR_MISALIGNED_ADDRESS): cp.async of 16 bytes with an address not 16-byte aligned, in block " +
+                     describe(block_index);
+    if (src_bytes > 16) src_bytes = 16;
+    const bool at_once = schedule == reversed || (schedule == shuffled && (next_random() & 1));
+    if (direct || !running || at_once) {  // no fibers: nothing runs between issue and wait
+        memcpy(dst, src, src_bytes);
+        memset((char *)dst + src_bytes, 0, 16 - src_bytes);
+        return;
+    }
+    running->fibers[running->current].copies.push_back({dst, src, src_bytes, ~0u});
+}
+/// cp.async.commit_group: the fiber's uncommitted copies become its next group.
+void cp_async_commit() {
+    if (direct || !running) return;
+    Fiber &f = running->fibers[running->current];
+    for (auto &c : f.copies)
+        if (c.group == ~0u) c.group = f.groups;
+    ++f.groups;
+}
+/// cp.async.wait_group N: the fiber's committed copies land in shared memory, but for its N newest groups.
+void cp_async_wait(unsigned newest_groups_left) {
+    if (direct || !running) return;
+    Fiber &f = running->fibers[running->current];
+    size_t kept = 0;
+    for (auto &c : f.copies) {
+        if (c.group != ~0u && c.group + newest_groups_left < f.groups) {
+            memcpy(c.dst, c.src, c.bytes);
+            memset((char *)c.dst + c.bytes, 0, 16 - c.bytes);
+        } else {
+            f.copies[kept++] = c;
+        }
+    }
+    f.copies.resize(kept);
+}
+
 namespace {
 float bf16_low(uint32_t r) { return __uint_as_float(r << 16); }
 float bf16_high(uint32_t r) { return __uint_as_float(r & 0xffff0000u); }
@@ -523,6 +584,8 @@ int launch(const unsigned grid[3], const unsigned block[3], const std::function<
             f.linear = i;
             f.index = dim3{i % block[0], (i / block[0]) % block[1], i / (block[0] * block[1])};
             f.state = State::runnable;
+            f.copies.clear();
+            f.groups = 0;
             start_context(f);
 #ifdef RADAR_EMU_TSAN
             // A fresh one per block: the last block's never returned from fiber_entry.

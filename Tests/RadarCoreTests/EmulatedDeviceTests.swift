@@ -681,6 +681,44 @@ final class EmulatedDeviceTests: XCTestCase {
         XCTAssertEqual(copy(0, 0), "")
     }
 
+    /// cp.async (the fast attention build's staging): a copy lands by the issuing thread's wait;
+    /// under the forward schedule exactly there, so a tile read before its wait is stale (as it may
+    /// be on a GPU), under reversed at once (a request made while others still read the tile
+    /// overwrites it); a copy never waited for, or a misaligned one, fails the launch.
+    func testTheEmulatorModelsCpAsyncCopiesLandingByTheWait() {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: 2 * 4096, alignment: 256)
+        defer { raw.deallocate() }
+        let x = raw.bindMemory(to: Float.self, capacity: 2048), out = x + 1024
+        for i in 0..<1024 { x[i] = Float(i) }
+        defer { _ = radar_emu_set_schedule_text("forward") }
+        func run(_ wait: Int32, _ schedule: String, offset: Int32 = 0) -> (String, [Float]) {
+            XCTAssertEqual(radar_emu_set_schedule_text(schedule), 0)
+            for i in 0..<256 { out[i] = 0 }
+            let e = launch("radar_selftest_cp_async", grid: 1, block: 64, [.buffer(x), .buffer(out), .i32(wait), .i32(offset)])
+            return (e, Array(UnsafeBufferPointer(start: out, count: 256)))
+        }
+        let neighbours = (0..<256).map { Float(($0 + 4) % 256) }
+        let stale = [Float](repeating: Float(bitPattern: ~0), count: 256).map(\.bitPattern)
+        for schedule in ["forward", "reversed", "shuffled:2"] {
+            let (e, got) = run(1, schedule)
+            XCTAssertEqual(e, "", schedule)
+            XCTAssertEqual(got, neighbours, "waited, then a barrier: every thread sees its neighbour's copy (\(schedule))")
+        }
+        let (early, staleRead) = run(0, "forward")
+        XCTAssertEqual(early, "")
+        // Read before the wait: what the tile held, but for thread 63, which runs after thread 0
+        // has waited (its copy landed in tile[0]).
+        XCTAssertEqual(staleRead.map(\.bitPattern), Array(stale[0..<252]) + [0, 1, 2, 3].map { Float($0).bitPattern }, "read before the wait")
+        let (atOnce, landed) = run(0, "reversed")
+        XCTAssertEqual(atOnce, "")
+        XCTAssertEqual(landed, neighbours, "landed at the request")
+        let (never, _) = run(2, "forward")
+        XCTAssertTrue(never.contains("returned with 1 cp.async copies it never waited for"), never)
+        let (misaligned, _) = run(1, "forward", offset: 1)
+        XCTAssertTrue(misaligned.hasPrefix("misaligned address") && misaligned.contains("cp.async of 16 bytes"), misaligned)
+        XCTAssertEqual(run(1, "forward").0, "", "the next launch starts clean")
+    }
+
     /// Past 256 threads a block, a kernel launches only up to its `__launch_bounds__` (what ptxas
     /// fitted its registers to); the emulated device refuses a larger block, as a GPU may.
     func testBlocksLargerThanAKernelsLaunchBoundsAreRefused() {

@@ -49,6 +49,15 @@ __device__ __forceinline__ unsigned radar_cvt_bf16x2(float lo, float hi) {
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
+// 16 bytes from global to shared memory without passing through registers (cp.async.cg, sm_80 and
+// newer): src_bytes of them read (16, or 0 for a row of zeros). They land after a wait by the same
+// thread (radar_cp_async_wait_all, for every group it committed), for the block after a
+// __syncthreads that follows the waits.
+__device__ __forceinline__ void radar_cp_async16(radar_smem_addr dst, const void* src, unsigned src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void radar_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void radar_cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
 // 2^x by the special-function unit (one MUFU.EX2; about 2 ulp; subnormals flushed to zero).
 __device__ __forceinline__ float radar_ex2(float x) {
     float y;
@@ -153,6 +162,17 @@ __device__ __forceinline__ void attn_stage(unsigned short* dst, int ldd, const u
         if (row0 + r < rows) v = *(const uint4*)(src + (row0 + r) * lds + c);
         *(uint4*)(dst + r * ldd + c) = v;
     }
+}
+// The same by cp.async (the fast build), committed as one group: in shared memory after this
+// thread's radar_cp_async_wait_all and, for the block, a __syncthreads after that.
+template <int HD>
+__device__ __forceinline__ void attn_stage_async(radar_smem_addr dst, int ldd, const unsigned short* src, long lds, int row0, int rows) {
+    for (int i = threadIdx.x; i < ATTN_TILE * HD / 8; i += blockDim.x) {
+        const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+        const bool real = row0 + r < rows;
+        radar_cp_async16(dst + 2 * (r * ldd + c), real ? src + (long)(row0 + r) * lds + c : src, real ? 16u : 0u);
+    }
+    radar_cp_async_commit();
 }
 // The same from an fp32 matrix, rounded to bf16 (two 16-byte loads, one 16-byte store).
 template <int HD, bool FAST>
@@ -308,7 +328,25 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
     float m[2] = {minus_inf, minus_inf}, l[2] = {0.f, 0.f}, o[HD / 8][4];
 #pragma unroll
     for (int jn = 0; jn < HD / 8; ++jn) o[jn][0] = o[jn][1] = o[jn][2] = o[jn][3] = 0.f;
-    for (int k0 = 0; k0 < n; k0 += ATTN_TILE) {
+    // FAST: the tiles come by cp.async, each while the other's products run (flash attention 2's
+    // order): K(k0) lands, V(k0) is requested, scores and softmax run; V(k0) lands, K(k0 + 64) is
+    // requested, P V(k0) runs. The same two tiles of shared memory, two barriers a step.
+    for (int k0 = 0; FAST && k0 < n; k0 += ATTN_TILE) {
+        if (k0 == 0) attn_stage_async<HD>(radar_smem(ks), LK, q + d, ld, 0, n);
+        radar_cp_async_wait_all();
+        __syncthreads();  // K(k0) is in for every thread; every warp is done with V(k0 - 64)
+        attn_stage_async<HD>(radar_smem(vs), LK, q + 2 * d, ld, k0, n);
+        float s[ATTN_TILE / 8][4];
+        if (active) {
+            attn_scores<HD, LDSM>(s, qa, ks, LK, lane, n - k0);
+            attn_online_softmax_fast<HD>(s, m, l, o, n - k0, t, scale * ATTN_LOG2E);
+        }
+        radar_cp_async_wait_all();
+        __syncthreads();  // V(k0) is in; every warp is done with K(k0)
+        if (k0 + ATTN_TILE < n) attn_stage_async<HD>(radar_smem(ks), LK, q + d, ld, k0 + ATTN_TILE, n);
+        if (active) attn_accumulate<HD, LDSM, FAST>(o, s, vs, LK, lane, n - k0);
+    }
+    for (int k0 = 0; !FAST && k0 < n; k0 += ATTN_TILE) {
         __syncthreads();  // the last step's tiles are read
         attn_stage<HD>(ks, LK, q + d, ld, k0, n);
         attn_stage<HD>(vs, LK, q + 2 * d, ld, k0, n);
@@ -316,11 +354,6 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
         float s[ATTN_TILE / 8][4];
         if (!active) continue;  // a warp whose 16 rows are all past N only helps stage
         attn_scores<HD, LDSM>(s, qa, ks, LK, lane, n - k0);
-        if constexpr (FAST) {
-            attn_online_softmax_fast<HD>(s, m, l, o, n - k0, t, scale * ATTN_LOG2E);
-            attn_accumulate<HD, LDSM, FAST>(o, s, vs, LK, lane, n - k0);
-            continue;
-        }
         // Online softmax: every step has a key below n, so the new maxima are finite.
         float mx[2] = {m[0], m[1]};
 #pragma unroll

@@ -50,3 +50,19 @@ extern "C" __global__ void radar_selftest_vector_copy(const float* x, float* out
     const uint4 v = *(const uint4*)(x + load_offset + 4 * threadIdx.x);
     *(uint4*)(out + store_offset + 4 * threadIdx.x) = v;
 }
+
+// cp.async: each thread requests x[4 t + src_offset, + 4) into its 16 bytes of a shared tile (set
+// to all-ones bits first), then waits (wait 1), waits only after reading (wait 0) or never (wait 2),
+// and after a barrier copies its neighbour's 16 bytes to out. A GPU's copy lands at any moment up to
+// the wait: the emulator lands it at the wait under the forward schedule, at once under reversed.
+extern "C" __global__ void radar_selftest_cp_async(const float* x, float* out, int wait, int src_offset) {
+    __shared__ uint4 tile[64];
+    tile[threadIdx.x] = make_uint4(~0u, ~0u, ~0u, ~0u);
+    __syncthreads();
+    radar_cp_async16(radar_smem(&tile[threadIdx.x]), x + src_offset + 4 * threadIdx.x, 16);
+    radar_cp_async_commit();
+    if (wait == 1) radar_cp_async_wait_all();
+    __syncthreads();
+    *(uint4*)(out + 4 * threadIdx.x) = tile[(threadIdx.x + 1) % blockDim.x];
+    if (wait == 0) radar_cp_async_wait_all();
+}
