@@ -11,6 +11,9 @@
 // their fragments from it as it is: no transposed copy, whose 16-bit stores conflicted 8 ways).
 // Rows past N are zeros in, masked, never written. Deterministic: every output
 // element is written by one block, summed in a fixed order (dQ and dK/dV by two kernels, no atomics).
+// Three builds (the entry points at the end): plain, _ldsm (B fragments by ldmatrix: the same
+// bits) and _fast (ldmatrix, softmax in base 2 by ex2.approx, bf16 packing by cvt, the forward's
+// tiles by cp.async: within bf16's rounding), picked by RADAR_ATTENTION_KERNELS.
 
 #ifndef RADAR_EMULATOR
 // d (16 x 8, fp32) += a (16 x 16, bf16, row-major) b (16 x 8, bf16, column-major): one warp-wide
@@ -310,7 +313,7 @@ __device__ __forceinline__ void attn_online_softmax_fast(float (*s)[4], float* m
 }
 // FAST (the fast build): softmax in base 2 (each probability one FFMA and one MUFU.EX2, the maxima
 // kept in unscaled scores), keys past N masked only in the last, partial step, bf16 packing by
-// cvt, and a fixed-count staging loop. Within bf16's rounding of the exact build, not its bits.
+// cvt, the tiles staged by cp.async. Within bf16's rounding of the plain build, not its bits.
 template <int HD, bool LDSM, bool FAST>
 __device__ __forceinline__ void attention_forward(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads, float scale) {
     constexpr int LK = HD + ATTN_PAD;
