@@ -662,7 +662,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_forward_hd3
                                                                                    int n, int heads, float scale) {
     attention_forward<32, true, true>(qkv, merged, lse, n, heads, scale);
 }
-extern "C" __global__ void __launch_bounds__(128) radar_attention_forward_hd64_fast(const unsigned short* qkv, unsigned short* merged, float* lse,
+extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_forward_hd64_fast(const unsigned short* qkv, unsigned short* merged, float* lse,
                                                                                    int n, int heads, float scale) {
     attention_forward<64, true, true>(qkv, merged, lse, n, heads, scale);
 }
