@@ -65,12 +65,12 @@ assert sorted((b["precision"], b["attention"]) for b in r["radar_bench_step"]) =
     ("bf16", "fused"), ("bf16", "products"), ("fp32", "products"), ("tf32", "products")], r["radar_bench_step"]
 v = r["radar_bench_step_variants"]
 assert [(b["bf16_activations"], b["recompute_in_backward"], b["gemm_epilogues"], b["gemm_table_entries"]) for b in v[:4]] == [
-    (False, True, False, None), (True, False, False, None), (True, True, False, None), (True, True, True, None)], v
+    (True, True, False, None), (False, True, False, None), (True, False, False, None), (True, True, True, None)], v
 assert r["gemm_epilogue_check"]["passed"], r["gemm_epilogue_check"]
 # Steps 7e and 7d: the attention kernels' fast and ldmatrix builds, each checked and stepped.
 assert r["attention_fast_check"]["passed"] and r["attention_fast_check"]["probe"]["attention_kernels"] == "fast", r["attention_fast_check"]
 assert r["attention_ldmatrix_check"]["passed"] and r["attention_ldmatrix_check"]["probe"]["attention_kernels"] == "ldmatrix", r["attention_ldmatrix_check"]
-assert [b["attention_kernels"] for b in v] == ["plain", "plain", "fast", "plain", "ldmatrix", "plain"], v
+assert [b["attention_kernels"] for b in v] == ["fast", "plain", "plain", "plain", "ldmatrix", "plain"], v
 # Step 7c: every product of the bf16 step timed with its offers; the step again with the table.
 g = r["gemm_bench"]
 assert g["exit"] == 0 and g["radar"]["distinct_products"] > 0 and all(s["candidates"] for s in g["radar"]["shapes"]), g

@@ -85,15 +85,15 @@ final class FakeDriverTests: XCTestCase {
         // 1 recomputed + 4 backward)).
         XCTAssertEqual(steps.compactMap { $0["attention"] as? String }, ["products", "products", "fused", "products"])
         XCTAssertEqual(steps[3]["cublas_products_per_step"] as? Int, (steps[2]["cublas_products_per_step"] as? Int ?? 0) + 42, "\(steps)")
-        // With time to spare, bf16 again with fp32 activations, then keeping what backward recomputes.
+        // With time to spare, first the attention kernels' fast build (the kernel check and golden
+        // cases, and the bf16 step), then bf16 again with fp32 activations, then keeping what
+        // backward recomputes, then the products' epilogues through the fake's cuBLASLt and the
+        // attention kernels' ldmatrix build (each the kernel check and golden cases, and the step).
         let variants = try XCTUnwrap(json["radar_bench_step_variants"] as? [[String: Any]])
-        // Then the attention kernels' fast build, the products' epilogues through the fake's
-        // cuBLASLt, and the attention kernels' ldmatrix build: each the kernel check and golden
-        // cases, and the bf16 step.
-        XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [false, true, true, true, true, true], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, false, true, true, true, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [true, false, true, true, true, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, true, false, true, true, true], "\(variants)")
         XCTAssertEqual(variants.compactMap { $0["gemm_epilogues"] as? Bool }, [false, false, false, true, false, false], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["attention_kernels"] as? String }, ["plain", "plain", "fast", "plain", "ldmatrix", "plain"], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["attention_kernels"] as? String }, ["fast", "plain", "plain", "plain", "ldmatrix", "plain"], "\(variants)")
         // Step 7c: every product of the bf16 step timed as the step runs it (3 made-up microseconds
         // on the fake's event clock) and with the fake cuBLASLt's three offers (3, 2 and 1): the
         // third pinned for every product, and the bf16 step with that table runs every product with it.
