@@ -16,9 +16,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def main():
-    family = sys.argv[1] if len(sys.argv) > 1 else "attention"
-    arch = sys.argv[2] if len(sys.argv) > 2 else "sm_90"
+def compile_family(family, arch, cubin=False):
+    """NVRTC (this Python's nvidia-cuda-nvrtc-cu12 wheel) on common.h and the family, with ptxas
+    verbose: (ptxas's log, the CUBIN or None). Exits naming the problem when it cannot."""
     libs = glob.glob(os.path.join(sys.prefix, "lib", "python3*", "site-packages", "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so.*"))
     if not libs:
         sys.exit("ptxas_report: no libnvrtc in this Python's nvidia-cuda-nvrtc-cu12 wheel (run it with .build/pyvenv/bin/python)")
@@ -40,6 +40,19 @@ def main():
     if status != 0:
         print(text)
         sys.exit(1)
+    binary = None
+    if cubin:
+        nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(size))
+        buffer = ctypes.create_string_buffer(size.value)
+        nvrtc.nvrtcGetCUBIN(program, buffer)
+        binary = buffer.raw
+    return text, binary
+
+
+def main():
+    family = sys.argv[1] if len(sys.argv) > 1 else "attention"
+    arch = sys.argv[2] if len(sys.argv) > 2 else "sm_90"
+    text, _ = compile_family(family, arch)
     name = None
     for line in text.splitlines():
         m = re.search(r"Compiling entry function '(\w+)'", line)

@@ -13,44 +13,24 @@ CUBINs). A static count, not a timing: what a step issues when every branch of i
 """
 import argparse
 import collections
-import ctypes
-import glob
 import os
 import re
 import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ptxas_report import compile_family
 
 
 def cubin(family, arch):
-    libs = glob.glob(os.path.join(sys.prefix, "lib", "python3*", "site-packages", "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so.*"))
-    if not libs:
-        sys.exit("sass_report: no libnvrtc in this Python's nvidia-cuda-nvrtc-cu12 wheel (run it with .build/pyvenv/bin/python)")
-    nvrtc = ctypes.CDLL(libs[0])
-    kernels = os.path.join(ROOT, "Sources", "CCUDAEmulator", "kernels")
-    source = open(os.path.join(kernels, "common.h")).read() + "\n" + open(os.path.join(kernels, family + ".cuh")).read()
-    program = ctypes.c_void_p()
-    nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), f"{family}.cu".encode(), 0, None, None)
-    options = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"-default-device", b"-Xptxas", b"-v"]
-    status = nvrtc.nvrtcCompileProgram(program, len(options), (ctypes.c_char_p * len(options))(*options))
-    size = ctypes.c_size_t()
-    nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
-    log = ctypes.create_string_buffer(size.value)
-    nvrtc.nvrtcGetProgramLog(program, log)
-    if status != 0:
-        sys.exit(log.value.decode())
+    """The family's CUBIN and each kernel's registers, as ptxas reported them."""
+    log, binary = compile_family(family, arch, cubin=True)
     registers, name = {}, None
-    for line in log.value.decode().splitlines():
+    for line in log.splitlines():
         m = re.search(r"Compiling entry function '(\w+)'", line)
         name = m.group(1) if m else name
         m = re.search(r"Used (\d+) registers", line)
         if m and name:
             registers[name] = int(m.group(1))
-    nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(size))
-    binary = ctypes.create_string_buffer(size.value)
-    nvrtc.nvrtcGetCUBIN(program, binary)
-    return binary.raw, registers
+    return binary, registers
 
 
 def functions(sass):
