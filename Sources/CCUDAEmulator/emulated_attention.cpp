@@ -36,7 +36,7 @@ extern "C" int radar_emu_launch_radar_attention_forward_hd64(const unsigned grid
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd16(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
     const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
-    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const unsigned short* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
@@ -50,7 +50,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd16(const unsign
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd32(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
     const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
-    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const unsigned short* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
@@ -64,7 +64,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd32(const unsign
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd64(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
     const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
-    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const unsigned short* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
@@ -77,7 +77,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd64(const unsign
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
-    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
@@ -90,7 +90,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16(const un
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
-    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
@@ -103,7 +103,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32(const un
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
-    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
@@ -147,7 +147,7 @@ extern "C" int radar_emu_launch_radar_attention_forward_hd64_ldsm(const unsigned
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd16_ldsm(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
     const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
-    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const unsigned short* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
@@ -161,7 +161,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd16_ldsm(const u
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd32_ldsm(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
     const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
-    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const unsigned short* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
@@ -175,7 +175,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd32_ldsm(const u
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd64_ldsm(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
     const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
-    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const unsigned short* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
@@ -188,7 +188,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd64_ldsm(const u
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16_ldsm(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
-    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
@@ -201,7 +201,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16_ldsm(con
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32_ldsm(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
-    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
@@ -214,7 +214,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32_ldsm(con
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64_ldsm(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
-    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
@@ -258,7 +258,7 @@ extern "C" int radar_emu_launch_radar_attention_forward_hd64_fast(const unsigned
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd16_fast(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
     const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
-    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const unsigned short* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
@@ -272,7 +272,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd16_fast(const u
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd32_fast(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
     const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
-    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const unsigned short* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
@@ -286,7 +286,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd32_fast(const u
 extern "C" int radar_emu_launch_radar_attention_backward_query_hd64_fast(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
     const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
-    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const unsigned short* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
     float* a5; memcpy(&a5, args[5], sizeof(a5));
@@ -299,7 +299,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_query_hd64_fast(const u
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16_fast(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
-    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
@@ -312,7 +312,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd16_fast(con
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32_fast(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
-    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));
@@ -325,7 +325,7 @@ extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd32_fast(con
 
 extern "C" int radar_emu_launch_radar_attention_backward_key_value_hd64_fast(const unsigned grid[3], const unsigned block[3], void **args) {
     const unsigned short* a0; memcpy(&a0, args[0], sizeof(a0));
-    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const unsigned short* a1; memcpy(&a1, args[1], sizeof(a1));
     const float* a2; memcpy(&a2, args[2], sizeof(a2));
     const float* a3; memcpy(&a3, args[3], sizeof(a3));
     float* a4; memcpy(&a4, args[4], sizeof(a4));

@@ -46,3 +46,11 @@ extern "C" int radar_emu_launch_radar_selftest_cp_async(const unsigned grid[3], 
     int a3; memcpy(&a3, args[3], sizeof(a3));
     return radar_emu::launch(grid, block, [&] { radar_selftest_cp_async(a0, a1, a2, a3); }, false, 0);
 }
+
+extern "C" int radar_emu_launch_radar_selftest_warp_drift(const unsigned grid[3], const unsigned block[3], void **args) {
+    const float* a0; memcpy(&a0, args[0], sizeof(a0));
+    float* a1; memcpy(&a1, args[1], sizeof(a1));
+    float* a2; memcpy(&a2, args[2], sizeof(a2));
+    int a3; memcpy(&a3, args[3], sizeof(a3));
+    return radar_emu::launch(grid, block, [&] { radar_selftest_warp_drift(a0, a1, a2, a3); }, false, 0);
+}

@@ -1,7 +1,9 @@
 // The fiber scheduler of the emulated device. A launch runs its blocks one after another on the
 // calling thread; a block's threads are fibers run in turn until each returns or waits:
 // at a block barrier (__syncthreads, told apart by call site) or a warp exchange (__shfl_xor_sync,
-// 32 lanes). Barriers release when every live thread of the block (warp) waits at the same one;
+// 32 lanes). Barriers release when every live thread of the block (warp) waits at the same one,
+// and only when no thread can run, a warp at a time (so one warp runs ahead to the next block
+// barrier while the others wait at their exchanges: as far apart as a GPU may run them);
 // threads waiting at different barriers are a deadlock and fail the launch with a report, as is
 // (in strict mode) a barrier reached after some threads of the block returned.
 //
@@ -150,6 +152,7 @@ struct Block {
     // Whole-warp exchanges of up to 16 words a lane (the tensor-core products), likewise.
     std::vector<uint32_t> words[2];
     std::vector<unsigned> generation;  // per fiber: warp exchanges done
+    std::vector<unsigned> warp_order;  // scratch: the order in which waiting warps are considered
     void *sanitizer_scheduler = nullptr;  // ThreadSanitizer's handle of the launching thread
 #ifdef RADAR_EMU_TSAN
     ~Block() {
@@ -287,9 +290,17 @@ std::string run_block(Block &b) {
                 }
             return "";
         }
-        // Warps whose live lanes all wait at an exchange go on.
+        // One warp whose live lanes all wait at an exchange goes on (the first such in the
+        // schedule's order of warps), and it alone: it runs ahead, exchange after exchange, until
+        // it reaches a block barrier or returns, before any other warp passes its exchange. So the
+        // warps of a block drift as far apart as a GPU lets them, and a read of another warp's
+        // shared data with no barrier between (a cp.async tile after the reader's own wait but
+        // before the __syncthreads after everyone's, say) sees it unwritten.
+        const unsigned warps = (n + 31) / 32;
+        std::vector<unsigned> &warp_order = b.warp_order;
+        schedule_order(warp_order, warps);
         bool released = false;
-        for (unsigned w = 0; w * 32 < n; ++w) {
+        for (unsigned w : warp_order) {
             unsigned lo = w * 32, hi = lo + 32 < n ? lo + 32 : n, waiting = 0, live = 0;
             for (unsigned i = lo; i < hi; ++i) {
                 if (b.fibers[i].state != State::done) ++live;
@@ -300,6 +311,7 @@ std::string run_block(Block &b) {
                                             ": __shfl_xor_sync with a full mask after some lanes returned";
                 for (unsigned i = lo; i < hi; ++i) b.fibers[i].state = State::runnable;
                 released = true;
+                break;
             }
         }
         if (released) continue;

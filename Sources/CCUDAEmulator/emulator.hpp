@@ -48,12 +48,16 @@ inline radar_smem_addr radar_smem(const void *p) { return (uintptr_t)p; }
 inline void radar_ldmatrix_x2(unsigned *r, radar_smem_addr row) { radar_emu::ldmatrix(r, (const void *)row, 2, false); }
 inline void radar_ldmatrix_x4(unsigned *r, radar_smem_addr row) { radar_emu::ldmatrix(r, (const void *)row, 4, false); }
 inline void radar_ldmatrix_x4_trans(unsigned *r, radar_smem_addr row) { radar_emu::ldmatrix(r, (const void *)row, 4, true); }
-// cp.async.cg.shared.global 16 bytes, commit_group, wait_group 0 (the GPU build: one instruction
+// cp.async.cg.shared.global 16 bytes, commit_group, wait_group 0 and 1 (the GPU build: one instruction
 // each). The copies land in shared memory at the issuing thread's wait, not before, so a kernel
 // that reads a tile before waiting (or before the barrier after the waits) reads what was there.
 inline void radar_cp_async16(radar_smem_addr dst, const void *src, unsigned src_bytes) { radar_emu::cp_async16((void *)dst, src, src_bytes); }
 inline void radar_cp_async_commit() { radar_emu::cp_async_commit(); }
 inline void radar_cp_async_wait_all() { radar_emu::cp_async_wait(0); }
+inline void radar_cp_async_wait_all_but_newest() { radar_emu::cp_async_wait(1); }
+// An empty asm in the GPU build (so the compiler recomputes what derives from p where it is used
+// instead of holding it in registers); nothing here.
+inline const unsigned short *radar_opaque(const unsigned short *p) { return p; }
 
 // cvt.rn.bf16x2.f32 (the GPU build: one instruction): lo and hi rounded to bf16, nearest even,
 // lo in the low half; a NaN becomes the canonical 0x7fff, as the instruction gives it.

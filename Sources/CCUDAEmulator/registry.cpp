@@ -104,6 +104,7 @@ extern "C" int radar_emu_launch_radar_selftest_warp_sum(const unsigned grid[3], 
 extern "C" int radar_emu_launch_radar_selftest_block_chain(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_selftest_vector_copy(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_selftest_cp_async(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_selftest_warp_drift(const unsigned grid[3], const unsigned block[3], void **args);
 
 namespace {
 struct Entry { const char *name; radar_emu_kernel launch; };
@@ -210,6 +211,7 @@ const Entry entries[] = {
     {"radar_selftest_block_chain", radar_emu_launch_radar_selftest_block_chain},
     {"radar_selftest_vector_copy", radar_emu_launch_radar_selftest_vector_copy},
     {"radar_selftest_cp_async", radar_emu_launch_radar_selftest_cp_async},
+    {"radar_selftest_warp_drift", radar_emu_launch_radar_selftest_warp_drift},
 };
 const char *names[] = {
     "radar_attention_forward_hd16",
@@ -314,6 +316,7 @@ const char *names[] = {
     "radar_selftest_block_chain",
     "radar_selftest_vector_copy",
     "radar_selftest_cp_async",
+    "radar_selftest_warp_drift",
     nullptr,
 };
 }  // namespace

@@ -3,7 +3,7 @@ import RadarEngine
 
 /// Fused attention on the CPU: the reference that device kernels are checked against (the kernel
 /// check, the tests), row by row in plain loops with the device's roundings (bf16 probabilities
-/// for the product with v, bf16 dO, P and dScores as product operands; statistics in fp32). The
+/// for the product with v, bf16 P and dScores as product operands; statistics in fp32). The
 /// CPU backend itself trains with the BLAS products of `attentionForward` (faster here), so it
 /// does not offer this path to the layers.
 extension CPUBackend {
@@ -52,12 +52,12 @@ extension CPUBackend {
 
     public func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads h: Int, scale: Float,
                                        delta: Tensor, dQKV: Tensor) {
-        precondition(qkv.dtype == .bfloat16 && merged.dtype == .bfloat16 && dMerged.dtype == .float32,
-                     "fused attention: bf16 qkv and merged, fp32 dMerged expected (dQKV fp32 or bf16)")
+        precondition(qkv.dtype == .bfloat16 && merged.dtype == .bfloat16 && dMerged.dtype == .bfloat16,
+                     "fused attention: bf16 qkv, merged and dMerged expected (dQKV fp32 or bf16)")
         let b = qkv.shape[0], n = qkv.shape[1], d = qkv.shape[2] / 3, hd = d / h
         let x = UnsafeRawPointer(qkv.base).assumingMemoryBound(to: UInt16.self)
         let o = UnsafeRawPointer(merged.base).assumingMemoryBound(to: UInt16.self)
-        let dO = dMerged.base, lse = logSumExp.base, dl = delta.base
+        let dO = UnsafeRawPointer(dMerged.base).assumingMemoryBound(to: UInt16.self), lse = logSumExp.base, dl = delta.base
         forEach(b * h) { i in
             let bi = i / h, hi = i % h, image = bi * n * 3 * d
             // This head's dq, dk, dv (n rows of 3 hd) accumulated in fp32 in thread scratch, then
@@ -67,7 +67,7 @@ extension CPUBackend {
             for r in 0..<n {
                 let row = (bi * n + r) * d + hi * hd
                 var sum: Float = 0
-                for e in 0..<hd { sum += dO[row + e] * BFloat16.float(o[row + e]) }
+                for e in 0..<hd { sum += BFloat16.float(dO[row + e]) * BFloat16.float(o[row + e]) }
                 dl[i * n + r] = sum
             }
             for r in 0..<n {
@@ -77,7 +77,7 @@ extension CPUBackend {
                     var dot: Float = 0, dp: Float = 0
                     for e in 0..<hd {
                         dot += BFloat16.float(x[q + e]) * BFloat16.float(x[k + e])
-                        dp += BFloat16.round(dO[row + e]) * BFloat16.float(x[v + e])
+                        dp += BFloat16.float(dO[row + e]) * BFloat16.float(x[v + e])
                     }
                     let p = expf(dot * scale - lse[i * n + r])
                     let ds = BFloat16.round(p * (dp - dl[i * n + r])), pr = BFloat16.round(p)
@@ -85,7 +85,7 @@ extension CPUBackend {
                     for e in 0..<hd {
                         gq[e] += scale * ds * BFloat16.float(x[k + e])                   // dq
                         gk[e] += scale * ds * BFloat16.float(x[q + e])                   // dk
-                        gv[e] += pr * BFloat16.round(dO[row + e])                        // dv
+                        gv[e] += pr * BFloat16.float(dO[row + e])                        // dv
                     }
                 }
             }

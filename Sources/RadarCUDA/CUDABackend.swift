@@ -695,6 +695,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads h: Int, scale: Float,
                                        delta: Tensor, dQKV: Tensor) {
         let (blocks, n, hd) = attentionBlocks(qkv, heads: h)
+        precondition(dMerged.dtype == .bfloat16 && merged.dtype == .bfloat16, "fused attention backward: bf16 merged and dMerged expected")
         // dQ and delta first; dK and dV read delta.
         driver.launch(attentionKernel(.backward_query, headDim: hd), grid: blocks, block: 128,
                       KernelArgs(p(qkv), p(merged), p(dMerged), p(logSumExp), p(delta), p(dQKV), bf16(dQKV), .i32(n), .i32(h), .f32(scale)))

@@ -237,11 +237,14 @@ final class BFloat16OutputTests: XCTestCase {
         defer { [qkv, merged, dQKV16, want16].forEach { be.release($0.base) } }
         be.convert(qkv32.tensor, into: qkv)
         let lse = DeviceTensor(be, Shape(b, h, n)), delta = DeviceTensor(be, Shape(b, h, n))
-        let dMerged = DeviceTensor(be, Shape(b, n, d), randomValues(b * n * d, seed: 34)), dQKV32 = DeviceTensor(be, Shape(b, n, 3 * d))
+        let dMerged32 = DeviceTensor(be, Shape(b, n, d), randomValues(b * n * d, seed: 34)), dQKV32 = DeviceTensor(be, Shape(b, n, 3 * d))
+        let dMerged = bf16(dMerged32.shape)
+        defer { be.release(dMerged.base) }
+        be.convert(dMerged32.tensor, into: dMerged)
         be.fusedAttentionForward(qkv: qkv, heads: h, scale: 0.25, merged: merged, logSumExp: lse.tensor)
-        be.fusedAttentionBackward(dMerged: dMerged.tensor, qkv: qkv, merged: merged, logSumExp: lse.tensor, heads: h, scale: 0.25,
+        be.fusedAttentionBackward(dMerged: dMerged, qkv: qkv, merged: merged, logSumExp: lse.tensor, heads: h, scale: 0.25,
                                   delta: delta.tensor, dQKV: dQKV32.tensor)
-        be.fusedAttentionBackward(dMerged: dMerged.tensor, qkv: qkv, merged: merged, logSumExp: lse.tensor, heads: h, scale: 0.25,
+        be.fusedAttentionBackward(dMerged: dMerged, qkv: qkv, merged: merged, logSumExp: lse.tensor, heads: h, scale: 0.25,
                                   delta: delta.tensor, dQKV: dQKV16)
         be.convert(dQKV32.tensor, into: want16)
         let got = DeviceTensor(be, dQKV32.shape), want = DeviceTensor(be, dQKV32.shape)

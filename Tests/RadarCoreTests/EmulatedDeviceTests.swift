@@ -719,6 +719,37 @@ final class EmulatedDeviceTests: XCTestCase {
         XCTAssertEqual(run(1, "forward").0, "", "the next launch starts clean")
     }
 
+    /// Warps run apart as far as a GPU lets them: a warp released from an exchange runs on to the
+    /// next block barrier before another passes its own exchange. So a read of another warp's
+    /// cp.async copy after the reader's own wait but with no barrier after everyone's (the bug
+    /// of a fast attention kernel with its middle barrier removed, which a lockstep schedule hid:
+    /// every warp had waited by the time any went past its next exchange) reads the tile as it
+    /// was; with the barrier every schedule reads the copies.
+    func testWarpsDriftApartSoAReadOfAnotherWarpsCopyNeedsABarrier() {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: 3 * 1024, alignment: 256)
+        defer { raw.deallocate() }
+        let x = raw.bindMemory(to: Float.self, capacity: 768), out = x + 256, exchanged = x + 512
+        for i in 0..<256 { x[i] = Float(i) }
+        defer { _ = radar_emu_set_schedule_text("forward") }
+        func run(barrier: Bool, _ schedule: String) -> [Float] {
+            XCTAssertEqual(radar_emu_set_schedule_text(schedule), 0)
+            for i in 0..<256 { out[i] = 0 }
+            for i in 0..<64 { exchanged[i] = -1 }
+            let e = launch("radar_selftest_warp_drift", grid: 1, block: 64, [.buffer(x), .buffer(out), .buffer(exchanged), .i32(barrier ? 1 : 0)])
+            XCTAssertEqual(e, "", schedule)
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: exchanged, count: 64)), (0..<64).map(Float.init), "the exchanges (\(schedule))")
+            return Array(UnsafeBufferPointer(start: out, count: 256))
+        }
+        let otherHalf = (0..<256).map { Float(($0 + 128) % 256) }
+        for schedule in ["forward", "reversed", "shuffled:3"] {
+            XCTAssertEqual(run(barrier: true, schedule), otherHalf, "a barrier after the waits (\(schedule))")
+        }
+        // Forward: warp 0 runs ahead and reads warp 1's half before warp 1 has waited (stale,
+        // all-ones bits); warp 1 then reads warp 0's half, long landed.
+        let raced = run(barrier: false, "forward").map(\.bitPattern)
+        XCTAssertEqual(raced, [UInt32](repeating: ~0, count: 128) + otherHalf[128...].map(\.bitPattern), "no barrier: warp 0 reads ahead of warp 1's wait")
+    }
+
     /// Past 256 threads a block, a kernel launches only up to its `__launch_bounds__` (what ptxas
     /// fitted its registers to); the emulated device refuses a larger block, as a GPU may.
     func testBlocksLargerThanAKernelsLaunchBoundsAreRefused() {

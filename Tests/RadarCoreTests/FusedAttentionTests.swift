@@ -11,7 +11,11 @@ import XCTest
 final class FusedAttentionTests: XCTestCase {
     /// bf16 qkv (B, N, 3D) on `be` from normal values.
     func bf16QKV(_ be: any Backend, batch b: Int, tokens n: Int, dim d: Int, seed: UInt64) -> (Tensor, DeviceTensor) {
-        let x = DeviceTensor(be, Shape(b, n, 3 * d), randomValues(b * n * 3 * d, seed: seed))
+        bf16Normal(be, Shape(b, n, 3 * d), seed: seed)
+    }
+    /// A bf16 tensor on `be` from normal values (and the fp32 tensor it was rounded from).
+    func bf16Normal(_ be: any Backend, _ shape: Shape, seed: UInt64) -> (Tensor, DeviceTensor) {
+        let x = DeviceTensor(be, shape, randomValues(shape.count, seed: seed))
         let h = Tensor(be.allocate(DType.bfloat16.floats(x.tensor.count)), x.tensor.shape, dtype: .bfloat16)
         be.convert(x.tensor, into: h)
         return (h, x)
@@ -25,7 +29,11 @@ final class FusedAttentionTests: XCTestCase {
         // The products path: scores, probabilities, merged (fp32), then backward.
         let scores = DeviceTensor(be, Shape(b, h, n, n)), probs = DeviceTensor(be, Shape(b, h, n, n)), merged = DeviceTensor(be, Shape(b, n, d))
         be.attentionForward(qkv: qkv, heads: h, scale: scale, scores: scores.tensor, probs: probs.tensor, merged: merged.tensor)
-        let dMerged = DeviceTensor(be, Shape(b, n, d), randomValues(b * n * d, seed: 2))
+        // dMerged with bf16 values: the products path reads it as fp32, the fused one as bf16.
+        let dMerged = DeviceTensor(be, Shape(b, n, d), randomValues(b * n * d, seed: 2).map { BFloat16.round($0) })
+        let dMerged16 = Tensor(be.allocate(DType.bfloat16.floats(b * n * d)), Shape(b, n, d), dtype: .bfloat16)
+        defer { be.release(dMerged16.base) }
+        be.convert(dMerged.tensor, into: dMerged16)
         let dProbs = DeviceTensor(be, Shape(b, h, n, n)), dScores = DeviceTensor(be, Shape(b, h, n, n)), dQKV = DeviceTensor(be, Shape(b, n, 3 * d))
         be.attentionBackward(dMerged: dMerged.tensor, qkv: qkv, probs: probs.tensor, heads: h, scale: scale, dProbs: dProbs.tensor,
                              dScores: dScores.tensor, dQKV: dQKV.tensor)
@@ -36,7 +44,7 @@ final class FusedAttentionTests: XCTestCase {
         be.fusedAttentionForward(qkv: qkv, heads: h, scale: scale, merged: fused, logSumExp: lse.tensor)
         let fusedMerged = DeviceTensor(be, Shape(b, n, d))
         be.convert(fused, into: fusedMerged.tensor)
-        be.fusedAttentionBackward(dMerged: dMerged.tensor, qkv: qkv, merged: fused, logSumExp: lse.tensor, heads: h, scale: scale,
+        be.fusedAttentionBackward(dMerged: dMerged16, qkv: qkv, merged: fused, logSumExp: lse.tensor, heads: h, scale: scale,
                                   delta: delta.tensor, dQKV: fusedDQKV.tensor)
 
         func assertClose(_ got: [Float], _ want: [Float], relativeToLargest tol: Float, _ what: String) {
@@ -217,15 +225,16 @@ final class FusedAttentionTests: XCTestCase {
         let (qkv, keep) = bf16QKV(be, batch: b, tokens: n, dim: d, seed: 21)
         let merged = Tensor(be.allocate(DType.bfloat16.floats(b * n * d)), Shape(b, n, d), dtype: .bfloat16)
         let lse = DeviceTensor(be, Shape(b, h, n)), delta = DeviceTensor(be, Shape(b, h, n))
-        let dMerged = DeviceTensor(be, Shape(b, n, d), randomValues(b * n * d, seed: 22)), dQKV = DeviceTensor(be, Shape(b, n, 3 * d))
+        let (dMerged, keepDMerged) = bf16Normal(be, Shape(b, n, d), seed: 22)
+        let dQKV = DeviceTensor(be, Shape(b, n, 3 * d))
         device.launchLog = []
         be.fusedAttentionForward(qkv: qkv, heads: h, scale: scale, merged: merged, logSumExp: lse.tensor)
-        be.fusedAttentionBackward(dMerged: dMerged.tensor, qkv: qkv, merged: merged, logSumExp: lse.tensor, heads: h, scale: scale,
+        be.fusedAttentionBackward(dMerged: dMerged, qkv: qkv, merged: merged, logSumExp: lse.tensor, heads: h, scale: scale,
                                   delta: delta.tensor, dQKV: dQKV.tensor)
         let launched = device.launchLog?.map(\.kernel) ?? []
         let mergedValues = DeviceTensor(be, Shape(b, n, d))
         be.convert(merged, into: mergedValues.tensor)
-        _ = keep
+        _ = (keep, keepDMerged)
         return (launched, mergedValues.values + lse.values + delta.values + dQKV.values)
     }
 

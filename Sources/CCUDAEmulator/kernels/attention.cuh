@@ -4,7 +4,7 @@
 // operands, fp32 accumulators); softmax statistics, the log-sum-exp and the gradients in fp32.
 //
 // qkv (B, N, 3D) bf16 with [q|k|v] and heads of HD channels side by side; merged (B, N, D) bf16;
-// lse and delta (B, H, N) fp32; dmerged fp32; dqkv fp32, or bf16 (dqkv_bf16: the gradient of bf16 qkv,
+// lse and delta (B, H, N) fp32; dmerged bf16 (AMP's gradient of bf16 merged); dqkv fp32, or bf16 (dqkv_bf16: the gradient of bf16 qkv,
 // as AMP's; accumulated in fp32 and rounded once). A block (128 threads): one (image, head) and 64 rows
 // (queries, or keys for dK/dV), 4 warps of 16 rows; it walks the other side 64 at a time through
 // shared memory, each tile staged once, row-major (the products that read a tile transposed take
@@ -12,8 +12,8 @@
 // Rows past N are zeros in, masked, never written. Deterministic: every output
 // element is written by one block, summed in a fixed order (dQ and dK/dV by two kernels, no atomics).
 // Three builds (the entry points at the end): plain, _ldsm (B fragments by ldmatrix: the same
-// bits) and _fast (ldmatrix, softmax in base 2 by ex2.approx, bf16 packing by cvt, the forward's
-// tiles by cp.async: within bf16's rounding), picked by RADAR_ATTENTION_KERNELS.
+// bits) and _fast (ldmatrix, softmax in base 2 by ex2.approx, bf16 packing by cvt, every tile by
+// cp.async behind the products: within bf16's rounding), picked by RADAR_ATTENTION_KERNELS.
 
 #ifndef RADAR_EMULATOR
 // d (16 x 8, fp32) += a (16 x 16, bf16, row-major) b (16 x 8, bf16, column-major): one warp-wide
@@ -61,6 +61,14 @@ __device__ __forceinline__ void radar_cp_async16(radar_smem_addr dst, const void
 }
 __device__ __forceinline__ void radar_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void radar_cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+// The same for every group but the newest one this thread committed (which may still be in flight).
+__device__ __forceinline__ void radar_cp_async_wait_all_but_newest() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+// p, as far as the compiler knows a new value: what is computed from it is computed where it is
+// used, not hoisted out of a loop into registers held across it.
+__device__ __forceinline__ const unsigned short* radar_opaque(const unsigned short* p) {
+    asm volatile("" : "+l"(p));
+    return p;
+}
 // 2^x by the special-function unit (one MUFU.EX2; about 2 ulp; subnormals flushed to zero).
 __device__ __forceinline__ float radar_ex2(float x) {
     float y;
@@ -117,15 +125,6 @@ __device__ __forceinline__ void attn_load_a(unsigned* a, const unsigned short* m
     a[2] = v0 ? *(const unsigned*)(m + r0 * ld + c + 8) : 0u;
     a[3] = v1 ? *(const unsigned*)(m + (r0 + 8) * ld + c + 8) : 0u;
 }
-// The same from an fp32 matrix, rounded to bf16.
-__device__ __forceinline__ void attn_load_a_f32(unsigned* a, const float* m, long ld, int row, int rows, int col, int lane) {
-    const int r0 = row + lane / 4, c = col + 2 * (lane % 4);
-    const bool v0 = r0 < rows, v1 = r0 + 8 < rows;
-    a[0] = v0 ? attn_pack(m[r0 * ld + c], m[r0 * ld + c + 1]) : 0u;
-    a[1] = v1 ? attn_pack(m[(r0 + 8) * ld + c], m[(r0 + 8) * ld + c + 1]) : 0u;
-    a[2] = v0 ? attn_pack(m[r0 * ld + c + 8], m[r0 * ld + c + 9]) : 0u;
-    a[3] = v1 ? attn_pack(m[(r0 + 8) * ld + c + 8], m[(r0 + 8) * ld + c + 9]) : 0u;
-}
 // The B fragment (16 x 8) with k in [k0, k0 + 16), n in [n0, n0 + 8) of shared bf16 rows indexed
 // by n, k contiguous (a row-major matrix read transposed).
 __device__ __forceinline__ void attn_load_b(unsigned* b, const unsigned short* s, int ld, int n0, int k0, int lane) {
@@ -166,8 +165,9 @@ __device__ __forceinline__ void attn_stage(unsigned short* dst, int ldd, const u
         *(uint4*)(dst + r * ldd + c) = v;
     }
 }
-// The same by cp.async (the fast build), committed as one group: in shared memory after this
-// thread's radar_cp_async_wait_all and, for the block, a __syncthreads after that.
+// The same by cp.async (the fast build), not committed: in shared memory once the group the caller
+// commits it in is waited for (radar_cp_async_wait_*) and, for the block, after a __syncthreads
+// that follows the waits.
 template <int HD>
 __device__ __forceinline__ void attn_stage_async(radar_smem_addr dst, int ldd, const unsigned short* src, long lds, int row0, int rows) {
     for (int i = threadIdx.x; i < ATTN_TILE * HD / 8; i += blockDim.x) {
@@ -175,22 +175,7 @@ __device__ __forceinline__ void attn_stage_async(radar_smem_addr dst, int ldd, c
         const bool real = row0 + r < rows;
         radar_cp_async16(dst + 2 * (r * ldd + c), real ? src + (long)(row0 + r) * lds + c : src, real ? 16u : 0u);
     }
-    radar_cp_async_commit();
 }
-// The same from an fp32 matrix, rounded to bf16 (two 16-byte loads, one 16-byte store).
-template <int HD, bool FAST>
-__device__ __forceinline__ void attn_stage_f32(unsigned short* dst, int ldd, const float* src, long lds, int row0, int rows) {
-    for (int i = threadIdx.x; i < ATTN_TILE * HD / 8; i += blockDim.x) {
-        const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
-        uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (row0 + r < rows) {
-            const float4 a = *(const float4*)(src + (row0 + r) * lds + c), b = *(const float4*)(src + (row0 + r) * lds + c + 4);
-            v = make_uint4(attn_pack2<FAST>(a.x, a.y), attn_pack2<FAST>(a.z, a.w), attn_pack2<FAST>(b.x, b.y), attn_pack2<FAST>(b.z, b.w));
-        }
-        *(uint4*)(dst + r * ldd + c) = v;
-    }
-}
-
 // s (16 x 64: this warp's rows against 64 shared rows) = a b^T over HD channels. `valid`: how many
 // of the 64 shared rows are real (N - first row); the products past it are skipped (N = 197 pads
 // its last step of 64 from 5: a fifth of the work).
@@ -335,10 +320,11 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
     // order): K(k0) lands, V(k0) is requested, scores and softmax run; V(k0) lands, K(k0 + 64) is
     // requested, P V(k0) runs. The same two tiles of shared memory, two barriers a step.
     for (int k0 = 0; FAST && k0 < n; k0 += ATTN_TILE) {
-        if (k0 == 0) attn_stage_async<HD>(radar_smem(ks), LK, q + d, ld, 0, n);
+        if (k0 == 0) attn_stage_async<HD>(radar_smem(ks), LK, q + d, ld, 0, n), radar_cp_async_commit();
         radar_cp_async_wait_all();
         __syncthreads();  // K(k0) is in for every thread; every warp is done with V(k0 - 64)
         attn_stage_async<HD>(radar_smem(vs), LK, q + 2 * d, ld, k0, n);
+        radar_cp_async_commit();
         float s[ATTN_TILE / 8][4];
         if (active) {
             attn_scores<HD, LDSM>(s, qa, ks, LK, lane, n - k0);
@@ -346,7 +332,7 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
         }
         radar_cp_async_wait_all();
         __syncthreads();  // V(k0) is in; every warp is done with K(k0)
-        if (k0 + ATTN_TILE < n) attn_stage_async<HD>(radar_smem(ks), LK, q + d, ld, k0 + ATTN_TILE, n);
+        if (k0 + ATTN_TILE < n) attn_stage_async<HD>(radar_smem(ks), LK, q + d, ld, k0 + ATTN_TILE, n), radar_cp_async_commit();
         if (active) attn_accumulate<HD, LDSM, FAST>(o, s, vs, LK, lane, n - k0);
     }
     for (int k0 = 0; !FAST && k0 < n; k0 += ATTN_TILE) {
@@ -401,35 +387,47 @@ __device__ __forceinline__ void attention_forward(const unsigned short* qkv, uns
     }
 }
 
+// The backward kernels' tiles. The plain and _ldsm builds stage both of a step's tiles and wait
+// (two barriers a step). The fast build keeps two tiles of the side read at both ends of a step
+// (keys for dQ, queries for dK/dV) and one of the side read in its middle (values, dO), all by
+// cp.async: after the step's first barrier it requests the middle tile of this step and the end
+// tile of the next, then computes the scores while they load; before the middle it waits for its
+// own middle tile (not the next end tile: that group is the newest) and meets the second barrier.
+// Three tiles of shared memory, not four: 27 KiB for heads of 64, so three blocks an SM fit in an
+// sm_86's 100 KiB as well as in the register file.
+template <bool FAST>
+constexpr int attn_end_tiles() { return FAST ? 2 : 1; }
+
 // dQ of 64 query rows (and delta = rowsum(dO o O), which the key/value kernel reads): walks the keys.
 template <int HD, bool LDSM, bool FAST>
-__device__ __forceinline__ void attention_backward_query(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
+__device__ __forceinline__ void attention_backward_query(const unsigned short* qkv, const unsigned short* merged, const unsigned short* dmerged,
                                                          const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                          float scale) {
-    constexpr int LK = HD + ATTN_PAD;
-    __shared__ uint4 ks_words[ATTN_TILE * LK / 8], vs_words[ATTN_TILE * LK / 8];
-    unsigned short* ks = (unsigned short*)ks_words;  // keys, a row each
+    constexpr int LK = HD + ATTN_PAD, TILE = ATTN_TILE * LK;
+    __shared__ uint4 ks_words[attn_end_tiles<FAST>() * TILE / 8], vs_words[TILE / 8];
+    unsigned short* ks = (unsigned short*)ks_words;  // keys, a row each (FAST: this step's and the next's)
     unsigned short* vs = (unsigned short*)vs_words;  // values, a row each
     const auto [d, ld, lane, g, t, h, image, row] = attn_place(n, heads, HD);
     const bool active = row < n;
     const unsigned short* q = qkv + (long)image * n * ld + h * HD;
-    const float* dout = dmerged + (long)image * n * d + h * HD;
+    const unsigned short* dout = dmerged + (long)image * n * d + h * HD;
     const unsigned short* out = merged + (long)image * n * d + h * HD;
+    if constexpr (FAST) attn_stage_async<HD>(radar_smem(ks), LK, q + d, ld, 0, n), radar_cp_async_commit();
     unsigned qa[HD / 16][4], da[HD / 16][4];
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
         attn_load_a(qa[kk], q, ld, row, n, kk * 16, lane);
-        attn_load_a_f32(da[kk], dout, d, row, n, kk * 16, lane);
+        attn_load_a(da[kk], dout, d, row, n, kk * 16, lane);
     }
-    // delta over this lane's columns of its two rows (fp32 dO, bf16 O), then over the quad.
+    // delta over this lane's columns of its two rows (bf16 dO and O, summed in fp32), then over the quad.
     float dl[2] = {0.f, 0.f}, ls[2] = {0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int r = row + g + 8 * i;
         if (r < n) {
             for (int c = 2 * t; c < HD; c += 8) {
-                const unsigned o = *(const unsigned*)(out + (long)r * d + c);
-                dl[i] += dout[(long)r * d + c] * attn_low(o) + dout[(long)r * d + c + 1] * attn_high(o);
+                const unsigned o = *(const unsigned*)(out + (long)r * d + c), dy = *(const unsigned*)(dout + (long)r * d + c);
+                dl[i] += attn_low(dy) * attn_low(o) + attn_high(dy) * attn_high(o);
             }
             ls[i] = lse[((long)image * heads + h) * n + r];
             if constexpr (FAST) ls[i] *= ATTN_LOG2E;  // in base 2
@@ -440,15 +438,34 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
     float dq[HD / 8][4];
 #pragma unroll
     for (int jn = 0; jn < HD / 8; ++jn) dq[jn][0] = dq[jn][1] = dq[jn][2] = dq[jn][3] = 0.f;
-    for (int k0 = 0; k0 < n; k0 += ATTN_TILE) {
-        __syncthreads();
-        attn_stage<HD>(ks, LK, q + d, ld, k0, n);
-        attn_stage<HD>(vs, LK, q + 2 * d, ld, k0, n);
-        __syncthreads();
+    for (int k0 = 0, at = 0; k0 < n; k0 += ATTN_TILE, at ^= attn_end_tiles<FAST>() - 1) {
+        unsigned short* kt = ks + at * TILE;  // this step's keys
+        if constexpr (FAST) {
+            radar_cp_async_wait_all();
+            __syncthreads();  // K(k0) is in for every thread; every warp is done with the last step's tiles
+            // The requests' addresses from q afresh each step: hoisted, they held registers across
+            // the loop, and ptxas spilled at 3 blocks an SM (sm_90).
+            const unsigned short* staged = radar_opaque(q);
+            attn_stage_async<HD>(radar_smem(vs), LK, staged + 2 * d, ld, k0, n);
+            radar_cp_async_commit();
+            if (k0 + ATTN_TILE < n) attn_stage_async<HD>(radar_smem(ks + (at ^ 1) * TILE), LK, staged + d, ld, k0 + ATTN_TILE, n);
+            radar_cp_async_commit();  // (empty in the last step: the wait below leaves one group, never V's)
+        } else {
+            __syncthreads();  // the last step's tiles are read
+            attn_stage<HD>(kt, LK, q + d, ld, k0, n);
+            attn_stage<HD>(vs, LK, q + 2 * d, ld, k0, n);
+            __syncthreads();
+        }
         float s[ATTN_TILE / 8][4];
+        if (active) {  // a warp whose 16 rows are all past N only helps stage
+            attn_scores<HD, LDSM>(s, qa, kt, LK, lane, n - k0);
+            if constexpr (FAST) attn_mask_columns(s, n - k0, t);
+        }
+        if constexpr (FAST) {
+            radar_cp_async_wait_all_but_newest();
+            __syncthreads();  // V(k0) is in for every thread
+        }
         if (!active) continue;
-        attn_scores<HD, LDSM>(s, qa, ks, LK, lane, n - k0);
-        if constexpr (FAST) attn_mask_columns(s, n - k0, t);
         // dS = P o (dP - delta), P recomputed from the forward's log-sum-exp; dP = dO V^T a block
         // of 8 keys at a time, used at once.
 #pragma unroll
@@ -463,7 +480,7 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
                 s[j][e] = p * (dp[e] - dl[e / 2]);
             }
         }
-        attn_accumulate<HD, LDSM, FAST>(dq, s, ks, LK, lane, n - k0);
+        attn_accumulate<HD, LDSM, FAST>(dq, s, kt, LK, lane, n - k0);
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -475,22 +492,39 @@ __device__ __forceinline__ void attention_backward_query(const unsigned short* q
     }
 }
 
+// A query's log-sum-exp (FAST: in base 2, +inf past N, so its probabilities come out 2^-inf = 0
+// unmasked) and delta as the key/value kernel keeps them per step; 0 past N in the plain builds.
+template <bool FAST>
+__device__ __forceinline__ float attn_query_lse(const float* lse_h, int i, int n) {
+    if constexpr (FAST) return i < n ? lse_h[i] * ATTN_LOG2E : __int_as_float(0x7f800000);
+    else return i < n ? lse_h[i] : 0.f;
+}
+
 // dK and dV of 64 key rows: walks the queries (after attention_backward_query wrote delta).
 template <int HD, bool LDSM, bool FAST>
-__device__ __forceinline__ void attention_backward_key_value(const unsigned short* qkv, const float* dmerged, const float* lse,
+__device__ __forceinline__ void attention_backward_key_value(const unsigned short* qkv, const unsigned short* dmerged, const float* lse,
                                                              const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                              float scale) {
-    constexpr int LK = HD + ATTN_PAD;
-    __shared__ uint4 qs_words[ATTN_TILE * LK / 8], os_words[ATTN_TILE * LK / 8];
-    __shared__ float lse_s[ATTN_TILE], delta_s[ATTN_TILE];
-    unsigned short* qs = (unsigned short*)qs_words;  // queries, a row each
-    unsigned short* os = (unsigned short*)os_words;  // dO (bf16), a row each
+    constexpr int LK = HD + ATTN_PAD, TILE = ATTN_TILE * LK, ENDS = attn_end_tiles<FAST>();
+    __shared__ uint4 qs_words[ENDS * TILE / 8], os_words[TILE / 8];
+    __shared__ float lse_s[ENDS][ATTN_TILE], delta_s[ENDS][ATTN_TILE];
+    unsigned short* qs = (unsigned short*)qs_words;  // queries, a row each (FAST: this step's and the next's)
+    unsigned short* os = (unsigned short*)os_words;  // dO, a row each
     const auto [d, ld, lane, g, t, h, image, row] = attn_place(n, heads, HD);
     const bool active = row < n;
     const unsigned short* q = qkv + (long)image * n * ld + h * HD;
-    const float* dout = dmerged + (long)image * n * d + h * HD;
+    const unsigned short* dout = dmerged + (long)image * n * d + h * HD;
     const float* lse_h = lse + ((long)image * heads + h) * n;
     const float* delta_h = delta + ((long)image * heads + h) * n;
+    if constexpr (FAST) {
+        // The first step's queries by cp.async; its log-sum-exps and deltas stored here (a thread
+        // each: the launch's 128 threads are 64 of each), the later steps' loaded a step ahead
+        // into `ahead` (the load's latency behind the step's products) and stored at its end.
+        attn_stage_async<HD>(radar_smem(qs), LK, q, ld, 0, n);
+        radar_cp_async_commit();
+        if (threadIdx.x < ATTN_TILE) lse_s[0][threadIdx.x] = attn_query_lse<FAST>(lse_h, threadIdx.x, n);
+        else delta_s[0][threadIdx.x - ATTN_TILE] = threadIdx.x - ATTN_TILE < n ? delta_h[threadIdx.x - ATTN_TILE] : 0.f;
+    }
     unsigned ka[HD / 16][4], va[HD / 16][4];
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
@@ -503,40 +537,66 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
         dk[jn][0] = dk[jn][1] = dk[jn][2] = dk[jn][3] = 0.f;
         dv[jn][0] = dv[jn][1] = dv[jn][2] = dv[jn][3] = 0.f;
     }
-    for (int q0 = 0; q0 < n; q0 += ATTN_TILE) {
-        __syncthreads();
-        attn_stage<HD>(qs, LK, q, ld, q0, n);
-        attn_stage_f32<HD, FAST>(os, LK, dout, d, q0, n);
-        for (int i = threadIdx.x; i < ATTN_TILE; i += blockDim.x) {
-            // FAST: in base 2, and +inf past N, so those queries' probabilities come out 0 unmasked.
-            if constexpr (FAST) lse_s[i] = q0 + i < n ? lse_h[q0 + i] * ATTN_LOG2E : __int_as_float(0x7f800000);
-            else lse_s[i] = q0 + i < n ? lse_h[q0 + i] : 0.f;
-            delta_s[i] = q0 + i < n ? delta_h[q0 + i] : 0.f;
+    for (int q0 = 0, at = 0; q0 < n; q0 += ATTN_TILE, at ^= ENDS - 1) {
+        unsigned short* qt = qs + at * TILE;  // this step's queries
+        const float* lse_t = lse_s[at];
+        const float* delta_t = delta_s[at];
+        const bool next = q0 + ATTN_TILE < n;
+        float ahead = 0.f;  // FAST: the next step's log-sum-exp or delta of this thread's query
+        if constexpr (FAST) {
+            radar_cp_async_wait_all();
+            __syncthreads();  // Q(q0), its lse and delta are in; every warp is done with the last step's
+            attn_stage_async<HD>(radar_smem(os), LK, dout, d, q0, n);
+            radar_cp_async_commit();
+            if (next) attn_stage_async<HD>(radar_smem(qs + (at ^ 1) * TILE), LK, q, ld, q0 + ATTN_TILE, n);
+            radar_cp_async_commit();  // (empty in the last step: the wait below leaves one group, never dO's)
+            const int i = q0 + ATTN_TILE + (int)threadIdx.x % ATTN_TILE;
+            if (next) ahead = threadIdx.x < ATTN_TILE ? attn_query_lse<FAST>(lse_h, i, n) : i < n ? delta_h[i] : 0.f;
+        } else {
+            __syncthreads();  // the last step's tiles are read
+            attn_stage<HD>(qt, LK, q, ld, q0, n);
+            attn_stage<HD>(os, LK, dout, d, q0, n);
+            for (int i = threadIdx.x; i < ATTN_TILE; i += blockDim.x) {
+                lse_s[0][i] = attn_query_lse<FAST>(lse_h, q0 + i, n);
+                delta_s[0][i] = q0 + i < n ? delta_h[q0 + i] : 0.f;
+            }
+            __syncthreads();
         }
-        __syncthreads();
         // P^T (these 16 keys x 64 queries) from the log-sum-exp of each query (a column here).
         float p[ATTN_TILE / 8][4];
-        if (!active) continue;
-        attn_scores<HD, LDSM>(p, ka, qs, LK, lane, n - q0);
+        if (active) {  // a warp whose 16 rows are all past N only helps stage
+            attn_scores<HD, LDSM>(p, ka, qt, LK, lane, n - q0);
 #pragma unroll
-        for (int j = 0; j < ATTN_TILE / 8; ++j)
+            for (int j = 0; j < ATTN_TILE / 8; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = j * 8 + 2 * t + (e & 1);
-                if constexpr (FAST) p[j][e] = radar_ex2(fmaf(p[j][e], scale * ATTN_LOG2E, -lse_s[c]));  // 2^-inf = 0 past N
-                else p[j][e] = q0 + c < n ? expf(p[j][e] * scale - lse_s[c]) : 0.f;
-            }
-        attn_accumulate<HD, LDSM, FAST>(dv, p, os, LK, lane, n - q0);  // dV += P^T dO
-        // dP^T = V dO^T a block of 8 queries at a time, each used at once (dS^T = P^T o (dP^T -
-        // delta)): 4 live accumulators instead of 32 (run 5's 204 registers allowed 2 blocks an SM).
-#pragma unroll
-        for (int j = 0; j < ATTN_TILE / 8; ++j) {
-            float dp[4];
-            attn_score_block<HD, LDSM>(dp, va, os, LK, lane, n - q0, j);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) p[j][e] *= dp[e] - delta_s[j * 8 + 2 * t + (e & 1)];
+                for (int e = 0; e < 4; ++e) {
+                    const int c = j * 8 + 2 * t + (e & 1);
+                    if constexpr (FAST) p[j][e] = radar_ex2(fmaf(p[j][e], scale * ATTN_LOG2E, -lse_t[c]));  // 2^-inf = 0 past N
+                    else p[j][e] = q0 + c < n ? expf(p[j][e] * scale - lse_t[c]) : 0.f;
+                }
         }
-        attn_accumulate<HD, LDSM, FAST>(dk, p, qs, LK, lane, n - q0);  // dK += dS^T Q
+        if constexpr (FAST) {
+            radar_cp_async_wait_all_but_newest();
+            __syncthreads();  // dO(q0) is in for every thread
+        }
+        if (active) {
+            attn_accumulate<HD, LDSM, FAST>(dv, p, os, LK, lane, n - q0);  // dV += P^T dO
+            // dP^T = V dO^T a block of 8 queries at a time, each used at once (dS^T = P^T o (dP^T -
+            // delta)): 4 live accumulators instead of 32 (run 5's 204 registers allowed 2 blocks an SM).
+#pragma unroll
+            for (int j = 0; j < ATTN_TILE / 8; ++j) {
+                float dp[4];
+                attn_score_block<HD, LDSM>(dp, va, os, LK, lane, n - q0, j);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) p[j][e] *= dp[e] - delta_t[j * 8 + 2 * t + (e & 1)];
+            }
+            attn_accumulate<HD, LDSM, FAST>(dk, p, qt, LK, lane, n - q0);  // dK += dS^T Q
+        }
+        // The next step's statistics into the other buffer, read last in the step before this one.
+        if constexpr (FAST) {
+            if (next && threadIdx.x < ATTN_TILE) lse_s[at ^ 1][threadIdx.x] = ahead;
+            else if (next) delta_s[at ^ 1][threadIdx.x - ATTN_TILE] = ahead;
+        }
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -552,8 +612,8 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
 }
 
 // Launch: ceil(n / 64) * heads * batch blocks (tile fastest, then head, then image) of 128 threads.
-// One kernel per head size; the _ldsm ones (RADAR_ATTENTION_LOADS=ldmatrix, off by default until a
-// GPU run has checked and timed them) load the B fragments from shared memory by ldmatrix.
+// One kernel per head size; the _ldsm ones (RADAR_ATTENTION_KERNELS=ldmatrix, off by default until
+// a GPU run has checked and timed them) load the B fragments from shared memory by ldmatrix.
 extern "C" __global__ void radar_attention_forward_hd16(const unsigned short* qkv, unsigned short* merged, float* lse, int n, int heads,
                                                         float scale) {
     attention_forward<16, false, false>(qkv, merged, lse, n, heads, scale);
@@ -566,12 +626,12 @@ extern "C" __global__ void radar_attention_forward_hd64(const unsigned short* qk
                                                         float scale) {
     attention_forward<64, false, false>(qkv, merged, lse, n, heads, scale);
 }
-extern "C" __global__ void radar_attention_backward_query_hd16(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
+extern "C" __global__ void radar_attention_backward_query_hd16(const unsigned short* qkv, const unsigned short* merged, const unsigned short* dmerged,
                                                                const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                float scale) {
     attention_backward_query<16, false, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
-extern "C" __global__ void radar_attention_backward_query_hd32(const unsigned short* qkv, const unsigned short* merged, const float* dmerged,
+extern "C" __global__ void radar_attention_backward_query_hd32(const unsigned short* qkv, const unsigned short* merged, const unsigned short* dmerged,
                                                                const float* lse, float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                float scale) {
     attention_backward_query<32, false, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
@@ -579,17 +639,17 @@ extern "C" __global__ void radar_attention_backward_query_hd32(const unsigned sh
 // __launch_bounds__: 4 blocks an SM (128 registers a thread; 158 before dP went a block at a
 // time, 3 blocks), which ptxas fits with no spill.
 extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_backward_query_hd64(const unsigned short* qkv, const unsigned short* merged,
-                                                                                          const float* dmerged, const float* lse, float* delta,
+                                                                                          const unsigned short* dmerged, const float* lse, float* delta,
                                                                                           float* dqkv, int dqkv_bf16, int n, int heads,
                                                                                           float scale) {
     attention_backward_query<64, false, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
-extern "C" __global__ void radar_attention_backward_key_value_hd16(const unsigned short* qkv, const float* dmerged, const float* lse,
+extern "C" __global__ void radar_attention_backward_key_value_hd16(const unsigned short* qkv, const unsigned short* dmerged, const float* lse,
                                                                    const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                    float scale) {
     attention_backward_key_value<16, false, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
-extern "C" __global__ void radar_attention_backward_key_value_hd32(const unsigned short* qkv, const float* dmerged, const float* lse,
+extern "C" __global__ void radar_attention_backward_key_value_hd32(const unsigned short* qkv, const unsigned short* dmerged, const float* lse,
                                                                    const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                    float scale) {
     attention_backward_key_value<32, false, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
@@ -597,7 +657,7 @@ extern "C" __global__ void radar_attention_backward_key_value_hd32(const unsigne
 // The ViT-S head size: __launch_bounds__ asks ptxas for 3 blocks an SM (168 registers a thread;
 // without it 204, 2 blocks), which it fits with no spill once dP is used a block at a time.
 // (ptxas on sm_80 to sm_120, CUDA 12.9; the compile gate fails on any spill.)
-extern "C" __global__ void __launch_bounds__(128, 3) radar_attention_backward_key_value_hd64(const unsigned short* qkv, const float* dmerged,
+extern "C" __global__ void __launch_bounds__(128, 3) radar_attention_backward_key_value_hd64(const unsigned short* qkv, const unsigned short* dmerged,
                                                                                               const float* lse, const float* delta, float* dqkv,
                                                                                               int dqkv_bf16, int n, int heads, float scale) {
     attention_backward_key_value<64, false, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
@@ -615,31 +675,31 @@ extern "C" __global__ void radar_attention_forward_hd64_ldsm(const unsigned shor
     attention_forward<64, true, false>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd16_ldsm(const unsigned short* qkv, const unsigned short* merged,
-                                                                    const float* dmerged, const float* lse, float* delta, float* dqkv,
+                                                                    const unsigned short* dmerged, const float* lse, float* delta, float* dqkv,
                                                                     int dqkv_bf16, int n, int heads, float scale) {
     attention_backward_query<16, true, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd32_ldsm(const unsigned short* qkv, const unsigned short* merged,
-                                                                    const float* dmerged, const float* lse, float* delta, float* dqkv,
+                                                                    const unsigned short* dmerged, const float* lse, float* delta, float* dqkv,
                                                                     int dqkv_bf16, int n, int heads, float scale) {
     attention_backward_query<32, true, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void radar_attention_backward_query_hd64_ldsm(const unsigned short* qkv, const unsigned short* merged,
-                                                                    const float* dmerged, const float* lse, float* delta, float* dqkv,
+                                                                    const unsigned short* dmerged, const float* lse, float* delta, float* dqkv,
                                                                     int dqkv_bf16, int n, int heads, float scale) {
     attention_backward_query<64, true, false>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
-extern "C" __global__ void radar_attention_backward_key_value_hd16_ldsm(const unsigned short* qkv, const float* dmerged, const float* lse,
+extern "C" __global__ void radar_attention_backward_key_value_hd16_ldsm(const unsigned short* qkv, const unsigned short* dmerged, const float* lse,
                                                                         const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                         float scale) {
     attention_backward_key_value<16, true, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
-extern "C" __global__ void radar_attention_backward_key_value_hd32_ldsm(const unsigned short* qkv, const float* dmerged, const float* lse,
+extern "C" __global__ void radar_attention_backward_key_value_hd32_ldsm(const unsigned short* qkv, const unsigned short* dmerged, const float* lse,
                                                                         const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                         float scale) {
     attention_backward_key_value<32, true, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
-extern "C" __global__ void radar_attention_backward_key_value_hd64_ldsm(const unsigned short* qkv, const float* dmerged, const float* lse,
+extern "C" __global__ void radar_attention_backward_key_value_hd64_ldsm(const unsigned short* qkv, const unsigned short* dmerged, const float* lse,
                                                                         const float* delta, float* dqkv, int dqkv_bf16, int n, int heads,
                                                                         float scale) {
     attention_backward_key_value<64, true, false>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
@@ -651,9 +711,19 @@ extern "C" __global__ void radar_attention_backward_key_value_hd64_ldsm(const un
 #else
 #define ATTN_FAST_QUERY_BLOCKS 3
 #endif
+// The small-head fast key/value kernels likewise: ptxas for sm_120 spills at 3 blocks (head 32)
+// and 4 (head 16), so one fewer there.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1200
+#define ATTN_FAST_KV32_BLOCKS 2
+#define ATTN_FAST_KV16_BLOCKS 3
+#else
+#define ATTN_FAST_KV32_BLOCKS 3
+#define ATTN_FAST_KV16_BLOCKS 4
+#endif
 // The fast build (RADAR_ATTENTION_KERNELS=fast; off by default until a GPU run has timed it): the
 // ldmatrix loads, softmax in base 2 by MUFU.EX2, masks only in a partial step (none at all for the
-// key/value kernel's queries: +inf log-sum-exps past N), bf16 packing by cvt. Blocks of 128 threads.
+// key/value kernel's queries: +inf log-sum-exps past N), bf16 packing by cvt, the tiles by
+// cp.async behind the products (backward: a second tile of keys or queries). Blocks of 128 threads.
 extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_forward_hd16_fast(const unsigned short* qkv, unsigned short* merged, float* lse,
                                                                                    int n, int heads, float scale) {
     attention_forward<16, true, true>(qkv, merged, lse, n, heads, scale);
@@ -667,34 +737,34 @@ extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_forward_hd6
     attention_forward<64, true, true>(qkv, merged, lse, n, heads, scale);
 }
 extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_backward_query_hd16_fast(const unsigned short* qkv, const unsigned short* merged,
-                                                                                          const float* dmerged, const float* lse, float* delta,
+                                                                                          const unsigned short* dmerged, const float* lse, float* delta,
                                                                                           float* dqkv, int dqkv_bf16, int n, int heads,
                                                                                           float scale) {
     attention_backward_query<16, true, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void __launch_bounds__(128, 3) radar_attention_backward_query_hd32_fast(const unsigned short* qkv, const unsigned short* merged,
-                                                                                          const float* dmerged, const float* lse, float* delta,
+                                                                                          const unsigned short* dmerged, const float* lse, float* delta,
                                                                                           float* dqkv, int dqkv_bf16, int n, int heads,
                                                                                           float scale) {
     attention_backward_query<32, true, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
 extern "C" __global__ void __launch_bounds__(128, ATTN_FAST_QUERY_BLOCKS) radar_attention_backward_query_hd64_fast(const unsigned short* qkv, const unsigned short* merged,
-                                                                                          const float* dmerged, const float* lse, float* delta,
+                                                                                          const unsigned short* dmerged, const float* lse, float* delta,
                                                                                           float* dqkv, int dqkv_bf16, int n, int heads,
                                                                                           float scale) {
     attention_backward_query<64, true, true>(qkv, merged, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
-extern "C" __global__ void __launch_bounds__(128, 4) radar_attention_backward_key_value_hd16_fast(const unsigned short* qkv, const float* dmerged,
+extern "C" __global__ void __launch_bounds__(128, ATTN_FAST_KV16_BLOCKS) radar_attention_backward_key_value_hd16_fast(const unsigned short* qkv, const unsigned short* dmerged,
                                                                                               const float* lse, const float* delta, float* dqkv,
                                                                                               int dqkv_bf16, int n, int heads, float scale) {
     attention_backward_key_value<16, true, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
-extern "C" __global__ void __launch_bounds__(128, 3) radar_attention_backward_key_value_hd32_fast(const unsigned short* qkv, const float* dmerged,
+extern "C" __global__ void __launch_bounds__(128, ATTN_FAST_KV32_BLOCKS) radar_attention_backward_key_value_hd32_fast(const unsigned short* qkv, const unsigned short* dmerged,
                                                                                               const float* lse, const float* delta, float* dqkv,
                                                                                               int dqkv_bf16, int n, int heads, float scale) {
     attention_backward_key_value<32, true, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);
 }
-extern "C" __global__ void __launch_bounds__(128) radar_attention_backward_key_value_hd64_fast(const unsigned short* qkv, const float* dmerged,
+extern "C" __global__ void __launch_bounds__(128) radar_attention_backward_key_value_hd64_fast(const unsigned short* qkv, const unsigned short* dmerged,
                                                                                               const float* lse, const float* delta, float* dqkv,
                                                                                               int dqkv_bf16, int n, int heads, float scale) {
     attention_backward_key_value<64, true, true>(qkv, dmerged, lse, delta, dqkv, dqkv_bf16, n, heads, scale);

@@ -66,3 +66,23 @@ extern "C" __global__ void radar_selftest_cp_async(const float* x, float* out, i
     *(uint4*)(out + 4 * threadIdx.x) = tile[(threadIdx.x + 1) % blockDim.x];
     if (wait == 0) radar_cp_async_wait_all();
 }
+
+// Warps drifting apart: each of 64 threads requests its 16 bytes of a tile by cp.async, takes part
+// in a warp exchange, waits for its copy, takes part in another exchange, then reads the other
+// warp's half of the tile, after a barrier (with_barrier) or not. Without it the read races the
+// other warp's wait, and a GPU lets warp 0 run its exchanges and reach the read while warp 1 has
+// not yet waited: the emulator runs one warp ahead to the next block barrier, so the read sees
+// the tile as it was (forward schedule). out[4 t..] = the other half's copy; exchanged[t] = t ^ 1 ^ 1.
+extern "C" __global__ void radar_selftest_warp_drift(const float* x, float* out, float* exchanged, int with_barrier) {
+    __shared__ uint4 tile[64];
+    tile[threadIdx.x] = make_uint4(~0u, ~0u, ~0u, ~0u);
+    __syncthreads();
+    radar_cp_async16(radar_smem(&tile[threadIdx.x]), x + 4 * threadIdx.x, 16);
+    radar_cp_async_commit();
+    float v = __shfl_xor_sync(0xffffffffu, (float)threadIdx.x, 1);
+    radar_cp_async_wait_all();
+    if (with_barrier) __syncthreads();
+    v = __shfl_xor_sync(0xffffffffu, v, 1);
+    *(uint4*)(out + 4 * threadIdx.x) = tile[(threadIdx.x + 32) % 64];
+    exchanged[threadIdx.x] = v;
+}

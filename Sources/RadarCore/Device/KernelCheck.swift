@@ -441,15 +441,20 @@ public enum KernelCheck {
                 let scale = 1 / Float(hd).squareRoot()
                 be.fusedAttentionForward(qkv: qkv, heads: h, scale: scale, merged: merged, logSumExp: v[2])
                 be.convert(merged, into: v[1])
+                // dMerged (tensor 3) as the kernels take it: bf16.
                 if backward && bf16Gradient {  // dQKV written as bf16, compared through tensor 5
-                    withBFloat16(be, v[5]) { g in
-                        be.fusedAttentionBackward(dMerged: v[3], qkv: qkv, merged: merged, logSumExp: v[2], heads: h, scale: scale, delta: v[4],
-                                                  dQKV: g)
-                        be.convert(g, into: v[5])
+                    withBFloat16(be, v[3]) { dMerged in
+                        withBFloat16(be, v[5]) { g in
+                            be.fusedAttentionBackward(dMerged: dMerged, qkv: qkv, merged: merged, logSumExp: v[2], heads: h, scale: scale,
+                                                      delta: v[4], dQKV: g)
+                            be.convert(g, into: v[5])
+                        }
                     }
                 } else if backward {
-                    be.fusedAttentionBackward(dMerged: v[3], qkv: qkv, merged: merged, logSumExp: v[2], heads: h, scale: scale, delta: v[4],
-                                              dQKV: v[5])
+                    withBFloat16(be, v[3]) { dMerged in
+                        be.fusedAttentionBackward(dMerged: dMerged, qkv: qkv, merged: merged, logSumExp: v[2], heads: h, scale: scale,
+                                                  delta: v[4], dQKV: v[5])
+                    }
                 }
                 be.release(merged.base)
             }

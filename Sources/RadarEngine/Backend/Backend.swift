@@ -195,9 +195,10 @@ public protocol Backend: AnyObject {
     /// logSumExp (B, H, N): each row's log-sum-exp of the scaled scores. The probabilities are
     /// rounded to bf16 for their product with v; their row sums stay fp32.
     func fusedAttentionForward(qkv: Tensor, heads: Int, scale: Float, merged: Tensor, logSumExp: Tensor)
-    /// dQKV (B, N, 3D; fp32 or bf16) from dMerged (B, N, D), recomputing the probabilities from qkv and the
-    /// forward's logSumExp. delta (B, H, N) is scratch (each row's dO . O). dO, the probabilities
-    /// and dScores are rounded to bf16 where they are product operands.
+    /// dQKV (B, N, 3D; fp32 or bf16) from dMerged (B, N, D; bf16, as AMP's gradient of the bf16
+    /// merged: the projection's backward writes it so), recomputing the probabilities from qkv and
+    /// the forward's logSumExp. delta (B, H, N) is scratch (each row's dO . O, summed in fp32). The
+    /// probabilities and dScores are rounded to bf16 where they are product operands.
     func fusedAttentionBackward(dMerged: Tensor, qkv: Tensor, merged: Tensor, logSumExp: Tensor, heads: Int, scale: Float,
                                 delta: Tensor, dQKV: Tensor)
 

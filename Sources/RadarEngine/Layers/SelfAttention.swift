@@ -65,7 +65,11 @@ public struct SelfAttention: Sendable {
     public func backward(_ dy: Tensor, _ saved: Saved, _ ctx: ExecutionContext, dyOperand: Tensor? = nil,
                          projBiasSummed: Bool = false) -> Tensor {
         let x = saved.x
-        let dMerged = proj.backward(dy, x: saved.merged, ctx, dyOperand: dyOperand, biasSummed: projBiasSummed)!
+        // The fused kernels take dMerged as AMP's gradient of the bf16 merged is: bf16, written so by
+        // the projection's product (half the bytes to write and for the kernels to read, and no
+        // rounding of their own); the products path keeps fp32.
+        let dMerged = proj.backward(dy, x: saved.merged, ctx, inputGradientType: saved.logSumExp == nil ? .float32 : .bfloat16,
+                                    dyOperand: dyOperand, biasSummed: projBiasSummed)!
         let b = x.shape[0], n = x.shape[1]
         // dQKV in qkv's dtype (AMP's gradient of a bf16 qkv is bf16): qkv's products read it as it
         // is and its bias gradient sums it in fp32; no fp32 copy to convert.
