@@ -136,14 +136,24 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public func download(_ t: Tensor, into host: UnsafeMutableBufferPointer<Float>) {
         precondition(host.count >= t.count && t.dtype == .float32, "download of \(t.dtype.name) \(t.shape) into \(host.count) values")
         syncCount.wrappingAdd(1, ordering: .relaxed)
-        if let b = host.baseAddress { driver.download(UnsafeRawPointer(t.base), to: UnsafeMutableRawPointer(b), bytes: t.count * 4) }
+        if let b = host.baseAddress { waited { driver.download(UnsafeRawPointer(t.base), to: UnsafeMutableRawPointer(b), bytes: t.count * 4) } }
     }
 
     public func synchronize() {
         syncCount.wrappingAdd(1, ordering: .relaxed)
-        driver.synchronize()
+        waited { driver.synchronize() }
     }
     public var synchronizations: Int { syncCount.load(ordering: .relaxed) }
+    /// Seconds the host has spent in `synchronize` and `download` (waiting for the stream, then the
+    /// copy): what a step's wall time less this leaves is the host's own time to queue the step.
+    /// Near zero on a GPU means the GPU waited for the host (launch-bound), not the other way.
+    public var hostWaitSeconds: Double { Double(waitNanoseconds.load(ordering: .relaxed)) / 1e9 }
+    private let waitNanoseconds = Atomic<UInt64>(0)
+    private func waited(_ body: () -> Void) {
+        let start = DispatchTime.now().uptimeNanoseconds
+        body()
+        waitNanoseconds.wrappingAdd(DispatchTime.now().uptimeNanoseconds &- start, ordering: .relaxed)
+    }
     public func hostAddress(_ t: Tensor) -> UnsafeMutablePointer<Float>? { nil }
 
     // MARK: Gradient staging (GradientStaging, through the driver's copy stream)

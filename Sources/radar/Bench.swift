@@ -200,9 +200,16 @@ extension Bench {
                     dlclose(h)
                 }
                 defer { radar_allocation_counter_ignore_while(nil) }
+                // The same steps' host time: waiting in the step's synchronisations, and the rest
+                // (queueing the step). On a GPU, a wait near zero means the host is the bottleneck.
+                let waitBefore = gpu?.hostWaitSeconds ?? 0, wallStart = DispatchTime.now().uptimeNanoseconds
                 radar_allocation_counter_start()
                 for _ in 0..<repeats { try optimizerStep() }
                 let allocations = radar_allocation_counter_stop()
+                let micro = Double(repeats * accumulationSteps)  // per micro-batch, as ms_per_step
+                let wallMs = Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e6 / micro
+                let waitMs: Any = gpu.map { ($0.hostWaitSeconds - waitBefore) * 1000 / micro } ?? NSNull()
+                let queueMs: Any = (waitMs as? Double).map { wallMs - $0 } ?? NSNull()
                 var sections: [String: Double] = [:]
                 var profileSyncs: Any = NSNull()
                 if profile {
@@ -256,6 +263,7 @@ extension Bench {
                            "onednn_implementation": oneDNNImplementation.isEmpty ? NSNull() : oneDNNImplementation as Any,
                            "profile_host_syncs_per_step": profileSyncs, "kernel_ms": kernelRecord,
                            "kernel_launches_per_step": launchesPerStep, "cublas_products_per_step": productsPerStep,
+                           "host_wait_ms_per_step": waitMs, "host_queue_ms_per_step": queueMs,
                            "gemm_table_entries": table.map { $0.entries.count as Any } ?? NSNull(), "pinned_products_per_step": pinnedPerStep,
                            "peak_device_mib": (backend as? CUDABackend).map { Double($0.peakDeviceBytes) / 1_048_576 } ?? NSNull(),
                            "peak_device_mib_with_warm_up": runPeak,

@@ -225,6 +225,12 @@ final class FakeDriverTests: XCTestCase {
             // arguments inline, no iterator coroutines); the fake libraries' own allocations are
             // left out by their busy flag.
             XCTAssertEqual(step["heap_allocations_per_step"] as? Double, 0, r.output)
+            // The host's time a step, split: waiting in its synchronisation (little here: the fake
+            // runs each kernel as it is launched) and the rest, queueing the step.
+            let wait = try XCTUnwrap(step["host_wait_ms_per_step"] as? Double, r.output)
+            let queue = try XCTUnwrap(step["host_queue_ms_per_step"] as? Double, r.output)
+            XCTAssertGreaterThanOrEqual(wait, 0, r.output)
+            XCTAssertGreaterThan(queue, wait, r.output)
             if !profile.isEmpty {
                 // The profile waits for the device at every section's end (10 sections), so
                 // asynchronous work is charged to the section that queued it.
