@@ -192,7 +192,7 @@ __device__ __forceinline__ void attn_a_from_c(unsigned* a, const float* c0, cons
 // Rows [row0, row0 + 64) x HD channels of a global row-major matrix into shared rows
 // (dst[r * ldd + c]), eight channels (16 bytes) per access; rows past `rows` as zeros. Every
 // address is 16-byte aligned: the arena's tensors are 64-byte aligned, qkv's rows are 6 D bytes
-// and dmerged's 4 D (D = heads x HD, a multiple of 16), a head starts 2 HD or 4 HD bytes in, and a
+// and dmerged's 2 D (D = heads x HD, a multiple of 16), a head starts 2 HD bytes in, and a
 // shared row is 2 (HD + 8) bytes of a uint4 array.
 template <int HD>
 __device__ __forceinline__ void attn_stage(unsigned short* dst, int ldd, const unsigned short* src, long lds, int row0, int rows) {
