@@ -499,6 +499,17 @@ __device__ __forceinline__ float attn_query_lse(const float* lse_h, int i, int n
     if constexpr (FAST) return i < n ? lse_h[i] * ATTN_LOG2E : __int_as_float(0x7f800000);
     else return i < n ? lse_h[i] : 0.f;
 }
+__device__ __forceinline__ float attn_query_delta(const float* delta_h, int i, int n) { return i < n ? delta_h[i] : 0.f; }
+// The fast key/value kernel's statistics of the step at q0, a value a thread (128 threads: thread
+// t < 64 the log-sum-exp of query q0 + t, thread 64 + t its delta), and their store into buffer `at`.
+__device__ __forceinline__ float attn_query_stat(const float* lse_h, const float* delta_h, int q0, int n) {
+    const int i = q0 + (int)threadIdx.x % ATTN_TILE;
+    return threadIdx.x < ATTN_TILE ? attn_query_lse<true>(lse_h, i, n) : attn_query_delta(delta_h, i, n);
+}
+__device__ __forceinline__ void attn_store_query_stat(float (*lse_s)[ATTN_TILE], float (*delta_s)[ATTN_TILE], int at, float v) {
+    if (threadIdx.x < ATTN_TILE) lse_s[at][threadIdx.x] = v;
+    else delta_s[at][threadIdx.x - ATTN_TILE] = v;
+}
 
 // dK and dV of 64 key rows: walks the queries (after attention_backward_query wrote delta).
 template <int HD, bool LDSM, bool FAST>
@@ -522,8 +533,7 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
         // into `ahead` (the load's latency behind the step's products) and stored at its end.
         attn_stage_async<HD>(radar_smem(qs), LK, q, ld, 0, n);
         radar_cp_async_commit();
-        if (threadIdx.x < ATTN_TILE) lse_s[0][threadIdx.x] = attn_query_lse<FAST>(lse_h, threadIdx.x, n);
-        else delta_s[0][threadIdx.x - ATTN_TILE] = threadIdx.x - ATTN_TILE < n ? delta_h[threadIdx.x - ATTN_TILE] : 0.f;
+        attn_store_query_stat(lse_s, delta_s, 0, attn_query_stat(lse_h, delta_h, 0, n));
     }
     unsigned ka[HD / 16][4], va[HD / 16][4];
 #pragma unroll
@@ -550,15 +560,14 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
             radar_cp_async_commit();
             if (next) attn_stage_async<HD>(radar_smem(qs + (at ^ 1) * TILE), LK, q, ld, q0 + ATTN_TILE, n);
             radar_cp_async_commit();  // (empty in the last step: the wait below leaves one group, never dO's)
-            const int i = q0 + ATTN_TILE + (int)threadIdx.x % ATTN_TILE;
-            if (next) ahead = threadIdx.x < ATTN_TILE ? attn_query_lse<FAST>(lse_h, i, n) : i < n ? delta_h[i] : 0.f;
+            if (next) ahead = attn_query_stat(lse_h, delta_h, q0 + ATTN_TILE, n);
         } else {
             __syncthreads();  // the last step's tiles are read
             attn_stage<HD>(qt, LK, q, ld, q0, n);
             attn_stage<HD>(os, LK, dout, d, q0, n);
             for (int i = threadIdx.x; i < ATTN_TILE; i += blockDim.x) {
                 lse_s[0][i] = attn_query_lse<FAST>(lse_h, q0 + i, n);
-                delta_s[0][i] = q0 + i < n ? delta_h[q0 + i] : 0.f;
+                delta_s[0][i] = attn_query_delta(delta_h, q0 + i, n);
             }
             __syncthreads();
         }
@@ -594,8 +603,7 @@ __device__ __forceinline__ void attention_backward_key_value(const unsigned shor
         }
         // The next step's statistics into the other buffer, read last in the step before this one.
         if constexpr (FAST) {
-            if (next && threadIdx.x < ATTN_TILE) lse_s[at ^ 1][threadIdx.x] = ahead;
-            else if (next) delta_s[at ^ 1][threadIdx.x - ATTN_TILE] = ahead;
+            if (next) attn_store_query_stat(lse_s, delta_s, at ^ 1, ahead);
         }
     }
 #pragma unroll
