@@ -36,7 +36,8 @@ let package = Package(
 
         // Lets the worker pool borrow a non-escaping Swift closure across threads without a heap allocation.
         .target(name: "CTaskClosure"),
-        // Process control that needs a C call (prctl is variadic): a rank dies with its launcher.
+        // Process control that needs a C call (prctl is variadic): a rank dies with its launcher; atomics
+        // and futexes on memory shared between ranks (the TCP transport's same-host links).
         .target(name: "CProcess"),
         .target(name: "CImageKernels"),
         .target(name: "CTensorKernels"),
@@ -66,7 +67,7 @@ let package = Package(
         // Everything around the engine in one process: data, checkpoints, metrics, the training
         // run, device selection. Re-exports RadarEngine and RadarCPU.
         .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CLibDeflate", "CTurboJPEG", "CArchive", "CProcess", "CImageKernels", "COpenSSL"]),
-        .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI"]),
+        .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI", "CProcess"]),
 
         // The command-line pieces radar and radar-worker share (training flags, progress).
         .target(name: "RadarCLI", dependencies: ["RadarCore", "RadarDistributed", .product(name: "ArgumentParser", package: "swift-argument-parser")]),

@@ -1,7 +1,26 @@
 #include "CProcess.h"
 #ifdef __linux__
+#include <linux/futex.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 int radar_set_parent_death_signal(int signal) { return prctl(PR_SET_PDEATHSIG, (unsigned long)signal, 0, 0, 0); }
+
+uint64_t radar_shared_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+void radar_shared_store(uint64_t *p, uint64_t value) { __atomic_store_n(p, value, __ATOMIC_RELEASE); }
+
+// The futex word is the counter's low 32 bits (little-endian: at its address). Not
+// FUTEX_PRIVATE_FLAG: the waker is another process mapping the same pages.
+void radar_shared_wait(const uint64_t *p, uint32_t expected, int timeout_us) {
+    struct timespec t = {timeout_us / 1000000, (long)(timeout_us % 1000000) * 1000};
+    syscall(SYS_futex, (const uint32_t *)p, FUTEX_WAIT, expected, &t, NULL, 0);
+}
+void radar_shared_wake(const uint64_t *p) { syscall(SYS_futex, (const uint32_t *)p, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0); }
 #else
 int radar_set_parent_death_signal(int signal) { (void)signal; return -1; }
+uint64_t radar_shared_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+void radar_shared_store(uint64_t *p, uint64_t value) { __atomic_store_n(p, value, __ATOMIC_RELEASE); }
+void radar_shared_wait(const uint64_t *p, uint32_t expected, int timeout_us) { (void)p; (void)expected; (void)timeout_us; }
+void radar_shared_wake(const uint64_t *p) { (void)p; }
 #endif

@@ -26,6 +26,9 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     private var recvCount: [UInt64]
     private var sendAuth: [FrameAuthenticator?]
     private var recvAuth: [FrameAuthenticator?]
+    /// Same-host links by peer (`connectSharedMemory`): frames to and from that peer go through
+    /// shared memory, without the AES-GCM tag (the segment is the two processes' alone).
+    private var links: [SharedMemoryLink?]
     /// Connections refused because they could not prove the job token (or were not ours).
     public private(set) var refusedConnections = 0
     public var log: (String) -> Void = logLine
@@ -69,6 +72,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         recvCount = [UInt64](repeating: 0, count: size)
         sendAuth = [FrameAuthenticator?](repeating: nil, count: size)
         recvAuth = [FrameAuthenticator?](repeating: nil, count: size)
+        links = [SharedMemoryLink?](repeating: nil, count: size)
         let deadline = Date().addingTimeInterval(timeout)
         for p in peers where p.rank < rank {
             let fd = try Sockets.connect(host: p.host, port: p.port, deadline: deadline)
@@ -130,6 +134,75 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         for fd in fds where fd >= 0 { Sockets.setNonBlocking(fd, true) }
     }
 
+    /// The peers this rank exchanges frames with through shared memory.
+    public var sharedMemoryPeers: [Int] { (0..<size).filter { links[$0] != nil } }
+
+    static let sharedMemoryTag = 0x53484D  // "SHM": the set-up frames' tensor id
+    static let offerBytes = 8 + 128 + 32
+
+    /// Same-host links with the ring neighbours (the ring all-reduce, broadcast and all-gather
+    /// talk only to them) whose data address is this rank's own (`peers[].host`: one machine; the
+    /// simulated hosts of `cluster/netns.sh` have an address each and stay on TCP). Over the
+    /// authenticated connection the lower rank of each pair offers a segment (name and nonce, or
+    /// nothing where it cannot make one or `enabled` is false: `RADAR_SHM_DISABLE=1`), the
+    /// higher maps it and answers; both then use it, or both keep TCP, and each says which in
+    /// `log`. Offers all go out before any is awaited, so no order of ranks can deadlock.
+    public func connectSharedMemory(peers: [Peer], enabled: Bool, capacity: Int? = nil) throws {
+        guard size > 1 else { return }
+        let capacity = capacity ?? SharedMemoryLink.defaultCapacity
+        let hosts = Dictionary(peers.map { ($0.rank, $0.host) }, uniquingKeysWith: { a, _ in a })
+        guard let mine = hosts[rank] else { return }
+        let neighbours = Set([(rank + 1) % size, (rank - 1 + size) % size]).filter { $0 != rank && hosts[$0] == mine }.sorted()
+        let higher = neighbours.filter { $0 > rank }, lower = neighbours.filter { $0 < rank }
+        var made: [Int: SharedMemoryLink] = [:]
+        // 1. Offers to the higher neighbours.
+        for peer in higher {
+            var offer = [UInt8](repeating: 0, count: TCPCommunicator.offerBytes)
+            if enabled {
+                do {
+                    let (link, name, nonce) = try SharedMemoryLink.create(jobID: jobID, low: rank, high: peer, capacity: capacity)
+                    made[peer] = link
+                    offer[0] = 1
+                    for (i, b) in name.utf8.prefix(127).enumerated() { offer[8 + i] = b }
+                    for (i, b) in nonce.enumerated() { offer[136 + i] = b }
+                } catch {
+                    log("rank \(rank): no shared memory with rank \(peer) on this host (\(error)): TCP")
+                }
+            }
+            try offer.withUnsafeBytes { try send($0.baseAddress!, bytes: $0.count, to: peer, tag: TCPCommunicator.sharedMemoryTag) }
+        }
+        // 2. The lower neighbours' offers, mapped and answered.
+        for peer in lower {
+            var offer = [UInt8](repeating: 0, count: TCPCommunicator.offerBytes)
+            try offer.withUnsafeMutableBytes { try recv($0.baseAddress!, bytes: $0.count, from: peer, tag: TCPCommunicator.sharedMemoryTag) }
+            var answer = [UInt8](repeating: 0, count: 8)
+            var link: SharedMemoryLink?
+            if offer[0] == 1 && enabled {
+                let name = String(decoding: offer[8..<136].prefix { $0 != 0 }, as: UTF8.self)
+                do {
+                    link = try SharedMemoryLink.open(name: name, nonce: Array(offer[136..<168]), capacity: capacity)
+                    answer[0] = 1
+                } catch {
+                    log("rank \(rank): no shared memory with rank \(peer) on this host (\(error)): TCP")
+                }
+            }
+            try answer.withUnsafeBytes { try send($0.baseAddress!, bytes: 8, to: peer, tag: TCPCommunicator.sharedMemoryTag) }
+            links[peer] = link  // (after the answer, which goes over TCP)
+        }
+        // 3. The higher neighbours' answers.
+        for peer in higher {
+            var answer = [UInt8](repeating: 0, count: 8)
+            try answer.withUnsafeMutableBytes { try recv($0.baseAddress!, bytes: 8, from: peer, tag: TCPCommunicator.sharedMemoryTag) }
+            guard let link = made[peer] else { continue }
+            link.unlink()
+            if answer[0] == 1 { links[peer] = link } else { log("rank \(rank): rank \(peer) on this host did not map the shared memory offered (it says why, or has RADAR_SHM_DISABLE=1): TCP") }
+        }
+        let shared = sharedMemoryPeers
+        if !shared.isEmpty {
+            log("rank \(rank): shared memory with rank\(shared.count > 1 ? "s" : "") \(shared.map(String.init).joined(separator: ", ")) (same host; \(capacity >> 10) KiB a direction)")
+        }
+    }
+
     private func install(_ fd: Int32, peer: Int, key: [UInt8]) throws {
         fds[peer] = fd
         sendAuth[peer] = FrameAuthenticator(key: key)
@@ -170,91 +243,176 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         return h
     }
 
+    /// One send and/or one receive, progressed together until both are done. Each side goes
+    /// through the peer's shared-memory link where it has one (header and body, copied through
+    /// the ring), else over TCP (header, body, AES-GCM tag), polled.
     private func transfer(send s: (UnsafeRawPointer, Int, Int)?, recv r: (UnsafeMutableRawPointer, Int, Int)?, tag: Int) throws {
         let deadline = Date().addingTimeInterval(timeout)
-        let tagBytes = FrameAuthenticator.tagBytes
+        let tagBytes = FrameAuthenticator.tagBytes, headerBytes = TCPCommunicator.headerBytes
+        let sendLink = s.flatMap { links[$0.2] }, recvLink = r.flatMap { links[$0.2] }
         var sendHeader: [UInt8] = [], sentHeader = 0, sentBody = 0, sentTag = 0
         var sendTag = [UInt8](repeating: 0, count: tagBytes)
         if let s {
             sendHeader = header(tag: tag, seq: sendSeq[s.2], length: s.1)
             sendSeq[s.2] &+= 1
-            let counter = sendCount[s.2]
-            sendCount[s.2] &+= 1
-            sendHeader.withUnsafeBytes { h in
-                sendTag.withUnsafeMutableBytes { t in
-                    sendAuth[s.2]!.tag(sender: UInt32(rank), counter: counter, header: h, body: UnsafeRawBufferPointer(start: s.0, count: s.1), into: t.baseAddress!)
+            if sendLink == nil {
+                let counter = sendCount[s.2]
+                sendCount[s.2] &+= 1
+                sendHeader.withUnsafeBytes { h in
+                    sendTag.withUnsafeMutableBytes { t in
+                        sendAuth[s.2]!.tag(sender: UInt32(rank), counter: counter, header: h, body: UnsafeRawBufferPointer(start: s.0, count: s.1), into: t.baseAddress!)
+                    }
                 }
+            } else {
+                sentTag = tagBytes  // no tag on a shared-memory link
             }
         }
-        var recvHeader = [UInt8](repeating: 0, count: TCPCommunicator.headerBytes), gotHeader = 0, gotBody = 0, gotTag = 0
+        var recvHeader = [UInt8](repeating: 0, count: headerBytes), gotHeader = 0, gotBody = 0, gotTag = 0
         var recvTag = [UInt8](repeating: 0, count: tagBytes)
         var expectedSeq: UInt32 = 0, recvCounter: UInt64 = 0
-        if let r { expectedSeq = recvSeq[r.2]; recvSeq[r.2] &+= 1; recvCounter = recvCount[r.2]; recvCount[r.2] &+= 1 }
-        var sendDone = s == nil, recvDone = r == nil
-        while !sendDone || !recvDone {
-            var polls: [pollfd] = []
-            if let s, !sendDone { polls.append(pollfd(fd: fds[s.2], events: Int16(POLLOUT), revents: 0)) }
-            if let r, !recvDone {
-                if let i = polls.firstIndex(where: { $0.fd == fds[r.2] }) { polls[i].events |= Int16(POLLIN) } else {
-                    polls.append(pollfd(fd: fds[r.2], events: Int16(POLLIN), revents: 0))
-                }
+        if let r {
+            expectedSeq = recvSeq[r.2]
+            recvSeq[r.2] &+= 1
+            if recvLink == nil {
+                recvCounter = recvCount[r.2]
+                recvCount[r.2] &+= 1
+            } else {
+                gotTag = tagBytes
             }
-            let ms = Int32(max(0, min(500, deadline.timeIntervalSinceNow * 1000)))
-            let n = poll(&polls, nfds_t(polls.count), ms)
-            try CommunicationError.checkStop(rank: rank)
-            if n == 0 {
+        }
+        var sendDone = s == nil, recvDone = r == nil, idle = 0
+        while !sendDone || !recvDone {
+            var moved = false
+            // Shared-memory sides: copy what the rings take and hold.
+            if let s, !sendDone, let link = sendLink {
+                if sentHeader < headerBytes {
+                    let k = sendHeader.withUnsafeBytes { link.push($0.baseAddress! + sentHeader, headerBytes - sentHeader) }
+                    sentHeader += k
+                    moved = moved || k > 0
+                }
+                if sentHeader == headerBytes && sentBody < s.1 {
+                    let k = link.push(s.0 + sentBody, s.1 - sentBody)
+                    sentBody += k
+                    moved = moved || k > 0
+                }
+                sendDone = sentHeader == headerBytes && sentBody == s.1
+            }
+            if let r, !recvDone, let link = recvLink {
+                if gotHeader < headerBytes {
+                    let k = recvHeader.withUnsafeMutableBytes { link.pull($0.baseAddress! + gotHeader, headerBytes - gotHeader) }
+                    gotHeader += k
+                    moved = moved || k > 0
+                    if gotHeader == headerBytes { try checkHeader(recvHeader, from: r.2, tag: tag, seq: expectedSeq, length: r.1) }
+                }
+                if gotHeader == headerBytes && gotBody < r.1 {
+                    let k = link.pull(r.0 + gotBody, r.1 - gotBody)
+                    gotBody += k
+                    moved = moved || k > 0
+                }
+                recvDone = gotHeader == headerBytes && gotBody == r.1
+            }
+            if sendDone && recvDone { break }
+            let tcpSend = !sendDone && sendLink == nil, tcpRecv = !recvDone && recvLink == nil
+            let sharedPending = (!sendDone && sendLink != nil) || (!recvDone && recvLink != nil)
+            if tcpSend || tcpRecv {
+                var polls: [pollfd] = []
+                if let s, tcpSend { polls.append(pollfd(fd: fds[s.2], events: Int16(POLLOUT), revents: 0)) }
+                if let r, tcpRecv {
+                    if let i = polls.firstIndex(where: { $0.fd == fds[r.2] }) { polls[i].events |= Int16(POLLIN) } else {
+                        polls.append(pollfd(fd: fds[r.2], events: Int16(POLLIN), revents: 0))
+                    }
+                }
+                // Beside a shared-memory side, look at the rings again within a millisecond.
+                let ms = moved ? 0 : sharedPending ? 1 : Int32(max(0, min(500, deadline.timeIntervalSinceNow * 1000)))
+                let n = poll(&polls, nfds_t(polls.count), ms)
+                if n > 0 {
+                    moved = true
+                    try progressTCP(polls, send: tcpSend ? s : nil, recv: tcpRecv ? r : nil, sendHeader: sendHeader, sentHeader: &sentHeader,
+                                    sentBody: &sentBody, sendTag: sendTag, sentTag: &sentTag, recvHeader: &recvHeader, gotHeader: &gotHeader,
+                                    gotBody: &gotBody, recvTag: &recvTag, gotTag: &gotTag, tag: tag, expectedSeq: expectedSeq, recvCounter: recvCounter)
+                    if let s, tcpSend { sendDone = sentHeader == sendHeader.count && sentBody == s.1 && sentTag == tagBytes }
+                    if let r, tcpRecv { recvDone = gotHeader == headerBytes && gotBody == r.1 && gotTag == tagBytes }
+                }
+            } else if !moved {
+                // Only rings left, neither moved: sleep on the one awaited. When both are, each
+                // peer wakes only its own side's word, so the sleep on the receive side is short,
+                // doubling from 100 us to 1.6 ms while nothing moves (a peer still busy elsewhere).
+                let both = !sendDone && !recvDone
+                let us = both ? 100 << min(idle, 4) : 20_000
+                if !recvDone, let recvLink { recvLink.waitForData(microseconds: us) } else if let sendLink { sendLink.waitForRoom(microseconds: us) }
+            }
+            idle = moved ? 0 : idle + 1
+            if !moved {
+                try CommunicationError.checkStop(rank: rank)
+                if sharedPending { try checkAlive(send: sendDone ? nil : sendLink.flatMap { _ in s?.2 }, recv: recvDone ? nil : recvLink.flatMap { _ in r?.2 }) }
                 if Date() > deadline {
                     let peer = !recvDone ? r!.2 : s!.2
                     throw CommunicationError(rank: rank, peer: peer, reason: "no progress for \(Int(timeout)) s (is rank \(peer) alive?)")
                 }
-                continue
             }
-            for p in polls {
-                if (p.revents & Int16(POLLERR | POLLHUP | POLLNVAL)) != 0 && (p.revents & Int16(POLLIN)) == 0 {
-                    let peer = fds.firstIndex(of: p.fd) ?? -1
-                    throw CommunicationError(rank: rank, peer: peer, reason: "connection to rank \(peer) lost")
-                }
+        }
+    }
+
+    /// A shared-memory peer whose TCP connection was closed (the process died) is lost.
+    private func checkAlive(send: Int?, recv: Int?) throws {
+        for peer in [send, recv].compactMap({ $0 }) {
+            var p = pollfd(fd: fds[peer], events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 0) > 0 else { continue }
+            var byte: UInt8 = 0
+            let hungUp = (p.revents & Int16(POLLERR | POLLHUP | POLLNVAL)) != 0 || Glibc.recv(fds[peer], &byte, 1, Int32(MSG_PEEK)) == 0
+            if hungUp { throw CommunicationError(rank: rank, peer: peer, reason: "connection to rank \(peer) lost") }
+        }
+    }
+
+    /// The TCP sides' share of `transfer` after a poll: hang-ups, then what the sockets take and hold.
+    private func progressTCP(_ polls: [pollfd], send s: (UnsafeRawPointer, Int, Int)?, recv r: (UnsafeMutableRawPointer, Int, Int)?,
+                             sendHeader: [UInt8], sentHeader: inout Int, sentBody: inout Int, sendTag: [UInt8], sentTag: inout Int,
+                             recvHeader: inout [UInt8], gotHeader: inout Int, gotBody: inout Int, recvTag: inout [UInt8], gotTag: inout Int,
+                             tag: Int, expectedSeq: UInt32, recvCounter: UInt64) throws {
+        let tagBytes = FrameAuthenticator.tagBytes
+        for p in polls {
+            if (p.revents & Int16(POLLERR | POLLHUP | POLLNVAL)) != 0 && (p.revents & Int16(POLLIN)) == 0 {
+                let peer = fds.firstIndex(of: p.fd) ?? -1
+                throw CommunicationError(rank: rank, peer: peer, reason: "connection to rank \(peer) lost")
             }
-            if let s, !sendDone, polls.contains(where: { $0.fd == fds[s.2] && ($0.revents & Int16(POLLOUT)) != 0 }) {
-                let fd = fds[s.2]
-                func push(_ base: UnsafeRawPointer, _ count: Int, _ done: inout Int) throws {
-                    guard done < count else { return }
-                    let k = Glibc.send(fd, base + done, count - done, Int32(MSG_NOSIGNAL))
-                    if k < 0 && errno != EAGAIN { throw CommunicationError(rank: rank, peer: s.2, reason: "connection to rank \(s.2) lost") }
-                    if k > 0 { done += k }
-                }
-                try sendHeader.withUnsafeBytes { try push($0.baseAddress!, $0.count, &sentHeader) }
-                if sentHeader == sendHeader.count { try push(s.0, s.1, &sentBody) }
-                if sentHeader == sendHeader.count && sentBody == s.1 { try sendTag.withUnsafeBytes { try push($0.baseAddress!, tagBytes, &sentTag) } }
-                sendDone = sentHeader == sendHeader.count && sentBody == s.1 && sentTag == tagBytes
+        }
+        if let s, polls.contains(where: { $0.fd == fds[s.2] && ($0.revents & Int16(POLLOUT)) != 0 }) {
+            let fd = fds[s.2]
+            func push(_ base: UnsafeRawPointer, _ count: Int, _ done: inout Int) throws {
+                guard done < count else { return }
+                let k = Glibc.send(fd, base + done, count - done, Int32(MSG_NOSIGNAL))
+                if k < 0 && errno != EAGAIN { throw CommunicationError(rank: rank, peer: s.2, reason: "connection to rank \(s.2) lost") }
+                if k > 0 { done += k }
             }
-            if let r, !recvDone, polls.contains(where: { $0.fd == fds[r.2] && ($0.revents & Int16(POLLIN | POLLHUP)) != 0 }) {
-                let fd = fds[r.2]
-                func pull(_ base: UnsafeMutableRawPointer, _ count: Int, _ done: inout Int) throws {
-                    let k = Glibc.recv(fd, base + done, count - done, 0)
-                    if k == 0 || (k < 0 && errno != EAGAIN) { throw CommunicationError(rank: rank, peer: r.2, reason: "connection to rank \(r.2) lost") }
-                    if k > 0 { done += k }
-                }
-                if gotHeader < recvHeader.count {
-                    try recvHeader.withUnsafeMutableBytes { try pull($0.baseAddress!, $0.count, &gotHeader) }
-                    if gotHeader == recvHeader.count { try checkHeader(recvHeader, from: r.2, tag: tag, seq: expectedSeq, length: r.1) }
-                } else if gotBody < r.1 {
-                    try pull(r.0, r.1, &gotBody)
-                } else if gotTag < tagBytes {
-                    try recvTag.withUnsafeMutableBytes { try pull($0.baseAddress!, tagBytes, &gotTag) }
-                    if gotTag == tagBytes {
-                        let ok = recvHeader.withUnsafeBytes { h in
-                            recvTag.withUnsafeBytes { t in
-                                recvAuth[r.2]!.verify(sender: UInt32(r.2), counter: recvCounter, header: h,
-                                                      body: UnsafeRawBufferPointer(start: r.0, count: r.1), expected: t.baseAddress!)
-                            }
-                        }
-                        guard ok else {
-                            throw CommunicationError(rank: rank, peer: r.2, reason: "a frame from rank \(r.2) failed authentication (forged or altered): refused")
+            try sendHeader.withUnsafeBytes { try push($0.baseAddress!, $0.count, &sentHeader) }
+            if sentHeader == sendHeader.count { try push(s.0, s.1, &sentBody) }
+            if sentHeader == sendHeader.count && sentBody == s.1 { try sendTag.withUnsafeBytes { try push($0.baseAddress!, tagBytes, &sentTag) } }
+        }
+        if let r, polls.contains(where: { $0.fd == fds[r.2] && ($0.revents & Int16(POLLIN | POLLHUP)) != 0 }) {
+            let fd = fds[r.2]
+            func pull(_ base: UnsafeMutableRawPointer, _ count: Int, _ done: inout Int) throws {
+                let k = Glibc.recv(fd, base + done, count - done, 0)
+                if k == 0 || (k < 0 && errno != EAGAIN) { throw CommunicationError(rank: rank, peer: r.2, reason: "connection to rank \(r.2) lost") }
+                if k > 0 { done += k }
+            }
+            if gotHeader < recvHeader.count {
+                try recvHeader.withUnsafeMutableBytes { try pull($0.baseAddress!, $0.count, &gotHeader) }
+                if gotHeader == recvHeader.count { try checkHeader(recvHeader, from: r.2, tag: tag, seq: expectedSeq, length: r.1) }
+            } else if gotBody < r.1 {
+                try pull(r.0, r.1, &gotBody)
+            } else if gotTag < tagBytes {
+                try recvTag.withUnsafeMutableBytes { try pull($0.baseAddress!, tagBytes, &gotTag) }
+                if gotTag == tagBytes {
+                    let ok = recvHeader.withUnsafeBytes { h in
+                        recvTag.withUnsafeBytes { t in
+                            recvAuth[r.2]!.verify(sender: UInt32(r.2), counter: recvCounter, header: h,
+                                                  body: UnsafeRawBufferPointer(start: r.0, count: r.1), expected: t.baseAddress!)
                         }
                     }
+                    guard ok else {
+                        throw CommunicationError(rank: rank, peer: r.2, reason: "a frame from rank \(r.2) failed authentication (forged or altered): refused")
+                    }
                 }
-                recvDone = gotHeader == recvHeader.count && gotBody == r.1 && gotTag == tagBytes
             }
         }
     }

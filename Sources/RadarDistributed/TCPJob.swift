@@ -2,7 +2,9 @@ import Foundation
 
 /// A TCP rank's way into its job: rank 0 hosts the coordinator (unless one runs elsewhere), every
 /// rank registers there, learns its peers' data addresses and connects the data mesh. Shared by
-/// `radar-worker --transport tcp` and `radar bench allreduce --transport tcp`.
+/// `radar-worker --transport tcp` and `radar bench allreduce --transport tcp`. Ring neighbours on
+/// one host then talk through shared memory (`TCPCommunicator.connectSharedMemory`;
+/// `RADAR_SHM_DISABLE=1` keeps them on TCP, `RADAR_SHM_BYTES` sizes each direction's ring).
 public struct TCPJob {
     public let communicator: TCPCommunicator
     public let client: CoordinatorClient
@@ -30,6 +32,9 @@ public struct TCPJob {
         let client = try CoordinatorClient(host: host, port: port, token: token, rank: r, worldSize: n, dataHost: dataHost, dataPort: dataPort,
                                            timeout: timeout, rendezvousTimeout: rendezvousTimeout)
         let comm = try TCPCommunicator(rank: r, size: n, token: token, listenFD: listenFD, peers: client.peers, timeout: timeout)
+        let env = ProcessInfo.processInfo.environment
+        try comm.connectSharedMemory(peers: client.peers, enabled: env["RADAR_SHM_DISABLE"] != "1",
+                                     capacity: env["RADAR_SHM_BYTES"].flatMap(Int.init).map { max($0, 4096) })
         client.start()
         return TCPJob(communicator: comm, client: client, server: server)
     }

@@ -108,6 +108,12 @@ extension Bench {
         /// Times the ring on `comm`, and MPI_Allreduce alongside when under MPI.
         func runBench(_ comm: Communicator, mpi: MPIRuntime?) throws {
             let p = Double(comm.size)
+            // TCP: how many of the ring's links (rank to rank + 1) go through same-host shared memory.
+            var sharedLinks: Float = 0
+            if let tcp = comm as? TCPCommunicator, comm.size > 1 {
+                sharedLinks = tcp.sharedMemoryPeers.contains((comm.rank + 1) % comm.size) ? 1 : 0
+                try comm.allReduce(&sharedLinks, count: 1)
+            }
             for mb in sizes.split(separator: ",").compactMap({ Double($0.trimmingCharacters(in: .whitespaces)) }) {
                 let n = Int(mb * 1_000_000 / 4)
                 let buf = UnsafeMutablePointer<Float>.allocate(capacity: n)
@@ -176,6 +182,10 @@ extension Bench {
                     var record: [String: Any] = ["bench": "allreduce", "transport": transport, "ranks": comm.size, "mb": mb,
                                                  "grad_dtype": gradDtype.rawValue, "wire_bytes_per_rank": 2 * (comm.size - 1) * (n / comm.size) * gradDtype.bytesPerValue,
                                                  "ring_seconds": ring, "ring_algbw_gbs": bw(ring).0, "ring_busbw_gbs": bw(ring).1]
+                    if transport == "tcp" && comm.size > 1 {
+                        record["ring_links"] = comm.size
+                        record["ring_links_shared_memory"] = Int(sharedLinks)
+                    }
                     if let mpiTime {
                         record.merge(["mpi_allreduce_seconds": mpiTime, "mpi_algbw_gbs": bw(mpiTime).0, "mpi_busbw_gbs": bw(mpiTime).1,
                                       "busbw_ratio_ring_over_mpi": comm.size == 1 ? .nan : mpiTime / ring]) { $1 }
