@@ -15,7 +15,8 @@ final class SharedMemoryLinkTests: XCTestCase {
 
     /// `hosts.count` ranks connected as TCPJob does (mesh, then the same-host links), rank r
     /// advertising hosts[r] and asking for links when enabled[r]; rings of `capacity` bytes.
-    func connect(hosts: [String], enabled: [Bool]? = nil, capacity: Int = 4096, timeout: TimeInterval = 10) throws -> [TCPCommunicator] {
+    func connect(hosts: [String], enabled: [Bool]? = nil, capacity: Int = 4096, timeout: TimeInterval = 10,
+                 log: (@Sendable (String) -> Void)? = nil) throws -> [TCPCommunicator] {
         let n = hosts.count
         let listeners = try (0..<n).map { _ in try TCPRendezvous.listen() }
         let peers = (0..<n).map { TCPCommunicator.Peer(rank: $0, host: hosts[$0], port: listeners[$0].1) }
@@ -25,6 +26,7 @@ final class SharedMemoryLinkTests: XCTestCase {
         SharedMemoryLinkTests.threads(n) { r in
             do {
                 let c = try TCPCommunicator(rank: r, size: n, token: SharedMemoryLinkTests.token, listenFD: listeners[r].0, peers: peers, timeout: timeout)
+                if let log { c.log = log }
                 try c.connectSharedMemory(peers: peers, enabled: enabled?[r] ?? true, capacity: capacity)
                 lock.lock(); comms.value[r] = c; lock.unlock()
             } catch {
@@ -121,6 +123,19 @@ final class SharedMemoryLinkTests: XCTestCase {
         XCTAssertEqual(apart.map(\.sharedMemoryPeers), [[1, 3], [0], [], [0]])
         checkCollectives(apart)
         XCTAssertEqual(segmentsInDevShm(), [])
+    }
+
+    func testASegmentThatCannotBeReservedLeavesThePairOnTCPSayingWhy() throws {
+        // Rings far larger than /dev/shm: posix_fallocate refuses at once (no SIGBUS later).
+        let lines = Shared<[String]>([])
+        let lock = NSLock()
+        let comms = try connect(hosts: ["127.0.0.1", "127.0.0.1", "127.0.0.1"], capacity: 1 << 40,
+                                log: { line in lock.lock(); lines.value.append(line); lock.unlock() })
+        XCTAssertEqual(comms.map(\.sharedMemoryPeers), [[], [], []])
+        XCTAssertEqual(lines.value.filter { $0.contains("no shared memory with rank") && $0.contains("reserving") && $0.contains("/dev/shm") && $0.hasSuffix(": TCP") }.count,
+                       3, "the creator of each of the 3 pairs says why: \(lines.value)")
+        XCTAssertEqual(segmentsInDevShm(), [])
+        checkCollectives(comms)
     }
 
     func testAWaitOnASharedLinkGivesUpNamingThePeerAndAFrameIsStillChecked() throws {
