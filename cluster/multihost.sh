@@ -5,7 +5,7 @@
 # all-reduce time per step, overlap fraction, images/s); with --partition it cuts one host's link
 # during training and checks that every rank ends within the deadline, naming the lost host's rank.
 #
-#   bash cluster/multihost.sh [--hosts 4] [--rates 10gbit,1gbit] [--delay 0.2ms] [--sizes 8,88]
+#   bash cluster/multihost.sh [--hosts 4] [--ranks-per-host 1] [--rates 10gbit,1gbit] [--delay 0.2ms] [--sizes 8,88]
 #        [--data DIR --config tiny --batch-size 8 --steps 20 --threads 1 --bucket-mb 10] [--partition]
 #        [--timeout 10] [--bin .build/release]
 #
@@ -21,6 +21,7 @@ bin=.build/release
 while [ $# -gt 0 ]; do
   case "$1" in
     --hosts) hosts=$2; shift 2 ;;
+    --ranks-per-host) export RANKS_PER_HOST=$2; shift 2 ;;
     --rates) rates=$2; shift 2 ;;
     --delay) delay=$2; shift 2 ;;
     --sizes) sizes=$2; shift 2 ;;
@@ -84,7 +85,7 @@ for rate in "${rate_list[@]}"; do
     if [ "$(cat "$work/ar-$rate-$dtype/rank0.rc")" != 0 ]; then
       echo "cluster/multihost.sh: all-reduce at $rate ($dtype) failed:" >&2; cat "$work/ar-$rate-$dtype"/rank*.err >&2; failed=1; continue
     fi
-    report bench "$work/ar-$rate-$dtype/rank0.out" "{\"link\": \"$rate\", \"delay\": \"${delay:-none}\", \"shaping\": \"$shaping\", \"hosts\": $hosts}"
+    report bench "$work/ar-$rate-$dtype/rank0.out" "{\"link\": \"$rate\", \"delay\": \"${delay:-none}\", \"shaping\": \"$shaping\", \"hosts\": $hosts, \"ranks_per_host\": ${RANKS_PER_HOST:-1}}"
   done
   if [ -n "$data" ]; then
     port=$((port + 1))
@@ -101,6 +102,7 @@ done
 
 if [ "$partition" = 1 ]; then
   [ -n "$data" ] || { echo "cluster/multihost.sh: --partition needs --data" >&2; exit 2; }
+  [ "${RANKS_PER_HOST:-1}" = 1 ] || { echo "cluster/multihost.sh: --partition takes one rank a host" >&2; exit 2; }
   victim=$((hosts - 1))
   bash cluster/netns.sh up "$hosts" "${rate_list[0]}" $delay >&2
   port=$((port + 1))

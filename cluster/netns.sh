@@ -12,7 +12,8 @@
 #                                             WORLD_SIZE, MASTER_ADDR=10.88.0.1, MASTER_PORT=PORT; host
 #                                             name radar-hK); stdout and stderr
 #                                             to OUTDIR/rankK.{out,err}, exit status to OUTDIR/rankK.rc;
-#                                             returns when all have ended
+#                                             returns when all have ended. RANKS_PER_HOST=L: L ranks a
+#                                             host (host K runs ranks K*L..K*L+L-1 of N*L; a pod's GPUs)
 #   bash cluster/netns.sh cut K               partition host K (its link goes down)
 #   bash cluster/netns.sh shaping             print how links are shaped (tbf or netem)
 #
@@ -98,13 +99,15 @@ case "$cmd" in
     shift 2
     [ $# -gt 0 ] || die "usage: netns.sh ranks OUTDIR PORT CMD..."
     n=$(cat /run/radar-netns-count 2>/dev/null) || die "no hosts: run 'netns.sh up' first"
+    per=${RANKS_PER_HOST:-1}
     mkdir -p "$out"
     pids=()
-    for ((k = 0; k < n; k++)); do
+    for ((k = 0; k < n * per; k++)); do
+      h=$((k / per))
       ( set +e
         # Its own UTS namespace too, so the rank's host name is the simulated host's.
-        ip netns exec "$PREFIX$k" unshare --uts env RANK=$k WORLD_SIZE="$n" MASTER_ADDR="$NET.1" MASTER_PORT="$port" \
-          sh -c 'hostname "$0" && exec "$@"' "$PREFIX$k" "$@" > "$out/rank$k.out" 2> "$out/rank$k.err"
+        ip netns exec "$PREFIX$h" unshare --uts env RANK=$k WORLD_SIZE="$((n * per))" MASTER_ADDR="$NET.1" MASTER_PORT="$port" \
+          sh -c 'hostname "$0" && exec "$@"' "$PREFIX$h" "$@" > "$out/rank$k.out" 2> "$out/rank$k.err"
         echo $? > "$out/rank$k.rc" ) &
       pids+=($!)
     done

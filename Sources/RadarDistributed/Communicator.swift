@@ -38,13 +38,31 @@ public protocol Communicator: AnyObject {
     func recv(_ buffer: UnsafeMutableRawPointer, bytes: Int, from: Int, tag: Int) throws
     /// Stops the whole job (every rank exits non-zero).
     func abort(_ code: Int32) -> Never
+    /// The job's ranks grouped by host (rank order within a host, hosts by their lowest rank),
+    /// where every rank agreed to reduce in two levels (`HierarchicalAllReduce`); nil: one ring.
+    var hostGroups: [[Int]]? { get }
+}
+
+extension Communicator {
+    public var hostGroups: [[Int]]? { nil }
 }
 
 extension Communicator {
     /// Ring all-reduce of a Float buffer in place (see `RingAllReduce`).
     /// `tensor` identifies what is reduced (a gradient bucket, a flag); it travels as the tag.
+    /// Across hosts of several ranks each (`hostGroups`), in two levels (`HierarchicalAllReduce`).
     public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp = .sum, tensor: Int = 1, wire: WireFormat = .fp32) throws {
-        try RingAllReduce(communicator: self, wire: wire).run(buffer, count: count, op: op, tag: tensor)
+        if let h = HierarchicalAllReduce(communicator: self, wire: wire) {
+            try h.run(buffer, count: count, op: op, tag: tensor)
+        } else {
+            try RingAllReduce(communicator: self, wire: wire).run(buffer, count: count, op: op, tag: tensor)
+        }
+    }
+
+    /// What `allReduce` runs here, for logs and benchmarks: "ring" or "2 levels: H hosts x L ranks".
+    public var allReduceAlgorithm: String {
+        guard let g = hostGroups, HierarchicalAllReduce(communicator: self, wire: .fp32) != nil else { return "ring" }
+        return "2 levels: \(g.count) hosts x \(g[0].count) ranks"
     }
 
     /// Rank `root`'s bytes to everyone, along the ring.
@@ -100,12 +118,20 @@ public struct RingAllReduce {
 
     public init(communicator: Communicator, wire: WireFormat = .fp32) { self.communicator = communicator; self.wire = wire }
 
-    public func run(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp, tag: Int) throws {
+    /// The ring's two halves: after `.reduceScatter` rank r holds the full reduction of segment
+    /// (r + 1) % size (`segment`); `.allGather` rounds that segment for a bf16 wire and passes
+    /// the finished segments round.
+    public enum Phases: Sendable { case both, reduceScatter, allGather }
+
+    /// Segment `seg` of `count` values cut into `parts`.
+    public static func segment(_ seg: Int, count: Int, parts p: Int) -> Range<Int> { (count * seg / p)..<(count * (seg + 1) / p) }
+
+    public func run(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp, tag: Int, phases: Phases = .both) throws {
         let c = communicator
         let p = c.size
         guard p > 1, count > 0 else { return }
         let next = (c.rank + 1) % p, prev = (c.rank - 1 + p) % p
-        func bounds(_ seg: Int) -> Range<Int> { (count * seg / p)..<(count * (seg + 1) / p) }
+        func bounds(_ seg: Int) -> Range<Int> { RingAllReduce.segment(seg, count: count, parts: p) }
         let maxSeg = (0..<p).map { bounds($0).count }.max()!
         let piece = max(min(maxSeg, chunkFloats), 1)
         let half = wire == .bf16
@@ -124,7 +150,7 @@ public struct RingAllReduce {
             return UnsafeRawPointer(packed)
         }
         // Reduce-scatter: after p-1 steps rank r holds the full reduction of segment (r+1) % p.
-        for s in 0..<(p - 1) {
+        for s in 0..<(phases == .allGather ? 0 : p - 1) {
             let sendSeg = bounds((c.rank - s + p) % p), recvSeg = bounds((c.rank - s - 1 + p) % p)
             // Every rank makes the same number of exchanges per step (set by the largest segment),
             // so each message meets a receive of its own size.
@@ -144,6 +170,7 @@ public struct RingAllReduce {
             }
             reducer?.drain()  // the next step sends what this step reduced
         }
+        guard phases != .reduceScatter else { return }
         // This rank's finished segment, rounded once, is what every rank will hold.
         if half {
             let own = bounds((c.rank + 1) % p)
@@ -243,5 +270,65 @@ final class PieceReducer: @unchecked Sendable {
             cond.broadcast()
             cond.unlock()
         }
+    }
+}
+
+/// The ranks `members` of `parent` (in that order) as a communicator of their own: rank i is
+/// members[i]. Messages go through the parent's links (its per-link sequence numbers keep them
+/// in order), so the groups of a `HierarchicalAllReduce` need no connections of their own.
+final class SubCommunicator: Communicator {
+    let parent: Communicator
+    let members: [Int]
+    let rank: Int
+    var size: Int { members.count }
+    var timeout: TimeInterval { get { parent.timeout } set { parent.timeout = newValue } }
+    var step: Int { get { parent.step } set { parent.step = newValue } }
+
+    init(parent: Communicator, members: [Int]) {
+        self.parent = parent
+        self.members = members
+        rank = members.firstIndex(of: parent.rank)!
+    }
+
+    func sendRecv(_ send: UnsafeRawPointer, sendBytes: Int, to: Int, _ recv: UnsafeMutableRawPointer, recvBytes: Int, from: Int, tag: Int) throws {
+        try parent.sendRecv(send, sendBytes: sendBytes, to: members[to], recv, recvBytes: recvBytes, from: members[from], tag: tag)
+    }
+    func send(_ buffer: UnsafeRawPointer, bytes: Int, to: Int, tag: Int) throws { try parent.send(buffer, bytes: bytes, to: members[to], tag: tag) }
+    func recv(_ buffer: UnsafeMutableRawPointer, bytes: Int, from: Int, tag: Int) throws { try parent.recv(buffer, bytes: bytes, from: members[from], tag: tag) }
+    func abort(_ code: Int32) -> Never { parent.abort(code) }
+}
+
+/// All-reduce in two levels across H hosts of L ranks each (`Communicator.hostGroups`): a ring
+/// reduce-scatter among each host's ranks (through shared memory, the same-host links), then
+/// for each segment an all-reduce among the H ranks that hold it, one per host (L rings of H,
+/// over the network, each on 1/L of the buffer), then a ring all-gather within each host. A
+/// host's network link carries 2 (H-1)/H of the buffer each way instead of the single ring's
+/// 2 (HL-1)/HL (at 2 hosts of 4 ranks: 1.0 against 1.75 buffers). Each value is summed once in
+/// a fixed order (within the host, then across hosts) and copied, so every rank ends with the
+/// same bits; with one host it is the single ring, bit for bit.
+public struct HierarchicalAllReduce {
+    public let local: Communicator
+    public let cross: Communicator
+    public let localIndex: Int
+    public var wire: WireFormat
+
+    /// Nil unless the communicator's `hostGroups` has at least 2 hosts, all with the same number
+    /// (at least 2) of ranks.
+    public init?(communicator c: Communicator, wire: WireFormat) {
+        guard let groups = c.hostGroups, groups.count > 1, let l = groups.first?.count, l > 1,
+              groups.allSatisfy({ $0.count == l }), let mine = groups.first(where: { $0.contains(c.rank) }),
+              let index = mine.firstIndex(of: c.rank) else { return nil }
+        local = SubCommunicator(parent: c, members: mine)
+        cross = SubCommunicator(parent: c, members: groups.map { $0[index] })
+        localIndex = index
+        self.wire = wire
+    }
+
+    public func run(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp, tag: Int) throws {
+        let inHost = RingAllReduce(communicator: local, wire: wire)
+        try inHost.run(buffer, count: count, op: op, tag: tag, phases: .reduceScatter)
+        let mine = RingAllReduce.segment((localIndex + 1) % local.size, count: count, parts: local.size)
+        try RingAllReduce(communicator: cross, wire: wire).run(buffer + mine.lowerBound, count: mine.count, op: op, tag: tag)
+        try inHost.run(buffer, count: count, op: op, tag: tag, phases: .allGather)
     }
 }

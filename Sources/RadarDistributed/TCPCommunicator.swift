@@ -29,6 +29,10 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     /// Same-host links by peer (`connectSharedMemory`): frames to and from that peer go through
     /// shared memory, without the AES-GCM tag (the segment is the two processes' alone).
     private var links: [SharedMemoryLink?]
+    /// See `Communicator.hostGroups` (`agreeOnHostGroups`).
+    public private(set) var hostGroups: [[Int]]?
+    /// Bytes of message bodies sent to each peer so far (over TCP or shared memory).
+    public private(set) var sentBytes: [Int]
     /// Connections refused because they could not prove the job token (or were not ours).
     public private(set) var refusedConnections = 0
     public var log: (String) -> Void = logLine
@@ -73,6 +77,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         sendAuth = [FrameAuthenticator?](repeating: nil, count: size)
         recvAuth = [FrameAuthenticator?](repeating: nil, count: size)
         links = [SharedMemoryLink?](repeating: nil, count: size)
+        sentBytes = [Int](repeating: 0, count: size)
         let deadline = Date().addingTimeInterval(timeout)
         for p in peers where p.rank < rank {
             let fd = try Sockets.connect(host: p.host, port: p.port, deadline: deadline)
@@ -140,9 +145,32 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     static let sharedMemoryTag = 0x53484D  // "SHM": the set-up frames' tensor id
     static let offerBytes = 8 + 128 + 32
 
+    /// The ranks grouped by data address (`peers[].host`): hosts in order of their lowest rank,
+    /// ranks in order within each.
+    public static func groups(_ peers: [Peer]) -> [[Int]] {
+        var order: [String] = [], byHost: [String: [Int]] = [:]
+        for p in peers.sorted(by: { $0.rank < $1.rank }) {
+            if byHost[p.host] == nil { order.append(p.host) }
+            byHost[p.host, default: []].append(p.rank)
+        }
+        return order.map { byHost[$0]! }
+    }
+
+    /// Reduce in two levels (`HierarchicalAllReduce`) where the job spans hosts of several ranks
+    /// each, if every rank asks to (`enabled`: `RADAR_HIERARCHICAL_ALLREDUCE=0` turns it off; the
+    /// ranks agree by a MAX all-reduce of their refusals, so one refusal keeps everyone on the ring).
+    public func agreeOnHostGroups(peers: [Peer], enabled: Bool) throws {
+        guard size > 1 else { return }
+        var refused: Float = enabled ? 0 : 1
+        try allReduce(&refused, count: 1, op: .max, tensor: TCPCommunicator.sharedMemoryTag)
+        hostGroups = refused == 0 ? TCPCommunicator.groups(peers) : nil
+        if rank == 0 && allReduceAlgorithm != "ring" { log("rank 0: all-reduce in \(allReduceAlgorithm) (RADAR_HIERARCHICAL_ALLREDUCE=0: one ring)") }
+    }
+
     /// Same-host links with the ring neighbours (the ring all-reduce, broadcast and all-gather
-    /// talk only to them) whose data address is this rank's own (`peers[].host`: one machine; the
-    /// simulated hosts of `cluster/netns.sh` have an address each and stay on TCP). Over the
+    /// talk only to them) and with the neighbours in the ring of this host's ranks (the first
+    /// level of `HierarchicalAllReduce`) whose data address is this rank's own (`peers[].host`:
+    /// one machine; the simulated hosts of `cluster/netns.sh` have an address each and stay on TCP). Over the
     /// authenticated connection the lower rank of each pair offers a segment (name and nonce, or
     /// nothing where it cannot make one or `enabled` is false: `RADAR_SHM_DISABLE=1`), the
     /// higher maps it and answers; both then use it, or both keep TCP, and each says which in
@@ -152,7 +180,11 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         let capacity = capacity ?? SharedMemoryLink.defaultCapacity
         let hosts = Dictionary(peers.map { ($0.rank, $0.host) }, uniquingKeysWith: { a, _ in a })
         guard let mine = hosts[rank] else { return }
-        let neighbours = Set([(rank + 1) % size, (rank - 1 + size) % size]).filter { $0 != rank && hosts[$0] == mine }.sorted()
+        var candidates = Set([(rank + 1) % size, (rank - 1 + size) % size])
+        if let host = TCPCommunicator.groups(peers).first(where: { $0.contains(rank) }), let i = host.firstIndex(of: rank) {
+            candidates.formUnion([host[(i + 1) % host.count], host[(i - 1 + host.count) % host.count]])
+        }
+        let neighbours = candidates.filter { $0 != rank && hosts[$0] == mine }.sorted()
         let higher = neighbours.filter { $0 > rank }, lower = neighbours.filter { $0 < rank }
         var made: [Int: SharedMemoryLink] = [:]
         // 1. Offers to the higher neighbours.
@@ -253,6 +285,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         var sendHeader: [UInt8] = [], sentHeader = 0, sentBody = 0, sentTag = 0
         var sendTag = [UInt8](repeating: 0, count: tagBytes)
         if let s {
+            sentBytes[s.2] += s.1
             sendHeader = header(tag: tag, seq: sendSeq[s.2], length: s.1)
             sendSeq[s.2] &+= 1
             if sendLink == nil {

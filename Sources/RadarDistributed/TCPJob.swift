@@ -4,7 +4,9 @@ import Foundation
 /// rank registers there, learns its peers' data addresses and connects the data mesh. Shared by
 /// `radar-worker --transport tcp` and `radar bench allreduce --transport tcp`. Ring neighbours on
 /// one host then talk through shared memory (`TCPCommunicator.connectSharedMemory`;
-/// `RADAR_SHM_DISABLE=1` keeps them on TCP, `RADAR_SHM_BYTES` sizes each direction's ring).
+/// `RADAR_SHM_DISABLE=1` keeps them on TCP, `RADAR_SHM_BYTES` sizes each direction's ring), and
+/// a job over several hosts of several ranks each all-reduces in two levels
+/// (`HierarchicalAllReduce`; `RADAR_HIERARCHICAL_ALLREDUCE=0`: one ring).
 public struct TCPJob {
     public let communicator: TCPCommunicator
     public let client: CoordinatorClient
@@ -35,6 +37,7 @@ public struct TCPJob {
         let env = ProcessInfo.processInfo.environment
         try comm.connectSharedMemory(peers: client.peers, enabled: env["RADAR_SHM_DISABLE"] != "1",
                                      capacity: env["RADAR_SHM_BYTES"].flatMap(Int.init).map { max($0, 4096) })
+        try comm.agreeOnHostGroups(peers: client.peers, enabled: env["RADAR_HIERARCHICAL_ALLREDUCE"] != "0")
         client.start()
         return TCPJob(communicator: comm, client: client, server: server)
     }

@@ -129,7 +129,7 @@ extension Bench {
                     }
                     return ts.dropFirst().sorted()[repeats / 2]
                 }
-                let ring = try time { try RingAllReduce(communicator: comm, wire: gradDtype).run(buf, count: n, op: .sum, tag: 12) }
+                let ring = try time { try comm.allReduce(buf, count: n, tensor: 12, wire: gradDtype) }
                 let mpiTime = try mpi.map { m in try time { try m.allReduceSum(buf, count: n) } }
                 // A device buffer: the gradient path of a GPU rank (download, ring, upload).
                 var staging: [String: Any] = [:]
@@ -156,7 +156,7 @@ extension Bench {
                             backend.download(dev.tensor, into: UnsafeMutableBufferPointer(start: host, count: n))
                         }
                         let t1 = Date()
-                        try RingAllReduce(communicator: comm, wire: gradDtype).run(host, count: n, op: .sum, tag: 13)
+                        try comm.allReduce(host, count: n, tensor: 13, wire: gradDtype)
                         let t2 = Date()
                         if let staged {
                             staged.stageUp(host, into: dev.tensor, slot: 0)
@@ -185,6 +185,7 @@ extension Bench {
                     if transport == "tcp" && comm.size > 1 {
                         record["ring_links"] = comm.size
                         record["ring_links_shared_memory"] = Int(sharedLinks)
+                        record["algorithm"] = comm.allReduceAlgorithm
                     }
                     if let mpiTime {
                         record.merge(["mpi_allreduce_seconds": mpiTime, "mpi_algbw_gbs": bw(mpiTime).0, "mpi_busbw_gbs": bw(mpiTime).1,

@@ -16,7 +16,7 @@ final class SharedMemoryLinkTests: XCTestCase {
     /// `hosts.count` ranks connected as TCPJob does (mesh, then the same-host links), rank r
     /// advertising hosts[r] and asking for links when enabled[r]; rings of `capacity` bytes.
     func connect(hosts: [String], enabled: [Bool]? = nil, capacity: Int = 4096, timeout: TimeInterval = 10,
-                 log: (@Sendable (String) -> Void)? = nil) throws -> [TCPCommunicator] {
+                 hierarchical: [Bool]? = nil, log: (@Sendable (String) -> Void)? = nil) throws -> [TCPCommunicator] {
         let n = hosts.count
         let listeners = try (0..<n).map { _ in try TCPRendezvous.listen() }
         let peers = (0..<n).map { TCPCommunicator.Peer(rank: $0, host: hosts[$0], port: listeners[$0].1) }
@@ -28,6 +28,7 @@ final class SharedMemoryLinkTests: XCTestCase {
                 let c = try TCPCommunicator(rank: r, size: n, token: SharedMemoryLinkTests.token, listenFD: listeners[r].0, peers: peers, timeout: timeout)
                 if let log { c.log = log }
                 try c.connectSharedMemory(peers: peers, enabled: enabled?[r] ?? true, capacity: capacity)
+                try c.agreeOnHostGroups(peers: peers, enabled: hierarchical?[r] ?? true)
                 lock.lock(); comms.value[r] = c; lock.unlock()
             } catch {
                 lock.lock(); errors.value.append("rank \(r): \(error)"); lock.unlock()
@@ -73,12 +74,17 @@ final class SharedMemoryLinkTests: XCTestCase {
                 for count in [1, 2, 5, 1023, 1024, 3001, 40_000, 300_007] {
                     var ring = RingAllReduce(communicator: c, wire: wire)
                     ring.chunkFloats = 10_000  // several pieces a segment, the helper thread adding
-                    var buffer = (0..<count).map { SharedMemoryLinkTests.value(rank: c.rank, index: $0) }
-                    try buffer.withUnsafeMutableBufferPointer { try ring.run($0.baseAddress!, count: count, op: .sum, tag: 9) }
-                    for i in 0..<count {
-                        let expected = (0..<p).reduce(Float(0)) { $0 + SharedMemoryLinkTests.value(rank: $1, index: i) }
-                        guard buffer[i] == expected else {
-                            throw CommunicationError(rank: c.rank, peer: nil, reason: "\(wire) count \(count): [\(i)] = \(buffer[i]), expected \(expected)")
+                    // The single ring, then what allReduce runs (two levels where the ranks agreed to).
+                    for twoLevels in [false, true] {
+                        var buffer = (0..<count).map { SharedMemoryLinkTests.value(rank: c.rank, index: $0) }
+                        try buffer.withUnsafeMutableBufferPointer {
+                            if twoLevels { try c.allReduce($0.baseAddress!, count: count, tensor: 9, wire: wire) } else { try ring.run($0.baseAddress!, count: count, op: .sum, tag: 9) }
+                        }
+                        for i in 0..<count {
+                            let expected = (0..<p).reduce(Float(0)) { $0 + SharedMemoryLinkTests.value(rank: $1, index: i) }
+                            guard buffer[i] == expected else {
+                                throw CommunicationError(rank: c.rank, peer: nil, reason: "\(twoLevels ? c.allReduceAlgorithm : "ring") \(wire) count \(count): [\(i)] = \(buffer[i]), expected \(expected)")
+                            }
                         }
                     }
                 }
@@ -118,9 +124,10 @@ final class SharedMemoryLinkTests: XCTestCase {
         let off = try connect(hosts: Array(repeating: "127.0.0.1", count: 3), enabled: [true, false, true])
         XCTAssertEqual(off.map(\.sharedMemoryPeers), [[2], [], [0]])
         checkCollectives(off)
-        // Rank 2 on another host (an address of its own): only 0-1 shares memory.
+        // Rank 2 on another host (an address of its own): it keeps TCP; 0-1 and 3-0 are ring
+        // neighbours on one host, 1-3 neighbours in the ring of that host's ranks 0, 1, 3.
         let apart = try connect(hosts: ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.1"])
-        XCTAssertEqual(apart.map(\.sharedMemoryPeers), [[1, 3], [0], [], [0]])
+        XCTAssertEqual(apart.map(\.sharedMemoryPeers), [[1, 3], [0, 3], [], [0, 1]])
         checkCollectives(apart)
         XCTAssertEqual(segmentsInDevShm(), [])
     }
@@ -173,5 +180,58 @@ final class SharedMemoryLinkTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("rank 0: waiting for rank 1: connection to rank 1 lost"), "\(e)")
         }
         XCTAssertLessThan(Date().timeIntervalSince(t0), 2, "named within a wait slice, not at the 30 s timeout")
+    }
+
+    // Two levels (HierarchicalAllReduce): hosts of several ranks each reduce within the host,
+    // then across hosts one segment per rank, then gather within the host.
+
+    func testHostsOfSeveralRanksReduceInTwoLevelsSendingLessBetweenHosts() throws {
+        let a = "127.0.0.1", b = "127.0.0.2"
+        for (hosts, groups) in [([a, a, b, b], [[0, 1], [2, 3]]), ([a, a, a, b, b, b], [[0, 1, 2], [3, 4, 5]]), ([a, b, a, b], [[0, 2], [1, 3]])] {
+            let comms = try connect(hosts: hosts)
+            XCTAssertEqual(comms.map(\.hostGroups), Array(repeating: groups, count: hosts.count))
+            XCTAssertEqual(comms[0].allReduceAlgorithm, "2 levels: 2 hosts x \(groups[0].count) ranks")
+            checkCollectives(comms)
+            // Arbitrary values: every rank ends with the same bits.
+            let n = 100_003
+            let results = Shared<[[Float]]>(Array(repeating: [], count: hosts.count))
+            let lock = NSLock()
+            XCTAssertEqual(onEveryRank(comms) { c in
+                var rng = SplitMix64(seed: UInt64(c.rank + 1))
+                var x = (0..<n).map { _ in Float(Double(rng.next() >> 11) / Double(1 << 53) * 2 - 1) }
+                try x.withUnsafeMutableBufferPointer { try c.allReduce($0.baseAddress!, count: n, tensor: 11) }
+                lock.lock(); results.value[c.rank] = x; lock.unlock()
+            }, [])
+            for r in 1..<hosts.count { XCTAssertTrue(results.value[r].elementsEqual(results.value[0]) { $0.bitPattern == $1.bitPattern }, "rank \(r) differs from rank 0") }
+        }
+        // Bytes between the hosts for one all-reduce of n floats, two levels against one ring.
+        func interHostBytes(_ comms: [TCPCommunicator], _ hosts: [String]) throws -> Int {
+            let before = comms.map(\.sentBytes)
+            XCTAssertEqual(onEveryRank(comms) { c in
+                var x = [Float](repeating: 1, count: 600_000)
+                try x.withUnsafeMutableBufferPointer { try c.allReduce($0.baseAddress!, count: $0.count, tensor: 12) }
+            }, [])
+            return comms.indices.reduce(0) { total, r in
+                total + comms[r].sentBytes.indices.filter { hosts[$0] != hosts[r] }.reduce(0) { $0 + comms[r].sentBytes[$1] - before[r][$1] }
+            }
+        }
+        let hosts = [a, a, a, b, b, b]
+        let twoLevels = try interHostBytes(try connect(hosts: hosts), hosts)
+        let oneRing = try interHostBytes(try connect(hosts: hosts, hierarchical: [true, true, false, true, true, true]), hosts)
+        // Per host and direction: 2 (H-1)/H = 1 buffer against 2 (p-1)/p = 5/3 (2.4 MB of fp32).
+        XCTAssertEqual(Double(twoLevels), 2 * 2_400_000, accuracy: 64)
+        XCTAssertEqual(Double(oneRing), 2 * 2_400_000 * 5 / 3, accuracy: 64)
+    }
+
+    func testOneRefusalOrUnevenHostsKeepEveryRankOnOneRing() throws {
+        let a = "127.0.0.1", b = "127.0.0.2"
+        let refused = try connect(hosts: [a, a, b, b], hierarchical: [true, true, true, false])
+        XCTAssertEqual(refused.map(\.hostGroups), [nil, nil, nil, nil])
+        XCTAssertEqual(refused.map(\.allReduceAlgorithm), Array(repeating: "ring", count: 4))
+        checkCollectives(refused)
+        let uneven = try connect(hosts: [a, a, a, b])
+        XCTAssertEqual(uneven[0].hostGroups, [[0, 1, 2], [3]])
+        XCTAssertEqual(uneven.map(\.allReduceAlgorithm), Array(repeating: "ring", count: 4))
+        checkCollectives(uneven)
     }
 }
