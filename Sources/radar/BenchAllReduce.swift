@@ -186,6 +186,11 @@ extension Bench {
                         record["ring_links"] = comm.size
                         record["ring_links_shared_memory"] = Int(sharedLinks)
                         record["algorithm"] = comm.allReduceAlgorithm
+                        if let g = comm.hostGroups, comm.allReduceAlgorithm != "ring" {
+                            // Two levels: the host's ring on the buffer, then a ring of hosts on 1/L of it.
+                            let l = g[0].count, h = g.count, w = gradDtype.bytesPerValue
+                            record["wire_bytes_per_rank"] = 2 * (l - 1) * (n / l) * w + 2 * (h - 1) * (n / l / h) * w
+                        }
                     }
                     if let mpiTime {
                         record.merge(["mpi_allreduce_seconds": mpiTime, "mpi_algbw_gbs": bw(mpiTime).0, "mpi_busbw_gbs": bw(mpiTime).1,
