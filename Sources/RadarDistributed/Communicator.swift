@@ -305,7 +305,8 @@ final class SubCommunicator: Communicator {
 /// host's network link carries 2 (H-1)/H of the buffer each way instead of the single ring's
 /// 2 (HL-1)/HL (at 2 hosts of 4 ranks: 1.0 against 1.75 buffers). Each value is summed once in
 /// a fixed order (within the host, then across hosts) and copied, so every rank ends with the
-/// same bits; with one host it is the single ring, bit for bit.
+/// same bits (not a single ring's: its sums run in another order); `allReduce` takes the single ring
+/// where there is one host, or hosts of different sizes.
 public struct HierarchicalAllReduce {
     public let local: Communicator
     public let cross: Communicator

@@ -170,8 +170,8 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     /// Same-host links with the ring neighbours (the ring all-reduce, broadcast and all-gather
     /// talk only to them) and with the neighbours in the ring of this host's ranks (the first
     /// level of `HierarchicalAllReduce`) whose data address is this rank's own (`peers[].host`:
-    /// one machine; the simulated hosts of `cluster/netns.sh` have an address each and stay on TCP). Over the
-    /// authenticated connection the lower rank of each pair offers a segment (name and nonce, or
+    /// one machine; the simulated hosts of `cluster/netns.sh` have an address each and stay on
+    /// TCP). Over the authenticated connection the lower rank of each pair offers a segment (name and nonce, or
     /// nothing where it cannot make one or `enabled` is false: `RADAR_SHM_DISABLE=1`), the
     /// higher maps it and answers; both then use it, or both keep TCP, and each says which in
     /// `log`. Offers all go out before any is awaited, so no order of ranks can deadlock.
