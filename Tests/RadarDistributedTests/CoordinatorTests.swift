@@ -398,6 +398,26 @@ final class StandaloneCoordinatorTests: XCTestCase {
 final class RendezvousTests: XCTestCase {
     let token = Data(HMACSHA256.randomHex(bytes: 16).utf8)
 
+    /// The launcher's coordinator port comes from below the ephemeral range, where no automatic
+    /// port (another rank's data listener, an outgoing connection) can take it before rank 0
+    /// binds it; and it is free on every interface.
+    func testTheLaunchersPortIsFreeAndNoAutomaticPortCanTakeIt() throws {
+        let range = try String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
+            .split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { Int($0) }
+        let ports = try (0..<20).map { _ in try TCPRendezvous.freePort() }
+        for port in ports {
+            XCTAssertTrue((10_000..<range[0]).contains(port), "port \(port), ephemeral range \(range)")
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            var addr = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: UInt16(port).bigEndian, sin_addr: in_addr(s_addr: 0), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            XCTAssertEqual(rc, 0, "0.0.0.0:\(port) binds, as rank 0's coordinator will")
+            close(fd)
+        }
+        XCTAssertGreaterThan(Set(ports).count, 1, "drawn at random")
+    }
+
     func client(_ port: Int, rank: Int, worldSize: Int? = nil, rendezvous: TimeInterval = 30) throws -> CoordinatorClient {
         try CoordinatorClient(host: "127.0.0.1", port: port, token: token, rank: rank, worldSize: worldSize, dataHost: "127.0.0.1",
                               dataPort: 1000 + rank, timeout: 5, rendezvousTimeout: rendezvous)

@@ -34,6 +34,7 @@ final class SharedMemoryLinkTests: XCTestCase {
                 lock.lock(); errors.value.append("rank \(r): \(error)"); lock.unlock()
             }
         }
+        for (fd, _) in listeners { close(fd) }  // (connected: the listeners are done)
         XCTAssertEqual(errors.value, [])
         return try comms.value.map { try XCTUnwrap($0) }
     }
