@@ -38,22 +38,20 @@ public protocol Communicator: AnyObject {
     func recv(_ buffer: UnsafeMutableRawPointer, bytes: Int, from: Int, tag: Int) throws
     /// Stops the whole job (every rank exits non-zero).
     func abort(_ code: Int32) -> Never
-    /// The job's ranks grouped by host (rank order within a host, hosts by their lowest rank),
-    /// where every rank agreed to reduce in two levels (`HierarchicalAllReduce`); nil: one ring.
-    var hostGroups: [[Int]]? { get }
+    /// The two-level all-reduce every rank agreed to, made once (`TCPCommunicator.agreeOnHostGroups`);
+    /// nil: one ring.
+    var twoLevels: HierarchicalAllReduce? { get }
 }
 
 extension Communicator {
-    public var hostGroups: [[Int]]? { nil }
-}
+    public var twoLevels: HierarchicalAllReduce? { nil }
 
-extension Communicator {
     /// Ring all-reduce of a Float buffer in place (see `RingAllReduce`).
     /// `tensor` identifies what is reduced (a gradient bucket, a flag); it travels as the tag.
-    /// Across hosts of several ranks each (`hostGroups`), in two levels (`HierarchicalAllReduce`).
+    /// Across hosts of several ranks each, in two levels (`twoLevels`).
     public func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp = .sum, tensor: Int = 1, wire: WireFormat = .fp32) throws {
-        if let h = HierarchicalAllReduce(communicator: self, wire: wire) {
-            try h.run(buffer, count: count, op: op, tag: tensor)
+        if let h = twoLevels {
+            try h.run(buffer, count: count, op: op, tag: tensor, wire: wire)
         } else {
             try RingAllReduce(communicator: self, wire: wire).run(buffer, count: count, op: op, tag: tensor)
         }
@@ -61,8 +59,7 @@ extension Communicator {
 
     /// What `allReduce` runs here, for logs and benchmarks: "ring" or "2 levels: H hosts x L ranks".
     public var allReduceAlgorithm: String {
-        guard let g = hostGroups, HierarchicalAllReduce(communicator: self, wire: .fp32) != nil else { return "ring" }
-        return "2 levels: \(g.count) hosts x \(g[0].count) ranks"
+        twoLevels.map { "2 levels: \($0.cross.size) hosts x \($0.local.size) ranks" } ?? "ring"
     }
 
     /// Rank `root`'s bytes to everyone, along the ring.
@@ -275,9 +272,10 @@ final class PieceReducer: @unchecked Sendable {
 
 /// The ranks `members` of `parent` (in that order) as a communicator of their own: rank i is
 /// members[i]. Messages go through the parent's links (its per-link sequence numbers keep them
-/// in order), so the groups of a `HierarchicalAllReduce` need no connections of their own.
+/// in order), so the groups of a `HierarchicalAllReduce` need no connections of their own. The
+/// parent holds it (`twoLevels`), so the reference back is unowned.
 final class SubCommunicator: Communicator {
-    let parent: Communicator
+    unowned let parent: Communicator
     let members: [Int]
     let rank: Int
     var size: Int { members.count }
@@ -298,7 +296,7 @@ final class SubCommunicator: Communicator {
     func abort(_ code: Int32) -> Never { parent.abort(code) }
 }
 
-/// All-reduce in two levels across H hosts of L ranks each (`Communicator.hostGroups`): a ring
+/// All-reduce in two levels across H hosts of L ranks each (`Communicator.twoLevels`): a ring
 /// reduce-scatter among each host's ranks (through shared memory, the same-host links), then
 /// for each segment an all-reduce among the H ranks that hold it, one per host (L rings of H,
 /// over the network, each on 1/L of the buffer), then a ring all-gather within each host. A
@@ -308,24 +306,23 @@ final class SubCommunicator: Communicator {
 /// same bits (not a single ring's: its sums run in another order); `allReduce` takes the single ring
 /// where there is one host, or hosts of different sizes.
 public struct HierarchicalAllReduce {
+    /// This host's ranks, and the ranks of this rank's local index, one per host.
     public let local: Communicator
     public let cross: Communicator
     public let localIndex: Int
-    public var wire: WireFormat
 
-    /// Nil unless the communicator's `hostGroups` has at least 2 hosts, all with the same number
-    /// (at least 2) of ranks.
-    public init?(communicator c: Communicator, wire: WireFormat) {
-        guard let groups = c.hostGroups, groups.count > 1, let l = groups.first?.count, l > 1,
+    /// Nil unless `groups` (ranks by host) has at least 2 hosts, all with the same number (at
+    /// least 2) of ranks.
+    public init?(communicator c: Communicator, groups: [[Int]]) {
+        guard groups.count > 1, let l = groups.first?.count, l > 1,
               groups.allSatisfy({ $0.count == l }), let mine = groups.first(where: { $0.contains(c.rank) }),
               let index = mine.firstIndex(of: c.rank) else { return nil }
         local = SubCommunicator(parent: c, members: mine)
         cross = SubCommunicator(parent: c, members: groups.map { $0[index] })
         localIndex = index
-        self.wire = wire
     }
 
-    public func run(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp, tag: Int) throws {
+    public func run(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp, tag: Int, wire: WireFormat) throws {
         let inHost = RingAllReduce(communicator: local, wire: wire)
         try inHost.run(buffer, count: count, op: op, tag: tag, phases: .reduceScatter)
         let mine = RingAllReduce.segment((localIndex + 1) % local.size, count: count, parts: local.size)

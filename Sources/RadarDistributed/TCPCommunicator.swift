@@ -29,8 +29,9 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     /// Same-host links by peer (`connectSharedMemory`): frames to and from that peer go through
     /// shared memory, without the AES-GCM tag (the segment is the two processes' alone).
     private var links: [SharedMemoryLink?]
-    /// See `Communicator.hostGroups` (`agreeOnHostGroups`).
+    /// The ranks by host where every rank agreed to reduce in two levels (`agreeOnHostGroups`).
     public private(set) var hostGroups: [[Int]]?
+    public private(set) var twoLevels: HierarchicalAllReduce?
     /// Bytes of message bodies sent to each peer so far (over TCP or shared memory).
     public private(set) var sentBytes: [Int]
     /// Connections refused because they could not prove the job token (or were not ours).
@@ -164,6 +165,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         var refused: Float = enabled ? 0 : 1
         try allReduce(&refused, count: 1, op: .max, tensor: TCPCommunicator.sharedMemoryTag)
         hostGroups = refused == 0 ? TCPCommunicator.groups(peers) : nil
+        twoLevels = hostGroups.flatMap { HierarchicalAllReduce(communicator: self, groups: $0) }
         if rank == 0 && allReduceAlgorithm != "ring" { log("rank 0: all-reduce in \(allReduceAlgorithm) (RADAR_HIERARCHICAL_ALLREDUCE=0: one ring)") }
     }
 
@@ -377,7 +379,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
             idle = moved ? 0 : idle + 1
             if !moved {
                 try CommunicationError.checkStop(rank: rank)
-                if sharedPending { try checkAlive(send: sendDone ? nil : sendLink.flatMap { _ in s?.2 }, recv: recvDone ? nil : recvLink.flatMap { _ in r?.2 }) }
+                if sharedPending { try checkAlive([sendDone || sendLink == nil ? nil : s?.2, recvDone || recvLink == nil ? nil : r?.2]) }
                 if Date() > deadline {
                     let peer = !recvDone ? r!.2 : s!.2
                     throw CommunicationError(rank: rank, peer: peer, reason: "no progress for \(Int(timeout)) s (is rank \(peer) alive?)")
@@ -387,8 +389,8 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     }
 
     /// A shared-memory peer whose TCP connection was closed (the process died) is lost.
-    private func checkAlive(send: Int?, recv: Int?) throws {
-        for peer in [send, recv].compactMap({ $0 }) {
+    private func checkAlive(_ peers: [Int?]) throws {
+        for peer in peers.compactMap({ $0 }) {
             var p = pollfd(fd: fds[peer], events: Int16(POLLIN), revents: 0)
             guard poll(&p, 1, 0) > 0 else { continue }
             var byte: UInt8 = 0

@@ -186,9 +186,9 @@ extension Bench {
                         record["ring_links"] = comm.size
                         record["ring_links_shared_memory"] = Int(sharedLinks)
                         record["algorithm"] = comm.allReduceAlgorithm
-                        if let g = comm.hostGroups, comm.allReduceAlgorithm != "ring" {
+                        if let two = comm.twoLevels {
                             // Two levels: the host's ring on the buffer, then a ring of hosts on 1/L of it.
-                            let l = g[0].count, h = g.count, w = gradDtype.bytesPerValue
+                            let l = two.local.size, h = two.cross.size, w = gradDtype.bytesPerValue
                             record["wire_bytes_per_rank"] = 2 * (l - 1) * (n / l) * w + 2 * (h - 1) * (n / l / h) * w
                         }
                     }
