@@ -7,7 +7,11 @@
 #
 #   bash cluster/multihost.sh [--hosts 4] [--ranks-per-host 1] [--rates 10gbit,1gbit] [--delay 0.2ms] [--sizes 8,88]
 #        [--data DIR --config tiny --batch-size 8 --steps 20 --threads 1 --bucket-mb 10] [--partition]
-#        [--timeout 10] [--bin .build/release]
+#        [--timeout 10] [--bin .build/release] [--mpi]
+#
+# --mpi: the all-reduce also under mpirun across the hosts (`netns.sh mpirun`: each host's ranks
+# in its namespace under its own host name; OpenMPI's TCP between hosts, its shared memory
+# within one), our ring (in two levels where hosts hold several ranks) and MPI_Allreduce.
 #
 # Prints one JSON object per measurement (stdout). Exits non-zero when a run fails or the
 # partition is not detected as stated (then the ranks' logs stay in the folder it names).
@@ -17,7 +21,7 @@ caller=$PWD
 abs() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$caller/$1" ;; esac; }
 cd "$(dirname "$0")/.."
 hosts=4 rates=10gbit,1gbit delay="" sizes=8,88 data="" config=tiny batch=8 steps=20 threads=1 partition=0 timeout=10 bucket=10
-bin=.build/release
+bin=.build/release mpi=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --hosts) hosts=$2; shift 2 ;;
@@ -32,9 +36,10 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --bucket-mb) bucket=$2; shift 2 ;;
     --partition) partition=1; shift ;;
+    --mpi) mpi=1; shift ;;
     --timeout) timeout=$2; shift 2 ;;
     --bin) bin=$(abs "$2"); shift 2 ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
   esac
 done
 case "$config" in tiny|mid|full) ;; *) config=$(abs "$config") ;; esac
@@ -86,6 +91,14 @@ for rate in "${rate_list[@]}"; do
       echo "cluster/multihost.sh: all-reduce at $rate ($dtype) failed:" >&2; cat "$work/ar-$rate-$dtype"/rank*.err >&2; failed=1; continue
     fi
     report bench "$work/ar-$rate-$dtype/rank0.out" "{\"link\": \"$rate\", \"delay\": \"${delay:-none}\", \"shaping\": \"$shaping\", \"hosts\": $hosts, \"ranks_per_host\": ${RANKS_PER_HOST:-1}}"
+    if [ "$mpi" = 1 ]; then
+      if bash cluster/netns.sh mpirun -x OPENBLAS_NUM_THREADS "$bin/radar" bench allreduce --sizes "$sizes" --repeats 5 \
+          --grad-dtype "$dtype" --timeout 60 > "$work/mpi-$rate-$dtype.out" 2> "$work/mpi-$rate-$dtype.err"; then
+        report bench "$work/mpi-$rate-$dtype.out" "{\"link\": \"$rate\", \"delay\": \"${delay:-none}\", \"shaping\": \"$shaping\", \"hosts\": $hosts, \"ranks_per_host\": ${RANKS_PER_HOST:-1}}"
+      else
+        echo "cluster/multihost.sh: all-reduce under mpirun at $rate ($dtype) failed:" >&2; cat "$work/mpi-$rate-$dtype.err" >&2; failed=1
+      fi
+    fi
   done
   if [ -n "$data" ]; then
     port=$((port + 1))

@@ -14,6 +14,15 @@
 #                                             to OUTDIR/rankK.{out,err}, exit status to OUTDIR/rankK.rc;
 #                                             returns when all have ended. RANKS_PER_HOST=L: L ranks a
 #                                             host (host K runs ranks K*L..K*L+L-1 of N*L; a pod's GPUs)
+#   bash cluster/netns.sh mpirun MPIRUN-ARGS...
+#                                             mpirun across the hosts, started on radar-h0: a
+#                                             hostfile of the hosts' addresses (RANKS_PER_HOST
+#                                             slots each) and `netns.sh rsh` as its launch agent,
+#                                             so each host's ranks run in its namespace under its
+#                                             own host name (MPI_Get_processor_name), talking to
+#                                             other hosts over their shaped links (TCP) and to
+#                                             their own host's ranks through shared memory
+#   bash cluster/netns.sh rsh HOST CMD...     mpirun's launch agent: CMD on the host at address HOST
 #   bash cluster/netns.sh cut K               partition host K (its link goes down)
 #   bash cluster/netns.sh shaping             print how links are shaped (tbf or netem)
 #
@@ -113,6 +122,28 @@ case "$cmd" in
     done
     wait "${pids[@]}" || true
     ;;
+  mpirun)
+    n=$(cat /run/radar-netns-count 2>/dev/null) || die "no hosts: run 'netns.sh up' first"
+    per=${RANKS_PER_HOST:-1}
+    hostfile=/run/radar-netns-hostfile
+    for ((k = 0; k < n; k++)); do echo "$NET.$((k + 1)) slots=$per"; done > "$hostfile"
+    self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+    root=()
+    [ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
+    # Out-of-band and data traffic both on the hosts' links (eth0 in each namespace).
+    ip netns exec "${PREFIX}0" unshare --uts sh -c 'hostname "$0" && exec "$@"' "${PREFIX}0" \
+      mpirun "${root[@]}" --oversubscribe --hostfile "$hostfile" --mca plm_rsh_agent "bash $self rsh" \
+        --mca btl tcp,self,vader --mca btl_tcp_if_include eth0 --mca oob_tcp_if_include eth0 -n "$((n * per))" "$@"
+    ;;
+  rsh)
+    # mpirun calls its agent as `AGENT [OPTIONS] HOST COMMAND...`.
+    while [[ "${1:-}" == -* ]]; do shift; done
+    host=${1:?usage: netns.sh rsh HOST CMD...}
+    shift
+    case "$host" in "$NET".*) ;; *) die "rsh: $host is not a simulated host's address ($NET.K)" ;; esac
+    k=$((${host##*.} - 1))
+    exec ip netns exec "$PREFIX$k" unshare --uts sh -c 'hostname "$0" && exec sh -c "$1"' "$PREFIX$k" "$*"
+    ;;
   cut)
     k=${1:?usage: netns.sh cut K}
     ip link set "rh${k}b" down
@@ -121,7 +152,7 @@ case "$cmd" in
     cat /run/radar-netns-shaping 2>/dev/null || echo none
     ;;
   *)
-    sed -n '2,20p' "$0" >&2
+    sed -n '2,29p' "$0" >&2
     exit 2
     ;;
 esac

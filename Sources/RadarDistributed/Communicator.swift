@@ -38,8 +38,8 @@ public protocol Communicator: AnyObject {
     func recv(_ buffer: UnsafeMutableRawPointer, bytes: Int, from: Int, tag: Int) throws
     /// Stops the whole job (every rank exits non-zero).
     func abort(_ code: Int32) -> Never
-    /// The two-level all-reduce every rank agreed to, made once (`TCPCommunicator.agreeOnHostGroups`);
-    /// nil: one ring.
+    /// The two-level all-reduce every rank agreed to, made once (`TCPCommunicator.agreeOnHostGroups`,
+    /// `MPIRuntime.agreeOnHostGroups`); nil: one ring.
     var twoLevels: HierarchicalAllReduce? { get }
 }
 
@@ -137,8 +137,9 @@ public struct RingAllReduce {
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: 2 * piece * w + (half ? piece * 2 : 0), alignment: 64)
         defer { scratch.deallocate() }
         let packed = (scratch + 2 * piece * w).assumingMemoryBound(to: UInt16.self)
-        // The helper thread only pays off when a segment travels in several pieces.
-        let reducer: PieceReducer? = maxSeg > piece ? PieceReducer() : nil
+        // The helper thread only pays off when a segment travels in several pieces, and only
+        // the reduce-scatter adds.
+        let reducer: PieceReducer? = maxSeg > piece && phases != .allGather ? PieceReducer() : nil
         defer { reducer?.finish() }
         /// The bytes to send for `n` values at `src`: the values themselves, or packed to bf16.
         func outgoing(_ src: UnsafeMutablePointer<Float>, _ n: Int) -> UnsafeRawPointer {
@@ -200,12 +201,12 @@ final class PieceReducer: @unchecked Sendable {
     private var pending: [(slot: Int, src: UnsafeMutableRawPointer, bf16: Bool, dst: UnsafeMutablePointer<Float>, n: Int, op: ReduceOp)] = []
     private var busy = [false, false]
     private var stopped = false
-    private var thread: Thread?
 
+    /// The thread holds the reducer until `finish` lets its loop end: with an unowned reference
+    /// a reducer finished before its thread first ran (a ring that made one and had nothing to
+    /// add) was freed under it, and the thread's first read crashed the process.
     init() {
-        let t = Thread { [unowned self] in self.loop() }
-        thread = t
-        t.start()
+        Thread { self.loop() }.start()
     }
 
     func add(slot: Int, from src: UnsafeMutableRawPointer, bf16: Bool, into dst: UnsafeMutablePointer<Float>, count n: Int, op: ReduceOp) {
@@ -297,7 +298,8 @@ final class SubCommunicator: Communicator {
 }
 
 /// All-reduce in two levels across H hosts of L ranks each (`Communicator.twoLevels`): a ring
-/// reduce-scatter among each host's ranks (through shared memory, the same-host links), then
+/// reduce-scatter among each host's ranks (through shared memory: the same-host links over TCP,
+/// MPI's own under mpirun), then
 /// for each segment an all-reduce among the H ranks that hold it, one per host (L rings of H,
 /// over the network, each on 1/L of the buffer), then a ring all-gather within each host. A
 /// host's network link carries 2 (H-1)/H of the buffer each way instead of the single ring's
@@ -322,11 +324,14 @@ public struct HierarchicalAllReduce {
         localIndex = index
     }
 
-    public func run(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp, tag: Int, wire: WireFormat) throws {
-        let inHost = RingAllReduce(communicator: local, wire: wire)
+    /// `chunkFloats`: the rings' piece size (`RingAllReduce.chunkFloats`).
+    public func run(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp, tag: Int, wire: WireFormat, chunkFloats: Int = 1 << 20) throws {
+        var inHost = RingAllReduce(communicator: local, wire: wire), across = RingAllReduce(communicator: cross, wire: wire)
+        inHost.chunkFloats = chunkFloats
+        across.chunkFloats = chunkFloats
         try inHost.run(buffer, count: count, op: op, tag: tag, phases: .reduceScatter)
         let mine = RingAllReduce.segment((localIndex + 1) % local.size, count: count, parts: local.size)
-        try RingAllReduce(communicator: cross, wire: wire).run(buffer + mine.lowerBound, count: mine.count, op: op, tag: tag)
+        try across.run(buffer + mine.lowerBound, count: mine.count, op: op, tag: tag)
         try inHost.run(buffer, count: count, op: op, tag: tag, phases: .allGather)
     }
 }

@@ -21,6 +21,9 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
     public var timeout: TimeInterval = 60
     public var step = 0
     private let world: MPI_Comm
+    /// The ranks by host where every rank agreed to reduce in two levels (`agreeOnHostGroups`).
+    public private(set) var hostGroups: [[Int]]?
+    public private(set) var twoLevels: HierarchicalAllReduce?
 
     /// Initialises MPI asking for `MPI_THREAD_SERIALIZED` (only one thread calls MPI at a time;
     /// the gradient thread of the distributed trainer needs no more).
@@ -90,6 +93,48 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
                 if spins > 1 << 20 { usleep(500) } else { sched_yield() }
             }
         }
+    }
+
+    /// This rank's host as the job's ranks tell hosts apart: `RADAR_HOST_NAME` where set (a
+    /// launcher's per-host environment, or tests that simulate hosts on one machine), else
+    /// `MPI_Get_processor_name` (the node's host name).
+    public static func hostName(_ env: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let name = env["RADAR_HOST_NAME"], !name.isEmpty { return name }
+        var buf = [CChar](repeating: 0, count: Int(MPI_MAX_PROCESSOR_NAME) + 1)
+        var length: Int32 = 0
+        guard MPI_Get_processor_name(&buf, &length) == radar_mpi_success() else { return ProcessInfo.processInfo.hostName }
+        return String(decoding: buf.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// As `TCPCommunicator.agreeOnHostGroups`, for an mpirun job: reduce in two levels
+    /// (`HierarchicalAllReduce`: the host's ranks through MPI's shared memory, one ring of hosts
+    /// per local index over the network) where the job spans at least 2 hosts with the same
+    /// number (at least 2) of ranks each, unless a rank refuses (`enabled` false:
+    /// `RADAR_HIERARCHICAL_ALLREDUCE=0`). The ranks exchange their host names (`hostName`; the
+    /// first 255 bytes) and agree by a MAX all-reduce of their refusals, so every rank builds the
+    /// same groups or none does. Returns the algorithm for the log.
+    @discardableResult
+    public func agreeOnHostGroups(enabled: Bool, hostName: String = MPIRuntime.hostName()) throws -> String {
+        guard size > 1 else { return allReduceAlgorithm }
+        var refused: Float = enabled ? 0 : 1
+        try allReduce(&refused, count: 1, op: .max, tensor: 6)
+        guard refused == 0 else { hostGroups = nil; twoLevels = nil; return allReduceAlgorithm }
+        var mine = Data(hostName.utf8.prefix(255))
+        mine.append(Data(count: 256 - mine.count))
+        let names = try allGather(mine).map { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        hostGroups = MPIRuntime.groups(names)
+        twoLevels = hostGroups.flatMap { HierarchicalAllReduce(communicator: self, groups: $0) }
+        return allReduceAlgorithm
+    }
+
+    /// Ranks grouped by host name (`names[r]` is rank r's), hosts in order of their first rank.
+    public static func groups(_ names: [String]) -> [[Int]] {
+        var order: [String] = [], byHost: [String: [Int]] = [:]
+        for (r, n) in names.enumerated() {
+            if byHost[n] == nil { order.append(n) }
+            byHost[n, default: []].append(r)
+        }
+        return order.map { byHost[$0]! }
     }
 
     /// In-place sum over all ranks (OpenMPI's own MPI_Allreduce).

@@ -54,6 +54,8 @@ struct RadarWorker: ParsableCommand {
             mpi.timeout = timeout
             FaultInjection.rank = mpi.rank
             do {
+                let algorithm = try mpi.agreeOnHostGroups(enabled: ProcessInfo.processInfo.environment["RADAR_HIERARCHICAL_ALLREDUCE"] != "0")
+                if mpi.rank == 0 && algorithm != "ring" { logLine("rank 0: all-reduce in \(algorithm) (RADAR_HIERARCHICAL_ALLREDUCE=0: one ring)") }
                 try train(mpi, client: try controlPlaneMPI(mpi))
                 mpi.finalize()
             } catch let p as Preemption.Preempted {

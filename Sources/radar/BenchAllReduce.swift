@@ -55,6 +55,7 @@ extension Bench {
             let mpi = try MPIRuntime()
             defer { mpi.finalize() }
             do {
+                try mpi.agreeOnHostGroups(enabled: ProcessInfo.processInfo.environment["RADAR_HIERARCHICAL_ALLREDUCE"] != "0")
                 if verify { try runVerify(mpi) } else { try runBench(mpi, mpi: mpi) }
             } catch {
                 logLine("rank \(mpi.rank): \(error)")
@@ -78,9 +79,14 @@ extension Bench {
                 defer { ours.deallocate(); theirs.deallocate() }
                 fill(ours, n, rank: mpi.rank, salt: n)
                 theirs.update(from: ours, count: n)
-                var ring = RingAllReduce(communicator: mpi, wire: gradDtype)
-                ring.chunkFloats = 1000  // many pieces per segment at these lengths
-                try ring.run(ours, count: n, op: .sum, tag: 11)
+                // Many pieces per segment at these lengths; in two levels where the ranks agreed to.
+                if let two = mpi.twoLevels {
+                    try two.run(ours, count: n, op: .sum, tag: 11, wire: gradDtype, chunkFloats: 1000)
+                } else {
+                    var ring = RingAllReduce(communicator: mpi, wire: gradDtype)
+                    ring.chunkFloats = 1000
+                    try ring.run(ours, count: n, op: .sum, tag: 11)
+                }
                 try mpi.allReduceSum(theirs, count: n)
                 // bf16: each of the p-1 forwarded partial sums and the result are rounded once
                 // (relative 2^-8 each, bf16 keeps 8 significant bits); the bound is on |difference| / (sum of |inputs|).
@@ -99,7 +105,7 @@ extension Bench {
                 if Set(all).count != 1 { identical = false }
             }
             if mpi.rank == 0 {
-                printJSON(["bench": "allreduce_verify", "ranks": p, "grad_dtype": gradDtype.rawValue, "lengths": lengths,
+                printJSON(["bench": "allreduce_verify", "ranks": p, "grad_dtype": gradDtype.rawValue, "lengths": lengths, "algorithm": mpi.allReduceAlgorithm,
                            "max_rel_diff_vs_mpi_allreduce": Double(worst),
                            "bit_identical_across_ranks": identical])
             }
@@ -185,6 +191,8 @@ extension Bench {
                     if transport == "tcp" && comm.size > 1 {
                         record["ring_links"] = comm.size
                         record["ring_links_shared_memory"] = Int(sharedLinks)
+                    }
+                    if comm.size > 1 {
                         record["algorithm"] = comm.allReduceAlgorithm
                         if let two = comm.twoLevels {
                             // Two levels: the host's ring on the buffer, then a ring of hosts on 1/L of it.

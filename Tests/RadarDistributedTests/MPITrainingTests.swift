@@ -18,12 +18,15 @@ final class MPITrainingTests: XCTestCase {
 
     /// mpirun with the given per-app argument lists (MPMD when several).
     func mpirun(_ apps: [(ranks: Int, program: String, args: [String])], timeout: TimeInterval = 240,
-                env extra: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
+                env extra: [String: String] = [:], appEnv: [[String: String]] = []) throws -> (status: Int32, out: String, err: String) {
         var argv = ["mpirun", "--oversubscribe"]
         if geteuid() == 0 { argv.append("--allow-run-as-root") }
         for (i, app) in apps.enumerated() {
             if i > 0 { argv.append(":") }
-            argv += ["-n", String(app.ranks), MPITrainingTests.products.appendingPathComponent(app.program).path] + app.args
+            argv += ["-n", String(app.ranks)]
+            // This app context's own environment (-x there applies to its ranks only).
+            for (k, v) in (i < appEnv.count ? appEnv[i] : [:]).sorted(by: { $0.key < $1.key }) { argv += ["-x", "\(k)=\(v)"] }
+            argv += [MPITrainingTests.products.appendingPathComponent(app.program).path] + app.args
         }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -128,6 +131,45 @@ final class MPITrainingTests: XCTestCase {
             XCTAssertLessThanOrEqual(d, Double(ranks) * 0x1p-8, "bf16, \(ranks) ranks")
             XCTAssertGreaterThan(d, 1e-4, "bf16, \(ranks) ranks: the sums were rounded")
         }
+    }
+
+    /// Ranks on several hosts (each app context its own `RADAR_HOST_NAME`, as a launcher on
+    /// several nodes gives them their node names) reduce in two levels: within each host, then one
+    /// ring of hosts per local index. Every rank ends with the same bits, within float round-off
+    /// of MPI_Allreduce (bf16 on the wire: within its roundings), training keeps replicas
+    /// identical; uneven hosts, or one rank with `RADAR_HIERARCHICAL_ALLREDUCE=0`, keep the ring.
+    func testRanksOnSeveralHostsReduceInTwoLevels() throws {
+        let hosts = [["RADAR_HOST_NAME": "pod-a"], ["RADAR_HOST_NAME": "pod-b"]]
+        for wire in ["fp32", "bf16"] {
+            let args = ["bench", "allreduce", "--verify", "--grad-dtype", wire]
+            let r = try mpirun([(2, "radar", args), (2, "radar", args)], appEnv: hosts)
+            XCTAssertEqual(r.status, 0, r.err)
+            let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any], r.out)
+            XCTAssertEqual(json["algorithm"] as? String, "2 levels: 2 hosts x 2 ranks", "\(json)")
+            XCTAssertEqual(json["bit_identical_across_ranks"] as? Bool, true, "\(wire): \(json)")
+            let d = try XCTUnwrap(json["max_rel_diff_vs_mpi_allreduce"] as? Double)
+            if wire == "fp32" { XCTAssertLessThanOrEqual(d, 1e-6) } else {
+                XCTAssertLessThanOrEqual(d, 4 * 0x1p-8)
+                XCTAssertGreaterThan(d, 1e-4, "the sums were rounded")
+            }
+        }
+        // Three ranks on one host and one on another, or a refusal: one ring.
+        let uneven = try mpirun([(3, "radar", ["bench", "allreduce", "--verify"]), (1, "radar", ["bench", "allreduce", "--verify"])], appEnv: hosts)
+        XCTAssertEqual(uneven.status, 0, uneven.err)
+        XCTAssertTrue(uneven.out.contains("\"algorithm\":\"ring\""), uneven.out)
+        var refusing = hosts
+        refusing[1]["RADAR_HIERARCHICAL_ALLREDUCE"] = "0"
+        let refused = try mpirun([(2, "radar", ["bench", "allreduce", "--verify"]), (2, "radar", ["bench", "allreduce", "--verify"])], appEnv: refusing)
+        XCTAssertEqual(refused.status, 0, refused.err)
+        XCTAssertTrue(refused.out.contains("\"algorithm\":\"ring\""), refused.out)
+        // Training: every rank's parameters identical after every step, rank 0 naming the algorithm.
+        let out = tmp("two-levels"), args = workerArgs(out, ["--verify-replicas", "--bucket-mb", "0"])
+        let t = try mpirun([(2, "radar-worker", args), (2, "radar-worker", args)], appEnv: hosts)
+        XCTAssertEqual(t.status, 0, t.err)
+        XCTAssertTrue(t.err.contains("all-reduce in 2 levels: 2 hosts x 2 ranks"), t.err)
+        let h = hashes(t.out)
+        XCTAssertEqual(h.count, 4, t.out)
+        XCTAssertEqual(Set(h).count, 1, "ranks disagree: \(h)")
     }
 
     /// --grad-dtype bf16: replicas stay bit-identical, the parameters differ from the fp32 run's

@@ -55,4 +55,45 @@ final class MultiHostTests: XCTestCase {
         XCTAssertTrue(log.contains("rank 2 lost") || log.contains("waiting for rank 2"), "the lost host's rank is named:\n\(log)")
         XCTAssertTrue(log.contains("(tbf)") || log.contains("(netem)"), "the links were shaped:\n\(log)")
     }
+
+    /// Two hosts of two ranks each (a pod's GPUs), as TCP ranks and under mpirun across the
+    /// namespaces (`netns.sh mpirun`: OpenMPI starts each host's ranks there through `netns.sh
+    /// rsh`, under the host's own name): both reduce in two levels, found from the ranks' host
+    /// names (`MPI_Get_processor_name` under mpirun), and no ring beats the shaped link.
+    func testHostsOfTwoRanksReduceInTwoLevelsOverTCPAndUnderMPI() throws {
+        XCTAssertEqual(geteuid(), 0, "the multi-host test creates network namespaces: run it as root (CI does)")
+        guard geteuid() == 0 else { return }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.currentDirectoryURL = MultiHostTests.repo
+        p.arguments = ["cluster/multihost.sh", "--bin", MPITrainingTests.products.path, "--hosts", "2", "--ranks-per-host", "2",
+                       "--rates", "1gbit", "--sizes", "4", "--mpi"]
+        var env = ProcessInfo.processInfo.environment
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let e = PipeReader(err)
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        _ = e.wait()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, e.text)
+        let records = String(decoding: o, as: UTF8.self).split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }.filter { $0["bench"] as? String == "allreduce" }
+        let kinds = records.map { "\($0["transport"] ?? "?") \($0["grad_dtype"] ?? "?")" }.sorted()
+        XCTAssertEqual(kinds, ["mpi bf16", "mpi fp32", "tcp bf16", "tcp fp32"], "\(records)\n\(e.text)")
+        for r in records {
+            XCTAssertEqual(r["algorithm"] as? String, "2 levels: 2 hosts x 2 ranks", "\(r)")
+            XCTAssertEqual(r["ranks"] as? Int, 4)
+            // Two levels send each host's link 2 (H-1)/H = 1 buffer, where the bus bandwidth
+            // counts 2 (N-1)/N = 1.5: at most 1.5 x the link's 0.125 GB/s (twice that for bf16).
+            let cap = 0.125 * 1.5 * (r["grad_dtype"] as? String == "bf16" ? 2 : 1) * 1.1
+            XCTAssertLessThan(r["ring_busbw_gbs"] as? Double ?? .infinity, cap, "\(r)")
+        }
+        XCTAssertTrue(records.contains { $0["transport"] as? String == "mpi" && ($0["mpi_allreduce_seconds"] as? Double ?? 0) > 0 },
+                      "MPI_Allreduce timed beside the ring: \(records)")
+    }
 }

@@ -1,6 +1,6 @@
 import Foundation
 import RadarCore
-import RadarDistributed
+@testable import RadarDistributed
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -79,7 +79,16 @@ final class SharedMemoryLinkTests: XCTestCase {
                     for twoLevels in [false, true] {
                         var buffer = (0..<count).map { SharedMemoryLinkTests.value(rank: c.rank, index: $0) }
                         try buffer.withUnsafeMutableBufferPointer {
-                            if twoLevels { try c.allReduce($0.baseAddress!, count: count, tensor: 9, wire: wire) } else { try ring.run($0.baseAddress!, count: count, op: .sum, tag: 9) }
+                            if twoLevels {
+                                // Small pieces, so both levels' rings run their helper threads.
+                                if let two = c.twoLevels {
+                                    try two.run($0.baseAddress!, count: count, op: .sum, tag: 9, wire: wire, chunkFloats: 10_000)
+                                } else {
+                                    try c.allReduce($0.baseAddress!, count: count, tensor: 9, wire: wire)
+                                }
+                            } else {
+                                try ring.run($0.baseAddress!, count: count, op: .sum, tag: 9)
+                            }
                         }
                         for i in 0..<count {
                             let expected = (0..<p).reduce(Float(0)) { $0 + SharedMemoryLinkTests.value(rank: $1, index: i) }
@@ -102,6 +111,25 @@ final class SharedMemoryLinkTests: XCTestCase {
             }
         }
         XCTAssertEqual(errors, [], file: file, line: line)
+    }
+
+    /// A ring that starts its helper thread and then adds nothing (the all-gather half of a
+    /// two-level all-reduce) finishes it at once: the reducer must outlive its thread's first look
+    /// at it (an unowned capture crashed the process here: "Attempted to read an unowned
+    /// reference but object ... was already destroyed"). Then one that adds, freed as it returns.
+    func testARingHelperFinishedBeforeItsThreadRanOutlivesIt() {
+        for _ in 0..<3000 { PieceReducer().finish() }
+        var dst = [Float](repeating: 1, count: 64), src = [Float](repeating: 2, count: 64)
+        for _ in 0..<500 {
+            let r = PieceReducer()
+            src.withUnsafeMutableBytes { s in
+                dst.withUnsafeMutableBufferPointer { d in
+                    r.add(slot: 0, from: s.baseAddress!, bf16: false, into: d.baseAddress!, count: 64, op: .sum)
+                    r.finish()
+                }
+            }
+        }
+        XCTAssertEqual(dst, [Float](repeating: 1001, count: 64))
     }
 
     func segmentsInDevShm() -> [String] {
