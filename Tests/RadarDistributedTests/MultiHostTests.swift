@@ -7,14 +7,13 @@ import XCTest
 final class MultiHostTests: XCTestCase {
     static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-    func testThreeHostsAt1GbitReduceTrainAndDetectAPartitionedHost() throws {
-        XCTAssertEqual(geteuid(), 0, "the multi-host test creates network namespaces: run it as root (CI does)")
-        guard geteuid() == 0 else { return }
+    /// `cluster/multihost.sh ARGS` with this build's programs: exit status, the JSON records it
+    /// printed, its log.
+    func multihost(_ args: [String]) throws -> (Int32, [[String: Any]], String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/bash")
         p.currentDirectoryURL = MultiHostTests.repo
-        p.arguments = ["cluster/multihost.sh", "--bin", MPITrainingTests.products.path, "--hosts", "3", "--rates", "1gbit", "--sizes", "4",
-                       "--data", MPITrainingTests.dataset, "--batch-size", "4", "--steps", "3", "--bucket-mb", "0", "--partition", "--timeout", "5"]
+        p.arguments = ["cluster/multihost.sh", "--bin", MPITrainingTests.products.path] + args
         var env = ProcessInfo.processInfo.environment
         env["OPENBLAS_NUM_THREADS"] = "1"
         p.environment = env
@@ -26,11 +25,18 @@ final class MultiHostTests: XCTestCase {
         let o = out.fileHandleForReading.readDataToEndOfFile()
         _ = e.wait()
         p.waitUntilExit()
-        let log = e.text
-        XCTAssertEqual(p.terminationStatus, 0, log)
         let records = String(decoding: o, as: UTF8.self).split(separator: "\n").compactMap {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
         }
+        return (p.terminationStatus, records, e.text)
+    }
+
+    func testThreeHostsAt1GbitReduceTrainAndDetectAPartitionedHost() throws {
+        XCTAssertEqual(geteuid(), 0, "the multi-host test creates network namespaces: run it as root (CI does)")
+        guard geteuid() == 0 else { return }
+        let (status, records, log) = try multihost(["--hosts", "3", "--rates", "1gbit", "--sizes", "4", "--data", MPITrainingTests.dataset,
+                                                   "--batch-size", "4", "--steps", "3", "--bucket-mb", "0", "--partition", "--timeout", "5"])
+        XCTAssertEqual(status, 0, log)
         print(records.map { "\($0)" }.joined(separator: "\n"))
         let reduce = records.filter { $0["bench"] as? String == "allreduce" }
         XCTAssertEqual(reduce.count, 2, "fp32 and bf16: \(records)")
@@ -63,28 +69,11 @@ final class MultiHostTests: XCTestCase {
     func testHostsOfTwoRanksReduceInTwoLevelsOverTCPAndUnderMPI() throws {
         XCTAssertEqual(geteuid(), 0, "the multi-host test creates network namespaces: run it as root (CI does)")
         guard geteuid() == 0 else { return }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/bash")
-        p.currentDirectoryURL = MultiHostTests.repo
-        p.arguments = ["cluster/multihost.sh", "--bin", MPITrainingTests.products.path, "--hosts", "2", "--ranks-per-host", "2",
-                       "--rates", "1gbit", "--sizes", "4", "--mpi"]
-        var env = ProcessInfo.processInfo.environment
-        env["OPENBLAS_NUM_THREADS"] = "1"
-        p.environment = env
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let e = PipeReader(err)
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        _ = e.wait()
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, e.text)
-        let records = String(decoding: o, as: UTF8.self).split(separator: "\n").compactMap {
-            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
-        }.filter { $0["bench"] as? String == "allreduce" }
+        let (status, all, log) = try multihost(["--hosts", "2", "--ranks-per-host", "2", "--rates", "1gbit", "--sizes", "4", "--mpi"])
+        XCTAssertEqual(status, 0, log)
+        let records = all.filter { $0["bench"] as? String == "allreduce" }
         let kinds = records.map { "\($0["transport"] ?? "?") \($0["grad_dtype"] ?? "?")" }.sorted()
-        XCTAssertEqual(kinds, ["mpi bf16", "mpi fp32", "tcp bf16", "tcp fp32"], "\(records)\n\(e.text)")
+        XCTAssertEqual(kinds, ["mpi bf16", "mpi fp32", "tcp bf16", "tcp fp32"], "\(records)\n\(log)")
         for r in records {
             XCTAssertEqual(r["algorithm"] as? String, "2 levels: 2 hosts x 2 ranks", "\(r)")
             XCTAssertEqual(r["ranks"] as? Int, 4)
