@@ -73,8 +73,8 @@ elif kind == "train":
 PY
 }
 
-worker_args() {  # $1 output dir, $2 epochs, $3 steps per epoch
-  echo --transport tcp --data "$data" --output "$1" --experiment e --config "$config" --batch-size "$batch" \
+worker_args() {  # $1 output dir, $2 epochs, $3 steps per epoch, [$4 transport: tcp]
+  echo --transport "${4:-tcp}" --data "$data" --output "$1" --experiment e --config "$config" --batch-size "$batch" \
     --num-epochs "$2" --max-steps-per-epoch "$3" --accumulation-steps 1 --threads "$threads" --timeout "$timeout" \
     --heartbeat-deadline "$timeout" --bucket-mb "$bucket"
 }
@@ -107,7 +107,17 @@ for rate in "${rate_list[@]}"; do
     if [ "$(cat "$work/train-$rate/rank0.rc")" != 0 ]; then
       echo "cluster/multihost.sh: training at $rate failed:" >&2; cat "$work/train-$rate"/rank*.err >&2; failed=1
     else
-      report train "$work/train-$rate/out/e/metrics.jsonl" "{\"link\": \"$rate\", \"hosts\": $hosts, \"config\": \"$config\", \"batch_size\": $batch, \"bucket_mb\": $bucket, \"shaping\": \"$shaping\"}"
+      report train "$work/train-$rate/out/e/metrics.jsonl" "{\"link\": \"$rate\", \"hosts\": $hosts, \"config\": \"$config\", \"batch_size\": $batch, \"bucket_mb\": $bucket, \"shaping\": \"$shaping\", \"transport\": \"tcp\"}"
+    fi
+    if [ "$mpi" = 1 ]; then
+      # The same run under mpirun across the hosts (the coordinator reached at rank 0's address).
+      # shellcheck disable=SC2046
+      if bash cluster/netns.sh mpirun -x OPENBLAS_NUM_THREADS "$bin/radar-worker" $(worker_args "$work/mpi-train-$rate/out" 1 "$steps" mpi) \
+          > "$work/mpi-train-$rate.out" 2> "$work/mpi-train-$rate.err"; then
+        report train "$work/mpi-train-$rate/out/e/metrics.jsonl" "{\"link\": \"$rate\", \"hosts\": $hosts, \"config\": \"$config\", \"batch_size\": $batch, \"bucket_mb\": $bucket, \"shaping\": \"$shaping\", \"transport\": \"mpi\"}"
+      else
+        echo "cluster/multihost.sh: training under mpirun at $rate failed:" >&2; cat "$work/mpi-train-$rate.err" >&2; failed=1
+      fi
     fi
   fi
   bash cluster/netns.sh down

@@ -118,13 +118,18 @@ struct RadarWorker: ParsableCommand {
 
     static var server: CoordinatorServer?
 
-    /// MPI: rank 0 runs the coordinator unless one is given; its address and a fresh job token
-    /// travel over MPI (a trusted channel), then every rank logs in and starts heartbeats.
+    /// MPI: rank 0 runs the coordinator unless one is given; its port, a fresh job token, its
+    /// host name and its machine's addresses travel over MPI (a trusted channel), then every rank
+    /// logs in and starts heartbeats: ranks on rank 0's host over loopback, the others at rank
+    /// 0's addresses, those on a subnet of their own first (`Sockets.reachableFirst`).
     func controlPlaneMPI(_ comm: MPIRuntime) throws -> CoordinatorClient {
         var token = try job.token() ?? Data()
-        var host = "127.0.0.1", port = 0
-        if let c = job.coordinator { (host, port) = try split(c) } else {
-            var buf = [UInt8](repeating: 0, count: 128)
+        var hosts = ["127.0.0.1"], port = 0
+        if let c = job.coordinator {
+            let (host, p) = try split(c)
+            (hosts, port) = ([host], p)
+        } else {
+            var buf = [UInt8](repeating: 0, count: 4096)
             if comm.rank == 0 {
                 let t = HMACSHA256.randomHex()
                 let s = try CoordinatorServer(port: 0, worldSize: comm.size, token: Data(t.utf8))
@@ -132,16 +137,24 @@ struct RadarWorker: ParsableCommand {
                 s.rendezvousDeadline = rendezvousTimeout
                 s.log = logLine
                 RadarWorker.server = s
-                let text = "\(s.port) \(t)"
-                for (i, b) in text.utf8.enumerated() { buf[i] = b }
+                let text = CoordinatorAnnouncement(port: s.port, token: t, hostName: MPIRuntime.hostName()).encoded
+                for (i, b) in text.utf8.prefix(buf.count - 1).enumerated() { buf[i] = b }
             }
-            try buf.withUnsafeMutableBytes { try comm.broadcast($0.baseAddress!, bytes: 128) }
-            let parts = String(decoding: buf.prefix { $0 != 0 }, as: UTF8.self).split(separator: " ")
-            port = Int(parts[0])!
-            token = Data(parts[1].utf8)
+            try buf.withUnsafeMutableBytes { try comm.broadcast($0.baseAddress!, bytes: 4096) }
+            guard let a = CoordinatorAnnouncement(encoded: String(decoding: buf.prefix { $0 != 0 }, as: UTF8.self)) else {
+                throw CommunicationError(rank: comm.rank, peer: 0, reason: "rank 0's coordinator announcement is malformed")
+            }
+            port = a.port
+            token = Data(a.token.utf8)
+            if comm.rank != 0 { hosts = a.hosts(from: MPIRuntime.hostName()) }
         }
-        let client = try CoordinatorClient(host: host, port: port, token: token, rank: comm.rank, worldSize: comm.size, dataHost: "", dataPort: 0,
+        let client: CoordinatorClient
+        do {
+            client = try CoordinatorClient(hosts: hosts, port: port, token: token, rank: comm.rank, worldSize: comm.size, dataHost: "", dataPort: 0,
                                            timeout: timeout, rendezvousTimeout: rendezvousTimeout)
+        } catch where job.coordinator == nil && !(error is CommunicationError) {
+            throw CommunicationError(rank: comm.rank, peer: 0, reason: "rank 0's coordinator: \(error) (give --coordinator HOST:PORT where rank 0's address is another)")
+        }
         client.start()
         RadarWorker.client = client
         return client

@@ -65,11 +65,13 @@ final class MultiHostTests: XCTestCase {
     /// Two hosts of two ranks each (a pod's GPUs), as TCP ranks and under mpirun across the
     /// namespaces (`netns.sh mpirun`: OpenMPI starts each host's ranks there through `netns.sh
     /// rsh`, under the host's own name): both reduce in two levels, found from the ranks' host
-    /// names (`MPI_Get_processor_name` under mpirun), and no ring beats the shaped link.
-    func testHostsOfTwoRanksReduceInTwoLevelsOverTCPAndUnderMPI() throws {
+    /// names (`MPI_Get_processor_name` under mpirun), and no ring beats the shaped link; a short
+    /// training run trains both ways.
+    func testHostsOfTwoRanksReduceInTwoLevelsAndTrainOverTCPAndUnderMPI() throws {
         XCTAssertEqual(geteuid(), 0, "the multi-host test creates network namespaces: run it as root (CI does)")
         guard geteuid() == 0 else { return }
-        let (status, all, log) = try multihost(["--hosts", "2", "--ranks-per-host", "2", "--rates", "1gbit", "--sizes", "4", "--mpi"])
+        let (status, all, log) = try multihost(["--hosts", "2", "--ranks-per-host", "2", "--rates", "1gbit", "--sizes", "4", "--mpi",
+                                                "--data", MPITrainingTests.dataset, "--batch-size", "4", "--steps", "3", "--bucket-mb", "0"])
         XCTAssertEqual(status, 0, log)
         let records = all.filter { $0["bench"] as? String == "allreduce" }
         let kinds = records.map { "\($0["transport"] ?? "?") \($0["grad_dtype"] ?? "?")" }.sorted()
@@ -84,5 +86,11 @@ final class MultiHostTests: XCTestCase {
         }
         XCTAssertTrue(records.contains { $0["transport"] as? String == "mpi" && ($0["mpi_allreduce_seconds"] as? Double ?? 0) > 0 },
                       "MPI_Allreduce timed beside the ring: \(records)")
+        // A short training run both ways; under mpirun the ranks of the second host reach rank
+        // 0's coordinator at its address (at 127.0.0.1 they found their own machine and the
+        // rendezvous ended with "ranks 2, 3 never registered").
+        let train = all.filter { $0["bench"] as? String == "multihost_train" }
+        XCTAssertEqual(train.compactMap { $0["transport"] as? String }.sorted(), ["mpi", "tcp"], "\(all)\n\(log)")
+        for t in train { XCTAssertGreaterThan(t["allreduce_seconds"] as? Double ?? 0, 0, "\(t)") }
     }
 }

@@ -9,6 +9,8 @@ import Glibc
 /// message naming the lost rank.
 public final class CoordinatorClient: @unchecked Sendable {
     public let rank: Int
+    /// The coordinator's address this rank reached.
+    public let coordinatorHost: String
     private let fd: Int32
     private let lock = NSLock()
     public private(set) var peers: [TCPCommunicator.Peer] = []
@@ -24,11 +26,19 @@ public final class CoordinatorClient: @unchecked Sendable {
     /// Logs in and waits for the peer table, sending heartbeats while it waits (the last rank
     /// may start minutes later). `dataPort` is this rank's TCP data listener (0 with MPI);
     /// `timeout` bounds the connection and login, `rendezvousTimeout` the wait for the others.
-    public init(host: String, port: Int, token: Data, rank: Int, worldSize: Int? = nil, dataHost: String, dataPort: Int,
+    public convenience init(host: String, port: Int, token: Data, rank: Int, worldSize: Int? = nil, dataHost: String, dataPort: Int,
+                            timeout: TimeInterval, rendezvousTimeout: TimeInterval = 600) throws {
+        try self.init(hosts: [host], port: port, token: token, rank: rank, worldSize: worldSize, dataHost: dataHost, dataPort: dataPort,
+                      timeout: timeout, rendezvousTimeout: rendezvousTimeout)
+    }
+
+    /// As above, with the coordinator at the first of `hosts` (its machine's addresses, tried in
+    /// turn) that takes the connection; `coordinatorHost` says which.
+    public init(hosts: [String], port: Int, token: Data, rank: Int, worldSize: Int? = nil, dataHost: String, dataPort: Int,
                 timeout: TimeInterval, rendezvousTimeout: TimeInterval = 600) throws {
         self.rank = rank
         let deadline = Date().addingTimeInterval(timeout)
-        fd = try Sockets.connect(host: host, port: port, deadline: deadline)
+        (fd, coordinatorHost) = try Sockets.connect(hosts: hosts, port: port, deadline: deadline)
         do {
             let (kind, challenge) = try Wire.receive(fd, deadline: deadline)
             guard kind == .challenge, let nonce = challenge["nonce"] as? String else { throw Wire.ProtocolError(reason: "expected a challenge") }
@@ -62,7 +72,7 @@ public final class CoordinatorClient: @unchecked Sendable {
             manifestHash = msg["manifest"] as? String ?? ""
         } catch let e as CommunicationError { close(fd); throw e } catch {
             close(fd)
-            throw CommunicationError(rank: rank, peer: nil, reason: "coordinator at \(host):\(port): \(error)")
+            throw CommunicationError(rank: rank, peer: nil, reason: "coordinator at \(coordinatorHost):\(port): \(error)")
         }
     }
 
