@@ -340,6 +340,32 @@ final class MPITrainingTests: XCTestCase {
         XCTAssertEqual(st.dataPosition, 6)
     }
 
+    /// Each rank reads the checkpoint from its own file system: a rank that cannot see rank 0's
+    /// (here its own --output, as a host without the shared folder) would start afresh while
+    /// rank 0 resumed. The ranks compare their starting states and stop at once, naming each
+    /// rank's, where they waited on mismatched collectives until a timeout; the checkpoint is
+    /// left as it was.
+    func testRanksThatWouldStartFromDifferentStatesStopNamingEach() throws {
+        let seen = tmp("seen"), unseen = tmp("unseen")
+        let args = ["--num-epochs", "2", "--max-steps-per-epoch", "2"]
+        let first = try mpirun([(2, "radar-worker", workerArgs(seen) + args)])
+        XCTAssertEqual(first.status, 0, first.err)
+        let checkpoint = seen + "/e/last.safetensors.lz4"
+        let before = try Data(contentsOf: URL(fileURLWithPath: checkpoint))
+        let t0 = Date()
+        let r = try mpirun([(1, "radar-worker", workerArgs(seen) + args + ["--resume", "auto"]),
+                            (1, "radar-worker", workerArgs(unseen) + args + ["--resume", "auto"])])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 15, "stopped at the start, not at the 20 s timeout")
+        XCTAssertTrue(r.err.contains("the ranks would start from different states"), r.err)
+        XCTAssertTrue(r.err.contains("rank 0: resumed at optimizer step 4") && r.err.contains("rank 1: started afresh"), r.err)
+        XCTAssertTrue(r.err.contains("found no checkpoint at \(unseen)/e/last.safetensors.lz4"), r.err)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: checkpoint)), before, "the checkpoint is untouched")
+        // Both seeing it: the same state, and the run goes on.
+        let both = try mpirun([(2, "radar-worker", workerArgs(seen) + args + ["--resume", "auto"])])
+        XCTAssertEqual(both.status, 0, both.err)
+    }
+
     func testTwoRankResumeIsBitIdentical() throws {
         try assertTwoRankResumeIsBitIdentical { out in workerArgs(out) }
     }

@@ -422,6 +422,36 @@ public final class TrainingRun {
         return BestWeights(values: tmp.downloadValues(), buffers: tmp.downloadBuffers())
     }
 
+    /// Every replica must start from the same state: each rank reads the checkpoint it resumes
+    /// from (and the best weights beside it) from its own file system, so a rank on a host that
+    /// cannot see rank 0's files (`--resume auto` finding nothing there, or another copy) would
+    /// start elsewhere and the job would diverge or wait on mismatched collectives until a
+    /// timeout. The ranks gather (resumed, optimizer step, epoch, data position, parameter hash,
+    /// best weights' hash) and stop, each naming every rank's state, where any differs.
+    func agreeOnStartingState(_ resumed: Checkpoint.State?, best: BestWeights?) throws {
+        guard parallel.worldSize > 1 else { return }
+        let params = ctx.params.contentHash()
+        var b = FNV1a()
+        if let best { for v in best.values { b.mix(v.bitPattern) }; for v in best.buffers { b.mix(v.bitPattern) } }
+        let bestHash = best == nil ? 0 : b.value
+        let words: [UInt32] = [resumed == nil ? 0 : 1, UInt32(truncatingIfNeeded: resumed?.optimizerStep ?? 0),
+                               UInt32(truncatingIfNeeded: resumed?.epoch ?? 0), UInt32(truncatingIfNeeded: resumed?.dataPosition ?? 0),
+                               UInt32(truncatingIfNeeded: params), UInt32(truncatingIfNeeded: params >> 32),
+                               UInt32(truncatingIfNeeded: bestHash), UInt32(truncatingIfNeeded: bestHash >> 32)]
+        // Bit patterns travel as floats (`gather` copies bytes), compared as bits.
+        let all = try parallel.gather(words.map { Float(bitPattern: $0) }).map { $0.map(\.bitPattern) }
+        guard Set(all).count > 1 else { return }
+        func state(_ w: [UInt32]) -> String {
+            let hash = String(UInt64(w[5]) << 32 | UInt64(w[4]), radix: 16)
+            let bestText = w[6] == 0 && w[7] == 0 ? "no best weights" : "best weights fnv1a \(String(UInt64(w[7]) << 32 | UInt64(w[6]), radix: 16))"
+            return (w[0] == 0 ? "started afresh" : "resumed at optimizer step \(w[1]), epoch \(w[2] + 1), data position \(w[3])")
+                + ", parameters fnv1a \(hash), \(bestText)"
+        }
+        let states = all.enumerated().map { "rank \($0.offset): \(state($0.element))" }.joined(separator: "; ")
+        let mine = resumedPath.map { "read \($0)" } ?? "found no checkpoint" + (options.resume == "auto" ? " at \(lastPath)" : "")
+        throw Checkpoint.CheckpointError(path: resumedPath ?? lastPath, reason: "the ranks would start from different states (this rank \(mine)): \(states); every rank must read the same checkpoint and best weights: a --output every host sees (a shared file system), or the experiment folder copied to each host")
+    }
+
     /// metrics.jsonl, appended line by line (rank 0 only).
     final class StepLog {
         let handle: FileHandle?
@@ -798,6 +828,7 @@ public final class TrainingRun {
                                 say: log)
         var position = startingPosition(resumed)
         var best = resumed != nil ? loadBestWeights(resumedFrom: resumedPath) : nil
+        try agreeOnStartingState(resumed, best: best)
         // Resumed from another run's checkpoint into this folder: that checkpoint is this
         // folder's last until the run writes its own (a finished run resumed here wrote none,
         // and --resume auto on this folder found nothing).
