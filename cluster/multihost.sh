@@ -79,6 +79,15 @@ worker_args() {  # $1 output dir, $2 epochs, $3 steps per epoch, [$4 transport: 
     --heartbeat-deadline "$timeout" --bucket-mb "$bucket"
 }
 
+# PIDs of radar-worker processes whose --output is $1 (a run's own folder).
+ranks_running() {
+  local p
+  for p in $(pgrep -x radar-worker || true); do
+    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "--output $1 " && echo "$p"
+  done
+  return 0
+}
+
 IFS=, read -r -a rate_list <<< "$rates"
 for rate in "${rate_list[@]}"; do
   bash cluster/netns.sh up "$hosts" "$rate" $delay >&2
@@ -127,33 +136,79 @@ if [ "$partition" = 1 ]; then
   [ -n "$data" ] || { echo "cluster/multihost.sh: --partition needs --data" >&2; exit 2; }
   [ "${RANKS_PER_HOST:-1}" = 1 ] || { echo "cluster/multihost.sh: --partition takes one rank a host" >&2; exit 2; }
   victim=$((hosts - 1))
-  bash cluster/netns.sh up "$hosts" "${rate_list[0]}" $delay >&2
-  port=$((port + 1))
-  dir=$work/partition
-  # shellcheck disable=SC2046
-  bash cluster/netns.sh ranks "$dir" "$port" "$bin/radar-worker" $(worker_args "$dir/out" 50 0) &
-  ranks_pid=$!
-  for _ in $(seq 1 600); do grep -q '"step"' "$dir/out/e/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
-  grep -q '"step"' "$dir/out/e/metrics.jsonl" 2>/dev/null || { echo "cluster/multihost.sh: partition run never trained" >&2; failed=1; exit 1; }
-  t0=$(date +%s.%N)
-  bash cluster/netns.sh cut "$victim"
-  wait "$ranks_pid" || true
-  t1=$(date +%s.%N)
-  python3 - "$dir" "$hosts" "$victim" "$t0" "$t1" "$timeout" <<'PY' || failed=1
-import json, sys
-d, n, victim, t0, t1, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
-rcs = [int(open(f"{d}/rank{k}.rc").read()) for k in range(n)]
-errs = [open(f"{d}/rank{k}.err").read() for k in range(n)]
-named = [k for k in range(n) if k != victim and (f"rank {victim} lost" in errs[k] or f"waiting for rank {victim}" in errs[k]
-                                                or f"connection to rank {victim} lost" in errs[k])]
-ok = all(rc != 0 for rc in rcs) and len(named) > 0 and t1 - t0 < 3 * timeout
-print(json.dumps({"bench": "multihost_partition", "hosts": n, "cut_rank": victim, "seconds_to_end": round(t1 - t0, 2),
-                  "deadline_seconds": 3 * timeout, "exit_statuses": rcs, "ranks_naming_it": named, "ok": ok}, sort_keys=True))
-for k in range(n):
-    last = [l for l in errs[k].splitlines() if l.strip()][-1:] or ["(nothing)"]
-    print(f"rank {k} (exit {rcs[k]}): {last[0]}", file=sys.stderr)
+  transports=tcp
+  [ "$mpi" = 1 ] && transports="tcp mpi"
+  for transport in $transports; do
+    bash cluster/netns.sh up "$hosts" "${rate_list[0]}" $delay >&2
+    dir=$work/partition-$transport
+    mkdir -p "$dir"
+    if [ "$transport" = tcp ]; then
+      port=$((port + 1))
+      # shellcheck disable=SC2046
+      bash cluster/netns.sh ranks "$dir" "$port" "$bin/radar-worker" $(worker_args "$dir/out" 50 0) &
+    else
+      # One mpirun; each rank's stderr that reaches it lands in mpirun.err. Its ranks are found
+      # by their --output (only this run's), in every namespace; its daemons are the new ones.
+      orteds=$(pgrep -x orted || true)
+      # shellcheck disable=SC2046
+      setsid bash cluster/netns.sh mpirun -x OPENBLAS_NUM_THREADS "$bin/radar-worker" $(worker_args "$dir/out" 50 0 mpi) \
+        > "$dir/mpirun.out" 2> "$dir/mpirun.err" &
+    fi
+    launcher=$!
+    for _ in $(seq 1 600); do grep -q '"step"' "$dir/out/e/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
+    if ! grep -q '"step"' "$dir/out/e/metrics.jsonl" 2>/dev/null; then
+      echo "cluster/multihost.sh: partition run ($transport) never trained" >&2
+      kill -KILL -- -"$launcher" 2>/dev/null || kill -KILL "$launcher" 2>/dev/null || true
+      failed=1
+      exit 1
+    fi
+    t0=$(date +%s.%N)
+    bash cluster/netns.sh cut "$victim"
+    launcher_up=false
+    if [ "$transport" = tcp ]; then
+      wait "$launcher" || true
+      t1=$(date +%s.%N)
+    else
+      # Every rank ends by itself; mpirun then waits for the cut host's daemon, which it cannot
+      # reach (OpenMPI's runtime has no daemon timeout): say so, and end it and its daemons.
+      for _ in $(seq 1 $((30 * timeout))); do [ -z "$(ranks_running "$dir/out")" ] && break; sleep 0.1; done
+      t1=$(date +%s.%N)
+      ranks_running "$dir/out" | wc -l > "$dir/running"
+      if kill -0 "$launcher" 2>/dev/null; then
+        launcher_up=true
+        kill -KILL -- -"$launcher" 2>/dev/null || true
+      fi
+      wait "$launcher" 2>/dev/null || true
+      for p in $(pgrep -x orted); do grep -qx "$p" <<< "$orteds" || kill -KILL "$p" 2>/dev/null || true; done
+    fi
+    python3 - "$dir" "$hosts" "$victim" "$t0" "$t1" "$timeout" "$transport" "$launcher_up" <<'PY' || failed=1
+import json, os, sys
+d, n, victim, t0, t1, timeout, transport, launcher_up = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), sys.argv[7], sys.argv[8] == "true"
+def names(text):
+    return f"rank {victim} lost" in text or f"waiting for rank {victim}" in text or f"connection to rank {victim} lost" in text
+if transport == "tcp":
+    rcs = [int(open(f"{d}/rank{k}.rc").read()) for k in range(n)]
+    errs = [open(f"{d}/rank{k}.err").read() for k in range(n)]
+    named = [k for k in range(n) if k != victim and names(errs[k])]
+    ok = all(rc != 0 for rc in rcs) and len(named) > 0 and t1 - t0 < 3 * timeout
+    record = {"exit_statuses": rcs, "ranks_naming_it": named}
+else:
+    # The ranks' own ending is what is checked: none left once the deadline passed.
+    err = open(f"{d}/mpirun.err").read()
+    running = int(open(f"{d}/running").read())
+    named = [k for k in range(n) if k != victim and any(f"radar-worker rank {k}:" in l and names(l) for l in err.splitlines())]
+    ok = running == 0 and names(err) and t1 - t0 < 3 * timeout
+    record = {"ranks_left_running": running, "ranks_naming_it": named, "mpirun_waited_for_the_cut_host": launcher_up}
+    errs = [err]
+record.update({"bench": "multihost_partition", "transport": transport, "hosts": n, "cut_rank": victim, "seconds_to_end": round(t1 - t0, 2),
+               "deadline_seconds": 3 * timeout, "ok": ok})
+print(json.dumps(record, sort_keys=True))
+for k, e in enumerate(errs):
+    lines = [l for l in e.splitlines() if "radar-worker" in l or "rank" in l][-3:] or ["(nothing)"]
+    for l in lines: print(f"{transport} {'rank ' + str(k) if transport == 'tcp' else 'mpirun'}: {l}", file=sys.stderr)
 sys.exit(0 if ok else 1)
 PY
-  bash cluster/netns.sh down
+    bash cluster/netns.sh down
+  done
 fi
 exit $failed
