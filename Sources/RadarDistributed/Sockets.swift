@@ -4,7 +4,7 @@ import Glibc
 #endif
 
 /// Thin POSIX socket helpers shared by the TCP transport and the coordinator.
-public enum Sockets {
+enum Sockets {
     struct SocketError: Error, CustomStringConvertible {
         let reason: String
         var description: String { reason }
@@ -107,7 +107,7 @@ public enum Sockets {
 
     /// This machine's IPv4 interface addresses that are up, loopback left out: (dotted address,
     /// address and netmask in host order), in the order the kernel lists them.
-    public static func interfaceAddresses() -> [(text: String, address: UInt32, netmask: UInt32)] {
+    static func interfaceAddresses() -> [(text: String, address: UInt32, netmask: UInt32)] {
         var list: UnsafeMutablePointer<ifaddrs>?
         guard getifaddrs(&list) == 0 else { return [] }
         defer { freeifaddrs(list) }
@@ -128,8 +128,10 @@ public enum Sockets {
 
     /// `candidates` (dotted IPv4 addresses of another machine) in the order to try them from
     /// this one: those on a subnet of one of `mine` first, then the rest, each group in its
-    /// given order.
-    public static func reachableFirst(_ candidates: [String], mine: [(text: String, address: UInt32, netmask: UInt32)]) -> [String] {
+    /// given order; an address that is one of `mine` (a bridge every host has, docker0's
+    /// 172.17.0.1) names this machine, not the other, and is left out.
+    static func reachableFirst(_ candidates: [String], mine: [(text: String, address: UInt32, netmask: UInt32)]) -> [String] {
+        let candidates = candidates.filter { c in !mine.contains { $0.text == c } }
         func onMySubnet(_ c: String) -> Bool {
             var a = in_addr()
             guard inet_pton(AF_INET, c, &a) == 1 else { return false }

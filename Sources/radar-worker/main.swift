@@ -121,7 +121,7 @@ struct RadarWorker: ParsableCommand {
     /// MPI: rank 0 runs the coordinator unless one is given; its port, a fresh job token, its
     /// host name and its machine's addresses travel over MPI (a trusted channel), then every rank
     /// logs in and starts heartbeats: ranks on rank 0's host over loopback, the others at rank
-    /// 0's addresses, those on a subnet of their own first (`Sockets.reachableFirst`).
+    /// 0's addresses, those on a subnet of their own first (`CoordinatorAnnouncement`).
     func controlPlaneMPI(_ comm: MPIRuntime) throws -> CoordinatorClient {
         var token = try job.token() ?? Data()
         var hosts = ["127.0.0.1"], port = 0

@@ -37,8 +37,12 @@ public struct CoordinatorAnnouncement: Equatable {
     }
 
     /// Where a rank on host `myHost` tries to reach the coordinator, in order.
-    public func hosts(from myHost: String, mine: [(text: String, address: UInt32, netmask: UInt32)] = Sockets.interfaceAddresses()) -> [String] {
-        guard myHost != hostName, !addresses.isEmpty else { return ["127.0.0.1"] }
-        return Sockets.reachableFirst(addresses, mine: mine)
+    public func hosts(from myHost: String) -> [String] { hosts(from: myHost, mine: Sockets.interfaceAddresses()) }
+
+    /// The same, given this machine's interfaces (dotted address, address and netmask in host order).
+    func hosts(from myHost: String, mine: [(text: String, address: UInt32, netmask: UInt32)]) -> [String] {
+        guard myHost != hostName else { return ["127.0.0.1"] }
+        let order = Sockets.reachableFirst(addresses, mine: mine)
+        return order.isEmpty ? ["127.0.0.1"] : order
     }
 }
