@@ -170,6 +170,24 @@ final class CheckpointTests: XCTestCase {
         return o
     }
 
+    /// A run that stops mid-epoch (a stop request, `stopAfterSteps`) stops its loader: its
+    /// workers, waiting for room in the queue, held it and stayed blocked for the life of the
+    /// process (threads and up to four batches each epoch left early).
+    func testAnEpochLeftEarlyLeavesNoLoaderWorkerBehind() throws {
+        let data = try makeRunData()
+        func threads() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1 }
+        var o = options(data, temporaryDirectory("early-warm"), stop: 1)
+        o.loaderThreads = 3
+        _ = try TrainingRun(options: o).run()  // thread pools that stay (BLAS, the device) start here
+        usleep(200_000)
+        let before = threads()
+        o.output = temporaryDirectory("early")
+        _ = try TrainingRun(options: o).run()
+        usleep(200_000)
+        XCTAssertGreaterThan(before, 0)
+        XCTAssertLessThanOrEqual(threads(), before, "loader workers left blocked after the run stopped mid-epoch")
+    }
+
     func testResumingGivesBitIdenticalParameters() throws {
         let data = try makeRunData()
         let straight = temporaryDirectory("straight"), split = temporaryDirectory("split")

@@ -149,12 +149,13 @@ public final class StreamingLoader: @unchecked Sendable {
         self.epoch = epoch
         self.depth = max(1, depth)
         batchCount = dropLast ? refs.count / batchSize : (refs.count + batchSize - 1) / batchSize
-        // No batches, no workers: a worker first scheduled while an empty loader is already being
-        // released would touch a deinitialising object (a run resumed exactly at an epoch's end).
+        // No batches, no workers. Each worker holds the loader until it returns (with an unowned
+        // reference, one first scheduled while the loader was already being released touched a
+        // deinitialising object), so an owner that leaves before the last batch calls `stop`.
         let workerCount = batchCount == 0 ? 0 : max(1, threads)
         running = workerCount
         for _ in 0..<workerCount {
-            let t = Thread { [unowned self] in self.work() }
+            let t = Thread { self.work() }
             t.stackSize = 1 << 22
             workers.append(t)
             t.start()
@@ -163,7 +164,8 @@ public final class StreamingLoader: @unchecked Sendable {
 
     deinit { stop() }
 
-    /// Stops the workers (also done when the loader is released).
+    /// Stops the workers and waits for them to return; an owner that stops taking batches before
+    /// the last calls it (workers waiting for room in the queue hold the loader until then).
     public func stop() {
         cond.lock()
         stopped = true

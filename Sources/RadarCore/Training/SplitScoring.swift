@@ -31,6 +31,7 @@ public struct SplitScoring {
         let input = self.input ?? owned!.tensor
         let loader = StreamingLoader(set: set, refs: refs, batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,
                                      augment: false, seed: seed, epoch: 0, threads: loaderThreads, dropLast: false, perturbation: perturbation)
+        defer { loader.stop() }  // left early (an abort): no worker left waiting
         let bar = progress.map { ProgressReporter($0, total: loader.batchCount, unit: "batch") }
         var rows: [Row] = []
         rows.reserveCapacity(refs.count)

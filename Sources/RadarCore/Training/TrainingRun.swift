@@ -541,7 +541,10 @@ public final class TrainingRun {
         loader.maxBadSamples = options.maxBadSamples >= 0 ? options.maxBadSamples : max(10, set.refs(.train).count / 1000)
         let rank = options.rank, log = self.log
         loader.onBadSample = { key, reason in log("rank \(rank): skipped unreadable sample \(key): \(reason)") }
-        defer { for b in loader.badSamples { steps.record(["epoch": epoch, "rank": rank, "bad_sample": b.key, "reason": b.reason]) } }
+        defer {
+            loader.stop()  // an epoch left early (a stop, an error) leaves no worker waiting
+            for b in loader.badSamples { steps.record(["epoch": epoch, "rank": rank, "bad_sample": b.key, "reason": b.reason]) }
+        }
         // A run resumed mid-epoch continues that epoch's loss sum.
         let resumedHere = start > 0 && start == position.batch && epoch == position.epoch
         var lossSum = resumedHere ? position.history.partialEpochLoss ?? 0 : 0
