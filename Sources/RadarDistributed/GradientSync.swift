@@ -146,7 +146,9 @@ public final class GradientSync: @unchecked Sendable {
         failure = nil
         active = true
         cond.unlock()
-        let t = Thread { [unowned self] in self.communicate() }
+        // The thread holds the sync until it returns (an unowned capture trapped where the sync
+        // was released, on an error path, before the thread first ran).
+        let t = Thread { self.communicate() }
         worker = t
         t.start()
     }
