@@ -28,6 +28,11 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
     /// Initialises MPI asking for `MPI_THREAD_SERIALIZED` (only one thread calls MPI at a time;
     /// the gradient thread of the distributed trainer needs no more).
     public init(initTimeout: TimeInterval = 600) throws {
+        // Two TCP connections per pair of ranks on different hosts, unless the environment (or
+        // mpirun's --mca, which arrives the same way) chooses: with OpenMPI's default of one, a
+        // pair exchanging both ways moved half a 1 Gbit/s link on the simulated hosts (README,
+        // "Two levels"). Read by MPI_Init from this process's environment.
+        setenv("OMPI_MCA_btl_tcp_links", MPIRuntime.defaultTCPLinks, 0)
         var argc: Int32 = 0
         var provided: Int32 = 0
         let required = radar_mpi_thread_serialized()
@@ -94,6 +99,9 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
             }
         }
     }
+
+    /// `btl_tcp_links` where nothing sets it.
+    public static let defaultTCPLinks = "2"
 
     /// This rank's host as the job's ranks tell hosts apart: `RADAR_HOST_NAME` where set (a
     /// launcher's per-host environment, or tests that simulate hosts on one machine), else

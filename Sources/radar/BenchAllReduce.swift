@@ -201,6 +201,8 @@ extension Bench {
                         }
                     }
                     if let mpiTime {
+                        // What OpenMPI's TCP transport between hosts runs with (MPIRuntime's default, or the environment's).
+                        record["openmpi_btl_tcp_links"] = ProcessInfo.processInfo.environment["OMPI_MCA_btl_tcp_links"] ?? NSNull()
                         record.merge(["mpi_allreduce_seconds": mpiTime, "mpi_algbw_gbs": bw(mpiTime).0, "mpi_busbw_gbs": bw(mpiTime).1,
                                       "busbw_ratio_ring_over_mpi": comm.size == 1 ? .nan : mpiTime / ring]) { $1 }
                     }

@@ -109,7 +109,12 @@ final class MPITrainingTests: XCTestCase {
                 if ranks == 1 { XCTAssertTrue(json[k] is NSNull, "\(k): \(json)") } else { XCTAssertGreaterThan(json[k] as? Double ?? 0, 0, "\(k): \(json)") }
             }
             XCTAssertEqual(json["note"] as? String, ranks == 1 ? "one rank: nothing is reduced, so no bandwidth (run it under mpirun -n N, or as N TCP ranks)" : nil)
+            // Two TCP connections per pair of ranks on different hosts unless the environment says.
+            XCTAssertEqual(json["openmpi_btl_tcp_links"] as? String, "2", "\(json)")
         }
+        let chosen = try mpirun([(2, "radar", ["bench", "allreduce", "--sizes", "1", "--repeats", "1"])], env: ["OMPI_MCA_btl_tcp_links": "3"])
+        XCTAssertEqual(chosen.status, 0, chosen.err)
+        XCTAssertTrue(chosen.out.contains("\"openmpi_btl_tcp_links\":\"3\""), chosen.out)
     }
 
     func testRingAllReduceMatchesMPIAllreduceOnUnevenLengths() throws {
