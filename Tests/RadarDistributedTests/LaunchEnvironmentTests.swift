@@ -1,6 +1,6 @@
 import Foundation
 import RadarCore
-import RadarDistributed
+@testable import RadarDistributed
 import XCTest
 
 /// torchrun and srun, through their documented environment contracts (real torchrun needs a
@@ -59,8 +59,17 @@ final class LaunchEnvironmentTests: XCTestCase {
     /// only) start them train and agree.
     func testTorchrunAndSrunStyleRanksTrain() throws {
         let token = HMACSHA256.randomHex(bytes: 16)
-        // torchrun's store: something already listens on MASTER_PORT.
-        let (store, masterPort) = try TCPRendezvous.listen(host: "127.0.0.1")
+        // torchrun's store: something already listens on MASTER_PORT, and rank 0's coordinator
+        // takes the next port. Both from below the kernel's ephemeral range, as `radar launch`
+        // draws its port: a store on an automatic port had its next port in that range, where
+        // another test's connection could take it first.
+        var store: Int32 = -1, masterPort = 0
+        for _ in 0..<50 where store < 0 {
+            let p = try TCPRendezvous.freePort()
+            guard let (fd, _) = try? Sockets.listen(host: "127.0.0.1", port: p) else { continue }
+            if let (next, _) = try? Sockets.listen(host: "0.0.0.0", port: p + 1) { close(next); (store, masterPort) = (fd, p) } else { close(fd) }
+        }
+        XCTAssertGreaterThanOrEqual(store, 0, "a free pair of ports for the store and the coordinator")
         defer { close(store) }
         let slurmJob = Int.random(in: 1000...9000)
         for (name, envFor) in [
