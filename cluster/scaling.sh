@@ -7,8 +7,10 @@
 #   options: --config tiny|mid|full|FILE (tiny)  --batch-size B (8)  --steps S (20)  --threads T (1)
 #            --device cpu|cuda (cpu: one rank per core is fair; ranks beyond the cores share them)
 #            --bucket-mb M (radar-worker's default)  --grad-dtype fp32|bf16
-#            --link RATE (ranks one per simulated host, TCP, links shaped to RATE: cluster/netns.sh,
+#            --link RATE (ranks one per simulated host, links shaped to RATE: cluster/netns.sh,
 #                         root only; default: mpirun on this machine)
+#            --transport tcp|mpi (with --link: TCP ranks (tcp, default), or mpirun across the
+#                         simulated hosts: netns.sh mpirun)
 #            --json (one JSON object per rank count instead of the table)
 # Binaries from .build/release (swift build -c release), or RADAR_BIN.
 set -euo pipefail
@@ -22,7 +24,7 @@ ranks=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do ranks+=("$1"); shift; done
 [ $# -gt 0 ] && shift
 [ ${#ranks[@]} -gt 0 ] || ranks=(1 2 4)
-config=tiny batch=8 steps=20 threads=1 device=cpu link="" json=0 extra=()
+config=tiny batch=8 steps=20 threads=1 device=cpu link="" transport=tcp json=0 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) config=$2; shift 2 ;;
@@ -32,11 +34,13 @@ while [ $# -gt 0 ]; do
     --device) device=$2; shift 2 ;;
     --bucket-mb|--grad-dtype) extra+=("$1" "$2"); shift 2 ;;
     --link) link=$2; shift 2 ;;
+    --transport) transport=$2; shift 2 ;;
     --json) json=1; shift ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
   esac
 done
 case "$config" in tiny|mid|full) ;; *) config=$(abs "$config") ;; esac
+case "$transport" in tcp|mpi) ;; *) echo "cluster/scaling.sh: --transport is tcp or mpi, not $transport" >&2; exit 2 ;; esac
 bin=.build/release
 [ -n "${RADAR_BIN:-}" ] && bin=$(abs "$RADAR_BIN")
 bin=$(cd "$bin" && pwd)
@@ -55,10 +59,17 @@ for n in "${ranks[@]}"; do
   if [ -n "$link" ]; then
     bash cluster/netns.sh down
     bash cluster/netns.sh up "$n" "$link" >/dev/null
-    port=$((port + 1))
-    RADAR_JOB_TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') \
-      bash cluster/netns.sh ranks "$out.logs" "$port" "$bin/radar-worker" --transport tcp "${args[@]}"
-    rc=$(cat "$out.logs/rank0.rc")
+    if [ "$transport" = mpi ]; then
+      set +e
+      bash cluster/netns.sh mpirun -x OPENBLAS_NUM_THREADS "$bin/radar-worker" "${args[@]}" >"$out.log" 2>&1
+      rc=$?
+      set -e
+    else
+      port=$((port + 1))
+      RADAR_JOB_TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') \
+        bash cluster/netns.sh ranks "$out.logs" "$port" "$bin/radar-worker" --transport tcp "${args[@]}"
+      rc=$(cat "$out.logs/rank0.rc")
+    fi
     bash cluster/netns.sh down
   else
     set +e
@@ -77,7 +88,9 @@ for n in "${ranks[@]}"; do
   fi
   grep '"train_loss"' "$out/scale/metrics.jsonl" | tail -n 1 | sed "s/^{/{\"ranks\":$n,/" >> "$results"
 done
-python3 - "$results" "$json" "$config" "$batch" "$device" "${link:-mpirun on one machine}" "$(nproc)" <<'PY'
+where="mpirun on one machine"
+[ -n "$link" ] && where="$link links, one host a rank, $([ "$transport" = mpi ] && echo "mpirun across them" || echo "TCP ranks")"
+python3 - "$results" "$json" "$config" "$batch" "$device" "$where" "$(nproc)" <<'PY'
 import json, sys
 path, as_json, config, batch, device, link, cores = sys.argv[1:8]
 rows = [json.loads(l) for l in open(path)]
