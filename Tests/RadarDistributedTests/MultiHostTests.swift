@@ -10,12 +10,19 @@ final class MultiHostTests: XCTestCase {
     /// `cluster/multihost.sh ARGS` with this build's programs: exit status, the JSON records it
     /// printed, its log.
     func multihost(_ args: [String]) throws -> (Int32, [[String: Any]], String) {
+        try script("cluster/multihost.sh", ["--bin", MPITrainingTests.products.path] + args)
+    }
+
+    /// A script of the repository run with `args` (OpenBLAS at one thread, `env` added): exit
+    /// status, the JSON objects of its stdout, its stderr.
+    func script(_ path: String, _ args: [String], env extra: [String: String] = [:]) throws -> (Int32, [[String: Any]], String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/bash")
         p.currentDirectoryURL = MultiHostTests.repo
-        p.arguments = ["cluster/multihost.sh", "--bin", MPITrainingTests.products.path] + args
+        p.arguments = [path] + args
         var env = ProcessInfo.processInfo.environment
         env["OPENBLAS_NUM_THREADS"] = "1"
+        env.merge(extra) { $1 }
         p.environment = env
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
@@ -103,5 +110,23 @@ final class MultiHostTests: XCTestCase {
         let train = all.filter { $0["bench"] as? String == "multihost_train" }
         XCTAssertEqual(train.compactMap { $0["transport"] as? String }.sorted(), ["mpi", "tcp"], "\(all)\n\(log)")
         for t in train { XCTAssertGreaterThan(t["allreduce_seconds"] as? Double ?? 0, 0, "\(t)") }
+    }
+    /// `cluster/scaling.sh` on this build: mpirun on this machine, TCP ranks one per simulated
+    /// host, and mpirun across the simulated hosts (`--transport mpi`): a row per rank count,
+    /// efficiency 1 at one rank, the all-reduce timed where there are two.
+    func testTheScalingTableRunsOnOneMachineAndAcrossSimulatedHosts() throws {
+        XCTAssertEqual(geteuid(), 0, "the simulated hosts need root (CI has it)")
+        guard geteuid() == 0 else { return }
+        for (options, expectedLink) in [([String](), "mpirun on one machine"),
+                                        (["--link", "1gbit"], "1gbit links, one host a rank, TCP ranks"),
+                                        (["--link", "1gbit", "--transport", "mpi"], "1gbit links, one host a rank, mpirun across them")] {
+            let (status, rows, log) = try script("cluster/scaling.sh", [MPITrainingTests.dataset, "1", "2", "--", "--batch-size", "4", "--steps", "3", "--json"] + options,
+                                                 env: ["RADAR_BIN": MPITrainingTests.products.path])
+            XCTAssertEqual(status, 0, "\(options): \(log)")
+            XCTAssertEqual(rows.compactMap { $0["ranks"] as? Int }, [1, 2], "\(options): \(rows)")
+            XCTAssertEqual(rows.first?["scaling_efficiency"] as? Double, 1.0, "\(options)")
+            XCTAssertGreaterThan(rows.last?["allreduce_seconds"] as? Double ?? 0, 0, "\(options): \(rows)")
+            XCTAssertTrue(rows.allSatisfy { $0["link"] as? String == expectedLink }, "\(options): \(rows)")
+        }
     }
 }
