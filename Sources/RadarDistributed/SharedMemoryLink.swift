@@ -154,6 +154,9 @@ final class SharedMemoryLink {
         return n
     }
 
+    /// Whether the peer has published bytes not yet pulled.
+    var hasData: Bool { radar_shared_load(inHead) != inTail.pointee }
+
     /// Sleeps until the peer publishes (or `microseconds` pass); returns at once if it has.
     func waitForData(microseconds: Int) {
         let head = radar_shared_load(inHead)

@@ -379,7 +379,11 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
             idle = moved ? 0 : idle + 1
             if !moved {
                 try CommunicationError.checkStop(rank: rank)
-                if sharedPending { try checkAlive([sendDone || sendLink == nil ? nil : s?.2, recvDone || recvLink == nil ? nil : r?.2]) }
+                // A peer that published its last bytes and then ended (its connection closed while
+                // this side slept) is not lost: those bytes are pulled first, on the next pass.
+                if sharedPending && !(!recvDone && recvLink?.hasData == true) {
+                    try checkAlive([sendDone || sendLink == nil ? nil : s?.2, recvDone || recvLink == nil ? nil : r?.2])
+                }
                 if Date() > deadline {
                     let peer = !recvDone ? r!.2 : s!.2
                     throw CommunicationError(rank: rank, peer: peer, reason: "no progress for \(Int(timeout)) s (is rank \(peer) alive?)")

@@ -211,6 +211,38 @@ final class SharedMemoryLinkTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(t0), 2, "named within a wait slice, not at the 30 s timeout")
     }
 
+    /// A peer that publishes its last message and ends at once (its connection closes) while the
+    /// receiver sleeps on the ring is not lost: the receiver woke, saw the closed connection and
+    /// named rank 1 lost with the message sitting in the ring (a fresh-clone run of
+    /// `MultiHostTests`: ranks 1 and 3 ended their all-reduce bench with status 0, ranks 0 and 2
+    /// "waiting for rank 1: connection to rank 1 lost"). Many rounds, as it is a race.
+    func testAPeerThatSendsItsLastMessageAndEndsIsNotLost() throws {
+        for round in 0..<40 {
+            var comms = try connect(hosts: ["127.0.0.1", "127.0.0.1"], timeout: 30)
+            XCTAssertEqual(comms[0].sharedMemoryPeers, [1])
+            let receiver = comms[0]
+            var sender: TCPCommunicator? = comms.removeLast()
+            comms.removeAll()
+            let done = DispatchSemaphore(value: 0)
+            let outcome = Shared<String>("")
+            Thread.detachNewThread {
+                var x = [Float](repeating: 0, count: 1000)
+                do {
+                    try x.withUnsafeMutableBytes { try receiver.recv($0.baseAddress!, bytes: $0.count, from: 1, tag: 5) }
+                    outcome.value = x.allSatisfy { $0 == 7 } ? "ok" : "wrong values"
+                } catch { outcome.value = "\(error)" }
+                done.signal()
+            }
+            usleep(UInt32(2_000 + round * 500))  // the receiver is asleep on the ring by now
+            var y = [Float](repeating: 7, count: 1000)
+            try y.withUnsafeMutableBytes { try sender!.send($0.baseAddress!, bytes: $0.count, to: 0, tag: 5) }
+            sender = nil  // ends at once: its connection closes
+            XCTAssertEqual(done.wait(timeout: .now() + 20), .success)
+            XCTAssertEqual(outcome.value, "ok", "round \(round)")
+            if outcome.value != "ok" { break }
+        }
+    }
+
     // Two levels (HierarchicalAllReduce): hosts of several ranks each reduce within the host,
     // then across hosts one segment per rank, then gather within the host.
 
