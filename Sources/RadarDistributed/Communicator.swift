@@ -324,6 +324,25 @@ public struct HierarchicalAllReduce {
         localIndex = index
     }
 
+    /// Ranks grouped by host (`hosts[r]` is rank r's: a data address, a host name): hosts in
+    /// order of their lowest rank, ranks in order within each.
+    public static func groups(hosts: [String]) -> [[Int]] {
+        var order: [String] = [], byHost: [String: [Int]] = [:]
+        for (r, h) in hosts.enumerated() {
+            if byHost[h] == nil { order.append(h) }
+            byHost[h, default: []].append(r)
+        }
+        return order.map { byHost[$0]! }
+    }
+
+    /// Both transports' agreement: the ranks' host groups if every rank asks for two levels
+    /// (`enabled`; a MAX all-reduce of refusals, so one refusal keeps everyone on one ring), else nil.
+    static func agreedGroups(_ c: Communicator, enabled: Bool, tensor: Int, hosts: () throws -> [String]) throws -> [[Int]]? {
+        var refused: Float = enabled ? 0 : 1
+        try c.allReduce(&refused, count: 1, op: .max, tensor: tensor)
+        return refused == 0 ? groups(hosts: try hosts()) : nil
+    }
+
     /// `chunkFloats`: the rings' piece size (`RingAllReduce.chunkFloats`).
     public func run(_ buffer: UnsafeMutablePointer<Float>, count: Int, op: ReduceOp, tag: Int, wire: WireFormat, chunkFloats: Int = 1 << 20) throws {
         var inHost = RingAllReduce(communicator: local, wire: wire), across = RingAllReduce(communicator: cross, wire: wire)

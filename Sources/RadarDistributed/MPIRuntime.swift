@@ -124,25 +124,13 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
     @discardableResult
     public func agreeOnHostGroups(enabled: Bool, hostName: String = MPIRuntime.hostName()) throws -> String {
         guard size > 1 else { return allReduceAlgorithm }
-        var refused: Float = enabled ? 0 : 1
-        try allReduce(&refused, count: 1, op: .max, tensor: 6)
-        guard refused == 0 else { hostGroups = nil; twoLevels = nil; return allReduceAlgorithm }
-        var mine = Data(hostName.utf8.prefix(255))
-        mine.append(Data(count: 256 - mine.count))
-        let names = try allGather(mine).map { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        hostGroups = MPIRuntime.groups(names)
+        hostGroups = try HierarchicalAllReduce.agreedGroups(self, enabled: enabled, tensor: 6) {
+            var mine = Data(hostName.utf8.prefix(255))
+            mine.append(Data(count: 256 - mine.count))
+            return try allGather(mine).map { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        }
         twoLevels = hostGroups.flatMap { HierarchicalAllReduce(communicator: self, groups: $0) }
         return allReduceAlgorithm
-    }
-
-    /// Ranks grouped by host name (`names[r]` is rank r's), hosts in order of their first rank.
-    public static func groups(_ names: [String]) -> [[Int]] {
-        var order: [String] = [], byHost: [String: [Int]] = [:]
-        for (r, n) in names.enumerated() {
-            if byHost[n] == nil { order.append(n) }
-            byHost[n, default: []].append(r)
-        }
-        return order.map { byHost[$0]! }
     }
 
     /// In-place sum over all ranks (OpenMPI's own MPI_Allreduce).

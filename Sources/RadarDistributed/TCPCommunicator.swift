@@ -149,12 +149,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     /// The ranks grouped by data address (`peers[].host`): hosts in order of their lowest rank,
     /// ranks in order within each.
     public static func groups(_ peers: [Peer]) -> [[Int]] {
-        var order: [String] = [], byHost: [String: [Int]] = [:]
-        for p in peers.sorted(by: { $0.rank < $1.rank }) {
-            if byHost[p.host] == nil { order.append(p.host) }
-            byHost[p.host, default: []].append(p.rank)
-        }
-        return order.map { byHost[$0]! }
+        HierarchicalAllReduce.groups(hosts: peers.sorted(by: { $0.rank < $1.rank }).map(\.host))
     }
 
     /// Reduce in two levels (`HierarchicalAllReduce`) where the job spans hosts of several ranks
@@ -162,9 +157,9 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     /// ranks agree by a MAX all-reduce of their refusals, so one refusal keeps everyone on the ring).
     public func agreeOnHostGroups(peers: [Peer], enabled: Bool) throws {
         guard size > 1 else { return }
-        var refused: Float = enabled ? 0 : 1
-        try allReduce(&refused, count: 1, op: .max, tensor: TCPCommunicator.sharedMemoryTag)
-        hostGroups = refused == 0 ? TCPCommunicator.groups(peers) : nil
+        hostGroups = try HierarchicalAllReduce.agreedGroups(self, enabled: enabled, tensor: TCPCommunicator.sharedMemoryTag) {
+            peers.sorted(by: { $0.rank < $1.rank }).map(\.host)
+        }
         twoLevels = hostGroups.flatMap { HierarchicalAllReduce(communicator: self, groups: $0) }
         if rank == 0 && allReduceAlgorithm != "ring" { log("rank 0: all-reduce in \(allReduceAlgorithm) (RADAR_HIERARCHICAL_ALLREDUCE=0: one ring)") }
     }
