@@ -6,13 +6,15 @@
 #   bash cluster/scaling.sh DATA_DIR [RANKS...] [-- OPTIONS]
 #   options: --config tiny|mid|full|FILE (tiny)  --batch-size B (8)  --steps S (20)  --threads T (1)
 #            --device cpu|cuda (cpu: one rank per core is fair; ranks beyond the cores share them)
-#            --bucket-mb M (radar-worker's default)  --grad-dtype fp32|bf16
+#            --bucket-mb M (radar-worker's default)  --grad-dtype fp32|bf16  --precision P
 #            --link RATE (ranks one per simulated host, links shaped to RATE: cluster/netns.sh,
-#                         root only; default: mpirun on this machine)
+#                         root only; default: this machine)
 #            --transport tcp|mpi (with --link: TCP ranks (tcp, default), or mpirun across the
-#                         simulated hosts: netns.sh mpirun)
+#                         simulated hosts: netns.sh mpirun; without: mpirun (mpi, default), or
+#                         TCP ranks from `radar launch` (tcp: a pod without MPI, one GPU a rank))
 #            --json (one JSON object per rank count instead of the table)
-# Binaries from .build/release (swift build -c release), or RADAR_BIN.
+# Binaries from .build/release (swift build -c release), a bundle's bin/ (scripts/bundle.sh puts
+# this script in the bundle's cluster/), or RADAR_BIN.
 set -euo pipefail
 # Paths given on the command line are the caller's (relative to where it was run).
 caller=$PWD
@@ -24,7 +26,7 @@ ranks=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do ranks+=("$1"); shift; done
 [ $# -gt 0 ] && shift
 [ ${#ranks[@]} -gt 0 ] || ranks=(1 2 4)
-config=tiny batch=8 steps=20 threads=1 device=cpu link="" transport=tcp json=0 extra=()
+config=tiny batch=8 steps=20 threads=1 device=cpu link="" transport="" json=0 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) config=$2; shift 2 ;;
@@ -32,16 +34,18 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
-    --bucket-mb|--grad-dtype) extra+=("$1" "$2"); shift 2 ;;
+    --bucket-mb|--grad-dtype|--precision) extra+=("$1" "$2"); shift 2 ;;
     --link) link=$2; shift 2 ;;
     --transport) transport=$2; shift 2 ;;
     --json) json=1; shift ;;
-    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,19p' "$0" >&2; exit 2 ;;
   esac
 done
 case "$config" in tiny|mid|full) ;; *) config=$(abs "$config") ;; esac
+[ -n "$transport" ] || { [ -n "$link" ] && transport=tcp || transport=mpi; }
 case "$transport" in tcp|mpi) ;; *) echo "cluster/scaling.sh: --transport is tcp or mpi, not $transport" >&2; exit 2 ;; esac
 bin=.build/release
+[ -x "$bin/radar-worker" ] || [ ! -x bin/radar-worker ] || bin=bin  # in a bundle
 [ -n "${RADAR_BIN:-}" ] && bin=$(abs "$RADAR_BIN")
 bin=$(cd "$bin" && pwd)
 [ -x "$bin/radar-worker" ] || { echo "cluster/scaling.sh: no $bin/radar-worker (swift build -c release)" >&2; exit 2; }
@@ -71,6 +75,11 @@ for n in "${ranks[@]}"; do
       rc=$(cat "$out.logs/rank0.rc")
     fi
     bash cluster/netns.sh down
+  elif [ "$transport" = tcp ]; then
+    set +e
+    "$bin/radar" launch -n "$n" -- radar-worker "${args[@]}" >"$out.log" 2>&1
+    rc=$?
+    set -e
   else
     set +e
     mpirun --oversubscribe "${root_flag[@]}" -n "$n" "$bin/radar-worker" "${args[@]}" >"$out.log" 2>&1
@@ -89,6 +98,7 @@ for n in "${ranks[@]}"; do
   grep '"train_loss"' "$out/scale/metrics.jsonl" | tail -n 1 | sed "s/^{/{\"ranks\":$n,/" >> "$results"
 done
 where="mpirun on one machine"
+[ "$transport" = tcp ] && where="TCP ranks on one machine (radar launch)"
 [ -n "$link" ] && where="$link links, one host a rank, $([ "$transport" = mpi ] && echo "mpirun across them" || echo "TCP ranks")"
 python3 - "$results" "$json" "$config" "$batch" "$device" "$where" "$(nproc)" <<'PY'
 import json, sys
@@ -100,7 +110,7 @@ for r in rows:
     r.update({"config": config, "batch_size_per_rank": int(batch), "device": device, "link": link, "cores": int(cores)})
 if as_json == "1":
     for r in rows:
-        print(json.dumps({k: v for k, v in r.items() if k != "val"}, sort_keys=True))
+        print(json.dumps({k: v for k, v in r.items() if k not in ("val", "val_heads")}, sort_keys=True))
     sys.exit(0)
 print(f"config {config}, batch {batch} per rank, device {device}, {link}, {cores} cores")
 print("| ranks | step s | images/s | all-reduce s/step | exposed s/step | overlap | efficiency |")

@@ -68,6 +68,8 @@ cp -r Tests/RadarCoreTests/Fixtures/parity "$b/share/fixtures/"
 cp bench/pytorch_step.py bench/pytorch_gemm.py "$b/share/bench/"
 cp tools/golden/radar_reference.py "$b/share/golden/"
 cp scripts/gpu-check.sh "$b/gpu-check.sh"
+mkdir -p "$b/cluster"
+cp cluster/scaling.sh "$b/cluster/"  # gpu-check's step 6b on a machine of several GPUs
 git rev-parse HEAD > "$b/share/commit" 2>/dev/null || echo unknown > "$b/share/commit"
 
 echo "bundle: compressing"

@@ -54,7 +54,9 @@ test -f out/e/last.safetensors.lz4
 # attention kernels' ldmatrix build, the products
 # one by one and the bf16 step with the table of algorithms that pins the faster ones).
 # (A generous deadline: the emulated device is slow, and a skipped step fails the check.)
-GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 GPU_CHECK_DEADLINE=1800 GPU_CHECK_SERVE_REQUESTS=48 \
+# GPU_CHECK_GPUS=2: step 6b as on a machine of two GPUs (two emulated ones: a rank on each, the
+# all-reduce bench and the scaling table on 1 and 2 ranks).
+GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_GPUS=2 GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 GPU_CHECK_DEADLINE=1800 GPU_CHECK_SERVE_REQUESTS=48 \
   bash "$b/gpu-check.sh" > report.json 2> report.log || { tail -20 report.log; exit 1; }
 python3 - <<'PY' || { echo "check-bundle: the report failed its checks; gpu-check's log:" >&2; tail -20 report.log >&2; exit 1; }
 import json
@@ -79,12 +81,17 @@ assert (v[5]["pinned_products_per_step"] > 0) == (g["radar"]["pinned_shapes"] > 
 assert r["data_parallel"]["passed"], r["data_parallel"]
 assert any("staging_download_seconds" in a for a in r["allreduce"]), r["allreduce"]
 assert [s["requests"] for s in r["radar_bench_serve"]] == [48], r["radar_bench_serve"]
-print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the epilogues %d/%d, with ldmatrix %d/%d, with the fast attention kernels %d/%d); 2 ranks on one GPU identical; bench gemm %d products, %d pinned; bench step %s" % (
+# Step 6b: a rank on each of the two (emulated) GPUs, identical; the all-reduce and the scaling table.
+m = r["several_gpus"]
+assert m["passed"] and m["gpus_used"] == ["cuda:0", "cuda:1"] and len(m["hashes"]) == 2, m
+assert [a["ranks"] for a in m["allreduce"]] == [2, 2] and all("staging_download_seconds" in a for a in m["allreduce"]), m["allreduce"]
+assert [s["ranks"] for s in m["scaling"]] == [1, 2] and all(s["images_per_s"] > 0 for s in m["scaling"]), m["scaling"]
+print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the epilogues %d/%d, with ldmatrix %d/%d, with the fast attention kernels %d/%d); 2 ranks on one GPU identical, 2 ranks on 2 GPUs identical (scaling efficiency %.2f); bench gemm %d products, %d pinned; bench step %s" % (
     r["check"]["kernels_passed"], r["check"]["kernels_total"], len(r["check"]["golden"]),
     r["gemm_epilogue_check"]["kernels_passed"], r["gemm_epilogue_check"]["kernels_total"],
     r["attention_ldmatrix_check"]["kernels_passed"], r["attention_ldmatrix_check"]["kernels_total"],
     r["attention_fast_check"]["kernels_passed"], r["attention_fast_check"]["kernels_total"],
-    g["radar"]["distinct_products"], g["radar"]["pinned_shapes"],
+    m["scaling"][1]["scaling_efficiency"], g["radar"]["distinct_products"], g["radar"]["pinned_shapes"],
     ", ".join("%s %s %.2f img/s" % (b["precision"], b["attention"], b["images_per_s"]) for b in r["radar_bench_step"])))
 PY
 # Past its deadline the check skips what is left, says so, and still writes a complete report.

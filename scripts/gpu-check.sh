@@ -12,6 +12,11 @@
 #      gradient buckets through the copy stream and page-locked memory, replicas compared after
 #      every step (--verify-replicas); then `radar bench allreduce --transport tcp --device cuda`
 #      (staging and ring times apart).
+#  6b. on a machine of several GPUs (the probe's device_count, or GPU_CHECK_GPUS), with time to
+#      spare (never listed as skipped): one TCP rank per GPU (`radar launch -n G`, no sharing):
+#      replicas compared after every step, each rank on its own GPU; `radar bench allreduce
+#      --device cuda` at G ranks; and cluster/scaling.sh on 1, 2, 4, ... G ranks (config and
+#      bf16's batch, synthetic 224 px images): step time, images/s, all-reduce, overlap, efficiency.
 #   7. with a minute to spare (never listed as skipped): bf16 again at its batch with fp32
 #      activations (--bf16-activations false), then keeping the attention probabilities and GELU's
 #      CDF (--recompute-in-backward false): what each memory choice costs or saves on this GPU.
@@ -114,10 +119,11 @@ if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_ver
 # The JSON report from what the steps have left in $work, rewritten (atomically) after each step;
 # `report final` marks it complete.
 report() {
-  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${epilogue_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" "${fast_status:--1}" <<'PY'
+  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${epilogue_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" "${fast_status:--1}" "${multi_status:--1}" "${gpus:-1}" <<'PY'
 import json, os, sys
 work, status, out, dp_status, ar_status, final, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "final", int(sys.argv[7])
 epilogue_status, gemm_status, ldmatrix_status, fast_status = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10]), int(sys.argv[11])
+multi_status, gpus = int(sys.argv[12]), int(sys.argv[13])
 def text(p, n):
     try:
         return open(p).read()[-n:]
@@ -138,6 +144,16 @@ dp = {"exit": dp_status, "hashes": hashes, "replicas_identical": len(hashes) == 
       "copy_stream": "via a copy stream and page-locked host memory" in dp_log, "log_tail": dp_log[-1500:]}
 dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
 skipped = [l.strip() for l in text(work + "/skipped", 100000).splitlines() if l.strip()]
+multi = None  # step 6b, on a machine of several GPUs
+if multi_status >= 0:
+    mlog = text(work + "/multi.log", 1000000)
+    mh = [l.split()[4] for l in text(work + "/multi.out", 100000).splitlines() if "fnv1a" in l]
+    # Each rank says which GPU it took: "... (host H, local rank L of G): cuda:L (...)".
+    own = sorted({l.split("): ")[1].split(" ")[0] for l in mlog.splitlines() if "radar-worker rank" in l and "): cuda" in l})
+    multi = {"gpus": gpus, "exit": multi_status, "hashes": mh, "replicas_identical": len(mh) == gpus and len(set(mh)) == 1,
+             "gpus_used": own, "allreduce": lines(work + "/multi-allreduce.jsonl"), "scaling": lines(work + "/scaling.jsonl"),
+             "log_tail": mlog[-1500:], "scaling_log_tail": text(work + "/scaling.log", 1500)}
+    multi["passed"] = multi_status == 0 and multi["replicas_identical"] and len(own) == gpus
 def setting_check(name, status):  # steps 7b, 7d and 7e, when they ran
     if status < 0:
         return None
@@ -159,8 +175,9 @@ rep = {"check": check, "gemm_bench": gemm, "radar_bench_step": lines(work + "/be
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
        "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
        "skipped": skipped, "complete": final, "seconds": seconds, "gemm_epilogue_check": epilogues, "attention_ldmatrix_check": ldmatrix,
-       "attention_fast_check": fast,
+       "attention_fast_check": fast, "several_gpus": multi,
        "passed": final and status == 0 and bool(check.get("passed")) and dp["passed"] and ar_status == 0 and not skipped
+                 and (multi is None or multi["passed"])
                  and all(c is None or c["passed"] for c in (epilogues, ldmatrix, fast))}
 tmp = out + ".tmp"
 with open(tmp, "w") as f:
@@ -248,6 +265,51 @@ env "${dp_env[@]}" timeout "$(limit 180)" "$radar" launch -n 2 -- "$radar" bench
 allreduce_status=$?
 [ $allreduce_status = 0 ] || log "allreduce failed (exit $allreduce_status): $(tail -5 "$work/allreduce.log" | tr '\n' ' ')"
 log "allreduce: $(head -c 400 "$work/allreduce.jsonl")"
+fi
+
+# 6b: several GPUs, one rank each (issue 11's measurements), with time to spare. A failure here
+# fails the report like any other.
+multi_status=-1 multi_ok=1
+gpus=${GPU_CHECK_GPUS:-$("${python:-python3}" -c 'import json,sys; print(json.load(open(sys.argv[1]))["probe"].get("device_count", 1))' "$work/check.json" 2>/dev/null || echo 1)}
+if [ "$gpus" -ge 2 ] && [ "$(left)" -ge 90 ]; then
+  mg_env=()
+  [ "$device" = cuda-emulated ] && mg_env=(RADAR_CUDA_DRIVER=emulator RADAR_EMULATED_DEVICES=$gpus)
+  [ -d "$work/dp-data" ] || "$radar" synth --output "$work/dp-data" --count 96 --size 32 > /dev/null 2>&1
+  env "${mg_env[@]}" timeout "$(limit 300)" "$radar" launch -n "$gpus" -- radar-worker --device cuda --data "$work/dp-data" \
+    --output "$work/mg-out" --experiment mg --config tiny --batch-size 8 --num-epochs 1 --max-steps-per-epoch 3 \
+    --accumulation-steps 1 --verify-replicas --threads 1 --timeout 120 > "$work/multi.out" 2> "$work/multi.log"
+  multi_status=$?
+  log "data parallel ($gpus ranks, one GPU each) exit $multi_status: $(grep -E 'fnv1a' "$work/multi.out" | tr '\n' ' ')"
+  # Every rank's hash the same, and each rank on a GPU of its own.
+  [ "$multi_status" = 0 ] && [ "$(grep -c fnv1a "$work/multi.out")" = "$gpus" ] \
+    && [ "$(grep fnv1a "$work/multi.out" | awk '{print $5}' | sort -u | wc -l)" = 1 ] \
+    && [ "$(grep -o 'local rank [0-9]* of [0-9]*): cuda:[0-9]*' "$work/multi.log" | awk '{print $NF}' | sort -u | wc -l)" = "$gpus" ] \
+    || multi_ok=0
+  report
+  if [ "$(left)" -ge 40 ]; then
+    env "${mg_env[@]}" timeout "$(limit 180)" "$radar" launch -n "$gpus" -- "$radar" bench allreduce --transport tcp --device cuda \
+      --sizes 8,88 --repeats 3 > "$work/multi-allreduce.jsonl" 2> "$work/multi-allreduce.log" \
+      && log "allreduce at $gpus ranks: $(head -c 400 "$work/multi-allreduce.jsonl")" \
+      || log "allreduce at $gpus ranks failed: $(tail -3 "$work/multi-allreduce.log" | tr '\n' ' ')"
+    report
+  fi
+  scaling="$here/cluster/scaling.sh"
+  [ -f "$scaling" ] || scaling="$here/../cluster/scaling.sh"
+  sb=$bf16_batch; [ "$sb" -ge 1 ] || sb=$batch
+  ranks=(); n=1; while [ "$n" -le "$gpus" ]; do ranks+=("$n"); n=$((n * 2)); done
+  [ "${ranks[-1]}" = "$gpus" ] || ranks+=("$gpus")
+  steps=${GPU_CHECK_SCALING_STEPS:-6}
+  size=224; [ "$config" = tiny ] && size=32
+  if [ "$(left)" -ge 90 ]; then
+    # Enough training images for the largest run (the synthetic set keeps about 70% for training).
+    "$radar" synth --output "$work/scale-data" --count $(( gpus * sb * steps * 3 / 2 + 64 )) --size "$size" > /dev/null 2> "$work/scale-synth.log"
+    env "${mg_env[@]}" RADAR_BIN="$(dirname "$radar")" timeout "$(limit 400)" bash "$scaling" "$work/scale-data" "${ranks[@]}" -- \
+      --transport tcp --device cuda --config "$config" --batch-size "$sb" --steps "$steps" --threads 1 --json \
+      > "$work/scaling.jsonl" 2> "$work/scaling.log" \
+      && log "scaling: $(tr '\n' ' ' < "$work/scaling.jsonl" | head -c 600)" \
+      || log "scaling failed: $(tail -5 "$work/scaling.log" | tr '\n' ' ')"
+    report
+  fi
 fi
 
 # 7e, 7b, 7d: settings off by default until measured on a GPU, only with time to spare: the kernel
@@ -344,4 +406,4 @@ done
 
 report final
 cat "$report"
-[ "$check_status" -eq 0 ] && [ "$dp_status" -eq 0 ] && [ "$allreduce_status" -eq 0 ] && [ ! -s "$work/skipped" ]
+[ "$check_status" -eq 0 ] && [ "$dp_status" -eq 0 ] && [ "$allreduce_status" -eq 0 ] && [ ! -s "$work/skipped" ] && [ "$multi_ok" = 1 ]

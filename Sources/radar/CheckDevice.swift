@@ -50,6 +50,9 @@ struct CheckDevice: ParsableCommand {
                 probe["compute_capability"] = "\(cuda.driver.computeCapability.major).\(cuda.driver.computeCapability.minor)"
                 probe["gemm_epilogues"] = cuda.gemmEpilogues && cuda.driver.supportsGemmEpilogues
                 probe["attention_kernels"] = cuda.attentionKernels.rawValue
+                // The GPUs this process sees (CUDA_VISIBLE_DEVICES honoured): gpu-check.sh runs
+                // one rank a GPU where there are several.
+                probe["device_count"] = device == "cuda-emulated" ? EmulatedDevice.deviceCount : (try? CUDADrivers.deviceCount()) ?? 1
                 if let real = cuda.driver as? DriverAPI {
                     probe["kernel_cache"] = real.kernelOrigins
                     probe["kernel_cache_folder"] = KernelCache.defaultFolder

@@ -366,6 +366,7 @@ final class MPITrainingTests: XCTestCase {
         XCTAssertTrue(r.err.contains("rank 0: resumed at optimizer step 4") && r.err.contains("rank 1: started afresh"), r.err)
         XCTAssertTrue(r.err.contains("found no checkpoint at \(unseen)/e/last.safetensors.lz4"), r.err)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: checkpoint)), before, "the checkpoint is untouched")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: unseen + "/e"), "only rank 0 writes: rank 1 left no folder under its own --output")
         // Both seeing it: the same state, and the run goes on.
         let both = try mpirun([(2, "radar-worker", workerArgs(seen) + args + ["--resume", "auto"])])
         XCTAssertEqual(both.status, 0, both.err)

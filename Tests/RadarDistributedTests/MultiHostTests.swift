@@ -111,13 +111,15 @@ final class MultiHostTests: XCTestCase {
         XCTAssertEqual(train.compactMap { $0["transport"] as? String }.sorted(), ["mpi", "tcp"], "\(all)\n\(log)")
         for t in train { XCTAssertGreaterThan(t["allreduce_seconds"] as? Double ?? 0, 0, "\(t)") }
     }
-    /// `cluster/scaling.sh` on this build: mpirun on this machine, TCP ranks one per simulated
-    /// host, and mpirun across the simulated hosts (`--transport mpi`): a row per rank count,
-    /// efficiency 1 at one rank, the all-reduce timed where there are two.
+    /// `cluster/scaling.sh` on this build: mpirun on this machine, TCP ranks on it (`radar
+    /// launch`, as on a GPU pod without MPI), TCP ranks one per simulated host, and mpirun across
+    /// the simulated hosts (`--transport mpi`): a row per rank count, efficiency 1 at one rank,
+    /// the all-reduce timed where there are two.
     func testTheScalingTableRunsOnOneMachineAndAcrossSimulatedHosts() throws {
         XCTAssertEqual(geteuid(), 0, "the simulated hosts need root (CI has it)")
         guard geteuid() == 0 else { return }
         for (options, expectedLink) in [([String](), "mpirun on one machine"),
+                                        (["--transport", "tcp"], "TCP ranks on one machine (radar launch)"),
                                         (["--link", "1gbit"], "1gbit links, one host a rank, TCP ranks"),
                                         (["--link", "1gbit", "--transport", "mpi"], "1gbit links, one host a rank, mpirun across them")] {
             let (status, rows, log) = try script("cluster/scaling.sh", [MPITrainingTests.dataset, "1", "2", "--", "--batch-size", "4", "--steps", "3", "--json"] + options,

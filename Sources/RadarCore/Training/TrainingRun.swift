@@ -796,7 +796,8 @@ public final class TrainingRun {
     public func run() throws -> RunHistory {
         let dir = options.experimentDirectory
         let existed = FileManager.default.fileExists(atPath: dir)
-        try makeDirectory(dir)
+        // Only rank 0 writes: another rank (its own --output, another host) leaves no empty folder.
+        if writes { try makeDirectory(dir) }
         let lock = writes ? try FolderLock.experiment(dir) : nil
         defer { lock?.release() }
         if writes {
