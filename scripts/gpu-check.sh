@@ -16,7 +16,8 @@
 #      spare (never listed as skipped): one TCP rank per GPU (`radar launch -n G`, no sharing):
 #      replicas compared after every step, each rank on its own GPU; `radar bench allreduce
 #      --device cuda` at G ranks; and cluster/scaling.sh on 1, 2, 4, ... G ranks (config and
-#      bf16's batch, synthetic 224 px images): step time, images/s, all-reduce, overlap, efficiency.
+#      bf16's batch, synthetic 224 px images; the second of two epochs, warm): step time, images/s,
+#      time waiting for images, all-reduce, overlap, efficiency.
 #   7. with a minute to spare (never listed as skipped): bf16 again at its batch with fp32
 #      activations (--bf16-activations false), then keeping the attention probabilities and GELU's
 #      CDF (--recompute-in-backward false): what each memory choice costs or saves on this GPU.
@@ -304,7 +305,7 @@ if [ "$gpus" -ge 2 ] && [ "$(left)" -ge 90 ]; then
     # Enough training images for the largest run (the synthetic set keeps about 70% for training).
     "$radar" synth --output "$work/scale-data" --count $(( gpus * sb * steps * 3 / 2 + 64 )) --size "$size" > /dev/null 2> "$work/scale-synth.log"
     env "${mg_env[@]}" RADAR_BIN="$(dirname "$radar")" timeout "$(limit 400)" bash "$scaling" "$work/scale-data" "${ranks[@]}" -- \
-      --transport tcp --device cuda --config "$config" --batch-size "$sb" --steps "$steps" --threads 1 --json \
+      --transport tcp --device cuda --config "$config" --batch-size "$sb" --steps "$steps" --epochs 2 --threads 1 --json \
       > "$work/scaling.jsonl" 2> "$work/scaling.log" \
       && log "scaling: $(tr '\n' ' ' < "$work/scaling.jsonl" | head -c 600)" \
       || log "scaling failed: $(tail -5 "$work/scaling.log" | tr '\n' ' ')"

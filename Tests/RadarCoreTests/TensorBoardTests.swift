@@ -151,7 +151,7 @@ final class TensorBoardTests: XCTestCase {
         // The HParams dashboard's session: config.json's values.
         try assertHParamsAreTheConfig(out + "/r")
         XCTAssertEqual(Set(tb.keys), Set(["train/loss", "train/loss_main", "train/loss_branch", "train/loss_orth", "train/loss_deep", "train/lr",
-                                          "train/grad_norm", "epoch/number", "epoch/train_loss", "epoch/skipped_steps", "perf/images_per_s", "perf/step_seconds"]
+                                          "train/grad_norm", "epoch/number", "epoch/train_loss", "epoch/skipped_steps", "perf/images_per_s", "perf/step_seconds", "perf/data_wait_seconds"]
                                          + h.testMetrics.keys.map { "val/\($0)" } + h.testMetrics.keys.map { "test/\($0)" }
                                          + testHeads.map { "val_heads/" + $0.0.dropFirst("test_heads/".count) } + testHeads.map(\.0) + ["test_perturbed/jpeg_50_auc"]))
         // The export carries them.

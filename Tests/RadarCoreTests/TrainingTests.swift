@@ -42,6 +42,15 @@ final class TrainingTests: XCTestCase {
         XCTAssertFalse(values.contains { !$0.isFinite }, "parameters after the first step of a 10-step schedule")
     }
 
+    /// An epoch whose rank spent over a fifth of its training time blocked on the loader says so
+    /// on its log line, with the loader threads it had; otherwise nothing is added.
+    func testAnInputBoundEpochSaysSo() {
+        XCTAssertEqual(TrainingRun.inputBoundNote(["step_seconds": 0.1, "data_wait_seconds": 0.03], loaderThreads: 2),
+                       "  (30% of it waiting for images: input-bound at --loader-threads 2)")
+        XCTAssertEqual(TrainingRun.inputBoundNote(["step_seconds": 0.1, "data_wait_seconds": 0.02], loaderThreads: 2), "")
+        XCTAssertEqual(TrainingRun.inputBoundNote(["images_per_s": 10], loaderThreads: 1), "", "no optimizer step, no figures")
+    }
+
     func testDeepSupervisionWeights() {
         assertClose(RADARLoss.deepWeights(3), [1.0 / 6, 1.0 / 3, 0.5], rtol: 1e-6, atol: 1e-7, "T = 3")
         XCTAssertEqual(RADARLoss.deepWeights(1), [1])

@@ -86,6 +86,8 @@ final class MPITrainingTests: XCTestCase {
         for e in [a, b] {
             XCTAssertGreaterThan(e["allreduce_seconds"] as? Double ?? 0, 0, "\(e)")
             XCTAssertGreaterThan(e["step_seconds"] as? Double ?? 0, e["allreduce_exposed_seconds"] as? Double ?? .infinity, "\(e)")
+            let wait = e["data_wait_seconds"] as? Double ?? -1
+            XCTAssertTrue(wait >= 0 && wait < e["step_seconds"] as? Double ?? 0, "time blocked on the loader, within the step: \(e)")
             let f = e["overlap_fraction"] as? Double ?? -1
             XCTAssertTrue(f >= 0 && f <= 1, "\(e)")
         }

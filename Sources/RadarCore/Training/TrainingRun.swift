@@ -553,7 +553,13 @@ public final class TrainingRun {
         skippedBeforeEpoch = trainer.skippedSteps
         var batchIndex = start
         let t0 = Date()
-        while let b = try loader.next() {
+        // Time blocked on the loader: a step that waits for images is input-bound, and more
+        // compute (a GPU, more ranks) will not make it faster.
+        var dataWait = 0.0
+        while true {
+            let w0 = DispatchTime.now().uptimeNanoseconds
+            guard let b = try loader.next() else { break }
+            dataWait += Double(DispatchTime.now().uptimeNanoseconds - w0) / 1e9
             let input = upload(b)
             let result = try trainer.step(images: input.images, labels: input.labels)
             n += 1
@@ -599,8 +605,18 @@ public final class TrainingRun {
         let elapsed = max(Date().timeIntervalSince(t0), 1e-9)
         var speed = parallel.communicationStatistics()
         speed["images_per_s"] = Double(local * options.batchSize * options.worldSize) / elapsed
-        if optimizerSteps > 0 { speed["step_seconds"] = elapsed / Double(optimizerSteps) }
+        if optimizerSteps > 0 {
+            speed["step_seconds"] = elapsed / Double(optimizerSteps)
+            speed["data_wait_seconds"] = dataWait / Double(optimizerSteps)
+        }
         return .finished(lossSum: lossSum, microBatches: n, speed: speed)
+    }
+
+    /// Said after an epoch's speed when this rank spent over a fifth of its training time
+    /// waiting for the loader: where more loader threads would pay.
+    public static func inputBoundNote(_ speed: [String: Double], loaderThreads: Int) -> String {
+        guard let wait = speed["data_wait_seconds"], let step = speed["step_seconds"], step > 0, wait / step > 0.2 else { return "" }
+        return "  (\(Int((100 * wait / step).rounded()))% of it waiting for images: input-bound at --loader-threads \(loaderThreads))"
     }
 
     /// Validation after an epoch: records the metrics, keeps the best weights, writes `best` and
@@ -642,6 +658,7 @@ public final class TrainingRun {
                                metrics: m.merging(["train_loss": p.history.trainLoss.last!, "images_per_s": imagesPerSecond]) { a, _ in a })
         log("epoch \(epoch + 1)/\(options.epochs)  train_loss \(fixed(p.history.trainLoss.last!))  val_auc \(fixed(m["auc"]!))  "
             + "val_acc \(fixed(m["accuracy"]!))  val_eer \(fixed(m["eer"]!))  \(fixed(imagesPerSecond, 1)) img/s"
+            + TrainingRun.inputBoundNote(speed, loaderThreads: options.loaderThreads)
             + (skipped > 0 ? "  (\(skipped) optimizer step\(skipped == 1 ? "" : "s") skipped: not finite)" : ""))
         var stop = false
         if !m["auc"]!.isFinite && !p.history.valAUC.dropLast().contains(where: { !$0.isFinite }) {
