@@ -72,14 +72,25 @@ public struct LaunchEnvironment: Equatable, Sendable {
 }
 
 /// `HOST:PORT` split at its last colon, with a host and a port in 1...65535 (0 too where
-/// `allowAnyPort`: a listener on any free port); nil otherwise.
+/// `allowAnyPort`: a listener on any free port); an IPv6 host in brackets (`[fd00::1]:29500`,
+/// returned without them); nil otherwise (an IPv6 address without brackets is ambiguous).
 public func hostPort(_ address: String, allowAnyPort: Bool = false) -> (host: String, port: Int)? {
     guard let i = address.lastIndex(of: ":"), i != address.startIndex,
           let port = Int(address[address.index(after: i)...]), (allowAnyPort ? 0 : 1)...65535 ~= port else { return nil }
-    return (String(address[..<i]), port)
+    let host = String(address[..<i])
+    if host.hasPrefix("[") || host.hasSuffix("]") {
+        guard host.hasPrefix("["), host.hasSuffix("]"), host.count > 2 else { return nil }
+        return (String(host.dropFirst().dropLast()), port)
+    }
+    return host.contains(":") ? nil : (host, port)
 }
 
 /// The message for an address `hostPort` refused.
 public func hostPortExpectation(_ address: String, allowAnyPort: Bool = false) -> String {
-    "\(address): expected HOST:PORT with a port in \(allowAnyPort ? 0 : 1)...65535"
+    "\(address): expected HOST:PORT with a port in \(allowAnyPort ? 0 : 1)...65535 (an IPv6 address in brackets: [fd00::1]:29500)"
+}
+
+/// HOST:PORT as written back: an IPv6 host in brackets.
+public func hostPortText(_ host: String, _ port: Int) -> String {
+    host.contains(":") && !host.hasPrefix("[") ? "[\(host)]:\(port)" : "\(host):\(port)"
 }

@@ -10,39 +10,135 @@ enum Sockets {
         var description: String { reason }
     }
 
-    static func address(_ host: String, _ port: Int) throws -> sockaddr_in {
-        guard (0...65535).contains(port) else { throw SocketError(reason: "port \(port) of \(host) is not in 0...65535") }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        var resolved = host
-        if host == "localhost" { resolved = "127.0.0.1" }
-        if inet_pton(AF_INET, resolved, &addr.sin_addr) != 1 {
-            var hints = addrinfo()
-            hints.ai_family = AF_INET
-            var res: UnsafeMutablePointer<addrinfo>?
-            guard getaddrinfo(host, nil, &hints, &res) == 0, let r = res else { throw SocketError(reason: "cannot resolve host \(host)") }
-            defer { freeaddrinfo(res) }
-            addr.sin_addr = r.pointee.ai_addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+    /// A resolved address, IPv4 or IPv6 (with its scope for a link-local one).
+    struct Address {
+        var storage = sockaddr_storage()
+        var length: socklen_t = 0
+        var family: Int32 { Int32(storage.ss_family) }
+
+        func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+            withUnsafePointer(to: storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) } }
         }
-        return addr
+
+        /// From what `bind`, `getsockname` or `getpeername` filled in.
+        static func reading(_ fill: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32) -> Address? {
+            var a = Address()
+            a.length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let rc = withUnsafeMutablePointer(to: &a.storage) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { fill($0, &a.length) } }
+            return rc == 0 ? a : nil
+        }
+
+        var port: Int {
+            withSockaddr { p, _ in
+                family == AF_INET6
+                    ? p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
+                    : p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+            }
+        }
+
+        /// The numeric host: dotted IPv4, or IPv6 text (an IPv4-mapped one, ::ffff:a.b.c.d, as the
+        /// IPv4 address: what a dual-stack listener sees of an IPv4 peer).
+        var host: String {
+            var buf = [CChar](repeating: 0, count: 64)
+            withSockaddr { p, _ in
+                if family == AF_INET6 {
+                    var a6 = p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
+                    _ = inet_ntop(AF_INET6, &a6, &buf, 64)
+                } else {
+                    var a4 = p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+                    _ = inet_ntop(AF_INET, &a4, &buf, 64)
+                }
+            }
+            let text = String(cString: buf)
+            return text.hasPrefix("::ffff:") && text.dropFirst(7).contains(".") ? String(text.dropFirst(7)) : text
+        }
     }
 
-    /// A listening socket on host:port (port 0: any free port); returns (fd, bound port).
-    static func listen(host: String, port: Int) throws -> (Int32, Int) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw SocketError(reason: "socket: \(String(cString: strerror(errno)))") }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = try address(host, port)
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard rc == 0, Glibc.listen(fd, 128) == 0 else {
-            close(fd)
-            throw SocketError(reason: "cannot listen on \(host):\(port): \(String(cString: strerror(errno)))")
+    /// `host` without the brackets of `[IPv6]`.
+    static func bare(_ host: String) -> String {
+        host.hasPrefix("[") && host.hasSuffix("]") && host.count > 2 ? String(host.dropFirst().dropLast()) : host
+    }
+
+    /// `host` (a name, dotted IPv4, or IPv6 with or without brackets and a `%scope`) and `port`
+    /// as an address: a name with both kinds of address resolves to its IPv4 one.
+    static func address(_ host: String, _ port: Int) throws -> Address {
+        guard (0...65535).contains(port) else { throw SocketError(reason: "port \(port) of \(host) is not in 0...65535") }
+        let h = bare(host) == "localhost" ? "127.0.0.1" : bare(host)
+        var a = Address()
+        var a4 = sockaddr_in()
+        if inet_pton(AF_INET, h, &a4.sin_addr) == 1 {
+            a4.sin_family = sa_family_t(AF_INET)
+            a4.sin_port = in_port_t(UInt16(port).bigEndian)
+            withUnsafeMutablePointer(to: &a.storage) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee = a4 } }
+            a.length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            return a
         }
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        return (fd, Int(UInt16(bigEndian: addr.sin_port)))
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var res: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(h, nil, &hints, &res) == 0, res != nil else { throw SocketError(reason: "cannot resolve host \(host)") }
+        defer { freeaddrinfo(res) }
+        var candidates: [UnsafeMutablePointer<addrinfo>] = []
+        var p = res
+        while let r = p { candidates.append(r); p = r.pointee.ai_next }
+        guard let pick = candidates.first(where: { $0.pointee.ai_family == AF_INET }) ?? candidates.first(where: { $0.pointee.ai_family == AF_INET6 }),
+              let sa = pick.pointee.ai_addr else { throw SocketError(reason: "cannot resolve host \(host) to an IPv4 or IPv6 address") }
+        withUnsafeMutableBytes(of: &a.storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: sa, count: Int(pick.pointee.ai_addrlen))) }
+        a.length = pick.pointee.ai_addrlen
+        withUnsafeMutablePointer(to: &a.storage) { st in
+            if pick.pointee.ai_family == AF_INET6 {
+                st.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_port = in_port_t(UInt16(port).bigEndian) }
+            } else {
+                st.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_port = in_port_t(UInt16(port).bigEndian) }
+            }
+        }
+        return a
+    }
+
+    /// Every interface's wildcard: "0.0.0.0", "::", "*" or "".
+    static func isWildcard(_ host: String) -> Bool { ["0.0.0.0", "::", "[::]", "*", ""].contains(host) }
+
+    /// A listening socket on host:port (port 0: any free port); returns (fd, bound port). On every
+    /// interface (a wildcard host) it is one dual-stack IPv6 socket that takes IPv4 peers too,
+    /// or an IPv4 one where the machine has IPv6 off.
+    static func listen(host: String, port: Int) throws -> (Int32, Int) {
+        if isWildcard(host) {
+            var six = sockaddr_in6()
+            six.sin6_family = sa_family_t(AF_INET6)
+            six.sin6_port = in_port_t(UInt16(port).bigEndian)
+            var a = Address()
+            withUnsafeMutablePointer(to: &a.storage) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee = six } }
+            a.length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            switch bound(a, dualStack: true) {
+            case .success(let r): return r
+            case .failure(let e) where e.code == EADDRINUSE: throw SocketError(reason: "cannot listen on \(hostPortText(host, port)): \(e.text)")
+            case .failure: break  // no IPv6 here: IPv4 alone
+            }
+            return try bound(address("0.0.0.0", port), dualStack: false)
+                .mapError { SocketError(reason: "cannot listen on \(hostPortText(host, port)): \($0.text)") }.get()
+        }
+        return try bound(address(host, port), dualStack: false)
+            .mapError { SocketError(reason: "cannot listen on \(hostPortText(host, port)): \($0.text)") }.get()
+    }
+
+    struct Failure: Error { let code: Int32; var text: String { String(cString: strerror(code)) } }
+
+    /// A socket of `a`'s family bound to it and listening: (fd, bound port).
+    private static func bound(_ a: Address, dualStack: Bool) -> Result<(Int32, Int), Failure> {
+        let fd = socket(a.family, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return .failure(Failure(code: errno)) }
+        var one: Int32 = 1, zero: Int32 = 0
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        if dualStack { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size)) }
+        let rc = a.withSockaddr { bind(fd, $0, $1) }
+        guard rc == 0, Glibc.listen(fd, 128) == 0 else {
+            let e = errno
+            close(fd)
+            return .failure(Failure(code: e))
+        }
+        let port = Address.reading { getsockname(fd, $0, $1) }?.port ?? 0
+        return .success((fd, port))
     }
 
     /// Connects with retries until `deadline` (the peer may not be listening yet).
@@ -51,7 +147,7 @@ enum Sockets {
         while true {
             let (fd, failure) = attempt(&addr, until: deadline)
             if let fd { return fd }
-            if Date() > deadline { throw SocketError(reason: "cannot connect to \(host):\(port): \(String(cString: strerror(failure)))") }
+            if Date() > deadline { throw SocketError(reason: "cannot connect to \(hostPortText(host, port)): \(String(cString: strerror(failure)))") }
             usleep(50_000)
         }
     }
@@ -82,11 +178,11 @@ enum Sockets {
     /// One non-blocking connect polled until `deadline` (a blocking connect to a host that drops
     /// packets waited the kernel's SYN timeout, about 2 minutes, past any deadline): the tuned
     /// blocking socket, or nil and the errno.
-    private static func attempt(_ addr: inout sockaddr_in, until deadline: Date) -> (Int32?, Int32) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    private static func attempt(_ addr: inout Address, until deadline: Date) -> (Int32?, Int32) {
+        let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return (nil, errno) }
         setNonBlocking(fd, true)
-        var rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var rc = addr.withSockaddr { Glibc.connect(fd, $0, $1) }
         var failure = rc == 0 ? 0 : errno
         if rc != 0 && failure == EINPROGRESS {
             var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
@@ -105,38 +201,71 @@ enum Sockets {
         return (nil, failure)
     }
 
-    /// This machine's IPv4 interface addresses that are up, loopback left out: (dotted address,
-    /// address and netmask in host order), in the order the kernel lists them.
-    static func interfaceAddresses() -> [(text: String, address: UInt32, netmask: UInt32)] {
+    /// An interface's address and netmask, IPv4 (4 bytes) or IPv6 (16), in network order.
+    struct Interface: Equatable {
+        let text: String
+        let address: [UInt8]
+        let netmask: [UInt8]
+
+        /// An IPv4 one from host-order words (tests).
+        static func v4(_ text: String, _ address: UInt32, _ netmask: UInt32) -> Interface {
+            Interface(text: text, address: withUnsafeBytes(of: address.bigEndian, Array.init), netmask: withUnsafeBytes(of: netmask.bigEndian, Array.init))
+        }
+    }
+
+    /// The bytes of a numeric IPv4 or IPv6 address, or nil.
+    static func numeric(_ text: String) -> [UInt8]? {
+        var a4 = in_addr(), a6 = in6_addr()
+        if inet_pton(AF_INET, text, &a4) == 1 { return withUnsafeBytes(of: a4, Array.init) }
+        if inet_pton(AF_INET6, bare(text), &a6) == 1 { return withUnsafeBytes(of: a6, Array.init) }
+        return nil
+    }
+
+    /// This machine's interface addresses that are up, loopback and IPv6 link-local (fe80::/10,
+    /// which needs a scope to dial) left out: IPv4 first, then IPv6, each in the kernel's order.
+    static func interfaceAddresses() -> [Interface] {
         var list: UnsafeMutablePointer<ifaddrs>?
         guard getifaddrs(&list) == 0 else { return [] }
         defer { freeifaddrs(list) }
-        var out: [(String, UInt32, UInt32)] = []
+        var v4: [Interface] = [], v6: [Interface] = []
         var p = list
         while let a = p {
             defer { p = a.pointee.ifa_next }
-            guard let sa = a.pointee.ifa_addr, sa.pointee.sa_family == sa_family_t(AF_INET), let nm = a.pointee.ifa_netmask,
+            guard let sa = a.pointee.ifa_addr, let nm = a.pointee.ifa_netmask,
                   (a.pointee.ifa_flags & UInt32(IFF_UP)) != 0, (a.pointee.ifa_flags & UInt32(IFF_LOOPBACK)) == 0 else { continue }
-            var sin = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee }
-            let mask = nm.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
             var buf = [CChar](repeating: 0, count: 64)
-            inet_ntop(AF_INET, &sin.sin_addr, &buf, 64)
-            out.append((String(cString: buf), UInt32(bigEndian: sin.sin_addr.s_addr), mask))
+            if sa.pointee.sa_family == sa_family_t(AF_INET) {
+                var sin = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+                let mask = nm.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+                inet_ntop(AF_INET, &sin, &buf, 64)
+                v4.append(Interface(text: String(cString: buf), address: withUnsafeBytes(of: sin, Array.init), netmask: withUnsafeBytes(of: mask, Array.init)))
+            } else if sa.pointee.sa_family == sa_family_t(AF_INET6) {
+                var sin6 = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
+                let mask = nm.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
+                let bytes = withUnsafeBytes(of: sin6, Array.init)
+                guard !(bytes[0] == 0xFE && bytes[1] & 0xC0 == 0x80) else { continue }
+                inet_ntop(AF_INET6, &sin6, &buf, 64)
+                v6.append(Interface(text: String(cString: buf), address: bytes, netmask: withUnsafeBytes(of: mask, Array.init)))
+            }
         }
-        return out.map { (text: $0.0, address: $0.1, netmask: $0.2) }
+        return v4 + v6
     }
 
-    /// `candidates` (dotted IPv4 addresses of another machine) in the order to try them from
-    /// this one: those on a subnet of one of `mine` first, then the rest, each group in its
-    /// given order; an address that is one of `mine` (a bridge every host has, docker0's
-    /// 172.17.0.1) names this machine, not the other, and is left out.
-    static func reachableFirst(_ candidates: [String], mine: [(text: String, address: UInt32, netmask: UInt32)]) -> [String] {
-        let candidates = candidates.filter { c in !mine.contains { $0.text == c } }
+    /// `candidates` (numeric addresses of another machine) in the order to try them from this
+    /// one: those on a subnet of one of `mine` first, then the rest, each group in its given
+    /// order; an address that is one of `mine` (a bridge every host has, docker0's 172.17.0.1)
+    /// names this machine, not the other, and is left out.
+    static func reachableFirst(_ candidates: [String], mine: [Interface]) -> [String] {
+        let candidates = candidates.filter { c in
+            let bytes = numeric(c)
+            return !mine.contains { m in m.text == c || bytes == m.address }
+        }
         func onMySubnet(_ c: String) -> Bool {
-            var a = in_addr()
-            guard inet_pton(AF_INET, c, &a) == 1 else { return false }
-            let v = UInt32(bigEndian: a.s_addr)
-            return mine.contains { $0.netmask != 0 && ($0.address & $0.netmask) == (v & $0.netmask) }
+            guard let v = numeric(c) else { return false }
+            return mine.contains { m in
+                m.address.count == v.count && m.netmask.contains { $0 != 0 }
+                    && zip(zip(m.address, m.netmask), v).allSatisfy { ($0.0 & $0.1) == ($1 & $0.1) }
+            }
         }
         return candidates.filter(onMySubnet) + candidates.filter { !onMySubnet($0) }
     }
@@ -168,15 +297,10 @@ enum Sockets {
         }
     }
 
-    /// The remote address of a connected socket, as HOST:PORT (for logs).
+    /// The remote address of a connected socket, as HOST:PORT ([IPv6]:PORT; for logs).
     static func peerName(_ fd: Int32) -> String {
-        var addr = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let rc = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } }
-        guard rc == 0 else { return "an unknown address" }
-        var buf = [CChar](repeating: 0, count: 64)
-        inet_ntop(AF_INET, &addr.sin_addr, &buf, 64)
-        return "\(String(cString: buf)):\(UInt16(bigEndian: addr.sin_port))"
+        guard let a = Address.reading({ getpeername(fd, $0, $1) }) else { return "an unknown address" }
+        return hostPortText(a.host, a.port)
     }
 
     /// Writes all bytes (blocking socket) or throws.

@@ -92,7 +92,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
                 let nonceA = reply.prefix(32), proofA = reply.suffix(32)
                 let expected = HMACSHA256.bytes(key: token, message: TCPCommunicator.transcript("A", nonceC, Data(nonceA), low: p.rank, high: rank))
                 guard HMACSHA256.equal(Array(proofA), expected) else {
-                    throw CommunicationError(rank: rank, peer: p.rank, reason: "the listener at \(p.host):\(p.port) could not prove the job token: not rank \(p.rank) of this job")
+                    throw CommunicationError(rank: rank, peer: p.rank, reason: "the listener at \(hostPortText(p.host, p.port)) could not prove the job token: not rank \(p.rank) of this job")
                 }
                 let proofC = HMACSHA256.bytes(key: token, message: TCPCommunicator.transcript("C", nonceC, Data(nonceA), low: p.rank, high: rank))
                 try proofC.withUnsafeBytes { try Sockets.writeAll(fd, $0) }
@@ -100,7 +100,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
             } catch {
                 close(fd)
                 if let e = error as? CommunicationError { throw e }
-                throw CommunicationError(rank: rank, peer: p.rank, reason: "handshake with rank \(p.rank) at \(p.host):\(p.port) failed: \(error)")
+                throw CommunicationError(rank: rank, peer: p.rank, reason: "handshake with rank \(p.rank) at \(hostPortText(p.host, p.port)) failed: \(error)")
             }
         }
         var pending = size - 1 - rank

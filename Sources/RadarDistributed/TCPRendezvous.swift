@@ -8,19 +8,19 @@ public enum TCPRendezvous {
     /// A data listener on a free port of `host` (default: every interface): (fd, port).
     public static func listen(host: String = "0.0.0.0") throws -> (Int32, Int) { try Sockets.listen(host: host, port: 0) }
 
-    /// The local address this host uses to reach host:port (what peers should dial).
+    /// The local address this host uses to reach host:port (what peers should dial): IPv4 or
+    /// IPv6 as the coordinator's address is.
     public static func localAddress(towards host: String, port: Int) throws -> String {
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        let addr = try Sockets.address(host, port)
+        let fd = socket(addr.family, Int32(SOCK_DGRAM.rawValue), 0)
         defer { close(fd) }
-        var addr = try Sockets.address(host, port)
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        var local = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        var buf = [CChar](repeating: 0, count: 64)
-        inet_ntop(AF_INET, &local.sin_addr, &buf, 64)
-        let s = String(cString: buf)
-        return s == "0.0.0.0" ? "127.0.0.1" : s
+        _ = addr.withSockaddr { connect(fd, $0, $1) }
+        let s = Sockets.Address.reading { getsockname(fd, $0, $1) }?.host ?? ""
+        switch s {
+        case "", "0.0.0.0": return addr.family == AF_INET6 ? "::1" : "127.0.0.1"
+        case "::": return "::1"
+        default: return s
+        }
     }
 
     /// A free TCP port on this host for a coordinator the ranks are told to reach (launchers).

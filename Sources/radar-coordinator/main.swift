@@ -56,7 +56,7 @@ struct RadarCoordinator: ParsableCommand {
                                   accumulationSteps: r.accumulationSteps, maxStepsPerEpoch: r.maxStepsPerEpoch).digest
                     }
                 }
-                logLine("radar-coordinator: listening on \(host):\(server.port) for \(worldSize) ranks")
+                logLine("radar-coordinator: listening on \(hostPortText(host, server.port)) for \(worldSize) ranks")
                 while true {
                     Thread.sleep(forTimeInterval: 1)
                     if let ranks = server.status()["ranks"] as? [[String: Any]], ranks.allSatisfy({ $0["finished"] as? Bool == true }) {

@@ -18,13 +18,13 @@ final class CoordinatorAddressTests: XCTestCase {
 
     func testARankOnAnotherHostTriesAddressesOnItsOwnSubnetsFirstAndOneOnRankZerosHostLoopback() {
         let a = CoordinatorAnnouncement(port: 5000, token: "t", addresses: ["172.17.0.2", "10.88.0.1", "192.168.1.9"], hostName: "h0")
-        let mine: [(text: String, address: UInt32, netmask: UInt32)] = [("10.88.0.2", 0x0A58_0002, 0xFFFF_FF00)]
+        let mine: [Sockets.Interface] = [.v4("10.88.0.2", 0x0A58_0002, 0xFFFF_FF00)]
         XCTAssertEqual(a.hosts(from: "h1", mine: mine), ["10.88.0.1", "172.17.0.2", "192.168.1.9"])
         XCTAssertEqual(a.hosts(from: "h1", mine: []), ["172.17.0.2", "10.88.0.1", "192.168.1.9"], "no subnet in common: as announced")
         XCTAssertEqual(a.hosts(from: "h0", mine: mine), ["127.0.0.1"], "rank 0's host")
         // An address that is this machine's own (a bridge on every host) is not rank 0's.
         let bridged = CoordinatorAnnouncement(port: 5000, token: "t", addresses: ["10.88.0.1", "172.17.0.1"], hostName: "h0")
-        XCTAssertEqual(bridged.hosts(from: "h1", mine: mine + [("172.17.0.1", 0xAC11_0001, 0xFFFF_0000)]), ["10.88.0.1"])
+        XCTAssertEqual(bridged.hosts(from: "h1", mine: mine + [.v4("172.17.0.1", 0xAC11_0001, 0xFFFF_0000)]), ["10.88.0.1"])
         let bare = CoordinatorAnnouncement(port: 5000, token: "t", addresses: [], hostName: "h0")
         XCTAssertEqual(bare.hosts(from: "h1", mine: mine), ["127.0.0.1"], "nothing else to try")
         // This machine's own addresses leave loopback out.

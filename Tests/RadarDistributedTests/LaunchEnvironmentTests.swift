@@ -40,7 +40,7 @@ final class LaunchEnvironmentTests: XCTestCase {
         }
         // Ports out of range are named with where they came from (MASTER_PORT 70000 said "is needed").
         XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: 0, worldSize: 1, coordinator: "h:70000", env: [:])) {
-            XCTAssertEqual("\($0)", "--coordinator h:70000: expected HOST:PORT with a port in 1...65535")
+            XCTAssertEqual("\($0)", "--coordinator h:70000: expected HOST:PORT with a port in 1...65535 (an IPv6 address in brackets: [fd00::1]:29500)")
         }
         XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: [
             "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "a", "MASTER_PORT": "65535", "TORCHELASTIC_RUN_ID": "x"])) {
@@ -53,6 +53,58 @@ final class LaunchEnvironmentTests: XCTestCase {
         XCTAssertEqual(hostPort("10.0.0.1:7070")?.host, "10.0.0.1")
         XCTAssertEqual(hostPort("h:0", allowAnyPort: true)?.port, 0)
         for bad in ["h:0", ":7070", "h", "h:", "h:-1", "h:65536", "h:7x"] { XCTAssertNil(hostPort(bad), bad) }
+        // IPv6: in brackets, returned without them; without brackets the last colon is ambiguous.
+        XCTAssertEqual(hostPort("[fd00::1]:29500")?.host, "fd00::1")
+        XCTAssertEqual(hostPort("[::1]:29500")?.port, 29500)
+        for bad in ["fd00::1:29500", "[fd00::1:29500", "fd00::1]:29500", "[]:29500"] { XCTAssertNil(hostPort(bad), bad) }
+        XCTAssertEqual(hostPortText("fd00::1", 29500), "[fd00::1]:29500")
+        XCTAssertEqual(hostPortText("10.0.0.1", 29500), "10.0.0.1:29500")
+        let six = try LaunchEnvironment.resolve(rank: 0, worldSize: 2, coordinator: "[fd00::1]:29500", env: [:])
+        XCTAssertEqual(six.host, "fd00::1")
+        // Addresses as the sockets take them: IPv4, IPv6 bare or in brackets, names.
+        XCTAssertEqual(try Sockets.address("127.0.0.1", 80).family, AF_INET)
+        XCTAssertEqual(try Sockets.address("localhost", 80).family, AF_INET, "IPv4 where a name has both")
+        for v6 in ["::1", "[::1]", "fd00::1"] {
+            let a = try Sockets.address(v6, 4242)
+            XCTAssertEqual(a.family, AF_INET6, v6)
+            XCTAssertEqual(a.port, 4242, v6)
+            XCTAssertEqual(a.host, Sockets.bare(v6), v6)
+        }
+        XCTAssertThrowsError(try Sockets.address("no-such-host.invalid", 80))
+        // Subnets in both families: an IPv6 candidate on this machine's /64 first.
+        let mine = [Sockets.Interface.v4("10.88.0.2", 0x0A58_0002, 0xFFFF_FF00),
+                    Sockets.Interface(text: "fd00:1::2", address: Sockets.numeric("fd00:1::2")!, netmask: Array(repeating: 0xFF, count: 8) + Array(repeating: 0, count: 8))]
+        XCTAssertEqual(Sockets.reachableFirst(["fd00:9::5", "192.168.1.9", "fd00:1::7", "10.88.0.1", "fd00:1::2"], mine: mine),
+                       ["fd00:1::7", "10.88.0.1", "fd00:9::5", "192.168.1.9"], "this machine's own fd00:1::2 left out")
+    }
+
+    /// Ranks that meet over IPv6 only: rank 0's coordinator at MASTER_ADDR ::1 (bare, as torchrun
+    /// passes it, and in brackets), so every rank's data listener binds ::1 and the whole mesh,
+    /// shared memory off, runs over IPv6. They end with the parameters of the same job over
+    /// 127.0.0.1. In a network namespace of its own with IPv6 on its loopback (root, as CI),
+    /// so the test does not depend on the machine's own IPv6 settings.
+    func testRanksMeetAndTrainOverIPv6() throws {
+        XCTAssertEqual(geteuid(), 0, "a network namespace needs root (CI has it)")
+        guard geteuid() == 0 else { return }
+        let ns = "radar-v6-\(getpid())"
+        func ip(_ args: [String]) throws -> (Int32, String) { try Process.runStatus(["/usr/sbin/ip"] + args) }
+        XCTAssertEqual(try ip(["netns", "add", ns]).0, 0)
+        defer { _ = try? ip(["netns", "del", ns]) }
+        XCTAssertEqual(try ip(["netns", "exec", ns, "ip", "link", "set", "lo", "up"]).0, 0)
+        _ = try ip(["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"])
+        let (rc, addrs) = try ip(["netns", "exec", ns, "ip", "-6", "addr", "show", "dev", "lo"])
+        XCTAssertTrue(rc == 0 && addrs.contains("::1/128"), "IPv6 loopback in the namespace: \(addrs)")
+        let token = HMACSHA256.randomHex(bytes: 16)
+        var hashes: [String: Set<String>] = [:]
+        for master in ["127.0.0.1", "::1", "[::1]"] {
+            let texts = try twoTCPRanks("MASTER_ADDR \(master)", prefix: ["/usr/sbin/ip", "netns", "exec", ns]) { r in
+                ["RANK": String(r), "WORLD_SIZE": "2", "MASTER_ADDR": master, "MASTER_PORT": "29533", "RADAR_JOB_TOKEN": token, "RADAR_SHM_DISABLE": "1"]
+            }
+            hashes[master] = parameterHashes(texts)
+            XCTAssertEqual(hashes[master]?.count, 1, "MASTER_ADDR \(master): both ranks end with the same parameters: \(texts)")
+        }
+        XCTAssertEqual(hashes["::1"], hashes["127.0.0.1"], "IPv6 and IPv4 give the same job")
+        XCTAssertEqual(hashes["[::1]"], hashes["127.0.0.1"])
     }
 
     /// Two ranks started the way torchrun (MASTER_PORT held by its store) and srun (SLURM_*
@@ -80,33 +132,47 @@ final class LaunchEnvironmentTests: XCTestCase {
                 ["SLURM_PROCID": String(r), "SLURM_NTASKS": "2", "SLURM_LOCALID": String(r), "SLURM_NTASKS_PER_NODE": "2",
                  "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1", "SLURM_JOB_ID": String(slurmJob), "RADAR_JOB_TOKEN": token] }),
         ] {
-            let out = NSTemporaryDirectory() + "radar-\(name)-\(UUID().uuidString.prefix(6))"
-            var procs: [(Process, Pipe)] = []
-            for r in 0..<2 {
-                let p = Process()
-                p.executableURL = MPITrainingTests.products.appendingPathComponent("radar-worker")
-                p.arguments = ["--transport", "tcp", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
-                               "--batch-size", "4", "--num-epochs", "1", "--max-steps-per-epoch", "3", "--threads", "1", "--timeout", "20"]
-                var env = ProcessInfo.processInfo.environment
-                for k in ["RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"] { env[k] = nil }
-                env["OPENBLAS_NUM_THREADS"] = "1"
-                env.merge(envFor(r)) { $1 }
-                p.environment = env
-                let pipe = Pipe()
-                p.standardOutput = pipe
-                p.standardError = pipe
-                try p.run()
-                procs.append((p, pipe))
-            }
-            var texts: [String] = []
-            for (p, pipe) in procs {
-                texts.append(String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
-                p.waitUntilExit()
-                XCTAssertEqual(p.terminationStatus, 0, "\(name): \(texts.last!)")
-            }
-            let hashes = Set(texts.joined().split(separator: "\n").filter { $0.contains("fnv1a") }.map { String($0.split(separator: " ")[4]) })
+            let texts = try twoTCPRanks(name, env: envFor)
+            let hashes = parameterHashes(texts)
             XCTAssertEqual(hashes.count, 1, "\(name): both ranks end with the same parameters: \(texts)")
             XCTAssertTrue(texts[0].contains("(\(name))"), "rank 0 says which launcher it recognised: \(texts[0])")
         }
+    }
+    /// Two `radar-worker --transport tcp` ranks of a short tiny job (each with `env(rank)` over
+    /// a clean launch environment, started through `prefix` if any): their outputs, each rank
+    /// checked to end with status 0.
+    func twoTCPRanks(_ label: String, prefix: [String] = [], env extra: (Int) -> [String: String]) throws -> [String] {
+        let out = NSTemporaryDirectory() + "radar-ranks-\(UUID().uuidString.prefix(6))"
+        var procs: [(Process, Pipe)] = []
+        for r in 0..<2 {
+            let p = Process()
+            let worker = MPITrainingTests.products.appendingPathComponent("radar-worker").path
+            p.executableURL = URL(fileURLWithPath: prefix.first ?? worker)
+            p.arguments = (prefix.isEmpty ? [] : Array(prefix.dropFirst()) + [worker])
+                + ["--transport", "tcp", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
+                   "--batch-size", "4", "--num-epochs", "1", "--max-steps-per-epoch", "3", "--threads", "1", "--timeout", "20"]
+            var env = ProcessInfo.processInfo.environment
+            for k in ["RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"] { env[k] = nil }
+            env["OPENBLAS_NUM_THREADS"] = "1"
+            env.merge(extra(r)) { $1 }
+            p.environment = env
+            let pipe = Pipe()
+            p.standardOutput = pipe
+            p.standardError = pipe
+            try p.run()
+            procs.append((p, pipe))
+        }
+        var texts: [String] = []
+        for (p, pipe) in procs {
+            texts.append(String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+            p.waitUntilExit()
+            XCTAssertEqual(p.terminationStatus, 0, "\(label): \(texts.last!)")
+        }
+        return texts
+    }
+
+    /// The parameter hashes the ranks printed.
+    func parameterHashes(_ texts: [String]) -> Set<String> {
+        Set(texts.joined().split(separator: "\n").filter { $0.contains("fnv1a") }.map { String($0.split(separator: " ")[4]) })
     }
 }

@@ -1,7 +1,7 @@
 import Foundation
 
 /// What rank 0 of an mpirun job tells the other ranks, over MPI, about the coordinator it runs:
-/// its port, a fresh job token, its host name and its machine's IPv4 addresses. A rank on rank
+/// its port, a fresh job token, its host name and its machine's addresses (IPv4, then IPv6). A rank on rank
 /// 0's host (the same `MPIRuntime.hostName`) logs in over loopback; a rank on another host tries
 /// rank 0's addresses, those on a subnet of one of its own interfaces first (`hosts(from:)`),
 /// where a coordinator at 127.0.0.1 would have been its own machine.
@@ -18,7 +18,8 @@ public struct CoordinatorAnnouncement: Equatable {
         self.hostName = hostName
     }
 
-    /// This machine's IPv4 addresses that are up, loopback left out, as the kernel lists them.
+    /// This machine's addresses that are up, loopback and IPv6 link-local left out: IPv4 then
+    /// IPv6, each as the kernel lists them.
     public static func machineAddresses() -> [String] { Sockets.interfaceAddresses().map(\.text) }
 
     /// One line: `PORT TOKEN ADDR,ADDR,... HOSTNAME` (`-` for no address; the host name last,
@@ -39,8 +40,8 @@ public struct CoordinatorAnnouncement: Equatable {
     /// Where a rank on host `myHost` tries to reach the coordinator, in order.
     public func hosts(from myHost: String) -> [String] { hosts(from: myHost, mine: Sockets.interfaceAddresses()) }
 
-    /// The same, given this machine's interfaces (dotted address, address and netmask in host order).
-    func hosts(from myHost: String, mine: [(text: String, address: UInt32, netmask: UInt32)]) -> [String] {
+    /// The same, given this machine's interfaces.
+    func hosts(from myHost: String, mine: [Sockets.Interface]) -> [String] {
         guard myHost != hostName else { return ["127.0.0.1"] }
         let order = Sockets.reachableFirst(addresses, mine: mine)
         return order.isEmpty ? ["127.0.0.1"] : order

@@ -72,7 +72,7 @@ public final class CoordinatorClient: @unchecked Sendable {
             manifestHash = msg["manifest"] as? String ?? ""
         } catch let e as CommunicationError { close(fd); throw e } catch {
             close(fd)
-            throw CommunicationError(rank: rank, peer: nil, reason: "coordinator at \(coordinatorHost):\(port): \(error)")
+            throw CommunicationError(rank: rank, peer: nil, reason: "coordinator at \(hostPortText(coordinatorHost, port)): \(error)")
         }
     }
 
@@ -177,7 +177,7 @@ public final class CoordinatorClient: @unchecked Sendable {
         let challenge: [String: Any]
         do { (_, challenge) = try Wire.receive(fd, deadline: deadline) } catch let e as Sockets.SocketError where e.reason == "timed out" {
             // It said only "timed out".
-            throw Sockets.SocketError(reason: "\(host):\(port) took the connection but sent nothing within \(String(format: "%g", timeout)) s: is a RADAR coordinator listening there?")
+            throw Sockets.SocketError(reason: "\(hostPortText(host, port)) took the connection but sent nothing within \(String(format: "%g", timeout)) s: is a RADAR coordinator listening there?")
         }
         guard let nonce = challenge["nonce"] as? String else { throw Wire.ProtocolError(reason: "expected a challenge") }
         try Wire.send(fd, .register, ["rank": -1, "proof": HMACSHA256.hex(key: token, message: Data("\(nonce):-1".utf8))])
