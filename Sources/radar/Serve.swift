@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import RadarCLI
 import RadarCore
+import RadarDistributed
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,7 +17,7 @@ struct Serve: ParsableCommand {
         """)
     @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, a run's folder (its best checkpoint), hf-hub:ORG/NAME[@REVISION], or a PyTorch state dict with --config.") var checkpoint: String
     @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
-    @Option(help: "Address and port to listen on (port 0: one the system picks, printed at start).") var listen = "127.0.0.1:8080"
+    @Option(help: "Address and port to listen on: HOST:PORT, an IPv6 host in brackets ([::]:8080 is every interface of both kinds); port 0: one the system picks, printed at start.") var listen = "127.0.0.1:8080"
     @Option(help: "Images per forward pass at most.") var batchSize = 32
     @Option(help: "How long the first image of a batch waits for others, in milliseconds.") var maxDelayMs = 5.0
     @Option(help: "Connections served at once (more wait in the listen backlog).") var connections = 64
@@ -38,12 +39,12 @@ struct Serve: ParsableCommand {
         _ = try Self.address(listen)
     }
 
-    /// "HOST:PORT" as (host, port).
+    /// "HOST:PORT" as (host, port); an IPv6 host in brackets ([::1]:8080), returned without them.
     static func address(_ text: String) throws -> (String, Int) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
-            throw ValidationError("--listen \(text): expected HOST:PORT (127.0.0.1:8080; port 0 picks a free one)")
+        guard let a = hostPort(text, allowAnyPort: true) else {
+            throw ValidationError("--listen \(text): expected HOST:PORT (127.0.0.1:8080, [::1]:8080; port 0 picks a free one)")
         }
-        return (String(text[..<colon]), port)
+        return a
     }
 
     func run() throws {
@@ -64,7 +65,7 @@ struct Serve: ParsableCommand {
                 server.stop()
             }
             defer { watch.cancel() }
-            logLine("radar serve: listening on http://\(host):\(server.port) (\(checkpoint) on \(ctx.backend.deviceDescription); POST an image to /v1/predict)")
+            logLine("radar serve: listening on http://\(hostPortText(host, server.port)) (\(checkpoint) on \(ctx.backend.deviceDescription); POST an image to /v1/predict)")
             let service = ScoringService(server: server, batcher: batcher, config: c, temperature: temperature, health: health)
             server.serve { service.respond($0) }
             batcher.stop()

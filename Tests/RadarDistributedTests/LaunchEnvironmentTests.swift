@@ -86,18 +86,11 @@ final class LaunchEnvironmentTests: XCTestCase {
     func testRanksMeetAndTrainOverIPv6() throws {
         XCTAssertEqual(geteuid(), 0, "a network namespace needs root (CI has it)")
         guard geteuid() == 0 else { return }
-        let ns = "radar-v6-\(getpid())"
-        func ip(_ args: [String]) throws -> (Int32, String) { try Process.runStatus(["/usr/sbin/ip"] + args) }
-        XCTAssertEqual(try ip(["netns", "add", ns]).0, 0)
-        defer { _ = try? ip(["netns", "del", ns]) }
-        XCTAssertEqual(try ip(["netns", "exec", ns, "ip", "link", "set", "lo", "up"]).0, 0)
-        _ = try ip(["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"])
-        let (rc, addrs) = try ip(["netns", "exec", ns, "ip", "-6", "addr", "show", "dev", "lo"])
-        XCTAssertTrue(rc == 0 && addrs.contains("::1/128"), "IPv6 loopback in the namespace: \(addrs)")
+        let ns = try LoopbackNamespace()
         let token = HMACSHA256.randomHex(bytes: 16)
         var hashes: [String: Set<String>] = [:]
         for master in ["127.0.0.1", "::1", "[::1]"] {
-            let texts = try twoTCPRanks("MASTER_ADDR \(master)", prefix: ["/usr/sbin/ip", "netns", "exec", ns]) { r in
+            let texts = try twoTCPRanks("MASTER_ADDR \(master)", prefix: ns.prefix) { r in
                 ["RANK": String(r), "WORLD_SIZE": "2", "MASTER_ADDR": master, "MASTER_PORT": "29533", "RADAR_JOB_TOKEN": token, "RADAR_SHM_DISABLE": "1"]
             }
             hashes[master] = parameterHashes(texts)

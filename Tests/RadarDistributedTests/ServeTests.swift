@@ -160,4 +160,41 @@ final class ServeTests: XCTestCase {
         XCTAssertNotEqual(brc, 0)
         XCTAssertTrue(bout.contains("--listen localhost: expected HOST:PORT"), bout)
     }
+    /// `--listen [::]:0`: one dual-stack socket, answering over IPv6 and IPv4 alike; a bracketed
+    /// IPv6 address alone; a bare IPv6 address with a port refused as ambiguous. In a network
+    /// namespace of its own (root), so the machine's IPv6 settings do not matter.
+    func testServesOverIPv6() throws {
+        XCTAssertEqual(geteuid(), 0, "a network namespace needs root (CI has it)")
+        guard geteuid() == 0 else { return }
+        let ns = try LoopbackNamespace()
+        let bin = MPITrainingTests.products.appendingPathComponent("radar").path
+        let (model, _) = try fixtures()
+        let python = ProcessInfo.processInfo.environment["RADAR_PYTHON"] ?? "python3"
+        let get = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())"
+        for (listen, reachable) in [("[::]:0", ["[::1]", "127.0.0.1"]), ("[::1]:0", ["[::1]"])] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: ns.prefix[0])
+            p.arguments = Array(ns.prefix.dropFirst()) + [bin, "serve", "--checkpoint", model, "--listen", listen, "--threads", "1"]
+            let err = Pipe()
+            p.standardError = err
+            try p.run()
+            defer { if p.isRunning { p.terminate(); p.waitUntilExit() } }
+            var said = Data()
+            while !String(decoding: said, as: UTF8.self).contains("\n") {
+                let d = err.fileHandleForReading.availableData
+                if d.isEmpty { break }
+                said.append(d)
+            }
+            let first = String(decoding: said, as: UTF8.self)
+            let port = try XCTUnwrap(first.range(of: #"\]:(\d+) "#, options: .regularExpression).map { first[$0].dropFirst(2).dropLast() }, first)
+            for host in reachable {
+                let (rc, body) = try Process.runStatus(ns.prefix + [python, "-c", get, "http://\(host):\(port)/v1/health"])
+                XCTAssertEqual(rc, 0, "\(listen) from \(host): \(body)")
+                XCTAssertTrue(body.contains("\"checkpoint\""), "\(listen) from \(host): \(body)")
+            }
+        }
+        let (rc, text) = try Process.runStatus([bin, "serve", "--checkpoint", model, "--listen", "::1:8080"])
+        XCTAssertNotEqual(rc, 0)
+        XCTAssertTrue(text.contains("--listen ::1:8080: expected HOST:PORT"), text)
+    }
 }

@@ -49,27 +49,47 @@ public final class HTTPServer: @unchecked Sendable {
     public var rejected: Int { lock.lock(); defer { lock.unlock() }; return rejectedCount }
     private let finished = DispatchGroup()
 
-    /// Listens on `host:port` (port 0: one the system picks; `port` says which).
+    /// Listens on `host:port` (port 0: one the system picks; `port` says which). `host` is a
+    /// numeric IPv4 or IPv6 address (brackets allowed); `::` is every interface of both kinds
+    /// (one dual-stack socket), 0.0.0.0 every IPv4 one.
     public init(host: String, port: Int, maxBodyBytes: Int, maxConnections: Int = 64) throws {
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        guard inet_pton(AF_INET, host, &addr.sin_addr) == 1 else {
-            throw ServerError(description: "--listen \(host):\(port): \(host) is not an IPv4 address (0.0.0.0 for every interface)")
+        let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        let shown = bare.contains(":") ? "[\(bare)]:\(port)" : "\(bare):\(port)"
+        var storage = sockaddr_storage()
+        var length: socklen_t
+        var a4 = sockaddr_in(), a6 = sockaddr_in6()
+        if inet_pton(AF_INET, bare, &a4.sin_addr) == 1 {
+            a4.sin_family = sa_family_t(AF_INET)
+            a4.sin_port = in_port_t(UInt16(port).bigEndian)
+            withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee = a4 } }
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        } else if inet_pton(AF_INET6, bare, &a6.sin6_addr) == 1 {
+            a6.sin6_family = sa_family_t(AF_INET6)
+            a6.sin6_port = in_port_t(UInt16(port).bigEndian)
+            withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee = a6 } }
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        } else {
+            throw ServerError(description: "--listen \(shown): \(bare) is not an IPv4 or IPv6 address (0.0.0.0 or [::] for every interface)")
         }
-        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else { throw ServerError(description: "socket: \(String(cString: strerror(errno)))") }
-        var one: Int32 = 1
+        let family = Int32(storage.ss_family)
+        let s = socket(family, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw ServerError(description: "--listen \(shown): socket: \(String(cString: strerror(errno)))") }
+        var one: Int32 = 1, zero: Int32 = 0
         setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        if family == AF_INET6 { setsockopt(s, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size)) }
+        let bound = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, length) } }
         guard bound == 0, listen(s, 128) == 0 else {
             let reason = String(cString: strerror(errno))
             close(s)
-            throw ServerError(description: "--listen \(host):\(port): \(reason)")
+            throw ServerError(description: "--listen \(shown): \(reason)")
         }
-        var got = sockaddr_in(), len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        var got = sockaddr_storage(), len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         _ = withUnsafeMutablePointer(to: &got) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
-        (self.fd, self.port, self.maxBodyBytes) = (s, Int(UInt16(bigEndian: got.sin_port)), maxBodyBytes)
+        let boundPort = withUnsafePointer(to: &got) { p in
+            family == AF_INET6 ? p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_port }
+                : p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_port }
+        }
+        (self.fd, self.port, self.maxBodyBytes) = (s, Int(UInt16(bigEndian: boundPort)), maxBodyBytes)
         slots = DispatchSemaphore(value: max(1, maxConnections))
     }
 
