@@ -45,6 +45,17 @@ final class ServeTests: XCTestCase {
         return result
     }
 
+    /// What a process wrote to `pipe` up to its first line's end (where it says it listens).
+    func firstLine(_ pipe: Pipe) -> String {
+        var said = Data()
+        while !String(decoding: said, as: UTF8.self).contains("\n") {
+            let d = pipe.fileHandleForReading.availableData
+            if d.isEmpty { break }
+            said.append(d)
+        }
+        return String(decoding: said, as: UTF8.self)
+    }
+
     func testServedImagesShareForwardPassesAndScoreAsPredictDoes() throws {
         let bin = MPITrainingTests.products.appendingPathComponent("radar").path
         let (model, images) = try fixtures()
@@ -57,13 +68,7 @@ final class ServeTests: XCTestCase {
         try p.run()
         defer { if p.isRunning { p.terminate() } }
         // The first line says where it listens.
-        var said = Data()
-        while !String(decoding: said, as: UTF8.self).contains("\n") {
-            let d = err.fileHandleForReading.availableData
-            if d.isEmpty { break }
-            said.append(d)
-        }
-        let first = String(decoding: said, as: UTF8.self)
+        let first = firstLine(err)
         let port = try XCTUnwrap(first.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression).map { first[$0].split(separator: ":")[1] }, first)
         let base = "http://127.0.0.1:\(port)"
         // What radar predict says of each image.
@@ -179,13 +184,7 @@ final class ServeTests: XCTestCase {
             p.standardError = err
             try p.run()
             defer { if p.isRunning { p.terminate(); p.waitUntilExit() } }
-            var said = Data()
-            while !String(decoding: said, as: UTF8.self).contains("\n") {
-                let d = err.fileHandleForReading.availableData
-                if d.isEmpty { break }
-                said.append(d)
-            }
-            let first = String(decoding: said, as: UTF8.self)
+            let first = firstLine(err)
             let port = try XCTUnwrap(first.range(of: #"\]:(\d+) "#, options: .regularExpression).map { first[$0].dropFirst(2).dropLast() }, first)
             for host in reachable {
                 let (rc, body) = try Process.runStatus(ns.prefix + [python, "-c", get, "http://\(host):\(port)/v1/health"])
