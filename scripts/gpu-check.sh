@@ -303,7 +303,7 @@ if [ "$gpus" -ge 2 ] && [ "$(left)" -ge 90 ]; then
   size=224; [ "$config" = tiny ] && size=32
   if [ "$(left)" -ge 90 ]; then
     # Enough training images for the largest run (the synthetic set keeps about 70% for training).
-    "$radar" synth --output "$work/scale-data" --count $(( gpus * sb * steps * 3 / 2 + 64 )) --size "$size" > /dev/null 2> "$work/scale-synth.log"
+    timeout "$(limit 120)" "$radar" synth --output "$work/scale-data" --count $(( gpus * sb * steps * 3 / 2 + 64 )) --size "$size" > /dev/null 2> "$work/scale-synth.log"
     env "${mg_env[@]}" RADAR_BIN="$(dirname "$radar")" timeout "$(limit 400)" bash "$scaling" "$work/scale-data" "${ranks[@]}" -- \
       --transport tcp --device cuda --config "$config" --batch-size "$sb" --steps "$steps" --epochs 2 --threads 1 --json \
       > "$work/scaling.jsonl" 2> "$work/scaling.log" \
