@@ -4,11 +4,18 @@ import RadarCore
 import RadarDistributed
 import RadarCLI
 
-/// `radar launch -n N -- radar-worker ...`: N local TCP ranks where mpirun is missing.
+/// `radar launch -n N -- radar-worker ...`: N local TCP ranks where mpirun is missing; with
+/// `--nnodes M --node-rank R --master HOST:PORT` on each of M machines, one job of M x N ranks (as
+/// torchrun's static rendezvous does, for pods without MPI or PyTorch).
 struct Launch: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Start N local ranks of a program with the TCP transport (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).")
-    @Option(name: .short, help: "Number of ranks.") var n: Int
+        abstract: "Start N local ranks of a program with the TCP transport (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), on one machine or, with --nnodes, on each of several.")
+    @Option(name: .short, help: "Number of ranks (on this machine).") var n: Int
+    @Option(help: "Machines in the job, each running radar launch with the same -n (ranks node-rank x n ... node-rank x n + n - 1 here).") var nnodes = 1
+    @Option(help: "This machine's place among --nnodes (0: the one whose first rank runs the coordinator).") var nodeRank = 0
+    @Option(help: "HOST:PORT of node 0, where its first rank runs the coordinator (needed with --nnodes above 1; an IPv6 host in brackets). Default: 127.0.0.1 and a free port.")
+    var master: String?
+    @Option(help: "With --master: the file holding the job token every node shares (default: RADAR_JOB_TOKEN; without --master the launcher makes its own).") var tokenFile: String?
     @Option(help: "Seconds to wait for the other ranks after one fails, before stopping them.") var grace: Double = 10
     @Option(help: "Seconds the other ranks may take to finish after one finished cleanly (ranks end together; one that does not is stuck).")
     var finishGrace: Double = 60
@@ -25,10 +32,13 @@ struct Launch: ParsableCommand {
         try requireFlag(maxRestarts >= 0, "max-restarts", "0 or more", maxRestarts)
         try requireFlag(grace >= 0 && grace.isFinite, "grace", "a finite number of seconds, 0 or more", grace)
         try requireFlag(finishGrace >= 0 && finishGrace.isFinite, "finish-grace", "a finite number of seconds, 0 or more", finishGrace)
+        try requireFlag(nnodes >= 1, "nnodes", "at least 1", nnodes)
+        try requireFlag((0..<nnodes).contains(nodeRank), "node-rank", "in 0...\(nnodes - 1) (--nnodes \(nnodes))", nodeRank)
         let exe = try Launch.resolve(program: program, launcher: CommandLine.arguments[0],
                                      path: ProcessInfo.processInfo.environment["PATH"])
         var args = Array(cmd.dropFirst())
         let isWorker = (program as NSString).lastPathComponent == "radar-worker"
+        let job = try jobAddress(isWorker: isWorker, args: args)
         if isWorker && Launch.value(of: "--transport", in: args) == nil { args += ["--transport", "tcp"] }
         // The folder is named once, here: a restart continues in it rather than in a new timestamp.
         if isWorker && Launch.value(of: "--experiment", in: args) == nil {
@@ -44,7 +54,7 @@ struct Launch: ParsableCommand {
         defer { forwarders.cancel() }
         var attempt = 0
         while true {
-            let failed = try runOnce(exe: exe, args: args, attempt: attempt, running: running)
+            let failed = try runOnce(exe: exe, args: args, attempt: attempt, running: running, job: job)
             if failed == 0 { return }
             let stoppedBySignal = failed == Preemption.Preempted.exitCode || running.signalled
             guard attempt < maxRestarts, !stoppedBySignal else { throw ExitCode(failed) }
@@ -66,18 +76,41 @@ struct Launch: ParsableCommand {
         }
     }
 
+    /// Where the job meets and its token: node 0's HOST:PORT and the shared token with --master or
+    /// several nodes (each then needed: a node cannot pick them alone), else nil (this machine, a
+    /// free port and a fresh token each attempt).
+    func jobAddress(isWorker: Bool, args: [String]) throws -> (host: String, port: Int, token: String?)? {
+        guard let master else {
+            if nnodes > 1 { throw ValidationError("--nnodes \(nnodes) needs --master HOST:PORT: node 0's address, where its first rank runs the coordinator") }
+            return nil
+        }
+        let token: String?
+        do { token = try JobToken.read(file: tokenFile).map { String(decoding: $0, as: UTF8.self) } } catch { throw ValidationError("\(error)") }
+        guard let (host, port) = hostPort(master) else { throw ValidationError("--master \(hostPortExpectation(master))") }
+        if nnodes > 1 {
+            guard token != nil else {
+                throw ValidationError("--nnodes \(nnodes): every node needs the same job token: RADAR_JOB_TOKEN or --token-file (make one with `openssl rand -hex 32`)")
+            }
+            if isWorker && Launch.value(of: "--experiment", in: args) == nil {
+                throw ValidationError("--nnodes \(nnodes): give radar-worker --experiment NAME, the same on every node (each node would name its own folder)")
+            }
+        }
+        return (host, port, token)
+    }
+
     /// One run of the job: N ranks, waited for; returns the first failure's exit code (0: success).
-    func runOnce(exe: String, args: [String], attempt: Int, running: RunningRanks) throws -> Int32 {
-        let port = try TCPRendezvous.freePort()
-        let token = HMACSHA256.randomHex()
+    func runOnce(exe: String, args: [String], attempt: Int, running: RunningRanks, job: (host: String, port: Int, token: String?)?) throws -> Int32 {
+        let port = try job?.port ?? TCPRendezvous.freePort()
+        let token = job?.token ?? HMACSHA256.randomHex()
         var procs: [Process] = []
         for r in 0..<n {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: exe)
             p.arguments = args
             var env = ProcessInfo.processInfo.environment
-            env["RANK"] = String(r); env["WORLD_SIZE"] = String(n); env["LOCAL_RANK"] = String(r); env["LOCAL_WORLD_SIZE"] = String(n)
-            env["MASTER_ADDR"] = "127.0.0.1"; env["MASTER_PORT"] = String(port); env["RADAR_JOB_TOKEN"] = token
+            env["RANK"] = String(nodeRank * n + r); env["WORLD_SIZE"] = String(nnodes * n)
+            env["LOCAL_RANK"] = String(r); env["LOCAL_WORLD_SIZE"] = String(n)
+            env["MASTER_ADDR"] = job?.host ?? "127.0.0.1"; env["MASTER_PORT"] = String(port); env["RADAR_JOB_TOKEN"] = token
             env["RADAR_LAUNCH_ATTEMPT"] = String(attempt)
             // A rank whose launcher dies gets SIGUSR1 (see `ParentWatch`): no orphans keep training.
             env["RADAR_LAUNCHER_PID"] = String(getpid())
@@ -87,7 +120,7 @@ struct Launch: ParsableCommand {
                 // Ranks already started would wait for this one at the rendezvous: stop them.
                 for q in procs where q.isRunning { kill(q.processIdentifier, SIGTERM) }
                 procs.forEach { $0.waitUntilExit() }
-                throw ValidationError("radar launch: cannot start rank \(r) (\(exe)): \(errorLine(error))")
+                throw ValidationError("radar launch: cannot start rank \(nodeRank * n + r) (\(exe)): \(errorLine(error))")
             }
             procs.append(p)
         }
@@ -103,7 +136,7 @@ struct Launch: ParsableCommand {
                 reported.insert(r)
                 let (code, text) = Launch.describe(p)
                 guard code != 0 else { continue }
-                logLine("radar launch: rank \(r) \(text)")
+                logLine("radar launch: rank \(nodeRank * n + r) \(text)")
                 if failed == 0 { failed = code; failedAt = Date() }
             }
         }
@@ -115,7 +148,7 @@ struct Launch: ParsableCommand {
             // cleanly is stuck (frozen, or waiting on a peer that is gone).
             if firstSuccess == nil, procs.contains(where: { !$0.isRunning && $0.terminationStatus == 0 }) { firstSuccess = Date() }
             if failed == 0, let t = firstSuccess, Date().timeIntervalSince(t) > finishGrace {
-                let stuck = procs.indices.filter { procs[$0].isRunning }
+                let stuck = procs.indices.filter { procs[$0].isRunning }.map { nodeRank * n + $0 }
                 logLine("radar launch: rank\(stuck.count > 1 ? "s" : "") \(stuck.map(String.init).joined(separator: ", ")) did not finish within \(Int(finishGrace)) s of the others; stopping \(stuck.count > 1 ? "them" : "it")")
                 failed = 1
                 failedAt = Date().addingTimeInterval(-grace)

@@ -87,6 +87,9 @@ final class TrainingFlagValidationTests: XCTestCase {
         // radar synth and radar prepare likewise (synth --size 7 was a crash: a failed precondition).
         let synth = ["synth", "--output", NSTemporaryDirectory() + "radar-flag-synth"]
         let prepare = ["prepare", "--source", "/nonexistent-radar-src", "--output", NSTemporaryDirectory() + "radar-flag-prep"]
+        let tokenFile = NSTemporaryDirectory() + "radar-launch-token-\(getpid())"
+        try String(repeating: "ab", count: 32).write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: tokenFile) }
         let others: [([String], String)] = [
             (synth + ["--size", "7"], "--size must be in 8...4096 pixels, got 7"),
             (synth + ["--count", "0"], "--count must be at least 1, got 0"),
@@ -125,7 +128,14 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["launch", "-n", "2", "--", "/nonexistent-radar-prog"], "/nonexistent-radar-prog: no such file"),
             (["launch", "-n", "2", "--", "nonexistent-radar-prog"], "nonexistent-radar-prog: not found next to radar ("),
             (["launch", "-n", "2", "--", "/tmp"], "/tmp: not an executable file"),
-        ]
+            // Several machines: node 0's address, a shared token and one experiment folder are needed.
+            (["launch", "--nnodes", "2", "-n", "1", "--", "true"], "--nnodes 2 needs --master HOST:PORT"),
+            (["launch", "--nnodes", "2", "--node-rank", "2", "--master", "h:1", "-n", "1", "--", "true"], "--node-rank must be in 0...1 (--nnodes 2), got 2"),
+            (["launch", "--nnodes", "2", "--master", "fd00::1:80", "-n", "1", "--", "true"], "--master fd00::1:80: expected HOST:PORT"),
+            (["launch", "--nnodes", "2", "--master", "h:1", "--token-file", tokenFile, "-n", "1", "--", "radar-worker", "--data", "d"],
+             "--nnodes 2: give radar-worker --experiment NAME, the same on every node"),
+        ] + (ProcessInfo.processInfo.environment["RADAR_JOB_TOKEN"] == nil
+             ? [(["launch", "--nnodes", "2", "--master", "h:1", "-n", "1", "--", "true"], "--nnodes 2: every node needs the same job token")] : [])
         for (args, expected) in cases + others {
             let r = args.first?.hasPrefix("--") == false ? try run(args, command: []) : try run(args)  // a command of its own, or radar train's flags
             XCTAssertNotEqual(r.status, 0, "\(args)")

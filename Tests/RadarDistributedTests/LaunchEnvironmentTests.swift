@@ -78,6 +78,48 @@ final class LaunchEnvironmentTests: XCTestCase {
                        ["fd00:1::7", "10.88.0.1", "fd00:9::5", "192.168.1.9"], "this machine's own fd00:1::2 left out")
     }
 
+    /// `radar launch --nnodes 2 --node-rank 0|1 --master HOST:PORT -n 2` on two "machines" (two
+    /// launchers here) is one job of 4 ranks, numbered across the nodes, with the parameters of
+    /// `radar launch -n 4` on one.
+    func testTwoNodesOfRadarLaunchAreOneJob() throws {
+        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
+        let tokenFile = NSTemporaryDirectory() + "radar-nodes-token-\(getpid())"
+        try HMACSHA256.randomHex().write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: tokenFile) }
+        let port = try TCPRendezvous.freePort()
+        func job(_ out: String) -> [String] {
+            ["--", "radar-worker", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
+             "--batch-size", "4", "--num-epochs", "1", "--max-steps-per-epoch", "3", "--threads", "1", "--timeout", "30"]
+        }
+        let out = NSTemporaryDirectory() + "radar-nodes-\(UUID().uuidString.prefix(6))"
+        var nodes: [(Process, Pipe)] = []
+        for node in [1, 0] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: radar)
+            p.arguments = ["launch", "--nnodes", "2", "--node-rank", String(node), "--master", "127.0.0.1:\(port)", "--token-file", tokenFile, "-n", "2"] + job(out)
+            var env = ProcessInfo.processInfo.environment
+            env["OPENBLAS_NUM_THREADS"] = "1"
+            env["RADAR_JOB_TOKEN"] = nil
+            p.environment = env
+            let pipe = Pipe()
+            p.standardOutput = pipe
+            p.standardError = pipe
+            try p.run()
+            nodes.append((p, pipe))
+        }
+        var text = ""
+        for (p, pipe) in nodes {
+            text += String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            XCTAssertEqual(p.terminationStatus, 0, text)
+        }
+        let lines = text.split(separator: "\n").filter { $0.contains("fnv1a") }
+        XCTAssertEqual(Set(lines.map { $0.split(separator: " ")[1] }), ["0", "1", "2", "3"], "ranks numbered across the nodes: \(text)")
+        let one = String(decoding: try Process.runCapturing([radar, "launch", "-n", "4"] + job(out + "-one")), as: UTF8.self)
+        XCTAssertEqual(parameterHashes([text]).count, 1, text)
+        XCTAssertEqual(parameterHashes([text]), parameterHashes([one]), "two nodes of 2 ranks = one of 4:\n\(text)\n\(one)")
+    }
+
     /// Ranks that meet over IPv6 only: rank 0's coordinator at MASTER_ADDR ::1 (bare, as torchrun
     /// passes it, and in brackets), so every rank's data listener binds ::1 and the whole mesh,
     /// shared memory off, runs over IPv6. They end with the parameters of the same job over
