@@ -89,8 +89,3 @@ public func hostPort(_ address: String, allowAnyPort: Bool = false) -> (host: St
 public func hostPortExpectation(_ address: String, allowAnyPort: Bool = false) -> String {
     "\(address): expected HOST:PORT with a port in \(allowAnyPort ? 0 : 1)...65535 (an IPv6 address in brackets: [fd00::1]:29500)"
 }
-
-/// HOST:PORT as written back: an IPv6 host in brackets.
-public func hostPortText(_ host: String, _ port: Int) -> String {
-    host.contains(":") && !host.hasPrefix("[") ? "[\(host)]:\(port)" : "\(host):\(port)"
-}

@@ -1,4 +1,5 @@
 import Foundation
+import RadarCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,69 +11,12 @@ enum Sockets {
         var description: String { reason }
     }
 
-    /// A resolved address, IPv4 or IPv6 (with its scope for a link-local one).
-    struct Address {
-        var storage = sockaddr_storage()
-        var length: socklen_t = 0
-        var family: Int32 { Int32(storage.ss_family) }
-
-        func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
-            withUnsafePointer(to: storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) } }
-        }
-
-        /// From what `bind`, `getsockname` or `getpeername` filled in.
-        static func reading(_ fill: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32) -> Address? {
-            var a = Address()
-            a.length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let rc = withUnsafeMutablePointer(to: &a.storage) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { fill($0, &a.length) } }
-            return rc == 0 ? a : nil
-        }
-
-        var port: Int {
-            withSockaddr { p, _ in
-                family == AF_INET6
-                    ? p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
-                    : p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
-            }
-        }
-
-        /// The numeric host: dotted IPv4, or IPv6 text (an IPv4-mapped one, ::ffff:a.b.c.d, as the
-        /// IPv4 address: what a dual-stack listener sees of an IPv4 peer).
-        var host: String {
-            var buf = [CChar](repeating: 0, count: 64)
-            withSockaddr { p, _ in
-                if family == AF_INET6 {
-                    var a6 = p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
-                    _ = inet_ntop(AF_INET6, &a6, &buf, 64)
-                } else {
-                    var a4 = p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
-                    _ = inet_ntop(AF_INET, &a4, &buf, 64)
-                }
-            }
-            let text = String(cString: buf)
-            return text.hasPrefix("::ffff:") && text.dropFirst(7).contains(".") ? String(text.dropFirst(7)) : text
-        }
-    }
-
-    /// `host` without the brackets of `[IPv6]`.
-    static func bare(_ host: String) -> String {
-        host.hasPrefix("[") && host.hasSuffix("]") && host.count > 2 ? String(host.dropFirst().dropLast()) : host
-    }
-
     /// `host` (a name, dotted IPv4, or IPv6 with or without brackets and a `%scope`) and `port`
     /// as an address: a name with both kinds of address resolves to its IPv4 one.
-    static func address(_ host: String, _ port: Int) throws -> Address {
+    static func address(_ host: String, _ port: Int) throws -> SocketAddress {
         guard (0...65535).contains(port) else { throw SocketError(reason: "port \(port) of \(host) is not in 0...65535") }
-        let h = bare(host) == "localhost" ? "127.0.0.1" : bare(host)
-        var a = Address()
-        var a4 = sockaddr_in()
-        if inet_pton(AF_INET, h, &a4.sin_addr) == 1 {
-            a4.sin_family = sa_family_t(AF_INET)
-            a4.sin_port = in_port_t(UInt16(port).bigEndian)
-            withUnsafeMutablePointer(to: &a.storage) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee = a4 } }
-            a.length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            return a
-        }
+        let h = bareHost(host) == "localhost" ? "127.0.0.1" : bareHost(host)
+        if let a = SocketAddress.numeric(h, port: port) { return a }
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -84,15 +28,8 @@ enum Sockets {
         while let r = p { candidates.append(r); p = r.pointee.ai_next }
         guard let pick = candidates.first(where: { $0.pointee.ai_family == AF_INET }) ?? candidates.first(where: { $0.pointee.ai_family == AF_INET6 }),
               let sa = pick.pointee.ai_addr else { throw SocketError(reason: "cannot resolve host \(host) to an IPv4 or IPv6 address") }
-        withUnsafeMutableBytes(of: &a.storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: sa, count: Int(pick.pointee.ai_addrlen))) }
-        a.length = pick.pointee.ai_addrlen
-        withUnsafeMutablePointer(to: &a.storage) { st in
-            if pick.pointee.ai_family == AF_INET6 {
-                st.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_port = in_port_t(UInt16(port).bigEndian) }
-            } else {
-                st.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_port = in_port_t(UInt16(port).bigEndian) }
-            }
-        }
+        var a = SocketAddress(copying: sa, length: pick.pointee.ai_addrlen)
+        a.port = port
         return a
     }
 
@@ -103,42 +40,16 @@ enum Sockets {
     /// interface (a wildcard host) it is one dual-stack IPv6 socket that takes IPv4 peers too,
     /// or an IPv4 one where the machine has IPv6 off.
     static func listen(host: String, port: Int) throws -> (Int32, Int) {
+        func failed(_ e: SocketAddress.Failure) -> SocketError { SocketError(reason: "cannot listen on \(hostPortText(host, port)): \(e.text)") }
         if isWildcard(host) {
-            var six = sockaddr_in6()
-            six.sin6_family = sa_family_t(AF_INET6)
-            six.sin6_port = in_port_t(UInt16(port).bigEndian)
-            var a = Address()
-            withUnsafeMutablePointer(to: &a.storage) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee = six } }
-            a.length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-            switch bound(a, dualStack: true) {
+            switch SocketAddress.numeric("::", port: port)!.listening(dualStack: true) {
             case .success(let r): return r
-            case .failure(let e) where e.code == EADDRINUSE: throw SocketError(reason: "cannot listen on \(hostPortText(host, port)): \(e.text)")
+            case .failure(let e) where e.code == EADDRINUSE: throw failed(e)
             case .failure: break  // no IPv6 here: IPv4 alone
             }
-            return try bound(address("0.0.0.0", port), dualStack: false)
-                .mapError { SocketError(reason: "cannot listen on \(hostPortText(host, port)): \($0.text)") }.get()
+            return try SocketAddress.numeric("0.0.0.0", port: port)!.listening().mapError(failed).get()
         }
-        return try bound(address(host, port), dualStack: false)
-            .mapError { SocketError(reason: "cannot listen on \(hostPortText(host, port)): \($0.text)") }.get()
-    }
-
-    struct Failure: Error { let code: Int32; var text: String { String(cString: strerror(code)) } }
-
-    /// A socket of `a`'s family bound to it and listening: (fd, bound port).
-    private static func bound(_ a: Address, dualStack: Bool) -> Result<(Int32, Int), Failure> {
-        let fd = socket(a.family, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return .failure(Failure(code: errno)) }
-        var one: Int32 = 1, zero: Int32 = 0
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        if dualStack { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size)) }
-        let rc = a.withSockaddr { bind(fd, $0, $1) }
-        guard rc == 0, Glibc.listen(fd, 128) == 0 else {
-            let e = errno
-            close(fd)
-            return .failure(Failure(code: e))
-        }
-        let port = Address.reading { getsockname(fd, $0, $1) }?.port ?? 0
-        return .success((fd, port))
+        return try address(host, port).listening().mapError(failed).get()
     }
 
     /// Connects with retries until `deadline` (the peer may not be listening yet).
@@ -178,7 +89,7 @@ enum Sockets {
     /// One non-blocking connect polled until `deadline` (a blocking connect to a host that drops
     /// packets waited the kernel's SYN timeout, about 2 minutes, past any deadline): the tuned
     /// blocking socket, or nil and the errno.
-    private static func attempt(_ addr: inout Address, until deadline: Date) -> (Int32?, Int32) {
+    private static func attempt(_ addr: inout SocketAddress, until deadline: Date) -> (Int32?, Int32) {
         let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return (nil, errno) }
         setNonBlocking(fd, true)
@@ -217,7 +128,7 @@ enum Sockets {
     static func numeric(_ text: String) -> [UInt8]? {
         var a4 = in_addr(), a6 = in6_addr()
         if inet_pton(AF_INET, text, &a4) == 1 { return withUnsafeBytes(of: a4, Array.init) }
-        if inet_pton(AF_INET6, bare(text), &a6) == 1 { return withUnsafeBytes(of: a6, Array.init) }
+        if inet_pton(AF_INET6, bareHost(text), &a6) == 1 { return withUnsafeBytes(of: a6, Array.init) }
         return nil
     }
 
@@ -299,7 +210,7 @@ enum Sockets {
 
     /// The remote address of a connected socket, as HOST:PORT ([IPv6]:PORT; for logs).
     static func peerName(_ fd: Int32) -> String {
-        guard let a = Address.reading({ getpeername(fd, $0, $1) }) else { return "an unknown address" }
+        guard let a = SocketAddress.reading({ getpeername(fd, $0, $1) }) else { return "an unknown address" }
         return hostPortText(a.host, a.port)
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import RadarCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,7 +16,7 @@ public enum TCPRendezvous {
         let fd = socket(addr.family, Int32(SOCK_DGRAM.rawValue), 0)
         defer { close(fd) }
         _ = addr.withSockaddr { connect(fd, $0, $1) }
-        let s = Sockets.Address.reading { getsockname(fd, $0, $1) }?.host ?? ""
+        let s = SocketAddress.reading { getsockname(fd, $0, $1) }?.host ?? ""
         switch s {
         case "", "0.0.0.0": return addr.family == AF_INET6 ? "::1" : "127.0.0.1"
         case "::": return "::1"

@@ -68,7 +68,7 @@ final class LaunchEnvironmentTests: XCTestCase {
             let a = try Sockets.address(v6, 4242)
             XCTAssertEqual(a.family, AF_INET6, v6)
             XCTAssertEqual(a.port, 4242, v6)
-            XCTAssertEqual(a.host, Sockets.bare(v6), v6)
+            XCTAssertEqual(a.host, bareHost(v6), v6)
         }
         XCTAssertThrowsError(try Sockets.address("no-such-host.invalid", 80))
         // Subnets in both families: an IPv6 candidate on this machine's /64 first.
@@ -92,27 +92,14 @@ final class LaunchEnvironmentTests: XCTestCase {
              "--batch-size", "4", "--num-epochs", "1", "--max-steps-per-epoch", "3", "--threads", "1", "--timeout", "30"]
         }
         let out = NSTemporaryDirectory() + "radar-nodes-\(UUID().uuidString.prefix(6))"
-        var nodes: [(Process, Pipe)] = []
-        for node in [1, 0] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: radar)
-            p.arguments = ["launch", "--nnodes", "2", "--node-rank", String(node), "--master", "127.0.0.1:\(port)", "--token-file", tokenFile, "-n", "2"] + job(out)
-            var env = ProcessInfo.processInfo.environment
-            env["OPENBLAS_NUM_THREADS"] = "1"
-            env["RADAR_JOB_TOKEN"] = nil
-            p.environment = env
-            let pipe = Pipe()
-            p.standardOutput = pipe
-            p.standardError = pipe
-            try p.run()
-            nodes.append((p, pipe))
+        var env = ProcessInfo.processInfo.environment
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        env["RADAR_JOB_TOKEN"] = nil
+        let nodes = try [1, 0].map { node in
+            try startCaptured(radar, ["launch", "--nnodes", "2", "--node-rank", String(node), "--master", "127.0.0.1:\(port)", "--token-file", tokenFile, "-n", "2"]
+                              + job(out), environment: env)
         }
-        var text = ""
-        for (p, pipe) in nodes {
-            text += String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            XCTAssertEqual(p.terminationStatus, 0, text)
-        }
+        let text = collect(nodes, "two nodes").joined()
         let lines = text.split(separator: "\n").filter { $0.contains("fnv1a") }
         XCTAssertEqual(Set(lines.map { $0.split(separator: " ")[1] }), ["0", "1", "2", "3"], "ranks numbered across the nodes: \(text)")
         let one = String(decoding: try Process.runCapturing([radar, "launch", "-n", "4"] + job(out + "-one")), as: UTF8.self)
@@ -178,32 +165,41 @@ final class LaunchEnvironmentTests: XCTestCase {
     /// checked to end with status 0.
     func twoTCPRanks(_ label: String, prefix: [String] = [], env extra: (Int) -> [String: String]) throws -> [String] {
         let out = NSTemporaryDirectory() + "radar-ranks-\(UUID().uuidString.prefix(6))"
-        var procs: [(Process, Pipe)] = []
-        for r in 0..<2 {
-            let p = Process()
-            let worker = MPITrainingTests.products.appendingPathComponent("radar-worker").path
-            p.executableURL = URL(fileURLWithPath: prefix.first ?? worker)
-            p.arguments = (prefix.isEmpty ? [] : Array(prefix.dropFirst()) + [worker])
-                + ["--transport", "tcp", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
-                   "--batch-size", "4", "--num-epochs", "1", "--max-steps-per-epoch", "3", "--threads", "1", "--timeout", "20"]
+        let worker = MPITrainingTests.products.appendingPathComponent("radar-worker").path
+        let args = (prefix.isEmpty ? [] : Array(prefix.dropFirst()) + [worker])
+            + ["--transport", "tcp", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
+               "--batch-size", "4", "--num-epochs", "1", "--max-steps-per-epoch", "3", "--threads", "1", "--timeout", "20"]
+        let ranks = try (0..<2).map { r in
             var env = ProcessInfo.processInfo.environment
             for k in ["RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"] { env[k] = nil }
             env["OPENBLAS_NUM_THREADS"] = "1"
             env.merge(extra(r)) { $1 }
-            p.environment = env
-            let pipe = Pipe()
-            p.standardOutput = pipe
-            p.standardError = pipe
-            try p.run()
-            procs.append((p, pipe))
+            return try startCaptured(prefix.first ?? worker, args, environment: env)
         }
-        var texts: [String] = []
-        for (p, pipe) in procs {
-            texts.append(String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        return collect(ranks, label)
+    }
+
+    /// A process started with stdout and stderr into one pipe.
+    func startCaptured(_ executable: String, _ arguments: [String], environment: [String: String]) throws -> (Process, Pipe) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
+        p.environment = environment
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        return (p, pipe)
+    }
+
+    /// Each process's output once it ended, each checked to end with status 0.
+    func collect(_ procs: [(Process, Pipe)], _ label: String) -> [String] {
+        procs.map { p, pipe in
+            let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             p.waitUntilExit()
-            XCTAssertEqual(p.terminationStatus, 0, "\(label): \(texts.last!)")
+            XCTAssertEqual(p.terminationStatus, 0, "\(label): \(text)")
+            return text
         }
-        return texts
     }
 
     /// The parameter hashes the ranks printed.

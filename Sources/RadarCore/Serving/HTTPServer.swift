@@ -53,43 +53,12 @@ public final class HTTPServer: @unchecked Sendable {
     /// numeric IPv4 or IPv6 address (brackets allowed); `::` is every interface of both kinds
     /// (one dual-stack socket), 0.0.0.0 every IPv4 one.
     public init(host: String, port: Int, maxBodyBytes: Int, maxConnections: Int = 64) throws {
-        let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
-        let shown = bare.contains(":") ? "[\(bare)]:\(port)" : "\(bare):\(port)"
-        var storage = sockaddr_storage()
-        var length: socklen_t
-        var a4 = sockaddr_in(), a6 = sockaddr_in6()
-        if inet_pton(AF_INET, bare, &a4.sin_addr) == 1 {
-            a4.sin_family = sa_family_t(AF_INET)
-            a4.sin_port = in_port_t(UInt16(port).bigEndian)
-            withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee = a4 } }
-            length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        } else if inet_pton(AF_INET6, bare, &a6.sin6_addr) == 1 {
-            a6.sin6_family = sa_family_t(AF_INET6)
-            a6.sin6_port = in_port_t(UInt16(port).bigEndian)
-            withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee = a6 } }
-            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-        } else {
-            throw ServerError(description: "--listen \(shown): \(bare) is not an IPv4 or IPv6 address (0.0.0.0 or [::] for every interface)")
+        let shown = hostPortText(bareHost(host), port)
+        guard let address = SocketAddress.numeric(host, port: port) else {
+            throw ServerError(description: "--listen \(shown): \(bareHost(host)) is not an IPv4 or IPv6 address (0.0.0.0 or [::] for every interface)")
         }
-        let family = Int32(storage.ss_family)
-        let s = socket(family, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else { throw ServerError(description: "--listen \(shown): socket: \(String(cString: strerror(errno)))") }
-        var one: Int32 = 1, zero: Int32 = 0
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        if family == AF_INET6 { setsockopt(s, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size)) }
-        let bound = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, length) } }
-        guard bound == 0, listen(s, 128) == 0 else {
-            let reason = String(cString: strerror(errno))
-            close(s)
-            throw ServerError(description: "--listen \(shown): \(reason)")
-        }
-        var got = sockaddr_storage(), len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &got) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
-        let boundPort = withUnsafePointer(to: &got) { p in
-            family == AF_INET6 ? p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_port }
-                : p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_port }
-        }
-        (self.fd, self.port, self.maxBodyBytes) = (s, Int(UInt16(bigEndian: boundPort)), maxBodyBytes)
+        let (s, bound) = try address.listening(dualStack: true).mapError { ServerError(description: "--listen \(shown): \($0.text)") }.get()
+        (self.fd, self.port, self.maxBodyBytes) = (s, bound, maxBodyBytes)
         slots = DispatchSemaphore(value: max(1, maxConnections))
     }
 
