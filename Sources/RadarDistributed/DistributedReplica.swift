@@ -35,7 +35,7 @@ public final class DistributedReplica: DataParallel, @unchecked Sendable {
 
     /// Ends the job from inside forward or backward, where a failure cannot be thrown.
     private func fail(_ error: Error) -> Never {
-        logLine("radar-worker rank \(rank): \(error)")
+        CoordinatorClient.reportFailure(error, rank: rank, client: coordinator)
         communicator.abort(1)
     }
 

@@ -99,17 +99,7 @@ struct RadarWorker: ParsableCommand {
 
     static var client: CoordinatorClient?
 
-    /// One line for a failed rank. A stop the coordinator ordered is named as such; any other
-    /// failure is reported to the coordinator, which tells the other ranks at once.
-    static func failed(rank: Int, _ error: Error) {
-        if JobAbort.requested {
-            logLine("radar-worker rank \(rank): stopped: \(JobAbort.reason)")
-        } else {
-            logLine("radar-worker rank \(rank): error: \(errorLine(error))")
-            client?.abortJob("rank \(rank) failed: \(error)")
-        }
-    }
-
+    static func failed(rank: Int, _ error: Error) { CoordinatorClient.reportFailure(error, rank: rank, client: client) }
 
     func split(_ address: String, allowAnyPort: Bool = false) throws -> (String, Int) {
         guard let a = hostPort(address, allowAnyPort: allowAnyPort) else { throw ValidationError(hostPortExpectation(address, allowAnyPort: allowAnyPort)) }

@@ -91,6 +91,59 @@ final class CoordinatorTests: XCTestCase {
         usleep(500_000)
     }
 
+    /// A ring stalls on every rank when one host goes silent, and any rank may give up first,
+    /// waiting on a live peer: the coordinator names the rank whose heartbeats stopped, tells the
+    /// reporter so, and blames the reporter only when every other rank is still heard from.
+    func testAStallIsPutDownToTheSilentRankNotToTheFirstToReportIt() throws {
+        let token = Data("t".utf8)
+        func job(_ silentRank: Int?) throws -> (CoordinatorServer, [CoordinatorClient], Shared<[String]>) {
+            let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 3, token: token)
+            server.heartbeatDeadline = 10  // far off: only the stall report can end the job
+            let clients = Shared<[Int: CoordinatorClient]>([:])
+            let g = DispatchGroup()
+            for r in 0..<3 {
+                g.enter()
+                DispatchQueue.global().async {
+                    let c = try? CoordinatorClient(host: "127.0.0.1", port: server.port, token: token, rank: r, dataHost: "h", dataPort: r + 1, timeout: 5)
+                    clients.update { $0[r] = c }
+                    g.leave()
+                }
+            }
+            g.wait()
+            let all = try (0..<3).map { r in try XCTUnwrap(clients.value[r], "rank \(r) registered") }
+            let told = Shared<[String]>([])
+            for (r, c) in all.enumerated() where r != silentRank {
+                c.onAbort = { reason in told.update { $0.append(reason) } }
+                c.start(interval: 0.2)
+            }
+            return (server, all, told)
+        }
+
+        // Rank 2 registered and went silent; rank 1 gives up waiting on rank 0 (alive) first.
+        let (server, clients, told) = try job(2)
+        usleep(1_500_000)
+        let t0 = Date()
+        let found = clients[1].abortJob("rank 1 failed: rank 1: waiting for rank 0: no progress for 5 s", waitingFor: 0)
+        XCTAssertEqual(found?.rank, 2, "the reporter is told which rank was lost")
+        XCTAssertTrue(found?.cause.hasPrefix("no heartbeat for ") == true, "\(String(describing: found))")
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 4, "no longer than the suspicion window and a poll")
+        XCTAssertEqual(server.status()["lost_rank"] as? Int, 2)
+        usleep(300_000)
+        XCTAssertTrue(told.value.contains { $0.contains("rank 2 lost: no heartbeat for") && $0.contains("rank 1 reported") }, "\(told.value)")
+
+        // Every other rank heard from: the stall stays the reporter's.
+        let (server2, clients2, told2) = try job(nil)
+        usleep(500_000)
+        XCTAssertNil(clients2[1].abortJob("rank 1 failed: rank 1: waiting for rank 0: no progress for 5 s", waitingFor: 0))
+        XCTAssertEqual(server2.status()["lost_rank"] as? Int, 1)
+        usleep(300_000)
+        XCTAssertTrue(told2.value.contains { $0.contains("rank 1 lost: rank 1 failed") }, "\(told2.value)")
+
+        for c in clients + clients2 { c.onAbort = { _ in }; c.finish() }
+        server.stop(); server2.stop()
+        usleep(500_000)
+    }
+
     func testTCPWaitGivesUpNamingTheAwaitedRank() throws {
         // Two ranks in this process; rank 1 never sends, so rank 0's receive times out naming it.
         let (fd0, port0) = try TCPRendezvous.listen()

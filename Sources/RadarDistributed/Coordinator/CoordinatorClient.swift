@@ -17,6 +17,11 @@ public final class CoordinatorClient: @unchecked Sendable {
     public private(set) var manifestHash = ""
     private var progress: [String: Any] = [:]
     private var closed = false
+    private var listening = false
+    /// The coordinator's answer to this rank's own abort report: the lost rank and why.
+    private let verdictReady = NSCondition()
+    private var verdict: (rank: Int, cause: String)?
+    private var verdictEnded = false
     private let planReply = NSCondition()
     private var plans: [Int: String] = [:]
     /// What happens when the coordinator aborts the job (default: the training loop is asked to
@@ -91,12 +96,23 @@ public final class CoordinatorClient: @unchecked Sendable {
                 Thread.sleep(forTimeInterval: interval)
             }
         }
+        lock.lock(); listening = true; lock.unlock()
         Thread.detachNewThread { [self] in
+            defer { verdictReady.lock(); verdictEnded = true; verdictReady.broadcast(); verdictReady.unlock() }
             while true {
                 guard let (kind, msg) = try? Wire.receive(fd, deadline: .distantFuture) else {
                     lock.lock(); let c = closed; lock.unlock()
                     if !c { onAbort("rank \(rank): lost the coordinator; stopping") }
                     return
+                }
+                lock.lock(); let reported = closed; lock.unlock()
+                if reported {
+                    // This rank reported its own failure: the answer says which rank was lost.
+                    if kind == .abort, let r = msg["lost_rank"] as? Int {
+                        verdictReady.lock(); verdict = (r, msg["cause"] as? String ?? ""); verdictReady.broadcast(); verdictReady.unlock()
+                        return
+                    }
+                    continue
                 }
                 if kind == .epochPlan, let e = msg["epoch"] as? Int {
                     planReply.lock(); plans[e] = msg["digest"] as? String ?? ""; planReply.broadcast(); planReply.unlock()
@@ -145,13 +161,44 @@ public final class CoordinatorClient: @unchecked Sendable {
     }
 
     /// Tells the coordinator this rank failed (it tells the other ranks to stop), then closes.
-    public func abortJob(_ reason: String) {
+    /// A rank that gave up waiting on `waitingFor` waits up to `verdictWithin` seconds for the
+    /// coordinator's verdict and returns it when another rank was found lost (the one whose
+    /// heartbeats stopped: a ring stalls on every rank when one host goes silent).
+    @discardableResult
+    public func abortJob(_ reason: String, waitingFor peer: Int? = nil, verdictWithin: TimeInterval = 5) -> (rank: Int, cause: String)? {
         lock.lock()
-        if closed { lock.unlock(); return }
+        if closed { lock.unlock(); return nil }
         closed = true
-        try? Wire.send(fd, .abort, ["rank": rank, "reason": String(reason.prefix(400))])
+        var body: [String: Any] = ["rank": rank, "reason": String(reason.prefix(400))]
+        if let p = peer { body["waiting_for"] = p }
+        let sent = (try? Wire.send(fd, .abort, body)) != nil
+        let wait = sent && peer != nil && listening
         lock.unlock()
+        var answer: (rank: Int, cause: String)?
+        if wait {
+            let until = Date().addingTimeInterval(verdictWithin)
+            verdictReady.lock()
+            while verdict == nil && !verdictEnded && verdictReady.wait(until: until) {}
+            answer = verdict
+            verdictReady.unlock()
+        }
         shutdown(fd, Int32(SHUT_RDWR))
+        return answer.flatMap { $0.rank == rank ? nil : $0 }
+    }
+
+    /// One line for a failed rank. A stop the coordinator ordered is named as such; any other
+    /// failure is reported to the coordinator, which tells the other ranks at once, and a stall
+    /// it puts down to another (silent) rank gets a second line naming that rank.
+    public static func reportFailure(_ error: Error, rank: Int, client: CoordinatorClient?) {
+        if JobAbort.requested {
+            logLine("radar-worker rank \(rank): stopped: \(JobAbort.reason)")
+        } else {
+            logLine("radar-worker rank \(rank): error: \(errorLine(error))")
+            let peer = (error as? CommunicationError)?.peer
+            if let found = client?.abortJob("rank \(rank) failed: \(error)", waitingFor: peer), found.rank != peer {
+                logLine("radar-worker rank \(rank): the coordinator found rank \(found.rank) lost (\(found.cause)): the stall started there")
+            }
+        }
     }
 
     /// Signs off (the coordinator stops expecting heartbeats) and closes the link.

@@ -161,7 +161,16 @@ public final class CoordinatorServer: @unchecked Sendable {
                     lock.lock(); finished.insert(r); lock.unlock()
                     return
                 case .abort:
-                    declareLost(r, why: String((msg["reason"] as? String ?? "it aborted").prefix(400)))
+                    let why = String((msg["reason"] as? String ?? "it aborted").prefix(400))
+                    // A rank that gave up waiting on a peer may only be the first to notice a
+                    // host that went silent (the ring stalls everywhere at once): a rank whose
+                    // heartbeats stopped is the one lost, and the reporter is told so too.
+                    if msg["waiting_for"] is Int, let (silent, seconds) = awaitSilentRank(besides: r) {
+                        let silence = "no heartbeat for \(fixed(seconds, 1)) s"
+                        declareLost(silent, why: "\(silence); rank \(r) reported: \(why)", cause: silence)
+                    } else {
+                        declareLost(r, why: why)
+                    }
                     return
                 default:
                     throw Wire.ProtocolError(reason: "unexpected \(kind) message")
@@ -222,15 +231,41 @@ public final class CoordinatorServer: @unchecked Sendable {
         }
     }
 
-    /// Tells every other connected worker to abort, naming the lost rank.
-    public func declareLost(_ r: Int, why: String) {
+    /// How long a rank may be silent before a stalled peer's report is put down to it: three
+    /// heartbeats missed (never more than the heartbeat deadline).
+    var suspicionSeconds: TimeInterval { min(heartbeatDeadline, 3 * CoordinatorClient.heartbeatInterval) }
+
+    /// The rank other than `reporter` silent longest, once it has been silent `suspicionSeconds`,
+    /// waiting up to that long for one; nil when none goes silent or a loss was declared meanwhile.
+    func awaitSilentRank(besides reporter: Int) -> (Int, TimeInterval)? {
+        let until = Date().addingTimeInterval(suspicionSeconds)
+        while true {
+            lock.lock()
+            let now = Date()
+            var quiet: (Int, TimeInterval)?
+            for (r, seen) in lastSeen.sorted(by: { $0.key < $1.key }) where r != reporter && !finished.contains(r) {
+                let silence = now.timeIntervalSince(seen)
+                if silence > (quiet?.1 ?? -1) { quiet = (r, silence) }
+            }
+            let decided = lost != nil
+            lock.unlock()
+            if decided { return nil }
+            if let q = quiet, q.1 > suspicionSeconds { return q }
+            if now >= until { return nil }
+            usleep(100_000)
+        }
+    }
+
+    /// Tells every other connected worker to abort, naming the lost rank (a rank whose report
+    /// named another is told too).
+    public func declareLost(_ r: Int, why: String, cause: String? = nil) {
         lock.lock()
         if lost != nil { lock.unlock(); return }
         lost = r
         let others = connections.filter { $0.key != r }
         lock.unlock()
         log("coordinator: rank \(r) lost (\(why)); telling the other ranks to stop")
-        for (_, fd) in others { try? Wire.send(fd, .abort, ["lost_rank": r, "reason": "rank \(r) lost: \(why)"]) }
+        for (_, fd) in others { try? Wire.send(fd, .abort, ["lost_rank": r, "reason": "rank \(r) lost: \(why)", "cause": cause ?? why]) }
     }
 
     public func status() -> [String: Any] {
