@@ -129,6 +129,24 @@ final class LaunchEnvironmentTests: XCTestCase {
         XCTAssertEqual(hashes["[::1]"], hashes["127.0.0.1"])
     }
 
+    /// A straggler's slow loader holds both ranks at the all-reduce: the epoch's data wait is
+    /// the most any rank waited (rank 1's, in rank 0's metrics) and the log says input-bound.
+    func testTheSlowestRanksDataWaitIsTheRunsDataWait() throws {
+        let token = HMACSHA256.randomHex(bytes: 16), port = try TCPRendezvous.freePort()
+        let out = NSTemporaryDirectory() + "radar-straggler-\(UUID().uuidString.prefix(6))"
+        let texts = try twoTCPRanks("a slow loader on rank 1", out: out) { r in
+            ["RANK": String(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": String(port), "RADAR_JOB_TOKEN": token,
+             "RADAR_FAULT_INJECT": "batch:1:slow"]
+        }
+        let metrics = try String(contentsOfFile: out + "/e/metrics.jsonl", encoding: .utf8)
+        let epoch = metrics.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .first { $0["data_wait_seconds"] != nil }
+        let wait = epoch?["data_wait_seconds"] as? Double ?? 0
+        XCTAssertGreaterThanOrEqual(wait, 0.24, "rank 1 slept 0.25 s on every batch: \(metrics)")
+        XCTAssertLessThan(wait, epoch?["step_seconds"] as? Double ?? 0, "within the step: \(metrics)")
+        XCTAssertTrue(texts[0].contains("waiting for images: input-bound"), texts[0])
+    }
+
     /// Two ranks started the way torchrun (MASTER_PORT held by its store) and srun (SLURM_*
     /// only) start them train and agree.
     func testTorchrunAndSrunStyleRanksTrain() throws {
@@ -163,8 +181,8 @@ final class LaunchEnvironmentTests: XCTestCase {
     /// Two `radar-worker --transport tcp` ranks of a short tiny job (each with `env(rank)` over
     /// a clean launch environment, started through `prefix` if any): their outputs, each rank
     /// checked to end with status 0.
-    func twoTCPRanks(_ label: String, prefix: [String] = [], env extra: (Int) -> [String: String]) throws -> [String] {
-        let out = NSTemporaryDirectory() + "radar-ranks-\(UUID().uuidString.prefix(6))"
+    func twoTCPRanks(_ label: String, prefix: [String] = [], out: String = NSTemporaryDirectory() + "radar-ranks-\(UUID().uuidString.prefix(6))",
+                     env extra: (Int) -> [String: String]) throws -> [String] {
         let worker = MPITrainingTests.products.appendingPathComponent("radar-worker").path
         let args = (prefix.isEmpty ? [] : Array(prefix.dropFirst()) + [worker])
             + ["--transport", "tcp", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",

@@ -105,7 +105,9 @@ public enum ParentWatch {
 /// that rank kill (`kill`, SIGKILL) or freeze (`stop`, SIGSTOP) itself when it reaches PHASE:
 /// `init` (before MPI or the rendezvous), `load` (dataset and model ready), `step` (after its
 /// second optimizer step), `validation`, `checkpoint` (a checkpoint's bytes written, before the
-/// rename), `finalize` (training done, before MPI_Finalize). Unset, every point is one branch.
+/// rename), `finalize` (training done, before MPI_Finalize), or (`slow`) sleep 0.25 s each time
+/// it reaches one, e.g. `batch` (a batch taken from the loader: a straggler's slow loader).
+/// Unset, every point is one branch.
 public enum FaultInjection {
     nonisolated(unsafe) public static var rank: Int = {
         let env = ProcessInfo.processInfo.environment
@@ -115,8 +117,8 @@ public enum FaultInjection {
         let env = ProcessInfo.processInfo.environment
         guard let s = env["RADAR_FAULT_INJECT"] else { return nil }
         let p = s.split(separator: ":").map(String.init)
-        guard p.count == 3 || p.count == 4, let r = Int(p[1]), ["kill", "stop"].contains(p[2]) else {
-            logLine("RADAR_FAULT_INJECT: expected PHASE:RANK:kill|stop[:ATTEMPT], got \(s); ignored")
+        guard p.count == 3 || p.count == 4, let r = Int(p[1]), ["kill", "stop", "slow"].contains(p[2]) else {
+            logLine("RADAR_FAULT_INJECT: expected PHASE:RANK:kill|stop|slow[:ATTEMPT], got \(s); ignored")
             return nil
         }
         // An optional fourth field limits the fault to one attempt of `radar launch --max-restarts`.
@@ -127,6 +129,7 @@ public enum FaultInjection {
 
     public static func point(_ phase: String) {
         guard let p = plan, p.phase == phase, p.rank == rank else { return }
+        if p.action == "slow" { usleep(250_000); return }
         if phase == "step" {
             steps += 1
             if steps != 2 { return }

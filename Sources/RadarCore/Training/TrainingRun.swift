@@ -559,6 +559,7 @@ public final class TrainingRun {
         while true {
             let w0 = DispatchTime.now().uptimeNanoseconds
             guard let b = try loader.next() else { break }
+            FaultInjection.point("batch")
             dataWait += Double(DispatchTime.now().uptimeNanoseconds - w0) / 1e9
             let input = upload(b)
             let result = try trainer.step(images: input.images, labels: input.labels)
@@ -607,13 +608,16 @@ public final class TrainingRun {
         speed["images_per_s"] = Double(local * options.batchSize * options.worldSize) / elapsed
         if optimizerSteps > 0 {
             speed["step_seconds"] = elapsed / Double(optimizerSteps)
-            speed["data_wait_seconds"] = dataWait / Double(optimizerSteps)
+            // The most any rank waited: one slow loader holds every rank at the all-reduce (one
+            // tiny gather an epoch; every rank ends the loop after the same optimizer step).
+            let waits = try parallel.gather([Float(dataWait / Double(optimizerSteps))])
+            speed["data_wait_seconds"] = Double(waits.compactMap(\.first).max() ?? 0)
         }
         return .finished(lossSum: lossSum, microBatches: n, speed: speed)
     }
 
-    /// Said after an epoch's speed when this rank spent over a fifth of its training time
-    /// waiting for the loader: where more loader threads would pay.
+    /// Said after an epoch's speed when a rank spent over a fifth of its training time waiting
+    /// for the loader: where more loader threads would pay.
     public static func inputBoundNote(_ speed: [String: Double], loaderThreads: Int) -> String {
         guard let wait = speed["data_wait_seconds"], let step = speed["step_seconds"], step > 0, wait / step > 0.2 else { return "" }
         return "  (\(Int((100 * wait / step).rounded()))% of it waiting for images: input-bound at --loader-threads \(loaderThreads))"
