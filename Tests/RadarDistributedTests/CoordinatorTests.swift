@@ -144,6 +144,52 @@ final class CoordinatorTests: XCTestCase {
         usleep(500_000)
     }
 
+    /// A restarted job (`radar launch --max-restarts` on each of several nodes) meets at the same
+    /// port: a rank of the new attempt that reaches the old attempt's coordinator, still stopping,
+    /// is turned away for now and logs in once the new one is up; a rank left from an earlier
+    /// attempt is refused, naming both attempts.
+    func testARestartedRankWaitsForItsAttemptsCoordinator() throws {
+        let token = Data("t".utf8)
+        let old = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 1, token: token)
+        old.attempt = 0
+        let port = old.port
+        let joined = Shared<CoordinatorClient?>(nil), failure = Shared<String>("")
+        let done = DispatchGroup()
+        done.enter()
+        DispatchQueue.global().async {
+            do {
+                joined.value = try CoordinatorClient(host: "127.0.0.1", port: port, token: token, rank: 0, worldSize: 1, dataHost: "h", dataPort: 2,
+                                                     timeout: 5, rendezvousTimeout: 20, attempt: 1)
+            } catch { failure.value = "\(error)" }
+            done.leave()
+        }
+        usleep(1_200_000)  // turned away at least twice by the old coordinator
+        XCTAssertNil(joined.value, "not let in by attempt 0's coordinator")
+        XCTAssertEqual(failure.value, "", "and not failed either")
+        old.stop()
+        var new: CoordinatorServer?
+        for _ in 0..<40 where new == nil {
+            new = try? CoordinatorServer(host: "127.0.0.1", port: port, worldSize: 1, token: token)
+            if new == nil { usleep(100_000) }
+        }
+        let server = try XCTUnwrap(new, "port \(port) free again once the old coordinator stopped")
+        server.attempt = 1
+        XCTAssertEqual(done.wait(timeout: .now() + 15), .success)
+        XCTAssertEqual(failure.value, "")
+        XCTAssertNotNil(joined.value, "attempt 1's rank logs in to attempt 1's coordinator")
+        joined.value?.finish()
+        server.stop()
+
+        let current = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 1, token: token)
+        current.attempt = 2
+        defer { current.stop() }
+        XCTAssertThrowsError(try CoordinatorClient(host: "127.0.0.1", port: current.port, token: token, rank: 0, worldSize: 1, dataHost: "h",
+                                                   dataPort: 1, timeout: 5, rendezvousTimeout: 5, attempt: 1)) { error in
+            XCTAssertTrue("\(error)".contains("rank 0 is of attempt 1 of the job, this coordinator serves attempt 2: a rank left over"), "\(error)")
+        }
+        usleep(300_000)
+    }
+
     func testTCPWaitGivesUpNamingTheAwaitedRank() throws {
         // Two ranks in this process; rank 1 never sends, so rank 0's receive times out naming it.
         let (fd0, port0) = try TCPRendezvous.listen()

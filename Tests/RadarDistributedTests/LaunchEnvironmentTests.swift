@@ -107,6 +107,33 @@ final class LaunchEnvironmentTests: XCTestCase {
         XCTAssertEqual(parameterHashes([text]), parameterHashes([one]), "two nodes of 2 ranks = one of 4:\n\(text)\n\(one)")
     }
 
+    /// `--max-restarts` on each of two nodes: node 1's rank is killed in the first attempt, both
+    /// launchers restart (node 0's rank was told to stop), the second attempt meets at the same
+    /// port, and both ranks end with the same parameters.
+    func testTwoNodesOfRadarLaunchRestartTogether() throws {
+        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
+        let tokenFile = NSTemporaryDirectory() + "radar-restart-token-\(getpid())"
+        try HMACSHA256.randomHex().write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: tokenFile) }
+        let port = try TCPRendezvous.freePort()
+        let out = NSTemporaryDirectory() + "radar-restart-\(UUID().uuidString.prefix(6))"
+        var env = ProcessInfo.processInfo.environment
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        env["RADAR_JOB_TOKEN"] = nil
+        env["RADAR_FAULT_INJECT"] = "step:1:kill:0"
+        let nodes = try [1, 0].map { node in
+            try startCaptured(radar, ["launch", "--nnodes", "2", "--node-rank", String(node), "--master", "127.0.0.1:\(port)", "--token-file", tokenFile,
+                                      "-n", "1", "--max-restarts", "1", "--", "radar-worker", "--data", MPITrainingTests.dataset, "--output", out,
+                                      "--experiment", "e", "--config", "tiny", "--batch-size", "4", "--num-epochs", "1", "--max-steps-per-epoch", "4",
+                                      "--threads", "1", "--timeout", "20"], environment: env)
+        }
+        let texts = collect(nodes, "two nodes restarting")
+        XCTAssertTrue(texts[0].contains("rank 1 was killed by signal 9"), texts[0])
+        for t in texts { XCTAssertTrue(t.contains("radar launch: restarting the job from `last` (restart 1 of 1)"), t) }
+        XCTAssertEqual(parameterHashes(texts).count, 1, "both ranks end with the same parameters: \(texts)")
+        XCTAssertEqual(texts.joined().split(separator: "\n").filter { $0.contains("fnv1a") }.count, 2, texts.joined())
+    }
+
     /// Ranks that meet over IPv6 only: rank 0's coordinator at MASTER_ADDR ::1 (bare, as torchrun
     /// passes it, and in brackets), so every rank's data listener binds ::1 and the whole mesh,
     /// shared memory off, runs over IPv6. They end with the parameters of the same job over

@@ -4,6 +4,15 @@ import RadarCore
 import Glibc
 #endif
 
+/// Which attempt of a restarted job this process belongs to: `radar launch --max-restarts`'s
+/// RADAR_LAUNCH_ATTEMPT, torchrun's TORCHELASTIC_RESTART_COUNT, else 0.
+public enum JobAttempt {
+    public static var current: Int {
+        let env = ProcessInfo.processInfo.environment
+        return Int(env["RADAR_LAUNCH_ATTEMPT"] ?? env["TORCHELASTIC_RESTART_COUNT"] ?? "") ?? 0
+    }
+}
+
 /// A worker's link to the coordinator: login, registration, the peer table, heartbeats on a
 /// background thread, progress reports; an abort from the coordinator ends the process with a
 /// message naming the lost rank.
@@ -13,8 +22,8 @@ public final class CoordinatorClient: @unchecked Sendable {
     public let coordinatorHost: String
     private let fd: Int32
     private let lock = NSLock()
-    public private(set) var peers: [TCPCommunicator.Peer] = []
-    public private(set) var manifestHash = ""
+    public private(set) var peers: [TCPCommunicator.Peer]
+    public private(set) var manifestHash: String
     private var progress: [String: Any] = [:]
     private var closed = false
     private var listening = false
@@ -32,53 +41,81 @@ public final class CoordinatorClient: @unchecked Sendable {
     /// may start minutes later). `dataPort` is this rank's TCP data listener (0 with MPI);
     /// `timeout` bounds the connection and login, `rendezvousTimeout` the wait for the others.
     public convenience init(host: String, port: Int, token: Data, rank: Int, worldSize: Int? = nil, dataHost: String, dataPort: Int,
-                            timeout: TimeInterval, rendezvousTimeout: TimeInterval = 600) throws {
+                            timeout: TimeInterval, rendezvousTimeout: TimeInterval = 600, attempt: Int = JobAttempt.current) throws {
         try self.init(hosts: [host], port: port, token: token, rank: rank, worldSize: worldSize, dataHost: dataHost, dataPort: dataPort,
-                      timeout: timeout, rendezvousTimeout: rendezvousTimeout)
+                      timeout: timeout, rendezvousTimeout: rendezvousTimeout, attempt: attempt)
     }
 
     /// As above, with the coordinator at the first of `hosts` (its machine's addresses, tried in
-    /// turn) that takes the connection; `coordinatorHost` says which.
+    /// turn) that takes the connection; `coordinatorHost` says which. `attempt` is the job's
+    /// restart count (`radar launch --max-restarts`, torchrun's elastic restarts): a coordinator
+    /// of an earlier attempt still stopping turns the login away for now, and it is tried again
+    /// (every half second, within the rendezvous timeout) until this attempt's coordinator is up.
     public init(hosts: [String], port: Int, token: Data, rank: Int, worldSize: Int? = nil, dataHost: String, dataPort: Int,
-                timeout: TimeInterval, rendezvousTimeout: TimeInterval = 600) throws {
+                timeout: TimeInterval, rendezvousTimeout: TimeInterval = 600, attempt: Int = JobAttempt.current) throws {
         self.rank = rank
-        let deadline = Date().addingTimeInterval(timeout)
-        (fd, coordinatorHost) = try Sockets.connect(hosts: hosts, port: port, deadline: deadline)
-        do {
-            let (kind, challenge) = try Wire.receive(fd, deadline: deadline)
-            guard kind == .challenge, let nonce = challenge["nonce"] as? String else { throw Wire.ProtocolError(reason: "expected a challenge") }
-            let proof = HMACSHA256.hex(key: token, message: Data("\(nonce):\(rank)".utf8))
-            var register: [String: Any] = ["rank": rank, "host": dataHost, "port": dataPort, "proof": proof]
-            if let n = worldSize { register["world_size"] = n }
-            try Wire.send(fd, .register, register)
-            // The coordinator answers when every rank is in (or refuses); heartbeat meanwhile, often
-            // (4 a second: tiny frames) so no heartbeat deadline can pass between two of them.
-            let waitUntil = Date().addingTimeInterval(rendezvousTimeout + timeout)
-            var lastBeat = Date.distantPast
-            while true {
-                if Date().timeIntervalSince(lastBeat) >= 0.25 {
-                    try Wire.send(fd, .heartbeat, ["rank": rank])
-                    lastBeat = Date()
-                }
-                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                if poll(&p, 1, 100) > 0 { break }
-                if Date() > waitUntil { throw Wire.ProtocolError(reason: "no peer table within \(Int(rendezvousTimeout + timeout)) s") }
+        let giveUp = Date().addingTimeInterval(rendezvousTimeout + timeout)
+        var deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let (fd, host) = try Sockets.connect(hosts: hosts, port: port, deadline: deadline)
+            do {
+                (peers, manifestHash) = try CoordinatorClient.login(fd, token: token, rank: rank, worldSize: worldSize, dataHost: dataHost,
+                                                                    dataPort: dataPort, attempt: attempt, timeout: timeout,
+                                                                    rendezvousTimeout: rendezvousTimeout)
+                (self.fd, coordinatorHost) = (fd, host)
+                return
+            } catch let later as LaterAttempt {
+                close(fd)
+                if Date() > giveUp { throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused: \(later.reason)") }
+                usleep(500_000)
+                deadline = max(deadline, Date().addingTimeInterval(timeout))
+            } catch let e as CommunicationError { close(fd); throw e } catch {
+                close(fd)
+                throw CommunicationError(rank: rank, peer: nil, reason: "coordinator at \(hostPortText(host, port)): \(error)")
             }
-            let (k2, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(timeout))
-            if k2 == .refused { throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused: \(msg["reason"] as? String ?? "")") }
-            if k2 == .abort { throw CommunicationError(rank: rank, peer: nil, reason: "stopping before training: \(msg["reason"] as? String ?? "the coordinator aborted the job")") }
-            guard k2 == .peers, let table = msg["peers"] as? [[String: Any]] else { throw Wire.ProtocolError(reason: "expected the peer table") }
-            peers = try table.map {
-                guard let r = $0["rank"] as? Int, let h = $0["host"] as? String, let p = $0["port"] as? Int else {
-                    throw Wire.ProtocolError(reason: "malformed peer table")
-                }
-                return TCPCommunicator.Peer(rank: r, host: h, port: p)
-            }
-            manifestHash = msg["manifest"] as? String ?? ""
-        } catch let e as CommunicationError { close(fd); throw e } catch {
-            close(fd)
-            throw CommunicationError(rank: rank, peer: nil, reason: "coordinator at \(hostPortText(coordinatorHost, port)): \(error)")
         }
+    }
+
+    /// The coordinator of an earlier attempt of the job answered: try again shortly.
+    struct LaterAttempt: Error { let reason: String }
+
+    /// Login (challenge, proof, registration), then the wait for the peer table with heartbeats.
+    private static func login(_ fd: Int32, token: Data, rank: Int, worldSize: Int?, dataHost: String, dataPort: Int, attempt: Int,
+                              timeout: TimeInterval, rendezvousTimeout: TimeInterval) throws -> ([TCPCommunicator.Peer], String) {
+        let (kind, challenge) = try Wire.receive(fd, deadline: Date().addingTimeInterval(timeout))
+        guard kind == .challenge, let nonce = challenge["nonce"] as? String else { throw Wire.ProtocolError(reason: "expected a challenge") }
+        let proof = HMACSHA256.hex(key: token, message: Data("\(nonce):\(rank)".utf8))
+        var register: [String: Any] = ["rank": rank, "host": dataHost, "port": dataPort, "proof": proof, "attempt": attempt]
+        if let n = worldSize { register["world_size"] = n }
+        try Wire.send(fd, .register, register)
+        // The coordinator answers when every rank is in (or refuses); heartbeat meanwhile, often
+        // (4 a second: tiny frames) so no heartbeat deadline can pass between two of them.
+        let waitUntil = Date().addingTimeInterval(rendezvousTimeout + timeout)
+        var lastBeat = Date.distantPast
+        while true {
+            if Date().timeIntervalSince(lastBeat) >= 0.25 {
+                try Wire.send(fd, .heartbeat, ["rank": rank])
+                lastBeat = Date()
+            }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, 100) > 0 { break }
+            if Date() > waitUntil { throw Wire.ProtocolError(reason: "no peer table within \(Int(rendezvousTimeout + timeout)) s") }
+        }
+        let (k2, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(timeout))
+        if k2 == .refused {
+            let reason = msg["reason"] as? String ?? ""
+            if msg["later"] as? Bool == true { throw LaterAttempt(reason: reason) }
+            throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused: \(reason)")
+        }
+        if k2 == .abort { throw CommunicationError(rank: rank, peer: nil, reason: "stopping before training: \(msg["reason"] as? String ?? "the coordinator aborted the job")") }
+        guard k2 == .peers, let table = msg["peers"] as? [[String: Any]] else { throw Wire.ProtocolError(reason: "expected the peer table") }
+        let peers = try table.map {
+            guard let r = $0["rank"] as? Int, let h = $0["host"] as? String, let p = $0["port"] as? Int else {
+                throw Wire.ProtocolError(reason: "malformed peer table")
+            }
+            return TCPCommunicator.Peer(rank: r, host: h, port: p)
+        }
+        return (peers, msg["manifest"] as? String ?? "")
     }
 
     /// Seconds between a rank's heartbeats once training runs; a deadline under

@@ -14,6 +14,9 @@ public final class CoordinatorServer: @unchecked Sendable {
     public let token: Data
     public let port: Int
     public var heartbeatDeadline: TimeInterval = 10
+    /// The job's restart count this coordinator serves (see `JobAttempt`): a rank of a later
+    /// attempt is told to come back (this coordinator is stopping), one of an earlier is refused.
+    public var attempt = JobAttempt.current
     /// How long the first rank waits for the last one to register (pods start minutes apart).
     public var rendezvousDeadline: TimeInterval = 600
     /// What one rank can make the coordinator keep: progress keys and the length of a string value.
@@ -35,6 +38,7 @@ public final class CoordinatorServer: @unchecked Sendable {
     private var lastSeen: [Int: Date] = [:]
     private var progressSlots: [Int: UnsafeMutablePointer<[String: Any]>] = [:]
     private var finished: Set<Int> = []
+    private var turnedAway: Set<Int> = []
     private var lost: Int?
     private var stopped = false
     private let started = Date()
@@ -101,6 +105,15 @@ public final class CoordinatorServer: @unchecked Sendable {
             guard r >= 0, r < worldSize, let host = msg["host"] as? String, host.utf8.count <= 255,
                   let port = msg["port"] as? Int, (0...65535).contains(port) else {
                 try? Wire.send(fd, .refused, ["reason": "rank \(r) out of range for world size \(worldSize), or a bad data address"])
+                return
+            }
+            let theirAttempt = msg["attempt"] as? Int ?? 0
+            if theirAttempt != attempt {
+                let later = theirAttempt > attempt
+                lock.lock(); let first = turnedAway.insert(r).inserted; lock.unlock()
+                if first || !later { log("coordinator: \(later ? "turned away for now" : "refused") rank \(r) of attempt \(theirAttempt): this coordinator serves attempt \(attempt)") }
+                try? Wire.send(fd, .refused, ["reason": "rank \(r) is of attempt \(theirAttempt) of the job, this coordinator serves attempt \(attempt)"
+                                              + (later ? " (it is stopping)" : ": a rank left over from an earlier attempt"), "later": later])
                 return
             }
             if let theirs = msg["world_size"] as? Int, theirs != worldSize {
