@@ -83,23 +83,12 @@ final class LaunchEnvironmentTests: XCTestCase {
     /// `radar launch -n 4` on one.
     func testTwoNodesOfRadarLaunchAreOneJob() throws {
         let radar = MPITrainingTests.products.appendingPathComponent("radar").path
-        let tokenFile = NSTemporaryDirectory() + "radar-nodes-token-\(getpid())"
-        try HMACSHA256.randomHex().write(toFile: tokenFile, atomically: true, encoding: .utf8)
-        defer { try? FileManager.default.removeItem(atPath: tokenFile) }
-        let port = try TCPRendezvous.freePort()
         func job(_ out: String) -> [String] {
             ["--", "radar-worker", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
              "--batch-size", "4", "--num-epochs", "1", "--max-steps-per-epoch", "3", "--threads", "1", "--timeout", "30"]
         }
         let out = NSTemporaryDirectory() + "radar-nodes-\(UUID().uuidString.prefix(6))"
-        var env = ProcessInfo.processInfo.environment
-        env["OPENBLAS_NUM_THREADS"] = "1"
-        env["RADAR_JOB_TOKEN"] = nil
-        let nodes = try [1, 0].map { node in
-            try startCaptured(radar, ["launch", "--nnodes", "2", "--node-rank", String(node), "--master", "127.0.0.1:\(port)", "--token-file", tokenFile, "-n", "2"]
-                              + job(out), environment: env)
-        }
-        let text = collect(nodes, "two nodes").joined()
+        let text = try twoNodes(["-n", "2"] + job(out), "two nodes").joined()
         let lines = text.split(separator: "\n").filter { $0.contains("fnv1a") }
         XCTAssertEqual(Set(lines.map { $0.split(separator: " ")[1] }), ["0", "1", "2", "3"], "ranks numbered across the nodes: \(text)")
         let one = String(decoding: try Process.runCapturing([radar, "launch", "-n", "4"] + job(out + "-one")), as: UTF8.self)
@@ -111,27 +100,34 @@ final class LaunchEnvironmentTests: XCTestCase {
     /// launchers restart (node 0's rank was told to stop), the second attempt meets at the same
     /// port, and both ranks end with the same parameters.
     func testTwoNodesOfRadarLaunchRestartTogether() throws {
-        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
-        let tokenFile = NSTemporaryDirectory() + "radar-restart-token-\(getpid())"
-        try HMACSHA256.randomHex().write(toFile: tokenFile, atomically: true, encoding: .utf8)
-        defer { try? FileManager.default.removeItem(atPath: tokenFile) }
-        let port = try TCPRendezvous.freePort()
         let out = NSTemporaryDirectory() + "radar-restart-\(UUID().uuidString.prefix(6))"
-        var env = ProcessInfo.processInfo.environment
-        env["OPENBLAS_NUM_THREADS"] = "1"
-        env["RADAR_JOB_TOKEN"] = nil
-        env["RADAR_FAULT_INJECT"] = "step:1:kill:0"
-        let nodes = try [1, 0].map { node in
-            try startCaptured(radar, ["launch", "--nnodes", "2", "--node-rank", String(node), "--master", "127.0.0.1:\(port)", "--token-file", tokenFile,
-                                      "-n", "1", "--max-restarts", "1", "--", "radar-worker", "--data", MPITrainingTests.dataset, "--output", out,
-                                      "--experiment", "e", "--config", "tiny", "--batch-size", "4", "--num-epochs", "1", "--max-steps-per-epoch", "4",
-                                      "--threads", "1", "--timeout", "20"], environment: env)
-        }
-        let texts = collect(nodes, "two nodes restarting")
-        XCTAssertTrue(texts[0].contains("rank 1 was killed by signal 9"), texts[0])
+        let texts = try twoNodes(["-n", "1", "--max-restarts", "1", "--", "radar-worker", "--data", MPITrainingTests.dataset, "--output", out,
+                                  "--experiment", "e", "--config", "tiny", "--batch-size", "4", "--num-epochs", "1", "--max-steps-per-epoch", "4",
+                                  "--threads", "1", "--timeout", "20"], "two nodes restarting", env: ["RADAR_FAULT_INJECT": "step:1:kill:0"])
+        XCTAssertTrue(texts[1].contains("rank 1 was killed by signal 9"), texts[1])
         for t in texts { XCTAssertTrue(t.contains("radar launch: restarting the job from `last` (restart 1 of 1)"), t) }
         XCTAssertEqual(parameterHashes(texts).count, 1, "both ranks end with the same parameters: \(texts)")
         XCTAssertEqual(texts.joined().split(separator: "\n").filter { $0.contains("fnv1a") }.count, 2, texts.joined())
+    }
+
+    /// Two `radar launch --nnodes 2` on this machine (node 1 started first), with a shared token
+    /// file and a free master port, each given `args`: their outputs (node 0's first), each
+    /// checked to end with status 0.
+    func twoNodes(_ args: [String], _ label: String, env extra: [String: String] = [:]) throws -> [String] {
+        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
+        let tokenFile = NSTemporaryDirectory() + "radar-nodes-token-\(getpid())-\(UUID().uuidString.prefix(6))"
+        try HMACSHA256.randomHex().write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: tokenFile) }
+        let port = try TCPRendezvous.freePort()
+        var env = ProcessInfo.processInfo.environment
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        env["RADAR_JOB_TOKEN"] = nil
+        env.merge(extra) { $1 }
+        let nodes = try [1, 0].map { node in
+            try startCaptured(radar, ["launch", "--nnodes", "2", "--node-rank", String(node), "--master", "127.0.0.1:\(port)", "--token-file", tokenFile]
+                              + args, environment: env)
+        }
+        return collect(nodes, label).reversed()
     }
 
     /// Ranks that meet over IPv6 only: rank 0's coordinator at MASTER_ADDR ::1 (bare, as torchrun
