@@ -200,9 +200,12 @@ public final class CoordinatorClient: @unchecked Sendable {
     /// Tells the coordinator this rank failed (it tells the other ranks to stop), then closes.
     /// A rank that gave up waiting on `waitingFor` waits up to `verdictWithin` seconds for the
     /// coordinator's verdict and returns it when another rank was found lost (the one whose
-    /// heartbeats stopped: a ring stalls on every rank when one host goes silent).
+    /// heartbeats stopped: a ring stalls on every rank when one host goes silent). The
+    /// coordinator looks for a silent rank for at most three heartbeats: half a second more is
+    /// enough, and bounds how much later a rank that is itself cut off ends.
     @discardableResult
-    public func abortJob(_ reason: String, waitingFor peer: Int? = nil, verdictWithin: TimeInterval = 5) -> (rank: Int, cause: String)? {
+    public func abortJob(_ reason: String, waitingFor peer: Int? = nil,
+                         verdictWithin: TimeInterval = 3 * CoordinatorClient.heartbeatInterval + 0.5) -> (rank: Int, cause: String)? {
         lock.lock()
         if closed { lock.unlock(); return nil }
         closed = true
