@@ -241,4 +241,5 @@ struct RadarWorker: ParsableCommand {
 BLASKernels.reexecWithBestKernelsIfNeeded()
 ParentWatch.install()
 _ = ArchiveNames.utf8  // before any thread: setlocale is process-wide
+OpenSSLLibrary.prepare()
 RadarWorker.main()

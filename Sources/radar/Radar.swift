@@ -12,6 +12,7 @@ struct Radar: ParsableCommand {
 
     static func main() {
         BLASKernels.reexecWithBestKernelsIfNeeded()
+        OpenSSLLibrary.prepare()
         _ = ArchiveNames.utf8
         main(nil)
     }

@@ -5,11 +5,24 @@ import Foundation
 /// libcrypto (OpenSSL 3, Debian's libssl-dev): shard checksums, the job-token login, and the
 /// authenticated data plane. Nothing here is home-made cryptography.
 
+/// libcrypto's start-up, once, before any other call into it. By default OpenSSL frees its
+/// global state from an `atexit` handler, while threads that are still running (a data-plane
+/// receiver, a coordinator connection, a heartbeat) may be inside it or end later and run its
+/// thread-exit hook: a process that returned from `main` then died with SIGSEGV in libcrypto
+/// (1 run in 20 of `radar bench allreduce` over TCP). Without that handler the kernel frees it all.
+public enum OpenSSLLibrary {
+    private static let ready: Void = { _ = radar_openssl_init_no_atexit() }()
+    /// Call first thing in `main` (another library could otherwise initialise libcrypto first,
+    /// with the handler); every entry point below calls it too.
+    public static func prepare() { _ = ready }
+}
+
 /// SHA-256, incremental (EVP). Shard checksums in the manifest, plan digests, fingerprints.
 public final class SHA256Digest: @unchecked Sendable {
     private let ctx: OpaquePointer
 
     public init() {
+        OpenSSLLibrary.prepare()
         ctx = EVP_MD_CTX_new()
         EVP_DigestInit_ex(ctx, EVP_sha256(), nil)
     }
@@ -43,6 +56,7 @@ public enum SHA1Digest {
     public static func hex(_ data: Data) -> String {
         var out = [UInt8](repeating: 0, count: 20)
         var n: UInt32 = 0
+        OpenSSLLibrary.prepare()
         let ctx = EVP_MD_CTX_new()
         defer { EVP_MD_CTX_free(ctx) }
         EVP_DigestInit_ex(ctx, EVP_sha1(), nil)
@@ -63,6 +77,7 @@ func hexString(_ bytes: [UInt8]) -> String {
 /// HMAC-SHA256 (RFC 2104) for the coordinator's challenge-response login and key derivation.
 public enum HMACSHA256 {
     public static func bytes(key: Data, message: Data) -> [UInt8] {
+        OpenSSLLibrary.prepare()
         var out = [UInt8](repeating: 0, count: 32)
         var n: UInt32 = 0
         key.withUnsafeBytes { k in
@@ -93,6 +108,7 @@ public enum HMACSHA256 {
 
 public enum SecureRandom {
     public static func bytes(_ n: Int) -> [UInt8] {
+        OpenSSLLibrary.prepare()
         var out = [UInt8](repeating: 0, count: n)
         guard RAND_bytes(&out, Int32(n)) == 1 else {
             // A system without entropy cannot run a job safely.
@@ -115,6 +131,7 @@ public final class FrameAuthenticator: @unchecked Sendable {
     public init(key: [UInt8]) {
         precondition(key.count == 32)
         self.key = key
+        OpenSSLLibrary.prepare()
         ctx = EVP_CIPHER_CTX_new()
         EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nil, nil, nil)
         EVP_CIPHER_CTX_ctrl(ctx, radar_gcm_set_ivlen(), 12, nil)
