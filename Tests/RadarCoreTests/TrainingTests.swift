@@ -47,6 +47,8 @@ final class TrainingTests: XCTestCase {
     func testAnInputBoundEpochSaysSo() {
         XCTAssertEqual(TrainingRun.inputBoundNote(["step_seconds": 0.1, "data_wait_seconds": 0.03], loaderThreads: 2),
                        "  (30% of it waiting for images: input-bound at --loader-threads 2)")
+        XCTAssertEqual(TrainingRun.inputBoundNote(["step_seconds": 0.1, "data_wait_seconds": 0.05, "data_wait_rank": 3], loaderThreads: 1),
+                       "  (50% of it waiting for images on rank 3: input-bound at --loader-threads 1)", "the rank that waited most")
         XCTAssertEqual(TrainingRun.inputBoundNote(["step_seconds": 0.1, "data_wait_seconds": 0.02], loaderThreads: 2), "")
         XCTAssertEqual(TrainingRun.inputBoundNote(["images_per_s": 10], loaderThreads: 1), "", "no optimizer step, no figures")
     }

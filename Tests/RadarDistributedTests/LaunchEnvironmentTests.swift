@@ -167,7 +167,8 @@ final class LaunchEnvironmentTests: XCTestCase {
         let wait = epoch?["data_wait_seconds"] as? Double ?? 0
         XCTAssertGreaterThanOrEqual(wait, 0.24, "rank 1 slept 0.25 s on every batch: \(metrics)")
         XCTAssertLessThan(wait, epoch?["step_seconds"] as? Double ?? 0, "within the step: \(metrics)")
-        XCTAssertTrue(texts[0].contains("waiting for images: input-bound"), texts[0])
+        XCTAssertEqual(epoch?["data_wait_rank"] as? Double, 1, "the straggler named: \(metrics)")
+        XCTAssertTrue(texts[0].contains("waiting for images on rank 1: input-bound"), texts[0])
     }
 
     /// Two ranks started the way torchrun (MASTER_PORT held by its store) and srun (SLURM_*

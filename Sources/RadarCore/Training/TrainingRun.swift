@@ -610,8 +610,11 @@ public final class TrainingRun {
             speed["step_seconds"] = elapsed / Double(optimizerSteps)
             // The most any rank waited: one slow loader holds every rank at the all-reduce (one
             // tiny gather an epoch; every rank ends the loop after the same optimizer step).
-            let waits = try parallel.gather([Float(dataWait / Double(optimizerSteps))])
-            speed["data_wait_seconds"] = Double(waits.compactMap(\.first).max() ?? 0)
+            let waits = try parallel.gather([Float(dataWait / Double(optimizerSteps))]).map { Double($0.first ?? 0) }
+            if let most = waits.indices.max(by: { waits[$0] < waits[$1] }) {
+                speed["data_wait_seconds"] = waits[most]
+                if waits.count > 1 { speed["data_wait_rank"] = Double(most) }
+            }
         }
         return .finished(lossSum: lossSum, microBatches: n, speed: speed)
     }
@@ -620,7 +623,8 @@ public final class TrainingRun {
     /// for the loader: where more loader threads would pay.
     public static func inputBoundNote(_ speed: [String: Double], loaderThreads: Int) -> String {
         guard let wait = speed["data_wait_seconds"], let step = speed["step_seconds"], step > 0, wait / step > 0.2 else { return "" }
-        return "  (\(Int((100 * wait / step).rounded()))% of it waiting for images: input-bound at --loader-threads \(loaderThreads))"
+        let who = speed["data_wait_rank"].map { " on rank \(Int($0))" } ?? ""
+        return "  (\(Int((100 * wait / step).rounded()))% of it waiting for images\(who): input-bound at --loader-threads \(loaderThreads))"
     }
 
     /// Validation after an epoch: records the metrics, keeps the best weights, writes `best` and
@@ -657,7 +661,7 @@ public final class TrainingRun {
                                                      ("epoch/skipped_steps", Double(skipped))]
                       + m.sorted { $0.key < $1.key }.map { ("val/\($0.key)", $0.value) }
                       + HeadMetrics.scalars(heads, prefix: "val_heads")
-                      + speed.sorted { $0.key < $1.key }.map { ("perf/\($0.key)", $0.value) })
+                      + speed.filter { $0.key != "data_wait_rank" }.sorted { $0.key < $1.key }.map { ("perf/\($0.key)", $0.value) })
         parallel.epochFinished(epoch: epoch, step: trainer.optimizer.step,
                                metrics: m.merging(["train_loss": p.history.trainLoss.last!, "images_per_s": imagesPerSecond]) { a, _ in a })
         log("epoch \(epoch + 1)/\(options.epochs)  train_loss \(fixed(p.history.trainLoss.last!))  val_auc \(fixed(m["auc"]!))  "
