@@ -46,6 +46,8 @@ public struct TrainingFlags: ParsableArguments {
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp))
     public var precision: String?
     @Flag(help: "Let several local ranks share a GPU (by default each rank needs a GPU of its own).") public var allowGpuSharing = false
+    @Flag(help: "Leave this process on every CPU it was given (by default a GPU run keeps those next to its GPU, where sysfs names them).")
+    public var noCpuPlacement = false
     @Option(help: "Loader threads (decode + augment). Default: on a GPU, this rank's share of the cores less one (at most 16); on the CPU, 1.")
     public var loaderThreads: Int?
     @Flag(help: "Disable training augmentation.") public var noAugment = false
@@ -129,6 +131,7 @@ public struct TrainingFlags: ParsableArguments {
         guard Devices.isValid(o.device) else { throw ValidationError(Devices.UnknownDevice(name: o.device).description) }
         o.device = try RankPlacement.device(o.device, localRank: localRank, localSize: localRanks, allowSharing: allowGpuSharing,
                                             gpuCount: CUDADrivers.deviceCount)
+        o.placeNearGPU = !noCpuPlacement
         o.patience = patience
         o.seed = seed
         o.threads = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(localRanks, 1))

@@ -88,6 +88,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public var storesBFloat16Activations: Bool { precision == .bf16 }
     public var roundsProductOperandsToBFloat16: Bool { precision == .bf16 }
     public var deviceDescription: String { "\(driver.deviceDescription), \(precision.rawValue)" }
+    public var devicePCIBusId: String? { driver.pciBusId }
 
     // MARK: Memory
 

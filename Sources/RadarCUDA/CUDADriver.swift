@@ -79,6 +79,8 @@ public struct DeviceOutOfMemory: Error, CustomStringConvertible {
 public protocol CUDADriver: AnyObject {
     /// e.g. "cuda:0 (NVIDIA H200, sm_90, 139.8 GiB)".
     var deviceDescription: String { get }
+    /// The GPU's PCI address ("0000:3B:00.0", cuDeviceGetPCIBusId); nil on the emulated device.
+    var pciBusId: String? { get }
     /// (major, minor) compute capability.
     var computeCapability: (major: Int, minor: Int) { get }
     /// (free, total) device memory in bytes.
@@ -270,4 +272,8 @@ public enum CUDADrivers {
         }
         return try DriverAPI(ordinal: ordinal)
     }
+}
+
+extension CUDADriver {
+    public var pciBusId: String? { nil }
 }

@@ -93,6 +93,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     public let name: String
     public let computeCapability: (major: Int, minor: Int)
     public let totalMemory: Int
+    public let pciBusId: String?
     public let driverVersion: Int
     private let context: OpaquePointer?
     private var stream: OpaquePointer?
@@ -132,6 +133,9 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         var total = 0
         _ = try sym(cuda, "cuDeviceTotalMem_v2", FnDeviceTotalMem.self)(&total, device)
         totalMemory = total
+        var bus = [CChar](repeating: 0, count: 64)
+        let busId = try? sym(cuda, "cuDeviceGetPCIBusId", FnDeviceName.self)
+        pciBusId = busId.flatMap { $0(&bus, 63, device) == 0 ? String(cString: bus) : nil }.flatMap { $0.isEmpty ? nil : $0 }
         let attribute = try sym(cuda, "cuDeviceGetAttribute", FnDeviceAttribute.self)
         var major: Int32 = 0, minor: Int32 = 0
         _ = attribute(&major, C.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)

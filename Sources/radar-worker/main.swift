@@ -178,7 +178,8 @@ struct RadarWorker: ParsableCommand {
         let o = try flags.options(rank: comm.rank, worldSize: comm.size, localRanks: localRanks, localRank: localRank, experimentName: agreed)
         let run = try TrainingRun(options: o)
         FaultInjection.point("load")
-        logLine("radar-worker rank \(comm.rank) (host \(ProcessInfo.processInfo.hostName), local rank \(localRank) of \(localRanks)): \(run.ctx.backend.deviceDescription)")
+        logLine("radar-worker rank \(comm.rank) (host \(ProcessInfo.processInfo.hostName), local rank \(localRank) of \(localRanks)): \(run.ctx.backend.deviceDescription)"
+                + (run.cpuPlacement.map { "; \($0)" } ?? ""))
         let fingerprint = Fingerprint(config: o.config, layout: run.model.layout, manifestHash: run.set.manifest.contentHash,
                                       worldSize: comm.size, extra: [("batch size", String(o.batchSize)), ("seed", String(o.seed)),
                                                                     ("sync-bn", String(syncBn)), ("grad-dtype", gradDtype.rawValue)])

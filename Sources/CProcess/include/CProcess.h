@@ -16,4 +16,10 @@ void radar_shared_store(uint64_t *p, uint64_t value);
 void radar_shared_wait(const uint64_t *p, uint32_t expected, int timeout_us);
 /// Wakes every process sleeping in radar_shared_wait on `p` (FUTEX_WAKE).
 void radar_shared_wake(const uint64_t *p);
+
+// CPU affinity (sched_getaffinity/sched_setaffinity are GNU extensions Swift does not see), as a
+// bit mask of `words` 64-bit words (CPU c is bit c % 64 of word c / 64) for thread `tid` (0: the
+// calling thread). Return 0 or -1 (errno set).
+int radar_get_affinity(int tid, uint64_t *mask, int words);
+int radar_set_affinity(int tid, const uint64_t *mask, int words);
 #endif

@@ -20,6 +20,8 @@ public struct TrainOptions: Sendable {
     public var maxStepsPerEpoch = 0
     /// The backend the model runs on (`Devices`).
     public var device = Devices.defaultName
+    /// A GPU run keeps only the CPUs next to its GPU (`CPUPlacement`; `--no-cpu-placement`).
+    public var placeNearGPU = true
     /// auto, fp32, tf32 or bf16 (`Devices`); nil: RADAR_PRECISION, else auto.
     public var precision: String?
     /// A timm ViT safetensors file for the encoder (`TrainOptions.resolvePretrained` turns a Hub
@@ -127,6 +129,8 @@ public final class TrainingRun {
     /// The input batch on the device, allocated once: loader batches are uploaded into it.
     private let inputImages: DeviceTensor
     private let inputLabels: DeviceTensor
+    /// What `CPUPlacement` did for a GPU run, for the rank's start line (nil: nothing to do).
+    public private(set) var cpuPlacement: String?
     /// What setting up did (weights loaded), logged when the run starts.
     private var notes: [String] = []
     /// `splitTruth`'s answers.
@@ -142,6 +146,9 @@ public final class TrainingRun {
         ctx = ExecutionContext(backend: try Devices.backend(options.device, threads: options.threads, precision: options.precision), layout: model.layout,
                                seed: options.seed)
         model.initialize(ctx.params, seed: options.seed)
+        if options.placeNearGPU, let bus = ctx.backend.devicePCIBusId {
+            cpuPlacement = CPUPlacement.placeNear(busId: bus, gpu: options.device)
+        }
         if let p = options.pretrained {
             let resampled = try TimmWeights.load(p, into: ctx.params, config: options.config)
             let encoder = model.layout.parameters.filter { $0.name.hasPrefix("encoder.") }.count

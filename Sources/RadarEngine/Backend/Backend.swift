@@ -15,6 +15,8 @@
 public protocol Backend: AnyObject {
     /// What the backend runs on, for logs and benchmark records (e.g. "cpu (2 threads)").
     var deviceDescription: String { get }
+    /// The PCI address of the GPU it runs on (`CPUPlacement`); nil for the CPU and the emulated device.
+    var devicePCIBusId: String? { get }
     /// Whether backward recomputes the attention probabilities and GELU's CDF instead of keeping
     /// them from forward (`ExecutionContext.recomputeInBackward` starts from it). A GPU says yes:
     /// memory bounds its batch, and the work is one small product per block and elementwise
@@ -340,6 +342,8 @@ public struct ConvolutionGeometry: Sendable, Equatable {
 }
 
 extension Backend {
+    public var devicePCIBusId: String? { nil }
+
     public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor,
                                   residual: Tensor?, dxCopy: Tensor?, dxColumnSumsInto sums: Tensor) {
         layerNormBackward(dy, x: x, gamma: gamma, mean: mean, rstd: rstd, dx, dGamma: dGamma, dBeta: dBeta, residual: residual, dxCopy: dxCopy)
