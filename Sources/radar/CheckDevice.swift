@@ -53,6 +53,13 @@ struct CheckDevice: ParsableCommand {
                 // The GPUs this process sees (CUDA_VISIBLE_DEVICES honoured): gpu-check.sh runs
                 // one rank a GPU where there are several.
                 probe["device_count"] = device == "cuda-emulated" ? EmulatedDevice.deviceCount : (try? CUDADrivers.deviceCount()) ?? 1
+                // Where the GPU sits (CPUPlacement): its PCI address, the CPUs sysfs names as
+                // next to it and the CPUs this process may use.
+                probe["allowed_cpus"] = CPUPlacement.allowed().map { CPUPlacement.listText($0) } ?? NSNull()
+                if let bus = cuda.driver.pciBusId {
+                    probe["pci_bus_id"] = bus
+                    probe["local_cpus"] = CPUPlacement.localCPUs(busId: bus).map { CPUPlacement.listText($0) } ?? NSNull()
+                }
                 if let real = cuda.driver as? DriverAPI {
                     probe["kernel_cache"] = real.kernelOrigins
                     probe["kernel_cache_folder"] = KernelCache.defaultFolder

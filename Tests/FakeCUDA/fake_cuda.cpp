@@ -275,6 +275,16 @@ EXPORT int cuDeviceGetName(char *name, int length, int device) {
     return SUCCESS;
 }
 
+// A made-up PCI address in the driver's spelling (upper-case hex), bus 0x3B + device.
+EXPORT int cuDeviceGetPCIBusId(char *id, int length, int device) {
+    LibraryCall call;
+    if (!initialized) return NOT_INITIALIZED;
+    if (device < 0 || device >= deviceCount()) return INVALID_DEVICE;
+    if (!id || length <= 0) return INVALID_VALUE;
+    snprintf(id, size_t(length), "0000:%02X:00.0", 0x3B + device);
+    return SUCCESS;
+}
+
 EXPORT int cuDeviceTotalMem_v2(size_t *bytes, int device) {
     LibraryCall call;
     if (!initialized) return NOT_INITIALIZED;

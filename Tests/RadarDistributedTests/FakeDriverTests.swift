@@ -55,6 +55,8 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(libraries["cufft"], FakeDriverTests.folder + "/libcufft.so.12")
         XCTAssertEqual(libraries["cublasLt"], FakeDriverTests.folder + "/libcublasLt.so.13")
         XCTAssertEqual(probe["gemm_epilogues"] as? Bool, false, "off by default")
+        XCTAssertEqual(probe["pci_bus_id"] as? String, "0000:3B:00.0", "cuDeviceGetPCIBusId: \(probe)")
+        XCTAssertNotNil(CPUPlacement.parseList(probe["allowed_cpus"] as? String ?? ""), "the CPUs this process may use: \(probe)")
         XCTAssertTrue((libraries["cuda_nvrtc"] ?? "").contains("libnvrtc.so."), "the real NVRTC: \(libraries)")
     }
 
