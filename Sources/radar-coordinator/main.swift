@@ -44,6 +44,7 @@ struct RadarCoordinator: ParsableCommand {
             do {
                 let (host, port) = try RadarCoordinator.split(listen, allowAnyPort: true)
                 let server = try CoordinatorServer(host: host, port: port, worldSize: worldSize, token: try RadarCoordinator.token(tokenFile))
+                server.attempt = nil  // whichever attempt of a restarted job its first rank is of
                 server.heartbeatDeadline = heartbeatDeadline
                 server.rendezvousDeadline = rendezvousTimeout
                 server.log = logLine

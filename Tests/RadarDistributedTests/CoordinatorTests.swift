@@ -180,13 +180,29 @@ final class CoordinatorTests: XCTestCase {
         joined.value?.finish()
         server.stop()
 
-        let current = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 1, token: token)
-        current.attempt = 2
-        defer { current.stop() }
-        XCTAssertThrowsError(try CoordinatorClient(host: "127.0.0.1", port: current.port, token: token, rank: 0, worldSize: 1, dataHost: "h",
+        // A standalone coordinator (radar-coordinator, restarted by its supervisor) takes the
+        // attempt of its first rank; a rank of an earlier attempt is then refused.
+        let standalone = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 2, token: token)
+        standalone.attempt = nil
+        defer { standalone.stop() }
+        let first = Shared<CoordinatorClient?>(nil)
+        let registered = DispatchGroup()
+        registered.enter()
+        DispatchQueue.global().async {
+            first.value = try? CoordinatorClient(host: "127.0.0.1", port: standalone.port, token: token, rank: 1, worldSize: 2, dataHost: "h",
+                                                 dataPort: 1, timeout: 2, rendezvousTimeout: 1, attempt: 2)  // rank 0 never comes
+            registered.leave()
+        }
+        var adopted: Int?
+        for _ in 0..<50 where adopted == nil { usleep(100_000); adopted = standalone.attempt }
+        XCTAssertEqual(adopted, 2, "the first rank's attempt")
+        XCTAssertThrowsError(try CoordinatorClient(host: "127.0.0.1", port: standalone.port, token: token, rank: 0, worldSize: 2, dataHost: "h",
                                                    dataPort: 1, timeout: 5, rendezvousTimeout: 5, attempt: 1)) { error in
             XCTAssertTrue("\(error)".contains("rank 0 is of attempt 1 of the job, this coordinator serves attempt 2: a rank left over"), "\(error)")
         }
+        standalone.stop()
+        _ = registered.wait(timeout: .now() + 15)
+        first.value?.finish()
         usleep(300_000)
     }
 

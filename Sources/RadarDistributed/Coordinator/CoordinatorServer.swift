@@ -16,7 +16,9 @@ public final class CoordinatorServer: @unchecked Sendable {
     public var heartbeatDeadline: TimeInterval = 10
     /// The job's restart count this coordinator serves (see `JobAttempt`): a rank of a later
     /// attempt is told to come back (this coordinator is stopping), one of an earlier is refused.
-    public var attempt = JobAttempt.current
+    /// nil (`radar-coordinator`, restarted by whatever supervises it, not by the launcher): the
+    /// first rank to register sets it.
+    public var attempt: Int? = JobAttempt.current
     /// How long the first rank waits for the last one to register (pods start minutes apart).
     public var rendezvousDeadline: TimeInterval = 600
     /// What one rank can make the coordinator keep: progress keys and the length of a string value.
@@ -108,6 +110,10 @@ public final class CoordinatorServer: @unchecked Sendable {
                 return
             }
             let theirAttempt = msg["attempt"] as? Int ?? 0
+            lock.lock()
+            if attempt == nil { attempt = theirAttempt }
+            let attempt = self.attempt ?? theirAttempt
+            lock.unlock()
             if theirAttempt != attempt {
                 let later = theirAttempt > attempt
                 lock.lock(); let first = turnedAway.insert(r).inserted; lock.unlock()
