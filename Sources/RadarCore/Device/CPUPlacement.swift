@@ -27,15 +27,11 @@ public enum CPUPlacement {
 
     /// The set as ranges, ascending: "0-3,8,10-11".
     public static func listText(_ cpus: Set<Int>) -> String {
-        var parts: [String] = []
-        var run: (Int, Int)?
+        var runs: [(lo: Int, hi: Int)] = []
         for c in cpus.sorted() {
-            if let (lo, hi) = run, c == hi + 1 { run = (lo, c); continue }
-            if let (lo, hi) = run { parts.append(lo == hi ? "\(lo)" : "\(lo)-\(hi)") }
-            run = (c, c)
+            if let last = runs.last, c == last.hi + 1 { runs[runs.count - 1].hi = c } else { runs.append((c, c)) }
         }
-        if let (lo, hi) = run { parts.append(lo == hi ? "\(lo)" : "\(lo)-\(hi)") }
-        return parts.joined(separator: ",")
+        return runs.map { $0.lo == $0.hi ? "\($0.lo)" : "\($0.lo)-\($0.hi)" }.joined(separator: ",")
     }
 
     /// The CPUs sysfs lists as local to the PCI device at `busId` (cuDeviceGetPCIBusId's

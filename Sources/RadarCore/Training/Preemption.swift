@@ -101,6 +101,15 @@ public enum ParentWatch {
     }
 }
 
+/// Which attempt of a restarted job this process belongs to: `radar launch --max-restarts`'s
+/// RADAR_LAUNCH_ATTEMPT, torchrun's TORCHELASTIC_RESTART_COUNT, else 0.
+public enum JobAttempt {
+    public static var current: Int {
+        let env = ProcessInfo.processInfo.environment
+        return Int(env["RADAR_LAUNCH_ATTEMPT"] ?? env["TORCHELASTIC_RESTART_COUNT"] ?? "") ?? 0
+    }
+}
+
 /// Failure points for the fault-injection suite: `RADAR_FAULT_INJECT=PHASE:RANK:ACTION[:ATTEMPT]` makes
 /// that rank kill (`kill`, SIGKILL) or freeze (`stop`, SIGSTOP) itself when it reaches PHASE:
 /// `init` (before MPI or the rendezvous), `load` (dataset and model ready), `step` (after its
@@ -122,7 +131,7 @@ public enum FaultInjection {
             return nil
         }
         // An optional fourth field limits the fault to one attempt of `radar launch --max-restarts`.
-        if p.count == 4 && p[3] != (env["RADAR_LAUNCH_ATTEMPT"] ?? "0") { return nil }
+        if p.count == 4 && Int(p[3]) != JobAttempt.current { return nil }
         return (p[0], r, p[2])
     }()
     nonisolated(unsafe) static var steps = 0

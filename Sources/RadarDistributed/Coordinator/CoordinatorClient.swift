@@ -4,15 +4,6 @@ import RadarCore
 import Glibc
 #endif
 
-/// Which attempt of a restarted job this process belongs to: `radar launch --max-restarts`'s
-/// RADAR_LAUNCH_ATTEMPT, torchrun's TORCHELASTIC_RESTART_COUNT, else 0.
-public enum JobAttempt {
-    public static var current: Int {
-        let env = ProcessInfo.processInfo.environment
-        return Int(env["RADAR_LAUNCH_ATTEMPT"] ?? env["TORCHELASTIC_RESTART_COUNT"] ?? "") ?? 0
-    }
-}
-
 /// A worker's link to the coordinator: login, registration, the peer table, heartbeats on a
 /// background thread, progress reports; an abort from the coordinator ends the process with a
 /// message naming the lost rank.
