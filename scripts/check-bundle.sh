@@ -49,9 +49,9 @@ radar launch -n 2 -- radar-worker --data data --output out --experiment e --conf
   --max-steps-per-epoch 2 --threads 1 2>&1 | tail -2
 test -f out/e/last.safetensors.lz4
 # The GPU check as a pod runs it, on the emulated device (probe, every kernel, golden parity,
-# bench step in fp32/tf32/bf16 (fused attention, the default) and bf16 with the products path,
-# the memory variants, the kernel check and bf16 step with the products' epilogues and with the
-# attention kernels' ldmatrix build, the products
+# bench step in fp32/tf32/bf16 (fused attention's fast build and cuBLASLt's epilogues, the
+# defaults) and bf16 with the products path, the memory variants, the kernel check and bf16 step
+# with the attention kernels' plain build, with the bias fills and with the ldmatrix build, the products
 # one by one and the bf16 step with the table of algorithms that pins the faster ones).
 # (A generous deadline: the emulated device is slow, and a skipped step fails the check.)
 # GPU_CHECK_GPUS=2: step 6b as on a machine of two GPUs (two emulated ones: a rank on each, the
@@ -67,12 +67,14 @@ assert sorted((b["precision"], b["attention"]) for b in r["radar_bench_step"]) =
     ("bf16", "fused"), ("bf16", "products"), ("fp32", "products"), ("tf32", "products")], r["radar_bench_step"]
 v = r["radar_bench_step_variants"]
 assert [(b["bf16_activations"], b["recompute_in_backward"], b["gemm_epilogues"], b["gemm_table_entries"]) for b in v[:4]] == [
-    (True, True, False, None), (False, True, False, None), (True, False, False, None), (True, True, True, None)], v
-assert r["gemm_epilogue_check"]["passed"], r["gemm_epilogue_check"]
-# Steps 7e and 7d: the attention kernels' fast and ldmatrix builds, each checked and stepped.
-assert r["attention_fast_check"]["passed"] and r["attention_fast_check"]["probe"]["attention_kernels"] == "fast", r["attention_fast_check"]
+    (True, True, True, None), (False, True, True, None), (True, False, True, None), (True, True, False, None)], v
+# The defaults (fast attention kernels, cuBLASLt's epilogues) in steps 1-4; step 7b the fills.
+assert r["check"]["probe"]["attention_kernels"] == "fast" and r["check"]["probe"]["gemm_epilogues"] is True, r["check"]["probe"]
+assert r["gemm_fills_check"]["passed"] and r["gemm_fills_check"]["probe"]["gemm_epilogues"] is False, r["gemm_fills_check"]
+# Steps 7e and 7d: the attention kernels' plain and ldmatrix builds, each checked and stepped.
+assert r["attention_plain_check"]["passed"] and r["attention_plain_check"]["probe"]["attention_kernels"] == "plain", r["attention_plain_check"]
 assert r["attention_ldmatrix_check"]["passed"] and r["attention_ldmatrix_check"]["probe"]["attention_kernels"] == "ldmatrix", r["attention_ldmatrix_check"]
-assert [b["attention_kernels"] for b in v] == ["fast", "plain", "plain", "plain", "ldmatrix", "plain"], v
+assert [b["attention_kernels"] for b in v] == ["plain", "fast", "fast", "fast", "ldmatrix", "fast"], v
 # Step 7c: every product of the bf16 step timed with its offers; the step again with the table.
 g = r["gemm_bench"]
 assert g["exit"] == 0 and g["radar"]["distinct_products"] > 0 and all(s["candidates"] for s in g["radar"]["shapes"]), g
@@ -86,11 +88,11 @@ m = r["several_gpus"]
 assert m["passed"] and m["gpus_used"] == ["cuda:0", "cuda:1"] and len(m["hashes"]) == 2, m
 assert [a["ranks"] for a in m["allreduce"]] == [2, 2] and all("staging_download_seconds" in a for a in m["allreduce"]), m["allreduce"]
 assert [s["ranks"] for s in m["scaling"]] == [1, 2] and all(s["images_per_s"] > 0 for s in m["scaling"]), m["scaling"]
-print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the epilogues %d/%d, with ldmatrix %d/%d, with the fast attention kernels %d/%d); 2 ranks on one GPU identical, 2 ranks on 2 GPUs identical (scaling efficiency %.2f); bench gemm %d products, %d pinned; bench step %s" % (
+print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the fills %d/%d, with ldmatrix %d/%d, with the plain attention kernels %d/%d); 2 ranks on one GPU identical, 2 ranks on 2 GPUs identical (scaling efficiency %.2f); bench gemm %d products, %d pinned; bench step %s" % (
     r["check"]["kernels_passed"], r["check"]["kernels_total"], len(r["check"]["golden"]),
-    r["gemm_epilogue_check"]["kernels_passed"], r["gemm_epilogue_check"]["kernels_total"],
+    r["gemm_fills_check"]["kernels_passed"], r["gemm_fills_check"]["kernels_total"],
     r["attention_ldmatrix_check"]["kernels_passed"], r["attention_ldmatrix_check"]["kernels_total"],
-    r["attention_fast_check"]["kernels_passed"], r["attention_fast_check"]["kernels_total"],
+    r["attention_plain_check"]["kernels_passed"], r["attention_plain_check"]["kernels_total"],
     m["scaling"][1]["scaling_efficiency"], g["radar"]["distinct_products"], g["radar"]["pinned_shapes"],
     ", ".join("%s %s %.2f img/s" % (b["precision"], b["attention"], b["images_per_s"]) for b in r["radar_bench_step"])))
 PY

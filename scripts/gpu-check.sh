@@ -4,8 +4,8 @@
 #   2. every Backend kernel against the CPU backend on the device;
 #   3. the golden PyTorch parity cases on the device;
 #   4. `radar bench step --device cuda` on the full config at batch 128 (halved until it fits) in
-#      fp32, tf32 and bf16 (fused attention, the default), then bf16 with the products path
-#      (RADAR_ATTENTION=products);
+#      fp32, tf32 and bf16 (fused attention's fast build and cuBLASLt's epilogues, the defaults),
+#      then bf16 with the products path (RADAR_ATTENTION=products);
 #   5. where PyTorch and timm import: bench/pytorch_step.py on the same config, batch and GPU, eager
 #      fp32, tf32 and AMP bf16.
 #   6. data parallel on the GPU: two TCP ranks sharing it (`radar launch`, --allow-gpu-sharing),
@@ -22,11 +22,12 @@
 #      activations (--bf16-activations false), then keeping the attention probabilities and GELU's
 #      CDF (--recompute-in-backward false): what each memory choice costs or saves on this GPU.
 #  7e. before step 7, with time to spare (never listed as skipped): the kernel check, golden cases
-#      and the bf16 step with the fused attention kernels' fast build (RADAR_ATTENTION_KERNELS=fast;
-#      off by default): "attention_fast_check" and a variant record.
-#  7b. likewise with the products' epilogues (RADAR_GEMM_EPILOGUES=on, cuBLASLt; off by default).
-#  7d. likewise with the fused attention kernels' ldmatrix build (RADAR_ATTENTION_KERNELS=ldmatrix;
-#      off by default): "attention_ldmatrix_check" and a variant record.
+#      and the bf16 step with the fused attention kernels' plain build (RADAR_ATTENTION_KERNELS=plain;
+#      the default is fast): "attention_plain_check" and a variant record.
+#  7b. likewise with the bias fills instead of cuBLASLt's epilogues (RADAR_GEMM_EPILOGUES=off; on by
+#      default): "gemm_fills_check" and a variant record.
+#  7d. likewise with the fused attention kernels' ldmatrix build (RADAR_ATTENTION_KERNELS=ldmatrix):
+#      "attention_ldmatrix_check" and a variant record.
 #  7c. with a minute to spare (never listed as skipped): `radar bench gemm` in bf16: each cuBLAS
 #      product of a step timed as the step runs it and with each cuBLASLt algorithm offered, a
 #      square 8192 product as the GPU's reference rate, and a table pinning the faster algorithms;
@@ -38,7 +39,8 @@
 #      ours then PyTorch's ("bf16_rematch"): PyTorch AMP's rate has moved by 40% between runs on
 #      the same GPU, so a second pair in the same run shows how far one pair can be trusted.
 #   9. with a minute to spare (never listed as skipped): `radar bench step --kernel-times` in bf16
-#      with fused attention, the same with the fast build where 7e passed and the ldmatrix build where 7d passed, bf16 and fp32:
+#      with fused attention (the defaults), the same with the plain build where 7e passed and the
+#      ldmatrix build where 7d passed, bf16 with the products path, and fp32:
 #      every kernel, cuBLAS product and FFT of a step timed with CUDA events.
 # One JSON report on stdout (and in gpu-check.json, rewritten after every step, so a run stopped
 # from outside still leaves what it measured); exit status 1 on any parity failure.
@@ -51,6 +53,10 @@
 #
 # Dry run without a GPU: GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=4.
 # GPU_CHECK_GEMM_SQUARE: the size of step 7c's reference product (default: radar bench gemm's).
+# GPU_CHECK_OMIT: informational steps to leave out (a lent GPU's minutes are few; what an earlier
+# run measured need not be measured again), space or comma separated: rematch (5b), memory (7),
+# serve (8), and step 9's runs by name (kernel-times-bf16-fused, kernel-times-bf16-fused-plain,
+# kernel-times-bf16-fused-ldmatrix, kernel-times-bf16, kernel-times-fp32). Never a parity step.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 radar=${GPU_CHECK_RADAR:-$here/bin/radar}  # GPU_CHECK_RADAR: another build (the tests use the debug one)
@@ -79,6 +85,7 @@ left() { echo $(( deadline - ($(date +%s) - started) )); }
 limit() { local l; l=$(left); [ "$1" -lt "$l" ] && echo "$1" || echo "$(( l > 1 ? l : 1 ))"; }
 : > "$work/skipped"
 # Steps 4-6 start only with at least $1 seconds left; otherwise they are listed as skipped.
+omitted() { local o=${GPU_CHECK_OMIT:-}; case " ${o//,/ } " in *" $1 "*) log "left out $1 (GPU_CHECK_OMIT)"; return 0 ;; esac; return 1; }
 time_for() {
   if [ "$(left)" -ge "$1" ]; then return 0; fi
   log "skipped $2: $(left) s left of GPU_CHECK_DEADLINE=$deadline"
@@ -120,10 +127,10 @@ if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_ver
 # The JSON report from what the steps have left in $work, rewritten (atomically) after each step;
 # `report final` marks it complete.
 report() {
-  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${epilogue_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" "${fast_status:--1}" "${multi_status:--1}" "${gpus:-1}" <<'PY'
+  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${fills_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" "${plain_status:--1}" "${multi_status:--1}" "${gpus:-1}" <<'PY'
 import json, os, sys
 work, status, out, dp_status, ar_status, final, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "final", int(sys.argv[7])
-epilogue_status, gemm_status, ldmatrix_status, fast_status = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10]), int(sys.argv[11])
+fills_status, gemm_status, ldmatrix_status, plain_status = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10]), int(sys.argv[11])
 multi_status, gpus = int(sys.argv[12]), int(sys.argv[13])
 def text(p, n):
     try:
@@ -165,7 +172,7 @@ def setting_check(name, status):  # steps 7b, 7d and 7e, when they ran
     r["exit"] = status
     r["passed"] = status == 0 and bool(r.get("passed"))
     return r
-epilogues, ldmatrix, fast = setting_check("epilogue", epilogue_status), setting_check("ldmatrix", ldmatrix_status), setting_check("fast", fast_status)
+fills, ldmatrix, plain = setting_check("fills", fills_status), setting_check("ldmatrix", ldmatrix_status), setting_check("plain", plain_status)
 gemm = None  # step 7c, when it ran (informational)
 if gemm_status >= 0:
     gemm = {"exit": gemm_status, "radar": (lines(work + "/gemm.json") or [None])[0], "pytorch": (lines(work + "/pytorch-gemm.json") or [None])[0],
@@ -175,11 +182,11 @@ rep = {"check": check, "gemm_bench": gemm, "radar_bench_step": lines(work + "/be
        "radar_kernel_times": lines(work + "/kernels.jsonl"), "bf16_rematch": lines(work + "/rematch.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
        "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
-       "skipped": skipped, "complete": final, "seconds": seconds, "gemm_epilogue_check": epilogues, "attention_ldmatrix_check": ldmatrix,
-       "attention_fast_check": fast, "several_gpus": multi,
+       "skipped": skipped, "complete": final, "seconds": seconds, "gemm_fills_check": fills, "attention_ldmatrix_check": ldmatrix,
+       "attention_plain_check": plain, "several_gpus": multi,
        "passed": final and status == 0 and bool(check.get("passed")) and dp["passed"] and ar_status == 0 and not skipped
                  and (multi is None or multi["passed"])
-                 and all(c is None or c["passed"] for c in (epilogues, ldmatrix, fast))}
+                 and all(c is None or c["passed"] for c in (fills, ldmatrix, plain))}
 tmp = out + ".tmp"
 with open(tmp, "w") as f:
     f.write(json.dumps(rep, indent=1, sort_keys=True) + "\n")
@@ -232,7 +239,7 @@ if [ -n "$python" ] && [ "$device" != "cuda-emulated" ] && "$python" -c "import 
     report
   done
   # 5b: a second bf16 pair, ours then PyTorch's, with time to spare.
-  if [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 90 ]; then
+  if [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 90 ] && ! omitted rematch; then
     timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 --config "$config" --batch "$bf16_batch" \
       --repeats "$repeats" >> "$work/rematch.jsonl" 2> "$work/rematch-radar.log" \
       && log "rematch radar bf16: $(tail -1 "$work/rematch.jsonl" | head -c 200)" || log "rematch radar bf16 failed: $(tail -1 "$work/rematch-radar.log")"
@@ -308,8 +315,8 @@ if [ "$gpus" -ge 2 ] && [ "$(left)" -ge 90 ]; then
   fi
 fi
 
-# 7e, 7b, 7d: settings off by default until measured on a GPU, only with time to spare: the kernel
-# check and golden cases with the setting, then the bf16 step with it (a variant record). A parity
+# 7e, 7b, 7d: the settings other than the defaults, only with time to spare: the kernel check and
+# golden cases with the setting, then the bf16 step with it (a variant record). A parity
 # failure here fails the report like any other. `setting_check SETTING=VALUE NAME` sets NAME_status
 # (-1: not run) and leaves NAME-check.json.
 setting_check() {
@@ -328,14 +335,13 @@ setting_check() {
     report
   fi
 }
-# 7e first, before step 7 (the largest expected gain; step 7's choices were measured in runs 4 and 5):
-# the fused attention kernels' fast build
-# (RADAR_ATTENTION_KERNELS=fast; "attention_kernels": "fast"); step 9 times its kernels.
-setting_check RADAR_ATTENTION_KERNELS=fast fast
+# 7e first, before step 7: the fused attention kernels' plain build (RADAR_ATTENTION_KERNELS=plain;
+# "attention_kernels": "plain"; the default until an H100 timed fast 10% ahead); step 9 times its kernels.
+setting_check RADAR_ATTENTION_KERNELS=plain plain
 
 # 7: the memory plan's choices in bf16, informational, only with time to spare.
 for variant in "--bf16-activations false" "--recompute-in-backward false"; do
-  [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 60 ] || break
+  [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 60 ] && ! omitted memory || break
   # shellcheck disable=SC2086 # the variant is two words on purpose
   timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision bf16 --config "$config" --batch "$bf16_batch" \
     --repeats "$repeats" $variant >> "$work/variants.jsonl" 2> "$work/variant.log" \
@@ -344,9 +350,9 @@ for variant in "--bf16-activations false" "--recompute-in-backward false"; do
   report
 done
 
-# 7b: the products' epilogues (RADAR_GEMM_EPILOGUES=on): every Linear's bias (and the encoder's
-# residual sums) in cuBLASLt's epilogue ("gemm_epilogues": true in the variant record).
-setting_check RADAR_GEMM_EPILOGUES=on epilogue
+# 7b: the bias fills (RADAR_GEMM_EPILOGUES=off): every Linear's bias (and the encoder's residual
+# sums) written before the product instead of in cuBLASLt's epilogue ("gemm_epilogues": false).
+setting_check RADAR_GEMM_EPILOGUES=off fills
 # 7d: the fused attention kernels' ldmatrix build (RADAR_ATTENTION_KERNELS=ldmatrix; "attention_kernels":
 # "ldmatrix"); step 9 times its kernels.
 setting_check RADAR_ATTENTION_KERNELS=ldmatrix ldmatrix
@@ -377,7 +383,7 @@ if [ "$bf16_batch" -ge 1 ] && [ "$(left)" -ge 60 ]; then
 fi
 
 # 8: the service under load, informational, only with time to spare.
-if [ "$(left)" -ge 60 ]; then
+if [ "$(left)" -ge 60 ] && ! omitted serve; then
   timeout "$(limit "$step_timeout")" "$radar" bench serve --device "$device" --config "$config" --clients 16 \
     --requests "$serve_requests" --batch-size 64 --image-size 224 > "$work/serve.jsonl" 2> "$work/serve.log" \
     && log "radar bench serve: $(head -c 300 "$work/serve.jsonl")" \
@@ -386,11 +392,12 @@ if [ "$(left)" -ge 60 ]; then
 fi
 
 # 9: where a step's time goes, informational, only with time to spare.
-for run in bf16-fused bf16-fused-fast bf16-fused-ldmatrix bf16 fp32; do
+for run in bf16-fused bf16-fused-plain bf16-fused-ldmatrix bf16 fp32; do
   [ "$device" != cuda-emulated ] && [ "$(left)" -ge 60 ] || break
-  p=${run%%-*}; attention=products; kernels=plain
+  omitted "kernel-times-$run" && continue
+  p=${run%%-*}; attention=products; kernels=fast
   case $run in bf16-fused*) attention=fused ;; esac
-  case $run in *-fast) kernels=fast; [ "$fast_status" = 0 ] || continue ;; esac
+  case $run in *-plain) kernels=plain; [ "$plain_status" = 0 ] || continue ;; esac
   case $run in *-ldmatrix) kernels=ldmatrix; [ "$ldmatrix_status" = 0 ] || continue ;; esac
   kb=$batch; [ "$p" = bf16 ] && [ "$bf16_batch" -ge 1 ] && kb=$bf16_batch
   RADAR_ATTENTION=$attention RADAR_ATTENTION_KERNELS=$kernels timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" \

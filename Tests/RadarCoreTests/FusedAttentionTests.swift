@@ -92,10 +92,10 @@ final class FusedAttentionTests: XCTestCase {
         }
         let products = try run(fused: false), fused = try run(fused: true), again = try run(fused: true)
         let depth = RADARConfig.preset("tiny")!.depth
-        XCTAssertEqual(fused.launches["radar_attention_forward_hd16"], depth)
-        XCTAssertEqual(fused.launches["radar_attention_backward_query_hd16"], depth)
-        XCTAssertEqual(fused.launches["radar_attention_backward_key_value_hd16"], depth)
-        XCTAssertNil(products.launches["radar_attention_forward_hd16"])
+        XCTAssertEqual(fused.launches["radar_attention_forward_hd16_fast"], depth, "the fast build by default")
+        XCTAssertEqual(fused.launches["radar_attention_backward_query_hd16_fast"], depth)
+        XCTAssertEqual(fused.launches["radar_attention_backward_key_value_hd16_fast"], depth)
+        XCTAssertNil(products.launches["radar_attention_forward_hd16_fast"])
         XCTAssertLessThan(fused.launches["radar_softmax_forward", default: 0], products.launches["radar_softmax_forward", default: 0])
         XCTAssertEqual(fused.loss, products.loss, accuracy: 2e-3 * abs(products.loss))
         XCTAssertEqual(fused.gradNorm, products.gradNorm, accuracy: 1e-2 * products.gradNorm)
@@ -129,6 +129,8 @@ final class FusedAttentionTests: XCTestCase {
         XCTAssertEqual(Set(CUDABackend.attentionKernelNames.values), entryPoints)
         XCTAssertEqual(CUDABackend.attentionKernelNames.count, 27)
         let be = CUDABackend(driver: EmulatedDevice(memory: 1 << 20), precision: .bf16, fusedAttention: true)
+        XCTAssertEqual(be.attentionKernel(.backward_key_value, headDim: 32), "radar_attention_backward_key_value_hd32_fast", "the default build")
+        be.attentionKernels = .plain
         XCTAssertEqual(be.attentionKernel(.backward_key_value, headDim: 32), "radar_attention_backward_key_value_hd32")
         be.attentionKernels = .ldmatrix
         XCTAssertEqual(be.attentionKernel(.forward, headDim: 16), "radar_attention_forward_hd16_ldsm")
@@ -249,7 +251,8 @@ final class FusedAttentionTests: XCTestCase {
     }
 
     func testTheSettingThatSelectsIt() throws {
-        XCTAssertEqual(try Devices.attentionKernels([:]), .plain, "the plain build by default until a GPU run has timed the others")
+        XCTAssertEqual(try Devices.attentionKernels([:]), .fast, "the fast build by default (the fastest on an H100)")
+        XCTAssertEqual(CUDABackend(driver: EmulatedDevice(memory: 1 << 26)).attentionKernels, .fast, "the backend's default is the commands'")
         XCTAssertEqual(try Devices.attentionKernels(["RADAR_ATTENTION_KERNELS": "ldmatrix"]), .ldmatrix)
         XCTAssertEqual(try Devices.attentionKernels(["RADAR_ATTENTION_KERNELS": "fast"]), .fast)
         XCTAssertEqual(try Devices.attentionKernels(["RADAR_ATTENTION_KERNELS": "plain"]), .plain)

@@ -54,7 +54,8 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(libraries["cublas"], FakeDriverTests.folder + "/libcublas.so.13")
         XCTAssertEqual(libraries["cufft"], FakeDriverTests.folder + "/libcufft.so.12")
         XCTAssertEqual(libraries["cublasLt"], FakeDriverTests.folder + "/libcublasLt.so.13")
-        XCTAssertEqual(probe["gemm_epilogues"] as? Bool, false, "off by default")
+        XCTAssertEqual(probe["gemm_epilogues"] as? Bool, true, "on by default, through the fake's cuBLASLt")
+        XCTAssertEqual(probe["attention_kernels"] as? String, "fast", "the fast build by default")
         XCTAssertEqual(probe["pci_bus_id"] as? String, "0000:3B:00.0", "cuDeviceGetPCIBusId: \(probe)")
         XCTAssertNotNil(CPUPlacement.parseList(probe["allowed_cpus"] as? String ?? ""), "the CPUs this process may use: \(probe)")
         XCTAssertTrue((libraries["cuda_nvrtc"] ?? "").contains("libnvrtc.so."), "the real NVRTC: \(libraries)")
@@ -87,15 +88,21 @@ final class FakeDriverTests: XCTestCase {
         // 1 recomputed + 4 backward)).
         XCTAssertEqual(steps.compactMap { $0["attention"] as? String }, ["products", "products", "fused", "products"])
         XCTAssertEqual(steps[3]["cublas_products_per_step"] as? Int, (steps[2]["cublas_products_per_step"] as? Int ?? 0) + 42, "\(steps)")
-        // With time to spare, first the attention kernels' fast build (the kernel check and golden
+        // The defaults in steps 1-4: the attention kernels' fast build, the products' epilogues
+        // through the fake's cuBLASLt.
+        let probe = try XCTUnwrap(check["probe"] as? [String: Any])
+        XCTAssertEqual(probe["attention_kernels"] as? String, "fast", "\(probe)")
+        XCTAssertEqual(probe["gemm_epilogues"] as? Bool, true, "\(probe)")
+        XCTAssertTrue(steps.allSatisfy { $0["gemm_epilogues"] as? Bool == true }, "\(steps)")
+        // With time to spare, first the attention kernels' plain build (the kernel check and golden
         // cases, and the bf16 step), then bf16 again with fp32 activations, then keeping what
-        // backward recomputes, then the products' epilogues through the fake's cuBLASLt and the
-        // attention kernels' ldmatrix build (each the kernel check and golden cases, and the step).
+        // backward recomputes, then the bias fills instead of the epilogues and the attention
+        // kernels' ldmatrix build (each the kernel check and golden cases, and the step).
         let variants = try XCTUnwrap(json["radar_bench_step_variants"] as? [[String: Any]])
         XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [true, false, true, true, true, true], "\(variants)")
         XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, true, false, true, true, true], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["gemm_epilogues"] as? Bool }, [false, false, false, true, false, false], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["attention_kernels"] as? String }, ["fast", "plain", "plain", "plain", "ldmatrix", "plain"], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["gemm_epilogues"] as? Bool }, [true, true, true, false, true, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["attention_kernels"] as? String }, ["plain", "fast", "fast", "fast", "ldmatrix", "fast"], "\(variants)")
         // Step 7c: every product of the bf16 step timed as the step runs it (3 made-up microseconds
         // on the fake's event clock) and with the fake cuBLASLt's three offers (3, 2 and 1): the
         // third pinned for every product, and the bf16 step with that table runs every product with it.
@@ -119,29 +126,29 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(variants.last?["gemm_table_entries"] as? Int, shapes.count, "\(variants)")
         XCTAssertEqual(variants.last?["pinned_products_per_step"] as? Int, variants.last?["cublas_products_per_step"] as? Int, "\(variants)")
         XCTAssertEqual(variants.last?["pinned_products_per_step"] as? Int, bench["products_per_step"] as? Int, "\(variants)")
-        let epilogueCheck = try XCTUnwrap(json["gemm_epilogue_check"] as? [String: Any])
-        XCTAssertEqual(epilogueCheck["passed"] as? Bool, true, "\(epilogueCheck)")
-        XCTAssertEqual((epilogueCheck["probe"] as? [String: Any])?["gemm_epilogues"] as? Bool, true, "\(epilogueCheck)")
-        XCTAssertEqual(epilogueCheck["kernels_passed"] as? Int, epilogueCheck["kernels_total"] as? Int)
+        let fillsCheck = try XCTUnwrap(json["gemm_fills_check"] as? [String: Any])
+        XCTAssertEqual(fillsCheck["passed"] as? Bool, true, "\(fillsCheck)")
+        XCTAssertEqual((fillsCheck["probe"] as? [String: Any])?["gemm_epilogues"] as? Bool, false, "\(fillsCheck)")
+        XCTAssertEqual(fillsCheck["kernels_passed"] as? Int, fillsCheck["kernels_total"] as? Int)
         let ldmatrixCheck = try XCTUnwrap(json["attention_ldmatrix_check"] as? [String: Any])
         XCTAssertEqual(ldmatrixCheck["passed"] as? Bool, true, "\(ldmatrixCheck)")
         XCTAssertEqual((ldmatrixCheck["probe"] as? [String: Any])?["attention_kernels"] as? String, "ldmatrix", "\(ldmatrixCheck)")
         XCTAssertEqual(ldmatrixCheck["kernels_passed"] as? Int, ldmatrixCheck["kernels_total"] as? Int)
-        let fastCheck = try XCTUnwrap(json["attention_fast_check"] as? [String: Any])
-        XCTAssertEqual(fastCheck["passed"] as? Bool, true, "\(fastCheck)")
-        XCTAssertEqual((fastCheck["probe"] as? [String: Any])?["attention_kernels"] as? String, "fast", "\(fastCheck)")
-        XCTAssertEqual(fastCheck["kernels_passed"] as? Int, fastCheck["kernels_total"] as? Int)
+        let plainCheck = try XCTUnwrap(json["attention_plain_check"] as? [String: Any])
+        XCTAssertEqual(plainCheck["passed"] as? Bool, true, "\(plainCheck)")
+        XCTAssertEqual((plainCheck["probe"] as? [String: Any])?["attention_kernels"] as? String, "plain", "\(plainCheck)")
+        XCTAssertEqual(plainCheck["kernels_passed"] as? Int, plainCheck["kernels_total"] as? Int)
         XCTAssertTrue(variants.allSatisfy { $0["precision"] as? String == "bf16" && $0["batch"] as? Int == 2 }, "\(variants)")
         // With time to spare, where a step's time goes: every kernel, product and FFT between two
         // events (the fake counts 1 microsecond per operation between them).
         let timed = try XCTUnwrap(json["radar_kernel_times"] as? [[String: Any]])
         XCTAssertEqual(timed.compactMap { $0["precision"] as? String }, ["bf16", "bf16", "bf16", "bf16", "fp32"], "\(timed)")
         XCTAssertEqual(timed.compactMap { $0["attention"] as? String }, ["fused", "fused", "fused", "products", "products"], "\(timed)")
-        XCTAssertEqual(timed.compactMap { $0["attention_kernels"] as? String }, ["plain", "fast", "ldmatrix", "plain", "plain"], "\(timed)")
-        let fusedKernels = (timed.first?["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
-        XCTAssertTrue(fusedKernels.contains { $0["name"] as? String == "radar_attention_forward_hd16" }, "\(fusedKernels)")
-        let fastKernels = (timed[1]["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
+        XCTAssertEqual(timed.compactMap { $0["attention_kernels"] as? String }, ["fast", "plain", "ldmatrix", "fast", "fast"], "\(timed)")
+        let fastKernels = (timed.first?["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
         XCTAssertTrue(fastKernels.contains { $0["name"] as? String == "radar_attention_backward_key_value_hd16_fast" }, "\(fastKernels)")
+        let plainKernels = (timed[1]["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
+        XCTAssertTrue(plainKernels.contains { $0["name"] as? String == "radar_attention_forward_hd16" }, "\(plainKernels)")
         let ldmatrixKernels = (timed[2]["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
         XCTAssertTrue(ldmatrixKernels.contains { $0["name"] as? String == "radar_attention_backward_key_value_hd16_ldsm" }, "\(ldmatrixKernels)")
         for t in timed {

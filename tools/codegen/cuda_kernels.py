@@ -73,7 +73,9 @@ for folder, fam in [("kernels", f) for f in families] + [("selftest", f) for f i
         decls, names = [], []
         for i, p in enumerate(ps):
             m = re.match(r"(.*?)(\w+)$", p)
-            ptype = m.group(1).strip()
+            # The launcher's local copy of an argument drops __restrict__ (memcpy takes no
+            # restrict-qualified pointer's address; the kernel's own parameter keeps it).
+            ptype = m.group(1).replace("__restrict__", "").strip()
             decls.append(f"    {ptype} a{i}; memcpy(&a{i}, args[{i}], sizeof(a{i}));")
             names.append(f"a{i}")
         cpp += [f'extern "C" int radar_emu_launch_{name}(const unsigned grid[3], const unsigned block[3], void **args) {{'] + decls + \
