@@ -88,7 +88,10 @@ m = r["several_gpus"]
 assert m["passed"] and m["gpus_used"] == ["cuda:0", "cuda:1"] and len(m["hashes"]) == 2, m
 assert [a["ranks"] for a in m["allreduce"]] == [2, 2] and all("staging_download_seconds" in a for a in m["allreduce"]), m["allreduce"]
 assert [s["ranks"] for s in m["scaling"]] == [1, 2] and all(s["images_per_s"] > 0 for s in m["scaling"]), m["scaling"]
-print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the fills %d/%d, with ldmatrix %d/%d, with the plain attention kernels %d/%d); 2 ranks on one GPU identical, 2 ranks on 2 GPUs identical (scaling efficiency %.2f); bench gemm %d products, %d pinned; bench step %s" % (
+# Step 6c: the same training twice in each precision, the same parameters; the precisions differ.
+d = r["run_to_run"]
+assert d["passed"] and len(d["bf16"]) == 2 and len(d["fp32"]) == 2 and d["bf16"][0] != d["fp32"][0], d
+print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the fills %d/%d, with ldmatrix %d/%d, with the plain attention kernels %d/%d); 2 ranks on one GPU identical, runs repeated identical in bf16 and fp32, 2 ranks on 2 GPUs identical (scaling efficiency %.2f); bench gemm %d products, %d pinned; bench step %s" % (
     r["check"]["kernels_passed"], r["check"]["kernels_total"], len(r["check"]["golden"]),
     r["gemm_fills_check"]["kernels_passed"], r["gemm_fills_check"]["kernels_total"],
     r["attention_ldmatrix_check"]["kernels_passed"], r["attention_ldmatrix_check"]["kernels_total"],
@@ -103,7 +106,7 @@ python3 - <<'PY' || { tail -20 late.log >&2; exit 1; }
 import json
 r = json.load(open("late.json"))
 assert r["complete"] and not r["passed"], r
-assert len(r["skipped"]) == 6 and r["skipped"][0] == "radar bench step fp32", r["skipped"]
+assert len(r["skipped"]) == 7 and r["skipped"][0] == "radar bench step fp32" and "run to run" in r["skipped"], r["skipped"]
 assert "radar bench step bf16 products attention" in r["skipped"], r["skipped"]
 print("check-bundle: gpu-check past its deadline skipped %s" % ", ".join(r["skipped"]))
 PY

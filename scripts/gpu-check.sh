@@ -12,6 +12,8 @@
 #      gradient buckets through the copy stream and page-locked memory, replicas compared after
 #      every step (--verify-replicas); then `radar bench allreduce --transport tcp --device cuda`
 #      (staging and ring times apart).
+#  6c. run to run: the same short training (the config, batch 16, 3 steps, one rank) twice in bf16
+#      and twice in fp32; each pair's parameters must be bit-identical ("run_to_run").
 #  6b. on a machine of several GPUs (the probe's device_count, or GPU_CHECK_GPUS), with time to
 #      spare (never listed as skipped): one TCP rank per GPU (`radar launch -n G`, no sharing):
 #      replicas compared after every step, each rank on its own GPU; `radar bench allreduce
@@ -127,11 +129,11 @@ if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_ver
 # The JSON report from what the steps have left in $work, rewritten (atomically) after each step;
 # `report final` marks it complete.
 report() {
-  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${fills_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" "${plain_status:--1}" "${multi_status:--1}" "${gpus:-1}" <<'PY'
+  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${fills_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" "${plain_status:--1}" "${multi_status:--1}" "${gpus:-1}" "${det_status:--1}" <<'PY'
 import json, os, sys
 work, status, out, dp_status, ar_status, final, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "final", int(sys.argv[7])
 fills_status, gemm_status, ldmatrix_status, plain_status = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10]), int(sys.argv[11])
-multi_status, gpus = int(sys.argv[12]), int(sys.argv[13])
+multi_status, gpus, det_status = int(sys.argv[12]), int(sys.argv[13]), int(sys.argv[14])
 def text(p, n):
     try:
         return open(p).read()[-n:]
@@ -162,6 +164,13 @@ if multi_status >= 0:
              "gpus_used": own, "allreduce": lines(work + "/multi-allreduce.jsonl"), "scaling": lines(work + "/scaling.jsonl"),
              "log_tail": mlog[-1500:], "scaling_log_tail": text(work + "/scaling.log", 1500)}
     multi["passed"] = multi_status == 0 and multi["replicas_identical"] and len(own) == gpus
+run_to_run = None  # step 6c
+if det_status >= 0:
+    def det_hashes(p):
+        return [l.split()[4] for r in (1, 2) for l in text(f"{work}/det-{p}-{r}.out", 100000).splitlines() if "fnv1a" in l]
+    run_to_run = {"exit": det_status, "bf16": det_hashes("bf16"), "fp32": det_hashes("fp32"), "log_tail": text(work + "/det.log", 1500)}
+    run_to_run["identical"] = all(len(run_to_run[p]) == 2 and len(set(run_to_run[p])) == 1 for p in ("bf16", "fp32"))
+    run_to_run["passed"] = det_status == 0 and run_to_run["identical"]
 def setting_check(name, status):  # steps 7b, 7d and 7e, when they ran
     if status < 0:
         return None
@@ -183,8 +192,9 @@ rep = {"check": check, "gemm_bench": gemm, "radar_bench_step": lines(work + "/be
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
        "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
        "skipped": skipped, "complete": final, "seconds": seconds, "gemm_fills_check": fills, "attention_ldmatrix_check": ldmatrix,
-       "attention_plain_check": plain, "several_gpus": multi,
+       "attention_plain_check": plain, "several_gpus": multi, "run_to_run": run_to_run,
        "passed": final and status == 0 and bool(check.get("passed")) and dp["passed"] and ar_status == 0 and not skipped
+                 and run_to_run is not None and run_to_run["passed"]
                  and (multi is None or multi["passed"])
                  and all(c is None or c["passed"] for c in (fills, ldmatrix, plain))}
 tmp = out + ".tmp"
@@ -273,6 +283,24 @@ env "${dp_env[@]}" timeout "$(limit 180)" "$radar" launch -n 2 -- "$radar" bench
 allreduce_status=$?
 [ $allreduce_status = 0 ] || log "allreduce failed (exit $allreduce_status): $(tail -5 "$work/allreduce.log" | tr '\n' ' ')"
 log "allreduce: $(head -c 400 "$work/allreduce.jsonl")"
+fi
+
+# 6c: run to run, bf16 and fp32: the same seed, data and steps twice, the parameters' hashes equal
+# (no atomics in a reduction, fixed cuBLAS algorithms and workspace: nothing may differ).
+det_status=-1
+if time_for 40 "run to run"; then
+  det_size=224; [ "$config" = tiny ] && det_size=32
+  "$radar" synth --output "$work/det-data" --count 96 --size "$det_size" > /dev/null 2>&1
+  det_status=0
+  for p in bf16 fp32; do
+    for run in 1 2; do
+      env "${dp_env[@]}" timeout "$(limit 150)" "$radar" launch -n 1 -- radar-worker --device cuda --precision "$p" --data "$work/det-data" \
+        --output "$work/det-$p-$run" --experiment det --config "$config" --batch-size 16 --num-epochs 1 --max-steps-per-epoch 3 \
+        --accumulation-steps 1 --threads 1 --timeout 120 > "$work/det-$p-$run.out" 2>> "$work/det.log" || det_status=1
+    done
+    log "run to run $p: $(grep -h fnv1a "$work/det-$p-1.out" "$work/det-$p-2.out" | awk '{print $5}' | tr '\n' ' ')"
+  done
+  report
 fi
 
 # 6b: several GPUs, one rank each (issue 11's measurements), with time to spare. A failure here
@@ -409,6 +437,8 @@ done
 
 report final
 cat "$report"
-# Step 6b's verdict is the report's (every rank's hash the same, each rank on a GPU of its own).
+# Steps 6b's and 6c's verdicts are the report's (every rank's hash the same, each rank on a GPU of
+# its own; each pair of runs the same).
 multi_ok=$("${python:-python3}" -c 'import json, sys; m = json.load(open(sys.argv[1]))["several_gpus"]; print(int(m is None or m["passed"]))' "$report")
-[ "$check_status" -eq 0 ] && [ "$dp_status" -eq 0 ] && [ "$allreduce_status" -eq 0 ] && [ ! -s "$work/skipped" ] && [ "$multi_ok" = 1 ]
+det_ok=$("${python:-python3}" -c 'import json, sys; d = json.load(open(sys.argv[1]))["run_to_run"]; print(int(d is not None and d["passed"]))' "$report")
+[ "$check_status" -eq 0 ] && [ "$dp_status" -eq 0 ] && [ "$allreduce_status" -eq 0 ] && [ ! -s "$work/skipped" ] && [ "$multi_ok" = 1 ] && [ "$det_ok" = 1 ]

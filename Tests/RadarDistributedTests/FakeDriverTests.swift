@@ -173,6 +173,15 @@ final class FakeDriverTests: XCTestCase {
             XCTAssertEqual(listed, listed.sorted(by: >), "slowest first")
             XCTAssertLessThanOrEqual(listed.reduce(0, +), total * (1 + 1e-9))
         }
+        // Step 6c: the same training twice in each precision gives the same parameters.
+        let runs = try XCTUnwrap(json["run_to_run"] as? [String: Any])
+        XCTAssertEqual(runs["passed"] as? Bool, true, "\(runs)")
+        let bf16Runs = try XCTUnwrap(runs["bf16"] as? [String]), fp32Runs = try XCTUnwrap(runs["fp32"] as? [String])
+        XCTAssertEqual(bf16Runs.count, 2, "\(runs)")
+        XCTAssertEqual(Set(bf16Runs).count, 1, "\(runs)")
+        XCTAssertEqual(fp32Runs.count, 2, "\(runs)")
+        XCTAssertEqual(Set(fp32Runs).count, 1, "\(runs)")
+        XCTAssertNotEqual(bf16Runs, fp32Runs, "two precisions, two results: \(runs)")
         let dp = try XCTUnwrap(json["data_parallel"] as? [String: Any])
         XCTAssertEqual(dp["replicas_identical"] as? Bool, true)
         XCTAssertEqual(dp["copy_stream"] as? Bool, true)
