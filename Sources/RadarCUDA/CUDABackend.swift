@@ -91,6 +91,14 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public var roundsProductOperandsToBFloat16: Bool { precision == .bf16 }
     public var deviceDescription: String { "\(driver.deviceDescription), \(precision.rawValue)" }
     public var devicePCIBusId: String? { driver.pciBusId }
+    /// e.g. "attention fused (fast kernels), biases in cuBLASLt epilogues": the settings
+    /// RADAR_ATTENTION, RADAR_ATTENTION_KERNELS and RADAR_GEMM_EPILOGUES chose, as they apply here
+    /// (fused attention is bf16 only; the epilogues need cuBLASLt).
+    public var kernelSettings: String? {
+        let fused = fusedAttentionEnabled && precision == .bf16
+        return "attention \(fused ? "fused (\(attentionKernels.rawValue) kernels)" : "by products"), biases "
+            + (gemmEpilogues && driver.supportsGemmEpilogues ? "in cuBLASLt epilogues" : "filled before the products")
+    }
 
     // MARK: Memory
 

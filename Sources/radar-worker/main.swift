@@ -179,7 +179,7 @@ struct RadarWorker: ParsableCommand {
         let run = try TrainingRun(options: o)
         FaultInjection.point("load")
         logLine("radar-worker rank \(comm.rank) (host \(ProcessInfo.processInfo.hostName), local rank \(localRank) of \(localRanks)): \(run.ctx.backend.deviceDescription)"
-                + (run.cpuPlacement.map { "; \($0)" } ?? ""))
+                + (run.ctx.backend.kernelSettings.map { "; \($0)" } ?? "") + (run.cpuPlacement.map { "; \($0)" } ?? ""))
         let fingerprint = Fingerprint(config: o.config, layout: run.model.layout, manifestHash: run.set.manifest.contentHash,
                                       worldSize: comm.size, extra: [("batch size", String(o.batchSize)), ("seed", String(o.seed)),
                                                                     ("sync-bn", String(syncBn)), ("grad-dtype", gradDtype.rawValue)])

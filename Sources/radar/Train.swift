@@ -17,6 +17,7 @@ struct Train: ParsableCommand {
             let run = try TrainingRun(options: o)
             run.log = logLine
             attachProgress(run, imagesPerBatch: o.batchSize)
+            logLine("radar train: \(run.ctx.backend.deviceDescription)" + (run.ctx.backend.kernelSettings.map { "; \($0)" } ?? ""))
             if let p = run.cpuPlacement { logLine("radar train: \(p)") }
             logLine("radar train: experiment \(o.experimentDirectory), \(run.model.layout.parameterElements) parameters, \(run.set.refs(.train).count) train / \(run.set.refs(.val).count) val / \(run.set.refs(.test).count) test images, batch \(o.batchSize) x \(o.accumulationSteps), \(o.threads) threads")
             let h = try run.run()

@@ -11,6 +11,15 @@ final class GemmEpilogueTests: XCTestCase {
     func testTheSettingParses() throws {
         XCTAssertTrue(try Devices.gemmEpilogues([:]), "on by default (faster on an H100 in every precision)")
         XCTAssertTrue(CUDABackend(driver: EmulatedDevice(memory: 1 << 26)).gemmEpilogues, "the backend's default is the commands'")
+        // What a run's start line says of these choices.
+        XCTAssertEqual(CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .bf16, fusedAttention: true).kernelSettings,
+                       "attention fused (fast kernels), biases in cuBLASLt epilogues")
+        let plain = CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .bf16, fusedAttention: true, gemmEpilogues: false)
+        plain.attentionKernels = .plain
+        XCTAssertEqual(plain.kernelSettings, "attention fused (plain kernels), biases filled before the products")
+        XCTAssertEqual(CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .fp32, fusedAttention: true).kernelSettings,
+                       "attention by products, biases in cuBLASLt epilogues", "fused attention is bf16 only")
+        XCTAssertNil(CPUBackend(threads: 1).kernelSettings)
         XCTAssertTrue(try Devices.gemmEpilogues(["RADAR_GEMM_EPILOGUES": "on"]))
         XCTAssertFalse(try Devices.gemmEpilogues(["RADAR_GEMM_EPILOGUES": "off"]))
         XCTAssertThrowsError(try Devices.gemmEpilogues(["RADAR_GEMM_EPILOGUES": "yes"])) { error in

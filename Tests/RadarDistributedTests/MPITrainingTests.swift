@@ -245,6 +245,10 @@ final class MPITrainingTests: XCTestCase {
             XCTAssertEqual(r.status, 0, r.err, file: file, line: line)
             XCTAssertTrue(env["RADAR_CUDA_DRIVER"] == nil || r.err.contains("(emulated device"), "ranks on the emulated device:\n\(r.err)",
                           file: file, line: line)
+            // Each rank's start line names its kernel choices on a GPU (the emulated device runs
+            // fp32 by default: attention by products; the epilogues through its cuBLASLt).
+            XCTAssertTrue(env["RADAR_CUDA_DRIVER"] == nil || r.err.contains("fp32; attention by products, biases in cuBLASLt epilogues"),
+                          "the start line's kernel settings:\n\(r.err)", file: file, line: line)
             return try Checkpoint.read(out + "/e/last.safetensors.lz4").tensors
         }
         let two = try run(2, batch: 4), one = try run(1, batch: 8)

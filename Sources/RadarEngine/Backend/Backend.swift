@@ -17,6 +17,9 @@ public protocol Backend: AnyObject {
     var deviceDescription: String { get }
     /// The PCI address of the GPU it runs on (`CPUPlacement`); nil for the CPU and the emulated device.
     var devicePCIBusId: String? { get }
+    /// The kernel choices a run's speed depends on, for its start line (the CUDA backend's attention
+    /// path and build, where Linear biases are added); nil where there is no choice (the CPU).
+    var kernelSettings: String? { get }
     /// Whether backward recomputes the attention probabilities and GELU's CDF instead of keeping
     /// them from forward (`ExecutionContext.recomputeInBackward` starts from it). A GPU says yes:
     /// memory bounds its batch, and the work is one small product per block and elementwise
@@ -343,6 +346,7 @@ public struct ConvolutionGeometry: Sendable, Equatable {
 
 extension Backend {
     public var devicePCIBusId: String? { nil }
+    public var kernelSettings: String? { nil }
 
     public func layerNormBackward(_ dy: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, _ dx: Tensor, dGamma: Tensor, dBeta: Tensor,
                                   residual: Tensor?, dxCopy: Tensor?, dxColumnSumsInto sums: Tensor) {
