@@ -48,6 +48,8 @@ final class BlasLt {
         var workspaceBytes = 0
     }
     private var plans: [Key: Plan] = [:]
+    /// Shapes the heuristic offered no algorithm for (asked once: `available`).
+    private var refused: Set<Key> = []
 
     /// nil where libcublasLt cannot be loaded or its handle not made.
     init?() {
@@ -75,19 +77,27 @@ final class BlasLt {
     /// The plan of `g`'s shape: made once (descriptors, layouts, the algorithm), then looked up.
     /// `pinned`: the algorithm to run (a table's or the bench's), found among the heuristic's
     /// offers; nil: the heuristic's first.
+    private func key(_ g: StridedGemm, pinned: [UInt8]?) -> Key {
+        Key(transA: g.transA, transB: g.transB, m: g.m, n: g.n, k: g.k, lda: g.lda, ldb: g.ldb, ldc: g.ldc,
+            strideA: g.strideA, strideB: g.strideB, strideC: g.strideC, batch: g.batch,
+            operands: g.operands == .bf16 ? 2 : g.operands == .tf32 ? 1 : 0, outputBF16: g.outputBF16, bias: g.bias != nil,
+            alignA: GemmTable.alignment(g.a), alignB: GemmTable.alignment(g.b), alignC: GemmTable.alignment(g.c),
+            alignD: GemmTable.alignment(g.d ?? g.c), pinned: pinned)
+    }
+
     private func plan(_ g: StridedGemm, workspaceBytes: Int, pinned: [UInt8]? = nil) -> Result<Plan, BlasLtFailure> {
-        let key = Key(transA: g.transA, transB: g.transB, m: g.m, n: g.n, k: g.k, lda: g.lda, ldb: g.ldb, ldc: g.ldc,
-                      strideA: g.strideA, strideB: g.strideB, strideC: g.strideC, batch: g.batch,
-                      operands: g.operands == .bf16 ? 2 : g.operands == .tf32 ? 1 : 0, outputBF16: g.outputBF16, bias: g.bias != nil,
-                      alignA: GemmTable.alignment(g.a), alignB: GemmTable.alignment(g.b), alignC: GemmTable.alignment(g.c),
-                      alignD: GemmTable.alignment(g.d ?? g.c), pinned: pinned)
+        let key = key(g, pinned: pinned)
         if let p = plans[key] { return .success(p) }
+        if refused.contains(key) { return .failure(BlasLtFailure(status: lastHeuristicStatus, call: noAlgorithmCall(g), noAlgorithm: true)) }
         let p: Plan, offers: [GemmAlgorithm]
         switch describe(g, workspaceBytes: workspaceBytes, key: key) {
         case .success(let d): p = d.plan; offers = d.offers(pinned == nil ? 1 : BlasLt.maximumOffers)
         case .failure(let f): return .failure(f)
         }
-        if case .failure(let f) = offersOrFailure(offers, g) { return .failure(f) }
+        if case .failure(let f) = offersOrFailure(offers, g) {
+            refused.insert(key)
+            return .failure(f)
+        }
         var chosen = offers[0]
         if let pinned {
             if let match = offers.first(where: { $0.bytes == pinned }) { chosen = match } else {
@@ -116,9 +126,21 @@ final class BlasLt {
     static let maximumOffers = 32
 
     private func offersOrFailure(_ offers: [GemmAlgorithm], _ g: StridedGemm) -> Result<Void, BlasLtFailure> {
-        offers.isEmpty ? .failure(BlasLtFailure(status: lastHeuristicStatus,
-                                                call: "cublasLtMatmulAlgoGetHeuristic (no algorithm)(m \(g.m) n \(g.n) k \(g.k) batch \(g.batch))"))
-                       : .success(())
+        offers.isEmpty ? .failure(BlasLtFailure(status: lastHeuristicStatus, call: noAlgorithmCall(g), noAlgorithm: true)) : .success(())
+    }
+    private func noAlgorithmCall(_ g: StridedGemm) -> String {
+        "cublasLtMatmulAlgoGetHeuristic (no algorithm)(m \(g.m) n \(g.n) k \(g.k) batch \(g.batch))"
+    }
+
+    /// Whether the heuristic offers an algorithm for `g` (its types, epilogue, sizes, leading
+    /// dimensions and operands' alignment): the plan is made and kept, or the refusal remembered.
+    /// Any other failure says true, for `gemm` to report it.
+    func available(_ g: StridedGemm, workspaceBytes: Int) -> Bool {
+        let k = key(g, pinned: nil)  // known either way after the first call: no allocation
+        if plans[k] != nil { return true }
+        if refused.contains(k) { return false }
+        if case .failure(let f) = plan(g, workspaceBytes: workspaceBytes), f.noAlgorithm { return false }
+        return true
     }
     private var lastHeuristicStatus: Int32 = -1
 
@@ -219,4 +241,6 @@ final class BlasLt {
 
 struct BlasLtFailure: Error {
     let status: Int32, call: String
+    /// The heuristic offered no algorithm (the shape, types or epilogue are not supported).
+    var noAlgorithm = false
 }

@@ -250,16 +250,35 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                  strideC: Int = 0, batch: Int = 1, outputBF16: Bool = false, bias: UnsafeRawPointer? = nil,
                  d: UnsafeMutablePointer<Float>? = nil) {
         guard m > 0 && n > 0 && batch > 0 else { return }
-        gemmFlops &+= 2 * m * n * k * batch
+        submit(gemmShape(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, strideA: strideA, b: b, ldb: ldb,
+                         strideB: strideB, beta: beta, c: c, ldc: ldc, strideC: strideC, batch: batch, outputBF16: outputBF16, bias: bias, d: d))
+    }
+
+    /// The row-major product above as cuBLAS's column-major call (operands swapped).
+    func gemmShape(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafeRawPointer, lda: Int, strideA: Int = 0,
+                   b: UnsafeRawPointer, ldb: Int, strideB: Int = 0, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                   strideC: Int = 0, batch: Int = 1, outputBF16: Bool = false, bias: UnsafeRawPointer? = nil,
+                   d: UnsafeMutablePointer<Float>? = nil) -> StridedGemm {
         let operands: GemmOperands = precision == .bf16 ? .bf16 : precision == .tf32 ? .tf32 : .fp32
         var g = StridedGemm(transA: transB, transB: transA, m: n, n: m, k: k, alpha: alpha, a: b, lda: ldb, strideA: strideB,
                             b: a, ldb: lda, strideB: strideA, beta: beta, c: c, ldc: ldc, strideC: strideC, batch: batch,
                             operands: operands, outputBF16: outputBF16)
         g.bias = bias  // epilogues (cuBLASLt): a bias per output column, the result into d
         g.d = d
+        return g
+    }
+
+    /// Queues `g` (counted, and seen by the census).
+    private func submit(_ g: StridedGemm) {
+        gemmFlops &+= 2 * g.m * g.n * g.k * g.batch
         gemmCensus?(g)
         driver.gemm(g)
     }
+
+    /// Epilogue shapes cuBLASLt offered no algorithm for, already said (once each, on standard
+    /// error; a key of plain numbers, so a step that falls back allocates nothing after the first).
+    private struct FilledShape: Hashable { let m: Int, n: Int, k: Int, batch: Int, bf16: Bool, residual: Bool }
+    private var filledEpilogues: Set<FilledShape> = []
 
     /// The same with fp32 operands in device memory, converted for this precision (whole spans).
     func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, strideA: Int = 0,
@@ -279,7 +298,12 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
 
     public func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, lda: Int,
                         b: Tensor, ldb: Int, beta: Float, c: Tensor, ldc: Int) {
-        let oa = operand(a, slot: 0), ob = operand(b, slot: 1)
+        product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: operand(a, slot: 0), lda: lda, b: operand(b, slot: 1),
+                ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+    /// The same with the operands already in the products' precision (`operand`).
+    private func product(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a oa: Operand, lda: Int,
+                         b ob: Operand, ldb: Int, beta: Float, c: Tensor, ldc: Int) {
         guard c.dtype == .bfloat16 else {
             productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
                             beta: beta, c: c.base, ldc: ldc)
@@ -307,15 +331,23 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         // added to the fp32 sum before its one rounding, the residual as C with beta 1.
         if gemmEpilogues && driver.supportsGemmEpilogues && (c.dtype == .float32 || precision == .bf16) && m > 0 && n > 0 {
             let oa = operand(a, slot: 0), ob = operand(b, slot: 1)
-            var biasOperand = UnsafeRawPointer(bias.base)
-            if c.dtype == .bfloat16 {
-                let s = scratch(CUDABackend.biasSlot, bytes: n * 2)
-                elementwise("radar_to_bf16", n, KernelArgs(p(bias), .raw(s), .i64(n)))
-                biasOperand = UnsafeRawPointer(s)
+            let staged = c.dtype == .bfloat16 ? scratch(CUDABackend.biasSlot, bytes: n * 2) : nil
+            let g = gemmShape(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
+                              beta: residual == nil ? 0 : 1, c: residual?.base ?? c.base, ldc: ldc, outputBF16: c.dtype == .bfloat16,
+                              bias: staged.map { UnsafeRawPointer($0) } ?? UnsafeRawPointer(bias.base), d: c.base)
+            if driver.gemmEpilogueAvailable(g) {
+                if let staged { elementwise("radar_to_bf16", n, KernelArgs(p(bias), .raw(staged), .i64(n))) }
+                submit(g)
+                return
             }
-            productOperands(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
-                            beta: residual == nil ? 0 : 1, c: residual?.base ?? c.base, ldc: ldc, outputBF16: c.dtype == .bfloat16,
-                            bias: biasOperand, d: c.base)
+            // No algorithm with this epilogue for this shape on this GPU: the fill, as with the
+            // epilogues off (the same result within the sum's rounding), said once per shape.
+            if filledEpilogues.insert(FilledShape(m: g.m, n: g.n, k: g.k, batch: g.batch, bf16: g.outputBF16, residual: residual != nil)).inserted {
+                FileHandle.standardError.write(Data(("radar: cuBLASLt offers no algorithm with a bias epilogue for \(GemmTable.key(g)) on "
+                    + "\(driver.deviceDescription); its bias is filled before the product instead\n").utf8))
+            }
+            elementwise("radar_fill_rows", m * n, KernelArgs(p(bias), .ptr(residual?.base), p(c), bf16(c), .i64(m), .i32(n), .i32(ldc)))
+            product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa, lda: lda, b: ob, ldb: ldb, beta: 1, c: c, ldc: ldc)
             return
         }
         elementwise("radar_fill_rows", m * n, KernelArgs(p(bias), .ptr(residual?.base), p(c), bf16(c), .i64(m), .i32(n), .i32(ldc)))

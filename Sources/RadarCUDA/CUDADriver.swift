@@ -108,6 +108,10 @@ public protocol CUDADriver: AnyObject {
     func gemm(_ g: StridedGemm)
     /// Whether `gemm` takes `bias` and `d` (cuBLASLt loaded; always on the emulated device).
     var supportsGemmEpilogues: Bool { get }
+    /// Whether cuBLASLt has an algorithm for `g`, a product with an epilogue (asked once per shape:
+    /// its heuristic may offer none for some types, sizes or alignments on some GPUs); where it
+    /// has none the backend adds the bias by a fill before a plain product instead.
+    func gemmEpilogueAvailable(_ g: StridedGemm) -> Bool
     /// The cuBLASLt algorithms its heuristic offers for `g` (its types, epilogue, sizes and the
     /// operands' alignment), best first, at most `limit`; empty where cuBLASLt is not loaded.
     /// `radar bench gemm` times them.

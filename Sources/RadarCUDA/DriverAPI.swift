@@ -487,6 +487,13 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     public var gemmTable: GemmTable?
     public private(set) var pinnedProducts = 0
 
+    public func gemmEpilogueAvailable(_ g: StridedGemm) -> Bool {
+        guard let lt else { return false }
+        guard g.m > 0 && g.n > 0 && g.batch > 0 else { return true }
+        _ = ctxSetCurrent(context)
+        return lt.available(g, workspaceBytes: DriverAPI.workspaceBytes)
+    }
+
     public func gemmAlgorithms(_ g: StridedGemm, limit: Int) -> [GemmAlgorithm] {
         guard let lt, g.m > 0 && g.n > 0 && g.batch > 0 else { return [] }
         _ = ctxSetCurrent(context)

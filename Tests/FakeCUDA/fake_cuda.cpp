@@ -844,6 +844,13 @@ EXPORT int cublasLtMatmulAlgoGetHeuristic(void *handle, void *desc, void *a, voi
         *returned = 0;
         return BLAS_NOT_SUPPORTED;
     }
+    // RADAR_FAKE_LT_NO_BIAS=1: no algorithm with a bias epilogue, as a real heuristic may answer
+    // for some types, sizes or alignments (the backend must fill the bias instead).
+    const char *noBias = getenv("RADAR_FAKE_LT_NO_BIAS");
+    if (noBias && noBias[0] == '1' && static_cast<LtDesc *>(desc)->epilogue == 4) {
+        *returned = 0;
+        return BLAS_NOT_SUPPORTED;
+    }
     unsigned char *r = static_cast<unsigned char *>(results);
     const LtPreference *p = static_cast<LtPreference *>(pref);
     // Three offers, told apart by byte 40 (their index): a made-up cost of 3, 2 and 1 microseconds

@@ -45,18 +45,8 @@ final class GemmEpilogueTests: XCTestCase {
     /// product), the same number of products, bit-identical run to run, and bf16-close to the fill
     /// path (the bias and residual are added in another order).
     func testEpiloguesReplaceTheFillsAndTrainClose() throws {
-        func run(epilogues: Bool) throws -> (loss: Double, grads: [Float], launches: [String: Int], products: Int) {
-            let device = EmulatedDevice(memory: 1 << 30)
-            let backend = CUDABackend(driver: device, precision: .bf16, gemmEpilogues: epilogues)
-            let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: backend)
-            device.launchLog = []
-            let before = device.queued.products
-            let r = try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor))
-            var launches: [String: Int] = [:]
-            for l in device.launchLog ?? [] { launches[l.kernel, default: 0] += 1 }
-            return (r.terms.total, backend.download(trainer.ctx.params.grads), launches, device.queued.products - before)
-        }
-        let on = try run(epilogues: true), off = try run(epilogues: false), again = try run(epilogues: true)
+        let (on, off, again) = (try GemmEpilogueTests.step(epilogues: true), try GemmEpilogueTests.step(epilogues: false),
+                                try GemmEpilogueTests.step(epilogues: true))
         XCTAssertGreaterThan(off.launches["radar_fill_rows"] ?? 0, 0)
         XCTAssertNil(on.launches["radar_fill_rows"], "no fill launches with the epilogues")
         XCTAssertEqual(on.products, off.products)
@@ -66,5 +56,41 @@ final class GemmEpilogueTests: XCTestCase {
         let norm = off.grads.map { Double($0) * Double($0) }.reduce(0, +).squareRoot()
         XCTAssertGreaterThan(norm, 0)
         XCTAssertLessThan(diff / norm, 0.05, "relative L2 distance of the gradients")
+    }
+
+    /// Where cuBLASLt offers no algorithm with an epilogue (its heuristic may refuse some shapes,
+    /// types or alignments on some GPU), the bias is filled before a plain product instead: with
+    /// every epilogue refused the step is the fill path's, launch for launch and bit for bit; with
+    /// only the wide products refused, those are filled and the rest keep their epilogues.
+    func testAShapeWithoutAnEpilogueAlgorithmIsFilledInstead() throws {
+        let off = try GemmEpilogueTests.step(epilogues: false)
+        let refused = try GemmEpilogueTests.step(epilogues: true) { $0.bias != nil }
+        XCTAssertEqual(refused.launches, off.launches)
+        XCTAssertEqual(refused.products, off.products)
+        XCTAssertEqual(refused.grads.map(\.bitPattern), off.grads.map(\.bitPattern))
+        XCTAssertEqual(refused.loss.bitPattern, off.loss.bitPattern)
+        let on = try GemmEpilogueTests.step(epilogues: true)
+        let some = try GemmEpilogueTests.step(epilogues: true) { $0.bias != nil && $0.m > 64 }
+        let fills = some.launches["radar_fill_rows"] ?? 0
+        XCTAssertGreaterThan(fills, 0)
+        XCTAssertLessThan(fills, off.launches["radar_fill_rows"] ?? 0)
+        XCTAssertEqual(some.products, on.products)
+        XCTAssertEqual(some.loss, on.loss, accuracy: 1e-3 * abs(on.loss))
+    }
+
+    /// One bf16 training step of the tiny config on the emulated device: loss, gradients, launches
+    /// by kernel and products queued; `refuse`: the shapes its cuBLASLt has no epilogue algorithm for.
+    static func step(epilogues: Bool, refuse: ((StridedGemm) -> Bool)? = nil)
+        throws -> (loss: Double, grads: [Float], launches: [String: Int], products: Int) {
+            let device = EmulatedDevice(memory: 1 << 30)
+            device.refusesEpilogue = refuse
+            let backend = CUDABackend(driver: device, precision: .bf16, gemmEpilogues: epilogues)
+            let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: backend)
+            device.launchLog = []
+            let before = device.queued.products
+            let r = try XCTUnwrap(try trainer.step(images: images.tensor, labels: labels.tensor))
+            var launches: [String: Int] = [:]
+            for l in device.launchLog ?? [] { launches[l.kernel, default: 0] += 1 }
+            return (r.terms.total, backend.download(trainer.ctx.params.grads), launches, device.queued.products - before)
     }
 }

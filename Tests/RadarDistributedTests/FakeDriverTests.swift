@@ -258,6 +258,25 @@ final class FakeDriverTests: XCTestCase {
         }
     }
 
+    /// Where cuBLASLt's heuristic offers no algorithm with a bias epilogue (the fake told to answer
+    /// CUBLAS_STATUS_NOT_SUPPORTED, as a real one may for some shapes on some GPUs), the bias is
+    /// filled before a plain product instead: the step runs, says so once per shape, queues the
+    /// same products and allocates nothing per step.
+    func testAProductWithoutAnEpilogueAlgorithmIsFilledOnTheFakeDriver() throws {
+        let args = ["bench", "step", "--device", "cuda", "--precision", "bf16", "--config", "tiny", "--batch", "4", "--repeats", "2"]
+        let normal = try radar(args), refused = try radar(args, environment: ["RADAR_FAKE_LT_NO_BIAS": "1"])
+        XCTAssertEqual(normal.status, 0, normal.output)
+        XCTAssertEqual(refused.status, 0, refused.output)
+        XCTAssertFalse(normal.output.contains("offers no algorithm"), normal.output)
+        let said = refused.output.split(separator: "\n").filter { $0.contains("cuBLASLt offers no algorithm with a bias epilogue for") }
+        XCTAssertGreaterThan(said.count, 0, refused.output)
+        XCTAssertEqual(Set(said).count, said.count, "each shape said once: \(said)")
+        let a = try lastJSON(normal.output), b = try lastJSON(refused.output)
+        XCTAssertEqual(b["cublas_products_per_step"] as? Int, a["cublas_products_per_step"] as? Int, refused.output)
+        XCTAssertGreaterThan(b["kernel_launches_per_step"] as? Int ?? 0, a["kernel_launches_per_step"] as? Int ?? 0, "the fills: \(refused.output)")
+        XCTAssertEqual(b["heap_allocations_per_step"] as? Double, 0, refused.output)
+    }
+
     /// gpu-check's step 6 on the fake: two ranks share the GPU, gradient buckets go through the
     /// copy stream (a second thread that must make the context current) and page-locked memory,
     /// replicas stay identical, and the bits are those of a run whose copies all happen at their
