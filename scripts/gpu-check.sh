@@ -186,7 +186,12 @@ gemm = None  # step 7c, when it ran (informational)
 if gemm_status >= 0:
     gemm = {"exit": gemm_status, "radar": (lines(work + "/gemm.json") or [None])[0], "pytorch": (lines(work + "/pytorch-gemm.json") or [None])[0],
             "log_tail": text(work + "/gemm.log", 1500)}
-rep = {"check": check, "gemm_bench": gemm, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
+# Products whose epilogue cuBLASLt had no algorithm for on this GPU (the bias filled instead),
+# as any step logged them: each shape once.
+import glob
+fills = sorted({l.strip() for f in glob.glob(work + "/*.log") for l in text(f, 1000000).splitlines()
+                if "offers no algorithm with a bias epilogue" in l})
+rep = {"check": check, "epilogue_fallbacks": fills[:50], "gemm_bench": gemm, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
        "radar_bench_step_variants": lines(work + "/variants.jsonl"), "radar_bench_serve": lines(work + "/serve.jsonl"),
        "radar_kernel_times": lines(work + "/kernels.jsonl"), "bf16_rematch": lines(work + "/rematch.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),

@@ -76,6 +76,7 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(json["passed"] as? Bool, true)
         XCTAssertEqual(json["complete"] as? Bool, true)
         XCTAssertEqual((json["skipped"] as? [String])?.count, 0)
+        XCTAssertEqual((json["epilogue_fallbacks"] as? [String])?.count, 0, "the fake's cuBLASLt has every epilogue")
         let check = try XCTUnwrap(json["check"] as? [String: Any])
         XCTAssertEqual(check["kernels_passed"] as? Int, check["kernels_total"] as? Int)
         XCTAssertEqual((check["golden"] as? [Any])?.count, 4)
