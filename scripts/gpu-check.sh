@@ -136,7 +136,8 @@ fills_status, gemm_status, ldmatrix_status, plain_status = int(sys.argv[8]), int
 multi_status, gpus, det_status = int(sys.argv[12]), int(sys.argv[13]), int(sys.argv[14])
 def text(p, n):
     try:
-        return open(p).read()[-n:]
+        with open(p, errors="replace") as f:  # a log may hold bytes that are not UTF-8
+            return f.read()[-n:]
     except OSError:
         return ""
 def lines(p):
@@ -189,9 +190,9 @@ if gemm_status >= 0:
 # Products whose epilogue cuBLASLt had no algorithm for on this GPU (the bias filled instead),
 # as any step logged them: each shape once.
 import glob
-fills = sorted({l.strip() for f in glob.glob(work + "/*.log") for l in text(f, 1000000).splitlines()
-                if "offers no algorithm with a bias epilogue" in l})
-rep = {"check": check, "epilogue_fallbacks": fills[:50], "gemm_bench": gemm, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
+fallbacks = sorted({l.strip() for f in glob.glob(work + "/*.log") for l in text(f, 1000000).splitlines()
+                    if "offers no algorithm with a bias epilogue" in l})
+rep = {"check": check, "epilogue_fallbacks": fallbacks[:50], "gemm_bench": gemm, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
        "radar_bench_step_variants": lines(work + "/variants.jsonl"), "radar_bench_serve": lines(work + "/serve.jsonl"),
        "radar_kernel_times": lines(work + "/kernels.jsonl"), "bf16_rematch": lines(work + "/rematch.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
