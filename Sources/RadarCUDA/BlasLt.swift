@@ -136,9 +136,7 @@ final class BlasLt {
     /// dimensions and operands' alignment): the plan is made and kept, or the refusal remembered.
     /// Any other failure says true, for `gemm` to report it.
     func available(_ g: StridedGemm, workspaceBytes: Int) -> Bool {
-        let k = key(g, pinned: nil)  // known either way after the first call: no allocation
-        if plans[k] != nil { return true }
-        if refused.contains(k) { return false }
+        if refused.contains(key(g, pinned: nil)) { return false }  // before `plan`, whose refusal builds a message
         if case .failure(let f) = plan(g, workspaceBytes: workspaceBytes), f.noAlgorithm { return false }
         return true
     }

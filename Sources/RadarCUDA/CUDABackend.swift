@@ -56,6 +56,9 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// before the product (`Devices.gemmEpilogues`, RADAR_GEMM_EPILOGUES; on by default), where the
     /// driver has it.
     public var gemmEpilogues: Bool
+    /// Whether biases go into cuBLASLt's epilogues here: asked for, and cuBLASLt loaded (a shape
+    /// its heuristic refuses is still filled, said once per shape).
+    public var gemmEpiloguesInUse: Bool { gemmEpilogues && driver.supportsGemmEpilogues }
     /// Which build of the fused attention kernels runs (`Devices.attentionKernels`,
     /// RADAR_ATTENTION_KERNELS): `fast` (the default, the fastest on an H100), `plain` or `ldmatrix`
     /// (plain's bits).
@@ -97,7 +100,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     public var kernelSettings: String? {
         let fused = fusedAttentionEnabled && precision == .bf16
         return "attention \(fused ? "fused (\(attentionKernels.rawValue) kernels)" : "by products"), biases "
-            + (gemmEpilogues && driver.supportsGemmEpilogues ? "in cuBLASLt epilogues" : "filled before the products")
+            + (gemmEpiloguesInUse ? "in cuBLASLt epilogues" : "filled before the products")
     }
 
     // MARK: Memory
@@ -329,7 +332,8 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         // cuBLASLt's bias epilogue where C needs no staging (fp32, or bf16 written by bf16
         // products): the bias (rounded to bf16 for a bf16 C: the epilogue's bias has C's type)
         // added to the fp32 sum before its one rounding, the residual as C with beta 1.
-        if gemmEpilogues && driver.supportsGemmEpilogues && (c.dtype == .float32 || precision == .bf16) && m > 0 && n > 0 {
+        var prepared: (a: Operand, b: Operand)?
+        if gemmEpiloguesInUse && (c.dtype == .float32 || precision == .bf16) && m > 0 && n > 0 {
             let oa = operand(a, slot: 0), ob = operand(b, slot: 1)
             let staged = c.dtype == .bfloat16 ? scratch(CUDABackend.biasSlot, bytes: n * 2) : nil
             let g = gemmShape(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa.base, lda: lda, b: ob.base, ldb: ldb,
@@ -346,12 +350,11 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
                 FileHandle.standardError.write(Data(("radar: cuBLASLt offers no algorithm with a bias epilogue for \(GemmTable.key(g)) on "
                     + "\(driver.deviceDescription); its bias is filled before the product instead\n").utf8))
             }
-            elementwise("radar_fill_rows", m * n, KernelArgs(p(bias), .ptr(residual?.base), p(c), bf16(c), .i64(m), .i32(n), .i32(ldc)))
-            product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa, lda: lda, b: ob, ldb: ldb, beta: 1, c: c, ldc: ldc)
-            return
+            prepared = (oa, ob)  // the operands are converted already: the fill path reuses them
         }
         elementwise("radar_fill_rows", m * n, KernelArgs(p(bias), .ptr(residual?.base), p(c), bf16(c), .i64(m), .i32(n), .i32(ldc)))
-        product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: 1, c: c, ldc: ldc)
+        let (oa, ob) = prepared ?? (operand(a, slot: 0), operand(b, slot: 1))
+        product(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: oa, lda: lda, b: ob, ldb: ldb, beta: 1, c: c, ldc: ldc)
     }
 
     public func convert(_ src: Tensor, into dst: Tensor) {

@@ -223,12 +223,12 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
     public var gemmTable: GemmTable?
     public private(set) var pinnedProducts = 0
 
-    /// One offer, whatever the shape: the emulated device has one way to compute a product.
     /// Shapes for which this device's cuBLASLt offers no algorithm, as a real one's heuristic may
     /// for some (tests: the backend must fall back to the fill).
     public var refusesEpilogue: ((StridedGemm) -> Bool)?
     public func gemmEpilogueAvailable(_ g: StridedGemm) -> Bool { !(refusesEpilogue?(g) ?? false) }
 
+    /// One offer, whatever the shape: the emulated device has one way to compute a product.
     public func gemmAlgorithms(_ g: StridedGemm, limit: Int) -> [GemmAlgorithm] {
         guard g.m > 0 && g.n > 0 && g.batch > 0 && limit > 0 else { return [] }
         return [GemmAlgorithm(bytes: [UInt8](repeating: 0, count: BlasLt.algoBytes), workspaceBytes: 0, index: 0)]

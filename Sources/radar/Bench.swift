@@ -258,7 +258,7 @@ extension Bench {
                            "accumulation_steps": accumulationSteps, "host_syncs_per_optimizer_step": syncsPerStep,
                            "host_syncs_per_inner_micro_batch": syncsInMicroBatch, "device": backend.deviceDescription, "precision": Devices.precision(of: backend),
                            "attention": backend.fusedAttention(headDim: cfg.embedDim / cfg.numHeads) && ctx.bf16Activations ? "fused" : "products",
-                           "gemm_epilogues": (backend as? CUDABackend).map { $0.gemmEpilogues && $0.driver.supportsGemmEpilogues } ?? false,
+                           "gemm_epilogues": (backend as? CUDABackend).map(\.gemmEpiloguesInUse) ?? false,
                            "attention_kernels": (backend as? CUDABackend)?.attentionKernels.rawValue ?? "plain",
                            "onednn_implementation": oneDNNImplementation.isEmpty ? NSNull() : oneDNNImplementation as Any,
                            "profile_host_syncs_per_step": profileSyncs, "kernel_ms": kernelRecord,

@@ -129,7 +129,7 @@ extension Bench {
                            "products_per_step": census.products.values.reduce(0) { $0 + $1.calls }, "distinct_products": census.order.count,
                            "gemm_ms_per_step_as_step": asStepTotal, "gemm_ms_per_step_pinned": bestTotal,
                            "pinned_shapes": pinned.entries.count, "table": writeTable.map { $0 as Any } ?? NSNull(),
-                           "gemm_epilogues": gpu.gemmEpilogues && driver.supportsGemmEpilogues,
+                           "gemm_epilogues": gpu.gemmEpiloguesInUse,
                            "square": squareRecord, "shapes": shapes, "machine": machineRecord(threads: threads)])
             }
         }

@@ -48,7 +48,7 @@ struct CheckDevice: ParsableCommand {
                 probe["memory_free_mib"] = Double(m.free) / 1_048_576
                 probe["memory_total_mib"] = Double(m.total) / 1_048_576
                 probe["compute_capability"] = "\(cuda.driver.computeCapability.major).\(cuda.driver.computeCapability.minor)"
-                probe["gemm_epilogues"] = cuda.gemmEpilogues && cuda.driver.supportsGemmEpilogues
+                probe["gemm_epilogues"] = cuda.gemmEpiloguesInUse
                 probe["attention_kernels"] = cuda.attentionKernels.rawValue
                 // The GPUs this process sees (CUDA_VISIBLE_DEVICES honoured): gpu-check.sh runs
                 // one rank a GPU where there are several.
