@@ -66,20 +66,23 @@ assert r["check"]["kernels_passed"] == r["check"]["kernels_total"], r["check"]
 assert sorted((b["precision"], b["attention"]) for b in r["radar_bench_step"]) == [
     ("bf16", "fused"), ("bf16", "products"), ("fp32", "products"), ("tf32", "products")], r["radar_bench_step"]
 v = r["radar_bench_step_variants"]
-assert [(b["bf16_activations"], b["recompute_in_backward"], b["gemm_epilogues"], b["gemm_table_entries"]) for b in v[:4]] == [
-    (True, True, True, None), (False, True, True, None), (True, False, True, None), (True, True, False, None)], v
+assert [(b["bf16_activations"], b["recompute_in_backward"], b["gemm_epilogues"], b["gemm_table_entries"]) for b in v[:5]] == [
+    (True, True, True, None), (True, True, True, None), (False, True, True, None), (True, False, True, None), (True, True, False, None)], v
 # The defaults (fast attention kernels, cuBLASLt's epilogues) in steps 1-4; step 7b the fills.
 assert r["check"]["probe"]["attention_kernels"] == "fast" and r["check"]["probe"]["gemm_epilogues"] is True, r["check"]["probe"]
 assert r["gemm_fills_check"]["passed"] and r["gemm_fills_check"]["probe"]["gemm_epilogues"] is False, r["gemm_fills_check"]
 # Steps 7e and 7d: the attention kernels' plain and ldmatrix builds, each checked and stepped.
 assert r["attention_plain_check"]["passed"] and r["attention_plain_check"]["probe"]["attention_kernels"] == "plain", r["attention_plain_check"]
 assert r["attention_ldmatrix_check"]["passed"] and r["attention_ldmatrix_check"]["probe"]["attention_kernels"] == "ldmatrix", r["attention_ldmatrix_check"]
-assert [b["attention_kernels"] for b in v] == ["plain", "fast", "fast", "fast", "ldmatrix", "fast"], v
+assert [b["attention_kernels"] for b in v] == ["plain", "fast", "fast", "fast", "fast", "ldmatrix", "fast"], v
+# Step 7f: the staged LayerNorm backward, checked and stepped.
+assert r["layernorm_staged_check"]["passed"] and r["layernorm_staged_check"]["probe"]["layernorm_backward"] == "staged", r["layernorm_staged_check"]
+assert [b["layernorm_backward"] for b in v] == ["chunk", "staged", "chunk", "chunk", "chunk", "chunk", "chunk"], v
 # Step 7c: every product of the bf16 step timed with its offers; the step again with the table.
 g = r["gemm_bench"]
 assert g["exit"] == 0 and g["radar"]["distinct_products"] > 0 and all(s["candidates"] for s in g["radar"]["shapes"]), g
-assert len(v) == 6 and v[5]["gemm_table_entries"] == g["radar"]["pinned_shapes"], v
-assert (v[5]["pinned_products_per_step"] > 0) == (g["radar"]["pinned_shapes"] > 0), (v[5], g["radar"]["pinned_shapes"])
+assert len(v) == 7 and v[6]["gemm_table_entries"] == g["radar"]["pinned_shapes"], v
+assert (v[6]["pinned_products_per_step"] > 0) == (g["radar"]["pinned_shapes"] > 0), (v[6], g["radar"]["pinned_shapes"])
 assert r["data_parallel"]["passed"], r["data_parallel"]
 assert any("staging_download_seconds" in a for a in r["allreduce"]), r["allreduce"]
 assert [s["requests"] for s in r["radar_bench_serve"]] == [48], r["radar_bench_serve"]
@@ -91,11 +94,12 @@ assert [s["ranks"] for s in m["scaling"]] == [1, 2] and all(s["images_per_s"] > 
 # Step 6c: the same training twice in each precision, the same parameters; the precisions differ.
 d = r["run_to_run"]
 assert d["passed"] and len(d["bf16"]) == 2 and len(d["fp32"]) == 2 and d["bf16"][0] != d["fp32"][0], d
-print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the fills %d/%d, with ldmatrix %d/%d, with the plain attention kernels %d/%d); 2 ranks on one GPU identical, runs repeated identical in bf16 and fp32, 2 ranks on 2 GPUs identical (scaling efficiency %.2f); bench gemm %d products, %d pinned; bench step %s" % (
+print("check-bundle: gpu-check on the emulated device: %d/%d kernels, %d golden cases passed (with the fills %d/%d, with ldmatrix %d/%d, with the plain attention kernels %d/%d, with the staged LayerNorm backward %d/%d); 2 ranks on one GPU identical, runs repeated identical in bf16 and fp32, 2 ranks on 2 GPUs identical (scaling efficiency %.2f); bench gemm %d products, %d pinned; bench step %s" % (
     r["check"]["kernels_passed"], r["check"]["kernels_total"], len(r["check"]["golden"]),
     r["gemm_fills_check"]["kernels_passed"], r["gemm_fills_check"]["kernels_total"],
     r["attention_ldmatrix_check"]["kernels_passed"], r["attention_ldmatrix_check"]["kernels_total"],
     r["attention_plain_check"]["kernels_passed"], r["attention_plain_check"]["kernels_total"],
+    r["layernorm_staged_check"]["kernels_passed"], r["layernorm_staged_check"]["kernels_total"],
     m["scaling"][1]["scaling_efficiency"], g["radar"]["distinct_products"], g["radar"]["pinned_shapes"],
     ", ".join("%s %s %.2f img/s" % (b["precision"], b["attention"], b["images_per_s"]) for b in r["radar_bench_step"])))
 PY

@@ -30,6 +30,9 @@
 #      default): "gemm_fills_check" and a variant record.
 #  7d. likewise with the fused attention kernels' ldmatrix build (RADAR_ATTENTION_KERNELS=ldmatrix):
 #      "attention_ldmatrix_check" and a variant record.
+#  7f. likewise with the staged LayerNorm backward (RADAR_LAYERNORM_BACKWARD=staged: dy and x read
+#      once, through shared memory; the default is chunk): "layernorm_staged_check" and a variant
+#      record ("layernorm_backward": "staged").
 #  7c. with a minute to spare (never listed as skipped): `radar bench gemm` in bf16: each cuBLAS
 #      product of a step timed as the step runs it and with each cuBLASLt algorithm offered, a
 #      square 8192 product as the GPU's reference rate, and a table pinning the faster algorithms;
@@ -41,8 +44,9 @@
 #      ours then PyTorch's ("bf16_rematch"): PyTorch AMP's rate has moved by 40% between runs on
 #      the same GPU, so a second pair in the same run shows how far one pair can be trusted.
 #   9. with a minute to spare (never listed as skipped): `radar bench step --kernel-times` in bf16
-#      with fused attention (the defaults), the same with the plain build where 7e passed and the
-#      ldmatrix build where 7d passed, bf16 with the products path, and fp32:
+#      with fused attention (the defaults), the same with the staged LayerNorm backward where 7f
+#      passed, with the plain build where 7e passed and the ldmatrix build where 7d passed, bf16
+#      with the products path, and fp32:
 #      every kernel, cuBLAS product and FFT of a step timed with CUDA events.
 # One JSON report on stdout (and in gpu-check.json, rewritten after every step, so a run stopped
 # from outside still leaves what it measured); exit status 1 on any parity failure.
@@ -57,8 +61,9 @@
 # GPU_CHECK_GEMM_SQUARE: the size of step 7c's reference product (default: radar bench gemm's).
 # GPU_CHECK_OMIT: informational steps to leave out (a lent GPU's minutes are few; what an earlier
 # run measured need not be measured again), space or comma separated: rematch (5b), memory (7),
-# serve (8), and step 9's runs by name (kernel-times-bf16-fused, kernel-times-bf16-fused-plain,
-# kernel-times-bf16-fused-ldmatrix, kernel-times-bf16, kernel-times-fp32). Never a parity step.
+# serve (8), and step 9's runs by name (kernel-times-bf16-fused, kernel-times-bf16-fused-lnstaged,
+# kernel-times-bf16-fused-plain, kernel-times-bf16-fused-ldmatrix, kernel-times-bf16,
+# kernel-times-fp32). Never a parity step.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 radar=${GPU_CHECK_RADAR:-$here/bin/radar}  # GPU_CHECK_RADAR: another build (the tests use the debug one)
@@ -129,11 +134,11 @@ if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_ver
 # The JSON report from what the steps have left in $work, rewritten (atomically) after each step;
 # `report final` marks it complete.
 report() {
-  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${fills_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" "${plain_status:--1}" "${multi_status:--1}" "${gpus:-1}" "${det_status:--1}" <<'PY'
+  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${fills_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" "${plain_status:--1}" "${multi_status:--1}" "${gpus:-1}" "${det_status:--1}" "${lnstaged_status:--1}" <<'PY'
 import json, os, sys
 work, status, out, dp_status, ar_status, final, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "final", int(sys.argv[7])
 fills_status, gemm_status, ldmatrix_status, plain_status = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10]), int(sys.argv[11])
-multi_status, gpus, det_status = int(sys.argv[12]), int(sys.argv[13]), int(sys.argv[14])
+multi_status, gpus, det_status, lnstaged_status = int(sys.argv[12]), int(sys.argv[13]), int(sys.argv[14]), int(sys.argv[15])
 def text(p, n):
     try:
         with open(p, errors="replace") as f:  # a log may hold bytes that are not UTF-8
@@ -172,7 +177,7 @@ if det_status >= 0:
     run_to_run = {"exit": det_status, "bf16": det_hashes("bf16"), "fp32": det_hashes("fp32"), "log_tail": text(work + "/det.log", 1500)}
     run_to_run["identical"] = all(len(run_to_run[p]) == 2 and len(set(run_to_run[p])) == 1 for p in ("bf16", "fp32"))
     run_to_run["passed"] = det_status == 0 and run_to_run["identical"]
-def setting_check(name, status):  # steps 7b, 7d and 7e, when they ran
+def setting_check(name, status):  # steps 7b, 7d, 7e and 7f, when they ran
     if status < 0:
         return None
     try:
@@ -183,6 +188,7 @@ def setting_check(name, status):  # steps 7b, 7d and 7e, when they ran
     r["passed"] = status == 0 and bool(r.get("passed"))
     return r
 fills, ldmatrix, plain = setting_check("fills", fills_status), setting_check("ldmatrix", ldmatrix_status), setting_check("plain", plain_status)
+lnstaged = setting_check("lnstaged", lnstaged_status)
 gemm = None  # step 7c, when it ran (informational)
 if gemm_status >= 0:
     gemm = {"exit": gemm_status, "radar": (lines(work + "/gemm.json") or [None])[0], "pytorch": (lines(work + "/pytorch-gemm.json") or [None])[0],
@@ -198,11 +204,11 @@ rep = {"check": check, "epilogue_fallbacks": fallbacks[:50], "gemm_bench": gemm,
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
        "allreduce_exit": ar_status, "allreduce_log_tail": text(work + "/allreduce.log", 1500),
        "skipped": skipped, "complete": final, "seconds": seconds, "gemm_fills_check": fills, "attention_ldmatrix_check": ldmatrix,
-       "attention_plain_check": plain, "several_gpus": multi, "run_to_run": run_to_run,
+       "attention_plain_check": plain, "layernorm_staged_check": lnstaged, "several_gpus": multi, "run_to_run": run_to_run,
        "passed": final and status == 0 and bool(check.get("passed")) and dp["passed"] and ar_status == 0 and not skipped
                  and run_to_run is not None and run_to_run["passed"]
                  and (multi is None or multi["passed"])
-                 and all(c is None or c["passed"] for c in (fills, ldmatrix, plain))}
+                 and all(c is None or c["passed"] for c in (fills, ldmatrix, plain, lnstaged))}
 tmp = out + ".tmp"
 with open(tmp, "w") as f:
     f.write(json.dumps(rep, indent=1, sort_keys=True) + "\n")
@@ -372,6 +378,9 @@ setting_check() {
 # 7e first, before step 7: the fused attention kernels' plain build (RADAR_ATTENTION_KERNELS=plain;
 # "attention_kernels": "plain"; the default until an H100 timed fast 10% ahead); step 9 times its kernels.
 setting_check RADAR_ATTENTION_KERNELS=plain plain
+# 7f, also before step 7: the staged LayerNorm backward (RADAR_LAYERNORM_BACKWARD=staged;
+# "layernorm_backward": "staged"; not yet timed on a GPU); step 9 times its kernels.
+setting_check RADAR_LAYERNORM_BACKWARD=staged lnstaged
 
 # 7: the memory plan's choices in bf16, informational, only with time to spare.
 for variant in "--bf16-activations false" "--recompute-in-backward false"; do
@@ -426,15 +435,16 @@ if [ "$(left)" -ge 60 ] && ! omitted serve; then
 fi
 
 # 9: where a step's time goes, informational, only with time to spare.
-for run in bf16-fused bf16-fused-plain bf16-fused-ldmatrix bf16 fp32; do
+for run in bf16-fused bf16-fused-lnstaged bf16-fused-plain bf16-fused-ldmatrix bf16 fp32; do
   [ "$device" != cuda-emulated ] && [ "$(left)" -ge 60 ] || break
   omitted "kernel-times-$run" && continue
-  p=${run%%-*}; attention=products; kernels=fast
+  p=${run%%-*}; attention=products; kernels=fast; layernorm=chunk
   case $run in bf16-fused*) attention=fused ;; esac
+  case $run in *-lnstaged) layernorm=staged; [ "$lnstaged_status" = 0 ] || continue ;; esac
   case $run in *-plain) kernels=plain; [ "$plain_status" = 0 ] || continue ;; esac
   case $run in *-ldmatrix) kernels=ldmatrix; [ "$ldmatrix_status" = 0 ] || continue ;; esac
   kb=$batch; [ "$p" = bf16 ] && [ "$bf16_batch" -ge 1 ] && kb=$bf16_batch
-  RADAR_ATTENTION=$attention RADAR_ATTENTION_KERNELS=$kernels timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" \
+  RADAR_ATTENTION=$attention RADAR_ATTENTION_KERNELS=$kernels RADAR_LAYERNORM_BACKWARD=$layernorm timeout "$(limit "$step_timeout")" "$radar" bench step --device "$device" --precision "$p" --config "$config" \
     --batch "$kb" --repeats 3 --kernel-times >> "$work/kernels.jsonl" 2> "$work/kernels-$run.log" \
     && log "radar bench step $run --kernel-times: $(tail -1 "$work/kernels.jsonl" | head -c 300)" \
     || log "radar bench step $run --kernel-times failed: $(tail -1 "$work/kernels-$run.log")"

@@ -60,6 +60,23 @@ extern "C" int radar_emu_launch_radar_layernorm_backward_chunk(const unsigned gr
     return radar_emu::launch(grid, block, [&] { radar_layernorm_backward_chunk(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12); }, false, 1024);
 }
 
+extern "C" int radar_emu_launch_radar_layernorm_backward_staged(const unsigned grid[3], const unsigned block[3], void **args) {
+    const float* a0; memcpy(&a0, args[0], sizeof(a0));
+    const float* a1; memcpy(&a1, args[1], sizeof(a1));
+    const float* a2; memcpy(&a2, args[2], sizeof(a2));
+    const float* a3; memcpy(&a3, args[3], sizeof(a3));
+    const float* a4; memcpy(&a4, args[4], sizeof(a4));
+    const float* a5; memcpy(&a5, args[5], sizeof(a5));
+    float* a6; memcpy(&a6, args[6], sizeof(a6));
+    unsigned short* a7; memcpy(&a7, args[7], sizeof(a7));
+    float* a8; memcpy(&a8, args[8], sizeof(a8));
+    float* a9; memcpy(&a9, args[9], sizeof(a9));
+    int a10; memcpy(&a10, args[10], sizeof(a10));
+    int a11; memcpy(&a11, args[11], sizeof(a11));
+    int a12; memcpy(&a12, args[12], sizeof(a12));
+    return radar_emu::launch(grid, block, [&] { radar_layernorm_backward_staged(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12); }, false, 512);
+}
+
 extern "C" int radar_emu_launch_radar_softmax_forward(const unsigned grid[3], const unsigned block[3], void **args) {
     const float* a0; memcpy(&a0, args[0], sizeof(a0));
     float* a1; memcpy(&a1, args[1], sizeof(a1));

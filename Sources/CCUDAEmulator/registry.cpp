@@ -79,6 +79,7 @@ extern "C" int radar_emu_launch_radar_layernorm_forward(const unsigned grid[3], 
 extern "C" int radar_emu_launch_radar_layernorm_backward_input(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_layernorm_param_partials(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_layernorm_backward_chunk(const unsigned grid[3], const unsigned block[3], void **args);
+extern "C" int radar_emu_launch_radar_layernorm_backward_staged(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_softmax_forward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_softmax_backward(const unsigned grid[3], const unsigned block[3], void **args);
 extern "C" int radar_emu_launch_radar_sum_squares_partial(const unsigned grid[3], const unsigned block[3], void **args);
@@ -186,6 +187,7 @@ const Entry entries[] = {
     {"radar_layernorm_backward_input", radar_emu_launch_radar_layernorm_backward_input},
     {"radar_layernorm_param_partials", radar_emu_launch_radar_layernorm_param_partials},
     {"radar_layernorm_backward_chunk", radar_emu_launch_radar_layernorm_backward_chunk},
+    {"radar_layernorm_backward_staged", radar_emu_launch_radar_layernorm_backward_staged},
     {"radar_softmax_forward", radar_emu_launch_radar_softmax_forward},
     {"radar_softmax_backward", radar_emu_launch_radar_softmax_backward},
     {"radar_sum_squares_partial", radar_emu_launch_radar_sum_squares_partial},
@@ -291,6 +293,7 @@ const char *names[] = {
     "radar_layernorm_backward_input",
     "radar_layernorm_param_partials",
     "radar_layernorm_backward_chunk",
+    "radar_layernorm_backward_staged",
     "radar_softmax_forward",
     "radar_softmax_backward",
     "radar_sum_squares_partial",

@@ -37,6 +37,8 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// Rows per chunk of the column reductions (bias and LayerNorm parameter gradients): 8 to 64,
     /// as many as keep about 32K threads (an H200's 132 SMs, 256 each) busy. A function of the
     /// shape alone, so every GPU adds in the same order.
+    /// The widest rows `radar_layernorm_backward_staged` takes (its RADAR_LN_STAGE_COLS).
+    static let layerNormStageColumns = 512
     static func reductionRows(rows: Int, cols: Int) -> Int { max(8, min(64, rows * cols / 32_768)) }
     /// LayerNorm backward in one kernel per chunk of rows (`radar_layernorm_backward_chunk`, rows
     /// of up to 1024 columns, at least 132 chunks: the encoder's at batch 128 has 394) instead of
@@ -45,6 +47,12 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// The fewest chunks the one-pass LayerNorm backward is used for (an H200 has 132 SMs; tests
     /// lower it to run it on small shapes).
     var layerNormOnePassMinChunks = 132
+    /// The one-pass LayerNorm backward with each group of 8 rows of dy and x read from memory
+    /// once, into shared memory (`radar_layernorm_backward_staged`, rows of up to 512 columns),
+    /// where the chunk kernel reads them twice (`Devices.stagedLayerNormBackward`,
+    /// RADAR_LAYERNORM_BACKWARD=staged): the same sums in the same order. Off by default until a
+    /// GPU has timed it (the chunk kernel took 2.75 ms of an H100's bf16 step).
+    public var stagedLayerNormBackward = false
     /// fc1's bias gradient summed by GELU backward as it writes the gradient
     /// (`radar_gelu_backward_chunk_sums`) instead of a second pass reading it back: the same
     /// bits; off only to compare.
@@ -101,6 +109,7 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         let fused = fusedAttentionEnabled && precision == .bf16
         return "attention \(fused ? "fused (\(attentionKernels.rawValue) kernels)" : "by products"), biases "
             + (gemmEpiloguesInUse ? "in cuBLASLt epilogues" : "filled before the products")
+            + (stagedLayerNormBackward ? ", LayerNorm backward staged" : "")
     }
 
     // MARK: Memory
@@ -465,7 +474,8 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         if onePass {
             // One pass: a block per chunk of rows, a thread per column (the same bits as the two
             // below). With fewer chunks than an H200 has SMs the two kernels spread wider.
-            driver.launch("radar_layernorm_backward_chunk", grid: chunks, block: (cols + 31) / 32 * 32,
+            let staged = stagedLayerNormBackward && cols <= CUDABackend.layerNormStageColumns
+            driver.launch(staged ? "radar_layernorm_backward_staged" : "radar_layernorm_backward_chunk", grid: chunks, block: (cols + 31) / 32 * 32,
                           KernelArgs(p(dy), p(x), p(gamma), p(mean), p(rstd), .ptr(residual?.base), p(dx), .ptr(dxCopy?.base), .raw(partial),
                                      summed ? .raw(dxPartial) : .ptr(nil), .i32(r), .i32(cols), .i32(chunk)))
         } else {

@@ -260,6 +260,7 @@ extension Bench {
                            "attention": backend.fusedAttention(headDim: cfg.embedDim / cfg.numHeads) && ctx.bf16Activations ? "fused" : "products",
                            "gemm_epilogues": (backend as? CUDABackend).map(\.gemmEpiloguesInUse) ?? false,
                            "attention_kernels": (backend as? CUDABackend)?.attentionKernels.rawValue ?? "plain",
+                           "layernorm_backward": (backend as? CUDABackend).map { $0.stagedLayerNormBackward ? "staged" : "chunk" } ?? NSNull(),
                            "onednn_implementation": oneDNNImplementation.isEmpty ? NSNull() : oneDNNImplementation as Any,
                            "profile_host_syncs_per_step": profileSyncs, "kernel_ms": kernelRecord,
                            "kernel_launches_per_step": launchesPerStep, "cublas_products_per_step": productsPerStep,

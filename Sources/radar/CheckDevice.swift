@@ -50,6 +50,7 @@ struct CheckDevice: ParsableCommand {
                 probe["compute_capability"] = "\(cuda.driver.computeCapability.major).\(cuda.driver.computeCapability.minor)"
                 probe["gemm_epilogues"] = cuda.gemmEpiloguesInUse
                 probe["attention_kernels"] = cuda.attentionKernels.rawValue
+                probe["layernorm_backward"] = cuda.stagedLayerNormBackward ? "staged" : "chunk"
                 // The GPUs this process sees (CUDA_VISIBLE_DEVICES honoured): gpu-check.sh runs
                 // one rank a GPU where there are several.
                 probe["device_count"] = device == "cuda-emulated" ? EmulatedDevice.deviceCount : (try? CUDADrivers.deviceCount()) ?? 1

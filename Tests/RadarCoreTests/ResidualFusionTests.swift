@@ -1,6 +1,7 @@
 import CCUDAEmulator
 import XCTest
 import RadarCPU
+import RadarCore
 @testable import RadarCUDA
 @testable import RadarEngine
 
@@ -63,18 +64,37 @@ final class ResidualFusionTests: XCTestCase {
         }
     }
 
+    /// RADAR_LAYERNORM_BACKWARD: chunk by default (staged is not yet timed on a GPU), staged on
+    /// request, anything else a one-line error; the start line says when staged is on.
+    func testTheLayerNormBackwardSettingParses() throws {
+        XCTAssertFalse(try Devices.stagedLayerNormBackward([:]))
+        XCTAssertFalse(try Devices.stagedLayerNormBackward(["RADAR_LAYERNORM_BACKWARD": "chunk"]))
+        XCTAssertTrue(try Devices.stagedLayerNormBackward(["RADAR_LAYERNORM_BACKWARD": "staged"]))
+        XCTAssertThrowsError(try Devices.stagedLayerNormBackward(["RADAR_LAYERNORM_BACKWARD": "shared"])) {
+            XCTAssertEqual("\($0)", "RADAR_LAYERNORM_BACKWARD=shared: expected chunk or staged")
+        }
+        let be = CUDABackend(driver: EmulatedDevice(memory: 1 << 26), precision: .bf16, fusedAttention: true)
+        XCTAssertFalse(be.stagedLayerNormBackward, "the backend's default is the commands'")
+        be.stagedLayerNormBackward = true
+        XCTAssertEqual(be.kernelSettings, "attention fused (fast kernels), biases in cuBLASLt epilogues, LayerNorm backward staged")
+    }
+
     /// LayerNorm backward in one pass (`radar_layernorm_backward_chunk`: a block per chunk of rows,
     /// a thread per column) gives the bits of the input-gradient and parameter-partial kernels it
     /// replaces, with and without the residual and the bf16 copy, on chunks of 8 and 64 rows, columns
     /// not a multiple of 32, a last chunk cut short and rows wider than one warp's stride; one
-    /// launch instead of two. (It runs where there are at least 132 chunks.)
+    /// launch instead of two. (It runs where there are at least 132 chunks.) So does its staged
+    /// build (`radar_layernorm_backward_staged`: groups of 8 rows through shared memory, the last
+    /// group of a chunk cut short at 37 and 300 columns' 1100 and 9000 rows).
     func testOnePassLayerNormBackwardHasTheBitsOfTheTwoKernels() {
         for (rows, cols, joined) in [(1100, 37, true), (1100, 100, false), (9000, 300, true)] {
             let device = EmulatedDevice(memory: 1 << 28)
             let be = CUDABackend(driver: device, precision: .bf16)
             let (dy, x, gamma, mean, rstd, residual) = layerNormInputs(be, rows, cols)
-            func run(onePass: Bool) -> [[UInt32]] {
+            func run(onePass: Bool, staged: Bool = false) -> [[UInt32]] {
                 be.fuseLayerNormBackward = onePass
+                be.stagedLayerNormBackward = staged
+                defer { be.stagedLayerNormBackward = false }
                 let dx = DeviceTensor(be, Shape(rows, cols)), dGamma = DeviceTensor(be, Shape(cols), values(cols, 7))
                 let dBeta = DeviceTensor(be, Shape(cols), values(cols, 8))
                 let copy = Tensor(be.allocate(DType.bfloat16.floats(rows * cols)), Shape(rows, cols), dtype: .bfloat16)
@@ -83,22 +103,26 @@ final class ResidualFusionTests: XCTestCase {
                 be.layerNormBackward(dy.tensor, x: x.tensor, gamma: gamma.tensor, mean: mean.tensor, rstd: rstd.tensor, dx.tensor,
                                      dGamma: dGamma.tensor, dBeta: dBeta.tensor, residual: joined ? residual.tensor : nil, dxCopy: joined ? copy : nil)
                 let kernels = (device.launchLog ?? []).map(\.kernel).filter { $0.hasPrefix("radar_layernorm") }
-                XCTAssertEqual(kernels, onePass ? ["radar_layernorm_backward_chunk"] : ["radar_layernorm_backward_input", "radar_layernorm_param_partials"])
+                XCTAssertEqual(kernels, onePass ? [staged ? "radar_layernorm_backward_staged" : "radar_layernorm_backward_chunk"]
+                                                : ["radar_layernorm_backward_input", "radar_layernorm_param_partials"])
                 device.launchLog = nil
                 let wide = DeviceTensor(be, Shape(rows, cols))
                 if joined { be.convert(copy, into: wide.tensor) }
                 return [dx.values.map(\.bitPattern), wide.values.map(\.bitPattern), dGamma.values.map(\.bitPattern), dBeta.values.map(\.bitPattern)]
             }
-            let one = run(onePass: true), two = run(onePass: false)
+            let one = run(onePass: true), two = run(onePass: false), staged = run(onePass: true, staged: true)
             for (i, what) in ["dx", "dx's bf16 copy", "dGamma", "dBeta"].enumerated() {
                 XCTAssertEqual(one[i], two[i], "\(rows) x \(cols): \(what)")
+                XCTAssertEqual(staged[i], two[i], "\(rows) x \(cols): \(what), staged")
             }
-            // Blocks and threads in any order (its barrier between the row sums and the columns).
+            // Blocks and threads in any order (its barrier between the row sums and the columns;
+            // the staged build's three a group).
             for schedule in ["reversed", "shuffled:3"] {
                 XCTAssertEqual(radar_emu_set_schedule_text(schedule), 0)
-                let other = run(onePass: true)
+                let other = run(onePass: true), otherStaged = run(onePass: true, staged: true)
                 _ = radar_emu_set_schedule_text("forward")
                 XCTAssertEqual(other, one, "\(rows) x \(cols): \(schedule)")
+                XCTAssertEqual(otherStaged, one, "\(rows) x \(cols): \(schedule), staged")
             }
             XCTAssertTrue(one[2].contains { $0 != 0 }, "\(rows) x \(cols): dGamma computed")
         }
@@ -200,9 +224,10 @@ final class ResidualFusionTests: XCTestCase {
             let device = EmulatedDevice(memory: 1 << 28)
             let be = CUDABackend(driver: device, precision: .bf16)
             let (dy, x, gamma, mean, rstd, residual) = layerNormInputs(be, rows, cols)
-            func run(onePass: Bool) -> (bits: [[UInt32]], kernels: [String]) {
+            func run(onePass: Bool, staged: Bool = false) -> (bits: [[UInt32]], kernels: [String]) {
                 be.fuseLayerNormBackward = onePass
-                defer { be.fuseLayerNormBackward = true }
+                be.stagedLayerNormBackward = staged
+                defer { be.fuseLayerNormBackward = true; be.stagedLayerNormBackward = false }
                 let dx = DeviceTensor(be, Shape(rows, cols)), dGamma = DeviceTensor(be, Shape(cols), values(cols, 7))
                 let dBeta = DeviceTensor(be, Shape(cols), values(cols, 8)), sums = DeviceTensor(be, Shape(cols), values(cols, 9))
                 device.launchLog = []
@@ -213,8 +238,10 @@ final class ResidualFusionTests: XCTestCase {
                 device.launchLog = nil
                 return ([dx, dGamma, dBeta, sums].map { $0.values.map(\.bitPattern) }, kernels)
             }
-            let one = run(onePass: true), two = run(onePass: false)
+            let one = run(onePass: true), two = run(onePass: false), staged = run(onePass: true, staged: true)
             XCTAssertEqual(one.kernels, ["radar_layernorm_backward_chunk"] + Array(repeating: "radar_add_chunk_sums", count: 3), "\(rows) x \(cols)")
+            XCTAssertEqual(staged.kernels, ["radar_layernorm_backward_staged"] + Array(repeating: "radar_add_chunk_sums", count: 3), "\(rows) x \(cols)")
+            XCTAssertEqual(staged.bits, one.bits, "\(rows) x \(cols): staged")
             XCTAssertEqual(two.kernels, ["radar_layernorm_backward_input", "radar_layernorm_param_partials", "radar_add_chunk_sums",
                                          "radar_add_chunk_sums", "radar_column_chunk_sums", "radar_add_chunk_sums"], "\(rows) x \(cols)")
             for (k, what) in ["dx", "dGamma", "dBeta", "dx's column sums"].enumerated() {
@@ -223,9 +250,10 @@ final class ResidualFusionTests: XCTestCase {
             XCTAssertNotEqual(one.bits[3], values(cols, 9).map(\.bitPattern), "\(rows) x \(cols): sums added")
             for schedule in ["reversed", "shuffled:7"] {
                 XCTAssertEqual(radar_emu_set_schedule_text(schedule), 0)
-                let other = run(onePass: true)
+                let other = run(onePass: true), otherStaged = run(onePass: true, staged: true)
                 _ = radar_emu_set_schedule_text("forward")
                 XCTAssertEqual(other.bits, one.bits, "\(rows) x \(cols): \(schedule)")
+                XCTAssertEqual(otherStaged.bits, one.bits, "\(rows) x \(cols): \(schedule), staged")
             }
         }
     }
@@ -237,11 +265,12 @@ final class ResidualFusionTests: XCTestCase {
     /// and one `radar_gelu_backward` launch fewer, and the loss and every gradient bit-identical.
     func testATrainingStepWithTheBiasSumsFusedHasTheBitsOfTheSeparatePasses() throws {
         let depth = RADARConfig.preset("tiny")!.depth
-        func run(fuse: Bool) throws -> (loss: Double, grads: [UInt32], launches: [String: Int]) {
+        func run(fuse: Bool, staged: Bool = false) throws -> (loss: Double, grads: [UInt32], launches: [String: Int]) {
             let device = EmulatedDevice(memory: 1 << 30)
             let backend = CUDABackend(driver: device, precision: .bf16)
             backend.fuseGELUColumnSums = fuse
             backend.fuseLayerNormBackward = fuse
+            backend.stagedLayerNormBackward = staged
             backend.layerNormOnePassMinChunks = 1
             let (trainer, images, labels) = try makeTinyTrainer(batch: 2, backend: backend)
             device.launchLog = []
@@ -250,8 +279,13 @@ final class ResidualFusionTests: XCTestCase {
             for l in device.launchLog ?? [] { launches[l.kernel, default: 0] += 1 }
             return (r.terms.total, trainer.ctx.backend.download(trainer.ctx.params.grads).map(\.bitPattern), launches)
         }
-        let fused = try run(fuse: true), unfused = try run(fuse: false)
+        let fused = try run(fuse: true), unfused = try run(fuse: false), staged = try run(fuse: true, staged: true)
         XCTAssertEqual(fused.launches["radar_gelu_backward_chunk_sums"], depth)
+        // RADAR_LAYERNORM_BACKWARD=staged: every one-pass launch staged, the same bits.
+        XCTAssertEqual(staged.launches["radar_layernorm_backward_staged"], fused.launches["radar_layernorm_backward_chunk"])
+        XCTAssertNil(staged.launches["radar_layernorm_backward_chunk"])
+        XCTAssertEqual(staged.loss, fused.loss)
+        XCTAssertEqual(staged.grads, fused.grads, "every gradient bit-identical, staged")
         XCTAssertGreaterThanOrEqual(fused.launches["radar_layernorm_backward_chunk"] ?? 0, 2 * depth + 1)
         XCTAssertEqual((unfused.launches["radar_gelu_backward"] ?? 0) - (fused.launches["radar_gelu_backward"] ?? 0), depth)
         XCTAssertEqual((unfused.launches["radar_column_chunk_sums"] ?? 0) - (fused.launches["radar_column_chunk_sums"] ?? 0), 3 * depth)

@@ -96,14 +96,15 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(probe["gemm_epilogues"] as? Bool, true, "\(probe)")
         XCTAssertTrue(steps.allSatisfy { $0["gemm_epilogues"] as? Bool == true }, "\(steps)")
         // With time to spare, first the attention kernels' plain build (the kernel check and golden
-        // cases, and the bf16 step), then bf16 again with fp32 activations, then keeping what
+        // cases, and the bf16 step), then the staged LayerNorm backward (likewise), then bf16 again with fp32 activations, then keeping what
         // backward recomputes, then the bias fills instead of the epilogues and the attention
         // kernels' ldmatrix build (each the kernel check and golden cases, and the step).
         let variants = try XCTUnwrap(json["radar_bench_step_variants"] as? [[String: Any]])
-        XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [true, false, true, true, true, true], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, true, false, true, true, true], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["gemm_epilogues"] as? Bool }, [true, true, true, false, true, true], "\(variants)")
-        XCTAssertEqual(variants.compactMap { $0["attention_kernels"] as? String }, ["plain", "fast", "fast", "fast", "ldmatrix", "fast"], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["bf16_activations"] as? Bool }, [true, true, false, true, true, true, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["recompute_in_backward"] as? Bool }, [true, true, true, false, true, true, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["gemm_epilogues"] as? Bool }, [true, true, true, true, false, true, true], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["attention_kernels"] as? String }, ["plain", "fast", "fast", "fast", "fast", "ldmatrix", "fast"], "\(variants)")
+        XCTAssertEqual(variants.compactMap { $0["layernorm_backward"] as? String }, ["chunk", "staged", "chunk", "chunk", "chunk", "chunk", "chunk"], "\(variants)")
         // Step 7c: every product of the bf16 step timed as the step runs it (3 made-up microseconds
         // on the fake's event clock) and with the fake cuBLASLt's three offers (3, 2 and 1): the
         // third pinned for every product, and the bf16 step with that table runs every product with it.
@@ -135,6 +136,10 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(ldmatrixCheck["passed"] as? Bool, true, "\(ldmatrixCheck)")
         XCTAssertEqual((ldmatrixCheck["probe"] as? [String: Any])?["attention_kernels"] as? String, "ldmatrix", "\(ldmatrixCheck)")
         XCTAssertEqual(ldmatrixCheck["kernels_passed"] as? Int, ldmatrixCheck["kernels_total"] as? Int)
+        let stagedCheck = try XCTUnwrap(json["layernorm_staged_check"] as? [String: Any])
+        XCTAssertEqual(stagedCheck["passed"] as? Bool, true, "\(stagedCheck)")
+        XCTAssertEqual((stagedCheck["probe"] as? [String: Any])?["layernorm_backward"] as? String, "staged", "\(stagedCheck)")
+        XCTAssertEqual(stagedCheck["kernels_passed"] as? Int, stagedCheck["kernels_total"] as? Int)
         let plainCheck = try XCTUnwrap(json["attention_plain_check"] as? [String: Any])
         XCTAssertEqual(plainCheck["passed"] as? Bool, true, "\(plainCheck)")
         XCTAssertEqual((plainCheck["probe"] as? [String: Any])?["attention_kernels"] as? String, "plain", "\(plainCheck)")
@@ -143,14 +148,15 @@ final class FakeDriverTests: XCTestCase {
         // With time to spare, where a step's time goes: every kernel, product and FFT between two
         // events (the fake counts 1 microsecond per operation between them).
         let timed = try XCTUnwrap(json["radar_kernel_times"] as? [[String: Any]])
-        XCTAssertEqual(timed.compactMap { $0["precision"] as? String }, ["bf16", "bf16", "bf16", "bf16", "fp32"], "\(timed)")
-        XCTAssertEqual(timed.compactMap { $0["attention"] as? String }, ["fused", "fused", "fused", "products", "products"], "\(timed)")
-        XCTAssertEqual(timed.compactMap { $0["attention_kernels"] as? String }, ["fast", "plain", "ldmatrix", "fast", "fast"], "\(timed)")
+        XCTAssertEqual(timed.compactMap { $0["precision"] as? String }, ["bf16", "bf16", "bf16", "bf16", "bf16", "fp32"], "\(timed)")
+        XCTAssertEqual(timed.compactMap { $0["attention"] as? String }, ["fused", "fused", "fused", "fused", "products", "products"], "\(timed)")
+        XCTAssertEqual(timed.compactMap { $0["attention_kernels"] as? String }, ["fast", "fast", "plain", "ldmatrix", "fast", "fast"], "\(timed)")
+        XCTAssertEqual(timed.compactMap { $0["layernorm_backward"] as? String }, ["chunk", "staged", "chunk", "chunk", "chunk", "chunk"], "\(timed)")
         let fastKernels = (timed.first?["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
         XCTAssertTrue(fastKernels.contains { $0["name"] as? String == "radar_attention_backward_key_value_hd16_fast" }, "\(fastKernels)")
-        let plainKernels = (timed[1]["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
+        let plainKernels = (timed[2]["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
         XCTAssertTrue(plainKernels.contains { $0["name"] as? String == "radar_attention_forward_hd16" }, "\(plainKernels)")
-        let ldmatrixKernels = (timed[2]["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
+        let ldmatrixKernels = (timed[3]["kernel_ms"] as? [String: Any])?["by_kernel"] as? [[String: Any]] ?? []
         XCTAssertTrue(ldmatrixKernels.contains { $0["name"] as? String == "radar_attention_backward_key_value_hd16_ldsm" }, "\(ldmatrixKernels)")
         for t in timed {
             let times = try XCTUnwrap(t["kernel_ms"] as? [String: Any], "\(t)")

@@ -1806,6 +1806,21 @@ extern "C" __global__ void radar_layernorm_param_partials(const float* dy, const
     }
 }
 
+// One row of a one-pass kernel's column walk (radar_layernorm_backward_chunk and _staged): dx at
+// `at` from this column's dy and x (the residual joined, the bf16 copy written) with the row's
+// sums a and b, and the column's dgamma, dbeta and dx sums carried on.
+__device__ __forceinline__ void layernorm_column_row(float d, float xv, float m, float r, float a, float b, float gc,
+                                                     const float* __restrict__ residual, float* __restrict__ dx,
+                                                     unsigned short* __restrict__ dxb, long at, float& sg, float& sb, float& sx) {
+    float v = r * (d * gc - a - (xv - m) * r * b);
+    if (residual) v = v + residual[at];
+    dx[at] = v;
+    if (dxb) dxb[at] = radar_bf16_bits(v);
+    sg += d * (xv - m) * r;
+    sb += d;
+    sx += v;
+}
+
 // Both of the above in one pass over dy and x, for rows of up to 1024 columns: a block per chunk
 // of up to RADAR_LN_CHUNK rows (the chunk radar_layernorm_param_partials would sum), a thread per
 // column. First each warp reduces its rows' two sums (as radar_layernorm_backward_input does, into
@@ -1844,15 +1859,71 @@ extern "C" __global__ void __launch_bounds__(1024) radar_layernorm_backward_chun
 #pragma unroll 4
     for (int row = lo; row < hi; ++row) {
         const long at = (long)row * cols + c;
-        float m = mean[row], r = rstd[row], d = dy[at], xv = x[at];
-        float v = r * (d * gc - row_a[row - lo] - (xv - m) * r * row_b[row - lo]);
-        if (residual) v = v + residual[at];
-        dx[at] = v;
-        if (dxb) dxb[at] = radar_bf16_bits(v);
-        sg += d * (xv - m) * r;
-        sb += d;
-        sx += v;
+        layernorm_column_row(dy[at], x[at], mean[row], rstd[row], row_a[row - lo], row_b[row - lo], gc, residual, dx, dxb, at, sg, sb, sx);
     }
+    partial[(long)k * 2 * cols + c] = sg;
+    partial[(long)k * 2 * cols + cols + c] = sb;
+    if (dx_partial) dx_partial[(long)k * cols + c] = sx;
+}
+
+// radar_layernorm_backward_chunk with each group of RADAR_LN_STAGE_ROWS rows of dy and x read from
+// memory once, into shared memory, for rows of up to RADAR_LN_STAGE_COLS columns
+// (RADAR_LAYERNORM_BACKWARD=staged). The chunk kernel reads its chunk's dy and x twice, once per
+// warp for the row sums and once per column thread, and a whole chunk (64 rows of 384 columns:
+// 196 KB) is too much to stay in L2 between the two while every chunk of the step's 394 is
+// resident (77 MB against an H100's 50 MB): the second read comes from memory again. Here each
+// group is loaded by the column threads (a row a time, coalesced), its row sums are formed by a
+// warp per row from shared memory, and the columns' pass reads the same copy. The warps' sums
+// and the columns' walk are the chunk kernel's, in the same order: the same bits (dx, its bf16
+// copy, the partials, dx's partial sums). Two barriers a group. 32 KB of shared memory a block: three blocks an SM
+// fit an A40's 100 KB.
+#define RADAR_LN_STAGE_ROWS 8
+#define RADAR_LN_STAGE_COLS 512  // its __launch_bounds__ (a thread per column)
+extern "C" __global__ void __launch_bounds__(512) radar_layernorm_backward_staged(
+        const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ mean,
+        const float* __restrict__ rstd, const float* __restrict__ residual, float* __restrict__ dx, unsigned short* __restrict__ dxb,
+        float* __restrict__ partial, float* __restrict__ dx_partial, int rows, int cols, int chunk) {
+    __shared__ float s_dy[RADAR_LN_STAGE_ROWS * RADAR_LN_STAGE_COLS], s_x[RADAR_LN_STAGE_ROWS * RADAR_LN_STAGE_COLS];
+    __shared__ float row_a[RADAR_LN_STAGE_ROWS], row_b[RADAR_LN_STAGE_ROWS];
+    const int k = blockIdx.x, lo = k * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int c = threadIdx.x;
+    const bool column = c < cols;
+    const float gc = column ? gamma[c] : 0.f;
+    float sg = 0.f, sb = 0.f, sx = 0.f;
+    for (int first = lo; first < hi; first += RADAR_LN_STAGE_ROWS) {
+        const int n = first + RADAR_LN_STAGE_ROWS < hi ? RADAR_LN_STAGE_ROWS : hi - first;
+        if (column) {
+#pragma unroll
+            for (int j = 0; j < RADAR_LN_STAGE_ROWS; ++j) {
+                if (j < n) {
+                    const long at = (long)(first + j) * cols + c;
+                    s_dy[j * cols + c] = dy[at];
+                    s_x[j * cols + c] = x[at];
+                }
+            }
+        }
+        __syncthreads();
+        for (int j = warp; j < n; j += warps) {
+            float a, b;
+            layernorm_row_sums(s_dy + j * cols, s_x + j * cols, gamma, mean[first + j], rstd[first + j], cols, lane, a, b);
+            if (lane == 0) { row_a[j] = a; row_b[j] = b; }
+        }
+        __syncthreads();
+        if (column) {
+            for (int j = 0; j < n; ++j) {
+                const int row = first + j;
+                const long at = (long)row * cols + c;
+                layernorm_column_row(s_dy[j * cols + c], s_x[j * cols + c], mean[row], rstd[row], row_a[j], row_b[j], gc, residual, dx, dxb, at,
+                                     sg, sb, sx);
+            }
+        }
+        // No barrier here: a thread's next load overwrites only its own column (which it alone
+        // reads in the pass above), and the next row sums, which read every column and write
+        // row_a and row_b, wait at the barrier after the loads, which every thread reaches only
+        // once its pass over this group is done.
+    }
+    if (!column) return;
     partial[(long)k * 2 * cols + c] = sg;
     partial[(long)k * 2 * cols + cols + c] = sb;
     if (dx_partial) dx_partial[(long)k * cols + c] = sx;

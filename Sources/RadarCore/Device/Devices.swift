@@ -76,6 +76,19 @@ public enum Devices {
         try switchSetting(environment["RADAR_GEMM_EPILOGUES"], on: "on", off: "off", byDefault: true) { UnknownEpilogueSetting(value: $0) }
     }
 
+    public struct UnknownLayerNormBackward: Error, CustomStringConvertible {
+        public let value: String
+        public var description: String { "RADAR_LAYERNORM_BACKWARD=\(value): expected chunk or staged" }
+    }
+
+    /// RADAR_LAYERNORM_BACKWARD: `chunk` (the default) or `staged`, the one-pass LayerNorm
+    /// backward that reads each row of dy and x from memory once, through shared memory, where
+    /// `chunk` reads them twice (`CUDABackend.stagedLayerNormBackward`; the same bits on the
+    /// emulated device). CUDA only. Not yet timed on a GPU: the GPU check's step 9 times both.
+    public static func stagedLayerNormBackward(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
+        try switchSetting(environment["RADAR_LAYERNORM_BACKWARD"], on: "staged", off: "chunk", byDefault: false) { UnknownLayerNormBackward(value: $0) }
+    }
+
     public struct UnknownAttentionKernels: Error, CustomStringConvertible {
         public let variable: String, value: String
         public var description: String {
@@ -200,6 +213,7 @@ public enum Devices {
             let backend = CUDABackend(driver: driver, precision: resolved, fusedAttention: try fusedAttention(),
                                       convolutionWorkspaceBudget: try convolutionWorkspaceBudget(), gemmEpilogues: try gemmEpilogues())
             backend.attentionKernels = try attentionKernels()
+            backend.stagedLayerNormBackward = try stagedLayerNormBackward()
             return backend
         }
     }

@@ -199,6 +199,19 @@ public enum KernelCheck {
                 b.layerNormBackward(v[0], x: v[1], gamma: v[2], mean: v[3], rstd: v[4], v[5], dGamma: v[6], dBeta: v[7],
                                     residual: v[8], dxCopy: nil, dxColumnSumsInto: v[9])
             },
+            // Rows of 130 columns (five warps for eight rows a group in the staged build,
+            // RADAR_LAYERNORM_BACKWARD=staged), 275 chunks of 8: the one-pass kernel with the
+            // residual, dx's bf16 copy (tensor 9, through an fp32 view) and dx's column sums (tensor 10).
+            Case(name: "layerNormBackward/onePass/wide", tensors: [t(Shape(2200, 130)), t(Shape(2200, 130)), t(Shape(130)), t(Shape(2200)),
+                                                                   t(Shape(2200), .positive), t(Shape(2200, 130)), t(Shape(130)), t(Shape(130)),
+                                                                   t(Shape(2200, 130)), t(Shape(2200, 130)), t(Shape(130))],
+                 rtol: 1e-2, atol: 1e-4, normwise: [6, 7, 10]) { b, v in
+                let copy = Tensor(b.allocate(DType.bfloat16.floats(2200 * 130)), Shape(2200, 130), dtype: .bfloat16)
+                b.layerNormBackward(v[0], x: v[1], gamma: v[2], mean: v[3], rstd: v[4], v[5], dGamma: v[6], dBeta: v[7],
+                                    residual: v[8], dxCopy: copy, dxColumnSumsInto: v[10])
+                b.convert(copy, into: v[9])
+                b.release(copy.base)
+            },
             Case(name: "channelMoments", tensors: [t(planes), t(c4), t(c4)]) { b, v in b.channelMoments(v[0], mean: v[1], variance: v[2]) },
             Case(name: "channelNormalize", tensors: [t(bchw), t(c4), t(c4, .positive), t(c4), t(c4), t(bchw)]) { b, v in
                 b.channelNormalize(v[0], mean: v[1], invStd: v[2], gamma: v[3], beta: v[4], v[5])
