@@ -186,10 +186,10 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
         driver.allocatePinned(bytes: max(count, 1) * 4).bindMemory(to: Float.self, capacity: max(count, 1))
     }
     public func releasePinned(_ p: UnsafeMutablePointer<Float>) { driver.freePinned(UnsafeMutableRawPointer(p)) }
-    public func markFinal(_ slot: Int) { driver.recordMark(slot) }
-    public func stageDown(_ t: Tensor, slot: Int, into host: UnsafeMutablePointer<Float>) {
-        driver.copyDown(UnsafeRawPointer(t.base), to: UnsafeMutableRawPointer(host), bytes: t.count * 4, afterMark: slot)
+    public func markFinal(_ slot: Int, _ t: Tensor, into host: UnsafeMutablePointer<Float>) {
+        driver.copyDownAfterMark(slot, UnsafeRawPointer(t.base), to: UnsafeMutableRawPointer(host), bytes: t.count * 4)
     }
+    public func awaitDown(_ slot: Int) { driver.awaitCopyDown(slot) }
     public func stageUp(_ host: UnsafePointer<Float>, into t: Tensor, slot: Int) {
         driver.copyUp(UnsafeRawPointer(host), to: UnsafeMutableRawPointer(t.base), bytes: t.count * 4, slot: slot)
     }

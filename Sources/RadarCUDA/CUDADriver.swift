@@ -130,18 +130,23 @@ public protocol CUDADriver: AnyObject {
     /// (interleaved re, im).
     func fftRealToComplex(_ input: UnsafeRawPointer, _ output: UnsafeMutableRawPointer, size: Int, batch: Int)
 
-    // A second stream for gradient copies (`GradientStaging`): `slots` pairs of events, a mark
-    // recorded on the compute stream and an upload recorded on the copy stream.
-    /// Creates the copy stream and the events (once; more slots later adds events).
+    // Two more streams for gradient copies (`GradientStaging`), one down and one up, so a bucket's
+    // download never queues behind another's upload (PCIe moves both ways at once), and for each
+    // of `slots` buckets three events: a mark recorded on the compute stream, the download's
+    // landing on the down stream, the upload on the up stream.
+    /// Creates the copy streams and the events (once; more slots later adds events).
     func prepareCopyStream(slots: Int)
     /// Page-locked host memory (cuMemHostAlloc), `bytes`.
     func allocatePinned(bytes: Int) -> UnsafeMutableRawPointer
     func freePinned(_ p: UnsafeMutableRawPointer)
-    /// Records mark `slot` on the compute stream (after everything queued so far).
-    func recordMark(_ slot: Int)
-    /// On the copy stream, after mark `slot`: device -> host; returns when the bytes have landed.
-    func copyDown(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, afterMark slot: Int)
-    /// On the copy stream: host -> device, then records upload `slot`; returns at once.
+    /// Records mark `slot` on the compute stream (after everything queued so far), and queues on
+    /// the down stream, after it, the copy device -> host of the bucket; returns at once (the
+    /// training thread calls it as backward finishes the bucket, so the copy starts then, while
+    /// the communication thread may still be reducing an earlier bucket).
+    func copyDownAfterMark(_ slot: Int, _ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int)
+    /// Returns when bucket `slot`'s download (`copyDownAfterMark`) has landed in host memory.
+    func awaitCopyDown(_ slot: Int)
+    /// On the up stream: host -> device, then records upload `slot`; returns at once.
     func copyUp(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, slot: Int)
     /// The compute stream waits for upload `slot` (no host wait).
     func computeWaitsForUpload(_ slot: Int)

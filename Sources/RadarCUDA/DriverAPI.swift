@@ -71,7 +71,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
 
     private let ctxSetCurrent: FnCtxSetCurrent
     private let memAlloc: FnMemAlloc, memFree: FnMemFree, memGetInfo: FnMemGetInfo, memsetAsync: FnMemsetD8Async
-    private let htod: FnHtoDAsync, dtoh: FnDtoHAsync, streamSync: FnStream
+    private let htod: FnHtoDAsync, dtoh: FnDtoHAsync, streamSync: FnStream, eventSync: FnStream
     private let moduleLoad: FnModuleLoadData, moduleFunction: FnModuleGetFunction, launchKernel: FnLaunchKernel
     private let errorString: FnErrorString
     private let streamCreate: FnStreamCreate, eventCreate: FnStreamCreate, eventRecord: FnEventRecord
@@ -82,9 +82,9 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
     private var timingEvents: [OpaquePointer?] = []
     private var timed: [(name: String, start: OpaquePointer?, end: OpaquePointer?)] = []
     public private(set) var kernelTimes: [String: (ms: Double, count: Int)] = [:]
-    /// The gradient copy stream and its events (`prepareCopyStream`).
-    private var copyStream: OpaquePointer?
-    private var marks: [OpaquePointer?] = [], uploads: [OpaquePointer?] = []
+    /// The gradient copy streams (down and up) and their events (`prepareCopyStream`).
+    private var downStream: OpaquePointer?, upStream: OpaquePointer?
+    private var marks: [OpaquePointer?] = [], landed: [OpaquePointer?] = [], uploads: [OpaquePointer?] = []
     private let blasSetMathMode: FnBlasSetMathMode, blasGemm: FnBlasGemmEx, blasStatusString: FnBlasStatusString?
     private let fftCreate: FnFFTCreate, fftSetAutoAllocation: FnFFTSetAutoAllocation, fftMakePlanMany: FnFFTMakePlanMany
     private let fftSetWorkArea: FnFFTSetWorkArea, fftSetStream: FnFFTSetStream, fftExecR2C: FnFFTExecR2C
@@ -163,6 +163,7 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         htod = try sym(cuda, "cuMemcpyHtoDAsync_v2", FnHtoDAsync.self)
         dtoh = try sym(cuda, "cuMemcpyDtoHAsync_v2", FnDtoHAsync.self)
         streamSync = try sym(cuda, "cuStreamSynchronize", FnStream.self)
+        eventSync = try sym(cuda, "cuEventSynchronize", FnStream.self)
         moduleLoad = try sym(cuda, "cuModuleLoadData", FnModuleLoadData.self)
         moduleFunction = try sym(cuda, "cuModuleGetFunction", FnModuleGetFunction.self)
         launchKernel = try sym(cuda, "cuLaunchKernel", FnLaunchKernel.self)
@@ -395,20 +396,24 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         timed.removeAll(keepingCapacity: true)
     }
 
-    // MARK: The gradient copy stream
+    // MARK: The gradient copy streams
 
     public func prepareCopyStream(slots: Int) {
         _ = ctxSetCurrent(context)
-        if copyStream == nil {
-            var c: OpaquePointer?
-            must(streamCreate(&c, C.CU_STREAM_NON_BLOCKING), "cuStreamCreate (copy stream)")
-            copyStream = c
+        if downStream == nil {
+            var d: OpaquePointer?, u: OpaquePointer?
+            must(streamCreate(&d, C.CU_STREAM_NON_BLOCKING), "cuStreamCreate (down stream)")
+            must(streamCreate(&u, C.CU_STREAM_NON_BLOCKING), "cuStreamCreate (up stream)")
+            downStream = d
+            upStream = u
         }
         while marks.count < slots {
-            var m: OpaquePointer?, u: OpaquePointer?
+            var m: OpaquePointer?, l: OpaquePointer?, u: OpaquePointer?
             must(eventCreate(&m, C.CU_EVENT_DISABLE_TIMING), "cuEventCreate")
+            must(eventCreate(&l, C.CU_EVENT_DISABLE_TIMING), "cuEventCreate")
             must(eventCreate(&u, C.CU_EVENT_DISABLE_TIMING), "cuEventCreate")
             marks.append(m)
+            landed.append(l)
             uploads.append(u)
         }
     }
@@ -425,22 +430,23 @@ public final class DriverAPI: CUDADriver, @unchecked Sendable {
         must(memFreeHost(p), "cuMemFreeHost")
     }
 
-    public func recordMark(_ slot: Int) {
+    public func copyDownAfterMark(_ slot: Int, _ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int) {
         _ = ctxSetCurrent(context)
         must(eventRecord(marks[slot], stream), "cuEventRecord (gradient bucket \(slot))")
+        must(streamWaitEvent(downStream, marks[slot], C.CU_EVENT_WAIT_DEFAULT), "cuStreamWaitEvent (down stream, bucket \(slot))")
+        if bytes > 0 { must(dtoh(destination, address(source), bytes, downStream), "cuMemcpyDtoHAsync (bucket \(slot), \(bytes) bytes)") }
+        must(eventRecord(landed[slot], downStream), "cuEventRecord (download \(slot))")
     }
 
-    public func copyDown(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, afterMark slot: Int) {
+    public func awaitCopyDown(_ slot: Int) {
         _ = ctxSetCurrent(context)
-        must(streamWaitEvent(copyStream, marks[slot], C.CU_EVENT_WAIT_DEFAULT), "cuStreamWaitEvent (copy stream, bucket \(slot))")
-        if bytes > 0 { must(dtoh(destination, address(source), bytes, copyStream), "cuMemcpyDtoHAsync (bucket \(slot), \(bytes) bytes)") }
-        must(streamSync(copyStream), "cuStreamSynchronize (copy stream)")
+        must(eventSync(landed[slot]), "cuEventSynchronize (download \(slot))")
     }
 
     public func copyUp(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, slot: Int) {
         _ = ctxSetCurrent(context)
-        if bytes > 0 { must(htod(address(destination), source, bytes, copyStream), "cuMemcpyHtoDAsync (bucket \(slot), \(bytes) bytes)") }
-        must(eventRecord(uploads[slot], copyStream), "cuEventRecord (upload \(slot))")
+        if bytes > 0 { must(htod(address(destination), source, bytes, upStream), "cuMemcpyHtoDAsync (bucket \(slot), \(bytes) bytes)") }
+        must(eventRecord(uploads[slot], upStream), "cuEventRecord (upload \(slot))")
     }
 
     public func computeWaitsForUpload(_ slot: Int) {

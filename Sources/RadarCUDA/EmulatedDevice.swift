@@ -157,19 +157,19 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
 
     public func synchronize() {}
 
-    // MARK: The gradient copy stream
+    // MARK: The gradient copy streams
 
     /// Kernels run when launched, so a mark is passed as soon as it is recorded and a copy lands
-    /// when it is made. What the emulator checks is the protocol a real copy stream relies on, per
-    /// slot: a copy down only after a mark recorded since the last copy down (the bucket was
-    /// reported final this step), and every upload waited for by the compute stream before the
-    /// slot is marked again. Breaking either stops the process naming the slot.
+    /// when it is made. What the emulator checks is the protocol the real copy streams rely on, per
+    /// slot: a download awaited only once queued behind a mark since the last wait (the bucket was
+    /// reported final this step), every download awaited and every upload waited for by the
+    /// compute stream before the slot is marked again. Breaking any stops the process naming the slot.
     private let copyLock = NSLock()
-    private var marked: [Bool] = [], uploadPending: [Bool] = []
+    private var landed: [Bool] = [], uploadPending: [Bool] = []
 
     public func prepareCopyStream(slots: Int) {
         copyLock.lock(); defer { copyLock.unlock() }
-        while marked.count < slots { marked.append(false); uploadPending.append(false) }
+        while landed.count < slots { landed.append(false); uploadPending.append(false) }
     }
 
     public func allocatePinned(bytes: Int) -> UnsafeMutableRawPointer {
@@ -178,20 +178,25 @@ public final class EmulatedDevice: CUDADriver, @unchecked Sendable {
 
     public func freePinned(_ p: UnsafeMutableRawPointer) { p.deallocate() }
 
-    public func recordMark(_ slot: Int) {
-        copyLock.lock(); defer { copyLock.unlock() }
-        precondition(slot < marked.count, "emulated device: mark \(slot) of \(marked.count) prepared")
-        if uploadPending[slot] { fatalError("emulated device: bucket \(slot) marked again while its upload was never waited for by the compute stream") }
-        marked[slot] = true
+    /// Work runs as it is queued here, so the download lands at once; `awaitCopyDown` checks that
+    /// it was queued (a bucket awaited before backward marked it final stops the process).
+    public func copyDownAfterMark(_ slot: Int, _ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int) {
+        copyLock.lock()
+        precondition(slot < landed.count, "emulated device: mark \(slot) of \(landed.count) prepared")
+        let pending = uploadPending[slot], unread = landed[slot]
+        copyLock.unlock()
+        if pending { fatalError("emulated device: bucket \(slot) marked again while its upload was never waited for by the compute stream") }
+        if unread { fatalError("emulated device: bucket \(slot) marked again while its last download was never awaited") }
+        destination.copyMemory(from: host(source, "copy-stream source")!, byteCount: bytes)
+        copyLock.lock(); landed[slot] = true; copyLock.unlock()
     }
 
-    public func copyDown(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, afterMark slot: Int) {
+    public func awaitCopyDown(_ slot: Int) {
         copyLock.lock()
-        let ok = slot < marked.count && marked[slot]
-        if ok { marked[slot] = false }
+        let ok = slot < landed.count && landed[slot]
+        if ok { landed[slot] = false }
         copyLock.unlock()
-        if !ok { fatalError("emulated device: copy of bucket \(slot) before backward marked it final") }
-        destination.copyMemory(from: host(source, "copy-stream source")!, byteCount: bytes)
+        if !ok { fatalError("emulated device: copy of bucket \(slot) awaited before backward marked it final") }
     }
 
     public func copyUp(_ source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int, slot: Int) {

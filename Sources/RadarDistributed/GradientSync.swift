@@ -100,11 +100,13 @@ public final class GradientSync: @unchecked Sendable {
         staged != nil ? "via a copy stream and page-locked host memory" : store.backend.hostAddress(store.grads) != nil ? "in place" : "via host copies"
     }
 
-    /// Marks, in the device's queue, every bucket lying at or above `offset` (training thread).
+    /// Marks, in the device's queue, every bucket lying at or above `offset`, each download to the
+    /// page-locked copy queued behind its mark (training thread).
     private func mark(from offset: Int) {
-        guard let staged else { return }
+        guard let staged, let pinned else { return }
         while marked < buckets.count && buckets[marked].lowerBound >= offset {
-            staged.markFinal(marked)
+            let b = buckets[marked]
+            staged.markFinal(marked, store.grads.slice(from: b.lowerBound, Shape(b.count)), into: pinned + b.lowerBound)
             marked += 1
         }
     }
@@ -198,7 +200,7 @@ public final class GradientSync: @unchecked Sendable {
         }
         if let staged, let pinned {
             let p = pinned + b.lowerBound
-            staged.stageDown(slice, slot: i, into: p)
+            staged.awaitDown(i)  // queued when backward marked the bucket final
             try average(p)
             staged.stageUp(p, into: slice, slot: i)
         } else {

@@ -146,7 +146,7 @@ extension Bench {
                                                         gpuCount: CUDADrivers.deviceCount)
                     let backend = try Devices.backend(name, threads: 1, precision: "fp32")
                     let dev = DeviceTensor(backend, Shape(n), Array(UnsafeBufferPointer(start: buf, count: n)))
-                    // The trainer's path: the copy stream and page-locked memory where the backend
+                    // The trainer's path: the copy streams and page-locked memory where the backend
                     // has them (GradientStaging), else plain downloads and uploads.
                     let staged = backend as? GradientStaging
                     staged?.prepareStaging(slots: 1)
@@ -156,8 +156,8 @@ extension Bench {
                     let total = try time {
                         let t0 = Date()
                         if let staged {
-                            staged.markFinal(0)
-                            staged.stageDown(dev.tensor, slot: 0, into: host)
+                            staged.markFinal(0, dev.tensor, into: host)
+                            staged.awaitDown(0)
                         } else {
                             backend.download(dev.tensor, into: UnsafeMutableBufferPointer(start: host, count: n))
                         }

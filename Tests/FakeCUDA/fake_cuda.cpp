@@ -27,7 +27,7 @@
 // auto-allocation off, one the caller sets, which must then be device memory when a plan runs.
 //
 // Device faults, on demand: RADAR_FAKE_CUDA_FAULT=NAME:N makes the N-th call of NAME (one of
-// cuLaunchKernel, cuMemcpyHtoDAsync_v2, cuMemcpyDtoHAsync_v2, cuStreamSynchronize,
+// cuLaunchKernel, cuMemcpyHtoDAsync_v2, cuMemcpyDtoHAsync_v2, cuStreamSynchronize, cuEventSynchronize,
 // cublasGemmStridedBatchedEx, cufftExecR2C) fail as an illegal address does on a GPU, and, the
 // context being lost, every such call after it too (CUDA_ERROR_ILLEGAL_ADDRESS; cuBLAS
 // EXECUTION_FAILED; cuFFT EXEC_FAILED). With RADAR_FAKE_CUDA_FAULT_RANK=R, only in the process
@@ -340,6 +340,17 @@ EXPORT int cuStreamSynchronize(void *stream) {
     if (int r = checkStream(stream)) return r;
     if (faulted("cuStreamSynchronize")) return ILLEGAL_ADDRESS;
     runsNow(stream);
+    return SUCCESS;
+}
+
+/// Waits for the work queued before the event's record on its stream (nothing: never recorded).
+EXPORT int cuEventSynchronize(void *event) {
+    LibraryCall call;
+    if (int r = needContext()) return r;
+    if (!event || static_cast<Event *>(event)->context != current) return INVALID_HANDLE;
+    if (faulted("cuEventSynchronize")) return ILLEGAL_ADDRESS;
+    const Event *e = static_cast<Event *>(event);
+    if (e->stream) flush(e->stream, e->sequence);
     return SUCCESS;
 }
 

@@ -385,20 +385,27 @@ final class FakeDriverTests: XCTestCase {
     }
 
     /// One rank of two faults: it stops with its line, the other sees it go and stops too, naming
-    /// it, within the timeout; no rank hangs.
+    /// it, within the timeout; no rank hangs. A cuBLAS product on the training thread, then the
+    /// communication thread's wait for a bucket's download (cuEventSynchronize; the fault sticks,
+    /// as an illegal address does, so the training thread's next call fails too: still one line).
     func testADeviceFaultOnOneRankEndsTheJob() throws {
-        let out = NSTemporaryDirectory() + "radar-fake-fault-dp-\(UUID().uuidString.prefix(6))"
-        defer { try? FileManager.default.removeItem(atPath: out) }
-        let start = Date()
-        let r = try radar(["launch", "-n", "2", "--", "radar-worker", "--device", "cuda", "--allow-gpu-sharing", "--data", MPITrainingTests.dataset,
-                           "--output", out, "--experiment", "dp", "--config", "tiny", "--batch-size", "4", "--num-epochs", "1",
-                           "--max-steps-per-epoch", "4", "--accumulation-steps", "1", "--threads", "1", "--timeout", "20"],
-                          environment: ["RADAR_FAKE_CUDA_FAULT": "cublasGemmStridedBatchedEx:200", "RADAR_FAKE_CUDA_FAULT_RANK": "1"])
-        XCTAssertNotEqual(r.status, 0, r.output)
-        XCTAssertLessThan(Date().timeIntervalSince(start), 150, "ends within the timeout, not the test's patience")
-        XCTAssertTrue(r.output.contains("error: cuBLAS error on cuda:0 in cublasGemmStridedBatchedEx("), r.output)
-        XCTAssertTrue(r.output.contains("rank 0: stopping: rank 1 lost"), "the survivor names the rank that went: \(r.output)")
-        XCTAssertFalse(r.output.contains("Fatal error"), r.output)
+        for (fault, line) in [("cublasGemmStridedBatchedEx:200", "error: cuBLAS error on cuda:0 in cublasGemmStridedBatchedEx("),
+                              ("cuEventSynchronize:5", "error: CUDA error on cuda:0 in cuEventSynchronize (download ")] {
+            let out = NSTemporaryDirectory() + "radar-fake-fault-dp-\(UUID().uuidString.prefix(6))"
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let start = Date()
+            let r = try radar(["launch", "-n", "2", "--", "radar-worker", "--device", "cuda", "--allow-gpu-sharing", "--data", MPITrainingTests.dataset,
+                               "--output", out, "--experiment", "dp", "--config", "tiny", "--batch-size", "4", "--num-epochs", "1",
+                               "--max-steps-per-epoch", "4", "--accumulation-steps", "1", "--threads", "1", "--timeout", "20"],
+                              environment: ["RADAR_FAKE_CUDA_FAULT": fault, "RADAR_FAKE_CUDA_FAULT_RANK": "1"])
+            XCTAssertNotEqual(r.status, 0, "\(fault): \(r.output)")
+            XCTAssertLessThan(Date().timeIntervalSince(start), 150, "\(fault): ends within the timeout, not the test's patience")
+            XCTAssertTrue(r.output.contains(line), "\(fault): \(r.output)")
+            XCTAssertEqual(r.output.split(separator: "\n").filter { $0.contains("error: CUDA error on") || $0.contains("error: cuBLAS error on") }.count,
+                           1, "\(fault): one line from the faulting rank: \(r.output)")
+            XCTAssertTrue(r.output.contains("rank 0: stopping: rank 1 lost"), "\(fault): the survivor names the rank that went: \(r.output)")
+            XCTAssertFalse(r.output.contains("Fatal error"), "\(fault): \(r.output)")
+        }
     }
 
     /// The fake's checks are what make the runs above mean something: it refuses what a real
