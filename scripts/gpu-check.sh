@@ -49,7 +49,8 @@
 #      with the products path, and fp32:
 #      every kernel, cuBLAS product and FFT of a step timed with CUDA events.
 # One JSON report on stdout (and in gpu-check.json, rewritten after every step, so a run stopped
-# from outside still leaves what it measured); exit status 1 on any parity failure.
+# from outside still leaves what it measured), then a summary of its figures on standard error
+# ("gpu-check summary: ..."); exit status 1 on any parity failure.
 # GPU_CHECK_LOGS: a file to gather every step's log in at exit (the step logs are otherwise removed).
 # GPU_CHECK_DEADLINE (seconds, default 420): steps 4-6 that would start after it are skipped and
 # listed in the report, and each step's timeout is cut to the time left (a lent GPU's minutes are
@@ -453,6 +454,56 @@ done
 
 report final
 cat "$report"
+# The figures a reader wants first, on standard error: a lent GPU's minutes are few, and the
+# report is long.
+"${python:-python3}" - "$report" <<'PY' >&2 || log "the summary failed (the report above is complete)"
+import json, sys
+r = json.load(open(sys.argv[1]))
+c = r.get("check") or {}
+p = c.get("probe") or {}
+def f(v, d=1):
+    return "-" if v is None else ("%.*f" % (d, v) if isinstance(v, float) else str(v))
+print("gpu-check summary: passed %s, complete %s, %s s, skipped %s" % (r.get("passed"), r.get("complete"), r.get("seconds"), r.get("skipped") or "none"))
+print("  %s, compute capability %s; kernels %s/%s, golden %s" % (p.get("device"), p.get("compute_capability"), c.get("kernels_passed"),
+      c.get("kernels_total"), len(c.get("golden") or [])))
+d, t = r.get("data_parallel") or {}, r.get("run_to_run") or {}
+print("  two ranks on the GPU: %s; run to run: %s (bf16 %s, fp32 %s)" % ("identical" if d.get("passed") else "FAILED",
+      "identical" if t.get("passed") else "FAILED or not run", " ".join(t.get("bf16") or []), " ".join(t.get("fp32") or [])))
+for name in ("attention_plain_check", "layernorm_staged_check", "gemm_fills_check", "attention_ldmatrix_check"):
+    v = r.get(name)
+    if v:
+        print("  %s: %s (%s/%s kernels)" % (name, "passed" if v.get("passed") else "FAILED", v.get("kernels_passed"), v.get("kernels_total")))
+print("  epilogue fallbacks: %s" % (r.get("epilogue_fallbacks") or "none"))
+print("  %-8s %-5s %-9s %-8s %-6s %-5s %-6s %5s %9s %9s %9s" % ("step", "prec", "attention", "kernels", "LN bwd", "epilo", "pinned", "batch",
+      "ms/step", "img/s", "peak MiB"))
+rows = [("radar", b) for b in r.get("radar_bench_step") or []] + [("variant", b) for b in r.get("radar_bench_step_variants") or []]
+rows += [("pytorch", b) for b in r.get("pytorch_step") or []] + [("rematch", b) for b in r.get("bf16_rematch") or []]
+for who, b in rows:
+    epi = {True: "yes", False: "no"}.get(b.get("gemm_epilogues"), "-")
+    act = "" if b.get("bf16_activations", True) and b.get("recompute_in_backward", True) else (" (fp32 activations)" if not b.get("bf16_activations", True) else " (no recompute)")
+    print("  %-8s %-5s %-9s %-8s %-6s %-5s %-6s %5s %9s %9s %9s%s" % (who, b.get("precision", "-"), b.get("attention", "-"), b.get("attention_kernels", "-"),
+          b.get("layernorm_backward", "-"), epi, f(b.get("pinned_products_per_step"), 0), b.get("batch", "-"), f(b.get("ms_per_step"), 2),
+          f(b.get("images_per_s")), f(b.get("peak_device_mib"), 0), act if b.get("precision") == "bf16" and who != "pytorch" else ""))
+for k in r.get("radar_kernel_times") or []:
+    km = k.get("kernel_ms") or {}
+    by = {e.get("name"): e for e in km.get("by_kernel") or []}
+    ln = ", ".join("%s %s ms (%s calls)" % (n.replace("radar_layernorm_backward_", ""), f(by[n].get("ms_per_step"), 3), f(by[n].get("calls_per_step"), 0))
+                   for n in ("radar_layernorm_backward_chunk", "radar_layernorm_backward_staged", "radar_layernorm_backward_input") if n in by)
+    top = ", ".join("%s %s" % (e.get("name"), f(e.get("ms_per_step"), 2)) for e in (km.get("by_kernel") or [])[:6])
+    print("  kernel times %s %s %s/%s/%s: total %s ms, cuBLAS %s; LayerNorm backward: %s; top: %s" % (k.get("precision"), k.get("attention"),
+          k.get("attention_kernels"), k.get("layernorm_backward"), k.get("gemm_epilogues"), f(km.get("total_ms_per_step"), 2),
+          f(km.get("gemm_ms_per_step"), 2), ln or "-", top))
+for a in r.get("allreduce") or []:
+    print("  allreduce %s MB, %s ranks: ring %s s, staging down %s s, up %s s" % (a.get("mb"), a.get("ranks"), f(a.get("ring_seconds"), 4),
+          f(a.get("staging_download_seconds"), 4), f(a.get("staging_upload_seconds"), 4)))
+m = r.get("several_gpus")
+if m:
+    print("  several GPUs (%s): %s, used %s" % (m.get("gpus"), "identical" if m.get("passed") else "FAILED", m.get("gpus_used")))
+    for s in m.get("scaling") or []:
+        print("    %s ranks: step %s s, %s img/s, all-reduce %s s, overlap %s, efficiency %s, data wait %s s (rank %s)" % (
+              s.get("ranks"), f(s.get("step_seconds"), 4), f(s.get("images_per_s")), f(s.get("allreduce_seconds"), 4),
+              f(s.get("overlap_fraction"), 2), f(s.get("scaling_efficiency"), 2), f(s.get("data_wait_seconds"), 4), s.get("data_wait_rank")))
+PY
 # Steps 6b's and 6c's verdicts are the report's (every rank's hash the same, each rank on a GPU of
 # its own; each pair of runs the same).
 multi_ok=$("${python:-python3}" -c 'import json, sys; m = json.load(open(sys.argv[1]))["several_gpus"]; print(int(m is None or m["passed"]))' "$report")

@@ -80,6 +80,17 @@ final class FakeDriverTests: XCTestCase {
         let check = try XCTUnwrap(json["check"] as? [String: Any])
         XCTAssertEqual(check["kernels_passed"] as? Int, check["kernels_total"] as? Int)
         XCTAssertEqual((check["golden"] as? [Any])?.count, 4)
+        // The summary on standard error: the report's verdicts and figures, one table.
+        let summary = String(r.1[(r.1.range(of: "gpu-check summary:")?.lowerBound ?? r.1.endIndex)...])
+        XCTAssertTrue(summary.hasPrefix("gpu-check summary: passed True, complete True"), String(r.1.suffix(3000)))
+        let total = check["kernels_total"] as? Int ?? -1
+        for line in ["RADAR fake CUDA device 0, sm_90", "kernels \(total)/\(total), golden 4", "two ranks on the GPU: identical; run to run: identical",
+                     "layernorm_staged_check: passed (\(total)/\(total) kernels)", "epilogue fallbacks: none",
+                     "kernel times bf16 fused fast/staged/True"] {
+            XCTAssertTrue(summary.contains(line), "\(line): \(summary)")
+        }
+        XCTAssertEqual(summary.split(separator: "\n").filter { $0.hasPrefix("  radar ") || $0.hasPrefix("  variant ") }.count, 4 + 7, summary)
+        XCTAssertEqual(summary.split(separator: "\n").filter { $0.hasPrefix("  kernel times ") }.count, 6, summary)
         let steps = try XCTUnwrap(json["radar_bench_step"] as? [[String: Any]])
         XCTAssertEqual(steps.compactMap { $0["precision"] as? String }, ["fp32", "tf32", "bf16", "bf16"])
         XCTAssertTrue(steps.allSatisfy { ($0["device"] as? String ?? "").contains("RADAR fake CUDA device 0, sm_90") }, "\(steps)")
