@@ -494,8 +494,9 @@ for k in r.get("radar_kernel_times") or []:
           k.get("attention_kernels"), k.get("layernorm_backward"), k.get("gemm_epilogues"), f(km.get("total_ms_per_step"), 2),
           f(km.get("gemm_ms_per_step"), 2), ln or "-", top))
 for a in r.get("allreduce") or []:
-    print("  allreduce %s MB, %s ranks: ring %s s, staging down %s s, up %s s" % (a.get("mb"), a.get("ranks"), f(a.get("ring_seconds"), 4),
-          f(a.get("staging_download_seconds"), 4), f(a.get("staging_upload_seconds"), 4)))
+    print("  allreduce %s MB, %s ranks: ring %s s, staging down %s s, up %s s, all three %s s; in %s buckets as the trainer stages them %s s" % (
+          a.get("mb"), a.get("ranks"), f(a.get("ring_seconds"), 4), f(a.get("staging_download_seconds"), 4), f(a.get("staging_upload_seconds"), 4),
+          f(a.get("device_total_seconds"), 4), a.get("buckets"), f(a.get("bucketed_seconds"), 4)))
 m = r.get("several_gpus")
 if m:
     print("  several GPUs (%s): %s, used %s" % (m.get("gpus"), "identical" if m.get("passed") else "FAILED", m.get("gpus_used")))

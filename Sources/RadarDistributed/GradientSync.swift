@@ -38,7 +38,10 @@ public final class GradientSync: @unchecked Sendable {
     /// Buckets marked final this step (training thread only).
     private var marked = 0
 
-    public init(communicator: Communicator, store: ParameterStore, bucketBytes: Int = 10 << 20, tailBytes: Int = 1 << 20, overlap: Bool = true,
+    /// The buckets' size unless the run chooses (`--bucket-mb`): 10 MiB.
+    public static let defaultBucketBytes = 10 << 20
+
+    public init(communicator: Communicator, store: ParameterStore, bucketBytes: Int = GradientSync.defaultBucketBytes, tailBytes: Int = 1 << 20, overlap: Bool = true,
                 wire: WireFormat = .fp32) {
         self.communicator = communicator
         self.wire = wire

@@ -207,6 +207,9 @@ final class FakeDriverTests: XCTestCase {
         XCTAssertEqual(allreduce.count, 2, "8 and 88 MB")
         XCTAssertTrue(allreduce.allSatisfy { $0["staging"] as? String == "copy stream, page-locked" && ($0["device"] as? String ?? "").contains("fake") },
                       "\(allreduce)")
+        // And as the trainer's 10 MiB buckets, each download queued before the first ring.
+        XCTAssertEqual(allreduce.compactMap { $0["buckets"] as? Int }, [1, 9], "\(allreduce)")
+        XCTAssertTrue(allreduce.allSatisfy { ($0["bucketed_seconds"] as? Double ?? 0) > 0 }, "\(allreduce)")
     }
 
     /// `radar bench infer` on the driver API: the eval forward timed, and the model (its weights

@@ -219,9 +219,10 @@ final class MPITrainingTests: XCTestCase {
         let json = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any]
         XCTAssertTrue((json["device"] as? String ?? "").hasPrefix("cuda:0 (emulated device"), "\(json)")
         XCTAssertEqual(json["staging"] as? String, "copy stream, page-locked", "the trainer's path: \(json)")
-        for k in ["staging_download_seconds", "staging_upload_seconds", "device_total_seconds", "ring_seconds"] {
+        for k in ["staging_download_seconds", "staging_upload_seconds", "device_total_seconds", "ring_seconds", "bucketed_seconds"] {
             XCTAssertGreaterThan(json[k] as? Double ?? 0, 0, k)
         }
+        XCTAssertEqual(json["buckets"] as? Int, 1, "1 MB: one bucket of the trainer's 10 MiB")
     }
 
     func testSyncBatchNormRanksEqualOneProcessWithTheWholeBatch() throws {
