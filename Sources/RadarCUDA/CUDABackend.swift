@@ -34,11 +34,11 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
     /// Slot of a bias rounded to bf16 for cuBLASLt's epilogue.
     private static let biasSlot = 6
     static let chunk = 65_536
+    /// The widest rows `radar_layernorm_backward_staged` takes (its RADAR_LN_STAGE_COLS).
+    static let layerNormStageColumns = 512
     /// Rows per chunk of the column reductions (bias and LayerNorm parameter gradients): 8 to 64,
     /// as many as keep about 32K threads (an H200's 132 SMs, 256 each) busy. A function of the
     /// shape alone, so every GPU adds in the same order.
-    /// The widest rows `radar_layernorm_backward_staged` takes (its RADAR_LN_STAGE_COLS).
-    static let layerNormStageColumns = 512
     static func reductionRows(rows: Int, cols: Int) -> Int { max(8, min(64, rows * cols / 32_768)) }
     /// LayerNorm backward in one kernel per chunk of rows (`radar_layernorm_backward_chunk`, rows
     /// of up to 1024 columns, at least 132 chunks: the encoder's at batch 128 has 394) instead of
