@@ -144,7 +144,7 @@ public struct RingAllReduce {
         /// The bytes to send for `n` values at `src`: the values themselves, or packed to bf16.
         func outgoing(_ src: UnsafeMutablePointer<Float>, _ n: Int) -> UnsafeRawPointer {
             guard half else { return UnsafeRawPointer(src) }
-            BFloat16.pack(src, packed, count: n)
+            CPUBackend.packBFloat16(src, packed, count: n)
             return UnsafeRawPointer(packed)
         }
         // Reduce-scatter: after p-1 steps rank r holds the full reduction of segment (r+1) % p.
@@ -172,7 +172,7 @@ public struct RingAllReduce {
         // This rank's finished segment, rounded once, is what every rank will hold.
         if half {
             let own = bounds((c.rank + 1) % p)
-            for i in own { buffer[i] = BFloat16.round(buffer[i]) }
+            CPUBackend.roundBFloat16(buffer + own.lowerBound, count: own.count)
         }
         // All-gather: pass the finished segments around.
         for s in 0..<(p - 1) {

@@ -116,6 +116,17 @@ final class CPUBF16Tests: XCTestCase {
             XCTAssertEqual(bits[8], 0xffc0, "a signalling NaN comes out quiet")
             XCTAssertTrue(Float(bitPattern: UInt32(bits[0]) << 16).isNaN)
         }
+        // The wrappers the ring's bf16 wire packs and rounds with (one row, rounded in place).
+        let saved = CPUBackend.vectorKernels
+        defer { CPUBackend.vectorKernels = saved }
+        for vector in kernels.map({ $0 == 1 }) {
+            CPUBackend.vectorKernels = vector
+            var packed = [UInt16](repeating: 0, count: values.count), inPlace = values
+            CPUBackend.packBFloat16(values, &packed, count: values.count)
+            CPUBackend.roundBFloat16(&inPlace, count: values.count)
+            XCTAssertEqual(packed, values.map(BFloat16.bits), "vector \(vector)")
+            XCTAssertEqual(inPlace.map(\.bitPattern), values.map { BFloat16.round($0).bitPattern }, "vector \(vector)")
+        }
         print("bf16 conversion checked with \(kernels.count == 2 ? "the AVX2 kernels and the plain loop" : "the plain loop (no AVX2 here)")")
     }
 
