@@ -155,7 +155,7 @@ extension CPUBackend {
         guard c.dtype == .bfloat16 else { return form(c.base + offset, ldc) }
         let scratch = ThreadScratch.floats(m * n, slot: 6), c16 = UnsafeMutableRawPointer(c.base).assumingMemoryBound(to: UInt16.self)
         form(scratch, n)
-        for r in 0..<m { BFloat16.pack(scratch + r * n, c16 + offset + r * ldc, count: n) }
+        for r in 0..<m { CPUBackend.packBFloat16(scratch + r * n, c16 + offset + r * ldc, count: n) }
     }
 
     public func attentionForward(qkv: Tensor, heads h: Int, scale: Float, scores: Tensor, probs: Tensor, merged: Tensor) {

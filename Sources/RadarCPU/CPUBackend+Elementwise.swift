@@ -126,7 +126,7 @@ extension CPUBackend {
                 body(xp, y.base + i, range)
             } else {
                 body(xp, ys, range)
-                if let y { BFloat16.pack(ys, UnsafeMutableRawPointer(y.base).assumingMemoryBound(to: UInt16.self) + i, count: n) }
+                if let y { CPUBackend.packBFloat16(ys, UnsafeMutableRawPointer(y.base).assumingMemoryBound(to: UInt16.self) + i, count: n) }
             }
             i = range.upperBound
         }
@@ -148,7 +148,7 @@ extension CPUBackend {
                 let xs = CPUBackend.floats(x, from: i, count: n, into: buffer), ds = CPUBackend.floats(dy, from: i, count: n, into: buffer + chunk)
                 let out = dx.dtype == .float32 ? dx.base + i : buffer + 2 * chunk
                 geluBackward(ds, xs, cdf.map { UnsafePointer($0.base + i) }, out, n)
-                if dx.dtype == .bfloat16 { BFloat16.pack(out, UnsafeMutableRawPointer(dx.base).assumingMemoryBound(to: UInt16.self) + i, count: n) }
+                if dx.dtype == .bfloat16 { CPUBackend.packBFloat16(out, UnsafeMutableRawPointer(dx.base).assumingMemoryBound(to: UInt16.self) + i, count: n) }
                 i += n
             }
         }

@@ -93,7 +93,7 @@ extension CPUBackend {
                 for part in 0..<3 {
                     let at = image + r * 3 * d + part * d + hi * hd, from = g + r * 3 * hd + part * hd
                     if dQKV.dtype == .bfloat16 {
-                        BFloat16.pack(from, UnsafeMutableRawPointer(dQKV.base).assumingMemoryBound(to: UInt16.self) + at, count: hd)
+                        CPUBackend.packBFloat16(from, UnsafeMutableRawPointer(dQKV.base).assumingMemoryBound(to: UInt16.self) + at, count: hd)
                     } else {
                         (dQKV.base + at).update(from: from, count: hd)
                     }

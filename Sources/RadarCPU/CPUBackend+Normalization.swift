@@ -23,7 +23,7 @@ extension CPUBackend {
             let row = ThreadScratch.floats(cols, slot: 0)
             for r in rr {
                 radar_layernorm_forward_rows(x.base + r * cols, gamma.base, beta.base, eps, row, mean.base + r, rstd.base + r, 1, cols, avx2)
-                BFloat16.pack(row, bits + r * cols, count: cols)
+                CPUBackend.packBFloat16(row, bits + r * cols, count: cols)
             }
         }
     }
@@ -44,7 +44,7 @@ extension CPUBackend {
                 for j in 0..<count { d[j] = d[j] + s[j] }
             }
             if let dxCopy {
-                BFloat16.pack(dx.base + o, UnsafeMutableRawPointer(dxCopy.base).assumingMemoryBound(to: UInt16.self) + o, count: count)
+                CPUBackend.packBFloat16(dx.base + o, UnsafeMutableRawPointer(dxCopy.base).assumingMemoryBound(to: UInt16.self) + o, count: count)
             }
         }
         // Parameter gradients: 64-column chunks, each column's rows summed in order.
