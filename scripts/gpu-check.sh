@@ -158,7 +158,7 @@ except Exception:
 hashes = [l.split()[4] for l in text(work + "/dp.out", 100000).splitlines() if "fnv1a" in l]
 dp_log = text(work + "/dp.log", 1000000)
 dp = {"exit": dp_status, "hashes": hashes, "replicas_identical": len(hashes) == 2 and len(set(hashes)) == 1,
-      "copy_stream": "via a copy stream and page-locked host memory" in dp_log, "log_tail": dp_log[-1500:]}
+      "copy_stream": "via two copy streams (down, up) and page-locked host memory" in dp_log, "log_tail": dp_log[-1500:]}
 dp["passed"] = dp_status == 0 and dp["replicas_identical"] and dp["copy_stream"]
 skipped = [l.strip() for l in text(work + "/skipped", 100000).splitlines() if l.strip()]
 multi = None  # step 6b, on a machine of several GPUs

@@ -100,7 +100,7 @@ public final class GradientSync: @unchecked Sendable {
 
     /// How buckets reach the ring, for the log.
     public var stagingDescription: String {
-        staged != nil ? "via a copy stream and page-locked host memory" : store.backend.hostAddress(store.grads) != nil ? "in place" : "via host copies"
+        staged != nil ? "via two copy streams (down, up) and page-locked host memory" : store.backend.hostAddress(store.grads) != nil ? "in place" : "via host copies"
     }
 
     /// Marks, in the device's queue, every bucket lying at or above `offset`, each download to the

@@ -51,7 +51,7 @@ extension MPITrainingTests {
             let r = try mpirun([(2, "radar-worker", cudaArgs(tmp("stage"), device: "cuda") + ["--bucket-mb", "0", "--stop-after-steps", "2"] + extra)],
                                timeout: 600, env: env)
             XCTAssertEqual(r.status, 0, r.err)
-            XCTAssertTrue(r.err.contains("via a copy stream and page-locked host memory"), r.err)
+            XCTAssertTrue(r.err.contains("via two copy streams (down, up) and page-locked host memory"), r.err)
             let h = hashes(r.out)
             XCTAssertEqual(h.count, 2, r.out)
             XCTAssertEqual(Set(h).count, 1, "replicas agree: \(h)")

@@ -317,7 +317,7 @@ final class FakeDriverTests: XCTestCase {
                            "--max-steps-per-epoch", "3", "--accumulation-steps", "1", "--bucket-mb", "0", "--verify-replicas",
                            "--threads", "1", "--timeout", "120"], environment: environment)
         XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.output.contains("via a copy stream and page-locked host memory"), r.output)
+        XCTAssertTrue(r.output.contains("via two copy streams (down, up) and page-locked host memory"), r.output)
         XCTAssertTrue(r.output.contains("RADAR fake CUDA device 0, sm_90") && r.output.contains("), bf16"),
                       "auto precision is bf16 on compute capability 9.0:\n\(r.output)")
         let hashes = r.output.split(separator: "\n").filter { $0.contains("parameters fnv1a") }.map { $0.split(separator: " ")[4] }
