@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,9 +11,18 @@ import Glibc
 /// in-process: the process stops with one line naming the device, the call and CUDA's own words,
 /// exit status 1, no crash report. Checkpoints are written to a temporary file and renamed, so the
 /// last one stays whole; a data-parallel job's other ranks see this rank go and stop, naming it.
+/// A fault reaches every thread that uses the device (the training thread's next launch, the
+/// communication thread's wait for a download): the first thread to stop prints the line and
+/// ends the process, any other waits for that (it would print a second line otherwise, as two
+/// ranks' threads did under ThreadSanitizer, whose exit takes long enough to see it).
 public enum DeviceFailure {
-    /// Writes `PROGRAM: error: MESSAGE` to standard error and exits with status 1.
+    /// Whether a thread has begun to stop the process.
+    static let stopping = FirstCaller()
+
+    /// Writes `PROGRAM: error: MESSAGE` to standard error and exits with status 1; a thread that
+    /// comes after another's stop waits, silent, for that to end the process.
     public static func stop(_ message: String) -> Never {
+        guard stopping.claim() else { while true { sleep(60) } }
         let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
         FileHandle.standardError.write(Data("\(program): error: \(message)\n".utf8))
         exitNow(1)
@@ -23,6 +33,15 @@ public enum DeviceFailure {
     public static func outOfMemory(_ error: Any) -> Never {
         let context = DeviceMemoryContext.current
         stop("\(error)\(context.isEmpty ? "" : " while sizing \(context): lower it")")
+    }
+}
+
+/// True for the first call of `claim()` only, whichever thread makes it.
+public final class FirstCaller: Sendable {
+    private let claimed = Atomic<Bool>(false)
+    public init() {}
+    public func claim() -> Bool {
+        claimed.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
     }
 }
 
