@@ -48,8 +48,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     nonisolated(unsafe) public static var vectorKernels = radar_tensor_kernels_avx2() != 0
 
     /// `n` floats as bfloat16 bit patterns (`BFloat16.bits`: nearest even, NaN kept quiet), eight
-    /// at a time where `vectorKernels`: the same bits. The ring's bf16 wire packs every message
-    /// with it (the Swift loop took 0.31 ns a value where unpacking takes 0.07).
+    /// at a time where `vectorKernels`: the same bits. Every bf16 output of this backend and every
+    /// message of the ring's bf16 wire is packed with it (the Swift loop took 0.31 ns a value).
     public static func packBFloat16(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<UInt16>, count n: Int) {
         guard n > 0 else { return }
         radar_to_bf16_matrix(src, 1, Int64(n), Int64(n), dst, vectorKernels ? 1 : 0)
@@ -446,9 +446,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         let c16 = UnsafeMutableRawPointer(c.base).assumingMemoryBound(to: UInt16.self)
         if beta != 0 { parallel(m, grain: max(1, CPUBackend.grain / n)) { r in CPUBackend.widen(c16, rows: r, cols: n, ld: ldc, into: c32) } }
         form(c32)
-        let avx2 = avx2Flag
         parallel(m, grain: max(1, CPUBackend.grain / n)) { r in
-            for row in r { radar_to_bf16_matrix(c32 + row * n, 1, Int64(n), Int64(n), c16 + row * ldc, avx2) }
+            for row in r { CPUBackend.packBFloat16(c32 + row * n, c16 + row * ldc, count: n) }
         }
     }
 
@@ -458,8 +457,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         switch (src.dtype, dst.dtype) {
         case (.float32, .bfloat16):
             let x = raw.assumingMemoryBound(to: Float.self), y = out.assumingMemoryBound(to: UInt16.self)
-            let avx2 = avx2Flag  // BFloat16.pack's bits, 16 at a time
-            parallel(src.count) { r in radar_to_bf16_matrix(x + r.lowerBound, 1, Int64(r.count), Int64(r.count), y + r.lowerBound, avx2) }
+            parallel(src.count) { r in CPUBackend.packBFloat16(x + r.lowerBound, y + r.lowerBound, count: r.count) }
         case (.bfloat16, .float32):
             let x = raw.assumingMemoryBound(to: UInt16.self), y = out.assumingMemoryBound(to: Float.self)
             parallel(src.count) { r in BFloat16.unpack(x + r.lowerBound, y + r.lowerBound, count: r.count) }
