@@ -39,7 +39,7 @@ let package = Package(
         // Process control that needs a C call (prctl is variadic): a rank dies with its launcher; atomics
         // and futexes on memory shared between ranks (the TCP transport's same-host links).
         .target(name: "CProcess"),
-        .target(name: "CImageKernels"),
+        .target(name: "CImageKernels", dependencies: ["CPNG"]),
         .target(name: "CTensorKernels"),
         // oneDNN's matmul for bf16 products on the CPU, loaded at run time (dlopen libdnnl.so.2).
         .target(name: "COneDNN", linkerSettings: [.linkedLibrary("dl")]),

@@ -13,9 +13,11 @@ venv=.build/pyvenv
 # huggingface_hub (a few MB with httpx): finds what --pretrained hf-hub: downloaded, and downloads
 # into the cache from the test's stand-in Hub for us to find. ONNX Runtime (about 28 MB of wheels
 # with flatbuffers and protobuf): runs what radar export-onnx writes against our own forward.
-PY_PACKAGES="numpy safetensors lz4 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-dali-cuda120==2.4.0 tensorboard==2.21.0 huggingface_hub==2.4.0 onnxruntime==1.32.0"
+# Pillow (TensorBoard brings it; pinned, since its bundled libjpeg-turbo is a reference): the
+# image decoder's byte-for-byte reference (ImageDecodeReferenceTests).
+PY_PACKAGES="numpy safetensors lz4 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-dali-cuda120==2.4.0 tensorboard==2.21.0 huggingface_hub==2.4.0 onnxruntime==1.32.0 pillow==13.0.0"
 have_packages() {
-  "$1" -c "import numpy, safetensors, lz4, nvidia.dali, tensorboard, huggingface_hub, onnxruntime" 2>/dev/null &&
+  "$1" -c "import numpy, safetensors, lz4, nvidia.dali, tensorboard, huggingface_hub, onnxruntime, PIL" 2>/dev/null &&
     "$1" -c "import nvidia, os, sys; p = os.path.join(list(nvidia.__path__)[0], 'cuda_nvrtc', 'lib', 'libnvrtc.so.12'); sys.exit(0 if os.path.exists(p) else 1)" 2>/dev/null
 }
 if [ ! -x "$venv/bin/python" ] || ! have_packages "$venv/bin/python"; then

@@ -1,7 +1,8 @@
 #ifndef RADAR_CPNG_SHIM_H
 #define RADAR_CPNG_SHIM_H
-// Only libpng's simplified png_image_* API is used: the classic API reports errors by longjmp,
-// which Swift cannot survive.
+// Swift calls only libpng's simplified png_image_* API (to write PNGs): the classic API reports
+// errors by longjmp, which Swift cannot survive, so reading runs it wholly in C
+// (CImageKernels/png_decode.c).
 #include <png.h>
 // PNG_IMAGE_* function-like macros do not import; restate what we need.
 static inline int radar_png_format_rgb(void) { return PNG_FORMAT_RGB; }

@@ -1,5 +1,6 @@
 #ifndef RADAR_CIMAGEKERNELS_H
 #define RADAR_CIMAGEKERNELS_H
+#include <stddef.h>
 #include <stdint.h>
 
 // Image kernels vectorised across pixels for CPUs that have AVX2, chosen at run time (the Swift
@@ -37,4 +38,15 @@ int radar_adjust_saturation_avx2(const uint8_t *src, uint8_t *dst, int pixels, d
 /// dst[c * pixels + i] = src[3 i + c] * scale[c] - shift[c] (Float) for the first pixels in
 /// groups of 8; returns how many it wrote.
 int radar_normalize_rgb_avx2(const uint8_t *src, int pixels, const float *scale, const float *shift, float *dst);
+
+/// A PNG decoded to 8-bit RGB with libpng's classic API (its longjmp kept inside the C file):
+/// palette and low-bit grey expanded, 16-bit samples cut to their high byte, alpha and
+/// transparency dropped, and no colour management (gAMA, cHRM, sRGB and iCCP are not applied),
+/// the pixels Pillow's convert("RGB") and OpenCV's imread give. Returns 0 with *pixels (free with
+/// radar_png_free), -1 with libpng's message in `message`, or -2 when width x height is 0 or
+/// exceeds max_pixels (width and height are set in every case where the header was read).
+int radar_png_decode_rgb(const uint8_t *data, size_t size, long max_pixels, uint8_t **pixels,
+                         int *width, int *height, char *message, size_t message_size);
+void radar_png_free(uint8_t *pixels);
+
 #endif

@@ -1,3 +1,4 @@
+import CImageKernels
 import CPNG
 import CTurboJPEG
 import Foundation
@@ -39,8 +40,28 @@ public enum ImageCodec {
         switch sniff(data) {
         case .png: return try decodePNG(data, item: item)
         case .jpeg: return try decodeJPEG(data, item: item)
-        case nil: throw ImageCodecError(item: item, reason: "not a PNG or JPEG image")
+        case nil:
+            if let kind = otherImageKind(data) {
+                throw ImageCodecError(item: item, reason: "a \(kind) image, not a PNG or JPEG (the formats read)")
+            }
+            throw ImageCodecError(item: item, reason: "not a PNG or JPEG image")
         }
+    }
+
+    /// Image formats we do not read, named from their magic bytes so the error says what the file is.
+    static func otherImageKind(_ data: Data) -> String? {
+        let b = [UInt8](data.prefix(12))
+        func starts(_ p: [UInt8], at i: Int = 0) -> Bool { b.count >= i + p.count && Array(b[i..<(i + p.count)]) == p }
+        if starts(Array("GIF8".utf8)) { return "GIF" }
+        if starts(Array("RIFF".utf8)) && starts(Array("WEBP".utf8), at: 8) { return "WebP" }
+        if starts(Array("BM".utf8)) { return "BMP" }
+        if starts([0x49, 0x49, 0x2A, 0]) || starts([0x4D, 0x4D, 0, 0x2A]) { return "TIFF" }
+        if starts(Array("ftyp".utf8), at: 4) {
+            for (brand, kind) in [("avif", "AVIF"), ("avis", "AVIF"), ("heic", "HEIF"), ("heix", "HEIF"), ("mif1", "HEIF"), ("msf1", "HEIF")]
+            where starts(Array(brand.utf8), at: 8) { return kind }
+        }
+        if starts([0xFF, 0x0A]) || starts([0, 0, 0, 0x0C, 0x4A, 0x58, 0x4C, 0x20]) { return "JPEG XL" }
+        return nil
     }
 
     /// The largest image decoded (width x height, checked from the header before any pixel is
@@ -52,35 +73,28 @@ public enum ImageCodec {
         return try decodePNGWithLibpng(data, item: item)
     }
 
-    /// libpng's simplified API: every PNG the fast path leaves alone, and every error message.
+    /// libpng (its classic API, driven from C: `radar_png_decode_rgb`): every PNG the fast path
+    /// leaves alone, and every error message. Nothing is colour-managed: a gAMA, cHRM, sRGB or
+    /// iCCP chunk leaves the pixels as stored, and 16-bit samples keep their high byte, as
+    /// Pillow's `convert("RGB")` and OpenCV's `imread` read them (libpng's simplified API, used
+    /// before, converted gamma and took 16-bit files for linear light).
     public static func decodePNGWithLibpng(_ data: Data, item: String) throws -> RGBImage {
-        var image = png_image()
-        image.version = radar_png_image_version()
-        let ok = data.withUnsafeBytes { raw in png_image_begin_read_from_memory(&image, raw.baseAddress, raw.count) }
-        guard ok != 0 else { throw ImageCodecError(item: item, reason: "corrupt PNG: \(pngMessage(&image))") }
-        defer { png_image_free(&image) }
-        // Read as RGBA so alpha is dropped afterwards rather than composited.
-        image.format = UInt32(radar_png_format_rgb()) | UInt32(PNG_FORMAT_FLAG_ALPHA)
-        let w = Int(image.width), h = Int(image.height)
-        guard w > 0, h > 0, w * h <= maxPixels else {
+        var pixels: UnsafeMutablePointer<UInt8>? = nil
+        var w: Int32 = 0, h: Int32 = 0
+        var message = [CChar](repeating: 0, count: 256)
+        let rc = data.withUnsafeBytes { raw in
+            radar_png_decode_rgb(raw.bindMemory(to: UInt8.self).baseAddress, raw.count, maxPixels, &pixels, &w, &h, &message, message.count)
+        }
+        if rc == -2 {
             throw ImageCodecError(item: item, reason: "PNG of \(w)x\(h) pixels exceeds the limit of \(maxPixels) (4096x4096)")
         }
-        var rgba = [UInt8](repeating: 0, count: w * h * 4)
-        let done = data.withUnsafeBytes { _ in
-            rgba.withUnsafeMutableBytes { png_image_finish_read(&image, nil, $0.baseAddress, Int32(w * 4), nil) }
+        guard rc == 0, let pixels else {
+            let text = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            throw ImageCodecError(item: item, reason: "corrupt PNG: \(text)")
         }
-        guard done != 0 else { throw ImageCodecError(item: item, reason: "corrupt PNG: \(pngMessage(&image))") }
-        var rgb = [UInt8](repeating: 0, count: w * h * 3)
-        for i in 0..<(w * h) {
-            rgb[3 * i] = rgba[4 * i]; rgb[3 * i + 1] = rgba[4 * i + 1]; rgb[3 * i + 2] = rgba[4 * i + 2]
-        }
-        return RGBImage(width: w, height: h, pixels: rgb)
-    }
-
-    private static func pngMessage(_ image: inout png_image) -> String {
-        withUnsafeBytes(of: &image.message) { raw in
-            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-        }
+        defer { radar_png_free(pixels) }
+        let count = Int(w) * Int(h) * 3
+        return RGBImage(width: Int(w), height: Int(h), pixels: Array(UnsafeBufferPointer(start: pixels, count: count)))
     }
 
     public static func decodeJPEG(_ data: Data, item: String) throws -> RGBImage {
@@ -97,6 +111,9 @@ public enum ImageCodec {
         guard Int(w) * Int(h) <= maxPixels else {
             throw ImageCodecError(item: item, reason: "JPEG of \(w)x\(h) pixels exceeds the limit of \(maxPixels) (4096x4096)")
         }
+        if space == Int32(TJCS_CMYK.rawValue) || space == Int32(TJCS_YCCK.rawValue) {
+            return try decodeCMYKJPEG(handle, data, width: w, height: h, item: item)
+        }
         var rgb = [UInt8](repeating: 0, count: Int(w) * Int(h) * 3)
         let rc = data.withUnsafeBytes { raw in
             rgb.withUnsafeMutableBufferPointer { out in
@@ -107,6 +124,35 @@ public enum ImageCodec {
         // TurboJPEG returns -1 for warnings too (e.g. a truncated but partly decodable stream):
         // anything short of a clean decode is an error here.
         guard rc == 0 else { throw ImageCodecError(item: item, reason: "corrupt JPEG: \(String(cString: tjGetErrorStr2(handle)))") }
+        return RGBImage(width: Int(w), height: Int(h), pixels: rgb)
+    }
+
+    /// A four-channel (CMYK or YCCK) JPEG as Pillow reads it: the samples libjpeg gives taken as
+    /// Adobe's inverted CMYK (Pillow's "CMYK;I", whatever the markers say), then Pillow's
+    /// CMYK to RGB, (255 - C)(255 - K) / 255 rounded, which on the stored samples is
+    /// c k / 255 rounded. OpenCV reads them alike, up to its rounding.
+    static func decodeCMYKJPEG(_ handle: tjhandle, _ data: Data, width w: Int32, height h: Int32, item: String) throws -> RGBImage {
+        let n = Int(w) * Int(h)
+        var cmyk = [UInt8](repeating: 0, count: n * 4)
+        let rc = data.withUnsafeBytes { raw in
+            cmyk.withUnsafeMutableBufferPointer { out in
+                tjDecompress2(handle, raw.bindMemory(to: UInt8.self).baseAddress, UInt(data.count), out.baseAddress, w, 0, h,
+                              Int32(TJPF_CMYK.rawValue), 0)
+            }
+        }
+        guard rc == 0 else { throw ImageCodecError(item: item, reason: "corrupt JPEG: \(String(cString: tjGetErrorStr2(handle)))") }
+        let rgb = [UInt8](unsafeUninitializedCapacity: n * 3) { o, count in
+            cmyk.withUnsafeBufferPointer { src in
+                for i in 0..<n {
+                    let k = UInt32(src[4 * i + 3])
+                    for c in 0..<3 {
+                        let t = UInt32(src[4 * i + c]) * k + 128  // x / 255 rounded: ((t >> 8) + t) >> 8
+                        o[3 * i + c] = UInt8(((t >> 8) + t) >> 8)
+                    }
+                }
+            }
+            count = n * 3
+        }
         return RGBImage(width: Int(w), height: Int(h), pixels: rgb)
     }
 
@@ -132,6 +178,12 @@ public enum ImageCodec {
         }
         guard ok != 0 else { throw ImageCodecError(item: "png encoder", reason: pngMessage(&image)) }
         return out.prefix(size)
+    }
+
+    private static func pngMessage(_ image: inout png_image) -> String {
+        withUnsafeBytes(of: &image.message) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
     }
 
     /// Baseline JPEG with 4:2:0 chroma subsampling and the accurate integer DCT (libjpeg's and

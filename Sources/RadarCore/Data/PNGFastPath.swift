@@ -5,13 +5,16 @@ import Foundation
 /// colours) decoded without libpng: chunks walked and CRC-checked here, the IDAT stream inflated by
 /// libdeflate in one call into a buffer of the exact size, rows unfiltered in place. WildDeepfake's
 /// frames are such PNGs, and decoding dominates the training loader; libpng's zlib inflate alone
-/// took longer than this whole path. Anything else (palette, 16-bit, interlace, gAMA, iCCP, cHRM,
-/// sBIT, tRNS) returns nil and goes to libpng, so the pixels are always the ones libpng's
-/// simplified API gives (checked in DataPipelineTests).
+/// took longer than this whole path. Anything else (palette, 16-bit, low-bit grey, interlace, an
+/// unknown chunk) returns nil and goes to libpng, so the pixels are always the ones
+/// `ImageCodec.decodePNGWithLibpng` gives (checked in DataPipelineTests).
 public enum PNGFastPath {
-    /// Chunks that leave pixel values alone (text, time, physical size, sRGB intent, background,
-    /// histogram, suggested palette, EXIF, ...). A chunk type not listed here sends the file to libpng.
-    static let harmless: Set<String> = ["tEXt", "zTXt", "iTXt", "tIME", "pHYs", "sRGB", "bKGD", "hIST", "sPLT", "eXIf", "oFFs", "pCAL", "sCAL", "sTER", "PLTE"]
+    /// Chunks that leave pixel values alone as we read them (text, time, physical size,
+    /// background, histogram, suggested palette, EXIF, ...; the colour-space chunks too, since
+    /// neither path applies them, as Pillow and OpenCV do not; tRNS only marks a transparent
+    /// colour, and alpha is dropped). A chunk type not listed here sends the file to libpng.
+    static let harmless: Set<String> = ["tEXt", "zTXt", "iTXt", "tIME", "pHYs", "bKGD", "hIST", "sPLT", "eXIf", "oFFs", "pCAL", "sCAL", "sTER",
+                                        "PLTE", "sRGB", "gAMA", "cHRM", "iCCP", "sBIT", "cICP", "mDCV", "cLLI", "tRNS"]
 
     /// RGB pixels, or nil when the file is not one of the kinds handled here or anything about it
     /// is unusual (a bad CRC, data too short or too long, an unknown filter): libpng then decodes
