@@ -111,7 +111,24 @@ final class ScoringService: @unchecked Sendable {
             let pixels: [Float]
             do {
                 guard !request.body.isEmpty else { return .error(400, "empty body: POST the image's bytes (PNG or JPEG)") }
-                let img = ImageResize.resize(try ImageCodec.decode(request.body, item: "the request body"), width: c.imgSize, height: c.imgSize, mode: .openCVLinear)
+                var body = request.body, item = "the request body"
+                let contentType = request.headers["content-type"] ?? ""
+                if let boundary = MultipartForm.boundary(contentType: contentType) {
+                    // curl -F file=@face.png, an HTML form, requests.post(url, files=...).
+                    body = try MultipartForm.file(body, boundary: boundary)
+                    item = "the form's file"
+                }
+                let decoded: RGBImage
+                do { decoded = try ImageCodec.decode(body, item: item) } catch {
+                    // curl -d @FILE sends the file as a form field with its line breaks removed
+                    // (a PNG's signature loses its CR LF; a JPEG decodes as corrupt).
+                    let stripped = body.starts(with: [0x89, 0x50, 0x4E, 0x47, 0x1A]) || body.starts(with: [0xFF, 0xD8, 0xFF])
+                    if stripped && contentType.lowercased().hasPrefix("application/x-www-form-urlencoded") {
+                        return .error(400, "\(error) (sent form-encoded: curl -d strips line breaks from a file; send it with --data-binary @FILE or -F file=@FILE)")
+                    }
+                    throw error
+                }
+                let img = ImageResize.resize(decoded, width: c.imgSize, height: c.imgSize, mode: .openCVLinear)
                 pixels = [Float](unsafeUninitializedCapacity: 3 * c.imgSize * c.imgSize) { b, n in
                     Augmenter.normalize(img, mean: c.mean, std: c.std, into: b.baseAddress!)
                     n = b.count

@@ -4,8 +4,9 @@ import Glibc
 #endif
 
 /// A small HTTP/1.1 server for `radar serve`: one thread per connection (at most
-/// `maxConnections`; more wait in the kernel's backlog), keep-alive, bodies by Content-Length
-/// only (chunked requests are answered 411), a body limit (413), a read timeout per request.
+/// `maxConnections`; more wait in the kernel's backlog), keep-alive, bodies by Content-Length or
+/// chunked (other transfer codings are answered 501), `Expect: 100-continue` answered, a body
+/// limit (413), a read timeout per request.
 /// What it does not know how to read it answers with a status and closes.
 public final class HTTPServer: @unchecked Sendable {
     public struct Request: Sendable {
@@ -45,7 +46,7 @@ public final class HTTPServer: @unchecked Sendable {
     private let slots: DispatchSemaphore
     private let lock = NSLock()
     private var stopped = false, open = Set<Int32>(), rejectedCount = 0
-    /// Requests answered with an error status before they were read whole (411, 413, 431, 400).
+    /// Requests answered with an error status before they were read whole (400, 413, 431, 501).
     public var rejected: Int { lock.lock(); defer { lock.unlock() }; return rejectedCount }
     private let finished = DispatchGroup()
 
@@ -145,19 +146,38 @@ public final class HTTPServer: @unchecked Sendable {
             guard let colon = l.firstIndex(of: ":") else { return .reject(400, "a header line without a colon") }
             headers[l[..<colon].lowercased()] = l[l.index(after: colon)...].trimmingCharacters(in: .whitespaces)
         }
-        if headers["transfer-encoding"] != nil { return .reject(411, "send the body with a Content-Length (chunked bodies are not read)") }
+        var chunked = false
+        if let coding = headers["transfer-encoding"] {
+            // Only "chunked" (what clients stream with); a compressed body is not read.
+            guard coding.lowercased() == "chunked" else { return .reject(501, "Transfer-Encoding \(coding) is not read (send chunked or a Content-Length)") }
+            chunked = true
+        }
         var length = 0
-        if let text = headers["content-length"] {
+        if !chunked, let text = headers["content-length"] {
             guard let n = Int(text), n >= 0 else { return .reject(400, "Content-Length \(text) is not a byte count") }
             length = n
         }
         if length > maxBodyBytes { return .reject(413, "the body is \(length) bytes, over the limit of \(maxBodyBytes) (--max-image-mb)") }
-        let bodyStart = headEnd.upperBound
-        while buffer.count - (bodyStart - buffer.startIndex) < length {
-            guard receive(c, &buffer) else { return .reject(400, "the connection ended inside the body") }
+        // A client that asks first (curl does for bodies over 1 MiB) is told to go on, instead of
+        // waiting its second for an answer that never comes.
+        if headers["expect"]?.lowercased() == "100-continue" && (chunked || length > 0) {
+            let bodyHere = buffer.count - (headEnd.upperBound - buffer.startIndex)
+            if bodyHere == 0 { sendAll(c, Data("HTTP/1.1 100 Continue\r\n\r\n".utf8)) }
         }
-        let body = Data(buffer[bodyStart..<(bodyStart + length)])
-        buffer = Data(buffer[(bodyStart + length)...])
+        buffer = Data(buffer[headEnd.upperBound...])
+        let body: Data
+        if chunked {
+            switch readChunked(c, &buffer) {
+            case .success(let b): body = b
+            case .failure(let e): return .reject(e.status, e.message)
+            }
+        } else {
+            while buffer.count < length {
+                guard receive(c, &buffer) else { return .reject(400, "the connection ended inside the body") }
+            }
+            body = Data(buffer.prefix(length))
+            buffer = Data(buffer.dropFirst(length))
+        }
         let target = String(parts[1])
         let (path, queryText) = target.firstIndex(of: "?").map { (String(target[..<$0]), String(target[target.index(after: $0)...])) } ?? (target, "")
         var query: [String: String] = [:]
@@ -166,6 +186,65 @@ public final class HTTPServer: @unchecked Sendable {
             query[String(kv[0]).removingPercentEncoding ?? String(kv[0])] = kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""
         }
         return .request(Request(method: String(parts[0]), path: path, query: query, headers: headers, body: body))
+    }
+
+    struct BodyError: Error { let status: Int, message: String }
+
+    /// A chunked body (RFC 9112 7.1): hex sizes (extensions after ';' ignored), each chunk and its
+    /// CRLF, a zero-size chunk, trailer lines (ignored) and the blank line. Over `maxBodyBytes`
+    /// it stops at once (413). `buffer` starts at the first size line and keeps what follows.
+    func readChunked(_ c: Int32, _ buffer: inout Data) -> Result<Data, BodyError> {
+        var body = Data()
+        let crlf = Data("\r\n".utf8)
+        func line() -> Result<String, BodyError> {
+            while true {
+                if let r = buffer.range(of: crlf) {
+                    let text = String(decoding: buffer[buffer.startIndex..<r.lowerBound], as: UTF8.self)
+                    buffer = Data(buffer[r.upperBound...])
+                    return .success(text)
+                }
+                if buffer.count > 8 << 10 { return .failure(BodyError(status: 400, message: "a chunk-size or trailer line over 8 KiB")) }
+                guard receive(c, &buffer) else { return .failure(BodyError(status: 400, message: "the connection ended inside a chunked body")) }
+            }
+        }
+        while true {
+            let sizeLine: String
+            switch line() { case .success(let l): sizeLine = l; case .failure(let e): return .failure(e) }
+            let hex = sizeLine.split(separator: ";", maxSplits: 1, omittingEmptySubsequences: false)[0].trimmingCharacters(in: .whitespaces)
+            guard !hex.isEmpty, hex.count <= 15, let size = Int(hex, radix: 16), size >= 0 else {
+                return .failure(BodyError(status: 400, message: "chunk size '\(sizeLine.prefix(40))' is not a hexadecimal byte count"))
+            }
+            if size == 0 { break }
+            if body.count + size > maxBodyBytes {
+                return .failure(BodyError(status: 413, message: "the body is over the limit of \(maxBodyBytes) bytes (--max-image-mb)"))
+            }
+            while buffer.count < size + 2 {
+                guard receive(c, &buffer) else { return .failure(BodyError(status: 400, message: "the connection ended inside a chunked body")) }
+            }
+            guard buffer[buffer.startIndex + size] == 13, buffer[buffer.startIndex + size + 1] == 10 else {
+                return .failure(BodyError(status: 400, message: "a chunk is not followed by CRLF"))
+            }
+            body.append(buffer.prefix(size))
+            buffer = Data(buffer.dropFirst(size + 2))
+        }
+        while true {  // trailer fields, up to the blank line
+            switch line() {
+            case .success(let l): if l.isEmpty { return .success(body) }
+            case .failure(let e): return .failure(e)
+            }
+        }
+    }
+
+    /// Writes all of `data` (a 100 Continue line, a response).
+    private func sendAll(_ c: Int32, _ data: Data) {
+        data.withUnsafeBytes { raw in
+            var sent = 0
+            while sent < raw.count {
+                let n = send(c, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
+                if n <= 0 { return }
+                sent += n
+            }
+        }
     }
 
     /// Appends what the socket has; false at its end, on a timeout or an error.
@@ -178,20 +257,14 @@ public final class HTTPServer: @unchecked Sendable {
     }
 
     static let reasons = [200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
-                          413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"]
+                          413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+                          503: "Service Unavailable"]
 
     private func write(_ c: Int32, _ r: Response, keepAlive: Bool) {
         let head = "HTTP/1.1 \(r.status) \(Self.reasons[r.status] ?? "Status")\r\nContent-Type: \(r.contentType)\r\nContent-Length: \(r.body.count)\r\n"
             + "Connection: \(keepAlive ? "keep-alive" : "close")\r\n\r\n"
         var out = Data(head.utf8)
         out.append(r.body)
-        out.withUnsafeBytes { raw in
-            var sent = 0
-            while sent < raw.count {
-                let n = send(c, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
-                if n <= 0 { return }
-                sent += n
-            }
-        }
+        sendAll(c, out)
     }
 }
