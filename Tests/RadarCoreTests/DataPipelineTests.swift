@@ -298,6 +298,7 @@ final class DataPipelineTests: XCTestCase {
             }
         }
         try Data("x".utf8).write(to: URL(fileURLWithPath: "\(root)/fake/readme.txt"))
+        try Data("RIFF\0\0\0\0WEBP".utf8).write(to: URL(fileURLWithPath: "\(root)/fake/face.webp"))  // named as what it is
         // Hidden files (macOS's AppleDouble companion, .DS_Store) are left out, as the reference's
         // glob leaves them out: the companion was taken as a corrupt image and recorded.
         try Data("AppleDouble".utf8).write(to: URL(fileURLWithPath: "\(root)/real/._img0.png"))
@@ -311,7 +312,8 @@ final class DataPipelineTests: XCTestCase {
         let out = temporaryDirectory("ref-out")
         let m = try DatasetPreparer(options: PrepareOptions(output: out)).run(try ReferenceFolders(root: root, testFraction: 0.25, seed: 1))
         XCTAssertEqual(m.shards.reduce(0) { $0 + $1.samples }, 40)
-        XCTAssertEqual(m.skipped.map(\.reason).sorted(), ["a FIFO, not a regular file (real/pipe.png)", "a subdirectory (fake/frames.jpg/): the reference layout is flat, images directly in fake/",
+        XCTAssertEqual(m.skipped.map(\.reason).sorted(), ["a FIFO, not a regular file (real/pipe.png)",
+                                                          "a WebP image, not a PNG or JPEG (the formats read) (fake/face.webp)", "a subdirectory (fake/frames.jpg/): the reference layout is flat, images directly in fake/",
                                                           
                                                           "cannot read real/gone.png: No such file or directory", "not an image (fake/readme.txt)"])
         for f in ["real/gone.png", "real/pipe.png", "fake/frames.jpg"] { try FileManager.default.removeItem(atPath: "\(root)/\(f)") }

@@ -51,6 +51,16 @@ func imageExtension(_ name: String) -> String? {
     }
 }
 
+/// Why a file without a PNG or JPEG extension is skipped: an image format we do not read is named.
+func notAnImageReason(_ name: String, shown: String) -> String {
+    let kinds = ["webp": "WebP", "bmp": "BMP", "gif": "GIF", "tif": "TIFF", "tiff": "TIFF", "heic": "HEIF", "heif": "HEIF",
+                 "avif": "AVIF", "jxl": "JPEG XL", "jp2": "JPEG 2000"]
+    if let kind = kinds[(name as NSString).pathExtension.lowercased()] {
+        return "a \(kind) image, not a PNG or JPEG (the formats read) (\(shown))"
+    }
+    return "not an image (\(shown))"
+}
+
 /// WildDeepfake as published on Hugging Face: `deepfake_in_the_wild/{fake,real}_{train,test}/N.tar.gz`
 /// under `root`, each member a face crop whose path carries label, sequence and frame
 /// (`./1/fake/131/1057.png`: archive 1, label fake, sequence 131, frame 1057).
@@ -109,7 +119,7 @@ public struct WildDeepfakeArchives: SampleSource {
                 let key = sanitizeKey(dirKey + "_" + stem)
                 guard let ext = imageExtension(clean) else {
                     try reader.skipData()
-                    try visit(.skipped(key: key, reason: "not an image (\(clean))"))
+                    try visit(.skipped(key: key, reason: notAnImageReason(clean, shown: clean)))
                     continue
                 }
                 if m.isSparse || m.size > maxMemberBytes {
@@ -194,7 +204,7 @@ public struct ReferenceFolders: SampleSource {
                     continue
                 }
                 guard let ext = imageExtension(f) else {
-                    try visit(.skipped(key: key, reason: "not an image (\(dir)/\(f))"))
+                    try visit(.skipped(key: key, reason: notAnImageReason(f, shown: "\(dir)/\(f)")))
                     continue
                 }
                 let test = SplitPlanner.hashFraction(seed: seed, salt: "reference-test", key) < testFraction
