@@ -185,11 +185,18 @@ struct Predict: ParsableCommand {
                     // order; hidden files and folders are left out.
                     guard let walk = FileManager.default.enumerator(atPath: p) else { throw ValidationError("\(p): \(unreadableReason(p))") }
                     var found: [String] = []
+                    var otherFormats: [String: Int] = [:]
                     while let rel = walk.nextObject() as? String {
                         if (rel as NSString).lastPathComponent.hasPrefix(".") { walk.skipDescendants(); continue }
-                        if ["png", "jpg", "jpeg"].contains((rel as NSString).pathExtension.lowercased()) { found.append(rel) }
+                        let ext = (rel as NSString).pathExtension.lowercased()
+                        if ["png", "jpg", "jpeg"].contains(ext) { found.append(rel) }
+                        else if let kind = ImageCodec.otherImageExtensions[ext] { otherFormats[kind, default: 0] += 1 }
                     }
                     files += found.sorted().map { (p as NSString).appendingPathComponent($0) }
+                    if !otherFormats.isEmpty {  // images of formats not read: said, not silently passed over
+                        let counts = otherFormats.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+                        logLine("radar predict: \(p): left out \(counts) image\(otherFormats.values.reduce(0, +) == 1 ? "" : "s") (only PNG and JPEG are read)")
+                    }
                 } else { files.append(p) }
             }
             guard !files.isEmpty else {

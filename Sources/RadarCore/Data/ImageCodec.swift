@@ -48,6 +48,10 @@ public enum ImageCodec {
         }
     }
 
+    /// File extensions of image formats we do not read, and the format's name.
+    public static let otherImageExtensions = ["webp": "WebP", "bmp": "BMP", "gif": "GIF", "tif": "TIFF", "tiff": "TIFF", "heic": "HEIF",
+                                              "heif": "HEIF", "avif": "AVIF", "jxl": "JPEG XL", "jp2": "JPEG 2000"]
+
     /// Image formats we do not read, named from their magic bytes so the error says what the file is.
     static func otherImageKind(_ data: Data) -> String? {
         let b = [UInt8](data.prefix(12))

@@ -53,9 +53,7 @@ func imageExtension(_ name: String) -> String? {
 
 /// Why a file without a PNG or JPEG extension is skipped: an image format we do not read is named.
 func notAnImageReason(_ name: String, shown: String) -> String {
-    let kinds = ["webp": "WebP", "bmp": "BMP", "gif": "GIF", "tif": "TIFF", "tiff": "TIFF", "heic": "HEIF", "heif": "HEIF",
-                 "avif": "AVIF", "jxl": "JPEG XL", "jp2": "JPEG 2000"]
-    if let kind = kinds[(name as NSString).pathExtension.lowercased()] {
+    if let kind = ImageCodec.otherImageExtensions[(name as NSString).pathExtension.lowercased()] {
         return "a \(kind) image, not a PNG or JPEG (the formats read) (\(shown))"
     }
     return "not an image (\(shown))"
