@@ -31,6 +31,7 @@ let package = Package(
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CLibDeflate", pkgConfig: "libdeflate", providers: [.apt(["libdeflate-dev"])]),
         .systemLibrary(name: "CTurboJPEG", pkgConfig: "libturbojpeg", providers: [.apt(["libturbojpeg0-dev"])]),
+        .systemLibrary(name: "CWebP", pkgConfig: "libwebp", providers: [.apt(["libwebp-dev"])]),
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
 
@@ -66,7 +67,7 @@ let package = Package(
         .target(name: "CFakeCUDA", dependencies: ["CCUDAEmulator", "COpenBLAS", "CFFTW"], path: "Tests/FakeCUDA", cxxSettings: [.unsafeFlags(["-O2", "-fno-strict-aliasing"])]),
         // Everything around the engine in one process: data, checkpoints, metrics, the training
         // run, device selection. Re-exports RadarEngine and RadarCPU.
-        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CLibDeflate", "CTurboJPEG", "CArchive", "CProcess", "CImageKernels", "COpenSSL"]),
+        .target(name: "RadarCore", dependencies: ["RadarEngine", "RadarCPU", "RadarCUDA", "CLZ4", "CPNG", "CLibDeflate", "CTurboJPEG", "CWebP", "CArchive", "CProcess", "CImageKernels", "COpenSSL"]),
         .target(name: "RadarDistributed", dependencies: ["RadarCore", "CMPI", "CProcess"]),
 
         // The command-line pieces radar and radar-worker share (training flags, progress).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A self-contained tarball for bare GPU pods (no Swift, no -dev packages): the release binaries
 # built with the static Swift standard library and Foundation, the shared libraries they need from
-# this machine (OpenBLAS, FFTW, LZ4, libpng, TurboJPEG, libarchive, OpenMPI's libraries, curl and
+# this machine (OpenBLAS, FFTW, LZ4, libpng, TurboJPEG, libwebp, libarchive, OpenMPI's libraries, curl and
 # their dependencies; not glibc), launchers that set the library path, the golden fixtures and
 # scripts the GPU check uses. CUDA is not bundled: it is loaded at run time from the pod's driver
 # and its pip wheels or toolkit (RADAR_CUDA_LIBS).

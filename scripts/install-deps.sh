@@ -11,6 +11,7 @@ PACKAGES=(
   liblz4-dev lz4                  # CLZ4 (frame API) and the lz4 CLI for interop checks
   libfftw3-dev                    # CFFTW (single precision, fftw3f)
   libpng-dev libturbojpeg0-dev    # image decoding (data pipeline)
+  libwebp-dev                     # CWebP: WebP images (read as Pillow reads them; prepare stores them as PNG)
   libdeflate-dev                  # CLibDeflate: the PNG fast path's inflate and CRC-32
   libarchive-dev                  # tar/gz streaming and zip export
   libssl-dev                      # COpenSSL: SHA-256, HMAC, secure random, frame tags (libcrypto)

@@ -155,7 +155,7 @@ struct Predict: ParsableCommand {
     var maxImageMb = 64
     @Option(help: ArgumentHelp(stringLiteral: SplitScoring.temperatureHelp + " Occlusion drops are then differences of the scaled probabilities.")) var temperature: String?
     @Option(help: ArgumentHelp(stringLiteral: SplitScoring.ttaHelp + " Not with --occlusion or --rollout (their maps are of one view).")) var tta: String?
-    @Argument(help: "Images, or directories searched at any depth for .png/.jpg/.jpeg files (hidden ones left out).") var paths: [String]
+    @Argument(help: "Images, or directories searched at any depth for .png/.jpg/.jpeg/.webp files (hidden ones left out).") var paths: [String]
 
     func validate() throws {
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
@@ -189,20 +189,20 @@ struct Predict: ParsableCommand {
                     while let rel = walk.nextObject() as? String {
                         if (rel as NSString).lastPathComponent.hasPrefix(".") { walk.skipDescendants(); continue }
                         let ext = (rel as NSString).pathExtension.lowercased()
-                        if ["png", "jpg", "jpeg"].contains(ext) { found.append(rel) }
+                        if ["png", "jpg", "jpeg", "webp"].contains(ext) { found.append(rel) }
                         else if let kind = ImageCodec.otherImageExtensions[ext] { otherFormats[kind, default: 0] += 1 }
                     }
                     files += found.sorted().map { (p as NSString).appendingPathComponent($0) }
                     if !otherFormats.isEmpty {  // images of formats not read: said, not silently passed over
                         let counts = otherFormats.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
-                        logLine("radar predict: \(p): left out \(counts) image\(otherFormats.values.reduce(0, +) == 1 ? "" : "s") (only PNG and JPEG are read)")
+                        logLine("radar predict: \(p): left out \(counts) image\(otherFormats.values.reduce(0, +) == 1 ? "" : "s") (only PNG, JPEG and WebP are read)")
                     }
                 } else { files.append(p) }
             }
             guard !files.isEmpty else {
                 // A prepared dataset's images are inside its shards: evaluate reads those.
                 let prepared = paths.first { FileManager.default.fileExists(atPath: ($0 as NSString).appendingPathComponent("manifest.json")) }
-                throw ValidationError("no images to predict: \(paths.joined(separator: ", ")) hold\(paths.count == 1 ? "s" : "") no .png, .jpg or .jpeg file"
+                throw ValidationError("no images to predict: \(paths.joined(separator: ", ")) hold\(paths.count == 1 ? "s" : "") no .png, .jpg, .jpeg or .webp file"
                                       + (prepared.map { " (\($0) is a prepared dataset: radar evaluate --checkpoint W --data \($0) --split S --predictions FILE.csv scores its images)" } ?? ""))
             }
             for (flag, folder) in [("occlusion-maps", occlusionMaps), ("rollout-maps", rolloutMaps)] {  // before any work

@@ -8,7 +8,7 @@ struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "An HTTP service that scores images: POST an image to /v1/predict, get p(fake) as JSON; requests that arrive together share a forward pass.",
         discussion: """
-        POST /v1/predict with a PNG or JPEG as the body (curl --data-binary @face.png URL/v1/predict): \
+        POST /v1/predict with a PNG, JPEG or WebP as the body (curl --data-binary @face.png URL/v1/predict): \
         {"probability_fake", "label", "logit"}, and with ?explain=1 what each head said (as radar predict --explain --json). \
         GET /v1/health: the model, the device and counts of requests and batches. An image is decoded on its \
         connection's thread and resized and normalised as radar predict does; one worker runs the forward passes, \
@@ -110,7 +110,7 @@ final class ScoringService: @unchecked Sendable {
         case ("POST", "/v1/predict"):
             let pixels: [Float]
             do {
-                guard !request.body.isEmpty else { return .error(400, "empty body: POST the image's bytes (PNG or JPEG)") }
+                guard !request.body.isEmpty else { return .error(400, "empty body: POST the image's bytes (PNG, JPEG or WebP)") }
                 var body = request.body, item = "the request body"
                 let contentType = request.headers["content-type"] ?? ""
                 if let boundary = MultipartForm.boundary(contentType: contentType) {

@@ -298,7 +298,11 @@ final class DataPipelineTests: XCTestCase {
             }
         }
         try Data("x".utf8).write(to: URL(fileURLWithPath: "\(root)/fake/readme.txt"))
-        try Data("RIFF\0\0\0\0WEBP".utf8).write(to: URL(fileURLWithPath: "\(root)/fake/face.webp"))  // named as what it is
+        // A lossless 4x3 WebP (Pillow wrote it; its pixels are 0, 7, ..., 245): stored as a PNG of them.
+        let webp = "5249464634000000574542505650384c270000002f038000005f20164cce11e46f1bc354dca162fe13db81208044219658669965964923fa1f98ee00"
+        try Data(stride(from: 0, to: webp.count, by: 2).map { UInt8(webp.dropFirst($0).prefix(2), radix: 16)! })
+            .write(to: URL(fileURLWithPath: "\(root)/real/face.webp"))
+        try Data("BM\0\0".utf8).write(to: URL(fileURLWithPath: "\(root)/fake/face.bmp"))  // named as what it is
         // Hidden files (macOS's AppleDouble companion, .DS_Store) are left out, as the reference's
         // glob leaves them out: the companion was taken as a corrupt image and recorded.
         try Data("AppleDouble".utf8).write(to: URL(fileURLWithPath: "\(root)/real/._img0.png"))
@@ -311,15 +315,18 @@ final class DataPipelineTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: "\(root)/fake/frames.jpg", withIntermediateDirectories: true)
         let out = temporaryDirectory("ref-out")
         let m = try DatasetPreparer(options: PrepareOptions(output: out)).run(try ReferenceFolders(root: root, testFraction: 0.25, seed: 1))
-        XCTAssertEqual(m.shards.reduce(0) { $0 + $1.samples }, 40)
-        XCTAssertEqual(m.skipped.map(\.reason).sorted(), ["a FIFO, not a regular file (real/pipe.png)",
-                                                          "a WebP image, not a PNG or JPEG (the formats read) (fake/face.webp)", "a subdirectory (fake/frames.jpg/): the reference layout is flat, images directly in fake/",
+        XCTAssertEqual(m.shards.reduce(0) { $0 + $1.samples }, 41)
+        XCTAssertEqual(m.skipped.map(\.reason).sorted(), ["a BMP image, not a PNG, JPEG or WebP (the formats read) (fake/face.bmp)",
+                                                          "a FIFO, not a regular file (real/pipe.png)", "a subdirectory (fake/frames.jpg/): the reference layout is flat, images directly in fake/",
                                                           
                                                           "cannot read real/gone.png: No such file or directory", "not an image (fake/readme.txt)"])
         for f in ["real/gone.png", "real/pipe.png", "fake/frames.jpg"] { try FileManager.default.removeItem(atPath: "\(root)/\(f)") }
         let samples = try readDataset(out)
         XCTAssertTrue(samples.allSatisfy { $0.key == $0.value.0.sequence }, "every image is its own sequence")
         XCTAssertEqual(samples["real_img1"]!.1, FileManager.default.contents(atPath: "\(root)/real/img1.jpg"), "JPEG bytes kept")
+        let stored = try XCTUnwrap(samples["real_face"]?.1)
+        XCTAssertEqual(ImageCodec.sniff(stored), .png, "a WebP is stored as PNG")
+        XCTAssertEqual(try ImageCodec.decode(stored, item: "face").pixels, (0..<36).map { UInt8($0 * 7) })
         // An empty class stops with a clear error.
         try FileManager.default.removeItem(atPath: "\(root)/fake")
         try FileManager.default.createDirectory(atPath: "\(root)/fake", withIntermediateDirectories: true)
@@ -568,7 +575,7 @@ final class DataPipelineTests: XCTestCase {
         let meanError = Double(errorSum) / Double(img.pixels.count)
         XCTAssertLessThan(meanError, 3, "JPEG q95 round trip of a smooth 16x16 image")
         XCTAssertThrowsError(try ImageCodec.decode(jpg.prefix(jpg.count / 2), item: "half.jpg")) { XCTAssertTrue("\($0)".hasPrefix("half.jpg: corrupt JPEG"), "\($0)") }
-        XCTAssertThrowsError(try ImageCodec.decode(Data("GIF89a".utf8), item: "x.gif")) { XCTAssertTrue("\($0)".contains("not a PNG or JPEG"), "\($0)") }
+        XCTAssertThrowsError(try ImageCodec.decode(Data("GIF89a".utf8), item: "x.gif")) { XCTAssertTrue("\($0)".contains("not a PNG, JPEG or WebP"), "\($0)") }
         // Area resize of a 2x2 block pattern averages exactly; enlarging is bilinear.
         let checker = RGBImage(width: 4, height: 2, pixels: [0, 0, 0, 100, 100, 100, 0, 0, 0, 100, 100, 100,
                                                              0, 0, 0, 100, 100, 100, 0, 0, 0, 100, 100, 100])
@@ -852,7 +859,7 @@ final class TrainingRunTests: XCTestCase {
         let out = temporaryDirectory("bad-out")
         let (run, logged) = try train(3, out)
         let key = set.key(ref)
-        XCTAssertTrue(logged.contains { $0.contains("skipped unreadable sample \(key)") && $0.contains("not a PNG or JPEG") }, "\(logged)")
+        XCTAssertTrue(logged.contains { $0.contains("skipped unreadable sample \(key)") && $0.contains("not a PNG, JPEG or WebP") }, "\(logged)")
         let records = try String(contentsOfFile: run.options.experimentDirectory + "/metrics.jsonl", encoding: .utf8)
         XCTAssertTrue(records.contains("\"bad_sample\":\"\(key)\""), records)
         XCTAssertThrowsError(try train(0, temporaryDirectory("bad-out0"))) { e in XCTAssertTrue("\(e)".contains(key), "\(e)") }

@@ -5,7 +5,8 @@ import XCTest
 /// Our decoder against Pillow's `Image.open(path).convert("RGB")` (the test venv's Pillow,
 /// what a PyTorch pipeline reads its images with), file by file, byte for byte: every PNG colour
 /// type and bit depth, interlaced, colour-space chunks (gAMA, cHRM, iCCP, sBIT: never applied),
-/// transparency, and JPEGs in grey, 4:4:4, 4:2:0, progressive and CMYK.
+/// transparency, JPEGs in grey, 4:4:4, 4:2:0, progressive and CMYK, and WebP lossy and lossless
+/// with and without alpha.
 final class ImageDecodeReferenceTests: XCTestCase {
     static let script = #"""
     import io, json, struct, sys, zlib
@@ -84,6 +85,14 @@ final class ImageDecodeReferenceTests: XCTestCase {
     Image.fromarray(face).convert('CMYK').save(f'{out}/cmyk.jpg', quality=90); expect('cmyk.jpg')
     cmyk = np.concatenate([face, face[..., :1] // 2], -1)
     Image.fromarray(cmyk, 'CMYK').save(f'{out}/cmyk-ink.jpg', quality=95); expect('cmyk-ink.jpg')
+    # WebP (Pillow's libwebp against Debian's): lossy and lossless, with and without alpha.
+    Image.fromarray(face).save(f'{out}/lossy.webp', quality=80); expect('lossy.webp')
+    Image.fromarray(face).save(f'{out}/lossless.webp', lossless=True); expect('lossless.webp')
+    rgba = np.concatenate([face, rng.integers(0, 256, face.shape[:2] + (1,), dtype=np.uint8)], -1)
+    Image.fromarray(rgba, 'RGBA').save(f'{out}/lossy-alpha.webp', quality=70); expect('lossy-alpha.webp')
+    Image.fromarray(rgba, 'RGBA').save(f'{out}/lossless-alpha.webp', lossless=True, exact=True); expect('lossless-alpha.webp')
+    frames = [Image.fromarray(face), Image.fromarray(255 - face)]
+    frames[0].save(f'{out}/animated.webp', save_all=True, append_images=frames[1:], duration=100)
     json.dump(cases, open(f'{out}/cases.json', 'w'))
     """#
 
@@ -93,7 +102,7 @@ final class ImageDecodeReferenceTests: XCTestCase {
         let (rc, out) = try shell([interopPython, "-c", Self.script, dir])
         XCTAssertEqual(rc, 0, "python (RADAR_PYTHON=\(interopPython)): \(out)")
         let cases = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/cases.json"))) as? [String: [Int]])
-        XCTAssertEqual(cases.count, 26, "\(cases.keys.sorted())")
+        XCTAssertEqual(cases.count, 30, "\(cases.keys.sorted())")
         for (name, size) in cases.sorted(by: { $0.key < $1.key }) {
             let data = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/\(name)"))
             let expected = [UInt8](try Data(contentsOf: URL(fileURLWithPath: "\(dir)/\(name).rgb")))
@@ -109,6 +118,9 @@ final class ImageDecodeReferenceTests: XCTestCase {
                 XCTAssertEqual(fast.pixels, try ImageCodec.decodePNGWithLibpng(data, item: name).pixels, "\(name): fast path against libpng")
             }
         }
+        XCTAssertThrowsError(try ImageCodec.decode(try Data(contentsOf: URL(fileURLWithPath: dir + "/animated.webp")), item: "a.webp")) {
+            XCTAssertEqual("\($0)", "a.webp: an animated WebP (45x37): extract one frame as an image first")
+        }
         // The colour-space chunks no longer send a file to libpng; the kinds it alone reads still go there.
         for name in ["gama-linear.png", "gama-chrm.png", "sbit.png", "trns-rgb.png", "iccp.png"] {
             XCTAssertNotNil(PNGFastPath.decode(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/\(name)")), maxPixels: 1 << 24), name)
@@ -122,16 +134,19 @@ final class ImageDecodeReferenceTests: XCTestCase {
     /// reach libpng fail with its message, whatever the cut.
     func testOtherFormatsAreNamedAndDamagedPNGsFailCleanly() throws {
         let kinds: [(String, [UInt8])] = [
-            ("GIF", Array("GIF89a".utf8) + [0, 0]), ("WebP", Array("RIFF".utf8) + [0, 0, 0, 0] + Array("WEBP".utf8)),
+            ("GIF", Array("GIF89a".utf8) + [0, 0]),
             ("BMP", Array("BM".utf8) + [0, 0, 0, 0]), ("TIFF", [0x49, 0x49, 0x2A, 0, 8, 0, 0, 0]), ("TIFF", [0x4D, 0x4D, 0, 0x2A, 0, 0, 0, 8]),
             ("HEIF", [0, 0, 0, 24] + Array("ftypheic".utf8)), ("AVIF", [0, 0, 0, 28] + Array("ftypavif".utf8)),
         ]
         for (kind, bytes) in kinds {
             XCTAssertThrowsError(try ImageCodec.decode(Data(bytes), item: "x")) {
-                XCTAssertEqual("\($0)", "x: a \(kind) image, not a PNG or JPEG (the formats read)")
+                XCTAssertEqual("\($0)", "x: a \(kind) image, not a PNG, JPEG or WebP (the formats read)")
             }
         }
-        XCTAssertThrowsError(try ImageCodec.decode(Data("hello".utf8), item: "t.png")) { XCTAssertEqual("\($0)", "t.png: not a PNG or JPEG image") }
+        XCTAssertThrowsError(try ImageCodec.decode(Data(Array("RIFF".utf8) + [4, 0, 0, 0] + Array("WEBP".utf8)), item: "w")) {
+            XCTAssertEqual("\($0)", "w: corrupt WebP: its header could not be read")
+        }
+        XCTAssertThrowsError(try ImageCodec.decode(Data("hello".utf8), item: "t.png")) { XCTAssertEqual("\($0)", "t.png: not a PNG, JPEG or WebP image") }
         // An interlaced 16-bit PNG (libpng's path) cut everywhere: an error, never a trap.
         let dir = temporaryDirectory("decode-cut")
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -918,21 +918,21 @@ final class DemoPipelineTests: XCTestCase {
         try FileManager.default.copyItem(atPath: imgs + "/f0.png", toPath: large + "/a.png")
         try Data(count: 2 << 20).write(to: URL(fileURLWithPath: large + "/b.png"))
         XCTAssertEqual(mkfifo(large + "/c.png", 0o600), 0)  // read, it blocked for ever
-        for f in ["d.webp", "e.WEBP", "f.bmp"] { try Data("x".utf8).write(to: URL(fileURLWithPath: large + "/" + f)) }  // said, not passed over
+        for f in ["d.gif", "e.GIF", "f.bmp"] { try Data("x".utf8).write(to: URL(fileURLWithPath: large + "/" + f)) }  // said, not passed over
         let (lrc, lout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint",
                                                  root + "/outputs/demo", "--threads", "1", "--max-image-mb", "1", large])
         XCTAssertEqual(lrc, 0, lout)
         XCTAssertTrue(lout.contains("radar predict: \(large)/b.png: file of 2097152 bytes exceeds the 1 MiB limit (--max-image-mb)"), lout)
         XCTAssertTrue(lout.contains("\(large)/a.png\t"), lout)
         XCTAssertTrue(lout.contains("radar predict: \(large)/c.png: a FIFO, not a regular file"), lout)
-        XCTAssertTrue(lout.contains("radar predict: \(large): left out 1 BMP, 2 WebP images (only PNG and JPEG are read)"), lout)
+        XCTAssertTrue(lout.contains("radar predict: \(large): left out 1 BMP, 2 GIF images (only PNG, JPEG and WebP are read)"), lout)
         // A folder without images is an error, not an empty success.
         let none = root + "/no-images"
         try FileManager.default.createDirectory(atPath: none, withIntermediateDirectories: true)
         let (erc, eout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint",
                                                  root + "/outputs/demo/best.safetensors.lz4", none])
         XCTAssertEqual(erc, 1, eout)
-        XCTAssertEqual(eout, "radar: error: no images to predict: \(none) holds no .png, .jpg or .jpeg file\n")
+        XCTAssertEqual(eout, "radar: error: no images to predict: \(none) holds no .png, .jpg, .jpeg or .webp file\n")
         let (drc, dout) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", root + "/data"])
         XCTAssertEqual(drc, 1, dout)
         XCTAssertTrue(dout.hasSuffix("(\(root)/data is a prepared dataset: radar evaluate --checkpoint W --data \(root)/data --split S --predictions FILE.csv scores its images)\n"), dout)

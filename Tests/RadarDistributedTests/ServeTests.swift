@@ -105,7 +105,7 @@ final class ServeTests: XCTestCase {
         XCTAssertTrue(explained.1.contains("\"explanation\":{") && explained.1.contains("\"gate\":"), explained.1)
         // Bad requests: a status and a one-line error each, and the service goes on.
         XCTAssertEqual(request(base + "/v1/predict", method: "POST", body: Data("not an image".utf8)).1,
-                       "{\"error\":\"the request body: not a PNG or JPEG image\"}\n")
+                       "{\"error\":\"the request body: not a PNG, JPEG or WebP image\"}\n")
         XCTAssertEqual(request(base + "/v1/predict", method: "POST", body: Data()).0, 400)
         XCTAssertEqual(request(base + "/v1/predict").1, "{\"error\":\"GET /v1/predict: use POST\"}\n")
         XCTAssertEqual(request(base + "/v2").0, 404)

@@ -332,14 +332,16 @@ public final class DatasetPreparer {
                 }
                 do {
                     let img = try ImageCodec.decode(bytes, item: batch[i].candidate.key)
-                    if pngOnly && batch[i].candidate.ext != "png" { converted[i] = try ImageCodec.encodePNG(img) }
+                    // WebP is always stored as PNG (the pixels decoded, losslessly): shard readers,
+                    // DALI and Hugging Face datasets then meet PNG and JPEG only.
+                    if (pngOnly || batch[i].candidate.ext == "webp") && batch[i].candidate.ext != "png" { converted[i] = try ImageCodec.encodePNG(img) }
                 } catch { errors[i] = "\(error)" }
             }
             if let failure = readFailures.lazy.compactMap({ $0 }).first { throw failure }
             for (i, p) in batch.enumerated() {
                 var p = p
                 if let bytes = converted[i] { p.bytes = bytes }
-                if pngOnly && p.candidate.ext != "png" && errors[i] == nil { p.candidate.ext = "png" }
+                if (pngOnly || p.candidate.ext == "webp") && p.candidate.ext != "png" && errors[i] == nil { p.candidate.ext = "png" }
                 try write(p, error: errors[i])
             }
             pending.removeAll(keepingCapacity: true)

@@ -1,6 +1,7 @@
 import CImageKernels
 import CPNG
 import CTurboJPEG
+import CWebP
 import Foundation
 
 /// An 8-bit RGB image, pixels interleaved row by row (the decoder's and augmenter's currency).
@@ -27,12 +28,13 @@ public struct ImageCodecError: Error, CustomStringConvertible {
 /// PNG through libpng's simplified API, JPEG through TurboJPEG. Grey and RGBA become RGB (alpha
 /// dropped, as PIL's convert("RGB") does).
 public enum ImageCodec {
-    public enum Format: String, Sendable { case png, jpeg }
+    public enum Format: String, Sendable { case png, jpeg, webp }
 
     /// The format from the file's magic bytes, or nil.
     public static func sniff(_ data: Data) -> Format? {
         if data.count >= 8 && data.prefix(8).elementsEqual([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]) { return .png }
         if data.count >= 3 && data.prefix(3).elementsEqual([0xFF, 0xD8, 0xFF]) { return .jpeg }
+        if data.count >= 12 && data.prefix(4).elementsEqual(Array("RIFF".utf8)) && data.dropFirst(8).prefix(4).elementsEqual(Array("WEBP".utf8)) { return .webp }
         return nil
     }
 
@@ -40,16 +42,17 @@ public enum ImageCodec {
         switch sniff(data) {
         case .png: return try decodePNG(data, item: item)
         case .jpeg: return try decodeJPEG(data, item: item)
+        case .webp: return try decodeWebP(data, item: item)
         case nil:
             if let kind = otherImageKind(data) {
-                throw ImageCodecError(item: item, reason: "a \(kind) image, not a PNG or JPEG (the formats read)")
+                throw ImageCodecError(item: item, reason: "a \(kind) image, not a PNG, JPEG or WebP (the formats read)")
             }
-            throw ImageCodecError(item: item, reason: "not a PNG or JPEG image")
+            throw ImageCodecError(item: item, reason: "not a PNG, JPEG or WebP image")
         }
     }
 
     /// File extensions of image formats we do not read, and the format's name.
-    public static let otherImageExtensions = ["webp": "WebP", "bmp": "BMP", "gif": "GIF", "tif": "TIFF", "tiff": "TIFF", "heic": "HEIF",
+    public static let otherImageExtensions = ["bmp": "BMP", "gif": "GIF", "tif": "TIFF", "tiff": "TIFF", "heic": "HEIF",
                                               "heif": "HEIF", "avif": "AVIF", "jxl": "JPEG XL", "jp2": "JPEG 2000"]
 
     /// Image formats we do not read, named from their magic bytes so the error says what the file is.
@@ -57,7 +60,6 @@ public enum ImageCodec {
         let b = [UInt8](data.prefix(12))
         func starts(_ p: [UInt8], at i: Int = 0) -> Bool { b.count >= i + p.count && Array(b[i..<(i + p.count)]) == p }
         if starts(Array("GIF8".utf8)) { return "GIF" }
-        if starts(Array("RIFF".utf8)) && starts(Array("WEBP".utf8), at: 8) { return "WebP" }
         if starts(Array("BM".utf8)) { return "BMP" }
         if starts([0x49, 0x49, 0x2A, 0]) || starts([0x4D, 0x4D, 0, 0x2A]) { return "TIFF" }
         if starts(Array("ftyp".utf8), at: 4) {
@@ -129,6 +131,29 @@ public enum ImageCodec {
         // anything short of a clean decode is an error here.
         guard rc == 0 else { throw ImageCodecError(item: item, reason: "corrupt JPEG: \(String(cString: tjGetErrorStr2(handle)))") }
         return RGBImage(width: Int(w), height: Int(h), pixels: rgb)
+    }
+
+    /// A still WebP image (lossy or lossless) through libwebp, as Pillow reads it: RGB, alpha
+    /// dropped (not composited). An animation is refused: which frame would be meant is unclear.
+    public static func decodeWebP(_ data: Data, item: String) throws -> RGBImage {
+        var features = WebPBitstreamFeatures()
+        let ok = data.withUnsafeBytes { raw in radar_webp_features(raw.bindMemory(to: UInt8.self).baseAddress, raw.count, &features) }
+        guard ok != 0 else { throw ImageCodecError(item: item, reason: "corrupt WebP: its header could not be read") }
+        let w = Int(features.width), h = Int(features.height)
+        guard features.has_animation == 0 else {
+            throw ImageCodecError(item: item, reason: "an animated WebP (\(w)x\(h)): extract one frame as an image first")
+        }
+        guard w > 0, h > 0, w * h <= maxPixels else {
+            throw ImageCodecError(item: item, reason: "WebP of \(w)x\(h) pixels exceeds the limit of \(maxPixels) (4096x4096)")
+        }
+        var rgb = [UInt8](repeating: 0, count: w * h * 3)
+        let done = data.withUnsafeBytes { raw in
+            rgb.withUnsafeMutableBufferPointer { out in
+                WebPDecodeRGBInto(raw.bindMemory(to: UInt8.self).baseAddress, raw.count, out.baseAddress, out.count, Int32(w * 3))
+            }
+        }
+        guard done != nil else { throw ImageCodecError(item: item, reason: "corrupt WebP: libwebp could not decode it") }
+        return RGBImage(width: w, height: h, pixels: rgb)
     }
 
     /// A four-channel (CMYK or YCCK) JPEG as Pillow reads it: the samples libjpeg gives taken as

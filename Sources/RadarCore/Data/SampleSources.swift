@@ -47,14 +47,15 @@ func imageExtension(_ name: String) -> String? {
     switch (name as NSString).pathExtension.lowercased() {
     case "png": return "png"
     case "jpg", "jpeg": return "jpg"
+    case "webp": return "webp"  // stored in the shards as PNG (DatasetPreparer)
     default: return nil
     }
 }
 
-/// Why a file without a PNG or JPEG extension is skipped: an image format we do not read is named.
+/// Why a file without a PNG, JPEG or WebP extension is skipped: an image format we do not read is named.
 func notAnImageReason(_ name: String, shown: String) -> String {
     if let kind = ImageCodec.otherImageExtensions[(name as NSString).pathExtension.lowercased()] {
-        return "a \(kind) image, not a PNG or JPEG (the formats read) (\(shown))"
+        return "a \(kind) image, not a PNG, JPEG or WebP (the formats read) (\(shown))"
     }
     return "not an image (\(shown))"
 }
