@@ -13,4 +13,13 @@ typedef struct radar_task {
 
 /// Calls the captured closure with `index`.
 void radar_task_invoke(const radar_task *task, intptr_t index);
+
+/// A spin-wait hint to the CPU (x86 `pause`, Arm `yield`): a waiting thread spins politely.
+static inline void radar_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 #endif

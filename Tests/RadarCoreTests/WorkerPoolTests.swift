@@ -1,0 +1,54 @@
+import Foundation
+import RadarCPU
+import Synchronization
+import XCTest
+
+/// The pool's hand-off: every task of every job runs exactly once and `run` returns only after
+/// all have, whether its threads spin between jobs or sleep at once, across back-to-back tiny jobs
+/// (where spinning hands them over), jobs after long pauses (where the threads have gone to
+/// sleep and must be woken), and a pool torn down while its threads sleep or spin.
+final class WorkerPoolTests: XCTestCase {
+    func exercise(_ pool: WorkerPool, file: StaticString = #filePath, line: UInt = #line) {
+        let counts = UnsafeMutableBufferPointer<Int>.allocate(capacity: 1024)
+        defer { counts.deallocate() }
+        for round in 0..<600 {
+            let tasks = [2, 3, 7, 64, 1, 1024][round % 6]
+            counts.initialize(repeating: 0)
+            let ran = Atomic<Int>(0)
+            pool.run(tasks: tasks) { i in
+                counts[i] += 1  // each index by one thread only: a plain write
+                ran.wrappingAdd(1, ordering: .relaxed)
+            }
+            // Everything written in the job is visible once run returns.
+            if ran.load(ordering: .relaxed) != tasks || counts[0..<tasks].contains(where: { $0 != 1 }) {
+                XCTFail("round \(round): \(ran.load(ordering: .relaxed)) of \(tasks) tasks, counts \(Array(counts[0..<min(tasks, 16)]))", file: file, line: line)
+                return
+            }
+            // Now and then a pause longer than any spin, so the workers fall asleep.
+            if round % 100 == 99 { usleep(3000) }
+        }
+    }
+
+    func testEveryTaskRunsOnceWhetherThreadsSpinOrSleep() {
+        // More threads than this machine's cores too: spinning threads then compete with working ones.
+        for (spin, threads) in [(0, 2), (5, 2), (50, 2), (2000, 2), (0, 3), (50, 3), (50, 8)] {
+            let pool = WorkerPool(threads: threads, spinMicroseconds: spin)
+            XCTAssertEqual(pool.spinMicroseconds, spin)
+            exercise(pool)
+        }
+    }
+
+    func testPoolsEndWhileTheirThreadsSpinOrSleep() {
+        for spin in [0, 50, 100_000] {
+            for pause in [0, 2000] {
+                let pool = WorkerPool(threads: 4, spinMicroseconds: spin)
+                pool.run(tasks: 16) { _ in }
+                if pause > 0 { usleep(UInt32(pause)) }
+                // deinit joins every thread: a hang here fails the test by timeout.
+            }
+        }
+        setenv("RADAR_POOL_SPIN_US", "7", 1)
+        defer { unsetenv("RADAR_POOL_SPIN_US") }
+        XCTAssertEqual(WorkerPool(threads: 2).spinMicroseconds, 7)
+    }
+}
