@@ -170,5 +170,52 @@ final class ImageDecodeReferenceTests: XCTestCase {
             }
         }
         XCTAssertEqual(failures, whole.count - 20, "every cut before IEND fails")
+        // Damage past the CRC checks (each chunk's CRC recomputed after the flips), so libpng
+        // parses what it is given: decoded or refused, never a crash (bodies POSTed to radar serve
+        // reach this code). The same for the WebP and JPEG decoders.
+        func crc32(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+            var c: UInt32 = 0xFFFF_FFFF
+            for b in bytes { c ^= UInt32(b); for _ in 0..<8 { c = (c >> 1) ^ (0xEDB8_8320 & (0 &- (c & 1))) } }
+            return ~c
+        }
+        func fixCRCs(_ d: inout [UInt8]) {
+            var pos = 8
+            while pos + 12 <= d.count {
+                let length = Int(d[pos]) << 24 | Int(d[pos + 1]) << 16 | Int(d[pos + 2]) << 8 | Int(d[pos + 3])
+                guard length <= d.count - pos - 12 else { return }
+                let c = crc32(d[(pos + 4)..<(pos + 8 + length)])
+                for k in 0..<4 { d[pos + 8 + length + k] = UInt8((c >> (24 - 8 * UInt32(k))) & 0xFF) }
+                pos += 12 + length
+            }
+        }
+        var rng = SystemRandomNumberGenerator()
+        var decoded = 0, refused = 0
+        let faces = SyntheticFaces(size: 24, seed: 2)
+        let jpeg = [UInt8](try ImageCodec.encodeJPEG(faces.rgbImage(0, label: 1), quality: 80))
+        for round in 0..<3000 {
+            var d = round % 3 == 2 ? jpeg : [UInt8](whole)
+            for _ in 0..<Int.random(in: 1...4, using: &rng) {
+                d[Int.random(in: (round % 3 == 2 ? 2 : 16)..<d.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
+            }
+            if round % 3 != 2 { fixCRCs(&d) }
+            if round % 3 == 1 {  // a palette PNG: libpng's expansion paths
+                d = [UInt8](whole)
+                d[25] = 3; d[24] = 8  // colour type 3, depth 8: the 16-bit samples read as indices
+                d[12..<16] = [0x49, 0x48, 0x44, 0x52][...]
+                let plte = [0, 0, 0, 0x30] + Array("PLTE".utf8) + (0..<0x30).map { _ in UInt8.random(in: 0...255, using: &rng) } + [0, 0, 0, 0]
+                d.insert(contentsOf: plte, at: 33)
+                d[Int.random(in: 16..<d.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
+                fixCRCs(&d)
+            }
+            do { _ = try ImageCodec.decode(Data(d), item: "f"); decoded += 1 } catch { refused += 1 }
+        }
+        XCTAssertEqual(decoded + refused, 3000)
+        XCTAssertGreaterThan(refused, 0)
+        // A WebP cut anywhere: refused, never a crash.
+        let webp = Data(Array("RIFF".utf8) + [0x34, 0, 0, 0] + Array("WEBPVP8L".utf8) + [0x27, 0, 0, 0, 0x2f, 0x03, 0x80, 0, 0, 0x5f, 0x20, 0x16, 0x4c, 0xce,
+                         0x11, 0xe4, 0x6f, 0x1b, 0xc3, 0x54, 0xdc, 0xa1, 0x62, 0xfe, 0x13, 0xdb, 0x81, 0x20, 0x80, 0x44, 0x21, 0x96, 0x58, 0x66, 0x99,
+                         0x65, 0x96, 0x49, 0x23, 0xfa, 0x1f, 0x98, 0xee, 0x00])
+        XCTAssertEqual(try ImageCodec.decode(webp, item: "w").pixels, (0..<36).map { UInt8($0 * 7) })
+        for cut in 12..<webp.count { XCTAssertThrowsError(try ImageCodec.decode(webp.prefix(cut), item: "w"), "cut \(cut)") }
     }
 }
