@@ -76,10 +76,12 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     private let bf16Output = GrowableBuffer<Float>(), roundedBias = GrowableBuffer<Float>()
     let planLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
-    public init(threads: Int = 1, products: CPUProducts = .fp32) {
+    /// `poolSpinMicroseconds`: how long the pool's idle threads spin before sleeping (nil: the
+    /// pool's default; RADAR_POOL_SPIN_US overrides either).
+    public init(threads: Int = 1, products: CPUProducts = .fp32, poolSpinMicroseconds: Int? = nil) {
         self.products = products
         openblas_set_num_threads(1)
-        pool = WorkerPool(threads: threads)
+        pool = WorkerPool(threads: threads, spinMicroseconds: poolSpinMicroseconds)
         pthread_mutex_init(planLock, nil)
     }
 

@@ -21,8 +21,9 @@ import Synchronization
 /// samples at two threads. A sleeping worker is woken only when one is asleep.
 public final class WorkerPool: @unchecked Sendable {
     public let threadCount: Int
-    /// How long a waiting thread spins before it sleeps (RADAR_POOL_SPIN_US, default 50; 0
-    /// sleeps at once, as before).
+    /// How long a waiting thread spins before it sleeps: RADAR_POOL_SPIN_US if set, else the
+    /// value given, else 50; 0 sleeps at once, as before (the trainer gives 0 where the node runs
+    /// more compute threads than cores: `Devices.cpuThreadsShareCores`).
     public let spinMicroseconds: Int
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
@@ -42,7 +43,7 @@ public final class WorkerPool: @unchecked Sendable {
 
     public init(threads: Int, spinMicroseconds: Int? = nil) {
         threadCount = max(1, threads)
-        self.spinMicroseconds = max(0, spinMicroseconds ?? getenv("RADAR_POOL_SPIN_US").flatMap { Int(String(cString: $0)) } ?? 50)
+        self.spinMicroseconds = max(0, getenv("RADAR_POOL_SPIN_US").flatMap { Int(String(cString: $0)) } ?? spinMicroseconds ?? 50)
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(wake, nil)
         pthread_cond_init(finished, nil)

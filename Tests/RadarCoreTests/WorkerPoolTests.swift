@@ -1,4 +1,5 @@
 import Foundation
+import RadarCore
 import RadarCPU
 import Synchronization
 import XCTest
@@ -50,5 +51,23 @@ final class WorkerPoolTests: XCTestCase {
         setenv("RADAR_POOL_SPIN_US", "7", 1)
         defer { unsetenv("RADAR_POOL_SPIN_US") }
         XCTAssertEqual(WorkerPool(threads: 2).spinMicroseconds, 7)
+        XCTAssertEqual(WorkerPool(threads: 2, spinMicroseconds: 0).spinMicroseconds, 7, "the variable overrides what the code chose")
+    }
+
+    /// Where a node runs more compute threads than cores (ranks x --threads), the trainer's CPU
+    /// pools sleep at once: spinning took cores the other ranks' threads needed (2 ranks of 2
+    /// threads on 2 cores ran 20% slower spinning).
+    func testOversubscribedNodesGetPoolsThatSleepAtOnce() throws {
+        XCTAssertFalse(Devices.threadsShareCores(threads: 2, localRanks: 1, cores: 2))
+        XCTAssertFalse(Devices.threadsShareCores(threads: 1, localRanks: 2, cores: 2))
+        XCTAssertTrue(Devices.threadsShareCores(threads: 2, localRanks: 2, cores: 2))
+        XCTAssertTrue(Devices.threadsShareCores(threads: 3, localRanks: 1, cores: 2))
+        guard getenv("RADAR_POOL_SPIN_US") == nil else { return }
+        defer { Devices.cpuThreadsShareCores = false }
+        for (shared, spin) in [(false, 50), (true, 0)] {
+            Devices.cpuThreadsShareCores = shared
+            let backend = try XCTUnwrap(try Devices.backend("cpu", threads: 2) as? CPUBackend)
+            XCTAssertEqual(backend.pool.spinMicroseconds, spin, "shared \(shared)")
+        }
     }
 }
