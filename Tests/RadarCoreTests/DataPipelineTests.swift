@@ -2,6 +2,16 @@ import Foundation
 import RadarCore
 import XCTest
 
+/// CRC-32 (PNG's chunk checksum), for tests that damage or edit PNG chunks.
+func crc32<C: Collection>(_ bytes: C) -> UInt32 where C.Element == UInt8 {
+    var c: UInt32 = 0xFFFF_FFFF
+    for b in bytes {
+        c ^= UInt32(b)
+        for _ in 0..<8 { c = (c & 1) != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+    }
+    return ~c
+}
+
 func temporaryDirectory(_ name: String) -> String {
     let p = NSTemporaryDirectory() + "radar-test-\(name)-\(UUID().uuidString.prefix(8))"
     try? FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
@@ -73,15 +83,6 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertThrowsError(try ImageCodec.decodeJPEG(jpeg, item: "bomb.jpg")) {
             XCTAssertTrue("\($0)".contains("20000x20000 pixels exceeds the limit"), "\($0)")
         }
-    }
-
-    func crc32(_ bytes: [UInt8]) -> UInt32 {
-        var c: UInt32 = 0xFFFF_FFFF
-        for b in bytes {
-            c ^= UInt32(b)
-            for _ in 0..<8 { c = (c & 1) != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
-        }
-        return ~c
     }
 
     func testSyntheticSetPreparesIntoConsistentShards() throws {

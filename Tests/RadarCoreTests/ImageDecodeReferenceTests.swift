@@ -173,11 +173,6 @@ final class ImageDecodeReferenceTests: XCTestCase {
         // Damage past the CRC checks (each chunk's CRC recomputed after the flips), so libpng
         // parses what it is given: decoded or refused, never a crash (bodies POSTed to radar serve
         // reach this code). The same for the WebP and JPEG decoders.
-        func crc32(_ bytes: ArraySlice<UInt8>) -> UInt32 {
-            var c: UInt32 = 0xFFFF_FFFF
-            for b in bytes { c ^= UInt32(b); for _ in 0..<8 { c = (c >> 1) ^ (0xEDB8_8320 & (0 &- (c & 1))) } }
-            return ~c
-        }
         func fixCRCs(_ d: inout [UInt8]) {
             var pos = 8
             while pos + 12 <= d.count {
@@ -201,7 +196,6 @@ final class ImageDecodeReferenceTests: XCTestCase {
             if round % 3 == 1 {  // a palette PNG: libpng's expansion paths
                 d = [UInt8](whole)
                 d[25] = 3; d[24] = 8  // colour type 3, depth 8: the 16-bit samples read as indices
-                d[12..<16] = [0x49, 0x48, 0x44, 0x52][...]
                 let plte = [0, 0, 0, 0x30] + Array("PLTE".utf8) + (0..<0x30).map { _ in UInt8.random(in: 0...255, using: &rng) } + [0, 0, 0, 0]
                 d.insert(contentsOf: plte, at: 33)
                 d[Int.random(in: 16..<d.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
