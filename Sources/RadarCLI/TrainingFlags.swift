@@ -137,8 +137,8 @@ public struct TrainingFlags: ParsableArguments {
         o.threads = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(localRanks, 1))
         // More compute threads on this node than cores (--threads above cores / ranks): a thread
         // spinning between tasks would take a core another rank's thread needs, so they sleep.
-        Devices.cpuThreadsShareCores = Devices.threadsShareCores(threads: o.threads, localRanks: localRanks,
-                                                                 cores: ProcessInfo.processInfo.activeProcessorCount)
+        o.threadsShareCores = Devices.threadsShareCores(threads: o.threads, localRanks: localRanks,
+                                                        cores: ProcessInfo.processInfo.activeProcessorCount)
         o.loaderThreads = loaderThreads ?? Devices.defaultLoaderThreads(device: o.device, localRanks: localRanks)
         o.augment = !noAugment
         o.maxStepsPerEpoch = maxStepsPerEpoch

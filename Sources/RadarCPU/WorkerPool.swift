@@ -23,7 +23,7 @@ public final class WorkerPool: @unchecked Sendable {
     public let threadCount: Int
     /// How long a waiting thread spins before it sleeps: RADAR_POOL_SPIN_US if set, else the
     /// value given, else 50; 0 sleeps at once, as before (the trainer gives 0 where the node runs
-    /// more compute threads than cores: `Devices.cpuThreadsShareCores`).
+    /// more compute threads than cores: `TrainOptions.threadsShareCores`).
     public let spinMicroseconds: Int
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)

@@ -63,10 +63,8 @@ final class WorkerPoolTests: XCTestCase {
         XCTAssertTrue(Devices.threadsShareCores(threads: 2, localRanks: 2, cores: 2))
         XCTAssertTrue(Devices.threadsShareCores(threads: 3, localRanks: 1, cores: 2))
         guard getenv("RADAR_POOL_SPIN_US") == nil else { return }
-        defer { Devices.cpuThreadsShareCores = false }
         for (shared, spin) in [(false, 50), (true, 0)] {
-            Devices.cpuThreadsShareCores = shared
-            let backend = try XCTUnwrap(try Devices.backend("cpu", threads: 2) as? CPUBackend)
+            let backend = try XCTUnwrap(try Devices.backend("cpu", threads: 2, threadsShareCores: shared) as? CPUBackend)
             XCTAssertEqual(backend.pool.spinMicroseconds, spin, "shared \(shared)")
         }
     }

@@ -183,18 +183,18 @@ public enum Devices {
         return cpu?.products.isBF16 == true ? "bf16" : "fp32"
     }
 
-    /// Set (by the trainer's flags) when this node runs more compute threads than it has cores:
-    /// CPU backends made afterwards have worker pools that sleep between tasks at once, instead
-    /// of spinning for a core another process's thread needs (`WorkerPool.spinMicroseconds`).
-    nonisolated(unsafe) public static var cpuThreadsShareCores = false
-
     /// Whether `localRanks` processes of `threads` compute threads each oversubscribe `cores`.
     public static func threadsShareCores(threads: Int, localRanks: Int, cores: Int) -> Bool {
         threads * max(localRanks, 1) > max(cores, 1)
     }
 
     /// A backend for `name` with `threads` compute threads (CPU) in `precision` (nil: the default).
-    public static func backend(_ name: String, threads: Int, precision: String? = nil) throws -> any Backend {
+    /// `threadsShareCores`: this node runs more compute threads than cores (`threadsShareCores(...)`),
+    /// so a CPU backend's worker pool sleeps between tasks at once instead of spinning for a core
+    /// another process's thread needs (`WorkerPool.spinMicroseconds`).
+    public static func backend(_ name: String, threads: Int, precision: String? = nil, threadsShareCores: Bool = false) throws
+        -> any Backend
+    {
         let p = precision ?? defaultPrecision
         guard isValidPrecision(p) else { throw UnsupportedPrecision(precision: p, device: name) }
         switch name {
@@ -206,7 +206,7 @@ public enum Devices {
                 products = chosen
                 if let notice { CPUProducts.notice(notice) }
             }
-            let cpu = CPUBackend(threads: threads, products: products, poolSpinMicroseconds: cpuThreadsShareCores ? 0 : nil)
+            let cpu = CPUBackend(threads: threads, products: products, poolSpinMicroseconds: threadsShareCores ? 0 : nil)
             cpu.convolutionWorkspaceBudget = try convolutionWorkspaceBudget()
             return name == "cpu" ? cpu : FencedBackend(wrapping: cpu)
         default:

@@ -14,6 +14,9 @@ public struct TrainOptions: Sendable {
     public var patience = 10
     public var seed: UInt64 = 42
     public var threads = 1
+    /// This node runs more compute threads than it has cores (ranks x `threads`): the CPU
+    /// backend's worker pools then sleep between tasks at once instead of spinning.
+    public var threadsShareCores = false
     public var loaderThreads = 1
     public var augment = true
     /// Cap on optimizer steps per epoch (0: all); for smoke runs.
@@ -143,8 +146,9 @@ public final class TrainingRun {
         notes += options.setupNotes
         model = try RADARModel(config: options.config)
         DeviceMemoryContext.current = "--batch-size \(options.batchSize) per rank"
-        ctx = ExecutionContext(backend: try Devices.backend(options.device, threads: options.threads, precision: options.precision), layout: model.layout,
-                               seed: options.seed)
+        let backend = try Devices.backend(options.device, threads: options.threads, precision: options.precision,
+                                          threadsShareCores: options.threadsShareCores)
+        ctx = ExecutionContext(backend: backend, layout: model.layout, seed: options.seed)
         model.initialize(ctx.params, seed: options.seed)
         if options.placeNearGPU, let bus = ctx.backend.devicePCIBusId {
             cpuPlacement = CPUPlacement.placeNear(busId: bus, gpu: options.device)
