@@ -30,7 +30,7 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
     public init(initTimeout: TimeInterval = 600) throws {
         // Two TCP connections per pair of ranks on different hosts, unless the environment (or
         // mpirun's --mca, which arrives the same way) chooses: with OpenMPI's default of one, a
-        // pair exchanging both ways moved half a 1 Gbit/s link on the simulated hosts (README,
+        // pair exchanging both ways moved half a 1 Gbit/s link on the simulated hosts (docs/distributed.md,
         // "Two levels"). Read by MPI_Init from this process's environment.
         setenv("OMPI_MCA_btl_tcp_links", MPIRuntime.defaultTCPLinks, 0)
         var argc: Int32 = 0

@@ -17,7 +17,7 @@ struct RadarWorker: ParsableCommand {
     @Flag(help: "SyncBatchNorm: batch statistics all-reduced across ranks (turns overlap off).") var syncBn = false
     @Flag(help: "All-reduce after backward instead of overlapping it.") var noOverlap = false
     @Option(help: "Gradient bucket size in MiB (the last bucket, which waits for the end of backward, is cut to about 1 MiB).") var bucketMb = 10
-    @Option(help: "What gradients travel as between ranks: fp32, or bf16 (half the bytes; sums still formed in fp32, see the README).")
+    @Option(help: "What gradients travel as between ranks: fp32, or bf16 (half the bytes; sums still formed in fp32, see docs/distributed.md).")
     var gradDtype: WireFormat = .fp32
     @Option(help: "Seconds any rank waits for a peer before giving up.") var timeout: Double = 30
     @Option(help: "Transport: mpi, or tcp (ranks from --rank/--world-size or RANK/WORLD_SIZE, rendezvous at the coordinator).")

@@ -5,7 +5,7 @@ import RadarCore
 
 /// The parity and interop command: one train-mode forward/backward (and optionally K AdamW
 /// steps) on given weights and batch, every output, loss term and gradient written by PyTorch
-/// name. Format in README.md ("dump-step format").
+/// name. Format in docs/checkpoints.md ("dump-step format").
 struct DumpStep: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dump-step",
@@ -18,7 +18,7 @@ struct DumpStep: ParsableCommand {
     @Option(help: "AdamW steps at a constant learning rate on the same batch.") var steps = 0
     @Option(help: "Learning rate of --steps and of --micro-batch-size (with --schedule onecycle, the maximum).") var lr: Double = 1e-3
     @Option(help: "AdamW weight decay of --steps and of --micro-batch-size.") var weightDecay: Double = 0.05
-    @Option(help: "The training loop over the batch's images taken this many at a time, in order (README, dump-step format): as many optimizer steps as the batch has micro-batches / --accumulation-steps.") var microBatchSize: Int?
+    @Option(help: "The training loop over the batch's images taken this many at a time, in order (docs/checkpoints.md, dump-step format): as many optimizer steps as the batch has micro-batches / --accumulation-steps.") var microBatchSize: Int?
     @Option(help: "With --micro-batch-size: micro-batches per optimizer step.") var accumulationSteps = 1
     @Option(help: "With --micro-batch-size: constant (--lr throughout) or onecycle (OneCycleLR to max lr --lr over the steps, MODEL.md section 8).") var schedule = "constant"
     @Option(help: "Threads.") var threads = 1

@@ -1,4 +1,4 @@
-/// The computation behind `radar dump-step` (README "dump-step format"): one train-mode
+/// The computation behind `radar dump-step` (docs/checkpoints.md, "dump-step format"): one train-mode
 /// forward/backward on given weights and batch, and optionally K AdamW steps at a constant
 /// learning rate (clip 1.0, betas 0.9/0.999, eps 1e-8), every tensor named as PyTorch names it.
 /// With `evalForward`, first an eval-mode forward of the same weights and batch: its outputs as

@@ -40,7 +40,7 @@ public struct TrainOptions: Sendable {
     public var checkpointEvery = 0
     /// A checkpoint to continue from ("auto": output/experiment/last.safetensors.lz4 if present).
     public var resume: String?
-    /// Allow resuming a checkpoint written with another world size (see README).
+    /// Allow resuming a checkpoint written with another world size (docs/checkpoints.md).
     public var allowWorldSizeChange = false
     /// Allow resuming a checkpoint written for another dataset manifest or seed.
     public var allowDataChange = false
