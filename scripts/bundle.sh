@@ -2,7 +2,7 @@
 # A self-contained tarball for bare GPU pods (no Swift, no -dev packages): the release binaries
 # built with the static Swift standard library and Foundation, the shared libraries they need from
 # this machine (OpenBLAS, FFTW, LZ4, libpng, TurboJPEG, libwebp, libarchive, OpenMPI's libraries, curl and
-# their dependencies; not glibc), launchers that set the library path, the golden fixtures and
+# their dependencies; not glibc, whose 2.34 or newer the bundle needs: below), launchers that set the library path, the golden fixtures and
 # scripts the GPU check uses. CUDA is not bundled: it is loaded at run time from the pod's driver
 # and its pip wheels or toolkit (RADAR_CUDA_LIBS).
 #
@@ -38,14 +38,28 @@ for p in "${programs[@]}"; do
 done
 
 # Shared libraries: everything ldd resolves except glibc itself (the pod's loader and libc run
-# the binaries; the bundle records the glibc it was built against and the launcher checks it).
+# the binaries; the bundle records the oldest glibc its files can load on and the launcher checks it).
 glibc='^(linux-vdso|ld-linux|libc\.so|libm\.so|libpthread\.so|libdl\.so|librt\.so|libresolv\.so|libutil\.so)'
 for p in "${programs[@]}"; do ldd "$b/libexec/$p"; done | awk '/=> \//{print $1, $3}' | sort -u | while read -r name path; do
   if [[ ! $name =~ $glibc ]]; then cp -L "$path" "$b/lib/$name"; fi
 done
 # OpenBLAS loads its kernels from the library itself; nothing else is dlopen'ed at run time except
 # CUDA (not bundled) and, under mpirun, OpenMPI's plugins (the pod's own OpenMPI).
-ldd --version | awk 'NR == 1 {print $NF}' > "$b/share/glibc-version"  # awk reads it all: no SIGPIPE under pipefail
+
+# The oldest glibc the bundle runs on. Built here (Debian 12, glibc 2.36), its files need glibc 2.34
+# (pthread and dl* moved into libc then) except for a few newer functions: hypot/hypotf (2.35
+# versions; bound to their older ones), arc4random/arc4random_buf (2.36: libstdc++, libarchive,
+# libevent) and _dl_find_object (2.35: libgcc_s), whose references tools/glibc_floor.py renames to
+# the stand-ins of tools/glibc_compat.c (the running glibc's own function where it has one). So the
+# bundle runs on glibc 2.34+ (Ubuntu 22.04, RHEL 9 and newer), not only on the build's 2.36.
+floor=2.34
+cc=$(command -v cc || command -v gcc || command -v clang || echo "$(dirname "$(readlink -f "$(command -v swift)")")/clang")
+"$cc" -O2 -shared -fPIC -Wl,-soname,libradar-glibc-compat.so -o "$b/lib/libradar-glibc-compat.so" tools/glibc_compat.c
+python3 tools/glibc_floor.py --lower "$floor" "$b"/libexec/* "$b"/lib/* | while read -r file _; do
+  patchelf --add-needed libradar-glibc-compat.so "${file%:}"
+done
+python3 tools/glibc_floor.py --max "$b"/libexec/* "$b"/lib/* | tail -1 > "$b/share/glibc-version"
+test "$(cat "$b/share/glibc-version")" = "$floor"
 
 for p in "${programs[@]}"; do
   cat > "$b/bin/$p" <<EOF

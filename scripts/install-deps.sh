@@ -18,7 +18,7 @@ PACKAGES=(
   libdnnl-dev                     # oneDNN 2 (COneDNN, loaded at run time): bf16 products on AMX/AVX512-BF16 CPUs
   procps                          # pgrep, used by the multi-process tests
   iproute2                        # ip, tc: simulated hosts for the multi-host test (cluster/netns.sh)
-  xz-utils binutils               # scripts/bundle.sh (xz, strip)
+  xz-utils binutils patchelf      # scripts/bundle.sh (xz, strip; patchelf: the glibc stand-ins, tools/glibc_floor.py)
 )
 
 if [ "${1:-}" = "--list" ]; then
