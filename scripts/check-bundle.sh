@@ -6,15 +6,32 @@
 # TCP ranks (`radar launch`), and the bundle's gpu-check.sh on the emulated CUDA device (probe, every
 # kernel, golden parity, bench step in each precision). Hiding needs root (unshare -m); without it
 # the same runs happen with the system libraries in sight, and the script says so.
+# With --root DIR the same runs happen in another system's root file system instead (chroot, with
+# /proc and /dev mounted in a private namespace): `bash scripts/ubuntu-root.sh DIR` makes an
+# Ubuntu 22.04 one, glibc 2.35, the oldest glibc the bundle supports but one (2.34, RHEL 9). Nothing
+# is hidden there: the root has only its own libraries, as a pod has.
 #
-#   bash scripts/check-bundle.sh [BUNDLE.tar.xz]     (default .build/radar-bundle.tar.xz)
+#   bash scripts/check-bundle.sh [BUNDLE.tar.xz] [--root DIR]    (default .build/radar-bundle.tar.xz)
 set -euo pipefail
 trap 'echo "check-bundle: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 caller=$PWD
 cd "$(dirname "$0")/.."
-bundle=${1:-$PWD/.build/radar-bundle.tar.xz}
+bundle="" root=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) root=$(cd "$2" && pwd); shift 2 ;;
+    *) bundle=$1; shift ;;
+  esac
+done
+bundle=${bundle:-$PWD/.build/radar-bundle.tar.xz}
 case "$bundle" in /*) ;; *) bundle="$caller/$bundle" ;; esac  # a given path is the caller's
-work=$(mktemp -d)
+if [ -n "$root" ]; then
+  test -x "$root/bin/bash" && test -x "$root/usr/bin/python3" || { echo "check-bundle: $root has no /bin/bash or /usr/bin/python3 (scripts/ubuntu-root.sh makes one that has)" >&2; exit 1; }
+  mkdir -p "$root/tmp"
+  work=$(mktemp -d "$root/tmp/check-bundle.XXXXXX")
+else
+  work=$(mktemp -d)
+fi
 trap 'rm -rf "$work"' EXIT
 tar -C "$work" -xJf "$bundle"
 b="$work/radar-bundle"
@@ -45,6 +62,7 @@ int main() {
 }
 CXX
 "$cxx" -O1 -o "$work/cxx-check" "$work/cxx-check.cpp"
+cp tools/glibc_floor.py "$work/"
 # binutils' readelf, read apart from our tool, agrees: no version need above 2.34 in any file.
 readelf_need=$(for f in "$b"/libexec/* "$b"/lib/*; do readelf -V -W "$f"; done | grep -o "Name: GLIBC_2\.[0-9.]*" | sed 's/Name: GLIBC_//' | sort -uV | tail -1)
 if [ "$readelf_need" != 2.34 ]; then echo "check-bundle: readelf finds a need for glibc $readelf_need"; exit 1; fi
@@ -58,8 +76,10 @@ grep -q "needs arc4random_uniform of GLIBC_2.36" "$work/uniform.err" || { cat "$
 
 cat > "$work/inside.sh" <<'INSIDE'
 set -euo pipefail
-b=$1 repo=$2 work=$3
-if [ "${NO_HIDE:-0}" = 1 ]; then
+b=$1 work=$2
+if [ "${IN_ROOT:-0}" = 1 ]; then
+  echo "check-bundle: in the root of $(. /etc/os-release && echo "$PRETTY_NAME"), $(getconf GNU_LIBC_VERSION)"
+elif [ "${NO_HIDE:-0}" = 1 ]; then
   echo "check-bundle: no mount namespace here (unshare -m needs CAP_SYS_ADMIN): the bundle runs with the system libraries in sight"
 else
 hide_dir() { if [ -d "$1" ]; then mount -t tmpfs -o size=1m none "$1"; fi; }
@@ -84,7 +104,7 @@ cd "$(mktemp -d)"
 # launchers check for, and the stand-ins for newer functions work, both with glibc's own functions
 # behind them and as an older glibc runs them (RADAR_GLIBC_COMPAT_FALLBACK=1).
 floor=$(cat "$b/share/glibc-version")
-need=$(python3 "$repo/tools/glibc_floor.py" --max "$b"/libexec/* "$b"/lib/* | tail -1)
+need=$(python3 "$work/glibc_floor.py" --max "$b"/libexec/* "$b"/lib/* | tail -1)
 if [ "$need" != "$floor" ] || [ "$floor" != 2.34 ]; then echo "check-bundle: the files need glibc $need, the launchers check for $floor"; exit 1; fi
 LD_LIBRARY_PATH="$b/lib" "$work/compat-selftest"
 bound=$(LD_LIBRARY_PATH="$b/lib" LD_DEBUG=bindings "$work/cxx-check" 2>&1 >/dev/null | grep -c "to $b/lib/libradar-glibc-compat.so .*rcg" || true)
@@ -168,8 +188,13 @@ print("check-bundle: gpu-check past its deadline skipped %s" % ", ".join(r["skip
 PY
 echo "check-bundle: passed"
 INSIDE
-if unshare -m true 2>/dev/null; then
-  unshare -m bash "$work/inside.sh" "$b" "$PWD" "$work"
+if [ -n "$root" ]; then
+  # Paths as the root sees them; /proc and /dev (shared memory for the TCP ranks) mounted in a
+  # private namespace, so they go when it ends.
+  unshare -m bash -c 'mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && IN_ROOT=1 chroot "$1" /bin/bash "$2/inside.sh" "$3" "$2"' \
+    _ "$root" "${work#"$root"}" "${b#"$root"}"
+elif unshare -m true 2>/dev/null; then
+  unshare -m bash "$work/inside.sh" "$b" "$work"
 else
-  NO_HIDE=1 bash "$work/inside.sh" "$b" "$PWD" "$work"
+  NO_HIDE=1 bash "$work/inside.sh" "$b" "$work"
 fi
