@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 bundle="" root=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --root) root=$(cd "$2" && pwd); shift 2 ;;
+    --root) case "$2" in /*) root=$2 ;; *) root="$caller/$2" ;; esac; root=$(cd "$root" && pwd); shift 2 ;;
     *) bundle=$1; shift ;;
   esac
 done

@@ -19,6 +19,7 @@ PACKAGES=(
   procps                          # pgrep, used by the multi-process tests
   iproute2                        # ip, tc: simulated hosts for the multi-host test (cluster/netns.sh)
   xz-utils binutils patchelf      # scripts/bundle.sh (xz, strip; patchelf: the glibc stand-ins, tools/glibc_floor.py)
+  g++                             # scripts/check-bundle.sh: a C++ program through the bundled libstdc++
 )
 
 if [ "${1:-}" = "--list" ]; then
