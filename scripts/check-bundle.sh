@@ -134,6 +134,7 @@ python3 - <<'PY' || { echo "check-bundle: the report failed its checks; gpu-chec
 import json
 r = json.load(open("report.json"))
 assert r["passed"] and r["complete"] and r["skipped"] == [], (r["skipped"], r["seconds"])
+assert r["system"]["bundle_needs_glibc"] == "2.34" and r["system"]["glibc"].startswith("glibc 2.") and r["system"]["os"], r["system"]
 assert r["check"]["kernels_passed"] == r["check"]["kernels_total"], r["check"]
 assert sorted((b["precision"], b["attention"]) for b in r["radar_bench_step"]) == [
     ("bf16", "fused"), ("bf16", "products"), ("fp32", "products"), ("tf32", "products")], r["radar_bench_step"]

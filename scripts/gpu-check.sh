@@ -135,7 +135,7 @@ if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_ver
 # The JSON report from what the steps have left in $work, rewritten (atomically) after each step;
 # `report final` marks it complete.
 report() {
-  "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${fills_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" "${plain_status:--1}" "${multi_status:--1}" "${gpus:-1}" "${det_status:--1}" "${lnstaged_status:--1}" <<'PY'
+  GPU_CHECK_HERE="$here" "${python:-python3}" - "$work" "$check_status" "$report" "$dp_status" "$allreduce_status" "${1:-}" "$(( $(date +%s) - started ))" "${fills_status:--1}" "${gemm_status:--1}" "${ldmatrix_status:--1}" "${plain_status:--1}" "${multi_status:--1}" "${gpus:-1}" "${det_status:--1}" "${lnstaged_status:--1}" <<'PY'
 import json, os, sys
 work, status, out, dp_status, ar_status, final, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "final", int(sys.argv[7])
 fills_status, gemm_status, ldmatrix_status, plain_status = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10]), int(sys.argv[11])
@@ -199,7 +199,20 @@ if gemm_status >= 0:
 import glob
 fallbacks = sorted({l.strip() for f in glob.glob(work + "/*.log") for l in text(f, 1000000).splitlines()
                     if "offers no algorithm with a bias epilogue" in l})
-rep = {"check": check, "epilogue_fallbacks": fallbacks[:50], "gemm_bench": gemm, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
+def os_name():
+    try:
+        for l in open("/etc/os-release"):
+            if l.startswith("PRETTY_NAME="):
+                return l.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return None
+try:
+    glibc = os.confstr("CS_GNU_LIBC_VERSION")
+except (ValueError, OSError):
+    glibc = None
+rep = {"system": {"os": os_name(), "glibc": glibc, "bundle_needs_glibc": text(os.environ.get("GPU_CHECK_HERE", ".") + "/share/glibc-version", 100).strip() or None},
+       "check": check, "epilogue_fallbacks": fallbacks[:50], "gemm_bench": gemm, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
        "radar_bench_step_variants": lines(work + "/variants.jsonl"), "radar_bench_serve": lines(work + "/serve.jsonl"),
        "radar_kernel_times": lines(work + "/kernels.jsonl"), "bf16_rematch": lines(work + "/rematch.jsonl"),
        "data_parallel": dp, "allreduce": lines(work + "/allreduce.jsonl"),
@@ -466,6 +479,8 @@ def f(v, d=1):
 print("gpu-check summary: passed %s, complete %s, %s s, skipped %s" % (r.get("passed"), r.get("complete"), r.get("seconds"), r.get("skipped") or "none"))
 print("  %s, compute capability %s; kernels %s/%s, golden %s" % (p.get("device"), p.get("compute_capability"), c.get("kernels_passed"),
       c.get("kernels_total"), len(c.get("golden") or [])))
+sysinfo = r.get("system") or {}
+print("  system: %s, %s (the bundle needs glibc %s)" % (sysinfo.get("os"), sysinfo.get("glibc"), sysinfo.get("bundle_needs_glibc")))
 d, t = r.get("data_parallel") or {}, r.get("run_to_run") or {}
 print("  two ranks on the GPU: %s; run to run: %s (bf16 %s, fp32 %s)" % ("identical" if d.get("passed") else "FAILED",
       "identical" if t.get("passed") else "FAILED or not run", " ".join(t.get("bf16") or []), " ".join(t.get("fp32") or [])))
