@@ -637,7 +637,12 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertNil(saved["test"], "calibration.json: what the fit used only")
         let fitted = try JSONSerialization.jsonObject(with: Data(try run([bin.appendingPathComponent("radar").path, "calibrate", "--checkpoint", root + "/outputs/demo",
                                                                            "--data", root + "/data", "--threads", "1", "--output", root + "/calibration.json"]).utf8)) as! [String: Any]
-        XCTAssertEqual(fitted["temperature"] as! Double, runT, accuracy: 1e-6 * runT, "one process vs 2 ranks gathered")
+        // The same temperature up to the logits' own rounding: one process scores at batch 32, the
+        // ranks at 8, so an image's logit may differ in its last bits (OpenBLAS's tiles follow the
+        // rows), and a fit on this barely trained model (validation AUC near 0.5, small logits)
+        // magnifies that: 1.0e-6 apart with OpenBLAS's Zen kernels (AMD EPYC, AVX2), where one
+        // process alone fits 0.5057375, 0.5057369 and 0.5057373 at batch 32, 8 and 1. 10x inside this.
+        XCTAssertEqual(fitted["temperature"] as! Double, runT, accuracy: 1e-5 * runT, "one process vs 2 ranks gathered")
         XCTAssertLessThanOrEqual(fitted["log_loss_after"] as! Double, fitted["log_loss_before"] as! Double)
         XCTAssertEqual(try TemperatureScaling.resolve(root + "/calibration.json"), fitted["temperature"] as! Double, accuracy: 1e-15)
         let scaledText = try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
