@@ -210,7 +210,7 @@ def main(argv):
         if v and (overall is None or version_key(v) > version_key(overall)):
             overall = v
         if mode == "report":
-            detail = "; ".join(f"{v} {','.join(s)}" for _, v, s in elf.glibc_needs() if floor is None and v == newest(elf))
+            detail = "; ".join(f"{need} {','.join(s)}" for _, need, s in elf.glibc_needs() if need == v)
             print(f"{v or '-'}\t{path}\t{detail}")
     if mode == "lower" and overall and version_key(overall) > version_key(floor):
         raise SystemExit(f"still needs glibc {overall} after lowering to {floor}")
