@@ -2,8 +2,9 @@
 # A self-contained tarball for bare GPU pods (no Swift, no -dev packages): the release binaries
 # built with the static Swift standard library and Foundation, the shared libraries they need from
 # this machine (OpenBLAS, FFTW, LZ4, libpng, TurboJPEG, libwebp, libarchive, OpenMPI's libraries, curl and
-# their dependencies; not glibc, whose 2.34 or newer the bundle needs: below), launchers that set the library path, the golden fixtures and
-# scripts the GPU check uses. CUDA is not bundled: it is loaded at run time from the pod's driver
+# their dependencies), this machine's glibc for machines whose own is older than the bundle's files
+# need (below), launchers that set the library path, the golden fixtures and scripts the GPU check
+# uses. CUDA is not bundled: it is loaded at run time from the pod's driver
 # and its pip wheels or toolkit (RADAR_CUDA_LIBS).
 #
 #   bash scripts/bundle.sh [OUTPUT.tar.xz]      (default .build/radar-bundle.tar.xz)
@@ -46,12 +47,12 @@ done
 # OpenBLAS loads its kernels from the library itself; nothing else is dlopen'ed at run time except
 # CUDA (not bundled) and, under mpirun, OpenMPI's plugins (the pod's own OpenMPI).
 
-# The oldest glibc the bundle runs on. Built here (Debian 12, glibc 2.36), its files need glibc 2.34
+# The oldest glibc the bundle runs on as the machine's. Built here (Debian 12, glibc 2.36), its files need glibc 2.34
 # (pthread and dl* moved into libc then) except for a few newer functions: hypot/hypotf (2.35
 # versions; bound to their older ones), arc4random/arc4random_buf (2.36: libstdc++, libarchive,
 # libevent) and _dl_find_object (2.35: libgcc_s), whose references tools/glibc_floor.py renames to
 # the stand-ins of tools/glibc_compat.c (the running glibc's own function where it has one). So the
-# bundle runs on glibc 2.34+ (Ubuntu 22.04, RHEL 9 and newer), not only on the build's 2.36.
+# bundle runs on the machine's glibc where it is 2.34+ (Ubuntu 22.04, RHEL 9 and newer), not only 2.36.
 floor=2.34
 cc=$(command -v cc || command -v gcc || command -v clang || echo "$(dirname "$(readlink -f "$(command -v swift)")")/clang")
 "$cc" -O2 -shared -fPIC -Wl,-soname,libradar-glibc-compat.so -o "$b/lib/libradar-glibc-compat.so" tools/glibc_compat.c
@@ -61,16 +62,53 @@ done
 python3 tools/glibc_floor.py --max "$b"/libexec/* "$b"/lib/* | tail -1 > "$b/share/glibc-version"
 test "$(cat "$b/share/glibc-version")" = "$floor"
 
+# Below the floor, the bundle's own glibc: this machine's (Debian 12's 2.36) loader, libc and the
+# other libraries of its libc6 package, and its C.utf8 locale. Where a machine's glibc is older than
+# the floor (Ubuntu 20.04's 2.31, RHEL 8's 2.28) or there is none, the launchers run the programs
+# through this loader (`ld-linux-x86-64.so.2 --library-path ... --argv0 ... PROGRAM`): the library
+# path is then the loader's option, not LD_LIBRARY_PATH, so what the programs start (ssh, python,
+# the launchers of the other programs) keeps the machine's own glibc. Libraries the machine gives
+# the programs at run time (the driver's libcuda, NSS modules such as sssd's) were built for an
+# older glibc, which a newer one runs. The programs then re-execute through the launcher, not
+# /proc/self/exe (the loader), and read the bundle's locale, not the machine's (another glibc's
+# format): ProgramImage, ArchiveNames.
+mkdir -p "$b/glibc/lib" "$b/glibc/locale"
+for f in ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libmvec.so.1 libpthread.so.0 libdl.so.2 librt.so.1 libresolv.so.2 \
+         libutil.so.1 libanl.so.1 libnss_files.so.2 libnss_dns.so.2 libnss_compat.so.2; do
+  cp -L "/lib/x86_64-linux-gnu/$f" "$b/glibc/lib/$f"
+done
+cp -r /usr/lib/locale/C.utf8 "$b/glibc/locale/"
+getconf GNU_LIBC_VERSION | awk '{print $2}' > "$b/share/glibc-bundled"
+
 for p in "${programs[@]}"; do
   cat > "$b/bin/$p" <<EOF
 #!/bin/sh
-# Launcher: the bundle's libraries first, then the program.
+# Launcher: the bundle's libraries first, then the program. Where this machine's glibc is older
+# than the bundle's files need (share/glibc-version), or there is none, the program runs on the
+# bundle's own glibc (share/glibc-bundled) through its loader, whose library path is an option,
+# not LD_LIBRARY_PATH: what the program starts keeps this machine's libraries.
+# RADAR_BUNDLE_GLIBC=bundled takes the bundle's anywhere; =system refuses it.
 here=\$(cd "\$(dirname "\$0")/.." && pwd)
 need=\$(cat "\$here/share/glibc-version")
 have=\$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print \$2}')
-if [ -n "\$have" ] && [ "\$(printf '%s\n%s\n' "\$need" "\$have" | sort -V | head -1)" != "\$need" ]; then
-  echo "$p: this bundle needs glibc \$need or newer; this machine has \$have" >&2
-  exit 1
+use=\${RADAR_BUNDLE_GLIBC:-auto}
+case "\$use" in
+  auto|system)
+    if [ -n "\$have" ] && [ "\$(printf '%s\n%s\n' "\$need" "\$have" | sort -V | head -1)" = "\$need" ]; then
+      use=system
+    elif [ "\$use" = system ]; then
+      echo "$p: this bundle's files need glibc \$need or newer; this machine has \${have:-none} (RADAR_BUNDLE_GLIBC=system)" >&2
+      exit 1
+    else
+      use=bundled
+    fi ;;
+  bundled) ;;
+  *) echo "$p: RADAR_BUNDLE_GLIBC is '\$use'; expected auto, bundled or system" >&2; exit 2 ;;
+esac
+if [ "\$use" = bundled ]; then
+  export RADAR_BUNDLE_LOCALES="\$here/glibc/locale"
+  exec "\$here/glibc/lib/ld-linux-x86-64.so.2" --library-path "\$here/glibc/lib:\$here/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" \\
+    --argv0 "\$here/bin/$p" "\$here/libexec/$p" "\$@"
 fi
 export LD_LIBRARY_PATH="\$here/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 exec "\$here/libexec/$p" "\$@"
@@ -92,4 +130,4 @@ mkdir -p "$(dirname "$out")"
 # binary lets xz store them once.
 tar -C "$stage" -cf - radar-bundle | xz -T1 --lzma2=preset=6,dict=192MiB > "$out.tmp"
 mv "$out.tmp" "$out"
-echo "bundle: $out ($(du -h "$out" | cut -f1); $(ls "$b/lib" | wc -l) shared libraries; glibc >= $(cat "$b/share/glibc-version"))"
+echo "bundle: $out ($(du -h "$out" | cut -f1); $(ls "$b/lib" | wc -l) shared libraries; the machine's glibc >= $(cat "$b/share/glibc-version"), else its own $(cat "$b/share/glibc-bundled"))"

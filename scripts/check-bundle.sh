@@ -6,10 +6,13 @@
 # TCP ranks (`radar launch`), and the bundle's gpu-check.sh on the emulated CUDA device (probe, every
 # kernel, golden parity, bench step in each precision). Hiding needs root (unshare -m); without it
 # the same runs happen with the system libraries in sight, and the script says so.
+# Then the same programs on the bundle's own glibc, as the launchers run them where the machine's
+# is older than the bundle's files need (RADAR_BUNDLE_GLIBC=bundled chooses it here).
 # With --root DIR the same runs happen in another system's root file system instead (chroot, with
-# /proc and /dev mounted in a private namespace): `bash scripts/ubuntu-root.sh DIR` makes an
-# Ubuntu 22.04 one, glibc 2.35, the oldest glibc the bundle supports but one (2.34, RHEL 9). Nothing
-# is hidden there: the root has only its own libraries, as a pod has.
+# /proc and /dev mounted in a private namespace): `bash scripts/system-root.sh DIR [SUITE]` makes
+# one: Ubuntu 22.04 (glibc 2.35, the machine's glibc runs the bundle), or 20.04, 18.04 or Debian 11
+# (2.31, 2.27, 2.31: the bundle's own glibc runs it). Nothing is hidden there: the root has only its
+# own libraries, as a pod has.
 #
 #   bash scripts/check-bundle.sh [BUNDLE.tar.xz] [--root DIR]    (default .build/radar-bundle.tar.xz)
 set -euo pipefail
@@ -26,7 +29,7 @@ done
 bundle=${bundle:-$PWD/.build/radar-bundle.tar.xz}
 case "$bundle" in /*) ;; *) bundle="$caller/$bundle" ;; esac  # a given path is the caller's
 if [ -n "$root" ]; then
-  test -x "$root/bin/bash" && test -x "$root/usr/bin/python3" || { echo "check-bundle: $root has no /bin/bash or /usr/bin/python3 (scripts/ubuntu-root.sh makes one that has)" >&2; exit 1; }
+  test -x "$root/bin/bash" && test -x "$root/usr/bin/python3" || { echo "check-bundle: $root has no /bin/bash or /usr/bin/python3 (scripts/system-root.sh makes one that has)" >&2; exit 1; }
   mkdir -p "$root/tmp"
   work=$(mktemp -d "$root/tmp/check-bundle.XXXXXX")
 else
@@ -102,15 +105,23 @@ export PATH="$b/bin:$PATH"
 cd "$(mktemp -d)"
 # The glibc floor (scripts/bundle.sh): no file of the bundle needs a glibc newer than the one the
 # launchers check for, and the stand-ins for newer functions work, both with glibc's own functions
-# behind them and as an older glibc runs them (RADAR_GLIBC_COMPAT_FALLBACK=1).
+# behind them and as an older glibc runs them (RADAR_GLIBC_COMPAT_FALLBACK=1). Below the floor
+# (an older root) the two test programs, built here, run on the bundle's glibc as the programs do.
 floor=$(cat "$b/share/glibc-version")
 need=$(python3 "$work/glibc_floor.py" --max "$b"/libexec/* "$b"/lib/* | tail -1)
 if [ "$need" != "$floor" ] || [ "$floor" != 2.34 ]; then echo "check-bundle: the files need glibc $need, the launchers check for $floor"; exit 1; fi
-LD_LIBRARY_PATH="$b/lib" "$work/compat-selftest"
-bound=$(LD_LIBRARY_PATH="$b/lib" LD_DEBUG=bindings "$work/cxx-check" 2>&1 >/dev/null | grep -c "to $b/lib/libradar-glibc-compat.so .*rcg" || true)
+system_glibc=$(getconf GNU_LIBC_VERSION | awk '{print $2}')
+on_bundle=() BELOW_FLOOR=0
+if [ "$(printf '%s\n%s\n' "$floor" "$system_glibc" | sort -V | head -1)" != "$floor" ]; then
+  on_bundle=("$b/glibc/lib/ld-linux-x86-64.so.2" --library-path "$b/glibc/lib:$b/lib") BELOW_FLOOR=1
+  echo "check-bundle: this system's glibc $system_glibc is older than the bundle's files need ($floor): the programs run on the bundle's own $(cat "$b/share/glibc-bundled")"
+fi
+export BELOW_FLOOR
+LD_LIBRARY_PATH="$b/lib" "${on_bundle[@]}" "$work/compat-selftest"
+bound=$(LD_LIBRARY_PATH="$b/lib" LD_DEBUG=bindings "${on_bundle[@]}" "$work/cxx-check" 2>&1 >/dev/null | grep -c "to $b/lib/libradar-glibc-compat.so .*rcg" || true)
 if [ "$bound" -lt 2 ]; then echo "check-bundle: the bundle's libstdc++ and libgcc_s did not take the stand-ins ($bound bindings)"; exit 1; fi
-LD_LIBRARY_PATH="$b/lib" "$work/cxx-check" >/dev/null
-RADAR_GLIBC_COMPAT_FALLBACK=1 LD_LIBRARY_PATH="$b/lib" "$work/cxx-check" >/dev/null
+LD_LIBRARY_PATH="$b/lib" "${on_bundle[@]}" "$work/cxx-check" >/dev/null
+RADAR_GLIBC_COMPAT_FALLBACK=1 LD_LIBRARY_PATH="$b/lib" "${on_bundle[@]}" "$work/cxx-check" >/dev/null
 # (No sed in here: its libacl is one of the hidden system copies.)
 fallback_demo=$(RADAR_GLIBC_COMPAT_FALLBACK=1 radar demo --epochs 1 2>&1 | tail -1)
 echo "check-bundle: the demo with the fallbacks: $fallback_demo"
@@ -131,10 +142,13 @@ test -f out/e/last.safetensors.lz4
 GPU_CHECK_DEVICE=cuda-emulated GPU_CHECK_GPUS=2 GPU_CHECK_CONFIG=tiny GPU_CHECK_BATCH=2 GPU_CHECK_REPEATS=1 GPU_CHECK_DEADLINE=1800 GPU_CHECK_SERVE_REQUESTS=48 \
   bash "$b/gpu-check.sh" > report.json 2> report.log || { tail -20 report.log; exit 1; }
 python3 - <<'PY' || { echo "check-bundle: the report failed its checks; gpu-check's log:" >&2; tail -20 report.log >&2; exit 1; }
-import json
+import json, os
 r = json.load(open("report.json"))
 assert r["passed"] and r["complete"] and r["skipped"] == [], (r["skipped"], r["seconds"])
 assert r["system"]["bundle_needs_glibc"] == "2.34" and r["system"]["glibc"].startswith("glibc 2.") and r["system"]["os"], r["system"]
+# Which glibc radar ran on: the system's from 2.34, else the bundle's own (the launchers' choice).
+ran = r["system"]["radar_runs_on_glibc"]
+assert ("the bundle's" in ran) if os.environ["BELOW_FLOOR"] == "1" else ran == r["system"]["glibc"].split()[1], (ran, r["system"])
 assert r["check"]["kernels_passed"] == r["check"]["kernels_total"], r["check"]
 assert sorted((b["precision"], b["attention"]) for b in r["radar_bench_step"]) == [
     ("bf16", "fused"), ("bf16", "products"), ("fp32", "products"), ("tf32", "products")], r["radar_bench_step"]
@@ -187,6 +201,44 @@ assert len(r["skipped"]) == 7 and r["skipped"][0] == "radar bench step fp32" and
 assert "radar bench step bf16 products attention" in r["skipped"], r["skipped"]
 print("check-bundle: gpu-check past its deadline skipped %s" % ", ".join(r["skipped"]))
 PY
+# The bundle's own glibc, which the launchers choose where the machine's is older than the files
+# need (or absent), chosen here by RADAR_BUNDLE_GLIBC=bundled: the programs run on its libc and
+# name themselves after the program, not the loader; what they start gets the environment they
+# were given (no LD_LIBRARY_PATH or LOCPATH of the bundle's); the re-execution for better BLAS
+# kernels goes through the launcher (a CPU whose flags say AVX-512, RADAR_TEST_CPUINFO: only the
+# data bench runs, no product); the programs read the bundle's C.utf8 with the machine's locales
+# out of sight (in a root: another glibc's); the device check and two TCP ranks' training pass.
+(
+export RADAR_BUNDLE_GLIBC=bundled
+unset LD_LIBRARY_PATH LOCPATH
+if [ "${NO_HIDE:-0}" != 1 ] && [ -d /usr/lib/locale ]; then mount -t tmpfs -o size=1m none /usr/lib/locale; fi
+radar check-device --device cuda-emulated > bundled-check.json 2> bundled-check.log || { tail -5 bundled-check.log; exit 1; }
+child=$(radar launch -n 1 -- sh -c 'echo "$(cat /proc/$PPID/comm) ${LD_LIBRARY_PATH-unset} ${LOCPATH-unset}"' 2>/dev/null | tail -1)
+if [ "$child" != "radar unset unset" ]; then echo "check-bundle: on the bundle's glibc, a program radar started saw '$child' (expected 'radar unset unset': radar's name, no LD_LIBRARY_PATH, no LOCPATH)"; exit 1; fi
+python3 -c "
+import re, sys
+t = open('/proc/cpuinfo').read()
+sys.stdout.write(re.sub(r'(?m)^(flags\s*:.*)$', r'\1 avx512f avx512bw avx512dq avx512vl avx512cd avx512_bf16', t))" > cpuinfo-avx512
+RADAR_TEST_CPUINFO=$PWD/cpuinfo-avx512 radar bench data --images 1 --prepare-images 0 > reexec.jsonl
+radar synth --output data-b --count 96 --size 32 >/dev/null
+radar launch -n 2 -- radar-worker --data data-b --output out-b --experiment e --config tiny --batch-size 4 --num-epochs 1 \
+  --max-steps-per-epoch 2 --threads 1 > launch-b.log 2>&1 || { tail -5 launch-b.log; exit 1; }
+test -f out-b/e/last.safetensors.lz4
+python3 - "$b" <<'PY'
+import json, sys
+b = sys.argv[1]
+r = json.load(open("bundled-check.json"))
+p = r["probe"]
+assert r["passed"] and r["kernels_passed"] == r["kernels_total"], (r["kernels_passed"], r["kernels_total"])
+want = "%s (the bundle's, through %s/glibc/lib/ld-linux-x86-64.so.2)" % (open(b + "/share/glibc-bundled").read().strip(), b)
+assert p["glibc"] == want, (p["glibc"], want)
+assert p["ctype_locale"] == "C.utf8", p["ctype_locale"]
+first = json.loads(open("reexec.jsonl").readline())
+assert "(switched " in first["machine"]["blas_kernels"], first["machine"]
+print("check-bundle: on the bundle's glibc %s: %d/%d kernels and %d golden cases, LC_CTYPE %s from the bundle, children named radar with no LD_LIBRARY_PATH or LOCPATH, the BLAS re-execution (%s), two TCP ranks trained" % (
+    p["glibc"].split()[0], r["kernels_passed"], r["kernels_total"], len(r["golden"]), p["ctype_locale"], first["machine"]["blas_kernels"]))
+PY
+)
 echo "check-bundle: passed"
 INSIDE
 if [ -n "$root" ]; then

@@ -211,7 +211,8 @@ try:
     glibc = os.confstr("CS_GNU_LIBC_VERSION")
 except (ValueError, OSError):
     glibc = None
-rep = {"system": {"os": os_name(), "glibc": glibc, "bundle_needs_glibc": text(os.environ.get("GPU_CHECK_HERE", ".") + "/share/glibc-version", 100).strip() or None},
+rep = {"system": {"os": os_name(), "glibc": glibc, "bundle_needs_glibc": text(os.environ.get("GPU_CHECK_HERE", ".") + "/share/glibc-version", 100).strip() or None,
+                  "radar_runs_on_glibc": (check.get("probe") or {}).get("glibc") if isinstance(check, dict) else None},
        "check": check, "epilogue_fallbacks": fallbacks[:50], "gemm_bench": gemm, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
        "radar_bench_step_variants": lines(work + "/variants.jsonl"), "radar_bench_serve": lines(work + "/serve.jsonl"),
        "radar_kernel_times": lines(work + "/kernels.jsonl"), "bf16_rematch": lines(work + "/rematch.jsonl"),
@@ -480,7 +481,8 @@ print("gpu-check summary: passed %s, complete %s, %s s, skipped %s" % (r.get("pa
 print("  %s, compute capability %s; kernels %s/%s, golden %s" % (p.get("device"), p.get("compute_capability"), c.get("kernels_passed"),
       c.get("kernels_total"), len(c.get("golden") or [])))
 sysinfo = r.get("system") or {}
-print("  system: %s, %s (the bundle needs glibc %s)" % (sysinfo.get("os"), sysinfo.get("glibc"), sysinfo.get("bundle_needs_glibc")))
+print("  system: %s, %s (the bundle needs glibc %s; radar ran on %s)" % (sysinfo.get("os"), sysinfo.get("glibc"), sysinfo.get("bundle_needs_glibc"),
+      sysinfo.get("radar_runs_on_glibc")))
 d, t = r.get("data_parallel") or {}, r.get("run_to_run") or {}
 print("  two ranks on the GPU: %s; run to run: %s (bf16 %s, fp32 %s)" % ("identical" if d.get("passed") else "FAILED",
       "identical" if t.get("passed") else "FAILED or not run", " ".join(t.get("bf16") or []), " ".join(t.get("fp32") or [])))

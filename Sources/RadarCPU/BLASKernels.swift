@@ -1,5 +1,6 @@
 import COpenBLAS
 import Foundation
+import RadarEngine
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -56,13 +57,18 @@ public enum BLASKernels {
 
     /// Call first thing in `main`: re-executes the process with the better kernels when OpenBLAS
     /// chose weak ones (at most once; returns when nothing needs doing or exec fails).
+    /// `RADAR_TEST_CPUINFO=FILE` reads the CPU's flags from FILE instead of /proc/cpuinfo (for
+    /// tests of the re-execution itself, scripts/check-bundle.sh).
     public static func reexecWithBestKernelsIfNeeded() {
         let env = ProcessInfo.processInfo.environment
+        let cpuinfo = env["RADAR_TEST_CPUINFO"].map { try? String(contentsOfFile: $0, encoding: .utf8) }
+            ?? (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))
         guard env["OPENBLAS_CORETYPE"] == nil, env["RADAR_BLAS_REEXEC"] == nil,
-              let cpu = cpuFlags(), let target = upgrade(current: current, flags: cpu.flags, vendor: cpu.vendor) else { return }
+              let cpu = cpuFlags(cpuinfo), let target = upgrade(current: current, flags: cpu.flags, vendor: cpu.vendor) else { return }
         setenv("OPENBLAS_CORETYPE", target, 1)
         setenv("RADAR_BLAS_REEXEC", "\(current)->\(target)", 1)
-        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        // (Through the bundle's launcher when its glibc's loader started us: ProgramImage.)
+        execv(ProgramImage.reexecPath, CommandLine.unsafeArgv)
         // exec failed: go on with the kernels we have.
         unsetenv("OPENBLAS_CORETYPE")
     }

@@ -42,7 +42,8 @@ struct CheckDevice: ParsableCommand {
             let t0 = Date()
             let backend = try Devices.backend(device, threads: 1, precision: "fp32")
             var probe: [String: Any] = ["device": backend.deviceDescription, "libraries": CUDALibraries.loaded,
-                                        "setup_seconds": Date().timeIntervalSince(t0)]
+                                        "setup_seconds": Date().timeIntervalSince(t0), "glibc": ProgramImage.glibcDescription,
+                                        "ctype_locale": setlocale(LC_CTYPE, nil).map { String(cString: $0) } ?? "unknown"]
             if let cuda = backend as? CUDABackend {
                 let m = cuda.driver.memoryInfo()
                 probe["memory_free_mib"] = Double(m.free) / 1_048_576

@@ -11,6 +11,7 @@ struct Radar: ParsableCommand {
                       CheckDevice.self, Runs.self])
 
     static func main() {
+        ProgramImage.nameAfterProgram()
         BLASKernels.reexecWithBestKernelsIfNeeded()
         OpenSSLLibrary.prepare()
         _ = ArchiveNames.utf8

@@ -13,8 +13,19 @@ public struct ArchiveError: Error, CustomStringConvertible {
 /// "Can't translate pathname". Names are UTF-8 everywhere here (Swift strings, pax headers, zip
 /// entries flagged UTF-8), so the character type is set to UTF-8 once, before the first archive,
 /// and by each program at its start (before other threads run).
+/// Where the bundle runs on its own glibc (scripts/bundle.sh: a machine whose glibc is older than
+/// its files need), the machine's locale files are another glibc's, whose format that glibc may
+/// refuse; the launcher then names the bundle's own `C.utf8` in `RADAR_BUNDLE_LOCALES`, read here
+/// through `LOCPATH` for this one call, so programs started from here keep the machine's locales.
 public enum ArchiveNames {
     public static let utf8: Bool = {
+        if let dir = ProcessInfo.processInfo.environment["RADAR_BUNDLE_LOCALES"], !dir.isEmpty {
+            let saved = getenv("LOCPATH").map { String(cString: $0) }
+            setenv("LOCPATH", dir, 1)
+            let found = setlocale(LC_CTYPE, "C.utf8") != nil
+            if let s = saved { setenv("LOCPATH", s, 1) } else { unsetenv("LOCPATH") }
+            if found { return true }
+        }
         for name in ["C.UTF-8", "C.utf8", "en_US.UTF-8"] where setlocale(LC_CTYPE, name) != nil { return true }
         return false
     }()
