@@ -55,6 +55,10 @@ done
 # bundle runs on the machine's glibc where it is 2.34+ (Ubuntu 22.04, RHEL 9 and newer), not only 2.36.
 floor=2.34
 cc=$(command -v cc || command -v gcc || command -v clang || echo "$(dirname "$(readlink -f "$(command -v swift)")")/clang")
+# The CA certificates where the pod keeps them (tools/ca_bundle.c: Debian's libcurl looks only in
+# Debian's place): a library ahead of libssl in the programs' lookup order.
+"$cc" -O2 -shared -fPIC -Wl,-soname,libradar-ca-bundle.so -o "$b/lib/libradar-ca-bundle.so" tools/ca_bundle.c
+for p in "${programs[@]}"; do patchelf --add-needed libradar-ca-bundle.so "$b/libexec/$p"; done
 "$cc" -O2 -shared -fPIC -Wl,-soname,libradar-glibc-compat.so -o "$b/lib/libradar-glibc-compat.so" tools/glibc_compat.c
 python3 tools/glibc_floor.py --lower "$floor" "$b"/libexec/* "$b"/lib/* | while read -r file _; do
   patchelf --add-needed libradar-glibc-compat.so "${file%:}"
@@ -88,7 +92,8 @@ for p in "${programs[@]}"; do
 # bundle's own glibc (share/glibc-bundled) through its loader, whose library path is an option,
 # not LD_LIBRARY_PATH: what the program starts keeps this machine's libraries.
 # RADAR_BUNDLE_GLIBC=bundled takes the bundle's anywhere; =system refuses it.
-here=\$(cd "\$(dirname "\$0")/.." && pwd)
+self=\$(readlink -f "\$0" 2>/dev/null) || self=\$0  # a symlink to it (in a PATH folder) is followed
+here=\$(cd "\$(dirname "\$self")/.." && pwd)
 need=\$(cat "\$here/share/glibc-version")
 have=\$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print \$2}')
 use=\${RADAR_BUNDLE_GLIBC:-auto}

@@ -35,7 +35,8 @@ if [ -n "$root" ]; then
 else
   work=$(mktemp -d)
 fi
-trap 'rm -rf "$work"' EXIT
+server=""
+trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 tar -C "$work" -xJf "$bundle"
 b="$work/radar-bundle"
 
@@ -76,6 +77,29 @@ if python3 tools/glibc_floor.py --lower 2.34 "$work/uniform" 2> "$work/uniform.e
   echo "check-bundle: glibc_floor.py lowered arc4random_uniform, which it has no stand-in for"; exit 1
 fi
 grep -q "needs arc4random_uniform of GLIBC_2.36" "$work/uniform.err" || { cat "$work/uniform.err"; exit 1; }
+
+# An HTTPS server on 127.0.0.1 with a test CA (python's ssl needs this machine's libssl, which the
+# namespace below hides: it runs out here), for the CA certificates where other systems keep them.
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/ca.key" -out "$work/ca.pem" -days 2 -subj "/CN=radar check-bundle CA" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout "$work/srv.key" -out "$work/srv.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\n' > "$work/san.ext"
+openssl x509 -req -in "$work/srv.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -out "$work/srv.pem" -days 2 -extfile "$work/san.ext" 2>/dev/null
+python3 - "$work" > "$work/https.log" 2>&1 <<'PY' &
+import functools, http.server, os, ssl, sys
+work = sys.argv[1]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(work + "/srv.pem", work + "/srv.key")
+os.makedirs(work + "/www", exist_ok=True)
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=work + "/www"))
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+with open(work + "/https.port.tmp", "w") as f:
+    f.write(str(s.server_address[1]))
+os.rename(work + "/https.port.tmp", work + "/https.port")
+s.serve_forever()
+PY
+server=$!
+for _ in $(seq 100); do [ -f "$work/https.port" ] && break; sleep 0.1; done
+test -f "$work/https.port" || { cat "$work/https.log"; echo "check-bundle: the test HTTPS server did not start"; exit 1; }
 
 cat > "$work/inside.sh" <<'INSIDE'
 set -euo pipefail
@@ -127,6 +151,9 @@ fallback_demo=$(RADAR_GLIBC_COMPAT_FALLBACK=1 radar demo --epochs 1 2>&1 | tail 
 echo "check-bundle: the demo with the fallbacks: $fallback_demo"
 echo "check-bundle: every file loads on glibc $floor; the stand-ins passed their self-test, and a C++ program threw, caught and drew random numbers through the bundle's libstdc++ and libgcc_s, with glibc's functions and with the fallbacks"
 radar demo --epochs 1 2>&1 | tail -2
+# Through a symlink, as a folder in PATH may hold it: the launcher finds the bundle behind it.
+mkdir -p linked && ln -s "$b/bin/radar" linked/radar
+linked/radar check-device --device cuda-emulated --probe-only > linked.json
 radar synth --output data --count 96 --size 32 >/dev/null
 radar launch -n 2 -- radar-worker --data data --output out --experiment e --config tiny --batch-size 4 --num-epochs 1 \
   --max-steps-per-epoch 2 --threads 1 2>&1 | tail -2
@@ -213,6 +240,7 @@ export RADAR_BUNDLE_GLIBC=bundled
 unset LD_LIBRARY_PATH LOCPATH
 if [ "${NO_HIDE:-0}" != 1 ] && [ -d /usr/lib/locale ]; then mount -t tmpfs -o size=1m none /usr/lib/locale; fi
 radar check-device --device cuda-emulated > bundled-check.json 2> bundled-check.log || { tail -5 bundled-check.log; exit 1; }
+linked/radar check-device --device cuda-emulated --probe-only > linked-bundled.json
 child=$(radar launch -n 1 -- sh -c 'echo "$(cat /proc/$PPID/comm) ${LD_LIBRARY_PATH-unset} ${LOCPATH-unset}"' 2>/dev/null | tail -1)
 if [ "$child" != "radar unset unset" ]; then echo "check-bundle: on the bundle's glibc, a program radar started saw '$child' (expected 'radar unset unset': radar's name, no LD_LIBRARY_PATH, no LOCPATH)"; exit 1; fi
 python3 -c "
@@ -233,12 +261,36 @@ assert r["passed"] and r["kernels_passed"] == r["kernels_total"], (r["kernels_pa
 want = "%s (the bundle's, through %s/glibc/lib/ld-linux-x86-64.so.2)" % (open(b + "/share/glibc-bundled").read().strip(), b)
 assert p["glibc"] == want, (p["glibc"], want)
 assert p["ctype_locale"] == "C.utf8", p["ctype_locale"]
+assert json.load(open("linked-bundled.json"))["probe"]["glibc"] == want
 first = json.loads(open("reexec.jsonl").readline())
 assert "(switched " in first["machine"]["blas_kernels"], first["machine"]
 print("check-bundle: on the bundle's glibc %s: %d/%d kernels and %d golden cases, LC_CTYPE %s from the bundle, children named radar with no LD_LIBRARY_PATH or LOCPATH, the BLAS re-execution (%s), two TCP ranks trained" % (
     p["glibc"].split()[0], r["kernels_passed"], r["kernels_total"], len(r["golden"]), p["ctype_locale"], first["machine"]["blas_kernels"]))
 PY
 )
+# HTTPS where the CA certificates are not where Debian keeps them (RHEL, SUSE, Alpine): the
+# bundle's libcurl asks for /etc/ssl/certs/ca-certificates.crt, and tools/ca_bundle.c gives it
+# SSL_CERT_FILE, or the first of the other systems' files that exists. A Hub request to the test
+# server (its CA only in those places) reaches it: "HTTP 404", not a certificate error. Without
+# the CA anywhere, the certificate error (the server is verified: this check can fail).
+https="https://127.0.0.1:$(cat "$work/https.port")"
+hub() { env -u CURL_CA_BUNDLE -u SSL_CERT_FILE "$@" radar prepare --source hf --endpoint "$https" --output "hub-$RANDOM" 2>&1 || true; }
+if [ "${NO_HIDE:-0}" != 1 ]; then
+  mkdir -p /etc/ssl && mount -t tmpfs -o size=1m none /etc/ssl
+  nowhere=$(hub)
+  case "$nowhere" in *"certificate file: /etc/ssl/certs/ca-certificates.crt"*) ;; *) echo "check-bundle: with no CA certificates, the Hub request gave: $nowhere"; exit 1 ;; esac
+  cat "$work/ca.pem" > /etc/ssl/cert.pem  # (not cp: its libacl is a hidden system copy)
+  alpine=$(hub)
+  case "$alpine" in *"HTTP 404"*) ;; *) echo "check-bundle: with the CA in /etc/ssl/cert.pem (Alpine's place), the Hub request gave: $alpine"; exit 1 ;; esac
+  rm /etc/ssl/cert.pem
+fi
+named=$(hub SSL_CERT_FILE="$work/ca.pem")
+case "$named" in *"HTTP 404"*) ;; *) echo "check-bundle: with SSL_CERT_FILE, the Hub request gave: $named"; exit 1 ;; esac
+if [ "${NO_HIDE:-0}" != 1 ]; then
+  echo "check-bundle: HTTPS with the CA certificates elsewhere: SSL_CERT_FILE and another system's place (/etc/ssl/cert.pem) reach the server, none gives the certificate error"
+else
+  echo "check-bundle: HTTPS with SSL_CERT_FILE reaches the server (without a mount namespace, the other systems' places are not tried)"
+fi
 echo "check-bundle: passed"
 INSIDE
 if [ -n "$root" ]; then

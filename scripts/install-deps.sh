@@ -20,6 +20,7 @@ PACKAGES=(
   iproute2                        # ip, tc: simulated hosts for the multi-host test (cluster/netns.sh)
   xz-utils binutils patchelf      # scripts/bundle.sh (xz, strip; patchelf: the glibc stand-ins, tools/glibc_floor.py)
   g++                             # scripts/check-bundle.sh: a C++ program through the bundled libstdc++
+  openssl                         # scripts/check-bundle.sh: a test CA for HTTPS where the CA certificates lie elsewhere
 )
 
 if [ "${1:-}" = "--list" ]; then
