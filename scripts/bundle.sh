@@ -56,7 +56,7 @@ done
 floor=2.34
 cc=$(command -v cc || command -v gcc || command -v clang || echo "$(dirname "$(readlink -f "$(command -v swift)")")/clang")
 # The CA certificates where the pod keeps them (tools/ca_bundle.c: Debian's libcurl looks only in
-# Debian's place): a library ahead of libssl in the programs' lookup order.
+# Debian's place): a library ahead of libcrypto in the programs' lookup order.
 "$cc" -O2 -shared -fPIC -Wl,-soname,libradar-ca-bundle.so -o "$b/lib/libradar-ca-bundle.so" tools/ca_bundle.c
 for p in "${programs[@]}"; do patchelf --add-needed libradar-ca-bundle.so "$b/libexec/$p"; done
 "$cc" -O2 -shared -fPIC -Wl,-soname,libradar-glibc-compat.so -o "$b/lib/libradar-glibc-compat.so" tools/glibc_compat.c

@@ -212,7 +212,7 @@ try:
 except (ValueError, OSError):
     glibc = None
 rep = {"system": {"os": os_name(), "glibc": glibc, "bundle_needs_glibc": text(os.environ.get("GPU_CHECK_HERE", ".") + "/share/glibc-version", 100).strip() or None,
-                  "radar_runs_on_glibc": (check.get("probe") or {}).get("glibc") if isinstance(check, dict) else None},
+                  "radar_runs_on_glibc": (check.get("probe") or {}).get("glibc")},
        "check": check, "epilogue_fallbacks": fallbacks[:50], "gemm_bench": gemm, "radar_bench_step": lines(work + "/bench.jsonl"), "pytorch_step": lines(work + "/pytorch.jsonl"),
        "radar_bench_step_variants": lines(work + "/variants.jsonl"), "radar_bench_serve": lines(work + "/serve.jsonl"),
        "radar_kernel_times": lines(work + "/kernels.jsonl"), "bf16_rematch": lines(work + "/rematch.jsonl"),
