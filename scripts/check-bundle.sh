@@ -278,7 +278,9 @@ hub() { env -u CURL_CA_BUNDLE -u SSL_CERT_FILE "$@" radar prepare --source hf --
 if [ "${NO_HIDE:-0}" != 1 ]; then
   mkdir -p /etc/ssl && mount -t tmpfs -o size=1m none /etc/ssl
   nowhere=$(hub)
-  case "$nowhere" in *"certificate file: /etc/ssl/certs/ca-certificates.crt"*) ;; *) echo "check-bundle: with no CA certificates, the Hub request gave: $nowhere"; exit 1 ;; esac
+  # Said once (not retried) with the bundle's remedy (SSL_CERT_FILE works only in the bundle).
+  case "$nowhere" in *"certificate file: /etc/ssl/certs/ca-certificates.crt (no CA certificates there: install the system's (Debian: ca-certificates) or set SSL_CERT_FILE"*) ;; *) echo "check-bundle: with no CA certificates, the Hub request gave: $nowhere"; exit 1 ;; esac
+  case "$nowhere" in *"gave up"*) echo "check-bundle: a missing CA file was retried: $nowhere"; exit 1 ;; esac
   cat "$work/ca.pem" > /etc/ssl/cert.pem  # (not cp: its libacl is a hidden system copy)
   alpine=$(hub)
   case "$alpine" in *"HTTP 404"*) ;; *) echo "check-bundle: with the CA in /etc/ssl/cert.pem (Alpine's place), the Hub request gave: $alpine"; exit 1 ;; esac

@@ -38,7 +38,7 @@ func printJSON(_ object: [String: Any]) {
 
 /// Peak resident set size of this process in MiB (Linux VmHWM).
 func peakRSSMiB() -> Double {
-    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    guard let s = readKernelFile("/proc/self/status") else { return 0 }
     for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
         // "VmHWM:\t   1234 kB" (no padding once the number is long): split on any whitespace.
         let kb = Double(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.map(String.init) ?? "0") ?? 0

@@ -831,6 +831,29 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertEqual(parentPath("o/e"), "o")
     }
 
+    /// Kernel-made files read to their end: this process's /proc/self/maps (far beyond the 4 KB
+    /// of the kernel's first page, which is all Foundation's String(contentsOfFile:) returns)
+    /// has every line C's stdio reads from it; a file that is not there is nil.
+    func testKernelFilesAreReadToTheirEnd() throws {
+        func linesByStdio() -> Int {
+            guard let f = fopen("/proc/self/maps", "r") else { return -1 }
+            defer { fclose(f) }
+            var n = 0, line: UnsafeMutablePointer<CChar>?, cap = 0
+            while getline(&line, &cap, f) > 0 { n += 1 }
+            free(line)
+            return n
+        }
+        let before = linesByStdio()
+        let text = try XCTUnwrap(readKernelFile("/proc/self/maps"))
+        let after = linesByStdio()
+        XCTAssertGreaterThan(text.utf8.count, 16_384, "the test process maps enough to need several pages")
+        XCTAssertTrue(text.hasSuffix("\n"))
+        let lines = text.split(separator: "\n").count
+        XCTAssertTrue(lines == before || lines == after, "\(lines) lines, stdio read \(before) and \(after)")
+        XCTAssertTrue(text.contains("[stack]"), "the last mappings are there too")
+        XCTAssertNil(readKernelFile("/proc/self/no-such-file"))
+    }
+
     /// A training sample that rots in its shard after prepare (its image bytes overwritten) is
     /// skipped, logged and recorded, and the run goes on; with a limit of 0 the run stops naming it.
     func testUnreadableTrainingSampleIsSkippedAndCounted() throws {

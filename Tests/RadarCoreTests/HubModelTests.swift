@@ -193,6 +193,105 @@ final class HubModelTests: XCTestCase {
             XCTAssertTrue("\($0)".hasPrefix("hf-hub:timm/vit-test model.safetensors: not in the Hugging Face cache (\(empty)) and HF_HUB_OFFLINE is set"), "\($0)")
         }
     }
+
+    /// A certificate no CA here signs (a TLS-inspecting proxy, a machine without its CA bundle):
+    /// said at once with what to do, one connection each (five attempts would be five), nothing
+    /// half-written; the Hub's file an error, not "unreachable" with the cache quietly used (as
+    /// huggingface_hub raises SSL errors), the cached copy named where there is one.
+    func testACertificateProblemIsSaidAtOnceNotRetriedAndNotHiddenByTheCache() throws {
+        let https = try UntrustedHTTPSServer()
+        defer { https.stop() }
+        let downloader = HuggingFaceDownloader(endpoint: https.base, environment: [:])
+        XCTAssertEqual(downloader.attempts, 5)
+        var logged: [String] = []
+        downloader.log = { logged.append($0) }
+        func certificateProblem(_ e: Error) -> Bool {
+            "\(e)".contains("SSL certificate problem") && "\(e)".contains("update-ca-certificates") && !"\(e)".contains("gave up")
+        }
+        XCTAssertThrowsError(try downloader.listArchives()) { XCTAssertTrue(certificateProblem($0), "\($0)") }
+        XCTAssertEqual(https.accepted, 1)
+        let dest = temporaryDirectory("https-download") + "/fake_train/1.tar.gz"
+        XCTAssertThrowsError(try downloader.downloadFile(https.base + "/fake_train/1.tar.gz", to: dest)) {
+            XCTAssertTrue("\($0)".hasPrefix("\(https.base)/fake_train/1.tar.gz: SSL certificate problem"), "\($0)")
+            XCTAssertTrue(certificateProblem($0), "\($0)")
+        }
+        XCTAssertEqual(https.accepted, 2)
+        XCTAssertEqual(logged, [])  // no "attempt 1 failed ...; retrying"
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dest + ".part"))
+
+        let (server, _, _) = try hub()
+        defer { server.stop() }
+        let cache = temporaryDirectory("hub-tls"), ref = HubModel.Reference(repo: "timm/vit-test", revision: "main")
+        let untrusted = environment(nil, cache: cache, ["HF_ENDPOINT": https.base])
+        let url = "\(https.base)/timm/vit-test/resolve/main/model.safetensors"
+        XCTAssertThrowsError(try HubModel.file(ref, "model.safetensors", environment: untrusted)) {
+            XCTAssertTrue("\($0)".hasPrefix("\(url): SSL certificate problem"), "\($0)")
+            XCTAssertFalse("\($0)".contains("unreachable") || "\($0)".contains("HF_HUB_OFFLINE"), "\($0)")
+        }
+        XCTAssertEqual(https.accepted, 3)
+        let ours = try HubModel.file(ref, "model.safetensors", environment: environment(server, cache: cache))
+        logged = []
+        XCTAssertThrowsError(try HubModel.file(ref, "model.safetensors", environment: untrusted) { logged.append($0) }) {
+            XCTAssertTrue("\($0)".hasPrefix("\(url): SSL certificate problem"), "\($0)")
+            XCTAssertTrue("\($0)".hasSuffix("; HF_HUB_OFFLINE=1 uses the cached \(ours)"), "\($0)")
+        }
+        XCTAssertEqual(https.accepted, 4)
+        XCTAssertEqual(logged, [])
+        XCTAssertEqual(try HubModel.file(ref, "model.safetensors", environment: environment(nil, cache: cache, ["HF_HUB_OFFLINE": "1"])), ours)
+    }
+}
+
+/// A local HTTPS server (Python's, in a thread) whose self-signed certificate (openssl's) no CA
+/// on this machine signs; it answers nothing past the handshake. `accepted`: the TCP connections
+/// it took, each the start of one attempt.
+final class UntrustedHTTPSServer {
+    let process = Process()
+    let directory: String
+    private(set) var base = ""
+
+    init() throws {
+        directory = temporaryDirectory("untrusted-https")
+        let (rc, out) = try shell(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "\(directory)/key.pem",
+                                   "-out", "\(directory)/cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        guard rc == 0 else { throw DatasetError(path: directory, reason: "openssl could not make a test certificate: \(out)") }
+        let script = """
+        import http.server, os, ssl, sys
+        d = sys.argv[1]
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(d + "/cert.pem", d + "/key.pem")
+        class Server(http.server.HTTPServer):
+            accepted = 0
+            def get_request(self):
+                sock, addr = self.socket.accept()
+                Server.accepted += 1
+                with open(d + "/accepted.tmp", "w") as f: f.write(str(Server.accepted))
+                os.replace(d + "/accepted.tmp", d + "/accepted")
+                return ctx.wrap_socket(sock, server_side=True), addr
+            def handle_error(self, request, address): pass
+        s = Server(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+        print(s.server_address[1], flush=True)
+        s.serve_forever()
+        """
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [interopPython, "-c", script, directory]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = pipe.fileHandleForReading.availableData
+            guard !chunk.isEmpty else { throw DatasetError(path: directory, reason: "the HTTPS test server did not start") }
+            line.append(chunk)
+        }
+        base = "https://127.0.0.1:" + String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    var accepted: Int { Int((try? String(contentsOfFile: directory + "/accepted", encoding: .utf8)) ?? "0") ?? -1 }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+    }
 }
 
 /// A Hub repository `timm/vit-test` on a local server: `model` as model.safetensors through

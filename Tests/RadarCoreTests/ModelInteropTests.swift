@@ -94,7 +94,21 @@ final class ModelInteropTests: XCTestCase {
         let live = out + "/c-running"
         try FileManager.default.createDirectory(atPath: live, withIntermediateDirectories: true)
         try Data("{}".utf8).write(to: URL(fileURLWithPath: live + "/config.json"))
+        // Locks of other programs around the run's (a busy node's /proc/locks runs to many
+        // pages; the run's lock once went unseen past the first): 300 flocks before it and 300
+        // after (the kernel lists the newest first), so it lies pages deep either way.
+        let others = temporaryDirectory("runs-other-locks")
+        func lockOthers(_ range: Range<Int>) -> [Int32] {
+            range.map { i in
+                let fd = open("\(others)/\(i)", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+                XCTAssertEqual(flock(fd, LOCK_EX), 0)
+                return fd
+            }
+        }
+        var held = lockOthers(0..<300)
+        defer { held.forEach { close($0) } }
         let lock = try FolderLock.experiment(live)
+        held += lockOthers(300..<600)
         try FileManager.default.createDirectory(atPath: out + "/d-not-a-run", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: out + "/.hidden", withIntermediateDirectories: true)
         try Data("{}".utf8).write(to: URL(fileURLWithPath: out + "/.hidden/config.json"))

@@ -110,6 +110,11 @@ public enum HubModel {
                 return p
             }
             throw HubError(description: "\(url): \(e.description), and \(filename) is not in the Hugging Face cache (\(cache))")
+        } catch let e as HubError {
+            // The Hub reached but refusing (a certificate problem, an expired token, a deleted
+            // repository): an error, as huggingface_hub's, with the way to the copy there is.
+            guard let p = cached() else { throw e }
+            throw HubError(description: "\(e.description); HF_HUB_OFFLINE=1 uses the cached \(p)")
         }
         let snapshotDir = "\(repoDir)/snapshots/\(meta.commit)", snapshot = "\(snapshotDir)/\(filename)"
         let blob = "\(repoDir)/blobs/\(meta.etag)"
@@ -184,7 +189,8 @@ public enum HubModel {
 
     /// A HEAD of the resolve URL, not following the Hub's redirect to its storage (whose answer
     /// has no commit): X-Repo-Commit, X-Linked-Etag (else ETag), X-Linked-Size (else
-    /// Content-Length). A failure to connect is "unreachable (...)"; an HTTP error names its status.
+    /// Content-Length). A failure to connect is "unreachable (...)"; an HTTP error names its status;
+    /// a certificate problem is said as `HuggingFaceDownloader.permanentFailure` says it.
     static func metadata(_ url: String, token: String?) throws -> Metadata {
         guard let u = URL(string: url) else { throw HubError(description: "\(url): not a URL") }
         var last = ""
@@ -217,6 +223,10 @@ public enum HubModel {
                 default: last = "HTTP \(h.statusCode)"
                 }
             } else if let e = result.1 {
+                // A certificate problem is the machine's configuration, not the network's weather:
+                // said at once, and not "unreachable" (which falls back on the cache), as
+                // huggingface_hub raises SSL errors rather than use its cache.
+                if let permanent = HuggingFaceDownloader.permanentFailure(e) { throw HubError(description: "\(url): \(permanent)") }
                 last = e.localizedDescription
                 if attempt == 3 { throw HubError(description: "unreachable (\(last))") }
             }

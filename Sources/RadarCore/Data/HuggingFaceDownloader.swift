@@ -146,6 +146,43 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
 
     enum Transfer { case complete(total: Int?), failed(String, retry: Bool) }
 
+    /// A transfer error no retry can mend, said with what to do about it; nil for the others
+    /// (a refused or lost connection, a timeout, an unresolved name: a flaky network or a Hub
+    /// restarting, which retries outlast). Permanent: the server's certificate not verified
+    /// (corelibs Foundation reports libcurl's "SSL certificate problem: ..." as code -1 with
+    /// curl's text, Apple's as the -120x codes), no CA certificates where libcurl reads them
+    /// ("error setting certificate file: PATH"), a URL libcurl cannot fetch. huggingface_hub,
+    /// likewise, retries none of these and does not fall back on its cache for them.
+    public static func permanentFailure(_ error: Error) -> String? {
+        let e = error as NSError
+        guard e.domain == NSURLErrorDomain else { return nil }
+        let text = e.localizedDescription
+        switch e.code {
+        case NSURLErrorBadURL, NSURLErrorUnsupportedURL:
+            return "\(text) (not a URL this downloader fetches: check HF_ENDPOINT or --endpoint)"
+        case NSURLErrorServerCertificateHasBadDate, NSURLErrorServerCertificateUntrusted, NSURLErrorServerCertificateHasUnknownRoot,
+             NSURLErrorServerCertificateNotYetValid, NSURLErrorClientCertificateRejected, NSURLErrorClientCertificateRequired:
+            break
+        default:
+            guard text.lowercased().contains("certificate") else { return nil }
+        }
+        // SSL_CERT_FILE reaches libcurl only through the bundle's tools/ca_bundle.c (Foundation
+        // takes no CA file on Linux, Debian's libcurl reads only its own path): the remedy said
+        // is the one that works in this process.
+        let named = caBundleInterposed ? "set SSL_CERT_FILE (or CURL_CA_BUNDLE) to a CA bundle that holds it"
+            : "add it to this machine's CA store, which libcurl reads at /etc/ssl/certs/ca-certificates.crt (Debian: copy it to /usr/local/share/ca-certificates/ and run update-ca-certificates)"
+        if text.contains("certificate file") || text.contains("verify locations") {
+            return "\(text) (no CA certificates there: install the system's (Debian: ca-certificates)" + (caBundleInterposed ? " or set SSL_CERT_FILE to a CA bundle)" : ")")
+        }
+        return "\(text) (the server's certificate is not signed by a CA this machine trusts; retrying cannot help: behind a TLS-inspecting proxy, take the proxy's CA and \(named))"
+    }
+
+    /// Whether the bundle's `libradar-ca-bundle.so` is loaded (it is the programs' first needed
+    /// library there, and nowhere else).
+    static let caBundleInterposed: Bool = {
+        readKernelFile("/proc/self/maps")?.contains("/libradar-ca-bundle.so") ?? false
+    }()
+
     private func request(_ url: String) -> URLRequest? {
         guard let u = URL(string: url) else { return nil }
         var r = URLRequest(url: u, timeoutInterval: timeout)
@@ -176,7 +213,10 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
             nonisolated(unsafe) var result: (Data?, URLResponse?, Error?) = (nil, nil, nil)
             URLSession.shared.dataTask(with: req) { d, r, e in result = (d, r, e); sem.signal() }.resume()
             sem.wait()
-            if let e = result.2 { last = "\(e.localizedDescription)" } else if let h = result.1 as? HTTPURLResponse {
+            if let e = result.2 {
+                if let permanent = HuggingFaceDownloader.permanentFailure(e) { throw DownloadError(url: url, reason: permanent) }
+                last = "\(e.localizedDescription)"
+            } else if let h = result.1 as? HTTPURLResponse {
                 if h.statusCode == 200, let d = result.0 { return (d, h) }
                 last = "HTTP \(h.statusCode)"
                 if h.statusCode == 401 || h.statusCode == 403 || h.statusCode == 404 {
@@ -278,7 +318,12 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
             try? handle?.synchronize()
             try? handle?.close()
             if let error, failure == nil, handle != nil || total == nil {
-                failure = "connection lost: \(error.localizedDescription)"
+                if let permanent = HuggingFaceDownloader.permanentFailure(error) {
+                    failure = permanent
+                    retry = false
+                } else {
+                    failure = "connection lost: \(error.localizedDescription)"
+                }
             }
             if let total, failure == nil, let size = try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int, size < total {
                 failure = "connection lost after \(size) of \(total) bytes"

@@ -55,7 +55,7 @@ public struct RunSummary: Sendable {
 
     /// (device, inode) of every flock held on this machine (/proc/locks); nil where unreadable.
     static func lockedInodes() -> Set<String>? {
-        guard let text = try? String(contentsOfFile: "/proc/locks", encoding: .utf8) else { return nil }
+        guard let text = readKernelFile("/proc/locks") else { return nil }
         var out = Set<String>()
         for line in text.split(separator: "\n") {
             let f = line.split(separator: " ", omittingEmptySubsequences: true)

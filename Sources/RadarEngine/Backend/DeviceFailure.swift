@@ -65,7 +65,7 @@ public enum HostMemory {
         if let text = ProcessInfo.processInfo.environment["RADAR_HOST_MEMORY"], let budget = parseBytes(text) {
             return max(0, budget - residentBytes())
         }
-        guard let info = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        guard let info = readKernelFile("/proc/meminfo") else { return nil }
         func field(_ name: String) -> Int? {
             for line in info.split(separator: "\n") where line.hasPrefix(name + ":") {
                 return line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.flatMap { Int($0) }.map { $0 * 1024 }

@@ -53,3 +53,22 @@ public func containingFolder(_ path: String) -> String {
     let parent = parentPath(path)
     return parent.isEmpty ? "." : parent
 }
+
+/// The whole text of a kernel-made file (`/proc/locks`, `/proc/self/maps`), read to its end; nil
+/// where it cannot be opened. Foundation's `String(contentsOfFile:)` takes such a file's size from
+/// stat (0) and returns what its first read gave: the kernel's first page, about 4 KB, the rest
+/// silently lost (a run's lock past the first 70 or so in /proc/locks went unseen). (/proc/cpuinfo
+/// is still read that way where only the first processor is wanted: the kernel gives its record
+/// whole in the first read, and the rest of it on a large machine is slow to make.)
+public func readKernelFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = [], chunk = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { return n == 0 ? String(decoding: bytes, as: UTF8.self) : nil }
+        bytes.append(contentsOf: chunk[0..<n])
+    }
+}
