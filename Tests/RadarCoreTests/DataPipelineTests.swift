@@ -274,11 +274,16 @@ final class DataPipelineTests: XCTestCase {
         XCTAssertEqual(znames.trimmingCharacters(in: .whitespacesAndNewlines), "[('my run ü/a.txt', 2048)]")
     }
 
-    /// A missing folder, a raw real/ fake/ folder and a folder without a manifest each get their
+    /// A missing folder, a file, a raw real/ fake/ folder and a folder without a manifest each get their
     /// own message; an unknown --config name lists the presets.
     func testDatasetAndConfigErrorsSayWhatIsWrong() throws {
         let missing = temporaryDirectory("nothing-here") + "/absent"
         XCTAssertThrowsError(try ShardSet(directory: missing)) { XCTAssertEqual("\($0)", "\(missing): no such dataset directory") }
+        let file = temporaryDirectory("a-file") + "/manifest.json"
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: file))
+        XCTAssertThrowsError(try ShardSet(directory: file)) {
+            XCTAssertEqual("\($0)", "\(file): a file, not a dataset directory (the --output of radar prepare or radar synth)")
+        }
         let raw = temporaryDirectory("raw")
         try FileManager.default.createDirectory(atPath: raw + "/real", withIntermediateDirectories: true)
         XCTAssertThrowsError(try ShardSet(directory: raw)) { XCTAssertTrue("\($0)".contains("run `radar prepare --source \(raw)"), "\($0)") }

@@ -57,8 +57,11 @@ public struct DatasetManifest: Codable, Equatable, Sendable {
         guard let data = FileManager.default.contents(atPath: path) else {
             let fm = FileManager.default
             var isDir: ObjCBool = false
-            guard fm.fileExists(atPath: directory, isDirectory: &isDir), isDir.boolValue else {
+            guard fm.fileExists(atPath: directory, isDirectory: &isDir) else {
                 throw DatasetError(path: directory, reason: "no such dataset directory")
+            }
+            guard isDir.boolValue else {
+                throw DatasetError(path: directory, reason: "a file, not a dataset directory (the --output of radar prepare or radar synth)")
             }
             if fm.fileExists(atPath: (directory as NSString).appendingPathComponent("real")) || fm.fileExists(atPath: (directory as NSString).appendingPathComponent("fake")) {
                 throw DatasetError(path: directory, reason: "holds raw real/ and fake/ images, not a prepared dataset: run `radar prepare --source \(directory) --output DIR` first")
