@@ -757,6 +757,18 @@ final class TrainingRunTests: XCTestCase {
             XCTAssertEqual("\($0)", "\(noVal): the val split is empty (validation chooses the best epoch and stops early): prepare it with --val-fraction above 0")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: v.experimentDirectory))
+        // A fraction above 0 that drew no sequence of a small set: not "above 0".
+        let drewNone = temporaryDirectory("run-drew-none-data")
+        _ = try DatasetPreparer(options: PrepareOptions(output: drewNone).with { $0.valFraction = 0.05 }).run(
+            SyntheticSource(size: 32, count: 32, seed: 2, difficulty: 0.2, framesPerSequence: 4))
+        let counts = try DatasetManifest.load(directory: drewNone).counts
+        XCTAssertEqual(counts["val"]?.total ?? 0, 0, "the set the check needs: no validation sequence drawn")
+        let sequences = counts["train"].map { $0.realSequences + $0.fakeSequences } ?? -1
+        XCTAssertGreaterThan(sequences, 1)
+        (v.data, v.experiment) = (drewNone, "drew-none")
+        XCTAssertThrowsError(try TrainingRun(options: v).run()) {
+            XCTAssertEqual("\($0)", "\(drewNone): the val split is empty (validation chooses the best epoch and stops early): --val-fraction 0.05 drew none of the \(sequences) training sequences (each goes whole to one split, by a seeded hash): prepare it with a larger --val-fraction, more sequences or another --seed")
+        }
         // Nor for a checkpoint that cannot be resumed from (it left a folder holding only .lock).
         (o.batchSize, o.experiment, o.resume) = (8, "bad-resume", data + "/manifest.json")
         XCTAssertThrowsError(try TrainingRun(options: o).run()) { e in

@@ -184,8 +184,15 @@ public final class TrainingRun {
         inputImages = DeviceTensor(ctx.backend, Shape(options.batchSize, 3, c.imgSize, c.imgSize))
         inputLabels = DeviceTensor(ctx.backend, Shape(options.batchSize))
         for split in [Split.train, .val] where set.refs(split).isEmpty {
+            // Validation is drawn by whole sequences, each by a seeded hash: a small set can draw
+            // none at a fraction above 0 (the remedy then is not "above 0").
+            let fraction = set.manifest.parameters["val_fraction"].flatMap(Double.init) ?? 0
+            let sequences = set.manifest.counts[Split.train.rawValue].map { $0.realSequences + $0.fakeSequences } ?? 0
+            let remedy = fraction > 0
+                ? ": --val-fraction \(fraction) drew none of the \(sequences) training sequences (each goes whole to one split, by a seeded hash): prepare it with a larger --val-fraction, more sequences or another --seed"
+                : ": prepare it with --val-fraction above 0"
             throw DatasetError(path: options.data, reason: "the \(split.rawValue) split is empty" + (split == .val
-                ? " (validation chooses the best epoch and stops early): prepare it with --val-fraction above 0" : ""))
+                ? " (validation chooses the best epoch and stops early)" + remedy : ""))
         }
         // Here, before the experiment folder is made: a run that cannot take one step leaves nothing.
         guard batchesPerEpoch > 0 else {
