@@ -290,6 +290,18 @@ final class DataPipelineTests: XCTestCase {
         let empty = temporaryDirectory("empty")
         XCTAssertThrowsError(try ShardSet(directory: empty)) { XCTAssertTrue("\($0)".contains("manifest.json: no manifest"), "\($0)") }
         XCTAssertThrowsError(try RADARConfig.resolve("smal")) { XCTAssertTrue("\($0)".contains("not a preset (tiny, mid, full)"), "\($0)") }
+        // prepare's --source: what it is instead of a folder of archives.
+        let expected = "(expected hf, a folder of WildDeepfake's archives, or one with real/ and fake/)"
+        XCTAssertThrowsError(try WildDeepfakeArchives(root: missing)) { XCTAssertEqual("\($0)", "\(missing): no such directory \(expected)") }
+        XCTAssertThrowsError(try WildDeepfakeArchives(root: file)) { XCTAssertEqual("\($0)", "\(file): a file, not a directory \(expected)") }
+        let prepared = temporaryDirectory("prepared")
+        _ = try DatasetPreparer(options: PrepareOptions(output: prepared)).run(SyntheticSource(size: 16, count: 16, seed: 1, difficulty: 0.2, framesPerSequence: 4))
+        XCTAssertThrowsError(try WildDeepfakeArchives(root: prepared)) {
+            XCTAssertEqual("\($0)", "\(prepared): a prepared dataset already (manifest.json): train on it with --data \(prepared)")
+        }
+        XCTAssertThrowsError(try WildDeepfakeArchives(root: empty)) {
+            XCTAssertEqual("\($0)", "\(empty): no WildDeepfake archives (*/{fake,real}_{train,test}/*.tar.gz) found, nor real/ and fake/ folders")
+        }
     }
 
     func testReferenceFoldersAndEmptyClass() throws {

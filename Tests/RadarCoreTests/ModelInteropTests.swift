@@ -131,6 +131,9 @@ final class ModelInteropTests: XCTestCase {
         XCTAssertThrowsError(try RunSummary.scan(out + "/nonexistent")) {
             XCTAssertEqual("\($0)", "\(out)/nonexistent: no such folder (the --output of radar train / radar-worker)")
         }
+        XCTAssertThrowsError(try RunSummary.scan(out + "/c-running/config.json")) {
+            XCTAssertEqual("\($0)", "\(out)/c-running/config.json: a file, not a folder (the --output of radar train / radar-worker)")
+        }
     }
 
     /// `radar export --hub-folder`: what huggingface_hub reads as a model card (metadata and

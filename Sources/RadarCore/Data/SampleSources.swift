@@ -76,10 +76,22 @@ public struct WildDeepfakeArchives: SampleSource {
         if let archives {
             self.archives = archives.sorted()
         } else {
+            // What the source is instead, where it is not a folder of archives: missing or a file
+            // (said before a walk), a prepared dataset (below, when the walk found nothing).
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: root, isDirectory: &isDir) else {
+                throw DatasetError(path: root, reason: "no such directory (expected hf, a folder of WildDeepfake's archives, or one with real/ and fake/)")
+            }
+            guard isDir.boolValue else {
+                throw DatasetError(path: root, reason: "a file, not a directory (expected hf, a folder of WildDeepfake's archives, or one with real/ and fake/)")
+            }
             self.archives = try WildDeepfakeArchives.findArchives(root)
         }
         guard !self.archives.isEmpty else {
-            throw DatasetError(path: root, reason: "no WildDeepfake archives (*/{fake,real}_{train,test}/*.tar.gz) found")
+            if FileManager.default.fileExists(atPath: (root as NSString).appendingPathComponent(DatasetManifest.fileName)) {
+                throw DatasetError(path: root, reason: "a prepared dataset already (\(DatasetManifest.fileName)): train on it with --data \(root)")
+            }
+            throw DatasetError(path: root, reason: "no WildDeepfake archives (*/{fake,real}_{train,test}/*.tar.gz) found, nor real/ and fake/ folders")
         }
     }
 

@@ -41,7 +41,8 @@ public struct RunSummary: Sendable {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: output, isDirectory: &isDir), isDir.boolValue else {
-            throw DatasetError(path: output, reason: "no such folder (the --output of radar train / radar-worker)")
+            throw DatasetError(path: output, reason: (isDir.boolValue || !fm.fileExists(atPath: output) ? "no such folder" : "a file, not a folder")
+                               + " (the --output of radar train / radar-worker)")
         }
         let held = lockedInodes()
         return try fm.contentsOfDirectory(atPath: output).sorted().compactMap { name in
