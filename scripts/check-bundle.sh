@@ -274,7 +274,7 @@ PY
 # server (its CA only in those places) reaches it: "HTTP 404", not a certificate error. Without
 # the CA anywhere, the certificate error (the server is verified: this check can fail).
 https="https://127.0.0.1:$(cat "$work/https.port")"
-hub() { env -u CURL_CA_BUNDLE -u SSL_CERT_FILE "$@" radar prepare --source hf --endpoint "$https" --output "hub-$RANDOM" 2>&1 || true; }
+hub() { env -u CURL_CA_BUNDLE -u REQUESTS_CA_BUNDLE -u SSL_CERT_FILE "$@" radar prepare --source hf --endpoint "$https" --output "hub-$RANDOM" 2>&1 || true; }
 if [ "${NO_HIDE:-0}" != 1 ]; then
   mkdir -p /etc/ssl && mount -t tmpfs -o size=1m none /etc/ssl
   nowhere=$(hub)
@@ -286,12 +286,14 @@ if [ "${NO_HIDE:-0}" != 1 ]; then
   case "$alpine" in *"HTTP 404"*) ;; *) echo "check-bundle: with the CA in /etc/ssl/cert.pem (Alpine's place), the Hub request gave: $alpine"; exit 1 ;; esac
   rm /etc/ssl/cert.pem
 fi
-named=$(hub SSL_CERT_FILE="$work/ca.pem")
-case "$named" in *"HTTP 404"*) ;; *) echo "check-bundle: with SSL_CERT_FILE, the Hub request gave: $named"; exit 1 ;; esac
+for var in SSL_CERT_FILE REQUESTS_CA_BUNDLE; do
+  named=$(hub "$var=$work/ca.pem")
+  case "$named" in *"HTTP 404"*) ;; *) echo "check-bundle: with $var, the Hub request gave: $named"; exit 1 ;; esac
+done
 if [ "${NO_HIDE:-0}" != 1 ]; then
-  echo "check-bundle: HTTPS with the CA certificates elsewhere: SSL_CERT_FILE and another system's place (/etc/ssl/cert.pem) reach the server, none gives the certificate error"
+  echo "check-bundle: HTTPS with the CA certificates elsewhere: SSL_CERT_FILE, REQUESTS_CA_BUNDLE and another system's place (/etc/ssl/cert.pem) reach the server, none gives the certificate error"
 else
-  echo "check-bundle: HTTPS with SSL_CERT_FILE reaches the server (without a mount namespace, the other systems' places are not tried)"
+  echo "check-bundle: HTTPS with SSL_CERT_FILE and REQUESTS_CA_BUNDLE reaches the server (without a mount namespace, the other systems' places are not tried)"
 fi
 echo "check-bundle: passed"
 INSIDE

@@ -8,8 +8,9 @@
 // timm`, `hf-hub:`) failed: "error setting certificate file: /etc/ssl/certs/ca-certificates.crt".
 // The bundle's libcurl (7.88, with OpenSSL 3) hands that path to libcrypto's X509_STORE_load_file;
 // this library, earlier in the programs' lookup order than libcrypto, defines that function and
-// passes on, in this order: CURL_CA_BUNDLE or SSL_CERT_FILE when set to a file that can be read
-// (curl's and OpenSSL's own variables, which libcurl's compiled-in path otherwise overrides), the
+// passes on, in this order: CURL_CA_BUNDLE, REQUESTS_CA_BUNDLE or SSL_CERT_FILE when set to a file
+// that can be read (curl's, Python requests' (what huggingface_hub users behind a TLS-inspecting
+// proxy set) and OpenSSL's variables, which libcurl's compiled-in path otherwise overrides), the
 // path asked for when it can be read, else the first of the other systems' bundles that can be
 // read (else the path asked for, for libcurl's error).
 #define _GNU_SOURCE
@@ -28,8 +29,8 @@ static const char *const other_bundles[] = {
 
 // The file to load in place of `asked`.
 static const char *ca_file(const char *asked) {
-    const char *vars[] = {"CURL_CA_BUNDLE", "SSL_CERT_FILE"};
-    for (size_t i = 0; i < 2; i++) {
+    const char *vars[] = {"CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
         const char *v = getenv(vars[i]);
         if (v && *v && access(v, R_OK) == 0) return v;
     }
