@@ -1,5 +1,5 @@
 import Foundation
-import RadarCore
+@testable import RadarCore
 import XCTest
 
 final class DownloadTests: XCTestCase {
@@ -68,6 +68,53 @@ final class DownloadTests: XCTestCase {
         }
         XCTAssertEqual(server.requests.count, before, "nothing fetched")
         _ = listing
+    }
+
+    /// A rate limit (HTTP 429 with Retry-After, as the Hub sends one) is waited out as long as
+    /// the server asks, and said, for a file and for the tree API; a wait beyond
+    /// `maxRetryAfter` ends the download at once, naming it. Retry-After as seconds or a date.
+    func testRateLimitsAreWaitedOutAsTheServerAsks() throws {
+        let now = Date(timeIntervalSince1970: 1_800_000_000)  // Fri, 15 Jan 2027 08:00:00 GMT
+        XCTAssertEqual(HuggingFaceDownloader.retryAfter("120", now: now), 120)
+        XCTAssertEqual(HuggingFaceDownloader.retryAfter(" 7 ", now: now), 7)
+        XCTAssertEqual(HuggingFaceDownloader.retryAfter("Fri, 15 Jan 2027 08:00:30 GMT", now: now), 30)
+        XCTAssertEqual(HuggingFaceDownloader.retryAfter("Fri, 15 Jan 2027 07:00:00 GMT", now: now), 0, "a date past: no wait")
+        for bad in [nil, "", "soon", "-5", "1.5", "\u{0661}\u{0662}"] {
+            XCTAssertNil(HuggingFaceDownloader.retryAfter(bad, now: now), bad ?? "nil")
+        }
+        let server = try LocalHTTPServer()
+        defer { server.stop() }
+        let body = Data((0..<2000).map { UInt8(truncatingIfNeeded: $0) })
+        server.put("/f.bin", body)
+        server.put("/api/tree", Data("[]".utf8))
+        let hf = HuggingFaceDownloader(endpoint: server.base, environment: [:])
+        hf.initialBackoff = 0.01
+        var logged: [String] = []
+        hf.log = { logged.append($0) }
+        let dest = temporaryDirectory("hf-429")
+        server.failNext(1, status: "429 Too Many Requests", headers: "Retry-After: 1")
+        var start = Date()
+        try hf.downloadFile("\(server.base)/f.bin", to: "\(dest)/f.bin")
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.95, "waited the second asked, not the 0.01 s backoff")
+        XCTAssertEqual(FileManager.default.contents(atPath: "\(dest)/f.bin"), body)
+        XCTAssertEqual(logged, ["  attempt 1 failed (HTTP 429); retrying in 1.0s (the server's Retry-After)"])
+        logged = []
+        server.failNext(1, status: "429 Too Many Requests", headers: "Retry-After: 1")
+        start = Date()
+        XCTAssertEqual(try hf.fetch("\(server.base)/api/tree"), Data("[]".utf8))
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.95)
+        XCTAssertEqual(logged, ["  \(server.base)/api/tree: HTTP 429; retrying in 1.0s (the server's Retry-After)"])
+        // An hour asked: said now, one request, nothing written.
+        for (i, fetchFile) in [true, false].enumerated() {
+            server.failNext(1, status: "429 Too Many Requests", headers: "Retry-After: 3600")
+            let before = server.requests.count
+            let url = "\(server.base)/" + (fetchFile ? "f.bin" : "api/tree")
+            XCTAssertThrowsError(try fetchFile ? hf.downloadFile(url, to: "\(dest)/g\(i).bin") : { _ = try hf.fetch(url) }()) {
+                XCTAssertEqual("\($0)", "\(url): HTTP 429: the server asks to wait 3600 s (Retry-After), more than 300 s: try again later")
+            }
+            XCTAssertEqual(server.requests.count, before + 1)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dest)/g\(i).bin") || FileManager.default.fileExists(atPath: "\(dest)/g\(i).bin.part"))
+        }
     }
 
     /// A download says how far it is (a bar on a terminal; here the plain lines a log gets):

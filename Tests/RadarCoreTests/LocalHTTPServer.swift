@@ -15,6 +15,7 @@ final class LocalHTTPServer: @unchecked Sendable {
     private var extraHeaders: [String: String] = [:]
     private var redirects: [String: (location: String, headers: String)] = [:]
     private var failuresLeft = 0
+    private var failure = (status: "503 Service Unavailable", headers: "")
     private var cutAfter: Int?
     private(set) var requests: [(path: String, headers: [String: String])] = []
     private var thread: Thread?
@@ -49,7 +50,10 @@ final class LocalHTTPServer: @unchecked Sendable {
     func redirect(_ path: String, to location: String, headers: String) {
         lock.lock(); redirects[path] = (location, headers); lock.unlock()
     }
-    func failNext(_ n: Int) { lock.lock(); failuresLeft = n; lock.unlock() }
+    /// The next `n` requests answered with `status` (and `headers`, "Name: value" lines).
+    func failNext(_ n: Int, status: String = "503 Service Unavailable", headers: String = "") {
+        lock.lock(); failuresLeft = n; failure = (status, headers); lock.unlock()
+    }
     func cutNextBody(after bytes: Int) { lock.lock(); cutAfter = bytes; lock.unlock() }
 
     /// Stops accepting and closes the socket once the serving thread has left `accept` (closing
@@ -98,10 +102,14 @@ final class LocalHTTPServer: @unchecked Sendable {
         let headerLine = extraHeaders[path].map { $0 + "\r\n" } ?? ""
         let cut = cutAfter
         let moved = redirects[path]
+        let failure = self.failure
         if body != nil && !fail { cutAfter = nil }
         lock.unlock()
         func send(_ s: String) { _ = s.withCString { Glibc.send(c, $0, strlen($0), Int32(MSG_NOSIGNAL)) } }
-        if fail { send("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"); return }
+        if fail {
+            send("HTTP/1.1 \(failure.status)\r\n" + (failure.headers.isEmpty ? "" : failure.headers + "\r\n") + "Content-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        }
         if let moved {
             send("HTTP/1.1 302 Found\r\nLocation: \(moved.location)\r\n\(moved.headers)\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             return

@@ -18,6 +18,9 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
     public var attempts = 5
     public var initialBackoff: TimeInterval = 0.5
     public var timeout: TimeInterval = 60
+    /// The longest wait a server's Retry-After is followed for (a 429 from the Hub's rate limit,
+    /// a 503): one asking for more ends the download at once, saying how long it asked.
+    public var maxRetryAfter: TimeInterval = 300
     public var log: (String) -> Void = { _ in }
     /// Each file's progress (a bar on a terminal, else a line every `RADAR_PROGRESS_SECONDS`):
     /// where its lines go and how often (tests), as `ProgressReporter` has them.
@@ -112,6 +115,7 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         if let bar, let progressLines { bar.lineSink = progressLines }
         if let bar, let progressInterval { bar.logInterval = progressInterval }
         for attempt in 1...max(attempts, 1) {
+            var serverWait: TimeInterval?
             let have = (try? FileManager.default.attributesOfItem(atPath: part)[.size] as? Int) ?? 0
             let result = transfer(url, appendingTo: part, from: have) { bytes in
                 bar?.update(min(bytes >> 20, bar!.total - 1), items: (bytes - have) >> 20)
@@ -131,20 +135,44 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
                     bar?.update(bar!.total, items: (size - have) >> 20)  // a finished bar ends its line
                     return
                 }
-            case .failed(let reason, let retry):
+            case .failed(let reason, let retry, let after):
                 lastError = reason
                 if !retry { throw DownloadError(url: url, reason: reason) }
+                serverWait = after
             }
             if attempt < attempts {
-                log("  attempt \(attempt) failed (\(lastError)); retrying in \(backoff)s")
-                Thread.sleep(forTimeInterval: backoff)
+                let wait = try pause(lastError, serverWait: serverWait, backoff: backoff, url: url)
+                log("  attempt \(attempt) failed (\(lastError)); retrying in \(wait)s" + (serverWait != nil ? " (the server's Retry-After)" : ""))
+                Thread.sleep(forTimeInterval: wait)
                 backoff *= 2
             }
         }
         throw DownloadError(url: url, reason: "gave up after \(attempts) attempts: \(lastError)")
     }
 
-    enum Transfer { case complete(total: Int?), failed(String, retry: Bool) }
+    enum Transfer { case complete(total: Int?), failed(String, retry: Bool, after: TimeInterval? = nil) }
+
+    /// Seconds a Retry-After header asks for (RFC 9110: delta-seconds, or an HTTP-date), or nil.
+    static func retryAfter(_ value: String?, now: Date = Date()) -> TimeInterval? {
+        guard let v = value?.trimmingCharacters(in: .whitespaces), !v.isEmpty else { return nil }
+        if v.allSatisfy(\.isASCII), v.allSatisfy(\.isNumber) { return Int(v).map(TimeInterval.init) }
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "GMT")
+        f.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        return f.date(from: v).map { max(0, $0.timeIntervalSince(now)) }
+    }
+
+    /// The wait before the next attempt: the server's Retry-After where it sent one, else the
+    /// backoff; a Retry-After beyond `maxRetryAfter` is an error now (waiting hours in silence,
+    /// or hammering a rate limit, helps no one).
+    func pause(_ failure: String, serverWait: TimeInterval?, backoff: TimeInterval, url: String) throws -> TimeInterval {
+        guard let serverWait else { return backoff }
+        guard serverWait <= maxRetryAfter else {
+            throw DownloadError(url: url, reason: "\(failure): the server asks to wait \(Int(serverWait.rounded())) s (Retry-After), more than \(Int(maxRetryAfter)) s: try again later")
+        }
+        return serverWait
+    }
 
     /// A transfer error no retry can mend, said with what to do about it; nil for the others
     /// (a refused or lost connection, a timeout, an unresolved name: a flaky network or a Hub
@@ -166,10 +194,10 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         default:
             guard text.lowercased().contains("certificate") else { return nil }
         }
-        // SSL_CERT_FILE reaches libcurl only through the bundle's tools/ca_bundle.c (Foundation
+        // SSL_CERT_FILE (and the like) reaches libcurl only through the bundle's tools/ca_bundle.c (Foundation
         // takes no CA file on Linux, Debian's libcurl reads only its own path): the remedy said
         // is the one that works in this process.
-        let named = caBundleInterposed ? "set SSL_CERT_FILE (or CURL_CA_BUNDLE) to a CA bundle that holds it"
+        let named = caBundleInterposed ? "set SSL_CERT_FILE (or CURL_CA_BUNDLE, REQUESTS_CA_BUNDLE) to a CA bundle that holds it"
             : "add it to this machine's CA store, which libcurl reads at /etc/ssl/certs/ca-certificates.crt (Debian: copy it to /usr/local/share/ca-certificates/ and run update-ca-certificates)"
         if text.contains("certificate file") || text.contains("verify locations") {
             return "\(text) (no CA certificates there: install the system's (Debian: ca-certificates)" + (caBundleInterposed ? " or set SSL_CERT_FILE to a CA bundle)" : ")")
@@ -208,6 +236,7 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         var backoff = initialBackoff
         var last = ""
         for attempt in 1...max(attempts, 1) {
+            var serverWait: TimeInterval?
             guard let req = request(url) else { throw DownloadError(url: url, reason: "bad URL") }
             let sem = DispatchSemaphore(value: 0)
             nonisolated(unsafe) var result: (Data?, URLResponse?, Error?) = (nil, nil, nil)
@@ -222,8 +251,14 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
                 if h.statusCode == 401 || h.statusCode == 403 || h.statusCode == 404 {
                     throw DownloadError(url: url, reason: last + (h.statusCode == 404 ? " (not found)" : " (set HF_TOKEN?)"))
                 }
+                serverWait = HuggingFaceDownloader.retryAfter(h.value(forHTTPHeaderField: "Retry-After"))
             }
-            if attempt < attempts { Thread.sleep(forTimeInterval: backoff); backoff *= 2 }
+            if attempt < attempts {
+                let wait = try pause(last, serverWait: serverWait, backoff: backoff, url: url)
+                if serverWait != nil { log("  \(url): \(last); retrying in \(wait)s (the server's Retry-After)") }
+                Thread.sleep(forTimeInterval: wait)
+                backoff *= 2
+            }
         }
         throw DownloadError(url: url, reason: "gave up after \(attempts) attempts: \(last)")
     }
@@ -242,7 +277,7 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
             if sink.diskFull, let have = try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int, have > 0 {
                 reason += "; the \(mibText(have)) downloaded are kept in \(path): the same command resumes from there once there is room"
             }
-            return .failed(reason, retry: sink.retry)
+            return .failed(reason, retry: sink.retry, after: sink.retryAfter)
         }
         return .complete(total: sink.total)
     }
@@ -255,6 +290,8 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         var handle: FileHandle?
         var failure: String?
         var retry = true
+        /// The server's Retry-After with an error status (a 429, a 503), in seconds.
+        var retryAfter: TimeInterval?
         var total: Int?
         /// The write failed for want of space: what is downloaded is kept for the next run.
         var diskFull = false
@@ -287,6 +324,7 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
                 retry = false
             default:
                 failure = "HTTP \(h.statusCode)"
+                retryAfter = HuggingFaceDownloader.retryAfter(h.value(forHTTPHeaderField: "Retry-After"))
             }
             completionHandler(handle == nil ? .cancel : .allow)
         }
