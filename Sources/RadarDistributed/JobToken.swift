@@ -13,7 +13,10 @@ public enum JobToken {
     public static func read(file: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Data? {
         let text: String, source: String
         if let f = file {
-            guard let d = FileManager.default.contents(atPath: f) else { throw TokenError(description: "\(f): cannot read the token file") }
+            // Read to its end: a pipe too (`--token-file <(pass show radar/token)`, which keeps the
+            // token out of the environment and of ps), where Foundation's reader gave nil.
+            let d: Data
+            do { d = try readInputFile(f, limit: 64 << 10) } catch { throw TokenError(description: "\(f): cannot read the token file: \(error)") }
             (text, source) = (String(decoding: d, as: UTF8.self), f)
         } else if let t = environment["RADAR_JOB_TOKEN"] {
             (text, source) = (t, "RADAR_JOB_TOKEN")

@@ -49,8 +49,9 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
     }
 
     public static func readFileList(_ path: String) throws -> [String] {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw DatasetError(path: path, reason: "cannot read file list")
+        let text: String
+        do { text = String(decoding: try readInputFile(path, limit: 64 << 20), as: UTF8.self) } catch {  // a pipe too: --file-list <(grep ...)
+            throw DatasetError(path: path, reason: "cannot read file list: \(error)")
         }
         let files = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
             .filter { !$0.isEmpty && !$0.hasPrefix("#") }

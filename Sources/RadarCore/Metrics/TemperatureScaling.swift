@@ -116,7 +116,7 @@ extension TemperatureScaling {
             guard t.isFinite && t > 0 else { throw FitError(description: "\(flag) \(text): expected a number above 0 or a calibration JSON file") }
             return t
         }
-        guard let data = FileManager.default.contents(atPath: text) else {
+        guard let data = try? readInputFile(text, limit: 16 << 20) else {
             throw FitError(description: "\(flag) \(text): neither a number nor a readable file (expected a number above 0 or a calibration JSON file)")
         }
         guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {

@@ -54,21 +54,41 @@ public func containingFolder(_ path: String) -> String {
     return parent.isEmpty ? "." : parent
 }
 
+/// Why a small input file could not be read, in words for "PATH: <reason>".
+public struct InputFileError: Error, CustomStringConvertible {
+    public let reason: String
+    public var description: String { reason }
+}
+
+/// The bytes of a small input file (a job token, a config, a file list, a calibration), read to
+/// its end whatever it is: a regular file, a pipe (process substitution, `--token-file <(pass
+/// show radar/token)`, or /dev/stdin) or a kernel file. Foundation's readers give nil for a pipe
+/// (`FileManager.contents(atPath:)`, `String(contentsOfFile:)`: the token file "could not be
+/// read") and only the first page of a kernel file. More than `limit` bytes is an error (an input
+/// that never ends, /dev/zero, is not read for ever); so is a folder, with the system's reasons.
+public func readInputFile(_ path: String, limit: Int) throws -> Data {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw InputFileError(reason: String(cString: strerror(errno))) }
+    defer { close(fd) }
+    var st = stat()
+    if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR { throw InputFileError(reason: "a folder, not a file") }
+    var bytes = Data(), chunk = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        guard n >= 0 else { throw InputFileError(reason: String(cString: strerror(errno))) }
+        if n == 0 { return bytes }
+        guard bytes.count + n <= limit else { throw InputFileError(reason: "more than \(limit >> 10) KiB, too large for what it stands for") }
+        bytes.append(contentsOf: chunk[0..<n])
+    }
+}
+
 /// The whole text of a kernel-made file (`/proc/locks`, `/proc/self/maps`), read to its end; nil
-/// where it cannot be opened. Foundation's `String(contentsOfFile:)` takes such a file's size from
+/// where it cannot be read. Foundation's `String(contentsOfFile:)` takes such a file's size from
 /// stat (0) and returns what its first read gave: the kernel's first page, about 4 KB, the rest
 /// silently lost (a run's lock past the first 70 or so in /proc/locks went unseen). (/proc/cpuinfo
 /// is still read that way where only the first processor is wanted: the kernel gives its record
 /// whole in the first read, and the rest of it on a large machine is slow to make.)
 public func readKernelFile(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = [], chunk = [UInt8](repeating: 0, count: 1 << 16)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        guard n > 0 else { return n == 0 ? String(decoding: bytes, as: UTF8.self) : nil }
-        bytes.append(contentsOf: chunk[0..<n])
-    }
+    (try? readInputFile(path, limit: 256 << 20)).map { String(decoding: $0, as: UTF8.self) }
 }

@@ -155,8 +155,9 @@ public struct RADARConfig: Codable, Equatable, Sendable {
     }
 
     public static func load(_ path: String) throws -> RADARConfig {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let hint = path.contains("/") || path.hasSuffix(".json") ? unreadableReason(path) : "not a preset (\(presetNames.joined(separator: ", "))) and no such file"
+        let data: Data
+        do { data = try readInputFile(path, limit: 16 << 20) } catch {  // a pipe too: --config <(jq ... run/config.json)
+            let hint = path.contains("/") || path.hasSuffix(".json") || access(path, F_OK) == 0 ? "\(error)" : "not a preset (\(presetNames.joined(separator: ", "))) and no such file"
             throw ConfigError(source: path, problems: [hint])
         }
         return try decode(data, source: path)

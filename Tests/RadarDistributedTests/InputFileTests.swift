@@ -1,0 +1,57 @@
+import Foundation
+import RadarCore
+import RadarDistributed
+import XCTest
+
+/// Small input files given as pipes (process substitution, `--token-file <(pass show radar/token)`,
+/// /dev/stdin): read to their end, where Foundation's readers gave nil ("cannot read the token
+/// file"); an input that never ends, or a folder, is an error naming why.
+final class InputFileTests: XCTestCase {
+    /// `body` gets a /dev/fd path to a pipe another thread writes `text` into and then closes.
+    func throughAPipe<T>(_ text: String, _ body: (String) throws -> T) throws -> T {
+        var fds: [Int32] = [-1, -1]
+        XCTAssertEqual(pipe(&fds), 0)
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }  // (a process another test starts must not hold the write end)
+        defer { close(fds[0]) }
+        let bytes = Array(text.utf8), write = fds[1]
+        let writer = Thread {
+            // A reader that stops early must fail the test, not end the process with SIGPIPE.
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, SIGPIPE)
+            pthread_sigmask(SIG_BLOCK, &set, nil)
+            var off = 0
+            while off < bytes.count {
+                let n = bytes[off...].withUnsafeBytes { Glibc.write(write, $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                off += n
+            }
+            close(write)
+        }
+        writer.start()
+        return try body("/dev/fd/\(fds[0])")
+    }
+
+    func testTokensConfigsListsAndCalibrationsReadFromPipes() throws {
+        let token = String(repeating: "0123456789abcdef", count: 4)
+        XCTAssertEqual(try throughAPipe(token + "\n") { try JobToken.read(file: $0, environment: [:]) }, Data(token.utf8))
+        let tiny = RADARConfig.preset("tiny")!
+        XCTAssertEqual(try throughAPipe(String(decoding: tiny.jsonData(), as: UTF8.self)) { try RADARConfig.load($0) }, tiny)
+        XCTAssertEqual(try throughAPipe("a.tar.gz\n# a comment\n\nb.tar.gz\n") { try HuggingFaceDownloader.readFileList($0) }, ["a.tar.gz", "b.tar.gz"])
+        XCTAssertEqual(try throughAPipe(#"{"temperature": 1.5}"#) { try TemperatureScaling.resolve($0) }, 1.5)
+        // More than the page a pipe holds at once (64 KiB): read to the end.
+        let long = (0..<20_000).map { "deepfake_in_the_wild/fake_train/\($0).tar.gz" }
+        XCTAssertEqual(try throughAPipe(long.joined(separator: "\n")) { try HuggingFaceDownloader.readFileList($0) }, long)
+        // Endless, oversized or a folder: said, not read for ever.
+        XCTAssertThrowsError(try JobToken.read(file: "/dev/zero", environment: [:])) {
+            XCTAssertEqual("\($0)", "/dev/zero: cannot read the token file: more than 64 KiB, too large for what it stands for")
+        }
+        let folder = NSTemporaryDirectory()
+        XCTAssertThrowsError(try JobToken.read(file: folder, environment: [:])) {
+            XCTAssertEqual("\($0)", "\(folder): cannot read the token file: a folder, not a file")
+        }
+        XCTAssertThrowsError(try JobToken.read(file: "/nonexistent/token", environment: [:])) {
+            XCTAssertEqual("\($0)", "/nonexistent/token: cannot read the token file: No such file or directory")
+        }
+    }
+}
