@@ -860,6 +860,39 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertEqual(parentPath("o/e"), "o")
     }
 
+    /// An output path that is not a plain file: a symbolic link has its target replaced and stays
+    /// a link; a FIFO (what /dev/stdout is on a pipe) is written into and stays a FIFO (the rename
+    /// had put a regular file in place of /dev/stdout); a folder or a link to nothing is refused.
+    func testAtomicWritesKeepLinksAndWriteIntoPipes() throws {
+        let dir = temporaryDirectory("atomic-targets")
+        let target = dir + "/real.csv", link = dir + "/link.csv"
+        try Data("old".utf8).write(to: URL(fileURLWithPath: target))
+        XCTAssertEqual(symlink("real.csv", link), 0)
+        try writeFileAtomically(Data("new".utf8), to: link)
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: link), "real.csv")
+        XCTAssertEqual(FileManager.default.contents(atPath: target), Data("new".utf8))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["link.csv", "real.csv"], "no temporary left")
+
+        let fifo = dir + "/fifo"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        nonisolated(unsafe) var got: Data?
+        let done = DispatchSemaphore(value: 0)
+        Thread { got = try? readInputFile(fifo, limit: 1 << 20); done.signal() }.start()
+        let rows = Data((0..<5000).map { "key\($0),1,0.5\n" }.joined().utf8)  // more than a pipe holds at once
+        try writeFileAtomically(rows, to: fifo)
+        XCTAssertEqual(done.wait(timeout: .now() + 30), .success, "the reader got its end of file")  // (a regression fails, not hangs)
+        XCTAssertEqual(got, rows)
+        var st = stat()
+        XCTAssertEqual(lstat(fifo, &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFIFO, "still a FIFO, not a file put in its place")
+
+        XCTAssertThrowsError(try writeFileAtomically(Data(), to: dir)) { XCTAssertEqual("\($0)", "\(dir): a folder, expected a file name") }
+        XCTAssertEqual(symlink("missing.csv", dir + "/dangling.csv"), 0)
+        XCTAssertThrowsError(try writeFileAtomically(Data(), to: dir + "/dangling.csv")) {
+            XCTAssertEqual("\($0)", "\(dir)/dangling.csv: a symbolic link to nothing (missing.csv): remove it or give another path")
+        }
+    }
+
     /// Kernel-made files read to their end: this process's /proc/self/maps (far beyond the 4 KB
     /// of the kernel's first page, which is all Foundation's String(contentsOfFile:) returns)
     /// has every line C's stdio reads from it; a file that is not there is nil.

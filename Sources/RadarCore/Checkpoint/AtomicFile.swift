@@ -8,7 +8,34 @@ import Glibc
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory, fsync, rename,
 /// then fsync of the directory. A crash leaves either the old file or the new one.
-public func writeFileAtomically(_ data: Data, to path: String) throws {
+/// What `path` names decides where the bytes go: a symbolic link to a file has its target
+/// replaced (the link stays a link); a device, FIFO or socket (`--predictions /dev/stdout`, a
+/// named pipe, `/dev/null`) is written into, as asked, with no temporary and no rename (the
+/// rename put a regular file in place of /dev/stdout, and would have of /dev/null, for everyone
+/// on the machine when run as root); a folder, or a link to nothing, is an error naming it.
+public func writeFileAtomically(_ data: Data, to given: String) throws {
+    var path = given, st = stat(), lst = stat()
+    if lstat(given, &lst) == 0 {
+        guard stat(given, &st) == 0 else {
+            throw DatasetError(path: given, reason: "a symbolic link to nothing (\((try? FileManager.default.destinationOfSymbolicLink(atPath: given)) ?? "?")): remove it or give another path")
+        }
+        switch st.st_mode & S_IFMT {
+        case S_IFREG:
+            if (lst.st_mode & S_IFMT) == S_IFLNK, let real = realpath(given, nil) {
+                path = String(cString: real)
+                free(real)
+            }
+        case S_IFDIR:
+            throw DatasetError(path: given, reason: "a folder, expected a file name")
+        default:
+            let fd = open(given, O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw DatasetError(path: given, reason: "cannot open for writing: \(String(cString: strerror(errno)))") }
+            let failure = data.withUnsafeBytes { writeAll(fd, $0) }
+            close(fd)
+            if let failure { throw DatasetError(path: given, reason: "write failed: \(String(cString: strerror(failure)))") }
+            return
+        }
+    }
     let (dir, tmp) = temporarySibling(of: path)
     let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     guard fd >= 0 else { throw DatasetError(path: path, reason: "cannot create \(tmp): \(String(cString: strerror(errno)))") }
