@@ -53,7 +53,7 @@ struct DumpStep: ParsableCommand {
                                          })
             let taken = microBatchSize == nil ? steps : out.keys.filter { $0.hasPrefix("lr.step") }.count
             let data = SafeTensors.encode(out, metadata: ["format": "radar-dump-step-1", "steps": String(taken)])
-            try data.write(to: URL(fileURLWithPath: output), options: .atomic)
+            try writeFileAtomically(data, to: output)
             let loss = out["loss.total"] ?? out["loss.micro0"]
             logLine("wrote \(out.count) tensors to \(output) (\(microBatchSize == nil ? "loss.total" : "loss.micro0") \(loss!.floats[0]))")
         }
