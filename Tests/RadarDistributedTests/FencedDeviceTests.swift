@@ -224,6 +224,39 @@ final class CUDADeviceCLITests: XCTestCase {
         XCTAssertGreaterThan(HostMemory.available() ?? 0, 0, "this machine's /proc/meminfo")
     }
 
+    /// The memory cgroups' headroom: the tightest limit over the process's cgroup and its
+    /// ancestors (a SLURM step inside its job), usage less the reclaimable inactive file pages
+    /// (a page cache full of shards is no shortage), v2 and v1 (either spelling of the memory
+    /// line), unlimited levels and a path the mount does not show (a container's own cgroup) too.
+    func testCgroupHeadroomIsTheTightestAncestorLimitLessWhatCannotBeReclaimed() throws {
+        let root = NSTemporaryDirectory() + "radar-cgroups-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        func put(_ dir: String, _ files: [String: String]) throws {
+            try FileManager.default.createDirectory(atPath: root + dir, withIntermediateDirectories: true)
+            for (name, text) in files { try Data(text.utf8).write(to: URL(fileURLWithPath: root + dir + "/" + name)) }
+        }
+        // v2: a job (limit 1,000,000, 600,000 used of which 100,000 inactive file pages), an
+        // unlimited level, its step (2,000,000, 1,900,000 used, nothing reclaimable).
+        try put("/job", ["memory.max": "1000000\n", "memory.current": "600000\n", "memory.stat": "anon 400000\ninactive_file 100000\nactive_file 50000\n"])
+        try put("/job/mid", ["memory.max": "max\n", "memory.current": "10\n"])
+        try put("/job/mid/step", ["memory.max": "2000000\n", "memory.current": "1900000\n"])
+        XCTAssertEqual(HostMemory.cgroupHeadroom(cgroups: "0::/job/mid/step\n", root: root), 100_000)
+        XCTAssertEqual(HostMemory.cgroupHeadroom(cgroups: "0::/job/mid\n", root: root), 500_000)
+        XCTAssertNil(HostMemory.cgroupHeadroom(cgroups: "0::/\n", root: root), "no limit at the root")
+        XCTAssertNil(HostMemory.cgroupHeadroom(cgroups: nil, root: root))
+        // v1 (a hybrid machine: the memory controller's line wins over "0::/"); Int64.max-ish is no limit.
+        try put("/memory", ["memory.limit_in_bytes": "9223372036854771712\n", "memory.usage_in_bytes": "5000000\n"])
+        try put("/memory/slurm/job_7", ["memory.limit_in_bytes": "4096000\n", "memory.usage_in_bytes": "1000000\n",
+                                        "memory.stat": "cache 600000\ninactive_file 1\ntotal_inactive_file 500000\n"])
+        for cgroups in ["9:pids:/slurm/job_7\n4:memory:/slurm/job_7\n0::/\n", "5:cpu,memory:/slurm/job_7\n"] {
+            XCTAssertEqual(HostMemory.cgroupHeadroom(cgroups: cgroups, root: root), 4_096_000 - 500_000, cgroups)
+        }
+        // A cgroup path the mount does not show (a container mounted at its own cgroup): the
+        // mount's own limit; usage above the limit (reclaim pending) leaves nothing, not less.
+        try put("/memory", ["memory.limit_in_bytes": "8000000\n", "memory.usage_in_bytes": "9000000\n"])
+        XCTAssertEqual(HostMemory.cgroupHeadroom(cgroups: "4:memory:/docker/abc\n", root: root), 0)
+    }
+
     /// `--precision bf16` on the CPU: bf16 through oneDNN where the CPU has AMX-BF16 or
     /// AVX512-BF16, else fp32 after exactly one notice line; the rounded-operand check path when
     /// asked for; forcing oneDNN where it cannot run bf16 is a one-line error.

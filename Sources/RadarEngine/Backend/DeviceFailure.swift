@@ -58,7 +58,8 @@ public enum Bytes {
 /// Host memory for the CPU backend's allocations: what the machine can still give this process.
 public enum HostMemory {
     /// Bytes that can still be allocated and touched without the kernel's OOM killer stepping in:
-    /// MemAvailable plus SwapFree, bounded by a cgroup v2 limit (a container's). Nil where unknown.
+    /// MemAvailable plus SwapFree, bounded by what the process's memory cgroups leave
+    /// (`cgroupHeadroom`: a container's, a SLURM job's, v1 or v2). Nil where unknown.
     /// `RADAR_HOST_MEMORY` (e.g. 512M, 2G) stands for a machine of that size, for tests: then
     /// it is that less this process's resident memory.
     public static func available() -> Int? {
@@ -74,11 +75,53 @@ public enum HostMemory {
         }
         guard let avail = field("MemAvailable") else { return nil }
         var result = avail + (field("SwapFree") ?? 0)
-        if let max = (try? String(contentsOfFile: "/sys/fs/cgroup/memory.max", encoding: .utf8)).flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }),
-           let current = (try? String(contentsOfFile: "/sys/fs/cgroup/memory.current", encoding: .utf8)).flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
-            result = min(result, max - current)
-        }
+        if let headroom = cgroupHeadroom(cgroups: readKernelFile("/proc/self/cgroup")) { result = min(result, headroom) }
         return result
+    }
+
+    /// What this process's memory cgroups leave it: the least, over its cgroup and each ancestor
+    /// that has a limit, of the limit less what the cgroup holds that the kernel cannot reclaim
+    /// (its usage less its inactive file pages, as `docker stats` counts it: a dataset read through
+    /// the page cache fills a cgroup's usage to its limit, and that is no shortage). cgroup v2
+    /// (`0::PATH` in /proc/self/cgroup: `memory.max`, `memory.current`, `memory.stat`'s
+    /// `inactive_file` under ROOT/PATH) or v1 (the line naming the memory controller:
+    /// `memory.limit_in_bytes`, `memory.usage_in_bytes`, `total_inactive_file` under
+    /// ROOT/memory/PATH). A SLURM job step, a Kubernetes pod or a systemd slice is such an
+    /// ancestor; reading only ROOT's `memory.max` (a container's own cgroup namespace) missed
+    /// them, and v1 (this development machine, RHEL 8's default) entirely. Nil: no limit found.
+    public static func cgroupHeadroom(cgroups: String?, root: String = "/sys/fs/cgroup") -> Int? {
+        guard let cgroups else { return nil }
+        var v1: String?, v2: String?
+        for line in cgroups.split(separator: "\n") {
+            let f = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard f.count == 3 else { continue }
+            if f[0] == "0" && f[1].isEmpty { v2 = String(f[2]) } else if f[1].split(separator: ",").contains("memory") { v1 = String(f[2]) }
+        }
+        let (base, path, limitName, usageName, inactiveName) = v1.map { (root + "/memory", $0, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file") }
+            ?? (root, v2 ?? "/", "memory.max", "memory.current", "inactive_file")
+        func number(_ file: String) -> Int? {
+            (try? String(contentsOfFile: file, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+        func inactiveFile(_ dir: String) -> Int {
+            guard let stat = readKernelFile(dir + "/memory.stat") else { return 0 }
+            for line in stat.split(separator: "\n") {
+                let kv = line.split(separator: " ")
+                if kv.count == 2 && kv[0] == inactiveName { return Int(kv[1]) ?? 0 }
+            }
+            return 0
+        }
+        var least: Int?, p = path.isEmpty ? "/" : path
+        while true {
+            let dir = p == "/" ? base : base + p
+            // v1 writes "no limit" as a page-rounded Int64.max; v2 as "max" (not a number).
+            if let limit = number(dir + "/" + limitName), limit < 1 << 60, let used = number(dir + "/" + usageName) {
+                least = min(least ?? .max, limit - max(0, used - inactiveFile(dir)))
+            }
+            if p == "/" { break }
+            p = parentPath(p)
+            if p.isEmpty { p = "/" }
+        }
+        return least.map { max(0, $0) }
     }
 
     /// This process's resident memory in bytes (/proc/self/statm).
