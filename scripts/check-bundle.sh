@@ -270,7 +270,7 @@ PY
 )
 # HTTPS where the CA certificates are not where Debian keeps them (RHEL, SUSE, Alpine): the
 # bundle's libcurl asks for /etc/ssl/certs/ca-certificates.crt, and tools/ca_bundle.c gives it
-# SSL_CERT_FILE, or the first of the other systems' files that exists. A Hub request to the test
+# CURL_CA_BUNDLE, REQUESTS_CA_BUNDLE or SSL_CERT_FILE, or the first of the other systems' files that exists. A Hub request to the test
 # server (its CA only in those places) reaches it: "HTTP 404", not a certificate error. Without
 # the CA anywhere, the certificate error (the server is verified: this check can fail).
 https="https://127.0.0.1:$(cat "$work/https.port")"

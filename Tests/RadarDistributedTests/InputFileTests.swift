@@ -20,12 +20,7 @@ final class InputFileTests: XCTestCase {
             sigemptyset(&set)
             sigaddset(&set, SIGPIPE)
             pthread_sigmask(SIG_BLOCK, &set, nil)
-            var off = 0
-            while off < bytes.count {
-                let n = bytes[off...].withUnsafeBytes { Glibc.write(write, $0.baseAddress, $0.count) }
-                if n <= 0 { break }
-                off += n
-            }
+            _ = bytes.withUnsafeBytes { writeAll(write, $0) }
             close(write)
         }
         writer.start()

@@ -40,9 +40,9 @@ public struct RunSummary: Sendable {
     public static func scan(_ output: String) throws -> [RunSummary] {
         let fm = FileManager.default
         var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: output, isDirectory: &isDir), isDir.boolValue else {
-            throw DatasetError(path: output, reason: (isDir.boolValue || !fm.fileExists(atPath: output) ? "no such folder" : "a file, not a folder")
-                               + " (the --output of radar train / radar-worker)")
+        let exists = fm.fileExists(atPath: output, isDirectory: &isDir)
+        guard exists, isDir.boolValue else {
+            throw DatasetError(path: output, reason: (exists ? "a file, not a folder" : "no such folder") + " (the --output of radar train / radar-worker)")
         }
         let held = lockedInodes()
         return try fm.contentsOfDirectory(atPath: output).sorted().compactMap { name in

@@ -99,9 +99,7 @@ public enum HostMemory {
         }
         let (base, path, limitName, usageName, inactiveName) = v1.map { (root + "/memory", $0, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file") }
             ?? (root, v2 ?? "/", "memory.max", "memory.current", "inactive_file")
-        func number(_ file: String) -> Int? {
-            (try? String(contentsOfFile: file, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-        }
+        func number(_ file: String) -> Int? { readKernelFile(file).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } }
         func inactiveFile(_ dir: String) -> Int {
             guard let stat = readKernelFile(dir + "/memory.stat") else { return 0 }
             for line in stat.split(separator: "\n") {
