@@ -22,6 +22,7 @@ struct Serve: ParsableCommand {
     @Option(help: "How long the first image of a batch waits for others, in milliseconds.") var maxDelayMs = 5.0
     @Option(help: "Connections served at once (more wait in the listen backlog).") var connections = 64
     @Option(help: "Bodies larger than this many MiB are refused (413).") var maxImageMb = 16
+    @Option(help: "Seconds: an idle keep-alive connection is closed after this, a request's header must arrive within it (else 408), a body must come at 500 bytes/s after it (else 408), a client that stops reading its answer is dropped after it.") var readTimeout = 30.0
     @Option(help: "Threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Backend: cpu, cuda, cuda:N, cuda-emulated or cpu-fenced (default: RADAR_DEVICE, else cpu).") var device: String?
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
@@ -34,6 +35,7 @@ struct Serve: ParsableCommand {
         try requireFlag((1...4096).contains(connections), "connections", "in 1...4096", connections)
         try requireFlag((1...1024).contains(maxImageMb), "max-image-mb", "in 1...1024", maxImageMb)
         try requireFlag(maxDelayMs >= 0 && maxDelayMs <= 10_000, "max-delay-ms", "in 0...10000", maxDelayMs)
+        try requireFlag(readTimeout >= 0.1 && readTimeout <= 3600, "read-timeout", "in 0.1...3600 seconds", readTimeout)
         if let temperature { do { _ = try TemperatureScaling.resolve(temperature) } catch { throw ValidationError("\(error)") } }
         try SplitScoring.validate(tta: tta)
         _ = try Self.address(listen)
@@ -57,6 +59,7 @@ struct Serve: ParsableCommand {
             do { server = try HTTPServer(host: host, port: port, maxBodyBytes: maxImageMb << 20, maxConnections: connections) } catch {
                 throw ValidationError("\(error)")
             }
+            server.readTimeout = readTimeout
             let batcher = InferenceBatcher(trainer: trainer, batchSize: batchSize, maxDelay: maxDelayMs / 1000, flip: tta != nil)
             let health: [String: Any] = ["checkpoint": checkpoint, "device": ctx.backend.deviceDescription, "image_size": c.imgSize,
                                          "temperature": temperature, "tta": tta ?? NSNull(), "batch_size": batchSize]

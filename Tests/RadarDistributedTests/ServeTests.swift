@@ -46,6 +46,26 @@ final class ServeTests: XCTestCase {
     }
 
     /// What a process wrote to `pipe` up to its first line's end (where it says it listens).
+    /// `radar serve` of `model` on 127.0.0.1 at a port the system picks, with `flags`: the process
+    /// (the caller terminates it), its stderr after the first line, and the port.
+    func startServe(_ model: String, _ flags: [String]) throws -> (process: Process, stderr: Pipe, port: Int) {
+        let p = Process()
+        p.executableURL = MPITrainingTests.products.appendingPathComponent("radar")
+        p.arguments = ["serve", "--checkpoint", model, "--listen", "127.0.0.1:0", "--threads", "1"] + flags
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        // The first line says where it listens.
+        let first = firstLine(err)
+        guard let port = first.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression).map({ Int(first[$0].split(separator: ":")[1])! }) else {
+            p.terminate()
+            throw ServeDidNotStart(firstLine: first)
+        }
+        return (p, err, port)
+    }
+
+    struct ServeDidNotStart: Error { let firstLine: String }
+
     func firstLine(_ pipe: Pipe) -> String {
         var said = Data()
         while !String(decoding: said, as: UTF8.self).contains("\n") {
@@ -59,17 +79,8 @@ final class ServeTests: XCTestCase {
     func testServedImagesShareForwardPassesAndScoreAsPredictDoes() throws {
         let bin = MPITrainingTests.products.appendingPathComponent("radar").path
         let (model, images) = try fixtures()
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: bin)
-        p.arguments = ["serve", "--checkpoint", model, "--listen", "127.0.0.1:0", "--threads", "1", "--batch-size", "8",
-                       "--max-delay-ms", "200", "--max-image-mb", "1"]
-        let err = Pipe()
-        p.standardError = err
-        try p.run()
+        let (p, err, port) = try startServe(model, ["--batch-size", "8", "--max-delay-ms", "200", "--max-image-mb", "1"])
         defer { if p.isRunning { p.terminate() } }
-        // The first line says where it listens.
-        let first = firstLine(err)
-        let port = try XCTUnwrap(first.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression).map { first[$0].split(separator: ":")[1] }, first)
         let base = "http://127.0.0.1:\(port)"
         // What radar predict says of each image.
         let predicted = try JSONSerialization.jsonObject(with: Process.runCapturing([bin, "predict", "--checkpoint", model, "--threads", "1", "--json"] + images)) as! [String: Any]
@@ -126,7 +137,7 @@ final class ServeTests: XCTestCase {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             defer { close(fd) }
             var addr = sockaddr_in()
-            (addr.sin_family, addr.sin_port, addr.sin_addr.s_addr) = (sa_family_t(AF_INET), in_port_t(UInt16(port)!.bigEndian), inet_addr("127.0.0.1"))
+            (addr.sin_family, addr.sin_port, addr.sin_addr.s_addr) = (sa_family_t(AF_INET), in_port_t(UInt16(port).bigEndian), inet_addr("127.0.0.1"))
             let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
             guard r == 0 else { return "connect failed" }
             _ = text.withCString { send(fd, $0, strlen($0), 0) }
@@ -181,6 +192,26 @@ final class ServeTests: XCTestCase {
         }
         deinit { close(fd) }
         func send(_ d: Data) { d.withUnsafeBytes { _ = Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+        /// Whether something (bytes or the end) arrives within `seconds`; nothing is read.
+        func readable(within seconds: Double) -> Bool {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            return poll(&p, 1, Int32(seconds * 1000)) == 1
+        }
+        /// Whether the server closes the connection, with nothing more said, within `seconds`.
+        func closes(within seconds: Double) -> Bool {
+            var byte: UInt8 = 0
+            return pending.isEmpty && readable(within: seconds) && recv(fd, &byte, 1, Int32(MSG_PEEK)) == 0
+        }
+        /// Everything the server sends up to its close.
+        var closingWords: String {
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { break }
+                pending.append(contentsOf: chunk[0..<n])
+            }
+            return String(decoding: pending, as: UTF8.self)
+        }
         func send(_ s: String) { send(Data(s.utf8)) }
         /// The next response: status line and headers (one string) and body; nil head when the
         /// connection ended or timed out first.
@@ -215,15 +246,8 @@ final class ServeTests: XCTestCase {
     func testBodiesChunkedMultipartAndExpectContinue() throws {
         let bin = MPITrainingTests.products.appendingPathComponent("radar").path
         let (model, images) = try fixtures()
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: bin)
-        p.arguments = ["serve", "--checkpoint", model, "--listen", "127.0.0.1:0", "--threads", "1", "--max-delay-ms", "0", "--max-image-mb", "1"]
-        let err = Pipe()
-        p.standardError = err
-        try p.run()
+        let (p, _, port) = try startServe(model, ["--max-delay-ms", "0", "--max-image-mb", "1"])
         defer { if p.isRunning { p.terminate() } }
-        let first = firstLine(err)
-        let port = try XCTUnwrap(first.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression).map { Int(first[$0].split(separator: ":")[1])! }, first)
         let predicted = try JSONSerialization.jsonObject(with: Process.runCapturing([bin, "predict", "--checkpoint", model, "--threads", "1", "--json"] + images)) as! [String: Any]
         let expected = (predicted["predictions"] as! [[String: Any]]).map { $0["probability_fake"] as! Double }
         let image = try Data(contentsOf: URL(fileURLWithPath: images[1]))
@@ -297,6 +321,94 @@ final class ServeTests: XCTestCase {
         bad = post("Transfer-Encoding: chunked\r\n", Data("zz\r\n".utf8))
         XCTAssertTrue(bad.1.contains("chunk size 'zz' is not a hexadecimal byte count"), bad.1)
         XCTAssertTrue(p.isRunning)
+    }
+
+    /// Clients that are slow, stalled or old do not hold the service: with `--connections 2`, two
+    /// clients dripping a header a few bytes at a time (slowloris) are answered 408 and dropped
+    /// after `--read-timeout`, and a third client waiting behind them is then served (before, each
+    /// read had its own 30 s, so a drip held a connection for ever); a body that trickles is 408
+    /// too. An HTTP/1.0 request is answered and closed at once (curl -0, ab, busybox wget waited
+    /// 30 s for the close), kept alive only when it asks. Content-Length given twice with two
+    /// values is a 400 (it waited for the second length's bytes), with one value it is read; a body
+    /// framed by both Transfer-Encoding and Content-Length is read chunked and the connection closed.
+    func testSlowStalledAndOldClientsDoNotHoldTheService() throws {
+        let (model, _) = try fixtures()
+        let (p, _, port) = try startServe(model, ["--connections", "2", "--read-timeout", "2"])
+        defer { if p.isRunning { p.terminate() } }
+        // HTTP/1.0: answered with Connection: close, and closed well before the 2 s idle limit.
+        var c = try XCTUnwrap(RawConnection(port: port))
+        c.send("GET /v1/health HTTP/1.0\r\n\r\n")
+        var r = c.response()
+        XCTAssertTrue(r.head?.hasPrefix("HTTP/1.1 200 OK") ?? false, "\(r)")
+        XCTAssertTrue(r.head?.contains("Connection: close") ?? false, "\(r)")
+        XCTAssertTrue(c.closes(within: 1), "an HTTP/1.0 answer is followed by the close its client waits for")
+        // HTTP/1.0 asking for keep-alive: two requests on one connection.
+        c = try XCTUnwrap(RawConnection(port: port))
+        for _ in 0..<2 {
+            c.send("GET /v1/health HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            r = c.response()
+            XCTAssertTrue(r.head?.contains("Connection: keep-alive") ?? false, "\(r)")
+        }
+        c = try XCTUnwrap(RawConnection(port: port))  // frees the slot the kept-alive one held
+        // Content-Length twice: two values refused, one value read.
+        c.send("POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 500\r\n\r\nhello")
+        r = c.response()
+        XCTAssertTrue(r.head?.hasPrefix("HTTP/1.1 400 ") ?? false, "\(r)")
+        XCTAssertTrue(r.body.contains("Content-Length 5, 500 is not one byte count"), r.body)
+        c = try XCTUnwrap(RawConnection(port: port))
+        c.send("POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello")
+        r = c.response()
+        XCTAssertTrue(r.head?.hasPrefix("HTTP/1.1 400 ") ?? false, "\(r)")
+        XCTAssertFalse(r.body.contains("byte count"), "one length twice is read (and the 5 bytes are not an image): \(r.body)")
+        XCTAssertTrue(r.head?.contains("Connection: keep-alive") ?? false, "\(r)")
+        // Transfer-Encoding and Content-Length together: read chunked, answered, closed.
+        c.send("POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        r = c.response()
+        XCTAssertTrue(r.head?.contains("Connection: close") ?? false, "\(r)")
+        XCTAssertTrue(c.closes(within: 1))
+        // Two slowloris clients take both connections, each sending a header line every 0.3 s.
+        let drip = DispatchGroup()
+        let answers = Answers()
+        for _ in 0..<2 {
+            DispatchQueue.global().async(group: drip) {
+                guard let k = RawConnection(port: port) else { return }
+                k.send("GET /v1/health HTTP/1.1\r\n")
+                var t = 0
+                while t < 40 && !k.readable(within: 0.3) { k.send("X-Drip-\(t): y\r\n"); t += 1 }
+                // The server answered 408 and closed; what it said is in the socket before the close.
+                answers.add(k.closingWords)
+            }
+        }
+        usleep(500_000)
+        // A third client waits in the backlog until the drips are dropped, and is answered.
+        let t0 = Date()
+        let third = try XCTUnwrap(RawConnection(port: port))
+        third.send("GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = third.response()
+        XCTAssertTrue(r.head?.hasPrefix("HTTP/1.1 200 OK") ?? false, "the client behind two slowloris connections: \(r)")
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 10, "the drips were dropped at the 2 s header limit")
+        drip.wait()
+        XCTAssertEqual(answers.all.count, 2)
+        for a in answers.all {
+            XCTAssertTrue(a.hasPrefix("HTTP/1.1 408 Request Timeout"), a)
+            XCTAssertTrue(a.contains("the request header did not arrive whole within 2 s"), a)
+        }
+        // A trickling body: 408 after the grace and the 500 bytes/s it must keep up.
+        let slow = try XCTUnwrap(RawConnection(port: port))
+        slow.send("POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        var sent = 0
+        while sent < 400 && !slow.readable(within: 0.25) { slow.send(Data(count: 10)); sent += 10 }
+        let words = slow.closingWords
+        XCTAssertTrue(words.hasPrefix("HTTP/1.1 408 "), words)
+        XCTAssertTrue(words.contains("the body came slower than 500 bytes/s after 2 s ("), words)
+        XCTAssertTrue(p.isRunning)
+    }
+
+    final class Answers: @unchecked Sendable {
+        private let lock = NSLock()
+        private var list: [String] = []
+        func add(_ s: String) { lock.lock(); list.append(s); lock.unlock() }
+        var all: [String] { lock.lock(); defer { lock.unlock() }; return list }
     }
 
     /// `--listen [::]:0`: one dual-stack socket, answering over IPv6 and IPv4 alike; a bracketed

@@ -6,7 +6,12 @@ import Glibc
 /// A small HTTP/1.1 server for `radar serve`: one thread per connection (at most
 /// `maxConnections`; more wait in the kernel's backlog), keep-alive, bodies by Content-Length or
 /// chunked (other transfer codings are answered 501), `Expect: 100-continue` answered, a body
-/// limit (413), a read timeout per request.
+/// limit (413). Time limits, so that slow or stalled clients cannot hold every connection (the
+/// slowloris attack; Apache's mod_reqtimeout defaults): an idle keep-alive connection is closed
+/// after `readTimeout`; a request's header must be whole within `readTimeout` of its first byte
+/// (else 408); a body must come at `minBodyRate` bytes/s after a first `readTimeout` (else 408); a
+/// client that stops reading its answer is dropped after `readTimeout`. An HTTP/1.0 request is
+/// answered and closed unless it asks for keep-alive.
 /// What it does not know how to read it answers with a status and closes.
 public final class HTTPServer: @unchecked Sendable {
     public struct Request: Sendable {
@@ -15,6 +20,10 @@ public final class HTTPServer: @unchecked Sendable {
         /// Lower-cased names.
         public let headers: [String: String]
         public let body: Data
+        /// Whether the connection may carry another request: HTTP/1.1 unless `Connection: close`,
+        /// HTTP/1.0 only with `Connection: keep-alive`; never after a body framed by both
+        /// Transfer-Encoding and Content-Length (RFC 9112 6.3).
+        public var keepAlive = true
     }
 
     public struct Response: Sendable {
@@ -41,7 +50,11 @@ public final class HTTPServer: @unchecked Sendable {
 
     public let port: Int
     public let maxBodyBytes: Int
+    /// Seconds: the idle keep-alive limit, the time a header may take, the body's first grace
+    /// and the longest a blocked send waits.
     public var readTimeout: TimeInterval = 30
+    /// Bytes per second a body must keep up after its first `readTimeout` seconds.
+    public var minBodyRate: Double = 500
     private let fd: Int32
     private let slots: DispatchSemaphore
     private let lock = NSLock()
@@ -79,8 +92,10 @@ public final class HTTPServer: @unchecked Sendable {
             if stopped { lock.unlock(); close(c); slots.signal(); break }
             open.insert(c)
             lock.unlock()
-            var tv = timeval(tv_sec: Int(readTimeout), tv_usec: 0)
-            setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            // Reads wait in poll with the request's deadline; a send that the client does not
+            // drain gives up after readTimeout.
+            var tv = timeval(tv_sec: max(1, Int(readTimeout.rounded(.up))), tv_usec: 0)
+            setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             finished.enter()
             Thread.detachNewThread { [self] in
                 connection(c, handler)
@@ -119,7 +134,7 @@ public final class HTTPServer: @unchecked Sendable {
                 return
             }
             lock.lock(); let stopping = stopped; lock.unlock()
-            let keepAlive = !stopping && (request.headers["connection"]?.lowercased() != "close")
+            let keepAlive = !stopping && request.keepAlive
             write(c, handler(request), keepAlive: keepAlive)
             if !keepAlive { return }
         }
@@ -131,10 +146,22 @@ public final class HTTPServer: @unchecked Sendable {
     func read(_ c: Int32, _ buffer: inout Data) -> ReadResult {
         let separator = Data("\r\n\r\n".utf8)
         var found = buffer.range(of: separator)
+        // Idle until the first byte (a keep-alive connection between requests), then the whole
+        // header within readTimeout of it.
+        var headerDeadline = buffer.isEmpty ? nil : Date().addingTimeInterval(readTimeout)
         while found == nil {
             if buffer.count > 64 << 10 { return .reject(431, "request header over 64 KiB") }
-            guard receive(c, &buffer) else { return buffer.isEmpty ? .closed : .reject(400, "the connection ended inside a request header") }
-            found = buffer.range(of: separator)
+            // Only what arrives (and the 3 bytes before it) is searched: a header that comes a few
+            // bytes at a time is not searched from its start at each arrival.
+            let searchFrom = max(buffer.startIndex, buffer.endIndex - 3)
+            switch receive(c, &buffer, until: headerDeadline ?? Date().addingTimeInterval(readTimeout)) {
+            case .data: break
+            case .end: return buffer.isEmpty ? .closed : .reject(400, "the connection ended inside a request header")
+            case .late:
+                return buffer.isEmpty ? .closed : .reject(408, "the request header did not arrive whole within \(seconds(readTimeout)) s")
+            }
+            if headerDeadline == nil { headerDeadline = Date().addingTimeInterval(readTimeout) }
+            found = buffer.range(of: separator, in: searchFrom..<buffer.endIndex)
         }
         let headEnd = found!
         let head = String(decoding: buffer[buffer.startIndex..<headEnd.lowerBound], as: UTF8.self)
@@ -144,7 +171,9 @@ public final class HTTPServer: @unchecked Sendable {
         var headers: [String: String] = [:]
         for l in lines {
             guard let colon = l.firstIndex(of: ":") else { return .reject(400, "a header line without a colon") }
-            headers[l[..<colon].lowercased()] = l[l.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            let name = l[..<colon].lowercased(), value = l[l.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            // A field sent twice: one list (RFC 9110 5.3), as every other server reads it.
+            headers[name] = headers[name].map { "\($0), \(value)" } ?? value
         }
         var chunked = false
         if let coding = headers["transfer-encoding"] {
@@ -154,9 +183,14 @@ public final class HTTPServer: @unchecked Sendable {
         }
         var length = 0
         if !chunked, let text = headers["content-length"] {
-            guard let n = Int(text), n >= 0 else { return .reject(400, "Content-Length \(text) is not a byte count") }
+            // Content-Length twice with one value is allowed (RFC 9110 8.6); two values say the
+            // body's end two ways (a request smuggled through a proxy): refused.
+            let values = Set(text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+            guard values.count == 1, let n = Int(values.first!), n >= 0 else { return .reject(400, "Content-Length \(text) is not one byte count") }
             length = n
         }
+        let version = parts[2], connection = Set((headers["connection"] ?? "").lowercased().split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        let keepAlive = version == "HTTP/1.0" ? connection.contains("keep-alive") : !connection.contains("close")
         if length > maxBodyBytes { return .reject(413, "the body is \(length) bytes, over the limit of \(maxBodyBytes) (--max-image-mb)") }
         // A client that asks first (curl does for bodies over 1 MiB) is told to go on, instead of
         // waiting its second for an answer that never comes.
@@ -166,14 +200,20 @@ public final class HTTPServer: @unchecked Sendable {
         }
         buffer = Data(buffer[headEnd.upperBound...])
         let body: Data
+        let pace = BodyPace(start: Date(), grace: readTimeout, rate: minBodyRate)
         if chunked {
-            switch readChunked(c, &buffer) {
+            switch readChunked(c, &buffer, pace: pace) {
             case .success(let b): body = b
             case .failure(let e): return .reject(e.status, e.message)
             }
         } else {
+            var received = buffer.count
             while buffer.count < length {
-                guard receive(c, &buffer) else { return .reject(400, "the connection ended inside the body") }
+                switch receive(c, &buffer, until: pace.deadline(received)) {
+                case .data: received = buffer.count
+                case .end: return .reject(400, "the connection ended inside the body")
+                case .late: return .reject(408, pace.complaint(received, of: length))
+                }
             }
             body = Data(buffer.prefix(length))
             buffer = Data(buffer.dropFirst(length))
@@ -185,7 +225,17 @@ public final class HTTPServer: @unchecked Sendable {
             let kv = pair.split(separator: "=", maxSplits: 1)
             query[String(kv[0]).removingPercentEncoding ?? String(kv[0])] = kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""
         }
-        return .request(Request(method: String(parts[0]), path: path, query: query, headers: headers, body: body))
+        return .request(Request(method: String(parts[0]), path: path, query: query, headers: headers, body: body,
+                                keepAlive: keepAlive && !(chunked && headers["content-length"] != nil)))
+    }
+
+    /// How long a body may take: `grace` seconds, and one more for each `rate` bytes received.
+    struct BodyPace {
+        let start: Date, grace: TimeInterval, rate: Double
+        func deadline(_ received: Int) -> Date { start.addingTimeInterval(grace + Double(received) / rate) }
+        func complaint(_ received: Int, of total: Int?) -> String {
+            "the body came slower than \(Int(rate)) bytes/s after \(seconds(grace)) s (\(received)\(total.map { " of \($0)" } ?? "") bytes in \(seconds(Date().timeIntervalSince(start))) s)"
+        }
     }
 
     struct BodyError: Error { let status: Int, message: String }
@@ -193,9 +243,18 @@ public final class HTTPServer: @unchecked Sendable {
     /// A chunked body (RFC 9112 7.1): hex sizes (extensions after ';' ignored), each chunk and its
     /// CRLF, a zero-size chunk, trailer lines (ignored) and the blank line. Over `maxBodyBytes`
     /// it stops at once (413). `buffer` starts at the first size line and keeps what follows.
-    func readChunked(_ c: Int32, _ buffer: inout Data) -> Result<Data, BodyError> {
+    func readChunked(_ c: Int32, _ buffer: inout Data, pace: BodyPace) -> Result<Data, BodyError> {
         var body = Data()
         let crlf = Data("\r\n".utf8)
+        var received = buffer.count
+        func receive() -> BodyError? {
+            let before = buffer.count
+            switch self.receive(c, &buffer, until: pace.deadline(received)) {
+            case .data: received += buffer.count - before; return nil
+            case .end: return BodyError(status: 400, message: "the connection ended inside a chunked body")
+            case .late: return BodyError(status: 408, message: pace.complaint(received, of: nil))
+            }
+        }
         func line() -> Result<String, BodyError> {
             while true {
                 if let r = buffer.range(of: crlf) {
@@ -204,7 +263,7 @@ public final class HTTPServer: @unchecked Sendable {
                     return .success(text)
                 }
                 if buffer.count > 8 << 10 { return .failure(BodyError(status: 400, message: "a chunk-size or trailer line over 8 KiB")) }
-                guard receive(c, &buffer) else { return .failure(BodyError(status: 400, message: "the connection ended inside a chunked body")) }
+                if let e = receive() { return .failure(e) }
             }
         }
         while true {
@@ -219,7 +278,7 @@ public final class HTTPServer: @unchecked Sendable {
                 return .failure(BodyError(status: 413, message: "the body is over the limit of \(maxBodyBytes) bytes (--max-image-mb)"))
             }
             while buffer.count < size + 2 {
-                guard receive(c, &buffer) else { return .failure(BodyError(status: 400, message: "the connection ended inside a chunked body")) }
+                if let e = receive() { return .failure(e) }
             }
             guard buffer[buffer.startIndex + size] == 13, buffer[buffer.startIndex + size + 1] == 10 else {
                 return .failure(BodyError(status: 400, message: "a chunk is not followed by CRLF"))
@@ -241,22 +300,36 @@ public final class HTTPServer: @unchecked Sendable {
             var sent = 0
             while sent < raw.count {
                 let n = send(c, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
-                if n <= 0 { return }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return }  // closed, or not drained within readTimeout (SO_SNDTIMEO)
                 sent += n
             }
         }
     }
 
-    /// Appends what the socket has; false at its end, on a timeout or an error.
-    private func receive(_ c: Int32, _ buffer: inout Data) -> Bool {
-        var chunk = [UInt8](repeating: 0, count: 64 << 10)
-        let n = chunk.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, 0) }
-        guard n > 0 else { return false }
-        buffer.append(contentsOf: chunk[0..<n])
-        return true
+    enum Received { case data, end, late }
+
+    /// Appends what the socket has, waiting until `deadline` at most: `.end` at its end or on an
+    /// error, `.late` when nothing came in time.
+    private func receive(_ c: Int32, _ buffer: inout Data, until deadline: Date) -> Received {
+        while true {
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 { return .late }
+            var p = pollfd(fd: c, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&p, 1, Int32(min(left * 1000, 3_600_000).rounded(.up)))
+            if ready < 0 && errno == EINTR { continue }
+            if ready < 0 { return .end }
+            if ready == 0 { continue }  // the loop's check says whether the deadline has passed
+            var chunk = [UInt8](repeating: 0, count: 64 << 10)
+            let n = chunk.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, 0) }
+            if n < 0 && (errno == EINTR || errno == EAGAIN) { continue }
+            guard n > 0 else { return .end }
+            buffer.append(contentsOf: chunk[0..<n])
+            return .data
+        }
     }
 
-    static let reasons = [200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
+    static let reasons = [200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
                           413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
                           503: "Service Unavailable"]
 
@@ -268,3 +341,6 @@ public final class HTTPServer: @unchecked Sendable {
         sendAll(c, out)
     }
 }
+
+/// 30 as "30", 2.5 as "2.5".
+private func seconds(_ t: TimeInterval) -> String { t == t.rounded() ? String(Int(t)) : String(format: "%.1f", t) }
