@@ -28,6 +28,8 @@ public enum HubModel {
 
     public struct HubError: Error, CustomStringConvertible {
         public let description: String
+        /// The Hub out of reach or answering 429/5xx (not the request's fault): a cached copy will do.
+        var transient = false
     }
 
     /// `timm`, `hf-hub:ORG/NAME` or `hf-hub:ORG/NAME@REVISION` as a reference; nil for anything
@@ -65,7 +67,8 @@ public enum HubModel {
         let home = env["HF_HOME"].flatMap { $0.isEmpty ? nil : $0 }
             ?? ((env["XDG_CACHE_HOME"] ?? ((env["HOME"] ?? NSHomeDirectory()) as NSString).appendingPathComponent(".cache")) as NSString).appendingPathComponent("huggingface")
         let path = env["HF_TOKEN_PATH"] ?? (home as NSString).appendingPathComponent("token")
-        let t = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        // Read to its end whatever it is (a secret manager's FIFO, <(pass hf) as HF_TOKEN_PATH).
+        let t = (try? readInputFile(path, limit: 64 << 10)).map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
         return t?.isEmpty == false ? t : nil
     }
 
@@ -103,10 +106,10 @@ public enum HubModel {
         let meta: Metadata
         do {
             meta = try metadata(url, token: token)
-        } catch let e as HubError where e.description.hasPrefix("unreachable") {
-            // No network (a compute node): the cached copy, said.
+        } catch let e as HubError where e.transient {
+            // No network (a compute node), or the Hub down or rate-limiting: the cached copy, said.
             if let p = cached() {
-                log("\(ref) \(filename): the Hub is \(e.description); using the cached \(p)")
+                log("\(ref) \(filename): \(e.description); using the cached \(p)")
                 return p
             }
             throw HubError(description: "\(url): \(e.description), and \(filename) is not in the Hugging Face cache (\(cache))")
@@ -189,7 +192,7 @@ public enum HubModel {
 
     /// A HEAD of the resolve URL, not following the Hub's redirect to its storage (whose answer
     /// has no commit): X-Repo-Commit, X-Linked-Etag (else ETag), X-Linked-Size (else
-    /// Content-Length). A failure to connect is "unreachable (...)"; an HTTP error names its status;
+    /// Content-Length). A failure to connect or a 429/5xx three times is a transient error; an HTTP error names its status;
     /// a certificate problem is said as `HuggingFaceDownloader.permanentFailure` says it.
     static func metadata(_ url: String, token: String?) throws -> Metadata {
         guard let u = URL(string: url) else { throw HubError(description: "\(url): not a URL") }
@@ -220,7 +223,8 @@ public enum HubModel {
                     return Metadata(commit: commit, etag: etag, size: (header("X-Linked-Size") ?? header("Content-Length")).flatMap { Int($0) })
                 case 401, 403: throw HubError(description: "\(url): HTTP \(h.statusCode): a private or gated repository (set HF_TOKEN)")
                 case 404: throw HubError(description: "\(url): HTTP 404: no such repository, revision or file")
-                default: last = "HTTP \(h.statusCode)"
+                case 429, 500...599: last = "HTTP \(h.statusCode)"
+                default: throw HubError(description: "\(url): HTTP \(h.statusCode)")
                 }
             } else if let e = result.1 {
                 // A certificate problem is the machine's configuration, not the network's weather:
@@ -228,11 +232,11 @@ public enum HubModel {
                 // huggingface_hub raises SSL errors rather than use its cache.
                 if let permanent = HuggingFaceDownloader.permanentFailure(e) { throw HubError(description: "\(url): \(permanent)") }
                 last = e.localizedDescription
-                if attempt == 3 { throw HubError(description: "unreachable (\(last))") }
+                if attempt == 3 { throw HubError(description: "the Hub is unreachable (\(last))", transient: true) }
             }
             if attempt < 3 { Thread.sleep(forTimeInterval: 0.5 * Double(attempt)) }
         }
-        throw HubError(description: "unreachable (gave up after 3 attempts: \(last))")  // the Hub down: the cache will do
+        throw HubError(description: "the Hub answered \(last) to 3 attempts", transient: true)  // down or rate-limiting: the cache will do
     }
 
     final class NoRedirect: NSObject, URLSessionTaskDelegate, @unchecked Sendable {
