@@ -4,11 +4,19 @@ import RadarCore
 
 struct Runs: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The experiments in an output folder at a glance: state (running on this machine, finished, stopped, empty), epochs, optimizer steps, best validation AUC, test AUC / EER / ECE, the fitted temperature T (radar calibrate; - where none was fitted), images/s, last write.")
-    @Option(help: "The output root (radar train / radar-worker --output).") var output = "outputs"
+    @Argument(help: "The output root (radar train / radar-worker --output; default: outputs), or give it as --output.") var folder: String?
+    @Option(help: "The output root, as the positional folder.") var output: String?
     @Flag(help: "One JSON array instead of the table.") var json = false
+
+    func validate() throws {
+        if let folder, let output, folder != output {
+            throw ValidationError("the output root is given twice, as \(folder) and as --output \(output): give one")
+        }
+    }
 
     func run() throws {
         try failing {
+            let output = folder ?? self.output ?? "outputs"
             let runs = try RunSummary.scan(output)
             if json {
                 print(String(decoding: try jsonData(runs.map(\.json), pretty: true), as: UTF8.self))

@@ -540,6 +540,8 @@ final class DemoPipelineTests: XCTestCase {
         let table = try run([bin.appendingPathComponent("radar").path, "runs", "--output", root + "/outputs"]).split(separator: "\n")
         XCTAssertEqual(table.count, 2, "\(table)")
         XCTAssertTrue(table[0].hasPrefix("experiment  state     epoch  step") && table[1].hasPrefix("demo        finished  2/2    8 "), "\(table)")
+        // The folder as an argument too (radar runs outputs/), the same table.
+        XCTAssertEqual(try run([bin.appendingPathComponent("radar").path, "runs", root + "/outputs"]).split(separator: "\n"), table)
         let listed = try JSONSerialization.jsonObject(with: Data(try run([bin.appendingPathComponent("radar").path, "runs", "--output", root + "/outputs", "--json"]).utf8)) as! [[String: Any]]
         XCTAssertEqual(listed.first?["world_size"] as? Int, 2)
         let eval = try run([bin.appendingPathComponent("radar").path, "evaluate", "--checkpoint", root + "/outputs/demo/best.safetensors.lz4",
