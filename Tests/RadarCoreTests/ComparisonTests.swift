@@ -106,6 +106,11 @@ final class ComparisonTests: XCTestCase {
         XCTAssertTrue(t.hasSequences)
         let bare = try table("key,probability,label\nx,0.1,0\ny,0.9,1")  // no sequence, no last line break
         XCTAssertEqual(bare.rows.map(\.key), ["x", "y"]); XCTAssertFalse(bare.hasSequences); XCTAssertNil(bare.rows[0].sequence)
+        // A byte order mark (Excel's "CSV UTF-8"), spaces after the commas, a label from a float column.
+        let excel = try table("\u{FEFF}key, label, probability\r\nx, 1.0, 0.25\r\ny,0,0.5\r\n")
+        XCTAssertEqual(excel.rows, [.init(perturbation: "", key: "x", sequence: nil, label: 1, probability: 0.25),
+                                    .init(perturbation: "", key: "y", sequence: nil, label: 0, probability: 0.5)])
+        XCTAssertEqual(message("key,label,probability\nx,0.5,0.5\n"), "p.csv record 2: label 0.5: expected 0 or 1")
         XCTAssertEqual(message("key,score\nx,1\n"), "p.csv: no label, probability column (radar evaluate --predictions' columns; key, label and probability are needed)")
         XCTAssertEqual(message("key,label,probability\nx,2,0.5\n"), "p.csv record 2: label 2: expected 0 or 1")
         XCTAssertEqual(message("key,label,probability\nx,1,high\n"), "p.csv record 2: probability high: not a number")

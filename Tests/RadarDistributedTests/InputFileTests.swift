@@ -33,6 +33,7 @@ final class InputFileTests: XCTestCase {
         let tiny = RADARConfig.preset("tiny")!
         XCTAssertEqual(try throughAPipe(String(decoding: tiny.jsonData(), as: UTF8.self)) { try RADARConfig.load($0) }, tiny)
         XCTAssertEqual(try throughAPipe("a.tar.gz\n# a comment\n\nb.tar.gz\n") { try HuggingFaceDownloader.readFileList($0) }, ["a.tar.gz", "b.tar.gz"])
+        XCTAssertEqual(try throughAPipe("\u{FEFF}a.tar.gz\r\nb.tar.gz") { try HuggingFaceDownloader.readFileList($0) }, ["a.tar.gz", "b.tar.gz"], "a byte order mark and CRLF")
         XCTAssertEqual(try throughAPipe(#"{"temperature": 1.5}"#) { try TemperatureScaling.resolve($0) }, 1.5)
         // More than the page a pipe holds at once (64 KiB): read to the end.
         let long = (0..<20_000).map { "deepfake_in_the_wild/fake_train/\($0).tar.gz" }

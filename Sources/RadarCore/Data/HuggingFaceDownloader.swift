@@ -53,7 +53,8 @@ public final class HuggingFaceDownloader: @unchecked Sendable {
         do { text = String(decoding: try readInputFile(path, limit: 64 << 20), as: UTF8.self) } catch {  // a pipe too: --file-list <(grep ...)
             throw DatasetError(path: path, reason: "cannot read file list: \(error)")
         }
-        let files = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+        // A byte order mark (Notepad's UTF-8) would be part of the first path.
+        let files = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: CharacterSet.whitespaces.union(CharacterSet(charactersIn: "\u{FEFF}"))) }
             .filter { !$0.isEmpty && !$0.hasPrefix("#") }
         guard !files.isEmpty else { throw DatasetError(path: path, reason: "file list is empty") }
         return files

@@ -19,11 +19,16 @@ public struct PredictionTable {
     }
 
     public init(path: String) throws {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ReadError(description: "\(path): cannot read (\(unreadableReason(path)))")
+        // Read to its end whatever it is (<(...) or /dev/stdin too).
+        let data: Data
+        do { data = try readInputFile(path, limit: 16 << 30) } catch { throw ReadError(description: "\(path): cannot read (\(error))") }
+        var text = String(decoding: data, as: UTF8.self)
+        // Excel's "CSV UTF-8" and PowerShell's Export-Csv begin with a byte order mark.
+        if text.unicodeScalars.first == "\u{FEFF}" { text.unicodeScalars.removeFirst() }
+        let records = try Self.parse(text, path: path)
+        guard let header = records.first?.map({ $0.trimmingCharacters(in: .whitespaces) }) else {
+            throw ReadError(description: "\(path): empty, expected a header line")
         }
-        let records = try Self.parse(String(decoding: data, as: UTF8.self), path: path)
-        guard let header = records.first else { throw ReadError(description: "\(path): empty, expected a header line") }
         func column(_ name: String) -> Int? { header.firstIndex(of: name) }
         guard let key = column("key"), let label = column("label"), let prob = column("probability") else {
             let missing = ["key", "label", "probability"].filter { column($0) == nil }
@@ -35,8 +40,14 @@ public struct PredictionTable {
             if r == [""] { continue }  // a blank line
             let line = i + 1
             guard r.count == header.count else { throw ReadError(description: "\(path) record \(line): \(r.count) fields, the header has \(header.count)") }
-            guard let y = Int(r[label]), y == 0 || y == 1 else { throw ReadError(description: "\(path) record \(line): label \(r[label]): expected 0 or 1") }
-            guard let p = Float(r[prob]) else { throw ReadError(description: "\(path) record \(line): probability \(r[prob]): not a number") }
+            // Numbers as people and pandas write them: " 0.5" after a comma and a space, a label
+            // "1.0" from a float column.
+            let labelText = r[label].trimmingCharacters(in: .whitespaces), probText = r[prob].trimmingCharacters(in: .whitespaces)
+            guard let yValue = Double(labelText), yValue == 0 || yValue == 1 else {
+                throw ReadError(description: "\(path) record \(line): label \(r[label]): expected 0 or 1")
+            }
+            let y = Int(yValue)
+            guard let p = Float(probText) else { throw ReadError(description: "\(path) record \(line): probability \(r[prob]): not a number") }
             rows.append(Row(perturbation: pass.map { r[$0] } ?? "", key: r[key], sequence: seq.map { r[$0] }, label: y, probability: p))
         }
         (self.path, self.rows, self.hasSequences) = (path, rows, seq != nil)
