@@ -101,3 +101,4 @@ BLASKernels.reexecWithBestKernelsIfNeeded()
 _ = ArchiveNames.utf8  // before any thread: setlocale is process-wide
 OpenSSLLibrary.prepare()
 RadarCoordinator.main()
+finishStandardOutput("radar-coordinator")

@@ -245,3 +245,4 @@ ParentWatch.install()
 _ = ArchiveNames.utf8  // before any thread: setlocale is process-wide
 OpenSSLLibrary.prepare()
 RadarWorker.main()
+finishStandardOutput("radar-worker")

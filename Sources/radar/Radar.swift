@@ -16,6 +16,7 @@ struct Radar: ParsableCommand {
         OpenSSLLibrary.prepare()
         _ = ArchiveNames.utf8
         main(nil)
+        finishStandardOutput("radar")
     }
 }
 

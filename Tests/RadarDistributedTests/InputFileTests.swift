@@ -50,4 +50,41 @@ final class InputFileTests: XCTestCase {
             XCTAssertEqual("\($0)", "/nonexistent/token: cannot read the token file: No such file or directory")
         }
     }
+
+    /// Results on stdout that cannot all be written (a full disk: /dev/full) are an error naming
+    /// standard output and a non-zero exit; they exited 0 with the output cut short. A reader that
+    /// stops early (`| head -1`) ends the program as it ends every Unix program, with SIGPIPE.
+    func testStandardOutputThatCannotBeWrittenIsAnError() throws {
+        let bin = MPITrainingTests.products.appendingPathComponent("radar").path
+        let root = NSTemporaryDirectory() + "radar-stdout-full-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        // 400 experiments: a table over libc's 4 KiB buffer, so writes fail while it prints, and
+        // one that fits in the buffer, so only the last flush fails.
+        for count in [400, 1] {
+            let outputs = root + "/o\(count)"
+            for i in 0..<count {
+                try FileManager.default.createDirectory(atPath: "\(outputs)/experiment_\(i)", withIntermediateDirectories: true)
+                XCTAssertTrue(FileManager.default.createFile(atPath: "\(outputs)/experiment_\(i)/metrics.jsonl", contents: Data()))  // an empty run
+            }
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: bin)
+            p.arguments = ["runs", outputs]
+            p.standardOutput = try XCTUnwrap(FileHandle(forWritingAtPath: "/dev/full"))
+            let err = Pipe()
+            p.standardError = err
+            try p.run()
+            let said = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            XCTAssertEqual(p.terminationStatus, 1, said)
+            XCTAssertEqual(said, "radar: error: standard output: No space left on device (what was printed is incomplete)\n")
+            // The same to a file: all of it, exit 0.
+            let (rc, table) = try Process.runStatus([bin, "runs", outputs])
+            XCTAssertEqual(rc, 0)
+            XCTAssertEqual(table.split(separator: "\n").count, count + 1, table)
+        }
+        // (The table fits in a pipe's buffer, so radar may finish before head closes it: 0 or SIGPIPE's 141.)
+        let (rc, said) = try Process.runStatus(["bash", "-c", "'\(bin)' runs '\(root)/o400' | head -1 >/dev/null; echo \"status ${PIPESTATUS[0]}\""])
+        XCTAssertEqual(rc, 0)
+        XCTAssertTrue(said == "status 0\n" || said == "status 141\n", said)
+    }
 }

@@ -84,3 +84,19 @@ public final class ProgressReporter: @unchecked Sendable {
 public func logLine(_ s: String) {
     FileHandle.standardError.write(Data((s + "\n").utf8))
 }
+
+/// Writes out what is still buffered for stdout and says when any write to it failed, with a
+/// non-zero exit: `radar predict DIR > scores.tsv` on a full disk exited 0 with the file cut
+/// short (libc drops a failed buffer and only marks the stream). A reader that stopped early
+/// (`| head`, EPIPE where SIGPIPE is ignored) is not an error worth a line; it still exits 1.
+public func finishStandardOutput(_ program: String) {
+    errno = 0
+    let flushed = fflush(stdout) == 0
+    let code = errno
+    guard !flushed || ferror(stdout) != 0 else { return }
+    if code != EPIPE {
+        let reason = code != 0 ? String(cString: strerror(code)) : "a write failed"
+        logLine("\(program): error: standard output: \(reason) (what was printed is incomplete)")
+    }
+    exit(1)
+}
