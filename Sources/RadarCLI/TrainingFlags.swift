@@ -34,7 +34,7 @@ public struct TrainingFlags: ParsableArguments {
     public var overwrite = false
     @Option(help: "Preset (tiny, mid, full) or a config JSON file.") public var config = "full"
     @Option(help: "Images per micro-batch (per rank).") public var batchSize = 32
-    @Option(help: "Epochs.") public var numEpochs = 10
+    @Option(name: [.customLong("num-epochs"), .customLong("epochs")], help: "Epochs (--epochs, as radar demo spells it, too).") public var numEpochs = 10
     @Option(help: "Peak learning rate (OneCycle).") public var learningRate = 5e-4
     @Option(help: "AdamW weight decay.") public var weightDecay = 0.05
     @Option(help: "Micro-batches per optimizer step.") public var accumulationSteps = 2

@@ -13,7 +13,7 @@ struct Demo: ParsableCommand {
     @Option(help: "Training images (generated).") var trainImages = 1024
     @Option(help: "Validation images (generated, a different seed range).") var valImages = 256
     @Option(help: "Images per batch.") var batchSize = 16
-    @Option(help: "Epochs.") var epochs = 6
+    @Option(name: [.customLong("epochs"), .customLong("num-epochs")], help: "Epochs (--num-epochs, as radar train spells it, too).") var epochs = 6
     @Option(help: "Peak learning rate of OneCycle.") var learningRate: Double = 1e-3
     @Option(help: "Artifact strength knob of the generator, 0 (obvious) to 1 (faint).") var difficulty = 0.3
     @Option(help: "Threads for the CPU backend.") var threads = ProcessInfo.processInfo.activeProcessorCount

@@ -72,6 +72,7 @@ final class TrainingFlagValidationTests: XCTestCase {
         let cases: [([String], String)] = [
             (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
             (["--num-epochs", "0"], "--num-epochs must be at least 1"),
+            (["--epochs", "0"], "--num-epochs must be at least 1"),  // radar demo's spelling, the same flag
             (["--accumulation-steps", "0"], "--accumulation-steps must be at least 1"),
             (["--learning-rate", "nan"], "--learning-rate must be a finite number above 0"),
             (["--learning-rate", "inf"], "--learning-rate must be a finite number above 0"),
@@ -116,6 +117,7 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["bench", "allreduce", "--transport", "udp"], "--transport must be mpi or tcp, got udp"),
             (["bench", "allreduce", "--transport", "tcp", "--verify"], "--verify compares with MPI_Allreduce: use it with --transport mpi"),
             (["demo", "--threads", "0"], "--threads must be at least 1, got 0"),
+            (["demo", "--num-epochs", "0"], "--epochs must be at least 1, got 0"),  // radar train's spelling
             // One sentence named five flags; a NaN learning rate and a difficulty of 2 ran.
             (["demo", "--train-images", "0"], "--train-images must be at least 1, got 0"),
             (["demo", "--val-images", "1"], "--val-images must be at least 2 (an AUC needs both classes), got 1"),
