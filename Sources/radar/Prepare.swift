@@ -128,7 +128,11 @@ func runPreparer(_ source: SampleSource, _ opts: PrepareOptions) throws {
     let m = try preparer.run(source)
     let n = m.shards.reduce(0) { $0 + $1.samples }
     if !preparer.keptExisting { logLine(String(format: "prepare: %d images in %d shards, %d skipped, %.1f images/s, peak RSS %.0f MiB", n, m.shards.count,
-                   m.skipped.count, Double(n) / Date().timeIntervalSince(t0), peakRSSMiB())) }
+                   m.skipped.count, Double(n) / Date().timeIntervalSince(t0), peakRSSMiB()))
+        // What was skipped, said (it was only counted; the reasons were in manifest.json alone).
+        for s in m.skipped.prefix(5) { logLine("prepare: skipped \(s.key): \(s.reason)") }
+        if m.skipped.count > 5 { logLine("prepare: and \(m.skipped.count - 5) more skipped: manifest.json's \"skipped\" lists each with its reason") }
+    }
     print(DatasetChecker.summary(m))
 }
 

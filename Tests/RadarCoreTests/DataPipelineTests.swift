@@ -331,9 +331,18 @@ final class DataPipelineTests: XCTestCase {
         // a folder named like one is.
         XCTAssertEqual(mkfifo("\(root)/real/pipe.png", 0o600), 0)
         try FileManager.default.createDirectory(atPath: "\(root)/fake/frames.jpg", withIntermediateDirectories: true)
+        // A name that is not UTF-8 (Latin-1 "caf\xE9.png", from an old Windows archive): read by its
+        // bytes, its key with the byte written \xE9 (it was skipped: "cannot read real/caf\u{FFFD}.png:
+        // No such file or directory").
+        let latin1 = try ImageCodec.encodePNG(faces.rgbImage(40, label: 0))
+        let latin1Path = Array("\(root)/real/caf".utf8CString.dropLast()) + [CChar(bitPattern: 0xE9)] + Array(".png".utf8CString)
+        let fd = open(latin1Path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        _ = latin1.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
         let out = temporaryDirectory("ref-out")
         let m = try DatasetPreparer(options: PrepareOptions(output: out)).run(try ReferenceFolders(root: root, testFraction: 0.25, seed: 1))
-        XCTAssertEqual(m.shards.reduce(0) { $0 + $1.samples }, 41)
+        XCTAssertEqual(m.shards.reduce(0) { $0 + $1.samples }, 42)
         XCTAssertEqual(m.skipped.map(\.reason).sorted(), ["a BMP image, not a PNG, JPEG or WebP (the formats read) (fake/face.bmp)",
                                                           "a FIFO, not a regular file (real/pipe.png)", "a subdirectory (fake/frames.jpg/): the reference layout is flat, images directly in fake/",
                                                           
@@ -342,6 +351,9 @@ final class DataPipelineTests: XCTestCase {
         let samples = try readDataset(out)
         XCTAssertTrue(samples.allSatisfy { $0.key == $0.value.0.sequence }, "every image is its own sequence")
         XCTAssertEqual(samples["real_img1"]!.1, FileManager.default.contents(atPath: "\(root)/real/img1.jpg"), "JPEG bytes kept")
+        XCTAssertEqual(samples["real_caf\\xE9"]?.1, latin1, "\(samples.keys.sorted())")
+        XCTAssertEqual(displayName(Array("café 🙂".utf8)), "café 🙂")
+        XCTAssertEqual(displayName([0x61, 0xE9, 0x62, 0xC3, 0xA9, 0xF0, 0x9F, 0x99, 0xC3]), "a\\xE9bé\\xF0\\x9F\\x99\\xC3")
         let stored = try XCTUnwrap(samples["real_face"]?.1)
         XCTAssertEqual(ImageCodec.sniff(stored), .png, "a WebP is stored as PNG")
         XCTAssertEqual(try ImageCodec.decode(stored, item: "face").pixels, (0..<36).map { UInt8($0 * 7) })

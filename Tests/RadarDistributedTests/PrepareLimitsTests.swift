@@ -46,6 +46,10 @@ final class PrepareLimitsTests: XCTestCase {
         print("prepare with a 256 MiB and a 10 GiB sparse member: \(line)")
         XCTAssertGreaterThan(mib, 1, "the peak RSS is parsed: \(line)")
         XCTAssertLessThan(mib, 200, String(line))
+        // Each skipped member is said on stderr too, with its reason (it was only counted there).
+        let said = text.split(separator: "\n").filter { $0.hasPrefix("prepare: skipped ") }
+        XCTAssertEqual(said.count, skipped.count, text)
+        XCTAssertTrue(said.contains { $0.contains("sparse archive member") }, text)
     }
 
     /// SIGTERM (or Ctrl-C) during `radar synth` / `radar prepare`: one line saying what is kept and

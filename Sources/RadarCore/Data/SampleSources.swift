@@ -203,13 +203,16 @@ public struct ReferenceFolders: SampleSource {
             let path = (root as NSString).appendingPathComponent(dir)
             // Hidden files (.DS_Store, macOS's ._x.png companions, editors' temporaries) are left
             // out, as the reference's glob leaves them out.
-            let files = try FileManager.default.contentsOfDirectory(atPath: path).filter { !$0.hasPrefix(".") }.sorted()
-            for f in files {
+            // Names as the file system holds them: one that is not UTF-8 is opened by its bytes.
+            let entries: [FolderEntry]
+            do { entries = try folderEntries(path) } catch { throw DatasetError(path: path, reason: "cannot list the folder: \(error)") }
+            for entry in entries.filter({ !$0.name.hasPrefix(".") }).sorted(by: { $0.name < $1.name }) {
+                let f = entry.name
                 let key = sanitizeKey("\(dir)_" + (f as NSString).deletingPathExtension)
-                let full = (path as NSString).appendingPathComponent(f)
+                let full = (path as NSString).appendingPathComponent(f), bytes = entry.path
                 // One stat per file: it names subfolders, FIFOs, devices and oversized files.
                 var st = stat()
-                let statError = stat(full, &st) == 0 ? 0 : errno
+                let statError = stat(bytes, &st) == 0 ? 0 : errno
                 if statError == 0 && st.st_mode & S_IFMT == S_IFDIR {
                     try visit(.skipped(key: key, reason: "a subdirectory (\(dir)/\(f)/): the reference layout is flat, images directly in \(dir)/"))
                     continue
@@ -222,7 +225,7 @@ public struct ReferenceFolders: SampleSource {
                 let c = Candidate(key: key, label: label, officialSplit: test ? .test : .train, sequence: key, frame: nil, ext: ext)
                 // A file that cannot be opened (a dangling link, no read permission) is skipped and
                 // recorded here, in both passes, like a corrupt image; it stopped the whole prepare.
-                let readError = statError != 0 ? statError : access(full, R_OK) == 0 ? 0 : errno
+                let readError = statError != 0 ? statError : access(bytes, R_OK) == 0 ? 0 : errno
                 guard readError == 0 else {
                     try visit(.skipped(key: key, reason: "cannot read \(dir)/\(f): \(String(cString: strerror(readError)))"))
                     continue
@@ -231,11 +234,8 @@ public struct ReferenceFolders: SampleSource {
                     try visit(.skipped(key: key, reason: "\(problem) (\(dir)/\(f))"))
                     continue
                 }
-                try visit(.image(c, read: {
-                    guard let d = FileManager.default.contents(atPath: full) else {
-                        throw DatasetError(path: full, reason: unreadableReason(full))
-                    }
-                    return d
+                try visit(.image(c, read: { [maxFileBytes] in
+                    do { return try readInputFile(bytes: bytes, limit: maxFileBytes) } catch { throw DatasetError(path: full, reason: "\(error)") }
                 }))
             }
         }

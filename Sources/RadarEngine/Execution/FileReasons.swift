@@ -67,6 +67,11 @@ public struct InputFileError: Error, CustomStringConvertible {
 /// read") and only the first page of a kernel file. More than `limit` bytes is an error (an input
 /// that never ends, /dev/zero, is not read for ever); so is a folder, with the system's reasons.
 public func readInputFile(_ path: String, limit: Int) throws -> Data {
+    try path.withCString { try readInputFile(bytes: $0, limit: limit) }
+}
+
+/// `readInputFile` of a path given as the bytes the file system holds (a `FolderEntry`'s).
+public func readInputFile(bytes path: UnsafePointer<CChar>, limit: Int) throws -> Data {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw InputFileError(reason: String(cString: strerror(errno))) }
     defer { close(fd) }
@@ -91,4 +96,52 @@ public func readInputFile(_ path: String, limit: Int) throws -> Data {
 /// whole in the first read, and the rest of it on a large machine is slow to make.)
 public func readKernelFile(_ path: String) -> String? {
     (try? readInputFile(path, limit: 256 << 20)).map { String(decoding: $0, as: UTF8.self) }
+}
+
+/// One entry of a folder as the file system names it: `path`, the bytes to open it by (folder,
+/// "/", name; NUL-terminated), and `name` for showing and keys, with each byte that is not UTF-8
+/// written \xNN. Foundation's listings decode names as UTF-8 and put U+FFFD for such bytes (a
+/// Latin-1 "caf\xE9.png" copied from an old Windows archive), and the name it gives then opens
+/// nothing ("No such file or directory").
+public struct FolderEntry: Sendable {
+    public let name: String
+    public let path: [CChar]
+}
+
+/// The entries of `folder` (not "." and ".."), in the order the system lists them.
+public func folderEntries(_ folder: String) throws -> [FolderEntry] {
+    guard let dir = opendir(folder) else { throw InputFileError(reason: String(cString: strerror(errno))) }
+    defer { closedir(dir) }
+    var out: [FolderEntry] = []
+    let base = Array(folder.utf8CString.dropLast()) + (folder.hasSuffix("/") ? [] : [CChar(UInt8(ascii: "/"))])
+    while true {
+        errno = 0
+        guard let e = readdir(dir) else {
+            if errno != 0 { throw InputFileError(reason: String(cString: strerror(errno))) }
+            return out
+        }
+        let raw: [CChar] = withUnsafeBytes(of: &e.pointee.d_name) { b in
+            Array(b.bindMemory(to: CChar.self).prefix(while: { $0 != 0 }))
+        }
+        if raw == [46] || raw == [46, 46] { continue }
+        out.append(FolderEntry(name: displayName(raw.map { UInt8(bitPattern: $0) }), path: base + raw + [0]))
+    }
+}
+
+/// UTF-8 bytes as text, each byte of no valid UTF-8 sequence as \xNN (uppercase hex).
+public func displayName(_ bytes: [UInt8]) -> String {
+    if let s = String(validating: bytes, as: UTF8.self) { return s }
+    var out = "", i = 0
+    while i < bytes.count {
+        let b = bytes[i]
+        let length = b < 0x80 ? 1 : b >= 0xC2 && b < 0xE0 ? 2 : b >= 0xE0 && b < 0xF0 ? 3 : b >= 0xF0 && b < 0xF5 ? 4 : 0
+        if length > 0, i + length <= bytes.count, let s = String(validating: bytes[i..<(i + length)], as: UTF8.self) {
+            out += s
+            i += length
+        } else {
+            out += String(format: "\\x%02X", b)
+            i += 1
+        }
+    }
+    return out
 }
