@@ -320,6 +320,12 @@ final class ServeTests: XCTestCase {
         XCTAssertTrue(bad.1.contains("curl -d strips line breaks from a file; send it with --data-binary @FILE or -F file=@FILE"), bad.1)
         bad = post("Transfer-Encoding: chunked\r\n", Data("zz\r\n".utf8))
         XCTAssertTrue(bad.1.contains("chunk size 'zz' is not a hexadecimal byte count"), bad.1)
+        // Query strings with empty names and values: answered (a bare "?=" ended the process).
+        for query in ["?=", "?==", "?&=&", "?explain=&=1"] {
+            let k = try XCTUnwrap(RawConnection(port: port))
+            k.send("GET /v1/health\(query) HTTP/1.1\r\nHost: x\r\n\r\n")
+            XCTAssertTrue(k.response().head?.hasPrefix("HTTP/1.1 200 OK") ?? false, query)
+        }
         XCTAssertTrue(p.isRunning)
     }
 

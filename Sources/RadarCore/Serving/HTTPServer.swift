@@ -222,7 +222,8 @@ public final class HTTPServer: @unchecked Sendable {
         let (path, queryText) = target.firstIndex(of: "?").map { (String(target[..<$0]), String(target[target.index(after: $0)...])) } ?? (target, "")
         var query: [String: String] = [:]
         for pair in queryText.split(separator: "&") {
-            let kv = pair.split(separator: "=", maxSplits: 1)
+            // "=" alone, "=x" and "x=" are pairs too (an empty name or value): "?=" ended the process.
+            let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             query[String(kv[0]).removingPercentEncoding ?? String(kv[0])] = kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""
         }
         return .request(Request(method: String(parts[0]), path: path, query: query, headers: headers, body: body,
