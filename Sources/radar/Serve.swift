@@ -146,7 +146,9 @@ final class ScoringService: @unchecked Sendable {
                 return .json(200, doc)
             } catch { return .error(503, "\(error)") }
         case (_, "/v1/predict"), (_, "/v1/health"):
-            return .error(405, "\(request.method) \(request.path): use \(request.path == "/v1/health" ? "GET" : "POST")")
+            var answer = HTTPServer.Response.error(405, "\(request.method) \(request.path): use \(request.path == "/v1/health" ? "GET" : "POST")")
+            answer.headers = [("Allow", request.path == "/v1/health" ? "GET, HEAD" : "POST")]
+            return answer
         default:
             return .error(404, "\(request.path): not found (POST /v1/predict, GET /v1/health)")
         }

@@ -337,6 +337,7 @@ final class ServeTests: XCTestCase {
     /// 30 s for the close), kept alive only when it asks. Content-Length given twice with two
     /// values is a 400 (it waited for the second length's bytes), with one value it is read; a body
     /// framed by both Transfer-Encoding and Content-Length is read chunked and the connection closed.
+    /// HEAD is answered as GET without the body; a 405 says what is allowed.
     func testSlowStalledAndOldClientsDoNotHoldTheService() throws {
         let (model, _) = try fixtures()
         let (p, _, port) = try startServe(model, ["--connections", "2", "--read-timeout", "2"])
@@ -356,6 +357,15 @@ final class ServeTests: XCTestCase {
             XCTAssertTrue(r.head?.contains("Connection: keep-alive") ?? false, "\(r)")
         }
         c = try XCTUnwrap(RawConnection(port: port))  // frees the slot the kept-alive one held
+        // HEAD: GET's status and headers, no body (curl -I, health checkers); 405 names what is allowed.
+        let head = try XCTUnwrap(RawConnection(port: port))
+        head.send("HEAD /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        let headWords = head.closingWords
+        XCTAssertTrue(headWords.hasPrefix("HTTP/1.1 200 OK\r\n") && headWords.hasSuffix("Connection: close\r\n\r\n"), headWords)
+        XCTAssertNotNil(headWords.range(of: #"Content-Length: [1-9]"#, options: .regularExpression), headWords)
+        c.send("DELETE /v1/predict HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.response()
+        XCTAssertTrue((r.head?.hasPrefix("HTTP/1.1 405 ") ?? false) && (r.head?.contains("\r\nAllow: POST\r\n") ?? false), "\(r)")
         // Content-Length twice: two values refused, one value read.
         c.send("POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 500\r\n\r\nhello")
         r = c.response()

@@ -30,6 +30,8 @@ public final class HTTPServer: @unchecked Sendable {
         public var status: Int
         public var contentType: String
         public var body: Data
+        /// More header fields (`Allow` with a 405).
+        public var headers: [(String, String)] = []
 
         public init(status: Int, contentType: String = "application/json", body: Data) {
             (self.status, self.contentType, self.body) = (status, contentType, body)
@@ -135,7 +137,11 @@ public final class HTTPServer: @unchecked Sendable {
             }
             lock.lock(); let stopping = stopped; lock.unlock()
             let keepAlive = !stopping && request.keepAlive
-            write(c, handler(request), keepAlive: keepAlive)
+            // HEAD is answered as GET without the body (RFC 9110 9.3.2): curl -I, health checkers.
+            let head = request.method == "HEAD"
+            let asked = head ? Request(method: "GET", path: request.path, query: request.query, headers: request.headers,
+                                       body: request.body, keepAlive: request.keepAlive) : request
+            write(c, handler(asked), keepAlive: keepAlive, withBody: !head)
             if !keepAlive { return }
         }
     }
@@ -334,11 +340,12 @@ public final class HTTPServer: @unchecked Sendable {
                           413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
                           503: "Service Unavailable"]
 
-    private func write(_ c: Int32, _ r: Response, keepAlive: Bool) {
+    private func write(_ c: Int32, _ r: Response, keepAlive: Bool, withBody: Bool = true) {
         let head = "HTTP/1.1 \(r.status) \(Self.reasons[r.status] ?? "Status")\r\nContent-Type: \(r.contentType)\r\nContent-Length: \(r.body.count)\r\n"
+            + r.headers.map { "\($0.0): \($0.1)\r\n" }.joined()
             + "Connection: \(keepAlive ? "keep-alive" : "close")\r\n\r\n"
         var out = Data(head.utf8)
-        out.append(r.body)
+        if withBody { out.append(r.body) }
         sendAll(c, out)
     }
 }
