@@ -177,22 +177,29 @@ struct Predict: ParsableCommand {
             let temperature = try self.temperature.map { try TemperatureScaling.resolve($0) } ?? 1
             func scaled(_ e: Explanation) -> Float { TemperatureScaling.probability(logit: e.logit, modelProbability: e.probability, temperature: temperature) }
             var files: [String] = []
+            // Files found in folders, opened by the bytes of their names (a name that is not UTF-8
+            // is shown with \xNN and could not be opened by that text).
+            var namedBytes: [String: [CChar]] = [:]
             for p in paths {
                 var isDir: ObjCBool = false
                 guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else { throw ValidationError("\(p): no such file or directory") }
                 if isDir.boolValue {
                     // Its images at any depth (frames are often in a folder per video), in path
                     // order; hidden files and folders are left out.
-                    guard let walk = FileManager.default.enumerator(atPath: p) else { throw ValidationError("\(p): \(unreadableReason(p))") }
-                    var found: [String] = []
+                    let tree: [FolderEntry]
+                    do { tree = try folderTree(p, skipHidden: true) } catch { throw ValidationError("\(error)") }
+                    var found: [FolderEntry] = []
                     var otherFormats: [String: Int] = [:]
-                    while let rel = walk.nextObject() as? String {
-                        if (rel as NSString).lastPathComponent.hasPrefix(".") { walk.skipDescendants(); continue }
-                        let ext = (rel as NSString).pathExtension.lowercased()
-                        if ["png", "jpg", "jpeg", "webp"].contains(ext) { found.append(rel) }
+                    for entry in tree {
+                        let ext = (entry.name as NSString).pathExtension.lowercased()
+                        if ["png", "jpg", "jpeg", "webp"].contains(ext) { found.append(entry) }
                         else if let kind = ImageCodec.otherImageExtensions[ext] { otherFormats[kind, default: 0] += 1 }
                     }
-                    files += found.sorted().map { (p as NSString).appendingPathComponent($0) }
+                    for entry in found.sorted(by: { $0.name < $1.name }) {
+                        let shown = (p as NSString).appendingPathComponent(entry.name)
+                        files.append(shown)
+                        namedBytes[shown] = entry.path
+                    }
                     if !otherFormats.isEmpty {  // images of formats not read: said, not silently passed over
                         let counts = otherFormats.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
                         logLine("radar predict: \(p): left out \(counts) image\(otherFormats.values.reduce(0, +) == 1 ? "" : "s") (only PNG, JPEG and WebP are read)")
@@ -234,6 +241,7 @@ struct Predict: ParsableCommand {
             // lines themselves are the progress.
             let bar = files.count > batchSize && (json || isatty(STDOUT_FILENO) == 0)
                 ? ProgressReporter("predict", total: files.count, unit: "img") : nil
+            let opened = namedBytes  // read from every decoding thread
             for start in stride(from: 0, to: files.count, by: batchSize) {
                 bar?.update(start)
                 let chunk = Array(files[start..<min(start + batchSize, files.count)])
@@ -251,10 +259,13 @@ struct Predict: ParsableCommand {
                     do {
                         // Its kind and size first: a 3 GiB file named .png was read whole (32 at
                         // a time), a FIFO blocked for ever.
-                        if let problem = imageFileProblem(chunk[i], limit: limit) {
+                        let bytes = opened[chunk[i]] ?? Array(chunk[i].utf8CString)
+                        var st = stat()
+                        if stat(bytes, &st) == 0, let problem = imageFileProblem(st, limit: limit) {
                             throw ValidationError("\(chunk[i]): \(problem)\(problem.hasSuffix("limit") ? " (--max-image-mb)" : "")")
                         }
-                        guard let d = FileManager.default.contents(atPath: chunk[i]) else { throw ValidationError("\(chunk[i]): \(unreadableReason(chunk[i]))") }
+                        let d: Data
+                        do { d = try readInputFile(bytes: bytes, limit: limit) } catch { throw ValidationError("\(chunk[i]): \(error)") }
                         // The reference's evaluation transform: OpenCV INTER_LINEAR resize, then normalise.
                         let img = ImageResize.resize(try ImageCodec.decode(d, item: chunk[i]), width: c.imgSize, height: c.imgSize, mode: .openCVLinear)
                         Augmenter.normalize(img, mean: c.mean, std: c.std, into: slots + i * per)

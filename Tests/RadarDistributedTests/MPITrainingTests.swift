@@ -949,8 +949,22 @@ final class DemoPipelineTests: XCTestCase {
         for d in ["/video1", "/video2/clip", "/.cache"] { try FileManager.default.createDirectory(atPath: nested + d, withIntermediateDirectories: true) }
         let png = try ImageCodec.encodePNG(faces.rgbImage(0, label: 0))
         for f in ["/video2/clip/b.PNG", "/video1/a.png", "/.cache/c.png", "/video1/.d.png", "/top.jpg.txt"] { try png.write(to: URL(fileURLWithPath: nested + f)) }
+        // A folder and a file whose names are not UTF-8 (Latin-1, from an old archive): read by
+        // their bytes and shown with \xE9 (it was "No such file or directory"); a link back up
+        // the tree is not walked.
+        let latinFolder = Array((nested + "/vid").utf8CString.dropLast()) + [CChar(bitPattern: 0xE9)] + Array("o3".utf8CString.dropLast())
+        XCTAssertEqual(mkdir(latinFolder + [0], 0o755), 0)
+        let latinFile = latinFolder + Array("/f".utf8CString.dropLast()) + [CChar(bitPattern: 0xE9)] + Array(".png".utf8CString)
+        let fd = open(latinFile, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        _ = png.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        XCTAssertEqual(symlink("..", nested + "/video1/up"), 0)
         let deep = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1", nested])
-        XCTAssertEqual(deep.split(separator: "\n").map { String($0.split(separator: "\t")[0]) }, [nested + "/video1/a.png", nested + "/video2/clip/b.PNG"], deep)
+        XCTAssertEqual(deep.split(separator: "\n").map { String($0.split(separator: "\t")[0]) },
+                       [nested + "/vid\\xE9o3/f\\xE9.png", nested + "/video1/a.png", nested + "/video2/clip/b.PNG"], deep)
+        XCTAssertEqual(Set(deep.split(separator: "\n").map { $0.split(separator: "\t")[1] }).count, 1, "the same image three times: \(deep)")
+        XCTAssertEqual(unlink(latinFile), 0)
+        XCTAssertEqual(rmdir(latinFolder + [0]), 0)
         // --by-folder: then one verdict per folder (a video's frames), the mean of its images'.
         try FileManager.default.copyItem(atPath: imgs + "/f1.png", toPath: nested + "/video1/b.png")
         let perFolder = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1",

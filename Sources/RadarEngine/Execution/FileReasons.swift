@@ -110,10 +110,15 @@ public struct FolderEntry: Sendable {
 
 /// The entries of `folder` (not "." and ".."), in the order the system lists them.
 public func folderEntries(_ folder: String) throws -> [FolderEntry] {
-    guard let dir = opendir(folder) else { throw InputFileError(reason: String(cString: strerror(errno))) }
+    try folderEntries(bytes: Array(folder.utf8CString.dropLast()))
+}
+
+/// `folderEntries` of a folder given as its path's bytes (no NUL).
+public func folderEntries(bytes folder: [CChar]) throws -> [FolderEntry] {
+    guard let dir = opendir(folder + [0]) else { throw InputFileError(reason: String(cString: strerror(errno))) }
     defer { closedir(dir) }
     var out: [FolderEntry] = []
-    let base = Array(folder.utf8CString.dropLast()) + (folder.hasSuffix("/") ? [] : [CChar(UInt8(ascii: "/"))])
+    let base = folder + (folder.last == CChar(UInt8(ascii: "/")) ? [] : [CChar(UInt8(ascii: "/"))])
     while true {
         errno = 0
         guard let e = readdir(dir) else {
@@ -126,6 +131,28 @@ public func folderEntries(_ folder: String) throws -> [FolderEntry] {
         if raw == [46] || raw == [46, 46] { continue }
         out.append(FolderEntry(name: displayName(raw.map { UInt8(bitPattern: $0) }), path: base + raw + [0]))
     }
+}
+
+/// Every entry under `root` that is not a folder, at any depth, `name` its path relative to `root`
+/// ("sub/x.png"). Folders are walked where they are (a link to a folder is an entry, not walked:
+/// no loops); with `skipHidden`, names starting with "." are left out, folders with what is in them.
+public func folderTree(_ root: String, skipHidden: Bool) throws -> [FolderEntry] {
+    var out: [FolderEntry] = []
+    func walk(_ folder: [CChar], shown: String, prefix: String) throws {
+        let entries: [FolderEntry]
+        do { entries = try folderEntries(bytes: folder) } catch { throw InputFileError(reason: "\(shown): \(error)") }
+        for e in entries where !(skipHidden && e.name.hasPrefix(".")) {
+            var st = stat()
+            let relative = prefix + e.name
+            if lstat(e.path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
+                try walk(Array(e.path.dropLast()), shown: (root as NSString).appendingPathComponent(relative), prefix: relative + "/")
+            } else {
+                out.append(FolderEntry(name: relative, path: e.path))
+            }
+        }
+    }
+    try walk(Array(root.utf8CString.dropLast()), shown: root, prefix: "")
+    return out
 }
 
 /// UTF-8 bytes as text, each byte of no valid UTF-8 sequence as \xNN (uppercase hex).
