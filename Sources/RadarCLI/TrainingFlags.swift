@@ -164,16 +164,16 @@ public struct TrainingFlags: ParsableArguments {
 /// `report` gets (epoch, batch, loss, images/s since the epoch started).
 public func attachProgress(_ run: TrainingRun, imagesPerBatch: Int, showBar: Bool = true, report: ((Int, Int, Double, Double) -> Void)? = nil) {
     var bar: ProgressReporter?
-    var lastEpoch = -1, epochStart = Date(), firstBatch = 0
+    var lastEpoch = -1, epochStart = monotonicNow(), firstBatch = 0
     let epochs = run.options.epochs
     run.onBatch = { epoch, done, total, loss in
         if epoch != lastEpoch {
             if showBar { bar = ProgressReporter("epoch \(epoch + 1)/\(epochs)", total: total, unit: "img") }
             lastEpoch = epoch
-            epochStart = Date()
+            epochStart = monotonicNow()
             firstBatch = done - 1
         }
-        let elapsed = max(Date().timeIntervalSince(epochStart), 1e-9)
+        let elapsed = max(monotonicNow().timeIntervalSince(epochStart), 1e-9)
         // The whole run's ETA at this epoch's pace (validation not included; early stopping may end sooner).
         let batchesLeft = Double(total - done + (epochs - epoch - 1) * total)
         let runETA = Double(done - firstBatch) > 0 ? batchesLeft * elapsed / Double(done - firstBatch) : 0

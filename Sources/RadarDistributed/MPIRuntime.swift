@@ -81,7 +81,7 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
 
     /// Polls a request until done or the deadline passes.
     private func wait(_ req: inout MPI_Request?, peer: Int) throws {
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = monotonicNow().addingTimeInterval(timeout)
         var flag: Int32 = 0
         var spins = 0
         while true {
@@ -92,7 +92,7 @@ public final class MPIRuntime: Communicator, @unchecked Sendable {
             // Spin (yielding the core) while transfers are quick; back off once a wait is long.
             if spins % 1024 == 0 {
                 try CommunicationError.checkStop(rank: rank)
-                if Date() > deadline {
+                if monotonicNow() > deadline {
                     throw CommunicationError(rank: rank, peer: peer, reason: "no progress for \(Int(timeout)) s (is rank \(peer) alive?)")
                 }
                 if spins > 1 << 20 { usleep(500) } else { sched_yield() }

@@ -4,7 +4,9 @@ import RadarCore
 import Glibc
 #endif
 
-/// Thin POSIX socket helpers shared by the TCP transport and the coordinator.
+/// Thin POSIX socket helpers shared by the TCP transport and the coordinator. Every `deadline`
+/// here (and in `Wire`, the communicators and the coordinator) is a `monotonicNow()` time: a
+/// wall-clock `Date()` passed in is decades ahead of the monotonic clock and never comes.
 enum Sockets {
     struct SocketError: Error, CustomStringConvertible {
         let reason: String
@@ -58,7 +60,7 @@ enum Sockets {
         while true {
             let (fd, failure) = attempt(&addr, until: deadline)
             if let fd { return fd }
-            if Date() > deadline { throw SocketError(reason: "cannot connect to \(hostPortText(host, port)): \(String(cString: strerror(failure)))") }
+            if monotonicNow() > deadline { throw SocketError(reason: "cannot connect to \(hostPortText(host, port)): \(String(cString: strerror(failure)))") }
             usleep(50_000)
         }
     }
@@ -74,11 +76,11 @@ enum Sockets {
         var last = [Int32](repeating: 0, count: hosts.count)
         while true {
             for i in hosts.indices {
-                let (fd, failure) = attempt(&addrs[i], until: min(deadline, Date().addingTimeInterval(attemptSeconds)))
+                let (fd, failure) = attempt(&addrs[i], until: min(deadline, monotonicNow().addingTimeInterval(attemptSeconds)))
                 if let fd { return (fd, hosts[i]) }
                 last[i] = failure
             }
-            if Date() > deadline {
+            if monotonicNow() > deadline {
                 let tried = hosts.indices.map { "\(hosts[$0]) (\(String(cString: strerror(last[$0]))))" }.joined(separator: ", ")
                 throw SocketError(reason: "cannot connect to port \(port) at any of \(tried)")
             }
@@ -97,7 +99,7 @@ enum Sockets {
         var failure = rc == 0 ? 0 : errno
         if rc != 0 && failure == EINPROGRESS {
             var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            let r = poll(&p, 1, Int32(max(0, min(Double(Int32.max), deadline.timeIntervalSinceNow * 1000))))
+            let r = poll(&p, 1, Int32(max(0, min(Double(Int32.max), deadline.monotonicSecondsLeft * 1000))))
             if r > 0 {
                 var err: Int32 = 0
                 var len = socklen_t(MemoryLayout<Int32>.size)
@@ -199,12 +201,12 @@ enum Sockets {
     static func accept(_ fd: Int32, deadline: Date) -> Int32? {
         var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         while true {
-            let ms = Int32(max(0, min(1000, deadline.timeIntervalSinceNow * 1000)))
+            let ms = Int32(max(0, min(1000, deadline.monotonicSecondsLeft * 1000)))
             if poll(&p, 1, ms) > 0 {
                 let c = Glibc.accept(fd, nil, nil)
                 if c >= 0 { tune(c); return c }
             }
-            if Date() > deadline { return nil }
+            if monotonicNow() > deadline { return nil }
         }
     }
 
@@ -230,9 +232,9 @@ enum Sockets {
         var got = 0
         var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         while got < count {
-            let ms = Int32(max(0, min(1000, deadline.timeIntervalSinceNow * 1000)))
+            let ms = Int32(max(0, min(1000, deadline.monotonicSecondsLeft * 1000)))
             let r = poll(&p, 1, ms)
-            if r == 0 { if Date() > deadline { throw SocketError(reason: "timed out") } else { continue } }
+            if r == 0 { if monotonicNow() > deadline { throw SocketError(reason: "timed out") } else { continue } }
             let n = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, count - got, 0) }
             if n <= 0 { throw SocketError(reason: "connection closed") }
             got += n

@@ -79,7 +79,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         recvAuth = [FrameAuthenticator?](repeating: nil, count: size)
         links = [SharedMemoryLink?](repeating: nil, count: size)
         sentBytes = [Int](repeating: 0, count: size)
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = monotonicNow().addingTimeInterval(timeout)
         for p in peers where p.rank < rank {
             let fd = try Sockets.connect(host: p.host, port: p.port, deadline: deadline)
             do {
@@ -111,7 +111,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
             }
             let from = Sockets.peerName(fd)
             // A handshake is bounded by a few seconds, so an idle impostor cannot hold the listener.
-            let hsDeadline = min(deadline, Date().addingTimeInterval(5))
+            let hsDeadline = min(deadline, monotonicNow().addingTimeInterval(5))
             do {
                 let hello = try Sockets.readExactly(fd, TCPCommunicator.helloBytes, deadline: hsDeadline)
                 let words = hello.prefix(24).withUnsafeBytes { raw in (0..<3).map { UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self)) } }
@@ -276,7 +276,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
     /// through the peer's shared-memory link where it has one (header and body, copied through
     /// the ring), else over TCP (header, body, AES-GCM tag), polled.
     private func transfer(send s: (UnsafeRawPointer, Int, Int)?, recv r: (UnsafeMutableRawPointer, Int, Int)?, tag: Int) throws {
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = monotonicNow().addingTimeInterval(timeout)
         let tagBytes = FrameAuthenticator.tagBytes, headerBytes = TCPCommunicator.headerBytes
         let sendLink = s.flatMap { links[$0.2] }, recvLink = r.flatMap { links[$0.2] }
         var sendHeader: [UInt8] = [], sentHeader = 0, sentBody = 0, sentTag = 0
@@ -353,7 +353,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
                     }
                 }
                 // Beside a shared-memory side, look at the rings again within a millisecond.
-                let ms = moved ? 0 : sharedPending ? 1 : Int32(max(0, min(500, deadline.timeIntervalSinceNow * 1000)))
+                let ms = moved ? 0 : sharedPending ? 1 : Int32(max(0, min(500, deadline.monotonicSecondsLeft * 1000)))
                 let n = poll(&polls, nfds_t(polls.count), ms)
                 if n > 0 {
                     moved = true
@@ -379,7 +379,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
                 if sharedPending && !(!recvDone && recvLink?.hasData == true) {
                     try checkAlive([sendDone || sendLink == nil ? nil : s?.2, recvDone || recvLink == nil ? nil : r?.2])
                 }
-                if Date() > deadline {
+                if monotonicNow() > deadline {
                     let peer = !recvDone ? r!.2 : s!.2
                     throw CommunicationError(rank: rank, peer: peer, reason: "no progress for \(Int(timeout)) s (is rank \(peer) alive?)")
                 }

@@ -223,14 +223,14 @@ struct RadarWorker: ParsableCommand {
         // that does not within the timeout is named, and the job ends non-zero (its launcher
         // then stops it): the outputs are complete, but a rank is stuck.
         if let s = RadarWorker.server {
-            let deadline = Date().addingTimeInterval(timeout)
+            let deadline = monotonicNow().addingTimeInterval(timeout)
             var missing: [Int] = []
             repeat {
                 let ranks = s.status()["ranks"] as? [[String: Any]] ?? []
                 missing = ranks.filter { $0["finished"] as? Bool != true }.compactMap { $0["rank"] as? Int }
                 if missing.isEmpty { break }
                 usleep(20_000)
-            } while Date() < deadline
+            } while monotonicNow() < deadline
             if !missing.isEmpty {
                 throw CommunicationError(rank: 0, peer: missing.first, reason: "rank\(missing.count > 1 ? "s" : "") \(missing.map(String.init).joined(separator: ", ")) did not sign off within \(Int(timeout)) s after training (outputs are complete)")
             }

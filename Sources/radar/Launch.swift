@@ -137,7 +137,7 @@ struct Launch: ParsableCommand {
                 let (code, text) = Launch.describe(p)
                 guard code != 0 else { continue }
                 logLine("radar launch: rank \(nodeRank * n + r) \(text)")
-                if failed == 0 { failed = code; failedAt = Date() }
+                if failed == 0 { failed = code; failedAt = monotonicNow() }
             }
         }
         var terminated = false
@@ -146,16 +146,16 @@ struct Launch: ParsableCommand {
             report()
             // The ranks of a job finish together: one still running long after another finished
             // cleanly is stuck (frozen, or waiting on a peer that is gone).
-            if firstSuccess == nil, procs.contains(where: { !$0.isRunning && $0.terminationStatus == 0 }) { firstSuccess = Date() }
-            if failed == 0, let t = firstSuccess, Date().timeIntervalSince(t) > finishGrace {
+            if firstSuccess == nil, procs.contains(where: { !$0.isRunning && $0.terminationStatus == 0 }) { firstSuccess = monotonicNow() }
+            if failed == 0, let t = firstSuccess, monotonicNow().timeIntervalSince(t) > finishGrace {
                 let stuck = procs.indices.filter { procs[$0].isRunning }.map { nodeRank * n + $0 }
                 logLine("radar launch: rank\(stuck.count > 1 ? "s" : "") \(stuck.map(String.init).joined(separator: ", ")) did not finish within \(Int(finishGrace)) s of the others; stopping \(stuck.count > 1 ? "them" : "it")")
                 failed = 1
-                failedAt = Date().addingTimeInterval(-grace)
+                failedAt = monotonicNow().addingTimeInterval(-grace)
             }
-            if let t = failedAt, Date().timeIntervalSince(t) > grace {
+            if let t = failedAt, monotonicNow().timeIntervalSince(t) > grace {
                 // SIGTERM first (a rank still waiting for the rendezvous ends at once), SIGKILL 5 s later.
-                let late = Date().timeIntervalSince(t) > grace + 5
+                let late = monotonicNow().timeIntervalSince(t) > grace + 5
                 if !terminated || late {
                     for p in procs where p.isRunning { kill(p.processIdentifier, late ? SIGKILL : SIGTERM) }
                     terminated = true

@@ -150,4 +150,84 @@ final class FaultInjectionTests: XCTestCase {
         let (rc2, text2) = try launch(NSTemporaryDirectory() + "radar-restart-c-\(UUID().uuidString.prefix(6))", [], fault: "step:1:kill")
         XCTAssertNotEqual(rc2, 0, text2)
     }
+
+    /// The wall clock stepped forward an hour in the middle of a 2-rank TCP job (NTP, chrony's
+    /// makestep, a VM resumed; here an LD_PRELOAD shim over clock_gettime, gettimeofday and time
+    /// in every process): the job goes on and ends as usual. Its timeouts and heartbeats were
+    /// measured on the wall clock, so the step ended it at once: "rank 0 lost (no heartbeat for
+    /// 10 s)"; they are measured on the monotonic clock now.
+    func testAWallClockStepDoesNotEndTheJob() throws {
+        let folder = NSTemporaryDirectory() + "radar-clock-step-\(UUID().uuidString.prefix(6))"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let source = folder + "/clock_step.c", shim = folder + "/clock_step.so"
+        try Self.clockStepShim.write(toFile: source, atomically: true, encoding: .utf8)
+        let (crc, ctext) = try Process.runStatus(["clang", "-shared", "-fPIC", "-O1", "-o", shim, source, "-ldl"])
+        XCTAssertEqual(crc, 0, ctext)
+        let bin = MPITrainingTests.products
+        let (rc, text) = try Process.runStatus([bin.appendingPathComponent("radar").path, "launch", "-n", "2", "--", "radar-worker",
+            "--data", MPITrainingTests.dataset, "--output", folder + "/out", "--experiment", "e", "--config", "tiny", "--batch-size", "4",
+            "--num-epochs", "4", "--accumulation-steps", "1", "--threads", "1", "--timeout", "10"],
+            environment: ["OPENBLAS_NUM_THREADS": "1", "LD_PRELOAD": shim, "RADAR_TEST_CLOCK_STEP_AFTER": "1", "RADAR_TEST_CLOCK_STEP_BY": "3600"])
+        // The step happened while the job ran: in the launcher and both ranks.
+        XCTAssertGreaterThanOrEqual(text.components(separatedBy: "clock-step shim: the wall clock stepped +3600 s").count - 1, 3, text)
+        XCTAssertEqual(rc, 0, text)
+        XCTAssertFalse(text.contains(" lost"), text)
+        XCTAssertTrue(text.contains("test AUC"), text)
+    }
+
+    /// Adds `RADAR_TEST_CLOCK_STEP_BY` seconds to the wall clock once the process has lived
+    /// `RADAR_TEST_CLOCK_STEP_AFTER` seconds (measured on CLOCK_MONOTONIC, which it leaves alone),
+    /// and says so once on stderr.
+    static let clockStepShim = """
+    #define _GNU_SOURCE
+    #include <dlfcn.h>
+    #include <stdlib.h>
+    #include <string.h>
+    #include <sys/time.h>
+    #include <time.h>
+    #include <unistd.h>
+    static int (*real_clock_gettime)(clockid_t, struct timespec *);
+    static struct timespec born;
+    static double after = 1e300, by = 0;
+    static int said;
+    static void setup(void) {
+        if (real_clock_gettime) return;
+        real_clock_gettime = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+        real_clock_gettime(CLOCK_MONOTONIC, &born);
+        const char *a = getenv("RADAR_TEST_CLOCK_STEP_AFTER"), *b = getenv("RADAR_TEST_CLOCK_STEP_BY");
+        if (a && b) { after = atof(a); by = atof(b); }
+    }
+    static long offset(void) {
+        struct timespec now;
+        real_clock_gettime(CLOCK_MONOTONIC, &now);
+        double lived = (double)(now.tv_sec - born.tv_sec) + (now.tv_nsec - born.tv_nsec) * 1e-9;
+        if (lived < after) return 0;
+        if (!__atomic_exchange_n(&said, 1, __ATOMIC_SEQ_CST)) {
+            const char *m = "clock-step shim: the wall clock stepped +3600 s\\n";
+            if (write(2, m, strlen(m)) < 0) {}
+        }
+        return (long)by;
+    }
+    int clock_gettime(clockid_t id, struct timespec *ts) {
+        setup();
+        int r = real_clock_gettime(id, ts);
+        if (r == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) ts->tv_sec += offset();
+        return r;
+    }
+    int gettimeofday(struct timeval *tv, void *tz) {
+        (void)tz;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        tv->tv_sec = ts.tv_sec;
+        tv->tv_usec = ts.tv_nsec / 1000;
+        return 0;
+    }
+    time_t time(time_t *t) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        if (t) *t = ts.tv_sec;
+        return ts.tv_sec;
+    }
+    """
 }

@@ -154,19 +154,19 @@ public final class HTTPServer: @unchecked Sendable {
         var found = buffer.range(of: separator)
         // Idle until the first byte (a keep-alive connection between requests), then the whole
         // header within readTimeout of it.
-        var headerDeadline = buffer.isEmpty ? nil : Date().addingTimeInterval(readTimeout)
+        var headerDeadline = buffer.isEmpty ? nil : monotonicNow().addingTimeInterval(readTimeout)
         while found == nil {
             if buffer.count > 64 << 10 { return .reject(431, "request header over 64 KiB") }
             // Only what arrives (and the 3 bytes before it) is searched: a header that comes a few
             // bytes at a time is not searched from its start at each arrival.
             let searchFrom = max(buffer.startIndex, buffer.endIndex - 3)
-            switch receive(c, &buffer, until: headerDeadline ?? Date().addingTimeInterval(readTimeout)) {
+            switch receive(c, &buffer, until: headerDeadline ?? monotonicNow().addingTimeInterval(readTimeout)) {
             case .data: break
             case .end: return buffer.isEmpty ? .closed : .reject(400, "the connection ended inside a request header")
             case .late:
                 return buffer.isEmpty ? .closed : .reject(408, "the request header did not arrive whole within \(seconds(readTimeout)) s")
             }
-            if headerDeadline == nil { headerDeadline = Date().addingTimeInterval(readTimeout) }
+            if headerDeadline == nil { headerDeadline = monotonicNow().addingTimeInterval(readTimeout) }
             found = buffer.range(of: separator, in: searchFrom..<buffer.endIndex)
         }
         let headEnd = found!
@@ -206,7 +206,7 @@ public final class HTTPServer: @unchecked Sendable {
         }
         buffer = Data(buffer[headEnd.upperBound...])
         let body: Data
-        let pace = BodyPace(start: Date(), grace: readTimeout, rate: minBodyRate)
+        let pace = BodyPace(start: monotonicNow(), grace: readTimeout, rate: minBodyRate)
         if chunked {
             switch readChunked(c, &buffer, pace: pace) {
             case .success(let b): body = b
@@ -241,7 +241,7 @@ public final class HTTPServer: @unchecked Sendable {
         let start: Date, grace: TimeInterval, rate: Double
         func deadline(_ received: Int) -> Date { start.addingTimeInterval(grace + Double(received) / rate) }
         func complaint(_ received: Int, of total: Int?) -> String {
-            "the body came slower than \(Int(rate)) bytes/s after \(seconds(grace)) s (\(received)\(total.map { " of \($0)" } ?? "") bytes in \(seconds(Date().timeIntervalSince(start))) s)"
+            "the body came slower than \(Int(rate)) bytes/s after \(seconds(grace)) s (\(received)\(total.map { " of \($0)" } ?? "") bytes in \(seconds(monotonicNow().timeIntervalSince(start))) s)"
         }
     }
 
@@ -320,7 +320,7 @@ public final class HTTPServer: @unchecked Sendable {
     /// error, `.late` when nothing came in time.
     private func receive(_ c: Int32, _ buffer: inout Data, until deadline: Date) -> Received {
         while true {
-            let left = deadline.timeIntervalSinceNow
+            let left = deadline.monotonicSecondsLeft
             if left <= 0 { return .late }
             var p = pollfd(fd: c, events: Int16(POLLIN), revents: 0)
             let ready = poll(&p, 1, Int32(min(left * 1000, 3_600_000).rounded(.up)))

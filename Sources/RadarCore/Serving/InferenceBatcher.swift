@@ -78,8 +78,8 @@ public final class InferenceBatcher: @unchecked Sendable {
             while waiting.isEmpty && !stopping { condition.wait() }
             if waiting.isEmpty { condition.unlock(); return }
             // The first image waits at most maxDelay for others to share its forward.
-            let deadline = Date().addingTimeInterval(maxDelay)
-            while waiting.count < batchSize && !stopping && condition.wait(until: deadline) {}
+            let deadline = monotonicNow().addingTimeInterval(maxDelay)
+            while waiting.count < batchSize && !stopping && condition.wait(untilMonotonic: deadline) {}
             let jobs = Array(waiting.prefix(batchSize))
             waiting.removeFirst(jobs.count)
             condition.unlock()

@@ -19,7 +19,9 @@ public final class ProgressReporter: @unchecked Sendable {
         ProcessInfo.processInfo.environment["RADAR_PROGRESS_SECONDS"].flatMap(Double.init).map { max(0, $0) } ?? 60
     }
 
-    public init(_ label: String, total: Int, unit: String = "it", interactive: Bool = isatty(STDERR_FILENO) != 0, start: Date = Date()) {
+    /// `start` and `update`'s `now` are `monotonicNow()` times (a step of the wall clock made the
+    /// rate and ETA wrong, and a step back silenced the plain lines for as long).
+    public init(_ label: String, total: Int, unit: String = "it", interactive: Bool = isatty(STDERR_FILENO) != 0, start: Date = monotonicNow()) {
         self.label = label
         self.total = total
         self.unit = unit
@@ -29,7 +31,7 @@ public final class ProgressReporter: @unchecked Sendable {
     }
 
     /// `done` of `total` finished; `items` (e.g. images) processed so far, for the rate.
-    public func update(_ done: Int, items: Int? = nil, detail: String = "", now: Date = Date()) {
+    public func update(_ done: Int, items: Int? = nil, detail: String = "", now: Date = monotonicNow()) {
         guard interactive else {
             guard logInterval > 0, done < total, now.timeIntervalSince(lastLine) >= logInterval else { return }
             lastLine = now

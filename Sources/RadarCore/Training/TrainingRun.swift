@@ -570,7 +570,7 @@ public final class TrainingRun {
         var lastLoss = Double.nan, local = 0, optimizerSteps = 0
         skippedBeforeEpoch = trainer.skippedSteps
         var batchIndex = start
-        let t0 = Date()
+        let t0 = monotonicNow()  // durations on the monotonic clock (a wall-clock step gave a wrong images/s)
         // Time blocked on the loader: a step that waits for images is input-bound, and more
         // compute (a GPU, more ranks) will not make it faster.
         var dataWait = 0.0
@@ -621,7 +621,7 @@ public final class TrainingRun {
             }
             if options.checkpointEvery > 0 && trainer.optimizer.step % options.checkpointEvery == 0 { try save(lastPath, state()) }
         }
-        let elapsed = max(Date().timeIntervalSince(t0), 1e-9)
+        let elapsed = max(monotonicNow().timeIntervalSince(t0), 1e-9)
         var speed = parallel.communicationStatistics()
         speed["images_per_s"] = Double(local * options.batchSize * options.worldSize) / elapsed
         if optimizerSteps > 0 {

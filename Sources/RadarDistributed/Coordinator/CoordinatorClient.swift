@@ -45,8 +45,8 @@ public final class CoordinatorClient: @unchecked Sendable {
     public init(hosts: [String], port: Int, token: Data, rank: Int, worldSize: Int? = nil, dataHost: String, dataPort: Int,
                 timeout: TimeInterval, rendezvousTimeout: TimeInterval = 600, attempt: Int = JobAttempt.current) throws {
         self.rank = rank
-        let giveUp = Date().addingTimeInterval(rendezvousTimeout + timeout)
-        var deadline = Date().addingTimeInterval(timeout)
+        let giveUp = monotonicNow().addingTimeInterval(rendezvousTimeout + timeout)
+        var deadline = monotonicNow().addingTimeInterval(timeout)
         while true {
             let (fd, host) = try Sockets.connect(hosts: hosts, port: port, deadline: deadline)
             do {
@@ -57,9 +57,9 @@ public final class CoordinatorClient: @unchecked Sendable {
                 return
             } catch let later as LaterAttempt {
                 close(fd)
-                if Date() > giveUp { throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused: \(later.reason)") }
+                if monotonicNow() > giveUp { throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused: \(later.reason)") }
                 usleep(500_000)
-                deadline = max(deadline, Date().addingTimeInterval(timeout))
+                deadline = max(deadline, monotonicNow().addingTimeInterval(timeout))
             } catch let e as CommunicationError { close(fd); throw e } catch {
                 close(fd)
                 throw CommunicationError(rank: rank, peer: nil, reason: "coordinator at \(hostPortText(host, port)): \(error)")
@@ -73,7 +73,7 @@ public final class CoordinatorClient: @unchecked Sendable {
     /// Login (challenge, proof, registration), then the wait for the peer table with heartbeats.
     private static func login(_ fd: Int32, token: Data, rank: Int, worldSize: Int?, dataHost: String, dataPort: Int, attempt: Int,
                               timeout: TimeInterval, rendezvousTimeout: TimeInterval) throws -> ([TCPCommunicator.Peer], String) {
-        let (kind, challenge) = try Wire.receive(fd, deadline: Date().addingTimeInterval(timeout))
+        let (kind, challenge) = try Wire.receive(fd, deadline: monotonicNow().addingTimeInterval(timeout))
         guard kind == .challenge, let nonce = challenge["nonce"] as? String else { throw Wire.ProtocolError(reason: "expected a challenge") }
         let proof = HMACSHA256.hex(key: token, message: Data("\(nonce):\(rank)".utf8))
         var register: [String: Any] = ["rank": rank, "host": dataHost, "port": dataPort, "proof": proof, "attempt": attempt]
@@ -81,18 +81,18 @@ public final class CoordinatorClient: @unchecked Sendable {
         try Wire.send(fd, .register, register)
         // The coordinator answers when every rank is in (or refuses); heartbeat meanwhile, often
         // (4 a second: tiny frames) so no heartbeat deadline can pass between two of them.
-        let waitUntil = Date().addingTimeInterval(rendezvousTimeout + timeout)
+        let waitUntil = monotonicNow().addingTimeInterval(rendezvousTimeout + timeout)
         var lastBeat = Date.distantPast
         while true {
-            if Date().timeIntervalSince(lastBeat) >= 0.25 {
+            if monotonicNow().timeIntervalSince(lastBeat) >= 0.25 {
                 try Wire.send(fd, .heartbeat, ["rank": rank])
-                lastBeat = Date()
+                lastBeat = monotonicNow()
             }
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             if poll(&p, 1, 100) > 0 { break }
-            if Date() > waitUntil { throw Wire.ProtocolError(reason: "no peer table within \(Int(rendezvousTimeout + timeout)) s") }
+            if monotonicNow() > waitUntil { throw Wire.ProtocolError(reason: "no peer table within \(Int(rendezvousTimeout + timeout)) s") }
         }
-        let (k2, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(timeout))
+        let (k2, msg) = try Wire.receive(fd, deadline: monotonicNow().addingTimeInterval(timeout))
         if k2 == .refused {
             let reason = msg["reason"] as? String ?? ""
             if msg["later"] as? Bool == true { throw LaterAttempt(reason: reason) }
@@ -161,12 +161,12 @@ public final class CoordinatorClient: @unchecked Sendable {
             try Wire.send(fd, .epochPlan, ["epoch": epoch, "seed": Int(truncatingIfNeeded: seed), "batch_size": batchSize,
                                            "accumulation_steps": accumulationSteps, "max_steps_per_epoch": maxStepsPerEpoch])
         }
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = monotonicNow().addingTimeInterval(timeout)
         planReply.lock()
         defer { planReply.unlock() }
         while plans[epoch] == nil {
             try CommunicationError.checkStop(rank: rank)
-            if !planReply.wait(until: min(deadline, Date().addingTimeInterval(0.2))) && Date() >= deadline {
+            if !planReply.wait(untilMonotonic: min(deadline, monotonicNow().addingTimeInterval(0.2))) && monotonicNow() >= deadline {
                 throw CommunicationError(rank: rank, peer: nil, reason: "the coordinator did not answer the epoch \(epoch) plan request")
             }
         }
@@ -207,9 +207,9 @@ public final class CoordinatorClient: @unchecked Sendable {
         lock.unlock()
         var answer: (rank: Int, cause: String)?
         if wait {
-            let until = Date().addingTimeInterval(verdictWithin)
+            let until = monotonicNow().addingTimeInterval(verdictWithin)
             verdictReady.lock()
-            while verdict == nil && !verdictEnded && verdictReady.wait(until: until) {}
+            while verdict == nil && !verdictEnded && verdictReady.wait(untilMonotonic: until) {}
             answer = verdict
             verdictReady.unlock()
         }
@@ -249,7 +249,7 @@ public final class CoordinatorClient: @unchecked Sendable {
 
     /// The status of a job, as an observer (rank -1).
     public static func status(host: String, port: Int, token: Data, timeout: TimeInterval = 10) throws -> [String: Any] {
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = monotonicNow().addingTimeInterval(timeout)
         let fd = try Sockets.connect(host: host, port: port, deadline: deadline)
         defer { close(fd) }
         let challenge: [String: Any]

@@ -43,7 +43,7 @@ public final class CoordinatorServer: @unchecked Sendable {
     private var turnedAway: Set<Int> = []
     private var lost: Int?
     private var stopped = false
-    private let started = Date()
+    private let started = monotonicNow()
     public private(set) var refusedLogins = 0
     public private(set) var droppedConnections = 0
 
@@ -67,7 +67,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         while true {
             lock.lock(); let s = stopped; lock.unlock()
             if s { return }
-            guard let fd = Sockets.accept(listenFD, deadline: Date().addingTimeInterval(1)) else { continue }
+            guard let fd = Sockets.accept(listenFD, deadline: monotonicNow().addingTimeInterval(1)) else { continue }
             lock.lock(); let late = stopped; lock.unlock()
             if late { close(fd); return }
             Thread.detachNewThread { [weak self] in self?.serve(fd) }
@@ -90,7 +90,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         do {
             let nonce = HMACSHA256.randomHex()
             try Wire.send(fd, .challenge, ["nonce": nonce, "world_size": worldSize])
-            let (kind, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(30))
+            let (kind, msg) = try Wire.receive(fd, deadline: monotonicNow().addingTimeInterval(30))
             guard kind == .register, let r = msg["rank"] as? Int, let proof = msg["proof"] as? String else {
                 throw Wire.ProtocolError(reason: "expected a register message")
             }
@@ -136,7 +136,7 @@ public final class CoordinatorServer: @unchecked Sendable {
             }
             peers[r] = TCPCommunicator.Peer(rank: r, host: host, port: port)
             connections[r] = fd
-            lastSeen[r] = Date()
+            lastSeen[r] = monotonicNow()
             rank = r
             lock.unlock()
             // Wait for every rank (heartbeats keep the waiting ones alive), then send the peer table.
@@ -145,7 +145,7 @@ public final class CoordinatorServer: @unchecked Sendable {
                 lock.lock(); let n = peers.count; let l = lost; let missing = (0..<worldSize).filter { peers[$0] == nil }; lock.unlock()
                 if n == worldSize { break }
                 if l != nil { throw Wire.ProtocolError(reason: "rank \(l!) was lost during the rendezvous") }
-                if Date() > deadline {
+                if monotonicNow() > deadline {
                     let names = missing.map(String.init).joined(separator: ", ")
                     let reason = "rank\(missing.count > 1 ? "s" : "") \(names) never registered within \(Int(rendezvousDeadline)) s (the rendezvous timeout)"
                     log("coordinator: \(reason)")
@@ -155,9 +155,9 @@ public final class CoordinatorServer: @unchecked Sendable {
                 }
                 var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 if poll(&p, 1, 200) > 0 {
-                    let (kind, _) = try Wire.receive(fd, deadline: Date().addingTimeInterval(10))
+                    let (kind, _) = try Wire.receive(fd, deadline: monotonicNow().addingTimeInterval(10))
                     guard kind == .heartbeat else { throw Wire.ProtocolError(reason: "unexpected \(kind) message during the rendezvous") }
-                    lock.lock(); lastSeen[r] = Date(); lock.unlock()
+                    lock.lock(); lastSeen[r] = monotonicNow(); lock.unlock()
                 }
             }
             lock.lock()
@@ -165,8 +165,8 @@ public final class CoordinatorServer: @unchecked Sendable {
             lock.unlock()
             try Wire.send(fd, .peers, ["peers": table, "manifest": manifestHash])
             while true {
-                let (kind, msg) = try Wire.receive(fd, deadline: Date().addingTimeInterval(3600))
-                lock.lock(); lastSeen[r] = Date(); lock.unlock()
+                let (kind, msg) = try Wire.receive(fd, deadline: monotonicNow().addingTimeInterval(3600))
+                lock.lock(); lastSeen[r] = monotonicNow(); lock.unlock()
                 switch kind {
                 case .heartbeat, .progress:
                     try record(msg, for: r)
@@ -244,7 +244,7 @@ public final class CoordinatorServer: @unchecked Sendable {
             usleep(250_000)
             lock.lock()
             if stopped { lock.unlock(); return }
-            let silent = lastSeen.filter { !finished.contains($0.key) && Date().timeIntervalSince($0.value) > heartbeatDeadline }.keys.sorted().first
+            let silent = lastSeen.filter { !finished.contains($0.key) && monotonicNow().timeIntervalSince($0.value) > heartbeatDeadline }.keys.sorted().first
             lock.unlock()
             if let r = silent { declareLost(r, why: "no heartbeat for \(String(format: "%g", heartbeatDeadline)) s") }
         }
@@ -257,10 +257,10 @@ public final class CoordinatorServer: @unchecked Sendable {
     /// The rank other than `reporter` silent longest, once it has been silent `suspicionSeconds`,
     /// waiting up to that long for one; nil when none goes silent or a loss was declared meanwhile.
     func awaitSilentRank(besides reporter: Int) -> (Int, TimeInterval)? {
-        let until = Date().addingTimeInterval(suspicionSeconds)
+        let until = monotonicNow().addingTimeInterval(suspicionSeconds)
         while true {
             lock.lock()
-            let now = Date()
+            let now = monotonicNow()
             var quiet: (Int, TimeInterval)?
             for (r, seen) in lastSeen.sorted(by: { $0.key < $1.key }) where r != reporter && !finished.contains(r) {
                 let silence = now.timeIntervalSince(seen)
@@ -291,7 +291,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         let ranks = (0..<worldSize).map { r -> [String: Any] in
             var e: [String: Any] = ["rank": r, "registered": peers[r] != nil, "finished": finished.contains(r)]
-            if let t = lastSeen[r] { e["last_heartbeat_s_ago"] = Date().timeIntervalSince(t) }
+            if let t = lastSeen[r] { e["last_heartbeat_s_ago"] = monotonicNow().timeIntervalSince(t) }
             if let p = progressSlots[r] { for (k, v) in p.pointee where k != "rank" { e[k] = v } }
             return e
         }

@@ -31,7 +31,8 @@ public enum Wire {
         try frame.withUnsafeBytes { try Sockets.writeAll(fd, $0) }
     }
 
-    /// The next frame, or throws (oversized, unknown type, bad body, closed, timed out).
+    /// The next frame, or throws (oversized, unknown type, bad body, closed, timed out). `deadline`
+    /// is a `monotonicNow()` time.
     public static func receive(_ fd: Int32, deadline: Date) throws -> (Kind, [String: Any]) {
         let head = try Sockets.readExactly(fd, 4, deadline: deadline)
         let len = Int(head.withUnsafeBytes { UInt32(bigEndian: $0.loadUnaligned(as: UInt32.self)) })
