@@ -187,7 +187,11 @@ struct Predict: ParsableCommand {
                     // Its images at any depth (frames are often in a folder per video), in path
                     // order; hidden files and folders are left out.
                     let tree: [FolderEntry]
-                    do { tree = try folderTree(p, skipHidden: true) } catch { throw ValidationError("\(error)") }
+                    do {
+                        tree = try folderTree(p, skipHidden: true) { folder, reason in
+                            logLine("radar predict: \(folder): cannot list the folder (\(reason)): its images are left out")
+                        }
+                    } catch { throw ValidationError("\(error)") }
                     var found: [FolderEntry] = []
                     var otherFormats: [String: Int] = [:]
                     for entry in tree {

@@ -965,6 +965,26 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertEqual(Set(deep.split(separator: "\n").map { $0.split(separator: "\t")[1] }).count, 1, "the same image three times: \(deep)")
         XCTAssertEqual(unlink(latinFile), 0)
         XCTAssertEqual(rmdir(latinFolder + [0]), 0)
+        // A folder inside that cannot be listed (as nobody, without permission) is said and passed
+        // over, the rest scored; the folder given itself is an error.
+        XCTAssertEqual(geteuid(), 0, "running as nobody needs root (CI has it)")
+        if geteuid() == 0 {
+            let locked = nested + "/video3"
+            try FileManager.default.createDirectory(atPath: locked, withIntermediateDirectories: true)
+            try png.write(to: URL(fileURLWithPath: locked + "/c.png"))
+            XCTAssertEqual(chmod(locked, 0), 0)
+            let asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin.appendingPathComponent("radar").path, "predict",
+                            "--checkpoint", root + "/outputs/demo", "--threads", "1"]
+            let (lrc, ltext) = try Process.runStatus(asNobody + [nested])
+            XCTAssertEqual(lrc, 0, ltext)
+            XCTAssertTrue(ltext.contains("radar predict: \(locked): cannot list the folder (Permission denied): its images are left out"), ltext)
+            XCTAssertTrue(ltext.contains(nested + "/video1/a.png\t") && !ltext.contains("c.png"), ltext)
+            let (frc, ftext) = try Process.runStatus(asNobody + [locked])
+            XCTAssertEqual(frc, 1, ftext)
+            XCTAssertTrue(ftext.contains("radar: error: \(locked): Permission denied"), ftext)
+            XCTAssertEqual(chmod(locked, 0o755), 0)
+            try FileManager.default.removeItem(atPath: locked)
+        }
         // --by-folder: then one verdict per folder (a video's frames), the mean of its images'.
         try FileManager.default.copyItem(atPath: imgs + "/f1.png", toPath: nested + "/video1/b.png")
         let perFolder = try run([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1",

@@ -136,11 +136,17 @@ public func folderEntries(bytes folder: [CChar]) throws -> [FolderEntry] {
 /// Every entry under `root` that is not a folder, at any depth, `name` its path relative to `root`
 /// ("sub/x.png"). Folders are walked where they are (a link to a folder is an entry, not walked:
 /// no loops); with `skipHidden`, names starting with "." are left out, folders with what is in them.
-public func folderTree(_ root: String, skipHidden: Bool) throws -> [FolderEntry] {
+/// `root` that cannot be listed is an error; a folder inside it that cannot be (no permission) is
+/// told to `unlisted` with the reason, and the walk goes on.
+public func folderTree(_ root: String, skipHidden: Bool, unlisted: (String, InputFileError) -> Void = { _, _ in }) throws -> [FolderEntry] {
     var out: [FolderEntry] = []
     func walk(_ folder: [CChar], shown: String, prefix: String) throws {
         let entries: [FolderEntry]
-        do { entries = try folderEntries(bytes: folder) } catch { throw InputFileError(reason: "\(shown): \(error)") }
+        do { entries = try folderEntries(bytes: folder) } catch let e as InputFileError {
+            if prefix.isEmpty { throw InputFileError(reason: "\(shown): \(e)") }
+            unlisted(shown, e)
+            return
+        }
         for e in entries where !(skipHidden && e.name.hasPrefix(".")) {
             var st = stat()
             let relative = prefix + e.name
