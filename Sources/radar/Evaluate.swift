@@ -155,7 +155,7 @@ struct Predict: ParsableCommand {
     var maxImageMb = 64
     @Option(help: ArgumentHelp(stringLiteral: SplitScoring.temperatureHelp + " Occlusion drops are then differences of the scaled probabilities.")) var temperature: String?
     @Option(help: ArgumentHelp(stringLiteral: SplitScoring.ttaHelp + " Not with --occlusion or --rollout (their maps are of one view).")) var tta: String?
-    @Argument(help: "Images, or directories searched at any depth for .png/.jpg/.jpeg/.webp files (hidden ones left out).") var paths: [String]
+    @Argument(help: "Images, or directories searched at any depth for .png/.jpg/.jpeg/.webp files (hidden ones left out); - or a pipe is an image read to its end (curl -s URL | radar predict ... -).") var paths: [String]
 
     func validate() throws {
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
@@ -180,7 +180,16 @@ struct Predict: ParsableCommand {
             // Files found in folders, opened by the bytes of their names (a name that is not UTF-8
             // is shown with \xNN and could not be opened by that text).
             var namedBytes: [String: [CChar]] = [:]
+            // Given by name: a pipe (-, /dev/stdin, <(curl ...)) is read to its end, where one in a
+            // folder is left unread (a FIFO named like an image blocked the walk for ever).
+            var given = Set<String>()
             for p in paths {
+                if p == "-" {
+                    files.append(p)
+                    namedBytes[p] = Array("/dev/stdin".utf8CString)
+                    given.insert(p)
+                    continue
+                }
                 var isDir: ObjCBool = false
                 guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else { throw ValidationError("\(p): no such file or directory") }
                 if isDir.boolValue {
@@ -208,7 +217,7 @@ struct Predict: ParsableCommand {
                         let counts = otherFormats.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
                         logLine("radar predict: \(p): left out \(counts) image\(otherFormats.values.reduce(0, +) == 1 ? "" : "s") (only PNG, JPEG and WebP are read)")
                     }
-                } else { files.append(p) }
+                } else { files.append(p); given.insert(p) }
             }
             guard !files.isEmpty else {
                 // A prepared dataset's images are inside its shards: evaluate reads those.
@@ -245,7 +254,7 @@ struct Predict: ParsableCommand {
             // lines themselves are the progress.
             let bar = files.count > batchSize && (json || isatty(STDOUT_FILENO) == 0)
                 ? ProgressReporter("predict", total: files.count, unit: "img") : nil
-            let opened = namedBytes  // read from every decoding thread
+            let opened = namedBytes, named = given  // read from every decoding thread
             for start in stride(from: 0, to: files.count, by: batchSize) {
                 bar?.update(start)
                 let chunk = Array(files[start..<min(start + batchSize, files.count)])
@@ -265,7 +274,8 @@ struct Predict: ParsableCommand {
                         // a time), a FIFO blocked for ever.
                         let bytes = opened[chunk[i]] ?? Array(chunk[i].utf8CString)
                         var st = stat()
-                        if stat(bytes, &st) == 0, let problem = imageFileProblem(st, limit: limit) {
+                        let pipe = named.contains(chunk[i]) && stat(bytes, &st) == 0 && (st.st_mode & S_IFMT == S_IFIFO || st.st_mode & S_IFMT == S_IFSOCK)
+                        if !pipe, stat(bytes, &st) == 0, let problem = imageFileProblem(st, limit: limit) {
                             throw ValidationError("\(chunk[i]): \(problem)\(problem.hasSuffix("limit") ? " (--max-image-mb)" : "")")
                         }
                         let d: Data

@@ -965,6 +965,28 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertEqual(Set(deep.split(separator: "\n").map { $0.split(separator: "\t")[1] }).count, 1, "the same image three times: \(deep)")
         XCTAssertEqual(unlink(latinFile), 0)
         XCTAssertEqual(rmdir(latinFolder + [0]), 0)
+        // An image on stdin (-: curl -s URL | radar predict ... -) and through a pipe given by name
+        // (<(...)) is read to its end and scored as the file is (they were "a FIFO, not a regular
+        // file"); a FIFO inside a folder is still left unread, never waited on.
+        let fromStdin = Process()
+        fromStdin.executableURL = bin.appendingPathComponent("radar")
+        fromStdin.arguments = ["predict", "--checkpoint", root + "/outputs/demo", "--threads", "1", "-", nested + "/video1/a.png"]
+        let stdinPipe = Pipe(), stdoutPipe = Pipe()
+        (fromStdin.standardInput, fromStdin.standardOutput) = (stdinPipe, stdoutPipe)
+        try fromStdin.run()
+        stdinPipe.fileHandleForWriting.write(png)
+        try stdinPipe.fileHandleForWriting.close()
+        let piped = String(decoding: stdoutPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        fromStdin.waitUntilExit()
+        XCTAssertEqual(fromStdin.terminationStatus, 0, piped)
+        let pipedRows = piped.split(separator: "\n").map { $0.split(separator: "\t") }
+        XCTAssertEqual(pipedRows.map { String($0[0]) }, ["-", nested + "/video1/a.png"], piped)
+        XCTAssertEqual(pipedRows.first?.dropFirst(), pipedRows.last?.dropFirst(), "the same image from stdin and from its file")
+        XCTAssertEqual(mkfifo(nested + "/video1/waiting.png", 0o600), 0)
+        let (fifoRC, fifoText) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1", nested])
+        XCTAssertEqual(fifoRC, 0, fifoText)
+        XCTAssertTrue(fifoText.contains("radar predict: \(nested)/video1/waiting.png: a FIFO, not a regular file"), fifoText)
+        XCTAssertEqual(unlink(nested + "/video1/waiting.png"), 0)
         // A folder inside that cannot be listed (as nobody, without permission) is said and passed
         // over, the rest scored; the folder given itself is an error.
         XCTAssertEqual(geteuid(), 0, "running as nobody needs root (CI has it)")
