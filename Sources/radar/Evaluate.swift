@@ -274,8 +274,9 @@ struct Predict: ParsableCommand {
                         // a time), a FIFO blocked for ever.
                         let bytes = opened[chunk[i]] ?? Array(chunk[i].utf8CString)
                         var st = stat()
-                        let pipe = named.contains(chunk[i]) && stat(bytes, &st) == 0 && (st.st_mode & S_IFMT == S_IFIFO || st.st_mode & S_IFMT == S_IFSOCK)
-                        if !pipe, stat(bytes, &st) == 0, let problem = imageFileProblem(st, limit: limit) {
+                        let known = stat(bytes, &st) == 0, kind = st.st_mode & S_IFMT
+                        let pipe = named.contains(chunk[i]) && known && (kind == S_IFIFO || kind == S_IFSOCK)
+                        if known, !pipe, let problem = imageFileProblem(st, limit: limit) {
                             throw ValidationError("\(chunk[i]): \(problem)\(problem.hasSuffix("limit") ? " (--max-image-mb)" : "")")
                         }
                         let d: Data

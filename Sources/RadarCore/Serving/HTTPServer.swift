@@ -15,7 +15,8 @@ import Glibc
 /// What it does not know how to read it answers with a status and closes.
 public final class HTTPServer: @unchecked Sendable {
     public struct Request: Sendable {
-        public let method: String, path: String
+        public internal(set) var method: String
+        public let path: String
         public let query: [String: String]
         /// Lower-cased names.
         public let headers: [String: String]
@@ -139,8 +140,8 @@ public final class HTTPServer: @unchecked Sendable {
             let keepAlive = !stopping && request.keepAlive
             // HEAD is answered as GET without the body (RFC 9110 9.3.2): curl -I, health checkers.
             let head = request.method == "HEAD"
-            let asked = head ? Request(method: "GET", path: request.path, query: request.query, headers: request.headers,
-                                       body: request.body, keepAlive: request.keepAlive) : request
+            var asked = request
+            if head { asked.method = "GET" }
             write(c, handler(asked), keepAlive: keepAlive, withBody: !head)
             if !keepAlive { return }
         }
