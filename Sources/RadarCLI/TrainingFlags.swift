@@ -3,8 +3,6 @@ import Foundation
 import RadarCore
 import RadarDistributed
 
-/// A flag's value checked before any work (in a command's `validate`): a one-line error naming
-/// the flag and what it allows, and exit status 64.
 /// A file a command will write at its end: its folder exists and is writable, and it is not a
 /// folder itself (said before any work).
 public func requireWritableFile(_ path: String, flag: String, expected: String = "a file name") throws {
@@ -19,8 +17,22 @@ public func requireWritableFile(_ path: String, flag: String, expected: String =
     }
 }
 
+/// A flag's value checked before any work (in a command's `validate`): a one-line error naming
+/// the flag and what it allows, and exit status 64.
 public func requireFlag(_ ok: Bool, _ flag: String, _ allowed: String, _ got: Any) throws {
     if !ok { throw ValidationError("--\(flag) must be \(allowed), got \(got)") }
+}
+
+/// The most threads `--threads` (or `--loader-threads`) takes: four per CPU this process may use,
+/// and at least 64. Far more once stopped a step for minutes (20,000 threads woken for every
+/// parallel region on 2 CPUs) or trapped when the kernel refused to start them.
+public var maximumThreads: Int { max(64, 4 * ProcessInfo.processInfo.activeProcessorCount) }
+
+/// `--flag`'s thread count is from 1 to `maximumThreads`.
+public func requireThreads(_ threads: Int, flag: String = "threads") throws {
+    let cpus = ProcessInfo.processInfo.activeProcessorCount
+    try requireFlag(threads >= 1 && threads <= maximumThreads, flag,
+                    "from 1 to \(maximumThreads) (four per CPU of the \(cpus) this process may use, at least 64: more threads than CPUs only slow the work)", threads)
 }
 
 /// The training flags `radar train` and `radar-worker` share (the reference pipeline's, plus
@@ -82,8 +94,8 @@ public struct TrainingFlags: ParsableArguments {
         try need(learningRate.isFinite && learningRate > 0, "learning-rate", "a finite number above 0", String(learningRate))
         try need(weightDecay.isFinite && weightDecay >= 0, "weight-decay", "a finite number of at least 0", String(weightDecay))
         try need(patience >= 1, "patience", "at least 1", String(patience))
-        try need((threads ?? 1) >= 1, "threads", "at least 1", String(threads ?? 1))
-        try need((loaderThreads ?? 1) >= 1, "loader-threads", "at least 1", String(loaderThreads ?? 1))
+        try requireThreads(threads ?? 1)
+        try requireThreads(loaderThreads ?? 1, flag: "loader-threads")
         try need(maxStepsPerEpoch >= 0, "max-steps-per-epoch", "0 (all) or more", String(maxStepsPerEpoch))
         try need(checkpointEvery >= 0, "checkpoint-every", "0 (epoch ends only) or more", String(checkpointEvery))
         try need(stopAfterSteps >= 0, "stop-after-steps", "0 (run to the end) or more", String(stopAfterSteps))

@@ -1,4 +1,5 @@
 import COneDNN
+import RadarEngine
 import Foundation
 import Synchronization
 
@@ -103,15 +104,9 @@ public enum CPUProducts: Sendable, Equatable, CustomStringConvertible {
         notice("precision bf16: \(what): computed with bf16-rounded operands by OpenBLAS instead")
     }
 
-    private static let printedNotices = Mutex<Set<String>>([])
-
     /// `<program>: notice: <text>` on standard error, once per process for each text (a command
     /// may build several backends).
-    public static func notice(_ text: String) {
-        guard printedNotices.withLock({ $0.insert(text).inserted }) else { return }
-        let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
-        FileHandle.standardError.write(Data("\(program): notice: \(text)\n".utf8))
-    }
+    public static func notice(_ text: String) { printNotice(text) }
 
     /// oneDNN's row-major product in fp32 (tests compare its argument conventions with OpenBLAS on
     /// CPUs without bf16 instructions): nil, or why oneDNN could not run it.

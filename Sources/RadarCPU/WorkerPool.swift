@@ -1,3 +1,4 @@
+import Foundation
 import RadarEngine
 #if canImport(Glibc)
 import Glibc
@@ -20,7 +21,8 @@ import Synchronization
 /// and a futex wake-up per region (and a context switch on each side) had been 11% of its
 /// samples at two threads. A sleeping worker is woken only when one is asleep.
 public final class WorkerPool: @unchecked Sendable {
-    public let threadCount: Int
+    /// The threads asked for, or fewer where the system refused to start more (said on stderr).
+    public private(set) var threadCount: Int
     /// How long a waiting thread spins before it sleeps: RADAR_POOL_SPIN_US if set, else the
     /// value given, else 50; 0 sleeps at once, as before (the trainer gives 0 where the node runs
     /// more compute threads than cores: `TrainOptions.threadsShareCores`).
@@ -40,6 +42,8 @@ public final class WorkerPool: @unchecked Sendable {
     private var taskCount = 0
     private let nextTask = Atomic<Int>(0)
     private var workerThreads: [pthread_t] = []
+    /// The generation workers start from (set before they are started, constant while they run).
+    private var startGeneration = 0
 
     public init(threads: Int, spinMicroseconds: Int? = nil) {
         threadCount = max(1, threads)
@@ -47,25 +51,50 @@ public final class WorkerPool: @unchecked Sendable {
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(wake, nil)
         pthread_cond_init(finished, nil)
-        for _ in 1..<threadCount {
+        let asked = threadCount
+        if let refused = startWorkers(asked - 1) {
+            // Refused (RLIMIT_NPROC, a container's pids limit): results do not depend on the
+            // thread count, only the speed does. Half of those started are kept, so the loader's
+            // threads and the rest of the program still find room under the same limit.
+            let started = workerThreads.count + 1, keep = max(1, started / 2)
+            stopWorkers()
+            shuttingDown.store(false, ordering: .releasing)
+            startGeneration = generation.load(ordering: .acquiring)
+            _ = startWorkers(keep - 1)
+            threadCount = workerThreads.count + 1
+            printNotice("only \(started) of \(asked) compute threads could be started (" + String(cString: strerror(refused))
+                        + "): running with \(threadCount), leaving the others' room to the rest of the program")
+        }
+    }
+
+    /// Starts `n` workers; the error number of the first the system refused, if one was.
+    private func startWorkers(_ n: Int) -> Int32? {
+        for _ in 0..<max(n, 0) {
             var t = pthread_t()
             let ctx = Unmanaged.passUnretained(self).toOpaque()
             let rc = pthread_create(&t, nil, { arg in
                 Unmanaged<WorkerPool>.fromOpaque(arg!).takeUnretainedValue().workerLoop()
                 return nil
             }, ctx)
-            precondition(rc == 0, "pthread_create failed with \(rc)")
+            guard rc == 0 else { return rc }
             workerThreads.append(t)
         }
+        return nil
     }
 
-    deinit {
+    /// Ends every worker and waits for them.
+    private func stopWorkers() {
         shuttingDown.store(true, ordering: .releasing)
         generation.wrappingAdd(1, ordering: .releasing)
         pthread_mutex_lock(mutex)
         pthread_cond_broadcast(wake)
         pthread_mutex_unlock(mutex)
         for t in workerThreads { pthread_join(t, nil) }
+        workerThreads = []
+    }
+
+    deinit {
+        stopWorkers()
         pthread_mutex_destroy(mutex)
         pthread_cond_destroy(wake)
         pthread_cond_destroy(finished)
@@ -147,7 +176,7 @@ public final class WorkerPool: @unchecked Sendable {
     }
 
     private func workerLoop() {
-        var seen = 0
+        var seen = startGeneration
         while true {
             if !spin(until: { generation.load(ordering: .acquiring) != seen }) {
                 pthread_mutex_lock(mutex)

@@ -139,7 +139,7 @@ public struct RingAllReduce {
         let packed = (scratch + 2 * piece * w).assumingMemoryBound(to: UInt16.self)
         // The helper thread only pays off when a segment travels in several pieces, and only
         // the reduce-scatter adds.
-        let reducer: PieceReducer? = maxSeg > piece && phases != .allGather ? PieceReducer() : nil
+        let reducer: PieceReducer? = maxSeg > piece && phases != .allGather ? PieceReducer.started() : nil
         defer { reducer?.finish() }
         /// The bytes to send for `n` values at `src`: the values themselves, or packed to bf16.
         func outgoing(_ src: UnsafeMutablePointer<Float>, _ n: Int) -> UnsafeRawPointer {
@@ -205,8 +205,17 @@ final class PieceReducer: @unchecked Sendable {
     /// The thread holds the reducer until `finish` lets its loop end: with an unowned reference
     /// a reducer finished before its thread first ran (a ring that made one and had nothing to
     /// add) was freed under it, and the thread's first read crashed the process.
-    init() {
-        Thread { self.loop() }.start()
+    private init() {}
+
+    /// A reducer with its thread running, or nil where the system refused a thread (the ring
+    /// then adds each piece itself: slower, the same sums).
+    static func started() -> PieceReducer? {
+        let r = PieceReducer()
+        do { try startThread("the ring's piece reducer") { r.loop() } } catch {
+            printNotice("\(error): the ring adds received pieces itself")
+            return nil
+        }
+        return r
     }
 
     func add(slot: Int, from src: UnsafeMutableRawPointer, bf16: Bool, into dst: UnsafeMutablePointer<Float>, count n: Int, op: ReduceOp) {

@@ -37,9 +37,26 @@ public struct Fingerprint: Equatable, Sendable {
             let values = all.map { String(decoding: $0[(i * Fingerprint.width)..<((i + 1) * Fingerprint.width)].prefix { $0 != 0 }, as: UTF8.self) }
             let distinct = Set(values)
             if distinct.count > 1 {
-                let groups = distinct.sorted().map { v in "ranks \(values.indices.filter { values[$0] == v }.map(String.init).joined(separator: ","))=\(v)" }
+                // Rank 0's value first.
+                let groups = distinct.sorted { values.firstIndex(of: $0)! < values.firstIndex(of: $1)! }.map { v in "\(describeRanks(values.indices.filter { values[$0] == v }))=\(v)" }
                 throw CommunicationError(rank: comm.rank, peer: nil, reason: "ranks disagree on \(name): " + groups.joined(separator: " vs "))
             }
         }
     }
+}
+
+/// Ranks as a log line names them: "rank 3", "ranks 1, 4-9" (runs joined), and past twelve runs
+/// the first six and the last three with the count between ("ranks 0, 2, ..., 98 (50 ranks)").
+/// A rendezvous with WORLD_SIZE=100000 and one rank listed 99,999 numbers on one 689 KB line.
+public func describeRanks(_ ranks: [Int]) -> String {
+    let sorted = Array(Set(ranks)).sorted()
+    guard !sorted.isEmpty else { return "no rank" }
+    var runs: [ClosedRange<Int>] = []
+    for r in sorted {
+        if let last = runs.last, last.upperBound + 1 == r { runs[runs.count - 1] = last.lowerBound...r } else { runs.append(r...r) }
+    }
+    let text = runs.map { $0.count == 1 ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }
+    let shown = text.count > 12 ? text.prefix(6).joined(separator: ", ") + ", ..., " + text.suffix(3).joined(separator: ", ") + " (\(sorted.count) ranks)"
+                                : text.joined(separator: ", ")
+    return (sorted.count == 1 ? "rank " : "ranks ") + shown
 }

@@ -24,7 +24,8 @@ public final class GradientSync: @unchecked Sendable {
     private var finalFrom = Int.max
     private var next = 0
     private var failure: Error?
-    private var worker: Thread?
+    /// This step's all-reduce runs on its own thread, during backward (overlap mode).
+    private var communicating = false
     private var active = false
     /// Seconds spent reducing (buckets, the flag, the buffers' broadcast) and of those the ones
     /// the training thread waited for, since `takeStatistics`; guarded by `cond`.
@@ -153,14 +154,19 @@ public final class GradientSync: @unchecked Sendable {
         cond.unlock()
         // The thread holds the sync until it returns (an unowned capture trapped where the sync
         // was released, on an error path, before the thread first ran).
-        let t = Thread { self.communicate() }
-        worker = t
-        t.start()
+        do {
+            try startThread("the gradient all-reduce overlapped with backward") { self.communicate() }
+            communicating = true
+        } catch {
+            // The system's limit on threads: this step reduces its buckets after backward.
+            cond.lock(); active = false; cond.unlock()
+            printNotice("\(error): gradients are all-reduced after backward, not during it, until a thread can be started")
+        }
     }
 
     /// Backward's report: every gradient at offset >= `offset` is final.
     public func gradientsFinal(from offset: Int) {
-        guard worker != nil else { return }
+        guard communicating else { return }
         mark(from: offset)
         cond.lock()
         finalFrom = min(finalFrom, offset)
@@ -226,7 +232,7 @@ public final class GradientSync: @unchecked Sendable {
             stepsTimed += 1
             cond.unlock()
         }
-        let overlapped = overlap && worker != nil
+        let overlapped = overlap && communicating
         mark(from: 0)  // backward has ended: every bucket is final
         if overlapped {
             cond.lock()
@@ -235,7 +241,7 @@ public final class GradientSync: @unchecked Sendable {
             while active { cond.wait() }
             let f = failure
             cond.unlock()
-            worker = nil
+            communicating = false
             if let f { throw f }
         } else {
             for i in buckets.indices { try reduce(i) }

@@ -9,6 +9,11 @@ import Foundation
 ///   MASTER_PORT or 20000 + SLURM_JOB_ID mod 20000.
 /// - `radar launch` and plain environments: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT.
 /// RADAR_COORDINATOR_PORT overrides the port in every case.
+/// The most ranks a job may have: far above any data-parallel job, so a mistyped WORLD_SIZE
+/// (100000000) is an error rather than a coordinator waiting on, and scanning, a hundred million
+/// ranks.
+public let maximumWorldSize = 1 << 16
+
 public struct LaunchEnvironment: Equatable, Sendable {
     public var rank: Int
     public var worldSize: Int
@@ -40,6 +45,7 @@ public struct LaunchEnvironment: Equatable, Sendable {
         guard let r = rv, let n = nv, n >= 1, r >= 0, r < n else {
             throw Problem(description: "--transport tcp needs --rank and --world-size (or RANK and WORLD_SIZE, or srun's SLURM_PROCID and SLURM_NTASKS), with 0 <= rank < world size; got \(rsaid) and \(nsaid)")
         }
+        guard n <= maximumWorldSize else { throw Problem(description: "a world size of at most \(maximumWorldSize) ranks is expected, got \(nsaid)") }
         if let c = coordinator {
             guard let (h, p) = hostPort(c) else { throw Problem(description: "--coordinator \(hostPortExpectation(c))") }
             return LaunchEnvironment(rank: r, worldSize: n, host: h, port: p, launcher: launcher)

@@ -106,8 +106,8 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         var pending = size - 1 - rank
         while pending > 0 {
             guard let fd = Sockets.accept(listenFD, deadline: deadline) else {
-                let missing = (rank + 1..<size).filter { fds[$0] < 0 }.map(String.init).joined(separator: ",")
-                throw CommunicationError(rank: rank, peer: nil, reason: "ranks \(missing) never connected within \(Int(timeout)) s")
+                let missing = (rank + 1..<size).filter { fds[$0] < 0 }
+                throw CommunicationError(rank: rank, peer: nil, reason: "\(describeRanks(missing)) never connected within \(Int(timeout)) s")
             }
             let from = Sockets.peerName(fd)
             // A handshake is bounded by a few seconds, so an idle impostor cannot hold the listener.
@@ -228,7 +228,7 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         }
         let shared = sharedMemoryPeers
         if !shared.isEmpty {
-            log("rank \(rank): shared memory with rank\(shared.count > 1 ? "s" : "") \(shared.map(String.init).joined(separator: ", ")) (same host; \(capacity >> 10) KiB a direction)")
+            log("rank \(rank): shared memory with \(describeRanks(shared)) (same host; \(capacity >> 10) KiB a direction)")
         }
     }
 

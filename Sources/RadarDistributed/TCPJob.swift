@@ -38,7 +38,7 @@ public struct TCPJob {
         try comm.connectSharedMemory(peers: client.peers, enabled: env["RADAR_SHM_DISABLE"] != "1",
                                      capacity: env["RADAR_SHM_BYTES"].flatMap(Int.init).map { max($0, 4096) })
         try comm.agreeOnHostGroups(peers: client.peers, enabled: env["RADAR_HIERARCHICAL_ALLREDUCE"] != "0")
-        client.start()
+        try client.start()
         return TCPJob(communicator: comm, client: client, server: server)
     }
 }

@@ -31,7 +31,7 @@ struct RadarCoordinator: ParsableCommand {
         @Option(help: "Seconds to wait for every rank to register.") var rendezvousTimeout: Double = 600
 
         func validate() throws {
-            if worldSize < 1 { throw ValidationError("--world-size must be at least 1, got \(worldSize)") }
+            if !(1...maximumWorldSize).contains(worldSize) { throw ValidationError("--world-size must be from 1 to \(maximumWorldSize), got \(worldSize)") }
             for (flag, v) in [("heartbeat-deadline", heartbeatDeadline), ("rendezvous-timeout", rendezvousTimeout)] where !(v > 0 && v.isFinite) {
                 throw ValidationError("--\(flag) must be a positive number of seconds, got \(v)")
             }

@@ -145,7 +145,7 @@ struct RadarWorker: ParsableCommand {
         } catch where job.coordinator == nil && !(error is CommunicationError) {
             throw CommunicationError(rank: comm.rank, peer: 0, reason: "rank 0's coordinator: \(error) (give --coordinator HOST:PORT where rank 0's address is another)")
         }
-        client.start()
+        try client.start()
         RadarWorker.client = client
         return client
     }
@@ -232,7 +232,7 @@ struct RadarWorker: ParsableCommand {
                 usleep(20_000)
             } while monotonicNow() < deadline
             if !missing.isEmpty {
-                throw CommunicationError(rank: 0, peer: missing.first, reason: "rank\(missing.count > 1 ? "s" : "") \(missing.map(String.init).joined(separator: ", ")) did not sign off within \(Int(timeout)) s after training (outputs are complete)")
+                throw CommunicationError(rank: 0, peer: missing.first, reason: "\(describeRanks(missing)) did not sign off within \(Int(timeout)) s after training (outputs are complete)")
             }
         }
     }

@@ -40,7 +40,7 @@ extension Bench {
         var precision = "fp32"
 
         func validate() throws {
-            try requireFlag(threads >= 1, "threads", "at least 1", threads)
+            try requireThreads(threads)
             try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
             try requireFlag(["fp32", "bf16"].contains(precision), "precision", "fp32 or bf16", precision)
         }
@@ -138,7 +138,7 @@ extension Bench {
 
         func validate() throws {
             try requireFlag((batch ?? 1) >= 1, "batch", "at least 1", batch ?? 1)
-            try requireFlag(threads >= 1, "threads", "at least 1", threads)
+            try requireThreads(threads)
             try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
             try requireFlag(accumulationSteps >= 1, "accumulation-steps", "at least 1", accumulationSteps)
         }

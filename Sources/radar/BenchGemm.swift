@@ -35,6 +35,7 @@ extension Bench {
             try requireFlag((1...32).contains(candidates), "candidates", "1...32", candidates)
             try requireFlag(margin >= 0 && margin < 1, "margin", "in [0, 1)", margin)
             try requireFlag((square ?? 0) >= 0, "square", "0 or more", square ?? 0)
+            try requireThreads(threads)
         }
 
         /// One distinct product of the step and how often the step makes it.

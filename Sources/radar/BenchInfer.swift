@@ -20,7 +20,7 @@ extension Bench {
 
         func validate() throws {
             try requireFlag((batch ?? 1) >= 1, "batch", "at least 1", batch ?? 1)
-            try requireFlag(threads >= 1, "threads", "at least 1", threads)
+            try requireThreads(threads)
             try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
         }
 

@@ -22,7 +22,7 @@ extension Bench {
             try requireFlag((1...256).contains(clients), "clients", "in 1...256", clients)
             try requireFlag(requests >= 1, "requests", "at least 1", requests)
             try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
-            try requireFlag(threads >= 1, "threads", "at least 1", threads)
+            try requireThreads(threads)
             try requireFlag(maxDelayMs >= 0, "max-delay-ms", "at least 0", maxDelayMs)
             try requireFlag((imageSize ?? 16) >= 16, "image-size", "at least 16", imageSize ?? 16)
         }
@@ -36,11 +36,11 @@ extension Bench {
                 model.initialize(ctx.params, seed: 1)
                 let trainer = Trainer(model: model, ctx: ctx)
                 let server = try HTTPServer(host: "127.0.0.1", port: 0, maxBodyBytes: 64 << 20, maxConnections: clients + 4)
-                let batcher = InferenceBatcher(trainer: trainer, batchSize: batchSize, maxDelay: maxDelayMs / 1000)
+                let batcher = try InferenceBatcher(trainer: trainer, batchSize: batchSize, maxDelay: maxDelayMs / 1000)
                 let service = ScoringService(server: server, batcher: batcher, config: cfg, temperature: 1, health: [:])
                 let serving = DispatchGroup()
                 serving.enter()
-                Thread.detachNewThread {
+                try startThread("the server") {
                     server.serve { service.respond($0) }
                     serving.leave()
                 }
@@ -53,7 +53,7 @@ extension Bench {
                 for k in 0..<clients {
                     let mine = requests / clients + (k < requests % clients ? 1 : 0)
                     warm.enter(); done.enter()
-                    Thread.detachNewThread {
+                    try startThread("client \(k + 1)") {
                         defer { done.leave() }
                         var mineTimes: [Double] = [], warmed = false
                         do {

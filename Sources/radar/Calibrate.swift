@@ -26,7 +26,7 @@ struct Calibrate: ParsableCommand {
     func validate() throws {
         try SplitScoring.validate(tta: tta)
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
-        try requireFlag(threads >= 1, "threads", "at least 1", threads)
+        try requireThreads(threads)
         try requireFlag(Split(rawValue: split) != nil, "split", "train, val or test", split)
     }
 

@@ -24,7 +24,7 @@ struct Demo: ParsableCommand {
     /// Each flag said by name (one sentence covered five, so `--train-images 0` read as a batch
     /// size problem); a NaN or negative learning rate and a difficulty of 2 ran.
     func validate() throws {
-        try requireFlag(threads >= 1, "threads", "at least 1", threads)
+        try requireThreads(threads)
         try requireFlag(trainImages >= 1, "train-images", "at least 1", trainImages)
         try requireFlag(valImages >= 2, "val-images", "at least 2 (an AUC needs both classes)", valImages)
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)

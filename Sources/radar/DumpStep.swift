@@ -27,7 +27,7 @@ struct DumpStep: ParsableCommand {
     @Option(help: ArgumentHelp(stringLiteral: Devices.precisionHelp)) var precision: String?
 
     func validate() throws {
-        try requireFlag(threads >= 1, "threads", "at least 1", threads)
+        try requireThreads(threads)
         try requireFlag(steps >= 0, "steps", "0 or more", steps)
         try requireFlag(["constant", "onecycle"].contains(schedule), "schedule", "constant or onecycle", schedule)
         try requireFlag(accumulationSteps >= 1, "accumulation-steps", "at least 1", accumulationSteps)

@@ -37,7 +37,7 @@ struct Evaluate: ParsableCommand {
         if let temperature { do { _ = try TemperatureScaling.resolve(temperature) } catch { throw ValidationError("\(error)") } }
         try requireFlag((0...100_000).contains(bootstrap), "bootstrap", "in 0...100000", bootstrap)
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
-        try requireFlag(threads >= 1, "threads", "at least 1", threads)
+        try requireThreads(threads)
         try requireFlag(Split(rawValue: split) != nil, "split", "train, val or test", split)
         for p in perturbations {
             do { _ = try Perturbation(parsing: p) } catch { throw ValidationError("\(error)") }
@@ -159,7 +159,7 @@ struct Predict: ParsableCommand {
 
     func validate() throws {
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
-        try requireFlag(threads >= 1, "threads", "at least 1", threads)
+        try requireThreads(threads)
         try requireFlag((1...4096).contains(maxImageMb), "max-image-mb", "in 1...4096", maxImageMb)
         if let temperature { do { _ = try TemperatureScaling.resolve(temperature) } catch { throw ValidationError("\(error)") } }
         try SplitScoring.validate(tta: tta)
@@ -183,22 +183,27 @@ struct Predict: ParsableCommand {
             // Given by name: a pipe (-, /dev/stdin, <(curl ...)) is read to its end, where one in a
             // folder is left unread (a FIFO named like an image blocked the walk for ever).
             var given = Set<String>()
-            for p in paths {
+            for argument in paths {
+                // A name that is not UTF-8 is opened by its bytes and shown with \xNN.
+                let raw = rawArgument(argument)
+                let p = raw.map { displayName($0.map { UInt8(bitPattern: $0) }) } ?? argument
                 if p == "-" {
                     files.append(p)
                     namedBytes[p] = Array("/dev/stdin".utf8CString)
                     given.insert(p)
                     continue
                 }
-                var isDir: ObjCBool = false
-                guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else { throw ValidationError("\(p): no such file or directory") }
-                if isDir.boolValue {
+                var st = stat()
+                guard stat((raw ?? Array(p.utf8CString.dropLast())) + [0], &st) == 0 else {
+                    throw ValidationError("\(p): " + (errno == ENOENT ? "no such file or directory" : String(cString: strerror(errno))))
+                }
+                if (st.st_mode & S_IFMT) == S_IFDIR {
                     // Its images at any depth (frames are often in a folder per video), in path
                     // order; hidden files and folders are left out.
                     let tree: [FolderEntry]
                     do {
-                        tree = try folderTree(p, skipHidden: true) { folder, reason in
-                            logLine("radar predict: \(folder): cannot list the folder (\(reason)): its images are left out")
+                        tree = try folderTree(p, rootBytes: raw, skipHidden: true) { folder, reason in
+                            logLine("radar predict: \(tableField(folder)): cannot list the folder (\(reason)): its images are left out")
                         }
                     } catch { throw ValidationError("\(error)") }
                     var found: [FolderEntry] = []
@@ -215,9 +220,13 @@ struct Predict: ParsableCommand {
                     }
                     if !otherFormats.isEmpty {  // images of formats not read: said, not silently passed over
                         let counts = otherFormats.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
-                        logLine("radar predict: \(p): left out \(counts) image\(otherFormats.values.reduce(0, +) == 1 ? "" : "s") (only PNG, JPEG and WebP are read)")
+                        logLine("radar predict: \(tableField(p)): left out \(counts) image\(otherFormats.values.reduce(0, +) == 1 ? "" : "s") (only PNG, JPEG and WebP are read)")
                     }
-                } else { files.append(p); given.insert(p) }
+                } else {
+                    files.append(p)
+                    given.insert(p)
+                    if let raw { namedBytes[p] = raw + [0] }
+                }
             }
             guard !files.isEmpty else {
                 // A prepared dataset's images are inside its shards: evaluate reads those.
@@ -323,7 +332,7 @@ struct Predict: ParsableCommand {
                 var k = 0
                 for (i, f) in chunk.enumerated() {
                     if let e = errors[i] {
-                        logLine("radar predict: \(e)")
+                        logLine("radar predict: \(tableField(e))")
                         failures.append(["path": f, "error": e])
                         continue
                     }
@@ -369,9 +378,9 @@ struct Predict: ParsableCommand {
                         }
                         predictions.append(p)
                     } else {
-                        print("\(f)\t\(Self.decimal(prob))\t\(label)" + (detail.map { "\t" + Self.explanationText($0) } ?? "")
-                              + (map.map { "\t" + Self.occlusionText($0) } ?? "") + (mapFile.map { "\tocclusion_map=" + $0 } ?? "")
-                              + (weights.map { "\t" + Self.rolloutText($0, grid: c.gridSize) } ?? "") + (rolloutFile.map { "\trollout_map=" + $0 } ?? ""))
+                        print("\(tableField(f))\t\(Self.decimal(prob))\t\(label)" + (detail.map { "\t" + Self.explanationText($0) } ?? "")
+                              + (map.map { "\t" + Self.occlusionText($0) } ?? "") + (mapFile.map { "\tocclusion_map=" + tableField($0) } ?? "")
+                              + (weights.map { "\t" + Self.rolloutText($0, grid: c.gridSize) } ?? "") + (rolloutFile.map { "\trollout_map=" + tableField($0) } ?? ""))
                     }
                 }
             }
@@ -388,7 +397,7 @@ struct Predict: ParsableCommand {
                 if byFolder { doc["folders"] = verdicts.map { ["path": $0.0, "images": $0.1, "probability_fake": $0.2, "label": $0.3] as [String: Any] } }
                 printJSON(doc)
             } else {
-                for v in verdicts { print("\(v.0)/\t\(Self.decimal(Float(v.2)))\t\(v.3)\t\(v.1) image\(v.1 == 1 ? "" : "s")") }
+                for v in verdicts { print("\(tableField(v.0))/\t\(Self.decimal(Float(v.2)))\t\(v.3)\t\(v.1) image\(v.1 == 1 ? "" : "s")") }
             }
             // Some images unreadable: listed, the others predicted, status 0; none readable: status 1.
             if !failures.isEmpty && predicted == 0 { throw ExitCode.failure }

@@ -28,11 +28,15 @@ struct Launch: ParsableCommand {
         var cmd = command
         if cmd.first == "--" { cmd.removeFirst() }
         guard n > 0 else { throw ValidationError("-n must be at least 1, got \(n)") }
+        // -n 100000 by mistake started processes for minutes (a fork bomb with radar-worker).
+        guard n <= maximumThreads else {
+            throw ValidationError("-n must be at most \(maximumThreads) here (four ranks per CPU of the \(ProcessInfo.processInfo.activeProcessorCount) this process may use, at least 64), got \(n)")
+        }
         guard let program = cmd.first else { throw ValidationError("usage: radar launch -n N -- PROGRAM ARGS...") }
         try requireFlag(maxRestarts >= 0, "max-restarts", "0 or more", maxRestarts)
         try requireFlag(grace >= 0 && grace.isFinite, "grace", "a finite number of seconds, 0 or more", grace)
         try requireFlag(finishGrace >= 0 && finishGrace.isFinite, "finish-grace", "a finite number of seconds, 0 or more", finishGrace)
-        try requireFlag(nnodes >= 1, "nnodes", "at least 1", nnodes)
+        try requireFlag(nnodes >= 1 && nnodes <= maximumWorldSize / n, "nnodes", "from 1 to \(maximumWorldSize / n) (at most \(maximumWorldSize) ranks in all)", nnodes)
         try requireFlag((0..<nnodes).contains(nodeRank), "node-rank", "in 0...\(nnodes - 1) (--nnodes \(nnodes))", nodeRank)
         let exe = try Launch.resolve(program: program, launcher: CommandLine.arguments[0],
                                      path: ProcessInfo.processInfo.environment["PATH"])
@@ -149,7 +153,7 @@ struct Launch: ParsableCommand {
             if firstSuccess == nil, procs.contains(where: { !$0.isRunning && $0.terminationStatus == 0 }) { firstSuccess = monotonicNow() }
             if failed == 0, let t = firstSuccess, monotonicNow().timeIntervalSince(t) > finishGrace {
                 let stuck = procs.indices.filter { procs[$0].isRunning }.map { nodeRank * n + $0 }
-                logLine("radar launch: rank\(stuck.count > 1 ? "s" : "") \(stuck.map(String.init).joined(separator: ", ")) did not finish within \(Int(finishGrace)) s of the others; stopping \(stuck.count > 1 ? "them" : "it")")
+                logLine("radar launch: \(describeRanks(stuck)) did not finish within \(Int(finishGrace)) s of the others; stopping \(stuck.count > 1 ? "them" : "it")")
                 failed = 1
                 failedAt = monotonicNow().addingTimeInterval(-grace)
             }

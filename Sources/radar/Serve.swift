@@ -31,7 +31,7 @@ struct Serve: ParsableCommand {
 
     func validate() throws {
         try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
-        try requireFlag(threads >= 1, "threads", "at least 1", threads)
+        try requireThreads(threads)
         try requireFlag((1...4096).contains(connections), "connections", "in 1...4096", connections)
         try requireFlag((1...1024).contains(maxImageMb), "max-image-mb", "in 1...1024", maxImageMb)
         try requireFlag(maxDelayMs >= 0 && maxDelayMs <= 10_000, "max-delay-ms", "in 0...10000", maxDelayMs)
@@ -60,7 +60,7 @@ struct Serve: ParsableCommand {
                 throw ValidationError("\(error)")
             }
             server.readTimeout = readTimeout
-            let batcher = InferenceBatcher(trainer: trainer, batchSize: batchSize, maxDelay: maxDelayMs / 1000, flip: tta != nil)
+            let batcher = try InferenceBatcher(trainer: trainer, batchSize: batchSize, maxDelay: maxDelayMs / 1000, flip: tta != nil)
             let health: [String: Any] = ["checkpoint": checkpoint, "device": ctx.backend.deviceDescription, "image_size": c.imgSize,
                                          "temperature": temperature, "tta": tta ?? NSNull(), "batch_size": batchSize]
             let watch = SignalWatch([SIGINT, SIGTERM]) { s in

@@ -126,6 +126,16 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(FileManager.default.contents(atPath: path), before, "the previous checkpoint is untouched")
         let dir = (path as NSString).deletingLastPathComponent
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["last.safetensors.lz4"], "no temporary left")
+        // The run's folder removed while it trains: said as such (it was "cannot create
+        // .../.last.safetensors.lz4.tmp-PID" with no reason), for a checkpoint and any other file.
+        let gone = dir + "/removed", missing = gone + "/last.safetensors.lz4"
+        let tmp = gone + "/.last.safetensors.lz4.tmp-\(getpid())"
+        XCTAssertThrowsError(try Checkpoint.write(missing, store: trainer.ctx.params, optimizer: trainer.optimizer, state: st)) { e in
+            XCTAssertEqual("\(e)", "\(missing): cannot create \(tmp): No such file or directory (the folder \(gone) does not exist: removed while this ran?)")
+        }
+        XCTAssertThrowsError(try writeFileAtomically(Data("{}".utf8), to: gone + "/metrics.json")) { e in
+            XCTAssertTrue("\(e)".hasSuffix(": No such file or directory (the folder \(gone) does not exist: removed while this ran?)"), "\(e)")
+        }
     }
 
     func testFoundationFileErrorsPrintAsPathAndReason() {

@@ -364,6 +364,12 @@ final class DataPipelineTests: XCTestCase {
             try ReferenceFolders(root: root, testFraction: 0.25, seed: 1))) { e in
             XCTAssertTrue("\(e)".contains("class fake is empty"), "\(e)")
         }
+        // So few synthetic images that every sequence drew one class: said in radar synth's words
+        // (it was "source: no fake images: class fake is empty").
+        XCTAssertThrowsError(try DatasetPreparer(options: PrepareOptions(output: temporaryDirectory("synth-one-class"))).run(
+            SyntheticSource(size: 32, count: 3, seed: 1, difficulty: 0.3))) { e in
+            XCTAssertEqual("\(e)", "radar synth: no fake images: the 3 images (1 sequence of up to 8 frames, each sequence one class drawn at random) are all real: raise --count or change --seed")
+        }
     }
 
     /// A source whose items are read in the scan, or (`readsAnywhere`) in the preparer's batches
@@ -803,6 +809,7 @@ final class TrainingRunTests: XCTestCase {
         o.resume = data + "/no-such.safetensors.lz4"
         XCTAssertThrowsError(try TrainingRun(options: o).run()) { XCTAssertEqual("\($0)", "\(o.resume!): No such file or directory") }
         XCTAssertThrowsError(try SafeTensors.read(data)) { XCTAssertEqual("\($0)", "\(data): a folder, not a file") }
+        XCTAssertThrowsError(try SafeTensors.read("/dev/zero")) { XCTAssertEqual("\($0)", "/dev/zero: a device, not a regular file") }
         XCTAssertThrowsError(try RADARConfig.load(data + "/c.json")) { XCTAssertTrue("\($0)".hasSuffix("c.json: invalid RADAR config: No such file or directory"), "\($0)") }
     }
 

@@ -303,6 +303,15 @@ final class ModelTests: XCTestCase {
         XCTAssertThrowsError(try RADARConfig.decode(Data(#"{"imgsize": 64, "":1}"#.utf8), source: "d.json")) { e in
             XCTAssertTrue("\(e)".hasPrefix("d.json: invalid RADAR config: unknown field ; unknown field imgsize (did you mean img_size?); "), "\(e)")
         }
+        // Not JSON, not an object, a fraction for a whole number: each said with where or which
+        // field (they were all "not a JSON config object").
+        for (text, said) in [(#"{"depth": 2"#, "not valid JSON (Unexpected end of file during JSON parse.)"),
+                             (#"{"dropout": NaN}"#, "not valid JSON (Invalid value around character 12.)"),
+                             ("[1, 2]", #"not a JSON object of config fields ({"embed_dim": 384, ...})"#),
+                             (#"{"depth": 2.5, "dropout": 0.25}"#, "field depth: 2.5 is not a whole number"),
+                             (#"{"depth": "two"}"#, "field depth: Expected to decode Int but found a string instead.")] {
+            XCTAssertThrowsError(try RADARConfig.decode(Data(text.utf8), source: "e.json")) { XCTAssertEqual("\($0)", "e.json: invalid RADAR config: " + said) }
+        }
         // A run's config.json (training options, the model under "model") gives its model: passed
         // as --config, it was refused for its training fields.
         let run = try JSONSerialization.data(withJSONObject: ["batch_size": 16, "learning_rate": 5e-4,

@@ -66,6 +66,15 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(many, "1.0 2.0 3.0 4.0 5.0 6.0 ... 90 more ... 97.0 98.0 99.0")
     }
 
+    /// Ranks in a log line: runs joined, and a long list cut (WORLD_SIZE=100000 by mistake listed
+    /// 99,999 numbers on one line).
+    func testRanksAreNamedInRunsAndALongListIsCut() {
+        XCTAssertEqual(describeRanks([3]), "rank 3")
+        XCTAssertEqual(describeRanks([9, 1, 4, 5, 6, 7, 8]), "ranks 1, 4-9")
+        XCTAssertEqual(describeRanks(Array(1..<100_000)), "ranks 1-99999")
+        XCTAssertEqual(describeRanks(Array(stride(from: 0, to: 100, by: 2))), "ranks 0, 2, 4, 6, 8, 10, ..., 94, 96, 98 (50 ranks)")
+    }
+
     func testSilentWorkerIsDeclaredLostAndTheOthersAreTold() throws {
         let token = Data("t".utf8)
         let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 2, token: token)
@@ -80,7 +89,7 @@ final class CoordinatorTests: XCTestCase {
         let told = expectation(description: "rank 0 is told to stop")
         var reason = ""
         a.value?.onAbort = { reason = $0; told.fulfill() }
-        a.value?.start(interval: 0.2)  // rank 1 registered but never sends heartbeats
+        try a.value?.start(interval: 0.2)  // rank 1 registered but never sends heartbeats
         wait(for: [told], timeout: 10)
         XCTAssertTrue(reason.contains("rank 1 lost"), reason)
         XCTAssertEqual(server.status()["lost_rank"] as? Int, 1)
@@ -114,7 +123,7 @@ final class CoordinatorTests: XCTestCase {
             let told = Shared<[String]>([])
             for (r, c) in all.enumerated() where r != silentRank {
                 c.onAbort = { reason in told.update { $0.append(reason) } }
-                c.start(interval: 0.2)
+                try c.start(interval: 0.2)
             }
             return (server, all, told)
         }
@@ -456,7 +465,10 @@ final class StandaloneCoordinatorTests: XCTestCase {
         // A job of no ranks is refused (it listened, and reported every rank finished).
         let (zrc, ztext) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "--world-size", "0", "--token-file", tokenFile])
         XCTAssertEqual(zrc, 64, ztext)
-        XCTAssertTrue(ztext.contains("--world-size must be at least 1, got 0"), ztext)
+        XCTAssertTrue(ztext.contains("--world-size must be from 1 to 65536, got 0"), ztext)
+        let (brc, btext) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "--world-size", "100000000", "--token-file", tokenFile])
+        XCTAssertEqual(brc, 64, btext)
+        XCTAssertTrue(btext.contains("--world-size must be from 1 to 65536, got 100000000"), btext)
         let (hrc, htext) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "--world-size", "2", "--token-file", tokenFile,
                                                   "--heartbeat-deadline", "0.001"])
         XCTAssertEqual(hrc, 64, htext)
@@ -607,7 +619,7 @@ final class RendezvousTests: XCTestCase {
         let c = try client(server.port, rank: 0)
         c.onAbort = { _ in }
         for i in 0..<500 { c.report(["key\(i)": i, "long\(i)": String(repeating: "x", count: 10)]) }
-        c.start(interval: 0.05)
+        try c.start(interval: 0.05)
         usleep(600_000)
         let ranks = try XCTUnwrap(server.status()["ranks"] as? [[String: Any]])
         XCTAssertLessThanOrEqual(ranks[0].count, CoordinatorServer.maxProgressKeys + 5, "bounded: \(ranks[0].count) fields")

@@ -77,7 +77,8 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["--learning-rate", "nan"], "--learning-rate must be a finite number above 0"),
             (["--learning-rate", "inf"], "--learning-rate must be a finite number above 0"),
             (["--weight-decay=-1"], "--weight-decay must be"),
-            (["--threads", "0"], "--threads must be at least 1"),
+            (["--threads", "0"], "--threads must be from 1 to "),
+            (["--loader-threads", "100000"], "--loader-threads must be from 1 to "),
             (["--experiment", "../x"], "--experiment must be a folder name inside --output"),
             (["--device", "tpu"], "--device must be one of cpu, cpu-fenced, cuda, cuda:N"),
             (["--device", "cuda:x"], "--device must be one of"),
@@ -105,7 +106,7 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["evaluate", "--checkpoint", "w", "--data", "d", "--split", "dev"], "--split must be train, val or test, got dev"),
             // Said before the kernels ran (minutes on a GPU); the repository's fixtures are found from the build folder.
             (["check-device", "--device", "cpu", "--fixtures", "/nonexistent-radar-fixtures"], "--fixtures /nonexistent-radar-fixtures: no such folder"),
-            (["predict", "--checkpoint", "w", "--threads", "0", "x.png"], "--threads must be at least 1, got 0"),
+            (["predict", "--checkpoint", "w", "--threads", "0", "x.png"], "--threads must be from 1 to \(max(64, 4 * ProcessInfo.processInfo.activeProcessorCount)) (four per CPU of the "),
             (["bench", "step", "--config", "tiny", "--batch", "0"], "--batch must be at least 1, got 0"),
             (["bench", "data", "--size", "0"], "--size must be in 8...4096 pixels, got 0"),
             (["bench", "data", "--drop-caches"], "--drop-caches times opening a dataset: give it --data DIR"),
@@ -116,7 +117,8 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["bench", "allreduce", "--device", "tpu"], "--device must be one of cpu, cpu-fenced, cuda, cuda:N, cuda-emulated, got tpu"),
             (["bench", "allreduce", "--transport", "udp"], "--transport must be mpi or tcp, got udp"),
             (["bench", "allreduce", "--transport", "tcp", "--verify"], "--verify compares with MPI_Allreduce: use it with --transport mpi"),
-            (["demo", "--threads", "0"], "--threads must be at least 1, got 0"),
+            (["demo", "--threads", "0"], "--threads must be from 1 to "),
+            (["demo", "--threads", "50000"], "more threads than CPUs only slow the work), got 50000"),
             (["demo", "--num-epochs", "0"], "--epochs must be at least 1, got 0"),  // radar train's spelling
             // One sentence named five flags; a NaN learning rate and a difficulty of 2 ran.
             (["demo", "--train-images", "0"], "--train-images must be at least 1, got 0"),
@@ -126,6 +128,7 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["demo", "--difficulty", "2"], "--difficulty must be in [0, 1], got 2.0"),
             // radar launch: a missing program was a Foundation error dump (or 127 from env per rank).
             (["launch", "-n", "0", "--", "true"], "-n must be at least 1, got 0"),
+            (["launch", "-n", "100000", "--", "true"], "-n must be at most \(max(64, 4 * ProcessInfo.processInfo.activeProcessorCount)) here (four ranks per CPU of the "),
             (["launch", "-n", "2", "--grace=-1", "--", "true"], "--grace must be a finite number of seconds, 0 or more, got -1.0"),
             (["launch", "-n", "2", "--", "/nonexistent-radar-prog"], "/nonexistent-radar-prog: no such file"),
             (["launch", "-n", "2", "--", "nonexistent-radar-prog"], "nonexistent-radar-prog: not found next to radar ("),

@@ -29,6 +29,10 @@ final class LaunchEnvironmentTests: XCTestCase {
                 XCTAssertTrue("\($0)".contains("0 <= rank < world size; " + got), "\($0)")
             }
         }
+        // A mistyped world size (a coordinator scanned a hundred million ranks as it waited).
+        XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: nil, worldSize: nil, coordinator: nil, env: ["RANK": "0", "WORLD_SIZE": "100000000"])) {
+            XCTAssertEqual("\($0)", "a world size of at most 65536 ranks is expected, got WORLD_SIZE=100000000")
+        }
         XCTAssertThrowsError(try LaunchEnvironment.resolve(rank: 0, worldSize: 2, coordinator: nil, env: ["MASTER_ADDR": "", "MASTER_PORT": "1"])) {
             XCTAssertEqual("\($0)", "MASTER_ADDR is empty: expected the coordinator's host name or address")
         }
@@ -205,7 +209,7 @@ final class LaunchEnvironmentTests: XCTestCase {
     /// Two `radar-worker --transport tcp` ranks of a short tiny job (each with `env(rank)` over
     /// a clean launch environment, started through `prefix` if any): their outputs, each rank
     /// checked to end with status 0.
-    func twoTCPRanks(_ label: String, prefix: [String] = [], out: String = NSTemporaryDirectory() + "radar-ranks-\(UUID().uuidString.prefix(6))",
+    func twoTCPRanks(_ label: String, prefix: [String] = [], out: String = NSTemporaryDirectory() + "radar-ranks-\(UUID().uuidString)",
                      env extra: (Int) -> [String: String]) throws -> [String] {
         let worker = MPITrainingTests.products.appendingPathComponent("radar-worker").path
         let args = (prefix.isEmpty ? [] : Array(prefix.dropFirst()) + [worker])

@@ -277,7 +277,7 @@ final class MPITrainingTests: XCTestCase {
         other[other.firstIndex(of: "--batch-size")! + 1] = "2"
         let r = try mpirun([(1, "radar-worker", workerArgs(out)), (1, "radar-worker", other)], timeout: 120)
         XCTAssertNotEqual(r.status, 0)
-        XCTAssertTrue(r.err.contains("ranks disagree on batch size") && r.err.contains("ranks 0=4") && r.err.contains("ranks 1=2"), r.err)
+        XCTAssertTrue(r.err.contains("ranks disagree on batch size") && r.err.contains("rank 0=4 vs rank 1=2"), r.err)
         // A different model config on one rank.
         let cfg = tmp("depth1") + ".json"
         try Data(#"{"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 1, "num_heads": 3, "evidence_dim": 16, "fft_size": 16}"#.utf8)
@@ -963,7 +963,27 @@ final class DemoPipelineTests: XCTestCase {
         XCTAssertEqual(deep.split(separator: "\n").map { String($0.split(separator: "\t")[0]) },
                        [nested + "/vid\\xE9o3/f\\xE9.png", nested + "/video1/a.png", nested + "/video2/clip/b.PNG"], deep)
         XCTAssertEqual(Set(deep.split(separator: "\n").map { $0.split(separator: "\t")[1] }).count, 1, "the same image three times: \(deep)")
+        // The same folder and file named on the command line, their bytes given as they are (the
+        // shell passes them; Swift's arguments turned the byte into U+FFFD, "no such file").
+        let (argRC, argText) = try Process.runStatus(["bash", "-c", "'\(bin.appendingPathComponent("radar").path)' predict --checkpoint '\(root)/outputs/demo' --threads 1 \"$(printf '\(nested)/vid\\xe9o3')\" \"$(printf '\(nested)/vid\\xe9o3/f\\xe9.png')\""])
+        XCTAssertEqual(argRC, 0, argText)
+        XCTAssertEqual(argText.split(separator: "\n").map { String($0.split(separator: "\t")[0]) },
+                       [nested + "/vid\\xE9o3/f\\xE9.png", nested + "/vid\\xE9o3/f\\xE9.png"], argText)
         XCTAssertEqual(unlink(latinFile), 0)
+        // Names with a tab or a newline (legal on Linux) keep the table one row per image, three
+        // columns: written \t and \n, as names that are not UTF-8 are written \xNN. An empty file
+        // is said to be empty.
+        let odd = root + "/odd-names"
+        try FileManager.default.createDirectory(atPath: odd, withIntermediateDirectories: true)
+        for name in ["tab\tname.png", "new\nline.png"] { try png.write(to: URL(fileURLWithPath: odd + "/" + name)) }
+        XCTAssertTrue(FileManager.default.createFile(atPath: odd + "/empty.png", contents: Data()))
+        let (oddRC, oddText) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1", odd])
+        XCTAssertEqual(oddRC, 0, oddText)
+        let oddRows = oddText.split(separator: "\n").filter { !$0.hasPrefix("radar predict: ") }
+        XCTAssertEqual(oddRows.map { $0.split(separator: "\t", omittingEmptySubsequences: false).count }, [3, 3], oddText)
+        XCTAssertEqual(oddRows.map { String($0.split(separator: "\t")[0]) }, [odd + "/new\\nline.png", odd + "/tab\\tname.png"], oddText)
+        XCTAssertTrue(oddText.contains("radar predict: \(odd)/empty.png: empty (0 bytes), not an image"), oddText)
+        try FileManager.default.removeItem(atPath: odd)
         XCTAssertEqual(rmdir(latinFolder + [0]), 0)
         // An image on stdin (-: curl -s URL | radar predict ... -) and through a pipe given by name
         // (<(...)) is read to its end and scored as the file is (they were "a FIFO, not a regular
@@ -1025,7 +1045,9 @@ final class DemoPipelineTests: XCTestCase {
             "import sys; from safetensors.numpy import load_file, save_file; save_file(load_file(sys.argv[1]), sys.argv[2])",
             root + "/outputs/demo/model.safetensors", stripped])
         XCTAssertEqual(prc, 0, pout)
-        for (weights, extra) in [(root + "/outputs/demo/model.safetensors", [String]()), (stripped, ["--config", "tiny"])] {
+        // A batch far larger than the split is the split's size (it asked for a terabyte of input).
+        for (weights, extra) in [(root + "/outputs/demo/model.safetensors", [String]()), (stripped, ["--config", "tiny"]),
+                                 (root + "/outputs/demo/model.safetensors", ["--batch-size", "100000000"])] {
             let e = try run([radar, "evaluate", "--checkpoint", weights, "--data", root + "/data", "--split", "test", "--threads", "1"] + extra)
             let m = try JSONSerialization.jsonObject(with: Data(e.utf8)) as! [String: Any]
             for k in ["auc", "accuracy", "eer"] { XCTAssertEqual(m[k] as? Double, single[k] as? Double, "\(k) from \(weights)") }

@@ -118,10 +118,10 @@ final class SharedMemoryLinkTests: XCTestCase {
     /// at it (an unowned capture crashed the process here: "Attempted to read an unowned
     /// reference but object ... was already destroyed"). Then one that adds, freed as it returns.
     func testARingHelperFinishedBeforeItsThreadRanOutlivesIt() {
-        for _ in 0..<3000 { PieceReducer().finish() }
+        for _ in 0..<3000 { PieceReducer.started()!.finish() }
         var dst = [Float](repeating: 1, count: 64), src = [Float](repeating: 2, count: 64)
         for _ in 0..<500 {
-            let r = PieceReducer()
+            let r = PieceReducer.started()!
             src.withUnsafeMutableBytes { s in
                 dst.withUnsafeMutableBufferPointer { d in
                     r.add(slot: 0, from: s.baseAddress!, bf16: false, into: d.baseAddress!, count: 64, op: .sum)

@@ -38,14 +38,14 @@ public func writeFileAtomically(_ data: Data, to given: String) throws {
     }
     let (dir, tmp) = temporarySibling(of: path)
     let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    guard fd >= 0 else { throw DatasetError(path: path, reason: "cannot create \(tmp): \(String(cString: strerror(errno)))") }
+    guard fd >= 0 else { throw DatasetError(path: path, reason: "cannot create \(tmp): " + creationFailure(errno, folder: dir)) }
     var failure = data.withUnsafeBytes { writeAll(fd, $0) }
     if failure == nil && fsync(fd) != 0 { failure = errno }
     close(fd)
     if failure == nil && rename(tmp, path) != 0 { failure = errno }
     if let failure {
         unlink(tmp)
-        throw DatasetError(path: path, reason: "write failed: \(String(cString: strerror(failure)))" + (failure == ENOSPC ? spaceNote(dir, needed: data.count) : ""))
+        throw DatasetError(path: path, reason: "write failed: " + creationFailure(failure, folder: dir) + (failure == ENOSPC ? spaceNote(dir, needed: data.count) : ""))
     }
     fsyncDirectory(dir)
 }
@@ -140,4 +140,11 @@ public func removeStaleTemporaries(in dir: String) -> [String] {
         if kill(pid, 0) != 0 && errno == ESRCH, unlink(dir + "/" + name) == 0 { removed.append(name) }
     }
     return removed
+}
+
+/// Why a file could not be created in `folder`: the system's words, and where the folder itself is
+/// gone, that it is (a run's folder removed while the run went on said only "cannot create").
+func creationFailure(_ code: Int32, folder: String) -> String {
+    let reason = String(cString: strerror(code))
+    return code == ENOENT && access(folder, F_OK) != 0 ? reason + " (the folder \(folder) does not exist: removed while this ran?)" : reason
 }

@@ -152,9 +152,9 @@ public enum Checkpoint {
         let total = 8 + headerData.count + offset
 
         let (dir, tmp) = temporarySibling(of: path)
-        guard FileManager.default.createFile(atPath: tmp, contents: nil), let h = FileHandle(forWritingAtPath: tmp) else {
-            throw CheckpointError(path: path, reason: "cannot create \(tmp)")
-        }
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CheckpointError(path: path, reason: "cannot create \(tmp): " + creationFailure(errno, folder: dir)) }
+        let h = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
         do {
             let lz = try LZ4Frame.Writer(handle: h, path: path, contentSize: total)
             var len = UInt64(headerData.count).littleEndian
@@ -175,8 +175,9 @@ public enum Checkpoint {
         }
         FaultInjection.point("checkpoint")
         guard rename(tmp, path) == 0 else {
+            let code = errno
             unlink(tmp)
-            throw CheckpointError(path: path, reason: "rename failed: \(String(cString: strerror(errno)))")
+            throw CheckpointError(path: path, reason: "rename failed: " + creationFailure(code, folder: dir))
         }
         fsyncDirectory(dir)
     }

@@ -214,6 +214,11 @@ public final class DatasetPreparer {
             }
         }
         for (label, name) in [(0, "real"), (1, "fake")] where classTotal[label] == 0 {
+            if let synthetic = source as? SyntheticSource {
+                // A sequence is one class, drawn: a few images may all fall on one side.
+                let sequences = (synthetic.count + synthetic.framesPerSequence - 1) / synthetic.framesPerSequence
+                throw DatasetError(path: "radar synth", reason: "no \(name) images: the \(synthetic.count) images (\(sequences) sequence\(sequences == 1 ? "" : "s") of up to \(synthetic.framesPerSequence) frames, each sequence one class drawn at random) are all \(label == 0 ? "fake" : "real"): raise --count or change --seed")
+            }
             let hint = preSkipped.first.map { " (\(preSkipped.count) entries skipped, e.g. \($0.key): \($0.reason))" } ?? ""
             throw DatasetError(path: source.description["root"] ?? "source", reason: "no \(name) images: class \(name) is empty" + hint)
         }

@@ -47,7 +47,7 @@ public enum ImageCodec {
             if let kind = otherImageKind(data) {
                 throw ImageCodecError(item: item, reason: "a \(kind) image, not a PNG, JPEG or WebP (the formats read)")
             }
-            throw ImageCodecError(item: item, reason: "not a PNG, JPEG or WebP image")
+            throw ImageCodecError(item: item, reason: data.isEmpty ? "empty (0 bytes), not an image" : "not a PNG, JPEG or WebP image")
         }
     }
 

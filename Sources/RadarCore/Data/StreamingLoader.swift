@@ -130,7 +130,8 @@ public final class StreamingLoader: @unchecked Sendable {
     private var ready: [Int: Result<Batch, Error>] = [:]
     private var stopped = false
     private let depth: Int
-    private var workers: [Thread] = []
+    /// Why fewer workers than asked for run (the system refused a thread).
+    private var startFailure: Error?
     private var running = 0
 
     public init(set: ShardSet, refs: [SampleRef], batchSize: Int, size: Int, mean: [Double], std: [Double], augment: Bool,
@@ -154,11 +155,21 @@ public final class StreamingLoader: @unchecked Sendable {
         // deinitialising object), so an owner that leaves before the last batch calls `stop`.
         let workerCount = batchCount == 0 ? 0 : max(1, threads)
         running = workerCount
-        for _ in 0..<workerCount {
-            let t = Thread { self.work() }
-            t.stackSize = 1 << 22
-            workers.append(t)
-            t.start()
+        for k in 0..<workerCount {
+            do {
+                try startThread("loader worker \(k + 1) of \(workerCount)", stackSize: 1 << 22) { self.work() }
+            } catch {
+                // The system's limit on threads: the workers started build every batch (slower);
+                // with none, `next` throws this.
+                cond.lock()
+                running -= workerCount - k
+                startFailure = error
+                cond.unlock()
+                if k > 0 {
+                    printNotice("only \(k) of \(workerCount) loader threads could be started (\((error as? ThreadStartError)?.reason ?? "\(error)")): loading with \(k)")
+                }
+                break
+            }
         }
     }
 
@@ -180,7 +191,10 @@ public final class StreamingLoader: @unchecked Sendable {
         cond.lock()
         defer { cond.unlock() }
         guard nextToTake < batchCount else { return nil }
-        while ready[nextToTake] == nil { cond.wait() }
+        while ready[nextToTake] == nil {
+            if running == 0, let startFailure { throw startFailure }  // no worker could be started
+            cond.wait()
+        }
         let r = ready.removeValue(forKey: nextToTake)!
         nextToTake += 1
         cond.broadcast()

@@ -30,15 +30,20 @@ public final class InferenceBatcher: @unchecked Sendable {
     private let worker = DispatchGroup()
 
     /// `flip`: each image also mirrored, the views merged (`TestTimeFlip`).
-    public init(trainer: Trainer, batchSize: Int, maxDelay: TimeInterval, flip: Bool = false) {
+    public init(trainer: Trainer, batchSize: Int, maxDelay: TimeInterval, flip: Bool = false) throws {
         let c = trainer.model.config
         (self.trainer, self.batchSize, self.maxDelay, self.flip) = (trainer, batchSize, maxDelay, flip)
         per = 3 * c.imgSize * c.imgSize
         input = DeviceTensor(trainer.ctx.backend, Shape(batchSize, 3, c.imgSize, c.imgSize))
         worker.enter()
-        Thread.detachNewThread { [self] in
-            run()
+        do {
+            try startThread("the inference batcher") { [self] in
+                run()
+                worker.leave()
+            }
+        } catch {
             worker.leave()
+            throw error
         }
     }
 

@@ -67,10 +67,14 @@ public enum JobAbort {
         }
         guard first else { return }
         flag.store(true, ordering: .releasing)
-        Thread.detachNewThread {
-            Thread.sleep(forTimeInterval: grace)
-            logLine("\(why) (the run did not stop within \(Int(grace)) s; exiting)")
-            exitNow(1)
+        do {
+            try startThread("the stop's grace-period watchdog") {
+                Thread.sleep(forTimeInterval: grace)
+                logLine("\(why) (the run did not stop within \(Int(grace)) s; exiting)")
+                exitNow(1)
+            }
+        } catch {
+            logLine("\(error): the run stops at its next safe point, with no watchdog")
         }
     }
 
@@ -154,11 +158,15 @@ public enum FaultInjection {
 public enum Watchdog {
     public static func run<T>(seconds: TimeInterval, _ message: String, _ body: () -> T) -> T {
         let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread {
-            if done.wait(timeout: .now() + seconds) == .timedOut {
-                logLine(message)
-                exitNow(1)
+        do {
+            try startThread("a watchdog") {
+                if done.wait(timeout: .now() + seconds) == .timedOut {
+                    logLine(message)
+                    exitNow(1)
+                }
             }
+        } catch {
+            logLine("\(error): the call runs without its watchdog")
         }
         let r = body()
         done.signal()

@@ -27,6 +27,9 @@ public struct SplitScoring {
     public func run(_ refs: [SampleRef], perturbation: Perturbation? = nil, progress: String? = nil,
                     beforeBatch: () throws -> Void = {}) throws -> [Row] {
         let c = trainer.model.config, ctx = trainer.ctx
+        // No batch larger than the split (--batch-size 100000000 on a 16-image split asked for
+        // 1.1 TiB): the batches, and so the scores, are the same.
+        let batchSize = input == nil ? max(1, min(self.batchSize, refs.count)) : self.batchSize
         let owned = input == nil ? DeviceTensor(ctx.backend, Shape(batchSize, 3, c.imgSize, c.imgSize)) : nil
         let input = self.input ?? owned!.tensor
         let loader = StreamingLoader(set: set, refs: refs, batchSize: batchSize, size: c.imgSize, mean: c.mean, std: c.std,

@@ -114,8 +114,8 @@ public final class CoordinatorClient: @unchecked Sendable {
     public static let heartbeatInterval: TimeInterval = 1, minimumHeartbeatDeadline: TimeInterval = 2
 
     /// Starts heartbeats (every `interval` s) and the listener for abort messages.
-    public func start(interval: TimeInterval = CoordinatorClient.heartbeatInterval) {
-        Thread.detachNewThread { [self] in
+    public func start(interval: TimeInterval = CoordinatorClient.heartbeatInterval) throws {
+        try startThread("rank \(rank)'s heartbeats to the coordinator") { [self] in
             while true {
                 lock.lock(); let c = closed; var body = progress; lock.unlock()
                 if c { return }
@@ -125,7 +125,7 @@ public final class CoordinatorClient: @unchecked Sendable {
             }
         }
         lock.lock(); listening = true; lock.unlock()
-        Thread.detachNewThread { [self] in
+        try startThread("rank \(rank)'s listener for the coordinator's messages") { [self] in
             defer { verdictReady.lock(); verdictEnded = true; verdictReady.broadcast(); verdictReady.unlock() }
             while true {
                 guard let (kind, msg) = try? Wire.receive(fd, deadline: .distantFuture) else {

@@ -51,8 +51,8 @@ public final class CoordinatorServer: @unchecked Sendable {
         self.worldSize = worldSize
         self.token = token
         (listenFD, self.port) = try Sockets.listen(host: host, port: port)
-        Thread.detachNewThread { [self] in self.acceptLoop() }
-        Thread.detachNewThread { [weak self] in self?.watch() }
+        try startThread("the coordinator's listener") { [self] in self.acceptLoop() }
+        try startThread("the coordinator's heartbeat watch") { [weak self] in self?.watch() }
     }
 
     /// Stops accepting. The listening descriptor is closed by the accept thread itself, so its
@@ -70,7 +70,12 @@ public final class CoordinatorServer: @unchecked Sendable {
             guard let fd = Sockets.accept(listenFD, deadline: monotonicNow().addingTimeInterval(1)) else { continue }
             lock.lock(); let late = stopped; lock.unlock()
             if late { close(fd); return }
-            Thread.detachNewThread { [weak self] in self?.serve(fd) }
+            do { try startThread("a rank's connection to the coordinator") { [weak self] in self?.serve(fd) } } catch {
+                // The rank's login waits out its deadline and says so; the coordinator goes on.
+                logLine("coordinator: \(error): connection dropped")
+                close(fd)
+                lock.lock(); droppedConnections += 1; lock.unlock()
+            }
         }
     }
 
@@ -146,8 +151,7 @@ public final class CoordinatorServer: @unchecked Sendable {
                 if n == worldSize { break }
                 if l != nil { throw Wire.ProtocolError(reason: "rank \(l!) was lost during the rendezvous") }
                 if monotonicNow() > deadline {
-                    let names = missing.map(String.init).joined(separator: ", ")
-                    let reason = "rank\(missing.count > 1 ? "s" : "") \(names) never registered within \(Int(rendezvousDeadline)) s (the rendezvous timeout)"
+                    let reason = "\(describeRanks(missing)) never registered within \(Int(rendezvousDeadline)) s (the rendezvous timeout)"
                     log("coordinator: \(reason)")
                     lock.lock(); finished.insert(r); lock.unlock()
                     try? Wire.send(fd, .refused, ["reason": reason])

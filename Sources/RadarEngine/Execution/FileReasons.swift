@@ -10,8 +10,10 @@ public func unreadableReason(_ path: String) -> String {
     if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue { return "a folder, not a file" }
     let fd = open(path, O_RDONLY | O_NONBLOCK)  // a FIFO's open blocks without it
     guard fd >= 0 else { return String(cString: strerror(errno)) }
+    var st = stat()
+    let known = fstat(fd, &st) == 0 ? imageFileProblem(st, limit: .max) : nil  // a device, a FIFO, a socket
     close(fd)
-    return "cannot read file"
+    return known ?? "cannot read file"
 }
 
 /// Why the file at `path` is not to be read as an image, or nil: it is not a regular file (a
@@ -138,7 +140,8 @@ public func folderEntries(bytes folder: [CChar]) throws -> [FolderEntry] {
 /// no loops); with `skipHidden`, names starting with "." are left out, folders with what is in them.
 /// `root` that cannot be listed is an error; a folder inside it that cannot be (no permission) is
 /// told to `unlisted` with the reason, and the walk goes on.
-public func folderTree(_ root: String, skipHidden: Bool, unlisted: (String, InputFileError) -> Void = { _, _ in }) throws -> [FolderEntry] {
+/// `rootBytes`: the folder's path as bytes (no NUL) where `root` only shows it (a name that is not UTF-8).
+public func folderTree(_ root: String, rootBytes: [CChar]? = nil, skipHidden: Bool, unlisted: (String, InputFileError) -> Void = { _, _ in }) throws -> [FolderEntry] {
     var out: [FolderEntry] = []
     func walk(_ folder: [CChar], shown: String, prefix: String) throws {
         let entries: [FolderEntry]
@@ -157,7 +160,7 @@ public func folderTree(_ root: String, skipHidden: Bool, unlisted: (String, Inpu
             }
         }
     }
-    try walk(Array(root.utf8CString.dropLast()), shown: root, prefix: "")
+    try walk(rootBytes ?? Array(root.utf8CString.dropLast()), shown: root, prefix: "")
     return out
 }
 
@@ -177,4 +180,37 @@ public func displayName(_ bytes: [UInt8]) -> String {
         }
     }
     return out
+}
+
+/// A name as one field of a tab-separated line (`radar predict`'s table, a log line): tab, line
+/// breaks and the other control characters written `\t`, `\n`, `\r`, `\xNN`, as `displayName`
+/// writes bytes that are not UTF-8. A file named with a tab or a newline (legal on Linux) split
+/// its row in two, or into an extra column, for `cut` and `awk`. `--json` keeps names as they are.
+public func tableField(_ name: String) -> String {
+    guard name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return name }
+    var out = ""
+    for u in name.unicodeScalars {
+        switch u {
+        case "\t": out += "\\t"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case _ where u.value < 0x20 || u.value == 0x7F: out += String(format: "\\x%02X", u.value)
+        default: out.unicodeScalars.append(u)
+        }
+    }
+    return out
+}
+
+/// The bytes (no NUL) of the command-line argument Swift decoded as `text`, where that decoding
+/// replaced bytes that are not UTF-8 with U+FFFD (so `radar predict caf\xE9.png`, a Latin-1 name,
+/// could not be opened by its text); nil for any other text.
+public func rawArgument(_ text: String) -> [CChar]? {
+    guard text.unicodeScalars.contains("\u{FFFD}") else { return nil }
+    for i in 1..<Int(CommandLine.argc) {
+        guard let c = CommandLine.unsafeArgv[i] else { continue }
+        let bytes = Array(UnsafeBufferPointer(start: c, count: strlen(c)))
+        if String(validating: bytes.map { UInt8(bitPattern: $0) }, as: UTF8.self) == nil,
+           String(decoding: bytes.map { UInt8(bitPattern: $0) }, as: UTF8.self) == text { return bytes }
+    }
+    return nil
 }

@@ -165,19 +165,37 @@ public struct RADARConfig: Codable, Equatable, Sendable {
 
     /// A JSON config, checked (`source` names where it came from in errors).
     public static func decode(_ data: Data, source path: String) throws -> RADARConfig {
+        // JSONSerialization first: its errors say where (JSONDecoder's only "not valid JSON").
+        let object: Any
+        do { object = try JSONSerialization.jsonObject(with: data) } catch {
+            let why = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)"
+            throw ConfigError(source: path, problems: ["not valid JSON (\(why))"])
+        }
+        guard let fields = object as? [String: Any] else {
+            throw ConfigError(source: path, problems: ["not a JSON object of config fields ({\"embed_dim\": 384, ...})"])
+        }
         // A run's config.json (`radar train` writes the model's fields under "model", beside the
         // training options) stands for its model.
-        if let run = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let model = run["model"] as? [String: Any],
-           run["embed_dim"] == nil, let d = try? JSONSerialization.data(withJSONObject: model) {
+        if let model = fields["model"] as? [String: Any], fields["embed_dim"] == nil, let d = try? JSONSerialization.data(withJSONObject: model) {
             return try decode(d, source: path + " (its \"model\")")
         }
         let c: RADARConfig
         do { c = try JSONDecoder().decode(RADARConfig.self, from: data) } catch let e as ConfigError {
             throw ConfigError(source: path, problems: e.problems)
-        } catch let DecodingError.typeMismatch(_, ctx) {
+        } catch let DecodingError.typeMismatch(_, ctx), let DecodingError.dataCorrupted(ctx) where !ctx.codingPath.isEmpty {
             throw ConfigError(source: path, problems: ["field \(ctx.codingPath.map(\.stringValue).joined(separator: ".")): \(ctx.debugDescription)"])
         } catch {
-            throw ConfigError(source: path, problems: ["not a JSON config object"])
+            // Valid JSON the decoder refused without naming a field: a fraction where a whole
+            // number belongs (a depth of 2.5) is found by trying each fraction as a whole number.
+            for (key, value) in fields.sorted(by: { $0.key < $1.key }) {
+                guard let n = value as? Double, n.rounded() != n, n.isFinite else { continue }
+                var whole = fields
+                whole[key] = Int(n.rounded(.down))
+                if let d = try? JSONSerialization.data(withJSONObject: whole), (try? JSONDecoder().decode(RADARConfig.self, from: d)) != nil {
+                    throw ConfigError(source: path, problems: ["field \(key): \(value) is not a whole number"])
+                }
+            }
+            throw ConfigError(source: path, problems: ["not a JSON config object (\(error))"])
         }
         let p = c.problems()
         if !p.isEmpty { throw ConfigError(source: path, problems: p) }

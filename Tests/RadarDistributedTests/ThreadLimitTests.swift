@@ -1,0 +1,59 @@
+import Foundation
+import RadarCore
+import XCTest
+
+/// A limit on threads (RLIMIT_NPROC, which `ulimit -u` sets; a container's pids limit works the
+/// same way). Foundation's `Thread.start()` says nothing when the system refuses a thread, so
+/// `radar evaluate --threads 60` under such a limit hung for ever waiting for a loader that never
+/// ran, and `--threads 50000` trapped in the compute pool. Now the pool runs with half of the
+/// threads it could start, the loader with those it could start, and a thread that is needed and
+/// cannot be started is a one-line error.
+final class ThreadLimitTests: XCTestCase {
+    func testALimitOnThreadsSlowsTheWorkOrIsSaidAndNeverHangs() throws {
+        XCTAssertEqual(geteuid(), 0, "a limit on threads binds only a user that is not root: the test runs commands as nobody (CI runs as root)")
+        guard geteuid() == 0 else { return }
+        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
+        let root = NSTemporaryDirectory() + "radar-thread-limit-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        XCTAssertEqual(chmod(root, 0o777), 0)
+        func must(_ args: [String]) throws {
+            let (rc, text) = try Process.runStatus(args)
+            XCTAssertEqual(rc, 0, text)
+        }
+        try must([radar, "synth", "--output", root + "/data", "--count", "200", "--size", "32"])
+        try must([radar, "train", "--data", root + "/data", "--config", "tiny", "--num-epochs", "1", "--max-steps-per-epoch", "1",
+                  "--threads", "1", "--output", root + "/o", "--experiment", "e"])
+        XCTAssertEqual(chmod(root + "/o", 0o777), 0)
+        let checkpoint = root + "/o/e/best.safetensors.lz4"
+        let evaluate = ["evaluate", "--checkpoint", checkpoint, "--data", root + "/data", "--split", "test"]
+        let (rc, reference) = try Process.runStatus([radar] + evaluate + ["--threads", "1"])
+        XCTAssertEqual(rc, 0, reference)
+        let auc = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(reference.utf8)) as? [String: Any])?["auc"] as? Double)
+        /// `radar ARGS` as nobody with at most `limit` threads, ended after 120 s if it hangs.
+        func limited(_ limit: Int, _ args: [String]) throws -> (Int32, String) {
+            try Process.runStatus(["timeout", "120", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "prlimit", "--nproc=\(limit)", radar] + args,
+                                  environment: ["OPENBLAS_NUM_THREADS": "1"])
+        }
+        // 60 compute threads under a limit of 20: half of those started run, the same metrics.
+        let (slowRC, slow) = try limited(20, evaluate + ["--threads", "60"])
+        XCTAssertEqual(slowRC, 0, slow)
+        XCTAssertTrue(slow.contains(" of 60 compute threads could be started (Resource temporarily unavailable): running with "), slow)
+        let json = try XCTUnwrap(slow.split(separator: "\n").first { $0.hasPrefix("{") })
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["auc"] as? Double, auc)
+        // So few that no loader thread can start: said, status 1 (124 was the hang).
+        let (lowRC, low) = try limited(3, evaluate + ["--threads", "60"])
+        XCTAssertEqual(lowRC, 1, low)
+        XCTAssertTrue(low.contains("radar: error: cannot start a thread for loader worker 1 of 1: Resource temporarily unavailable: the limit on threads is reached (ulimit -u, or a container's pids limit)"), low)
+        // Training with 8 + 8 threads under a limit of 14 finishes with what could be started.
+        let (trainRC, trained) = try limited(14, ["train", "--data", root + "/data", "--config", "tiny", "--num-epochs", "1", "--max-steps-per-epoch", "2",
+                                                  "--threads", "8", "--loader-threads", "8", "--output", root + "/o", "--experiment", "limited"])
+        XCTAssertEqual(trainRC, 0, trained)
+        XCTAssertTrue(trained.contains("threads could be started (Resource temporarily unavailable"), trained)
+        XCTAssertTrue(trained.contains("test AUC"), trained)
+        // Far more threads than CPUs: refused before any work (50,000 trapped, 20,000 took minutes a step).
+        let (manyRC, many) = try Process.runStatus([radar] + evaluate + ["--threads", "50000"])
+        XCTAssertEqual(manyRC, 64, many)
+        XCTAssertTrue(many.contains("--threads must be from 1 to \(max(64, 4 * ProcessInfo.processInfo.activeProcessorCount)) (four per CPU"), many)
+    }
+}
