@@ -52,9 +52,10 @@ struct Launch: ParsableCommand {
             logLine("radar launch: experiment \(name)")
             args += ["--experiment", name]
         }
-        // SIGTERM/SIGINT to the launcher go to every rank (each stops after the same optimizer step).
+        // SIGTERM/SIGINT/SIGHUP to the launcher go to every rank (each stops after the same
+        // optimizer step; a rank that also got the terminal's own signal takes the two as one).
         let running = RunningRanks()
-        let forwarders = SignalWatch([SIGTERM, SIGINT]) { running.signal($0) }
+        let forwarders = SignalWatch([SIGTERM, SIGINT, SIGHUP]) { running.signal($0) }
         defer { forwarders.cancel() }
         var attempt = 0
         while true {

@@ -102,14 +102,14 @@ struct Prepare: ParsableCommand {
     }
 }
 
-/// SIGINT or SIGTERM: one line saying what is kept and how to go on, then the process ends
+/// SIGINT, SIGTERM or SIGHUP (a closed terminal; not under `nohup`): one line saying what is kept and how to go on, then the process ends
 /// (128 + the signal). Stopping anywhere is safe: a shard is renamed into place only when
 /// complete, the journal names the finished ones, and downloads resume by HTTP Range; it ended
 /// without a word.
 nonisolated(unsafe) private var stopWatch: SignalWatch?
 func stopOnSignal(_ command: String, output: String) {
     guard stopWatch == nil else { return }
-    stopWatch = SignalWatch([SIGINT, SIGTERM]) { s in
+    stopWatch = SignalWatch([SIGINT, SIGTERM, SIGHUP]) { s in
         logLine("\(command): stopped by \(SignalWatch.name(s)): the finished shards in \(output) (and any downloads) are kept; "
                 + "the same command again resumes")
         exitNow(128 + s)

@@ -12,8 +12,8 @@ struct Serve: ParsableCommand {
         {"probability_fake", "label", "logit"}, and with ?explain=1 what each head said (as radar predict --explain --json). \
         GET /v1/health: the model, the device and counts of requests and batches. An image is decoded on its \
         connection's thread and resized and normalised as radar predict does; one worker runs the forward passes, \
-        each for up to --batch-size images that arrived within --max-delay-ms of the first. SIGINT or SIGTERM: \
-        stop accepting, answer what is waiting, exit 0.
+        each for up to --batch-size images that arrived within --max-delay-ms of the first. SIGINT, SIGTERM or \
+        SIGHUP (not under nohup): stop accepting, answer what is waiting, exit 0.
         """)
     @Option(help: "Weights: a checkpoint (.safetensors.lz4), model.safetensors, a run's folder (its best checkpoint), hf-hub:ORG/NAME[@REVISION], or a PyTorch state dict with --config.") var checkpoint: String
     @Option(help: "Preset (tiny, mid, full) or config JSON file, for a state dict without RADAR metadata.") var config: String?
@@ -63,7 +63,7 @@ struct Serve: ParsableCommand {
             let batcher = try InferenceBatcher(trainer: trainer, batchSize: batchSize, maxDelay: maxDelayMs / 1000, flip: tta != nil)
             let health: [String: Any] = ["checkpoint": checkpoint, "device": ctx.backend.deviceDescription, "image_size": c.imgSize,
                                          "temperature": temperature, "tta": tta ?? NSNull(), "batch_size": batchSize]
-            let watch = SignalWatch([SIGINT, SIGTERM]) { s in
+            let watch = SignalWatch([SIGINT, SIGTERM, SIGHUP]) { s in
                 logLine("radar serve: \(SignalWatch.name(s)): stopping")
                 server.stop()
             }

@@ -56,6 +56,46 @@ extension MPITrainingTests {
         XCTAssertTrue(e.contains("radar: stopped by SIGTERM after optimizer step"), e)
     }
 
+    /// SIGHUP (a closed terminal, a dropped SSH session) stops a run as SIGTERM does, except under
+    /// `nohup` (SIGHUP ignored at start: it stays ignored); a repeat within a second of the first
+    /// request is the same request (Ctrl-C reaches every process of the terminal's group and
+    /// `radar launch` forwards it too), not "again: stop at once" without `last`.
+    func testSIGHUPStopsTheRunUnlessIgnoredAndAQuickRepeatIsTheSameRequest() throws {
+        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
+        func train(_ out: String, _ hangup: String) throws -> (Process, Pipe) {
+            try start([hangup, radar, "train", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
+                       "--batch-size", "4", "--num-epochs", "200", "--patience", "200", "--accumulation-steps", "1", "--threads", "1"])
+        }
+        // As the child of a shell that was not started under nohup.
+        let out = tmp("sighup")
+        let (p, err) = try train(out, "--default-signal=HUP")
+        waitForSteps(stepsFile(out), lines: 3)
+        kill(p.processIdentifier, SIGHUP)
+        let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 75, e)
+        try assertStoppedCleanly(out, e)
+        XCTAssertTrue(e.contains("radar: stopped by SIGHUP after optimizer step"), e)
+
+        // Under nohup: the hangup changes nothing; then SIGTERM twice, 20 ms apart (the
+        // first has been handled by then, and the step and `last` take longer).
+        let out2 = tmp("nohup")
+        let (q, err2) = try train(out2, "--ignore-signal=HUP")
+        waitForSteps(stepsFile(out2), lines: 3)
+        kill(q.processIdentifier, SIGHUP)
+        let stepsBefore = (try String(contentsOfFile: stepsFile(out2), encoding: .utf8)).split(separator: "\n").count
+        waitForSteps(stepsFile(out2), lines: stepsBefore + 3)
+        XCTAssertTrue(q.isRunning, "a run under nohup ended on SIGHUP")
+        kill(q.processIdentifier, SIGTERM)
+        usleep(20_000)
+        kill(q.processIdentifier, SIGTERM)
+        let e2 = String(decoding: err2.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        q.waitUntilExit()
+        XCTAssertEqual(q.terminationStatus, 75, e2)
+        try assertStoppedCleanly(out2, e2)
+        XCTAssertFalse(e2.contains("SIGHUP") || e2.contains("SIGTERM again"), e2)
+    }
+
     func testSIGTERMToOneMPIRankStopsBothAfterTheSameStep() throws {
         let out = tmp("sigterm-mpi")
         var argv = ["mpirun", "--oversubscribe"]

@@ -3,18 +3,27 @@ import Foundation
 import Synchronization
 import CProcess
 
-/// SIGTERM and SIGINT (what SLURM, Kubernetes and a terminal send before killing a job) ask the
-/// run to stop: the current optimizer step finishes, every rank agrees to stop after the same step
-/// (`DataParallel.agreeToStop`), `last` is written, and the process exits with `Preempted.exitCode`
-/// (75, EX_TEMPFAIL: "try again", the signal for a restart with `--resume auto`). A second
-/// SIGTERM or SIGINT while stopping ends the process at once with 128 + the signal number.
-/// SIGUSR1 (SLURM's `--signal=USR1@T` warning, and what a rank gets when `radar launch` dies)
-/// asks the same, and never escalates: the kernel may deliver it more than once.
+/// SIGTERM, SIGINT and SIGHUP (what SLURM, Kubernetes, a terminal's Ctrl-C and a closed terminal
+/// or dropped SSH session send before killing a job) ask the run to stop: the current optimizer
+/// step finishes, every rank agrees to stop after the same step (`DataParallel.agreeToStop`),
+/// `last` is written, and the process exits with `Preempted.exitCode` (75, EX_TEMPFAIL: "try
+/// again", the signal for a restart with `--resume auto`). A second SIGTERM, SIGINT or SIGHUP
+/// while stopping ends the process at once with 128 + the signal number, unless it comes within
+/// `repeatGrace` of the first: a Ctrl-C reaches every process of the terminal's group and
+/// `radar launch` forwards it too, and a hangup comes from the kernel and again from the shell, so
+/// each rank may see one request twice. SIGHUP is left alone where it was ignored at start
+/// (`nohup`). SIGUSR1 (SLURM's `--signal=USR1@T` warning, and what a rank gets when `radar launch`
+/// dies) asks the same, and never escalates: the kernel may deliver it more than once.
 public enum Preemption {
     private static let signalled = Atomic<Int32>(0)
+    /// When the first request arrived (`monotonicNow()`, in seconds), for `repeatGrace`.
+    nonisolated(unsafe) private static var firstAt = 0.0
+    private static let firstLock = NSLock()
+    /// A repeat sooner than this after the first request is the same request.
+    public static let repeatGrace = 1.0
     nonisolated(unsafe) private static var watch: SignalWatch?
 
-    /// The signal received (SIGTERM, SIGINT or SIGUSR1), 0 when none.
+    /// The signal received (SIGTERM, SIGINT, SIGHUP or SIGUSR1), 0 when none.
     public static var signal: Int32 { signalled.load(ordering: .relaxed) }
     public static var requested: Bool { signal != 0 }
 
@@ -24,10 +33,17 @@ public enum Preemption {
     /// Starts listening (once per process).
     public static func install() {
         guard watch == nil else { return }
-        watch = SignalWatch([SIGTERM, SIGINT, SIGUSR1]) { s in
-            let (exchanged, _) = signalled.compareExchange(expected: 0, desired: s, ordering: .relaxed)
+        watch = SignalWatch([SIGTERM, SIGINT, SIGHUP, SIGUSR1]) { s in
+            // Each signal's handler runs on its own (global, concurrent) queue source: the lock
+            // orders the first request's time before any repeat reads it.
+            let now = monotonicNow().timeIntervalSinceReferenceDate
+            let (exchanged, sinceFirst): (Bool, Double) = firstLock.withLock {
+                let (exchanged, _) = signalled.compareExchange(expected: 0, desired: s, ordering: .relaxed)
+                if exchanged { firstAt = now }
+                return (exchanged, now - firstAt)
+            }
             if !exchanged {
-                guard s != SIGUSR1 else { return }
+                guard s != SIGUSR1, sinceFirst >= repeatGrace else { return }
                 logLine("received \(name(s)) again: stopping now, without writing `last`")
                 exitNow(128 + s)
             }

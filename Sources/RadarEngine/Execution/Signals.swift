@@ -4,12 +4,24 @@ import Foundation
 /// Signals handled as ordinary events: each signal's default action is turned off and `handler`
 /// runs on a global queue when it arrives, outside any signal handler, so it may log, lock and
 /// exit. Keep the value while handling; `cancel()` (or letting it go) restores the default
-/// action. The one way the trainer, `radar launch` and `radar prepare`/`synth` listen.
+/// action. The one way the trainer, `radar launch`, `radar serve` and `radar prepare`/`synth`
+/// listen. SIGHUP is watched only where the process did not start with it ignored: `nohup`
+/// ignores it so that a closed terminal leaves the command running, and so it stays.
 public final class SignalWatch: @unchecked Sendable {
     private var sources: [DispatchSourceSignal] = []
     private let signals: [Int32]
 
+    /// Whether SIGHUP was ignored when the process started (`nohup`), read before any watch
+    /// changes it.
+    public static let hangupIgnoredAtStart: Bool = {
+        var current = sigaction()
+        guard sigaction(SIGHUP, nil, &current) == 0 else { return false }
+        // SIG_IGN is the handler value 1 (glibc, musl); function pointers are not Equatable.
+        return unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) == 1
+    }()
+
     public init(_ signals: [Int32], handler: @escaping @Sendable (Int32) -> Void) {
+        let signals = signals.filter { $0 != SIGHUP || !SignalWatch.hangupIgnoredAtStart }
         self.signals = signals
         for s in signals {
             signal(s, SIG_IGN)
