@@ -42,18 +42,37 @@ extension MPITrainingTests {
         XCTAssertEqual(leftovers, [], file: file, line: line)
     }
 
-    func testSIGTERMFinishesTheStepWritesLastAndExits75() throws {
-        let out = tmp("sigterm")
+    /// `radar train` on the tiny config for many epochs, started through env(1) with `envOptions`
+    /// (its signal dispositions), once three steps are logged.
+    func startTinyRun(_ out: String, envOptions: [String] = []) throws -> (Process, Pipe) {
         let radar = MPITrainingTests.products.appendingPathComponent("radar").path
-        let (p, err) = try start([radar, "train", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
-                                  "--batch-size", "4", "--num-epochs", "200", "--patience", "200", "--accumulation-steps", "1", "--threads", "1"])
+        let run = try start(envOptions + [radar, "train", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
+                                          "--batch-size", "4", "--num-epochs", "200", "--patience", "200", "--accumulation-steps", "1", "--threads", "1"])
         waitForSteps(stepsFile(out), lines: 3)
-        kill(p.processIdentifier, SIGTERM)
+        return run
+    }
+
+    /// Sends `signal` (twice, `repeatAfter` seconds apart, when given) and asserts the run stopped
+    /// after a step with `last` written and status 75; its stderr.
+    @discardableResult
+    func stopAndCheck(_ run: (Process, Pipe), _ out: String, _ signal: Int32, repeatAfter: TimeInterval? = nil) throws -> String {
+        let (p, err) = run
+        kill(p.processIdentifier, signal)
+        if let repeatAfter {
+            usleep(UInt32(repeatAfter * 1e6))
+            kill(p.processIdentifier, signal)
+        }
         let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 75, e)
         try assertStoppedCleanly(out, e)
-        XCTAssertTrue(e.contains("radar: stopped by SIGTERM after optimizer step"), e)
+        XCTAssertTrue(e.contains("radar: stopped by \(SignalWatch.name(signal)) after optimizer step"), e)
+        return e
+    }
+
+    func testSIGTERMFinishesTheStepWritesLastAndExits75() throws {
+        let out = tmp("sigterm")
+        try stopAndCheck(try startTinyRun(out), out, SIGTERM)
     }
 
     /// SIGHUP (a closed terminal, a dropped SSH session) stops a run as SIGTERM does, except under
@@ -61,38 +80,19 @@ extension MPITrainingTests {
     /// request is the same request (Ctrl-C reaches every process of the terminal's group and
     /// `radar launch` forwards it too), not "again: stop at once" without `last`.
     func testSIGHUPStopsTheRunUnlessIgnoredAndAQuickRepeatIsTheSameRequest() throws {
-        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
-        func train(_ out: String, _ hangup: String) throws -> (Process, Pipe) {
-            try start([hangup, radar, "train", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
-                       "--batch-size", "4", "--num-epochs", "200", "--patience", "200", "--accumulation-steps", "1", "--threads", "1"])
-        }
         // As the child of a shell that was not started under nohup.
         let out = tmp("sighup")
-        let (p, err) = try train(out, "--default-signal=HUP")
-        waitForSteps(stepsFile(out), lines: 3)
-        kill(p.processIdentifier, SIGHUP)
-        let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 75, e)
-        try assertStoppedCleanly(out, e)
-        XCTAssertTrue(e.contains("radar: stopped by SIGHUP after optimizer step"), e)
+        try stopAndCheck(try startTinyRun(out, envOptions: ["--default-signal=HUP"]), out, SIGHUP)
 
-        // Under nohup: the hangup changes nothing; then SIGTERM twice, 20 ms apart (the
-        // first has been handled by then, and the step and `last` take longer).
+        // Under nohup: the hangup changes nothing; then SIGTERM twice, 20 ms apart (the first has
+        // been handled by then, and the step and `last` take longer).
         let out2 = tmp("nohup")
-        let (q, err2) = try train(out2, "--ignore-signal=HUP")
-        waitForSteps(stepsFile(out2), lines: 3)
-        kill(q.processIdentifier, SIGHUP)
+        let run = try startTinyRun(out2, envOptions: ["--ignore-signal=HUP"])
+        kill(run.0.processIdentifier, SIGHUP)
         let stepsBefore = (try String(contentsOfFile: stepsFile(out2), encoding: .utf8)).split(separator: "\n").count
         waitForSteps(stepsFile(out2), lines: stepsBefore + 3)
-        XCTAssertTrue(q.isRunning, "a run under nohup ended on SIGHUP")
-        kill(q.processIdentifier, SIGTERM)
-        usleep(20_000)
-        kill(q.processIdentifier, SIGTERM)
-        let e2 = String(decoding: err2.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        q.waitUntilExit()
-        XCTAssertEqual(q.terminationStatus, 75, e2)
-        try assertStoppedCleanly(out2, e2)
+        XCTAssertTrue(run.0.isRunning, "a run under nohup ended on SIGHUP")
+        let e2 = try stopAndCheck(run, out2, SIGTERM, repeatAfter: 0.02)
         XCTAssertFalse(e2.contains("SIGHUP") || e2.contains("SIGTERM again"), e2)
     }
 
