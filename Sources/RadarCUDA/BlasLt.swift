@@ -101,8 +101,8 @@ final class BlasLt {
         var chosen = offers[0]
         if let pinned {
             if let match = offers.first(where: { $0.bytes == pinned }) { chosen = match } else {
-                FileHandle.standardError.write(Data(("radar: the pinned cuBLASLt algorithm for \(GemmTable.key(g)) is not among the "
-                    + "heuristic's \(offers.count) offers (another cuBLAS or GPU?); using its first. Remeasure with radar bench gemm --write-table.\n").utf8))
+                writeStandardError("radar: the pinned cuBLASLt algorithm for \(GemmTable.key(g)) is not among the "
+                    + "heuristic's \(offers.count) offers (another cuBLAS or GPU?); using its first. Remeasure with radar bench gemm --write-table.\n")
             }
         }
         p.algo = chosen.bytes

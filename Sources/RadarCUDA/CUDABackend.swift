@@ -356,8 +356,8 @@ public final class CUDABackend: Backend, GradientStaging, @unchecked Sendable {
             // No algorithm with this epilogue for this shape on this GPU: the fill, as with the
             // epilogues off (the same result within the sum's rounding), said once per shape.
             if filledEpilogues.insert(FilledShape(m: g.m, n: g.n, k: g.k, batch: g.batch, bf16: g.outputBF16, residual: residual != nil)).inserted {
-                FileHandle.standardError.write(Data(("radar: cuBLASLt offers no algorithm with a bias epilogue for \(GemmTable.key(g)) on "
-                    + "\(driver.deviceDescription); its bias is filled before the product instead\n").utf8))
+                writeStandardError("radar: cuBLASLt offers no algorithm with a bias epilogue for \(GemmTable.key(g)) on "
+                    + "\(driver.deviceDescription); its bias is filled before the product instead\n")
             }
             prepared = (oa, ob)  // the operands are converted already: the fill path reuses them
         }

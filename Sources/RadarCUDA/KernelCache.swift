@@ -65,7 +65,7 @@ public final class KernelCache: @unchecked Sendable {
             lastOutcome += " (not cached)"
             if !warnedAboutStoring {
                 warnedAboutStoring = true
-                FileHandle.standardError.write(Data("\(error); kernels are compiled at every start (set RADAR_KERNEL_CACHE to a writable folder)\n".utf8))
+                writeStandardError("\(error); kernels are compiled at every start (set RADAR_KERNEL_CACHE to a writable folder)\n")
             }
         }
         return cubin

@@ -41,6 +41,7 @@ struct RadarCoordinator: ParsableCommand {
         }
 
         func run() throws {
+            keepRunningWithoutReaders()
             do {
                 let (host, port) = try RadarCoordinator.split(listen, allowAnyPort: true)
                 let server = try CoordinatorServer(host: host, port: port, worldSize: worldSize, token: try RadarCoordinator.token(tokenFile))

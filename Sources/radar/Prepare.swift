@@ -109,6 +109,7 @@ struct Prepare: ParsableCommand {
 nonisolated(unsafe) private var stopWatch: SignalWatch?
 func stopOnSignal(_ command: String, output: String) {
     guard stopWatch == nil else { return }
+    keepRunningWithoutReaders()
     stopWatch = SignalWatch([SIGINT, SIGTERM, SIGHUP]) { s in
         logLine("\(command): stopped by \(SignalWatch.name(s)): the finished shards in \(output) (and any downloads) are kept; "
                 + "the same command again resumes")

@@ -63,6 +63,7 @@ struct Serve: ParsableCommand {
             let batcher = try InferenceBatcher(trainer: trainer, batchSize: batchSize, maxDelay: maxDelayMs / 1000, flip: tta != nil)
             let health: [String: Any] = ["checkpoint": checkpoint, "device": ctx.backend.deviceDescription, "image_size": c.imgSize,
                                          "temperature": temperature, "tta": tta ?? NSNull(), "batch_size": batchSize]
+            keepRunningWithoutReaders()
             let watch = SignalWatch([SIGINT, SIGTERM, SIGHUP]) { s in
                 logLine("radar serve: \(SignalWatch.name(s)): stopping")
                 server.stop()

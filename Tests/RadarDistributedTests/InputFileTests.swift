@@ -87,4 +87,40 @@ final class InputFileTests: XCTestCase {
         XCTAssertEqual(rc, 0)
         XCTAssertTrue(said == "status 0\n" || said == "status 141\n", said)
     }
+
+    /// Standard error that cannot be written (a full disk under `2>log`, /dev/full, a terminal
+    /// gone after a hangup, a `| tee` that ended): a run goes on to its checkpoints and ends as it
+    /// would have, a failing command still exits 1. Foundation's `FileHandle.write` traps on a
+    /// failed write, so each of these ended with "Illegal instruction" (132) at the first line,
+    /// and a reader that went away killed the run with SIGPIPE.
+    func testStandardErrorThatCannotBeWrittenDoesNotEndARun() throws {
+        let bin = MPITrainingTests.products.appendingPathComponent("radar").path
+        let root = NSTemporaryDirectory() + "radar-stderr-full-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        func run(_ args: [String], stderr: Any) throws -> Int32 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: bin)
+            p.arguments = args
+            var env = ProcessInfo.processInfo.environment
+            env["OPENBLAS_NUM_THREADS"] = "1"
+            p.environment = env
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = stderr
+            try p.run()
+            p.waitUntilExit()
+            return p.terminationStatus
+        }
+        let full = try XCTUnwrap(FileHandle(forWritingAtPath: "/dev/full"))
+        let gone = Pipe()
+        try gone.fileHandleForReading.close()  // the reader has ended: writes get EPIPE (or SIGPIPE)
+        for (name, stderr) in [("full", full as Any), ("gone", gone as Any)] {
+            let out = "\(root)/\(name)"
+            let rc = try run(["train", "--data", MPITrainingTests.dataset, "--output", out, "--experiment", "e", "--config", "tiny",
+                              "--batch-size", "4", "--num-epochs", "2", "--max-steps-per-epoch", "2", "--accumulation-steps", "1", "--threads", "1"],
+                             stderr: stderr)
+            XCTAssertEqual(rc, 0, "radar train with standard error \(name)")
+            XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/e/model.safetensors"), name)
+        }
+        XCTAssertEqual(try run(["predict", "--checkpoint", root + "/none.safetensors", root + "/none.png"], stderr: full), 1)
+    }
 }

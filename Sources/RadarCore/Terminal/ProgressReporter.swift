@@ -41,8 +41,8 @@ public final class ProgressReporter: @unchecked Sendable {
         guard now.timeIntervalSince(lastDraw) > 0.1 || done >= total else { return }
         lastDraw = now
         let line = render(done: done, elapsed: now.timeIntervalSince(start), items: items, detail: detail, columns: ProgressReporter.terminalColumns())
-        FileHandle.standardError.write(Data(line.utf8))
-        if done >= total { FileHandle.standardError.write(Data("\n".utf8)) }
+        writeStandardError(line)
+        if done >= total { writeStandardError("\n") }
     }
 
     /// The bar's line as written to the terminal: carriage return, the text cut to `columns - 1`
@@ -84,7 +84,7 @@ public final class ProgressReporter: @unchecked Sendable {
 
 /// One log line on stderr (stdout is kept for results and JSON).
 public func logLine(_ s: String) {
-    FileHandle.standardError.write(Data((s + "\n").utf8))
+    writeStandardError(s + "\n")
 }
 
 /// Writes out what is still buffered for stdout and says when any write to it failed, with a

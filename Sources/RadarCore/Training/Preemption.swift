@@ -33,6 +33,7 @@ public enum Preemption {
     /// Starts listening (once per process).
     public static func install() {
         guard watch == nil else { return }
+        keepRunningWithoutReaders()
         watch = SignalWatch([SIGTERM, SIGINT, SIGHUP, SIGUSR1]) { s in
             // Each signal's handler runs on its own (global, concurrent) queue source: the lock
             // orders the first request's time before any repeat reads it.

@@ -24,7 +24,7 @@ public enum DeviceFailure {
     public static func stop(_ message: String) -> Never {
         guard stopping.claim() else { while true { sleep(60) } }
         let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
-        FileHandle.standardError.write(Data("\(program): error: \(message)\n".utf8))
+        writeStandardError("\(program): error: \(message)\n")
         exitNow(1)
     }
 

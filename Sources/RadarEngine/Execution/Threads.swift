@@ -11,7 +11,7 @@ private let printedNotices = Mutex<Set<String>>([])
 public func printNotice(_ text: String) {
     guard printedNotices.withLock({ $0.insert(text).inserted }) else { return }
     let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
-    FileHandle.standardError.write(Data("\(program): notice: \(text)\n".utf8))
+    writeStandardError("\(program): notice: \(text)\n")
 }
 
 /// The system would not start a thread: its limit on threads (`ulimit -u`, a container's pids
