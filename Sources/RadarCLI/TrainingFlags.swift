@@ -28,6 +28,20 @@ public func requireFlag(_ ok: Bool, _ flag: String, _ allowed: String, _ got: An
 /// parallel region on 2 CPUs) or trapped when the kernel refused to start them.
 public var maximumThreads: Int { max(64, 4 * ProcessInfo.processInfo.activeProcessorCount) }
 
+/// The largest `--batch-size` any command takes: 65,536 images of 224 x 224 are 39 GB of input
+/// alone, past any device; far above it, tensor sizes overflowed Int and trapped.
+public let maximumBatchSize = 65536
+
+/// `--flag` (a batch size) is from 1 to `maximumBatchSize`.
+public func requireBatch(_ size: Int, flag: String = "batch-size") throws {
+    try requireFlag((1...maximumBatchSize).contains(size), flag, "in 1...\(maximumBatchSize)", size)
+}
+
+/// `--accumulation-steps` is from 1 to 65,536.
+public func requireAccumulation(_ steps: Int) throws {
+    try requireFlag((1...65536).contains(steps), "accumulation-steps", "in 1...65536", steps)
+}
+
 /// `--flag`'s thread count is from 1 to `maximumThreads`.
 public func requireThreads(_ threads: Int, flag: String = "threads") throws {
     let cpus = ProcessInfo.processInfo.activeProcessorCount
@@ -88,9 +102,11 @@ public struct TrainingFlags: ParsableArguments {
     /// a one-line error naming the flag and what it allows, and exit status 64.
     public func validate() throws {
         let need = requireFlag
-        try need(batchSize >= 1, "batch-size", "at least 1", String(batchSize))
-        try need(numEpochs >= 1, "num-epochs", "at least 1", String(numEpochs))
-        try need(accumulationSteps >= 1, "accumulation-steps", "at least 1", String(accumulationSteps))
+        // Upper bounds far past any machine's memory or time (sizes and step counts multiplied
+        // from these overflowed, and trapped, at 2^63 - 1).
+        try requireBatch(batchSize)
+        try need((1...1_000_000).contains(numEpochs), "num-epochs", "in 1...1000000", String(numEpochs))
+        try requireAccumulation(accumulationSteps)
         try need(learningRate.isFinite && learningRate > 0, "learning-rate", "a finite number above 0", String(learningRate))
         try need(weightDecay.isFinite && weightDecay >= 0, "weight-decay", "a finite number of at least 0", String(weightDecay))
         try need(patience >= 1, "patience", "at least 1", String(patience))

@@ -107,12 +107,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {
         var raw: UnsafeMutableRawPointer?
         let bytes = max(count, 1) * MemoryLayout<Float>.size
-        // The memory is touched at once (memset), so what the machine cannot give would end the
-        // process by the kernel's OOM killer, without a word: a large request is checked first
-        // and refused in one line naming what was being sized (e.g. --batch-size).
-        if bytes >= 16 << 20, let available = HostMemory.available(), bytes > available {
-            DeviceFailure.outOfMemory(HostOutOfMemory(requested: bytes, available: available))
-        }
+        HostMemory.requireAvailable(bytes)
         guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
             DeviceFailure.outOfMemory(HostOutOfMemory(requested: bytes, available: HostMemory.available() ?? 0))
         }

@@ -137,10 +137,10 @@ extension Bench {
         var bf16Activations: Bool?
 
         func validate() throws {
-            try requireFlag((batch ?? 1) >= 1, "batch", "at least 1", batch ?? 1)
+            try requireBatch(batch ?? 1, flag: "batch")
             try requireThreads(threads)
             try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
-            try requireFlag(accumulationSteps >= 1, "accumulation-steps", "at least 1", accumulationSteps)
+            try requireAccumulation(accumulationSteps)
         }
 
         func run() throws {

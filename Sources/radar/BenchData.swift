@@ -16,8 +16,8 @@ extension Bench {
 
         func validate() throws {
             try requireFlag((8...4096).contains(size), "size", "in 8...4096 pixels", size)
-            try requireFlag(images >= 1, "images", "at least 1", images)
-            try requireFlag(prepareImages >= 0, "prepare-images", "0 (skip) or more", prepareImages)
+            try requireFlag((1...10_000_000).contains(images), "images", "in 1...10000000", images)
+            try requireFlag((0...10_000_000).contains(prepareImages), "prepare-images", "0 (skip) to 10000000", prepareImages)
             if dropCaches {
                 guard data != nil else { throw ValidationError("--drop-caches times opening a dataset: give it --data DIR") }
                 guard access("/proc/sys/vm/drop_caches", W_OK) == 0 else {

@@ -30,11 +30,11 @@ extension Bench {
         @Option(help: "Threads (host work).") var threads = ProcessInfo.processInfo.activeProcessorCount
 
         func validate() throws {
-            try requireFlag((batch ?? 1) >= 1, "batch", "at least 1", batch ?? 1)
+            try requireBatch(batch ?? 1, flag: "batch")
             try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
             try requireFlag((1...32).contains(candidates), "candidates", "1...32", candidates)
             try requireFlag(margin >= 0 && margin < 1, "margin", "in [0, 1)", margin)
-            try requireFlag((square ?? 0) >= 0, "square", "0 or more", square ?? 0)
+            try requireFlag((0...65536).contains(square ?? 0), "square", "in 0...65536", square ?? 0)
             try requireThreads(threads)
         }
 

@@ -19,7 +19,7 @@ extension Bench {
         @Option(help: "Also write the benchmarked batch (`images`, normalised) as safetensors to this file.") var exportBatch: String?
 
         func validate() throws {
-            try requireFlag((batch ?? 1) >= 1, "batch", "at least 1", batch ?? 1)
+            try requireBatch(batch ?? 1, flag: "batch")
             try requireThreads(threads)
             try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
         }

@@ -21,7 +21,7 @@ extension Bench {
         func validate() throws {
             try requireFlag((1...256).contains(clients), "clients", "in 1...256", clients)
             try requireFlag(requests >= 1, "requests", "at least 1", requests)
-            try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
+            try requireBatch(batchSize)
             try requireThreads(threads)
             try requireFlag(maxDelayMs >= 0, "max-delay-ms", "at least 0", maxDelayMs)
             try requireFlag((imageSize ?? 16) >= 16, "image-size", "at least 16", imageSize ?? 16)

@@ -25,11 +25,12 @@ struct Demo: ParsableCommand {
     /// size problem); a NaN or negative learning rate and a difficulty of 2 ran.
     func validate() throws {
         try requireThreads(threads)
-        try requireFlag(trainImages >= 1, "train-images", "at least 1", trainImages)
-        try requireFlag(valImages >= 2, "val-images", "at least 2 (an AUC needs both classes)", valImages)
-        try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
+        // (Generated in memory: far above a million, sizes overflowed Int and trapped.)
+        try requireFlag((1...1_000_000).contains(trainImages), "train-images", "in 1...1000000", trainImages)
+        try requireFlag((2...1_000_000).contains(valImages), "val-images", "in 2...1000000 (an AUC needs both classes)", valImages)
+        try requireBatch(batchSize)
         try requireFlag(batchSize <= trainImages, "batch-size", "at most --train-images (\(trainImages))", batchSize)
-        try requireFlag(epochs >= 1, "epochs", "at least 1", epochs)
+        try requireFlag((1...1_000_000).contains(epochs), "epochs", "in 1...1000000", epochs)
         try requireFlag(learningRate.isFinite && learningRate > 0, "learning-rate", "a finite number above 0", learningRate)
         try requireFlag(difficulty >= 0 && difficulty <= 1, "difficulty", "in [0, 1]", difficulty)
     }

@@ -30,9 +30,9 @@ struct DumpStep: ParsableCommand {
         try requireThreads(threads)
         try requireFlag(steps >= 0, "steps", "0 or more", steps)
         try requireFlag(["constant", "onecycle"].contains(schedule), "schedule", "constant or onecycle", schedule)
-        try requireFlag(accumulationSteps >= 1, "accumulation-steps", "at least 1", accumulationSteps)
+        try requireAccumulation(accumulationSteps)
         if let microBatchSize {
-            try requireFlag(microBatchSize >= 1, "micro-batch-size", "at least 1", microBatchSize)
+            try requireBatch(microBatchSize, flag: "micro-batch-size")
             guard steps == 0, !evalForward else {
                 throw ValidationError("--micro-batch-size runs the training loop over the batch: it takes neither --steps nor --eval-forward")
             }

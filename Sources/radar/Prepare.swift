@@ -153,7 +153,9 @@ struct Synth: ParsableCommand {
     @Flag(help: "Replace a dataset already in --output (refused otherwise, unless it is this same synthetic set, which is kept).") var overwrite = false
 
     func validate() throws {
-        try requireFlag(count >= 1, "count", "at least 1", count)
+        // The set is listed in memory before a shard is written: 10^11 ran out of memory slowly,
+        // 2^63 - 1 trapped.
+        try requireFlag((1...10_000_000).contains(count), "count", "in 1...10000000", count)
         try requireFlag((8...4096).contains(size), "size", "in 8...4096 pixels", size)
         try requireFlag(difficulty >= 0 && difficulty <= 1, "difficulty", "in [0, 1]", difficulty)
         try requireFlag(framesPerSequence >= 1, "frames-per-sequence", "at least 1", framesPerSequence)

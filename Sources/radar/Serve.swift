@@ -30,7 +30,7 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp(stringLiteral: SplitScoring.ttaHelp)) var tta: String?
 
     func validate() throws {
-        try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)
+        try requireBatch(batchSize)
         try requireThreads(threads)
         try requireFlag((1...4096).contains(connections), "connections", "in 1...4096", connections)
         try requireFlag((1...1024).contains(maxImageMb), "max-image-mb", "in 1...1024", maxImageMb)

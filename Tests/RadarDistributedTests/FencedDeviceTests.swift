@@ -68,12 +68,29 @@ final class TrainingFlagValidationTests: XCTestCase {
         return (p.terminationStatus, String(decoding: e, as: UTF8.self))
     }
 
+    /// A step cap past what Int holds caps nothing (the plan multiplied it by the accumulation
+    /// steps and trapped); a large checkpoint interval and stop step likewise run to the end.
+    func testStepCountsPastIntRunToTheEnd() throws {
+        let out = NSTemporaryDirectory() + "radar-flag-huge-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let big = String(Int.max)
+        let r = try run(["--output", out, "--experiment", "e", "--batch-size", "16", "--num-epochs", "1", "--accumulation-steps", "2", "--threads", "1",
+                         "--max-steps-per-epoch", big, "--checkpoint-every", big, "--stop-after-steps", big],
+                        command: ["train", "--data", MPITrainingTests.dataset, "--config", "tiny"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/e/model.safetensors"), r.err)
+    }
+
     func testBadValuesAreOneLineErrorsNamingTheFlag() throws {
         let cases: [([String], String)] = [
-            (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-            (["--num-epochs", "0"], "--num-epochs must be at least 1"),
-            (["--epochs", "0"], "--num-epochs must be at least 1"),  // radar demo's spelling, the same flag
-            (["--accumulation-steps", "0"], "--accumulation-steps must be at least 1"),
+            (["--batch-size", "0"], "--batch-size must be in 1...65536, got 0"),
+            // Values past any machine: sizes and step counts multiplied from them overflowed and trapped.
+            (["--batch-size", "9223372036854775807"], "--batch-size must be in 1...65536, got 9223372036854775807"),
+            (["--num-epochs", "9223372036854775807"], "--num-epochs must be in 1...1000000, got 9223372036854775807"),
+            (["--accumulation-steps", "9223372036854775807"], "--accumulation-steps must be in 1...65536, got 9223372036854775807"),
+            (["--num-epochs", "0"], "--num-epochs must be in 1...1000000, got 0"),
+            (["--epochs", "0"], "--num-epochs must be in 1...1000000, got 0"),  // radar demo's spelling, the same flag
+            (["--accumulation-steps", "0"], "--accumulation-steps must be in 1...65536, got 0"),
             (["--learning-rate", "nan"], "--learning-rate must be a finite number above 0"),
             (["--learning-rate", "inf"], "--learning-rate must be a finite number above 0"),
             (["--weight-decay=-1"], "--weight-decay must be"),
@@ -94,7 +111,8 @@ final class TrainingFlagValidationTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: tokenFile) }
         let others: [([String], String)] = [
             (synth + ["--size", "7"], "--size must be in 8...4096 pixels, got 7"),
-            (synth + ["--count", "0"], "--count must be at least 1, got 0"),
+            (synth + ["--count", "0"], "--count must be in 1...10000000, got 0"),
+            (synth + ["--count", "9223372036854775807"], "--count must be in 1...10000000, got 9223372036854775807"),
             (synth + ["--difficulty", "1.5"], "--difficulty must be in [0, 1], got 1.5"),
             (synth + ["--frames-per-sequence", "0"], "--frames-per-sequence must be at least 1"),
             (prepare + ["--val-fraction", "1"], "--val-fraction must be in [0, 1), got 1.0"),
@@ -102,12 +120,16 @@ final class TrainingFlagValidationTests: XCTestCase {
             (prepare + ["--max-images", "1"], "--max-images must be at least 2"),
             (prepare + ["--image-format", "jpg"], "--image-format must be keep or png, got jpg"),
             // These crashed (a failed precondition) or ran with 0 threads.
-            (["evaluate", "--checkpoint", "w", "--data", "d", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+            (["evaluate", "--checkpoint", "w", "--data", "d", "--batch-size", "0"], "--batch-size must be in 1...65536, got 0"),
+            (["serve", "--checkpoint", "w", "--batch-size", "9223372036854775807"], "--batch-size must be in 1...65536, got 9223372036854775807"),
             (["evaluate", "--checkpoint", "w", "--data", "d", "--split", "dev"], "--split must be train, val or test, got dev"),
             // Said before the kernels ran (minutes on a GPU); the repository's fixtures are found from the build folder.
             (["check-device", "--device", "cpu", "--fixtures", "/nonexistent-radar-fixtures"], "--fixtures /nonexistent-radar-fixtures: no such folder"),
             (["predict", "--checkpoint", "w", "--threads", "0", "x.png"], "--threads must be from 1 to \(max(64, 4 * ProcessInfo.processInfo.activeProcessorCount)) (four per CPU of the "),
-            (["bench", "step", "--config", "tiny", "--batch", "0"], "--batch must be at least 1, got 0"),
+            (["bench", "step", "--config", "tiny", "--batch", "0"], "--batch must be in 1...65536, got 0"),
+            (["bench", "step", "--config", "tiny", "--accumulation-steps", "9223372036854775807"], "--accumulation-steps must be in 1...65536, got 9223372036854775807"),
+            (["bench", "infer", "--config", "tiny", "--batch", "9223372036854775807"], "--batch must be in 1...65536, got 9223372036854775807"),
+            (["bench", "data", "--images", "9223372036854775807"], "--images must be in 1...10000000, got 9223372036854775807"),
             (["bench", "data", "--size", "0"], "--size must be in 8...4096 pixels, got 0"),
             (["bench", "data", "--drop-caches"], "--drop-caches times opening a dataset: give it --data DIR"),
             // Said after the kernels' setup, under the root command's usage.
@@ -119,10 +141,11 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["bench", "allreduce", "--transport", "tcp", "--verify"], "--verify compares with MPI_Allreduce: use it with --transport mpi"),
             (["demo", "--threads", "0"], "--threads must be from 1 to "),
             (["demo", "--threads", "50000"], "more threads than CPUs only slow the work), got 50000"),
-            (["demo", "--num-epochs", "0"], "--epochs must be at least 1, got 0"),  // radar train's spelling
+            (["demo", "--num-epochs", "0"], "--epochs must be in 1...1000000, got 0"),  // radar train's spelling
             // One sentence named five flags; a NaN learning rate and a difficulty of 2 ran.
-            (["demo", "--train-images", "0"], "--train-images must be at least 1, got 0"),
-            (["demo", "--val-images", "1"], "--val-images must be at least 2 (an AUC needs both classes), got 1"),
+            (["demo", "--train-images", "0"], "--train-images must be in 1...1000000, got 0"),
+            (["demo", "--train-images", "9223372036854775807"], "--train-images must be in 1...1000000, got 9223372036854775807"),
+            (["demo", "--val-images", "1"], "--val-images must be in 2...1000000 (an AUC needs both classes), got 1"),
             (["demo", "--batch-size", "2000"], "--batch-size must be at most --train-images (1024), got 2000"),
             (["demo", "--learning-rate", "nan"], "--learning-rate must be a finite number above 0, got nan"),
             (["demo", "--difficulty", "2"], "--difficulty must be in [0, 1], got 2.0"),
@@ -211,6 +234,9 @@ final class CUDADeviceCLITests: XCTestCase {
             (step + ["--device", "cpu", "--precision", "tf32"], [:], "precision tf32 needs a CUDA device"),
             // The CPU too: a batch the machine cannot hold was ended by the OOM killer without a word.
             (step + ["--device", "cpu", "--batch", "2048"], ["RADAR_HOST_MEMORY": "200M"], "out of host memory on cpu: "),
+            // The benchmark's input batch (37 GB) trapped in Swift's allocator before the backend's check.
+            (["bench", "step", "--config", "full", "--repeats", "1", "--device", "cpu", "--batch", "65536"], ["RADAR_HOST_MEMORY": "200M"],
+             "out of host memory on cpu: 36.8 GiB (39460012032 bytes) requested, "),
         ]
         for (args, env, expected) in cases {
             let r = try run(args, env: env)
@@ -226,6 +252,7 @@ final class CUDADeviceCLITests: XCTestCase {
         XCTAssertEqual(HostMemory.parseBytes("2g"), 2 << 30)
         XCTAssertEqual(HostMemory.parseBytes("1000"), 1000)
         XCTAssertNil(HostMemory.parseBytes("lots"))
+        XCTAssertNil(HostMemory.parseBytes("99999999999999T"), "past Int (it trapped)")
         XCTAssertGreaterThan(HostMemory.available() ?? 0, 0, "this machine's /proc/meminfo")
     }
 

@@ -182,7 +182,7 @@ public enum HubModel {
         if etag.count == 40 {
             let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
             var data = Data("blob \(size)\0".utf8)
-            data.append(h.readDataToEndOfFile())
+            data.append(try h.readToEnd() ?? Data())  // (readDataToEndOfFile traps on a read error)
             return SHA1Digest.hex(data)
         }
         let d = SHA256Digest()

@@ -18,7 +18,9 @@ public struct EpochPlan: Sendable {
         self.worldSize = worldSize
         let all = set.shuffled(set.refs(split), seed: seed, epoch: epoch)
         var perRank = all.count / (batchSize * worldSize)
-        if maxStepsPerEpoch > 0 { perRank = min(perRank, maxStepsPerEpoch * accumulationSteps) }
+        // (A cap past what Int holds caps nothing: `--max-steps-per-epoch 9223372036854775807` trapped.)
+        let (cap, overflow) = maxStepsPerEpoch.multipliedReportingOverflow(by: accumulationSteps)
+        if maxStepsPerEpoch > 0 && !overflow { perRank = min(perRank, cap) }
         perRank = perRank / accumulationSteps * accumulationSteps
         batchesPerRank = perRank
         order = Array(all.prefix(perRank * batchSize * worldSize))

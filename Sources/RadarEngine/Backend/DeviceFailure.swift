@@ -129,12 +129,24 @@ public enum HostMemory {
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 
-    /// "64M", "2G", "1024" (bytes); nil when not a size.
+    /// "64M", "2G", "1024" (bytes); nil when not a size (or past Int).
     public static func parseBytes(_ text: String) -> Int? {
         let t = text.trimmingCharacters(in: .whitespaces).uppercased()
         let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
-        if let u = t.last.flatMap({ units[$0] }) { return Int(t.dropLast()).map { $0 * u } }
+        if let u = t.last.flatMap({ units[$0] }) {
+            return Int(t.dropLast()).flatMap { n in let (v, o) = n.multipliedReportingOverflow(by: u); return o ? nil : v }
+        }
         return Int(t)
+    }
+
+    /// The memory is touched at once (memset, a fill), so what the machine cannot give would end
+    /// the process by the kernel's OOM killer without a word, or Swift's allocator with a trap: a
+    /// request of 16 MiB or more is checked first and refused in one line naming what was being
+    /// sized (`DeviceMemoryContext`, e.g. the batch).
+    public static func requireAvailable(_ bytes: Int) {
+        if bytes >= 16 << 20, let available = available(), bytes > available {
+            DeviceFailure.outOfMemory(HostOutOfMemory(requested: bytes, available: available))
+        }
     }
 }
 

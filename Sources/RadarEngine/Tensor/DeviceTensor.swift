@@ -36,6 +36,8 @@ public final class HostTensor: @unchecked Sendable {
 
     public init(_ shape: Shape, fill: Float = 0) {
         self.shape = shape
+        // (`radar bench step --config full --batch 65536` trapped here, in Swift's allocator.)
+        HostMemory.requireAvailable(max(shape.count, 1) * MemoryLayout<Float>.size)
         storage = .allocate(capacity: max(shape.count, 1))
         storage.initialize(repeating: fill)
     }
