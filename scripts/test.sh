@@ -40,6 +40,13 @@ if [ -n "$venv" ]; then export RADAR_PYTHON="$PWD/$venv/bin/python"; else export
 export RADAR_CUDA_HEADERS="$PWD/.build/cuda-headers"
 export OPENBLAS_NUM_THREADS=1
 swift build --build-tests
+# Every file and folder the tests make (datasets, runs, checkpoints, sockets, OpenMPI's session
+# folders) goes under one folder of this run: TMPDIR for the test processes and all they start.
+# It is removed when every test passed and kept, and named, when one failed (a full run left about
+# 500 folders and 1.5 GB in /tmp, a run after run). Sticky and world-writable as /tmp is: some
+# tests run radar as nobody.
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/radar-tests.XXXXXX")
+chmod 1777 "$scratch"
 total=0
 failed=0
 status=0
@@ -67,11 +74,11 @@ run_tests() {
   if [ "$rc" -ne 0 ]; then status=$rc; fi
 }
 # Every suite on the CPU device.
-run_tests RADAR_TEST_BACKEND=cpu swift test
+run_tests TMPDIR="$scratch" RADAR_TEST_BACKEND=cpu swift test
 # The engine suites again on the fenced device (tensor memory inaccessible to the host outside
 # backend calls), so a host access that bypasses the backend fails here.
 echo "== engine suites on the fenced device (RADAR_TEST_BACKEND=cpu-fenced) =="
-run_tests RADAR_TEST_BACKEND=cpu-fenced RADAR_DEVICE=cpu-fenced swift test --skip-build --filter RadarCoreTests
+run_tests TMPDIR="$scratch" RADAR_TEST_BACKEND=cpu-fenced RADAR_DEVICE=cpu-fenced swift test --skip-build --filter RadarCoreTests
 # The CUDA backend on the emulated device (its kernels compiled for the host, device memory
 # fenced off from the host): the engine suites again, as on the fenced device (kernel references,
 # every layer's gradient check, the four golden PyTorch cases, training, skipping, clipping,
@@ -80,7 +87,7 @@ run_tests RADAR_TEST_BACKEND=cpu-fenced RADAR_DEVICE=cpu-fenced swift test --ski
 # allocation count of a step is asserted for the CUDA backend on the fake driver instead
 # (FakeDriverTests, in the first pass), where the driver's own allocations are set apart.
 echo "== CUDA backend on the emulated device (RADAR_TEST_BACKEND=cuda-emulated) =="
-run_tests RADAR_TEST_BACKEND=cuda-emulated RADAR_DEVICE=cuda-emulated swift test --skip-build --filter RadarCoreTests \
+run_tests TMPDIR="$scratch" RADAR_TEST_BACKEND=cuda-emulated RADAR_DEVICE=cuda-emulated swift test --skip-build --filter RadarCoreTests \
   --skip "ModelTests.testTrainingStepAllocatesNothingAfterWarmUp"
 # The bundle for bare GPU pods: built (static Swift standard library), then run with the Swift
 # toolchain, headers and this machine's copies of its libraries out of sight.
@@ -90,5 +97,6 @@ if ! { bash scripts/bundle.sh .build/radar-bundle.tar.xz && bash scripts/check-b
   failed=$((failed + 1))
   status=1
 fi
+if [ "$failed" -eq 0 ]; then rm -rf "$scratch"; else echo "the tests' files are kept in $scratch"; fi
 echo "$((total - failed)) passed, $failed failed"
 exit "$status"
