@@ -461,6 +461,19 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(src, 0, args)
         XCTAssertEqual(args.split(separator: "\n").map(String.init), ["-avPs", "-e", "ssh -p 2222", "me@pod:" + oddZip, "/dl/"])
         XCTAssertThrowsError(try RunExport.export(results: temporaryDirectory("nothing"), to: exports, downloadScript: false))
+        // Each path said for what it is ("File exists" for an --output-dir that is a file; "not a
+        // finished run directory" for a folder that does not exist).
+        let missing = temporaryDirectory("missing") + "/none"
+        XCTAssertThrowsError(try RunExport.export(results: missing, to: exports, downloadScript: false)) {
+            XCTAssertEqual("\($0)", "\(missing): no such folder (a run's folder, such as outputs/radar_<time>)")
+        }
+        let aFile = dir + "/config.json"
+        XCTAssertThrowsError(try RunExport.export(results: aFile, to: exports, downloadScript: false)) {
+            XCTAssertEqual("\($0)", "\(aFile): a file, not a run's folder (such as outputs/radar_<time>)")
+        }
+        XCTAssertThrowsError(try RunExport.export(results: dir, to: aFile, downloadScript: false)) {
+            XCTAssertEqual("\($0)", "\(aFile): a file, not a folder (--output-dir: the folder the zip goes into, made if missing)")
+        }
         // From inside the run folder: `--results-dir .` made a hidden "._<stamp>.zip" of "./" entries.
         let cwd = FileManager.default.currentDirectoryPath
         XCTAssertEqual(chdir(dir), 0)

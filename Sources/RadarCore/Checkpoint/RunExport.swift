@@ -10,6 +10,10 @@ public enum RunExport {
         // hidden "._<stamp>.zip").
         let name = URL(fileURLWithPath: results).standardizedFileURL.lastPathComponent
         try requireFinishedRun(results)
+        var isFolder: ObjCBool = false
+        if fm.fileExists(atPath: outputDir, isDirectory: &isFolder), !isFolder.boolValue {  // it said "File exists"
+            throw DatasetError(path: outputDir, reason: "a file, not a folder (--output-dir: the folder the zip goes into, made if missing)")
+        }
         try fm.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let stamp = { () -> String in let f = DateFormatter(); f.dateFormat = "yyyyMMdd_HHmmss"; f.timeZone = TimeZone(identifier: "UTC"); return f.string(from: now) }()
         let stem = (outputDir as NSString).appendingPathComponent("\(name)_\(stamp)")
@@ -64,6 +68,11 @@ public enum RunExport {
 
     /// The files every finished run has (`radar export` needs them).
     static func requireFinishedRun(_ results: String) throws {
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: results, isDirectory: &isFolder) else {
+            throw DatasetError(path: results, reason: "no such folder (a run's folder, such as outputs/radar_<time>)")
+        }
+        guard isFolder.boolValue else { throw DatasetError(path: results, reason: "a file, not a run's folder (such as outputs/radar_<time>)") }
         for f in ["best.safetensors.lz4", "config.json", "metrics.json"] where !FileManager.default.fileExists(atPath: (results as NSString).appendingPathComponent(f)) {
             throw DatasetError(path: results, reason: "no \(f): not a finished run directory")
         }
