@@ -236,9 +236,8 @@ struct Predict: ParsableCommand {
             }
             for (flag, folder) in [("occlusion-maps", occlusionMaps), ("rollout-maps", rolloutMaps)] {  // before any work
                 guard let dir = folder else { continue }
-                do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
-                    throw ValidationError("--\(flag) \(dir): cannot create the folder: \(systemReason(error))")
-                }
+                // (makeDirectory names a file in the way; Foundation said "File exists".)
+                do { try makeDirectory(dir) } catch let e as DatasetError { throw ValidationError("--\(flag) \(e)") }
                 guard access(dir, W_OK) == 0 else { throw ValidationError("--\(flag) \(dir): the folder is not writable") }
             }
             let (model, ctx, trainer) = try loadCheckpointModel(checkpoint, config: config, threads: threads, device: device, precision: precision)

@@ -109,7 +109,13 @@ final class TrainingFlagValidationTests: XCTestCase {
         let tokenFile = NSTemporaryDirectory() + "radar-launch-token-\(getpid())"
         try String(repeating: "ab", count: 32).write(toFile: tokenFile, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: tokenFile) }
+        let image = NSTemporaryDirectory() + "radar-flag-face-\(getpid()).png"
+        try ImageCodec.encodePNG(SyntheticFaces(size: 32, seed: 3).rgbImage(0, label: 1)).write(to: URL(fileURLWithPath: image))
+        defer { try? FileManager.default.removeItem(atPath: image) }
         let others: [([String], String)] = [
+            // A file where the maps' folder goes: it said Foundation's "File exists".
+            (["predict", "--checkpoint", "w", "--occlusion", "--occlusion-maps", tokenFile, image],
+             "--occlusion-maps \(tokenFile): cannot create the folder: a file of that name exists"),
             (synth + ["--size", "7"], "--size must be in 8...4096 pixels, got 7"),
             (synth + ["--count", "0"], "--count must be in 1...10000000, got 0"),
             (synth + ["--count", "9223372036854775807"], "--count must be in 1...10000000, got 9223372036854775807"),
