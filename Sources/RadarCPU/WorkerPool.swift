@@ -62,7 +62,7 @@ public final class WorkerPool: @unchecked Sendable {
             startGeneration = generation.load(ordering: .acquiring)
             _ = startWorkers(keep - 1)
             threadCount = workerThreads.count + 1
-            printNotice("only \(started) of \(asked) compute threads could be started (" + String(cString: strerror(refused))
+            printNotice("only \(started) of \(asked) compute threads could be started (" + ThreadStartError(what: "compute", code: refused).reason
                         + "): running with \(threadCount), leaving the others' room to the rest of the program")
         }
     }

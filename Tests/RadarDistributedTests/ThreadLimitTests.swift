@@ -38,7 +38,7 @@ final class ThreadLimitTests: XCTestCase {
         // 60 compute threads under a limit of 20: half of those started run, the same metrics.
         let (slowRC, slow) = try limited(20, evaluate + ["--threads", "60"])
         XCTAssertEqual(slowRC, 0, slow)
-        XCTAssertTrue(slow.contains(" of 60 compute threads could be started (Resource temporarily unavailable): running with "), slow)
+        XCTAssertTrue(slow.contains(" of 60 compute threads could be started (Resource temporarily unavailable: the limit on threads is reached (ulimit -u, or a container's pids limit)): running with "), slow)
         let json = try XCTUnwrap(slow.split(separator: "\n").first { $0.hasPrefix("{") })
         XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["auc"] as? Double, auc)
         // So few that no loader thread can start: said, status 1 (124 was the hang).

@@ -18,6 +18,7 @@ public func printNotice(_ text: String) {
 /// limit, `threads-max`) is reached, or memory for the stack is not there.
 public struct ThreadStartError: Error, CustomStringConvertible {
     public let what: String, code: Int32
+    public init(what: String, code: Int32) { self.what = what; self.code = code }
     public var description: String { "cannot start a thread for \(what): " + reason }
     /// Why, without what for.
     public var reason: String {
