@@ -25,7 +25,7 @@ struct Calibrate: ParsableCommand {
 
     func validate() throws {
         try SplitScoring.validate(tta: tta)
-        try requireBatch(batchSize)
+        try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)  // no upper bound: at most the images scored are batched
         try requireThreads(threads)
         try requireFlag(Split(rawValue: split) != nil, "split", "train, val or test", split)
     }

@@ -36,7 +36,7 @@ struct Evaluate: ParsableCommand {
         try SplitScoring.validate(tta: tta)
         if let temperature { do { _ = try TemperatureScaling.resolve(temperature) } catch { throw ValidationError("\(error)") } }
         try requireFlag((0...100_000).contains(bootstrap), "bootstrap", "in 0...100000", bootstrap)
-        try requireBatch(batchSize)
+        try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)  // no upper bound: at most the images scored are batched
         try requireThreads(threads)
         try requireFlag(Split(rawValue: split) != nil, "split", "train, val or test", split)
         for p in perturbations {
@@ -158,7 +158,7 @@ struct Predict: ParsableCommand {
     @Argument(help: "Images, or directories searched at any depth for .png/.jpg/.jpeg/.webp files (hidden ones left out); - or a pipe is an image read to its end (curl -s URL | radar predict ... -).") var paths: [String]
 
     func validate() throws {
-        try requireBatch(batchSize)
+        try requireFlag(batchSize >= 1, "batch-size", "at least 1", batchSize)  // no upper bound: at most the images scored are batched
         try requireThreads(threads)
         try requireFlag((1...4096).contains(maxImageMb), "max-image-mb", "in 1...4096", maxImageMb)
         if let temperature { do { _ = try TemperatureScaling.resolve(temperature) } catch { throw ValidationError("\(error)") } }

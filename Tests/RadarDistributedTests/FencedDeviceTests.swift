@@ -126,7 +126,7 @@ final class TrainingFlagValidationTests: XCTestCase {
             (prepare + ["--max-images", "1"], "--max-images must be at least 2"),
             (prepare + ["--image-format", "jpg"], "--image-format must be keep or png, got jpg"),
             // These crashed (a failed precondition) or ran with 0 threads.
-            (["evaluate", "--checkpoint", "w", "--data", "d", "--batch-size", "0"], "--batch-size must be in 1...65536, got 0"),
+            (["evaluate", "--checkpoint", "w", "--data", "d", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
             (["serve", "--checkpoint", "w", "--batch-size", "9223372036854775807"], "--batch-size must be in 1...65536, got 9223372036854775807"),
             (["evaluate", "--checkpoint", "w", "--data", "d", "--split", "dev"], "--split must be train, val or test, got dev"),
             // Said before the kernels ran (minutes on a GPU); the repository's fixtures are found from the build folder.
