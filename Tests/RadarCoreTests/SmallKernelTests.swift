@@ -329,18 +329,22 @@ final class BLASKernelChoiceTests: XCTestCase {
     }
 
     /// Started by a loader run as a program (the bundle on an older glibc), the kernels' re-exec
-    /// goes through argv[0], the bundle's launcher; otherwise through /proc/self/exe.
-    func testReexecutionGoesThroughTheLauncherWhenALoaderStartedUs() {
+    /// goes through argv[0], the bundle's launcher; otherwise through the program's own file (the
+    /// kernel names the process after it: through /proc/self/exe every process was "exe"), and
+    /// through /proc/self/exe only where that file is gone.
+    func testReexecutionGoesThroughTheLauncherWhenALoaderStartedUs() throws {
         XCTAssertTrue(ProgramImage.isLoader("/opt/radar-bundle/glibc/lib/ld-linux-x86-64.so.2"))
         XCTAssertTrue(ProgramImage.isLoader("/lib/ld-2.31.so"))
         XCTAssertFalse(ProgramImage.isLoader("/opt/radar-bundle/libexec/radar"))
         XCTAssertFalse(ProgramImage.isLoader("/usr/bin/ld"))
         XCTAssertEqual(ProgramImage.reexecPath(executed: "/b/glibc/lib/ld-linux-x86-64.so.2", argv0: "/b/bin/radar"), "/b/bin/radar")
-        XCTAssertEqual(ProgramImage.reexecPath(executed: "/b/libexec/radar", argv0: "/b/libexec/radar"), "/proc/self/exe")
+        XCTAssertEqual(ProgramImage.reexecPath(executed: "/b/libexec/radar", argv0: "/b/libexec/radar"), "/proc/self/exe", "no such file")
         XCTAssertEqual(ProgramImage.reexecPath(executed: "/b/glibc/lib/ld-linux-x86-64.so.2", argv0: "radar"), "/proc/self/exe",
                        "a bare name is no path to execute")
         XCTAssertFalse(ProgramImage.startedByLoader, "the test runner was started by the kernel")
-        XCTAssertEqual(ProgramImage.reexecPath, "/proc/self/exe")
+        let own = try XCTUnwrap(ProgramImage.executedFile)
+        XCTAssertEqual(ProgramImage.reexecPath, own, "the test runner's own file")
+        XCTAssertEqual(ProgramImage.reexecPath(executed: own + " (deleted)", argv0: own), "/proc/self/exe", "replaced since it started")
     }
 
     /// The device line names OpenBLAS once, with its version and kernels (it read "OpenBLAS

@@ -68,6 +68,37 @@ final class TrainingFlagValidationTests: XCTestCase {
         return (p.terminationStatus, String(decoding: e, as: UTF8.self))
     }
 
+    /// A command that re-executes itself for better BLAS kernels keeps its name for ps, pgrep,
+    /// pkill and killall (through /proc/self/exe it was "exe": `pgrep -x radar-worker` found no rank
+    /// on a CPU OpenBLAS 0.3.21 takes for a Prescott, and the multi-host partition test failed).
+    /// The CPU's flags say AVX-512 with BF16 (Cooperlake, the strongest): any other choice of
+    /// OpenBLAS re-executes; the launcher does no product, so the kernels never run here.
+    func testAReexecutedCommandKeepsItsName() throws {
+        let cpuinfo = NSTemporaryDirectory() + "radar-cpuinfo-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: cpuinfo) }
+        let machine = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        try machine.replacingOccurrences(of: #"(?m)^(flags\s*:.*)$"#, with: "$1 avx512f avx512bw avx512dq avx512vl avx512cd avx512_bf16",
+                                         options: .regularExpression).write(toFile: cpuinfo, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = MPITrainingTests.products.appendingPathComponent("radar")
+        p.arguments = ["launch", "-n", "1", "--", "/bin/sh", "-c", #"echo "$(cat /proc/$PPID/comm) ${RADAR_BLAS_REEXEC-none}""#]
+        var env = ProcessInfo.processInfo.environment
+        env["RADAR_TEST_CPUINFO"] = cpuinfo
+        env["OPENBLAS_CORETYPE"] = nil
+        env["RADAR_BLAS_REEXEC"] = nil
+        p.environment = env
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let said = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, said)
+        let line = said.split(separator: "\n").last.map(String.init) ?? ""
+        XCTAssertTrue(line.hasPrefix("radar "), "the launcher's name as its child sees it: \(line)")
+        if line.hasSuffix(" none") { print("OpenBLAS already chose Cooperlake here: no re-execution to check") }
+    }
+
     /// A step cap past what Int holds caps nothing (the plan multiplied it by the accumulation
     /// steps and trapped); a large checkpoint interval and stop step likewise run to the end.
     func testStepCountsPastIntRunToTheEnd() throws {

@@ -27,11 +27,16 @@ public enum ProgramImage {
     /// True when a loader run as a program started this process.
     public static var startedByLoader: Bool { executedFile.map(isLoader) ?? false }
 
-    /// What to execute to run this program again with the same arguments: /proc/self/exe, or,
-    /// when a loader started it, `argv0` (the bundle's launcher, which the launcher passed as
-    /// `--argv0` and which runs the loader again).
+    /// What to execute to run this program again with the same arguments: the program's own file
+    /// (what /proc/self/exe points at), or, when a loader started it, `argv0` (the bundle's
+    /// launcher, which the launcher passed as `--argv0` and which runs the loader again).
+    /// /proc/self/exe itself only where the file is gone (replaced by a rebuild: "... (deleted)"):
+    /// the kernel names a process after the file it executes, so every process that re-executed
+    /// through /proc/self/exe was "exe" to ps, top, pgrep, pkill and killall (on a CPU OpenBLAS
+    /// 0.3.21 takes for a Prescott, every radar process re-executes).
     public static func reexecPath(executed: String?, argv0: String) -> String {
         if let e = executed, isLoader(e), argv0.contains("/") { return argv0 }
+        if let e = executed, e.hasPrefix("/"), !e.hasSuffix(" (deleted)"), access(e, X_OK) == 0 { return e }
         return "/proc/self/exe"
     }
 
