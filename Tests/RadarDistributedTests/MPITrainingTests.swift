@@ -1006,6 +1006,17 @@ final class DemoPipelineTests: XCTestCase {
         let pipedRows = piped.split(separator: "\n").map { $0.split(separator: "\t") }
         XCTAssertEqual(pipedRows.map { String($0[0]) }, ["-", nested + "/video1/a.png"], piped)
         XCTAssertEqual(pipedRows.first?.dropFirst(), pipedRows.last?.dropFirst(), "the same image from stdin and from its file")
+        // Standard input closed, a terminal (it waited for bytes that never came), or - twice:
+        // each said before any work.
+        let predictStdin = "'\(bin.appendingPathComponent("radar").path)' predict --checkpoint '\(root)/outputs/demo' --threads 1"
+        for (shell, said) in [("\(predictStdin) - <&-", "radar: error: -: standard input is closed: give the image on it"),
+                              ("\(predictStdin) - - < '\(nested)/video1/a.png'", "radar: error: - is given twice: standard input holds one image"),
+                              // script(1) (util-linux, in every Debian) gives it a terminal.
+                              ("script -qec \"\(predictStdin) -\" /dev/null < /dev/null", "radar: error: -: standard input is a terminal: give the image on it")] {
+            let (rc, text) = try Process.runStatus(["sh", "-c", shell])
+            XCTAssertNotEqual(rc, 0, shell)
+            XCTAssertTrue(text.contains(said), "\(shell): \(text)")
+        }
         XCTAssertEqual(mkfifo(nested + "/video1/waiting.png", 0o600), 0)
         let (fifoRC, fifoText) = try Process.runStatus([bin.appendingPathComponent("radar").path, "predict", "--checkpoint", root + "/outputs/demo", "--threads", "1", nested])
         XCTAssertEqual(fifoRC, 0, fifoText)
