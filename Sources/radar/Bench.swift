@@ -15,7 +15,7 @@ struct Bench: ParsableCommand {
 /// for `cfg`, with their labels.
 func syntheticBatch(_ cfg: RADARConfig, count b: Int) -> (images: HostTensor, labels: [Float]) {
     let synth = SyntheticFaces(size: cfg.imgSize, seed: 2)
-    let images = HostTensor(Shape(b, 3, cfg.imgSize, cfg.imgSize))
+    let images = HostTensor.checked(Shape(b, 3, cfg.imgSize, cfg.imgSize))
     for i in 0..<b { synth.normalized(i, mean: cfg.mean, std: cfg.std, into: images.pointer + i * 3 * cfg.imgSize * cfg.imgSize) }
     return (images, (0..<b).map { Float(synth.label($0)) })
 }

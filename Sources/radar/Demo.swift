@@ -53,7 +53,7 @@ struct Demo: ParsableCommand {
             let per = 3 * cfg.imgSize * cfg.imgSize
             logLine("radar demo: \(model.layout.parameterElements) parameters, \(trainImages) train / \(valImages) val synthetic images at \(cfg.imgSize)px, batch \(batchSize), \(epochs) epochs, \(threads) threads")
             // The whole synthetic set fits in memory at demo sizes.
-            let train = HostTensor(Shape(trainImages, 3, cfg.imgSize, cfg.imgSize))
+            let train = HostTensor.checked(Shape(trainImages, 3, cfg.imgSize, cfg.imgSize))
             var trainLabels = [Float](repeating: 0, count: trainImages)
             for i in 0..<trainImages {
                 synth.normalized(i, mean: cfg.mean, std: cfg.std, into: train.pointer + i * per)

@@ -36,8 +36,6 @@ public final class HostTensor: @unchecked Sendable {
 
     public init(_ shape: Shape, fill: Float = 0) {
         self.shape = shape
-        // (`radar bench step --config full --batch 65536` trapped here, in Swift's allocator.)
-        HostMemory.requireAvailable(max(shape.count, 1) * MemoryLayout<Float>.size)
         storage = .allocate(capacity: max(shape.count, 1))
         storage.initialize(repeating: fill)
     }
@@ -46,6 +44,14 @@ public final class HostTensor: @unchecked Sendable {
         precondition(values.count == shape.count, "\(values.count) values for shape \(shape)")
         self.init(shape)
         _ = storage.update(fromContentsOf: values)
+    }
+
+    /// A tensor sized from the command line (a benchmark's or the demo's whole input): checked
+    /// against what the machine can give first (`radar bench step --config full --batch 65536`
+    /// trapped in Swift's allocator). Not in `init`: the loader makes one per batch.
+    public static func checked(_ shape: Shape) -> HostTensor {
+        HostMemory.requireAvailable(max(shape.count, 1) * MemoryLayout<Float>.size)
+        return HostTensor(shape)
     }
 
     deinit { storage.deallocate() }
