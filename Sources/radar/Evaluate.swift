@@ -281,7 +281,7 @@ struct Predict: ParsableCommand {
                 defer { resized.deinitialize(); resized.deallocate() }
                 let keepResized = occlusion || rolloutMaps != nil
                 let slots = host.pointer
-                DispatchQueue.concurrentPerform(iterations: chunk.count) { i in
+                concurrentPerform(iterations: chunk.count) { i in
                     do {
                         // Its kind and size first: a 3 GiB file named .png was read whole (32 at
                         // a time), a FIFO blocked for ever.

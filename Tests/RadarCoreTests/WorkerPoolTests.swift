@@ -1,6 +1,7 @@
 import Foundation
 import RadarCore
 import RadarCPU
+import RadarEngine
 import Synchronization
 import XCTest
 
@@ -67,5 +68,26 @@ final class WorkerPoolTests: XCTestCase {
             let backend = try XCTUnwrap(try Devices.backend("cpu", threads: 2, threadsShareCores: shared) as? CPUBackend)
             XCTAssertEqual(backend.pool.spinMicroseconds, spin, "shared \(shared)")
         }
+    }
+
+    /// RadarEngine's `concurrentPerform` (used where `DispatchQueue.concurrentPerform` hung
+    /// under a limit on threads): each iteration exactly once, none after it returns, for counts
+    /// below, at and far above the CPUs, and bodies that take their time.
+    func testConcurrentPerformRunsEachIterationOnceBeforeReturning() {
+        for n in [0, 1, 2, 3, 17, 1000, 20_000] {
+            let counts = UnsafeMutableBufferPointer<Int>.allocate(capacity: max(n, 1))
+            counts.initialize(repeating: 0)
+            let ran = Atomic<Int>(0)
+            RadarEngine.concurrentPerform(iterations: n) { i in
+                if n < 20 { usleep(2000) }  // the caller cannot finish them all before helpers start
+                counts[i] += 1
+                ran.add(1, ordering: .relaxed)
+            }
+            XCTAssertEqual(ran.load(ordering: .relaxed), n, "iterations run for \(n)")
+            XCTAssertTrue(counts.prefix(n).allSatisfy { $0 == 1 }, "an iteration ran twice or never for \(n)")
+            counts.deallocate()
+        }
+        // The body does not outlive the call (withoutActuallyEscaping traps if a helper kept it).
+        for _ in 0..<200 { RadarEngine.concurrentPerform(iterations: 4) { _ in } }
     }
 }

@@ -18,7 +18,7 @@ public enum DatasetChecker {
         let outcomes = UnsafeMutableBufferPointer<(error: Error?, wrote: Bool, unwritable: String?)>.allocate(capacity: m.shards.count)
         outcomes.initialize(repeating: (nil, false, nil))
         defer { outcomes.deinitialize(); outcomes.deallocate() }
-        DispatchQueue.concurrentPerform(iterations: m.shards.count) { i in
+        concurrentPerform(iterations: m.shards.count) { i in
             let s = m.shards[i]
             let path = (directory as NSString).appendingPathComponent(s.name)
             do {

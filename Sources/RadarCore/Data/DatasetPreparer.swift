@@ -329,7 +329,7 @@ public final class DatasetPreparer {
                 readFailures.deinitialize(); readFailures.deallocate()
             }
             let batch = pending, pngOnly = options.pngOnly
-            DispatchQueue.concurrentPerform(iterations: n) { i in
+            concurrentPerform(iterations: n) { i in
                 var bytes = batch[i].bytes
                 if let read = batch[i].read {
                     do { bytes = try read() } catch { readFailures[i] = error; return }

@@ -317,7 +317,7 @@ public struct TarIndex: Sendable {
         let results = UnsafeMutableBufferPointer<Result<(index: TarIndex, source: Source), Error>?>.allocate(capacity: paths.count)
         results.initialize(repeating: nil)
         defer { results.deinitialize(); results.deallocate() }
-        DispatchQueue.concurrentPerform(iterations: paths.count) { i in
+        concurrentPerform(iterations: paths.count) { i in
             results[i] = Result { indexFiles ? try TarIndex.open(path: paths[i]) : (try TarIndex(path: paths[i]), .noIndexFile) }
         }
         return try results.map { try $0!.get() }

@@ -42,7 +42,7 @@ public enum Occlusion {
         drops.reserveCapacity(grid * grid)
         for start in stride(from: 0, to: grid * grid, by: capacity) {
             let n = min(capacity, grid * grid - start)
-            DispatchQueue.concurrentPerform(iterations: n) { k in
+            concurrentPerform(iterations: n) { k in
                 let at = start + k
                 Augmenter.normalize(covered(image, cell: cell, row: at / grid, col: at % grid, fill: fill), mean: c.mean, std: c.std, into: batch + k * per)
             }

@@ -275,7 +275,7 @@ public final class TrainingRun {
         records.initialize(repeating: nil)
         defer { records.deinitialize(); records.deallocate() }
         let set = self.set
-        DispatchQueue.concurrentPerform(iterations: (refs.count + 255) / 256) { chunk in
+        concurrentPerform(iterations: (refs.count + 255) / 256) { chunk in
             for i in (chunk * 256)..<min(refs.count, (chunk + 1) * 256) {
                 records[i] = Result { try set.indices[refs[i].shard].info(refs[i].index) }
             }

@@ -54,3 +54,49 @@ public func startThread(_ what: @autoclosure () -> String, stackSize: Int = 0, _
         throw ThreadStartError(what: what(), code: rc)
     }
 }
+
+/// The shared state of one `concurrentPerform`: the next iteration to take, and the helpers
+/// that have finished.
+private final class Iterations: @unchecked Sendable {
+    let count: Int
+    /// Let go once every helper has finished: a helper thread may hold this object a moment
+    /// longer, and the body must not outlive `concurrentPerform`.
+    var body: ((Int) -> Void)?
+    let next = Atomic<Int>(0)
+    let finished = DispatchSemaphore(value: 0)
+    init(count: Int, body: @escaping (Int) -> Void) { self.count = count; self.body = body }
+    func work() {
+        guard let body else { return }
+        while true {
+            let i = next.add(1, ordering: .relaxed).oldValue
+            guard i < count else { return }
+            body(i)
+        }
+    }
+}
+
+/// `body(0)` ... `body(iterations - 1)`, on the calling thread and up to one helper thread per
+/// further CPU; returns when all have run. `DispatchQueue.concurrentPerform` without its hang:
+/// where the system refuses a thread (a limit on threads, `ulimit -u` or a container's pids
+/// limit), libdispatch sleeps and asks again for ever (`radar evaluate` under `prlimit
+/// --nproc=1` never opened its shards); here the helpers that could be started share the work
+/// with the caller, which alone does it all when none could.
+public func concurrentPerform(iterations: Int, _ body: (Int) -> Void) {
+    guard iterations > 1 else {
+        if iterations == 1 { body(0) }
+        return
+    }
+    let helpers = min(iterations, ProcessInfo.processInfo.activeProcessorCount) - 1
+    withoutActuallyEscaping(body) { body in
+        let shared = Iterations(count: iterations, body: body)
+        var started = 0
+        for _ in 0..<helpers {
+            do { try startThread("a parallel loop") { shared.work(); shared.finished.signal() } } catch { break }
+            started += 1
+        }
+        shared.work()
+        // The body escapes into the helpers only until they have all finished.
+        for _ in 0..<started { shared.finished.wait() }
+        shared.body = nil
+    }
+}
