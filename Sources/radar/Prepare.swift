@@ -111,7 +111,12 @@ func stopOnSignal(_ command: String, output: String) {
     guard stopWatch == nil else { return }
     keepRunningWithoutReaders()
     stopWatch = SignalWatch([SIGINT, SIGTERM, SIGHUP]) { s in
-        logLine("\(command): stopped by \(SignalWatch.name(s)): the finished shards in \(output) (and any downloads) are kept; "
+        // The shard being written is removed (the next run writes it again); a stop before
+        // the folder is being written (a download, the first pass) has none.
+        let folder = DatasetPreparer.discardUnfinishedShards().first
+        let kept = folder.map { "\($0.finished) finished shard\($0.finished == 1 ? "" : "s")" } ?? "the finished shards"
+        let removed = folder.map { $0.removed == 0 ? "" : ", \($0.removed) unfinished removed" } ?? ""
+        logLine("\(command): stopped by \(SignalWatch.name(s)): \(kept) in \(output) (and any downloads) kept\(removed); "
                 + "the same command again resumes")
         exitNow(128 + s)
     }

@@ -75,7 +75,14 @@ final class PrepareLimitsTests: XCTestCase {
         let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 128 + SIGTERM, text)
-        XCTAssertEqual(text, "radar synth: stopped by SIGTERM: the finished shards in \(out) (and any downloads) are kept; the same command again resumes\n")
+        // "N finished shards in OUT (and any downloads) kept, M unfinished removed; ..."
+        let said = try XCTUnwrap(text.firstMatch(of: #/^radar synth: stopped by SIGTERM: (\d+) finished shards? in (.+) \(and any downloads\) kept(, (\d+) unfinished removed)?; the same command again resumes\n$/#), text)
+        XCTAssertEqual(String(said.2), out, text)
+        let names = try FileManager.default.contentsOfDirectory(atPath: out)
+        XCTAssertEqual(Int(said.1), names.filter { $0.hasPrefix("shard-") && $0.hasSuffix(".tar") }.count, "\(names)")
+        // The shards being written are removed (a shard's worth of bytes each stayed until the
+        // command was run again).
+        XCTAssertEqual(names.filter { $0.hasPrefix(".shard-") }, [], text)
         XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/shard-000000.tar"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/manifest.json"))
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Seeded, stateless split and sampling decisions.
 public enum SplitPlanner {
@@ -119,7 +120,8 @@ public final class DatasetPreparer {
         let lock = try FolderLock(directory: out, name: DatasetPreparer.lockName) {
             "another radar prepare or synth is writing this folder\($0): wait for it to finish"
         }
-        defer { unlink(lock.path); lock.release() }
+        DatasetPreparer.writing.withLock { _ = $0.insert(out) }
+        defer { DatasetPreparer.writing.withLock { _ = $0.remove(out) }; unlink(lock.path); lock.release() }
         if existed, let kept = try existingDataset(source) { keptExisting = true; return kept }
         do {
             return try write(source, into: out)
@@ -169,6 +171,24 @@ public final class DatasetPreparer {
         for n in names where n != "downloads" && n != DatasetPreparer.lockName { try fm.removeItem(atPath: (out as NSString).appendingPathComponent(n)) }
         log("prepare: --overwrite: removed the dataset that was in \(out)")
         return nil
+    }
+
+    /// The output folders that preparations in this process are writing (their locks held).
+    private static let writing = Mutex<Set<String>>([])
+
+    /// Removes the unfinished shards (and index temporaries) from every folder a preparation in
+    /// this process is writing, and says how many finished shards each holds: for a stop by
+    /// signal, whose process ends at once (without this, a shard's worth of `.partial` bytes
+    /// stayed until the command was run again). A shard being written meanwhile is written to
+    /// a removed file; one renamed meanwhile is finished (and redone if not yet journaled).
+    public static func discardUnfinishedShards() -> [(folder: String, finished: Int, removed: Int)] {
+        writing.withLock { folders in
+            folders.sorted().map { out in
+                let names = (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []
+                let removed = names.filter { isUnfinished($0) && unlink((out as NSString).appendingPathComponent($0)) == 0 }
+                return (out, names.filter(isFinishedShard).count, removed.filter { $0.hasSuffix(".partial") }.count)
+            }
+        }
     }
 
     /// `shard-NNNNNN.tar`: a shard written whole (one being written is `.shard-N.tar.partial`).
