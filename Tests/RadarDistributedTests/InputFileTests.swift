@@ -39,9 +39,18 @@ final class InputFileTests: XCTestCase {
         let long = (0..<20_000).map { "deepfake_in_the_wild/fake_train/\($0).tar.gz" }
         XCTAssertEqual(try throughAPipe(long.joined(separator: "\n")) { try HuggingFaceDownloader.readFileList($0) }, long)
         // Endless, oversized or a folder: said, not read for ever.
-        XCTAssertThrowsError(try JobToken.read(file: "/dev/zero", environment: [:])) {
-            XCTAssertEqual("\($0)", "/dev/zero: cannot read the token file: more than 64 KiB, too large for what it stands for")
+        XCTAssertThrowsError(try throughAPipe(String(repeating: "f", count: 70_000)) { try JobToken.read(file: $0, environment: [:]) }) {
+            XCTAssertTrue("\($0)".hasSuffix(": cannot read the token file: more than 64 KiB, too large for what it stands for"), "\($0)")
         }
+        // An endless device is refused at once (/dev/zero was read up to the limit: 16 GiB for
+        // `radar compare`'s predictions files); /dev/null is read, as empty.
+        XCTAssertThrowsError(try JobToken.read(file: "/dev/zero", environment: [:])) {
+            XCTAssertEqual("\($0)", "/dev/zero: cannot read the token file: a device, not a regular file")
+        }
+        XCTAssertThrowsError(try PredictionTable(path: "/dev/urandom")) {
+            XCTAssertEqual("\($0)", "/dev/urandom: cannot read (a device, not a regular file)")
+        }
+        XCTAssertEqual(try readInputFile("/dev/null", limit: 10), Data())
         let folder = NSTemporaryDirectory()
         XCTAssertThrowsError(try JobToken.read(file: folder, environment: [:])) {
             XCTAssertEqual("\($0)", "\(folder): cannot read the token file: a folder, not a file")

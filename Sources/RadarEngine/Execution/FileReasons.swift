@@ -67,7 +67,8 @@ public struct InputFileError: Error, CustomStringConvertible {
 /// show radar/token)`, or /dev/stdin) or a kernel file. Foundation's readers give nil for a pipe
 /// (`FileManager.contents(atPath:)`, `String(contentsOfFile:)`: the token file "could not be
 /// read") and only the first page of a kernel file. More than `limit` bytes is an error (an input
-/// that never ends, /dev/zero, is not read for ever); so is a folder, with the system's reasons.
+/// that never ends is not read for ever); so is a folder, and a device other than a terminal or
+/// /dev/null (/dev/zero was read up to the limit), with the system's reasons.
 public func readInputFile(_ path: String, limit: Int) throws -> Data {
     try path.withCString { try readInputFile(bytes: $0, limit: limit) }
 }
@@ -79,15 +80,32 @@ public func readInputFile(bytes path: UnsafePointer<CChar>, limit: Int) throws -
     defer { close(fd) }
     var st = stat()
     if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR { throw InputFileError(reason: "a folder, not a file") }
+    if [S_IFCHR, S_IFBLK].contains(st.st_mode & S_IFMT) && isatty(fd) == 0 && !isNullDevice(st) {
+        // /dev/zero, /dev/urandom, a disk: read up to the limit (16 GiB for a predictions file)
+        // before the error. A terminal (a token typed in) and /dev/null are read.
+        throw InputFileError(reason: "a device, not a regular file")
+    }
     var bytes = Data(), chunk = [UInt8](repeating: 0, count: 1 << 16)
     while true {
         let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         if n < 0 && errno == EINTR { continue }
         guard n >= 0 else { throw InputFileError(reason: String(cString: strerror(errno))) }
         if n == 0 { return bytes }
-        guard bytes.count + n <= limit else { throw InputFileError(reason: "more than \(limit >> 10) KiB, too large for what it stands for") }
+        guard bytes.count + n <= limit else { throw InputFileError(reason: "more than \(binarySize(limit)), too large for what it stands for") }
         bytes.append(contentsOf: chunk[0..<n])
     }
+}
+
+/// "16 GiB", "64 MiB", "64 KiB", "100 bytes": a limit in words.
+private func binarySize(_ n: Int) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] where n >= 1 << shift && n % (1 << shift) == 0 { return "\(n >> shift) \(unit)" }
+    return "\(n) bytes"
+}
+
+/// Whether a stat'ed file is the null device (/dev/null, whatever name it is opened by).
+private func isNullDevice(_ st: stat) -> Bool {
+    var null = stat()
+    return (st.st_mode & S_IFMT) == S_IFCHR && stat("/dev/null", &null) == 0 && null.st_rdev == st.st_rdev
 }
 
 /// The whole text of a kernel-made file (`/proc/locks`, `/proc/self/maps`), read to its end; nil
