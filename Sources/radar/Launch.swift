@@ -24,7 +24,17 @@ struct Launch: ParsableCommand {
     @Option(help: "Restart the whole job from `last` (adding --resume auto) up to N times after a rank fails, as torchrun's elastic agent does. Not after a stop by signal (status 75).")
     var maxRestarts = 0
 
-    func run() throws {
+    /// The flags and the program, checked before anything starts (here rather than in `run`, an
+    /// error shows `radar launch`'s usage, not the top level's).
+    func validate() throws {
+        let (_, cmd) = try program()
+        try checkJobFlags(isWorker: Launch.isWorker(cmd[0]), args: Array(cmd.dropFirst()))
+    }
+
+    static func isWorker(_ program: String) -> Bool { (program as NSString).lastPathComponent == "radar-worker" }
+
+    /// The program to start, resolved, and the command line after `--`.
+    private func program() throws -> (exe: String, command: [String]) {
         var cmd = command
         if cmd.first == "--" { cmd.removeFirst() }
         guard n > 0 else { throw ValidationError("-n must be at least 1, got \(n)") }
@@ -40,9 +50,17 @@ struct Launch: ParsableCommand {
         try requireFlag((0..<nnodes).contains(nodeRank), "node-rank", "in 0...\(nnodes - 1) (--nnodes \(nnodes))", nodeRank)
         let exe = try Launch.resolve(program: program, launcher: CommandLine.arguments[0],
                                      path: ProcessInfo.processInfo.environment["PATH"])
+        return (exe, cmd)
+    }
+
+    func run() throws { try failing { try launch() } }
+
+    private func launch() throws {
+        let (exe, cmd) = try program()
+        let program = cmd[0]
         var args = Array(cmd.dropFirst())
-        let isWorker = (program as NSString).lastPathComponent == "radar-worker"
-        let job = try jobAddress(isWorker: isWorker, args: args)
+        let isWorker = Launch.isWorker(program)
+        let job = try jobAddress()
         if isWorker && Launch.value(of: "--transport", in: args) == nil { args += ["--transport", "tcp"] }
         // The folder is named once, here: a restart continues in it rather than in a new timestamp.
         if isWorker && Launch.value(of: "--experiment", in: args) == nil {
@@ -84,23 +102,26 @@ struct Launch: ParsableCommand {
     /// Where the job meets and its token: node 0's HOST:PORT and the shared token with --master or
     /// several nodes (each then needed: a node cannot pick them alone), else nil (this machine, a
     /// free port and a fresh token each attempt).
-    func jobAddress(isWorker: Bool, args: [String]) throws -> (host: String, port: Int, token: String?)? {
-        guard let master else {
-            if nnodes > 1 { throw ValidationError("--nnodes \(nnodes) needs --master HOST:PORT: node 0's address, where its first rank runs the coordinator") }
-            return nil
-        }
+    /// The token is read once, in `run` (a `--token-file <(...)` pipe can be read only once).
+    func jobAddress() throws -> (host: String, port: Int, token: String?)? {
+        guard let master, let (host, port) = hostPort(master) else { return nil }
         let token: String?
         do { token = try JobToken.read(file: tokenFile).map { String(decoding: $0, as: UTF8.self) } } catch { throw ValidationError("\(error)") }
-        guard let (host, port) = hostPort(master) else { throw ValidationError("--master \(hostPortExpectation(master))") }
-        if nnodes > 1 {
-            guard token != nil else {
-                throw ValidationError("--nnodes \(nnodes): every node needs the same job token: RADAR_JOB_TOKEN or --token-file (make one with `openssl rand -hex 32`)")
-            }
-            if isWorker && Launch.value(of: "--experiment", in: args) == nil {
-                throw ValidationError("--nnodes \(nnodes): give radar-worker --experiment NAME, the same on every node (each node would name its own folder)")
-            }
+        if nnodes > 1 && token == nil {
+            throw ValidationError("--nnodes \(nnodes): every node needs the same job token: RADAR_JOB_TOKEN or --token-file (make one with `openssl rand -hex 32`)")
         }
         return (host, port, token)
+    }
+
+    /// What several machines need on the command line: node 0's address and one experiment
+    /// folder.
+    func checkJobFlags(isWorker: Bool, args: [String]) throws {
+        if let master, hostPort(master) == nil { throw ValidationError("--master \(hostPortExpectation(master))") }
+        guard nnodes > 1 else { return }
+        if master == nil { throw ValidationError("--nnodes \(nnodes) needs --master HOST:PORT: node 0's address, where its first rank runs the coordinator") }
+        if isWorker && Launch.value(of: "--experiment", in: args) == nil {
+            throw ValidationError("--nnodes \(nnodes): give radar-worker --experiment NAME, the same on every node (each node would name its own folder)")
+        }
     }
 
     /// One run of the job: N ranks, waited for; returns the first failure's exit code (0: success).

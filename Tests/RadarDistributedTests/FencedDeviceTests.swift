@@ -208,6 +208,9 @@ final class TrainingFlagValidationTests: XCTestCase {
             let lines = r.err.split(separator: "\n").filter { !$0.hasPrefix("Usage") && !$0.contains("--help") && !$0.isEmpty }
             XCTAssertEqual(lines.count, 1, "\(args): \(r.err)")
             XCTAssertTrue(r.err.contains(expected), "\(args): \(r.err)")
+            // A usage, where one is shown, is the command's own (radar launch's errors showed the
+            // top level's, "radar <subcommand>").
+            XCTAssertFalse(r.err.contains("Usage: radar <subcommand>"), "\(args): \(r.err)")
         }
         // radar launch reads a worker's `--output=DIR --resume=auto` as `--output DIR --resume auto`:
         // it named the experiment from ./outputs and added a second --transport and --resume.
