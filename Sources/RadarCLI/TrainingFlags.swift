@@ -222,6 +222,12 @@ public struct RankFlags: ParsableArguments {
 
     public init() {}
 
+    /// A malformed --coordinator is a usage error before any rank starts (under mpirun it was
+    /// each rank's MPI_Abort, with its banner).
+    public func validate() throws {
+        if let c = coordinator, hostPort(c) == nil { throw ValidationError("--coordinator \(hostPortExpectation(c))") }
+    }
+
     /// The token, if one is given.
     public func token() throws -> Data? { try JobToken.read(file: tokenFile) }
 

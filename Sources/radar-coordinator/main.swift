@@ -11,8 +11,12 @@ struct RadarCoordinator: ParsableCommand {
         abstract: "RADAR's control plane: registration, peer table, epoch plans, heartbeats, abort.",
         subcommands: [Serve.self, Status.self], defaultSubcommand: Serve.self)
 
+    struct NoToken: Error, CustomStringConvertible {
+        var description: String { "a job token is needed: --token-file or RADAR_JOB_TOKEN (make one with `openssl rand -hex 32`)" }
+    }
+
     static func token(_ file: String?) throws -> Data {
-        guard let t = try JobToken.read(file: file) else { throw ValidationError("a job token is needed: --token-file or RADAR_JOB_TOKEN") }
+        guard let t = try JobToken.read(file: file) else { throw NoToken() }
         return t
     }
 
@@ -38,6 +42,9 @@ struct RadarCoordinator: ParsableCommand {
             if heartbeatDeadline < CoordinatorClient.minimumHeartbeatDeadline {
                 throw ValidationError("--heartbeat-deadline must be at least \(Int(CoordinatorClient.minimumHeartbeatDeadline)) seconds (ranks send a heartbeat every second), got \(heartbeatDeadline)")
             }
+            // Here rather than in run: an error in validate shows this command's usage (run's
+            // showed the top level's, "radar-coordinator <subcommand>").
+            _ = try RadarCoordinator.split(listen, allowAnyPort: true)
         }
 
         func run() throws {
@@ -70,7 +77,7 @@ struct RadarCoordinator: ParsableCommand {
                         throw ExitCode.failure
                     }
                 }
-            } catch let e as ExitCode { throw e } catch let e as ValidationError { throw e } catch {
+            } catch let e as ExitCode { throw e } catch {
                 logLine("radar-coordinator: error: \(errorLine(error))")
                 throw ExitCode.failure
             }
@@ -82,14 +89,16 @@ struct RadarCoordinator: ParsableCommand {
         @Option(help: "The coordinator's HOST:PORT.") var address: String
         @Option(help: "File holding the job token (default: RADAR_JOB_TOKEN).") var tokenFile: String?
 
+        func validate() throws { _ = try RadarCoordinator.split(address) }
+
         func run() throws {
             do {
                 let (host, port) = try RadarCoordinator.split(address)
                 let s = try CoordinatorClient.status(host: host, port: port, token: try RadarCoordinator.token(tokenFile))
                 let d = try JSONSerialization.data(withJSONObject: s, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
                 print(String(decoding: d, as: UTF8.self))
-            } catch let e as ValidationError { throw e } catch {
-                logLine("radar-coordinator status: \(error)")
+            } catch {
+                logLine("radar-coordinator status: \(errorLine(error))")
                 throw ExitCode.failure
             }
         }

@@ -479,6 +479,15 @@ final class StandaloneCoordinatorTests: XCTestCase {
                                                   "--listen", "127.0.0.1:99999"])
         XCTAssertEqual(prc, 64, ptext)
         XCTAssertTrue(ptext.contains("127.0.0.1:99999: expected HOST:PORT with a port in 0...65535"), ptext)
+        // With the command's own usage (it showed the top level's, "radar-coordinator <subcommand>").
+        XCTAssertTrue(ptext.contains("Usage: radar-coordinator serve "), ptext)
+        let (src, stext) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "status", "--address", "nonsense"])
+        XCTAssertEqual(src, 64, stext)
+        XCTAssertTrue(stext.contains("nonsense: expected HOST:PORT") && stext.contains("Usage: radar-coordinator status "), stext)
+        // No token: one line, no usage (a usage error it was not).
+        let (nrc, ntext) = try Process.runStatus(["-u", "RADAR_JOB_TOKEN", bin.appendingPathComponent("radar-coordinator").path, "--world-size", "2"])  // env -u
+        XCTAssertEqual(nrc, 1, ntext)
+        XCTAssertEqual(ntext, "radar-coordinator: error: a job token is needed: --token-file or RADAR_JOB_TOKEN (make one with `openssl rand -hex 32`)\n")
         let port = try TCPRendezvous.freePort()
         let coord = Process()
         coord.executableURL = bin.appendingPathComponent("radar-coordinator")

@@ -176,6 +176,8 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["bench", "allreduce", "--device", "tpu"], "--device must be one of cpu, cpu-fenced, cuda, cuda:N, cuda-emulated, got tpu"),
             (["bench", "allreduce", "--transport", "udp"], "--transport must be mpi or tcp, got udp"),
             (["bench", "allreduce", "--transport", "tcp", "--verify"], "--verify compares with MPI_Allreduce: use it with --transport mpi"),
+            // A malformed coordinator address was each rank's MPI_Abort, banner and all.
+            (["bench", "allreduce", "--coordinator", "x"], "--coordinator x: expected HOST:PORT with a port in 1...65535"),
             (["demo", "--threads", "0"], "--threads must be from 1 to "),
             (["demo", "--threads", "50000"], "more threads than CPUs only slow the work), got 50000"),
             (["demo", "--num-epochs", "0"], "--epochs must be in 1...1000000, got 0"),  // radar train's spelling
