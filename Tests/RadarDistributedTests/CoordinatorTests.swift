@@ -1,6 +1,7 @@
 import Foundation
 import RadarCore
 import RadarDistributed
+import Synchronization
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -39,6 +40,39 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertTrue(logged.contains { $0.contains("refused") && $0.contains("wrong job token") }, "\(logged)")
         lock.unlock()
         XCTAssertThrowsError(try CoordinatorClient.status(host: "127.0.0.1", port: server.port, token: Data("wrong".utf8)))
+    }
+
+    /// Idle connections that never log in (a port scan, a flood) hold a thread each for the
+    /// login deadline: past `maxPendingLogins` of them new ones are closed at once, said once,
+    /// and once they go the coordinator answers again (there was a thread per connection, as
+    /// many as the system would start).
+    func testConnectionsThatNeverLogInAreBounded() throws {
+        let token = Data("t".utf8)
+        let server = try CoordinatorServer(host: "127.0.0.1", port: 0, worldSize: 1, token: token)
+        defer { server.stop() }
+        server.maxPendingLogins = 8
+        let logged = Mutex<[String]>([])
+        server.log = { s in logged.withLock { $0.append(s) } }
+        let idle = (0..<30).map { _ in loopbackConnect(server.port) }
+        // Each of the 22 past the bound is closed by the coordinator: a read sees the end.
+        var closedByServer = 0
+        for fd in idle {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let deadline = Date().addingTimeInterval(5)
+            while Date() < deadline, poll(&p, 1, 100) > 0 {
+                if recv(fd, &buffer, buffer.count, 0) <= 0 { closedByServer += 1; break }  // the challenge, then the end
+            }
+        }
+        XCTAssertEqual(closedByServer, 22)
+        XCTAssertThrowsError(try CoordinatorClient.status(host: "127.0.0.1", port: server.port, token: token), "refused while 8 are logging in")
+        let said = logged.withLock { $0 }.filter { $0.contains("8 connections are logging in at once: closing new ones") }
+        XCTAssertEqual(said.count, 1, "\(logged.withLock { $0 })")
+        idle.forEach { close($0) }
+        usleep(300_000)
+        let status = try CoordinatorClient.status(host: "127.0.0.1", port: server.port, token: token)
+        XCTAssertEqual(status["world_size"] as? Int, 1, "the coordinator answers once they have gone")
+        XCTAssertGreaterThanOrEqual(status["dropped_connections"] as? Int ?? 0, 23)
     }
 
     /// Rank 0's validation result is logged with the epoch counted from 1, as the ranks' epoch

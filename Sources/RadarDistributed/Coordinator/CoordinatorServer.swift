@@ -46,10 +46,18 @@ public final class CoordinatorServer: @unchecked Sendable {
     private let started = monotonicNow()
     public private(set) var refusedLogins = 0
     public private(set) var droppedConnections = 0
+    /// Connections not yet past the login (the token's proof) at once: more are closed as they
+    /// come. Each holds a thread for up to the 30 s login deadline, and a port scan or a flood
+    /// of idle connections made one each, thousands (on rank 0, room its training's threads
+    /// need).
+    public var maxPendingLogins: Int
+    private var pendingLogins = 0
+    private var floodSaid: Date?
 
     public init(host: String = "0.0.0.0", port: Int, worldSize: Int, token: Data) throws {
         self.worldSize = worldSize
         self.token = token
+        maxPendingLogins = max(64, 2 * worldSize)
         (listenFD, self.port) = try Sockets.listen(host: host, port: port)
         try startThread("the coordinator's listener") { [self] in self.acceptLoop() }
         try startThread("the coordinator's heartbeat watch") { [weak self] in self?.watch() }
@@ -68,13 +76,23 @@ public final class CoordinatorServer: @unchecked Sendable {
             lock.lock(); let s = stopped; lock.unlock()
             if s { return }
             guard let fd = Sockets.accept(listenFD, deadline: monotonicNow().addingTimeInterval(1)) else { continue }
-            lock.lock(); let late = stopped; lock.unlock()
+            lock.lock()
+            let late = stopped, full = pendingLogins >= maxPendingLogins
+            if full { droppedConnections += 1 } else if !late { pendingLogins += 1 }
+            let say = full && floodSaid.map { monotonicNow().timeIntervalSince($0) >= 10 } ?? full
+            if say { floodSaid = monotonicNow() }
+            lock.unlock()
             if late { close(fd); return }
+            if full {
+                close(fd)
+                if say { log("coordinator: \(maxPendingLogins) connections are logging in at once: closing new ones until they have (a port scan or a flood?)") }
+                continue
+            }
             do { try startThread("a rank's connection to the coordinator") { [weak self] in self?.serve(fd) } } catch {
                 // The rank's login waits out its deadline and says so; the coordinator goes on.
                 logLine("coordinator: \(error): connection dropped")
                 close(fd)
-                lock.lock(); droppedConnections += 1; lock.unlock()
+                lock.lock(); droppedConnections += 1; pendingLogins -= 1; lock.unlock()
             }
         }
     }
@@ -82,7 +100,14 @@ public final class CoordinatorServer: @unchecked Sendable {
     /// One connection: login, then messages until it closes. Any protocol error drops only it.
     private func serve(_ fd: Int32) {
         var rank: Int?
+        var loggingIn = true
+        func loggedIn() {
+            guard loggingIn else { return }
+            loggingIn = false
+            lock.lock(); pendingLogins -= 1; lock.unlock()
+        }
         defer {
+            loggedIn()
             close(fd)
             if let r = rank {
                 lock.lock()
@@ -105,6 +130,7 @@ public final class CoordinatorServer: @unchecked Sendable {
                 try? Wire.send(fd, .refused, ["reason": "wrong job token"])
                 return
             }
+            loggedIn()
             if r == -1 {  // an observer (radar-coordinator status)
                 try Wire.send(fd, .status, status())
                 return
