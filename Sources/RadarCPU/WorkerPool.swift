@@ -72,10 +72,12 @@ public final class WorkerPool: @unchecked Sendable {
         for _ in 0..<max(n, 0) {
             var t = pthread_t()
             let ctx = Unmanaged.passUnretained(self).toOpaque()
-            let rc = pthread_create(&t, nil, { arg in
-                Unmanaged<WorkerPool>.fromOpaque(arg!).takeUnretainedValue().workerLoop()
-                return nil
-            }, ctx)
+            let rc = retryingAfterParkedThreads {
+                pthread_create(&t, nil, { arg in
+                    Unmanaged<WorkerPool>.fromOpaque(arg!).takeUnretainedValue().workerLoop()
+                    return nil
+                }, ctx)
+            }
             guard rc == 0 else { return rc }
             workerThreads.append(t)
         }

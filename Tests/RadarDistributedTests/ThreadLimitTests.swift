@@ -46,6 +46,9 @@ final class ThreadLimitTests: XCTestCase {
         // the loader: "cannot start a thread").
         let (twoRC, two) = try limited(2, evaluate + ["--threads", "60"])
         XCTAssertEqual(twoRC, 0, two)
+        // The parallel loop that opened the shards left its helper parked: ended when the compute
+        // pool was refused a thread, it gave the pool its room (it ran with one fewer).
+        XCTAssertTrue(two.contains("only 2 of 60 compute threads could be started"), two)
         let twoJSON = try XCTUnwrap(two.split(separator: "\n").first { $0.hasPrefix("{") }, two)
         XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(twoJSON.utf8)) as? [String: Any])?["auc"] as? Double, auc)
         // No thread but the main one: no loader thread can start: said, status 1 (124 was the
