@@ -175,14 +175,19 @@ public final class DatasetPreparer {
 
     /// The output folders that preparations in this process are writing (their locks held).
     private static let writing = Mutex<Set<String>>([])
+    /// Held while a shard file is made, or finished (closed, indexed, renamed, journaled):
+    /// `discardUnfinishedShards` takes it for good, so no writer renames, reads or makes a file it
+    /// removed (which was an error line racing the stop's own).
+    private static let shardFiles = NSLock()
 
-    /// Removes the unfinished shards (and index temporaries) from every folder a preparation in
-    /// this process is writing, and says how many finished shards each holds: for a stop by
-    /// signal, whose process ends at once (without this, a shard's worth of `.partial` bytes
-    /// stayed until the command was run again). A shard being written meanwhile is written to
-    /// a removed file; one renamed meanwhile is finished (and redone if not yet journaled).
+    /// For a stop by signal, on the way out: removes the unfinished shards (and index
+    /// temporaries) from every folder a preparation in this process is writing, and says how many
+    /// finished shards each holds (without this, a shard's worth of `.partial` bytes stayed until
+    /// the command was run again). After it the preparations make and finish no shard: the
+    /// process is to end. A writer still adding images to a removed shard writes to nothing.
     public static func discardUnfinishedShards() -> [(folder: String, finished: Int, removed: Int)] {
-        writing.withLock { folders in
+        shardFiles.lock()  // never released
+        return writing.withLock { folders in
             folders.sorted().map { out in
                 let names = (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []
                 let removed = names.filter { isUnfinished($0) && unlink((out as NSString).appendingPathComponent($0)) == 0 }
@@ -376,6 +381,8 @@ public final class DatasetPreparer {
         func write(_ p: Pending, error: String?) throws {
             var shard: OpenShard
             if let s = open[p.split] { shard = s } else {
+                DatasetPreparer.shardFiles.lock()
+                defer { DatasetPreparer.shardFiles.unlock() }
                 let name = String(format: "shard-%06d.tar", nextIndex)
                 nextIndex += 1
                 let tmp = (out as NSString).appendingPathComponent("." + name + ".partial")
@@ -399,6 +406,8 @@ public final class DatasetPreparer {
 
         /// Closes, fsyncs, hashes and renames a shard, then journals it.
         func finish(_ s: OpenShard, consumedThrough: Int) throws {
+            DatasetPreparer.shardFiles.lock()
+            defer { DatasetPreparer.shardFiles.unlock() }
             try s.writer.close()
             let fd = Glibc.open(s.tmpPath, O_RDONLY)
             if fd >= 0 { fsync(fd); Glibc.close(fd) }
