@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RadarCLI
 import RadarCore
 
 extension Bench {
@@ -11,8 +12,12 @@ extension Bench {
         @Option(help: "Buffer size in MB.") var mb = 64
         @Option(help: "Timed repeats (median reported).") var repeats = 5
 
+        func validate() throws {
+            try requireFlag((1...4096).contains(mb), "mb", "in 1...4096", mb)
+            try requireFlag(repeats >= 1, "repeats", "at least 1", repeats)
+        }
+
         func run() throws {
-            guard mb >= 1, mb <= 4096, repeats >= 1 else { throw ValidationError("--mb must be in 1...4096 and --repeats >= 1") }
             let bytes = mb << 20
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
             defer { buffer.deallocate() }

@@ -178,6 +178,7 @@ final class TrainingFlagValidationTests: XCTestCase {
             (["bench", "allreduce", "--transport", "tcp", "--verify"], "--verify compares with MPI_Allreduce: use it with --transport mpi"),
             // A malformed coordinator address was each rank's MPI_Abort, banner and all.
             (["bench", "allreduce", "--coordinator", "x"], "--coordinator x: expected HOST:PORT with a port in 1...65535"),
+            (["bench", "crypto", "--mb", "0"], "--mb must be in 1...4096, got 0"),
             (["demo", "--threads", "0"], "--threads must be from 1 to "),
             (["demo", "--threads", "50000"], "more threads than CPUs only slow the work), got 50000"),
             (["demo", "--num-epochs", "0"], "--epochs must be in 1...1000000, got 0"),  // radar train's spelling
