@@ -233,10 +233,7 @@ public struct RankFlags: ParsableArguments {
 
     /// The token the tcp transport cannot do without.
     public func requiredToken() throws -> Data {
-        guard let t = try token() else {
-            throw ValidationError("the tcp transport needs a job token: --token-file FILE or RADAR_JOB_TOKEN (make one with `openssl rand -hex 32`)")
-        }
-        return t
+        try JobToken.required(file: tokenFile, missing: "the tcp transport needs a job token: --token-file FILE or RADAR_JOB_TOKEN (make one with `openssl rand -hex 32`)")
     }
 
     /// Rank, world size and coordinator address for the tcp transport.

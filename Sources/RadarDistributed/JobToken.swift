@@ -29,4 +29,11 @@ public enum JobToken {
         }
         return Data(token.utf8)
     }
+
+    /// `read`, where a token must be given: `missing` says who needs one and how to give it.
+    public static func required(file: String?, missing: @autoclosure () -> String,
+                                environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Data {
+        guard let t = try read(file: file, environment: environment) else { throw TokenError(description: missing()) }
+        return t
+    }
 }

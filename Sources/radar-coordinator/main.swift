@@ -11,13 +11,8 @@ struct RadarCoordinator: ParsableCommand {
         abstract: "RADAR's control plane: registration, peer table, epoch plans, heartbeats, abort.",
         subcommands: [Serve.self, Status.self], defaultSubcommand: Serve.self)
 
-    struct NoToken: Error, CustomStringConvertible {
-        var description: String { "a job token is needed: --token-file or RADAR_JOB_TOKEN (make one with `openssl rand -hex 32`)" }
-    }
-
     static func token(_ file: String?) throws -> Data {
-        guard let t = try JobToken.read(file: file) else { throw NoToken() }
-        return t
+        try JobToken.required(file: file, missing: "a job token is needed: --token-file or RADAR_JOB_TOKEN (make one with `openssl rand -hex 32`)")
     }
 
     static func split(_ address: String, allowAnyPort: Bool = false) throws -> (String, Int) {

@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// Seeded, stateless split and sampling decisions.
 public enum SplitPlanner {
@@ -120,8 +119,8 @@ public final class DatasetPreparer {
         let lock = try FolderLock(directory: out, name: DatasetPreparer.lockName) {
             "another radar prepare or synth is writing this folder\($0): wait for it to finish"
         }
-        DatasetPreparer.writing.withLock { _ = $0.insert(out) }
-        defer { DatasetPreparer.writing.withLock { _ = $0.remove(out) }; unlink(lock.path); lock.release() }
+        DatasetPreparer.shardFiles.withLock { _ = DatasetPreparer.writing.insert(out) }
+        defer { DatasetPreparer.shardFiles.withLock { _ = DatasetPreparer.writing.remove(out) }; unlink(lock.path); lock.release() }
         if existed, let kept = try existingDataset(source) { keptExisting = true; return kept }
         do {
             return try write(source, into: out)
@@ -173,12 +172,13 @@ public final class DatasetPreparer {
         return nil
     }
 
-    /// The output folders that preparations in this process are writing (their locks held).
-    private static let writing = Mutex<Set<String>>([])
-    /// Held while a shard file is made, or finished (closed, indexed, renamed, journaled):
-    /// `discardUnfinishedShards` takes it for good, so no writer renames, reads or makes a file it
-    /// removed (which was an error line racing the stop's own).
+    /// Held while a shard file is made, or finished (closed, indexed, renamed, journaled), and
+    /// while `writing` is read or changed: `discardUnfinishedShards` takes it for good, so no
+    /// writer renames, reads or makes a file it removed (which was an error line racing the
+    /// stop's own).
     private static let shardFiles = NSLock()
+    /// The output folders that preparations in this process are writing (their folder locks held).
+    nonisolated(unsafe) private static var writing = Set<String>()
 
     /// For a stop by signal, on the way out: removes the unfinished shards (and index
     /// temporaries) from every folder a preparation in this process is writing, and says how many
@@ -187,12 +187,10 @@ public final class DatasetPreparer {
     /// process is to end. A writer still adding images to a removed shard writes to nothing.
     public static func discardUnfinishedShards() -> [(folder: String, finished: Int, removed: Int)] {
         shardFiles.lock()  // never released
-        return writing.withLock { folders in
-            folders.sorted().map { out in
-                let names = (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []
-                let removed = names.filter { isUnfinished($0) && unlink((out as NSString).appendingPathComponent($0)) == 0 }
-                return (out, names.filter(isFinishedShard).count, removed.filter { $0.hasSuffix(".partial") }.count)
-            }
+        return writing.sorted().map { out in
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []
+            let removed = names.filter { isUnfinished($0) && unlink((out as NSString).appendingPathComponent($0)) == 0 }
+            return (out, names.filter(isFinishedShard).count, removed.filter { $0.hasSuffix(".partial") }.count)
         }
     }
 

@@ -53,6 +53,12 @@ public enum Bytes {
         while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
         return u == 0 ? "\(n) B" : String(format: "%.1f %@ (%ld bytes)", v, units[u], n)
     }
+
+    /// A limit, which is a round number: "16 GiB", "64 MiB", "64 KiB", "100 bytes".
+    public static func limitText(_ n: Int) -> String {
+        for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] where n >= 1 << shift && n % (1 << shift) == 0 { return "\(n >> shift) \(unit)" }
+        return "\(n) bytes"
+    }
 }
 
 /// Host memory for the CPU backend's allocations: what the machine can still give this process.

@@ -91,15 +91,9 @@ public func readInputFile(bytes path: UnsafePointer<CChar>, limit: Int) throws -
         if n < 0 && errno == EINTR { continue }
         guard n >= 0 else { throw InputFileError(reason: String(cString: strerror(errno))) }
         if n == 0 { return bytes }
-        guard bytes.count + n <= limit else { throw InputFileError(reason: "more than \(binarySize(limit)), too large for what it stands for") }
+        guard bytes.count + n <= limit else { throw InputFileError(reason: "more than \(Bytes.limitText(limit)), too large for what it stands for") }
         bytes.append(contentsOf: chunk[0..<n])
     }
-}
-
-/// "16 GiB", "64 MiB", "64 KiB", "100 bytes": a limit in words.
-private func binarySize(_ n: Int) -> String {
-    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] where n >= 1 << shift && n % (1 << shift) == 0 { return "\(n >> shift) \(unit)" }
-    return "\(n) bytes"
 }
 
 /// Whether a stat'ed file is the null device (/dev/null, whatever name it is opened by).
