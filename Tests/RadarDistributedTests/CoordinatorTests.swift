@@ -65,14 +65,32 @@ final class CoordinatorTests: XCTestCase {
             }
         }
         XCTAssertEqual(closedByServer, 22)
-        XCTAssertThrowsError(try CoordinatorClient.status(host: "127.0.0.1", port: server.port, token: token), "refused while 8 are logging in")
+        XCTAssertThrowsError(try CoordinatorClient.status(host: "127.0.0.1", port: server.port, token: token), "refused while 8 are logging in") {
+            XCTAssertTrue("\($0)".contains("refused: the coordinator is busy: 8 connections are logging in at once"), "\($0)")
+        }
         let said = logged.withLock { $0 }.filter { $0.contains("8 connections are logging in at once: closing new ones") }
         XCTAssertEqual(said.count, 1, "\(logged.withLock { $0 })")
+        // A rank that comes during the flood is told to come back, not failed: it tries again
+        // every half second and is in once the idle connections have gone.
+        let login = Mutex<Result<CoordinatorClient, Error>?>(nil)
+        let started = Date()
+        let rankThread = Thread {
+            let result = Result { try CoordinatorClient(host: "127.0.0.1", port: server.port, token: token, rank: 0,
+                                                        dataHost: "127.0.0.1", dataPort: 1, timeout: 5, rendezvousTimeout: 20) }
+            login.withLock { $0 = result }
+        }
+        rankThread.start()
+        usleep(1_200_000)
+        XCTAssertNil(login.withLock { $0 }, "the rank still waits while the flood holds every login place")
         idle.forEach { close($0) }
-        usleep(300_000)
+        while login.withLock({ $0 }) == nil, Date().timeIntervalSince(started) < 20 { usleep(50_000) }
+        let client = try XCTUnwrap(login.withLock { $0 }).get()
+        XCTAssertEqual(client.peers.count, 1, "the rank logged in once the flood went")
         let status = try CoordinatorClient.status(host: "127.0.0.1", port: server.port, token: token)
         XCTAssertEqual(status["world_size"] as? Int, 1, "the coordinator answers once they have gone")
-        XCTAssertGreaterThanOrEqual(status["dropped_connections"] as? Int ?? 0, 23)
+        XCTAssertGreaterThanOrEqual(status["dropped_connections"] as? Int ?? 0, 24)
+        client.finish()
+        usleep(300_000)
     }
 
     /// Rank 0's validation result is logged with the epoch counted from 1, as the ranks' epoch

@@ -67,13 +67,23 @@ public final class CoordinatorClient: @unchecked Sendable {
         }
     }
 
-    /// The coordinator of an earlier attempt of the job answered: try again shortly.
+    /// The coordinator of an earlier attempt of the job answered, or a busy one (too many
+    /// connections logging in at once) turned the connection away: try again shortly.
     struct LaterAttempt: Error { let reason: String }
+
+    /// Throws for a refusal: `LaterAttempt` where the coordinator says to come back.
+    private static func refusal(_ kind: Wire.Kind, _ msg: [String: Any], rank: Int) throws {
+        guard kind == .refused else { return }
+        let reason = msg["reason"] as? String ?? ""
+        if msg["later"] as? Bool == true { throw LaterAttempt(reason: reason) }
+        throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused: \(reason)")
+    }
 
     /// Login (challenge, proof, registration), then the wait for the peer table with heartbeats.
     private static func login(_ fd: Int32, token: Data, rank: Int, worldSize: Int?, dataHost: String, dataPort: Int, attempt: Int,
                               timeout: TimeInterval, rendezvousTimeout: TimeInterval) throws -> ([TCPCommunicator.Peer], String) {
         let (kind, challenge) = try Wire.receive(fd, deadline: monotonicNow().addingTimeInterval(timeout))
+        try refusal(kind, challenge, rank: rank)
         guard kind == .challenge, let nonce = challenge["nonce"] as? String else { throw Wire.ProtocolError(reason: "expected a challenge") }
         let proof = HMACSHA256.hex(key: token, message: Data("\(nonce):\(rank)".utf8))
         var register: [String: Any] = ["rank": rank, "host": dataHost, "port": dataPort, "proof": proof, "attempt": attempt]
@@ -93,11 +103,7 @@ public final class CoordinatorClient: @unchecked Sendable {
             if monotonicNow() > waitUntil { throw Wire.ProtocolError(reason: "no peer table within \(Int(rendezvousTimeout + timeout)) s") }
         }
         let (k2, msg) = try Wire.receive(fd, deadline: monotonicNow().addingTimeInterval(timeout))
-        if k2 == .refused {
-            let reason = msg["reason"] as? String ?? ""
-            if msg["later"] as? Bool == true { throw LaterAttempt(reason: reason) }
-            throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused: \(reason)")
-        }
+        try refusal(k2, msg, rank: rank)
         if k2 == .abort { throw CommunicationError(rank: rank, peer: nil, reason: "stopping before training: \(msg["reason"] as? String ?? "the coordinator aborted the job")") }
         guard k2 == .peers, let table = msg["peers"] as? [[String: Any]] else { throw Wire.ProtocolError(reason: "expected the peer table") }
         let peers = try table.map {
@@ -252,11 +258,12 @@ public final class CoordinatorClient: @unchecked Sendable {
         let deadline = monotonicNow().addingTimeInterval(timeout)
         let fd = try Sockets.connect(host: host, port: port, deadline: deadline)
         defer { close(fd) }
-        let challenge: [String: Any]
-        do { (_, challenge) = try Wire.receive(fd, deadline: deadline) } catch let e as Sockets.SocketError where e.reason == "timed out" {
+        let (first, challenge): (Wire.Kind, [String: Any])
+        do { (first, challenge) = try Wire.receive(fd, deadline: deadline) } catch let e as Sockets.SocketError where e.reason == "timed out" {
             // It said only "timed out".
             throw Sockets.SocketError(reason: "\(hostPortText(host, port)) took the connection but sent nothing within \(String(format: "%g", timeout)) s: is a RADAR coordinator listening there?")
         }
+        if first == .refused { throw Wire.ProtocolError(reason: "refused: \(challenge["reason"] ?? "")") }
         guard let nonce = challenge["nonce"] as? String else { throw Wire.ProtocolError(reason: "expected a challenge") }
         try Wire.send(fd, .register, ["rank": -1, "proof": HMACSHA256.hex(key: token, message: Data("\(nonce):-1".utf8))])
         let (kind, body) = try Wire.receive(fd, deadline: deadline)

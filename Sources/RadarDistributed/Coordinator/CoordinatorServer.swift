@@ -84,17 +84,26 @@ public final class CoordinatorServer: @unchecked Sendable {
             lock.unlock()
             if late { close(fd); return }
             if full {
-                close(fd)
+                turnAway(fd, "the coordinator is busy: \(maxPendingLogins) connections are logging in at once")
                 if say { log("coordinator: \(maxPendingLogins) connections are logging in at once: closing new ones until they have (a port scan or a flood?)") }
                 continue
             }
             do { try startThread("a rank's connection to the coordinator") { [weak self] in self?.serve(fd) } } catch {
-                // The rank's login waits out its deadline and says so; the coordinator goes on.
+                // The rank is told to come back and tries again; the coordinator goes on.
                 logLine("coordinator: \(error): connection dropped")
-                close(fd)
+                turnAway(fd, "the coordinator could not serve the connection: \(error)")
                 lock.lock(); droppedConnections += 1; pendingLogins -= 1; lock.unlock()
             }
         }
+    }
+
+    /// Tells a connection not served now to come back (a rank's login tries again every half
+    /// second within its rendezvous timeout, as for a coordinator of an earlier attempt) and
+    /// closes it. The frame is tiny and the connection new, so the send does not wait on a
+    /// peer that never reads.
+    private func turnAway(_ fd: Int32, _ reason: String) {
+        try? Wire.send(fd, .refused, ["reason": reason, "later": true])
+        close(fd)
     }
 
     /// One connection: login, then messages until it closes. Any protocol error drops only it.
