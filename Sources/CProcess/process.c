@@ -35,3 +35,32 @@ void radar_shared_wake(const uint64_t *p) { (void)p; }
 int radar_get_affinity(int tid, uint64_t *mask, int words) { (void)tid; (void)mask; (void)words; return -1; }
 int radar_set_affinity(int tid, const uint64_t *mask, int words) { (void)tid; (void)mask; (void)words; return -1; }
 #endif
+
+// Signals as bytes on a pipe (SignalWatch): plain POSIX.
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+static volatile int signal_pipe = -1;
+static void radar_signal_to_pipe_handler(int signal) {
+    int saved = errno;
+    unsigned char byte = (unsigned char)signal;
+    if (signal_pipe >= 0) (void)!write(signal_pipe, &byte, 1);
+    errno = saved;
+}
+int radar_signal_to_pipe(int signal, int fd) {
+    signal_pipe = fd;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = radar_signal_to_pipe_handler;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    return sigaction(signal, &action, NULL);
+}
+int radar_signal_default(int signal) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = SIG_DFL;
+    sigemptyset(&action.sa_mask);
+    return sigaction(signal, &action, NULL);
+}

@@ -67,4 +67,59 @@ final class ThreadLimitTests: XCTestCase {
         XCTAssertEqual(manyRC, 64, many)
         XCTAssertTrue(many.contains("--threads must be from 1 to \(max(64, 4 * ProcessInfo.processInfo.activeProcessorCount)) (four per CPU"), many)
     }
+
+    /// A stop by signal under a limit on threads. The handlers ran on a libdispatch thread that
+    /// had to be started when the signal came: with the room taken by the work there was none,
+    /// and `radar synth` under `--nproc=3` went on after SIGINT as if it had not come (SIGTERM
+    /// too: the watch had set the signals to be ignored). Now the signal thread starts with the
+    /// watch; where it cannot (no room but the main thread's), the default action ends the
+    /// process.
+    func testASignalStopsTheWorkUnderALimitOnThreads() throws {
+        XCTAssertEqual(geteuid(), 0, "a limit on threads binds only a user that is not root: the test runs commands as nobody (CI runs as root)")
+        guard geteuid() == 0 else { return }
+        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
+        let root = NSTemporaryDirectory() + "radar-signal-limit-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        XCTAssertEqual(chmod(root, 0o777), 0)
+        /// `radar synth` (far more images than it makes before the signal) as nobody with at most
+        /// `limit` threads, sent `signal` once its first shard is written: its status, how it
+        /// ended, and what it said.
+        func stopped(_ limit: Int, by signal: Int32) throws -> (Int32, Process.TerminationReason, String) {
+            let output = root + "/data-\(limit)"
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "prlimit", "--nproc=\(limit)",
+                           radar, "synth", "--output", output, "--count", "500000"]
+            p.environment = ProcessInfo.processInfo.environment.merging(["OPENBLAS_NUM_THREADS": "1"]) { $1 }
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardError = out
+            try p.run()
+            let started = Date()
+            while p.isRunning, !FileManager.default.fileExists(atPath: output + "/shard-000000.tar"), Date().timeIntervalSince(started) < 60 {
+                usleep(50_000)
+            }
+            XCTAssertTrue(p.isRunning, "still making images when signalled")
+            kill(p.processIdentifier, signal)
+            let signalled = Date()
+            while p.isRunning, Date().timeIntervalSince(signalled) < 30 { usleep(50_000) }
+            let hung = p.isRunning
+            if hung { kill(p.processIdentifier, SIGKILL) }
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            XCTAssertFalse(hung, "still running 30 s after \(SignalWatch.name(signal)) under --nproc=\(limit): \(text)")
+            return (p.terminationStatus, p.terminationReason, text)
+        }
+        // The main thread, the signal thread and one more: the stop as without a limit.
+        let (rc, how, said) = try stopped(3, by: SIGINT)
+        XCTAssertEqual(how, .exit, said)
+        XCTAssertEqual(rc, 128 + SIGINT, said)
+        XCTAssertTrue(said.contains("radar synth: stopped by SIGINT: "), said)
+        XCTAssertTrue(said.contains(" kept") && said.contains("the same command again resumes"), said)
+        // No thread but the main one: nothing caught, SIGTERM's default action ends it.
+        let (lowRC, lowHow, lowSaid) = try stopped(1, by: SIGTERM)
+        XCTAssertEqual(lowHow, .uncaughtSignal, lowSaid)
+        XCTAssertEqual(lowRC, SIGTERM, lowSaid)
+    }
 }

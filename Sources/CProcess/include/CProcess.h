@@ -22,4 +22,11 @@ void radar_shared_wake(const uint64_t *p);
 // calling thread). Return 0 or -1 (errno set).
 int radar_get_affinity(int tid, uint64_t *mask, int words);
 int radar_set_affinity(int tid, const uint64_t *mask, int words);
+
+/// Catches `signal` with a handler that writes the signal's number (one byte) to `fd`, the
+/// write end of a non-blocking pipe, and nothing else (async-signal-safe; errno kept), with
+/// SA_RESTART. The same `fd` for every signal. Returns 0 or -1 (errno set).
+int radar_signal_to_pipe(int signal, int fd);
+/// The default action for `signal` again. Returns 0 or -1.
+int radar_signal_default(int signal);
 #endif

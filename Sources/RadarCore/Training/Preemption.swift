@@ -35,8 +35,8 @@ public enum Preemption {
         guard watch == nil else { return }
         keepRunningWithoutReaders()
         watch = SignalWatch([SIGTERM, SIGINT, SIGHUP, SIGUSR1]) { s in
-            // Each signal's handler runs on its own (global, concurrent) queue source: the lock
-            // orders the first request's time before any repeat reads it.
+            // Handlers run in turn on the signal thread; the lock keeps the first request's
+            // time and signal one pair for any other reader.
             let now = monotonicNow().timeIntervalSinceReferenceDate
             let (exchanged, sinceFirst): (Bool, Double) = firstLock.withLock {
                 let (exchanged, _) = signalled.compareExchange(expected: 0, desired: s, ordering: .relaxed)
