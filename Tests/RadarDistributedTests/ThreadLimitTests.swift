@@ -9,14 +9,22 @@ import XCTest
 /// threads it could start, the loader with those it could start, and a thread that is needed and
 /// cannot be started is a one-line error.
 final class ThreadLimitTests: XCTestCase {
-    func testALimitOnThreadsSlowsTheWorkOrIsSaidAndNeverHangs() throws {
+    let radar = MPITrainingTests.products.appendingPathComponent("radar").path
+
+    /// A new folder anyone may write, for commands run as nobody; nil (a failure) where the test
+    /// does not run as root.
+    func folderForNobody(_ name: String) throws -> String? {
         XCTAssertEqual(geteuid(), 0, "a limit on threads binds only a user that is not root: the test runs commands as nobody (CI runs as root)")
-        guard geteuid() == 0 else { return }
-        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
-        let root = NSTemporaryDirectory() + "radar-thread-limit-\(UUID().uuidString.prefix(6))"
-        defer { try? FileManager.default.removeItem(atPath: root) }
+        guard geteuid() == 0 else { return nil }
+        let root = NSTemporaryDirectory() + "radar-\(name)-\(UUID().uuidString.prefix(6))"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         XCTAssertEqual(chmod(root, 0o777), 0)
+        return root
+    }
+
+    func testALimitOnThreadsSlowsTheWorkOrIsSaidAndNeverHangs() throws {
+        guard let root = try folderForNobody("thread-limit") else { return }
+        defer { try? FileManager.default.removeItem(atPath: root) }
         func must(_ args: [String]) throws {
             let (rc, text) = try Process.runStatus(args)
             XCTAssertEqual(rc, 0, text)
@@ -75,13 +83,8 @@ final class ThreadLimitTests: XCTestCase {
     /// watch; where it cannot (no room but the main thread's), the default action ends the
     /// process.
     func testASignalStopsTheWorkUnderALimitOnThreads() throws {
-        XCTAssertEqual(geteuid(), 0, "a limit on threads binds only a user that is not root: the test runs commands as nobody (CI runs as root)")
-        guard geteuid() == 0 else { return }
-        let radar = MPITrainingTests.products.appendingPathComponent("radar").path
-        let root = NSTemporaryDirectory() + "radar-signal-limit-\(UUID().uuidString.prefix(6))"
+        guard let root = try folderForNobody("signal-limit") else { return }
         defer { try? FileManager.default.removeItem(atPath: root) }
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        XCTAssertEqual(chmod(root, 0o777), 0)
         /// `radar synth` (far more images than it makes before the signal) as nobody with at most
         /// `limit` threads, sent `signal` once its first shard is written: its status, how it
         /// ended, and what it said.
