@@ -197,14 +197,23 @@ enum Sockets {
         _ = fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK)
     }
 
-    /// Accepts one connection before `deadline`, or nil.
-    static func accept(_ fd: Int32, deadline: Date) -> Int32? {
+    /// Accepts one connection before `deadline`, or nil. Throws where accepting fails for a
+    /// reason that waiting does not mend: the limit on open files (the connection stays pending
+    /// and poll says the listener is readable again at once: the loop spun until the deadline,
+    /// and a rank then said the others "never connected"), or a listener shut down.
+    static func accept(_ fd: Int32, deadline: Date) throws -> Int32? {
         var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         while true {
             let ms = Int32(max(0, min(1000, deadline.monotonicSecondsLeft * 1000)))
             if poll(&p, 1, ms) > 0 {
                 let c = Glibc.accept(fd, nil, nil)
                 if c >= 0 { tune(c); return c }
+                let code = errno
+                switch code {
+                case EINTR, EAGAIN, ECONNABORTED, EPROTO: break
+                case ENOBUFS, ENOMEM: usleep(10_000)
+                default: throw SocketError(reason: "cannot accept a connection: \(OpenFileLimit.reason(code))")
+                }
             }
             if monotonicNow() > deadline { return nil }
         }

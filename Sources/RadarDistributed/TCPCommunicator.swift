@@ -105,9 +105,13 @@ public final class TCPCommunicator: Communicator, @unchecked Sendable {
         }
         var pending = size - 1 - rank
         while pending > 0 {
-            guard let fd = Sockets.accept(listenFD, deadline: deadline) else {
-                let missing = (rank + 1..<size).filter { fds[$0] < 0 }
-                throw CommunicationError(rank: rank, peer: nil, reason: "\(describeRanks(missing)) never connected within \(Int(timeout)) s")
+            let missing = { [self] in (rank + 1..<size).filter { fds[$0] < 0 } }
+            let accepted: Int32?
+            do { accepted = try Sockets.accept(listenFD, deadline: deadline) } catch {
+                throw CommunicationError(rank: rank, peer: nil, reason: "waiting for \(describeRanks(missing())) to connect: \(error)")
+            }
+            guard let fd = accepted else {
+                throw CommunicationError(rank: rank, peer: nil, reason: "\(describeRanks(missing())) never connected within \(Int(timeout)) s")
             }
             let from = Sockets.peerName(fd)
             // A handshake is bounded by a few seconds, so an idle impostor cannot hold the listener.

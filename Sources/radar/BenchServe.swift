@@ -41,7 +41,7 @@ extension Bench {
                 let serving = DispatchGroup()
                 serving.enter()
                 try startThread("the server") {
-                    server.serve { service.respond($0) }
+                    do { try server.serve { service.respond($0) } } catch { logLine("radar bench serve: \(error)") }
                     serving.leave()
                 }
                 let faces = SyntheticFaces(size: imageSize ?? cfg.imgSize, seed: 2)

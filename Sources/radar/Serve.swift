@@ -71,7 +71,7 @@ struct Serve: ParsableCommand {
             defer { watch.cancel() }
             logLine("radar serve: listening on http://\(hostPortText(host, server.port)) (\(checkpoint) on \(ctx.backend.deviceDescription); POST an image to /v1/predict)")
             let service = ScoringService(server: server, batcher: batcher, config: c, temperature: temperature, health: health)
-            server.serve { service.respond($0) }
+            try server.serve { service.respond($0) }
             batcher.stop()
             let s = batcher.statistics
             logLine("radar serve: stopped after \(service.requests) requests (\(s.images) images in \(s.batches) forward passes; \(server.rejected) refused unread)")

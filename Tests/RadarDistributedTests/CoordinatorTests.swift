@@ -691,6 +691,66 @@ final class RendezvousTests: XCTestCase {
         XCTAssertEqual(server.status()["world_size"] as? Int, 1)
         c.finish()
     }
+
+    /// `radar-coordinator` at its limit on open files: a connection it cannot accept is told to
+    /// come back (from a spare descriptor) and said once; a rank's login waits and gets in once
+    /// connections close. (The connection stayed pending, poll said readable at once, and the
+    /// accept loop spun a core; a rank waited out its timeout.)
+    func testACoordinatorAtItsLimitOnOpenFilesTurnsConnectionsAwayAndGoesOn() throws {
+        let bin = MPITrainingTests.products
+        let tokenFile = NSTemporaryDirectory() + "radar-token-files-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: tokenFile) }
+        let token = HMACSHA256.randomHex(bytes: 16)
+        try Data((token + "\n").utf8).write(to: URL(fileURLWithPath: tokenFile))
+        let port = try TCPRendezvous.freePort()
+        let coord = Process()
+        coord.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        coord.arguments = ["prlimit", "--nofile=32", bin.appendingPathComponent("radar-coordinator").path, "--data", MPITrainingTests.dataset,
+                           "--listen", "127.0.0.1:\(port)", "--world-size", "1", "--token-file", tokenFile]
+        let err = Pipe()
+        coord.standardError = err
+        try coord.run()
+        defer { if coord.isRunning { coord.terminate() } }
+        let started = Date()
+        while (try? CoordinatorClient.status(host: "127.0.0.1", port: port, token: Data(token.utf8))) == nil, Date().timeIntervalSince(started) < 20 {
+            usleep(100_000)
+        }
+        // Idle connections, a descriptor each in the coordinator, until one is turned away.
+        var idle: [Int32] = []
+        defer { idle.forEach { close($0) } }
+        var turnedAway = ""
+        while turnedAway.isEmpty, idle.count < 60 {
+            let fd = loopbackConnect(port)
+            guard let (kind, body) = try? Wire.receive(fd, deadline: monotonicNow().addingTimeInterval(5)) else { close(fd); break }
+            if kind == .refused { turnedAway = "\(body)"; close(fd) } else { idle.append(fd) }
+        }
+        XCTAssertTrue(turnedAway.contains("the coordinator is busy: cannot accept a connection: Too many open files: the limit on open files is reached (ulimit -n 32)"),
+                      "\(idle.count) idle: \(turnedAway)")
+        XCTAssertTrue(turnedAway.contains("later"), turnedAway)
+        XCTAssertGreaterThan(idle.count, 5)
+        // A rank comes meanwhile: told to come back, it is in once the idle connections close.
+        let login = Shared<Result<CoordinatorClient, Error>?>(nil)
+        let rankThread = Thread {
+            login.value = Result { try CoordinatorClient(host: "127.0.0.1", port: port, token: Data(token.utf8), rank: 0,
+                                                         dataHost: "127.0.0.1", dataPort: 1, timeout: 5, rendezvousTimeout: 20) }
+        }
+        rankThread.start()
+        usleep(1_200_000)
+        XCTAssertNil(login.value, "the rank waits while the coordinator has no descriptor for it")
+        idle.forEach { close($0) }
+        idle = []
+        while login.value == nil, Date().timeIntervalSince(started) < 60 { usleep(50_000) }
+        let client = try XCTUnwrap(login.value).get()
+        XCTAssertEqual(client.peers.count, 1)
+        client.finish()
+        coord.terminate()
+        coord.waitUntilExit()
+        let said = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let notices = said.components(separatedBy: "\n").filter {
+            $0.contains("coordinator: cannot accept a connection: Too many open files: the limit on open files is reached (ulimit -n 32): turning new connections away until some close")
+        }
+        XCTAssertEqual(notices.count, 1, said)
+    }
 }
 
 extension Array where Element == Int {

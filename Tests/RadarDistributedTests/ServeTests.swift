@@ -48,10 +48,12 @@ final class ServeTests: XCTestCase {
     /// What a process wrote to `pipe` up to its first line's end (where it says it listens).
     /// `radar serve` of `model` on 127.0.0.1 at a port the system picks, with `flags`: the process
     /// (the caller terminates it), its stderr after the first line, and the port.
-    func startServe(_ model: String, _ flags: [String]) throws -> (process: Process, stderr: Pipe, port: Int) {
+    /// `prefix`: a command that runs it (`prlimit --nofile=N`).
+    func startServe(_ model: String, _ flags: [String], prefix: [String] = []) throws -> (process: Process, stderr: Pipe, port: Int) {
         let p = Process()
-        p.executableURL = MPITrainingTests.products.appendingPathComponent("radar")
-        p.arguments = ["serve", "--checkpoint", model, "--listen", "127.0.0.1:0", "--threads", "1"] + flags
+        let radar = MPITrainingTests.products.appendingPathComponent("radar")
+        p.executableURL = prefix.isEmpty ? radar : URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = (prefix.isEmpty ? [] : prefix + [radar.path]) + ["serve", "--checkpoint", model, "--listen", "127.0.0.1:0", "--threads", "1"] + flags
         let err = Pipe()
         p.standardError = err
         try p.run()
@@ -418,6 +420,46 @@ final class ServeTests: XCTestCase {
         XCTAssertTrue(words.hasPrefix("HTTP/1.1 408 "), words)
         XCTAssertTrue(words.contains("the body came slower than 500 bytes/s after 2 s ("), words)
         XCTAssertTrue(p.isRunning)
+    }
+
+    /// Connections past the limit on open files: each is answered 503 saying why (the server
+    /// ended, status 0 and "stopped after 0 requests", when accept first failed with EMFILE), said
+    /// once on stderr, and the service answers again as soon as connections close.
+    func testTheLimitOnOpenFilesIsAnswered503AndTheServiceGoesOn() throws {
+        let (model, _) = try fixtures()
+        let (p, err, port) = try startServe(model, [], prefix: ["prlimit", "--nofile=32"])
+        defer { if p.isRunning { p.terminate() } }
+        // Idle connections, each a descriptor in the server, until it answers one at once: the
+        // 503 from its spare descriptor.
+        var held: [RawConnection] = []
+        var refusal = ""
+        while refusal.isEmpty, held.count < 60, let c = RawConnection(port: port) {
+            if c.readable(within: 0.15) { refusal = c.closingWords } else { held.append(c) }
+        }
+        XCTAssertTrue(refusal.hasPrefix("HTTP/1.1 503 "), "\(held.count) held: \(refusal)")
+        XCTAssertTrue(refusal.contains(#"{"error":"the server cannot take the connection now: Too many open files: the limit on open files is reached (ulimit -n 32)"}"#), refusal)
+        XCTAssertGreaterThan(held.count, 5)
+        // A request meanwhile is answered 503 too, and the server goes on.
+        let during = try XCTUnwrap(RawConnection(port: port))
+        during.send("GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertTrue(during.response().head?.hasPrefix("HTTP/1.1 503 ") ?? false)
+        XCTAssertTrue(p.isRunning)
+        held.removeAll()
+        var answer: (head: String?, body: String) = (nil, "")
+        let t0 = Date()
+        while !(answer.head?.hasPrefix("HTTP/1.1 200 ") ?? false), Date().timeIntervalSince(t0) < 10 {
+            let c = try XCTUnwrap(RawConnection(port: port))
+            c.send("GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = c.response()
+            usleep(50_000)
+        }
+        XCTAssertTrue(answer.head?.hasPrefix("HTTP/1.1 200 OK") ?? false, "answered again once the idle connections closed: \(answer)")
+        p.terminate()
+        p.waitUntilExit()
+        let said = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let notices = said.components(separatedBy: "\n").filter { $0.contains("cannot take a connection (Too many open files: the limit on open files is reached (ulimit -n 32)): new ones are answered 503 until some close") }
+        XCTAssertEqual(notices.count, 1, said)
+        XCTAssertTrue(said.contains("radar serve: SIGTERM: stopping"), said)
     }
 
     final class Answers: @unchecked Sendable {

@@ -65,6 +65,12 @@ public final class HTTPServer: @unchecked Sendable {
     /// Requests answered with an error status before they were read whole (400, 413, 431, 501).
     public var rejected: Int { lock.lock(); defer { lock.unlock() }; return rejectedCount }
     private let finished = DispatchGroup()
+    private let spare = SpareDescriptor()
+    private var shortageSaid: Date?
+    /// Where the server says what it cannot do for a while (the limit on open files reached).
+    public var log: @Sendable (String) -> Void = logLine
+    /// How long a shortage of descriptors or memory is said once.
+    public var shortageNoticeInterval: TimeInterval = 10
 
     /// Listens on `host:port` (port 0: one the system picks; `port` says which). `host` is a
     /// numeric IPv4 or IPv6 address (brackets allowed); `::` is every interface of both kinds
@@ -80,15 +86,25 @@ public final class HTTPServer: @unchecked Sendable {
     }
 
     /// Accepts connections until `stop`, answering each request with `handler` (called on the
-    /// connection's thread); returns once every connection has closed.
-    public func serve(_ handler: @escaping @Sendable (Request) -> Response) {
+    /// connection's thread); returns once every connection has closed. Where the limit on open
+    /// files (or memory) refuses a connection, it is answered 503 from a spare descriptor and
+    /// the server goes on; throws only where accepting fails for another reason.
+    public func serve(_ handler: @escaping @Sendable (Request) -> Response) throws {
+        var failure: Int32?
         while true {
             slots.wait()
             let c = accept(fd, nil, nil)
             if c < 0 {
+                let code = errno
                 slots.signal()
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                break  // the listening socket was shut down (stop), or it failed
+                if code == EINTR || code == ECONNABORTED { continue }
+                if lock.withLock({ stopped }) { break }  // the listening socket was shut down
+                if OpenFileLimit.reached(code) || code == ENOBUFS || code == ENOMEM {
+                    refuseForShortage(code)
+                    continue
+                }
+                failure = code
+                break
             }
             _ = fcntl(c, F_SETFD, FD_CLOEXEC)
             lock.lock()
@@ -118,6 +134,32 @@ public final class HTTPServer: @unchecked Sendable {
             }
         }
         finished.wait()
+        if let failure { throw ServerError(description: "accepting connections on port \(port) failed: \(String(cString: strerror(failure)))") }
+    }
+
+    /// A connection refused for want of a descriptor (or of kernel memory): the pending one is
+    /// answered 503 from the spare descriptor (else the next try waits 50 ms), said once per
+    /// `shortageNoticeInterval`.
+    private func refuseForShortage(_ code: Int32) {
+        let reason = OpenFileLimit.reason(code)
+        let say: Bool = lock.withLock {
+            let now = monotonicNow()
+            guard shortageSaid.map({ now.timeIntervalSince($0) >= shortageNoticeInterval }) ?? true else { return false }
+            shortageSaid = now
+            return true
+        }
+        if say { log("radar serve: cannot take a connection (\(reason)): new ones are answered 503 until some close") }
+        let answered = spare.shed(fd) { c in
+            var tv = timeval(tv_sec: 1, tv_usec: 0)
+            setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            write(c, .error(503, "the server cannot take the connection now: \(reason)"), keepAlive: false)
+            // What the client already sent is dropped, so the close sends no reset that could
+            // destroy the answer (without waiting for more: the accept loop is waiting).
+            shutdown(c, Int32(SHUT_WR))
+            var scratch = [UInt8](repeating: 0, count: 4096)
+            for _ in 0..<16 where recv(c, &scratch, scratch.count, Int32(MSG_DONTWAIT)) > 0 {}
+        }
+        if !answered { usleep(50_000) }
     }
 
     /// Stops accepting; connections finish the request they are answering and close.

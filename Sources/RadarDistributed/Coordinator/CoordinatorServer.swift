@@ -53,6 +53,8 @@ public final class CoordinatorServer: @unchecked Sendable {
     public var maxPendingLogins: Int
     private var pendingLogins = 0
     private var floodSaid: Date?
+    private var shortageSaid: Date?
+    private let spare = SpareDescriptor()
 
     public init(host: String = "0.0.0.0", port: Int, worldSize: Int, token: Data) throws {
         self.worldSize = worldSize
@@ -75,7 +77,13 @@ public final class CoordinatorServer: @unchecked Sendable {
         while true {
             lock.lock(); let s = stopped; lock.unlock()
             if s { return }
-            guard let fd = Sockets.accept(listenFD, deadline: monotonicNow().addingTimeInterval(1)) else { continue }
+            let accepted: Int32?
+            do { accepted = try Sockets.accept(listenFD, deadline: monotonicNow().addingTimeInterval(1)) } catch {
+                if lock.withLock({ stopped }) { return }
+                turnAwayPending(error)
+                continue
+            }
+            guard let fd = accepted else { continue }
             lock.lock()
             let late = stopped, full = pendingLogins >= maxPendingLogins
             if full { droppedConnections += 1 } else if !late { pendingLogins += 1 }
@@ -104,6 +112,22 @@ public final class CoordinatorServer: @unchecked Sendable {
     private func turnAway(_ fd: Int32, _ reason: String) {
         try? Wire.send(fd, .refused, ["reason": reason, "later": true])
         close(fd)
+    }
+
+    /// Accepting failed (the limit on open files): the pending connection is taken with the
+    /// spare descriptor and told to come back (else the next try waits 100 ms), said once per
+    /// 10 s. Without it the connection stayed pending and the accept loop spun.
+    private func turnAwayPending(_ error: Error) {
+        let say: Bool = lock.withLock {
+            guard shortageSaid.map({ monotonicNow().timeIntervalSince($0) >= 10 }) ?? true else { return false }
+            shortageSaid = monotonicNow()
+            return true
+        }
+        if say { log("coordinator: \(error): turning new connections away until some close") }
+        let answered = spare.shed(listenFD) { c in
+            try? Wire.send(c, .refused, ["reason": "the coordinator is busy: \(error)", "later": true])
+        }
+        if !answered { usleep(100_000) }
     }
 
     /// One connection: login, then messages until it closes. Any protocol error drops only it.
