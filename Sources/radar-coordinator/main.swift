@@ -103,6 +103,7 @@ struct RadarCoordinator: ParsableCommand {
 // Better OpenBLAS kernels than the library chose, when the CPU has them (before MPI starts).
 ProgramImage.nameAfterProgram()
 BLASKernels.reexecWithBestKernelsIfNeeded()
+StandardStreams.openClosed()
 _ = ArchiveNames.utf8  // before any thread: setlocale is process-wide
 OpenSSLLibrary.prepare()
 RadarCoordinator.main()

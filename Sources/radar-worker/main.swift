@@ -241,6 +241,7 @@ struct RadarWorker: ParsableCommand {
 // Better OpenBLAS kernels than the library chose, when the CPU has them (before MPI starts).
 ProgramImage.nameAfterProgram()
 BLASKernels.reexecWithBestKernelsIfNeeded()
+StandardStreams.openClosed()
 ParentWatch.install()
 _ = ArchiveNames.utf8  // before any thread: setlocale is process-wide
 OpenSSLLibrary.prepare()

@@ -190,7 +190,7 @@ struct Predict: ParsableCommand {
                 if p == "-" {
                     // Said before any work: a terminal would wait for bytes that never come, a
                     // closed one was "No such file or directory", and a second - read nothing.
-                    guard fcntl(STDIN_FILENO, F_GETFD) != -1 else { throw ValidationError("-: standard input is closed: give the image on it (radar predict --checkpoint W - < face.png)") }
+                    guard !StandardStreams.wasClosed(STDIN_FILENO) else { throw ValidationError("-: standard input is closed: give the image on it (radar predict --checkpoint W - < face.png)") }
                     guard isatty(STDIN_FILENO) == 0 else { throw ValidationError("-: standard input is a terminal: give the image on it (radar predict --checkpoint W - < face.png, or curl -s URL | radar predict --checkpoint W -)") }
                     guard !given.contains(p) else { throw ValidationError("- is given twice: standard input holds one image") }
                     files.append(p)

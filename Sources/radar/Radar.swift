@@ -13,6 +13,7 @@ struct Radar: ParsableCommand {
     static func main() {
         ProgramImage.nameAfterProgram()
         BLASKernels.reexecWithBestKernelsIfNeeded()
+        StandardStreams.openClosed()
         OpenSSLLibrary.prepare()
         _ = ArchiveNames.utf8
         main(nil)

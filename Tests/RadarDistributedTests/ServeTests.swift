@@ -6,6 +6,7 @@ import Glibc
 import FoundationNetworking
 #endif
 import RadarCore
+import RadarDistributed
 import XCTest
 
 /// `radar serve`: images POSTed from many connections at once are scored in shared forward
@@ -460,6 +461,29 @@ final class ServeTests: XCTestCase {
         let notices = said.components(separatedBy: "\n").filter { $0.contains("cannot take a connection (Too many open files: the limit on open files is reached (ulimit -n 32)): new ones are answered 503 until some close") }
         XCTAssertEqual(notices.count, 1, said)
         XCTAssertTrue(said.contains("radar serve: SIGTERM: stopping"), said)
+    }
+
+    /// Started with standard error closed (`2>&-`, a service manager that closes it): it is
+    /// /dev/null, not the next descriptor opened. The listening socket took the number 2, and
+    /// every log line was written to it.
+    func testAClosedStandardErrorIsNotTheNextFileOpened() throws {
+        let (model, _) = try fixtures()
+        let port = try TCPRendezvous.freePort()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", #"exec "$0" "$@" 2>&-"#, MPITrainingTests.products.appendingPathComponent("radar").path,
+                       "serve", "--checkpoint", model, "--listen", "127.0.0.1:\(port)", "--threads", "1"]
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        defer { if p.isRunning { p.terminate() } }
+        var status: Int?
+        let t0 = Date()
+        while status != 200, p.isRunning, Date().timeIntervalSince(t0) < 30 {
+            usleep(100_000)
+            status = request("http://127.0.0.1:\(port)/v1/health").0
+        }
+        XCTAssertEqual(status, 200)
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(p.processIdentifier)/fd/2"), "/dev/null")
     }
 
     final class Answers: @unchecked Sendable {
