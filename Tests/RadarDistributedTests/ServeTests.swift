@@ -467,7 +467,7 @@ final class ServeTests: XCTestCase {
     /// /dev/null, not the next descriptor opened. The listening socket took the number 2, and
     /// every log line was written to it.
     func testAClosedStandardErrorIsNotTheNextFileOpened() throws {
-        let (model, _) = try fixtures()
+        let (model, images) = try fixtures()
         let port = try TCPRendezvous.freePort()
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
@@ -484,6 +484,11 @@ final class ServeTests: XCTestCase {
         }
         XCTAssertEqual(status, 200)
         XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(p.processIdentifier)/fd/2"), "/dev/null")
+        // A closed standard output still fails its writes: the scores went nowhere, and it says so.
+        let (rc, said) = try Process.runStatus(["sh", "-c", #"exec "$0" "$@" >&-"#, MPITrainingTests.products.appendingPathComponent("radar").path,
+                                                "predict", "--checkpoint", model, images[0]])
+        XCTAssertEqual(rc, 1, said)
+        XCTAssertTrue(said.contains("radar: error: standard output: Bad file descriptor (what was printed is incomplete)"), said)
     }
 
     final class Answers: @unchecked Sendable {

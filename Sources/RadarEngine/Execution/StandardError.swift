@@ -35,18 +35,20 @@ public func keepRunningWithoutReaders() {
 public enum StandardStreams {
     nonisolated(unsafe) private static var closed: Set<Int32> = []
 
-    /// Opens /dev/null on each of descriptors 0, 1 and 2 that the process started with closed
-    /// (`radar serve 2>&-`, a service manager that closes them). Otherwise the next file or socket
-    /// the program opens takes that number and what is written to the stream goes into it:
-    /// `radar serve 2>&-` listened on descriptor 2, so its log lines were written to the
-    /// listening socket (to a client's connection, or a checkpoint being written, as easily).
-    /// Call at the start of `main`, before any thread and after the re-execution for OpenBLAS's
-    /// kernels (which keeps them closed).
+    /// Holds each of descriptors 0, 1 and 2 that the process started with closed (`radar serve
+    /// 2>&-`, a service manager that closes them) with /dev/null opened the wrong way round (read
+    /// only for output, write only for input), so that reading or writing fails as it did on the
+    /// closed descriptor (`radar predict >&-` still says its output went nowhere) but no file
+    /// takes the number. Otherwise the next file or socket the program opens takes it and what is
+    /// written to the stream goes into it: `radar serve 2>&-` listened on descriptor 2, and its
+    /// log lines were written to the listening socket (to a client's connection, or a checkpoint
+    /// being written, as easily). Call at the start of `main`, before any thread and after the
+    /// re-execution for OpenBLAS's kernels (which keeps them closed).
     public static func openClosed() {
         for fd in [STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO] where fcntl(fd, F_GETFD) == -1 && errno == EBADF {
             closed.insert(fd)
             // The lowest free number: `fd` itself, since those below it are open by now.
-            let opened = open("/dev/null", fd == STDIN_FILENO ? O_RDONLY : O_WRONLY)
+            let opened = open("/dev/null", fd == STDIN_FILENO ? O_WRONLY : O_RDONLY)
             if opened >= 0 && opened != fd {
                 dup2(opened, fd)
                 close(opened)
