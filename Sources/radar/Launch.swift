@@ -146,7 +146,9 @@ struct Launch: ParsableCommand {
                 // Ranks already started would wait for this one at the rendezvous: stop them.
                 for q in procs where q.isRunning { kill(q.processIdentifier, SIGTERM) }
                 procs.forEach { $0.waitUntilExit() }
-                throw ValidationError("radar launch: cannot start rank \(nodeRank * n + r) (\(exe)): \(errorLine(error))")
+                let limit = posixCode(error) == EAGAIN
+                    ? ": the limit on processes is reached (ulimit -u, or a container's pids limit; each rank is a process, each of its threads counts)" : ""
+                throw ValidationError("radar launch: cannot start rank \(nodeRank * n + r) (\(exe)): \(errorLine(error))\(limit)")
             }
             procs.append(p)
         }

@@ -70,6 +70,11 @@ final class ThreadLimitTests: XCTestCase {
         XCTAssertEqual(trainRC, 0, trained)
         XCTAssertTrue(trained.contains("threads could be started (Resource temporarily unavailable"), trained)
         XCTAssertTrue(trained.contains("test AUC"), trained)
+        // Ranks are processes: one that cannot be started says which limit refused it.
+        let (launchRC, launched) = try limited(4, ["launch", "-n", "4", "--", "radar-worker", "--data", root + "/data", "--config", "tiny",
+                                                   "--num-epochs", "1", "--max-steps-per-epoch", "1", "--threads", "1", "--output", root + "/o", "--experiment", "launched"])
+        XCTAssertEqual(launchRC, 1, launched)
+        XCTAssertTrue(launched.contains("Resource temporarily unavailable: the limit on processes is reached (ulimit -u, or a container's pids limit; each rank is a process"), launched)
         // Far more threads than CPUs: refused before any work (50,000 trapped, 20,000 took minutes a step).
         let (manyRC, many) = try Process.runStatus([radar] + evaluate + ["--threads", "50000"])
         XCTAssertEqual(manyRC, 64, many)

@@ -84,14 +84,21 @@ public func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
 /// dump (`Error Domain=NSCocoaErrorDomain Code=640 ...`) that `\(error)` prints.
 public func systemReason(_ error: Error) -> String {
     let ns = error as NSError
-    if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
-    if let u = ns.userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(u.code))) }
+    if let code = posixCode(error) { return String(cString: strerror(code)) }
     // Foundation's file codes without an underlying POSIX error: the errno they stand for.
     let posix: [Int: Int32] = [NSFileNoSuchFileError: ENOENT, NSFileReadNoSuchFileError: ENOENT, NSFileReadNoPermissionError: EACCES,
                                NSFileWriteNoPermissionError: EACCES, NSFileWriteOutOfSpaceError: ENOSPC, NSFileWriteFileExistsError: EEXIST,
                                NSFileWriteVolumeReadOnlyError: EROFS]
     if ns.domain == NSCocoaErrorDomain, let e = posix[ns.code] { return String(cString: strerror(e)) }
     return ns.localizedDescription
+}
+
+/// The errno behind a Foundation error: its own (NSPOSIXErrorDomain) or its underlying error's.
+public func posixCode(_ error: Error) -> Int32? {
+    let ns = error as NSError
+    if ns.domain == NSPOSIXErrorDomain { return Int32(ns.code) }
+    if let u = ns.userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain { return Int32(u.code) }
+    return nil
 }
 
 /// An error as the one line a command prints: Foundation's file errors as "PATH: reason" (the
