@@ -209,10 +209,10 @@ enum Sockets {
                 let c = Glibc.accept(fd, nil, nil)
                 if c >= 0 { tune(c); return c }
                 let code = errno
-                switch code {
-                case EINTR, EAGAIN, ECONNABORTED, EPROTO: break
-                case ENOBUFS, ENOMEM: usleep(10_000)
-                default: throw SocketError(reason: "cannot accept a connection: \(OpenFileLimit.reason(code))")
+                if code == ENOBUFS || code == ENOMEM {
+                    usleep(10_000)
+                } else if !acceptMayBeRetried(code) {
+                    throw SocketError(reason: "cannot accept a connection: \(OpenFileLimit.reason(code))")
                 }
             }
             if monotonicNow() > deadline { return nil }

@@ -97,7 +97,7 @@ public final class HTTPServer: @unchecked Sendable {
             if c < 0 {
                 let code = errno
                 slots.signal()
-                if code == EINTR || code == ECONNABORTED { continue }
+                if acceptMayBeRetried(code) { continue }
                 if lock.withLock({ stopped }) { break }  // the listening socket was shut down
                 if OpenFileLimit.reached(code) || code == ENOBUFS || code == ENOMEM {
                     refuseForShortage(code)

@@ -24,6 +24,13 @@ public enum OpenFileLimit {
     }
 }
 
+/// Whether accept(2) failing with `code` is only this connection's trouble, to be tried again:
+/// an interrupted call, a connection gone before it was taken, and the network errors Linux
+/// passes on from a pending connection (accept(2): "treat them like EAGAIN by retrying").
+public func acceptMayBeRetried(_ code: Int32) -> Bool {
+    [EINTR, EAGAIN, ECONNABORTED, EPROTO, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH, EPERM].contains(code)
+}
+
 /// One descriptor held back (on /dev/null) for a listener that meets the limit on open files. A
 /// pending connection then cannot be accepted, stays pending, and poll says the listener is
 /// readable again at once: a loop that spun, or a server that gave up (`radar serve` ended when
