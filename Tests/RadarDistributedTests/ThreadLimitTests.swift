@@ -130,4 +130,28 @@ final class ThreadLimitTests: XCTestCase {
         XCTAssertEqual(lowHow, .uncaughtSignal, lowSaid)
         XCTAssertEqual(lowRC, SIGTERM, lowSaid)
     }
+
+    /// A low limit on open files (`ulimit -n`, which binds root too). The shard files kept open
+    /// were at least 8, so with a run's own dozen (standard streams, lock, metrics, event file,
+    /// the signal pipe) `ulimit -n 16` stopped a run of a 40-shard dataset; now a quarter of
+    /// the limit. Where even that is too much, the error names the limit, not "the dataset
+    /// changed during the run".
+    func testALowLimitOnOpenFilesTrainsOrNamesTheLimit() throws {
+        let root = NSTemporaryDirectory() + "radar-file-limit-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let (synthRC, synthSaid) = try Process.runStatus([radar, "synth", "--output", root + "/data", "--count", "400", "--shard-size", "10"])
+        XCTAssertEqual(synthRC, 0, synthSaid)
+        func train(_ limit: Int) throws -> (Int32, String) {
+            try Process.runStatus(["prlimit", "--nofile=\(limit)", radar, "train", "--data", root + "/data", "--config", "tiny", "--num-epochs", "1",
+                                   "--max-steps-per-epoch", "3", "--threads", "1", "--output", root + "/o", "--experiment", "files-\(limit)"],
+                                  environment: ["OPENBLAS_NUM_THREADS": "1"])
+        }
+        let (rc, said) = try train(16)
+        XCTAssertEqual(rc, 0, said)
+        XCTAssertTrue(said.contains("test AUC"), said)
+        let (lowRC, low) = try train(8)
+        XCTAssertEqual(lowRC, 1, low)
+        XCTAssertTrue(low.contains("Too many open files: the limit on open files is reached (ulimit -n 8)"), low)
+        XCTAssertFalse(low.contains("the dataset changed"), low)
+    }
 }

@@ -29,7 +29,7 @@ public func writeFileAtomically(_ data: Data, to given: String) throws {
             throw DatasetError(path: given, reason: "a folder, expected a file name")
         default:
             let fd = open(given, O_WRONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw DatasetError(path: given, reason: "cannot open for writing: \(String(cString: strerror(errno)))") }
+            guard fd >= 0 else { throw DatasetError(path: given, reason: "cannot open for writing: \(OpenFileLimit.reason(errno))") }
             let failure = data.withUnsafeBytes { writeAll(fd, $0) }
             close(fd)
             if let failure { throw DatasetError(path: given, reason: "write failed: \(String(cString: strerror(failure)))") }
@@ -84,7 +84,7 @@ public func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
 /// dump (`Error Domain=NSCocoaErrorDomain Code=640 ...`) that `\(error)` prints.
 public func systemReason(_ error: Error) -> String {
     let ns = error as NSError
-    if let code = posixCode(error) { return String(cString: strerror(code)) }
+    if let code = posixCode(error) { return OpenFileLimit.reason(code) }
     // Foundation's file codes without an underlying POSIX error: the errno they stand for.
     let posix: [Int: Int32] = [NSFileNoSuchFileError: ENOENT, NSFileReadNoSuchFileError: ENOENT, NSFileReadNoPermissionError: EACCES,
                                NSFileWriteNoPermissionError: EACCES, NSFileWriteOutOfSpaceError: ENOSPC, NSFileWriteFileExistsError: EEXIST,
@@ -152,6 +152,6 @@ public func removeStaleTemporaries(in dir: String) -> [String] {
 /// Why a file could not be created in `folder`: the system's words, and where the folder itself is
 /// gone, that it is (a run's folder removed while the run went on said only "cannot create").
 func creationFailure(_ code: Int32, folder: String) -> String {
-    let reason = String(cString: strerror(code))
+    let reason = OpenFileLimit.reason(code)
     return code == ENOENT && access(folder, F_OK) != 0 ? reason + " (the folder \(folder) does not exist: removed while this ran?)" : reason
 }

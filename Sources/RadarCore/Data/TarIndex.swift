@@ -446,12 +446,13 @@ final class SpanBuffer: @unchecked Sendable {
 public final class OpenShards: @unchecked Sendable {
     public static let shared = OpenShards(capacity: OpenShards.defaultCapacity())
 
-    /// A quarter of the soft limit on open files, between 8 and 256.
+    /// A quarter of the soft limit on open files, between 2 and 256 (at least 8 took all but 4
+    /// of `ulimit -n 12`, and the run's last file could not be written).
     static func defaultCapacity() -> Int {
         var limit = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 64 }
         let soft = Int(clamping: limit.rlim_cur)  // RLIM_INFINITY clamps to Int.max
-        return min(256, max(8, soft / 4))
+        return min(256, max(2, soft / 4))
     }
 
     public final class File: @unchecked Sendable {
@@ -493,6 +494,9 @@ public final class OpenShards: @unchecked Sendable {
         }) { return f }
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
+            let code = errno
+            // Not the dataset's doing (it said "the dataset changed during the run").
+            if OpenFileLimit.reached(code) { throw TarIndex.Unavailable(description: "\(path): cannot open the shard: \(OpenFileLimit.reason(code))") }
             throw TarIndex.Unavailable(description: "\(path): the shard cannot be opened any more (\(unreadableReason(path))): the dataset changed during the run")
         }
         let f = File(fd: fd, identity: TarIndex.identity(fd))

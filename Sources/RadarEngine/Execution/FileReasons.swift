@@ -9,7 +9,7 @@ public func unreadableReason(_ path: String) -> String {
     var isDir: ObjCBool = false
     if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue { return "a folder, not a file" }
     let fd = open(path, O_RDONLY | O_NONBLOCK)  // a FIFO's open blocks without it
-    guard fd >= 0 else { return String(cString: strerror(errno)) }
+    guard fd >= 0 else { return OpenFileLimit.reason(errno) }
     var st = stat()
     let known = fstat(fd, &st) == 0 ? imageFileProblem(st, limit: .max) : nil  // a device, a FIFO, a socket
     close(fd)
