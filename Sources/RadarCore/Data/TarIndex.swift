@@ -446,8 +446,8 @@ final class SpanBuffer: @unchecked Sendable {
 public final class OpenShards: @unchecked Sendable {
     public static let shared = OpenShards(capacity: OpenShards.defaultCapacity())
 
-    /// A quarter of the soft limit on open files, between 2 and 256 (at least 8 took all but 4
-    /// of `ulimit -n 12`, and the run's last file could not be written).
+    /// A quarter of the soft limit on open files, between 2 and 256 (at least 8, beside a run's
+    /// own dozen descriptors, stopped a run of a 40-shard dataset under `ulimit -n 16`).
     static func defaultCapacity() -> Int {
         var limit = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 64 }

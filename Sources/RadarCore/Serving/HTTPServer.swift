@@ -69,8 +69,6 @@ public final class HTTPServer: @unchecked Sendable {
     private var shortageSaid: Date?
     /// Where the server says what it cannot do for a while (the limit on open files reached).
     public var log: @Sendable (String) -> Void = logLine
-    /// How long a shortage of descriptors or memory is said once.
-    public var shortageNoticeInterval: TimeInterval = 10
 
     /// Listens on `host:port` (port 0: one the system picks; `port` says which). `host` is a
     /// numeric IPv4 or IPv6 address (brackets allowed); `::` is every interface of both kinds
@@ -138,13 +136,12 @@ public final class HTTPServer: @unchecked Sendable {
     }
 
     /// A connection refused for want of a descriptor (or of kernel memory): the pending one is
-    /// answered 503 from the spare descriptor (else the next try waits 50 ms), said once per
-    /// `shortageNoticeInterval`.
+    /// answered 503 from the spare descriptor (else the next try waits 50 ms), said once per 10 s.
     private func refuseForShortage(_ code: Int32) {
         let reason = OpenFileLimit.reason(code)
         let say: Bool = lock.withLock {
             let now = monotonicNow()
-            guard shortageSaid.map({ now.timeIntervalSince($0) >= shortageNoticeInterval }) ?? true else { return false }
+            guard shortageSaid.map({ now.timeIntervalSince($0) >= 10 }) ?? true else { return false }
             shortageSaid = now
             return true
         }

@@ -14,7 +14,8 @@ import RadarEngine
 /// thread of libdispatch's when the signal came: under a limit on threads, with the room taken
 /// by the work, there was none, and `radar synth` under `prlimit --nproc=3` went on after
 /// SIGINT as if it had not come.) Where even that one thread cannot start (no room but the main
-/// thread's), nothing is caught: the default action stops the process at once.
+/// thread's), nothing is caught: the signals keep the actions the process started with (the
+/// default one ends it at once).
 public final class SignalWatch: @unchecked Sendable {
     private let signals: [Int32]
     private var id: Int?
@@ -33,9 +34,6 @@ public final class SignalWatch: @unchecked Sendable {
         self.signals = signals
         id = SignalThread.shared?.add(signals, handler)
     }
-
-    /// Whether this watch catches its signals (false where the signal thread could not start).
-    public var isCatching: Bool { id != nil }
 
     public func cancel() {
         guard let id else { return }

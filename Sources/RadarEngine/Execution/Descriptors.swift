@@ -50,7 +50,9 @@ public final class SpareDescriptor: @unchecked Sendable {
     public func shed(_ listener: Int32, answer: (Int32) -> Void) -> Bool {
         lock.lock(); defer { lock.unlock() }
         if fd < 0 { fd = open("/dev/null", O_RDONLY | O_CLOEXEC) }
-        guard fd >= 0 else { return false }
+        // Only a connection still pending: accept on the blocking listener would wait for the next.
+        var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+        guard fd >= 0, poll(&p, 1, 0) > 0 else { return false }
         close(fd)
         let c = accept(listener, nil, nil)
         if c >= 0 {
