@@ -81,4 +81,19 @@ final class DiskFullTests: XCTestCase {
         XCTAssertTrue(r.listing.contains("shard-000000.tar"), "\(r.listing)")
         XCTAssertFalse(r.listing.contains { $0.hasSuffix(".partial") }, "\(r.listing)")
     }
+
+    /// An export whose zip fills the disk says what the zip needs and what is free (it said
+    /// only "Write error: No space left on device"), and leaves no partial zip.
+    func testAnExportOnAFullDiskSaysWhatTheZipNeedsAndLeavesNoPartialFile() throws {
+        let runs = NSTemporaryDirectory() + "radar-export-full-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: runs) }
+        let (rc, said) = try Process.runStatus([MPITrainingTests.products.appendingPathComponent("radar").path, "train", "--data", MPITrainingTests.dataset,
+                                                "--output", runs, "--experiment", "e", "--config", "tiny", "--batch-size", "4", "--num-epochs", "1",
+                                                "--max-steps-per-epoch", "1", "--accumulation-steps", "1", "--threads", "1"])
+        XCTAssertEqual(rc, 0, said)
+        let r = try onSmallDisk(["export", "--results-dir", runs + "/e", "--output-dir", "MNT/ex"], listed: "ex")
+        XCTAssertEqual(r.status, 1, r.error)
+        XCTAssertTrue(r.error.contains("No space left on device (the file needs up to ") && r.error.contains(" MiB free in \(r.mnt)/ex)"), r.error)
+        XCTAssertEqual(r.listing, [], "no partial zip left")
+    }
 }

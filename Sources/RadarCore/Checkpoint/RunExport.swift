@@ -24,18 +24,28 @@ public enum RunExport {
         files += plots
         let board = (results as NSString).appendingPathComponent("tensorboard")
         files += TensorBoardLog.eventFiles(in: board).map { "tensorboard/" + ($0 as NSString).lastPathComponent }
+        let model = try modelFile(results)
+        let readme = Data(summary(results: results, name: name, files: files + ["README.md"]).utf8)
+        func member(_ f: String) -> Data? { f == "model.safetensors" ? model : fm.contents(atPath: (results as NSString).appendingPathComponent(f)) }
         do {
             // A failure anywhere (a full disk, say) leaves no .partial behind.
             let w = try TarWriter(path: tmp, format: .zip)
             w.mtime = Int(now.timeIntervalSince1970)
             for f in files {
-                let data = f == "model.safetensors" ? try modelFile(results) : fm.contents(atPath: (results as NSString).appendingPathComponent(f))
-                guard let d = data else { continue }
+                guard let d = member(f) else { continue }
                 try w.add(name: "\(name)/\(f)", data: d)
             }
-            try w.add(name: "\(name)/README.md", data: Data(summary(results: results, name: name, files: files + ["README.md"]).utf8))
+            try w.add(name: "\(name)/README.md", data: readme)
             try w.close()
             zipPath = try placeWithoutReplacing(tmp, stem: stem)
+        } catch let e as ArchiveError where e.code == ENOSPC {
+            unlink(tmp)
+            // The members as they are (compression only makes them smaller) and a KiB each for
+            // the zip's headers, against what is free once the partial file is gone.
+            let sizes = files.map { f in f == "model.safetensors" ? model.count
+                : ((try? fm.attributesOfItem(atPath: (results as NSString).appendingPathComponent(f)))?[.size] as? Int ?? 0) }
+            let needed = sizes.reduce(readme.count, +) + 1024 * (files.count + 1)
+            throw ArchiveError(path: e.path, reason: e.reason + spaceNote(outputDir, needed: needed, atMost: true), code: e.code)
         } catch {
             unlink(tmp)
             throw error

@@ -5,6 +5,8 @@ import Foundation
 public struct ArchiveError: Error, CustomStringConvertible {
     public let path: String
     public let reason: String
+    /// The system's errno behind a failed write (ENOSPC: a full disk), 0 where none.
+    public var code: Int32 = 0
     public var description: String { "\(path): \(reason)" }
 }
 
@@ -156,13 +158,17 @@ public final class TarWriter {
             throw ArchiveError(path: path, reason: "cannot write \(name): \(ArchiveReader.message(handle))")
         }
         let n = data.withUnsafeBytes { archive_write_data(handle, $0.baseAddress, data.count) }
-        guard n == data.count else { throw ArchiveError(path: path, reason: "short write of \(name): \(ArchiveReader.message(handle))") }
+        guard n == data.count else {
+            throw ArchiveError(path: path, reason: "short write of \(name): \(ArchiveReader.message(handle))", code: archive_errno(handle))
+        }
     }
 
+    /// Writes what is buffered (a zip's central directory) and closes the file.
     public func close() throws {
         closed = true
         let rc = archive_write_close(handle)
+        let failure = rc == radar_archive_ok() ? nil : ArchiveError(path: path, reason: "close failed: \(ArchiveReader.message(handle))", code: archive_errno(handle))
         archive_write_free(handle)
-        guard rc == radar_archive_ok() else { throw ArchiveError(path: path, reason: "close failed") }
+        if let failure { throw failure }
     }
 }
