@@ -47,6 +47,7 @@ public final class CoordinatorClient: @unchecked Sendable {
         self.rank = rank
         let giveUp = monotonicNow().addingTimeInterval(rendezvousTimeout + timeout)
         var deadline = monotonicNow().addingTimeInterval(timeout)
+        var saidLater = false
         while true {
             let (fd, host) = try Sockets.connect(hosts: hosts, port: port, deadline: deadline)
             do {
@@ -58,6 +59,11 @@ public final class CoordinatorClient: @unchecked Sendable {
             } catch let later as LaterAttempt {
                 close(fd)
                 if monotonicNow() > giveUp { throw CommunicationError(rank: rank, peer: nil, reason: "coordinator refused: \(later.reason)") }
+                if !saidLater {
+                    saidLater = true
+                    logLine("radar-worker rank \(rank): the coordinator at \(hostPortText(host, port)) says to come back (\(later.reason)): "
+                            + "trying again every 0.5 s for up to \(Int(giveUp.timeIntervalSince(monotonicNow()))) s")
+                }
                 usleep(500_000)
                 deadline = max(deadline, monotonicNow().addingTimeInterval(timeout))
             } catch let e as CommunicationError { close(fd); throw e } catch {
