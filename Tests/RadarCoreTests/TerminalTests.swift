@@ -30,6 +30,16 @@ final class JSONOutputTests: XCTestCase {
 
 /// Without a terminal: a plain line every logInterval seconds, never a bar.
 final class PlainProgressTests: XCTestCase {
+    /// RADAR_PROGRESS_SECONDS: seconds from 0 (none); anything else the default 60, with a notice.
+    func testTheProgressIntervalIsSecondsOrTheDefault() {
+        let saved = ProcessInfo.processInfo.environment["RADAR_PROGRESS_SECONDS"]
+        defer { if let saved { setenv("RADAR_PROGRESS_SECONDS", saved, 1) } else { unsetenv("RADAR_PROGRESS_SECONDS") } }
+        for (text, seconds) in [("5", 5.0), (" 2.5 ", 2.5), ("0", 0), ("", 60), ("abc", 60), ("-5", 60), ("inf", 60), ("nan", 60)] {
+            setenv("RADAR_PROGRESS_SECONDS", text, 1)
+            XCTAssertEqual(ProgressReporter.defaultLogInterval, seconds, "RADAR_PROGRESS_SECONDS=\(text)")
+        }
+    }
+
     func testALogFileGetsAPlainLineEveryInterval() {
         let t0 = Date(timeIntervalSince1970: 1_000_000)
         let p = ProgressReporter("epoch 1/3", total: 200, unit: "img", interactive: false, start: t0)

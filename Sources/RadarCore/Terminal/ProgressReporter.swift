@@ -15,8 +15,13 @@ public final class ProgressReporter: @unchecked Sendable {
     private var lastDraw = Date.distantPast
     private var lastLine: Date
 
+    /// `RADAR_PROGRESS_SECONDS`, or 60 with a notice where it is not a number of seconds (a typo
+    /// was taken silently for the default, and a negative number for "none").
     public static var defaultLogInterval: Double {
-        ProcessInfo.processInfo.environment["RADAR_PROGRESS_SECONDS"].flatMap(Double.init).map { max(0, $0) } ?? 60
+        guard let text = ProcessInfo.processInfo.environment["RADAR_PROGRESS_SECONDS"], !text.isEmpty else { return 60 }
+        if let seconds = Double(text.trimmingCharacters(in: .whitespaces)), seconds.isFinite, seconds >= 0 { return seconds }
+        printNotice("RADAR_PROGRESS_SECONDS=\(text): expected the seconds between progress lines (0: none); a line every 60 s")
+        return 60
     }
 
     /// `start` and `update`'s `now` are `monotonicNow()` times (a step of the wall clock made the
