@@ -83,8 +83,8 @@ final class ThreadLimitTests: XCTestCase {
 
     /// A stop by signal under a limit on threads. The handlers ran on a libdispatch thread that
     /// had to be started when the signal came: with the room taken by the work there was none,
-    /// and `radar synth` under `--nproc=3` went on after SIGINT as if it had not come (SIGTERM
-    /// too: the watch had set the signals to be ignored). Now the signal thread starts with the
+    /// and `radar synth` under `--nproc=3` went on after SIGINT as if it had not come (the
+    /// watch had turned the signals' own actions off). Now the signal thread starts with the
     /// watch; where it cannot (no room but the main thread's), the default action ends the
     /// process.
     func testASignalStopsTheWorkUnderALimitOnThreads() throws {
