@@ -127,7 +127,7 @@ public final class HTTPServer: @unchecked Sendable {
                 }
             } catch {
                 // The system's limit on threads: this client is told so; the service goes on.
-                write(c, .json(503, ["error": "\(error)"]), keepAlive: false)
+                refuse(c, "\(error)")
                 done()
             }
         }
@@ -149,14 +149,19 @@ public final class HTTPServer: @unchecked Sendable {
         let answered = spare.shed(fd) { c in
             var tv = timeval(tv_sec: 1, tv_usec: 0)
             setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            write(c, .error(503, "the server cannot take the connection now: \(reason)"), keepAlive: false)
-            // What the client already sent is dropped, so the close sends no reset that could
-            // destroy the answer (without waiting for more: the accept loop is waiting).
-            shutdown(c, Int32(SHUT_WR))
-            var scratch = [UInt8](repeating: 0, count: 4096)
-            for _ in 0..<16 where recv(c, &scratch, scratch.count, Int32(MSG_DONTWAIT)) > 0 {}
+            refuse(c, "the server cannot take the connection now: \(reason)")
         }
         if !answered { usleep(50_000) }
+    }
+
+    /// A 503 on a connection the server will not serve (no thread or no descriptor for it),
+    /// before it is closed: what the client already sent is dropped first, so the close sends no
+    /// reset that could destroy the answer (without waiting for more: the accept loop waits).
+    private func refuse(_ c: Int32, _ message: String) {
+        write(c, .error(503, message), keepAlive: false)
+        shutdown(c, Int32(SHUT_WR))
+        var scratch = [UInt8](repeating: 0, count: 4096)
+        for _ in 0..<16 where recv(c, &scratch, scratch.count, Int32(MSG_DONTWAIT)) > 0 {}
     }
 
     /// Stops accepting; connections finish the request they are answering and close.
