@@ -66,7 +66,7 @@ public final class HTTPServer: @unchecked Sendable {
     public var rejected: Int { lock.lock(); defer { lock.unlock() }; return rejectedCount }
     private let finished = DispatchGroup()
     private let spare = SpareDescriptor()
-    private var shortageSaid: Date?
+    private let shortageNotice = NoticeThrottle(every: 10)
     /// Where the server says what it cannot do for a while (the limit on open files reached).
     public var log: @Sendable (String) -> Void = logLine
 
@@ -139,13 +139,7 @@ public final class HTTPServer: @unchecked Sendable {
     /// answered 503 from the spare descriptor (else the next try waits 50 ms), said once per 10 s.
     private func refuseForShortage(_ code: Int32) {
         let reason = OpenFileLimit.reason(code)
-        let say: Bool = lock.withLock {
-            let now = monotonicNow()
-            guard shortageSaid.map({ now.timeIntervalSince($0) >= 10 }) ?? true else { return false }
-            shortageSaid = now
-            return true
-        }
-        if say { log("radar serve: cannot take a connection (\(reason)): new ones are answered 503 until some close") }
+        if shortageNotice.due() { log("radar serve: cannot take a connection (\(reason)): new ones are answered 503 until some close") }
         let answered = spare.shed(fd) { c in
             var tv = timeval(tv_sec: 1, tv_usec: 0)
             setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))

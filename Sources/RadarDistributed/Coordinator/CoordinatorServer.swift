@@ -52,8 +52,7 @@ public final class CoordinatorServer: @unchecked Sendable {
     /// need).
     public var maxPendingLogins: Int
     private var pendingLogins = 0
-    private var floodSaid: Date?
-    private var shortageSaid: Date?
+    private let floodNotice = NoticeThrottle(every: 10), shortageNotice = NoticeThrottle(every: 10)
     private let spare = SpareDescriptor()
 
     public init(host: String = "0.0.0.0", port: Int, worldSize: Int, token: Data) throws {
@@ -87,13 +86,11 @@ public final class CoordinatorServer: @unchecked Sendable {
             lock.lock()
             let late = stopped, full = pendingLogins >= maxPendingLogins
             if full { droppedConnections += 1 } else if !late { pendingLogins += 1 }
-            let say = full && floodSaid.map { monotonicNow().timeIntervalSince($0) >= 10 } ?? full
-            if say { floodSaid = monotonicNow() }
             lock.unlock()
             if late { close(fd); return }
             if full {
                 turnAway(fd, "the coordinator is busy: \(maxPendingLogins) connections are logging in at once")
-                if say { log("coordinator: \(maxPendingLogins) connections are logging in at once: closing new ones until they have (a port scan or a flood?)") }
+                if floodNotice.due() { log("coordinator: \(maxPendingLogins) connections are logging in at once: closing new ones until they have (a port scan or a flood?)") }
                 continue
             }
             do { try startThread("a rank's connection to the coordinator") { [weak self] in self?.serve(fd) } } catch {
@@ -118,12 +115,7 @@ public final class CoordinatorServer: @unchecked Sendable {
     /// spare descriptor and told to come back (else the next try waits 100 ms), said once per
     /// 10 s. Without it the connection stayed pending and the accept loop spun.
     private func turnAwayPending(_ error: Error) {
-        let say: Bool = lock.withLock {
-            guard shortageSaid.map({ monotonicNow().timeIntervalSince($0) >= 10 }) ?? true else { return false }
-            shortageSaid = monotonicNow()
-            return true
-        }
-        if say { log("coordinator: \(error): turning new connections away until some close") }
+        if shortageNotice.due() { log("coordinator: \(error): turning new connections away until some close") }
         let answered = spare.shed(listenFD) { c in
             try? Wire.send(c, .refused, ["reason": "the coordinator is busy: \(error)", "later": true])
         }

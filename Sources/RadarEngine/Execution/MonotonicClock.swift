@@ -30,3 +30,23 @@ extension NSCondition {
         wait(until: Date().addingTimeInterval(deadline.monotonicSecondsLeft))
     }
 }
+
+/// Yes at most once per `interval` seconds: a notice that a loop meets again and again (a flood
+/// of connections, a limit reached) said once a while, not once per turn.
+public final class NoticeThrottle: @unchecked Sendable {
+    private let lock = NSLock()
+    private var last: Date?
+    public let interval: TimeInterval
+
+    public init(every interval: TimeInterval) { self.interval = interval }
+
+    /// Whether to say it now (then not again for `interval` seconds).
+    public func due() -> Bool {
+        lock.withLock {
+            let now = monotonicNow()
+            guard last.map({ now.timeIntervalSince($0) >= interval }) ?? true else { return false }
+            last = now
+            return true
+        }
+    }
+}
