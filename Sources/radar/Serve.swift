@@ -74,7 +74,8 @@ struct Serve: ParsableCommand {
             try server.serve { service.respond($0) }
             batcher.stop()
             let s = batcher.statistics
-            logLine("radar serve: stopped after \(service.requests) requests (\(s.images) images in \(s.batches) forward passes; \(server.rejected) refused unread)")
+            let away = server.turnedAway == 0 ? "" : "; \(server.turnedAway) turned away for want of a thread or descriptor"
+            logLine("radar serve: stopped after \(service.requests) requests (\(s.images) images in \(s.batches) forward passes; \(server.rejected) refused unread\(away))")
         }
     }
 }
@@ -106,6 +107,7 @@ final class ScoringService: @unchecked Sendable {
             doc["uptime_s"] = Date().timeIntervalSince(started)
             doc["requests"] = requests
             doc["rejected"] = server.rejected
+            doc["turned_away"] = server.turnedAway
             doc["images"] = s.images
             doc["batches"] = s.batches
             doc["largest_batch"] = s.largestBatch

@@ -133,6 +133,7 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(health["images"] as? Int, 13, hb)
         XCTAssertEqual(health["requests"] as? Int, 18, hb)
         XCTAssertEqual(health["rejected"] as? Int, 1, "the 413, answered before it was read: \(hb)")
+        XCTAssertEqual(health["turned_away"] as? Int, 0, "every connection had a thread and a descriptor: \(hb)")
         XCTAssertLessThan(health["batches"] as! Int, 13, "12 requests at once shared passes: \(hb)")
         XCTAssertLessThanOrEqual(health["largest_batch"] as! Int, 8)
         // What is not HTTP it can read: a status, and the connection closed.
@@ -455,12 +456,17 @@ final class ServeTests: XCTestCase {
             usleep(50_000)
         }
         XCTAssertTrue(answer.head?.hasPrefix("HTTP/1.1 200 OK") ?? false, "answered again once the idle connections closed: \(answer)")
+        // Each 503 is counted: the first refusal and the request meanwhile at least.
+        let health = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any], answer.body)
+        let away = try XCTUnwrap(health["turned_away"] as? Int, answer.body)
+        XCTAssertGreaterThanOrEqual(away, 2, answer.body)
         p.terminate()
         p.waitUntilExit()
         let said = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         let notices = said.components(separatedBy: "\n").filter { $0.contains("cannot take a connection (Too many open files: the limit on open files is reached (ulimit -n 32)): new ones are answered 503 until some close") }
         XCTAssertEqual(notices.count, 1, said)
         XCTAssertTrue(said.contains("radar serve: SIGTERM: stopping"), said)
+        XCTAssertTrue(said.contains(#/refused unread; \d+ turned away for want of a thread or descriptor\)/#), said)
     }
 
     /// Started with standard error closed (`2>&-`, a service manager that closes it): it is

@@ -61,9 +61,11 @@ public final class HTTPServer: @unchecked Sendable {
     private let fd: Int32
     private let slots: DispatchSemaphore
     private let lock = NSLock()
-    private var stopped = false, open = Set<Int32>(), rejectedCount = 0
+    private var stopped = false, open = Set<Int32>(), rejectedCount = 0, turnedAwayCount = 0
     /// Requests answered with an error status before they were read whole (400, 413, 431, 501).
     public var rejected: Int { lock.lock(); defer { lock.unlock() }; return rejectedCount }
+    /// Connections answered 503 unread because the server had no thread or no descriptor for them.
+    public var turnedAway: Int { lock.lock(); defer { lock.unlock() }; return turnedAwayCount }
     private let finished = DispatchGroup()
     private let spare = SpareDescriptor()
     private let shortageNotice = NoticeThrottle(every: 10)
@@ -152,6 +154,7 @@ public final class HTTPServer: @unchecked Sendable {
     /// before it is closed: what the client already sent is dropped first, so the close sends no
     /// reset that could destroy the answer (without waiting for more: the accept loop waits).
     private func refuse(_ c: Int32, _ message: String) {
+        lock.lock(); turnedAwayCount += 1; lock.unlock()
         write(c, .error(503, message), keepAlive: false)
         shutdown(c, Int32(SHUT_WR))
         var scratch = [UInt8](repeating: 0, count: 4096)
