@@ -17,6 +17,17 @@ public func requireWritableFile(_ path: String, flag: String, expected: String =
     }
 }
 
+/// A file a command will read (a checkpoint, weights) checked before any work: missing,
+/// unreadable or not a regular file is said with the flag's name (`radar train --resume` said
+/// "No such file or directory" a second later, once the model was built, and without the flag).
+public func requireReadableFile(_ path: String, flag: String) throws {
+    let fd = open(path, O_RDONLY | O_NONBLOCK)  // a FIFO's open blocks without it
+    defer { if fd >= 0 { close(fd) } }
+    var st = stat()
+    if fd >= 0, fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG { return }
+    throw ValidationError("\(flag) \(path): \(unreadableReason(path))")
+}
+
 /// A flag's value checked before any work (in a command's `validate`): a one-line error naming
 /// the flag and what it allows, and exit status 64.
 public func requireFlag(_ ok: Bool, _ flag: String, _ allowed: String, _ got: Any) throws {
@@ -134,6 +145,23 @@ public struct TrainingFlags: ParsableArguments {
         // Both ran, --resume silently winning over the weights --init-from named.
         if initFrom != nil && resume != nil {
             throw ValidationError("--init-from starts from weights with a fresh optimizer and schedule, --resume continues a run with its own: choose one")
+        }
+        if let r = resume, r != "auto" {
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: r, isDirectory: &isDir), isDir.boolValue {
+                let last = (r as NSString).appendingPathComponent("last.safetensors.lz4")
+                guard FileManager.default.fileExists(atPath: last) else {
+                    throw ValidationError("--resume \(r): a folder without last.safetensors.lz4 (a run's folder has one after its first epoch, or after --checkpoint-every steps); name a checkpoint file, or auto")
+                }
+                try requireReadableFile(last, flag: "--resume")
+            } else {
+                try requireReadableFile(r, flag: "--resume")
+            }
+        }
+        if let p = initFrom, !p.hasPrefix("hf-hub:") {
+            let file: String
+            do { file = try ModelWeights.file(p) } catch { throw ValidationError("--init-from \(error)") }
+            try requireReadableFile(file, flag: "--init-from")
         }
         if let d = device { try need(Devices.isValid(d), "device", "one of " + Devices.names.joined(separator: ", "), d) }
         if let p = precision { try need(Devices.isValidPrecision(p), "precision", "auto, fp32, tf32 or bf16", p) }

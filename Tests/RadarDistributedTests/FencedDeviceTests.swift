@@ -143,7 +143,17 @@ final class TrainingFlagValidationTests: XCTestCase {
         let image = NSTemporaryDirectory() + "radar-flag-face-\(getpid()).png"
         try ImageCodec.encodePNG(SyntheticFaces(size: 32, seed: 3).rgbImage(0, label: 1)).write(to: URL(fileURLWithPath: image))
         defer { try? FileManager.default.removeItem(atPath: image) }
+        let emptyRun = NSTemporaryDirectory() + "radar-flag-run-\(getpid())"
+        try FileManager.default.createDirectory(atPath: emptyRun, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: emptyRun) }
+        let train = ["train", "--data", "/nonexistent-radar-data", "--config", "tiny"]
         let others: [([String], String)] = [
+            // Said before the model was built (a second), and with the flag's name.
+            (train + ["--resume", "/nonexistent-radar-ckpt"], "--resume /nonexistent-radar-ckpt: No such file or directory"),
+            (train + ["--resume", emptyRun], "--resume \(emptyRun): a folder without last.safetensors.lz4 (a run's folder has one after its first epoch"),
+            (train + ["--resume", "/dev/null"], "--resume /dev/null: a device, not a regular file"),
+            (train + ["--init-from", "/nonexistent-radar-w"], "--init-from /nonexistent-radar-w: No such file or directory"),
+            (train + ["--init-from", emptyRun], "--init-from \(emptyRun): a folder without best.safetensors.lz4"),
             // A file where the maps' folder goes: it said Foundation's "File exists".
             (["predict", "--checkpoint", "w", "--occlusion", "--occlusion-maps", tokenFile, image],
              "--occlusion-maps \(tokenFile): cannot create the folder: a file of that name exists"),

@@ -323,13 +323,13 @@ public final class TrainingRun {
         OneCycleLR(maxLR: options.learningRate, totalSteps: batchesPerEpoch / options.accumulationSteps * options.epochs)
     }
 
-    /// Loads `options.resume`; returns the state to continue from, or nil for a fresh start.
     /// The trainer's skipped optimizer steps when this epoch began; whether a skip was said.
     var skippedBeforeEpoch = 0, warnedSkip = false
 
     /// The checkpoint `resumeState` read, once it has.
     private(set) var resumedPath: String?
 
+    /// Loads `options.resume`; returns the state to continue from, or nil for a fresh start.
     func resumeState() throws -> Checkpoint.State? {
         guard let r = options.resume else { return nil }
         var path = r == "auto" ? lastPath : r
