@@ -28,8 +28,16 @@ struct Compare: ParsableCommand {
             let (ta, tb) = (try PredictionTable(path: files[0]), try PredictionTable(path: files[1]))
             let which = perturbation.isEmpty ? "clean pass" : "pass \(perturbation)"
             let (pa, pb) = (try ta.pass(perturbation), try tb.pass(perturbation))
-            for (t, p) in [(ta, pa), (tb, pb)] where p.isEmpty {
-                throw ValidationError("\(t.path): no \(which) (its passes: " + t.perturbations.map { $0.isEmpty ? "clean" : $0 }.joined(separator: ", ") + ")")
+            for (t, p) in [(ta, pa), (tb, pb)] {
+                if t.rows.isEmpty { throw ValidationError("\(t.path): no predictions (a header line alone)") }
+                if p.isEmpty {
+                    throw ValidationError("\(t.path): no \(which) (its passes: " + t.perturbations.map { $0.isEmpty ? "clean" : $0 }.joined(separator: ", ") + ")")
+                }
+                // It was "no AUC to compare (... or a probability that is NaN)", naming no file or image.
+                if let bad = p.values.filter({ $0.probability.isNaN }).map(\.key).min() {
+                    let count = p.values.filter { $0.probability.isNaN }.count
+                    throw ValidationError("\(t.path): the \(which) has \(count) NaN probabilit\(count == 1 ? "y" : "ies") (first key \(bad)): the weights gave non-finite outputs (a diverged checkpoint?), and NaN cannot be ranked")
+                }
             }
             let keys = pa.keys.sorted()
             if let k = keys.first(where: { pb[$0] == nil }) ?? pb.keys.sorted().first(where: { pa[$0] == nil }) {
@@ -52,7 +60,7 @@ struct Compare: ParsableCommand {
             guard let result = PairedSequenceBootstrap.run(a: keys.map { pa[$0]!.probability }, b: keys.map { pb[$0]!.probability }, labels: labels,
                                                            sequences: sequences, replicates: bootstrap, seed: seed) else {
                 let fake = labels.filter { $0 == 1 }.count
-                throw ValidationError("the \(which): no AUC to compare (\(labels.count - fake) real, \(fake) fake images, or a probability that is NaN)")
+                throw ValidationError("the \(which): no AUC to compare (\(labels.count - fake) real, \(fake) fake images: both classes are needed)")
             }
             printJSON(["a": files[0], "b": files[1], "perturbation": perturbation, "images": keys.count, "sequences": Set(sequences).count,
                        "bootstrap": result.json])

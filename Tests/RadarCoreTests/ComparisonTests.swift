@@ -115,6 +115,11 @@ final class ComparisonTests: XCTestCase {
         XCTAssertEqual(message("key,label,probability\nx,2,0.5\n"), "p.csv record 2: label 2: expected 0 or 1")
         XCTAssertEqual(message("key,label,probability\nx,1,high\n"), "p.csv record 2: probability high: not a number")
         XCTAssertEqual(message("key,label,probability\nx,1\n"), "p.csv record 2: 2 fields, the header has 3")
+        // A logit or another score where p(fake) belongs (it was read, and scored at a 0.5 threshold).
+        for bad in ["1.5", "-0.25", "inf"] {
+            XCTAssertEqual(message("key,label,probability\nx,1,\(bad)\n"), "p.csv record 2: probability \(bad): expected a number in [0, 1] (a logit or another score? give p(fake))")
+        }
+        XCTAssertTrue(try table("key,label,probability\nx,1,nan\ny,0,0\nz,1,1\n").rows[0].probability.isNaN, "NaN is read (a diverged checkpoint's); compare names it")
         XCTAssertEqual(message("key,label,probability\n\"x,1,0.5\n"), "p.csv record 2: a quoted field is not closed")
         XCTAssertEqual(message("key,label,probability\n\"x\"y,1,0.5\n"), "p.csv record 2: text after a closing quote")
         XCTAssertEqual(message(""), "p.csv: empty, expected a header line")

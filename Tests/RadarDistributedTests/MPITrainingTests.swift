@@ -692,6 +692,16 @@ final class DemoPipelineTests: XCTestCase {
                                                  "--perturbation", "jpeg:40"])
         XCTAssertEqual(mrc, 1)
         XCTAssertEqual(mout, "radar: error: \(root)/tta.csv: no pass jpeg:40 (its passes: clean)\n")
+        // A diverged checkpoint's NaN (as evaluate writes it) is named with its file and key; a
+        // header alone says so (it was "no clean pass (its passes: )").
+        try "key,label,probability\nb,1,0.9\na,0,nan\nc,0,nan\n".write(toFile: root + "/nan.csv", atomically: true, encoding: .utf8)
+        try "key,label,probability\n".write(toFile: root + "/header.csv", atomically: true, encoding: .utf8)
+        for (file, said) in [("nan.csv", "nan.csv: the clean pass has 2 NaN probabilities (first key a): the weights gave non-finite outputs (a diverged checkpoint?), and NaN cannot be ranked"),
+                             ("header.csv", "header.csv: no predictions (a header line alone)")] {
+            let (rc, out) = try Process.runStatus([bin.appendingPathComponent("radar").path, "compare", root + "/" + file, root + "/" + file])
+            XCTAssertEqual(rc, 1, out)
+            XCTAssertEqual(out, "radar: error: \(root)/\(said)\n")
+        }
         XCTAssertEqual(scaled["accuracy"] as? Double, single["accuracy"] as? Double)
         XCTAssertEqual(scaled["auc"] as! Double, single["auc"] as! Double, accuracy: 1e-3, "the same order (float32 may round close ones together)")
         // The CSV's logit column is what the scaled probability came from.

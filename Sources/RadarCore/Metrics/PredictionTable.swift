@@ -48,6 +48,12 @@ public struct PredictionTable {
             }
             let y = Int(yValue)
             guard let p = Float(probText) else { throw ReadError(description: "\(path) record \(line): probability \(r[prob]): not a number") }
+            // NaN is read (a diverged checkpoint's, as radar evaluate writes it) and left to the
+            // comparison to name; another number outside [0, 1] is no probability (a logit or a
+            // score: the accuracy's 0.5 threshold would mean nothing).
+            if !p.isNaN && !(0...1).contains(p) {
+                throw ReadError(description: "\(path) record \(line): probability \(r[prob]): expected a number in [0, 1] (a logit or another score? give p(fake))")
+            }
             rows.append(Row(perturbation: pass.map { r[$0] } ?? "", key: r[key], sequence: seq.map { r[$0] }, label: y, probability: p))
         }
         (self.path, self.rows, self.hasSequences) = (path, rows, seq != nil)
