@@ -4,7 +4,7 @@ import RadarCore
 
 struct Runs: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The experiments in an output folder at a glance: state (running on this machine, finished, stopped, empty), epochs, optimizer steps, best validation AUC, test AUC / EER / ECE, the fitted temperature T (radar calibrate; - where none was fitted), images/s, last write.")
-    @Argument(help: "The output root (radar train / radar-worker --output; default: outputs), or give it as --output.") var folder: String?
+    @Argument(help: "The output root (radar train / radar-worker --output; default: outputs), or give it as --output; an experiment's own folder shows that one.") var folder: String?
     @Option(help: "The output root, as the positional folder.") var output: String?
     @Flag(help: "One JSON array instead of the table.") var json = false
 

@@ -128,6 +128,11 @@ final class ModelInteropTests: XCTestCase {
         XCTAssertEqual(c.holder, "pid \(getpid()) on \(ProcessInfo.processInfo.hostName)")
         lock.release()
         XCTAssertEqual(try RunSummary.scan(out)[2].state, .empty, "the lock released: nothing written")
+        // An experiment's own folder: itself (it was "no experiments in"); the same summary.
+        let alone = try RunSummary.scan(out + "/a-finished/")
+        XCTAssertEqual(alone.map(\.name), ["a-finished"])
+        XCTAssertEqual(alone.first?.step, a.step); XCTAssertEqual(alone.first?.state, .finished); XCTAssertEqual(alone.first?.bestValAUC, a.bestValAUC)
+        XCTAssertEqual(try RunSummary.scan(out + "/d-not-a-run").count, 0)
         XCTAssertThrowsError(try RunSummary.scan(out + "/nonexistent")) {
             XCTAssertEqual("\($0)", "\(out)/nonexistent: no such folder (the --output of radar train / radar-worker)")
         }

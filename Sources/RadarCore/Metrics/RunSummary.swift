@@ -36,7 +36,8 @@ public struct RunSummary: Sendable {
     public let updated: Date?
 
     /// Every experiment folder under `output` (a folder with a run's config.json, metrics or
-    /// checkpoints), by name.
+    /// checkpoints), by name; where `output` is itself one (and holds none), that one (`radar
+    /// runs outputs/NAME` said "no experiments in outputs/NAME").
     public static func scan(_ output: String) throws -> [RunSummary] {
         let fm = FileManager.default
         var isDir: ObjCBool = false
@@ -45,13 +46,19 @@ public struct RunSummary: Sendable {
             throw DatasetError(path: output, reason: (exists ? "a file, not a folder" : "no such folder") + " (the --output of radar train / radar-worker)")
         }
         let held = lockedInodes()
-        return try fm.contentsOfDirectory(atPath: output).sorted().compactMap { name in
+        func isRun(_ dir: String) -> Bool {
+            ["config.json", "metrics.jsonl", "last.safetensors.lz4"].contains(where: { fm.fileExists(atPath: (dir as NSString).appendingPathComponent($0)) })
+        }
+        let runs = try fm.contentsOfDirectory(atPath: output).sorted().compactMap { name -> RunSummary? in
             let dir = (output as NSString).appendingPathComponent(name)
-            guard !name.hasPrefix("."), fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue,
-                  ["config.json", "metrics.jsonl", "last.safetensors.lz4"].contains(where: { fm.fileExists(atPath: (dir as NSString).appendingPathComponent($0)) })
-            else { return nil }
+            guard !name.hasPrefix("."), fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue, isRun(dir) else { return nil }
             return summary(name: name, dir: dir, held: held)
         }
+        if runs.isEmpty && isRun(output) {
+            let name = ((output as NSString).standardizingPath as NSString).lastPathComponent
+            return [summary(name: name, dir: output, held: held)]
+        }
+        return runs
     }
 
     /// (device, inode) of every flock held on this machine (/proc/locks); nil where unreadable.
