@@ -10,6 +10,8 @@ import Glibc
 enum Sockets {
     struct SocketError: Error, CustomStringConvertible {
         let reason: String
+        /// The errno of a failed connect, where that is what failed.
+        var code: Int32? = nil
         var description: String { reason }
     }
 
@@ -55,12 +57,16 @@ enum Sockets {
     }
 
     /// Connects with retries until `deadline` (the peer may not be listening yet).
-    static func connect(host: String, port: Int, deadline: Date) throws -> Int32 {
+    /// `retrying`: a refused connection is tried again until `deadline` (a rank whose
+    /// coordinator is still starting); false: said at once (a status query).
+    static func connect(host: String, port: Int, deadline: Date, retrying: Bool = true) throws -> Int32 {
         var addr = try address(host, port)
         while true {
             let (fd, failure) = attempt(&addr, until: deadline)
             if let fd { return fd }
-            if monotonicNow() > deadline { throw SocketError(reason: "cannot connect to \(hostPortText(host, port)): \(String(cString: strerror(failure)))") }
+            if monotonicNow() > deadline || (!retrying && failure == ECONNREFUSED) {
+                throw SocketError(reason: "cannot connect to \(hostPortText(host, port)): \(String(cString: strerror(failure)))", code: failure)
+            }
             usleep(50_000)
         }
     }

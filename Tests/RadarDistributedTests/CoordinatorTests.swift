@@ -541,6 +541,12 @@ final class StandaloneCoordinatorTests: XCTestCase {
         XCTAssertEqual(nrc, 1, ntext)
         XCTAssertEqual(ntext, "radar-coordinator: error: a job token is needed: --token-file or RADAR_JOB_TOKEN (make one with `openssl rand -hex 32`)\n")
         let port = try TCPRendezvous.freePort()
+        // Nothing listening yet: said at once (after 10 s of tries before).
+        let t0 = Date()
+        let (qrc, qtext) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "status", "--address", "127.0.0.1:\(port)", "--token-file", tokenFile])
+        XCTAssertEqual(qrc, 1, qtext)
+        XCTAssertEqual(qtext, "radar-coordinator status: cannot connect to 127.0.0.1:\(port): Connection refused: no coordinator listens there (is the job running, and is this its --listen port?)\n")
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 8, "not the 10 s of tries a rank makes")
         let coord = Process()
         coord.executableURL = bin.appendingPathComponent("radar-coordinator")
         // Heartbeats are due every 2 s; rank 1 starts 6 s after rank 0 and must still join.
@@ -703,6 +709,12 @@ final class RendezvousTests: XCTestCase {
         let token = HMACSHA256.randomHex(bytes: 16)
         try Data((token + "\n").utf8).write(to: URL(fileURLWithPath: tokenFile))
         let port = try TCPRendezvous.freePort()
+        // Nothing listening yet: said at once (after 10 s of tries before).
+        let t0 = Date()
+        let (qrc, qtext) = try Process.runStatus([bin.appendingPathComponent("radar-coordinator").path, "status", "--address", "127.0.0.1:\(port)", "--token-file", tokenFile])
+        XCTAssertEqual(qrc, 1, qtext)
+        XCTAssertEqual(qtext, "radar-coordinator status: cannot connect to 127.0.0.1:\(port): Connection refused: no coordinator listens there (is the job running, and is this its --listen port?)\n")
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 8, "not the 10 s of tries a rank makes")
         let coord = Process()
         coord.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         coord.arguments = ["prlimit", "--nofile=32", bin.appendingPathComponent("radar-coordinator").path, "--data", MPITrainingTests.dataset,

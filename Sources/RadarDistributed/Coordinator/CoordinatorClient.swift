@@ -262,7 +262,11 @@ public final class CoordinatorClient: @unchecked Sendable {
     /// The status of a job, as an observer (rank -1).
     public static func status(host: String, port: Int, token: Data, timeout: TimeInterval = 10) throws -> [String: Any] {
         let deadline = monotonicNow().addingTimeInterval(timeout)
-        let fd = try Sockets.connect(host: host, port: port, deadline: deadline)
+        // Nothing listening is said at once (it was said after 10 s of tries).
+        let fd: Int32
+        do { fd = try Sockets.connect(host: host, port: port, deadline: deadline, retrying: false) } catch let e as Sockets.SocketError where e.code == ECONNREFUSED {
+            throw Sockets.SocketError(reason: "\(e.reason): no coordinator listens there (is the job running, and is this its --listen port?)")
+        }
         defer { close(fd) }
         let (first, challenge): (Wire.Kind, [String: Any])
         do { (first, challenge) = try Wire.receive(fd, deadline: deadline) } catch let e as Sockets.SocketError where e.reason == "timed out" {
