@@ -87,8 +87,8 @@ public final class ProgressReporter: @unchecked Sendable {
     }
 }
 
-/// One log line on stderr (stdout is kept for results and JSON).
-public func logLine(_ s: String) {
+/// One log line on stderr (stdout is kept for results and JSON); any thread may call it.
+@Sendable public func logLine(_ s: String) {
     writeStandardError(s + "\n")
 }
 

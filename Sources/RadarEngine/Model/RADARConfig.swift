@@ -164,6 +164,15 @@ public struct RADARConfig: Codable, Equatable, Sendable {
     }
 
     /// A JSON config, checked (`source` names where it came from in errors).
+    /// The context of a decoding error that names a field (a type mismatch or a corrupt value
+    /// below the top level), or nil.
+    static func fieldContext(_ e: DecodingError) -> DecodingError.Context? {
+        switch e {
+        case let .typeMismatch(_, ctx) where !ctx.codingPath.isEmpty, let .dataCorrupted(ctx) where !ctx.codingPath.isEmpty: ctx
+        default: nil
+        }
+    }
+
     public static func decode(_ data: Data, source path: String) throws -> RADARConfig {
         // JSONSerialization first: its errors say where (JSONDecoder's only "not valid JSON").
         let object: Any
@@ -182,7 +191,10 @@ public struct RADARConfig: Codable, Equatable, Sendable {
         let c: RADARConfig
         do { c = try JSONDecoder().decode(RADARConfig.self, from: data) } catch let e as ConfigError {
             throw ConfigError(source: path, problems: e.problems)
-        } catch let DecodingError.typeMismatch(_, ctx), let DecodingError.dataCorrupted(ctx) where !ctx.codingPath.isEmpty {
+        } catch let e as DecodingError where Self.fieldContext(e) != nil {
+            // A type mismatch or a corrupt value at a named field (the `where` had applied to the
+            // second pattern only: a mismatch at the top level gave "field : ...").
+            let ctx = Self.fieldContext(e)!
             throw ConfigError(source: path, problems: ["field \(ctx.codingPath.map(\.stringValue).joined(separator: ".")): \(ctx.debugDescription)"])
         } catch {
             // Valid JSON the decoder refused without naming a field: a fraction where a whole
