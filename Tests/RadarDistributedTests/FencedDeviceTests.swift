@@ -301,6 +301,21 @@ final class CUDADeviceCLITests: XCTestCase {
         XCTAssertTrue(oom.err.hasSuffix("while sizing --batch 512: lower it\n"), oom.err)
         let host = try run(step + ["--device", "cpu", "--batch", "2048"], env: ["RADAR_HOST_MEMORY": "200M"])
         XCTAssertTrue(host.err.hasSuffix("available (free and reclaimable memory plus free swap) while sizing --batch 2048: lower it\n"), host.err)
+        // radar train out of memory sizing its batch leaves no experiment folder (one per try was
+        // left, config.json and an empty step log, listed by radar runs as empty); a folder that
+        // was there before is kept.
+        let outputs = NSTemporaryDirectory() + "radar-oom-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: outputs) }
+        try FileManager.default.createDirectory(atPath: outputs + "/kept", withIntermediateDirectories: true)
+        let train = ["train", "--data", MPITrainingTests.dataset, "--output", outputs, "--config", "tiny", "--batch-size", "128",
+                     "--accumulation-steps", "1", "--num-epochs", "1", "--threads", "1"]
+        for experiment in ["made", "kept"] {
+            let r = try run(train + ["--experiment", experiment], env: ["RADAR_HOST_MEMORY": "100M"])
+            XCTAssertEqual(r.status, 1, r.err)
+            XCTAssertTrue(r.err.hasSuffix("while sizing --batch-size 128 per rank: lower it\n"), r.err)
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: outputs), ["kept"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: outputs + "/kept").sorted(), [".lock", "config.json", "metrics.jsonl"])
         XCTAssertEqual(HostMemory.parseBytes("64M"), 64 << 20)
         XCTAssertEqual(HostMemory.parseBytes("2g"), 2 << 30)
         XCTAssertEqual(HostMemory.parseBytes("1000"), 1000)

@@ -44,6 +44,21 @@ public enum ExperimentFolder {
         return name
     }
 
+    /// Removes `directory` where the run that made it ended before its first optimizer step: it
+    /// holds only the lock, config.json and an empty step log (a run out of memory sizing its
+    /// batch left one such folder per try, listed by radar runs as empty). Anything else in it,
+    /// or a step log with a line, keeps it. Returns whether it was removed.
+    @discardableResult
+    public static func removeIfNeverStepped(_ directory: String) -> Bool {
+        let fm = FileManager.default
+        guard let names = try? fm.contentsOfDirectory(atPath: directory),
+              Set(names).isSubset(of: [".lock", "config.json", "metrics.jsonl"]) else { return false }
+        let stepLog = (directory as NSString).appendingPathComponent("metrics.jsonl")
+        if let size = (try? fm.attributesOfItem(atPath: stepLog))?[.size] as? Int, size > 0 { return false }
+        for name in names { unlink((directory as NSString).appendingPathComponent(name)) }
+        return rmdir(directory) == 0
+    }
+
     /// Refuses to start a fresh run in a folder that holds another one (unless `overwrite`, which
     /// removes the previous run's files); returns what was removed.
     public static func prepareFresh(_ directory: String, overwrite: Bool) throws -> [String] {

@@ -841,6 +841,18 @@ public final class TrainingRun {
         let existed = FileManager.default.fileExists(atPath: dir)
         // Only rank 0 writes: another rank (its own --output, another host) leaves no empty folder.
         if writes { try makeDirectory(dir) }
+        // A folder this run made is removed where the run ends before its first step, by an
+        // error or by a device's stop (out of memory sizing the batch ends the process).
+        let madeHere = writes && !existed
+        let cleanup = madeHere ? DeviceFailure.atStop { ExperimentFolder.removeIfNeverStepped(dir) } : nil
+        defer { if let cleanup { DeviceFailure.cancelAtStop(cleanup) } }
+        do { return try run(in: dir) } catch {
+            if madeHere { ExperimentFolder.removeIfNeverStepped(dir) }
+            throw error
+        }
+    }
+
+    private func run(in dir: String) throws -> RunHistory {
         let lock = writes ? try FolderLock.experiment(dir) : nil
         defer { lock?.release() }
         if writes {
@@ -855,16 +867,9 @@ public final class TrainingRun {
             let removed = try ExperimentFolder.prepareFresh(dir, overwrite: options.overwrite)
             if !removed.isEmpty { log("\(options.overwrite ? "--overwrite: removed" : "replaced") the previous run's \(removed.joined(separator: ", "))\(options.overwrite ? "" : " (it ended before its first step)")") }
         }
-        let resumed: Checkpoint.State?
-        do { resumed = try resumeState() } catch {
-            // A checkpoint that cannot be resumed from leaves no folder this run made (only its .lock is in it).
-            if writes && !existed {
-                lock?.release()
-                unlink((dir as NSString).appendingPathComponent(".lock"))
-                rmdir(dir)
-            }
-            throw error
-        }
+        // A checkpoint that cannot be resumed from leaves no folder this run made (only its
+        // .lock is in it: `run` removes it).
+        let resumed = try resumeState()
         if writes {
             try writeFileAtomically(try JSONSerialization.data(withJSONObject: options.jsonObject, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]),
                                     to: (dir as NSString).appendingPathComponent("config.json"))
