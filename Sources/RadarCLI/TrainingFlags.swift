@@ -17,6 +17,26 @@ public func requireWritableFile(_ path: String, flag: String, expected: String =
     }
 }
 
+/// A folder a command will write into, checked before any work: it is a writable folder, or it
+/// does not exist yet and the nearest folder above it that does is writable (`radar train
+/// --output` said "cannot create the folder: Permission denied" after the model was built).
+public func requireWritableFolder(_ path: String, flag: String) throws {
+    var isDir: ObjCBool = false
+    var existing = path
+    while !FileManager.default.fileExists(atPath: existing, isDirectory: &isDir) {
+        let up = containingFolder(existing)
+        if up == existing { return }
+        existing = up
+    }
+    let shown = existing == path ? "" : " (the folder \(existing), where it would be made)"
+    guard isDir.boolValue else {
+        throw ValidationError("\(flag) \(path): \(existing == path ? "a file, not a folder" : "\(existing) is a file, not a folder")")
+    }
+    guard access(existing, W_OK | X_OK) == 0 else {
+        throw ValidationError("\(flag) \(path): not writable\(shown): \(String(cString: strerror(errno)))")
+    }
+}
+
 /// A file a command will read (a checkpoint, weights) checked before any work: missing,
 /// unreadable or not a regular file is said with the flag's name (`radar train --resume` said
 /// "No such file or directory" a second later, once the model was built, and without the flag).

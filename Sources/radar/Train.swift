@@ -10,6 +10,12 @@ struct Train: ParsableCommand {
 
     @OptionGroup var flags: TrainingFlags
 
+    /// One process writes its run: --output is checked here (radar-worker's ranks other than 0
+    /// write nothing, so theirs may be read-only).
+    func validate() throws {
+        try requireWritableFolder(flags.output, flag: "--output")
+    }
+
     func run() throws {
         try failing {
             let o = try flags.options()

@@ -154,6 +154,8 @@ final class TrainingFlagValidationTests: XCTestCase {
             (train + ["--resume", "/dev/null"], "--resume /dev/null: a device, not a regular file"),
             (train + ["--init-from", "/nonexistent-radar-w"], "--init-from /nonexistent-radar-w: No such file or directory"),
             (train + ["--init-from", emptyRun], "--init-from \(emptyRun): a folder without best.safetensors.lz4"),
+            (train + ["--output", tokenFile], "--output \(tokenFile): a file, not a folder"),
+            (train + ["--output", tokenFile + "/runs"], "--output \(tokenFile)/runs: \(tokenFile) is a file, not a folder"),
             // A file where the maps' folder goes: it said Foundation's "File exists".
             (["predict", "--checkpoint", "w", "--occlusion", "--occlusion-maps", tokenFile, image],
              "--occlusion-maps \(tokenFile): cannot create the folder: a file of that name exists"),
