@@ -163,7 +163,6 @@ public struct RADARConfig: Codable, Equatable, Sendable {
         return try decode(data, source: path)
     }
 
-    /// A JSON config, checked (`source` names where it came from in errors).
     /// The context of a decoding error that names a field (a type mismatch or a corrupt value
     /// below the top level), or nil.
     static func fieldContext(_ e: DecodingError) -> DecodingError.Context? {
@@ -173,6 +172,7 @@ public struct RADARConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// A JSON config, checked (`source` names where it came from in errors).
     public static func decode(_ data: Data, source path: String) throws -> RADARConfig {
         // JSONSerialization first: its errors say where (JSONDecoder's only "not valid JSON").
         let object: Any
@@ -192,8 +192,8 @@ public struct RADARConfig: Codable, Equatable, Sendable {
         do { c = try JSONDecoder().decode(RADARConfig.self, from: data) } catch let e as ConfigError {
             throw ConfigError(source: path, problems: e.problems)
         } catch let e as DecodingError where Self.fieldContext(e) != nil {
-            // A type mismatch or a corrupt value at a named field (the `where` had applied to the
-            // second pattern only: a mismatch at the top level gave "field : ...").
+            // A type mismatch or a corrupt value at a named field (written as one catch of two
+            // patterns, its `where` applied to the second only).
             let ctx = Self.fieldContext(e)!
             throw ConfigError(source: path, problems: ["field \(ctx.codingPath.map(\.stringValue).joined(separator: ".")): \(ctx.debugDescription)"])
         } catch {
