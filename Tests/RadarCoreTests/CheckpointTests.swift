@@ -422,6 +422,12 @@ final class CheckpointTests: XCTestCase {
         XCTAssertThrowsError(try ModelWeights.read("\(dir)/plots")) {
             XCTAssertEqual("\($0)", "\(dir)/plots: a folder without best.safetensors.lz4 (a run's folder has one after its first epoch); name a weights file")
         }
+        // A run stopped in its first epoch: its last checkpoint is named.
+        let early = temporaryDirectory("first-epoch")
+        try FileManager.default.copyItem(atPath: "\(dir)/last.safetensors.lz4", toPath: "\(early)/last.safetensors.lz4")
+        XCTAssertThrowsError(try ModelWeights.read(early)) {
+            XCTAssertEqual("\($0)", "\(early): a folder without best.safetensors.lz4 (a run's folder has one after its first epoch); name a weights file (\(early)/last.safetensors.lz4 holds its latest weights)")
+        }
         let svg = try String(contentsOfFile: "\(dir)/plots/roc.svg", encoding: .utf8)
         XCTAssertTrue(svg.hasPrefix("<svg") && svg.contains("polyline") && svg.contains("Test ROC"))
         let exports = temporaryDirectory("exports")

@@ -52,7 +52,10 @@ public struct ModelWeights {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else { return path }
         let best = (path as NSString).appendingPathComponent("best.safetensors.lz4")
         guard FileManager.default.fileExists(atPath: best) else {
-            throw Checkpoint.CheckpointError(path: path, reason: "a folder without best.safetensors.lz4 (a run's folder has one after its first epoch); name a weights file")
+            // A run stopped in its first epoch (--checkpoint-every) has its latest weights in last.
+            let last = (path as NSString).appendingPathComponent("last.safetensors.lz4")
+            let hint = FileManager.default.fileExists(atPath: last) ? " (\(last) holds its latest weights)" : ""
+            throw Checkpoint.CheckpointError(path: path, reason: "a folder without best.safetensors.lz4 (a run's folder has one after its first epoch); name a weights file\(hint)")
         }
         return best
     }
