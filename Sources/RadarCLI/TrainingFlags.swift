@@ -41,11 +41,7 @@ public func requireWritableFolder(_ path: String, flag: String) throws {
 /// unreadable or not a regular file is said with the flag's name (`radar train --resume` said
 /// "No such file or directory" a second later, once the model was built, and without the flag).
 public func requireReadableFile(_ path: String, flag: String) throws {
-    let fd = open(path, O_RDONLY | O_NONBLOCK)  // a FIFO's open blocks without it
-    defer { if fd >= 0 { close(fd) } }
-    var st = stat()
-    if fd >= 0, fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG { return }
-    throw ValidationError("\(flag) \(path): \(unreadableReason(path))")
+    if let why = fileReadProblem(path) { throw ValidationError("\(flag) \(path): \(why)") }
 }
 
 /// A flag's value checked before any work (in a command's `validate`): a one-line error naming
@@ -166,22 +162,14 @@ public struct TrainingFlags: ParsableArguments {
         if initFrom != nil && resume != nil {
             throw ValidationError("--init-from starts from weights with a fresh optimizer and schedule, --resume continues a run with its own: choose one")
         }
-        if let r = resume, r != "auto" {
-            var isDir: ObjCBool = false
-            if FileManager.default.fileExists(atPath: r, isDirectory: &isDir), isDir.boolValue {
-                let last = (r as NSString).appendingPathComponent("last.safetensors.lz4")
-                guard FileManager.default.fileExists(atPath: last) else {
-                    throw ValidationError("--resume \(r): a folder without last.safetensors.lz4 (a run's folder has one after its first epoch, or after --checkpoint-every steps); name a checkpoint file, or auto")
-                }
-                try requireReadableFile(last, flag: "--resume")
-            } else {
-                try requireReadableFile(r, flag: "--resume")
-            }
-        }
-        if let p = initFrom, !p.hasPrefix("hf-hub:") {
+        // The files a run reads, checked before the model is built: a run's folder stands for
+        // its last (--resume) or best (--init-from) checkpoint.
+        for (flag, given, resolve) in [("--resume", resume.flatMap { $0 == "auto" ? nil : $0 }, Checkpoint.resumeFile),
+                                       ("--init-from", initFrom.flatMap { $0.hasPrefix("hf-hub:") ? nil : $0 }, ModelWeights.file)] {
+            guard let given else { continue }
             let file: String
-            do { file = try ModelWeights.file(p) } catch { throw ValidationError("--init-from \(error)") }
-            try requireReadableFile(file, flag: "--init-from")
+            do { file = try resolve(given) } catch { throw ValidationError("\(flag) \(error)") }
+            try requireReadableFile(file, flag: flag)
         }
         if let d = device { try need(Devices.isValid(d), "device", "one of " + Devices.names.joined(separator: ", "), d) }
         if let p = precision { try need(Devices.isValidPrecision(p), "precision", "auto, fp32, tf32 or bf16", p) }

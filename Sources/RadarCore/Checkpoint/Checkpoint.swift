@@ -7,6 +7,18 @@ import Foundation
 /// model tensors load into the PyTorch reference with strict=True. Plain .safetensors files are
 /// read too.
 public enum Checkpoint {
+    /// The checkpoint `--resume PATH` names: PATH itself, or for a run's folder its last
+    /// checkpoint (a folder without one is an error saying what to name).
+    public static func resumeFile(_ path: String) throws -> String {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else { return path }
+        let last = (path as NSString).appendingPathComponent("last.safetensors.lz4")
+        guard FileManager.default.fileExists(atPath: last) else {
+            throw CheckpointError(path: path, reason: "a folder without last.safetensors.lz4 (a run's folder has one after its first epoch, or after --checkpoint-every steps); name a checkpoint file, or auto")
+        }
+        return last
+    }
+
     public static let formatVersion = "1"
 
     /// Training state carried in the metadata.

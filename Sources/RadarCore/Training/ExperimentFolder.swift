@@ -53,10 +53,14 @@ public enum ExperimentFolder {
         let fm = FileManager.default
         guard let names = try? fm.contentsOfDirectory(atPath: directory),
               Set(names).isSubset(of: [".lock", "config.json", "metrics.jsonl"]) else { return false }
-        let stepLog = (directory as NSString).appendingPathComponent("metrics.jsonl")
-        if let size = (try? fm.attributesOfItem(atPath: stepLog))?[.size] as? Int, size > 0 { return false }
+        guard stepLogIsEmpty(directory) else { return false }
         for name in names { unlink((directory as NSString).appendingPathComponent(name)) }
         return rmdir(directory) == 0
+    }
+
+    /// Whether the folder's metrics.jsonl has no line (or is absent): its run took no step.
+    static func stepLogIsEmpty(_ directory: String) -> Bool {
+        ((try? FileManager.default.attributesOfItem(atPath: (directory as NSString).appendingPathComponent("metrics.jsonl")))?[.size] as? Int ?? 0) == 0
     }
 
     /// Refuses to start a fresh run in a folder that holds another one (unless `overwrite`, which
@@ -67,8 +71,7 @@ public enum ExperimentFolder {
         // A run that ended before its first optimizer step (out of memory sizing the batch, say)
         // left only its config and an empty step log: nothing to keep, so it does not block the
         // same command again (it was refused, pointing at a --resume auto that had no checkpoint).
-        let stepLog = (try? FileManager.default.attributesOfItem(atPath: (directory as NSString).appendingPathComponent("metrics.jsonl")))?[.size] as? Int ?? 0
-        let neverStepped = Set(present).isSubset(of: ["config.json", "metrics.jsonl"]) && stepLog == 0
+        let neverStepped = Set(present).isSubset(of: ["config.json", "metrics.jsonl"]) && stepLogIsEmpty(directory)
         guard overwrite || neverStepped else {
             var when = ""
             if let d = (try? FileManager.default.attributesOfItem(atPath: (directory as NSString).appendingPathComponent(present[0])))?[.modificationDate] as? Date {

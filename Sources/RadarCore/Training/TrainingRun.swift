@@ -332,11 +332,9 @@ public final class TrainingRun {
     /// Loads `options.resume`; returns the state to continue from, or nil for a fresh start.
     func resumeState() throws -> Checkpoint.State? {
         guard let r = options.resume else { return nil }
-        var path = r == "auto" ? lastPath : r
-        if r == "auto" && !FileManager.default.fileExists(atPath: path) { return nil }
+        if r == "auto" && !FileManager.default.fileExists(atPath: lastPath) { return nil }
         // A run's folder stands for its last checkpoint (it was "a folder, not a file").
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue { path = (path as NSString).appendingPathComponent("last.safetensors.lz4") }
+        let path = r == "auto" ? lastPath : try Checkpoint.resumeFile(r)
         let (tensors, st) = try Checkpoint.read(path)
         resumedPath = path
         try checkResumable(st, path: path)

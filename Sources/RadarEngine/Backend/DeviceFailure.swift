@@ -23,27 +23,28 @@ public enum DeviceFailure {
     /// comes after another's stop waits, silent, for that to end the process.
     public static func stop(_ message: String) -> Never {
         guard stopping.claim() else { while true { sleep(60) } }
-        for action in cleanups.withLock({ c in defer { c.removeAll() }; return c.sorted { $0.key < $1.key }.map(\.value) }) { action() }
+        for action in cleanups.withLock({ c in defer { c.actions.removeAll() }; return c.actions.sorted { $0.key < $1.key }.map(\.value) }) { action() }
         let program = (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) ?? "radar"
         writeStandardError("\(program): error: \(message)\n")
         exitNow(1)
     }
 
     /// What to do before `stop` ends the process, by id (`atStop`).
-    private static let cleanups = Mutex<[Int: @Sendable () -> Void]>([:])
-    private static let nextCleanup = Atomic<Int>(0)
+    private static let cleanups = Mutex<(next: Int, actions: [Int: @Sendable () -> Void])>((0, [:]))
 
     /// Registers `action` to run (once, on the stopping thread) before a stop ends the process:
     /// a run removes the experiment folder it made while that holds nothing yet. Returns the id
     /// `cancelAtStop` takes.
     public static func atStop(_ action: @escaping @Sendable () -> Void) -> Int {
-        let id = nextCleanup.wrappingAdd(1, ordering: .relaxed).oldValue
-        cleanups.withLock { $0[id] = action }
-        return id
+        cleanups.withLock { c in
+            c.next += 1
+            c.actions[c.next] = action
+            return c.next
+        }
     }
 
     public static func cancelAtStop(_ id: Int) {
-        _ = cleanups.withLock { $0.removeValue(forKey: id) }
+        _ = cleanups.withLock { $0.actions.removeValue(forKey: id) }
     }
 
     /// An allocation that did not fit while the run sizes its memory: the error, what was being

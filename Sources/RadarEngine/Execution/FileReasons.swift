@@ -6,14 +6,20 @@ import Glibc
 /// Why `path` could not be read as a file, in the system's words: "No such file or directory",
 /// "Permission denied", or that it is a folder. Every "cannot read" error names this.
 public func unreadableReason(_ path: String) -> String {
+    fileReadProblem(path) ?? "cannot read file"
+}
+
+/// Why `path` is not a regular file this process can open for reading, or nil where it is (a
+/// check before the work that reads it).
+public func fileReadProblem(_ path: String) -> String? {
     var isDir: ObjCBool = false
     if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue { return "a folder, not a file" }
     let fd = open(path, O_RDONLY | O_NONBLOCK)  // a FIFO's open blocks without it
     guard fd >= 0 else { return OpenFileLimit.reason(errno) }
+    defer { close(fd) }
     var st = stat()
-    let known = fstat(fd, &st) == 0 ? imageFileProblem(st, limit: .max) : nil  // a device, a FIFO, a socket
-    close(fd)
-    return known ?? "cannot read file"
+    guard fstat(fd, &st) == 0 else { return String(cString: strerror(errno)) }
+    return imageFileProblem(st, limit: .max)  // a device, a FIFO, a socket
 }
 
 /// Why the file at `path` is not to be read as an image, or nil: it is not a regular file (a
